@@ -1,0 +1,39 @@
+"""kernelkit: hand-written Triton, CuPy and Numba kernels behind one autotuned ops layer.
+
+>>> import numpy as np, kernelkit
+>>> c = kernelkit.matmul(np.ones((4, 8), np.float32), np.ones((8, 2), np.float32), activation="relu")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .ops import matmul as _matmul_op
+from .ops.dispatch import Explanation
+from .ops.matmul import matmul
+from .settings import use
+
+__all__ = ["matmul", "explain", "use", "Explanation", "__version__"]
+__version__ = "0.1.0"
+
+_EXPLAIN = {"matmul": _matmul_op.explain}
+
+
+def explain(op: Any, *args: Any, **kwargs: Any) -> Explanation:
+    """Show how kernelkit runs `op(*args, **kwargs)`: the candidates, why any were skipped, their
+    measured times (measuring now if this size was never measured), and the choice.
+
+    Args:
+        op: the op, as a name ("matmul") or the function (kernelkit.matmul).
+        *args, **kwargs: the arguments you would pass to the op.
+
+    Returns:
+        An `Explanation`; print it for a table.
+
+    Example:
+        >>> print(kernelkit.explain("matmul", a, b))  # doctest: +SKIP
+    """
+    name = op if isinstance(op, str) else getattr(op, "__name__", repr(op))
+    if name not in _EXPLAIN:
+        raise ValueError(f"explain: unknown op {name!r}; expected one of {sorted(_EXPLAIN)}")
+    return _EXPLAIN[name](*args, **kwargs)

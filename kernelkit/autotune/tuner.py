@@ -1,0 +1,185 @@
+"""The policy: cache hit -> choice; miss -> measure, cost model, or the safe default.
+
+Measuring times every applicable candidate and config end to end (transfers included) on the
+caller's data, verifies each output against the op's reference, and stores the winner with every
+timing. A candidate whose output fails verification can never win; a config that fails to compile
+or run is skipped and recorded, never fatal.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import devices
+from ..ops.registry import Candidate, Choice, Config, Problem
+from ..settings import Settings
+from . import model
+from .cache import cache_for
+from .key import make_key
+from .timing import Timing, cuda_sync, measure
+
+MAX_CONFIGS = 6  # per candidate, per measurement: spaces are pruned to at most this many
+
+
+@dataclass
+class Trial:
+    candidate: str
+    config: Config
+    timing: Timing | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"candidate": self.candidate, "config": self.config}
+        if self.timing is not None:
+            d.update(self.timing.to_dict())
+        if self.error is not None:
+            d["error"] = self.error
+        return d
+
+
+@dataclass
+class Decision:
+    key: str
+    choice: Choice
+    skipped: dict[str, str] = field(default_factory=dict)  # candidate -> why it cannot run this
+    trials: list[Trial] = field(default_factory=list)
+
+
+Runner = Callable[[Candidate, Config], Callable[[], Any]]
+Verifier = Callable[[Any], "str | None"]
+
+_memo: dict[tuple[str, str], Choice] = {}
+
+
+def clear_memo() -> None:
+    _memo.clear()
+
+
+def split_candidates(
+    problem: Problem, cands: list[Candidate], settings: Settings
+) -> tuple[list[Candidate], dict[str, str]]:
+    """The candidates that may run `problem` under the knobs, and why each other one may not."""
+    usable, skipped = [], {}
+    for c in cands:
+        if settings.backend and c.backend != settings.backend:
+            skipped[c.name] = f"KERNELKIT_BACKEND={settings.backend}"
+        elif settings.device and c.device != settings.device:
+            skipped[c.name] = f"KERNELKIT_DEVICE={settings.device}"
+        elif c.device == "cuda" and not devices.cuda_available():
+            skipped[c.name] = "no CUDA device"
+        elif (reason := c.supports(problem)) is not None:
+            skipped[c.name] = reason
+        else:
+            usable.append(c)
+    if not usable:
+        forced = [f"backend={settings.backend}"] * bool(settings.backend) + \
+                 [f"device={settings.device}"] * bool(settings.device)
+        why = "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        if forced:
+            raise ValueError(f"{problem.op}: the forced {' '.join(forced)} cannot run this call ({why})")
+        raise ValueError(f"{problem.op}: no candidate can run this call ({why})")
+    return usable, skipped
+
+
+def default_choice(problem: Problem, usable: list[Candidate]) -> Choice:
+    """The safe choice: the vendor library where the data lives, else the first usable candidate."""
+    ranked = sorted(usable, key=lambda c: (c.device != problem.device, not c.vendor))
+    cand = ranked[0]
+    return Choice(cand.name, cand.space(problem)[0], "default")
+
+
+def forced_suffix(settings: Settings) -> str:
+    return ",".join(f"{k}={v}" for k, v in (("backend", settings.backend),
+                                            ("device", settings.device)) if v)
+
+
+def choose(
+    problem: Problem,
+    cands: list[Candidate],
+    runner: Runner,
+    verify: Verifier,
+    settings: Settings,
+) -> Choice:
+    """Memo -> persistent cache -> policy. A memo or cache hit does no other work."""
+    key = make_key(problem, forced_suffix(settings))
+    memo_key = (str(settings.cache_path), key)
+    hit = _memo.get(memo_key)
+    if hit is not None:
+        return hit
+    cache = cache_for(settings.cache_path)
+    entry = cache.get(key)
+    if entry is not None:
+        choice = Choice(entry["choice"]["candidate"], entry["choice"]["config"], "cache")
+        usable, _ = split_candidates(problem, cands, settings)
+        if any(c.name == choice.candidate for c in usable):
+            _memo[memo_key] = choice
+            return choice
+    decision = decide(problem, cands, runner, verify, settings, key=key)
+    _memo[memo_key] = decision.choice
+    return decision.choice
+
+
+def decide(
+    problem: Problem,
+    cands: list[Candidate],
+    runner: Runner,
+    verify: Verifier,
+    settings: Settings,
+    *,
+    key: str | None = None,
+    mode: str | None = None,
+) -> Decision:
+    """Apply the miss policy (`mode`, default the knob) and store what was measured."""
+    key = key or make_key(problem, forced_suffix(settings))
+    mode = mode or settings.tune
+    usable, skipped = split_candidates(problem, cands, settings)
+    if mode == "off":
+        return Decision(key, default_choice(problem, usable), skipped)
+    if len(usable) == 1 and len(usable[0].space(problem)) == 1:  # nothing to choose between
+        source = "forced" if settings.backend or settings.device else "default"
+        return Decision(key, Choice(usable[0].name, usable[0].space(problem)[0], source), skipped)
+    cache = cache_for(settings.cache_path)
+    if mode == "model":
+        return Decision(key, model.predict(key, problem, usable, cache.entries()), skipped)
+    trials = measure_all(problem, usable, runner, verify)
+    ok = [t for t in trials if t.timing is not None]
+    if not ok:
+        errors = "; ".join(f"{t.candidate} {json.dumps(t.config)}: {t.error}" for t in trials)
+        raise RuntimeError(f"{problem.op}: every candidate failed ({errors})")
+    best = min(ok, key=lambda t: t.timing.median)
+    choice = Choice(best.candidate, best.config, "measured")
+    cache.put(key, {
+        "choice": choice.to_dict(),
+        "trials": [t.to_dict() for t in trials],
+        "problem": {"shapes": [list(s) for s in problem.shapes], "flops": problem.flops},
+        "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    })
+    return Decision(key, choice, skipped, trials)
+
+
+def measure_all(
+    problem: Problem, usable: list[Candidate], runner: Runner, verify: Verifier
+) -> list[Trial]:
+    needs_sync = problem.device == "cuda" or any(c.device == "cuda" for c in usable)
+    sync = cuda_sync if needs_sync else None
+    budget = 0.05 if problem.flops < 1e8 else 0.25
+    trials = []
+    for cand in usable:
+        for config in cand.space(problem)[:MAX_CONFIGS]:
+            trial = Trial(cand.name, config)
+            trials.append(trial)
+            try:
+                fn = runner(cand, config)
+                out = fn()
+                if sync:
+                    sync()
+                trial.error = verify(out)
+                if trial.error is None:
+                    trial.timing = measure(fn, sync=sync, budget_s=budget)
+            except Exception as exc:  # noqa: BLE001 - a failing config is recorded, never fatal
+                trial.error = f"{type(exc).__name__}: {exc}"[:500]
+    return trials

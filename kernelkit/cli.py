@@ -1,0 +1,206 @@
+"""The `kernelkit` command: info, tune, cache, explain, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from . import devices
+from . import settings as _settings
+
+
+def _cache():
+    from .autotune.cache import cache_for
+
+    return cache_for(_settings.current().cache_path)
+
+
+def cmd_info(args: argparse.Namespace, con: Console) -> int:
+    cpu = devices.cpu_info()
+    gpu = devices.gpu_info()
+    s = _settings.current()
+    info = {
+        "cpu": cpu,
+        "gpu": gpu,
+        "backends": {
+            "numba (cpu)": devices.has_module("numba"),
+            "torch (cpu)": devices.has_module("torch"),
+            "torch (cuda)": devices.cuda_available(),
+            "triton (cuda)": devices.has_module("triton") and devices.cuda_available(),
+            "cupy (cuda)": devices.cupy_available(),
+        },
+        "versions": devices.versions(),
+        "settings": {"tune": s.tune, "backend": s.backend, "device": s.device},
+        "cache": {"path": str(_cache().path), "entries": len(_cache().entries())},
+    }
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    t = Table(title="kernelkit info", show_header=False)
+    t.add_row("CPU", f"{cpu['model']}  ({cpu['cores']} cores, caches {cpu['caches']})")
+    t.add_row("GPU", "none" if gpu is None else
+              f"{gpu['name']} (sm {gpu['capability']}, CUDA {gpu['cuda']}, x{gpu['count']})")
+    for name, ok in info["backends"].items():
+        t.add_row(name, "[green]available[/]" if ok else "[red]not available[/]")
+    t.add_row("versions", ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    t.add_row("settings", ", ".join(f"{k}={v}" for k, v in info["settings"].items()))
+    t.add_row("cache", f"{info['cache']['path']} ({info['cache']['entries']} entries)")
+    con.print(t)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace, con: Console) -> int:
+    from rich.progress import Progress
+
+    from .autotune import generate
+
+    if args.threads:
+        _pin_threads(args.threads)
+    problems = generate.PRESETS.get(args.preset)
+    if problems is None:
+        con.print(f"[red]unknown preset {args.preset!r}; one of {sorted(generate.PRESETS)}")
+        return 2
+    where = args.where or ("cuda" if devices.cuda_available() else "numpy")
+    with Progress(console=con, transient=True) as bar:
+        task = bar.add_task(f"tuning preset {args.preset!r} ({where})", total=len(problems))
+        rows = generate.generate(args.preset, where=where, shards=args.shards, gpus=args.gpus,
+                                 remeasure=args.remeasure, progress=lambda r: bar.advance(task))
+    if args.json:
+        Path(args.json).write_text(json.dumps([generate.row_dict(r) for r in rows], indent=1))
+    t = Table(title=f"kernelkit tune: preset {args.preset!r}, data on {where}, "
+                    f"cache {_cache().path}")
+    for col in ("op", "size", "dtype", "chosen", "runs on", "config", "time", "GFLOP/s",
+                "vendor", "vendor time", "speed-up"):
+        t.add_column(col, justify="right" if col in ("time", "GFLOP/s", "vendor time",
+                                                     "speed-up") else "left")
+    for r in rows:
+        backend, _, dev = r.candidate.partition("-")
+        gflops = f"{r.flops / r.best_s / 1e9:.1f}" if r.best_s else "-"
+        t.add_row(r.op, "x".join(map(str, r.dims)), r.dtype, backend, dev,
+                  json.dumps(r.config, separators=(",", ":")), _us(r.best_s), gflops,
+                  r.vendor or "-", _us(r.vendor_s), f"{r.ratio:.2f}x" if r.ratio else "-")
+    con.print(t)
+    con.print("speed-up = vendor time / chosen time, measured side by side in this run "
+              "(medians; a value below 1 cannot happen unless the vendor failed verification).")
+    return 0
+
+
+def _us(s: float | None) -> str:
+    return "-" if s is None else f"{s * 1e6:,.1f} us"
+
+
+def _pin_threads(n: int) -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(n)
+    import numba
+    import torch
+
+    torch.set_num_threads(n)
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+def cmd_cache(args: argparse.Namespace, con: Console) -> int:
+    cache = _cache()
+    if args.action == "clear":
+        n = len(cache.entries())
+        cache.clear()
+        con.print(f"removed {n} entries from {cache.path}")
+        return 0
+    if args.action == "path":
+        print(cache.path)
+        return 0
+    entries = cache.entries()
+    if args.json:
+        print(json.dumps(entries, indent=1))
+        return 0
+    t = Table(title=f"{cache.path} ({len(entries)} entries)")
+    for col in ("key", "choice", "config", "source", "best"):
+        t.add_column(col)
+    for key, e in sorted(entries.items()):
+        times = [x["median"] for x in e.get("trials", []) if "median" in x]
+        t.add_row(key, e["choice"]["candidate"], json.dumps(e["choice"]["config"]),
+                  e["choice"]["source"], _us(min(times) if times else None))
+    con.print(t)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace, con: Console) -> int:
+    import kernelkit
+
+    from .autotune.generate import make_inputs
+
+    if args.op != "matmul":
+        con.print(f"[red]unknown op {args.op!r}")
+        return 2
+    m, k, n = args.dims
+    a, b = make_inputs("matmul", (m, k, n), args.dtype, args.where)
+    print(kernelkit.explain("matmul", a, b, activation=args.activation))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, con: Console) -> int:
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    if not bench.exists():
+        con.print("[red]bench/ is not next to this installation (run from a source checkout)")
+        return 2
+    cmd = [sys.executable, "-m", "pytest", str(bench), "--benchmark-only", "-q", *args.pytest_args]
+    return subprocess.call(cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kernelkit", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("info", help="backends and devices found, versions, cache path")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_info)
+
+    s = sub.add_parser("tune", help="tune this machine for a preset of sizes and print the choices")
+    s.add_argument("--preset", default="quick")
+    s.add_argument("--where", choices=("numpy", "torch", "cuda"),
+                   help="where the inputs live (default: cuda when there is a GPU, else numpy)")
+    s.add_argument("--shards", type=int, default=1, help="worker processes (1 on a CPU)")
+    s.add_argument("--gpus", type=int, default=0, help="spread shards over this many GPUs")
+    s.add_argument("--threads", type=int, default=0, help="pin every CPU thread pool to N")
+    s.add_argument("--remeasure", action="store_true", help="measure even where cached")
+    s.add_argument("--json", help="also write the rows to this file")
+    s.set_defaults(fn=cmd_tune)
+
+    s = sub.add_parser("cache", help="show or clear the autotune cache")
+    s.add_argument("action", choices=("show", "clear", "path"))
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_cache)
+
+    s = sub.add_parser("explain", help="candidates, skips, times and the choice for one call")
+    s.add_argument("op", choices=("matmul",))
+    s.add_argument("dims", type=int, nargs=3, metavar=("M", "K", "N"))
+    s.add_argument("--dtype", default="float32")
+    s.add_argument("--where", choices=("numpy", "torch", "cuda"), default="numpy")
+    s.add_argument("--activation", default=None)
+    s.set_defaults(fn=cmd_explain)
+
+    s = sub.add_parser("bench", help="run the pytest-benchmark suites in bench/")
+    s.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    s.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    con = Console()
+    try:
+        return args.fn(args, con)
+    except (ValueError, TypeError) as exc:
+        con.print(f"[red]kernelkit {args.command}: {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

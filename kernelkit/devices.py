@@ -1,0 +1,117 @@
+"""Cheap probes: which backends and devices exist here.
+
+This is the one place that asks "is X available?". Every probe is lazy and cached, so importing
+kernelkit imports nothing heavy; a probe that fails means "not available", never an exception.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import importlib.util
+import os
+import platform
+from pathlib import Path
+
+PACKAGES = ("kernelkit", "numpy", "torch", "triton", "numba", "cupy")
+
+
+def has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+@functools.cache
+def cuda_available() -> bool:
+    """A CUDA device usable from torch (the GPU array library every GPU candidate can use)."""
+    if not has_module("torch"):
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def triton_interpret() -> bool:
+    """Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1, read at import of triton)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def triton_available() -> bool:
+    return sys_linux() and has_module("triton") and (cuda_available() or triton_interpret())
+
+
+@functools.cache
+def cupy_available() -> bool:
+    """cupy is installed and sees at least one device."""
+    if not has_module("cupy"):
+        return False
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # noqa: BLE001 - no driver / no device / broken wheel all mean "no cupy"
+        return False
+
+
+def sys_linux() -> bool:
+    return platform.system() == "Linux"
+
+
+_DISTRIBUTIONS = {"cupy": ("cupy-cuda13x", "cupy-cuda12x", "cupy")}
+
+
+def package_version(name: str) -> str | None:
+    for dist in _DISTRIBUTIONS.get(name, (name,)):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+@functools.cache
+def cpu_info() -> dict:
+    """CPU model, core count and per-level cache sizes (bytes), from /proc and sysfs where present."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    caches: dict[str, int] = {}
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    for idx in sorted(base.glob("index*")) if base.exists() else []:
+        try:
+            level = (idx / "level").read_text().strip()
+            kind = (idx / "type").read_text().strip()
+            size = (idx / "size").read_text().strip()
+        except OSError:
+            continue
+        mult = {"K": 1024, "M": 1024**2}.get(size[-1], 1)
+        n = int(size[:-1]) if size[-1] in "KM" else int(size)
+        name = f"L{level}" + ("d" if kind == "Data" else "i" if kind == "Instruction" else "")
+        caches[name] = n * mult
+    return {"model": model, "cores": os.cpu_count() or 1, "caches": caches}
+
+
+@functools.cache
+def gpu_info() -> dict | None:
+    """Name, compute capability, driver/CUDA versions of device 0, or None without a GPU."""
+    if not cuda_available():
+        return None
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "name": props.name,
+        "capability": f"{props.major}.{props.minor}",
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "cuda": torch.version.cuda,
+        "count": torch.cuda.device_count(),
+    }
+
+
+def versions() -> dict[str, str | None]:
+    return {name: package_version(name) for name in PACKAGES}

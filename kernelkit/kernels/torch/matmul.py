@@ -1,0 +1,49 @@
+"""The vendor matmul: MKL/OpenBLAS/oneDNN on the CPU and cuBLAS on the GPU, through torch.
+
+It is one more candidate, so the tuner can never do worse than the vendor library.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_ACTIVATIONS = {
+    "relu": torch.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+}
+
+
+def matmul_forward(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    allow_tf32: bool = False,
+) -> torch.Tensor:
+    """act(a @ b + bias) for (B, M, K) @ (B, K, N) tensors on one device.
+
+    TF32 is switched per call (and restored), so it is never on by surprise.
+    """
+    if a.is_cuda:
+        prev = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+        try:
+            c = _matmul(a, b, bias)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = prev
+    else:
+        c = _matmul(a, b, bias)
+    if activation is not None:
+        c = _ACTIVATIONS[activation](c)
+    return c
+
+
+def _matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    if bias is None:
+        return torch.matmul(a, b)
+    if a.shape[0] == 1:  # addmm fuses the bias into the GEMM for the common 2-D case
+        return torch.addmm(bias, a[0], b[0]).unsqueeze(0)
+    return torch.baddbmm(bias, a, b)

@@ -1,0 +1,94 @@
+"""Op-independent dispatch: from a prepared call to a bound plan, and `explain`.
+
+An op prepares a `Call` (the checked arguments, the `Problem`, how to run a candidate on these
+arguments and how to verify its output) and hands it here. Dispatch asks the tuner for a `Choice`
+and binds it into a plan: a plain function of the op's arguments, memoised per call signature, so a
+repeated call costs one dict lookup on top of the kernel launch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .. import settings as _settings
+from ..autotune import tuner
+from ..autotune.key import make_key
+from . import registry
+from .registry import Candidate, Choice, Config, Problem
+
+Plan = Callable[..., Any]
+
+
+@dataclass
+class Call:
+    problem: Problem
+    bind: Callable[[Candidate, Config], Plan]  # a plan for this choice, reusable for equal signatures
+    args: tuple  # the caller's arguments, in the order the plan takes them
+    verify: Callable[[Any], str | None]  # None, or why an output is wrong
+
+    def runner(self, cand: Candidate, config: Config) -> Callable[[], Any]:
+        plan = self.bind(cand, config)
+        return lambda: plan(*self.args)
+
+
+def plan_for(call: Call, settings: _settings.Settings | None = None) -> Plan:
+    settings = settings or _settings.current()
+    cands = registry.candidates(call.problem.op)
+    if any(d == 0 for shape in call.problem.shapes for d in shape):
+        settings = dataclasses.replace(settings, tune="off")  # nothing to measure on empty inputs
+    choice = tuner.choose(call.problem, cands, call.runner, call.verify, settings)
+    return call.bind(registry.get(call.problem.op, choice.candidate), choice.config)
+
+
+@dataclass
+class Explanation:
+    """What `kernelkit.explain` returns: printable, and inspectable in code."""
+
+    problem: Problem
+    key: str
+    choice: Choice
+    skipped: dict[str, str]
+    trials: list[dict]
+
+    def __str__(self) -> str:
+        p = self.problem
+        lines = [
+            f"{p.op}: shapes {' , '.join(str(s) for s in p.shapes)}  dtype {p.dtype}  "
+            f"data on {p.lib}:{p.device}  layout {p.layout}  {dict(p.params)}",
+            f"cache key: {self.key}",
+            "candidates:",
+        ]
+        for name, why in self.skipped.items():
+            lines.append(f"  {name:<12} skipped: {why}")
+        for t in sorted(self.trials, key=lambda t: t.get("median", float("inf"))):
+            if "median" in t:
+                gflops = p.flops / t["median"] / 1e9 if t["median"] > 0 else 0.0
+                lines.append(f"  {t['candidate']:<12} {t['median'] * 1e6:10.1f} us "
+                             f"± {t['spread'] * 1e6:7.1f}  {gflops:8.1f} GFLOP/s  {t['config']}")
+            else:
+                lines.append(f"  {t['candidate']:<12} failed: {t.get('error')}  {t['config']}")
+        lines.append(f"choice: {self.choice.candidate} {self.choice.config} ({self.choice.source})")
+        return "\n".join(lines)
+
+
+def explain_call(call: Call, settings: _settings.Settings | None = None) -> Explanation:
+    """The candidates, why any were skipped, their measured times, and the choice.
+
+    Uses the cached measurement when there is one; otherwise measures now (and caches it).
+    """
+    settings = settings or _settings.current()
+    cands = registry.candidates(call.problem.op)
+    key = make_key(call.problem, tuner.forced_suffix(settings))
+    usable, skipped = tuner.split_candidates(call.problem, cands, settings)
+    entry = tuner.cache_for(settings.cache_path).get(key)
+    if entry is None:
+        decision = tuner.decide(call.problem, cands, call.runner, call.verify, settings,
+                                key=key, mode="measure")
+        entry = {"choice": decision.choice.to_dict(), "trials": [t.to_dict() for t in decision.trials]}
+        choice = decision.choice
+    else:
+        choice = Choice(entry["choice"]["candidate"], entry["choice"]["config"], "cache")
+    return Explanation(call.problem, key, choice, skipped, entry.get("trials", []))

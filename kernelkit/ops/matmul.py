@@ -1,0 +1,401 @@
+"""matmul: act(a @ b + bias) with broadcast batch dims, any strides, numpy/torch/cupy in and out.
+
+check arguments -> Problem -> dispatch -> launch. Backend work lives in kernelkit/kernels/*.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import numpy as np
+
+from .. import arrays
+from .. import settings as _settings
+from ..kernels import ACTIVATIONS
+from . import registry
+from .dispatch import Call, Plan, explain_call, plan_for
+from .registry import Candidate, Config, Problem
+
+OP = "matmul"
+CPU_DTYPES = ("float32", "float64")
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "tf32": 2.0**-11,
+                 "float16": 2.0**-11, "bfloat16": 2.0**-8}
+
+
+# -- public API ----------------------------------------------------------------------------------
+def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
+           allow_tf32: bool = False) -> Any:
+    """Matrix product with a fused epilogue: ``activation(a @ b + bias)``.
+
+    Args:
+        a: (..., M, K) numpy array, torch tensor (CPU or CUDA) or cupy array. Any strides.
+        b: (..., K, N), same library, device and dtype as `a`. Batch dims broadcast.
+        bias: optional (N,) array added to every row before the activation.
+        activation: None, "relu", "gelu" (exact), "gelu_tanh" or "silu".
+        allow_tf32: let fp32 GPU kernels use TF32 tensor cores (off unless asked for).
+
+    Shape:
+        (..., M, K) @ (..., K, N) -> (broadcast(...), M, N)
+
+    Returns:
+        A new array in the same library and on the same device as the inputs. float32 and float64
+        on the CPU; float16, bfloat16 and float32 on the GPU (accumulating in float32).
+
+    Example:
+        >>> import numpy as np, kernelkit
+        >>> kernelkit.matmul(np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)).shape
+        (2, 4)
+    """
+    sig = _signature(a, b, bias, activation, allow_tf32)
+    plan = _PLANS.get(sig) if sig is not None else None
+    if plan is None:
+        plan = plan_for(prepare(a, b, bias=bias, activation=activation, allow_tf32=allow_tf32))
+        if sig is not None:
+            _PLANS[sig] = plan
+    return plan(a, b, bias)
+
+
+def explain(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
+            allow_tf32: bool = False):
+    return explain_call(prepare(a, b, bias=bias, activation=activation, allow_tf32=allow_tf32))
+
+
+# -- the per-signature plan memo -----------------------------------------------------------------
+_PLANS: dict[tuple, Plan] = {}
+_SIG_OF_TYPE: dict[type, Any] = {}
+
+
+def _sig_fn(t: type):
+    fn = _SIG_OF_TYPE.get(t)
+    if fn is None:
+        lib = {"numpy": "numpy", "torch": "torch", "cupy": "cupy"}.get(t.__module__.split(".")[0])
+        if t is np.ndarray:
+            fn = lambda x: (x.dtype, x.shape, x.strides)
+        elif lib == "torch" and t.__name__ in ("Tensor", "Parameter"):
+            fn = lambda x: (x.dtype, x.shape, x.stride(), x.device, x.requires_grad)
+        elif lib == "cupy" and t.__name__ == "ndarray":
+            fn = lambda x: (x.dtype, x.shape, x.strides, x.device.id)
+        else:
+            return None
+        _SIG_OF_TYPE[t] = fn
+    return fn
+
+
+def _signature(a, b, bias, activation, allow_tf32) -> tuple | None:
+    """Everything a plan depends on, cheaply; None sends the call down the checked slow path."""
+    fa, fb = _sig_fn(type(a)), _sig_fn(type(b))
+    if fa is None or fb is None:
+        return None
+    if bias is None:
+        sb = None
+    else:
+        fbias = _sig_fn(type(bias))
+        if fbias is None:
+            return None
+        sb = (type(bias), fbias(bias))
+    sa, sbb = fa(a), fb(b)
+    grad = None
+    if len(sa) == 5 and (sa[4] or sbb[4] or (sb is not None and sb[1][4])):
+        import torch
+
+        grad = torch.is_grad_enabled()
+    return (type(a), sa, type(b), sbb, sb, activation, allow_tf32, grad, _settings.token())
+
+
+def clear_plans() -> None:
+    _PLANS.clear()
+
+
+# -- checking ------------------------------------------------------------------------------------
+def _check(a, b, bias, activation) -> tuple[arrays.Location, str, tuple[int, ...]]:
+    for name, x in (("a", a), ("b", b)):
+        if arrays.array_lib(x) is None:
+            raise TypeError(f"matmul: argument '{name}' must be a numpy array, torch tensor or cupy "
+                            f"array, got {type(x).__name__}")
+    la, lb = arrays.location(a), arrays.location(b)
+    if la.lib != lb.lib:
+        raise TypeError(f"matmul: 'a' and 'b' must come from the same array library, got {la.lib} "
+                        f"and {lb.lib}")
+    if (la.device, la.index) != (lb.device, lb.index):
+        raise ValueError(f"matmul: 'a' and 'b' must be on the same device, got 'a' on "
+                         f"{la.device}:{la.index} and 'b' on {lb.device}:{lb.index}")
+    for name, x in (("a", a), ("b", b)):
+        if x.ndim < 2:
+            dims = "(..., M, K)" if name == "a" else "(..., K, N)"
+            raise ValueError(f"matmul: argument '{name}' must have at least 2 dims {dims}, got "
+                             f"shape {tuple(x.shape)}")
+    da, db = arrays.dtype_name(a), arrays.dtype_name(b)
+    if da != db:
+        raise TypeError(f"matmul: 'a' and 'b' must have the same dtype, got {da} and {db}")
+    if da not in FLOAT_DTYPES:
+        raise TypeError(f"matmul: dtype must be one of {FLOAT_DTYPES}, got {da}")
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"matmul: a.shape[-1] (K={a.shape[-1]}) must equal b.shape[-2] "
+                         f"(K={b.shape[-2]}); got a {tuple(a.shape)} and b {tuple(b.shape)}")
+    try:
+        batch = tuple(np.broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2])))
+    except ValueError:
+        raise ValueError(f"matmul: batch dims {tuple(a.shape[:-2])} of 'a' and "
+                         f"{tuple(b.shape[:-2])} of 'b' do not broadcast") from None
+    if bias is not None:
+        if arrays.array_lib(bias) is None:
+            raise TypeError(f"matmul: 'bias' must be an array like 'a' or None, got "
+                            f"{type(bias).__name__}")
+        lbias = arrays.location(bias)
+        if lbias != la:
+            raise ValueError(f"matmul: 'bias' must live where 'a' does ({la.lib} on {la.device}), "
+                             f"got {lbias.lib} on {lbias.device}")
+        if tuple(bias.shape) != (b.shape[-1],):
+            raise ValueError(f"matmul: 'bias' must have shape (N,) = ({b.shape[-1]},), got "
+                             f"{tuple(bias.shape)}")
+        if arrays.dtype_name(bias) != da:
+            raise TypeError(f"matmul: 'bias' must have the dtype of 'a' ({da}), got "
+                            f"{arrays.dtype_name(bias)}")
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"matmul: 'activation' must be None or one of {ACTIVATIONS}, got "
+                         f"{activation!r}")
+    return la, da, batch
+
+
+# -- preparing a call ----------------------------------------------------------------------------
+def _layout_tag(strides: tuple[int, ...], shape: tuple[int, ...]) -> str:
+    if strides[-1] == 1 or shape[-1] <= 1:
+        return "N"
+    if strides[-2] == 1 or shape[-2] <= 1:
+        return "T"
+    return "G"
+
+
+def _to_3d(x, lib: str, batch: tuple[int, ...]):
+    """(..., R, C) -> (B, R, C), broadcasting the batch dims (stride 0: no copy for one dim)."""
+    full = batch + tuple(x.shape[-2:])
+    if lib == "torch":
+        x = x.expand(full) if tuple(x.shape) != full else x
+    elif tuple(x.shape) != full:
+        x = np.broadcast_to(x, full) if lib == "numpy" else _cupy().broadcast_to(x, full)
+    if len(batch) == 1:
+        return x
+    return x.reshape((math.prod(batch),) + full[-2:])  # a view unless batch strides do not merge
+
+
+def _cupy():
+    import cupy
+
+    return cupy
+
+
+def prepare(a, b, *, bias=None, activation=None, allow_tf32=False) -> Call:
+    loc, dtype, batch = _check(a, b, bias, activation)
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    nb = math.prod(batch)
+    sa = arrays.element_strides(a)
+    sb = arrays.element_strides(b)
+    problem = Problem(
+        op=OP,
+        shapes=((nb, m, k), (nb, k, n)),
+        dtype=dtype,
+        layout=_layout_tag(sa, tuple(a.shape)) + _layout_tag(sb, tuple(b.shape)),
+        lib=loc.lib,
+        device=loc.device,
+        params=(("bias", bias is not None), ("activation", activation), ("tf32", allow_tf32)),
+        flops=2.0 * nb * m * n * k,
+        nbytes=int((nb * m * k + nb * k * n + nb * m * n) * np.dtype(
+            "float16" if dtype == "bfloat16" else dtype).itemsize),
+    )
+    grad = loc.lib == "torch" and _needs_grad(a, b, bias)
+
+    def bind(cand: Candidate, config: Config) -> Plan:
+        if grad:
+            return _autograd_plan(activation)
+        fn = cand.launcher(problem, config)
+        return _bind(fn, cand, loc, batch)
+
+    return Call(problem, bind, (a, b, bias), _verifier(a, b, bias, activation, allow_tf32))
+
+
+def _needs_grad(a, b, bias) -> bool:
+    import torch
+
+    return torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (a, b, bias))
+
+
+def _autograd_plan(activation: str | None) -> Plan:
+    """Tensors that need gradients go through torch itself, so autograd sees every step."""
+    from ..kernels.torch.matmul import _ACTIVATIONS
+
+    def plan(a, b, bias):
+        import torch
+
+        c = torch.matmul(a, b)
+        c = c + bias if bias is not None else c
+        return _ACTIVATIONS[activation](c) if activation else c
+
+    return plan
+
+
+def _bind(fn, cand: Candidate, loc: arrays.Location, batch: tuple[int, ...]) -> Plan:
+    lib = loc.lib
+    here = cand.native == lib and cand.device == loc.device
+    if here and len(batch) == 0:  # the common 2-D case: as little Python as possible
+        def plan_2d(a, b, bias):
+            return fn(a[None], b[None], bias)[0]
+
+        return plan_2d
+
+    out_shape_batch = batch
+
+    def plan(a, b, bias):
+        a3, b3 = _to_3d(a, lib, batch), _to_3d(b, lib, batch)
+        if not here:
+            a3 = arrays.native(a3, cand.native, cand.device)
+            b3 = arrays.native(b3, cand.native, cand.device)
+            bias = None if bias is None else arrays.native(bias, cand.native, cand.device)
+        out = fn(a3, b3, bias)
+        if not here:
+            out = arrays.to_location(out, loc)
+        return out.reshape(out_shape_batch + tuple(out.shape[-2:]))
+
+    return plan
+
+
+def _verifier(a, b, bias, activation, allow_tf32):
+    """Normwise check against float64: |C - C_ref| <= c sqrt(K) u (|A||B| + |bias|) elementwise."""
+    k = a.shape[-1]
+
+    @functools.cache
+    def reference():
+        import torch
+
+        from ..kernels.torch.matmul import _ACTIVATIONS  # float64 on the CPU, via torch
+
+        a64 = torch.from_numpy(np.ascontiguousarray(_f64(a)))
+        b64 = torch.from_numpy(np.ascontiguousarray(_f64(b)))
+        c = torch.matmul(a64, b64)
+        scale = torch.matmul(a64.abs(), b64.abs())
+        if bias is not None:
+            bias64 = torch.from_numpy(_f64(bias))
+            c, scale = c + bias64, scale + bias64.abs()
+        if activation:
+            c = _ACTIVATIONS[activation](c)
+        return c.numpy(), np.maximum(scale.numpy(), 1.0)
+
+    def verify(out) -> str | None:
+        ref, scale = reference()
+        got = _f64(out)
+        if got.shape != ref.shape:
+            return f"shape {got.shape} != {ref.shape}"
+        if not np.array_equal(np.isnan(got), np.isnan(ref)):
+            return "NaN pattern differs from the float64 reference"
+        fin = np.isfinite(ref)
+        if not np.array_equal(got[~fin], ref[~fin], equal_nan=True):
+            return "Inf differs from the float64 reference"
+        out_dt = arrays.dtype_name(out)
+        acc = "tf32" if allow_tf32 and out_dt == "float32" else (
+            "float64" if out_dt == "float64" else "float32")
+        bound = 16 * math.sqrt(max(k, 1)) * UNIT_ROUNDOFF[acc] + 4 * UNIT_ROUNDOFF[out_dt]
+        err = float(np.max(np.abs(got[fin] - ref[fin]) / scale[fin], initial=0.0))
+        return None if err <= bound else f"normwise error {err:.2e} > {bound:.2e}"
+
+    return verify
+
+
+def _f64(x) -> np.ndarray:
+    if arrays.array_lib(x) == "torch":
+        return x.detach().to("cpu", dtype=_torch_f64()).numpy()
+    return np.asarray(arrays.as_numpy(x), dtype=np.float64)
+
+
+def _torch_f64():
+    import torch
+
+    return torch.float64
+
+
+# -- candidates ----------------------------------------------------------------------------------
+def _space(kernel_module: str, dtype_of=lambda p: np.dtype(p.dtype)):
+    def space(p: Problem) -> list[Config]:
+        k = _kernel(kernel_module)
+        (_, m, kk), (_, _, n) = p.shapes
+        return [c.to_dict() for c in k.MatmulConfig.space(dtype_of(p), m, n, kk)]
+
+    return space
+
+
+def _kernel(name: str):
+    import importlib
+
+    return importlib.import_module(f"kernelkit.kernels.{name}.matmul")
+
+
+def _torch_dtype(p: Problem):
+    import torch
+
+    return getattr(torch, p.dtype)
+
+
+def _numba_supports(p: Problem) -> str | None:
+    return None if p.dtype in CPU_DTYPES else f"dtype {p.dtype} (numba runs {CPU_DTYPES})"
+
+
+def _numba_launcher(p: Problem, config: Config):
+    k = _kernel("numba")
+    cfg, act = k.MatmulConfig.from_dict(config), p.param("activation")
+    return lambda a, b, bias: k.matmul_forward(a, b, bias, act, cfg)
+
+
+def _triton_supports(p: Problem) -> str | None:
+    from .. import devices
+
+    if not devices.has_module("triton"):
+        return "triton is not installed"
+    if p.dtype not in ("float16", "bfloat16", "float32"):
+        return f"dtype {p.dtype} (triton runs float16, bfloat16, float32)"
+    return None
+
+
+def _triton_launcher(p: Problem, config: Config):
+    k = _kernel("triton")
+    cfg, act, tf32 = k.MatmulConfig.from_dict(config), p.param("activation"), p.param("tf32")
+    return lambda a, b, bias: k.matmul_forward(a, b, bias, act, cfg, allow_tf32=tf32)
+
+
+def _cupy_supports(p: Problem) -> str | None:
+    from .. import devices
+
+    if not devices.cupy_available():
+        return "cupy is not installed or sees no device"
+    if p.dtype not in ("float16", "float32"):
+        return f"dtype {p.dtype} (the cupy kernel runs float16, float32)"
+    return None
+
+
+def _cupy_launcher(p: Problem, config: Config):
+    k = _kernel("cupy")
+    cfg, act = k.MatmulConfig.from_dict(config), p.param("activation")
+    return lambda a, b, bias: k.matmul_forward(a, b, bias, act, cfg)
+
+
+def _torch_launcher(p: Problem, config: Config):
+    k = _kernel("torch")
+    act, tf32 = p.param("activation"), p.param("tf32")
+    return lambda a, b, bias: k.matmul_forward(a, b, bias, act, allow_tf32=tf32)
+
+
+def _torch_space(p: Problem) -> list[Config]:
+    return [{}]
+
+
+registry.register(Candidate(OP, "numba", "cpu", "numpy", _numba_supports, _space("numba"),
+                            _numba_launcher))
+registry.register(Candidate(OP, "torch", "cpu", "torch", lambda p: None, _torch_space,
+                            _torch_launcher, vendor=True))
+registry.register(Candidate(OP, "triton", "cuda", "torch", _triton_supports,
+                            _space("triton", _torch_dtype), _triton_launcher))
+registry.register(Candidate(OP, "cupy", "cuda", "cupy", _cupy_supports, _space("cupy"),
+                            _cupy_launcher))
+registry.register(Candidate(OP, "torch", "cuda", "torch", lambda p: None, _torch_space,
+                            _torch_launcher, vendor=True))

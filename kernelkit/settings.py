@@ -1,0 +1,94 @@
+"""The knobs: environment variables, and the same as a context manager in code.
+
+KERNELKIT_CACHE_DIR  where the autotune cache lives (default: the platform's user cache dir)
+KERNELKIT_TUNE       on a cache miss: "measure" (default), "model" (cost model) or "off" (safe default)
+KERNELKIT_BACKEND    force a backend: numba | triton | cupy | torch
+KERNELKIT_DEVICE     force a device: cpu | cuda
+
+A forced backend or device that cannot run a call raises; an automatic choice falls back quietly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+TUNE_MODES = ("measure", "model", "off")
+BACKENDS = ("numba", "triton", "cupy", "torch")
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Settings:
+    tune: str = "measure"
+    backend: str | None = None
+    device: str | None = None
+    cache_dir: str | None = None
+
+    @property
+    def cache_path(self) -> Path:
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        import platformdirs
+
+        return Path(platformdirs.user_cache_dir("kernelkit", appauthor=False))
+
+
+_NO_OVERRIDE: dict = {}  # never mutated: use() always sets a new dict
+_override: contextvars.ContextVar[dict] = contextvars.ContextVar("kernelkit_settings")
+_ENV = ("KERNELKIT_TUNE", "KERNELKIT_BACKEND", "KERNELKIT_DEVICE", "KERNELKIT_CACHE_DIR")
+
+
+def token() -> tuple:
+    """A cheap fingerprint of the knobs, so per-call memos notice when they change."""
+    env = os.environ
+    return (env.get(_ENV[0]), env.get(_ENV[1]), env.get(_ENV[2]), env.get(_ENV[3]), id(_override.get(_NO_OVERRIDE)))
+
+
+def current() -> Settings:
+    env = os.environ
+    s = Settings(
+        tune=(env.get("KERNELKIT_TUNE") or "measure").lower(),
+        backend=(env.get("KERNELKIT_BACKEND") or "").lower() or None,
+        device=(env.get("KERNELKIT_DEVICE") or "").lower() or None,
+        cache_dir=env.get("KERNELKIT_CACHE_DIR") or None,
+    )
+    s = replace(s, **_override.get(_NO_OVERRIDE))
+    _validate(s)
+    return s
+
+
+def _validate(s: Settings) -> None:
+    if s.tune not in TUNE_MODES:
+        raise ValueError(f"kernelkit: KERNELKIT_TUNE must be one of {TUNE_MODES}, got {s.tune!r}")
+    if s.backend is not None and s.backend not in BACKENDS:
+        raise ValueError(f"kernelkit: KERNELKIT_BACKEND must be one of {BACKENDS}, got {s.backend!r}")
+    if s.device is not None and s.device not in DEVICES:
+        raise ValueError(f"kernelkit: KERNELKIT_DEVICE must be one of {DEVICES}, got {s.device!r}")
+
+
+@contextlib.contextmanager
+def use(
+    *,
+    tune: str | None = None,
+    backend: str | None = None,
+    device: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Iterator[Settings]:
+    """Override knobs inside a block: `with kernelkit.use(backend="numba"): ...`."""
+    new = dict(_override.get(_NO_OVERRIDE))
+    for name, value in (("tune", tune), ("backend", backend), ("device", device)):
+        if value is not None:
+            new[name] = value.lower()
+    if cache_dir is not None:
+        new["cache_dir"] = str(cache_dir)
+    _validate(replace(Settings(), **new))
+    tok = _override.set(new)
+    try:
+        yield current()
+    finally:
+        _override.reset(tok)

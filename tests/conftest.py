@@ -1,0 +1,37 @@
+"""Test session set-up: interpreter mode for Triton without a GPU, and a private autotune cache."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # so tests can `import reference`
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001 - a broken torch install means "no CUDA" for test set-up
+        return False
+
+
+# TRITON_INTERPRET must be set before triton is imported anywhere.
+if not _has_cuda():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Never read or write the user's real autotune cache from tests."""
+    old = os.environ.get("KERNELKIT_CACHE_DIR")
+    os.environ["KERNELKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("kk-cache"))
+    yield
+    if old is None:
+        os.environ.pop("KERNELKIT_CACHE_DIR", None)
+    else:
+        os.environ["KERNELKIT_CACHE_DIR"] = old

@@ -1,0 +1,205 @@
+"""kernelkit.matmul through the ops layer: every CPU backend, every layout, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference import MATMUL_ALIGNED, MATMUL_ODD, assert_matmul_close
+
+import kernelkit
+from kernelkit.kernels import ACTIVATIONS
+
+CPU_BACKENDS = ["numba", "torch"]
+
+
+def rand(rng, shape, dtype=np.float32):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mkn", MATMUL_ALIGNED + MATMUL_ODD, ids=str)
+def test_shapes(backend, dtype, mkn, rng):
+    m, k, n = mkn
+    a, b = rand(rng, (m, k), dtype), rand(rng, (k, n), dtype)
+    with kernelkit.use(backend=backend):
+        c = kernelkit.matmul(a, b)
+    assert isinstance(c, np.ndarray) and c.dtype == dtype
+    assert_matmul_close(c, a, b)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("activation", [None, *ACTIVATIONS])
+def test_bias_and_activation(backend, activation, rng):
+    a, b, bias = rand(rng, (37, 29)), rand(rng, (29, 43)), rand(rng, (43,))
+    with kernelkit.use(backend=backend):
+        c = kernelkit.matmul(a, b, bias=bias, activation=activation)
+    assert_matmul_close(c, a, b, bias, activation)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_transposed_noncontiguous_negative_strides(backend, rng):
+    a_t = rand(rng, (23, 31)).T  # (31, 23), column-major
+    b_nc = rand(rng, (46, 17))[::2]  # (23, 17), row stride 2
+    a_neg = rand(rng, (31, 23))[::-1, ::-1]  # negative strides both ways
+    with kernelkit.use(backend=backend):
+        for a, b in ((a_t, b_nc), (a_neg, b_nc), (a_t, b_nc.T.copy().T), (a_neg, b_nc[::-1])):
+            assert_matmul_close(kernelkit.matmul(a, b), a, b)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_batched_broadcast(backend, rng):
+    a = rand(rng, (2, 1, 5, 7))
+    b = rand(rng, (3, 7, 4))
+    with kernelkit.use(backend=backend):
+        c = kernelkit.matmul(a, b)
+        assert c.shape == (2, 3, 5, 4)
+        assert_matmul_close(c, a, b)
+        c2 = kernelkit.matmul(rand(rng, (4, 6, 7)), b[0])  # 3-D @ 2-D
+        assert c2.shape == (4, 6, 4)
+        # a batch dim whose strides do not merge with the next one (transposed batch dims)
+        a3 = rand(rng, (3, 2, 5, 7)).transpose(1, 0, 2, 3)
+        assert_matmul_close(kernelkit.matmul(a3, b), a3, b)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_torch_cpu_in_torch_out(backend):
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 9, 11, generator=g)
+    b = torch.randn(11, 6, generator=g).t().contiguous().t()  # transposed view
+    bias = torch.randn(6, generator=g)
+    with kernelkit.use(backend=backend):
+        c = kernelkit.matmul(a, b, bias=bias, activation="gelu")
+    assert isinstance(c, torch.Tensor) and c.device.type == "cpu" and c.dtype == torch.float32
+    assert_matmul_close(c, a, b, bias, "gelu")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_nan_inf_propagate(backend, rng):
+    a, b = rand(rng, (8, 5)), rand(rng, (5, 6))
+    a[1, 2] = np.nan
+    a[3, 0] = np.inf
+    b[:, 4] = 0.0  # inf * 0 -> nan in that column of row 3
+    with kernelkit.use(backend=backend):
+        c = kernelkit.matmul(a, b)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    assert np.array_equal(np.isnan(c), np.isnan(ref))
+    assert np.array_equal(np.isinf(c), np.isinf(ref))
+    assert np.isnan(c[1]).all() and np.isnan(c[3, 4])
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("shapes", [((0, 3), (3, 4)), ((3, 0), (0, 4)), ((2, 3), (3, 0)),
+                                    ((0, 2, 3), (3, 4))], ids=str)
+def test_empty_dims(backend, shapes, rng):
+    a, b = rand(rng, shapes[0]), rand(rng, shapes[1])
+    bias = rand(rng, (shapes[1][-1],))
+    with kernelkit.use(backend=backend):
+        c = kernelkit.matmul(a, b)
+        cb = kernelkit.matmul(a, b, bias=bias, activation="relu")
+    ref = a @ b
+    assert c.shape == ref.shape and np.array_equal(c, ref)  # K == 0 gives exact zeros
+    assert np.array_equal(cb, np.maximum(ref + bias, 0))
+
+
+@given(
+    m=st.integers(1, 40), k=st.integers(1, 40), n=st.integers(1, 40),
+    ta=st.booleans(), tb=st.booleans(), step=st.integers(1, 3), dtype=st.sampled_from(["f4", "f8"]),
+    backend=st.sampled_from(CPU_BACKENDS),
+)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_hypothesis_shapes_and_strides(m, k, n, ta, tb, step, dtype, backend):
+    rng = np.random.default_rng(m * 10007 + k * 101 + n)
+    a = rand(rng, (k, m * step) if ta else (m, k * step), dtype)
+    a = a.T[::step] if ta else a[:, ::step]
+    b = rand(rng, (n, k * step) if tb else (k, n * step), dtype)
+    b = b.T[::step] if tb else b[:, ::step]
+    assert a.shape == (m, k) and b.shape == (k, n)
+    with kernelkit.use(backend=backend):
+        assert_matmul_close(kernelkit.matmul(a, b), a, b)
+
+
+def test_autograd_matches_torch():
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(5, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(7, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    kernelkit.matmul(a, b, bias=bias, activation="silu").sum().backward()
+    grads = [x.grad.clone() for x in (a, b, bias)]
+    for x in (a, b, bias):
+        x.grad = None
+    torch.nn.functional.silu(a @ b + bias).sum().backward()
+    for got, x in zip(grads, (a, b, bias)):
+        torch.testing.assert_close(got, x.grad)
+
+
+def test_default_policy_tunes_and_reuses(rng, tmp_path):
+    a, b = rand(rng, (64, 64)), rand(rng, (64, 64))
+    with kernelkit.use(cache_dir=tmp_path, tune="measure"):
+        c1 = kernelkit.matmul(a, b)
+        c2 = kernelkit.matmul(a, b)
+    assert_matmul_close(c1, a, b)
+    assert np.array_equal(c1, c2)
+    assert (tmp_path / "autotune.json").exists()
+
+
+# -- bad input -----------------------------------------------------------------------------------
+BAD = [
+    (lambda: (np.ones(3, np.float32), np.ones((3, 2), np.float32)), ValueError, "at least 2 dims"),
+    (lambda: (np.ones((2, 3), np.float32), np.ones((4, 2), np.float32)), ValueError, "K=3"),
+    (lambda: (np.ones((2, 3), np.float32), torch.ones(3, 2)), TypeError, "same array library"),
+    (lambda: (torch.ones(2, 3), torch.ones(3, 2, device="meta")), ValueError, "same device"),
+    (lambda: (np.ones((2, 3), np.int32), np.ones((3, 2), np.int32)), TypeError, "dtype must be"),
+    (lambda: (np.ones((2, 3), np.float32), np.ones((3, 2), np.float64)), TypeError, "same dtype"),
+    (lambda: (np.ones((2, 2, 3), np.float32), np.ones((3, 3, 2), np.float32)), ValueError,
+     "do not broadcast"),
+    (lambda: ([[1.0, 2.0]], np.ones((2, 2), np.float32)), TypeError, "argument 'a'"),
+    (lambda: (np.ones((2, 3), np.float32), "b"), TypeError, "argument 'b'"),
+]
+
+
+@pytest.mark.parametrize("make,exc,match", BAD)
+def test_bad_input(make, exc, match):
+    a, b = make()
+    with pytest.raises(exc, match=match) as info:
+        kernelkit.matmul(a, b)
+    assert str(info.value).startswith("matmul:")
+
+
+def test_bad_bias_and_activation():
+    a, b = np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"'bias' must have shape \(N,\) = \(4,\)"):
+        kernelkit.matmul(a, b, bias=np.ones(3, np.float32))
+    with pytest.raises(TypeError, match="'bias' must have the dtype"):
+        kernelkit.matmul(a, b, bias=np.ones(4, np.float64))
+    with pytest.raises(ValueError, match="'activation' must be None or one of"):
+        kernelkit.matmul(a, b, activation="tanh")
+
+
+def test_forced_choice_that_cannot_run_raises():
+    a, b = np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match="forced device=cuda"), kernelkit.use(device="cuda"):
+        kernelkit.matmul(a, b)
+    with pytest.raises(ValueError, match="forced backend=numba"), kernelkit.use(backend="numba"):
+        kernelkit.matmul(torch.ones(2, 3, dtype=torch.bfloat16), torch.ones(3, 4, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="KERNELKIT_BACKEND must be one of"):
+        kernelkit.use(backend="cublas").__enter__()
+
+
+def test_env_knobs(monkeypatch, rng):
+    a, b = rand(rng, (9, 9)), rand(rng, (9, 9))
+    monkeypatch.setenv("KERNELKIT_BACKEND", "torch")
+    monkeypatch.setenv("KERNELKIT_TUNE", "off")
+    ex = kernelkit.explain("matmul", a, b)
+    assert ex.skipped["numba-cpu"] == "KERNELKIT_BACKEND=torch"
+    monkeypatch.setenv("KERNELKIT_TUNE", "sometimes")
+    with pytest.raises(ValueError, match="KERNELKIT_TUNE"):
+        kernelkit.matmul(a, b)

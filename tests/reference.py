@@ -1,0 +1,96 @@
+"""float64 references, the one tolerance table, and the named shape sets every test draws from."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# Unit roundoff of each storage / accumulation type (2**-p for a p-bit significand).
+UNIT_ROUNDOFF: dict[str, float] = {
+    "float64": 2.0**-53,
+    "float32": 2.0**-24,
+    "tf32": 2.0**-11,
+    "float16": 2.0**-11,
+    "bfloat16": 2.0**-8,
+}
+
+# Elementwise tolerances (torch's defaults), for ops without a reduction.
+ELEMENTWISE_RTOL: dict[str, float] = {
+    "float64": 1e-7,
+    "float32": 1.3e-6,
+    "float16": 1e-3,
+    "bfloat16": 1.6e-2,
+}
+
+# Shape sets for matmul, named by intent: (M, K, N).
+MATMUL_ALIGNED = [(16, 16, 16), (64, 64, 64), (128, 64, 32), (64, 128, 256)]
+MATMUL_ODD = [(1, 1, 1), (1, 7, 1), (7, 1, 5), (3, 5, 7), (13, 17, 19), (31, 37, 41), (97, 61, 89),
+              (1, 64, 67), (67, 64, 1), (0, 5, 3), (4, 5, 0), (4, 0, 3)]
+
+
+def dtype_name(x) -> str:
+    return str(x.dtype).replace("torch.", "")
+
+
+def to_f64(x) -> np.ndarray:
+    """Any array (numpy, torch CPU/CUDA, cupy) as a float64 numpy array."""
+    if x is None:
+        return None
+    mod = type(x).__module__
+    if mod.startswith("torch"):
+        return x.detach().to("cpu").double().numpy()
+    if mod.startswith("cupy"):
+        return x.get().astype(np.float64)
+    return np.asarray(x, dtype=np.float64)
+
+
+def activation_ref(x: np.ndarray, name: str | None) -> np.ndarray:
+    if name is None:
+        return x
+    if name == "relu":
+        return np.maximum(x, 0.0)
+    if name == "gelu":
+        erf = np.vectorize(math.erf, otypes=[np.float64])
+        return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+    if name == "gelu_tanh":
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    if name == "silu":
+        return x / (1.0 + np.exp(-x))
+    raise ValueError(name)
+
+
+def matmul_ref(a, b, bias=None, activation=None) -> np.ndarray:
+    """float64 reference of act(a @ b + bias) with numpy broadcasting of batch dims."""
+    c = np.matmul(to_f64(a), to_f64(b))
+    if bias is not None:
+        c = c + to_f64(bias)
+    return activation_ref(c, activation)
+
+
+def matmul_bound(k: int, acc: str, out: str) -> float:
+    """Normwise bound for |C - C_ref| / (|A| |B| + |bias|): sqrt(K) * u_acc plus output rounding."""
+    return 4.0 * math.sqrt(max(k, 1)) * UNIT_ROUNDOFF[acc] + 2.0 * UNIT_ROUNDOFF[out]
+
+
+def assert_matmul_close(out, a, b, bias=None, activation=None, *, acc: str | None = None) -> None:
+    """Check act(a @ b + bias) elementwise against float64, scaled by (|A| |B| + |bias|)."""
+    out_dtype = dtype_name(out)
+    acc = acc or ("float64" if out_dtype == "float64" else "float32")
+    ref = matmul_ref(a, b, bias, activation)
+    got = to_f64(out)
+    assert got.shape == ref.shape, f"shape {got.shape} != reference {ref.shape}"
+    if ref.size == 0:
+        return
+    scale = np.matmul(np.abs(to_f64(a)), np.abs(to_f64(b)))
+    if bias is not None:
+        scale = scale + np.abs(to_f64(bias))
+    # Activations here are at most ~1.13-Lipschitz; the max(scale, 1) floor covers their own rounding.
+    scale = np.maximum(scale, 1.0)
+    finite = np.isfinite(ref)
+    assert np.array_equal(np.isnan(got), np.isnan(ref)), "NaN pattern differs from the reference"
+    assert np.array_equal(got[~finite & ~np.isnan(ref)], ref[~finite & ~np.isnan(ref)]), "Inf differs"
+    k = to_f64(a).shape[-1]
+    err = float(np.max(np.abs(got[finite] - ref[finite]) / scale[finite], initial=0.0))
+    bound = 1.2 * matmul_bound(k, acc, out_dtype)
+    assert err <= bound, f"normwise error {err:.3e} > bound {bound:.3e} (K={k}, acc={acc}, out={out_dtype})"
