@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    con = Console()
+    con = Console(width=None if sys.stdout.isatty() else 160)
     try:
         return args.fn(args, con)
     except (ValueError, TypeError) as exc:

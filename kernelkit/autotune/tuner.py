@@ -135,11 +135,12 @@ def decide(
 ) -> Decision:
     """Apply the miss policy (`mode`, default the knob) and store what was measured."""
     key = key or make_key(problem, forced_suffix(settings))
-    mode = mode or settings.tune
+    explicit, mode = mode is not None, mode or settings.tune
     usable, skipped = split_candidates(problem, cands, settings)
     if mode == "off":
         return Decision(key, default_choice(problem, usable), skipped)
-    if len(usable) == 1 and len(usable[0].space(problem)) == 1:  # nothing to choose between
+    if not explicit and len(usable) == 1 and len(usable[0].space(problem)) == 1:
+        # Nothing to choose between: skip timing (explain and `tune` still measure it).
         source = "forced" if settings.backend or settings.device else "default"
         return Decision(key, Choice(usable[0].name, usable[0].space(problem)[0], source), skipped)
     cache = cache_for(settings.cache_path)
