@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import importlib as _importlib
+
 from .ops import matmul as _matmul_op
 from .ops.dispatch import Explanation
 from .ops.matmul import matmul
 from .settings import use
 
-__all__ = ["matmul", "explain", "use", "Explanation", "__version__"]
+__all__ = ["matmul", "explain", "use", "nn", "Explanation", "__version__"]
 __version__ = "0.1.0"
 
 _EXPLAIN = {"matmul": _matmul_op.explain}
@@ -37,3 +39,9 @@ def explain(op: Any, *args: Any, **kwargs: Any) -> Explanation:
     if name not in _EXPLAIN:
         raise ValueError(f"explain: unknown op {name!r}; expected one of {sorted(_EXPLAIN)}")
     return _EXPLAIN[name](*args, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "nn":  # imports torch, so only on first use
+        return _importlib.import_module(".ops.nn", __name__)
+    raise AttributeError(f"module 'kernelkit' has no attribute {name!r}")

@@ -209,7 +209,7 @@ def prepare(a, b, *, bias=None, activation=None, allow_tf32=False) -> Call:
 
     def bind(cand: Candidate, config: Config) -> Plan:
         if grad:
-            return _autograd_plan(activation)
+            return _autograd_plan(activation, allow_tf32)
         fn = cand.launcher(problem, config)
         return _bind(fn, cand, loc, batch)
 
@@ -223,18 +223,12 @@ def _needs_grad(a, b, bias) -> bool:
         x is not None and x.requires_grad for x in (a, b, bias))
 
 
-def _autograd_plan(activation: str | None) -> Plan:
-    """Tensors that need gradients go through torch itself, so autograd sees every step."""
-    from ..kernels.torch.matmul import _ACTIVATIONS
+def _autograd_plan(activation: str | None, allow_tf32: bool) -> Plan:
+    """Tensors that need gradients go through the registered custom op and its autograd formula."""
+    from .torch_ops import matmul_op
 
-    def plan(a, b, bias):
-        import torch
-
-        c = torch.matmul(a, b)
-        c = c + bias if bias is not None else c
-        return _ACTIVATIONS[activation](c) if activation else c
-
-    return plan
+    op = matmul_op()
+    return lambda a, b, bias: op(a, b, bias, activation, allow_tf32)
 
 
 def _bind(fn, cand: Candidate, loc: arrays.Location, batch: tuple[int, ...]) -> Plan:

@@ -1,0 +1,68 @@
+"""Drop-in modules: `Linear` (nn.Linear with a fused activation) and `patch(model)`.
+
+The module and the functional op share one stem: `Linear.forward` is `kernelkit.matmul` through
+the registered custom op, so it works under autograd and torch.compile.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..kernels import ACTIVATIONS
+from .torch_ops import matmul_op
+
+
+class Linear(nn.Linear):
+    """`torch.nn.Linear` computed by kernelkit, with an optional fused activation.
+
+    Args:
+        in_features, out_features, bias, device, dtype: as for `torch.nn.Linear`.
+        activation: None, "relu", "gelu", "gelu_tanh" or "silu", fused into the matmul epilogue.
+
+    Shape:
+        (*, in_features) -> (*, out_features)
+
+    Example:
+        >>> layer = kernelkit.nn.Linear(768, 3072, activation="gelu")  # doctest: +SKIP
+        >>> y = layer(torch.randn(8, 128, 768))  # doctest: +SKIP
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 device=None, dtype=None, activation: str | None = None):
+        super().__init__(in_features, out_features, bias, device, dtype)
+        matmul_op()
+        if activation is not None and activation not in ACTIVATIONS:
+            raise ValueError(f"Linear: 'activation' must be None or one of {ACTIVATIONS}, got "
+                             f"{activation!r}")
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim < 2:  # nn.Linear accepts (in_features,); matmul needs a row
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        # torch.ops.* (registered in __init__) rather than matmul_op(): dynamo can trace it.
+        return torch.ops.kernelkit.matmul(x, self.weight.t(), self.bias, self.activation, False)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", activation={self.activation}"
+
+    @classmethod
+    def from_linear(cls, layer: nn.Linear) -> Linear:
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.in_features, new.out_features = layer.in_features, layer.out_features
+        new.weight, new.bias = layer.weight, layer.bias  # shared, not copied
+        new.activation = None
+        matmul_op()
+        return new
+
+
+def patch(model: nn.Module) -> nn.Module:
+    """Replace every `torch.nn.Linear` in `model` (in place) by a kernelkit `Linear` sharing its
+    parameters. Returns the model."""
+    for name, child in model.named_children():
+        if type(child) is nn.Linear:
+            setattr(model, name, Linear.from_linear(child))
+        else:
+            patch(child)
+    return model
