@@ -6,9 +6,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import importlib as _importlib
+from typing import Any
 
 from .ops import matmul as _matmul_op
 from .ops.dispatch import Explanation

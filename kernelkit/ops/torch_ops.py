@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 
 
-
 @functools.cache
 def matmul_op():
     """Register (once) and return `torch.ops.kernelkit.matmul`."""
