@@ -1,0 +1,292 @@
+"""CuPy matmul: C[b] = act(A[b] @ B[b] + bias), batched, with a fused fp32 epilogue.
+
+The CUDA C source, ``matmul.cu`` beside this file, is a shared-memory tiled, double-buffered SIMT
+GEMM with a TM x TN register tile per thread (see the comment at its top). It takes any element
+strides, so transposed views and broadcast (stride 0) batch dimensions need no copy.
+
+Each (dtype, config, device) is compiled on first use with ``cupy.RawModule`` (NVRTC; cupy also
+caches the binary on disk) and kept in memory. Nothing here imports cupy at module import time, so
+the package imports on machines without it.
+
+The project's tuner picks a :class:`MatmulConfig` from :data:`SHIPPED_CONFIGS` (through
+:meth:`MatmulConfig.space`) and passes it to :func:`matmul_forward`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from kernelkit.kernels import ACTIVATIONS
+
+SOURCE_PATH = Path(__file__).with_name("matmul.cu")
+
+# Activation name -> code of the `act` kernel argument (kk::Act in matmul.cu).
+_ACT_CODES: dict[str | None, int] = {None: 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
+assert set(_ACT_CODES) - {None} == set(ACTIVATIONS)
+
+# dtype name -> (kernel-name tag, CUDA element type).
+_DTYPES: dict[str, tuple[str, str]] = {"float32": ("f32", "float"), "float16": ("f16", "__half")}
+
+_SMEM_PAD = 4  # PAD in matmul.cu
+_STATIC_SMEM_LIMIT = 48 * 1024
+_INT32_MAX = 2**31 - 1
+
+
+def _dtype_name(dtype) -> str:
+    """'float32' / 'float16' from a numpy/cupy dtype, a type, or a string."""
+    name = getattr(dtype, "name", None)
+    if name is None:
+        try:
+            import numpy as np
+
+            name = np.dtype(dtype).name
+        except TypeError:
+            name = str(dtype)
+    return str(name).replace("torch.", "")
+
+
+@dataclass(frozen=True)
+class MatmulConfig:
+    """Block tile (BM x BN, K step BK) and per-thread register tile (TM x TN).
+
+    threads per block = (BM / TM) * (BN / TN).
+    """
+
+    BM: int
+    BN: int
+    BK: int
+    TM: int
+    TN: int
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"cupy matmul config: {f.name} must be a positive int, got {v!r}")
+        problems = []
+        if self.BM % self.TM or self.BN % self.TN:
+            problems.append("BM must be a multiple of TM and BN of TN")
+        else:
+            nt = self.threads
+            if not 32 <= nt <= 1024:
+                problems.append(f"threads per block (BM/TM)*(BN/TN) = {nt} must be in [32, 1024]")
+            elif (self.BM * self.BK) % nt or (self.BK * self.BN) % nt:
+                problems.append(f"BM*BK and BK*BN must be multiples of the thread count {nt}")
+        for t, name in ((self.TM, "TM"), (self.TN, "TN")):
+            if t > 3 and t % 4:
+                problems.append(f"{name} must be 1, 2, 3 or a multiple of 4")
+        if self.smem_bytes > _STATIC_SMEM_LIMIT:
+            problems.append(f"shared memory {self.smem_bytes} B > {_STATIC_SMEM_LIMIT} B")
+        if problems:
+            raise ValueError(f"cupy matmul config {self}: " + "; ".join(problems))
+
+    @property
+    def threads(self) -> int:
+        return (self.BM // self.TM) * (self.BN // self.TN)
+
+    @property
+    def smem_bytes(self) -> int:
+        """Static shared memory of the kernel: two float stages of A and B tiles."""
+        return 2 * self.BK * (self.BM + self.BN + 2 * _SMEM_PAD) * 4
+
+    @classmethod
+    def default(cls, dtype=None) -> MatmulConfig:
+        """The safe default: valid for every problem, and the best general choice for large ones."""
+        return SHIPPED_CONFIGS[0]
+
+    @classmethod
+    def space(cls, dtype, m: int, n: int, k: int) -> list[MatmulConfig]:
+        """The shipped configs worth trying for an (m, n, k) problem, default first.
+
+        A config is dropped when its block tile is more than twice the (power-of-two rounded)
+        problem along M or N (but 32 always fits), or its BK is more than the rounded K (but 8
+        always fits); the default always stays.
+        """
+        _check_dtype(dtype)
+        cap_m, cap_n = (max(32, 2 * _next_pow2(x)) for x in (m, n))
+        cap_k = max(8, _next_pow2(k))
+        default = cls.default(dtype)
+        out = [default]
+        for cfg in SHIPPED_CONFIGS:
+            if cfg == default:
+                continue
+            if cap_m >= cfg.BM and cap_n >= cfg.BN and cap_k >= cfg.BK:
+                out.append(cfg)
+        return out
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d) -> MatmulConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        missing = names - set(d)
+        if unknown or missing:
+            raise ValueError(
+                f"cupy matmul config: expected keys {sorted(names)}, got {sorted(d)}"
+            )
+        return cls(**{k: d[k] for k in names})
+
+
+SHIPPED_CONFIGS: tuple[MatmulConfig, ...] = (
+    MatmulConfig(128, 128, 8, 8, 8),  # default
+    MatmulConfig(128, 128, 16, 8, 8),
+    MatmulConfig(128, 64, 8, 8, 4),
+    MatmulConfig(64, 128, 8, 4, 8),
+    MatmulConfig(64, 64, 8, 4, 4),
+    MatmulConfig(64, 64, 16, 4, 4),
+    MatmulConfig(32, 32, 8, 4, 4),
+)
+
+
+def _next_pow2(x: int) -> int:
+    return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
+
+
+def _check_dtype(dtype) -> str:
+    name = _dtype_name(dtype)
+    if name not in _DTYPES:
+        raise TypeError(f"cupy matmul: dtype must be float32 or float16, got {name}")
+    return name
+
+
+def kernel_name(dtype, config: MatmulConfig) -> str:
+    """The extern "C" name of the kernel for (dtype, config) in matmul.cu."""
+    tag, _ = _DTYPES[_check_dtype(dtype)]
+    c = config
+    return f"kk_matmul_{tag}_{c.BM}x{c.BN}x{c.BK}_{c.TM}x{c.TN}"
+
+
+def compile_options(dtype, config: MatmulConfig) -> tuple[str, ...]:
+    """Compiler options that make matmul.cu instantiate only the (dtype, config) kernel."""
+    tag, ctype = _DTYPES[_check_dtype(dtype)]
+    c = config
+    return (
+        "-std=c++17",
+        "-DKK_SINGLE=1",
+        f"-DKK_DT={tag}",
+        f"-DKK_T={ctype}",
+        f"-DKK_BM={c.BM}",
+        f"-DKK_BN={c.BN}",
+        f"-DKK_BK={c.BK}",
+        f"-DKK_TM={c.TM}",
+        f"-DKK_TN={c.TN}",
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def source() -> str:
+    return SOURCE_PATH.read_text(encoding="utf-8")
+
+
+_kernels: dict[tuple[str, MatmulConfig, int], object] = {}
+_kernels_lock = threading.Lock()
+
+
+def get_kernel(dtype, config: MatmulConfig, device_id: int | None = None):
+    """The compiled ``cupy.RawKernel`` for (dtype, config) on a device (default: the current one)."""
+    import cupy
+
+    name = _check_dtype(dtype)
+    if device_id is None:
+        device_id = cupy.cuda.Device().id
+    key = (name, config, int(device_id))
+    kern = _kernels.get(key)
+    if kern is None:
+        with _kernels_lock:
+            kern = _kernels.get(key)
+            if kern is None:
+                with cupy.cuda.Device(device_id):
+                    module = cupy.RawModule(code=source(), options=compile_options(name, config))
+                    kern = module.get_function(kernel_name(name, config))
+                    kern.compile()  # compile errors surface here, not at the first launch
+                _kernels[key] = kern
+    return kern
+
+
+def launch_geometry(batch: int, m: int, n: int, config: MatmulConfig) -> tuple[int, int, int, int]:
+    """(blocks, threads per block, tiles_m, tiles_n) of a launch; the grid is 1-D (batch folded in)."""
+    tiles_m = -(-m // config.BM)
+    tiles_n = -(-n // config.BN)
+    blocks = tiles_m * tiles_n * batch
+    if blocks > _INT32_MAX:
+        raise ValueError(f"cupy matmul: {blocks} thread blocks exceed the grid limit")
+    return blocks, config.threads, tiles_m, tiles_n
+
+
+def _elem_strides(strides, itemsize: int) -> tuple[int, ...]:
+    """Byte strides (any sign) -> element strides."""
+    if any(s % itemsize for s in strides):
+        raise ValueError(f"cupy matmul: strides {strides} are not multiples of the item size")
+    return tuple(s // itemsize for s in strides)
+
+
+def matmul_forward(a, b, bias=None, activation: str | None = None,
+                   config: MatmulConfig | None = None):
+    """act(a @ b + bias) for cupy arrays a (B, M, K) and b (B, K, N) of float32 or float16.
+
+    Any strides are accepted (0 for a broadcast batch, transposed or sliced views). ``bias`` is
+    None or (N,) (cast to the input dtype). Accumulates in float32 and returns a new C-contiguous
+    (B, M, N) array of the input dtype on the inputs' device. K == 0 gives act(bias or 0).
+    """
+    import cupy
+    import numpy as np
+
+    if not isinstance(a, cupy.ndarray) or not isinstance(b, cupy.ndarray):
+        raise TypeError(
+            f"cupy matmul: a and b must be cupy arrays, got {type(a).__name__}, {type(b).__name__}"
+        )
+    if a.ndim != 3 or b.ndim != 3:
+        raise ValueError(f"cupy matmul: a and b must be 3-D (B, M, K) and (B, K, N), got "
+                         f"{a.shape} and {b.shape}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"cupy matmul: a and b must have the same dtype, got {a.dtype}, {b.dtype}")
+    dtype = _check_dtype(a.dtype)
+    batch, m, k = a.shape
+    bb, kb, n = b.shape
+    if bb != batch or kb != k:
+        raise ValueError(f"cupy matmul: shapes {a.shape} and {b.shape} do not match")
+    if activation not in _ACT_CODES:
+        raise ValueError(f"cupy matmul: activation must be one of None, {', '.join(ACTIVATIONS)}; "
+                         f"got {activation!r}")
+    if bias is not None:
+        if not isinstance(bias, cupy.ndarray) or bias.shape != (n,):
+            raise ValueError(f"cupy matmul: bias must be a cupy array of shape ({n},), got "
+                             f"{getattr(bias, 'shape', type(bias).__name__)}")
+        if bias.dtype != a.dtype:
+            bias = bias.astype(a.dtype)
+    if a.device.id != b.device.id or (bias is not None and bias.device.id != a.device.id):
+        raise ValueError("cupy matmul: all arrays must be on the same device")
+    config = config or MatmulConfig.default(dtype)
+    if not isinstance(config, MatmulConfig):
+        raise TypeError(f"cupy matmul: config must be a MatmulConfig, got {type(config).__name__}")
+
+    with a.device:
+        out = cupy.empty((batch, m, n), dtype=a.dtype)
+        if out.size == 0:
+            return out
+        if max(m, n, k) > _INT32_MAX:
+            raise ValueError(f"cupy matmul: M, N, K must be < 2**31, got {m}, {n}, {k}")
+        blocks, threads, tiles_m, tiles_n = launch_geometry(batch, m, n, config)
+        isz = a.itemsize
+        sab, sam, sak = _elem_strides(a.strides, isz)
+        sbb, sbk, sbn = _elem_strides(b.strides, isz)
+        if bias is None:
+            bias_arg, sbias, has_bias = out, 0, 0  # never read
+        else:
+            bias_arg, (sbias,), has_bias = bias, _elem_strides(bias.strides, isz), 1
+        kern = get_kernel(dtype, config, a.device.id)
+        i32, i64 = np.int32, np.int64
+        kern(
+            (blocks, 1, 1),
+            (threads, 1, 1),
+            (a, b, bias_arg, out, i32(m), i32(n), i32(k), i32(tiles_m), i32(tiles_n),
+             i64(sab), i64(sam), i64(sak), i64(sbb), i64(sbk), i64(sbn), i64(sbias),
+             i32(has_bias), i32(_ACT_CODES[activation])),
+        )
+    return out

@@ -1,0 +1,470 @@
+"""The CuPy matmul without a GPU: nvcc builds, kernel names, config space, and a host emulation.
+
+* Every shipped config and dtype is built with ``nvcc -cubin`` for sm_80 and sm_90 (one nvcc per
+  arch, run in parallel), with ptxas' resource usage checked (no real spills, registers x threads fit
+  the register file, static shared memory as the launcher computes it).
+* The names the launcher asks for exist in those cubins, and the launcher's own single-kernel
+  compile options (``-DKK_SINGLE ...``) build exactly the kernel it will request.
+* The same .cu source is compiled for the CPU with g++ (``KK_HOST_EMULATION``: each CUDA thread is
+  an OS thread, ``__shared__`` is a static, ``__syncthreads`` a barrier) and run on odd shapes,
+  strided / transposed / broadcast operands, bias and every activation, against float64. This
+  checks the indexing, the edges and the double-buffer schedule; only a GPU checks the rest.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import reference
+
+from kernelkit.kernels.cupy import matmul as km
+
+ARCHS = ("sm_80", "sm_90")
+DTYPES = ("float32", "float16")
+
+
+def _find_tool(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if d and (Path(d) / "bin" / name).is_file():
+            return str(Path(d) / "bin" / name)
+    return None
+
+
+NVCC = _find_tool("nvcc")
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found on PATH or in /usr/local/cuda/bin")
+
+
+def _nvcc(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run([NVCC, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"nvcc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def _ptxas_usage(text: str) -> dict[str, dict[str, int]]:
+    """Parse `-Xptxas -v` output into {kernel: {regs, smem, spill_stores, spill_loads}}."""
+    usage: dict[str, dict[str, int]] = {}
+    current = None
+    for line in text.splitlines():
+        m = re.search(r"Compiling entry function '(\w+)'", line)
+        if m:
+            current = usage.setdefault(m.group(1), {})
+            continue
+        if current is None:
+            continue
+        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            current["spill_stores"], current["spill_loads"] = int(m.group(1)), int(m.group(2))
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            current["regs"] = int(m.group(1))
+            s = re.search(r"(\d+) bytes smem", line)
+            current["smem"] = int(s.group(1)) if s else 0
+    return usage
+
+
+@pytest.fixture(scope="module")
+def cubins(tmp_path_factory):
+    """{arch: (cubin bytes, ptxas usage)} for the whole .cu (every shipped kernel)."""
+    if NVCC is None:
+        pytest.skip("nvcc not found on PATH or in /usr/local/cuda/bin")
+    tmp = tmp_path_factory.mktemp("cupy-matmul-cubin")
+
+    def build(arch):
+        out = tmp / f"matmul_{arch}.cubin"
+        proc = _nvcc(["-std=c++17", "-cubin", f"-arch={arch}", "-Xptxas", "-v", "-o", str(out),
+                      str(km.SOURCE_PATH)], tmp)
+        return arch, (out.read_bytes(), _ptxas_usage(proc.stdout + proc.stderr))
+
+    with ThreadPoolExecutor(len(ARCHS)) as pool:
+        return dict(pool.map(build, ARCHS))
+
+
+def _has_symbol(cubin: bytes, name: str) -> bool:
+    # extern "C" names are stored unmangled, NUL-terminated, in the ELF string table.
+    return (b"\0" + name.encode() + b"\0") in cubin
+
+
+# ----------------------------------------------------------------------------------- nvcc builds
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_shipped_kernel_builds(cubins, arch):
+    blob, usage = cubins[arch]
+    expected = {km.kernel_name(dt, cfg) for dt in DTYPES for cfg in km.SHIPPED_CONFIGS}
+    # The .cu's own shipped list and SHIPPED_CONFIGS agree, both ways.
+    assert set(usage) == expected
+    for name in expected:
+        assert _has_symbol(blob, name), name
+    for dt in DTYPES:
+        for cfg in km.SHIPPED_CONFIGS:
+            u = usage[km.kernel_name(dt, cfg)]
+            # A few bytes may be saved around the call to the division slow path in the epilogue
+            # (silu's exact x / (1 + exp(-x))); anything more means the main loop spills.
+            assert u["spill_stores"] <= 32 and u["spill_loads"] <= 32, (dt, cfg, u)
+            assert u["regs"] * cfg.threads <= 65536, (dt, cfg, u)
+            assert u["smem"] == cfg.smem_bytes, (dt, cfg, u)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_launcher_compile_options_build_the_requested_kernel(tmp_path, dtype):
+    """What get_kernel compiles (-DKK_SINGLE ...) defines exactly the name it then looks up,
+    also for a config that is not shipped (odd TM / TN)."""
+    cfgs = [km.MatmulConfig.default(dtype), km.MatmulConfig(32, 32, 8, 2, 4)]
+    for cfg in cfgs:
+        opts = [o for o in km.compile_options(dtype, cfg)]
+        out = tmp_path / f"{km.kernel_name(dtype, cfg)}.cubin"
+        proc = _nvcc([*opts, "-cubin", "-arch=sm_90", "-Xptxas", "-v", "-o", str(out),
+                      str(km.SOURCE_PATH)], tmp_path)
+        usage = _ptxas_usage(proc.stdout + proc.stderr)
+        assert set(usage) == {km.kernel_name(dtype, cfg)}
+        assert _has_symbol(out.read_bytes(), km.kernel_name(dtype, cfg))
+
+
+# -------------------------------------------------------------------------- pure-Python parts
+
+
+def test_kernel_names_and_options():
+    cfg = km.MatmulConfig(128, 64, 8, 8, 4)
+    assert km.kernel_name("float32", cfg) == "kk_matmul_f32_128x64x8_8x4"
+    assert km.kernel_name(np.float16, cfg) == "kk_matmul_f16_128x64x8_8x4"
+    opts = km.compile_options("float16", cfg)
+    assert "-DKK_SINGLE=1" in opts and "-DKK_T=__half" in opts and "-DKK_DT=f16" in opts
+    assert "-std=c++17" in opts
+    with pytest.raises(TypeError, match="float32 or float16"):
+        km.kernel_name("float64", cfg)
+
+
+def test_source_lists_the_shipped_configs():
+    text = km.source()
+    block = text[text.index("// KK-SHIPPED-BEGIN"):text.index("// KK-SHIPPED-END")]
+    listed = [tuple(int(x) for x in m.groups())
+              for m in re.finditer(r"KK_BOTH\((\d+), (\d+), (\d+), (\d+), (\d+)\)", block)]
+    assert listed == [(c.BM, c.BN, c.BK, c.TM, c.TN) for c in km.SHIPPED_CONFIGS]
+    # NVRTC has no host headers: the only include is cuda_fp16.h.
+    includes = re.findall(r"#include\s*[<\"]([^>\"]+)", text)
+    assert includes == ["cuda_fp16.h"]
+
+
+def test_config_validation_and_dict_round_trip():
+    for cfg in km.SHIPPED_CONFIGS:
+        assert km.MatmulConfig.from_dict(cfg.to_dict()) == cfg
+        assert cfg.to_dict() == {"BM": cfg.BM, "BN": cfg.BN, "BK": cfg.BK, "TM": cfg.TM,
+                                 "TN": cfg.TN}
+        assert cfg.smem_bytes <= 48 * 1024
+        assert cfg.threads % 32 == 0
+    assert len(set(km.SHIPPED_CONFIGS)) == len(km.SHIPPED_CONFIGS)
+    bad = [
+        dict(BM=128, BN=128, BK=8, TM=7, TN=8),  # BM % TM
+        dict(BM=16, BN=16, BK=8, TM=4, TN=4),  # 16 threads
+        dict(BM=256, BN=256, BK=8, TM=2, TN=2),  # 16384 threads
+        dict(BM=128, BN=128, BK=64, TM=8, TN=8),  # smem > 48 KiB
+        dict(BM=64, BN=64, BK=2, TM=2, TN=2),  # 1024 threads, 128 A elements
+        dict(BM=60, BN=64, BK=8, TM=6, TN=4),  # TM = 6
+        dict(BM=128, BN=128, BK=8, TM=8, TN=0),
+        dict(BM=128.0, BN=128, BK=8, TM=8, TN=8),
+    ]
+    for d in bad:
+        with pytest.raises(ValueError):
+            km.MatmulConfig.from_dict(d)
+    with pytest.raises(ValueError, match="expected keys"):
+        km.MatmulConfig.from_dict({"BM": 128, "BN": 128, "BK": 8, "TM": 8})
+    with pytest.raises(ValueError, match="expected keys"):
+        km.MatmulConfig.from_dict({**km.SHIPPED_CONFIGS[0].to_dict(), "stages": 2})
+
+
+def test_config_space():
+    for dt in DTYPES:
+        default = km.MatmulConfig.default(dt)
+        assert default in km.SHIPPED_CONFIGS
+        big = km.MatmulConfig.space(dt, 4096, 4096, 4096)
+        assert big[0] == default and set(big) == set(km.SHIPPED_CONFIGS)
+        tiny = km.MatmulConfig.space(dt, 1, 1, 1)
+        assert tiny[0] == default
+        assert km.MatmulConfig(32, 32, 8, 4, 4) in tiny
+        assert all(c.BM <= 32 and c.BK <= 8 for c in tiny[1:])
+        for m, n, k in reference.MATMUL_ODD + reference.MATMUL_ALIGNED:
+            space = km.MatmulConfig.space(dt, m, n, k)
+            assert space[0] == default and len(set(space)) == len(space)
+            assert set(space) <= set(km.SHIPPED_CONFIGS)
+    with pytest.raises(TypeError):
+        km.MatmulConfig.space("float64", 8, 8, 8)
+
+
+def test_launch_geometry():
+    cfg = km.MatmulConfig(128, 64, 8, 8, 4)
+    assert km.launch_geometry(3, 129, 64, cfg) == (3 * 2 * 1, 256, 2, 1)
+    assert km.launch_geometry(1, 1, 1, cfg) == (1, 256, 1, 1)
+    with pytest.raises(ValueError, match="grid"):
+        km.launch_geometry(2**20, 2**16, 2**16, cfg)
+    assert km._elem_strides((-8, 0, 4), 4) == (-2, 0, 1)
+
+
+def test_package_imports_without_cupy_being_imported():
+    code = ("import sys, kernelkit; before = 'cupy' in sys.modules; "
+            "import kernelkit.kernels.cupy.matmul as m; m.MatmulConfig.space('float32', 64, 64, 64); "
+            "assert before or 'cupy' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# ------------------------------------------------------------------------ host emulation (g++)
+
+_SHIM = r"""
+#include <math.h>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+struct kk_dim3 { unsigned x, y, z; };
+typedef _Float16 __half;
+static inline float __half2float(__half h) { return (float)h; }
+static inline __half __float2half_rn(float f) { return (__half)f; }  // round to nearest even
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __align__(n)
+extern thread_local kk_dim3 kk_emu_thread_idx;
+extern thread_local kk_dim3 kk_emu_block_idx;
+#define threadIdx kk_emu_thread_idx
+#define blockIdx kk_emu_block_idx
+void kk_emu_syncthreads();
+#define __syncthreads() kk_emu_syncthreads()
+"""
+
+_HARNESS = r"""
+thread_local kk_dim3 kk_emu_thread_idx;
+thread_local kk_dim3 kk_emu_block_idx;
+
+namespace {
+std::mutex mu;
+std::condition_variable cv;
+int n_threads = 0, arrived = 0;
+long generation = 0;
+bool failed = false;
+}
+
+// A barrier over the block's threads; a deadlock (divergent __syncthreads) fails the launch.
+void kk_emu_syncthreads() {
+    std::unique_lock<std::mutex> lock(mu);
+    if (failed) return;
+    const long gen = generation;
+    if (++arrived == n_threads) {
+        arrived = 0;
+        ++generation;
+        cv.notify_all();
+        return;
+    }
+    if (!cv.wait_for(lock, std::chrono::seconds(30), [&] { return generation != gen || failed; })) {
+        failed = true;
+        cv.notify_all();
+    }
+}
+
+typedef void (*kk_kernel)(const void*, const void*, const void*, void*, int, int, int, int, int,
+                          long long, long long, long long, long long, long long, long long,
+                          long long, int, int);
+
+// Runs the blocks one after another (shared memory is a static), each with `threads` OS threads.
+extern "C" int kk_emu_launch(void* fn, int blocks, int threads, const void* A, const void* B,
+                             const void* bias, void* C, int M, int N, int K, int tiles_m,
+                             int tiles_n, long long sab, long long sam, long long sak,
+                             long long sbb, long long sbk, long long sbn, long long sbias,
+                             int has_bias, int act) {
+    n_threads = threads;
+    arrived = 0;
+    failed = false;
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) {
+        pool.emplace_back([=] {
+            kk_emu_thread_idx = kk_dim3{(unsigned)t, 0u, 0u};
+            for (int blk = 0; blk < blocks; ++blk) {
+                kk_emu_block_idx = kk_dim3{(unsigned)blk, 0u, 0u};
+                ((kk_kernel)fn)(A, B, bias, C, M, N, K, tiles_m, tiles_n, sab, sam, sak, sbb, sbk,
+                                sbn, sbias, has_bias, act);
+                kk_emu_syncthreads();  // nobody starts the next block while shared memory is in use
+            }
+        });
+    }
+    for (auto& th : pool) th.join();
+    return failed ? 1 : 0;
+}
+"""
+
+# Configs emulated: every shipped one plus non-shipped shapes of the register tile (TM=2, TN=1).
+_EXTRA_CONFIGS = (km.MatmulConfig(32, 32, 8, 2, 4), km.MatmulConfig(64, 32, 16, 4, 1))
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ not found: the host emulation of the CUDA kernel needs it")
+    tmp = tmp_path_factory.mktemp("cupy-matmul-emu")
+    extra = "\n".join(f"KK_INSTANTIATE({t}, {ct}, {c.BM}, {c.BN}, {c.BK}, {c.TM}, {c.TN})"
+                      for c in _EXTRA_CONFIGS for t, ct in (("f32", "float"), ("f16", "__half")))
+    (tmp / "shim.h").write_text(_SHIM)
+    (tmp / "emu.cpp").write_text(
+        f'#include "shim.h"\n#include "{km.SOURCE_PATH}"\n{extra}\n{_HARNESS}')
+    lib = tmp / "libkkemu.so"
+    proc = subprocess.run(
+        [gxx, "-std=c++17", "-O1", "-fPIC", "-shared", "-pthread", "-DKK_HOST_EMULATION=1",
+         "-Wall", "-Wno-unknown-pragmas", "-o", str(lib), str(tmp / "emu.cpp")],
+        capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0 and "_Float16" in proc.stderr:
+        pytest.skip(f"this g++ has no _Float16: {proc.stderr[:300]}")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr, proc.stderr
+    return ctypes.CDLL(str(lib))
+
+
+def _emu_matmul(lib, a, b, bias, activation, cfg):
+    """The launcher's arithmetic (launch_geometry, element strides) on numpy views."""
+    batch, m, k = a.shape
+    n = b.shape[2]
+    out = np.full((batch, m, n), np.nan, dtype=a.dtype)  # poison: every element must be written
+    blocks, threads, tiles_m, tiles_n = km.launch_geometry(batch, m, n, cfg)
+    isz = a.itemsize
+    sa = km._elem_strides(a.strides, isz)
+    sb = km._elem_strides(b.strides, isz)
+    sbias = km._elem_strides(bias.strides, isz)[0] if bias is not None else 0
+    fn = ctypes.cast(getattr(lib, km.kernel_name(a.dtype, cfg)), ctypes.c_void_p)
+    ptr = ctypes.c_void_p
+    ll = ctypes.c_longlong
+    rc = lib.kk_emu_launch(
+        fn, blocks, threads, ptr(a.ctypes.data), ptr(b.ctypes.data),
+        ptr(bias.ctypes.data if bias is not None else 0), ptr(out.ctypes.data),
+        m, n, k, tiles_m, tiles_n, ll(sa[0]), ll(sa[1]), ll(sa[2]), ll(sb[0]), ll(sb[1]),
+        ll(sb[2]), ll(sbias), int(bias is not None), km._ACT_CODES[activation])
+    assert rc == 0, "emulated __syncthreads deadlocked"
+    return out
+
+
+def _operands(rng, batch, m, k, n, dtype, layout, xp=np):
+    """a (batch, m, k), b (batch, k, n) of the array module xp, as views with the given layout."""
+    def rand(*shape):
+        return xp.asarray(rng.standard_normal(shape).astype(dtype))
+
+    if layout == "contiguous":
+        return rand(batch, m, k), rand(batch, k, n)
+    if layout == "transposed":  # column-major A and B
+        return rand(batch, k, m).transpose(0, 2, 1), rand(batch, n, k).transpose(0, 2, 1)
+    if layout == "broadcast":  # batch stride 0 for B; A sliced with a step and reversed along K
+        a = rand(batch, m, 2 * k)[:, :, ::-2]
+        return a, xp.broadcast_to(rand(1, k, n), (batch, k, n))
+    if layout == "mixed":  # A column-major, B row-major with padded rows, negative batch stride
+        a = rand(batch, k, m).transpose(0, 2, 1)
+        b = rand(batch, k, n + 3)[::-1, :, :n]
+        return a, b
+    raise ValueError(layout)
+
+
+EMU_CONFIGS = km.SHIPPED_CONFIGS + _EXTRA_CONFIGS
+# (batch, M, K, N): ragged in every dimension, several K tiles, K < BK, and one-element cases.
+EMU_SHAPES = [(2, 37, 29, 45), (1, 1, 1, 1), (1, 67, 5, 1), (3, 130, 17, 66)]
+
+
+@pytest.mark.parametrize("cfg", EMU_CONFIGS, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_emulated_kernel_matches_reference(emu, cfg, dtype):
+    rng = np.random.default_rng(zlib.crc32(f"{cfg}{dtype}".encode()))
+    for i, (batch, m, k, n) in enumerate(EMU_SHAPES):
+        layout = ("contiguous", "transposed", "broadcast", "mixed")[i % 4]
+        a, b = _operands(rng, batch, m, k, n, dtype, layout)
+        bias = rng.standard_normal(n).astype(dtype) if i % 2 == 0 else None
+        act = (None, "relu", "gelu", "gelu_tanh", "silu")[i % 5]
+        out = _emu_matmul(emu, a, b, bias, act, cfg)
+        reference.assert_matmul_close(out, a, b, bias, act)
+
+
+@pytest.mark.parametrize("act", [None, *km.ACTIVATIONS])
+def test_emulated_epilogue_every_activation(emu, act):
+    rng = np.random.default_rng(0)
+    cfg = km.MatmulConfig(32, 32, 8, 4, 4)
+    for dtype in DTYPES:
+        a, b = _operands(rng, 2, 33, 19, 35, dtype, "contiguous")
+        bias_full = rng.standard_normal(2 * 35).astype(dtype)
+        bias = bias_full[::2]  # strided bias
+        out = _emu_matmul(emu, a, b, bias, act, cfg)
+        reference.assert_matmul_close(out, a, b, bias, act)
+
+
+def test_emulated_k_zero_and_nan_propagation(emu):
+    cfg = km.MatmulConfig(32, 32, 8, 4, 4)
+    a = np.zeros((2, 5, 0), np.float32)
+    b = np.zeros((2, 0, 7), np.float32)
+    bias = np.arange(7, dtype=np.float32) - 3
+    out = _emu_matmul(emu, a, b, bias, "relu", cfg)
+    np.testing.assert_array_equal(out, np.broadcast_to(np.maximum(bias, 0), (2, 5, 7)))
+    out = _emu_matmul(emu, a, b, None, None, cfg)
+    np.testing.assert_array_equal(out, np.zeros((2, 5, 7), np.float32))
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((1, 9, 11)).astype(np.float32)
+    b = rng.standard_normal((1, 11, 6)).astype(np.float32)
+    a[0, 3, 4] = np.nan
+    for act in (None, *km.ACTIVATIONS):
+        out = _emu_matmul(emu, a, b, None, act, cfg)
+        assert np.isnan(out[0, 3]).all() and not np.isnan(np.delete(out[0], 3, axis=0)).any()
+
+
+# ------------------------------------------------------------------- on a GPU (skipped elsewhere)
+
+
+def _gpu_available() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # noqa: BLE001 - no cupy, no driver or no device all mean "no GPU"
+        return False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_available(), reason="needs cupy and a CUDA device")
+@pytest.mark.parametrize("cfg", EMU_CONFIGS, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_matmul_forward_matches_reference(cfg, dtype):
+    import cupy
+
+    rng = np.random.default_rng(zlib.crc32(f"gpu{cfg}{dtype}".encode()))
+    shapes = [*EMU_SHAPES, (2, 257, 300, 129), (1, 512, 64, 384)]
+    for i, (batch, m, k, n) in enumerate(shapes):
+        layout = ("contiguous", "transposed", "broadcast", "mixed")[i % 4]
+        a, b = _operands(rng, batch, m, k, n, dtype, layout, xp=cupy)
+        bias = cupy.asarray(rng.standard_normal(n).astype(dtype)) if i % 2 == 0 else None
+        act = (None, "relu", "gelu", "gelu_tanh", "silu")[i % 5]
+        out = km.matmul_forward(a, b, bias, act, cfg)
+        assert out.dtype == a.dtype and out.shape == (batch, m, n) and out.flags.c_contiguous
+        reference.assert_matmul_close(out, a, b, bias, act)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_available(), reason="needs cupy and a CUDA device")
+def test_gpu_matmul_forward_empty_dims():
+    import cupy
+
+    for batch, m, k, n in [(0, 3, 4, 5), (2, 0, 4, 5), (2, 3, 4, 0), (2, 3, 0, 5)]:
+        a = cupy.ones((batch, m, k), cupy.float32)
+        b = cupy.ones((batch, k, n), cupy.float32)
+        bias = cupy.arange(n, dtype=cupy.float32) - 1
+        out = km.matmul_forward(a, b, bias, "relu")
+        assert out.shape == (batch, m, n)
+        expected = np.broadcast_to(np.maximum(np.arange(n) - 1.0, 0), (batch, m, n))
+        np.testing.assert_array_equal(out.get(), expected if k == 0 else out.get())
