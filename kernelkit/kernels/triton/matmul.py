@@ -1,0 +1,378 @@
+"""Triton matmul: C[b] = act(A[b] @ B[b] + bias), batched, with a fused fp32 epilogue.
+
+The kernel follows the structure of Triton's matmul tutorial: each program computes one
+BLOCK_M x BLOCK_N tile of C, walking K in BLOCK_K steps with plain pointer arithmetic and masks
+(no block pointers or tensor descriptors, so it builds on Triton 3.6 as well as 3.9+). Tiles are
+visited in GROUP_M-row super-groups for L2 reuse, and the batch index is folded into program_id(0),
+so any batch size fits in the grid.
+
+There is no ``@triton.autotune`` here: the project's tuner picks a :class:`MatmulConfig` from
+:data:`SHIPPED_CONFIGS` (through :meth:`MatmulConfig.space`) and passes it to :func:`matmul_forward`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from kernelkit.kernels import ACTIVATIONS
+
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_INT32_MAX = 2**31 - 1
+
+
+@triton.jit
+def matmul_kernel(
+    # Pointers to the matrices (bias_ptr is unused unless HAS_BIAS).
+    a_ptr, b_ptr, bias_ptr, c_ptr,
+    # Matrix sizes.
+    M, N, K,
+    # Strides, in elements: batch, row, column of each operand.
+    stride_ab, stride_am, stride_ak,
+    stride_bb, stride_bk, stride_bn,
+    stride_biasn,
+    stride_cb, stride_cm, stride_cn,
+    # Meta-parameters.
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,  # "", "relu", "gelu", "gelu_tanh" or "silu"
+    INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32" (only matters for float32 operands)
+    DOT_IN_FP32: tl.constexpr,  # interpreter only: its tl.dot is wrong on bfloat16 operands
+    INDEX_I64: tl.constexpr,  # a single matrix spans more than 2**31 elements
+):
+    # -----------------------------------------------------------
+    # Map the program id to the batch and the tile of C it computes, in grouped order so that
+    # GROUP_M consecutive tile rows share the same columns of B while they are hot in L2.
+    pid = tl.program_id(axis=0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_per_batch = num_pid_m * num_pid_n
+    pid_b = pid // num_pid_per_batch
+    pid = pid % num_pid_per_batch
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    # -----------------------------------------------------------
+    # Pointers to the first K block of A and B. Rows of A and columns of B past the edge wrap
+    # around (% M, % N) so their loads need no mask; those rows/columns of C are never stored.
+    # The batch offset is 64-bit: a whole batch easily spans more than 2**31 elements.
+    pid_b = pid_b.to(tl.int64)
+    offs_am = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)) % M
+    offs_bn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
+    offs_k = tl.arange(0, BLOCK_K)
+    if INDEX_I64:
+        offs_am = offs_am.to(tl.int64)
+        offs_bn = offs_bn.to(tl.int64)
+        offs_k = offs_k.to(tl.int64)
+    a_ptrs = a_ptr + pid_b * stride_ab + (offs_am[:, None] * stride_am + offs_k[None, :] * stride_ak)
+    b_ptrs = b_ptr + pid_b * stride_bb + (offs_k[:, None] * stride_bk + offs_bn[None, :] * stride_bn)
+
+    # -----------------------------------------------------------
+    # Accumulate a [BLOCK_M, BLOCK_N] tile of C in float32. The K edge is masked with zeros on
+    # both operands, so the padding adds exact zeros (never 0 * Inf).
+    accumulator = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        k_remaining = K - k * BLOCK_K
+        a = tl.load(a_ptrs, mask=offs_k[None, :] < k_remaining, other=0.0)
+        b = tl.load(b_ptrs, mask=offs_k[:, None] < k_remaining, other=0.0)
+        if DOT_IN_FP32:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        accumulator = tl.dot(a, b, accumulator, input_precision=INPUT_PRECISION)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+
+    # -----------------------------------------------------------
+    # Fused epilogue, in float32: bias, then the activation, then one cast to C's type.
+    offs_cm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_cn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if INDEX_I64:
+        offs_cm = offs_cm.to(tl.int64)
+        offs_cn = offs_cn.to(tl.int64)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_cn * stride_biasn, mask=offs_cn < N, other=0.0)
+        accumulator += bias.to(tl.float32)[None, :]
+    accumulator = _activation(accumulator, ACTIVATION)
+    c = accumulator.to(c_ptr.dtype.element_ty)
+
+    c_ptrs = c_ptr + pid_b * stride_cb + (offs_cm[:, None] * stride_cm + offs_cn[None, :] * stride_cn)
+    c_mask = (offs_cm[:, None] < M) & (offs_cn[None, :] < N)
+    tl.store(c_ptrs, c, mask=c_mask)
+
+
+@triton.jit
+def _activation(x, ACTIVATION: tl.constexpr):
+    """Elementwise activation on a float32 tile; NaN and +-Inf propagate as in torch."""
+    if ACTIVATION == "relu":
+        x = tl.where(x < 0.0, 0.0, x)  # not tl.maximum: NaN must stay NaN
+    elif ACTIVATION == "gelu":
+        x = 0.5 * x * (1.0 + _erf(x * 0.7071067811865476))
+    elif ACTIVATION == "gelu_tanh":
+        # 0.5 * x * (1 + tanh(y)) == x * sigmoid(2 * y), without tanh's cancellation near -1.
+        y = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        x = x / (1.0 + tl.exp(-2.0 * y))
+    elif ACTIVATION == "silu":
+        x = x / (1.0 + tl.exp(-x))
+    return x
+
+
+@triton.jit
+def _erf(x):
+    """erf in float32 to about 1.3 ulp, branch-free (N. Juffa's minimax erff).
+
+    libdevice's erff (tl.math.erf) is as accurate, but its branchy inline code on a whole tile of
+    accumulators makes ptxas spill (255 registers plus 100-240 bytes of stack for a 128x128 tile
+    with 4 warps); this form keeps those tiles spill-free, and it runs the same way under the
+    interpreter.
+    """
+    t = tl.abs(x)
+    s = x * x
+    # |x| > 0.927734375: erf(x) = sign(x) * (1 - exp(p(|x|))).
+    r = -1.72853470e-5 * t + 3.83197126e-4
+    u = -3.88396438e-3 * t + 2.42546219e-2
+    r = r * s + u
+    r = r * t - 1.06777877e-1
+    r = r * t - 6.34846687e-1
+    r = r * t - 1.28717512e-1
+    r = r * t - t
+    big = 1.0 - tl.exp(r)
+    big = tl.where(x < 0.0, -big, big)
+    # |x| <= 0.927734375: erf(x) = x + x * q(x * x).
+    q = -5.96761703e-4 * s + 4.99119423e-3
+    q = q * s - 2.67681349e-2
+    q = q * s + 1.12819925e-1
+    q = q * s - 3.76125336e-1
+    q = q * s + 1.28379166e-1
+    small = q * x + x
+    return tl.where(t > 0.927734375, big, small)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configurations
+
+
+@dataclass(frozen=True)
+class MatmulConfig:
+    """One launch configuration of :func:`matmul_kernel`: tile sizes, grouping, warps and stages."""
+
+    BLOCK_M: int
+    BLOCK_N: int
+    BLOCK_K: int
+    GROUP_M: int
+    num_warps: int
+    num_stages: int
+
+    def __post_init__(self) -> None:
+        for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 16 or v & (v - 1):
+                raise ValueError(f"MatmulConfig: {name} must be a power of two >= 16, got {v!r}")
+        if not isinstance(self.num_warps, int) or self.num_warps < 1 or self.num_warps & (self.num_warps - 1):
+            raise ValueError(f"MatmulConfig: num_warps must be a power of two, got {self.num_warps!r}")
+        if not isinstance(self.GROUP_M, int) or self.GROUP_M < 1:
+            raise ValueError(f"MatmulConfig: GROUP_M must be an int >= 1, got {self.GROUP_M!r}")
+        if not isinstance(self.num_stages, int) or self.num_stages < 1:
+            raise ValueError(f"MatmulConfig: num_stages must be an int >= 1, got {self.num_stages!r}")
+
+    @classmethod
+    def default(cls, dtype: torch.dtype) -> MatmulConfig:
+        """A safe, reasonably fast choice for any problem size (<= 96 KiB of shared memory)."""
+        _check_dtype(dtype)
+        return _FP32_DEFAULT if dtype == torch.float32 else _HALF_DEFAULT
+
+    @classmethod
+    def space(cls, dtype: torch.dtype, m: int, n: int, k: int, *,
+              max_shared: int | None = None) -> list[MatmulConfig]:
+        """The shipped configs worth trying for an (m, k) @ (k, n) problem, default first.
+
+        A config is dropped when one of its blocks exceeds the problem's size rounded up to a
+        power of two (unless no shipped config has a smaller block in that dimension), or when
+        ``max_shared`` is given and :meth:`shared_bytes` exceeds it. The default always comes first.
+        """
+        _check_dtype(dtype)
+        family = _FP32_CONFIGS if dtype == torch.float32 else _HALF_CONFIGS
+        cap_m = max(_next_pow2(m), min(c.BLOCK_M for c in family))
+        cap_n = max(_next_pow2(n), min(c.BLOCK_N for c in family))
+        cap_k = max(_next_pow2(k), min(c.BLOCK_K for c in family))
+        default = cls.default(dtype)
+        out = [default]
+        for c in family:
+            if c == default or cap_m < c.BLOCK_M or cap_n < c.BLOCK_N or cap_k < c.BLOCK_K:
+                continue
+            if max_shared is not None and c.shared_bytes(dtype) > max_shared:
+                continue
+            out.append(c)
+        return out
+
+    def shared_bytes(self, dtype: torch.dtype) -> int:
+        """Shared memory bound: num_stages buffers of an A and a B block.
+
+        Exact for Hopper's wgmma pipeline; Ampere's keeps num_stages - 1 (checked by the compile
+        tests, which also check that it never undercounts).
+        """
+        size = torch.empty((), dtype=dtype).element_size()
+        return (self.BLOCK_M + self.BLOCK_N) * self.BLOCK_K * size * self.num_stages
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d) -> MatmulConfig:
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [n for n in names if n not in d]
+        extra = [n for n in d if n not in names]
+        if missing or extra:
+            raise ValueError(f"MatmulConfig.from_dict: missing keys {missing}, unknown keys {extra}")
+        return cls(**{n: d[n] for n in names})
+
+
+def _C(bm: int, bn: int, bk: int, warps: int, stages: int, group_m: int = 8) -> MatmulConfig:
+    return MatmulConfig(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group_m,
+                        num_warps=warps, num_stages=stages)
+
+
+# Tuned for H100-class GPUs (the tile shapes of Triton's matmul tutorial). Every config fits the
+# shared memory of sm_80 and sm_90 for the dtypes it is shipped for (checked by the compile tests).
+_HALF_DEFAULT = _C(128, 128, 64, 4, 3)
+_HALF_CONFIGS: tuple[MatmulConfig, ...] = (
+    _HALF_DEFAULT,
+    _C(128, 256, 64, 8, 3),
+    _C(256, 128, 64, 8, 3),
+    _C(128, 128, 64, 4, 4),
+    _C(128, 128, 32, 4, 4),
+    _C(64, 256, 32, 8, 4),
+    _C(128, 64, 32, 4, 4),
+    _C(64, 128, 32, 4, 4),
+    _C(64, 64, 64, 4, 3),
+    _C(64, 64, 32, 4, 4),
+    _C(128, 32, 32, 4, 4),
+    _C(64, 32, 32, 2, 5),
+    _C(32, 64, 32, 2, 5),
+    _C(32, 32, 64, 2, 4),
+)
+# float32 (IEEE or TF32): twice the bytes per element, so smaller K blocks.
+_FP32_DEFAULT = _C(128, 128, 32, 8, 3)
+_FP32_CONFIGS: tuple[MatmulConfig, ...] = (
+    _FP32_DEFAULT,
+    _C(128, 128, 32, 8, 4),
+    _C(128, 128, 16, 8, 4),
+    _C(128, 64, 32, 8, 4),
+    _C(64, 128, 32, 8, 4),
+    _C(64, 64, 32, 4, 4),
+    _C(64, 32, 32, 4, 4),
+    _C(32, 64, 32, 2, 4),
+    _C(32, 32, 32, 2, 4),
+)
+SHIPPED_CONFIGS: tuple[MatmulConfig, ...] = tuple(dict.fromkeys(_HALF_CONFIGS + _FP32_CONFIGS))
+
+
+def shipped_configs(dtype: torch.dtype) -> tuple[MatmulConfig, ...]:
+    """The subset of :data:`SHIPPED_CONFIGS` shipped for ``dtype`` (before size pruning)."""
+    _check_dtype(dtype)
+    return _FP32_CONFIGS if dtype == torch.float32 else _HALF_CONFIGS
+
+
+def _next_pow2(x: int) -> int:
+    return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
+
+
+def _check_dtype(dtype: torch.dtype) -> None:
+    if dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(f"matmul (triton): dtype must be float16, bfloat16 or float32, got {dtype}")
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _max_offset(sizes, strides) -> int:
+    return sum((s - 1) * abs(st) for s, st in zip(sizes, strides, strict=True) if s > 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launcher
+
+
+def matmul_forward(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    config: MatmulConfig | None = None,
+    allow_tf32: bool = False,
+) -> torch.Tensor:
+    """act(a @ b + bias) for a (B, M, K) and b (B, K, N), any strides (batch stride 0 included).
+
+    Returns a new contiguous (B, M, N) tensor of a's dtype; the product is accumulated in float32
+    and the epilogue runs in float32 before the final cast. TF32 is used only if ``allow_tf32``.
+    """
+    # Check the arguments.
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        raise TypeError(f"matmul (triton): a and b must be torch tensors, got {type(a)} and {type(b)}")
+    if a.dim() != 3 or b.dim() != 3:
+        raise ValueError(f"matmul (triton): a and b must be 3-D (B, M, K) and (B, K, N), "
+                         f"got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    _check_dtype(a.dtype)
+    if b.dtype != a.dtype:
+        raise TypeError(f"matmul (triton): a and b must have the same dtype, got {a.dtype} and {b.dtype}")
+    if b.device != a.device:
+        raise ValueError(f"matmul (triton): a and b must be on one device, got {a.device} and {b.device}")
+    if not a.is_cuda and not _interpreting():
+        raise ValueError(f"matmul (triton): tensors must be on a CUDA device (or run with "
+                         f"TRITON_INTERPRET=1), got {a.device}")
+    batch, M, K = a.shape
+    if b.shape[0] != batch or b.shape[1] != K:
+        raise ValueError(f"matmul (triton): b must have shape ({batch}, {K}, N), got {tuple(b.shape)}")
+    N = b.shape[2]
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or bias.shape != (N,):
+            raise ValueError(f"matmul (triton): bias must be a tensor of shape ({N},), got "
+                             f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias)}")
+        if bias.dtype != a.dtype or bias.device != a.device:
+            raise TypeError(f"matmul (triton): bias must be {a.dtype} on {a.device}, "
+                            f"got {bias.dtype} on {bias.device}")
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"matmul (triton): activation must be None or one of {ACTIVATIONS}, "
+                         f"got {activation!r}")
+    if config is None:
+        config = MatmulConfig.default(a.dtype)
+    elif not isinstance(config, MatmulConfig):
+        raise TypeError(f"matmul (triton): config must be a MatmulConfig, got {type(config)}")
+
+    # Allocate the output.
+    c = torch.empty((batch, M, N), dtype=a.dtype, device=a.device)
+    if batch == 0 or M == 0 or N == 0:
+        return c  # nothing to compute; K == 0 still launches: C = act(bias or 0)
+
+    # Launch: one program per (batch, tile of C), batch-major.
+    index_i64 = max(_max_offset((M, K), a.stride()[1:]), _max_offset((K, N), b.stride()[1:]),
+                    _max_offset((M, N), c.stride()[1:])) > _INT32_MAX
+    grid = (batch * triton.cdiv(M, config.BLOCK_M) * triton.cdiv(N, config.BLOCK_N),)
+    if grid[0] > _INT32_MAX:
+        raise ValueError(f"matmul (triton): {grid[0]} tiles exceed the grid limit; use larger blocks")
+    matmul_kernel[grid](
+        a, b, bias if bias is not None else c, c,
+        M, N, K,
+        a.stride(0), a.stride(1), a.stride(2),
+        b.stride(0), b.stride(1), b.stride(2),
+        bias.stride(0) if bias is not None else 0,
+        c.stride(0), c.stride(1), c.stride(2),
+        BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N, BLOCK_K=config.BLOCK_K,
+        GROUP_M=config.GROUP_M,
+        HAS_BIAS=bias is not None,
+        ACTIVATION=activation or "",
+        INPUT_PRECISION="tf32" if allow_tf32 and a.dtype == torch.float32 else "ieee",
+        DOT_IN_FP32=_interpreting() and a.dtype != torch.float32,
+        INDEX_I64=index_i64,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return c
