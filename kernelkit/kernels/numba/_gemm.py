@@ -1,0 +1,487 @@
+"""Building blocks of the Numba GEMM: a register-tile micro-kernel, panel packing, the epilogue.
+
+Layout of the packed panels (GotoBLAS / BLIS style, row-major C):
+
+* A block (mb x kb) is packed into ``ceil(mb / MR)`` slivers. Sliver ``s`` holds rows
+  ``s*MR .. s*MR+MR`` as ``kb`` groups of ``MR`` consecutive values (column ``p`` of the sliver at
+  ``s*MR*kb + p*MR``). Rows past ``mb`` are zero.
+* B panel (kb x nb) is packed into ``ceil(nb / NR)`` slivers. Sliver ``s`` holds columns
+  ``s*NR .. s*NR+NR`` as ``kb`` rows of ``NR`` consecutive values (row ``p`` at
+  ``s*NR*kb + p*NR``). Columns past ``nb`` are zero.
+
+The micro-kernel ``ukernel`` multiplies one A sliver by one B sliver and writes (or adds) the
+``MR x NR`` tile to a flat C at ``coff`` with row stride ``ldc``. It is written as LLVM IR (a Numba
+intrinsic) so that the ``MR * NR / W`` accumulators are SSA vector values that live in registers for
+the whole K loop: one broadcast per row of A, ``NR / W`` vector loads of B and ``MR * NR / W`` vector
+FMAs per step of K. ``W`` is the target's vector width (zmm with AVX-512: 16 float32 or 8 float64
+lanes; ymm with AVX2; xmm otherwise) and ``TILE`` follows it. Nothing here depends on what the
+panels were packed from, so an implicit-GEMM convolution can reuse ``ukernel`` and
+``macro_kernel`` with its own packing.
+
+All functions take flat 1-D buffers plus integer offsets, and 2-D source views of any layout, so
+one compilation per dtype covers every stride pattern.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.imputils import impl_ret_borrowed
+from numba.extending import intrinsic, overload
+
+
+def _target_features() -> tuple[int, bool]:
+    """(vector bits, has FMA) of what Numba compiles for: NUMBA_CPU_FEATURES, else the host's."""
+    if numba.config.CPU_FEATURES is not None:
+        feats = set(numba.config.CPU_FEATURES.replace(" ", "").split(","))
+        has = lambda f: f"+{f}" in feats
+    else:
+        try:
+            from llvmlite import binding as ll
+
+            fmap = ll.get_host_cpu_features()
+            has = lambda f: bool(fmap.get(f, False))
+        except Exception:  # noqa: BLE001 - no feature probe: assume a baseline x86-64
+            has = lambda f: False
+    bits = 512 if has("avx512f") else 256 if has("avx") else 128
+    return bits, has("fma")
+
+
+_VEC_BITS, _HAS_FMA = _target_features()
+# Register tile (MR rows x NR columns) per dtype and vector width; NR is two vectors. The
+# accumulators (MR * 2 vectors) plus two B vectors and a broadcast fit the register file:
+# 12 x 2 zmm + 3 of AVX-512's 32 registers, 6 x 2 ymm + 3 (4 x 2 xmm + 3) of 16.
+_MR = {512: 12, 256: 6, 128: 4}[_VEC_BITS]
+TILE: dict[str, tuple[int, int]] = {
+    "float32": (_MR, 2 * _VEC_BITS // 32),
+    "float64": (_MR, 2 * _VEC_BITS // 64),
+}
+
+# Epilogue activation codes (the ops layer's names map onto these).
+ACT_NONE, ACT_RELU, ACT_GELU, ACT_GELU_TANH, ACT_SILU = 0, 1, 2, 3, 4
+ACT_CODES: dict[str | None, int] = {
+    None: ACT_NONE, "relu": ACT_RELU, "gelu": ACT_GELU, "gelu_tanh": ACT_GELU_TANH, "silu": ACT_SILU,
+}
+
+_JIT = dict(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
+# Indexing with an unsigned index skips Numba's negative-index wraparound, which otherwise turns
+# contiguous copies into scalar (or gather) code. Every index cast this way is known to be >= 0.
+_U = numba.uintp
+
+
+def tile_shape(dtype) -> tuple[int, int]:
+    """(MR, NR) of the micro-kernel for ``dtype`` (float32 or float64)."""
+    return TILE[np.dtype(dtype).name]
+
+
+def _dtype_name(nbtype) -> str:
+    return "float32" if nbtype == types.float32 else "float64"
+
+
+def tile(x):
+    """(MR, NR) for the dtype of array ``x``, as compile-time constants inside jitted code."""
+    return tile_shape(x.dtype)
+
+
+@overload(tile, inline="always")
+def _tile_ov(x):
+    mr, nr = TILE[_dtype_name(x.dtype)]
+    return lambda x: (mr, nr)
+
+
+@intrinsic
+def ukernel(typingctx, kc, ap, aoff, bp, boff, cp, coff, ldc, accumulate):
+    """C[coff + i*ldc + j] (+)= sum_p ap[aoff + p*MR + i] * bp[boff + p*NR + j], i < MR, j < NR.
+
+    ``ap``, ``bp``, ``cp`` are 1-D contiguous arrays of one float dtype; ``accumulate`` != 0 adds
+    to C, else overwrites it. ``kc`` may be 0 (writes zeros or leaves C unchanged).
+    """
+    if not all(isinstance(t, types.Array) and t.ndim == 1 for t in (ap, bp, cp)):
+        return None
+    if not (ap.dtype == bp.dtype == cp.dtype and ap.dtype in (types.float32, types.float64)):
+        return None
+    sig = types.void(kc, ap, aoff, bp, boff, cp, coff, ldc, accumulate)
+    mr, nr = TILE[_dtype_name(ap.dtype)]
+
+    def codegen(context, builder, sig, args):
+        kc_v, ap_v, aoff_v, bp_v, boff_v, cp_v, coff_v, ldc_v, acc_v = args
+        dt = sig.args[1].dtype
+        intp = context.get_value_type(types.intp)
+        kc_v = context.cast(builder, kc_v, sig.args[0], types.intp)
+        aoff_v = context.cast(builder, aoff_v, sig.args[2], types.intp)
+        boff_v = context.cast(builder, boff_v, sig.args[4], types.intp)
+        coff_v = context.cast(builder, coff_v, sig.args[6], types.intp)
+        ldc_v = context.cast(builder, ldc_v, sig.args[7], types.intp)
+        acc_v = context.cast(builder, acc_v, sig.args[8], types.intp)
+        elt = context.get_value_type(dt)
+        esize = context.get_abi_sizeof(elt)
+        w = _VEC_BITS // (8 * esize)
+        nvec = nr // w
+        vty = ir.VectorType(elt, w)
+        vptr = vty.as_pointer()
+        cst = lambda v: ir.Constant(intp, v)
+        A = builder.gep(context.make_array(sig.args[1])(context, builder, ap_v).data, [aoff_v])
+        B = builder.gep(context.make_array(sig.args[3])(context, builder, bp_v).data, [boff_v])
+        C = builder.gep(context.make_array(sig.args[5])(context, builder, cp_v).data, [coff_v])
+        zero = ir.Constant(vty, [0.0] * w)
+        undef = ir.Constant(vty, ir.Undefined)
+        splat0 = ir.Constant(ir.VectorType(ir.IntType(32), w), [0] * w)
+        if _HAS_FMA:
+            fma_fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+                f"llvm.fma.v{w}f{esize * 8}")
+            fma = lambda x, y, z: builder.call(fma_fn, [x, y, z])
+        else:  # llvm.fma would become a libm call per lane
+            fma = lambda x, y, z: builder.fadd(builder.fmul(x, y), z)
+
+        pre = builder.block
+        loop = builder.append_basic_block("uk.loop")
+        done = builder.append_basic_block("uk.done")
+        builder.cbranch(builder.icmp_signed(">", kc_v, cst(0)), loop, done)
+
+        builder.position_at_end(loop)
+        p = builder.phi(intp)
+        p.add_incoming(cst(0), pre)
+        accs = []
+        for _ in range(mr * nvec):
+            ph = builder.phi(vty)
+            ph.add_incoming(zero, pre)
+            accs.append(ph)
+        arow = builder.gep(A, [builder.mul(p, cst(mr))])
+        brow = builder.gep(B, [builder.mul(p, cst(nr))])
+        bv = [builder.load(builder.bitcast(builder.gep(brow, [cst(j * w)]), vptr), align=esize)
+              for j in range(nvec)]
+        new = []
+        for i in range(mr):
+            s = builder.load(builder.gep(arow, [cst(i)]), align=esize)
+            sv = builder.shuffle_vector(
+                builder.insert_element(undef, s, ir.Constant(ir.IntType(32), 0)), undef, splat0)
+            for j in range(nvec):
+                new.append(fma(sv, bv[j], accs[i * nvec + j]))
+        pn = builder.add(p, cst(1))
+        p.add_incoming(pn, loop)
+        for ph, nv in zip(accs, new):
+            ph.add_incoming(nv, loop)
+        builder.cbranch(builder.icmp_signed("<", pn, kc_v), loop, done)
+
+        builder.position_at_end(done)
+        finals = []
+        for i in range(mr * nvec):
+            ph = builder.phi(vty)
+            ph.add_incoming(zero, pre)
+            ph.add_incoming(new[i], loop)
+            finals.append(ph)
+        doacc = builder.icmp_signed("!=", acc_v, cst(0))
+        with builder.if_else(doacc) as (then, otherwise):
+            for add, blk in ((True, then), (False, otherwise)):
+                with blk:
+                    for i in range(mr):
+                        crow = builder.gep(C, [builder.mul(ldc_v, cst(i))])
+                        for j in range(nvec):
+                            ptr = builder.bitcast(builder.gep(crow, [cst(j * w)]), vptr)
+                            v = finals[i * nvec + j]
+                            if add:
+                                v = builder.fadd(builder.load(ptr, align=esize), v)
+                            builder.store(v, ptr, align=esize)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# ----------------------------------------------------------------------------------- strided views
+
+@intrinsic
+def flat_view(typingctx, arr, lo, length):
+    """1-D contiguous view of ``length`` elements starting ``lo`` elements from ``arr``'s data.
+
+    Unchecked: the caller keeps every index inside the memory ``arr`` spans (see ``span``). Lets
+    jitted code address any strided array through element strides, one compilation for all layouts.
+    """
+    if not isinstance(arr, types.Array):
+        return None
+    rty = types.Array(arr.dtype, 1, "C", readonly=not arr.mutable)
+    sig = rty(arr, lo, length)
+
+    def codegen(context, builder, sig, args):
+        aty = sig.args[0]
+        src = context.make_array(aty)(context, builder, args[0])
+        lo_v = context.cast(builder, args[1], sig.args[1], types.intp)
+        len_v = context.cast(builder, args[2], sig.args[2], types.intp)
+        dst = context.make_array(rty)(context, builder)
+        itemsize = context.get_constant(
+            types.intp, context.get_abi_sizeof(context.get_data_type(aty.dtype)))
+        context.populate_array(
+            dst, data=builder.gep(src.data, [lo_v]), shape=cgutils.pack_array(builder, [len_v]),
+            strides=cgutils.pack_array(builder, [itemsize]), itemsize=itemsize,
+            meminfo=src.meminfo)
+        return impl_ret_borrowed(context, builder, rty, dst._getvalue())
+
+    return sig, codegen
+
+
+@numba.njit(**_JIT)
+def span(shape, strides, itemsize):
+    """(lo, length): element offset of the lowest address an array touches, and how many it spans.
+
+    ``strides`` in bytes (multiples of ``itemsize``, may be negative or 0). For an empty array
+    returns (0, 0).
+    """
+    lo = 0
+    hi = 0
+    for d in range(len(shape)):
+        if shape[d] == 0:
+            return 0, 0
+        ext = (shape[d] - 1) * (strides[d] // itemsize)
+        if ext < 0:
+            lo += ext
+        else:
+            hi += ext
+    return lo, hi - lo + 1
+
+
+# ----------------------------------------------------------------------------------------- packing
+
+@numba.njit(**_JIT)
+def pack_a(src, off, s_m, s_k, mb, kb, dst, doff):
+    """Pack the mb x kb region ``src[off + i*s_m + p*s_k]`` into MR-row slivers at ``dst[doff:]``.
+
+    ``src`` is a flat view, strides are in elements (any sign). Rows past ``mb`` are zeroed.
+    """
+    mr, _ = tile(dst)
+    zero = dst.dtype.type(0)
+    rows_outer = abs(s_k) <= abs(s_m)  # read along the smaller stride
+    for s in range((mb + mr - 1) // mr):
+        base = doff + s * mr * kb
+        rows = min(mr, mb - s * mr)
+        o0 = off + s * mr * s_m
+        if rows_outer:
+            for r in range(rows):
+                o = o0 + r * s_m
+                if s_k == 1:
+                    for p in range(kb):
+                        dst[_U(base + p * mr + r)] = src[_U(o + p)]
+                else:
+                    for p in range(kb):
+                        dst[_U(base + p * mr + r)] = src[_U(o + p * s_k)]
+        else:
+            for p in range(kb):
+                o = o0 + p * s_k
+                d = base + p * mr
+                if s_m == 1:
+                    for r in range(rows):
+                        dst[_U(d + r)] = src[_U(o + r)]
+                else:
+                    for r in range(rows):
+                        dst[_U(d + r)] = src[_U(o + r * s_m)]
+        if rows < mr:
+            for p in range(kb):
+                for r in range(rows, mr):
+                    dst[_U(base + p * mr + r)] = zero
+
+
+@numba.njit(**_JIT)
+def pack_b(src, off, s_k, s_n, kb, nb, dst, doff, s0, s1):
+    """Pack NR-column slivers ``s0 .. s1`` of the kb x nb region ``src[off + p*s_k + j*s_n]``.
+
+    Sliver ``s`` goes to ``dst[doff + s*NR*kb:]``; columns past ``nb`` are zeroed.
+    """
+    _, nr = tile(dst)
+    zero = dst.dtype.type(0)
+    cols_outer = abs(s_k) < abs(s_n)
+    for s in range(s0, s1):
+        base = doff + s * nr * kb
+        cols = min(nr, nb - s * nr)
+        o0 = off + s * nr * s_n
+        if cols_outer:
+            for c in range(cols):
+                o = o0 + c * s_n
+                if s_k == 1:
+                    for p in range(kb):
+                        dst[_U(base + p * nr + c)] = src[_U(o + p)]
+                else:
+                    for p in range(kb):
+                        dst[_U(base + p * nr + c)] = src[_U(o + p * s_k)]
+        elif cols == nr:
+            for p in range(kb):
+                o = o0 + p * s_k
+                d = base + p * nr
+                if s_n == 1:
+                    for c in range(nr):
+                        dst[_U(d + c)] = src[_U(o + c)]
+                else:
+                    for c in range(nr):
+                        dst[_U(d + c)] = src[_U(o + c * s_n)]
+        else:
+            for p in range(kb):
+                o = o0 + p * s_k
+                d = base + p * nr
+                for c in range(cols):
+                    dst[_U(d + c)] = src[_U(o + c * s_n)]
+        if cols < nr:
+            for p in range(kb):
+                for c in range(cols, nr):
+                    dst[_U(base + p * nr + c)] = zero
+
+
+# ---------------------------------------------------------------------------------------- epilogue
+
+# float32 activations use Eigen's rational approximations (generic_fast_tanh_float and
+# generic_fast_erf_float: a few ulp), which LLVM vectorises, instead of libm calls (~10 ns each).
+# Inputs are clamped where the function is +-1 in float32; NaN passes every clamp unchanged.
+_F = np.float32
+_TANH_CLAMP = _F(7.90531110763549805)
+_TA = tuple(_F(v) for v in (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
+                            5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
+                            4.89352455891786e-03))
+_TB = tuple(_F(v) for v in (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
+                            4.89352518554385e-03))
+_ERF_CLAMP = _F(4.0)
+_EA = tuple(_F(v) for v in (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+                            -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+                            -1.60960333262415e-02))
+_EB = tuple(_F(v) for v in (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+                            -7.37332916720468e-03, -1.42647390514189e-02))
+_F0, _F05, _F1 = _F(0.0), _F(0.5), _F(1.0)
+_SQRT1_2 = _F(0.7071067811865476)
+_SQRT2_PI = _F(0.7978845608028654)
+_GELU_C = _F(0.044715)
+
+
+@numba.njit(inline="always", **_JIT)
+def tanh_f32(x):
+    """tanh of a float32, vectorisable (max error a few ulp); exactly +-1 beyond the clamp."""
+    y = _TANH_CLAMP if x > _TANH_CLAMP else (-_TANH_CLAMP if x < -_TANH_CLAMP else x)
+    y2 = y * y
+    p = y2 * _TA[0] + _TA[1]
+    p = y2 * p + _TA[2]
+    p = y2 * p + _TA[3]
+    p = y2 * p + _TA[4]
+    p = y2 * p + _TA[5]
+    p = y2 * p + _TA[6]
+    q = y2 * _TB[0] + _TB[1]
+    q = y2 * q + _TB[2]
+    q = y2 * q + _TB[3]
+    r = (y * p) / q
+    r = _F1 if r > _F1 else (-_F1 if r < -_F1 else r)
+    return _F1 if y >= _TANH_CLAMP else (-_F1 if y <= -_TANH_CLAMP else r)
+
+
+@numba.njit(inline="always", **_JIT)
+def erf_f32(x):
+    """erf of a float32, vectorisable (max error a few ulp); exactly +-1 for |x| >= 4."""
+    y = _ERF_CLAMP if x > _ERF_CLAMP else (-_ERF_CLAMP if x < -_ERF_CLAMP else x)
+    y2 = y * y
+    p = y2 * _EA[0] + _EA[1]
+    p = y2 * p + _EA[2]
+    p = y2 * p + _EA[3]
+    p = y2 * p + _EA[4]
+    p = y2 * p + _EA[5]
+    p = y2 * p + _EA[6]
+    q = y2 * _EB[0] + _EB[1]
+    q = y2 * q + _EB[2]
+    q = y2 * q + _EB[3]
+    q = y2 * q + _EB[4]
+    r = (y * p) / q
+    r = _F1 if r > _F1 else (-_F1 if r < -_F1 else r)
+    return _F1 if y >= _ERF_CLAMP else (-_F1 if y <= -_ERF_CLAMP else r)
+
+
+def act_row(c, o, cols, act):
+    """In place: c[o + j] = act(c[o + j]) for j < cols (act != ACT_NONE). Jitted code only."""
+    raise NotImplementedError("act_row is only callable from jitted code")
+
+
+@overload(act_row, jit_options=_JIT, inline="always")
+def _act_row_ov(c, o, cols, act):
+    if c.dtype == types.float32:
+        def impl(c, o, cols, act):
+            if act == ACT_RELU:
+                for j in range(cols):
+                    v = c[_U(o + j)]
+                    c[_U(o + j)] = _F0 if v < _F0 else v
+            elif act == ACT_GELU:
+                for j in range(cols):
+                    v = c[_U(o + j)]
+                    c[_U(o + j)] = _F05 * v * (_F1 + erf_f32(v * _SQRT1_2))
+            elif act == ACT_GELU_TANH:
+                for j in range(cols):
+                    v = c[_U(o + j)]
+                    c[_U(o + j)] = _F05 * v * (_F1 + tanh_f32(_SQRT2_PI * (v + _GELU_C * v * v * v)))
+            elif act == ACT_SILU:
+                # x * sigmoid(x), sigmoid(x) = (1 + tanh(x / 2)) / 2
+                for j in range(cols):
+                    v = c[_U(o + j)]
+                    c[_U(o + j)] = v * (_F05 + _F05 * tanh_f32(_F05 * v))
+        return impl
+
+    def impl(c, o, cols, act):
+        for j in range(cols):
+            c[_U(o + j)] = activate(c[_U(o + j)], act)
+    return impl
+
+
+@numba.njit(inline="always", **_JIT)
+def activate(x, act):
+    """Activation ``act`` (an ACT_* code) of one scalar with libm, in float64."""
+    if act == ACT_RELU:
+        return 0.0 if x < 0.0 else x * 1.0
+    if act == ACT_GELU:
+        return 0.5 * x * (1.0 + math.erf(x * 0.7071067811865476))
+    if act == ACT_GELU_TANH:
+        return 0.5 * x * (1.0 + math.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+    if act == ACT_SILU:
+        return x / (1.0 + math.exp(-x))
+    return x * 1.0
+
+
+@numba.njit(**_JIT)
+def epilogue(c, coff, ldc, rows, cols, bias, has_bias, j0, act):
+    """``c[i, j] = act(c[i, j] + bias[j0 + j])`` on a rows x cols tile of flat C at ``coff``."""
+    if not has_bias and act == ACT_NONE:
+        return
+    for i in range(rows):
+        o = coff + i * ldc
+        if has_bias:
+            for j in range(cols):
+                c[_U(o + j)] += bias[_U(j0 + j)]
+        if act != ACT_NONE:
+            act_row(c, o, cols, act)
+
+
+# ------------------------------------------------------------------------------------ macro-kernel
+
+@numba.njit(**_JIT)
+def macro_kernel(mb, nb, kb, ap, aoff, bp, boff, c, coff, ldc, first, last,
+                 ct, ctoff, bias, has_bias, j0, act):
+    """C[mb x nb at coff] (+)= packed A block (mb x kb) @ packed B panel (kb x nb); epilogue if last.
+
+    ``first``: overwrite C instead of adding. ``ct[ctoff : ctoff + MR*NR]`` is scratch for edge
+    tiles. ``j0``: column of C's first column in ``bias``.
+    """
+    mr, nr = tile(ap)
+    acc = 0 if first else 1
+    for jr in range(0, nb, nr):
+        cols = min(nr, nb - jr)
+        bo = boff + jr * kb
+        for i0 in range(0, mb, mr):
+            rows = min(mr, mb - i0)
+            ao = aoff + i0 * kb
+            co = coff + i0 * ldc + jr
+            if rows == mr and cols == nr:
+                ukernel(kb, ap, ao, bp, bo, c, co, ldc, acc)
+            else:
+                ukernel(kb, ap, ao, bp, bo, ct, ctoff, nr, 0)
+                for i in range(rows):
+                    if first:
+                        for j in range(cols):
+                            c[_U(co + i * ldc + j)] = ct[_U(ctoff + i * nr + j)]
+                    else:
+                        for j in range(cols):
+                            c[_U(co + i * ldc + j)] += ct[_U(ctoff + i * nr + j)]
+            if last:
+                epilogue(c, co, ldc, rows, cols, bias, has_bias, j0 + jr, act)

@@ -1,0 +1,317 @@
+"""Kernel-level tests of the Numba matmul: numerics, every layout, every path, the epilogue, asm."""
+
+from __future__ import annotations
+
+import re
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference import MATMUL_ALIGNED, MATMUL_ODD, assert_matmul_close
+
+from kernelkit.kernels.numba import _gemm
+from kernelkit.kernels.numba import matmul as nm
+from kernelkit.kernels.numba.matmul import MatmulConfig, matmul_forward
+
+DTYPES = [np.float32, np.float64]
+ACTS = [None, "relu", "gelu", "gelu_tanh", "silu"]
+# Blocks far smaller than the defaults, so that modest shapes cross every block boundary.
+TINY_CFG = {np.float32: MatmulConfig(mc=24, kc=16, nc=64), np.float64: MatmulConfig(24, 16, 32)}
+PATHS = ["small", "serial", "parallel"]
+
+
+@pytest.fixture(params=PATHS)
+def path(request, monkeypatch):
+    """Force one of the three code paths whatever the problem size."""
+    if request.param == "small":
+        monkeypatch.setattr(nm, "SMALL_WORK", 1 << 62)
+    elif request.param == "serial":
+        monkeypatch.setattr(nm, "SMALL_WORK", 0)
+        monkeypatch.setattr(nm, "SERIAL_WORK", 1 << 62)
+    else:
+        monkeypatch.setattr(nm, "SMALL_WORK", 0)
+        monkeypatch.setattr(nm, "SERIAL_WORK", 0)
+    return request.param
+
+
+def rand(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mkn", MATMUL_ODD + MATMUL_ALIGNED)
+def test_shapes(dtype, mkn, path):
+    m, k, n = mkn
+    rng = np.random.default_rng(m * 1000 + k * 10 + n)
+    a, b = rand(rng, (2, m, k), dtype), rand(rng, (2, k, n), dtype)
+    out = matmul_forward(a, b, config=TINY_CFG[dtype])
+    assert out.dtype == dtype and out.shape == (2, m, n) and out.flags.c_contiguous
+    assert_matmul_close(out, a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 0, 5, 3), (0, 4, 5, 3), (3, 4, 5, 0), (2, 4, 0, 3)])
+@pytest.mark.parametrize("act", [None, "gelu"])
+def test_empty_dims(dtype, shape, act, path):
+    bn, m, k, n = shape
+    rng = np.random.default_rng(1)
+    a, b, bias = rand(rng, (bn, m, k), dtype), rand(rng, (bn, k, n), dtype), rand(rng, n, dtype)
+    for bb in (None, bias):
+        out = matmul_forward(a, b, bb, act)
+        assert out.shape == (bn, m, n) and out.dtype == dtype
+        assert_matmul_close(out, a, b, bb, act)  # K == 0: act(bias or 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", ["tiny", "default"])
+def test_multi_block(dtype, cfg, path):
+    """Every dim spans several blocks and ends in a partial MR / NR tile."""
+    mr, nr = _gemm.tile_shape(dtype)
+    if cfg == "tiny":
+        c = TINY_CFG[dtype]
+        m, k, n = 3 * c.mc + mr + 1, 2 * c.kc + 5, 2 * c.nc + nr + 3
+    else:
+        c = MatmulConfig.default(dtype)
+        m, k, n = c.mc + mr + 1, c.kc + 7, 2 * nr + 5
+    rng = np.random.default_rng(2)
+    a, b, bias = rand(rng, (1, m, k), dtype), rand(rng, (1, k, n), dtype), rand(rng, n, dtype)
+    out = matmul_forward(a, b, bias, "relu", config=c)
+    assert_matmul_close(out, a, b, bias, "relu")
+
+
+def _layouts(rng, bn, m, k, n, dtype):
+    """(name, a, b) with transposed, strided, negative-stride and broadcast views."""
+    a, b = rand(rng, (bn, m, k), dtype), rand(rng, (bn, k, n), dtype)
+    at = np.ascontiguousarray(a.transpose(0, 2, 1)).transpose(0, 2, 1)  # column-major A
+    bt = np.ascontiguousarray(b.transpose(0, 2, 1)).transpose(0, 2, 1)
+    big_a = rand(rng, (bn, 2 * m, 3 * k), dtype)
+    big_b = rand(rng, (bn, 3 * k, 2 * n), dtype)
+    return [
+        ("contig", a, b),
+        ("transposed", at, bt),
+        ("strided", big_a[:, ::2, ::3], big_b[:, ::3, ::2]),
+        ("negative", a[:, ::-1, ::-1], b[::-1, :, ::-1]),
+        ("neg-transposed", at[:, ::-1], bt[:, :, ::-1]),
+        ("broadcast-a", np.broadcast_to(a[:1], a.shape), b),
+        ("broadcast-b", a, np.broadcast_to(bt[:1], b.shape)),
+        ("readonly", *(x.copy() for x in (a, b))),
+    ]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layouts(dtype, path):
+    rng = np.random.default_rng(3)
+    for name, a, b in _layouts(rng, 3, 29, 37, 41, dtype):
+        if name == "readonly":
+            a.setflags(write=False)
+            b.setflags(write=False)
+        bias = rand(rng, 2 * 41, dtype)[::-2]  # strided, negative bias
+        out = matmul_forward(a, b, bias, "silu", config=TINY_CFG[dtype])
+        assert out.flags.c_contiguous, name
+        assert_matmul_close(out, a, b, bias, "silu")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ACTS)
+def test_activations_bias(dtype, act, path):
+    rng = np.random.default_rng(4)
+    a, b = rand(rng, (2, 33, 45), dtype), rand(rng, (2, 45, 50), dtype)
+    bias = rand(rng, 50, dtype)
+    for bb in (None, bias):
+        out = matmul_forward(a, b, bb, act, config=TINY_CFG[dtype])
+        assert_matmul_close(out, a, b, bb, act)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the reference's
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_inf(dtype, path):
+    rng = np.random.default_rng(5)
+    a, b = rand(rng, (1, 30, 40), dtype), rand(rng, (1, 40, 35), dtype)
+    a[0, 3, 7] = np.nan
+    a[0, 10, :] = 0.0
+    b[0, :, 11] = 0.0
+    b[0, 5, 11] = np.inf  # 0 * inf = nan in row 10 only; other rows of column 11 get +-inf
+    a[0, 20, 2] = np.inf
+    bias = rand(rng, 35, dtype)
+    bias[4] = -np.inf
+    for act in ACTS:
+        out = matmul_forward(a, b, bias, act, config=TINY_CFG[dtype])
+        assert_matmul_close(out, a, b, bias, act)
+    out = matmul_forward(a, b)
+    assert np.isnan(out[0, 10, 11]) and np.isnan(out[0, 3]).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_config_in_space(dtype):
+    m, k, n = 150, 300, 170
+    space = MatmulConfig.space(dtype, m, n, k)
+    assert 1 <= len(space) <= 6 and space[0] == MatmulConfig.default(dtype)
+    assert len(set(space)) == len(space)
+    rng = np.random.default_rng(6)
+    a, b, bias = rand(rng, (1, m, k), dtype), rand(rng, (1, k, n), dtype), rand(rng, n, dtype)
+    for cfg in space:
+        assert MatmulConfig.from_dict(cfg.to_dict()) == cfg
+        out = matmul_forward(a, b, bias, "gelu_tanh", config=cfg)
+        assert_matmul_close(out, a, b, bias, "gelu_tanh")
+    for cfg in MatmulConfig.space(dtype, 2000, 2000, 2000) + MatmulConfig.space(dtype, 1, 1, 1):
+        assert cfg.mc % _gemm.tile_shape(dtype)[0] == 0 and cfg.nc % _gemm.tile_shape(dtype)[1] == 0
+
+
+def test_config_contract():
+    d = MatmulConfig.default(np.float32)
+    assert d == MatmulConfig.default(np.dtype("float32"))
+    assert MatmulConfig.from_dict(d.to_dict()) == d and hash(d) == hash(MatmulConfig(**d.to_dict()))
+    with pytest.raises(ValueError):
+        MatmulConfig(0, 16, 32)
+    for dt in DTYPES:
+        c = MatmulConfig.default(dt)
+        item = np.dtype(dt).itemsize
+        assert c.kc * _gemm.tile_shape(dt)[1] * item <= 2 * 1024 * 1024  # B sliver: cache-sized
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_no_stale_packing_data(dtype, path):
+    """Edge tiles are zero-padded: a NaN-filled earlier call leaves nothing behind."""
+    rng = np.random.default_rng(7)
+    cfg = TINY_CFG[dtype]
+    nan_a = np.full((1, 61, 45), np.nan, dtype)
+    nan_b = np.full((1, 45, 77), np.nan, dtype)
+    assert np.isnan(matmul_forward(nan_a, nan_b, config=cfg)).all()
+    for m, k, n in [(13, 7, 33), (25, 17, 3), (1, 45, 65)]:
+        a, b = rand(rng, (1, m, k), dtype), rand(rng, (1, k, n), dtype)
+        out = matmul_forward(a, b, config=cfg)
+        assert_matmul_close(out, a, b)
+        assert np.isnan(matmul_forward(nan_a, nan_b, config=cfg)).all()
+
+
+@pytest.mark.parametrize("nthr", [1, 2, 3, 5])
+@pytest.mark.parametrize("bmn", [(1, 50, 70), (4, 30, 50), (3, 5, 90), (5, 2, 3)])
+def test_thread_partition(nthr, bmn):
+    """Every (thread, thread count) share of the work, run one after the other, covers C once."""
+    bn, m, n = bmn
+    k = 21
+    rng = np.random.default_rng(8)
+    # Strided, read-only views: the argument types of the compiled entry points (no new compile).
+    a = rand(rng, (bn, m, 2 * k), np.float32)[:, :, ::2]
+    b = rand(rng, (bn, k, 2 * n), np.float32)[:, :, ::2]
+    bias = rand(rng, 2 * n, np.float32)[::2]
+    for x in (a, b, bias):
+        x.setflags(write=False)
+    out = np.full((bn, m, n), np.nan, np.float32)
+    c = TINY_CFG[np.float32]
+    for t in range(nthr):
+        nm._gemm_part(t, nthr, a, b, bias, True, 1, out, c.mc, c.kc, c.nc)
+    assert_matmul_close(out, a, b, bias, "relu")
+
+
+def test_num_threads_one(monkeypatch):
+    monkeypatch.setattr(nm, "SMALL_WORK", 0)
+    monkeypatch.setattr(nm, "SERIAL_WORK", 0)
+    rng = np.random.default_rng(9)
+    a, b = rand(rng, (3, 40, 30), np.float32), rand(rng, (3, 30, 50), np.float32)
+    old = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        assert_matmul_close(matmul_forward(a, b), a, b)
+    finally:
+        numba.set_num_threads(old)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kc", [0, 1, 5, 64])
+def test_ukernel(dtype, kc):
+    """The micro-kernel alone on packed panels: overwrite, then accumulate, with a row stride."""
+    mr, nr = _gemm.tile_shape(dtype)
+    rng = np.random.default_rng(10)
+    ap = rand(rng, 3 + kc * mr, dtype)
+    bp = rand(rng, 5 + kc * nr, dtype)
+    ldc = nr + 7
+    c = np.full(2 + mr * ldc, 7.0, dtype)
+    _ukernel_probe(kc, ap, 3, bp, 5, c, 2, ldc, 0)
+    ref = ap[3:].reshape(kc, mr).T.astype(np.float64) @ bp[5:].reshape(kc, nr)
+    got = c[2:].reshape(mr, ldc)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got[:, :nr], ref, rtol=tol, atol=tol * max(kc, 1))
+    assert (got[:, nr:] == 7.0).all() and (c[:2] == 7.0).all()  # nothing outside the tile
+    _ukernel_probe(kc, ap, 3, bp, 5, c, 2, ldc, 1)
+    np.testing.assert_allclose(got[:, :nr], 2 * ref, rtol=tol, atol=tol * max(kc, 1))
+
+
+@numba.njit  # not cached, so that its assembly can be inspected
+def _ukernel_probe(kc, ap, aoff, bp, boff, cp, coff, ldc, acc):
+    _gemm.ukernel(kc, ap, aoff, bp, boff, cp, coff, ldc, acc)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ukernel_assembly(dtype):
+    """The micro-kernel's K loop is vector FMAs on zmm (or ymm) registers, with no gathers."""
+    x = np.zeros(1, dtype)
+    sig = (numba.intp, numba.typeof(x), numba.intp, numba.typeof(x), numba.intp,
+           numba.typeof(x), numba.intp, numba.intp, numba.intp)
+    _ukernel_probe.compile(sig)
+    asm = _ukernel_probe.inspect_asm(sig)
+    suffix = "ps" if dtype == np.float32 else "pd"
+    fmas = re.findall(rf"vfmadd\w*{suffix}\s+[^\n]*%([xyz])mm", asm)
+    mr, nr = _gemm.tile_shape(dtype)
+    w_zmm = 64 // np.dtype(dtype).itemsize
+    assert fmas, "no packed vector FMA in the micro-kernel"
+    assert set(fmas) <= {"y", "z"}, f"FMAs on xmm registers: {set(fmas)}"
+    width = w_zmm if "z" in fmas else w_zmm // 2
+    assert len(fmas) >= mr * nr // width, f"{len(fmas)} FMAs for a {mr}x{nr} tile"
+    assert "vgather" not in asm and "vscatter" not in asm
+
+
+def test_pack_assembly_has_no_gathers():
+    for fn in (_gemm.pack_a, _gemm.pack_b):
+        probe = numba.njit(fn.py_func)  # uncached copy
+        x = np.zeros(1, np.float32)
+        ix = numba.intp
+        if fn is _gemm.pack_a:
+            sig = (numba.typeof(x), ix, ix, ix, ix, ix, numba.typeof(x), ix)
+        else:
+            sig = (numba.typeof(x), ix, ix, ix, ix, ix, numba.typeof(x), ix, ix, ix)
+        probe.compile(sig)
+        asm = probe.inspect_asm(sig)
+        assert "vgather" not in asm, fn.__name__
+        assert re.search(r"vmovups\s+[^\n]*%[yz]mm", asm), f"{fn.__name__}: no vector copies"
+
+
+# ----------------------------------------------------------------------------------- hypothesis
+
+@st.composite
+def problems(draw):
+    dtype = draw(st.sampled_from(DTYPES))
+    bn = draw(st.integers(1, 3))
+    m, k, n = (draw(st.integers(0, 70)) for _ in range(3))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+
+    def operand(rows, cols):
+        kind = draw(st.sampled_from(["c", "t", "step", "neg", "bcast"]))
+        if kind == "t":
+            x = rand(rng, (bn, cols, rows), dtype).transpose(0, 2, 1)
+        elif kind == "step":
+            x = rand(rng, (bn, 2 * rows + 1, 3 * cols + 1), dtype)[:, 1::2, ::3][:, :rows, :cols]
+        elif kind == "neg":
+            x = rand(rng, (bn, rows, cols), dtype)[::-1, ::-1, ::-1]
+        elif kind == "bcast":
+            x = np.broadcast_to(rand(rng, (1, rows, cols), dtype), (bn, rows, cols))
+        else:
+            x = rand(rng, (bn, rows, cols), dtype)
+        return x
+
+    a, b = operand(m, k), operand(k, n)
+    bias = rand(rng, n, dtype) if draw(st.booleans()) else None
+    act = draw(st.sampled_from(ACTS))
+    cfg = draw(st.sampled_from([None, TINY_CFG[dtype], MatmulConfig(12, 8, 32)]))
+    return a, b, bias, act, cfg
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(problems())
+def test_hypothesis_random(path, prob):
+    a, b, bias, act, cfg = prob
+    out = matmul_forward(a, b, bias, act, config=cfg)
+    assert_matmul_close(out, a, b, bias, act)
