@@ -1,0 +1,51 @@
+"""The `kernelkit` command, run as a user would run it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def kk(*args, cache_dir, check=True):
+    env_cmd = [sys.executable, "-m", "kernelkit.cli", *args]
+    import os
+
+    env = {**os.environ, "KERNELKIT_CACHE_DIR": str(cache_dir)}
+    return subprocess.run(env_cmd, capture_output=True, text=True, env=env, check=check, timeout=600)
+
+
+def test_info_json(tmp_path):
+    info = json.loads(kk("info", "--json", cache_dir=tmp_path).stdout)
+    assert info["backends"]["numba (cpu)"] is True
+    assert info["cache"]["path"] == str(tmp_path / "autotune.json")
+    assert info["versions"]["numpy"]
+
+
+def test_tune_then_cache_show_then_clear(tmp_path):
+    out = kk("tune", "--preset", "odd", "--threads", "1", "--json", str(tmp_path / "rows.json"),
+             cache_dir=tmp_path).stdout
+    assert "speed-up" in out and "1000x3x1000" in out
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert len(rows) == 6
+    for r in rows:
+        assert r["source"] == "measured" and r["best_s"] > 0 and r["vendor"] == "torch-cpu"
+        assert r["ratio"] >= 1.0  # the winner is the fastest measured, the vendor among them
+    shown = json.loads(kk("cache", "show", "--json", cache_dir=tmp_path).stdout)
+    assert len(shown) == 6
+    kk("tune", "--preset", "odd", cache_dir=tmp_path)  # a second run is all cache hits
+    assert "removed 6 entries" in kk("cache", "clear", cache_dir=tmp_path).stdout
+    assert json.loads(kk("cache", "show", "--json", cache_dir=tmp_path).stdout) == {}
+
+
+def test_explain(tmp_path):
+    out = kk("explain", "matmul", "33", "17", "9", "--activation", "relu", cache_dir=tmp_path).stdout
+    assert "numba-cpu" in out and "torch-cpu" in out and "choice:" in out
+    assert "no CUDA device" in out or "cuda" in out
+
+
+def test_bad_arguments_exit_cleanly(tmp_path):
+    r = kk("tune", "--preset", "nope", cache_dir=tmp_path, check=False)
+    assert r.returncode == 2 and "unknown preset" in r.stdout
+    r = kk("explain", "matmul", "4", "4", "4", "--activation", "tanh", cache_dir=tmp_path, check=False)
+    assert r.returncode == 2 and "activation" in r.stdout
