@@ -121,3 +121,50 @@ def to_location(x: Any, loc: Location) -> Any:
     if loc.lib == "cupy":
         return as_cupy(x)
     return as_torch(x, loc.device if loc.device == "cpu" else f"cuda:{loc.index}")
+
+
+# -- converters bound once per call signature (the hot path of a cached plan) ---------------------
+def converter(src: Location, lib: str, device: str):
+    """A function moving arrays living at `src` to (`lib`, `device`), or None when they already
+    are. Bound once per plan, so the common pairs skip every check `native` makes per call."""
+    if src.lib == lib and src.device == device:
+        return None
+    if src.lib == "numpy" and lib == "torch" and device == "cpu":
+        _consume_torch_readonly_warning()
+        import torch
+
+        def numpy_to_torch(x):
+            try:
+                return torch.from_numpy(x)
+            except ValueError:  # negative strides
+                return torch.from_numpy(np.ascontiguousarray(x))
+
+        return numpy_to_torch
+    if src.lib == "torch" and src.device == "cpu" and lib == "numpy":
+        return lambda x: x.detach().numpy()
+    return lambda x: native(x, lib, device)
+
+
+def converter_back(lib: str, device: str, dst: Location):
+    """A function giving a kernel's (`lib`, `device`) result back at `dst`, or None."""
+    if lib == dst.lib and device == dst.device:
+        return None
+    if lib == "torch" and device == "cpu" and dst.lib == "numpy":
+        return lambda x: x.numpy()
+    if lib == "numpy" and dst.lib == "torch" and dst.device == "cpu":
+        import torch
+
+        return torch.from_numpy
+    return lambda x: to_location(x, dst)
+
+
+def _consume_torch_readonly_warning() -> None:
+    """torch warns once per process when it wraps a read-only numpy array (broadcast views are);
+    kernels never write to their inputs, so spend that one warning here, silently."""
+    import torch
+
+    ro = np.zeros(1)
+    ro.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        torch.from_numpy(ro)

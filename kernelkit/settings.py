@@ -38,15 +38,25 @@ class Settings:
         return Path(platformdirs.user_cache_dir("kernelkit", appauthor=False))
 
 
-_NO_OVERRIDE: dict = {}  # never mutated: use() always sets a new dict
-_override: contextvars.ContextVar[dict] = contextvars.ContextVar("kernelkit_settings")
+# The overrides of the innermost `use()` block, as a hashable tuple of (knob, value) pairs, so
+# that per-call memos can key on it by value.
+_override: contextvars.ContextVar[tuple] = contextvars.ContextVar("kernelkit_settings", default=())
 _ENV = ("KERNELKIT_TUNE", "KERNELKIT_BACKEND", "KERNELKIT_DEVICE", "KERNELKIT_CACHE_DIR")
+
+
+# os.environ.get costs ~1 us per missing key (it raises and catches KeyError inside); the dict
+# behind it answers in ~50 ns and is what os.environ (and so monkeypatch.setenv) writes through.
+_ENV_DICT = getattr(os.environ, "_data", None)
+_ENV_KEYS = tuple(os.environ.encodekey(k) for k in _ENV) if isinstance(_ENV_DICT, dict) else _ENV
+if not isinstance(_ENV_DICT, dict):
+    _ENV_DICT = os.environ
 
 
 def token() -> tuple:
     """A cheap fingerprint of the knobs, so per-call memos notice when they change."""
-    env = os.environ
-    return (env.get(_ENV[0]), env.get(_ENV[1]), env.get(_ENV[2]), env.get(_ENV[3]), id(_override.get(_NO_OVERRIDE)))
+    get = _ENV_DICT.get
+    return (get(_ENV_KEYS[0]), get(_ENV_KEYS[1]), get(_ENV_KEYS[2]), get(_ENV_KEYS[3]),
+            _override.get())
 
 
 def current() -> Settings:
@@ -57,7 +67,7 @@ def current() -> Settings:
         device=(env.get("KERNELKIT_DEVICE") or "").lower() or None,
         cache_dir=env.get("KERNELKIT_CACHE_DIR") or None,
     )
-    s = replace(s, **_override.get(_NO_OVERRIDE))
+    s = replace(s, **dict(_override.get()))
     _validate(s)
     return s
 
@@ -80,14 +90,14 @@ def use(
     cache_dir: str | os.PathLike | None = None,
 ) -> Iterator[Settings]:
     """Override knobs inside a block: `with kernelkit.use(backend="numba"): ...`."""
-    new = dict(_override.get(_NO_OVERRIDE))
+    new = dict(_override.get())
     for name, value in (("tune", tune), ("backend", backend), ("device", device)):
         if value is not None:
             new[name] = value.lower()
     if cache_dir is not None:
         new["cache_dir"] = str(cache_dir)
     _validate(replace(Settings(), **new))
-    tok = _override.set(new)
+    tok = _override.set(tuple(sorted(new.items())))
     try:
         yield current()
     finally:

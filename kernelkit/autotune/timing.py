@@ -57,6 +57,39 @@ def measure(
         samples.append(time.perf_counter() - t0)
         if len(samples) >= min_reps and time.perf_counter() - start >= budget_s:
             break
+    return _summary(samples)
+
+
+def measure_interleaved(
+    fns: list[Callable[[], object]],
+    *,
+    sync: Callable[[], None] | None = None,
+    min_reps: int = 5,
+    max_reps: int = 50,
+    budget_s: float = 0.25,
+) -> list[Timing]:
+    """Time several functions round-robin, one call each per round, so that whatever the machine
+    is doing meanwhile (another process, a thread pool still spinning) hits all of them alike.
+    Comparisons between the results are then fair even where absolute times drift."""
+    for fn in fns:
+        fn()
+        if sync:
+            sync()
+    samples: list[list[float]] = [[] for _ in fns]
+    start = time.perf_counter()
+    for rep in range(max_reps):
+        for fn, out in zip(fns, samples):
+            t0 = time.perf_counter()
+            fn()
+            if sync:
+                sync()
+            out.append(time.perf_counter() - t0)
+        if rep + 1 >= min_reps and time.perf_counter() - start >= budget_s:
+            break
+    return [_summary(s) for s in samples]
+
+
+def _summary(samples: list[float]) -> Timing:
     if len(samples) >= 4:
         q = statistics.quantiles(samples, n=4)
         spread = q[2] - q[0]

@@ -54,6 +54,8 @@ def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
     if plan is None:
         plan = plan_for(prepare(a, b, bias=bias, activation=activation, allow_tf32=allow_tf32))
         if sig is not None:
+            if len(_PLANS) >= MAX_PLANS:  # many one-off shapes: start over rather than grow
+                _PLANS.clear()
             _PLANS[sig] = plan
     return plan(a, b, bias)
 
@@ -64,6 +66,7 @@ def explain(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
 
 
 # -- the per-signature plan memo -----------------------------------------------------------------
+MAX_PLANS = 4096
 _PLANS: dict[tuple, Plan] = {}
 _SIG_OF_TYPE: dict[type, Any] = {}
 
@@ -178,6 +181,8 @@ def _to_3d(x, lib: str, batch: tuple[int, ...]):
         x = np.broadcast_to(x, full) if lib == "numpy" else _cupy().broadcast_to(x, full)
     if len(batch) == 1:
         return x
+    if not batch:
+        return x.unsqueeze(0) if lib == "torch" else x[None]
     return x.reshape((math.prod(batch),) + full[-2:])  # a view unless batch strides do not merge
 
 
@@ -232,26 +237,27 @@ def _autograd_plan(activation: str | None, allow_tf32: bool) -> Plan:
 
 
 def _bind(fn, cand: Candidate, loc: arrays.Location, batch: tuple[int, ...]) -> Plan:
+    """The plan for one candidate and one call signature: as little Python per call as possible."""
     lib = loc.lib
-    here = cand.native == lib and cand.device == loc.device
-    if here and len(batch) == 0:  # the common 2-D case: as little Python as possible
-        def plan_2d(a, b, bias):
-            return fn(a[None], b[None], bias)[0]
-
-        return plan_2d
-
-    out_shape_batch = batch
+    to = arrays.converter(loc, cand.native, cand.device)
+    back = arrays.converter_back(cand.native, cand.device, loc)
+    if len(batch) == 0 and lib == "numpy":  # the common 2-D numpy case
+        if to is None:
+            return lambda a, b, bias: fn(a[None], b[None], bias)[0]
+        return lambda a, b, bias: back(fn(to(a[None]), to(b[None]),
+                                          None if bias is None else to(bias)))[0]
+    if len(batch) == 0 and lib == "torch" and to is None:
+        return lambda a, b, bias: fn(a.unsqueeze(0), b.unsqueeze(0), bias).squeeze(0)
 
     def plan(a, b, bias):
         a3, b3 = _to_3d(a, lib, batch), _to_3d(b, lib, batch)
-        if not here:
-            a3 = arrays.native(a3, cand.native, cand.device)
-            b3 = arrays.native(b3, cand.native, cand.device)
-            bias = None if bias is None else arrays.native(bias, cand.native, cand.device)
+        if to is not None:
+            a3, b3 = to(a3), to(b3)
+            bias = None if bias is None else to(bias)
         out = fn(a3, b3, bias)
-        if not here:
-            out = arrays.to_location(out, loc)
-        return out.reshape(out_shape_batch + tuple(out.shape[-2:]))
+        if back is not None:
+            out = back(out)
+        return out.reshape(batch + tuple(out.shape[-2:]))
 
     return plan
 

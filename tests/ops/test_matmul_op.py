@@ -203,3 +203,21 @@ def test_env_knobs(monkeypatch, rng):
     monkeypatch.setenv("KERNELKIT_TUNE", "sometimes")
     with pytest.raises(ValueError, match="KERNELKIT_TUNE"):
         kernelkit.matmul(a, b)
+
+
+def test_plan_memo_follows_the_knobs(monkeypatch, rng):
+    """Leaving one use() block and entering another must never reuse the first block's plan."""
+    import kernelkit.kernels.numba.matmul as numba_mm
+
+    calls = []
+    original = numba_mm.matmul_forward
+    monkeypatch.setattr(numba_mm, "matmul_forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    a, b = rand(rng, (6, 5)), rand(rng, (5, 4))
+    for _ in range(10):
+        with kernelkit.use(backend="numba"):
+            kernelkit.matmul(a, b)
+        with kernelkit.use(backend="torch"):
+            kernelkit.matmul(a, b)
+            with kernelkit.use(tune="off"):  # nested: the inner block keeps the outer's backend
+                kernelkit.matmul(a, b)
+    assert len(calls) == 10
