@@ -94,3 +94,68 @@ def assert_matmul_close(out, a, b, bias=None, activation=None, *, acc: str | Non
     err = float(np.max(np.abs(got[finite] - ref[finite]) / scale[finite], initial=0.0))
     bound = 1.2 * matmul_bound(k, acc, out_dtype)
     assert err <= bound, f"normwise error {err:.3e} > bound {bound:.3e} (K={k}, acc={acc}, out={out_dtype})"
+
+
+# -- conv2d --------------------------------------------------------------------------------------
+# ResNet-50 (torchvision v1.5: stride on the 3x3) convolutions: (C_in, C_out, H=W, kernel, stride,
+# padding), each distinct layer once.
+CONV_RESNET50 = [
+    (3, 64, 224, 7, 2, 3),
+    (64, 64, 56, 1, 1, 0), (64, 64, 56, 3, 1, 1), (64, 256, 56, 1, 1, 0), (256, 64, 56, 1, 1, 0),
+    (256, 128, 56, 1, 1, 0), (128, 128, 56, 3, 2, 1), (128, 512, 28, 1, 1, 0),
+    (256, 512, 56, 1, 2, 0), (512, 128, 28, 1, 1, 0), (128, 128, 28, 3, 1, 1),
+    (512, 256, 28, 1, 1, 0), (256, 256, 28, 3, 2, 1), (256, 1024, 14, 1, 1, 0),
+    (512, 1024, 28, 1, 2, 0), (1024, 256, 14, 1, 1, 0), (256, 256, 14, 3, 1, 1),
+    (1024, 512, 14, 1, 1, 0), (512, 512, 14, 3, 2, 1), (512, 2048, 7, 1, 1, 0),
+    (1024, 2048, 14, 1, 2, 0), (2048, 512, 7, 1, 1, 0), (512, 512, 7, 3, 1, 1),
+]
+# MobileNetV2 depthwise 3x3 convolutions: (C, H=W, stride).
+CONV_MOBILENET_DW = [(32, 112, 1), (96, 112, 2), (144, 56, 1), (144, 56, 2), (192, 28, 1),
+                     (192, 28, 2), (384, 14, 1), (576, 14, 1), (576, 14, 2), (960, 7, 1)]
+
+
+def conv2d_ref(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
+               layout="NCHW") -> np.ndarray:
+    """float64 torch F.conv2d on the CPU; x is NCHW, or NHWC when layout == "NHWC" (result too).
+    `padding` may be an int, a pair, "same"/"valid", or (top, bottom, left, right)."""
+    import torch
+    import torch.nn.functional as F
+
+    xt = torch.from_numpy(to_f64(x))
+    if layout == "NHWC":
+        xt = xt.permute(0, 3, 1, 2)
+    if isinstance(padding, (tuple, list)) and len(padding) == 4:
+        top, bottom, left, right = padding
+        xt = F.pad(xt, (left, right, top, bottom))
+        padding = 0
+    y = F.conv2d(xt, torch.from_numpy(to_f64(w)),
+                 None if bias is None else torch.from_numpy(to_f64(bias)),
+                 stride, padding, dilation, groups)
+    y = torch.from_numpy(activation_ref(y.numpy(), activation))
+    if layout == "NHWC":
+        y = y.permute(0, 2, 3, 1)
+    return y.contiguous().numpy()
+
+
+def assert_conv2d_close(out, x, w, bias=None, *, acc: str | None = None, **conv) -> None:
+    """Check a conv2d output elementwise against float64, scaled by conv(|x|, |w|) + |bias| (the
+    convolution's own condition), with the sqrt(C/groups * R * S) * u bound of a reduction."""
+    out_dtype = dtype_name(out)
+    acc = acc or ("float64" if out_dtype == "float64" else "float32")
+    activation = conv.pop("activation", None)
+    ref = conv2d_ref(x, w, bias, activation=activation, **conv)
+    got = to_f64(out)
+    assert got.shape == ref.shape, f"shape {got.shape} != reference {ref.shape}"
+    if ref.size == 0:
+        return
+    scale = conv2d_ref(np.abs(to_f64(x)), np.abs(to_f64(w)),
+                       None if bias is None else np.abs(to_f64(bias)), **conv)
+    scale = np.maximum(scale, 1.0)
+    assert np.array_equal(np.isnan(got), np.isnan(ref)), "NaN pattern differs from the reference"
+    finite = np.isfinite(ref)
+    assert np.array_equal(got[~finite & ~np.isnan(ref)], ref[~finite & ~np.isnan(ref)]), "Inf differs"
+    w_shape = to_f64(w).shape
+    k = w_shape[1] * w_shape[2] * w_shape[3]
+    err = float(np.max(np.abs(got[finite] - ref[finite]) / scale[finite], initial=0.0))
+    bound = 1.2 * matmul_bound(k, acc, out_dtype)
+    assert err <= bound, f"normwise error {err:.3e} > bound {bound:.3e} (K={k}, acc={acc}, out={out_dtype})"
