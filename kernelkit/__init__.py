@@ -9,15 +9,17 @@ from __future__ import annotations
 import importlib as _importlib
 from typing import Any
 
+from .ops import conv2d as _conv2d_op
 from .ops import matmul as _matmul_op
+from .ops.conv2d import conv2d, conv2d_backward_input, conv2d_backward_weight
 from .ops.dispatch import Explanation
 from .ops.matmul import matmul
 from .settings import use
 
-__all__ = ["matmul", "explain", "use", "nn", "Explanation", "__version__"]
+__all__ = ["matmul", "conv2d", "conv2d_backward_input", "conv2d_backward_weight", "explain", "use", "nn", "Explanation", "__version__"]
 __version__ = "0.1.0"
 
-_EXPLAIN = {"matmul": _matmul_op.explain}
+_EXPLAIN = {"matmul": _matmul_op.explain, "conv2d": _conv2d_op.explain}
 
 
 def explain(op: Any, *args: Any, **kwargs: Any) -> Explanation:
@@ -25,7 +27,7 @@ def explain(op: Any, *args: Any, **kwargs: Any) -> Explanation:
     measured times (measuring now if this size was never measured), and the choice.
 
     Args:
-        op: the op, as a name ("matmul") or the function (kernelkit.matmul).
+        op: the op, as a name ("matmul", "conv2d") or the function (kernelkit.matmul).
         *args, **kwargs: the arguments you would pass to the op.
 
     Returns:

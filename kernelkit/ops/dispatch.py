@@ -22,6 +22,78 @@ from .registry import Candidate, Choice, Config, Problem
 Plan = Callable[..., Any]
 
 
+# -- per-call-signature plan memos ---------------------------------------------------------------
+_SIG_OF_TYPE: dict[type, Callable[[Any], tuple]] = {}
+
+
+def signature_fn(t: type) -> Callable[[Any], tuple] | None:
+    """A cheap function of an array of type `t` giving what a plan depends on (dtype, shape,
+    strides, device, grad); None for a type that is not an accepted array."""
+    fn = _SIG_OF_TYPE.get(t)
+    if fn is None:
+        lib = t.__module__.split(".")[0]
+        if t.__name__ == "ndarray" and lib == "numpy":
+            fn = lambda x: (x.dtype, x.shape, x.strides)
+        elif lib == "torch" and t.__name__ in ("Tensor", "Parameter"):
+            fn = lambda x: (x.dtype, x.shape, x.stride(), x.device, x.requires_grad)
+        elif lib == "cupy" and t.__name__ == "ndarray":
+            fn = lambda x: (x.dtype, x.shape, x.strides, x.device.id)
+        else:
+            return None
+        _SIG_OF_TYPE[t] = fn
+    return fn
+
+
+def signature(arrays: tuple, extras: tuple) -> tuple | None:
+    """Everything a plan depends on, cheaply: the arrays' signatures (None entries allowed), the
+    op's other arguments, grad mode where a tensor needs gradients, and the knobs."""
+    parts = []
+    grad = False
+    for x in arrays:
+        if x is None:
+            parts.append(None)
+            continue
+        t = type(x)
+        fn = _SIG_OF_TYPE.get(t) or signature_fn(t)
+        if fn is None:
+            return None
+        sig = fn(x)
+        grad = grad or (len(sig) == 5 and sig[4])
+        parts.append((t, sig))
+    if grad:
+        import torch
+
+        grad = torch.is_grad_enabled()
+    return (*parts, extras, grad, _settings.token())
+
+
+class PlanMemo(dict):
+    """signature -> plan, cleared rather than grown without bound by many one-off shapes."""
+
+    MAX = 4096
+
+    def store(self, sig: tuple | None, plan: Plan) -> Plan:
+        if sig is not None:
+            if len(self) >= self.MAX:
+                self.clear()
+            self[sig] = plan
+        return plan
+
+
+_MEMOS: list[PlanMemo] = []
+
+
+def plan_memo() -> PlanMemo:
+    memo = PlanMemo()
+    _MEMOS.append(memo)
+    return memo
+
+
+def clear_plans() -> None:
+    for memo in _MEMOS:
+        memo.clear()
+
+
 @dataclass
 class Call:
     problem: Problem

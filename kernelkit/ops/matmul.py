@@ -12,10 +12,9 @@ from typing import Any
 import numpy as np
 
 from .. import arrays
-from .. import settings as _settings
 from ..kernels import ACTIVATIONS
 from . import registry
-from .dispatch import Call, Plan, explain_call, plan_for
+from .dispatch import Call, Plan, explain_call, plan_for, plan_memo, signature
 from .registry import Candidate, Config, Problem
 
 OP = "matmul"
@@ -49,14 +48,11 @@ def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
         >>> kernelkit.matmul(np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)).shape
         (2, 4)
     """
-    sig = _signature(a, b, bias, activation, allow_tf32)
+    sig = signature((a, b, bias), (activation, allow_tf32))
     plan = _PLANS.get(sig) if sig is not None else None
     if plan is None:
-        plan = plan_for(prepare(a, b, bias=bias, activation=activation, allow_tf32=allow_tf32))
-        if sig is not None:
-            if len(_PLANS) >= MAX_PLANS:  # many one-off shapes: start over rather than grow
-                _PLANS.clear()
-            _PLANS[sig] = plan
+        plan = _PLANS.store(sig, plan_for(prepare(a, b, bias=bias, activation=activation,
+                                                   allow_tf32=allow_tf32)))
     return plan(a, b, bias)
 
 
@@ -65,51 +61,7 @@ def explain(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
     return explain_call(prepare(a, b, bias=bias, activation=activation, allow_tf32=allow_tf32))
 
 
-# -- the per-signature plan memo -----------------------------------------------------------------
-MAX_PLANS = 4096
-_PLANS: dict[tuple, Plan] = {}
-_SIG_OF_TYPE: dict[type, Any] = {}
-
-
-def _sig_fn(t: type):
-    fn = _SIG_OF_TYPE.get(t)
-    if fn is None:
-        lib = {"numpy": "numpy", "torch": "torch", "cupy": "cupy"}.get(t.__module__.split(".")[0])
-        if t is np.ndarray:
-            fn = lambda x: (x.dtype, x.shape, x.strides)
-        elif lib == "torch" and t.__name__ in ("Tensor", "Parameter"):
-            fn = lambda x: (x.dtype, x.shape, x.stride(), x.device, x.requires_grad)
-        elif lib == "cupy" and t.__name__ == "ndarray":
-            fn = lambda x: (x.dtype, x.shape, x.strides, x.device.id)
-        else:
-            return None
-        _SIG_OF_TYPE[t] = fn
-    return fn
-
-
-def _signature(a, b, bias, activation, allow_tf32) -> tuple | None:
-    """Everything a plan depends on, cheaply; None sends the call down the checked slow path."""
-    fa, fb = _sig_fn(type(a)), _sig_fn(type(b))
-    if fa is None or fb is None:
-        return None
-    if bias is None:
-        sb = None
-    else:
-        fbias = _sig_fn(type(bias))
-        if fbias is None:
-            return None
-        sb = (type(bias), fbias(bias))
-    sa, sbb = fa(a), fb(b)
-    grad = None
-    if len(sa) == 5 and (sa[4] or sbb[4] or (sb is not None and sb[1][4])):
-        import torch
-
-        grad = torch.is_grad_enabled()
-    return (type(a), sa, type(b), sbb, sb, activation, allow_tf32, grad, _settings.token())
-
-
-def clear_plans() -> None:
-    _PLANS.clear()
+_PLANS = plan_memo()
 
 
 # -- checking ------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..kernels import ACTIVATIONS
-from .torch_ops import matmul_op
+from .torch_ops import conv2d_op, matmul_op
 
 
 class Linear(nn.Linear):
@@ -57,12 +57,67 @@ class Linear(nn.Linear):
         return new
 
 
+class Conv2d(nn.Conv2d):
+    """`torch.nn.Conv2d` computed by kernelkit, with an optional fused activation.
+
+    Args:
+        as for `torch.nn.Conv2d` (padding_mode "zeros" only), plus
+        activation: None, "relu", "gelu", "gelu_tanh" or "silu", fused into the epilogue.
+
+    Shape:
+        (N, C, H, W) -> (N, K, Ho, Wo); channels_last inputs give channels_last outputs.
+
+    Example:
+        >>> conv = kernelkit.nn.Conv2d(64, 64, 3, padding=1, activation="relu")  # doctest: +SKIP
+    """
+
+    def __init__(self, *args, activation: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.padding_mode != "zeros":
+            raise ValueError(f"Conv2d: padding_mode must be 'zeros', got {self.padding_mode!r}")
+        if activation is not None and activation not in ACTIVATIONS:
+            raise ValueError(f"Conv2d: 'activation' must be None or one of {ACTIVATIONS}, got "
+                             f"{activation!r}")
+        self.activation = activation
+        conv2d_op()
+
+    def _padding4(self) -> list[int]:
+        if isinstance(self.padding, str):
+            if self.padding == "valid":
+                return [0, 0, 0, 0]
+            pads = []
+            for k, d in zip(self.kernel_size, self.dilation):
+                total = d * (k - 1)
+                pads += [total // 2, total - total // 2]
+            return pads
+        ph, pw = self.padding
+        return [ph, ph, pw, pw]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.kernelkit.conv2d(x, self.weight, self.bias, list(self.stride),
+                                          self._padding4(), list(self.dilation), self.groups,
+                                          self.activation, None, False)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", activation={self.activation}"
+
+    @classmethod
+    def from_conv(cls, layer: nn.Conv2d) -> Conv2d:
+        new = cls.__new__(cls)
+        new.__dict__.update(layer.__dict__)  # same parameters, hooks and attributes
+        new.activation = None
+        conv2d_op()
+        return new
+
+
 def patch(model: nn.Module) -> nn.Module:
-    """Replace every `torch.nn.Linear` in `model` (in place) by a kernelkit `Linear` sharing its
-    parameters. Returns the model."""
+    """Replace every `torch.nn.Linear` and zero-padded `torch.nn.Conv2d` in `model` (in place) by
+    the kernelkit module sharing its parameters. Returns the model."""
     for name, child in model.named_children():
         if type(child) is nn.Linear:
             setattr(model, name, Linear.from_linear(child))
+        elif type(child) is nn.Conv2d and child.padding_mode == "zeros":
+            setattr(model, name, Conv2d.from_conv(child))
         else:
             patch(child)
     return model

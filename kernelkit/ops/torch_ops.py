@@ -15,7 +15,6 @@ import functools
 def matmul_op():
     """Register (once) and return `torch.ops.kernelkit.matmul`."""
     import torch
-    import torch.nn.functional as F
 
     from .matmul import matmul
 
@@ -43,8 +42,7 @@ def matmul_op():
         if act is not None:  # recompute the pre-activation instead of storing it
             z = kk_matmul(a, b, bias, None, tf32).requires_grad_(True)
             with torch.enable_grad():
-                y = {"relu": torch.relu, "gelu": F.gelu, "silu": F.silu,
-                     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}[act](z)
+                y = _activation_fn(act)(z)
             (grad,) = torch.autograd.grad(y, z, grad)
         ga = gb = gbias = None
         if ctx.needs_input_grad[0]:
@@ -66,3 +64,77 @@ def _sum_to(x, shape):
         x = x.sum(dim=tuple(range(lead)))
     dims = tuple(i for i, (n, s) in enumerate(zip(x.shape, shape)) if s == 1 and n != 1)
     return x.sum(dim=dims, keepdim=True) if dims else x
+
+
+def _activation_fn(name):
+    import torch
+    import torch.nn.functional as F
+
+    return {"relu": torch.relu, "gelu": F.gelu, "silu": F.silu,
+            "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}[name]
+
+
+@functools.cache
+def conv2d_op():
+    """Register (once) and return `torch.ops.kernelkit.conv2d` (padding as (top, bottom, left,
+    right)); its backward runs kernelkit's conv2d_backward_input / _weight ops."""
+    import torch
+
+    from .conv2d import conv2d, conv2d_backward_input, conv2d_backward_weight
+
+    @torch.library.custom_op(
+        "kernelkit::conv2d", mutates_args=(),
+        schema="(Tensor x, Tensor weight, Tensor? bias, int[] stride, int[] padding, "
+               "int[] dilation, int groups, str? activation, str? layout, bool allow_tf32) -> Tensor")
+    def kk_conv2d(x, weight, bias, stride, padding, dilation, groups, activation, layout,
+                  allow_tf32):
+        return conv2d(x.detach(), weight.detach(), None if bias is None else bias.detach(),
+                      stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
+                      groups=groups, activation=activation, layout=layout, allow_tf32=allow_tf32)
+
+    @kk_conv2d.register_fake
+    def _(x, weight, bias, stride, padding, dilation, groups, activation, layout, allow_tf32):
+        nhwc = layout == "NHWC"
+        n, c, h, w = (x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if nhwc else x.shape
+        k, _, r, s = weight.shape
+        ho = (h + padding[0] + padding[1] - dilation[0] * (r - 1) - 1) // stride[0] + 1
+        wo = (w + padding[2] + padding[3] - dilation[1] * (s - 1) - 1) // stride[1] + 1
+        if nhwc:
+            return x.new_empty((n, ho, wo, k))
+        cl = layout is None and x.is_contiguous(memory_format=torch.channels_last) \
+            and not x.is_contiguous()
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        return x.new_empty((n, k, ho, wo)).contiguous(memory_format=fmt)
+
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, stride, padding, dilation, groups, activation, layout, tf32 = inputs
+        ctx.save_for_backward(x, weight, bias)
+        ctx.geo = dict(stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
+                       groups=groups, layout=layout, allow_tf32=tf32)
+        ctx.activation = activation
+
+    def backward(ctx, grad):
+        x, weight, bias = ctx.saved_tensors
+        geo = ctx.geo
+        if ctx.activation is not None:  # recompute the pre-activation instead of storing it
+            z = kk_conv2d(x, weight, bias, list(geo["stride"]), list(geo["padding"]),
+                          list(geo["dilation"]), geo["groups"], None, geo["layout"],
+                          geo["allow_tf32"]).requires_grad_(True)
+            with torch.enable_grad():
+                y = _activation_fn(ctx.activation)(z)
+            (grad,) = torch.autograd.grad(y, z, grad)
+        if geo["layout"] is None and x.is_contiguous(memory_format=torch.channels_last):
+            grad = grad.contiguous(memory_format=torch.channels_last)
+        else:
+            grad = grad.contiguous()
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = conv2d_backward_input(grad, weight.detach(), tuple(x.shape), **geo)
+        if ctx.needs_input_grad[1]:
+            gw = conv2d_backward_weight(x.detach(), grad, tuple(weight.shape), **geo)
+        if bias is not None and ctx.needs_input_grad[2]:
+            gb = grad.sum(dim=(0, 1, 2) if geo["layout"] == "NHWC" else (0, 2, 3))
+        return gx, gw, gb, None, None, None, None, None, None, None
+
+    kk_conv2d.register_autograd(backward, setup_context=setup_context)
+    return kk_conv2d

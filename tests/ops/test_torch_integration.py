@@ -76,3 +76,26 @@ def test_torch_compile_graph_has_the_custom_op():
         ref = torch.nn.functional.silu(torch.nn.functional.linear(a, layer.weight, layer.bias))
         got = torch.compile(layer, backend="eager", fullgraph=True)(a)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_conv2d_module_and_patch_match_torch():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 4, 3, stride=2, padding="valid", bias=False),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 7 * 7, 5))
+    x = torch.randn(2, 3, 16, 16)
+    ref = model(x)
+    kernelkit.nn.patch(model)
+    assert isinstance(model[0], kernelkit.nn.Conv2d) and isinstance(model[4], kernelkit.nn.Linear)
+    torch.testing.assert_close(model(x), ref, rtol=1e-4, atol=1e-4)
+    model(x).sum().backward()
+    assert model[0].weight.grad.shape == (8, 3, 3, 3) and model[0].bias.grad.shape == (8,)
+    fused = kernelkit.nn.Conv2d(3, 8, 3, padding="same", activation="relu")
+    with torch.no_grad():
+        fused.weight.copy_(model[0].weight)
+        fused.bias.copy_(model[0].bias)
+        torch.testing.assert_close(fused(x), torch.relu(model[0](x)), rtol=1e-4, atol=1e-4)
+        xcl = x.contiguous(memory_format=torch.channels_last)
+        assert fused(xcl).is_contiguous(memory_format=torch.channels_last)
+        compiled = torch.compile(fused, backend="eager", fullgraph=True)
+        torch.testing.assert_close(compiled(x), fused(x))

@@ -1,0 +1,73 @@
+"""The vendor conv2d: oneDNN on the CPU and cuDNN on the GPU, through torch.
+
+Same contract as the hand-written kernels: x in the given layout ("NCHW" dims, or "NHWC" dims),
+padding as (top, bottom, left, right), result in x's layout.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .matmul import _ACTIVATIONS
+
+
+def _nchw(x: torch.Tensor, layout: str) -> torch.Tensor:
+    # An NHWC array seen as NCHW dims is exactly torch's channels_last: no copy.
+    return x.permute(0, 3, 1, 2) if layout == "NHWC" else x
+
+
+def _back(y: torch.Tensor, layout: str) -> torch.Tensor:
+    return y.permute(0, 2, 3, 1).contiguous() if layout == "NHWC" else y.contiguous()
+
+
+def _pad(x: torch.Tensor, padding) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Symmetric padding goes to the conv itself; asymmetric ('same' with an even kernel) is
+    applied first with F.pad, as torch does internally."""
+    top, bottom, left, right = padding
+    if top == bottom and left == right:
+        return x, (top, left)
+    return F.pad(x, (left, right, top, bottom)), (0, 0)
+
+
+def _with_tf32(x: torch.Tensor, allow_tf32: bool, fn):
+    if not x.is_cuda:
+        return fn()
+    prev = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow_tf32
+    try:
+        return fn()
+    finally:
+        torch.backends.cudnn.allow_tf32 = prev
+
+
+def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activation, layout,
+                   allow_tf32: bool = False) -> torch.Tensor:
+    xn, pad = _pad(_nchw(x, layout), padding)
+    y = _with_tf32(x, allow_tf32,
+                   lambda: F.conv2d(xn, weight, bias, tuple(stride), pad, tuple(dilation), groups))
+    if activation is not None:
+        y = _ACTIVATIONS[activation](y)
+    return _back(y, layout)
+
+
+def conv2d_backward_input(grad_out, weight, input_hw, stride, padding, dilation, groups, layout,
+                          allow_tf32: bool = False) -> torch.Tensor:
+    top, bottom, left, right = padding
+    g = _nchw(grad_out, layout)
+    n, c = g.shape[0], weight.shape[1] * groups
+    padded = (n, c, input_hw[0] + top + bottom, input_hw[1] + left + right)
+    dx = _with_tf32(g, allow_tf32, lambda: torch.nn.grad.conv2d_input(
+        padded, weight, g, tuple(stride), 0, tuple(dilation), groups))
+    dx = dx[:, :, top:top + input_hw[0], left:left + input_hw[1]]
+    return _back(dx, layout)
+
+
+def conv2d_backward_weight(x, grad_out, kernel_hw, stride, padding, dilation, groups, layout,
+                           allow_tf32: bool = False) -> torch.Tensor:
+    xn, pad = _pad(_nchw(x, layout), padding)
+    g = _nchw(grad_out, layout)
+    k = g.shape[1]
+    shape = (k, xn.shape[1] // groups, *kernel_hw)
+    return _with_tf32(x, allow_tf32, lambda: torch.nn.grad.conv2d_weight(
+        xn, shape, g, tuple(stride), pad, tuple(dilation), groups)).contiguous()

@@ -1,0 +1,223 @@
+"""kernelkit.conv2d and its backward ops through the ops layer: CPU backends, layouts, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from reference import CONV_MOBILENET_DW, CONV_RESNET50, assert_conv2d_close, conv2d_ref
+
+import kernelkit
+from kernelkit.kernels import ACTIVATIONS
+
+CPU_BACKENDS = ["numba", "torch"]
+
+# (N, C, H, W, K, R, S, stride, padding, dilation, groups), named by intent
+ODD = {
+    "1x1-image": (1, 3, 1, 1, 2, 1, 1, 1, 0, 1, 1),
+    "primes": (2, 5, 13, 11, 7, 3, 3, 1, 1, 1, 1),
+    "c1-k1": (1, 1, 7, 9, 1, 3, 3, 1, 0, 1, 1),
+    "stride2": (2, 4, 15, 17, 6, 3, 3, 2, 1, 1, 1),
+    "dilation2": (1, 3, 16, 16, 5, 3, 3, 1, 2, 2, 1),
+    "groups": (2, 6, 10, 10, 9, 3, 3, 1, 1, 1, 3),
+    "depthwise": (2, 8, 12, 12, 8, 3, 3, 1, 1, 1, 8),
+    "depthwise-mult": (1, 4, 9, 9, 8, 3, 3, 2, 1, 1, 4),
+    "1x1": (2, 16, 7, 7, 24, 1, 1, 1, 0, 1, 1),
+    "1x1-stride2": (2, 16, 8, 8, 8, 1, 1, 2, 0, 1, 1),
+    "pad-gt-kernel": (1, 2, 5, 5, 3, 3, 3, 1, 4, 1, 1),
+    "rect-kernel": (1, 3, 11, 8, 4, 5, 2, (2, 1), (2, 1), 1, 1),
+    "same-even": (1, 3, 8, 8, 4, 4, 4, 1, "same", 1, 1),
+    "asym-pad": (1, 2, 6, 7, 3, 3, 3, 1, (0, 2, 1, 0), 1, 1),
+}
+
+
+def rand(rng, shape, dtype=np.float32):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def make(case, rng, dtype=np.float32):
+    n, c, h, w, k, r, s, stride, padding, dilation, groups = case
+    x = rand(rng, (n, c, h, w), dtype)
+    wt = rand(rng, (k, c // groups, r, s), dtype)
+    return x, wt, dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def ref_padding(padding, r, s, dilation=1):
+    """The (top, bottom, left, right) the reference needs for 'same'."""
+    if padding != "same":
+        return padding
+    d = (dilation, dilation) if isinstance(dilation, int) else dilation
+    th, tw = d[0] * (r - 1), d[1] * (s - 1)
+    return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(99)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(ODD))
+def test_forward_odd(backend, dtype, name, rng):
+    x, w, conv = make(ODD[name], rng, dtype)
+    with kernelkit.use(backend=backend):
+        y = kernelkit.conv2d(x, w, **conv)
+    assert isinstance(y, np.ndarray) and y.dtype == dtype
+    conv["padding"] = ref_padding(conv["padding"], *w.shape[2:], conv["dilation"])
+    assert_conv2d_close(y, x, w, **conv)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("activation", [None, *ACTIVATIONS])
+def test_bias_activation_nhwc_and_noncontiguous(backend, activation, rng):
+    x, w, conv = make(ODD["primes"], rng)
+    bias = rand(rng, (w.shape[0],))
+    x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    x_nc = rand(rng, (2, 10, 13, 11))[:, ::2]  # non-contiguous channels
+    with kernelkit.use(backend=backend):
+        y = kernelkit.conv2d(x, w, bias, activation=activation, **conv)
+        y_nhwc = kernelkit.conv2d(x_nhwc, w, bias, activation=activation, layout="NHWC", **conv)
+        y_nc = kernelkit.conv2d(x_nc, w, bias, activation=activation, **conv)
+    assert_conv2d_close(y, x, w, bias, activation=activation, **conv)
+    assert y_nhwc.shape == (2, 13, 11, 7)
+    assert_conv2d_close(y_nhwc, x_nhwc, w, bias, activation=activation, layout="NHWC", **conv)
+    assert_conv2d_close(y_nc, x_nc, w, bias, activation=activation, **conv)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_torch_channels_last_keeps_its_layout(backend):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 9, 9, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(4, 6, 3, 3, generator=g)
+    with kernelkit.use(backend=backend):
+        y = kernelkit.conv2d(x, w, padding=1)
+    assert y.shape == (2, 4, 9, 9) and y.is_contiguous(memory_format=torch.channels_last)
+    assert_conv2d_close(y, x, w, padding=1)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("layer", CONV_RESNET50, ids=lambda l: "x".join(map(str, l)))
+def test_resnet50_layers_batch1(backend, layer, rng):
+    c, k, hw, r, stride, pad = layer
+    x, w = rand(rng, (1, c, hw, hw)), rand(rng, (k, c, r, r)) * 0.05
+    with kernelkit.use(backend=backend):
+        y = kernelkit.conv2d(x, w, stride=stride, padding=pad)
+    assert_conv2d_close(y, x, w, stride=stride, padding=pad)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("layer", [CONV_RESNET50[2], CONV_RESNET50[6], CONV_RESNET50[13]],
+                         ids=lambda l: "x".join(map(str, l)))
+def test_resnet50_layers_batch8(backend, layer, rng):
+    c, k, hw, r, stride, pad = layer
+    x, w = rand(rng, (8, c, hw, hw)), rand(rng, (k, c, r, r)) * 0.05
+    with kernelkit.use(backend=backend):
+        y = kernelkit.conv2d(x, w, stride=stride, padding=pad, activation="relu")
+    assert_conv2d_close(y, x, w, stride=stride, padding=pad, activation="relu")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("layer", CONV_MOBILENET_DW[::3], ids=str)
+def test_mobilenet_depthwise(backend, layer, rng):
+    c, hw, stride = layer
+    x, w = rand(rng, (2, c, hw, hw)), rand(rng, (c, 1, 3, 3))
+    with kernelkit.use(backend=backend):
+        y = kernelkit.conv2d(x, w, stride=stride, padding=1, groups=c)
+    assert_conv2d_close(y, x, w, stride=stride, padding=1, groups=c)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_nan_inf_and_empty_batch(backend, rng):
+    x, w, conv = make(ODD["primes"], rng)
+    x[0, 1, 4, 4] = np.nan
+    x[1, 0, 0, 0] = np.inf
+    with kernelkit.use(backend=backend):
+        y = kernelkit.conv2d(x, w, **conv)
+        empty = kernelkit.conv2d(x[:0], w, **conv)
+    ref = conv2d_ref(x, w, **conv)
+    assert np.array_equal(np.isnan(y), np.isnan(ref)) and np.array_equal(np.isinf(y), np.isinf(ref))
+    assert empty.shape == (0, 7, 13, 11)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("name", ["primes", "stride2", "dilation2", "groups", "depthwise",
+                                  "1x1-stride2", "asym-pad", "rect-kernel"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_backward_ops(backend, name, layout, rng):
+    x, w, conv = make(ODD[name], rng, np.float64)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    wt = torch.from_numpy(w).requires_grad_(True)
+    pad = conv["padding"]
+    if isinstance(pad, tuple) and len(pad) == 4:
+        y = F.conv2d(F.pad(xt, (pad[2], pad[3], pad[0], pad[1])), wt, None, conv["stride"], 0,
+                     conv["dilation"], conv["groups"])
+    else:
+        y = F.conv2d(xt, wt, None, conv["stride"], pad, conv["dilation"], conv["groups"])
+    g = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y.backward(g)
+    g_np, x_np = g.numpy(), x
+    if layout == "NHWC":
+        g_np, x_np = g_np.transpose(0, 2, 3, 1), x.transpose(0, 2, 3, 1)
+    with kernelkit.use(backend=backend):
+        dx = kernelkit.conv2d_backward_input(g_np, w, x_np.shape, layout=layout, **conv)
+        dw = kernelkit.conv2d_backward_weight(x_np, g_np, w.shape, layout=layout, **conv)
+    if layout == "NHWC":
+        dx = dx.transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_autograd_through_kernelkit(backend):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(6, 2, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, generator=g, requires_grad=True)
+    with kernelkit.use(backend=backend):
+        kernelkit.conv2d(x, w, b, stride=2, padding=1, groups=2, activation="silu").square().sum().backward()
+    got = [t.grad.clone() for t in (x, w, b)]
+    for t in (x, w, b):
+        t.grad = None
+    F.silu(F.conv2d(x, w, b, 2, 1, 1, 2)).square().sum().backward()
+    for a, t in zip(got, (x, w, b)):
+        torch.testing.assert_close(a, t.grad, rtol=1e-9, atol=1e-9)
+
+
+BAD = [
+    (lambda r: (rand(r, (1, 4, 8, 8)), rand(r, (2, 3, 3, 3))), {}, ValueError, "needs C=3"),
+    (lambda r: (rand(r, (1, 6, 8, 8)), rand(r, (5, 2, 3, 3))), {"groups": 3}, ValueError,
+     "must divide"),
+    (lambda r: (rand(r, (1, 6, 8, 8)), rand(r, (4, 3, 3, 3))), {"groups": 4}, ValueError,
+     "must divide"),
+    (lambda r: (rand(r, (1, 3, 2, 2)), rand(r, (2, 3, 5, 5))), {}, ValueError, "larger than the padded"),
+    (lambda r: (rand(r, (1, 3, 8, 8)), rand(r, (2, 3, 3, 3))), {"padding": -1}, ValueError,
+     "non-negative"),
+    (lambda r: (rand(r, (3, 8, 8)), rand(r, (2, 3, 3, 3))), {}, ValueError, "must be 4-D"),
+    (lambda r: (rand(r, (1, 3, 8, 8)), rand(r, (2, 3, 3))), {}, ValueError, "must be 4-D"),
+    (lambda r: (rand(r, (1, 3, 8, 8)), rand(r, (2, 3, 3, 3))), {"stride": 0}, ValueError, "positive"),
+    (lambda r: (rand(r, (1, 3, 8, 8)), rand(r, (2, 3, 3, 3))), {"stride": 2, "padding": "same"},
+     ValueError, "needs stride 1"),
+    (lambda r: (rand(r, (1, 3, 8, 8)).astype(np.int64), rand(r, (2, 3, 3, 3))), {}, TypeError, "dtype"),
+    (lambda r: (rand(r, (1, 3, 8, 8)), torch.ones(2, 3, 3, 3)), {}, TypeError, "torch array"),
+    (lambda r: ([[1.0]], rand(r, (2, 3, 3, 3))), {}, TypeError, "'x' must be"),
+    (lambda r: (rand(r, (1, 3, 8, 8)), rand(r, (2, 3, 3, 3))), {"activation": "tanh"}, ValueError,
+     "'activation'"),
+]
+
+
+@pytest.mark.parametrize("make_args,kwargs,exc,match", BAD)
+def test_bad_input(make_args, kwargs, exc, match, rng):
+    x, w = make_args(rng)
+    with pytest.raises(exc, match=match) as info:
+        kernelkit.conv2d(x, w, **kwargs)
+    assert str(info.value).startswith("conv2d:")
+
+
+def test_bad_bias_and_mixed_devices(rng):
+    x, w = rand(rng, (1, 3, 8, 8)), rand(rng, (2, 3, 3, 3))
+    with pytest.raises(ValueError, match=r"'bias' must have shape \(K,\) = \(2,\)"):
+        kernelkit.conv2d(x, w, rand(rng, (3,)))
+    with pytest.raises(ValueError, match="is on meta"):
+        kernelkit.conv2d(torch.ones(1, 3, 8, 8), torch.ones(2, 3, 3, 3, device="meta"))
