@@ -9,17 +9,21 @@ from __future__ import annotations
 import importlib as _importlib
 from typing import Any
 
+from .augment import Augmentation, augment
 from .ops import conv2d as _conv2d_op
 from .ops import matmul as _matmul_op
+from .ops import preprocess as _preprocess_op
 from .ops.conv2d import conv2d, conv2d_backward_input, conv2d_backward_weight
 from .ops.dispatch import Explanation
 from .ops.matmul import matmul
+from .ops.preprocess import preprocess
 from .settings import use
 
-__all__ = ["matmul", "conv2d", "conv2d_backward_input", "conv2d_backward_weight", "explain", "use", "nn", "Explanation", "__version__"]
+__all__ = ["matmul", "conv2d", "preprocess", "augment", "Augmentation", "conv2d_backward_input", "conv2d_backward_weight", "explain", "use", "nn", "Explanation", "__version__"]
 __version__ = "0.1.0"
 
-_EXPLAIN = {"matmul": _matmul_op.explain, "conv2d": _conv2d_op.explain}
+_EXPLAIN = {"matmul": _matmul_op.explain, "conv2d": _conv2d_op.explain,
+            "preprocess": _preprocess_op.explain}
 
 
 def explain(op: Any, *args: Any, **kwargs: Any) -> Explanation:

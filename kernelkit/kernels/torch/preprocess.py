@@ -1,0 +1,63 @@
+"""The vendor preprocessing: torch ops per image (crop, flip, rot90, rotate, interpolate,
+normalise), the chain people write today. Same contract as the hand-written kernels."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+_OUT = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+        "uint8": torch.uint8}
+
+
+def _rotate(img: torch.Tensor, angle: float, fill: float) -> torch.Tensor:
+    """Rotate a (1, C, H, W) float image counter-clockwise about its centre, same size, bilinear,
+    `fill` outside (torchvision's rotate(expand=False) maths, half-pixel centres)."""
+    _, _, h, w = img.shape
+    a = math.radians(angle)
+    cos, sin = math.cos(a), math.sin(a)
+    # output (x, y) in normalised [-1, 1] coords -> input coords; y axis points down.
+    theta = torch.tensor([[cos, -sin * h / w, 0.0], [sin * w / h, cos, 0.0]],
+                         dtype=img.dtype, device=img.device)
+    grid = F.affine_grid(theta[None], list(img.shape), align_corners=False)
+    ones = torch.ones_like(img[:, :1])
+    out = F.grid_sample(torch.cat([img, ones], 1), grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=False)
+    mask = out[:, -1:]
+    return out[:, :-1] + (1.0 - mask) * fill
+
+
+def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, scale,
+                       channel_perm, interpolation, antialias, out_dtype, layout) -> torch.Tensor:
+    """images: (N, H, W, C) tensor or list of (H, W, C) tensors, uint8 or float32; the geometry
+    arrays are numpy (see kernelkit.ops.preprocess). Returns (N, C, h, w) or (N, h, w, C)."""
+    n = len(images)
+    dev = images[0].device if n else torch.device("cpu")
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=dev)[:, None, None]
+    scale_t = torch.as_tensor(scale, dtype=torch.float32, device=dev)[:, None, None]
+    perm = torch.as_tensor(channel_perm, dtype=torch.long, device=dev)
+    outs = []
+    for i in range(n):
+        top, left, hh, ww = (int(v) for v in boxes[i])
+        img = images[i][top:top + hh, left:left + ww].permute(2, 0, 1)  # (C, h, w)
+        if flips[i][0]:
+            img = img.flip(-1)
+        if flips[i][1]:
+            img = img.flip(-2)
+        if rot90[i]:
+            img = torch.rot90(img, int(rot90[i]), dims=(-2, -1))
+        img = img[None].float()
+        if angles[i]:
+            img = _rotate(img, float(angles[i]), float(fill[i]))
+        if tuple(img.shape[-2:]) != tuple(size):
+            mode = "bilinear" if interpolation == "bilinear" else "nearest-exact"
+            kw = {"align_corners": False, "antialias": antialias} if mode == "bilinear" else {}
+            img = F.interpolate(img, size=tuple(size), mode=mode, **kw)
+        outs.append((img[0][perm] - mean_t) * scale_t)
+    out = torch.stack(outs) if outs else torch.empty((0, len(mean), *size), device=dev)
+    if out_dtype == "uint8":
+        out = out.round().clamp(0, 255)
+    out = out.to(_OUT[out_dtype])
+    return out.permute(0, 2, 3, 1).contiguous() if layout == "NHWC" else out.contiguous()

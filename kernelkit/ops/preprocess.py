@@ -1,0 +1,369 @@
+"""preprocess: decoded uint8 images -> model-ready tensors in one fused pass per image.
+
+check arguments -> Problem -> dispatch -> launch. Geometry (crop box, flips, quarter turns, an
+arbitrary rotation) is resolved here into per-image arrays that every kernel folds into one
+sampling map; resize, channel order, normalisation, dtype and layout follow in the same pass.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import arrays, devices
+from . import registry
+from .dispatch import Call, Plan, explain_call, plan_for
+from .registry import Candidate, Config, Problem
+
+OP = "preprocess"
+IN_DTYPES = ("uint8", "float32")
+OUT_DTYPES = ("float32", "float16", "bfloat16", "uint8")
+INTERPOLATIONS = ("bilinear", "nearest")
+_FLIPS = {None: (False, False), False: (False, False), "none": (False, False),
+          "horizontal": (True, False), "h": (True, False), "vertical": (False, True),
+          "v": (False, True), "both": (True, True), "hv": (True, True)}
+
+
+def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=None, fill=0.0,
+               interpolation: str = "bilinear", antialias: bool = True, channel_order=None,
+               out_dtype: Any = "float32", layout: str = "NCHW") -> Any:
+    """Crop, flip, rotate, resize, reorder channels, normalise and convert, in one pass per image.
+
+    Args:
+        images: a uint8 (or float32) NHWC batch, or a list of HWC images of different sizes (a
+            ragged batch, as decoders produce); numpy arrays, torch tensors (CPU or CUDA) or cupy
+            arrays. 1 or 3 channels.
+        size: output (height, width), or one int for both.
+        mean, std: per-channel statistics in input units (e.g. 0..255), or scalars. The output is
+            ``(x - mean) * (1 / std)`` in float32 before the final conversion.
+        crop: (top, left, height, width) in source pixels, for every image or one per image.
+        flip: "horizontal", "vertical", "both", a (horizontal, vertical) pair, or one per image.
+        rotate: degrees counter-clockwise, for every image or one per image. Multiples of 90 are
+            exact quarter turns; other angles rotate about the crop's centre (same size, bilinear,
+            `fill` outside, no antialias).
+        fill: value (input units) for pixels an arbitrary rotation brings in; scalar or per image.
+        interpolation: "bilinear" or "nearest" (half-pixel centres, torch's "nearest-exact").
+        antialias: with "bilinear", True is the PIL/torchvision antialiased filter when
+            downscaling, False the 2-tap form of OpenCV INTER_LINEAR / torch interpolate.
+        channel_order: None, "rgb2bgr"/"bgr2rgb" (reverse), or a permutation: output channel c
+            reads input channel channel_order[c].
+        out_dtype: "float32", "float16", "bfloat16" (torch/cupy outputs only) or "uint8"
+            (rounded, saturated); a numpy or torch dtype works too.
+        layout: "NCHW" or "NHWC" for the output.
+
+    Shape:
+        (N, H, W, C) or [(H_i, W_i, C)] -> (N, C, h, w) or (N, h, w, C)
+
+    Returns:
+        One batch array in the input's library and on its device.
+
+    Example:
+        >>> batch = kernelkit.preprocess(imgs, size=224, mean=(123.7, 116.3, 103.5),
+        ...                              std=(58.4, 57.1, 57.4))  # doctest: +SKIP
+    """
+    call = prepare(images, size=size, mean=mean, std=std, crop=crop, flip=flip, rotate=rotate,
+                   fill=fill, interpolation=interpolation, antialias=antialias,
+                   channel_order=channel_order, out_dtype=out_dtype, layout=layout)
+    return plan_for(call)(*call.args)
+
+
+def explain(images, **kwargs):
+    return explain_call(prepare(images, **kwargs))
+
+
+# -- checking ------------------------------------------------------------------------------------
+def _images(images) -> tuple[list | Any, arrays.Location, str, list[tuple[int, int]], int, bool]:
+    ragged = isinstance(images, (list, tuple))
+    if ragged:
+        if not images:
+            raise ValueError("preprocess: 'images' is an empty batch (a list of no images)")
+        items = list(images)
+    else:
+        if arrays.array_lib(images) is None:
+            raise TypeError("preprocess: 'images' must be an NHWC array (numpy, torch or cupy) or "
+                            f"a list of HWC arrays, got {type(images).__name__}")
+        if images.ndim != 4:
+            raise ValueError("preprocess: 'images' must be an (N, H, W, C) batch or a list of "
+                             f"(H, W, C) images, got shape {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise ValueError("preprocess: 'images' is an empty batch (N = 0)")
+        items = None
+    seq = items if ragged else [images]
+    loc = dtype = None
+    for i, img in enumerate(seq):
+        name = f"images[{i}]" if ragged else "images"
+        if arrays.array_lib(img) is None:
+            raise TypeError(f"preprocess: '{name}' must be a numpy array, torch tensor or cupy "
+                            f"array, got {type(img).__name__}")
+        if ragged and img.ndim != 3:
+            raise ValueError(f"preprocess: '{name}' must be an (H, W, C) image, got shape "
+                             f"{tuple(img.shape)}")
+        here, dt = arrays.location(img), arrays.dtype_name(img)
+        if loc is None:
+            loc, dtype = here, dt
+        elif here != loc:
+            raise ValueError(f"preprocess: '{name}' is a {here.lib} array on {here.device} but "
+                             f"images[0] is a {loc.lib} array on {loc.device}; one batch lives "
+                             "in one place")
+        elif dt != dtype:
+            raise TypeError(f"preprocess: the ragged batch mixes dtypes: '{name}' is {dt}, "
+                            f"images[0] is {dtype}")
+    if dtype not in IN_DTYPES:
+        raise TypeError(f"preprocess: images must be one of {IN_DTYPES}, got {dtype}")
+    shapes = [tuple(x.shape) for x in seq] if ragged else \
+        [tuple(images.shape[1:])] * images.shape[0]
+    channels = {s[2] for s in shapes}
+    if len(channels) != 1 or channels.pop() not in (1, 3):
+        got = sorted({s[2] for s in shapes})
+        raise ValueError(f"preprocess: images must have 1 or 3 channels (all the same), got {got}")
+    for i, (h, w, _) in enumerate(shapes):
+        if h == 0 or w == 0:
+            raise ValueError(f"preprocess: image {i} is empty ({h}x{w})")
+    return items if ragged else images, loc, dtype, [s[:2] for s in shapes], shapes[0][2], ragged
+
+
+def _per_image(name: str, value, n: int, is_one) -> list:
+    """A scalar-like value for every image, or a sequence of exactly one per image."""
+    if is_one(value):
+        return [value] * n
+    if isinstance(value, np.ndarray) and value.ndim >= 1 or isinstance(value, Sequence):
+        if len(value) != n:
+            raise ValueError(f"preprocess: '{name}' must be one value for all images or one per "
+                             f"image ({n}), got {len(value)}")
+        return list(value)
+    raise TypeError(f"preprocess: '{name}' has an unsupported type {type(value).__name__}")
+
+
+def _is_box(v) -> bool:
+    return (isinstance(v, (tuple, list)) or isinstance(v, np.ndarray) and v.ndim == 1) and \
+        len(v) == 4 and all(isinstance(x, (int, float, np.integer, np.floating)) for x in v)
+
+
+def _channel_stats(name: str, v, c: int) -> np.ndarray:
+    a = np.asarray(v, dtype=np.float64).reshape(-1)
+    if a.size == 1:
+        a = np.repeat(a, c)
+    if a.size != c:
+        raise ValueError(f"preprocess: '{name}' must have one value per channel ({c}), got "
+                         f"{a.size}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"preprocess: '{name}' must be finite, got {a.tolist()}")
+    return a
+
+
+def _dtype_name(op: str, name: str, v) -> str:
+    """'float32', 'bfloat16', ... from a string, a numpy dtype/type or a torch dtype."""
+    if isinstance(v, str):
+        s = v
+    elif type(v).__module__.startswith("torch"):
+        s = str(v).removeprefix("torch.")
+    else:
+        try:
+            s = np.dtype(v).name
+        except TypeError:
+            s = repr(v)
+    if s not in OUT_DTYPES:
+        raise TypeError(f"{op}: '{name}' must be one of {OUT_DTYPES}, got {v!r}")
+    return s
+
+
+def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=0.0,
+            interpolation="bilinear", antialias=True, channel_order=None, out_dtype="float32",
+            layout="NCHW") -> Call:
+    imgs, loc, in_dtype, hw, c, ragged = _images(images)
+    n = len(hw)
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        size = (int(size), int(size))
+    if (not isinstance(size, (tuple, list)) or len(size) != 2
+            or not all(isinstance(v, (int, np.integer)) for v in size)):
+        raise TypeError(f"preprocess: 'size' must be an int or an (height, width) pair, got {size!r}")
+    if min(size) <= 0:
+        raise ValueError(f"preprocess: 'size' must be positive, got {tuple(size)}")
+    size = (int(size[0]), int(size[1]))
+    mean_a = _channel_stats("mean", mean, c)
+    std_a = _channel_stats("std", std, c)
+    if np.any(std_a == 0):
+        raise ValueError(f"preprocess: 'std' must be non-zero, got {std_a.tolist()}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"preprocess: 'interpolation' must be one of {INTERPOLATIONS}, got "
+                         f"{interpolation!r}")
+    if layout not in ("NCHW", "NHWC"):
+        raise ValueError(f"preprocess: 'layout' must be 'NCHW' or 'NHWC', got {layout!r}")
+    out_dt = _dtype_name("preprocess", "out_dtype", out_dtype)
+    if out_dt == "bfloat16" and loc.lib == "numpy":
+        raise TypeError("preprocess: out_dtype bfloat16 needs torch or cupy images (numpy has no "
+                        "bfloat16)")
+    if out_dt == "bfloat16" and loc.lib == "cupy":
+        raise TypeError("preprocess: out_dtype bfloat16 is not available for cupy arrays")
+
+    # geometry, resolved per image
+    boxes = np.empty((n, 4), np.float64)
+    for i, box in enumerate(_per_image("crop", crop, n, lambda v: v is None or _is_box(v))):
+        h, w = hw[i]
+        if box is None:
+            box = (0, 0, h, w)
+        if not _is_box(box):
+            raise TypeError(f"preprocess: crop of image {i} must be (top, left, height, width), "
+                            f"got {box!r}")
+        top, left, bh, bw = (float(v) for v in box)
+        if bh <= 0 or bw <= 0 or top < 0 or left < 0 or top + bh > h or left + bw > w:
+            raise ValueError(f"preprocess: crop box (top={top:g}, left={left:g}, height={bh:g}, "
+                             f"width={bw:g}) of image {i} lies outside its {h}x{w} image")
+        boxes[i] = (top, left, bh, bw)
+    flips = np.zeros((n, 2), np.bool_)
+    is_flip = lambda v: v in _FLIPS if isinstance(v, (str, bool)) or v is None else \
+        (isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(b, (bool, np.bool_)) for b in v))
+    for i, f in enumerate(_per_image("flip", flip, n, is_flip)):
+        if isinstance(f, (tuple, list)) and len(f) == 2:
+            flips[i] = (bool(f[0]), bool(f[1]))
+        elif (isinstance(f, (str, bool)) or f is None) and f in _FLIPS:
+            flips[i] = _FLIPS[f]
+        else:
+            raise ValueError(f"preprocess: flip of image {i} must be one of "
+                             f"{sorted(k for k in _FLIPS if isinstance(k, str))}, a "
+                             f"(horizontal, vertical) pair or None, got {f!r}")
+    rot90 = np.zeros(n, np.int64)
+    angles = np.zeros(n, np.float64)
+    is_num = lambda v: v is None or isinstance(v, (int, float, np.integer, np.floating))
+    for i, r in enumerate(_per_image("rotate", rotate, n, is_num)):
+        if not is_num(r) or (r is not None and not math.isfinite(r)):
+            raise TypeError(f"preprocess: rotate of image {i} must be a finite number of degrees, "
+                            f"got {r!r}")
+        r = 0.0 if r is None else float(r) % 360.0
+        if r % 90.0 == 0.0:
+            rot90[i] = int(r // 90.0)
+        else:
+            angles[i] = r
+    fills = np.asarray(_per_image("fill", fill, n, lambda v: is_num(v) and v is not None),
+                       dtype=np.float32)
+    if channel_order is None:
+        perm = np.arange(c)
+    elif isinstance(channel_order, str):
+        if channel_order.lower() not in ("rgb2bgr", "bgr2rgb"):
+            raise ValueError(f"preprocess: 'channel_order' must be None, 'rgb2bgr', 'bgr2rgb' or "
+                             f"a permutation, got {channel_order!r}")
+        perm = np.arange(c)[::-1].copy()
+    else:
+        perm = np.asarray(channel_order, dtype=np.int64)
+        if sorted(perm.tolist()) != list(range(c)):
+            raise ValueError(f"preprocess: 'channel_order' must be a permutation of "
+                             f"{list(range(c))}, got {perm.tolist()}")
+    mean_out = mean_a[perm].astype(np.float32)
+    scale_out = (1.0 / std_a[perm]).astype(np.float32)
+    geometry = dict(boxes=boxes, flips=flips, rot90=rot90, angles=angles, fill=fills, size=size,
+                    mean=mean_out, scale=scale_out, channel_perm=perm,
+                    interpolation=interpolation, antialias=bool(antialias), out_dtype=out_dt,
+                    layout=layout)
+
+    med_h, med_w = (int(np.median([s[0] for s in hw])), int(np.median([s[1] for s in hw])))
+    in_bytes = sum(h * w for h, w in hw) * c * (1 if in_dtype == "uint8" else 4)
+    out_bytes = n * c * size[0] * size[1] * {"uint8": 1, "float32": 4}.get(out_dt, 2)
+    problem = Problem(
+        op=OP, shapes=((n, med_h, med_w, c), size), dtype=in_dtype, layout=layout,
+        lib=loc.lib, device=loc.device,
+        params=(("ragged", ragged), ("interpolation", interpolation),
+                ("antialias", bool(antialias)), ("out_dtype", out_dt),
+                ("rotate", bool(angles.any()))),
+        flops=float(n * c * size[0] * size[1] * 8), nbytes=in_bytes + out_bytes)
+
+    def bind(cand: Candidate, config: Config) -> Plan:
+        fn = cand.launcher(problem, config)
+        to = arrays.converter(loc, cand.native, cand.device)
+        back = arrays.converter_back(cand.native, cand.device, loc)
+        bf16_bits = out_dt == "bfloat16" and cand.native == "numpy"
+
+        def plan(images):
+            if to is not None:
+                images = [to(x) for x in images] if ragged else to(images)
+            out = fn(images, **geometry)
+            if bf16_bits:  # numpy has no bfloat16: the kernel wrote its bits as uint16
+                import torch
+
+                out = torch.from_numpy(out).view(torch.bfloat16)
+                return out if loc.device == "cpu" else out.to(loc.device)
+            return back(out) if back is not None else out
+
+        return plan
+
+    ref = functools.partial(_reference, imgs, ragged, geometry)
+    return Call(problem, bind, (imgs,), _verifier(ref, in_dtype, scale_out, out_dt))
+
+
+def _reference(imgs, ragged, geometry):
+    """The vendor chain, in float32 on the CPU: what every candidate must match within 1 level."""
+    import torch
+
+    from ..kernels.torch.preprocess import preprocess_forward
+
+    seq = imgs if ragged else [imgs[i] for i in range(imgs.shape[0])]
+    cpu = [arrays.as_torch(arrays.as_numpy(x) if arrays.array_lib(x) == "cupy" else x, "cpu")
+           for x in seq]
+    out = preprocess_forward(cpu, **{**geometry, "out_dtype": "float32"})
+    vals = torch.cat([x.reshape(-1).float() for x in cpu])
+    span = 255.0 if seq[0].dtype in (np.uint8,) or str(seq[0].dtype).endswith("uint8") else \
+        float(vals.max() - vals.min()) if vals.numel() else 1.0
+    return out.numpy(), span
+
+
+def _verifier(reference, in_dtype: str, scale: np.ndarray, out_dt: str):
+    ref_once = functools.cache(reference)
+
+    def verify(out) -> str | None:
+        ref, span = ref_once()
+        got = np.asarray(_to_f32(out), dtype=np.float64)
+        if got.shape != ref.shape:
+            return f"shape {got.shape} != {ref.shape}"
+        if out_dt == "uint8":
+            ref = np.clip(np.round(ref), 0, 255)
+            tol = 2.0  # 1 level from resampling + 1 from rounding at the boundary
+        else:
+            level = 1.0 if in_dtype == "uint8" else span / 255.0
+            rel = {"float32": 2.0**-20, "float16": 2.0**-10, "bfloat16": 2.0**-7}[out_dt]
+            tol = 1.5 * level * float(np.max(np.abs(scale))) + rel * float(np.max(np.abs(ref), initial=0))
+        err = float(np.max(np.abs(got - ref), initial=0.0))
+        return None if err <= tol else f"max error {err:.3g} > {tol:.3g} (more than a level)"
+
+    return verify
+
+
+def _to_f32(out) -> np.ndarray:
+    if arrays.array_lib(out) == "torch":
+        return out.detach().float().cpu().numpy()
+    return np.asarray(arrays.as_numpy(out), dtype=np.float32)
+
+
+# -- candidates ----------------------------------------------------------------------------------
+def _kernel(backend: str):
+    return importlib.import_module(f"kernelkit.kernels.{backend}.preprocess")
+
+
+def _make_candidate(backend: str, device: str, native: str) -> Candidate:
+    def supports(p: Problem) -> str | None:
+        if backend == "numba" and not devices.has_module("numba"):
+            return "numba is not installed"
+        return None
+
+    def space(p: Problem) -> list[Config]:
+        if backend == "torch":
+            return [{}]
+        (n, _, _, c), (h, w) = p.shapes
+        return [cfg.to_dict() for cfg in _kernel(backend).PreprocessConfig.space(n, h, w, c)]
+
+    def launcher(p: Problem, config: Config):
+        k = _kernel(backend)
+        if backend == "torch":
+            return k.preprocess_forward
+        cfg = k.PreprocessConfig.from_dict(config)
+        return lambda images, **geo: k.preprocess_forward(images, **geo, config=cfg)
+
+    return Candidate(OP, backend, device, native, supports, space, launcher,
+                     vendor=backend == "torch")
+
+
+for _args in (("numba", "cpu", "numpy"), ("torch", "cpu", "torch"), ("torch", "cuda", "torch")):
+    registry.register(_make_candidate(*_args))

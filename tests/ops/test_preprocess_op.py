@@ -1,0 +1,214 @@
+"""kernelkit.preprocess and kernelkit.augment through the ops layer, on every CPU backend."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import kernelkit
+
+CPU_BACKENDS = ["numba", "torch"]
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+def images(rng, n=3, h=37, w=53, c=3):
+    return rng.integers(0, 256, (n, h, w, c), dtype=np.uint8)
+
+
+def identity(**kw):
+    return dict(mean=0.0, std=1.0, **kw)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("flip", [None, "horizontal", "vertical", "both"])
+@pytest.mark.parametrize("rotate", [0, 90, 180, 270])
+def test_crop_flip_rot90_layout_are_exact(backend, flip, rotate, rng):
+    imgs = images(rng)
+    top, left, h, w = 3, 5, 20, 31
+    size = (w, h) if rotate in (90, 270) else (h, w)
+    with kernelkit.use(backend=backend):
+        out = kernelkit.preprocess(imgs, size=size, crop=(top, left, h, w), flip=flip,
+                                   rotate=rotate, **identity())
+        nhwc = kernelkit.preprocess(imgs, size=size, crop=(top, left, h, w), flip=flip,
+                                    rotate=rotate, layout="NHWC", out_dtype="uint8", **identity())
+    ref = imgs[:, top:top + h, left:left + w]
+    if flip in ("horizontal", "both"):
+        ref = ref[:, :, ::-1]
+    if flip in ("vertical", "both"):
+        ref = ref[:, ::-1]
+    ref = np.rot90(ref, rotate // 90, axes=(1, 2))
+    np.testing.assert_array_equal(out, ref.transpose(0, 3, 1, 2).astype(np.float32))
+    np.testing.assert_array_equal(nhwc, ref)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("hw,size", [((48, 64), (24, 20)), ((37, 53), (13, 29)), ((20, 30), (41, 67)),
+                                      ((1, 1), (5, 4)), ((1, 17), (3, 5)), ((480, 640), (224, 224))])
+def test_antialias_matches_pil(backend, hw, size, rng):
+    imgs = images(rng, n=2, h=hw[0], w=hw[1])
+    with kernelkit.use(backend=backend):
+        out = kernelkit.preprocess(imgs, size=size, antialias=True, out_dtype="uint8",
+                                   layout="NHWC", **identity())
+    for i in range(2):
+        ref = np.asarray(Image.fromarray(imgs[i]).resize(size[::-1], Image.BILINEAR))
+        diff = np.abs(out[i].astype(int) - ref.astype(int))
+        assert diff.max() <= 1, f"max {diff.max()} levels from PIL"
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("hw,size", [((48, 64), (24, 20)), ((37, 53), (13, 29)), ((20, 30), (41, 67)),
+                                      ((480, 640), (224, 224))])
+def test_two_tap_matches_opencv_and_torch(backend, hw, size, rng):
+    imgs = images(rng, n=2, h=hw[0], w=hw[1])
+    with kernelkit.use(backend=backend):
+        out = kernelkit.preprocess(imgs, size=size, antialias=False, layout="NHWC", **identity())
+    t = torch.nn.functional.interpolate(torch.from_numpy(imgs).permute(0, 3, 1, 2).float(),
+                                        size=size, mode="bilinear", align_corners=False)
+    assert np.abs(out - t.permute(0, 2, 3, 1).numpy()).max() <= 1e-3 * 255
+    for i in range(2):
+        ref = cv2.resize(imgs[i], size[::-1], interpolation=cv2.INTER_LINEAR)
+        # cv2 works in 11-bit fixed point and rounds: within one level of the exact value.
+        assert np.abs(out[i] - ref.astype(np.float32)).max() <= 1.0
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("out_dtype", ["float32", "float16", "bfloat16", "uint8"])
+def test_normalise_channel_order_and_dtypes(backend, out_dtype, rng):
+    imgs = torch.from_numpy(images(rng, n=2, h=30, w=30))
+    mean, std = (123.7, 116.3, 103.5), (58.4, 57.1, 57.4)
+    kw = dict(size=30, mean=mean, std=std, channel_order="bgr2rgb", out_dtype=out_dtype)
+    if out_dtype == "uint8":
+        kw.update(mean=0, std=1)
+    with kernelkit.use(backend=backend):
+        out = kernelkit.preprocess(imgs, **kw)
+    assert isinstance(out, torch.Tensor) and out.dtype == getattr(torch, out_dtype)
+    x = imgs.permute(0, 3, 1, 2).flip(1).float()
+    if out_dtype == "uint8":
+        torch.testing.assert_close(out, x.to(torch.uint8), rtol=0, atol=0)
+        return
+    ref = (x - torch.tensor(mean).flip(0)[:, None, None]) * (1 / torch.tensor(std).flip(0))[:, None, None]
+    torch.testing.assert_close(out.float(), ref.to(getattr(torch, out_dtype)).float(), rtol=0,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_ragged_float_and_single_channel(backend, rng):
+    ragged = [rng.random((h, w, 1), dtype=np.float32) for h, w in ((31, 17), (8, 64), (50, 50))]
+    with kernelkit.use(backend=backend):
+        out = kernelkit.preprocess(ragged, size=(16, 12), mean=0.5, std=0.25)
+    assert out.shape == (3, 1, 16, 12) and out.dtype == np.float32
+    for i, img in enumerate(ragged):
+        t = torch.nn.functional.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None],
+                                            size=(16, 12), mode="bilinear", antialias=True)
+        np.testing.assert_allclose(out[i], ((t[0] - 0.5) * 4).numpy(), atol=4 / 255)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_arbitrary_rotation_matches_opencv(backend, rng):
+    img = images(rng, n=1, h=41, w=41)
+    with kernelkit.use(backend=backend):
+        out = kernelkit.preprocess(img, size=41, rotate=30.0, fill=7.0, layout="NHWC",
+                                   **identity())
+    m = cv2.getRotationMatrix2D((20.0, 20.0), 30.0, 1.0)  # counter-clockwise, about the centre
+    ref = cv2.warpAffine(img[0], m, (41, 41), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=(7, 7, 7))
+    inner = np.s_[3:-3, 3:-3]  # border pixels straddle the fill edge; compare the interior
+    assert np.abs(out[0][inner] - ref[inner].astype(np.float32)).max() <= 1.0
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_rotate_90_degrees_equals_quarter_turn(backend, rng):
+    img = images(rng, n=1, h=21, w=21)
+    with kernelkit.use(backend=backend):
+        exact = kernelkit.preprocess(img, size=21, rotate=90, **identity())
+        near = kernelkit.preprocess(img, size=21, rotate=90.0 + 1e-9, **identity())
+    assert np.abs(exact - near)[:, :, 1:-1, 1:-1].max() <= 1e-3
+
+
+def test_backends_agree_within_one_level(rng):
+    imgs = [images(rng, n=1, h=h, w=w)[0] for h, w in ((480, 640), (333, 500), (97, 101))]
+    kw = dict(size=224, mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4), crop=[(10, 20, 400, 500), None, (0, 0, 97, 50)],
+              flip=[None, "horizontal", "vertical"])
+    outs = {}
+    for backend in CPU_BACKENDS:
+        with kernelkit.use(backend=backend):
+            outs[backend] = kernelkit.preprocess(imgs, **kw)
+    level = 1 / 57.1
+    assert np.abs(outs["numba"] - outs["torch"]).max() <= 1.01 * level
+
+
+# -- augmentation --------------------------------------------------------------------------------
+def test_augment_is_reproducible_across_splits_orders_and_workers():
+    sizes = [(480, 640), (500, 375), (100, 900), (64, 64)] * 5
+    full = kernelkit.augment(range(20), sizes, seed=11, epoch=3, degrees=15, vflip=0.2)
+    halves = [kernelkit.augment(range(a, b), sizes[a:b], seed=11, epoch=3, degrees=15, vflip=0.2)
+              for a, b in ((0, 7), (7, 20))]
+    assert halves[0].crop + halves[1].crop == full.crop
+    assert halves[0].rotate + halves[1].rotate == full.rotate
+    order = list(range(19, -1, -1))  # a worker drawing the samples in another order
+    rev = kernelkit.augment(order, [sizes[i] for i in order], seed=11, epoch=3, degrees=15, vflip=0.2)
+    assert rev.flip[::-1] == full.flip and rev.crop[::-1] == full.crop
+    other_epoch = kernelkit.augment(range(20), sizes, seed=11, epoch=4, degrees=15, vflip=0.2)
+    assert other_epoch.crop != full.crop
+    for (top, left, h, w), (H, W) in zip(full.crop, sizes):
+        assert 0 <= top and 0 <= left and top + h <= H and left + w <= W and h > 0 and w > 0
+
+
+def test_augment_in_a_process_pool_matches():
+    import concurrent.futures
+    import multiprocessing
+
+    sizes = [(300, 400)] * 8
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as pool:
+        parts = list(pool.map(_aug_crops, [range(0, 3), range(3, 8)], [sizes[:3], sizes[3:]]))
+    assert parts[0] + parts[1] == kernelkit.augment(range(8), sizes, seed=5).crop
+
+
+def _aug_crops(idx, sizes):
+    return kernelkit.augment(list(idx), sizes, seed=5).crop
+
+
+def test_augmented_batch_is_the_same_on_every_backend(rng):
+    imgs = [images(rng, n=1, h=h, w=w)[0] for h, w in ((120, 160), (90, 70))]
+    aug = kernelkit.augment([3, 4], [im.shape[:2] for im in imgs], seed=2, quarter_turns=True)
+    outs = []
+    for backend in CPU_BACKENDS:
+        with kernelkit.use(backend=backend):
+            outs.append(kernelkit.preprocess(imgs, size=32, mean=0, std=1, out_dtype="uint8",
+                                             **aug.kwargs()))
+    assert np.abs(outs[0].astype(int) - outs[1].astype(int)).max() <= 1
+
+
+# -- bad input -----------------------------------------------------------------------------------
+def test_bad_input(rng):
+    imgs = images(rng)
+    ok = dict(size=8, mean=0, std=1)
+    cases = [
+        (lambda: kernelkit.preprocess(images(rng, c=4), **ok), ValueError, "1 or 3 channels"),
+        (lambda: kernelkit.preprocess(imgs, crop=(30, 0, 10, 10), **ok), ValueError, "lies outside"),
+        (lambda: kernelkit.preprocess(imgs, size=0, mean=0, std=1), ValueError, "'size' must be positive"),
+        (lambda: kernelkit.preprocess(imgs, size=8, mean=(1, 2), std=1), ValueError, "one value per channel"),
+        (lambda: kernelkit.preprocess(imgs, size=8, mean=0, std=(1, 0, 1)), ValueError, "non-zero"),
+        (lambda: kernelkit.preprocess([imgs[0], imgs[1].astype(np.float32)], **ok), TypeError, "mixes dtypes"),
+        (lambda: kernelkit.preprocess([], **ok), ValueError, "empty batch"),
+        (lambda: kernelkit.preprocess(imgs[:0], **ok), ValueError, "empty batch"),
+        (lambda: kernelkit.preprocess(imgs[0], **ok), ValueError, r"\(N, H, W, C\)"),
+        (lambda: kernelkit.preprocess(imgs.astype(np.int16), **ok), TypeError, "uint8"),
+        (lambda: kernelkit.preprocess(imgs, out_dtype="bfloat16", **ok), TypeError, "numpy has no bfloat16"),
+        (lambda: kernelkit.preprocess(imgs, interpolation="bicubic", **ok), ValueError, "interpolation"),
+        (lambda: kernelkit.preprocess(imgs, flip=["h", "v"], **ok), ValueError, "one per image"),
+        (lambda: kernelkit.preprocess(imgs, channel_order=(0, 0, 1), **ok), ValueError, "permutation"),
+        (lambda: kernelkit.preprocess("img.png", **ok), TypeError, "'images' must be"),
+    ]
+    for fn, exc, match in cases:
+        with pytest.raises(exc, match=match) as info:
+            fn()
+        assert str(info.value).startswith("preprocess:")
