@@ -158,7 +158,7 @@ def test_augment_is_reproducible_across_splits_orders_and_workers():
     other_epoch = kernelkit.augment(range(20), sizes, seed=11, epoch=4, degrees=15, vflip=0.2)
     assert other_epoch.crop != full.crop
     for (top, left, h, w), (H, W) in zip(full.crop, sizes):
-        assert 0 <= top and 0 <= left and top + h <= H and left + w <= W and h > 0 and w > 0
+        assert top >= 0 and left >= 0 and top + h <= H and left + w <= W and h > 0 and w > 0
 
 
 def test_augment_in_a_process_pool_matches():
