@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # reference.py
 
 THREADS = int(os.environ.get("KERNELKIT_BENCH_THREADS", os.cpu_count() or 1))
 

@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 ACTS = (None, "relu", "gelu", "gelu_tanh", "silu")
 
@@ -160,6 +161,12 @@ def main() -> int:
     # -- speed -----------------------------------------------------------------------------------
     if not args.skip_bench:
         bench(results, args, dev, randn, tri, vendor, cpk if cupy_ok else None, t_start)
+    # conv2d: its own correctness checks and benchmarks (bench/gpu_check_conv2d.py)
+    import gpu_check_conv2d
+
+    budget_left = lambda: args.budget_s - (time.perf_counter() - t_start)
+    gpu_check_conv2d.run(results, dev, args.dry_run, make_timer(args.dry_run), budget_left)
+    n_ok = sum(c["ok"] for c in results["checks"])
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     summary = render(results)
     (out / "summary.md").write_text(summary)
@@ -170,13 +177,10 @@ def main() -> int:
 def bench(results, args, dev, randn, tri, vendor, cpk, t_start) -> None:
     import torch
 
+    timer = make_timer(args.dry_run)
     if args.dry_run:
         cases = [("square", torch.float32, (64, 64, 64))]
-        timer = lambda fn: _cpu_time(fn)
     else:
-        from triton.testing import do_bench
-
-        timer = lambda fn: do_bench(fn, warmup=10, rep=40, return_mode="median") * 1e-3
         cases = [("square", dt, (n, n, n)) for dt in (torch.float16, torch.bfloat16)
                  for n in (512, 1024, 2048, 4096, 8192)]
         cases += [("square", torch.float32, (n, n, n)) for n in (1024, 4096)]
@@ -217,6 +221,15 @@ def bench(results, args, dev, randn, tri, vendor, cpk, t_start) -> None:
             if s and math.isfinite(s):
                 row[f"{key}_tflops"] = flops / s / 1e12
         results["bench"].append(row)
+
+
+def make_timer(dry_run: bool):
+    """seconds per call: CUDA events after synchronisation on a GPU, perf_counter in dry runs."""
+    if dry_run:
+        return _cpu_time
+    from triton.testing import do_bench
+
+    return lambda fn: do_bench(fn, warmup=10, rep=40, return_mode="median") * 1e-3
 
 
 def _cpu_time(fn, reps: int = 3) -> float:

@@ -1,6 +1,6 @@
 """Turn a pytest-benchmark JSON file into markdown tables of medians, GFLOP/s and ratios.
 
-    python bench/report.py results.json [--baseline numpy]
+    python bench/report.py results.json [--baseline numpy] [--only "conv2d depthwise"]
 
 Each group is one problem; every row's ratio is baseline median / row median from the same run
 (above 1: faster than the baseline). The dispatch-overhead figure is printed when present.
@@ -18,13 +18,14 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("json")
     p.add_argument("--baseline", default="numpy", help="the row every ratio is against")
+    p.add_argument("--only", default="", help="keep groups whose name contains this")
     args = p.parse_args()
     with open(args.json) as f:
         data = json.load(f)
     groups: dict[str, dict[str, dict]] = defaultdict(dict)
     for bm in data["benchmarks"]:
         row = bm["extra_info"].get("row")
-        if row:
+        if row and args.only in bm["group"]:
             groups[bm["group"]][row] = bm
         elif "overhead_us" in bm["extra_info"]:
             info = bm["extra_info"]
@@ -50,8 +51,13 @@ def main() -> None:
                 cells.append("-")
                 continue
             med = bm["stats"]["median"]
-            gf = bm["extra_info"].get("gflops")
-            cell = f"{gf:.1f} GF/s" if gf else f"{med * 1e6:.1f} us"
+            info = bm["extra_info"]
+            if info.get("gflops"):
+                cell = f"{info['gflops']:.1f} GF/s"
+            elif info.get("images_per_s"):
+                cell = f"{info['images_per_s']:.0f} img/s"
+            else:
+                cell = f"{med * 1e6:.1f} us"
             if base:
                 ratio = base["stats"]["median"] / med
                 ratios[r].append(ratio)

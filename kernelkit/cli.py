@@ -140,7 +140,7 @@ def cmd_explain(args: argparse.Namespace, con: Console) -> int:
         con.print(f"[red]unknown op {args.op!r}")
         return 2
     m, k, n = args.dims
-    a, b = make_inputs("matmul", (m, k, n), args.dtype, args.where)
+    (a, b), _ = make_inputs("matmul", (m, k, n), args.dtype, args.where)
     print(kernelkit.explain("matmul", a, b, activation=args.activation))
     return 0
 
@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_info)
 
     s = sub.add_parser("tune", help="tune this machine for a preset of sizes and print the choices")
-    s.add_argument("--preset", default="quick")
+    s.add_argument("--preset", default="quick", help="quick, square, mlp, odd (matmul), resnet50 (conv2d)")
     s.add_argument("--where", choices=("numpy", "torch", "cuda"),
                    help="where the inputs live (default: cuda when there is a GPU, else numpy)")
     s.add_argument("--shards", type=int, default=1, help="worker processes (1 on a CPU)")

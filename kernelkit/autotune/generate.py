@@ -19,7 +19,10 @@ import numpy as np
 
 from .. import settings as _settings
 
-# (op, dims, dtype) — dims are op-specific: matmul (M, K, N)
+# (op, dims, dtype) — dims are op-specific: matmul (M, K, N); conv2d (N, C, H=W, K, R=S, stride,
+# padding, groups)
+_RESNET50 = [(3, 64, 224, 7, 2, 3), (64, 64, 56, 3, 1, 1), (64, 256, 56, 1, 1, 0),
+             (128, 128, 28, 3, 1, 1), (256, 1024, 14, 1, 1, 0), (512, 512, 7, 3, 1, 1)]
 PRESETS: dict[str, list[tuple[str, tuple[int, ...], str]]] = {
     "quick": [("matmul", (n, n, n), "float32") for n in (32, 64, 128, 256, 512, 1024)]
     + [("matmul", (128, 768, 3072), "float32"), ("matmul", (1, 4096, 4096), "float32")],
@@ -27,6 +30,8 @@ PRESETS: dict[str, list[tuple[str, tuple[int, ...], str]]] = {
                for n in (128, 256, 512, 1024, 2048)],
     "mlp": [("matmul", (m, k, n), "float32") for m in (1, 16, 128, 512)
             for k, n in ((768, 3072), (3072, 768), (4096, 11008), (11008, 4096))],
+    "resnet50": [("conv2d", (n, c, hw, k, r, st, pad, 1), "float32")
+                 for n in (1, 8) for c, k, hw, r, st, pad in _RESNET50],
     "odd": [("matmul", d, "float32") for d in ((1, 1, 1), (7, 13, 5), (97, 61, 89),
                                                 (255, 257, 129), (1000, 3, 1000), (3, 1000, 3))],
 }
@@ -55,27 +60,35 @@ class Row:
 
 
 def make_inputs(op: str, dims: tuple[int, ...], dtype: str, where: str, seed: int = 0):
+    """(positional arrays, keyword options) for one problem of a preset."""
     rng = np.random.default_rng(seed)
     if op == "matmul":
         m, k, n = dims
-        arrs = [rng.standard_normal(s, dtype=np.float32).astype(dtype) for s in ((m, k), (k, n))]
+        shapes, kwargs = ((m, k), (k, n)), {}
+    elif op == "conv2d":
+        n, c, hw, k, r, stride, pad, groups = dims
+        shapes = ((n, c, hw, hw), (k, c // groups, r, r))
+        kwargs = {"stride": stride, "padding": pad, "groups": groups}
     else:
         raise ValueError(f"generate: unknown op {op!r}")
-    if where == "numpy":
-        return arrs
-    import torch
+    arrs = [rng.standard_normal(s, dtype=np.float32).astype(dtype) for s in shapes]
+    if where != "numpy":
+        import torch
 
-    dev = "cuda" if where == "cuda" else "cpu"
-    return [torch.from_numpy(x).to(dev) for x in arrs]
+        dev = "cuda" if where == "cuda" else "cpu"
+        arrs = [torch.from_numpy(x).to(dev) for x in arrs]
+    return arrs, kwargs
 
 
 def tune_one(op: str, dims: tuple[int, ...], dtype: str, where: str, remeasure: bool) -> Row:
     from ..autotune import tuner
+    from ..ops import conv2d as conv2d_op
     from ..ops import dispatch, registry
     from ..ops import matmul as matmul_op
 
-    prepare = {"matmul": matmul_op.prepare}[op]
-    call = prepare(*make_inputs(op, dims, dtype, where))
+    prepare = {"matmul": matmul_op.prepare, "conv2d": conv2d_op.prepare_forward}[op]
+    arrs, kwargs = make_inputs(op, dims, dtype, where)
+    call = prepare(*arrs, **kwargs)
     settings = _settings.current()
     if remeasure:
         decision = tuner.decide(call.problem, registry.candidates(op), call.runner, call.verify,
