@@ -276,11 +276,14 @@ def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=
         to = arrays.converter(loc, cand.native, cand.device)
         back = arrays.converter_back(cand.native, cand.device, loc)
         bf16_bits = out_dt == "bfloat16" and cand.native == "numpy"
+        f16_bits = out_dt == "float16" and cand.native == "numpy"
 
         def plan(images):
             if to is not None:
                 images = [to(x) for x in images] if ragged else to(images)
             out = fn(images, **geometry)
+            if f16_bits:  # the numba kernel writes float16 as its uint16 bit patterns
+                out = out.view(np.float16)
             if bf16_bits:  # numpy has no bfloat16: the kernel wrote its bits as uint16
                 import torch
 

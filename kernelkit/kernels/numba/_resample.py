@@ -1,0 +1,363 @@
+"""Building blocks of the Numba preprocess kernel: raw pointers, float conversions, the passes.
+
+Images are read through raw typed pointers (an address plus element strides per image), so one
+compiled kernel serves a 4-D batch and a ragged list of arrays of any strides alike. The separable
+resize of one output row is two passes through small per-thread buffers:
+
+* ``vpass``: the ``K`` source lines of the row's y window, weighted and summed over the span of
+  source pixels that the x taps read, into ``tmp`` (interleaved, ``tmp[j * C + c]``);
+* ``hpass``: each output column's x taps over ``tmp``, into ``res`` (interleaved,
+  ``res[x * C + c]``; three channels in one 4-lane register when C == 3).
+
+``affine_row`` samples the composed affine map of a rotated image for one output row instead.
+``store_row`` applies the channel permutation and the normalisation, converts to the output dtype
+and writes the row with the output's strides.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+_JIT = dict(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
+# Unsigned indices skip Numba's negative-index wraparound (every index cast is >= 0).
+_U = numba.uintp
+# Sums start from -0.0, the exact additive identity (0.0 + -0.0 would lose the sign of -0.0).
+_NEG0 = np.float32(-0.0)
+
+# output dtype codes
+OUT_F32, OUT_F16, OUT_BF16, OUT_U8 = 0, 1, 2, 3
+OUT_CODES = {"float32": OUT_F32, "float16": OUT_F16, "bfloat16": OUT_BF16, "uint8": OUT_U8}
+OUT_DTYPES = {OUT_F32: np.float32, OUT_F16: np.uint16, OUT_BF16: np.uint16, OUT_U8: np.uint8}
+
+
+def _make_ptr(nbty):
+    @intrinsic
+    def as_ptr(typingctx, addr):
+        sig = types.CPointer(nbty)(types.int64)
+
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(nbty).as_pointer())
+
+        return sig, codegen
+
+    return as_ptr
+
+
+# llvm.prefetch is overloaded on the pointer type; LLVM >= 15 (opaque pointers) names it "p0"
+_PREFETCH = "llvm.prefetch.p0"
+
+u8_ptr = _make_ptr(types.uint8)
+u16_ptr = _make_ptr(types.uint16)
+f32_ptr = _make_ptr(types.float32)
+
+
+@intrinsic
+def prefetch(typingctx, addr):
+    """Prefetch the cache line at byte address ``addr`` for reading (llvm.prefetch, into L1)."""
+    sig = types.void(types.int64)
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, _PREFETCH)
+        ptr = builder.inttoptr(args[0], i8p)
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@numba.njit(**_JIT)
+def prefetch_lines(addr, a, b, sc, cch, nk, span, isz):
+    """Prefetch ``nk`` source lines starting at byte ``addr`` (line stride ``a`` elements), each
+    the ``span`` pixels a vertical pass reads (contiguous lines only; others are left alone)."""
+    if not (sc == 1 and b == cch):
+        return
+    nbytes = span * cch * isz
+    for k in range(nk):
+        o = addr + k * a * isz
+        for j in range(0, nbytes + 63, 64):
+            prefetch(o + j)
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """a * b + c rounded once (llvm.fma.f32): the same result in every loop, vectorised or not."""
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32] * 3),
+                                            "llvm.fma.f32")
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+@intrinsic
+def f16_bits(typingctx, x):
+    """float32 -> IEEE half bits (round to nearest even; LLVM fptrunc, vcvtps2ph on x86)."""
+    sig = types.uint16(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return sig, codegen
+
+
+@intrinsic
+def f32_bits(typingctx, x):
+    sig = types.uint32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return sig, codegen
+
+
+@numba.njit(inline="always", **_JIT)
+def bf16_bits(v):
+    """float32 -> bfloat16 bits, round to nearest even; NaN -> 0x7FC0 (as torch converts)."""
+    if v != v:
+        return np.uint16(0x7FC0)
+    u = np.uint32(f32_bits(v))
+    u = u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))
+    return np.uint16(u >> np.uint32(16))
+
+
+@numba.njit(inline="always", **_JIT)
+def u8_sat(v):
+    """Round to nearest (half to even, as np.rint) and saturate to 0..255; NaN -> 0."""
+    if v > 255.0:
+        v = np.float32(255.0)
+    if not (v >= 0.0):
+        v = np.float32(0.0)
+    return np.uint8(np.rint(v))
+
+
+@intrinsic
+def taps3(typingctx, tmp, o, wx, wo, nk, res, q):
+    """res[q : q+4] = sum_{k < nk} wx[wo + k] * tmp[o + 3k : o + 3k + 4]: the three channels of
+    one output pixel (and one junk lane, which the next pixel overwrites) in one xmm register.
+    ``tmp``, ``wx``, ``res``: 1-D contiguous float32 arrays; two accumulators (even / odd taps)."""
+    sig = types.void(tmp, o, wx, wo, nk, res, q)
+
+    def codegen(context, builder, sig, args):
+        tmp_v, o_v, wx_v, wo_v, nk_v, res_v, q_v = args
+        intp = context.get_value_type(types.intp)
+        o_v, wo_v, nk_v, q_v = (context.cast(builder, v, t, types.intp) for v, t in zip(
+            (o_v, wo_v, nk_v, q_v), (sig.args[1], sig.args[3], sig.args[4], sig.args[6])))
+        vty = ir.VectorType(ir.FloatType(), 4)
+        vptr = vty.as_pointer()
+        data = lambda i, v: context.make_array(sig.args[i])(context, builder, v).data
+        T = builder.gep(data(0, tmp_v), [o_v])
+        W = builder.gep(data(2, wx_v), [wo_v])
+        R = builder.gep(data(5, res_v), [q_v])
+        zero = ir.Constant(vty, [-0.0] * 4)   # the additive identity (keeps -0.0)
+        undef = ir.Constant(vty, ir.Undefined)
+        splat0 = ir.Constant(ir.VectorType(ir.IntType(32), 4), [0] * 4)
+        i32_0 = ir.Constant(ir.IntType(32), 0)
+        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(2)]
+
+        def tap(k, acc):
+            w = builder.load(builder.gep(W, [k]), align=4)
+            wv = builder.shuffle_vector(builder.insert_element(undef, w, i32_0), undef, splat0)
+            t = builder.gep(T, [builder.mul(k, ir.Constant(intp, 3))])
+            tv = builder.load(builder.bitcast(t, vptr), align=4)
+            builder.store(builder.fadd(builder.load(acc), builder.fmul(wv, tv, flags=("contract",)),
+                                       flags=("contract",)), acc)
+
+        half = builder.ashr(nk_v, ir.Constant(intp, 1))
+        with cgutils.for_range(builder, half) as loop:
+            k2 = builder.shl(loop.index, ir.Constant(intp, 1))
+            tap(k2, accs[0])
+            tap(builder.add(k2, ir.Constant(intp, 1)), accs[1])
+        odd = builder.icmp_signed("!=", builder.and_(nk_v, ir.Constant(intp, 1)),
+                                  ir.Constant(intp, 0))
+        with builder.if_then(odd):
+            tap(builder.sub(nk_v, ir.Constant(intp, 1)), accs[0])
+        total = builder.fadd(builder.load(accs[0]), builder.load(accs[1]))
+        builder.store(total, builder.bitcast(R, vptr), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# ------------------------------------------------------------------------------------------ passes
+
+@numba.njit(**_JIT)
+def vpass(src, base, a, b, sc, cch, ys, nk, w, tmp, span):
+    """tmp[j*C + c] = sum_k w[k] * src[base + (ys+k)*a + j*b + c*sc], j < span, c < C.
+
+    ``base`` already points at the first pixel of the span; ``a`` is the element stride along
+    the y-tap axis, ``b`` along the x-tap axis, ``sc`` between channels. Every path sums in the
+    same order with explicit FMAs (w0*p0, then fma(w_k, p_k, .)), so results do not depend on the
+    source's strides.
+    """
+    n = span * cch
+    if sc == 1 and b == cch:
+        # contiguous source lines (HWC rows): one flat, vectorisable loop per pair of taps
+        o0 = base + ys * a
+        w0 = w[0]
+        if nk == 1:
+            for j in range(n):
+                tmp[_U(j)] = w0 * np.float32(src[o0 + j])
+        else:
+            w1 = w[1]
+            o1 = o0 + a
+            for j in range(n):
+                tmp[_U(j)] = fma(w1, np.float32(src[o1 + j]), w0 * np.float32(src[o0 + j]))
+            k = 2
+            while k + 1 < nk:
+                wa, wb = w[k], w[k + 1]
+                oa = o0 + k * a
+                ob = oa + a
+                for j in range(n):
+                    tmp[_U(j)] = fma(wb, np.float32(src[ob + j]),
+                                     fma(wa, np.float32(src[oa + j]), tmp[_U(j)]))
+                k += 2
+            if k < nk:
+                wa = w[k]
+                oa = o0 + k * a
+                for j in range(n):
+                    tmp[_U(j)] = fma(wa, np.float32(src[oa + j]), tmp[_U(j)])
+    else:
+        for k in range(nk):
+            wk = w[k]
+            ok = base + (ys + k) * a
+            for j in range(span):
+                o = ok + j * b
+                for c in range(cch):
+                    if k == 0:
+                        tmp[_U(j * cch + c)] = wk * np.float32(src[o + c * sc])
+                    else:
+                        tmp[_U(j * cch + c)] = fma(wk, np.float32(src[o + c * sc]),
+                                                   tmp[_U(j * cch + c)])
+
+
+@numba.njit(**_JIT)
+def hpass(tmp, cch, xs, xoff, nk, wx, wo, kst, x0, x1, res):
+    """res[x*C + c] = sum_k w[x,k] * tmp[(xs[x]-xoff+k)*C + c] for output columns x0 <= x < x1,
+    where w[x, k] = wx[wo + x*kst + k] (flat weights). ``tmp`` and ``res`` need one float of
+    padding past their ends for C == 3 (4-lane loads and stores)."""
+    if cch == 3:
+        if nk == 2:
+            for x in range(x0, x1):
+                o = 3 * (xs[_U(x)] - xoff)
+                wi = wo + x * kst
+                w0, w1 = wx[_U(wi)], wx[_U(wi + 1)]
+                q = 3 * x
+                res[_U(q)] = w0 * tmp[_U(o)] + w1 * tmp[_U(o + 3)]
+                res[_U(q + 1)] = w0 * tmp[_U(o + 1)] + w1 * tmp[_U(o + 4)]
+                res[_U(q + 2)] = w0 * tmp[_U(o + 2)] + w1 * tmp[_U(o + 5)]
+        else:
+            for x in range(x0, x1):
+                taps3(tmp, 3 * (xs[_U(x)] - xoff), wx, wo + x * kst, nk, res, 3 * x)
+    elif cch == 1:
+        if nk == 2:
+            for x in range(x0, x1):
+                o = xs[_U(x)] - xoff
+                wi = wo + x * kst
+                res[_U(x)] = wx[_U(wi)] * tmp[_U(o)] + wx[_U(wi + 1)] * tmp[_U(o + 1)]
+        else:
+            for x in range(x0, x1):
+                o = xs[_U(x)] - xoff
+                wi = wo + x * kst
+                v = _NEG0
+                for k in range(nk):
+                    v += wx[_U(wi + k)] * tmp[_U(o + k)]
+                res[_U(x)] = v
+    else:
+        for x in range(x0, x1):
+            o = cch * (xs[_U(x)] - xoff)
+            wi = wo + x * kst
+            for c in range(cch):
+                v = _NEG0
+                for k in range(nk):
+                    v += wx[_U(wi + k)] * tmp[_U(o + k * cch + c)]
+                res[_U(x * cch + c)] = v
+
+
+@numba.njit(**_JIT)
+def _px(src, off, inside, fillv):
+    return np.float32(src[off]) if inside else fillv
+
+
+@numba.njit(**_JIT)
+def affine_row(src, base, sh, sw, sc, cch, r0, r1, c0, c1, m, fillv, nearest, y, out_w, res):
+    """One output row of a rotated image: source (col, row) = m @ (x, y, 1); ``fillv`` outside
+    rows [r0, r1) x columns [c0, c1); bilinear (4 taps) or nearest (round half up). Writes
+    res[x*C + c] (input channel order, not normalised)."""
+    yf = np.float64(y)
+    bx = m[0, 1] * yf + m[0, 2]
+    by = m[1, 1] * yf + m[1, 2]
+    for x in range(out_w):
+        xf = np.float64(x)
+        fx = m[0, 0] * xf + bx
+        fy = m[1, 0] * xf + by
+        if nearest:
+            ix = np.int64(math.floor(fx + 0.5))
+            iy = np.int64(math.floor(fy + 0.5))
+            inside = (ix >= c0) & (ix < c1) & (iy >= r0) & (iy < r1)
+            off = base + iy * sh + ix * sw
+            for c in range(cch):
+                res[_U(x * cch + c)] = _px(src, off + c * sc, inside, fillv)
+        else:
+            x0f = math.floor(fx)
+            y0f = math.floor(fy)
+            ax = np.float32(fx - x0f)
+            ay = np.float32(fy - y0f)
+            x0 = np.int64(x0f)
+            y0 = np.int64(y0f)
+            ix0 = (x0 >= c0) & (x0 < c1)
+            ix1 = (x0 + 1 >= c0) & (x0 + 1 < c1)
+            iy0 = (y0 >= r0) & (y0 < r1)
+            iy1 = (y0 + 1 >= r0) & (y0 + 1 < r1)
+            off = base + y0 * sh + x0 * sw
+            w00 = (1 - ax) * (1 - ay)
+            w01 = ax * (1 - ay)
+            w10 = (1 - ax) * ay
+            w11 = ax * ay
+            for c in range(cch):
+                o = off + c * sc
+                v = (w00 * _px(src, o, ix0 & iy0, fillv) + w01 * _px(src, o + sw, ix1 & iy0, fillv)
+                     + w10 * _px(src, o + sh, ix0 & iy1, fillv)
+                     + w11 * _px(src, o + sh + sw, ix1 & iy1, fillv))
+                res[_U(x * cch + c)] = v
+
+
+@numba.njit(**_JIT)
+def store_row(res, cch, out_w, perm, mean, scale, code, out_addr, off, oc, ox):
+    """Output channel c of one row, ``(res[x*C + perm[c]] - mean[c]) * scale[c]``, converted to the
+    output dtype and written at element offset ``off + c*oc + x*ox`` of the output."""
+    for c in range(cch):
+        pc, m, s = perm[c], mean[c], scale[c]
+        o = off + c * oc
+        if code == OUT_F32:
+            p = f32_ptr(out_addr)
+            if ox == 1:
+                for x in range(out_w):
+                    p[o + x] = (res[_U(x * cch + pc)] - m) * s
+            else:
+                for x in range(out_w):
+                    p[o + x * ox] = (res[_U(x * cch + pc)] - m) * s
+        elif code == OUT_U8:
+            q = u8_ptr(out_addr)
+            for x in range(out_w):
+                q[o + x * ox] = u8_sat((res[_U(x * cch + pc)] - m) * s)
+        elif code == OUT_F16:
+            h = u16_ptr(out_addr)
+            for x in range(out_w):
+                h[o + x * ox] = f16_bits((res[_U(x * cch + pc)] - m) * s)
+        else:
+            h = u16_ptr(out_addr)
+            for x in range(out_w):
+                h[o + x * ox] = bf16_bits((res[_U(x * cch + pc)] - m) * s)

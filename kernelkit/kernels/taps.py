@@ -1,0 +1,296 @@
+"""Filter taps and geometry of the fused preprocess, in plain numpy (backend-neutral).
+
+Every backend's preprocess kernel (Numba, Triton, CuPy) samples the same tables, so this module only
+uses numpy and builds them for a whole batch at once (no Python loop over images).
+
+Geometry of one image (see ``kernelkit.kernels.numba.preprocess``): crop box ``(top, left, height,
+width)`` -> flip (horizontal reverses W, vertical reverses H) -> ``np.rot90(., k)`` on (H, W) ->
+rotation by ``angle`` degrees counter-clockwise about the centre, same size (torchvision
+``rotate(expand=False)``) -> resize to ``(out_h, out_w)``.
+
+Coordinates are pixel *indices*: pixel ``i`` covers ``[i, i + 1)`` and its centre is ``i + 0.5``
+in continuous terms. Resizing uses half-pixel centres: output index ``o`` of an axis of ``n_in``
+input pixels resized to ``n_out`` samples the input at ``(o + 0.5) * n_in / n_out - 0.5`` (OpenCV,
+PIL, torch ``align_corners=False``). A crop box with fractional edges keeps float semantics: the
+sampling positions follow the box exactly and the pixels read are those the box touches,
+``[floor(top), ceil(top + height))`` (clipped to the image).
+
+Axis-aligned case (angle == 0): the output y axis reads source rows (rot90 even) or source columns
+(rot90 odd), possibly reversed, and so does x. Each output axis gets a tap table:
+
+* ``start`` int64 ``(N, n_out)``: absolute index (row or column of the source image) of the first
+  tap of the window of output index o;
+* ``weight`` float32 ``(N, n_out, K)``: normalised weights of taps ``start .. start + K - 1``;
+* ``ntaps`` int64 ``(N,)``: the number of taps the kernel reads for image n (``<= K``; the
+  remaining columns of ``weight`` are zero). Every window ``[start, start + ntaps)`` lies inside
+  the pixels of the crop, so a kernel never needs bounds checks.
+
+A reversed axis (flip / rot90) is the un-reversed table read backwards: all filters here are
+symmetric, so resizing a mirrored image equals mirroring the resized one.
+
+Filters:
+
+* ``bilinear`` + antialias: PIL's ``ImagingResample`` (= torchvision / torch ``antialias=True``):
+  triangle filter whose support grows with the downscale factor, window
+  ``[floor(c - s + 0.5), floor(c + s + 0.5))`` about the centre ``c``, clipped to the crop, weights
+  normalised. Upscaling reduces to plain bilinear with edge clamping.
+* ``bilinear`` without antialias: 2 taps at the half-pixel source position clamped to
+  ``[0, n_in - 1]`` (OpenCV ``INTER_LINEAR``, torch ``interpolate(antialias=False)``).
+* ``nearest``: torch's ``nearest-exact`` = PIL ``NEAREST`` = OpenCV ``INTER_NEAREST_EXACT``:
+  ``floor((o + 0.5) * n_in / n_out)``, clamped. (OpenCV ``INTER_NEAREST`` and torch ``nearest``
+  use ``floor(o * n_in / n_out)`` instead and are not matched.)
+* ``bicubic`` + antialias: PIL's bicubic (a = -0.5, support 2 scaled by the downscale factor);
+  without antialias: the 4-tap cubic convolution with a = -0.75 and replicated edges (OpenCV
+  ``INTER_CUBIC``, torch ``bicubic``).
+
+Arbitrary angle: one affine map, output pixel -> source pixel, is composed (``affine_maps``), and
+the kernel samples it once (bilinear, or nearest), reading ``fill`` for pixels outside the crop.
+No antialias filter is applied there.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+__all__ = ["INTERPOLATIONS", "AxisTaps", "axis_taps", "axis_plan", "affine_maps", "pixel_range"]
+
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+class AxisTaps:
+    """The tap table of one output axis for a batch (see the module docstring)."""
+
+    __slots__ = ("start", "weight", "ntaps")
+
+    def __init__(self, start: np.ndarray, weight: np.ndarray, ntaps: np.ndarray):
+        self.start, self.weight, self.ntaps = start, weight, ntaps
+
+
+def pixel_range(lo: np.ndarray, length: np.ndarray, limit: np.ndarray | int | None = None):
+    """Indices ``[first, end)`` of the pixels a box edge ``lo`` and extent ``length`` touches."""
+    first = np.floor(np.asarray(lo, np.float64)).astype(np.int64)
+    end = np.ceil(np.asarray(lo, np.float64) + np.asarray(length, np.float64)).astype(np.int64)
+    end = np.maximum(end, first + 1)
+    if limit is not None:
+        first = np.clip(first, 0, np.asarray(limit) - 1)
+        end = np.clip(end, first + 1, np.asarray(limit))
+    return first, end
+
+
+def _triangle(x):
+    return np.maximum(0.0, 1.0 - np.abs(x))
+
+
+def _cubic(a):
+    def f(x):
+        x = np.abs(x)
+        x2, x3 = x * x, x * x * x
+        near = (a + 2.0) * x3 - (a + 3.0) * x2 + 1.0
+        far = a * x3 - 5.0 * a * x2 + 8.0 * a * x - 4.0 * a
+        return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+    return f
+
+
+def _filter_taps(lo, length, first, end, n_out, fn, support0, antialias):
+    """PIL-style windows: (N, n_out) xmin/xmax and a function computing weights at pixels."""
+    scale = length / n_out                                     # (N, 1)
+    fscale = np.maximum(scale, 1.0) if antialias else np.ones_like(scale)
+    support = support0 * fscale
+    centre = lo + (np.arange(n_out, dtype=np.float64) + 0.5) * scale  # continuous coordinate
+    xmin = np.maximum(np.floor(centre - support + 0.5).astype(np.int64), first)
+    xmax = np.minimum(np.floor(centre + support + 0.5).astype(np.int64), end)
+    xmax = np.maximum(xmax, xmin + 1)                           # never an empty window
+    xmin = np.minimum(xmin, xmax - 1)
+    inv = 1.0 / fscale
+
+    def weights(pix):
+        # pix: (N, n_out, K) absolute pixel indices; the pixel centre is pix + 0.5
+        inside = (pix >= xmin[..., None]) & (pix < xmax[..., None])
+        w = np.where(inside, fn((pix + 0.5 - centre[..., None]) * inv[..., None]), 0.0)
+        return w
+
+    return xmin, xmax, weights
+
+
+def axis_taps(lo, length, limit, n_out: int, interpolation: str, antialias: bool) -> AxisTaps:
+    """Tap tables of one output axis for a batch.
+
+    ``lo``, ``length``: float64 (N,) box edge and extent along the source axis; ``limit``: int (N,)
+    the image's extent along that axis (the box is clipped to it); ``n_out``: output length.
+    """
+    lo = np.asarray(lo, np.float64).reshape(-1, 1)
+    length = np.asarray(length, np.float64).reshape(-1, 1)
+    first, end = pixel_range(lo, length, np.asarray(limit, np.int64).reshape(-1, 1))
+    nb = lo.shape[0]
+    if n_out == 0 or nb == 0:
+        return AxisTaps(np.zeros((nb, n_out), np.int64), np.zeros((nb, n_out, 1), np.float32),
+                        np.ones(nb, np.int64))
+    o = np.arange(n_out, dtype=np.float64)
+    scale = length / n_out
+    if interpolation == "nearest":
+        idx = np.floor(lo + (o + 0.5) * scale).astype(np.int64)
+        idx = np.clip(idx, first, end - 1)
+        return AxisTaps(idx, np.ones((nb, n_out, 1), np.float32), np.ones(nb, np.int64))
+    if interpolation == "bilinear" and not antialias:
+        src = lo + (o + 0.5) * scale - 0.5
+        src = np.clip(src, first, end - 1)
+        i0 = np.minimum(np.floor(src).astype(np.int64), np.maximum(end - 2, first))
+        f = src - i0
+        w = np.stack([1.0 - f, f], axis=-1)
+        return _trim(i0, w, end)
+    if interpolation == "bicubic" and not antialias:
+        src = lo + (o + 0.5) * scale - 0.5
+        i0 = np.floor(src).astype(np.int64)
+        t = src - i0
+        kern = _cubic(-0.75)
+        w4 = np.stack([kern(t + 1.0), kern(t), kern(1.0 - t), kern(2.0 - t)], axis=-1)
+        idx4 = np.clip(i0[..., None] + np.arange(-1, 3), first[..., None], end[..., None] - 1)
+        # Replicated edges: fold the clamped taps into a contiguous window of up to 4 pixels.
+        ntap = np.minimum(end - first, 4)                      # (N, 1)
+        start = np.clip(i0 - 1, first, end - ntap)
+        w = np.zeros(w4.shape, np.float64)
+        slot = idx4 - start[..., None]
+        np.add.at(w, (np.arange(nb)[:, None, None], np.arange(n_out)[None, :, None], slot), w4)
+        return _trim(start, w, end)
+    if interpolation == "bilinear":
+        fn, support0 = _triangle, 1.0
+    elif interpolation == "bicubic":
+        fn, support0 = _cubic(-0.5), 2.0
+    else:
+        raise ValueError(f"unknown interpolation {interpolation!r}")
+    xmin, xmax, weights = _filter_taps(lo, length, first, end, n_out, fn, support0, antialias)
+    ntap = (xmax - xmin).max(axis=1, keepdims=True)            # (N, 1)
+    kmax = int(ntap.max())
+    start = np.minimum(xmin, end - ntap)                       # window fits inside the crop
+    pix = start[..., None] + np.arange(kmax)
+    w = weights(pix)
+    w /= w.sum(axis=-1, keepdims=True)
+    return _trim(start, w, end)
+
+
+def _trim(start, w, end) -> AxisTaps:
+    """Drop zero-weight taps at the ends of the windows (identity and integer-ratio resizes read
+    one pixel per output, so an inf / NaN neighbour does not leak in through a 0 weight), then
+    give every window of an image the same length: that image's longest, shifted to fit."""
+    k = w.shape[-1]
+    nz = w != 0
+    some = nz.any(-1)
+    lead = np.where(some, np.argmax(nz, -1), 0)
+    last = np.where(some, k - 1 - np.argmax(nz[..., ::-1], -1), 0)
+    ntap = np.maximum(last - lead + 1, 1).max(axis=1)               # (N,)
+    new = np.minimum(start + lead, end - ntap[:, None])
+    kmax = int(ntap.max())
+    idx = (new - start)[..., None] + np.arange(kmax)
+    wpad = np.concatenate([w, np.zeros(w.shape[:-1] + (kmax,), w.dtype)], axis=-1)
+    wn = np.take_along_axis(wpad, idx, axis=-1)
+    wn = np.where(np.arange(kmax) >= ntap[:, None, None], 0.0, wn)
+    return AxisTaps(new, wn.astype(np.float32), ntap.astype(np.int64))
+
+
+def _reverse(t: AxisTaps, rev: np.ndarray) -> AxisTaps:
+    if rev.any():
+        start, weight = t.start.copy(), t.weight.copy()
+        start[rev] = start[rev, ::-1]
+        weight[rev] = weight[rev, ::-1]
+        return AxisTaps(start, weight, t.ntaps)
+    return t
+
+
+def axis_plan(boxes, flips, rot90, shapes, size, interpolation: str, antialias: bool):
+    """Tap tables of both output axes for the axis-aligned geometry of a batch.
+
+    ``shapes``: int (N, 2) image (H, W). Returns ``(ytaps, xtaps, transposed)``: ``transposed[n]``
+    (rot90 odd) means the y taps index source columns and the x taps source rows; otherwise y taps
+    index rows and x taps columns.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    flips = np.asarray(flips, bool).reshape(-1, 2)
+    k = np.asarray(rot90, np.int64).reshape(-1) % 4
+    shapes = np.asarray(shapes, np.int64).reshape(-1, 2)
+    out_h, out_w = int(size[0]), int(size[1])
+    tr = (k % 2) == 1
+    fh, fv = flips[:, 0], flips[:, 1]
+    # source axis read by output y: rows (k even) or columns (k odd); and by output x: the other
+    ylo = np.where(tr, boxes[:, 1], boxes[:, 0])
+    ylen = np.where(tr, boxes[:, 3], boxes[:, 2])
+    ylim = np.where(tr, shapes[:, 1], shapes[:, 0])
+    xlo = np.where(tr, boxes[:, 0], boxes[:, 1])
+    xlen = np.where(tr, boxes[:, 2], boxes[:, 3])
+    xlim = np.where(tr, shapes[:, 0], shapes[:, 1])
+    # reversal of each output axis (np.rot90 index maps composed with the flips):
+    # k=0: y rows rev=fv, x cols rev=fh; k=1: y cols rev=!fh, x rows rev=fv;
+    # k=2: y rows rev=!fv, x cols rev=!fh; k=3: y cols rev=fh, x rows rev=!fv
+    yrev = np.select([k == 0, k == 1, k == 2], [fv, ~fh, ~fv], fh)
+    xrev = np.select([k == 0, k == 1, k == 2], [fh, fv, ~fh], ~fv)
+    if interpolation != "nearest" and (
+            _same_params(ylo, ylen, ylim) and _same_params(xlo, xlen, xlim)):
+        # Common case (one crop for all): compute a single row of each table and broadcast.
+        yt = _axis_taps_one(float(ylo[0]), float(ylen[0]), int(ylim[0]), out_h, interpolation,
+                            bool(antialias))
+        xt = _axis_taps_one(float(xlo[0]), float(xlen[0]), int(xlim[0]), out_w, interpolation,
+                            bool(antialias))
+        n = boxes.shape[0]
+        yt = AxisTaps(*(np.repeat(a, n, axis=0) for a in (yt.start, yt.weight, yt.ntaps)))
+        xt = AxisTaps(*(np.repeat(a, n, axis=0) for a in (xt.start, xt.weight, xt.ntaps)))
+    else:
+        yt = axis_taps(ylo, ylen, ylim, out_h, interpolation, antialias)
+        xt = axis_taps(xlo, xlen, xlim, out_w, interpolation, antialias)
+    return _reverse(yt, yrev), _reverse(xt, xrev), tr
+
+
+@functools.lru_cache(maxsize=256)
+def _axis_taps_one(lo: float, length: float, limit: int, n_out: int, interpolation: str,
+                   antialias: bool) -> AxisTaps:
+    """axis_taps of one image, memoised (callers copy before changing: np.repeat, _reverse)."""
+    return axis_taps([lo], [length], [limit], n_out, interpolation, antialias)
+
+
+def _same_params(lo, length, lim) -> bool:
+    return bool(lo.size) and bool((lo == lo[0]).all() and (length == length[0]).all()
+                                  and (lim == lim[0]).all())
+
+
+def affine_maps(boxes, flips, rot90, angles, size) -> np.ndarray:
+    """float64 (N, 2, 3): output pixel (x, y, 1) -> source pixel (column, row), index coordinates.
+
+    Composes, inverted: resize (half-pixel centres) <- rotation by ``angle`` counter-clockwise about
+    the centre ``((w' - 1) / 2, (h' - 1) / 2)`` of the rot90'd crop (w', h') (the same matrix as
+    ``cv2.getRotationMatrix2D``) <- ``np.rot90(., k)`` <- flips (mirror about the box centre) <-
+    crop offset.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    flips = np.asarray(flips, bool).reshape(-1, 2)
+    ks = np.asarray(rot90, np.int64).reshape(-1) % 4
+    angles = np.asarray(angles, np.float64).reshape(-1)
+    out_h, out_w = int(size[0]), int(size[1])
+    maps = np.empty((boxes.shape[0], 2, 3), np.float64)
+    for n in range(boxes.shape[0]):
+        top, left, h, w = boxes[n]
+        k = int(ks[n])
+        hp, wp = (h, w) if k % 2 == 0 else (w, h)
+        # output -> rotated image Q (h' x w'), half-pixel centres
+        sx, sy = wp / out_w, hp / out_h
+        m = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
+        # Q -> R (= rot90'd crop): inverse of the counter-clockwise rotation about the centre
+        a = math.radians(float(angles[n]))
+        c, s = math.cos(a), math.sin(a)
+        cx, cy = (wp - 1) * 0.5, (hp - 1) * 0.5
+        rinv = np.array([[c, -s, cx - c * cx + s * cy], [s, c, cy - s * cx - c * cy], [0, 0, 1.0]])
+        # R -> flipped crop f (x_f, y_f) for np.rot90(f, k); f is h x w
+        if k == 0:
+            q = np.eye(3)
+        elif k == 1:   # R[r, c] = f[c, w-1-r]
+            q = np.array([[0, -1.0, w - 1], [1.0, 0, 0], [0, 0, 1.0]])
+        elif k == 2:   # R[r, c] = f[h-1-r, w-1-c]
+            q = np.array([[-1.0, 0, w - 1], [0, -1.0, h - 1], [0, 0, 1.0]])
+        else:          # R[r, c] = f[h-1-c, r]
+            q = np.array([[0, 1.0, 0], [-1.0, 0, h - 1], [0, 0, 1.0]])
+        # f -> source: flips mirror about the box centre, then the box offset
+        fx = np.array([[-1.0, 0, w - 1], [0, 1.0, 0], [0, 0, 1.0]]) if flips[n, 0] else np.eye(3)
+        fy = np.array([[1.0, 0, 0], [0, -1.0, h - 1], [0, 0, 1.0]]) if flips[n, 1] else np.eye(3)
+        off = np.array([[1.0, 0, left], [0, 1.0, top], [0, 0, 1.0]])
+        maps[n] = (off @ fy @ fx @ q @ rinv @ m)[:2]
+    return maps
