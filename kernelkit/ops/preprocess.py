@@ -23,7 +23,7 @@ from .registry import Candidate, Config, Problem
 OP = "preprocess"
 IN_DTYPES = ("uint8", "float32")
 OUT_DTYPES = ("float32", "float16", "bfloat16", "uint8")
-INTERPOLATIONS = ("bilinear", "nearest")
+INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
 _FLIPS = {None: (False, False), False: (False, False), "none": (False, False),
           "horizontal": (True, False), "h": (True, False), "vertical": (False, True),
           "v": (False, True), "both": (True, True), "hv": (True, True)}
@@ -47,9 +47,10 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
             exact quarter turns; other angles rotate about the crop's centre (same size, bilinear,
             `fill` outside, no antialias).
         fill: value (input units) for pixels an arbitrary rotation brings in; scalar or per image.
-        interpolation: "bilinear" or "nearest" (half-pixel centres, torch's "nearest-exact").
-        antialias: with "bilinear", True is the PIL/torchvision antialiased filter when
-            downscaling, False the 2-tap form of OpenCV INTER_LINEAR / torch interpolate.
+        interpolation: "bilinear", "bicubic" or "nearest" (half-pixel centres; nearest is
+            torch's "nearest-exact").
+        antialias: True is the PIL/torchvision antialiased filter when downscaling; False the
+            2-tap (bilinear) / 4-tap (bicubic) form of OpenCV and torch interpolate.
         channel_order: None, "rgb2bgr"/"bgr2rgb" (reverse), or a permutation: output channel c
             reads input channel channel_order[c].
         out_dtype: "float32", "float16", "bfloat16" (torch/cupy outputs only) or "uint8"

@@ -52,8 +52,8 @@ def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, sc
         if angles[i]:
             img = _rotate(img, float(angles[i]), float(fill[i]))
         if tuple(img.shape[-2:]) != tuple(size):
-            mode = "bilinear" if interpolation == "bilinear" else "nearest-exact"
-            kw = {"align_corners": False, "antialias": antialias} if mode == "bilinear" else {}
+            mode = "nearest-exact" if interpolation == "nearest" else interpolation
+            kw = {} if mode == "nearest-exact" else {"align_corners": False, "antialias": antialias}
             img = F.interpolate(img, size=tuple(size), mode=mode, **kw)
         outs.append((img[0][perm] - mean_t) * scale_t)
     out = torch.stack(outs) if outs else torch.empty((0, len(mean), *size), device=dev)
