@@ -161,11 +161,17 @@ def main() -> int:
     # -- speed -----------------------------------------------------------------------------------
     if not args.skip_bench:
         bench(results, args, dev, randn, tri, vendor, cpk if cupy_ok else None, t_start)
-    # conv2d: its own correctness checks and benchmarks (bench/gpu_check_conv2d.py)
+    # the other ops: their own correctness checks and benchmarks (bench/gpu_check_<op>.py)
     import gpu_check_conv2d
+    import gpu_check_preprocess
 
     budget_left = lambda: args.budget_s - (time.perf_counter() - t_start)
-    gpu_check_conv2d.run(results, dev, args.dry_run, make_timer(args.dry_run), budget_left)
+    for part in (gpu_check_conv2d, gpu_check_preprocess):
+        try:
+            part.run(results, dev, args.dry_run, make_timer(args.dry_run), budget_left)
+        except Exception as exc:  # noqa: BLE001 - one op's failure must not hide the others
+            results["checks"].append({"check": f"{part.__name__} crashed", "ok": False,
+                                      "error": f"{type(exc).__name__}: {exc}"[:400]})
     n_ok = sum(c["ok"] for c in results["checks"])
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     summary = render(results)
@@ -260,7 +266,21 @@ def render(results: dict) -> str:
                 cells.append("-")
         lines.append(f"| {r['set']} {'x'.join(map(str, r['mkn']))} | {r['dtype']} | "
                      f"{r.get('cublas_tflops', 0):.1f} | {cells[0]} | {cells[1]} |")
+    for key, rows in results.items():  # the other ops' rows (conv2d, preprocess), as given
+        if not key.startswith("bench_") or not rows:
+            continue
+        cols = [c for c in rows[0] if not isinstance(rows[0][c], (list, dict)) or c in ("mkn", "shape")]
+        lines += ["", f"### {key.removeprefix('bench_')}", "",
+                  "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+        for r in rows:
+            lines.append("| " + " | ".join(_cell(r.get(c)) for c in cols) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return "x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
 if __name__ == "__main__":
