@@ -348,8 +348,13 @@ def _kernel(backend: str):
 
 def _make_candidate(backend: str, device: str, native: str) -> Candidate:
     def supports(p: Problem) -> str | None:
-        if backend == "numba" and not devices.has_module("numba"):
-            return "numba is not installed"
+        if not devices.has_module("cupy" if backend == "cupy" else backend):
+            return f"{backend} is not installed"
+        if backend == "cupy":
+            if not devices.cupy_available():
+                return "cupy sees no device"
+            if p.param("out_dtype") == "bfloat16":
+                return "the cupy kernel has no bfloat16 output"
         return None
 
     def space(p: Problem) -> list[Config]:
@@ -369,5 +374,6 @@ def _make_candidate(backend: str, device: str, native: str) -> Candidate:
                      vendor=backend == "torch")
 
 
-for _args in (("numba", "cpu", "numpy"), ("torch", "cpu", "torch"), ("torch", "cuda", "torch")):
+for _args in (("numba", "cpu", "numpy"), ("torch", "cpu", "torch"), ("triton", "cuda", "torch"),
+              ("cupy", "cuda", "cupy"), ("torch", "cuda", "torch")):
     registry.register(_make_candidate(*_args))

@@ -1,0 +1,721 @@
+"""Jitted building blocks of the Numba conv2d: im2col packing into the GEMM's panels, col2im,
+the depthwise direct loops, and three entry points (``fwd``, ``dw``, ``bwd``), each compiled on
+first use. The op bodies are inlined into their entry point (numba IR inlining): every level of
+jitted calls costs a link and a re-optimisation of everything below it at compile time.
+
+Every function sees the input through a flat view plus element strides in the logical order
+(n, c, h, w), so NCHW, NHWC and any strided view share one compilation per dtype. Geometry and
+blocking travel in one int64 array ``geo`` (indices below), which keeps the signatures (and the
+number of compiled specialisations) small. Each entry point runs thread ``t``'s share of the work
+(``nthr`` threads, disjoint outputs, no synchronisation); the launcher runs the shares on a pool
+of Python threads (the functions release the GIL). A numba ``prange`` wrapper would link and
+re-optimise the whole call tree once more per entry point (about 20 s of compile per dtype).
+
+GEMM orientations (implicit GEMM: the im2col matrix is never materialised, only packed block by
+block straight into the micro-kernel's panel layout):
+
+* op FWD_KP (NCHW output): per image and group, ``Y (Kg x HoWo) = Wg (Kg x Cg*R*S) @ col``.
+  The weight is the packed A (packed once per call, shared by all threads), the im2col panel the
+  packed B; bias is per row. A stride-1 unpadded 1x1 conv whose input rows collapse packs B
+  directly from x (a plain GEMM per image: W (K, C) @ X (C, HW)).
+* op FWD_PK (NHWC output): ``Y (N*HoWo x Kg) = col (N*HoWo x R*S*Cg) @ Wg^T``, reduction order
+  (r, s, c) so that channel runs are contiguous in NHWC; the im2col rows are the packed A, the
+  weight the packed B (packed once per call); bias per column. 1x1 is the same code, whose A
+  packing degenerates to _gemm.pack_a's row copy.
+* op BWD_IN: ``dcol (Cg*R*S x HoWo) = Wg^T @ dY`` block by block, scattered (col2im) into dx;
+  threads own disjoint (image, channel range) pairs, so the scatter needs no atomics.
+* op BWD_W: ``dW (Kg x Cg*R*S) = sum_n dY_n @ col_n^T``, threads own disjoint column ranges.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from kernelkit.kernels.numba._gemm import (
+    _JIT,
+    _U,
+    ACT_NONE,
+    act_row,
+    flat_view,
+    macro_kernel,
+    pack_a,
+    pack_b,
+    span,
+    tile,
+    ukernel,
+)
+
+_I = np.int64  # _I(0): an int64 argument, not Literal[int](0), so callees compile once
+
+# indices into geo
+(G_N, G_C, G_H, G_W, G_K, G_R, G_S, G_HO, G_WO, G_SH, G_SW, G_PT, G_PL, G_DH, G_DW, G_G,
+ G_MC, G_KC, G_NC, G_PM, G_PN, G_HAS_BIAS, G_ACT, G_PLAIN, G_OSN, G_OSC, G_OSH, G_OSW,
+ G_MODE) = range(29)
+GEO_LEN = 29
+
+
+@numba.njit(inline="always", **_JIT)
+def _cdiv(a, b):
+    return (a + b - 1) // b
+
+
+@numba.njit(inline="always", **_JIT)
+def _split(i, parts, nsl, unit, total):
+    """[lo, hi) of part i of ``parts`` over nsl slivers of ``unit`` elements (clamped to total)."""
+    lo = min(total, (i * nsl // parts) * unit)
+    hi = min(total, ((i + 1) * nsl // parts) * unit)
+    return lo, hi
+
+
+@numba.njit(inline="always", **_JIT)
+def _valid_range(off, stride, n, size):
+    """[lo, hi) of o in [0, n) with 0 <= o*stride + off < size."""
+    lo = 0 if off >= 0 else (-off + stride - 1) // stride
+    hi = 0 if size - off <= 0 else min(n, (size - off + stride - 1) // stride)
+    return lo, max(lo, hi)
+
+
+# ------------------------------------------------------------------------------- im2col / col2im
+
+@numba.njit(**_JIT)
+def im2col_row(xf, xo, sxh, sxw, H, W, Wo, sh, sw, ihoff, iwoff, j0, nb, dst, doff):
+    """dst[doff + t] = x[ih, iw] of output position j0 + t (t < nb), 0 in the padding.
+
+    ``xo``: offset of the (image, channel) plane in flat ``xf``; position j = oh*Wo + ow reads
+    ih = oh*sh + ihoff, iw = ow*sw + iwoff.
+    """
+    zero = dst.dtype.type(0)
+    lo, hi = _valid_range(iwoff, sw, Wo, W)
+    oh = j0 // Wo
+    ow = j0 - oh * Wo
+    t = 0
+    step = sw * sxw
+    while t < nb:
+        seg = min(Wo - ow, nb - t)
+        ih = oh * sh + ihoff
+        d = doff + t - ow  # dst index of column ow of this row
+        if ih < 0 or ih >= H:
+            for e in range(ow, ow + seg):
+                dst[_U(d + e)] = zero
+        else:
+            a = min(max(ow, lo), ow + seg)
+            b = max(min(ow + seg, hi), a)
+            for e in range(ow, a):
+                dst[_U(d + e)] = zero
+            o = xo + ih * sxh + iwoff * sxw
+            if step == 1:
+                for e in range(a, b):
+                    dst[_U(d + e)] = xf[_U(o + e)]
+            else:
+                for e in range(a, b):
+                    dst[_U(d + e)] = xf[_U(o + e * step)]
+            for e in range(b, ow + seg):
+                dst[_U(d + e)] = zero
+        t += seg
+        ow = 0
+        oh += 1
+
+
+@numba.njit(**_JIT)
+def col2im_row(src, soff, dxf, xo, sxh, sxw, H, W, Wo, sh, sw, ihoff, iwoff, j0, nb):
+    """The adjoint of im2col_row: dx[ih, iw] += src[soff + t] for the valid positions."""
+    lo, hi = _valid_range(iwoff, sw, Wo, W)
+    oh = j0 // Wo
+    ow = j0 - oh * Wo
+    t = 0
+    step = sw * sxw
+    while t < nb:
+        seg = min(Wo - ow, nb - t)
+        ih = oh * sh + ihoff
+        if 0 <= ih < H:
+            a = min(max(ow, lo), ow + seg)
+            b = max(min(ow + seg, hi), a)
+            s = soff + t - ow
+            o = xo + ih * sxh + iwoff * sxw
+            if step == 1:
+                for e in range(a, b):
+                    dxf[_U(o + e)] += src[_U(s + e)]
+            else:
+                for e in range(a, b):
+                    dxf[_U(o + e * step)] += src[_U(s + e)]
+        t += seg
+        ow = 0
+        oh += 1
+
+
+@numba.njit(**_JIT)
+def pack_b_im2col(xf, xo, sxc, sxh, sxw, geo, pc, kb, jc, nb, dst, tmp):
+    """Pack the im2col panel rows pc..pc+kb (p = (c, r, s)), columns jc..jc+nb (output
+    positions) of one image and group into NR-column slivers (the packed-B layout)."""
+    _, nr = tile(dst)
+    H, W, R, S, Wo = geo[G_H], geo[G_W], geo[G_R], geo[G_S], geo[G_WO]
+    sh, sw, pt, pl, dh, dw = geo[G_SH], geo[G_SW], geo[G_PT], geo[G_PL], geo[G_DH], geo[G_DW]
+    nsl = _cdiv(nb, nr)
+    zero = dst.dtype.type(0)
+    for e in range(nb, nsl * nr):
+        tmp[_U(e)] = zero
+    rs = R * S
+    c = pc // rs
+    kr = (pc - c * rs) // S
+    ks = pc - c * rs - kr * S
+    for q in range(kb):
+        im2col_row(xf, xo + c * sxc, sxh, sxw, H, W, Wo, sh, sw, kr * dh - pt, ks * dw - pl,
+                   jc, nb, tmp, _I(0))
+        for s in range(nsl):
+            d = s * nr * kb + q * nr
+            o = s * nr
+            for e in range(nr):
+                dst[_U(d + e)] = tmp[_U(o + e)]
+        ks += 1
+        if ks == S:
+            ks = 0
+            kr += 1
+            if kr == R:
+                kr = 0
+                c += 1
+
+
+@numba.njit(**_JIT)
+def pack_a_im2col(xf, xo, sxn, sxc, sxh, sxw, geo, i0, mb, pc, kb, dst):
+    """Pack the im2col rows i0..i0+mb (output positions over all images), columns pc..pc+kb
+    (p = (r, s, c), c fastest) into MR-row slivers (the packed-A layout)."""
+    mr, _ = tile(dst)
+    H, W, S, Ho, Wo = geo[G_H], geo[G_W], geo[G_S], geo[G_HO], geo[G_WO]
+    sh, sw, pt, pl, dh, dw = geo[G_SH], geo[G_SW], geo[G_PT], geo[G_PL], geo[G_DH], geo[G_DW]
+    cg = geo[G_C] // geo[G_G]
+    hw = Ho * Wo
+    zero = dst.dtype.type(0)
+    scg = S * cg
+    kr0 = pc // scg
+    ks0 = (pc - kr0 * scg) // cg
+    cc0 = pc - kr0 * scg - ks0 * cg
+    for sl in range(_cdiv(mb, mr)):
+        base = sl * mr * kb
+        rows = min(mr, mb - sl * mr)
+        for rr in range(rows):
+            i = i0 + sl * mr + rr
+            n = i // hw
+            rem = i - n * hw
+            oh = rem // Wo
+            ow = rem - oh * Wo
+            ihb = oh * sh - pt
+            iwb = ow * sw - pl
+            xn = xo + n * sxn
+            kr, ks, cc = kr0, ks0, cc0
+            q = 0
+            while q < kb:
+                ln = min(cg - cc, kb - q)
+                ih = ihb + kr * dh
+                iw = iwb + ks * dw
+                d = base + q * mr + rr
+                if 0 <= ih < H and 0 <= iw < W:
+                    o = xn + ih * sxh + iw * sxw + cc * sxc
+                    if sxc == 1:
+                        for e in range(ln):
+                            dst[_U(d + e * mr)] = xf[_U(o + e)]
+                    else:
+                        for e in range(ln):
+                            dst[_U(d + e * mr)] = xf[_U(o + e * sxc)]
+                else:
+                    for e in range(ln):
+                        dst[_U(d + e * mr)] = zero
+                q += ln
+                cc = 0
+                ks += 1
+                if ks == S:
+                    ks = 0
+                    kr += 1
+        if rows < mr:
+            for q in range(kb):
+                for rr in range(rows, mr):
+                    dst[_U(base + q * mr + rr)] = zero
+
+
+# ------------------------------------------------------------------------ macro-kernel (row bias)
+
+@numba.njit(**_JIT)
+def act_span(c, o, cols, act):
+    """_gemm.act_row as a function of its own (called from the inlined op bodies)."""
+    act_row(c, o, cols, act)
+
+
+@numba.njit(**_JIT)
+def macro_kernel_rows(mb, nb, kb, ap, aoff, bp, boff, c, coff, ldc, first, last, ct,
+                      bias, has_bias, i0, act):
+    """_gemm.macro_kernel with the bias per row (``bias[i0 + i]``): C rows are output channels."""
+    mr, nr = tile(ap)
+    acc = 0 if first else 1
+    for jr in range(0, nb, nr):
+        cols = min(nr, nb - jr)
+        bo = boff + jr * kb
+        for ir in range(0, mb, mr):
+            rows = min(mr, mb - ir)
+            ao = aoff + ir * kb
+            co = coff + ir * ldc + jr
+            if rows == mr and cols == nr:
+                ukernel(kb, ap, ao, bp, bo, c, co, ldc, acc)
+            else:
+                ukernel(kb, ap, ao, bp, bo, ct, 0, nr, 0)
+                for i in range(rows):
+                    if first:
+                        for j in range(cols):
+                            c[_U(co + i * ldc + j)] = ct[_U(i * nr + j)]
+                    else:
+                        for j in range(cols):
+                            c[_U(co + i * ldc + j)] += ct[_U(i * nr + j)]
+            if last and (has_bias or act != ACT_NONE):
+                for i in range(rows):
+                    o = co + i * ldc
+                    if has_bias:
+                        bv = bias[_U(i0 + ir + i)]
+                        for j in range(cols):
+                            c[_U(o + j)] += bv
+                    if act != ACT_NONE:
+                        act_span(c, o, cols, act)
+
+
+# ------------------------------------------------------------------------------------ the ops
+
+@numba.njit(inline="always", **_JIT)
+def _fwd_kp(t, nthr, xf, xlo, sx, wp, bias, c, geo):
+    N, C, K, R, S, Ho, Wo, G = (geo[G_N], geo[G_C], geo[G_K], geo[G_R], geo[G_S], geo[G_HO],
+                                geo[G_WO], geo[G_G])
+    mc, kc, nc, pm, pn = geo[G_MC], geo[G_KC], geo[G_NC], geo[G_PM], geo[G_PN]
+    has_bias, act, plain = geo[G_HAS_BIAS] != 0, geo[G_ACT], geo[G_PLAIN] != 0
+    sxn, sxc, sxh, sxw = sx
+    mr, nr = tile(c)
+    cg, kg = C // G, K // G
+    kred = cg * R * S
+    hw = Ho * Wo
+    kgpad = _cdiv(kg, mr) * mr
+    msl, nsl = _cdiv(kg, mr), _cdiv(hw, nr)
+    units = N * G * pm * pn
+    u0, u1 = t * units // nthr, (t + 1) * units // nthr
+    if u1 <= u0:
+        return
+    bpack = np.empty(nc * kc, c.dtype)
+    tmp = np.empty(nc + nr, c.dtype)
+    ct = np.empty(mr * nr, c.dtype)
+    for u in range(u0, u1):
+        pi = u % pn
+        rest = u // pn
+        mi = rest % pm
+        rest //= pm
+        g = rest % G
+        n = rest // G
+        r0, r1 = _split(mi, pm, msl, mr, kg)
+        j0, j1 = _split(pi, pn, nsl, nr, hw)
+        xo = -xlo + n * sxn + g * cg * sxc
+        for jc in range(j0, j1, nc):
+            nb = min(nc, j1 - jc)
+            for pc in range(0, kred, kc):
+                kb = min(kc, kred - pc)
+                if plain:
+                    pack_b(xf, xo + pc * sxc + jc * sxw, sxc, sxw, kb, nb, bpack, 0, 0,
+                           _cdiv(nb, nr))
+                else:
+                    pack_b_im2col(xf, xo, sxc, sxh, sxw, geo, pc, kb, jc, nb, bpack, tmp)
+                for ic in range(r0, r1, mc):
+                    mb = min(mc, r1 - ic)
+                    macro_kernel_rows(mb, nb, kb, wp, g * kgpad * kred + pc * kgpad + ic * kb,
+                                      bpack, 0, c, (n * K + g * kg + ic) * hw + jc, hw,
+                                      pc == 0, pc + kb >= kred, ct, bias, has_bias, g * kg + ic,
+                                      act)
+
+
+@numba.njit(inline="always", **_JIT)
+def _fwd_pk(t, nthr, xf, xlo, sx, wp, bias, c, geo):
+    N, C, K, R, S, Ho, Wo, G = (geo[G_N], geo[G_C], geo[G_K], geo[G_R], geo[G_S], geo[G_HO],
+                                geo[G_WO], geo[G_G])
+    mc, kc, nc, pm, pn = geo[G_MC], geo[G_KC], geo[G_NC], geo[G_PM], geo[G_PN]
+    has_bias, act = geo[G_HAS_BIAS] != 0, geo[G_ACT]
+    sxn, sxc, sxh, sxw = sx
+    mr, nr = tile(c)
+    cg, kg = C // G, K // G
+    kred = cg * R * S
+    m = N * Ho * Wo
+    kgpad = _cdiv(kg, nr) * nr
+    msl, nsl = _cdiv(m, mr), _cdiv(kg, nr)
+    units = G * pm * pn
+    u0, u1 = t * units // nthr, (t + 1) * units // nthr
+    if u1 <= u0:
+        return
+    apack = np.empty(mc * kc, c.dtype)
+    ct = np.empty(mr * nr, c.dtype)
+    for u in range(u0, u1):
+        pi = u % pn
+        rest = u // pn
+        mi = rest % pm
+        g = rest // pm
+        r0, r1 = _split(mi, pm, msl, mr, m)
+        c0, c1 = _split(pi, pn, nsl, nr, kg)
+        xo = -xlo + g * cg * sxc
+        for ic in range(r0, r1, mc):
+            mb = min(mc, r1 - ic)
+            for pc in range(0, kred, kc):
+                kb = min(kc, kred - pc)
+                pack_a_im2col(xf, xo, sxn, sxc, sxh, sxw, geo, ic, mb, pc, kb, apack)
+                for jc in range(c0, c1, nc):
+                    nb = min(nc, c1 - jc)
+                    macro_kernel(mb, nb, kb, apack, _I(0), wp,
+                                 g * kgpad * kred + pc * kgpad + jc * kb, c,
+                                 ic * K + g * kg + jc, K, pc == 0, pc + kb >= kred, ct, _I(0),
+                                 bias, has_bias, g * kg + jc, act)
+
+
+@numba.njit(inline="always", **_JIT)
+def _pack_w(t, nthr, wf, wp, geo, as_a):
+    """Pack every (group, depth block) of the weight (rows of ``wf``: (K, kred) contiguous) as
+    the packed A (as_a: Kg rows in MR slivers) or packed B (Kg columns in NR slivers)."""
+    K, G, kc = geo[G_K], geo[G_G], geo[G_KC]
+    kred = geo[G_C] // G * geo[G_R] * geo[G_S]
+    mr, nr = tile(wp)
+    w = mr if as_a else nr
+    kg = K // G
+    kgpad = _cdiv(kg, w) * w
+    nsl = kgpad // w
+    npc = _cdiv(kred, kc)
+    chunk = 8
+    nch = _cdiv(nsl, chunk)
+    jobs = G * npc * nch
+    for job in range(t * jobs // nthr, (t + 1) * jobs // nthr):
+        ch = job % nch
+        rest = job // nch
+        pi = rest % npc
+        g = rest // npc
+        pc = pi * kc
+        kb = min(kc, kred - pc)
+        s0 = ch * chunk
+        s1 = min(nsl, s0 + chunk)
+        src = g * kg * kred + pc
+        dst = g * kgpad * kred + pc * kgpad
+        if as_a:
+            rows = min(kg, s1 * mr) - s0 * mr
+            pack_a(wf, src + s0 * mr * kred, kred, _I(1), rows, kb, wp, dst + s0 * mr * kb)
+        else:
+            pack_b(wf, src, _I(1), kred, kb, kg, wp, dst, s0, s1)
+
+
+@numba.njit(inline="always", **_JIT)
+def _dw_nchw(t, nthr, xf, xlo, sx, wf, bias, c, geo):
+    """Depthwise (groups == C), NCHW output, one (image, channel) plane at a time.
+
+    The input plane is copied, zero-padded and split into ``sw`` column phases, into a buffer
+    whose rows are ``Wq`` wide; with the output computed on a grid of row pitch ``P = sh * Wq``,
+    every tap becomes a constant shift of the flattened plane, so one long vectorised loop over
+    the whole plane does all taps (3x3: all nine at once, in registers). The columns past Wo of
+    that grid are discarded when the plane is copied out with the bias and activation.
+    """
+    N, C, H, W, K, R, S, Ho, Wo = (geo[G_N], geo[G_C], geo[G_H], geo[G_W], geo[G_K], geo[G_R],
+                                   geo[G_S], geo[G_HO], geo[G_WO])
+    sh, sw, pt, pl, dh, dw = geo[G_SH], geo[G_SW], geo[G_PT], geo[G_PL], geo[G_DH], geo[G_DW]
+    has_bias, act = geo[G_HAS_BIAS] != 0, geo[G_ACT]
+    sxn, sxc, sxh, sxw = sx
+    mult = K // C
+    zero = c.dtype.type(0)
+    units = N * K
+    u0, u1 = t * units // nthr, (t + 1) * units // nthr
+    if u1 <= u0:
+        return
+    wq = Wo + ((S - 1) * dw) // sw
+    rows = Ho * sh + (R - 1) * dh + 1
+    plane = rows * wq
+    pitch = sh * wq
+    ln = Ho * pitch
+    xp = np.empty(sw * plane, c.dtype)
+    tb = np.empty(ln, c.dtype)
+    offs = np.empty(R * S, np.int64)
+    for kr in range(R):
+        for ks in range(S):
+            offs[kr * S + ks] = ((ks * dw) % sw) * plane + kr * dh * wq + (ks * dw) // sw
+    last = -1
+    for u in range(u0, u1):
+        n = u // K
+        k = u - n * K
+        src = n * C + k // mult
+        if src != last:  # build the padded, phase-split plane
+            last = src
+            xo = -xlo + n * sxn + (k // mult) * sxc
+            for ph in range(sw):
+                lo, hi = _valid_range(ph - pl, sw, wq, W)
+                for rp in range(rows):
+                    ih = rp - pt
+                    d = ph * plane + rp * wq
+                    if ih < 0 or ih >= H:
+                        for e in range(wq):
+                            xp[_U(d + e)] = zero
+                        continue
+                    o = xo + ih * sxh + (ph - pl) * sxw
+                    for e in range(lo):
+                        xp[_U(d + e)] = zero
+                    if sw * sxw == 1:
+                        for e in range(lo, hi):
+                            xp[_U(d + e)] = xf[_U(o + e)]
+                    else:
+                        st = sw * sxw
+                        for e in range(lo, hi):
+                            xp[_U(d + e)] = xf[_U(o + e * st)]
+                    for e in range(hi, wq):
+                        xp[_U(d + e)] = zero
+        wo = k * R * S
+        if R * S == 9:
+            w0, w1, w2 = wf[_U(wo)], wf[_U(wo + 1)], wf[_U(wo + 2)]
+            w3, w4, w5 = wf[_U(wo + 3)], wf[_U(wo + 4)], wf[_U(wo + 5)]
+            w6, w7, w8 = wf[_U(wo + 6)], wf[_U(wo + 7)], wf[_U(wo + 8)]
+            o0, o1, o2, o3, o4 = offs[0], offs[1], offs[2], offs[3], offs[4]
+            o5, o6, o7, o8 = offs[5], offs[6], offs[7], offs[8]
+            for j in range(ln):
+                tb[_U(j)] = (w0 * xp[_U(j + o0)] + w1 * xp[_U(j + o1)] + w2 * xp[_U(j + o2)]
+                             + w3 * xp[_U(j + o3)] + w4 * xp[_U(j + o4)] + w5 * xp[_U(j + o5)]
+                             + w6 * xp[_U(j + o6)] + w7 * xp[_U(j + o7)] + w8 * xp[_U(j + o8)])
+        else:
+            for j in range(ln):
+                tb[_U(j)] = zero
+            for tap in range(R * S):
+                wv = wf[_U(wo + tap)]
+                ot = offs[tap]
+                for j in range(ln):
+                    tb[_U(j)] += wv * xp[_U(j + ot)]
+        b = bias[k] if has_bias else zero
+        for oh in range(Ho):
+            o = (u * Ho + oh) * Wo
+            s0 = oh * pitch
+            for e in range(Wo):
+                c[_U(o + e)] = tb[_U(s0 + e)] + b
+            if act != ACT_NONE:
+                act_span(c, o, Wo, act)
+
+
+@numba.njit(inline="always", **_JIT)
+def _dw_nhwc(t, nthr, xf, xlo, sx, wf, bias, c, geo):
+    """Depthwise, NHWC output: one output row (Wo x K) at a time, vectorised along channels.
+    ``wf`` is the weight as (R, S, K) contiguous. 3x3 with contiguous channels (one output
+    channel per input channel): the interior of each row sums all nine taps in registers; the
+    border columns (and rows that touch the padding) add the valid taps one by one."""
+    N, C, H, W, K, R, S, Ho, Wo = (geo[G_N], geo[G_C], geo[G_H], geo[G_W], geo[G_K], geo[G_R],
+                                   geo[G_S], geo[G_HO], geo[G_WO])
+    sh, sw, pt, pl, dh, dw = geo[G_SH], geo[G_SW], geo[G_PT], geo[G_PL], geo[G_DH], geo[G_DW]
+    has_bias, act = geo[G_HAS_BIAS] != 0, geo[G_ACT]
+    sxn, sxc, sxh, sxw = sx
+    mult = K // C
+    zero = c.dtype.type(0)
+    units = N * Ho
+    fast3 = R == 3 and S == 3 and mult == 1 and sxc == 1
+    # output columns whose three taps are all inside the image
+    lo0, hi0 = _valid_range(-pl, sw, Wo, W)
+    lo2, hi2 = _valid_range(2 * dw - pl, sw, Wo, W)
+    ilo, ihi = max(lo0, lo2), min(hi0, hi2)
+    if ihi < ilo:
+        ihi = ilo
+    for u in range(t * units // nthr, (t + 1) * units // nthr):
+        n = u // Ho
+        oh = u - n * Ho
+        orow = u * Wo * K
+        ih0 = oh * sh - pt
+        xn = -xlo + n * sxn
+        rows_ok = fast3 and ih0 >= 0 and ih0 + 2 * dh < H
+        for ow in range(Wo):
+            if rows_ok and ilo <= ow < ihi:
+                continue
+            o = orow + ow * K
+            if has_bias:
+                for k in range(K):
+                    c[_U(o + k)] = bias[_U(k)]
+            else:
+                for k in range(K):
+                    c[_U(o + k)] = zero
+        if rows_ok:
+            for ow in range(ilo, ihi):
+                o = orow + ow * K
+                a0 = xn + ih0 * sxh + (ow * sw - pl) * sxw
+                a1 = a0 + dw * sxw
+                a2 = a1 + dw * sxw
+                b0 = a0 + dh * sxh
+                b1 = a1 + dh * sxh
+                b2 = a2 + dh * sxh
+                d0 = b0 + dh * sxh
+                d1 = b1 + dh * sxh
+                d2 = b2 + dh * sxh
+                for k in range(K):
+                    acc = bias[_U(k)] if has_bias else zero
+                    c[_U(o + k)] = (acc + wf[_U(k)] * xf[_U(a0 + k)]
+                                    + wf[_U(K + k)] * xf[_U(a1 + k)]
+                                    + wf[_U(2 * K + k)] * xf[_U(a2 + k)]
+                                    + wf[_U(3 * K + k)] * xf[_U(b0 + k)]
+                                    + wf[_U(4 * K + k)] * xf[_U(b1 + k)]
+                                    + wf[_U(5 * K + k)] * xf[_U(b2 + k)]
+                                    + wf[_U(6 * K + k)] * xf[_U(d0 + k)]
+                                    + wf[_U(7 * K + k)] * xf[_U(d1 + k)]
+                                    + wf[_U(8 * K + k)] * xf[_U(d2 + k)])
+        for kr in range(R):
+            ih = ih0 + kr * dh
+            if ih < 0 or ih >= H:
+                continue
+            for ks in range(S):
+                iwoff = ks * dw - pl
+                lo, hi = _valid_range(iwoff, sw, Wo, W)
+                wo = (kr * S + ks) * K
+                for ow in range(lo, hi):
+                    if rows_ok and ilo <= ow < ihi:
+                        continue
+                    o = orow + ow * K
+                    xr = xn + ih * sxh + (ow * sw + iwoff) * sxw
+                    if mult == 1 and sxc == 1:
+                        for k in range(K):
+                            c[_U(o + k)] += wf[_U(wo + k)] * xf[_U(xr + k)]
+                    else:
+                        for k in range(K):
+                            c[_U(o + k)] += wf[_U(wo + k)] * xf[_U(xr + (k // mult) * sxc)]
+        if act != ACT_NONE:
+            act_span(c, orow, Wo * K, act)
+
+
+@numba.njit(inline="always", **_JIT)
+def _bwd_in(t, nthr, df, dlo, sd, wf, bias, dxf, geo):
+    """dx (zeroed, strides geo[G_OS*]) += col2im(W^T @ dy); units: (image, group, channel part)."""
+    N, C, H, W, K, R, S, Ho, Wo, G = (geo[G_N], geo[G_C], geo[G_H], geo[G_W], geo[G_K], geo[G_R],
+                                      geo[G_S], geo[G_HO], geo[G_WO], geo[G_G])
+    sh, sw, pt, pl, dh, dw = geo[G_SH], geo[G_SW], geo[G_PT], geo[G_PL], geo[G_DH], geo[G_DW]
+    mc, kc, nc, pm = geo[G_MC], geo[G_KC], geo[G_NC], geo[G_PM]
+    no, act0 = geo[G_HAS_BIAS] != 0, geo[G_ACT]  # runtime False, ACT_NONE (one specialisation)
+    son, soc, soh, sow = geo[G_OSN], geo[G_OSC], geo[G_OSH], geo[G_OSW]
+    sdn, sdc, sdw = sd[0], sd[1], sd[3]
+    mr, nr = tile(dxf)
+    cg, kg = C // G, K // G
+    rs = R * S
+    kred = cg * rs
+    hw = Ho * Wo
+    units = N * G * pm
+    u0, u1 = t * units // nthr, (t + 1) * units // nthr
+    if u1 <= u0:
+        return
+    apack = np.empty(mc * kc, dxf.dtype)
+    bpack = np.empty(nc * kc, dxf.dtype)
+    cbuf = np.empty(mc * nc, dxf.dtype)
+    ct = np.empty(mr * nr, dxf.dtype)
+    for u in range(u0, u1):
+        ci = u % pm
+        rest = u // pm
+        g = rest % G
+        n = rest // G
+        ch0, ch1 = ci * cg // pm, (ci + 1) * cg // pm
+        p0, p1 = ch0 * rs, ch1 * rs
+        for jc in range(0, hw, nc):
+            nb = min(nc, hw - jc)
+            for ic in range(p0, p1, mc):
+                mb = min(mc, p1 - ic)
+                for pc in range(0, kg, kc):
+                    kb = min(kc, kg - pc)
+                    pack_a(wf, (g * kg + pc) * kred + ic, _I(1), kred, mb, kb, apack, _I(0))
+                    pack_b(df, -dlo + n * sdn + (g * kg + pc) * sdc + jc * sdw, sdc, sdw, kb, nb,
+                           bpack, 0, 0, _cdiv(nb, nr))
+                    macro_kernel(mb, nb, kb, apack, _I(0), bpack, _I(0), cbuf, _I(0), nb,
+                                 pc == 0, no, ct, _I(0), bias, no, _I(0), act0)
+                for q in range(mb):
+                    p = ic + q
+                    cc = p // rs
+                    kr = (p - cc * rs) // S
+                    ks = p - cc * rs - kr * S
+                    col2im_row(cbuf, q * nb, dxf, n * son + (g * cg + cc) * soc, soh, sow, H, W,
+                               Wo, sh, sw, kr * dh - pt, ks * dw - pl, jc, nb)
+
+
+@numba.njit(inline="always", **_JIT)
+def _bwd_w(t, nthr, xf, xlo, sx, df, dlo, sd, bias, dwf, geo):
+    """dW (K, kred) = sum over images of dY_n @ col_n^T; units: (group, column part)."""
+    N, C, H, W, K, R, S, Ho, Wo, G = (geo[G_N], geo[G_C], geo[G_H], geo[G_W], geo[G_K], geo[G_R],
+                                      geo[G_S], geo[G_HO], geo[G_WO], geo[G_G])
+    sh, sw, pt, pl, dh, dw = geo[G_SH], geo[G_SW], geo[G_PT], geo[G_PL], geo[G_DH], geo[G_DW]
+    mc, kc, nc, pn = geo[G_MC], geo[G_KC], geo[G_NC], geo[G_PN]
+    no, act0 = geo[G_HAS_BIAS] != 0, geo[G_ACT]  # runtime False, ACT_NONE (one specialisation)
+    sxn, sxc, sxh, sxw = sx
+    sdn, sdc, sdw = sd[0], sd[1], sd[3]
+    mr, nr = tile(dwf)
+    cg, kg = C // G, K // G
+    rs = R * S
+    kred = cg * rs
+    hw = Ho * Wo
+    nsl = _cdiv(kred, nr)
+    units = G * pn
+    u0, u1 = t * units // nthr, (t + 1) * units // nthr
+    if u1 <= u0:
+        return
+    apack = np.empty(mc * kc, dwf.dtype)
+    bpack = np.empty(nc * kc, dwf.dtype)
+    colb = np.empty(nc * kc, dwf.dtype)
+    ct = np.empty(mr * nr, dwf.dtype)
+    for u in range(u0, u1):
+        pi = u % pn
+        g = u // pn
+        q0, q1 = _split(pi, pn, nsl, nr, kred)
+        for pcol in range(q0, q1, nc):
+            nb = min(nc, q1 - pcol)
+            first = True
+            for n in range(N):
+                xo = -xlo + n * sxn + g * cg * sxc
+                for jq in range(0, hw, kc):
+                    kb = min(kc, hw - jq)
+                    for e in range(nb):
+                        p = pcol + e
+                        cc = p // rs
+                        kr = (p - cc * rs) // S
+                        ks = p - cc * rs - kr * S
+                        im2col_row(xf, xo + cc * sxc, sxh, sxw, H, W, Wo, sh, sw, kr * dh - pt,
+                                   ks * dw - pl, jq, kb, colb, e * kb)
+                    pack_b(colb, _I(0), _I(1), kb, kb, nb, bpack, _I(0), _I(0), _cdiv(nb, nr))
+                    for ic in range(0, kg, mc):
+                        mb = min(mc, kg - ic)
+                        pack_a(df, -dlo + n * sdn + (g * kg + ic) * sdc + jq * sdw, sdc, sdw, mb,
+                               kb, apack, 0)
+                        macro_kernel(mb, nb, kb, apack, _I(0), bpack, _I(0), dwf,
+                                     (g * kg + ic) * kred + pcol, kred, first, no, ct, _I(0),
+                                     bias, no, _I(0), act0)
+                    first = False
+
+
+# ------------------------------------------------------------------------------ entry points
+
+@numba.njit(inline="always", **_JIT)
+def _flat4(a4):
+    isz = a4.itemsize
+    lo, ln = span(a4.shape, a4.strides, isz)
+    st = (a4.strides[0] // isz, a4.strides[1] // isz, a4.strides[2] // isz, a4.strides[3] // isz)
+    return flat_view(a4, lo, ln), lo, st
+
+
+@numba.njit(**_JIT)
+def fwd(t, nthr, phase, x4, wsrc, wp, bias, out1, geo):
+    """Forward. phase 0: pack the weight ``wsrc`` into ``wp``; phase 1: the convolution.
+    geo[G_MODE]: 0 NCHW output (weight as packed A), 1 NHWC output (weight as packed B)."""
+    nhwc = geo[G_MODE] != 0
+    if phase == 0:
+        _pack_w(t, nthr, wsrc, wp, geo, not nhwc)
+        return
+    xf, xlo, sx = _flat4(x4)
+    if nhwc:
+        _fwd_pk(t, nthr, xf, xlo, sx, wp, bias, out1, geo)
+    else:
+        _fwd_kp(t, nthr, xf, xlo, sx, wp, bias, out1, geo)
+
+
+@numba.njit(**_JIT)
+def dw(t, nthr, x4, w1, bias, out1, geo):
+    """Depthwise forward; geo[G_MODE]: 0 NCHW, 1 NHWC (w1 then (R, S, K))."""
+    xf, xlo, sx = _flat4(x4)
+    if geo[G_MODE] != 0:
+        _dw_nhwc(t, nthr, xf, xlo, sx, w1, bias, out1, geo)
+    else:
+        _dw_nchw(t, nthr, xf, xlo, sx, w1, bias, out1, geo)
+
+
+@numba.njit(**_JIT)
+def bwd(t, nthr, x4, dy4, w1, bias, out1, geo):
+    """geo[G_MODE] 0: dx (into out1, zeroed, strides geo[G_OS*]) from dy4 and the weight w1;
+    1: dW (into out1, (K, Cg*R*S)) from x4 and dy4."""
+    df, dlo, sd = _flat4(dy4)
+    if geo[G_MODE] == 0:
+        _bwd_in(t, nthr, df, dlo, sd, w1, bias, out1, geo)
+    else:
+        xf, xlo, sx = _flat4(x4)
+        _bwd_w(t, nthr, xf, xlo, sx, df, dlo, sd, bias, out1, geo)

@@ -1,0 +1,418 @@
+"""Numba CPU conv2d: forward with fused bias + activation, and both backward ops.
+
+Paths (the jitted code is in ``_conv.py``; the GEMM machinery is ``_gemm.py``'s):
+
+* **implicit GEMM** for general convolutions: the im2col matrix is packed block by block straight
+  into the micro-kernel's panel layout (never materialised), the weight is packed once per call
+  and shared by the threads. NCHW output: ``Y_n (K x HoWo) = W (K x C*R*S) @ col_n`` per image
+  (bias per row). NHWC output: ``Y (N*HoWo x K) = col (N*HoWo x R*S*C) @ W^T`` (bias per column).
+* **1x1**: an unpadded stride-1 1x1 conv is a plain GEMM. NCHW packs each image's (C, HW) matrix
+  directly (W (K, C) @ X (C, HW)); NHWC's im2col rows are already the (NHW, C) matrix's rows.
+* **depthwise** (groups == C, one input channel per group): direct loops, vectorised along the
+  contiguous dimension (the output row in NCHW, the channels in NHWC), parallel over
+  (image, channel) planes or (image, output row). Weights with NaN/Inf take the grouped GEMM path
+  instead, so that 0 * Inf in the padding gives NaN as in torch.
+* **backward input**: ``dcol = W^T @ dY`` one block at a time, scattered into dx (col2im).
+  **backward weight**: ``dW = sum_n dY_n @ col_n^T`` with im2col blocks as the packed B.
+
+Threads (``numba.get_num_threads()`` of them: the caller plus a pool of Python threads, the jitted
+code releases the GIL) take disjoint units of work and need no barrier.
+The launcher does no dispatch, conversion or tuning: the ops layer has validated the arguments.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+import numba
+import numpy as np
+from numba import types
+
+from kernelkit.kernels.numba import _conv
+from kernelkit.kernels.numba._gemm import ACT_CODES, tile_shape
+from kernelkit.kernels.numba.matmul import MatmulConfig
+
+__all__ = ["Conv2dConfig", "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"]
+
+# Below this many multiply-adds in total, one thread does everything.
+SERIAL_WORK = 1 << 20
+# Weights with fewer elements than this are packed on the calling thread.
+SERIAL_PACK = 1 << 16
+
+
+def _round_down(x: int, m: int) -> int:
+    return max(m, (x // m) * m)
+
+
+@dataclass(frozen=True)
+class Conv2dConfig:
+    """Cache blocking of the implicit GEMM (the register tile is fixed per dtype, as in matmul).
+
+    mc: rows of the packed A per block (a multiple of MR; L2-resident).
+    kc: depth of a block (C*R*S for the forward; evened out over the reduction).
+    nc: columns of the packed B per panel (a multiple of NR).
+    """
+
+    mc: int
+    kc: int
+    nc: int
+
+    def __post_init__(self):
+        for name in ("mc", "kc", "nc"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"Conv2dConfig.{name} must be a positive int, got {v!r}")
+            object.__setattr__(self, name, int(v))
+
+    @classmethod
+    def default(cls, dtype) -> Conv2dConfig:
+        d = MatmulConfig.default(dtype)
+        return cls(d.mc, d.kc, d.nc)
+
+    @classmethod
+    def space(cls, dtype, n, c, h, w, k, r, s, stride, groups) -> list[Conv2dConfig]:
+        """Default first, then up to 5 variants that change the blocking for this problem."""
+        d = cls.default(dtype)
+        mr, nr = tile_shape(dtype)
+        cands = [
+            d,
+            cls(d.mc, max(64, d.kc // 2), d.nc),
+            cls(d.mc, max(64, d.kc // 4), d.nc),
+            cls(_round_down(d.mc // 2, mr), d.kc, d.nc),
+            cls(d.mc, d.kc, _round_down(d.nc // 4, nr)),
+            cls(_round_down(d.mc * 2, mr), max(64, d.kc // 2), _round_down(d.nc // 2, nr)),
+        ]
+        sh = stride[0] if isinstance(stride, (tuple, list)) else stride
+        g = max(int(groups), 1)
+        kred = max(c // g * r * s, 1)
+        hw = max((h // max(sh, 1)) * (w // max(sh, 1)), 1)
+        kg = max(k // g, 1)
+        out, seen = [], set()
+        for cf in cands:
+            # Two configs are the same for this problem if they clamp to the same blocks (in
+            # either GEMM orientation).
+            eff = (min(cf.kc, kred), min(cf.mc, kg), min(cf.nc, hw), min(cf.mc, n * hw),
+                   min(cf.nc, kg))
+            if eff in seen:
+                continue
+            seen.add(eff)
+            out.append(cf)
+        return out[:6]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d) -> Conv2dConfig:
+        return cls(int(d["mc"]), int(d["kc"]), int(d["nc"]))
+
+
+# ----------------------------------------------------------------------------------- compilation
+
+def _sig(name: str, dtype):
+    """Signature of entry point ``name``: 'A'-layout read-only inputs, one compile per dtype."""
+    nb = numba.from_dtype(np.dtype(dtype))
+    ro4 = types.Array(nb, 4, "A", readonly=True)
+    c1 = types.Array(nb, 1, "C")
+    bias = types.Array(nb, 1, "A", readonly=True)
+    geo = types.Array(types.int64, 1, "C", readonly=True)
+    i = types.int64
+    args = {
+        "fwd": (i, ro4, c1, c1, bias, c1, geo),
+        "dw": (ro4, c1, bias, c1, geo),
+        "bwd": (ro4, ro4, c1, bias, c1, geo),
+    }[name]
+    return types.void(i, i, *args)
+
+
+class _Compiled:
+    """Entry points of one dtype, each compiled (or loaded from numba's cache) on first use."""
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+        self.empty = np.zeros(0, dtype)
+
+    def __getattr__(self, name):  # first use of an entry point
+        disp = getattr(_conv, name)
+        sig = _sig(name, self.dtype)
+        disp.compile(sig)
+        cres = disp.overloads.get(sig.args)
+        # The entry point of exactly this signature, skipping the dispatcher's type matching:
+        # arrays of every layout unbox into 'A' (the launcher has checked ndim and dtype).
+        fn = getattr(cres, "entry_point", None) or disp
+        setattr(self, name, fn)
+        return fn
+
+
+_COMPILED: dict = {}
+_DEFAULTS: dict = {}
+
+
+def _compiled(dtype) -> _Compiled:
+    fns = _COMPILED.get(dtype)
+    if fns is None:
+        fns = _COMPILED[np.dtype(dtype)] = _Compiled(dtype)
+    return fns
+
+
+def _default(dtype) -> Conv2dConfig:
+    cfg = _DEFAULTS.get(dtype)
+    if cfg is None:
+        cfg = _DEFAULTS[dtype] = Conv2dConfig.default(dtype)
+    return cfg
+
+
+_POOL: list = [None]
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    pool = _POOL[0]
+    if pool is None or pool._max_workers < workers:
+        with _POOL_LOCK:
+            pool = _POOL[0]
+            if pool is None or pool._max_workers < workers:
+                pool = _POOL[0] = ThreadPoolExecutor(workers, thread_name_prefix="kk-conv")
+    return pool
+
+
+def _run(fn, nthr: int, *args) -> None:
+    """fn(t, nthr, *args) for t < nthr: t = 0 on the calling thread, the rest on the pool."""
+    if nthr <= 1:
+        fn(0, 1, *args)
+        return
+    futs = [_pool(nthr - 1).submit(fn, t, nthr, *args) for t in range(1, nthr)]
+    fn(0, nthr, *args)
+    for f in futs:
+        f.result()
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _even(total: int, blk: int, unit: int) -> int:
+    """Block size <= blk (a multiple of unit) that splits total into equal blocks."""
+    total = max(total, 1)
+    blk = max(unit, blk // unit * unit)
+    return _cdiv(_cdiv(total, _cdiv(total, blk)), unit) * unit
+
+
+def _parts(base: int, nthr: int, cap: int) -> int:
+    """Extra split of each of ``base`` work units so that nthr threads get even shares."""
+    if nthr <= 1 or base % nthr == 0 or base >= 4 * nthr:
+        return 1
+    need = nthr // math.gcd(base, nthr)
+    return max(1, min(cap, need))
+
+
+def _out_size(h, w, r, s, stride, padding, dilation):
+    pt, pb, pl, pr = padding
+    ho = (h + pt + pb - dilation[0] * (r - 1) - 1) // stride[0] + 1
+    wo = (w + pl + pr - dilation[1] * (s - 1) - 1) // stride[1] + 1
+    return ho, wo
+
+
+def _geo(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, groups) -> np.ndarray:
+    g = np.zeros(_conv.GEO_LEN, np.int64)
+    g[: _conv.G_G + 1] = (n, c, h, w, k, r, s, ho, wo, stride[0], stride[1], padding[0],
+                          padding[2], dilation[0], dilation[1], groups)
+    return g
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    return a if a.flags.writeable else a.copy()
+
+
+def _aligned(*arrays):
+    return [a if a.flags.aligned else np.ascontiguousarray(a) for a in arrays]
+
+
+def _activate(y: np.ndarray, activation) -> np.ndarray:
+    """Activation in numpy (only for the degenerate C == 0 case)."""
+    if activation is None:
+        return y
+    y64 = y.astype(np.float64)
+    if activation == "relu":
+        r = np.maximum(y64, 0.0)
+    elif activation == "gelu":
+        erf = np.vectorize(math.erf, otypes=[np.float64])
+        r = 0.5 * y64 * (1.0 + erf(y64 / math.sqrt(2.0)))
+    elif activation == "gelu_tanh":
+        r = 0.5 * y64 * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (y64 + 0.044715 * y64**3)))
+    else:
+        r = y64 / (1.0 + np.exp(-y64))
+    return r.astype(y.dtype)
+
+
+def _threads(work: int) -> int:
+    nthr = numba.get_num_threads()
+    return nthr if work >= SERIAL_WORK else 1
+
+
+# ----------------------------------------------------------------------------------------- forward
+
+def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activation, layout,
+                   config: Conv2dConfig | None = None) -> np.ndarray:
+    """act(conv2d(x, weight) + bias) with torch's semantics; a new array in x's layout.
+
+    x: (N, C, H, W) ("NCHW") or (N, H, W, C) ("NHWC"), float32/float64, any strides. weight:
+    (K, C // groups, R, S); bias: (K,) or None. stride, dilation: pairs; padding: (top, bottom,
+    left, right).
+    """
+    dtype = x.dtype
+    assert dtype.char in "fd" and weight.dtype == dtype and x.ndim == 4 and weight.ndim == 4
+    nhwc = layout == "NHWC"
+    xv = x.transpose(0, 3, 1, 2) if nhwc else x
+    n, c, h, w = xv.shape
+    k, cg, r, s = weight.shape
+    g = int(groups)
+    assert c == cg * g and k % g == 0
+    ho, wo = _out_size(h, w, r, s, stride, padding, dilation)
+    out = np.empty((n, ho, wo, k) if nhwc else (n, k, ho, wo), dtype)
+    if out.size == 0:
+        return out
+    act = ACT_CODES[activation]
+    if cg * r * s == 0:  # empty reduction: bias only
+        out[...] = 0 if bias is None else bias.reshape((k,) if nhwc else (k, 1, 1))
+        return _activate(out, activation)
+    fns = _COMPILED.get(dtype) or _compiled(dtype)
+    if bias is None:
+        has_bias, bias = 0, fns.empty
+    else:
+        assert bias.shape == (k,) and bias.dtype == dtype
+        has_bias = 1
+    xv, bias = _aligned(xv, bias)
+    geo = _geo(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, g)
+    geo[_conv.G_HAS_BIAS] = has_bias
+    geo[_conv.G_ACT] = act
+    out1 = out.reshape(-1)
+
+    if g == c and g > 1 and cg == 1 and np.isfinite(weight).all():
+        # depthwise: direct loops
+        work = n * k * ho * wo * r * s
+        if nhwc:
+            w1 = np.ascontiguousarray(weight.reshape(k, r * s).T).reshape(-1)
+            geo[_conv.G_MODE] = 1
+        else:
+            w1 = _writable(weight).reshape(-1)
+        _run(fns.dw, _threads(work * 8), xv, w1, bias, out1, geo)
+        return out
+
+    cfg = config or _default(dtype)
+    mr, nr = tile_shape(dtype)
+    kg = k // g
+    kred = cg * r * s
+    hw = ho * wo
+    tn = _threads(n * hw * k * kred)
+    kc = _even(kred, min(cfg.kc, kred), 1)
+    geo[_conv.G_KC] = kc
+    if nhwc:
+        m = n * hw
+        msl, nsl = _cdiv(m, mr), _cdiv(kg, nr)
+        pm = 1 if (g % tn == 0) else min(msl, tn)
+        pn = 1 if g * pm >= tn else min(nsl, _cdiv(tn, g * pm))
+        geo[_conv.G_MC] = _even(_cdiv(msl, pm) * mr, cfg.mc, mr)
+        geo[_conv.G_NC] = _even(_cdiv(nsl, pn) * nr, cfg.nc, nr)
+        kgpad = nsl * nr
+        # weight as (K, R, S, Cg): reduction order (r, s, c)
+        wsrc = _writable(weight.transpose(0, 2, 3, 1)).reshape(-1)
+        geo[_conv.G_MODE] = 1
+    else:
+        msl, nsl = _cdiv(kg, mr), _cdiv(hw, nr)
+        pn = _parts(n * g, tn, nsl)
+        pm = _parts(n * g * pn, tn, msl)
+        geo[_conv.G_MC] = _even(_cdiv(msl, pm) * mr, cfg.mc, mr)
+        geo[_conv.G_NC] = _even(_cdiv(nsl, pn) * nr, cfg.nc, nr)
+        kgpad = msl * mr
+        sx = [st // xv.itemsize for st in xv.strides]
+        geo[_conv.G_PLAIN] = int(r == 1 and s == 1 and stride[0] == 1 and stride[1] == 1
+                                 and padding[0] == 0 and padding[2] == 0
+                                 and (ho == 1 or sx[2] == wo * sx[3]))
+        wsrc = _writable(weight).reshape(-1)
+    geo[_conv.G_PM] = pm
+    geo[_conv.G_PN] = pn
+    wpack = np.empty(g * kgpad * kred, dtype)
+    _run(fns.fwd, tn if wpack.size >= SERIAL_PACK else 1, 0, xv, wsrc, wpack, bias, out1, geo)
+    _run(fns.fwd, tn, 1, xv, wsrc, wpack, bias, out1, geo)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- backward
+
+def conv2d_backward_input(grad_out, weight, input_hw, stride, padding, dilation, groups, layout,
+                          config: Conv2dConfig | None = None) -> np.ndarray:
+    """dL/dx of the plain conv (no bias/activation): a new array in grad_out's layout with spatial
+    size ``input_hw``."""
+    dtype = grad_out.dtype
+    assert dtype.char in "fd" and weight.dtype == dtype
+    nhwc = layout == "NHWC"
+    dy = np.ascontiguousarray(grad_out)
+    dyv = dy.transpose(0, 3, 1, 2) if nhwc else dy
+    n, k, ho, wo = dyv.shape
+    _, cg, r, s = weight.shape
+    g = int(groups)
+    c = cg * g
+    h, w = int(input_hw[0]), int(input_hw[1])
+    dx = np.zeros((n, h, w, c) if nhwc else (n, c, h, w), dtype)
+    if dx.size == 0 or k == 0 or ho * wo == 0:
+        return dx
+    fns = _COMPILED.get(dtype) or _compiled(dtype)
+    cfg = config or _default(dtype)
+    mr, nr = tile_shape(dtype)
+    kg = k // g
+    kred = cg * r * s
+    tn = _threads(n * ho * wo * k * kred)
+    geo = _geo(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, g)
+    geo[_conv.G_PM] = _parts(n * g, tn, cg)
+    geo[_conv.G_MC] = _even(kred, cfg.mc, mr)
+    geo[_conv.G_KC] = _even(kg, cfg.kc, 1)
+    geo[_conv.G_NC] = _even(ho * wo, min(cfg.nc, 1024), nr)
+    dxv = dx.transpose(0, 3, 1, 2) if nhwc else dx
+    geo[_conv.G_OSN:_conv.G_OSW + 1] = [st // dx.itemsize for st in dxv.strides]
+    wsrc = _writable(weight).reshape(-1)
+    (dyv,) = _aligned(dyv)
+    _run(fns.bwd, tn, dyv, dyv, wsrc, fns.empty, dx.reshape(-1), geo)
+    return dx
+
+
+def conv2d_backward_weight(x, grad_out, kernel_hw, stride, padding, dilation, groups, layout,
+                           config: Conv2dConfig | None = None) -> np.ndarray:
+    """dL/dweight of the plain conv: a new (K, C // groups, R, S) array."""
+    dtype = x.dtype
+    assert dtype.char in "fd" and grad_out.dtype == dtype
+    nhwc = layout == "NHWC"
+    xv = x.transpose(0, 3, 1, 2) if nhwc else x
+    dy = np.ascontiguousarray(grad_out)
+    dyv = dy.transpose(0, 3, 1, 2) if nhwc else dy
+    n, c, h, w = xv.shape
+    _, k, ho, wo = dyv.shape
+    r, s = int(kernel_hw[0]), int(kernel_hw[1])
+    g = int(groups)
+    cg = c // g
+    dw = np.zeros((k, cg, r, s), dtype)
+    if dw.size == 0 or n == 0 or ho * wo == 0:
+        return dw
+    fns = _COMPILED.get(dtype) or _compiled(dtype)
+    cfg = config or _default(dtype)
+    mr, nr = tile_shape(dtype)
+    kg = k // g
+    kred = cg * r * s
+    tn = _threads(n * ho * wo * k * kred)
+    geo = _geo(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, g)
+    nsl = _cdiv(kred, nr)
+    pn = _parts(g, tn, nsl)
+    geo[_conv.G_PN] = pn
+    geo[_conv.G_MC] = _even(kg, cfg.mc, mr)
+    geo[_conv.G_KC] = _even(ho * wo, cfg.kc, 1)
+    geo[_conv.G_NC] = _even(_cdiv(nsl, pn) * nr, min(cfg.nc, 512), nr)
+    xv, dyv = _aligned(xv, dyv)
+    geo[_conv.G_MODE] = 1
+    _run(fns.bwd, tn, xv, dyv, fns.empty, fns.empty, dw.reshape(-1), geo)
+    return dw

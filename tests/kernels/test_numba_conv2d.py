@@ -1,0 +1,278 @@
+"""Kernel-level tests of the Numba conv2d: forward (every path, layout, epilogue), both backward
+ops against torch's autograd in float64, every config of the space, and random shapes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference import CONV_MOBILENET_DW, CONV_RESNET50, assert_conv2d_close, to_f64
+
+from kernelkit.kernels.numba import conv2d as nc
+from kernelkit.kernels.numba.conv2d import (
+    Conv2dConfig,
+    conv2d_backward_input,
+    conv2d_backward_weight,
+    conv2d_forward,
+)
+
+DTYPES = [np.float32, np.float64]
+LAYOUTS = ["NCHW", "NHWC"]
+ACTS = [None, "relu", "gelu", "gelu_tanh", "silu"]
+# Blocks far smaller than the defaults, so that modest shapes cross every block boundary.
+TINY = {np.float32: Conv2dConfig(mc=24, kc=16, nc=64), np.float64: Conv2dConfig(24, 16, 32)}
+
+# (N, C, H, W, K, R, S, stride, padding (t, b, l, r), dilation, groups)
+CASES = [
+    (1, 1, 1, 1, 1, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 1x1 image, C = K = 1
+    (2, 3, 7, 5, 1, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),  # K = 1
+    (2, 1, 11, 13, 5, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1),  # C = 1
+    (1, 5, 13, 11, 7, 3, 2, (2, 2), (1, 1, 0, 1), (1, 1), 1),  # stride 2, even kernel
+    (2, 4, 9, 10, 6, 3, 3, (1, 2), (2, 2, 2, 2), (2, 2), 1),  # dilation 2
+    (1, 6, 5, 6, 4, 2, 2, (1, 1), (3, 4, 5, 3), (1, 1), 1),  # padding > kernel, asymmetric
+    (2, 6, 8, 8, 9, 3, 3, (2, 1), (1, 0, 2, 1), (1, 1), 3),  # groups
+    (2, 8, 9, 9, 8, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 8),  # depthwise
+    (1, 6, 10, 7, 12, 3, 3, (2, 2), (1, 1, 1, 1), (1, 2), 6),  # depthwise x2, stride, dilation
+    (2, 17, 7, 9, 19, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 1x1 (plain GEMM)
+    (2, 16, 9, 9, 20, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1),  # 1x1 stride 2
+    (1, 8, 6, 6, 8, 1, 1, (1, 1), (1, 0, 1, 0), (1, 1), 2),  # 1x1 padded, groups
+    (3, 37, 13, 11, 41, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),  # primes, several tiles
+    (1, 3, 4, 4, 2, 5, 5, (3, 3), (2, 2, 2, 2), (1, 1), 1),  # kernel > image
+]
+
+
+def _ids(case):
+    n, c, h, w, k, r, s, st_, pad, dil, g = case
+    return f"n{n}c{c}h{h}w{w}k{k}r{r}s{s}st{st_[0]}{st_[1]}p{''.join(map(str, pad))}d{dil[0]}{dil[1]}g{g}"
+
+
+def make(case, dtype, layout, rng, bias=True):
+    n, c, h, w, k, r, s, _, _, _, g = case
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    if layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    wt = rng.standard_normal((k, c // g, r, s)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype) if bias else None
+    return x, wt, b
+
+
+def fwd(x, w, b, case, layout, act=None, config=None):
+    _, _, _, _, _, _, _, st_, pad, dil, g = case
+    return conv2d_forward(x, w, b, st_, pad, dil, g, act, layout, config)
+
+
+def check(out, x, w, b, case, layout, act=None):
+    _, _, _, _, _, _, _, st_, pad, dil, g = case
+    assert out.flags.c_contiguous and out.dtype == x.dtype
+    assert_conv2d_close(out, x, w, b, stride=st_, padding=pad, dilation=dil, groups=g,
+                        activation=act, layout=layout)
+
+
+@pytest.fixture(params=["serial", "parallel"])
+def path(request, monkeypatch):
+    """Force one thread, or the threaded path whatever the size."""
+    monkeypatch.setattr(nc, "SERIAL_WORK", 1 << 62 if request.param == "serial" else 0)
+    monkeypatch.setattr(nc, "SERIAL_PACK", 1 << 62 if request.param == "serial" else 0)
+    return request.param
+
+
+# ------------------------------------------------------------------------------------------ forward
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_forward_cases(case, layout, dtype, path):
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    x, w, b = make(case, dtype, layout, rng)
+    check(fwd(x, w, b, case, layout, config=TINY[dtype]), x, w, b, case, layout)
+    check(fwd(x, w, None, case, layout), x, w, None, case, layout)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("act", ACTS[1:])
+@pytest.mark.parametrize("case", [CASES[4], CASES[7], CASES[9]], ids=_ids)
+def test_bias_activation(case, act, layout, dtype):
+    rng = np.random.default_rng(7)
+    x, w, b = make(case, dtype, layout, rng)
+    x *= 3  # reach the tails of the activations
+    check(fwd(x, w, b, case, layout, act, TINY[dtype]), x, w, b, case, layout, act)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", [CASES[3], CASES[7], CASES[9]], ids=_ids)
+def test_noncontiguous(case, layout, dtype):
+    """Strided, sliced and negative-stride views of x, and a non-contiguous weight."""
+    rng = np.random.default_rng(3)
+    x, w, b = make(case, dtype, layout, rng)
+    big = np.zeros((x.shape[0] * 2, x.shape[1] + 2, x.shape[2] * 2, x.shape[3] * 3), dtype)
+    view = big[::2, 1:-1, ::2, ::3]
+    view[...] = x
+    flipped = np.ascontiguousarray(x[:, ::-1])[:, ::-1]
+    wv = np.asfortranarray(w)
+    bv = np.repeat(b, 2)[::2]
+    for xx in (view, flipped, np.asfortranarray(x)):
+        out = fwd(xx, wv, bv, case, layout, "relu")
+        check(out, np.ascontiguousarray(xx), wv, bv, case, layout, "relu")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", [CASES[4], CASES[7], CASES[9]], ids=_ids)
+def test_nan_inf(case, layout, dtype):
+    """NaN/Inf in x and in the weight propagate as in torch (0 * Inf in the padding is NaN)."""
+    rng = np.random.default_rng(5)
+    x, w, b = make(case, dtype, layout, rng)
+    flat = x.reshape(-1)
+    flat[::7] = np.nan
+    flat[3::11] = np.inf
+    flat[5::13] = -np.inf
+    check(fwd(x, w, b, case, layout), x, w, b, case, layout)
+    x, w, b = make(case, dtype, layout, rng)
+    w.reshape(-1)[1] = np.inf
+    check(fwd(x, w, b, case, layout), x, w, b, case, layout)
+    w = np.zeros_like(w)  # zero weights do not hide a NaN
+    x.reshape(-1)[0] = np.nan
+    check(fwd(x, w, b, case, layout), x, w, b, case, layout)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_empty(dtype, layout):
+    case = (0, 4, 5, 5, 3, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    rng = np.random.default_rng(0)
+    x, w, b = make(case, dtype, layout, rng)
+    out = fwd(x, w, b, case, layout, "gelu")
+    assert out.shape == ((0, 3, 5, 5) if layout == "NCHW" else (0, 5, 5, 3))
+    dx = conv2d_backward_input(out, w, (5, 5), (1, 1), (1, 1, 1, 1), (1, 1), 1, layout)
+    assert dx.shape == x.shape
+    dw = conv2d_backward_weight(x, out, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, layout)
+    assert dw.shape == w.shape and not dw.any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_config(dtype, layout):
+    case = (2, 24, 15, 15, 40, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    rng = np.random.default_rng(11)
+    x, w, b = make(case, dtype, layout, rng)
+    space = Conv2dConfig.space(dtype, 2, 24, 15, 15, 40, 3, 3, (1, 1), 1)
+    assert 1 <= len(space) <= 6 and space[0] == Conv2dConfig.default(dtype)
+    for cfg in space + [TINY[dtype]]:
+        assert Conv2dConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+        check(fwd(x, w, b, case, layout, "silu", cfg), x, w, b, case, layout, "silu")
+    with pytest.raises(ValueError):
+        Conv2dConfig(0, 16, 32)
+
+
+# ----------------------------------------------------------------------------------------- backward
+
+def torch_grads(x, w, gy, case, layout):
+    """float64 (dx, dw) by torch autograd; padding applied with F.pad for the asymmetric case."""
+    _, _, _, _, _, _, _, st_, pad, dil, g = case
+    xt = torch.from_numpy(to_f64(x)).requires_grad_(True)
+    wt = torch.from_numpy(to_f64(w)).requires_grad_(True)
+    xin = xt.permute(0, 3, 1, 2) if layout == "NHWC" else xt
+    top, bottom, left, right = pad
+    y = F.conv2d(F.pad(xin, (left, right, top, bottom)), wt, None, st_, 0, dil, g)
+    gyt = torch.from_numpy(to_f64(gy))
+    y.backward(gyt.permute(0, 3, 1, 2) if layout == "NHWC" else gyt)
+    return xt.grad.numpy(), wt.grad.numpy()
+
+
+def assert_grad_close(got, want, scale_terms, dtype):
+    assert got.shape == want.shape and got.dtype == dtype
+    tol = 1e-12 if dtype == np.float64 else 3e-5
+    scale = max(1.0, float(np.max(np.abs(want))))
+    err = float(np.max(np.abs(got - want), initial=0.0)) / scale
+    assert err <= tol * np.sqrt(scale_terms), f"error {err:.3e}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_backward(case, layout, dtype, path):
+    rng = np.random.default_rng(abs(hash(case)) % 2**32 + 1)
+    n, c, h, w_, k, r, s, st_, pad, dil, g = case
+    x, w, _ = make(case, dtype, layout, rng, bias=False)
+    y = fwd(x, w, None, case, layout)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    dx_ref, dw_ref = torch_grads(x, w, gy, case, layout)
+    cfg = TINY[dtype] if path == "parallel" else None
+    dx = conv2d_backward_input(gy, w, (h, w_), st_, pad, dil, g, layout, cfg)
+    assert dx.flags.c_contiguous
+    assert_grad_close(dx, dx_ref, k * r * s, dtype)
+    dw = conv2d_backward_weight(x, gy, (r, s), st_, pad, dil, g, layout, cfg)
+    assert_grad_close(dw, dw_ref, n * y.shape[2] * y.shape[3], dtype)
+
+
+# ----------------------------------------------------------------------------------- model layers
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_resnet50_batch1(layout):
+    rng = np.random.default_rng(0)
+    for ci, co, hw, kk, st_, pd in CONV_RESNET50:
+        case = (1, ci, hw, hw, co, kk, kk, (st_, st_), (pd,) * 4, (1, 1), 1)
+        x, w, b = make(case, np.float32, layout, rng)
+        check(fwd(x, w, b, case, layout, "relu"), x, w, b, case, layout, "relu")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layer", [CONV_RESNET50[2], CONV_RESNET50[13]])
+def test_resnet50_batch8(layer, layout):
+    ci, co, hw, kk, st_, pd = layer
+    case = (8, ci, hw, hw, co, kk, kk, (st_, st_), (pd,) * 4, (1, 1), 1)
+    rng = np.random.default_rng(1)
+    x, w, b = make(case, np.float32, layout, rng)
+    check(fwd(x, w, b, case, layout), x, w, b, case, layout)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_mobilenet_depthwise(layout):
+    rng = np.random.default_rng(2)
+    for c, hw, st_ in CONV_MOBILENET_DW[::3]:
+        case = (2, c, hw, hw, c, 3, 3, (st_, st_), (1, 1, 1, 1), (1, 1), c)
+        x, w, b = make(case, np.float32, layout, rng)
+        check(fwd(x, w, b, case, layout, "relu"), x, w, b, case, layout, "relu")
+
+
+# --------------------------------------------------------------------------------------- hypothesis
+
+@st.composite
+def conv_problem(draw):
+    g = draw(st.sampled_from([1, 1, 2, 3]))
+    cg = draw(st.integers(1, 5))
+    kg = draw(st.integers(1, 5))
+    r, s = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    dil = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    pad = tuple(draw(st.integers(0, 3)) for _ in range(4))
+    st_ = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    h = draw(st.integers(max(1, dil[0] * (r - 1) + 1 - pad[0] - pad[1]), 12))
+    w = draw(st.integers(max(1, dil[1] * (s - 1) + 1 - pad[2] - pad[3]), 12))
+    n = draw(st.integers(1, 3))
+    if draw(st.booleans()):  # depthwise
+        g, cg = draw(st.integers(2, 6)), 1
+    return (n, g * cg, h, w, g * kg, r, s, st_, pad, dil, g)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(case=conv_problem(), layout=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from(DTYPES))
+def test_random(case, layout, seed, dtype):
+    rng = np.random.default_rng(seed)
+    n, c, h, w_, k, r, s, st_, pad, dil, g = case
+    x, w, b = make(case, dtype, layout, rng)
+    check(fwd(x, w, b, case, layout, "relu", TINY[dtype]), x, w, b, case, layout, "relu")
+    y = fwd(x, w, None, case, layout)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    dx_ref, dw_ref = torch_grads(x, w, gy, case, layout)
+    dx = conv2d_backward_input(gy, w, (h, w_), st_, pad, dil, g, layout, TINY[dtype])
+    assert_grad_close(dx, dx_ref, k * r * s, dtype)
+    dw = conv2d_backward_weight(x, gy, (r, s), st_, pad, dil, g, layout, TINY[dtype])
+    assert_grad_close(dw, dw_ref, n * y.shape[2] * y.shape[3], dtype)
