@@ -1,0 +1,344 @@
+"""Triton fused image preprocessing: crop, flip, rot90, rotate, resize, channel order, normalise,
+cast and layout in one kernel pass.
+
+Same contract and numerics as ``kernelkit.kernels.numba.preprocess`` (read its docstring): the tap
+tables and affine maps come from the backend-neutral ``kernelkit.kernels.taps``, built on the host
+for the whole batch and uploaded, so all backends share the maths.
+
+Kernel: each program computes a ``BLOCK_Y x BLOCK_X`` tile of output pixels of one image, all
+channels at once (a ``[BLOCK_Y, BLOCK_X, CP]`` tile, CP = next power of two >= C, masked). For an
+axis-aligned image it runs the separable filter as one fused double loop over the window
+(``for kx: v = sum_ky wy * src; acc += wx * v``: the same summation order as the Numba kernel's
+vertical-then-horizontal passes), reading the source through gathered loads. For a rotated image
+(``angles[n] != 0``) it samples the composed affine map (float64 positions) bilinearly or nearest,
+with ``fill`` outside the crop. Then ``(v - mean[c]) * scale[c]`` in float32 (output channel c reads
+input channel ``channel_perm[c]``), the cast, and the store with the output's layout.
+
+Images are read through one base pointer (the first image) plus a per-image int64 element offset
+and element strides, so 4-D batches of any strides and ragged lists run without a copy (the images
+of a list must share dtype and device). Plain pointer arithmetic and masks only (Triton 3.6+).
+
+The launcher does no dispatch, conversion or validation beyond asserts: the ops layer checks the
+arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from kernelkit.kernels import taps as _taps
+
+__all__ = ["PreprocessConfig", "preprocess_forward", "OUT_TORCH_DTYPES", "SHIPPED_CONFIGS"]
+
+OUT_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16,
+                    "bfloat16": torch.bfloat16, "uint8": torch.uint8}
+
+# meta columns (int64 per image)
+_OFF, _YA, _XB, _SC, _AFF, _SH, _SW, _R0, _R1, _C0, _C1, _NKY, _NKX = range(13)
+_NMETA = 13
+_INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Tile of one program: ``block_y x block_x`` output pixels (powers of two), ``num_warps``."""
+
+    block_y: int = 4
+    block_x: int = 64
+    num_warps: int = 4
+
+    def __post_init__(self):
+        for name in ("block_y", "block_x", "num_warps"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1 or v & (v - 1):
+                raise ValueError(f"PreprocessConfig.{name} must be a power of two >= 1, got {v!r}")
+            object.__setattr__(self, name, int(v))
+        if self.block_y * self.block_x > 2**16:
+            raise ValueError(f"PreprocessConfig: tile {self.block_y}x{self.block_x} is too large")
+
+    @classmethod
+    def default(cls) -> PreprocessConfig:
+        return SHIPPED_CONFIGS[0]
+
+    @classmethod
+    def space(cls, n: int, out_h: int, out_w: int, c: int) -> list[PreprocessConfig]:
+        """Default first, then the shipped variants whose tile is not far larger than the output."""
+        d = cls.default()
+        out = [d]
+        cap_y = max(1, 2 * triton.next_power_of_2(max(1, out_h)))
+        cap_x = max(16, 2 * triton.next_power_of_2(max(1, out_w)))
+        for cfg in SHIPPED_CONFIGS[1:]:
+            if cfg.block_y <= cap_y and cfg.block_x <= cap_x:
+                out.append(cfg)
+        return out
+
+    @classmethod
+    def interpreter(cls, out_h: int, out_w: int) -> PreprocessConfig:
+        """Big tiles for the interpreter (one program costs 15-45 ms there, whatever its size)."""
+        by = min(64, triton.next_power_of_2(max(1, out_h)))
+        bx = min(256, triton.next_power_of_2(max(1, out_w)))
+        return cls(by, bx, 4)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d) -> PreprocessConfig:
+        return cls(int(d["block_y"]), int(d["block_x"]), int(d.get("num_warps", 4)))
+
+
+SHIPPED_CONFIGS: tuple[PreprocessConfig, ...] = (
+    PreprocessConfig(4, 64, 4),   # default
+    PreprocessConfig(16, 32, 8),
+    PreprocessConfig(2, 128, 4),
+)
+
+
+# ------------------------------------------------------------------------------------------ kernel
+
+@triton.jit
+def preprocess_kernel(
+    src_ptr, meta_ptr, yst_ptr, yw_ptr, xst_ptr, xw_ptr, aff_ptr, fill_ptr,
+    perm_ptr, mean_ptr, scale_ptr, out_ptr,
+    out_h, out_w, tiles_y, tiles_x, KY, KX,      # KY, KX: row length of the weight tables
+    on, oc, oy, ox,                              # output element strides (image, channel, y, x)
+    C: tl.constexpr, CP: tl.constexpr, NMETA: tl.constexpr,
+    BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
+    HAS_AFFINE: tl.constexpr, NEAREST: tl.constexpr, OUT_U8: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    per_img = tiles_y * tiles_x
+    n = pid // per_img
+    t = pid - n * per_img
+    ty = t // tiles_x
+    tx = t - ty * tiles_x
+    oys = ty * BLOCK_Y + tl.arange(0, BLOCK_Y)          # output rows of the tile
+    oxs = tx * BLOCK_X + tl.arange(0, BLOCK_X)          # output columns
+    cs = tl.arange(0, CP)
+    my = oys < out_h
+    mx = oxs < out_w
+    mc = cs < C
+    mask = my[:, None, None] & mx[None, :, None] & mc[None, None, :]
+
+    mrow = meta_ptr + n.to(tl.int64) * NMETA
+    base = src_ptr + tl.load(mrow + 0)                  # this image's first pixel (int64 offset)
+    ya = tl.load(mrow + 1).to(tl.int32)                 # element stride along the y-tap axis
+    xb = tl.load(mrow + 2).to(tl.int32)                 # along the x-tap axis
+    sc = tl.load(mrow + 3).to(tl.int32)                 # between channels
+    perm = tl.load(perm_ptr + cs, mask=mc, other=0)
+    coff = (perm * sc)[None, None, :]
+
+    acc = tl.zeros((BLOCK_Y, BLOCK_X, CP), dtype=tl.float32)
+    is_aff = tl.load(mrow + 4) != 0 if HAS_AFFINE else False
+    if is_aff:
+        sh = tl.load(mrow + 5).to(tl.int32)
+        sw = tl.load(mrow + 6).to(tl.int32)
+        r0 = tl.load(mrow + 7).to(tl.int32)
+        r1 = tl.load(mrow + 8).to(tl.int32)
+        c0 = tl.load(mrow + 9).to(tl.int32)
+        c1 = tl.load(mrow + 10).to(tl.int32)
+        fillv = tl.load(fill_ptr + n)
+        ap = aff_ptr + n.to(tl.int64) * 6
+        m00 = tl.load(ap + 0)
+        m01 = tl.load(ap + 1)
+        m02 = tl.load(ap + 2)
+        m10 = tl.load(ap + 3)
+        m11 = tl.load(ap + 4)
+        m12 = tl.load(ap + 5)
+        yf = oys.to(tl.float64)[:, None]
+        xf = oxs.to(tl.float64)[None, :]
+        fx = m00 * xf + (m01 * yf + m02)                # (BLOCK_Y, BLOCK_X) source column
+        fy = m10 * xf + (m11 * yf + m12)                # source row
+        m2 = my[:, None] & mx[None, :]
+        if NEAREST:
+            ix = tl.floor(fx + 0.5).to(tl.int32)
+            iy = tl.floor(fy + 0.5).to(tl.int32)
+            inside = m2 & (ix >= c0) & (ix < c1) & (iy >= r0) & (iy < r1)
+            off = (iy * sh + ix * sw)[:, :, None] + coff
+            v = tl.load(base + off, mask=mask & inside[:, :, None], other=0).to(tl.float32)
+            acc = tl.where(inside[:, :, None], v, fillv)
+        else:
+            x0f = tl.floor(fx)
+            y0f = tl.floor(fy)
+            ax = (fx - x0f).to(tl.float32)
+            ay = (fy - y0f).to(tl.float32)
+            x0 = x0f.to(tl.int32)
+            y0 = y0f.to(tl.int32)
+            ix0 = (x0 >= c0) & (x0 < c1)
+            ix1 = (x0 + 1 >= c0) & (x0 + 1 < c1)
+            iy0 = m2 & (y0 >= r0) & (y0 < r1)
+            iy1 = m2 & (y0 + 1 >= r0) & (y0 + 1 < r1)
+            off = (y0 * sh + x0 * sw)[:, :, None] + coff
+            i00 = (ix0 & iy0)[:, :, None]
+            i01 = (ix1 & iy0)[:, :, None]
+            i10 = (ix0 & iy1)[:, :, None]
+            i11 = (ix1 & iy1)[:, :, None]
+            p00 = tl.where(i00, tl.load(base + off, mask=mask & i00, other=0).to(tl.float32), fillv)
+            p01 = tl.where(i01, tl.load(base + off + sw, mask=mask & i01, other=0).to(tl.float32),
+                           fillv)
+            p10 = tl.where(i10, tl.load(base + off + sh, mask=mask & i10, other=0).to(tl.float32),
+                           fillv)
+            p11 = tl.where(i11, tl.load(base + off + sh + sw, mask=mask & i11,
+                                        other=0).to(tl.float32), fillv)
+            bx = 1.0 - ax
+            by = 1.0 - ay
+            w00 = (bx * by)[:, :, None]
+            w01 = (ax * by)[:, :, None]
+            w10 = (bx * ay)[:, :, None]
+            w11 = (ax * ay)[:, :, None]
+            acc = w00 * p00 + w01 * p01 + w10 * p10 + w11 * p11
+    else:
+        nky = tl.load(mrow + 11).to(tl.int32)
+        nkx = tl.load(mrow + 12).to(tl.int32)
+        rowi = n * out_h + oys                          # rows of the y tables
+        coli = n * out_w + oxs
+        ys = tl.load(yst_ptr + rowi, mask=my, other=0)
+        xs = tl.load(xst_ptr + coli, mask=mx, other=0)
+        yoff = (ys * ya)[:, None, None]
+        # sums start from -0.0, the exact additive identity (so -0.0 * w keeps its sign and the
+        # result equals the Numba kernel's w0 * p0 + w1 * p1 + ...)
+        acc = tl.full((BLOCK_Y, BLOCK_X, CP), -0.0, tl.float32)
+        for kx in range(0, nkx):
+            wx = tl.load(xw_ptr + coli * KX + kx, mask=mx, other=0.0)
+            p = base + yoff + ((xs + kx) * xb)[None, :, None] + coff
+            v = tl.full((BLOCK_Y, BLOCK_X, CP), -0.0, tl.float32)
+            for ky in range(0, nky):
+                wy = tl.load(yw_ptr + rowi * KY + ky, mask=my, other=0.0)
+                px = tl.load(p + ky * ya, mask=mask, other=0).to(tl.float32)
+                v += wy[:, None, None] * px
+            acc += wx[None, :, None] * v
+
+    mean = tl.load(mean_ptr + cs, mask=mc, other=0.0)
+    scale = tl.load(scale_ptr + cs, mask=mc, other=1.0)
+    res = (acc - mean[None, None, :]) * scale[None, None, :]
+    optr = (out_ptr + n.to(tl.int64) * on + (oys * oy)[:, None, None] + (oxs * ox)[None, :, None]
+            + (cs * oc)[None, None, :])
+    if OUT_U8:
+        # saturate (NaN -> 0), then round half to even: x + 2**23 - 2**23 is exact RNE on [0, 255]
+        res = tl.where(res > 255.0, 255.0, res)
+        res = tl.where(res >= 0.0, res, 0.0)
+        res = (res + 8388608.0) - 8388608.0
+    tl.store(optr, res.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------- launch
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _image_table(images):
+    """(base tensor, dtype, device, C, meta, (N, 2) shapes, max in-image extent in elements)."""
+    if isinstance(images, torch.Tensor):
+        assert images.dim() == 4
+        n = images.shape[0]
+        st = images.stride()
+        meta = np.zeros((n, _NMETA), np.int64)
+        meta[:, _OFF] = np.arange(n, dtype=np.int64) * st[0]
+        meta[:, _SH], meta[:, _SW], meta[:, _SC] = st[1], st[2], st[3]
+        shapes = np.broadcast_to(np.array(images.shape[1:3], np.int64), (n, 2))
+        return images, images.dtype, images.device, images.shape[3], meta, shapes
+    arrs = list(images)
+    n = len(arrs)
+    meta = np.zeros((n, _NMETA), np.int64)
+    shapes = np.zeros((n, 2), np.int64)
+    if n == 0:
+        return torch.empty(0, dtype=torch.uint8), torch.uint8, torch.device("cpu"), 1, meta, shapes
+    first = arrs[0]
+    isz = first.element_size()
+    for i, a in enumerate(arrs):
+        assert a.dim() == 3 and a.dtype == first.dtype and a.shape[2] == first.shape[2]
+        assert a.device == first.device
+        d = a.data_ptr() - first.data_ptr()
+        assert d % isz == 0, "images of a list must be aligned to their item size"
+        meta[i, _OFF] = d // isz
+        meta[i, _SH], meta[i, _SW], meta[i, _SC] = a.stride()
+        shapes[i] = a.shape[:2]
+    return first, first.dtype, first.device, first.shape[2], meta, shapes
+
+
+def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, scale, channel_perm,
+                       interpolation, antialias, out_dtype, layout, config=None) -> torch.Tensor:
+    """The fused preprocess of a batch (contract of the Numba kernel); a new torch tensor.
+
+    ``images``: (N, H, W, C) tensor or a list of (H_i, W_i, C) tensors on one device (CUDA, or
+    CPU under the interpreter), uint8 or float32, any strides. Geometry arrays are numpy as for
+    the Numba kernel. ``out_dtype`` "float32" | "float16" | "bfloat16" | "uint8" (real torch
+    dtypes); ``layout`` "NCHW" | "NHWC"; ``config`` a :class:`PreprocessConfig` (default: the
+    default, or big interpreter tiles when ``TRITON_INTERPRET`` is set).
+    """
+    keep = images
+    base, dtype, device, cch, meta, shapes = _image_table(images)
+    assert dtype in (torch.uint8, torch.float32), dtype
+    assert interpolation in _taps.INTERPOLATIONS
+    n = meta.shape[0]
+    out_h, out_w = int(size[0]), int(size[1])
+    tdt = OUT_TORCH_DTYPES[out_dtype]
+    if layout == "NCHW":
+        out = torch.empty((n, cch, out_h, out_w), dtype=tdt, device=device)
+        on, oc, oy, ox = cch * out_h * out_w, out_h * out_w, out_w, 1
+    else:
+        assert layout == "NHWC"
+        out = torch.empty((n, out_h, out_w, cch), dtype=tdt, device=device)
+        on, oc, oy, ox = cch * out_h * out_w, 1, out_w * cch, cch
+    if out.numel() == 0:
+        return out
+    boxes = np.asarray(boxes, np.float64).reshape(n, 4)
+    angles = np.asarray(angles, np.float64).reshape(n)
+    yt, xt, tr = _taps.axis_plan(boxes, flips, rot90, shapes, (out_h, out_w), interpolation,
+                                 bool(antialias))
+    # strides along the axes the y / x taps index (rows or columns: rot90 odd swaps them)
+    meta[:, _YA] = np.where(tr, meta[:, _SW], meta[:, _SH])
+    meta[:, _XB] = np.where(tr, meta[:, _SH], meta[:, _SW])
+    meta[:, _NKY], meta[:, _NKX] = yt.ntaps, xt.ntaps
+    rotated = angles != 0
+    has_aff = bool(rotated.any())
+    if has_aff:
+        meta[:, _AFF] = rotated
+        aff = np.ascontiguousarray(_taps.affine_maps(boxes, flips, rot90, angles, (out_h, out_w)))
+        r0, r1 = _taps.pixel_range(boxes[:, 0], boxes[:, 2], shapes[:, 0])
+        c0, c1 = _taps.pixel_range(boxes[:, 1], boxes[:, 3], shapes[:, 1])
+        meta[:, _R0], meta[:, _R1], meta[:, _C0], meta[:, _C1] = r0, r1, c0, c1
+    else:
+        aff = np.zeros((n, 2, 3), np.float64)
+    # every in-image offset (and pixel index) must fit in int32; the image offset is int64
+    ext = (np.abs(meta[:, [_SH, _SW, _SC]]) * np.maximum(
+        np.concatenate([shapes, np.full((n, 1), cch)], axis=1), 1)).sum(axis=1)
+    assert int(ext.max()) < _INT32_MAX, "a single image must span fewer than 2**31 elements"
+    assert n * on < 2**62
+    cfg = config or (PreprocessConfig.interpreter(out_h, out_w) if _interpreting()
+                     else PreprocessConfig.default())
+
+    def up(a, dt):
+        return torch.from_numpy(np.array(a, dt, order="C")).to(device, non_blocking=True)
+
+    meta_t = up(meta, np.int64)
+    yst = up(yt.start, np.int32)
+    xst = up(xt.start, np.int32)
+    yw = up(yt.weight, np.float32)
+    xw = up(xt.weight, np.float32)
+    aff_t = up(aff.reshape(n, 6), np.float64)
+    fill_t = up(np.broadcast_to(np.asarray(fill, np.float32), (n,)), np.float32)
+    perm_t = up(np.asarray(channel_perm, np.int64).reshape(cch), np.int32)
+    mean_t = up(np.asarray(mean, np.float32).reshape(cch), np.float32)
+    scale_t = up(np.asarray(scale, np.float32).reshape(cch), np.float32)
+    tiles_y = triton.cdiv(out_h, cfg.block_y)
+    tiles_x = triton.cdiv(out_w, cfg.block_x)
+    grid = (n * tiles_y * tiles_x,)
+    preprocess_kernel[grid](
+        base, meta_t, yst, yw, xst, xw, aff_t, fill_t, perm_t, mean_t, scale_t, out,
+        out_h, out_w, tiles_y, tiles_x, yt.weight.shape[2], xt.weight.shape[2],
+        on, oc, oy, ox,
+        C=cch, CP=triton.next_power_of_2(cch), NMETA=_NMETA,
+        BLOCK_Y=cfg.block_y, BLOCK_X=cfg.block_x,
+        HAS_AFFINE=has_aff, NEAREST=interpolation == "nearest", OUT_U8=out_dtype == "uint8",
+        num_warps=cfg.num_warps,
+    )
+    del keep  # the sources stay alive until the launch is queued (the stream orders later frees)
+    return out

@@ -1,0 +1,272 @@
+"""The Triton fused preprocess against the Numba kernel (the reference implementation of the same
+contract), under the interpreter on small images when there is no GPU (on a GPU, on CUDA tensors).
+
+* crop / flip / rot90 with identity size: bit-exact vs numpy slicing, every interpolation;
+* resizes (down, up, odd, tiny), antialias and 2-tap, nearest, bicubic, rotation (mixed batch),
+  fractional crops, ragged lists of strided views, float32 input, channel_perm / mean / scale:
+  within 1 uint8 level of the Numba kernel (and float outputs to float32 rounding);
+* out dtypes float32 / float16 / bfloat16 / uint8 and NCHW / NHWC;
+* the kernel compiles for sm_80 and sm_90 in every shipped config (slow; no GPU needed).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kernelkit.kernels.numba import preprocess as nb
+from kernelkit.kernels.triton import preprocess as tp
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+RNG = np.random.default_rng(7)
+
+
+def rand_img(h, w, c=3, dtype=np.uint8):
+    img = RNG.integers(0, 256, (h, w, c), dtype=np.uint8)
+    return img.astype(dtype)
+
+
+def args(n, c, boxes, size, flips=None, rot90=None, angles=None, fill=None, mean=None, scale=None,
+         perm=None):
+    bc = lambda v, d, dt: np.ascontiguousarray(np.broadcast_to(
+        np.asarray(d if v is None else v, dt), (n,) + np.shape(d)))
+    return (np.asarray(boxes, np.float64).reshape(n, 4), bc(flips, (False, False), bool),
+            bc(rot90, 0, np.int64), bc(angles, 0.0, np.float64), bc(fill, 0.0, np.float32), size,
+            np.zeros(c, np.float32) if mean is None else np.asarray(mean, np.float32),
+            np.ones(c, np.float32) if scale is None else np.asarray(scale, np.float32),
+            np.arange(c) if perm is None else np.asarray(perm))
+
+
+def to_torch(images):
+    if isinstance(images, np.ndarray):
+        return torch.from_numpy(images).to(DEV)
+    return [torch.from_numpy(np.ascontiguousarray(a)).to(DEV) for a in images]
+
+
+def both(images, a, interp="bilinear", aa=True, od="float32", layout="NHWC", config=None,
+         timages=None):
+    """(triton output as numpy, numba output) of the same call; f16 / bf16 both as float32."""
+    got = tp.preprocess_forward(to_torch(images) if timages is None else timages, *a, interp, aa,
+                                od, layout, config)
+    ref = nb.preprocess_forward(images, *a, interp, aa, od, layout)
+    assert got.dtype == tp.OUT_TORCH_DTYPES[od] and tuple(got.shape) == ref.shape
+    assert got.is_contiguous()
+    got = got.cpu()
+    if od == "bfloat16":
+        got = got.float().numpy()
+        ref = (ref.astype(np.uint32) << 16).view(np.float32)
+    elif od == "float16":
+        got = got.float().numpy()
+        ref = ref.view(np.float16).astype(np.float32)
+    else:
+        got = got.numpy()
+    return got, ref
+
+
+def maxdiff(a, b):
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+
+
+# ------------------------------------------------------------------------------- exact geometry
+
+@pytest.mark.parametrize("k", range(4))
+def test_geometry_exact(k):
+    """Crop + flip + rot90 with identity size is a copy: bit-exact vs numpy, every filter."""
+    img = rand_img(13, 19)
+    boxes = [(0, 0, 13, 19), (2, 3, 11, 16), (12, 0, 1, 19), (0, 7, 5, 12)]
+    flips = [(False, False), (True, False), (False, True), (True, True)]
+    imgs = [img] * 4
+    for box, fl in zip(boxes, flips):
+        t, l, h, w = box
+        ref = img[t:t + h, l:l + w]
+        ref = ref[:, ::-1] if fl[0] else ref
+        ref = ref[::-1] if fl[1] else ref
+        ref = np.ascontiguousarray(np.rot90(ref, k))
+        a = args(1, 3, [box], ref.shape[:2], flips=[fl], rot90=[k])
+        for interp, aa in (("nearest", False), ("bilinear", True), ("bilinear", False),
+                           ("bicubic", True), ("bicubic", False)):
+            got, _ = both(imgs[:1], a, interp, aa)
+            assert np.array_equal(got[0], ref.astype(np.float32)), (box, fl, interp, aa)
+        got, _ = both(imgs[:1], a, od="uint8", layout="NCHW")
+        assert np.array_equal(got[0], ref.transpose(2, 0, 1))
+
+
+# ---------------------------------------------------------------------------- resize vs Numba
+
+CASES = [  # (H, W), (out_h, out_w): down, up, odd, tiny
+    ((37, 53), (17, 29)), ((37, 53), (60, 71)), ((64, 48), (32, 24)), ((31, 17), (31, 40)),
+    ((9, 1), (4, 3)), ((120, 160), (28, 28)),
+]
+
+
+@pytest.mark.parametrize("shape,size", CASES)
+def test_resize_matches_numba(shape, size):
+    """Every filter on a batch of 3 (one shared crop and per-image geometry): within 1 level."""
+    h, w = shape
+    imgs = np.stack([rand_img(h, w) for _ in range(3)])
+    shared = args(3, 3, [(0, 0, h, w)] * 3, size)
+    own = args(3, 3, [(0, 0, h, w), (h * 0.25, w * 0.1, h * 0.6, w * 0.75), (0.5, 0, h - 0.5, w)],
+               size, flips=[(False, False), (True, False), (True, True)], rot90=[0, 2, 0])
+    for a in (shared, own):
+        for interp, aa in (("bilinear", True), ("bilinear", False), ("nearest", False),
+                           ("bicubic", True), ("bicubic", False)):
+            od = "float32" if a is own else "uint8"
+            got, ref = both(imgs, a, interp, aa, od=od)
+            assert maxdiff(got, ref) <= (2e-3 if od == "float32" else 1), (interp, aa)
+
+
+def test_rot90_odd_and_non_square_resize():
+    img = rand_img(41, 29)
+    imgs = [img, img, img, img]
+    a = args(4, 3, [(3, 2, 35, 26)] * 4, (17, 23), rot90=[1, 3, 1, 3],
+             flips=[(False, False), (True, False), (False, True), (True, True)])
+    for interp, aa in (("bilinear", True), ("bilinear", False), ("bicubic", True)):
+        got, ref = both(imgs, a, interp, aa, layout="NCHW")
+        assert maxdiff(got, ref) <= 2e-3
+
+
+def test_rotation_mixed_batch_and_fill():
+    """Rotated and axis-aligned images in one batch; bilinear and nearest; fill outside."""
+    imgs = np.stack([rand_img(33, 45) for _ in range(3)])
+    a = args(3, 3, [(0, 0, 33, 45), (2, 4, 28, 37), (0, 0, 33, 45)], (24, 31),
+             angles=[30.0, 0.0, -117.5], fill=[7.0, 0.0, 200.0], rot90=[0, 1, 1],
+             flips=[(True, False), (False, False), (False, True)])
+    for interp in ("bilinear", "nearest", "bicubic"):
+        got, ref = both(imgs, a, interp, True, od="uint8")
+        assert maxdiff(got, ref) <= 1, interp
+        got, ref = both(imgs, a, interp, False, od="float32", layout="NCHW")
+        assert maxdiff(got, ref) <= 2e-3, interp
+
+
+# ------------------------------------------------------------------- dtypes, layouts, channels
+
+@pytest.mark.parametrize("od", ["float32", "float16", "bfloat16", "uint8"])
+def test_out_dtypes_layouts_and_normalise(od):
+    imgs = np.stack([rand_img(30, 40) for _ in range(2)])
+    mean, scale = [123.7, 116.3, 103.5], [1 / 58.4, 1 / 57.1, 1 / 57.4]
+    if od == "uint8":
+        mean, scale = [10.0, 0.0, -20.0], [0.9, 1.0, 1.2]  # keeps values in range (and saturates)
+    a = args(2, 3, [(0, 0, 30, 40), (1, 3, 25, 30)], (21, 19), mean=mean, scale=scale,
+             perm=[2, 1, 0], flips=[(True, False), (False, False)])
+    outs = {}
+    for layout in ("NCHW", "NHWC"):
+        got, ref = both(imgs, a, od=od, layout=layout)
+        tol = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1.6e-2, "uint8": 1}[od]
+        assert maxdiff(got, ref) <= tol, layout
+        outs[layout] = got
+    assert np.array_equal(outs["NCHW"], outs["NHWC"].transpose(0, 3, 1, 2))
+
+
+def test_uint8_rounding_saturation_and_nan():
+    """Half to even, saturation, NaN -> 0 on uint8 output; NaN / Inf propagate to float32."""
+    vals = np.array([0.5, 1.5, 2.5, 254.5, -3.0, 300.0, np.nan, np.inf], np.float32)
+    img = vals.reshape(1, 8, 1).repeat(2, axis=0)
+    got = tp.preprocess_forward(to_torch(img[None]), *args(1, 1, [(0, 0, 2, 8)], (2, 8)),
+                                "bilinear", True, "uint8", "NHWC").cpu().numpy()
+    assert got[0, 0, :, 0].tolist() == [0, 2, 2, 254, 0, 255, 0, 255]
+    got = tp.preprocess_forward(to_torch(img[None]), *args(1, 1, [(0, 0, 2, 8)], (2, 8)),
+                                "bilinear", True, "float32", "NHWC").cpu().numpy()
+    np.testing.assert_array_equal(got[0, 0, :, 0], vals)
+
+
+def test_float_input_one_and_four_channels():
+    for c in (1, 4):
+        imgs = RNG.standard_normal((2, 23, 31, c)).astype(np.float32) * 50 + 100
+        a = args(2, c, [(0, 0, 23, 31)] * 2, (11, 40), perm=np.arange(c)[::-1].copy())
+        for interp, aa in (("bilinear", True), ("bilinear", False), ("bicubic", False)):
+            got, ref = both(imgs, a, interp, aa, layout="NCHW")
+            assert maxdiff(got, ref) <= 2e-3
+
+
+def test_ragged_strided_list():
+    """A list of images of different sizes, some of them strided views (no copy is made)."""
+    big = rand_img(50, 70)
+    views = [big[3:40, 5:60], rand_img(21, 33), big[::2, ::-3], big.transpose(1, 0, 2)]
+    tviews = [to_torch(big)[3:40, 5:60], to_torch([views[1]])[0],
+              to_torch(big)[::2].flip(1)[:, ::3], to_torch(big).permute(1, 0, 2)]
+    assert all(tuple(t.shape) == v.shape for t, v in zip(tviews, views))
+    assert any(not t.is_contiguous() for t in tviews)
+    boxes = [(0, 0, *v.shape[:2]) for v in views]
+    boxes[0] = (2.5, 1.25, 30.0, 40.5)
+    a = args(4, 3, boxes, (16, 20), rot90=[0, 1, 2, 3], angles=[0, 0, 0, 12.0])
+    for interp, aa in (("bilinear", True), ("bilinear", False), ("nearest", False)):
+        got, ref = both(views, a, interp, aa, od="uint8", timages=tviews)
+        assert maxdiff(got, ref) <= 1, interp
+
+
+def test_shipped_configs_agree():
+    """Every shipped tile gives the same result (edge tiles, several tiles per image)."""
+    imgs = np.stack([rand_img(26, 34) for _ in range(2)])
+    a = args(2, 3, [(0, 0, 26, 34)] * 2, (19, 37), angles=[0.0, 45.0])
+    ref = None
+    for cfg in tp.SHIPPED_CONFIGS:
+        got, nref = both(imgs, a, config=cfg, layout="NCHW")
+        assert maxdiff(got, nref) <= 2e-3
+        if ref is None:
+            ref = got
+        assert np.array_equal(got, ref), cfg
+
+
+def test_empty():
+    img = to_torch(np.zeros((0, 5, 5, 3), np.uint8))
+    out = tp.preprocess_forward(img, *args(0, 3, np.zeros((0, 4)), (4, 4)), "bilinear", True,
+                                "float32", "NCHW")
+    assert tuple(out.shape) == (0, 3, 4, 4)
+    img = to_torch(np.zeros((2, 5, 5, 3), np.uint8))
+    out = tp.preprocess_forward(img, *args(2, 3, [(0, 0, 5, 5)] * 2, (0, 4)), "bilinear", True,
+                                "uint8", "NHWC")
+    assert tuple(out.shape) == (2, 0, 4, 3)
+    out = tp.preprocess_forward([], *args(0, 3, np.zeros((0, 4)), (4, 4)), "bilinear", True,
+                                "float32", "NCHW")
+    assert out.shape[0] == 0
+
+
+def test_config_round_trip_and_space():
+    d = tp.PreprocessConfig.default()
+    assert d == tp.SHIPPED_CONFIGS[0]
+    for cfg in tp.SHIPPED_CONFIGS:
+        assert tp.PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+    sp = tp.PreprocessConfig.space(32, 224, 224, 3)
+    assert sp[0] == d and set(sp) == set(tp.SHIPPED_CONFIGS)
+    tiny = tp.PreprocessConfig.space(1, 1, 1, 3)
+    assert tiny[0] == d and all(c.block_y <= 2 for c in tiny[1:])
+    for bad in (dict(block_y=3, block_x=32), dict(block_y=8, block_x=0),
+                dict(block_y=512, block_x=512)):
+        with pytest.raises(ValueError):
+            tp.PreprocessConfig.from_dict(bad)
+    with pytest.raises(ValueError):
+        tp.PreprocessConfig(True, 32)
+
+
+# ------------------------------------------------------------ compiled for sm_80 / sm_90 (no GPU)
+
+def _job(cfg, cc, in_t="*u8", out_t="*fp32", affine=True, nearest=False, c=3):
+    from triton_compile import CompileJob
+
+    sig = {"src_ptr": in_t, "meta_ptr": "*i64", "yst_ptr": "*i32", "yw_ptr": "*fp32",
+           "xst_ptr": "*i32", "xw_ptr": "*fp32", "aff_ptr": "*fp64", "fill_ptr": "*fp32",
+           "perm_ptr": "*i32", "mean_ptr": "*fp32", "scale_ptr": "*fp32", "out_ptr": out_t}
+    for name in ("out_h", "out_w", "tiles_y", "tiles_x", "KY", "KX", "on", "oc", "oy", "ox"):
+        sig[name] = "i32"
+    const = {"C": c, "CP": 4 if c == 3 else c, "NMETA": tp._NMETA, "BLOCK_Y": cfg.block_y,
+             "BLOCK_X": cfg.block_x, "HAS_AFFINE": affine, "NEAREST": nearest,
+             "OUT_U8": out_t == "*u8"}
+    return CompileJob("kernelkit.kernels.triton.preprocess", "preprocess_kernel", sig, const,
+                      cc=cc, num_warps=cfg.num_warps, num_stages=1,
+                      label=f"{cfg} {in_t}->{out_t} aff={affine} nearest={nearest} sm_{cc}")
+
+
+@pytest.mark.slow
+def test_compiles_for_sm80_and_sm90():
+    from triton_compile import SHARED_MEMORY_LIMIT, compile_many
+
+    d = tp.PreprocessConfig.default()
+    jobs = [_job(cfg, cc) for cfg in tp.SHIPPED_CONFIGS for cc in (80, 90)]
+    jobs += [_job(d, 90, "*fp32", out_t, affine=False) for out_t in ("*fp16", "*bf16", "*u8")]
+    jobs += [_job(d, 80, "*u8", "*bf16", nearest=True, c=1)]
+    for job, res in zip(jobs, compile_many(jobs), strict=True):
+        assert res.ok, f"{job.label}:\n{res.error}"
+        assert res.metadata["shared"] <= SHARED_MEMORY_LIMIT[job.cc], job.label
+        assert res.metadata.get("stack", 0) == 0 and res.metadata.get("local", 0) == 0, \
+            (job.label, res.metadata)
