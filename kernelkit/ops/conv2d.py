@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import math
 from typing import Any
 
 import numpy as np
@@ -19,8 +18,9 @@ from .. import arrays, devices
 from ..kernels import ACTIVATIONS
 from . import registry
 from .dispatch import Call, Plan, explain_call, plan_for, plan_memo, signature
-from .matmul import FLOAT_DTYPES, UNIT_ROUNDOFF, _f64
+from .matmul import FLOAT_DTYPES
 from .registry import Candidate, Config, Problem
+from .verify import f64, normwise_error
 
 OPS = ("conv2d", "conv2d_backward_input", "conv2d_backward_weight")
 
@@ -285,10 +285,7 @@ def prepare_backward_input(grad_out, weight, input_shape, *, stride=1, padding=0
     xs = input_shape if channels_last else _nchw_shape(input_shape, kl)
     ws = tuple(weight.shape)
     stride, pad, dilation, (ho, wo) = _geometry(op, xs, ws, stride, padding, dilation, groups)
-    gs = tuple(grad_out.shape) if channels_last else _nchw_shape(grad_out.shape, kl)
-    if gs != (xs[0], ws[0], ho, wo):
-        raise ValueError(f"{op}: 'grad_out' must have shape {(xs[0], ws[0], ho, wo)} (NCHW dims) "
-                         f"for this input and weight, got {gs}")
+    gs = _grad_out_shape(op, grad_out, kl, channels_last, (xs[0], ws[0], ho, wo))
     n, c, h, w = xs
     k, cg, r, s = ws
     params = (("stride", stride), ("padding", pad), ("dilation", dilation), ("groups", groups),
@@ -317,10 +314,7 @@ def prepare_backward_weight(x, grad_out, weight_shape, *, stride=1, padding=0, d
     if len(ws) != 4:
         raise ValueError(f"{op}: 'weight_shape' must be (K, C // groups, R, S), got {ws}")
     stride, pad, dilation, (ho, wo) = _geometry(op, xs, ws, stride, padding, dilation, groups)
-    gs = tuple(grad_out.shape) if channels_last else _nchw_shape(grad_out.shape, kl)
-    if gs != (xs[0], ws[0], ho, wo):
-        raise ValueError(f"{op}: 'grad_out' must have shape {(xs[0], ws[0], ho, wo)} (NCHW dims) "
-                         f"for this input and weight, got {gs}")
+    gs = _grad_out_shape(op, grad_out, kl, channels_last, (xs[0], ws[0], ho, wo))
     n, c, h, w = xs
     k, cg, r, s = ws
     params = (("stride", stride), ("padding", pad), ("dilation", dilation), ("groups", groups),
@@ -335,6 +329,14 @@ def prepare_backward_weight(x, grad_out, weight_shape, *, stride=1, padding=0, d
     ref = functools.partial(_reference_backward, "weight", grad_out, None, x, ws, stride, pad,
                             dilation, groups, kl, channels_last)
     return Call(problem, bind, (x, grad_out), _verifier(ref, n * ho * wo, allow_tf32))
+
+
+def _grad_out_shape(op, grad_out, kl, channels_last, expected) -> tuple[int, ...]:
+    gs = tuple(grad_out.shape) if channels_last else _nchw_shape(grad_out.shape, kl)
+    if gs != expected:
+        raise ValueError(f"{op}: 'grad_out' must have shape {expected} (NCHW dims) for this input "
+                         f"and weight, got {gs}")
+    return gs
 
 
 def _ndim(op, name, x, dims) -> None:
@@ -377,7 +379,7 @@ def _bind(fn, cand: Candidate, loc: arrays.Location, views: tuple, out_view) -> 
 def _torch64(x, kl, channels_last):
     import torch
 
-    t = torch.from_numpy(np.ascontiguousarray(_f64(x)))
+    t = torch.from_numpy(np.ascontiguousarray(f64(x)))
     if kl == "NHWC" and not channels_last:
         t = t.permute(0, 3, 1, 2)
     return t
@@ -392,8 +394,8 @@ def _reference_forward(x, weight, bias, stride, pad, dilation, groups, activatio
     from ..kernels.torch.matmul import _ACTIVATIONS
 
     xt = F.pad(_torch64(x, kl, channels_last), (pad[2], pad[3], pad[0], pad[1]))
-    wt = torch.from_numpy(np.ascontiguousarray(_f64(weight)))
-    bt = None if bias is None else torch.from_numpy(_f64(bias))
+    wt = torch.from_numpy(np.ascontiguousarray(f64(weight)))
+    bt = None if bias is None else torch.from_numpy(f64(bias))
     y = F.conv2d(xt, wt, bt, stride, 0, dilation, groups)
     scale = F.conv2d(xt.abs(), wt.abs(), None if bt is None else bt.abs(), stride, 0, dilation,
                      groups)
@@ -408,7 +410,7 @@ def _reference_backward(which, grad_out, weight, x, shape, stride, pad, dilation
 
     g = _torch64(grad_out, kl, channels_last)
     if which == "input":
-        w = torch.from_numpy(np.ascontiguousarray(_f64(weight)))
+        w = torch.from_numpy(np.ascontiguousarray(f64(weight)))
         n, c, h, wd = shape
         padded = (n, c, h + pad[0] + pad[1], wd + pad[2] + pad[3])
         grad = lambda gg, ww: torch.nn.grad.conv2d_input(padded, ww, gg, stride, 0, dilation,
@@ -429,27 +431,9 @@ def _out_order(t, kl, channels_last):
 
 
 def _verifier(reference, k: int, allow_tf32: bool):
-    """Elementwise |y - y_ref| <= c sqrt(k) u (the reduction's condition), k its length."""
+    """Check against the float64 reference, scaled by the op's own condition (see verify.py)."""
     ref_once = functools.cache(reference)
-
-    def verify(out) -> str | None:
-        ref, scale = ref_once()
-        got = _f64(out)
-        if got.shape != ref.shape:
-            return f"shape {got.shape} != {ref.shape}"
-        if not np.array_equal(np.isnan(got), np.isnan(ref)):
-            return "NaN pattern differs from the float64 reference"
-        fin = np.isfinite(ref)
-        if not np.array_equal(got[~fin], ref[~fin], equal_nan=True):
-            return "Inf differs from the float64 reference"
-        out_dt = arrays.dtype_name(out)
-        acc = "tf32" if allow_tf32 and out_dt == "float32" else (
-            "float64" if out_dt == "float64" else "float32")
-        bound = 16 * math.sqrt(max(k, 1)) * UNIT_ROUNDOFF[acc] + 4 * UNIT_ROUNDOFF[out_dt]
-        err = float(np.max(np.abs(got[fin] - ref[fin]) / np.maximum(scale[fin], 1.0), initial=0.0))
-        return None if err <= bound else f"normwise error {err:.2e} > {bound:.2e}"
-
-    return verify
+    return lambda out: normwise_error(out, *ref_once(), k, allow_tf32)
 
 
 # -- candidates ----------------------------------------------------------------------------------

@@ -16,12 +16,11 @@ from ..kernels import ACTIVATIONS
 from . import registry
 from .dispatch import Call, Plan, explain_call, plan_for, plan_memo, signature
 from .registry import Candidate, Config, Problem
+from .verify import f64, normwise_error
 
 OP = "matmul"
 CPU_DTYPES = ("float32", "float64")
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
-UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "tf32": 2.0**-11,
-                 "float16": 2.0**-11, "bfloat16": 2.0**-8}
 
 
 # -- public API ----------------------------------------------------------------------------------
@@ -215,8 +214,7 @@ def _bind(fn, cand: Candidate, loc: arrays.Location, batch: tuple[int, ...]) -> 
 
 
 def _verifier(a, b, bias, activation, allow_tf32):
-    """Normwise check against float64: |C - C_ref| <= c sqrt(K) u (|A||B| + |bias|) elementwise."""
-    k = a.shape[-1]
+    """Check against float64 act(a @ b + bias), scaled by |a| @ |b| + |bias| (see verify.py)."""
 
     @functools.cache
     def reference():
@@ -224,47 +222,18 @@ def _verifier(a, b, bias, activation, allow_tf32):
 
         from ..kernels.torch.matmul import _ACTIVATIONS  # float64 on the CPU, via torch
 
-        a64 = torch.from_numpy(np.ascontiguousarray(_f64(a)))
-        b64 = torch.from_numpy(np.ascontiguousarray(_f64(b)))
+        a64 = torch.from_numpy(np.ascontiguousarray(f64(a)))
+        b64 = torch.from_numpy(np.ascontiguousarray(f64(b)))
         c = torch.matmul(a64, b64)
         scale = torch.matmul(a64.abs(), b64.abs())
         if bias is not None:
-            bias64 = torch.from_numpy(_f64(bias))
+            bias64 = torch.from_numpy(f64(bias))
             c, scale = c + bias64, scale + bias64.abs()
         if activation:
             c = _ACTIVATIONS[activation](c)
-        return c.numpy(), np.maximum(scale.numpy(), 1.0)
+        return c.numpy(), scale.numpy()
 
-    def verify(out) -> str | None:
-        ref, scale = reference()
-        got = _f64(out)
-        if got.shape != ref.shape:
-            return f"shape {got.shape} != {ref.shape}"
-        if not np.array_equal(np.isnan(got), np.isnan(ref)):
-            return "NaN pattern differs from the float64 reference"
-        fin = np.isfinite(ref)
-        if not np.array_equal(got[~fin], ref[~fin], equal_nan=True):
-            return "Inf differs from the float64 reference"
-        out_dt = arrays.dtype_name(out)
-        acc = "tf32" if allow_tf32 and out_dt == "float32" else (
-            "float64" if out_dt == "float64" else "float32")
-        bound = 16 * math.sqrt(max(k, 1)) * UNIT_ROUNDOFF[acc] + 4 * UNIT_ROUNDOFF[out_dt]
-        err = float(np.max(np.abs(got[fin] - ref[fin]) / scale[fin], initial=0.0))
-        return None if err <= bound else f"normwise error {err:.2e} > {bound:.2e}"
-
-    return verify
-
-
-def _f64(x) -> np.ndarray:
-    if arrays.array_lib(x) == "torch":
-        return x.detach().to("cpu", dtype=_torch_f64()).numpy()
-    return np.asarray(arrays.as_numpy(x), dtype=np.float64)
-
-
-def _torch_f64():
-    import torch
-
-    return torch.float64
+    return lambda out: normwise_error(out, *reference(), a.shape[-1], allow_tf32)
 
 
 # -- candidates ----------------------------------------------------------------------------------

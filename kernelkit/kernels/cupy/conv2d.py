@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kernelkit.kernels import ACTIVATIONS
+from kernelkit.kernels.config import KernelConfig
 from kernelkit.kernels.cupy.matmul import _dtype_name
 
 SOURCE_PATH = Path(__file__).with_name("conv2d.cu")
@@ -41,7 +42,7 @@ BWD_WEIGHT_THREADS = 256  # BWD_W_THREADS in conv2d.cu
 
 
 @dataclass(frozen=True)
-class Conv2dConfig:
+class Conv2dConfig(KernelConfig):
     """Tile of the forward implicit GEMM: BM pixels x BN channels, reduction step BK, and a
     TM x TN register tile per thread; threads per block = (BM / TM) * (BN / TN). The direct and
     backward kernels have a fixed shape and ignore it."""
@@ -103,16 +104,6 @@ class Conv2dConfig:
             if cfg != default and cap_m >= cfg.BM and cap_n >= cfg.BN:
                 out.append(cfg)
         return out[:6]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d) -> Conv2dConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        if set(d) != names:
-            raise ValueError(f"cupy conv2d config: expected keys {sorted(names)}, got {sorted(d)}")
-        return cls(**{k: d[k] for k in names})
 
 
 SHIPPED_CONFIGS: tuple[Conv2dConfig, ...] = (

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kernelkit.kernels import ACTIVATIONS
+from kernelkit.kernels.config import KernelConfig
 
 SOURCE_PATH = Path(__file__).with_name("matmul.cu")
 
@@ -50,7 +51,7 @@ def _dtype_name(dtype) -> str:
 
 
 @dataclass(frozen=True)
-class MatmulConfig:
+class MatmulConfig(KernelConfig):
     """Block tile (BM x BN, K step BK) and per-thread register tile (TM x TN).
 
     threads per block = (BM / TM) * (BN / TN).
@@ -117,20 +118,6 @@ class MatmulConfig:
             if cap_m >= cfg.BM and cap_n >= cfg.BN and cap_k >= cfg.BK:
                 out.append(cfg)
         return out
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d) -> MatmulConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        missing = names - set(d)
-        if unknown or missing:
-            raise ValueError(
-                f"cupy matmul config: expected keys {sorted(names)}, got {sorted(d)}"
-            )
-        return cls(**{k: d[k] for k in names})
 
 
 SHIPPED_CONFIGS: tuple[MatmulConfig, ...] = (

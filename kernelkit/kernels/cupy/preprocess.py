@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import functools
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from kernelkit.kernels import taps as _taps
+from kernelkit.kernels.config import KernelConfig
 
 __all__ = ["PreprocessConfig", "preprocess_forward", "SHIPPED_CONFIGS", "kernel_name"]
 
@@ -40,7 +41,7 @@ _INT32_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(KernelConfig):
     """Thread block: ``block_x x block_y`` output pixels (one thread each)."""
 
     block_x: int = 32
@@ -71,13 +72,6 @@ class PreprocessConfig:
         d = cls.default()
         cap_x = max(32, 2 * _next_pow2(out_w))
         return [d] + [cfg for cfg in SHIPPED_CONFIGS[1:] if cfg.block_x <= cap_x]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d) -> PreprocessConfig:
-        return cls(int(d["block_x"]), int(d["block_y"]))
 
 
 SHIPPED_CONFIGS: tuple[PreprocessConfig, ...] = (

@@ -25,12 +25,13 @@ from __future__ import annotations
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numba
 import numpy as np
 from numba import types
 
+from kernelkit.kernels.config import KernelConfig
 from kernelkit.kernels.numba import _conv
 from kernelkit.kernels.numba._gemm import ACT_CODES, tile_shape
 from kernelkit.kernels.numba.matmul import MatmulConfig
@@ -48,7 +49,7 @@ def _round_down(x: int, m: int) -> int:
 
 
 @dataclass(frozen=True)
-class Conv2dConfig:
+class Conv2dConfig(KernelConfig):
     """Cache blocking of the implicit GEMM (the register tile is fixed per dtype, as in matmul).
 
     mc: rows of the packed A per block (a multiple of MR; L2-resident).
@@ -101,13 +102,6 @@ class Conv2dConfig:
             seen.add(eff)
             out.append(cf)
         return out[:6]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d) -> Conv2dConfig:
-        return cls(int(d["mc"]), int(d["kc"]), int(d["nc"]))
 
 
 # ----------------------------------------------------------------------------------- compilation

@@ -18,12 +18,13 @@ The launcher does no dispatch, conversion or tuning: the ops layer has validated
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numba
 import numpy as np
 from numba import prange, types
 
+from kernelkit.kernels.config import KernelConfig
 from kernelkit.kernels.numba._gemm import (
     _JIT,
     _U,
@@ -85,7 +86,7 @@ def _round_down(x: int, m: int) -> int:
 
 
 @dataclass(frozen=True)
-class MatmulConfig:
+class MatmulConfig(KernelConfig):
     """Cache blocking of the packed GEMM. The register tile (MR x NR) is fixed per dtype (``TILE``).
 
     mc: rows of A per packed block (L2-resident), a multiple of MR.
@@ -146,13 +147,6 @@ class MatmulConfig:
             seen.add(eff)
             out.append(c)
         return out[:6]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d) -> MatmulConfig:
-        return cls(int(d["mc"]), int(d["kc"]), int(d["nc"]))
 
 
 # ------------------------------------------------------------------------------------ jitted code

@@ -39,13 +39,14 @@ arguments.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numba
 import numpy as np
 from numba import prange, types
 
 from kernelkit.kernels import taps as _taps
+from kernelkit.kernels.config import KernelConfig
 from kernelkit.kernels.numba._resample import (
     _JIT,
     OUT_CODES,
@@ -67,7 +68,7 @@ _NMETA = 12
 
 
 @dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(KernelConfig):
     """Work split of the preprocess kernel.
 
     rows: output rows per parallel task (one task = rows of one image).
@@ -103,13 +104,6 @@ class PreprocessConfig:
             seen.add(eff)
             out.append(cfg)
         return out[:6]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d) -> PreprocessConfig:
-        return cls(int(d["rows"]), int(d.get("tile_w", 0)))
 
 
 # ------------------------------------------------------------------------------------ jitted code

@@ -38,7 +38,6 @@ There is no ``@triton.autotune``: the project's tuner picks a :class:`Conv2dConf
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -47,6 +46,7 @@ import triton
 import triton.language as tl
 
 from kernelkit.kernels import ACTIVATIONS
+from kernelkit.kernels.config import KernelConfig
 from kernelkit.kernels.triton.matmul import _activation
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -542,7 +542,7 @@ def conv2d_bwd_weight_direct_kernel(
 
 
 @dataclass(frozen=True)
-class Conv2dConfig:
+class Conv2dConfig(KernelConfig):
     """One launch configuration: output tile, reduction step, tile grouping, warps and stages.
 
     The implicit-GEMM kernels use all fields; the direct kernels (depthwise) use BLOCK_M x BLOCK_N
@@ -614,18 +614,6 @@ class Conv2dConfig:
         """Shared-memory bound of the implicit-GEMM kernels: num_stages A and B blocks."""
         size = torch.empty((), dtype=dtype).element_size()
         return (self.BLOCK_M + self.BLOCK_N) * self.BLOCK_K * size * self.num_stages
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d) -> Conv2dConfig:
-        names = [f.name for f in dataclasses.fields(cls)]
-        missing = [n for n in names if n not in d]
-        extra = [n for n in d if n not in names]
-        if missing or extra:
-            raise ValueError(f"Conv2dConfig.from_dict: missing keys {missing}, unknown keys {extra}")
-        return cls(**{n: d[n] for n in names})
 
 
 def _C(bm: int, bn: int, bk: int, warps: int, stages: int, group_m: int = 8) -> Conv2dConfig:

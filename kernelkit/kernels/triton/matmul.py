@@ -12,7 +12,6 @@ There is no ``@triton.autotune`` here: the project's tuner picks a :class:`Matmu
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ import triton
 import triton.language as tl
 
 from kernelkit.kernels import ACTIVATIONS
+from kernelkit.kernels.config import KernelConfig
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _INT32_MAX = 2**31 - 1
@@ -161,7 +161,7 @@ def _erf(x):
 
 
 @dataclass(frozen=True)
-class MatmulConfig:
+class MatmulConfig(KernelConfig):
     """One launch configuration of :func:`matmul_kernel`: tile sizes, grouping, warps and stages."""
 
     BLOCK_M: int
@@ -221,18 +221,6 @@ class MatmulConfig:
         """
         size = torch.empty((), dtype=dtype).element_size()
         return (self.BLOCK_M + self.BLOCK_N) * self.BLOCK_K * size * self.num_stages
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d) -> MatmulConfig:
-        names = [f.name for f in dataclasses.fields(cls)]
-        missing = [n for n in names if n not in d]
-        extra = [n for n in d if n not in names]
-        if missing or extra:
-            raise ValueError(f"MatmulConfig.from_dict: missing keys {missing}, unknown keys {extra}")
-        return cls(**{n: d[n] for n in names})
 
 
 def _C(bm: int, bn: int, bk: int, warps: int, stages: int, group_m: int = 8) -> MatmulConfig:

@@ -25,7 +25,7 @@ arguments.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from kernelkit.kernels import taps as _taps
+from kernelkit.kernels.config import KernelConfig
 
 __all__ = ["PreprocessConfig", "preprocess_forward", "OUT_TORCH_DTYPES", "SHIPPED_CONFIGS"]
 
@@ -46,7 +47,7 @@ _INT32_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(KernelConfig):
     """Tile of one program: ``block_y x block_x`` output pixels (powers of two), ``num_warps``."""
 
     block_y: int = 4
@@ -84,13 +85,6 @@ class PreprocessConfig:
         by = min(64, triton.next_power_of_2(max(1, out_h)))
         bx = min(256, triton.next_power_of_2(max(1, out_w)))
         return cls(by, bx, 4)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d) -> PreprocessConfig:
-        return cls(int(d["block_y"]), int(d["block_x"]), int(d.get("num_warps", 4)))
 
 
 SHIPPED_CONFIGS: tuple[PreprocessConfig, ...] = (

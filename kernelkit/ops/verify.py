@@ -1,0 +1,44 @@
+"""How the tuner checks a candidate's output before it may win: against float64, normwise.
+
+|C - C_ref| <= c sqrt(k) u_acc (|A||B| + |bias|) + output rounding, elementwise, where k is the
+reduction length and the scale (|A||B|-like) is the op's own condition. The constants are
+generous: this catches broken kernels, not last-bit differences.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import arrays
+
+UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "tf32": 2.0**-11,
+                 "float16": 2.0**-11, "bfloat16": 2.0**-8}
+
+
+def f64(x) -> np.ndarray:
+    """Any array (numpy, torch on any device, cupy) as a float64 numpy array on the host."""
+    if arrays.array_lib(x) == "torch":
+        import torch
+
+        return x.detach().to("cpu", dtype=torch.float64).numpy()
+    return np.asarray(arrays.as_numpy(x), dtype=np.float64)
+
+
+def normwise_error(out, ref: np.ndarray, scale: np.ndarray, k: int, allow_tf32: bool) -> str | None:
+    """None when `out` matches the float64 `ref` within the reduction bound, else why not."""
+    got = f64(out)
+    if got.shape != ref.shape:
+        return f"shape {got.shape} != {ref.shape}"
+    if not np.array_equal(np.isnan(got), np.isnan(ref)):
+        return "NaN pattern differs from the float64 reference"
+    fin = np.isfinite(ref)
+    if not np.array_equal(got[~fin], ref[~fin], equal_nan=True):
+        return "Inf differs from the float64 reference"
+    out_dt = arrays.dtype_name(out)
+    acc = "tf32" if allow_tf32 and out_dt == "float32" else (
+        "float64" if out_dt == "float64" else "float32")
+    bound = 16 * math.sqrt(max(k, 1)) * UNIT_ROUNDOFF[acc] + 4 * UNIT_ROUNDOFF[out_dt]
+    err = float(np.max(np.abs(got[fin] - ref[fin]) / np.maximum(scale[fin], 1.0), initial=0.0))
+    return None if err <= bound else f"normwise error {err:.2e} > {bound:.2e}"
