@@ -77,13 +77,16 @@ def measure_interleaved(
             sync()
     samples: list[list[float]] = [[] for _ in fns]
     start = time.perf_counter()
+    n = len(fns)
     for rep in range(max_reps):
-        for fn, out in zip(fns, samples):
+        # Each round starts one further along: a function that slows whatever runs right after
+        # it (a thread pool still spinning) then slows every other function equally often.
+        for i in range(rep, rep + n):
             t0 = time.perf_counter()
-            fn()
+            fns[i % n]()
             if sync:
                 sync()
-            out.append(time.perf_counter() - t0)
+            samples[i % n].append(time.perf_counter() - t0)
         if rep + 1 >= min_reps and time.perf_counter() - start >= budget_s:
             break
     return [_summary(s) for s in samples]
