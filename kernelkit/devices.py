@@ -115,3 +115,12 @@ def gpu_info() -> dict | None:
 
 def versions() -> dict[str, str | None]:
     return {name: package_version(name) for name in PACKAGES}
+
+
+def backend_missing(backend: str) -> str | None:
+    """Why a kernel backend cannot load here, or None. (Devices are the tuner's concern.)"""
+    if backend in ("numba", "triton", "torch") and not has_module(backend):
+        return f"{backend} is not installed"
+    if backend == "cupy" and not cupy_available():
+        return "cupy is not installed or sees no device"
+    return None

@@ -17,8 +17,8 @@ import numpy as np
 from .. import arrays, devices
 from ..kernels import ACTIVATIONS
 from . import registry
-from .dispatch import Call, Plan, explain_call, plan_for, plan_memo, signature
-from .matmul import FLOAT_DTYPES
+from .dispatch import Call, Plan, explain_call, needs_grad, plan_for, plan_memo, signature
+from .matmul import FLOAT_DTYPES, kernel_dtype
 from .registry import Candidate, Config, Problem
 from .verify import f64, normwise_error
 
@@ -261,7 +261,7 @@ def prepare_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gr
     to_kernel, from_kernel = _channels_last_views(channels_last)
 
     def bind(cand: Candidate, config: Config) -> Plan:
-        if loc.lib == "torch" and _needs_grad(x, weight, bias):
+        if loc.lib == "torch" and needs_grad(x, weight, bias):
             from .torch_ops import conv2d_op
 
             fn = conv2d_op()
@@ -342,12 +342,6 @@ def _grad_out_shape(op, grad_out, kl, channels_last, expected) -> tuple[int, ...
 def _ndim(op, name, x, dims) -> None:
     if x.ndim != 4:
         raise ValueError(f"{op}: '{name}' must be 4-D {dims}, got shape {tuple(x.shape)}")
-
-
-def _needs_grad(*xs) -> bool:
-    import torch
-
-    return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in xs)
 
 
 def _channels_last_views(channels_last: bool):
@@ -458,10 +452,8 @@ def _geometry_args(p: Problem) -> tuple:
 
 def _make_candidate(op: str, backend: str, device: str, native: str, dtypes: tuple) -> Candidate:
     def supports(p: Problem) -> str | None:
-        if backend == "triton" and not devices.has_module("triton"):
-            return "triton is not installed"
-        if backend == "cupy" and not devices.cupy_available():
-            return "cupy is not installed or sees no device"
+        if (missing := devices.backend_missing(backend)) is not None:
+            return missing
         if p.dtype not in dtypes:
             return f"dtype {p.dtype} ({backend} runs {', '.join(dtypes)})"
         return None
@@ -476,14 +468,9 @@ def _make_candidate(op: str, backend: str, device: str, native: str, dtypes: tup
             xs = p.shapes[2]
         n, c, h, w = xs
         kk, _, r, s = ws
-        if backend == "triton":
-            import torch
-
-            dt = getattr(torch, p.dtype)
-        else:
-            dt = np.dtype(p.dtype)
         return [cfg.to_dict() for cfg in k.Conv2dConfig.space(
-            dt, n, c, h, w, kk, r, s, p.param("stride"), p.param("groups"))]
+            kernel_dtype(backend, p.dtype), n, c, h, w, kk, r, s, p.param("stride"),
+            p.param("groups"))]
 
     def launcher(p: Problem, config: Config):
         k = _kernel(backend)

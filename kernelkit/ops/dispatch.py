@@ -67,6 +67,13 @@ def signature(arrays: tuple, extras: tuple) -> tuple | None:
     return (*parts, extras, grad, _settings.token())
 
 
+def needs_grad(*xs) -> bool:
+    """Some torch tensor among `xs` needs a gradient, and grad mode is on."""
+    import torch
+
+    return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in xs)
+
+
 class PlanMemo(dict):
     """signature -> plan, cleared rather than grown without bound by many one-off shapes."""
 

@@ -6,15 +6,16 @@ check arguments -> Problem -> dispatch -> launch. Backend work lives in kernelki
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 from typing import Any
 
 import numpy as np
 
-from .. import arrays
+from .. import arrays, devices
 from ..kernels import ACTIVATIONS
 from . import registry
-from .dispatch import Call, Plan, explain_call, plan_for, plan_memo, signature
+from .dispatch import Call, Plan, explain_call, needs_grad, plan_for, plan_memo, signature
 from .registry import Candidate, Config, Problem
 from .verify import f64, normwise_error
 
@@ -161,7 +162,7 @@ def prepare(a, b, *, bias=None, activation=None, allow_tf32=False) -> Call:
         nbytes=int((nb * m * k + nb * k * n + nb * m * n) * np.dtype(
             "float16" if dtype == "bfloat16" else dtype).itemsize),
     )
-    grad = loc.lib == "torch" and _needs_grad(a, b, bias)
+    grad = loc.lib == "torch" and needs_grad(a, b, bias)
 
     def bind(cand: Candidate, config: Config) -> Plan:
         if grad:
@@ -170,13 +171,6 @@ def prepare(a, b, *, bias=None, activation=None, allow_tf32=False) -> Call:
         return _bind(fn, cand, loc, batch)
 
     return Call(problem, bind, (a, b, bias), _verifier(a, b, bias, activation, allow_tf32))
-
-
-def _needs_grad(a, b, bias) -> bool:
-    import torch
-
-    return torch.is_grad_enabled() and any(
-        x is not None and x.requires_grad for x in (a, b, bias))
 
 
 def _autograd_plan(activation: str | None, allow_tf32: bool) -> Plan:
@@ -237,86 +231,54 @@ def _verifier(a, b, bias, activation, allow_tf32):
 
 
 # -- candidates ----------------------------------------------------------------------------------
-def _space(kernel_module: str, dtype_of=lambda p: np.dtype(p.dtype)):
+_BACKENDS = (  # backend, device, native array library, dtypes it runs
+    ("numba", "cpu", "numpy", CPU_DTYPES),
+    ("torch", "cpu", "torch", FLOAT_DTYPES),
+    ("triton", "cuda", "torch", ("float16", "bfloat16", "float32")),
+    ("cupy", "cuda", "cupy", ("float16", "float32")),
+    ("torch", "cuda", "torch", FLOAT_DTYPES),
+)
+
+
+def _kernel(backend: str):
+    return importlib.import_module(f"kernelkit.kernels.{backend}.matmul")
+
+
+def kernel_dtype(backend: str, dtype: str):
+    """The dtype object a backend's config space takes: torch's for Triton, numpy's otherwise."""
+    if backend == "triton":
+        import torch
+
+        return getattr(torch, dtype)
+    return np.dtype(dtype)
+
+
+def _make_candidate(backend: str, device: str, native: str, dtypes: tuple) -> Candidate:
+    def supports(p: Problem) -> str | None:
+        if (missing := devices.backend_missing(backend)) is not None:
+            return missing
+        if p.dtype not in dtypes:
+            return f"dtype {p.dtype} ({backend} runs {', '.join(dtypes)})"
+        return None
+
     def space(p: Problem) -> list[Config]:
-        k = _kernel(kernel_module)
-        (_, m, kk), (_, _, n) = p.shapes
-        return [c.to_dict() for c in k.MatmulConfig.space(dtype_of(p), m, n, kk)]
+        if backend == "torch":
+            return [{}]
+        (_, m, k), (_, _, n) = p.shapes
+        configs = _kernel(backend).MatmulConfig.space(kernel_dtype(backend, p.dtype), m, n, k)
+        return [c.to_dict() for c in configs]
 
-    return space
+    def launcher(p: Problem, config: Config):
+        kernel = _kernel(backend)
+        fn, act = kernel.matmul_forward, p.param("activation")
+        kw = {} if backend == "torch" else {"config": kernel.MatmulConfig.from_dict(config)}
+        if backend in ("torch", "triton"):
+            kw["allow_tf32"] = p.param("tf32")
+        return lambda a, b, bias: fn(a, b, bias, act, **kw)
 
-
-def _kernel(name: str):
-    import importlib
-
-    return importlib.import_module(f"kernelkit.kernels.{name}.matmul")
-
-
-def _torch_dtype(p: Problem):
-    import torch
-
-    return getattr(torch, p.dtype)
-
-
-def _numba_supports(p: Problem) -> str | None:
-    return None if p.dtype in CPU_DTYPES else f"dtype {p.dtype} (numba runs {CPU_DTYPES})"
+    return Candidate(OP, backend, device, native, supports, space, launcher,
+                     vendor=backend == "torch")
 
 
-def _numba_launcher(p: Problem, config: Config):
-    k = _kernel("numba")
-    cfg, act = k.MatmulConfig.from_dict(config), p.param("activation")
-    return lambda a, b, bias: k.matmul_forward(a, b, bias, act, cfg)
-
-
-def _triton_supports(p: Problem) -> str | None:
-    from .. import devices
-
-    if not devices.has_module("triton"):
-        return "triton is not installed"
-    if p.dtype not in ("float16", "bfloat16", "float32"):
-        return f"dtype {p.dtype} (triton runs float16, bfloat16, float32)"
-    return None
-
-
-def _triton_launcher(p: Problem, config: Config):
-    k = _kernel("triton")
-    cfg, act, tf32 = k.MatmulConfig.from_dict(config), p.param("activation"), p.param("tf32")
-    return lambda a, b, bias: k.matmul_forward(a, b, bias, act, cfg, allow_tf32=tf32)
-
-
-def _cupy_supports(p: Problem) -> str | None:
-    from .. import devices
-
-    if not devices.cupy_available():
-        return "cupy is not installed or sees no device"
-    if p.dtype not in ("float16", "float32"):
-        return f"dtype {p.dtype} (the cupy kernel runs float16, float32)"
-    return None
-
-
-def _cupy_launcher(p: Problem, config: Config):
-    k = _kernel("cupy")
-    cfg, act = k.MatmulConfig.from_dict(config), p.param("activation")
-    return lambda a, b, bias: k.matmul_forward(a, b, bias, act, cfg)
-
-
-def _torch_launcher(p: Problem, config: Config):
-    k = _kernel("torch")
-    act, tf32 = p.param("activation"), p.param("tf32")
-    return lambda a, b, bias: k.matmul_forward(a, b, bias, act, allow_tf32=tf32)
-
-
-def _torch_space(p: Problem) -> list[Config]:
-    return [{}]
-
-
-registry.register(Candidate(OP, "numba", "cpu", "numpy", _numba_supports, _space("numba"),
-                            _numba_launcher))
-registry.register(Candidate(OP, "torch", "cpu", "torch", lambda p: None, _torch_space,
-                            _torch_launcher, vendor=True))
-registry.register(Candidate(OP, "triton", "cuda", "torch", _triton_supports,
-                            _space("triton", _torch_dtype), _triton_launcher))
-registry.register(Candidate(OP, "cupy", "cuda", "cupy", _cupy_supports, _space("cupy"),
-                            _cupy_launcher))
-registry.register(Candidate(OP, "torch", "cuda", "torch", lambda p: None, _torch_space,
-                            _torch_launcher, vendor=True))
+for _args in _BACKENDS:
+    registry.register(_make_candidate(*_args))

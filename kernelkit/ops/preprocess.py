@@ -348,13 +348,10 @@ def _kernel(backend: str):
 
 def _make_candidate(backend: str, device: str, native: str) -> Candidate:
     def supports(p: Problem) -> str | None:
-        if not devices.has_module("cupy" if backend == "cupy" else backend):
-            return f"{backend} is not installed"
-        if backend == "cupy":
-            if not devices.cupy_available():
-                return "cupy sees no device"
-            if p.param("out_dtype") == "bfloat16":
-                return "the cupy kernel has no bfloat16 output"
+        if (missing := devices.backend_missing(backend)) is not None:
+            return missing
+        if backend == "cupy" and p.param("out_dtype") == "bfloat16":
+            return "the cupy kernel has no bfloat16 output"
         return None
 
     def space(p: Problem) -> list[Config]:

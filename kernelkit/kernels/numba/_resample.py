@@ -161,6 +161,8 @@ def taps3(typingctx, tmp, o, wx, wo, nk, res, q):
         T = builder.gep(data(0, tmp_v), [o_v])
         W = builder.gep(data(2, wx_v), [wo_v])
         R = builder.gep(data(5, res_v), [q_v])
+        fma4 = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vty, [vty] * 3), "llvm.fma.v4f32")
         zero = ir.Constant(vty, [-0.0] * 4)   # the additive identity (keeps -0.0)
         undef = ir.Constant(vty, ir.Undefined)
         splat0 = ir.Constant(ir.VectorType(ir.IntType(32), 4), [0] * 4)
@@ -172,8 +174,7 @@ def taps3(typingctx, tmp, o, wx, wo, nk, res, q):
             wv = builder.shuffle_vector(builder.insert_element(undef, w, i32_0), undef, splat0)
             t = builder.gep(T, [builder.mul(k, ir.Constant(intp, 3))])
             tv = builder.load(builder.bitcast(t, vptr), align=4)
-            builder.store(builder.fadd(builder.load(acc), builder.fmul(wv, tv, flags=("contract",)),
-                                       flags=("contract",)), acc)
+            builder.store(builder.call(fma4, [wv, tv, builder.load(acc)]), acc)
 
         half = builder.ashr(nk_v, ir.Constant(intp, 1))
         with cgutils.for_range(builder, half) as loop:
@@ -186,6 +187,63 @@ def taps3(typingctx, tmp, o, wx, wo, nk, res, q):
             tap(builder.sub(nk_v, ir.Constant(intp, 1)), accs[0])
         total = builder.fadd(builder.load(accs[0]), builder.load(accs[1]))
         builder.store(total, builder.bitcast(R, vptr), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def taps3x4(typingctx, tmp, o0, o1, o2, o3, we, wq, wst, nk, res, q):
+    """Four output pixels of taps3 at once, in one 16-lane register: lanes 4i .. 4i+3 =
+    sum_{k < nk} we[wq + k*wst + 4i] * tmp[o_i + 3k : o_i + 3k + 4] (``we`` holds each pixel's
+    weight repeated over 4 lanes). The same FMAs in the same order as taps3 (two accumulators,
+    even / odd taps), so every lane equals taps3's. Stores res[q : q+16] (pixel stride 4)."""
+    sig = types.void(tmp, o0, o1, o2, o3, we, wq, wst, nk, res, q)
+
+    def codegen(context, builder, sig, args):
+        tmp_v, we_v, res_v = args[0], args[5], args[9]
+        intp = context.get_value_type(types.intp)
+        cast = lambda i: context.cast(builder, args[i], sig.args[i], types.intp)
+        offs = [cast(i) for i in (1, 2, 3, 4)]
+        wq_v, wst_v, nk_v, q_v = cast(6), cast(7), cast(8), cast(10)
+        f32 = ir.FloatType()
+        v4, v8, v16 = (ir.VectorType(f32, n) for n in (4, 8, 16))
+        data = lambda i, v: context.make_array(sig.args[i])(context, builder, v).data
+        T = data(0, tmp_v)
+        Ts = [builder.gep(T, [o]) for o in offs]
+        W = builder.gep(data(5, we_v), [wq_v])
+        R = builder.gep(data(9, res_v), [q_v])
+        fma16 = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(v16, [v16] * 3), "llvm.fma.v16f32")
+        zero = ir.Constant(v16, [-0.0] * 16)   # the additive identity (keeps -0.0)
+        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(2)]
+        c3 = ir.Constant(intp, 3)
+
+        def tap(k, acc):
+            w = builder.load(builder.bitcast(builder.gep(W, [builder.mul(k, wst_v)]),
+                                             v16.as_pointer()), align=4)
+            tk = builder.mul(k, c3)
+            parts = [builder.load(builder.bitcast(builder.gep(t, [tk]), v4.as_pointer()), align=4)
+                     for t in Ts]
+            lo = builder.shuffle_vector(parts[0], parts[1], ir.Constant(
+                ir.VectorType(ir.IntType(32), 8), list(range(8))))
+            hi = builder.shuffle_vector(parts[2], parts[3], ir.Constant(
+                ir.VectorType(ir.IntType(32), 8), list(range(8))))
+            tv = builder.shuffle_vector(lo, hi, ir.Constant(
+                ir.VectorType(ir.IntType(32), 16), list(range(16))))
+            builder.store(builder.call(fma16, [w, tv, builder.load(acc)]), acc)
+
+        half = builder.ashr(nk_v, ir.Constant(intp, 1))
+        with cgutils.for_range(builder, half) as loop:
+            k2 = builder.shl(loop.index, ir.Constant(intp, 1))
+            tap(k2, accs[0])
+            tap(builder.add(k2, ir.Constant(intp, 1)), accs[1])
+        odd = builder.icmp_signed("!=", builder.and_(nk_v, ir.Constant(intp, 1)),
+                                  ir.Constant(intp, 0))
+        with builder.if_then(odd):
+            tap(builder.sub(nk_v, ir.Constant(intp, 1)), accs[0])
+        total = builder.fadd(builder.load(accs[0]), builder.load(accs[1]))
+        builder.store(total, builder.bitcast(R, v16.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -287,6 +345,34 @@ def hpass(tmp, cch, xs, xoff, nk, wx, wo, kst, x0, x1, res):
 
 
 @numba.njit(**_JIT)
+def expand_wx(wx, wo, kst, nk, out_w, we):
+    """we[(k*out_w + x)*4 + l] = w[x, k] for l < 4: each column's weight of tap k over 4 lanes, the
+    taps k of 4 neighbouring columns in 16 consecutive floats (the weights of taps3x4)."""
+    for k in range(nk):
+        for x in range(out_w):
+            v = wx[_U(wo + x * kst + k)]
+            b = (k * out_w + x) * 4
+            for l in range(4):
+                we[_U(b + l)] = v
+
+
+@numba.njit(**_JIT)
+def hpass3(tmp, xs, xoff, nk, wx, wo, kst, we, out_w, x0, x1, res):
+    """hpass for C == 3 into res[x*4 + c] (pixel stride 4, lane 3 junk): 4 columns at a time in
+    16 lanes (taps3x4, weights ``we`` from expand_wx), taps3 for the rest. Same sums as hpass."""
+    x = x0
+    wst = 4 * out_w
+    while x + 4 <= x1:
+        taps3x4(tmp, 3 * (xs[_U(x)] - xoff), 3 * (xs[_U(x + 1)] - xoff),
+                3 * (xs[_U(x + 2)] - xoff), 3 * (xs[_U(x + 3)] - xoff), we, 4 * x, wst, nk,
+                res, 4 * x)
+        x += 4
+    while x < x1:
+        taps3(tmp, 3 * (xs[_U(x)] - xoff), wx, wo + x * kst, nk, res, 4 * x)
+        x += 1
+
+
+@numba.njit(**_JIT)
 def _px(src, off, inside, fillv):
     return np.float32(src[off]) if inside else fillv
 
@@ -335,8 +421,9 @@ def affine_row(src, base, sh, sw, sc, cch, r0, r1, c0, c1, m, fillv, nearest, y,
 
 
 @numba.njit(**_JIT)
-def store_row(res, cch, out_w, perm, mean, scale, code, out_addr, off, oc, ox):
-    """Output channel c of one row, ``(res[x*C + perm[c]] - mean[c]) * scale[c]``, converted to the
+def store_row(res, cch, ps, out_w, perm, mean, scale, code, out_addr, off, oc, ox):
+    """Output channel c of one row, ``(res[x*ps + perm[c]] - mean[c]) * scale[c]`` (``ps``: the
+    pixel stride of ``res``, C or 4), converted to the
     output dtype and written at element offset ``off + c*oc + x*ox`` of the output."""
     for c in range(cch):
         pc, m, s = perm[c], mean[c], scale[c]
@@ -345,19 +432,19 @@ def store_row(res, cch, out_w, perm, mean, scale, code, out_addr, off, oc, ox):
             p = f32_ptr(out_addr)
             if ox == 1:
                 for x in range(out_w):
-                    p[o + x] = (res[_U(x * cch + pc)] - m) * s
+                    p[o + x] = (res[_U(x * ps + pc)] - m) * s
             else:
                 for x in range(out_w):
-                    p[o + x * ox] = (res[_U(x * cch + pc)] - m) * s
+                    p[o + x * ox] = (res[_U(x * ps + pc)] - m) * s
         elif code == OUT_U8:
             q = u8_ptr(out_addr)
             for x in range(out_w):
-                q[o + x * ox] = u8_sat((res[_U(x * cch + pc)] - m) * s)
+                q[o + x * ox] = u8_sat((res[_U(x * ps + pc)] - m) * s)
         elif code == OUT_F16:
             h = u16_ptr(out_addr)
             for x in range(out_w):
-                h[o + x * ox] = f16_bits((res[_U(x * cch + pc)] - m) * s)
+                h[o + x * ox] = f16_bits((res[_U(x * ps + pc)] - m) * s)
         else:
             h = u16_ptr(out_addr)
             for x in range(out_w):
-                h[o + x * ox] = bf16_bits((res[_U(x * cch + pc)] - m) * s)
+                h[o + x * ox] = bf16_bits((res[_U(x * ps + pc)] - m) * s)

@@ -52,8 +52,10 @@ from kernelkit.kernels.numba._resample import (
     OUT_CODES,
     OUT_DTYPES,
     affine_row,
+    expand_wx,
     f32_ptr,
     hpass,
+    hpass3,
     prefetch_lines,
     store_row,
     u8_ptr,
@@ -110,7 +112,7 @@ class PreprocessConfig(KernelConfig):
 
 @numba.njit(**_JIT)
 def _image_rows(src, isz, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff, fill, nearest, perm, mean,
-                scale, out_w, cch, tile_w, tmp, res, out_addr, code, on, oc, oy, ox):
+                scale, out_w, cch, tile_w, tmp, res, we, out_addr, code, on, oc, oy, ox):
     """Output rows y0 .. y1-1 of image n (``src``: typed pointer to its first pixel)."""
     sh, sw, sc = meta[n, _SH], meta[n, _SW], meta[n, _SC]
     addr = meta[n, _ADDR]
@@ -120,7 +122,8 @@ def _image_rows(src, isz, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff, fill, 
         r0, r1, c0, c1 = meta[n, _R0], meta[n, _R1], meta[n, _C0], meta[n, _C1]
         for y in range(y0, y1):
             affine_row(src, 0, sh, sw, sc, cch, r0, r1, c0, c1, m, fillv, nearest, y, out_w, res)
-            store_row(res, cch, out_w, perm, mean, scale, code, out_addr, n * on + y * oy, oc, ox)
+            store_row(res, cch, cch, out_w, perm, mean, scale, code, out_addr, n * on + y * oy,
+                      oc, ox)
         return
     if meta[n, _TR] != 0:
         a, b = sw, sh
@@ -132,6 +135,11 @@ def _image_rows(src, isz, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff, fill, 
     kst = xw.shape[2]
     wo = n * xw.shape[1] * kst
     tw = out_w if tile_w <= 0 else min(tile_w, out_w)
+    # C == 3 with other than 2 x taps: 4 columns per 16-lane register, res pixel stride 4
+    wide = cch == 3 and nkx != 2
+    ps = 4 if wide else cch
+    if wide:
+        expand_wx(wx, wo, kst, nkx, out_w, we)
     for y in range(y0, y1):
         ys = yst[n, y]
         wy = yw[n, y]
@@ -149,8 +157,11 @@ def _image_rows(src, isz, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff, fill, 
                 # the next row's source lines, fetched while this row's horizontal pass runs
                 prefetch_lines(addr + (yst[n, y + 1] * a + meta[n, _XLO] * b) * isz, a, b, sc,
                                cch, nky, meta[n, _SPAN], isz)
-            hpass(tmp, cch, xs, lo, nkx, wx, wo, kst, x0, x1, res)
-        store_row(res, cch, out_w, perm, mean, scale, code, out_addr, n * on + y * oy, oc, ox)
+            if wide:
+                hpass3(tmp, xs, lo, nkx, wx, wo, kst, we, out_w, x0, x1, res)
+            else:
+                hpass(tmp, cch, xs, lo, nkx, wx, wo, kst, x0, x1, res)
+        store_row(res, cch, ps, out_w, perm, mean, scale, code, out_addr, n * on + y * oy, oc, ox)
 
 
 @numba.njit(parallel=True, **_JIT)
@@ -163,14 +174,15 @@ def _kernel(meta, in_f32, yst, yw, yk, xst, xw, xk, aff, fill, nearest, perm, me
         y0 = (t - n * nblk) * rows
         y1 = min(out_h, y0 + rows)
         tmp = np.zeros(tmp_len + 4, np.float32)      # + padding for 4-lane loads / stores
-        res = np.empty(cch * out_w + 4, np.float32)
+        res = np.empty(max(cch, 4) * out_w + 4, np.float32)
+        we = np.empty(4 * out_w * xw.shape[2] if cch == 3 else 0, np.float32)
         if in_f32:
             _image_rows(f32_ptr(meta[n, _ADDR]), 4, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff,
-                        fill, nearest, perm, mean, scale, out_w, cch, tile_w, tmp, res, out_addr,
+                        fill, nearest, perm, mean, scale, out_w, cch, tile_w, tmp, res, we, out_addr,
                         code, on, oc, oy, ox)
         else:
             _image_rows(u8_ptr(meta[n, _ADDR]), 1, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff,
-                        fill, nearest, perm, mean, scale, out_w, cch, tile_w, tmp, res, out_addr,
+                        fill, nearest, perm, mean, scale, out_w, cch, tile_w, tmp, res, we, out_addr,
                         code, on, oc, oy, ox)
 
 
