@@ -136,12 +136,19 @@ def cmd_explain(args: argparse.Namespace, con: Console) -> int:
 
     from .autotune.generate import make_inputs
 
-    if args.op != "matmul":
-        con.print(f"[red]unknown op {args.op!r}")
-        return 2
-    m, k, n = args.dims
-    (a, b), _ = make_inputs("matmul", (m, k, n), args.dtype, args.where)
-    print(kernelkit.explain("matmul", a, b, activation=args.activation))
+    if args.op == "matmul":
+        if len(args.dims) != 3:
+            con.print("[red]matmul takes M K N")
+            return 2
+        arrs, kwargs = make_inputs("matmul", tuple(args.dims), args.dtype, args.where)
+    else:
+        if len(args.dims) != 6:
+            con.print("[red]conv2d takes N C H K R STRIDE (square images and kernels)")
+            return 2
+        n, c, h, k, r, stride = args.dims
+        arrs, kwargs = make_inputs("conv2d", (n, c, h, k, r, stride, r // 2, 1), args.dtype,
+                                   args.where)
+    print(kernelkit.explain(args.op, *arrs, activation=args.activation, **kwargs))
     return 0
 
 
@@ -179,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_cache)
 
     s = sub.add_parser("explain", help="candidates, skips, times and the choice for one call")
-    s.add_argument("op", choices=("matmul",))
-    s.add_argument("dims", type=int, nargs=3, metavar=("M", "K", "N"))
+    s.add_argument("op", choices=("matmul", "conv2d"))
+    s.add_argument("dims", type=int, nargs="+",
+                   help="matmul: M K N; conv2d: N C H K R STRIDE (padding R // 2)")
     s.add_argument("--dtype", default="float32")
     s.add_argument("--where", choices=("numpy", "torch", "cuda"), default="numpy")
     s.add_argument("--activation", default=None)

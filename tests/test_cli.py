@@ -49,3 +49,10 @@ def test_bad_arguments_exit_cleanly(tmp_path):
     assert r.returncode == 2 and "unknown preset" in r.stdout
     r = kk("explain", "matmul", "4", "4", "4", "--activation", "tanh", cache_dir=tmp_path, check=False)
     assert r.returncode == 2 and "activation" in r.stdout
+
+
+def test_explain_conv2d(tmp_path):
+    out = kk("explain", "conv2d", "1", "3", "12", "4", "3", "2", cache_dir=tmp_path).stdout
+    assert "conv2d" in out and "torch-cpu" in out and "choice:" in out
+    r = kk("explain", "conv2d", "1", "3", cache_dir=tmp_path, check=False)
+    assert r.returncode == 2 and "conv2d takes" in r.stdout
