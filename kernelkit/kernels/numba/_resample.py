@@ -249,6 +249,83 @@ def taps3x4(typingctx, tmp, o0, o1, o2, o3, we, wq, wst, nk, res, q):
     return sig, codegen
 
 
+@intrinsic
+def nt_copy16(typingctx, dst, src, so, nvec):
+    """Non-temporal copy of ``nvec`` blocks of 16 float32, src[so + 16i : ...] -> byte address
+    ``dst + 64i`` (``dst`` 64-byte aligned): whole cache lines written without being read first."""
+    sig = types.void(dst, src, so, nvec)
+
+    def codegen(context, builder, sig, args):
+        dst_v, src_v, so_v, nv_v = args
+        intp = context.get_value_type(types.intp)
+        so_v = context.cast(builder, so_v, sig.args[2], types.intp)
+        nv_v = context.cast(builder, nv_v, sig.args[3], types.intp)
+        v16 = ir.VectorType(ir.FloatType(), 16)
+        S = builder.gep(context.make_array(sig.args[1])(context, builder, src_v).data, [so_v])
+        D = builder.inttoptr(dst_v, v16.as_pointer())
+        md = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
+        with cgutils.for_range(builder, nv_v) as loop:
+            i = loop.index
+            v = builder.load(builder.bitcast(builder.gep(S, [builder.mul(i, ir.Constant(intp, 16))]),
+                                             v16.as_pointer()), align=4)
+            st = builder.store(v, builder.gep(D, [i]), align=64)
+            st.set_metadata("nontemporal", md)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def sfence(typingctx):
+    """Order the non-temporal stores before whatever follows (llvm.x86.sse.sfence)."""
+    sig = types.void()
+
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                            "llvm.x86.sse.sfence")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def deint4(typingctx, res, rowb, out_w, nblk):
+    """rowb[out_w*(1+c) + x] = res[4x + c], c < 3, for x < 16*nblk: 16 pixels per step with
+    constant shuffles (no gathers)."""
+    sig = types.void(res, rowb, out_w, nblk)
+
+    def codegen(context, builder, sig, args):
+        res_v, rb_v, ow_v, nb_v = args
+        intp = context.get_value_type(types.intp)
+        ow_v = context.cast(builder, ow_v, sig.args[2], types.intp)
+        nb_v = context.cast(builder, nb_v, sig.args[3], types.intp)
+        f32 = ir.FloatType()
+        v16, v32, v64 = (ir.VectorType(f32, n) for n in (16, 32, 64))
+        idx = lambda lst: ir.Constant(ir.VectorType(ir.IntType(32), len(lst)), lst)
+        S = context.make_array(sig.args[0])(context, builder, res_v).data
+        D = context.make_array(sig.args[1])(context, builder, rb_v).data
+        with cgutils.for_range(builder, nb_v) as loop:
+            i = loop.index
+            base = builder.gep(S, [builder.mul(i, ir.Constant(intp, 64))])
+            vs = [builder.load(builder.bitcast(builder.gep(base, [ir.Constant(intp, 16 * j)]),
+                                               v16.as_pointer()), align=4) for j in range(4)]
+            a = builder.shuffle_vector(vs[0], vs[1], idx(list(range(32))))
+            b = builder.shuffle_vector(vs[2], vs[3], idx(list(range(32))))
+            for c in range(3):
+                # lanes c, c+4, ... of the 64 floats: 8 from each half
+                lo = builder.shuffle_vector(a, a, idx([c + 4 * t for t in range(8)]))
+                hi = builder.shuffle_vector(b, b, idx([c + 4 * t for t in range(8)]))
+                v = builder.shuffle_vector(lo, hi, idx(list(range(16))))
+                off = builder.add(builder.mul(ow_v, ir.Constant(intp, 1 + c)),
+                                  builder.mul(i, ir.Constant(intp, 16)))
+                builder.store(v, builder.bitcast(builder.gep(D, [off]), v16.as_pointer()),
+                              align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 # ------------------------------------------------------------------------------------------ passes
 
 @numba.njit(**_JIT)
@@ -421,16 +498,43 @@ def affine_row(src, base, sh, sw, sc, cch, r0, r1, c0, c1, m, fillv, nearest, y,
 
 
 @numba.njit(**_JIT)
-def store_row(res, cch, ps, out_w, perm, mean, scale, code, out_addr, off, oc, ox):
+def store_row(res, cch, ps, out_w, perm, mean, scale, code, out_addr, off, oc, ox, rowb):
     """Output channel c of one row, ``(res[x*ps + perm[c]] - mean[c]) * scale[c]`` (``ps``: the
     pixel stride of ``res``, C or 4), converted to the
     output dtype and written at element offset ``off + c*oc + x*ox`` of the output."""
+    # 3 channels at pixel stride 4: de-interleaved once (constant strides: shuffles, no gathers)
+    # into planes rowb[out_w + c*out_w + x]; rowb[:out_w] is the output row
+    planar = code == OUT_F32 and ox == 1 and out_w >= 64 and ps == 4 and cch == 3
+    if planar:
+        nb = out_w >> 4
+        deint4(res, rowb, out_w, nb)
+        for x in range(nb * 16, out_w):
+            rowb[_U(out_w + x)] = res[_U(4 * x)]
+            rowb[_U(2 * out_w + x)] = res[_U(4 * x + 1)]
+            rowb[_U(3 * out_w + x)] = res[_U(4 * x + 2)]
     for c in range(cch):
         pc, m, s = perm[c], mean[c], scale[c]
         o = off + c * oc
         if code == OUT_F32:
             p = f32_ptr(out_addr)
-            if ox == 1:
+            if ox == 1 and out_w >= 64:
+                # the row in ``rowb``, then out whole 64-byte lines with non-temporal stores
+                if planar:
+                    pb = pc * out_w
+                    for x in range(out_w):
+                        rowb[_U(x)] = (rowb[_U(pb + out_w + x)] - m) * s
+                else:
+                    for x in range(out_w):
+                        rowb[_U(x)] = (res[_U(x * ps + pc)] - m) * s
+                ba = out_addr + o * 4
+                head = min(out_w, ((64 - (ba & 63)) & 63) >> 2)
+                nv = (out_w - head) >> 4
+                for x in range(head):
+                    p[o + x] = rowb[_U(x)]
+                nt_copy16(ba + head * 4, rowb, head, nv)
+                for x in range(head + nv * 16, out_w):
+                    p[o + x] = rowb[_U(x)]
+            elif ox == 1:
                 for x in range(out_w):
                     p[o + x] = (res[_U(x * ps + pc)] - m) * s
             else:

@@ -57,6 +57,7 @@ from kernelkit.kernels.numba._resample import (
     hpass,
     hpass3,
     prefetch_lines,
+    sfence,
     store_row,
     u8_ptr,
     vpass,
@@ -116,6 +117,7 @@ def _image_rows(src, isz, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff, fill, 
     """Output rows y0 .. y1-1 of image n (``src``: typed pointer to its first pixel)."""
     sh, sw, sc = meta[n, _SH], meta[n, _SW], meta[n, _SC]
     addr = meta[n, _ADDR]
+    rowb = res[max(cch, 4) * out_w + 4:]   # one output row, contiguous (store_row)
     if meta[n, _AFF] != 0:
         m = aff[n]
         fillv = fill[n]
@@ -123,7 +125,7 @@ def _image_rows(src, isz, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff, fill, 
         for y in range(y0, y1):
             affine_row(src, 0, sh, sw, sc, cch, r0, r1, c0, c1, m, fillv, nearest, y, out_w, res)
             store_row(res, cch, cch, out_w, perm, mean, scale, code, out_addr, n * on + y * oy,
-                      oc, ox)
+                      oc, ox, rowb)
         return
     if meta[n, _TR] != 0:
         a, b = sw, sh
@@ -154,14 +156,23 @@ def _image_rows(src, isz, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff, fill, 
                 span = max(xs[x0], xs[x1 - 1]) + nkx - lo
             vpass(src, lo * b, a, b, sc, cch, ys, nky, wy, tmp, span)
             if x0 == 0 and y + 1 < y1:
-                # the next row's source lines, fetched while this row's horizontal pass runs
-                prefetch_lines(addr + (yst[n, y + 1] * a + meta[n, _XLO] * b) * isz, a, b, sc,
-                               cch, nky, meta[n, _SPAN], isz)
+                # the next row's source lines that this row did not read, fetched while this
+                # row's horizontal pass runs (windows are intervals, monotone in y)
+                ys1 = yst[n, y + 1]
+                if ys1 >= ys:
+                    p0, p1 = max(ys1, ys + nky), ys1 + nky
+                else:
+                    p0, p1 = ys1, min(ys1 + nky, ys)
+                if p1 > p0:
+                    prefetch_lines(addr + (p0 * a + meta[n, _XLO] * b) * isz, a, b, sc, cch,
+                                   p1 - p0, meta[n, _SPAN], isz)
             if wide:
                 hpass3(tmp, xs, lo, nkx, wx, wo, kst, we, out_w, x0, x1, res)
             else:
                 hpass(tmp, cch, xs, lo, nkx, wx, wo, kst, x0, x1, res)
-        store_row(res, cch, ps, out_w, perm, mean, scale, code, out_addr, n * on + y * oy, oc, ox)
+        store_row(res, cch, ps, out_w, perm, mean, scale, code, out_addr, n * on + y * oy, oc, ox,
+                  rowb)
+    sfence()
 
 
 @numba.njit(parallel=True, **_JIT)
@@ -174,7 +185,7 @@ def _kernel(meta, in_f32, yst, yw, yk, xst, xw, xk, aff, fill, nearest, perm, me
         y0 = (t - n * nblk) * rows
         y1 = min(out_h, y0 + rows)
         tmp = np.zeros(tmp_len + 4, np.float32)      # + padding for 4-lane loads / stores
-        res = np.empty(max(cch, 4) * out_w + 4, np.float32)
+        res = np.empty(max(cch, 4) * out_w + 4 + 4 * out_w, np.float32)   # + row buffers
         we = np.empty(4 * out_w * xw.shape[2] if cch == 3 else 0, np.float32)
         if in_f32:
             _image_rows(f32_ptr(meta[n, _ADDR]), 4, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff,
@@ -244,6 +255,16 @@ def _image_table(images):
     return arrs, dtype, cch, meta, shapes
 
 
+def _empty_aligned(shape, dtype):
+    """np.empty with the data 64-byte aligned (rows then start on cache lines where the row pitch
+    allows, so store_row writes whole lines non-temporally)."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape))
+    buf = np.empty(size * dtype.itemsize + 64, np.uint8)
+    skip = -buf.ctypes.data % 64
+    return buf[skip:skip + size * dtype.itemsize].view(dtype).reshape(shape)
+
+
 def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, scale, channel_perm,
                        interpolation, antialias, out_dtype, layout, config=None) -> np.ndarray:
     """The fused preprocess of a batch (see the module docstring); a new array.
@@ -263,11 +284,11 @@ def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, sc
     out_h, out_w = int(size[0]), int(size[1])
     code = OUT_CODES[out_dtype]
     if layout == "NCHW":
-        out = np.empty((n, cch, out_h, out_w), OUT_DTYPES[code])
+        out = _empty_aligned((n, cch, out_h, out_w), OUT_DTYPES[code])
         on, oc, oy, ox = cch * out_h * out_w, out_h * out_w, out_w, 1
     else:
         assert layout == "NHWC"
-        out = np.empty((n, out_h, out_w, cch), OUT_DTYPES[code])
+        out = _empty_aligned((n, out_h, out_w, cch), OUT_DTYPES[code])
         on, oc, oy, ox = cch * out_h * out_w, 1, out_w * cch, cch
     if out.size == 0:
         return out
