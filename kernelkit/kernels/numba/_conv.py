@@ -398,6 +398,82 @@ def _pack_w(t, nthr, wf, wp, geo, as_a):
 
 
 @numba.njit(inline="always", **_JIT)
+def _dw3_row(c, o, xf, ro, lo, hi, sh, a0, a1, a2, first):
+    """c[o + ow] (=, or += when not first) a0*x[ro + sh*ow] + a1*x[.. + 1] + a2*x[.. + 2], ow in [lo, hi)."""
+    if sh == 1:
+        if first:
+            for ow in range(lo, hi):
+                q = ro + ow
+                c[_U(o + ow)] = a0 * xf[_U(q)] + a1 * xf[_U(q + 1)] + a2 * xf[_U(q + 2)]
+        else:
+            for ow in range(lo, hi):
+                q = ro + ow
+                c[_U(o + ow)] += a0 * xf[_U(q)] + a1 * xf[_U(q + 1)] + a2 * xf[_U(q + 2)]
+    else:
+        if first:
+            for ow in range(lo, hi):
+                q = ro + 2 * ow
+                c[_U(o + ow)] = a0 * xf[_U(q)] + a1 * xf[_U(q + 1)] + a2 * xf[_U(q + 2)]
+        else:
+            for ow in range(lo, hi):
+                q = ro + 2 * ow
+                c[_U(o + ow)] += a0 * xf[_U(q)] + a1 * xf[_U(q + 1)] + a2 * xf[_U(q + 2)]
+
+
+@numba.njit(inline="always", **_JIT)
+def _dw3_direct(u0, u1, xf, xlo, sx, wf, bias, c, geo):
+    """Depthwise 3x3, pad 1, stride 1 or 2, unit column stride: straight from the input, one
+    output row at a time (no padded copy). The interior columns take the middle input row's
+    three taps, then those of the rows above and below when they exist (taps that fall in the
+    padding are skipped, never multiplied by zero); the border columns add their valid taps."""
+    K, H, W, Ho, Wo = geo[G_K], geo[G_H], geo[G_W], geo[G_HO], geo[G_WO]
+    sh = geo[G_SH]
+    has_bias, act = geo[G_HAS_BIAS] != 0, geo[G_ACT]
+    sxn, sxc, sxh, sxw = sx
+    zero = c.dtype.type(0)
+    # interior columns: ow >= 1 and ow*sh + 1 <= W - 1
+    hi = max(1, min(Wo, (W - 2) // sh + 1))
+    for u in range(u0, u1):
+        n = u // K
+        k = u - n * K
+        xo = -xlo + n * sxn + k * sxc
+        wo = k * 9
+        b = bias[k] if has_bias else zero
+        for oh in range(Ho):
+            o = (u * Ho + oh) * Wo
+            ih0 = oh * sh - 1
+            ro = xo + (ih0 + 1) * sxh - 1
+            _dw3_row(c, o, xf, ro, _I(1), hi, sh, wf[_U(wo + 3)], wf[_U(wo + 4)],
+                     wf[_U(wo + 5)], True)
+            if ih0 >= 0:
+                _dw3_row(c, o, xf, ro - sxh, _I(1), hi, sh, wf[_U(wo)], wf[_U(wo + 1)],
+                         wf[_U(wo + 2)], False)
+            if ih0 + 2 < H:
+                _dw3_row(c, o, xf, ro + sxh, _I(1), hi, sh, wf[_U(wo + 6)], wf[_U(wo + 7)],
+                         wf[_U(wo + 8)], False)
+            # border columns: 0 and [hi, Wo)
+            ow = 0
+            while ow < Wo:
+                acc = zero
+                for kr in range(3):
+                    ih = ih0 + kr
+                    if ih < 0 or ih >= H:
+                        continue
+                    for ks in range(3):
+                        iw = ow * sh - 1 + ks
+                        if iw < 0 or iw >= W:
+                            continue
+                        acc += wf[_U(wo + kr * 3 + ks)] * xf[_U(xo + ih * sxh + iw)]
+                c[_U(o + ow)] = acc
+                ow = hi if ow == 0 else ow + 1
+            if has_bias:
+                for e in range(Wo):
+                    c[_U(o + e)] += b
+            if act != ACT_NONE:
+                act_span(c, o, Wo, act)
+
+
+@numba.njit(inline="always", **_JIT)
 def _dw_nchw(t, nthr, xf, xlo, sx, wf, bias, c, geo):
     """Depthwise (groups == C), NCHW output, one (image, channel) plane at a time.
 
@@ -417,6 +493,11 @@ def _dw_nchw(t, nthr, xf, xlo, sx, wf, bias, c, geo):
     units = N * K
     u0, u1 = t * units // nthr, (t + 1) * units // nthr
     if u1 <= u0:
+        return
+    if (R == 3 and S == 3 and dh == 1 and dw == 1 and pt == 1 and pl == 1 and sh == sw
+            and sxw == 1 and mult == 1 and (sh == 2 or (sh == 1 and W >= 96))):
+        # stride 2, or wide stride-1 planes (narrow ones are faster on the whole-plane loop)
+        _dw3_direct(u0, u1, xf, xlo, sx, wf, bias, c, geo)
         return
     wq = Wo + ((S - 1) * dw) // sw
     rows = Ho * sh + (R - 1) * dh + 1
