@@ -14,18 +14,20 @@
 from __future__ import annotations
 
 import ctypes
-import os
 import re
 import shutil
 import subprocess
 import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 import reference
+from cuda_build import NVCC, needs_nvcc
+from cuda_build import has_symbol as _has_symbol
+from cuda_build import nvcc as _nvcc
+from cuda_build import ptxas_usage as _ptxas_usage
 
 from kernelkit.kernels.cupy import matmul as km
 
@@ -33,46 +35,6 @@ ARCHS = ("sm_80", "sm_90")
 DTYPES = ("float32", "float16")
 
 
-def _find_tool(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for d in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if d and (Path(d) / "bin" / name).is_file():
-            return str(Path(d) / "bin" / name)
-    return None
-
-
-NVCC = _find_tool("nvcc")
-needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found on PATH or in /usr/local/cuda/bin")
-
-
-def _nvcc(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run([NVCC, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"nvcc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
-def _ptxas_usage(text: str) -> dict[str, dict[str, int]]:
-    """Parse `-Xptxas -v` output into {kernel: {regs, smem, spill_stores, spill_loads}}."""
-    usage: dict[str, dict[str, int]] = {}
-    current = None
-    for line in text.splitlines():
-        m = re.search(r"Compiling entry function '(\w+)'", line)
-        if m:
-            current = usage.setdefault(m.group(1), {})
-            continue
-        if current is None:
-            continue
-        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
-        if m:
-            current["spill_stores"], current["spill_loads"] = int(m.group(1)), int(m.group(2))
-        m = re.search(r"Used (\d+) registers", line)
-        if m:
-            current["regs"] = int(m.group(1))
-            s = re.search(r"(\d+) bytes smem", line)
-            current["smem"] = int(s.group(1)) if s else 0
-    return usage
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +52,6 @@ def cubins(tmp_path_factory):
 
     with ThreadPoolExecutor(len(ARCHS)) as pool:
         return dict(pool.map(build, ARCHS))
-
-
-def _has_symbol(cubin: bytes, name: str) -> bool:
-    # extern "C" names are stored unmangled, NUL-terminated, in the ELF string table.
-    return (b"\0" + name.encode() + b"\0") in cubin
 
 
 # ----------------------------------------------------------------------------------- nvcc builds

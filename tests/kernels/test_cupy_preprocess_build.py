@@ -12,16 +12,15 @@
 from __future__ import annotations
 
 import ctypes
-import os
 import re
 import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
+from cuda_build import NVCC
 
 from kernelkit.kernels.cupy import preprocess as cp_pp
 from kernelkit.kernels.numba import preprocess as nb
@@ -29,17 +28,6 @@ from kernelkit.kernels.numba import preprocess as nb
 ARCHS = ("sm_80", "sm_90")
 
 
-def _find_tool(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for d in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if d and (Path(d) / "bin" / name).is_file():
-            return str(Path(d) / "bin" / name)
-    return None
-
-
-NVCC = _find_tool("nvcc")
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found on PATH or in /usr/local/cuda/bin")
