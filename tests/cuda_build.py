@@ -59,3 +59,17 @@ def ptxas_usage(text: str) -> dict[str, dict[str, int]]:
 
 def has_symbol(cubin: bytes, name: str) -> bool:
     return (b"\0" + name.encode() + b"\0") in cubin
+
+
+def build_cubins(source: Path, archs: tuple[str, ...], tmp: Path) -> dict[str, tuple[bytes, dict]]:
+    """{arch: (cubin bytes, ptxas usage)} for a whole .cu file, the archs built in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def build(arch):
+        out = tmp / f"{Path(source).stem}_{arch}.cubin"
+        proc = nvcc(["-std=c++17", "-cubin", f"-arch={arch}", "-Xptxas", "-v", "-o", str(out),
+                     str(source)], tmp)
+        return arch, (out.read_bytes(), ptxas_usage(proc.stdout + proc.stderr))
+
+    with ThreadPoolExecutor(len(archs)) as pool:
+        return dict(pool.map(build, archs))

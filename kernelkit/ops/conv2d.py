@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 from typing import Any
 
 import numpy as np
@@ -230,10 +231,13 @@ def _nchw_shape(shape, layout) -> tuple[int, ...]:
     return (shape[0], shape[3], shape[1], shape[2]) if layout == "NHWC" else tuple(shape)
 
 
-def _problem(op, dims, dtype, layout, loc, params, flops, nbytes_elems) -> Problem:
+def _problem(op, shapes, xs, ws, out_hw, dtype, layout, loc, params) -> Problem:
+    """The Problem of any of the three ops: the work is the same reduction in each."""
+    (n, c, h, w), (k, cg, r, s), (ho, wo) = xs, ws, out_hw
     itemsize = np.dtype("float16" if dtype == "bfloat16" else dtype).itemsize
-    return Problem(op=op, shapes=dims, dtype=dtype, layout=layout, lib=loc.lib, device=loc.device,
-                   params=params, flops=flops, nbytes=int(nbytes_elems * itemsize))
+    return Problem(op=op, shapes=shapes, dtype=dtype, layout=layout, lib=loc.lib,
+                   device=loc.device, params=params, flops=2.0 * n * k * ho * wo * cg * r * s,
+                   nbytes=int((n * c * h * w + k * cg * r * s + n * k * ho * wo) * itemsize))
 
 
 # -- preparing calls -----------------------------------------------------------------------------
@@ -252,12 +256,10 @@ def prepare_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gr
     if activation is not None and activation not in ACTIVATIONS:
         raise ValueError(f"{op}: 'activation' must be None or one of {ACTIVATIONS}, got "
                          f"{activation!r}")
-    n, c, h, w = xs
-    k, cg, r, s = ws
     params = (("stride", stride), ("padding", pad), ("dilation", dilation), ("groups", groups),
               ("bias", bias is not None), ("activation", activation), ("tf32", allow_tf32))
-    problem = _problem(op, (xs, ws, (n, k, ho, wo)), dtype, kl, loc, params,
-                       2.0 * n * k * ho * wo * cg * r * s, n * c * h * w + k * cg * r * s + n * k * ho * wo)
+    problem = _problem(op, (xs, ws, (xs[0], ws[0], ho, wo)), xs, ws, (ho, wo), dtype, kl, loc,
+                       params)
     to_kernel, from_kernel = _channels_last_views(channels_last)
 
     def bind(cand: Candidate, config: Config) -> Plan:
@@ -271,7 +273,7 @@ def prepare_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gr
 
     ref = functools.partial(_reference_forward, x, weight, bias, stride, pad, dilation, groups,
                             activation, kl, channels_last)
-    return Call(problem, bind, (x, weight, bias), _verifier(ref, cg * r * s, allow_tf32))
+    return Call(problem, bind, (x, weight, bias), _verifier(ref, math.prod(ws[1:]), allow_tf32))
 
 
 def prepare_backward_input(grad_out, weight, input_shape, *, stride=1, padding=0, dilation=1,
@@ -286,12 +288,10 @@ def prepare_backward_input(grad_out, weight, input_shape, *, stride=1, padding=0
     ws = tuple(weight.shape)
     stride, pad, dilation, (ho, wo) = _geometry(op, xs, ws, stride, padding, dilation, groups)
     gs = _grad_out_shape(op, grad_out, kl, channels_last, (xs[0], ws[0], ho, wo))
-    n, c, h, w = xs
-    k, cg, r, s = ws
+    k, _, r, s = ws
     params = (("stride", stride), ("padding", pad), ("dilation", dilation), ("groups", groups),
               ("tf32", allow_tf32))
-    problem = _problem(op, (gs, ws, xs), dtype, kl, loc, params,
-                       2.0 * n * k * ho * wo * cg * r * s, n * c * h * w + k * cg * r * s + n * k * ho * wo)
+    problem = _problem(op, (gs, ws, xs), xs, ws, (ho, wo), dtype, kl, loc, params)
     to_kernel, from_kernel = _channels_last_views(channels_last)
 
     def bind(cand: Candidate, config: Config) -> Plan:
@@ -315,12 +315,9 @@ def prepare_backward_weight(x, grad_out, weight_shape, *, stride=1, padding=0, d
         raise ValueError(f"{op}: 'weight_shape' must be (K, C // groups, R, S), got {ws}")
     stride, pad, dilation, (ho, wo) = _geometry(op, xs, ws, stride, padding, dilation, groups)
     gs = _grad_out_shape(op, grad_out, kl, channels_last, (xs[0], ws[0], ho, wo))
-    n, c, h, w = xs
-    k, cg, r, s = ws
     params = (("stride", stride), ("padding", pad), ("dilation", dilation), ("groups", groups),
               ("tf32", allow_tf32))
-    problem = _problem(op, (xs, gs, ws), dtype, kl, loc, params,
-                       2.0 * n * k * ho * wo * cg * r * s, n * c * h * w + k * cg * r * s + n * k * ho * wo)
+    problem = _problem(op, (xs, gs, ws), xs, ws, (ho, wo), dtype, kl, loc, params)
     to_kernel, _ = _channels_last_views(channels_last)
 
     def bind(cand: Candidate, config: Config) -> Plan:
@@ -328,7 +325,7 @@ def prepare_backward_weight(x, grad_out, weight_shape, *, stride=1, padding=0, d
 
     ref = functools.partial(_reference_backward, "weight", grad_out, None, x, ws, stride, pad,
                             dilation, groups, kl, channels_last)
-    return Call(problem, bind, (x, grad_out), _verifier(ref, n * ho * wo, allow_tf32))
+    return Call(problem, bind, (x, grad_out), _verifier(ref, xs[0] * ho * wo, allow_tf32))
 
 
 def _grad_out_shape(op, grad_out, kl, channels_last, expected) -> tuple[int, ...]:

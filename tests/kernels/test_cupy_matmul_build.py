@@ -19,12 +19,11 @@ import shutil
 import subprocess
 import sys
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import reference
-from cuda_build import NVCC, needs_nvcc
+from cuda_build import NVCC, build_cubins, needs_nvcc
 from cuda_build import has_symbol as _has_symbol
 from cuda_build import nvcc as _nvcc
 from cuda_build import ptxas_usage as _ptxas_usage
@@ -42,16 +41,7 @@ def cubins(tmp_path_factory):
     """{arch: (cubin bytes, ptxas usage)} for the whole .cu (every shipped kernel)."""
     if NVCC is None:
         pytest.skip("nvcc not found on PATH or in /usr/local/cuda/bin")
-    tmp = tmp_path_factory.mktemp("cupy-matmul-cubin")
-
-    def build(arch):
-        out = tmp / f"matmul_{arch}.cubin"
-        proc = _nvcc(["-std=c++17", "-cubin", f"-arch={arch}", "-Xptxas", "-v", "-o", str(out),
-                      str(km.SOURCE_PATH)], tmp)
-        return arch, (out.read_bytes(), _ptxas_usage(proc.stdout + proc.stderr))
-
-    with ThreadPoolExecutor(len(ARCHS)) as pool:
-        return dict(pool.map(build, ARCHS))
+    return build_cubins(km.SOURCE_PATH, ARCHS, tmp_path_factory.mktemp("cupy-matmul-cubin"))
 
 
 # ----------------------------------------------------------------------------------- nvcc builds

@@ -25,6 +25,7 @@ from reference import (  # noqa: E402
     assert_conv2d_close,
     matmul_bound,
 )
+from triton_runtime import DEVICE, needs_runtime  # noqa: E402
 
 import kernelkit.kernels.triton.conv2d as tc  # noqa: E402
 from kernelkit.kernels import ACTIVATIONS  # noqa: E402
@@ -41,12 +42,6 @@ from kernelkit.kernels.triton.conv2d import (  # noqa: E402
 pytestmark = pytest.mark.filterwarnings(
     "ignore:overflow encountered in exp:RuntimeWarning")  # numpy's exp in the interpreter
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cpu" if INTERPRET else "cuda"
-needs_runtime = pytest.mark.skipif(
-    not INTERPRET and not torch.cuda.is_available(),
-    reason="needs a CUDA device or TRITON_INTERPRET=1 (set by conftest.py when there is no GPU)",
-)
 
 # Big blocks: few interpreted programs. SMALL has several tiles in M and N and GROUP_M=2.
 BIG = Conv2dConfig(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=2)

@@ -17,6 +17,7 @@ import torch
 pytest.importorskip("triton")
 
 from reference import MATMUL_ALIGNED, MATMUL_ODD, assert_matmul_close  # noqa: E402
+from triton_runtime import DEVICE, needs_runtime  # noqa: E402
 
 import kernelkit.kernels.triton.matmul as tm  # noqa: E402
 from kernelkit.kernels import ACTIVATIONS  # noqa: E402
@@ -30,12 +31,6 @@ from kernelkit.kernels.triton.matmul import (  # noqa: E402
 pytestmark = pytest.mark.filterwarnings(
     "ignore:overflow encountered in exp:RuntimeWarning")  # numpy's exp in the interpreter
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cpu" if INTERPRET else "cuda"
-needs_runtime = pytest.mark.skipif(
-    not INTERPRET and not torch.cuda.is_available(),
-    reason="needs a CUDA device or TRITON_INTERPRET=1 (set by conftest.py when there is no GPU)",
-)
 
 # Small blocks, GROUP_M=2: several tiles in M and N, and groups that do not divide the tile rows.
 SMALL = MatmulConfig(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=2)
