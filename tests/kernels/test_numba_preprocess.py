@@ -391,6 +391,28 @@ def test_configs_identical():
         PreprocessConfig(0, 0)
 
 
+@pytest.mark.parametrize("perm", [(0, 1, 2), (2, 1, 0), (1, 2, 0), (0, 0, 2)], ids=str)
+@pytest.mark.parametrize("aa", [True, False], ids=["antialias", "2tap"])
+def test_store_paths_identical(perm, aa):
+    """Plain stores into the planes and streaming stores through the row buffer write the same
+    bits, for every channel permutation (a non-permutation takes the generic path), in rows wide
+    enough for the streaming path (>= 64) with a ragged tail, and at a NaN pixel."""
+    imgs = rand_img(2 * 61, 157).reshape(2, 61, 157, 3).astype(np.float32)
+    imgs[1, 30:33, 76:79, 1] = np.nan  # a block: every filter reads some of it
+    kw = dict(size=(29, 83), aa=aa, perm=perm, layout="NCHW", mean=[1.0, 2.0, 3.0],
+              scale=[0.5, 0.25, 2.0], flips=[(True, False), (False, True)])
+    plain = run(imgs, config=PreprocessConfig(4, 0, False), **kw)
+    stream = run(imgs, config=PreprocessConfig(4, 0, True), **kw)
+    assert np.array_equal(plain, stream, equal_nan=True)
+    assert np.isnan(plain[1]).any() == (1 in perm) and not np.isnan(plain[0]).any()
+    ref = run(imgs, **{**kw, "perm": (0, 1, 2), "mean": [0, 0, 0], "scale": [1, 1, 1]})
+    for c, pc in enumerate(perm):
+        want = (ref[:, pc] - kw["mean"][c]) * np.float32(kw["scale"][c])
+        assert np.array_equal(plain[:, c], want, equal_nan=True), c
+    with pytest.raises(ValueError, match="stream"):
+        PreprocessConfig(4, 0, 1)
+
+
 def test_empty():
     assert run(np.zeros((0, 5, 5, 3), np.uint8), np.zeros((0, 4)), (3, 3)).shape == (0, 3, 3, 3)
     assert run(rand_img(5, 5), size=(0, 3)).shape == (0, 3, 3)

@@ -498,10 +498,44 @@ def affine_row(src, base, sh, sw, sc, cch, r0, r1, c0, c1, m, fillv, nearest, y,
 
 
 @numba.njit(**_JIT)
-def store_row(res, cch, ps, out_w, perm, mean, scale, code, out_addr, off, oc, ox, rowb):
+def store_planes3(res, ps, out_w, p, o0, o1, o2, m0, m1, m2, s0, s1, s2):
+    """float32 planes p[o_i + x] = (res[x*ps + i] - m_i) * s_i for the three input channels i
+    (``ps`` 3 or 4): constant lane offsets, so the loads vectorise as shuffles, not gathers."""
+    if ps == 4:
+        for x in range(out_w):
+            b = _U(4 * x)
+            p[o0 + x] = (res[b] - m0) * s0
+            p[o1 + x] = (res[b + 1] - m1) * s1
+            p[o2 + x] = (res[b + 2] - m2) * s2
+    else:
+        for x in range(out_w):
+            b = _U(3 * x)
+            p[o0 + x] = (res[b] - m0) * s0
+            p[o1 + x] = (res[b + 1] - m1) * s1
+            p[o2 + x] = (res[b + 2] - m2) * s2
+
+
+@numba.njit(**_JIT)
+def store_row(res, cch, ps, out_w, perm, mean, scale, code, out_addr, off, oc, ox, rowb, nt):
     """Output channel c of one row, ``(res[x*ps + perm[c]] - mean[c]) * scale[c]`` (``ps``: the
     pixel stride of ``res``, C or 4), converted to the
-    output dtype and written at element offset ``off + c*oc + x*ox`` of the output."""
+    output dtype and written at element offset ``off + c*oc + x*ox`` of the output. ``nt``:
+    write float32 rows with non-temporal stores through ``rowb`` (else plain stores)."""
+    if not nt and code == OUT_F32 and ox == 1 and cch == 3:
+        # input channel i goes to the output plane c with perm[c] == i (a permutation here)
+        d0, d1, d2 = -1, -1, -1
+        for c in range(3):
+            if perm[c] == 0:
+                d0 = c
+            elif perm[c] == 1:
+                d1 = c
+            elif perm[c] == 2:
+                d2 = c
+        if d0 >= 0 and d1 >= 0 and d2 >= 0:
+            store_planes3(res, ps, out_w, f32_ptr(out_addr), off + d0 * oc, off + d1 * oc,
+                          off + d2 * oc, mean[d0], mean[d1], mean[d2], scale[d0], scale[d1],
+                          scale[d2])
+            return
     # 3 channels at pixel stride 4: de-interleaved once (constant strides: shuffles, no gathers)
     # into planes rowb[out_w + c*out_w + x]; rowb[:out_w] is the output row
     planar = code == OUT_F32 and ox == 1 and out_w >= 64 and ps == 4 and cch == 3
@@ -517,7 +551,11 @@ def store_row(res, cch, ps, out_w, perm, mean, scale, code, out_addr, off, oc, o
         o = off + c * oc
         if code == OUT_F32:
             p = f32_ptr(out_addr)
-            if ox == 1 and out_w >= 64:
+            if planar and not nt:
+                pb = pc * out_w + out_w
+                for x in range(out_w):
+                    p[o + x] = (rowb[_U(pb + x)] - m) * s
+            elif nt and ox == 1 and out_w >= 64:
                 # the row in ``rowb``, then out whole 64-byte lines with non-temporal stores
                 if planar:
                     pb = pc * out_w
