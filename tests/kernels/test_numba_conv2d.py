@@ -242,6 +242,30 @@ def test_mobilenet_depthwise(layout):
         check(fwd(x, w, b, case, layout, "relu"), x, w, b, case, layout, "relu")
 
 
+@pytest.mark.parametrize("hw", [(3, 3), (3, 17), (17, 3), (4, 5), (7, 7), (14, 14), (28, 29)],
+                         ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_depthwise_flat_planes(hw, dtype):
+    """Depthwise 3x3, pad 1, stride 1 on narrow NCHW planes (the flattened-plane path): every
+    border row and column, with bias and relu, a NaN that must reach exactly its 3x3
+    neighbourhood, and a strided input that takes the general path."""
+    rng = np.random.default_rng(hw[0] * 100 + hw[1])
+    c = 5
+    case = (2, c, hw[0], hw[1], c, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), c)
+    x, w, b = make(case, dtype, "NCHW", rng)
+    check(fwd(x, w, b, case, "NCHW", "relu"), x, w, b, case, "NCHW", "relu")
+    xn = x.copy()
+    xn[1, 2, hw[0] // 2, hw[1] - 1] = np.nan
+    y = fwd(xn, w, b, case, "NCHW")
+    nan = np.zeros(y.shape, bool)
+    nan[1, 2, max(0, hw[0] // 2 - 1):hw[0] // 2 + 2, hw[1] - 2:] = True
+    assert np.array_equal(np.isnan(y), nan)
+    wide = np.zeros((2, c, hw[0], hw[1] + 3), dtype)
+    wide[..., 1:hw[1] + 1] = x
+    xs = wide[..., 1:hw[1] + 1]  # rows of pitch W + 3: not flat
+    check(fwd(xs, w, b, case, "NCHW", "relu"), x, w, b, case, "NCHW", "relu")
+
+
 # --------------------------------------------------------------------------------------- hypothesis
 
 @st.composite

@@ -474,6 +474,65 @@ def _dw3_direct(u0, u1, xf, xlo, sx, wf, bias, c, geo):
 
 
 @numba.njit(inline="always", **_JIT)
+def _dw3_flat(u0, u1, xf, xlo, sx, wf, bias, c, geo):
+    """Depthwise 3x3, pad 1, stride 1 over planes with contiguous rows (pitch W), output the
+    same size: every tap is a constant shift of the flattened plane, so rows 1 .. H-2 are one
+    long vectorised loop straight from the input (no padded copy, no per-row loop of W <= 16
+    lanes). Columns 0 and W-1 wrap into the neighbouring rows in that loop and are recomputed
+    from their valid taps afterwards; the first and last rows sum their six valid taps."""
+    K, H, W = geo[G_K], geo[G_H], geo[G_W]
+    has_bias, act = geo[G_HAS_BIAS] != 0, geo[G_ACT]
+    sxn, sxc = sx[0], sx[1]
+    hw = H * W
+    zero = c.dtype.type(0)
+    for u in range(u0, u1):
+        n = u // K
+        k = u - n * K
+        xo = -xlo + n * sxn + k * sxc
+        o = u * hw
+        wo = k * 9
+        w0, w1, w2 = wf[_U(wo)], wf[_U(wo + 1)], wf[_U(wo + 2)]
+        w3, w4, w5 = wf[_U(wo + 3)], wf[_U(wo + 4)], wf[_U(wo + 5)]
+        w6, w7, w8 = wf[_U(wo + 6)], wf[_U(wo + 7)], wf[_U(wo + 8)]
+        a = xo - W - 1  # the input index of output j's tap (0, 0) is a + j
+        for j in range(W + 1, hw - W - 1):
+            q = a + j
+            c[_U(o + j)] = (w0 * xf[_U(q)] + w1 * xf[_U(q + 1)] + w2 * xf[_U(q + 2)]
+                            + w3 * xf[_U(q + W)] + w4 * xf[_U(q + W + 1)]
+                            + w5 * xf[_U(q + W + 2)] + w6 * xf[_U(q + 2 * W)]
+                            + w7 * xf[_U(q + 2 * W + 1)] + w8 * xf[_U(q + 2 * W + 2)])
+        for j in range(1, W - 1):  # row 0: input rows 0 and 1
+            q = xo + j - 1
+            c[_U(o + j)] = (w3 * xf[_U(q)] + w4 * xf[_U(q + 1)] + w5 * xf[_U(q + 2)]
+                            + w6 * xf[_U(q + W)] + w7 * xf[_U(q + W + 1)]
+                            + w8 * xf[_U(q + W + 2)])
+        for j in range(hw - W + 1, hw - 1):  # row H-1: input rows H-2 and H-1
+            q = a + j
+            c[_U(o + j)] = (w0 * xf[_U(q)] + w1 * xf[_U(q + 1)] + w2 * xf[_U(q + 2)]
+                            + w3 * xf[_U(q + W)] + w4 * xf[_U(q + W + 1)]
+                            + w5 * xf[_U(q + W + 2)])
+        for oh in range(H):
+            ow = 0
+            while ow < W:
+                acc = zero
+                for kr in range(3):
+                    ih = oh + kr - 1
+                    if 0 <= ih < H:
+                        for ks in range(3):
+                            iw = ow + ks - 1
+                            if 0 <= iw < W:
+                                acc += wf[_U(wo + kr * 3 + ks)] * xf[_U(xo + ih * W + iw)]
+                c[_U(o + oh * W + ow)] = acc
+                ow += W - 1
+        if has_bias:
+            b = bias[k]
+            for j in range(hw):
+                c[_U(o + j)] += b
+        if act != ACT_NONE:
+            act_span(c, o, hw, act)
+
+
+@numba.njit(inline="always", **_JIT)
 def _dw_nchw(t, nthr, xf, xlo, sx, wf, bias, c, geo):
     """Depthwise (groups == C), NCHW output, one (image, channel) plane at a time.
 
@@ -494,9 +553,14 @@ def _dw_nchw(t, nthr, xf, xlo, sx, wf, bias, c, geo):
     u0, u1 = t * units // nthr, (t + 1) * units // nthr
     if u1 <= u0:
         return
+    if (R == 3 and S == 3 and dh == 1 and dw == 1 and pt == 1 and pl == 1 and sh == 1
+            and sw == 1 and sxw == 1 and sxh == W and mult == 1 and Ho == H and Wo == W
+            and H >= 3 and W >= 3):
+        _dw3_flat(u0, u1, xf, xlo, sx, wf, bias, c, geo)
+        return
     if (R == 3 and S == 3 and dh == 1 and dw == 1 and pt == 1 and pl == 1 and sh == sw
             and sxw == 1 and mult == 1 and (sh == 2 or (sh == 1 and W >= 96))):
-        # stride 2, or wide stride-1 planes (narrow ones are faster on the whole-plane loop)
+        # stride 2, or wide stride-1 planes
         _dw3_direct(u0, u1, xf, xlo, sx, wf, bias, c, geo)
         return
     wq = Wo + ((S - 1) * dw) // sw
