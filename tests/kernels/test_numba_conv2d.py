@@ -266,6 +266,29 @@ def test_depthwise_flat_planes(hw, dtype):
     check(fwd(xs, w, b, case, "NCHW", "relu"), x, w, b, case, "NCHW", "relu")
 
 
+@pytest.mark.parametrize("hw", [(4, 4), (4, 18), (18, 4), (14, 14), (28, 30), (13, 14), (7, 7)],
+                         ids=str)
+@pytest.mark.parametrize("pad", [(1, 1, 1, 1), (1, 0, 1, 0)], ids=["pad1", "pad-tl"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_depthwise_stride2_planes(hw, pad, dtype):
+    """Depthwise 3x3 stride 2 on NCHW planes (the direct row path), even and odd sizes, with
+    bias, relu and a NaN that must reach exactly the outputs that read it."""
+    rng = np.random.default_rng(hw[0] * 100 + hw[1])
+    c = 4
+    case = (2, c, hw[0], hw[1], c, 3, 3, (2, 2), pad, (1, 1), c)
+    x, w, b = make(case, dtype, "NCHW", rng)
+    check(fwd(x, w, b, case, "NCHW", "relu"), x, w, b, case, "NCHW", "relu")
+    xn = x.copy()
+    ih, iw = hw[0] // 2, hw[1] - 1
+    xn[1, 3, ih, iw] = np.nan
+    y = fwd(xn, w, b, case, "NCHW")
+    oh = np.arange(y.shape[2])[:, None] * 2 - 1
+    ow = np.arange(y.shape[3])[None, :] * 2 - 1
+    want = np.zeros(y.shape, bool)
+    want[1, 3] = (oh <= ih) & (ih <= oh + 2) & (ow <= iw) & (iw <= ow + 2)
+    assert np.array_equal(np.isnan(y), want)
+
+
 # --------------------------------------------------------------------------------------- hypothesis
 
 @st.composite
