@@ -79,8 +79,8 @@ class PreprocessConfig(KernelConfig):
         buffer to the source span its columns read, which keeps it in L1 for very wide images.
     stream: write float32 rows through a row buffer with non-temporal (cache-bypassing) stores
         instead of plain stores straight into the output planes. Plain stores measured faster on
-        the 2-core EPYC for the 32x480x640 -> 224 batch (bench/README.md); streaming can win where
-        the output is much larger than the last-level cache, so the tuner tries both.
+        the 2-core EPYC for the 32x480x640 -> 224 batch (docs/performance.md); streaming can win
+        where the output is much larger than the last-level cache, so the tuner tries both.
     """
 
     rows: int = 16
