@@ -38,25 +38,45 @@ There is no ``@triton.autotune``: the project's tuner picks a :class:`Conv2dConf
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from kernelkit.devices import triton_interpret
 from kernelkit.kernels import ACTIVATIONS
-from kernelkit.kernels.config import KernelConfig
-from kernelkit.kernels.triton.matmul import _activation
+from kernelkit.kernels.triton._common import (
+    INT32_MAX,
+    TileConfig,
+    apply_activation,
+    check_dtype,
+    dot_acc,
+    dot_args,
+    grouped_tile,
+    max_offset,
+    next_pow2,
+)
 
-_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_INT32_MAX = 2**31 - 1
 _MAX_GRID_YZ = 65535
 LAYOUTS = ("NCHW", "NHWC")
 
 
 # ---------------------------------------------------------------------------------------------
 # Implicit-GEMM kernels
+
+
+@triton.jit
+def _pixel_nhw(offs, HH, WW, INDEX_I64: tl.constexpr):
+    """(n, h, w) of flat pixel indices over an HH x WW plane (int64 when INDEX_I64)."""
+    w = offs % WW
+    h = (offs // WW) % HH
+    n = offs // (WW * HH)
+    if INDEX_I64:
+        n = n.to(tl.int64)
+        h = h.to(tl.int64)
+        w = w.to(tl.int64)
+    return n, h, w
 
 
 @triton.jit
@@ -88,11 +108,7 @@ def conv2d_fwd_kernel(
     g = tl.program_id(axis=1)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(Kg, BLOCK_N)
-    num_pid_in_group = GROUP_M * num_pid_n
-    first_pid_m = (pid // num_pid_in_group) * GROUP_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m, pid_n = grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M)
 
     # -----------------------------------------------------------
     # Output pixels of the tile's rows, and the input corner each one reads from.
@@ -101,15 +117,10 @@ def conv2d_fwd_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     m_ok = offs_m < M
     n_ok = offs_n < Kg
-    ow = offs_m % Wo
-    oh = (offs_m // Wo) % Ho
-    nb = offs_m // (Wo * Ho)
+    nb, oh, ow = _pixel_nhw(offs_m, Ho, Wo, INDEX_I64)
     k_out = g * Kg + offs_n
     c_base = g * Cg
     if INDEX_I64:
-        nb = nb.to(tl.int64)
-        oh = oh.to(tl.int64)
-        ow = ow.to(tl.int64)
         k_out = k_out.to(tl.int64)
         offs_k = offs_k.to(tl.int64)
         c_base = c_base.to(tl.int64)
@@ -137,10 +148,7 @@ def conv2d_fwd_kernel(
                         mask=a_mask, other=0.0)
             b = tl.load(w_col[None, :] + (c * stride_wc + r * stride_wr + s * stride_ws)[:, None],
                         mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-            if DOT_IN_FP32:
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
-            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+            acc = dot_acc(a, b, acc, INPUT_PRECISION, DOT_IN_FP32)
     else:
         # One step per (tap, channel block); the tap is a scalar for the whole step.
         num_cb = tl.cdiv(Cg, BLOCK_K)
@@ -158,17 +166,14 @@ def conv2d_fwd_kernel(
                         mask=row_ok[:, None] & c_ok[None, :], other=0.0)
             b = tl.load(w_col[None, :] + (c * stride_wc)[:, None] + (r * stride_wr + s * stride_ws),
                         mask=c_ok[:, None] & n_ok[None, :], other=0.0)
-            if DOT_IN_FP32:
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
-            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+            acc = dot_acc(a, b, acc, INPUT_PRECISION, DOT_IN_FP32)
 
     # -----------------------------------------------------------
     # Fused epilogue in float32, one cast, masked store in y's layout.
     if HAS_BIAS:
         bias = tl.load(bias_ptr + k_out * stride_bk, mask=n_ok, other=0.0)
         acc += bias.to(tl.float32)[None, :]
-    acc = _activation(acc, ACTIVATION)
+    acc = apply_activation(acc, ACTIVATION)
     y_ptrs = (y_ptr + (nb * stride_yn + oh * stride_yh + ow * stride_yw)[:, None]
               + (k_out * stride_yk)[None, :])
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
@@ -199,26 +204,17 @@ def conv2d_bwd_input_kernel(
     g = tl.program_id(axis=1)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(Cg, BLOCK_N)
-    num_pid_in_group = GROUP_M * num_pid_n
-    first_pid_m = (pid // num_pid_in_group) * GROUP_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m, pid_n = grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     m_ok = offs_m < M
     n_ok = offs_n < Cg
-    iw = offs_m % W
-    ih = (offs_m // W) % H
-    nb = offs_m // (W * H)
+    nb, ih, iw = _pixel_nhw(offs_m, H, W, INDEX_I64)
     c_in = g * Cg + offs_n
     k_base = g * Kg
     if INDEX_I64:
-        nb = nb.to(tl.int64)
-        ih = ih.to(tl.int64)
-        iw = iw.to(tl.int64)
         c_in = c_in.to(tl.int64)
         offs_k = offs_k.to(tl.int64)
         k_base = k_base.to(tl.int64)
@@ -248,10 +244,7 @@ def conv2d_bwd_input_kernel(
                     mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         b = tl.load(w_col[None, :] + (kk * stride_wk)[:, None] + (r * stride_wr + s * stride_ws),
                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        if DOT_IN_FP32:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        acc = dot_acc(a, b, acc, INPUT_PRECISION, DOT_IN_FP32)
 
     dx_ptrs = (dx_ptr + (nb * stride_dxn + ih * stride_dxh + iw * stride_dxw)[:, None]
                + (c_in * stride_dxc)[None, :])
@@ -286,11 +279,7 @@ def conv2d_bwd_weight_kernel(
     n_cols = Cg * R * S
     num_pid_m = tl.cdiv(Kg, BLOCK_M)
     num_pid_n = tl.cdiv(n_cols, BLOCK_N)
-    num_pid_in_group = GROUP_M * num_pid_n
-    first_pid_m = (pid // num_pid_in_group) * GROUP_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m, pid_n = grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # k within the group
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # j = (r, s, c)
@@ -318,13 +307,7 @@ def conv2d_bwd_weight_kernel(
     for p0 in range(p_start, p_stop, BLOCK_K):
         p = p0 + offs_k
         p_ok = p < p_stop
-        ow = p % Wo
-        oh = (p // Wo) % Ho
-        nb = p // (Wo * Ho)
-        if INDEX_I64:
-            nb = nb.to(tl.int64)
-            oh = oh.to(tl.int64)
-            ow = ow.to(tl.int64)
+        nb, oh, ow = _pixel_nhw(p, Ho, Wo, INDEX_I64)
         # A = grad_out^T: [BLOCK_M (k), BLOCK_K (p)].
         a = tl.load(dy_col[:, None] + (nb * stride_dyn + oh * stride_dyh + ow * stride_dyw)[None, :],
                     mask=m_ok[:, None] & p_ok[None, :], other=0.0)
@@ -334,10 +317,7 @@ def conv2d_bwd_weight_kernel(
         b_mask = p_ok[:, None] & n_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         b = tl.load(x_col[None, :] + (nb * stride_xn)[:, None] + ih * stride_xh + iw * stride_xw,
                     mask=b_mask, other=0.0)
-        if DOT_IN_FP32:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        acc = dot_acc(a, b, acc, INPUT_PRECISION, DOT_IN_FP32)
 
     dw_ptrs = (dw_ptr + split * stride_dwsplit + (k_out * stride_dwk)[:, None]
                + (c * stride_dwc + r * stride_dwr + s * stride_dws)[None, :])
@@ -371,15 +351,10 @@ def conv2d_fwd_direct_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
     n_ok = offs_n < K
-    ow = offs_m % Wo
-    oh = (offs_m // Wo) % Ho
-    nb = offs_m // (Wo * Ho)
+    nb, oh, ow = _pixel_nhw(offs_m, Ho, Wo, INDEX_I64)
     c0 = (offs_n // Kg) * Cg
     k_out = offs_n
     if INDEX_I64:
-        nb = nb.to(tl.int64)
-        oh = oh.to(tl.int64)
-        ow = ow.to(tl.int64)
         c0 = c0.to(tl.int64)
         k_out = k_out.to(tl.int64)
     ih0 = oh * STRIDE_H - PAD_T
@@ -406,7 +381,7 @@ def conv2d_fwd_direct_kernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + k_out * stride_bk, mask=n_ok, other=0.0)
         acc += bias.to(tl.float32)[None, :]
-    acc = _activation(acc, ACTIVATION)
+    acc = apply_activation(acc, ACTIVATION)
     y_ptrs = (y_ptr + (nb * stride_yn + oh * stride_yh + ow * stride_yw)[:, None]
               + (k_out * stride_yk)[None, :])
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
@@ -432,16 +407,11 @@ def conv2d_bwd_input_direct_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
     n_ok = offs_n < C
-    iw = offs_m % W
-    ih = (offs_m // W) % H
-    nb = offs_m // (W * H)
+    nb, ih, iw = _pixel_nhw(offs_m, H, W, INDEX_I64)
     k0 = (offs_n // Cg) * Kg
     c_loc = offs_n % Cg
     c_in = offs_n
     if INDEX_I64:
-        nb = nb.to(tl.int64)
-        ih = ih.to(tl.int64)
-        iw = iw.to(tl.int64)
         k0 = k0.to(tl.int64)
         c_in = c_in.to(tl.int64)
     dy_row = dy_ptr + nb * stride_dyn
@@ -515,13 +485,7 @@ def conv2d_bwd_weight_direct_kernel(
     for p0 in range(p_start, p_stop, BLOCK_M):
         p = p0 + offs_m
         p_ok = p < p_stop
-        ow = p % Wo
-        oh = (p // Wo) % Ho
-        nb = p // (Wo * Ho)
-        if INDEX_I64:
-            nb = nb.to(tl.int64)
-            oh = oh.to(tl.int64)
-            ow = ow.to(tl.int64)
+        nb, oh, ow = _pixel_nhw(p, Ho, Wo, INDEX_I64)
         ih = oh * STRIDE_H + dh
         iw = ow * STRIDE_W + dw
         x_ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
@@ -542,37 +506,17 @@ def conv2d_bwd_weight_direct_kernel(
 
 
 @dataclass(frozen=True)
-class Conv2dConfig(KernelConfig):
+class Conv2dConfig(TileConfig):
     """One launch configuration: output tile, reduction step, tile grouping, warps and stages.
 
     The implicit-GEMM kernels use all fields; the direct kernels (depthwise) use BLOCK_M x BLOCK_N
     as pixels x channels and ignore BLOCK_K, GROUP_M and num_stages.
     """
 
-    BLOCK_M: int
-    BLOCK_N: int
-    BLOCK_K: int
-    GROUP_M: int
-    num_warps: int
-    num_stages: int
-
-    def __post_init__(self) -> None:
-        for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 16 or v & (v - 1):
-                raise ValueError(f"Conv2dConfig: {name} must be a power of two >= 16, got {v!r}")
-        if (not isinstance(self.num_warps, int) or self.num_warps < 1
-                or self.num_warps & (self.num_warps - 1)):
-            raise ValueError(f"Conv2dConfig: num_warps must be a power of two, got {self.num_warps!r}")
-        if not isinstance(self.GROUP_M, int) or self.GROUP_M < 1:
-            raise ValueError(f"Conv2dConfig: GROUP_M must be an int >= 1, got {self.GROUP_M!r}")
-        if not isinstance(self.num_stages, int) or self.num_stages < 1:
-            raise ValueError(f"Conv2dConfig: num_stages must be an int >= 1, got {self.num_stages!r}")
-
     @classmethod
     def default(cls, dtype: torch.dtype, kind: str = "gemm") -> Conv2dConfig:
         """A safe choice for any problem of that kernel kind (<= 96 KiB of shared memory)."""
-        _check_dtype(dtype)
+        check_dtype("conv2d", dtype)
         if kind == "direct":
             return _DIRECT_DEFAULT
         return _FP32_DEFAULT if dtype == torch.float32 else _HALF_DEFAULT
@@ -586,7 +530,7 @@ class Conv2dConfig(KernelConfig):
         length, each rounded up to a power of two) are dropped, unless no shipped config of that
         family has a smaller block there.
         """
-        _check_dtype(dtype)
+        check_dtype("conv2d", dtype)
         sh, sw = _pair(stride, "stride")
         kind = kernel_kind(c, k, r, s, groups)
         default = cls.default(dtype, kind)
@@ -599,7 +543,7 @@ class Conv2dConfig(KernelConfig):
             family = _FP32_CONFIGS if dtype == torch.float32 else _HALF_CONFIGS
             cg = max(1, c // max(groups, 1))
             dims = (m, k // max(groups, 1), cg if cg >= 16 else cg * r * s)
-        caps = [max(_next_pow2(d), min(getattr(cf, f) for cf in family))
+        caps = [max(next_pow2(d), min(getattr(cf, f) for cf in family))
                 for d, f in zip(dims, ("BLOCK_M", "BLOCK_N", "BLOCK_K"))]
         out = [default]
         for cf in family:
@@ -610,15 +554,8 @@ class Conv2dConfig(KernelConfig):
             out.append(cf)
         return out[:6]
 
-    def shared_bytes(self, dtype: torch.dtype) -> int:
-        """Shared-memory bound of the implicit-GEMM kernels: num_stages A and B blocks."""
-        size = torch.empty((), dtype=dtype).element_size()
-        return (self.BLOCK_M + self.BLOCK_N) * self.BLOCK_K * size * self.num_stages
 
-
-def _C(bm: int, bn: int, bk: int, warps: int, stages: int, group_m: int = 8) -> Conv2dConfig:
-    return Conv2dConfig(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group_m,
-                        num_warps=warps, num_stages=stages)
+_C = Conv2dConfig.of
 
 
 # Implicit GEMM, fp16 / bf16. The A operand is a masked gather (no TMA) whose 2-D addresses cost
@@ -660,7 +597,7 @@ SHIPPED_CONFIGS: tuple[Conv2dConfig, ...] = tuple(
 
 def shipped_configs(dtype: torch.dtype, kind: str = "gemm") -> tuple[Conv2dConfig, ...]:
     """The subset of :data:`SHIPPED_CONFIGS` for ``dtype`` and kernel kind (before pruning)."""
-    _check_dtype(dtype)
+    check_dtype("conv2d", dtype)
     if kind == "direct":
         return _DIRECT_CONFIGS
     return _FP32_CONFIGS if dtype == torch.float32 else _HALF_CONFIGS
@@ -677,23 +614,6 @@ def _bwd_input_kind(c: int, k: int, r: int, s: int, groups: int) -> str:
     # grad_in's GEMM has N = C/groups and reduces over (K/groups) * R * S.
     cg, kg = c // max(groups, 1), k // max(groups, 1)
     return "direct" if cg < 16 or kg * r * s < 16 else "gemm"
-
-
-def _next_pow2(x: int) -> int:
-    return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
-
-
-def _check_dtype(dtype: torch.dtype) -> None:
-    if dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(f"conv2d (triton): dtype must be float16, bfloat16 or float32, got {dtype}")
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _max_offset(sizes, strides) -> int:
-    return sum((s - 1) * abs(st) for s, st in zip(sizes, strides, strict=True) if s > 0)
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -743,10 +663,8 @@ def _out_size(size: int, lo: int, hi: int, dil: int, k: int, stride: int) -> int
 class _Geometry:
     """Checked convolution arguments, in NCHW terms."""
 
-    def __init__(self, op: str, x_like: torch.Tensor, layout, stride, padding, dilation, groups,
-                 n, c, h, w, k, r, s):
-        if layout not in LAYOUTS:
-            raise ValueError(f"{op} (triton): layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    def __init__(self, op: str, stride, padding, dilation, groups, n, c, h, w, k, r, s):
+        self.op = op
         self.sh, self.sw = _pair(stride, "stride")
         self.dh, self.dw = _pair(dilation, "dilation")
         self.top, self.bottom, self.left, self.right = _padding4(padding)
@@ -773,15 +691,26 @@ class _Geometry:
     def geometry_args(self) -> tuple[int, ...]:
         return (self.sh, self.sw, self.top, self.left, self.dh, self.dw)
 
+    def check_grad_out(self, ho: int, wo: int) -> None:
+        """grad_out's spatial size must be this convolution's output size."""
+        if (self.ho, self.wo) != (ho, wo):
+            raise ValueError(f"{self.op} (triton): grad_out is {ho} x {wo} but the convolution of "
+                             f"a {self.h} x {self.w} input gives {self.ho} x {self.wo}")
+
+
+def _check_layout(op: str, layout) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"{op} (triton): layout must be 'NCHW' or 'NHWC', got {layout!r}")
+
 
 def _check_tensor(op: str, name: str, t, dims: int, like: torch.Tensor | None = None) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op} (triton): {name} must be a torch tensor, got {type(t)}")
     if t.dim() != dims:
         raise ValueError(f"{op} (triton): {name} must be {dims}-D, got shape {tuple(t.shape)}")
-    _check_dtype(t.dtype)
+    check_dtype(op, t.dtype)
     if like is None:
-        if not t.is_cuda and not _interpreting():
+        if not t.is_cuda and not triton_interpret():
             raise ValueError(f"{op} (triton): tensors must be on a CUDA device (or run with "
                              f"TRITON_INTERPRET=1), got {t.device}")
     else:
@@ -797,10 +726,6 @@ def _check_config(op: str, config, dtype, kind: str) -> Conv2dConfig:
     if not isinstance(config, Conv2dConfig):
         raise TypeError(f"{op} (triton): config must be a Conv2dConfig, got {type(config)}")
     return config
-
-
-def _precision(dtype, allow_tf32: bool) -> str:
-    return "tf32" if allow_tf32 and dtype == torch.float32 else "ieee"
 
 
 def _num_sms(device: torch.device) -> int:
@@ -841,14 +766,13 @@ def conv2d_forward(
     op = "conv2d"
     _check_tensor(op, "x", x, 4)
     _check_tensor(op, "weight", weight, 4, like=x)
-    if layout not in LAYOUTS:
-        raise ValueError(f"{op} (triton): layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    _check_layout(op, layout)
     n, c, h, w = _nchw_shape(x, layout)
     k, cg, r, s = weight.shape
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1 or cg * groups != c:
         raise ValueError(f"{op} (triton): weight must be (K, C/groups, R, S) = (K, {c}/{groups}, R, S), "
                          f"got {tuple(weight.shape)}")
-    geo = _Geometry(op, x, layout, stride, padding, dilation, groups, n, c, h, w, k, r, s)
+    geo = _Geometry(op, stride, padding, dilation, groups, n, c, h, w, k, r, s)
     if bias is not None:
         _check_tensor(op, "bias", bias, 1, like=x)
         if bias.shape != (k,):
@@ -864,8 +788,8 @@ def conv2d_forward(
         return y
     xs, ys, ws = _nchw_strides(x, layout), _nchw_strides(y, layout), weight.stride()
     m = n * geo.ho * geo.wo
-    index_i64 = max(_max_offset((n, c, h, w), xs), _max_offset(tuple(weight.shape), ws),
-                    _max_offset((n, k, geo.ho, geo.wo), ys), m) > _INT32_MAX // 2
+    index_i64 = max(max_offset((n, c, h, w), xs), max_offset(tuple(weight.shape), ws),
+                    max_offset((n, k, geo.ho, geo.wo), ys), m) > INT32_MAX // 2
     bias_arg = bias if bias is not None else y
     bias_stride = bias.stride(0) if bias is not None else 0
     if kind == "direct":
@@ -894,8 +818,7 @@ def conv2d_forward(
         FLAT_K=geo.cg < config.BLOCK_K,
         HAS_BIAS=bias is not None,
         ACTIVATION=activation or "",
-        INPUT_PRECISION=_precision(x.dtype, allow_tf32),
-        DOT_IN_FP32=_interpreting() and x.dtype != torch.float32,
+        **dot_args(x.dtype, allow_tf32),
         INDEX_I64=index_i64,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
@@ -921,18 +844,15 @@ def conv2d_backward_input(
     op = "conv2d_backward_input"
     _check_tensor(op, "grad_out", grad_out, 4)
     _check_tensor(op, "weight", weight, 4, like=grad_out)
-    if layout not in LAYOUTS:
-        raise ValueError(f"{op} (triton): layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    _check_layout(op, layout)
     h, w = _pair(input_hw, "input_hw")
     n, k, ho, wo = _nchw_shape(grad_out, layout)
     kw, cg, r, s = weight.shape
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1 or kw != k:
         raise ValueError(f"{op} (triton): weight must have K={k} rows, got {tuple(weight.shape)}")
     c = cg * groups
-    geo = _Geometry(op, grad_out, layout, stride, padding, dilation, groups, n, c, h, w, k, r, s)
-    if (geo.ho, geo.wo) != (ho, wo):
-        raise ValueError(f"{op} (triton): grad_out is {ho} x {wo} but the convolution of a "
-                         f"{h} x {w} input gives {geo.ho} x {geo.wo}")
+    geo = _Geometry(op, stride, padding, dilation, groups, n, c, h, w, k, r, s)
+    geo.check_grad_out(ho, wo)
     kind = _bwd_input_kind(c, k, r, s, groups)
     config = _check_config(op, config, grad_out.dtype, kind)
 
@@ -943,8 +863,8 @@ def conv2d_backward_input(
         return dx.zero_()
     dys, dxs, ws = _nchw_strides(grad_out, layout), _nchw_strides(dx, layout), weight.stride()
     m = n * h * w
-    index_i64 = max(_max_offset((n, k, ho, wo), dys), _max_offset(tuple(weight.shape), ws),
-                    _max_offset((n, c, h, w), dxs), m) > _INT32_MAX // 2
+    index_i64 = max(max_offset((n, k, ho, wo), dys), max_offset(tuple(weight.shape), ws),
+                    max_offset((n, c, h, w), dxs), m) > INT32_MAX // 2
     if kind == "direct":
         grid = (triton.cdiv(m, config.BLOCK_M), triton.cdiv(c, config.BLOCK_N))
         _check_grid(op, grid)
@@ -967,8 +887,7 @@ def conv2d_backward_input(
         R=r, S=s,
         BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N, BLOCK_K=config.BLOCK_K,
         GROUP_M=config.GROUP_M,
-        INPUT_PRECISION=_precision(grad_out.dtype, allow_tf32),
-        DOT_IN_FP32=_interpreting() and grad_out.dtype != torch.float32,
+        **dot_args(grad_out.dtype, allow_tf32),
         INDEX_I64=index_i64,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
@@ -997,17 +916,14 @@ def conv2d_backward_weight(
     op = "conv2d_backward_weight"
     _check_tensor(op, "x", x, 4)
     _check_tensor(op, "grad_out", grad_out, 4, like=x)
-    if layout not in LAYOUTS:
-        raise ValueError(f"{op} (triton): layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    _check_layout(op, layout)
     r, s = _pair(kernel_hw, "kernel_hw")
     n, c, h, w = _nchw_shape(x, layout)
     n2, k, ho, wo = _nchw_shape(grad_out, layout)
     if n2 != n:
         raise ValueError(f"{op} (triton): x has batch {n} but grad_out has {n2}")
-    geo = _Geometry(op, x, layout, stride, padding, dilation, groups, n, c, h, w, k, r, s)
-    if (geo.ho, geo.wo) != (ho, wo):
-        raise ValueError(f"{op} (triton): grad_out is {ho} x {wo} but the convolution of a "
-                         f"{h} x {w} input gives {geo.ho} x {geo.wo}")
+    geo = _Geometry(op, stride, padding, dilation, groups, n, c, h, w, k, r, s)
+    geo.check_grad_out(ho, wo)
     if split_k is not None and (not isinstance(split_k, int) or not 1 <= split_k <= _MAX_GRID_YZ):
         raise ValueError(f"{op} (triton): split_k must be None or an int in [1, {_MAX_GRID_YZ}]")
     kind = kernel_kind(c, k, r, s, groups)
@@ -1020,8 +936,8 @@ def conv2d_backward_weight(
     if p == 0:
         return torch.zeros(shape, dtype=x.dtype, device=x.device)
     xs, dys = _nchw_strides(x, layout), _nchw_strides(grad_out, layout)
-    index_i64 = max(_max_offset((n, c, h, w), xs), _max_offset((n, k, ho, wo), dys), p,
-                    k * geo.cg * r * s) > _INT32_MAX // 2
+    index_i64 = max(max_offset((n, c, h, w), xs), max_offset((n, k, ho, wo), dys), p,
+                    k * geo.cg * r * s) > INT32_MAX // 2
     if kind == "direct":
         base = triton.cdiv(k, config.BLOCK_N) * geo.cg * r * s
         step = config.BLOCK_M
@@ -1038,7 +954,7 @@ def conv2d_backward_weight(
     else:
         dw = torch.empty((split, *shape), dtype=torch.float32, device=x.device)
         dw_strides = dw.stride()
-    index_i64 = index_i64 or dw.numel() > _INT32_MAX // 2
+    index_i64 = index_i64 or dw.numel() > INT32_MAX // 2
     if kind == "direct":
         grid = (base, split)
         _check_grid(op, grid)
@@ -1061,8 +977,7 @@ def conv2d_backward_weight(
             R=r, S=s,
             BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N, BLOCK_K=config.BLOCK_K,
             GROUP_M=config.GROUP_M,
-            INPUT_PRECISION=_precision(x.dtype, allow_tf32),
-            DOT_IN_FP32=_interpreting() and x.dtype != torch.float32,
+            **dot_args(x.dtype, allow_tf32),
             INDEX_I64=index_i64,
             num_warps=config.num_warps, num_stages=config.num_stages,
         )
@@ -1072,5 +987,5 @@ def conv2d_backward_weight(
 
 
 def _check_grid(op: str, grid: tuple[int, ...]) -> None:
-    if grid[0] > _INT32_MAX or any(g > _MAX_GRID_YZ for g in grid[1:]):
+    if grid[0] > INT32_MAX or any(g > _MAX_GRID_YZ for g in grid[1:]):
         raise ValueError(f"{op} (triton): grid {grid} exceeds the launch limits; use larger blocks")

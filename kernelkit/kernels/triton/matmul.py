@@ -12,18 +12,25 @@ There is no ``@triton.autotune`` here: the project's tuner picks a :class:`Matmu
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from kernelkit.devices import triton_interpret
 from kernelkit.kernels import ACTIVATIONS
-from kernelkit.kernels.config import KernelConfig
-
-_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_INT32_MAX = 2**31 - 1
+from kernelkit.kernels.triton._common import (
+    INT32_MAX,
+    TileConfig,
+    apply_activation,
+    check_dtype,
+    dot_acc,
+    dot_args,
+    grouped_tile,
+    max_offset,
+    next_pow2,
+)
 
 
 @triton.jit
@@ -53,13 +60,7 @@ def matmul_kernel(
     num_pid_n = tl.cdiv(N, BLOCK_N)
     num_pid_per_batch = num_pid_m * num_pid_n
     pid_b = pid // num_pid_per_batch
-    pid = pid % num_pid_per_batch
-    num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m, pid_n = grouped_tile(pid % num_pid_per_batch, num_pid_m, num_pid_n, GROUP_M)
 
     # -----------------------------------------------------------
     # Pointers to the first K block of A and B. Rows of A and columns of B past the edge wrap
@@ -84,10 +85,7 @@ def matmul_kernel(
         k_remaining = K - k * BLOCK_K
         a = tl.load(a_ptrs, mask=offs_k[None, :] < k_remaining, other=0.0)
         b = tl.load(b_ptrs, mask=offs_k[:, None] < k_remaining, other=0.0)
-        if DOT_IN_FP32:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        accumulator = tl.dot(a, b, accumulator, input_precision=INPUT_PRECISION)
+        accumulator = dot_acc(a, b, accumulator, INPUT_PRECISION, DOT_IN_FP32)
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
 
@@ -101,7 +99,7 @@ def matmul_kernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_cn * stride_biasn, mask=offs_cn < N, other=0.0)
         accumulator += bias.to(tl.float32)[None, :]
-    accumulator = _activation(accumulator, ACTIVATION)
+    accumulator = apply_activation(accumulator, ACTIVATION)
     c = accumulator.to(c_ptr.dtype.element_ty)
 
     c_ptrs = c_ptr + pid_b * stride_cb + (offs_cm[:, None] * stride_cm + offs_cn[None, :] * stride_cn)
@@ -109,84 +107,18 @@ def matmul_kernel(
     tl.store(c_ptrs, c, mask=c_mask)
 
 
-@triton.jit
-def _activation(x, ACTIVATION: tl.constexpr):
-    """Elementwise activation on a float32 tile; NaN and +-Inf propagate as in torch."""
-    if ACTIVATION == "relu":
-        x = tl.where(x < 0.0, 0.0, x)  # not tl.maximum: NaN must stay NaN
-    elif ACTIVATION == "gelu":
-        x = 0.5 * x * (1.0 + _erf(x * 0.7071067811865476))
-    elif ACTIVATION == "gelu_tanh":
-        # 0.5 * x * (1 + tanh(y)) == x * sigmoid(2 * y), without tanh's cancellation near -1.
-        y = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-        x = x / (1.0 + tl.exp(-2.0 * y))
-    elif ACTIVATION == "silu":
-        x = x / (1.0 + tl.exp(-x))
-    return x
-
-
-@triton.jit
-def _erf(x):
-    """erf in float32 to about 1.3 ulp, branch-free (N. Juffa's minimax erff).
-
-    libdevice's erff (tl.math.erf) is as accurate, but its branchy inline code on a whole tile of
-    accumulators makes ptxas spill (255 registers plus 100-240 bytes of stack for a 128x128 tile
-    with 4 warps); this form keeps those tiles spill-free, and it runs the same way under the
-    interpreter.
-    """
-    t = tl.abs(x)
-    s = x * x
-    # |x| > 0.927734375: erf(x) = sign(x) * (1 - exp(p(|x|))).
-    r = -1.72853470e-5 * t + 3.83197126e-4
-    u = -3.88396438e-3 * t + 2.42546219e-2
-    r = r * s + u
-    r = r * t - 1.06777877e-1
-    r = r * t - 6.34846687e-1
-    r = r * t - 1.28717512e-1
-    r = r * t - t
-    big = 1.0 - tl.exp(r)
-    big = tl.where(x < 0.0, -big, big)
-    # |x| <= 0.927734375: erf(x) = x + x * q(x * x).
-    q = -5.96761703e-4 * s + 4.99119423e-3
-    q = q * s - 2.67681349e-2
-    q = q * s + 1.12819925e-1
-    q = q * s - 3.76125336e-1
-    q = q * s + 1.28379166e-1
-    small = q * x + x
-    return tl.where(t > 0.927734375, big, small)
-
-
 # ---------------------------------------------------------------------------------------------
 # Configurations
 
 
 @dataclass(frozen=True)
-class MatmulConfig(KernelConfig):
+class MatmulConfig(TileConfig):
     """One launch configuration of :func:`matmul_kernel`: tile sizes, grouping, warps and stages."""
-
-    BLOCK_M: int
-    BLOCK_N: int
-    BLOCK_K: int
-    GROUP_M: int
-    num_warps: int
-    num_stages: int
-
-    def __post_init__(self) -> None:
-        for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 16 or v & (v - 1):
-                raise ValueError(f"MatmulConfig: {name} must be a power of two >= 16, got {v!r}")
-        if not isinstance(self.num_warps, int) or self.num_warps < 1 or self.num_warps & (self.num_warps - 1):
-            raise ValueError(f"MatmulConfig: num_warps must be a power of two, got {self.num_warps!r}")
-        if not isinstance(self.GROUP_M, int) or self.GROUP_M < 1:
-            raise ValueError(f"MatmulConfig: GROUP_M must be an int >= 1, got {self.GROUP_M!r}")
-        if not isinstance(self.num_stages, int) or self.num_stages < 1:
-            raise ValueError(f"MatmulConfig: num_stages must be an int >= 1, got {self.num_stages!r}")
 
     @classmethod
     def default(cls, dtype: torch.dtype) -> MatmulConfig:
         """A safe, reasonably fast choice for any problem size (<= 96 KiB of shared memory)."""
-        _check_dtype(dtype)
+        check_dtype("matmul", dtype)
         return _FP32_DEFAULT if dtype == torch.float32 else _HALF_DEFAULT
 
     @classmethod
@@ -198,11 +130,11 @@ class MatmulConfig(KernelConfig):
         power of two (unless no shipped config has a smaller block in that dimension), or when
         ``max_shared`` is given and :meth:`shared_bytes` exceeds it. The default always comes first.
         """
-        _check_dtype(dtype)
+        check_dtype("matmul", dtype)
         family = _FP32_CONFIGS if dtype == torch.float32 else _HALF_CONFIGS
-        cap_m = max(_next_pow2(m), min(c.BLOCK_M for c in family))
-        cap_n = max(_next_pow2(n), min(c.BLOCK_N for c in family))
-        cap_k = max(_next_pow2(k), min(c.BLOCK_K for c in family))
+        cap_m = max(next_pow2(m), min(c.BLOCK_M for c in family))
+        cap_n = max(next_pow2(n), min(c.BLOCK_N for c in family))
+        cap_k = max(next_pow2(k), min(c.BLOCK_K for c in family))
         default = cls.default(dtype)
         out = [default]
         for c in family:
@@ -213,19 +145,8 @@ class MatmulConfig(KernelConfig):
             out.append(c)
         return out
 
-    def shared_bytes(self, dtype: torch.dtype) -> int:
-        """Shared memory bound: num_stages buffers of an A and a B block.
 
-        Exact for Hopper's wgmma pipeline; Ampere's keeps num_stages - 1 (checked by the compile
-        tests, which also check that it never undercounts).
-        """
-        size = torch.empty((), dtype=dtype).element_size()
-        return (self.BLOCK_M + self.BLOCK_N) * self.BLOCK_K * size * self.num_stages
-
-
-def _C(bm: int, bn: int, bk: int, warps: int, stages: int, group_m: int = 8) -> MatmulConfig:
-    return MatmulConfig(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group_m,
-                        num_warps=warps, num_stages=stages)
+_C = MatmulConfig.of
 
 
 # Tuned for H100-class GPUs (the tile shapes of Triton's matmul tutorial). Every config fits the
@@ -265,25 +186,8 @@ SHIPPED_CONFIGS: tuple[MatmulConfig, ...] = tuple(dict.fromkeys(_HALF_CONFIGS + 
 
 def shipped_configs(dtype: torch.dtype) -> tuple[MatmulConfig, ...]:
     """The subset of :data:`SHIPPED_CONFIGS` shipped for ``dtype`` (before size pruning)."""
-    _check_dtype(dtype)
+    check_dtype("matmul", dtype)
     return _FP32_CONFIGS if dtype == torch.float32 else _HALF_CONFIGS
-
-
-def _next_pow2(x: int) -> int:
-    return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
-
-
-def _check_dtype(dtype: torch.dtype) -> None:
-    if dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(f"matmul (triton): dtype must be float16, bfloat16 or float32, got {dtype}")
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _max_offset(sizes, strides) -> int:
-    return sum((s - 1) * abs(st) for s, st in zip(sizes, strides, strict=True) if s > 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,12 +213,12 @@ def matmul_forward(
     if a.dim() != 3 or b.dim() != 3:
         raise ValueError(f"matmul (triton): a and b must be 3-D (B, M, K) and (B, K, N), "
                          f"got shapes {tuple(a.shape)} and {tuple(b.shape)}")
-    _check_dtype(a.dtype)
+    check_dtype("matmul", a.dtype)
     if b.dtype != a.dtype:
         raise TypeError(f"matmul (triton): a and b must have the same dtype, got {a.dtype} and {b.dtype}")
     if b.device != a.device:
         raise ValueError(f"matmul (triton): a and b must be on one device, got {a.device} and {b.device}")
-    if not a.is_cuda and not _interpreting():
+    if not a.is_cuda and not triton_interpret():
         raise ValueError(f"matmul (triton): tensors must be on a CUDA device (or run with "
                          f"TRITON_INTERPRET=1), got {a.device}")
     batch, M, K = a.shape
@@ -342,10 +246,10 @@ def matmul_forward(
         return c  # nothing to compute; K == 0 still launches: C = act(bias or 0)
 
     # Launch: one program per (batch, tile of C), batch-major.
-    index_i64 = max(_max_offset((M, K), a.stride()[1:]), _max_offset((K, N), b.stride()[1:]),
-                    _max_offset((M, N), c.stride()[1:])) > _INT32_MAX
+    index_i64 = max(max_offset((M, K), a.stride()[1:]), max_offset((K, N), b.stride()[1:]),
+                    max_offset((M, N), c.stride()[1:])) > INT32_MAX
     grid = (batch * triton.cdiv(M, config.BLOCK_M) * triton.cdiv(N, config.BLOCK_N),)
-    if grid[0] > _INT32_MAX:
+    if grid[0] > INT32_MAX:
         raise ValueError(f"matmul (triton): {grid[0]} tiles exceed the grid limit; use larger blocks")
     matmul_kernel[grid](
         a, b, bias if bias is not None else c, c,
@@ -358,8 +262,7 @@ def matmul_forward(
         GROUP_M=config.GROUP_M,
         HAS_BIAS=bias is not None,
         ACTIVATION=activation or "",
-        INPUT_PRECISION="tf32" if allow_tf32 and a.dtype == torch.float32 else "ieee",
-        DOT_IN_FP32=_interpreting() and a.dtype != torch.float32,
+        **dot_args(a.dtype, allow_tf32),
         INDEX_I64=index_i64,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )

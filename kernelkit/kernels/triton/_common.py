@@ -1,0 +1,152 @@
+"""What the Triton kernels share: the tile-config dataclass, the grouped tile order, the dot with
+its float32 accumulator, the fused activation epilogue, and the launchers' small checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from kernelkit.devices import triton_interpret
+from kernelkit.kernels.config import KernelConfig
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+INT32_MAX = 2**31 - 1
+
+
+# ---------------------------------------------------------------------------------- jit helpers
+
+@triton.jit
+def grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of program ``pid``, in GROUP_M-row super-groups: consecutive programs share
+    the same columns of B while they are hot in L2 (Triton's matmul tutorial order)."""
+    num_pid_in_group = GROUP_M * num_pid_n
+    first_pid_m = (pid // num_pid_in_group) * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def dot_acc(a, b, acc, INPUT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr):
+    """acc + a @ b in float32; DOT_IN_FP32 (interpreter only, whose tl.dot is wrong on bfloat16
+    operands) upcasts the operands first."""
+    if DOT_IN_FP32:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+
+@triton.jit
+def apply_activation(x, ACTIVATION: tl.constexpr):
+    """Elementwise activation on a float32 tile; NaN and +-Inf propagate as in torch."""
+    if ACTIVATION == "relu":
+        x = tl.where(x < 0.0, 0.0, x)  # not tl.maximum: NaN must stay NaN
+    elif ACTIVATION == "gelu":
+        x = 0.5 * x * (1.0 + _erf(x * 0.7071067811865476))
+    elif ACTIVATION == "gelu_tanh":
+        # 0.5 * x * (1 + tanh(y)) == x * sigmoid(2 * y), without tanh's cancellation near -1.
+        y = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        x = x / (1.0 + tl.exp(-2.0 * y))
+    elif ACTIVATION == "silu":
+        x = x / (1.0 + tl.exp(-x))
+    return x
+
+
+@triton.jit
+def _erf(x):
+    """erf in float32 to about 1.3 ulp, branch-free (N. Juffa's minimax erff).
+
+    libdevice's erff (tl.math.erf) is as accurate, but its branchy inline code on a whole tile of
+    accumulators makes ptxas spill (255 registers plus 100-240 bytes of stack for a 128x128 tile
+    with 4 warps); this form keeps those tiles spill-free, and it runs the same way under the
+    interpreter.
+    """
+    t = tl.abs(x)
+    s = x * x
+    # |x| > 0.927734375: erf(x) = sign(x) * (1 - exp(p(|x|))).
+    r = -1.72853470e-5 * t + 3.83197126e-4
+    u = -3.88396438e-3 * t + 2.42546219e-2
+    r = r * s + u
+    r = r * t - 1.06777877e-1
+    r = r * t - 6.34846687e-1
+    r = r * t - 1.28717512e-1
+    r = r * t - t
+    big = 1.0 - tl.exp(r)
+    big = tl.where(x < 0.0, -big, big)
+    # |x| <= 0.927734375: erf(x) = x + x * q(x * x).
+    q = -5.96761703e-4 * s + 4.99119423e-3
+    q = q * s - 2.67681349e-2
+    q = q * s + 1.12819925e-1
+    q = q * s - 3.76125336e-1
+    q = q * s + 1.28379166e-1
+    small = q * x + x
+    return tl.where(t > 0.927734375, big, small)
+
+
+# --------------------------------------------------------------------------------------- config
+
+@dataclass(frozen=True)
+class TileConfig(KernelConfig):
+    """Output tile, reduction step, tile grouping, warps and stages of a tiled GEMM-like kernel."""
+
+    BLOCK_M: int
+    BLOCK_N: int
+    BLOCK_K: int
+    GROUP_M: int
+    num_warps: int
+    num_stages: int
+
+    def __post_init__(self) -> None:
+        name_ = type(self).__name__
+        for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 16 or v & (v - 1):
+                raise ValueError(f"{name_}: {name} must be a power of two >= 16, got {v!r}")
+        if (not isinstance(self.num_warps, int) or self.num_warps < 1
+                or self.num_warps & (self.num_warps - 1)):
+            raise ValueError(f"{name_}: num_warps must be a power of two, got {self.num_warps!r}")
+        if not isinstance(self.GROUP_M, int) or self.GROUP_M < 1:
+            raise ValueError(f"{name_}: GROUP_M must be an int >= 1, got {self.GROUP_M!r}")
+        if not isinstance(self.num_stages, int) or self.num_stages < 1:
+            raise ValueError(f"{name_}: num_stages must be an int >= 1, got {self.num_stages!r}")
+
+    @classmethod
+    def of(cls, bm: int, bn: int, bk: int, warps: int, stages: int, group_m: int = 8):
+        """The shipped-table shorthand: blocks, warps, stages, then GROUP_M."""
+        return cls(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group_m, num_warps=warps,
+                   num_stages=stages)
+
+    def shared_bytes(self, dtype: torch.dtype) -> int:
+        """Shared memory bound: num_stages buffers of an A and a B block.
+
+        Exact for Hopper's wgmma pipeline; Ampere's keeps num_stages - 1 (checked by the compile
+        tests, which also check that it never undercounts).
+        """
+        size = torch.empty((), dtype=dtype).element_size()
+        return (self.BLOCK_M + self.BLOCK_N) * self.BLOCK_K * size * self.num_stages
+
+
+# ------------------------------------------------------------------------------- launcher checks
+
+def check_dtype(op: str, dtype: torch.dtype) -> None:
+    if dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{op} (triton): dtype must be float16, bfloat16 or float32, got {dtype}")
+
+
+def next_pow2(x: int) -> int:
+    return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
+
+
+def max_offset(sizes, strides) -> int:
+    """The largest element offset a tensor of these sizes and strides reaches."""
+    return sum((s - 1) * abs(st) for s, st in zip(sizes, strides, strict=True) if s > 0)
+
+
+def dot_args(dtype: torch.dtype, allow_tf32: bool) -> dict[str, object]:
+    """The INPUT_PRECISION and DOT_IN_FP32 meta-parameters of a launch (see dot_acc)."""
+    return dict(INPUT_PRECISION="tf32" if allow_tf32 and dtype == torch.float32 else "ieee",
+                DOT_IN_FP32=triton_interpret() and dtype != torch.float32)
