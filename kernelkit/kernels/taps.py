@@ -55,9 +55,17 @@ import math
 
 import numpy as np
 
-__all__ = ["INTERPOLATIONS", "AxisTaps", "axis_taps", "axis_plan", "affine_maps", "pixel_range"]
+__all__ = ["INTERPOLATIONS", "NMETA", "AxisTaps", "axis_taps", "axis_plan", "affine_maps",
+           "gpu_tables", "out_layout", "pixel_range", "rotation_plan"]
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+# Columns of the GPU kernels' image table (int64 per image; kk_pp::Meta in cupy/preprocess.cu):
+# element offset from the first image, strides along the y-tap and x-tap axes and between
+# channels, rotated flag, row and column strides, the crop's pixel rows [R0, R1) and columns
+# [C0, C1) (rotated images), tap counts of y and x.
+M_OFF, M_YA, M_XB, M_SC, M_AFF, M_SH, M_SW, M_R0, M_R1, M_C0, M_C1, M_NKY, M_NKX = range(13)
+NMETA = 13
 
 
 class AxisTaps:
@@ -294,3 +302,65 @@ def affine_maps(boxes, flips, rot90, angles, size) -> np.ndarray:
         off = np.array([[1.0, 0, left], [0, 1.0, top], [0, 0, 1.0]])
         maps[n] = (off @ fy @ fx @ q @ rinv @ m)[:2]
     return maps
+
+
+def rotation_plan(boxes, flips, rot90, angles, shapes, size):
+    """The arbitrary-angle part of a batch: None when no image is rotated, else ``(rotated,
+    maps, ranges)``: bool (N,) angle != 0, C-contiguous float64 (N, 2, 3) affine maps
+    (:func:`affine_maps`), int64 (4, N) crop pixel rows r0, r1 and columns c0, c1."""
+    angles = np.asarray(angles, np.float64).reshape(-1)
+    rotated = angles != 0
+    if not rotated.any():
+        return None
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    shapes = np.asarray(shapes, np.int64).reshape(-1, 2)
+    maps = np.ascontiguousarray(affine_maps(boxes, flips, rot90, angles, size))
+    r0, r1 = pixel_range(boxes[:, 0], boxes[:, 2], shapes[:, 0])
+    c0, c1 = pixel_range(boxes[:, 1], boxes[:, 3], shapes[:, 1])
+    return rotated, maps, np.stack([r0, r1, c0, c1]).astype(np.int64)
+
+
+def out_layout(layout: str, cch: int, out_h: int, out_w: int):
+    """(per-image shape, (on, oc, oy, ox) element strides) of a C-contiguous output batch."""
+    if layout == "NCHW":
+        return (cch, out_h, out_w), (cch * out_h * out_w, out_h * out_w, out_w, 1)
+    assert layout == "NHWC"
+    return (out_h, out_w, cch), (cch * out_h * out_w, 1, out_w * cch, cch)
+
+
+def gpu_tables(meta, shapes, cch, boxes, flips, rot90, angles, fill, size, mean, scale,
+               channel_perm, interpolation, antialias) -> dict:
+    """Host-side tables of one GPU kernel call (numpy; the Triton and CuPy launchers and the CPU
+    emulation tests).
+
+    ``meta``: the (N, NMETA) int64 image table with M_OFF and M_SH / M_SW / M_SC filled in; the
+    rest of it is filled here. Returns the arrays the kernel reads (C-contiguous, in the kernel's
+    dtypes), the weight tables' row lengths ``ky_len`` / ``kx_len``, ``nearest`` (int) and
+    ``has_affine`` (bool: some image is rotated).
+    """
+    n = meta.shape[0]
+    out_h, out_w = int(size[0]), int(size[1])
+    yt, xt, tr = axis_plan(boxes, flips, rot90, shapes, (out_h, out_w), interpolation,
+                           bool(antialias))
+    # strides along the axes the y / x taps index (rows or columns: rot90 odd swaps them)
+    meta[:, M_YA] = np.where(tr, meta[:, M_SW], meta[:, M_SH])
+    meta[:, M_XB] = np.where(tr, meta[:, M_SH], meta[:, M_SW])
+    meta[:, M_NKY], meta[:, M_NKX] = yt.ntaps, xt.ntaps
+    rot = rotation_plan(boxes, flips, rot90, angles, shapes, (out_h, out_w))
+    if rot is None:
+        aff = np.zeros((n, 2, 3), np.float64)
+    else:
+        rotated, aff, ranges = rot
+        meta[:, M_AFF] = rotated
+        meta[:, M_R0], meta[:, M_R1], meta[:, M_C0], meta[:, M_C1] = ranges
+    c = lambda a, dt: np.array(a, dt, order="C")
+    return dict(
+        meta=c(meta, np.int64), yst=c(yt.start, np.int32), yw=c(yt.weight, np.float32),
+        xst=c(xt.start, np.int32), xw=c(xt.weight, np.float32),
+        aff=c(aff.reshape(n, 6), np.float64),
+        fill=c(np.broadcast_to(np.asarray(fill, np.float32), (n,)), np.float32),
+        perm=c(np.asarray(channel_perm, np.int64).reshape(cch), np.int32),
+        mean=c(np.asarray(mean, np.float32).reshape(cch), np.float32),
+        scale=c(np.asarray(scale, np.float32).reshape(cch), np.float32),
+        ky_len=int(yt.weight.shape[2]), kx_len=int(xt.weight.shape[2]),
+        nearest=int(interpolation == "nearest"), has_affine=rot is not None)

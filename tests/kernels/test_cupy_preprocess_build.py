@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from cuda_build import NVCC
 
+from kernelkit.kernels import taps
 from kernelkit.kernels.cupy import preprocess as cp_pp
 from kernelkit.kernels.numba import preprocess as nb
 
@@ -146,17 +147,17 @@ def _emu_forward(lib, images, boxes, flips, rot90, angles, fill, size, mean, sca
     arrs = list(images)
     n, first = len(arrs), arrs[0]
     item, cch = first.itemsize, first.shape[2]
-    meta = np.zeros((n, cp_pp._NMETA), np.int64)
+    meta = np.zeros((n, taps.NMETA), np.int64)
     shapes = np.zeros((n, 2), np.int64)
     for i, a in enumerate(arrs):
-        meta[i, cp_pp._OFF] = (a.ctypes.data - first.ctypes.data) // item
-        meta[i, cp_pp._SH], meta[i, cp_pp._SW], meta[i, cp_pp._SC] = (s // item for s in a.strides)
+        meta[i, taps.M_OFF] = (a.ctypes.data - first.ctypes.data) // item
+        meta[i, taps.M_SH], meta[i, taps.M_SW], meta[i, taps.M_SC] = (s // item for s in a.strides)
         shapes[i] = a.shape[:2]
     out_h, out_w = int(size[0]), int(size[1])
-    shape, (on, oc, oy, ox) = cp_pp.out_strides(layout, cch, out_h, out_w)
+    shape, (on, oc, oy, ox) = taps.out_layout(layout, cch, out_h, out_w)
     out = np.full((n, *shape), 77, cp_pp.OUT_DTYPES[out_dtype])  # poison: all must be written
-    t = cp_pp.plan(meta, shapes, cch, boxes, flips, rot90, angles, fill, size, mean, scale, perm,
-                   interpolation, antialias)
+    t = taps.gpu_tables(meta, shapes, cch, boxes, flips, rot90, angles, fill, size, mean, scale,
+                        perm, interpolation, antialias)
     cfg = config or cp_pp.PreprocessConfig.default()
     blocks, threads, tiles_y, tiles_x = cp_pp.launch_geometry(n, out_h, out_w, cfg)
     fn = ctypes.cast(getattr(lib, cp_pp.kernel_name(first.dtype.name, out_dtype)), ctypes.c_void_p)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from kernelkit.kernels import taps
 from kernelkit.kernels.numba import preprocess as nb
 from kernelkit.kernels.triton import preprocess as tp
 
@@ -249,7 +250,7 @@ def _job(cfg, cc, in_t="*u8", out_t="*fp32", affine=True, nearest=False, c=3):
            "perm_ptr": "*i32", "mean_ptr": "*fp32", "scale_ptr": "*fp32", "out_ptr": out_t}
     for name in ("out_h", "out_w", "tiles_y", "tiles_x", "KY", "KX", "on", "oc", "oy", "ox"):
         sig[name] = "i32"
-    const = {"C": c, "CP": 4 if c == 3 else c, "NMETA": tp._NMETA, "BLOCK_Y": cfg.block_y,
+    const = {"C": c, "CP": 4 if c == 3 else c, "NMETA": taps.NMETA, "BLOCK_Y": cfg.block_y,
              "BLOCK_X": cfg.block_x, "HAS_AFFINE": affine, "NEAREST": nearest,
              "OUT_U8": out_t == "*u8"}
     return CompileJob("kernelkit.kernels.triton.preprocess", "preprocess_kernel", sig, const,

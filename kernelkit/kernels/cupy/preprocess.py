@@ -31,9 +31,6 @@ __all__ = ["PreprocessConfig", "preprocess_forward", "SHIPPED_CONFIGS", "kernel_
 
 SOURCE_PATH = Path(__file__).with_name("preprocess.cu")
 
-# meta columns (int64 per image); keep in sync with kk_pp::Meta in preprocess.cu
-_OFF, _YA, _XB, _SC, _AFF, _SH, _SW, _R0, _R1, _C0, _C1, _NKY, _NKX = range(13)
-_NMETA = 13
 _IN_TAGS = {"uint8": "u8", "float32": "f32"}
 _OUT_TAGS = {"float32": "f32", "float16": "f16", "uint8": "u8"}
 OUT_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
@@ -144,14 +141,14 @@ def _image_table(images):
     if getattr(images, "ndim", None) == 4:
         n = images.shape[0]
         st = _elem(images.strides, images.itemsize)
-        meta = np.zeros((n, _NMETA), np.int64)
-        meta[:, _OFF] = np.arange(n, dtype=np.int64) * st[0]
-        meta[:, _SH], meta[:, _SW], meta[:, _SC] = st[1:]
+        meta = np.zeros((n, _taps.NMETA), np.int64)
+        meta[:, _taps.M_OFF] = np.arange(n, dtype=np.int64) * st[0]
+        meta[:, _taps.M_SH], meta[:, _taps.M_SW], meta[:, _taps.M_SC] = st[1:]
         shapes = np.broadcast_to(np.array(images.shape[1:3], np.int64), (n, 2))
         return images, images.dtype.name, images.shape[3], meta, shapes, images.device.id
     arrs = list(images)
     n = len(arrs)
-    meta = np.zeros((n, _NMETA), np.int64)
+    meta = np.zeros((n, _taps.NMETA), np.int64)
     shapes = np.zeros((n, 2), np.int64)
     if n == 0:
         return None, "uint8", 1, meta, shapes, None
@@ -162,57 +159,10 @@ def _image_table(images):
         assert a.device.id == first.device.id
         d = a.data.ptr - first.data.ptr
         assert d % item == 0, "images of a list must be aligned to their item size"
-        meta[i, _OFF] = d // item
-        meta[i, _SH], meta[i, _SW], meta[i, _SC] = _elem(a.strides, item)
+        meta[i, _taps.M_OFF] = d // item
+        meta[i, _taps.M_SH], meta[i, _taps.M_SW], meta[i, _taps.M_SC] = _elem(a.strides, item)
         shapes[i] = a.shape[:2]
     return first, first.dtype.name, first.shape[2], meta, shapes, first.device.id
-
-
-def plan(images_meta, shapes, cch, boxes, flips, rot90, angles, fill, size, mean, scale,
-         channel_perm, interpolation, antialias):
-    """Host-side tables of one call (numpy; shared by the launcher and the CPU emulation tests).
-
-    ``images_meta``: the (N, 13) int64 meta table with OFF and SH/SW/SC filled in; the rest of it
-    is filled here. Returns a dict of the arrays the kernel reads and its scalar arguments.
-    """
-    meta = images_meta
-    n = meta.shape[0]
-    out_h, out_w = int(size[0]), int(size[1])
-    boxes = np.asarray(boxes, np.float64).reshape(n, 4)
-    angles = np.asarray(angles, np.float64).reshape(n)
-    yt, xt, tr = _taps.axis_plan(boxes, flips, rot90, shapes, (out_h, out_w), interpolation,
-                                 bool(antialias))
-    meta[:, _YA] = np.where(tr, meta[:, _SW], meta[:, _SH])
-    meta[:, _XB] = np.where(tr, meta[:, _SH], meta[:, _SW])
-    meta[:, _NKY], meta[:, _NKX] = yt.ntaps, xt.ntaps
-    rotated = angles != 0
-    if rotated.any():
-        meta[:, _AFF] = rotated
-        aff = _taps.affine_maps(boxes, flips, rot90, angles, (out_h, out_w))
-        r0, r1 = _taps.pixel_range(boxes[:, 0], boxes[:, 2], shapes[:, 0])
-        c0, c1 = _taps.pixel_range(boxes[:, 1], boxes[:, 3], shapes[:, 1])
-        meta[:, _R0], meta[:, _R1], meta[:, _C0], meta[:, _C1] = r0, r1, c0, c1
-    else:
-        aff = np.zeros((n, 2, 3), np.float64)
-    c = lambda a, dt: np.array(a, dt, order="C")
-    return dict(
-        meta=c(meta, np.int64), yst=c(yt.start, np.int32), yw=c(yt.weight, np.float32),
-        xst=c(xt.start, np.int32), xw=c(xt.weight, np.float32),
-        aff=c(aff.reshape(n, 6), np.float64),
-        fill=c(np.broadcast_to(np.asarray(fill, np.float32), (n,)), np.float32),
-        perm=c(np.asarray(channel_perm, np.int64).reshape(cch), np.int32),
-        mean=c(np.asarray(mean, np.float32).reshape(cch), np.float32),
-        scale=c(np.asarray(scale, np.float32).reshape(cch), np.float32),
-        ky_len=int(yt.weight.shape[2]), kx_len=int(xt.weight.shape[2]),
-        nearest=int(interpolation == "nearest"))
-
-
-def out_strides(layout: str, cch: int, out_h: int, out_w: int):
-    """(shape, (on, oc, oy, ox)) of a C-contiguous output of that layout, element strides."""
-    if layout == "NCHW":
-        return (cch, out_h, out_w), (cch * out_h * out_w, out_h * out_w, out_w, 1)
-    assert layout == "NHWC"
-    return (out_h, out_w, cch), (cch * out_h * out_w, 1, out_w * cch, cch)
 
 
 def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, scale, channel_perm,
@@ -231,13 +181,13 @@ def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, sc
     assert interpolation in _taps.INTERPOLATIONS
     n = meta.shape[0]
     out_h, out_w = int(size[0]), int(size[1])
-    shape, (on, oc, oy, ox) = out_strides(layout, cch, out_h, out_w)
+    shape, (on, oc, oy, ox) = _taps.out_layout(layout, cch, out_h, out_w)
     with cupy.cuda.Device(dev):
         out = cupy.empty((n, *shape), OUT_DTYPES[out_dtype])
         if out.size == 0:
             return out
-        t = plan(meta, shapes, cch, boxes, flips, rot90, angles, fill, size, mean, scale,
-                 channel_perm, interpolation, antialias)
+        t = _taps.gpu_tables(meta, shapes, cch, boxes, flips, rot90, angles, fill, size, mean,
+                             scale, channel_perm, interpolation, antialias)
         cfg = config or PreprocessConfig.default()
         blocks, threads, tiles_y, tiles_x = launch_geometry(n, out_h, out_w, cfg)
         d = {k: cupy.asarray(v) for k, v in t.items() if isinstance(v, np.ndarray)}

@@ -292,30 +292,21 @@ def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, sc
     n = meta.shape[0]
     out_h, out_w = int(size[0]), int(size[1])
     code = OUT_CODES[out_dtype]
-    if layout == "NCHW":
-        out = _empty_aligned((n, cch, out_h, out_w), OUT_DTYPES[code])
-        on, oc, oy, ox = cch * out_h * out_w, out_h * out_w, out_w, 1
-    else:
-        assert layout == "NHWC"
-        out = _empty_aligned((n, out_h, out_w, cch), OUT_DTYPES[code])
-        on, oc, oy, ox = cch * out_h * out_w, 1, out_w * cch, cch
+    shape, (on, oc, oy, ox) = _taps.out_layout(layout, cch, out_h, out_w)
+    out = _empty_aligned((n, *shape), OUT_DTYPES[code])
     if out.size == 0:
         return out
-    boxes = np.asarray(boxes, np.float64).reshape(n, 4)
-    angles = np.asarray(angles, np.float64).reshape(n)
     cfg = config or _DEFAULT
     yt, xt, tr = _taps.axis_plan(boxes, flips, rot90, shapes, (out_h, out_w), interpolation,
                                  bool(antialias))
     meta[:, _TR] = tr
-    rotated = angles != 0
-    if rotated.any():
-        meta[:, _AFF] = rotated
-        aff = np.ascontiguousarray(_taps.affine_maps(boxes, flips, rot90, angles, (out_h, out_w)))
-        r0, r1 = _taps.pixel_range(boxes[:, 0], boxes[:, 2], shapes[:, 0])
-        c0, c1 = _taps.pixel_range(boxes[:, 1], boxes[:, 3], shapes[:, 1])
-        meta[:, _R0], meta[:, _R1], meta[:, _C0], meta[:, _C1] = r0, r1, c0, c1
-    else:
+    rot = _taps.rotation_plan(boxes, flips, rot90, angles, shapes, (out_h, out_w))
+    if rot is None:
         aff = np.zeros((n, 2, 3), np.float64)
+    else:
+        rotated, aff, ranges = rot
+        meta[:, _AFF] = rotated
+        meta[:, _R0], meta[:, _R1], meta[:, _C0], meta[:, _C1] = ranges
     xst = xt.start
     xlo = xst.min(axis=1)
     meta[:, _XLO] = xlo

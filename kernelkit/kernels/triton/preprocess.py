@@ -24,7 +24,6 @@ arguments.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernelkit.devices import triton_interpret
 from kernelkit.kernels import taps as _taps
 from kernelkit.kernels.config import KernelConfig
 
@@ -40,9 +40,6 @@ __all__ = ["PreprocessConfig", "preprocess_forward", "OUT_TORCH_DTYPES", "SHIPPE
 OUT_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16,
                     "bfloat16": torch.bfloat16, "uint8": torch.uint8}
 
-# meta columns (int64 per image)
-_OFF, _YA, _XB, _SC, _AFF, _SH, _SW, _R0, _R1, _C0, _C1, _NKY, _NKX = range(13)
-_NMETA = 13
 _INT32_MAX = 2**31 - 1
 
 
@@ -223,24 +220,20 @@ def preprocess_kernel(
 
 # ----------------------------------------------------------------------------------------- launch
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _image_table(images):
     """(base tensor, dtype, device, C, meta, (N, 2) shapes, max in-image extent in elements)."""
     if isinstance(images, torch.Tensor):
         assert images.dim() == 4
         n = images.shape[0]
         st = images.stride()
-        meta = np.zeros((n, _NMETA), np.int64)
-        meta[:, _OFF] = np.arange(n, dtype=np.int64) * st[0]
-        meta[:, _SH], meta[:, _SW], meta[:, _SC] = st[1], st[2], st[3]
+        meta = np.zeros((n, _taps.NMETA), np.int64)
+        meta[:, _taps.M_OFF] = np.arange(n, dtype=np.int64) * st[0]
+        meta[:, _taps.M_SH], meta[:, _taps.M_SW], meta[:, _taps.M_SC] = st[1], st[2], st[3]
         shapes = np.broadcast_to(np.array(images.shape[1:3], np.int64), (n, 2))
         return images, images.dtype, images.device, images.shape[3], meta, shapes
     arrs = list(images)
     n = len(arrs)
-    meta = np.zeros((n, _NMETA), np.int64)
+    meta = np.zeros((n, _taps.NMETA), np.int64)
     shapes = np.zeros((n, 2), np.int64)
     if n == 0:
         return torch.empty(0, dtype=torch.uint8), torch.uint8, torch.device("cpu"), 1, meta, shapes
@@ -251,8 +244,8 @@ def _image_table(images):
         assert a.device == first.device
         d = a.data_ptr() - first.data_ptr()
         assert d % isz == 0, "images of a list must be aligned to their item size"
-        meta[i, _OFF] = d // isz
-        meta[i, _SH], meta[i, _SW], meta[i, _SC] = a.stride()
+        meta[i, _taps.M_OFF] = d // isz
+        meta[i, _taps.M_SH], meta[i, _taps.M_SW], meta[i, _taps.M_SC] = a.stride()
         shapes[i] = a.shape[:2]
     return first, first.dtype, first.device, first.shape[2], meta, shapes
 
@@ -273,65 +266,32 @@ def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, sc
     assert interpolation in _taps.INTERPOLATIONS
     n = meta.shape[0]
     out_h, out_w = int(size[0]), int(size[1])
-    tdt = OUT_TORCH_DTYPES[out_dtype]
-    if layout == "NCHW":
-        out = torch.empty((n, cch, out_h, out_w), dtype=tdt, device=device)
-        on, oc, oy, ox = cch * out_h * out_w, out_h * out_w, out_w, 1
-    else:
-        assert layout == "NHWC"
-        out = torch.empty((n, out_h, out_w, cch), dtype=tdt, device=device)
-        on, oc, oy, ox = cch * out_h * out_w, 1, out_w * cch, cch
+    shape, (on, oc, oy, ox) = _taps.out_layout(layout, cch, out_h, out_w)
+    out = torch.empty((n, *shape), dtype=OUT_TORCH_DTYPES[out_dtype], device=device)
     if out.numel() == 0:
         return out
-    boxes = np.asarray(boxes, np.float64).reshape(n, 4)
-    angles = np.asarray(angles, np.float64).reshape(n)
-    yt, xt, tr = _taps.axis_plan(boxes, flips, rot90, shapes, (out_h, out_w), interpolation,
-                                 bool(antialias))
-    # strides along the axes the y / x taps index (rows or columns: rot90 odd swaps them)
-    meta[:, _YA] = np.where(tr, meta[:, _SW], meta[:, _SH])
-    meta[:, _XB] = np.where(tr, meta[:, _SH], meta[:, _SW])
-    meta[:, _NKY], meta[:, _NKX] = yt.ntaps, xt.ntaps
-    rotated = angles != 0
-    has_aff = bool(rotated.any())
-    if has_aff:
-        meta[:, _AFF] = rotated
-        aff = np.ascontiguousarray(_taps.affine_maps(boxes, flips, rot90, angles, (out_h, out_w)))
-        r0, r1 = _taps.pixel_range(boxes[:, 0], boxes[:, 2], shapes[:, 0])
-        c0, c1 = _taps.pixel_range(boxes[:, 1], boxes[:, 3], shapes[:, 1])
-        meta[:, _R0], meta[:, _R1], meta[:, _C0], meta[:, _C1] = r0, r1, c0, c1
-    else:
-        aff = np.zeros((n, 2, 3), np.float64)
     # every in-image offset (and pixel index) must fit in int32; the image offset is int64
-    ext = (np.abs(meta[:, [_SH, _SW, _SC]]) * np.maximum(
+    ext = (np.abs(meta[:, [_taps.M_SH, _taps.M_SW, _taps.M_SC]]) * np.maximum(
         np.concatenate([shapes, np.full((n, 1), cch)], axis=1), 1)).sum(axis=1)
     assert int(ext.max()) < _INT32_MAX, "a single image must span fewer than 2**31 elements"
     assert n * on < 2**62
-    cfg = config or (PreprocessConfig.interpreter(out_h, out_w) if _interpreting()
+    t = _taps.gpu_tables(meta, shapes, cch, boxes, flips, rot90, angles, fill, size, mean, scale,
+                         channel_perm, interpolation, antialias)
+    d = {k: torch.from_numpy(v).to(device, non_blocking=True)
+         for k, v in t.items() if isinstance(v, np.ndarray)}
+    cfg = config or (PreprocessConfig.interpreter(out_h, out_w) if triton_interpret()
                      else PreprocessConfig.default())
-
-    def up(a, dt):
-        return torch.from_numpy(np.array(a, dt, order="C")).to(device, non_blocking=True)
-
-    meta_t = up(meta, np.int64)
-    yst = up(yt.start, np.int32)
-    xst = up(xt.start, np.int32)
-    yw = up(yt.weight, np.float32)
-    xw = up(xt.weight, np.float32)
-    aff_t = up(aff.reshape(n, 6), np.float64)
-    fill_t = up(np.broadcast_to(np.asarray(fill, np.float32), (n,)), np.float32)
-    perm_t = up(np.asarray(channel_perm, np.int64).reshape(cch), np.int32)
-    mean_t = up(np.asarray(mean, np.float32).reshape(cch), np.float32)
-    scale_t = up(np.asarray(scale, np.float32).reshape(cch), np.float32)
     tiles_y = triton.cdiv(out_h, cfg.block_y)
     tiles_x = triton.cdiv(out_w, cfg.block_x)
     grid = (n * tiles_y * tiles_x,)
     preprocess_kernel[grid](
-        base, meta_t, yst, yw, xst, xw, aff_t, fill_t, perm_t, mean_t, scale_t, out,
-        out_h, out_w, tiles_y, tiles_x, yt.weight.shape[2], xt.weight.shape[2],
+        base, d["meta"], d["yst"], d["yw"], d["xst"], d["xw"], d["aff"], d["fill"], d["perm"],
+        d["mean"], d["scale"], out,
+        out_h, out_w, tiles_y, tiles_x, t["ky_len"], t["kx_len"],
         on, oc, oy, ox,
-        C=cch, CP=triton.next_power_of_2(cch), NMETA=_NMETA,
+        C=cch, CP=triton.next_power_of_2(cch), NMETA=_taps.NMETA,
         BLOCK_Y=cfg.block_y, BLOCK_X=cfg.block_x,
-        HAS_AFFINE=has_aff, NEAREST=interpolation == "nearest", OUT_U8=out_dtype == "uint8",
+        HAS_AFFINE=t["has_affine"], NEAREST=bool(t["nearest"]), OUT_U8=out_dtype == "uint8",
         num_warps=cfg.num_warps,
     )
     del keep  # the sources stay alive until the launch is queued (the stream orders later frees)
