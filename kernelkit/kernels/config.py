@@ -28,3 +28,8 @@ class KernelConfig:
             raise ValueError(f"{cls.__name__}.from_dict: expected keys {sorted(names)}, got "
                              f"{sorted(d)}")
         return cls(**{k: d[k] for k in names if k in d})
+
+
+def next_pow2(x: int) -> int:
+    """The smallest power of two >= x (1 for x <= 1): how config spaces round problem sizes."""
+    return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()

@@ -28,6 +28,7 @@ from cuda_build import has_symbol as _has_symbol
 from cuda_build import nvcc as _nvcc
 from cuda_build import ptxas_usage as _ptxas_usage
 
+from kernelkit.kernels.cupy import _common as ck
 from kernelkit.kernels.cupy import conv2d as kc
 
 ARCHS = ("sm_80", "sm_90")
@@ -320,7 +321,7 @@ def _emu_forward(lib, x, w, bias, conv, activation, layout, cfg):
                kc.elem_strides(bias)[0] if bias is not None else 0, *kc.elem_strides(y, layout))
     rc = lib.kk_emu_fwd(_fn(lib, kc.kernel_name(x.dtype, cfg, which)), grid[0], grid[1], block[0],
                         _ptr(x), _ptr(w), _ptr(bias), _ptr(y), _ints(geo.ints), _lls(strides),
-                        extra[0], int(bias is not None), kc._ACT_CODES[activation],
+                        extra[0], int(bias is not None), ck.ACT_CODES[activation],
                         int(which == "fwd"))
     assert rc == 0, "emulated __syncthreads deadlocked"
     return y, which

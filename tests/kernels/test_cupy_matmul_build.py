@@ -28,6 +28,7 @@ from cuda_build import has_symbol as _has_symbol
 from cuda_build import nvcc as _nvcc
 from cuda_build import ptxas_usage as _ptxas_usage
 
+from kernelkit.kernels.cupy import _common as ck
 from kernelkit.kernels.cupy import matmul as km
 
 ARCHS = ("sm_80", "sm_90")
@@ -158,7 +159,7 @@ def test_launch_geometry():
     assert km.launch_geometry(1, 1, 1, cfg) == (1, 256, 1, 1)
     with pytest.raises(ValueError, match="grid"):
         km.launch_geometry(2**20, 2**16, 2**16, cfg)
-    assert km._elem_strides((-8, 0, 4), 4) == (-2, 0, 1)
+    assert ck.elem_strides("matmul", (-8, 0, 4), 4) == (-2, 0, 1)
 
 
 def test_package_imports_without_cupy_being_imported():
@@ -289,9 +290,9 @@ def _emu_matmul(lib, a, b, bias, activation, cfg):
     out = np.full((batch, m, n), np.nan, dtype=a.dtype)  # poison: every element must be written
     blocks, threads, tiles_m, tiles_n = km.launch_geometry(batch, m, n, cfg)
     isz = a.itemsize
-    sa = km._elem_strides(a.strides, isz)
-    sb = km._elem_strides(b.strides, isz)
-    sbias = km._elem_strides(bias.strides, isz)[0] if bias is not None else 0
+    sa = ck.elem_strides("matmul", a.strides, isz)
+    sb = ck.elem_strides("matmul", b.strides, isz)
+    sbias = ck.elem_strides("matmul", bias.strides, isz)[0] if bias is not None else 0
     fn = ctypes.cast(getattr(lib, km.kernel_name(a.dtype, cfg)), ctypes.c_void_p)
     ptr = ctypes.c_void_p
     ll = ctypes.c_longlong
@@ -299,7 +300,7 @@ def _emu_matmul(lib, a, b, bias, activation, cfg):
         fn, blocks, threads, ptr(a.ctypes.data), ptr(b.ctypes.data),
         ptr(bias.ctypes.data if bias is not None else 0), ptr(out.ctypes.data),
         m, n, k, tiles_m, tiles_n, ll(sa[0]), ll(sa[1]), ll(sa[2]), ll(sb[0]), ll(sb[1]),
-        ll(sb[2]), ll(sbias), int(bias is not None), km._ACT_CODES[activation])
+        ll(sb[2]), ll(sbias), int(bias is not None), ck.ACT_CODES[activation])
     assert rc == 0, "emulated __syncthreads deadlocked"
     return out
 

@@ -29,6 +29,7 @@ from triton_runtime import DEVICE, needs_runtime  # noqa: E402
 
 import kernelkit.kernels.triton.conv2d as tc  # noqa: E402
 from kernelkit.kernels import ACTIVATIONS  # noqa: E402
+from kernelkit.kernels.convgeom import nchw_shape  # noqa: E402
 from kernelkit.kernels.triton.conv2d import (  # noqa: E402
     SHIPPED_CONFIGS,
     Conv2dConfig,
@@ -281,7 +282,7 @@ def test_empty_batch_and_channels(layout, monkeypatch):
     w = _rand(32, 16, 3, 3)
     conv = dict(stride=(2, 2), padding=(1, 1, 1, 1), dilation=(1, 1), groups=1, layout=layout)
     y = conv2d_forward(x, w, None, activation="relu", **conv)
-    assert tuple(tc._nchw_shape(y, layout)) == (0, 32, 3, 3)
+    assert tuple(nchw_shape(y.shape, layout)) == (0, 32, 3, 3)
     dx = conv2d_backward_input(y, w, (5, 5), **conv)
     assert dx.shape == x.shape
     dw = conv2d_backward_weight(x, y, (3, 3), **conv)

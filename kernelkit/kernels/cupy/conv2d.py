@@ -16,27 +16,23 @@ The project's tuner picks a :class:`Conv2dConfig` (through :meth:`Conv2dConfig.s
 from __future__ import annotations
 
 import dataclasses
-import functools
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from kernelkit.kernels import ACTIVATIONS
-from kernelkit.kernels.config import KernelConfig
-from kernelkit.kernels.cupy.matmul import _dtype_name
+from kernelkit.kernels import ACTIVATIONS, convgeom
+from kernelkit.kernels.config import KernelConfig, next_pow2
+from kernelkit.kernels.convgeom import act_shape, check_layout, kernel_kind, nchw_shape
+from kernelkit.kernels.cupy import _common
+from kernelkit.kernels.cupy._common import (
+    ACT_CODES,
+    DTYPES,
+    INT32_MAX,
+    SMEM_PAD,
+    STATIC_SMEM_LIMIT,
+)
 
 SOURCE_PATH = Path(__file__).with_name("conv2d.cu")
 
-_ACT_CODES: dict[str | None, int] = {None: 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
-assert set(_ACT_CODES) - {None} == set(ACTIVATIONS)
-
-_DTYPES: dict[str, tuple[str, str]] = {"float32": ("f32", "float"), "float16": ("f16", "__half")}
-LAYOUTS = ("NCHW", "NHWC")
-
-_SMEM_PAD = 4  # PAD in conv2d.cu
-_STATIC_SMEM_LIMIT = 48 * 1024
-_INT32_MAX = 2**31 - 1
-_MAX_GRID_Y = 65535
 SIMPLE_THREADS = 256  # threads per block of the one-per-element kernels
 BWD_WEIGHT_THREADS = 256  # BWD_W_THREADS in conv2d.cu
 
@@ -68,8 +64,8 @@ class Conv2dConfig(KernelConfig):
             elif (self.BM * self.BK) % nt or (self.BK * self.BN) % nt or nt % self.BK:
                 problems.append(f"BM*BK and BK*BN must be multiples of the thread count {nt}, "
                                 f"and the thread count a multiple of BK")
-        if self.smem_bytes > _STATIC_SMEM_LIMIT:
-            problems.append(f"shared memory {self.smem_bytes} B > {_STATIC_SMEM_LIMIT} B")
+        if self.smem_bytes > STATIC_SMEM_LIMIT:
+            problems.append(f"shared memory {self.smem_bytes} B > {STATIC_SMEM_LIMIT} B")
         if problems:
             raise ValueError(f"cupy conv2d config {self}: " + "; ".join(problems))
 
@@ -80,7 +76,7 @@ class Conv2dConfig(KernelConfig):
     @property
     def smem_bytes(self) -> int:
         """Static shared memory of the forward GEMM: one float stage of A and B tiles."""
-        return self.BK * (self.BM + self.BN + 2 * _SMEM_PAD) * 4
+        return self.BK * (self.BM + self.BN + 2 * SMEM_PAD) * 4
 
     @classmethod
     def default(cls, dtype=None) -> Conv2dConfig:
@@ -96,9 +92,9 @@ class Conv2dConfig(KernelConfig):
         default = cls.default(dtype)
         if kernel_kind(c, k, r, s, groups) == "direct":
             return [default]
-        sh, sw = (stride, stride) if isinstance(stride, int) else tuple(stride)
+        sh, sw = convgeom.pair("cupy conv2d", "stride", stride)
         m = n * max(1, (h - 1) // sh + 1) * max(1, (w - 1) // sw + 1)
-        cap_m, cap_n = max(32, 2 * _next_pow2(m)), max(32, 2 * _next_pow2(k // max(groups, 1)))
+        cap_m, cap_n = max(32, 2 * next_pow2(m)), max(32, 2 * next_pow2(k // max(groups, 1)))
         out = [default]
         for cfg in SHIPPED_CONFIGS:
             if cfg != default and cap_m >= cfg.BM and cap_n >= cfg.BN:
@@ -115,27 +111,14 @@ SHIPPED_CONFIGS: tuple[Conv2dConfig, ...] = (
 )
 
 
-def kernel_kind(c: int, k: int, r: int, s: int, groups: int) -> str:
-    """"direct" (one thread per output) for depthwise and few channels per group, else "gemm"."""
-    cg, kg = c // max(groups, 1), k // max(groups, 1)
-    return "direct" if kg < 16 or cg * r * s < 16 else "gemm"
-
-
-def _next_pow2(x: int) -> int:
-    return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
-
-
 def _check_dtype(dtype) -> str:
-    name = _dtype_name(dtype)
-    if name not in _DTYPES:
-        raise TypeError(f"cupy conv2d: dtype must be float32 or float16, got {name}")
-    return name
+    return _common.check_dtype("conv2d", dtype)
 
 
 def kernel_name(dtype, config: Conv2dConfig | None = None, which: str = "fwd") -> str:
     """The extern "C" name in conv2d.cu: which = "fwd" (the GEMM of ``config``), "fwd_direct",
     "bwd_input" or "bwd_weight"."""
-    tag, _ = _DTYPES[_check_dtype(dtype)]
+    tag, _ = DTYPES[_check_dtype(dtype)]
     if which == "fwd":
         c = config or Conv2dConfig.default(dtype)
         return f"kk_conv2d_fwd_{tag}_{c.BM}x{c.BN}x{c.BK}_{c.TM}x{c.TN}"
@@ -146,7 +129,7 @@ def kernel_name(dtype, config: Conv2dConfig | None = None, which: str = "fwd") -
 
 def compile_options(dtype, config: Conv2dConfig | None = None) -> tuple[str, ...]:
     """NVRTC options: with a config, only that forward GEMM; without, the simple kernels."""
-    tag, ctype = _DTYPES[_check_dtype(dtype)]
+    tag, ctype = DTYPES[_check_dtype(dtype)]
     opts = ("-std=c++17", f"-DKK_DT={tag}", f"-DKK_T={ctype}")
     if config is None:
         return (*opts, "-DKK_SIMPLE=1")
@@ -155,13 +138,11 @@ def compile_options(dtype, config: Conv2dConfig | None = None) -> tuple[str, ...
             f"-DKK_TM={c.TM}", f"-DKK_TN={c.TN}")
 
 
-@functools.lru_cache(maxsize=1)
 def source() -> str:
-    return SOURCE_PATH.read_text(encoding="utf-8")
+    return _common.source(SOURCE_PATH)
 
 
-_kernels: dict[tuple, object] = {}
-_kernels_lock = threading.Lock()
+_kernels = _common.KernelCache()
 
 
 def get_kernel(dtype, which: str = "fwd", config: Conv2dConfig | None = None,
@@ -173,129 +154,39 @@ def get_kernel(dtype, which: str = "fwd", config: Conv2dConfig | None = None,
     if device_id is None:
         device_id = cupy.cuda.Device().id
     cfg = config if which == "fwd" else None
-    key = (name, which, cfg, int(device_id))
-    kern = _kernels.get(key)
-    if kern is None:
-        with _kernels_lock:
-            kern = _kernels.get(key)
-            if kern is None:
-                with cupy.cuda.Device(device_id):
-                    fwd_cfg = (cfg or Conv2dConfig.default(name)) if which == "fwd" else None
-                    module = cupy.RawModule(code=source(), options=compile_options(name, fwd_cfg))
-                    kern = module.get_function(kernel_name(name, cfg, which))
-                    kern.compile()
-                _kernels[key] = kern
-    return kern
+
+    def build():
+        with cupy.cuda.Device(device_id):
+            fwd_cfg = (cfg or Conv2dConfig.default(name)) if which == "fwd" else None
+            module = cupy.RawModule(code=source(), options=compile_options(name, fwd_cfg))
+            kern = module.get_function(kernel_name(name, cfg, which))
+            kern.compile()
+        return kern
+
+    return _kernels.get((name, which, cfg, int(device_id)), build)
 
 
 # ---------------------------------------------------------------------------------------------
 # Argument handling (shared with the host-emulation tests)
 
 
-def _pair(v, name: str) -> tuple[int, int]:
-    if isinstance(v, int) and not isinstance(v, bool):
-        return v, v
-    try:
-        a, b = v
-    except (TypeError, ValueError):
-        raise ValueError(f"cupy conv2d: {name} must be an int or a pair, got {v!r}") from None
-    if not all(isinstance(t, int) and not isinstance(t, bool) for t in (a, b)):
-        raise ValueError(f"cupy conv2d: {name} must hold ints, got {v!r}")
-    return int(a), int(b)
-
-
-def _padding4(p) -> tuple[int, int, int, int]:
-    if isinstance(p, int) and not isinstance(p, bool):
-        p = (p,) * 4
-    elif isinstance(p, (tuple, list)) and len(p) == 2:
-        p = (p[0], p[0], p[1], p[1])
-    if (not isinstance(p, (tuple, list)) or len(p) != 4
-            or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in p)):
-        raise ValueError(f"cupy conv2d: padding must be (top, bottom, left, right) of ints >= 0, "
-                         f"got {p!r}")
-    return tuple(int(t) for t in p)
-
-
 def elem_strides(arr, layout: str | None = None) -> tuple[int, ...]:
     """Element strides of a numpy/cupy array; for an activation, reordered to (n, c, h, w)."""
-    isz = arr.itemsize
-    if any(s % isz for s in arr.strides):
-        raise ValueError(f"cupy conv2d: strides {arr.strides} are not multiples of the item size")
-    st = tuple(s // isz for s in arr.strides)
-    if layout == "NHWC":
-        return st[0], st[3], st[1], st[2]
-    return st
+    st = _common.elem_strides("conv2d", arr.strides, arr.itemsize)
+    return st if layout is None else nchw_shape(st, layout)
 
 
-def nchw_shape(shape, layout: str) -> tuple[int, int, int, int]:
-    return tuple(shape) if layout == "NCHW" else (shape[0], shape[3], shape[1], shape[2])
-
-
-def act_shape(n: int, c: int, h: int, w: int, layout: str) -> tuple[int, int, int, int]:
-    return (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Checked convolution geometry; ``ints`` is the 17-int argument block of every kernel."""
-
-    n: int
-    c: int
-    h: int
-    w: int
-    k: int
-    ho: int
-    wo: int
-    r: int
-    s: int
-    groups: int
-    sh: int
-    sw: int
-    top: int
-    left: int
-    dh: int
-    dw: int
-
-    @property
-    def cg(self) -> int:
-        return self.c // self.groups
-
-    @property
-    def kg(self) -> int:
-        return self.k // self.groups
-
-    @property
-    def ints(self) -> tuple[int, ...]:
-        return (self.n, self.c, self.h, self.w, self.k, self.ho, self.wo, self.r, self.s, self.cg,
-                self.kg, self.sh, self.sw, self.top, self.left, self.dh, self.dw)
-
-
-def geometry(op: str, layout, n, c, h, w, k, r, s, stride, padding, dilation, groups) -> Geometry:
-    if layout not in LAYOUTS:
-        raise ValueError(f"cupy {op}: layout must be 'NCHW' or 'NHWC', got {layout!r}")
-    sh, sw = _pair(stride, "stride")
-    dh, dw = _pair(dilation, "dilation")
-    top, bottom, left, right = _padding4(padding)
-    if min(sh, sw, dh, dw) < 1:
-        raise ValueError(f"cupy {op}: stride and dilation must be >= 1")
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"cupy {op}: groups must be an int >= 1, got {groups!r}")
-    if c % groups or k % groups:
-        raise ValueError(f"cupy {op}: groups={groups} must divide C={c} and K={k}")
-    if groups > _MAX_GRID_Y:
-        raise ValueError(f"cupy {op}: groups={groups} exceeds the grid limit {_MAX_GRID_Y}")
-    ho = (h + top + bottom - dh * (r - 1) - 1) // sh + 1
-    wo = (w + left + right - dw * (s - 1) - 1) // sw + 1
-    if ho < 1 or wo < 1 or r < 1 or s < 1:
-        raise ValueError(f"cupy {op}: the output would be empty ({ho} x {wo}) for input "
-                         f"{h} x {w}, kernel {r} x {s}, padding {padding}, dilation {dilation}, "
-                         f"stride {stride}")
-    if max(n * c * h * w, n * k * ho * wo, k * c * r * s) > _INT32_MAX:
+def geometry(op: str, layout, n, c, h, w, k, r, s, stride, padding, dilation,
+             groups) -> convgeom.Geometry:
+    """convgeom.geometry, plus the 32-bit sizes the kernels index with."""
+    check_layout(f"cupy {op}", layout)
+    geo = convgeom.geometry(f"cupy {op}", n, c, h, w, k, r, s, stride, padding, dilation, groups)
+    if max(n * c * h * w, n * k * geo.ho * geo.wo, k * c * r * s) > INT32_MAX:
         raise ValueError(f"cupy {op}: tensors over 2**31 elements are not supported")
-    return Geometry(n, c, h, w, k, ho, wo, r, s, groups, sh, sw, top, left, dh, dw)
+    return geo
 
 
-def forward_launch(geo: Geometry, config: Conv2dConfig, layout: str):
+def forward_launch(geo: convgeom.Geometry, config: Conv2dConfig, layout: str):
     """(which, grid, block, extra int args) of the forward launch for this problem."""
     if kernel_kind(geo.c, geo.k, geo.r, geo.s, geo.groups) == "direct":
         total = geo.n * geo.k * geo.ho * geo.wo
@@ -304,7 +195,7 @@ def forward_launch(geo: Geometry, config: Conv2dConfig, layout: str):
     m = geo.n * geo.ho * geo.wo
     tiles_n = -(-geo.kg // config.BN)
     blocks = -(-m // config.BM) * tiles_n
-    if blocks > _INT32_MAX:
+    if blocks > INT32_MAX:
         raise ValueError(f"cupy conv2d: {blocks} thread blocks exceed the grid limit")
     return "fwd", (blocks, geo.groups, 1), (config.threads, 1, 1), (tiles_n,)
 
@@ -348,15 +239,13 @@ def conv2d_forward(x, weight, bias=None, stride=(1, 1), padding=(0, 0, 0, 0), di
 
     op = "conv2d"
     dtype = _check_arrays(op, ("x", x), ("weight", weight))
-    if layout not in LAYOUTS:
-        raise ValueError(f"cupy {op}: layout must be 'NCHW' or 'NHWC', got {layout!r}")
     n, c, h, w = nchw_shape(x.shape, layout)
     k, cg, r, s = weight.shape
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1 or cg * groups != c:
         raise ValueError(f"cupy {op}: weight must be (K, C/groups, R, S) with C={c}, "
                          f"groups={groups}; got {weight.shape}")
     geo = geometry(op, layout, n, c, h, w, k, r, s, stride, padding, dilation, groups)
-    if activation not in _ACT_CODES:
+    if activation not in ACT_CODES:
         raise ValueError(f"cupy {op}: activation must be one of None, {', '.join(ACTIVATIONS)}; "
                          f"got {activation!r}")
     if bias is not None:
@@ -380,7 +269,7 @@ def conv2d_forward(x, weight, bias=None, stride=(1, 1), padding=(0, 0, 0, 0), di
         args = (x, weight, bias if bias is not None else y, y, *map(i32, geo.ints),
                 *map(i64, elem_strides(x, layout)), *map(i64, elem_strides(weight)), i64(sb),
                 *map(i64, elem_strides(y, layout)), *map(i32, extra),
-                i32(bias is not None), i32(_ACT_CODES[activation]))
+                i32(bias is not None), i32(ACT_CODES[activation]))
         kern(grid, block, args)
     return y
 
@@ -394,17 +283,13 @@ def conv2d_backward_input(grad_out, weight, input_hw, stride=(1, 1), padding=(0,
 
     op = "conv2d_backward_input"
     dtype = _check_arrays(op, ("grad_out", grad_out), ("weight", weight))
-    if layout not in LAYOUTS:
-        raise ValueError(f"cupy {op}: layout must be 'NCHW' or 'NHWC', got {layout!r}")
-    h, w = _pair(input_hw, "input_hw")
+    h, w = convgeom.pair(f"cupy {op}", "input_hw", input_hw)
     n, k, ho, wo = nchw_shape(grad_out.shape, layout)
     kw, cg, r, s = weight.shape
     if kw != k or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"cupy {op}: weight must have K={k} rows, got {weight.shape}")
     geo = geometry(op, layout, n, cg * groups, h, w, k, r, s, stride, padding, dilation, groups)
-    if (geo.ho, geo.wo) != (ho, wo):
-        raise ValueError(f"cupy {op}: grad_out is {ho} x {wo} but the convolution of a "
-                         f"{h} x {w} input gives {geo.ho} x {geo.wo}")
+    geo.check_grad_out(ho, wo)
     if config is not None and not isinstance(config, Conv2dConfig):
         raise TypeError(f"cupy {op}: config must be a Conv2dConfig, got {type(config).__name__}")
     with grad_out.device:
@@ -429,17 +314,13 @@ def conv2d_backward_weight(x, grad_out, kernel_hw, stride=(1, 1), padding=(0, 0,
 
     op = "conv2d_backward_weight"
     dtype = _check_arrays(op, ("x", x), ("grad_out", grad_out))
-    if layout not in LAYOUTS:
-        raise ValueError(f"cupy {op}: layout must be 'NCHW' or 'NHWC', got {layout!r}")
-    r, s = _pair(kernel_hw, "kernel_hw")
+    r, s = convgeom.pair(f"cupy {op}", "kernel_hw", kernel_hw)
     n, c, h, w = nchw_shape(x.shape, layout)
     n2, k, ho, wo = nchw_shape(grad_out.shape, layout)
     if n2 != n:
         raise ValueError(f"cupy {op}: x has batch {n} but grad_out has {n2}")
     geo = geometry(op, layout, n, c, h, w, k, r, s, stride, padding, dilation, groups)
-    if (geo.ho, geo.wo) != (ho, wo):
-        raise ValueError(f"cupy {op}: grad_out is {ho} x {wo} but the convolution of a "
-                         f"{h} x {w} input gives {geo.ho} x {geo.wo}")
+    geo.check_grad_out(ho, wo)
     if config is not None and not isinstance(config, Conv2dConfig):
         raise TypeError(f"cupy {op}: config must be a Conv2dConfig, got {type(config).__name__}")
     with x.device:

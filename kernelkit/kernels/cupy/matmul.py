@@ -15,39 +15,22 @@ The project's tuner picks a :class:`MatmulConfig` from :data:`SHIPPED_CONFIGS` (
 from __future__ import annotations
 
 import dataclasses
-import functools
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from kernelkit.kernels import ACTIVATIONS
-from kernelkit.kernels.config import KernelConfig
+from kernelkit.kernels.config import KernelConfig, next_pow2
+from kernelkit.kernels.cupy import _common
+from kernelkit.kernels.cupy._common import (
+    ACT_CODES,
+    DTYPES,
+    INT32_MAX,
+    SMEM_PAD,
+    STATIC_SMEM_LIMIT,
+    elem_strides,
+)
 
 SOURCE_PATH = Path(__file__).with_name("matmul.cu")
-
-# Activation name -> code of the `act` kernel argument (kk::Act in matmul.cu).
-_ACT_CODES: dict[str | None, int] = {None: 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
-assert set(_ACT_CODES) - {None} == set(ACTIVATIONS)
-
-# dtype name -> (kernel-name tag, CUDA element type).
-_DTYPES: dict[str, tuple[str, str]] = {"float32": ("f32", "float"), "float16": ("f16", "__half")}
-
-_SMEM_PAD = 4  # PAD in matmul.cu
-_STATIC_SMEM_LIMIT = 48 * 1024
-_INT32_MAX = 2**31 - 1
-
-
-def _dtype_name(dtype) -> str:
-    """'float32' / 'float16' from a numpy/cupy dtype, a type, or a string."""
-    name = getattr(dtype, "name", None)
-    if name is None:
-        try:
-            import numpy as np
-
-            name = np.dtype(dtype).name
-        except TypeError:
-            name = str(dtype)
-    return str(name).replace("torch.", "")
 
 
 @dataclass(frozen=True)
@@ -80,8 +63,8 @@ class MatmulConfig(KernelConfig):
         for t, name in ((self.TM, "TM"), (self.TN, "TN")):
             if t > 3 and t % 4:
                 problems.append(f"{name} must be 1, 2, 3 or a multiple of 4")
-        if self.smem_bytes > _STATIC_SMEM_LIMIT:
-            problems.append(f"shared memory {self.smem_bytes} B > {_STATIC_SMEM_LIMIT} B")
+        if self.smem_bytes > STATIC_SMEM_LIMIT:
+            problems.append(f"shared memory {self.smem_bytes} B > {STATIC_SMEM_LIMIT} B")
         if problems:
             raise ValueError(f"cupy matmul config {self}: " + "; ".join(problems))
 
@@ -92,7 +75,7 @@ class MatmulConfig(KernelConfig):
     @property
     def smem_bytes(self) -> int:
         """Static shared memory of the kernel: two float stages of A and B tiles."""
-        return 2 * self.BK * (self.BM + self.BN + 2 * _SMEM_PAD) * 4
+        return 2 * self.BK * (self.BM + self.BN + 2 * SMEM_PAD) * 4
 
     @classmethod
     def default(cls, dtype=None) -> MatmulConfig:
@@ -108,8 +91,8 @@ class MatmulConfig(KernelConfig):
         always fits); the default always stays.
         """
         _check_dtype(dtype)
-        cap_m, cap_n = (max(32, 2 * _next_pow2(x)) for x in (m, n))
-        cap_k = max(8, _next_pow2(k))
+        cap_m, cap_n = (max(32, 2 * next_pow2(x)) for x in (m, n))
+        cap_k = max(8, next_pow2(k))
         default = cls.default(dtype)
         out = [default]
         for cfg in SHIPPED_CONFIGS:
@@ -131,27 +114,20 @@ SHIPPED_CONFIGS: tuple[MatmulConfig, ...] = (
 )
 
 
-def _next_pow2(x: int) -> int:
-    return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
-
-
 def _check_dtype(dtype) -> str:
-    name = _dtype_name(dtype)
-    if name not in _DTYPES:
-        raise TypeError(f"cupy matmul: dtype must be float32 or float16, got {name}")
-    return name
+    return _common.check_dtype("matmul", dtype)
 
 
 def kernel_name(dtype, config: MatmulConfig) -> str:
     """The extern "C" name of the kernel for (dtype, config) in matmul.cu."""
-    tag, _ = _DTYPES[_check_dtype(dtype)]
+    tag, _ = DTYPES[_check_dtype(dtype)]
     c = config
     return f"kk_matmul_{tag}_{c.BM}x{c.BN}x{c.BK}_{c.TM}x{c.TN}"
 
 
 def compile_options(dtype, config: MatmulConfig) -> tuple[str, ...]:
     """Compiler options that make matmul.cu instantiate only the (dtype, config) kernel."""
-    tag, ctype = _DTYPES[_check_dtype(dtype)]
+    tag, ctype = DTYPES[_check_dtype(dtype)]
     c = config
     return (
         "-std=c++17",
@@ -166,13 +142,11 @@ def compile_options(dtype, config: MatmulConfig) -> tuple[str, ...]:
     )
 
 
-@functools.lru_cache(maxsize=1)
 def source() -> str:
-    return SOURCE_PATH.read_text(encoding="utf-8")
+    return _common.source(SOURCE_PATH)
 
 
-_kernels: dict[tuple[str, MatmulConfig, int], object] = {}
-_kernels_lock = threading.Lock()
+_kernels = _common.KernelCache()
 
 
 def get_kernel(dtype, config: MatmulConfig, device_id: int | None = None):
@@ -182,18 +156,15 @@ def get_kernel(dtype, config: MatmulConfig, device_id: int | None = None):
     name = _check_dtype(dtype)
     if device_id is None:
         device_id = cupy.cuda.Device().id
-    key = (name, config, int(device_id))
-    kern = _kernels.get(key)
-    if kern is None:
-        with _kernels_lock:
-            kern = _kernels.get(key)
-            if kern is None:
-                with cupy.cuda.Device(device_id):
-                    module = cupy.RawModule(code=source(), options=compile_options(name, config))
-                    kern = module.get_function(kernel_name(name, config))
-                    kern.compile()  # compile errors surface here, not at the first launch
-                _kernels[key] = kern
-    return kern
+
+    def build():
+        with cupy.cuda.Device(device_id):
+            module = cupy.RawModule(code=source(), options=compile_options(name, config))
+            kern = module.get_function(kernel_name(name, config))
+            kern.compile()  # compile errors surface here, not at the first launch
+        return kern
+
+    return _kernels.get((name, config, int(device_id)), build)
 
 
 def launch_geometry(batch: int, m: int, n: int, config: MatmulConfig) -> tuple[int, int, int, int]:
@@ -201,16 +172,9 @@ def launch_geometry(batch: int, m: int, n: int, config: MatmulConfig) -> tuple[i
     tiles_m = -(-m // config.BM)
     tiles_n = -(-n // config.BN)
     blocks = tiles_m * tiles_n * batch
-    if blocks > _INT32_MAX:
+    if blocks > INT32_MAX:
         raise ValueError(f"cupy matmul: {blocks} thread blocks exceed the grid limit")
     return blocks, config.threads, tiles_m, tiles_n
-
-
-def _elem_strides(strides, itemsize: int) -> tuple[int, ...]:
-    """Byte strides (any sign) -> element strides."""
-    if any(s % itemsize for s in strides):
-        raise ValueError(f"cupy matmul: strides {strides} are not multiples of the item size")
-    return tuple(s // itemsize for s in strides)
 
 
 def matmul_forward(a, b, bias=None, activation: str | None = None,
@@ -238,7 +202,7 @@ def matmul_forward(a, b, bias=None, activation: str | None = None,
     bb, kb, n = b.shape
     if bb != batch or kb != k:
         raise ValueError(f"cupy matmul: shapes {a.shape} and {b.shape} do not match")
-    if activation not in _ACT_CODES:
+    if activation not in ACT_CODES:
         raise ValueError(f"cupy matmul: activation must be one of None, {', '.join(ACTIVATIONS)}; "
                          f"got {activation!r}")
     if bias is not None:
@@ -257,16 +221,16 @@ def matmul_forward(a, b, bias=None, activation: str | None = None,
         out = cupy.empty((batch, m, n), dtype=a.dtype)
         if out.size == 0:
             return out
-        if max(m, n, k) > _INT32_MAX:
+        if max(m, n, k) > INT32_MAX:
             raise ValueError(f"cupy matmul: M, N, K must be < 2**31, got {m}, {n}, {k}")
         blocks, threads, tiles_m, tiles_n = launch_geometry(batch, m, n, config)
         isz = a.itemsize
-        sab, sam, sak = _elem_strides(a.strides, isz)
-        sbb, sbk, sbn = _elem_strides(b.strides, isz)
+        sab, sam, sak = elem_strides("matmul", a.strides, isz)
+        sbb, sbk, sbn = elem_strides("matmul", b.strides, isz)
         if bias is None:
             bias_arg, sbias, has_bias = out, 0, 0  # never read
         else:
-            bias_arg, (sbias,), has_bias = bias, _elem_strides(bias.strides, isz), 1
+            bias_arg, (sbias,), has_bias = bias, elem_strides("matmul", bias.strides, isz), 1
         kern = get_kernel(dtype, config, a.device.id)
         i32, i64 = np.int32, np.int64
         kern(
@@ -274,6 +238,6 @@ def matmul_forward(a, b, bias=None, activation: str | None = None,
             (threads, 1, 1),
             (a, b, bias_arg, out, i32(m), i32(n), i32(k), i32(tiles_m), i32(tiles_n),
              i64(sab), i64(sam), i64(sak), i64(sbb), i64(sbk), i64(sbn), i64(sbias),
-             i32(has_bias), i32(_ACT_CODES[activation])),
+             i32(has_bias), i32(ACT_CODES[activation])),
         )
     return out

@@ -17,15 +17,14 @@ arguments.
 
 from __future__ import annotations
 
-import functools
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from kernelkit.kernels import taps as _taps
-from kernelkit.kernels.config import KernelConfig
+from kernelkit.kernels.config import KernelConfig, next_pow2
+from kernelkit.kernels.cupy import _common
 
 __all__ = ["PreprocessConfig", "preprocess_forward", "SHIPPED_CONFIGS", "kernel_name"]
 
@@ -34,7 +33,6 @@ SOURCE_PATH = Path(__file__).with_name("preprocess.cu")
 _IN_TAGS = {"uint8": "u8", "float32": "f32"}
 _OUT_TAGS = {"float32": "f32", "float16": "f16", "uint8": "u8"}
 OUT_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
-_INT32_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ class PreprocessConfig(KernelConfig):
     def space(cls, n: int, out_h: int, out_w: int, c: int) -> list[PreprocessConfig]:
         """Default first, then the shipped variants whose block is not far wider than the output."""
         d = cls.default()
-        cap_x = max(32, 2 * _next_pow2(out_w))
+        cap_x = max(32, 2 * next_pow2(out_w))
         return [d] + [cfg for cfg in SHIPPED_CONFIGS[1:] if cfg.block_x <= cap_x]
 
 
@@ -80,10 +78,6 @@ SHIPPED_CONFIGS: tuple[PreprocessConfig, ...] = (
 )
 
 
-def _next_pow2(x: int) -> int:
-    return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
-
-
 def kernel_name(in_dtype: str, out_dtype: str) -> str:
     """The extern "C" name of the kernel in preprocess.cu for (input, output) dtype names."""
     return f"kk_preprocess_{_IN_TAGS[in_dtype]}_{_OUT_TAGS[out_dtype]}"
@@ -93,13 +87,11 @@ KERNEL_NAMES = tuple(kernel_name(i, o) for i in _IN_TAGS for o in _OUT_TAGS)
 COMPILE_OPTIONS = ("-std=c++17",)
 
 
-@functools.lru_cache(maxsize=1)
 def source() -> str:
-    return SOURCE_PATH.read_text(encoding="utf-8")
+    return _common.source(SOURCE_PATH)
 
 
-_modules: dict[int, object] = {}
-_lock = threading.Lock()
+_modules = _common.KernelCache()
 
 
 def get_kernel(in_dtype: str, out_dtype: str, device_id: int | None = None):
@@ -108,17 +100,14 @@ def get_kernel(in_dtype: str, out_dtype: str, device_id: int | None = None):
 
     if device_id is None:
         device_id = cupy.cuda.Device().id
-    mod = _modules.get(device_id)
-    if mod is None:
-        with _lock:
-            mod = _modules.get(device_id)
-            if mod is None:
-                with cupy.cuda.Device(device_id):
-                    mod = cupy.RawModule(code=source(), options=COMPILE_OPTIONS,
-                                         name_expressions=None)
-                    mod.compile()  # compile errors surface here, not at the first launch
-                _modules[device_id] = mod
-    return mod.get_function(kernel_name(in_dtype, out_dtype))
+
+    def build():
+        with cupy.cuda.Device(device_id):
+            mod = cupy.RawModule(code=source(), options=COMPILE_OPTIONS, name_expressions=None)
+            mod.compile()  # compile errors surface here, not at the first launch
+        return mod
+
+    return _modules.get(device_id, build).get_function(kernel_name(in_dtype, out_dtype))
 
 
 def launch_geometry(n: int, out_h: int, out_w: int, config: PreprocessConfig):
@@ -126,21 +115,16 @@ def launch_geometry(n: int, out_h: int, out_w: int, config: PreprocessConfig):
     tiles_y = -(-out_h // config.block_y)
     tiles_x = -(-out_w // config.block_x)
     blocks = n * tiles_y * tiles_x
-    if blocks > _INT32_MAX:
+    if blocks > _common.INT32_MAX:
         raise ValueError(f"cupy preprocess: {blocks} thread blocks exceed the grid limit")
     return blocks, (config.block_x, config.block_y, 1), tiles_y, tiles_x
-
-
-def _elem(strides, item):
-    assert all(s % item == 0 for s in strides), "strides must be multiples of the item size"
-    return [s // item for s in strides]
 
 
 def _image_table(images):
     """(base array, dtype name, C, meta, (N, 2) shapes, device id) of a 4-D array or a list."""
     if getattr(images, "ndim", None) == 4:
         n = images.shape[0]
-        st = _elem(images.strides, images.itemsize)
+        st = _common.elem_strides("preprocess", images.strides, images.itemsize)
         meta = np.zeros((n, _taps.NMETA), np.int64)
         meta[:, _taps.M_OFF] = np.arange(n, dtype=np.int64) * st[0]
         meta[:, _taps.M_SH], meta[:, _taps.M_SW], meta[:, _taps.M_SC] = st[1:]
@@ -160,7 +144,7 @@ def _image_table(images):
         d = a.data.ptr - first.data.ptr
         assert d % item == 0, "images of a list must be aligned to their item size"
         meta[i, _taps.M_OFF] = d // item
-        meta[i, _taps.M_SH], meta[i, _taps.M_SW], meta[i, _taps.M_SC] = _elem(a.strides, item)
+        meta[i, _taps.M_SH], meta[i, _taps.M_SW], meta[i, _taps.M_SC] = _common.elem_strides("preprocess", a.strides, item)
         shapes[i] = a.shape[:2]
     return first, first.dtype.name, first.shape[2], meta, shapes, first.device.id
 

@@ -137,10 +137,6 @@ def check_dtype(op: str, dtype: torch.dtype) -> None:
         raise TypeError(f"{op} (triton): dtype must be float16, bfloat16 or float32, got {dtype}")
 
 
-def next_pow2(x: int) -> int:
-    return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
-
-
 def max_offset(sizes, strides) -> int:
     """The largest element offset a tensor of these sizes and strides reaches."""
     return sum((s - 1) * abs(st) for s, st in zip(sizes, strides, strict=True) if s > 0)

@@ -46,6 +46,17 @@ import triton.language as tl
 
 from kernelkit.devices import triton_interpret
 from kernelkit.kernels import ACTIVATIONS
+from kernelkit.kernels.config import next_pow2
+from kernelkit.kernels.convgeom import (
+    LAYOUTS,  # noqa: F401  (part of this module's interface)
+    MAX_GRID_YZ,
+    act_shape,
+    check_layout,
+    geometry,
+    kernel_kind,
+    nchw_shape,
+    pair,
+)
 from kernelkit.kernels.triton._common import (
     INT32_MAX,
     TileConfig,
@@ -55,12 +66,7 @@ from kernelkit.kernels.triton._common import (
     dot_args,
     grouped_tile,
     max_offset,
-    next_pow2,
 )
-
-_MAX_GRID_YZ = 65535
-LAYOUTS = ("NCHW", "NHWC")
-
 
 # ---------------------------------------------------------------------------------------------
 # Implicit-GEMM kernels
@@ -531,7 +537,7 @@ class Conv2dConfig(TileConfig):
         family has a smaller block there.
         """
         check_dtype("conv2d", dtype)
-        sh, sw = _pair(stride, "stride")
+        sh, sw = pair("conv2d (triton)", "stride", stride)
         kind = kernel_kind(c, k, r, s, groups)
         default = cls.default(dtype, kind)
         ho = max(1, (h - 1) // sh + 1)  # about right for "same" padding; only used to prune
@@ -603,106 +609,6 @@ def shipped_configs(dtype: torch.dtype, kind: str = "gemm") -> tuple[Conv2dConfi
     return _FP32_CONFIGS if dtype == torch.float32 else _HALF_CONFIGS
 
 
-def kernel_kind(c: int, k: int, r: int, s: int, groups: int) -> str:
-    """"direct" when a GEMM's dot would be mostly padding (depthwise, few channels per group),
-    else "gemm". The same rule picks the forward, backward-input and backward-weight kernels."""
-    cg, kg = c // max(groups, 1), k // max(groups, 1)
-    return "direct" if kg < 16 or cg * r * s < 16 else "gemm"
-
-
-def _bwd_input_kind(c: int, k: int, r: int, s: int, groups: int) -> str:
-    # grad_in's GEMM has N = C/groups and reduces over (K/groups) * R * S.
-    cg, kg = c // max(groups, 1), k // max(groups, 1)
-    return "direct" if cg < 16 or kg * r * s < 16 else "gemm"
-
-
-def _pair(v, name: str) -> tuple[int, int]:
-    if isinstance(v, int) and not isinstance(v, bool):
-        return v, v
-    try:
-        a, b = v
-    except (TypeError, ValueError):
-        raise ValueError(f"conv2d (triton): {name} must be an int or a pair, got {v!r}") from None
-    if not all(isinstance(t, int) and not isinstance(t, bool) for t in (a, b)):
-        raise ValueError(f"conv2d (triton): {name} must hold ints, got {v!r}")
-    return a, b
-
-
-def _padding4(p) -> tuple[int, int, int, int]:
-    if isinstance(p, int) and not isinstance(p, bool):
-        p = (p,) * 4
-    elif isinstance(p, (tuple, list)) and len(p) == 2:
-        p = (p[0], p[0], p[1], p[1])
-    if (not isinstance(p, (tuple, list)) or len(p) != 4
-            or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in p)):
-        raise ValueError(f"conv2d (triton): padding must be (top, bottom, left, right) of ints "
-                         f">= 0, got {p!r}")
-    return tuple(p)
-
-
-def _nchw_strides(t: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
-    """(n, c, h, w) element strides of an activation tensor given in ``layout``."""
-    st = t.stride()
-    return st if layout == "NCHW" else (st[0], st[3], st[1], st[2])
-
-
-def _nchw_shape(t: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
-    sh = tuple(t.shape)
-    return sh if layout == "NCHW" else (sh[0], sh[3], sh[1], sh[2])
-
-
-def _empty_act(n: int, c: int, h: int, w: int, layout: str, like: torch.Tensor) -> torch.Tensor:
-    shape = (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
-    return torch.empty(shape, dtype=like.dtype, device=like.device)
-
-
-def _out_size(size: int, lo: int, hi: int, dil: int, k: int, stride: int) -> int:
-    return (size + lo + hi - dil * (k - 1) - 1) // stride + 1
-
-
-class _Geometry:
-    """Checked convolution arguments, in NCHW terms."""
-
-    def __init__(self, op: str, stride, padding, dilation, groups, n, c, h, w, k, r, s):
-        self.op = op
-        self.sh, self.sw = _pair(stride, "stride")
-        self.dh, self.dw = _pair(dilation, "dilation")
-        self.top, self.bottom, self.left, self.right = _padding4(padding)
-        if min(self.sh, self.sw, self.dh, self.dw) < 1:
-            raise ValueError(f"{op} (triton): stride and dilation must be >= 1, got "
-                             f"{(self.sh, self.sw)} and {(self.dh, self.dw)}")
-        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-            raise ValueError(f"{op} (triton): groups must be an int >= 1, got {groups!r}")
-        if c % groups or k % groups:
-            raise ValueError(f"{op} (triton): groups={groups} must divide C={c} and K={k}")
-        if r < 1 or s < 1:
-            raise ValueError(f"{op} (triton): kernel size must be >= 1, got {(r, s)}")
-        self.n, self.c, self.h, self.w, self.k, self.r, self.s = n, c, h, w, k, r, s
-        self.groups, self.cg, self.kg = groups, c // groups, k // groups
-        self.ho = _out_size(h, self.top, self.bottom, self.dh, r, self.sh)
-        self.wo = _out_size(w, self.left, self.right, self.dw, s, self.sw)
-        if self.ho < 1 or self.wo < 1:
-            raise ValueError(f"{op} (triton): the output would be empty ({self.ho} x {self.wo}) for "
-                             f"input {h} x {w}, kernel {r} x {s}, padding {padding}, dilation "
-                             f"{dilation}, stride {stride}")
-        if groups > _MAX_GRID_YZ:
-            raise ValueError(f"{op} (triton): groups={groups} exceeds the grid limit {_MAX_GRID_YZ}")
-
-    def geometry_args(self) -> tuple[int, ...]:
-        return (self.sh, self.sw, self.top, self.left, self.dh, self.dw)
-
-    def check_grad_out(self, ho: int, wo: int) -> None:
-        """grad_out's spatial size must be this convolution's output size."""
-        if (self.ho, self.wo) != (ho, wo):
-            raise ValueError(f"{self.op} (triton): grad_out is {ho} x {wo} but the convolution of "
-                             f"a {self.h} x {self.w} input gives {self.ho} x {self.wo}")
-
-
-def _check_layout(op: str, layout) -> None:
-    if layout not in LAYOUTS:
-        raise ValueError(f"{op} (triton): layout must be 'NCHW' or 'NHWC', got {layout!r}")
-
-
 def _check_tensor(op: str, name: str, t, dims: int, like: torch.Tensor | None = None) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op} (triton): {name} must be a torch tensor, got {type(t)}")
@@ -737,7 +643,7 @@ def _num_sms(device: torch.device) -> int:
 def _auto_split(base_programs: int, p: int, block: int, device: torch.device) -> int:
     """Splits of the N*Ho*Wo reduction: about 2 waves of programs, each split >= 4 blocks long."""
     target = 2 * _num_sms(device)
-    split = max(1, min(target // max(base_programs, 1), triton.cdiv(p, 4 * block), _MAX_GRID_YZ))
+    split = max(1, min(target // max(base_programs, 1), triton.cdiv(p, 4 * block), MAX_GRID_YZ))
     return split
 
 
@@ -766,13 +672,13 @@ def conv2d_forward(
     op = "conv2d"
     _check_tensor(op, "x", x, 4)
     _check_tensor(op, "weight", weight, 4, like=x)
-    _check_layout(op, layout)
-    n, c, h, w = _nchw_shape(x, layout)
+    check_layout(f"{op} (triton)", layout)
+    n, c, h, w = nchw_shape(x.shape, layout)
     k, cg, r, s = weight.shape
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1 or cg * groups != c:
         raise ValueError(f"{op} (triton): weight must be (K, C/groups, R, S) = (K, {c}/{groups}, R, S), "
                          f"got {tuple(weight.shape)}")
-    geo = _Geometry(op, stride, padding, dilation, groups, n, c, h, w, k, r, s)
+    geo = geometry(f"{op} (triton)", n, c, h, w, k, r, s, stride, padding, dilation, groups)
     if bias is not None:
         _check_tensor(op, "bias", bias, 1, like=x)
         if bias.shape != (k,):
@@ -783,10 +689,10 @@ def conv2d_forward(
     kind = kernel_kind(c, k, r, s, groups)
     config = _check_config(op, config, x.dtype, kind)
 
-    y = _empty_act(n, k, geo.ho, geo.wo, layout, x)
+    y = torch.empty(act_shape(n, k, geo.ho, geo.wo, layout), dtype=x.dtype, device=x.device)
     if y.numel() == 0:
         return y
-    xs, ys, ws = _nchw_strides(x, layout), _nchw_strides(y, layout), weight.stride()
+    xs, ys, ws = nchw_shape(x.stride(), layout), nchw_shape(y.stride(), layout), weight.stride()
     m = n * geo.ho * geo.wo
     index_i64 = max(max_offset((n, c, h, w), xs), max_offset(tuple(weight.shape), ws),
                     max_offset((n, k, geo.ho, geo.wo), ys), m) > INT32_MAX // 2
@@ -844,24 +750,25 @@ def conv2d_backward_input(
     op = "conv2d_backward_input"
     _check_tensor(op, "grad_out", grad_out, 4)
     _check_tensor(op, "weight", weight, 4, like=grad_out)
-    _check_layout(op, layout)
-    h, w = _pair(input_hw, "input_hw")
-    n, k, ho, wo = _nchw_shape(grad_out, layout)
+    check_layout(f"{op} (triton)", layout)
+    h, w = pair(f"{op} (triton)", "input_hw", input_hw)
+    n, k, ho, wo = nchw_shape(grad_out.shape, layout)
     kw, cg, r, s = weight.shape
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1 or kw != k:
         raise ValueError(f"{op} (triton): weight must have K={k} rows, got {tuple(weight.shape)}")
     c = cg * groups
-    geo = _Geometry(op, stride, padding, dilation, groups, n, c, h, w, k, r, s)
+    geo = geometry(f"{op} (triton)", n, c, h, w, k, r, s, stride, padding, dilation, groups)
     geo.check_grad_out(ho, wo)
-    kind = _bwd_input_kind(c, k, r, s, groups)
+    kind = kernel_kind(k, c, r, s, groups)  # grad_in's GEMM: N = C/groups, reduction K/groups*R*S
     config = _check_config(op, config, grad_out.dtype, kind)
 
-    dx = _empty_act(n, c, h, w, layout, grad_out)
+    dx = torch.empty(act_shape(n, c, h, w, layout), dtype=grad_out.dtype, device=grad_out.device)
     if dx.numel() == 0:
         return dx
     if k == 0:
         return dx.zero_()
-    dys, dxs, ws = _nchw_strides(grad_out, layout), _nchw_strides(dx, layout), weight.stride()
+    dys, dxs = nchw_shape(grad_out.stride(), layout), nchw_shape(dx.stride(), layout)
+    ws = weight.stride()
     m = n * h * w
     index_i64 = max(max_offset((n, k, ho, wo), dys), max_offset(tuple(weight.shape), ws),
                     max_offset((n, c, h, w), dxs), m) > INT32_MAX // 2
@@ -916,16 +823,16 @@ def conv2d_backward_weight(
     op = "conv2d_backward_weight"
     _check_tensor(op, "x", x, 4)
     _check_tensor(op, "grad_out", grad_out, 4, like=x)
-    _check_layout(op, layout)
-    r, s = _pair(kernel_hw, "kernel_hw")
-    n, c, h, w = _nchw_shape(x, layout)
-    n2, k, ho, wo = _nchw_shape(grad_out, layout)
+    check_layout(f"{op} (triton)", layout)
+    r, s = pair(f"{op} (triton)", "kernel_hw", kernel_hw)
+    n, c, h, w = nchw_shape(x.shape, layout)
+    n2, k, ho, wo = nchw_shape(grad_out.shape, layout)
     if n2 != n:
         raise ValueError(f"{op} (triton): x has batch {n} but grad_out has {n2}")
-    geo = _Geometry(op, stride, padding, dilation, groups, n, c, h, w, k, r, s)
+    geo = geometry(f"{op} (triton)", n, c, h, w, k, r, s, stride, padding, dilation, groups)
     geo.check_grad_out(ho, wo)
-    if split_k is not None and (not isinstance(split_k, int) or not 1 <= split_k <= _MAX_GRID_YZ):
-        raise ValueError(f"{op} (triton): split_k must be None or an int in [1, {_MAX_GRID_YZ}]")
+    if split_k is not None and (not isinstance(split_k, int) or not 1 <= split_k <= MAX_GRID_YZ):
+        raise ValueError(f"{op} (triton): split_k must be None or an int in [1, {MAX_GRID_YZ}]")
     kind = kernel_kind(c, k, r, s, groups)
     config = _check_config(op, config, x.dtype, kind)
 
@@ -935,7 +842,7 @@ def conv2d_backward_weight(
     p = n * ho * wo
     if p == 0:
         return torch.zeros(shape, dtype=x.dtype, device=x.device)
-    xs, dys = _nchw_strides(x, layout), _nchw_strides(grad_out, layout)
+    xs, dys = nchw_shape(x.stride(), layout), nchw_shape(grad_out.stride(), layout)
     index_i64 = max(max_offset((n, c, h, w), xs), max_offset((n, k, ho, wo), dys), p,
                     k * geo.cg * r * s) > INT32_MAX // 2
     if kind == "direct":
@@ -987,5 +894,5 @@ def conv2d_backward_weight(
 
 
 def _check_grid(op: str, grid: tuple[int, ...]) -> None:
-    if grid[0] > INT32_MAX or any(g > _MAX_GRID_YZ for g in grid[1:]):
+    if grid[0] > INT32_MAX or any(g > MAX_GRID_YZ for g in grid[1:]):
         raise ValueError(f"{op} (triton): grid {grid} exceeds the launch limits; use larger blocks")

@@ -20,6 +20,7 @@ import triton.language as tl
 
 from kernelkit.devices import triton_interpret
 from kernelkit.kernels import ACTIVATIONS
+from kernelkit.kernels.config import next_pow2
 from kernelkit.kernels.triton._common import (
     INT32_MAX,
     TileConfig,
@@ -29,7 +30,6 @@ from kernelkit.kernels.triton._common import (
     dot_args,
     grouped_tile,
     max_offset,
-    next_pow2,
 )
 
 

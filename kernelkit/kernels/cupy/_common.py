@@ -1,0 +1,73 @@
+"""What the CuPy launchers share: activation codes, dtype tags, the compiled-kernel cache, the
+CUDA sources, and stride conversion. Nothing here imports cupy at module import time."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from kernelkit.kernels import ACTIVATIONS
+
+# Activation name -> code of the `act` kernel argument (kk::Act in matmul.cu and conv2d.cu).
+ACT_CODES: dict[str | None, int] = {None: 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
+assert set(ACT_CODES) - {None} == set(ACTIVATIONS)
+
+# dtype name -> (kernel-name tag, CUDA element type) of the matmul and conv2d kernels.
+DTYPES: dict[str, tuple[str, str]] = {"float32": ("f32", "float"), "float16": ("f16", "__half")}
+
+INT32_MAX = 2**31 - 1
+SMEM_PAD = 4  # PAD in matmul.cu and conv2d.cu
+STATIC_SMEM_LIMIT = 48 * 1024
+
+
+def dtype_name(dtype) -> str:
+    """'float32' / 'float16' from a numpy/cupy dtype, a type, or a string."""
+    name = getattr(dtype, "name", None)
+    if name is None:
+        try:
+            import numpy as np
+
+            name = np.dtype(dtype).name
+        except TypeError:
+            name = str(dtype)
+    return str(name).replace("torch.", "")
+
+
+def check_dtype(op: str, dtype) -> str:
+    """The dtype's name, which must be one the kernels are built for."""
+    name = dtype_name(dtype)
+    if name not in DTYPES:
+        raise TypeError(f"cupy {op}: dtype must be float32 or float16, got {name}")
+    return name
+
+
+def elem_strides(op: str, strides, itemsize: int) -> tuple[int, ...]:
+    """Byte strides (any sign) -> element strides."""
+    if any(s % itemsize for s in strides):
+        raise ValueError(f"cupy {op}: strides {strides} are not multiples of the item size")
+    return tuple(s // itemsize for s in strides)
+
+
+@functools.cache
+def source(path: Path) -> str:
+    """The text of a .cu file beside a launcher (read once)."""
+    return path.read_text(encoding="utf-8")
+
+
+class KernelCache:
+    """Compiled kernels (or modules) by key: each built once, under a lock, on first use."""
+
+    def __init__(self) -> None:
+        self._items: dict = {}
+        self._lock = threading.Lock()
+
+    def get(self, key, build: Callable[[], object]):
+        item = self._items.get(key)
+        if item is None:
+            with self._lock:
+                item = self._items.get(key)
+                if item is None:
+                    item = self._items[key] = build()
+        return item
