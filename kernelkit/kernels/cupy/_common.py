@@ -3,12 +3,15 @@ CUDA sources, and stride conversion. Nothing here imports cupy at module import 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from kernelkit.kernels import ACTIVATIONS
+from kernelkit.kernels.config import KernelConfig
 
 # Activation name -> code of the `act` kernel argument (kk::Act in matmul.cu and conv2d.cu).
 ACT_CODES: dict[str | None, int] = {None: 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
@@ -71,3 +74,48 @@ class KernelCache:
                 if item is None:
                     item = self._items[key] = build()
         return item
+
+
+@dataclass(frozen=True)
+class RegisterTileConfig(KernelConfig):
+    """A SIMT GEMM tile: BM x BN outputs per block, reduction step BK, TM x TN outputs per thread;
+    threads per block = (BM / TM) * (BN / TN). Subclasses give ``smem_bytes`` and may add rules
+    of their kernel in ``_kernel_problems``."""
+
+    BM: int
+    BN: int
+    BK: int
+    TM: int
+    TN: int
+
+    _label = "cupy config"  # how errors name the config
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{self._label}: {f.name} must be a positive int, got {v!r}")
+        problems = []
+        if self.BM % self.TM or self.BN % self.TN:
+            problems.append("BM must be a multiple of TM and BN of TN")
+        else:
+            nt = self.threads
+            if not 32 <= nt <= 1024:
+                problems.append(f"threads per block (BM/TM)*(BN/TN) = {nt} must be in [32, 1024]")
+            else:
+                problems += self._kernel_problems(nt)
+        if self.smem_bytes > STATIC_SMEM_LIMIT:
+            problems.append(f"shared memory {self.smem_bytes} B > {STATIC_SMEM_LIMIT} B")
+        if problems:
+            raise ValueError(f"{self._label} {self}: " + "; ".join(problems))
+
+    def _kernel_problems(self, nt: int) -> list[str]:
+        return []
+
+    @property
+    def threads(self) -> int:
+        return (self.BM // self.TM) * (self.BN // self.TN)
+
+    @property
+    def smem_bytes(self) -> int:
+        raise NotImplementedError

@@ -15,12 +15,11 @@ The project's tuner picks a :class:`Conv2dConfig` (through :meth:`Conv2dConfig.s
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from kernelkit.kernels import ACTIVATIONS, convgeom
-from kernelkit.kernels.config import KernelConfig, next_pow2
+from kernelkit.kernels.config import next_pow2
 from kernelkit.kernels.convgeom import act_shape, check_layout, kernel_kind, nchw_shape
 from kernelkit.kernels.cupy import _common
 from kernelkit.kernels.cupy._common import (
@@ -28,7 +27,7 @@ from kernelkit.kernels.cupy._common import (
     DTYPES,
     INT32_MAX,
     SMEM_PAD,
-    STATIC_SMEM_LIMIT,
+    RegisterTileConfig,
 )
 
 SOURCE_PATH = Path(__file__).with_name("conv2d.cu")
@@ -38,40 +37,18 @@ BWD_WEIGHT_THREADS = 256  # BWD_W_THREADS in conv2d.cu
 
 
 @dataclass(frozen=True)
-class Conv2dConfig(KernelConfig):
+class Conv2dConfig(RegisterTileConfig):
     """Tile of the forward implicit GEMM: BM pixels x BN channels, reduction step BK, and a
     TM x TN register tile per thread; threads per block = (BM / TM) * (BN / TN). The direct and
     backward kernels have a fixed shape and ignore it."""
 
-    BM: int
-    BN: int
-    BK: int
-    TM: int
-    TN: int
+    _label = "cupy conv2d config"
 
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"cupy conv2d config: {f.name} must be a positive int, got {v!r}")
-        problems = []
-        if self.BM % self.TM or self.BN % self.TN:
-            problems.append("BM must be a multiple of TM and BN of TN")
-        else:
-            nt = self.threads
-            if not 32 <= nt <= 1024:
-                problems.append(f"threads per block (BM/TM)*(BN/TN) = {nt} must be in [32, 1024]")
-            elif (self.BM * self.BK) % nt or (self.BK * self.BN) % nt or nt % self.BK:
-                problems.append(f"BM*BK and BK*BN must be multiples of the thread count {nt}, "
-                                f"and the thread count a multiple of BK")
-        if self.smem_bytes > STATIC_SMEM_LIMIT:
-            problems.append(f"shared memory {self.smem_bytes} B > {STATIC_SMEM_LIMIT} B")
-        if problems:
-            raise ValueError(f"cupy conv2d config {self}: " + "; ".join(problems))
-
-    @property
-    def threads(self) -> int:
-        return (self.BM // self.TM) * (self.BN // self.TN)
+    def _kernel_problems(self, nt: int) -> list[str]:
+        if (self.BM * self.BK) % nt or (self.BK * self.BN) % nt or nt % self.BK:
+            return [f"BM*BK and BK*BN must be multiples of the thread count {nt}, "
+                    f"and the thread count a multiple of BK"]
+        return []
 
     @property
     def smem_bytes(self) -> int:

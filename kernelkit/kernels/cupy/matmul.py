@@ -14,19 +14,18 @@ The project's tuner picks a :class:`MatmulConfig` from :data:`SHIPPED_CONFIGS` (
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from kernelkit.kernels import ACTIVATIONS
-from kernelkit.kernels.config import KernelConfig, next_pow2
+from kernelkit.kernels.config import next_pow2
 from kernelkit.kernels.cupy import _common
 from kernelkit.kernels.cupy._common import (
     ACT_CODES,
     DTYPES,
     INT32_MAX,
     SMEM_PAD,
-    STATIC_SMEM_LIMIT,
+    RegisterTileConfig,
     elem_strides,
 )
 
@@ -34,43 +33,22 @@ SOURCE_PATH = Path(__file__).with_name("matmul.cu")
 
 
 @dataclass(frozen=True)
-class MatmulConfig(KernelConfig):
+class MatmulConfig(RegisterTileConfig):
     """Block tile (BM x BN, K step BK) and per-thread register tile (TM x TN).
 
     threads per block = (BM / TM) * (BN / TN).
     """
 
-    BM: int
-    BN: int
-    BK: int
-    TM: int
-    TN: int
+    _label = "cupy matmul config"
 
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"cupy matmul config: {f.name} must be a positive int, got {v!r}")
+    def _kernel_problems(self, nt: int) -> list[str]:
         problems = []
-        if self.BM % self.TM or self.BN % self.TN:
-            problems.append("BM must be a multiple of TM and BN of TN")
-        else:
-            nt = self.threads
-            if not 32 <= nt <= 1024:
-                problems.append(f"threads per block (BM/TM)*(BN/TN) = {nt} must be in [32, 1024]")
-            elif (self.BM * self.BK) % nt or (self.BK * self.BN) % nt:
-                problems.append(f"BM*BK and BK*BN must be multiples of the thread count {nt}")
+        if (self.BM * self.BK) % nt or (self.BK * self.BN) % nt:
+            problems.append(f"BM*BK and BK*BN must be multiples of the thread count {nt}")
         for t, name in ((self.TM, "TM"), (self.TN, "TN")):
             if t > 3 and t % 4:
                 problems.append(f"{name} must be 1, 2, 3 or a multiple of 4")
-        if self.smem_bytes > STATIC_SMEM_LIMIT:
-            problems.append(f"shared memory {self.smem_bytes} B > {STATIC_SMEM_LIMIT} B")
-        if problems:
-            raise ValueError(f"cupy matmul config {self}: " + "; ".join(problems))
-
-    @property
-    def threads(self) -> int:
-        return (self.BM // self.TM) * (self.BN // self.TN)
+        return problems
 
     @property
     def smem_bytes(self) -> int:

@@ -43,7 +43,6 @@ from kernelkit.kernels.numba._gemm import (
     pack_b,
     span,
     tile,
-    ukernel,
 )
 
 _I = np.int64  # _I(0): an int64 argument, not Literal[int](0), so callees compile once
@@ -66,6 +65,18 @@ def _split(i, parts, nsl, unit, total):
     lo = min(total, (i * nsl // parts) * unit)
     hi = min(total, ((i + 1) * nsl // parts) * unit)
     return lo, hi
+
+
+@numba.njit(inline="always", **_JIT)
+def _share(t, nthr, units):
+    """[u0, u1): thread t's share of ``units`` work units over nthr threads."""
+    return t * units // nthr, (t + 1) * units // nthr
+
+
+@numba.njit(inline="always", **_JIT)
+def _window(geo):
+    """(stride h, w, padding top, left, dilation h, w) of the convolution."""
+    return geo[G_SH], geo[G_SW], geo[G_PT], geo[G_PL], geo[G_DH], geo[G_DW]
 
 
 @numba.njit(inline="always", **_JIT)
@@ -150,7 +161,7 @@ def pack_b_im2col(xf, xo, sxc, sxh, sxw, geo, pc, kb, jc, nb, dst, tmp):
     positions) of one image and group into NR-column slivers (the packed-B layout)."""
     _, nr = tile(dst)
     H, W, R, S, Wo = geo[G_H], geo[G_W], geo[G_R], geo[G_S], geo[G_WO]
-    sh, sw, pt, pl, dh, dw = geo[G_SH], geo[G_SW], geo[G_PT], geo[G_PL], geo[G_DH], geo[G_DW]
+    sh, sw, pt, pl, dh, dw = _window(geo)
     nsl = _cdiv(nb, nr)
     zero = dst.dtype.type(0)
     for e in range(nb, nsl * nr):
@@ -182,7 +193,7 @@ def pack_a_im2col(xf, xo, sxn, sxc, sxh, sxw, geo, i0, mb, pc, kb, dst):
     (p = (r, s, c), c fastest) into MR-row slivers (the packed-A layout)."""
     mr, _ = tile(dst)
     H, W, S, Ho, Wo = geo[G_H], geo[G_W], geo[G_S], geo[G_HO], geo[G_WO]
-    sh, sw, pt, pl, dh, dw = geo[G_SH], geo[G_SW], geo[G_PT], geo[G_PL], geo[G_DH], geo[G_DW]
+    sh, sw, pt, pl, dh, dw = _window(geo)
     cg = geo[G_C] // geo[G_G]
     hw = Ho * Wo
     zero = dst.dtype.type(0)
@@ -232,47 +243,12 @@ def pack_a_im2col(xf, xo, sxn, sxc, sxh, sxw, geo, i0, mb, pc, kb, dst):
                     dst[_U(base + q * mr + rr)] = zero
 
 
-# ------------------------------------------------------------------------ macro-kernel (row bias)
+# --------------------------------------------------------------------------------- activation
 
 @numba.njit(**_JIT)
 def act_span(c, o, cols, act):
     """_gemm.act_row as a function of its own (called from the inlined op bodies)."""
     act_row(c, o, cols, act)
-
-
-@numba.njit(**_JIT)
-def macro_kernel_rows(mb, nb, kb, ap, aoff, bp, boff, c, coff, ldc, first, last, ct,
-                      bias, has_bias, i0, act):
-    """_gemm.macro_kernel with the bias per row (``bias[i0 + i]``): C rows are output channels."""
-    mr, nr = tile(ap)
-    acc = 0 if first else 1
-    for jr in range(0, nb, nr):
-        cols = min(nr, nb - jr)
-        bo = boff + jr * kb
-        for ir in range(0, mb, mr):
-            rows = min(mr, mb - ir)
-            ao = aoff + ir * kb
-            co = coff + ir * ldc + jr
-            if rows == mr and cols == nr:
-                ukernel(kb, ap, ao, bp, bo, c, co, ldc, acc)
-            else:
-                ukernel(kb, ap, ao, bp, bo, ct, 0, nr, 0)
-                for i in range(rows):
-                    if first:
-                        for j in range(cols):
-                            c[_U(co + i * ldc + j)] = ct[_U(i * nr + j)]
-                    else:
-                        for j in range(cols):
-                            c[_U(co + i * ldc + j)] += ct[_U(i * nr + j)]
-            if last and (has_bias or act != ACT_NONE):
-                for i in range(rows):
-                    o = co + i * ldc
-                    if has_bias:
-                        bv = bias[_U(i0 + ir + i)]
-                        for j in range(cols):
-                            c[_U(o + j)] += bv
-                    if act != ACT_NONE:
-                        act_span(c, o, cols, act)
 
 
 # ------------------------------------------------------------------------------------ the ops
@@ -291,7 +267,7 @@ def _fwd_kp(t, nthr, xf, xlo, sx, wp, bias, c, geo):
     kgpad = _cdiv(kg, mr) * mr
     msl, nsl = _cdiv(kg, mr), _cdiv(hw, nr)
     units = N * G * pm * pn
-    u0, u1 = t * units // nthr, (t + 1) * units // nthr
+    u0, u1 = _share(t, nthr, units)
     if u1 <= u0:
         return
     bpack = np.empty(nc * kc, c.dtype)
@@ -318,10 +294,10 @@ def _fwd_kp(t, nthr, xf, xlo, sx, wp, bias, c, geo):
                     pack_b_im2col(xf, xo, sxc, sxh, sxw, geo, pc, kb, jc, nb, bpack, tmp)
                 for ic in range(r0, r1, mc):
                     mb = min(mc, r1 - ic)
-                    macro_kernel_rows(mb, nb, kb, wp, g * kgpad * kred + pc * kgpad + ic * kb,
-                                      bpack, 0, c, (n * K + g * kg + ic) * hw + jc, hw,
-                                      pc == 0, pc + kb >= kred, ct, bias, has_bias, g * kg + ic,
-                                      act)
+                    macro_kernel(mb, nb, kb, wp, g * kgpad * kred + pc * kgpad + ic * kb,
+                                 bpack, _I(0), c, (n * K + g * kg + ic) * hw + jc, hw,
+                                 pc == 0, pc + kb >= kred, ct, _I(0), bias, has_bias,
+                                 g * kg + ic, act, True)
 
 
 @numba.njit(inline="always", **_JIT)
@@ -338,7 +314,7 @@ def _fwd_pk(t, nthr, xf, xlo, sx, wp, bias, c, geo):
     kgpad = _cdiv(kg, nr) * nr
     msl, nsl = _cdiv(m, mr), _cdiv(kg, nr)
     units = G * pm * pn
-    u0, u1 = t * units // nthr, (t + 1) * units // nthr
+    u0, u1 = _share(t, nthr, units)
     if u1 <= u0:
         return
     apack = np.empty(mc * kc, c.dtype)
@@ -379,7 +355,8 @@ def _pack_w(t, nthr, wf, wp, geo, as_a):
     chunk = 8
     nch = _cdiv(nsl, chunk)
     jobs = G * npc * nch
-    for job in range(t * jobs // nthr, (t + 1) * jobs // nthr):
+    j0, j1 = _share(t, nthr, jobs)
+    for job in range(j0, j1):
         ch = job % nch
         rest = job // nch
         pi = rest % npc
@@ -544,13 +521,13 @@ def _dw_nchw(t, nthr, xf, xlo, sx, wf, bias, c, geo):
     """
     N, C, H, W, K, R, S, Ho, Wo = (geo[G_N], geo[G_C], geo[G_H], geo[G_W], geo[G_K], geo[G_R],
                                    geo[G_S], geo[G_HO], geo[G_WO])
-    sh, sw, pt, pl, dh, dw = geo[G_SH], geo[G_SW], geo[G_PT], geo[G_PL], geo[G_DH], geo[G_DW]
+    sh, sw, pt, pl, dh, dw = _window(geo)
     has_bias, act = geo[G_HAS_BIAS] != 0, geo[G_ACT]
     sxn, sxc, sxh, sxw = sx
     mult = K // C
     zero = c.dtype.type(0)
     units = N * K
-    u0, u1 = t * units // nthr, (t + 1) * units // nthr
+    u0, u1 = _share(t, nthr, units)
     if u1 <= u0:
         return
     if (R == 3 and S == 3 and dh == 1 and dw == 1 and pt == 1 and pl == 1 and sh == 1
@@ -640,7 +617,7 @@ def _dw_nhwc(t, nthr, xf, xlo, sx, wf, bias, c, geo):
     border columns (and rows that touch the padding) add the valid taps one by one."""
     N, C, H, W, K, R, S, Ho, Wo = (geo[G_N], geo[G_C], geo[G_H], geo[G_W], geo[G_K], geo[G_R],
                                    geo[G_S], geo[G_HO], geo[G_WO])
-    sh, sw, pt, pl, dh, dw = geo[G_SH], geo[G_SW], geo[G_PT], geo[G_PL], geo[G_DH], geo[G_DW]
+    sh, sw, pt, pl, dh, dw = _window(geo)
     has_bias, act = geo[G_HAS_BIAS] != 0, geo[G_ACT]
     sxn, sxc, sxh, sxw = sx
     mult = K // C
@@ -653,7 +630,8 @@ def _dw_nhwc(t, nthr, xf, xlo, sx, wf, bias, c, geo):
     ilo, ihi = max(lo0, lo2), min(hi0, hi2)
     if ihi < ilo:
         ihi = ilo
-    for u in range(t * units // nthr, (t + 1) * units // nthr):
+    u0, u1 = _share(t, nthr, units)
+    for u in range(u0, u1):
         n = u // Ho
         oh = u - n * Ho
         orow = u * Wo * K
@@ -721,7 +699,7 @@ def _bwd_in(t, nthr, df, dlo, sd, wf, bias, dxf, geo):
     """dx (zeroed, strides geo[G_OS*]) += col2im(W^T @ dy); units: (image, group, channel part)."""
     N, C, H, W, K, R, S, Ho, Wo, G = (geo[G_N], geo[G_C], geo[G_H], geo[G_W], geo[G_K], geo[G_R],
                                       geo[G_S], geo[G_HO], geo[G_WO], geo[G_G])
-    sh, sw, pt, pl, dh, dw = geo[G_SH], geo[G_SW], geo[G_PT], geo[G_PL], geo[G_DH], geo[G_DW]
+    sh, sw, pt, pl, dh, dw = _window(geo)
     mc, kc, nc, pm = geo[G_MC], geo[G_KC], geo[G_NC], geo[G_PM]
     no, act0 = geo[G_HAS_BIAS] != 0, geo[G_ACT]  # runtime False, ACT_NONE (one specialisation)
     son, soc, soh, sow = geo[G_OSN], geo[G_OSC], geo[G_OSH], geo[G_OSW]
@@ -732,7 +710,7 @@ def _bwd_in(t, nthr, df, dlo, sd, wf, bias, dxf, geo):
     kred = cg * rs
     hw = Ho * Wo
     units = N * G * pm
-    u0, u1 = t * units // nthr, (t + 1) * units // nthr
+    u0, u1 = _share(t, nthr, units)
     if u1 <= u0:
         return
     apack = np.empty(mc * kc, dxf.dtype)
@@ -771,7 +749,7 @@ def _bwd_w(t, nthr, xf, xlo, sx, df, dlo, sd, bias, dwf, geo):
     """dW (K, kred) = sum over images of dY_n @ col_n^T; units: (group, column part)."""
     N, C, H, W, K, R, S, Ho, Wo, G = (geo[G_N], geo[G_C], geo[G_H], geo[G_W], geo[G_K], geo[G_R],
                                       geo[G_S], geo[G_HO], geo[G_WO], geo[G_G])
-    sh, sw, pt, pl, dh, dw = geo[G_SH], geo[G_SW], geo[G_PT], geo[G_PL], geo[G_DH], geo[G_DW]
+    sh, sw, pt, pl, dh, dw = _window(geo)
     mc, kc, nc, pn = geo[G_MC], geo[G_KC], geo[G_NC], geo[G_PN]
     no, act0 = geo[G_HAS_BIAS] != 0, geo[G_ACT]  # runtime False, ACT_NONE (one specialisation)
     sxn, sxc, sxh, sxw = sx
@@ -783,7 +761,7 @@ def _bwd_w(t, nthr, xf, xlo, sx, df, dlo, sd, bias, dwf, geo):
     hw = Ho * Wo
     nsl = _cdiv(kred, nr)
     units = G * pn
-    u0, u1 = t * units // nthr, (t + 1) * units // nthr
+    u0, u1 = _share(t, nthr, units)
     if u1 <= u0:
         return
     apack = np.empty(mc * kc, dwf.dtype)

@@ -440,15 +440,21 @@ def activate(x, act):
 
 
 @numba.njit(**_JIT)
-def epilogue(c, coff, ldc, rows, cols, bias, has_bias, j0, act):
-    """``c[i, j] = act(c[i, j] + bias[j0 + j])`` on a rows x cols tile of flat C at ``coff``."""
+def epilogue(c, coff, ldc, rows, cols, bias, has_bias, b0, act, bias_rows=False):
+    """``c[i, j] = act(c[i, j] + bias[b0 + j])`` on a rows x cols tile of flat C at ``coff``;
+    ``bias[b0 + i]`` instead when ``bias_rows`` (conv2d's NCHW GEMM: rows are output channels)."""
     if not has_bias and act == ACT_NONE:
         return
     for i in range(rows):
         o = coff + i * ldc
         if has_bias:
-            for j in range(cols):
-                c[_U(o + j)] += bias[_U(j0 + j)]
+            if bias_rows:
+                bv = bias[_U(b0 + i)]
+                for j in range(cols):
+                    c[_U(o + j)] += bv
+            else:
+                for j in range(cols):
+                    c[_U(o + j)] += bias[_U(b0 + j)]
         if act != ACT_NONE:
             act_row(c, o, cols, act)
 
@@ -457,11 +463,11 @@ def epilogue(c, coff, ldc, rows, cols, bias, has_bias, j0, act):
 
 @numba.njit(**_JIT)
 def macro_kernel(mb, nb, kb, ap, aoff, bp, boff, c, coff, ldc, first, last,
-                 ct, ctoff, bias, has_bias, j0, act):
+                 ct, ctoff, bias, has_bias, b0, act, bias_rows=False):
     """C[mb x nb at coff] (+)= packed A block (mb x kb) @ packed B panel (kb x nb); epilogue if last.
 
     ``first``: overwrite C instead of adding. ``ct[ctoff : ctoff + MR*NR]`` is scratch for edge
-    tiles. ``j0``: column of C's first column in ``bias``.
+    tiles. ``b0``: index in ``bias`` of C's first column (of its first row when ``bias_rows``).
     """
     mr, nr = tile(ap)
     acc = 0 if first else 1
@@ -484,4 +490,5 @@ def macro_kernel(mb, nb, kb, ap, aoff, bp, boff, c, coff, ldc, first, last,
                         for j in range(cols):
                             c[_U(co + i * ldc + j)] += ct[_U(ctoff + i * nr + j)]
             if last:
-                epilogue(c, co, ldc, rows, cols, bias, has_bias, j0 + jr, act)
+                epilogue(c, co, ldc, rows, cols, bias, has_bias, b0 + (i0 if bias_rows else jr),
+                         act, bias_rows)

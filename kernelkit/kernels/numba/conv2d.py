@@ -31,10 +31,9 @@ import numba
 import numpy as np
 from numba import types
 
-from kernelkit.kernels.config import KernelConfig
 from kernelkit.kernels.numba import _conv
 from kernelkit.kernels.numba._gemm import ACT_CODES, tile_shape
-from kernelkit.kernels.numba.matmul import MatmulConfig
+from kernelkit.kernels.numba.matmul import GemmBlocking, MatmulConfig
 
 __all__ = ["Conv2dConfig", "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"]
 
@@ -49,24 +48,13 @@ def _round_down(x: int, m: int) -> int:
 
 
 @dataclass(frozen=True)
-class Conv2dConfig(KernelConfig):
+class Conv2dConfig(GemmBlocking):
     """Cache blocking of the implicit GEMM (the register tile is fixed per dtype, as in matmul).
 
     mc: rows of the packed A per block (a multiple of MR; L2-resident).
     kc: depth of a block (C*R*S for the forward; evened out over the reduction).
     nc: columns of the packed B per panel (a multiple of NR).
     """
-
-    mc: int
-    kc: int
-    nc: int
-
-    def __post_init__(self):
-        for name in ("mc", "kc", "nc"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"Conv2dConfig.{name} must be a positive int, got {v!r}")
-            object.__setattr__(self, name, int(v))
 
     @classmethod
     def default(cls, dtype) -> Conv2dConfig:

@@ -86,13 +86,8 @@ def _round_down(x: int, m: int) -> int:
 
 
 @dataclass(frozen=True)
-class MatmulConfig(KernelConfig):
-    """Cache blocking of the packed GEMM. The register tile (MR x NR) is fixed per dtype (``TILE``).
-
-    mc: rows of A per packed block (L2-resident), a multiple of MR.
-    kc: depth of a block (one B sliver, kc x NR, stays in L1 while A slivers stream past).
-    nc: columns of the packed B panel (L3-resident), a multiple of NR.
-    """
+class GemmBlocking(KernelConfig):
+    """Cache blocking of a packed GEMM (mc, kc, nc); the register tile is fixed per dtype."""
 
     mc: int
     kc: int
@@ -102,8 +97,19 @@ class MatmulConfig(KernelConfig):
         for name in ("mc", "kc", "nc"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"MatmulConfig.{name} must be a positive int, got {v!r}")
+                raise ValueError(f"{type(self).__name__}.{name} must be a positive int, "
+                                 f"got {v!r}")
             object.__setattr__(self, name, int(v))  # plain ints: hashable and JSON-ready
+
+
+@dataclass(frozen=True)
+class MatmulConfig(GemmBlocking):
+    """Cache blocking of the packed GEMM. The register tile (MR x NR) is fixed per dtype (``TILE``).
+
+    mc: rows of A per packed block (L2-resident), a multiple of MR.
+    kc: depth of a block (one B sliver, kc x NR, stays in L1 while A slivers stream past).
+    nc: columns of the packed B panel (L3-resident), a multiple of NR.
+    """
 
     @classmethod
     def default(cls, dtype) -> MatmulConfig:
@@ -156,18 +162,22 @@ def _cdiv(a, b):
     return (a + b - 1) // b
 
 
+@numba.njit(inline="always", **_JIT)
+def _operand(a3):
+    """(flat view, its offset, element strides of batch, row, column) of a 3-D operand."""
+    isz = a3.itemsize
+    lo, length = span(a3.shape, a3.strides, isz)
+    return (flat_view(a3, lo, length), lo, a3.strides[0] // isz, a3.strides[1] // isz,
+            a3.strides[2] // isz)
+
+
 @numba.njit(**_JIT)
 def _matmul_small(a3, b3, bias, has_bias, act, out3):
     """Unpacked path for tiny problems (and K == 0): one thread, no scratch buffers."""
     nbat, m, k = a3.shape
     n = b3.shape[2]
-    isz = a3.itemsize
-    alo, alen = span(a3.shape, a3.strides, isz)
-    blo, blen = span(b3.shape, b3.strides, isz)
-    af = flat_view(a3, alo, alen)
-    bf = flat_view(b3, blo, blen)
-    sa0, sam, sak = a3.strides[0] // isz, a3.strides[1] // isz, a3.strides[2] // isz
-    sb0, sbk, sbn = b3.strides[0] // isz, b3.strides[1] // isz, b3.strides[2] // isz
+    af, alo, sa0, sam, sak = _operand(a3)
+    bf, blo, sb0, sbk, sbn = _operand(b3)
     c = out3.reshape(-1)
     for bi in range(nbat):
         for i in range(m):
@@ -233,13 +243,8 @@ def _gemm_part(t, nthr, a3, b3, bias, has_bias, act, out3, mc, kc, nc):
     nbat, m, k = a3.shape
     n = b3.shape[2]
     mr, nr = tile(out3)
-    isz = a3.itemsize
-    alo, alen = span(a3.shape, a3.strides, isz)
-    blo, blen = span(b3.shape, b3.strides, isz)
-    af = flat_view(a3, alo, alen)
-    bf = flat_view(b3, blo, blen)
-    sa0, sam, sak = a3.strides[0] // isz, a3.strides[1] // isz, a3.strides[2] // isz
-    sb0, sbk, sbn = b3.strides[0] // isz, b3.strides[1] // isz, b3.strides[2] // isz
+    af, alo, sa0, sam, sak = _operand(a3)
+    bf, blo, sb0, sbk, sbn = _operand(b3)
     c = out3.reshape(-1)
     if nbat % nthr == 0:
         b_first, b_step, r0, r1, c0, c1 = t, nthr, 0, m, 0, n
