@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from .. import arrays, devices
+from .. import arrays
 from ..kernels import ACTIVATIONS
+from ..kernels.convgeom import nchw_shape
 from . import registry
 from .dispatch import Call, Plan, explain_call, needs_grad, plan_for, plan_memo, signature
 from .matmul import FLOAT_DTYPES, kernel_dtype
-from .registry import Candidate, Config, Problem
+from .registry import Candidate, Config, Problem, backend_support
 from .verify import f64, normwise_error
 
 OPS = ("conv2d", "conv2d_backward_input", "conv2d_backward_weight")
@@ -227,10 +228,6 @@ def _geometry(op, x_nchw_shape, w_shape, stride, padding, dilation, groups):
     return stride, pad, dilation, (ho, wo)
 
 
-def _nchw_shape(shape, layout) -> tuple[int, ...]:
-    return (shape[0], shape[3], shape[1], shape[2]) if layout == "NHWC" else tuple(shape)
-
-
 def _problem(op, shapes, xs, ws, out_hw, dtype, layout, loc, params) -> Problem:
     """The Problem of any of the three ops: the work is the same reduction in each."""
     (n, c, h, w), (k, cg, r, s), (ho, wo) = xs, ws, out_hw
@@ -248,7 +245,7 @@ def prepare_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gr
     kl, channels_last = _layout(op, x, layout)
     _ndim(op, "x", x, "(N, H, W, C)" if kl == "NHWC" and not channels_last else "(N, C, H, W)")
     _ndim(op, "weight", weight, "(K, C // groups, R, S)")
-    xs = tuple(x.shape) if channels_last else _nchw_shape(x.shape, kl)
+    xs = tuple(x.shape) if channels_last else nchw_shape(x.shape, kl)
     ws = tuple(weight.shape)
     stride, pad, dilation, (ho, wo) = _geometry(op, xs, ws, stride, padding, dilation, groups)
     if bias is not None and tuple(bias.shape) != (ws[0],):
@@ -284,7 +281,7 @@ def prepare_backward_input(grad_out, weight, input_shape, *, stride=1, padding=0
     _ndim(op, "grad_out", grad_out, "(N, K, Ho, Wo)")
     _ndim(op, "weight", weight, "(K, C // groups, R, S)")
     input_shape = tuple(int(v) for v in input_shape)
-    xs = input_shape if channels_last else _nchw_shape(input_shape, kl)
+    xs = input_shape if channels_last else nchw_shape(input_shape, kl)
     ws = tuple(weight.shape)
     stride, pad, dilation, (ho, wo) = _geometry(op, xs, ws, stride, padding, dilation, groups)
     gs = _grad_out_shape(op, grad_out, kl, channels_last, (xs[0], ws[0], ho, wo))
@@ -309,7 +306,7 @@ def prepare_backward_weight(x, grad_out, weight_shape, *, stride=1, padding=0, d
     kl, channels_last = _layout(op, x, layout)
     _ndim(op, "x", x, "(N, C, H, W)")
     _ndim(op, "grad_out", grad_out, "(N, K, Ho, Wo)")
-    xs = tuple(x.shape) if channels_last else _nchw_shape(x.shape, kl)
+    xs = tuple(x.shape) if channels_last else nchw_shape(x.shape, kl)
     ws = tuple(int(v) for v in weight_shape)
     if len(ws) != 4:
         raise ValueError(f"{op}: 'weight_shape' must be (K, C // groups, R, S), got {ws}")
@@ -329,7 +326,7 @@ def prepare_backward_weight(x, grad_out, weight_shape, *, stride=1, padding=0, d
 
 
 def _grad_out_shape(op, grad_out, kl, channels_last, expected) -> tuple[int, ...]:
-    gs = tuple(grad_out.shape) if channels_last else _nchw_shape(grad_out.shape, kl)
+    gs = tuple(grad_out.shape) if channels_last else nchw_shape(grad_out.shape, kl)
     if gs != expected:
         raise ValueError(f"{op}: 'grad_out' must have shape {expected} (NCHW dims) for this input "
                          f"and weight, got {gs}")
@@ -448,12 +445,7 @@ def _geometry_args(p: Problem) -> tuple:
 
 
 def _make_candidate(op: str, backend: str, device: str, native: str, dtypes: tuple) -> Candidate:
-    def supports(p: Problem) -> str | None:
-        if (missing := devices.backend_missing(backend)) is not None:
-            return missing
-        if p.dtype not in dtypes:
-            return f"dtype {p.dtype} ({backend} runs {', '.join(dtypes)})"
-        return None
+    supports = backend_support(backend, dtypes)
 
     def space(p: Problem) -> list[Config]:
         if backend == "torch":

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import arrays, devices
+from .. import arrays
 from ..kernels import ACTIVATIONS
 from . import registry
 from .dispatch import Call, Plan, explain_call, needs_grad, plan_for, plan_memo, signature
-from .registry import Candidate, Config, Problem
+from .registry import Candidate, Config, Problem, backend_support
 from .verify import f64, normwise_error
 
 OP = "matmul"
@@ -254,12 +254,7 @@ def kernel_dtype(backend: str, dtype: str):
 
 
 def _make_candidate(backend: str, device: str, native: str, dtypes: tuple) -> Candidate:
-    def supports(p: Problem) -> str | None:
-        if (missing := devices.backend_missing(backend)) is not None:
-            return missing
-        if p.dtype not in dtypes:
-            return f"dtype {p.dtype} ({backend} runs {', '.join(dtypes)})"
-        return None
+    supports = backend_support(backend, dtypes)
 
     def space(p: Problem) -> list[Config]:
         if backend == "torch":

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import arrays, devices
+from .. import arrays
 from . import registry
 from .dispatch import Call, Plan, explain_call, plan_for
-from .registry import Candidate, Config, Problem
+from .registry import Candidate, Config, Problem, backend_support
 
 OP = "preprocess"
 IN_DTYPES = ("uint8", "float32")
@@ -347,8 +347,10 @@ def _kernel(backend: str):
 
 
 def _make_candidate(backend: str, device: str, native: str) -> Candidate:
+    available = backend_support(backend)
+
     def supports(p: Problem) -> str | None:
-        if (missing := devices.backend_missing(backend)) is not None:
+        if (missing := available(p)) is not None:
             return missing
         if backend == "cupy" and p.param("out_dtype") == "bfloat16":
             return "the cupy kernel has no bfloat16 output"

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kernelkit import devices
+
 Config = dict[str, Any]  # small, JSON-serialisable: tile sizes, warps, stages, threads
 
 
@@ -66,6 +68,20 @@ class Choice:
 
     def to_dict(self) -> dict:
         return {"candidate": self.candidate, "config": self.config, "source": self.source}
+
+
+def backend_support(backend: str, dtypes: tuple[str, ...] | None = None
+                    ) -> Callable[[Problem], str | None]:
+    """A Candidate.supports for ``backend``: why it cannot run a problem (its library or device
+    is missing, or the problem's dtype is not in ``dtypes``), or None."""
+    def supports(p: Problem) -> str | None:
+        if (missing := devices.backend_missing(backend)) is not None:
+            return missing
+        if dtypes is not None and p.dtype not in dtypes:
+            return f"dtype {p.dtype} ({backend} runs {', '.join(dtypes)})"
+        return None
+
+    return supports
 
 
 _REGISTRY: dict[str, list[Candidate]] = {}
