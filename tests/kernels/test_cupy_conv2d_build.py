@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import ctypes
 import re
-import shutil
-import subprocess
-import sys
 import zlib
 
 import numpy as np
 import pytest
 import reference
-from cuda_build import NVCC, build_cubins, needs_nvcc
+from cuda_build import NVCC, assert_imports_without_cupy, build_cubins, build_emulation, needs_nvcc
 from cuda_build import has_symbol as _has_symbol
 from cuda_build import nvcc as _nvcc
 from cuda_build import ptxas_usage as _ptxas_usage
@@ -126,106 +123,13 @@ def test_config_space():
 
 
 def test_package_imports_without_cupy_being_imported():
-    code = ("import sys, kernelkit; before = 'cupy' in sys.modules; "
-            "import kernelkit.kernels.cupy.conv2d as m; m.Conv2dConfig.space('float32', 1, 64, 8, 8, 64, 3, 3); "
-            "assert before or 'cupy' not in sys.modules")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    assert_imports_without_cupy("kernelkit.kernels.cupy.conv2d",
+                                "m.Conv2dConfig.space('float32', 1, 64, 8, 8, 64, 3, 3)")
 
 
 # ------------------------------------------------------------------------ host emulation (g++)
 
-_SHIM = r"""
-#include <math.h>
-#include <chrono>
-#include <condition_variable>
-#include <mutex>
-#include <thread>
-#include <vector>
-
-struct kk_dim3 { unsigned x, y, z; };
-typedef _Float16 __half;
-static inline float __half2float(__half h) { return (float)h; }
-static inline __half __float2half_rn(float f) { return (__half)f; }
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __launch_bounds__(...)
-#define __shared__ static
-#define __align__(n)
-extern thread_local kk_dim3 kk_emu_thread_idx;
-extern thread_local kk_dim3 kk_emu_block_idx;
-extern thread_local kk_dim3 kk_emu_block_dim;
-#define threadIdx kk_emu_thread_idx
-#define blockIdx kk_emu_block_idx
-#define blockDim kk_emu_block_dim
-void kk_emu_syncthreads();
-#define __syncthreads() kk_emu_syncthreads()
-"""
-
 _HARNESS = r"""
-#include <functional>
-thread_local kk_dim3 kk_emu_thread_idx;
-thread_local kk_dim3 kk_emu_block_idx;
-thread_local kk_dim3 kk_emu_block_dim;
-
-namespace {
-std::mutex mu;
-std::condition_variable cv;
-int n_threads = 0, arrived = 0;
-long generation = 0;
-bool failed = false;
-
-// Runs the gx * gy blocks one after another, each with `threads` OS threads; kernels without
-// __syncthreads run their threads one after another on the calling thread instead (much faster).
-int run_grid(int gx, int gy, int threads, const std::function<void()>& body, bool sync = true) {
-    if (!sync) {
-        kk_emu_block_dim = kk_dim3{(unsigned)threads, 1u, 1u};
-        for (int by = 0; by < gy; ++by)
-            for (int bx = 0; bx < gx; ++bx)
-                for (int t = 0; t < threads; ++t) {
-                    kk_emu_block_idx = kk_dim3{(unsigned)bx, (unsigned)by, 0u};
-                    kk_emu_thread_idx = kk_dim3{(unsigned)t, 0u, 0u};
-                    body();
-                }
-        return 0;
-    }
-    n_threads = threads;
-    arrived = 0;
-    failed = false;
-    std::vector<std::thread> pool;
-    for (int t = 0; t < threads; ++t) {
-        pool.emplace_back([=, &body] {
-            kk_emu_thread_idx = kk_dim3{(unsigned)t, 0u, 0u};
-            kk_emu_block_dim = kk_dim3{(unsigned)threads, 1u, 1u};
-            for (int by = 0; by < gy; ++by)
-                for (int bx = 0; bx < gx; ++bx) {
-                    kk_emu_block_idx = kk_dim3{(unsigned)bx, (unsigned)by, 0u};
-                    body();
-                    kk_emu_syncthreads();  // shared memory is a static: one block at a time
-                }
-        });
-    }
-    for (auto& th : pool) th.join();
-    return failed ? 1 : 0;
-}
-}
-
-void kk_emu_syncthreads() {
-    std::unique_lock<std::mutex> lock(mu);
-    if (failed) return;
-    const long gen = generation;
-    if (++arrived == n_threads) {
-        arrived = 0;
-        ++generation;
-        cv.notify_all();
-        return;
-    }
-    if (!cv.wait_for(lock, std::chrono::seconds(30), [&] { return generation != gen || failed; })) {
-        failed = true;
-        cv.notify_all();
-    }
-}
-
 typedef long long ll;
 #define G17 g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10], g[11], g[12], \
             g[13], g[14], g[15], g[16]
@@ -237,7 +141,7 @@ extern "C" int kk_emu_fwd(void* fn, int gx, int gy, int threads, const void* x, 
                           int has_bias, int act, int sync) {
     typedef void (*F)(const void*, const void*, const void*, void*, I17, ll, ll, ll, ll, ll, ll,
                       ll, ll, ll, ll, ll, ll, ll, int, int, int);
-    return run_grid(gx, gy, threads, [&] {
+    return kk_emu_run_grid(gx, gy, threads, 1, [&] {
         ((F)fn)(x, w, b, y, G17, st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7], st[8],
                 st[9], st[10], st[11], st[12], extra, has_bias, act);
     }, sync != 0);
@@ -247,7 +151,7 @@ extern "C" int kk_emu_bwd_input(void* fn, int gx, int threads, const void* dy, c
                                 void* dx, const int* g, const ll* st, int cl) {
     typedef void (*F)(const void*, const void*, void*, I17, ll, ll, ll, ll, ll, ll, ll, ll, ll,
                       ll, ll, ll, int);
-    return run_grid(gx, 1, threads, [&] {
+    return kk_emu_run_grid(gx, 1, threads, 1, [&] {
         ((F)fn)(dy, w, dx, G17, st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7], st[8],
                 st[9], st[10], st[11], cl);
     }, false);
@@ -256,7 +160,7 @@ extern "C" int kk_emu_bwd_input(void* fn, int gx, int threads, const void* dy, c
 extern "C" int kk_emu_bwd_weight(void* fn, int gx, int threads, const void* x, const void* dy,
                                  void* dw, const int* g, const ll* st) {
     typedef void (*F)(const void*, const void*, void*, I17, ll, ll, ll, ll, ll, ll, ll, ll);
-    return run_grid(gx, 1, threads, [&] {
+    return kk_emu_run_grid(gx, 1, threads, 1, [&] {
         ((F)fn)(x, dy, dw, G17, st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7]);
     });
 }
@@ -271,26 +175,11 @@ EMU_CONFIGS = (*kc.SHIPPED_CONFIGS, kc.Conv2dConfig(32, 32, 8, 4, 4))
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("g++ not found: the host emulation of the CUDA kernels needs it")
-    tmp = tmp_path_factory.mktemp("cupy-conv2d-emu")
     extra = "\n".join(f"KK_CONV_GEMM({t}, {ct}, {c.BM}, {c.BN}, {c.BK}, {c.TM}, {c.TN})"
                       for c in EMU_CONFIGS[len(kc.SHIPPED_CONFIGS):]
                       for t, ct in (("f32", "float"), ("f16", "__half")))
-    (tmp / "shim.h").write_text(_SHIM)
-    (tmp / "emu.cpp").write_text(f'#include "shim.h"\n#include "{kc.SOURCE_PATH}"\n{extra}\n{_HARNESS}')
-    lib = tmp / "libkkconvemu.so"
-    proc = subprocess.run(
-        [gxx, "-std=c++17", "-O1", "-fPIC", "-shared", "-pthread", "-DKK_HOST_EMULATION=1",
-         f"-DKK_BWD_W_THREADS={EMU_BWD_W_THREADS}",
-         "-Wall", "-Wno-unknown-pragmas", "-o", str(lib), str(tmp / "emu.cpp")],
-        capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0 and "_Float16" in proc.stderr:
-        pytest.skip(f"this g++ has no _Float16: {proc.stderr[:300]}")
-    assert proc.returncode == 0, proc.stderr
-    assert "warning" not in proc.stderr, proc.stderr
-    return ctypes.CDLL(str(lib))
+    return build_emulation(tmp_path_factory.mktemp("cupy-conv2d-emu"), kc.SOURCE_PATH, _HARNESS,
+                           extra=extra, defines=(f"-DKK_BWD_W_THREADS={EMU_BWD_W_THREADS}",))
 
 
 def _fn(lib, name):

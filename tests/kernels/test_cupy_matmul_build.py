@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import ctypes
 import re
-import shutil
-import subprocess
-import sys
 import zlib
 
 import numpy as np
 import pytest
 import reference
-from cuda_build import NVCC, build_cubins, needs_nvcc
+from cuda_build import NVCC, assert_imports_without_cupy, build_cubins, build_emulation, needs_nvcc
 from cuda_build import has_symbol as _has_symbol
 from cuda_build import nvcc as _nvcc
 from cuda_build import ptxas_usage as _ptxas_usage
@@ -163,96 +160,26 @@ def test_launch_geometry():
 
 
 def test_package_imports_without_cupy_being_imported():
-    code = ("import sys, kernelkit; before = 'cupy' in sys.modules; "
-            "import kernelkit.kernels.cupy.matmul as m; m.MatmulConfig.space('float32', 64, 64, 64); "
-            "assert before or 'cupy' not in sys.modules")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    assert_imports_without_cupy("kernelkit.kernels.cupy.matmul",
+                                "m.MatmulConfig.space('float32', 64, 64, 64)")
 
 
 # ------------------------------------------------------------------------ host emulation (g++)
 
-_SHIM = r"""
-#include <math.h>
-#include <chrono>
-#include <condition_variable>
-#include <mutex>
-#include <thread>
-#include <vector>
-
-struct kk_dim3 { unsigned x, y, z; };
-typedef _Float16 __half;
-static inline float __half2float(__half h) { return (float)h; }
-static inline __half __float2half_rn(float f) { return (__half)f; }  // round to nearest even
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __launch_bounds__(...)
-#define __shared__ static
-#define __align__(n)
-extern thread_local kk_dim3 kk_emu_thread_idx;
-extern thread_local kk_dim3 kk_emu_block_idx;
-#define threadIdx kk_emu_thread_idx
-#define blockIdx kk_emu_block_idx
-void kk_emu_syncthreads();
-#define __syncthreads() kk_emu_syncthreads()
-"""
-
 _HARNESS = r"""
-thread_local kk_dim3 kk_emu_thread_idx;
-thread_local kk_dim3 kk_emu_block_idx;
-
-namespace {
-std::mutex mu;
-std::condition_variable cv;
-int n_threads = 0, arrived = 0;
-long generation = 0;
-bool failed = false;
-}
-
-// A barrier over the block's threads; a deadlock (divergent __syncthreads) fails the launch.
-void kk_emu_syncthreads() {
-    std::unique_lock<std::mutex> lock(mu);
-    if (failed) return;
-    const long gen = generation;
-    if (++arrived == n_threads) {
-        arrived = 0;
-        ++generation;
-        cv.notify_all();
-        return;
-    }
-    if (!cv.wait_for(lock, std::chrono::seconds(30), [&] { return generation != gen || failed; })) {
-        failed = true;
-        cv.notify_all();
-    }
-}
-
 typedef void (*kk_kernel)(const void*, const void*, const void*, void*, int, int, int, int, int,
                           long long, long long, long long, long long, long long, long long,
                           long long, int, int);
 
-// Runs the blocks one after another (shared memory is a static), each with `threads` OS threads.
 extern "C" int kk_emu_launch(void* fn, int blocks, int threads, const void* A, const void* B,
                              const void* bias, void* C, int M, int N, int K, int tiles_m,
                              int tiles_n, long long sab, long long sam, long long sak,
                              long long sbb, long long sbk, long long sbn, long long sbias,
                              int has_bias, int act) {
-    n_threads = threads;
-    arrived = 0;
-    failed = false;
-    std::vector<std::thread> pool;
-    for (int t = 0; t < threads; ++t) {
-        pool.emplace_back([=] {
-            kk_emu_thread_idx = kk_dim3{(unsigned)t, 0u, 0u};
-            for (int blk = 0; blk < blocks; ++blk) {
-                kk_emu_block_idx = kk_dim3{(unsigned)blk, 0u, 0u};
-                ((kk_kernel)fn)(A, B, bias, C, M, N, K, tiles_m, tiles_n, sab, sam, sak, sbb, sbk,
-                                sbn, sbias, has_bias, act);
-                kk_emu_syncthreads();  // nobody starts the next block while shared memory is in use
-            }
-        });
-    }
-    for (auto& th : pool) th.join();
-    return failed ? 1 : 0;
+    return kk_emu_run_grid(blocks, 1, threads, 1, [&] {
+        ((kk_kernel)fn)(A, B, bias, C, M, N, K, tiles_m, tiles_n, sab, sam, sak, sbb, sbk, sbn,
+                        sbias, has_bias, act);
+    });
 }
 """
 
@@ -262,25 +189,10 @@ _EXTRA_CONFIGS = (km.MatmulConfig(32, 32, 8, 2, 4), km.MatmulConfig(64, 32, 16, 
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("g++ not found: the host emulation of the CUDA kernel needs it")
-    tmp = tmp_path_factory.mktemp("cupy-matmul-emu")
     extra = "\n".join(f"KK_INSTANTIATE({t}, {ct}, {c.BM}, {c.BN}, {c.BK}, {c.TM}, {c.TN})"
                       for c in _EXTRA_CONFIGS for t, ct in (("f32", "float"), ("f16", "__half")))
-    (tmp / "shim.h").write_text(_SHIM)
-    (tmp / "emu.cpp").write_text(
-        f'#include "shim.h"\n#include "{km.SOURCE_PATH}"\n{extra}\n{_HARNESS}')
-    lib = tmp / "libkkemu.so"
-    proc = subprocess.run(
-        [gxx, "-std=c++17", "-O1", "-fPIC", "-shared", "-pthread", "-DKK_HOST_EMULATION=1",
-         "-Wall", "-Wno-unknown-pragmas", "-o", str(lib), str(tmp / "emu.cpp")],
-        capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0 and "_Float16" in proc.stderr:
-        pytest.skip(f"this g++ has no _Float16: {proc.stderr[:300]}")
-    assert proc.returncode == 0, proc.stderr
-    assert "warning" not in proc.stderr, proc.stderr
-    return ctypes.CDLL(str(lib))
+    return build_emulation(tmp_path_factory.mktemp("cupy-matmul-emu"), km.SOURCE_PATH, _HARNESS,
+                           extra=extra)
 
 
 def _emu_matmul(lib, a, b, bias, activation, cfg):

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import ctypes
 import re
-import shutil
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from cuda_build import NVCC
+from cuda_build import NVCC, assert_imports_without_cupy, build_emulation
 
 from kernelkit.kernels import taps
 from kernelkit.kernels.cupy import preprocess as cp_pp
@@ -72,34 +70,19 @@ def test_names_config_and_source():
 
 
 def test_package_imports_without_cupy_being_imported():
-    code = ("import sys, kernelkit; before = 'cupy' in sys.modules; "
-            "import kernelkit.kernels.cupy.preprocess as m; m.PreprocessConfig.space(1, 8, 8, 3); "
-            "assert before or 'cupy' not in sys.modules")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    assert_imports_without_cupy("kernelkit.kernels.cupy.preprocess",
+                                "m.PreprocessConfig.space(1, 8, 8, 3)")
 
 
 # ------------------------------------------------------------------------ host emulation (g++)
 
-_SHIM = r"""
-#include <math.h>
-struct kk_dim3 { unsigned x, y, z; };
-typedef _Float16 __half;
-static inline __half __float2half_rn(float f) { return (__half)f; }  // round to nearest even
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __launch_bounds__(...)
-extern kk_dim3 threadIdx, blockIdx, blockDim;
-"""
-
 _HARNESS = r"""
-kk_dim3 threadIdx, blockIdx, blockDim;
 typedef void (*kk_kernel)(const void*, const long long*, const int*, const float*, const int*,
                           const float*, const double*, const float*, const int*, const float*,
                           const float*, void*, int, int, int, int, int, int, int, long long,
                           long long, long long, long long, int);
 
-// Runs the blocks and their threads one after another (the kernel has no shared memory).
+// The kernel has no shared memory: blocks and threads run one after another.
 extern "C" void kk_emu_launch(void* fn, int blocks, int bx, int by, const void* src,
                               const long long* meta, const int* yst, const float* yw,
                               const int* xst, const float* xw, const double* aff,
@@ -107,38 +90,18 @@ extern "C" void kk_emu_launch(void* fn, int blocks, int bx, int by, const void* 
                               const float* scale, void* out, int out_h, int out_w, int tiles_y,
                               int tiles_x, int ky_len, int kx_len, int C, long long on,
                               long long oc, long long oy, long long ox, int nearest) {
-    blockDim = kk_dim3{(unsigned)bx, (unsigned)by, 1u};
-    for (int b = 0; b < blocks; ++b) {
-        blockIdx = kk_dim3{(unsigned)b, 0u, 0u};
-        for (int ty = 0; ty < by; ++ty)
-            for (int tx = 0; tx < bx; ++tx) {
-                threadIdx = kk_dim3{(unsigned)tx, (unsigned)ty, 0u};
-                ((kk_kernel)fn)(src, meta, yst, yw, xst, xw, aff, fill, perm, mean, scale, out,
-                                out_h, out_w, tiles_y, tiles_x, ky_len, kx_len, C, on, oc, oy, ox,
-                                nearest);
-            }
-    }
+    kk_emu_run_grid(blocks, 1, bx, by, [&] {
+        ((kk_kernel)fn)(src, meta, yst, yw, xst, xw, aff, fill, perm, mean, scale, out, out_h,
+                        out_w, tiles_y, tiles_x, ky_len, kx_len, C, on, oc, oy, ox, nearest);
+    }, false);
 }
 """
 
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("g++ not found: the host emulation of the CUDA kernel needs it")
-    tmp = tmp_path_factory.mktemp("cupy-preprocess-emu")
-    (tmp / "shim.h").write_text(_SHIM)
-    (tmp / "emu.cpp").write_text(f'#include "shim.h"\n#include "{cp_pp.SOURCE_PATH}"\n{_HARNESS}')
-    lib = tmp / "libkkppemu.so"
-    proc = subprocess.run([gxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-DKK_HOST_EMULATION=1",
-                           "-Wall", "-o", str(lib), str(tmp / "emu.cpp")],
-                          capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0 and "_Float16" in proc.stderr:
-        pytest.skip(f"this g++ has no _Float16: {proc.stderr[:300]}")
-    assert proc.returncode == 0, proc.stderr
-    assert "warning" not in proc.stderr, proc.stderr
-    return ctypes.CDLL(str(lib))
+    return build_emulation(tmp_path_factory.mktemp("cupy-preprocess-emu"), cp_pp.SOURCE_PATH,
+                           _HARNESS, opt="-O2")
 
 
 def _emu_forward(lib, images, boxes, flips, rot90, angles, fill, size, mean, scale, perm,
