@@ -11,17 +11,7 @@ dry_run: Triton in the interpreter on tiny images, CuPy skipped, one timing of e
 from __future__ import annotations
 
 import numpy as np
-
-
-def _args(n, c, boxes, size, flips=None, rot90=None, angles=None, fill=None, mean=None,
-          scale=None, perm=None):
-    bc = lambda v, d, dt: np.ascontiguousarray(np.broadcast_to(
-        np.asarray(d if v is None else v, dt), (n,) + np.shape(d)))
-    return (np.asarray(boxes, np.float64).reshape(n, 4), bc(flips, (False, False), bool),
-            bc(rot90, 0, np.int64), bc(angles, 0.0, np.float64), bc(fill, 0.0, np.float32), size,
-            np.zeros(c, np.float32) if mean is None else np.asarray(mean, np.float32),
-            np.ones(c, np.float32) if scale is None else np.asarray(scale, np.float32),
-            np.arange(c) if perm is None else np.asarray(perm))
+from reference import preprocess_args  # tests/ is on sys.path (gpu_check.py)
 
 
 def _as_float(out, od):
@@ -45,15 +35,15 @@ def _cases(rng, small: bool):
     h, w = (37, 53) if small else (240, 320)
     size = (17, 29) if small else (112, 96)
     imgs = rng.integers(0, 256, (3, h, w, 3), dtype=np.uint8)
-    plain = _args(3, 3, [(0, 0, h, w)] * 3, size)
-    geo = _args(3, 3, [(0, 0, h, w), (h * 0.2 + 0.5, w * 0.1, h * 0.7, w * 0.8), (1, 2, h - 3, w - 2)],
+    plain = preprocess_args(3, 3, [(0, 0, h, w)] * 3, size)
+    geo = preprocess_args(3, 3, [(0, 0, h, w), (h * 0.2 + 0.5, w * 0.1, h * 0.7, w * 0.8), (1, 2, h - 3, w - 2)],
                 size, flips=[(False, False), (True, False), (True, True)], rot90=[0, 1, 3],
                 mean=[123.7, 116.3, 103.5], scale=[1 / 58.4, 1 / 57.1, 1 / 57.4], perm=[2, 1, 0])
-    rot = _args(3, 3, [(0, 0, h, w)] * 3, size, angles=[30.0, 0.0, -100.0], fill=[0, 0, 128.0],
+    rot = preprocess_args(3, 3, [(0, 0, h, w)] * 3, size, angles=[30.0, 0.0, -100.0], fill=[0, 0, 128.0],
                 rot90=[0, 0, 1])
     big = rng.integers(0, 256, (h + 20, w + 30, 3), dtype=np.uint8)
     views = [big[3:h, 5:w], big[::2, ::-3], big.transpose(1, 0, 2)[:w // 2]]
-    rag = _args(3, 3, [(0, 0, *v.shape[:2]) for v in views], size, rot90=[0, 2, 1],
+    rag = preprocess_args(3, 3, [(0, 0, *v.shape[:2]) for v in views], size, rot90=[0, 2, 1],
                 angles=[0, 0, 12.0])
     f32 = (rng.standard_normal((2, h, w, 4)) * 60 + 120).astype(np.float32)
     yield "plain", imgs, plain, ("bilinear", True), ("float32", "uint8", "float16", "bfloat16"), "NCHW"
@@ -65,11 +55,11 @@ def _cases(rng, small: bool):
     yield "rotation", imgs, rot, ("bilinear", True), ("uint8", "float32"), "NCHW"
     yield "rotation nearest", imgs, rot, ("nearest", False), ("uint8",), "NHWC"
     yield "ragged views", views, rag, ("bilinear", True), ("uint8",), "NCHW"
-    yield "float32 C=4", f32, _args(2, 4, [(0, 0, h, w)] * 2, size), ("bilinear", False), \
+    yield "float32 C=4", f32, preprocess_args(2, 4, [(0, 0, h, w)] * 2, size), ("bilinear", False), \
         ("float32",), "NCHW"
     s = min(h, w)
     sq = np.ascontiguousarray(imgs[:, :s, :s])
-    ex = _args(3, 3, [(0, 0, s, s)] * 3, (s, s), flips=[(True, False), (False, True), (True, True)],
+    ex = preprocess_args(3, 3, [(0, 0, s, s)] * 3, (s, s), flips=[(True, False), (False, True), (True, True)],
                rot90=[1, 2, 3])
     yield "geometry exact (identity size)", sq, ex, ("bilinear", True), ("uint8",), "NHWC"
 
@@ -136,7 +126,7 @@ def run(results: dict, dev: str, dry_run: bool, timer, budget_left) -> None:
     imgs = torch.randint(0, 256, (n, h, w, 3), dtype=torch.uint8, device=dev)
     mean = np.array([123.675, 116.28, 103.53], np.float32)
     scale = 1 / np.array([58.395, 57.12, 57.375], np.float32)
-    a = _args(n, 3, [(0, 0, h, w)] * n, size, mean=mean, scale=scale)
+    a = preprocess_args(n, 3, [(0, 0, h, w)] * n, size, mean=mean, scale=scale)
     mean_t = torch.as_tensor(mean, device=dev)[:, None, None]
     scale_t = torch.as_tensor(scale, device=dev)[:, None, None]
     c_imgs = cupy.asarray(imgs.cpu().numpy()) if cupy_ok else None

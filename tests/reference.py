@@ -159,3 +159,17 @@ def assert_conv2d_close(out, x, w, bias=None, *, acc: str | None = None, **conv)
     err = float(np.max(np.abs(got[finite] - ref[finite]) / scale[finite], initial=0.0))
     bound = 1.2 * matmul_bound(k, acc, out_dtype)
     assert err <= bound, f"normwise error {err:.3e} > bound {bound:.3e} (K={k}, acc={acc}, out={out_dtype})"
+
+
+def preprocess_args(n, c, boxes, size, flips=None, rot90=None, angles=None, fill=None, mean=None,
+                    scale=None, perm=None) -> tuple:
+    """The geometry and normalisation arguments of a preprocess kernel's ``preprocess_forward``
+    (after the images): per-image values broadcast to ``n`` images, identity defaults (no flip, no
+    rotation, mean 0, scale 1, channels in order) for what is not given."""
+    bc = lambda v, d, dt: np.ascontiguousarray(np.broadcast_to(
+        np.asarray(d if v is None else v, dt), (n,) + np.shape(d)))
+    return (np.asarray(boxes, np.float64).reshape(n, 4), bc(flips, (False, False), bool),
+            bc(rot90, 0, np.int64), bc(angles, 0.0, np.float64), bc(fill, 0.0, np.float32), size,
+            np.zeros(c, np.float32) if mean is None else np.asarray(mean, np.float32),
+            np.ones(c, np.float32) if scale is None else np.asarray(scale, np.float32),
+            np.arange(c) if perm is None else np.asarray(perm))

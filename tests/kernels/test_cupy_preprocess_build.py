@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from cuda_build import NVCC, assert_imports_without_cupy, build_emulation
+from reference import preprocess_args
 
 from kernelkit.kernels import taps
 from kernelkit.kernels.cupy import preprocess as cp_pp
@@ -137,17 +138,6 @@ def _emu_forward(lib, images, boxes, flips, rot90, angles, fill, size, mean, sca
 RNG = np.random.default_rng(11)
 
 
-def _args(n, c, boxes, size, **kw):
-    bc = lambda v, d, dt: np.ascontiguousarray(np.broadcast_to(
-        np.asarray(d if v is None else v, dt), (n,) + np.shape(d)))
-    return (np.asarray(boxes, np.float64).reshape(n, 4), bc(kw.get("flips"), (False, False), bool),
-            bc(kw.get("rot90"), 0, np.int64), bc(kw.get("angles"), 0.0, np.float64),
-            bc(kw.get("fill"), 0.0, np.float32), size,
-            np.asarray(kw.get("mean", np.zeros(c)), np.float32),
-            np.asarray(kw.get("scale", np.ones(c)), np.float32),
-            np.asarray(kw.get("perm", np.arange(c))))
-
-
 def _both(lib, imgs, a, interp, aa, od, layout, config=None):
     got = _emu_forward(lib, imgs, *a, interp, aa, od, layout, config)
     ref = nb.preprocess_forward(imgs, *a, interp, aa, od, layout)
@@ -165,7 +155,7 @@ def test_emulated_geometry_exact(emu):
             ref = img[t:t + h, l:l + w]
             ref = ref[:, ::-1] if fl[0] else ref
             ref = np.rot90(ref[::-1] if fl[1] else ref, k)
-            a = _args(1, 3, [box], ref.shape[:2], flips=[fl], rot90=[k])
+            a = preprocess_args(1, 3, [box], ref.shape[:2], flips=[fl], rot90=[k])
             for interp, aa in (("nearest", False), ("bilinear", True), ("bilinear", False),
                                ("bicubic", True)):
                 got = _emu_forward(emu, [img], *a, interp, aa, "uint8", "NHWC")
@@ -180,7 +170,7 @@ def test_emulated_matches_numba(emu, od, layout):
     mean, scale = ([10.0, 0.0, -20.0], [0.9, 1.0, 1.2]) if od == "uint8" else \
         ([123.7, 116.3, 103.5], [1 / 58.4, 1 / 57.1, 1 / 57.4])
     for size in ((17, 29), (60, 71)):
-        a = _args(3, 3, [(0, 0, 37, 53), (3.5, 2.25, 30, 45), (0, 0, 37, 53)], size,
+        a = preprocess_args(3, 3, [(0, 0, 37, 53), (3.5, 2.25, 30, 45), (0, 0, 37, 53)], size,
                   flips=[(False, False), (True, False), (True, True)], rot90=[0, 1, 2],
                   angles=[0.0, 0.0, 25.0], fill=[0, 0, 99.0], mean=mean, scale=scale,
                   perm=[2, 0, 1])
@@ -195,13 +185,13 @@ def test_emulated_matches_numba(emu, od, layout):
 def test_emulated_float_input_many_channels_and_ragged_views(emu):
     """float32 input with C = 5 (two channel groups), and a ragged list of strided views."""
     img = (RNG.standard_normal((29, 41, 5)) * 40 + 100).astype(np.float32)
-    a = _args(1, 5, [(0, 0, 29, 41)], (13, 50), perm=[4, 2, 0, 1, 3])
+    a = preprocess_args(1, 5, [(0, 0, 29, 41)], (13, 50), perm=[4, 2, 0, 1, 3])
     for interp, aa in (("bilinear", True), ("bicubic", False)):
         got, ref = _both(emu, [img], a, interp, aa, "float32", "NCHW")
         assert np.abs(got - ref).max() <= 1e-3
     big = RNG.integers(0, 256, (50, 70, 3), dtype=np.uint8)
     views = [big[3:40, 5:60], big[::2, ::-3], big.transpose(1, 0, 2)]
-    a = _args(3, 3, [(0, 0, *v.shape[:2]) for v in views], (16, 20), rot90=[0, 1, 3],
+    a = preprocess_args(3, 3, [(0, 0, *v.shape[:2]) for v in views], (16, 20), rot90=[0, 1, 3],
               angles=[0, 0, -40.0])
     for interp, aa in (("bilinear", True), ("nearest", False)):
         got, ref = _both(emu, views, a, interp, aa, "uint8", "NHWC")
@@ -211,7 +201,7 @@ def test_emulated_float_input_many_channels_and_ragged_views(emu):
 def test_emulated_uint8_rounding_and_nan(emu):
     vals = np.array([0.5, 1.5, 2.5, 254.5, -3.0, 300.0, np.nan, np.inf], np.float32)
     img = vals.reshape(1, 8, 1).repeat(2, axis=0)
-    a = _args(1, 1, [(0, 0, 2, 8)], (2, 8))
+    a = preprocess_args(1, 1, [(0, 0, 2, 8)], (2, 8))
     got = _emu_forward(emu, [img], *a, "bilinear", True, "uint8", "NHWC")
     assert got[0, 0, :, 0].tolist() == [0, 2, 2, 254, 0, 255, 0, 255]
     got = _emu_forward(emu, [img], *a, "bilinear", True, "float32", "NHWC")
@@ -235,7 +225,7 @@ def test_gpu_preprocess_matches_numba():
     import cupy
 
     imgs = RNG.integers(0, 256, (3, 37, 53, 3), dtype=np.uint8)
-    a = _args(3, 3, [(0, 0, 37, 53), (3.5, 2.25, 30, 45), (0, 0, 37, 53)], (17, 29),
+    a = preprocess_args(3, 3, [(0, 0, 37, 53), (3.5, 2.25, 30, 45), (0, 0, 37, 53)], (17, 29),
               flips=[(False, False), (True, False), (True, True)], rot90=[0, 1, 2],
               angles=[0.0, 0.0, 25.0])
     for interp, aa in (("bilinear", True), ("bilinear", False), ("nearest", False)):

@@ -24,6 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from reference import preprocess_args
 
 from kernelkit.kernels import taps
 from kernelkit.kernels.numba.preprocess import PreprocessConfig, preprocess_forward
@@ -55,13 +56,9 @@ def run(images, boxes=None, size=None, *, flips=None, rot90=None, angles=None, f
     boxes = np.array(boxes, np.float64).reshape(n, 4)
     if size is None:
         size = (int(boxes[0, 2]), int(boxes[0, 3]))
-    as_n = lambda v, d, dt: np.broadcast_to(np.asarray(d if v is None else v, dt), (n,) + np.shape(d))
     out = preprocess_forward(
-        batch, boxes, np.array(as_n(flips, (False, False), bool)), np.array(as_n(rot90, 0, np.int64)),
-        np.array(as_n(angles, 0.0, np.float64)), np.array(as_n(fill, 0.0, np.float32)), size,
-        np.zeros(c, np.float32) if mean is None else np.asarray(mean, np.float32),
-        np.ones(c, np.float32) if scale is None else np.asarray(scale, np.float32),
-        np.arange(c) if perm is None else np.asarray(perm), interp, aa, od, layout, config)
+        batch, *preprocess_args(n, c, boxes, size, flips, rot90, angles, fill, mean, scale, perm),
+        interp, aa, od, layout, config)
     return out[0] if single else out
 
 

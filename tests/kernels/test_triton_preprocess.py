@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from reference import preprocess_args
 
 from kernelkit.kernels import taps
 from kernelkit.kernels.numba import preprocess as nb
@@ -26,17 +27,6 @@ RNG = np.random.default_rng(7)
 def rand_img(h, w, c=3, dtype=np.uint8):
     img = RNG.integers(0, 256, (h, w, c), dtype=np.uint8)
     return img.astype(dtype)
-
-
-def args(n, c, boxes, size, flips=None, rot90=None, angles=None, fill=None, mean=None, scale=None,
-         perm=None):
-    bc = lambda v, d, dt: np.ascontiguousarray(np.broadcast_to(
-        np.asarray(d if v is None else v, dt), (n,) + np.shape(d)))
-    return (np.asarray(boxes, np.float64).reshape(n, 4), bc(flips, (False, False), bool),
-            bc(rot90, 0, np.int64), bc(angles, 0.0, np.float64), bc(fill, 0.0, np.float32), size,
-            np.zeros(c, np.float32) if mean is None else np.asarray(mean, np.float32),
-            np.ones(c, np.float32) if scale is None else np.asarray(scale, np.float32),
-            np.arange(c) if perm is None else np.asarray(perm))
 
 
 def to_torch(images):
@@ -84,7 +74,7 @@ def test_geometry_exact(k):
         ref = ref[:, ::-1] if fl[0] else ref
         ref = ref[::-1] if fl[1] else ref
         ref = np.ascontiguousarray(np.rot90(ref, k))
-        a = args(1, 3, [box], ref.shape[:2], flips=[fl], rot90=[k])
+        a = preprocess_args(1, 3, [box], ref.shape[:2], flips=[fl], rot90=[k])
         for interp, aa in (("nearest", False), ("bilinear", True), ("bilinear", False),
                            ("bicubic", True), ("bicubic", False)):
             got, _ = both(imgs[:1], a, interp, aa)
@@ -106,8 +96,8 @@ def test_resize_matches_numba(shape, size):
     """Every filter on a batch of 3 (one shared crop and per-image geometry): within 1 level."""
     h, w = shape
     imgs = np.stack([rand_img(h, w) for _ in range(3)])
-    shared = args(3, 3, [(0, 0, h, w)] * 3, size)
-    own = args(3, 3, [(0, 0, h, w), (h * 0.25, w * 0.1, h * 0.6, w * 0.75), (0.5, 0, h - 0.5, w)],
+    shared = preprocess_args(3, 3, [(0, 0, h, w)] * 3, size)
+    own = preprocess_args(3, 3, [(0, 0, h, w), (h * 0.25, w * 0.1, h * 0.6, w * 0.75), (0.5, 0, h - 0.5, w)],
                size, flips=[(False, False), (True, False), (True, True)], rot90=[0, 2, 0])
     for a in (shared, own):
         for interp, aa in (("bilinear", True), ("bilinear", False), ("nearest", False),
@@ -120,7 +110,7 @@ def test_resize_matches_numba(shape, size):
 def test_rot90_odd_and_non_square_resize():
     img = rand_img(41, 29)
     imgs = [img, img, img, img]
-    a = args(4, 3, [(3, 2, 35, 26)] * 4, (17, 23), rot90=[1, 3, 1, 3],
+    a = preprocess_args(4, 3, [(3, 2, 35, 26)] * 4, (17, 23), rot90=[1, 3, 1, 3],
              flips=[(False, False), (True, False), (False, True), (True, True)])
     for interp, aa in (("bilinear", True), ("bilinear", False), ("bicubic", True)):
         got, ref = both(imgs, a, interp, aa, layout="NCHW")
@@ -130,7 +120,7 @@ def test_rot90_odd_and_non_square_resize():
 def test_rotation_mixed_batch_and_fill():
     """Rotated and axis-aligned images in one batch; bilinear and nearest; fill outside."""
     imgs = np.stack([rand_img(33, 45) for _ in range(3)])
-    a = args(3, 3, [(0, 0, 33, 45), (2, 4, 28, 37), (0, 0, 33, 45)], (24, 31),
+    a = preprocess_args(3, 3, [(0, 0, 33, 45), (2, 4, 28, 37), (0, 0, 33, 45)], (24, 31),
              angles=[30.0, 0.0, -117.5], fill=[7.0, 0.0, 200.0], rot90=[0, 1, 1],
              flips=[(True, False), (False, False), (False, True)])
     for interp in ("bilinear", "nearest", "bicubic"):
@@ -148,7 +138,7 @@ def test_out_dtypes_layouts_and_normalise(od):
     mean, scale = [123.7, 116.3, 103.5], [1 / 58.4, 1 / 57.1, 1 / 57.4]
     if od == "uint8":
         mean, scale = [10.0, 0.0, -20.0], [0.9, 1.0, 1.2]  # keeps values in range (and saturates)
-    a = args(2, 3, [(0, 0, 30, 40), (1, 3, 25, 30)], (21, 19), mean=mean, scale=scale,
+    a = preprocess_args(2, 3, [(0, 0, 30, 40), (1, 3, 25, 30)], (21, 19), mean=mean, scale=scale,
              perm=[2, 1, 0], flips=[(True, False), (False, False)])
     outs = {}
     for layout in ("NCHW", "NHWC"):
@@ -163,10 +153,10 @@ def test_uint8_rounding_saturation_and_nan():
     """Half to even, saturation, NaN -> 0 on uint8 output; NaN / Inf propagate to float32."""
     vals = np.array([0.5, 1.5, 2.5, 254.5, -3.0, 300.0, np.nan, np.inf], np.float32)
     img = vals.reshape(1, 8, 1).repeat(2, axis=0)
-    got = tp.preprocess_forward(to_torch(img[None]), *args(1, 1, [(0, 0, 2, 8)], (2, 8)),
+    got = tp.preprocess_forward(to_torch(img[None]), *preprocess_args(1, 1, [(0, 0, 2, 8)], (2, 8)),
                                 "bilinear", True, "uint8", "NHWC").cpu().numpy()
     assert got[0, 0, :, 0].tolist() == [0, 2, 2, 254, 0, 255, 0, 255]
-    got = tp.preprocess_forward(to_torch(img[None]), *args(1, 1, [(0, 0, 2, 8)], (2, 8)),
+    got = tp.preprocess_forward(to_torch(img[None]), *preprocess_args(1, 1, [(0, 0, 2, 8)], (2, 8)),
                                 "bilinear", True, "float32", "NHWC").cpu().numpy()
     np.testing.assert_array_equal(got[0, 0, :, 0], vals)
 
@@ -174,7 +164,7 @@ def test_uint8_rounding_saturation_and_nan():
 def test_float_input_one_and_four_channels():
     for c in (1, 4):
         imgs = RNG.standard_normal((2, 23, 31, c)).astype(np.float32) * 50 + 100
-        a = args(2, c, [(0, 0, 23, 31)] * 2, (11, 40), perm=np.arange(c)[::-1].copy())
+        a = preprocess_args(2, c, [(0, 0, 23, 31)] * 2, (11, 40), perm=np.arange(c)[::-1].copy())
         for interp, aa in (("bilinear", True), ("bilinear", False), ("bicubic", False)):
             got, ref = both(imgs, a, interp, aa, layout="NCHW")
             assert maxdiff(got, ref) <= 2e-3
@@ -190,7 +180,7 @@ def test_ragged_strided_list():
     assert any(not t.is_contiguous() for t in tviews)
     boxes = [(0, 0, *v.shape[:2]) for v in views]
     boxes[0] = (2.5, 1.25, 30.0, 40.5)
-    a = args(4, 3, boxes, (16, 20), rot90=[0, 1, 2, 3], angles=[0, 0, 0, 12.0])
+    a = preprocess_args(4, 3, boxes, (16, 20), rot90=[0, 1, 2, 3], angles=[0, 0, 0, 12.0])
     for interp, aa in (("bilinear", True), ("bilinear", False), ("nearest", False)):
         got, ref = both(views, a, interp, aa, od="uint8", timages=tviews)
         assert maxdiff(got, ref) <= 1, interp
@@ -199,7 +189,7 @@ def test_ragged_strided_list():
 def test_shipped_configs_agree():
     """Every shipped tile gives the same result (edge tiles, several tiles per image)."""
     imgs = np.stack([rand_img(26, 34) for _ in range(2)])
-    a = args(2, 3, [(0, 0, 26, 34)] * 2, (19, 37), angles=[0.0, 45.0])
+    a = preprocess_args(2, 3, [(0, 0, 26, 34)] * 2, (19, 37), angles=[0.0, 45.0])
     ref = None
     for cfg in tp.SHIPPED_CONFIGS:
         got, nref = both(imgs, a, config=cfg, layout="NCHW")
@@ -211,14 +201,14 @@ def test_shipped_configs_agree():
 
 def test_empty():
     img = to_torch(np.zeros((0, 5, 5, 3), np.uint8))
-    out = tp.preprocess_forward(img, *args(0, 3, np.zeros((0, 4)), (4, 4)), "bilinear", True,
+    out = tp.preprocess_forward(img, *preprocess_args(0, 3, np.zeros((0, 4)), (4, 4)), "bilinear", True,
                                 "float32", "NCHW")
     assert tuple(out.shape) == (0, 3, 4, 4)
     img = to_torch(np.zeros((2, 5, 5, 3), np.uint8))
-    out = tp.preprocess_forward(img, *args(2, 3, [(0, 0, 5, 5)] * 2, (0, 4)), "bilinear", True,
+    out = tp.preprocess_forward(img, *preprocess_args(2, 3, [(0, 0, 5, 5)] * 2, (0, 4)), "bilinear", True,
                                 "uint8", "NHWC")
     assert tuple(out.shape) == (2, 0, 4, 3)
-    out = tp.preprocess_forward([], *args(0, 3, np.zeros((0, 4)), (4, 4)), "bilinear", True,
+    out = tp.preprocess_forward([], *preprocess_args(0, 3, np.zeros((0, 4)), (4, 4)), "bilinear", True,
                                 "float32", "NCHW")
     assert out.shape[0] == 0
 
