@@ -143,6 +143,23 @@ def u8_sat(v):
     return np.uint8(np.rint(v))
 
 
+def _sum_taps(builder, nk, zero, tap):
+    """IR of sum_{k < nk} tap k in two accumulators (even taps, odd taps; the last odd tap goes to
+    the even one), added at the end: the order every horizontal pass sums in. ``tap(k, acc)``
+    emits acc += (tap k); ``zero`` is the accumulators' start value."""
+    intp = nk.type
+    one = ir.Constant(intp, 1)
+    accs = [cgutils.alloca_once_value(builder, zero) for _ in range(2)]
+    with cgutils.for_range(builder, builder.ashr(nk, one)) as loop:
+        k2 = builder.shl(loop.index, one)
+        tap(k2, accs[0])
+        tap(builder.add(k2, one), accs[1])
+    odd = builder.icmp_signed("!=", builder.and_(nk, one), ir.Constant(intp, 0))
+    with builder.if_then(odd):
+        tap(builder.sub(nk, one), accs[0])
+    return builder.fadd(builder.load(accs[0]), builder.load(accs[1]))
+
+
 @intrinsic
 def taps3(typingctx, tmp, o, wx, wo, nk, res, q):
     """res[q : q+4] = sum_{k < nk} wx[wo + k] * tmp[o + 3k : o + 3k + 4]: the three channels of
@@ -167,8 +184,6 @@ def taps3(typingctx, tmp, o, wx, wo, nk, res, q):
         undef = ir.Constant(vty, ir.Undefined)
         splat0 = ir.Constant(ir.VectorType(ir.IntType(32), 4), [0] * 4)
         i32_0 = ir.Constant(ir.IntType(32), 0)
-        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(2)]
-
         def tap(k, acc):
             w = builder.load(builder.gep(W, [k]), align=4)
             wv = builder.shuffle_vector(builder.insert_element(undef, w, i32_0), undef, splat0)
@@ -176,16 +191,7 @@ def taps3(typingctx, tmp, o, wx, wo, nk, res, q):
             tv = builder.load(builder.bitcast(t, vptr), align=4)
             builder.store(builder.call(fma4, [wv, tv, builder.load(acc)]), acc)
 
-        half = builder.ashr(nk_v, ir.Constant(intp, 1))
-        with cgutils.for_range(builder, half) as loop:
-            k2 = builder.shl(loop.index, ir.Constant(intp, 1))
-            tap(k2, accs[0])
-            tap(builder.add(k2, ir.Constant(intp, 1)), accs[1])
-        odd = builder.icmp_signed("!=", builder.and_(nk_v, ir.Constant(intp, 1)),
-                                  ir.Constant(intp, 0))
-        with builder.if_then(odd):
-            tap(builder.sub(nk_v, ir.Constant(intp, 1)), accs[0])
-        total = builder.fadd(builder.load(accs[0]), builder.load(accs[1]))
+        total = _sum_taps(builder, nk_v, zero, tap)
         builder.store(total, builder.bitcast(R, vptr), align=4)
         return context.get_dummy_value()
 
@@ -216,7 +222,6 @@ def taps3x4(typingctx, tmp, o0, o1, o2, o3, we, wq, wst, nk, res, q):
         fma16 = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(v16, [v16] * 3), "llvm.fma.v16f32")
         zero = ir.Constant(v16, [-0.0] * 16)   # the additive identity (keeps -0.0)
-        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(2)]
         c3 = ir.Constant(intp, 3)
 
         def tap(k, acc):
@@ -233,16 +238,7 @@ def taps3x4(typingctx, tmp, o0, o1, o2, o3, we, wq, wst, nk, res, q):
                 ir.VectorType(ir.IntType(32), 16), list(range(16))))
             builder.store(builder.call(fma16, [w, tv, builder.load(acc)]), acc)
 
-        half = builder.ashr(nk_v, ir.Constant(intp, 1))
-        with cgutils.for_range(builder, half) as loop:
-            k2 = builder.shl(loop.index, ir.Constant(intp, 1))
-            tap(k2, accs[0])
-            tap(builder.add(k2, ir.Constant(intp, 1)), accs[1])
-        odd = builder.icmp_signed("!=", builder.and_(nk_v, ir.Constant(intp, 1)),
-                                  ir.Constant(intp, 0))
-        with builder.if_then(odd):
-            tap(builder.sub(nk_v, ir.Constant(intp, 1)), accs[0])
-        total = builder.fadd(builder.load(accs[0]), builder.load(accs[1]))
+        total = _sum_taps(builder, nk_v, zero, tap)
         builder.store(total, builder.bitcast(R, v16.as_pointer()), align=4)
         return context.get_dummy_value()
 
