@@ -75,6 +75,15 @@ def test_launcher_compile_options_build_the_requested_kernels(tmp_path, dtype):
         assert all(_has_symbol(out.read_bytes(), n) for n in names)
 
 
+@needs_nvcc
+def test_launcher_source_is_self_contained(tmp_path):
+    """What NVRTC gets, source() (kk_epilogue.cuh inlined), builds alone in another folder."""
+    src = tmp_path / "alone.cu"
+    src.write_text(kc.source())
+    _nvcc([*kc.compile_options("float32"), "-cubin", "-arch=sm_90", "-o", str(tmp_path / "alone.cubin"), str(src)],
+          tmp_path)
+
+
 # -------------------------------------------------------------------------- pure-Python parts
 
 

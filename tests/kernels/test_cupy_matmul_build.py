@@ -80,6 +80,15 @@ def test_launcher_compile_options_build_the_requested_kernel(tmp_path, dtype):
         assert _has_symbol(out.read_bytes(), km.kernel_name(dtype, cfg))
 
 
+@needs_nvcc
+def test_launcher_source_is_self_contained(tmp_path):
+    """What NVRTC gets, source() (kk_epilogue.cuh inlined), builds alone in another folder."""
+    src = tmp_path / "alone.cu"
+    src.write_text(km.source())
+    _nvcc([*km.compile_options("float32", km.MatmulConfig.default("float32")), "-cubin", "-arch=sm_90", "-o", str(tmp_path / "alone.cubin"), str(src)],
+          tmp_path)
+
+
 # -------------------------------------------------------------------------- pure-Python parts
 
 

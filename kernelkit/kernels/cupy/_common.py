@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,10 +54,17 @@ def elem_strides(op: str, strides, itemsize: int) -> tuple[int, ...]:
     return tuple(s // itemsize for s in strides)
 
 
+_LOCAL_INCLUDE = re.compile(r'^#include "(\w+\.cuh)"$', re.M)
+
+
 @functools.cache
 def source(path: Path) -> str:
-    """The text of a .cu file beside a launcher (read once)."""
-    return path.read_text(encoding="utf-8")
+    """The text of a .cu file beside a launcher (read once), its local ``#include "x.cuh"``
+    lines replaced by the headers' text: NVRTC gets one self-contained string, and cupy's binary
+    cache (keyed on that string) sees a change to a header too."""
+    text = path.read_text(encoding="utf-8")
+    return _LOCAL_INCLUDE.sub(
+        lambda m: (path.parent / m.group(1)).read_text(encoding="utf-8"), text)
 
 
 class KernelCache:

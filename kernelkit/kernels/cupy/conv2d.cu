@@ -24,7 +24,7 @@
 // and every simple kernel for both dtypes. The launcher compiles through NVRTC with either
 // KK_SINGLE (KK_DT, KK_T, KK_BM..KK_TN: one forward GEMM) or KK_SIMPLE (KK_DT, KK_T: the three
 // one-per-element / reduction kernels of one dtype).
-// Only <cuda_fp16.h> is included (NVRTC has no host headers).
+// Only <cuda_fp16.h> and the local kk_epilogue.cuh are included (NVRTC has no host headers).
 // KK_HOST_EMULATION is for the CPU test harness only (it supplies the CUDA names on the host).
 
 #ifndef KK_HOST_EMULATION
@@ -33,33 +33,9 @@
 
 namespace kk_conv {
 
-// Activation codes; keep in sync with _ACT_CODES in conv2d.py.
-enum Act : int { ACT_NONE = 0, ACT_RELU = 1, ACT_GELU = 2, ACT_GELU_TANH = 3, ACT_SILU = 4 };
+#include "kk_epilogue.cuh"
 
 typedef long long ll;
-
-__device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
-
-__device__ __forceinline__ void store_as(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store_as(__half* p, float v) { *p = __float2half_rn(v); }
-
-__device__ __forceinline__ float apply_act(float v, int act) {
-    switch (act) {
-        case ACT_RELU:  // NaN < 0 is false, so NaN propagates (as in torch)
-            return v < 0.0f ? 0.0f : v;
-        case ACT_GELU:
-            return 0.5f * v * (1.0f + erff(v * 0.70710678118654752440f));
-        case ACT_GELU_TANH: {
-            const float inner = 0.79788456080286535588f * (v + 0.044715f * v * v * v);
-            return 0.5f * v * (1.0f + tanhf(inner));
-        }
-        case ACT_SILU:
-            return v / (1.0f + expf(-v));
-        default:
-            return v;
-    }
-}
 
 // The convolution's shape and geometry (built inside each kernel from its int arguments).
 struct Geom {

@@ -203,6 +203,15 @@ def _check_arrays(op: str, *arrays):
     return dtype
 
 
+def _check_config(op: str, config, dtype) -> Conv2dConfig:
+    """The forward GEMM's config (the default for None); the other kernels take none."""
+    if config is None:
+        return Conv2dConfig.default(dtype)
+    if not isinstance(config, Conv2dConfig):
+        raise TypeError(f"cupy {op}: config must be a Conv2dConfig, got {type(config).__name__}")
+    return config
+
+
 def conv2d_forward(x, weight, bias=None, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1),
                    groups: int = 1, activation: str | None = None, layout: str = "NCHW",
                    config: Conv2dConfig | None = None):
@@ -231,9 +240,7 @@ def conv2d_forward(x, weight, bias=None, stride=(1, 1), padding=(0, 0, 0, 0), di
                              f"{getattr(bias, 'shape', type(bias).__name__)}")
         if bias.dtype != x.dtype:
             bias = bias.astype(x.dtype)
-    config = config or Conv2dConfig.default(dtype)
-    if not isinstance(config, Conv2dConfig):
-        raise TypeError(f"cupy {op}: config must be a Conv2dConfig, got {type(config).__name__}")
+    config = _check_config(op, config, dtype)
 
     with x.device:
         y = cupy.empty(act_shape(n, k, geo.ho, geo.wo, layout), dtype=x.dtype)
@@ -267,8 +274,7 @@ def conv2d_backward_input(grad_out, weight, input_hw, stride=(1, 1), padding=(0,
         raise ValueError(f"cupy {op}: weight must have K={k} rows, got {weight.shape}")
     geo = geometry(op, layout, n, cg * groups, h, w, k, r, s, stride, padding, dilation, groups)
     geo.check_grad_out(ho, wo)
-    if config is not None and not isinstance(config, Conv2dConfig):
-        raise TypeError(f"cupy {op}: config must be a Conv2dConfig, got {type(config).__name__}")
+    _check_config(op, config, dtype)
     with grad_out.device:
         dx = cupy.empty(act_shape(n, geo.c, h, w, layout), dtype=grad_out.dtype)
         if dx.size == 0:
@@ -298,8 +304,7 @@ def conv2d_backward_weight(x, grad_out, kernel_hw, stride=(1, 1), padding=(0, 0,
         raise ValueError(f"cupy {op}: x has batch {n} but grad_out has {n2}")
     geo = geometry(op, layout, n, c, h, w, k, r, s, stride, padding, dilation, groups)
     geo.check_grad_out(ho, wo)
-    if config is not None and not isinstance(config, Conv2dConfig):
-        raise TypeError(f"cupy {op}: config must be a Conv2dConfig, got {type(config).__name__}")
+    _check_config(op, config, dtype)
     with x.device:
         dw = cupy.empty((k, geo.cg, r, s), dtype=x.dtype)
         if dw.size == 0:

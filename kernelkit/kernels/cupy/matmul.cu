@@ -19,7 +19,8 @@
 // for both dtypes. The Python launcher compiles one kernel at a time through NVRTC by defining
 // KK_SINGLE with KK_DT (f32|f16), KK_T (float|__half) and KK_BM..KK_TN.
 //
-// Only <cuda_fp16.h> is included (NVRTC has no host headers); erff/tanhf/expf/fmaf are built-ins.
+// Only <cuda_fp16.h> and the local kk_epilogue.cuh are included (NVRTC has no host headers);
+// erff/tanhf/expf/fmaf are built-ins.
 // KK_HOST_EMULATION is for the CPU test harness only (it supplies the CUDA names on the host).
 
 #ifndef KK_HOST_EMULATION
@@ -28,33 +29,9 @@
 
 namespace kk {
 
-// Activation codes; keep in sync with _ACT_CODES in matmul.py.
-enum Act : int { ACT_NONE = 0, ACT_RELU = 1, ACT_GELU = 2, ACT_GELU_TANH = 3, ACT_SILU = 4 };
+#include "kk_epilogue.cuh"
 
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
-
-__device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
-
-__device__ __forceinline__ void store_as(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store_as(__half* p, float v) { *p = __float2half_rn(v); }
-
-__device__ __forceinline__ float apply_act(float v, int act) {
-    switch (act) {
-        case ACT_RELU:  // NaN < 0 is false, so NaN propagates (as in torch)
-            return v < 0.0f ? 0.0f : v;
-        case ACT_GELU:  // exact: 0.5 x (1 + erf(x / sqrt(2)))
-            return 0.5f * v * (1.0f + erff(v * 0.70710678118654752440f));
-        case ACT_GELU_TANH: {  // torch approximate="tanh": 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-            const float inner = 0.79788456080286535588f * (v + 0.044715f * v * v * v);
-            return 0.5f * v * (1.0f + tanhf(inner));
-        }
-        case ACT_SILU:  // torch's formula: x / (1 + exp(-x))
-            return v / (1.0f + expf(-v));
-        default:
-            return v;
-    }
-}
 
 // Register tile <-> tile coordinate. Each thread's TM rows (TN columns) come in runs of V
 // consecutive rows (columns), V = min(4, TM); run r of thread t starts at r*(threads*V) + t*V.
