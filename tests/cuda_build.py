@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from kernelkit import devices
+
 
 def find_tool(name: str) -> str | None:
     """A CUDA tool on PATH, or in $CUDA_HOME / $CUDA_PATH / /usr/local/cuda."""
@@ -27,6 +29,9 @@ def find_tool(name: str) -> str | None:
 
 NVCC = find_tool("nvcc")
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found on PATH or in /usr/local/cuda/bin")
+# The launchers' own runs: only where cupy sees a device.
+needs_cupy_device = pytest.mark.skipif(not devices.cupy_available(),
+                                       reason="needs cupy and a CUDA device")
 
 
 def nvcc(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -62,7 +67,10 @@ def has_symbol(cubin: bytes, name: str) -> bool:
 
 
 def build_cubins(source: Path, archs: tuple[str, ...], tmp: Path) -> dict[str, tuple[bytes, dict]]:
-    """{arch: (cubin bytes, ptxas usage)} for a whole .cu file, the archs built in parallel."""
+    """{arch: (cubin bytes, ptxas usage)} for a whole .cu file, the archs built in parallel
+    (skips without nvcc)."""
+    if NVCC is None:
+        pytest.skip("nvcc not found on PATH or in /usr/local/cuda/bin")
     from concurrent.futures import ThreadPoolExecutor
 
     def build(arch):

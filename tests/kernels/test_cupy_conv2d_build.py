@@ -20,7 +20,13 @@ import zlib
 import numpy as np
 import pytest
 import reference
-from cuda_build import NVCC, assert_imports_without_cupy, build_cubins, build_emulation, needs_nvcc
+from cuda_build import (
+    assert_imports_without_cupy,
+    build_cubins,
+    build_emulation,
+    needs_cupy_device,
+    needs_nvcc,
+)
 from cuda_build import has_symbol as _has_symbol
 from cuda_build import nvcc as _nvcc
 from cuda_build import ptxas_usage as _ptxas_usage
@@ -39,8 +45,6 @@ SIMPLE = ("fwd_direct", "bwd_input", "bwd_weight")
 
 @pytest.fixture(scope="module")
 def cubins(tmp_path_factory):
-    if NVCC is None:
-        pytest.skip("nvcc not found on PATH or in /usr/local/cuda/bin")
     return build_cubins(kc.SOURCE_PATH, ARCHS, tmp_path_factory.mktemp("cupy-conv2d-cubin"))
 
 
@@ -351,17 +355,9 @@ def test_emulated_nan_propagation(emu):
 # ------------------------------------------------------------------- on a GPU (skipped elsewhere)
 
 
-def _gpu_available() -> bool:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # noqa: BLE001 - no cupy, no driver or no device all mean "no GPU"
-        return False
-
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _gpu_available(), reason="needs cupy and a CUDA device")
+@needs_cupy_device
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("case", EMU_CASES, ids=[c[0] for c in EMU_CASES])

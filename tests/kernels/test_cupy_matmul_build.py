@@ -20,7 +20,13 @@ import zlib
 import numpy as np
 import pytest
 import reference
-from cuda_build import NVCC, assert_imports_without_cupy, build_cubins, build_emulation, needs_nvcc
+from cuda_build import (
+    assert_imports_without_cupy,
+    build_cubins,
+    build_emulation,
+    needs_cupy_device,
+    needs_nvcc,
+)
 from cuda_build import has_symbol as _has_symbol
 from cuda_build import nvcc as _nvcc
 from cuda_build import ptxas_usage as _ptxas_usage
@@ -37,8 +43,6 @@ DTYPES = ("float32", "float16")
 @pytest.fixture(scope="module")
 def cubins(tmp_path_factory):
     """{arch: (cubin bytes, ptxas usage)} for the whole .cu (every shipped kernel)."""
-    if NVCC is None:
-        pytest.skip("nvcc not found on PATH or in /usr/local/cuda/bin")
     return build_cubins(km.SOURCE_PATH, ARCHS, tmp_path_factory.mktemp("cupy-matmul-cubin"))
 
 
@@ -296,17 +300,9 @@ def test_emulated_k_zero_and_nan_propagation(emu):
 # ------------------------------------------------------------------- on a GPU (skipped elsewhere)
 
 
-def _gpu_available() -> bool:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # noqa: BLE001 - no cupy, no driver or no device all mean "no GPU"
-        return False
-
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _gpu_available(), reason="needs cupy and a CUDA device")
+@needs_cupy_device
 @pytest.mark.parametrize("cfg", EMU_CONFIGS, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gpu_matmul_forward_matches_reference(cfg, dtype):
@@ -325,7 +321,7 @@ def test_gpu_matmul_forward_matches_reference(cfg, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _gpu_available(), reason="needs cupy and a CUDA device")
+@needs_cupy_device
 def test_gpu_matmul_forward_empty_dims():
     import cupy
 

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from cuda_build import NVCC, assert_imports_without_cupy, build_emulation
+from cuda_build import NVCC, assert_imports_without_cupy, build_emulation, needs_cupy_device
 from reference import preprocess_args
 
 from kernelkit.kernels import taps
@@ -210,17 +210,9 @@ def test_emulated_uint8_rounding_and_nan(emu):
 
 # ------------------------------------------------------------------- on a GPU (skipped elsewhere)
 
-def _gpu_available() -> bool:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # noqa: BLE001 - no cupy, no driver or no device all mean "no GPU"
-        return False
-
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _gpu_available(), reason="needs cupy and a CUDA device")
+@needs_cupy_device
 def test_gpu_preprocess_matches_numba():
     import cupy
 
