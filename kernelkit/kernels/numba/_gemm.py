@@ -79,6 +79,15 @@ def tile_shape(dtype) -> tuple[int, int]:
     return TILE[np.dtype(dtype).name]
 
 
+def entry_point(disp, sig):
+    """``disp`` compiled (or loaded from numba's cache) for exactly ``sig``: its entry point, which
+    a launcher calls without the dispatcher's type matching (arrays of every layout unbox into an
+    'A' signature; the launcher has checked ndim and dtype)."""
+    disp.compile(sig)
+    cres = disp.overloads.get(sig.args)
+    return getattr(cres, "entry_point", None) or disp
+
+
 def _dtype_name(nbtype) -> str:
     return "float32" if nbtype == types.float32 else "float64"
 

@@ -32,7 +32,7 @@ import numpy as np
 from numba import types
 
 from kernelkit.kernels.numba import _conv
-from kernelkit.kernels.numba._gemm import ACT_CODES, tile_shape
+from kernelkit.kernels.numba._gemm import ACT_CODES, entry_point, tile_shape
 from kernelkit.kernels.numba.matmul import GemmBlocking, MatmulConfig
 
 __all__ = ["Conv2dConfig", "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"]
@@ -118,13 +118,7 @@ class _Compiled:
         self.empty = np.zeros(0, dtype)
 
     def __getattr__(self, name):  # first use of an entry point
-        disp = getattr(_conv, name)
-        sig = _sig(name, self.dtype)
-        disp.compile(sig)
-        cres = disp.overloads.get(sig.args)
-        # The entry point of exactly this signature, skipping the dispatcher's type matching:
-        # arrays of every layout unbox into 'A' (the launcher has checked ndim and dtype).
-        fn = getattr(cres, "entry_point", None) or disp
+        fn = entry_point(getattr(_conv, name), _sig(name, self.dtype))
         setattr(self, name, fn)
         return fn
 

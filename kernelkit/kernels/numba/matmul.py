@@ -30,6 +30,7 @@ from kernelkit.kernels.numba._gemm import (
     _U,
     ACT_CODES,
     TILE,
+    entry_point,
     epilogue,
     flat_view,
     macro_kernel,
@@ -309,12 +310,7 @@ class _Compiled:
 
     @staticmethod
     def _get(disp, kind, dtype):
-        sig = _sig(kind, dtype)
-        disp.compile(sig)
-        # The entry point of exactly this signature, skipping the dispatcher's type matching:
-        # arrays of every layout unbox into 'A' (matmul_forward has checked ndim and dtype).
-        cres = disp.overloads.get(sig.args)
-        return getattr(cres, "entry_point", None) or disp
+        return entry_point(disp, _sig(kind, dtype))
 
 
 _COMPILED: dict = {}

@@ -47,6 +47,7 @@ from numba import prange, types
 
 from kernelkit.kernels import taps as _taps
 from kernelkit.kernels.config import KernelConfig
+from kernelkit.kernels.numba._gemm import entry_point
 from kernelkit.kernels.numba._resample import (
     _JIT,
     OUT_CODES,
@@ -225,10 +226,7 @@ def _entry():
     """The compiled kernel of the one signature, called without the dispatcher's type matching."""
     global _ENTRY
     if _ENTRY is None:
-        sig = _sig()
-        _kernel.compile(sig)
-        cres = _kernel.overloads.get(sig.args)
-        _ENTRY = getattr(cres, "entry_point", None) or _kernel
+        _ENTRY = entry_point(_kernel, _sig())
     return _ENTRY
 
 
