@@ -512,29 +512,23 @@ def store_planes3(res, ps, out_w, p, o0, o1, o2, m0, m1, m2, s0, s1, s2):
 
 
 @numba.njit(**_JIT)
-def store_row(res, cch, ps, out_w, perm, mean, scale, code, out_addr, off, oc, ox, rowb, nt):
+def store_row(res, cch, ps, out_w, perm, inv, mean, scale, code, out_addr, off, oc, ox, rowb,
+              nt):
     """Output channel c of one row, ``(res[x*ps + perm[c]] - mean[c]) * scale[c]`` (``ps``: the
     pixel stride of ``res``, C or 4), converted to the
-    output dtype and written at element offset ``off + c*oc + x*ox`` of the output. ``nt``:
+    output dtype and written at element offset ``off + c*oc + x*ox`` of the output. ``inv``: the
+    inverse of ``perm`` when it is a permutation of 3 channels (else inv[0] < 0). ``nt``:
     write float32 rows with non-temporal stores through ``rowb`` (else plain stores)."""
-    if not nt and code == OUT_F32 and ox == 1 and cch == 3:
-        # input channel i goes to the output plane c with perm[c] == i (a permutation here)
-        d0, d1, d2 = -1, -1, -1
-        for c in range(3):
-            if perm[c] == 0:
-                d0 = c
-            elif perm[c] == 1:
-                d1 = c
-            elif perm[c] == 2:
-                d2 = c
-        if d0 >= 0 and d1 >= 0 and d2 >= 0:
-            store_planes3(res, ps, out_w, f32_ptr(out_addr), off + d0 * oc, off + d1 * oc,
-                          off + d2 * oc, mean[d0], mean[d1], mean[d2], scale[d0], scale[d1],
-                          scale[d2])
-            return
-    # 3 channels at pixel stride 4: de-interleaved once (constant strides: shuffles, no gathers)
-    # into planes rowb[out_w + c*out_w + x]; rowb[:out_w] is the output row
-    planar = code == OUT_F32 and ox == 1 and out_w >= 64 and ps == 4 and cch == 3
+    if not nt and code == OUT_F32 and ox == 1 and inv[0] >= 0:
+        # input channel i goes to output plane inv[i]
+        d0, d1, d2 = inv[0], inv[1], inv[2]
+        store_planes3(res, ps, out_w, f32_ptr(out_addr), off + d0 * oc, off + d1 * oc,
+                      off + d2 * oc, mean[d0], mean[d1], mean[d2], scale[d0], scale[d1],
+                      scale[d2])
+        return
+    # streaming: 3 channels at pixel stride 4 de-interleaved once (constant strides: shuffles, no
+    # gathers) into planes rowb[out_w + c*out_w + x]; rowb[:out_w] is the output row
+    planar = nt and code == OUT_F32 and ox == 1 and out_w >= 64 and ps == 4 and cch == 3
     if planar:
         nb = out_w >> 4
         deint4(res, rowb, out_w, nb)
@@ -547,11 +541,7 @@ def store_row(res, cch, ps, out_w, perm, mean, scale, code, out_addr, off, oc, o
         o = off + c * oc
         if code == OUT_F32:
             p = f32_ptr(out_addr)
-            if planar and not nt:
-                pb = pc * out_w + out_w
-                for x in range(out_w):
-                    p[o + x] = (rowb[_U(pb + x)] - m) * s
-            elif nt and ox == 1 and out_w >= 64:
+            if nt and ox == 1 and out_w >= 64:
                 # the row in ``rowb``, then out whole 64-byte lines with non-temporal stores
                 if planar:
                     pb = pc * out_w

@@ -122,8 +122,9 @@ class PreprocessConfig(KernelConfig):
 # ------------------------------------------------------------------------------------ jitted code
 
 @numba.njit(**_JIT)
-def _image_rows(src, isz, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff, fill, nearest, perm, mean,
-                scale, out_w, cch, tile_w, tmp, res, we, out_addr, code, on, oc, oy, ox, stream):
+def _image_rows(src, isz, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff, fill, nearest, perm, inv,
+                mean, scale, out_w, cch, tile_w, tmp, res, we, out_addr, code, on, oc, oy, ox,
+                stream):
     """Output rows y0 .. y1-1 of image n (``src``: typed pointer to its first pixel)."""
     sh, sw, sc = meta[n, _SH], meta[n, _SW], meta[n, _SC]
     addr = meta[n, _ADDR]
@@ -134,8 +135,8 @@ def _image_rows(src, isz, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff, fill, 
         r0, r1, c0, c1 = meta[n, _R0], meta[n, _R1], meta[n, _C0], meta[n, _C1]
         for y in range(y0, y1):
             affine_row(src, 0, sh, sw, sc, cch, r0, r1, c0, c1, m, fillv, nearest, y, out_w, res)
-            store_row(res, cch, cch, out_w, perm, mean, scale, code, out_addr, n * on + y * oy,
-                      oc, ox, rowb, stream)
+            store_row(res, cch, cch, out_w, perm, inv, mean, scale, code, out_addr,
+                      n * on + y * oy, oc, ox, rowb, stream)
         return
     if meta[n, _TR] != 0:
         a, b = sw, sh
@@ -180,13 +181,13 @@ def _image_rows(src, isz, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff, fill, 
                 hpass3(tmp, xs, lo, nkx, wx, wo, kst, we, out_w, x0, x1, res)
             else:
                 hpass(tmp, cch, xs, lo, nkx, wx, wo, kst, x0, x1, res)
-        store_row(res, cch, ps, out_w, perm, mean, scale, code, out_addr, n * on + y * oy, oc, ox,
-                  rowb, stream)
+        store_row(res, cch, ps, out_w, perm, inv, mean, scale, code, out_addr, n * on + y * oy,
+                  oc, ox, rowb, stream)
     sfence()
 
 
 @numba.njit(parallel=True, **_JIT)
-def _kernel(meta, in_f32, yst, yw, yk, xst, xw, xk, aff, fill, nearest, perm, mean, scale,
+def _kernel(meta, in_f32, yst, yw, yk, xst, xw, xk, aff, fill, nearest, perm, inv, mean, scale,
             out_h, out_w, cch, rows, tile_w, tmp_len, out_addr, code, on, oc, oy, ox, stream):
     nimg = meta.shape[0]
     nblk = (out_h + rows - 1) // rows
@@ -199,12 +200,12 @@ def _kernel(meta, in_f32, yst, yw, yk, xst, xw, xk, aff, fill, nearest, perm, me
         we = np.empty(4 * out_w * xw.shape[2] if cch == 3 else 0, np.float32)
         if in_f32:
             _image_rows(f32_ptr(meta[n, _ADDR]), 4, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff,
-                        fill, nearest, perm, mean, scale, out_w, cch, tile_w, tmp, res, we, out_addr,
-                        code, on, oc, oy, ox, stream)
+                        fill, nearest, perm, inv, mean, scale, out_w, cch, tile_w, tmp, res, we,
+                        out_addr, code, on, oc, oy, ox, stream)
         else:
             _image_rows(u8_ptr(meta[n, _ADDR]), 1, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff,
-                        fill, nearest, perm, mean, scale, out_w, cch, tile_w, tmp, res, we, out_addr,
-                        code, on, oc, oy, ox, stream)
+                        fill, nearest, perm, inv, mean, scale, out_w, cch, tile_w, tmp, res, we,
+                        out_addr, code, on, oc, oy, ox, stream)
 
 
 # ----------------------------------------------------------------------------------------- launch
@@ -215,7 +216,7 @@ def _sig():
     return types.void(
         arr(i64, 2), types.boolean, arr(i64, 2), arr(f32, 3), arr(i64, 1), arr(i64, 2),
         arr(f32, 3), arr(i64, 1), arr(types.float64, 3), arr(f32, 1), types.boolean,
-        arr(i64, 1), arr(f32, 1), arr(f32, 1),
+        arr(i64, 1), arr(i64, 1), arr(f32, 1), arr(f32, 1),
         i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, types.boolean)
 
 
@@ -312,10 +313,14 @@ def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, sc
     tmp_len = int(meta[:, _SPAN].max()) * cch
     fill = np.ascontiguousarray(np.broadcast_to(np.asarray(fill, np.float32), (n,)))
     perm = np.ascontiguousarray(channel_perm, np.int64).reshape(cch)
+    # the inverse permutation of 3 channels, for the planar float32 store (else -1s)
+    inv = np.full(max(cch, 3), -1, np.int64)
+    if cch == 3 and sorted(perm.tolist()) == [0, 1, 2]:
+        inv[perm] = np.arange(3)
     mean = np.ascontiguousarray(mean, np.float32).reshape(cch)
     scale = np.ascontiguousarray(scale, np.float32).reshape(cch)
     _entry()(meta, dtype == np.float32, yt.start, yt.weight, yt.ntaps, xst, xt.weight,
-             xt.ntaps, aff, fill, interpolation == "nearest", perm, mean, scale,
+             xt.ntaps, aff, fill, interpolation == "nearest", perm, inv, mean, scale,
              out_h, out_w, cch, max(1, cfg.rows), cfg.tile_w, tmp_len, out.ctypes.data, code,
              on, oc, oy, ox, bool(cfg.stream))
     del keep  # the sources stay alive until here: the kernel read them through raw addresses
