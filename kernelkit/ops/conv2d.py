@@ -260,17 +260,19 @@ def prepare_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gr
     to_kernel, from_kernel = _channels_last_views(channels_last)
 
     def bind(cand: Candidate, config: Config) -> Plan:
-        if loc.lib == "torch" and needs_grad(x, weight, bias):
-            from .torch_ops import conv2d_op
-
-            fn = conv2d_op()
-            return lambda x, w, b: fn(x, w, b, list(stride), list(pad), list(dilation), groups,
-                                      activation, layout, allow_tf32)
         return _bind(cand.launcher(problem, config), cand, loc, (to_kernel, None, None), from_kernel)
 
+    direct = None
+    if loc.lib == "torch" and needs_grad(x, weight, bias):
+        from .torch_ops import conv2d_op
+
+        fn = conv2d_op()
+        direct = lambda x, w, b: fn(x, w, b, list(stride), list(pad), list(dilation), groups,
+                                    activation, layout, allow_tf32)
     ref = functools.partial(_reference_forward, x, weight, bias, stride, pad, dilation, groups,
                             activation, kl, channels_last)
-    return Call(problem, bind, (x, weight, bias), _verifier(ref, math.prod(ws[1:]), allow_tf32))
+    return Call(problem, bind, (x, weight, bias), _verifier(ref, math.prod(ws[1:]), allow_tf32),
+                direct)
 
 
 def prepare_backward_input(grad_out, weight, input_shape, *, stride=1, padding=0, dilation=1,

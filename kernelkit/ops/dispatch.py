@@ -107,6 +107,9 @@ class Call:
     bind: Callable[[Candidate, Config], Plan]  # a plan for this choice, reusable for equal signatures
     args: tuple  # the caller's arguments, in the order the plan takes them
     verify: Callable[[Any], str | None]  # None, or why an output is wrong
+    # A plan that needs no choice: tensors that need gradients go through the registered custom
+    # op, whose forward and backward dispatch (and tune) the kernels themselves.
+    direct: Plan | None = None
 
     def runner(self, cand: Candidate, config: Config) -> Callable[[], Any]:
         plan = self.bind(cand, config)
@@ -114,6 +117,8 @@ class Call:
 
 
 def plan_for(call: Call, settings: _settings.Settings | None = None) -> Plan:
+    if call.direct is not None:
+        return call.direct
     settings = settings or _settings.current()
     cands = registry.candidates(call.problem.op)
     if any(d == 0 for shape in call.problem.shapes for d in shape):

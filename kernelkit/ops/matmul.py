@@ -162,15 +162,13 @@ def prepare(a, b, *, bias=None, activation=None, allow_tf32=False) -> Call:
         nbytes=int((nb * m * k + nb * k * n + nb * m * n) * np.dtype(
             "float16" if dtype == "bfloat16" else dtype).itemsize),
     )
-    grad = loc.lib == "torch" and needs_grad(a, b, bias)
-
     def bind(cand: Candidate, config: Config) -> Plan:
-        if grad:
-            return _autograd_plan(activation, allow_tf32)
-        fn = cand.launcher(problem, config)
-        return _bind(fn, cand, loc, batch)
+        return _bind(cand.launcher(problem, config), cand, loc, batch)
 
-    return Call(problem, bind, (a, b, bias), _verifier(a, b, bias, activation, allow_tf32))
+    direct = (_autograd_plan(activation, allow_tf32)
+              if loc.lib == "torch" and needs_grad(a, b, bias) else None)
+    return Call(problem, bind, (a, b, bias), _verifier(a, b, bias, activation, allow_tf32),
+                direct)
 
 
 def _autograd_plan(activation: str | None, allow_tf32: bool) -> Plan:
