@@ -16,6 +16,7 @@ from pathlib import Path
 PACKAGES = ("kernelkit", "numpy", "torch", "triton", "numba", "cupy")
 
 
+@functools.cache
 def has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
@@ -36,11 +37,6 @@ def triton_interpret() -> bool:
 
 
 @functools.cache
-def triton_available() -> bool:
-    return sys_linux() and has_module("triton") and (cuda_available() or triton_interpret())
-
-
-@functools.cache
 def cupy_available() -> bool:
     """cupy is installed and sees at least one device."""
     if not has_module("cupy"):
@@ -51,10 +47,6 @@ def cupy_available() -> bool:
         return cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:  # noqa: BLE001 - no driver / no device / broken wheel all mean "no cupy"
         return False
-
-
-def sys_linux() -> bool:
-    return platform.system() == "Linux"
 
 
 _DISTRIBUTIONS = {"cupy": ("cupy-cuda13x", "cupy-cuda12x", "cupy")}

@@ -17,10 +17,6 @@ class Timing:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> Timing:
-        return cls(float(d["median"]), float(d["spread"]), int(d["count"]))
-
 
 def cuda_sync() -> None:
     """Wait for all work on the current CUDA device, whichever library queued it."""

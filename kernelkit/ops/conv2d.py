@@ -19,7 +19,7 @@ from .. import arrays
 from ..kernels import ACTIVATIONS
 from ..kernels.convgeom import nchw_shape
 from . import registry
-from .dispatch import Call, Plan, explain_call, needs_grad, plan_for, plan_memo, signature
+from .dispatch import Call, Plan, PlanMemo, explain_call, needs_grad, plan_for, signature
 from .matmul import FLOAT_DTYPES, kernel_dtype
 from .registry import Candidate, Config, Problem, backend_support
 from .verify import f64, normwise_error
@@ -122,7 +122,7 @@ def explain(x, weight, bias=None, **kwargs):
     return explain_call(prepare_forward(x, weight, bias, **kwargs))
 
 
-_FORWARD, _BWD_INPUT, _BWD_WEIGHT = plan_memo(), plan_memo(), plan_memo()
+_FORWARD, _BWD_INPUT, _BWD_WEIGHT = PlanMemo(), PlanMemo(), PlanMemo()
 
 
 def _hashable(v):
@@ -459,9 +459,13 @@ def _make_candidate(op: str, backend: str, device: str, native: str, dtypes: tup
             xs = p.shapes[2]
         n, c, h, w = xs
         kk, _, r, s = ws
+        dt = kernel_dtype(backend, p.dtype)
+        if backend == "cupy" and op != "conv2d":
+            return [k.Conv2dConfig.default(dt).to_dict()]  # its backward kernels take no config
+        if backend == "triton" and op == "conv2d_backward_input":
+            c, kk = kk, c  # grad_in's GEMM: N = C/groups, reduction over K/groups * R * S
         return [cfg.to_dict() for cfg in k.Conv2dConfig.space(
-            kernel_dtype(backend, p.dtype), n, c, h, w, kk, r, s, p.param("stride"),
-            p.param("groups"))]
+            dt, n, c, h, w, kk, r, s, p.param("stride"), p.param("groups"))]
 
     def launcher(p: Problem, config: Config):
         k = _kernel(backend)

@@ -87,18 +87,6 @@ class PlanMemo(dict):
         return plan
 
 
-_MEMOS: list[PlanMemo] = []
-
-
-def plan_memo() -> PlanMemo:
-    memo = PlanMemo()
-    _MEMOS.append(memo)
-    return memo
-
-
-def clear_plans() -> None:
-    for memo in _MEMOS:
-        memo.clear()
 
 
 @dataclass

@@ -15,7 +15,7 @@ import numpy as np
 from .. import arrays
 from ..kernels import ACTIVATIONS
 from . import registry
-from .dispatch import Call, Plan, explain_call, needs_grad, plan_for, plan_memo, signature
+from .dispatch import Call, Plan, PlanMemo, explain_call, needs_grad, plan_for, signature
 from .registry import Candidate, Config, Problem, backend_support
 from .verify import f64, normwise_error
 
@@ -61,7 +61,7 @@ def explain(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
     return explain_call(prepare(a, b, bias=bias, activation=activation, allow_tf32=allow_tf32))
 
 
-_PLANS = plan_memo()
+_PLANS = PlanMemo()
 
 
 # -- checking ------------------------------------------------------------------------------------

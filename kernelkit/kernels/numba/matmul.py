@@ -17,13 +17,13 @@ The launcher does no dispatch, conversion or tuning: the ops layer has validated
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 from numba import prange, types
 
+from kernelkit import devices
 from kernelkit.kernels.config import KernelConfig
 from kernelkit.kernels.numba._gemm import (
     _JIT,
@@ -48,38 +48,12 @@ SMALL_WORK = 16 * 1024
 # Below this many multiply-adds in total, one thread does everything (no parallel region).
 SERIAL_WORK = 1 << 21
 
-_FALLBACK_CACHE = {1: 32 * 1024, 2: 1024 * 1024, 3: 32 * 1024 * 1024}
-
-
-def _parse_size(text: str) -> int:
-    text = text.strip().upper()
-    mult = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
-    return int(text.rstrip("KMG")) * mult
-
-
 def _cache_sizes() -> dict[int, int]:
-    """Data/unified cache size in bytes per level, from sysfs (per core for L1/L2), or fallbacks."""
-    sizes = dict(_FALLBACK_CACHE)
-    base = "/sys/devices/system/cpu/cpu0/cache"
-    try:
-        for entry in sorted(os.listdir(base)):
-            if not entry.startswith("index"):
-                continue
-            d = os.path.join(base, entry)
-            with open(os.path.join(d, "type")) as f:
-                kind = f.read().strip()
-            if kind == "Instruction":
-                continue
-            with open(os.path.join(d, "level")) as f:
-                level = int(f.read())
-            with open(os.path.join(d, "size")) as f:
-                sizes[level] = _parse_size(f.read())
-    except (OSError, ValueError):
-        return dict(_FALLBACK_CACHE)
-    return sizes
-
-
-_CACHE_SIZES = None
+    """Data/unified cache bytes per level (per core for L1/L2), from devices.cpu_info(), with
+    fallbacks for what it could not read."""
+    found = devices.cpu_info()["caches"]
+    return {1: found.get("L1d", found.get("L1", 32 * 1024)), 2: found.get("L2", 1024 * 1024),
+            3: found.get("L3", 32 * 1024 * 1024)}
 
 
 def _round_down(x: int, m: int) -> int:
@@ -114,12 +88,10 @@ class MatmulConfig(GemmBlocking):
 
     @classmethod
     def default(cls, dtype) -> MatmulConfig:
-        global _CACHE_SIZES
-        if _CACHE_SIZES is None:
-            _CACHE_SIZES = _cache_sizes()
         item = np.dtype(dtype).itemsize
         mr, nr = tile_shape(dtype)
-        l1, l2, l3 = _CACHE_SIZES.get(1), _CACHE_SIZES.get(2), _CACHE_SIZES.get(3, 0)
+        sizes = _cache_sizes()
+        l1, l2, l3 = sizes[1], sizes[2], sizes[3]
         # kc: a B sliver (kc x NR) of about three times L1. Zen 4 / Skylake-class cores stream it
         # from L2 at full speed (the broadcast A sliver stays in L1), and a deep kc cuts the C
         # tile's loads and stores; the A block (mc x kc) takes half of L2; each thread's B panel
@@ -127,7 +99,6 @@ class MatmulConfig(GemmBlocking):
         # > 512 > 256 by a few % each; mc hardly matters.
         kc = max(128, min(1024, _round_down(3 * l1 // (nr * item), 64)))
         mc = max(mr, min(1024, _round_down(l2 // (2 * kc * item), mr)))
-        l3 = l3 if l3 else 8 * l2
         nc = max(nr, min(8192, _round_down(l3 // (4 * kc * item), nr)))
         return cls(int(mc), int(kc), int(nc))
 
