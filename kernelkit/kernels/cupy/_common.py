@@ -11,12 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kernelkit.kernels import ACTIVATIONS
+from kernelkit.kernels import ACT_CODES  # noqa: F401  (kk_epilogue.cuh's Act enum)
 from kernelkit.kernels.config import KernelConfig
-
-# Activation name -> code of the `act` kernel argument (kk::Act in matmul.cu and conv2d.cu).
-ACT_CODES: dict[str | None, int] = {None: 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
-assert set(ACT_CODES) - {None} == set(ACTIVATIONS)
 
 # dtype name -> (kernel-name tag, CUDA element type) of the matmul and conv2d kernels.
 DTYPES: dict[str, tuple[str, str]] = {"float32": ("f32", "float"), "float16": ("f16", "__half")}

@@ -44,6 +44,9 @@ from kernelkit.kernels.numba._gemm import (
     span,
     tile,
 )
+from kernelkit.kernels.numba._gemm import (
+    cdiv as _cdiv,
+)
 
 _I = np.int64  # _I(0): an int64 argument, not Literal[int](0), so callees compile once
 
@@ -52,11 +55,6 @@ _I = np.int64  # _I(0): an int64 argument, not Literal[int](0), so callees compi
  G_MC, G_KC, G_NC, G_PM, G_PN, G_HAS_BIAS, G_ACT, G_PLAIN, G_OSN, G_OSC, G_OSH, G_OSW,
  G_MODE) = range(29)
 GEO_LEN = 29
-
-
-@numba.njit(inline="always", **_JIT)
-def _cdiv(a, b):
-    return (a + b - 1) // b
 
 
 @numba.njit(inline="always", **_JIT)

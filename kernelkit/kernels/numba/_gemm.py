@@ -34,6 +34,8 @@ from numba.core import cgutils
 from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic, overload
 
+from kernelkit.kernels import ACT_CODES
+
 
 def _target_features() -> tuple[int, bool]:
     """(vector bits, has FMA) of what Numba compiles for: NUMBA_CPU_FEATURES, else the host's."""
@@ -62,11 +64,9 @@ TILE: dict[str, tuple[int, int]] = {
     "float64": (_MR, 2 * _VEC_BITS // 64),
 }
 
-# Epilogue activation codes (the ops layer's names map onto these).
-ACT_NONE, ACT_RELU, ACT_GELU, ACT_GELU_TANH, ACT_SILU = 0, 1, 2, 3, 4
-ACT_CODES: dict[str | None, int] = {
-    None: ACT_NONE, "relu": ACT_RELU, "gelu": ACT_GELU, "gelu_tanh": ACT_GELU_TANH, "silu": ACT_SILU,
-}
+# Epilogue activation codes (module constants: numba freezes them into the jitted code).
+ACT_NONE, ACT_RELU, ACT_GELU, ACT_GELU_TANH, ACT_SILU = (
+    ACT_CODES[a] for a in (None, "relu", "gelu", "gelu_tanh", "silu"))
 
 _JIT = dict(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 # Indexing with an unsigned index skips Numba's negative-index wraparound, which otherwise turns
@@ -359,6 +359,11 @@ _F0, _F05, _F1 = _F(0.0), _F(0.5), _F(1.0)
 _SQRT1_2 = _F(0.7071067811865476)
 _SQRT2_PI = _F(0.7978845608028654)
 _GELU_C = _F(0.044715)
+
+
+@numba.njit(inline="always", **_JIT)
+def cdiv(a, b):
+    return (a + b - 1) // b
 
 
 @numba.njit(inline="always", **_JIT)

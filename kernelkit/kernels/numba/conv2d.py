@@ -33,7 +33,7 @@ from numba import types
 
 from kernelkit.kernels.numba import _conv
 from kernelkit.kernels.numba._gemm import ACT_CODES, entry_point, tile_shape
-from kernelkit.kernels.numba.matmul import GemmBlocking, MatmulConfig
+from kernelkit.kernels.numba.matmul import GemmBlocking, MatmulConfig, _round_down
 
 __all__ = ["Conv2dConfig", "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"]
 
@@ -41,10 +41,6 @@ __all__ = ["Conv2dConfig", "conv2d_forward", "conv2d_backward_input", "conv2d_ba
 SERIAL_WORK = 1 << 20
 # Weights with fewer elements than this are packed on the calling thread.
 SERIAL_PACK = 1 << 16
-
-
-def _round_down(x: int, m: int) -> int:
-    return max(m, (x // m) * m)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,9 @@ from kernelkit.kernels.numba._gemm import (
     tile,
     tile_shape,
 )
+from kernelkit.kernels.numba._gemm import (
+    cdiv as _cdiv,
+)
 
 __all__ = ["MatmulConfig", "matmul_forward", "TILE", "SMALL_WORK", "SERIAL_WORK"]
 
@@ -128,11 +131,6 @@ class MatmulConfig(GemmBlocking):
 
 
 # ------------------------------------------------------------------------------------ jitted code
-
-@numba.njit(inline="always", **_JIT)
-def _cdiv(a, b):
-    return (a + b - 1) // b
-
 
 @numba.njit(inline="always", **_JIT)
 def _operand(a3):

@@ -126,7 +126,7 @@ class TileConfig(KernelConfig):
         Exact for Hopper's wgmma pipeline; Ampere's keeps num_stages - 1 (checked by the compile
         tests, which also check that it never undercounts).
         """
-        size = torch.empty((), dtype=dtype).element_size()
+        size = dtype.itemsize
         return (self.BLOCK_M + self.BLOCK_N) * self.BLOCK_K * size * self.num_stages
 
 

@@ -34,13 +34,13 @@ import triton.language as tl
 from kernelkit.devices import triton_interpret
 from kernelkit.kernels import taps as _taps
 from kernelkit.kernels.config import KernelConfig
+from kernelkit.kernels.triton._common import INT32_MAX
 
 __all__ = ["PreprocessConfig", "preprocess_forward", "OUT_TORCH_DTYPES", "SHIPPED_CONFIGS"]
 
 OUT_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16,
                     "bfloat16": torch.bfloat16, "uint8": torch.uint8}
 
-_INT32_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -273,7 +273,7 @@ def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, sc
     # every in-image offset (and pixel index) must fit in int32; the image offset is int64
     ext = (np.abs(meta[:, [_taps.M_SH, _taps.M_SW, _taps.M_SC]]) * np.maximum(
         np.concatenate([shapes, np.full((n, 1), cch)], axis=1), 1)).sum(axis=1)
-    assert int(ext.max()) < _INT32_MAX, "a single image must span fewer than 2**31 elements"
+    assert int(ext.max()) < INT32_MAX, "a single image must span fewer than 2**31 elements"
     assert n * on < 2**62
     t = _taps.gpu_tables(meta, shapes, cch, boxes, flips, rot90, angles, fill, size, mean, scale,
                          channel_perm, interpolation, antialias)
