@@ -12,23 +12,16 @@ Called by bench/gpu_check.py as ``run(results, dev, dry_run, timer, budget_left)
   layers; Triton's time is the best of the first configs of ``Conv2dConfig.space``.
 
 ``dev`` is "cuda" or "cpu" (dry run: Triton in the interpreter, tiny shapes, no CuPy);
-``timer(fn)`` returns seconds; ``budget_left()`` (or a number of seconds, counted from the call)
-says how long the benchmarks may still run.
+``timer(fn)`` returns seconds; ``budget_left()`` says how long the benchmarks may still run.
 """
 
 from __future__ import annotations
 
 import math
-import time
 
-ACTS = (None, "relu", "gelu", "gelu_tanh", "silu")
+from kernelkit.kernels import ACTIVATIONS
 
-
-def _deadline(budget_left):
-    if callable(budget_left):
-        return budget_left
-    end = time.perf_counter() + float(budget_left)
-    return lambda: end - time.perf_counter()
+ACTS = (None, *ACTIVATIONS)
 
 
 def _grads_f64(x, w, go, stride, padding, dilation, groups, layout):
@@ -59,20 +52,17 @@ def run(results: dict, dev: str, dry_run: bool, timer, budget_left) -> None:
     from kernelkit.kernels.torch import conv2d as vendor
     from kernelkit.kernels.triton import conv2d as tri
 
-    left = _deadline(budget_left)
+    left = budget_left
     results.setdefault("checks", [])
     results.setdefault("bench_conv2d", [])
     cpk = None
     if not dry_run:
         try:
-            import cupy
-
             from kernelkit import devices
             from kernelkit.kernels.cupy import conv2d as cpk_mod
 
             if devices.cupy_available():
                 cpk = cpk_mod
-                _ = cupy
         except Exception as exc:  # noqa: BLE001 - no cupy: the Triton checks still run
             results["checks"].append({"check": "conv2d cupy import", "ok": False,
                                       "error": f"{type(exc).__name__}: {exc}"[:400]})
@@ -263,21 +253,3 @@ def run(results: dict, dev: str, dry_run: bool, timer, budget_left) -> None:
         if row.get("cudnn_s") and math.isfinite(row.get("triton_s", math.inf)):
             row["triton_vs_cudnn"] = row["cudnn_s"] / row["triton_s"]
         results["bench_conv2d"].append(row)
-
-
-def render(results: dict) -> str:
-    """A short markdown table of the conv2d benchmark rows."""
-    lines = ["| layer | batch | cuDNN TFLOP/s | triton (x cuDNN) | cupy (x cuDNN) |",
-             "| --- | --- | --- | --- | --- |"]
-    for r in results.get("bench_conv2d", []):
-        cells = []
-        for key in ("triton", "cupy"):
-            t = r.get(f"{key}_s")
-            if t and math.isfinite(t) and r.get("cudnn_s"):
-                cells.append(f"{r[f'{key}_tflops']:.1f} ({r['cudnn_s'] / t:.2f}x)")
-            else:
-                cells.append("-")
-        lines.append(f"| {r['set']}[{r['layer']}] {r['c']}->{r['k']} {r['hw']}px "
-                     f"{r['kernel']}x{r['kernel']}/{r['stride']} | {r['batch']} | "
-                     f"{r.get('cudnn_tflops', 0):.1f} | {cells[0]} | {cells[1]} |")
-    return "\n".join(lines) + "\n"

@@ -106,10 +106,8 @@ def run(results: dict, dev: str, dry_run: bool, timer, budget_left) -> None:
             checks.append({"check": "preprocess checks", "ok": False, "error": "out of budget"})
             break
         is_list = isinstance(imgs, list)
-        t_imgs = [torch.from_numpy(np.ascontiguousarray(v)).to(dev) for v in imgs] if is_list \
-            else torch.from_numpy(imgs).to(dev)
-        if is_list:  # the same strided views on the device (no copy in the kernel)
-            t_imgs = _views_like(imgs, dev)
+        # a list: the same strided views on the device (no copy in the kernel)
+        t_imgs = _views_like(imgs, dev) if is_list else torch.from_numpy(imgs).to(dev)
         for od in ods:
             ref = nb.preprocess_forward(imgs, *a, interp, aa, od, layout)
             record(f"preprocess triton {name} {od} {layout}",

@@ -536,17 +536,16 @@ class Conv2dConfig(TileConfig):
         length, each rounded up to a power of two) are dropped, unless no shipped config of that
         family has a smaller block there.
         """
-        check_dtype("conv2d", dtype)
         sh, sw = pair("conv2d (triton)", "stride", stride)
         kind = kernel_kind(c, k, r, s, groups)
+        family = shipped_configs(dtype, kind)
         default = cls.default(dtype, kind)
         ho = max(1, (h - 1) // sh + 1)  # about right for "same" padding; only used to prune
         wo = max(1, (w - 1) // sw + 1)
         m = n * ho * wo
         if kind == "direct":
-            family, dims = _DIRECT_CONFIGS, (m, k, 1 << 30)
+            dims = (m, k, 1 << 30)
         else:
-            family = _FP32_CONFIGS if dtype == torch.float32 else _HALF_CONFIGS
             cg = max(1, c // max(groups, 1))
             dims = (m, k // max(groups, 1), cg if cg >= 16 else cg * r * s)
         caps = [max(next_pow2(d), min(getattr(cf, f) for cf in family))

@@ -130,8 +130,7 @@ class MatmulConfig(TileConfig):
         power of two (unless no shipped config has a smaller block in that dimension), or when
         ``max_shared`` is given and :meth:`shared_bytes` exceeds it. The default always comes first.
         """
-        check_dtype("matmul", dtype)
-        family = _FP32_CONFIGS if dtype == torch.float32 else _HALF_CONFIGS
+        family = shipped_configs(dtype)
         cap_m = max(next_pow2(m), min(c.BLOCK_M for c in family))
         cap_n = max(next_pow2(n), min(c.BLOCK_N for c in family))
         cap_k = max(next_pow2(k), min(c.BLOCK_K for c in family))
