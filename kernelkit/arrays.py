@@ -7,6 +7,7 @@ result back in the caller's library and device.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, NamedTuple
 
@@ -70,14 +71,8 @@ def as_torch(x: Any, device: str = "cpu") -> Any:
 
     lib = array_lib(x)
     if lib == "numpy":
-        if any(s < 0 for s in x.strides):  # torch tensors cannot have negative strides
-            x = np.ascontiguousarray(x)
-        if not x.flags.writeable:  # broadcast views; kernels never write to their inputs
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                t = torch.from_numpy(x)
-        else:
-            t = torch.from_numpy(x)
+        _consume_torch_readonly_warning()
+        t = _numpy_to_torch(x)
     elif lib == "cupy":
         t = torch.from_dlpack(x)
     else:
@@ -131,15 +126,7 @@ def converter(src: Location, lib: str, device: str):
         return None
     if src.lib == "numpy" and lib == "torch" and device == "cpu":
         _consume_torch_readonly_warning()
-        import torch
-
-        def numpy_to_torch(x):
-            try:
-                return torch.from_numpy(x)
-            except ValueError:  # negative strides
-                return torch.from_numpy(np.ascontiguousarray(x))
-
-        return numpy_to_torch
+        return _numpy_to_torch
     if src.lib == "torch" and src.device == "cpu" and lib == "numpy":
         return lambda x: x.detach().numpy()
     return lambda x: native(x, lib, device)
@@ -158,6 +145,17 @@ def converter_back(lib: str, device: str, dst: Location):
     return lambda x: to_location(x, dst)
 
 
+def _numpy_to_torch(x):
+    """torch.from_numpy, zero-copy; arrays with negative strides (torch has none) are copied."""
+    import torch
+
+    try:
+        return torch.from_numpy(x)
+    except ValueError:
+        return torch.from_numpy(np.ascontiguousarray(x))
+
+
+@functools.cache
 def _consume_torch_readonly_warning() -> None:
     """torch warns once per process when it wraps a read-only numpy array (broadcast views are);
     kernels never write to their inputs, so spend that one warning here, silently."""

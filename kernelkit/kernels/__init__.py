@@ -7,5 +7,12 @@ A kernel file only knows how to launch its own kernel: no dispatch, no tuning, n
 # "gelu" is the exact erf form; "gelu_tanh" is torch's approximate="tanh".
 ACTIVATIONS: tuple[str, ...] = ("relu", "gelu", "gelu_tanh", "silu")
 
+
+def check_activation(op: str, activation) -> None:
+    """The epilogue activation must be None or one of ACTIVATIONS (else a ValueError naming op)."""
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"{op}: 'activation' must be None or one of {ACTIVATIONS}, got "
+                         f"{activation!r}")
+
 # The codes the compiled kernels take for them (numba's _gemm, cupy's kk_epilogue.cuh).
 ACT_CODES: dict[str | None, int] = {None: 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}

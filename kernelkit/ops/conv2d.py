@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import arrays
-from ..kernels import ACTIVATIONS
+from ..kernels import check_activation
 from ..kernels.convgeom import nchw_shape
 from . import registry
 from .dispatch import Call, Plan, PlanMemo, explain_call, needs_grad, plan_for, signature
@@ -250,9 +250,7 @@ def prepare_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gr
     stride, pad, dilation, (ho, wo) = _geometry(op, xs, ws, stride, padding, dilation, groups)
     if bias is not None and tuple(bias.shape) != (ws[0],):
         raise ValueError(f"{op}: 'bias' must have shape (K,) = ({ws[0]},), got {tuple(bias.shape)}")
-    if activation is not None and activation not in ACTIVATIONS:
-        raise ValueError(f"{op}: 'activation' must be None or one of {ACTIVATIONS}, got "
-                         f"{activation!r}")
+    check_activation(op, activation)
     params = (("stride", stride), ("padding", pad), ("dilation", dilation), ("groups", groups),
               ("bias", bias is not None), ("activation", activation), ("tf32", allow_tf32))
     problem = _problem(op, (xs, ws, (xs[0], ws[0], ho, wo)), xs, ws, (ho, wo), dtype, kl, loc,
@@ -381,7 +379,7 @@ def _reference_forward(x, weight, bias, stride, pad, dilation, groups, activatio
     import torch
     import torch.nn.functional as F
 
-    from ..kernels.torch.matmul import _ACTIVATIONS
+    from ..kernels.torch.matmul import ACTIVATION_FNS
 
     xt = F.pad(_torch64(x, kl, channels_last), (pad[2], pad[3], pad[0], pad[1]))
     wt = torch.from_numpy(np.ascontiguousarray(f64(weight)))
@@ -390,7 +388,7 @@ def _reference_forward(x, weight, bias, stride, pad, dilation, groups, activatio
     scale = F.conv2d(xt.abs(), wt.abs(), None if bt is None else bt.abs(), stride, 0, dilation,
                      groups)
     if activation:
-        y = _ACTIVATIONS[activation](y)
+        y = ACTIVATION_FNS[activation](y)
     return _out_order(y, kl, channels_last), _out_order(scale, kl, channels_last)
 
 

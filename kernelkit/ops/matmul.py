@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import arrays
-from ..kernels import ACTIVATIONS
+from ..kernels import check_activation
 from . import registry
 from .dispatch import Call, Plan, PlanMemo, explain_call, needs_grad, plan_for, signature
 from .registry import Candidate, Config, Problem, backend_support
@@ -109,9 +109,7 @@ def _check(a, b, bias, activation) -> tuple[arrays.Location, str, tuple[int, ...
         if arrays.dtype_name(bias) != da:
             raise TypeError(f"matmul: 'bias' must have the dtype of 'a' ({da}), got "
                             f"{arrays.dtype_name(bias)}")
-    if activation is not None and activation not in ACTIVATIONS:
-        raise ValueError(f"matmul: 'activation' must be None or one of {ACTIVATIONS}, got "
-                         f"{activation!r}")
+    check_activation("matmul", activation)
     return la, da, batch
 
 
@@ -212,7 +210,7 @@ def _verifier(a, b, bias, activation, allow_tf32):
     def reference():
         import torch
 
-        from ..kernels.torch.matmul import _ACTIVATIONS  # float64 on the CPU, via torch
+        from ..kernels.torch.matmul import ACTIVATION_FNS  # float64 on the CPU, via torch
 
         a64 = torch.from_numpy(np.ascontiguousarray(f64(a)))
         b64 = torch.from_numpy(np.ascontiguousarray(f64(b)))
@@ -222,7 +220,7 @@ def _verifier(a, b, bias, activation, allow_tf32):
             bias64 = torch.from_numpy(f64(bias))
             c, scale = c + bias64, scale + bias64.abs()
         if activation:
-            c = _ACTIVATIONS[activation](c)
+            c = ACTIVATION_FNS[activation](c)
         return c.numpy(), scale.numpy()
 
     return lambda out: normwise_error(out, *reference(), a.shape[-1], allow_tf32)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kernels import ACTIVATIONS
+from ..kernels import check_activation
+from .conv2d import _padding
 from .torch_ops import conv2d_op, matmul_op
 
 
@@ -32,9 +33,7 @@ class Linear(nn.Linear):
                  device=None, dtype=None, activation: str | None = None):
         super().__init__(in_features, out_features, bias, device, dtype)
         matmul_op()
-        if activation is not None and activation not in ACTIVATIONS:
-            raise ValueError(f"Linear: 'activation' must be None or one of {ACTIVATIONS}, got "
-                             f"{activation!r}")
+        check_activation("Linear", activation)
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,23 +74,13 @@ class Conv2d(nn.Conv2d):
         super().__init__(*args, **kwargs)
         if self.padding_mode != "zeros":
             raise ValueError(f"Conv2d: padding_mode must be 'zeros', got {self.padding_mode!r}")
-        if activation is not None and activation not in ACTIVATIONS:
-            raise ValueError(f"Conv2d: 'activation' must be None or one of {ACTIVATIONS}, got "
-                             f"{activation!r}")
+        check_activation("Conv2d", activation)
         self.activation = activation
         conv2d_op()
 
     def _padding4(self) -> list[int]:
-        if isinstance(self.padding, str):
-            if self.padding == "valid":
-                return [0, 0, 0, 0]
-            pads = []
-            for k, d in zip(self.kernel_size, self.dilation):
-                total = d * (k - 1)
-                pads += [total // 2, total - total // 2]
-            return pads
-        ph, pw = self.padding
-        return [ph, ph, pw, pw]
+        return list(_padding("Conv2d", self.padding, self.kernel_size, self.dilation,
+                             tuple(self.stride)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.kernelkit.conv2d(x, self.weight, self.bias, list(self.stride),

@@ -67,11 +67,9 @@ def _sum_to(x, shape):
 
 
 def _activation_fn(name):
-    import torch
-    import torch.nn.functional as F
+    from ..kernels.torch.matmul import ACTIVATION_FNS
 
-    return {"relu": torch.relu, "gelu": F.gelu, "silu": F.silu,
-            "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}[name]
+    return ACTIVATION_FNS[name]
 
 
 @functools.cache

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .matmul import _ACTIVATIONS
+from .matmul import ACTIVATION_FNS
 
 
 def _nchw(x: torch.Tensor, layout: str) -> torch.Tensor:
@@ -47,7 +47,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
     y = _with_tf32(x, allow_tf32,
                    lambda: F.conv2d(xn, weight, bias, tuple(stride), pad, tuple(dilation), groups))
     if activation is not None:
-        y = _ACTIVATIONS[activation](y)
+        y = ACTIVATION_FNS[activation](y)
     return _back(y, layout)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-_ACTIVATIONS = {
+ACTIVATION_FNS = {
     "relu": torch.relu,
     "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
@@ -37,7 +37,7 @@ def matmul_forward(
     else:
         c = _matmul(a, b, bias)
     if activation is not None:
-        c = _ACTIVATIONS[activation](c)
+        c = ACTIVATION_FNS[activation](c)
     return c
 
 

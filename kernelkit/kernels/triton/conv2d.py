@@ -45,7 +45,7 @@ import triton
 import triton.language as tl
 
 from kernelkit.devices import triton_interpret
-from kernelkit.kernels import ACTIVATIONS
+from kernelkit.kernels import check_activation
 from kernelkit.kernels.config import next_pow2
 from kernelkit.kernels.convgeom import (
     LAYOUTS,  # noqa: F401  (part of this module's interface)
@@ -682,9 +682,7 @@ def conv2d_forward(
         _check_tensor(op, "bias", bias, 1, like=x)
         if bias.shape != (k,):
             raise ValueError(f"{op} (triton): bias must have shape ({k},), got {tuple(bias.shape)}")
-    if activation is not None and activation not in ACTIVATIONS:
-        raise ValueError(f"{op} (triton): activation must be None or one of {ACTIVATIONS}, "
-                         f"got {activation!r}")
+    check_activation(f"{op} (triton)", activation)
     kind = kernel_kind(c, k, r, s, groups)
     config = _check_config(op, config, x.dtype, kind)
 

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from kernelkit.devices import triton_interpret
-from kernelkit.kernels import ACTIVATIONS
+from kernelkit.kernels import check_activation
 from kernelkit.kernels.config import next_pow2
 from kernelkit.kernels.triton._common import (
     INT32_MAX,
@@ -231,9 +231,7 @@ def matmul_forward(
         if bias.dtype != a.dtype or bias.device != a.device:
             raise TypeError(f"matmul (triton): bias must be {a.dtype} on {a.device}, "
                             f"got {bias.dtype} on {bias.device}")
-    if activation is not None and activation not in ACTIVATIONS:
-        raise ValueError(f"matmul (triton): activation must be None or one of {ACTIVATIONS}, "
-                         f"got {activation!r}")
+    check_activation("matmul (triton)", activation)
     if config is None:
         config = MatmulConfig.default(a.dtype)
     elif not isinstance(config, MatmulConfig):
