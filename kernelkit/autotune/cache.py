@@ -105,13 +105,12 @@ class Cache:
 
     def update(self, new: dict[str, dict]) -> None:
         """Merge `new` into memory and into the file, under the lock, replacing it atomically."""
-        self.entries().update(new)
         self.dir.mkdir(parents=True, exist_ok=True)
         with self._mutex, FileLock(str(self.path) + ".lock", timeout=60):
-            merged = self._read_disk(warn=False)
+            merged = self._read_disk(warn=False)  # what other processes wrote meanwhile, too
             merged.update(new)
             self._write(merged)
-            self._entries.update(merged)
+            self._entries = merged
 
     def clear(self) -> None:
         with self._mutex, FileLock(str(self.path) + ".lock", timeout=60):

@@ -139,10 +139,10 @@ def decide(
     usable, skipped = split_candidates(problem, cands, settings)
     if mode == "off":
         return Decision(key, default_choice(problem, usable), skipped)
-    if not explicit and len(usable) == 1 and len(usable[0].space(problem)) == 1:
+    if not explicit and len(usable) == 1 and len(space := usable[0].space(problem)) == 1:
         # Nothing to choose between: skip timing (explain and `tune` still measure it).
         source = "forced" if settings.backend or settings.device else "default"
-        return Decision(key, Choice(usable[0].name, usable[0].space(problem)[0], source), skipped)
+        return Decision(key, Choice(usable[0].name, space[0], source), skipped)
     cache = cache_for(settings.cache_path)
     if mode == "model":
         return Decision(key, model.predict(key, problem, usable, cache.entries()), skipped)
