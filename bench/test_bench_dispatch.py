@@ -12,8 +12,8 @@ import time
 import numpy as np
 
 import kernelkit
+from kernelkit import core as registry
 from kernelkit.ops import matmul as matmul_op
-from kernelkit.ops import registry
 
 
 def _per_call(fn, n: int) -> float:

@@ -1,6 +1,6 @@
 """Quick side-by-side probe of the Numba conv2d against torch (oneDNN) on the CPU, in one run.
 
-    python bench/numba_conv_probe.py [--batch 8] [--threads 2] [--reps 5] [--blocks 2]
+    python bench/probes/numba_conv_probe.py [--batch 8] [--threads 2] [--reps 5] [--blocks 2]
         [--sets resnet fused dw] [--layouts NCHW NHWC] [--dtype float32]
 
 Sets (the issue's bars):
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from reference import CONV_MOBILENET_DW, CONV_RESNET50  # noqa: E402
 
 from kernelkit.kernels.numba.conv2d import conv2d_forward  # noqa: E402

@@ -5,7 +5,7 @@ against a row buffer written out with non-temporal stores (``stream=True``), on 
 (32 uint8 480x640x3 -> 224x224, float32 NCHW), 2-tap and antialias. Rounds alternate between the
 configs so that drift hits both alike; prints the median microseconds per image.
 
-    python bench/numba_preprocess_store_probe.py [rounds] [threads]
+    python bench/probes/numba_preprocess_store_probe.py [rounds] [threads]
 """
 
 from __future__ import annotations

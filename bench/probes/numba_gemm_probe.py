@@ -1,6 +1,6 @@
 """Quick GFLOP/s probe of the Numba matmul against numpy/OpenBLAS, side by side in one run.
 
-    python bench/numba_gemm_probe.py [--sizes 1024 2048] [--dtype float32] [--threads 2]
+    python bench/probes/numba_gemm_probe.py [--sizes 1024 2048] [--dtype float32] [--threads 2]
         [--reps 3] [--blocks 3] [--mc M --kc K --nc N] [--activation gelu]
 
 Both libraries use the same thread count (threadpoolctl for OpenBLAS, numba.set_num_threads).

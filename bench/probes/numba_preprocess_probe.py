@@ -1,6 +1,6 @@
 """Quick side-by-side probe of the Numba fused preprocess against OpenCV and torch, one run.
 
-    python bench/numba_preprocess_probe.py [--n 32] [--hw 480 640] [--size 224 224]
+    python bench/probes/numba_preprocess_probe.py [--n 32] [--hw 480 640] [--size 224 224]
         [--threads 2] [--reps 3] [--blocks 5] [--rows R --tile-w T]
 
 The task: a batch of N uint8 HxWx3 images -> size, normalised (ImageNet mean / std), float32 NCHW.
