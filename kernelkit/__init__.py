@@ -9,12 +9,10 @@ from __future__ import annotations
 import importlib as _importlib
 from typing import Any
 
+from . import core as _core
 from .augment import Augmentation, augment
-from .ops import conv2d as _conv2d_op
-from .ops import matmul as _matmul_op
-from .ops import preprocess as _preprocess_op
 from .ops.conv2d import conv2d, conv2d_backward_input, conv2d_backward_weight
-from .ops.dispatch import Explanation
+from .ops.dispatch import Explanation, explain_call
 from .ops.matmul import matmul
 from .ops.preprocess import preprocess
 from .settings import use
@@ -22,16 +20,14 @@ from .settings import use
 __all__ = ["matmul", "conv2d", "preprocess", "augment", "Augmentation", "conv2d_backward_input", "conv2d_backward_weight", "explain", "use", "nn", "Explanation", "__version__"]
 __version__ = "0.1.0"
 
-_EXPLAIN = {"matmul": _matmul_op.explain, "conv2d": _conv2d_op.explain,
-            "preprocess": _preprocess_op.explain}
-
 
 def explain(op: Any, *args: Any, **kwargs: Any) -> Explanation:
     """Show how kernelkit runs `op(*args, **kwargs)`: the candidates, why any were skipped, their
     measured times (measuring now if this size was never measured), and the choice.
 
     Args:
-        op: the op, as a name ("matmul", "conv2d") or the function (kernelkit.matmul).
+        op: the op, as a name ("matmul", "conv2d", "preprocess", "conv2d_backward_input", ...)
+            or the function (kernelkit.matmul).
         *args, **kwargs: the arguments you would pass to the op.
 
     Returns:
@@ -41,12 +37,13 @@ def explain(op: Any, *args: Any, **kwargs: Any) -> Explanation:
         >>> print(kernelkit.explain("matmul", a, b))  # doctest: +SKIP
     """
     name = op if isinstance(op, str) else getattr(op, "__name__", repr(op))
-    if name not in _EXPLAIN:
-        raise ValueError(f"explain: unknown op {name!r}; expected one of {sorted(_EXPLAIN)}")
-    return _EXPLAIN[name](*args, **kwargs)
+    specs = {s.name: s for s in _core.op_specs()}
+    if name not in specs:
+        raise ValueError(f"explain: unknown op {name!r}; expected one of {sorted(specs)}")
+    return explain_call(specs[name].prepare(*args, **kwargs))
 
 
 def __getattr__(name: str) -> Any:
     if name == "nn":  # imports torch, so only on first use
-        return _importlib.import_module(".ops.nn", __name__)
+        return _importlib.import_module(".nn", __name__)
     raise AttributeError(f"module 'kernelkit' has no attribute {name!r}")

@@ -13,6 +13,46 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+# The float dtypes the ops accept (each backend declares which of them it runs).
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+# How errors name the arrays the ops accept.
+ACCEPTED = "a numpy array, torch tensor or cupy array"
+# Array libraries without a bfloat16 dtype.
+_NO_BFLOAT16 = {"numpy": "numpy has no bfloat16", "cupy": "cupy arrays have no bfloat16"}
+
+
+def missing_dtype(lib: str, dtype: str) -> str | None:
+    """Why arrays of library `lib` cannot hold `dtype`, or None."""
+    return _NO_BFLOAT16.get(lib) if dtype == "bfloat16" else None
+
+
+def to_host(x: Any) -> Any:
+    """A CPU array torch can wrap: GPU arrays of libraries other than torch copied to numpy."""
+    return as_numpy(x) if array_lib(x) == "cupy" else x
+
+
+_SIG_OF_TYPE: dict[type, Any] = {}
+
+
+def signature_fn(t: type):
+    """A cheap function of an array of type `t` giving what a plan depends on (dtype, shape,
+    strides, device, grad); None for a type that is not an accepted array."""
+    fn = _SIG_OF_TYPE.get(t)
+    if fn is None:
+        lib = t.__module__.split(".")[0]
+        if t.__name__ == "ndarray" and lib == "numpy":
+            fn = lambda x: (x.dtype, x.shape, x.strides)
+        elif lib == "torch" and t.__name__ in ("Tensor", "Parameter"):
+            fn = lambda x: (x.dtype, x.shape, x.stride(), x.device, x.requires_grad)
+        elif lib == "cupy" and t.__name__ == "ndarray":
+            fn = lambda x: (x.dtype, x.shape, x.strides, x.device.id)
+        else:
+            return None
+        _SIG_OF_TYPE[t] = fn
+    return fn
+
 
 class Location(NamedTuple):
     lib: str  # "numpy" | "torch" | "cupy"
@@ -55,6 +95,18 @@ def element_strides(x: Any) -> tuple[int, ...]:
     return tuple(s // x.itemsize for s in x.strides)
 
 
+def broadcast_to(x: Any, shape: tuple[int, ...]) -> Any:
+    """A broadcast view of `x` (stride 0 along the new or size-1 dims), in x's library."""
+    lib = array_lib(x)
+    if lib == "torch":
+        return x.expand(shape)
+    if lib == "cupy":
+        import cupy
+
+        return cupy.broadcast_to(x, shape)
+    return np.broadcast_to(x, shape)
+
+
 def as_numpy(x: Any) -> np.ndarray:
     """A numpy view of a CPU array (no copy), or a host copy of a GPU array."""
     lib = array_lib(x)
@@ -72,7 +124,7 @@ def as_torch(x: Any, device: str = "cpu") -> Any:
     lib = array_lib(x)
     if lib == "numpy":
         _consume_torch_readonly_warning()
-        t = _numpy_to_torch(x)
+        t = numpy_to_torch(x)
     elif lib == "cupy":
         t = torch.from_dlpack(x)
     else:
@@ -126,7 +178,7 @@ def converter(src: Location, lib: str, device: str):
         return None
     if src.lib == "numpy" and lib == "torch" and device == "cpu":
         _consume_torch_readonly_warning()
-        return _numpy_to_torch
+        return numpy_to_torch
     if src.lib == "torch" and src.device == "cpu" and lib == "numpy":
         return lambda x: x.detach().numpy()
     return lambda x: native(x, lib, device)
@@ -145,14 +197,37 @@ def converter_back(lib: str, device: str, dst: Location):
     return lambda x: to_location(x, dst)
 
 
-def _numpy_to_torch(x):
-    """torch.from_numpy, zero-copy; arrays with negative strides (torch has none) are copied."""
+def with_dtype(x: Any, dtype: str) -> Any:
+    """`x` seen as `dtype`: numpy has no bfloat16, so a CPU kernel returns bfloat16 (and may
+    return float16) as the uint16 bit patterns; reinterpret them (no copy)."""
+    if dtype_name(x) != "uint16" or dtype not in ("float16", "bfloat16"):
+        return x
+    lib = array_lib(x)
+    if lib == "torch":
+        import torch
+
+        return x.view(getattr(torch, dtype))
+    if dtype == "float16":
+        return x.view(np.float16)
+    import torch  # bfloat16 exists only in torch
+
+    return torch.from_numpy(x).view(torch.bfloat16)
+
+
+def numpy_to_torch(x: np.ndarray):
+    """torch.from_numpy, zero-copy where torch can take the strides. torch has no negative
+    strides: on a size-1 dim such a stride means nothing and is zeroed (still no copy; numpy calls
+    that array contiguous, so np.ascontiguousarray would not help); a reversed dim is copied."""
     import torch
 
-    try:
-        return torch.from_numpy(x)
-    except ValueError:
-        return torch.from_numpy(np.ascontiguousarray(x))
+    if any(st < 0 for st in x.strides):
+        if all(st >= 0 or n <= 1 for st, n in zip(x.strides, x.shape)):
+            _consume_torch_readonly_warning()
+            x = np.lib.stride_tricks.as_strided(
+                x, strides=[0 if st < 0 else st for st in x.strides], writeable=False)
+        else:
+            x = x.copy()
+    return torch.from_numpy(x)
 
 
 @functools.cache
@@ -166,3 +241,20 @@ def _consume_torch_readonly_warning() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         torch.from_numpy(ro)
+
+
+def random_arrays(shapes, dtype: str, where: str, seed: int = 0, *, low_high=None) -> list:
+    """Fresh random arrays for tuning and explaining a size: standard normal (or uniform integers
+    in [low, high) for uint8) of `dtype`, as numpy ("numpy"), CPU torch ("torch") or CUDA torch
+    ("cuda") arrays."""
+    rng = np.random.default_rng(seed)
+    if low_high is not None:
+        arrs = [rng.integers(*low_high, size=s).astype(dtype) for s in shapes]
+    else:
+        arrs = [rng.standard_normal(s, dtype=np.float32).astype(dtype) for s in shapes]
+    if where != "numpy":
+        import torch
+
+        dev = "cuda" if where == "cuda" else "cpu"
+        arrs = [torch.from_numpy(x).to(dev) for x in arrs]
+    return arrs

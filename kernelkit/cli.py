@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import devices
+from . import core, devices
 from . import settings as _settings
 
 
@@ -28,13 +28,8 @@ def cmd_info(args: argparse.Namespace, con: Console) -> int:
     info = {
         "cpu": cpu,
         "gpu": gpu,
-        "backends": {
-            "numba (cpu)": devices.has_module("numba"),
-            "torch (cpu)": devices.has_module("torch"),
-            "torch (cuda)": devices.cuda_available(),
-            "triton (cuda)": devices.has_module("triton") and devices.cuda_available(),
-            "cupy (cuda)": devices.cupy_available(),
-        },
+        "backends": {f"{b.name} ({b.device})": b.missing() is None and
+                     (b.device != "cuda" or devices.cuda_available()) for b in core.backends()},
         "versions": devices.versions(),
         "settings": {"tune": s.tune, "backend": s.backend, "device": s.device},
         "cache": {"path": str(_cache().path), "entries": len(_cache().entries())},
@@ -62,9 +57,10 @@ def cmd_tune(args: argparse.Namespace, con: Console) -> int:
 
     if args.threads:
         _pin_threads(args.threads)
-    problems = generate.PRESETS.get(args.preset)
+    known = generate.presets()
+    problems = known.get(args.preset)
     if problems is None:
-        con.print(f"[red]unknown preset {args.preset!r}; one of {sorted(generate.PRESETS)}")
+        con.print(f"[red]unknown preset {args.preset!r}; one of {sorted(known)}")
         return 2
     where = args.where or ("cuda" if devices.cuda_available() else "numpy")
     with Progress(console=con, transient=True) as bar:
@@ -134,21 +130,17 @@ def cmd_cache(args: argparse.Namespace, con: Console) -> int:
 def cmd_explain(args: argparse.Namespace, con: Console) -> int:
     import kernelkit
 
-    from .autotune.generate import make_inputs
-
-    if args.op == "matmul":
-        if len(args.dims) != 3:
-            con.print("[red]matmul takes M K N")
-            return 2
-        arrs, kwargs = make_inputs("matmul", tuple(args.dims), args.dtype, args.where)
-    else:
-        if len(args.dims) != 6:
-            con.print("[red]conv2d takes N C H K R STRIDE (square images and kernels)")
-            return 2
-        n, c, h, k, r, stride = args.dims
-        arrs, kwargs = make_inputs("conv2d", (n, c, h, k, r, stride, r // 2, 1), args.dtype,
-                                   args.where)
-    print(kernelkit.explain(args.op, *arrs, activation=args.activation, **kwargs))
+    spec = core.op_spec(args.op)
+    try:
+        dims = spec.cli_inputs(tuple(args.dims))
+    except ValueError as exc:
+        con.print(f"[red]{exc}")
+        return 2
+    arrs, kwargs = spec.make_inputs(dims, args.dtype or ("uint8" if args.op == "preprocess"
+                                                          else "float32"), args.where)
+    if args.activation is not None:
+        kwargs["activation"] = args.activation
+    print(kernelkit.explain(args.op, *arrs, **kwargs))
     return 0
 
 
@@ -170,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_info)
 
     s = sub.add_parser("tune", help="tune this machine for a preset of sizes and print the choices")
-    s.add_argument("--preset", default="quick", help="quick, square, mlp, odd (matmul), resnet50 (conv2d)")
+    s.add_argument("--preset", default="quick",
+                   help="quick, square, mlp, odd (matmul), resnet50 (conv2d), imagenet (preprocess)")
     s.add_argument("--where", choices=("numpy", "torch", "cuda"),
                    help="where the inputs live (default: cuda when there is a GPU, else numpy)")
     s.add_argument("--shards", type=int, default=1, help="worker processes (1 on a CPU)")
@@ -185,11 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_cache)
 
+    specs = [sp for sp in core.op_specs() if sp.cli_inputs is not None]
     s = sub.add_parser("explain", help="candidates, skips, times and the choice for one call")
-    s.add_argument("op", choices=("matmul", "conv2d"))
+    s.add_argument("op", choices=[sp.name for sp in specs])
     s.add_argument("dims", type=int, nargs="+",
-                   help="matmul: M K N; conv2d: N C H K R STRIDE (padding R // 2)")
-    s.add_argument("--dtype", default="float32")
+                   help="; ".join(f"{sp.name}: {sp.cli_dims}" for sp in specs)
+                   + " (conv2d padding R // 2)")
+    s.add_argument("--dtype", default=None, help="float32 (uint8 images for preprocess)")
     s.add_argument("--where", choices=("numpy", "torch", "cuda"), default="numpy")
     s.add_argument("--activation", default=None)
     s.set_defaults(fn=cmd_explain)

@@ -109,10 +109,6 @@ def versions() -> dict[str, str | None]:
     return {name: package_version(name) for name in PACKAGES}
 
 
-def backend_missing(backend: str) -> str | None:
-    """Why a kernel backend cannot load here, or None. (Devices are the tuner's concern.)"""
-    if backend in ("numba", "triton", "torch") and not has_module(backend):
-        return f"{backend} is not installed"
-    if backend == "cupy" and not cupy_available():
-        return "cupy is not installed or sees no device"
-    return None
+def module_missing(name: str) -> str | None:
+    """Why a backend built on the library `name` cannot load here, or None."""
+    return None if has_module(name) else f"{name} is not installed"

@@ -2,7 +2,7 @@
 
 KERNELKIT_CACHE_DIR  where the autotune cache lives (default: the platform's user cache dir)
 KERNELKIT_TUNE       on a cache miss: "measure" (default), "model" (cost model) or "off" (safe default)
-KERNELKIT_BACKEND    force a backend: numba | triton | cupy | torch
+KERNELKIT_BACKEND    force a backend: numba | triton | cupy | torch (any registered backend)
 KERNELKIT_DEVICE     force a device: cpu | cuda
 
 A forced backend or device that cannot run a call raises; an automatic choice falls back quietly.
@@ -18,8 +18,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 TUNE_MODES = ("measure", "model", "off")
-BACKENDS = ("numba", "triton", "cupy", "torch")
 DEVICES = ("cpu", "cuda")
+
+
+def backend_names() -> tuple[str, ...]:
+    """The registered kernel backends' names (kernelkit/kernels/<backend>/)."""
+    from . import core
+
+    return tuple(dict.fromkeys(b.name for b in core.backends()))
 
 
 @dataclass(frozen=True)
@@ -75,8 +81,8 @@ def current() -> Settings:
 def _validate(s: Settings) -> None:
     if s.tune not in TUNE_MODES:
         raise ValueError(f"kernelkit: KERNELKIT_TUNE must be one of {TUNE_MODES}, got {s.tune!r}")
-    if s.backend is not None and s.backend not in BACKENDS:
-        raise ValueError(f"kernelkit: KERNELKIT_BACKEND must be one of {BACKENDS}, got {s.backend!r}")
+    if s.backend is not None and s.backend not in (names := backend_names()):
+        raise ValueError(f"kernelkit: KERNELKIT_BACKEND must be one of {names}, got {s.backend!r}")
     if s.device is not None and s.device not in DEVICES:
         raise ValueError(f"kernelkit: KERNELKIT_DEVICE must be one of {DEVICES}, got {s.device!r}")
 

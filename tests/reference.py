@@ -6,14 +6,10 @@ import math
 
 import numpy as np
 
-# Unit roundoff of each storage / accumulation type (2**-p for a p-bit significand).
-UNIT_ROUNDOFF: dict[str, float] = {
-    "float64": 2.0**-53,
-    "float32": 2.0**-24,
-    "tf32": 2.0**-11,
-    "float16": 2.0**-11,
-    "bfloat16": 2.0**-8,
-}
+# The unit roundoff table and the float64 conversion are the package's own (kernelkit.ops.verify),
+# so the tuner's verification and the tests read one table.
+from kernelkit.arrays import dtype_name  # noqa: F401 - used by the test modules
+from kernelkit.ops.verify import UNIT_ROUNDOFF, f64
 
 # Elementwise tolerances (torch's defaults), for ops without a reduction.
 ELEMENTWISE_RTOL: dict[str, float] = {
@@ -29,20 +25,9 @@ MATMUL_ODD = [(1, 1, 1), (1, 7, 1), (7, 1, 5), (3, 5, 7), (13, 17, 19), (31, 37,
               (1, 64, 67), (67, 64, 1), (0, 5, 3), (4, 5, 0), (4, 0, 3)]
 
 
-def dtype_name(x) -> str:
-    return str(x.dtype).replace("torch.", "")
-
-
-def to_f64(x) -> np.ndarray:
-    """Any array (numpy, torch CPU/CUDA, cupy) as a float64 numpy array."""
-    if x is None:
-        return None
-    mod = type(x).__module__
-    if mod.startswith("torch"):
-        return x.detach().to("cpu").double().numpy()
-    if mod.startswith("cupy"):
-        return x.get().astype(np.float64)
-    return np.asarray(x, dtype=np.float64)
+def to_f64(x) -> np.ndarray | None:
+    """Any array (numpy, torch CPU/CUDA, cupy) as a float64 numpy array; None stays None."""
+    return None if x is None else f64(x)
 
 
 def activation_ref(x: np.ndarray, name: str | None) -> np.ndarray:

@@ -15,26 +15,19 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import numpy as np
-
+from .. import core
 from .. import settings as _settings
 
-# (op, dims, dtype) — dims are op-specific: matmul (M, K, N); conv2d (N, C, H=W, K, R=S, stride,
-# padding, groups)
-_RESNET50 = [(3, 64, 224, 7, 2, 3), (64, 64, 56, 3, 1, 1), (64, 256, 56, 1, 1, 0),
-             (128, 128, 28, 3, 1, 1), (256, 1024, 14, 1, 1, 0), (512, 512, 7, 3, 1, 1)]
-PRESETS: dict[str, list[tuple[str, tuple[int, ...], str]]] = {
-    "quick": [("matmul", (n, n, n), "float32") for n in (32, 64, 128, 256, 512, 1024)]
-    + [("matmul", (128, 768, 3072), "float32"), ("matmul", (1, 4096, 4096), "float32")],
-    "square": [("matmul", (n, n, n), dt) for dt in ("float32", "float64")
-               for n in (128, 256, 512, 1024, 2048)],
-    "mlp": [("matmul", (m, k, n), "float32") for m in (1, 16, 128, 512)
-            for k, n in ((768, 3072), (3072, 768), (4096, 11008), (11008, 4096))],
-    "resnet50": [("conv2d", (n, c, hw, k, r, st, pad, 1), "float32")
-                 for n in (1, 8) for c, k, hw, r, st, pad in _RESNET50],
-    "odd": [("matmul", d, "float32") for d in ((1, 1, 1), (7, 13, 5), (97, 61, 89),
-                                                (255, 257, 129), (1000, 3, 1000), (3, 1000, 3))],
-}
+
+def presets() -> dict[str, list[tuple[str, tuple[int, ...], str]]]:
+    """Every op's presets, by name: (op, dims, dtype) rows; dims are the op's own (see its
+    spec's `make_inputs`: matmul (M, K, N); conv2d (N, C, H=W, K, R=S, stride, padding, groups);
+    preprocess (N, H, W, SIZE))."""
+    out: dict[str, list] = {}
+    for spec in core.op_specs():
+        for name, rows in spec.presets.items():
+            out.setdefault(name, []).extend((spec.name, dims, dtype) for dims, dtype in rows)
+    return out
 
 
 @dataclass
@@ -61,52 +54,33 @@ class Row:
 
 def make_inputs(op: str, dims: tuple[int, ...], dtype: str, where: str, seed: int = 0):
     """(positional arrays, keyword options) for one problem of a preset."""
-    rng = np.random.default_rng(seed)
-    if op == "matmul":
-        m, k, n = dims
-        shapes, kwargs = ((m, k), (k, n)), {}
-    elif op == "conv2d":
-        n, c, hw, k, r, stride, pad, groups = dims
-        shapes = ((n, c, hw, hw), (k, c // groups, r, r))
-        kwargs = {"stride": stride, "padding": pad, "groups": groups}
-    else:
-        raise ValueError(f"generate: unknown op {op!r}")
-    arrs = [rng.standard_normal(s, dtype=np.float32).astype(dtype) for s in shapes]
-    if where != "numpy":
-        import torch
-
-        dev = "cuda" if where == "cuda" else "cpu"
-        arrs = [torch.from_numpy(x).to(dev) for x in arrs]
-    return arrs, kwargs
+    spec = core.op_spec(op)
+    if spec.make_inputs is None:
+        raise ValueError(f"generate: op {op!r} has no input builder")
+    return spec.make_inputs(tuple(dims), dtype, where, seed)
 
 
 def tune_one(op: str, dims: tuple[int, ...], dtype: str, where: str, remeasure: bool) -> Row:
-    from ..autotune import tuner
-    from ..ops import conv2d as conv2d_op
-    from ..ops import dispatch, registry
-    from ..ops import matmul as matmul_op
+    from . import tuner
 
-    prepare = {"matmul": matmul_op.prepare, "conv2d": conv2d_op.prepare_forward}[op]
-    arrs, kwargs = make_inputs(op, dims, dtype, where)
-    call = prepare(*arrs, **kwargs)
-    settings = _settings.current()
-    if remeasure:
-        decision = tuner.decide(call.problem, registry.candidates(op), call.runner, call.verify,
-                                settings, mode="measure")
-        trials = [t.to_dict() for t in decision.trials]
-        choice = decision.choice
-    else:
-        ex = dispatch.explain_call(call, settings)
-        trials, choice = ex.trials, ex.choice
-    timed = [t for t in trials if "median" in t]
-    best = min((t["median"] for t in timed if t["candidate"] == choice.candidate), default=None)
-    vendors = {c.name for c in registry.candidates(op) if c.vendor}
-    vendor_trials = [t for t in timed if t["candidate"] in vendors]
+    spec = core.op_spec(op)
+    args, kwargs = make_inputs(op, dims, dtype, where)
+    call = spec.prepare(*args, **kwargs)
+    cands = core.candidates(op)
+    decision = tuner.decide(call.problem, cands, call.runner, call.verify, _settings.current(),
+                            mode="measure", remeasure=remeasure)
+    choice = decision.choice
+    timed = [t for t in decision.trials if t.timing is not None]
+    best = min((t.timing.median for t in timed if t.candidate == choice.candidate), default=None)
+    vendors = {c.name for c in cands if c.vendor}
+    vendor_trials = [t for t in timed if t.candidate in vendors]
     # Prefer the vendor on the device the data lives on: that is what the user would call instead.
-    vendor_trials.sort(key=lambda t: (not t["candidate"].endswith(call.problem.device), t["median"]))
+    vendor_trials.sort(key=lambda t: (not t.candidate.endswith(call.problem.device),
+                                      t.timing.median))
     vt = vendor_trials[0] if vendor_trials else None
     return Row(op, tuple(dims), dtype, where, choice.candidate, choice.config, choice.source, best,
-               vt["candidate"] if vt else None, vt["median"] if vt else None, call.problem.flops)
+               vt.candidate if vt else None, vt.timing.median if vt else None,
+               call.problem.flops)
 
 
 def _worker(jobs: list[tuple], gpu: int | None, remeasure: bool) -> list[Row]:
@@ -126,9 +100,10 @@ def generate(
 ) -> list[Row]:
     """Measure every problem of `preset` and store the winners in the cache. Returns one row each."""
     if isinstance(preset, str):
-        if preset not in PRESETS:
-            raise ValueError(f"generate: unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-        problems = PRESETS[preset]
+        known = presets()
+        if preset not in known:
+            raise ValueError(f"generate: unknown preset {preset!r}; expected one of {sorted(known)}")
+        problems = known[preset]
     else:
         problems = list(preset)
     jobs = [(op, tuple(dims), dtype, where) for op, dims, dtype in problems]

@@ -2,54 +2,49 @@
 
 First it looks for the nearest measured problem of the same family (same op, dtype, layout, data
 location and options; nearest in log-size) and reuses that winner. With nothing measured it falls
-back to a roofline: launch overhead + flops / peak + bytes / bandwidth, plus the host<->device
-transfer when the candidate runs away from the data. The constants are deliberately round numbers;
-they only have to rank candidates sensibly until a measurement replaces them.
+back to each candidate's roofline (declared by its backend): launch overhead + flops / peak +
+bytes / bandwidth, plus the host<->device transfer when the candidate runs away from the data. The
+constants are deliberately round numbers; they only have to rank candidates sensibly until a
+measurement replaces them.
 """
 
 from __future__ import annotations
 
 import math
 
-from ..ops.registry import Candidate, Choice, Problem
-from .key import family, key_dims
+from ..core import Candidate, Choice, Problem
+from .key import Key
 
-# (launch overhead s, peak flop/s, memory bytes/s) per (backend, device)
-ROOFLINE = {
-    ("torch", "cpu"): (5e-6, 1.5e11, 2e10),
-    ("numba", "cpu"): (3e-6, 1.2e11, 2e10),
-    ("torch", "cuda"): (1e-5, 5e14, 2e12),
-    ("triton", "cuda"): (2e-5, 4e14, 2e12),
-    ("cupy", "cuda"): (1e-5, 5e13, 2e12),
-}
 LINK_BYTES_PER_S = 1.2e10  # PCIe 4 x16, pageable memory
 LINK_LATENCY_S = 2e-5
 
 
 def roofline_seconds(cand: Candidate, problem: Problem) -> float:
-    launch, peak, bw = ROOFLINE.get((cand.backend, cand.device), (1e-5, 1e11, 1e10))
+    launch, peak, bw = cand.roofline
     t = launch + problem.flops / peak + problem.nbytes / bw
     if cand.device != problem.device:
         t += 2 * LINK_LATENCY_S + problem.nbytes / LINK_BYTES_PER_S
     return t
 
 
-def nearest_measured(key: str, entries: dict[str, dict]) -> dict | None:
-    fam, mine = family(key), key_dims(key)
+def nearest_measured(key: Key, entries: dict[str, dict]) -> dict | None:
+    """The measured entry of `key`'s family nearest in log-size, read from the fields each entry
+    stored when it was measured (entries without them are not used)."""
     best, best_d = None, math.inf
-    for other, entry in entries.items():
-        if entry.get("choice", {}).get("source") != "measured" or family(other) != fam:
+    for entry in entries.values():
+        prob = entry.get("problem", {})
+        if entry.get("choice", {}).get("source") != "measured" or prob.get("family") != key.family:
             continue
-        theirs = key_dims(other)
-        if len(theirs) != len(mine):
+        theirs = tuple(prob.get("dims", ()))
+        if len(theirs) != len(key.dims):
             continue
-        d = sum(abs(math.log2(max(a, 1)) - math.log2(max(b, 1))) for a, b in zip(mine, theirs))
+        d = sum(abs(math.log2(max(a, 1)) - math.log2(max(b, 1))) for a, b in zip(key.dims, theirs))
         if d < best_d:
             best, best_d = entry, d
     return best
 
 
-def predict(key: str, problem: Problem, usable: list[Candidate], entries: dict[str, dict]) -> Choice:
+def predict(key: Key, problem: Problem, usable: list[Candidate], entries: dict[str, dict]) -> Choice:
     names = {c.name: c for c in usable}
     near = nearest_measured(key, entries)
     if near is not None and near["choice"]["candidate"] in names:

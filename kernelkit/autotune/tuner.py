@@ -1,4 +1,7 @@
-"""The policy: cache hit -> choice; miss -> measure, cost model, or the safe default.
+"""The one decision: cache hit -> choice; miss -> measure, cost model, or the safe default.
+
+`decide` is what op calls (through `choose`, memoised), `explain` and ahead-of-time `generate`
+all use.
 
 Measuring times every applicable candidate and config end to end (transfers included) on the
 caller's data, verifies each output against the op's reference, and stores the winner with every
@@ -15,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import devices
-from ..ops.registry import Candidate, Choice, Config, Problem
+from ..core import Candidate, Choice, Config, Problem
 from ..settings import Settings
 from . import model
 from .cache import cache_for
-from .key import make_key
+from .key import Key, make_key
 from .timing import Timing, cuda_sync, measure, measure_interleaved
 
 MAX_CONFIGS = 6  # per candidate, per measurement: spaces are pruned to at most this many
@@ -39,6 +42,11 @@ class Trial:
         if self.error is not None:
             d["error"] = self.error
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Trial:
+        timing = Timing(d["median"], d["spread"], d["count"]) if "median" in d else None
+        return cls(d["candidate"], d["config"], timing, d.get("error"))
 
 
 @dataclass
@@ -104,23 +112,15 @@ def choose(
     verify: Verifier,
     settings: Settings,
 ) -> Choice:
-    """Memo -> persistent cache -> policy. A memo or cache hit does no other work."""
+    """`decide`, memoised per (cache, key): a memo hit does no other work."""
     key = make_key(problem, forced_suffix(settings))
     memo_key = (str(settings.cache_path), key)
     hit = _memo.get(memo_key)
     if hit is not None:
         return hit
-    cache = cache_for(settings.cache_path)
-    entry = cache.get(key)
-    if entry is not None:
-        choice = Choice(entry["choice"]["candidate"], entry["choice"]["config"], "cache")
-        usable, _ = split_candidates(problem, cands, settings)
-        if any(c.name == choice.candidate for c in usable):
-            _memo[memo_key] = choice
-            return choice
-    decision = decide(problem, cands, runner, verify, settings, key=key)
-    _memo[memo_key] = decision.choice
-    return decision.choice
+    choice = decide(problem, cands, runner, verify, settings, key=key).choice
+    _memo[memo_key] = choice
+    return choice
 
 
 def decide(
@@ -130,20 +130,28 @@ def decide(
     verify: Verifier,
     settings: Settings,
     *,
-    key: str | None = None,
+    key: Key | None = None,
     mode: str | None = None,
+    remeasure: bool = False,
 ) -> Decision:
-    """Apply the miss policy (`mode`, default the knob) and store what was measured."""
+    """What runs `problem`: the cached choice (unless `remeasure`), else the miss policy (`mode`,
+    default the knob), storing what was measured."""
     key = key or make_key(problem, forced_suffix(settings))
-    explicit, mode = mode is not None, mode or settings.tune
     usable, skipped = split_candidates(problem, cands, settings)
+    cache = cache_for(settings.cache_path)
+    if not remeasure:
+        entry = cache.get(key)
+        if entry is not None and any(c.name == entry["choice"]["candidate"] for c in usable):
+            choice = Choice(entry["choice"]["candidate"], entry["choice"]["config"], "cache")
+            return Decision(key, choice, skipped,
+                            [Trial.from_dict(t) for t in entry.get("trials", [])])
+    explicit, mode = mode is not None, mode or settings.tune
     if mode == "off":
         return Decision(key, default_choice(problem, usable), skipped)
     if not explicit and len(usable) == 1 and len(space := usable[0].space(problem)) == 1:
         # Nothing to choose between: skip timing (explain and `tune` still measure it).
         source = "forced" if settings.backend or settings.device else "default"
         return Decision(key, Choice(usable[0].name, space[0], source), skipped)
-    cache = cache_for(settings.cache_path)
     if mode == "model":
         return Decision(key, model.predict(key, problem, usable, cache.entries()), skipped)
     trials = measure_all(problem, usable, runner, verify)
@@ -156,7 +164,9 @@ def decide(
     cache.put(key, {
         "choice": choice.to_dict(),
         "trials": [t.to_dict() for t in trials],
-        "problem": {"shapes": [list(s) for s in problem.shapes], "flops": problem.flops},
+        # the key's fields, so the cost model never parses keys back apart
+        "problem": {"shapes": [list(s) for s in problem.shapes], "flops": problem.flops,
+                    "family": key.family, "dims": list(key.dims)},
         "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     })
     return Decision(key, choice, skipped, trials)

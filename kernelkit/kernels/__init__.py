@@ -3,6 +3,8 @@
 A kernel file only knows how to launch its own kernel: no dispatch, no tuning, no array conversion.
 """
 
+import functools
+
 # Epilogue activations every matmul/conv kernel implements. The names are the public API's.
 # "gelu" is the exact erf form; "gelu_tanh" is torch's approximate="tanh".
 ACTIVATIONS: tuple[str, ...] = ("relu", "gelu", "gelu_tanh", "silu")
@@ -16,3 +18,13 @@ def check_activation(op: str, activation) -> None:
 
 # The codes the compiled kernels take for them (numba's _gemm, cupy's kk_epilogue.cuh).
 ACT_CODES: dict[str | None, int] = {None: 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
+
+
+@functools.cache
+def torch_activations() -> dict:
+    """The activations as torch functions: the vendor's epilogue and the float64 references'."""
+    import torch
+    import torch.nn.functional as F
+
+    return {"relu": torch.relu, "gelu": F.gelu,
+            "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu}

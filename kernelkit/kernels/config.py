@@ -30,6 +30,21 @@ class KernelConfig:
         return cls(**{k: d[k] for k in names if k in d})
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for Python ints (host-side block arithmetic; the jitted code has its own)."""
+    return -(-a // b)
+
+
 def next_pow2(x: int) -> int:
     """The smallest power of two >= x (1 for x <= 1): how config spaces round problem sizes."""
     return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
+
+
+@dataclasses.dataclass(frozen=True)
+class VendorConfig(KernelConfig):
+    """The vendor library's (torch's) config: nothing to choose, it picks its own algorithm."""
+
+
+def vendor_space(problem) -> list[VendorConfig]:
+    """The config space of a vendor kernel module: one empty config."""
+    return [VendorConfig()]

@@ -1,12 +1,15 @@
-"""Conv2d argument checks and geometry shared by the GPU launchers (Triton, CuPy).
+"""Conv2d geometry: the one output-size rule, the argument checks, and the records.
 
-Backend-neutral and plain Python: the launchers name themselves in ``op`` (e.g. ``"conv2d
-(triton)"``, ``"cupy conv2d"``), which every error message starts with.
+Backend-neutral and plain Python, shared by the ops layer (user-facing checks: `check_pair`,
+`resolve_padding`, `check_geometry`), every backend's launcher and config space (`ConvGeometry`,
+`problem_sizes`) and torch's fake kernels (`out_size`). Error messages start with ``op`` (e.g.
+``"conv2d"``, ``"conv2d (triton)"``, ``"cupy conv2d"``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 LAYOUTS = ("NCHW", "NHWC")
 MAX_GRID_YZ = 65535  # CUDA's limit on grid.y and grid.z (groups go on grid axis 1)
@@ -46,6 +49,111 @@ def padding4(op: str, p) -> tuple[int, int, int, int]:
     return tuple(int(t) for t in p)
 
 
+def out_size(h: int, w: int, r: int, s: int, stride, padding, dilation) -> tuple[int, int]:
+    """(Ho, Wo) of a convolution: padding (top, bottom, left, right), stride and dilation pairs."""
+    top, bottom, left, right = padding
+    ho = (h + top + bottom - dilation[0] * (r - 1) - 1) // stride[0] + 1
+    wo = (w + left + right - dilation[1] * (s - 1) - 1) // stride[1] + 1
+    return ho, wo
+
+
+@dataclass(frozen=True)
+class ConvOptions:
+    """The options of a conv2d problem that change the kernel (sizes live in Problem.shapes):
+    stride and dilation pairs, padding (top, bottom, left, right), groups, and the forward's
+    epilogue (bias, activation). ``tf32`` permits TF32 on float32 GPU kernels."""
+
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    dilation: tuple[int, int]
+    groups: int
+    bias: bool = False
+    activation: str | None = None
+    tf32: bool = False
+
+    @property
+    def geometry_args(self) -> tuple:
+        """stride, padding, dilation, groups: the geometry arguments of every kernel entry point."""
+        return (self.stride, self.padding, self.dilation, self.groups)
+
+
+def problem_sizes(problem: Any) -> tuple[int, int, int, int, int, int, int]:
+    """(n, c, h, w, k, r, s) of the forward convolution behind any conv2d op's Problem, whose
+    shapes are always (x in NCHW dims, weight, y in NCHW dims)."""
+    (n, c, h, w), (k, _, r, s) = problem.shapes[0], problem.shapes[1]
+    return n, c, h, w, k, r, s
+
+
+# -- user-facing checks (the ops layer): TypeError for a wrong type, ValueError for a bad value --
+def _is_int_like(v) -> bool:
+    return hasattr(v, "__index__") and not isinstance(v, bool)
+
+
+def check_pair(op: str, name: str, v, *, minimum: int) -> tuple[int, int]:
+    """An int or a pair of ints, each >= minimum."""
+    if _is_int_like(v):
+        v = (int(v), int(v))
+    if (not isinstance(v, (tuple, list)) or len(v) != 2
+            or not all(_is_int_like(i) for i in v)):
+        raise TypeError(f"{op}: '{name}' must be an int or a pair of ints, got {v!r}")
+    if min(v) < minimum:
+        what = "positive" if minimum > 0 else "non-negative"
+        raise ValueError(f"{op}: '{name}' must be {what}, got {tuple(v)}")
+    return int(v[0]), int(v[1])
+
+
+def resolve_padding(op: str, padding, kernel_hw, dilation, stride) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) from an int, a pair, a 4-tuple, "valid" or "same" (stride 1;
+    asymmetric for even kernels, as torch)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            if tuple(stride) != (1, 1):
+                raise ValueError(f"{op}: padding='same' needs stride 1, got stride {stride}")
+            out = []
+            for k, d in zip(kernel_hw, dilation):
+                total = d * (k - 1)
+                out += [total // 2, total - total // 2]
+            return tuple(out)
+        raise ValueError(f"{op}: 'padding' must be an int, a pair, 'same' or 'valid', got "
+                         f"{padding!r}")
+    if isinstance(padding, (tuple, list)) and len(padding) == 4:
+        if not all(_is_int_like(v) for v in padding):
+            raise TypeError(f"{op}: 'padding' (top, bottom, left, right) must be ints, got {padding!r}")
+        if min(padding) < 0:
+            raise ValueError(f"{op}: 'padding' must be non-negative, got {tuple(padding)}")
+        return tuple(int(v) for v in padding)
+    ph, pw = check_pair(op, "padding", padding, minimum=0)
+    return (ph, ph, pw, pw)
+
+
+def check_geometry(op: str, x_nchw, w_shape, stride, padding, dilation, groups
+                   ) -> tuple[ConvOptions, tuple[int, int]]:
+    """The user-facing checks shared by the three conv2d ops: the options (without epilogue) and
+    the output size (Ho, Wo)."""
+    if not _is_int_like(groups) or groups < 1:
+        raise ValueError(f"{op}: 'groups' must be a positive int, got {groups!r}")
+    n, c, h, w = x_nchw
+    k, cg, r, s = w_shape
+    if c % groups or k % groups:
+        raise ValueError(f"{op}: groups={groups} must divide the input channels C={c} and the "
+                         f"output channels K={k}")
+    if cg * groups != c:
+        raise ValueError(f"{op}: weight has {cg} input channels per group, so with groups={groups} "
+                         f"the input needs C={cg * groups} channels, got C={c}")
+    stride = check_pair(op, "stride", stride, minimum=1)
+    dilation = check_pair(op, "dilation", dilation, minimum=1)
+    pad = resolve_padding(op, padding, (r, s), dilation, stride)
+    hp, wp = h + pad[0] + pad[1], w + pad[2] + pad[3]
+    eff_r, eff_s = dilation[0] * (r - 1) + 1, dilation[1] * (s - 1) + 1
+    if eff_r > hp or eff_s > wp:
+        raise ValueError(f"{op}: the (dilated) kernel {eff_r}x{eff_s} is larger than the padded "
+                         f"input {hp}x{wp}")
+    return ConvOptions(stride, pad, dilation, int(groups)), out_size(h, w, r, s, stride, pad,
+                                                                      dilation)
+
+
 def nchw_shape(shape, layout: str) -> tuple[int, int, int, int]:
     """An activation's (n, c, h, w) sizes (or strides) from its ``layout`` order."""
     t = tuple(shape)
@@ -65,7 +173,7 @@ def kernel_kind(c: int, k: int, r: int, s: int, groups: int) -> str:
 
 
 @dataclass(frozen=True)
-class Geometry:
+class ConvGeometry:
     """A checked convolution, in NCHW terms (padding top / left; bottom / right only shape it)."""
 
     op: str
@@ -111,7 +219,7 @@ class Geometry:
                              f"{self.h} x {self.w} input gives {self.ho} x {self.wo}")
 
 
-def geometry(op: str, n, c, h, w, k, r, s, stride, padding, dilation, groups) -> Geometry:
+def geometry(op: str, n, c, h, w, k, r, s, stride, padding, dilation, groups) -> ConvGeometry:
     """Check stride, padding, dilation, groups and the kernel size; the output size."""
     sh, sw = pair(op, "stride", stride)
     dh, dw = pair(op, "dilation", dilation)
@@ -126,10 +234,9 @@ def geometry(op: str, n, c, h, w, k, r, s, stride, padding, dilation, groups) ->
         raise ValueError(f"{op}: groups={groups} exceeds the grid limit {MAX_GRID_YZ}")
     if r < 1 or s < 1:
         raise ValueError(f"{op}: kernel size must be >= 1, got {(r, s)}")
-    ho = (h + top + bottom - dh * (r - 1) - 1) // sh + 1
-    wo = (w + left + right - dw * (s - 1) - 1) // sw + 1
+    ho, wo = out_size(h, w, r, s, (sh, sw), (top, bottom, left, right), (dh, dw))
     if ho < 1 or wo < 1:
         raise ValueError(f"{op}: the output would be empty ({ho} x {wo}) for input {h} x {w}, "
                          f"kernel {r} x {s}, padding {padding}, dilation {dilation}, "
                          f"stride {stride}")
-    return Geometry(op, n, c, h, w, k, ho, wo, r, s, groups, sh, sw, top, left, dh, dw)
+    return ConvGeometry(op, n, c, h, w, k, ho, wo, r, s, groups, sh, sw, top, left, dh, dw)

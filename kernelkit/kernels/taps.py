@@ -50,15 +50,57 @@ No antialias filter is applied there.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
 import numpy as np
 
-__all__ = ["INTERPOLATIONS", "NMETA", "AxisTaps", "axis_taps", "axis_plan", "affine_maps",
+__all__ = ["INTERPOLATIONS", "NMETA", "PreprocessSpec", "problem_sizes", "AxisTaps", "axis_taps", "axis_plan", "affine_maps",
            "gpu_tables", "out_layout", "pixel_range", "rotation_plan"]
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PreprocessSpec:
+    """One preprocess call, resolved per image: what every backend's ``preprocess_forward`` takes
+    after the images, in this order (``spec.args()``). Built (and checked) by the ops layer.
+
+    boxes: float64 (N, 4), the crop (top, left, height, width) in source pixels, fractional allowed.
+    flips: bool (N, 2), (horizontal, vertical), applied to the crop.
+    rot90: int64 (N,), counter-clockwise quarter turns after the flips.
+    angles: float64 (N,), degrees counter-clockwise about the centre (0 or not a multiple of 90).
+    fill: float32 (N,), input-unit value of the pixels an arbitrary rotation brings in.
+    size: (out_h, out_w).
+    mean, scale: float32 (C,), per *output* channel: out = (x - mean) * scale.
+    channel_perm: int64 (C,), output channel c reads input channel channel_perm[c].
+    interpolation: one of INTERPOLATIONS. antialias: PIL-style filter when downscaling.
+    out_dtype: "float32" | "float16" | "bfloat16" | "uint8". layout: "NCHW" | "NHWC".
+    """
+
+    boxes: np.ndarray
+    flips: np.ndarray
+    rot90: np.ndarray
+    angles: np.ndarray
+    fill: np.ndarray
+    size: tuple[int, int]
+    mean: np.ndarray
+    scale: np.ndarray
+    channel_perm: np.ndarray
+    interpolation: str
+    antialias: bool
+    out_dtype: str
+    layout: str
+
+    def args(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+
+def problem_sizes(problem) -> tuple[int, int, int, int]:
+    """(n, out_h, out_w, c) of a preprocess ``Problem``: what the config spaces are sized by."""
+    (n, _, _, c), (out_h, out_w) = problem.shapes
+    return n, out_h, out_w, c
 
 # Columns of the GPU kernels' image table (int64 per image; kk_pp::Meta in cupy/preprocess.cu):
 # element offset from the first image, strides along the y-tap and x-tap axes and between

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from ..kernels import check_activation
-from .conv2d import _padding
-from .torch_ops import conv2d_op, matmul_op
+from ..kernels.convgeom import resolve_padding
+from ..ops.torch_ops import conv2d_op, matmul_op
 
 
 class Linear(nn.Linear):
@@ -79,8 +79,8 @@ class Conv2d(nn.Conv2d):
         conv2d_op()
 
     def _padding4(self) -> list[int]:
-        return list(_padding("Conv2d", self.padding, self.kernel_size, self.dilation,
-                             tuple(self.stride)))
+        return list(resolve_padding("Conv2d", self.padding, self.kernel_size, self.dilation,
+                                    tuple(self.stride)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.kernelkit.conv2d(x, self.weight, self.bias, list(self.stride),

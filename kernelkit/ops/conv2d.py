@@ -8,21 +8,21 @@ memory; the result is channels_last too) or as `layout="NHWC"` for (N, H, W, C) 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import importlib
 import math
 from typing import Any
 
 import numpy as np
 
-from .. import arrays
-from ..kernels import check_activation
-from ..kernels.convgeom import nchw_shape
-from . import registry
-from .dispatch import Call, Plan, PlanMemo, explain_call, needs_grad, plan_for, signature
-from .matmul import FLOAT_DTYPES, kernel_dtype
-from .registry import Candidate, Config, Problem, backend_support
+from .. import arrays, core
+from ..core import Call, Candidate, Config, OpSpec, Plan, Problem
+from ..kernels import check_activation, torch_activations
+from ..kernels.convgeom import ConvOptions, check_geometry, nchw_shape
+from .dispatch import PlanMemo, explain_call, needs_grad, plan_for, signature
 from .verify import f64, normwise_error
+
+FLOAT_DTYPES = arrays.FLOAT_DTYPES
 
 OPS = ("conv2d", "conv2d_backward_input", "conv2d_backward_weight")
 
@@ -130,42 +130,6 @@ def _hashable(v):
 
 
 # -- checking ------------------------------------------------------------------------------------
-def _pair(op: str, name: str, v, *, minimum: int) -> tuple[int, int]:
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-        v = (int(v), int(v))
-    if (not isinstance(v, (tuple, list)) or len(v) != 2
-            or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in v)):
-        raise TypeError(f"{op}: '{name}' must be an int or a pair of ints, got {v!r}")
-    if min(v) < minimum:
-        what = "positive" if minimum > 0 else "non-negative"
-        raise ValueError(f"{op}: '{name}' must be {what}, got {tuple(v)}")
-    return int(v[0]), int(v[1])
-
-
-def _padding(op: str, padding, kernel_hw, dilation, stride) -> tuple[int, int, int, int]:
-    if isinstance(padding, str):
-        if padding == "valid":
-            return (0, 0, 0, 0)
-        if padding == "same":
-            if stride != (1, 1):
-                raise ValueError(f"{op}: padding='same' needs stride 1, got stride {stride}")
-            out = []
-            for k, d in zip(kernel_hw, dilation):
-                total = d * (k - 1)
-                out += [total // 2, total - total // 2]
-            return tuple(out)
-        raise ValueError(f"{op}: 'padding' must be an int, a pair, 'same' or 'valid', got "
-                         f"{padding!r}")
-    if isinstance(padding, (tuple, list)) and len(padding) == 4:
-        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in padding):
-            raise TypeError(f"{op}: 'padding' (top, bottom, left, right) must be ints, got {padding!r}")
-        if min(padding) < 0:
-            raise ValueError(f"{op}: 'padding' must be non-negative, got {tuple(padding)}")
-        return tuple(int(v) for v in padding)
-    ph, pw = _pair(op, "padding", padding, minimum=0)
-    return (ph, ph, pw, pw)
-
-
 def _layout(op: str, x, layout) -> tuple[str, bool]:
     """(kernel layout, x is a channels_last torch tensor seen with NCHW dims)."""
     if layout not in (None, "NCHW", "NHWC"):
@@ -184,8 +148,8 @@ def _check_arrays(op: str, named: dict[str, Any]) -> tuple[arrays.Location, str]
         if x is None:
             continue
         if arrays.array_lib(x) is None:
-            raise TypeError(f"{op}: '{name}' must be a numpy array, torch tensor or cupy array, "
-                            f"got {type(x).__name__}")
+            raise TypeError(f"{op}: '{name}' must be {arrays.ACCEPTED}, got "
+                            f"{type(x).__name__}")
         here = arrays.location(x)
         if loc is None:
             loc, first = here, name
@@ -204,36 +168,14 @@ def _check_arrays(op: str, named: dict[str, Any]) -> tuple[arrays.Location, str]
     return loc, dtype
 
 
-def _geometry(op, x_nchw_shape, w_shape, stride, padding, dilation, groups):
-    """Checks shared by the three ops; returns (stride, pad4, dilation, (Ho, Wo))."""
-    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"{op}: 'groups' must be a positive int, got {groups!r}")
-    n, c, h, w = x_nchw_shape
-    k, cg, r, s = w_shape
-    if c % groups or k % groups:
-        raise ValueError(f"{op}: groups={groups} must divide the input channels C={c} and the "
-                         f"output channels K={k}")
-    if cg * groups != c:
-        raise ValueError(f"{op}: weight has {cg} input channels per group, so with groups={groups} "
-                         f"the input needs C={cg * groups} channels, got C={c}")
-    stride = _pair(op, "stride", stride, minimum=1)
-    dilation = _pair(op, "dilation", dilation, minimum=1)
-    pad = _padding(op, padding, (r, s), dilation, stride)
-    hp, wp = h + pad[0] + pad[1], w + pad[2] + pad[3]
-    eff_r, eff_s = dilation[0] * (r - 1) + 1, dilation[1] * (s - 1) + 1
-    if eff_r > hp or eff_s > wp:
-        raise ValueError(f"{op}: the (dilated) kernel {eff_r}x{eff_s} is larger than the padded "
-                         f"input {hp}x{wp}")
-    ho, wo = (hp - eff_r) // stride[0] + 1, (wp - eff_s) // stride[1] + 1
-    return stride, pad, dilation, (ho, wo)
-
-
-def _problem(op, shapes, xs, ws, out_hw, dtype, layout, loc, params) -> Problem:
-    """The Problem of any of the three ops: the work is the same reduction in each."""
+def _problem(op, xs, ws, out_hw, dtype, layout, loc, options: ConvOptions) -> Problem:
+    """The Problem of any of the three ops: the work is the same reduction in each, and the
+    shapes are always (x, weight, y), activations in NCHW dims."""
     (n, c, h, w), (k, cg, r, s), (ho, wo) = xs, ws, out_hw
     itemsize = np.dtype("float16" if dtype == "bfloat16" else dtype).itemsize
-    return Problem(op=op, shapes=shapes, dtype=dtype, layout=layout, lib=loc.lib,
-                   device=loc.device, params=params, flops=2.0 * n * k * ho * wo * cg * r * s,
+    return Problem(op=op, shapes=(xs, ws, (n, k, ho, wo)), dtype=dtype, layout=layout,
+                   lib=loc.lib, device=loc.device, options=options,
+                   flops=2.0 * n * k * ho * wo * cg * r * s,
                    nbytes=int((n * c * h * w + k * cg * r * s + n * k * ho * wo) * itemsize))
 
 
@@ -247,14 +189,14 @@ def prepare_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gr
     _ndim(op, "weight", weight, "(K, C // groups, R, S)")
     xs = tuple(x.shape) if channels_last else nchw_shape(x.shape, kl)
     ws = tuple(weight.shape)
-    stride, pad, dilation, (ho, wo) = _geometry(op, xs, ws, stride, padding, dilation, groups)
+    geo, (ho, wo) = check_geometry(op, xs, ws, stride, padding, dilation, groups)
     if bias is not None and tuple(bias.shape) != (ws[0],):
         raise ValueError(f"{op}: 'bias' must have shape (K,) = ({ws[0]},), got {tuple(bias.shape)}")
     check_activation(op, activation)
-    params = (("stride", stride), ("padding", pad), ("dilation", dilation), ("groups", groups),
-              ("bias", bias is not None), ("activation", activation), ("tf32", allow_tf32))
-    problem = _problem(op, (xs, ws, (xs[0], ws[0], ho, wo)), xs, ws, (ho, wo), dtype, kl, loc,
-                       params)
+    options = ConvOptions(geo.stride, geo.padding, geo.dilation, geo.groups, bias is not None,
+                          activation, allow_tf32)
+    stride, pad, dilation = geo.stride, geo.padding, geo.dilation
+    problem = _problem(op, xs, ws, (ho, wo), dtype, kl, loc, options)
     to_kernel, from_kernel = _channels_last_views(channels_last)
 
     def bind(cand: Candidate, config: Config) -> Plan:
@@ -265,9 +207,9 @@ def prepare_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gr
         from .torch_ops import conv2d_op
 
         fn = conv2d_op()
-        direct = lambda x, w, b: fn(x, w, b, list(stride), list(pad), list(dilation), groups,
+        direct = lambda x, w, b: fn(x, w, b, list(stride), list(pad), list(dilation), geo.groups,
                                     activation, layout, allow_tf32)
-    ref = functools.partial(_reference_forward, x, weight, bias, stride, pad, dilation, groups,
+    ref = functools.partial(_reference_forward, x, weight, bias, stride, pad, dilation, geo.groups,
                             activation, kl, channels_last)
     return Call(problem, bind, (x, weight, bias), _verifier(ref, math.prod(ws[1:]), allow_tf32),
                 direct)
@@ -283,20 +225,20 @@ def prepare_backward_input(grad_out, weight, input_shape, *, stride=1, padding=0
     input_shape = tuple(int(v) for v in input_shape)
     xs = input_shape if channels_last else nchw_shape(input_shape, kl)
     ws = tuple(weight.shape)
-    stride, pad, dilation, (ho, wo) = _geometry(op, xs, ws, stride, padding, dilation, groups)
-    gs = _grad_out_shape(op, grad_out, kl, channels_last, (xs[0], ws[0], ho, wo))
+    geo, (ho, wo) = check_geometry(op, xs, ws, stride, padding, dilation, groups)
+    _grad_out_shape(op, grad_out, kl, channels_last, (xs[0], ws[0], ho, wo))
     k, _, r, s = ws
-    params = (("stride", stride), ("padding", pad), ("dilation", dilation), ("groups", groups),
-              ("tf32", allow_tf32))
-    problem = _problem(op, (gs, ws, xs), xs, ws, (ho, wo), dtype, kl, loc, params)
+    problem = _problem(op, xs, ws, (ho, wo), dtype, kl, loc,
+                       dataclasses.replace(geo, tf32=allow_tf32))
     to_kernel, from_kernel = _channels_last_views(channels_last)
 
     def bind(cand: Candidate, config: Config) -> Plan:
         return _bind(cand.launcher(problem, config), cand, loc, (to_kernel, None), from_kernel)
 
-    ref = functools.partial(_reference_backward, "input", grad_out, weight, None, xs, stride, pad,
-                            dilation, groups, kl, channels_last)
-    return Call(problem, bind, (grad_out, weight), _verifier(ref, k // groups * r * s, allow_tf32))
+    ref = functools.partial(_reference_backward, "input", grad_out, weight, None, xs, *geo.geometry_args,
+                            kl, channels_last)
+    return Call(problem, bind, (grad_out, weight),
+                _verifier(ref, k // geo.groups * r * s, allow_tf32))
 
 
 def prepare_backward_weight(x, grad_out, weight_shape, *, stride=1, padding=0, dilation=1,
@@ -310,18 +252,17 @@ def prepare_backward_weight(x, grad_out, weight_shape, *, stride=1, padding=0, d
     ws = tuple(int(v) for v in weight_shape)
     if len(ws) != 4:
         raise ValueError(f"{op}: 'weight_shape' must be (K, C // groups, R, S), got {ws}")
-    stride, pad, dilation, (ho, wo) = _geometry(op, xs, ws, stride, padding, dilation, groups)
-    gs = _grad_out_shape(op, grad_out, kl, channels_last, (xs[0], ws[0], ho, wo))
-    params = (("stride", stride), ("padding", pad), ("dilation", dilation), ("groups", groups),
-              ("tf32", allow_tf32))
-    problem = _problem(op, (xs, gs, ws), xs, ws, (ho, wo), dtype, kl, loc, params)
+    geo, (ho, wo) = check_geometry(op, xs, ws, stride, padding, dilation, groups)
+    _grad_out_shape(op, grad_out, kl, channels_last, (xs[0], ws[0], ho, wo))
+    problem = _problem(op, xs, ws, (ho, wo), dtype, kl, loc,
+                       dataclasses.replace(geo, tf32=allow_tf32))
     to_kernel, _ = _channels_last_views(channels_last)
 
     def bind(cand: Candidate, config: Config) -> Plan:
         return _bind(cand.launcher(problem, config), cand, loc, (to_kernel, to_kernel), None)
 
-    ref = functools.partial(_reference_backward, "weight", grad_out, None, x, ws, stride, pad,
-                            dilation, groups, kl, channels_last)
+    ref = functools.partial(_reference_backward, "weight", grad_out, None, x, ws, *geo.geometry_args,
+                            kl, channels_last)
     return Call(problem, bind, (x, grad_out), _verifier(ref, xs[0] * ho * wo, allow_tf32))
 
 
@@ -365,9 +306,8 @@ def _bind(fn, cand: Candidate, loc: arrays.Location, views: tuple, out_view) -> 
 
 # -- verification --------------------------------------------------------------------------------
 def _torch64(x, kl, channels_last):
-    import torch
 
-    t = torch.from_numpy(np.ascontiguousarray(f64(x)))
+    t = arrays.numpy_to_torch(f64(x))
     if kl == "NHWC" and not channels_last:
         t = t.permute(0, 3, 1, 2)
     return t
@@ -379,16 +319,14 @@ def _reference_forward(x, weight, bias, stride, pad, dilation, groups, activatio
     import torch
     import torch.nn.functional as F
 
-    from ..kernels.torch.matmul import ACTIVATION_FNS
-
     xt = F.pad(_torch64(x, kl, channels_last), (pad[2], pad[3], pad[0], pad[1]))
-    wt = torch.from_numpy(np.ascontiguousarray(f64(weight)))
+    wt = arrays.numpy_to_torch(f64(weight))
     bt = None if bias is None else torch.from_numpy(f64(bias))
     y = F.conv2d(xt, wt, bt, stride, 0, dilation, groups)
     scale = F.conv2d(xt.abs(), wt.abs(), None if bt is None else bt.abs(), stride, 0, dilation,
                      groups)
     if activation:
-        y = ACTIVATION_FNS[activation](y)
+        y = torch_activations()[activation](y)
     return _out_order(y, kl, channels_last), _out_order(scale, kl, channels_last)
 
 
@@ -398,7 +336,7 @@ def _reference_backward(which, grad_out, weight, x, shape, stride, pad, dilation
 
     g = _torch64(grad_out, kl, channels_last)
     if which == "input":
-        w = torch.from_numpy(np.ascontiguousarray(f64(weight)))
+        w = arrays.numpy_to_torch(f64(weight))
         n, c, h, wd = shape
         padded = (n, c, h + pad[0] + pad[1], wd + pad[2] + pad[3])
         grad = lambda gg, ww: torch.nn.grad.conv2d_input(padded, ww, gg, stride, 0, dilation,
@@ -424,69 +362,68 @@ def _verifier(reference, k: int, allow_tf32: bool):
     return lambda out: normwise_error(out, *ref_once(), k, allow_tf32)
 
 
-# -- candidates ----------------------------------------------------------------------------------
-_KERNEL_FN = {"conv2d": "conv2d_forward", "conv2d_backward_input": "conv2d_backward_input",
-              "conv2d_backward_weight": "conv2d_backward_weight"}
-_BACKENDS = (  # backend, device, native array library, dtypes it runs
-    ("numba", "cpu", "numpy", ("float32", "float64")),
-    ("torch", "cpu", "torch", FLOAT_DTYPES),
-    ("triton", "cuda", "torch", ("float16", "bfloat16", "float32")),
-    ("cupy", "cuda", "cupy", ("float16", "float32")),
-    ("torch", "cuda", "torch", FLOAT_DTYPES),
-)
+# -- the specs -----------------------------------------------------------------------------------
+# Every backend's conv2d entry points take the geometry as (stride, padding, dilation, groups),
+# then the layout, then (*, config, allow_tf32).
+def _launch_forward(entry, p: Problem, config) -> Plan:
+    o = p.options
+    geo, act, layout, tf32 = o.geometry_args, o.activation, p.layout, o.tf32
+    return lambda x, w, b: entry(x, w, b, *geo, act, layout, config=config, allow_tf32=tf32)
 
 
-def _kernel(backend: str):
-    return importlib.import_module(f"kernelkit.kernels.{backend}.conv2d")
+def _launch_backward_input(entry, p: Problem, config) -> Plan:
+    o, hw = p.options, p.shapes[0][2:]
+    geo, layout, tf32 = o.geometry_args, p.layout, o.tf32
+    return lambda g, w: entry(g, w, hw, *geo, layout, config=config, allow_tf32=tf32)
 
 
-def _geometry_args(p: Problem) -> tuple:
-    return (p.param("stride"), p.param("padding"), p.param("dilation"), p.param("groups"))
+def _launch_backward_weight(entry, p: Problem, config) -> Plan:
+    o, rs = p.options, p.shapes[1][2:]
+    geo, layout, tf32 = o.geometry_args, p.layout, o.tf32
+    return lambda x, g: entry(x, g, rs, *geo, layout, config=config, allow_tf32=tf32)
 
 
-def _make_candidate(op: str, backend: str, device: str, native: str, dtypes: tuple) -> Candidate:
-    supports = backend_support(backend, dtypes)
+def _make_inputs(op: str):
+    """(args, kwargs) for a size (N, C, H=W, K, R=S, stride, padding, groups) of `op`."""
 
-    def space(p: Problem) -> list[Config]:
-        if backend == "torch":
-            return [{}]
-        k = _kernel(backend)
-        xs, ws = (p.shapes[0], p.shapes[1]) if op != "conv2d_backward_weight" else \
-            (p.shapes[0], p.shapes[2])
-        if op == "conv2d_backward_input":
-            xs = p.shapes[2]
-        n, c, h, w = xs
-        kk, _, r, s = ws
-        dt = kernel_dtype(backend, p.dtype)
-        if backend == "cupy" and op != "conv2d":
-            return [k.Conv2dConfig.default(dt).to_dict()]  # its backward kernels take no config
-        if backend == "triton" and op == "conv2d_backward_input":
-            c, kk = kk, c  # grad_in's GEMM: N = C/groups, reduction over K/groups * R * S
-        return [cfg.to_dict() for cfg in k.Conv2dConfig.space(
-            dt, n, c, h, w, kk, r, s, p.param("stride"), p.param("groups"))]
-
-    def launcher(p: Problem, config: Config):
-        k = _kernel(backend)
-        fn = getattr(k, _KERNEL_FN[op])
-        kw = {}
-        if backend != "torch":
-            kw["config"] = k.Conv2dConfig.from_dict(config)
-        if backend in ("torch", "triton"):
-            kw["allow_tf32"] = p.param("tf32")
-        geo, layout = _geometry_args(p), p.layout
+    def make_inputs(dims: tuple[int, ...], dtype: str, where: str, seed: int = 0):
+        n, c, hw, k, r, stride, pad, groups = dims
+        xs, ws = (n, c, hw, hw), (k, c // groups, r, r)
+        kwargs = {"stride": stride, "padding": pad, "groups": groups}
         if op == "conv2d":
-            act = p.param("activation")
-            return lambda x, w, b: fn(x, w, b, *geo, act, layout, **kw)
+            return arrays.random_arrays((xs, ws), dtype, where, seed), kwargs
+        ho = (hw + 2 * pad - r) // stride + 1
+        x, w, g = arrays.random_arrays((xs, ws, (n, k, ho, ho)), dtype, where, seed)
         if op == "conv2d_backward_input":
-            hw = p.shapes[2][2:]
-            return lambda g, w: fn(g, w, hw, *geo, layout, **kw)
-        rs = p.shapes[2][2:]
-        return lambda x, g: fn(x, g, rs, *geo, layout, **kw)
+            return [g, w, xs], kwargs
+        return [x, g, ws], kwargs
 
-    return Candidate(op, backend, device, native, supports, space, launcher,
-                     vendor=backend == "torch")
+    return make_inputs
 
 
-for _op in OPS:
-    for _backend, _device, _native, _dtypes in _BACKENDS:
-        registry.register(_make_candidate(_op, _backend, _device, _native, _dtypes))
+def _cli_inputs(op: str):
+    def cli_inputs(dims: tuple[int, ...]) -> tuple[int, ...]:
+        if len(dims) != 6:
+            raise ValueError(f"{op} takes N C H K R STRIDE (square images and kernels)")
+        n, c, h, k, r, stride = dims
+        return (n, c, h, k, r, stride, r // 2, 1)
+
+    return cli_inputs
+
+
+_RESNET50 = ((3, 64, 224, 7, 2, 3), (64, 64, 56, 3, 1, 1), (64, 256, 56, 1, 1, 0),
+             (128, 128, 28, 3, 1, 1), (256, 1024, 14, 1, 1, 0), (512, 512, 7, 3, 1, 1))
+_PRESETS = {"resnet50": tuple(((n, c, hw, k, r, st, pad, 1), "float32")
+                              for n in (1, 8) for c, k, hw, r, st, pad in _RESNET50)}
+
+for _op, _fn, _prepare, _launch in (
+        ("conv2d", conv2d, prepare_forward, _launch_forward),
+        ("conv2d_backward_input", conv2d_backward_input, prepare_backward_input,
+         _launch_backward_input),
+        ("conv2d_backward_weight", conv2d_backward_weight, prepare_backward_weight,
+         _launch_backward_weight)):
+    core.register_op(OpSpec(
+        name=_op, kernel="conv2d", entry=_op if _op != "conv2d" else "conv2d_forward",
+        launch=_launch, function=_fn, prepare=_prepare, make_inputs=_make_inputs(_op),
+        presets=_PRESETS if _op == "conv2d" else {},
+        cli_dims="N C H K R STRIDE", cli_inputs=_cli_inputs(_op)))

@@ -9,39 +9,17 @@ repeated call costs one dict lookup on top of the kernel launch.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
+from .. import arrays as _arrays
+from .. import core
 from .. import settings as _settings
 from ..autotune import tuner
-from ..autotune.key import make_key
-from . import registry
-from .registry import Candidate, Choice, Config, Problem
-
-Plan = Callable[..., Any]
-
+from ..core import Call, Choice, Plan, Problem
 
 # -- per-call-signature plan memos ---------------------------------------------------------------
-_SIG_OF_TYPE: dict[type, Callable[[Any], tuple]] = {}
-
-
-def signature_fn(t: type) -> Callable[[Any], tuple] | None:
-    """A cheap function of an array of type `t` giving what a plan depends on (dtype, shape,
-    strides, device, grad); None for a type that is not an accepted array."""
-    fn = _SIG_OF_TYPE.get(t)
-    if fn is None:
-        lib = t.__module__.split(".")[0]
-        if t.__name__ == "ndarray" and lib == "numpy":
-            fn = lambda x: (x.dtype, x.shape, x.strides)
-        elif lib == "torch" and t.__name__ in ("Tensor", "Parameter"):
-            fn = lambda x: (x.dtype, x.shape, x.stride(), x.device, x.requires_grad)
-        elif lib == "cupy" and t.__name__ == "ndarray":
-            fn = lambda x: (x.dtype, x.shape, x.strides, x.device.id)
-        else:
-            return None
-        _SIG_OF_TYPE[t] = fn
-    return fn
+_SIG_OF_TYPE = _arrays._SIG_OF_TYPE  # type -> signature function, filled by arrays.signature_fn
+signature_fn = _arrays.signature_fn
 
 
 def signature(arrays: tuple, extras: tuple) -> tuple | None:
@@ -89,30 +67,15 @@ class PlanMemo(dict):
 
 
 
-@dataclass
-class Call:
-    problem: Problem
-    bind: Callable[[Candidate, Config], Plan]  # a plan for this choice, reusable for equal signatures
-    args: tuple  # the caller's arguments, in the order the plan takes them
-    verify: Callable[[Any], str | None]  # None, or why an output is wrong
-    # A plan that needs no choice: tensors that need gradients go through the registered custom
-    # op, whose forward and backward dispatch (and tune) the kernels themselves.
-    direct: Plan | None = None
-
-    def runner(self, cand: Candidate, config: Config) -> Callable[[], Any]:
-        plan = self.bind(cand, config)
-        return lambda: plan(*self.args)
-
-
 def plan_for(call: Call, settings: _settings.Settings | None = None) -> Plan:
     if call.direct is not None:
         return call.direct
     settings = settings or _settings.current()
-    cands = registry.candidates(call.problem.op)
+    cands = core.candidates(call.problem.op)
     if any(d == 0 for shape in call.problem.shapes for d in shape):
         settings = dataclasses.replace(settings, tune="off")  # nothing to measure on empty inputs
     choice = tuner.choose(call.problem, cands, call.runner, call.verify, settings)
-    return call.bind(registry.get(call.problem.op, choice.candidate), choice.config)
+    return call.bind(core.get(call.problem.op, choice.candidate), choice.config)
 
 
 @dataclass
@@ -129,7 +92,7 @@ class Explanation:
         p = self.problem
         lines = [
             f"{p.op}: shapes {' , '.join(str(s) for s in p.shapes)}  dtype {p.dtype}  "
-            f"data on {p.lib}:{p.device}  layout {p.layout}  {dict(p.params)}",
+            f"data on {p.lib}:{p.device}  layout {p.layout}  {dict(p.option_items())}",
             f"cache key: {self.key}",
             "candidates:",
         ]
@@ -152,15 +115,6 @@ def explain_call(call: Call, settings: _settings.Settings | None = None) -> Expl
     Uses the cached measurement when there is one; otherwise measures now (and caches it).
     """
     settings = settings or _settings.current()
-    cands = registry.candidates(call.problem.op)
-    key = make_key(call.problem, tuner.forced_suffix(settings))
-    usable, skipped = tuner.split_candidates(call.problem, cands, settings)
-    entry = tuner.cache_for(settings.cache_path).get(key)
-    if entry is None:
-        decision = tuner.decide(call.problem, cands, call.runner, call.verify, settings,
-                                key=key, mode="measure")
-        entry = {"choice": decision.choice.to_dict(), "trials": [t.to_dict() for t in decision.trials]}
-        choice = decision.choice
-    else:
-        choice = Choice(entry["choice"]["candidate"], entry["choice"]["config"], "cache")
-    return Explanation(call.problem, key, choice, skipped, entry.get("trials", []))
+    d = tuner.decide(call.problem, core.candidates(call.problem.op), call.runner, call.verify,
+                     settings, mode="measure")
+    return Explanation(call.problem, d.key, d.choice, d.skipped, [t.to_dict() for t in d.trials])

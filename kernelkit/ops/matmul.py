@@ -1,27 +1,35 @@
 """matmul: act(a @ b + bias) with broadcast batch dims, any strides, numpy/torch/cupy in and out.
 
-check arguments -> Problem -> dispatch -> launch. Backend work lives in kernelkit/kernels/*.
+check arguments -> Problem -> dispatch -> launch. Backend work lives in kernelkit/kernels/*; this
+file knows only the op: its checks, its Problem, its reference, and its spec.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .. import arrays
-from ..kernels import check_activation
-from . import registry
-from .dispatch import Call, Plan, PlanMemo, explain_call, needs_grad, plan_for, signature
-from .registry import Candidate, Config, Problem, backend_support
+from .. import arrays, core
+from ..core import Call, Candidate, Config, OpSpec, Plan, Problem
+from ..kernels import check_activation, torch_activations
+from .dispatch import PlanMemo, explain_call, needs_grad, plan_for, signature
 from .verify import f64, normwise_error
 
 OP = "matmul"
-CPU_DTYPES = ("float32", "float64")
-FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+FLOAT_DTYPES = arrays.FLOAT_DTYPES
+
+
+@dataclass(frozen=True)
+class MatmulOptions:
+    """What of a matmul call, besides its sizes, changes the kernel."""
+
+    bias: bool
+    activation: str | None
+    tf32: bool
 
 
 # -- public API ----------------------------------------------------------------------------------
@@ -68,8 +76,8 @@ _PLANS = PlanMemo()
 def _check(a, b, bias, activation) -> tuple[arrays.Location, str, tuple[int, ...]]:
     for name, x in (("a", a), ("b", b)):
         if arrays.array_lib(x) is None:
-            raise TypeError(f"matmul: argument '{name}' must be a numpy array, torch tensor or cupy "
-                            f"array, got {type(x).__name__}")
+            raise TypeError(f"matmul: argument '{name}' must be {arrays.ACCEPTED}, got "
+                            f"{type(x).__name__}")
     la, lb = arrays.location(a), arrays.location(b)
     if la.lib != lb.lib:
         raise TypeError(f"matmul: 'a' and 'b' must come from the same array library, got {la.lib} "
@@ -122,24 +130,16 @@ def _layout_tag(strides: tuple[int, ...], shape: tuple[int, ...]) -> str:
     return "G"
 
 
-def _to_3d(x, lib: str, batch: tuple[int, ...]):
+def _to_3d(x, batch: tuple[int, ...]):
     """(..., R, C) -> (B, R, C), broadcasting the batch dims (stride 0: no copy for one dim)."""
     full = batch + tuple(x.shape[-2:])
-    if lib == "torch":
-        x = x.expand(full) if tuple(x.shape) != full else x
-    elif tuple(x.shape) != full:
-        x = np.broadcast_to(x, full) if lib == "numpy" else _cupy().broadcast_to(x, full)
+    if tuple(x.shape) != full:
+        x = arrays.broadcast_to(x, full)
     if len(batch) == 1:
         return x
     if not batch:
-        return x.unsqueeze(0) if lib == "torch" else x[None]
+        return x[None]
     return x.reshape((math.prod(batch),) + full[-2:])  # a view unless batch strides do not merge
-
-
-def _cupy():
-    import cupy
-
-    return cupy
 
 
 def prepare(a, b, *, bias=None, activation=None, allow_tf32=False) -> Call:
@@ -155,7 +155,7 @@ def prepare(a, b, *, bias=None, activation=None, allow_tf32=False) -> Call:
         layout=_layout_tag(sa, tuple(a.shape)) + _layout_tag(sb, tuple(b.shape)),
         lib=loc.lib,
         device=loc.device,
-        params=(("bias", bias is not None), ("activation", activation), ("tf32", allow_tf32)),
+        options=MatmulOptions(bias is not None, activation, allow_tf32),
         flops=2.0 * nb * m * n * k,
         nbytes=int((nb * m * k + nb * k * n + nb * m * n) * np.dtype(
             "float16" if dtype == "bfloat16" else dtype).itemsize),
@@ -191,7 +191,7 @@ def _bind(fn, cand: Candidate, loc: arrays.Location, batch: tuple[int, ...]) -> 
         return lambda a, b, bias: fn(a.unsqueeze(0), b.unsqueeze(0), bias).squeeze(0)
 
     def plan(a, b, bias):
-        a3, b3 = _to_3d(a, lib, batch), _to_3d(b, lib, batch)
+        a3, b3 = _to_3d(a, batch), _to_3d(b, batch)
         if to is not None:
             a3, b3 = to(a3), to(b3)
             bias = None if bias is None else to(bias)
@@ -210,66 +210,52 @@ def _verifier(a, b, bias, activation, allow_tf32):
     def reference():
         import torch
 
-        from ..kernels.torch.matmul import ACTIVATION_FNS  # float64 on the CPU, via torch
-
-        a64 = torch.from_numpy(np.ascontiguousarray(f64(a)))
-        b64 = torch.from_numpy(np.ascontiguousarray(f64(b)))
+        a64 = arrays.numpy_to_torch(f64(a))
+        b64 = arrays.numpy_to_torch(f64(b))
         c = torch.matmul(a64, b64)
         scale = torch.matmul(a64.abs(), b64.abs())
         if bias is not None:
             bias64 = torch.from_numpy(f64(bias))
             c, scale = c + bias64, scale + bias64.abs()
         if activation:
-            c = ACTIVATION_FNS[activation](c)
+            c = torch_activations()[activation](c)
         return c.numpy(), scale.numpy()
 
     return lambda out: normwise_error(out, *reference(), a.shape[-1], allow_tf32)
 
 
-# -- candidates ----------------------------------------------------------------------------------
-_BACKENDS = (  # backend, device, native array library, dtypes it runs
-    ("numba", "cpu", "numpy", CPU_DTYPES),
-    ("torch", "cpu", "torch", FLOAT_DTYPES),
-    ("triton", "cuda", "torch", ("float16", "bfloat16", "float32")),
-    ("cupy", "cuda", "cupy", ("float16", "float32")),
-    ("torch", "cuda", "torch", FLOAT_DTYPES),
-)
+# -- the spec ------------------------------------------------------------------------------------
+def _launch(entry, p: Problem, config) -> Plan:
+    """Every backend's matmul entry: (a, b, bias, activation, *, config, allow_tf32)."""
+    act, tf32 = p.options.activation, p.options.tf32
+    return lambda a, b, bias: entry(a, b, bias, act, config=config, allow_tf32=tf32)
 
 
-def _kernel(backend: str):
-    return importlib.import_module(f"kernelkit.kernels.{backend}.matmul")
+def make_inputs(dims: tuple[int, ...], dtype: str, where: str, seed: int = 0):
+    """(args, kwargs) for an (M, K, N) problem."""
+    m, k, n = dims
+    return arrays.random_arrays(((m, k), (k, n)), dtype, where, seed), {}
 
 
-def kernel_dtype(backend: str, dtype: str):
-    """The dtype object a backend's config space takes: torch's for Triton, numpy's otherwise."""
-    if backend == "triton":
-        import torch
-
-        return getattr(torch, dtype)
-    return np.dtype(dtype)
+def _cli_inputs(dims: tuple[int, ...]) -> tuple[int, ...]:
+    if len(dims) != 3:
+        raise ValueError("matmul takes M K N")
+    return tuple(dims)
 
 
-def _make_candidate(backend: str, device: str, native: str, dtypes: tuple) -> Candidate:
-    supports = backend_support(backend, dtypes)
-
-    def space(p: Problem) -> list[Config]:
-        if backend == "torch":
-            return [{}]
-        (_, m, k), (_, _, n) = p.shapes
-        configs = _kernel(backend).MatmulConfig.space(kernel_dtype(backend, p.dtype), m, n, k)
-        return [c.to_dict() for c in configs]
-
-    def launcher(p: Problem, config: Config):
-        kernel = _kernel(backend)
-        fn, act = kernel.matmul_forward, p.param("activation")
-        kw = {} if backend == "torch" else {"config": kernel.MatmulConfig.from_dict(config)}
-        if backend in ("torch", "triton"):
-            kw["allow_tf32"] = p.param("tf32")
-        return lambda a, b, bias: fn(a, b, bias, act, **kw)
-
-    return Candidate(OP, backend, device, native, supports, space, launcher,
-                     vendor=backend == "torch")
-
-
-for _args in _BACKENDS:
-    registry.register(_make_candidate(*_args))
+SPEC = core.register_op(OpSpec(
+    name=OP, kernel="matmul", entry="matmul_forward", launch=_launch, function=matmul,
+    prepare=prepare,
+    make_inputs=make_inputs,
+    presets={
+        "quick": tuple(((n, n, n), "float32") for n in (32, 64, 128, 256, 512, 1024))
+        + (((128, 768, 3072), "float32"), ((1, 4096, 4096), "float32")),
+        "square": tuple(((n, n, n), dt) for dt in ("float32", "float64")
+                        for n in (128, 256, 512, 1024, 2048)),
+        "mlp": tuple(((m, k, n), "float32") for m in (1, 16, 128, 512)
+                     for k, n in ((768, 3072), (3072, 768), (4096, 11008), (11008, 4096))),
+        "odd": tuple((d, "float32") for d in ((1, 1, 1), (7, 13, 5), (97, 61, 89),
+                                                (255, 257, 129), (1000, 3, 1000), (3, 1000, 3))),
+    },
+    cli_dims="M K N", cli_inputs=_cli_inputs,
+))

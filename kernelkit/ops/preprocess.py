@@ -7,23 +7,35 @@ sampling map; resize, channel order, normalisation, dtype and layout follow in t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import importlib
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .. import arrays
-from . import registry
-from .dispatch import Call, Plan, explain_call, plan_for
-from .registry import Candidate, Config, Problem, backend_support
+from .. import arrays, core
+from ..core import Call, Candidate, Config, OpSpec, Plan, Problem
+from ..kernels.taps import INTERPOLATIONS, PreprocessSpec
+from .dispatch import PlanMemo, plan_for, signature
 
 OP = "preprocess"
 IN_DTYPES = ("uint8", "float32")
 OUT_DTYPES = ("float32", "float16", "bfloat16", "uint8")
-INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """What of a preprocess call, besides its sizes, changes the kernel."""
+
+    ragged: bool
+    interpolation: str
+    antialias: bool
+    out_dtype: str
+    rotate: bool  # some image has an arbitrary (not quarter-turn) rotation
+
 _FLIPS = {None: (False, False), False: (False, False), "none": (False, False),
           "horizontal": (True, False), "h": (True, False), "vertical": (False, True),
           "v": (False, True), "both": (True, True), "hv": (True, True)}
@@ -53,7 +65,7 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
             2-tap (bilinear) / 4-tap (bicubic) form of OpenCV and torch interpolate.
         channel_order: None, "rgb2bgr"/"bgr2rgb" (reverse), or a permutation: output channel c
             reads input channel channel_order[c].
-        out_dtype: "float32", "float16", "bfloat16" (torch/cupy outputs only) or "uint8"
+        out_dtype: "float32", "float16", "bfloat16" (torch outputs only) or "uint8"
             (rounded, saturated); a numpy or torch dtype works too.
         layout: "NCHW" or "NHWC" for the output.
 
@@ -67,14 +79,36 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
         >>> batch = kernelkit.preprocess(imgs, size=224, mean=(123.7, 116.3, 103.5),
         ...                              std=(58.4, 57.1, 57.4))  # doctest: +SKIP
     """
-    call = prepare(images, size=size, mean=mean, std=std, crop=crop, flip=flip, rotate=rotate,
-                   fill=fill, interpolation=interpolation, antialias=antialias,
-                   channel_order=channel_order, out_dtype=out_dtype, layout=layout)
-    return plan_for(call)(*call.args)
+    ragged = isinstance(images, (list, tuple))
+    extras = _frozen((size, mean, std, crop, flip, rotate, fill, interpolation, antialias,
+                      channel_order, out_dtype, layout))
+    sig = signature(tuple(images) if ragged else (images,), (ragged, extras)) \
+        if extras is not None else None
+    plan = _PLANS.get(sig) if sig is not None else None
+    if plan is None:
+        plan = _PLANS.store(sig, plan_for(prepare(
+            images, size=size, mean=mean, std=std, crop=crop, flip=flip, rotate=rotate,
+            fill=fill, interpolation=interpolation, antialias=antialias,
+            channel_order=channel_order, out_dtype=out_dtype, layout=layout)))
+    return plan(images)
 
 
-def explain(images, **kwargs):
-    return explain_call(prepare(images, **kwargs))
+_PLANS = PlanMemo()
+
+
+def _frozen(v):
+    """`v` as a hashable value (lists, tuples and numpy arrays as tuples), or None if it has an
+    unhashable part: then the call is prepared afresh."""
+    if isinstance(v, (list, tuple)):
+        items = tuple(_frozen(x) for x in v)
+        return None if any(x is None and y is not None for x, y in zip(items, v)) else items
+    if isinstance(v, np.ndarray):
+        return ("ndarray", v.dtype.str, v.shape, v.tobytes())
+    try:
+        hash(v)
+    except TypeError:
+        return None
+    return v
 
 
 # -- checking ------------------------------------------------------------------------------------
@@ -86,7 +120,7 @@ def _images(images) -> tuple[list | Any, arrays.Location, str, list[tuple[int, i
         items = list(images)
     else:
         if arrays.array_lib(images) is None:
-            raise TypeError("preprocess: 'images' must be an NHWC array (numpy, torch or cupy) or "
+            raise TypeError(f"preprocess: 'images' must be an NHWC array ({arrays.ACCEPTED}) or "
                             f"a list of HWC arrays, got {type(images).__name__}")
         if images.ndim != 4:
             raise ValueError("preprocess: 'images' must be an (N, H, W, C) batch or a list of "
@@ -99,8 +133,8 @@ def _images(images) -> tuple[list | Any, arrays.Location, str, list[tuple[int, i
     for i, img in enumerate(seq):
         name = f"images[{i}]" if ragged else "images"
         if arrays.array_lib(img) is None:
-            raise TypeError(f"preprocess: '{name}' must be a numpy array, torch tensor or cupy "
-                            f"array, got {type(img).__name__}")
+            raise TypeError(f"preprocess: '{name}' must be {arrays.ACCEPTED}, got "
+                            f"{type(img).__name__}")
         if ragged and img.ndim != 3:
             raise ValueError(f"preprocess: '{name}' must be an (H, W, C) image, got shape "
                              f"{tuple(img.shape)}")
@@ -196,11 +230,8 @@ def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=
     if layout not in ("NCHW", "NHWC"):
         raise ValueError(f"preprocess: 'layout' must be 'NCHW' or 'NHWC', got {layout!r}")
     out_dt = _dtype_name("preprocess", "out_dtype", out_dtype)
-    if out_dt == "bfloat16" and loc.lib == "numpy":
-        raise TypeError("preprocess: out_dtype bfloat16 needs torch or cupy images (numpy has no "
-                        "bfloat16)")
-    if out_dt == "bfloat16" and loc.lib == "cupy":
-        raise TypeError("preprocess: out_dtype bfloat16 is not available for cupy arrays")
+    if (why := arrays.missing_dtype(loc.lib, out_dt)) is not None:
+        raise TypeError(f"preprocess: out_dtype {out_dt} needs torch images ({why})")
 
     # geometry, resolved per image
     boxes = np.empty((n, 4), np.float64)
@@ -256,10 +287,10 @@ def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=
                              f"{list(range(c))}, got {perm.tolist()}")
     mean_out = mean_a[perm].astype(np.float32)
     scale_out = (1.0 / std_a[perm]).astype(np.float32)
-    geometry = dict(boxes=boxes, flips=flips, rot90=rot90, angles=angles, fill=fills, size=size,
-                    mean=mean_out, scale=scale_out, channel_perm=perm,
-                    interpolation=interpolation, antialias=bool(antialias), out_dtype=out_dt,
-                    layout=layout)
+    spec = PreprocessSpec(boxes=boxes, flips=flips, rot90=rot90, angles=angles, fill=fills,
+                          size=size, mean=mean_out, scale=scale_out, channel_perm=perm,
+                          interpolation=interpolation, antialias=bool(antialias),
+                          out_dtype=out_dt, layout=layout)
 
     med_h, med_w = (int(np.median([s[0] for s in hw])), int(np.median([s[1] for s in hw])))
     in_bytes = sum(h * w for h, w in hw) * c * (1 if in_dtype == "uint8" else 4)
@@ -267,47 +298,35 @@ def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=
     problem = Problem(
         op=OP, shapes=((n, med_h, med_w, c), size), dtype=in_dtype, layout=layout,
         lib=loc.lib, device=loc.device,
-        params=(("ragged", ragged), ("interpolation", interpolation),
-                ("antialias", bool(antialias)), ("out_dtype", out_dt),
-                ("rotate", bool(angles.any()))),
+        options=PreprocessOptions(ragged, interpolation, bool(antialias), out_dt,
+                                  bool(angles.any())),
         flops=float(n * c * size[0] * size[1] * 8), nbytes=in_bytes + out_bytes)
 
     def bind(cand: Candidate, config: Config) -> Plan:
         fn = cand.launcher(problem, config)
         to = arrays.converter(loc, cand.native, cand.device)
-        back = arrays.converter_back(cand.native, cand.device, loc)
-        bf16_bits = out_dt == "bfloat16" and cand.native == "numpy"
-        f16_bits = out_dt == "float16" and cand.native == "numpy"
 
         def plan(images):
             if to is not None:
                 images = [to(x) for x in images] if ragged else to(images)
-            out = fn(images, **geometry)
-            if f16_bits:  # the numba kernel writes float16 as its uint16 bit patterns
-                out = out.view(np.float16)
-            if bf16_bits:  # numpy has no bfloat16: the kernel wrote its bits as uint16
-                import torch
-
-                out = torch.from_numpy(out).view(torch.bfloat16)
-                return out if loc.device == "cpu" else out.to(loc.device)
-            return back(out) if back is not None else out
+            # a kernel whose array library lacks the dtype (numpy: bfloat16) returns its bits
+            return arrays.with_dtype(arrays.to_location(fn(images, spec), loc), out_dt)
 
         return plan
 
-    ref = functools.partial(_reference, imgs, ragged, geometry)
+    ref = functools.partial(_reference, imgs, ragged, spec)
     return Call(problem, bind, (imgs,), _verifier(ref, in_dtype, scale_out, out_dt))
 
 
-def _reference(imgs, ragged, geometry):
+def _reference(imgs, ragged, spec: PreprocessSpec):
     """The vendor chain, in float32 on the CPU: what every candidate must match within 1 level."""
     import torch
 
     from ..kernels.torch.preprocess import preprocess_forward
 
     seq = imgs if ragged else [imgs[i] for i in range(imgs.shape[0])]
-    cpu = [arrays.as_torch(arrays.as_numpy(x) if arrays.array_lib(x) == "cupy" else x, "cpu")
-           for x in seq]
-    out = preprocess_forward(cpu, **{**geometry, "out_dtype": "float32"})
+    cpu = [arrays.as_torch(arrays.to_host(x), "cpu") for x in seq]
+    out = preprocess_forward(cpu, *dataclasses.replace(spec, out_dtype="float32").args())
     vals = torch.cat([x.reshape(-1).float() for x in cpu])
     span = 255.0 if seq[0].dtype in (np.uint8,) or str(seq[0].dtype).endswith("uint8") else \
         float(vals.max() - vals.min()) if vals.numel() else 1.0
@@ -341,38 +360,30 @@ def _to_f32(out) -> np.ndarray:
     return np.asarray(arrays.as_numpy(out), dtype=np.float32)
 
 
-# -- candidates ----------------------------------------------------------------------------------
-def _kernel(backend: str):
-    return importlib.import_module(f"kernelkit.kernels.{backend}.preprocess")
+# -- the spec ------------------------------------------------------------------------------------
+def _launch(entry, p: Problem, config) -> Plan:
+    """Every backend's preprocess entry: (images, *PreprocessSpec.args(), *, config). The spec
+    holds per-image arrays, so it is not part of the (hashable) Problem: the plan passes it."""
+    return lambda images, spec: entry(images, *spec.args(), config=config)
 
 
-def _make_candidate(backend: str, device: str, native: str) -> Candidate:
-    available = backend_support(backend)
-
-    def supports(p: Problem) -> str | None:
-        if (missing := available(p)) is not None:
-            return missing
-        if backend == "cupy" and p.param("out_dtype") == "bfloat16":
-            return "the cupy kernel has no bfloat16 output"
-        return None
-
-    def space(p: Problem) -> list[Config]:
-        if backend == "torch":
-            return [{}]
-        (n, _, _, c), (h, w) = p.shapes
-        return [cfg.to_dict() for cfg in _kernel(backend).PreprocessConfig.space(n, h, w, c)]
-
-    def launcher(p: Problem, config: Config):
-        k = _kernel(backend)
-        if backend == "torch":
-            return k.preprocess_forward
-        cfg = k.PreprocessConfig.from_dict(config)
-        return lambda images, **geo: k.preprocess_forward(images, **geo, config=cfg)
-
-    return Candidate(OP, backend, device, native, supports, space, launcher,
-                     vendor=backend == "torch")
+def make_inputs(dims: tuple[int, ...], dtype: str, where: str, seed: int = 0):
+    """(args, kwargs) for a batch of N uint8 (H, W, 3) images resized to S x S: dims (N, H, W, S)."""
+    n, h, w, size = dims
+    (images,) = arrays.random_arrays(((n, h, w, 3),), "uint8", where, seed, low_high=(0, 256))
+    return [images], {"size": size, "mean": (123.7, 116.3, 103.5), "std": (58.4, 57.1, 57.4)}
 
 
-for _args in (("numba", "cpu", "numpy"), ("torch", "cpu", "torch"), ("triton", "cuda", "torch"),
-              ("cupy", "cuda", "cupy"), ("torch", "cuda", "torch")):
-    registry.register(_make_candidate(*_args))
+def _cli_inputs(dims: tuple[int, ...]) -> tuple[int, ...]:
+    if len(dims) != 4:
+        raise ValueError("preprocess takes N H W SIZE (a batch of N HxW RGB images -> SIZE x SIZE)")
+    return tuple(dims)
+
+
+SPEC = core.register_op(OpSpec(
+    name=OP, kernel="preprocess", entry="preprocess_forward", launch=_launch, function=preprocess,
+    prepare=prepare, make_inputs=make_inputs,
+    presets={"imagenet": tuple(((n, h, w, 224), "uint8") for n in (1, 32)
+                               for h, w in ((375, 500), (480, 640)))},
+    cli_dims="N H W SIZE", cli_inputs=_cli_inputs,
+))

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import functools
 
+from .. import core
+from ..kernels import torch_activations
+from ..kernels.convgeom import nchw_shape, out_size
+
 
 @functools.cache
 def matmul_op():
     """Register (once) and return `torch.ops.kernelkit.matmul`."""
     import torch
 
-    from .matmul import matmul
+    matmul = core.op_spec("matmul").function
 
     @torch.library.custom_op(
         "kernelkit::matmul", mutates_args=(),
@@ -67,9 +71,7 @@ def _sum_to(x, shape):
 
 
 def _activation_fn(name):
-    from ..kernels.torch.matmul import ACTIVATION_FNS
-
-    return ACTIVATION_FNS[name]
+    return torch_activations()[name]
 
 
 @functools.cache
@@ -78,7 +80,9 @@ def conv2d_op():
     right)); its backward runs kernelkit's conv2d_backward_input / _weight ops."""
     import torch
 
-    from .conv2d import conv2d, conv2d_backward_input, conv2d_backward_weight
+    conv2d, conv2d_backward_input, conv2d_backward_weight = (
+        core.op_spec(name).function
+        for name in ("conv2d", "conv2d_backward_input", "conv2d_backward_weight"))
 
     @torch.library.custom_op(
         "kernelkit::conv2d", mutates_args=(),
@@ -93,10 +97,9 @@ def conv2d_op():
     @kk_conv2d.register_fake
     def _(x, weight, bias, stride, padding, dilation, groups, activation, layout, allow_tf32):
         nhwc = layout == "NHWC"
-        n, c, h, w = (x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if nhwc else x.shape
+        n, c, h, w = nchw_shape(x.shape, "NHWC" if nhwc else "NCHW")
         k, _, r, s = weight.shape
-        ho = (h + padding[0] + padding[1] - dilation[0] * (r - 1) - 1) // stride[0] + 1
-        wo = (w + padding[2] + padding[3] - dilation[1] * (s - 1) - 1) // stride[1] + 1
+        ho, wo = out_size(h, w, r, s, stride, padding, dilation)
         if nhwc:
             return x.new_empty((n, ho, wo, k))
         cl = layout is None and x.is_contiguous(memory_format=torch.channels_last) \

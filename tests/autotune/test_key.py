@@ -1,5 +1,5 @@
 from kernelkit.autotune.key import bucket, family, key_dims, make_key
-from kernelkit.ops.registry import Problem
+from kernelkit.core import Problem
 
 
 def test_bucket_is_monotone_and_coarse():

@@ -8,7 +8,7 @@ import pytest
 
 from kernelkit.autotune import timing, tuner
 from kernelkit.autotune.cache import cache_for
-from kernelkit.ops.registry import Candidate, Problem
+from kernelkit.core import Candidate, Problem
 from kernelkit.settings import Settings
 
 CORRECT = 42

@@ -79,6 +79,19 @@ class Conv2dConfig(RegisterTileConfig):
         return out[:6]
 
 
+CONFIG = Conv2dConfig
+
+
+def space(problem) -> list[Conv2dConfig]:
+    """The configs worth timing for any conv2d op's ``Problem`` (the backward kernels take none:
+    their default only)."""
+    if problem.op != "conv2d":
+        return [Conv2dConfig.default(problem.dtype)]
+    n, c, h, w, k, r, s = convgeom.problem_sizes(problem)
+    return Conv2dConfig.space(problem.dtype, n, c, h, w, k, r, s, problem.options.stride,
+                              problem.options.groups)
+
+
 SHIPPED_CONFIGS: tuple[Conv2dConfig, ...] = (
     Conv2dConfig(64, 64, 8, 4, 4),  # default
     Conv2dConfig(128, 128, 8, 8, 8),
@@ -154,7 +167,7 @@ def elem_strides(arr, layout: str | None = None) -> tuple[int, ...]:
 
 
 def geometry(op: str, layout, n, c, h, w, k, r, s, stride, padding, dilation,
-             groups) -> convgeom.Geometry:
+             groups) -> convgeom.ConvGeometry:
     """convgeom.geometry, plus the 32-bit sizes the kernels index with."""
     check_layout(f"cupy {op}", layout)
     geo = convgeom.geometry(f"cupy {op}", n, c, h, w, k, r, s, stride, padding, dilation, groups)
@@ -163,7 +176,7 @@ def geometry(op: str, layout, n, c, h, w, k, r, s, stride, padding, dilation,
     return geo
 
 
-def forward_launch(geo: convgeom.Geometry, config: Conv2dConfig, layout: str):
+def forward_launch(geo: convgeom.ConvGeometry, config: Conv2dConfig, layout: str):
     """(which, grid, block, extra int args) of the forward launch for this problem."""
     if kernel_kind(geo.c, geo.k, geo.r, geo.s, geo.groups) == "direct":
         total = geo.n * geo.k * geo.ho * geo.wo
@@ -214,7 +227,7 @@ def _check_config(op: str, config, dtype) -> Conv2dConfig:
 
 def conv2d_forward(x, weight, bias=None, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1),
                    groups: int = 1, activation: str | None = None, layout: str = "NCHW",
-                   config: Conv2dConfig | None = None):
+                   config: Conv2dConfig | None = None, allow_tf32: bool = False):
     """act(conv2d(x, weight) + bias) for cupy arrays of float32 or float16.
 
     x is (N, C, H, W) for "NCHW" or (N, H, W, C) for "NHWC"; weight (K, C/groups, R, S); bias
@@ -260,7 +273,7 @@ def conv2d_forward(x, weight, bias=None, stride=(1, 1), padding=(0, 0, 0, 0), di
 
 def conv2d_backward_input(grad_out, weight, input_hw, stride=(1, 1), padding=(0, 0, 0, 0),
                           dilation=(1, 1), groups: int = 1, layout: str = "NCHW",
-                          config: Conv2dConfig | None = None):
+                          config: Conv2dConfig | None = None, allow_tf32: bool = False):
     """Gradient of conv2d with respect to its (H, W) = ``input_hw`` input, in ``layout``."""
     import cupy
     import numpy as np
@@ -290,7 +303,7 @@ def conv2d_backward_input(grad_out, weight, input_hw, stride=(1, 1), padding=(0,
 
 def conv2d_backward_weight(x, grad_out, kernel_hw, stride=(1, 1), padding=(0, 0, 0, 0),
                            dilation=(1, 1), groups: int = 1, layout: str = "NCHW",
-                           config: Conv2dConfig | None = None):
+                           config: Conv2dConfig | None = None, allow_tf32: bool = False):
     """Gradient of conv2d with respect to its weight: a new C-contiguous (K, C/groups, R, S)."""
     import cupy
     import numpy as np

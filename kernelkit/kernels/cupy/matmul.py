@@ -92,6 +92,15 @@ SHIPPED_CONFIGS: tuple[MatmulConfig, ...] = (
 )
 
 
+CONFIG = MatmulConfig
+
+
+def space(problem) -> list[MatmulConfig]:
+    """The configs worth timing for a matmul ``Problem`` (shapes (B, M, K), (B, K, N))."""
+    (_, m, k), (_, _, n) = problem.shapes
+    return MatmulConfig.space(problem.dtype, m, n, k)
+
+
 def _check_dtype(dtype) -> str:
     return _common.check_dtype("matmul", dtype)
 
@@ -156,7 +165,7 @@ def launch_geometry(batch: int, m: int, n: int, config: MatmulConfig) -> tuple[i
 
 
 def matmul_forward(a, b, bias=None, activation: str | None = None,
-                   config: MatmulConfig | None = None):
+                   config: MatmulConfig | None = None, allow_tf32: bool = False):
     """act(a @ b + bias) for cupy arrays a (B, M, K) and b (B, K, N) of float32 or float16.
 
     Any strides are accepted (0 for a broadcast batch, transposed or sliced views). ``bias`` is

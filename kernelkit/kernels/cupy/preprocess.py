@@ -69,6 +69,19 @@ class PreprocessConfig(KernelConfig):
         return [d] + [cfg for cfg in SHIPPED_CONFIGS[1:] if cfg.block_x <= cap_x]
 
 
+CONFIG = PreprocessConfig
+
+
+def space(problem) -> list[PreprocessConfig]:
+    """The configs worth timing for a preprocess ``Problem``."""
+    return PreprocessConfig.space(*_taps.problem_sizes(problem))
+
+
+def supports(problem) -> str | None:
+    return ("the cupy kernel has no bfloat16 output"
+            if problem.options.out_dtype == "bfloat16" else None)
+
+
 SHIPPED_CONFIGS: tuple[PreprocessConfig, ...] = (
     PreprocessConfig(32, 8),  # default
     PreprocessConfig(64, 4),

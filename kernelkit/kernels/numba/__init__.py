@@ -1,0 +1,13 @@
+"""Numba CPU kernels: packed-panel GEMM, implicit-GEMM / direct conv2d, fused preprocessing."""
+
+from kernelkit import devices
+from kernelkit.core import Backend
+
+BACKENDS = (
+    Backend(
+        name="numba", device="cpu", native="numpy", package=__name__,
+        dtypes={"matmul": ("float32", "float64"), "conv2d": ("float32", "float64")},
+        missing=lambda: devices.module_missing("numba"),
+        roofline=(3e-6, 1.2e11, 2e10),
+    ),
+)

@@ -31,9 +31,12 @@ import numba
 import numpy as np
 from numba import types
 
+from kernelkit.kernels.config import cdiv
+from kernelkit.kernels.convgeom import out_size, problem_sizes
 from kernelkit.kernels.numba import _conv
 from kernelkit.kernels.numba._gemm import ACT_CODES, entry_point, tile_shape
 from kernelkit.kernels.numba.matmul import GemmBlocking, MatmulConfig, _round_down
+from kernelkit.kernels.numba.matmul import matmul_forward as _matmul_forward
 
 __all__ = ["Conv2dConfig", "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"]
 
@@ -86,6 +89,16 @@ class Conv2dConfig(GemmBlocking):
             seen.add(eff)
             out.append(cf)
         return out[:6]
+
+
+CONFIG = Conv2dConfig
+
+
+def space(problem) -> list[Conv2dConfig]:
+    """The configs worth timing for any conv2d op's ``Problem``."""
+    n, c, h, w, k, r, s = problem_sizes(problem)
+    return Conv2dConfig.space(np.dtype(problem.dtype), n, c, h, w, k, r, s,
+                              problem.options.stride, problem.options.groups)
 
 
 # ----------------------------------------------------------------------------------- compilation
@@ -164,15 +177,11 @@ def _run(fn, nthr: int, *args) -> None:
 
 # ----------------------------------------------------------------------------------------- helpers
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _even(total: int, blk: int, unit: int) -> int:
     """Block size <= blk (a multiple of unit) that splits total into equal blocks."""
     total = max(total, 1)
     blk = max(unit, blk // unit * unit)
-    return _cdiv(_cdiv(total, _cdiv(total, blk)), unit) * unit
+    return cdiv(cdiv(total, cdiv(total, blk)), unit) * unit
 
 
 def _parts(base: int, nthr: int, cap: int) -> int:
@@ -181,13 +190,6 @@ def _parts(base: int, nthr: int, cap: int) -> int:
         return 1
     need = nthr // math.gcd(base, nthr)
     return max(1, min(cap, need))
-
-
-def _out_size(h, w, r, s, stride, padding, dilation):
-    pt, pb, pl, pr = padding
-    ho = (h + pt + pb - dilation[0] * (r - 1) - 1) // stride[0] + 1
-    wo = (w + pl + pr - dilation[1] * (s - 1) - 1) // stride[1] + 1
-    return ho, wo
 
 
 def _geo(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, groups) -> np.ndarray:
@@ -206,23 +208,6 @@ def _aligned(*arrays):
     return [a if a.flags.aligned else np.ascontiguousarray(a) for a in arrays]
 
 
-def _activate(y: np.ndarray, activation) -> np.ndarray:
-    """Activation in numpy (only for the degenerate C == 0 case)."""
-    if activation is None:
-        return y
-    y64 = y.astype(np.float64)
-    if activation == "relu":
-        r = np.maximum(y64, 0.0)
-    elif activation == "gelu":
-        erf = np.vectorize(math.erf, otypes=[np.float64])
-        r = 0.5 * y64 * (1.0 + erf(y64 / math.sqrt(2.0)))
-    elif activation == "gelu_tanh":
-        r = 0.5 * y64 * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (y64 + 0.044715 * y64**3)))
-    else:
-        r = y64 / (1.0 + np.exp(-y64))
-    return r.astype(y.dtype)
-
-
 def _threads(work: int) -> int:
     nthr = numba.get_num_threads()
     return nthr if work >= SERIAL_WORK else 1
@@ -231,7 +216,7 @@ def _threads(work: int) -> int:
 # ----------------------------------------------------------------------------------------- forward
 
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activation, layout,
-                   config: Conv2dConfig | None = None) -> np.ndarray:
+                   config: Conv2dConfig | None = None, allow_tf32: bool = False) -> np.ndarray:
     """act(conv2d(x, weight) + bias) with torch's semantics; a new array in x's layout.
 
     x: (N, C, H, W) ("NCHW") or (N, H, W, C) ("NHWC"), float32/float64, any strides. weight:
@@ -246,14 +231,16 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
     k, cg, r, s = weight.shape
     g = int(groups)
     assert c == cg * g and k % g == 0
-    ho, wo = _out_size(h, w, r, s, stride, padding, dilation)
+    ho, wo = out_size(h, w, r, s, stride, padding, dilation)
     out = np.empty((n, ho, wo, k) if nhwc else (n, k, ho, wo), dtype)
     if out.size == 0:
         return out
     act = ACT_CODES[activation]
-    if cg * r * s == 0:  # empty reduction: bias only
-        out[...] = 0 if bias is None else bias.reshape((k,) if nhwc else (k, 1, 1))
-        return _activate(out, activation)
+    if cg * r * s == 0:  # empty reduction: act(bias), through the GEMM's own epilogue (K = 0)
+        y = _matmul_forward(np.empty((1, n * ho * wo, 0), dtype), np.empty((1, 0, k), dtype),
+                            bias, activation).reshape(n, ho, wo, k)
+        out[...] = y if nhwc else y.transpose(0, 3, 1, 2)
+        return out
     fns = _COMPILED.get(dtype) or _compiled(dtype)
     if bias is None:
         has_bias, bias = 0, fns.empty
@@ -287,21 +274,21 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
     geo[_conv.G_KC] = kc
     if nhwc:
         m = n * hw
-        msl, nsl = _cdiv(m, mr), _cdiv(kg, nr)
+        msl, nsl = cdiv(m, mr), cdiv(kg, nr)
         pm = 1 if (g % tn == 0) else min(msl, tn)
-        pn = 1 if g * pm >= tn else min(nsl, _cdiv(tn, g * pm))
-        geo[_conv.G_MC] = _even(_cdiv(msl, pm) * mr, cfg.mc, mr)
-        geo[_conv.G_NC] = _even(_cdiv(nsl, pn) * nr, cfg.nc, nr)
+        pn = 1 if g * pm >= tn else min(nsl, cdiv(tn, g * pm))
+        geo[_conv.G_MC] = _even(cdiv(msl, pm) * mr, cfg.mc, mr)
+        geo[_conv.G_NC] = _even(cdiv(nsl, pn) * nr, cfg.nc, nr)
         kgpad = nsl * nr
         # weight as (K, R, S, Cg): reduction order (r, s, c)
         wsrc = _writable(weight.transpose(0, 2, 3, 1)).reshape(-1)
         geo[_conv.G_MODE] = 1
     else:
-        msl, nsl = _cdiv(kg, mr), _cdiv(hw, nr)
+        msl, nsl = cdiv(kg, mr), cdiv(hw, nr)
         pn = _parts(n * g, tn, nsl)
         pm = _parts(n * g * pn, tn, msl)
-        geo[_conv.G_MC] = _even(_cdiv(msl, pm) * mr, cfg.mc, mr)
-        geo[_conv.G_NC] = _even(_cdiv(nsl, pn) * nr, cfg.nc, nr)
+        geo[_conv.G_MC] = _even(cdiv(msl, pm) * mr, cfg.mc, mr)
+        geo[_conv.G_NC] = _even(cdiv(nsl, pn) * nr, cfg.nc, nr)
         kgpad = msl * mr
         sx = [st // xv.itemsize for st in xv.strides]
         geo[_conv.G_PLAIN] = int(r == 1 and s == 1 and stride[0] == 1 and stride[1] == 1
@@ -319,7 +306,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
 # ---------------------------------------------------------------------------------------- backward
 
 def conv2d_backward_input(grad_out, weight, input_hw, stride, padding, dilation, groups, layout,
-                          config: Conv2dConfig | None = None) -> np.ndarray:
+                          config: Conv2dConfig | None = None, allow_tf32: bool = False) -> np.ndarray:
     """dL/dx of the plain conv (no bias/activation): a new array in grad_out's layout with spatial
     size ``input_hw``."""
     dtype = grad_out.dtype
@@ -355,7 +342,7 @@ def conv2d_backward_input(grad_out, weight, input_hw, stride, padding, dilation,
 
 
 def conv2d_backward_weight(x, grad_out, kernel_hw, stride, padding, dilation, groups, layout,
-                           config: Conv2dConfig | None = None) -> np.ndarray:
+                           config: Conv2dConfig | None = None, allow_tf32: bool = False) -> np.ndarray:
     """dL/dweight of the plain conv: a new (K, C // groups, R, S) array."""
     dtype = x.dtype
     assert dtype.char in "fd" and grad_out.dtype == dtype
@@ -378,12 +365,12 @@ def conv2d_backward_weight(x, grad_out, kernel_hw, stride, padding, dilation, gr
     kred = cg * r * s
     tn = _threads(n * ho * wo * k * kred)
     geo = _geo(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, g)
-    nsl = _cdiv(kred, nr)
+    nsl = cdiv(kred, nr)
     pn = _parts(g, tn, nsl)
     geo[_conv.G_PN] = pn
     geo[_conv.G_MC] = _even(kg, cfg.mc, mr)
     geo[_conv.G_KC] = _even(ho * wo, cfg.kc, 1)
-    geo[_conv.G_NC] = _even(_cdiv(nsl, pn) * nr, min(cfg.nc, 512), nr)
+    geo[_conv.G_NC] = _even(cdiv(nsl, pn) * nr, min(cfg.nc, 512), nr)
     xv, dyv = _aligned(xv, dyv)
     geo[_conv.G_MODE] = 1
     _run(fns.bwd, tn, xv, dyv, fns.empty, fns.empty, dw.reshape(-1), geo)

@@ -44,7 +44,7 @@ from kernelkit.kernels.numba._gemm import (
     cdiv as _cdiv,
 )
 
-__all__ = ["MatmulConfig", "matmul_forward", "TILE", "SMALL_WORK", "SERIAL_WORK"]
+__all__ = ["CONFIG", "MatmulConfig", "space", "matmul_forward", "TILE", "SMALL_WORK", "SERIAL_WORK"]
 
 # Below this many multiply-adds (M*N*K per batch) the unpacked loop beats packing.
 SMALL_WORK = 16 * 1024
@@ -128,6 +128,15 @@ class MatmulConfig(GemmBlocking):
             seen.add(eff)
             out.append(c)
         return out[:6]
+
+
+CONFIG = MatmulConfig
+
+
+def space(problem) -> list[MatmulConfig]:
+    """The configs worth timing for a matmul ``Problem`` (shapes (B, M, K), (B, K, N))."""
+    (_, m, k), (_, _, n) = problem.shapes
+    return MatmulConfig.space(np.dtype(problem.dtype), m, n, k)
 
 
 # ------------------------------------------------------------------------------------ jitted code
@@ -293,11 +302,13 @@ def _compiled(dtype) -> _Compiled:
 
 
 def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
-                   activation: str | None = None, config: MatmulConfig | None = None) -> np.ndarray:
+                   activation: str | None = None, config: MatmulConfig | None = None,
+                   allow_tf32: bool = False) -> np.ndarray:
     """act(a @ b + bias) for a (B, M, K) and b (B, K, N) of one float dtype; new (B, M, N) array.
 
     Any strides are accepted (transposed, negative, stride 0 in the batch). ``bias`` is (N,) or
-    None; ``activation`` is None, "relu", "gelu", "gelu_tanh" or "silu".
+    None; ``activation`` is None, "relu", "gelu", "gelu_tanh" or "silu". ``allow_tf32`` is a
+    permission the CPU has no use for: float32 is computed in float32.
     """
     dtype = a.dtype
     # (dtype.name costs microseconds; .char does not)

@@ -64,7 +64,7 @@ from kernelkit.kernels.numba._resample import (
     vpass,
 )
 
-__all__ = ["PreprocessConfig", "preprocess_forward"]
+__all__ = ["CONFIG", "PreprocessConfig", "space", "preprocess_forward"]
 
 # meta columns (int64 per image)
 _ADDR, _SH, _SW, _SC, _TR, _AFF, _R0, _R1, _C0, _C1, _XLO, _SPAN = range(12)
@@ -117,6 +117,14 @@ class PreprocessConfig(KernelConfig):
             seen.add(eff)
             out.append(cfg)
         return out[:6]
+
+
+CONFIG = PreprocessConfig
+
+
+def space(problem) -> list[PreprocessConfig]:
+    """The configs worth timing for a preprocess ``Problem``."""
+    return PreprocessConfig.space(*_taps.problem_sizes(problem))
 
 
 # ------------------------------------------------------------------------------------ jitted code

@@ -9,7 +9,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernelkit.kernels.config import VendorConfig
+from kernelkit.kernels.config import vendor_space as space  # noqa: F401 - the module surface
+
 from .matmul import ACTIVATION_FNS
+
+CONFIG = VendorConfig
 
 
 def _nchw(x: torch.Tensor, layout: str) -> torch.Tensor:
@@ -42,7 +47,7 @@ def _with_tf32(x: torch.Tensor, allow_tf32: bool, fn):
 
 
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activation, layout,
-                   allow_tf32: bool = False) -> torch.Tensor:
+                   allow_tf32: bool = False, config: VendorConfig | None = None) -> torch.Tensor:
     xn, pad = _pad(_nchw(x, layout), padding)
     y = _with_tf32(x, allow_tf32,
                    lambda: F.conv2d(xn, weight, bias, tuple(stride), pad, tuple(dilation), groups))
@@ -52,7 +57,8 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
 
 
 def conv2d_backward_input(grad_out, weight, input_hw, stride, padding, dilation, groups, layout,
-                          allow_tf32: bool = False) -> torch.Tensor:
+                          allow_tf32: bool = False, config: VendorConfig | None = None
+                          ) -> torch.Tensor:
     top, bottom, left, right = padding
     g = _nchw(grad_out, layout)
     n, c = g.shape[0], weight.shape[1] * groups
@@ -64,7 +70,8 @@ def conv2d_backward_input(grad_out, weight, input_hw, stride, padding, dilation,
 
 
 def conv2d_backward_weight(x, grad_out, kernel_hw, stride, padding, dilation, groups, layout,
-                           allow_tf32: bool = False) -> torch.Tensor:
+                           allow_tf32: bool = False, config: VendorConfig | None = None
+                           ) -> torch.Tensor:
     xn, pad = _pad(_nchw(x, layout), padding)
     g = _nchw(grad_out, layout)
     k = g.shape[1]

@@ -6,14 +6,14 @@ It is one more candidate, so the tuner can never do worse than the vendor librar
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-ACTIVATION_FNS = {
-    "relu": torch.relu,
-    "gelu": F.gelu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "silu": F.silu,
-}
+from kernelkit.kernels import torch_activations
+from kernelkit.kernels.config import VendorConfig
+from kernelkit.kernels.config import vendor_space as space  # noqa: F401 - the module surface
+
+CONFIG = VendorConfig
+
+ACTIVATION_FNS = torch_activations()
 
 
 def matmul_forward(
@@ -22,6 +22,7 @@ def matmul_forward(
     bias: torch.Tensor | None = None,
     activation: str | None = None,
     allow_tf32: bool = False,
+    config: VendorConfig | None = None,
 ) -> torch.Tensor:
     """act(a @ b + bias) for (B, M, K) @ (B, K, N) tensors on one device.
 

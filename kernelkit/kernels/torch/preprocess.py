@@ -8,6 +8,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kernelkit.kernels.config import VendorConfig
+from kernelkit.kernels.config import vendor_space as space  # noqa: F401 - the module surface
+
+CONFIG = VendorConfig
+
 _OUT = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
         "uint8": torch.uint8}
 
@@ -30,9 +35,10 @@ def _rotate(img: torch.Tensor, angle: float, fill: float) -> torch.Tensor:
 
 
 def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, scale,
-                       channel_perm, interpolation, antialias, out_dtype, layout) -> torch.Tensor:
-    """images: (N, H, W, C) tensor or list of (H, W, C) tensors, uint8 or float32; the geometry
-    arrays are numpy (see kernelkit.ops.preprocess). Returns (N, C, h, w) or (N, h, w, C)."""
+                       channel_perm, interpolation, antialias, out_dtype, layout,
+                       config: VendorConfig | None = None) -> torch.Tensor:
+    """images: (N, H, W, C) tensor or list of (H, W, C) tensors, uint8 or float32; the rest is a
+    ``kernels.taps.PreprocessSpec``'s fields. Returns (N, C, h, w) or (N, h, w, C)."""
     n = len(images)
     dev = images[0].device if n else torch.device("cpu")
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=dev)[:, None, None]

@@ -56,6 +56,7 @@ from kernelkit.kernels.convgeom import (
     kernel_kind,
     nchw_shape,
     pair,
+    problem_sizes,
 )
 from kernelkit.kernels.triton._common import (
     INT32_MAX,
@@ -598,6 +599,18 @@ _DIRECT_CONFIGS: tuple[Conv2dConfig, ...] = (
 )
 SHIPPED_CONFIGS: tuple[Conv2dConfig, ...] = tuple(
     dict.fromkeys(_HALF_CONFIGS + _FP32_CONFIGS + _DIRECT_CONFIGS))
+
+
+CONFIG = Conv2dConfig
+
+
+def space(problem) -> list[Conv2dConfig]:
+    """The configs worth timing for any conv2d op's ``Problem``."""
+    n, c, h, w, k, r, s = problem_sizes(problem)
+    if problem.op == "conv2d_backward_input":
+        c, k = k, c  # grad_in's GEMM: N = C/groups, reduction over K/groups * R * S
+    return Conv2dConfig.space(getattr(torch, problem.dtype), n, c, h, w, k, r, s,
+                              problem.options.stride, problem.options.groups)
 
 
 def shipped_configs(dtype: torch.dtype, kind: str = "gemm") -> tuple[Conv2dConfig, ...]:

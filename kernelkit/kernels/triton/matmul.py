@@ -183,6 +183,15 @@ _FP32_CONFIGS: tuple[MatmulConfig, ...] = (
 SHIPPED_CONFIGS: tuple[MatmulConfig, ...] = tuple(dict.fromkeys(_HALF_CONFIGS + _FP32_CONFIGS))
 
 
+CONFIG = MatmulConfig
+
+
+def space(problem) -> list[MatmulConfig]:
+    """The configs worth timing for a matmul ``Problem`` (shapes (B, M, K), (B, K, N))."""
+    (_, m, k), (_, _, n) = problem.shapes
+    return MatmulConfig.space(getattr(torch, problem.dtype), m, n, k)
+
+
 def shipped_configs(dtype: torch.dtype) -> tuple[MatmulConfig, ...]:
     """The subset of :data:`SHIPPED_CONFIGS` shipped for ``dtype`` (before size pruning)."""
     check_dtype("matmul", dtype)

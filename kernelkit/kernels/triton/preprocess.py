@@ -84,6 +84,14 @@ class PreprocessConfig(KernelConfig):
         return cls(by, bx, 4)
 
 
+CONFIG = PreprocessConfig
+
+
+def space(problem) -> list[PreprocessConfig]:
+    """The configs worth timing for a preprocess ``Problem``."""
+    return PreprocessConfig.space(*_taps.problem_sizes(problem))
+
+
 SHIPPED_CONFIGS: tuple[PreprocessConfig, ...] = (
     PreprocessConfig(4, 64, 4),   # default
     PreprocessConfig(16, 32, 8),

@@ -1,0 +1,283 @@
+"""The records every layer shares, and the registry that joins ops and backends.
+
+This module sits below both ``ops/`` and ``autotune/`` (neither imports the other's internals):
+
+- ``Problem``: everything that decides which kernel and config are right for one call.
+- ``Candidate``: one way to run an op (a backend on a device), with its config space.
+- ``Choice``: what the tuner decided. ``Call``: a prepared call (problem, how to run and verify).
+- ``Backend``: a kernel backend, declared as data in ``kernels/<backend>/__init__.py``.
+- ``OpSpec``: an op, declared as data by its ``ops/<op>.py``: its kernel entry point, how a
+  backend's entry point is bound to a problem, how inputs are built for a size, its presets and
+  its command-line arguments.
+
+Candidates are built from (ops x backends): a backend runs an op when it has the op's kernel
+module, ``<backend package>.<spec.kernel>``. That module exposes the same small surface on every
+backend: ``CONFIG`` (its config dataclass), ``space(problem)`` (configs, the safe default first)
+and the entry point ``spec.entry`` with the same arguments on every backend. A new backend is one
+folder under ``kernels/`` (or any package registered with ``register_backend``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import importlib.util
+import pkgutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Config = dict[str, Any]  # small, JSON-serialisable: tile sizes, warps, stages, threads
+
+
+# -- the problem ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Problem:
+    """Everything that decides which kernel and config are right for one call."""
+
+    op: str
+    shapes: tuple[tuple[int, ...], ...]  # normalised operand shapes, e.g. (B, M, K), (B, K, N)
+    dtype: str
+    layout: str  # one tag per operand: "N" (row-major), "T" (transposed), "G" (general strides)
+    lib: str  # where the data lives: array library ...
+    device: str  # ... and device ("cpu" | "cuda")
+    # The op's options that change the kernel (bias, activation, geometry...): the op's own frozen
+    # dataclass (MatmulOptions, ConvOptions, PreprocessOptions), read by attribute.
+    options: Any = ()
+    flops: float = 0.0  # useful work, for GFLOP/s and the cost model
+    nbytes: int = 0  # bytes read + written once, for transfer costs and the roofline
+
+    def option_items(self) -> tuple[tuple[str, Any], ...]:
+        """The options as (name, value) pairs, in declaration order (for keys and printing)."""
+        return option_items(self.options)
+
+
+def option_items(options: Any) -> tuple[tuple[str, Any], ...]:
+    if dataclasses.is_dataclass(options):
+        return tuple((f.name, getattr(options, f.name)) for f in dataclasses.fields(options))
+    return tuple(options)  # a plain tuple of pairs (fake ops in tests)
+
+
+# -- candidates and choices ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Candidate:
+    """One way to run an op: a backend on a device, with its configuration space.
+
+    `supports(problem)` returns None, or the reason this candidate cannot run the problem.
+    `space(problem)` lists configs, the safe default first.
+    `launcher(problem, config)` returns `fn(*native_inputs) -> native_output`, where the inputs are
+    already in the candidate's `native` array library on its `device`.
+    """
+
+    op: str
+    backend: str  # "numba" | "triton" | "cupy" | "torch" | any registered backend
+    device: str  # "cpu" | "cuda"
+    native: str  # the array library the kernel takes: "numpy" | "torch" | "cupy"
+    supports: Callable[[Problem], str | None]
+    space: Callable[[Problem], list[Config]]
+    launcher: Callable[[Problem, Config], Callable[..., Any]]
+    vendor: bool = False  # the vendor library's candidate (the baseline every ratio is against)
+    # Roofline for the cost model before anything is measured: (launch s, flop/s, bytes/s).
+    roofline: tuple[float, float, float] = (1e-5, 1e11, 1e10)
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}-{self.device}"
+
+
+@dataclass(frozen=True)
+class Choice:
+    candidate: str  # Candidate.name
+    config: Config = field(default_factory=dict)
+    source: str = "default"  # "cache" | "measured" | "model" | "default" | "forced"
+
+    def to_dict(self) -> dict:
+        return {"candidate": self.candidate, "config": self.config, "source": self.source}
+
+
+Plan = Callable[..., Any]
+
+
+@dataclass
+class Call:
+    """A prepared call: the checked arguments, the `Problem`, how to run a candidate on these
+    arguments (`bind`) and how to verify its output against the op's float64 reference."""
+
+    problem: Problem
+    bind: Callable[[Candidate, Config], Plan]  # a plan for this choice, reusable for equal signatures
+    args: tuple  # the caller's arguments, in the order the plan takes them
+    verify: Callable[[Any], str | None]  # None, or why an output is wrong
+    # A plan that needs no choice: tensors that need gradients go through the registered custom
+    # op, whose forward and backward dispatch (and tune) the kernels themselves.
+    direct: Plan | None = None
+
+    def runner(self, cand: Candidate, config: Config) -> Callable[[], Any]:
+        plan = self.bind(cand, config)
+        return lambda: plan(*self.args)
+
+
+# -- backends and ops, as data -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Backend:
+    """A kernel backend on one device, declared in its package's ``__init__.py`` in ``BACKENDS``
+    (one package may serve several devices, as torch does).
+
+    `dtypes` maps an op name (or its kernel module's name) to the dtypes the backend runs for it;
+    "*" is the default. `missing()` says why the backend cannot load here, or None. A kernel
+    module may add its own ``supports(problem)`` for what only it knows.
+    """
+
+    name: str
+    device: str  # "cpu" | "cuda"
+    native: str  # the array library its kernels take
+    package: str  # where its <op>.py kernel modules live
+    dtypes: Mapping[str, tuple[str, ...]]
+    missing: Callable[[], str | None]
+    vendor: bool = False
+    roofline: tuple[float, float, float] = (1e-5, 1e11, 1e10)
+
+    @property
+    def id(self) -> str:
+        """The name of its candidates: ``<name>-<device>``."""
+        return f"{self.name}-{self.device}"
+
+    def dtypes_for(self, spec: OpSpec) -> tuple[str, ...] | None:
+        for name in (spec.name, spec.kernel, "*"):
+            if name in self.dtypes:
+                return self.dtypes[name]
+        return None
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """An op, declared as data by its op module.
+
+    `launch(entry, problem, config)` binds a backend's entry point (the same signature on every
+    backend) to a problem and a config object: it returns ``fn(*native_inputs)``.
+    `function` is the public op (``kernelkit.matmul``); `prepare(*args, **kwargs)` checks the
+    same arguments and returns a `Call`.
+    `make_inputs(dims, dtype, where, seed)` builds ``(args, kwargs)`` for one size of a preset.
+    `cli_dims` names the command-line sizes (e.g. "M K N"); `cli_inputs(dims)` turns them into
+    the `make_inputs` dims, or raises ValueError.
+    """
+
+    name: str
+    kernel: str  # the kernel module name under each backend package
+    entry: str  # the entry point in that module
+    launch: Callable[[Callable[..., Any], Problem, Any], Callable[..., Any]]
+    function: Callable[..., Any]
+    prepare: Callable[..., Call]
+    make_inputs: Callable[..., tuple[list, dict]] | None = None
+    presets: Mapping[str, tuple[tuple[tuple[int, ...], str], ...]] = field(default_factory=dict)
+    cli_dims: str = ""
+    cli_inputs: Callable[[tuple[int, ...]], tuple[int, ...]] | None = None
+
+
+_BACKENDS: dict[str, Backend] = {}
+_OPS: dict[str, OpSpec] = {}
+_CANDIDATES: dict[str, list[Candidate]] = {}
+_DISCOVERED = False
+_KERNELS_PACKAGE = "kernelkit.kernels"
+
+
+def register_backend(backend: Backend) -> Backend:
+    """Add (or replace) a backend; its candidates join every op it has a kernel module for."""
+    _discover()
+    _BACKENDS[backend.id] = backend
+    _CANDIDATES.clear()
+    return backend
+
+
+def unregister_backend(backend: Backend) -> None:
+    _BACKENDS.pop(backend.id, None)
+    _CANDIDATES.clear()
+
+
+def register_op(spec: OpSpec) -> OpSpec:
+    _OPS[spec.name] = spec
+    _CANDIDATES.pop(spec.name, None)
+    return spec
+
+
+def _discover() -> None:
+    """Read ``BACKENDS`` from every ``kernels/<backend>/__init__.py`` (cheap: data only). The op
+    modules register their specs when ``kernelkit`` is imported."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
+    pkg = importlib.import_module(_KERNELS_PACKAGE)
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.ispkg:
+            mod = importlib.import_module(f"{_KERNELS_PACKAGE}.{info.name}")
+            for backend in getattr(mod, "BACKENDS", ()):
+                _BACKENDS.setdefault(backend.id, backend)
+
+
+def backends() -> list[Backend]:
+    _discover()
+    return list(_BACKENDS.values())
+
+
+def op_spec(name: str) -> OpSpec:
+    _discover()
+    try:
+        return _OPS[name]
+    except KeyError:
+        raise ValueError(f"kernelkit: unknown op {name!r}; expected one of {sorted(_OPS)}") from None
+
+
+def op_specs() -> list[OpSpec]:
+    _discover()
+    return list(_OPS.values())
+
+
+def candidates(op: str) -> list[Candidate]:
+    """The candidates of `op`: one per backend that has the op's kernel module."""
+    cands = _CANDIDATES.get(op)
+    if cands is None:
+        spec = op_spec(op)
+        cands = [_make_candidate(spec, b) for b in backends()
+                 if _has_module(f"{b.package}.{spec.kernel}")]
+        _CANDIDATES[op] = cands
+    return list(cands)
+
+
+def get(op: str, name: str) -> Candidate:
+    for cand in candidates(op):
+        if cand.name == name:
+            return cand
+    raise KeyError(f"{op}: no candidate named {name!r}")
+
+
+@functools.cache
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:
+        return False
+
+
+def _make_candidate(spec: OpSpec, backend: Backend) -> Candidate:
+    module_name = f"{backend.package}.{spec.kernel}"
+    dtypes = backend.dtypes_for(spec)
+    module = functools.cache(lambda: importlib.import_module(module_name))
+
+    def supports(p: Problem) -> str | None:
+        if (missing := backend.missing()) is not None:
+            return missing
+        if dtypes is not None and p.dtype not in dtypes:
+            return f"dtype {p.dtype} ({backend.name} runs {', '.join(dtypes)})"
+        own = getattr(module(), "supports", None)
+        return own(p) if own is not None else None
+
+    def space(p: Problem) -> list[Config]:
+        return [c.to_dict() for c in module().space(p)]
+
+    def launcher(p: Problem, config: Config):
+        m = module()
+        return spec.launch(getattr(m, spec.entry), p, m.CONFIG.from_dict(config))
+
+    return Candidate(spec.name, backend.name, backend.device, backend.native, supports, space,
+                     launcher, vendor=backend.vendor, roofline=backend.roofline)
