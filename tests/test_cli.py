@@ -56,3 +56,15 @@ def test_explain_conv2d(tmp_path):
     assert "conv2d" in out and "torch-cpu" in out and "choice:" in out
     r = kk("explain", "conv2d", "1", "3", cache_dir=tmp_path, check=False)
     assert r.returncode == 2 and "conv2d takes" in r.stdout
+
+
+def test_explain_every_op_through_its_spec(tmp_path):
+    """explain works the same way for every registered op: the backward convolutions and
+    preprocess included, with the op's own size arguments."""
+    for args in (("conv2d_backward_input", "1", "4", "9", "6", "3", "1"),
+                 ("conv2d_backward_weight", "1", "4", "9", "6", "3", "2"),
+                 ("preprocess", "2", "30", "40", "16")):
+        out = kk("explain", *args, cache_dir=tmp_path).stdout
+        assert out.startswith(args[0] + ":") and "torch-cpu" in out and "choice:" in out
+    r = kk("explain", "preprocess", "2", "30", cache_dir=tmp_path, check=False)
+    assert r.returncode == 2 and "preprocess takes N H W SIZE" in r.stdout

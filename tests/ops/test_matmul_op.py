@@ -221,3 +221,16 @@ def test_plan_memo_follows_the_knobs(monkeypatch, rng):
             with kernelkit.use(tune="off"):  # nested: the inner block keeps the outer's backend
                 kernelkit.matmul(a, b)
     assert len(calls) == 10
+
+
+@pytest.mark.parametrize("backend", [*CPU_BACKENDS, None])
+def test_negative_stride_on_a_size_one_dim(backend, rng):
+    """Every array numpy accepts works: a reversed size-1 dim has a negative stride that means
+    nothing (numpy calls the array contiguous); torch rejects it unless it is zeroed."""
+    a = rng.standard_normal((1, 4))[::-1, :]
+    b = rng.standard_normal((4, 3))
+    rev = rng.standard_normal((5, 4))[::-1, ::-1]  # truly reversed dims too
+    assert a.strides[0] < 0
+    with kernelkit.use(backend=backend):
+        np.testing.assert_allclose(kernelkit.matmul(a, b), a @ b, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(kernelkit.matmul(rev, b), rev @ b, rtol=1e-12, atol=1e-12)

@@ -212,3 +212,26 @@ def test_bad_input(rng):
         with pytest.raises(exc, match=match) as info:
             fn()
         assert str(info.value).startswith("preprocess:")
+
+
+def test_repeated_calls_reuse_the_plan(rng, monkeypatch):
+    """Like matmul and conv2d, a call with the signature of an earlier one skips `prepare`: same
+    shapes, dtypes and arguments reuse the plan; any change (crop, a ragged image's size) does not."""
+    from kernelkit.ops import preprocess as pp_op
+
+    batch = images(rng, n=2, h=31, w=45)
+    ragged = [images(rng, n=1, h=29, w=41)[0], images(rng, n=1, h=37, w=22)[0]]
+    kw = dict(size=(16, 20), mean=(1.0, 2.0, 3.0), std=np.array([4.0, 5.0, 6.0]), flip="horizontal")
+    first = kernelkit.preprocess(batch, **kw)
+    first_ragged = kernelkit.preprocess(ragged, **kw)
+    calls = []
+    real = pp_op.prepare
+    monkeypatch.setattr(pp_op, "prepare", lambda *a, **k: calls.append(1) or real(*a, **k))
+    np.testing.assert_array_equal(kernelkit.preprocess(batch.copy(), **kw), first)
+    np.testing.assert_array_equal(kernelkit.preprocess([x.copy() for x in ragged], **kw),
+                                  first_ragged)
+    assert calls == []
+    other = kernelkit.preprocess(batch, **{**kw, "crop": (1, 2, 20, 30)})
+    assert calls == [1] and not np.array_equal(other, first)
+    kernelkit.preprocess([ragged[0], ragged[1][:-1]], **kw)
+    assert calls == [1, 1]
