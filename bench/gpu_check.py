@@ -788,8 +788,9 @@ def main(argv=None) -> int:
         if only and ph.name not in only:
             rec.run_phase(ph, deadline, skip_why="not in --phases")
             continue
-        if ph.name == "sanitizer" and args.dry_run:
-            rec.run_phase(ph, deadline, skip_why="dry run: no GPU")
+        if ph.name == "sanitizer" and (args.dry_run or find_sanitizer() is None):
+            rec.run_phase(ph, deadline, skip_why="dry run: no GPU" if args.dry_run else
+                          "compute-sanitizer not found (PATH, CUDA_HOME, /usr/local/cuda*)")
             continue
         left = deadline - time.perf_counter()
         if left <= 1:
