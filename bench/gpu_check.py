@@ -1,275 +1,716 @@
-"""The whole GPU suite in one run: correctness of every GPU kernel, then speed against cuBLAS.
+"""The whole GPU suite in one run that can be stopped anywhere: correctness, sanitizers, speed.
 
-    python bench/gpu_check.py OUTDIR            # on a GPU machine (< 8 minutes on an H100)
-    python bench/gpu_check.py OUTDIR --dry-run  # no GPU: Triton in the interpreter, tiny shapes
+    timeout -s TERM -k 15 540 python3 bench/gpu_check.py "$OUT"   # on a GPU machine
+    python3 bench/gpu_check.py OUT --plan      # phases, planned compiles and seconds (no GPU)
+    python3 bench/gpu_check.py OUT --dry-run   # no GPU: Triton in the interpreter, tiny shapes
 
-Correctness: every GPU kernel (Triton, CuPy) on every dtype it supports, over aligned, odd,
-transposed and batched-broadcast shapes, with bias and each activation, and every shipped config
-on one ragged shape, against a float64 reference (normwise bound, as in tests/reference.py).
-Then the dispatched `kernelkit.matmul` on CUDA tensors and on host numpy arrays.
-Speed: each kernel's best shipped config vs torch.matmul (cuBLAS) on square, LLM-MLP and odd
-shapes, timed with CUDA events (triton.testing.do_bench: warm-up, L2 flush, synchronised).
-Writes OUTDIR/results.json and OUTDIR/summary.md; prints the short table last.
+Phases, in order of value, each with its own deadline (the run's deadline caps them all):
+  1. preflight (30 s): card, SMs, shared-memory opt-in, versions; one compile + launch of each
+     kernel family through Triton and through CuPy/NVRTC (a child process, run alongside);
+  2. correctness: every kernel with its default config on every dtype, small shapes, vs float64;
+  3. sweep: every shipped config (of its own dtypes) on one ragged shape per kernel;
+  4. sanitizers: compute-sanitizer racecheck + memcheck on small cases (at most 90 s);
+  5. benchmarks: matmul vs cuBLAS, conv vs cuDNN (same layout, fused epilogue where torch has
+     one), preprocess kernel-only and end to end, the dispatcher's CPU/GPU crossover.
+OUT/results.json, OUT/summary.md and OUT/log.txt are rewritten after every check and on SIGTERM;
+a phase cut by its deadline or never started is marked so, not failed. Exit: 0 if no check
+failed, 1 if one did, 2 without a GPU (and no --dry-run/--plan), 143 on SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import platform
+import shutil
+import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
+T_START = time.perf_counter()
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+for p in (ROOT / "bench", ROOT, ROOT / "tests"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
 
-ACTS = (None, "relu", "gelu", "gelu_tanh", "silu")
+from gpu_check_runner import (  # noqa: E402
+    LIMIT_S,
+    STARTUP_S,
+    Check,
+    Phase,
+    Recorder,
+    estimate,
+    fmt_s,
+    spec,
+)
+
+DEADLINE_S = 505.0  # the run's own end, from the script's start: 540 s limit - startup - margin
+BUDGETS = {"preflight": 30.0, "correctness": 150.0, "sweep": 140.0, "sanitizer": 90.0}
 
 
-def parse() -> argparse.Namespace:
+def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("outdir")
     p.add_argument("--dry-run", action="store_true", help="no GPU: interpreter, tiny shapes")
-    p.add_argument("--skip-bench", action="store_true")
-    p.add_argument("--budget-s", type=float, default=420.0, help="stop benchmarking after this")
-    return p.parse_args()
+    p.add_argument("--plan", action="store_true",
+                   help="print the phases with planned compiles and seconds, run nothing")
+    p.add_argument("--json", action="store_true", help="with --plan: print the plan as JSON")
+    p.add_argument("--deadline-s", type=float, default=DEADLINE_S,
+                   help=f"end of the whole run, seconds from start (default {DEADLINE_S:.0f})")
+    p.add_argument("--phases", default="", help="comma-separated subset of the phases to run")
+    return p.parse_args(argv)
 
 
-def main() -> int:
-    args = parse()
-    if args.dry_run:
-        os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
-    import torch
+# ---------------------------------------------------------------------------------- the context
 
-    out = Path(args.outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    if not args.dry_run and not torch.cuda.is_available():
-        print("gpu_check: no CUDA device here; use --dry-run to exercise the script on the CPU")
-        return 2
-    dev = "cpu" if args.dry_run else "cuda"
-    card = "interpreter (CPU)" if args.dry_run else torch.cuda.get_device_name(0)
-    t_start = time.perf_counter()
-    results: dict = {"card": card, "torch": torch.__version__, "checks": [], "bench": []}
-    try:
-        import triton
+class Env:
+    """What the check builders share: device, dry run, helpers; set up lazily (plan: no GPU)."""
 
-        results["triton"] = triton.__version__
-    except ImportError:
-        results["triton"] = None
+    def __init__(self, dry: bool, plan: bool, rec: Recorder | None) -> None:
+        self.dry = dry
+        self.plan = plan
+        self.rec = rec
+        self.dev = "cpu" if dry else "cuda"
+        self.cupy = not dry  # the plan assumes CuPy is there; a run learns it in preflight
+        self._gen = None
+        self.timer = None
+        self.cache_dir = None
 
-    from reference import assert_matmul_close
+    def randn(self, *shape, dtype=None):
+        import torch
 
-    import kernelkit
-    from kernelkit import devices
-    from kernelkit.kernels.torch import matmul as vendor
-    from kernelkit.kernels.triton import matmul as tri
+        if self._gen is None:
+            self._gen = torch.Generator(device="cpu").manual_seed(0)
+        t = torch.randn(*shape, generator=self._gen)
+        return t.to(dtype or torch.float32).to(self.dev)
 
-    cupy_ok = not args.dry_run and devices.cupy_available()
-    if cupy_ok:
-        import cupy
+    def sync(self) -> None:
+        if self.dev == "cuda":
+            import torch
 
-        from kernelkit.kernels.cupy import matmul as cpk
-        results["cupy"] = cupy.__version__
-
-    gen = torch.Generator(device="cpu").manual_seed(0)
-
-    def randn(*shape, dtype=torch.float32):
-        return torch.randn(*shape, generator=gen).to(dtype).to(dev)
-
-    def check(name: str, fn, a, b, bias=None, act=None, acc=None) -> None:
-        entry = {"check": name, "ok": False}
-        try:
-            c = fn(a, b, bias, act)
-            if dev == "cuda":
-                torch.cuda.synchronize()
-            c_t = torch.as_tensor(c) if not hasattr(c, "get") else torch.from_numpy(c.get())
-            assert_matmul_close(c_t.cpu(), a.cpu(), b.cpu(), None if bias is None else bias.cpu(),
-                                act, acc=acc)
-            entry["ok"] = True
-        except Exception as exc:  # noqa: BLE001 - a failing check is reported, the run goes on
-            entry["error"] = f"{type(exc).__name__}: {exc}"[:400]
-        results["checks"].append(entry)
-
-    # -- correctness -----------------------------------------------------------------------------
-    dtypes = [torch.float32, torch.float16] if args.dry_run else \
-        [torch.float16, torch.bfloat16, torch.float32]
-    shapes = [(1, 1, 1), (13, 17, 19), (64, 64, 64)] if args.dry_run else \
-        [(1, 1, 1), (13, 17, 19), (97, 61, 89), (128, 128, 128), (257, 511, 1023), (1, 4096, 11008)]
-    kernels = [("triton", lambda a, b, bias, act, cfg=None, tf32=False:
-                tri.matmul_forward(a, b, bias, act, cfg, allow_tf32=tf32))]
-    if cupy_ok:
-        kernels.append(("cupy", lambda a, b, bias, act, cfg=None, tf32=False: cpk.matmul_forward(
-            cupy.from_dlpack(a), cupy.from_dlpack(b),
-            None if bias is None else cupy.from_dlpack(bias), act, cfg)))
-    for kname, kfn in kernels:
-        for dt in dtypes:
-            if kname == "cupy" and dt == torch.bfloat16:
-                continue
-            dn = str(dt).removeprefix("torch.")
-            for m, k, n in shapes:
-                a, b = randn(1, m, k, dtype=dt), randn(1, k, n, dtype=dt)
-                check(f"{kname} {dn} {m}x{k}x{n}", kfn, a, b)
-            a, b = randn(1, 40, 24, dtype=dt).transpose(1, 2), randn(1, 33, 40, dtype=dt).transpose(1, 2)
-            check(f"{kname} {dn} transposed", kfn, a, b)
-            a, b = randn(3, 29, 31, dtype=dt), randn(1, 31, 37, dtype=dt).expand(3, 31, 37)
-            check(f"{kname} {dn} batch broadcast (stride 0)", kfn, a, b)
-            a, b = randn(1, 33, 47, dtype=dt)[:, :, ::2], randn(1, 24, 50, dtype=dt)[:, :, 1::2]
-            check(f"{kname} {dn} non-contiguous", kfn, a, b)
-            for act in ACTS:
-                a, b, bias = randn(1, 37, 29, dtype=dt), randn(1, 29, 43, dtype=dt), randn(43, dtype=dt)
-                check(f"{kname} {dn} bias+{act}", kfn, a, b, bias, act)
-        # every shipped config, on one ragged shape
-        configs = tri.SHIPPED_CONFIGS if kname == "triton" else cpk.SHIPPED_CONFIGS
-        m, k, n = (33, 40, 47) if args.dry_run else (300, 520, 260)
-        for cfg in configs:
-            for dt in dtypes:
-                if kname == "cupy" and dt == torch.bfloat16:
-                    continue
-                a, b = randn(1, m, k, dtype=dt), randn(1, k, n, dtype=dt)
-                check(f"{kname} {str(dt)[6:]} config {cfg.to_dict()}",
-                      lambda a, b, bias, act, cfg=cfg: kfn(a, b, bias, act, cfg), a, b)
-    if not args.dry_run:
-        a, b = randn(1, 200, 300), randn(1, 300, 100)
-        check("triton fp32 allow_tf32", lambda a, b, bias, act: tri.matmul_forward(
-            a, b, allow_tf32=True), a, b, acc="tf32")
-        # the dispatched op: data on the GPU, and host data the tuner may move there
-        for where in ("cuda", "numpy"):
-            for m, k, n in ((64, 64, 64), (512, 1024, 768)):
-                a, b = randn(m, k), randn(k, n)
-                if where == "numpy":
-                    a, b = a.cpu().numpy(), b.cpu().numpy()
-                check(f"kernelkit.matmul fp32 {where} {m}x{k}x{n}",
-                      lambda a, b, bias, act: kernelkit.matmul(a, b), torch.as_tensor(a),
-                      torch.as_tensor(b))
-                ex = kernelkit.explain("matmul", a, b)
-                results["checks"][-1]["choice"] = ex.choice.to_dict()
-        a16, b16 = randn(4, 128, 256, dtype=torch.float16), randn(256, 512, dtype=torch.float16)
-        check("kernelkit.matmul fp16 batched cuda", lambda a, b, bias, act: kernelkit.matmul(a, b),
-              a16, b16.expand(4, 256, 512))
-    n_ok = sum(c["ok"] for c in results["checks"])
-    print(f"correctness: {n_ok}/{len(results['checks'])} checks passed "
-          f"({time.perf_counter() - t_start:.0f} s)")
-    for c in results["checks"]:
-        if not c["ok"]:
-            print(f"  FAIL {c['check']}: {c.get('error')}")
-
-    # -- speed -----------------------------------------------------------------------------------
-    if not args.skip_bench:
-        bench(results, args, dev, randn, tri, vendor, cpk if cupy_ok else None, t_start)
-    # the other ops: their own correctness checks and benchmarks (bench/gpu_check_<op>.py)
-    import gpu_check_conv2d
-    import gpu_check_preprocess
-
-    budget_left = lambda: args.budget_s - (time.perf_counter() - t_start)
-    for part in (gpu_check_conv2d, gpu_check_preprocess):
-        try:
-            part.run(results, dev, args.dry_run, make_timer(args.dry_run), budget_left)
-        except Exception as exc:  # noqa: BLE001 - one op's failure must not hide the others
-            results["checks"].append({"check": f"{part.__name__} crashed", "ok": False,
-                                      "error": f"{type(exc).__name__}: {exc}"[:400]})
-    n_ok = sum(c["ok"] for c in results["checks"])
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    summary = render(results)
-    (out / "summary.md").write_text(summary)
-    print(summary)
-    return 0 if n_ok == len(results["checks"]) else 1
+            torch.cuda.synchronize()
 
 
-def bench(results, args, dev, randn, tri, vendor, cpk, t_start) -> None:
-    import torch
-
-    timer = make_timer(args.dry_run)
-    if args.dry_run:
-        cases = [("square", torch.float32, (64, 64, 64))]
-    else:
-        cases = [("square", dt, (n, n, n)) for dt in (torch.float16, torch.bfloat16)
-                 for n in (512, 1024, 2048, 4096, 8192)]
-        cases += [("square", torch.float32, (n, n, n)) for n in (1024, 4096)]
-        cases += [("mlp", torch.float16, (m, k, n)) for m in (1, 16, 128, 2048)
-                  for k, n in ((4096, 11008), (11008, 4096))]
-        cases += [("odd", torch.float16, s) for s in ((1000, 1000, 1000), (4095, 4097, 3001),
-                                                      (17, 8192, 8192))]
-    for set_name, dt, (m, k, n) in cases:
-        if time.perf_counter() - t_start > args.budget_s:
-            print(f"benchmark budget spent; stopping before {set_name} {m}x{k}x{n}")
-            break
-        a, b = randn(1, m, k, dtype=dt), randn(1, k, n, dtype=dt)
-        flops = 2.0 * m * n * k
-        row = {"set": set_name, "dtype": str(dt)[6:], "mkn": [m, k, n]}
-        row["cublas_s"] = timer(lambda: vendor.matmul_forward(a, b))
-        best = (math.inf, None)
-        for cfg in tri.MatmulConfig.space(dt, m, n, k):
-            try:
-                best = min(best, (timer(lambda cfg=cfg: tri.matmul_forward(a, b, config=cfg)),
-                                  cfg.to_dict()), key=lambda x: x[0])
-            except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory on this card
-                row.setdefault("triton_errors", []).append(f"{cfg.to_dict()}: {exc}"[:200])
-        row["triton_s"], row["triton_config"] = best
-        if cpk is not None and dt in (torch.float16, torch.float32):
-            import cupy
-
-            ca, cb = cupy.from_dlpack(a), cupy.from_dlpack(b)
-            best = (math.inf, None)
-            for cfg in cpk.MatmulConfig.space(ca.dtype, m, n, k):
-                try:
-                    best = min(best, (timer(lambda cfg=cfg: cpk.matmul_forward(ca, cb, config=cfg)),
-                                      cfg.to_dict()), key=lambda x: x[0])
-                except Exception as exc:  # noqa: BLE001
-                    row.setdefault("cupy_errors", []).append(f"{cfg.to_dict()}: {exc}"[:200])
-            row["cupy_s"], row["cupy_config"] = best
-        for key in ("cublas", "triton", "cupy"):
-            s = row.get(f"{key}_s")
-            if s and math.isfinite(s):
-                row[f"{key}_tflops"] = flops / s / 1e12
-        results["bench"].append(row)
-
-
-def make_timer(dry_run: bool):
-    """seconds per call: CUDA events after synchronisation on a GPU, perf_counter in dry runs."""
-    if dry_run:
-        return _cpu_time
+def make_timer(dry: bool):
+    """seconds per call: CUDA events after synchronisation (do_bench: warm-up, L2 flush), or
+    perf_counter in dry runs."""
+    if dry:
+        def cpu_time(fn, reps: int = 3) -> float:
+            ts = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+            return sorted(ts)[len(ts) // 2]
+        return cpu_time
     from triton.testing import do_bench
 
     return lambda fn: do_bench(fn, warmup=10, rep=40, return_mode="median") * 1e-3
 
 
-def _cpu_time(fn, reps: int = 3) -> float:
-    import statistics
+# ----------------------------------------------------------------------------------- preflight
 
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+def find_sanitizer() -> str | None:
+    found = shutil.which("compute-sanitizer")
+    if found:
+        return found
+    dirs = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda",
+            *sorted(str(p) for p in Path("/usr/local").glob("cuda-*"))]
+    for d in dirs:
+        for sub in ("bin", "compute-sanitizer"):
+            if d and (Path(d) / sub / "compute-sanitizer").is_file():
+                return str(Path(d) / sub / "compute-sanitizer")
+    return None
 
+
+def fp16_header_dirs() -> list[str]:
+    """Folders with cuda_fp16.h that CuPy's NVRTC could be pointed at (CUDA_PATH/include)."""
+    out = []
+    cands = [os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda",
+             *sorted(str(p) for p in Path("/usr/local").glob("cuda-*"))]
+    try:
+        import triton
+
+        cands.append(str(Path(triton.__file__).parent / "backends" / "nvidia"))
+    except ImportError:
+        pass
+    for site in sys.path:
+        for p in Path(site).glob("nvidia/*") if site and Path(site).is_dir() else []:
+            cands.append(str(p))
+    for c in cands:
+        if c and (Path(c) / "include" / "cuda_fp16.h").is_file() and c not in out:
+            out.append(c)
+    return out
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "triton", "numpy", "numba", "cupy-cuda13x", "cupy-cuda12x", "cupy",
+                 "platformdirs", "nvidia-cuda-nvrtc", "nvidia-cuda-runtime"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[name] = md.version(name)
+    return out
+
+
+def preflight_checks(env: Env) -> list[Check]:
+    import torch
+
+    rec = env.rec
+    pf = rec.results["preflight"] if rec else {}
+    probe = {}
+
+    def card():
+        pf["versions"] = versions()
+        try:  # kernelkit must not need it (the GPU machines do not have it)
+            import platformdirs  # noqa: F401
+
+            pf["platformdirs"] = True
+        except ImportError:
+            pf["platformdirs"] = False
+        pf["compute_sanitizer"] = find_sanitizer()
+        if env.dry:
+            pf["card"] = "interpreter (CPU)"
+            return None
+        props = torch.cuda.get_device_properties(0)
+        pf.update({"card": props.name, "capability": f"{props.major}.{props.minor}",
+                   "sms": props.multi_processor_count,
+                   "memory_gib": round(props.total_memory / 2**30, 1),
+                   "smem_optin": getattr(props, "shared_memory_per_block_optin", None),
+                   "torch_cuda": torch.version.cuda,
+                   "driver": _driver_version()})
+        return None
+
+    def start_cupy_probe():
+        if env.dry:
+            pf["cupy_ok"] = False
+            pf["cupy_error"] = "dry run: no CuPy"
+            return None
+        probe["proc"] = _start_probe(env)
+        return None
+
+    from gpu_check_conv2d import preflight as conv_pf
+    from gpu_check_preprocess import preflight as pre_pf
+
+    def matmul_one():
+        from reference import assert_matmul_close
+
+        from kernelkit.kernels.triton import matmul as tri
+
+        dt = torch.float32 if env.dry else torch.float16
+        a, b = env.randn(1, 96, 64, dtype=dt), env.randn(1, 64, 80, dtype=dt)
+        c = tri.matmul_forward(a, b)
+        env.sync()
+        assert_matmul_close(c.cpu(), a.cpu(), b.cpu())
+
+    def finish_cupy_probe():
+        if "proc" not in probe:
+            return None
+        res = _finish_probe(probe["proc"], env)
+        pf["cupy_probe"] = res
+        if not res.get("ok") and "cuda_fp16.h" in json.dumps(res):
+            # the truth first (recorded above); then a fallback header folder so the CuPy
+            # checks can still run in this one shot
+            for d in fp16_header_dirs():
+                again = _finish_probe(_start_probe(env, {"CUDA_PATH": d}), env)
+                pf.setdefault("cupy_probe_retries", []).append({"CUDA_PATH": d, **again})
+                if again.get("ok"):
+                    os.environ["CUDA_PATH"] = d
+                    pf["cupy_cuda_path_fallback"] = d
+                    break
+        ok = bool(res.get("ok") or pf.get("cupy_cuda_path_fallback"))
+        pf["cupy_ok"] = ok
+        env.cupy = ok
+        if not ok:
+            pf["cupy_error"] = str(res.get("error", res))[:300]
+            return f"CuPy/NVRTC probe failed: {pf['cupy_error']}"
+        if rec:
+            rec.counter.install_cupy()
+        if res.get("ok") is False:
+            return f"CuPy/NVRTC needed CUDA_PATH={os.environ['CUDA_PATH']}: {res.get('error')}"
+        return None
+
+    checks = [Check("preflight card and versions", card, run_s=0.5),
+              Check("preflight start the CuPy/NVRTC probe", start_cupy_probe, run_s=0.1),
+              Check("preflight triton matmul (compile + launch)", matmul_one,
+                    keys=(("triton.matmul", "f16", "default", spec(96, 64, 80)),), run_s=0.3)]
+    checks += conv_pf(env) + pre_pf(env)
+    checks.append(Check("preflight cupy: NVRTC compile + launch of each family (child)",
+                        finish_cupy_probe, keys=(("cupy.matmul", "f16", "default"),
+                                                 ("cupy.conv", "f16", "fwd"),
+                                                 ("cupy.conv", "f16", "simple"),
+                                                 ("cupy.preprocess", "module")), run_s=2.0))
+
+    def triton_ok():
+        fails = [c for c in rec.results["checks"] if c.get("phase") == "preflight"
+                 and "triton" in c["check"] and c.get("ok") is False] if rec else []
+        pf["triton_ok"] = not fails
+        if fails:
+            pf["triton_error"] = fails[0].get("error", "")
+        return None
+
+    checks.append(Check("preflight summary", triton_ok, run_s=0.0))
+    return checks
+
+
+def _driver_version() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _start_probe(env: Env, extra_env: dict | None = None):
+    e = dict(os.environ)
+    e.update(extra_env or {})
+    e["PYTHONPATH"] = os.pathsep.join([str(ROOT), e.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return subprocess.Popen([sys.executable, str(ROOT / "bench" / "gpu_check_nvrtc.py")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e,
+                            cwd=str(ROOT))
+
+
+def _finish_probe(proc, env: Env) -> dict:
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return {"ok": False, "error": "the CuPy/NVRTC probe took over 60 s"}
+    try:
+        res = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        res = {"ok": False, "error": f"probe exit {proc.returncode}: {err[-600:]}"}
+    return res
+
+
+# --------------------------------------------------------------------------------------- matmul
+
+ACTS = (None, "relu", "gelu", "gelu_tanh", "silu")
+
+
+def _tl(dt) -> str:
+    return {"torch.float16": "f16", "torch.bfloat16": "bf16", "torch.float32": "f32"}[str(dt)]
+
+
+def matmul_correctness(env: Env) -> list[Check]:
+    import torch
+    from reference import assert_matmul_close
+
+    from kernelkit.kernels.triton import matmul as tri
+
+    dtypes = [torch.float32, torch.float16] if env.dry else \
+        [torch.float16, torch.bfloat16, torch.float32]
+    checks: list[Check] = []
+
+    def tri_check(name, dt, mk, cfg=None, bias=False, act=None, key_extra=(), acc=None,
+                  tf32=False):
+        def run():
+            a, b, bias_t = mk()
+            c = tri.matmul_forward(a, b, bias_t, act, cfg, allow_tf32=tf32)
+            env.sync()
+            assert_matmul_close(c.cpu(), a.cpu(), b.cpu(),
+                                None if bias_t is None else bias_t.cpu(), act, acc=acc)
+        cname = "default" if cfg is None else str(cfg.to_dict())
+        keys = (("triton.matmul", _tl(dt), cname, bias, act, tf32, *key_extra),)
+        return Check(name, run, keys=keys, run_s=0.05, needs="triton")
+
+    for dt in dtypes:
+        dn = str(dt).removeprefix("torch.")
+
+        def plain(m, k, n, dt=dt):
+            return lambda: (env.randn(1, m, k, dtype=dt), env.randn(1, k, n, dtype=dt), None)
+
+        shapes = [(13, 17, 19), (64, 64, 64)] if env.dry else [(97, 61, 89), (256, 512, 384)]
+        if dt == dtypes[0]:
+            shapes.append((1, 1, 1) if env.dry else (1, 4096, 11008))
+        for m, k, n in shapes:
+            checks.append(tri_check(f"triton matmul {dn} {m}x{k}x{n}", dt, plain(m, k, n),
+                                    key_extra=(spec(m, k, n, m * k, k * n, m * n),)))
+        acts = ACTS if dt == dtypes[0] else ("gelu",)
+        for act in acts:
+            def with_bias(dt=dt):
+                return (env.randn(1, 37, 29, dtype=dt), env.randn(1, 29, 43, dtype=dt),
+                        env.randn(43, dtype=dt))
+            checks.append(tri_check(f"triton matmul {dn} bias+{act}", dt, with_bias, bias=True,
+                                    act=act, key_extra=("37x29x43",)))
+
+        def transposed(dt=dt):
+            return (env.randn(1, 40, 24, dtype=dt).transpose(1, 2),
+                    env.randn(1, 33, 40, dtype=dt).transpose(1, 2), None)
+
+        def broadcast(dt=dt):
+            return (env.randn(3, 29, 31, dtype=dt),
+                    env.randn(1, 31, 37, dtype=dt).expand(3, 31, 37), None)
+
+        checks.append(tri_check(f"triton matmul {dn} transposed", dt, transposed,
+                                key_extra=("transposed",)))
+        checks.append(tri_check(f"triton matmul {dn} batch broadcast (stride 0)", dt, broadcast,
+                                key_extra=("broadcast",)))
+        if dt == dtypes[0]:
+            def noncontig(dt=dt):
+                return (env.randn(1, 33, 47, dtype=dt)[:, :, ::2],
+                        env.randn(1, 24, 50, dtype=dt)[:, :, 1::2], None)
+            checks.append(tri_check(f"triton matmul {dn} non-contiguous", dt, noncontig,
+                                    key_extra=("noncontig",)))
+    if not env.dry:
+        checks.append(tri_check("triton matmul float32 allow_tf32", torch.float32,
+                                lambda: (env.randn(1, 200, 300), env.randn(1, 300, 100), None),
+                                acc="tf32", tf32=True, key_extra=("tf32",)))
+        checks += cupy_matmul_checks(env, dtypes=(torch.float16, torch.float32))
+        checks += dispatch_checks(env)
+    return checks
+
+
+def _cupy_matmul(a, b, bias=None, act=None, cfg=None):
+    import cupy
+
+    from kernelkit.kernels.cupy import matmul as cpk
+
+    c = cpk.matmul_forward(cupy.from_dlpack(a), cupy.from_dlpack(b),
+                           None if bias is None else cupy.from_dlpack(bias), act, cfg)
+    import torch
+
+    return torch.from_dlpack(c)
+
+
+def cupy_matmul_checks(env: Env, dtypes, configs=None, shapes=None) -> list[Check]:
+    from reference import assert_matmul_close
+
+    checks = []
+    configs = configs or [None]
+    shapes = shapes or [(97, 61, 89), (256, 512, 384), (37, 29, 43)]
+    for dt in dtypes:
+        dn = str(dt).removeprefix("torch.")
+        for cfg in configs:
+            for i, (m, k, n) in enumerate(shapes):
+                act = ACTS[i % len(ACTS)] if cfg is None else "gelu"
+
+                def run(m=m, k=k, n=n, dt=dt, act=act, cfg=cfg):
+                    a, b, bias = (env.randn(1, m, k, dtype=dt), env.randn(1, k, n, dtype=dt),
+                                  env.randn(n, dtype=dt))
+                    c = _cupy_matmul(a, b, bias, act, cfg)
+                    env.sync()
+                    assert_matmul_close(c.cpu(), a.cpu(), b.cpu(), bias.cpu(), act)
+                cname = "default" if cfg is None else str(cfg.to_dict())
+                checks.append(Check(f"cupy matmul {dn} {cname} {m}x{k}x{n} bias+{act}", run,
+                                    keys=(("cupy.matmul", _tl(dt), cname),), run_s=0.05,
+                                    needs="cupy"))
+    return checks
+
+
+def dispatch_checks(env: Env) -> list[Check]:
+    """kernelkit.matmul on CUDA tensors and on host numpy arrays (really numpy: the tuner may
+    move them), with the knobs pinned so no tuning runs here: tune="off" (the safe default),
+    a private cache, and CUDA data kept on the GPU (no Numba candidate compiled cold)."""
+    import numpy as np
+    import torch
+    from reference import assert_matmul_close
+
+    import kernelkit
+
+    checks = []
+    for where in ("cuda", "numpy"):
+        for m, k, n in ((64, 64, 64), (512, 1024, 768)):
+            def run(where=where, m=m, k=k, n=n):
+                a, b = env.randn(m, k), env.randn(k, n)
+                knobs = {"tune": "off", "cache_dir": env.cache_dir}
+                if where == "numpy":
+                    a, b = a.cpu().numpy(), b.cpu().numpy()
+                else:
+                    knobs["device"] = "cuda"
+                with kernelkit.use(**knobs):
+                    c = kernelkit.matmul(a, b)
+                if where == "numpy":
+                    assert isinstance(c, np.ndarray), f"numpy in, {type(c)} out"
+                    c = torch.from_numpy(c)
+                else:
+                    assert c.is_cuda, f"CUDA in, {c.device} out"
+                env.sync()
+                assert_matmul_close(torch.as_tensor(c).cpu(), torch.as_tensor(a).cpu(),
+                                    torch.as_tensor(b).cpu())
+            checks.append(Check(f"kernelkit.matmul fp32 {where} {m}x{k}x{n} (tune off)", run,
+                                keys=(("triton.matmul", "f32", "default", False, None, False,
+                                       spec(m, k, n)),), run_s=0.3))
+
+    def batched():
+        a16, b16 = env.randn(4, 128, 256, dtype=torch.float16), env.randn(256, 512,
+                                                                         dtype=torch.float16)
+        with kernelkit.use(tune="off", cache_dir=env.cache_dir, device="cuda"):
+            c = kernelkit.matmul(a16, b16.expand(4, 256, 512))
+        env.sync()
+        assert_matmul_close(c.cpu(), a16.cpu(), b16.expand(4, 256, 512).cpu())
+    checks.append(Check("kernelkit.matmul fp16 batched cuda (tune off)", batched,
+                        keys=(("triton.matmul", "f16", "default", False, None, False,
+                               "batched"),), run_s=0.3))
+    return checks
+
+
+def matmul_sweep(env: Env) -> list[Check]:
+    """Every shipped config of each dtype's own table (not the union), on one ragged shape."""
+    import torch
+    from reference import assert_matmul_close
+
+    from kernelkit.kernels.cupy import matmul as cpk_cfg
+    from kernelkit.kernels.triton import matmul as tri
+
+    m, k, n = (33, 40, 47) if env.dry else (300, 520, 260)
+    # bf16 shares fp16's table (its default runs in the correctness phase)
+    order = [torch.float32] if env.dry else [torch.float16, torch.float32]
+    checks = []
+    for dt in order:
+        dn = str(dt).removeprefix("torch.")
+        for cfg in tri.shipped_configs(dt):
+            def run(cfg=cfg, dt=dt):
+                a, b, bias = (env.randn(1, m, k, dtype=dt), env.randn(1, k, n, dtype=dt),
+                              env.randn(n, dtype=dt))
+                c = tri.matmul_forward(a, b, bias, "gelu", cfg)
+                env.sync()
+                assert_matmul_close(c.cpu(), a.cpu(), b.cpu(), bias.cpu(), "gelu")
+            checks.append(Check(f"triton matmul {dn} config {cfg.to_dict()}", run,
+                                keys=(("triton.matmul", _tl(dt), str(cfg.to_dict()), "sweep"),),
+                                run_s=0.05, needs="triton"))
+        if dt == torch.float32 and not env.dry:  # CuPy's table, before bf16 (least value)
+            checks += cupy_matmul_checks(env, (torch.float32,),
+                                         configs=list(cpk_cfg.SHIPPED_CONFIGS[1:]),
+                                         shapes=[(m, k, n)])
+    return checks
+
+
+def matmul_bench(env: Env) -> list[Check]:
+    import torch
+
+    from kernelkit.kernels.torch import matmul as vendor
+    from kernelkit.kernels.triton import matmul as tri
+
+    if env.dry:
+        cases = [("square", torch.float32, (64, 64, 64))]
+    else:
+        cases = [("square", dt, (s, s, s)) for s in (4096, 8192)
+                 for dt in (torch.float16, torch.bfloat16)]
+        cases += [("mlp", torch.float16, (m, k, n)) for m in (1, 16, 2048)
+                  for k, n in ((4096, 11008), (11008, 4096))]
+        cases += [("odd", torch.float16, (4095, 4097, 3001))]
+    checks = []
+    for set_name, dt, (m, k, n) in cases:
+        def run(set_name=set_name, dt=dt, m=m, k=k, n=n):
+            a, b = env.randn(1, m, k, dtype=dt), env.randn(1, k, n, dtype=dt)
+            flops = 2.0 * m * n * k
+            row = {"set": set_name, "dtype": str(dt)[6:], "mkn": [m, k, n]}
+            row["cublas_s"] = env.timer(lambda: vendor.matmul_forward(a, b))
+            best = (math.inf, None)
+            for cfg in tri.MatmulConfig.space(dt, m, n, k)[:1 if env.dry else 3]:
+                try:
+                    t = env.timer(lambda cfg=cfg: tri.matmul_forward(a, b, config=cfg))
+                    best = min(best, (t, cfg.to_dict()), key=lambda x: x[0])
+                except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory
+                    row.setdefault("triton_errors", []).append(f"{cfg.to_dict()}: {exc}"[:200])
+            row["triton_s"], row["triton_config"] = best
+            if env.cupy and dt in (torch.float16, torch.float32):
+                try:
+                    import cupy
+
+                    from kernelkit.kernels.cupy import matmul as cpk
+                    ca, cb = cupy.from_dlpack(a), cupy.from_dlpack(b)
+                    row["cupy_s"] = env.timer(lambda: cpk.matmul_forward(ca, cb))
+                except Exception as exc:  # noqa: BLE001
+                    row["cupy_error"] = f"{type(exc).__name__}: {exc}"[:200]
+            for key in ("cublas", "triton", "cupy"):
+                s = row.get(f"{key}_s")
+                if s and math.isfinite(s):
+                    row[f"{key}_tflops"] = flops / s / 1e12
+            if row.get("triton_s") and math.isfinite(row["triton_s"]):
+                row["triton_vs_cublas"] = row["cublas_s"] / row["triton_s"]
+            return row
+        cls = spec(m, k, n, m * k, k * n, m * n)
+        nconf = 1 if env.dry else 3
+        keys = tuple(("triton.matmul", _tl(dt), f"space{i}", cls) for i in range(nconf))
+        keys += (("cupy.matmul", _tl(dt), "default"),) if not env.dry else ()
+        checks.append(Check(f"bench matmul {set_name} {_tl(dt)} {m}x{k}x{n}", run, keys=keys,
+                            run_s=1.0 if not env.dry else 0.5, bench="bench_matmul"))
+    return checks
+
+
+def crossover_bench(env: Env) -> list[Check]:
+    """The dispatcher on host numpy data with real transfers: time forced-CPU (Numba) and
+    forced-CUDA (transfer in, kernel, transfer out) calls at growing sizes, and record what the
+    tuner chose for the same arrays (explain on the very arrays the call got)."""
+    import numpy as np
+
+    import kernelkit
+
+    sizes = (16, 32) if env.dry else (64, 256, 1024, 2048)
+    checks = []
+
+    def warm():
+        a = np.ones((16, 16), np.float32)
+        with kernelkit.use(device="cpu", tune="off", cache_dir=env.cache_dir):
+            kernelkit.matmul(a, a)  # Numba's compile (or its disk cache) outside the timings
+        return {"what": "numba warm-up"}
+    checks.append(Check("bench dispatch: warm Numba", warm, keys=(("numba", "gemm"),),
+                        run_s=0.5, bench="bench_dispatch"))
+    for n in sizes:
+        def run(n=n):
+            rng = np.random.default_rng(n)
+            a = rng.standard_normal((n, n), dtype=np.float32)
+            b = rng.standard_normal((n, n), dtype=np.float32)
+            row = {"n": n}
+            for dev in ("cpu", "cuda"):
+                if dev == "cuda" and env.dry:
+                    continue
+                with kernelkit.use(device=dev, tune="off", cache_dir=env.cache_dir):
+                    row[f"{dev}_s"] = env.timer(lambda: kernelkit.matmul(a, b))
+            with kernelkit.use(tune="measure", cache_dir=env.cache_dir):
+                row["auto_s"] = env.timer(lambda: kernelkit.matmul(a, b))
+                ex = kernelkit.explain("matmul", a, b)
+            row["choice"] = ex.choice.to_dict()
+            row["choice_source"] = ex.choice.source
+            return row
+        checks.append(Check(f"bench dispatch crossover fp32 {n}^3 (numpy in)", run,
+                            keys=(("triton.matmul", "f32", "space-all", spec(n)),),
+                            run_s=3.0, bench="bench_dispatch"))
+    return checks
+
+
+# ----------------------------------------------------------------------------------- sanitizer
+
+SANITIZE_CASES = ("cupy_gemm_multi_k", "cupy_conv_bwd_weight", "triton_preprocess_ragged",
+                  "cupy_preprocess_ragged")
+
+
+def sanitizer_checks(env: Env) -> list[Check]:
+    checks = []
+    budget = BUDGETS["sanitizer"]
+    for tool in ("racecheck", "memcheck"):
+        def run(tool=tool):
+            exe = find_sanitizer()
+            if exe is None:
+                return "compute-sanitizer not found (PATH, CUDA_HOME, /usr/local/cuda*)"
+            rec = env.rec
+            left = rec.phase_deadline - time.perf_counter() if rec else budget / 2
+            cases = [c for c in SANITIZE_CASES if env.cupy or not c.startswith("cupy")]
+            cmd = [exe, "--tool", tool, "--error-exitcode", "99", "--print-limit", "20"]
+            if tool == "racecheck":
+                cmd += ["--racecheck-report", "hazard"]
+            cmd += [sys.executable, str(ROOT / "bench" / "gpu_check_sanitize.py"), *cases]
+            e = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1",
+                     PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+            try:
+                p = subprocess.run(cmd, capture_output=True, text=True, env=e, cwd=str(ROOT),
+                                   timeout=max(5.0, min(left - 2, budget / 2 + 10)))
+            except subprocess.TimeoutExpired as exc:
+                return f"{tool}: over its time ({exc.timeout:.0f} s); cases {cases}"
+            text = p.stdout + p.stderr
+            if env.rec:
+                env.rec.results.setdefault("sanitizer", {})[tool] = {
+                    "rc": p.returncode, "cases": cases, "tail": text[-3000:]}
+            summary = [ln for ln in text.splitlines() if "SUMMARY" in ln]
+            if p.returncode != 0:
+                return f"{tool} rc={p.returncode}: {' | '.join(summary) or text[-600:]}"
+            return None
+        checks.append(Check(f"compute-sanitizer {tool}: {', '.join(SANITIZE_CASES)}", run,
+                            run_s=budget / 2 - 5))
+    return checks
+
+
+# ---------------------------------------------------------------------------------- the phases
+
+def build_phases(env: Env) -> list[Phase]:
+    import gpu_check_conv2d as conv
+    import gpu_check_preprocess as pre
+
+    def correctness():
+        return matmul_correctness(env) + conv.correctness(env) + pre.correctness(env)
+
+    def sweep():
+        return matmul_sweep(env) + pre.sweep(env) + conv.sweep(env)
+
+    def bench():
+        return (matmul_bench(env) + conv.bench(env) + pre.bench(env) + crossover_bench(env)
+                + [Check("bench pipeline overlap", pipeline_overlap, bench="bench_pipeline")])
+
+    return [
+        Phase("preflight", BUDGETS["preflight"], lambda: preflight_checks(env),
+              "card, versions, one compile + launch per kernel family (Triton, CuPy/NVRTC)"),
+        Phase("correctness", BUDGETS["correctness"], correctness,
+              "default config, every dtype, small shapes, vs float64"),
+        Phase("sweep", BUDGETS["sweep"], sweep,
+              "every shipped config of its own dtypes, one ragged shape per kernel"),
+        Phase("sanitizer", BUDGETS["sanitizer"], lambda: sanitizer_checks(env),
+              "compute-sanitizer racecheck + memcheck on small cases"),
+        Phase("bench", 0.0, bench, "vs cuBLAS / cuDNN / torch; dispatcher crossover"),
+    ]
+
+
+def pipeline_overlap():
+    try:
+        import kernelkit.data  # noqa: F401
+    except ImportError:
+        return {"skipped": "kernelkit.data (the pipeline) does not exist yet"}
+    return {"skipped": "kernelkit.data exists: add its overlap benchmark here"}
+
+
+def plan_text(rows: list[dict], deadline: float) -> str:
+    lines = [f"{'phase':<12} {'budget':>7} {'checks':>7} {'compiles':>9} {'estimate':>9}  fits",
+             "-" * 60]
+    total = STARTUP_S
+    for r in rows:
+        budget = r["budget_s"] or (deadline - sum(x["budget_s"] for x in rows))
+        est = min(r["estimate_s"], budget)
+        total += est
+        lines.append(f"{r['phase']:<12} {budget:>6.0f}s {r['checks']:>7} {r['compiles']:>9} "
+                     f"{r['estimate_s']:>8.0f}s  {'yes' if r['estimate_s'] <= budget else 'CUT'}"
+                     f"   {r['compiles_by_family']}")
+    lines.append("-" * 60)
+    lines.append(f"startup {STARTUP_S:.0f} s + phases (capped by budgets) = {total:.0f} s; "
+                 f"run deadline {deadline:.0f} s; limit {LIMIT_S:.0f} s")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------- summary
 
 def render(results: dict) -> str:
-    lines = [f"## GPU check on {results['card']} (torch {results['torch']}, "
-             f"triton {results.get('triton')}, cupy {results.get('cupy', '-')})", ""]
-    n_ok = sum(c["ok"] for c in results["checks"])
-    lines.append(f"correctness: {n_ok}/{len(results['checks'])} checks passed")
-    lines += ["", "| shape | dtype | cuBLAS TFLOP/s | triton TFLOP/s (x cuBLAS) | "
-              "cupy TFLOP/s (x cuBLAS) |", "| --- | --- | --- | --- | --- |"]
-    for r in results["bench"]:
-        cells = []
-        for key in ("triton", "cupy"):
-            s = r.get(f"{key}_s")
-            if s and math.isfinite(s):
-                cells.append(f"{r[f'{key}_tflops']:.1f} ({r['cublas_s'] / s:.2f}x)")
-            else:
-                cells.append("-")
-        lines.append(f"| {r['set']} {'x'.join(map(str, r['mkn']))} | {r['dtype']} | "
-                     f"{r.get('cublas_tflops', 0):.1f} | {cells[0]} | {cells[1]} |")
-    for key, rows in results.items():  # the other ops' rows (conv2d, preprocess), as given
-        if not key.startswith("bench_") or not rows:
+    meta, pf = results.get("meta", {}), results.get("preflight", {})
+    v = pf.get("versions", {})
+    lines = [f"## GPU check on {pf.get('card', meta.get('card', '?'))} "
+             f"(torch {v.get('torch')}, triton {v.get('triton')}, "
+             f"cupy {v.get('cupy-cuda13x') or v.get('cupy-cuda12x') or v.get('cupy', '-')})", "",
+             f"elapsed {meta.get('elapsed_s', 0):.0f} s"
+             + (f"; stopped by {meta['stopped_by']}" if meta.get("stopped_by") else ""), "",
+             "| phase | status | ok | failed | not run | compiles | compile s | s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results.get("phases", []):
+        lines.append(f"| {r['phase']} | {r['status']} | {r.get('ok', 0)} | {r.get('failed', 0)} "
+                     f"| {r.get('skipped', 0)} | {r.get('compiles', 0)} | "
+                     f"{r.get('compile_s', 0):.0f} | {r.get('seconds', 0):.0f} |")
+    fails = [c for c in results.get("checks", []) if c.get("ok") is False]
+    n_ok = sum(1 for c in results.get("checks", []) if c.get("ok"))
+    lines += ["", f"checks: {n_ok} passed, {len(fails)} failed"]
+    lines += [f"- FAIL {c['check']}: {c.get('error')}" for c in fails[:30]]
+    rows = results.get("bench_matmul", [])
+    if rows:
+        lines += ["", "| matmul | dtype | cuBLAS TFLOP/s | triton (x cuBLAS) | cupy (x cuBLAS) |",
+                  "| --- | --- | --- | --- | --- |"]
+        for r in rows:
+            cells = []
+            for key in ("triton", "cupy"):
+                s = r.get(f"{key}_s")
+                cells.append(f"{r[f'{key}_tflops']:.1f} ({r['cublas_s'] / s:.2f}x)"
+                             if s and math.isfinite(s) else "-")
+            lines.append(f"| {r.get('set')} {'x'.join(map(str, r.get('mkn', [])))} | "
+                         f"{r.get('dtype')} | {r.get('cublas_tflops', 0):.1f} | {cells[0]} | "
+                         f"{cells[1]} |")
+    for key, rows in results.items():
+        if not key.startswith("bench_") or key == "bench_matmul" or not rows:
             continue
-        cols = [c for c in rows[0] if not isinstance(rows[0][c], (list, dict)) or c in ("mkn", "shape")]
+        cols = []
+        for r in rows:
+            cols += [c for c in r if c not in cols and not isinstance(r[c], dict)]
         lines += ["", f"### {key.removeprefix('bench_')}", "",
                   "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
         for r in rows:
@@ -279,13 +720,97 @@ def render(results: dict) -> str:
 
 def _cell(v) -> str:
     if isinstance(v, float):
-        return f"{v:.3g}"
-    return "x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+        return fmt_s(v)
+    if v is None:
+        return ""
+    return "x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)[:60]
+
+
+# ----------------------------------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.dry_run:
+        os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+    out = Path(args.outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    deadline = T_START + args.deadline_s
+
+    if args.plan:
+        env = Env(args.dry_run, True, None)
+        phases = build_phases(env)
+        rows = estimate(phases)
+        total = STARTUP_S + sum(min(r["estimate_s"], r["budget_s"] or args.deadline_s)
+                                for r in rows)
+        if args.json:
+            print(json.dumps({"phases": rows, "deadline_s": args.deadline_s,
+                              "limit_s": LIMIT_S, "startup_s": STARTUP_S,
+                              "budgets": BUDGETS, "total_s": total}, indent=1))
+        else:
+            print(plan_text(rows, args.deadline_s))
+        return 0
+
+    rec = Recorder(out, render, T_START)
+    rec.install_signals()
+    rec.results["meta"].update({"argv": sys.argv[1:], "dry_run": args.dry_run,
+                                "deadline_s": args.deadline_s, "limit_s": LIMIT_S,
+                                "host": platform.node(), "budgets": BUDGETS})
+    rec.write()
+    import torch
+
+    if not args.dry_run and not torch.cuda.is_available():
+        rec.log("gpu_check: no CUDA device here; use --dry-run to exercise the script on the CPU")
+        rec.results["meta"]["error"] = "no CUDA device"
+        rec.write()
+        return 2
+    rec.results["meta"]["card"] = "interpreter (CPU)" if args.dry_run else \
+        torch.cuda.get_device_name(0)
+    rec.counter.install()
+    rec.results["meta"]["compile_counting"] = rec.counter.how
+    env = Env(args.dry_run, False, rec)
+    env.timer = make_timer(args.dry_run)
+    env.cache_dir = str(out / "kernelkit-cache")
+    phases = build_phases(env)
+    only = {p for p in args.phases.split(",") if p}
+    built = {}
+    for ph in phases:  # the plan of this run, from the very checks it will run
+        if only and ph.name not in only:
+            continue
+        try:
+            ph.checks = ph.build()
+            built[ph.name] = ph.checks
+        except Exception as exc:  # noqa: BLE001 - reported when the phase runs
+            rec.log(f"phase {ph.name}: cannot build its checks: {exc}")
+    plan = estimate([p for p in phases if p.name in built], built)
+    rec.add_phases(phases, plan)
+    rec.log(f"gpu_check on {rec.results['meta']['card']}: deadline {args.deadline_s:.0f} s")
+    for ph in phases:
+        if only and ph.name not in only:
+            rec.run_phase(ph, deadline, skip_why="not in --phases")
+            continue
+        if ph.name == "sanitizer" and (args.dry_run or find_sanitizer() is None):
+            rec.run_phase(ph, deadline, skip_why="dry run: no GPU" if args.dry_run else
+                          "compute-sanitizer not found (PATH, CUDA_HOME, /usr/local/cuda*)")
+            continue
+        left = deadline - time.perf_counter()
+        if left <= 1:
+            rec.run_phase(ph, deadline, skip_why="run deadline reached before it started")
+            continue
+        ph_deadline = deadline if not ph.budget_s else min(deadline,
+                                                           time.perf_counter() + ph.budget_s)
+        rec.phase_deadline = ph_deadline
+        rec.run_phase(ph, ph_deadline)
+    rec.results["meta"]["finished"] = True
+    rec.write()
+    print(render(rec.results), flush=True)
+    return 0 if not any(c.get("ok") is False for c in rec.results["checks"]) else 1
 
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
     except Exception:
+        import traceback
+
         traceback.print_exc()
         sys.exit(3)

@@ -1,28 +1,26 @@
-"""The conv2d part of the GPU check: correctness of every GPU conv kernel, then speed vs cuDNN.
+"""The conv2d part of the GPU check (bench/gpu_check.py): check builders for each phase.
 
-Called by bench/gpu_check.py as ``run(results, dev, dry_run, timer, budget_left)``:
-
-* correctness entries ``{"check", "ok", "error"}`` go to ``results["checks"]``: Triton (and CuPy
-  when it works) forward (bias + activation), backward input and backward weight, in fp16 / bf16 /
-  fp32 (CuPy: fp16 / fp32), NCHW and NHWC, on a few ResNet-50 layers, MobileNet depthwise layers
-  and odd shapes, against the float64 references (forward: tests/reference.py; backward: torch
-  autograd in float64, normwise with the same bound);
-* benchmark rows go to ``results["bench_conv2d"]``: forward, fp16, NHWC, against torch F.conv2d
-  (cuDNN, channels_last) on the ResNet-50 layers at batch 8 and 32 and the MobileNetV2 depthwise
-  layers; Triton's time is the best of the first configs of ``Conv2dConfig.space``.
-
-``dev`` is "cuda" or "cpu" (dry run: Triton in the interpreter, tiny shapes, no CuPy);
-``timer(fn)`` returns seconds; ``budget_left()`` says how long the benchmarks may still run.
+* ``preflight``: one compile + launch of each Triton conv family (implicit GEMM, direct);
+* ``correctness``: Triton forward (bias + activation), backward input and backward weight with the
+  default configs, fp16 / bf16 / fp32 (CuPy: fp16 / fp32), NHWC and NCHW, on a few small cases
+  chosen so that few distinct compiles cover them, against float64 (forward: tests/reference.py;
+  backward: torch autograd in float64, normwise with the same bound);
+* ``sweep``: every shipped config of each family and dtype on one ragged case (forward; the GEMM
+  backwards for fp16 last);
+* ``bench``: forward fp16 NHWC on 8 ResNet-50 layers and 3 MobileNetV2 depthwise layers, batch 32,
+  against cuDNN given the same layout (channels_last input and weight) and, where torch has one,
+  a fused bias + ReLU (``torch.cudnn_convolution_relu``); the unfused F.conv2d + relu is a row too.
 """
 
 from __future__ import annotations
 
 import math
 
+from gpu_check_runner import Check, spec
+
 from kernelkit.kernels import ACTIVATIONS
 
 ACTS = (None, *ACTIVATIONS)
-
 
 def _grads_f64(x, w, go, stride, padding, dilation, groups, layout):
     """float64 autograd (grad_in, grad_weight) and the same for |x|, |w|, |go|, on the CPU."""
@@ -45,211 +43,290 @@ def _grads_f64(x, w, go, stride, padding, dilation, groups, layout):
     return out
 
 
-def run(results: dict, dev: str, dry_run: bool, timer, budget_left) -> None:
-    import torch
-    from reference import CONV_MOBILENET_DW, CONV_RESNET50, assert_conv2d_close, matmul_bound
+def _conv_of(stride=1, pad=0, dil=1, groups=1, padding=None):
+    return {"stride": (stride, stride) if isinstance(stride, int) else stride,
+            "padding": padding or (pad,) * 4,
+            "dilation": (dil, dil) if isinstance(dil, int) else dil, "groups": groups}
 
-    from kernelkit.kernels.torch import conv2d as vendor
+
+def _kernels(env):
+    """name -> (forward, backward input, backward weight) on torch tensors."""
     from kernelkit.kernels.triton import conv2d as tri
 
-    left = budget_left
-    results.setdefault("checks", [])
-    results.setdefault("bench_conv2d", [])
-    cpk = None
-    if not dry_run:
-        try:
-            from kernelkit import devices
-            from kernelkit.kernels.cupy import conv2d as cpk_mod
+    out = {"triton": (
+        lambda x, w, b, conv, act, layout, cfg=None: tri.conv2d_forward(
+            x, w, b, activation=act, layout=layout, config=cfg, **conv),
+        lambda go, w, hw, conv, layout, cfg=None: tri.conv2d_backward_input(
+            go, w, hw, layout=layout, config=cfg, **conv),
+        lambda x, go, rs, conv, layout, cfg=None: tri.conv2d_backward_weight(
+            x, go, rs, layout=layout, config=cfg, **conv))}
+    if env.cupy:
+        def cp(t):
+            import cupy
 
-            if devices.cupy_available():
-                cpk = cpk_mod
-        except Exception as exc:  # noqa: BLE001 - no cupy: the Triton checks still run
-            results["checks"].append({"check": "conv2d cupy import", "ok": False,
-                                      "error": f"{type(exc).__name__}: {exc}"[:400]})
+            return None if t is None else cupy.from_dlpack(t)
 
-    gen = torch.Generator(device="cpu").manual_seed(0)
+        def tt(a):
+            import torch
 
-    def randn(*shape, dtype=torch.float32):
-        return torch.randn(*shape, generator=gen).to(dtype).to(dev)
+            return torch.from_dlpack(a)
 
-    def record(name, fn):
-        entry = {"check": name, "ok": False, "error": ""}
-        try:
-            fn()
-            if dev == "cuda":
-                torch.cuda.synchronize()
-            entry["ok"] = True
-        except Exception as exc:  # noqa: BLE001 - a failing check is reported, the run goes on
-            entry["error"] = f"{type(exc).__name__}: {exc}"[:400]
-        results["checks"].append(entry)
+        def cpk():
+            from kernelkit.kernels.cupy import conv2d as m
 
-    # -- kernels under test: name -> (forward, backward input, backward weight, dtypes) -----------
-    def as_cupy(t):
-        import cupy
+            return m
+        out["cupy"] = (
+            lambda x, w, b, conv, act, layout, cfg=None: tt(cpk().conv2d_forward(
+                cp(x), cp(w), cp(b), activation=act, layout=layout, config=cfg, **conv)),
+            lambda go, w, hw, conv, layout, cfg=None: tt(cpk().conv2d_backward_input(
+                cp(go), cp(w), hw, layout=layout, **conv)),
+            lambda x, go, rs, conv, layout, cfg=None: tt(cpk().conv2d_backward_weight(
+                cp(x), cp(go), rs, layout=layout, **conv)))
+    return out
 
-        return None if t is None else cupy.from_dlpack(t.contiguous() if t.stride() == () else t)
 
-    def from_cupy(a):
-        return torch.from_dlpack(a)
+def _case_checks(env, kname, dt, layout, cname, dims, conv, act, *, cfg=None, which=("fwd",
+                 "input", "weight"), tag_extra=""):
+    """Checks of one case: forward (+ bias + act), then the two backwards on the same data."""
+    import torch
+    from reference import assert_conv2d_close, matmul_bound
 
-    kernels = {
-        "triton": (
-            lambda x, w, b, conv, act, layout: tri.conv2d_forward(
-                x, w, b, activation=act, layout=layout, **conv),
-            lambda go, w, hw, conv, layout: tri.conv2d_backward_input(go, w, hw, layout=layout,
-                                                                      **conv),
-            lambda x, go, rs, conv, layout: tri.conv2d_backward_weight(x, go, rs, layout=layout,
-                                                                       **conv),
-            [torch.float32, torch.float16] if dry_run else
-            [torch.float16, torch.bfloat16, torch.float32],
-        ),
+    fwd, bwd_in, bwd_w = _kernels(env)[kname]
+    n, c, h, w, k, r, s = dims
+    dn = str(dt).removeprefix("torch.")
+    tag = f"conv2d {kname} {dn} {layout} {cname}{tag_extra}"
+    state: dict = {}
+    direct = conv["groups"] > 1 and c // conv["groups"] < 16
+    fam = "triton.conv_direct" if direct else "triton.conv"
+    geo = spec(c // conv["groups"], k // conv["groups"], h, w, *conv["stride"], *conv["dilation"])
+    cfg_name = "default" if cfg is None else str(cfg.to_dict())
+
+    def key(what):
+        if kname == "cupy":
+            return (("cupy.conv", str(dt), "fwd" if what == "fwd" else "simple",
+                     cfg_name if what == "fwd" else ""),)
+        return ((fam, what, str(dt), layout, cfg_name, r, s, geo,
+                 act if what == "fwd" else None),)
+
+    def data():
+        if "x" not in state:
+            x = env.randn(n, c, h, w, dtype=dt)
+            if layout == "NHWC":
+                x = x.permute(0, 2, 3, 1).contiguous()
+            state.update(x=x, w=env.randn(k, c // conv["groups"], r, s, dtype=dt),
+                         b=env.randn(k, dtype=dt))
+        return state["x"], state["w"], state["b"]
+
+    def check_fwd():
+        x, wt, b = data()
+        y = fwd(x, wt, b, conv, act, layout, cfg)
+        env.sync()
+        state["y"] = y
+        assert_conv2d_close(y.cpu(), x.cpu(), wt.cpu(), b.cpu(), activation=act, layout=layout,
+                            **conv)
+
+    def check_bwd(what):
+        x, wt, b = data()
+        if "grads" not in state:
+            ho = (h + conv["padding"][0] + conv["padding"][1]
+                  - conv["dilation"][0] * (r - 1) - 1) // conv["stride"][0] + 1
+            wo = (w + conv["padding"][2] + conv["padding"][3]
+                  - conv["dilation"][1] * (s - 1) - 1) // conv["stride"][1] + 1
+            go = env.randn(n, k, ho, wo, dtype=dt)
+            if layout == "NHWC":
+                go = go.permute(0, 2, 3, 1).contiguous()
+            state["go"] = go
+            state["grads"] = _grads_f64(x, wt, go, layout=layout, **conv)
+        go = state["go"]
+        (dx_ref, dw_ref), (dx_sc, dw_sc) = state["grads"]
+        if what == "input":
+            got, ref, sc = bwd_in(go, wt, (h, w), conv, layout, cfg), dx_ref, dx_sc
+            red = k // conv["groups"] * r * s
+        else:
+            got, ref, sc = bwd_w(x, go, (r, s), conv, layout, cfg), dw_ref, dw_sc
+            red = go.numel() // k
+        env.sync()
+        got64 = got.detach().cpu().double()
+        assert got64.shape == ref.shape, f"shape {tuple(got64.shape)} != {tuple(ref.shape)}"
+        err = float(((got64 - ref).abs() / sc.clamp_min(1.0)).max())
+        bound = 1.2 * matmul_bound(red, "float32", dn)
+        assert err <= bound, f"normwise error {err:.3e} > bound {bound:.3e}"
+
+    out = []
+    needs = "cupy" if kname == "cupy" else "triton"
+    if "fwd" in which:
+        out.append(Check(f"{tag} forward+bias+{act}", check_fwd, keys=key("fwd"), run_s=0.1,
+                         needs=needs))
+    if "input" in which:
+        out.append(Check(f"{tag} backward input", lambda: check_bwd("input"), keys=key("input"),
+                         run_s=0.2, needs=needs))
+    if "weight" in which:
+        out.append(Check(f"{tag} backward weight", lambda: check_bwd("weight"),
+                         keys=key("weight"), run_s=0.1, needs=needs))
+    del torch
+    return out
+
+
+def _cases(dry):
+    if dry:
+        return [("3x3", (1, 16, 6, 6, 16, 3, 3), _conv_of(pad=1)),
+                ("depthwise s2", (1, 16, 7, 7, 16, 3, 3), _conv_of(stride=2, pad=1, groups=16)),
+                ("odd", (1, 3, 7, 6, 16, 3, 2), _conv_of(stride=(2, 1), padding=(1, 0, 2, 1),
+                                                         dil=(1, 2)))]
+    return [
+        ("3x3 64->64 14px", (2, 64, 14, 14, 64, 3, 3), _conv_of(pad=1)),
+        ("depthwise 32 15px /2", (2, 32, 15, 15, 32, 3, 3), _conv_of(stride=2, pad=1, groups=32)),
+        ("odd stride/dilation/asym pad", (3, 37, 13, 11, 45, 3, 3),
+         _conv_of(stride=(2, 1), padding=(1, 2, 0, 1), dil=(1, 2))),
+        ("stem-like 7x7/2 C=3", (2, 3, 33, 31, 32, 7, 7), _conv_of(stride=2, pad=3)),
+        ("groups 4", (2, 32, 9, 9, 64, 3, 3), _conv_of(pad=1, groups=4)),
+    ]
+
+
+def preflight(env) -> list[Check]:
+    import torch
+
+    dt = torch.float32 if env.dry else torch.float16
+    cases = _cases(env.dry)
+    out = _case_checks(env, "triton", dt, "NHWC", cases[0][0], cases[0][1], cases[0][2], "relu",
+                       which=("fwd",), tag_extra=" (preflight compile + launch)")
+    out += _case_checks(env, "triton", dt, "NHWC", cases[1][0], cases[1][1], cases[1][2], "relu",
+                        which=("fwd",), tag_extra=" (preflight compile + launch)")
+    return out
+
+
+def correctness(env) -> list[Check]:
+    import torch
+
+    cases = _cases(env.dry)
+    out = []
+    if env.dry:  # the interpreter is slow: fp32 NCHW and fp16 NHWC
+        for dt, layout in ((torch.float32, "NCHW"), (torch.float16, "NHWC")):
+            for i, (cname, dims, conv) in enumerate(cases):
+                out += _case_checks(env, "triton", dt, layout, cname, dims, conv,
+                                    ACTS[i % len(ACTS)])
+        return out
+    plan = {  # dtype -> [(case index, layout, which)]
+        torch.float16: [(0, "NHWC", None), (0, "NCHW", None), (1, "NHWC", None),
+                        (2, "NHWC", None), (3, "NHWC", ("fwd",)), (4, "NHWC", ("fwd",))],
+        torch.float32: [(0, "NHWC", None), (0, "NCHW", None), (1, "NHWC", None),
+                        (2, "NHWC", None), (3, "NHWC", ("fwd",))],
+        torch.bfloat16: [(0, "NHWC", None), (1, "NHWC", ("fwd",))],
     }
-    if cpk is not None:
-        kernels["cupy"] = (
-            lambda x, w, b, conv, act, layout: from_cupy(cpk.conv2d_forward(
-                as_cupy(x), as_cupy(w), as_cupy(b), activation=act, layout=layout, **conv)),
-            lambda go, w, hw, conv, layout: from_cupy(cpk.conv2d_backward_input(
-                as_cupy(go), as_cupy(w), hw, layout=layout, **conv)),
-            lambda x, go, rs, conv, layout: from_cupy(cpk.conv2d_backward_weight(
-                as_cupy(x), as_cupy(go), rs, layout=layout, **conv)),
-            [torch.float16, torch.float32],
-        )
+    for dt, items in plan.items():
+        for j, (i, layout, which) in enumerate(items):
+            cname, dims, conv = cases[i]
+            act = "relu" if j == 0 else ACTS[(i + j) % len(ACTS)]
+            out += _case_checks(env, "triton", dt, layout, cname, dims, conv, act,
+                                which=which or ("fwd", "input", "weight"))
+    for dt in (torch.float16, torch.float32):  # CuPy: runtime shapes, two modules per dtype
+        for i, (cname, dims, conv) in enumerate(cases):
+            for layout in ("NHWC", "NCHW") if i == 0 else ("NHWC",):
+                out += _case_checks(env, "cupy", dt, layout, cname, dims, conv,
+                                    ACTS[(i + 1) % len(ACTS)])
+    return out
 
-    # -- shapes: (name, (n, c, h, w, k, r, s), conv) ----------------------------------------------
-    def conv_of(stride=1, pad=0, dil=1, groups=1, padding=None):
-        return {"stride": (stride, stride) if isinstance(stride, int) else stride,
-                "padding": padding or (pad,) * 4,
-                "dilation": (dil, dil) if isinstance(dil, int) else dil, "groups": groups}
 
-    if dry_run:
-        cases = [
-            ("3x3", (1, 16, 6, 6, 16, 3, 3), conv_of(pad=1)),
-            ("depthwise s2", (1, 16, 7, 7, 16, 3, 3), conv_of(stride=2, pad=1, groups=16)),
-            ("odd", (1, 3, 7, 6, 16, 3, 2), conv_of(stride=(2, 1), padding=(1, 0, 2, 1),
-                                                    dil=(1, 2))),
-        ]
+def sweep(env) -> list[Check]:
+    """Every shipped config of each family, on its own dtypes, on one ragged case."""
+    import torch
+
+    from kernelkit.kernels.triton import conv2d as tri
+
+    if env.dry:
+        case = ("ragged", (1, 19, 5, 6, 21, 3, 3), _conv_of(pad=1))
+        dw = ("ragged depthwise", (1, 24, 5, 6, 24, 3, 3), _conv_of(pad=1, groups=24))
+        dts = (torch.float32,)
     else:
-        cases = []
-        for i in (0, 2, 6, 13, 14, 22):
-            c, k, hw, ks, st, pad = CONV_RESNET50[i]
-            cases.append((f"resnet50[{i}] {c}->{k} {hw}px {ks}x{ks}/{st}",
-                          (1 if i == 0 else 2, c, hw, hw, k, ks, ks), conv_of(st, pad)))
-        for i in (1, 6):
-            c, hw, st = CONV_MOBILENET_DW[i]
-            cases.append((f"mobilenet_dw[{i}] {c} {hw}px /{st}", (2, c, hw, hw, c, 3, 3),
-                          conv_of(st, 1, groups=c)))
-        cases += [
-            ("odd stride/dilation/asym pad", (3, 37, 13, 11, 45, 3, 3),
-             conv_of(stride=(2, 1), padding=(1, 2, 0, 1), dil=(1, 2))),
-            ("groups 4", (2, 32, 9, 9, 64, 3, 3), conv_of(pad=1, groups=4)),
-            ("resnext groups 32", (2, 128, 14, 14, 128, 3, 3), conv_of(pad=1, groups=32)),
-            ("stem-like 5x5", (2, 3, 33, 31, 32, 5, 5), conv_of(stride=2, pad=2)),
-        ]
+        case = ("ragged 3x3 37->45 13x11", (2, 37, 13, 11, 45, 3, 3), _conv_of(pad=1))
+        dw = ("ragged depthwise 40 13x11", (2, 40, 13, 11, 40, 3, 3), _conv_of(pad=1, groups=40))
+        dts = (torch.float16, torch.float32)
+    out, later = [], []
+    for dt in dts:
+        for kind, (cname, dims, conv) in (("gemm", case), ("direct", dw)):
+            for cfg in tri.shipped_configs(dt, kind):
+                tag = f" config {cfg.to_dict()}"
+                which = ("fwd",)
+                out += _case_checks(env, "triton", dt, "NHWC", cname, dims, conv, "gelu",
+                                    cfg=cfg, which=which, tag_extra=tag)
+                if not env.dry and dt == torch.float16 and kind == "gemm" and \
+                        cfg != tri.Conv2dConfig.default(dt):
+                    later += _case_checks(env, "triton", dt, "NHWC", cname, dims, conv, "gelu",
+                                          cfg=cfg, which=("input", "weight"), tag_extra=tag)
+    if env.cupy and not env.dry:
+        from kernelkit.kernels.cupy import conv2d as cpk
 
-    for kname, (fwd, bwd_in, bwd_w, dtypes) in kernels.items():
-        for dt in dtypes:
-            dn = str(dt).removeprefix("torch.")
-            # the interpreter is slow: a dry run pairs fp32 with NCHW and fp16 with NHWC
-            layouts = [("NCHW", "NHWC")[dtypes.index(dt) % 2]] if dry_run else ["NCHW", "NHWC"]
-            for layout in layouts:
-                for ci, (cname, (n, c, h, w, k, r, s), conv) in enumerate(cases):
-                    x = randn(n, c, h, w, dtype=dt)
-                    if layout == "NHWC":
-                        x = x.permute(0, 2, 3, 1).contiguous()
-                    wt = randn(k, c // conv["groups"], r, s, dtype=dt)
-                    b = randn(k, dtype=dt)
-                    act = ACTS[ci % len(ACTS)]
-                    tag = f"conv2d {kname} {dn} {layout} {cname}"
-                    holder = {}
+        for dt in (torch.float32,):
+            for cfg in cpk.SHIPPED_CONFIGS[1:]:
+                out += _case_checks(env, "cupy", dt, "NHWC", *case, "gelu", cfg=cfg,
+                                    which=("fwd",), tag_extra=f" config {cfg.to_dict()}")
+    return out + later
 
-                    def check_fwd(x=x, wt=wt, b=b, conv=conv, act=act, layout=layout):
-                        y = fwd(x, wt, b, conv, act, layout)
-                        holder["y"] = y
-                        assert_conv2d_close(y.cpu(), x.cpu(), wt.cpu(), b.cpu(), activation=act,
-                                            layout=layout, **conv)
 
-                    record(f"{tag} forward+bias+{act}", check_fwd)
-                    y = holder.get("y")
-                    if y is None:
-                        continue
-                    go = randn(*y.shape, dtype=dt)
-                    grads = _grads_f64(x, wt, go, layout=layout, **conv)
+def bench(env) -> list[Check]:
+    import torch
+    import torch.nn.functional as F
+    from reference import CONV_MOBILENET_DW, CONV_RESNET50
 
-                    def check_bwd(which, x=x, wt=wt, go=go, conv=conv, layout=layout, h=h, w=w,
-                                  k=k, r=r, s=s, grads=grads, y=y):
-                        (dx_ref, dw_ref), (dx_sc, dw_sc) = grads
-                        if which == "input":
-                            got, ref, sc = bwd_in(go, wt, (h, w), conv, layout), dx_ref, dx_sc
-                            red = k // conv["groups"] * r * s
-                        else:
-                            got, ref, sc = bwd_w(x, go, (r, s), conv, layout), dw_ref, dw_sc
-                            red = y.numel() // k
-                        got64 = got.detach().cpu().double()
-                        assert got64.shape == ref.shape, f"shape {tuple(got64.shape)} != {tuple(ref.shape)}"
-                        err = float(((got64 - ref).abs() / sc.clamp_min(1.0)).max())
-                        bound = 1.2 * matmul_bound(red, "float32", dn)
-                        assert err <= bound, f"normwise error {err:.3e} > bound {bound:.3e}"
+    from kernelkit.kernels.triton import conv2d as tri
 
-                    record(f"{tag} backward input", lambda: check_bwd("input"))
-                    record(f"{tag} backward weight", lambda: check_bwd("weight"))
-
-    n_ok = sum(c["ok"] for c in results["checks"] if c["check"].startswith("conv2d"))
-    n_all = sum(1 for c in results["checks"] if c["check"].startswith("conv2d"))
-    print(f"conv2d correctness: {n_ok}/{n_all} checks passed")
-
-    # -- speed: forward, fp16, NHWC, vs cuDNN ------------------------------------------------------
-    if dry_run:
-        bench_cases = [("resnet50", 0, 1, (16, 16, 8, 3, 1, 1), 1)]
+    if env.dry:
+        layers = [("resnet50", 0, 1, (16, 16, 8, 3, 1, 1), 1)]
         dt = torch.float32
     else:
         dt = torch.float16
-        bench_cases = [("resnet50", i, b, layer, 1) for b in (8, 32)
-                       for i, layer in enumerate(CONV_RESNET50)]
-        bench_cases += [("mobilenet_dw", i, b, (c, c, hw, 3, st, 1), c) for b in (8, 32)
-                        for i, (c, hw, st) in enumerate(CONV_MOBILENET_DW)]
-    for set_name, idx, batch, (c, k, hw, ks, st, pad), groups in bench_cases:
-        if left() < 5:
-            print(f"conv2d benchmark budget spent; stopping before {set_name}[{idx}] batch {batch}")
-            break
-        conv = {"stride": (st, st), "padding": (pad,) * 4, "dilation": (1, 1), "groups": groups}
-        x = randn(batch, hw, hw, c, dtype=dt)
-        wt = randn(k, c // groups, ks, ks, dtype=dt)
-        wt_cl = wt.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # (K, R, S, C) in memory
-        b = randn(k, dtype=dt)
-        ho = (hw + 2 * pad - ks) // st + 1
-        flops = 2.0 * batch * ho * ho * k * (c // groups) * ks * ks
-        row = {"set": set_name, "layer": idx, "batch": batch, "dtype": str(dt)[6:],
-               "layout": "NHWC", "c": c, "k": k, "hw": hw, "kernel": ks, "stride": st,
-               "groups": groups}
-        try:
-            row["cudnn_s"] = timer(lambda: vendor.conv2d_forward(x, wt, b, conv["stride"],
-                                                                 conv["padding"], (1, 1), groups,
-                                                                 "relu", "NHWC"))
-        except Exception as exc:  # noqa: BLE001
-            row["cudnn_error"] = f"{exc}"[:200]
-        best = (math.inf, None)
-        space = tri.Conv2dConfig.space(dt, batch, c, hw, hw, k, ks, ks, st, groups)
-        for cfg in space[: (1 if dry_run else 3)]:
-            if left() < 5:
-                break
-            try:
-                t = timer(lambda cfg=cfg: tri.conv2d_forward(x, wt_cl, b, activation="relu",
-                                                             layout="NHWC", config=cfg, **conv))
-                best = min(best, (t, cfg.to_dict()), key=lambda z: z[0])
-            except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory on this card
-                row.setdefault("triton_errors", []).append(f"{cfg.to_dict()}: {exc}"[:200])
-        row["triton_s"], row["triton_config"] = best
-        if cpk is not None and left() > 5:
-            try:
-                cx, cw, cb = as_cupy(x), as_cupy(wt_cl), as_cupy(b)
-                row["cupy_s"] = timer(lambda: cpk.conv2d_forward(cx, cw, cb, activation="relu",
-                                                                 layout="NHWC", **conv))
-            except Exception as exc:  # noqa: BLE001
-                row["cupy_error"] = f"{exc}"[:200]
-        for key in ("cudnn", "triton", "cupy"):
-            t = row.get(f"{key}_s")
-            if t and math.isfinite(t):
-                row[f"{key}_tflops"] = flops / t / 1e12
-        if row.get("cudnn_s") and math.isfinite(row.get("triton_s", math.inf)):
-            row["triton_vs_cudnn"] = row["cudnn_s"] / row["triton_s"]
-        results["bench_conv2d"].append(row)
+        layers = [("resnet50", i, 32, CONV_RESNET50[i], 1) for i in (0, 1, 2, 3, 6, 10, 16, 22)]
+        layers += [("mobilenet_dw", i, 32, (c, c, hw, 3, st, 1), c)
+                   for i, (c, hw, st) in ((0, CONV_MOBILENET_DW[0]), (3, CONV_MOBILENET_DW[3]),
+                                          (7, CONV_MOBILENET_DW[7]))]
+    fused = getattr(torch, "cudnn_convolution_relu", None)
+    out = []
+    for set_name, idx, batch, (c, k, hw, ks, st, pad), groups in layers:
+        def run(set_name=set_name, idx=idx, batch=batch, c=c, k=k, hw=hw, ks=ks, st=st, pad=pad,
+                groups=groups):
+            conv = {"stride": (st, st), "padding": (pad,) * 4, "dilation": (1, 1),
+                    "groups": groups}
+            x = env.randn(batch, hw, hw, c, dtype=dt)  # NHWC in memory
+            x_cl = x.permute(0, 3, 1, 2)  # the same memory as torch channels_last: no copy
+            wt = env.randn(k, c // groups, ks, ks, dtype=dt)
+            wt_cl = wt.contiguous(memory_format=torch.channels_last)  # (K, R, S, C) in memory
+            b = env.randn(k, dtype=dt)
+            ho = (hw + 2 * pad - ks) // st + 1
+            flops = 2.0 * batch * ho * ho * k * (c // groups) * ks * ks
+            row = {"set": set_name, "layer": idx, "batch": batch, "c": c, "k": k, "hw": hw,
+                   "kernel": ks, "stride": st, "groups": groups, "dtype": str(dt)[6:],
+                   "layout": "NHWC, weight channels_last"}
+            args = ((st, st), (pad, pad), (1, 1), groups)
+            row["cudnn_unfused_s"] = env.timer(
+                lambda: F.relu_(F.conv2d(x_cl, wt_cl, b, *args)))
+            if fused is not None and not env.dry:
+                try:
+                    y_f = fused(x_cl, wt_cl, b, *args)
+                    y_u = F.relu(F.conv2d(x_cl, wt_cl, b, *args))
+                    assert torch.allclose(y_f.float(), y_u.float(), rtol=2e-2, atol=2e-2)
+                    row["cudnn_fused_s"] = env.timer(lambda: fused(x_cl, wt_cl, b, *args))
+                except Exception as exc:  # noqa: BLE001 - the unfused row still stands
+                    row["cudnn_fused_error"] = f"{type(exc).__name__}: {exc}"[:200]
+            best = (math.inf, None)
+            space = tri.Conv2dConfig.space(dt, batch, c, hw, hw, k, ks, ks, st, groups)
+            for cfg in space[: (1 if env.dry else 2)]:
+                try:
+                    t = env.timer(lambda cfg=cfg: tri.conv2d_forward(
+                        x, wt_cl, b, activation="relu", layout="NHWC", config=cfg, **conv))
+                    best = min(best, (t, cfg.to_dict()), key=lambda z: z[0])
+                except Exception as exc:  # noqa: BLE001
+                    row.setdefault("triton_errors", []).append(f"{cfg.to_dict()}: {exc}"[:200])
+            row["triton_s"], row["triton_config"] = best
+            vendor = row.get("cudnn_fused_s") or row.get("cudnn_unfused_s")
+            for key in ("cudnn_fused", "cudnn_unfused", "triton"):
+                t = row.get(f"{key}_s")
+                if t and math.isfinite(t):
+                    row[f"{key}_tflops"] = flops / t / 1e12
+            if vendor and math.isfinite(row["triton_s"]):
+                row["triton_vs_cudnn"] = vendor / row["triton_s"]
+            return row
+        fam = "triton.conv_direct" if groups > 1 else "triton.conv"
+        keys = tuple((fam, "bench", ks, st, f"space{i}", c // groups >= 16) for i in range(2))
+        out.append(Check(f"bench conv2d {set_name}[{idx}] batch {batch}", run, keys=keys,
+                         run_s=1.0, bench="bench_conv2d"))
+    return out

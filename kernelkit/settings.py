@@ -1,6 +1,7 @@
 """The knobs: environment variables, and the same as a context manager in code.
 
-KERNELKIT_CACHE_DIR  where the autotune cache lives (default: the platform's user cache dir)
+KERNELKIT_CACHE_DIR  where the autotune cache lives (default: the platform's user cache dir, from
+                     platformdirs when it is installed, else the same path worked out here)
 KERNELKIT_TUNE       on a cache miss: "measure" (default), "model" (cost model) or "off" (safe default)
 KERNELKIT_BACKEND    force a backend: numba | triton | cupy | torch (any registered backend)
 KERNELKIT_DEVICE     force a device: cpu | cuda
@@ -39,9 +40,34 @@ class Settings:
     def cache_path(self) -> Path:
         if self.cache_dir:
             return Path(self.cache_dir)
-        import platformdirs
+        return default_cache_dir()
 
-        return Path(platformdirs.user_cache_dir("kernelkit", appauthor=False))
+
+def default_cache_dir() -> Path:
+    """The user cache dir for kernelkit: platformdirs' answer where it is installed, else the
+    same path by the platforms' conventions (XDG on Linux), so that nothing optional can stop a
+    call (the GPU machines have no platformdirs)."""
+    try:
+        import platformdirs
+    except ImportError:
+        return fallback_cache_dir()
+    return Path(platformdirs.user_cache_dir("kernelkit", appauthor=False))
+
+
+def fallback_cache_dir(env=None, platform: str | None = None, home: Path | None = None) -> Path:
+    """platformdirs' user_cache_dir("kernelkit", appauthor=False), without platformdirs."""
+    import sys
+
+    env = os.environ if env is None else env
+    platform = sys.platform if platform is None else platform
+    home = Path.home() if home is None else home
+    if platform.startswith("win"):
+        base = env.get("LOCALAPPDATA") or str(home / "AppData" / "Local")
+        return Path(base) / "kernelkit" / "Cache"
+    if platform == "darwin":
+        return home / "Library" / "Caches" / "kernelkit"
+    xdg = (env.get("XDG_CACHE_HOME") or "").strip()
+    return Path(xdg if xdg else home / ".cache") / "kernelkit"
 
 
 # The overrides of the innermost `use()` block, as a hashable tuple of (knob, value) pairs, so
