@@ -103,6 +103,8 @@ def _pin_threads(n: int) -> None:
 
 
 def cmd_cache(args: argparse.Namespace, con: Console) -> int:
+    from .autotune import cache as cache_mod
+
     cache = _cache()
     if args.action == "clear":
         n = len(cache.entries())
@@ -112,17 +114,51 @@ def cmd_cache(args: argparse.Namespace, con: Console) -> int:
     if args.action == "path":
         print(cache.path)
         return 0
+    if args.action == "export":
+        if len(args.files) != 1:
+            raise ValueError("cache export takes one FILE")
+        doc = cache.export()
+        Path(args.files[0]).write_text(json.dumps(doc, indent=1, sort_keys=True))
+        con.print(f"wrote {len(doc['entries'])} entries ({len(doc['header']['fingerprints'])} "
+                  f"machine fingerprints) to {args.files[0]}")
+        return 0
+    if args.action == "import":
+        if not args.files:
+            raise ValueError("cache import takes FILE [FILE ...]")
+        for f in args.files:
+            records, fps = cache_mod.read_export(f)
+            cache.add_records(records, fps)
+            mine = sum(1 for fid, _ in records if fid == cache.fp)
+            con.print(f"imported {len(records)} entries from {f} ({mine} made on this machine "
+                      f"and usable here, {len(records) - mine} kept for other machines)")
+        return 0
+    if args.action == "merge":
+        if len(args.files) < 2 or not args.out:
+            raise ValueError("cache merge takes A B [...] --out C")
+        doc = cache_mod.merge_exports(args.files)
+        Path(args.out).write_text(json.dumps(doc, indent=1, sort_keys=True))
+        con.print(f"merged {len(args.files)} files into {args.out}: {len(doc['entries'])} entries")
+        return 0
     entries = cache.entries()
     if args.json:
         print(json.dumps(entries, indent=1))
         return 0
-    t = Table(title=f"{cache.path} ({len(entries)} entries)")
-    for col in ("key", "choice", "config", "source", "best"):
+    t = Table(title=f"{cache.path} ({len(entries)} entries for this machine)")
+    for col in ("key", "choice", "device", "config", "source", "candidates (best time each)",
+                "vs vendor"):
         t.add_column(col)
     for key, e in sorted(entries.items()):
-        times = [x["median"] for x in e.get("trials", []) if "median" in x]
-        t.add_row(key, e["choice"]["candidate"], json.dumps(e["choice"]["config"]),
-                  e["choice"]["source"], _us(min(times) if times else None))
+        best: dict[str, float] = {}
+        for x in e.get("trials", []):
+            if "median" in x:
+                best[x["candidate"]] = min(best.get(x["candidate"], float("inf")), x["median"])
+        choice = e["choice"]["candidate"]
+        vendor = min((v for c, v in best.items() if c.startswith("torch-")), default=None)
+        ratio = f"{vendor / best[choice]:.2f}x" if vendor and best.get(choice) else "-"
+        times = ", ".join(f"{c} {_us(v)}" for c, v in sorted(best.items(), key=lambda kv: kv[1]))
+        t.add_row(key, choice, choice.rpartition("-")[2], json.dumps(e["choice"]["config"]),
+                  e["choice"]["source"] + (" (provisional)" if e.get("provisional") else ""),
+                  times or "-", ratio)
     con.print(t)
     return 0
 
@@ -173,8 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="also write the rows to this file")
     s.set_defaults(fn=cmd_tune)
 
-    s = sub.add_parser("cache", help="show or clear the autotune cache")
-    s.add_argument("action", choices=("show", "clear", "path"))
+    s = sub.add_parser("cache", help="show, clear, export, import or merge autotune caches")
+    s.add_argument("action", choices=("show", "clear", "path", "export", "import", "merge"))
+    s.add_argument("files", nargs="*", help="export FILE | import FILE... | merge A B...")
+    s.add_argument("--out", help="merge: the merged file")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_cache)
 

@@ -18,7 +18,7 @@ def kk(*args, cache_dir, check=True):
 def test_info_json(tmp_path):
     info = json.loads(kk("info", "--json", cache_dir=tmp_path).stdout)
     assert info["backends"]["numba (cpu)"] is True
-    assert info["cache"]["path"] == str(tmp_path / "autotune.json")
+    assert info["cache"]["path"] == str(tmp_path / "autotune.jsonl")
     assert info["versions"]["numpy"]
 
 
@@ -68,3 +68,26 @@ def test_explain_every_op_through_its_spec(tmp_path):
         assert out.startswith(args[0] + ":") and "torch-cpu" in out and "choice:" in out
     r = kk("explain", "preprocess", "2", "30", cache_dir=tmp_path, check=False)
     assert r.returncode == 2 and "preprocess takes N H W SIZE" in r.stdout
+
+
+def test_cache_export_import_merge_and_show(tmp_path):
+    """Caches move between machines as one JSON file with its validators in the header; show
+    prints every candidate's time and the speed-up over the vendor."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    kk("explain", "matmul", "48", "40", "24", cache_dir=a)
+    kk("explain", "matmul", "9", "5", "7", cache_dir=b)
+    kk("cache", "export", str(tmp_path / "a.json"), cache_dir=a)
+    kk("cache", "export", str(tmp_path / "b.json"), cache_dir=b)
+    doc = json.loads((tmp_path / "a.json").read_text())
+    (fp,) = doc["header"]["fingerprints"]
+    assert doc["header"]["fingerprints"][fp]["cpu"] and len(doc["entries"]) == 1
+    kk("cache", "merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out",
+       str(tmp_path / "c.json"), cache_dir=a)
+    merged = json.loads((tmp_path / "c.json").read_text())
+    assert len(merged["entries"]) == 2
+    c = tmp_path / "c"
+    assert "imported 2 entries" in kk("cache", "import", str(tmp_path / "c.json"), cache_dir=c).stdout
+    shown = json.loads(kk("cache", "show", "--json", cache_dir=c).stdout)
+    assert {e["problem"]["dims"][1] for e in shown.values()} == {48, 9}
+    table = kk("cache", "show", cache_dir=c).stdout
+    assert "torch-cpu" in table and "numba-cpu" in table and "vs vendor" in table

@@ -1,32 +1,48 @@
-"""The persistent autotune cache: one JSON file per cache directory.
+"""The persistent autotune cache: an append-only JSON-lines file per cache directory.
 
-The header holds the schema version and the machine fingerprint. A file whose header does not match
-this machine is ignored with one warning (never applied silently), a corrupt file is a warning and
-a fresh start. Writers take an inter-process lock, merge with what is on disk and replace the file
-atomically, so concurrent tuners lose nothing and a killed writer leaves no half-written file.
+Each line is one record: an entry (its key, the machine fingerprint it was measured under, and
+the entry itself), or the definition of a fingerprint. Validation is per entry: an entry measured
+on another machine or with other library versions is kept under its own fingerprint and simply
+not used here, never wiped.
+
+Why JSON lines rather than SQLite: a line is the unit of damage. A truncated or partly damaged
+file keeps every line that still parses (one warning), a killed writer can only leave a partial
+last line, and the file stays readable and diffable by people. Writers take an inter-process file
+lock and append (O(1) per measurement), so concurrent tuners lose nothing; the file is compacted
+(rewritten atomically, last record per key wins) when superseded lines pile up. The file's mode
+follows the umask, like any file the user creates.
+
+The previous format (one JSON document, ``autotune.json``, schema 1) is migrated on first use,
+its entries kept under the fingerprint its header named, and the old file set aside as
+``autotune.json.schema1.bak``; a file that cannot be read that way is set aside as
+``autotune.json.unreadable.bak``. A cache directory that cannot be created or written means
+tuning in memory, with one warning.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
-import tempfile
 import threading
 import warnings
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from .. import devices
 
-SCHEMA = 1
-FILENAME = "autotune.json"
+SCHEMA = 2
+FILENAME = "autotune.jsonl"
+LEGACY_FILENAME = "autotune.json"  # schema 1: {"header": {...}, "entries": {key: entry}}
+LOCK_TIMEOUT_S = 60
+COMPACT_WHEN = 2.0  # rewrite the file when it holds this many times more lines than live records
 
 
 class CacheWarning(UserWarning):
-    """The cache on disk could not be used (corrupt, foreign machine, unreadable)."""
+    """The cache on disk could not be used as it is (damaged, foreign entries, unwritable)."""
 
 
 @functools.cache
@@ -44,90 +60,287 @@ def fingerprint() -> dict[str, Any]:
     }
 
 
+def fingerprint_id(fp: dict[str, Any]) -> str:
+    """A short stable name of a fingerprint (what each entry line carries)."""
+    text = json.dumps(fp, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def header() -> dict[str, Any]:
+    """The validators of this machine, as the export files' header names them."""
     return {"schema": SCHEMA, "fingerprint": fingerprint()}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class Cache:
-    """Entries keyed by `autotune.key.make_key`; each entry is a JSON object (see tuner.py)."""
+    """Entries keyed by `autotune.key.make_key`; each entry is a JSON object (see tuner.py).
+
+    `entries()` and `get()` see this machine's entries; `records()` every record of the file,
+    foreign ones included (for export and `cache show --all`).
+    """
 
     def __init__(self, directory: str | os.PathLike):
         self.dir = Path(directory)
         self.path = self.dir / FILENAME
-        self._entries: dict[str, dict] | None = None
-        self._mutex = threading.Lock()
+        self.legacy_path = self.dir / LEGACY_FILENAME
+        self.fp = fingerprint_id(fingerprint())
+        self._records: dict[tuple[str, str], dict] | None = None  # (fp, key) -> entry
+        self._fingerprints: dict[str, dict] = {}
+        self._lines = 0  # lines in the file when last read (to decide on compaction)
+        self._fps_on_disk: set[str] = set()  # fingerprints whose definition the file holds
+        self._in_memory = False  # the directory cannot be written: tune in memory
+        self._mutex = threading.RLock()
+        self._warned: set[str] = set()
+
+    # -- warnings, once each -----------------------------------------------------------------
+    def _warn(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            warnings.warn(f"kernelkit: {message}", CacheWarning, stacklevel=4)
 
     # -- reading -------------------------------------------------------------------------------
-    def _read_disk(self, *, warn: bool) -> dict[str, dict]:
-        """The entries on disk that belong to this machine; {} (with a warning) for anything else."""
+    def _read_lines(self, path: Path) -> tuple[dict[tuple[str, str], dict], dict[str, dict], int]:
+        """Every record of a JSON-lines file; damaged lines are skipped with one warning."""
+        records: dict[tuple[str, str], dict] = {}
+        fps: dict[str, dict] = {}
+        bad = lines = 0
         try:
-            text = self.path.read_text()
-        except FileNotFoundError:
-            return {}
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    lines += 1
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                        if "fingerprint" in rec:
+                            fps[str(rec["fp"])] = dict(rec["fingerprint"])
+                        else:
+                            entry = rec["entry"]
+                            if rec.get("schema", SCHEMA) != SCHEMA or not isinstance(entry, dict) \
+                                    or not isinstance(entry.get("choice"), dict):
+                                raise ValueError("not an entry of this schema")
+                            records[(str(rec["fp"]), str(rec["key"]))] = entry
+                    except (ValueError, KeyError, TypeError):
+                        bad += 1
+        except (FileNotFoundError, NotADirectoryError):  # nothing cached there (yet)
+            return {}, {}, 0
         except OSError as exc:
-            if warn:
-                warnings.warn(f"kernelkit: cannot read autotune cache {self.path}: {exc}; "
-                              "starting fresh", CacheWarning, stacklevel=4)
-            return {}
+            self._warn("unreadable", f"cannot read the autotune cache {path}: {exc}; tuning "
+                       "without it")
+            return {}, {}, 0
+        if bad:
+            self._warn("damaged", f"the autotune cache {path} has {bad} damaged line(s) of "
+                       f"{lines}; kept the {len(records)} entries that could be read")
+        return records, fps, lines
+
+    def _load(self) -> None:
+        records, fps, lines = self._read_lines(self.path)
+        self._lines, self._fps_on_disk = lines, set(fps)
+        if self.legacy_path.exists():
+            legacy = self._migrate_legacy()
+            for (fp, key), entry in legacy[0].items():
+                records.setdefault((fp, key), entry)
+            fps.update(legacy[1])
+        self._records, self._fingerprints = records, fps
+        foreign = sum(1 for fp, _ in records if fp != self.fp)
+        if foreign:
+            names = {(fps.get(fp) or {}).get("gpu") for fp, _ in records if fp != self.fp}
+            self._warn("foreign", f"the autotune cache {self.path} holds {foreign} entries made "
+                       f"with another machine fingerprint (other CPU, GPU {sorted(map(str, names))}"
+                       ", driver or library versions): kept, not used here")
+
+    def _migrate_legacy(self) -> tuple[dict[tuple[str, str], dict], dict[str, dict]]:
+        """Read the schema-1 file, append its entries to the lines file under the fingerprint its
+        header named, and set it aside as a named backup. Never deletes anything."""
         try:
-            data = json.loads(text)
+            data = json.loads(self.legacy_path.read_text())
             head, entries = data["header"], data["entries"]
-            if not isinstance(entries, dict):
+            if not isinstance(entries, dict) or not isinstance(head, dict):
                 raise TypeError("entries is not an object")
-        except (ValueError, KeyError, TypeError) as exc:
-            if warn:
-                warnings.warn(f"kernelkit: autotune cache {self.path} is corrupt ({exc}); "
-                              "ignoring it and starting fresh", CacheWarning, stacklevel=4)
-            return {}
-        if head != header():
-            if warn:
-                why = "schema" if head.get("schema") != SCHEMA else "machine fingerprint"
-                warnings.warn(f"kernelkit: autotune cache {self.path} was made with another {why} "
-                              f"({head.get('fingerprint', {}).get('cpu')!r}, "
-                              f"gpu {head.get('fingerprint', {}).get('gpu')!r}); ignoring it",
-                              CacheWarning, stacklevel=4)
-            return {}
-        return entries
+            if head.get("schema") != 1:
+                raise ValueError(f"unknown schema {head.get('schema')!r}")
+            fp = dict(head["fingerprint"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            why = "schema" if isinstance(exc, ValueError) and "schema" in str(exc) else "damaged"
+            backup = self._set_aside("unreadable")
+            self._warn(f"legacy-{why}",
+                       f"the autotune cache {self.legacy_path} could not be read ({exc}: "
+                       f"{why}); set aside as {backup}, starting without it")
+            return {}, {}
+        fid = fingerprint_id(fp)
+        records = {(fid, str(k)): e for k, e in entries.items() if isinstance(e, dict)}
+        if self._append(records, {fid: fp}):
+            self._set_aside("schema1")
+        return records, {fid: fp}
+
+    def _set_aside(self, tag: str) -> Path | None:
+        backup = self.legacy_path.with_name(f"{LEGACY_FILENAME}.{tag}.bak")
+        try:
+            os.replace(self.legacy_path, backup)
+            return backup
+        except OSError:
+            return None
+
+    def records(self) -> dict[tuple[str, str], dict]:
+        """Every record, (fingerprint id, key) -> entry, this machine's and others'."""
+        if self._records is None:
+            with self._mutex:
+                if self._records is None:
+                    self._load()
+        return self._records
+
+    def fingerprints(self) -> dict[str, dict]:
+        self.records()
+        return {**self._fingerprints, self.fp: fingerprint()}
 
     def entries(self) -> dict[str, dict]:
-        if self._entries is None:
-            with self._mutex:
-                if self._entries is None:
-                    self._entries = self._read_disk(warn=True)
-        return self._entries
+        """This machine's entries, key -> entry."""
+        return {key: e for (fp, key), e in self.records().items() if fp == self.fp}
 
     def get(self, key: str) -> dict | None:
-        return self.entries().get(key)
+        return self.records().get((self.fp, key))
 
     # -- writing -------------------------------------------------------------------------------
     def put(self, key: str, entry: dict) -> None:
         self.update({key: entry})
 
     def update(self, new: dict[str, dict]) -> None:
-        """Merge `new` into memory and into the file, under the lock, replacing it atomically."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with self._mutex, FileLock(str(self.path) + ".lock", timeout=60):
-            merged = self._read_disk(warn=False)  # what other processes wrote meanwhile, too
-            merged.update(new)
-            self._write(merged)
-            self._entries = merged
+        """Record `new` (this machine's entries) in memory and append them to the file."""
+        self.add_records({(self.fp, k): e for k, e in new.items()}, {self.fp: fingerprint()})
 
-    def clear(self) -> None:
-        with self._mutex, FileLock(str(self.path) + ".lock", timeout=60):
-            self.path.unlink(missing_ok=True)
-            self._entries = {}
+    def add_records(self, records: dict[tuple[str, str], dict],
+                    fingerprints: dict[str, dict]) -> None:
+        """Record entries under any fingerprint (import, merge)."""
+        with self._mutex:
+            self.records()
+            self._records.update(records)
+            self._fingerprints.update(fingerprints)
+            self._append(records, fingerprints)
 
-    def _write(self, entries: dict[str, dict]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".autotune-", suffix=".tmp")
+    def _append(self, records: dict[tuple[str, str], dict], fps: dict[str, dict]) -> bool:
+        """Append under the lock; False (and tuning in memory, one warning) if it cannot."""
+        if self._in_memory or not records:
+            return not self._in_memory
+        # a fingerprint's definition is written once per file, not with every entry
+        lines = [json.dumps({"fp": fid, "fingerprint": fp}, sort_keys=True)
+                 for fid, fp in fps.items() if fid not in self._fps_on_disk]
+        lines += [json.dumps({"schema": SCHEMA, "fp": fid, "key": key, "entry": e}, sort_keys=True)
+                  for (fid, key), e in records.items()]
         try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"header": header(), "entries": entries}, f, indent=1, sort_keys=True)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S):
+                with open(self.path, "a", encoding="utf-8") as f:
+                    if f.tell() and not self._ends_with_newline():
+                        f.write("\n")  # a killed writer's partial line stays on its own line
+                    f.write("\n".join(lines) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                self._fps_on_disk.update(fps)
+                self._lines += len(lines)
+                if self._records is not None and \
+                        self._lines > COMPACT_WHEN * max(len(self._records), 16):
+                    self._compact()
+        except (OSError, Timeout) as exc:
+            self._in_memory = True
+            self._warn("unwritable", f"cannot write the autotune cache in {self.dir} ({exc}); "
+                       "tuning results stay in memory for this process")
+            return False
+        return True
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
+    def _compact(self) -> None:
+        """Rewrite the file with the last record per (fingerprint, key), atomically, under the
+        lock the caller holds, merging what other processes appended meanwhile."""
+        on_disk, fps, _ = self._read_lines(self.path)
+        on_disk.update(self._records)
+        fps.update(self._fingerprints)
+        self._rewrite(on_disk, fps)
+
+    def _rewrite(self, records: dict[tuple[str, str], dict], fps: dict[str, dict]) -> None:
+        """Replace the file by exactly these records (the caller holds the lock)."""
+        tmp = self.path.with_name(f".{FILENAME}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for fid, fp in fps.items():
+                    f.write(json.dumps({"fp": fid, "fingerprint": fp}, sort_keys=True) + "\n")
+                for (fid, key), e in records.items():
+                    f.write(json.dumps({"schema": SCHEMA, "fp": fid, "key": key, "entry": e},
+                                       sort_keys=True) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._records, self._fingerprints = records, fps
+        self._fps_on_disk = set(fps)
+        self._lines = len(records) + len(fps)
+
+    def clear(self) -> None:
+        """Forget this machine's entries (other machines' entries stay in the file)."""
+        with self._mutex:
+            self.records()
+            self._records = {k: e for k, e in self._records.items() if k[0] != self.fp}
+            if self._in_memory:
+                return
+            try:
+                with FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S):
+                    if self.path.exists():
+                        on_disk, fps, _ = self._read_lines(self.path)
+                        self._fingerprints.update(fps)
+                        self._rewrite({k: e for k, e in on_disk.items() if k[0] != self.fp},
+                                      self._fingerprints)
+            except (OSError, Timeout) as exc:
+                self._warn("unwritable", f"cannot write the autotune cache in {self.dir} ({exc})")
+
+    # -- moving caches between machines ----------------------------------------------------------
+    def export(self) -> dict:
+        """One readable JSON document: the validators of every fingerprint in the header, then
+        every entry with its key and fingerprint."""
+        fps = self.fingerprints()
+        used = {fid for fid, _ in self.records()}
+        return {"header": {"schema": SCHEMA, "this_machine": self.fp,
+                           "fingerprints": {fid: fps.get(fid) for fid in sorted(used | {self.fp})}},
+                "entries": [{"key": key, "fp": fid, "entry": e}
+                            for (fid, key), e in sorted(self.records().items())]}
+
+
+def read_export(path: str | os.PathLike) -> tuple[dict[tuple[str, str], dict], dict[str, dict]]:
+    """The records and fingerprints of an exported file (or of a schema-1 cache file)."""
+    data = json.loads(Path(path).read_text())
+    head = data["header"]
+    if head.get("schema") == 1:  # an old cache file: one fingerprint for all its entries
+        fp = dict(head["fingerprint"])
+        fid = fingerprint_id(fp)
+        return {(fid, str(k)): e for k, e in data["entries"].items()}, {fid: fp}
+    if head.get("schema") != SCHEMA:
+        raise ValueError(f"{path}: unknown cache export schema {head.get('schema')!r}")
+    fps = {str(k): dict(v) for k, v in head["fingerprints"].items() if v is not None}
+    return {(str(r["fp"]), str(r["key"])): r["entry"] for r in data["entries"]}, fps
+
+
+def merge_exports(paths: list[str | os.PathLike]) -> dict:
+    """Several exported files as one export: for a (fingerprint, key) in more than one, the entry
+    measured last wins."""
+    records: dict[tuple[str, str], dict] = {}
+    fps: dict[str, dict] = {}
+    for p in paths:
+        recs, f = read_export(p)
+        fps.update(f)
+        for k, e in recs.items():
+            if k not in records or str(e.get("measured_at", "")) >= str(records[k].get("measured_at", "")):
+                records[k] = e
+    return {"header": {"schema": SCHEMA, "fingerprints": {k: fps.get(k) for k in sorted(fps)}},
+            "entries": [{"key": key, "fp": fid, "entry": e} for (fid, key), e in sorted(records.items())]}
 
 
 _caches: dict[str, Cache] = {}

@@ -1,22 +1,59 @@
-"""The persistent cache: across processes, concurrent writers, corruption, foreign machines."""
+"""The persistent cache survives real use: many processes, killed writers, damaged files, foreign
+machines, old schemas, read-only and missing directories."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
+from pathlib import Path
 
 import pytest
 
-from kernelkit.autotune.cache import SCHEMA, Cache, CacheWarning, header
+from kernelkit.autotune.cache import (
+    FILENAME,
+    LEGACY_FILENAME,
+    SCHEMA,
+    Cache,
+    CacheWarning,
+    fingerprint,
+    fingerprint_id,
+    read_export,
+)
+
+REPO = Path(__file__).resolve().parents[2]
 
 
-def entry(name="torch-cpu", median=1e-3):
+def entry(name="torch-cpu", median=1e-3, when="2026-11-30T00:00:00+00:00"):
     return {"choice": {"candidate": name, "config": {}, "source": "measured"},
             "trials": [{"candidate": name, "config": {}, "median": median, "spread": 0.0,
-                        "count": 3}]}
+                        "count": 3}], "measured_at": when}
+
+
+def foreign_fingerprint():
+    return {**fingerprint(), "gpu": "NVIDIA Imaginary 9000"}
+
+
+def write_foreign_lines(path: Path, keys) -> str:
+    fp = foreign_fingerprint()
+    fid = fingerprint_id(fp)
+    lines = [json.dumps({"fp": fid, "fingerprint": fp})]
+    lines += [json.dumps({"schema": SCHEMA, "fp": fid, "key": k, "entry": entry("cupy-cuda")})
+              for k in keys]
+    with open(path, "a") as f:
+        f.write("\n".join(lines) + "\n")
+    return fid
+
+
+def fresh(tmp_path) -> Cache:
+    """A new Cache object on the directory, as a new process would see it."""
+    return Cache(tmp_path)
 
 
 def test_round_trip_in_a_new_process(tmp_path):
@@ -30,20 +67,21 @@ def test_round_trip_in_a_new_process(tmp_path):
     assert json.loads(out.stdout) == entry()
 
 
-def test_concurrent_writers_lose_nothing(tmp_path):
+def test_four_concurrent_writer_processes_lose_nothing(tmp_path):
     code = textwrap.dedent(f"""
         import sys
         from kernelkit.autotune.cache import Cache
         w = int(sys.argv[1])
-        for i in range(15):
+        for i in range(40):  # enough appends to trigger compaction while others append
             Cache({str(tmp_path)!r}).put(f"w{{w}}-{{i}}", {{"choice": {{"candidate": "c",
                 "config": {{"i": i}}, "source": "measured"}}}})
     """)
     procs = [subprocess.Popen([sys.executable, "-c", code, str(w)]) for w in range(4)]
-    assert all(p.wait(timeout=120) == 0 for p in procs)
-    entries = Cache(tmp_path).entries()
-    assert len(entries) == 60 and all(f"w{w}-{i}" in entries for w in range(4) for i in range(15))
-    assert not list(tmp_path.glob(".autotune-*.tmp")), "a temporary file was left behind"
+    assert all(p.wait(timeout=180) == 0 for p in procs)
+    entries = fresh(tmp_path).entries()
+    assert len(entries) == 160 and all(entries[f"w{w}-{i}"]["choice"]["config"] == {"i": i}
+                                       for w in range(4) for i in range(40))
+    assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
 
 
 def test_writer_merges_with_what_is_on_disk(tmp_path):
@@ -51,45 +89,228 @@ def test_writer_merges_with_what_is_on_disk(tmp_path):
     a.entries(), b.entries()  # both loaded the (empty) file before either wrote
     a.put("from-a", entry())
     b.put("from-b", entry())
-    assert set(Cache(tmp_path).entries()) == {"from-a", "from-b"}
+    assert set(fresh(tmp_path).entries()) == {"from-a", "from-b"}
+
+
+def test_killed_writer_leaves_a_readable_store(tmp_path):
+    code = textwrap.dedent(f"""
+        from kernelkit.autotune.cache import Cache
+        i = 0
+        while True:
+            Cache({str(tmp_path)!r}).put(f"k{{i}}", {{"choice": {{"candidate": "c", "config": {{}},
+                "source": "measured"}}, "pad": "x" * 5000}})
+            i += 1
+    """)
+    p = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (
+            not (tmp_path / FILENAME).exists() or (tmp_path / FILENAME).stat().st_size < 200_000):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheWarning)  # a partial last line is allowed
+        survivors = fresh(tmp_path).entries()
+    assert len(survivors) >= 20
+    assert all(survivors[f"k{i}"]["pad"] == "x" * 5000 for i in range(len(survivors) - 1))
+    c = fresh(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheWarning)
+        c.put("after", entry())
+    assert fresh(tmp_path).get("after") == entry()  # the next write is not glued to a partial line
+
+
+def test_truncated_file_salvaged(tmp_path):
+    c = Cache(tmp_path)
+    for k in ("a", "b", "c"):
+        c.put(k, entry(median=0.5))
+    path = tmp_path / FILENAME
+    text = path.read_text()
+    path.write_text(text[: len(text) - 25])  # cut inside the last entry's line
+    with pytest.warns(CacheWarning, match="damaged") as record:
+        got = fresh(tmp_path).entries()
+    assert set(got) == {"a", "b"} and got["a"] == entry(median=0.5)
+    assert len([w for w in record if "damaged" in str(w.message)]) == 1
+    lines = text.splitlines()
+    lines[2] = lines[2][:10] + "\x00garbage" + lines[2][10:]  # damage in the middle
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.warns(CacheWarning, match="damaged"):
+        got = fresh(tmp_path).entries()
+    assert len(got) == 2 and "c" in got
 
 
 @pytest.mark.parametrize("content", ["{not json", "", '{"header": 1}', "[1, 2]",
                                      '{"header": {}, "entries": []}'])
-def test_corrupt_file_warns_and_starts_fresh(tmp_path, content):
-    (tmp_path / "autotune.json").write_text(content)
+def test_damaged_old_file_is_set_aside_and_never_deleted(tmp_path, content):
+    (tmp_path / LEGACY_FILENAME).write_text(content)
     c = Cache(tmp_path)
-    with pytest.warns(CacheWarning):
+    with pytest.warns(CacheWarning, match="set aside"):
         assert c.entries() == {}
-    c.put("k", entry())  # and writing repairs the file
-    assert Cache(tmp_path).get("k") == entry()
+    assert (tmp_path / f"{LEGACY_FILENAME}.unreadable.bak").read_text() == content
+    c.put("k", entry())
+    assert fresh(tmp_path).get("k") == entry()
 
 
-def test_foreign_fingerprint_is_ignored_with_one_warning(tmp_path):
-    head = header()
-    foreign = {**head, "fingerprint": {**head["fingerprint"], "gpu": "NVIDIA Imaginary 9000"}}
-    (tmp_path / "autotune.json").write_text(json.dumps({"header": foreign, "entries": {"k": entry()}}))
+def test_foreign_fingerprint_kept_not_used_never_wiped(tmp_path):
+    fid = write_foreign_lines(tmp_path / FILENAME, ["k", "other"])
     c = Cache(tmp_path)
     with pytest.warns(CacheWarning, match="machine fingerprint") as record:
         assert c.get("k") is None
         assert c.get("k") is None
     assert len(record) == 1
-    old_schema = {**head, "schema": SCHEMA + 100}
-    (tmp_path / "autotune.json").write_text(json.dumps({"header": old_schema, "entries": {"k": entry()}}))
+    c.put("k", entry())  # this machine's own entry for the same key
+    for i in range(60):  # enough writes to compact the file
+        c.put(f"mine-{i}", entry())
+    with pytest.warns(CacheWarning, match="machine fingerprint"):
+        again = fresh(tmp_path)
+        assert again.get("k") == entry()
+        assert again.records()[(fid, "k")]["choice"]["candidate"] == "cupy-cuda"
+        assert again.fingerprints()[fid]["gpu"] == "NVIDIA Imaginary 9000"
+    assert len((tmp_path / FILENAME).read_text().splitlines()) < 100  # compacted
+
+
+def test_old_schema_migrated(tmp_path):
+    """A schema-1 file (one JSON document) is migrated entry by entry, each under the fingerprint
+    its header named, and the old file is kept as a named backup."""
+    old = {"header": {"schema": 1, "fingerprint": fingerprint()},
+           "entries": {"mine": entry(), "also-mine": entry(median=2.0)}}
+    (tmp_path / LEGACY_FILENAME).write_text(json.dumps(old))
+    assert fresh(tmp_path).entries() == old["entries"]
+    assert json.loads((tmp_path / f"{LEGACY_FILENAME}.schema1.bak").read_text()) == old
+    assert not (tmp_path / LEGACY_FILENAME).exists()
+    assert fresh(tmp_path).entries() == old["entries"]  # migrated once, read from the new file
+    foreign = {"header": {"schema": 1, "fingerprint": foreign_fingerprint()},
+               "entries": {"theirs": entry()}}
+    (tmp_path / LEGACY_FILENAME).write_text(json.dumps(foreign))
+    with pytest.warns(CacheWarning, match="machine fingerprint"):
+        c = fresh(tmp_path)
+        assert c.get("theirs") is None
+        assert (fingerprint_id(foreign_fingerprint()), "theirs") in c.records()
+
+
+def test_unknown_schema_is_set_aside(tmp_path):
+    newer = {"header": {"schema": SCHEMA + 100, "fingerprint": fingerprint()},
+             "entries": {"k": entry()}}
+    (tmp_path / LEGACY_FILENAME).write_text(json.dumps(newer))
     with pytest.warns(CacheWarning, match="schema"):
-        assert Cache(tmp_path).get("k") is None
+        assert fresh(tmp_path).get("k") is None
+    assert json.loads((tmp_path / f"{LEGACY_FILENAME}.unreadable.bak").read_text()) == newer
 
 
-def test_unreadable_directory_is_not_fatal(tmp_path):
-    (tmp_path / "autotune.json").mkdir()  # a directory where the file should be
+def test_unreadable_file_is_not_fatal(tmp_path):
+    (tmp_path / FILENAME).mkdir()  # a directory where the file should be
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        assert Cache(tmp_path).entries() == {}
+        c = Cache(tmp_path)
+        assert c.entries() == {}
+        c.put("k", entry())  # cannot append either: kept in memory
+        assert c.get("k") == entry()
     assert any(issubclass(x.category, CacheWarning) for x in w)
 
 
-def test_clear(tmp_path):
-    c = Cache(tmp_path)
+def test_missing_directory_is_created(tmp_path):
+    c = Cache(tmp_path / "does" / "not" / "exist")
+    assert c.entries() == {}
     c.put("k", entry())
-    c.clear()
-    assert c.entries() == {} and Cache(tmp_path).entries() == {}
+    assert fresh(tmp_path / "does" / "not" / "exist").get("k") == entry()
+
+
+def test_uncreatable_directory_tunes_in_memory_with_one_warning(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    c = Cache(tmp_path / "a-file" / "cache")  # cannot be a directory
+    with pytest.warns(CacheWarning, match="in memory") as record:
+        c.put("k1", entry())
+        c.put("k2", entry())
+    assert len(record) == 1
+    assert c.get("k1") == entry() and set(c.entries()) == {"k1", "k2"}
+
+
+_READ_ONLY_CHILD = textwrap.dedent("""
+    import json, sys, warnings
+    from kernelkit.autotune import tuner
+    from kernelkit.autotune.cache import Cache, CacheWarning
+    from kernelkit.core import Candidate, Problem
+    from kernelkit.settings import Settings
+
+    d = sys.argv[1]
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        before = Cache(d).get("seen")
+        cands = [Candidate("fake", name, "cpu", "numpy", lambda p: None, lambda p: [{}],
+                           lambda p, c, v=v: (lambda: v), vendor=name == "slow")
+                 for name, v in (("slow", 1), ("fast", 1))]
+        p = Problem("fake", ((64, 64),), "float32", "N", "numpy", "cpu", flops=1.0)
+        choice = tuner.choose(p, cands, lambda c, cfg: c.launcher(p, cfg),
+                              lambda out: None if out == 1 else "wrong", Settings(cache_dir=d))
+        again = tuner.choose(p, cands, lambda c, cfg: c.launcher(p, cfg),
+                             lambda out: None, Settings(cache_dir=d))
+    print(json.dumps({"before": before, "choice": choice.candidate, "again": again.source,
+                      "warnings": [str(x.message) for x in w if x.category is CacheWarning]}))
+""")
+
+
+def test_read_only_directory_tunes_in_memory(tmp_path):
+    """A cache directory the user cannot write: the seeded entry is still read, tuning works in
+    memory, one warning, nothing written. As root (CI), the child runs without the capabilities
+    that let root ignore file modes (setpriv), so the directory really is read-only to it."""
+    d = Path(os.environ.get("TMPDIR", "/tmp")) / f"kk-ro-{os.getpid()}"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir()
+    try:
+        Cache(d).put("seen", entry())
+        before = (d / FILENAME).read_bytes()
+        os.chmod(d, 0o555)
+        os.chmod(d / FILENAME, 0o444)
+        cmd = [sys.executable, "-c", _READ_ONLY_CHILD, str(d)]
+        if os.geteuid() == 0:
+            if shutil.which("setpriv") is None:
+                pytest.fail("running as root without setpriv: cannot make a read-only directory")
+            cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", *cmd]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+        assert out.returncode == 0, out.stderr
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+        assert got["before"] == entry()
+        assert got["choice"] in ("slow-cpu", "fast-cpu") and got["again"] != "cache"
+        assert len(got["warnings"]) == 1 and "in memory" in got["warnings"][0]
+        assert (d / FILENAME).read_bytes() == before
+    finally:
+        os.chmod(d, 0o755)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_file_mode_follows_the_umask(tmp_path):
+    old = os.umask(0o002)
+    try:
+        c = Cache(tmp_path)
+        c.put("k", entry())
+        assert (tmp_path / FILENAME).stat().st_mode & 0o777 == 0o664
+        for i in range(60):  # through a compaction, which rewrites the file
+            c.put(f"k{i}", entry())
+        assert (tmp_path / FILENAME).stat().st_mode & 0o777 == 0o664
+    finally:
+        os.umask(old)
+
+
+def test_export_carries_the_validators(tmp_path):
+    fid = write_foreign_lines(tmp_path / FILENAME, ["theirs"])
+    c = Cache(tmp_path)
+    with pytest.warns(CacheWarning, match="machine fingerprint"):  # the foreign entry, once
+        c.put("mine", entry())
+        doc = c.export()
+    assert doc["header"]["fingerprints"][fid]["gpu"] == "NVIDIA Imaginary 9000"
+    assert doc["header"]["fingerprints"][c.fp] == fingerprint()
+    (tmp_path / "x.json").write_text(json.dumps(doc))
+    records, fps = read_export(tmp_path / "x.json")
+    assert records[(c.fp, "mine")] == entry() and records[(fid, "theirs")]["choice"]
+    assert set(fps) == {fid, c.fp}
+
+
+def test_clear_forgets_this_machine_only(tmp_path):
+    fid = write_foreign_lines(tmp_path / FILENAME, ["theirs"])
+    with pytest.warns(CacheWarning):
+        c = Cache(tmp_path)
+        c.put("k", entry())
+        c.clear()
+        assert c.entries() == {} and fresh(tmp_path).entries() == {}
+        assert (fid, "theirs") in fresh(tmp_path).records()

@@ -148,7 +148,7 @@ def test_default_policy_tunes_and_reuses(rng, tmp_path):
         c2 = kernelkit.matmul(a, b)
     assert_matmul_close(c1, a, b)
     assert np.array_equal(c1, c2)
-    assert (tmp_path / "autotune.json").exists()
+    assert (tmp_path / "autotune.jsonl").exists()
 
 
 # -- bad input -----------------------------------------------------------------------------------
