@@ -172,11 +172,53 @@ def cmd_explain(args: argparse.Namespace, con: Console) -> int:
     except ValueError as exc:
         con.print(f"[red]{exc}")
         return 2
-    arrs, kwargs = spec.make_inputs(dims, args.dtype or ("uint8" if args.op == "preprocess"
-                                                          else "float32"), args.where)
+    dtype = args.dtype or ("uint8" if args.op == "preprocess" else "float32")
+    if args.sweep:
+        return _sweep(spec, dims, dtype, args, con)
+    arrs, kwargs = spec.make_inputs(dims, dtype, args.where)
     if args.activation is not None:
         kwargs["activation"] = args.activation
     print(kernelkit.explain(args.op, *arrs, **kwargs))
+    return 0
+
+
+def _sweep(spec, dims: tuple[int, ...], dtype: str, args: argparse.Namespace, con: Console) -> int:
+    """explain at `args.sweep` sizes, doubling the op's scaled dims each step: every candidate's
+    predicted (roofline) and measured time, the choice, and where it switches device."""
+    import kernelkit
+
+    from .autotune import model
+
+    rows, names, last_device = [], [], None
+    for i in range(args.sweep):
+        d = spec.scale(dims, 2**i)
+        arrs, kwargs = spec.make_inputs(d, dtype, args.where)
+        if args.activation is not None:
+            kwargs["activation"] = args.activation
+        ex = kernelkit.explain(spec.name, *arrs, **kwargs)
+        measured: dict[str, float] = {}
+        for t in ex.trials:
+            if "median" in t:
+                measured[t["candidate"]] = min(measured.get(t["candidate"], float("inf")),
+                                               t["median"])
+        cands = [c for c in core.candidates(spec.name) if c.name not in ex.skipped]
+        names = names or [c.name for c in cands]
+        device = ex.choice.candidate.rpartition("-")[2]
+        switch = last_device is not None and device != last_device
+        last_device = device
+        rows.append(("x".join(map(str, d)), {c.name: (model.roofline_seconds(c, ex.problem),
+                                                      measured.get(c.name)) for c in cands},
+                     ex.choice.candidate, switch))
+    t = Table(title=f"kernelkit explain {spec.name} --sweep {args.sweep} (data on {args.where}): "
+                    "predicted (roofline) / measured")
+    t.add_column("size")
+    for n in names:
+        t.add_column(n, justify="right")
+    t.add_column("choice")
+    for size, times, choice, switch in rows:
+        cells = [f"{_us(p)} / {_us(m)}" for p, m in (times.get(n, (None, None)) for n in names)]
+        t.add_row(size, *cells, choice + ("  <- crossover" if switch else ""))
+    con.print(t)
     return 0
 
 
@@ -225,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default=None, help="float32 (uint8 images for preprocess)")
     s.add_argument("--where", choices=("numpy", "torch", "cuda"), default="numpy")
     s.add_argument("--activation", default=None)
+    s.add_argument("--sweep", type=int, default=0, metavar="N",
+                   help="explain N sizes, doubling the size each step; show the crossover")
     s.set_defaults(fn=cmd_explain)
 
     s = sub.add_parser("bench", help="run the pytest-benchmark suites in bench/")

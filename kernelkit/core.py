@@ -159,7 +159,8 @@ class OpSpec:
     same arguments and returns a `Call`.
     `make_inputs(dims, dtype, where, seed)` builds ``(args, kwargs)`` for one size of a preset.
     `cli_dims` names the command-line sizes (e.g. "M K N"); `cli_inputs(dims)` turns them into
-    the `make_inputs` dims, or raises ValueError.
+    the `make_inputs` dims, or raises ValueError. `scale(dims, factor)` grows a size for a sweep
+    (by default the first dim: the batch).
     """
 
     name: str
@@ -172,6 +173,8 @@ class OpSpec:
     presets: Mapping[str, tuple[tuple[tuple[int, ...], str], ...]] = field(default_factory=dict)
     cli_dims: str = ""
     cli_inputs: Callable[[tuple[int, ...]], tuple[int, ...]] | None = None
+    scale: Callable[[tuple[int, ...], int], tuple[int, ...]] = \
+        lambda dims, factor: (dims[0] * factor, *dims[1:])
 
 
 _BACKENDS: dict[str, Backend] = {}

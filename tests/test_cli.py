@@ -91,3 +91,11 @@ def test_cache_export_import_merge_and_show(tmp_path):
     assert {e["problem"]["dims"][1] for e in shown.values()} == {48, 9}
     table = kk("cache", "show", cache_dir=c).stdout
     assert "torch-cpu" in table and "numba-cpu" in table and "vs vendor" in table
+
+
+def test_explain_sweep_prints_predicted_and_measured_per_size(tmp_path):
+    out = kk("explain", "matmul", "4", "4", "4", "--sweep", "3", cache_dir=tmp_path).stdout
+    assert "predicted (roofline) / measured" in out
+    rows = [line for line in out.splitlines() if line.startswith("│ ")]
+    assert [r.split("│")[1].strip() for r in rows] == ["4x4x4", "8x8x8", "16x16x16"]
+    assert all(r.count(" us / ") == 2 for r in rows)  # numba-cpu and torch-cpu, both measured

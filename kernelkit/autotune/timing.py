@@ -1,11 +1,43 @@
-"""One honest timer for CPU and GPU: synchronised, warmed up, median and spread."""
+"""One honest timer for CPU and GPU: synchronised, warmed up, median and spread.
+
+The clock is injectable (`use_clock`), so tests can describe devices by a timing model (launch
+latency, throughput, link bandwidth) whose kernels advance a simulated clock, and check the
+tuner's decisions without the devices.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+
+_clock: Callable[[], float] = time.perf_counter
+
+
+@contextlib.contextmanager
+def use_clock(clock: Callable[[], float]) -> Iterator[None]:
+    """Time with `clock` (seconds, monotonic) inside the block instead of time.perf_counter."""
+    global _clock
+    old, _clock = _clock, clock
+    try:
+        yield
+    finally:
+        _clock = old
+
+
+class SimulatedClock:
+    """A clock that only moves when told: `advance(seconds)` is what a modelled kernel costs."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 @dataclass(frozen=True)
@@ -44,14 +76,14 @@ def measure(
         if sync:
             sync()
     samples: list[float] = []
-    start = time.perf_counter()
+    start = _clock()
     while len(samples) < max_reps:
-        t0 = time.perf_counter()
+        t0 = _clock()
         fn()
         if sync:
             sync()
-        samples.append(time.perf_counter() - t0)
-        if len(samples) >= min_reps and time.perf_counter() - start >= budget_s:
+        samples.append(_clock() - t0)
+        if len(samples) >= min_reps and _clock() - start >= budget_s:
             break
     return _summary(samples)
 
@@ -72,18 +104,18 @@ def measure_interleaved(
         if sync:
             sync()
     samples: list[list[float]] = [[] for _ in fns]
-    start = time.perf_counter()
+    start = _clock()
     n = len(fns)
     for rep in range(max_reps):
         # Each round starts one further along: a function that slows whatever runs right after
         # it (a thread pool still spinning) then slows every other function equally often.
         for i in range(rep, rep + n):
-            t0 = time.perf_counter()
+            t0 = _clock()
             fns[i % n]()
             if sync:
                 sync()
-            samples[i % n].append(time.perf_counter() - t0)
-        if rep + 1 >= min_reps and time.perf_counter() - start >= budget_s:
+            samples[i % n].append(_clock() - t0)
+        if rep + 1 >= min_reps and _clock() - start >= budget_s:
             break
     return [_summary(s) for s in samples]
 

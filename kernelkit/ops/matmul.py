@@ -258,4 +258,5 @@ SPEC = core.register_op(OpSpec(
                                                 (255, 257, 129), (1000, 3, 1000), (3, 1000, 3))),
     },
     cli_dims="M K N", cli_inputs=_cli_inputs,
+    scale=lambda dims, factor: tuple(d * factor for d in dims),
 ))

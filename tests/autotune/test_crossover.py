@@ -1,0 +1,131 @@
+"""Device choice with the transfer counted, tested without a GPU.
+
+Devices are described by a timing model (launch latency, throughput) and a link (latency,
+bandwidth). Each fake kernel advances a simulated clock by what the model says its run costs,
+including both copies when it runs away from the data (as the real plans do: copy in, run, copy
+back), so the tuner's measurement sees exactly the modelled times. The decisions must switch from
+the CPU to the GPU once as sizes grow, for all three ops, and data already on the GPU stays there
+unless the CPU wins even after both copies. The cost model (roofline, no measurement) must make
+the same decisions from the same constants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from kernelkit import core, devices
+from kernelkit.autotune import model, timing, tuner
+from kernelkit.autotune.cache import fingerprint
+from kernelkit.core import Candidate, Problem
+from kernelkit.settings import Settings
+
+LINK_LATENCY, LINK_BW = model.LINK_LATENCY_S, model.LINK_BYTES_PER_S
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    launch: float  # s per call (launch + host overhead)
+    rate: float  # flop/s
+    bw: float  # bytes/s of its own memory
+
+    def seconds(self, problem: Problem, device: str) -> float:
+        t = self.launch + problem.flops / self.rate + problem.nbytes / self.bw
+        if device != problem.device:  # both copies: the inputs over, the result back
+            t += 2 * LINK_LATENCY + problem.nbytes / LINK_BW
+        return t
+
+
+def candidates(op: str, clock: timing.SimulatedClock, cpu: Device, gpu: Device) -> list[Candidate]:
+    def fake(device: str, spec: Device) -> Candidate:
+        def launcher(p, config):
+            return lambda: clock.advance(spec.seconds(p, device)) or "ok"
+
+        return Candidate(op, "model", device, "numpy", lambda p: None, lambda p: [{}], launcher,
+                         vendor=device == "cpu", roofline=(spec.launch, spec.rate, spec.bw))
+
+    return [fake("cpu", cpu), fake("cuda", gpu)]
+
+
+def problems(op: str) -> list[Problem]:
+    """Real Problems of growing size, from the op's own spec (numpy data on the CPU)."""
+    spec = core.op_spec(op)
+    sizes = {
+        "matmul": [(n, n, n) for n in (4, 16, 64, 256, 1024, 4096)],
+        "conv2d": [(1, c, 28, c, 3, 1, 1, 1) for c in (1, 4, 16, 64, 256, 1024)],
+        "preprocess": [(n, 64, 80, 32) for n in (1, 4, 16, 64, 256)],
+    }[op]
+    out = []
+    for dims in sizes:
+        args, kwargs = spec.make_inputs(dims, "uint8" if op == "preprocess" else "float32", "numpy")
+        out.append(spec.prepare(*args, **kwargs).problem)
+    return out
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    fingerprint()  # this machine's real validators (no GPU), read before the GPU is faked
+    monkeypatch.setattr(devices, "cuda_available", lambda: True)
+    monkeypatch.setattr(tuner, "cuda_sync", lambda: None)  # the clock is the only device here
+    tuner.clear_memo()
+    yield
+    tuner.clear_memo()
+
+
+def decide_devices(op, probs, cpu, gpu, tmp_path, mode, where) -> list[str]:
+    clock = timing.SimulatedClock()
+    cands = candidates(op, clock, cpu, gpu)
+    chosen = []
+    with timing.use_clock(clock):
+        for i, p in enumerate(probs):
+            if where == "cuda":
+                p = dataclasses.replace(p, lib="torch", device="cuda")
+            d = tuner.decide(p, cands, lambda c, cfg, p=p: c.launcher(p, cfg), lambda out: None,
+                             Settings(cache_dir=str(tmp_path / f"{mode}-{where}-{i}"), tune=mode))
+            chosen.append(d.choice.candidate.rpartition("-")[2])
+    return chosen
+
+
+def switches(chosen: list[str]) -> int:
+    return sum(a != b for a, b in zip(chosen, chosen[1:]))
+
+
+CPU = Device(launch=3e-6, rate=5e10, bw=5e9)
+GPU = Device(launch=2e-5, rate=2e13, bw=2e12)
+SLOW_LAUNCH_GPU = Device(launch=3e-4, rate=2e13, bw=2e12)
+
+
+@pytest.mark.parametrize("op", ["matmul", "conv2d", "preprocess"])
+@pytest.mark.parametrize("mode", ["measure", "model"])
+def test_data_on_the_cpu_moves_to_the_gpu_once_it_pays(op, mode, fake_gpu, tmp_path):
+    probs = problems(op)
+    chosen = decide_devices(op, probs, CPU, GPU, tmp_path, mode, "cpu")
+    assert chosen[0] == "cpu" and chosen[-1] == "cuda" and switches(chosen) == 1, chosen
+    # the switch is where the model says both copies are paid for, no earlier and no later
+    expect = ["cuda" if GPU.seconds(p, "cuda") < CPU.seconds(p, "cpu") else "cpu" for p in probs]
+    assert chosen == expect
+
+
+@pytest.mark.parametrize("op", ["matmul", "conv2d", "preprocess"])
+@pytest.mark.parametrize("mode", ["measure", "model"])
+def test_data_on_the_gpu_stays_unless_the_cpu_wins_after_both_copies(op, mode, fake_gpu, tmp_path):
+    probs = [dataclasses.replace(p, lib="torch", device="cuda") for p in problems(op)]
+    assert decide_devices(op, problems(op), CPU, GPU, tmp_path, mode, "cuda") == ["cuda"] * len(probs)
+    # a GPU with a slow launch: small problems go to the CPU even after both copies
+    chosen = decide_devices(op, problems(op), CPU, SLOW_LAUNCH_GPU, tmp_path / "slow", mode, "cuda")
+    expect = ["cuda" if SLOW_LAUNCH_GPU.seconds(p, "cuda") < CPU.seconds(p, "cpu") else "cpu"
+              for p in probs]
+    assert chosen == expect and chosen[0] == "cpu" and chosen[-1] == "cuda"
+    # and the same GPU keeps data that lives on the CPU on the CPU for longer
+    on_cpu = decide_devices(op, problems(op), CPU, SLOW_LAUNCH_GPU, tmp_path / "c", mode, "cpu")
+    assert on_cpu.index("cuda") >= chosen.index("cuda")
+
+
+def test_the_simulated_clock_is_what_the_timer_reads():
+    clock = timing.SimulatedClock()
+    with timing.use_clock(clock):
+        t = timing.measure(lambda: clock.advance(0.125), min_reps=3, budget_s=0.0)
+    assert t.median == 0.125 and t.spread == 0.0 and t.count == 3
+    assert np.isclose(timing._clock(), timing._clock())  # the real clock is back
