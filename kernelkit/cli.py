@@ -55,8 +55,8 @@ def cmd_tune(args: argparse.Namespace, con: Console) -> int:
 
     from .autotune import generate
 
-    if args.threads:
-        _pin_threads(args.threads)
+    if args.threads and args.shards <= 1:
+        generate.pin_threads(args.threads)
     known = generate.presets()
     problems = known.get(args.preset)
     if problems is None:
@@ -66,7 +66,8 @@ def cmd_tune(args: argparse.Namespace, con: Console) -> int:
     with Progress(console=con, transient=True) as bar:
         task = bar.add_task(f"tuning preset {args.preset!r} ({where})", total=len(problems))
         rows = generate.generate(args.preset, where=where, shards=args.shards, gpus=args.gpus,
-                                 remeasure=args.remeasure, progress=lambda r: bar.advance(task))
+                                 remeasure=args.remeasure, threads=args.threads,
+                                 progress=lambda r: bar.advance(task))
     if args.json:
         Path(args.json).write_text(json.dumps([generate.row_dict(r) for r in rows], indent=1))
     t = Table(title=f"kernelkit tune: preset {args.preset!r}, data on {where}, "
@@ -89,17 +90,6 @@ def cmd_tune(args: argparse.Namespace, con: Console) -> int:
 
 def _us(s: float | None) -> str:
     return "-" if s is None else f"{s * 1e6:,.1f} us"
-
-
-def _pin_threads(n: int) -> None:
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(n)
-    import numba
-    import torch
-
-    torch.set_num_threads(n)
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
 def cmd_cache(args: argparse.Namespace, con: Console) -> int:
@@ -246,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the inputs live (default: cuda when there is a GPU, else numpy)")
     s.add_argument("--shards", type=int, default=1, help="worker processes (1 on a CPU)")
     s.add_argument("--gpus", type=int, default=0, help="spread shards over this many GPUs")
-    s.add_argument("--threads", type=int, default=0, help="pin every CPU thread pool to N")
+    s.add_argument("--threads", type=int, default=0, help="pin every CPU thread pool to N (split evenly between --shards workers)")
     s.add_argument("--remeasure", action="store_true", help="measure even where cached")
     s.add_argument("--json", help="also write the rows to this file")
     s.set_defaults(fn=cmd_tune)

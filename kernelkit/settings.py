@@ -2,7 +2,9 @@
 
 KERNELKIT_CACHE_DIR  where the autotune cache lives (default: the platform's user cache dir, from
                      platformdirs when it is installed, else the same path worked out here)
-KERNELKIT_TUNE       on a cache miss: "measure" (default), "model" (cost model) or "off" (safe default)
+KERNELKIT_TUNE       on a cache miss: "measure" (default), "model" (cost model) or "off" (safe default);
+                     "pinned": read the cache, never measure and never write (a miss takes the
+                     cost model's choice, the same in every process that reads the same cache)
 KERNELKIT_BACKEND    force a backend: numba | triton | cupy | torch (any registered backend)
 KERNELKIT_DEVICE     force a device: cpu | cuda
 
@@ -18,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-TUNE_MODES = ("measure", "model", "off")
+TUNE_MODES = ("measure", "model", "off", "pinned")
 DEVICES = ("cpu", "cuda")
 
 

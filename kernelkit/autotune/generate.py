@@ -30,6 +30,18 @@ def presets() -> dict[str, list[tuple[str, tuple[int, ...], str]]]:
     return out
 
 
+def pin_threads(n: int) -> None:
+    """Every CPU thread pool of this process (BLAS/OpenMP, torch, Numba) to `n` threads."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(n)
+    import numba
+    import torch
+
+    torch.set_num_threads(n)
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
+
 @dataclass
 class Row:
     op: str
@@ -43,6 +55,7 @@ class Row:
     vendor: str | None
     vendor_s: float | None
     flops: float
+    threads: int = 0  # the CPU threads the measuring process had
 
     @property
     def ratio(self) -> float | None:
@@ -80,12 +93,21 @@ def tune_one(op: str, dims: tuple[int, ...], dtype: str, where: str, remeasure: 
     vt = vendor_trials[0] if vendor_trials else None
     return Row(op, tuple(dims), dtype, where, choice.candidate, choice.config, choice.source, best,
                vt.candidate if vt else None, vt.timing.median if vt else None,
-               call.problem.flops)
+               call.problem.flops, _torch_threads())
 
 
-def _worker(jobs: list[tuple], gpu: int | None, remeasure: bool) -> list[Row]:
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _worker(jobs: list[tuple], gpu: int | None, remeasure: bool, threads: int,
+            cache_dir: str) -> list[Row]:
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    os.environ["KERNELKIT_CACHE_DIR"] = cache_dir  # the parent's, `kernelkit.use` included
+    pin_threads(threads)  # its share of the cores: shards must not oversubscribe them
     return [tune_one(*job, remeasure) for job in jobs]
 
 
@@ -96,9 +118,12 @@ def generate(
     shards: int = 1,
     gpus: int = 0,
     remeasure: bool = False,
+    threads: int = 0,
     progress: Callable[[Row], None] | None = None,
 ) -> list[Row]:
-    """Measure every problem of `preset` and store the winners in the cache. Returns one row each."""
+    """Measure every problem of `preset` and store the winners in the cache. Returns one row each.
+
+    `threads` (default: every core) is split evenly between the `shards` worker processes."""
     if isinstance(preset, str):
         known = presets()
         if preset not in known:
@@ -117,8 +142,10 @@ def generate(
     ctx = multiprocessing.get_context("spawn")
     parts = [jobs[i::shards] for i in range(shards)]
     with concurrent.futures.ProcessPoolExecutor(shards, mp_context=ctx) as pool:
-        futures = [pool.submit(_worker, part, i % gpus if gpus else None, remeasure)
-                   for i, part in enumerate(parts)]
+        share = max(1, (threads or os.cpu_count() or 1) // shards)
+        cache_dir = str(_settings.current().cache_path)
+        futures = [pool.submit(_worker, part, i % gpus if gpus else None, remeasure, share,
+                               cache_dir) for i, part in enumerate(parts)]
         rows = [row for f in futures for row in f.result()]
     if progress:
         for row in rows:

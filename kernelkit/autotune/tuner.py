@@ -148,6 +148,8 @@ def decide(
     explicit, mode = mode is not None, mode or settings.tune
     if mode == "off":
         return Decision(key, default_choice(problem, usable), skipped)
+    if mode == "pinned":  # never measure, never write: every reader of this cache agrees
+        return Decision(key, model.predict(key, problem, usable, cache.entries()), skipped)
     if not explicit and len(usable) == 1 and len(space := usable[0].space(problem)) == 1:
         # Nothing to choose between: skip timing (explain and `tune` still measure it).
         source = "forced" if settings.backend or settings.device else "default"

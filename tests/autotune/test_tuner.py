@@ -102,3 +102,18 @@ def test_forced_backend_that_cannot_run_raises(tmp_path):
 def test_timer_reports_median_and_spread():
     t = timing.measure(lambda: time.sleep(0.002), min_reps=5, budget_s=0.0)
     assert t.count == 5 and 0.0015 < t.median < 0.05 and t.spread >= 0
+
+
+def test_pinned_reads_the_cache_never_measures_never_writes(tmp_path, monkeypatch):
+    s = Settings(cache_dir=str(tmp_path))
+    measured = run(CANDS, problem(64), s)  # one entry to read
+    path = tmp_path / "autotune.jsonl"
+    before = path.read_bytes()
+    calls = []
+    monkeypatch.setattr(tuner, "measure_all", lambda *a: calls.append(a) or [])
+    pinned = Settings(cache_dir=str(tmp_path), tune="pinned")
+    hit = run(CANDS, problem(64), pinned)
+    assert hit.choice.candidate == measured.choice.candidate and hit.choice.source == "cache"
+    miss = run(CANDS, problem(300), pinned)  # never measured: the model's choice, nothing stored
+    assert miss.choice.source == "model" and miss.choice.candidate == "good-cpu"
+    assert calls == [] and path.read_bytes() == before
