@@ -50,6 +50,35 @@ class Timing:
         return asdict(self)
 
 
+# -- is the machine busy? -------------------------------------------------------------------------
+BUSY_RATIO = 1.5  # a calibration loop this much slower than this process's best: busy
+_best_calibration = [float("inf")]
+
+
+def _spin() -> int:
+    """A fixed piece of CPU work (~0.2 ms): the calibration loop."""
+    return sum(i * i for i in range(4000))
+
+
+def calibrate(reps: int = 5) -> float:
+    """Time the calibration loop (median of `reps`); remember the process's best."""
+    samples = []
+    for _ in range(reps):
+        t0 = _clock()
+        _spin()
+        samples.append(_clock() - t0)
+    m = statistics.median(samples)
+    _best_calibration[0] = min(_best_calibration[0], m)
+    return m
+
+
+def machine_busy(before: float, after: float) -> bool:
+    """The calibration loop, timed around a measurement, ran much slower than it can on this
+    machine: something else was using the cores, and the measurement is not to be trusted."""
+    best = _best_calibration[0]
+    return best > 0 and max(before, after) > BUSY_RATIO * best
+
+
 def cuda_sync() -> None:
     """Wait for all work on the current CUDA device, whichever library queued it."""
     import torch

@@ -20,7 +20,7 @@ from typing import Any
 from .. import devices
 from ..core import Candidate, Choice, Config, Problem
 from ..settings import Settings
-from . import model
+from . import model, timing
 from .cache import cache_for
 from .key import Key, make_key
 from .timing import Timing, cuda_sync, measure, measure_interleaved
@@ -139,13 +139,17 @@ def decide(
     key = key or make_key(problem, forced_suffix(settings))
     usable, skipped = split_candidates(problem, cands, settings)
     cache = cache_for(settings.cache_path)
+    explicit, mode = mode is not None, mode or settings.tune
     if not remeasure:
         entry = cache.get(key)
-        if entry is not None and any(c.name == entry["choice"]["candidate"] for c in usable):
+        # a provisional entry (measured while the machine was busy) is a hint, not the truth:
+        # measuring modes measure it again
+        trusted = not (entry or {}).get("provisional") or mode not in ("measure",)
+        if entry is not None and trusted and \
+                any(c.name == entry["choice"]["candidate"] for c in usable):
             choice = Choice(entry["choice"]["candidate"], entry["choice"]["config"], "cache")
             return Decision(key, choice, skipped,
                             [Trial.from_dict(t) for t in entry.get("trials", [])])
-    explicit, mode = mode is not None, mode or settings.tune
     if mode == "off":
         return Decision(key, default_choice(problem, usable), skipped)
     if mode == "pinned":  # never measure, never write: every reader of this cache agrees
@@ -156,7 +160,12 @@ def decide(
         return Decision(key, Choice(usable[0].name, space[0], source), skipped)
     if mode == "model":
         return Decision(key, model.predict(key, problem, usable, cache.entries()), skipped)
-    trials = measure_all(problem, usable, runner, verify)
+    for _attempt in range(2):  # a busy machine gets one more try
+        before = timing.calibrate()
+        trials = measure_all(problem, usable, runner, verify)
+        busy = timing.machine_busy(before, timing.calibrate())
+        if not busy:
+            break
     ok = [t for t in trials if t.timing is not None]
     if not ok:
         errors = "; ".join(f"{t.candidate} {json.dumps(t.config)}: {t.error}" for t in trials)
@@ -170,6 +179,7 @@ def decide(
         "problem": {"shapes": [list(s) for s in problem.shapes], "flops": problem.flops,
                     "family": key.family, "dims": list(key.dims)},
         "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **({"provisional": True} if busy else {}),
     })
     return Decision(key, choice, skipped, trials)
 

@@ -117,3 +117,30 @@ def test_pinned_reads_the_cache_never_measures_never_writes(tmp_path, monkeypatc
     miss = run(CANDS, problem(300), pinned)  # never measured: the model's choice, nothing stored
     assert miss.choice.source == "model" and miss.choice.candidate == "good-cpu"
     assert calls == [] and path.read_bytes() == before
+
+
+def test_a_busy_machine_measurement_is_not_stored_as_truth(tmp_path, monkeypatch):
+    s = Settings(cache_dir=str(tmp_path))
+    calls = []
+    real = tuner.measure_all
+    monkeypatch.setattr(tuner, "measure_all", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(timing, "machine_busy", lambda before, after: True)
+    d = run(CANDS, problem(48), s)
+    assert len(calls) == 2  # measured again once the machine was found busy
+    assert cache_for(tmp_path).get(d.key)["provisional"] is True
+    tuner.clear_memo()
+    pinned = run(CANDS, problem(48), Settings(cache_dir=str(tmp_path), tune="pinned"))
+    assert pinned.choice.source == "cache" and len(calls) == 2  # a hint is still usable
+    monkeypatch.setattr(timing, "machine_busy", lambda before, after: False)
+    again = run(CANDS, problem(48), s)  # a measuring process does not trust it: measures again
+    assert again.choice.source == "measured" and len(calls) == 3
+    assert "provisional" not in cache_for(tmp_path).get(d.key)
+
+
+def test_the_calibration_loop_flags_a_slow_run(monkeypatch):
+    monkeypatch.setattr(timing, "_best_calibration", [float("inf")])
+    base = timing.calibrate()
+    assert 0 < timing._best_calibration[0] <= base
+    best = timing._best_calibration[0]
+    assert not timing.machine_busy(best, best * 1.2)
+    assert timing.machine_busy(best, best * (timing.BUSY_RATIO + 0.5))
