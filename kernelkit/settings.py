@@ -2,7 +2,9 @@
 
 KERNELKIT_CACHE_DIR  where the autotune cache lives (default: the platform's user cache dir, from
                      platformdirs when it is installed, else the same path worked out here)
-KERNELKIT_TUNE       on a cache miss: "measure" (default), "model" (cost model) or "off" (safe default);
+KERNELKIT_TUNE       on a cache miss: "auto" (default: the cost model where it tells the winner apart,
+                     else measure the candidates it cannot), "measure" (every candidate and config),
+                     "model" (cost model only) or "off" (safe default);
                      "pinned": read the cache, never measure and never write (a miss takes the
                      cost model's choice, the same in every process that reads the same cache)
 KERNELKIT_BACKEND    force a backend: numba | triton | cupy | torch (any registered backend)
@@ -20,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-TUNE_MODES = ("measure", "model", "off", "pinned")
+TUNE_MODES = ("auto", "measure", "model", "off", "pinned")
 DEVICES = ("cpu", "cuda")
 
 
@@ -33,7 +35,7 @@ def backend_names() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Settings:
-    tune: str = "measure"
+    tune: str = "auto"
     backend: str | None = None
     device: str | None = None
     cache_dir: str | None = None
@@ -96,7 +98,7 @@ def token() -> tuple:
 def current() -> Settings:
     env = os.environ
     s = Settings(
-        tune=(env.get("KERNELKIT_TUNE") or "measure").lower(),
+        tune=(env.get("KERNELKIT_TUNE") or "auto").lower(),
         backend=(env.get("KERNELKIT_BACKEND") or "").lower() or None,
         device=(env.get("KERNELKIT_DEVICE") or "").lower() or None,
         cache_dir=env.get("KERNELKIT_CACHE_DIR") or None,

@@ -25,7 +25,8 @@ from .cache import cache_for
 from .key import Key, make_key
 from .timing import Timing, cuda_sync, measure, measure_interleaved
 
-MAX_CONFIGS = 6  # per candidate, per measurement: spaces are pruned to at most this many
+MAX_CONFIGS = 6  # per candidate, when `auto` measures: the model's best-ranked configs
+TOP_CANDIDATES = 3  # when `auto` measures with a model: the contenders it cannot tell apart
 
 
 @dataclass
@@ -144,7 +145,7 @@ def decide(
         entry = cache.get(key)
         # a provisional entry (measured while the machine was busy) is a hint, not the truth:
         # measuring modes measure it again
-        trusted = not (entry or {}).get("provisional") or mode not in ("measure",)
+        trusted = not (entry or {}).get("provisional") or mode not in ("measure", "auto")
         if entry is not None and trusted and \
                 any(c.name == entry["choice"]["candidate"] for c in usable):
             choice = Choice(entry["choice"]["candidate"], entry["choice"]["config"], "cache")
@@ -160,9 +161,19 @@ def decide(
         return Decision(key, Choice(usable[0].name, space[0], source), skipped)
     if mode == "model":
         return Decision(key, model.predict(key, problem, usable, cache.entries()), skipped)
+    measured, configs_for = usable, None  # measure: every candidate, every config of its space
+    if mode == "auto":
+        entries = cache.entries()
+        preds = model.predict_times(key, problem, usable, entries)
+        if model.confident(preds):  # the fits tell the winner apart: no measurement
+            return Decision(key, Choice(preds[0].candidate, preds[0].config, "model"), skipped)
+        if any(q.points for q in preds):  # measure only what the model cannot tell apart
+            keep = {q.candidate for q in model.contenders(preds, TOP_CANDIDATES)}
+            measured = [c for c in usable if c.name in keep]
+        configs_for = lambda c: model.ranked_configs(c, problem, key, entries, MAX_CONFIGS)
     for _attempt in range(2):  # a busy machine gets one more try
         before = timing.calibrate()
-        trials = measure_all(problem, usable, runner, verify)
+        trials = measure_all(problem, measured, runner, verify, configs_for)
         busy = timing.machine_busy(before, timing.calibrate())
         if not busy:
             break
@@ -185,14 +196,16 @@ def decide(
 
 
 def measure_all(
-    problem: Problem, usable: list[Candidate], runner: Runner, verify: Verifier
+    problem: Problem, usable: list[Candidate], runner: Runner, verify: Verifier,
+    configs_for: Callable[[Candidate], list[Config]] | None = None,
 ) -> list[Trial]:
-    """Verify every (candidate, config), then time the verified ones interleaved."""
+    """Verify every (candidate, config), then time the verified ones interleaved. The configs are
+    `configs_for(candidate)`, by default the candidate's whole (size-pruned) space."""
     needs_sync = problem.device == "cuda" or any(c.device == "cuda" for c in usable)
     sync = cuda_sync if needs_sync else None
     trials, fns = [], []
     for cand in usable:
-        for config in cand.space(problem)[:MAX_CONFIGS]:
+        for config in (configs_for(cand) if configs_for else cand.space(problem)):
             trial = Trial(cand.name, config)
             trials.append(trial)
             try:

@@ -129,3 +129,86 @@ def test_the_simulated_clock_is_what_the_timer_reads():
         t = timing.measure(lambda: clock.advance(0.125), min_reps=3, budget_s=0.0)
     assert t.median == 0.125 and t.spread == 0.0 and t.count == 3
     assert np.isclose(timing._clock(), timing._clock())  # the real clock is back
+
+
+def _matmul_problem(n: int) -> Problem:
+    spec = core.op_spec("matmul")
+    args, kwargs = spec.make_inputs((n, n, n), "float32", "numpy")
+    return spec.prepare(*args, **kwargs).problem
+
+
+def _decide(p, cands, settings):
+    return tuner.decide(p, cands, lambda c, cfg: c.launcher(p, cfg), lambda out: None, settings)
+
+
+def test_the_model_extrapolates_each_candidate_not_the_nearest_winner(fake_gpu, tmp_path):
+    """The finding: with 16 and 64 measured (the CPU won both), the model sent 4096 to the CPU,
+    24x slower than the GPU. Each candidate's own fit says where it goes."""
+    clock = timing.SimulatedClock()
+    cands = candidates("matmul", clock, CPU, GPU)
+    s = Settings(cache_dir=str(tmp_path), tune="measure")
+    with timing.use_clock(clock):
+        for n in (16, 64):
+            assert _decide(_matmul_problem(n), cands, s).choice.candidate == "model-cpu"
+        big = _matmul_problem(4096)
+        choice = _decide(big, cands, Settings(cache_dir=str(tmp_path), tune="model")).choice
+    assert choice.candidate == "model-cuda" and choice.source == "model"
+    assert CPU.seconds(big, "cpu") > 20 * GPU.seconds(big, "cuda")
+
+
+def test_auto_takes_a_confident_prediction_without_measuring(fake_gpu, tmp_path, monkeypatch):
+    clock = timing.SimulatedClock()
+    cands = candidates("matmul", clock, CPU, GPU)
+    with timing.use_clock(clock):
+        for n in (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096):  # a fitted family
+            _decide(_matmul_problem(n), cands, Settings(cache_dir=str(tmp_path), tune="measure"))
+        calls = []
+        real = tuner.measure_all
+        monkeypatch.setattr(tuner, "measure_all", lambda *a: calls.append(a[1]) or real(*a))
+        auto = Settings(cache_dir=str(tmp_path), tune="auto")
+        small, big = _decide(_matmul_problem(12), cands, auto), _decide(_matmul_problem(3000), cands, auto)
+    assert (small.choice.candidate, small.choice.source) == ("model-cpu", "model")
+    assert (big.choice.candidate, big.choice.source) == ("model-cuda", "model")
+    assert calls == []
+
+
+def test_auto_measures_only_what_the_model_cannot_tell_apart(fake_gpu, tmp_path, monkeypatch):
+    clock = timing.SimulatedClock()
+    # a third candidate, always 100x slower than the CPU one: never worth measuring again
+    slow = Device(CPU.launch * 100, CPU.rate / 100, CPU.bw / 100)
+    cands = candidates("matmul", clock, CPU, GPU)
+    cands.append(dataclasses.replace(candidates("matmul", clock, slow, slow)[0], backend="slow"))
+    with timing.use_clock(clock):
+        for n in (8, 64, 512, 4096):
+            _decide(_matmul_problem(n), cands, Settings(cache_dir=str(tmp_path), tune="measure"))
+        calls = []
+        real = tuner.measure_all
+        monkeypatch.setattr(tuner, "measure_all", lambda *a: calls.append(a[1]) or real(*a))
+        # near the crossover (between 64 and 512) the CPU and GPU fits overlap
+        crossover = next(n for n in range(64, 513, 8)
+                         if GPU.seconds(_matmul_problem(n), "cuda") < CPU.seconds(_matmul_problem(n), "cpu"))
+        d = _decide(_matmul_problem(crossover), cands, Settings(cache_dir=str(tmp_path), tune="auto"))
+    assert d.choice.source == "measured" and len(calls) == 1
+    assert sorted(c.name for c in calls[0]) == ["model-cpu", "model-cuda"]  # not the slow one
+
+
+def test_configs_are_ranked_by_the_family_not_by_list_position(tmp_path):
+    """A config space in shipping order: the config that won at the neighbouring size is timed
+    first, and a cap drops the tail, not the winner."""
+    configs = [{"t": i} for i in range(10)]
+    clock = timing.SimulatedClock()
+
+    def launcher(p, cfg):  # config 8 is the fastest
+        return lambda: clock.advance(1e-4 * (1 if cfg["t"] == 8 else 2)) or "ok"
+
+    cand = Candidate("matmul", "many", "cpu", "numpy", lambda p: None,
+                     lambda p: [dict(c) for c in configs], launcher)
+    s = Settings(cache_dir=str(tmp_path), tune="measure")
+    with timing.use_clock(clock):
+        first = _decide(_matmul_problem(32), [cand], s)
+    assert first.choice.config == {"t": 8} and len(first.trials) == 10  # measure: every config
+    key = tuner.make_key(_matmul_problem(100))
+    from kernelkit.autotune.cache import cache_for
+
+    ranked = model.ranked_configs(cand, _matmul_problem(100), key, cache_for(tmp_path).entries(), 3)
+    assert ranked == [{"t": 8}, {"t": 0}, {"t": 1}]
