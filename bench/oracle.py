@@ -1,0 +1,129 @@
+"""How good is each tuning policy on sizes it has never seen, and what does it cost?
+
+    python bench/oracle.py [--threads 2] [--out results/oracle.json] [--quick]
+
+1. Training: a spread of sizes per problem family (matmul, conv2d, preprocess; fp32/uint8, data
+   in numpy) is measured into a fresh cache, as `kernelkit tune` would.
+2. Held out: other sizes of the same families, odd ones included, never in that cache.
+3. The oracle: every candidate and every config of each held-out size measured (in a scratch
+   cache), giving each (candidate, config)'s time.
+4. Each policy (auto, model, measure, off) starts from a copy of the training cache and decides
+   every held-out size; the time its decisions took is its tuning cost. Its choice is scored by
+   the oracle's time for that (candidate, config): within 10% of the oracle's best, or not.
+
+It prints, per policy, the fraction of held-out sizes within 10% of the oracle and the tuning
+time, with the ratio to measuring everything. Run it with nothing else on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+TRAIN = {
+    "matmul": [(n, n, n) for n in (16, 32, 64, 128, 256, 512, 1024)]
+    + [(64, 1024, 64), (512, 64, 512), (1, 2048, 2048), (256, 2048, 64)],
+    "conv2d": [(1, c, hw, c, 3, 1, 1, 1) for c, hw in ((16, 56), (32, 28), (64, 28), (128, 14),
+                                                       (256, 7), (64, 56))]
+    + [(1, c, hw, 4 * c, 1, 1, 0, 1) for c, hw in ((64, 56), (128, 28), (256, 14))],
+    "preprocess": [(n, 480, 640, 224) for n in (1, 2, 4, 8, 16, 32)],
+}
+HELD_OUT = {
+    "matmul": [(97, 61, 89), (200, 200, 200), (300, 500, 100), (700, 700, 700), (1, 1500, 1500),
+               (48, 48, 48), (1000, 3, 1000), (384, 384, 384), (130, 257, 129)],
+    "conv2d": [(1, 24, 40, 24, 3, 1, 1, 1), (1, 96, 20, 96, 3, 1, 1, 1), (2, 48, 28, 48, 3, 1, 1, 1),
+               (1, 192, 10, 192, 3, 1, 1, 1), (1, 96, 28, 384, 1, 1, 0, 1)],
+    "preprocess": [(3, 480, 640, 224), (12, 480, 640, 224), (24, 480, 640, 224)],
+}
+QUICK = {"matmul": ([(16, 16, 16), (64, 64, 64), (256, 256, 256)], [(97, 61, 89), (130, 130, 130)])}
+POLICIES = ("auto", "model", "measure", "off")
+
+
+def _decide(op: str, dims, settings, mode):
+    """One decision the way an op call makes it (the cache first); returns the Decision."""
+    from kernelkit import core
+    from kernelkit.autotune import tuner
+
+    spec = core.op_spec(op)
+    args, kwargs = spec.make_inputs(dims, "uint8" if op == "preprocess" else "float32", "numpy")
+    call = spec.prepare(*args, **kwargs)
+    return tuner.decide(call.problem, core.candidates(op), call.runner, call.verify, settings,
+                        mode=mode)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", default=None)
+    p.add_argument("--quick", action="store_true", help="two matmul sizes: a smoke run")
+    args = p.parse_args(argv)
+
+    from kernelkit import devices
+    from kernelkit.autotune.generate import pin_threads
+    from kernelkit.settings import Settings
+
+    if args.threads:
+        pin_threads(args.threads)
+    sets = {op: (TRAIN[op], HELD_OUT[op]) for op in TRAIN} if not args.quick else QUICK
+    work = Path(tempfile.mkdtemp(prefix="kk-oracle-"))
+    try:
+        train_dir = work / "train"
+        t0 = time.perf_counter()
+        for op, (train, _) in sets.items():
+            for dims in train:
+                _decide(op, dims, Settings(cache_dir=str(train_dir)), "measure")
+        print(f"training: {sum(len(t) for t, _ in sets.values())} sizes measured in "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
+
+        oracle = {}
+        for op, (_, held) in sets.items():
+            for dims in held:
+                d = _decide(op, dims, Settings(cache_dir=str(work / "oracle")), "measure")
+                times = {(t.candidate, json.dumps(t.config, sort_keys=True)): t.timing.median
+                         for t in d.trials if t.timing is not None}
+                oracle[(op, dims)] = times
+        results = {}
+        for policy in POLICIES:
+            pdir = work / policy
+            shutil.copytree(train_dir, pdir)
+            spent, hits, rows = 0.0, 0, []
+            for (op, dims), times in oracle.items():
+                t0 = time.perf_counter()
+                d = _decide(op, dims, Settings(cache_dir=str(pdir), tune=policy), None)
+                spent += time.perf_counter() - t0
+                chosen = times.get((d.choice.candidate, json.dumps(d.choice.config, sort_keys=True)))
+                best = min(times.values())
+                ok = chosen is not None and chosen <= 1.1 * best
+                hits += ok
+                rows.append({"op": op, "dims": list(dims), "choice": d.choice.candidate,
+                             "config": d.choice.config, "source": d.choice.source,
+                             "chosen_s": chosen, "oracle_s": best, "within_10pct": ok})
+            results[policy] = {"within_10pct": hits / len(oracle), "tuning_s": spent,
+                               "rows": rows}
+        cpu = devices.cpu_info()["model"]
+        print(f"\nheld-out sizes: {len(oracle)} ({', '.join(sets)}); CPU: {cpu}; "
+              f"threads {args.threads or 'all'}")
+        print(f"{'policy':<9} {'within 10% of oracle':>21} {'tuning time':>12} {'vs measure':>11}")
+        full = results["measure"]["tuning_s"] or float("nan")
+        for policy in POLICIES:
+            r = results[policy]
+            print(f"{policy:<9} {r['within_10pct']:>20.0%} {r['tuning_s']:>11.2f}s "
+                  f"{r['tuning_s'] / full:>10.2f}x")
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps({"cpu": cpu, "threads": args.threads,
+                                                  "results": results}, indent=1))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
