@@ -132,6 +132,8 @@ def generate(
     else:
         problems = list(preset)
     jobs = [(op, tuple(dims), dtype, where) for op, dims, dtype in problems]
+    if (dist := distributed_group()) is not None:
+        return _generate_distributed(dist, jobs, remeasure, threads, progress)
     if shards <= 1:
         rows = []
         for job in jobs:
@@ -151,6 +153,60 @@ def generate(
         for row in rows:
             progress(row)
     return rows
+
+
+def distributed_group():
+    """torch.distributed, when this process is one rank of several (torchrun), else None. A
+    process started by torchrun without a group gets one (gloo: works on every machine)."""
+    if "WORLD_SIZE" not in os.environ and "RANK" not in os.environ:
+        import sys
+
+        if "torch.distributed" not in sys.modules:
+            return None
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return None
+    if not dist.is_initialized():
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return None
+        dist.init_process_group("gloo")
+    return dist if dist.get_world_size() > 1 else None
+
+
+def _generate_distributed(dist, jobs, remeasure, threads, progress) -> list[Row]:
+    """Each rank measures its share; every rank then holds every rank's entries (gathered and
+    added to its cache), so all ranks make the same choices."""
+    from .cache import cache_for
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    pin_threads(max(1, (threads or os.cpu_count() or 1) // local))  # ranks share the cores
+    mine = [tune_one(*job, remeasure) for job in jobs[rank::world]]
+    cache = cache_for(_settings.current().cache_path)
+    keys = [_key_of(job) for job in jobs[rank::world]]
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, ([dataclasses.asdict(r) for r in mine],
+                                      {(cache.fp, k): cache.get(k) for k in keys if cache.get(k)},
+                                      cache.fingerprints()))
+    rows = []
+    for row_dicts, records, fps in gathered:
+        cache.add_records({k: e for k, e in records.items() if cache.records().get(k) != e}, fps)
+        rows += [Row(**{**r, "dims": tuple(r["dims"])}) for r in row_dicts]
+    if progress:
+        for row in rows:
+            progress(row)
+    return rows
+
+
+def _key_of(job) -> str:
+    from . import tuner
+
+    op, dims, dtype, where = job
+    spec = core.op_spec(op)
+    args, kwargs = spec.make_inputs(dims, dtype, where)
+    return tuner.make_key(spec.prepare(*args, **kwargs).problem,
+                          tuner.forced_suffix(_settings.current()))
 
 
 def row_dict(row: Row) -> dict:

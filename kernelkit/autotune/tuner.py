@@ -113,15 +113,41 @@ def choose(
     verify: Verifier,
     settings: Settings,
 ) -> Choice:
-    """`decide`, memoised per (cache, key): a memo hit does no other work."""
+    """`decide`, memoised per (cache, key): a memo hit does no other work. Inside a distributed
+    job (torch.distributed initialised, several ranks) a miss is decided once, on rank 0, and
+    broadcast, so ranks never disagree; `KERNELKIT_TUNE=pinned` avoids the collective."""
     key = make_key(problem, forced_suffix(settings))
     memo_key = (str(settings.cache_path), key)
     hit = _memo.get(memo_key)
     if hit is not None:
         return hit
-    choice = decide(problem, cands, runner, verify, settings, key=key).choice
+    dist = _distributed() if settings.tune != "pinned" else None
+    if dist is None:
+        choice = decide(problem, cands, runner, verify, settings, key=key).choice
+    else:
+        cache = cache_for(settings.cache_path)
+        box = [None]
+        if dist.get_rank() == 0:
+            choice = decide(problem, cands, runner, verify, settings, key=key).choice
+            box = [(choice.to_dict(), cache.fp, cache.get(key))]
+        dist.broadcast_object_list(box, src=0)
+        picked, fp, entry = box[0]
+        choice = Choice(picked["candidate"], picked["config"], picked["source"])
+        if dist.get_rank() != 0 and entry is not None and fp == cache.fp:
+            cache.put(key, entry)  # the same measurement, kept by every rank of this kind
     _memo[memo_key] = choice
     return choice
+
+
+def _distributed():
+    """torch.distributed when this process is one of several initialised ranks, else None
+    (never imports torch itself: a job that uses it has imported it)."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    return dist if dist.get_world_size() > 1 else None
 
 
 def decide(

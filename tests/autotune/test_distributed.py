@@ -1,0 +1,59 @@
+"""torchrun with 2 ranks (gloo, CPU): ahead-of-time tuning sharded over the ranks ends with every
+rank holding every entry, and a miss at run time is decided once and broadcast, so the ranks
+always make the same choices. Each rank has its own cache folder, as on two machines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+RANK_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    base = sys.argv[1]
+    rank = int(os.environ["RANK"])
+    os.environ["KERNELKIT_CACHE_DIR"] = os.path.join(base, f"cache-{rank}")
+    import numpy as np
+    import kernelkit
+    from kernelkit.autotune import generate, tuner
+    from kernelkit.autotune.cache import cache_for
+    from kernelkit.settings import current
+
+    problems = [("matmul", d, "float32") for d in ((7, 13, 5), (97, 61, 89), (33, 40, 20),
+                                                      (3, 100, 3))]
+    rows = generate.generate(problems, threads=2)  # initialises the gloo group (torchrun's env)
+    import torch.distributed as dist
+    cache = cache_for(current().cache_path)
+    with kernelkit.use(tune="pinned"):  # from the gathered cache only: no measuring, no writing
+        pinned = [kernelkit.explain("matmul", *generate.make_inputs("matmul", d, "float32",
+                                                                    "numpy")[0]).choice.candidate
+                  for _, d, _ in problems]
+    # a miss at run time: decided on rank 0, broadcast
+    rng = np.random.default_rng(rank)  # different data per rank, same shape
+    kernelkit.matmul(rng.standard_normal((45, 31), dtype=np.float32),
+                     rng.standard_normal((31, 29), dtype=np.float32))
+    runtime = {k[1]: v.to_dict() for k, v in tuner._memo.items()}
+    with open(os.path.join(base, f"rank{rank}.json"), "w") as f:
+        json.dump({"rows": len(rows), "entries": sorted(cache.entries()), "pinned": pinned,
+                   "runtime": runtime, "mine": sum(r.threads > 0 for r in rows)}, f)
+    dist.destroy_process_group()
+""")
+
+
+def test_two_ranks_agree(tmp_path):
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc-per-node=2", str(script), str(tmp_path)],
+                       capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    assert ranks[0]["rows"] == ranks[1]["rows"] == 4  # every rank sees every row
+    # the 4 tuned sizes and the run-time miss, on both ranks
+    assert len(ranks[0]["entries"]) == 5 and ranks[0]["entries"] == ranks[1]["entries"]
+    assert ranks[0]["pinned"] == ranks[1]["pinned"]
+    assert ranks[0]["runtime"] == ranks[1]["runtime"] and len(ranks[0]["runtime"]) == 1
