@@ -35,6 +35,7 @@ from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic, overload
 
 from kernelkit.kernels import ACT_CODES
+from kernelkit.kernels.numba import _cache
 
 
 def _target_features() -> tuple[int, bool]:
@@ -68,6 +69,7 @@ TILE: dict[str, tuple[int, int]] = {
 ACT_NONE, ACT_RELU, ACT_GELU, ACT_GELU_TANH, ACT_SILU = (
     ACT_CODES[a] for a in (None, "relu", "gelu", "gelu_tanh", "silu"))
 
+_cache.install()  # cache=True below: in the keyed dir (see _cache.py), never stale
 _JIT = dict(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 # Indexing with an unsigned index skips Numba's negative-index wraparound, which otherwise turns
 # contiguous copies into scalar (or gather) code. Every index cast this way is known to be >= 0.
