@@ -65,10 +65,8 @@ MUTATIONS = (
              ("tests/kernels/test_config_plumbing.py", "-k", "triton_matmul")),
     Mutation("cache_lock", "cache update without its file lock (autotune/cache.py)",
              "kernelkit/autotune/cache.py",
-             '"""Merge `new` into memory and into the file, under the lock, replacing it atomically."""\n'
-             '        with self._mutex, FileLock(str(self.path) + ".lock", timeout=60):',
-             '"""Merge `new` into memory and into the file, under the lock, replacing it atomically."""\n'
-             '        with self._mutex:',
+             'exist_ok=True)\n        with self._mutex, FileLock(str(self.path) + ".lock", timeout=60):',
+             'exist_ok=True)\n        with self._mutex:',
              ("tests/autotune/test_cache.py",)),
     Mutation("triton_no_bias", "Triton epilogue without bias (triton/matmul.py)",
              "kernelkit/kernels/triton/matmul.py",
