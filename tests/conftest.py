@@ -20,6 +20,19 @@ def _has_cuda() -> bool:
         return False
 
 
+# Hypothesis: a fixed seed in CI (derandomize: the same examples on every run), and a longer
+# profile to run by hand: KERNELKIT_HYPOTHESIS=long pytest tests -k hypothesis. Tests that set
+# their own max_examples keep it in both.
+try:
+    from hypothesis import settings as _hyp
+
+    _hyp.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+    _hyp.register_profile("long", derandomize=False, deadline=None, max_examples=1000,
+                          print_blob=True)
+    _hyp.load_profile(os.environ.get("KERNELKIT_HYPOTHESIS", "ci"))
+except ImportError:  # hypothesis is a test dependency; without it the property tests skip
+    pass
+
 # TRITON_INTERPRET must be set before triton is imported anywhere.
 if not _has_cuda():
     os.environ.setdefault("TRITON_INTERPRET", "1")

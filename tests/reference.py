@@ -35,14 +35,45 @@ def activation_ref(x: np.ndarray, name: str | None) -> np.ndarray:
         return x
     if name == "relu":
         return np.maximum(x, 0.0)
-    if name == "gelu":
-        erf = np.vectorize(math.erf, otypes=[np.float64])
-        return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
-    if name == "gelu_tanh":
-        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
-    if name == "silu":
-        return x / (1.0 + np.exp(-x))
+    # Forms without cancellation (1 + erf(z) = erfc(-z); 1 + tanh(u) = 2 / (1 + exp(-2u))), so
+    # the float64 reference is accurate to a few float64 ulps relative to the output.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if name == "gelu":
+            erfc = np.vectorize(math.erfc, otypes=[np.float64])
+            return 0.5 * x * erfc(-x / math.sqrt(2.0))
+        if name == "gelu_tanh":
+            return x / (1.0 + np.exp(-2.0 * math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+        if name == "silu":
+            return x / (1.0 + np.exp(-x))
     raise ValueError(name)
+
+
+def activation_grid(dtype=np.float32, mantissas: int = 1024, lo: int = -10, hi: int = 5):
+    """A dense sweep of the epilogue activations' inputs as a K = 1 matmul: ``a`` (M, 1) holds
+    ``mantissas`` values evenly spaced in [1, 2), ``b`` (1, N) holds +-2^e for lo <= e < hi, so
+    ``C = a @ b`` is exact and covers +-[2^lo, 2^hi) at ``mantissas`` points per octave, plus
+    the columns 0 and -0 (a 2-D C, so a tiled kernel launches few programs)."""
+    a = (1.0 + np.arange(mantissas) / mantissas).astype(dtype).reshape(-1, 1)
+    e = np.arange(lo, hi, dtype=np.float64)
+    b = np.concatenate([np.exp2(e), -np.exp2(e), [0.0, -0.0]]).astype(dtype).reshape(1, -1)
+    return a, b
+
+
+def activation_errors(x, y, name: str, floor: float = 1e-3) -> tuple[float, float]:
+    """(largest of |y - y_ref| / max(|y_ref|, floor), largest error in ulps of x's precision
+    where |y_ref| > floor) of ``y = act(x)`` against float64 on the same x: relative where
+    |y| > floor, absolute (scaled by floor) below it."""
+    x = to_f64(x)
+    ref = activation_ref(x, name)
+    got = to_f64(y).reshape(ref.shape)
+    err = np.abs(got - ref)
+    fin = np.isfinite(ref)
+    assert np.array_equal(np.isnan(got), np.isnan(ref)), f"{name}: NaN pattern differs"
+    rel = float(np.max(err[fin] / np.maximum(np.abs(ref[fin]), floor), initial=0.0))
+    big = fin & (np.abs(ref) > floor)
+    dtype = np.float32 if np.asarray(y).dtype == np.float32 or "float32" in str(y.dtype) else np.float64
+    ulp = np.spacing(np.abs(ref[big]).astype(dtype)).astype(np.float64)
+    return rel, float(np.max(err[big] / ulp, initial=0.0))
 
 
 def matmul_ref(a, b, bias=None, activation=None) -> np.ndarray:

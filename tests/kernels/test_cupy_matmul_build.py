@@ -331,5 +331,6 @@ def test_gpu_matmul_forward_empty_dims():
         bias = cupy.arange(n, dtype=cupy.float32) - 1
         out = km.matmul_forward(a, b, bias, "relu")
         assert out.shape == (batch, m, n)
-        expected = np.broadcast_to(np.maximum(np.arange(n) - 1.0, 0), (batch, m, n))
-        np.testing.assert_array_equal(out.get(), expected if k == 0 else out.get())
+        # ones @ ones = k in every entry: relu(k + bias), exact
+        expected = np.broadcast_to(np.maximum(k + np.arange(n) - 1.0, 0), (batch, m, n))
+        np.testing.assert_array_equal(out.get(), expected)

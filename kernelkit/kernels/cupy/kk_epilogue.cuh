@@ -15,11 +15,12 @@ __device__ __forceinline__ float apply_act(float v, int act) {
     switch (act) {
         case ACT_RELU:  // NaN < 0 is false, so NaN propagates (as in torch)
             return v < 0.0f ? 0.0f : v;
-        case ACT_GELU:  // exact: 0.5 x (1 + erf(x / sqrt(2)))
-            return 0.5f * v * (1.0f + erff(v * 0.70710678118654752440f));
-        case ACT_GELU_TANH: {  // torch approximate="tanh": 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        case ACT_GELU:  // exact: 0.5 x (1 + erf(x / sqrt(2))) == 0.5 x erfc(-x / sqrt(2)), no cancellation
+            return 0.5f * v * erfcf(-v * 0.70710678118654752440f);
+        case ACT_GELU_TANH: {  // torch approximate="tanh": 0.5 x (1 + tanh(u)) == x / (1 + exp(-2u)),
+                               // u = sqrt(2/pi) (x + 0.044715 x^3); no cancellation near tanh(u) = -1
             const float inner = 0.79788456080286535588f * (v + 0.044715f * v * v * v);
-            return 0.5f * v * (1.0f + tanhf(inner));
+            return v / (1.0f + expf(-2.0f * inner));
         }
         case ACT_SILU:  // torch's formula: x / (1 + exp(-x))
             return v / (1.0f + expf(-v));

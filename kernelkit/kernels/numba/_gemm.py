@@ -35,6 +35,7 @@ from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic, overload
 
 from kernelkit.kernels import ACT_CODES
+from kernelkit.kernels.numba import _cache
 
 
 def _target_features() -> tuple[int, bool]:
@@ -68,6 +69,7 @@ TILE: dict[str, tuple[int, int]] = {
 ACT_NONE, ACT_RELU, ACT_GELU, ACT_GELU_TANH, ACT_SILU = (
     ACT_CODES[a] for a in (None, "relu", "gelu", "gelu_tanh", "silu"))
 
+_cache.install()  # cache=True below: in the keyed dir (see _cache.py), never stale
 _JIT = dict(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 # Indexing with an unsigned index skips Numba's negative-index wraparound, which otherwise turns
 # contiguous copies into scalar (or gather) code. Every index cast this way is known to be >= 0.
@@ -339,16 +341,11 @@ def pack_b(src, off, s_k, s_n, kb, nb, dst, doff, s0, s1):
 
 # ---------------------------------------------------------------------------------------- epilogue
 
-# float32 activations use Eigen's rational approximations (generic_fast_tanh_float and
-# generic_fast_erf_float: a few ulp), which LLVM vectorises, instead of libm calls (~10 ns each).
-# Inputs are clamped where the function is +-1 in float32; NaN passes every clamp unchanged.
+# float32 activations use code LLVM vectorises instead of libm calls (~10 ns each): erf is Eigen's
+# rational approximation (generic_fast_erf_float: a few ulp; its input is clamped where erf is +-1
+# in float32, and NaN passes the clamp unchanged); SiLU and tanh-GELU are x / (1 + exp(-z)) with
+# Cephes' expf, as accurate as torch's SiLU (a few ulp where |y| > 1e-3).
 _F = np.float32
-_TANH_CLAMP = _F(7.90531110763549805)
-_TA = tuple(_F(v) for v in (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
-                            5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
-                            4.89352455891786e-03))
-_TB = tuple(_F(v) for v in (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
-                            4.89352518554385e-03))
 _ERF_CLAMP = _F(4.0)
 _EA = tuple(_F(v) for v in (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
                             -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
@@ -357,32 +354,37 @@ _EB = tuple(_F(v) for v in (-1.45660718464996e-05, -2.13374055278905e-04, -1.682
                             -7.37332916720468e-03, -1.42647390514189e-02))
 _F0, _F05, _F1 = _F(0.0), _F(0.5), _F(1.0)
 _SQRT1_2 = _F(0.7071067811865476)
-_SQRT2_PI = _F(0.7978845608028654)
+_M2SQRT2_PI = _F(-1.5957691216057308)  # -2 sqrt(2 / pi)
 _GELU_C = _F(0.044715)
+# exp_f32: Cephes' expf (Cody-Waite reduction by ln 2, degree-6 polynomial, ~1 ulp).
+_EXP_HI, _EXP_LO = _F(88.0), _F(-87.0)  # 2^k stays a normal float32 in between
+_LOG2E = _F(1.4426950408889634)
+_LN2_HI, _LN2_LO = _F(0.693359375), _F(-2.12194440e-4)
+_EP = tuple(_F(v) for v in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                            1.6666665459e-1, 5.0000001201e-1))
+_ROUND = _F(12582912.0)  # 1.5 * 2^23: (t + _ROUND) - _ROUND rounds t to the nearest integer
+_INF = _F(np.inf)
+
+
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    """The float32 whose bit pattern is the low 32 bits of integer ``bits``."""
+    if not isinstance(bits, types.Integer):
+        return None
+    sig = types.float32(bits)
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        if bits.bitwidth > 32:
+            v = builder.trunc(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+
+    return sig, codegen
 
 
 @numba.njit(inline="always", **_JIT)
 def cdiv(a, b):
     return (a + b - 1) // b
-
-
-@numba.njit(inline="always", **_JIT)
-def tanh_f32(x):
-    """tanh of a float32, vectorisable (max error a few ulp); exactly +-1 beyond the clamp."""
-    y = _TANH_CLAMP if x > _TANH_CLAMP else (-_TANH_CLAMP if x < -_TANH_CLAMP else x)
-    y2 = y * y
-    p = y2 * _TA[0] + _TA[1]
-    p = y2 * p + _TA[2]
-    p = y2 * p + _TA[3]
-    p = y2 * p + _TA[4]
-    p = y2 * p + _TA[5]
-    p = y2 * p + _TA[6]
-    q = y2 * _TB[0] + _TB[1]
-    q = y2 * q + _TB[2]
-    q = y2 * q + _TB[3]
-    r = (y * p) / q
-    r = _F1 if r > _F1 else (-_F1 if r < -_F1 else r)
-    return _F1 if y >= _TANH_CLAMP else (-_F1 if y <= -_TANH_CLAMP else r)
 
 
 @numba.njit(inline="always", **_JIT)
@@ -405,6 +407,25 @@ def erf_f32(x):
     return _F1 if y >= _ERF_CLAMP else (-_F1 if y <= -_ERF_CLAMP else r)
 
 
+@numba.njit(inline="always", **_JIT)
+def exp_f32(x):
+    """exp of a float32, vectorisable (~1 ulp): +inf above 88, exp(-87) below -87, NaN kept."""
+    y = x if x < _EXP_HI else _EXP_HI  # NaN -> _EXP_HI (no NaN reaches the int conversion)
+    y = y if y > _EXP_LO else _EXP_LO
+    kf = (y * _LOG2E + _ROUND) - _ROUND
+    r = y - kf * _LN2_HI
+    r = r - kf * _LN2_LO
+    p = r * _EP[0] + _EP[1]
+    p = r * p + _EP[2]
+    p = r * p + _EP[3]
+    p = r * p + _EP[4]
+    p = r * p + _EP[5]
+    e = (p * (r * r) + r) + _F1
+    scale = _f32_from_bits((numba.int32(kf) + numba.int32(127)) << numba.int32(23))
+    e = e * scale
+    return _INF if x > _EXP_HI else (e if x == x else x)
+
+
 def act_row(c, o, cols, act):
     """In place: c[o + j] = act(c[o + j]) for j < cols (act != ACT_NONE). Jitted code only."""
     raise NotImplementedError("act_row is only callable from jitted code")
@@ -423,14 +444,16 @@ def _act_row_ov(c, o, cols, act):
                     v = c[_U(o + j)]
                     c[_U(o + j)] = _F05 * v * (_F1 + erf_f32(v * _SQRT1_2))
             elif act == ACT_GELU_TANH:
+                # 0.5 x (1 + tanh(u)) == x * sigmoid(2u) == x / (1 + exp(-2u)), u = sqrt(2/pi) *
+                # (x + 0.044715 x^3): no cancellation of 1 + tanh(u) near -1 for negative x.
                 for j in range(cols):
                     v = c[_U(o + j)]
-                    c[_U(o + j)] = _F05 * v * (_F1 + tanh_f32(_SQRT2_PI * (v + _GELU_C * v * v * v)))
+                    c[_U(o + j)] = v / (_F1 + exp_f32(_M2SQRT2_PI * v * (_F1 + _GELU_C * v * v)))
             elif act == ACT_SILU:
-                # x * sigmoid(x), sigmoid(x) = (1 + tanh(x / 2)) / 2
+                # x * sigmoid(x) == x / (1 + exp(-x)), torch's formula (and its accuracy)
                 for j in range(cols):
                     v = c[_U(o + j)]
-                    c[_U(o + j)] = v * (_F05 + _F05 * tanh_f32(_F05 * v))
+                    c[_U(o + j)] = v / (_F1 + exp_f32(-v))
         return impl
 
     def impl(c, o, cols, act):
@@ -445,9 +468,11 @@ def activate(x, act):
     if act == ACT_RELU:
         return 0.0 if x < 0.0 else x * 1.0
     if act == ACT_GELU:
-        return 0.5 * x * (1.0 + math.erf(x * 0.7071067811865476))
+        # 0.5 x (1 + erf(x / sqrt 2)) == 0.5 x erfc(-x / sqrt 2), without the cancellation
+        return 0.5 * x * math.erfc(x * -0.7071067811865476)
     if act == ACT_GELU_TANH:
-        return 0.5 * x * (1.0 + math.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+        # 0.5 x (1 + tanh(u)) == x / (1 + exp(-2u)), without the cancellation near tanh = -1
+        return x / (1.0 + math.exp(-1.5957691216057308 * (x + 0.044715 * x * x * x)))
     if act == ACT_SILU:
         return x / (1.0 + math.exp(-x))
     return x * 1.0

@@ -25,6 +25,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from kernelkit.kernels.numba import _cache
+
+_cache.install()  # cache=True below: in the keyed dir (see _cache.py), never stale
 _JIT = dict(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 # Unsigned indices skip Numba's negative-index wraparound (every index cast is >= 0).
 _U = numba.uintp

@@ -1,0 +1,137 @@
+"""Numba's on-disk cache for kernelkit's kernels, keyed by everything the machine code depends on.
+
+Numba's ``cache=True`` stamps a cached function with its own source file's mtime and size only.
+A jitted function that calls (and inlines) a helper from another file, or freezes a module
+constant from another file, keeps its old machine code after that other file changes: local test
+runs can pass on old code, and so can an installation after an upgrade of kernelkit.
+
+So every ``cache=True`` function defined under ``kernelkit/kernels/numba/`` goes through
+:class:`KeyedCacheLocator` instead of numba's own locators. It keeps the cache in
+
+    <kernelkit cache dir>/numba/<key>/
+
+where the kernelkit cache dir is ``KERNELKIT_CACHE_DIR`` or the platform's user cache dir (as for
+the autotune cache), and ``<key>`` is a hash of the sources of every kernelkit module the Numba
+kernels compile from (all of ``kernels/numba/*.py`` and the backend-neutral ``kernels/*.py``) and
+of the kernelkit, Numba, llvmlite and LLVM versions. The same key is each function's source stamp,
+so an index written under another key is never trusted. The package directory is never written
+(it may be read-only); if the cache dir cannot be created, a per-user temporary dir is used (and
+only if that fails too do numba's own locators apply).
+
+Functions outside ``kernelkit/kernels/`` are untouched: the locator declines them and numba's own
+locators (``NUMBA_CACHE_DIR``, ``__pycache__``, ...) apply as usual.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from numba.core import caching
+
+_HERE = Path(__file__).resolve().parent          # kernelkit/kernels/numba
+_KERNELS = _HERE.parent                          # kernelkit/kernels
+_PACKAGE = _KERNELS.parent                       # kernelkit
+
+_Base = getattr(caching, "UserProvidedCacheLocator", None) or caching._UserProvidedCacheLocator
+_Impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+
+
+def source_files() -> list[Path]:
+    """The files whose contents the compiled kernels depend on: every module under
+    ``kernels/numba/`` and the backend-neutral ``kernels/*.py`` they import (constants included)."""
+    return sorted([*_HERE.glob("*.py"), *_KERNELS.glob("*.py")])
+
+
+@functools.cache
+def cache_key() -> str:
+    """A hash of the kernel sources and of the kernelkit, Numba, llvmlite and LLVM versions."""
+    import llvmlite
+    import numba
+    from llvmlite import binding as ll
+
+    import kernelkit
+
+    h = hashlib.sha256()
+    versions = (getattr(kernelkit, "__version__", "?"), numba.__version__, llvmlite.__version__,
+                ".".join(map(str, ll.llvm_version_info)))
+    h.update(repr(versions).encode())
+    for path in source_files():
+        h.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()[:20]
+
+
+def base_dir() -> Path:
+    """kernelkit's cache dir, read as kernelkit.settings reads it (KERNELKIT_CACHE_DIR, else the
+    platform's user cache dir); read here so the numba kernels need not import the settings."""
+    configured = os.environ.get("KERNELKIT_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("kernelkit", appauthor=False))
+
+
+@functools.cache
+def cache_dir() -> Path | None:
+    """``<kernelkit cache dir>/numba/<key>``, created; a per-user temporary dir if that cannot be
+    written; None if neither can (then numba's own locators apply). Decided once per process (at the first kernel's decoration)."""
+    key = cache_key()
+    uid = getattr(os, "getuid", lambda: "user")()
+    for root in (base_dir() / "numba", Path(tempfile.gettempdir()) / f"kernelkit-numba-{uid}"):
+        path = root / key
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / f".probe-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError:
+            continue
+        return path
+    return None
+
+
+def _is_kernel_source(py_file: str) -> bool:
+    try:
+        return Path(py_file).resolve().is_relative_to(_KERNELS)
+    except (OSError, ValueError):
+        return False
+
+
+class KeyedCacheLocator(_Base):
+    """Numba cache locator for kernelkit's kernels: the keyed dir, and the key as source stamp."""
+
+    def __init__(self, py_func, py_file):
+        self._py_file = py_file
+        self._lineno = py_func.__code__.co_firstlineno
+        self._cache_path = os.path.join(str(cache_dir()), self.get_suitable_cache_subpath(py_file))
+
+    def get_source_stamp(self):
+        return cache_key()
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if not _is_kernel_source(py_file):
+            return None
+        if cache_dir() is None:
+            return None
+        self = cls(py_func, py_file)  # (numba's from_function would ask for NUMBA_CACHE_DIR)
+        try:
+            self.ensure_cache_path()
+        except OSError:
+            return None
+        return self
+
+
+def install() -> None:
+    """Put :class:`KeyedCacheLocator` first in numba's locator list (idempotent). Called by every
+    kernel module before it decorates anything."""
+    if KeyedCacheLocator not in _Impl._locator_classes:
+        _Impl._locator_classes = [KeyedCacheLocator, *_Impl._locator_classes]
+
+
+install()

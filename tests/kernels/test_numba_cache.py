@@ -1,0 +1,87 @@
+"""Numba's compiled-kernel cache is keyed by every source the kernels depend on (issue 15).
+
+Numba's own ``cache=True`` stamps a function with its own file only, so a caller kept the machine
+code of a helper from another file after that file changed. The test edits a helper in a copy of
+the package and checks that the next process sees the change with the same (warm) cache dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("numba")
+
+from kernelkit.kernels.numba import _cache  # noqa: E402
+
+PACKAGE = Path(__file__).resolve().parents[2] / "kernelkit"
+
+# One small entry point (no packing, one thread) whose activation lives in another file
+# (_gemm.py's act_row), so a stale cache would keep the old helper.
+_PROBE = r"""
+import json, sys
+import numpy as np
+from kernelkit.kernels.numba import _cache, matmul as m
+from kernelkit.kernels.numba._gemm import ACT_RELU, entry_point
+small = entry_point(m._matmul_small, m._sig("small", np.float32))
+a = np.array([[[-2.0, 3.0]]], np.float32)      # (1, 1, 2)
+b = np.array([[[1.0, -1.0], [0.0, 0.0]]], np.float32)  # (1, 2, 2): C = [[-2, 2]]
+out = np.empty((1, 1, 2), np.float32)
+small(a, b, np.zeros(0, np.float32), False, ACT_RELU, out)
+print(json.dumps({"out": out.ravel().tolist(), "dir": str(_cache.cache_dir()),
+                  "key": _cache.cache_key(), "file": m.__file__}))
+"""
+
+
+def _run(root: Path, cache: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(root), "KERNELKIT_CACHE_DIR": str(cache)}
+    env.pop("NUMBA_CACHE_DIR", None)
+    res = subprocess.run([sys.executable, "-c", _PROBE], env=env, cwd=root, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_sources_cover_helpers_and_shared_tables():
+    names = {p.relative_to(PACKAGE).as_posix() for p in _cache.source_files()}
+    for must in ("kernels/numba/_gemm.py", "kernels/numba/_resample.py", "kernels/numba/_conv.py",
+                 "kernels/numba/matmul.py", "kernels/numba/conv2d.py",
+                 "kernels/numba/preprocess.py", "kernels/taps.py", "kernels/__init__.py"):
+        assert must in names
+
+
+def test_cache_dir_is_keyed_under_kernelkit_cache():
+    d = _cache.cache_dir()
+    assert d is not None and d.name == _cache.cache_key() and d.parent.name == "numba"
+    # kernels decorated so far were located there (the package dir may be read-only)
+    from kernelkit.kernels.numba import _gemm
+
+    assert _gemm.epilogue._cache._cache_path.startswith(str(d))
+
+
+def test_edited_helper_in_another_file_is_recompiled(tmp_path):
+    root = tmp_path / "src"
+    shutil.copytree(PACKAGE, root / "kernelkit", ignore=shutil.ignore_patterns("__pycache__"))
+    cache = tmp_path / "cache"
+    first = _run(root, cache)
+    assert first["file"].startswith(str(root))
+    assert first["out"] == [0.0, 2.0]  # relu([-2, 2])
+    again = _run(root, cache)  # warm: same key, same dir
+    assert again["key"] == first["key"] and again["out"] == first["out"]
+    assert any(Path(first["dir"]).rglob("*.nbi"))
+
+    gemm = root / "kernelkit" / "kernels" / "numba" / "_gemm.py"
+    src = gemm.read_text()
+    old = "c[_U(o + j)] = _F0 if v < _F0 else v"
+    assert src.count(old) == 1
+    gemm.write_text(src.replace(old, "c[_U(o + j)] = v"))  # relu -> identity, in the helper only
+
+    edited = _run(root, cache)  # matmul.py is unchanged; its cached machine code must not be used
+    assert edited["key"] != first["key"]
+    assert edited["out"] == [-2.0, 2.0]
