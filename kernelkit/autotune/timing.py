@@ -8,6 +8,7 @@ tuner's decisions without the devices.
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -51,32 +52,46 @@ class Timing:
 
 
 # -- is the machine busy? -------------------------------------------------------------------------
-BUSY_RATIO = 1.5  # a calibration loop this much slower than this process's best: busy
-_best_calibration = [float("inf")]
+# Other processes took more than this share of the machine's CPU time while we measured: busy.
+BUSY_SHARE = 0.25
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _spin() -> int:
-    """A fixed piece of CPU work (~0.2 ms): the calibration loop."""
-    return sum(i * i for i in range(4000))
+@dataclass(frozen=True)
+class CpuSnapshot:
+    wall: float  # s
+    busy: float | None  # s of CPU time used by every process (None: unknown on this OS)
+    own: float  # s of CPU time used by this process (all its threads)
 
 
-def calibrate(reps: int = 5) -> float:
-    """Time the calibration loop (median of `reps`); remember the process's best."""
-    samples = []
-    for _ in range(reps):
-        t0 = _clock()
-        _spin()
-        samples.append(_clock() - t0)
-    m = statistics.median(samples)
-    _best_calibration[0] = min(_best_calibration[0], m)
-    return m
+def snapshot() -> CpuSnapshot:
+    """What the machine's CPUs have done so far (Linux: /proc/stat), and what we did."""
+    busy = None
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+        busy = (user + nice + system + irq + softirq + steal) / _TICK
+    except (OSError, ValueError):
+        pass
+    return CpuSnapshot(time.monotonic(), busy, time.process_time())
 
 
-def machine_busy(before: float, after: float) -> bool:
-    """The calibration loop, timed around a measurement, ran much slower than it can on this
-    machine: something else was using the cores, and the measurement is not to be trusted."""
-    best = _best_calibration[0]
-    return best > 0 and max(before, after) > BUSY_RATIO * best
+def others_share(before: CpuSnapshot, after: CpuSnapshot) -> float:
+    """The share of all cores' time that other processes used between two snapshots."""
+    if before.busy is None or after.busy is None:
+        return 0.0
+    wall = after.wall - before.wall
+    if wall <= 0:
+        return 0.0
+    others = (after.busy - before.busy) - (after.own - before.own)
+    return max(0.0, others) / (wall * (os.cpu_count() or 1))
+
+
+def machine_busy(before: CpuSnapshot, after: CpuSnapshot) -> bool:
+    """Other processes used a large share of the cores while we measured: the measurement is not
+    to be trusted. (Our own threads, spinning or not, do not count.)"""
+    return others_share(before, after) > BUSY_SHARE
 
 
 def cuda_sync() -> None:

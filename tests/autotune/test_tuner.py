@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -12,6 +13,7 @@ from kernelkit.core import Candidate, Problem
 from kernelkit.settings import Settings
 
 CORRECT = 42
+REAL_MACHINE_BUSY = timing.machine_busy  # (tests/conftest.py turns detection off per test)
 
 
 def fake(name, result, delay=0.0, raises=False, vendor=False, configs=({},), supports=None):
@@ -137,10 +139,44 @@ def test_a_busy_machine_measurement_is_not_stored_as_truth(tmp_path, monkeypatch
     assert "provisional" not in cache_for(tmp_path).get(d.key)
 
 
-def test_the_calibration_loop_flags_a_slow_run(monkeypatch):
-    monkeypatch.setattr(timing, "_best_calibration", [float("inf")])
-    base = timing.calibrate()
-    assert 0 < timing._best_calibration[0] <= base
-    best = timing._best_calibration[0]
-    assert not timing.machine_busy(best, best * 1.2)
-    assert timing.machine_busy(best, best * (timing.BUSY_RATIO + 0.5))
+def test_other_processes_cpu_time_makes_the_machine_busy():
+    """A child process burning a core while we only sleep: its CPU time is the others' share.
+    Our own CPU time never counts (synthetic snapshots: 2 cores, 1.5 s used in 1 s, 0.9 s ours)."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\n"
+                              "while time.time() - t < 1.5: pass"])
+    time.sleep(0.3)  # let it start
+    start = timing.snapshot()
+    time.sleep(0.8)
+    end = timing.snapshot()
+    child.wait(timeout=30)
+    assert timing.others_share(start, end) > 0.3 / (os.cpu_count() or 1)
+    a, b = timing.CpuSnapshot(0.0, 10.0, 1.0), timing.CpuSnapshot(1.0, 11.5, 1.9)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(os, "cpu_count", lambda: 2)
+        assert timing.others_share(a, b) == pytest.approx(0.3)
+        assert timing.others_share(a, timing.CpuSnapshot(1.0, 11.5, 2.5)) == 0.0  # all ours
+        assert REAL_MACHINE_BUSY(a, b) and not REAL_MACHINE_BUSY(
+            a, timing.CpuSnapshot(1.0, 11.2, 1.9))
+
+
+def test_overlapping_contenders_are_timed_again_and_ties_break_by_name(tmp_path):
+    clock = timing.SimulatedClock()
+    runs = {"alpha": 0, "beta": 0, "slow": 0}
+
+    def cand(name, seconds):
+        def launcher(p, cfg):
+            def run():
+                runs[name] += 1
+                clock.advance(seconds)
+                return CORRECT
+            return run
+        return Candidate("fake", name, "cpu", "numpy", lambda p: None, lambda p: [{}], launcher)
+
+    cands = [cand("beta", 1e-3), cand("slow", 5e-3), cand("alpha", 1e-3)]  # alpha and beta tie
+    with timing.use_clock(clock):
+        d = run(cands, problem(80), Settings(cache_dir=str(tmp_path), tune="measure"))
+    assert d.choice.candidate == "alpha-cpu"  # equal medians: by name, not by order
+    assert runs["alpha"] == runs["beta"] > runs["slow"]  # the tied pair was timed again
