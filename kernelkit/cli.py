@@ -57,21 +57,26 @@ def cmd_tune(args: argparse.Namespace, con: Console) -> int:
 
     if args.threads and args.shards <= 1:
         generate.pin_threads(args.threads)
-    known = generate.presets()
-    problems = known.get(args.preset)
-    if problems is None:
-        con.print(f"[red]unknown preset {args.preset!r}; one of {sorted(known)}")
-        return 2
+    if args.shapes:
+        problems, name = generate.load_shapes(args.shapes), f"shapes {args.shapes}"
+    else:
+        known = generate.presets()
+        problems, name = known.get(args.preset), f"preset {args.preset!r}"
+        if problems is None:
+            con.print(f"[red]unknown preset {args.preset!r}; one of {sorted(known)}")
+            return 2
     where = args.where or ("cuda" if devices.cuda_available() else "numpy")
     with Progress(console=con, transient=True) as bar:
-        task = bar.add_task(f"tuning preset {args.preset!r} ({where})", total=len(problems))
-        rows = generate.generate(args.preset, where=where, shards=args.shards, gpus=args.gpus,
+        task = bar.add_task(f"tuning {name} ({where})", total=len(problems))
+        rows = generate.generate(problems, where=where, shards=args.shards, gpus=args.gpus,
                                  remeasure=args.remeasure, threads=args.threads,
                                  progress=lambda r: bar.advance(task))
     if args.json:
         Path(args.json).write_text(json.dumps([generate.row_dict(r) for r in rows], indent=1))
-    t = Table(title=f"kernelkit tune: preset {args.preset!r}, data on {where}, "
-                    f"cache {_cache().path}")
+    if args.out:
+        doc = _cache().export()
+        Path(args.out).write_text(json.dumps(doc, indent=1, sort_keys=True))
+    t = Table(title=f"kernelkit tune: {name}, data on {where}, cache {_cache().path}")
     for col in ("op", "size", "dtype", "chosen", "runs on", "config", "time", "GFLOP/s",
                 "vendor", "vendor time", "speed-up"):
         t.add_column(col, justify="right" if col in ("time", "GFLOP/s", "vendor time",
@@ -103,6 +108,26 @@ def cmd_cache(args: argparse.Namespace, con: Console) -> int:
         return 0
     if args.action == "path":
         print(cache.path)
+        return 0
+    if args.action == "coverage":
+        from .autotune import generate
+
+        if not args.shapes:
+            raise ValueError("cache coverage takes --shapes FILE")
+        rows = generate.coverage(generate.load_shapes(args.shapes))
+        if args.json:
+            print(json.dumps(rows, indent=1))
+            return 0
+        t = Table(title=f"coverage of {args.shapes} by {cache.path}")
+        for col in ("op", "size", "dtype", "state", "choice"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(r["op"], "x".join(map(str, r["dims"])), r["dtype"], r["state"],
+                      r["choice"] or "-")
+        con.print(t)
+        counts = {st: sum(r["state"] == st for r in rows)
+                  for st in ("measured", "provisional", "predicted", "uncertain", "missing")}
+        con.print(", ".join(f"{n} {st}" for st, n in counts.items()))
         return 0
     if args.action == "export":
         if len(args.files) != 1:
@@ -238,13 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gpus", type=int, default=0, help="spread shards over this many GPUs")
     s.add_argument("--threads", type=int, default=0, help="pin every CPU thread pool to N (split evenly between --shards workers)")
     s.add_argument("--remeasure", action="store_true", help="measure even where cached")
+    s.add_argument("--shapes", help="tune these sizes instead of a preset: a JSON list of "
+                                    "{op, dims, dtype} rows (dims as `kernelkit explain` takes)")
+    s.add_argument("--out", help="also export the resulting cache to this file")
     s.add_argument("--json", help="also write the rows to this file")
     s.set_defaults(fn=cmd_tune)
 
     s = sub.add_parser("cache", help="show, clear, export, import or merge autotune caches")
-    s.add_argument("action", choices=("show", "clear", "path", "export", "import", "merge"))
+    s.add_argument("action", choices=("show", "clear", "path", "export", "import", "merge",
+                                      "coverage"))
     s.add_argument("files", nargs="*", help="export FILE | import FILE... | merge A B...")
     s.add_argument("--out", help="merge: the merged file")
+    s.add_argument("--shapes", help="coverage: a shapes file (JSON rows of op, dims, dtype)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_cache)
 

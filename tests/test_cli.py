@@ -104,3 +104,22 @@ def test_explain_sweep_prints_predicted_and_measured_per_size(tmp_path):
     rows = [line for line in out.splitlines() if line.startswith("│ ")]
     assert [r.split("│")[1].strip() for r in rows] == ["4x4x4", "8x8x8", "16x16x16"]
     assert all(r.count(" us / ") == 2 for r in rows)  # numba-cpu and torch-cpu, both measured
+
+
+def test_tune_shapes_file_out_and_coverage(tmp_path):
+    shapes = tmp_path / "shapes.json"
+    shapes.write_text(json.dumps([{"op": "matmul", "dims": [9, 10, 11], "dtype": "float32"},
+                                  ["matmul", [40, 40, 40], "float32"]]))
+    kk("tune", "--shapes", str(shapes), "--out", str(tmp_path / "out.json"), cache_dir=tmp_path)
+    assert len(json.loads((tmp_path / "out.json").read_text())["entries"]) == 2
+    more = tmp_path / "more.json"
+    more.write_text(json.dumps([["matmul", [9, 10, 11]], ["matmul", [2000, 3, 7]],
+                                ["conv2d", [1, 3, 8, 4, 3, 1, 1, 1]]]))
+    rows = json.loads(kk("cache", "coverage", "--shapes", str(more), "--json",
+                         cache_dir=tmp_path).stdout)
+    assert rows[0]["state"] == "measured" and rows[2]["state"] == "missing"
+    assert rows[1]["state"] in ("predicted", "uncertain") and rows[1]["choice"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([["nosuchop", [1, 2, 3]]]))
+    r = kk("tune", "--shapes", str(bad), cache_dir=tmp_path, check=False)
+    assert r.returncode == 2 and "unknown op" in r.stdout

@@ -65,6 +65,54 @@ class Row:
         return None
 
 
+def load_shapes(path: str | os.PathLike) -> list[tuple[str, tuple[int, ...], str]]:
+    """A shapes file: a JSON list of {"op", "dims", "dtype"} objects or [op, dims, dtype] rows."""
+    import json
+    from pathlib import Path
+
+    rows = json.loads(Path(path).read_text())
+    out = []
+    for i, r in enumerate(rows if isinstance(rows, list) else []):
+        op, dims, dtype = (r["op"], r["dims"], r.get("dtype", "float32")) if isinstance(r, dict) \
+            else (r[0], r[1], r[2] if len(r) > 2 else "float32")
+        core.op_spec(op)  # a clear error for an unknown op
+        out.append((str(op), tuple(int(d) for d in dims), str(dtype)))
+        if not out[-1][1]:
+            raise ValueError(f"{path}: row {i} has no dims")
+    if not out:
+        raise ValueError(f"{path}: expected a JSON list of {{op, dims, dtype}} rows")
+    return out
+
+
+def coverage(problems, where: str = "numpy") -> list[dict]:
+    """For each (op, dims, dtype): "measured" (in the cache), "predicted" (the cost model is
+    confident for it), "uncertain" (a fit exists, but measuring would be needed) or "missing"."""
+    from . import model, tuner
+    from .cache import cache_for
+
+    settings = _settings.current()
+    entries = cache_for(settings.cache_path).entries()
+    out = []
+    for op, dims, dtype in problems:
+        spec = core.op_spec(op)
+        args, kwargs = spec.make_inputs(tuple(dims), dtype, where)
+        problem = spec.prepare(*args, **kwargs).problem
+        key = tuner.make_key(problem, tuner.forced_suffix(settings))
+        entry = entries.get(key)
+        if entry is not None:
+            state = "provisional" if entry.get("provisional") else "measured"
+            choice = entry["choice"]["candidate"]
+        else:
+            usable, _ = tuner.split_candidates(problem, core.candidates(op), settings)
+            preds = model.predict_times(key, problem, usable, entries)
+            fitted = any(q.points for q in preds)
+            state = "predicted" if model.confident(preds) else "uncertain" if fitted else "missing"
+            choice = preds[0].candidate if preds and fitted else None
+        out.append({"op": op, "dims": list(dims), "dtype": dtype, "state": state,
+                    "choice": choice})
+    return out
+
+
 def make_inputs(op: str, dims: tuple[int, ...], dtype: str, where: str, seed: int = 0):
     """(positional arrays, keyword options) for one problem of a preset."""
     spec = core.op_spec(op)
