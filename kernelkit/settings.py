@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .paths import default_cache_dir, fallback_cache_dir  # noqa: F401 - re-exported
+
 TUNE_MODES = ("auto", "measure", "model", "off", "pinned")
 DEVICES = ("cpu", "cuda")
 
@@ -47,31 +49,6 @@ class Settings:
         return default_cache_dir()
 
 
-def default_cache_dir() -> Path:
-    """The user cache dir for kernelkit: platformdirs' answer where it is installed, else the
-    same path by the platforms' conventions (XDG on Linux), so that nothing optional can stop a
-    call (the GPU machines have no platformdirs)."""
-    try:
-        import platformdirs
-    except ImportError:
-        return fallback_cache_dir()
-    return Path(platformdirs.user_cache_dir("kernelkit", appauthor=False))
-
-
-def fallback_cache_dir(env=None, platform: str | None = None, home: Path | None = None) -> Path:
-    """platformdirs' user_cache_dir("kernelkit", appauthor=False), without platformdirs."""
-    import sys
-
-    env = os.environ if env is None else env
-    platform = sys.platform if platform is None else platform
-    home = Path.home() if home is None else home
-    if platform.startswith("win"):
-        base = env.get("LOCALAPPDATA") or str(home / "AppData" / "Local")
-        return Path(base) / "kernelkit" / "Cache"
-    if platform == "darwin":
-        return home / "Library" / "Caches" / "kernelkit"
-    xdg = (env.get("XDG_CACHE_HOME") or "").strip()
-    return Path(xdg if xdg else home / ".cache") / "kernelkit"
 
 
 # The overrides of the innermost `use()` block, as a hashable tuple of (knob, value) pairs, so

@@ -53,10 +53,10 @@ def cache_key() -> str:
     import numba
     from llvmlite import binding as ll
 
-    import kernelkit
+    from kernelkit.devices import package_version
 
     h = hashlib.sha256()
-    versions = (getattr(kernelkit, "__version__", "?"), numba.__version__, llvmlite.__version__,
+    versions = (package_version("kernelkit"), numba.__version__, llvmlite.__version__,
                 ".".join(map(str, ll.llvm_version_info)))
     h.update(repr(versions).encode())
     for path in source_files():
@@ -66,14 +66,10 @@ def cache_key() -> str:
 
 
 def base_dir() -> Path:
-    """kernelkit's cache dir, read as kernelkit.settings reads it (KERNELKIT_CACHE_DIR, else the
-    platform's user cache dir); read here so the numba kernels need not import the settings."""
-    configured = os.environ.get("KERNELKIT_CACHE_DIR")
-    if configured:
-        return Path(configured)
-    import platformdirs
+    """kernelkit's cache dir (kernelkit.paths: KERNELKIT_CACHE_DIR, else the user cache dir)."""
+    from kernelkit.paths import cache_root
 
-    return Path(platformdirs.user_cache_dir("kernelkit", appauthor=False))
+    return cache_root()
 
 
 @functools.cache
