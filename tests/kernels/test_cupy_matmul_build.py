@@ -334,3 +334,23 @@ def test_gpu_matmul_forward_empty_dims():
         # ones @ ones = k in every entry: relu(k + bias), exact
         expected = np.broadcast_to(np.maximum(k + np.arange(n) - 1.0, 0), (batch, m, n))
         np.testing.assert_array_equal(out.get(), expected)
+
+
+def test_nvrtc_finds_cuda_fp16_h_where_cupy_does_not(tmp_path, monkeypatch):
+    """NVRTC has no built-in cuda_fp16.h: the launchers point it at a folder that has one (the
+    toolkit, a pip wheel's nvidia/* folder, Triton's bundled CUDA) when CuPy's own lookup has none.
+    The search is plain Python (cupy is not needed to test it)."""
+    from kernelkit.kernels.cupy import _common
+
+    empty, toolkit = tmp_path / "empty", tmp_path / "cuda-13.0"
+    (empty / "include").mkdir(parents=True)
+    (toolkit / "include").mkdir(parents=True)
+    (toolkit / "include" / "cuda_fp16.h").write_text("// half\n")
+    assert _common.fp16_include_dir([None, str(empty), str(toolkit)]) == toolkit / "include"
+    assert _common.fp16_include_dir([str(empty)]) is None
+    monkeypatch.setenv("CUDA_PATH", str(toolkit))
+    assert _common.header_candidates()[0] == str(toolkit)
+    wheel_site = tmp_path / "site"
+    (wheel_site / "nvidia" / "cuda_runtime" / "include").mkdir(parents=True)
+    monkeypatch.setattr("sys.path", [str(wheel_site)])
+    assert str(wheel_site / "nvidia" / "cuda_runtime") in _common.header_candidates()

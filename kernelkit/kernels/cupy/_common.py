@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
+import os
 import re
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +64,49 @@ def source(path: Path) -> str:
     text = path.read_text(encoding="utf-8")
     return _LOCAL_INCLUDE.sub(
         lambda m: (path.parent / m.group(1)).read_text(encoding="utf-8"), text)
+
+
+def fp16_include_dir(candidates) -> Path | None:
+    """The first of `candidates` (folders) whose ``include/`` has cuda_fp16.h, as that include
+    folder; None if none has."""
+    for c in candidates:
+        if c and (Path(c) / "include" / "cuda_fp16.h").is_file():
+            return Path(c) / "include"
+    return None
+
+
+def header_candidates() -> list[str]:
+    """Where a CUDA toolkit's headers may be: CUDA_PATH, CUDA_HOME, /usr/local/cuda(-*), the pip
+    wheels' ``nvidia/*`` folders (nvidia-cuda-runtime ships cuda_fp16.h), Triton's bundled CUDA."""
+    cands = [os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda",
+             *sorted(str(p) for p in Path("/usr/local").glob("cuda-*"))]
+    for site in sys.path:
+        if site and Path(site).is_dir():
+            cands += sorted(str(p) for p in Path(site).glob("nvidia/*"))
+    spec = importlib.util.find_spec("triton")
+    if spec is not None and spec.origin:
+        cands.append(str(Path(spec.origin).parent / "backends" / "nvidia"))
+    return cands
+
+
+@functools.cache
+def header_options() -> tuple[str, ...]:
+    """NVRTC has no built-in cuda_fp16.h (NVRTC 13 and older): CuPy adds the toolkit's include
+    folder it finds (CUDA_PATH or its wheels). Where it finds none (a machine with the driver and
+    pip wheels only), point NVRTC at a folder that has the header; else add nothing."""
+    import cupy
+
+    try:
+        from cupy import _environment as cenv
+
+        own = [cenv.get_cuda_path()] if cenv.get_cuda_path() else []
+        wheel = cenv._get_include_dir_from_conda_or_wheel(*cupy.cuda.nvrtc.getVersion())
+        if fp16_include_dir(own) or any((Path(d) / "cuda_fp16.h").is_file() for d in wheel):
+            return ()
+    except Exception:  # noqa: BLE001 - cupy internals moved: fall back to our own search
+        pass
+    found = fp16_include_dir(header_candidates())
+    return (f"-I{found}",) if found is not None else ()
 
 
 class KernelCache:

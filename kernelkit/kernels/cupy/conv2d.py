@@ -148,7 +148,8 @@ def get_kernel(dtype, which: str = "fwd", config: Conv2dConfig | None = None,
     def build():
         with cupy.cuda.Device(device_id):
             fwd_cfg = (cfg or Conv2dConfig.default(name)) if which == "fwd" else None
-            module = cupy.RawModule(code=source(), options=compile_options(name, fwd_cfg))
+            module = cupy.RawModule(code=source(), options=compile_options(name, fwd_cfg)
+                                    + _common.header_options())
             kern = module.get_function(kernel_name(name, cfg, which))
             kern.compile()
         return kern

@@ -146,7 +146,8 @@ def get_kernel(dtype, config: MatmulConfig, device_id: int | None = None):
 
     def build():
         with cupy.cuda.Device(device_id):
-            module = cupy.RawModule(code=source(), options=compile_options(name, config))
+            module = cupy.RawModule(code=source(),
+                                    options=compile_options(name, config) + _common.header_options())
             kern = module.get_function(kernel_name(name, config))
             kern.compile()  # compile errors surface here, not at the first launch
         return kern

@@ -116,7 +116,8 @@ def get_kernel(in_dtype: str, out_dtype: str, device_id: int | None = None):
 
     def build():
         with cupy.cuda.Device(device_id):
-            mod = cupy.RawModule(code=source(), options=COMPILE_OPTIONS, name_expressions=None)
+            mod = cupy.RawModule(code=source(), options=COMPILE_OPTIONS + _common.header_options(),
+                                 name_expressions=None)
             mod.compile()  # compile errors surface here, not at the first launch
         return mod
 
