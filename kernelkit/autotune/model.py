@@ -1,14 +1,15 @@
 """The cost model, for sizes never measured: per-candidate fits with an error estimate.
 
-For each candidate and problem family (same op, dtype, layout, data location and options), the
-measured entries give points (flops, best time of that candidate). A new size is predicted by
-piecewise-linear interpolation in log-log between its neighbours (extrapolated with the nearest
-slope, bounded between constant and linear), with an error from leave-one-out over the
-candidate's points, widened by the distance to the nearest measured size. A candidate without a
-point is predicted by its backend's roofline (launch overhead + flops / peak + bytes / bandwidth,
-plus both host<->device copies when it runs away from the data), with a wide error. Candidates
-that failed verification in the family are not predicted at all; provisional entries (measured
-on a busy machine) are not fitted.
+Each candidate has a roofline (its backend's launch overhead, flop/s and bytes/s, plus both
+host<->device copies when it runs away from the data). For each candidate and problem family
+(same op, dtype, layout, data location and options), every measured size gives the residual
+log(measured / roofline). A new size is predicted as its roofline times the residual of the
+nearest measured sizes in (log flops, log bytes) (inverse-distance weighted, 3 neighbours), so the
+roofline carries the shape (a memory-bound 1000x3x1000 is not a 180^3) and the measurements carry
+the constants. The error comes from leave-one-out at the two nearest measured sizes, plus a
+penalty per e-fold of distance to the nearest one. A candidate without a measured size gets the
+bare roofline with a wide error. Candidates that failed verification in the family are not
+predicted; provisional entries (measured on a busy machine) are not fitted.
 
 `predict_times` gives every candidate's prediction; `confident` says whether the best beats the
 runner-up by more than both errors; `predict` picks the candidate with the best pessimistic bound
@@ -28,7 +29,7 @@ LINK_LATENCY_S = 2e-5
 ROOFLINE_LOG_ERROR = math.log(8.0)  # round constants: right within ~8x
 SINGLE_POINT_LOG_ERROR = math.log(2.0)  # one measured size, scaled by the roofline's shape
 MIN_LOG_ERROR = 0.05  # ~5%: timing noise on a good day
-DISTANCE_PENALTY = 0.15  # extra log-error per e-fold of flops beyond the measured range
+DISTANCE_PENALTY = 0.15  # extra log-error per e-fold of (flops, bytes) to the nearest measured size
 
 
 def roofline_seconds(cand: Candidate, problem: Problem, flops: float | None = None) -> float:
@@ -56,22 +57,35 @@ class Prediction:
 
 @dataclass
 class _Points:
-    xs: list[float]  # log flops
-    ys: list[float]  # log seconds
+    lf: list[float]  # log flops
+    lb: list[float]  # log bytes
+    res: list[float]  # log(measured time / roofline time): what the roofline gets wrong
     configs: list[Config]
 
 
-def family_points(key: Key, entries: dict[str, dict]) -> tuple[dict[str, _Points], set[str]]:
-    """Per candidate, its best time at every trusted measured size of `key`'s family, and the
-    candidates that failed verification there."""
-    raw: dict[str, list[tuple[float, float, Config]]] = {}
+def _roofline_at(cand: Candidate, problem: Problem, flops: float, nbytes: float) -> float:
+    launch, peak, bw = cand.roofline
+    t = launch + flops / peak + nbytes / bw
+    if cand.device != problem.device:
+        t += 2 * LINK_LATENCY_S + nbytes / LINK_BYTES_PER_S
+    return t
+
+
+def family_points(key: Key, entries: dict[str, dict], usable: list[Candidate] | None = None,
+                  problem: Problem | None = None) -> tuple[dict[str, _Points], set[str]]:
+    """Per candidate, its best time at every trusted measured size of `key`'s family (as the
+    residual against its roofline when `usable` and `problem` are given), and the candidates that
+    failed verification there."""
+    by_name = {c.name: c for c in usable or ()}
+    raw: dict[str, list[tuple[float, float, float, Config]]] = {}
     seen: set[str] = set()
     for entry in entries.values():
         prob = entry.get("problem", {})
         if prob.get("family") != key.family or entry.get("provisional") \
                 or entry.get("choice", {}).get("source") != "measured":
             continue
-        x = math.log(max(float(prob.get("flops", 0.0)), 1.0))
+        flops = max(float(prob.get("flops", 0.0)), 1.0)
+        nbytes = max(float(prob.get("nbytes", 0.0)), 1.0)
         best: dict[str, tuple[float, Config]] = {}
         for t in entry.get("trials", []):
             name = t["candidate"]
@@ -79,49 +93,50 @@ def family_points(key: Key, entries: dict[str, dict]) -> tuple[dict[str, _Points
             if "median" in t and t["median"] > 0 and (name not in best or t["median"] < best[name][0]):
                 best[name] = (t["median"], t["config"])
         for name, (secs, cfg) in best.items():
-            raw.setdefault(name, []).append((x, math.log(secs), cfg))
-    pts = {}
-    for name, items in raw.items():
-        items.sort()
-        pts[name] = _Points([i[0] for i in items], [i[1] for i in items], [i[2] for i in items])
+            roof = _roofline_at(by_name[name], problem, flops, nbytes) \
+                if name in by_name and problem is not None else 1.0
+            raw.setdefault(name, []).append((math.log(flops), math.log(nbytes),
+                                             math.log(secs / roof), cfg))
+    pts = {name: _Points([i[0] for i in items], [i[1] for i in items], [i[2] for i in items],
+                         [i[3] for i in items]) for name, items in raw.items()}
     return pts, seen - set(pts)  # tried here, never verified and timed: failed
 
 
-def _interpolate(xs: list[float], ys: list[float], x: float) -> float:
-    """log-time at log-flops x (two or more points): piecewise linear, extrapolated with the
-    nearest slope bounded to [0, 1] (time neither falls nor grows faster than the work)."""
-    i = min(max(next((j for j, v in enumerate(xs) if v >= x), len(xs)) - 1, 0), len(xs) - 2)
-    x0, x1, y0, y1 = xs[i], xs[i + 1], ys[i], ys[i + 1]
-    slope = (y1 - y0) / (x1 - x0) if x1 > x0 else 0.0
-    if x < xs[0] or x > xs[-1]:
-        slope = min(max(slope, 0.0), 1.0)
-    return y0 + slope * (x - x0)
+NEIGHBOURS = 3
 
 
-def _fit(cand: Candidate, problem: Problem, p: _Points, x: float) -> tuple[float, float]:
-    """(log seconds, log error) of `cand` at log-flops x from its points."""
-    if len(p.xs) == 1 or len(set(p.xs)) == 1:
-        # one size: its time, scaled by the roofline's shape between that size and this one
-        ref = roofline_seconds(cand, problem, flops=math.exp(p.xs[0]))
-        here = roofline_seconds(cand, problem)
-        return p.ys[0] + math.log(here / ref), SINGLE_POINT_LOG_ERROR
-    y = _interpolate(p.xs, p.ys, x)
-    if len(p.xs) < 3:
-        return y, SINGLE_POINT_LOG_ERROR
-    # leave one out: how well do the others predict each point? The error here is that of the
-    # two measured sizes nearest to x (the fit's local quality), never below timing noise.
-    loo = []
-    for i in sorted(range(len(p.xs)), key=lambda i: abs(p.xs[i] - x))[:2]:
-        xs, ys = p.xs[:i] + p.xs[i + 1:], p.ys[:i] + p.ys[i + 1:]
-        loo.append(abs(_interpolate(xs, ys, p.xs[i]) - p.ys[i]))
-    return y, max(max(loo), MIN_LOG_ERROR)
+def _nearest(p: _Points, lf: float, lb: float, skip: int = -1) -> list[tuple[float, int]]:
+    d = [(math.hypot(p.lf[i] - lf, p.lb[i] - lb), i) for i in range(len(p.lf)) if i != skip]
+    return sorted(d)[:NEIGHBOURS]
+
+
+def _residual(p: _Points, lf: float, lb: float, skip: int = -1) -> tuple[float, float]:
+    """Inverse-distance-weighted residual of the nearest measured sizes, and the distance to the
+    nearest one (log units)."""
+    near = _nearest(p, lf, lb, skip)
+    weights = [1.0 / (d + 1e-3) ** 2 for d, _ in near]
+    res = sum(w * p.res[i] for w, (_, i) in zip(weights, near)) / sum(weights)
+    return res, near[0][0]
+
+
+def _fit(cand: Candidate, problem: Problem, p: _Points, lf: float, lb: float) -> tuple[float, float]:
+    """(log seconds, log error) of `cand` at (log flops, log bytes): the roofline times the
+    neighbours' residual; the error from leave-one-out at the two nearest measured sizes, plus a
+    penalty for the distance to the nearest one."""
+    res, dist = _residual(p, lf, lb)
+    y = math.log(_roofline_at(cand, problem, math.exp(lf), math.exp(lb))) + res
+    if len(p.lf) < 3:
+        return y, SINGLE_POINT_LOG_ERROR + DISTANCE_PENALTY * dist
+    loo = [abs(_residual(p, p.lf[i], p.lb[i], skip=i)[0] - p.res[i])
+           for _, i in _nearest(p, lf, lb)[:2]]
+    return y, max(max(loo), MIN_LOG_ERROR) + DISTANCE_PENALTY * dist
 
 
 def predict_times(key: Key, problem: Problem, usable: list[Candidate],
                   entries: dict[str, dict]) -> list[Prediction]:
     """Every usable candidate's predicted time, best first (failed candidates left out)."""
-    pts, failed = family_points(key, entries)
-    x = math.log(max(problem.flops, 1.0))
+    pts, failed = family_points(key, entries, usable, problem)
+    lf, lb = math.log(max(problem.flops, 1.0)), math.log(max(float(problem.nbytes), 1.0))
     out = []
     for cand in usable:
         if cand.name in failed:
@@ -132,12 +147,10 @@ def predict_times(key: Key, problem: Problem, usable: list[Candidate],
             out.append(Prediction(cand.name, space[0], roofline_seconds(cand, problem),
                                   ROOFLINE_LOG_ERROR, 0))
             continue
-        y, err = _fit(cand, problem, p, x)
-        distance = max(p.xs[0] - x, x - p.xs[-1], 0.0)
-        nearest = min(range(len(p.xs)), key=lambda i: abs(p.xs[i] - x))
+        y, err = _fit(cand, problem, p, lf, lb)
+        nearest = _nearest(p, lf, lb)[0][1]
         config = p.configs[nearest] if p.configs[nearest] in space else space[0]
-        out.append(Prediction(cand.name, config, math.exp(y), err + DISTANCE_PENALTY * distance,
-                              len(p.xs)))
+        out.append(Prediction(cand.name, config, math.exp(y), err, len(p.lf)))
     return sorted(out, key=lambda q: q.seconds)
 
 
@@ -170,8 +183,8 @@ def ranked_configs(cand: Candidate, problem: Problem, key: Key, entries: dict[st
     p = pts.get(cand.name)
     winners: list[Config] = []
     if p is not None:
-        x = math.log(max(problem.flops, 1.0))
-        for i in sorted(range(len(p.xs)), key=lambda i: abs(p.xs[i] - x)):
+        lf, lb = math.log(max(problem.flops, 1.0)), math.log(max(float(problem.nbytes), 1.0))
+        for _, i in sorted((math.hypot(p.lf[i] - lf, p.lb[i] - lb), i) for i in range(len(p.lf))):
             if p.configs[i] in space and p.configs[i] not in winners:
                 winners.append(p.configs[i])
     ordered = winners + [c for c in space if c not in winners]

@@ -139,10 +139,14 @@ def measure_interleaved(
     min_reps: int = 5,
     max_reps: int = 50,
     budget_s: float = 0.25,
+    settled: float = 0.03,
 ) -> list[Timing]:
     """Time several functions round-robin, one call each per round, so that whatever the machine
     is doing meanwhile (another process, a thread pool still spinning) hits all of them alike.
-    Comparisons between the results are then fair even where absolute times drift."""
+    Comparisons between the results are then fair even where absolute times drift.
+
+    Stops after `min_reps` rounds once every function's spread (interquartile range) is within
+    `settled` of its median, or when `budget_s` is spent, or after `max_reps` rounds."""
     for fn in fns:
         fn()
         if sync:
@@ -159,7 +163,8 @@ def measure_interleaved(
             if sync:
                 sync()
             samples[i % n].append(_clock() - t0)
-        if rep + 1 >= min_reps and _clock() - start >= budget_s:
+        if rep + 1 >= min_reps and (_clock() - start >= budget_s or all(
+                _summary(s).spread <= settled * _summary(s).median for s in samples)):
             break
     return [_summary(s) for s in samples]
 

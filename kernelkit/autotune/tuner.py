@@ -25,7 +25,8 @@ from .cache import cache_for
 from .key import Key, make_key
 from .timing import Timing, cuda_sync, measure, measure_interleaved
 
-MAX_CONFIGS = 6  # per candidate, when `auto` measures: the model's best-ranked configs
+MAX_CONFIGS = 6  # per candidate, when `auto` measures a family's first size
+FITTED_CONFIGS = 3  # per contender, when `auto` measures with a fitted family: its best-ranked
 TOP_CANDIDATES = 3  # when `auto` measures with a model: the contenders it cannot tell apart
 
 
@@ -194,10 +195,12 @@ def decide(
         preds = model.predict_times(key, problem, usable, entries)
         if model.confident(preds):  # the fits tell the winner apart: no measurement
             return Decision(key, Choice(preds[0].candidate, preds[0].config, "model"), skipped)
+        limit = MAX_CONFIGS
         if any(q.points for q in preds):  # measure only what the model cannot tell apart
             keep = {q.candidate for q in model.contenders(preds, TOP_CANDIDATES)}
             measured = [c for c in usable if c.name in keep]
-        configs_for = lambda c: model.ranked_configs(c, problem, key, entries, MAX_CONFIGS)
+            limit = FITTED_CONFIGS  # the neighbours' winners (then the default) carry over
+        configs_for = lambda c: model.ranked_configs(c, problem, key, entries, limit)
     for _attempt in range(2):  # a busy machine gets one more try
         before = timing.snapshot()
         trials = measure_all(problem, measured, runner, verify, configs_for)
@@ -215,7 +218,7 @@ def decide(
         "trials": [t.to_dict() for t in trials],
         # the key's fields, so the cost model never parses keys back apart
         "problem": {"shapes": [list(s) for s in problem.shapes], "flops": problem.flops,
-                    "family": key.family, "dims": list(key.dims)},
+                    "nbytes": problem.nbytes, "family": key.family, "dims": list(key.dims)},
         "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **({"provisional": True} if busy else {}),
     })
