@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .paths import default_cache_dir, fallback_cache_dir  # noqa: F401 - re-exported
+from .paths import default_cache_dir
 
 TUNE_MODES = ("auto", "measure", "model", "off", "pinned")
 DEVICES = ("cpu", "cuda")

@@ -61,14 +61,14 @@ def test_kernelkit_runs_without_platformdirs(tmp_path):
 
 
 def test_fallback_cache_dir_matches_platformdirs(monkeypatch, tmp_path):
-    from kernelkit import settings
+    from kernelkit import paths
 
-    assert settings.fallback_cache_dir({}, "linux", tmp_path) == tmp_path / ".cache" / "kernelkit"
-    assert settings.fallback_cache_dir({"XDG_CACHE_HOME": "/x/c"}, "linux", tmp_path) == \
+    assert paths.fallback_cache_dir({}, "linux", tmp_path) == tmp_path / ".cache" / "kernelkit"
+    assert paths.fallback_cache_dir({"XDG_CACHE_HOME": "/x/c"}, "linux", tmp_path) == \
         Path("/x/c/kernelkit")
-    assert settings.fallback_cache_dir({}, "darwin", tmp_path) == \
+    assert paths.fallback_cache_dir({}, "darwin", tmp_path) == \
         tmp_path / "Library" / "Caches" / "kernelkit"
-    assert settings.fallback_cache_dir({"LOCALAPPDATA": "C:/L"}, "win32", tmp_path) == \
+    assert paths.fallback_cache_dir({"LOCALAPPDATA": "C:/L"}, "win32", tmp_path) == \
         Path("C:/L/kernelkit/Cache")
     platformdirs = pytest.importorskip("platformdirs")
     for xdg in (None, str(tmp_path / "xdg")):
@@ -77,9 +77,9 @@ def test_fallback_cache_dir_matches_platformdirs(monkeypatch, tmp_path):
         else:
             monkeypatch.setenv("XDG_CACHE_HOME", xdg)
         if sys.platform.startswith("linux"):
-            assert settings.fallback_cache_dir() == \
+            assert paths.fallback_cache_dir() == \
                 Path(platformdirs.user_cache_dir("kernelkit", appauthor=False))
-        assert settings.default_cache_dir() == \
+        assert paths.default_cache_dir() == \
             Path(platformdirs.user_cache_dir("kernelkit", appauthor=False))
 
 

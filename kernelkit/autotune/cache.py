@@ -234,10 +234,14 @@ class Cache:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             with FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S):
-                with open(self.path, "a", encoding="utf-8") as f:
-                    if f.tell() and not self._ends_with_newline():
-                        f.write("\n")  # a killed writer's partial line stays on its own line
-                    f.write("\n".join(lines) + "\n")
+                with open(self.path, "a+b") as f:  # appends always go to the end
+                    f.seek(0, os.SEEK_END)
+                    text = "\n".join(lines) + "\n"
+                    if f.tell():
+                        f.seek(-1, os.SEEK_END)
+                        if f.read(1) != b"\n":  # a killed writer's partial line stays its own
+                            text = "\n" + text
+                    f.write(text.encode("utf-8"))
                     f.flush()
                     os.fsync(f.fileno())
                 self._fps_on_disk.update(fps)
@@ -251,11 +255,6 @@ class Cache:
                        "tuning results stay in memory for this process")
             return False
         return True
-
-    def _ends_with_newline(self) -> bool:
-        with open(self.path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            return f.read(1) == b"\n"
 
     def _compact(self) -> None:
         """Rewrite the file with the last record per (fingerprint, key), atomically, under the

@@ -94,9 +94,7 @@ def coverage(problems, where: str = "numpy") -> list[dict]:
     entries = cache_for(settings.cache_path).entries()
     out = []
     for op, dims, dtype in problems:
-        spec = core.op_spec(op)
-        args, kwargs = spec.make_inputs(tuple(dims), dtype, where)
-        problem = spec.prepare(*args, **kwargs).problem
+        problem = _call(op, dims, dtype, where).problem
         key = tuner.make_key(problem, tuner.forced_suffix(settings))
         entry = entries.get(key)
         if entry is not None:
@@ -121,12 +119,22 @@ def make_inputs(op: str, dims: tuple[int, ...], dtype: str, where: str, seed: in
     return spec.make_inputs(tuple(dims), dtype, where, seed)
 
 
+def _call(op: str, dims: tuple[int, ...], dtype: str, where: str):
+    """The prepared call of one (op, dims, dtype) on fresh inputs living at `where`."""
+    args, kwargs = make_inputs(op, dims, dtype, where)
+    return core.op_spec(op).prepare(*args, **kwargs)
+
+
 def tune_one(op: str, dims: tuple[int, ...], dtype: str, where: str, remeasure: bool) -> Row:
+    return _tune(op, dims, dtype, where, remeasure)[0]
+
+
+def _tune(op: str, dims: tuple[int, ...], dtype: str, where: str, remeasure: bool
+          ) -> tuple[Row, str]:
+    """tune_one, and the cache key it decided."""
     from . import tuner
 
-    spec = core.op_spec(op)
-    args, kwargs = make_inputs(op, dims, dtype, where)
-    call = spec.prepare(*args, **kwargs)
+    call = _call(op, dims, dtype, where)
     cands = core.candidates(op)
     decision = tuner.decide(call.problem, cands, call.runner, call.verify, _settings.current(),
                             mode="measure", remeasure=remeasure)
@@ -141,7 +149,7 @@ def tune_one(op: str, dims: tuple[int, ...], dtype: str, where: str, remeasure: 
     vt = vendor_trials[0] if vendor_trials else None
     return Row(op, tuple(dims), dtype, where, choice.candidate, choice.config, choice.source, best,
                vt.candidate if vt else None, vt.timing.median if vt else None,
-               call.problem.flops, _torch_threads())
+               call.problem.flops, _torch_threads()), decision.key
 
 
 def _torch_threads() -> int:
@@ -230,9 +238,9 @@ def _generate_distributed(dist, jobs, remeasure, threads, progress) -> list[Row]
     rank, world = dist.get_rank(), dist.get_world_size()
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     pin_threads(max(1, (threads or os.cpu_count() or 1) // local))  # ranks share the cores
-    mine = [tune_one(*job, remeasure) for job in jobs[rank::world]]
+    tuned = [_tune(*job, remeasure) for job in jobs[rank::world]]
+    mine, keys = [row for row, _ in tuned], [key for _, key in tuned]
     cache = cache_for(_settings.current().cache_path)
-    keys = [_key_of(job) for job in jobs[rank::world]]
     gathered: list = [None] * world
     dist.all_gather_object(gathered, ([dataclasses.asdict(r) for r in mine],
                                       {(cache.fp, k): cache.get(k) for k in keys if cache.get(k)},
@@ -245,16 +253,6 @@ def _generate_distributed(dist, jobs, remeasure, threads, progress) -> list[Row]
         for row in rows:
             progress(row)
     return rows
-
-
-def _key_of(job) -> str:
-    from . import tuner
-
-    op, dims, dtype, where = job
-    spec = core.op_spec(op)
-    args, kwargs = spec.make_inputs(dims, dtype, where)
-    return tuner.make_key(spec.prepare(*args, **kwargs).problem,
-                          tuner.forced_suffix(_settings.current()))
 
 
 def row_dict(row: Row) -> dict:

@@ -11,17 +11,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .. import arrays as _arrays
 from .. import core
 from .. import settings as _settings
+from ..arrays import _SIG_OF_TYPE, signature_fn
 from ..autotune import tuner
 from ..core import Call, Choice, Plan, Problem
 
+
 # -- per-call-signature plan memos ---------------------------------------------------------------
-_SIG_OF_TYPE = _arrays._SIG_OF_TYPE  # type -> signature function, filled by arrays.signature_fn
-signature_fn = _arrays.signature_fn
-
-
 def signature(arrays: tuple, extras: tuple) -> tuple | None:
     """Everything a plan depends on, cheaply: the arrays' signatures (None entries allowed), the
     op's other arguments, grad mode where a tensor needs gradients, and the knobs."""
