@@ -1,4 +1,4 @@
-"""The `kernelkit` command: info, tune, cache, explain, bench."""
+"""The `kernelkit` command: info, tune, warmup, cache, explain, bench."""
 
 from __future__ import annotations
 
@@ -246,6 +246,38 @@ def cmd_bench(args: argparse.Namespace, con: Console) -> int:
     return subprocess.call(cmd)
 
 
+def cmd_warmup(args: argparse.Namespace, con: Console) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from . import compiling
+
+    todo = compiling.targets(args.ops or None, args.dtypes or None)
+    if not todo:
+        con.print("nothing to compile: no backend here compiles its kernels on first use")
+        return 0
+    done = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                  "{task.total}"), TimeElapsedColumn(), console=con,
+                  disable=args.quiet or not con.is_terminal) as bar:
+        task = bar.add_task("compiling", total=len(todo))
+        for module, dtype in todo:
+            bar.update(task, description=f"compiling {module.rsplit('.', 2)[-2]}.{module.rsplit('.', 1)[-1]} {dtype}")
+            done.append(compiling.warm_here(module, dtype))
+            bar.advance(task)
+    rows = [{"module": j.module, "dtype": j.dtype, "how": j.how, "seconds": round(j.seconds, 3),
+             **({"error": j.error} if j.error else {})} for j in done]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif not args.quiet:
+        t = Table(title="kernelkit warmup: compiled (or loaded from the on-disk cache)")
+        for col in ("kernel module", "dtype", "how", "seconds"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(r["module"], r["dtype"], r.get("error") or r["how"], f"{r['seconds']:.2f}")
+        con.print(t)
+    return 1 if any(j.error for j in done) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kernelkit", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -290,6 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sweep", type=int, default=0, metavar="N",
                    help="explain N sizes, doubling the size each step; show the crossover")
     s.set_defaults(fn=cmd_explain)
+
+    s = sub.add_parser("warmup", help="compile every kernel this machine can run, ahead of the "
+                                      "first call (into the on-disk cache every process reads)")
+    s.add_argument("--ops", nargs="+", help="only these ops (default: all)")
+    s.add_argument("--dtypes", nargs="+", help="only these dtypes (default: each backend's own)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    s.add_argument("--json", action="store_true", help="print the rows as JSON")
+    s.set_defaults(fn=cmd_warmup)
 
     s = sub.add_parser("bench", help="run the pytest-benchmark suites in bench/")
     s.add_argument("pytest_args", nargs=argparse.REMAINDER)

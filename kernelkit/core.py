@@ -80,6 +80,13 @@ class Candidate:
     vendor: bool = False  # the vendor library's candidate (the baseline every ratio is against)
     # Roofline for the cost model before anything is measured: (launch s, flop/s, bytes/s).
     roofline: tuple[float, float, float] = (1e-5, 1e11, 1e10)
+    # What can be checked without importing the kernel module (the library is installed, the
+    # dtype is one the backend runs): None or the reason, as `supports` would say it.
+    precheck: Callable[[Problem], str | None] = lambda problem: None
+    # The kernel module's import name, and whether its kernels are compiled on first use (then
+    # the module has `warm(dtype)`, and `kernelkit.compiling` builds them off the critical path).
+    module: str = ""
+    compiles: bool = False
 
     @property
     def name(self) -> str:
@@ -90,7 +97,9 @@ class Candidate:
 class Choice:
     candidate: str  # Candidate.name
     config: Config = field(default_factory=dict)
-    source: str = "default"  # "cache" | "measured" | "model" | "default" | "forced"
+    # "cache" | "measured" | "model" | "default" | "forced" | "warming" (a stand-in while the
+    # better candidates compile; never memoised or stored)
+    source: str = "default"
 
     def to_dict(self) -> dict:
         return {"candidate": self.candidate, "config": self.config, "source": self.source}
@@ -136,6 +145,9 @@ class Backend:
     missing: Callable[[], str | None]
     vendor: bool = False
     roofline: tuple[float, float, float] = (1e-5, 1e11, 1e10)
+    # Its kernels are compiled on first use, per dtype: each kernel module has `warm(dtype)`
+    # (compile, or load from the on-disk cache, everything its entry point runs for that dtype).
+    compiles: bool = False
 
     @property
     def id(self) -> str:
@@ -267,11 +279,16 @@ def _make_candidate(spec: OpSpec, backend: Backend) -> Candidate:
     dtypes = backend.dtypes_for(spec)
     module = functools.cache(lambda: importlib.import_module(module_name))
 
-    def supports(p: Problem) -> str | None:
+    def precheck(p: Problem) -> str | None:  # without importing the kernel module
         if (missing := backend.missing()) is not None:
             return missing
         if dtypes is not None and p.dtype not in dtypes:
             return f"dtype {p.dtype} ({backend.name} runs {', '.join(dtypes)})"
+        return None
+
+    def supports(p: Problem) -> str | None:
+        if (reason := precheck(p)) is not None:
+            return reason
         own = getattr(module(), "supports", None)
         return own(p) if own is not None else None
 
@@ -283,4 +300,5 @@ def _make_candidate(spec: OpSpec, backend: Backend) -> Candidate:
         return spec.launch(getattr(m, spec.entry), p, m.CONFIG.from_dict(config))
 
     return Candidate(spec.name, backend.name, backend.device, backend.native, supports, space,
-                     launcher, vendor=backend.vendor, roofline=backend.roofline)
+                     launcher, vendor=backend.vendor, roofline=backend.roofline, precheck=precheck,
+                     module=module_name, compiles=backend.compiles)

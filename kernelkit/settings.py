@@ -9,6 +9,9 @@ KERNELKIT_TUNE       on a cache miss: "auto" (default: the cost model where it t
                      cost model's choice, the same in every process that reads the same cache)
 KERNELKIT_BACKEND    force a backend: numba | triton | cupy | torch (any registered backend)
 KERNELKIT_DEVICE     force a device: cpu | cuda
+KERNELKIT_COMPILE    "background" (default): a kernel not compiled yet in this process is compiled
+                     off the critical path while calls run on a ready candidate (kernelkit.compiling);
+                     "foreground": the first call that needs it waits for the compile
 
 A forced backend or device that cannot run a call raises; an automatic choice falls back quietly.
 """
@@ -26,6 +29,7 @@ from .paths import default_cache_dir
 
 TUNE_MODES = ("auto", "measure", "model", "off", "pinned")
 DEVICES = ("cpu", "cuda")
+COMPILE_MODES = ("background", "foreground")
 
 
 def backend_names() -> tuple[str, ...]:
@@ -41,6 +45,7 @@ class Settings:
     backend: str | None = None
     device: str | None = None
     cache_dir: str | None = None
+    compile: str = "background"
 
     @property
     def cache_path(self) -> Path:
@@ -54,7 +59,8 @@ class Settings:
 # The overrides of the innermost `use()` block, as a hashable tuple of (knob, value) pairs, so
 # that per-call memos can key on it by value.
 _override: contextvars.ContextVar[tuple] = contextvars.ContextVar("kernelkit_settings", default=())
-_ENV = ("KERNELKIT_TUNE", "KERNELKIT_BACKEND", "KERNELKIT_DEVICE", "KERNELKIT_CACHE_DIR")
+_ENV = ("KERNELKIT_TUNE", "KERNELKIT_BACKEND", "KERNELKIT_DEVICE", "KERNELKIT_CACHE_DIR",
+        "KERNELKIT_COMPILE")
 
 
 # os.environ.get costs ~1 us per missing key (it raises and catches KeyError inside); the dict
@@ -69,7 +75,7 @@ def token() -> tuple:
     """A cheap fingerprint of the knobs, so per-call memos notice when they change."""
     get = _ENV_DICT.get
     return (get(_ENV_KEYS[0]), get(_ENV_KEYS[1]), get(_ENV_KEYS[2]), get(_ENV_KEYS[3]),
-            _override.get())
+            get(_ENV_KEYS[4]), _override.get())
 
 
 def current() -> Settings:
@@ -79,6 +85,7 @@ def current() -> Settings:
         backend=(env.get("KERNELKIT_BACKEND") or "").lower() or None,
         device=(env.get("KERNELKIT_DEVICE") or "").lower() or None,
         cache_dir=env.get("KERNELKIT_CACHE_DIR") or None,
+        compile=(env.get("KERNELKIT_COMPILE") or "background").lower(),
     )
     s = replace(s, **dict(_override.get()))
     _validate(s)
@@ -92,6 +99,9 @@ def _validate(s: Settings) -> None:
         raise ValueError(f"kernelkit: KERNELKIT_BACKEND must be one of {names}, got {s.backend!r}")
     if s.device is not None and s.device not in DEVICES:
         raise ValueError(f"kernelkit: KERNELKIT_DEVICE must be one of {DEVICES}, got {s.device!r}")
+    if s.compile not in COMPILE_MODES:
+        raise ValueError(f"kernelkit: KERNELKIT_COMPILE must be one of {COMPILE_MODES}, "
+                         f"got {s.compile!r}")
 
 
 @contextlib.contextmanager
@@ -101,10 +111,12 @@ def use(
     backend: str | None = None,
     device: str | None = None,
     cache_dir: str | os.PathLike | None = None,
+    compile: str | None = None,  # noqa: A002 - the knob's name
 ) -> Iterator[Settings]:
     """Override knobs inside a block: `with kernelkit.use(backend="numba"): ...`."""
     new = dict(_override.get())
-    for name, value in (("tune", tune), ("backend", backend), ("device", device)):
+    for name, value in (("tune", tune), ("backend", backend), ("device", device),
+                        ("compile", compile)):
         if value is not None:
             new[name] = value.lower()
     if cache_dir is not None:

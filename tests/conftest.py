@@ -51,6 +51,14 @@ def _private_cache(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def _compile_in_foreground(monkeypatch):
+    """Calls compile the kernels they pick before running (KERNELKIT_COMPILE=foreground): what a
+    test checks must not depend on how far a background compile has got. tests/test_compiling.py
+    tests the background path."""
+    monkeypatch.setenv("KERNELKIT_COMPILE", "foreground")
+
+
+@pytest.fixture(autouse=True)
 def _machine_not_busy(monkeypatch):
     """The tuner marks measurements taken while other processes load the machine as provisional;
     tests must not depend on what else runs here, so detection is off unless a test patches it

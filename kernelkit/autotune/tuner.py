@@ -11,13 +11,14 @@ or run is skipped and recorded, never fatal.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import devices
+from .. import compiling, devices
 from ..core import Candidate, Choice, Config, Problem
 from ..settings import Settings
 from . import model, timing
@@ -71,9 +72,14 @@ def clear_memo() -> None:
 
 
 def split_candidates(
-    problem: Problem, cands: list[Candidate], settings: Settings
+    problem: Problem, cands: list[Candidate], settings: Settings,
+    pending: list[Candidate] | None = None,
 ) -> tuple[list[Candidate], dict[str, str]]:
-    """The candidates that may run `problem` under the knobs, and why each other one may not."""
+    """The candidates that may run `problem` under the knobs, and why each other one may not.
+
+    With a `pending` list, a candidate whose kernels are not compiled in this process yet goes
+    there instead, before it is asked `supports`, which would import (and so compile) its kernel
+    module on the caller's time."""
     usable, skipped = [], {}
     for c in cands:
         if settings.backend and c.backend != settings.backend:
@@ -82,11 +88,15 @@ def split_candidates(
             skipped[c.name] = f"KERNELKIT_DEVICE={settings.device}"
         elif c.device == "cuda" and not devices.cuda_available():
             skipped[c.name] = "no CUDA device"
+        elif (reason := c.precheck(problem)) is not None:
+            skipped[c.name] = reason
+        elif pending is not None and c.compiles and not compiling.ready(c.module, problem.dtype):
+            pending.append(c)
         elif (reason := c.supports(problem)) is not None:
             skipped[c.name] = reason
         else:
             usable.append(c)
-    if not usable:
+    if not usable and not pending:
         forced = [f"backend={settings.backend}"] * bool(settings.backend) + \
                  [f"device={settings.device}"] * bool(settings.device)
         why = "; ".join(f"{k}: {v}" for k, v in skipped.items())
@@ -124,20 +134,24 @@ def choose(
     if hit is not None:
         return hit
     dist = _distributed() if settings.tune != "pinned" else None
+    background = settings.compile == "background"
     if dist is None:
-        choice = decide(problem, cands, runner, verify, settings, key=key).choice
+        choice = decide(problem, cands, runner, verify, settings, key=key,
+                        background=background).choice
     else:
         cache = cache_for(settings.cache_path)
         box = [None]
         if dist.get_rank() == 0:
-            choice = decide(problem, cands, runner, verify, settings, key=key).choice
+            choice = decide(problem, cands, runner, verify, settings, key=key,
+                            background=background).choice
             box = [(choice.to_dict(), cache.fp, cache.get(key))]
         dist.broadcast_object_list(box, src=0)
         picked, fp, entry = box[0]
         choice = Choice(picked["candidate"], picked["config"], picked["source"])
         if dist.get_rank() != 0 and entry is not None and fp == cache.fp:
             cache.put(key, entry)  # the same measurement, kept by every rank of this kind
-    _memo[memo_key] = choice
+    if choice.source != "warming":  # decided again once the compiling candidates are ready
+        _memo[memo_key] = choice
     return choice
 
 
@@ -162,11 +176,25 @@ def decide(
     key: Key | None = None,
     mode: str | None = None,
     remeasure: bool = False,
+    background: bool = False,
 ) -> Decision:
     """What runs `problem`: the cached choice (unless `remeasure`), else the miss policy (`mode`,
-    default the knob), storing what was measured."""
+    default the knob), storing what was measured.
+
+    With `background`, candidates whose kernels are still compiling (see `kernelkit.compiling`)
+    sit this call out unless nothing else can run it: the call then runs on the cached choice if
+    that is ready, else on the best ready candidate (source "warming", neither memoised nor
+    stored), and is decided in full once they are ready."""
     key = key or make_key(problem, forced_suffix(settings))
-    usable, skipped = split_candidates(problem, cands, settings)
+    pending: list[Candidate] = []
+    usable, skipped = split_candidates(problem, cands, settings, pending if background else None)
+    if pending and not usable:  # nothing else can run it (a forced backend): compile it now
+        for c in pending:
+            compiling.warm_here(c.module, problem.dtype)
+        usable, skipped = split_candidates(problem, cands, settings)
+        pending = []
+    for c in pending:  # off the critical path (kernelkit.compiling); this call runs without them
+        compiling.submit(c.module, problem.dtype)
     cache = cache_for(settings.cache_path)
     explicit, mode = mode is not None, mode or settings.tune
     if not remeasure:
@@ -179,6 +207,10 @@ def decide(
             choice = Choice(entry["choice"]["candidate"], entry["choice"]["config"], "cache")
             return Decision(key, choice, skipped,
                             [Trial.from_dict(t) for t in entry.get("trials", [])])
+    if pending:
+        for c in pending:
+            skipped[c.name] = "compiling in the background"
+        return Decision(key, _warming_choice(problem, usable, cache.get(key)), skipped)
     if mode == "off":
         return Decision(key, default_choice(problem, usable), skipped)
     if mode == "pinned":  # never measure, never write: every reader of this cache agrees
@@ -223,6 +255,18 @@ def decide(
         **({"provisional": True} if busy else {}),
     })
     return Decision(key, choice, skipped, trials)
+
+
+def _warming_choice(problem: Problem, ready: list[Candidate], entry: dict | None) -> Choice:
+    """While some candidates compile: the fastest ready one the cache has timed for this key,
+    else the safe default."""
+    names = {c.name for c in ready}
+    timed = [Trial.from_dict(t) for t in (entry or {}).get("trials", ())]
+    timed = [t for t in timed if t.timing is not None and t.candidate in names]
+    if timed:
+        best = min(timed, key=_rank)
+        return Choice(best.candidate, best.config, "warming")
+    return dataclasses.replace(default_choice(problem, ready), source="warming")
 
 
 def _rank(t: Trial) -> tuple:

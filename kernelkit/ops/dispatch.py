@@ -55,13 +55,26 @@ class PlanMemo(dict):
     MAX = 4096
 
     def store(self, sig: tuple | None, plan: Plan) -> Plan:
-        if sig is not None:
+        if sig is not None and not isinstance(plan, _Warming):
             if len(self) >= self.MAX:
                 self.clear()
             self[sig] = plan
         return plan
 
 
+
+
+class _Warming:
+    """A plan chosen while better candidates compile: run, but not memoised (the next call asks
+    the tuner again, which answers from its cache once the compile is done)."""
+
+    __slots__ = ("plan",)
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+
+    def __call__(self, *args):
+        return self.plan(*args)
 
 
 def plan_for(call: Call, settings: _settings.Settings | None = None) -> Plan:
@@ -72,7 +85,8 @@ def plan_for(call: Call, settings: _settings.Settings | None = None) -> Plan:
     if any(d == 0 for shape in call.problem.shapes for d in shape):
         settings = dataclasses.replace(settings, tune="off")  # nothing to measure on empty inputs
     choice = tuner.choose(call.problem, cands, call.runner, call.verify, settings)
-    return call.bind(core.get(call.problem.op, choice.candidate), choice.config)
+    plan = call.bind(core.get(call.problem.op, choice.candidate), choice.config)
+    return _Warming(plan) if choice.source == "warming" else plan
 
 
 @dataclass

@@ -9,5 +9,6 @@ BACKENDS = (
         dtypes={"matmul": ("float32", "float64"), "conv2d": ("float32", "float64")},
         missing=lambda: devices.module_missing("numba"),
         roofline=(3e-6, 1.2e11, 2e10),
+        compiles=True,
     ),
 )

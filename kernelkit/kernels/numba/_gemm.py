@@ -76,16 +76,29 @@ _JIT = dict(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 _U = numba.uintp
 
 
+def warm_result(before: int) -> str:
+    """What a kernel module's ``warm`` reports: "compiled" if any entry point was compiled since
+    ``COMPILED[0]`` was ``before``, else "loaded" (from the on-disk cache, or already in memory)."""
+    return "compiled" if COMPILED[0] > before else "loaded"
+
+
 def tile_shape(dtype) -> tuple[int, int]:
     """(MR, NR) of the micro-kernel for ``dtype`` (float32 or float64)."""
     return TILE[np.dtype(dtype).name]
+
+
+COMPILED = [0]  # entry points compiled in this process, not loaded from the on-disk cache
 
 
 def entry_point(disp, sig):
     """``disp`` compiled (or loaded from numba's cache) for exactly ``sig``: its entry point, which
     a launcher calls without the dispatcher's type matching (arrays of every layout unbox into an
     'A' signature; the launcher has checked ndim and dtype)."""
+    misses = getattr(disp, "_cache_misses", None)
+    before = sum(misses.values()) if misses is not None else 0
     disp.compile(sig)
+    if misses is not None and sum(misses.values()) > before:
+        COMPILED[0] += 1
     cres = disp.overloads.get(sig.args)
     return getattr(cres, "entry_point", None) or disp
 

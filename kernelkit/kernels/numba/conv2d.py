@@ -33,10 +33,11 @@ from numba import types
 
 from kernelkit.kernels.config import cdiv
 from kernelkit.kernels.convgeom import out_size, problem_sizes
-from kernelkit.kernels.numba import _conv
+from kernelkit.kernels.numba import _conv, _gemm
 from kernelkit.kernels.numba._gemm import ACT_CODES, entry_point, tile_shape
 from kernelkit.kernels.numba.matmul import GemmBlocking, MatmulConfig, _round_down
 from kernelkit.kernels.numba.matmul import matmul_forward as _matmul_forward
+from kernelkit.kernels.numba.matmul import warm as _matmul_warm
 
 __all__ = ["Conv2dConfig", "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"]
 
@@ -141,6 +142,16 @@ def _compiled(dtype) -> _Compiled:
     if fns is None:
         fns = _COMPILED[np.dtype(dtype)] = _Compiled(dtype)
     return fns
+
+
+def warm(dtype: str) -> str:
+    """Compile (or load from the on-disk cache) every kernel the conv2d entry points run for
+    `dtype`: the three conv kernels and the GEMM the 1x1 path calls; "compiled" or "loaded"."""
+    before = _gemm.COMPILED[0]
+    fns = _compiled(np.dtype(dtype))
+    fns.fwd, fns.dw, fns.bwd  # noqa: B018 - each attribute compiles on first access
+    _matmul_warm(dtype)
+    return _gemm.warm_result(before)
 
 
 def _default(dtype) -> Conv2dConfig:

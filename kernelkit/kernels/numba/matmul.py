@@ -25,6 +25,7 @@ from numba import prange, types
 
 from kernelkit import devices
 from kernelkit.kernels.config import KernelConfig
+from kernelkit.kernels.numba import _gemm
 from kernelkit.kernels.numba._gemm import (
     _JIT,
     _U,
@@ -299,6 +300,14 @@ def _compiled(dtype) -> _Compiled:
     if fns is None:
         fns = _COMPILED[np.dtype(dtype)] = _Compiled(dtype)
     return fns
+
+
+def warm(dtype: str) -> str:
+    """Compile (or load from the on-disk cache) every kernel `matmul_forward` runs for `dtype`;
+    "compiled" or "loaded"."""
+    before = _gemm.COMPILED[0]
+    _compiled(np.dtype(dtype))
+    return _gemm.warm_result(before)
 
 
 def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,

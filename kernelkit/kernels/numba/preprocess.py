@@ -47,6 +47,7 @@ from numba import prange, types
 
 from kernelkit.kernels import taps as _taps
 from kernelkit.kernels.config import KernelConfig
+from kernelkit.kernels.numba import _gemm
 from kernelkit.kernels.numba._gemm import entry_point
 from kernelkit.kernels.numba._resample import (
     _JIT,
@@ -237,6 +238,14 @@ def _entry():
     if _ENTRY is None:
         _ENTRY = entry_point(_kernel, _sig())
     return _ENTRY
+
+
+def warm(dtype: str) -> str:
+    """Compile (or load from the on-disk cache) the one fused kernel (one signature for every
+    input dtype: `dtype` is accepted for the common kernel surface); "compiled" or "loaded"."""
+    before = _gemm.COMPILED[0]
+    _entry()
+    return _gemm.warm_result(before)
 
 
 _DEFAULT = PreprocessConfig()

@@ -1,0 +1,238 @@
+"""Kernels compiled off the critical path: no call waits for a compiler it did not ask for.
+
+A backend whose kernels are compiled on first use declares ``compiles=True`` (Numba: 10-20 s per
+op the first time on a small machine, then about half a second to load from its on-disk cache in
+each new process). Each of its kernel modules has ``warm(dtype)``: compile, or load from the
+on-disk cache, everything the module's entry point runs for that dtype.
+
+The tuner asks :func:`ready` about each such candidate before it would import the kernel module.
+The first ask queues a background job and answers False; the call then runs on the best candidate
+that is ready (the vendor at worst) and nothing about that call is memoised or stored. Once the job
+is done, the next call decides as usual with the compiled candidate in the race.
+
+A job runs on one daemon thread (jobs one after another: two compiles at once would only fight
+for the cores). It first has a child process (``python -c``) compile the kernels into the on-disk
+cache: compiling is mostly Python that holds the GIL, so a compile in a thread here would slow the
+caller's own work for its whole length. The thread then loads the cached kernels (a fraction of a
+second). The child is allowed to finish if this process exits first, so the next process starts
+warm; a file lock per (module, dtype) keeps concurrent processes (DataLoader workers, DDP ranks)
+from compiling the same kernels twice. If the child cannot run or fails, the thread compiles here.
+
+``KERNELKIT_COMPILE=foreground`` (or ``kernelkit.use(compile="foreground")``) makes the first call
+compile before it runs, as plain Numba does. A forced backend (``KERNELKIT_BACKEND``), `explain`
+and ``kernelkit tune`` always wait for the kernels they time. ``kernelkit warmup`` compiles every
+kernel ahead of time (:func:`warm_all`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+CHILD_TIMEOUT_S = 1800  # a compile that takes longer than this is abandoned (then done here)
+
+
+@dataclass
+class Job:
+    """The compile (or load) of one kernel module's kernels for one dtype."""
+
+    module: str
+    dtype: str
+    done: threading.Event = field(default_factory=threading.Event, repr=False)
+    # "queued", then "loaded" (from the on-disk cache), "compiled" (here), "compiled in a child
+    # process" or "failed"
+    how: str = "queued"
+    seconds: float = 0.0
+    error: str | None = None
+
+
+_lock = threading.Lock()
+_jobs: dict[tuple[str, str], Job] = {}
+_queue: deque[Job] = deque()
+_worker: threading.Thread | None = None
+_child_ok = True  # False once a child process could not start (then compile here)
+
+
+def ready(module: str, dtype: str) -> bool:
+    """The kernels of `module` for `dtype` are loaded in this process (never blocks; queues
+    nothing: see `submit`)."""
+    job = _jobs.get((module, dtype))
+    return job is not None and job.done.is_set()
+
+
+def submit(module: str, dtype: str) -> Job:
+    """Queue the compile of `module` for `dtype` on the background thread (once per process)."""
+    global _worker
+    with _lock:
+        job = _jobs.get((module, dtype))
+        if job is None:
+            job = _jobs[(module, dtype)] = Job(module, dtype)
+            _queue.append(job)
+            if _worker is None or not _worker.is_alive():
+                _worker = threading.Thread(target=_work, name="kernelkit-compile", daemon=True)
+                _worker.start()
+    return job
+
+
+def wait(module: str | None = None, dtype: str | None = None,
+         timeout: float | None = None) -> bool:
+    """Block until the job for (`module`, `dtype`) is done (queued first if need be), or with no
+    arguments until every queued job is. True unless the timeout ran out."""
+    if module is not None:
+        return submit(module, dtype or "").done.wait(timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for job in list(_jobs.values()):
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not job.done.wait(left):
+            return False
+    return True
+
+
+def jobs() -> list[Job]:
+    """Every job of this process, in the order they were queued (for `kernelkit info`, tests)."""
+    return list(_jobs.values())
+
+
+def warm_here(module: str, dtype: str) -> Job:
+    """Compile (or load) now, in this thread, unless a job already did; returns the job."""
+    job = _jobs.get((module, dtype))
+    if job is not None:
+        if job.how == "queued" and not job.done.is_set():
+            job.done.wait()  # the background thread has it: wait rather than compile twice
+        return job
+    with _lock:
+        job = _jobs.setdefault((module, dtype), Job(module, dtype))
+    if not job.done.is_set():
+        _run(job, child=False)
+    return job
+
+
+def targets(ops: Iterable[str] | None = None,
+            dtypes: Iterable[str] | None = None) -> list[tuple[str, str]]:
+    """Every (kernel module, dtype) this machine can compile: the compiled backends that load
+    here, on a device present, for `ops` (default all) and `dtypes` (default each backend's own;
+    "float32" where a backend takes any dtype, its kernels having one signature for all)."""
+    from . import core, devices
+
+    wanted_ops = set(ops) if ops is not None else None
+    wanted_dtypes = list(dtypes) if dtypes is not None else None
+    found: dict[tuple[str, str], None] = {}
+    for spec in core.op_specs():
+        if wanted_ops is not None and spec.name not in wanted_ops:
+            continue
+        for backend in core.backends():
+            if not backend.compiles or backend.missing() is not None:
+                continue
+            if backend.device == "cuda" and not devices.cuda_available():
+                continue
+            module = f"{backend.package}.{spec.kernel}"
+            if not core._has_module(module):
+                continue
+            own = backend.dtypes_for(spec)
+            for dtype in own or ("float32",):
+                if wanted_dtypes is None or dtype in wanted_dtypes or own is None:
+                    found[(module, dtype)] = None
+    if wanted_ops is not None and (unknown := wanted_ops - {sp.name for sp in core.op_specs()}):
+        raise ValueError(f"kernelkit warmup: unknown op(s) {sorted(unknown)}; expected some of "
+                         f"{sorted(sp.name for sp in core.op_specs())}")
+    return list(found)
+
+
+# -- the background thread -----------------------------------------------------------------------
+def _work() -> None:
+    while True:
+        with _lock:
+            if not _queue:
+                return
+            job = _queue.popleft()
+        _run(job, child=_child_ok)
+
+
+def _run(job: Job, *, child: bool) -> None:
+    start = time.perf_counter()
+    try:
+        by_child = _compile_in_child(job) if child else None
+        with _file_lock(job):
+            how = importlib.import_module(job.module).warm(job.dtype)
+        job.how = "compiled in a child process" if by_child == "compiled" else how
+    except Exception as exc:  # noqa: BLE001 - a failed compile must not break calls: the
+        # candidate joins the decision and fails there, recorded like any failing config
+        job.how, job.error = "failed", f"{type(exc).__name__}: {exc}"[:500]
+    finally:
+        job.seconds = time.perf_counter() - start
+        job.done.set()
+
+
+def _compile_in_child(job: Job) -> str | None:
+    """Have a child process fill the on-disk cache: what its `warm` said ("compiled" or
+    "loaded"), or None if it could not."""
+    global _child_ok
+    code = "import sys; from kernelkit.compiling import _child; _child(sys.argv[1], sys.argv[2])"
+    env = {**os.environ, "KERNELKIT_COMPILE": "foreground"}
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", code, job.module, job.dtype], env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+    except OSError:
+        _child_ok = False
+        return None
+    try:
+        out, _ = proc.communicate(timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return None
+    return out.decode(errors="replace").strip() or None if proc.returncode == 0 else None
+
+
+def _child(module: str, dtype: str) -> None:
+    """The child process: compile into the on-disk cache, at a lower priority than the parent."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.nice(5)
+    with _file_lock(Job(module, dtype)):
+        print(importlib.import_module(module).warm(dtype), flush=True)
+
+
+class _NoLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _file_lock(job: Job):
+    """One process at a time compiles a (module, dtype); the others then load what it wrote."""
+    try:
+        from filelock import FileLock
+
+        from .paths import cache_root
+
+        folder = cache_root() / "compile-locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(folder / f"{job.module}-{job.dtype}.lock"), timeout=CHILD_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 - no writable cache dir: compile without the lock
+        return _NoLock()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (a DataLoader worker) keeps the kernels its parent loaded, but not the
+    parent's thread: jobs not done yet are forgotten and queued again on demand."""
+    global _lock, _worker
+    _lock = threading.Lock()
+    _worker = None
+    _queue.clear()
+    for key in [k for k, job in _jobs.items() if not job.done.is_set()]:
+        del _jobs[key]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,287 @@
+"""Compile off the critical path (kernelkit.compiling): no call waits for a compiler it did not ask
+for, the compiled candidate joins the decision once it is ready, and `kernelkit warmup` fills the
+on-disk cache that new processes load from.
+
+The tuner tests use fake candidates whose `warm` blocks on a gate the test opens, so what each
+call decides while a compile is under way is exact. The end-to-end tests run fresh processes on
+the real Numba kernels with a private cache folder (cold: the child process compiles).
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import types
+
+import pytest
+
+from kernelkit import compiling
+from kernelkit.autotune import tuner
+from kernelkit.autotune.cache import cache_for
+from kernelkit.core import Candidate, Problem
+from kernelkit.settings import Settings
+
+CORRECT = 42
+MODULE = "kk_fake_compiled_kernels"
+
+
+class Gate:
+    """A fake kernel module's `warm`: blocks until the test opens the gate; records its calls."""
+
+    def __init__(self, fails: bool = False):
+        self.open = threading.Event()
+        self.calls: list[tuple[str, str]] = []  # (dtype, thread name)
+        self.fails = fails
+
+    def warm(self, dtype: str) -> str:
+        self.calls.append((dtype, threading.current_thread().name))
+        assert self.open.wait(30), "the test never opened the gate"
+        if self.fails:
+            raise RuntimeError("the compiler crashed")
+        return "compiled"
+
+
+@pytest.fixture
+def gate(monkeypatch):
+    """A fake compiled kernel module in sys.modules, and a clean job table (no child processes:
+    a child could not import a module that exists only in this process)."""
+    g = Gate()
+    mod = types.ModuleType(MODULE)
+    mod.__spec__ = importlib.machinery.ModuleSpec(MODULE, None)
+    mod.warm = g.warm
+    monkeypatch.setitem(sys.modules, MODULE, mod)
+    monkeypatch.setattr(compiling, "_child_ok", False)
+    for key in [k for k in compiling._jobs if k[0] == MODULE]:
+        del compiling._jobs[key]
+    yield g
+    g.open.set()
+    compiling.wait(MODULE, "float32", timeout=30)
+    for key in [k for k in compiling._jobs if k[0] == MODULE]:
+        del compiling._jobs[key]
+
+
+def cand(name, *, delay=0.0, vendor=False, compiles=False):
+    def launcher(problem, config):
+        def run():
+            time.sleep(delay)
+            return CORRECT
+        return run
+    return Candidate("fake", name, "cpu", "numpy", lambda p: None, lambda p: [{}], launcher,
+                     vendor=vendor, module=MODULE if compiles else "", compiles=compiles)
+
+
+VENDOR = cand("vendor", delay=0.003, vendor=True)
+COMPILED = cand("jit", delay=0.0, compiles=True)  # the faster one, once compiled
+
+
+def problem(n=64):
+    return Problem("fake", ((n, n),), "float32", "N", "numpy", "cpu", flops=2.0 * n**3)
+
+
+def decide(cands, p, settings, background=True):
+    runner = lambda c, cfg: c.launcher(p, cfg)
+    verify = lambda out: None if out == CORRECT else f"got {out}"
+    return tuner.decide(p, cands, runner, verify, settings, background=background)
+
+
+def test_a_call_runs_on_a_ready_candidate_while_the_better_one_compiles(gate, tmp_path):
+    s = Settings(cache_dir=str(tmp_path), tune="measure")
+    d = decide([VENDOR, COMPILED], problem(), s)
+    assert d.choice.candidate == "vendor-cpu" and d.choice.source == "warming"
+    assert d.skipped == {"jit-cpu": "compiling in the background"}
+    assert cache_for(tmp_path).get(d.key) is None  # an incomplete race is never stored
+    # the compile runs on the background thread, not the caller's
+    deadline = time.monotonic() + 10
+    while not gate.calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gate.calls == [("float32", "kernelkit-compile")]
+    assert not compiling.ready(MODULE, "float32")
+    assert decide([VENDOR, COMPILED], problem(), s).choice.source == "warming"  # still compiling
+    gate.open.set()
+    assert compiling.wait(MODULE, "float32", timeout=10)
+    d = decide([VENDOR, COMPILED], problem(), s)
+    assert d.choice.candidate == "jit-cpu" and d.choice.source == "measured"
+    assert {t.candidate for t in d.trials} == {"vendor-cpu", "jit-cpu"}
+    assert len(gate.calls) == 1  # compiled once
+
+
+def test_warming_choices_are_not_memoised_by_choose(gate, tmp_path):
+    s = Settings(cache_dir=str(tmp_path), tune="measure")
+    p = problem(32)
+    runner = lambda c, cfg: c.launcher(p, cfg)
+    verify = lambda out: None if out == CORRECT else f"got {out}"
+    tuner.clear_memo()
+    first = tuner.choose(p, [VENDOR, COMPILED], runner, verify, s)
+    assert first.source == "warming"
+    gate.open.set()
+    compiling.wait(MODULE, "float32", timeout=10)
+    again = tuner.choose(p, [VENDOR, COMPILED], runner, verify, s)
+    assert again.candidate == "jit-cpu" and again.source == "measured"
+    assert tuner.choose(p, [VENDOR, COMPILED], runner, verify, s) is again  # memoised now
+
+
+def test_a_cached_choice_that_is_still_compiling_gives_way_to_the_fastest_ready_trial(gate,
+                                                                                    tmp_path):
+    slow_vendor = cand("vendor", delay=0.01, vendor=True)
+    other = cand("other", delay=0.0)
+    s = Settings(cache_dir=str(tmp_path), tune="measure")
+    p = problem(48)
+    gate.open.set()
+    d = decide([slow_vendor, other, COMPILED], p, s, background=False)  # measured in full
+    assert d.choice.candidate in ("jit-cpu", "other-cpu")
+    entry = cache_for(tmp_path).get(d.key)
+    entry["choice"] = {"candidate": "jit-cpu", "config": {}, "source": "measured"}
+    cache_for(tmp_path).put(d.key, entry)
+    # a new process: nothing compiled yet
+    compiling._jobs.pop((MODULE, "float32"), None)
+    gate.open.clear()
+    w = decide([slow_vendor, other, COMPILED], p, s)
+    assert w.choice == tuner.Choice("other-cpu", {}, "warming")  # the fastest ready trial
+    gate.open.set()
+    compiling.wait(MODULE, "float32", timeout=10)
+    assert decide([slow_vendor, other, COMPILED], p, s).choice.source == "cache"
+
+
+def test_a_forced_backend_waits_for_its_own_compile_in_the_calling_thread(gate, tmp_path):
+    s = Settings(cache_dir=str(tmp_path), backend="jit")
+    gate.open.set()
+    d = decide([VENDOR, COMPILED], problem(), s)
+    assert d.choice.candidate == "jit-cpu"
+    assert gate.calls == [("float32", threading.current_thread().name)]
+
+
+def test_foreground_mode_compiles_before_the_first_call(gate, tmp_path):
+    s = Settings(cache_dir=str(tmp_path), tune="measure", compile="foreground")
+    gate.open.set()
+    d = decide([VENDOR, COMPILED], problem(), s, background=False)
+    assert d.choice.source == "measured"
+    assert {t.candidate for t in d.trials} == {"vendor-cpu", "jit-cpu"}
+    assert not gate.calls  # foreground: the kernel compiles on its first launch, as before
+
+
+def test_a_failed_compile_is_recorded_and_never_breaks_a_call(gate, tmp_path):
+    gate.fails = True
+    gate.open.set()
+    s = Settings(cache_dir=str(tmp_path), tune="measure")
+    assert decide([VENDOR, COMPILED], problem(), s).choice.source == "warming"
+    assert compiling.wait(MODULE, "float32", timeout=10)
+    job = next(j for j in compiling.jobs() if j.module == MODULE)
+    assert job.how == "failed" and "the compiler crashed" in job.error
+    d = decide([VENDOR, COMPILED], problem(), s)  # the candidate joins; here its launch works
+    assert d.choice.source == "measured"
+
+
+def test_a_forked_child_forgets_jobs_it_has_no_thread_for(gate, tmp_path):
+    s = Settings(cache_dir=str(tmp_path), tune="measure")
+    decide([VENDOR, COMPILED], problem(), s)  # queues the job; the gate holds it
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its copy of the job would never finish
+        try:
+            os.close(r)
+            known = (MODULE, "float32") in compiling._jobs
+            os.write(w, b"kept" if known else b"forgotten")
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    assert os.read(r, 100) == b"forgotten"
+    os.close(r)
+
+
+def test_the_settings_knob_is_checked():
+    from kernelkit import settings
+
+    with pytest.raises(ValueError, match="KERNELKIT_COMPILE must be one of"):
+        with settings.use(compile="sometimes"):
+            pass
+
+
+def test_warmup_targets_list_every_compiled_kernel_module_and_dtype():
+    found = compiling.targets()
+    assert ("kernelkit.kernels.numba.matmul", "float32") in found
+    assert ("kernelkit.kernels.numba.matmul", "float64") in found
+    assert ("kernelkit.kernels.numba.conv2d", "float32") in found
+    assert any(m == "kernelkit.kernels.numba.preprocess" for m, _ in found)
+    assert not any(".torch." in m for m, _ in found)  # the vendor compiles nothing of ours
+    assert compiling.targets(["matmul"], ["float64"]) == [("kernelkit.kernels.numba.matmul",
+                                                          "float64")]
+    with pytest.raises(ValueError, match="unknown op"):
+        compiling.targets(["matmull"])
+
+
+# -- end to end, in fresh processes --------------------------------------------------------------
+FIRST_CALL = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np
+    import kernelkit
+    from kernelkit import compiling
+    from kernelkit.autotune import tuner
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((96, 80)).astype(np.float32)
+    b = rng.standard_normal((80, 72)).astype(np.float32)
+    seen = []
+    real = tuner.choose
+    tuner.choose = lambda *args, **kw: seen.append(real(*args, **kw)) or seen[-1]
+    first = kernelkit.matmul(a, b)
+    err1 = float(np.abs(first - a.astype(np.float64) @ b).max())
+    queued = [(j.module, j.dtype) for j in compiling.jobs()]
+    assert compiling.wait(timeout=900)
+    again = kernelkit.matmul(a, b)
+    err2 = float(np.abs(again - a.astype(np.float64) @ b).max())
+    print(json.dumps({"first": seen[0].to_dict(), "then": seen[-1].to_dict(), "queued": queued,
+                      "jobs": [(j.module, j.how, j.error) for j in compiling.jobs()],
+                      "err": [err1, err2]}))
+""")
+
+
+def _fresh(code: str, cache_dir, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KERNELKIT_CACHE_DIR": str(cache_dir), "KERNELKIT_COMPILE": "background",
+           "KERNELKIT_TUNE": "measure"}
+    return subprocess.run([sys.executable, *(["-c", code] if code else []), *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cold_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("kk-cold")
+
+
+def test_a_fresh_process_runs_its_first_call_on_the_vendor_and_then_the_compiled_kernel(
+        cold_cache):
+    out = _fresh(FIRST_CALL, cold_cache)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["first"]["source"] == "warming" and r["first"]["candidate"] == "torch-cpu"
+    assert r["queued"] == [["kernelkit.kernels.numba.matmul", "float32"]]
+    # cold: a child process compiled it into the on-disk cache, this process loaded it
+    assert r["jobs"] == [["kernelkit.kernels.numba.matmul", "compiled in a child process", None]]
+    assert r["then"]["source"] == "measured"  # decided in full once numba was ready
+    assert all(e < 1e-3 for e in r["err"])
+    # a second process finds the kernels on disk: loaded, not compiled
+    out = _fresh(FIRST_CALL, cold_cache)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["first"]["source"] == "cache" or r["first"]["source"] == "warming"
+    assert r["jobs"] == [["kernelkit.kernels.numba.matmul", "loaded", None]]
+
+
+def test_warmup_reports_what_it_compiled_and_loads_what_is_on_disk(cold_cache):
+    args = ["-m", "kernelkit", "warmup", "--ops", "matmul", "--dtypes", "float32", "--json"]
+    hows = []
+    for _ in range(2):
+        out = _fresh("", cold_cache, *args)
+        assert out.returncode == 0, out.stderr[-3000:]
+        rows = json.loads(out.stdout)
+        assert [(r["module"], r["dtype"]) for r in rows] == \
+            [("kernelkit.kernels.numba.matmul", "float32")]
+        assert rows[0]["seconds"] > 0
+        hows.append(rows[0]["how"])
+    assert hows[0] in ("compiled", "loaded")  # (loaded when the test above ran first)
+    assert hows[1] == "loaded"
