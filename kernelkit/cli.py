@@ -338,7 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `kernelkit bench -k NAME`: what follows `bench` goes to pytest as it is, options included
+    # (argparse's REMAINDER alone would reject a leading "-k")
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "bench":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.pytest_args = [*extra, *args.pytest_args]
     con = Console(width=None if sys.stdout.isatty() else 160)
     try:
         return args.fn(args, con)

@@ -38,6 +38,19 @@ if not _has_cuda():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+# Numba's compiled kernels stay where the user's kernelkit keeps them (KERNELKIT_CACHE_DIR as the
+# session starts, else the user cache dir), decided here before the session's private autotune
+# cache folder is set below: that cache is keyed by the kernel sources and versions, so sharing it
+# is safe, and a test session does not recompile every kernel cold (the kernel tests themselves
+# use fresh folders where compiling is what they test).
+try:
+    from kernelkit.kernels.numba import _cache as _numba_cache
+
+    _numba_cache.cache_dir()
+except ImportError:  # no numba: the numba tests skip
+    pass
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
     """Never read or write the user's real autotune cache from tests."""

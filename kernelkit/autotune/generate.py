@@ -66,7 +66,10 @@ class Row:
 
 
 def load_shapes(path: str | os.PathLike) -> list[tuple[str, tuple[int, ...], str]]:
-    """A shapes file: a JSON list of {"op", "dims", "dtype"} objects or [op, dims, dtype] rows."""
+    """A shapes file: a JSON list of {"op", "dims", "dtype"} objects or [op, dims, dtype] rows.
+
+    `dims` as `kernelkit explain` takes them (e.g. conv2d: N C H K R STRIDE), or in the op's
+    full preset form (conv2d: N C H K R STRIDE PADDING DILATION)."""
     import json
     from pathlib import Path
 
@@ -75,10 +78,13 @@ def load_shapes(path: str | os.PathLike) -> list[tuple[str, tuple[int, ...], str
     for i, r in enumerate(rows if isinstance(rows, list) else []):
         op, dims, dtype = (r["op"], r["dims"], r.get("dtype", "float32")) if isinstance(r, dict) \
             else (r[0], r[1], r[2] if len(r) > 2 else "float32")
-        core.op_spec(op)  # a clear error for an unknown op
-        out.append((str(op), tuple(int(d) for d in dims), str(dtype)))
-        if not out[-1][1]:
+        spec = core.op_spec(op)  # a clear error for an unknown op
+        dims = tuple(int(d) for d in dims)
+        if not dims:
             raise ValueError(f"{path}: row {i} has no dims")
+        if spec.cli_inputs is not None and len(dims) == len(spec.cli_dims.split()):
+            dims = spec.cli_inputs(dims)
+        out.append((str(op), dims, str(dtype)))
     if not out:
         raise ValueError(f"{path}: expected a JSON list of {{op, dims, dtype}} rows")
     return out
