@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -64,6 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--quick", action="store_true", help="two matmul sizes: a smoke run")
     args = p.parse_args(argv)
+    os.environ["KERNELKIT_COMPILE"] = "foreground"  # policies are scored on compiled kernels
 
     from kernelkit import devices
     from kernelkit.autotune.generate import pin_threads

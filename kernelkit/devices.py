@@ -94,7 +94,7 @@ def _listing(folder: str) -> tuple[str, ...]:
 @functools.cache
 def cpu_info() -> dict:
     """CPU model, core count and per-level cache sizes (bytes), from /proc and sysfs where present."""
-    model = platform.processor() or platform.machine()
+    model = None
     try:
         with open("/proc/cpuinfo", "rb") as f:  # the first CPU's block names the model
             head = f.read(8192).decode(errors="replace")
@@ -104,6 +104,8 @@ def cpu_info() -> dict:
                 break
     except OSError:
         pass
+    if model is None:  # (platform.processor() runs `uname -p` on some systems: milliseconds)
+        model = platform.processor() or platform.machine()
     caches: dict[str, int] = {}
     base = Path("/sys/devices/system/cpu/cpu0/cache")
     for idx in sorted(base.glob("index*")) if base.exists() else []:

@@ -1,0 +1,166 @@
+"""First-call latency of each op in a fresh process: kernelkit cold and warm against the vendor.
+
+Each row is a fresh Python process that imports numpy, torch (and kernelkit), builds its inputs,
+and times its first call of one op, then its steady state. Variants, interleaved per repetition:
+
+- ``vendor``: torch's own call (``torch.matmul``, ``F.conv2d``; for preprocess kernelkit's torch
+  backend, forced: torch has no fused preprocess) in a process that never imports kernelkit.
+- ``cold``: kernelkit with an empty cache folder (no compiled kernels, no tuning).
+- ``warm``: kernelkit after ``kernelkit warmup`` into that folder (compiled, not tuned).
+
+In the kernelkit processes it also records the choice the first call ran on, the time until the
+compiled kernels were ready (``compiling.wait``), the first call after that (which tunes the size),
+and the steady state. The bar (issue 14): cold first call <= 2x the vendor's first call; warm
+first call <= 2x (steady state + the vendor's first call).
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/first_call.py --reps 3 [--json F]
+
+Threads are not pinned: a first call is measured as a user meets it. Run nothing else meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+INPUTS = {
+    "matmul": """
+        a = rng.standard_normal((256, 256), dtype=np.float32)
+        b = rng.standard_normal((256, 256), dtype=np.float32)
+        args = (a, b)
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        vendor = lambda: torch.matmul(ta, tb)
+    """,
+    "conv2d": """
+        x = torch.randn(8, 64, 28, 28)
+        w = torch.randn(64, 64, 3, 3)
+        args = (x, w)
+        kwargs = dict(padding=1)
+        vendor = lambda: F.conv2d(x, w, padding=1)
+    """,
+    "preprocess": """
+        imgs = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(8)]
+        args = (imgs,)
+        kwargs = dict(size=224, mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4))
+        def vendor():
+            with kernelkit.use(backend="torch"):
+                return kernelkit.preprocess(imgs, **kwargs)
+    """,
+}
+
+CHILD = """
+import json, statistics, sys, time
+t0 = time.perf_counter()
+import numpy as np, torch
+import torch.nn.functional as F
+VARIANT, OP = sys.argv[1], sys.argv[2]
+if VARIANT != "vendor" or OP == "preprocess":
+    import kernelkit
+    from kernelkit import compiling
+    from kernelkit.autotune import tuner
+t_import = time.perf_counter() - t0
+rng = np.random.default_rng(0)
+kwargs = {}
+INPUTS
+
+def steady(fn, n=15):
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+out = {"import_s": t_import}
+if VARIANT == "vendor":
+    t = time.perf_counter(); vendor(); out["first_s"] = time.perf_counter() - t
+    out["steady_s"] = steady(vendor)
+else:
+    seen = []
+    real = tuner.choose
+    tuner.choose = lambda *a, **k: seen.append(real(*a, **k)) or seen[-1]
+    op = getattr(kernelkit, OP)
+    call = lambda: op(*args, **kwargs)
+    t = time.perf_counter(); call(); out["first_s"] = time.perf_counter() - t
+    out["first_choice"] = f"{seen[0].candidate} ({seen[0].source})" if seen else "memo"
+    t = time.perf_counter(); compiling.wait(); out["ready_after_s"] = time.perf_counter() - t
+    t = time.perf_counter(); call(); out["tuning_call_s"] = time.perf_counter() - t
+    out["steady_s"] = steady(call)
+    out["steady_choice"] = f"{seen[-1].candidate} ({seen[-1].source})"
+    out["jobs"] = [(j.module.rsplit(".", 1)[-1], j.dtype, j.how, round(j.seconds, 2))
+                   for j in compiling.jobs()]
+print(json.dumps(out))
+"""
+
+
+def child_code(op: str) -> str:
+    return CHILD.replace("INPUTS", textwrap.dedent(INPUTS[op]))
+
+
+def run_child(variant: str, op: str, cache: Path) -> dict:
+    env = {**os.environ, "KERNELKIT_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
+    env.pop("KERNELKIT_COMPILE", None)
+    env.pop("KERNELKIT_TUNE", None)
+    res = subprocess.run([sys.executable, "-c", child_code(op), variant, op], env=env,
+                         capture_output=True, text=True, timeout=1800)
+    if res.returncode != 0:
+        raise RuntimeError(f"{variant} {op}: {res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def warmup(cache: Path) -> None:
+    env = {**os.environ, "KERNELKIT_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "kernelkit", "warmup", "--quiet"], env=env, check=True,
+                   timeout=3600)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--ops", nargs="+", default=list(INPUTS))
+    ap.add_argument("--json", help="write every row here")
+    args = ap.parse_args()
+    from kernelkit import devices
+
+    print(f"cpu: {devices.cpu_info()['model']}, {os.cpu_count()} cores")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="kk-first-call-") as tmp:
+        warm = Path(tmp) / "warm"
+        warmup(warm)
+        for rep in range(args.reps):
+            for op in args.ops:
+                cold = Path(tmp) / f"cold-{rep}-{op}"
+                for variant, cache in (("vendor", cold), ("cold", cold), ("warm", warm)):
+                    row = {"rep": rep, "op": op, "variant": variant,
+                           **run_child(variant, op, cache)}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    med = lambda op, v, f: statistics.median(r[f] for r in rows if r["op"] == op
+                                             and r["variant"] == v)
+    print(f"\n{'op':<11}{'vendor 1st':>11}{'cold 1st':>10}{'ratio':>7}{'warm 1st':>10}"
+          f"{'bar':>9}{'steady':>10}{'ready cold':>11}{'ready warm':>11}   (medians, ms; s)")
+    ok = True
+    for op in args.ops:
+        v1 = med(op, "vendor", "first_s")
+        c1, w1 = med(op, "cold", "first_s"), med(op, "warm", "first_s")
+        st = med(op, "warm", "steady_s")
+        bar = 2 * (st + v1)
+        ok &= c1 <= 2 * v1 and w1 <= bar
+        print(f"{op:<11}{v1 * 1e3:11.1f}{c1 * 1e3:10.1f}{c1 / v1:7.2f}{w1 * 1e3:10.1f}"
+              f"{bar * 1e3:9.1f}{st * 1e3:10.2f}{med(op, 'cold', 'ready_after_s'):10.1f}s"
+              f"{med(op, 'warm', 'ready_after_s'):10.1f}s")
+    print("bar met" if ok else "bar NOT met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
