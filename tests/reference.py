@@ -137,20 +137,49 @@ def conv2d_ref(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, activ
     import torch
     import torch.nn.functional as F
 
-    xt = torch.from_numpy(to_f64(x))
+    if _empty_conv(x, w, layout):  # torch refuses K = 0 and C = 0: the definition, directly
+        shape = _conv_out_shape(x, w, stride, padding, dilation, layout)
+        y = np.zeros(shape)
+        if bias is not None and y.size:
+            y = y + (to_f64(bias) if layout == "NHWC" else to_f64(bias)[:, None, None])
+        return activation_ref(y, activation)
+    xt = torch.from_numpy(np.ascontiguousarray(to_f64(x)))
     if layout == "NHWC":
         xt = xt.permute(0, 3, 1, 2)
     if isinstance(padding, (tuple, list)) and len(padding) == 4:
         top, bottom, left, right = padding
         xt = F.pad(xt, (left, right, top, bottom))
         padding = 0
-    y = F.conv2d(xt, torch.from_numpy(to_f64(w)),
+    y = F.conv2d(xt, torch.from_numpy(np.ascontiguousarray(to_f64(w))),
                  None if bias is None else torch.from_numpy(to_f64(bias)),
                  stride, padding, dilation, groups)
     y = torch.from_numpy(activation_ref(y.numpy(), activation))
     if layout == "NHWC":
         y = y.permute(0, 2, 3, 1)
     return y.contiguous().numpy()
+
+
+def _empty_conv(x, w, layout) -> bool:
+    n, c = x.shape[0], x.shape[3] if layout == "NHWC" else x.shape[1]
+    return n == 0 or c == 0 or w.shape[0] == 0 or w.shape[1] == 0
+
+
+def _conv_out_shape(x, w, stride, padding, dilation, layout) -> tuple[int, ...]:
+    """The output shape by the definition (padding a 4-tuple or a pair or an int)."""
+    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    n, h, wd = (x.shape[0], x.shape[1], x.shape[2]) if layout == "NHWC" else \
+        (x.shape[0], x.shape[2], x.shape[3])
+    k, r, s = w.shape[0], w.shape[2], w.shape[3]
+    if isinstance(padding, (tuple, list)) and len(padding) == 4:
+        top, bottom, left, right = padding
+    else:
+        (ph, pw) = pair(padding)
+        top = bottom = ph
+        left = right = pw
+    (sh, sw), (dh, dw) = pair(stride), pair(dilation)
+    ho = (h + top + bottom - dh * (r - 1) - 1) // sh + 1
+    wo = (wd + left + right - dw * (s - 1) - 1) // sw + 1
+    return (n, ho, wo, k) if layout == "NHWC" else (n, k, ho, wo)
 
 
 def assert_conv2d_close(out, x, w, bias=None, *, acc: str | None = None, **conv) -> None:
@@ -175,6 +204,49 @@ def assert_conv2d_close(out, x, w, bias=None, *, acc: str | None = None, **conv)
     err = float(np.max(np.abs(got[finite] - ref[finite]) / scale[finite], initial=0.0))
     bound = 1.2 * matmul_bound(k, acc, out_dtype)
     assert err <= bound, f"normwise error {err:.3e} > bound {bound:.3e} (K={k}, acc={acc}, out={out_dtype})"
+
+
+def conv2d_grads_ref(x, w, gy, *, stride, padding, dilation, groups, layout="NCHW"):
+    """float64 (dx, dw) of conv2d by torch autograd, and the same for |x|, |w|, |gy|: the scale
+    of the normwise check (the backward ops are convolutions too). x and gy in `layout`; padding
+    (top, bottom, left, right)."""
+    import torch
+    import torch.nn.functional as F
+
+    if _empty_conv(x, w, layout):  # nothing to reduce over, or nothing to reduce into: zeros
+        zeros = (np.zeros(x.shape), np.zeros(w.shape))
+        return [zeros, zeros]
+    top, bottom, left, right = padding
+    nchw = lambda t: t.permute(0, 3, 1, 2) if layout == "NHWC" else t
+    out = []
+    for f in (lambda a: a, np.abs):
+        xd = torch.from_numpy(np.ascontiguousarray(f(to_f64(x)))).requires_grad_()
+        wd = torch.from_numpy(np.ascontiguousarray(f(to_f64(w)))).requires_grad_()
+        y = F.conv2d(F.pad(nchw(xd), (left, right, top, bottom)), wd, None, stride, 0, dilation,
+                     groups)
+        y.backward(nchw(torch.from_numpy(np.ascontiguousarray(f(to_f64(gy))))))
+        out.append((xd.grad.numpy(), wd.grad.numpy()))
+    return out
+
+
+def assert_grad_close(got, ref, scale, k: int, what: str = "") -> None:
+    """A conv2d gradient against its float64 reference, normwise as the forward: the error over
+    the |.|-scale is within the sqrt(K) bound of a K-term reduction (K: the gradient's own
+    reduction length: (C_out / groups) * R * S for dx, N * H_out * W_out for dw)."""
+    out_dtype = dtype_name(got)
+    acc = "float64" if out_dtype == "float64" else "float32"
+    got64 = to_f64(got)
+    assert got64.shape == ref.shape, f"{what}: shape {got64.shape} != reference {ref.shape}"
+    if ref.size == 0:
+        return
+    assert np.array_equal(np.isnan(got64), np.isnan(ref)), f"{what}: NaN pattern differs"
+    finite = np.isfinite(ref)
+    assert np.array_equal(got64[~finite & ~np.isnan(ref)], ref[~finite & ~np.isnan(ref)]), \
+        f"{what}: Inf differs"
+    err = float(np.max(np.abs(got64[finite] - ref[finite]) / np.maximum(scale[finite], 1.0),
+                       initial=0.0))
+    bound = 1.2 * matmul_bound(k, acc, out_dtype)
+    assert err <= bound, f"{what}: normwise error {err:.3e} > bound {bound:.3e} (K={k}, {out_dtype})"
 
 
 def preprocess_args(n, c, boxes, size, flips=None, rot90=None, angles=None, fill=None, mean=None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import MATMUL_ALIGNED, MATMUL_ODD, assert_matmul_close
 
@@ -110,21 +110,53 @@ def test_empty_dims(backend, shapes, rng):
     assert np.array_equal(cb, np.maximum(ref + bias, 0))
 
 
-@given(
-    m=st.integers(1, 40), k=st.integers(1, 40), n=st.integers(1, 40),
-    ta=st.booleans(), tb=st.booleans(), step=st.integers(1, 3), dtype=st.sampled_from(["f4", "f8"]),
-    backend=st.sampled_from(CPU_BACKENDS),
-)
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_hypothesis_shapes_and_strides(m, k, n, ta, tb, step, dtype, backend):
-    rng = np.random.default_rng(m * 10007 + k * 101 + n)
-    a = rand(rng, (k, m * step) if ta else (m, k * step), dtype)
-    a = a.T[::step] if ta else a[:, ::step]
-    b = rand(rng, (n, k * step) if tb else (k, n * step), dtype)
-    b = b.T[::step] if tb else b[:, ::step]
-    assert a.shape == (m, k) and b.shape == (k, n)
+@st.composite
+def operand(draw, rows: int, cols: int, batch: tuple[int, ...], dtype: str, rng):
+    """A (batch..., rows, cols) operand with the values of a fresh random array, laid out as
+    drawn: contiguous, transposed, strided (every other column of a larger buffer) or reversed
+    (negative strides on both matrix axes)."""
+    kind = draw(st.sampled_from(["contiguous", "transposed", "strided", "reversed"]))
+    x = rand(rng, (*batch, rows, cols), dtype)
+    if kind == "transposed":
+        return np.swapaxes(np.ascontiguousarray(np.swapaxes(x, -1, -2)), -1, -2)
+    if kind == "strided":
+        big = np.zeros((*batch, rows, 2 * cols), dtype)
+        big[..., ::2] = x
+        return big[..., ::2]
+    if kind == "reversed":
+        return np.ascontiguousarray(x[..., ::-1, ::-1])[..., ::-1, ::-1]
+    return x
+
+
+@st.composite
+def matmul_case(draw):
+    """Sizes from 0 (empty M, K or N), batch dims that broadcast (a 1 against a 3, or one operand
+    without them), bias, every activation, and NaN/Inf in an input."""
+    m, k, n = (draw(st.integers(0, 40)) for _ in range(3))
+    batch = draw(st.sampled_from([(), (2,), (3, 1)]))
+    a_batch = batch
+    b_batch = draw(st.sampled_from([(), batch, tuple(1 for _ in batch)]))
+    dtype = draw(st.sampled_from(["f4", "f8"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    a = draw(operand(m, k, a_batch, dtype, rng))
+    b = draw(operand(k, n, b_batch, dtype, rng))
+    bias = rand(rng, (n,), dtype) if draw(st.booleans()) else None
+    poison = draw(st.sampled_from([None, None, np.nan, np.inf, -np.inf]))
+    if poison is not None and a.size:
+        a = a.copy()
+        a.flat[rng.integers(a.size)] = poison
+    activation = draw(st.sampled_from([None, *ACTIVATIONS]))
+    return a, b, bias, activation
+
+
+@given(case=matmul_case(), backend=st.sampled_from(CPU_BACKENDS))
+@settings(max_examples=80, deadline=None)
+def test_hypothesis_shapes_strides_batches(case, backend):
+    a, b, bias, activation = case
     with kernelkit.use(backend=backend):
-        assert_matmul_close(kernelkit.matmul(a, b), a, b)
+        c = kernelkit.matmul(a, b, bias=bias, activation=activation)
+    assert isinstance(c, np.ndarray) and c.dtype == a.dtype
+    assert_matmul_close(c, a, b, bias, activation)
 
 
 def test_autograd_matches_torch():
