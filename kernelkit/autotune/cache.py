@@ -88,7 +88,7 @@ class Cache:
         self.dir = Path(directory)
         self.path = self.dir / FILENAME
         self.legacy_path = self.dir / LEGACY_FILENAME
-        self.fp = fingerprint_id(fingerprint())
+        self._fp: str | None = None  # this machine's fingerprint id, worked out when first needed
         self._records: dict[tuple[str, str], dict] | None = None  # (fp, key) -> entry
         self._fingerprints: dict[str, dict] = {}
         self._lines = 0  # lines in the file when last read (to decide on compaction)
@@ -186,6 +186,14 @@ class Cache:
         except OSError:
             return None
 
+    @property
+    def fp(self) -> str:
+        """This machine's fingerprint id (the versions and devices: a few ms once per process, so
+        not before something is read from or written to a file that exists)."""
+        if self._fp is None:
+            self._fp = fingerprint_id(fingerprint())
+        return self._fp
+
     def records(self) -> dict[tuple[str, str], dict]:
         """Every record, (fingerprint id, key) -> entry, this machine's and others'."""
         if self._records is None:
@@ -203,7 +211,8 @@ class Cache:
         return {key: e for (fp, key), e in self.records().items() if fp == self.fp}
 
     def get(self, key: str) -> dict | None:
-        return self.records().get((self.fp, key))
+        records = self.records()
+        return records.get((self.fp, key)) if records else None
 
     # -- writing -------------------------------------------------------------------------------
     def put(self, key: str, entry: dict) -> None:
