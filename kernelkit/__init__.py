@@ -20,6 +20,10 @@ from .settings import use
 __all__ = ["matmul", "conv2d", "preprocess", "augment", "Augmentation", "conv2d_backward_input", "conv2d_backward_weight", "explain", "use", "nn", "Explanation", "__version__"]
 __version__ = "0.1.0"
 
+# Registration: read every backend's record (kernels/<backend>/__init__.py, data only) now, so a
+# process's first call does not pay for finding and importing them.
+_core.backends()
+
 
 def explain(op: Any, *args: Any, **kwargs: Any) -> Explanation:
     """Show how kernelkit runs `op(*args, **kwargs)`: the candidates, why any were skipped, their
