@@ -100,6 +100,9 @@ class Choice:
     # "cache" | "measured" | "model" | "default" | "forced" | "warming" (a stand-in while the
     # better candidates compile; never memoised or stored)
     source: str = "default"
+    # > 0: a choice made without measuring because measuring would not pay for itself yet; ask
+    # again after this many more calls of the same size (never stored in the cache)
+    recheck_after: int = 0
 
     def to_dict(self) -> dict:
         return {"candidate": self.candidate, "config": self.config, "source": self.source}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,13 @@ from .timing import Timing, cuda_sync, measure, measure_interleaved
 MAX_CONFIGS = 6  # per candidate, when `auto` measures a family's first size
 FITTED_CONFIGS = 3  # per contender, when `auto` measures with a fitted family: its best-ranked
 TOP_CANDIDATES = 3  # when `auto` measures with a model: the contenders it cannot tell apart
+# Tuning pays for itself (op calls under `auto`): a size is measured once the time measuring could
+# save over the calls seen so far (per call: the model's pessimistic time for its own choice minus
+# the best optimistic time of a contender) exceeds what measuring costs (per timed config: its
+# verification run and its share of the timing budget; plus the re-timing of close leaders).
+TIMING_BUDGET_S = (0.05, 0.2)  # per timed config: problems below / above SMALL_FLOPS
+SMALL_FLOPS = 1e8
+RETIME_S = 0.3
 
 
 @dataclass
@@ -65,10 +73,12 @@ Runner = Callable[[Candidate, Config], Callable[[], Any]]
 Verifier = Callable[[Any], "str | None"]
 
 _memo: dict[tuple[str, str], Choice] = {}
+_calls: dict[tuple[str, str], int] = {}  # op calls per (cache, key) that were not memo hits
 
 
 def clear_memo() -> None:
     _memo.clear()
+    _calls.clear()
 
 
 def split_candidates(
@@ -133,24 +143,27 @@ def choose(
     hit = _memo.get(memo_key)
     if hit is not None:
         return hit
+    calls = _calls[memo_key] = _calls.get(memo_key, 0) + 1
     dist = _distributed() if settings.tune != "pinned" else None
     background = settings.compile == "background"
     if dist is None:
         choice = decide(problem, cands, runner, verify, settings, key=key,
-                        background=background).choice
+                        background=background, calls=calls).choice
     else:
         cache = cache_for(settings.cache_path)
         box = [None]
         if dist.get_rank() == 0:
             choice = decide(problem, cands, runner, verify, settings, key=key,
-                            background=background).choice
-            box = [(choice.to_dict(), cache.fp, cache.get(key))]
+                            background=background, calls=calls).choice
+            box = [(choice.to_dict(), choice.recheck_after, cache.fp, cache.get(key))]
         dist.broadcast_object_list(box, src=0)
-        picked, fp, entry = box[0]
-        choice = Choice(picked["candidate"], picked["config"], picked["source"])
+        picked, recheck, fp, entry = box[0]
+        choice = Choice(picked["candidate"], picked["config"], picked["source"], recheck)
         if dist.get_rank() != 0 and entry is not None and fp == cache.fp:
             cache.put(key, entry)  # the same measurement, kept by every rank of this kind
-    if choice.source != "warming":  # decided again once the compiling candidates are ready
+    if choice.recheck_after:  # the caller's plan counts them down, then asks again
+        _calls[memo_key] = calls + choice.recheck_after - 1
+    elif choice.source != "warming":  # decided again once the compiling candidates are ready
         _memo[memo_key] = choice
     return choice
 
@@ -177,6 +190,7 @@ def decide(
     mode: str | None = None,
     remeasure: bool = False,
     background: bool = False,
+    calls: int | None = None,
 ) -> Decision:
     """What runs `problem`: the cached choice (unless `remeasure`), else the miss policy (`mode`,
     default the knob), storing what was measured.
@@ -184,7 +198,11 @@ def decide(
     With `background`, candidates whose kernels are still compiling (see `kernelkit.compiling`)
     sit this call out unless nothing else can run it: the call then runs on the cached choice if
     that is ready, else on the best ready candidate (source "warming", neither memoised nor
-    stored), and is decided in full once they are ready."""
+    stored), and is decided in full once they are ready.
+
+    `calls` (op calls of this size so far; None for `tune` and `explain`, which always measure)
+    makes `auto` measure a miss only once that pays for itself (see TIMING_BUDGET_S); until then
+    the model's choice runs, with `recheck_after` set and nothing stored."""
     key = key or make_key(problem, forced_suffix(settings))
     pending: list[Candidate] = []
     usable, skipped = split_candidates(problem, cands, settings, pending if background else None)
@@ -233,6 +251,14 @@ def decide(
             measured = [c for c in usable if c.name in keep]
             limit = FITTED_CONFIGS  # the neighbours' winners (then the default) carry over
         configs_for = lambda c: model.ranked_configs(c, problem, key, entries, limit)
+        if calls is not None and preds:
+            cost = tuning_cost(problem, preds, sum(len(configs_for(c)) for c in measured))
+            gain = saving_per_call(preds)
+            if calls * gain < cost:  # not yet worth it: the model's choice, asked again later
+                due = math.ceil(cost / gain) if gain > 0 else 1 << 30
+                choice = dataclasses.replace(model.predict(key, problem, usable, entries),
+                                             recheck_after=max(1, due - calls))
+                return Decision(key, choice, skipped)
     for _attempt in range(2):  # a busy machine gets one more try
         before = timing.snapshot()
         trials = measure_all(problem, measured, runner, verify, configs_for)
@@ -255,6 +281,22 @@ def decide(
         **({"provisional": True} if busy else {}),
     })
     return Decision(key, choice, skipped, trials)
+
+
+def tuning_cost(problem: Problem, preds: list[model.Prediction], configs: int) -> float:
+    """What measuring `configs` (candidate, config) pairs is expected to cost, in seconds: each is
+    run once to verify and timed for its share of the budget (longer runs: at least 5 runs)."""
+    run = max(q.pessimistic for q in preds)
+    unit = TIMING_BUDGET_S[problem.flops >= SMALL_FLOPS]
+    return configs * (run + max(unit, 5 * run)) + RETIME_S
+
+
+def saving_per_call(preds: list[model.Prediction]) -> float:
+    """What measuring could save per call: the pessimistic time of the model's own choice minus
+    the best optimistic time among the predictions (0 when the model is sure)."""
+    chosen = min(q.pessimistic for q in preds)
+    optimistic = min(q.seconds * math.exp(-q.log_error) for q in preds)
+    return max(0.0, chosen - optimistic)
 
 
 def _warming_choice(problem: Problem, ready: list[Candidate], entry: dict | None) -> Choice:

@@ -55,6 +55,8 @@ class PlanMemo(dict):
     MAX = 4096
 
     def store(self, sig: tuple | None, plan: Plan) -> Plan:
+        if isinstance(plan, _Recheck):
+            plan.memo, plan.sig = self, sig
         if sig is not None and not isinstance(plan, _Warming):
             if len(self) >= self.MAX:
                 self.clear()
@@ -77,6 +79,23 @@ class _Warming:
         return self.plan(*args)
 
 
+class _Recheck:
+    """A plan chosen without measuring because measuring does not pay for itself yet: memoised
+    for `left` calls, then dropped from its memo so the next call asks the tuner again (which by
+    then has counted those calls)."""
+
+    __slots__ = ("plan", "left", "memo", "sig")
+
+    def __init__(self, plan: Plan, left: int):
+        self.plan, self.left, self.memo, self.sig = plan, left, None, None
+
+    def __call__(self, *args):
+        self.left -= 1
+        if self.left <= 0 and self.memo is not None:
+            self.memo.pop(self.sig, None)
+        return self.plan(*args)
+
+
 def plan_for(call: Call, settings: _settings.Settings | None = None) -> Plan:
     if call.direct is not None:
         return call.direct
@@ -86,7 +105,9 @@ def plan_for(call: Call, settings: _settings.Settings | None = None) -> Plan:
         settings = dataclasses.replace(settings, tune="off")  # nothing to measure on empty inputs
     choice = tuner.choose(call.problem, cands, call.runner, call.verify, settings)
     plan = call.bind(core.get(call.problem.op, choice.candidate), choice.config)
-    return _Warming(plan) if choice.source == "warming" else plan
+    if choice.source == "warming":
+        return _Warming(plan)
+    return _Recheck(plan, choice.recheck_after) if choice.recheck_after else plan
 
 
 @dataclass

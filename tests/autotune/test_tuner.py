@@ -82,7 +82,7 @@ def test_model_reuses_the_nearest_measurement(tmp_path):
 
 
 def test_choose_hits_memo_then_cache_without_measuring(tmp_path, monkeypatch):
-    s = Settings(cache_dir=str(tmp_path))
+    s = Settings(cache_dir=str(tmp_path), tune="measure")
     p = problem(32)
     runner = lambda c, cfg: c.launcher(p, cfg)
     verify = lambda out: None if out == CORRECT else "wrong"
@@ -180,3 +180,61 @@ def test_overlapping_contenders_are_timed_again_and_ties_break_by_name(tmp_path)
         d = run(cands, problem(80), Settings(cache_dir=str(tmp_path), tune="measure"))
     assert d.choice.candidate == "alpha-cpu"  # equal medians: by name, not by order
     assert runs["alpha"] == runs["beta"] > runs["slow"]  # the tied pair was timed again
+
+
+# -- tuning pays for itself ----------------------------------------------------------------------
+def test_auto_defers_measuring_a_size_until_its_calls_pay_for_it(tmp_path, monkeypatch):
+    """A cheap size seen once runs the model's choice, stores nothing, and says after how many
+    calls to ask again; asked again then, it measures (the calls seen now pay for it)."""
+    s = Settings(cache_dir=str(tmp_path))  # auto
+    p = problem(16)
+    runner = lambda c, cfg: c.launcher(p, cfg)
+    verify = lambda out: None if out == CORRECT else "wrong"
+    tuner.clear_memo()
+    first = tuner.choose(p, CANDS, runner, verify, s)
+    assert first.source == "model" and first.recheck_after > 1
+    assert not (tmp_path / "autotune.jsonl").exists()  # nothing stored
+    # the estimate behind it: calls * saving < cost, and the recheck lands where it pays
+    preds = tuner.model.predict_times(tuner.make_key(p, ""), p,
+                                      [c for c in CANDS if c.name != "never-cpu"], {})
+    cost = tuner.tuning_cost(p, preds, sum(len(c.space(p)) for c in CANDS[:4]))
+    gain = tuner.saving_per_call(preds)
+    assert gain > 0 and 1 * gain < cost
+    assert (1 + first.recheck_after) * gain >= cost
+    # the plan counted those calls down; the next ask measures
+    tuner._calls[(str(s.cache_path), tuner.make_key(p, ""))] += 1  # (that ask itself)
+    again = tuner.choose(p, CANDS, runner, verify, s)
+    assert again.source == "measured" and again.candidate == "good-cpu"
+    assert again.recheck_after == 0 and (tmp_path / "autotune.jsonl").exists()
+
+
+def test_explain_and_tune_measure_at_once(tmp_path):
+    s = Settings(cache_dir=str(tmp_path))  # auto, but no call count: asked to measure
+    d = run(CANDS, problem(16), s)
+    assert d.choice.source == "measured" and d.choice.recheck_after == 0
+
+
+def test_a_deferred_plan_is_memoised_for_its_calls_then_asks_again(tmp_path):
+    import numpy as np
+
+    import kernelkit
+    from kernelkit.ops import matmul as op
+
+    a = np.ones((3, 5), np.float32)
+    b = np.ones((5, 2), np.float32)
+    seen = []
+    real = tuner.choose
+    try:
+        tuner.choose = lambda *args, **kw: seen.append(real(*args, **kw)) or seen[-1]
+        with kernelkit.use(cache_dir=tmp_path, compile="foreground"):
+            op._PLANS.clear()
+            tuner.clear_memo()
+            kernelkit.matmul(a, b)
+            assert len(seen) == 1 and seen[0].recheck_after > 1
+            for _ in range(seen[0].recheck_after - 1):
+                kernelkit.matmul(a, b)
+            assert len(seen) == 1  # memoised for exactly those calls
+            kernelkit.matmul(a, b)
+            assert len(seen) == 2  # then asked again
+    finally:
+        tuner.choose = real
