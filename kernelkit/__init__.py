@@ -17,7 +17,7 @@ from .ops.matmul import matmul
 from .ops.preprocess import preprocess
 from .settings import use
 
-__all__ = ["matmul", "conv2d", "preprocess", "augment", "Augmentation", "conv2d_backward_input", "conv2d_backward_weight", "explain", "use", "nn", "Explanation", "__version__"]
+__all__ = ["matmul", "conv2d", "preprocess", "augment", "Augmentation", "conv2d_backward_input", "conv2d_backward_weight", "explain", "use", "nn", "data", "Explanation", "__version__"]
 __version__ = "0.1.0"
 
 
@@ -44,6 +44,6 @@ def explain(op: Any, *args: Any, **kwargs: Any) -> Explanation:
 
 
 def __getattr__(name: str) -> Any:
-    if name == "nn":  # imports torch, so only on first use
-        return _importlib.import_module(".nn", __name__)
+    if name in ("nn", "data"):  # torch / the decoders, so only on first use
+        return _importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'kernelkit' has no attribute {name!r}")
