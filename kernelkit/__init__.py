@@ -10,6 +10,7 @@ import importlib as _importlib
 from typing import Any
 
 from . import core as _core
+from . import threads as _threads
 from .augment import Augmentation, augment
 from .ops.conv2d import conv2d, conv2d_backward_input, conv2d_backward_weight
 from .ops.dispatch import Explanation, explain_call
@@ -19,6 +20,8 @@ from .settings import use
 
 __all__ = ["matmul", "conv2d", "preprocess", "augment", "Augmentation", "conv2d_backward_input", "conv2d_backward_weight", "explain", "use", "nn", "data", "Explanation", "__version__"]
 __version__ = "0.1.0"
+
+_threads.configure_at_import()  # a fork-safe Numba threading layer, before anything launches one
 
 
 def explain(op: Any, *args: Any, **kwargs: Any) -> Explanation:

@@ -7,7 +7,8 @@ waits forever for pool threads that do not exist, and Numba's own guard kills su
 ``fork() called from a process already using GNU OpenMP``. Torch loads its own OpenMP too, so the
 order of the parent's work decides which of the two failures a user sees.
 
-What: before the first parallel launch, kernelkit asks Numba for the ``forksafe`` layer: TBB when
+What: at import, before any parallel launch, kernelkit asks Numba for the ``forksafe`` layer
+(``NUMBA_THREADING_LAYER=forksafe`` unless the user set it; `configure_at_import`): TBB when
 it is installed (threadsafe and fork-safe), else ``workqueue`` (fork-safe: it rebuilds its threads
 in the child; not threadsafe: two threads launching at once abort the process, so kernelkit's own
 launches of Numba kernels take a process-wide lock, which a fork hook replaces in the child so a
@@ -62,6 +63,20 @@ def configure() -> str | None:
     if config.THREADING_LAYER == "default":
         config.THREADING_LAYER = LAYER_REQUEST
     return config.THREADING_LAYER
+
+
+def configure_at_import() -> None:
+    """At ``import kernelkit``: request the fork-safe layer before anything launches Numba (a
+    ``numba.set_num_threads`` call or the user's own parallel code would launch the default,
+    OpenMP). Through ``NUMBA_THREADING_LAYER`` when Numba is not imported yet, so processes
+    started from this one (spawned DataLoader workers) make the same choice; a value the user
+    set is kept."""
+    if os.environ.get("NUMBA_THREADING_LAYER"):
+        return
+    if "numba.core.config" in sys.modules:
+        configure()
+    else:
+        os.environ["NUMBA_THREADING_LAYER"] = LAYER_REQUEST
 
 
 def _after_fork_in_child() -> None:

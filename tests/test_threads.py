@@ -32,6 +32,9 @@ FORK_SCRIPT = textwrap.dedent("""
     if order == "torch-first":  # torch's OpenMP pool is live in the parent
         torch.ones(256, 256) @ torch.ones(256, 256)
         torch.nn.functional.conv2d(torch.ones(1, 3, 64, 64), torch.ones(8, 3, 3, 3))
+    elif order == "numba-pool-first":  # Numba's pool launched outside kernelkit (as the bench
+        import numba  # conftest does), after `import kernelkit`
+        numba.set_num_threads(2)
     else:  # kernelkit's Numba kernels have run in the parent
         collate(imgs)
     dl = torch.utils.data.DataLoader(imgs, batch_size=4, num_workers=2, collate_fn=collate,
@@ -53,7 +56,7 @@ def _run(args: list[str], timeout: float, **env) -> subprocess.CompletedProcess:
         pytest.fail(f"hung for {timeout} s (stdout: {e.stdout!r})")
 
 
-@pytest.mark.parametrize("order", ["torch-first", "kernelkit-first"])
+@pytest.mark.parametrize("order", ["torch-first", "kernelkit-first", "numba-pool-first"])
 def test_dataloader_workers_survive_fork(order):
     """Before the fix: torch-first hung at the second epoch; kernelkit-first killed the workers
     ("fork() called from a process already using GNU OpenMP")."""
