@@ -51,6 +51,8 @@ class Loader:
         out_dtype, layout, interpolation, antialias: as `kernelkit.preprocess`.
         decode_threads: threads decoding images (default: the CPU count).
         prefetch: batches prepared ahead of the consumer (and pinned buffers on CUDA).
+        preprocess_threads: Numba threads for the fused preprocess (default: Numba's count); the
+            decode pool runs beside it on the same cores.
 
     Shape:
         yields (batch (N, 3, h, w) or (N, h, w, 3), labels (N,)) per step; labels are an array
@@ -75,7 +77,8 @@ class Loader:
                  shuffle: bool = False, drop_last: bool = False, device: Any = None,
                  out_dtype: str = "float32", layout: str = "NCHW",
                  interpolation: str = "bilinear", antialias: bool = True,
-                 decode_threads: int | None = None, prefetch: int = 2):
+                 decode_threads: int | None = None, prefetch: int = 2,
+                 preprocess_threads: int | None = None):
         if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
             raise TypeError(f"Loader: 'dataset' must be a sequence (len and [i]), got "
                             f"{type(dataset).__name__}")
@@ -100,6 +103,7 @@ class Loader:
                          out_dtype=out_dtype, layout=layout, interpolation=interpolation,
                          antialias=antialias)
         self.decode_threads = decode_threads or os.cpu_count() or 1
+        self.preprocess_threads = preprocess_threads
         self.prefetch = prefetch
         self.epoch = 0
         self.timings = StageTimes()
@@ -163,6 +167,10 @@ class _Epoch:
 
     def _produce(self) -> None:
         lo = self.loader
+        if lo.preprocess_threads:
+            import numba  # the count is per calling thread: only this producer's launches
+
+            numba.set_num_threads(min(lo.preprocess_threads, numba.config.NUMBA_NUM_THREADS))
         try:
             pending: deque = deque()
             ahead = 0

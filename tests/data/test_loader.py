@@ -147,7 +147,7 @@ def test_batches_do_not_depend_on_batch_size_threads_or_order(items):
         return np.abs(x.astype(int) - y).max() <= 1
 
     a = run(batch_size=4, decode_threads=1)
-    b = run(batch_size=13, decode_threads=3, prefetch=1)
+    b = run(batch_size=13, decode_threads=3, prefetch=1, preprocess_threads=1)
     assert same(np.concatenate([x for x, _ in a]), b[0][0])
     shuffled = run(batch_size=6, shuffle=True)
     order = np.concatenate([lab for _, lab in shuffled]) - 10
