@@ -56,6 +56,7 @@ def _run(args: list[str], timeout: float, **env) -> subprocess.CompletedProcess:
         pytest.fail(f"hung for {timeout} s (stdout: {e.stdout!r})")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["torch-first", "kernelkit-first", "numba-pool-first"])
 def test_dataloader_workers_survive_fork(order):
     """Before the fix: torch-first hung at the second epoch; kernelkit-first killed the workers
@@ -67,6 +68,7 @@ def test_dataloader_workers_survive_fork(order):
     assert lines[-1] in ("workqueue", "tbb"), r.stdout  # the workers ran Numba, fork-safe
 
 
+@pytest.mark.slow
 def test_a_user_forced_openmp_layer_fails_clearly_in_a_forked_child():
     r = _run(["-c", FORK_SCRIPT, "kernelkit-first"], timeout=240, NUMBA_THREADING_LAYER="omp")
     assert r.returncode != 0

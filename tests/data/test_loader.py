@@ -242,6 +242,7 @@ class _TuneProbe(data.Collate):
         return batch, labels, os.environ.get("KERNELKIT_TUNE"), os.getpid()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_dataloader_workers_match_the_loader_and_never_tune(items, context, tmp_path,
                                                             monkeypatch):
