@@ -19,6 +19,8 @@ from .sample import augment_options, collate_labels, load_sample, preprocess_bat
 from .timing import StageTimes
 
 _END = object()
+_SHUFFLE_TAG = 0x5348554646  # "SHUFF"
+
 
 
 class _Failure:
@@ -56,7 +58,8 @@ class Loader:
 
     Shape:
         yields (batch (N, 3, h, w) or (N, h, w, 3), labels (N,)) per step; labels are an array
-        (tensor) when every label is a number, else a list (None for unlabelled items).
+        (a CPU tensor when `device` is set) when every label is a number, else a list (None for
+        unlabelled items).
 
     Attributes:
         timings: the `StageTimes` of the current (or last) epoch: decode, preprocess, copy,
@@ -121,7 +124,9 @@ class Loader:
         n = len(self.dataset)
         if not self.shuffle:
             return np.arange(n)
-        rng = np.random.Generator(np.random.Philox(key=self.seed, counter=[0, 0, 0, epoch + 1]))
+        # a generator of its own (SeedSequence-hashed, tagged), not a Philox lane of the samples'
+        # augmentation key: the order shares no draws with any sample's augmentation
+        rng = np.random.default_rng([int(self.seed), int(epoch), _SHUFFLE_TAG])
         return rng.permutation(n)
 
     def __iter__(self):
