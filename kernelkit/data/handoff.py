@@ -52,7 +52,7 @@ class Handoff:
             self.cuda = True
             self.stream = torch.cuda.Stream(device=self.device)
             self.pinned: list[Any] = [None] * depth
-            self.events = [torch.cuda.Event() for _ in range(depth)]
+            self.events: list[Any] = [None] * depth  # each slot's last copy
             self.slot = 0
         elif self.device.type != "cpu":
             raise ValueError(f"Loader: 'device' must be None, 'cpu' or a CUDA device, got {device!r}")
@@ -68,16 +68,22 @@ class Handoff:
         k = self.slot
         self.slot = (k + 1) % self.depth
         buf = self.pinned[k]
-        if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
-            buf = self.pinned[k] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-        else:
+        if self.events[k] is not None:
             self.events[k].synchronize()  # the slot's previous copy has left the buffer
+        if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+            # (a replaced buffer stays alive until its copy ends: torch's pinned allocator
+            # records the copy's event)
+            buf = self.pinned[k] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
         buf.copy_(t)
+        # a new event per batch: the consumer may wait on batch i's event after this producer
+        # has moved on to the slot's next batch
+        event = torch.cuda.Event()
         with torch.cuda.stream(self.stream):
             dev = torch.empty(t.shape, dtype=t.dtype, device=self.device)
             dev.copy_(buf, non_blocking=True)
-            self.events[k].record(self.stream)
-        return dev, self.events[k]
+            event.record(self.stream)
+        self.events[k] = event
+        return dev, event
 
     def receive(self, item: Any, event: Any) -> Any:
         """On the consumer's thread: order its stream after the copy; the tensor is then ready."""
