@@ -15,6 +15,8 @@ launches of Numba kernels take a process-wide lock, which a fork hook replaces i
 lock held by another parent thread at fork time cannot deadlock it). A layer the user chose with
 ``NUMBA_THREADING_LAYER`` is kept; if it is OpenMP and the parent already launched it, a launch
 in a forked child raises a RuntimeError that says what to do, instead of hanging or dying.
+The same fork hook drops the Python thread pool of the Numba conv2d kernel in the child (its
+threads do not exist there; work submitted to it would wait forever).
 """
 
 from __future__ import annotations
@@ -88,11 +90,21 @@ def configure_at_import() -> None:
         os.environ["NUMBA_THREADING_LAYER"] = LAYER_REQUEST
 
 
+# kernel modules that keep a Python thread pool in ``_POOL[0]`` (guarded by ``_POOL_LOCK``): a
+# forked child inherits the executor but not its threads, so work submitted to it never runs
+POOLED_MODULES = ("kernelkit.kernels.numba.conv2d",)
+
+
 def _after_fork_in_child() -> None:
     global _lock, _parent_layer, _forked
     _lock = threading.Lock()  # the parent's may be held by a thread that does not exist here
     _parent_layer = _numba_launched()
     _forked = True
+    for name in POOLED_MODULES:
+        mod = sys.modules.get(name)
+        if mod is not None and hasattr(mod, "_POOL"):
+            mod._POOL[0] = None  # the next call builds a pool with live threads
+            mod._POOL_LOCK = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -102,3 +102,32 @@ def test_concurrent_launches_from_threads_do_not_abort():
     r = _run(["-c", CONCURRENT_SCRIPT], timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split()[0] == "ok"
+
+
+CONV_FORK_SCRIPT = textwrap.dedent("""
+    import multiprocessing as mp
+    import numpy as np
+    import kernelkit
+    from kernelkit.kernels.numba import conv2d as numba_conv
+
+    x = np.random.default_rng(0).standard_normal((4, 16, 40, 40), dtype=np.float32)
+    w = np.random.default_rng(1).standard_normal((32, 16, 3, 3), dtype=np.float32)
+
+    def run(_=None):
+        return float(kernelkit.conv2d(x, w, padding=1).sum())
+
+    parent = run()
+    assert numba_conv._POOL[0] is not None  # the parent's conv used its thread pool
+    with mp.get_context("fork").Pool(1) as pool:
+        child = pool.apply_async(run).get(timeout=120)
+    assert abs(child - parent) <= 1e-3 * abs(parent), (child, parent)
+    print("ok")
+""")
+
+
+@pytest.mark.slow
+def test_numba_conv_thread_pool_survives_fork():
+    """The Numba conv2d's Python thread pool: a forked child waited forever for its threads."""
+    r = _run(["-c", CONV_FORK_SCRIPT], timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split()[-1] == "ok"
