@@ -10,6 +10,7 @@ import importlib as _importlib
 from typing import Any
 
 from . import core as _core
+from . import threads as _threads
 from .augment import Augmentation, augment
 from .ops.conv2d import conv2d, conv2d_backward_input, conv2d_backward_weight
 from .ops.dispatch import Explanation, explain_call
@@ -17,12 +18,13 @@ from .ops.matmul import matmul
 from .ops.preprocess import preprocess
 from .settings import use
 
-__all__ = ["matmul", "conv2d", "preprocess", "augment", "Augmentation", "conv2d_backward_input", "conv2d_backward_weight", "explain", "use", "nn", "Explanation", "__version__"]
+__all__ = ["matmul", "conv2d", "preprocess", "augment", "Augmentation", "conv2d_backward_input", "conv2d_backward_weight", "explain", "use", "nn", "data", "Explanation", "__version__"]
 __version__ = "0.1.0"
 
 # Registration: read every backend's record (kernels/<backend>/__init__.py, data only) now, so a
 # process's first call does not pay for finding and importing them.
 _core.backends()
+_threads.configure_at_import()  # a fork-safe Numba threading layer, before anything launches one
 
 
 def explain(op: Any, *args: Any, **kwargs: Any) -> Explanation:
@@ -48,6 +50,6 @@ def explain(op: Any, *args: Any, **kwargs: Any) -> Explanation:
 
 
 def __getattr__(name: str) -> Any:
-    if name == "nn":  # imports torch, so only on first use
-        return _importlib.import_module(".nn", __name__)
+    if name in ("nn", "data"):  # torch / the decoders, so only on first use
+        return _importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'kernelkit' has no attribute {name!r}")

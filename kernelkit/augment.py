@@ -1,41 +1,92 @@
 """Reproducible augmentation parameters: random-resized-crop, flips and rotation per sample.
 
-Each sample's parameters come from a counter-based generator (Philox) keyed by
-(seed, epoch, sample index) alone, so a sample gets the same augmentation whatever the number of
-DataLoader workers, the batch size or split, the order of calls, or the device that applies it.
+Each sample's parameters come from a counter-based generator (Philox 4x64) whose key is the seed
+and whose counter starts at ``[0, 0, index, epoch]``. Philox counts up from the lowest word, so a
+sample owns a lane of 2**128 blocks (2**130 draws) that no other (epoch, index) reaches: samples
+never share draws, however many retries RandomResizedCrop takes. The parameters of a sample depend
+on (seed, epoch, index) alone, so they are the same for any number of DataLoader workers, batch
+size or split, order of calls, resume point, or the device that applies them.
+
+(The lane layout matters: a counter of ``[index, epoch, 0, 0]`` puts sample i + 1's first block
+right after sample i's first block, so sample i's later draws *are* sample i + 1's first ones.)
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+_U64 = 2**64
 
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Per-sample parameters, ready for `kernelkit.preprocess(crop=..., flip=..., rotate=...)`."""
+    """Per-sample parameters, ready for `kernelkit.preprocess(crop=..., flip=..., rotate=...)`.
+
+    Fields are lists with one entry per sample, in the order the samples were asked for.
+    """
 
     crop: list[tuple[int, int, int, int]]  # (top, left, height, width)
     flip: list[tuple[bool, bool]]  # (horizontal, vertical)
     rotate: list[float]  # degrees counter-clockwise
+    indices: list[int] = field(default_factory=list)  # the dataset index of each sample
+    seed: int = 0
+    epoch: int = 0
 
     def kwargs(self) -> dict:
+        """The keyword arguments of `kernelkit.preprocess` these parameters fill in."""
         return {"crop": self.crop, "flip": self.flip, "rotate": self.rotate}
 
+    def params(self, i: int) -> dict:
+        """What sample ``i`` (its dataset index, not its position) drew, for debugging.
 
-def _generator(seed: int, epoch: int, index: int) -> np.random.Generator:
-    for name, v in (("seed", seed), ("epoch", epoch), ("index", index)):
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
-            raise ValueError(f"augment: '{name}' must be a non-negative int, got {v!r}")
-    return np.random.Generator(np.random.Philox(key=int(seed) % 2**64,
-                                                counter=[int(index), int(epoch), 0, 0]))
+        Args:
+            i: a dataset index passed to `augment`.
+
+        Returns:
+            ``{"index", "seed", "epoch", "crop", "flip", "rotate"}``.
+
+        Example:
+            >>> kernelkit.augment([7], [(480, 640)], seed=0).params(7)["crop"]  # doctest: +SKIP
+            (120, 33, 301, 420)
+        """
+        try:
+            pos = self.indices.index(i)
+        except ValueError:
+            raise KeyError(f"augment: sample index {i!r} was not drawn here (indices "
+                           f"{self.indices[:8]}{'...' if len(self.indices) > 8 else ''})") from None
+        return {"index": i, "seed": self.seed, "epoch": self.epoch, "crop": self.crop[pos],
+                "flip": self.flip[pos], "rotate": self.rotate[pos]}
+
+
+def _check_key(name: str, v, limit: int) -> int:
+    if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)) or not 0 <= v < limit:
+        raise ValueError(f"augment: '{name}' must be an int in [0, 2**{limit.bit_length() - 1}), "
+                         f"got {v!r}")
+    return int(v)
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of sample ``index`` in ``epoch``: Philox keyed by the seed, counter lane
+    ``[0, 0, index, epoch]`` (see the module docstring: lanes never overlap).
+
+    Args:
+        seed: any int in [0, 2**128).
+        epoch, index: ints in [0, 2**64).
+    """
+    seed = _check_key("seed", seed, 2**128)
+    epoch = _check_key("epoch", epoch, _U64)
+    index = _check_key("index", index, _U64)
+    return np.random.Generator(np.random.Philox(key=seed, counter=[0, 0, index, epoch]))
 
 
 def _random_resized_crop(rng, h: int, w: int, scale, ratio) -> tuple[int, int, int, int]:
-    """torchvision's RandomResizedCrop.get_params, drawn from `rng`."""
+    """torchvision's RandomResizedCrop.get_params, drawn from `rng`: up to 10 tries of an area
+    fraction uniform in `scale` and a log-uniform aspect ratio in `ratio`; a box that fits gets a
+    uniform position; else the central crop at the nearest allowed ratio."""
     area = h * w
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
@@ -73,16 +124,18 @@ def augment(
     """Draw random-resized-crop, flip and rotation parameters for the given samples.
 
     Args:
-        indices: dataset indices of the samples (the key of their randomness).
+        indices: dataset indices of the samples (with seed and epoch, the key of their randomness).
         image_sizes: (height, width) of each sample's decoded image.
         seed, epoch: with the index, the whole key: same key, same parameters.
-        scale, ratio: RandomResizedCrop's area fraction and aspect-ratio ranges.
+        scale, ratio: RandomResizedCrop's area fraction and aspect-ratio ranges (torchvision's
+            semantics, including its 10 tries and central-crop fallback).
         hflip, vflip: probability of each flip.
         degrees: a rotation angle range (a number d means (-d, d)); 0 for none.
         quarter_turns: draw the rotation as k * 90 degrees, k uniform in 0..3 (exact).
 
     Returns:
-        An `Augmentation`; pass ``**aug.kwargs()`` to `kernelkit.preprocess`.
+        An `Augmentation`; pass ``**aug.kwargs()`` to `kernelkit.preprocess`, and read one
+        sample's draw with ``aug.params(index)``.
 
     Example:
         >>> aug = kernelkit.augment([0, 1], [(480, 640), (500, 375)], seed=0, epoch=3)
@@ -98,9 +151,9 @@ def augment(
     lo, hi = (-degrees, degrees) if isinstance(degrees, (int, float)) else degrees
     crops, flips, rots = [], [], []
     for index, (h, w) in zip(indices, image_sizes):
-        rng = _generator(seed, epoch, index)
-        # A fixed number of draws per field, in a fixed order: each field's values do not depend
-        # on which other augmentations are switched on.
+        rng = sample_generator(seed, epoch, index)
+        # A fixed number of draws per field, in a fixed order, first: each field's values do not
+        # depend on which other augmentations are switched on or on how many crop tries it took.
         u = rng.random(4)
         crops.append(_random_resized_crop(rng, int(h), int(w), scale, ratio))
         flips.append((bool(u[0] < hflip), bool(u[1] < vflip)))
@@ -108,4 +161,4 @@ def augment(
             rots.append(90.0 * int(u[2] * 4))
         else:
             rots.append(float(lo + (hi - lo) * u[3]) if hi > lo else 0.0)
-    return Augmentation(crops, flips, rots)
+    return Augmentation(crops, flips, rots, [int(i) for i in indices], int(seed), int(epoch))

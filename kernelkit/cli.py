@@ -278,6 +278,30 @@ def cmd_warmup(args: argparse.Namespace, con: Console) -> int:
     return 1 if any(j.error for j in done) else 0
 
 
+def cmd_data_bench(args: argparse.Namespace, con: Console) -> int:
+    from rich.progress import Progress
+
+    from .data import report
+
+    with Progress(console=con, transient=True) as progress:
+        rows = report.run(images=args.images, folder=args.folder, batch_size=args.batch_size,
+                          size=args.size, epochs=args.epochs, model_ms=args.model_ms,
+                          decode_threads=args.threads, progress=progress)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    t = Table(title="kernelkit.data.Loader: ms per image per stage (stages overlap)")
+    for col in ("epoch", "images/s", "decode", "decode cpu", "preprocess", "copy", "wait",
+                "wait fraction"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(str(r["epoch"]), f"{r['images_per_s']:.0f}",
+                  *(f"{r[k + '_ms_per_image']:.2f}" for k in ("decode", "decode_cpu",
+                                                             "preprocess", "copy", "wait")),
+                  f"{r['wait_fraction']:.2f}")
+    con.print(t)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kernelkit", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -330,6 +354,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     s.add_argument("--json", action="store_true", help="print the rows as JSON")
     s.set_defaults(fn=cmd_warmup)
+
+
+    s = sub.add_parser("data-bench", help="time kernelkit.data.Loader: images/s, the per-stage "
+                                          "split and the wait fraction")
+    s.add_argument("--images", type=int, default=192, help="JPEGs to generate (default 192)")
+    s.add_argument("--folder", help="read the images from this folder instead")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--size", type=int, default=224)
+    s.add_argument("--epochs", type=int, default=3)
+    s.add_argument("--threads", type=int, default=None, help="decode threads (default: cores)")
+    s.add_argument("--model-ms", type=float, default=0.0,
+                   help="a consumer step of this many ms per batch, to measure the overlap")
+    s.add_argument("--json", help="also write the rows to this file")
+    s.set_defaults(fn=cmd_data_bench)
 
     s = sub.add_parser("bench", help="run the pytest-benchmark suites in bench/")
     s.add_argument("pytest_args", nargs=argparse.REMAINDER)

@@ -28,6 +28,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import threads
+
 Config = dict[str, Any]  # small, JSON-serialisable: tile sizes, warps, stages, threads
 
 
@@ -300,7 +302,10 @@ def _make_candidate(spec: OpSpec, backend: Backend) -> Candidate:
 
     def launcher(p: Problem, config: Config):
         m = module()
-        return spec.launch(getattr(m, spec.entry), p, m.CONFIG.from_dict(config))
+        # threads.guard: a fork-safe Numba threading layer, launches serialised where it is not
+        # threadsafe (a no-op for other backends)
+        return threads.guard(backend.package,
+                             spec.launch(getattr(m, spec.entry), p, m.CONFIG.from_dict(config)))
 
     return Candidate(spec.name, backend.name, backend.device, backend.native, supports, space,
                      launcher, vendor=backend.vendor, roofline=backend.roofline, precheck=precheck,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,8 @@ _FLIPS = {None: (False, False), False: (False, False), "none": (False, False),
 
 def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=None, fill=0.0,
                interpolation: str = "bilinear", antialias: bool = True, channel_order=None,
-               out_dtype: Any = "float32", layout: str = "NCHW") -> Any:
+               out_dtype: Any = "float32", layout: str = "NCHW",
+               stats_unit: str = "input") -> Any:
     """Crop, flip, rotate, resize, reorder channels, normalise and convert, in one pass per image.
 
     Args:
@@ -51,8 +53,9 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
             ragged batch, as decoders produce); numpy arrays, torch tensors (CPU or CUDA) or cupy
             arrays. 1 or 3 channels.
         size: output (height, width), or one int for both.
-        mean, std: per-channel statistics in input units (e.g. 0..255), or scalars. The output is
-            ``(x - mean) * (1 / std)`` in float32 before the final conversion.
+        mean, std: per-channel statistics, or scalars, in the unit `stats_unit` names. The
+            output is ``(x - mean) * (1 / std)`` in float32 (x in input units) before the final
+            conversion.
         crop: (top, left, height, width) in source pixels, for every image or one per image.
         flip: "horizontal", "vertical", "both", a (horizontal, vertical) pair, or one per image.
         rotate: degrees counter-clockwise, for every image or one per image. Multiples of 90 are
@@ -68,6 +71,13 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
         out_dtype: "float32", "float16", "bfloat16" (torch outputs only) or "uint8"
             (rounded, saturated); a numpy or torch dtype works too.
         layout: "NCHW" or "NHWC" for the output.
+        stats_unit: the unit of `mean` and `std`. "input" (default): the images' own units,
+            0..255 for uint8 (``mean=(123.7, 116.3, 103.5)``). "unit": the [0, 1] units of
+            torchvision's ``Normalize`` after ``ToTensor`` (``mean=(0.485, 0.456, 0.406)``);
+            they are scaled by 255 for uint8 images and taken as they are for float32 images
+            (float images are then taken to be in [0, 1]). Statistics that look like the other
+            unit for the images' dtype (all of mean and std within [0, 1] for uint8 images in
+            "input" units; any above 1 in "unit" units) give one `UserWarning` per process.
 
     Shape:
         (N, H, W, C) or [(H_i, W_i, C)] -> (N, C, h, w) or (N, h, w, C)
@@ -81,7 +91,7 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
     """
     ragged = isinstance(images, (list, tuple))
     extras = _frozen((size, mean, std, crop, flip, rotate, fill, interpolation, antialias,
-                      channel_order, out_dtype, layout))
+                      channel_order, out_dtype, layout, stats_unit))
     sig = signature(tuple(images) if ragged else (images,), (ragged, extras)) \
         if extras is not None else None
     plan = _PLANS.get(sig) if sig is not None else None
@@ -89,7 +99,8 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
         plan = _PLANS.store(sig, plan_for(prepare(
             images, size=size, mean=mean, std=std, crop=crop, flip=flip, rotate=rotate,
             fill=fill, interpolation=interpolation, antialias=antialias,
-            channel_order=channel_order, out_dtype=out_dtype, layout=layout)))
+            channel_order=channel_order, out_dtype=out_dtype, layout=layout,
+            stats_unit=stats_unit)))
     return plan(images)
 
 
@@ -207,9 +218,47 @@ def _dtype_name(op: str, name: str, v) -> str:
     return s
 
 
+STATS_UNITS = ("input", "unit")
+_WARNED_UNITS: set[tuple[str, str]] = set()  # (input dtype, stats unit): warned once per process
+
+
+def stats_in_input_units(mean: np.ndarray, std: np.ndarray, in_dtype: str,
+                         stats_unit: str) -> tuple[np.ndarray, np.ndarray]:
+    """`mean` and `std` converted to the images' units, with one warning per process and
+    (dtype, unit) when they look like the other unit.
+
+    Args:
+        mean, std: per-channel float64 statistics as given.
+        in_dtype: "uint8" or "float32".
+        stats_unit: "input" or "unit" (see `preprocess`).
+
+    Returns:
+        (mean, std) in input units.
+    """
+    if stats_unit not in STATS_UNITS:
+        raise ValueError(f"preprocess: 'stats_unit' must be one of {STATS_UNITS}, got "
+                         f"{stats_unit!r}")
+    top = max(float(np.max(np.abs(mean))), float(np.max(np.abs(std))))
+    if stats_unit == "input":
+        # mean 0 / std 1 (no normalisation) is legitimate in either unit: no warning for it
+        suspicious = in_dtype == "uint8" and top <= 1.0 and bool(np.any(std != 1) or np.any(mean != 0))
+        hint = ("look like [0, 1] units (torchvision's) but are read in input units (0..255 for "
+                "uint8): pass stats_unit='unit', or give them times 255")
+    else:
+        suspicious = top > 1.0
+        hint = ("look like input units (0..255) but are read in [0, 1] units: pass "
+                "stats_unit='input', or give them divided by 255")
+    if suspicious and (in_dtype, stats_unit) not in _WARNED_UNITS:
+        _WARNED_UNITS.add((in_dtype, stats_unit))
+        warnings.warn(f"preprocess: mean={mean.tolist()} std={std.tolist()} for {in_dtype} images "
+                      f"{hint}", UserWarning, stacklevel=4)
+    factor = 255.0 if stats_unit == "unit" and in_dtype == "uint8" else 1.0
+    return mean * factor, std * factor
+
+
 def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=0.0,
             interpolation="bilinear", antialias=True, channel_order=None, out_dtype="float32",
-            layout="NCHW") -> Call:
+            layout="NCHW", stats_unit="input") -> Call:
     imgs, loc, in_dtype, hw, c, ragged = _images(images)
     n = len(hw)
     if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
@@ -224,6 +273,7 @@ def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=
     std_a = _channel_stats("std", std, c)
     if np.any(std_a == 0):
         raise ValueError(f"preprocess: 'std' must be non-zero, got {std_a.tolist()}")
+    mean_a, std_a = stats_in_input_units(mean_a, std_a, in_dtype, stats_unit)
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"preprocess: 'interpolation' must be one of {INTERPOLATIONS}, got "
                          f"{interpolation!r}")

@@ -237,3 +237,52 @@ def test_repeated_calls_reuse_the_plan(rng, monkeypatch):
     assert calls == [1] and not np.array_equal(other, first)
     kernelkit.preprocess([ragged[0], ragged[1][:-1]], **kw)
     assert calls == [1, 1]
+
+
+# -- normalisation units --------------------------------------------------------------------------
+IMAGENET_01 = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+@pytest.fixture
+def fresh_unit_warnings(monkeypatch):
+    import importlib
+
+    mod = importlib.import_module("kernelkit.ops.preprocess")
+    monkeypatch.setattr(mod, "_WARNED_UNITS", set())
+
+
+def test_stats_in_unit_range_match_input_units_times_255(rng, fresh_unit_warnings):
+    imgs = images(rng, n=2, h=40, w=50)
+    m, s = np.array(IMAGENET_01["mean"]), np.array(IMAGENET_01["std"])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the right unit: no warning
+        unit = kernelkit.preprocess(imgs, size=16, stats_unit="unit", **IMAGENET_01)
+        inp = kernelkit.preprocess(imgs, size=16, mean=m * 255, std=s * 255)
+    np.testing.assert_allclose(unit, inp, rtol=1e-6, atol=1e-6)
+    # against float64: torchvision's ToTensor (x / 255) then Normalize, no resize (size = image)
+    full = kernelkit.preprocess(imgs, size=(40, 50), stats_unit="unit", **IMAGENET_01)
+    ref = (imgs.astype(np.float64) / 255 - m) / s
+    np.testing.assert_allclose(full, ref.transpose(0, 3, 1, 2), atol=1e-5)
+    assert full.min() > -2.2 and full.max() < 2.7  # the range torchvision users expect
+
+
+def test_stats_that_look_like_the_other_unit_warn_once(rng, fresh_unit_warnings):
+    imgs = images(rng, n=1)
+    with pytest.warns(UserWarning, match=r"look like \[0, 1\] units.*stats_unit='unit'"):
+        out = kernelkit.preprocess(imgs, size=8, **IMAGENET_01)
+    assert out.max() > 100  # read in input units, as documented: the values are huge
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        kernelkit.preprocess(images(rng, n=2), size=8, **IMAGENET_01)  # once per process
+        kernelkit.preprocess(imgs, size=8, mean=0, std=1)  # identity: never suspicious
+        kernelkit.preprocess(imgs, size=8, mean=(123.7, 116.3, 103.5), std=58.0)
+    assert not [w for w in seen if "look like" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"look like input units.*stats_unit='input'"):
+        kernelkit.preprocess(imgs, size=8, mean=(123.7, 116.3, 103.5), std=58.0,
+                             stats_unit="unit")
+    with pytest.raises(ValueError, match="preprocess: 'stats_unit' must be one of"):
+        kernelkit.preprocess(imgs, size=8, mean=0, std=1, stats_unit="percent")

@@ -1,0 +1,142 @@
+"""One sample, from the dataset item to a decoded image with its crop box and augmentation, and
+one batch of them through the fused preprocess: the steps the Loader and the torch DataLoader
+adapter (`Samples` + `Collate`) share."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..augment import augment as _augment
+from .decode import Encoded, dct_scale, decode, read_source, to_rgb
+
+AUGMENT_DEFAULTS = {"scale": (0.08, 1.0), "ratio": (3 / 4, 4 / 3), "hflip": 0.5}
+_AUGMENT_KEYS = {"scale", "ratio", "hflip", "vflip", "degrees", "quarter_turns"}
+
+
+@dataclass
+class Decoded:
+    """A decoded sample, ready to batch: the image (H', W', 3) uint8, the crop box in its pixels,
+    the flip and rotation drawn for it, its label, and its decode time (core-seconds)."""
+
+    image: np.ndarray
+    box: tuple[float, float, float, float]
+    flip: tuple[bool, bool]
+    rotate: float
+    label: Any
+    index: int
+    scale: int  # the DCT reduction it was decoded at
+    seconds: float = 0.0
+    start: float = 0.0
+    end: float = 0.0
+
+
+def augment_options(augment: Any) -> dict | None:
+    """The `kernelkit.augment` keyword arguments a Loader's `augment` argument means.
+
+    None or False: no augmentation (the whole image resized to the output size). True:
+    torchvision's RandomResizedCrop defaults and a horizontal flip with p = 0.5. A dict: those
+    defaults updated with its keys (scale, ratio, hflip, vflip, degrees, quarter_turns).
+    """
+    if augment is None or augment is False:
+        return None
+    if augment is True:
+        return dict(AUGMENT_DEFAULTS)
+    if isinstance(augment, dict):
+        unknown = set(augment) - _AUGMENT_KEYS
+        if unknown:
+            raise ValueError(f"Loader: 'augment' has unknown keys {sorted(unknown)}; expected "
+                             f"some of {sorted(_AUGMENT_KEYS)}")
+        return {**AUGMENT_DEFAULTS, **augment}
+    raise TypeError(f"Loader: 'augment' must be None, True or a dict of kernelkit.augment "
+                    f"options, got {type(augment).__name__}")
+
+
+def split_item(item: Any) -> tuple[Any, Any]:
+    """(source, label) from a dataset item: a (source, label) pair, or a source alone (label
+    None)."""
+    if isinstance(item, tuple) and len(item) == 2:
+        return item
+    return item, None
+
+
+def load_sample(item: Any, index: int, *, size: tuple[int, int], augment: dict | None,
+                seed: int, epoch: int) -> Decoded:
+    """Read, draw the augmentation for, and decode one sample at the DCT scale its crop allows.
+
+    Args:
+        item: the dataset item (see `split_item`).
+        index: its dataset index (the key of its augmentation, with seed and epoch).
+        size: the output (height, width).
+        augment: `augment_options(...)`.
+        seed, epoch: the augmentation key.
+
+    Returns:
+        A `Decoded` sample with its crop box mapped into the decoded image's pixels.
+    """
+    start = time.perf_counter()
+    t0 = time.thread_time()
+    source, label = split_item(item)
+    src = read_source(source)
+    h, w = (src.height, src.width) if isinstance(src, Encoded) else src.shape[:2]
+    if augment is None:
+        box, flip, rot = (0, 0, h, w), (False, False), 0.0
+    else:
+        aug = _augment([index], [(h, w)], seed=seed, epoch=epoch, **augment)
+        box, flip, rot = aug.crop[0], aug.flip[0], aug.rotate[0]
+    s = 1
+    if isinstance(src, Encoded):
+        # an odd quarter turn swaps the output's axes relative to the crop's
+        odd_turn = rot % 90 == 0 and int(rot // 90) % 2 == 1
+        need = (size[1], size[0]) if odd_turn else size
+        s = dct_scale(box, need) if src.jpeg else 1
+        image = decode(src, s)
+        s_eff = max(1, round(w / image.shape[1]))  # what the decoder did (1/s, ceil'd size)
+    else:
+        image, s_eff = src, 1
+    image = to_rgb(image)
+    if s_eff > 1:
+        box = _snap(box, s_eff, image.shape[:2])
+    end = time.perf_counter()
+    return Decoded(image, box, flip, rot, label, index, s_eff, time.thread_time() - t0, start, end)
+
+
+def _snap(box, s: int, hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A full-size crop box in the pixels of the image decoded at 1/s, rounded to whole pixels
+    (at most half a decoded pixel off per edge; whole-pixel boxes keep every backend on the
+    same footing, since the vendor preprocess crops by whole pixels)."""
+    top, left, bh, bw = box
+    t, l = round(top / s), round(left / s)
+    b, r = round((top + bh) / s), round((left + bw) / s)
+    t, l = min(t, hw[0] - 1), min(l, hw[1] - 1)
+    return t, l, max(1, min(b, hw[0]) - t), max(1, min(r, hw[1]) - l)
+
+
+def collate_labels(labels: Sequence[Any], torch_out: bool) -> Any:
+    """Labels as one numpy array (or torch tensor) when they are all numbers, else the list."""
+    if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+           for v in labels):
+        arr = np.asarray(labels)
+        if torch_out:
+            import torch
+
+            return torch.from_numpy(arr)
+        return arr
+    return list(labels)
+
+
+def preprocess_batch(samples: Sequence[Decoded], *, size, mean, std, stats_unit: str,
+                     out_dtype: str, layout: str, interpolation: str, antialias: bool) -> np.ndarray:
+    """One fused `kernelkit.preprocess` call over the ragged batch, with every sample's crop box,
+    flip and rotation."""
+    from ..ops.preprocess import preprocess
+
+    return preprocess([s.image for s in samples], size=size, mean=mean, std=std,
+                      stats_unit=stats_unit, crop=[s.box for s in samples],
+                      flip=[s.flip for s in samples], rotate=[s.rotate for s in samples],
+                      out_dtype=out_dtype, layout=layout, interpolation=interpolation,
+                      antialias=antialias)

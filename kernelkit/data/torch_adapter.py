@@ -1,0 +1,97 @@
+"""The pipeline inside `torch.utils.data.DataLoader`: `Samples` (a map-style dataset that reads,
+augments and decodes each item at the DCT scale its crop allows) and `Collate` (the
+``collate_fn`` that runs the fused preprocess once per ragged batch).
+
+Works with any ``num_workers``, fork or spawn (kernelkit picks a fork-safe Numba threading
+layer: kernelkit.threads). A worker process never tunes: on its first batch it switches the
+autotuner to "pinned" (read the cache the parent wrote, never measure or write; a miss takes the
+cost model's choice) and runs Numba on one thread, as torch does for its own ops in workers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .sample import augment_options, collate_labels, load_sample, preprocess_batch
+
+
+class Samples:
+    """A map-style dataset of decoded samples for a torch DataLoader with `Collate`.
+
+    Args:
+        dataset: as `kernelkit.data.Loader`'s.
+        size: the output size the crops will be resized to (sizes the DCT-scaled decode).
+        augment, seed: as `kernelkit.data.Loader`'s.
+        epoch: the augmentation epoch; `set_epoch` before each epoch (workers started after it,
+            i.e. without ``persistent_workers``, see the new value).
+
+    Example:
+        >>> ds = Samples(files, size=224, augment=True)  # doctest: +SKIP
+        >>> dl = DataLoader(ds, batch_size=32, num_workers=2, collate_fn=Collate(size=224,
+        ...                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+        ...                 stats_unit="unit"))  # doctest: +SKIP
+    """
+
+    def __init__(self, dataset: Any, *, size: Any, augment: Any = None, seed: int = 0,
+                 epoch: int = 0):
+        self.dataset = dataset
+        self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        self.augment = augment_options(augment)
+        self.seed = seed
+        self.epoch = epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return load_sample(self.dataset[i], int(i), size=self.size, augment=self.augment,
+                           seed=self.seed, epoch=self.epoch)
+
+
+def _enter_worker() -> None:
+    """In a process other than the one that built the Collate (a DataLoader worker): never tune,
+    and one Numba thread per worker (the workers are the parallelism)."""
+    os.environ["KERNELKIT_TUNE"] = "pinned"
+    try:
+        import numba
+
+        numba.set_num_threads(1)
+    except ImportError:  # pragma: no cover - numba is a dependency
+        pass
+
+
+class Collate:
+    """``collate_fn``: a list of `Samples` items -> (batch, labels) in one fused preprocess.
+
+    Args:
+        size, mean, std, stats_unit, out_dtype, layout, interpolation, antialias: as
+            `kernelkit.data.Loader`'s.
+        tensors: return torch tensors (default) rather than numpy arrays.
+    """
+
+    def __init__(self, *, size: Any, mean: Any, std: Any, stats_unit: str = "input",
+                 out_dtype: str = "float32", layout: str = "NCHW",
+                 interpolation: str = "bilinear", antialias: bool = True, tensors: bool = True):
+        size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        self.prep = dict(size=size, mean=mean, std=std, stats_unit=stats_unit,
+                         out_dtype=out_dtype, layout=layout, interpolation=interpolation,
+                         antialias=antialias)
+        self.tensors = tensors
+        self.pid = os.getpid()
+        self._entered = self.pid
+
+    def __call__(self, samples):
+        if self._entered != os.getpid():
+            _enter_worker()
+            self._entered = os.getpid()
+        batch = preprocess_batch(samples, **self.prep)
+        labels = collate_labels([s.label for s in samples], self.tensors)
+        if self.tensors:
+            import torch
+
+            batch = torch.from_numpy(batch)
+        return batch, labels

@@ -1,0 +1,269 @@
+"""kernelkit.data: decode sized to the crop, the Loader's batches against a per-image float64
+reference, reproducibility, timings, the torch DataLoader adapter (fork and spawn workers that
+never tune), and bad arguments."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import math
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from resample_ref import crop_resize
+
+import kernelkit
+from kernelkit import data
+from kernelkit.autotune.cache import Cache
+
+MEAN01, STD01 = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SIZE = (40, 48)
+
+
+def _png(rng, h, w) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _gray_jpeg(rng, h, w) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory):
+    """13 labelled items: JPEG bytes and paths of several sizes (some large enough for a DCT-scaled
+    decode), a PNG, a grayscale JPEG and a decoded array."""
+    rng = np.random.default_rng(0)
+    jpegs = data.make_jpegs(8, sizes=[(120, 160), (300, 200), (96, 96), (410, 333)], seed=1)
+    paths = data.make_jpegs(2, sizes=[(200, 260)], seed=2,
+                            directory=tmp_path_factory.mktemp("jpg"))
+    srcs = [*jpegs, *paths, _png(rng, 50, 70), _gray_jpeg(rng, 64, 90),
+            rng.integers(0, 256, (45, 61, 3), dtype=np.uint8)]
+    return [(s, 10 + i) for i, s in enumerate(srcs)]
+
+
+def _reference(item, index, *, seed, epoch, augment):
+    """One image through an independent float64 chain: the draw from kernelkit.augment, the DCT
+    scale and whole-pixel box worked out here, then crop + flip + antialiased resize + [0, 1]
+    normalisation (tests/resample_ref.py)."""
+    source, _ = item
+    if isinstance(source, np.ndarray):
+        full, jpeg = source, False
+    else:
+        raw = source if isinstance(source, bytes) else Path(source).read_bytes()
+        full = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+        jpeg = raw[:2] == b"\xff\xd8"
+    H, W = full.shape[:2]
+    aug = kernelkit.augment([index], [(H, W)], seed=seed, epoch=epoch, **augment)
+    top, left, bh, bw = aug.crop[0]
+    s = 1
+    if jpeg:
+        s = max([1] + [k for k in (2, 4, 8) if bh / k >= SIZE[0] and bw / k >= SIZE[1]])
+    img = full
+    if s > 1:
+        img = data.decode(data.read_source(raw), s)  # the decoder itself is the library's
+        assert img.shape[:2] == (math.ceil(H / s), math.ceil(W / s))
+        t, l = round(top / s), round(left / s)
+        top, left = t, l
+        bh, bw = round((aug.crop[0][0] + bh) / s) - t, round((aug.crop[0][1] + bw) / s) - l
+    elif jpeg:
+        img = data.decode(data.read_source(raw), 1)
+    out = crop_resize(img.astype(np.float64), (top, left, bh, bw), SIZE)
+    if aug.flip[0][0]:
+        out = out[:, ::-1]
+    out = (out / 255 - np.array(MEAN01)) / np.array(STD01)
+    return out.transpose(2, 0, 1)
+
+
+AUG = {"scale": (0.25, 1.0), "hflip": 0.5}
+
+
+def test_batches_match_the_per_image_reference_within_one_level(items):
+    loader = data.Loader(items, batch_size=5, size=SIZE, mean=MEAN01, std=STD01,
+                         stats_unit="unit", augment=AUG, seed=3)
+    loader.set_epoch(2)
+    got, labels = [], []
+    for batch, lab in loader:
+        assert batch.dtype == np.float32 and batch.shape[1:] == (3, *SIZE)
+        got.append(batch)
+        labels.append(lab)
+    assert [len(b) for b in got] == [5, 5, 3]  # the ragged last batch is kept
+    got = np.concatenate(got)
+    assert np.concatenate(labels).tolist() == [it[1] for it in items]
+    level = 1 / (255 * np.array(STD01))[:, None, None]  # one uint8 level at the output scale
+    for i, item in enumerate(items):
+        ref = _reference(item, i, seed=3, epoch=2, augment={**AUG})
+        err = np.abs(got[i] - ref) / level
+        assert err.max() <= 1.0, (i, err.max())
+    # some images really took the reduced decode (else the test proves less than it claims)
+    scales = [data.load_sample(it, i, size=SIZE, augment={**data.sample.AUGMENT_DEFAULTS, **AUG},
+                               seed=3, epoch=2).scale for i, it in enumerate(items)]
+    assert max(scales) >= 2 and min(scales) == 1
+
+
+def test_dct_scale_is_the_smallest_decode_that_covers_the_crop():
+    assert data.dct_scale((0, 0, 480, 640), (224, 224)) == 2
+    assert data.dct_scale((0, 0, 447, 640), (224, 224)) == 1
+    assert data.dct_scale((5, 5, 1800, 1800), (224, 224)) == 8
+    assert data.dct_scale((0, 0, 100, 100), (224, 224)) == 1  # an upscaled crop: full size
+
+
+def test_jpeg_decoder_agrees_with_pil(items, monkeypatch):
+    raw = items[3][0]
+    assert data.read_source(raw).height == 410
+    ours = data.decode(data.read_source(raw), 1)
+    pil = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+    assert ours.shape == pil.shape
+    assert np.abs(ours.astype(int) - pil).mean() < 1.0
+    half = data.decode(data.read_source(raw), 2)
+    im = Image.open(io.BytesIO(raw))
+    im.draft("RGB", (333 // 2, 410 // 2))
+    assert np.abs(half.astype(int) - np.asarray(im.convert("RGB"))).mean() < 1.0
+    # the PIL fallback (no simplejpeg) decodes at the same scale
+    monkeypatch.setattr(importlib.import_module("kernelkit.data.decode"), "_simplejpeg", None)
+    enc = data.read_source(raw)
+    fallback = data.decode(enc, 2)
+    assert fallback.shape == half.shape and np.abs(fallback.astype(int) - half).mean() < 1.0
+
+
+def test_batches_do_not_depend_on_batch_size_threads_or_order(items):
+    def run(**kw):
+        loader = data.Loader(items, size=SIZE, mean=0, std=1, augment=True, seed=5,
+                             out_dtype="uint8", **kw)
+        loader.set_epoch(1)
+        return [(b, lab) for b, lab in loader]
+
+    def same(x, y):  # the same draws; the tuner may pick another kernel per batch shape, and
+        # kernels agree within one level
+        return np.abs(x.astype(int) - y).max() <= 1
+
+    a = run(batch_size=4, decode_threads=1)
+    b = run(batch_size=13, decode_threads=3, prefetch=1, preprocess_threads=1)
+    assert same(np.concatenate([x for x, _ in a]), b[0][0])
+    shuffled = run(batch_size=6, shuffle=True)
+    order = np.concatenate([lab for _, lab in shuffled]) - 10
+    assert sorted(order.tolist()) == list(range(len(items))) and order.tolist() != sorted(order)
+    assert same(np.concatenate([x for x, _ in shuffled]), b[0][0][order])
+
+
+def test_epochs_move_on_and_set_epoch_resumes(items):
+    loader = data.Loader(items[:4], batch_size=4, size=SIZE, mean=0, std=1, augment=True)
+    e0 = next(iter(loader))[0]
+    e1 = next(iter(loader))[0]
+    loader.set_epoch(0)
+    again = next(iter(loader))[0]
+    assert not np.array_equal(e0, e1) and np.array_equal(e0, again)
+
+
+def test_timings_and_the_wait_fraction(items):
+    loader = data.Loader(items, batch_size=4, size=SIZE, mean=0, std=1, augment=True)
+    for _ in loader:
+        time.sleep(0.25)  # a model step of known duration, far longer than preparing a batch
+    s = loader.timings.summary()
+    assert s["images"] == len(items) and s["batches"] == 4
+    assert s["decode_cpu_s"] > 0 and s["preprocess_s"] > 0 and s["copy_s"] < 0.01
+    assert s["consume_s"] >= 0.7  # the three gaps between four batches
+    assert 0 <= loader.timings.wait_fraction < 0.5
+    busy = data.Loader(items, batch_size=4, size=SIZE, mean=0, std=1, augment=True)
+    for _ in busy:
+        pass  # a consumer that does nothing waits nearly all the time
+    assert busy.timings.wait_fraction > 0.8
+
+
+def test_device_cpu_gives_tensors_and_labels(items):
+    batch, labels = next(iter(data.Loader(items[:3], batch_size=3, size=SIZE, mean=0, std=1,
+                                          device="cpu")))
+    assert isinstance(batch, torch.Tensor) and batch.shape == (3, 3, *SIZE)
+    assert labels.tolist() == [10, 11, 12]
+    unlabelled = data.Loader([it[0] for it in items[:2]], batch_size=2, size=SIZE, mean=0, std=1)
+    assert next(iter(unlabelled))[1] == [None, None]
+
+
+def test_breaking_out_stops_the_threads(items):
+    before = threading.active_count()
+    loader = data.Loader(items * 4, batch_size=2, size=SIZE, mean=0, std=1, prefetch=1)
+    it = iter(loader)
+    next(it)
+    it.close()
+    it.thread.join(timeout=10)
+    assert not it.thread.is_alive()
+    time.sleep(0.2)
+    assert threading.active_count() <= before + 1
+
+
+def test_a_broken_image_raises_in_the_consumer(items):
+    bad = [items[0], (b"\xff\xd8not a jpeg", 0)]
+    with pytest.raises(ValueError):
+        for _ in data.Loader(bad, batch_size=2, size=SIZE, mean=0, std=1):
+            pass
+
+
+@pytest.mark.parametrize("kwargs, exc, msg", [
+    (dict(batch_size=0), ValueError, "Loader: 'batch_size' must be a positive int, got 0"),
+    (dict(size=(0, 4)), ValueError, "Loader: 'size' must be a positive int"),
+    (dict(augment={"sclae": (0.1, 1)}), ValueError, "Loader: 'augment' has unknown keys"),
+    (dict(augment="yes"), TypeError, "Loader: 'augment' must be None, True or a dict"),
+    (dict(prefetch=0), ValueError, "Loader: 'prefetch' must be an int >= 1"),
+    (dict(device="tpu"), ValueError, "Loader: 'device' must be None, 'cpu' or a CUDA device"),
+    pytest.param(dict(device="cuda"), ValueError, "Loader: 'device' is 'cuda' but torch sees no",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")),
+])
+def test_bad_arguments(items, kwargs, exc, msg):
+    kw = dict(batch_size=2, size=SIZE, mean=0, std=1)
+    kw.update(kwargs)
+    with pytest.raises(exc, match=msg):
+        data.Loader(items, **kw)
+
+
+def test_bad_dataset_and_image_types():
+    with pytest.raises(TypeError, match="Loader: 'dataset' must be a sequence"):
+        data.Loader(iter([]), batch_size=1, size=8, mean=0, std=1)
+    with pytest.raises(TypeError, match="data: an image must be encoded bytes, a path or a uint8"):
+        data.read_source(3.5)
+    with pytest.raises(ValueError, match="data: a decoded image must be a uint8"):
+        data.read_source(np.zeros((4, 4, 3), np.float32))
+
+
+# -- inside a torch DataLoader -------------------------------------------------------------------
+class _TuneProbe(data.Collate):
+    """A Collate that also reports the worker's tuning mode and process id."""
+
+    def __call__(self, samples):
+        batch, labels = super().__call__(samples)
+        return batch, labels, os.environ.get("KERNELKIT_TUNE"), os.getpid()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_dataloader_workers_match_the_loader_and_never_tune(items, context, tmp_path,
+                                                            monkeypatch):
+    # workers inherit (fork) or are handed (spawn) this environment: a fresh cache and the
+    # most eager tuning mode, so a worker that tuned would write entries
+    monkeypatch.setenv("KERNELKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("KERNELKIT_TUNE", "measure")
+    ds = data.Samples(items, size=SIZE, augment=True, seed=4, epoch=1)
+    collate = _TuneProbe(size=SIZE, mean=MEAN01, std=STD01, stats_unit="unit")
+    dl = torch.utils.data.DataLoader(ds, batch_size=5, num_workers=2, collate_fn=collate,
+                                     multiprocessing_context=context, timeout=300)
+    out = list(dl)
+    assert {o[2] for o in out} == {"pinned"} and os.getpid() not in {o[3] for o in out}
+    assert Cache(tmp_path / "cache").entries() == {}  # nothing measured or written there
+    loader = data.Loader(items, batch_size=5, size=SIZE, mean=MEAN01, std=STD01,
+                         stats_unit="unit", augment=True, seed=4)
+    loader.set_epoch(1)
+    ref = [b for b, _ in loader]
+    for (batch, _, _, _), r in zip(out, ref):
+        np.testing.assert_allclose(batch.numpy(), r, atol=1e-5)
+    assert torch.cat([o[1] for o in out]).tolist() == [it[1] for it in items]
+    # the control: the same collate in this process does tune, and writes
+    collate([ds[i] for i in range(5)])
+    assert Cache(tmp_path / "cache").entries() != {}

@@ -1,0 +1,133 @@
+"""Numba's threading layer survives fork (DataLoader workers) in either order of the parent's
+work, and concurrent launches from threads do not abort the process. Each case runs in a
+subprocess with a timeout, so a hang fails the test instead of hanging the run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FORK_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import torch
+    import kernelkit
+
+    order = sys.argv[1]
+    imgs = [np.random.default_rng(i).integers(0, 256, (60 + i, 80, 3), dtype=np.uint8)
+            for i in range(8)]
+
+    def collate(items):
+        import numba
+        out = kernelkit.preprocess(list(items), size=32, mean=(120,) * 3, std=(60,) * 3)
+        return out, numba.threading_layer()
+
+    if order == "torch-first":  # torch's OpenMP pool is live in the parent
+        torch.ones(256, 256) @ torch.ones(256, 256)
+        torch.nn.functional.conv2d(torch.ones(1, 3, 64, 64), torch.ones(8, 3, 3, 3))
+    elif order == "numba-pool-first":  # Numba's pool launched outside kernelkit (as the bench
+        import numba  # conftest does), after `import kernelkit`
+        numba.set_num_threads(2)
+    else:  # kernelkit's Numba kernels have run in the parent
+        collate(imgs)
+    dl = torch.utils.data.DataLoader(imgs, batch_size=4, num_workers=2, collate_fn=collate,
+                                     multiprocessing_context="fork")
+    for epoch in range(3):  # new workers (forks) every epoch
+        for out, layer in dl:
+            assert out.shape == (4, 3, 32, 32) and np.isfinite(out).all()
+        print("epoch", epoch, layer, flush=True)
+""")
+
+
+def _run(args: list[str], timeout: float, **env) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    full_env.update(PYTHONPATH=str(ROOT), KERNELKIT_BACKEND="numba", **env)  # numba must run
+    try:
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                              timeout=timeout, env=full_env, cwd=ROOT)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"hung for {timeout} s (stdout: {e.stdout!r})")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order", ["torch-first", "kernelkit-first", "numba-pool-first"])
+def test_dataloader_workers_survive_fork(order):
+    """Before the fix: torch-first hung at the second epoch; kernelkit-first killed the workers
+    ("fork() called from a process already using GNU OpenMP")."""
+    r = _run(["-c", FORK_SCRIPT, order], timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.split()
+    assert r.stdout.count("epoch") == 3
+    assert lines[-1] in ("workqueue", "tbb"), r.stdout  # the workers ran Numba, fork-safe
+
+
+@pytest.mark.slow
+def test_a_user_forced_openmp_layer_fails_clearly_in_a_forked_child():
+    r = _run(["-c", FORK_SCRIPT, "kernelkit-first"], timeout=240, NUMBA_THREADING_LAYER="omp")
+    assert r.returncode != 0
+    assert "cannot run in a forked child" in r.stderr and "NUMBA_THREADING_LAYER" in r.stderr
+
+
+CONCURRENT_SCRIPT = textwrap.dedent("""
+    import threading
+    import numba
+    import numpy as np
+    import kernelkit
+
+    imgs = [np.random.default_rng(i).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+            for i in range(6)]
+    a = np.ones((128, 128), np.float32)
+
+    def work():
+        for _ in range(15):
+            kernelkit.preprocess(imgs, size=64, mean=0, std=1)
+            kernelkit.matmul(a, a)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    print("ok", numba.threading_layer())
+""")
+
+
+def test_concurrent_launches_from_threads_do_not_abort():
+    """workqueue aborts the process on concurrent launches; kernelkit serialises them."""
+    r = _run(["-c", CONCURRENT_SCRIPT], timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split()[0] == "ok"
+
+
+CONV_FORK_SCRIPT = textwrap.dedent("""
+    import multiprocessing as mp
+    import numpy as np
+    import kernelkit
+    from kernelkit.kernels.numba import conv2d as numba_conv
+
+    x = np.random.default_rng(0).standard_normal((4, 16, 40, 40), dtype=np.float32)
+    w = np.random.default_rng(1).standard_normal((32, 16, 3, 3), dtype=np.float32)
+
+    def run(_=None):
+        return float(kernelkit.conv2d(x, w, padding=1).sum())
+
+    parent = run()
+    assert numba_conv._POOL[0] is not None  # the parent's conv used its thread pool
+    with mp.get_context("fork").Pool(1) as pool:
+        child = pool.apply_async(run).get(timeout=120)
+    assert abs(child - parent) <= 1e-3 * abs(parent), (child, parent)
+    print("ok")
+""")
+
+
+@pytest.mark.slow
+def test_numba_conv_thread_pool_survives_fork():
+    """The Numba conv2d's Python thread pool: a forked child waited forever for its threads."""
+    r = _run(["-c", CONV_FORK_SCRIPT], timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split()[-1] == "ok"
