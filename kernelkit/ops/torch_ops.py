@@ -39,8 +39,9 @@ def _activation_backward(name: str, grad, z):
         return aten.gelu_backward(grad, z, approximate="none")
     if name == "gelu_tanh":
         return aten.gelu_backward(grad, z, approximate="tanh")
-    if name == "silu":
-        return aten.silu_backward(grad, z)
+    if name == "silu":  # aten.silu_backward has no derivative of its own: the closed form
+        s = torch.sigmoid(z)
+        return grad * s * (1 + z * (1 - s))
     raise ValueError(f"kernelkit: no backward for activation {name!r}")
 
 
