@@ -2,17 +2,15 @@
 
 A patched layer must cost what torch's layer costs, plus at most a few microseconds, so the
 module does not go through the custom op on every call. Per call signature (input shape, strides,
-dtype, device, whether autograd records, the knobs) it asks the tuner once and keeps one of three
-routes:
+dtype, device, the knobs) it asks the tuner once and keeps one of two routes:
 
 - ``aten``: the vendor (torch) candidate won on the data's own device: call torch's functional
   op directly (F.linear / F.conv2d), which is exactly what the torch module does, autograd and
   all. Cost: torch's own call plus one dict lookup.
-- ``kernel``: a kernelkit kernel won and autograd does not record: the bound plan of the chosen
-  kernel, with no custom-op dispatch in between.
-- ``op``: a kernelkit kernel won and autograd records: the registered custom op
-  (``torch.ops.kernelkit.*``), whose autograd formula dispatches (and tunes) each backward
-  product on its own.
+- ``kernel``: a kernelkit kernel won: when autograd does not record, the bound plan of the chosen
+  kernel, with no custom-op dispatch in between; when it does, an autograd Function with the
+  custom op's backward formula (a custom op's Python dispatch costs tens of microseconds in
+  eager mode), whose backward dispatches (and tunes) each product on its own.
 
 Under torch.compile and under autocast the module always calls the custom op: its fake kernel
 and its autocast rule are what tracing and autocast need (see ops/torch_ops.py).
@@ -29,7 +27,8 @@ from .. import core
 from .. import settings as _settings
 from ..ops import dispatch
 
-Route = Callable[[Any, torch.Tensor], torch.Tensor]  # (module, x) -> y; never closes over the module
+# (module, x, weight, bias) -> y; never closes over the module (a deepcopy's routes act on the copy)
+Route = Callable[[Any, torch.Tensor, torch.Tensor, Any], torch.Tensor]
 MAX_ROUTES = 64  # per module; cleared rather than grown by many one-off shapes
 
 
@@ -38,24 +37,38 @@ def grad_on(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
                                         or (bias is not None and bias.requires_grad))
 
 
-def signature(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
-    """What a route depends on, cheaply (about 1 us)."""
-    return (x.shape, x.stride(), x.dtype, x.device, weight.dtype, grad_on(x, weight, bias),
-            _settings.token())
+def run(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, make) -> torch.Tensor:
+    """One eager call: the route for this signature, `make(module, x)` on a miss.
 
-
-def lookup(module: torch.nn.Module, sig: tuple) -> Route | None:
+    The signature is only what the choice depends on (the input's shape, strides, dtype and
+    device, and the knobs), about 1 us to build and look up; grad mode and the weight's dtype are
+    checked inside the kernel routes, so the aten route pays for neither.
+    """
+    sig = (x.shape, x.stride(), x.dtype, x.device, _settings.token())
     routes = module.__dict__.get("_kk_routes")
-    return None if routes is None else routes.get(sig)
+    route = routes.get(sig) if routes is not None else None
+    if route is None:
+        # a plain attribute: not in state_dict, copied (not shared) by deepcopy
+        routes = module.__dict__.setdefault("_kk_routes", {})
+        if len(routes) >= MAX_ROUTES:
+            routes.clear()
+        route = routes[sig] = make(module, x)
+    return route(module, x, weight, bias)
 
 
-def store(module: torch.nn.Module, sig: tuple, route: Route) -> Route:
-    # a plain attribute: not in state_dict, and copied (not shared) by deepcopy; routes never
-    # capture the module, so a copy's routes act on the copy
-    routes = module.__dict__.setdefault("_kk_routes", {})
-    if len(routes) >= MAX_ROUTES:
-        routes.clear()
-    routes[sig] = route
+def kernel_route(plan_route: Route, grad_route: Route, aten_route: Route) -> Route:
+    """A kernelkit kernel won: its bound plan when autograd does not record; when it does, the
+    eager autograd Function (ops/torch_ops.py), whose backward dispatches (and tunes) each
+    backward product on its own; torch's own op when the weight's dtype differs from the
+    input's (torch raises its own error)."""
+
+    def route(m, x, w, b):
+        if w.dtype != x.dtype or (b is not None and b.dtype != x.dtype):
+            return aten_route(m, x, w, b)
+        if grad_on(x, w, b):
+            return grad_route(m, x, w, b)
+        return plan_route(m, x, w, b)
+
     return route
 
 

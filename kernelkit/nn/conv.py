@@ -8,7 +8,7 @@ from torch import nn
 from ..kernels import check_activation, torch_activations
 from ..kernels.convgeom import resolve_padding
 from ..ops import conv2d as _conv2d
-from ..ops.torch_ops import conv2d_op
+from ..ops.torch_ops import conv2d_op, eager_conv2d
 from . import _route
 
 
@@ -49,44 +49,43 @@ class Conv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 3:  # unbatched (C, H, W), as torch accepts
             return self.forward(x.unsqueeze(0)).squeeze(0)
-        w, b = self.weight, self.bias
-        if _route.routes_through_op() or x.ndim != 4:
-            return _through_op(self, x) if x.ndim == 4 else _aten(self, x)  # torch's own error
-        sig = _route.signature(x, w, b)
-        route = _route.lookup(self, sig)
-        if route is None:
-            route = _route.store(self, sig, self._route_for(x, sig[5]))
-        return route(self, x)
-
-    def _route_for(self, x: torch.Tensor, grad: bool) -> _route.Route:
-        w, b = self.weight.detach(), None if self.bias is None else self.bias.detach()
-        if x.shape[1] != w.shape[1] * self.groups or x.dtype != w.dtype:
-            return _aten  # torch raises its own error for a mismatch
-        call = _conv2d.prepare_forward(x.detach(), w, b, stride=tuple(self.stride),
-                                       padding=tuple(self.padding4()),
-                                       dilation=tuple(self.dilation), groups=self.groups,
-                                       activation=self.activation)
-        cand, config = _route.chosen(call)
-        if _route.runs_aten(cand, call):
-            return _aten
-        if grad:
-            return _through_op
-        plan = call.bind(cand, config)
-        return lambda m, x: plan(x, m.weight, m.bias)
+        if x.ndim != 4:
+            return _aten(self, x, self.weight, self.bias)  # torch raises its own error
+        if torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled():
+            return _through_op(self, x, self.weight, self.bias)
+        return _route.run(self, x, self.weight, self.bias, _make_route)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", activation={self.activation}"
 
 
-def _aten(m: Conv2d, x: torch.Tensor) -> torch.Tensor:
-    y = m._conv_forward(x, m.weight, m.bias)  # torch's own (padding modes, "same" included)
+def _make_route(m: Conv2d, x: torch.Tensor) -> _route.Route:
+    w, b = m.weight.detach(), None if m.bias is None else m.bias.detach()
+    if x.shape[1] != w.shape[1] * m.groups or x.dtype != w.dtype:
+        return _aten  # torch raises its own error
+    stride, pad, dilation = list(m.stride), m.padding4(), list(m.dilation)
+    call = _conv2d.prepare_forward(x.detach(), w, b, stride=tuple(stride), padding=tuple(pad),
+                                   dilation=tuple(dilation), groups=m.groups,
+                                   activation=m.activation)
+    cand, config = _route.chosen(call)
+    if _route.runs_aten(cand, call):
+        return _aten
+    plan = call.bind(cand, config)
+    autograd = eager_conv2d()
+    with_grad = lambda m, x, w, b: autograd(x, w, b, stride, pad, dilation, m.groups,
+                                            m.activation, None, False)
+    return _route.kernel_route(lambda m, x, w, b: plan(x, w, b), with_grad, _aten)
+
+
+def _aten(m: Conv2d, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
+    y = m._conv_forward(x, w, b)  # torch's own (padding modes, "same" included)
     return y if m.activation is None else torch_activations()[m.activation](y)
 
 
-def _through_op(m: Conv2d, x: torch.Tensor) -> torch.Tensor:
+def _through_op(m: Conv2d, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
     # torch.ops.* rather than conv2d_op(): dynamo traces it
-    return torch.ops.kernelkit.conv2d(x, m.weight, m.bias, list(m.stride), m.padding4(),
-                                      list(m.dilation), m.groups, m.activation, None, False)
+    return torch.ops.kernelkit.conv2d(x, w, b, list(m.stride), m.padding4(), list(m.dilation),
+                                      m.groups, m.activation, None, False)
 
 
 conv2d_op()  # register torch.ops.kernelkit.conv2d (and its backward ops) before any trace

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..kernels import check_activation, torch_activations
 from ..ops import matmul as _matmul
-from ..ops.torch_ops import matmul_op
+from ..ops.torch_ops import eager_matmul, matmul_op
 from . import _route
 
 
@@ -39,49 +39,47 @@ class Linear(nn.Linear):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w, b = self.weight, self.bias
-        if _route.routes_through_op():
-            return _through_op(self, x)
-        sig = _route.signature(x, w, b)
-        route = _route.lookup(self, sig)
-        if route is None:
-            route = _route.store(self, sig, self._route_for(x, sig[5]))
-        return route(self, x)
-
-    def _route_for(self, x: torch.Tensor, grad: bool) -> _route.Route:
-        x2 = x.detach().reshape(-1, x.shape[-1]) if x.ndim else x
-        if x.ndim == 0 or x.shape[-1] != self.in_features:  # let torch raise its own error
-            return _aten
-        b = None if self.bias is None else self.bias.detach()
-        call = _matmul.prepare(x2, self.weight.detach().t(), bias=b, activation=self.activation)
-        cand, config = _route.chosen(call)
-        if _route.runs_aten(cand, call):
-            return _aten
-        if grad:
-            return _through_op
-        plan = call.bind(cand, config)
-        n = self.out_features
-
-        def kernel(m: Linear, x: torch.Tensor) -> torch.Tensor:
-            y = plan(x.reshape(-1, x.shape[-1]), m.weight.t(), m.bias)
-            return y.reshape(*x.shape[:-1], n)
-
-        return kernel
+        if torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled():
+            return _through_op(self, x, self.weight, self.bias)
+        return _route.run(self, x, self.weight, self.bias, _make_route)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", activation={self.activation}"
 
 
-def _aten(m: Linear, x: torch.Tensor) -> torch.Tensor:
-    y = F.linear(x, m.weight, m.bias)
+def _make_route(m: Linear, x: torch.Tensor) -> _route.Route:
+    if x.ndim == 0 or x.shape[-1] != m.in_features or x.dtype != m.weight.dtype:
+        return _aten  # torch raises its own error
+    w, b = m.weight.detach(), None if m.bias is None else m.bias.detach()
+    call = _matmul.prepare(x.detach().reshape(-1, x.shape[-1]), w.t(), bias=b,
+                           activation=m.activation)
+    cand, config = _route.chosen(call)
+    if _route.runs_aten(cand, call):
+        return _aten
+    plan = call.bind(cand, config)
+
+    def kernel(m: Linear, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
+        y = plan(x.reshape(-1, x.shape[-1]), w.t(), b)
+        return y.reshape(*x.shape[:-1], m.out_features)
+
+    autograd = eager_matmul()
+
+    def with_grad(m: Linear, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
+        y = autograd(x.reshape(-1, x.shape[-1]), w.t(), b, m.activation, False)
+        return y.reshape(*x.shape[:-1], m.out_features)
+
+    return _route.kernel_route(kernel, with_grad, _aten)
+
+
+def _aten(m: Linear, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
+    y = F.linear(x, w, b)
     return y if m.activation is None else torch_activations()[m.activation](y)
 
 
-def _through_op(m: Linear, x: torch.Tensor) -> torch.Tensor:
+def _through_op(m: Linear, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
     # (*, K) -> (M, K): batch dims only scale the work, so every batch shape shares one problem
     # (and one tuning run); torch.ops.* rather than matmul_op(): dynamo traces it
-    y = torch.ops.kernelkit.matmul(x.reshape(-1, x.shape[-1]), m.weight.t(), m.bias,
-                                   m.activation, False)
+    y = torch.ops.kernelkit.matmul(x.reshape(-1, x.shape[-1]), w.t(), b, m.activation, False)
     return y.reshape(*x.shape[:-1], m.out_features)
 
 

@@ -95,6 +95,21 @@ def _library(ns: str):
 
 
 # -- matmul --------------------------------------------------------------------------------------
+def _matmul_grads(mm, a, b, bias, act, tf32, needs, grad):
+    """The gradients of act(a @ b + bias), every product through `mm` (an op with the signature
+    of kernelkit::matmul): the custom op's formula and the eager Function's."""
+    if act is not None:  # recompute the pre-activation instead of storing it
+        grad = _activation_backward(act, grad, mm(a, b, bias, None, tf32))
+    ga = gb = gbias = None
+    if needs[0]:
+        ga = _sum_to(mm(grad, b.mT, None, None, tf32), a.shape)
+    if needs[1]:
+        gb = _sum_to(mm(a.mT, grad, None, None, tf32), b.shape)
+    if bias is not None and needs[2]:
+        gbias = grad.reshape(-1, grad.shape[-1]).sum(0)
+    return ga, gb, gbias
+
+
 @functools.cache
 def matmul_op():
     """Register (once) and return `torch.ops.kernelkit.matmul`."""
@@ -121,18 +136,8 @@ def matmul_op():
         ctx.activation, ctx.allow_tf32 = activation, allow_tf32
 
     def backward(ctx, grad):
-        a, b, bias = ctx.saved_tensors
-        act, tf32 = ctx.activation, ctx.allow_tf32
-        if act is not None:  # recompute the pre-activation instead of storing it
-            grad = _activation_backward(act, grad, kk_matmul(a, b, bias, None, tf32))
-        ga = gb = gbias = None
-        if ctx.needs_input_grad[0]:
-            ga = _sum_to(kk_matmul(grad, b.mT, None, None, tf32), a.shape)
-        if ctx.needs_input_grad[1]:
-            gb = _sum_to(kk_matmul(a.mT, grad, None, None, tf32), b.shape)
-        if bias is not None and ctx.needs_input_grad[2]:
-            gbias = grad.reshape(-1, grad.shape[-1]).sum(0)
-        return ga, gb, gbias, None, None
+        return (*_matmul_grads(kk_matmul, *ctx.saved_tensors, ctx.activation, ctx.allow_tf32,
+                               ctx.needs_input_grad, grad), None, None)
 
     kk_matmul.register_autograd(backward, setup_context=setup_context)
     _register_autocast("kernelkit::matmul")
@@ -252,6 +257,25 @@ def _like_layout(t, ref, layout):
     return t.contiguous(memory_format=fmt)
 
 
+def _conv2d_grads(ops, x, weight, bias, geo, activation, layout, tf32, needs, grad):
+    """The gradients of act(conv2d(x, weight) + bias) through `ops` = (conv2d, backward_input,
+    backward_weight) with the custom ops' signatures: the custom op's formula and the eager
+    Function's."""
+    conv, bwd_input, bwd_weight = ops
+    if activation is not None:  # recompute the pre-activation instead of storing it
+        grad = _activation_backward(activation, grad, conv(x, weight, bias, *geo, None, layout,
+                                                           tf32))
+    grad = _like_layout(grad, x, layout)
+    gx = gw = gb = None
+    if needs[0]:
+        gx = bwd_input(grad, weight, list(x.shape), *geo, layout, tf32)
+    if needs[1]:
+        gw = bwd_weight(x, grad, list(weight.shape), *geo, layout, tf32)
+    if bias is not None and needs[2]:
+        gb = grad.sum(dim=(0, 1, 2) if layout == "NHWC" else (0, 2, 3))
+    return gx, gw, gb
+
+
 @functools.cache
 def conv2d_op():
     """Register (once) and return `torch.ops.kernelkit.conv2d` (padding as (top, bottom, left,
@@ -287,21 +311,82 @@ def conv2d_op():
         ctx.rest = (activation, layout, tf32)
 
     def backward(ctx, grad):
-        x, weight, bias = ctx.saved_tensors
-        geo, (activation, layout, tf32) = ctx.geo, ctx.rest
-        if activation is not None:  # recompute the pre-activation instead of storing it
-            z = kk_conv2d(x, weight, bias, *geo, None, layout, tf32)
-            grad = _activation_backward(activation, grad, z)
-        grad = _like_layout(grad, x, layout)
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = bwd_input(grad, weight, list(x.shape), *geo, layout, tf32)
-        if ctx.needs_input_grad[1]:
-            gw = bwd_weight(x, grad, list(weight.shape), *geo, layout, tf32)
-        if bias is not None and ctx.needs_input_grad[2]:
-            gb = grad.sum(dim=(0, 1, 2) if layout == "NHWC" else (0, 2, 3))
-        return gx, gw, gb, None, None, None, None, None, None, None
+        return (*_conv2d_grads((kk_conv2d, bwd_input, bwd_weight), *ctx.saved_tensors, ctx.geo,
+                               *ctx.rest, ctx.needs_input_grad, grad),
+                None, None, None, None, None, None, None)
 
     kk_conv2d.register_autograd(backward, setup_context=setup_context)
     _register_autocast("kernelkit::conv2d")
     return kk_conv2d
+
+
+# -- eager autograd ------------------------------------------------------------------------------
+# In eager mode a custom op costs tens of microseconds of Python dispatch per call (measured in
+# bench/test_bench_nn.py); an autograd.Function costs a fraction of that. So kernelkit.matmul /
+# conv2d on tensors that need gradients, and the kernelkit.nn layers where a kernelkit kernel won,
+# use these Functions, with the custom ops' own backward formulas. A backward that builds a graph
+# (create_graph=True) runs the custom ops, so double backward works as well.
+@functools.cache
+def eager_matmul():
+    """`fn(a, b, bias, activation, allow_tf32)`: kernelkit.matmul with autograd, for eager mode."""
+    import torch
+
+    op = matmul_op()
+    matmul = core.op_spec("matmul").function
+
+    def mm(a, b, bias, act, tf32):
+        if torch.is_grad_enabled():  # create_graph: stay differentiable
+            return op(a, b, bias, act, tf32)
+        return matmul(a, b, bias=bias, activation=act, allow_tf32=tf32)
+
+    class EagerMatmul(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a, b, bias, act, tf32):
+            ctx.save_for_backward(a, b, bias)
+            ctx.act, ctx.tf32 = act, tf32
+            return matmul(a, b, bias=bias, activation=act, allow_tf32=tf32)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return (*_matmul_grads(mm, *ctx.saved_tensors, ctx.act, ctx.tf32,
+                                   ctx.needs_input_grad, grad), None, None)
+
+    return EagerMatmul.apply
+
+
+@functools.cache
+def eager_conv2d():
+    """`fn(x, weight, bias, stride, padding4, dilation, groups, activation, layout, allow_tf32)`:
+    kernelkit.conv2d with autograd, for eager mode."""
+    import torch
+
+    ops = (conv2d_op(), *conv2d_backward_ops())
+    conv, bwd_input, bwd_weight = (core.op_spec(name).function for name in (
+        "conv2d", "conv2d_backward_input", "conv2d_backward_weight"))
+
+    def geo_kwargs(stride, padding, dilation, groups, layout, tf32):
+        return dict(stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
+                    groups=groups, layout=layout, allow_tf32=tf32)
+
+    plain = (  # the public functions, with the custom ops' signatures
+        lambda x, w, b, s, p, d, gr, act, layout, tf32: conv(
+            x, w, b, activation=act, **geo_kwargs(s, p, d, gr, layout, tf32)),
+        lambda g, w, shape, *geo: bwd_input(g, w, tuple(shape), **geo_kwargs(*geo)),
+        lambda x, g, shape, *geo: bwd_weight(x, g, tuple(shape), **geo_kwargs(*geo)),
+    )
+
+    class EagerConv2d(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w, b, stride, padding, dilation, groups, act, layout, tf32):
+            ctx.save_for_backward(x, w, b)
+            ctx.geo, ctx.rest = (stride, padding, dilation, groups), (act, layout, tf32)
+            return plain[0](x, w, b, stride, padding, dilation, groups, act, layout, tf32)
+
+        @staticmethod
+        def backward(ctx, grad):
+            use = ops if torch.is_grad_enabled() else plain  # create_graph: differentiable ops
+            return (*_conv2d_grads(use, *ctx.saved_tensors, ctx.geo, *ctx.rest,
+                                   ctx.needs_input_grad, grad),
+                    None, None, None, None, None, None, None)
+
+    return EagerConv2d.apply
