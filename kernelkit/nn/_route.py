@@ -62,14 +62,14 @@ def kernel_route(plan_route: Route, grad_route: Route, aten_route: Route) -> Rou
     backward product on its own; torch's own op when the weight's dtype differs from the
     input's (torch raises its own error)."""
 
-    def route(m, x, w, b):
+    def kernel(m, x, w, b):
         if w.dtype != x.dtype or (b is not None and b.dtype != x.dtype):
             return aten_route(m, x, w, b)
         if grad_on(x, w, b):
             return grad_route(m, x, w, b)
         return plan_route(m, x, w, b)
 
-    return route
+    return kernel
 
 
 def chosen(call: core.Call) -> tuple[core.Candidate, core.Config]:
