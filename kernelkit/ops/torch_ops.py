@@ -390,3 +390,11 @@ def eager_conv2d():
                     None, None, None, None, None, None, None)
 
     return EagerConv2d.apply
+
+
+def register_all() -> None:
+    """Register every kernelkit custom op (and its fake, autograd and autocast rules) with torch.
+    `import kernelkit` calls it when torch is already imported, so `torch.export.load` of a saved
+    program that uses kernelkit ops works in a fresh process."""
+    matmul_op()
+    conv2d_op()  # and the two backward ops
