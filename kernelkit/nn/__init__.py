@@ -6,7 +6,7 @@
   the kernelkit kernel elsewhere; under autograd, torch.compile and autocast they go through the
   registered custom ops (`torch.ops.kernelkit.*`).
 - `patch(model)`, `unpatch(model)`: swap the layers of a model in place and report what was
-  swapped and what was left, with the reason.
+  swapped and what was left, with the reason; `where(model)`: where each layer ran.
 
 Example:
     >>> import kernelkit.nn  # doctest: +SKIP
@@ -17,6 +17,6 @@ from __future__ import annotations
 
 from .conv import Conv2d
 from .linear import Linear
-from .patching import PatchReport, patch, unpatch
+from .patching import PatchReport, patch, unpatch, where
 
-__all__ = ["Linear", "Conv2d", "patch", "unpatch", "PatchReport"]
+__all__ = ["Linear", "Conv2d", "patch", "unpatch", "where", "PatchReport"]

@@ -56,7 +56,7 @@ def run(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, ma
     return route(module, x, weight, bias)
 
 
-def kernel_route(plan_route: Route, grad_route: Route, aten_route: Route) -> Route:
+def kernel_route(plan_route: Route, grad_route: Route, aten_route: Route, name: str) -> Route:
     """A kernelkit kernel won: its bound plan when autograd does not record; when it does, the
     eager autograd Function (ops/torch_ops.py), whose backward dispatches (and tunes) each
     backward product on its own; torch's own op when the weight's dtype differs from the
@@ -69,6 +69,7 @@ def kernel_route(plan_route: Route, grad_route: Route, aten_route: Route) -> Rou
             return grad_route(m, x, w, b)
         return plan_route(m, x, w, b)
 
+    kernel.candidate = name  # for describe()
     return kernel
 
 
@@ -86,3 +87,8 @@ def runs_aten(cand: core.Candidate, call: core.Call) -> bool:
 def routes_through_op() -> bool:
     """Tracing (torch.compile, export) and autocast always go through the registered op."""
     return torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled()
+
+
+def describe(route: Route) -> str:
+    """Where a route runs the layer: "torch (aten)" or the kernelkit candidate's name."""
+    return getattr(route, "candidate", "torch (aten)")

@@ -74,7 +74,7 @@ def _make_route(m: Conv2d, x: torch.Tensor) -> _route.Route:
     autograd = eager_conv2d()
     with_grad = lambda m, x, w, b: autograd(x, w, b, stride, pad, dilation, m.groups,
                                             m.activation, None, False)
-    return _route.kernel_route(lambda m, x, w, b: plan(x, w, b), with_grad, _aten)
+    return _route.kernel_route(lambda m, x, w, b: plan(x, w, b), with_grad, _aten, cand.name)
 
 
 def _aten(m: Conv2d, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:

@@ -68,7 +68,7 @@ def _make_route(m: Linear, x: torch.Tensor) -> _route.Route:
         y = autograd(x.reshape(-1, x.shape[-1]), w.t(), b, m.activation, False)
         return y.reshape(*x.shape[:-1], m.out_features)
 
-    return _route.kernel_route(kernel, with_grad, _aten)
+    return _route.kernel_route(kernel, with_grad, _aten, cand.name)
 
 
 def _aten(m: Linear, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:

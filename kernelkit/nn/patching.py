@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ._route import describe
 from .conv import Conv2d
 from .linear import Linear
 
@@ -122,3 +123,18 @@ def unpatch(model: nn.Module) -> PatchReport:
         report.swapped.append((name, f"kernelkit.nn.{type(layer).__name__}"
                                      f" -> torch.nn.{plain.__name__}"))
     return report
+
+
+def where(model: nn.Module) -> list[tuple[str, tuple[int, ...], str]]:
+    """Where each kernelkit layer of `model` ran its eager forward calls so far.
+
+    Returns:
+        (qualified layer name, input shape, "torch (aten)" or the kernelkit candidate, e.g.
+        "numba-cpu"), one per layer and input signature seen. Backward products are dispatched
+        (and tuned) per problem on their own; `kernelkit.explain` shows any one of them.
+    """
+    out = []
+    for name, layer in model.named_modules():
+        for sig, route in layer.__dict__.get("_kk_routes", {}).items():
+            out.append((name, tuple(sig[0]), describe(route)))
+    return out
