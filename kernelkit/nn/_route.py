@@ -12,8 +12,9 @@ dtype, device, the knobs) it asks the tuner once and keeps one of two routes:
   custom op's backward formula (a custom op's Python dispatch costs tens of microseconds in
   eager mode), whose backward dispatches (and tunes) each product on its own.
 
-Under torch.compile and under autocast the module always calls the custom op: its fake kernel
-and its autocast rule are what tracing and autocast need (see ops/torch_ops.py).
+Under autocast the module calls the custom op, whose autocast rule gives torch's dtypes. Under
+torch.compile and torch.export it traces torch's own op where every size the layer saw in eager
+mode chose torch (so Inductor keeps its fusions), else the custom op (`compiled()`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,19 @@ def run(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, ma
         if len(routes) >= MAX_ROUTES:
             routes.clear()
         route = routes[sig] = make(module, x)
+        # what torch.compile traces (see compiled()): torch's op once every size seen chose it
+        module.__dict__["_kk_aten_only"] = all(not hasattr(r, "candidate")
+                                               for r in routes.values())
     return route(module, x, weight, bias)
+
+
+def compiled(module: torch.nn.Module, aten_route: Route, op_route: Route) -> Route:
+    """The route torch.compile / torch.export trace: torch's own op when the layer ran in eager
+    mode and torch won every input size it saw (Inductor then keeps its own fusions around it),
+    else the custom op, which dispatches (and tunes) per call inside the compiled graph. Read at
+    trace time from a plain attribute, so dynamo guards on it: a later eager call that changes
+    it recompiles."""
+    return aten_route if module._kk_aten_only else op_route
 
 
 def kernel_route(plan_route: Route, grad_route: Route, aten_route: Route, name: str) -> Route:

@@ -46,12 +46,16 @@ class Conv2d(nn.Conv2d):
         return list(resolve_padding("Conv2d", self.padding, self.kernel_size, self.dilation,
                                     tuple(self.stride)))
 
+    _kk_aten_only = False  # set per layer by its eager calls (see _route.compiled)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 3:  # unbatched (C, H, W), as torch accepts
             return self.forward(x.unsqueeze(0)).squeeze(0)
         if x.ndim != 4:
             return _aten(self, x, self.weight, self.bias)  # torch raises its own error
-        if torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled():
+        if torch.compiler.is_compiling():
+            return _route.compiled(self, _aten, _through_op)(self, x, self.weight, self.bias)
+        if torch._C._is_any_autocast_enabled():
             return _through_op(self, x, self.weight, self.bias)
         return _route.run(self, x, self.weight, self.bias, _make_route)
 

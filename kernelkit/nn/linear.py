@@ -38,8 +38,12 @@ class Linear(nn.Linear):
         check_activation("Linear", activation)
         self.activation = activation
 
+    _kk_aten_only = False  # set per layer by its eager calls (see _route.compiled)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled():
+        if torch.compiler.is_compiling():
+            return _route.compiled(self, _aten, _through_op)(self, x, self.weight, self.bias)
+        if torch._C._is_any_autocast_enabled():
             return _through_op(self, x, self.weight, self.bias)
         return _route.run(self, x, self.weight, self.bias, _make_route)
 

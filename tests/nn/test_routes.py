@@ -61,17 +61,33 @@ def test_where_a_kernel_won_eager_calls_skip_the_custom_op(grad):
         torch.testing.assert_close(model(x), want, rtol=1e-10, atol=1e-10)
 
 
-def test_under_compile_the_layer_is_the_custom_op_in_the_graph():
-    layer = nn.Sequential(nn.Linear(8, 4))
-    knn.patch(layer)
+def _graph_of(layer, x) -> str:
     graphs = []
 
     def backend(gm, inputs):
         graphs.append(str(gm.graph))
         return gm.forward
 
-    torch.compile(layer, backend=backend, fullgraph=True)(torch.randn(2, 8))
-    assert "kernelkit.matmul" in graphs[0]
+    torch.compile(layer, backend=backend, fullgraph=True)(x)
+    return graphs[0]
+
+
+@pytest.mark.parametrize("eager_backend, traced", [
+    (None, "kernelkit.matmul"),  # never ran in eager mode: the custom op (it tunes per call)
+    ("torch", "linear"),  # torch won every size seen: torch's op, so Inductor fuses around it
+    ("numba", "kernelkit.matmul"),  # a kernelkit kernel won: the custom op
+])
+def test_what_torch_compile_traces(eager_backend, traced):
+    layer = nn.Sequential(nn.Linear(8, 4))
+    knn.patch(layer)
+    x = torch.randn(2, 8)
+    if eager_backend:
+        with kernelkit.use(backend=eager_backend):
+            layer(x)
+    graph = _graph_of(layer, x)
+    assert traced in graph
+    if traced == "linear":
+        assert "kernelkit" not in graph
 
 
 def test_eager_autograd_functions_double_backward_float64():
