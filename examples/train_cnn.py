@@ -9,12 +9,13 @@ largest loss difference over the run against the stated tolerance, where each pa
     python examples/train_cnn.py --backend numba  # every layer on kernelkit's Numba kernels
     python examples/train_cnn.py --dtype float64  # the same math, checked to rounding
 
-Tolerance (relative to the torch loss, at every step): float64 1e-9; float32 5e-2. In float32
-two correct implementations part slowly: a different summation order changes the last bits and
-SGD with momentum and batch norm amplifies them step after step (measured on the small ResNet
-with every layer on Numba: 1e-7 after 20 steps, 1e-4 after 32, about 2e-2 after 100), while in
-float64 the curves agree to 1e-15 over the same steps. So float64 is the check of the math,
-float32 the check that nothing drifts grossly.
+Tolerance. float64: the patched loss within 1e-9 (relative) of torch's at every step: the same
+math to rounding. float32: within 1e-3 at each of the first 25 steps, and the mean loss of the
+last 20 steps within 10%. Two correct float32 implementations part slowly: a different summation
+order changes the last bits and SGD with momentum and batch norm amplifies them step after step
+(measured on the small ResNet with every layer on Numba: 1e-7 after 20 steps, 1e-4 after 32,
+1e-1 after 200, on an AMD EPYC with 2 cores), while in float64 the curves agree to 1e-15 over
+the same steps. So float64 checks the math and float32 checks that training behaves the same.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from torch import nn
 import kernelkit
 import kernelkit.nn as knn
 
-TOL_REL = {"float64": 1e-9, "float32": 5e-2}  # |loss_patched - loss_torch| / loss_torch, every step
-
+TOL_REL = {"float64": 1e-9, "float32": 1e-3}  # |loss_patched - loss_torch| / loss_torch
+EARLY_STEPS = {"float64": None, "float32": 25}  # steps held to TOL_REL (None: all of them)
+TAIL, TAIL_TOL = 20, 0.10  # float32: mean loss of the last TAIL steps within TAIL_TOL
 
 class Block(nn.Module):
     def __init__(self, c: int, stride: int = 1):
@@ -100,15 +102,21 @@ def compare(name: str, make, shape, args) -> bool:
         t0 = time.perf_counter()
         got = train(patched, x, y, args.steps, args.batch)
         t_kk = time.perf_counter() - t0
-    worst = max(abs(a - b) / abs(b) for a, b in zip(got, want))
+    early = EARLY_STEPS[args.dtype] or len(want)
+    worst = max(abs(a - b) / abs(b) for a, b in zip(got[:early], want[:early]))
     tol = TOL_REL[args.dtype]
     ok = worst <= tol
+    tail = abs(sum(got[-TAIL:]) - sum(want[-TAIL:])) / abs(sum(want[-TAIL:]))
+    if args.dtype == "float32":
+        ok = ok and tail <= TAIL_TOL
     print(f"\n== {name} ({args.dtype}): {len(report.swapped)} layers patched, "
           f"{len(report.left)} left")
     print(f"loss torch    {want[0]:.4f} -> {want[-1]:.4f}  ({t_torch:.1f} s)")
     print(f"loss patched  {got[0]:.4f} -> {got[-1]:.4f}  ({t_kk:.1f} s, first steps tune)")
-    print(f"largest relative loss difference over {args.steps} steps: {worst:.2e} "
-          f"(tolerance {tol:.0e}) {'OK' if ok else 'FAILED'}")
+    print(f"largest relative loss difference over the first {min(early, len(want))} steps: "
+          f"{worst:.2e} (tolerance {tol:.0e}); last-{TAIL}-step mean: {tail:.2e}"
+          f"{f' (tolerance {TAIL_TOL:.0e})' if args.dtype == 'float32' else ''}  "
+          f"{'OK' if ok else 'FAILED'}")
     print("where each patched layer ran (forward):")
     for layer, shape_, runs in knn.where(patched):
         print(f"  {layer:<22} input {str(shape_):<20} {runs}")
