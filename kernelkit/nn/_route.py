@@ -49,7 +49,7 @@ def run(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, ma
     routes = module.__dict__.get("_kk_routes")
     route = routes.get(sig) if routes is not None else None
     if route is None:
-        # a plain attribute: not in state_dict, copied (not shared) by deepcopy
+        # a plain attribute: not in state_dict, and dropped by pickle/deepcopy (getstate below)
         routes = module.__dict__.setdefault("_kk_routes", {})
         if len(routes) >= MAX_ROUTES:
             routes.clear()
@@ -105,3 +105,13 @@ def routes_through_op() -> bool:
 def describe(route: Route) -> str:
     """Where a route runs the layer: "torch (aten)" or the kernelkit candidate's name."""
     return getattr(route, "candidate", "torch (aten)")
+
+
+def getstate(module: torch.nn.Module) -> dict:
+    """The layer's state for pickle and deepcopy, without its routes (closures over bound
+    kernels, which do not pickle; a copy decides its own on its first call, from the tuner's
+    memo)."""
+    state = module.__dict__.copy()
+    state.pop("_kk_routes", None)
+    state.pop("_kk_aten_only", None)
+    return state

@@ -59,6 +59,9 @@ class Conv2d(nn.Conv2d):
             return _through_op(self, x, self.weight, self.bias)
         return _route.run(self, x, self.weight, self.bias, _make_route)
 
+    def __getstate__(self) -> dict:
+        return _route.getstate(self)
+
     def extra_repr(self) -> str:
         return super().extra_repr() + f", activation={self.activation}"
 

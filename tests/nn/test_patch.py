@@ -5,6 +5,7 @@ left; unpatch back to plain torch. Each test names the problem of issue 11 it co
 from __future__ import annotations
 
 import copy
+import io
 import subprocess
 import sys
 
@@ -218,3 +219,20 @@ def test_patched_layers_raise_torchs_errors_for_bad_input():
         conv(torch.randn(1, 4, 8, 8))
     with pytest.raises(ValueError, match="Conv2d: 'padding_mode' must be 'zeros'"):
         knn.Conv2d(3, 2, 3, padding_mode="reflect")
+
+
+def test_patched_model_pickles_and_deepcopies_after_running():
+    torch.manual_seed(0)
+    model = SmallResNet()
+    knn.patch(model)
+    x = torch.randn(2, 3, 8, 8)
+    with kernelkit.use(backend="numba"):
+        want = model(x)  # routes (closures over bound kernels) exist now
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        twin = copy.deepcopy(model)
+        for m in (loaded, twin):
+            assert isinstance(m.stem, knn.Conv2d) and "_kk_routes" not in m.stem.__dict__
+            torch.testing.assert_close(m(x), want)
