@@ -107,3 +107,46 @@ def test_custom_op_dispatch_cost(benchmark, grad):
         benchmark.pedantic(custom, rounds=100, iterations=20, warmup_rounds=1)
     print(f"\ncustom op {'grad' if grad else 'no grad'}: eager path {t_eager * 1e6:.2f} us, "
           f"torch.ops.kernelkit.matmul {t_op * 1e6:.2f} us (+{over * 1e6:.2f} us) on {_cpu()}")
+
+
+class _SmallCNN(nn.Module):
+    """conv-bn-relu x3 (one strided) -> pool -> linear: a ResNet-style stem at 32x32."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        c = width
+        self.body = nn.Sequential(
+            nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+            nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * c),
+            nn.ReLU())
+        self.head = nn.Linear(2 * c, 10)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_small_cnn_compiled_inference(benchmark, batch):
+    """torch.compile of a patched model (after one eager call decided each layer's route) vs
+    torch.compile of the same torch model: Inductor sees torch's own ops where torch won, the
+    custom op where a kernelkit kernel won. Interleaved blocks; the ratio is patched / torch."""
+    torch.manual_seed(0)
+    ref = _SmallCNN().eval()
+    patched = copy.deepcopy(ref)
+    knn.patch(patched)
+    x = torch.randn(batch, 3, 32, 32)
+    with torch.no_grad():
+        want = ref(x)
+        torch.testing.assert_close(patched(x), want, rtol=1e-4, atol=1e-4)  # routes decided
+        runs = sorted({r for _, _, r in knn.where(patched)})
+        c_ref, c_kk = torch.compile(ref), torch.compile(patched)
+        torch.testing.assert_close(c_kk(x), want, rtol=1e-4, atol=1e-4)
+        c_ref(x)
+        t_ref, t_kk, over = _interleaved(lambda: c_ref(x), lambda: c_kk(x), blocks=15, n=20)
+        benchmark.group = f"small CNN 32x32 batch {batch}, torch.compile, inference"
+        benchmark.extra_info.update(cpu=_cpu(), layers_ran_on=runs, torch_compile_us=t_ref * 1e6,
+                                    patched_compile_us=t_kk * 1e6, ratio=t_kk / t_ref)
+        benchmark.pedantic(lambda: c_kk(x), rounds=20, iterations=5, warmup_rounds=1)
+    print(f"\nsmall CNN batch {batch} compiled: torch.compile {t_ref * 1e6:.0f} us, patched + "
+          f"compile {t_kk * 1e6:.0f} us ({t_kk / t_ref:.2f}x; layers on {runs}) on {_cpu()}")
