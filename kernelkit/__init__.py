@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib as _importlib
+import sys as _sys
 from typing import Any
 
 from . import core as _core
@@ -47,6 +48,13 @@ def explain(op: Any, *args: Any, **kwargs: Any) -> Explanation:
     if name not in specs:
         raise ValueError(f"explain: unknown op {name!r}; expected one of {sorted(specs)}")
     return explain_call(specs[name].prepare(*args, **kwargs))
+
+
+if "torch" in _sys.modules:  # torch is already loaded (never imported here): register the ops,
+    # so programs saved by torch.export that call them load in a fresh process
+    from .ops.torch_ops import register_all as _register_all
+
+    _register_all()
 
 
 def __getattr__(name: str) -> Any:

@@ -122,8 +122,8 @@ class Call:
     bind: Callable[[Candidate, Config], Plan]  # a plan for this choice, reusable for equal signatures
     args: tuple  # the caller's arguments, in the order the plan takes them
     verify: Callable[[Any], str | None]  # None, or why an output is wrong
-    # A plan that needs no choice: tensors that need gradients go through the registered custom
-    # op, whose forward and backward dispatch (and tune) the kernels themselves.
+    # A plan that needs no choice: tensors that need gradients go through an autograd Function
+    # (ops/torch_ops.py), whose forward and backward dispatch (and tune) the kernels themselves.
     direct: Plan | None = None
 
     def runner(self, cand: Candidate, config: Config) -> Callable[[], Any]:

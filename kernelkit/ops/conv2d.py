@@ -204,9 +204,9 @@ def prepare_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gr
 
     direct = None
     if loc.lib == "torch" and needs_grad(x, weight, bias):
-        from .torch_ops import conv2d_op
+        from .torch_ops import eager_conv2d  # autograd without the custom op's dispatch cost
 
-        fn = conv2d_op()
+        fn = eager_conv2d()
         direct = lambda x, w, b: fn(x, w, b, list(stride), list(pad), list(dilation), geo.groups,
                                     activation, layout, allow_tf32)
     ref = functools.partial(_reference_forward, x, weight, bias, stride, pad, dilation, geo.groups,

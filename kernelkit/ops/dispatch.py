@@ -99,15 +99,21 @@ class _Recheck:
 def plan_for(call: Call, settings: _settings.Settings | None = None) -> Plan:
     if call.direct is not None:
         return call.direct
-    settings = settings or _settings.current()
-    cands = core.candidates(call.problem.op)
-    if any(d == 0 for shape in call.problem.shapes for d in shape):
-        settings = dataclasses.replace(settings, tune="off")  # nothing to measure on empty inputs
-    choice = tuner.choose(call.problem, cands, call.runner, call.verify, settings)
+    choice = choice_for(call, settings)
     plan = call.bind(core.get(call.problem.op, choice.candidate), choice.config)
     if choice.source == "warming":
         return _Warming(plan)
     return _Recheck(plan, choice.recheck_after) if choice.recheck_after else plan
+
+
+def choice_for(call: Call, settings: _settings.Settings | None = None) -> Choice:
+    """The tuner's choice for a prepared call (ignoring `call.direct`): what kernelkit.nn reads
+    to run torch's own aten op where the vendor candidate won."""
+    settings = settings or _settings.current()
+    cands = core.candidates(call.problem.op)
+    if any(d == 0 for shape in call.problem.shapes for d in shape):
+        settings = dataclasses.replace(settings, tune="off")  # nothing to measure on empty inputs
+    return tuner.choose(call.problem, cands, call.runner, call.verify, settings)
 
 
 @dataclass

@@ -1,9 +1,21 @@
-"""torch.library custom ops: kernelkit inside torch.compile graphs and autograd.
+"""torch.library custom ops: kernelkit inside torch.compile graphs, autograd and autocast.
 
-`torch.ops.kernelkit.matmul` runs the dispatched op; its fake (meta) kernel gives torch.compile the
-output shape without running anything, and its autograd formula runs the backward products
-through kernelkit.matmul as well. Registration happens on first use (`matmul_op()`), not at import,
-so importing kernelkit never imports torch.
+Four ops, each with a fake (meta) kernel, an autograd formula and an autocast rule:
+
+- ``kernelkit::matmul(a, b, bias, activation, allow_tf32)``
+- ``kernelkit::conv2d(x, weight, bias, stride, padding, dilation, groups, activation, layout,
+  allow_tf32)`` (padding as (top, bottom, left, right))
+- ``kernelkit::conv2d_backward_input(grad_out, weight, input_shape, stride, padding, dilation,
+  groups, layout, allow_tf32)``
+- ``kernelkit::conv2d_backward_weight(x, grad_out, weight_shape, ...)``
+
+Every backward formula calls registered ops only (these four, and aten's own activation
+backwards), never a plain Python function of the tensors: AOTAutograd traces the backward with
+FunctionalTensors, which only registered ops accept. So `torch.compile` (Inductor, fullgraph) can
+train through them, and the backward ops are differentiable themselves (double backward).
+
+Registration happens on first use (`matmul_op()`, `conv2d_op()`), not at import, so importing
+kernelkit never imports torch.
 """
 
 from __future__ import annotations
@@ -11,8 +23,91 @@ from __future__ import annotations
 import functools
 
 from .. import core
-from ..kernels import torch_activations
 from ..kernels.convgeom import nchw_shape, out_size
+
+
+# -- shared pieces -------------------------------------------------------------------------------
+def _activation_backward(name: str, grad, z):
+    """d act(z) / dz applied to `grad`, through aten's own backward ops (traceable, and
+    differentiable again), so no autograd.grad call runs inside a backward formula."""
+    import torch
+
+    aten = torch.ops.aten
+    if name == "relu":
+        return aten.threshold_backward(grad, z, 0)
+    if name == "gelu":
+        return aten.gelu_backward(grad, z, approximate="none")
+    if name == "gelu_tanh":
+        return aten.gelu_backward(grad, z, approximate="tanh")
+    if name == "silu":  # aten.silu_backward has no derivative of its own: the closed form
+        s = torch.sigmoid(z)
+        return grad * s * (1 + z * (1 - s))
+    raise ValueError(f"kernelkit: no backward for activation {name!r}")
+
+
+def _sum_to(x, shape):
+    """Reduce broadcast batch dims of a gradient back to the operand's shape."""
+    lead = x.ndim - len(shape)
+    if lead:
+        x = x.sum(dim=tuple(range(lead)))
+    dims = tuple(i for i, (n, s) in enumerate(zip(x.shape, shape)) if s == 1 and n != 1)
+    return x.sum(dim=dims, keepdim=True) if dims else x
+
+
+def _detach(t):
+    return None if t is None else t.detach()
+
+
+def _register_autocast(qualname: str) -> None:
+    """Autocast as torch applies it to its own matmul and conv: in an autocast region, floating
+    tensors other than float64 are cast to the region's dtype (torch.get_autocast_dtype, read per
+    call, so `torch.autocast("cpu", torch.float16)` works too) and the op runs with autocast off.
+    So the output dtype is the autocast dtype whichever backend runs the op."""
+    import torch
+
+    ns, name = qualname.split("::")
+    lib = _library(ns)
+    overload = getattr(getattr(torch.ops, ns), name).default
+    for device_type in ("cpu", "cuda"):
+        key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+        key = getattr(torch._C.DispatchKey, key_name)
+
+        def kernel(*args, _key=key, _device=device_type):
+            dtype = torch.get_autocast_dtype(_device)
+            cast = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point()
+                    and a.dtype != torch.float64 and a.device.type == _device else a
+                    for a in args]
+            with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(_key)):
+                return overload(*cast)
+
+        # the Python dispatcher (used while tracing) and the C++ dispatcher (eager)
+        if overload.has_kernel_for_dispatch_key(key):
+            overload.py_kernels.pop(key)
+        overload.py_impl(key)(kernel)
+        lib.impl(name, lambda _ks, *args, _k=kernel: _k(*args), key_name, with_keyset=True)
+
+
+@functools.cache
+def _library(ns: str):
+    import torch
+
+    return torch.library.Library(ns, "FRAGMENT")  # kept alive: registrations live with it
+
+
+# -- matmul --------------------------------------------------------------------------------------
+def _matmul_grads(mm, a, b, bias, act, tf32, needs, grad):
+    """The gradients of act(a @ b + bias), every product through `mm` (an op with the signature
+    of kernelkit::matmul): the custom op's formula and the eager Function's."""
+    if act is not None:  # recompute the pre-activation instead of storing it
+        grad = _activation_backward(act, grad, mm(a, b, bias, None, tf32))
+    ga = gb = gbias = None
+    if needs[0]:
+        ga = _sum_to(mm(grad, b.mT, None, None, tf32), a.shape)
+    if needs[1]:
+        gb = _sum_to(mm(a.mT, grad, None, None, tf32), b.shape)
+    if bias is not None and needs[2]:
+        gbias = grad.reshape(-1, grad.shape[-1]).sum(0)
+    return ga, gb, gbias
 
 
 @functools.cache
@@ -27,8 +122,8 @@ def matmul_op():
         schema="(Tensor a, Tensor b, Tensor? bias, str? activation, bool allow_tf32) -> Tensor")
     def kk_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None,
                   activation: str | None, allow_tf32: bool) -> torch.Tensor:
-        return matmul(a.detach(), b.detach(), bias=None if bias is None else bias.detach(),
-                      activation=activation, allow_tf32=allow_tf32)
+        return matmul(a.detach(), b.detach(), bias=_detach(bias), activation=activation,
+                      allow_tf32=allow_tf32)
 
     @kk_matmul.register_fake
     def _(a, b, bias, activation, allow_tf32):
@@ -41,58 +136,163 @@ def matmul_op():
         ctx.activation, ctx.allow_tf32 = activation, allow_tf32
 
     def backward(ctx, grad):
-        a, b, bias = ctx.saved_tensors
-        act, tf32 = ctx.activation, ctx.allow_tf32
-        if act is not None:  # recompute the pre-activation instead of storing it
-            z = kk_matmul(a, b, bias, None, tf32).requires_grad_(True)
-            with torch.enable_grad():
-                y = _activation_fn(act)(z)
-            (grad,) = torch.autograd.grad(y, z, grad)
-        ga = gb = gbias = None
-        if ctx.needs_input_grad[0]:
-            ga = _sum_to(kk_matmul(grad, b.mT, None, None, tf32), a.shape)
-        if ctx.needs_input_grad[1]:
-            gb = _sum_to(kk_matmul(a.mT, grad, None, None, tf32), b.shape)
-        if bias is not None and ctx.needs_input_grad[2]:
-            gbias = grad.reshape(-1, grad.shape[-1]).sum(0)
-        return ga, gb, gbias, None, None
+        return (*_matmul_grads(kk_matmul, *ctx.saved_tensors, ctx.activation, ctx.allow_tf32,
+                               ctx.needs_input_grad, grad), None, None)
 
     kk_matmul.register_autograd(backward, setup_context=setup_context)
+    _register_autocast("kernelkit::matmul")
     return kk_matmul
 
 
-def _sum_to(x, shape):
-    """Reduce broadcast batch dims of a gradient back to the operand's shape."""
-    lead = x.ndim - len(shape)
-    if lead:
-        x = x.sum(dim=tuple(range(lead)))
-    dims = tuple(i for i, (n, s) in enumerate(zip(x.shape, shape)) if s == 1 and n != 1)
-    return x.sum(dim=dims, keepdim=True) if dims else x
+# -- conv2d --------------------------------------------------------------------------------------
+_GEOMETRY = "int[] stride, int[] padding, int[] dilation, int groups"
 
 
-def _activation_fn(name):
-    return torch_activations()[name]
+def _channels_last(t, layout) -> bool:
+    """The ops layer's rule (ops/conv2d.py `_layout`): a torch tensor in channels_last memory
+    that is not also plain contiguous runs in NHWC and gives a channels_last result."""
+    import torch
+
+    return layout is None and t.ndim == 4 and t.is_contiguous(
+        memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def _empty_like_layout(ref, shape, layout):
+    import torch
+
+    out = ref.new_empty(shape)
+    return out.contiguous(memory_format=torch.channels_last) if _channels_last(ref, layout) else out
+
+
+@functools.cache
+def conv2d_backward_ops():
+    """Register (once) and return `torch.ops.kernelkit.conv2d_backward_input` and
+    `conv2d_backward_weight`, each with a fake kernel and its own autograd formula (so a conv
+    model can be differentiated twice, and opcheck passes with grad inputs)."""
+    import torch
+
+    bwd_input, bwd_weight = (core.op_spec(name).function
+                             for name in ("conv2d_backward_input", "conv2d_backward_weight"))
+
+    @torch.library.custom_op(
+        "kernelkit::conv2d_backward_input", mutates_args=(),
+        schema=f"(Tensor grad_out, Tensor weight, int[] input_shape, {_GEOMETRY}, str? layout, "
+               "bool allow_tf32) -> Tensor")
+    def kk_bwd_input(grad_out, weight, input_shape, stride, padding, dilation, groups, layout,
+                     allow_tf32):
+        return bwd_input(grad_out.detach(), weight.detach(), tuple(input_shape),
+                         stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
+                         groups=groups, layout=layout, allow_tf32=allow_tf32)
+
+    @kk_bwd_input.register_fake
+    def _(grad_out, weight, input_shape, stride, padding, dilation, groups, layout, allow_tf32):
+        return _empty_like_layout(grad_out, tuple(input_shape), layout)
+
+    @torch.library.custom_op(
+        "kernelkit::conv2d_backward_weight", mutates_args=(),
+        schema=f"(Tensor x, Tensor grad_out, int[] weight_shape, {_GEOMETRY}, str? layout, "
+               "bool allow_tf32) -> Tensor")
+    def kk_bwd_weight(x, grad_out, weight_shape, stride, padding, dilation, groups, layout,
+                      allow_tf32):
+        return bwd_weight(x.detach(), grad_out.detach(), tuple(weight_shape),
+                          stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
+                          groups=groups, layout=layout, allow_tf32=allow_tf32)
+
+    @kk_bwd_weight.register_fake
+    def _(x, grad_out, weight_shape, stride, padding, dilation, groups, layout, allow_tf32):
+        return x.new_empty(tuple(weight_shape))
+
+    # Both are linear in each argument: dx = Bi(g, w) and dw = Bw(x, g), whose adjoints are the
+    # forward conv and the other backward op.
+    def setup_input(ctx, inputs, output):
+        grad_out, weight, input_shape, *geo = inputs
+        ctx.save_for_backward(grad_out, weight)
+        ctx.geo = geo
+
+    def backward_input(ctx, gg):  # gg: the gradient of dx (x-shaped)
+        grad_out, weight = ctx.saved_tensors
+        stride, padding, dilation, groups, layout, tf32 = ctx.geo
+        gg = _like_layout(gg, grad_out, layout)
+        d_grad = d_weight = None
+        if ctx.needs_input_grad[0]:
+            d_grad = torch.ops.kernelkit.conv2d(gg, weight, None, stride, padding, dilation,
+                                                groups, None, layout, tf32)
+        if ctx.needs_input_grad[1]:
+            d_weight = kk_bwd_weight(gg, grad_out, list(weight.shape), stride, padding, dilation,
+                                     groups, layout, tf32)
+        return d_grad, d_weight, None, None, None, None, None, None, None
+
+    def setup_weight(ctx, inputs, output):
+        x, grad_out, weight_shape, *geo = inputs
+        ctx.save_for_backward(x, grad_out)
+        ctx.geo = geo
+
+    def backward_weight(ctx, gw):  # gw: the gradient of dw (weight-shaped)
+        x, grad_out = ctx.saved_tensors
+        stride, padding, dilation, groups, layout, tf32 = ctx.geo
+        gw = gw.contiguous()
+        d_x = d_grad = None
+        if ctx.needs_input_grad[0]:
+            d_x = kk_bwd_input(grad_out, gw, list(x.shape), stride, padding, dilation, groups,
+                               layout, tf32)
+        if ctx.needs_input_grad[1]:
+            d_grad = torch.ops.kernelkit.conv2d(_like_layout(x, grad_out, layout), gw, None,
+                                                stride, padding, dilation, groups, None, layout,
+                                                tf32)
+        return d_x, d_grad, None, None, None, None, None, None, None
+
+    kk_bwd_input.register_autograd(backward_input, setup_context=setup_input)
+    kk_bwd_weight.register_autograd(backward_weight, setup_context=setup_weight)
+    for name in ("conv2d_backward_input", "conv2d_backward_weight"):
+        _register_autocast(f"kernelkit::{name}")
+    return kk_bwd_input, kk_bwd_weight
+
+
+def _like_layout(t, ref, layout):
+    """`t` made dense in `ref`'s memory format (gradients arrive with any strides, even expanded
+    ones), so the op runs the layout the forward ran."""
+    import torch
+
+    fmt = torch.channels_last if _channels_last(ref, layout) else torch.contiguous_format
+    return t.contiguous(memory_format=fmt)
+
+
+def _conv2d_grads(ops, x, weight, bias, geo, activation, layout, tf32, needs, grad):
+    """The gradients of act(conv2d(x, weight) + bias) through `ops` = (conv2d, backward_input,
+    backward_weight) with the custom ops' signatures: the custom op's formula and the eager
+    Function's."""
+    conv, bwd_input, bwd_weight = ops
+    if activation is not None:  # recompute the pre-activation instead of storing it
+        grad = _activation_backward(activation, grad, conv(x, weight, bias, *geo, None, layout,
+                                                           tf32))
+    grad = _like_layout(grad, x, layout)
+    gx = gw = gb = None
+    if needs[0]:
+        gx = bwd_input(grad, weight, list(x.shape), *geo, layout, tf32)
+    if needs[1]:
+        gw = bwd_weight(x, grad, list(weight.shape), *geo, layout, tf32)
+    if bias is not None and needs[2]:
+        gb = grad.sum(dim=(0, 1, 2) if layout == "NHWC" else (0, 2, 3))
+    return gx, gw, gb
 
 
 @functools.cache
 def conv2d_op():
     """Register (once) and return `torch.ops.kernelkit.conv2d` (padding as (top, bottom, left,
-    right)); its backward runs kernelkit's conv2d_backward_input / _weight ops."""
+    right)); its backward runs the registered `kernelkit::conv2d_backward_input` / `_weight`."""
     import torch
 
-    conv2d, conv2d_backward_input, conv2d_backward_weight = (
-        core.op_spec(name).function
-        for name in ("conv2d", "conv2d_backward_input", "conv2d_backward_weight"))
+    conv2d = core.op_spec("conv2d").function
 
     @torch.library.custom_op(
         "kernelkit::conv2d", mutates_args=(),
-        schema="(Tensor x, Tensor weight, Tensor? bias, int[] stride, int[] padding, "
-               "int[] dilation, int groups, str? activation, str? layout, bool allow_tf32) -> Tensor")
+        schema=f"(Tensor x, Tensor weight, Tensor? bias, {_GEOMETRY}, str? activation, "
+               "str? layout, bool allow_tf32) -> Tensor")
     def kk_conv2d(x, weight, bias, stride, padding, dilation, groups, activation, layout,
                   allow_tf32):
-        return conv2d(x.detach(), weight.detach(), None if bias is None else bias.detach(),
-                      stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
-                      groups=groups, activation=activation, layout=layout, allow_tf32=allow_tf32)
+        return conv2d(x.detach(), weight.detach(), _detach(bias), stride=tuple(stride),
+                      padding=tuple(padding), dilation=tuple(dilation), groups=groups,
+                      activation=activation, layout=layout, allow_tf32=allow_tf32)
 
     @kk_conv2d.register_fake
     def _(x, weight, bias, stride, padding, dilation, groups, activation, layout, allow_tf32):
@@ -100,42 +300,101 @@ def conv2d_op():
         n, c, h, w = nchw_shape(x.shape, "NHWC" if nhwc else "NCHW")
         k, _, r, s = weight.shape
         ho, wo = out_size(h, w, r, s, stride, padding, dilation)
-        if nhwc:
-            return x.new_empty((n, ho, wo, k))
-        cl = layout is None and x.is_contiguous(memory_format=torch.channels_last) \
-            and not x.is_contiguous()
-        fmt = torch.channels_last if cl else torch.contiguous_format
-        return x.new_empty((n, k, ho, wo)).contiguous(memory_format=fmt)
+        return _empty_like_layout(x, (n, ho, wo, k) if nhwc else (n, k, ho, wo), layout)
+
+    bwd_input, bwd_weight = conv2d_backward_ops()
 
     def setup_context(ctx, inputs, output):
         x, weight, bias, stride, padding, dilation, groups, activation, layout, tf32 = inputs
         ctx.save_for_backward(x, weight, bias)
-        ctx.geo = dict(stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
-                       groups=groups, layout=layout, allow_tf32=tf32)
-        ctx.activation = activation
+        ctx.geo = (stride, padding, dilation, groups)
+        ctx.rest = (activation, layout, tf32)
 
     def backward(ctx, grad):
-        x, weight, bias = ctx.saved_tensors
-        geo = ctx.geo
-        if ctx.activation is not None:  # recompute the pre-activation instead of storing it
-            z = kk_conv2d(x, weight, bias, list(geo["stride"]), list(geo["padding"]),
-                          list(geo["dilation"]), geo["groups"], None, geo["layout"],
-                          geo["allow_tf32"]).requires_grad_(True)
-            with torch.enable_grad():
-                y = _activation_fn(ctx.activation)(z)
-            (grad,) = torch.autograd.grad(y, z, grad)
-        if geo["layout"] is None and x.is_contiguous(memory_format=torch.channels_last):
-            grad = grad.contiguous(memory_format=torch.channels_last)
-        else:
-            grad = grad.contiguous()
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = conv2d_backward_input(grad, weight.detach(), tuple(x.shape), **geo)
-        if ctx.needs_input_grad[1]:
-            gw = conv2d_backward_weight(x.detach(), grad, tuple(weight.shape), **geo)
-        if bias is not None and ctx.needs_input_grad[2]:
-            gb = grad.sum(dim=(0, 1, 2) if geo["layout"] == "NHWC" else (0, 2, 3))
-        return gx, gw, gb, None, None, None, None, None, None, None
+        return (*_conv2d_grads((kk_conv2d, bwd_input, bwd_weight), *ctx.saved_tensors, ctx.geo,
+                               *ctx.rest, ctx.needs_input_grad, grad),
+                None, None, None, None, None, None, None)
 
     kk_conv2d.register_autograd(backward, setup_context=setup_context)
+    _register_autocast("kernelkit::conv2d")
     return kk_conv2d
+
+
+# -- eager autograd ------------------------------------------------------------------------------
+# In eager mode a custom op costs tens of microseconds of Python dispatch per call (measured in
+# bench/test_bench_nn.py); an autograd.Function costs a fraction of that. So kernelkit.matmul /
+# conv2d on tensors that need gradients, and the kernelkit.nn layers where a kernelkit kernel won,
+# use these Functions, with the custom ops' own backward formulas. A backward that builds a graph
+# (create_graph=True) runs the custom ops, so double backward works as well.
+@functools.cache
+def eager_matmul():
+    """`fn(a, b, bias, activation, allow_tf32)`: kernelkit.matmul with autograd, for eager mode."""
+    import torch
+
+    op = matmul_op()
+    matmul = core.op_spec("matmul").function
+
+    def mm(a, b, bias, act, tf32):
+        if torch.is_grad_enabled():  # create_graph: stay differentiable
+            return op(a, b, bias, act, tf32)
+        return matmul(a, b, bias=bias, activation=act, allow_tf32=tf32)
+
+    class EagerMatmul(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a, b, bias, act, tf32):
+            ctx.save_for_backward(a, b, bias)
+            ctx.act, ctx.tf32 = act, tf32
+            return matmul(a, b, bias=bias, activation=act, allow_tf32=tf32)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return (*_matmul_grads(mm, *ctx.saved_tensors, ctx.act, ctx.tf32,
+                                   ctx.needs_input_grad, grad), None, None)
+
+    return EagerMatmul.apply
+
+
+@functools.cache
+def eager_conv2d():
+    """`fn(x, weight, bias, stride, padding4, dilation, groups, activation, layout, allow_tf32)`:
+    kernelkit.conv2d with autograd, for eager mode."""
+    import torch
+
+    ops = (conv2d_op(), *conv2d_backward_ops())
+    conv, bwd_input, bwd_weight = (core.op_spec(name).function for name in (
+        "conv2d", "conv2d_backward_input", "conv2d_backward_weight"))
+
+    def geo_kwargs(stride, padding, dilation, groups, layout, tf32):
+        return dict(stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
+                    groups=groups, layout=layout, allow_tf32=tf32)
+
+    plain = (  # the public functions, with the custom ops' signatures
+        lambda x, w, b, s, p, d, gr, act, layout, tf32: conv(
+            x, w, b, activation=act, **geo_kwargs(s, p, d, gr, layout, tf32)),
+        lambda g, w, shape, *geo: bwd_input(g, w, tuple(shape), **geo_kwargs(*geo)),
+        lambda x, g, shape, *geo: bwd_weight(x, g, tuple(shape), **geo_kwargs(*geo)),
+    )
+
+    class EagerConv2d(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w, b, stride, padding, dilation, groups, act, layout, tf32):
+            ctx.save_for_backward(x, w, b)
+            ctx.geo, ctx.rest = (stride, padding, dilation, groups), (act, layout, tf32)
+            return plain[0](x, w, b, stride, padding, dilation, groups, act, layout, tf32)
+
+        @staticmethod
+        def backward(ctx, grad):
+            use = ops if torch.is_grad_enabled() else plain  # create_graph: differentiable ops
+            return (*_conv2d_grads(use, *ctx.saved_tensors, ctx.geo, *ctx.rest,
+                                   ctx.needs_input_grad, grad),
+                    None, None, None, None, None, None, None)
+
+    return EagerConv2d.apply
+
+
+def register_all() -> None:
+    """Register every kernelkit custom op (and its fake, autograd and autocast rules) with torch.
+    `import kernelkit` calls it when torch is already imported, so `torch.export.load` of a saved
+    program that uses kernelkit ops works in a fresh process."""
+    matmul_op()
+    conv2d_op()  # and the two backward ops

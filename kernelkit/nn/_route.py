@@ -1,0 +1,147 @@
+"""How a kernelkit.nn module runs one call in eager mode: the route, memoised per signature.
+
+A patched layer must cost what torch's layer costs, plus at most a few microseconds, so the
+module does not go through the custom op on every call. Per call signature (input shape, strides,
+dtype, device, the knobs) it asks the tuner once and keeps one of two routes:
+
+- ``aten``: the vendor (torch) candidate won on the data's own device: call torch's functional
+  op directly (F.linear / F.conv2d), which is exactly what the torch module does, autograd and
+  all. Cost: torch's own call plus one dict lookup.
+- ``kernel``: a kernelkit kernel won: when autograd does not record, the bound plan of the chosen
+  kernel, with no custom-op dispatch in between; when it does, an autograd Function with the
+  custom op's backward formula (a custom op's Python dispatch costs tens of microseconds in
+  eager mode), whose backward dispatches (and tunes) each product on its own.
+
+Under autocast the module calls the custom op, whose autocast rule gives torch's dtypes. Under
+torch.compile and torch.export it traces torch's own op where every size the layer saw in eager
+mode chose torch (so Inductor keeps its fusions), else the custom op (`compiled()`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .. import core
+from .. import settings as _settings
+from ..ops import dispatch
+
+# (module, x, weight, bias) -> y; never closes over the module (a deepcopy's routes act on the copy)
+Route = Callable[[Any, torch.Tensor, torch.Tensor, Any], torch.Tensor]
+MAX_ROUTES = 64  # per module; cleared rather than grown by many one-off shapes
+
+
+def grad_on(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad))
+
+
+def run(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, make) -> torch.Tensor:
+    """One eager call: the route for this signature, `make(module, x)` on a miss.
+
+    The signature is only what the choice depends on (the input's shape, strides, dtype and
+    device, and the knobs), about 1 us to build and look up; grad mode and the weight's dtype are
+    checked inside the kernel routes, so the aten route pays for neither.
+    """
+    sig = (x.shape, x.stride(), x.dtype, x.device, _settings.token())
+    routes = module.__dict__.get("_kk_routes")
+    route = routes.get(sig) if routes is not None else None
+    if route is None:
+        # a plain attribute: not in state_dict, and dropped by pickle/deepcopy (getstate below)
+        routes = module.__dict__.setdefault("_kk_routes", {})
+        if len(routes) >= MAX_ROUTES:
+            routes.clear()
+        _last.choice = None
+        route = make(module, x)
+        choice = _last.choice
+        if choice is not None and choice.source == "warming":
+            return route(module, x, weight, bias)  # better kernels still compile: ask again
+        if choice is not None and choice.recheck_after:
+            route = _Counted(route, choice.recheck_after, routes, sig)
+        routes[sig] = route
+        # what torch.compile traces (see compiled()): torch's op once every size seen chose it
+        module.__dict__["_kk_aten_only"] = all(not hasattr(r, "candidate")
+                                               for r in routes.values())
+    return route(module, x, weight, bias)
+
+
+def compiled(module: torch.nn.Module, aten_route: Route, op_route: Route) -> Route:
+    """The route torch.compile / torch.export trace: torch's own op when the layer ran in eager
+    mode and torch won every input size it saw (Inductor then keeps its own fusions around it),
+    else the custom op, which dispatches (and tunes) per call inside the compiled graph. Read at
+    trace time from a plain attribute, so dynamo guards on it: a later eager call that changes
+    it recompiles."""
+    return aten_route if module._kk_aten_only else op_route
+
+
+def kernel_route(plan_route: Route, grad_route: Route, aten_route: Route, name: str) -> Route:
+    """A kernelkit kernel won: its bound plan when autograd does not record; when it does, the
+    eager autograd Function (ops/torch_ops.py), whose backward dispatches (and tunes) each
+    backward product on its own; torch's own op when the weight's dtype differs from the
+    input's (torch raises its own error)."""
+
+    def kernel(m, x, w, b):
+        if w.dtype != x.dtype or (b is not None and b.dtype != x.dtype):
+            return aten_route(m, x, w, b)
+        if grad_on(x, w, b):
+            return grad_route(m, x, w, b)
+        return plan_route(m, x, w, b)
+
+    kernel.candidate = name  # for describe()
+    return kernel
+
+
+_last = threading.local()  # the choice behind the route being made (see run)
+
+
+class _Counted:
+    """A route made from a choice the tuner will revisit (measuring did not pay for itself yet):
+    used for `left` calls, then dropped so the next call asks again."""
+
+    __slots__ = ("route", "left", "routes", "sig")
+
+    def __init__(self, route: Route, left: int, routes: dict, sig: tuple):
+        self.route, self.left, self.routes, self.sig = route, left, routes, sig
+
+    def __getattr__(self, name: str):  # `candidate`, for describe() and compiled()
+        return getattr(self.route, name)
+
+    def __call__(self, m, x, w, b):
+        self.left -= 1
+        if self.left <= 0:
+            self.routes.pop(self.sig, None)
+        return self.route(m, x, w, b)
+
+
+def chosen(call: core.Call) -> tuple[core.Candidate, core.Config]:
+    """The tuner's candidate and config for a prepared (no-grad) call."""
+    choice = _last.choice = dispatch.choice_for(call)
+    return core.get(call.problem.op, choice.candidate), choice.config
+
+
+def runs_aten(cand: core.Candidate, call: core.Call) -> bool:
+    """The vendor won on the data's own device: torch's functional op is the same kernel."""
+    return cand.vendor and cand.device == call.problem.device
+
+
+def routes_through_op() -> bool:
+    """Tracing (torch.compile, export) and autocast always go through the registered op."""
+    return torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled()
+
+
+def describe(route: Route) -> str:
+    """Where a route runs the layer: "torch (aten)" or the kernelkit candidate's name."""
+    return getattr(route, "candidate", "torch (aten)")
+
+
+def getstate(module: torch.nn.Module) -> dict:
+    """The layer's state for pickle and deepcopy, without its routes (closures over bound
+    kernels, which do not pickle; a copy decides its own on its first call, from the tuner's
+    memo)."""
+    state = module.__dict__.copy()
+    state.pop("_kk_routes", None)
+    state.pop("_kk_aten_only", None)
+    return state

@@ -1,0 +1,98 @@
+"""`kernelkit.nn.Conv2d`: torch.nn.Conv2d computed by kernelkit, with an optional fused activation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..kernels import check_activation, torch_activations
+from ..kernels.convgeom import resolve_padding
+from ..ops import conv2d as _conv2d
+from ..ops.torch_ops import conv2d_op, eager_conv2d
+from . import _route
+
+
+class Conv2d(nn.Conv2d):
+    """`torch.nn.Conv2d` computed by kernelkit, with an optional fused activation.
+
+    Where torch's own kernel won the tuning for a call's size, the layer runs torch's own
+    convolution (no custom-op cost); elsewhere the chosen kernelkit kernel, through the registered
+    op `torch.ops.kernelkit.conv2d` when autograd records, under torch.compile and under autocast.
+
+    Args:
+        as for `torch.nn.Conv2d` (padding_mode "zeros" only: `patch` leaves other padding modes to
+        torch), plus
+        activation: None, "relu", "gelu", "gelu_tanh" or "silu", fused into the epilogue.
+
+    Shape:
+        (N, C, H, W) -> (N, K, Ho, Wo), or unbatched (C, H, W) -> (K, Ho, Wo), as torch;
+        channels_last inputs give channels_last outputs.
+
+    Example:
+        >>> conv = kernelkit.nn.Conv2d(64, 64, 3, padding=1, activation="relu")  # doctest: +SKIP
+        >>> y = conv(torch.randn(8, 64, 56, 56))  # doctest: +SKIP
+    """
+
+    def __init__(self, *args, activation: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.padding_mode != "zeros":
+            raise ValueError(f"Conv2d: 'padding_mode' must be 'zeros', got {self.padding_mode!r} "
+                             "(kernelkit.nn.patch leaves such layers to torch)")
+        check_activation("Conv2d", activation)
+        self.activation = activation
+
+    def padding4(self) -> list[int]:
+        """The padding as (top, bottom, left, right), "same" and "valid" resolved as torch does."""
+        return list(resolve_padding("Conv2d", self.padding, self.kernel_size, self.dilation,
+                                    tuple(self.stride)))
+
+    _kk_aten_only = False  # set per layer by its eager calls (see _route.compiled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 3:  # unbatched (C, H, W), as torch accepts
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        if x.ndim != 4:
+            return _aten(self, x, self.weight, self.bias)  # torch raises its own error
+        if torch.compiler.is_compiling():
+            return _route.compiled(self, _aten, _through_op)(self, x, self.weight, self.bias)
+        if torch._C._is_any_autocast_enabled():
+            return _through_op(self, x, self.weight, self.bias)
+        return _route.run(self, x, self.weight, self.bias, _make_route)
+
+    def __getstate__(self) -> dict:
+        return _route.getstate(self)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", activation={self.activation}"
+
+
+def _make_route(m: Conv2d, x: torch.Tensor) -> _route.Route:
+    w, b = m.weight.detach(), None if m.bias is None else m.bias.detach()
+    if x.shape[1] != w.shape[1] * m.groups or x.dtype != w.dtype:
+        return _aten  # torch raises its own error
+    stride, pad, dilation = list(m.stride), m.padding4(), list(m.dilation)
+    call = _conv2d.prepare_forward(x.detach(), w, b, stride=tuple(stride), padding=tuple(pad),
+                                   dilation=tuple(dilation), groups=m.groups,
+                                   activation=m.activation)
+    cand, config = _route.chosen(call)
+    if _route.runs_aten(cand, call):
+        return _aten
+    plan = call.bind(cand, config)
+    autograd = eager_conv2d()
+    with_grad = lambda m, x, w, b: autograd(x, w, b, stride, pad, dilation, m.groups,
+                                            m.activation, None, False)
+    return _route.kernel_route(lambda m, x, w, b: plan(x, w, b), with_grad, _aten, cand.name)
+
+
+def _aten(m: Conv2d, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
+    y = m._conv_forward(x, w, b)  # torch's own (padding modes, "same" included)
+    return y if m.activation is None else torch_activations()[m.activation](y)
+
+
+def _through_op(m: Conv2d, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
+    # torch.ops.* rather than conv2d_op(): dynamo traces it
+    return torch.ops.kernelkit.conv2d(x, w, b, list(m.stride), m.padding4(), list(m.dilation),
+                                      m.groups, m.activation, None, False)
+
+
+conv2d_op()  # register torch.ops.kernelkit.conv2d (and its backward ops) before any trace

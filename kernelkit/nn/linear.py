@@ -1,0 +1,93 @@
+"""`kernelkit.nn.Linear`: torch.nn.Linear computed by kernelkit, with an optional fused activation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..kernels import check_activation, torch_activations
+from ..ops import matmul as _matmul
+from ..ops.torch_ops import eager_matmul, matmul_op
+from . import _route
+
+
+class Linear(nn.Linear):
+    """`torch.nn.Linear` computed by kernelkit, with an optional fused activation.
+
+    Where torch's own kernel won the tuning for a call's size, the layer calls torch's
+    F.linear directly (no custom-op cost); elsewhere it runs the chosen kernelkit kernel, through
+    the registered op `torch.ops.kernelkit.matmul` when autograd records, under torch.compile
+    and under autocast.
+
+    Args:
+        in_features, out_features, bias, device, dtype: as for `torch.nn.Linear`.
+        activation: None, "relu", "gelu", "gelu_tanh" or "silu", fused into the matmul epilogue.
+
+    Shape:
+        (*, in_features) -> (*, out_features), as `torch.nn.Linear` (a 1-D input included).
+
+    Example:
+        >>> layer = kernelkit.nn.Linear(768, 3072, activation="gelu")  # doctest: +SKIP
+        >>> y = layer(torch.randn(8, 128, 768))  # doctest: +SKIP
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 device=None, dtype=None, activation: str | None = None):
+        super().__init__(in_features, out_features, bias, device, dtype)
+        check_activation("Linear", activation)
+        self.activation = activation
+
+    _kk_aten_only = False  # set per layer by its eager calls (see _route.compiled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return _route.compiled(self, _aten, _through_op)(self, x, self.weight, self.bias)
+        if torch._C._is_any_autocast_enabled():
+            return _through_op(self, x, self.weight, self.bias)
+        return _route.run(self, x, self.weight, self.bias, _make_route)
+
+    def __getstate__(self) -> dict:
+        return _route.getstate(self)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", activation={self.activation}"
+
+
+def _make_route(m: Linear, x: torch.Tensor) -> _route.Route:
+    if x.ndim == 0 or x.shape[-1] != m.in_features or x.dtype != m.weight.dtype:
+        return _aten  # torch raises its own error
+    w, b = m.weight.detach(), None if m.bias is None else m.bias.detach()
+    call = _matmul.prepare(x.detach().reshape(-1, x.shape[-1]), w.t(), bias=b,
+                           activation=m.activation)
+    cand, config = _route.chosen(call)
+    if _route.runs_aten(cand, call):
+        return _aten
+    plan = call.bind(cand, config)
+
+    def kernel(m: Linear, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
+        y = plan(x.reshape(-1, x.shape[-1]), w.t(), b)
+        return y.reshape(*x.shape[:-1], m.out_features)
+
+    autograd = eager_matmul()
+
+    def with_grad(m: Linear, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
+        y = autograd(x.reshape(-1, x.shape[-1]), w.t(), b, m.activation, False)
+        return y.reshape(*x.shape[:-1], m.out_features)
+
+    return _route.kernel_route(kernel, with_grad, _aten, cand.name)
+
+
+def _aten(m: Linear, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
+    y = F.linear(x, w, b)
+    return y if m.activation is None else torch_activations()[m.activation](y)
+
+
+def _through_op(m: Linear, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
+    # (*, K) -> (M, K): batch dims only scale the work, so every batch shape shares one problem
+    # (and one tuning run); torch.ops.* rather than matmul_op(): dynamo traces it
+    y = torch.ops.kernelkit.matmul(x.reshape(-1, x.shape[-1]), w.t(), b, m.activation, False)
+    return y.reshape(*x.shape[:-1], m.out_features)
+
+
+matmul_op()  # register torch.ops.kernelkit.matmul before any forward is traced

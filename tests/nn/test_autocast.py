@@ -1,0 +1,84 @@
+"""Autocast: a patched layer follows torch's autocast rules whichever backend wins its tuning.
+
+Issue 11: under torch.autocast("cpu", torch.bfloat16) a patched layer returned bfloat16 where
+torch won its tuning and float32 where Numba won (a patched ResNet then raised TypeError in the
+next conv), and a patched MLP ignored autocast. The tuner's choice is stood in for by a chooser
+that prefers one backend wherever it can run the problem, so the test does not depend on timing.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from models import SmallResNet, mlp
+from torch import nn
+
+import kernelkit.nn as knn
+from kernelkit.autotune import tuner
+from kernelkit.core import Choice
+
+
+def _prefer(backend: str):
+    def choose(problem, cands, runner, verify, settings):
+        usable, _ = tuner.split_candidates(problem, cands, settings)
+        for c in usable:
+            if c.backend == backend:
+                return Choice(c.name, c.space(problem)[0], "forced")
+        return tuner.default_choice(problem, usable)
+
+    return choose
+
+
+def _layer_dtypes(model: nn.Module) -> list:
+    """Records the output dtype of every Linear/Conv2d (forward hooks survive patching)."""
+    seen: list = []
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            m.register_forward_hook(lambda mod, i, o: seen.append(o.dtype))
+    return seen
+
+
+@pytest.mark.parametrize("winner", ["numba", "torch"])
+@pytest.mark.parametrize("make, shape", [(SmallResNet, (2, 3, 8, 8)), (mlp, (4, 16))],
+                         ids=["cnn", "mlp"])
+def test_autocast_bf16_dtype_does_not_depend_on_the_winner(monkeypatch, tmp_path, winner, make,
+                                                           shape):
+    torch.manual_seed(0)
+    ref = make()
+    model = copy.deepcopy(ref)
+    knn.patch(model)
+    assert any(isinstance(m, (knn.Linear, knn.Conv2d)) for m in model.modules())
+    want_dtypes, got_dtypes = _layer_dtypes(ref), _layer_dtypes(model)
+    x = torch.randn(*shape)
+    monkeypatch.setattr(tuner, "choose", _prefer(winner))
+    monkeypatch.setenv("KERNELKIT_CACHE_DIR", str(tmp_path))  # fresh plan memos and choices
+    for m in (model, ref):
+        with torch.autocast("cpu", torch.bfloat16):
+            out = m(x)
+        out.float().square().mean().backward()
+        if m is model:
+            got = out
+    want = out
+    assert got.dtype == want.dtype == torch.bfloat16
+    assert got_dtypes == want_dtypes
+    assert set(got_dtypes) == {torch.bfloat16}
+    torch.testing.assert_close(got.float(), want.float(), rtol=1.6e-2, atol=1e-2)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert p.grad.dtype == q.grad.dtype == torch.float32
+        torch.testing.assert_close(p.grad, q.grad, rtol=5e-2, atol=5e-2)
+
+
+def test_autocast_leaves_float64_and_follows_the_region_dtype():
+    """torch's autocast casts float32 only (float64 stays), to the region's own dtype."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 4))
+    knn.patch(model)
+    x = torch.randn(3, 8)
+    with torch.autocast("cpu", torch.float16):
+        assert model(x).dtype == torch.float16
+    model.double()
+    with torch.autocast("cpu", torch.bfloat16):
+        assert model(x.double()).dtype == torch.float64
+    assert model(x.double()).dtype == torch.float64

@@ -1,0 +1,34 @@
+"""torch.export of a patched model saves, and loads in a fresh process after `import kernelkit`.
+
+Issue 11: torch.export.load of a saved program that uses kernelkit ops failed in a new process
+(the ops were registered only on first use of kernelkit.nn)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+from torch import nn
+
+import kernelkit.nn as knn
+
+
+def test_export_save_and_load_in_a_fresh_process(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 5)).eval()
+    knn.patch(model)
+    x = torch.randn(2, 3, 6, 6)
+    ep = torch.export.export(model, (x,))
+    code = ep.graph_module.code
+    assert "kernelkit.conv2d" in code and "kernelkit.matmul" in code
+    torch.export.save(ep, tmp_path / "model.pt2")
+    with torch.no_grad():
+        torch.save((x, model(x)), tmp_path / "io.pt")
+    load = ("import sys, torch, kernelkit\n"
+            "ep = torch.export.load(sys.argv[1])\n"
+            "x, want = torch.load(sys.argv[2])\n"
+            "torch.testing.assert_close(ep.module()(x), want, rtol=1e-5, atol=1e-5)\n")
+    subprocess.run([sys.executable, "-c", load, str(tmp_path / "model.pt2"),
+                    str(tmp_path / "io.pt")], check=True)

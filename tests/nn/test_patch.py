@@ -1,0 +1,238 @@
+"""kernelkit.nn.patch / unpatch keep what torch users rely on: the same Parameters, hooks, mode,
+device, dtype and state_dict keys; the model itself patched; a report of what was swapped and
+left; unpatch back to plain torch. Each test names the problem of issue 11 it covers."""
+
+from __future__ import annotations
+
+import copy
+import io
+import subprocess
+import sys
+
+import pytest
+import torch
+from models import SmallResNet, mlp
+from torch import nn
+
+import kernelkit
+import kernelkit.nn as knn
+
+BACKENDS = ["torch", "numba"]
+
+
+def test_import_kernelkit_nn_names():
+    # issue 11: `import kernelkit.nn` / `from kernelkit.nn import patch` (in a fresh process)
+    code = ("import kernelkit.nn; from kernelkit.nn import patch, unpatch, Linear, Conv2d, "
+            "PatchReport; import kernelkit; assert kernelkit.nn.patch is patch")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_patch_keeps_spectral_norm_forward_pre_hook(backend):
+    # issue 11: patch() dropped forward hooks on Linear (spectral_norm output off by up to 2.87)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.utils.spectral_norm(nn.Linear(16, 8)), nn.ReLU(),
+                          nn.utils.spectral_norm(nn.Linear(8, 4))).double().eval()
+    x = torch.randn(5, 16, dtype=torch.float64)
+    with torch.no_grad():
+        want = model(x)
+    knn.patch(model)
+    assert isinstance(model[0], knn.Linear) and model[0]._forward_pre_hooks
+    with torch.no_grad(), kernelkit.use(backend=backend):
+        got = model(x)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_patch_keeps_forward_and_backward_hooks_and_their_handles():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 3))
+    seen = []
+    fwd = model[0].register_forward_hook(lambda m, i, o: seen.append("fwd"))
+    model[0].register_full_backward_hook(lambda m, gi, go: seen.append("bwd"))
+    knn.patch(model)
+    assert isinstance(model[0], knn.Linear)
+    model(torch.randn(2, 6, requires_grad=True)).sum().backward()
+    assert seen == ["fwd", "bwd"]
+    fwd.remove()  # the handle still refers to the layer's own hook dict
+    model(torch.randn(2, 6))
+    assert seen == ["fwd", "bwd"]
+
+
+def test_patch_keeps_eval_mode():
+    # issue 11: patch() turned eval-mode Linear layers back to training=True
+    model = SmallResNet().eval()
+    knn.patch(model)
+    assert not any(m.training for m in model.modules())
+    model.train()
+    knn.patch(model)
+    assert all(m.training for m in model.modules())
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Linear(5, 3), lambda: nn.Conv2d(2, 4, 3)],
+                         ids=["linear", "conv2d"])
+def test_patch_a_model_that_is_a_layer(make):
+    # issue 11: patch() did nothing when the model itself is an nn.Linear
+    torch.manual_seed(0)
+    layer = make()
+    params = list(layer.parameters())
+    report = knn.patch(layer)
+    assert report.model is layer and isinstance(layer, (knn.Linear, knn.Conv2d))
+    assert report.swapped[0][0] == ""  # the model itself
+    assert all(p is q for p, q in zip(layer.parameters(), params))
+
+
+def test_patch_keeps_parameters_optimizer_state_dict_dtype_device():
+    torch.manual_seed(0)
+    model = SmallResNet().double()
+    ref = copy.deepcopy(model)
+    keys = list(model.state_dict())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)  # built before patching
+    ids = [id(p) for p in model.parameters()]
+    report = knn.patch(model)
+    assert len(report.swapped) == 7  # stem, 4 block convs, 1 downsample conv, head
+    assert [id(p) for p in model.parameters()] == ids
+    assert list(model.state_dict()) == keys
+    assert all(p.dtype == torch.float64 and p.device.type == "cpu" for p in model.parameters())
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    for m in (model, ref):
+        o = torch.optim.SGD(m.parameters(), lr=0.1) if m is ref else opt
+        o.zero_grad()
+        m(x).square().sum().backward()
+        o.step()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-9)
+    ref.load_state_dict(model.state_dict())  # the same keys load both ways
+
+
+def test_patch_report_names_what_was_left_and_why():
+    # issue 11: no report of what was swapped; padding_mode='reflect' left to torch, said so
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"),
+                          nn.Conv2d(4, 4, 3), nn.ConvTranspose2d(4, 2, 2), nn.Flatten(),
+                          nn.LazyLinear(3))
+    report = knn.patch(model)
+    assert [name for name, _ in report.swapped] == ["1"]
+    left = {name: why for name, _, why in report.left}
+    assert "padding_mode='reflect'" in left["0"]
+    assert "ConvTranspose2d" in left["2"]
+    assert "LazyLinear" in left["4"]
+    assert type(model[0]) is nn.Conv2d
+    text = str(report)
+    assert "swapped 1 layer(s), left 3" in text and "reflect" in text
+
+
+def test_unpatch_restores_plain_torch_layers():
+    # issue 11: there was no unpatch
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+    x = torch.randn(2, 3, 6, 6)
+    want = model(x)
+    knn.patch(model)
+    report = knn.unpatch(model)
+    assert [type(m) for m in model] == [nn.Conv2d, nn.Flatten, nn.Linear]
+    assert len(report.swapped) == 2 and not report.left
+    assert not hasattr(model[0], "activation") and "_kk_routes" not in model[0].__dict__
+    torch.testing.assert_close(model(x), want)
+    fused = knn.Linear(3, 3, activation="relu")
+    assert "fused activation='relu'" in knn.unpatch(fused).left[0][2]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_patched_conv2d_accepts_unbatched_input(backend):
+    # issue 11: the patched Conv2d rejected the unbatched (C, H, W) input torch accepts
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1)).double()
+    x = torch.randn(3, 7, 6, dtype=torch.float64)
+    want = conv(x)
+    knn.patch(conv)
+    assert isinstance(conv[0], knn.Conv2d)
+    with kernelkit.use(backend=backend):
+        got = conv(x)
+        got_grad = conv(x.requires_grad_())
+    assert got.shape == (5, 7, 6) == got_grad.shape
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got_grad, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("case", [
+    dict(c=4, k=6, r=3, groups=2, bias=False, padding=1),
+    dict(c=4, k=4, r=3, groups=4, bias=True, padding="same"),  # depthwise
+    dict(c=3, k=5, r=2, groups=1, bias=True, padding="same", channels_last=True),
+    dict(c=3, k=4, r=3, groups=1, bias=False, padding=0, stride=2, channels_last=True),
+])
+def test_patched_conv2d_matches_torch_float64(backend, grad, case):
+    """groups, bias=False, 'same' with an even kernel, stride, channels_last: as nn.Conv2d, against
+    torch's float64 result, output memory format included, and the gradients too."""
+    case = dict(case)
+    cl = case.pop("channels_last", False)
+    c, k, r = case.pop("c"), case.pop("k"), case.pop("r")
+    torch.manual_seed(0)
+    ref = nn.Conv2d(c, k, r, **case).double()
+    layer = nn.Sequential(copy.deepcopy(ref))
+    knn.patch(layer)
+    assert isinstance(layer[0], knn.Conv2d)
+    x = torch.randn(2, c, 7, 8, dtype=torch.float64)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    xr, xk = x.clone().requires_grad_(grad), x.clone().requires_grad_(grad)
+    with kernelkit.use(backend=backend), torch.set_grad_enabled(grad):
+        got = layer(xk)
+    want = ref(xr)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert got.is_contiguous(memory_format=torch.channels_last) == \
+        want.is_contiguous(memory_format=torch.channels_last)
+    if grad:
+        g = torch.randn_like(want)
+        with kernelkit.use(backend=backend):
+            got.backward(g)
+        want.backward(g)
+        torch.testing.assert_close(xk.grad, xr.grad, rtol=1e-10, atol=1e-10)
+        for p, q in zip(layer.parameters(), ref.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(16,), (3, 16), (2, 5, 16)])
+def test_patched_linear_matches_torch_float64_any_batch_dims(backend, shape):
+    torch.manual_seed(0)
+    model = mlp().double()
+    ref = copy.deepcopy(model)
+    knn.patch(model)
+    assert isinstance(model[0], knn.Linear)
+    x = torch.randn(*shape, dtype=torch.float64)
+    with kernelkit.use(backend=backend):
+        got = model(x)
+        got.sum().backward()
+    want = ref(x)
+    want.sum().backward()
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_patched_layers_raise_torchs_errors_for_bad_input():
+    layer, conv = knn.Linear(4, 2), knn.Conv2d(3, 2, 3)
+    with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
+        layer(torch.randn(3, 5))
+    with pytest.raises(RuntimeError, match="expected input"):
+        conv(torch.randn(1, 4, 8, 8))
+    with pytest.raises(ValueError, match="Conv2d: 'padding_mode' must be 'zeros'"):
+        knn.Conv2d(3, 2, 3, padding_mode="reflect")
+
+
+def test_patched_model_pickles_and_deepcopies_after_running():
+    torch.manual_seed(0)
+    model = SmallResNet()
+    knn.patch(model)
+    x = torch.randn(2, 3, 8, 8)
+    with kernelkit.use(backend="numba"):
+        want = model(x)  # routes (closures over bound kernels) exist now
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        twin = copy.deepcopy(model)
+        for m in (loaded, twin):
+            assert isinstance(m.stem, knn.Conv2d) and "_kk_routes" not in m.stem.__dict__
+            torch.testing.assert_close(m(x), want)

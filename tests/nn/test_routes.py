@@ -1,0 +1,106 @@
+"""The eager route of a patched layer (kernelkit/nn/_route.py): torch's own op where torch won,
+the kernel without the custom op's dispatch elsewhere, the custom op under torch.compile.
+What these routes cost is measured in bench/test_bench_nn.py, never here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import kernelkit
+import kernelkit.nn as knn
+
+
+class _Log(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def _ops(fn) -> list[str]:
+    with _Log() as log:
+        fn()
+    return log.ops
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_where_torch_won_the_layer_calls_torchs_own_op(grad):
+    torch.manual_seed(0)
+    layer, conv = nn.Sequential(nn.Linear(8, 4)), nn.Sequential(nn.Conv2d(3, 4, 3))
+    knn.patch(layer)
+    knn.patch(conv)
+    x, xc = torch.randn(2, 8), torch.randn(1, 3, 6, 6)
+    with kernelkit.use(backend="torch"), torch.set_grad_enabled(grad):
+        layer(x), conv(xc)  # decide the route
+        lin_ops, conv_ops = _ops(lambda: layer(x)), _ops(lambda: conv(xc))
+    assert not any("kernelkit" in op for op in lin_ops + conv_ops)
+    assert any("addmm" in op for op in lin_ops)
+    assert any("convolution" in op for op in conv_ops)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_where_a_kernel_won_eager_calls_skip_the_custom_op(grad):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).double()
+    ref = [p.detach().clone() for p in model.parameters()]
+    knn.patch(model)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    with kernelkit.use(backend="numba"), torch.set_grad_enabled(grad):
+        model(x)
+        ops = _ops(lambda: model(x))
+    assert not any("kernelkit" in op for op in ops)
+    want = nn.functional.linear(
+        nn.functional.conv2d(x, ref[0], ref[1]).flatten(1), ref[2], ref[3])
+    with kernelkit.use(backend="numba"):
+        torch.testing.assert_close(model(x), want, rtol=1e-10, atol=1e-10)
+
+
+def _graph_of(layer, x) -> str:
+    graphs = []
+
+    def backend(gm, inputs):
+        graphs.append(str(gm.graph))
+        return gm.forward
+
+    torch.compile(layer, backend=backend, fullgraph=True)(x)
+    return graphs[0]
+
+
+@pytest.mark.parametrize("eager_backend, traced", [
+    (None, "kernelkit.matmul"),  # never ran in eager mode: the custom op (it tunes per call)
+    ("torch", "linear"),  # torch won every size seen: torch's op, so Inductor fuses around it
+    ("numba", "kernelkit.matmul"),  # a kernelkit kernel won: the custom op
+])
+def test_what_torch_compile_traces(eager_backend, traced):
+    layer = nn.Sequential(nn.Linear(8, 4))
+    knn.patch(layer)
+    x = torch.randn(2, 8)
+    if eager_backend:
+        with kernelkit.use(backend=eager_backend):
+            layer(x)
+    graph = _graph_of(layer, x)
+    assert traced in graph
+    if traced == "linear":
+        assert "kernelkit" not in graph
+
+
+def test_eager_autograd_functions_double_backward_float64():
+    """kernelkit.matmul / conv2d on tensors that need gradients use autograd Functions in eager
+    mode; a backward with create_graph runs the custom ops, so gradgradcheck holds."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(1, 2, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    with kernelkit.use(backend="numba"):
+        mm = lambda a, b: kernelkit.matmul(a, b, activation="gelu")
+        conv = lambda x, w: kernelkit.conv2d(x, w, padding=1, activation="silu")
+        assert torch.autograd.gradcheck(mm, (a, b)) and torch.autograd.gradgradcheck(mm, (a, b))
+        assert torch.autograd.gradcheck(conv, (x, w))
+        assert torch.autograd.gradgradcheck(conv, (x, w))

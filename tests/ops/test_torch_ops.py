@@ -1,0 +1,108 @@
+"""The registered custom ops (kernelkit/ops/torch_ops.py): opcheck with and without grad inputs,
+gradcheck and gradgradcheck in float64, on each CPU backend.
+
+Issue 11: opcheck on kernelkit::conv2d with grad inputs failed test_aot_dispatch_dynamic (its
+backward called plain Python functions, which FunctionalTensors cannot enter), so
+torch.compile could not train a conv model.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernelkit
+from kernelkit.ops.torch_ops import conv2d_backward_ops, conv2d_op, matmul_op
+
+BACKENDS = ["torch", "numba"]
+GEOMETRIES = [  # stride, padding (top, bottom, left, right), dilation, groups, activation
+    ([1, 1], [1, 1, 1, 1], [1, 1], 1, None),
+    ([2, 1], [0, 1, 1, 0], [1, 2], 2, "silu"),
+]
+
+
+def _conv_inputs(grad: bool, groups: int, dtype=torch.float32, channels_last=False):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 6, 5, generator=g, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(6, 4 // groups, 3, 2, generator=g, dtype=dtype)
+    b = torch.randn(6, generator=g, dtype=dtype)
+    return [t.requires_grad_(grad) for t in (x, w, b)]
+
+
+def _out_shape(x, w, stride, pad, dil):
+    from kernelkit.kernels.convgeom import out_size
+
+    ho, wo = out_size(x.shape[2], x.shape[3], w.shape[2], w.shape[3], stride, pad, dil)
+    return (x.shape[0], w.shape[0], ho, wo)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("geo", GEOMETRIES, ids=["plain", "strided_grouped_silu"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_opcheck_conv2d_and_its_backward_ops(backend, grad, geo, channels_last):
+    stride, pad, dil, groups, act = geo
+    x, w, b = _conv_inputs(grad, groups, channels_last=channels_last)
+    g = torch.randn(_out_shape(x, w, stride, pad, dil))
+    if channels_last:
+        g = g.contiguous(memory_format=torch.channels_last)
+    g.requires_grad_(grad)
+    bwd_input, bwd_weight = conv2d_backward_ops()
+    with kernelkit.use(backend=backend):
+        torch.library.opcheck(conv2d_op(), (x, w, b, stride, pad, dil, groups, act, None, False))
+        torch.library.opcheck(bwd_input, (g, w, list(x.shape), stride, pad, dil, groups, None,
+                                          False))
+        torch.library.opcheck(bwd_weight, (x, g, list(w.shape), stride, pad, dil, groups, None,
+                                           False))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("activation", [None, "gelu"])
+def test_opcheck_matmul(backend, grad, activation):
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(3, 4, 5, generator=g), torch.randn(5, 6, generator=g)
+    bias = torch.randn(6, generator=g)
+    with kernelkit.use(backend=backend):
+        torch.library.opcheck(matmul_op(), tuple(t.requires_grad_(grad) for t in (a, b, bias))
+                              + (activation, False))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("geo", GEOMETRIES, ids=["plain", "strided_grouped_silu"])
+def test_gradcheck_conv2d_float64(backend, geo):
+    stride, pad, dil, groups, act = geo
+    x, w, b = _conv_inputs(True, groups, torch.float64)
+    conv = conv2d_op()
+    f = lambda x, w, b: conv(x, w, b, stride, pad, dil, groups, act, None, False)
+    with kernelkit.use(backend=backend):
+        assert torch.autograd.gradcheck(f, (x, w, b))
+        assert torch.autograd.gradgradcheck(f, (x, w, b))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_conv2d_backward_ops_float64(backend):
+    stride, pad, dil, groups, _ = GEOMETRIES[1]
+    x, w, _ = _conv_inputs(True, groups, torch.float64)
+    g = torch.randn(_out_shape(x, w, stride, pad, dil), dtype=torch.float64, requires_grad=True)
+    bwd_input, bwd_weight = conv2d_backward_ops()
+    fi = lambda g, w: bwd_input(g, w, list(x.shape), stride, pad, dil, groups, None, False)
+    fw = lambda x, g: bwd_weight(x, g, list(w.shape), stride, pad, dil, groups, None, False)
+    with kernelkit.use(backend=backend):
+        assert torch.autograd.gradcheck(fi, (g, w))
+        assert torch.autograd.gradcheck(fw, (x, g))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("activation", [None, "relu", "gelu", "gelu_tanh", "silu"])
+def test_gradcheck_matmul_float64(backend, activation):
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(2, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
+    f = lambda a, b, c: matmul_op()(a, b, c, activation, False)
+    with kernelkit.use(backend=backend):
+        assert torch.autograd.gradcheck(f, (a, b, bias))
+        assert torch.autograd.gradgradcheck(f, (a, b, bias))
