@@ -33,7 +33,7 @@ def blocks(lang: str) -> list[str]:
 
 def test_every_code_block_is_one_this_file_runs():
     tags = [tag for tag, _ in BLOCK.findall(README)]
-    assert tags == ["bash", "python", "bash"], (
+    assert tags == ["bash", "python", "python", "bash"], (
         f"README code blocks are now {tags}: teach tests/test_readme.py to run the new ones")
 
 
@@ -78,7 +78,7 @@ CHECKS = textwrap.dedent("""
 
 
 def test_the_python_block_runs_and_computes_what_it_says(env, tmp_path):
-    (code,) = blocks("python")
+    code = blocks("python")[0]
     # keep the first `c` (the fused call): the block reassigns it in its last line
     code = code.replace('activation="gelu")', 'activation="gelu"); kernelkit_c_first = c', 1)
     assert "kernelkit_c_first = c" in code
@@ -89,6 +89,21 @@ def test_the_python_block_runs_and_computes_what_it_says(env, tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "README-OK" in out.stdout
     assert "choice:" in out.stdout  # the explain print
+
+
+def test_the_data_pipeline_block_runs(env, tmp_path):
+    code = blocks("python")[1] + textwrap.dedent("""
+        # -- checks --
+        assert labels.shape == (32,) and torch.isfinite(batch).all()
+        assert abs(float(batch.mean())) < 1.0  # unit-range stats applied to 0..255 images
+        print("README-DATA-OK")
+    """)
+    script = tmp_path / "readme_data.py"
+    script.write_text(code)
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "README-DATA-OK" in out.stdout
 
 
 def test_the_command_block_runs_as_written(env, tmp_path):
