@@ -4,7 +4,8 @@ Each row is a fresh Python process that imports numpy, torch (and kernelkit), bu
 and times its first call of one op, then its steady state. Variants, interleaved per repetition:
 
 - ``vendor``: torch's own call (``torch.matmul``, ``F.conv2d``; for preprocess kernelkit's torch
-  backend, forced: torch has no fused preprocess) in a process that never imports kernelkit.
+  backend, forced: torch has no fused preprocess) in a process that never imports kernelkit;
+  for ``resnet18_step`` one training step of a plain torch ResNet-18 (batch 8, 112 px).
 - ``cold``: kernelkit with an empty cache folder (no compiled kernels, no tuning).
 - ``warm``: kernelkit after ``kernelkit warmup`` into that folder (compiled, not tuned).
 
@@ -55,7 +56,50 @@ INPUTS = {
             with kernelkit.use(backend="torch"):
                 return kernelkit.preprocess(imgs, **kwargs)
     """,
+    # one training step (forward, loss, backward) of a ResNet-18, batch 8 at 112 px; kernelkit:
+    # the same model after kernelkit.nn.patch
+    "resnet18_step": """
+        torch.manual_seed(0)
+        model = resnet18()
+        x, target = torch.randn(8, 3, 112, 112), torch.randint(0, 1000, (8,))
+        def vendor():
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), target).backward()
+        if VARIANT != "vendor":
+            kernelkit.nn.patch(model)
+            kk = vendor
+    """,
 }
+
+RESNET18 = """
+from torch import nn
+
+def _block(c_in, c_out, stride):
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+            self.b1 = nn.BatchNorm2d(c_out)
+            self.c2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+            self.b2 = nn.BatchNorm2d(c_out)
+            self.down = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                       nn.BatchNorm2d(c_out))
+                         if stride != 1 or c_in != c_out else nn.Identity())
+        def forward(self, x):
+            y = torch.relu(self.b1(self.c1(x)))
+            return torch.relu(self.b2(self.c2(y)) + self.down(x))
+    return Block()
+
+def resnet18(classes=1000):
+    layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+              nn.MaxPool2d(3, 2, 1)]
+    c = 64
+    for c_out, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [_block(c, c_out, stride), _block(c_out, c_out, 1)]
+        c = c_out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, classes)]
+    return nn.Sequential(*layers)
+"""
 
 CHILD = """
 import json, statistics, sys, time
@@ -65,11 +109,14 @@ import torch.nn.functional as F
 VARIANT, OP = sys.argv[1], sys.argv[2]
 if VARIANT != "vendor" or OP == "preprocess":
     import kernelkit
+    import kernelkit.nn
     from kernelkit import compiling
     from kernelkit.autotune import tuner
 t_import = time.perf_counter() - t0
 rng = np.random.default_rng(0)
 kwargs = {}
+kk = None
+RESNET18
 INPUTS
 
 def steady(fn, n=15):
@@ -86,8 +133,7 @@ else:
     seen = []
     real = tuner.choose
     tuner.choose = lambda *a, **k: seen.append(real(*a, **k)) or seen[-1]
-    op = getattr(kernelkit, OP)
-    call = lambda: op(*args, **kwargs)
+    call = kk or (lambda: getattr(kernelkit, OP)(*args, **kwargs))
     t = time.perf_counter(); call(); out["first_s"] = time.perf_counter() - t
     out["first_choice"] = f"{seen[0].candidate} ({seen[0].source})" if seen else "memo"
     t = time.perf_counter(); compiling.wait(); out["ready_after_s"] = time.perf_counter() - t
@@ -101,7 +147,7 @@ print(json.dumps(out))
 
 
 def child_code(op: str) -> str:
-    return CHILD.replace("INPUTS", textwrap.dedent(INPUTS[op]))
+    return CHILD.replace("RESNET18", RESNET18).replace("INPUTS", textwrap.dedent(INPUTS[op]))
 
 
 def run_child(variant: str, op: str, cache: Path) -> dict:
@@ -124,7 +170,7 @@ def warmup(cache: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--ops", nargs="+", default=list(INPUTS))
+    ap.add_argument("--ops", nargs="+", default=list(INPUTS), choices=list(INPUTS))
     ap.add_argument("--json", help="write every row here")
     args = ap.parse_args()
     from kernelkit import devices
