@@ -39,6 +39,17 @@ def grad_on(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
                                         or (bias is not None and bias.requires_grad))
 
 
+def forward(module: torch.nn.Module, x: torch.Tensor, aten_route: Route, op_route: Route,
+            make) -> torch.Tensor:
+    """A kernelkit.nn layer's call: traced (compile/export: `compiled`), under autocast (the
+    registered op, whose autocast rule gives torch's dtypes), or eager (the memoised route)."""
+    if torch.compiler.is_compiling():
+        return compiled(module, aten_route, op_route)(module, x, module.weight, module.bias)
+    if torch._C._is_any_autocast_enabled():
+        return op_route(module, x, module.weight, module.bias)
+    return run(module, x, module.weight, module.bias, make)
+
+
 def run(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, make) -> torch.Tensor:
     """One eager call: the route for this signature, `make(module, x)` on a miss.
 

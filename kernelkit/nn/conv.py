@@ -53,11 +53,7 @@ class Conv2d(nn.Conv2d):
             return self.forward(x.unsqueeze(0)).squeeze(0)
         if x.ndim != 4:
             return _aten(self, x, self.weight, self.bias)  # torch raises its own error
-        if torch.compiler.is_compiling():
-            return _route.compiled(self, _aten, _through_op)(self, x, self.weight, self.bias)
-        if torch._C._is_any_autocast_enabled():
-            return _through_op(self, x, self.weight, self.bias)
-        return _route.run(self, x, self.weight, self.bias, _make_route)
+        return _route.forward(self, x, _aten, _through_op, _make_route)
 
     def __getstate__(self) -> dict:
         return _route.getstate(self)

@@ -41,11 +41,7 @@ class Linear(nn.Linear):
     _kk_aten_only = False  # set per layer by its eager calls (see _route.compiled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling():
-            return _route.compiled(self, _aten, _through_op)(self, x, self.weight, self.bias)
-        if torch._C._is_any_autocast_enabled():
-            return _through_op(self, x, self.weight, self.bias)
-        return _route.run(self, x, self.weight, self.bias, _make_route)
+        return _route.forward(self, x, _aten, _through_op, _make_route)
 
     def __getstate__(self) -> dict:
         return _route.getstate(self)
