@@ -21,7 +21,7 @@ from compiling the same kernels twice. If the child cannot run or fails, the thr
 ``KERNELKIT_COMPILE=foreground`` (or ``kernelkit.use(compile="foreground")``) makes the first call
 compile before it runs, as plain Numba does. A forced backend (``KERNELKIT_BACKEND``), `explain`
 and ``kernelkit tune`` always wait for the kernels they time. ``kernelkit warmup`` compiles every
-kernel ahead of time (:func:`warm_all`).
+kernel ahead of time (:func:`targets`, then :func:`warm_here` for each).
 """
 
 from __future__ import annotations
@@ -190,7 +190,9 @@ def _compile_in_child(job: Job) -> str | None:
         proc.kill()
         proc.communicate()
         return None
-    return out.decode(errors="replace").strip() or None if proc.returncode == 0 else None
+    if proc.returncode != 0:
+        return None
+    return out.decode(errors="replace").strip() or None
 
 
 def _child(module: str, dtype: str) -> None:
