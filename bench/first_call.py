@@ -153,6 +153,7 @@ def child_code(op: str) -> str:
 def run_child(variant: str, op: str, cache: Path) -> dict:
     env = {**os.environ, "KERNELKIT_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
     env.pop("KERNELKIT_COMPILE", None)
+    env.pop("KERNELKIT_NUMBA_CACHE_DIR", None)  # the compiled kernels live in `cache` too
     env.pop("KERNELKIT_TUNE", None)
     res = subprocess.run([sys.executable, "-c", child_code(op), variant, op], env=env,
                          capture_output=True, text=True, timeout=1800)
@@ -161,8 +162,18 @@ def run_child(variant: str, op: str, cache: Path) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def byte_compile() -> None:
+    """Write kernelkit's .pyc files first: an installed package has them (pip compiles at install
+    time), torch's are there, and a workplace that sets PYTHONDONTWRITEBYTECODE would otherwise
+    have every kernelkit process compile kernelkit's sources again (5-7 ms per first call)."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "kernelkit")],
+                   check=True, env={k: v for k, v in os.environ.items()
+                                    if k != "PYTHONDONTWRITEBYTECODE"})
+
+
 def warmup(cache: Path) -> None:
     env = {**os.environ, "KERNELKIT_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
+    env.pop("KERNELKIT_NUMBA_CACHE_DIR", None)
     subprocess.run([sys.executable, "-m", "kernelkit", "warmup", "--quiet"], env=env, check=True,
                    timeout=3600)
 
@@ -177,6 +188,7 @@ def main() -> int:
 
     print(f"cpu: {devices.cpu_info()['model']}, {os.cpu_count()} cores")
     rows = []
+    byte_compile()
     with tempfile.TemporaryDirectory(prefix="kk-first-call-") as tmp:
         warm = Path(tmp) / "warm"
         warmup(warm)

@@ -38,6 +38,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 CHILD_TIMEOUT_S = 1800  # a compile that takes longer than this is abandoned (then done here)
+# The background thread starts this long after the first job is queued, so that the call which
+# queued it (which runs meanwhile on a ready candidate) does not share the cores with the child
+# process's start (a Python interpreter importing numba: about a second of CPU). A job takes
+# seconds; starting it a few milliseconds later costs nothing.
+START_DELAY_S = 0.05
 
 
 @dataclass
@@ -76,8 +81,9 @@ def submit(module: str, dtype: str) -> Job:
         if job is None:
             job = _jobs[(module, dtype)] = Job(module, dtype)
             _queue.append(job)
-            if _worker is None or not _worker.is_alive():
-                _worker = threading.Thread(target=_work, name="kernelkit-compile", daemon=True)
+            if _worker is None:
+                _worker = threading.Timer(START_DELAY_S, _work)
+                _worker.name, _worker.daemon = "kernelkit-compile", True
                 _worker.start()
     return job
 
@@ -148,9 +154,13 @@ def targets(ops: Iterable[str] | None = None,
 
 # -- the background thread -----------------------------------------------------------------------
 def _work() -> None:
+    global _worker
     while True:
         with _lock:
             if not _queue:
+                # cleared under the lock, so a job queued from now on starts a new thread (a
+                # thread that is still alive but past this point would never run it)
+                _worker = None
                 return
             job = _queue.popleft()
         _run(job, child=_child_ok)
