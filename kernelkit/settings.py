@@ -2,11 +2,14 @@
 
 KERNELKIT_CACHE_DIR  where the autotune cache lives (default: the platform's user cache dir, from
                      platformdirs when it is installed, else the same path worked out here)
+KERNELKIT_NUMBA_CACHE_DIR  where Numba's compiled kernels live (default: <cache dir>/numba)
 KERNELKIT_TUNE       on a cache miss: "auto" (default: the cost model where it tells the winner apart,
                      else measure the candidates it cannot), "measure" (every candidate and config),
                      "model" (cost model only) or "off" (safe default);
                      "pinned": read the cache, never measure and never write (a miss takes the
                      cost model's choice, the same in every process that reads the same cache)
+KERNELKIT_BUSY_SHARE a measurement during which other processes used more than this share of the
+                     cores is stored as provisional (default 0.25; 1 turns the check off)
 KERNELKIT_BACKEND    force a backend: numba | triton | cupy | torch (any registered backend)
 KERNELKIT_DEVICE     force a device: cpu | cuda
 KERNELKIT_COMPILE    "background" (default): a kernel not compiled yet in this process is compiled

@@ -43,9 +43,12 @@ if not _has_cuda():
 # cache folder is set below: that cache is keyed by the kernel sources and versions, so sharing it
 # is safe, and a test session does not recompile every kernel cold (the kernel tests themselves
 # use fresh folders where compiling is what they test).
+# The knob is set in the environment, so the `kernelkit` processes tests start (the CLI, the README,
+# DataLoader workers) share the compiled kernels too.
 try:
     from kernelkit.kernels.numba import _cache as _numba_cache
 
+    os.environ["KERNELKIT_NUMBA_CACHE_DIR"] = str(_numba_cache.numba_root())
     _numba_cache.cache_dir()
 except ImportError:  # no numba: the numba tests skip
     pass
@@ -69,6 +72,10 @@ def _compile_in_foreground(monkeypatch):
     test checks must not depend on how far a background compile has got. tests/test_compiling.py
     tests the background path."""
     monkeypatch.setenv("KERNELKIT_COMPILE", "foreground")
+
+
+# The same for the `kernelkit` processes tests start (they inherit the environment).
+os.environ["KERNELKIT_BUSY_SHARE"] = "1"
 
 
 @pytest.fixture(autouse=True)

@@ -244,6 +244,7 @@ FIRST_CALL = textwrap.dedent("""
 def _fresh(code: str, cache_dir, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "KERNELKIT_CACHE_DIR": str(cache_dir), "KERNELKIT_COMPILE": "background",
            "KERNELKIT_TUNE": "measure"}
+    env.pop("KERNELKIT_NUMBA_CACHE_DIR", None)  # cold means no compiled kernels either
     return subprocess.run([sys.executable, *(["-c", code] if code else []), *args], env=env,
                           capture_output=True, text=True, timeout=timeout)
 

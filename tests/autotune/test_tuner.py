@@ -156,10 +156,15 @@ def test_other_processes_cpu_time_makes_the_machine_busy():
     a, b = timing.CpuSnapshot(0.0, 10.0, 1.0), timing.CpuSnapshot(1.0, 11.5, 1.9)
     with pytest.MonkeyPatch.context() as m:
         m.setattr(os, "cpu_count", lambda: 2)
+        m.delenv("KERNELKIT_BUSY_SHARE", raising=False)  # (tests/conftest.py sets it to 1)
         assert timing.others_share(a, b) == pytest.approx(0.3)
         assert timing.others_share(a, timing.CpuSnapshot(1.0, 11.5, 2.5)) == 0.0  # all ours
         assert REAL_MACHINE_BUSY(a, b) and not REAL_MACHINE_BUSY(
             a, timing.CpuSnapshot(1.0, 11.2, 1.9))
+        m.setenv("KERNELKIT_BUSY_SHARE", "0.5")  # the knob moves the threshold
+        assert not REAL_MACHINE_BUSY(a, b)
+        m.setenv("KERNELKIT_BUSY_SHARE", "0.2")
+        assert REAL_MACHINE_BUSY(a, b)
 
 
 def test_overlapping_contenders_are_timed_again_and_ties_break_by_name(tmp_path):

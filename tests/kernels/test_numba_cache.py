@@ -42,6 +42,7 @@ print(json.dumps({"out": out.ravel().tolist(), "dir": str(_cache.cache_dir()),
 def _run(root: Path, cache: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(root), "KERNELKIT_CACHE_DIR": str(cache)}
     env.pop("NUMBA_CACHE_DIR", None)
+    env.pop("KERNELKIT_NUMBA_CACHE_DIR", None)  # (tests/conftest.py shares the user's kernels)
     res = subprocess.run([sys.executable, "-c", _PROBE], env=env, cwd=root, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -63,6 +64,14 @@ def test_cache_dir_is_keyed_under_kernelkit_cache():
     from kernelkit.kernels.numba import _gemm
 
     assert _gemm.epilogue._cache._cache_path.startswith(str(d))
+
+
+def test_the_numba_folder_has_its_own_knob(monkeypatch, tmp_path):
+    monkeypatch.setenv("KERNELKIT_CACHE_DIR", str(tmp_path / "autotune"))
+    monkeypatch.delenv("KERNELKIT_NUMBA_CACHE_DIR", raising=False)
+    assert _cache.numba_root() == tmp_path / "autotune" / "numba"
+    monkeypatch.setenv("KERNELKIT_NUMBA_CACHE_DIR", str(tmp_path / "kernels"))
+    assert _cache.numba_root() == tmp_path / "kernels"
 
 
 def test_edited_helper_in_another_file_is_recompiled(tmp_path):

@@ -8,7 +8,7 @@ runs can pass on old code, and so can an installation after an upgrade of kernel
 So every ``cache=True`` function defined under ``kernelkit/kernels/numba/`` goes through
 :class:`KeyedCacheLocator` instead of numba's own locators. It keeps the cache in
 
-    <kernelkit cache dir>/numba/<key>/
+    <kernelkit cache dir>/numba/<key>/    (or $KERNELKIT_NUMBA_CACHE_DIR/<key>/)
 
 where the kernelkit cache dir is ``KERNELKIT_CACHE_DIR`` or the platform's user cache dir (as for
 the autotune cache), and ``<key>`` is a hash of the sources of every kernelkit module the Numba
@@ -65,11 +65,18 @@ def cache_key() -> str:
     return h.hexdigest()[:20]
 
 
-def base_dir() -> Path:
-    """kernelkit's cache dir (kernelkit.paths: KERNELKIT_CACHE_DIR, else the user cache dir)."""
+def numba_root() -> Path:
+    """``KERNELKIT_NUMBA_CACHE_DIR``, else ``<kernelkit cache dir>/numba`` (kernelkit.paths:
+    KERNELKIT_CACHE_DIR, else the user cache dir). A separate knob because the compiled kernels
+    and the autotune cache have different owners: an image can ship kernels compiled at build
+    time beside a per-job autotune cache, and a test gives each case a fresh autotune cache
+    without compiling every kernel again."""
+    configured = os.environ.get("KERNELKIT_NUMBA_CACHE_DIR")
+    if configured:
+        return Path(configured).expanduser()
     from kernelkit.paths import cache_root
 
-    return cache_root()
+    return cache_root() / "numba"
 
 
 @functools.cache
@@ -78,7 +85,7 @@ def cache_dir() -> Path | None:
     written; None if neither can (then numba's own locators apply). Decided once per process (at the first kernel's decoration)."""
     key = cache_key()
     uid = getattr(os, "getuid", lambda: "user")()
-    for root in (base_dir() / "numba", Path(tempfile.gettempdir()) / f"kernelkit-numba-{uid}"):
+    for root in (numba_root(), Path(tempfile.gettempdir()) / f"kernelkit-numba-{uid}"):
         path = root / key
         try:
             path.mkdir(parents=True, exist_ok=True)
