@@ -113,8 +113,21 @@ def as_numpy(x: Any) -> np.ndarray:
     if lib == "numpy":
         return x
     if lib == "torch":
-        return x.detach().cpu().numpy()
+        return torch_to_numpy(x.detach().cpu())
     return x.get()
+
+
+def torch_to_numpy(x: Any) -> np.ndarray:
+    """A numpy view of a CPU tensor (no copy); bfloat16, which numpy lacks, as its uint16 bit
+    patterns (``with_dtype`` turns a kernel's result back)."""
+    try:
+        return x.detach().numpy()
+    except TypeError:  # only the dtypes numpy lacks get here: the common path pays nothing
+        import torch
+
+        if x.dtype != torch.bfloat16:
+            raise
+        return x.detach().view(torch.int16).numpy().view(np.uint16)
 
 
 def as_torch(x: Any, device: str = "cpu") -> Any:
@@ -180,7 +193,7 @@ def converter(src: Location, lib: str, device: str):
         _consume_torch_readonly_warning()
         return numpy_to_torch
     if src.lib == "torch" and src.device == "cpu" and lib == "numpy":
-        return lambda x: x.detach().numpy()
+        return torch_to_numpy
     return lambda x: native(x, lib, device)
 
 

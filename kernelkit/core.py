@@ -82,6 +82,7 @@ class Candidate:
     vendor: bool = False  # the vendor library's candidate (the baseline every ratio is against)
     # Roofline for the cost model before anything is measured: (launch s, flop/s, bytes/s).
     roofline: tuple[float, float, float] = (1e-5, 1e11, 1e10)
+    rate_scale: Callable[[str], float] = lambda dtype: 1.0  # (Backend.rate_scale)
     # What can be checked without importing the kernel module (the library is installed, the
     # dtype is one the backend runs): None or the reason, as `supports` would say it.
     precheck: Callable[[Problem], str | None] = lambda problem: None
@@ -150,6 +151,9 @@ class Backend:
     missing: Callable[[], str | None]
     vendor: bool = False
     roofline: tuple[float, float, float] = (1e-5, 1e11, 1e10)
+    # The roofline's flop rate for a dtype, as a share of the one above (1.0 where it is as fast;
+    # torch's half precision on a CPU without the instructions for it: a small fraction)
+    rate_scale: Callable[[str], float] = lambda dtype: 1.0
     # Its kernels are compiled on first use, per dtype: each kernel module has `warm(dtype)`
     # (compile, or load from the on-disk cache, everything its entry point runs for that dtype).
     compiles: bool = False
@@ -308,5 +312,6 @@ def _make_candidate(spec: OpSpec, backend: Backend) -> Candidate:
                              spec.launch(getattr(m, spec.entry), p, m.CONFIG.from_dict(config)))
 
     return Candidate(spec.name, backend.name, backend.device, backend.native, supports, space,
-                     launcher, vendor=backend.vendor, roofline=backend.roofline, precheck=precheck,
+                     launcher, vendor=backend.vendor, roofline=backend.roofline,
+                     rate_scale=backend.rate_scale, precheck=precheck,
                      module=module_name, compiles=backend.compiles)

@@ -123,6 +123,20 @@ def cpu_info() -> dict:
 
 
 @functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The first CPU's feature flags (Linux: /proc/cpuinfo), e.g. "avx512_bf16"; empty where
+    they cannot be read."""
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            for raw in f:
+                if raw.startswith((b"flags", b"Features")):
+                    return frozenset(raw.split(b":", 1)[1].decode(errors="replace").split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@functools.cache
 def gpu_info() -> dict | None:
     """Name, compute capability, driver/CUDA versions of device 0, or None without a GPU."""
     if not cuda_available():

@@ -36,7 +36,7 @@ def roofline_seconds(cand: Candidate, problem: Problem, flops: float | None = No
     launch, peak, bw = cand.roofline
     flops = problem.flops if flops is None else flops
     nbytes = problem.nbytes
-    t = launch + flops / peak + nbytes / bw
+    t = launch + flops / (peak * cand.rate_scale(problem.dtype)) + nbytes / bw
     if cand.device != problem.device:
         t += 2 * LINK_LATENCY_S + nbytes / LINK_BYTES_PER_S
     return t

@@ -200,7 +200,7 @@ def prepare_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gr
     to_kernel, from_kernel = _channels_last_views(channels_last)
 
     def bind(cand: Candidate, config: Config) -> Plan:
-        return _bind(cand.launcher(problem, config), cand, loc, (to_kernel, None, None), from_kernel)
+        return _bind(cand.launcher(problem, config), cand, loc, problem.dtype, (to_kernel, None, None), from_kernel)
 
     direct = None
     if loc.lib == "torch" and needs_grad(x, weight, bias):
@@ -233,7 +233,7 @@ def prepare_backward_input(grad_out, weight, input_shape, *, stride=1, padding=0
     to_kernel, from_kernel = _channels_last_views(channels_last)
 
     def bind(cand: Candidate, config: Config) -> Plan:
-        return _bind(cand.launcher(problem, config), cand, loc, (to_kernel, None), from_kernel)
+        return _bind(cand.launcher(problem, config), cand, loc, problem.dtype, (to_kernel, None), from_kernel)
 
     ref = functools.partial(_reference_backward, "input", grad_out, weight, None, xs, *geo.geometry_args,
                             kl, channels_last)
@@ -259,7 +259,7 @@ def prepare_backward_weight(x, grad_out, weight_shape, *, stride=1, padding=0, d
     to_kernel, _ = _channels_last_views(channels_last)
 
     def bind(cand: Candidate, config: Config) -> Plan:
-        return _bind(cand.launcher(problem, config), cand, loc, (to_kernel, to_kernel), None)
+        return _bind(cand.launcher(problem, config), cand, loc, problem.dtype, (to_kernel, to_kernel), None)
 
     ref = functools.partial(_reference_backward, "weight", grad_out, None, x, ws, *geo.geometry_args,
                             kl, channels_last)
@@ -287,10 +287,14 @@ def _channels_last_views(channels_last: bool):
     return (lambda t: t.permute(0, 2, 3, 1)), (lambda t: t.permute(0, 3, 1, 2))
 
 
-def _bind(fn, cand: Candidate, loc: arrays.Location, views: tuple, out_view) -> Plan:
+def _bind(fn, cand: Candidate, loc: arrays.Location, dtype: str, views: tuple, out_view) -> Plan:
     """A plan for the kernel `fn`: per-argument views, moves to the candidate and back."""
     to = arrays.converter(loc, cand.native, cand.device)
     back = arrays.converter_back(cand.native, cand.device, loc)
+    if dtype == "bfloat16" and back is not None:
+        # a kernel whose arrays have no bfloat16 (numpy) returns the bit patterns as uint16
+        raw = back
+        back = lambda out: arrays.with_dtype(raw(out), dtype)
 
     def plan(*args):
         args = [v(a) if v is not None and a is not None else a for v, a in zip(views, args)]

@@ -161,7 +161,7 @@ def prepare(a, b, *, bias=None, activation=None, allow_tf32=False) -> Call:
             "float16" if dtype == "bfloat16" else dtype).itemsize),
     )
     def bind(cand: Candidate, config: Config) -> Plan:
-        return _bind(cand.launcher(problem, config), cand, loc, batch)
+        return _bind(cand.launcher(problem, config), cand, loc, batch, problem.dtype)
 
     direct = (_autograd_plan(activation, allow_tf32)
               if loc.lib == "torch" and needs_grad(a, b, bias) else None)
@@ -178,11 +178,16 @@ def _autograd_plan(activation: str | None, allow_tf32: bool) -> Plan:
     return lambda a, b, bias: op(a, b, bias, activation, allow_tf32)
 
 
-def _bind(fn, cand: Candidate, loc: arrays.Location, batch: tuple[int, ...]) -> Plan:
+def _bind(fn, cand: Candidate, loc: arrays.Location, batch: tuple[int, ...],
+          dtype: str) -> Plan:
     """The plan for one candidate and one call signature: as little Python per call as possible."""
     lib = loc.lib
     to = arrays.converter(loc, cand.native, cand.device)
     back = arrays.converter_back(cand.native, cand.device, loc)
+    if dtype == "bfloat16" and back is not None:
+        # a kernel whose arrays have no bfloat16 (numpy) returns the bit patterns as uint16
+        raw = back
+        back = lambda out: arrays.with_dtype(raw(out), dtype)
     if len(batch) == 0 and lib == "numpy":  # the common 2-D numpy case
         if to is None:
             return lambda a, b, bias: fn(a[None], b[None], bias)[0]

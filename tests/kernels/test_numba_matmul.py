@@ -315,3 +315,28 @@ def test_hypothesis_random(path, prob):
     a, b, bias, act, cfg = prob
     out = matmul_forward(a, b, bias, act, config=cfg)
     assert_matmul_close(out, a, b, bias, act)
+
+
+def test_half_narrowing_rounds_like_torch_on_every_kind_of_float32():
+    """float32 -> bfloat16 bits rounds to nearest even, keeps NaN, overflows to Inf and keeps
+    subnormals and signed zeros: against torch's own conversion, on random bit patterns (every
+    exponent, NaNs included) and the edge values; float16 through numpy, widening exact."""
+    import torch
+
+    from kernelkit.kernels.numba import _half
+
+    rng = np.random.default_rng(5)
+    bits = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)
+    edges = np.array([0x7F7FFFFF, 0x7F7F8000, 0x3F808000, 0x3F818000, 0x00000001, 0x80000000,
+                      0x7F800000, 0xFF800000, 0x7F800001, 0xFFFFFFFF, 0x7FC00000], np.uint32)
+    x = np.concatenate([bits, edges]).view(np.float32)
+    got = torch.from_numpy(_half.narrow(x, "H").view(np.int16)).view(torch.bfloat16)
+    want = torch.from_numpy(x).to(torch.bfloat16)
+    nan = want.isnan()
+    assert torch.equal(got.isnan(), nan)
+    assert torch.equal(got[~nan].view(torch.int16), want[~nan].view(torch.int16))
+    # widening is exact, both ways round trip
+    assert torch.equal(torch.from_numpy(_half.widen(_half.narrow(x, "H")))[~nan],
+                       want.float()[~nan])
+    h = _half.narrow(x[np.isfinite(x)], "e")
+    assert h.dtype == np.float16 and np.array_equal(_half.widen(h), h.astype(np.float32))

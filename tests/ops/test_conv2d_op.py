@@ -171,6 +171,37 @@ def test_backward_ops(backend, name, layout, rng):
     np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", ["primes", "stride2", "groups", "depthwise", "1x1", "asym-pad"])
+def test_half_precision_forward_and_backward(dtype, name, rng):
+    """float16 / bfloat16 tensors on the CPU (computed in float32 by the Numba kernels, rounded
+    once): the forward with bias and activation, channels_last, and both backward ops, each
+    against float64 within a float32 reduction's bound plus one half-precision rounding."""
+    from reference import assert_grad_close, conv2d_grads_ref
+
+    x64, w64, conv = make(ODD[name], rng)
+    x, w = torch.from_numpy(x64).to(dtype), torch.from_numpy(w64).to(dtype)
+    b = torch.from_numpy(rand(rng, (w.shape[0],))).to(dtype)
+    pad = ref_padding(conv["padding"], w.shape[2], w.shape[3])
+    with kernelkit.use(backend="numba"):
+        y = kernelkit.conv2d(x, w, b, activation="relu", **conv)
+        y_cl = kernelkit.conv2d(x.to(memory_format=torch.channels_last), w, **conv)
+    assert y.dtype == dtype and y_cl.dtype == dtype
+    assert_conv2d_close(y, x, w, b, activation="relu", **{**conv, "padding": pad})
+    assert_conv2d_close(y_cl, x, w, **{**conv, "padding": pad})
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(dtype)
+    with kernelkit.use(backend="numba"):
+        dx = kernelkit.conv2d_backward_input(gy, w, x.shape, **conv)
+        dw = kernelkit.conv2d_backward_weight(x, gy, w.shape, **conv)
+    assert dx.dtype == dtype and dw.dtype == dtype
+    full = pad if isinstance(pad, tuple) and len(pad) == 4 else (pad, pad, pad, pad)
+    (rdx, rdw), (sdx, sdw) = conv2d_grads_ref(x, w, gy, stride=conv["stride"], padding=full,
+                                              dilation=conv["dilation"], groups=conv["groups"])
+    k_out = w.shape[0] // conv["groups"] * w.shape[2] * w.shape[3]
+    assert_grad_close(dx, rdx, sdx, k_out, "dx")
+    assert_grad_close(dw, rdw, sdw, x.shape[0] * y.shape[2] * y.shape[3], "dw")
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_autograd_through_kernelkit(backend):
     g = torch.Generator().manual_seed(5)

@@ -173,6 +173,74 @@ def test_autograd_matches_torch():
         torch.testing.assert_close(got, x.grad)
 
 
+# -- half precision on the CPU --------------------------------------------------------------------
+HALF = [torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("mkn", [(1, 1, 1), (7, 1, 5), (13, 17, 19), (97, 61, 89), (1, 300, 67),
+                                 (130, 257, 65)], ids=str)
+def test_half_precision_torch_tensors(backend, dtype, mkn):
+    """float16 and bfloat16 CPU tensors in, the same dtype out, accumulated in float32 (the
+    normwise bound of a float32 reduction plus one half-precision rounding)."""
+    m, k, n = mkn
+    g = torch.Generator().manual_seed(m * 1000 + k)
+    a, b = torch.randn(m, k, generator=g).to(dtype), torch.randn(k, n, generator=g).to(dtype)
+    bias = torch.randn(n, generator=g).to(dtype)
+    with kernelkit.use(backend=backend):
+        c = kernelkit.matmul(a, b)
+        cb = kernelkit.matmul(a, b, bias=bias, activation="gelu")
+    assert isinstance(c, torch.Tensor) and c.dtype == dtype and cb.dtype == dtype
+    assert_matmul_close(c, a, b, acc="float32")
+    assert_matmul_close(cb, a, b, bias, "gelu", acc="float32")
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_half_precision_strides_batches_nan_and_empty(dtype):
+    g = torch.Generator().manual_seed(7)
+    a = torch.randn(3, 29, 23, generator=g).to(dtype).transpose(1, 2)  # (3, 23, 29), transposed
+    b = torch.randn(58, 11, generator=g).to(dtype)[::2]  # (29, 11), row stride 2
+    with kernelkit.use(backend="numba"):
+        assert_matmul_close(kernelkit.matmul(a, b), a, b, acc="float32")
+        x = torch.randn(6, 5, generator=g).to(dtype)
+        x[1, 2], x[3, 0] = float("nan"), float("inf")
+        y = torch.randn(5, 4, generator=g).to(dtype)
+        y[:, 3] = 0
+        c = kernelkit.matmul(x, y)
+        ref = x.double() @ y.double()
+        assert torch.equal(c.isnan(), ref.isnan()) and torch.equal(c.isinf(), ref.isinf())
+        e = kernelkit.matmul(torch.randn(3, 0).to(dtype), torch.randn(0, 4).to(dtype))
+        assert e.dtype == dtype and torch.equal(e, torch.zeros(3, 4, dtype=dtype))
+
+
+def test_half_precision_numpy_float16(rng):
+    a, b = rand(rng, (31, 37), np.float16), rand(rng, (37, 41), np.float16)
+    with kernelkit.use(backend="numba"):
+        c = kernelkit.matmul(a, b)
+    assert isinstance(c, np.ndarray) and c.dtype == np.float16
+    assert_matmul_close(c, a, b, acc="float32")
+
+
+def test_half_precision_prior_knows_torch_is_scalar_without_the_instructions(monkeypatch,
+                                                                            tmp_path):
+    """Before anything is measured, the cost model must not send half precision to torch on a
+    CPU without AVX-512 BF16 / FP16 (torch runs scalar loops there: 30x slower than float32)."""
+    from kernelkit import devices
+    from kernelkit.autotune import tuner
+
+    seen = []
+    real = tuner.choose
+    monkeypatch.setattr(tuner, "choose", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    for i, (flags, want) in enumerate(((frozenset({"avx2", "fma"}), "numba-cpu"),
+                                       (frozenset({"avx512f", "avx512_bf16"}), "torch-cpu"))):
+        monkeypatch.setattr(devices, "cpu_flags", lambda flags=flags: flags)
+        a = torch.randn(128 + i, 128).to(torch.bfloat16)  # a new size each time: a new decision
+        with kernelkit.use(tune="model", cache_dir=tmp_path):
+            kernelkit.matmul(a, a.T)
+        assert seen[-1].candidate == want and seen[-1].source == "model", (flags, seen[-1])
+
+
 def test_default_policy_tunes_and_reuses(rng, tmp_path):
     a, b = rand(rng, (64, 64)), rand(rng, (64, 64))
     with kernelkit.use(cache_dir=tmp_path, tune="measure"):
@@ -221,7 +289,8 @@ def test_forced_choice_that_cannot_run_raises():
     with pytest.raises(ValueError, match="forced device=cuda"), kernelkit.use(device="cuda"):
         kernelkit.matmul(a, b)
     with pytest.raises(ValueError, match="forced backend=numba"), kernelkit.use(backend="numba"):
-        kernelkit.matmul(torch.ones(2, 3, dtype=torch.bfloat16), torch.ones(3, 4, dtype=torch.bfloat16))
+        kernelkit.conv2d(torch.ones(1, 2, 5, 5, dtype=torch.bfloat16),
+                         torch.ones(3, 2, 3, 3, dtype=torch.bfloat16))
     with pytest.raises(ValueError, match="KERNELKIT_BACKEND must be one of"):
         kernelkit.use(backend="cublas").__enter__()
 

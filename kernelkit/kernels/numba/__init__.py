@@ -6,7 +6,9 @@ from kernelkit.core import Backend
 BACKENDS = (
     Backend(
         name="numba", device="cpu", native="numpy", package=__name__,
-        dtypes={"matmul": ("float32", "float64"), "conv2d": ("float32", "float64")},
+        # half precision is computed in float32 and rounded once (kernels/numba/_half.py)
+        dtypes={"matmul": ("float16", "bfloat16", "float32", "float64"),
+                "conv2d": ("float16", "bfloat16", "float32", "float64")},
         missing=lambda: devices.module_missing("numba"),
         roofline=(3e-6, 1.2e11, 2e10),
         compiles=True,

@@ -33,7 +33,7 @@ from numba import types
 
 from kernelkit.kernels.config import cdiv
 from kernelkit.kernels.convgeom import out_size, problem_sizes
-from kernelkit.kernels.numba import _conv, _gemm
+from kernelkit.kernels.numba import _conv, _gemm, _half
 from kernelkit.kernels.numba._gemm import ACT_CODES, entry_point, tile_shape
 from kernelkit.kernels.numba.matmul import GemmBlocking, MatmulConfig, _round_down
 from kernelkit.kernels.numba.matmul import matmul_forward as _matmul_forward
@@ -98,7 +98,7 @@ CONFIG = Conv2dConfig
 def space(problem) -> list[Conv2dConfig]:
     """The configs worth timing for any conv2d op's ``Problem``."""
     n, c, h, w, k, r, s = problem_sizes(problem)
-    return Conv2dConfig.space(np.dtype(problem.dtype), n, c, h, w, k, r, s,
+    return Conv2dConfig.space(_half.compute_dtype(problem.dtype), n, c, h, w, k, r, s,
                               problem.options.stride, problem.options.groups)
 
 
@@ -148,7 +148,7 @@ def warm(dtype: str) -> str:
     """Compile (or load from the on-disk cache) every kernel the conv2d entry points run for
     `dtype`: the three conv kernels and the GEMM the 1x1 path calls; "compiled" or "loaded"."""
     before = _gemm.COMPILED[0]
-    fns = _compiled(np.dtype(dtype))
+    fns = _compiled(_half.compute_dtype(dtype))
     fns.fwd, fns.dw, fns.bwd  # noqa: B018 - each attribute compiles on first access
     _matmul_warm(dtype)
     return _gemm.warm_result(before)
@@ -226,11 +226,13 @@ def _threads(work: int) -> int:
 
 # ----------------------------------------------------------------------------------------- forward
 
+@_half.in_float32
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activation, layout,
                    config: Conv2dConfig | None = None, allow_tf32: bool = False) -> np.ndarray:
     """act(conv2d(x, weight) + bias) with torch's semantics; a new array in x's layout.
 
-    x: (N, C, H, W) ("NCHW") or (N, H, W, C) ("NHWC"), float32/float64, any strides. weight:
+    x: (N, C, H, W) ("NCHW") or (N, H, W, C) ("NHWC"), float32/float64 (float16 and bfloat16
+    computed in float32: ``_half``), any strides. weight:
     (K, C // groups, R, S); bias: (K,) or None. stride, dilation: pairs; padding: (top, bottom,
     left, right).
     """
@@ -316,6 +318,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
 
 # ---------------------------------------------------------------------------------------- backward
 
+@_half.in_float32
 def conv2d_backward_input(grad_out, weight, input_hw, stride, padding, dilation, groups, layout,
                           config: Conv2dConfig | None = None, allow_tf32: bool = False) -> np.ndarray:
     """dL/dx of the plain conv (no bias/activation): a new array in grad_out's layout with spatial
@@ -352,6 +355,7 @@ def conv2d_backward_input(grad_out, weight, input_hw, stride, padding, dilation,
     return dx
 
 
+@_half.in_float32
 def conv2d_backward_weight(x, grad_out, kernel_hw, stride, padding, dilation, groups, layout,
                            config: Conv2dConfig | None = None, allow_tf32: bool = False) -> np.ndarray:
     """dL/dweight of the plain conv: a new (K, C // groups, R, S) array."""

@@ -25,7 +25,7 @@ from numba import prange, types
 
 from kernelkit import devices
 from kernelkit.kernels.config import KernelConfig
-from kernelkit.kernels.numba import _gemm
+from kernelkit.kernels.numba import _gemm, _half
 from kernelkit.kernels.numba._gemm import (
     _JIT,
     _U,
@@ -137,7 +137,7 @@ CONFIG = MatmulConfig
 def space(problem) -> list[MatmulConfig]:
     """The configs worth timing for a matmul ``Problem`` (shapes (B, M, K), (B, K, N))."""
     (_, m, k), (_, _, n) = problem.shapes
-    return MatmulConfig.space(np.dtype(problem.dtype), m, n, k)
+    return MatmulConfig.space(_half.compute_dtype(problem.dtype), m, n, k)
 
 
 # ------------------------------------------------------------------------------------ jitted code
@@ -306,7 +306,7 @@ def warm(dtype: str) -> str:
     """Compile (or load from the on-disk cache) every kernel `matmul_forward` runs for `dtype`;
     "compiled" or "loaded"."""
     before = _gemm.COMPILED[0]
-    _compiled(np.dtype(dtype))
+    _compiled(_half.compute_dtype(dtype))
     return _gemm.warm_result(before)
 
 
@@ -317,9 +317,14 @@ def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
 
     Any strides are accepted (transposed, negative, stride 0 in the batch). ``bias`` is (N,) or
     None; ``activation`` is None, "relu", "gelu", "gelu_tanh" or "silu". ``allow_tf32`` is a
-    permission the CPU has no use for: float32 is computed in float32.
+    permission the CPU has no use for: float32 is computed in float32. float16 and bfloat16 (as
+    its uint16 bit patterns) are computed in float32 and rounded once (``_half``).
     """
     dtype = a.dtype
+    if dtype.char in _half.HALF_CHARS:
+        out = matmul_forward(_half.widen(a), _half.widen(b), _half.widen(bias), activation,
+                             config, allow_tf32)
+        return _half.narrow(out, dtype.char)
     # (dtype.name costs microseconds; .char does not)
     assert a.ndim == 3 and b.ndim == 3 and b.dtype == dtype and dtype.char in "fd"
     nbat, m, k = a.shape
