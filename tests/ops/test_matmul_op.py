@@ -12,7 +12,7 @@ from reference import MATMUL_ALIGNED, MATMUL_ODD, assert_matmul_close
 import kernelkit
 from kernelkit.kernels import ACTIVATIONS
 
-CPU_BACKENDS = ["numba", "torch"]
+CPU_BACKENDS = ["numba", "numpy", "torch"]
 
 
 def rand(rng, shape, dtype=np.float32):
