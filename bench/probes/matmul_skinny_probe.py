@@ -65,8 +65,10 @@ def main() -> None:
     p.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--blocks", type=int, default=5)
-    p.add_argument("--block-s", type=float, default=0.05)
-    p.add_argument("--pause", type=float, default=0.05)
+    p.add_argument("--block-s", type=float, default=0.1)
+    # OpenBLAS's idle threads spin for about 2^28 cycles (~0.1 s) after a call: on 2 cores they
+    # would take the cores from the next row's pool
+    p.add_argument("--pause", type=float, default=0.3)
     args = p.parse_args()
 
     os.environ.setdefault("KERNELKIT_CACHE_DIR", tempfile.mkdtemp(prefix="kk-skinny-"))

@@ -15,8 +15,8 @@ product, and packs its own panels.
 Small and skinny products have three unpacked kernels, chosen as configs (``MatmulConfig.kernel``)
 so the tuner picks them per size like any blocking:
 
-* ``rows``: C rows += A[i, p] * B row p, four rows of B at a time over a chunk of columns that
-  keeps the C rows in L1: B is streamed once, in order (GEMV / small M with row-major B).
+* ``rows``: C rows += A[i, p] * B row p, four rows of B at a time over a chunk of ``nc`` columns
+  whose C rows stay in L1 or L2: B is streamed once, in order (GEMV / small M, row-major B).
 * ``dots``: each C element a dot product along K, 2 x 4 at a time, vectorised along K (both
   operands contiguous in K: ``x @ W.T`` with a row-major W, N == 1, small M and N with long K).
 * ``tile``: the register-tile micro-kernel reading A and B in place (strided), no packing but of
@@ -108,7 +108,8 @@ class MatmulConfig(GemmBlocking):
     kc: depth of a block (one B sliver, kc x NR, stays in L1 while A slivers stream past).
     nc: columns of the packed B panel (L3-resident), a multiple of NR.
     kernel: "packed" (the blocked GEMM above), or one of the unpacked kernels "rows", "dots",
-        "tile" (see the module docstring), which ignore the blocking.
+        "tile" (see the module docstring), which ignore the blocking, but for ``rows``, whose
+        column chunk is ``nc``.
     """
 
     kernel: str = "packed"
@@ -141,6 +142,7 @@ class MatmulConfig(GemmBlocking):
         the Problem's tags of A and B), then up to 5 variants that change the blocking."""
         d = cls.default(dtype)
         mr, nr = tile_shape(dtype)
+        item = np.dtype(dtype).itemsize
         half_mc, dbl_mc = _round_down(d.mc // 2, mr), _round_down(d.mc * 2, mr)
         cands = [
             d,
@@ -158,8 +160,21 @@ class MatmulConfig(GemmBlocking):
                 continue
             seen.add(eff)
             out.append(c)
-        unpacked = [cls(d.mc, d.kc, d.nc, kern) for kern in _unpacked_kernels(m, n, k, layout)]
+        unpacked = []
+        for kern in _unpacked_kernels(m, n, k, layout):
+            if kern == "rows":  # its chunk of C rows held in L1, or in L2
+                whole = max(64, -(-n // 64) * 64)  # no chunk wider than the row
+                chunks = {min(rows_chunk(m, item, level), whole) for level in (1, 2)}
+                unpacked += [cls(d.mc, d.kc, c, kern) for c in sorted(chunks)]
+            else:
+                unpacked.append(cls(d.mc, d.kc, d.nc, kern))
         return out[:1] + unpacked + out[1:6]
+
+
+def rows_chunk(m: int, itemsize: int, level: int) -> int:
+    """Columns per chunk of the ``rows`` kernel: its m rows of C fill half of cache ``level``
+    (a multiple of 64 columns), so they stay there while the rows of B stream past."""
+    return max(64, (_cache_sizes()[level] // 2) // (max(m, 1) * itemsize) // 64 * 64)
 
 
 def _unpacked_kernels(m: int, n: int, k: int, layout: str) -> list[str]:
@@ -331,14 +346,14 @@ def _share(t, nthr, nbat, m, n, mu, nu):
 @numba.njit(**_JIT)
 def _rows_part(t, nthr, a3, b3, bias, has_bias, act, out3, chunk):
     """C[i, j] = sum_p A[i, p] B[p, j]: four rows of B at a time added into the C rows of a
-    column chunk (the chunk's C rows stay in L1), so B is read once, row after row: GEMV and
+    column chunk (the chunk's C rows stay in cache), so B is read once, row after row: GEMV and
     small M run at memory bandwidth. Vectorised along j where B's rows are contiguous."""
     nbat, m, k = a3.shape
     n = b3.shape[2]
     af, alo, sa0, sam, sak = _operand(a3)
     bf, blo, sb0, sbk, sbn = _operand(b3)
     c = out3.reshape(-1)
-    # columns in whole chunks per thread, unless there are too few chunks to go round
+    # columns (in units of 64) per thread; all rows to one thread if there is only one unit
     b_first, b_step, r0, r1, c0, c1 = _share(t, nthr, nbat, m, n, m + 1, min(chunk, 64))
     if r1 <= r0 or c1 <= c0 or b_first >= nbat:
         return
@@ -590,7 +605,7 @@ def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
     kernel = config.kernel if config is not None else "packed"
     if kernel != "packed" and k > 0:
         part, par = fns.unpacked[kernel]
-        chunk = _rows_chunk(m, dtype.itemsize)
+        chunk = config.nc  # the rows kernel's column chunk (the others ignore it)
         nthr = numba.get_num_threads()
         if work * nbat < SERIAL_WORK or nthr == 1:
             part(0, 1, a, b, bias, has_bias, act, out, chunk)
@@ -610,19 +625,6 @@ def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
 
 
 _DEFAULTS: dict = {}
-_CHUNKS: dict = {}
-
-
-def _rows_chunk(m: int, itemsize: int) -> int:
-    """Columns per chunk of the ``rows`` kernel: the chunk's C rows fill half of L1 (a multiple
-    of 64 columns), so they stay there while rows of B stream past."""
-    key = (m, itemsize)
-    chunk = _CHUNKS.get(key)
-    if chunk is None:
-        chunk = _CHUNKS[key] = max(64, (_cache_sizes()[1] // 2) // (max(m, 1) * itemsize)
-                                   // 64 * 64)
-    return chunk
-
 
 
 def _default(dtype) -> MatmulConfig:

@@ -26,7 +26,7 @@ def _blasable(x: np.ndarray) -> bool:
 
 
 def _blas_ready(x: np.ndarray) -> np.ndarray:
-    if _blasable(x):
+    if x.flags.c_contiguous or _blasable(x):  # (the flag first: the common case, cheaply)
         return x
     if x.shape[0] > 1 and x.strides[0] == 0:  # a broadcast batch: copy one matrix, not them all
         return np.broadcast_to(np.ascontiguousarray(x[:1]), x.shape)
