@@ -1,7 +1,10 @@
 """matmul on the CPU: every kernelkit candidate, the dispatched op and the vendor, side by side.
 
-Rows per shape: numpy (OpenBLAS), torch-cpu (the vendor candidate), numba-cpu (default config),
-numba-cpu-tuned (the best config the tuner measured) and kernelkit (the dispatched op).
+Rows per shape: numpy (OpenBLAS, ``a @ b``), numpy-cpu (the same through kernelkit's numpy
+candidate), torch-cpu (the torch vendor candidate), numba-cpu (default config), numba-cpu-tuned
+(the best config the tuner measured, packed or unpacked) and kernelkit (the dispatched op).
+Compare against numpy with ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`` (see
+docs/performance.md); bench/probes/matmul_skinny_probe.py prints the best-of ratios.
 Read a row as a ratio to `numpy` / `torch-cpu` in the same group: `bench/report.py` prints them.
 """
 
@@ -16,16 +19,22 @@ from conftest import run_rounds
 
 import kernelkit
 from kernelkit.kernels.numba import matmul as numba_mm
+from kernelkit.kernels.numpy import matmul as numpy_mm
 from kernelkit.kernels.torch import matmul as torch_mm
 from kernelkit.ops import matmul as matmul_op
 
 SHAPES = {  # (M, K, N), named by intent
-    "square": [(n, n, n) for n in (128, 256, 512, 1024, 2048)],
-    "mlp": [(128, 768, 3072), (128, 3072, 768), (32, 4096, 11008), (1, 4096, 4096)],
-    "odd": [(97, 61, 89), (255, 257, 129), (1000, 3, 1000), (3, 1000, 3)],
+    "square": [(n, n, n) for n in (32, 64, 128, 256, 512, 1024, 2048)],
+    "mlp": [(128, 768, 3072), (128, 3072, 768)],
+    # GEMV and small-M products (issue 13): B is streamed once
+    "skinny": [(1, 4096, 4096), (8, 4096, 4096), (32, 4096, 11008)],
+    "odd": [(64, 64, 64), (97, 61, 89), (255, 257, 129), (1000, 3, 1000), (3, 1000, 3)],
 }
 CASES = [(name, s) for name, shapes in SHAPES.items() for s in shapes]
-ROWS = ["numpy", "torch-cpu", "numba-cpu", "numba-cpu-tuned", "kernelkit"]
+# numpy-cpu is kernelkit's numpy/OpenBLAS candidate through its launcher (the vendor row `numpy`
+# plus the launcher's cost); numba-cpu-tuned is Numba forced, with the config (packed or
+# unpacked kernel) the tuner measured best
+ROWS = ["numpy", "numpy-cpu", "torch-cpu", "numba-cpu", "numba-cpu-tuned", "kernelkit"]
 
 
 def _inputs(m, k, n, dtype=np.float32):
@@ -55,6 +64,8 @@ def test_matmul(benchmark, shape_set, mkn, row, dtype):
     a3, b3 = a[None], b[None]
     if row == "numpy":
         fn = lambda: a @ b
+    elif row == "numpy-cpu":
+        fn = lambda: numpy_mm.matmul_forward(a3, b3)
     elif row == "torch-cpu":
         ta, tb = torch.from_numpy(a3), torch.from_numpy(b3)
         fn = lambda: torch_mm.matmul_forward(ta, tb)

@@ -31,7 +31,7 @@ def test_tune_then_cache_show_then_clear(tmp_path):
     rows = json.loads((tmp_path / "rows.json").read_text())
     assert len(rows) == 6
     for r in rows:
-        assert r["source"] == "measured" and r["best_s"] > 0 and r["vendor"] == "torch-cpu"
+        assert r["source"] == "measured" and r["best_s"] > 0 and r["vendor"] == "numpy-cpu"  # numpy data
         # the ratio is the vendor's measured time over the winner's, and the winner is the
         # fastest measured (the vendor among them): values, not a bound true by construction
         assert r["vendor_s"] > 0 and r["best_s"] <= r["vendor_s"]
@@ -45,7 +45,7 @@ def test_tune_then_cache_show_then_clear(tmp_path):
 
 def test_explain(tmp_path):
     out = kk("explain", "matmul", "33", "17", "9", "--activation", "relu", cache_dir=tmp_path).stdout
-    assert "numba-cpu" in out and "torch-cpu" in out and "choice:" in out
+    assert "numba-cpu" in out and "numpy-cpu" in out and "torch-cpu" in out and "choice:" in out
     assert "no CUDA device" in out or "cuda" in out
 
 
@@ -103,7 +103,8 @@ def test_explain_sweep_prints_predicted_and_measured_per_size(tmp_path):
     assert "predicted" in out and "(roofline) / measured" in " ".join(out.split())
     rows = [line for line in out.splitlines() if line.startswith("│ ")]
     assert [r.split("│")[1].strip() for r in rows] == ["4x4x4", "8x8x8", "16x16x16"]
-    assert all(r.count(" us / ") == 2 for r in rows)  # numba-cpu and torch-cpu, both measured
+    # numba-cpu, numpy-cpu and torch-cpu, all measured
+    assert all(r.count(" us / ") == 3 for r in rows)
 
 
 def test_tune_shapes_file_out_and_coverage(tmp_path):

@@ -149,8 +149,11 @@ def _tune(op: str, dims: tuple[int, ...], dtype: str, where: str, remeasure: boo
     best = min((t.timing.median for t in timed if t.candidate == choice.candidate), default=None)
     vendors = {c.name for c in cands if c.vendor}
     vendor_trials = [t for t in timed if t.candidate in vendors]
-    # Prefer the vendor on the device the data lives on: that is what the user would call instead.
+    # Prefer the vendor on the device the data lives on, of the data's own array library: that
+    # is what the user would call instead (numpy's BLAS for numpy arrays, torch for tensors).
+    native = {c.name: c.native for c in cands}
     vendor_trials.sort(key=lambda t: (not t.candidate.endswith(call.problem.device),
+                                      native.get(t.candidate) != call.problem.lib,
                                       t.timing.median))
     vt = vendor_trials[0] if vendor_trials else None
     return Row(op, tuple(dims), dtype, where, choice.candidate, choice.config, choice.source, best,

@@ -117,8 +117,11 @@ def split_candidates(
 
 
 def default_choice(problem: Problem, usable: list[Candidate]) -> Choice:
-    """The safe choice: the vendor library where the data lives, else the first usable candidate."""
-    ranked = sorted(usable, key=lambda c: (c.device != problem.device, not c.vendor))
+    """The safe choice: the vendor library where the data lives (the one of the data's own array
+    library first: numpy's BLAS for numpy arrays, torch for tensors), else the first usable
+    candidate."""
+    ranked = sorted(usable, key=lambda c: (c.device != problem.device, not c.vendor,
+                                           c.native != problem.lib))
     cand = ranked[0]
     return Choice(cand.name, cand.space(problem)[0], "default")
 

@@ -46,7 +46,7 @@ def test_numba_matmul_launch_gets_the_blocking(monkeypatch):
     seen = []
 
     class Spy:
-        small, empty = real.small, real.empty
+        small, empty, unpacked = real.small, real.empty, real.unpacked
 
         def serial(self, *args):
             seen.append(("serial", args[-3:]))
@@ -70,6 +70,38 @@ def test_numba_matmul_launch_gets_the_blocking(monkeypatch):
         out = nm.matmul_forward(a, b, None, None, config=cfg)
         assert seen == [(path, (cfg.mc, cfg.kc, cfg.nc))]
         np.testing.assert_allclose(out, a @ b, rtol=1e-4, atol=1e-4)
+
+
+def test_numba_matmul_config_kernel_picks_the_unpacked_kernel(monkeypatch):
+    """``MatmulConfig.kernel`` reaches the launch: each unpacked kernel runs its own entry point
+    (serial and parallel), and "packed" none of them."""
+    pytest.importorskip("numba")
+    from kernelkit.kernels.numba import matmul as nm
+
+    dtype = np.dtype(np.float32)
+    real = nm._compiled(dtype)
+    seen = []
+
+    def spy(name, how, fn):
+        return lambda *args: seen.append((name, how)) or fn(*args)
+
+    class Spy:
+        small, serial, parallel, empty = real.small, real.serial, real.parallel, real.empty
+        unpacked = {name: (spy(name, "serial", s), spy(name, "parallel", p))
+                    for name, (s, p) in real.unpacked.items()}
+
+    monkeypatch.setitem(nm._COMPILED, dtype, Spy())
+    monkeypatch.setattr(nm.numba, "get_num_threads", lambda: 2)
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((1, 9, 80)).astype(dtype)
+    b = rng.standard_normal((1, 80, 30)).astype(dtype)
+    for kernel in nm.KERNELS:
+        for how, serial_work in (("serial", 1 << 62), ("parallel", 0)):
+            monkeypatch.setattr(nm, "SERIAL_WORK", serial_work)
+            seen.clear()
+            out = nm.matmul_forward(a, b, None, None, config=nm.MatmulConfig(24, 16, 64, kernel))
+            assert seen == ([] if kernel == "packed" else [(kernel, how)])
+            np.testing.assert_allclose(out, a @ b, rtol=1e-4, atol=1e-4)
 
 
 def test_numba_preprocess_launch_gets_the_config(monkeypatch):

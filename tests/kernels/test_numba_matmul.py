@@ -147,7 +147,7 @@ def test_nan_inf(dtype, path):
 def test_every_config_in_space(dtype):
     m, k, n = 150, 300, 170
     space = MatmulConfig.space(dtype, m, n, k)
-    assert 1 <= len(space) <= 6 and space[0] == MatmulConfig.default(dtype)
+    assert 1 <= len(space) <= 6 + len(nm.KERNELS) - 1 and space[0] == MatmulConfig.default(dtype)
     assert len(set(space)) == len(space)
     rng = np.random.default_rng(6)
     a, b, bias = rand(rng, (1, m, k), dtype), rand(rng, (1, k, n), dtype), rand(rng, n, dtype)
@@ -305,7 +305,8 @@ def problems(draw):
     a, b = operand(m, k), operand(k, n)
     bias = rand(rng, n, dtype) if draw(st.booleans()) else None
     act = draw(st.sampled_from(ACTS))
-    cfg = draw(st.sampled_from([None, TINY_CFG[dtype], MatmulConfig(12, 8, 32)]))
+    cfg = draw(st.sampled_from([None, TINY_CFG[dtype], MatmulConfig(12, 8, 32),
+                                *(MatmulConfig(12, 8, 32, kern) for kern in UNPACKED)]))
     return a, b, bias, act, cfg
 
 
@@ -340,3 +341,143 @@ def test_half_narrowing_rounds_like_torch_on_every_kind_of_float32():
                        want.float()[~nan])
     h = _half.narrow(x[np.isfinite(x)], "e")
     assert h.dtype == np.float16 and np.array_equal(_half.widen(h), h.astype(np.float32))
+
+
+# ------------------------------------------------------------------ unpacked small/skinny kernels
+
+UNPACKED = [k for k in nm.KERNELS if k != "packed"]
+# GEMV both ways, one row / column of tiles and their edges, K not a multiple of the 4-row step,
+# the issue's odd sizes (small), and sizes just past the register tile
+SKINNY = [(1, 1, 1), (1, 37, 129), (1, 300, 1), (5, 300, 1), (3, 1000, 3), (2, 9, 700),
+          (7, 13, 5), (6, 16, 16), (13, 17, 130), (97, 61, 89), (64, 64, 64), (17, 3, 33)]
+
+
+@pytest.fixture(params=["serial", "parallel"])
+def threads_path(request, monkeypatch):
+    """The unpacked kernels on the calling thread, or in a parallel region whatever the size."""
+    monkeypatch.setattr(nm, "SERIAL_WORK", 1 << 62 if request.param == "serial" else 0)
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", UNPACKED)
+@pytest.mark.parametrize("mkn", SKINNY, ids=str)
+def test_unpacked_kernels_shapes(dtype, kernel, mkn, threads_path):
+    m, k, n = mkn
+    rng = np.random.default_rng(m * 7919 + k * 31 + n)
+    cfg = MatmulConfig(24, 16, 64, kernel)
+    for bn in (1, 3):
+        a, b, bias = rand(rng, (bn, m, k), dtype), rand(rng, (bn, k, n), dtype), rand(rng, n, dtype)
+        out = matmul_forward(a, b, bias, "relu", config=cfg)
+        assert out.dtype == dtype and out.shape == (bn, m, n) and out.flags.c_contiguous
+        assert_matmul_close(out, a, b, bias, "relu")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", UNPACKED)
+def test_unpacked_kernels_layouts(dtype, kernel, threads_path):
+    """Every stride pattern, and the shapes each kernel is fast for (the ones it reads in place)."""
+    rng = np.random.default_rng(11)
+    cfg = MatmulConfig(24, 16, 64, kernel)
+    for m, k, n in [(29, 37, 41), (1, 67, 90), (4, 50, 1), (13, 70, 35)]:
+        for name, a, b in _layouts(rng, 2, m, k, n, dtype):
+            if name == "readonly":
+                a.setflags(write=False)
+                b.setflags(write=False)
+            bias = rand(rng, 2 * n, dtype)[::-2]
+            out = matmul_forward(a, b, bias, "silu", config=cfg)
+            assert out.flags.c_contiguous, name
+            assert_matmul_close(out, a, b, bias, "silu")
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the reference's
+@pytest.mark.parametrize("kernel", UNPACKED)
+def test_unpacked_kernels_nan_inf_and_poison(kernel):
+    """NaN/Inf propagate; every output element is written (the output starts as poison: the
+    previous call's NaNs in a recycled buffer would show)."""
+    rng = np.random.default_rng(12)
+    cfg = MatmulConfig(24, 16, 64, kernel)
+    a, b = rand(rng, (1, 30, 40), np.float32), rand(rng, (1, 40, 35), np.float32)
+    a[0, 3, 7] = np.nan
+    a[0, 10, :] = 0.0
+    b[0, :, 11] = 0.0
+    b[0, 5, 11] = np.inf
+    a[0, 20, 2] = np.inf
+    for act in ACTS:
+        assert_matmul_close(matmul_forward(a, b, None, act, config=cfg), a, b, None, act)
+    nan_a, nan_b = np.full((1, 9, 20), np.nan, np.float32), np.full((1, 20, 19), np.nan, np.float32)
+    for _ in range(3):
+        assert np.isnan(matmul_forward(nan_a, nan_b, config=cfg)).all()
+        a, b = rand(rng, (1, 9, 20), np.float32), rand(rng, (1, 20, 19), np.float32)
+        assert_matmul_close(matmul_forward(a, b, config=cfg), a, b)
+
+
+@pytest.mark.parametrize("kernel", UNPACKED)
+@pytest.mark.parametrize("nthr", [1, 2, 3, 5])
+@pytest.mark.parametrize("bmn", [(1, 50, 70), (4, 30, 50), (3, 5, 90), (5, 2, 3), (1, 1, 300)])
+def test_unpacked_thread_partition(kernel, nthr, bmn):
+    """Every thread's share of an unpacked kernel, run one after the other, covers C once."""
+    bn, m, n = bmn
+    k = 21
+    rng = np.random.default_rng(13)
+    a = rand(rng, (bn, m, 2 * k), np.float32)[:, :, ::2]
+    b = rand(rng, (bn, k, 2 * n), np.float32)[:, :, ::2]
+    bias = rand(rng, 2 * n, np.float32)[::2]
+    for x in (a, b, bias):
+        x.setflags(write=False)
+    out = np.full((bn, m, n), np.nan, np.float32)
+    part = nm._compiled(np.dtype(np.float32)).unpacked[kernel][0]
+    for t in range(nthr):
+        part(t, nthr, a, b, bias, True, 1, out, 64)
+    assert_matmul_close(out, a, b, bias, "relu")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ukernel_strided(dtype):
+    """The in-place micro-kernel: A through (row, column) strides of either sign, B rows
+    ``b_rs`` apart; overwrite, then accumulate; nothing written outside the tile."""
+    mr, nr = _gemm.tile_shape(dtype)
+    kc = 9
+    rng = np.random.default_rng(14)
+    a = rand(rng, (mr, 3 * kc), dtype)[:, ::-3]  # negative column stride
+    b = rand(rng, (kc, nr + 5), dtype)
+    af = a.base.reshape(-1)
+    aoff = (a.__array_interface__["data"][0] - af.__array_interface__["data"][0]) // a.itemsize
+    bf = b.reshape(-1)
+    ldc = nr + 3
+    c = np.full(mr * ldc, 7.0, dtype)
+    s_m, s_k = (st // a.itemsize for st in a.strides)
+    _ukernel_strided_probe(kc, af, aoff, s_m, s_k, bf, 2, nr + 5, c, 0, ldc, 0)
+    ref = a.astype(np.float64) @ b[:, 2:2 + nr]
+    got = c.reshape(mr, ldc)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got[:, :nr], ref, rtol=tol, atol=tol * kc)
+    assert (got[:, nr:] == 7.0).all()
+    _ukernel_strided_probe(kc, af, aoff, s_m, s_k, bf, 2, nr + 5, c, 0, ldc, 1)
+    np.testing.assert_allclose(got[:, :nr], 2 * ref, rtol=tol, atol=tol * kc)
+
+
+@numba.njit
+def _ukernel_strided_probe(kc, ap, aoff, a_rs, a_cs, bp, boff, b_rs, cp, coff, ldc, acc):
+    _gemm.ukernel_strided(kc, ap, aoff, a_rs, a_cs, bp, boff, b_rs, cp, coff, ldc, acc)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_space_offers_the_unpacked_kernels_where_they_fit(dtype):
+    """The tuner can only pick what the space offers: GEMV and small M get ``rows``, ``x @ W.T``
+    with few outputs ``dots``, small matrices ``tile``; a big square product none of them."""
+    kernels = lambda m, k, n, layout="NN": [c.kernel for c in MatmulConfig.space(dtype, m, n, k,
+                                                                                   layout)]
+    assert kernels(1, 4096, 4096)[:2] == ["packed", "rows"]
+    assert "rows" in kernels(8, 4096, 4096) and "rows" in kernels(3, 1000, 3)
+    assert "dots" in kernels(1, 4096, 4096, "NT") and "dots" in kernels(512, 512, 1)
+    assert "tile" in kernels(64, 64, 64) and "tile" in kernels(97, 61, 89)
+    assert kernels(2048, 2048, 2048).count("packed") == len(kernels(2048, 2048, 2048))
+    for m, k, n in [(1, 4096, 4096), (64, 64, 64), (3, 1000, 3), (2048, 2048, 2048)]:
+        space = MatmulConfig.space(dtype, m, n, k)
+        assert space[0] == MatmulConfig.default(dtype) and len(set(space)) == len(space)
+        assert all(MatmulConfig.from_dict(c.to_dict()) == c for c in space)
+    with pytest.raises(ValueError, match="kernel"):
+        MatmulConfig(24, 16, 64, "gemv")
+    # an entry cached before the kernel field existed still loads (as the packed GEMM)
+    assert MatmulConfig.from_dict({"mc": 24, "kc": 16, "nc": 64}).kernel == "packed"

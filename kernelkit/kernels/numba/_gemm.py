@@ -118,6 +118,16 @@ def _tile_ov(x):
     return lambda x: (mr, nr)
 
 
+def _ukernel_typing(arrays):
+    """(MR, NR) when ``arrays`` are 1-D arrays of one float dtype, else None (no match)."""
+    if not all(isinstance(t, types.Array) and t.ndim == 1 for t in arrays):
+        return None
+    if not (len({t.dtype for t in arrays}) == 1 and arrays[0].dtype in (types.float32,
+                                                                         types.float64)):
+        return None
+    return TILE[_dtype_name(arrays[0].dtype)]
+
+
 @intrinsic
 def ukernel(typingctx, kc, ap, aoff, bp, boff, cp, coff, ldc, accumulate):
     """C[coff + i*ldc + j] (+)= sum_p ap[aoff + p*MR + i] * bp[boff + p*NR + j], i < MR, j < NR.
@@ -125,96 +135,142 @@ def ukernel(typingctx, kc, ap, aoff, bp, boff, cp, coff, ldc, accumulate):
     ``ap``, ``bp``, ``cp`` are 1-D contiguous arrays of one float dtype; ``accumulate`` != 0 adds
     to C, else overwrites it. ``kc`` may be 0 (writes zeros or leaves C unchanged).
     """
-    if not all(isinstance(t, types.Array) and t.ndim == 1 for t in (ap, bp, cp)):
-        return None
-    if not (ap.dtype == bp.dtype == cp.dtype and ap.dtype in (types.float32, types.float64)):
+    tile_mn = _ukernel_typing((ap, bp, cp))
+    if tile_mn is None:
         return None
     sig = types.void(kc, ap, aoff, bp, boff, cp, coff, ldc, accumulate)
-    mr, nr = TILE[_dtype_name(ap.dtype)]
 
     def codegen(context, builder, sig, args):
         kc_v, ap_v, aoff_v, bp_v, boff_v, cp_v, coff_v, ldc_v, acc_v = args
-        dt = sig.args[1].dtype
-        intp = context.get_value_type(types.intp)
-        kc_v = context.cast(builder, kc_v, sig.args[0], types.intp)
-        aoff_v = context.cast(builder, aoff_v, sig.args[2], types.intp)
-        boff_v = context.cast(builder, boff_v, sig.args[4], types.intp)
-        coff_v = context.cast(builder, coff_v, sig.args[6], types.intp)
-        ldc_v = context.cast(builder, ldc_v, sig.args[7], types.intp)
-        acc_v = context.cast(builder, acc_v, sig.args[8], types.intp)
-        elt = context.get_value_type(dt)
-        esize = context.get_abi_sizeof(elt)
-        w = _VEC_BITS // (8 * esize)
-        nvec = nr // w
-        vty = ir.VectorType(elt, w)
-        vptr = vty.as_pointer()
-        cst = lambda v: ir.Constant(intp, v)
-        A = builder.gep(context.make_array(sig.args[1])(context, builder, ap_v).data, [aoff_v])
-        B = builder.gep(context.make_array(sig.args[3])(context, builder, bp_v).data, [boff_v])
-        C = builder.gep(context.make_array(sig.args[5])(context, builder, cp_v).data, [coff_v])
-        zero = ir.Constant(vty, [0.0] * w)
-        undef = ir.Constant(vty, ir.Undefined)
-        splat0 = ir.Constant(ir.VectorType(ir.IntType(32), w), [0] * w)
-        if _HAS_FMA:
-            fma_fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vty, [vty, vty, vty]),
-                f"llvm.fma.v{w}f{esize * 8}")
-            fma = lambda x, y, z: builder.call(fma_fn, [x, y, z])
-        else:  # llvm.fma would become a libm call per lane
-            fma = lambda x, y, z: builder.fadd(builder.fmul(x, y), z)
-
-        pre = builder.block
-        loop = builder.append_basic_block("uk.loop")
-        done = builder.append_basic_block("uk.done")
-        builder.cbranch(builder.icmp_signed(">", kc_v, cst(0)), loop, done)
-
-        builder.position_at_end(loop)
-        p = builder.phi(intp)
-        p.add_incoming(cst(0), pre)
-        accs = []
-        for _ in range(mr * nvec):
-            ph = builder.phi(vty)
-            ph.add_incoming(zero, pre)
-            accs.append(ph)
-        arow = builder.gep(A, [builder.mul(p, cst(mr))])
-        brow = builder.gep(B, [builder.mul(p, cst(nr))])
-        bv = [builder.load(builder.bitcast(builder.gep(brow, [cst(j * w)]), vptr), align=esize)
-              for j in range(nvec)]
-        new = []
-        for i in range(mr):
-            s = builder.load(builder.gep(arow, [cst(i)]), align=esize)
-            sv = builder.shuffle_vector(
-                builder.insert_element(undef, s, ir.Constant(ir.IntType(32), 0)), undef, splat0)
-            for j in range(nvec):
-                new.append(fma(sv, bv[j], accs[i * nvec + j]))
-        pn = builder.add(p, cst(1))
-        p.add_incoming(pn, loop)
-        for ph, nv in zip(accs, new):
-            ph.add_incoming(nv, loop)
-        builder.cbranch(builder.icmp_signed("<", pn, kc_v), loop, done)
-
-        builder.position_at_end(done)
-        finals = []
-        for i in range(mr * nvec):
-            ph = builder.phi(vty)
-            ph.add_incoming(zero, pre)
-            ph.add_incoming(new[i], loop)
-            finals.append(ph)
-        doacc = builder.icmp_signed("!=", acc_v, cst(0))
-        with builder.if_else(doacc) as (then, otherwise):
-            for add, blk in ((True, then), (False, otherwise)):
-                with blk:
-                    for i in range(mr):
-                        crow = builder.gep(C, [builder.mul(ldc_v, cst(i))])
-                        for j in range(nvec):
-                            ptr = builder.bitcast(builder.gep(crow, [cst(j * w)]), vptr)
-                            v = finals[i * nvec + j]
-                            if add:
-                                v = builder.fadd(builder.load(ptr, align=esize), v)
-                            builder.store(v, ptr, align=esize)
+        # packed slivers: A's rows 1 apart and columns MR apart, B's rows NR apart (constants)
+        _ukernel_body(context, builder, sig, tile_mn, kc_v, True, ap_v, aoff_v, None, None,
+                      bp_v, boff_v, None, cp_v, coff_v, ldc_v, acc_v, (0, 2, 4, 6, 7, 8))
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def ukernel_strided(typingctx, kc, ap, aoff, a_rs, a_cs, bp, boff, b_rs, cp, coff, ldc,
+                    accumulate):
+    """C[coff + i*ldc + j] (+)= sum_p ap[aoff + i*a_rs + p*a_cs] * bp[boff + p*b_rs + j].
+
+    The micro-kernel reading A and B where they are (any element strides of A; B's rows must
+    hold NR consecutive elements from ``boff + p*b_rs``): the unpacked small-matrix path.
+    """
+    tile_mn = _ukernel_typing((ap, bp, cp))
+    if tile_mn is None:
+        return None
+    sig = types.void(kc, ap, aoff, a_rs, a_cs, bp, boff, b_rs, cp, coff, ldc, accumulate)
+
+    def codegen(context, builder, sig, args):
+        kc_v, ap_v, aoff_v, a_rs_v, a_cs_v, bp_v, boff_v, b_rs_v, cp_v, coff_v, ldc_v, acc_v = args
+        _ukernel_body(context, builder, sig, tile_mn, kc_v, False, ap_v, aoff_v, a_rs_v, a_cs_v,
+                      bp_v, boff_v, b_rs_v, cp_v, coff_v, ldc_v, acc_v,
+                      (0, 2, 3, 4, 6, 7, 9, 10, 11))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _ukernel_body(context, builder, sig, tile_mn, kc_v, packed, ap_v, aoff_v, a_rs_v, a_cs_v,
+                  bp_v, boff_v, b_rs_v, cp_v, coff_v, ldc_v, acc_v, int_idx):
+    """The micro-kernel's LLVM IR: MR x NR accumulators as SSA vectors over the K loop.
+
+    ``packed``: A and B are packed slivers with constant strides; else A element
+    (i, p) is at ``i*a_rs + p*a_cs`` and B row p at ``p*b_rs`` (runtime strides).
+    ``int_idx``: the positions in ``sig.args`` of the integer arguments, in the order they are
+    cast to intp (kc, aoff, [a_rs, a_cs,] boff, [b_rs,] coff, ldc, accumulate).
+    """
+    mr, nr = tile_mn
+    intp = context.get_value_type(types.intp)
+    ints = [kc_v, aoff_v] + ([] if packed else [a_rs_v, a_cs_v]) + [boff_v] \
+        + ([] if packed else [b_rs_v]) + [coff_v, ldc_v, acc_v]
+    ints = [context.cast(builder, v, sig.args[i], types.intp) for v, i in zip(ints, int_idx)]
+    if not packed:
+        kc_v, aoff_v, a_rs_v, a_cs_v, boff_v, b_rs_v, coff_v, ldc_v, acc_v = ints
+    else:
+        kc_v, aoff_v, boff_v, coff_v, ldc_v, acc_v = ints
+    a_ty = sig.args[1]
+    b_ty = sig.args[3] if packed else sig.args[5]
+    c_ty = sig.args[5] if packed else sig.args[8]
+    dt = a_ty.dtype
+    elt = context.get_value_type(dt)
+    esize = context.get_abi_sizeof(elt)
+    w = _VEC_BITS // (8 * esize)
+    nvec = nr // w
+    vty = ir.VectorType(elt, w)
+    vptr = vty.as_pointer()
+    cst = lambda v: ir.Constant(intp, v)
+    A = builder.gep(context.make_array(a_ty)(context, builder, ap_v).data, [aoff_v])
+    B = builder.gep(context.make_array(b_ty)(context, builder, bp_v).data, [boff_v])
+    C = builder.gep(context.make_array(c_ty)(context, builder, cp_v).data, [coff_v])
+    if not packed:  # row offsets of A: loop invariants, hoisted out of the K loop
+        a_rows = [builder.mul(a_rs_v, cst(i)) for i in range(mr)]
+    else:
+        a_rows = [cst(i) for i in range(mr)]
+    a_step = cst(mr) if packed else a_cs_v
+    b_step = cst(nr) if packed else b_rs_v
+    zero = ir.Constant(vty, [0.0] * w)
+    undef = ir.Constant(vty, ir.Undefined)
+    splat0 = ir.Constant(ir.VectorType(ir.IntType(32), w), [0] * w)
+    if _HAS_FMA:
+        fma_fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+            f"llvm.fma.v{w}f{esize * 8}")
+        fma = lambda x, y, z: builder.call(fma_fn, [x, y, z])
+    else:  # llvm.fma would become a libm call per lane
+        fma = lambda x, y, z: builder.fadd(builder.fmul(x, y), z)
+
+    pre = builder.block
+    loop = builder.append_basic_block("uk.loop")
+    done = builder.append_basic_block("uk.done")
+    builder.cbranch(builder.icmp_signed(">", kc_v, cst(0)), loop, done)
+
+    builder.position_at_end(loop)
+    p = builder.phi(intp)
+    p.add_incoming(cst(0), pre)
+    accs = []
+    for _ in range(mr * nvec):
+        ph = builder.phi(vty)
+        ph.add_incoming(zero, pre)
+        accs.append(ph)
+    arow = builder.gep(A, [builder.mul(p, a_step)])
+    brow = builder.gep(B, [builder.mul(p, b_step)])
+    bv = [builder.load(builder.bitcast(builder.gep(brow, [cst(j * w)]), vptr), align=esize)
+          for j in range(nvec)]
+    new = []
+    for i in range(mr):
+        s = builder.load(builder.gep(arow, [a_rows[i]]), align=esize)
+        sv = builder.shuffle_vector(
+            builder.insert_element(undef, s, ir.Constant(ir.IntType(32), 0)), undef, splat0)
+        for j in range(nvec):
+            new.append(fma(sv, bv[j], accs[i * nvec + j]))
+    pn = builder.add(p, cst(1))
+    p.add_incoming(pn, loop)
+    for ph, nv in zip(accs, new):
+        ph.add_incoming(nv, loop)
+    builder.cbranch(builder.icmp_signed("<", pn, kc_v), loop, done)
+
+    builder.position_at_end(done)
+    finals = []
+    for i in range(mr * nvec):
+        ph = builder.phi(vty)
+        ph.add_incoming(zero, pre)
+        ph.add_incoming(new[i], loop)
+        finals.append(ph)
+    doacc = builder.icmp_signed("!=", acc_v, cst(0))
+    with builder.if_else(doacc) as (then, otherwise):
+        for add, blk in ((True, then), (False, otherwise)):
+            with blk:
+                for i in range(mr):
+                    crow = builder.gep(C, [builder.mul(ldc_v, cst(i))])
+                    for j in range(nvec):
+                        ptr = builder.bitcast(builder.gep(crow, [cst(j * w)]), vptr)
+                        v = finals[i * nvec + j]
+                        if add:
+                            v = builder.fadd(builder.load(ptr, align=esize), v)
+                        builder.store(v, ptr, align=esize)
 
 
 # ----------------------------------------------------------------------------------- strided views

@@ -12,6 +12,16 @@ Paths: tiny problems (M*N*K < SMALL_WORK, or K == 0) use an unpacked loop; mediu
 the batch count is a multiple of the thread count) or a contiguous share of M (or N) of every
 product, and packs its own panels.
 
+Small and skinny products have three unpacked kernels, chosen as configs (``MatmulConfig.kernel``)
+so the tuner picks them per size like any blocking:
+
+* ``rows``: C rows += A[i, p] * B row p, four rows of B at a time over a chunk of ``nc`` columns
+  whose C rows stay in L1 or L2: B is streamed once, in order (GEMV / small M, row-major B).
+* ``dots``: each C element a dot product along K, 2 x 4 at a time, vectorised along K (both
+  operands contiguous in K: ``x @ W.T`` with a row-major W, N == 1, small M and N with long K).
+* ``tile``: the register-tile micro-kernel reading A and B in place (strided), no packing but of
+  edge slivers: small matrices (64^3, 97x61x89) whose packing would cost as much as the product.
+
 The launcher does no dispatch, conversion or tuning: the ops layer has validated the arguments.
 """
 
@@ -40,6 +50,7 @@ from kernelkit.kernels.numba._gemm import (
     span,
     tile,
     tile_shape,
+    ukernel_strided,
 )
 from kernelkit.kernels.numba._gemm import (
     cdiv as _cdiv,
@@ -81,6 +92,14 @@ class GemmBlocking(KernelConfig):
             object.__setattr__(self, name, int(v))  # plain ints: hashable and JSON-ready
 
 
+# The kernels a config can name: the packed GEMM and the unpacked small/skinny kernels.
+KERNELS = ("packed", "rows", "dots", "tile")
+# Largest M (rows) / M*N (dots) / M*N*K (tile) the unpacked kernels are offered for.
+ROWS_MAX_M = 16
+DOTS_MAX_MN = 64 * 64
+TILE_MAX_WORK = 256**3
+
+
 @dataclass(frozen=True)
 class MatmulConfig(GemmBlocking):
     """Cache blocking of the packed GEMM. The register tile (MR x NR) is fixed per dtype (``TILE``).
@@ -88,7 +107,18 @@ class MatmulConfig(GemmBlocking):
     mc: rows of A per packed block (L2-resident), a multiple of MR.
     kc: depth of a block (one B sliver, kc x NR, stays in L1 while A slivers stream past).
     nc: columns of the packed B panel (L3-resident), a multiple of NR.
+    kernel: "packed" (the blocked GEMM above), or one of the unpacked kernels "rows", "dots",
+        "tile" (see the module docstring), which ignore the blocking, but for ``rows``, whose
+        column chunk is ``nc``.
     """
+
+    kernel: str = "packed"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.kernel not in KERNELS:
+            raise ValueError(f"{type(self).__name__}.kernel must be one of {KERNELS}, got "
+                             f"{self.kernel!r}")
 
     @classmethod
     def default(cls, dtype) -> MatmulConfig:
@@ -107,10 +137,12 @@ class MatmulConfig(GemmBlocking):
         return cls(int(mc), int(kc), int(nc))
 
     @classmethod
-    def space(cls, dtype, m: int, n: int, k: int) -> list[MatmulConfig]:
-        """Default first, then up to 5 variants that change the blocking for this problem."""
+    def space(cls, dtype, m: int, n: int, k: int, layout: str = "NN") -> list[MatmulConfig]:
+        """Default first, then the unpacked kernels that suit this size and layout (``layout``:
+        the Problem's tags of A and B), then up to 5 variants that change the blocking."""
         d = cls.default(dtype)
         mr, nr = tile_shape(dtype)
+        item = np.dtype(dtype).itemsize
         half_mc, dbl_mc = _round_down(d.mc // 2, mr), _round_down(d.mc * 2, mr)
         cands = [
             d,
@@ -128,7 +160,35 @@ class MatmulConfig(GemmBlocking):
                 continue
             seen.add(eff)
             out.append(c)
-        return out[:6]
+        unpacked = []
+        for kern in _unpacked_kernels(m, n, k, layout):
+            if kern == "rows":  # its chunk of C rows held in L1, or in L2
+                whole = max(64, -(-n // 64) * 64)  # no chunk wider than the row
+                chunks = {min(rows_chunk(m, item, level), whole) for level in (1, 2)}
+                unpacked += [cls(d.mc, d.kc, c, kern) for c in sorted(chunks)]
+            else:
+                unpacked.append(cls(d.mc, d.kc, d.nc, kern))
+        return out[:1] + unpacked + out[1:6]
+
+
+def rows_chunk(m: int, itemsize: int, level: int) -> int:
+    """Columns per chunk of the ``rows`` kernel: its m rows of C fill half of cache ``level``
+    (a multiple of 64 columns), so they stay there while the rows of B stream past."""
+    return max(64, (_cache_sizes()[level] // 2) // (max(m, 1) * itemsize) // 64 * 64)
+
+
+def _unpacked_kernels(m: int, n: int, k: int, layout: str) -> list[str]:
+    """The unpacked kernels worth timing for an (m, k) @ (k, n) product: each is correct for any
+    shape and strides, but fast only where it was written for."""
+    la, lb = (layout + "NN")[:2]
+    out = []
+    if m <= ROWS_MAX_M and lb == "N":  # B's rows contiguous: stream them once
+        out.append("rows")
+    if (m * n <= DOTS_MAX_MN or min(m, n) == 1) and (lb != "N" or (n == 1 and la == "N")):
+        out.append("dots")  # few outputs, and K contiguous in B (or N == 1): dots along K
+    if m * n * k <= TILE_MAX_WORK and min(m, n) > 1:  # B packed per sliver unless rows contiguous
+        out.append("tile")
+    return out
 
 
 CONFIG = MatmulConfig
@@ -137,7 +197,7 @@ CONFIG = MatmulConfig
 def space(problem) -> list[MatmulConfig]:
     """The configs worth timing for a matmul ``Problem`` (shapes (B, M, K), (B, K, N))."""
     (_, m, k), (_, _, n) = problem.shapes
-    return MatmulConfig.space(_half.compute_dtype(problem.dtype), m, n, k)
+    return MatmulConfig.space(_half.compute_dtype(problem.dtype), m, n, k, problem.layout)
 
 
 # ------------------------------------------------------------------------------------ jitted code
@@ -260,6 +320,202 @@ def _gemm_parallel(a3, b3, bias, has_bias, act, out3, mc, kc, nc, nthr):
         _gemm_part(np.int64(t), nthr, a3, b3, bias, has_bias, act, out3, mc, kc, nc)
 
 
+# -------------------------------------------------------------------- unpacked small/skinny kernels
+# Each ``_<kernel>_part(t, nthr, a3, b3, bias, has_bias, act, out3, chunk)`` computes thread t's
+# share of the whole batched product (t = 0, nthr = 1 on the calling thread), reading A and B in
+# place through their strides: correct for every stride pattern, fast for the one it was written
+# for. ``chunk`` is the ``rows`` kernel's column chunk (the others ignore it).
+
+_JIT_REASSOC = dict(_JIT, fastmath={"contract", "reassoc"})  # vectorised sums along K
+
+
+@numba.njit(**_JIT)
+def _share(t, nthr, nbat, m, n, mu, nu):
+    """Thread t's share: (first batch, batch step, r0, r1, c0, c1). Whole batches when the batch
+    count is a multiple of nthr; else rows (in units of mu) or columns (units of nu) of every
+    product, whichever has more units."""
+    if nbat % nthr == 0:
+        return t, nthr, 0, m, 0, n
+    msl = _cdiv(m, mu)
+    nsl = _cdiv(n, nu)
+    if msl >= nthr or msl >= nsl:
+        return 0, 1, min(m, (t * msl // nthr) * mu), min(m, ((t + 1) * msl // nthr) * mu), 0, n
+    return 0, 1, 0, m, min(n, (t * nsl // nthr) * nu), min(n, ((t + 1) * nsl // nthr) * nu)
+
+
+@numba.njit(**_JIT)
+def _rows_part(t, nthr, a3, b3, bias, has_bias, act, out3, chunk):
+    """C[i, j] = sum_p A[i, p] B[p, j]: four rows of B at a time added into the C rows of a
+    column chunk (the chunk's C rows stay in cache), so B is read once, row after row: GEMV and
+    small M run at memory bandwidth. Vectorised along j where B's rows are contiguous."""
+    nbat, m, k = a3.shape
+    n = b3.shape[2]
+    af, alo, sa0, sam, sak = _operand(a3)
+    bf, blo, sb0, sbk, sbn = _operand(b3)
+    c = out3.reshape(-1)
+    # columns (in units of 64) per thread; all rows to one thread if there is only one unit
+    b_first, b_step, r0, r1, c0, c1 = _share(t, nthr, nbat, m, n, m + 1, min(chunk, 64))
+    if r1 <= r0 or c1 <= c0 or b_first >= nbat:
+        return
+    k4 = k - k % 4
+    for bi in range(b_first, nbat, b_step):
+        for jc in range(c0, c1, chunk):
+            nb = min(chunk, c1 - jc)
+            for i in range(r0, r1):
+                co = (bi * m + i) * n + jc
+                for j in range(nb):
+                    c[_U(co + j)] = 0.0
+            for p in range(0, k4, 4):
+                b0 = bi * sb0 + p * sbk + jc * sbn - blo
+                b1, b2, b3_ = b0 + sbk, b0 + 2 * sbk, b0 + 3 * sbk
+                for i in range(r0, r1):
+                    ao = bi * sa0 + i * sam + p * sak - alo
+                    x0, x1 = af[_U(ao)], af[_U(ao + sak)]
+                    x2, x3 = af[_U(ao + 2 * sak)], af[_U(ao + 3 * sak)]
+                    co = (bi * m + i) * n + jc
+                    if sbn == 1:
+                        for j in range(nb):
+                            c[_U(co + j)] += (x0 * bf[_U(b0 + j)] + x1 * bf[_U(b1 + j)]) + \
+                                (x2 * bf[_U(b2 + j)] + x3 * bf[_U(b3_ + j)])
+                    else:
+                        for j in range(nb):
+                            o = j * sbn
+                            c[_U(co + j)] += (x0 * bf[_U(b0 + o)] + x1 * bf[_U(b1 + o)]) + \
+                                (x2 * bf[_U(b2 + o)] + x3 * bf[_U(b3_ + o)])
+            for p in range(k4, k):
+                b0 = bi * sb0 + p * sbk + jc * sbn - blo
+                for i in range(r0, r1):
+                    x0 = af[_U(bi * sa0 + i * sam + p * sak - alo)]
+                    co = (bi * m + i) * n + jc
+                    for j in range(nb):
+                        c[_U(co + j)] += x0 * bf[_U(b0 + j * sbn)]
+            epilogue(c, (bi * m + r0) * n + jc, n, r1 - r0, nb, bias, has_bias, jc, act)
+
+
+@numba.njit(**_JIT_REASSOC)
+def _dots_part(t, nthr, a3, b3, bias, has_bias, act, out3, chunk):
+    """C[i, j] = dot(A[i, :], B[:, j]), a 2 x 4 block of dot products at a time, vectorised
+    along K where both operands are contiguous in K (``x @ W.T``, N == 1). Edge blocks repeat
+    their last row / column (the same value is computed and stored twice)."""
+    nbat, m, k = a3.shape
+    n = b3.shape[2]
+    af, alo, sa0, sam, sak = _operand(a3)
+    bf, blo, sb0, sbk, sbn = _operand(b3)
+    c = out3.reshape(-1)
+    b_first, b_step, r0, r1, c0, c1 = _share(t, nthr, nbat, m, n, 2, 4)
+    if r1 <= r0 or c1 <= c0 or b_first >= nbat:
+        return
+    zero = c.dtype.type(0)
+    for bi in range(b_first, nbat, b_step):
+        for i in range(r0, r1, 2):
+            ia0 = bi * sa0 + i * sam - alo
+            ia1 = bi * sa0 + min(i + 1, r1 - 1) * sam - alo
+            for j in range(c0, c1, 4):
+                jb1, jb2, jb3 = min(j + 1, c1 - 1), min(j + 2, c1 - 1), min(j + 3, c1 - 1)
+                ib0 = bi * sb0 + j * sbn - blo
+                ib1, ib2, ib3 = (bi * sb0 + jb1 * sbn - blo, bi * sb0 + jb2 * sbn - blo,
+                                 bi * sb0 + jb3 * sbn - blo)
+                s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
+                for p in range(k):
+                    x0, x1 = af[_U(ia0 + p * sak)], af[_U(ia1 + p * sak)]
+                    y0, y1 = bf[_U(ib0 + p * sbk)], bf[_U(ib1 + p * sbk)]
+                    y2, y3 = bf[_U(ib2 + p * sbk)], bf[_U(ib3 + p * sbk)]
+                    s00 += x0 * y0
+                    s01 += x0 * y1
+                    s02 += x0 * y2
+                    s03 += x0 * y3
+                    s10 += x1 * y0
+                    s11 += x1 * y1
+                    s12 += x1 * y2
+                    s13 += x1 * y3
+                o0 = (bi * m + i) * n
+                o1 = (bi * m + min(i + 1, r1 - 1)) * n
+                # (row 1 first: on an edge it repeats row 0, which then wins with equal values)
+                c[_U(o1 + j)] = s10
+                c[_U(o1 + jb1)] = s11
+                c[_U(o1 + jb2)] = s12
+                c[_U(o1 + jb3)] = s13
+                c[_U(o0 + j)] = s00
+                c[_U(o0 + jb1)] = s01
+                c[_U(o0 + jb2)] = s02
+                c[_U(o0 + jb3)] = s03
+        epilogue(c, (bi * m + r0) * n + c0, n, r1 - r0, c1 - c0, bias, has_bias, c0, act)
+
+
+@numba.njit(**_JIT)
+def _tile_part(t, nthr, a3, b3, bias, has_bias, act, out3, chunk):
+    """The register-tile micro-kernel on A and B in place (``ukernel_strided``): no packing but
+    of edge slivers (rows past the last full MR, columns past the last full NR) and of B when its
+    rows are not contiguous. Column slivers outside, row tiles inside: the B sliver stays in L1
+    while A's rows pass."""
+    nbat, m, k = a3.shape
+    n = b3.shape[2]
+    mr, nr = tile(out3)
+    af, alo, sa0, sam, sak = _operand(a3)
+    bf, blo, sb0, sbk, sbn = _operand(b3)
+    c = out3.reshape(-1)
+    b_first, b_step, r0, r1, c0, c1 = _share(t, nthr, nbat, m, n, mr, nr)
+    if r1 <= r0 or c1 <= c0 or b_first >= nbat:
+        return
+    apack = np.empty(mr * k, out3.dtype)
+    bpack = np.empty(nr * k, out3.dtype)
+    ct = np.empty(mr * nr, out3.dtype)
+    for bi in range(b_first, nbat, b_step):
+        for jr in range(c0, c1, nr):
+            cols = min(nr, c1 - jr)
+            bo = bi * sb0 + jr * sbn - blo
+            b_inplace = cols == nr and sbn == 1
+            if not b_inplace:
+                pack_b(bf, bo, sbk, sbn, k, cols, bpack, 0, 0, 1)
+            for i0 in range(r0, r1, mr):
+                rows = min(mr, r1 - i0)
+                ao = bi * sa0 + i0 * sam - alo
+                co = (bi * m + i0) * n + jr
+                full = rows == mr and cols == nr
+                if rows < mr:
+                    pack_a(af, ao, sam, sak, rows, k, apack, 0)
+                # four call sites: in-place (read-only views) and packed (scratch) operands
+                # have different array types
+                if rows == mr:
+                    if b_inplace:
+                        ukernel_strided(k, af, ao, sam, sak, bf, bo, sbk, c, co, n, 0)
+                    elif full:
+                        ukernel_strided(k, af, ao, sam, sak, bpack, 0, nr, c, co, n, 0)
+                    else:
+                        ukernel_strided(k, af, ao, sam, sak, bpack, 0, nr, ct, 0, nr, 0)
+                elif b_inplace:
+                    ukernel_strided(k, apack, 0, 1, mr, bf, bo, sbk, ct, 0, nr, 0)
+                else:
+                    ukernel_strided(k, apack, 0, 1, mr, bpack, 0, nr, ct, 0, nr, 0)
+                if not full:
+                    for i in range(rows):
+                        for j in range(cols):
+                            c[_U(co + i * n + j)] = ct[_U(i * nr + j)]
+                epilogue(c, co, n, rows, cols, bias, has_bias, jr, act)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _rows_parallel(a3, b3, bias, has_bias, act, out3, chunk, nthr):
+    for t in prange(nthr):
+        _rows_part(np.int64(t), nthr, a3, b3, bias, has_bias, act, out3, chunk)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _dots_parallel(a3, b3, bias, has_bias, act, out3, chunk, nthr):
+    for t in prange(nthr):
+        _dots_part(np.int64(t), nthr, a3, b3, bias, has_bias, act, out3, chunk)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _tile_parallel(a3, b3, bias, has_bias, act, out3, chunk, nthr):
+    for t in prange(nthr):
+        _tile_part(np.int64(t), nthr, a3, b3, bias, has_bias, act, out3, chunk)
+
+
+_UNPACKED = {"rows": (_rows_part, _rows_parallel), "dots": (_dots_part, _dots_parallel),
+             "tile": (_tile_part, _tile_parallel)}
+
+
 # ----------------------------------------------------------------------------------------- launch
 
 def _sig(fn_args: str, dtype):
@@ -273,18 +529,26 @@ def _sig(fn_args: str, dtype):
     blocks = (types.intp, types.intp, types.intp)
     if fn_args == "serial":
         return types.void(types.intp, types.intp, *common, *blocks)
+    if fn_args == "part":  # an unpacked kernel's share: (t, nthr, ..., chunk)
+        return types.void(types.intp, types.intp, *common, types.intp)
+    if fn_args == "part_parallel":
+        return types.void(*common, types.intp, types.intp)
     return types.void(*common, *blocks, types.intp)
 
 
 class _Compiled:
     """The compiled entry points of one dtype (compiled or loaded from cache on first use)."""
 
-    __slots__ = ("small", "serial", "parallel", "empty")
+    __slots__ = ("small", "serial", "parallel", "unpacked", "empty")
 
     def __init__(self, dtype):
         self.small = self._get(_matmul_small, "small", dtype)
         self.serial = self._get(_gemm_part, "serial", dtype)  # called with t=0, nthr=1
         self.parallel = self._get(_gemm_parallel, "parallel", dtype)
+        # kernel name -> (its share on the calling thread, its parallel region)
+        self.unpacked = {name: (self._get(part, "part", dtype),
+                                self._get(par, "part_parallel", dtype))
+                         for name, (part, par) in _UNPACKED.items()}
         self.empty = np.zeros(0, dtype)
 
     @staticmethod
@@ -343,6 +607,16 @@ def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
     if not (a.flags.aligned and b.flags.aligned and bias.flags.aligned):
         a, b, bias = np.ascontiguousarray(a), np.ascontiguousarray(b), np.ascontiguousarray(bias)
     work = m * n * k
+    kernel = config.kernel if config is not None else "packed"
+    if kernel != "packed" and k > 0:
+        part, par = fns.unpacked[kernel]
+        chunk = config.nc  # the rows kernel's column chunk (the others ignore it)
+        nthr = numba.get_num_threads()
+        if work * nbat < SERIAL_WORK or nthr == 1:
+            part(0, 1, a, b, bias, has_bias, act, out, chunk)
+        else:
+            par(a, b, bias, has_bias, act, out, chunk, nthr)
+        return out
     if work < SMALL_WORK or k == 0:
         fns.small(a, b, bias, has_bias, act, out)
         return out
