@@ -177,7 +177,8 @@ class OpSpec:
     `make_inputs(dims, dtype, where, seed)` builds ``(args, kwargs)`` for one size of a preset.
     `cli_dims` names the command-line sizes (e.g. "M K N"); `cli_inputs(dims)` turns them into
     the `make_inputs` dims, or raises ValueError. `scale(dims, factor)` grows a size for a sweep
-    (by default the first dim: the batch).
+    (by default the first dim: the batch). `dims_of(shapes)` is `make_inputs`' inverse: the dims
+    whose inputs have a problem's `shapes`, or None (`kernelkit cache verify` rebuilds entries).
     """
 
     name: str
@@ -192,6 +193,7 @@ class OpSpec:
     cli_inputs: Callable[[tuple[int, ...]], tuple[int, ...]] | None = None
     scale: Callable[[tuple[int, ...], int], tuple[int, ...]] = \
         lambda dims, factor: (dims[0] * factor, *dims[1:])
+    dims_of: Callable[[tuple[tuple[int, ...], ...]], tuple[int, ...] | None] | None = None
 
 
 _BACKENDS: dict[str, Backend] = {}

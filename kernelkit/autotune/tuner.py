@@ -275,7 +275,9 @@ def decide(
         "choice": choice.to_dict(),
         "trials": [t.to_dict() for t in trials],
         # the key's fields, so the cost model never parses keys back apart
-        "problem": {"shapes": [list(s) for s in problem.shapes], "flops": problem.flops,
+        "problem": {"op": problem.op, "dtype": problem.dtype, "lib": problem.lib,
+                    "device": problem.device,
+                    "shapes": [list(s) for s in problem.shapes], "flops": problem.flops,
                     "nbytes": problem.nbytes, "family": key.family, "dims": list(key.dims)},
         "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **({"provisional": True} if busy else {}),

@@ -401,6 +401,17 @@ def _make_inputs(op: str):
     return make_inputs
 
 
+def _dims_of(shapes) -> tuple[int, ...] | None:
+    """make_inputs' dims for a problem's shapes (x, weight, y), or None: square images and
+    kernels, padding R // 2 (the stride follows from the output size)."""
+    (n, c, h, w), (k, cg, r, s), (_, _, ho, wo) = shapes
+    if h != w or r != s or ho != wo or cg == 0 or c % cg:
+        return None
+    pad = r // 2
+    stride = next((st for st in range(1, r + 2) if (h + 2 * pad - r) // st + 1 == ho), None)
+    return None if stride is None else (n, c, h, k, r, stride, pad, c // cg)
+
+
 def _cli_inputs(op: str):
     def cli_inputs(dims: tuple[int, ...]) -> tuple[int, ...]:
         if len(dims) != 6:
@@ -426,4 +437,4 @@ for _op, _fn, _prepare, _launch in (
         name=_op, kernel="conv2d", entry=_op if _op != "conv2d" else "conv2d_forward",
         launch=_launch, function=_fn, prepare=_prepare, make_inputs=_make_inputs(_op),
         presets=_PRESETS if _op == "conv2d" else {},
-        cli_dims="N C H K R STRIDE", cli_inputs=_cli_inputs(_op)))
+        cli_dims="N C H K R STRIDE", cli_inputs=_cli_inputs(_op), dims_of=_dims_of))

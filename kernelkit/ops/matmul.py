@@ -238,6 +238,12 @@ def make_inputs(dims: tuple[int, ...], dtype: str, where: str, seed: int = 0):
     return arrays.random_arrays(((m, k), (k, n)), dtype, where, seed), {}
 
 
+def _dims_of(shapes) -> tuple[int, ...] | None:
+    """make_inputs' dims for a problem's shapes ((B, M, K), (B, K, N)), or None (batched)."""
+    (nb, m, k), (_, _, n) = shapes[:2]
+    return (m, k, n) if nb == 1 else None
+
+
 def _cli_inputs(dims: tuple[int, ...]) -> tuple[int, ...]:
     if len(dims) != 3:
         raise ValueError("matmul takes M K N")
@@ -258,6 +264,6 @@ SPEC = core.register_op(OpSpec(
         "odd": tuple((d, "float32") for d in ((1, 1, 1), (7, 13, 5), (97, 61, 89),
                                                 (255, 257, 129), (1000, 3, 1000), (3, 1000, 3))),
     },
-    cli_dims="M K N", cli_inputs=_cli_inputs,
+    cli_dims="M K N", cli_inputs=_cli_inputs, dims_of=_dims_of,
     scale=lambda dims, factor: tuple(d * factor for d in dims),
 ))
