@@ -51,7 +51,14 @@ def cmd_info(args: argparse.Namespace, con: Console) -> int:
 
 
 def cmd_tune(args: argparse.Namespace, con: Console) -> int:
-    from rich.progress import Progress
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from .autotune import generate
 
@@ -66,11 +73,21 @@ def cmd_tune(args: argparse.Namespace, con: Console) -> int:
             con.print(f"[red]unknown preset {args.preset!r}; one of {sorted(known)}")
             return 2
     where = args.where or ("cuda" if devices.cuda_available() else "numpy")
-    with Progress(console=con, transient=True) as bar:
+    # One step per measured size, on stderr (stdout keeps the table), off when stderr is not a
+    # terminal or with --quiet. The ETA is rich's: the remaining steps at the recent pace.
+    err = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
+                  transient=True, disable=args.quiet or not err.is_terminal) as bar:
         task = bar.add_task(f"tuning {name} ({where})", total=len(problems))
+
+        def starting(job) -> None:
+            op, dims, dtype = job
+            bar.update(task, description=f"{op} {'x'.join(map(str, dims))} {dtype}")
+
         rows = generate.generate(problems, where=where, shards=args.shards, gpus=args.gpus,
                                  remeasure=args.remeasure, threads=args.threads,
-                                 progress=lambda r: bar.advance(task))
+                                 progress=lambda r: bar.advance(task), starting=starting)
     if args.json:
         Path(args.json).write_text(json.dumps([generate.row_dict(r) for r in rows], indent=1))
     if args.out:
@@ -348,7 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("tune", help="tune this machine for a preset of sizes and print the choices")
     s.add_argument("--preset", default="quick",
-                   help="quick, square, mlp, odd (matmul), resnet50 (conv2d), imagenet (preprocess)")
+                   help="quick (the default), square, mlp, odd, transformer (matmul); resnet50 "
+                        "(conv2d forward and both backward ops); imagenet (preprocess)")
+    s.add_argument("--quiet", action="store_true",
+                   help="no progress bar (it is also off when stderr is not a terminal)")
     s.add_argument("--where", choices=("numpy", "torch", "cuda"),
                    help="where the inputs live (default: cuda when there is a GPU, else numpy)")
     s.add_argument("--shards", type=int, default=1, help="worker processes (1 on a CPU)")
