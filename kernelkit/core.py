@@ -150,6 +150,9 @@ class Backend:
     missing: Callable[[], str | None]
     vendor: bool = False
     roofline: tuple[float, float, float] = (1e-5, 1e11, 1e10)
+    # Per op (or kernel module) where one of its kernels is far from the backend's roofline
+    # (the cost model's prior before anything is measured), looked up like `dtypes`.
+    rooflines: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
     # Its kernels are compiled on first use, per dtype: each kernel module has `warm(dtype)`
     # (compile, or load from the on-disk cache, everything its entry point runs for that dtype).
     compiles: bool = False
@@ -164,6 +167,12 @@ class Backend:
             if name in self.dtypes:
                 return self.dtypes[name]
         return None
+
+    def roofline_for(self, spec: OpSpec) -> tuple[float, float, float]:
+        for name in (spec.name, spec.kernel):
+            if name in self.rooflines:
+                return self.rooflines[name]
+        return self.roofline
 
 
 @dataclass(frozen=True)
@@ -310,5 +319,6 @@ def _make_candidate(spec: OpSpec, backend: Backend) -> Candidate:
                              spec.launch(getattr(m, spec.entry), p, m.CONFIG.from_dict(config)))
 
     return Candidate(spec.name, backend.name, backend.device, backend.native, supports, space,
-                     launcher, vendor=backend.vendor, roofline=backend.roofline, precheck=precheck,
+                     launcher, vendor=backend.vendor, roofline=backend.roofline_for(spec),
+                     precheck=precheck,
                      module=module_name, compiles=backend.compiles)

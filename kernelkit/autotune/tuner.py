@@ -28,6 +28,7 @@ from .key import Key, make_key
 from .timing import Timing, cuda_sync, measure, measure_interleaved
 
 MAX_CONFIGS = 6  # per candidate, when `auto` measures a family's first size
+AUTO_TIE = 0.08  # auto: leaders this close are not re-timed (within 10% of each other either way)
 FITTED_CONFIGS = 3  # per contender, when `auto` measures with a fitted family: its best-ranked
 TOP_CANDIDATES = 3  # when `auto` measures with a model: the contenders it cannot tell apart
 # Tuning pays for itself (op calls under `auto`): a size is measured once the time measuring could
@@ -35,6 +36,7 @@ TOP_CANDIDATES = 3  # when `auto` measures with a model: the contenders it canno
 # the best optimistic time of a contender) exceeds what measuring costs (per timed config: its
 # verification run and its share of the timing budget; plus the re-timing of close leaders).
 TIMING_BUDGET_S = (0.05, 0.2)  # per timed config: problems below / above SMALL_FLOPS
+RETIME_BUDGET_S = (0.2, 0.5)  # the re-timing of two overlapping leaders, below / above
 SMALL_FLOPS = 1e8
 RETIME_S = 0.3
 
@@ -240,6 +242,7 @@ def decide(
     if mode == "model":
         return Decision(key, model.predict(key, problem, usable, cache.entries()), skipped)
     measured, configs_for = usable, None  # measure: every candidate, every config of its space
+    tie = 0.0  # measure: overlapping leaders are always re-timed
     if mode == "auto":
         entries = cache.entries()
         preds = model.predict_times(key, problem, usable, entries)
@@ -250,6 +253,7 @@ def decide(
             keep = {q.candidate for q in model.contenders(preds, TOP_CANDIDATES)}
             measured = [c for c in usable if c.name in keep]
             limit = FITTED_CONFIGS  # the neighbours' winners (then the default) carry over
+            tie = AUTO_TIE
         configs_for = lambda c: model.ranked_configs(c, problem, key, entries, limit)
         if calls is not None and preds:
             cost = tuning_cost(problem, preds, sum(len(configs_for(c)) for c in measured))
@@ -269,7 +273,8 @@ def decide(
     if not ok:
         errors = "; ".join(f"{t.candidate} {json.dumps(t.config)}: {t.error}" for t in trials)
         raise RuntimeError(f"{problem.op}: every candidate failed ({errors})")
-    best = _winner(problem, measured, ok)
+    # auto (a fitted family) does not re-time a near tie: either leader is as good as the other
+    best = _winner(problem, measured, ok, tie=tie)
     choice = Choice(best.candidate, best.config, "measured")
     cache.put(key, {
         "choice": choice.to_dict(),
@@ -318,17 +323,20 @@ def _rank(t: Trial) -> tuple:
     return (t.timing.median, t.candidate, json.dumps(t.config, sort_keys=True))
 
 
-def _winner(problem: Problem, usable: list[Candidate], ok: list[Trial]) -> Trial:
+def _winner(problem: Problem, usable: list[Candidate], ok: list[Trial], tie: float = 0.0) -> Trial:
     """The fastest trial; when the runner-up's interval (median +- spread) overlaps the leader's,
-    the two are timed again, interleaved, with a longer budget before one is declared the winner."""
+    the two are timed again, interleaved, with a longer budget before one is declared the winner
+    (unless their medians are within `tie` of each other: then either will do)."""
     ranked = sorted(ok, key=_rank)
     if len(ranked) >= 2:
         a, b = ranked[0], ranked[1]
         if a.timing.median + a.timing.spread >= b.timing.median - b.timing.spread \
+                and b.timing.median >= (1 + tie) * a.timing.median \
                 and a.run is not None and b.run is not None:
             try:
                 ta, tb = measure_interleaved([a.run, b.run], sync=_sync_for(problem, usable),
-                                             min_reps=9, budget_s=0.2 if problem.flops < 1e8 else 0.5)
+                                             min_reps=9,
+                                             budget_s=RETIME_BUDGET_S[problem.flops >= SMALL_FLOPS])
                 a.timing, b.timing = ta, tb
             except Exception:  # noqa: BLE001 - keep the first timings
                 pass
@@ -366,7 +374,7 @@ def measure_all(
                 fns.append((trial, fn))
     if fns:
         # Total budget grows with the number of contenders; tiny problems need less.
-        budget = (0.05 if problem.flops < 1e8 else 0.2) * len(fns)
+        budget = TIMING_BUDGET_S[problem.flops >= SMALL_FLOPS] * len(fns)
         try:
             timings = measure_interleaved([fn for _, fn in fns], sync=sync, budget_s=budget)
         except Exception:  # noqa: BLE001 - a kernel that ran once but fails when repeated

@@ -238,3 +238,35 @@ def test_a_deferred_plan_is_memoised_for_its_calls_then_asks_again(tmp_path):
             assert len(seen) == 2  # then asked again
     finally:
         tuner.choose = real
+
+
+def test_auto_does_not_retime_a_near_tie_that_measure_retimes(tmp_path, monkeypatch):
+    """Two leaders within AUTO_TIE of each other, intervals overlapping: `measure` times them
+    again; `auto` (a fitted family) takes the faster at once, either being as good."""
+    clock = timing.SimulatedClock()
+
+    def cand(name, per_flop, jitter):
+        def launcher(p, cfg):
+            state = {"i": 0}
+
+            def run():  # alternating +-jitter: a spread wide enough to overlap the other's
+                state["i"] += 1
+                clock.advance(p.flops * per_flop * (1 + jitter * (-1) ** state["i"]))
+                return CORRECT
+            return run
+        return Candidate("fake", name, "cpu", "numpy", lambda p: None, lambda p: [{}], launcher,
+                         roofline=(1e-9, 1e9, 1e12))
+
+    cands = [cand("a", 1e-9, 0.05), cand("b", 1.03e-9, 0.05)]  # 3% apart, +-5% noise
+    calls = []
+    real = tuner.measure_interleaved
+    monkeypatch.setattr(tuner, "measure_interleaved", lambda fns, **kw: calls.append(len(fns))
+                        or real(fns, **kw))
+    with timing.use_clock(clock):
+        for n in (32, 64, 128, 256):  # the family, measured
+            run(cands, problem(n), Settings(cache_dir=str(tmp_path), tune="measure"))
+        assert calls[-1] == 2 and len(calls) == 8  # measure: each size timed, then re-timed
+        calls.clear()
+        d = run(cands, problem(90), Settings(cache_dir=str(tmp_path), tune="auto"))  # key: 96
+    assert d.choice.source == "measured" and calls == [2]  # timed once, no re-timing
+    assert tuner.AUTO_TIE > 0.03
