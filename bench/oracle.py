@@ -89,7 +89,17 @@ def main(argv=None) -> int:
                    help="take the training cache and the oracle's times from a --keep DIR "
                         "(steps 1 and 3 skipped: for working on a policy, not for figures)")
     p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
+    p.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a constant of kernelkit.autotune.tuner for this run (e.g. "
+                        "FITTED_CONFIGS=2): for exploring the policy's knobs")
     args = p.parse_args(argv)
+    from kernelkit.autotune import tuner
+
+    for knob in args.knob:
+        name, _, value = knob.partition("=")
+        if not hasattr(tuner, name):
+            p.error(f"--knob: kernelkit.autotune.tuner has no {name}")
+        setattr(tuner, name, type(getattr(tuner, name))(value))
     os.environ["KERNELKIT_COMPILE"] = "foreground"  # policies are scored on compiled kernels
 
     from kernelkit import devices
