@@ -29,7 +29,7 @@ from .timing import Timing, cuda_sync, measure, measure_interleaved
 
 MAX_CONFIGS = 6  # per candidate, when `auto` measures a family's first size
 AUTO_TIE = 0.08  # auto: leaders this close are not re-timed (within 10% of each other either way)
-FITTED_CONFIGS = 3  # per contender, when `auto` measures with a fitted family: its best-ranked
+FITTED_CONFIGS = 2  # per contender, when `auto` measures with a fitted family: its best-ranked
 TOP_CANDIDATES = 3  # when `auto` measures with a model: the contenders it cannot tell apart
 # Tuning pays for itself (op calls under `auto`): a size is measured once the time measuring could
 # save over the calls seen so far (per call: the model's pessimistic time for its own choice minus

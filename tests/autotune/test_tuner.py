@@ -270,3 +270,19 @@ def test_auto_does_not_retime_a_near_tie_that_measure_retimes(tmp_path, monkeypa
         d = run(cands, problem(90), Settings(cache_dir=str(tmp_path), tune="auto"))  # key: 96
     assert d.choice.source == "measured" and calls == [2]  # timed once, no re-timing
     assert tuner.AUTO_TIE > 0.03
+
+
+def test_the_untuned_guess_for_preprocess_is_the_fused_kernel():
+    """Before anything is measured the roofline prior decides: torch's preprocessing chain makes
+    several float32 passes (Backend.rooflines), so the guess is the fused kernel, not torch."""
+    from kernelkit import core
+    from kernelkit.autotune import model
+
+    spec = core.op_spec("preprocess")
+    args, kwargs = spec.make_inputs((8, 480, 640, 224), "uint8", "numpy")
+    p = spec.prepare(*args, **kwargs).problem
+    cpu = [c for c in core.candidates("preprocess") if c.device == "cpu"]
+    assert {c.name for c in cpu} == {"numba-cpu", "torch-cpu"}
+    assert model.predict(tuner.make_key(p), p, cpu, {}).candidate == "numba-cpu"
+    torch_cpu = next(c for c in cpu if c.name == "torch-cpu")
+    assert torch_cpu.roofline != core.get("matmul", "torch-cpu").roofline  # the op's own prior
