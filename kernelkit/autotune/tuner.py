@@ -242,7 +242,7 @@ def decide(
     if mode == "model":
         return Decision(key, model.predict(key, problem, usable, cache.entries()), skipped)
     measured, configs_for = usable, None  # measure: every candidate, every config of its space
-    tie = 0.0  # measure: overlapping leaders are always re-timed
+    tie = 0.0  # measure: time to the budget; overlapping leaders are always re-timed
     if mode == "auto":
         entries = cache.entries()
         preds = model.predict_times(key, problem, usable, entries)
@@ -265,7 +265,8 @@ def decide(
                 return Decision(key, choice, skipped)
     for _attempt in range(2):  # a busy machine gets one more try
         before = timing.snapshot()
-        trials = measure_all(problem, measured, runner, verify, configs_for)
+        trials = measure_all(problem, measured, runner, verify, configs_for,
+                             decided=tie or None)
         busy = timing.machine_busy(before, timing.snapshot())
         if not busy:
             break
@@ -273,7 +274,8 @@ def decide(
     if not ok:
         errors = "; ".join(f"{t.candidate} {json.dumps(t.config)}: {t.error}" for t in trials)
         raise RuntimeError(f"{problem.op}: every candidate failed ({errors})")
-    # auto (a fitted family) does not re-time a near tie: either leader is as good as the other
+    # auto (a fitted family) stops timing once the fastest is told apart and does not re-time
+    # a near tie: either leader is as good as the other
     best = _winner(problem, measured, ok, tie=tie)
     choice = Choice(best.candidate, best.config, "measured")
     cache.put(key, {
@@ -352,9 +354,11 @@ def _sync_for(problem: Problem, usable: list[Candidate]):
 def measure_all(
     problem: Problem, usable: list[Candidate], runner: Runner, verify: Verifier,
     configs_for: Callable[[Candidate], list[Config]] | None = None,
+    decided: float | None = None,
 ) -> list[Trial]:
     """Verify every (candidate, config), then time the verified ones interleaved. The configs are
-    `configs_for(candidate)`, by default the candidate's whole (size-pruned) space."""
+    `configs_for(candidate)`, by default the candidate's whole (size-pruned) space. With
+    `decided`, timing stops as soon as the fastest is told apart (see measure_interleaved)."""
     sync = _sync_for(problem, usable)
     trials, fns = [], []
     for cand in usable:
@@ -376,7 +380,8 @@ def measure_all(
         # Total budget grows with the number of contenders; tiny problems need less.
         budget = TIMING_BUDGET_S[problem.flops >= SMALL_FLOPS] * len(fns)
         try:
-            timings = measure_interleaved([fn for _, fn in fns], sync=sync, budget_s=budget)
+            timings = measure_interleaved([fn for _, fn in fns], sync=sync, budget_s=budget,
+                                          decided=decided)
         except Exception:  # noqa: BLE001 - a kernel that ran once but fails when repeated
             timings = [_time_alone(trial, fn, sync) for trial, fn in fns]
         for (trial, _), timing in zip(fns, timings):

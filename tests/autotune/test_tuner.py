@@ -88,7 +88,7 @@ def test_choose_hits_memo_then_cache_without_measuring(tmp_path, monkeypatch):
     verify = lambda out: None if out == CORRECT else "wrong"
     first = tuner.choose(p, CANDS, runner, verify, s)
     calls = []
-    monkeypatch.setattr(tuner, "measure_all", lambda *a: calls.append(a) or [])
+    monkeypatch.setattr(tuner, "measure_all", lambda *a, **kw: calls.append(a) or [])
     assert tuner.choose(p, CANDS, runner, verify, s) == first  # memo
     tuner.clear_memo()
     again = tuner.choose(p, CANDS, runner, verify, s)  # persistent cache
@@ -112,7 +112,7 @@ def test_pinned_reads_the_cache_never_measures_never_writes(tmp_path, monkeypatc
     path = tmp_path / "autotune.jsonl"
     before = path.read_bytes()
     calls = []
-    monkeypatch.setattr(tuner, "measure_all", lambda *a: calls.append(a) or [])
+    monkeypatch.setattr(tuner, "measure_all", lambda *a, **kw: calls.append(a) or [])
     pinned = Settings(cache_dir=str(tmp_path), tune="pinned")
     hit = run(CANDS, problem(64), pinned)
     assert hit.choice.candidate == measured.choice.candidate and hit.choice.source == "cache"
@@ -125,7 +125,7 @@ def test_a_busy_machine_measurement_is_not_stored_as_truth(tmp_path, monkeypatch
     s = Settings(cache_dir=str(tmp_path))
     calls = []
     real = tuner.measure_all
-    monkeypatch.setattr(tuner, "measure_all", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(tuner, "measure_all", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     monkeypatch.setattr(timing, "machine_busy", lambda before, after: True)
     d = run(CANDS, problem(48), s)
     assert len(calls) == 2  # measured again once the machine was found busy
@@ -286,3 +286,30 @@ def test_the_untuned_guess_for_preprocess_is_the_fused_kernel():
     assert model.predict(tuner.make_key(p), p, cpu, {}).candidate == "numba-cpu"
     torch_cpu = next(c for c in cpu if c.name == "torch-cpu")
     assert torch_cpu.roofline != core.get("matmul", "torch-cpu").roofline  # the op's own prior
+
+
+def test_interleaved_timing_stops_once_the_fastest_is_told_apart():
+    """Noisy (+-10%) but clearly ranked: `decided` stops after min_reps rounds; without it the
+    spread never settles and the budget is spent. A near tie within `decided` also stops."""
+    clock = timing.SimulatedClock()
+
+    def fn(seconds):
+        state = {"i": 0}
+
+        def run():
+            state["i"] += 1
+            clock.advance(seconds * (1 + 0.1 * (-1) ** state["i"]))
+        return run
+
+    with timing.use_clock(clock):
+        clear = timing.measure_interleaved([fn(1e-3), fn(3e-3)], min_reps=5, max_reps=200,
+                                           budget_s=1.0, decided=0.08)
+        full = timing.measure_interleaved([fn(1e-3), fn(3e-3)], min_reps=5, max_reps=200,
+                                          budget_s=1.0)
+        tie = timing.measure_interleaved([fn(1e-3), fn(1.05e-3)], min_reps=5, max_reps=200,
+                                         budget_s=1.0, decided=0.08)
+        close = timing.measure_interleaved([fn(1e-3), fn(1.15e-3)], min_reps=5, max_reps=200,
+                                           budget_s=1.0, decided=0.08)
+    assert [t.count for t in clear] == [5, 5] and full[0].count > 50
+    assert tie[0].count == 5  # either will do
+    assert close[0].count > 50  # 15% apart with +-10% noise: neither told apart nor a tie
