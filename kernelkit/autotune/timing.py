@@ -132,6 +132,9 @@ def measure(
     return _summary(samples)
 
 
+DECIDED_MIN_SHARE = 0.2
+
+
 def measure_interleaved(
     fns: list[Callable[[], object]],
     *,
@@ -150,7 +153,8 @@ def measure_interleaved(
     `settled` of its median, or when `budget_s` is spent, or after `max_reps` rounds. With
     `decided` (a fraction), it also stops once the ranking is clear enough to pick the fastest:
     every other function is either clearly slower (its interval, median - spread, above the
-    fastest's median + spread) or within `decided` of it (a near tie: either will do)."""
+    fastest's median + spread) or within `decided` of it (a near tie: either will do), and at
+    least DECIDED_MIN_SHARE of the budget is spent (a few runs of a tiny kernel decide nothing)."""
     for fn in fns:
         fn()
         if sync:
@@ -169,8 +173,10 @@ def measure_interleaved(
             samples[i % n].append(_clock() - t0)
         if rep + 1 >= min_reps:
             stats = [_summary(s) for s in samples]
-            if _clock() - start >= budget_s or all(t.spread <= settled * t.median for t in stats) \
-                    or (decided is not None and _clear(stats, decided)):
+            spent = _clock() - start
+            if spent >= budget_s or all(t.spread <= settled * t.median for t in stats) \
+                    or (decided is not None and spent >= DECIDED_MIN_SHARE * budget_s
+                        and _clear(stats, decided)):
                 break
     return [_summary(s) for s in samples]
 

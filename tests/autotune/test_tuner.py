@@ -289,8 +289,9 @@ def test_the_untuned_guess_for_preprocess_is_the_fused_kernel():
 
 
 def test_interleaved_timing_stops_once_the_fastest_is_told_apart():
-    """Noisy (+-10%) but clearly ranked: `decided` stops after min_reps rounds; without it the
-    spread never settles and the budget is spent. A near tie within `decided` also stops."""
+    """Noisy (+-10%) but clearly ranked: `decided` stops once DECIDED_MIN_SHARE of the budget is
+    spent; without it the spread never settles and the whole budget is spent. A near tie within
+    `decided` also stops."""
     clock = timing.SimulatedClock()
 
     def fn(seconds):
@@ -310,6 +311,8 @@ def test_interleaved_timing_stops_once_the_fastest_is_told_apart():
                                          budget_s=1.0, decided=0.08)
         close = timing.measure_interleaved([fn(1e-3), fn(1.15e-3)], min_reps=5, max_reps=200,
                                            budget_s=1.0, decided=0.08)
-    assert [t.count for t in clear] == [5, 5] and full[0].count > 50
-    assert tie[0].count == 5  # either will do
-    assert close[0].count > 50  # 15% apart with +-10% noise: neither told apart nor a tie
+    # 0.2 s of 1.0 s, 4 ms a round: 50 rounds
+    assert timing.DECIDED_MIN_SHARE == 0.2 and [t.count for t in clear] == [50, 50]
+    assert full[0].count == 200  # max_reps (the budget would allow 250)
+    assert 95 <= tie[0].count <= 99  # either will do (0.2 s at 2.05 ms a round)
+    assert close[0].count == 200  # 15% apart with +-10% noise: neither told apart nor a tie
