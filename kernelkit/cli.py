@@ -204,8 +204,8 @@ def _verify(cache, args: argparse.Namespace, con: Console) -> int:
     from .autotune import verify
 
     keys = [k for k in cache.entries() if all(f in k for f in args.files)] if args.files else None
-    with Progress(console=Console(stderr=True), transient=True,
-                  disable=args.quiet or not sys.stderr.isatty()) as bar:
+    err = Console(stderr=True)
+    with Progress(console=err, transient=True, disable=args.quiet or not err.is_terminal) as bar:
         task = bar.add_task("verifying", total=len(keys if keys is not None else cache.entries()))
         verdicts = verify.verify_cache(cache, tolerance=args.tolerance, fix=args.fix, keys=keys,
                                        progress=lambda key: bar.advance(task))
