@@ -252,7 +252,7 @@ def decide(
         if any(q.points for q in preds):  # measure only what the model cannot tell apart
             keep = {q.candidate for q in model.contenders(preds, TOP_CANDIDATES)}
             measured = [c for c in usable if c.name in keep]
-            limit = FITTED_CONFIGS  # the neighbours' winners (then the default) carry over
+            limit = FITTED_CONFIGS  # each contender's best configs by the model (ranked_configs)
             tie = AUTO_TIE
         configs_for = lambda c: model.ranked_configs(c, problem, key, entries, limit)
         if calls is not None and preds:
