@@ -51,7 +51,14 @@ def cmd_info(args: argparse.Namespace, con: Console) -> int:
 
 
 def cmd_tune(args: argparse.Namespace, con: Console) -> int:
-    from rich.progress import Progress
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from .autotune import generate
 
@@ -66,11 +73,21 @@ def cmd_tune(args: argparse.Namespace, con: Console) -> int:
             con.print(f"[red]unknown preset {args.preset!r}; one of {sorted(known)}")
             return 2
     where = args.where or ("cuda" if devices.cuda_available() else "numpy")
-    with Progress(console=con, transient=True) as bar:
+    # One step per measured size, on stderr (stdout keeps the table), off when stderr is not a
+    # terminal or with --quiet. The ETA is rich's: the remaining steps at the recent pace.
+    err = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
+                  transient=True, disable=args.quiet or not err.is_terminal) as bar:
         task = bar.add_task(f"tuning {name} ({where})", total=len(problems))
+
+        def starting(job) -> None:
+            op, dims, dtype = job
+            bar.update(task, description=f"{op} {'x'.join(map(str, dims))} {dtype}")
+
         rows = generate.generate(problems, where=where, shards=args.shards, gpus=args.gpus,
                                  remeasure=args.remeasure, threads=args.threads,
-                                 progress=lambda r: bar.advance(task))
+                                 progress=lambda r: bar.advance(task), starting=starting)
     if args.json:
         Path(args.json).write_text(json.dumps([generate.row_dict(r) for r in rows], indent=1))
     if args.out:
@@ -129,6 +146,8 @@ def cmd_cache(args: argparse.Namespace, con: Console) -> int:
                   for st in ("measured", "provisional", "predicted", "uncertain", "missing")}
         con.print(", ".join(f"{n} {st}" for st, n in counts.items()))
         return 0
+    if args.action == "verify":
+        return _verify(cache, args, con)
     if args.action == "export":
         if len(args.files) != 1:
             raise ValueError("cache export takes one FILE")
@@ -176,6 +195,40 @@ def cmd_cache(args: argparse.Namespace, con: Console) -> int:
                   times or "-", ratio)
     con.print(t)
     return 0
+
+
+def _verify(cache, args: argparse.Namespace, con: Console) -> int:
+    """`cache verify`: re-time each entry's top two; exit 1 when drift is found (and not fixed)."""
+    from rich.progress import Progress
+
+    from .autotune import verify
+
+    keys = [k for k in cache.entries() if all(f in k for f in args.files)] if args.files else None
+    err = Console(stderr=True)
+    with Progress(console=err, transient=True, disable=args.quiet or not err.is_terminal) as bar:
+        task = bar.add_task("verifying", total=len(keys if keys is not None else cache.entries()))
+        verdicts = verify.verify_cache(cache, tolerance=args.tolerance, fix=args.fix, keys=keys,
+                                       progress=lambda key: bar.advance(task))
+    if args.json:
+        print(json.dumps([v.to_dict() for v in verdicts], indent=1))
+    else:
+        t = Table(title=f"kernelkit cache verify: {cache.path} (tolerance {args.tolerance:.0%})")
+        for col in ("key", "status", "winner", "stored", "now", "change", "runner-up",
+                    "stored", "now", "why"):
+            t.add_column(col, justify="right" if col in ("stored", "now", "change") else "left")
+        for v in verdicts:
+            status = v.status + (" (fixed)" if v.fixed else "")
+            colour = {"ok": "green", "drift": "red"}.get(v.status, "yellow")
+            t.add_row(v.key, f"[{colour}]{status}[/]", v.winner, _us(v.winner_stored_s),
+                      _us(v.winner_now_s), "-" if v.change is None else f"{v.change:+.0%}",
+                      v.runner_up or "-", _us(v.runner_up_stored_s), _us(v.runner_up_now_s),
+                      v.reason)
+        con.print(t)
+        counts = {st: sum(v.status == st for v in verdicts)
+                  for st in ("ok", "drift", "busy", "skipped")}
+        con.print(", ".join(f"{n} {st}" for st, n in counts.items())
+                  + (f"; {sum(v.fixed for v in verdicts)} fixed" if args.fix else ""))
+    return 1 if any(v.status == "drift" and not v.fixed for v in verdicts) else 0
 
 
 def cmd_explain(args: argparse.Namespace, con: Console) -> int:
@@ -312,7 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("tune", help="tune this machine for a preset of sizes and print the choices")
     s.add_argument("--preset", default="quick",
-                   help="quick, square, mlp, odd (matmul), resnet50 (conv2d), imagenet (preprocess)")
+                   help="quick (the default), square, mlp, odd, transformer (matmul); resnet50 "
+                        "(conv2d forward and both backward ops); imagenet (preprocess)")
+    s.add_argument("--quiet", action="store_true",
+                   help="no progress bar (it is also off when stderr is not a terminal)")
     s.add_argument("--where", choices=("numpy", "torch", "cuda"),
                    help="where the inputs live (default: cuda when there is a GPU, else numpy)")
     s.add_argument("--shards", type=int, default=1, help="worker processes (1 on a CPU)")
@@ -327,10 +383,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("cache", help="show, clear, export, import or merge autotune caches")
     s.add_argument("action", choices=("show", "clear", "path", "export", "import", "merge",
-                                      "coverage"))
-    s.add_argument("files", nargs="*", help="export FILE | import FILE... | merge A B...")
+                                      "coverage", "verify"))
+    s.add_argument("files", nargs="*", help="export FILE | import FILE... | merge A B... | "
+                                            "verify [TEXT...]: only keys containing every TEXT")
     s.add_argument("--out", help="merge: the merged file")
     s.add_argument("--shapes", help="coverage: a shapes file (JSON rows of op, dims, dtype)")
+    s.add_argument("--tolerance", type=float, default=0.25,
+                   help="verify: how far (a fraction) the winner's time may move before the "
+                        "entry counts as drifted (default 0.25)")
+    s.add_argument("--fix", action="store_true",
+                   help="verify: rewrite drifted entries with the new timings and winner")
+    s.add_argument("--quiet", action="store_true", help="verify: no progress bar")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_cache)
 

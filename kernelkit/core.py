@@ -151,6 +151,9 @@ class Backend:
     missing: Callable[[], str | None]
     vendor: bool = False
     roofline: tuple[float, float, float] = (1e-5, 1e11, 1e10)
+    # Per op (or kernel module) where one of its kernels is far from the backend's roofline
+    # (the cost model's prior before anything is measured), looked up like `dtypes`.
+    rooflines: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
     # The roofline's flop rate for a dtype, as a share of the one above (1.0 where it is as fast;
     # torch's half precision on a CPU without the instructions for it: a small fraction)
     rate_scale: Callable[[str], float] = lambda dtype: 1.0
@@ -169,6 +172,12 @@ class Backend:
                 return self.dtypes[name]
         return None
 
+    def roofline_for(self, spec: OpSpec) -> tuple[float, float, float]:
+        for name in (spec.name, spec.kernel):
+            if name in self.rooflines:
+                return self.rooflines[name]
+        return self.roofline
+
 
 @dataclass(frozen=True)
 class OpSpec:
@@ -181,7 +190,8 @@ class OpSpec:
     `make_inputs(dims, dtype, where, seed)` builds ``(args, kwargs)`` for one size of a preset.
     `cli_dims` names the command-line sizes (e.g. "M K N"); `cli_inputs(dims)` turns them into
     the `make_inputs` dims, or raises ValueError. `scale(dims, factor)` grows a size for a sweep
-    (by default the first dim: the batch).
+    (by default the first dim: the batch). `dims_of(shapes)` is `make_inputs`' inverse: the dims
+    whose inputs have a problem's `shapes`, or None (`kernelkit cache verify` rebuilds entries).
     """
 
     name: str
@@ -196,6 +206,7 @@ class OpSpec:
     cli_inputs: Callable[[tuple[int, ...]], tuple[int, ...]] | None = None
     scale: Callable[[tuple[int, ...], int], tuple[int, ...]] = \
         lambda dims, factor: (dims[0] * factor, *dims[1:])
+    dims_of: Callable[[tuple[tuple[int, ...], ...]], tuple[int, ...] | None] | None = None
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -312,6 +323,6 @@ def _make_candidate(spec: OpSpec, backend: Backend) -> Candidate:
                              spec.launch(getattr(m, spec.entry), p, m.CONFIG.from_dict(config)))
 
     return Candidate(spec.name, backend.name, backend.device, backend.native, supports, space,
-                     launcher, vendor=backend.vendor, roofline=backend.roofline,
+                     launcher, vendor=backend.vendor, roofline=backend.roofline_for(spec),
                      rate_scale=backend.rate_scale, precheck=precheck,
                      module=module_name, compiles=backend.compiles)

@@ -124,3 +124,35 @@ def test_tune_shapes_file_out_and_coverage(tmp_path):
     bad.write_text(json.dumps([["nosuchop", [1, 2, 3]]]))
     r = kk("tune", "--shapes", str(bad), cache_dir=tmp_path, check=False)
     assert r.returncode == 2 and "unknown op" in r.stdout
+
+
+@pytest.mark.parametrize("terminal, quiet, shown", [(True, False, True), (True, True, False),
+                                                   (False, False, False)])
+def test_tune_progress_bar_on_stderr_only_on_a_terminal(tmp_path, monkeypatch, capfd, terminal,
+                                                       quiet, shown):
+    """One bar step per measured size with the size and an ETA, on stderr; none with --quiet or
+    when stderr is not a terminal (FORCE_COLOR makes rich treat it as one)."""
+    from kernelkit import cli
+    from kernelkit.autotune import generate
+
+    def fake_generate(problems, *, progress, starting, **kw):
+        rows = []
+        for op, dims, dtype in problems:
+            starting((op, dims, dtype))
+            rows.append(generate.Row(op, dims, dtype, "numpy", "torch-cpu", {}, "measured", 1e-3,
+                                     "torch-cpu", 1e-3, 2e6))
+            progress(rows[-1])
+        return rows
+
+    monkeypatch.setattr(generate, "generate", fake_generate)
+    monkeypatch.setenv("KERNELKIT_CACHE_DIR", str(tmp_path))
+    if terminal:
+        monkeypatch.setenv("FORCE_COLOR", "1")
+    else:
+        monkeypatch.delenv("FORCE_COLOR", raising=False)
+        monkeypatch.setenv("TTY_COMPATIBLE", "0")
+    assert cli.main(["tune", "--preset", "odd", *(["--quiet"] if quiet else [])]) == 0
+    out, err = capfd.readouterr()
+    assert "1000x3x1000" in out  # the summary table, on stdout either way
+    assert ("ETA" in err and "6/6" in err) == shown, err
+    assert "ETA" not in out

@@ -185,10 +185,13 @@ def generate(
     remeasure: bool = False,
     threads: int = 0,
     progress: Callable[[Row], None] | None = None,
+    starting: Callable[[tuple[str, tuple[int, ...], str]], None] | None = None,
 ) -> list[Row]:
     """Measure every problem of `preset` and store the winners in the cache. Returns one row each.
 
-    `threads` (default: every core) is split evenly between the `shards` worker processes."""
+    `threads` (default: every core) is split evenly between the `shards` worker processes.
+    `starting(problem)` is called before each problem is measured in this process (a progress
+    bar's label); `progress(row)` after each."""
     if isinstance(preset, str):
         known = presets()
         if preset not in known:
@@ -202,6 +205,8 @@ def generate(
     if shards <= 1:
         rows = []
         for job in jobs:
+            if starting:
+                starting(job[:3])
             rows.append(tune_one(*job, remeasure))
             if progress:
                 progress(rows[-1])

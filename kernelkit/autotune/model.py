@@ -18,6 +18,7 @@ runner-up by more than both errors; `predict` picks the candidate with the best 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -175,20 +176,41 @@ def contenders(preds: list[Prediction], limit: int) -> list[Prediction]:
 
 def ranked_configs(cand: Candidate, problem: Problem, key: Key, entries: dict[str, dict],
                    limit: int) -> list[Config]:
-    """The candidate's configs worth timing, at most `limit`: those that won for it at the
-    family's measured sizes (nearest size first), then the default, then the rest of its space
-    in the kernel's own order (which already prunes by size and by what the device holds)."""
+    """The candidate's configs worth timing, at most `limit`, ranked by the model: each config's
+    predicted slowdown against the candidate's best config here, interpolated (inverse-distance
+    weighted over log flops and log bytes) from the family's measured sizes that timed it. The
+    configs never timed in the family follow in the kernel's own order (which already prunes by
+    size and by what the device holds), the default first among them."""
     space = cand.space(problem)
-    pts, _ = family_points(key, entries)
-    p = pts.get(cand.name)
-    winners: list[Config] = []
-    if p is not None:
-        lf, lb = math.log(max(problem.flops, 1.0)), math.log(max(float(problem.nbytes), 1.0))
-        for _, i in sorted((math.hypot(p.lf[i] - lf, p.lb[i] - lb), i) for i in range(len(p.lf))):
-            if p.configs[i] in space and p.configs[i] not in winners:
-                winners.append(p.configs[i])
-    ordered = winners + [c for c in space if c not in winners]
-    return ordered[:limit]
+    lf, lb = math.log(max(problem.flops, 1.0)), math.log(max(float(problem.nbytes), 1.0))
+    seen: dict[str, list[tuple[float, float]]] = {}  # config -> [(distance, log slowdown)]
+    for entry in entries.values():
+        prob = entry.get("problem", {})
+        if prob.get("family") != key.family or entry.get("provisional") \
+                or entry.get("choice", {}).get("source") != "measured":
+            continue
+        times = {json.dumps(t["config"], sort_keys=True): t["median"]
+                 for t in entry.get("trials", [])
+                 if t["candidate"] == cand.name and t.get("median", 0) > 0}
+        if not times:
+            continue
+        best = min(times.values())
+        d = math.hypot(math.log(max(float(prob.get("flops", 0.0)), 1.0)) - lf,
+                       math.log(max(float(prob.get("nbytes", 0.0)), 1.0)) - lb)
+        for cfg, t in times.items():
+            seen.setdefault(cfg, []).append((d, math.log(t / best)))
+
+    def slowdown(cfg: Config) -> float:
+        near = sorted(seen.get(json.dumps(cfg, sort_keys=True), []))[:NEIGHBOURS]
+        if not near:
+            return math.inf
+        w = [1.0 / (d + 1e-3) ** 2 for d, _ in near]
+        # to 1%: configs closer than that are a tie, broken by the kernel's order
+        return round(sum(wi * r for wi, (_, r) in zip(w, near)) / sum(w), 2)
+
+    order = {json.dumps(c, sort_keys=True): i for i, c in enumerate(space)}
+    ranked = sorted(space, key=lambda c: (slowdown(c), order[json.dumps(c, sort_keys=True)]))
+    return ranked[:limit]
 
 
 def predict(key: Key, problem: Problem, usable: list[Candidate], entries: dict[str, dict]) -> Choice:

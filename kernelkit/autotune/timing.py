@@ -142,6 +142,9 @@ def measure(
     return _summary(samples)
 
 
+DECIDED_MIN_SHARE = 0.2
+
+
 def measure_interleaved(
     fns: list[Callable[[], object]],
     *,
@@ -150,13 +153,18 @@ def measure_interleaved(
     max_reps: int = 50,
     budget_s: float = 0.25,
     settled: float = 0.03,
+    decided: float | None = None,
 ) -> list[Timing]:
     """Time several functions round-robin, one call each per round, so that whatever the machine
     is doing meanwhile (another process, a thread pool still spinning) hits all of them alike.
     Comparisons between the results are then fair even where absolute times drift.
 
     Stops after `min_reps` rounds once every function's spread (interquartile range) is within
-    `settled` of its median, or when `budget_s` is spent, or after `max_reps` rounds."""
+    `settled` of its median, or when `budget_s` is spent, or after `max_reps` rounds. With
+    `decided` (a fraction), it also stops once the ranking is clear enough to pick the fastest:
+    every other function is either clearly slower (its interval, median - spread, above the
+    fastest's median + spread) or within `decided` of it (a near tie: either will do), and at
+    least DECIDED_MIN_SHARE of the budget is spent (a few runs of a tiny kernel decide nothing)."""
     for fn in fns:
         fn()
         if sync:
@@ -173,10 +181,21 @@ def measure_interleaved(
             if sync:
                 sync()
             samples[i % n].append(_clock() - t0)
-        if rep + 1 >= min_reps and (_clock() - start >= budget_s or all(
-                _summary(s).spread <= settled * _summary(s).median for s in samples)):
-            break
+        if rep + 1 >= min_reps:
+            stats = [_summary(s) for s in samples]
+            spent = _clock() - start
+            if spent >= budget_s or all(t.spread <= settled * t.median for t in stats) \
+                    or (decided is not None and spent >= DECIDED_MIN_SHARE * budget_s
+                        and _clear(stats, decided)):
+                break
     return [_summary(s) for s in samples]
+
+
+def _clear(stats: list[Timing], tie: float) -> bool:
+    """The fastest is told apart from every other: clearly faster, or within `tie` of it."""
+    best = min(stats, key=lambda t: t.median)
+    return all(t is best or t.median - t.spread > best.median + best.spread
+               or t.median <= (1 + tie) * best.median for t in stats)
 
 
 def _summary(samples: list[float]) -> Timing:

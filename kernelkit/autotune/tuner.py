@@ -28,13 +28,15 @@ from .key import Key, make_key
 from .timing import Timing, cuda_sync, measure, measure_interleaved
 
 MAX_CONFIGS = 6  # per candidate, when `auto` measures a family's first size
-FITTED_CONFIGS = 3  # per contender, when `auto` measures with a fitted family: its best-ranked
+AUTO_TIE = 0.08  # auto: leaders this close are not re-timed (within 10% of each other either way)
+FITTED_CONFIGS = 2  # per contender, when `auto` measures with a fitted family: its best-ranked
 TOP_CANDIDATES = 3  # when `auto` measures with a model: the contenders it cannot tell apart
 # Tuning pays for itself (op calls under `auto`): a size is measured once the time measuring could
 # save over the calls seen so far (per call: the model's pessimistic time for its own choice minus
 # the best optimistic time of a contender) exceeds what measuring costs (per timed config: its
 # verification run and its share of the timing budget; plus the re-timing of close leaders).
 TIMING_BUDGET_S = (0.05, 0.2)  # per timed config: problems below / above SMALL_FLOPS
+RETIME_BUDGET_S = (0.2, 0.5)  # the re-timing of two overlapping leaders, below / above
 SMALL_FLOPS = 1e8
 RETIME_S = 0.3
 
@@ -243,6 +245,7 @@ def decide(
     if mode == "model":
         return Decision(key, model.predict(key, problem, usable, cache.entries()), skipped)
     measured, configs_for = usable, None  # measure: every candidate, every config of its space
+    tie = 0.0  # measure: time to the budget; overlapping leaders are always re-timed
     if mode == "auto":
         entries = cache.entries()
         preds = model.predict_times(key, problem, usable, entries)
@@ -252,7 +255,8 @@ def decide(
         if any(q.points for q in preds):  # measure only what the model cannot tell apart
             keep = {q.candidate for q in model.contenders(preds, TOP_CANDIDATES)}
             measured = [c for c in usable if c.name in keep]
-            limit = FITTED_CONFIGS  # the neighbours' winners (then the default) carry over
+            limit = FITTED_CONFIGS  # each contender's best configs by the model (ranked_configs)
+            tie = AUTO_TIE
         configs_for = lambda c: model.ranked_configs(c, problem, key, entries, limit)
         if calls is not None and preds:
             cost = tuning_cost(problem, preds, sum(len(configs_for(c)) for c in measured))
@@ -264,7 +268,8 @@ def decide(
                 return Decision(key, choice, skipped)
     for _attempt in range(2):  # a busy machine gets one more try
         before = timing.snapshot()
-        trials = measure_all(problem, measured, runner, verify, configs_for)
+        trials = measure_all(problem, measured, runner, verify, configs_for,
+                             decided=tie or None)
         busy = timing.machine_busy(before, timing.snapshot())
         if not busy:
             break
@@ -272,13 +277,17 @@ def decide(
     if not ok:
         errors = "; ".join(f"{t.candidate} {json.dumps(t.config)}: {t.error}" for t in trials)
         raise RuntimeError(f"{problem.op}: every candidate failed ({errors})")
-    best = _winner(problem, measured, ok)
+    # auto (a fitted family) stops timing once the fastest is told apart and does not re-time
+    # a near tie: either leader is as good as the other
+    best = _winner(problem, measured, ok, tie=tie)
     choice = Choice(best.candidate, best.config, "measured")
     cache.put(key, {
         "choice": choice.to_dict(),
         "trials": [t.to_dict() for t in trials],
         # the key's fields, so the cost model never parses keys back apart
-        "problem": {"shapes": [list(s) for s in problem.shapes], "flops": problem.flops,
+        "problem": {"op": problem.op, "dtype": problem.dtype, "lib": problem.lib,
+                    "device": problem.device,
+                    "shapes": [list(s) for s in problem.shapes], "flops": problem.flops,
                     "nbytes": problem.nbytes, "family": key.family, "dims": list(key.dims)},
         "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **({"provisional": True} if busy else {}),
@@ -319,17 +328,20 @@ def _rank(t: Trial) -> tuple:
     return (t.timing.median, t.candidate, json.dumps(t.config, sort_keys=True))
 
 
-def _winner(problem: Problem, usable: list[Candidate], ok: list[Trial]) -> Trial:
+def _winner(problem: Problem, usable: list[Candidate], ok: list[Trial], tie: float = 0.0) -> Trial:
     """The fastest trial; when the runner-up's interval (median +- spread) overlaps the leader's,
-    the two are timed again, interleaved, with a longer budget before one is declared the winner."""
+    the two are timed again, interleaved, with a longer budget before one is declared the winner
+    (unless their medians are within `tie` of each other: then either will do)."""
     ranked = sorted(ok, key=_rank)
     if len(ranked) >= 2:
         a, b = ranked[0], ranked[1]
         if a.timing.median + a.timing.spread >= b.timing.median - b.timing.spread \
+                and b.timing.median >= (1 + tie) * a.timing.median \
                 and a.run is not None and b.run is not None:
             try:
                 ta, tb = measure_interleaved([a.run, b.run], sync=_sync_for(problem, usable),
-                                             min_reps=9, budget_s=0.2 if problem.flops < 1e8 else 0.5)
+                                             min_reps=9,
+                                             budget_s=RETIME_BUDGET_S[problem.flops >= SMALL_FLOPS])
                 a.timing, b.timing = ta, tb
             except Exception:  # noqa: BLE001 - keep the first timings
                 pass
@@ -345,9 +357,11 @@ def _sync_for(problem: Problem, usable: list[Candidate]):
 def measure_all(
     problem: Problem, usable: list[Candidate], runner: Runner, verify: Verifier,
     configs_for: Callable[[Candidate], list[Config]] | None = None,
+    decided: float | None = None,
 ) -> list[Trial]:
     """Verify every (candidate, config), then time the verified ones interleaved. The configs are
-    `configs_for(candidate)`, by default the candidate's whole (size-pruned) space."""
+    `configs_for(candidate)`, by default the candidate's whole (size-pruned) space. With
+    `decided`, timing stops as soon as the fastest is told apart (see measure_interleaved)."""
     sync = _sync_for(problem, usable)
     trials, fns = [], []
     for cand in usable:
@@ -367,9 +381,10 @@ def measure_all(
                 fns.append((trial, fn))
     if fns:
         # Total budget grows with the number of contenders; tiny problems need less.
-        budget = (0.05 if problem.flops < 1e8 else 0.2) * len(fns)
+        budget = TIMING_BUDGET_S[problem.flops >= SMALL_FLOPS] * len(fns)
         try:
-            timings = measure_interleaved([fn for _, fn in fns], sync=sync, budget_s=budget)
+            timings = measure_interleaved([fn for _, fn in fns], sync=sync, budget_s=budget,
+                                          decided=decided)
         except Exception:  # noqa: BLE001 - a kernel that ran once but fails when repeated
             timings = [_time_alone(trial, fn, sync) for trial, fn in fns]
         for (trial, _), timing in zip(fns, timings):

@@ -405,6 +405,17 @@ def _make_inputs(op: str):
     return make_inputs
 
 
+def _dims_of(shapes) -> tuple[int, ...] | None:
+    """make_inputs' dims for a problem's shapes (x, weight, y), or None: square images and
+    kernels, padding R // 2 (the stride follows from the output size)."""
+    (n, c, h, w), (k, cg, r, s), (_, _, ho, wo) = shapes
+    if h != w or r != s or ho != wo or cg == 0 or c % cg:
+        return None
+    pad = r // 2
+    stride = next((st for st in range(1, r + 2) if (h + 2 * pad - r) // st + 1 == ho), None)
+    return None if stride is None else (n, c, h, k, r, stride, pad, c // cg)
+
+
 def _cli_inputs(op: str):
     def cli_inputs(dims: tuple[int, ...]) -> tuple[int, ...]:
         if len(dims) != 6:
@@ -419,6 +430,8 @@ _RESNET50 = ((3, 64, 224, 7, 2, 3), (64, 64, 56, 3, 1, 1), (64, 256, 56, 1, 1, 0
              (128, 128, 28, 3, 1, 1), (256, 1024, 14, 1, 1, 0), (512, 512, 7, 3, 1, 1))
 _PRESETS = {"resnet50": tuple(((n, c, hw, k, r, st, pad, 1), "float32")
                               for n in (1, 8) for c, k, hw, r, st, pad in _RESNET50)}
+# (the same layers for each op: forward, and both backward products of training; the first
+# layer's input gradient is never needed, since the image needs none)
 
 for _op, _fn, _prepare, _launch in (
         ("conv2d", conv2d, prepare_forward, _launch_forward),
@@ -429,5 +442,6 @@ for _op, _fn, _prepare, _launch in (
     core.register_op(OpSpec(
         name=_op, kernel="conv2d", entry=_op if _op != "conv2d" else "conv2d_forward",
         launch=_launch, function=_fn, prepare=_prepare, make_inputs=_make_inputs(_op),
-        presets=_PRESETS if _op == "conv2d" else {},
-        cli_dims="N C H K R STRIDE", cli_inputs=_cli_inputs(_op)))
+        presets=_PRESETS if _op != "conv2d_backward_input" else
+        {"resnet50": tuple(row for row in _PRESETS["resnet50"] if row[0][1] != 3)},
+        cli_dims="N C H K R STRIDE", cli_inputs=_cli_inputs(_op), dims_of=_dims_of))

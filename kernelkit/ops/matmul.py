@@ -243,6 +243,25 @@ def make_inputs(dims: tuple[int, ...], dtype: str, where: str, seed: int = 0):
     return arrays.random_arrays(((m, k), (k, n)), dtype, where, seed), {}
 
 
+def _transformer(hidden: int, tokens: int) -> tuple[tuple[int, int, int], ...]:
+    """The GEMMs of one transformer block (4x MLP), tokens = batch x sequence: the fused QKV
+    projection, the attention output projection, the MLP's up and down projections."""
+    h, t = hidden, tokens
+    return (t, h, 3 * h), (t, h, h), (t, h, 4 * h), (t, 4 * h, h)
+
+
+# BERT-base / GPT-2 medium / GPT-2 XL-ish hidden sizes; one token (decoding), a short and a long
+# prefill.
+_TRANSFORMER = tuple((d, "float32") for h in (768, 1024, 2048) for t in (1, 128, 512)
+                     for d in _transformer(h, t))
+
+
+def _dims_of(shapes) -> tuple[int, ...] | None:
+    """make_inputs' dims for a problem's shapes ((B, M, K), (B, K, N)), or None (batched)."""
+    (nb, m, k), (_, _, n) = shapes[:2]
+    return (m, k, n) if nb == 1 else None
+
+
 def _cli_inputs(dims: tuple[int, ...]) -> tuple[int, ...]:
     if len(dims) != 3:
         raise ValueError("matmul takes M K N")
@@ -262,7 +281,8 @@ SPEC = core.register_op(OpSpec(
                      for k, n in ((768, 3072), (3072, 768), (4096, 11008), (11008, 4096))),
         "odd": tuple((d, "float32") for d in ((1, 1, 1), (7, 13, 5), (97, 61, 89),
                                                 (255, 257, 129), (1000, 3, 1000), (3, 1000, 3))),
+        "transformer": _TRANSFORMER,
     },
-    cli_dims="M K N", cli_inputs=_cli_inputs,
+    cli_dims="M K N", cli_inputs=_cli_inputs, dims_of=_dims_of,
     scale=lambda dims, factor: tuple(d * factor for d in dims),
 ))

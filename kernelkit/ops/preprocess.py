@@ -424,6 +424,12 @@ def make_inputs(dims: tuple[int, ...], dtype: str, where: str, seed: int = 0):
     return [images], {"size": size, "mean": (123.7, 116.3, 103.5), "std": (58.4, 57.1, 57.4)}
 
 
+def _dims_of(shapes) -> tuple[int, ...] | None:
+    """make_inputs' dims for a problem's shapes ((N, H, W, C), (S, S)), or None."""
+    (n, h, w, c), size = shapes[0], tuple(shapes[1])
+    return (n, h, w, size[0]) if c == 3 and len(size) == 2 and size[0] == size[1] else None
+
+
 def _cli_inputs(dims: tuple[int, ...]) -> tuple[int, ...]:
     if len(dims) != 4:
         raise ValueError("preprocess takes N H W SIZE (a batch of N HxW RGB images -> SIZE x SIZE)")
@@ -435,5 +441,5 @@ SPEC = core.register_op(OpSpec(
     prepare=prepare, make_inputs=make_inputs,
     presets={"imagenet": tuple(((n, h, w, 224), "uint8") for n in (1, 32)
                                for h, w in ((375, 500), (480, 640)))},
-    cli_dims="N H W SIZE", cli_inputs=_cli_inputs,
+    cli_dims="N H W SIZE", cli_inputs=_cli_inputs, dims_of=_dims_of,
 ))

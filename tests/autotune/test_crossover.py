@@ -164,7 +164,7 @@ def test_auto_takes_a_confident_prediction_without_measuring(fake_gpu, tmp_path,
             _decide(_matmul_problem(n), cands, Settings(cache_dir=str(tmp_path), tune="measure"))
         calls = []
         real = tuner.measure_all
-        monkeypatch.setattr(tuner, "measure_all", lambda *a: calls.append(a[1]) or real(*a))
+        monkeypatch.setattr(tuner, "measure_all", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
         auto = Settings(cache_dir=str(tmp_path), tune="auto")
         small, big = _decide(_matmul_problem(12), cands, auto), _decide(_matmul_problem(3000), cands, auto)
     assert (small.choice.candidate, small.choice.source) == ("model-cpu", "model")
@@ -183,7 +183,7 @@ def test_auto_measures_only_what_the_model_cannot_tell_apart(fake_gpu, tmp_path,
             _decide(_matmul_problem(n), cands, Settings(cache_dir=str(tmp_path), tune="measure"))
         calls = []
         real = tuner.measure_all
-        monkeypatch.setattr(tuner, "measure_all", lambda *a: calls.append(a[1]) or real(*a))
+        monkeypatch.setattr(tuner, "measure_all", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
         # near the crossover (between 64 and 512) the CPU and GPU fits overlap
         crossover = next(n for n in range(64, 513, 8)
                          if GPU.seconds(_matmul_problem(n), "cuda") < CPU.seconds(_matmul_problem(n), "cpu"))

@@ -37,3 +37,26 @@ def test_the_oracle_bench_runs_and_scores_every_policy(tmp_path):
         assert all(row["oracle_s"] > 0 for row in res["rows"])
     assert results["off"]["tuning_s"] < results["measure"]["tuning_s"]
     assert all(row["source"] == "measured" for row in results["measure"]["rows"])
+
+
+def test_presets_cover_resnet50_both_backward_ops_and_transformer_gemms():
+    """Every row of the resnet50 and transformer presets builds its op's call, and the call is
+    the size it names (so `cache verify` can rebuild the entry it leaves)."""
+    from kernelkit import core
+
+    known = generate.presets()
+    resnet = known["resnet50"]
+    assert {op for op, _, _ in resnet} == {"conv2d", "conv2d_backward_input",
+                                          "conv2d_backward_weight"}
+    per_op = {op: [d for o, d, _ in resnet if o == op] for op in ("conv2d", "conv2d_backward_weight")}
+    assert per_op["conv2d"] == per_op["conv2d_backward_weight"]  # the same layers, both passes
+    # the stem's input gradient is never needed (the image needs none)
+    assert all(d[1] != 3 for o, d, _ in resnet if o == "conv2d_backward_input")
+    gemms = {d for op, d, _ in known["transformer"]}
+    for h in (768, 1024, 2048):
+        for t in (1, 128, 512):
+            assert {(t, h, 3 * h), (t, h, h), (t, h, 4 * h), (t, 4 * h, h)} <= gemms
+    for op, dims, dtype in resnet[:: 3]:  # a third of the layers (inputs cost time to build)
+        spec = core.op_spec(op)
+        args, kwargs = spec.make_inputs(dims, dtype, "numpy")
+        assert spec.dims_of(spec.prepare(*args, **kwargs).problem.shapes) == dims, (op, dims)

@@ -88,7 +88,7 @@ def test_choose_hits_memo_then_cache_without_measuring(tmp_path, monkeypatch):
     verify = lambda out: None if out == CORRECT else "wrong"
     first = tuner.choose(p, CANDS, runner, verify, s)
     calls = []
-    monkeypatch.setattr(tuner, "measure_all", lambda *a: calls.append(a) or [])
+    monkeypatch.setattr(tuner, "measure_all", lambda *a, **kw: calls.append(a) or [])
     assert tuner.choose(p, CANDS, runner, verify, s) == first  # memo
     tuner.clear_memo()
     again = tuner.choose(p, CANDS, runner, verify, s)  # persistent cache
@@ -112,7 +112,7 @@ def test_pinned_reads_the_cache_never_measures_never_writes(tmp_path, monkeypatc
     path = tmp_path / "autotune.jsonl"
     before = path.read_bytes()
     calls = []
-    monkeypatch.setattr(tuner, "measure_all", lambda *a: calls.append(a) or [])
+    monkeypatch.setattr(tuner, "measure_all", lambda *a, **kw: calls.append(a) or [])
     pinned = Settings(cache_dir=str(tmp_path), tune="pinned")
     hit = run(CANDS, problem(64), pinned)
     assert hit.choice.candidate == measured.choice.candidate and hit.choice.source == "cache"
@@ -125,7 +125,7 @@ def test_a_busy_machine_measurement_is_not_stored_as_truth(tmp_path, monkeypatch
     s = Settings(cache_dir=str(tmp_path))
     calls = []
     real = tuner.measure_all
-    monkeypatch.setattr(tuner, "measure_all", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(tuner, "measure_all", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     monkeypatch.setattr(timing, "machine_busy", lambda before, after: True)
     d = run(CANDS, problem(48), s)
     assert len(calls) == 2  # measured again once the machine was found busy
@@ -243,3 +243,81 @@ def test_a_deferred_plan_is_memoised_for_its_calls_then_asks_again(tmp_path):
             assert len(seen) == 2  # then asked again
     finally:
         tuner.choose = real
+
+
+def test_auto_does_not_retime_a_near_tie_that_measure_retimes(tmp_path, monkeypatch):
+    """Two leaders within AUTO_TIE of each other, intervals overlapping: `measure` times them
+    again; `auto` (a fitted family) takes the faster at once, either being as good."""
+    clock = timing.SimulatedClock()
+
+    def cand(name, per_flop, jitter):
+        def launcher(p, cfg):
+            state = {"i": 0}
+
+            def run():  # alternating +-jitter: a spread wide enough to overlap the other's
+                state["i"] += 1
+                clock.advance(p.flops * per_flop * (1 + jitter * (-1) ** state["i"]))
+                return CORRECT
+            return run
+        return Candidate("fake", name, "cpu", "numpy", lambda p: None, lambda p: [{}], launcher,
+                         roofline=(1e-9, 1e9, 1e12))
+
+    cands = [cand("a", 1e-9, 0.05), cand("b", 1.03e-9, 0.05)]  # 3% apart, +-5% noise
+    calls = []
+    real = tuner.measure_interleaved
+    monkeypatch.setattr(tuner, "measure_interleaved", lambda fns, **kw: calls.append(len(fns))
+                        or real(fns, **kw))
+    with timing.use_clock(clock):
+        for n in (32, 64, 128, 256):  # the family, measured
+            run(cands, problem(n), Settings(cache_dir=str(tmp_path), tune="measure"))
+        assert calls[-1] == 2 and len(calls) == 8  # measure: each size timed, then re-timed
+        calls.clear()
+        d = run(cands, problem(90), Settings(cache_dir=str(tmp_path), tune="auto"))  # key: 96
+    assert d.choice.source == "measured" and calls == [2]  # timed once, no re-timing
+    assert tuner.AUTO_TIE > 0.03
+
+
+def test_the_untuned_guess_for_preprocess_is_the_fused_kernel():
+    """Before anything is measured the roofline prior decides: torch's preprocessing chain makes
+    several float32 passes (Backend.rooflines), so the guess is the fused kernel, not torch."""
+    from kernelkit import core
+    from kernelkit.autotune import model
+
+    spec = core.op_spec("preprocess")
+    args, kwargs = spec.make_inputs((8, 480, 640, 224), "uint8", "numpy")
+    p = spec.prepare(*args, **kwargs).problem
+    cpu = [c for c in core.candidates("preprocess") if c.device == "cpu"]
+    assert {c.name for c in cpu} == {"numba-cpu", "torch-cpu"}
+    assert model.predict(tuner.make_key(p), p, cpu, {}).candidate == "numba-cpu"
+    torch_cpu = next(c for c in cpu if c.name == "torch-cpu")
+    assert torch_cpu.roofline != core.get("matmul", "torch-cpu").roofline  # the op's own prior
+
+
+def test_interleaved_timing_stops_once_the_fastest_is_told_apart():
+    """Noisy (+-10%) but clearly ranked: `decided` stops once DECIDED_MIN_SHARE of the budget is
+    spent; without it the spread never settles and the whole budget is spent. A near tie within
+    `decided` also stops."""
+    clock = timing.SimulatedClock()
+
+    def fn(seconds):
+        state = {"i": 0}
+
+        def run():
+            state["i"] += 1
+            clock.advance(seconds * (1 + 0.1 * (-1) ** state["i"]))
+        return run
+
+    with timing.use_clock(clock):
+        clear = timing.measure_interleaved([fn(1e-3), fn(3e-3)], min_reps=5, max_reps=200,
+                                           budget_s=1.0, decided=0.08)
+        full = timing.measure_interleaved([fn(1e-3), fn(3e-3)], min_reps=5, max_reps=200,
+                                          budget_s=1.0)
+        tie = timing.measure_interleaved([fn(1e-3), fn(1.05e-3)], min_reps=5, max_reps=200,
+                                         budget_s=1.0, decided=0.08)
+        close = timing.measure_interleaved([fn(1e-3), fn(1.15e-3)], min_reps=5, max_reps=200,
+                                           budget_s=1.0, decided=0.08)
+    # 0.2 s of 1.0 s, 4 ms a round: 50 rounds
+    assert timing.DECIDED_MIN_SHARE == 0.2 and [t.count for t in clear] == [50, 50]
+    assert full[0].count == 200  # max_reps (the budget would allow 250)
+    assert 95 <= tie[0].count <= 99  # either will do (0.2 s at 2.05 ms a round)
+    assert close[0].count == 200  # 15% apart with +-10% noise: neither told apart nor a tie
