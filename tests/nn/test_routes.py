@@ -73,9 +73,9 @@ def _graph_of(layer, x) -> str:
 
 
 @pytest.mark.parametrize("eager_backend, traced", [
-    (None, "kernelkit.matmul"),  # never ran in eager mode: the custom op (it tunes per call)
+    (None, "kernelkit.linear"),  # never ran in eager mode: the custom op (it tunes per call)
     ("torch", "linear"),  # torch won every size seen: torch's op, so Inductor fuses around it
-    ("numba", "kernelkit.matmul"),  # a kernelkit kernel won: the custom op
+    ("numba", "kernelkit.linear"),  # a kernelkit kernel won: the custom op
 ])
 def test_what_torch_compile_traces(eager_backend, traced):
     layer = nn.Sequential(nn.Linear(8, 4))
