@@ -1,6 +1,7 @@
 """torch.library custom ops: kernelkit inside torch.compile graphs, autograd and autocast.
 
-Six ops, each with a fake (meta) kernel, an autograd formula and an autocast rule:
+Seven ops, each with a fake (meta) kernel; the six differentiable ones with an autograd formula
+and an autocast rule:
 
 - ``kernelkit::matmul(a, b, bias, activation, allow_tf32)``
 - ``kernelkit::linear(x, weight, bias, activation, allow_tf32)``: ``act(x @ weight.T + bias)``
@@ -11,9 +12,10 @@ Six ops, each with a fake (meta) kernel, an autograd formula and an autocast rul
 - ``kernelkit::conv2d_backward_input(grad_out, weight, input_shape, stride, padding, dilation,
   groups, layout, allow_tf32)``
 - ``kernelkit::conv2d_backward_weight(x, grad_out, weight_shape, ...)``
-
-- ``kernelkit::preprocess(...)``: the fused resize + normalise + layout op behind
-  ``kernelkit.nn.Preprocess`` (no gradient: its inputs are images)
+- ``kernelkit::preprocess(images, size, mean, std, crop, flip, interpolation, antialias,
+  channel_order, out_dtype, layout, stats_unit)``: the fused crop/flip/resize/normalise/layout
+  op behind ``kernelkit.nn.Preprocess`` (no gradient: its inputs are images; its output dtype
+  is an argument, so no autocast rule)
 
 Every backward formula calls registered ops only (these, and aten's own activation
 backwards), never a plain Python function of the tensors: AOTAutograd traces the backward with
@@ -376,6 +378,42 @@ def conv2d_op():
     return kk_conv2d
 
 
+# -- preprocess ----------------------------------------------------------------------------------
+@functools.cache
+def preprocess_op():
+    """Register (once) and return `torch.ops.kernelkit.preprocess`: `kernelkit.preprocess` on one
+    (N, H, W, C) uint8 or float32 tensor batch, with one crop box and one flip for every image
+    (per-image geometry and ragged batches: the function, or kernelkit.data). No gradient:
+    its inputs are images; a float input that requires grad gets torch's "no autograd formula"
+    error at backward."""
+    import torch
+
+    preprocess = core.op_spec("preprocess").function
+
+    @torch.library.custom_op(
+        "kernelkit::preprocess", mutates_args=(),
+        schema="(Tensor images, int[] size, float[] mean, float[] std, float[]? crop, str? flip, "
+               "str interpolation, bool antialias, int[]? channel_order, ScalarType out_dtype, "
+               "str layout, str stats_unit) -> Tensor")
+    def kk_preprocess(images, size, mean, std, crop, flip, interpolation, antialias,
+                      channel_order, out_dtype, layout, stats_unit):
+        return preprocess(images.detach(), size=tuple(size), mean=tuple(mean), std=tuple(std),
+                          crop=None if crop is None else tuple(crop), flip=flip,
+                          interpolation=interpolation, antialias=antialias,
+                          channel_order=None if channel_order is None else tuple(channel_order),
+                          out_dtype=out_dtype, layout=layout, stats_unit=stats_unit)
+
+    @kk_preprocess.register_fake
+    def _(images, size, mean, std, crop, flip, interpolation, antialias, channel_order,
+          out_dtype, layout, stats_unit):
+        n, c = images.shape[0], images.shape[-1]
+        h, w = size
+        shape = (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
+        return images.new_empty(shape, dtype=out_dtype)
+
+    return kk_preprocess
+
+
 # -- eager autograd ------------------------------------------------------------------------------
 # In eager mode a custom op costs tens of microseconds of Python dispatch per call (measured in
 # bench/test_bench_nn.py); an autograd.Function costs a fraction of that. So kernelkit.matmul /
@@ -455,3 +493,4 @@ def register_all() -> None:
     matmul_op()
     linear_op()
     conv2d_op()  # and the two backward ops
+    preprocess_op()
