@@ -105,6 +105,9 @@ class Pair:
 
         import kernelkit.nn as knn
 
+        # forget earlier pairs' compiled graphs: they share ResNet.forward's code object, and
+        # dynamo's recompile limit (8 per code object) would otherwise leave later pairs eager
+        torch._dynamo.reset()
         torch.manual_seed(seed)
         self.ref = MODELS[name]()
         self.pat = copy.deepcopy(self.ref)
