@@ -8,6 +8,8 @@ decides once, before timing (a fresh private cache, bench/conftest.py); the rout
 extra_info.
 
     flock /tmp/kk-bench.lock python -m pytest bench/test_bench_nn.py --benchmark-only -s
+
+The ResNet rows (`-k resnet`) time whole models; see test_resnet_patched_vs_torch.
 """
 
 from __future__ import annotations
@@ -150,3 +152,42 @@ def test_small_cnn_compiled_inference(benchmark, batch):
         benchmark.pedantic(lambda: c_kk(x), rounds=20, iterations=5, warmup_rounds=1)
     print(f"\nsmall CNN batch {batch} compiled: torch.compile {t_ref * 1e6:.0f} us, patched + "
           f"compile {t_kk * 1e6:.0f} us ({t_kk / t_ref:.2f}x; layers on {runs}) on {_cpu()}")
+
+
+_PAIRS: dict = {}
+
+
+@pytest.mark.parametrize("mode", ["infer", "train"])
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("model", ["resnet18", "resnet50"])
+def test_resnet_patched_vs_torch(benchmark, model, batch, mode):
+    """ResNet-18/50 (bench/resnets.py, fp32, 224 px, or KERNELKIT_BENCH_RESNET_SIZE), tuned once
+    into this session's fresh cache: torch / patched / torch.compile / patched + compile,
+    interleaved (KERNELKIT_BENCH_RESNET_REPS rounds, default 5); extra_info holds each median and
+    the speed ratios torch / patched (above 1: patched faster). The same measurement as
+    bench/probes/nn_resnets.py, which prints the table docs/performance.md quotes."""
+    import os
+
+    from resnets import Pair, interleaved
+
+    size = int(os.environ.get("KERNELKIT_BENCH_RESNET_SIZE", 224))
+    reps = int(os.environ.get("KERNELKIT_BENCH_RESNET_REPS", 5))
+    pair = _PAIRS.get((model, batch))
+    if pair is None:
+        _PAIRS.clear()  # one pair (and its compiled graphs) alive at a time
+        pair = _PAIRS[(model, batch)] = Pair(model, batch, size)
+        pair.tune()
+    fns = pair.fns(mode, compiled=True)
+    for fn in fns.values():  # routes for this mode, compiles
+        fn()
+    med = interleaved(fns, reps)
+    eager, compiled = med["torch"] / med["patched"], med["torch.compile"] / med["patched+compile"]
+    benchmark.group = f"{model} batch {batch} {size}px {mode}"
+    benchmark.extra_info.update(cpu=_cpu(), median_ms={k: v * 1e3 for k, v in med.items()},
+                                eager_ratio=eager, compile_ratio=compiled,
+                                routes=sorted({r for _, _, r in knn.where(pair.pat)}))
+    benchmark.pedantic(fns["patched"], rounds=3, iterations=1, warmup_rounds=0)
+    print(f"\n{model} b{batch} {size}px {mode}: torch {med['torch'] * 1e3:.1f} ms, patched "
+          f"{med['patched'] * 1e3:.1f} ms ({eager:.3f}x); torch.compile "
+          f"{med['torch.compile'] * 1e3:.1f} ms, patched+compile {med['patched+compile'] * 1e3:.1f}"
+          f" ms ({compiled:.3f}x) on {_cpu()}")

@@ -127,10 +127,49 @@ class _Counted:
         return self.route(m, x, w, b)
 
 
+# A layer leaves torch's own op for a kernelkit kernel only when the tuner measured the kernel at
+# least this much faster than the vendor on the data's device. Why a margin: the tuner times the
+# op alone, repeatedly; inside a model the kernel runs between torch ops (whose OpenMP pool spins
+# on the same cores) and on a machine whose load varies, and on this 2-core VM the measured order
+# of two candidates within ~20% of each other did not hold in the model (bench/probes/
+# nn_layer_context.py, docs/performance.md). The aten route also keeps Inductor's fusions under
+# torch.compile and torch's joint convolution backward. kernelkit.matmul/conv2d themselves
+# still run whatever won.
+KERNEL_MARGIN = 1.2
+
+
 def chosen(call: core.Call) -> tuple[core.Candidate, core.Config]:
-    """The tuner's candidate and config for a prepared (no-grad) call."""
+    """The tuner's candidate and config for a prepared (no-grad) call; the vendor's where the
+    kernelkit kernel won by less than KERNEL_MARGIN (or the margin cannot be read)."""
     choice = _last.choice = dispatch.choice_for(call)
-    return core.get(call.problem.op, choice.candidate), choice.config
+    cand = core.get(call.problem.op, choice.candidate)
+    if cand.vendor or choice.source not in ("cache", "measured"):
+        return cand, choice.config
+    vendor = _vendor_if_close(call, choice)
+    return (vendor, {}) if vendor is not None else (cand, choice.config)
+
+
+def _vendor_if_close(call: core.Call, choice: core.Choice) -> core.Candidate | None:
+    """The vendor candidate on the data's device when the measured entry behind `choice` has it
+    within KERNEL_MARGIN of the chosen kernel; None otherwise (and when a backend is forced)."""
+    from ..autotune import cache as _cache
+    from ..autotune import tuner
+
+    settings = _settings.current()
+    if settings.backend or settings.device:
+        return None  # an explicit request runs what it asked for
+    key = tuner.make_key(call.problem, tuner.forced_suffix(settings))
+    entry = _cache.cache_for(settings.cache_path).get(key) or {}
+    best: dict[str, float] = {}
+    for t in entry.get("trials", []):
+        if t.get("median") is not None:
+            best[t["candidate"]] = min(best.get(t["candidate"], float("inf")), t["median"])
+    vendors = [c for c in core.candidates(call.problem.op)
+               if c.vendor and c.device == call.problem.device and c.name in best]
+    if not vendors or choice.candidate not in best:
+        return None
+    vendor = min(vendors, key=lambda c: best[c.name])
+    return vendor if best[vendor.name] < KERNEL_MARGIN * best[choice.candidate] else None
 
 
 def runs_aten(cand: core.Candidate, call: core.Call) -> bool:

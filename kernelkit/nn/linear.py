@@ -8,7 +8,7 @@ from torch import nn
 
 from ..kernels import check_activation, torch_activations
 from ..ops import matmul as _matmul
-from ..ops.torch_ops import eager_matmul, matmul_op
+from ..ops.torch_ops import eager_matmul, linear_op
 from . import _route
 
 
@@ -17,8 +17,9 @@ class Linear(nn.Linear):
 
     Where torch's own kernel won the tuning for a call's size, the layer calls torch's
     F.linear directly (no custom-op cost); elsewhere it runs the chosen kernelkit kernel, through
-    the registered op `torch.ops.kernelkit.matmul` when autograd records, under torch.compile
-    and under autocast.
+    an autograd Function when autograd records, and through the registered op
+    `torch.ops.kernelkit.linear` (bias and activation fused) under torch.compile, torch.export
+    and autocast.
 
     Args:
         in_features, out_features, bias, device, dtype: as for `torch.nn.Linear`.
@@ -80,10 +81,9 @@ def _aten(m: Linear, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
 
 
 def _through_op(m: Linear, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
-    # (*, K) -> (M, K): batch dims only scale the work, so every batch shape shares one problem
-    # (and one tuning run); torch.ops.* rather than matmul_op(): dynamo traces it
-    y = torch.ops.kernelkit.matmul(x.reshape(-1, x.shape[-1]), w.t(), b, m.activation, False)
-    return y.reshape(*x.shape[:-1], m.out_features)
+    # the op flattens (*, K) to (M, K): every batch shape shares one problem (and one tuning
+    # run); torch.ops.* rather than linear_op(): dynamo traces it
+    return torch.ops.kernelkit.linear(x, w, b, m.activation, False)
 
 
-matmul_op()  # register torch.ops.kernelkit.matmul before any forward is traced
+linear_op()  # register torch.ops.kernelkit.linear (and matmul) before any forward is traced

@@ -1,15 +1,23 @@
 """torch.library custom ops: kernelkit inside torch.compile graphs, autograd and autocast.
 
-Four ops, each with a fake (meta) kernel, an autograd formula and an autocast rule:
+Seven ops, each with a fake (meta) kernel; the six differentiable ones with an autograd formula
+and an autocast rule:
 
 - ``kernelkit::matmul(a, b, bias, activation, allow_tf32)``
+- ``kernelkit::linear(x, weight, bias, activation, allow_tf32)``: ``act(x @ weight.T + bias)``
+  with torch.nn.Linear's shapes ((*, in) and (out, in) -> (*, out)), the op behind
+  ``kernelkit.nn.Linear`` (batch dims flattened into M, so every batch shape is one problem)
 - ``kernelkit::conv2d(x, weight, bias, stride, padding, dilation, groups, activation, layout,
   allow_tf32)`` (padding as (top, bottom, left, right))
 - ``kernelkit::conv2d_backward_input(grad_out, weight, input_shape, stride, padding, dilation,
   groups, layout, allow_tf32)``
 - ``kernelkit::conv2d_backward_weight(x, grad_out, weight_shape, ...)``
+- ``kernelkit::preprocess(images, size, mean, std, crop, flip, interpolation, antialias,
+  channel_order, out_dtype, layout, stats_unit)``: the fused crop/flip/resize/normalise/layout
+  op behind ``kernelkit.nn.Preprocess`` (no gradient: its inputs are images; its output dtype
+  is an argument, so no autocast rule)
 
-Every backward formula calls registered ops only (these four, and aten's own activation
+Every backward formula calls registered ops only (these, and aten's own activation
 backwards), never a plain Python function of the tensors: AOTAutograd traces the backward with
 FunctionalTensors, which only registered ops accept. So `torch.compile` (Inductor, fullgraph) can
 train through them, and the backward ops are differentiable themselves (double backward).
@@ -142,6 +150,56 @@ def matmul_op():
     kk_matmul.register_autograd(backward, setup_context=setup_context)
     _register_autocast("kernelkit::matmul")
     return kk_matmul
+
+
+# -- linear --------------------------------------------------------------------------------------
+@functools.cache
+def linear_op():
+    """Register (once) and return `torch.ops.kernelkit.linear`: act(x @ weight.T + bias), as
+    torch.nn.Linear lays its operands out; every product of its backward is `kernelkit::matmul`."""
+    import torch
+
+    matmul = core.op_spec("matmul").function
+    mm = matmul_op()
+
+    @torch.library.custom_op(
+        "kernelkit::linear", mutates_args=(),
+        schema="(Tensor x, Tensor weight, Tensor? bias, str? activation, bool allow_tf32) -> Tensor")
+    def kk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  activation: str | None, allow_tf32: bool) -> torch.Tensor:
+        # (*, K) -> (M, K): batch dims only scale the work, so every batch shape is one problem
+        x2 = x.detach().reshape(-1, x.shape[-1])
+        y = matmul(x2, weight.detach().t(), bias=_detach(bias), activation=activation,
+                   allow_tf32=allow_tf32)
+        return y.reshape(*x.shape[:-1], weight.shape[0])
+
+    @kk_linear.register_fake
+    def _(x, weight, bias, activation, allow_tf32):
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, activation, allow_tf32 = inputs
+        ctx.save_for_backward(x, weight, bias)
+        ctx.activation, ctx.allow_tf32 = activation, allow_tf32
+
+    def backward(ctx, grad):
+        x, weight, bias = ctx.saved_tensors
+        act, tf32, needs = ctx.activation, ctx.allow_tf32, ctx.needs_input_grad
+        if act is not None:  # recompute the pre-activation instead of storing it
+            grad = _activation_backward(act, grad, kk_linear(x, weight, bias, None, tf32))
+        g2 = grad.reshape(-1, weight.shape[0])
+        gx = gw = gb = None
+        if needs[0]:
+            gx = mm(g2, weight, None, None, tf32).reshape(x.shape)
+        if needs[1]:
+            gw = mm(g2.t(), x.reshape(-1, x.shape[-1]), None, None, tf32)
+        if bias is not None and needs[2]:
+            gb = g2.sum(0)
+        return gx, gw, gb, None, None
+
+    kk_linear.register_autograd(backward, setup_context=setup_context)
+    _register_autocast("kernelkit::linear")
+    return kk_linear
 
 
 # -- conv2d --------------------------------------------------------------------------------------
@@ -320,6 +378,42 @@ def conv2d_op():
     return kk_conv2d
 
 
+# -- preprocess ----------------------------------------------------------------------------------
+@functools.cache
+def preprocess_op():
+    """Register (once) and return `torch.ops.kernelkit.preprocess`: `kernelkit.preprocess` on one
+    (N, H, W, C) uint8 or float32 tensor batch, with one crop box and one flip for every image
+    (per-image geometry and ragged batches: the function, or kernelkit.data). No gradient:
+    its inputs are images; a float input that requires grad gets torch's "no autograd formula"
+    error at backward."""
+    import torch
+
+    preprocess = core.op_spec("preprocess").function
+
+    @torch.library.custom_op(
+        "kernelkit::preprocess", mutates_args=(),
+        schema="(Tensor images, int[] size, float[] mean, float[] std, float[]? crop, str? flip, "
+               "str interpolation, bool antialias, int[]? channel_order, ScalarType out_dtype, "
+               "str layout, str stats_unit) -> Tensor")
+    def kk_preprocess(images, size, mean, std, crop, flip, interpolation, antialias,
+                      channel_order, out_dtype, layout, stats_unit):
+        return preprocess(images.detach(), size=tuple(size), mean=tuple(mean), std=tuple(std),
+                          crop=None if crop is None else tuple(crop), flip=flip,
+                          interpolation=interpolation, antialias=antialias,
+                          channel_order=None if channel_order is None else tuple(channel_order),
+                          out_dtype=out_dtype, layout=layout, stats_unit=stats_unit)
+
+    @kk_preprocess.register_fake
+    def _(images, size, mean, std, crop, flip, interpolation, antialias, channel_order,
+          out_dtype, layout, stats_unit):
+        n, c = images.shape[0], images.shape[-1]
+        h, w = size
+        shape = (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
+        return images.new_empty(shape, dtype=out_dtype)
+
+    return kk_preprocess
+
+
 # -- eager autograd ------------------------------------------------------------------------------
 # In eager mode a custom op costs tens of microseconds of Python dispatch per call (measured in
 # bench/test_bench_nn.py); an autograd.Function costs a fraction of that. So kernelkit.matmul /
@@ -397,4 +491,6 @@ def register_all() -> None:
     `import kernelkit` calls it when torch is already imported, so `torch.export.load` of a saved
     program that uses kernelkit ops works in a fresh process."""
     matmul_op()
+    linear_op()
     conv2d_op()  # and the two backward ops
+    preprocess_op()

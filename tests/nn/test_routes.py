@@ -73,9 +73,9 @@ def _graph_of(layer, x) -> str:
 
 
 @pytest.mark.parametrize("eager_backend, traced", [
-    (None, "kernelkit.matmul"),  # never ran in eager mode: the custom op (it tunes per call)
+    (None, "kernelkit.linear"),  # never ran in eager mode: the custom op (it tunes per call)
     ("torch", "linear"),  # torch won every size seen: torch's op, so Inductor fuses around it
-    ("numba", "kernelkit.matmul"),  # a kernelkit kernel won: the custom op
+    ("numba", "kernelkit.linear"),  # a kernelkit kernel won: the custom op
 ])
 def test_what_torch_compile_traces(eager_backend, traced):
     layer = nn.Sequential(nn.Linear(8, 4))
@@ -104,3 +104,37 @@ def test_eager_autograd_functions_double_backward_float64():
         assert torch.autograd.gradcheck(mm, (a, b)) and torch.autograd.gradgradcheck(mm, (a, b))
         assert torch.autograd.gradcheck(conv, (x, w))
         assert torch.autograd.gradgradcheck(conv, (x, w))
+
+
+@pytest.mark.parametrize("numba_s, route", [(0.9e-3, "torch (aten)"), (0.5e-3, "numba-cpu")],
+                         ids=["won_by_11_percent", "won_by_2x"])
+def test_a_layer_leaves_torch_only_for_a_clear_measured_win(numba_s, route, monkeypatch):
+    """The tuner chose numba for the layer's size; the layer takes it only when the measured
+    entry has numba at least KERNEL_MARGIN faster than torch (a small measured win did not hold
+    inside a model on a shared machine; torch's route keeps Inductor's fusions)."""
+    from kernelkit import core
+    from kernelkit.autotune import cache as cache_mod
+    from kernelkit.nn import _route
+    from kernelkit.ops import dispatch
+
+    assert _route.KERNEL_MARGIN > 1 / 0.9  # so the first case is a win too small to take
+    numba = core.get("matmul", "numba-cpu")
+
+    def choice_for(call, settings=None):
+        return core.Choice("numba-cpu", numba.space(call.problem)[0], "cache")
+
+    entry = {"trials": [{"candidate": "numba-cpu", "config": {}, "median": numba_s},
+                        {"candidate": "torch-cpu", "config": {}, "median": 1e-3}]}
+
+    class Cache:
+        def get(self, key):
+            return entry
+
+    monkeypatch.setattr(dispatch, "choice_for", choice_for)
+    monkeypatch.setattr(cache_mod, "cache_for", lambda path: Cache())
+    layer = nn.Linear(8, 4)
+    knn.patch(layer)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+    assert [r for _, _, r in knn.where(layer)] == [route]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import kernelkit
-from kernelkit.ops.torch_ops import conv2d_backward_ops, conv2d_op, matmul_op
+from kernelkit.ops.torch_ops import conv2d_backward_ops, conv2d_op, linear_op, matmul_op
 
 BACKENDS = ["torch", "numba"]
 GEOMETRIES = [  # stride, padding (top, bottom, left, right), dilation, groups, activation
@@ -106,3 +106,51 @@ def test_gradcheck_matmul_float64(backend, activation):
     with kernelkit.use(backend=backend):
         assert torch.autograd.gradcheck(f, (a, b, bias))
         assert torch.autograd.gradgradcheck(f, (a, b, bias))
+
+
+# (x shape, activation): 2-D, batch dims, unbatched, empty
+LINEAR_CASES = [((3, 5), "gelu"), ((2, 3, 5), None), ((5,), "silu"), ((0, 5), None)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("x_shape, activation", LINEAR_CASES, ids=str)
+def test_opcheck_linear(backend, grad, x_shape, activation):
+    g = torch.Generator().manual_seed(4)
+    x, w = torch.randn(x_shape, generator=g), torch.randn(7, 5, generator=g)
+    bias = torch.randn(7, generator=g)
+    with kernelkit.use(backend=backend):
+        torch.library.opcheck(linear_op(), tuple(t.requires_grad_(grad) for t in (x, w, bias))
+                              + (activation, False))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("activation", [None, "relu", "gelu_tanh", "silu"])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_linear_op_matches_float64_reference(backend, activation, with_bias):
+    from kernelkit.kernels import torch_activations
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 9, 13, generator=g)[:, ::2]  # non-contiguous batch dims
+    w, b = torch.randn(11, 13, generator=g), torch.randn(11, generator=g)
+    b = b if with_bias else None
+    want = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
+    if activation:
+        want = torch_activations()[activation](want)
+    with kernelkit.use(backend=backend):
+        got = linear_op()(x, w, b, activation, False)
+    assert got.shape == (2, 5, 11) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("activation", [None, "gelu"])
+def test_gradcheck_linear_float64(backend, activation):
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
+    f = lambda x, w, c: linear_op()(x, w, c, activation, False)
+    with kernelkit.use(backend=backend):
+        assert torch.autograd.gradcheck(f, (x, w, bias))
+        assert torch.autograd.gradgradcheck(f, (x, w, bias))

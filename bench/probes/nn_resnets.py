@@ -1,0 +1,145 @@
+"""Patched ResNet-18 / ResNet-50 against torch, eager and under torch.compile, inference and one
+training step, side by side in one process; prints a ratio table.
+
+    flock /tmp/kk-bench.lock env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
+        python bench/probes/nn_resnets.py --models resnet18 resnet50 --batches 1 8 --size 224
+
+Per (model, batch): the model (bench/resnets.py, random init, fp32) and a deep copy patched with
+`kernelkit.nn.patch`. A fresh cache folder (unless KERNELKIT_CACHE_DIR is set), then one tuning
+pass with `KERNELKIT_TUNE=measure` and kernels compiled in the foreground: one inference call and
+one training step of the patched model measure every forward and backward size it runs. Then,
+under the default policy (cache hits), for inference (eval, no_grad) and then for one training
+step (train mode: zero_grad, forward, cross-entropy, backward, SGD step), the four variants
+torch / patched / torch.compile(torch) / torch.compile(patched) run interleaved, one call each per
+round, `--reps` rounds after a warm-up round; the table gives each median and the speed ratio
+torch time / patched time (above 1.0: the patched model is faster). It also prints where each
+patched layer ran (`kernelkit.nn.where`) and which candidate won each backward product.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/resnets.py
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--modes", nargs="+", default=["infer", "train"], choices=["infer", "train"])
+    ap.add_argument("--no-compile", action="store_true", help="eager rows only")
+    ap.add_argument("--json", type=Path, help="write every median and route here")
+    args = ap.parse_args()
+
+    os.environ.setdefault("KERNELKIT_CACHE_DIR", tempfile.mkdtemp(prefix="kk-resnets-"))
+    os.environ["KERNELKIT_COMPILE"] = "foreground"
+    import numba
+    import torch
+    from resnets import Pair, interleaved
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import kernelkit.nn as knn
+    from kernelkit.autotune import tuner
+
+    torch.set_num_threads(args.threads)
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    threadpool_limits(args.threads)
+    blas = [(p["internal_api"], p.get("architecture")) for p in threadpool_info()]
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, {args.threads} threads; torch "
+          f"{torch.__version__}; pools {blas}; cache {os.environ['KERNELKIT_CACHE_DIR']}",
+          flush=True)
+
+    results = []
+    for name in args.models:
+        for batch in args.batches:
+            pair = Pair(name, batch, args.size)
+            tuner.clear_memo()
+            tune_s = pair.tune()
+            tuner.clear_memo()  # what the timed calls choose, from the cache the pass filled
+            for m in (pair.ref, pair.pat):
+                m.eval()
+            torch.testing.assert_close(pair.infer(pair.pat), pair.infer(pair.ref), rtol=1e-3,
+                                       atol=1e-3)
+            print(f"\n{name} batch {batch} {args.size}px: {len(pair.report.swapped)} layers "
+                  f"patched, tuning pass {tune_s:.1f} s", flush=True)
+            for mode in args.modes:
+                fns = pair.fns(mode, compiled=not args.no_compile)
+                for label, fn in fns.items():  # routes for this mode (cache hits); compiles
+                    t0 = time.perf_counter()
+                    fn()
+                    if "compile" in label:
+                        print(f"  {mode} {label}: first call (compiles) "
+                              f"{time.perf_counter() - t0:.1f} s", flush=True)
+                med = interleaved(fns, args.reps)
+                row = {"model": name, "batch": batch, "size": args.size, "mode": mode,
+                       "median_ms": {k: v * 1e3 for k, v in med.items()},
+                       "eager_ratio": med["torch"] / med["patched"]}
+                if not args.no_compile:
+                    row["compile_ratio"] = med["torch.compile"] / med["patched+compile"]
+                results.append(row)
+                line = (f"  {mode}: torch {med['torch'] * 1e3:.1f} ms, patched "
+                        f"{med['patched'] * 1e3:.1f} ms ({row['eager_ratio']:.3f}x)")
+                if not args.no_compile:
+                    line += (f"; torch.compile {med['torch.compile'] * 1e3:.1f} ms, "
+                             f"patched+compile {med['patched+compile'] * 1e3:.1f} ms "
+                             f"({row['compile_ratio']:.3f}x)")
+                print(line, flush=True)
+
+            seen = sorted({(n, s, r) for n, s, r in knn.where(pair.pat)})
+            routes = collections.Counter(r for _, _, r in seen)
+            kernel_layers = [(n, s, r) for n, s, r in seen if r != "torch (aten)"]
+            choices = collections.Counter((str(k[1]).split("|")[0], c.candidate)
+                                          for k, c in tuner._memo.items())
+            print(f"  forward routes: {dict(routes)}; kernelkit layers: {kernel_layers}")
+            print(f"  tuner choices (op, candidate): {dict(choices)}", flush=True)
+            results[-1]["routes"] = dict(routes)
+            results[-1]["kernel_layers"] = kernel_layers
+            results[-1]["choices"] = {f"{op} {c}": n for (op, c), n in choices.items()}
+
+    print(f"\nspeed ratio = torch median / patched median (>1: patched faster); {args.reps} "
+          f"interleaved rounds; {cpu_name()}, {args.threads} threads, {args.size} px, fp32")
+    head = "| model | batch | mode | torch ms | patched ms | eager ratio |"
+    if not args.no_compile:
+        head += " torch.compile ms | patched+compile ms | compile ratio |"
+    print(head)
+    print("|" + " --- |" * (head.count("|") - 1))
+    for r in results:
+        m = r["median_ms"]
+        line = (f"| {r['model']} | {r['batch']} | {r['mode']} | {m['torch']:.1f} | "
+                f"{m['patched']:.1f} | {r['eager_ratio']:.3f} |")
+        if not args.no_compile:
+            line += (f" {m['torch.compile']:.1f} | {m['patched+compile']:.1f} | "
+                     f"{r['compile_ratio']:.3f} |")
+        print(line)
+    if args.json:
+        args.json.write_text(json.dumps({"cpu": cpu_name(), "threads": args.threads,
+                                         "results": results}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

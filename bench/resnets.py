@@ -1,0 +1,186 @@
+"""ResNet-18 and ResNet-50 written out (torchvision's layout: BasicBlock / Bottleneck, stride on
+the 3x3, zero-initialised nothing), so the nn benchmarks need neither torchvision nor weights.
+Random init (Kaiming for convs, as torchvision), which is all a timing needs."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, c_in: int, c: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _downsample(c_in, c, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return self.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, c_in: int, c: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+        self.conv3 = nn.Conv2d(c, c * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _downsample(c_in, c * 4, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return self.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+def _downsample(c_in: int, c_out: int, stride: int) -> nn.Module | None:
+    if stride == 1 and c_in == c_out:
+        return None
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+
+class ResNet(nn.Module):
+    def __init__(self, block: type, layers: list[int], classes: int = 1000):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        c_in, stages = 64, []
+        for i, n in enumerate(layers):
+            c = 64 * 2 ** i
+            blocks = []
+            for j in range(n):
+                blocks.append(block(c_in, c, 2 if (j == 0 and i > 0) else 1))
+                c_in = c * block.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c_in, classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def resnet18(classes: int = 1000) -> ResNet:
+    return ResNet(BasicBlock, [2, 2, 2, 2], classes)
+
+
+def resnet50(classes: int = 1000) -> ResNet:
+    return ResNet(Bottleneck, [3, 4, 6, 3], classes)
+
+
+MODELS = {"resnet18": resnet18, "resnet50": resnet50}
+
+
+# -- side-by-side timing (bench/probes/nn_resnets.py, bench/test_bench_nn.py) --------------------
+VARIANTS = ("torch", "patched", "torch.compile", "patched+compile")
+
+
+class Pair:
+    """A model and its patched deep copy, one input batch, and one SGD optimiser each; tuned once
+    (`tune`) before anything is timed."""
+
+    def __init__(self, name: str, batch: int, size: int, seed: int = 0):
+        import copy
+
+        import kernelkit.nn as knn
+
+        # forget earlier pairs' compiled graphs: they share ResNet.forward's code object, and
+        # dynamo's recompile limit (8 per code object) would otherwise leave later pairs eager
+        torch._dynamo.reset()
+        torch.manual_seed(seed)
+        self.ref = MODELS[name]()
+        self.pat = copy.deepcopy(self.ref)
+        self.report = knn.patch(self.pat)
+        self.x = torch.randn(batch, 3, size, size)
+        self.target = torch.randint(0, 1000, (batch,))
+        self.opt = {id(m): torch.optim.SGD(m.parameters(), lr=1e-4) for m in (self.ref, self.pat)}
+        self.compiled: dict[str, nn.Module] = {}
+
+    def infer(self, m: nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return m(self.x)
+
+    def step(self, m: nn.Module, owner: nn.Module) -> torch.Tensor:
+        """One training step: zero_grad, forward, cross-entropy, backward, SGD step."""
+        import torch.nn.functional as F
+
+        opt = self.opt[id(owner)]
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(m(self.x), self.target)
+        loss.backward()
+        opt.step()
+        return loss
+
+    def tune(self) -> float:
+        """Measure every forward and backward size the patched model runs (one inference call and
+        one training step under KERNELKIT_TUNE=measure), restore the weights; seconds taken."""
+        import time
+
+        import kernelkit
+
+        t0 = time.perf_counter()
+        with kernelkit.use(tune="measure"):
+            self.pat.eval()
+            self.infer(self.pat)
+            self.pat.train()
+            self.step(self.pat, self.pat)
+        self.pat.load_state_dict(self.ref.state_dict())
+        return time.perf_counter() - t0
+
+    def fns(self, mode: str, compiled: bool) -> dict:
+        """The variants' calls for `mode` ("infer": eval + no_grad; "train": one step)."""
+        for m in (self.ref, self.pat):
+            m.train(mode == "train")
+        if compiled and not self.compiled:
+            self.compiled = {"torch": torch.compile(self.ref), "patched": torch.compile(self.pat)}
+        models = {"torch": self.ref, "patched": self.pat}
+        out = {}
+        for label, m in models.items():
+            if mode == "infer":
+                out[label] = lambda m=m: self.infer(m)
+                if compiled:
+                    c = self.compiled[label]
+                    out[VARIANTS[VARIANTS.index(label) + 2]] = lambda c=c: self.infer(c)
+            else:
+                out[label] = lambda m=m: self.step(m, m)
+                if compiled:
+                    c = self.compiled[label]
+                    out[VARIANTS[VARIANTS.index(label) + 2]] = lambda c=c, m=m: self.step(c, m)
+        return {k: out[k] for k in VARIANTS if k in out}
+
+
+def interleaved(fns: dict, reps: int) -> dict[str, float]:
+    """Median seconds of each call over `reps` rounds, one call of each per round, after one
+    warm-up round, so drift of the machine falls on every variant alike."""
+    import statistics
+    import time
+
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for rep in range(reps + 1):
+        for label, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if rep:
+                times[label].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}

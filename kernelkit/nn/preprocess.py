@@ -1,0 +1,108 @@
+"""`kernelkit.nn.Preprocess`: kernelkit.preprocess as a module, for models that take raw images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..ops import preprocess as _preprocess
+from ..ops.torch_ops import preprocess_op
+
+_REVERSE = ("rgb2bgr", "bgr2rgb")
+
+
+class Preprocess(nn.Module):
+    r"""Crop, flip, resize, reorder channels, normalise and convert a batch of images in one
+    fused pass: `kernelkit.preprocess` with its arguments fixed at construction.
+
+    In eager mode the module calls `kernelkit.preprocess` (tuned per input size, on the device the
+    tuner picks); under `torch.compile` and `torch.export` it traces the registered op
+    `torch.ops.kernelkit.preprocess`, so a model that starts from raw images compiles with
+    `fullgraph=True` and exports. Not differentiable: its inputs are images.
+
+    Args:
+        size: output (height, width), or one int for both.
+        mean: per-channel mean (or a scalar), in the unit `stats_unit` names.
+        std: per-channel standard deviation (or a scalar), same unit.
+        crop: one (top, left, height, width) box in source pixels for every image, or None.
+        flip: None, "horizontal", "vertical" or "both", for every image.
+        interpolation: "bilinear", "bicubic" or "nearest" (half-pixel centres).
+        antialias: True: the PIL/torchvision antialiased filter when downscaling; False: the
+            2-tap form of OpenCV INTER_LINEAR and torch interpolate.
+        channel_order: None, "rgb2bgr"/"bgr2rgb" (reverse), or a permutation (output channel c
+            reads input channel channel_order[c]).
+        out_dtype: the output dtype (torch.float32, torch.float16, torch.bfloat16, torch.uint8).
+        layout: "NCHW" or "NHWC" for the output.
+        stats_unit: "input" (mean/std in the images' units: 0..255 for uint8) or "unit" ([0, 1]
+            units, as torchvision's Normalize after ToTensor).
+
+    Shape:
+        - Input: :math:`(N, H, W, C)` or :math:`(H, W, C)`, uint8 or float32, C = 1 or 3.
+        - Output: :math:`(N, C, h, w)` for "NCHW" (:math:`(N, h, w, C)` for "NHWC"); an
+          :math:`(H, W, C)` input gives one image without the batch dim.
+
+    Returns:
+        A tensor on the input's device, of `out_dtype`, normalised as ``(x - mean) / std``.
+
+    Example:
+        >>> pre = kernelkit.nn.Preprocess(224, mean=(0.485, 0.456, 0.406),
+        ...                               std=(0.229, 0.224, 0.225), stats_unit="unit")
+        >>> imgs = torch.randint(0, 256, (8, 480, 640, 3), dtype=torch.uint8)
+        >>> pre(imgs).shape
+        torch.Size([8, 3, 224, 224])
+    """
+
+    def __init__(self, size: int | Sequence[int], mean: float | Sequence[float],
+                 std: float | Sequence[float], *, crop: Sequence[float] | None = None,
+                 flip: str | None = None, interpolation: str = "bilinear",
+                 antialias: bool = True, channel_order: str | Sequence[int] | None = None,
+                 out_dtype: torch.dtype = torch.float32, layout: str = "NCHW",
+                 stats_unit: str = "input"):
+        super().__init__()
+        self.size = [int(size)] * 2 if isinstance(size, int) else [int(v) for v in size]
+        self.mean = [float(v) for v in (mean if isinstance(mean, Sequence) else [mean])]
+        self.std = [float(v) for v in (std if isinstance(std, Sequence) else [std])]
+        self.crop = None if crop is None else [float(v) for v in crop]
+        if flip not in (None, "horizontal", "vertical", "both"):
+            raise ValueError("Preprocess: 'flip' must be None, 'horizontal', 'vertical' or "
+                             f"'both', got {flip!r}")
+        if isinstance(channel_order, str) and channel_order not in _REVERSE:
+            raise ValueError(f"Preprocess: 'channel_order' must be None, one of {_REVERSE} or a "
+                             f"permutation, got {channel_order!r}")
+        if not isinstance(out_dtype, torch.dtype):
+            raise TypeError(f"Preprocess: 'out_dtype' must be a torch.dtype, got {out_dtype!r}")
+        self.flip, self.interpolation, self.antialias = flip, interpolation, bool(antialias)
+        self.channel_order, self.out_dtype = channel_order, out_dtype
+        self.layout, self.stats_unit = layout, stats_unit
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim == 3:  # one (H, W, C) image
+            return self.forward(images.unsqueeze(0)).squeeze(0)
+        args = self.op_args(images)
+        if torch.compiler.is_compiling():  # torch.ops.* rather than preprocess_op(): dynamo traces it
+            return torch.ops.kernelkit.preprocess(images, *args)
+        size, mean, std, crop, flip, interp, aa, order, dtype, layout, unit = args
+        return _preprocess.preprocess(
+            images, size=tuple(size), mean=mean, std=std, crop=crop, flip=flip,
+            interpolation=interp, antialias=aa, channel_order=order, out_dtype=dtype,
+            layout=layout, stats_unit=unit)
+
+    def op_args(self, images: torch.Tensor) -> tuple:
+        """The arguments of `torch.ops.kernelkit.preprocess` after `images`, for this batch."""
+        order = self.channel_order
+        if isinstance(order, str):  # reverse, for whatever channel count the images have
+            order = list(range(images.shape[-1]))[::-1]
+        elif order is not None:
+            order = [int(v) for v in order]
+        return (self.size, self.mean, self.std, self.crop, self.flip, self.interpolation,
+                self.antialias, order, self.out_dtype, self.layout, self.stats_unit)
+
+    def extra_repr(self) -> str:
+        return (f"size={tuple(self.size)}, mean={self.mean}, std={self.std}, crop={self.crop}, "
+                f"flip={self.flip}, interpolation={self.interpolation!r}, "
+                f"antialias={self.antialias}, out_dtype={self.out_dtype}, layout={self.layout!r}")
+
+
+preprocess_op()  # register torch.ops.kernelkit.preprocess before any forward is traced

@@ -1,0 +1,106 @@
+"""kernelkit.nn.Preprocess and the registered op behind it (torch.ops.kernelkit.preprocess):
+the same output as kernelkit.preprocess, a float64 reference, opcheck, torch.compile fullgraph
+and export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from resample_ref import crop_resize
+
+import kernelkit
+import kernelkit.nn as knn
+from kernelkit.nn import Preprocess
+from kernelkit.ops.torch_ops import preprocess_op
+
+MEAN, STD = (123.7, 116.3, 103.5), (58.4, 57.1, 57.4)
+
+
+def _images(n=2, h=23, w=31, c=3, dtype=torch.uint8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, h, w, c), generator=g, dtype=torch.uint8)
+    return x if dtype == torch.uint8 else x.to(dtype) / 255
+
+
+def test_importable_from_kernelkit_nn():
+    assert knn.Preprocess is Preprocess and "Preprocess" in knn.__all__
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("kw", [
+    dict(size=(11, 17)),
+    dict(size=9, crop=(2, 3, 15, 20), flip="horizontal", antialias=False, layout="NHWC"),
+    dict(size=(30, 40), flip="both", channel_order="rgb2bgr", interpolation="bicubic"),
+], ids=["plain", "crop_flip_2tap_nhwc", "upscale_bgr_bicubic"])
+def test_matches_kernelkit_preprocess_and_float64_reference(backend, kw):
+    imgs = _images()
+    module = Preprocess(mean=MEAN, std=STD, **kw)
+    fn_kw = {**kw, "mean": MEAN, "std": STD}
+    with kernelkit.use(backend=backend):
+        got = module(imgs)
+        torch.testing.assert_close(got, kernelkit.preprocess(imgs, **fn_kw), rtol=0, atol=0)
+    if kw.get("interpolation") == "bicubic":
+        return  # the float64 reference below covers bilinear and nearest only
+    size = (kw["size"],) * 2 if isinstance(kw["size"], int) else kw["size"]
+    box = kw.get("crop", (0, 0, imgs.shape[1], imgs.shape[2]))
+    for i, img in enumerate(imgs.numpy()):
+        ref = crop_resize(img, box, size, antialias=kw.get("antialias", True))
+        if kw.get("flip") in ("horizontal", "both"):  # the crop, mirrored
+            ref = ref[:, ::-1]
+        ref = (ref - np.array(MEAN)) / np.array(STD)
+        out = got[i].numpy() if kw.get("layout") == "NHWC" else got[i].permute(1, 2, 0).numpy()
+        # within one uint8 level of the exact value, in normalised units
+        assert np.abs(out - ref).max() <= 1.0 / min(STD), (i, np.abs(out - ref).max())
+
+
+def test_unbatched_image_and_out_dtype():
+    imgs = _images(n=1)
+    module = Preprocess(16, mean=0.5, std=0.25, stats_unit="unit", out_dtype=torch.bfloat16)
+    one = module(imgs[0])
+    assert one.shape == (3, 16, 16) and one.dtype == torch.bfloat16
+    torch.testing.assert_close(one, module(imgs)[0], rtol=0, atol=0)
+
+
+def test_bad_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="'flip'"):
+        Preprocess(8, 0.0, 1.0, flip="sideways")
+    with pytest.raises(ValueError, match="'channel_order'"):
+        Preprocess(8, 0.0, 1.0, channel_order="rgb")
+    with pytest.raises(TypeError, match="'out_dtype'"):
+        Preprocess(8, 0.0, 1.0, out_dtype="float32")
+    with pytest.raises(ValueError, match="preprocess: 'images'"):
+        Preprocess(8, 0.0, 1.0)(torch.zeros(2, 2, 3, 4, 5, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_opcheck(dtype, layout):
+    imgs = _images(dtype=dtype, h=13, w=19)
+    module = Preprocess((7, 9), mean=MEAN, std=STD, crop=(1, 2, 10, 15), flip="vertical",
+                        channel_order=[2, 0, 1], layout=layout,
+                        stats_unit="unit" if dtype == torch.float32 else "input")
+    if dtype == torch.float32:
+        module.mean, module.std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    torch.library.opcheck(preprocess_op(), (imgs, *module.op_args(imgs)))
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    """A model that starts from raw uint8 images compiles as one graph: the preprocess op, then
+    torch's (here Inductor's) conv."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Preprocess(12, mean=MEAN, std=STD),
+                                torch.nn.Conv2d(3, 4, 3, padding=1)).eval()
+    imgs = _images(h=20, w=24)
+    with torch.no_grad():
+        want = model(imgs)
+        got = torch.compile(model, fullgraph=True)(imgs)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_export_traces_the_op():
+    model = Preprocess(8, mean=MEAN, std=STD)
+    imgs = _images(h=10, w=12)
+    ep = torch.export.export(model, (imgs,))
+    assert "kernelkit.preprocess" in ep.graph_module.code
+    torch.testing.assert_close(ep.module()(imgs), model(imgs), rtol=0, atol=0)
