@@ -15,7 +15,6 @@ The ResNet rows (`-k resnet`) time whole models; see test_resnet_patched_vs_torc
 from __future__ import annotations
 
 import copy
-import platform
 import statistics
 import time
 
@@ -29,14 +28,9 @@ from kernelkit.ops.torch_ops import eager_matmul, matmul_op
 
 
 def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    from kernelkit import devices
+
+    return devices.cpu_info()["model"]
 
 
 def _per_call(fn, n: int) -> float:

@@ -31,16 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/resnets.py
 
 
 def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
+    from kernelkit import devices
 
-    return platform.processor() or "unknown CPU"
+    return devices.cpu_info()["model"]
 
 
 def main() -> int:
