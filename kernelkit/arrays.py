@@ -197,8 +197,17 @@ def converter(src: Location, lib: str, device: str):
     return lambda x: native(x, lib, device)
 
 
-def converter_back(lib: str, device: str, dst: Location):
-    """A function giving a kernel's (`lib`, `device`) result back at `dst`, or None."""
+def converter_back(lib: str, device: str, dst: Location, dtype: str | None = None):
+    """A function giving a kernel's (`lib`, `device`) result back at `dst`, or None. A result of
+    `dtype` "bfloat16" from a library without it (numpy: the uint16 bit patterns) is viewed back
+    as bfloat16 (``with_dtype``)."""
+    back = _converter_back(lib, device, dst)
+    if dtype == "bfloat16" and back is not None and missing_dtype(lib, dtype) is not None:
+        return lambda x: with_dtype(back(x), dtype)
+    return back
+
+
+def _converter_back(lib: str, device: str, dst: Location):
     if lib == dst.lib and device == dst.device:
         return None
     if lib == "torch" and device == "cpu" and dst.lib == "numpy":

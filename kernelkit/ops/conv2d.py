@@ -290,11 +290,7 @@ def _channels_last_views(channels_last: bool):
 def _bind(fn, cand: Candidate, loc: arrays.Location, dtype: str, views: tuple, out_view) -> Plan:
     """A plan for the kernel `fn`: per-argument views, moves to the candidate and back."""
     to = arrays.converter(loc, cand.native, cand.device)
-    back = arrays.converter_back(cand.native, cand.device, loc)
-    if dtype == "bfloat16" and back is not None:
-        # a kernel whose arrays have no bfloat16 (numpy) returns the bit patterns as uint16
-        raw = back
-        back = lambda out: arrays.with_dtype(raw(out), dtype)
+    back = arrays.converter_back(cand.native, cand.device, loc, dtype)
 
     def plan(*args):
         args = [v(a) if v is not None and a is not None else a for v, a in zip(views, args)]

@@ -183,11 +183,7 @@ def _bind(fn, cand: Candidate, loc: arrays.Location, batch: tuple[int, ...],
     """The plan for one candidate and one call signature: as little Python per call as possible."""
     lib = loc.lib
     to = arrays.converter(loc, cand.native, cand.device)
-    back = arrays.converter_back(cand.native, cand.device, loc)
-    if dtype == "bfloat16" and back is not None:
-        # a kernel whose arrays have no bfloat16 (numpy) returns the bit patterns as uint16
-        raw = back
-        back = lambda out: arrays.with_dtype(raw(out), dtype)
+    back = arrays.converter_back(cand.native, cand.device, loc, dtype)
     if len(batch) == 0 and lib == "numpy":  # the common 2-D numpy case
         if to is None:
             return lambda a, b, bias: fn(a[None], b[None], bias)[0]
