@@ -155,9 +155,10 @@ def measure_interleaved(
     settled: float = 0.03,
     decided: float | None = None,
 ) -> list[Timing]:
-    """Time several functions round-robin, one call each per round, so that whatever the machine
-    is doing meanwhile (another process, a thread pool still spinning) hits all of them alike.
-    Comparisons between the results are then fair even where absolute times drift.
+    """Time several functions round-robin, one timed call each per round (after an untimed one
+    that lets the previous function's thread pool go quiet), so that whatever the machine is doing
+    meanwhile (another process) hits all of them alike. Comparisons between the results are then
+    fair even where absolute times drift.
 
     Stops after `min_reps` rounds once every function's spread (interquartile range) is within
     `settled` of its median, or when `budget_s` is spent, or after `max_reps` rounds. With
@@ -173,9 +174,17 @@ def measure_interleaved(
     start = _clock()
     n = len(fns)
     for rep in range(max_reps):
-        # Each round starts one further along: a function that slows whatever runs right after
-        # it (a thread pool still spinning) then slows every other function equally often.
+        # Each round starts one further along, so drift hits every function alike.
         for i in range(rep, rep + n):
+            if n > 1:
+                # One untimed call first: the previous function's library may still have its
+                # thread pool spinning (OpenBLAS spins ~0.1 s after each call), and the first
+                # call of another pool then waits a scheduler tick (~4 ms measured on 2 cores,
+                # numpy against torch: 60x a 160^3 matmul). A user who repeats this op does
+                # not pay that; the function's own steady state is what is compared.
+                fns[i % n]()
+                if sync:
+                    sync()
             t0 = _clock()
             fns[i % n]()
             if sync:
