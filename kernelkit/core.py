@@ -90,6 +90,8 @@ class Candidate:
     # the module has `warm(dtype)`, and `kernelkit.compiling` builds them off the critical path).
     module: str = ""
     compiles: bool = False
+    # Chosen automatically only for data of its own array library (Backend.own_data_only).
+    own_data_only: bool = False
 
     @property
     def name(self) -> str:
@@ -160,6 +162,12 @@ class Backend:
     # Its kernels are compiled on first use, per dtype: each kernel module has `warm(dtype)`
     # (compile, or load from the on-disk cache, everything its entry point runs for that dtype).
     compiles: bool = False
+    # The ops (names, or "*") for which the tuner chooses it only on its own library's data
+    # (other data: only when forced). Why: two CPU libraries' thread pools stall each other when
+    # their calls alternate (numpy's OpenBLAS threads spin ~0.1 s after each call and torch's
+    # next OpenMP region waits a scheduler tick: 4 ms after a 0.07 ms matmul on 2 cores), so one
+    # process's CPU matmuls stay with the BLAS of the library its data lives in.
+    own_data_only: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
@@ -325,4 +333,5 @@ def _make_candidate(spec: OpSpec, backend: Backend) -> Candidate:
     return Candidate(spec.name, backend.name, backend.device, backend.native, supports, space,
                      launcher, vendor=backend.vendor, roofline=backend.roofline_for(spec),
                      rate_scale=backend.rate_scale, precheck=precheck,
-                     module=module_name, compiles=backend.compiles)
+                     module=module_name, compiles=backend.compiles,
+                     own_data_only=bool({spec.name, "*"} & set(backend.own_data_only)))

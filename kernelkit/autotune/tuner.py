@@ -100,6 +100,9 @@ def split_candidates(
             skipped[c.name] = f"KERNELKIT_DEVICE={settings.device}"
         elif c.device == "cuda" and not devices.cuda_available():
             skipped[c.name] = "no CUDA device"
+        elif c.own_data_only and c.native != problem.lib and not settings.backend:
+            skipped[c.name] = (f"{problem.lib} data: its thread pool would stall {problem.lib}'s "
+                               f"(chosen for {c.native} data, or forced)")
         elif (reason := c.precheck(problem)) is not None:
             skipped[c.name] = reason
         elif pending is not None and c.compiles and not compiling.ready(c.module, problem.dtype):

@@ -336,3 +336,27 @@ def test_negative_stride_on_a_size_one_dim(backend, rng):
     with kernelkit.use(backend=backend):
         np.testing.assert_allclose(kernelkit.matmul(a, b), a @ b, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(kernelkit.matmul(rev, b), rev @ b, rtol=1e-12, atol=1e-12)
+
+
+def test_cpu_matmul_stays_with_the_blas_of_the_datas_library():
+    """numpy's BLAS is a candidate for numpy arrays, torch's CPU matmul for torch tensors; the
+    other only when forced (their thread pools stall each other when calls alternate:
+    Backend.own_data_only). Numba takes both; torch still runs numpy data's conv2d."""
+    from kernelkit import core
+    from kernelkit.autotune import tuner
+    from kernelkit.settings import Settings
+
+    def usable(op, dims, dtype, lib, forced=None):
+        spec = core.op_spec(op)
+        args, kwargs = spec.make_inputs(dims, dtype, lib)
+        problem = spec.prepare(*args, **kwargs).problem
+        ok, skipped = tuner.split_candidates(problem, core.candidates(op), Settings(backend=forced))
+        return {c.name for c in ok}, skipped
+
+    names, skipped = usable("matmul", (16, 16, 16), "float32", "numpy")
+    assert names == {"numpy-cpu", "numba-cpu"} and "stall" in skipped["torch-cpu"]
+    names, skipped = usable("matmul", (16, 16, 16), "float32", "torch")
+    assert names == {"torch-cpu", "numba-cpu"} and "stall" in skipped["numpy-cpu"]
+    assert usable("matmul", (16, 16, 16), "float32", "torch", "numpy")[0] == {"numpy-cpu"}
+    assert usable("matmul", (16, 16, 16), "float32", "numpy", "torch")[0] == {"torch-cpu"}
+    assert "torch-cpu" in usable("conv2d", (1, 4, 8, 4, 3, 1, 1, 1), "float32", "numpy")[0]

@@ -39,7 +39,9 @@ _CPU_ROOFLINES = {"preprocess": (5e-6, 1.5e11, 2e10 / 3)}
 BACKENDS = (
     Backend(name="torch", device="cpu", native="torch", package=__name__, dtypes=_DTYPES,
             missing=_missing, vendor=True, roofline=_CPU_ROOFLINE, rooflines=_CPU_ROOFLINES,
-            rate_scale=_cpu_rate_scale),
+            # numpy data's matmul stays with numpy's BLAS (and Numba): torch's OpenMP pool and
+            # OpenBLAS's stall each other when their calls alternate (Backend.own_data_only)
+            rate_scale=_cpu_rate_scale, own_data_only=("matmul",)),
     Backend(name="torch", device="cuda", native="torch", package=__name__, dtypes=_DTYPES,
             missing=_missing, vendor=True, roofline=(1e-5, 5e14, 2e12)),
 )
