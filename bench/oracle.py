@@ -5,8 +5,8 @@
 1. Training: a spread of sizes per problem family (matmul, conv2d, preprocess; fp32/uint8, data
    in numpy) is measured into a fresh cache, as `kernelkit tune` would.
 2. Held out: other sizes of the same families, odd ones included, never in that cache.
-3. The oracle: every candidate and every config of each held-out size measured (in a scratch
-   cache), giving each (candidate, config)'s time.
+3. The oracle: every candidate and every config of each held-out size measured, twice (in scratch
+   caches), giving each (candidate, config)'s time: its better median of the two.
 4. Each policy (auto, model, measure, off) starts from a copy of the training cache and decides
    every held-out size; the time its decisions took is its tuning cost. Its choice is scored by
    the oracle's time for that (candidate, config): within 10% of the oracle's best, or not.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -48,6 +49,11 @@ QUICK = {"matmul": ([(16, 16, 16), (64, 64, 64), (256, 256, 256)], [(97, 61, 89)
 POLICIES = ("auto", "model", "measure", "off")
 ORACLE_BUDGET = 3.0
 ORACLE_TRIES = 3
+# The oracle measures each held-out size this many times (fresh each time) and keeps each
+# (candidate, config)'s best median: on this VM one config's time can sit in one of two modes for
+# seconds at a time (a 24-image preprocess config at 4.3 ms, then at 8.0 ms, measured alone), and
+# a policy must not be scored against the slow mode of the config it chose.
+ORACLE_REPEATS = 2
 
 
 def _measure_quietly(op: str, dims, cache_dir: Path, busy: list):
@@ -144,11 +150,16 @@ def main(argv=None) -> int:
             for op, (_, held) in sets.items():
                 for dims in held:
                     # the truth: every candidate and config, timed ORACLE_BUDGET x longer than
-                    # a tuning run does (its cost is not any policy's)
-                    with _longer_budget(ORACLE_BUDGET):
-                        d = _measure_quietly(op, dims, work / "oracle", busy)
-                    times = {(t.candidate, json.dumps(t.config, sort_keys=True)): t.timing.median
-                             for t in d.trials if t.timing is not None}
+                    # a tuning run does (its cost is not any policy's), ORACLE_REPEATS times;
+                    # each (candidate, config) keeps its best median
+                    times = {}
+                    for rep in range(ORACLE_REPEATS):
+                        with _longer_budget(ORACLE_BUDGET):
+                            d = _measure_quietly(op, dims, work / f"oracle-{rep}", busy)
+                        for t in d.trials:
+                            if t.timing is not None:
+                                k = (t.candidate, json.dumps(t.config, sort_keys=True))
+                                times[k] = min(times.get(k, math.inf), t.timing.median)
                     oracle[(op, dims)] = times
             if busy:
                 print(f"{len(busy)} training or oracle sizes were measured on a busy machine: "
