@@ -3,8 +3,9 @@
 Each row is a fresh Python process that imports numpy, torch (and kernelkit), builds its inputs,
 and times its first call of one op, then its steady state. Variants, interleaved per repetition:
 
-- ``vendor``: torch's own call (``torch.matmul``, ``F.conv2d``; for preprocess kernelkit's torch
-  backend, forced: torch has no fused preprocess) in a process that never imports kernelkit;
+- ``vendor``: the call a user makes instead, in a process that never imports kernelkit: numpy's
+  ``a @ b`` for numpy data (``matmul``), ``torch.matmul`` for tensors (``matmul_torch``),
+  ``F.conv2d``; for preprocess kernelkit's torch backend, forced (torch has no fused preprocess);
   for ``resnet18_step`` one training step of a plain torch ResNet-18 (batch 8, 112 px).
 - ``cold``: kernelkit with an empty cache folder (no compiled kernels, no tuning).
 - ``warm``: kernelkit after ``kernelkit warmup`` into that folder (compiled, not tuned).
@@ -34,12 +35,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 INPUTS = {
+    # numpy data: the vendor is numpy's own `a @ b` (OpenBLAS; its first call starts the BLAS
+    # thread pool, as kernelkit's does when it runs numpy's BLAS)
     "matmul": """
         a = rng.standard_normal((256, 256), dtype=np.float32)
         b = rng.standard_normal((256, 256), dtype=np.float32)
         args = (a, b)
-        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        vendor = lambda: torch.matmul(ta, tb)
+        vendor = lambda: a @ b
+    """,
+    # torch data: the vendor is torch.matmul
+    "matmul_torch": """
+        a = torch.from_numpy(rng.standard_normal((256, 256), dtype=np.float32))
+        b = torch.from_numpy(rng.standard_normal((256, 256), dtype=np.float32))
+        args = (a, b)
+        vendor = lambda: torch.matmul(a, b)
     """,
     "conv2d": """
         x = torch.randn(8, 64, 28, 28)
@@ -133,7 +142,7 @@ else:
     seen = []
     real = tuner.choose
     tuner.choose = lambda *a, **k: seen.append(real(*a, **k)) or seen[-1]
-    call = kk or (lambda: getattr(kernelkit, OP)(*args, **kwargs))
+    call = kk or (lambda: getattr(kernelkit, OP.split("_")[0])(*args, **kwargs))
     t = time.perf_counter(); call(); out["first_s"] = time.perf_counter() - t
     out["first_choice"] = f"{seen[0].candidate} ({seen[0].source})" if seen else "memo"
     t = time.perf_counter(); compiling.wait(); out["ready_after_s"] = time.perf_counter() - t
