@@ -149,8 +149,9 @@ def predict_times(key: Key, problem: Problem, usable: list[Candidate],
                                   ROOFLINE_LOG_ERROR, 0))
             continue
         y, err = _fit(cand, problem, p, lf, lb)
-        nearest = _nearest(p, lf, lb)[0][1]
-        config = p.configs[nearest] if p.configs[nearest] in space else space[0]
+        # the config: the best interpolated over the nearest sizes that timed it, not the nearest
+        # size's winner (configs a few % apart swap places between neighbouring sizes by noise)
+        config = ranked_configs(cand, problem, key, entries, 1)[0]
         out.append(Prediction(cand.name, config, math.exp(y), err, len(p.lf)))
     return sorted(out, key=lambda q: q.seconds)
 
