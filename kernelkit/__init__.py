@@ -55,6 +55,7 @@ if "torch" in _sys.modules:  # torch is already loaded (never imported here): re
     from .ops.torch_ops import register_all as _register_all
 
     _register_all()
+_core.preload_vendors()  # numpy's and (if loaded) torch's CPU kernel modules: no first call pays
 
 
 def __getattr__(name: str) -> Any:

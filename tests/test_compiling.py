@@ -287,3 +287,20 @@ def test_warmup_reports_what_it_compiled_and_loads_what_is_on_disk(cold_cache):
         hows.append(rows[0]["how"])
     assert hows[0] in ("compiled", "loaded")  # (loaded when the test above ran first)
     assert hows[1] == "loaded"
+
+
+def test_import_preloads_the_vendor_kernels_of_loaded_libraries_only():
+    """`import kernelkit` imports numpy's (and, once torch is loaded, torch's) CPU kernel modules,
+    so a first call does not pay for them; it never imports torch or a compiled backend itself."""
+    probe = ("import sys, numpy{torch}, kernelkit; "
+             "print(sorted(m for m in sys.modules if m.startswith('kernelkit.kernels.') "
+             "and m.count('.') == 3), 'torch' in sys.modules)")
+    for torch_first, expected_torch in ((False, False), (True, True)):
+        out = subprocess.run([sys.executable, "-c", probe.format(torch=", torch" * torch_first)],
+                             capture_output=True, text=True, check=True).stdout
+        mods, has_torch = out.rsplit(" ", 1)
+        assert "kernelkit.kernels.numpy.matmul" in mods
+        assert ("kernelkit.kernels.torch.matmul" in mods) is expected_torch
+        assert ("kernelkit.kernels.torch.conv2d" in mods) is expected_torch
+        assert has_torch.strip() == str(expected_torch)
+        assert "kernelkit.kernels.numba." not in mods  # compiled on first use, off the call
