@@ -481,3 +481,37 @@ def test_space_offers_the_unpacked_kernels_where_they_fit(dtype):
         MatmulConfig(24, 16, 64, "gemv")
     # an entry cached before the kernel field existed still loads (as the packed GEMM)
     assert MatmulConfig.from_dict({"mc": 24, "kc": 16, "nc": 64}).kernel == "packed"
+
+
+@pytest.mark.parametrize("hardware", [True, False], ids=["f16c", "numpy"])
+def test_float16_conversion_matches_ieee_on_every_bit_pattern(hardware, monkeypatch):
+    """float16 -> float32 on all 65536 bit patterns, and float32 -> float16 on random bit patterns
+    of every exponent and the edges (largest half, the first value that rounds to Inf, ties,
+    subnormals, signed zeros, Inf, NaN), against torch's conversion: bit for bit (NaN as NaN);
+    with the F16C loops and with numpy's fallback; strided and multi-dimensional inputs."""
+    import torch
+
+    from kernelkit.kernels.numba import _half
+
+    if hardware and not _half.f16c():
+        pytest.skip("this CPU has no F16C")  # the numpy fallback case still runs
+    monkeypatch.setattr(_half, "f16c", lambda: hardware)
+    every = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    wide = _half.widen(every.reshape(256, 256)[:, ::-1])  # reversed columns: a strided view
+    want = torch.from_numpy(every.reshape(256, 256)[:, ::-1].copy()).float().numpy()
+    nan = np.isnan(want)
+    assert wide.dtype == np.float32 and np.array_equal(np.isnan(wide), nan)
+    assert np.array_equal(wide.view(np.uint32)[~nan], want.view(np.uint32)[~nan])
+
+    rng = np.random.default_rng(7)
+    bits = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)
+    edges = np.array([0x477FE000, 0x477FEFFF, 0x477FF000, 0x3F801000, 0x3F803000, 0x33800000,
+                      0x33000000, 0x33000001, 0x80000000, 0x00000000, 0x7F800000, 0xFF800000,
+                      0x7FC00000, 0xFFFFFFFF], np.uint32)
+    x = np.concatenate([bits, edges]).view(np.float32).reshape(-1, 2)[:, ::-1]
+    got = _half.narrow(x, "e")
+    ref = torch.from_numpy(x.copy()).half().numpy()
+    nan = np.isnan(ref)
+    assert got.dtype == np.float16 and got.shape == x.shape
+    assert np.array_equal(np.isnan(got), nan)
+    assert np.array_equal(got.view(np.uint16)[~nan], ref.view(np.uint16)[~nan])

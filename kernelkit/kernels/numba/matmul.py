@@ -571,6 +571,8 @@ def warm(dtype: str) -> str:
     "compiled" or "loaded"."""
     before = _gemm.COMPILED[0]
     _compiled(_half.compute_dtype(dtype))
+    if dtype == "float16":
+        _half.warm_f16()
     return _gemm.warm_result(before)
 
 
