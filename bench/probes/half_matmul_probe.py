@@ -1,0 +1,68 @@
+"""float16 matmul against float32 on the Numba backend, calls interleaved: the rate of the
+half-precision path as a share of the float32 one (issue 13's bar: at least 0.8x).
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE flock /tmp/kk-bench.lock \\
+        python bench/probes/half_matmul_probe.py [--sizes 256 1024 2048] [--dtype float16]
+
+Both rows are ``kernelkit.matmul`` on torch CPU tensors with the Numba backend forced (the tuner
+picks each dtype's config), one call of each per round, medians over the rounds. The rows in
+``bench/test_bench_half.py`` run one after the other, and at 256^3 (about 0.5 ms a call) this VM's
+drift between them was larger than the difference being measured (the float32 row alone read 33
+to 63 GFLOP/s across runs); here both rows see the same moments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import kernelkit  # noqa: E402
+from kernelkit import devices  # noqa: E402
+
+ROUNDS = {256: 300, 1024: 40, 2048: 10}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 2048])
+    ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    print(f"cpu: {devices.cpu_info()['model']}; {args.dtype} vs float32, Numba forced")
+    print("| n | float32 GFLOP/s | half GFLOP/s | half / float32 |\n| --- | --- | --- | --- |")
+    for n in args.sizes:
+        g = torch.Generator().manual_seed(n)
+        a32, b32 = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+        half = getattr(torch, args.dtype)
+        a16, b16 = a32.to(half), b32.to(half)
+
+        def numba(a, b):
+            with kernelkit.use(backend="numba"):
+                return kernelkit.matmul(a, b)
+
+        rows = {"half": lambda: numba(a16, b16), "fp32": lambda: numba(a32, b32)}
+        for fn in rows.values():  # tune each size (the first call) and warm up
+            fn()
+            fn()
+        times: dict[str, list[float]] = {k: [] for k in rows}
+        for _ in range(ROUNDS.get(n, 10)):
+            for name, fn in rows.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        flops = 2.0 * n**3
+        print(f"| {n} | {flops / med['fp32'] / 1e9:.1f} | {flops / med['half'] / 1e9:.1f} | "
+              f"{med['fp32'] / med['half']:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
