@@ -61,7 +61,6 @@ class _Points:
     lf: list[float]  # log flops
     lb: list[float]  # log bytes
     res: list[float]  # log(measured time / roofline time): what the roofline gets wrong
-    configs: list[Config]
 
 
 def _roofline_at(cand: Candidate, problem: Problem, flops: float, nbytes: float) -> float:
@@ -78,7 +77,7 @@ def family_points(key: Key, entries: dict[str, dict], usable: list[Candidate] | 
     residual against its roofline when `usable` and `problem` are given), and the candidates that
     failed verification there."""
     by_name = {c.name: c for c in usable or ()}
-    raw: dict[str, list[tuple[float, float, float, Config]]] = {}
+    raw: dict[str, list[tuple[float, float, float]]] = {}
     seen: set[str] = set()
     for entry in entries.values():
         prob = entry.get("problem", {})
@@ -87,19 +86,19 @@ def family_points(key: Key, entries: dict[str, dict], usable: list[Candidate] | 
             continue
         flops = max(float(prob.get("flops", 0.0)), 1.0)
         nbytes = max(float(prob.get("nbytes", 0.0)), 1.0)
-        best: dict[str, tuple[float, Config]] = {}
+        best: dict[str, float] = {}
         for t in entry.get("trials", []):
             name = t["candidate"]
             seen.add(name)
-            if "median" in t and t["median"] > 0 and (name not in best or t["median"] < best[name][0]):
-                best[name] = (t["median"], t["config"])
-        for name, (secs, cfg) in best.items():
+            if "median" in t and t["median"] > 0 and (name not in best or t["median"] < best[name]):
+                best[name] = t["median"]
+        for name, secs in best.items():
             roof = _roofline_at(by_name[name], problem, flops, nbytes) \
                 if name in by_name and problem is not None else 1.0
             raw.setdefault(name, []).append((math.log(flops), math.log(nbytes),
-                                             math.log(secs / roof), cfg))
-    pts = {name: _Points([i[0] for i in items], [i[1] for i in items], [i[2] for i in items],
-                         [i[3] for i in items]) for name, items in raw.items()}
+                                             math.log(secs / roof)))
+    pts = {name: _Points([i[0] for i in items], [i[1] for i in items], [i[2] for i in items])
+           for name, items in raw.items()}
     return pts, seen - set(pts)  # tried here, never verified and timed: failed
 
 

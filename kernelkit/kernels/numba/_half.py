@@ -27,10 +27,10 @@ HALF_CHARS = "eH"  # numpy dtype chars: float16, and uint16 (bfloat16 bit patter
 
 
 # -- float16 <-> float32 with the CPU's conversion instructions ----------------------------------
-# numpy converts float16 element by element (about 5 ns each here: the fp16 matmul spent 40% of
+# numpy converts float16 element by element (about 3 ns each here: the fp16 matmul spent 40% of
 # its time widening and narrowing); LLVM's fpext / fptrunc on `half` compile to F16C's vcvtph2ps /
-# vcvtps2ph, 8 lanes at a time (10-20x numpy here), on both cores for large arrays. Without F16C, LLVM would
-# call a runtime helper Numba does not link: numpy's conversion is used there instead.
+# vcvtps2ph, 8 lanes at a time (10-20x numpy here), on both cores for large arrays. Without F16C,
+# LLVM would call a runtime helper Numba does not link: numpy's conversion is used there instead.
 @intrinsic
 def _half_bits_to_float(typingctx, bits):
     """float16 bit pattern (uint16) -> float32, exact."""
