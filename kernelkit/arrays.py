@@ -72,6 +72,18 @@ def array_lib(x: Any) -> str | None:
     return None
 
 
+def same_layout_copy(x: Any) -> Any | None:
+    """A copy of `x` with its shape, dtype, device and strides, or None where a copy would not
+    keep the strides (a view that is not dense: a slice with steps, a broadcast)."""
+    lib = array_lib(x)
+    if lib in ("numpy", "cupy"):
+        return x.copy(order="K") if x.flags.c_contiguous or x.flags.f_contiguous else None
+    if lib == "torch":
+        y = x.detach().clone()  # preserve_format: a dense tensor keeps its strides
+        return y if y.stride() == x.stride() else None
+    return None
+
+
 def location(x: Any) -> Location:
     lib = array_lib(x)
     if lib == "numpy":

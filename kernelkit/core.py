@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import importlib
 import importlib.util
+import itertools
 import pkgutil
 import sys
 from collections.abc import Callable, Mapping
@@ -132,8 +133,42 @@ class Call:
     direct: Plan | None = None
 
     def runner(self, cand: Candidate, config: Config) -> Callable[[], Any]:
+        """A function that runs `cand` with `config` on these arguments; each call after the
+        first takes the next copy of them where `rotation` made copies."""
         plan = self.bind(cand, config)
-        return lambda: plan(*self.args)
+        sets = self.rotation
+        if len(sets) == 1:
+            return lambda: plan(*self.args)
+        turn = itertools.cycle(sets)
+        return lambda: plan(*next(turn))
+
+    @functools.cached_property
+    def rotation(self) -> list[tuple]:
+        """The argument sets a measurement cycles through: the caller's own, plus copies (same
+        strides) where the inputs outgrow L2 but would stay in L3 if one set were run again and
+        again, flattering a kernel that re-reads them; enough copies that together they do not
+        fit in L3. Only on the CPU; never where a copy could not keep the strides."""
+        arrays_in = [a for a in self.args if hasattr(a, "shape")]
+        if self.problem.device != "cpu" or not arrays_in:
+            return [self.args]
+        from . import arrays, devices
+
+        caches = devices.cpu_info()["caches"]
+        l2, l3 = caches.get("L2", 1 << 20), caches.get("L3", 32 << 20)
+        nbytes = sum(a.nbytes for a in arrays_in)
+        if not l2 < nbytes <= l3:
+            return [self.args]
+        sets = [self.args]
+        for _ in range(min(ROTATION_MAX_COPIES, -(-l3 // nbytes) + 1) - 1):
+            copies = tuple(arrays.same_layout_copy(a) if hasattr(a, "shape") else a
+                           for a in self.args)
+            if any(c is None for c, a in zip(copies, self.args) if hasattr(a, "shape")):
+                return [self.args]
+            sets.append(copies)
+        return sets
+
+
+ROTATION_MAX_COPIES = 16  # argument sets a measurement cycles through (Call.rotation), at most
 
 
 # -- backends and ops, as data -------------------------------------------------------------------

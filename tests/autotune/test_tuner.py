@@ -339,3 +339,41 @@ def test_interleaved_timing_compares_steady_states_not_pool_switches():
     with timing.use_clock(clock):
         a, b = timing.measure_interleaved([fn("numpy", 50e-6), fn("torch", 60e-6)], min_reps=5)
     assert a.median == pytest.approx(50e-6) and b.median == pytest.approx(60e-6)
+
+
+def test_measurement_rotates_inputs_that_would_sit_in_l3(monkeypatch):
+    """Inputs larger than L2 but inside L3 are measured on rotating copies (same strides and
+    values) that together outgrow L3, so re-reading one set from cache flatters no kernel;
+    smaller or larger inputs, and strided views that a copy cannot reproduce, are not copied."""
+    import numpy as np
+    import torch
+
+    from kernelkit import core, devices
+
+    monkeypatch.setattr(devices, "cpu_info", lambda: {"caches": {"L2": 1 << 16, "L3": 1 << 20}})
+    spec = core.op_spec("matmul")
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((200, 300), dtype=np.float32)  # 240 KB + 120 KB: in L3, not in L2
+    b = np.asfortranarray(rng.standard_normal((300, 100), dtype=np.float32))
+    call = spec.prepare(a, b)
+    sets = call.rotation
+    assert len(sets) == -(-(1 << 20) // (a.nbytes + b.nbytes)) + 1  # together beyond L3
+    assert all(s[0].strides == a.strides and s[1].strides == b.strides for s in sets)
+    assert all(np.array_equal(s[0], a) and np.array_equal(s[1], b) for s in sets)
+    assert len({id(s[0]) for s in sets}) == len(sets)  # distinct memory
+    seen = []
+    cand = core.get("matmul", "numpy-cpu")
+    monkeypatch.setattr(call, "bind", lambda c, cfg: lambda x, y, bias: seen.append(id(x)))
+    run = call.runner(cand, {})
+    for _ in range(2 * len(sets)):
+        run()
+    assert seen == [id(s[0]) for s in sets] * 2  # each call the next set, in turn
+
+    ta = torch.randn(2, 16, 32, 32).contiguous(memory_format=torch.channels_last)  # 128 KB
+    tw = torch.randn(16, 16, 3, 3)
+    tsets = core.op_spec("conv2d").prepare(ta, tw, padding=1).rotation
+    assert len(tsets) > 1 and all(s[0].stride() == ta.stride() for s in tsets)
+    assert len(spec.prepare(a[:8, :8], b[:8, :8]).rotation) == 1  # fits in L2
+    assert len(spec.prepare(a[::2], b).rotation) == 1  # a view no copy keeps
+    big = rng.standard_normal((1024, 1024), dtype=np.float32)  # 4 MB each: beyond L3 anyway
+    assert len(spec.prepare(big, big).rotation) == 1
