@@ -186,19 +186,24 @@ def test_no_stale_packing_data(dtype, path):
         assert np.isnan(matmul_forward(nan_a, nan_b, config=cfg)).all()
 
 
+def _strided_readonly(rng, bn, m, k, n):
+    """Strided, read-only float32 (A, B, bias) views: the argument types of the compiled entry
+    points (no new compile)."""
+    a = rand(rng, (bn, m, 2 * k), np.float32)[:, :, ::2]
+    b = rand(rng, (bn, k, 2 * n), np.float32)[:, :, ::2]
+    bias = rand(rng, 2 * n, np.float32)[::2]
+    for x in (a, b, bias):
+        x.setflags(write=False)
+    return a, b, bias
+
+
 @pytest.mark.parametrize("nthr", [1, 2, 3, 5])
 @pytest.mark.parametrize("bmn", [(1, 50, 70), (4, 30, 50), (3, 5, 90), (5, 2, 3)])
 def test_thread_partition(nthr, bmn):
     """Every (thread, thread count) share of the work, run one after the other, covers C once."""
     bn, m, n = bmn
     k = 21
-    rng = np.random.default_rng(8)
-    # Strided, read-only views: the argument types of the compiled entry points (no new compile).
-    a = rand(rng, (bn, m, 2 * k), np.float32)[:, :, ::2]
-    b = rand(rng, (bn, k, 2 * n), np.float32)[:, :, ::2]
-    bias = rand(rng, 2 * n, np.float32)[::2]
-    for x in (a, b, bias):
-        x.setflags(write=False)
+    a, b, bias = _strided_readonly(np.random.default_rng(8), bn, m, k, n)
     out = np.full((bn, m, n), np.nan, np.float32)
     c = TINY_CFG[np.float32]
     for t in range(nthr):
@@ -419,12 +424,7 @@ def test_unpacked_thread_partition(kernel, nthr, bmn):
     """Every thread's share of an unpacked kernel, run one after the other, covers C once."""
     bn, m, n = bmn
     k = 21
-    rng = np.random.default_rng(13)
-    a = rand(rng, (bn, m, 2 * k), np.float32)[:, :, ::2]
-    b = rand(rng, (bn, k, 2 * n), np.float32)[:, :, ::2]
-    bias = rand(rng, 2 * n, np.float32)[::2]
-    for x in (a, b, bias):
-        x.setflags(write=False)
+    a, b, bias = _strided_readonly(np.random.default_rng(13), bn, m, k, n)
     out = np.full((bn, m, n), np.nan, np.float32)
     part = nm._compiled(np.dtype(np.float32)).unpacked[kernel][0]
     for t in range(nthr):

@@ -286,20 +286,7 @@ def _gemm_part(t, nthr, a3, b3, bias, has_bias, act, out3, mc, kc, nc):
     af, alo, sa0, sam, sak = _operand(a3)
     bf, blo, sb0, sbk, sbn = _operand(b3)
     c = out3.reshape(-1)
-    if nbat % nthr == 0:
-        b_first, b_step, r0, r1, c0, c1 = t, nthr, 0, m, 0, n
-    else:
-        b_first, b_step = 0, 1
-        msl = _cdiv(m, mr)
-        nsl = _cdiv(n, nr)
-        if msl >= nthr or msl >= nsl:
-            r0 = min(m, (t * msl // nthr) * mr)
-            r1 = min(m, ((t + 1) * msl // nthr) * mr)
-            c0, c1 = 0, n
-        else:
-            r0, r1 = 0, m
-            c0 = min(n, (t * nsl // nthr) * nr)
-            c1 = min(n, ((t + 1) * nsl // nthr) * nr)
+    b_first, b_step, r0, r1, c0, c1 = _share(t, nthr, nbat, m, n, mr, nr)
     if r1 <= r0 or c1 <= c0 or b_first >= nbat:
         return
     mc, kc, nc = _blocks(r1 - r0, c1 - c0, k, mc, kc, nc, mr, nr)
