@@ -26,6 +26,7 @@ kernel ahead of time (:func:`targets`, then :func:`warm_here` for each).
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import importlib
 import os
@@ -38,7 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 CHILD_TIMEOUT_S = 1800  # a compile that takes longer than this is abandoned (then done here)
-# The background thread starts this long after the first job is queued, so that the call which
+# The background thread sleeps this long before its first job, so that the call which
 # queued it (which runs meanwhile on a ready candidate) does not share the cores with the child
 # process's start (a Python interpreter importing numba: about a second of CPU). A job takes
 # seconds; starting it a few milliseconds later costs nothing.
@@ -62,7 +63,10 @@ class Job:
 _lock = threading.Lock()
 _jobs: dict[tuple[str, str], Job] = {}
 _queue: deque[Job] = deque()
-_worker: threading.Thread | None = None
+_working = False  # the background thread is running (or about to)
+# jobs finished in this process: a plan chosen while kernels compiled stays memoised until this
+# changes (ops/dispatch.py), so the calls of a warming period do not each decide again
+finished = 0
 _child_ok = True  # False once a child process could not start (then compile here)
 
 
@@ -75,16 +79,18 @@ def ready(module: str, dtype: str) -> bool:
 
 def submit(module: str, dtype: str) -> Job:
     """Queue the compile of `module` for `dtype` on the background thread (once per process)."""
-    global _worker
+    global _working
     with _lock:
         job = _jobs.get((module, dtype))
         if job is None:
             job = _jobs[(module, dtype)] = Job(module, dtype)
             _queue.append(job)
-            if _worker is None:
-                _worker = threading.Timer(START_DELAY_S, _work)
-                _worker.name, _worker.daemon = "kernelkit-compile", True
-                _worker.start()
+            if not _working:
+                # a bare thread: threading.Thread.start waits until the new thread runs, which
+                # cost 0.3-0.5 ms (up to 3 ms) of the first call on a 2-core VM; this one only
+                # needs the GIL once the call lets go of it (it sleeps first, see START_DELAY_S)
+                _working = True
+                _thread.start_new_thread(_work, (START_DELAY_S,))
     return job
 
 
@@ -153,20 +159,22 @@ def targets(ops: Iterable[str] | None = None,
 
 
 # -- the background thread -----------------------------------------------------------------------
-def _work() -> None:
-    global _worker
+def _work(delay: float) -> None:
+    global _working
+    time.sleep(delay)
     while True:
         with _lock:
             if not _queue:
                 # cleared under the lock, so a job queued from now on starts a new thread (a
                 # thread that is still alive but past this point would never run it)
-                _worker = None
+                _working = False
                 return
             job = _queue.popleft()
         _run(job, child=_child_ok)
 
 
 def _run(job: Job, *, child: bool) -> None:
+    global finished
     start = time.perf_counter()
     try:
         by_child = _compile_in_child(job) if child else None
@@ -178,7 +186,9 @@ def _run(job: Job, *, child: bool) -> None:
         job.how, job.error = "failed", f"{type(exc).__name__}: {exc}"[:500]
     finally:
         job.seconds = time.perf_counter() - start
-        job.done.set()
+        job.done.set()  # first: a plan that sees `finished` change finds the job ready
+        with _lock:
+            finished += 1
 
 
 def _compile_in_child(job: Job) -> str | None:
@@ -238,9 +248,9 @@ def _file_lock(job: Job):
 def _after_fork_in_child() -> None:
     """A forked child (a DataLoader worker) keeps the kernels its parent loaded, but not the
     parent's thread: jobs not done yet are forgotten and queued again on demand."""
-    global _lock, _worker
+    global _lock, _working
     _lock = threading.Lock()
-    _worker = None
+    _working = False
     _queue.clear()
     for key in [k for k, job in _jobs.items() if not job.done.is_set()]:
         del _jobs[key]

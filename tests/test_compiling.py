@@ -36,11 +36,11 @@ class Gate:
 
     def __init__(self, fails: bool = False):
         self.open = threading.Event()
-        self.calls: list[tuple[str, str]] = []  # (dtype, thread name)
+        self.calls: list[tuple[str, int]] = []  # (dtype, thread id)
         self.fails = fails
 
     def warm(self, dtype: str) -> str:
-        self.calls.append((dtype, threading.current_thread().name))
+        self.calls.append((dtype, threading.get_ident()))
         assert self.open.wait(30), "the test never opened the gate"
         if self.fails:
             raise RuntimeError("the compiler crashed")
@@ -100,7 +100,8 @@ def test_a_call_runs_on_a_ready_candidate_while_the_better_one_compiles(gate, tm
     deadline = time.monotonic() + 10
     while not gate.calls and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert gate.calls == [("float32", "kernelkit-compile")]
+    assert len(gate.calls) == 1 and gate.calls[0][0] == "float32"
+    assert gate.calls[0][1] != threading.get_ident()
     assert not compiling.ready(MODULE, "float32")
     assert decide([VENDOR, COMPILED], problem(), s).choice.source == "warming"  # still compiling
     gate.open.set()
@@ -148,12 +149,30 @@ def test_a_cached_choice_that_is_still_compiling_gives_way_to_the_fastest_ready_
     assert decide([slow_vendor, other, COMPILED], p, s).choice.source == "cache"
 
 
+def test_a_warming_plan_is_memoised_until_a_compile_job_finishes(monkeypatch):
+    from kernelkit.ops import dispatch
+
+    monkeypatch.setattr(compiling, "finished", 7)
+    ran = []
+    memo = dispatch.PlanMemo()
+    plan = memo.store(("sig",), dispatch.Warming(lambda x: ran.append(x) or x, 7))
+    assert memo[("sig",)] is plan
+    assert plan(1) == 1 and memo[("sig",)] is plan  # no job finished: kept
+    monkeypatch.setattr(compiling, "finished", 8)
+    assert plan(2) == 2 and ("sig",) not in memo  # it still runs, then makes way for a decision
+    assert ran == [1, 2]
+    # a job that finished while the decision ran (snapshot older than now): dropped on first use
+    stale = memo.store(("other",), dispatch.Warming(lambda: None, 7))
+    stale()
+    assert ("other",) not in memo
+
+
 def test_a_forced_backend_waits_for_its_own_compile_in_the_calling_thread(gate, tmp_path):
     s = Settings(cache_dir=str(tmp_path), backend="jit")
     gate.open.set()
     d = decide([VENDOR, COMPILED], problem(), s)
     assert d.choice.candidate == "jit-cpu"
-    assert gate.calls == [("float32", threading.current_thread().name)]
+    assert gate.calls == [("float32", threading.get_ident())]
 
 
 def test_foreground_mode_compiles_before_the_first_call(gate, tmp_path):
@@ -231,13 +250,16 @@ FIRST_CALL = textwrap.dedent("""
     tuner.choose = lambda *args, **kw: seen.append(real(*args, **kw)) or seen[-1]
     first = kernelkit.matmul(a, b)
     err1 = float(np.abs(first - a.astype(np.float64) @ b).max())
+    kernelkit.matmul(a, b)  # still compiling: the warming plan is memoised, nothing decided
+    decided_while_warming = len(seen)
     queued = [(j.module, j.dtype) for j in compiling.jobs()]
     assert compiling.wait(timeout=900)
+    kernelkit.matmul(a, b)  # the warming plan's last call: it sees the job done and lets go
     again = kernelkit.matmul(a, b)
     err2 = float(np.abs(again - a.astype(np.float64) @ b).max())
     print(json.dumps({"first": seen[0].to_dict(), "then": seen[-1].to_dict(), "queued": queued,
                       "jobs": [(j.module, j.how, j.error) for j in compiling.jobs()],
-                      "err": [err1, err2]}))
+                      "err": [err1, err2], "decided_while_warming": decided_while_warming}))
 """)
 
 
@@ -264,6 +286,7 @@ def test_a_fresh_process_runs_its_first_call_on_the_vendor_and_then_the_compiled
     assert r["queued"] == [["kernelkit.kernels.numba.matmul", "float32"]]
     # cold: a child process compiled it into the on-disk cache, this process loaded it
     assert r["jobs"] == [["kernelkit.kernels.numba.matmul", "compiled in a child process", None]]
+    assert r["decided_while_warming"] == 1  # the second call reused the first one's plan
     assert r["then"]["source"] == "measured"  # decided in full once numba was ready
     assert all(e < 1e-3 for e in r["err"])
     # a second process finds the kernels on disk: loaded, not compiled

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .. import core
+from .. import compiling, core
 from .. import settings as _settings
 from ..ops import dispatch
 
@@ -66,11 +66,14 @@ def run(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, ma
         if len(routes) >= MAX_ROUTES:
             routes.clear()
         _last.choice = None
+        finished = compiling.finished
         route = make(module, x)
         choice = _last.choice
         if choice is not None and choice.source == "warming":
-            return route(module, x, weight, bias)  # better kernels still compile: ask again
-        if choice is not None and choice.recheck_after:
+            # better kernels still compile: asked again once a compile job finishes
+            route = dispatch.Warming(route, finished)
+            route.memo, route.sig = routes, sig
+        elif choice is not None and choice.recheck_after:
             route = _Counted(route, choice.recheck_after, routes, sig)
         routes[sig] = route
         # what torch.compile traces (see compiled()): torch's op once every size seen chose it

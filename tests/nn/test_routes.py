@@ -138,3 +138,30 @@ def test_a_layer_leaves_torch_only_for_a_clear_measured_win(numba_s, route, monk
     with torch.no_grad():
         torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
     assert [r for _, _, r in knn.where(layer)] == [route]
+
+
+def test_a_route_chosen_while_kernels_compile_is_kept_until_a_compile_finishes(monkeypatch):
+    """While Numba compiles, a layer runs torch's op without deciding again on every call (a
+    decision costs about a millisecond); once a compile job finishes it asks the tuner again."""
+    from kernelkit import compiling, core
+    from kernelkit.ops import dispatch
+
+    asked = []
+
+    def choice_for(call, settings=None):
+        asked.append(call.problem.shapes)
+        return core.Choice("torch-cpu", {}, "warming")
+
+    monkeypatch.setattr(dispatch, "choice_for", choice_for)
+    monkeypatch.setattr(compiling, "finished", compiling.finished)
+    layer = nn.Linear(8, 4)
+    knn.patch(layer)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        for _ in range(3):
+            torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+        assert len(asked) == 1
+        monkeypatch.setattr(compiling, "finished", compiling.finished + 1)  # a job finished
+        layer(x)
+        layer(x)
+    assert len(asked) == 2
