@@ -167,6 +167,29 @@ def test_a_warming_plan_is_memoised_until_a_compile_job_finishes(monkeypatch):
     assert ("other",) not in memo
 
 
+def test_a_cache_file_not_read_yet_waits_until_the_compile_is_done(gate, tmp_path):
+    """A new process whose kernels still compile runs its first calls without reading the cache
+    file (the fingerprint and the parse cost more than a vendor's first call); the decision
+    after the compile reads it."""
+    from kernelkit.autotune import cache as cache_mod
+
+    other = cand("other", delay=0.0)
+    s = Settings(cache_dir=str(tmp_path), tune="measure")
+    p = problem(40)
+    key = tuner.make_key(p, "")
+    cache_for(tmp_path).put(key, {"choice": {"candidate": "other-cpu", "config": {}},
+                                  "trials": [{"candidate": "other-cpu", "config": {},
+                                              "median": 1e-4, "spread": 0.0, "count": 5}]})
+    cache_mod._caches.pop(str(tmp_path))  # a new process: the file is there, not read yet
+    w = decide([VENDOR, other, COMPILED], p, s)
+    assert w.choice == tuner.Choice("vendor-cpu", {}, "warming")  # the safe default
+    assert not cache_for(tmp_path).loaded
+    gate.open.set()
+    compiling.wait(MODULE, "float32", timeout=10)
+    d = decide([VENDOR, other, COMPILED], p, s)
+    assert d.choice == tuner.Choice("other-cpu", {}, "cache") and cache_for(tmp_path).loaded
+
+
 def test_a_forced_backend_waits_for_its_own_compile_in_the_calling_thread(gate, tmp_path):
     s = Settings(cache_dir=str(tmp_path), backend="jit")
     gate.open.set()

@@ -48,11 +48,10 @@ class CacheWarning(UserWarning):
 @functools.cache
 def fingerprint() -> dict[str, Any]:
     """What a measurement depends on: the CPU, the GPU, the driver, and every library's version."""
-    cpu = devices.cpu_info()
     gpu = devices.gpu_info()
     return {
-        "cpu": cpu["model"],
-        "cores": cpu["cores"],
+        "cpu": devices.cpu_model(),
+        "cores": os.cpu_count() or 1,
         "gpu": gpu["name"] if gpu else None,
         "capability": gpu["capability"] if gpu else None,
         "cuda": gpu["cuda"] if gpu else None,
@@ -193,6 +192,11 @@ class Cache:
         if self._fp is None:
             self._fp = fingerprint_id(fingerprint())
         return self._fp
+
+    @property
+    def loaded(self) -> bool:
+        """The file was read in this process (reading it again costs nothing)."""
+        return self._records is not None
 
     def records(self) -> dict[tuple[str, str], dict]:
         """Every record, (fingerprint id, key) -> entry, this machine's and others'."""

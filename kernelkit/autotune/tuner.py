@@ -223,6 +223,14 @@ def decide(
         compiling.submit(c.module, problem.dtype)
     cache = cache_for(settings.cache_path)
     explicit, mode = mode is not None, mode or settings.tune
+    if pending and not cache.loaded:
+        # A cache file this process has not read yet waits until the compiles are done: reading
+        # it means the machine's fingerprint (package versions: about 1 ms) and parsing, 1.5-2 ms
+        # of a first call that is meant to cost what the vendor's does. The decision after the
+        # compile reads it (a cached vendor choice is lost for those calls only).
+        for c in pending:
+            skipped[c.name] = "compiling in the background"
+        return Decision(key, _warming_choice(problem, usable, None), skipped)
     if not remeasure:
         entry = cache.get(key)
         # a provisional entry (measured while the machine was busy) is a hint, not the truth:
