@@ -12,6 +12,7 @@ from typing import Any
 
 from . import core as _core
 from . import threads as _threads
+from ._version import __version__
 from .augment import Augmentation, augment
 from .ops.conv2d import conv2d, conv2d_backward_input, conv2d_backward_weight
 from .ops.dispatch import Explanation, explain_call
@@ -20,7 +21,6 @@ from .ops.preprocess import preprocess
 from .settings import use
 
 __all__ = ["matmul", "conv2d", "preprocess", "augment", "Augmentation", "conv2d_backward_input", "conv2d_backward_weight", "explain", "use", "nn", "data", "Explanation", "__version__"]
-__version__ = "0.1.0"
 
 # Registration: read every backend's record (kernels/<backend>/__init__.py, data only) now, so a
 # process's first call does not pay for finding and importing them.

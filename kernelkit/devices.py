@@ -58,7 +58,7 @@ def package_version(name: str) -> str | None:
     distribution costs a first call about 0.2 ms)."""
     if name == "kernelkit":  # ours, however installed (an editable install has no dist-info
         # beside the package, and importlib.metadata would scan the whole path: ~1 ms)
-        from . import __version__
+        from ._version import __version__
 
         return __version__
     if not has_module(name):
