@@ -11,9 +11,10 @@ and times its first call of one op, then its steady state. Variants, interleaved
 - ``warm``: kernelkit after ``kernelkit warmup`` into that folder (compiled, not tuned).
 
 In the kernelkit processes it also records the choice the first call ran on, the time until the
-compiled kernels were ready (``compiling.wait``), the first call after that (which tunes the size),
-and the steady state. The bar (issue 14): cold first call <= 2x the vendor's first call; warm
-first call <= 2x (steady state + the vendor's first call).
+compiled kernels were ready (``compiling.wait``), the call that decides with them (the second
+after that: the first still runs the plan chosen while they compiled), and the steady state. The
+bar (issue 14), per op (not the ResNet-18 step): cold first call <= 2x the vendor's first call;
+warm first call <= 2x (steady state + the vendor's first call).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/first_call.py --reps 3 [--json F]
 
@@ -79,6 +80,11 @@ INPUTS = {
             kk = vendor
     """,
 }
+
+# Issue 14's bars are on each op's first call; the training step's time to a first batch is
+# measured beside them (its first step also pays torch's own first calls of every layer while the
+# kernels compile on the other core).
+OPS_WITH_A_BAR = ("matmul", "matmul_torch", "conv2d", "preprocess")
 
 RESNET18 = """
 from torch import nn
@@ -222,11 +228,14 @@ def main() -> int:
         c1, w1 = med(op, "cold", "first_s"), med(op, "warm", "first_s")
         st = med(op, "warm", "steady_s")
         bar = 2 * (st + v1)
-        ok &= c1 <= 2 * v1 and w1 <= bar
+        if op in OPS_WITH_A_BAR:
+            ok &= c1 <= 2 * v1 and w1 <= bar
         print(f"{op:<11}{v1 * 1e3:11.1f}{c1 * 1e3:10.1f}{c1 / v1:7.2f}{w1 * 1e3:10.1f}"
               f"{bar * 1e3:9.1f}{st * 1e3:10.2f}{med(op, 'cold', 'ready_after_s'):10.1f}s"
               f"{med(op, 'warm', 'ready_after_s'):10.1f}s")
-    print("bar met" if ok else "bar NOT met")
+    print(("bar met" if ok else "bar NOT met") + " (issue 14's bars are per op: "
+          f"{', '.join(o for o in args.ops if o in OPS_WITH_A_BAR)}; the ResNet-18 step is "
+          "measured, without a bar)")
     return 0
 
 
