@@ -81,12 +81,15 @@ class Warming:
         self.plan, self.finished, self.memo, self.sig = plan, finished, None, None
 
     def __getattr__(self, name: str):  # `candidate` of a kernelkit.nn route
+        if name in self.__slots__:  # unset (a copy made without __init__): no recursion
+            raise AttributeError(name)
         return getattr(self.plan, name)
 
     def __call__(self, *args):
-        if compiling.finished != self.finished and self.memo is not None:
-            self.memo.pop(self.sig, None)
-            self.memo = None
+        if compiling.finished != self.finished:
+            memo, self.memo = self.memo, None  # (a local: another thread may get here too)
+            if memo is not None:
+                memo.pop(self.sig, None)
         return self.plan(*args)
 
 
