@@ -253,13 +253,18 @@ def _file_lock(job: Job):
 
 def _after_fork_in_child() -> None:
     """A forked child (a DataLoader worker) keeps the kernels its parent loaded, but not the
-    parent's thread: jobs not done yet are forgotten and queued again on demand."""
-    global _lock, _working
+    parent's thread: jobs not done yet are forgotten and queued again on demand. `finished`
+    moves on, so the plans the parent chose while they compiled decide again (and so queue them)
+    instead of running the vendor for good."""
+    global _lock, _working, finished
     _lock = threading.Lock()
     _working = False
     _queue.clear()
-    for key in [k for k, job in _jobs.items() if not job.done.is_set()]:
+    forgotten = [k for k, job in _jobs.items() if not job.done.is_set()]
+    for key in forgotten:
         del _jobs[key]
+    if forgotten:
+        finished += 1
 
 
 if hasattr(os, "register_at_fork"):
