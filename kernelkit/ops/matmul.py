@@ -161,6 +161,10 @@ def prepare(a, b, *, bias=None, activation=None, allow_tf32=False) -> Call:
             "float16" if dtype == "bfloat16" else dtype).itemsize),
     )
     def bind(cand: Candidate, config: Config) -> Plan:
+        if not batch and cand.native == loc.lib and cand.device == loc.device:
+            plan = cand.launcher_2d(problem, config)  # the kernel takes the 2-D arrays as given
+            if plan is not None:
+                return plan
         return _bind(cand.launcher(problem, config), cand, loc, batch, problem.dtype)
 
     direct = (_autograd_plan(activation, allow_tf32)

@@ -55,6 +55,29 @@ def test_transposed_noncontiguous_negative_strides(backend, rng):
             assert_matmul_close(kernelkit.matmul(a, b), a, b)
 
 
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_2d_calls_of_the_datas_own_vendor_run_its_2d_entry_on_any_layout(lib, rng):
+    """A 2-D product on the data's own vendor binds the kernel module's `matmul_forward_2d` (no
+    (1, M, K) views): checked on the layouts BLAS cannot take as they are, a stride-0 row dim
+    included, with the fused epilogue."""
+    from kernelkit import core
+    from kernelkit.ops import matmul as op
+
+    wrap = (lambda x: x) if lib == "numpy" else torch.from_numpy
+    b, bias = rand(rng, (23, 17)), rand(rng, (17,))
+    layouts = {"contiguous": rand(rng, (31, 23)), "transposed": rand(rng, (23, 31)).T,
+               "stepped": rand(rng, (31, 46))[:, ::2], "negative": rand(rng, (31, 23))[::-1],
+               "stride-0 rows": np.broadcast_to(rand(rng, (23,)), (31, 23))}
+    cand = core.get("matmul", f"{lib}-cpu")
+    for name, a in layouts.items():
+        ta, tb, tbias = (wrap(np.ascontiguousarray(x)) if lib == "torch" and name != "transposed"
+                         else wrap(x) for x in (a, b, bias))
+        assert cand.launcher_2d(op.prepare(ta, tb).problem, {}) is not None
+        with kernelkit.use(backend=lib):
+            c = kernelkit.matmul(ta, tb, bias=tbias, activation="gelu")
+        assert_matmul_close(np.asarray(c), a, b, bias, "gelu")
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_batched_broadcast(backend, rng):
     a = rand(rng, (2, 1, 5, 7))

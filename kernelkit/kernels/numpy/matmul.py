@@ -17,9 +17,9 @@ CONFIG = VendorConfig
 
 
 def _blasable(x: np.ndarray) -> bool:
-    """numpy's matmul can pass every (rows, cols) matrix of the 3-D ``x`` to BLAS as it is."""
-    _, rows, cols = x.shape
-    _, s_r, s_c = x.strides
+    """numpy's matmul can pass every (rows, cols) matrix of ``x`` (2-D or 3-D) to BLAS as it is."""
+    rows, cols = x.shape[-2:]
+    s_r, s_c = x.strides[-2:]
     item = x.itemsize
     return (s_c == item and s_r >= max(cols, 1) * item) or \
         (s_r == item and s_c >= max(rows, 1) * item)
@@ -28,7 +28,8 @@ def _blasable(x: np.ndarray) -> bool:
 def _blas_ready(x: np.ndarray) -> np.ndarray:
     if x.flags.c_contiguous or _blasable(x):  # (the flag first: the common case, cheaply)
         return x
-    if x.shape[0] > 1 and x.strides[0] == 0:  # a broadcast batch: copy one matrix, not them all
+    if x.ndim == 3 and x.shape[0] > 1 and x.strides[0] == 0:  # a broadcast batch: copy one
+        # matrix, not them all
         return np.broadcast_to(np.ascontiguousarray(x[:1]), x.shape)
     return np.ascontiguousarray(x)
 
@@ -46,6 +47,19 @@ def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
         c = np.matmul(a[0], b[0])[None]
     else:
         c = np.matmul(a, b)
+    return _epilogue(c, bias, activation)
+
+
+def matmul_forward_2d(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
+                      activation: str | None = None, config: VendorConfig | None = None,
+                      allow_tf32: bool = False) -> np.ndarray:
+    """`matmul_forward` for 2-D arrays, (M, K) @ (K, N) -> new (M, N): what the op calls for 2-D
+    inputs, without the (1, M, K) views around the product (about 2 us of a 5 us call)."""
+    c = np.matmul(_blas_ready(a), _blas_ready(b))
+    return _epilogue(c, bias, activation)
+
+
+def _epilogue(c: np.ndarray, bias: np.ndarray | None, activation: str | None) -> np.ndarray:
     if bias is not None:
         c += bias
     if activation is not None:
