@@ -27,6 +27,11 @@ from .key import Key
 
 LINK_BYTES_PER_S = 1.2e10  # PCIe 4 x16, pageable memory
 LINK_LATENCY_S = 2e-5
+# A candidate whose array library is not the data's (Numba on torch tensors) on the same device:
+# the zero-copy views in and out and the op's generic (batched) plan around them. Measured on a
+# 2-core Zen 3, 32^3 fp32 through kernelkit.matmul with Numba forced: 9.4 us on numpy arrays,
+# 30.6 us on torch tensors (bench notes in docs/performance.md).
+LIBRARY_SWITCH_S = 2e-5
 ROOFLINE_LOG_ERROR = math.log(8.0)  # round constants: right within ~8x
 SINGLE_POINT_LOG_ERROR = math.log(2.0)  # one measured size, scaled by the roofline's shape
 MIN_LOG_ERROR = 0.05  # ~5%: timing noise on a good day
@@ -38,9 +43,15 @@ def roofline_seconds(cand: Candidate, problem: Problem, flops: float | None = No
     flops = problem.flops if flops is None else flops
     nbytes = problem.nbytes
     t = launch + flops / (peak * cand.rate_scale(problem.dtype)) + nbytes / bw
+    return t + _moving_seconds(cand, problem, nbytes)
+
+
+def _moving_seconds(cand: Candidate, problem: Problem, nbytes: float) -> float:
+    """What running away from the data costs: both copies over the link to another device, or
+    the views into and out of another array library on the same one."""
     if cand.device != problem.device:
-        t += 2 * LINK_LATENCY_S + nbytes / LINK_BYTES_PER_S
-    return t
+        return 2 * LINK_LATENCY_S + nbytes / LINK_BYTES_PER_S
+    return LIBRARY_SWITCH_S if cand.native != problem.lib else 0.0
 
 
 @dataclass(frozen=True)
@@ -65,10 +76,7 @@ class _Points:
 
 def _roofline_at(cand: Candidate, problem: Problem, flops: float, nbytes: float) -> float:
     launch, peak, bw = cand.roofline
-    t = launch + flops / peak + nbytes / bw
-    if cand.device != problem.device:
-        t += 2 * LINK_LATENCY_S + nbytes / LINK_BYTES_PER_S
-    return t
+    return launch + flops / peak + nbytes / bw + _moving_seconds(cand, problem, nbytes)
 
 
 def family_points(key: Key, entries: dict[str, dict], usable: list[Candidate] | None = None,

@@ -10,7 +10,8 @@ BACKENDS = (
         dtypes={"matmul": ("float16", "bfloat16", "float32", "float64"),
                 "conv2d": ("float16", "bfloat16", "float32", "float64")},
         missing=lambda: devices.module_missing("numba"),
-        roofline=(3e-6, 1.2e11, 2e10),
+        # launch: 32^3 fp32 through the op took 9.4 us against numpy's 2.5 us (2-core Zen 3)
+        roofline=(6e-6, 1.2e11, 2e10),
         compiles=True,
     ),
 )
