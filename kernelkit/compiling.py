@@ -7,8 +7,9 @@ on-disk cache, everything the module's entry point runs for that dtype.
 
 The tuner asks :func:`ready` about each such candidate before it would import the kernel module.
 The first ask queues a background job and answers False; the call then runs on the best candidate
-that is ready (the vendor at worst) and nothing about that call is memoised or stored. Once the job
-is done, the next call decides as usual with the compiled candidate in the race.
+that is ready (the vendor at worst). Nothing about that choice is stored, and its plan is kept only
+until a job finishes (`finished`). Once the job is done, the next call decides as usual with the
+compiled candidate in the race.
 
 A job runs on one daemon thread (jobs one after another: two compiles at once would only fight
 for the cores). It first has a child process (``python -c``) compile the kernels into the on-disk

@@ -111,7 +111,8 @@ class Choice:
     candidate: str  # Candidate.name
     config: Config = field(default_factory=dict)
     # "cache" | "measured" | "model" | "default" | "forced" | "warming" (a stand-in while the
-    # better candidates compile; never memoised or stored)
+    # better candidates compile; never stored, and its plan is kept only until a compile job
+    # finishes: ops/dispatch.py Warming)
     source: str = "default"
     # > 0: a choice made without measuring because measuring would not pay for itself yet; ask
     # again after this many more calls of the same size (never stored in the cache)
