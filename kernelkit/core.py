@@ -383,19 +383,23 @@ def _make_candidate(spec: OpSpec, backend: Backend) -> Candidate:
     def space(p: Problem) -> list[Config]:
         return [c.to_dict() for c in module().space(p)]
 
-    def launcher(p: Problem, config: Config):
+    def bound(entry_name: str, p: Problem, config: Config):
         m = module()
-        # threads.guard: a fork-safe Numba threading layer, launches serialised where it is not
-        # threadsafe (a no-op for other backends)
-        return threads.guard(backend.package,
-                             spec.launch(getattr(m, spec.entry), p, m.CONFIG.from_dict(config)))
-
-    def launcher_2d(p: Problem, config: Config):
-        m = module()
-        entry = getattr(m, f"{spec.entry}_2d", None)
+        entry = getattr(m, entry_name, None)
         if entry is None:
             return None
+        # threads.guard: a fork-safe Numba threading layer, launches serialised where it is not
+        # threadsafe (a no-op for other backends)
         return threads.guard(backend.package, spec.launch(entry, p, m.CONFIG.from_dict(config)))
+
+    def launcher(p: Problem, config: Config):
+        fn = bound(spec.entry, p, config)
+        if fn is None:
+            raise AttributeError(f"{module_name} has no {spec.entry}: the {spec.name} entry point")
+        return fn
+
+    def launcher_2d(p: Problem, config: Config):
+        return bound(f"{spec.entry}_2d", p, config)
 
     return Candidate(spec.name, backend.name, backend.device, backend.native, supports, space,
                      launcher, vendor=backend.vendor, roofline=backend.roofline_for(spec),
