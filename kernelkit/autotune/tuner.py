@@ -223,28 +223,23 @@ def decide(
         compiling.submit(c.module, problem.dtype)
     cache = cache_for(settings.cache_path)
     explicit, mode = mode is not None, mode or settings.tune
-    if pending and not cache.loaded:
-        # A cache file this process has not read yet waits until the compiles are done: reading
-        # it means the machine's fingerprint (package versions: about 1 ms) and parsing, 1.5-2 ms
-        # of a first call that is meant to cost what the vendor's does. The decision after the
-        # compile reads it (a cached vendor choice is lost for those calls only).
-        for c in pending:
-            skipped[c.name] = "compiling in the background"
-        return Decision(key, _warming_choice(problem, usable, None), skipped)
-    if not remeasure:
-        entry = cache.get(key)
+    # While candidates compile, a cache file this process has not read yet stays unread: reading
+    # it means the machine's fingerprint (package versions: about 1 ms) and parsing, 1.5-2 ms of a
+    # first call that is meant to cost what the vendor's does. The decision after the compile
+    # reads it (a cached vendor choice is lost for those calls only).
+    entry = cache.get(key) if cache.loaded or not pending else None
+    if not remeasure and entry is not None:
         # a provisional entry (measured while the machine was busy) is a hint, not the truth:
         # measuring modes measure it again
-        trusted = not (entry or {}).get("provisional") or mode not in ("measure", "auto")
-        if entry is not None and trusted and \
-                any(c.name == entry["choice"]["candidate"] for c in usable):
+        trusted = not entry.get("provisional") or mode not in ("measure", "auto")
+        if trusted and any(c.name == entry["choice"]["candidate"] for c in usable):
             choice = Choice(entry["choice"]["candidate"], entry["choice"]["config"], "cache")
             return Decision(key, choice, skipped,
                             [Trial.from_dict(t) for t in entry.get("trials", [])])
     if pending:
         for c in pending:
             skipped[c.name] = "compiling in the background"
-        return Decision(key, _warming_choice(problem, usable, cache.get(key)), skipped)
+        return Decision(key, _warming_choice(problem, usable, entry), skipped)
     if mode == "off":
         return Decision(key, default_choice(problem, usable), skipped)
     if mode == "pinned":  # never measure, never write: every reader of this cache agrees
