@@ -152,7 +152,7 @@ def choose(
     if hit is not None:
         return hit
     calls = _calls[memo_key] = _calls.get(memo_key, 0) + 1
-    dist = _distributed() if settings.tune != "pinned" else None
+    dist = distributed_peers() if settings.tune != "pinned" else None
     background = settings.compile == "background"
     if dist is None:
         choice = decide(problem, cands, runner, verify, settings, key=key,
@@ -176,7 +176,7 @@ def choose(
     return choice
 
 
-def _distributed():
+def distributed_peers():
     """torch.distributed when this process is one of several initialised ranks, else None
     (never imports torch itself: a job that uses it has imported it)."""
     import sys

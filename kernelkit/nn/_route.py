@@ -10,7 +10,9 @@ dtype, device, the knobs) it asks the tuner once and keeps one of two routes:
 - ``kernel``: a kernelkit kernel won: when autograd does not record, the bound plan of the chosen
   kernel, with no custom-op dispatch in between; when it does, an autograd Function with the
   custom op's backward formula (a custom op's Python dispatch costs tens of microseconds in
-  eager mode), whose backward dispatches (and tunes) each product on its own.
+  eager mode), whose backward dispatches (and tunes) each product on its own. On CPU data the
+  kernel must then win again in the model itself: its first calls alternate with torch's op,
+  timed, and the faster keeps the layer (`InContext`).
 
 Under autocast the module calls the custom op, whose autocast rule gives torch's dtypes. Under
 torch.compile and torch.export it traces torch's own op where every size the layer saw in eager
@@ -19,7 +21,9 @@ mode chose torch (so Inductor keeps its fusions), else the custom op (`compiled(
 
 from __future__ import annotations
 
+import statistics
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,11 +51,13 @@ def forward(module: torch.nn.Module, x: torch.Tensor, aten_route: Route, op_rout
         return compiled(module, aten_route, op_route)(module, x, module.weight, module.bias)
     if torch._C._is_any_autocast_enabled():
         return op_route(module, x, module.weight, module.bias)
-    return run(module, x, module.weight, module.bias, make)
+    return run(module, x, module.weight, module.bias, make, aten_route)
 
 
-def run(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, make) -> torch.Tensor:
-    """One eager call: the route for this signature, `make(module, x)` on a miss.
+def run(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, make,
+        aten_route: Route) -> torch.Tensor:
+    """One eager call: the route for this signature, `make(module, x)` on a miss; a kernelkit
+    kernel's route is first checked against `aten_route` in the model (`InContext`).
 
     The signature is only what the choice depends on (the input's shape, strides, dtype and
     device, and the knobs), about 1 us to build and look up; grad mode and the weight's dtype are
@@ -69,6 +75,8 @@ def run(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, ma
         finished = compiling.finished
         route = make(module, x)
         choice = _last.choice
+        if hasattr(route, "candidate") and checks_in_context(x):
+            route = InContext(route, aten_route)
         if choice is not None and choice.source == "warming":
             # better kernels still compile: asked again once a compile job finishes
             route = dispatch.Warming(route, finished)
@@ -139,6 +147,72 @@ class _Counted:
 # torch.compile and torch's joint convolution backward. kernelkit.matmul/conv2d themselves
 # still run whatever won.
 KERNEL_MARGIN = 1.2
+
+
+# An InContext trial's timed calls per route (and grad mode), after one untimed call of each.
+TRIAL_CALLS = 3
+_clock = time.perf_counter  # the trial's clock (tests inject one)
+
+
+class InContext:
+    """A kernelkit kernel the tuner chose for a layer, checked where it runs: the layer's first
+    calls in the model alternate between the kernel and torch's op, and once each has had one
+    untimed and TRIAL_CALLS timed calls in one grad mode, the lower median keeps the layer for
+    good (`verdict`: the two medians, kernel first).
+
+    Why: the tuner times the op alone, repeatedly. Inside a model the kernel runs between torch
+    ops, whose OpenMP pool spins on the same cores, and on a 2-core VM numba convs the tuner had
+    measured 1.3-1.6x faster made the patched ResNet-50 slower (docs/performance.md). Only the
+    forward call is timed (a backward product is tuned on its own when it runs); grad and no-grad
+    calls are counted apart, so a loop that alternates inference and training steps cannot hand
+    one route all the cheap calls. Costs while deciding: 2 * (TRIAL_CALLS + 1) calls, half of
+    them on the slower route; after it, one attribute read per call.
+    """
+
+    __slots__ = ("kernel", "aten", "winner", "verdict", "times")
+
+    def __init__(self, kernel: Route, aten: Route):
+        self.kernel, self.aten, self.winner, self.verdict = kernel, aten, None, None
+        self.times = {False: ([], []), True: ([], [])}  # grad mode -> (kernel's, torch's) s
+
+    @property
+    def candidate(self) -> str:
+        """The kernel's name while it keeps the layer; AttributeError once torch's op won (so a
+        route without `candidate` means torch, as everywhere in this module)."""
+        if self.winner is self.aten:
+            raise AttributeError("candidate")
+        return self.kernel.candidate
+
+    def __call__(self, m, x, w, b):
+        winner = self.winner
+        if winner is not None:
+            return winner(m, x, w, b)
+        kernel_s, aten_s = self.times[grad_on(x, w, b)]
+        route, times = ((self.kernel, kernel_s) if len(kernel_s) <= len(aten_s)
+                        else (self.aten, aten_s))
+        t0 = _clock()
+        y = route(m, x, w, b)
+        times.append(_clock() - t0)
+        if len(aten_s) > TRIAL_CALLS and self.winner is None:
+            k, a = statistics.median(kernel_s[1:]), statistics.median(aten_s[1:])
+            self.verdict = (k, a)
+            self.winner = self.kernel if k < a else self.aten
+            if self.winner is self.aten:  # what torch.compile traces may now be torch's op
+                routes = m.__dict__.get("_kk_routes") or {}
+                m.__dict__["_kk_aten_only"] = all(not hasattr(r, "candidate")
+                                                  for r in routes.values())
+        return y
+
+
+def checks_in_context(x: torch.Tensor) -> bool:
+    """Whether a kernel route gets an InContext trial: CPU data (a GPU kernel would need a
+    synchronisation per timed call), no forced backend or device (an explicit request runs what
+    it asked for), and not a pinned or distributed run (every rank must run the same choices)."""
+    from ..autotune import tuner
+
+    settings = _settings.current()
+    return (x.device.type == "cpu" and not settings.backend and not settings.device
+            and settings.tune != "pinned" and tuner.distributed_peers() is None)
 
 
 def chosen(call: core.Call) -> tuple[core.Candidate, core.Config]:

@@ -165,3 +165,101 @@ def test_a_route_chosen_while_kernels_compile_is_kept_until_a_compile_finishes(m
         layer(x)
         layer(x)
     assert len(asked) == 2
+
+
+def _numba_won_by_2x(monkeypatch):
+    """The tuner's entry for any matmul: numba-cpu measured 2x faster than torch-cpu."""
+    from kernelkit import core
+    from kernelkit.autotune import cache as cache_mod
+    from kernelkit.ops import dispatch
+
+    numba = core.get("matmul", "numba-cpu")
+    entry = {"trials": [{"candidate": "numba-cpu", "config": {}, "median": 0.5e-3},
+                        {"candidate": "torch-cpu", "config": {}, "median": 1e-3}]}
+
+    class Cache:
+        def get(self, key):
+            return entry
+
+    monkeypatch.setattr(dispatch, "choice_for", lambda call, settings=None: core.Choice(
+        "numba-cpu", numba.space(call.problem)[0], "cache"))
+    monkeypatch.setattr(cache_mod, "cache_for", lambda path: Cache())
+
+
+def _timed_by(monkeypatch, cost):
+    """The InContext trial's clock, advanced by cost(torch's op ran, grad enabled) per timed call
+    (it tells the two routes apart by a wrapper around kernelkit.nn.linear's torch route)."""
+    import itertools
+
+    from kernelkit.nn import _route, linear
+
+    state = {"t": 0.0, "aten": False}
+    real = linear._aten
+
+    def aten(m, x, w, b):
+        state["aten"] = True
+        return real(m, x, w, b)
+
+    calls = itertools.count()
+
+    def clock():
+        if next(calls) % 2:  # the end of a timed call
+            state["t"] += cost(state["aten"], torch.is_grad_enabled())
+            state["aten"] = False
+        return state["t"]
+
+    monkeypatch.setattr(linear, "_aten", aten)
+    monkeypatch.setattr(_route, "_clock", clock)
+
+
+@pytest.mark.parametrize("kernel_s, route", [(2e-3, "torch (aten)"), (0.5e-3, "numba-cpu")],
+                         ids=["kernel_slower_in_the_model", "kernel_faster_in_the_model"])
+def test_a_kernel_keeps_the_layer_only_if_it_wins_inside_the_model(kernel_s, route, monkeypatch):
+    """The tuner measured numba 2x faster alone; the layer's first calls alternate the kernel
+    and torch's op, timed where they run, and the lower median keeps the layer (a win measured
+    alone turned into a loss inside ResNet-50 on this VM). Outputs are right on every call."""
+    from kernelkit.nn import _route
+
+    _numba_won_by_2x(monkeypatch)
+    _timed_by(monkeypatch, lambda aten, grad: 1e-3 if aten else kernel_s)
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 4)
+    knn.patch(layer)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        for _ in range(2 * (_route.TRIAL_CALLS + 1)):
+            assert [r for _, _, r in knn.where(layer)] in ([], ["numba-cpu"])  # deciding
+            torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+    (trial,) = layer._kk_routes.values()
+    assert trial.verdict == pytest.approx((kernel_s, 1e-3))
+    assert [r for _, _, r in knn.where(layer)] == [route]
+    assert layer._kk_aten_only == (route == "torch (aten)")  # what torch.compile traces
+
+
+def test_the_in_model_trial_counts_grad_and_no_grad_calls_apart(monkeypatch):
+    """A loop alternating inference and training calls: compared across modes, the kernel would
+    get every cheap no-grad call and torch every training call, and the slower kernel would
+    win. Compared within a mode, torch's op wins."""
+    from kernelkit.nn import _route
+
+    _numba_won_by_2x(monkeypatch)
+    _timed_by(monkeypatch, lambda aten, grad: (10 if grad else 1) * (1 if aten else 1.5) * 1e-3)
+    layer = nn.Linear(8, 4)
+    knn.patch(layer)
+    x = torch.randn(3, 8)
+    for i in range(4 * (_route.TRIAL_CALLS + 1)):
+        with torch.set_grad_enabled(i % 2 == 1):
+            layer(x)
+    assert [r for _, _, r in knn.where(layer)] == ["torch (aten)"]
+
+
+def test_no_in_model_trial_where_a_choice_is_asked_for_or_ranks_must_agree():
+    from kernelkit.nn import _route
+
+    x = torch.randn(2, 3)
+    assert _route.checks_in_context(x)
+    with kernelkit.use(backend="numba"):
+        assert not _route.checks_in_context(x)
+    with kernelkit.use(tune="pinned"):
+        assert not _route.checks_in_context(x)
+    assert not _route.checks_in_context(torch.randn(2, 3, device="meta"))
