@@ -57,6 +57,7 @@ def main() -> int:
 
     import kernelkit.nn as knn
     from kernelkit.autotune import tuner
+    from kernelkit.nn import _route
 
     torch.set_num_threads(args.threads)
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
@@ -81,6 +82,10 @@ def main() -> int:
                   f"patched, tuning pass {tune_s:.1f} s", flush=True)
             for mode in args.modes:
                 fns = pair.fns(mode, compiled=not args.no_compile)
+                # each kernel-routed layer's first calls alternate its kernel with torch's op
+                # (kernelkit.nn._route.InContext): settled before anything is timed or traced
+                for _ in range(2 * (_route.TRIAL_CALLS + 1)):
+                    fns["patched"]()
                 for label, fn in fns.items():  # routes for this mode (cache hits); compiles
                     t0 = time.perf_counter()
                     fn()
@@ -108,9 +113,15 @@ def main() -> int:
             choices = collections.Counter((str(k[1]).split("|")[0], c.candidate)
                                           for k, c in tuner._memo.items())
             print(f"  forward routes: {dict(routes)}; kernelkit layers: {kernel_layers}")
+            trials = [(n, tuple(sig[0]), [round(t * 1e3, 2) for t in r.verdict])
+                      for n, m in pair.pat.named_modules()
+                      for sig, r in m.__dict__.get("_kk_routes", {}).items()
+                      if getattr(r, "verdict", None)]
+            print(f"  in-model trials (layer, input, [kernel ms, torch ms]): {trials}")
             print(f"  tuner choices (op, candidate): {dict(choices)}", flush=True)
             results[-1]["routes"] = dict(routes)
             results[-1]["kernel_layers"] = kernel_layers
+            results[-1]["in_model_trials"] = trials
             results[-1]["choices"] = {f"{op} {c}": n for (op, c), n in choices.items()}
 
     print(f"\nspeed ratio = torch median / patched median (>1: patched faster); {args.reps} "
