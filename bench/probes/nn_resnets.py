@@ -46,6 +46,9 @@ def main() -> int:
     ap.add_argument("--modes", nargs="+", default=["infer", "train"], choices=["infer", "train"])
     ap.add_argument("--no-compile", action="store_true", help="eager rows only")
     ap.add_argument("--json", type=Path, help="write every median and route here")
+    ap.add_argument("--margin", type=float, default=None,
+                    help="kernelkit.nn._route.KERNEL_MARGIN for this run (1.0: every measured "
+                         "kernel win goes to the in-model trial)")
     args = ap.parse_args()
 
     os.environ.setdefault("KERNELKIT_CACHE_DIR", tempfile.mkdtemp(prefix="kk-resnets-"))
@@ -59,6 +62,8 @@ def main() -> int:
     from kernelkit.autotune import tuner
     from kernelkit.nn import _route
 
+    if args.margin is not None:
+        _route.KERNEL_MARGIN = args.margin
     torch.set_num_threads(args.threads)
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     threadpool_limits(args.threads)
