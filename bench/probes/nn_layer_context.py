@@ -29,6 +29,8 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--margin", type=float, default=None,
+                    help="kernelkit.nn._route.KERNEL_MARGIN (1.0: every measured kernel win)")
     args = ap.parse_args()
     os.environ.setdefault("KERNELKIT_CACHE_DIR", tempfile.mkdtemp(prefix="kk-ctx-"))
     os.environ["KERNELKIT_COMPILE"] = "foreground"
@@ -38,6 +40,9 @@ def main() -> int:
     from resnets import Pair
 
     from kernelkit.nn import _route
+
+    if args.margin is not None:
+        _route.KERNEL_MARGIN = args.margin
 
     torch.set_num_threads(args.threads)
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
