@@ -84,10 +84,14 @@ def run(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, ma
         elif choice is not None and choice.recheck_after:
             route = _Counted(route, choice.recheck_after, routes, sig)
         routes[sig] = route
-        # what torch.compile traces (see compiled()): torch's op once every size seen chose it
-        module.__dict__["_kk_aten_only"] = all(not hasattr(r, "candidate")
-                                               for r in routes.values())
+        _note_aten_only(module.__dict__)
     return route(module, x, weight, bias)
+
+
+def _note_aten_only(state: dict) -> None:
+    """What torch.compile traces (see compiled()): torch's op once every size seen chose it."""
+    state["_kk_aten_only"] = all(not hasattr(r, "candidate")
+                                 for r in state.get("_kk_routes", {}).values())
 
 
 def compiled(module: torch.nn.Module, aten_route: Route, op_route: Route) -> Route:
@@ -160,9 +164,11 @@ class InContext:
     untimed and TRIAL_CALLS timed calls in one grad mode, the lower median keeps the layer for
     good (`verdict`: the two medians, kernel first).
 
-    Why: the tuner times the op alone, repeatedly. Inside a model the kernel runs between torch
-    ops, whose OpenMP pool spins on the same cores, and on a 2-core VM numba convs the tuner had
-    measured 1.3-1.6x faster made the patched ResNet-50 slower (docs/performance.md). Only the
+    Why: the tuner times the op alone, each timed call after an untimed one of the same kind.
+    Inside a model the kernel runs right after torch ops, whose OpenMP workers go on spinning on
+    the same cores: on a 2-core VM a numba conv ran 1.54x slower after a torch batch norm + ReLU
+    than after itself (bench/probes/torch_then_numba_probe.py), and convs the tuner had measured
+    faster made patched ResNets slower (docs/performance.md). Only the
     forward call is timed (a backward product is tuned on its own when it runs); grad and no-grad
     calls are counted apart, so a loop that alternates inference and training steps cannot hand
     one route all the cheap calls. Costs while deciding: 2 * (TRIAL_CALLS + 1) calls, half of
@@ -193,14 +199,12 @@ class InContext:
         t0 = _clock()
         y = route(m, x, w, b)
         times.append(_clock() - t0)
-        if len(aten_s) > TRIAL_CALLS and self.winner is None:
+        if len(aten_s) > TRIAL_CALLS:
             k, a = statistics.median(kernel_s[1:]), statistics.median(aten_s[1:])
             self.verdict = (k, a)
             self.winner = self.kernel if k < a else self.aten
             if self.winner is self.aten:  # what torch.compile traces may now be torch's op
-                routes = m.__dict__.get("_kk_routes") or {}
-                m.__dict__["_kk_aten_only"] = all(not hasattr(r, "candidate")
-                                                  for r in routes.values())
+                _note_aten_only(m.__dict__)
         return y
 
 
