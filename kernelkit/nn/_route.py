@@ -168,11 +168,11 @@ class InContext:
     Inside a model the kernel runs right after torch ops, whose OpenMP workers go on spinning on
     the same cores: on a 2-core VM a numba conv ran 1.54x slower after a torch batch norm + ReLU
     than after itself (bench/probes/torch_then_numba_probe.py), and convs the tuner had measured
-    faster made patched ResNets slower (docs/performance.md). Only the
-    forward call is timed (a backward product is tuned on its own when it runs); grad and no-grad
-    calls are counted apart, so a loop that alternates inference and training steps cannot hand
-    one route all the cheap calls. Costs while deciding: 2 * (TRIAL_CALLS + 1) calls, half of
-    them on the slower route; after it, one attribute read per call.
+    faster made patched ResNets slower (docs/performance.md). Only the forward call is timed (a
+    backward product is tuned on its own when it runs); grad and no-grad calls are counted apart,
+    so a loop that alternates inference and training steps cannot hand one route all the cheap
+    calls. Costs while deciding: 2 * (TRIAL_CALLS + 1) calls, half of them on the slower route;
+    after it, one attribute read per call.
     """
 
     __slots__ = ("kernel", "aten", "winner", "verdict", "times")

@@ -106,23 +106,14 @@ def test_eager_autograd_functions_double_backward_float64():
         assert torch.autograd.gradgradcheck(conv, (x, w))
 
 
-@pytest.mark.parametrize("numba_s, route", [(0.9e-3, "torch (aten)"), (0.5e-3, "numba-cpu")],
-                         ids=["won_by_11_percent", "won_by_2x"])
-def test_a_layer_leaves_torch_only_for_a_clear_measured_win(numba_s, route, monkeypatch):
-    """The tuner chose numba for the layer's size; the layer takes it only when the measured
-    entry has numba at least KERNEL_MARGIN faster than torch (a small measured win did not hold
-    inside a model on a shared machine; torch's route keeps Inductor's fusions)."""
+def _numba_chosen(monkeypatch, numba_s: float):
+    """The tuner's choice for any matmul: numba-cpu, from a measured entry with numba at
+    `numba_s` and torch-cpu at 1 ms."""
     from kernelkit import core
     from kernelkit.autotune import cache as cache_mod
-    from kernelkit.nn import _route
     from kernelkit.ops import dispatch
 
-    assert _route.KERNEL_MARGIN > 1 / 0.9  # so the first case is a win too small to take
     numba = core.get("matmul", "numba-cpu")
-
-    def choice_for(call, settings=None):
-        return core.Choice("numba-cpu", numba.space(call.problem)[0], "cache")
-
     entry = {"trials": [{"candidate": "numba-cpu", "config": {}, "median": numba_s},
                         {"candidate": "torch-cpu", "config": {}, "median": 1e-3}]}
 
@@ -130,8 +121,21 @@ def test_a_layer_leaves_torch_only_for_a_clear_measured_win(numba_s, route, monk
         def get(self, key):
             return entry
 
-    monkeypatch.setattr(dispatch, "choice_for", choice_for)
+    monkeypatch.setattr(dispatch, "choice_for", lambda call, settings=None: core.Choice(
+        "numba-cpu", numba.space(call.problem)[0], "cache"))
     monkeypatch.setattr(cache_mod, "cache_for", lambda path: Cache())
+
+
+@pytest.mark.parametrize("numba_s, route", [(0.9e-3, "torch (aten)"), (0.5e-3, "numba-cpu")],
+                         ids=["won_by_11_percent", "won_by_2x"])
+def test_a_layer_leaves_torch_only_for_a_clear_measured_win(numba_s, route, monkeypatch):
+    """The tuner chose numba for the layer's size; the layer takes it only when the measured
+    entry has numba at least KERNEL_MARGIN faster than torch (a small measured win did not hold
+    inside a model on a shared machine; torch's route keeps Inductor's fusions)."""
+    from kernelkit.nn import _route
+
+    assert _route.KERNEL_MARGIN > 1 / 0.9  # so the first case is a win too small to take
+    _numba_chosen(monkeypatch, numba_s)
     layer = nn.Linear(8, 4)
     knn.patch(layer)
     x = torch.randn(3, 8)
@@ -165,25 +169,6 @@ def test_a_route_chosen_while_kernels_compile_is_kept_until_a_compile_finishes(m
         layer(x)
         layer(x)
     assert len(asked) == 2
-
-
-def _numba_won_by_2x(monkeypatch):
-    """The tuner's entry for any matmul: numba-cpu measured 2x faster than torch-cpu."""
-    from kernelkit import core
-    from kernelkit.autotune import cache as cache_mod
-    from kernelkit.ops import dispatch
-
-    numba = core.get("matmul", "numba-cpu")
-    entry = {"trials": [{"candidate": "numba-cpu", "config": {}, "median": 0.5e-3},
-                        {"candidate": "torch-cpu", "config": {}, "median": 1e-3}]}
-
-    class Cache:
-        def get(self, key):
-            return entry
-
-    monkeypatch.setattr(dispatch, "choice_for", lambda call, settings=None: core.Choice(
-        "numba-cpu", numba.space(call.problem)[0], "cache"))
-    monkeypatch.setattr(cache_mod, "cache_for", lambda path: Cache())
 
 
 def _timed_by(monkeypatch, cost):
@@ -220,7 +205,7 @@ def test_a_kernel_keeps_the_layer_only_if_it_wins_inside_the_model(kernel_s, rou
     alone turned into a loss inside ResNet-50 on this VM). Outputs are right on every call."""
     from kernelkit.nn import _route
 
-    _numba_won_by_2x(monkeypatch)
+    _numba_chosen(monkeypatch, 0.5e-3)
     _timed_by(monkeypatch, lambda aten, grad: 1e-3 if aten else kernel_s)
     torch.manual_seed(0)
     layer = nn.Linear(8, 4)
@@ -242,7 +227,7 @@ def test_the_in_model_trial_counts_grad_and_no_grad_calls_apart(monkeypatch):
     win. Compared within a mode, torch's op wins."""
     from kernelkit.nn import _route
 
-    _numba_won_by_2x(monkeypatch)
+    _numba_chosen(monkeypatch, 0.5e-3)
     _timed_by(monkeypatch, lambda aten, grad: (10 if grad else 1) * (1 if aten else 1.5) * 1e-3)
     layer = nn.Linear(8, 4)
     knn.patch(layer)
