@@ -3,6 +3,7 @@ ops against torch's autograd in float64, every config of the space, and random s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -19,6 +20,7 @@ from reference import (
 
 from kernelkit.kernels.numba import conv2d as nc
 from kernelkit.kernels.numba.conv2d import (
+    CONV_KERNELS,
     Conv2dConfig,
     conv2d_backward_input,
     conv2d_backward_weight,
@@ -85,12 +87,20 @@ def path(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["gemm", "shift"])
+def kernel(request, monkeypatch):
+    """Which algorithm config kernel "auto" (every config in these tests) runs for stride-1 NCHW
+    forwards: the implicit GEMM or the shifted GEMM, whatever the plane size."""
+    monkeypatch.setattr(nc, "SHIFT_MIN_HW", 1 << 62 if request.param == "gemm" else 0)
+    return request.param
+
+
 # ------------------------------------------------------------------------------------------ forward
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_forward_cases(case, layout, dtype, path):
+def test_forward_cases(case, layout, dtype, path, kernel):
     rng = np.random.default_rng(abs(hash(case)) % 2**32)
     x, w, b = make(case, dtype, layout, rng)
     check(fwd(x, w, b, case, layout, config=TINY[dtype]), x, w, b, case, layout)
@@ -101,7 +111,7 @@ def test_forward_cases(case, layout, dtype, path):
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("act", ACTS[1:])
 @pytest.mark.parametrize("case", [CASES[4], CASES[7], CASES[9]], ids=_ids)
-def test_bias_activation(case, act, layout, dtype):
+def test_bias_activation(case, act, layout, dtype, kernel):
     rng = np.random.default_rng(7)
     x, w, b = make(case, dtype, layout, rng)
     x *= 3  # reach the tails of the activations
@@ -111,7 +121,7 @@ def test_bias_activation(case, act, layout, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", [CASES[3], CASES[7], CASES[9]], ids=_ids)
-def test_noncontiguous(case, layout, dtype):
+def test_noncontiguous(case, layout, dtype, kernel):
     """Strided, sliced and negative-stride views of x, and a non-contiguous weight."""
     rng = np.random.default_rng(3)
     x, w, b = make(case, dtype, layout, rng)
@@ -129,7 +139,7 @@ def test_noncontiguous(case, layout, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", [CASES[4], CASES[7], CASES[9]], ids=_ids)
-def test_nan_inf(case, layout, dtype):
+def test_nan_inf(case, layout, dtype, kernel):
     """NaN/Inf in x and in the weight propagate as in torch (0 * Inf in the padding is NaN)."""
     rng = np.random.default_rng(5)
     x, w, b = make(case, dtype, layout, rng)
@@ -217,7 +227,7 @@ def test_resnet50_batch1(layout):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("layer", [CONV_RESNET50[2], CONV_RESNET50[13]])
-def test_resnet50_batch8(layer, layout):
+def test_resnet50_batch8(layer, layout, kernel):
     ci, co, hw, kk, st_, pd = layer
     case = (8, ci, hw, hw, co, kk, kk, (st_, st_), (pd,) * 4, (1, 1), 1)
     rng = np.random.default_rng(1)
@@ -327,7 +337,62 @@ def test_random(case, layout, seed, dtype, act, bias, x_view, w_view, poison):
     if poison is not None and x.size:
         x.flat[rng.integers(x.size)] = poison
     x, w = view(x, x_view), view(w, w_view)
-    check(fwd(x, w, b, case, layout, act, TINY[dtype]), x, w, b, case, layout, act)
+    for kernel in CONV_KERNELS:
+        cfg = dataclasses.replace(TINY[dtype], kernel=kernel)
+        check(fwd(x, w, b, case, layout, act, cfg), x, w, b, case, layout, act)
     y = fwd(x, w, None, case, layout)
     gy = rng.standard_normal(y.shape).astype(dtype)
     check_grads(x, w, gy, case, layout, TINY[dtype])
+
+
+# ------------------------------------------------------------------------------- the shifted GEMM
+
+def _conv_problem(op, n, c, hw, k, r, stride, layout, groups=1):
+    from kernelkit.core import Problem
+    from kernelkit.kernels.convgeom import ConvOptions
+
+    ho = (hw + 2 * (r // 2) - r) // stride + 1
+    opts = ConvOptions(stride=(stride, stride), padding=(r // 2,) * 4, dilation=(1, 1),
+                       groups=groups)
+    return Problem(op=op, shapes=((n, c, hw, hw), (k, c // groups, r, r), (n, k, ho, ho)),
+                   dtype="float32", layout=layout, lib="numpy", device="cpu", options=opts)
+
+
+@pytest.mark.parametrize("hw, other", [(56, "gemm"), (14, "shift")])
+def test_the_space_offers_the_algorithm_auto_does_not_pick(hw, other):
+    """A stride-1 NCHW forward is tuned over both algorithms: the default config (kernel
+    "auto") and, second, the default blocking with the other one; nothing else offers them."""
+    space = nc.space(_conv_problem("conv2d", 2, 64, hw, 64, 3, 1, "NCHW"))
+    assert space[0].kernel == "auto" and space[1].kernel == other
+    assert (space[1].mc, space[1].kc, space[1].nc) == (space[0].mc, space[0].kc, space[0].nc)
+    for problem in (_conv_problem("conv2d", 2, 64, hw, 64, 3, 2, "NCHW"),
+                    _conv_problem("conv2d", 2, 64, hw, 64, 3, 1, "NHWC"),
+                    _conv_problem("conv2d", 2, 64, hw, 64, 3, 1, "NCHW", groups=64),
+                    _conv_problem("conv2d_backward_input", 2, 64, hw, 64, 3, 1, "NCHW")):
+        assert {cfg.kernel for cfg in nc.space(problem)} == {"auto"}
+    with pytest.raises(ValueError, match="kernel"):
+        Conv2dConfig(8, 8, 8, "im2col")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("source", ["in_place", "padded_copy"])
+@pytest.mark.parametrize("hw", [(1, 1), (5, 3), (7, 7), (14, 14), (17, 23)], ids=str)
+def test_shifted_gemm_reads_the_input_in_place_or_from_a_padded_copy(hw, source, dtype,
+                                                                     monkeypatch):
+    """The shifted GEMM reads an unpadded input with contiguous rows where it lies (the grid's
+    last sliver, which would read past the array, through a copy) and anything else from a
+    padded copy whose planes are spaced apart; both into a poisoned output that must be
+    overwritten everywhere. 16 x 16 planes are 1 KiB apart, the L1 aliasing case."""
+    monkeypatch.setattr(nc, "SERIAL_WORK", 0)
+    monkeypatch.setattr(nc, "SERIAL_PACK", 0)
+    real_empty = np.empty
+    monkeypatch.setattr(nc.np, "empty", lambda *a, **k: np.full_like(real_empty(*a, **k), np.nan))
+    pad = (0, 0, 0, 0) if source == "in_place" else (1, 1, 1, 1)
+    r = 1 if hw == (1, 1) else 3
+    case = (3, 19, hw[0], hw[1], 13, r, r, (1, 1), pad if r == 3 else (0,) * 4, (1, 1), 1)
+    rng = np.random.default_rng(hash(hw) % 2**32)
+    x, w, b = make(case, dtype, "NCHW", rng)
+    cfg = dataclasses.replace(TINY[dtype], kernel="shift")
+    check(fwd(x, w, b, case, "NCHW", "relu", cfg), x, w, b, case, "NCHW", "relu")
+    strided = view(x, "strided")  # not unit-stride rows: always the padded copy
+    check(fwd(strided, w, b, case, "NCHW", None, cfg), x, w, b, case, "NCHW")

@@ -37,12 +37,14 @@ from kernelkit.kernels.numba._gemm import (
     _U,
     ACT_NONE,
     act_row,
+    epilogue,
     flat_view,
     macro_kernel,
     pack_a,
     pack_b,
     span,
     tile,
+    ukernel_strided,
 )
 from kernelkit.kernels.numba._gemm import (
     cdiv as _cdiv,
@@ -53,8 +55,11 @@ _I = np.int64  # _I(0): an int64 argument, not Literal[int](0), so callees compi
 # indices into geo
 (G_N, G_C, G_H, G_W, G_K, G_R, G_S, G_HO, G_WO, G_SH, G_SW, G_PT, G_PL, G_DH, G_DW, G_G,
  G_MC, G_KC, G_NC, G_PM, G_PN, G_HAS_BIAS, G_ACT, G_PLAIN, G_OSN, G_OSC, G_OSH, G_OSW,
- G_MODE) = range(29)
-GEO_LEN = 29
+ G_MODE, G_TAPW, G_XPOFF, G_XPITCH, G_GH, G_GW, G_DIRECT) = range(35)
+GEO_LEN = 35
+# geo[G_MODE] of the forward: the implicit GEMM with NCHW output, with NHWC output, and the
+# shifted GEMM (stride 1, NCHW output: one GEMM per kernel tap on a shifted view of the input)
+MODE_KP, MODE_PK, MODE_SHIFT = 0, 1, 2
 
 
 @numba.njit(inline="always", **_JIT)
@@ -341,15 +346,20 @@ def _fwd_pk(t, nthr, xf, xlo, sx, wp, bias, c, geo):
 @numba.njit(inline="always", **_JIT)
 def _pack_w(t, nthr, wf, wp, geo, as_a):
     """Pack every (group, depth block) of the weight (rows of ``wf``: (K, kred) contiguous) as
-    the packed A (as_a: Kg rows in MR slivers) or packed B (Kg columns in NR slivers)."""
+    the packed A (as_a: Kg rows in MR slivers) or packed B (Kg columns in NR slivers).
+
+    Depth blocks are ``kc`` deep and never cross a multiple of ``geo[G_TAPW]`` (0: kred): the
+    shifted GEMM's blocks each belong to one kernel tap."""
     K, G, kc = geo[G_K], geo[G_G], geo[G_KC]
     kred = geo[G_C] // G * geo[G_R] * geo[G_S]
+    tapw = geo[G_TAPW] if geo[G_TAPW] > 0 else kred
     mr, nr = tile(wp)
     w = mr if as_a else nr
     kg = K // G
     kgpad = _cdiv(kg, w) * w
     nsl = kgpad // w
-    npc = _cdiv(kred, kc)
+    npt = _cdiv(tapw, kc)
+    npc = (kred // tapw) * npt
     chunk = 8
     nch = _cdiv(nsl, chunk)
     jobs = G * npc * nch
@@ -359,8 +369,9 @@ def _pack_w(t, nthr, wf, wp, geo, as_a):
         rest = job // nch
         pi = rest % npc
         g = rest // npc
-        pc = pi * kc
-        kb = min(kc, kred - pc)
+        tp = pi // npt
+        pc = tp * tapw + (pi - tp * npt) * kc
+        kb = min(kc, (tp + 1) * tapw - pc)
         s0 = ch * chunk
         s1 = min(nsl, s0 + chunk)
         src = g * kg * kred + pc
@@ -370,6 +381,179 @@ def _pack_w(t, nthr, wf, wp, geo, as_a):
             pack_a(wf, src + s0 * mr * kred, kred, _I(1), rows, kb, wp, dst + s0 * mr * kb)
         else:
             pack_b(wf, src, _I(1), kred, kb, kg, wp, dst, s0, s1)
+
+
+# ------------------------------------------------------------------------- the shifted GEMM
+
+@numba.njit(inline="always", **_JIT)
+def _pad_planes(t, nthr, xf, xlo, sx, xp, geo):
+    """Copy every (image, channel) plane of x, zero-padded, into ``xp`` from ``geo[G_XPOFF]``:
+    planes of geo[G_GH] rows of pitch geo[G_GW], geo[G_XPITCH] apart (the gap is left as is)."""
+    N, C, H, W = geo[G_N], geo[G_C], geo[G_H], geo[G_W]
+    hp, wp_, pt, pl = geo[G_GH], geo[G_GW], geo[G_PT], geo[G_PL]
+    sxn, sxc, sxh, sxw = sx
+    zero = xp.dtype.type(0)
+    u0, u1 = _share(t, nthr, N * C)
+    for u in range(u0, u1):
+        n = u // C
+        ch = u - n * C
+        xo = -xlo + n * sxn + ch * sxc
+        d0 = geo[G_XPOFF] + u * geo[G_XPITCH]
+        for ih in range(hp):
+            d = d0 + ih * wp_
+            sh_ = ih - pt
+            if sh_ < 0 or sh_ >= H:
+                for e in range(wp_):
+                    xp[_U(d + e)] = zero
+                continue
+            for e in range(pl):
+                xp[_U(d + e)] = zero
+            o = xo + sh_ * sxh
+            if sxw == 1:
+                for e in range(W):
+                    xp[_U(d + pl + e)] = xf[_U(o + e)]
+            else:
+                for e in range(W):
+                    xp[_U(d + pl + e)] = xf[_U(o + e * sxw)]
+            for e in range(pl + W, wp_):
+                xp[_U(d + e)] = zero
+
+
+@numba.njit(inline="always", **_JIT)
+def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, bias, c, geo, ct, tmpb, scr):
+    """Output channels [r0, r1) and grid columns [j0, j1) of image n, group g.
+
+    The output is computed on the input's grid (rows of pitch Wp = geo[G_GW]): grid column j
+    is output (j // Wp, j % Wp) and tap (r, s) reads the source plane at ``j + r*dh*Wp + s*dw``,
+    so each tap is a GEMM whose B rows (one per input channel, ``pstride`` apart) are read where
+    they lie: nothing is packed but the weight. Grid columns past Wo in a row (when S > 1) are
+    computed into the scratch ``scr`` and dropped when it is copied out; without them the tiles
+    go straight to the output."""
+    K, R, S, Ho, Wo = geo[G_K], geo[G_R], geo[G_S], geo[G_HO], geo[G_WO]
+    mc, kc, nc = geo[G_MC], geo[G_KC], geo[G_NC]
+    has_bias, act = geo[G_HAS_BIAS] != 0, geo[G_ACT]
+    dh, dw, gw = geo[G_DH], geo[G_DW], geo[G_GW]
+    mr, nr = tile(c)
+    cg = geo[G_C] // geo[G_G]
+    kg = K // geo[G_G]
+    kred = cg * R * S
+    kgpad = _cdiv(kg, mr) * mr
+    hw = Ho * Wo
+    junk = gw != Wo
+    ncpad = _cdiv(nc, nr) * nr
+    zero = c.dtype.type(0)
+    for jc in range(j0, j1, nc):
+        nb = min(nc, j1 - jc)
+        for ic in range(r0, r1, mc):
+            mb = min(mc, r1 - ic)
+            obase = (n * K + g * kg + ic) * hw
+            first = True
+            for tp in range(R * S):
+                kr = tp // S
+                toff = kr * dh * gw + (tp - kr * S) * dw
+                for cb in range(0, cg, kc):
+                    kb = min(kc, cg - cb)
+                    aoff = g * kgpad * kred + (tp * cg + cb) * kgpad + ic * kb
+                    boff = plane0 + cb * pstride + toff + jc
+                    acc = 0 if first else 1
+                    for jr in range(0, nb, nr):
+                        cols = min(nr, nb - jr)
+                        # the grid's last sliver reads past the plane: in place where that stays
+                        # inside the source (the padded copy has room after its last plane)
+                        inplace = cols == nr or boff + jr + (kb - 1) * pstride + nr <= src.size
+                        if not inplace:
+                            for p in range(kb):
+                                o = boff + jr + p * pstride
+                                for e in range(cols):
+                                    tmpb[_U(p * nr + e)] = src[_U(o + e)]
+                                for e in range(cols, nr):
+                                    tmpb[_U(p * nr + e)] = zero
+                        for i0 in range(0, mb, mr):
+                            rows = min(mr, mb - i0)
+                            ao = aoff + i0 * kb
+                            if junk:  # scratch rows and columns are padded: whole tiles
+                                if inplace:
+                                    ukernel_strided(kb, wp, ao, _I(1), mr, src, boff + jr,
+                                                    pstride, scr, i0 * ncpad + jr, ncpad, acc)
+                                else:
+                                    ukernel_strided(kb, wp, ao, _I(1), mr, tmpb, _I(0), nr, scr,
+                                                    i0 * ncpad + jr, ncpad, acc)
+                                continue
+                            co = obase + i0 * hw + jc + jr
+                            if rows == mr and cols == nr:
+                                ukernel_strided(kb, wp, ao, _I(1), mr, src, boff + jr, pstride,
+                                                c, co, hw, acc)
+                                continue
+                            if inplace:
+                                ukernel_strided(kb, wp, ao, _I(1), mr, src, boff + jr, pstride,
+                                                ct, _I(0), nr, _I(0))
+                            else:
+                                ukernel_strided(kb, wp, ao, _I(1), mr, tmpb, _I(0), nr, ct,
+                                                _I(0), nr, _I(0))
+                            for i in range(rows):
+                                o = co + i * hw
+                                if first:
+                                    for e in range(cols):
+                                        c[_U(o + e)] = ct[_U(i * nr + e)]
+                                else:
+                                    for e in range(cols):
+                                        c[_U(o + e)] += ct[_U(i * nr + e)]
+                    first = False
+            if not junk:
+                epilogue(c, obase + jc, hw, mb, nb, bias, has_bias, g * kg + ic, act, True)
+                continue
+            for i in range(mb):  # copy the valid columns out, with the bias and activation
+                b = bias[g * kg + ic + i] if has_bias else zero
+                j = jc
+                while j < jc + nb:
+                    oh = j // gw
+                    ow = j - oh * gw
+                    seg = min(gw - ow, jc + nb - j)
+                    valid = max(0, min(seg, Wo - ow))
+                    if valid > 0:
+                        o = obase + i * hw + oh * Wo + ow
+                        s_ = i * ncpad + j - jc
+                        for e in range(valid):
+                            c[_U(o + e)] = scr[_U(s_ + e)] + b
+                        if act != ACT_NONE:
+                            act_span(c, o, valid, act)
+                    j += seg
+
+
+@numba.njit(inline="always", **_JIT)
+def _fwd_shift(t, nthr, xf, xlo, sx, wp, bias, c, geo):
+    N, C, K, G, Ho, Wo = geo[G_N], geo[G_C], geo[G_K], geo[G_G], geo[G_HO], geo[G_WO]
+    mc, nc, pm, pn = geo[G_MC], geo[G_NC], geo[G_PM], geo[G_PN]
+    gw = geo[G_GW]
+    sxn, sxc = sx[0], sx[1]
+    mr, nr = tile(c)
+    cg, kg = C // G, K // G
+    ncols = (Ho - 1) * gw + Wo  # grid columns that hold an output
+    msl, nsl = _cdiv(kg, mr), _cdiv(ncols, nr)
+    units = N * G * pm * pn
+    u0, u1 = _share(t, nthr, units)
+    if u1 <= u0:
+        return
+    ct = np.empty(mr * nr, c.dtype)
+    tmpb = np.empty(geo[G_KC] * nr, c.dtype)
+    junk = gw != Wo
+    scr = np.empty((_cdiv(mc, mr) * mr) * (_cdiv(nc, nr) * nr) if junk else 0, c.dtype)
+    for u in range(u0, u1):
+        pi = u % pn
+        rest = u // pn
+        mi = rest % pm
+        rest //= pm
+        g = rest % G
+        n = rest // G
+        r0, r1 = _split(mi, pm, msl, mr, kg)
+        j0, j1 = _split(pi, pn, nsl, nr, ncols)
+        if geo[G_DIRECT] != 0:
+            _shift_unit(xf, -xlo + n * sxn + g * cg * sxc, sxc, n, g, r0, r1, j0, j1, wp, bias,
+                        c, geo, ct, tmpb, scr)
+        else:
+            ps = geo[G_XPITCH]
+            _shift_unit(wp, geo[G_XPOFF] + (n * C + g * cg) * ps, ps, n, g, r0, r1, j0, j1, wp,
+                        bias, c, geo, ct, tmpb, scr)
 
 
 @numba.njit(inline="always", **_JIT)
@@ -807,15 +991,21 @@ def _flat4(a4):
 
 @numba.njit(**_JIT)
 def fwd(t, nthr, phase, x4, wsrc, wp, bias, out1, geo):
-    """Forward. phase 0: pack the weight ``wsrc`` into ``wp``; phase 1: the convolution.
-    geo[G_MODE]: 0 NCHW output (weight as packed A), 1 NHWC output (weight as packed B)."""
-    nhwc = geo[G_MODE] != 0
-    if phase == 0:
-        _pack_w(t, nthr, wsrc, wp, geo, not nhwc)
-        return
+    """Forward. phase 0: pack the weight ``wsrc`` into ``wp`` (and, for the shifted GEMM, the
+    zero-padded input after it); phase 1: the convolution. geo[G_MODE]: MODE_KP (NCHW output,
+    weight as packed A), MODE_PK (NHWC output, weight as packed B), MODE_SHIFT (NCHW output,
+    stride 1, weight as packed A in tap-major order)."""
+    mode = geo[G_MODE]
     xf, xlo, sx = _flat4(x4)
-    if nhwc:
+    if phase == 0:
+        _pack_w(t, nthr, wsrc, wp, geo, mode != MODE_PK)
+        if mode == MODE_SHIFT and geo[G_DIRECT] == 0:
+            _pad_planes(t, nthr, xf, xlo, sx, wp, geo)
+        return
+    if mode == MODE_PK:
         _fwd_pk(t, nthr, xf, xlo, sx, wp, bias, out1, geo)
+    elif mode == MODE_SHIFT:
+        _fwd_shift(t, nthr, xf, xlo, sx, wp, bias, out1, geo)
     else:
         _fwd_kp(t, nthr, xf, xlo, sx, wp, bias, out1, geo)
 

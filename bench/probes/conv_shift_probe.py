@@ -1,0 +1,91 @@
+"""The Numba conv2d's two forward algorithms against torch (oneDNN), interleaved in one run.
+
+    python bench/probes/conv_shift_probe.py [--batch 8] [--threads 2] [--rounds 8] [--all]
+
+For every stride-1 ResNet-50 layer (tests/reference.CONV_RESNET50; ``--all`` adds the strided
+ones, where "shift" falls back to the implicit GEMM), fp32, NCHW, no bias: the implicit GEMM
+(config kernel "gemm", im2col panels packed block by block), the shifted GEMM (kernel "shift",
+one GEMM per kernel tap on the input read in place or from one padded copy), what the default
+config runs ("auto"), and torch's F.conv2d, each with the default blocking. Each round calls
+every row once untimed and then once timed, and each round starts at the next row: torch's
+OpenMP workers spin for a while after each op and slow whatever runs next (at batch 1 more than
+the untimed call absorbs), so every row follows torch equally often. The table gives medians
+over the rounds and torch / ours (> 1: ours faster), and the geometric means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+import torch
+import torch.nn.functional as F
+from threadpoolctl import threadpool_info, threadpool_limits
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+from reference import CONV_RESNET50  # noqa: E402
+
+from kernelkit.kernels.numba import conv2d as nconv  # noqa: E402
+
+KERNELS = ("gemm", "shift", "auto")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--all", action="store_true", help="the strided layers too")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    numba.set_num_threads(args.threads)
+    threadpool_limits(args.threads)
+    blas = [(i["internal_api"], i.get("architecture")) for i in threadpool_info()]
+    print(f"threads {args.threads}, batch {args.batch}, torch {torch.__version__}, "
+          f"pools {blas}")
+    rng = np.random.default_rng(0)
+    d = nconv.Conv2dConfig.default(np.float32)
+    ratios: dict[str, list[float]] = {k: [] for k in KERNELS}
+    print(f"{'C_in':>5} {'C_out':>5} {'HW':>4} k s " + " ".join(f"{k + ' ms':>9}" for k in KERNELS)
+          + f" {'torch ms':>9} " + " ".join(f"{'t/' + k:>7}" for k in KERNELS))
+    for c, k, hw, r, st, pad in CONV_RESNET50:
+        if r == 7 or (st != 1 and not args.all):
+            continue
+        x = rng.standard_normal((args.batch, c, hw, hw), dtype=np.float32)
+        w = rng.standard_normal((k, c, r, r), dtype=np.float32)
+        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+
+        def ours(kernel, x=x, w=w, st=st, pad=pad):
+            cfg = nconv.Conv2dConfig(d.mc, d.kc, d.nc, kernel)
+            return nconv.conv2d_forward(x, w, None, (st, st), (pad,) * 4, (1, 1), 1, None,
+                                        "NCHW", config=cfg)
+
+        fns = [lambda kern=kern: ours(kern) for kern in KERNELS]
+        fns.append(lambda xt=xt, wt=wt, st=st, pad=pad: F.conv2d(xt, wt, stride=st, padding=pad))
+        times: list[list[float]] = [[] for _ in fns]
+        for rnd in range(args.rounds):
+            for j in range(len(fns)):
+                i = (rnd + j) % len(fns)
+                fn = fns[i]
+                fn()
+                t0 = time.perf_counter()
+                fn()
+                times[i].append(time.perf_counter() - t0)
+        med = [statistics.median(t) * 1e3 for t in times]
+        for kern, m in zip(KERNELS, med):
+            ratios[kern].append(med[-1] / m)
+        print(f"{c:5d} {k:5d} {hw:4d} {r} {st} " + " ".join(f"{m:9.3f}" for m in med) + " "
+              + " ".join(f"{med[-1] / m:7.2f}" for m in med[:-1]), flush=True)
+    print("geomean torch / ours: " + ", ".join(
+        f"{kern} {math.exp(statistics.fmean(math.log(v) for v in ratios[kern])):.3f}"
+        for kern in KERNELS))
+
+
+if __name__ == "__main__":
+    main()
