@@ -1,16 +1,20 @@
 """The Numba conv2d's two forward algorithms against torch (oneDNN), interleaved in one run.
 
-    python bench/probes/conv_shift_probe.py [--batch 8] [--threads 2] [--rounds 8] [--all]
+    python bench/probes/conv_shift_probe.py [--batch 8] [--threads 2] [--rounds 6] [--warm 0.03] [--reps 3]
+        [--all]
 
 For every stride-1 ResNet-50 layer (tests/reference.CONV_RESNET50; ``--all`` adds the strided
 ones, where "shift" falls back to the implicit GEMM), fp32, NCHW, no bias: the implicit GEMM
 (config kernel "gemm", im2col panels packed block by block), the shifted GEMM (kernel "shift",
 one GEMM per kernel tap on the input read in place or from one padded copy), what the default
 config runs ("auto"), and torch's F.conv2d, each with the default blocking. Each round calls
-every row once untimed and then once timed, and each round starts at the next row: torch's
-OpenMP workers spin for a while after each op and slow whatever runs next (at batch 1 more than
-the untimed call absorbs), so every row follows torch equally often. The table gives medians
-over the rounds and torch / ours (> 1: ours faster), and the geometric means.
+every row in its steady state: untimed calls for at least ``--warm`` seconds, then ``--reps``
+timed calls back to back; each round starts at the next row. Why not one call after the other:
+torch's OpenMP workers spin for milliseconds after each op (libgomp's default spin count; PAUSE
+is slow on Zen), so a kernelkit call right after torch runs on one core (at batch 1 up to 2x
+slower); and after a pause this VM's idle vCPUs wake slowly, which slows every row's first
+calls. The table gives medians over all timed calls and torch / ours (> 1: ours faster), and
+the geometric means.
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--warm", type=float, default=0.03, help="untimed calls per row first (s)")
+    p.add_argument("--reps", type=int, default=3, help="timed calls per row and round")
     p.add_argument("--all", action="store_true", help="the strided layers too")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -73,10 +79,14 @@ def main() -> None:
             for j in range(len(fns)):
                 i = (rnd + j) % len(fns)
                 fn = fns[i]
+                t_end = time.perf_counter() + args.warm
                 fn()
-                t0 = time.perf_counter()
-                fn()
-                times[i].append(time.perf_counter() - t0)
+                while time.perf_counter() < t_end:
+                    fn()
+                for _ in range(args.reps):
+                    t0 = time.perf_counter()
+                    fn()
+                    times[i].append(time.perf_counter() - t0)
         med = [statistics.median(t) * 1e3 for t in times]
         for kern, m in zip(KERNELS, med):
             ratios[kern].append(med[-1] / m)

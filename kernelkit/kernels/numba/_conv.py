@@ -22,6 +22,14 @@ block straight into the micro-kernel's panel layout):
   (r, s, c) so that channel runs are contiguous in NHWC; the im2col rows are the packed A, the
   weight the packed B (packed once per call); bias per column. 1x1 is the same code, whose A
   packing degenerates to _gemm.pack_a's row copy.
+* op SHIFT (stride 1, NCHW output): the output is computed on the input's grid (rows of the
+  input's pitch, the columns past Wo of each row computed into a scratch and dropped), where
+  kernel tap (r, s) is a constant shift of the flattened plane. So ``Y_n = sum_taps W_rs (Kg x
+  Cg) @ X_n shifted``: one GEMM per tap whose B rows (the input channels) the micro-kernel reads
+  where they lie (``ukernel_strided``), from x itself (unpadded, unit-stride rows) or from one
+  zero-padded copy made in the packing phase. Nothing but the weight is packed, where the
+  implicit GEMM gathers every im2col element into a panel; on planes of a few slivers (7-14 px)
+  the panel, packed once and reused over all Kg rows, still wins.
 * op BWD_IN: ``dcol (Cg*R*S x HoWo) = Wg^T @ dY`` block by block, scattered (col2im) into dx;
   threads own disjoint (image, channel range) pairs, so the scatter needs no atomics.
 * op BWD_W: ``dW (Kg x Cg*R*S) = sum_n dY_n @ col_n^T``, threads own disjoint column ranges.
@@ -256,8 +264,47 @@ def act_span(c, o, cols, act):
 
 # ------------------------------------------------------------------------------------ the ops
 
+@numba.njit(**_JIT)
+def _macro_a_inplace(mb, nb, kb, wf, aoff, a_rs, bp, c, coff, ldc, first, last, ct, atail,
+                     bias, has_bias, b0, act):
+    """_gemm.macro_kernel with A read where it lies: rows ``a_rs`` apart, unit column stride
+    (the weight's own (K, C*R*S) rows). Only a last sliver of fewer than MR rows is packed (into
+    ``atail``): rows past it would read past the weight. Bias per row (NCHW output)."""
+    mr, nr = tile(c)
+    full_rows = mb // mr * mr
+    if full_rows < mb:
+        pack_a(wf, aoff + full_rows * a_rs, a_rs, _I(1), mb - full_rows, kb, atail, _I(0))
+    acc = 0 if first else 1
+    for jr in range(0, nb, nr):
+        cols = min(nr, nb - jr)
+        bo = jr * kb
+        for i0 in range(0, mb, mr):
+            rows = min(mr, mb - i0)
+            co = coff + i0 * ldc + jr
+            if rows == mr and cols == nr:
+                ukernel_strided(kb, wf, aoff + i0 * a_rs, a_rs, _I(1), bp, bo, nr, c, co, ldc,
+                                acc)
+            else:
+                if rows == mr:
+                    ukernel_strided(kb, wf, aoff + i0 * a_rs, a_rs, _I(1), bp, bo, nr, ct,
+                                    _I(0), nr, _I(0))
+                else:
+                    ukernel_strided(kb, atail, _I(0), _I(1), mr, bp, bo, nr, ct, _I(0), nr,
+                                    _I(0))
+                for i in range(rows):
+                    if first:
+                        for j in range(cols):
+                            c[_U(co + i * ldc + j)] = ct[_U(i * nr + j)]
+                    else:
+                        for j in range(cols):
+                            c[_U(co + i * ldc + j)] += ct[_U(i * nr + j)]
+            if last:
+                epilogue(c, co, ldc, rows, cols, bias, has_bias, b0 + i0, act, True)
+
+
 @numba.njit(inline="always", **_JIT)
-def _fwd_kp(t, nthr, xf, xlo, sx, wp, bias, c, geo):
+def _fwd_kp(t, nthr, xf, xlo, sx, wf, bias, c, geo):
+    """NCHW output: per image and group, Y = W (read in place) @ im2col panels (packed)."""
     N, C, K, R, S, Ho, Wo, G = (geo[G_N], geo[G_C], geo[G_K], geo[G_R], geo[G_S], geo[G_HO],
                                 geo[G_WO], geo[G_G])
     mc, kc, nc, pm, pn = geo[G_MC], geo[G_KC], geo[G_NC], geo[G_PM], geo[G_PN]
@@ -267,7 +314,6 @@ def _fwd_kp(t, nthr, xf, xlo, sx, wp, bias, c, geo):
     cg, kg = C // G, K // G
     kred = cg * R * S
     hw = Ho * Wo
-    kgpad = _cdiv(kg, mr) * mr
     msl, nsl = _cdiv(kg, mr), _cdiv(hw, nr)
     units = N * G * pm * pn
     u0, u1 = _share(t, nthr, units)
@@ -276,6 +322,7 @@ def _fwd_kp(t, nthr, xf, xlo, sx, wp, bias, c, geo):
     bpack = np.empty(nc * kc, c.dtype)
     tmp = np.empty(nc + nr, c.dtype)
     ct = np.empty(mr * nr, c.dtype)
+    atail = np.empty(mr * kc, c.dtype)
     for u in range(u0, u1):
         pi = u % pn
         rest = u // pn
@@ -297,10 +344,10 @@ def _fwd_kp(t, nthr, xf, xlo, sx, wp, bias, c, geo):
                     pack_b_im2col(xf, xo, sxc, sxh, sxw, geo, pc, kb, jc, nb, bpack, tmp)
                 for ic in range(r0, r1, mc):
                     mb = min(mc, r1 - ic)
-                    macro_kernel(mb, nb, kb, wp, g * kgpad * kred + pc * kgpad + ic * kb,
-                                 bpack, _I(0), c, (n * K + g * kg + ic) * hw + jc, hw,
-                                 pc == 0, pc + kb >= kred, ct, _I(0), bias, has_bias,
-                                 g * kg + ic, act, True)
+                    _macro_a_inplace(mb, nb, kb, wf, (g * kg + ic) * kred + pc, kred, bpack, c,
+                                     (n * K + g * kg + ic) * hw + jc, hw, pc == 0,
+                                     pc + kb >= kred, ct, atail, bias, has_bias, g * kg + ic,
+                                     act)
 
 
 @numba.njit(inline="always", **_JIT)
@@ -993,12 +1040,13 @@ def _flat4(a4):
 def fwd(t, nthr, phase, x4, wsrc, wp, bias, out1, geo):
     """Forward. phase 0: pack the weight ``wsrc`` into ``wp`` (and, for the shifted GEMM, the
     zero-padded input after it); phase 1: the convolution. geo[G_MODE]: MODE_KP (NCHW output,
-    weight as packed A), MODE_PK (NHWC output, weight as packed B), MODE_SHIFT (NCHW output,
+    the weight read in place as A, nothing to pack), MODE_PK (NHWC output, weight as packed B), MODE_SHIFT (NCHW output,
     stride 1, weight as packed A in tap-major order)."""
     mode = geo[G_MODE]
     xf, xlo, sx = _flat4(x4)
     if phase == 0:
-        _pack_w(t, nthr, wsrc, wp, geo, mode != MODE_PK)
+        if mode != MODE_KP:  # MODE_KP reads the weight where it lies
+            _pack_w(t, nthr, wsrc, wp, geo, mode != MODE_PK)
         if mode == MODE_SHIFT and geo[G_DIRECT] == 0:
             _pad_planes(t, nthr, xf, xlo, sx, wp, geo)
         return
@@ -1007,7 +1055,7 @@ def fwd(t, nthr, phase, x4, wsrc, wp, bias, out1, geo):
     elif mode == MODE_SHIFT:
         _fwd_shift(t, nthr, xf, xlo, sx, wp, bias, out1, geo)
     else:
-        _fwd_kp(t, nthr, xf, xlo, sx, wp, bias, out1, geo)
+        _fwd_kp(t, nthr, xf, xlo, sx, wsrc, bias, out1, geo)
 
 
 @numba.njit(**_JIT)

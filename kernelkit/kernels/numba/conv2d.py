@@ -6,6 +6,9 @@ Paths (the jitted code is in ``_conv.py``; the GEMM machinery is ``_gemm.py``'s)
   into the micro-kernel's panel layout (never materialised), the weight is packed once per call
   and shared by the threads. NCHW output: ``Y_n (K x HoWo) = W (K x C*R*S) @ col_n`` per image
   (bias per row). NHWC output: ``Y (N*HoWo x K) = col (N*HoWo x R*S*C) @ W^T`` (bias per column).
+* **shifted GEMM** for stride-1 NCHW forwards on large planes (``Conv2dConfig.kernel``): one GEMM
+  per kernel tap on the input read in place (or from one zero-padded copy), so no im2col panel
+  is packed at all; see ``_conv``'s docstring.
 * **1x1**: an unpadded stride-1 1x1 conv is a plain GEMM. NCHW packs each image's (C, HW) matrix
   directly (W (K, C) @ X (C, HW)); NHWC's im2col rows are already the (NHW, C) matrix's rows.
 * **depthwise** (groups == C, one input channel per group): direct loops, vectorised along the
@@ -369,43 +372,46 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
     kred = cg * r * s
     hw = ho * wo
     tn = _threads(n * hw * k * kred)
-    kc = _even(kred, min(cfg.kc, kred), 1)
-    geo[_conv.G_KC] = kc
-    if nhwc:
+    geo[_conv.G_KC] = _even(kred, min(cfg.kc, kred), 1)
+    if nhwc:  # MODE_PK: Y (N*HoWo x Kg) = im2col rows (packed A) @ W^T (packed B)
         m = n * hw
         msl, nsl = cdiv(m, mr), cdiv(kg, nr)
         pm = 1 if (g % tn == 0) else min(msl, tn)
         pn = 1 if g * pm >= tn else min(nsl, cdiv(tn, g * pm))
         geo[_conv.G_MC] = _even(cdiv(msl, pm) * mr, cfg.mc, mr)
         geo[_conv.G_NC] = _even(cdiv(nsl, pn) * nr, cfg.nc, nr)
-        kgpad = nsl * nr
+        geo[_conv.G_PM] = pm
+        geo[_conv.G_PN] = pn
+        geo[_conv.G_MODE] = _conv.MODE_PK
         # weight as (K, R, S, Cg): reduction order (r, s, c)
         wsrc = _writable(weight.transpose(0, 2, 3, 1)).reshape(-1)
-        geo[_conv.G_MODE] = 1
-    elif _shifted(cfg, stride, ho, wo):
+        wpack = np.empty(g * nsl * nr * kred, dtype)
+    elif _shifted(cfg, stride, ho, wo):  # MODE_SHIFT
         xp_size = _shift_geo(geo, xv, cfg, tn, padding, mr, nr)
-        kgpad = cdiv(kg, mr) * mr
         # weight as (K, R, S, Cg): tap-major reduction, each tap's channels contiguous
         wsrc = _writable(weight.transpose(0, 2, 3, 1)).reshape(-1)
-        wpack = np.empty(g * kgpad * kred + xp_size, dtype)
-        _run(fns.fwd, tn if wpack.size >= SERIAL_PACK else 1, 0, xv, wsrc, wpack, bias, out1, geo)
-        _run(fns.fwd, tn, 1, xv, wsrc, wpack, bias, out1, geo)
-        return out
-    else:
+        wpack = np.empty(g * cdiv(kg, mr) * mr * kred + xp_size, dtype)
+    else:  # MODE_KP: Y_n (Kg x HoWo) = W (read in place) @ im2col panels (packed B)
         msl, nsl = cdiv(kg, mr), cdiv(hw, nr)
-        pn = _parts(n * g, tn, nsl)
-        pm = _parts(n * g * pn, tn, msl)
+        if kg > hw:
+            # More weight rows than output pixels (deep layers on small planes): threads split
+            # the weight's rows, so that each reads half of it, not all of it
+            pm = _parts(n * g, tn, msl)
+            pn = _parts(n * g * pm, tn, nsl)
+        else:
+            pn = _parts(n * g, tn, nsl)
+            pm = _parts(n * g * pn, tn, msl)
         geo[_conv.G_MC] = _even(cdiv(msl, pm) * mr, cfg.mc, mr)
         geo[_conv.G_NC] = _even(cdiv(nsl, pn) * nr, cfg.nc, nr)
-        kgpad = msl * mr
+        geo[_conv.G_PM] = pm
+        geo[_conv.G_PN] = pn
         sx = [st // xv.itemsize for st in xv.strides]
         geo[_conv.G_PLAIN] = int(r == 1 and s == 1 and stride[0] == 1 and stride[1] == 1
                                  and padding[0] == 0 and padding[2] == 0
                                  and (ho == 1 or sx[2] == wo * sx[3]))
-        wsrc = _writable(weight).reshape(-1)
-    geo[_conv.G_PM] = pm
-    geo[_conv.G_PN] = pn
-    wpack = np.empty(g * kgpad * kred, dtype)
+        # the weight's rows are the GEMM's A rows, read where they lie: nothing to pack
+        _run(fns.fwd, tn, 1, xv, _writable(weight).reshape(-1), fns.empty, bias, out1, geo)
+        return out
     _run(fns.fwd, tn if wpack.size >= SERIAL_PACK else 1, 0, xv, wsrc, wpack, bias, out1, geo)
     _run(fns.fwd, tn, 1, xv, wsrc, wpack, bias, out1, geo)
     return out
