@@ -53,6 +53,7 @@ from kernelkit.kernels.numba._gemm import (
     span,
     tile,
     ukernel_strided,
+    ukernel_taps,
 )
 from kernelkit.kernels.numba._gemm import (
     cdiv as _cdiv,
@@ -467,85 +468,90 @@ def _pad_planes(t, nthr, xf, xlo, sx, xp, geo):
 
 
 @numba.njit(inline="always", **_JIT)
-def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, bias, c, geo, ct, tmpb, scr):
+def _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, bsrc, bo, brs, toffs, c, co, ldc, junk, scr,
+                 so, ncpad, cols, first, ct):
+    """One B sliver (NR grid columns) against mb rows of the weight, all taps in each call:
+    into the scratch (whole padded tiles) or into the output at ``co`` (edge tiles via ct)."""
+    mr, nr = tile(c)
+    acc = 0 if first else 1
+    for i0 in range(0, mb, mr):
+        rows = min(mr, mb - i0)
+        ao = aoff + i0 * kb
+        if junk:
+            ukernel_taps(kb, ntap, toffs, wp, ao, a_tap, bsrc, bo, brs, scr, so + i0 * ncpad,
+                         ncpad, acc)
+        elif rows == mr and cols == nr:
+            ukernel_taps(kb, ntap, toffs, wp, ao, a_tap, bsrc, bo, brs, c, co + i0 * ldc, ldc,
+                         acc)
+        else:
+            ukernel_taps(kb, ntap, toffs, wp, ao, a_tap, bsrc, bo, brs, ct, _I(0), nr, _I(0))
+            for i in range(rows):
+                o = co + (i0 + i) * ldc
+                if first:
+                    for e in range(cols):
+                        c[_U(o + e)] = ct[_U(i * nr + e)]
+                else:
+                    for e in range(cols):
+                        c[_U(o + e)] += ct[_U(i * nr + e)]
+
+
+@numba.njit(inline="always", **_JIT)
+def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, bias, c, geo, ct, tmpb, scr,
+                toffs, ttmp):
     """Output channels [r0, r1) and grid columns [j0, j1) of image n, group g.
 
     The output is computed on the input's grid (rows of pitch Wp = geo[G_GW]): grid column j
-    is output (j // Wp, j % Wp) and tap (r, s) reads the source plane at ``j + r*dh*Wp + s*dw``,
-    so each tap is a GEMM whose B rows (one per input channel, ``pstride`` apart) are read where
-    they lie: nothing is packed but the weight. Grid columns past Wo in a row (when S > 1) are
-    computed into the scratch ``scr`` and dropped when it is copied out; without them the tiles
-    go straight to the output."""
+    is output (j // Wp, j % Wp) and tap (r, s) reads the source plane at ``j + toffs[r*S + s]``
+    (``r*dh*Wp + s*dw``), so each tap is a GEMM whose B rows (one per input channel,
+    ``pstride`` apart) are read where they lie: nothing is packed but the weight, and one
+    micro-kernel call sums all taps (``ukernel_taps``). Grid columns past Wo in a row (when
+    S > 1) are computed into the scratch ``scr`` and dropped when it is copied out; without
+    them the tiles go straight to the output."""
     K, R, S, Ho, Wo = geo[G_K], geo[G_R], geo[G_S], geo[G_HO], geo[G_WO]
     mc, kc, nc = geo[G_MC], geo[G_KC], geo[G_NC]
     has_bias, act = geo[G_HAS_BIAS] != 0, geo[G_ACT]
-    dh, dw, gw = geo[G_DH], geo[G_DW], geo[G_GW]
+    gw = geo[G_GW]
     mr, nr = tile(c)
     cg = geo[G_C] // geo[G_G]
     kg = K // geo[G_G]
-    kred = cg * R * S
+    ntap = R * S
+    kred = cg * ntap
     kgpad = _cdiv(kg, mr) * mr
+    a_tap = cg * kgpad  # the packed weight's blocks are tap-major: tap t's at t*cg*kgpad
     hw = Ho * Wo
     junk = gw != Wo
     ncpad = _cdiv(nc, nr) * nr
     zero = c.dtype.type(0)
+    maxoff = toffs[ntap - 1]
     for jc in range(j0, j1, nc):
         nb = min(nc, j1 - jc)
         for ic in range(r0, r1, mc):
             mb = min(mc, r1 - ic)
             obase = (n * K + g * kg + ic) * hw
-            first = True
-            for tp in range(R * S):
-                kr = tp // S
-                toff = kr * dh * gw + (tp - kr * S) * dw
-                for cb in range(0, cg, kc):
-                    kb = min(kc, cg - cb)
-                    aoff = g * kgpad * kred + (tp * cg + cb) * kgpad + ic * kb
-                    boff = plane0 + cb * pstride + toff + jc
-                    acc = 0 if first else 1
-                    for jr in range(0, nb, nr):
-                        cols = min(nr, nb - jr)
-                        # the grid's last sliver reads past the plane: in place where that stays
-                        # inside the source (the padded copy has room after its last plane)
-                        inplace = cols == nr or boff + jr + (kb - 1) * pstride + nr <= src.size
-                        if not inplace:
-                            for p in range(kb):
-                                o = boff + jr + p * pstride
-                                for e in range(cols):
-                                    tmpb[_U(p * nr + e)] = src[_U(o + e)]
-                                for e in range(cols, nr):
-                                    tmpb[_U(p * nr + e)] = zero
-                        for i0 in range(0, mb, mr):
-                            rows = min(mr, mb - i0)
-                            ao = aoff + i0 * kb
-                            if junk:  # scratch rows and columns are padded: whole tiles
-                                if inplace:
-                                    ukernel_strided(kb, wp, ao, _I(1), mr, src, boff + jr,
-                                                    pstride, scr, i0 * ncpad + jr, ncpad, acc)
-                                else:
-                                    ukernel_strided(kb, wp, ao, _I(1), mr, tmpb, _I(0), nr, scr,
-                                                    i0 * ncpad + jr, ncpad, acc)
-                                continue
-                            co = obase + i0 * hw + jc + jr
-                            if rows == mr and cols == nr:
-                                ukernel_strided(kb, wp, ao, _I(1), mr, src, boff + jr, pstride,
-                                                c, co, hw, acc)
-                                continue
-                            if inplace:
-                                ukernel_strided(kb, wp, ao, _I(1), mr, src, boff + jr, pstride,
-                                                ct, _I(0), nr, _I(0))
-                            else:
-                                ukernel_strided(kb, wp, ao, _I(1), mr, tmpb, _I(0), nr, ct,
-                                                _I(0), nr, _I(0))
-                            for i in range(rows):
-                                o = co + i * hw
-                                if first:
-                                    for e in range(cols):
-                                        c[_U(o + e)] = ct[_U(i * nr + e)]
-                                else:
-                                    for e in range(cols):
-                                        c[_U(o + e)] += ct[_U(i * nr + e)]
-                    first = False
+            for cb in range(0, cg, kc):
+                kb = min(kc, cg - cb)
+                aoff = g * kgpad * kred + cb * kgpad + ic * kb
+                boff = plane0 + cb * pstride + jc
+                for jr in range(0, nb, nr):
+                    cols = min(nr, nb - jr)
+                    # the grid's last sliver reads past the plane: in place where that stays
+                    # inside the source (the padded copy has room after its last plane)
+                    if cols == nr or boff + jr + maxoff + (kb - 1) * pstride + nr <= src.size:
+                        _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, src, boff + jr, pstride,
+                                     toffs, c, obase + jc + jr, hw, junk, scr, jr, ncpad, cols,
+                                     cb == 0, ct)
+                        continue
+                    for tp in range(ntap):  # else copied out, zero-filled past the last column
+                        ttmp[tp] = tp * kb * nr
+                        for p in range(kb):
+                            o = boff + jr + toffs[tp] + p * pstride
+                            d = (tp * kb + p) * nr
+                            for e in range(cols):
+                                tmpb[_U(d + e)] = src[_U(o + e)]
+                            for e in range(cols, nr):
+                                tmpb[_U(d + e)] = zero
+                    _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, tmpb, _I(0), nr, ttmp, c,
+                                 obase + jc + jr, hw, junk, scr, jr, ncpad, cols, cb == 0, ct)
             if not junk:
                 epilogue(c, obase + jc, hw, mb, nb, bias, has_bias, g * kg + ic, act, True)
                 continue
@@ -582,7 +588,13 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, bias, c, geo):
     if u1 <= u0:
         return
     ct = np.empty(mr * nr, c.dtype)
-    tmpb = np.empty(geo[G_KC] * nr, c.dtype)
+    ntap = geo[G_R] * geo[G_S]
+    tmpb = np.empty(ntap * geo[G_KC] * nr, c.dtype)
+    toffs = np.empty(ntap, np.int64)
+    ttmp = np.empty(ntap, np.int64)
+    for tp in range(ntap):
+        kr = tp // geo[G_S]
+        toffs[tp] = kr * geo[G_DH] * gw + (tp - kr * geo[G_S]) * geo[G_DW]
     junk = gw != Wo
     scr = np.empty((_cdiv(mc, mr) * mr) * (_cdiv(nc, nr) * nr) if junk else 0, c.dtype)
     for u in range(u0, u1):
@@ -596,11 +608,11 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, bias, c, geo):
         j0, j1 = _split(pi, pn, nsl, nr, ncols)
         if geo[G_DIRECT] != 0:
             _shift_unit(xf, -xlo + n * sxn + g * cg * sxc, sxc, n, g, r0, r1, j0, j1, wp, bias,
-                        c, geo, ct, tmpb, scr)
+                        c, geo, ct, tmpb, scr, toffs, ttmp)
         else:
             ps = geo[G_XPITCH]
             _shift_unit(wp, geo[G_XPOFF] + (n * C + g * cg) * ps, ps, n, g, r0, r1, j0, j1, wp,
-                        bias, c, geo, ct, tmpb, scr)
+                        bias, c, geo, ct, tmpb, scr, toffs, ttmp)
 
 
 @numba.njit(inline="always", **_JIT)

@@ -214,13 +214,7 @@ def _ukernel_body(context, builder, sig, tile_mn, kc_v, packed, ap_v, aoff_v, a_
     zero = ir.Constant(vty, [0.0] * w)
     undef = ir.Constant(vty, ir.Undefined)
     splat0 = ir.Constant(ir.VectorType(ir.IntType(32), w), [0] * w)
-    if _HAS_FMA:
-        fma_fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vty, [vty, vty, vty]),
-            f"llvm.fma.v{w}f{esize * 8}")
-        fma = lambda x, y, z: builder.call(fma_fn, [x, y, z])
-    else:  # llvm.fma would become a libm call per lane
-        fma = lambda x, y, z: builder.fadd(builder.fmul(x, y), z)
+    fma = _fma(builder, vty, w, esize)
 
     pre = builder.block
     loop = builder.append_basic_block("uk.loop")
@@ -259,6 +253,131 @@ def _ukernel_body(context, builder, sig, tile_mn, kc_v, packed, ap_v, aoff_v, a_
         ph.add_incoming(zero, pre)
         ph.add_incoming(new[i], loop)
         finals.append(ph)
+    _store_tile(builder, C, ldc_v, acc_v, finals, mr, nvec, w, vptr, esize, cst)
+
+
+@intrinsic
+def ukernel_taps(typingctx, kc, ntap, toffs, ap, aoff, a_tap, bp, boff, b_rs, cp, coff, ldc,
+                 accumulate):
+    """C[coff + i*ldc + j] (+)= sum_t sum_p ap[aoff + t*a_tap + p*MR + i]
+    * bp[boff + toffs[t] + p*b_rs + j], i < MR, j < NR, t < ntap.
+
+    The micro-kernel over ``ntap`` GEMMs at once, the accumulators staying in registers from one
+    to the next: A is a packed sliver per tap (``a_tap`` apart), B is read in place (rows
+    ``b_rs`` apart holding NR consecutive elements) at a shift ``toffs[t]`` per tap. The shifted
+    GEMM's convolution taps: one C tile load and store per call instead of one per tap.
+    """
+    tile_mn = _ukernel_typing((ap, bp, cp))
+    if tile_mn is None or not (isinstance(toffs, types.Array) and toffs.ndim == 1
+                               and toffs.dtype == types.int64):
+        return None
+    sig = types.void(kc, ntap, toffs, ap, aoff, a_tap, bp, boff, b_rs, cp, coff, ldc,
+                     accumulate)
+
+    def codegen(context, builder, sig, args):
+        (kc_v, nt_v, toffs_v, ap_v, aoff_v, atap_v, bp_v, boff_v, brs_v, cp_v, coff_v, ldc_v,
+         acc_v) = args
+        ints = [context.cast(builder, v, sig.args[i], types.intp) for v, i in
+                zip((kc_v, nt_v, aoff_v, atap_v, boff_v, brs_v, coff_v, ldc_v, acc_v),
+                    (0, 1, 4, 5, 7, 8, 10, 11, 12))]
+        kc_v, nt_v, aoff_v, atap_v, boff_v, brs_v, coff_v, ldc_v, acc_v = ints
+        mr, nr = tile_mn
+        intp = context.get_value_type(types.intp)
+        a_ty, b_ty, c_ty = sig.args[3], sig.args[6], sig.args[9]
+        elt = context.get_value_type(a_ty.dtype)
+        esize = context.get_abi_sizeof(elt)
+        w = _VEC_BITS // (8 * esize)
+        nvec = nr // w
+        vty = ir.VectorType(elt, w)
+        vptr = vty.as_pointer()
+        cst = lambda v: ir.Constant(intp, v)
+        A = builder.gep(context.make_array(a_ty)(context, builder, ap_v).data, [aoff_v])
+        B = builder.gep(context.make_array(b_ty)(context, builder, bp_v).data, [boff_v])
+        C = builder.gep(context.make_array(c_ty)(context, builder, cp_v).data, [coff_v])
+        T = context.make_array(sig.args[2])(context, builder, toffs_v).data
+        zero = ir.Constant(vty, [0.0] * w)
+        undef = ir.Constant(vty, ir.Undefined)
+        splat0 = ir.Constant(ir.VectorType(ir.IntType(32), w), [0] * w)
+        fma = _fma(builder, vty, w, esize)
+
+        pre = builder.block
+        outer = builder.append_basic_block("ukt.outer")
+        inner = builder.append_basic_block("ukt.inner")
+        latch = builder.append_basic_block("ukt.latch")
+        done = builder.append_basic_block("ukt.done")
+        go = builder.and_(builder.icmp_signed(">", kc_v, cst(0)),
+                          builder.icmp_signed(">", nt_v, cst(0)))
+        builder.cbranch(go, outer, done)
+
+        builder.position_at_end(outer)
+        t = builder.phi(intp)
+        t.add_incoming(cst(0), pre)
+        acc_o = []
+        for _ in range(mr * nvec):
+            ph = builder.phi(vty)
+            ph.add_incoming(zero, pre)
+            acc_o.append(ph)
+        a_t = builder.gep(A, [builder.mul(t, atap_v)])
+        b_t = builder.gep(B, [builder.load(builder.gep(T, [t]))])
+        builder.branch(inner)
+
+        builder.position_at_end(inner)
+        p = builder.phi(intp)
+        p.add_incoming(cst(0), outer)
+        acc_i = []
+        for i in range(mr * nvec):
+            ph = builder.phi(vty)
+            ph.add_incoming(acc_o[i], outer)
+            acc_i.append(ph)
+        arow = builder.gep(a_t, [builder.mul(p, cst(mr))])
+        brow = builder.gep(b_t, [builder.mul(p, brs_v)])
+        bv = [builder.load(builder.bitcast(builder.gep(brow, [cst(j * w)]), vptr), align=esize)
+              for j in range(nvec)]
+        new = []
+        for i in range(mr):
+            s_ = builder.load(builder.gep(arow, [cst(i)]), align=esize)
+            sv = builder.shuffle_vector(
+                builder.insert_element(undef, s_, ir.Constant(ir.IntType(32), 0)), undef, splat0)
+            for j in range(nvec):
+                new.append(fma(sv, bv[j], acc_i[i * nvec + j]))
+        pn = builder.add(p, cst(1))
+        p.add_incoming(pn, inner)
+        for ph, nv in zip(acc_i, new):
+            ph.add_incoming(nv, inner)
+        builder.cbranch(builder.icmp_signed("<", pn, kc_v), inner, latch)
+
+        builder.position_at_end(latch)
+        tn = builder.add(t, cst(1))
+        t.add_incoming(tn, latch)
+        for ph, nv in zip(acc_o, new):
+            ph.add_incoming(nv, latch)
+        builder.cbranch(builder.icmp_signed("<", tn, nt_v), outer, done)
+
+        builder.position_at_end(done)
+        finals = []
+        for i in range(mr * nvec):
+            ph = builder.phi(vty)
+            ph.add_incoming(zero, pre)
+            ph.add_incoming(new[i], latch)
+            finals.append(ph)
+        _store_tile(builder, C, ldc_v, acc_v, finals, mr, nvec, w, vptr, esize, cst)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _fma(builder, vty, w, esize):
+    """x * y + z on vectors: llvm.fma where the target has FMA, else a multiply and an add
+    (there llvm.fma would become a libm call per lane)."""
+    if not _HAS_FMA:
+        return lambda x, y, z: builder.fadd(builder.fmul(x, y), z)
+    fma_fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{w}f{esize * 8}")
+    return lambda x, y, z: builder.call(fma_fn, [x, y, z])
+
+
+def _store_tile(builder, C, ldc_v, acc_v, finals, mr, nvec, w, vptr, esize, cst):
+    """Store (accumulate != 0: add) the MR x NR accumulators to C (rows ldc apart)."""
     doacc = builder.icmp_signed("!=", acc_v, cst(0))
     with builder.if_else(doacc) as (then, otherwise):
         for add, blk in ((True, then), (False, otherwise)):
