@@ -92,7 +92,8 @@ def path(request, monkeypatch):
 def kernel(request, monkeypatch):
     """Which algorithm config kernel "auto" (every config in these tests) runs for stride-1 NCHW
     forwards: the implicit GEMM or the shifted GEMM, whatever the plane size."""
-    monkeypatch.setattr(nc, "SHIFT_MIN_HW", 1 << 62 if request.param == "gemm" else 0)
+    monkeypatch.setattr(nc, "SHIFT_MIN_PIXELS", 1 << 62 if request.param == "gemm" else 0)
+    monkeypatch.setattr(nc, "SHIFT_MIN_PLANE", 0)
     return request.param
 
 
@@ -359,11 +360,14 @@ def _conv_problem(op, n, c, hw, k, r, stride, layout, groups=1):
                    dtype="float32", layout=layout, lib="numpy", device="cpu", options=opts)
 
 
-@pytest.mark.parametrize("hw, other", [(56, "gemm"), (14, "shift")])
-def test_the_space_offers_the_algorithm_auto_does_not_pick(hw, other):
+@pytest.mark.parametrize("n, hw, other", [(1, 56, "gemm"), (2, 14, "shift"), (8, 14, "gemm"),
+                                          (8, 7, "shift")])
+def test_the_space_offers_the_algorithm_auto_does_not_pick(n, hw, other):
     """A stride-1 NCHW forward is tuned over both algorithms: the default config (kernel
-    "auto") and, second, the default blocking with the other one; nothing else offers them."""
-    space = nc.space(_conv_problem("conv2d", 2, 64, hw, 64, 3, 1, "NCHW"))
+    "auto": the shifted GEMM from 28x28 output pixels per channel over the batch, on planes of
+    at least 14x14) and, second, the default blocking with the other one; nothing else offers
+    them."""
+    space = nc.space(_conv_problem("conv2d", n, 64, hw, 64, 3, 1, "NCHW"))
     assert space[0].kernel == "auto" and space[1].kernel == other
     assert (space[1].mc, space[1].kc, space[1].nc) == (space[0].mc, space[0].kc, space[0].nc)
     for problem in (_conv_problem("conv2d", 2, 64, hw, 64, 3, 2, "NCHW"),
@@ -377,13 +381,16 @@ def test_the_space_offers_the_algorithm_auto_does_not_pick(hw, other):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("source", ["in_place", "padded_copy"])
+@pytest.mark.parametrize("kernel", ["gemm", "shift"])
 @pytest.mark.parametrize("hw", [(1, 1), (5, 3), (7, 7), (14, 14), (17, 23)], ids=str)
-def test_shifted_gemm_reads_the_input_in_place_or_from_a_padded_copy(hw, source, dtype,
-                                                                     monkeypatch):
-    """The shifted GEMM reads an unpadded input with contiguous rows where it lies (the grid's
-    last sliver, which would read past the array, through a copy) and anything else from a
-    padded copy whose planes are spaced apart; both into a poisoned output that must be
-    overwritten everywhere. 16 x 16 planes are 1 KiB apart, the L1 aliasing case."""
+def test_every_output_element_is_written_on_small_planes(hw, kernel, source, dtype,
+                                                         monkeypatch):
+    """Into a poisoned output that must be overwritten everywhere, 3 images: the shifted GEMM
+    reads an unpadded input with contiguous rows where it lies (the grid's last sliver, which
+    would read past the array, through a copy) and anything else from a padded copy whose
+    planes are spaced apart (16 x 16 planes are 1 KiB apart, the L1 aliasing case); the
+    implicit GEMM runs its columns across the images on planes whose last sliver is mostly
+    empty (1x1, 5x3, 7x7, 17x23), slivers that cross from one image to the next included."""
     monkeypatch.setattr(nc, "SERIAL_WORK", 0)
     monkeypatch.setattr(nc, "SERIAL_PACK", 0)
     real_empty = np.empty
@@ -393,7 +400,7 @@ def test_shifted_gemm_reads_the_input_in_place_or_from_a_padded_copy(hw, source,
     case = (3, 19, hw[0], hw[1], 13, r, r, (1, 1), pad if r == 3 else (0,) * 4, (1, 1), 1)
     rng = np.random.default_rng(hash(hw) % 2**32)
     x, w, b = make(case, dtype, "NCHW", rng)
-    cfg = dataclasses.replace(TINY[dtype], kernel="shift")
+    cfg = dataclasses.replace(TINY[dtype], kernel=kernel)
     check(fwd(x, w, b, case, "NCHW", "relu", cfg), x, w, b, case, "NCHW", "relu")
     strided = view(x, "strided")  # not unit-stride rows: always the padded copy
     check(fwd(strided, w, b, case, "NCHW", None, cfg), x, w, b, case, "NCHW")

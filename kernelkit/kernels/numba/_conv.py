@@ -64,8 +64,8 @@ _I = np.int64  # _I(0): an int64 argument, not Literal[int](0), so callees compi
 # indices into geo
 (G_N, G_C, G_H, G_W, G_K, G_R, G_S, G_HO, G_WO, G_SH, G_SW, G_PT, G_PL, G_DH, G_DW, G_G,
  G_MC, G_KC, G_NC, G_PM, G_PN, G_HAS_BIAS, G_ACT, G_PLAIN, G_OSN, G_OSC, G_OSH, G_OSW,
- G_MODE, G_TAPW, G_XPOFF, G_XPITCH, G_GH, G_GW, G_DIRECT) = range(35)
-GEO_LEN = 35
+ G_MODE, G_TAPW, G_XPOFF, G_XPITCH, G_GH, G_GW, G_DIRECT, G_BCOLS) = range(36)
+GEO_LEN = 36
 # geo[G_MODE] of the forward: the implicit GEMM with NCHW output, with NHWC output, and the
 # shifted GEMM (stride 1, NCHW output: one GEMM per kernel tap on a shifted view of the input)
 MODE_KP, MODE_PK, MODE_SHIFT = 0, 1, 2
@@ -168,11 +168,16 @@ def col2im_row(src, soff, dxf, xo, sxh, sxw, H, W, Wo, sh, sw, ihoff, iwoff, j0,
 
 
 @numba.njit(**_JIT)
-def pack_b_im2col(xf, xo, sxc, sxh, sxw, geo, pc, kb, jc, nb, dst, tmp):
+def pack_b_im2col(xf, xo, sxc, sxh, sxw, geo, pc, kb, jc, nb, dst, tmp, sxn=0):
     """Pack the im2col panel rows pc..pc+kb (p = (c, r, s)), columns jc..jc+nb (output
-    positions) of one image and group into NR-column slivers (the packed-B layout)."""
+    positions) of one image and group into NR-column slivers (the packed-B layout).
+
+    With ``geo[G_BCOLS]`` the columns run over the images one after the other (column j is
+    output position j % HoWo of image j // HoWo, images ``sxn`` apart from ``xo``)."""
     _, nr = tile(dst)
-    H, W, R, S, Wo = geo[G_H], geo[G_W], geo[G_R], geo[G_S], geo[G_WO]
+    H, W, R, S, Ho, Wo = geo[G_H], geo[G_W], geo[G_R], geo[G_S], geo[G_HO], geo[G_WO]
+    bcols = geo[G_BCOLS] != 0
+    hw = Ho * Wo
     sh, sw, pt, pl, dh, dw = _window(geo)
     nsl = _cdiv(nb, nr)
     zero = dst.dtype.type(0)
@@ -183,8 +188,18 @@ def pack_b_im2col(xf, xo, sxc, sxh, sxw, geo, pc, kb, jc, nb, dst, tmp):
     kr = (pc - c * rs) // S
     ks = pc - c * rs - kr * S
     for q in range(kb):
-        im2col_row(xf, xo + c * sxc, sxh, sxw, H, W, Wo, sh, sw, kr * dh - pt, ks * dw - pl,
-                   jc, nb, tmp, _I(0))
+        if not bcols:
+            im2col_row(xf, xo + c * sxc, sxh, sxw, H, W, Wo, sh, sw, kr * dh - pt,
+                       ks * dw - pl, jc, nb, tmp, _I(0))
+        else:  # one run per image the columns cross
+            j = jc
+            while j < jc + nb:
+                n = j // hw
+                pos = j - n * hw
+                seg = min(hw - pos, jc + nb - j)
+                im2col_row(xf, xo + n * sxn + c * sxc, sxh, sxw, H, W, Wo, sh, sw,
+                           kr * dh - pt, ks * dw - pl, pos, seg, tmp, j - jc)
+                j += seg
         for s in range(nsl):
             d = s * nr * kb + q * nr
             o = s * nr
@@ -303,6 +318,56 @@ def _macro_a_inplace(mb, nb, kb, wf, aoff, a_rs, bp, c, coff, ldc, first, last, 
                 epilogue(c, co, ldc, rows, cols, bias, has_bias, b0 + i0, act, True)
 
 
+@numba.njit(**_JIT)
+def _macro_a_inplace_cols(mb, nb, kb, wf, aoff, a_rs, bp, c, jc, hw, K, crow, first, last, ct,
+                          atail, bias, has_bias, act):
+    """_macro_a_inplace over columns that run across images (column j: position j % hw of
+    image j // hw; output rows ``crow`` + i of each image, NCHW with K channels): a sliver
+    inside one image goes straight to the output, one across images through ``ct``."""
+    mr, nr = tile(c)
+    full_rows = mb // mr * mr
+    if full_rows < mb:
+        pack_a(wf, aoff + full_rows * a_rs, a_rs, _I(1), mb - full_rows, kb, atail, _I(0))
+    acc = 0 if first else 1
+    for jr in range(0, nb, nr):
+        cols = min(nr, nb - jr)
+        j = jc + jr
+        n0 = j // hw
+        pos0 = j - n0 * hw
+        inside = pos0 + cols <= hw
+        bo = jr * kb
+        for i0 in range(0, mb, mr):
+            rows = min(mr, mb - i0)
+            co = (n0 * K + crow + i0) * hw + pos0
+            if inside and rows == mr and cols == nr:
+                ukernel_strided(kb, wf, aoff + i0 * a_rs, a_rs, _I(1), bp, bo, nr, c, co, hw,
+                                acc)
+            else:
+                if rows == mr:
+                    ukernel_strided(kb, wf, aoff + i0 * a_rs, a_rs, _I(1), bp, bo, nr, ct,
+                                    _I(0), nr, _I(0))
+                else:
+                    ukernel_strided(kb, atail, _I(0), _I(1), mr, bp, bo, nr, ct, _I(0), nr,
+                                    _I(0))
+                for e in range(cols):
+                    n = (j + e) // hw
+                    o = (n * K + crow + i0) * hw + j + e - n * hw
+                    for i in range(rows):
+                        if first:
+                            c[_U(o + i * hw)] = ct[_U(i * nr + e)]
+                        else:
+                            c[_U(o + i * hw)] += ct[_U(i * nr + e)]
+            if last:  # per image the sliver crosses
+                e = 0
+                while e < cols:
+                    n = (j + e) // hw
+                    pos = j + e - n * hw
+                    seg = min(hw - pos, cols - e)
+                    epilogue(c, (n * K + crow + i0) * hw + pos, hw, rows, seg, bias, has_bias,
+                             crow + i0, act, True)
+                    e += seg
+
+
 @numba.njit(inline="always", **_JIT)
 def _fwd_kp(t, nthr, xf, xlo, sx, wf, bias, c, geo):
     """NCHW output: per image and group, Y = W (read in place) @ im2col panels (packed)."""
@@ -315,15 +380,42 @@ def _fwd_kp(t, nthr, xf, xlo, sx, wf, bias, c, geo):
     cg, kg = C // G, K // G
     kred = cg * R * S
     hw = Ho * Wo
-    msl, nsl = _cdiv(kg, mr), _cdiv(hw, nr)
-    units = N * G * pm * pn
-    u0, u1 = _share(t, nthr, units)
-    if u1 <= u0:
-        return
+    bcols = geo[G_BCOLS] != 0
+    msl = _cdiv(kg, mr)
     bpack = np.empty(nc * kc, c.dtype)
     tmp = np.empty(nc + nr, c.dtype)
     ct = np.empty(mr * nr, c.dtype)
     atail = np.empty(mr * kc, c.dtype)
+    if bcols:
+        # small planes: the columns run over all images (no sliver is half empty at the end of
+        # every plane, and each weight block serves every image while it is in cache)
+        ncol = N * hw
+        nsl = _cdiv(ncol, nr)
+        u0, u1 = _share(t, nthr, G * pm * pn)
+        for u in range(u0, u1):
+            pi = u % pn
+            rest = u // pn
+            mi = rest % pm
+            g = rest // pm
+            r0, r1 = _split(mi, pm, msl, mr, kg)
+            j0, j1 = _split(pi, pn, nsl, nr, ncol)
+            xo = -xlo + g * cg * sxc
+            for jc in range(j0, j1, nc):
+                nb = min(nc, j1 - jc)
+                for pc in range(0, kred, kc):
+                    kb = min(kc, kred - pc)
+                    pack_b_im2col(xf, xo, sxc, sxh, sxw, geo, pc, kb, jc, nb, bpack, tmp, sxn)
+                    for ic in range(r0, r1, mc):
+                        mb = min(mc, r1 - ic)
+                        _macro_a_inplace_cols(mb, nb, kb, wf, (g * kg + ic) * kred + pc, kred,
+                                              bpack, c, jc, hw, K, g * kg + ic, pc == 0,
+                                              pc + kb >= kred, ct, atail, bias, has_bias, act)
+        return
+    nsl = _cdiv(hw, nr)
+    units = N * G * pm * pn
+    u0, u1 = _share(t, nthr, units)
+    if u1 <= u0:
+        return
     for u in range(u0, u1):
         pi = u % pn
         rest = u // pn

@@ -52,8 +52,13 @@ SERIAL_WORK = 1 << 20
 SERIAL_PACK = 1 << 16
 # Elements of the shifted GEMM's per-thread output scratch (a quarter of a 512 KiB L2 in float32).
 SHIFT_SCRATCH = 1 << 15
-# Config kernel "auto" runs the shifted GEMM on output planes of at least this many pixels.
-SHIFT_MIN_HW = 28 * 28
+# The NCHW implicit GEMM runs its columns over all images when one image's columns, rounded up
+# to whole NR slivers, would be this much more work (7x7 planes: 64 columns for 49, 1.31).
+BCOLS_WASTE = 1.1
+# Config kernel "auto" runs the shifted GEMM where a batch has at least SHIFT_MIN_PIXELS output
+# pixels per channel, on planes of at least SHIFT_MIN_PLANE.
+SHIFT_MIN_PIXELS = 28 * 28
+SHIFT_MIN_PLANE = 14 * 14
 # Deepest reduction block of the shifted GEMM (its B slivers are read in place, not packed).
 SHIFT_KC = 256
 
@@ -67,8 +72,9 @@ class Conv2dConfig(GemmBlocking):
     nc: columns of the packed B per panel (a multiple of NR).
     kernel: the forward's algorithm for stride-1 NCHW convolutions: "gemm" (the implicit GEMM,
         im2col panels packed block by block), "shift" (the shifted GEMM: one GEMM per kernel
-        tap on the input read in place, or on one zero-padded copy of it), or "auto" (shift on
-        planes of at least ``SHIFT_MIN_HW`` output pixels, where it measured faster). Other
+        tap on the input read in place, or on one zero-padded copy of it), or "auto" (shift
+        where a batch has at least ``SHIFT_MIN_PIXELS`` output pixels per channel, on planes of
+        at least ``SHIFT_MIN_PLANE``: where it measured faster). Other
         convolutions, and the backward ops, ignore it.
     """
 
@@ -130,16 +136,18 @@ def space(problem) -> list[Conv2dConfig]:
             and not (opts.groups == c and opts.groups > 1)):
         _, _, ho, wo = problem.shapes[2]
         d = out[0]
-        other = "gemm" if _shift_by_default(ho, wo) else "shift"
+        other = "gemm" if _shift_by_default(n, ho, wo) else "shift"
         out.insert(1, Conv2dConfig(d.mc, d.kc, d.nc, other))
     return out
 
 
-def _shift_by_default(ho: int, wo: int) -> bool:
-    """Config kernel "auto": the shifted GEMM on large planes. Measured (ResNet-50's stride-1
-    layers, batch 8, Zen 3): faster than the implicit GEMM at 56 and 28 px, slower at 7 px
-    and on 3x3 at 14 px, where a plane is a few slivers and packing B once pays."""
-    return ho * wo >= SHIFT_MIN_HW
+def _shift_by_default(n: int, ho: int, wo: int) -> bool:
+    """Config kernel "auto": the shifted GEMM on large planes and large batches. Measured on
+    ResNet-50's stride-1 layers (Zen 3, docs/performance.md): faster than the implicit GEMM at
+    56 and 28 px at batch 1 and 8, and at 14 px at batch 8 but not at batch 1; slower at 7 px,
+    where a plane is a few slivers and the im2col panel, packed once for 512-2048 weight rows,
+    pays for itself."""
+    return ho * wo >= SHIFT_MIN_PLANE and n * ho * wo >= SHIFT_MIN_PIXELS
 
 
 # ----------------------------------------------------------------------------------- compilation
@@ -264,11 +272,11 @@ def _threads(work: int) -> int:
     return nthr if work >= SERIAL_WORK else 1
 
 
-def _shifted(cfg: Conv2dConfig, stride, ho: int, wo: int) -> bool:
+def _shifted(cfg: Conv2dConfig, stride, n: int, ho: int, wo: int) -> bool:
     """Whether an NCHW forward runs as the shifted GEMM (``_conv._fwd_shift``)."""
     if stride[0] != 1 or stride[1] != 1 or cfg.kernel == "gemm":
         return False
-    return cfg.kernel == "shift" or _shift_by_default(ho, wo)
+    return cfg.kernel == "shift" or _shift_by_default(n, ho, wo)
 
 
 def _shift_geo(geo, xv, cfg: Conv2dConfig, tn: int, padding, mr: int, nr: int) -> int:
@@ -386,21 +394,26 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
         # weight as (K, R, S, Cg): reduction order (r, s, c)
         wsrc = _writable(weight.transpose(0, 2, 3, 1)).reshape(-1)
         wpack = np.empty(g * nsl * nr * kred, dtype)
-    elif _shifted(cfg, stride, ho, wo):  # MODE_SHIFT
+    elif _shifted(cfg, stride, n, ho, wo):  # MODE_SHIFT
         xp_size = _shift_geo(geo, xv, cfg, tn, padding, mr, nr)
         # weight as (K, R, S, Cg): tap-major reduction, each tap's channels contiguous
         wsrc = _writable(weight.transpose(0, 2, 3, 1)).reshape(-1)
         wpack = np.empty(g * cdiv(kg, mr) * mr * kred + xp_size, dtype)
     else:  # MODE_KP: Y_n (Kg x HoWo) = W (read in place) @ im2col panels (packed B)
-        msl, nsl = cdiv(kg, mr), cdiv(hw, nr)
+        # Small planes whose last sliver per image is mostly empty: the columns run over all
+        # images instead (units are then groups, not (image, group) pairs)
+        bcols = n > 1 and cdiv(hw, nr) * nr > BCOLS_WASTE * hw
+        base = g if bcols else n * g
+        msl, nsl = cdiv(kg, mr), cdiv(n * hw if bcols else hw, nr)
         if kg > hw:
             # More weight rows than output pixels (deep layers on small planes): threads split
             # the weight's rows, so that each reads half of it, not all of it
-            pm = _parts(n * g, tn, msl)
-            pn = _parts(n * g * pm, tn, nsl)
+            pm = _parts(base, tn, msl)
+            pn = _parts(base * pm, tn, nsl)
         else:
-            pn = _parts(n * g, tn, nsl)
-            pm = _parts(n * g * pn, tn, msl)
+            pn = _parts(base, tn, nsl)
+            pm = _parts(base * pn, tn, msl)
+        geo[_conv.G_BCOLS] = int(bcols)
         geo[_conv.G_MC] = _even(cdiv(msl, pm) * mr, cfg.mc, mr)
         geo[_conv.G_NC] = _even(cdiv(nsl, pn) * nr, cfg.nc, nr)
         geo[_conv.G_PM] = pm
