@@ -168,15 +168,13 @@ def col2im_row(src, soff, dxf, xo, sxh, sxw, H, W, Wo, sh, sw, ihoff, iwoff, j0,
 
 
 @numba.njit(**_JIT)
-def pack_b_im2col(xf, xo, sxc, sxh, sxw, geo, pc, kb, jc, nb, dst, tmp, sxn=0):
-    """Pack the im2col panel rows pc..pc+kb (p = (c, r, s)), columns jc..jc+nb (output
-    positions) of one image and group into NR-column slivers (the packed-B layout).
-
-    With ``geo[G_BCOLS]`` the columns run over the images one after the other (column j is
-    output position j % HoWo of image j // HoWo, images ``sxn`` apart from ``xo``)."""
+def pack_b_im2col(xf, xo, sxn, sxc, sxh, sxw, geo, pc, kb, jc, nb, dst, tmp):
+    """Pack the im2col panel rows pc..pc+kb (p = (c, r, s)), columns jc..jc+nb of one group
+    into NR-column slivers (the packed-B layout). Columns count over the images one after the
+    other: column j is output position j % HoWo of image j // HoWo (images ``sxn`` apart from
+    ``xo``), so a panel may span images."""
     _, nr = tile(dst)
     H, W, R, S, Ho, Wo = geo[G_H], geo[G_W], geo[G_R], geo[G_S], geo[G_HO], geo[G_WO]
-    bcols = geo[G_BCOLS] != 0
     hw = Ho * Wo
     sh, sw, pt, pl, dh, dw = _window(geo)
     nsl = _cdiv(nb, nr)
@@ -188,18 +186,14 @@ def pack_b_im2col(xf, xo, sxc, sxh, sxw, geo, pc, kb, jc, nb, dst, tmp, sxn=0):
     kr = (pc - c * rs) // S
     ks = pc - c * rs - kr * S
     for q in range(kb):
-        if not bcols:
-            im2col_row(xf, xo + c * sxc, sxh, sxw, H, W, Wo, sh, sw, kr * dh - pt,
-                       ks * dw - pl, jc, nb, tmp, _I(0))
-        else:  # one run per image the columns cross
-            j = jc
-            while j < jc + nb:
-                n = j // hw
-                pos = j - n * hw
-                seg = min(hw - pos, jc + nb - j)
-                im2col_row(xf, xo + n * sxn + c * sxc, sxh, sxw, H, W, Wo, sh, sw,
-                           kr * dh - pt, ks * dw - pl, pos, seg, tmp, j - jc)
-                j += seg
+        j = jc
+        while j < jc + nb:  # one run per image the columns cross
+            n = j // hw
+            pos = j - n * hw
+            seg = min(hw - pos, jc + nb - j)
+            im2col_row(xf, xo + n * sxn + c * sxc, sxh, sxw, H, W, Wo, sh, sw, kr * dh - pt,
+                       ks * dw - pl, pos, seg, tmp, j - jc)
+            j += seg
         for s in range(nsl):
             d = s * nr * kb + q * nr
             o = s * nr
@@ -281,49 +275,14 @@ def act_span(c, o, cols, act):
 # ------------------------------------------------------------------------------------ the ops
 
 @numba.njit(**_JIT)
-def _macro_a_inplace(mb, nb, kb, wf, aoff, a_rs, bp, c, coff, ldc, first, last, ct, atail,
-                     bias, has_bias, b0, act):
-    """_gemm.macro_kernel with A read where it lies: rows ``a_rs`` apart, unit column stride
-    (the weight's own (K, C*R*S) rows). Only a last sliver of fewer than MR rows is packed (into
-    ``atail``): rows past it would read past the weight. Bias per row (NCHW output)."""
-    mr, nr = tile(c)
-    full_rows = mb // mr * mr
-    if full_rows < mb:
-        pack_a(wf, aoff + full_rows * a_rs, a_rs, _I(1), mb - full_rows, kb, atail, _I(0))
-    acc = 0 if first else 1
-    for jr in range(0, nb, nr):
-        cols = min(nr, nb - jr)
-        bo = jr * kb
-        for i0 in range(0, mb, mr):
-            rows = min(mr, mb - i0)
-            co = coff + i0 * ldc + jr
-            if rows == mr and cols == nr:
-                ukernel_strided(kb, wf, aoff + i0 * a_rs, a_rs, _I(1), bp, bo, nr, c, co, ldc,
-                                acc)
-            else:
-                if rows == mr:
-                    ukernel_strided(kb, wf, aoff + i0 * a_rs, a_rs, _I(1), bp, bo, nr, ct,
-                                    _I(0), nr, _I(0))
-                else:
-                    ukernel_strided(kb, atail, _I(0), _I(1), mr, bp, bo, nr, ct, _I(0), nr,
-                                    _I(0))
-                for i in range(rows):
-                    if first:
-                        for j in range(cols):
-                            c[_U(co + i * ldc + j)] = ct[_U(i * nr + j)]
-                    else:
-                        for j in range(cols):
-                            c[_U(co + i * ldc + j)] += ct[_U(i * nr + j)]
-            if last:
-                epilogue(c, co, ldc, rows, cols, bias, has_bias, b0 + i0, act, True)
-
-
-@numba.njit(**_JIT)
-def _macro_a_inplace_cols(mb, nb, kb, wf, aoff, a_rs, bp, c, jc, hw, K, crow, first, last, ct,
-                          atail, bias, has_bias, act):
-    """_macro_a_inplace over columns that run across images (column j: position j % hw of
-    image j // hw; output rows ``crow`` + i of each image, NCHW with K channels): a sliver
-    inside one image goes straight to the output, one across images through ``ct``."""
+def _macro_a_inplace(mb, nb, kb, wf, aoff, a_rs, bp, c, jc, hw, K, crow, first, last, ct, atail,
+                     bias, has_bias, act):
+    """_gemm.macro_kernel with A read where it lies (rows ``a_rs`` apart, unit column stride:
+    the weight's own (K, C*R*S) rows) into an NCHW output: columns ``jc`` .. ``jc + nb`` count
+    over the images one after the other (column j is position j % hw of image j // hw), output
+    rows ``crow + i`` of each image's K channels. A sliver inside one image goes straight to the
+    output, one across images through ``ct``. Only a last sliver of fewer than MR rows is
+    packed (into ``atail``): rows past it would read past the weight."""
     mr, nr = tile(c)
     full_rows = mb // mr * mr
     if full_rows < mb:
@@ -370,52 +329,32 @@ def _macro_a_inplace_cols(mb, nb, kb, wf, aoff, a_rs, bp, c, jc, hw, K, crow, fi
 
 @numba.njit(inline="always", **_JIT)
 def _fwd_kp(t, nthr, xf, xlo, sx, wf, bias, c, geo):
-    """NCHW output: per image and group, Y = W (read in place) @ im2col panels (packed)."""
+    """NCHW output: per group, Y (Kg x columns) = W (read in place) @ im2col panels (packed).
+
+    Columns are each image's output positions (units: image, group, row and column shares),
+    or with ``geo[G_BCOLS]`` all images' one after the other (units: group and shares): on
+    small planes no sliver is half empty at the end of every plane, and each weight block
+    serves every image while it is in cache."""
     N, C, K, R, S, Ho, Wo, G = (geo[G_N], geo[G_C], geo[G_K], geo[G_R], geo[G_S], geo[G_HO],
                                 geo[G_WO], geo[G_G])
     mc, kc, nc, pm, pn = geo[G_MC], geo[G_KC], geo[G_NC], geo[G_PM], geo[G_PN]
     has_bias, act, plain = geo[G_HAS_BIAS] != 0, geo[G_ACT], geo[G_PLAIN] != 0
+    bcols = geo[G_BCOLS] != 0
     sxn, sxc, sxh, sxw = sx
     mr, nr = tile(c)
     cg, kg = C // G, K // G
     kred = cg * R * S
     hw = Ho * Wo
-    bcols = geo[G_BCOLS] != 0
-    msl = _cdiv(kg, mr)
+    nimg = 1 if bcols else N  # images that are units of their own
+    ncol = N * hw if bcols else hw  # columns of a unit
+    msl, nsl = _cdiv(kg, mr), _cdiv(ncol, nr)
+    u0, u1 = _share(t, nthr, nimg * G * pm * pn)
+    if u1 <= u0:
+        return
     bpack = np.empty(nc * kc, c.dtype)
     tmp = np.empty(nc + nr, c.dtype)
     ct = np.empty(mr * nr, c.dtype)
     atail = np.empty(mr * kc, c.dtype)
-    if bcols:
-        # small planes: the columns run over all images (no sliver is half empty at the end of
-        # every plane, and each weight block serves every image while it is in cache)
-        ncol = N * hw
-        nsl = _cdiv(ncol, nr)
-        u0, u1 = _share(t, nthr, G * pm * pn)
-        for u in range(u0, u1):
-            pi = u % pn
-            rest = u // pn
-            mi = rest % pm
-            g = rest // pm
-            r0, r1 = _split(mi, pm, msl, mr, kg)
-            j0, j1 = _split(pi, pn, nsl, nr, ncol)
-            xo = -xlo + g * cg * sxc
-            for jc in range(j0, j1, nc):
-                nb = min(nc, j1 - jc)
-                for pc in range(0, kred, kc):
-                    kb = min(kc, kred - pc)
-                    pack_b_im2col(xf, xo, sxc, sxh, sxw, geo, pc, kb, jc, nb, bpack, tmp, sxn)
-                    for ic in range(r0, r1, mc):
-                        mb = min(mc, r1 - ic)
-                        _macro_a_inplace_cols(mb, nb, kb, wf, (g * kg + ic) * kred + pc, kred,
-                                              bpack, c, jc, hw, K, g * kg + ic, pc == 0,
-                                              pc + kb >= kred, ct, atail, bias, has_bias, act)
-        return
-    nsl = _cdiv(hw, nr)
-    units = N * G * pm * pn
-    u0, u1 = _share(t, nthr, units)
-    if u1 <= u0:
-        return
     for u in range(u0, u1):
         pi = u % pn
         rest = u // pn
@@ -424,23 +363,22 @@ def _fwd_kp(t, nthr, xf, xlo, sx, wf, bias, c, geo):
         g = rest % G
         n = rest // G
         r0, r1 = _split(mi, pm, msl, mr, kg)
-        j0, j1 = _split(pi, pn, nsl, nr, hw)
-        xo = -xlo + n * sxn + g * cg * sxc
-        for jc in range(j0, j1, nc):
-            nb = min(nc, j1 - jc)
+        j0, j1 = _split(pi, pn, nsl, nr, ncol)
+        xo = -xlo + g * cg * sxc
+        for jc in range(n * hw + j0, n * hw + j1, nc):  # columns over the images
+            nb = min(nc, n * hw + j1 - jc)
             for pc in range(0, kred, kc):
                 kb = min(kc, kred - pc)
-                if plain:
-                    pack_b(xf, xo + pc * sxc + jc * sxw, sxc, sxw, kb, nb, bpack, 0, 0,
-                           _cdiv(nb, nr))
+                if plain and not bcols:  # 1x1: the panel is x's own (C, HoWo) rows
+                    pack_b(xf, xo + n * sxn + pc * sxc + (jc - n * hw) * sxw, sxc, sxw, kb, nb,
+                           bpack, 0, 0, _cdiv(nb, nr))
                 else:
-                    pack_b_im2col(xf, xo, sxc, sxh, sxw, geo, pc, kb, jc, nb, bpack, tmp)
+                    pack_b_im2col(xf, xo, sxn, sxc, sxh, sxw, geo, pc, kb, jc, nb, bpack, tmp)
                 for ic in range(r0, r1, mc):
                     mb = min(mc, r1 - ic)
                     _macro_a_inplace(mb, nb, kb, wf, (g * kg + ic) * kred + pc, kred, bpack, c,
-                                     (n * K + g * kg + ic) * hw + jc, hw, pc == 0,
-                                     pc + kb >= kred, ct, atail, bias, has_bias, g * kg + ic,
-                                     act)
+                                     jc, hw, K, g * kg + ic, pc == 0, pc + kb >= kred, ct,
+                                     atail, bias, has_bias, act)
 
 
 @numba.njit(inline="always", **_JIT)
