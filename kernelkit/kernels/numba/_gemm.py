@@ -212,8 +212,6 @@ def _ukernel_body(context, builder, sig, tile_mn, kc_v, packed, ap_v, aoff_v, a_
     a_step = cst(mr) if packed else a_cs_v
     b_step = cst(nr) if packed else b_rs_v
     zero = ir.Constant(vty, [0.0] * w)
-    undef = ir.Constant(vty, ir.Undefined)
-    splat0 = ir.Constant(ir.VectorType(ir.IntType(32), w), [0] * w)
     fma = _fma(builder, vty, w, esize)
 
     pre = builder.block
@@ -229,17 +227,8 @@ def _ukernel_body(context, builder, sig, tile_mn, kc_v, packed, ap_v, aoff_v, a_
         ph = builder.phi(vty)
         ph.add_incoming(zero, pre)
         accs.append(ph)
-    arow = builder.gep(A, [builder.mul(p, a_step)])
-    brow = builder.gep(B, [builder.mul(p, b_step)])
-    bv = [builder.load(builder.bitcast(builder.gep(brow, [cst(j * w)]), vptr), align=esize)
-          for j in range(nvec)]
-    new = []
-    for i in range(mr):
-        s = builder.load(builder.gep(arow, [a_rows[i]]), align=esize)
-        sv = builder.shuffle_vector(
-            builder.insert_element(undef, s, ir.Constant(ir.IntType(32), 0)), undef, splat0)
-        for j in range(nvec):
-            new.append(fma(sv, bv[j], accs[i * nvec + j]))
+    new = _k_step(builder, builder.gep(A, [builder.mul(p, a_step)]), a_rows,
+                  builder.gep(B, [builder.mul(p, b_step)]), accs, fma, vty, esize, cst)
     pn = builder.add(p, cst(1))
     p.add_incoming(pn, loop)
     for ph, nv in zip(accs, new):
@@ -296,8 +285,6 @@ def ukernel_taps(typingctx, kc, ntap, toffs, ap, aoff, a_tap, bp, boff, b_rs, cp
         C = builder.gep(context.make_array(c_ty)(context, builder, cp_v).data, [coff_v])
         T = context.make_array(sig.args[2])(context, builder, toffs_v).data
         zero = ir.Constant(vty, [0.0] * w)
-        undef = ir.Constant(vty, ir.Undefined)
-        splat0 = ir.Constant(ir.VectorType(ir.IntType(32), w), [0] * w)
         fma = _fma(builder, vty, w, esize)
 
         pre = builder.block
@@ -329,17 +316,9 @@ def ukernel_taps(typingctx, kc, ntap, toffs, ap, aoff, a_tap, bp, boff, b_rs, cp
             ph = builder.phi(vty)
             ph.add_incoming(acc_o[i], outer)
             acc_i.append(ph)
-        arow = builder.gep(a_t, [builder.mul(p, cst(mr))])
-        brow = builder.gep(b_t, [builder.mul(p, brs_v)])
-        bv = [builder.load(builder.bitcast(builder.gep(brow, [cst(j * w)]), vptr), align=esize)
-              for j in range(nvec)]
-        new = []
-        for i in range(mr):
-            s_ = builder.load(builder.gep(arow, [cst(i)]), align=esize)
-            sv = builder.shuffle_vector(
-                builder.insert_element(undef, s_, ir.Constant(ir.IntType(32), 0)), undef, splat0)
-            for j in range(nvec):
-                new.append(fma(sv, bv[j], acc_i[i * nvec + j]))
+        new = _k_step(builder, builder.gep(a_t, [builder.mul(p, cst(mr))]),
+                      [cst(i) for i in range(mr)], builder.gep(b_t, [builder.mul(p, brs_v)]),
+                      acc_i, fma, vty, esize, cst)
         pn = builder.add(p, cst(1))
         p.add_incoming(pn, inner)
         for ph, nv in zip(acc_i, new):
@@ -364,6 +343,26 @@ def ukernel_taps(typingctx, kc, ntap, toffs, ap, aoff, a_tap, bp, boff, b_rs, cp
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _k_step(builder, arow, a_rows, brow, accs, fma, vty, esize, cst):
+    """One step of K: load B's row (NR / W vectors), broadcast each of A's MR values (at
+    ``arow`` + ``a_rows[i]``) and FMA them into the MR * NR / W accumulators; the new values."""
+    w = vty.count
+    nvec = len(accs) // len(a_rows)
+    vptr = vty.as_pointer()
+    undef = ir.Constant(vty, ir.Undefined)
+    splat0 = ir.Constant(ir.VectorType(ir.IntType(32), w), [0] * w)
+    bv = [builder.load(builder.bitcast(builder.gep(brow, [cst(j * w)]), vptr), align=esize)
+          for j in range(nvec)]
+    new = []
+    for i, a_off in enumerate(a_rows):
+        s = builder.load(builder.gep(arow, [a_off]), align=esize)
+        sv = builder.shuffle_vector(
+            builder.insert_element(undef, s, ir.Constant(ir.IntType(32), 0)), undef, splat0)
+        for j in range(nvec):
+            new.append(fma(sv, bv[j], accs[i * nvec + j]))
+    return new
 
 
 def _fma(builder, vty, w, esize):
