@@ -3,9 +3,10 @@
 Paths (the jitted code is in ``_conv.py``; the GEMM machinery is ``_gemm.py``'s):
 
 * **implicit GEMM** for general convolutions: the im2col matrix is packed block by block straight
-  into the micro-kernel's panel layout (never materialised), the weight is packed once per call
-  and shared by the threads. NCHW output: ``Y_n (K x HoWo) = W (K x C*R*S) @ col_n`` per image
-  (bias per row). NHWC output: ``Y (N*HoWo x K) = col (N*HoWo x R*S*C) @ W^T`` (bias per column).
+  into the micro-kernel's panel layout (never materialised). NCHW output: ``Y_n (K x HoWo) = W
+  (K x C*R*S) @ col_n`` per image (bias per row; the weight's rows are read in place; on small
+  planes the columns run over all images). NHWC output: ``Y (N*HoWo x K) = col (N*HoWo x R*S*C)
+  @ W^T`` (bias per column; the weight packed once per call and shared by the threads).
 * **shifted GEMM** for stride-1 NCHW forwards on large planes (``Conv2dConfig.kernel``): one GEMM
   per kernel tap on the input read in place (or from one zero-padded copy), so no im2col panel
   is packed at all; see ``_conv``'s docstring.
@@ -74,8 +75,8 @@ class Conv2dConfig(GemmBlocking):
         im2col panels packed block by block), "shift" (the shifted GEMM: one GEMM per kernel
         tap on the input read in place, or on one zero-padded copy of it), or "auto" (shift
         where a batch has at least ``SHIFT_MIN_PIXELS`` output pixels per channel, on planes of
-        at least ``SHIFT_MIN_PLANE``: where it measured faster). Other
-        convolutions, and the backward ops, ignore it.
+        at least ``SHIFT_MIN_PLANE``: where it measured faster). Other convolutions, and the
+        backward ops, ignore it.
     """
 
     kernel: str = "auto"
