@@ -565,8 +565,10 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, bias, c, geo, ct
                 for jr in range(0, nb, nr):
                     cols = min(nr, nb - jr)
                     # the grid's last sliver reads past the plane: in place where that stays
-                    # inside the source (the padded copy has room after its last plane)
-                    if cols == nr or boff + jr + maxoff + (kb - 1) * pstride + nr <= src.size:
+                    # inside the source (the padded copy has room after its last plane); the
+                    # highest row is the last one, or the first where channels run backwards
+                    top = boff + max(0, (kb - 1) * pstride)
+                    if cols == nr or top + jr + maxoff + nr <= src.size:
                         _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, src, boff + jr, pstride,
                                      toffs, c, obase + jc + jr, hw, junk, scr, jr, ncpad, cols,
                                      cb == 0, ct)
