@@ -4,6 +4,7 @@ A kernel file only knows how to launch its own kernel: no dispatch, no tuning, n
 """
 
 import functools
+import math
 
 # Epilogue activations every matmul/conv kernel implements. The names are the public API's.
 # "gelu" is the exact erf form; "gelu_tanh" is torch's approximate="tanh".
@@ -26,5 +27,14 @@ def torch_activations() -> dict:
     import torch
     import torch.nn.functional as F
 
-    return {"relu": torch.relu, "gelu": F.gelu,
+    # torch's vectorised float32 GELU on an AVX-512 CPU (torch 2.13) returns NaN for +inf, where
+    # every other kernel (and the float64 reference) gives +inf: put +inf back there.
+    cap = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else ""
+    if cap.startswith("AVX512"):
+        def gelu(x):
+            y = F.gelu(x)
+            return torch.where(x == math.inf, x, y) if x.device.type == "cpu" else y
+    else:
+        gelu = F.gelu
+    return {"relu": torch.relu, "gelu": gelu,
             "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu}

@@ -9,7 +9,7 @@ K = 1 and ``C = a @ b`` is exact (reference.activation_grid: 1024 points per oct
 Bounds are about twice what each backend measures (bench/probes/activation_accuracy.py prints
 the float32 figures, ``-s`` here prints all): SiLU and tanh-GELU as x / (1 + exp(-z)) reach
 torch's SiLU accuracy (a few ulp). The float32 erf-GELU forms 0.5 x (1 + erf) cancel for x < 0
-(torch 2e-4, Triton 8e-5, Numba 6e-4) and torch's tanh-GELU does (1.5e-4): bounded at what they
+(torch 2e-4 with AVX2, 8e-4 with AVX-512; Triton 8e-5, Numba 6e-4) and torch's tanh-GELU does (1.5e-4): bounded at what they
 do, so they cannot get worse unnoticed. float64: Numba's libm forms are cancellation-free.
 """
 
@@ -25,7 +25,8 @@ ACTS = ("relu", "gelu", "gelu_tanh", "silu")
 BOUNDS = {
     ("numba", "float32"): {"relu": 0.0, "gelu": 1.2e-3, "gelu_tanh": 2.5e-6, "silu": 3e-7},
     ("numba", "float64"): {"relu": 0.0, "gelu": 1e-14, "gelu_tanh": 1e-14, "silu": 1e-15},
-    ("torch", "float32"): {"relu": 0.0, "gelu": 4e-4, "gelu_tanh": 3e-4, "silu": 3e-7},
+    # (torch's erf-GELU: 2e-4 with AVX2, 8.1e-4 with its AVX-512 kernel on a Zen 5)
+    ("torch", "float32"): {"relu": 0.0, "gelu": 1.2e-3, "gelu_tanh": 3e-4, "silu": 3e-7},
     ("torch", "float64"): {"relu": 0.0, "gelu": 1e-12, "gelu_tanh": 1e-12, "silu": 1e-15},
     ("triton", "float32"): {"relu": 0.0, "gelu": 2e-4, "gelu_tanh": 2.5e-6, "silu": 3e-7},
 }
