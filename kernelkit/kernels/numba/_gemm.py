@@ -38,8 +38,9 @@ from kernelkit.kernels import ACT_CODES
 from kernelkit.kernels.numba import _cache
 
 
-def _target_features() -> tuple[int, bool]:
-    """(vector bits, has FMA) of what Numba compiles for: NUMBA_CPU_FEATURES, else the host's."""
+def _target_features() -> tuple[int, bool, bool]:
+    """(vector bits, has FMA, has AVX-512 BF16) of what Numba compiles for: NUMBA_CPU_FEATURES,
+    else the host's."""
     if numba.config.CPU_FEATURES is not None:
         feats = set(numba.config.CPU_FEATURES.replace(" ", "").split(","))
         has = lambda f: f"+{f}" in feats
@@ -52,10 +53,18 @@ def _target_features() -> tuple[int, bool]:
         except Exception:  # noqa: BLE001 - no feature probe: assume a baseline x86-64
             has = lambda f: False
     bits = 512 if has("avx512f") else 256 if has("avx") else 128
-    return bits, has("fma")
+    # (the BF16 intrinsics take <32 x bfloat> from LLVM 17 on, <16 x i32> before: only the former
+    # is emitted; an older LLVM takes the float32 fallback)
+    try:
+        from llvmlite import binding as ll
+
+        new_llvm = ll.llvm_version_info >= (17,)
+    except Exception:  # noqa: BLE001
+        new_llvm = False
+    return bits, has("fma"), bits == 512 and has("avx512bf16") and new_llvm
 
 
-_VEC_BITS, _HAS_FMA = _target_features()
+_VEC_BITS, _HAS_FMA, HAS_BF16_DOT = _target_features()
 # Register tile (MR rows x NR columns) per dtype and vector width; NR is two vectors. The
 # accumulators (MR * 2 vectors) plus two B vectors and a broadcast fit the register file:
 # 12 x 2 zmm + 3 of AVX-512's 32 registers, 6 x 2 ymm + 3 (4 x 2 xmm + 3) of 16.
@@ -64,6 +73,10 @@ TILE: dict[str, tuple[int, int]] = {
     "float32": (_MR, 2 * _VEC_BITS // 32),
     "float64": (_MR, 2 * _VEC_BITS // 64),
 }
+# bfloat16 pairs: slivers of uint32, each two bfloat16 neighbours along K (``_bf16dot``); one
+# VDPBF16PS (AVX-512 BF16 only) multiplies and adds both into a float32 lane, so the tile is the
+# float32 one and a K step covers two values of K.
+TILE["uint32"] = TILE["float32"]
 
 # Epilogue activation codes (module constants: numba freezes them into the jitted code).
 ACT_NONE, ACT_RELU, ACT_GELU, ACT_GELU_TANH, ACT_SILU = (
@@ -104,7 +117,7 @@ def entry_point(disp, sig):
 
 
 def _dtype_name(nbtype) -> str:
-    return "float32" if nbtype == types.float32 else "float64"
+    return {types.float32: "float32", types.uint32: "uint32"}.get(nbtype, "float64")
 
 
 def tile(x):
@@ -119,13 +132,16 @@ def _tile_ov(x):
 
 
 def _ukernel_typing(arrays):
-    """(MR, NR) when ``arrays`` are 1-D arrays of one float dtype, else None (no match)."""
+    """(MR, NR) when ``arrays`` (A, B, C) are 1-D arrays of one float dtype, or A and B bfloat16
+    pair slivers (uint32) and C float32 where the target has AVX-512 BF16; else None (no match)."""
     if not all(isinstance(t, types.Array) and t.ndim == 1 for t in arrays):
         return None
-    if not (len({t.dtype for t in arrays}) == 1 and arrays[0].dtype in (types.float32,
-                                                                         types.float64)):
+    a, b, c = (t.dtype for t in arrays)
+    if HAS_BF16_DOT and a == b == types.uint32 and c == types.float32:
+        return TILE["uint32"]
+    if not (a == b == c and a in (types.float32, types.float64)):
         return None
-    return TILE[_dtype_name(arrays[0].dtype)]
+    return TILE[_dtype_name(a)]
 
 
 @intrinsic
@@ -133,7 +149,9 @@ def ukernel(typingctx, kc, ap, aoff, bp, boff, cp, coff, ldc, accumulate):
     """C[coff + i*ldc + j] (+)= sum_p ap[aoff + p*MR + i] * bp[boff + p*NR + j], i < MR, j < NR.
 
     ``ap``, ``bp``, ``cp`` are 1-D contiguous arrays of one float dtype; ``accumulate`` != 0 adds
-    to C, else overwrites it. ``kc`` may be 0 (writes zeros or leaves C unchanged).
+    to C, else overwrites it. ``kc`` may be 0 (writes zeros or leaves C unchanged). With uint32
+    ``ap`` and ``bp`` (bfloat16 pairs, AVX-512 BF16 only) and float32 ``cp``, each product is the
+    sum of a pair's two products and ``kc`` counts pairs.
     """
     tile_mn = _ukernel_typing((ap, bp, cp))
     if tile_mn is None:
@@ -194,8 +212,7 @@ def _ukernel_body(context, builder, sig, tile_mn, kc_v, packed, ap_v, aoff_v, a_
     a_ty = sig.args[1]
     b_ty = sig.args[3] if packed else sig.args[5]
     c_ty = sig.args[5] if packed else sig.args[8]
-    dt = a_ty.dtype
-    elt = context.get_value_type(dt)
+    elt = context.get_value_type(c_ty.dtype)  # the accumulators' (and C's) element type
     esize = context.get_abi_sizeof(elt)
     w = _VEC_BITS // (8 * esize)
     nvec = nr // w
@@ -211,9 +228,21 @@ def _ukernel_body(context, builder, sig, tile_mn, kc_v, packed, ap_v, aoff_v, a_
         a_rows = [cst(i) for i in range(mr)]
     a_step = cst(mr) if packed else a_cs_v
     b_step = cst(nr) if packed else b_rs_v
-    zero = ir.Constant(vty, [0.0] * w)
-    fma = _fma(builder, vty, w, esize)
+    if a_ty.dtype == types.uint32:  # bfloat16 pairs: loaded as i32 lanes, multiplied in pairs
+        lty, fma = ir.VectorType(ir.IntType(32), w), _dpbf16(builder)
+    else:
+        lty, fma = vty, _fma(builder, vty, w, esize)
+    finals = _k_loop(builder, kc_v, mr * nvec, vty, cst, lambda p, accs: _k_step(
+        builder, builder.gep(A, [builder.mul(p, a_step)]), a_rows,
+        builder.gep(B, [builder.mul(p, b_step)]), accs, fma, lty, esize, cst))
+    _store_tile(builder, C, ldc_v, acc_v, finals, mr, nvec, w, vptr, esize, cst)
 
+
+def _k_loop(builder, kc_v, nacc, vty, cst, step):
+    """Emit ``for p in range(kc): accs = step(p, accs)`` with ``nacc`` vector accumulators as
+    SSA values (phis, zero on entry) that stay in registers; their values after the loop."""
+    intp = kc_v.type
+    zero = ir.Constant(vty, [0.0] * vty.count)
     pre = builder.block
     loop = builder.append_basic_block("uk.loop")
     done = builder.append_basic_block("uk.done")
@@ -223,12 +252,11 @@ def _ukernel_body(context, builder, sig, tile_mn, kc_v, packed, ap_v, aoff_v, a_
     p = builder.phi(intp)
     p.add_incoming(cst(0), pre)
     accs = []
-    for _ in range(mr * nvec):
+    for _ in range(nacc):
         ph = builder.phi(vty)
         ph.add_incoming(zero, pre)
         accs.append(ph)
-    new = _k_step(builder, builder.gep(A, [builder.mul(p, a_step)]), a_rows,
-                  builder.gep(B, [builder.mul(p, b_step)]), accs, fma, vty, esize, cst)
+    new = step(p, accs)
     pn = builder.add(p, cst(1))
     p.add_incoming(pn, loop)
     for ph, nv in zip(accs, new):
@@ -237,12 +265,12 @@ def _ukernel_body(context, builder, sig, tile_mn, kc_v, packed, ap_v, aoff_v, a_
 
     builder.position_at_end(done)
     finals = []
-    for i in range(mr * nvec):
+    for i in range(nacc):
         ph = builder.phi(vty)
         ph.add_incoming(zero, pre)
         ph.add_incoming(new[i], loop)
         finals.append(ph)
-    _store_tile(builder, C, ldc_v, acc_v, finals, mr, nvec, w, vptr, esize, cst)
+    return finals
 
 
 @intrinsic
@@ -257,8 +285,8 @@ def ukernel_taps(typingctx, kc, ntap, toffs, ap, aoff, a_tap, bp, boff, b_rs, cp
     GEMM's convolution taps: one C tile load and store per call instead of one per tap.
     """
     tile_mn = _ukernel_typing((ap, bp, cp))
-    if tile_mn is None or not (isinstance(toffs, types.Array) and toffs.ndim == 1
-                               and toffs.dtype == types.int64):
+    if tile_mn is None or ap.dtype == types.uint32 or not (
+            isinstance(toffs, types.Array) and toffs.ndim == 1 and toffs.dtype == types.int64):
         return None
     sig = types.void(kc, ntap, toffs, ap, aoff, a_tap, bp, boff, b_rs, cp, coff, ldc,
                      accumulate)
@@ -347,7 +375,10 @@ def ukernel_taps(typingctx, kc, ntap, toffs, ap, aoff, a_tap, bp, boff, b_rs, cp
 
 def _k_step(builder, arow, a_rows, brow, accs, fma, vty, esize, cst):
     """One step of K: load B's row (NR / W vectors), broadcast each of A's MR values (at
-    ``arow`` + ``a_rows[i]``) and FMA them into the MR * NR / W accumulators; the new values."""
+    ``arow`` + ``a_rows[i]``) and FMA them into the MR * NR / W accumulators; the new values.
+
+    ``vty`` is the type B and the broadcasts load as (the accumulators' type, but for bfloat16
+    pairs: i32 lanes, which ``fma``, VDPBF16PS there, reads as two bfloat16 each)."""
     w = vty.count
     nvec = len(accs) // len(a_rows)
     vptr = vty.as_pointer()
@@ -363,6 +394,32 @@ def _k_step(builder, arow, a_rows, brow, accs, fma, vty, esize, cst):
         for j in range(nvec):
             new.append(fma(sv, bv[j], accs[i * nvec + j]))
     return new
+
+
+class _BFloat16(ir.Type):
+    """LLVM's ``bfloat`` (llvmlite's IR builder has no such type): the operand type of the
+    AVX-512 BF16 intrinsics since LLVM 17."""
+
+    def _to_string(self):
+        return "bfloat"
+
+    def __eq__(self, other):
+        return isinstance(other, _BFloat16)
+
+    def __hash__(self):
+        return hash("bfloat")
+
+
+def _dpbf16(builder):
+    """acc + a[0::2] * b[0::2] + a[1::2] * b[1::2] on 16 float32 lanes from 32 bfloat16 pairs
+    given as <16 x i32> (VDPBF16PS: products exact, sums in float32, round to nearest even,
+    denormal inputs and outputs flushed to zero)."""
+    f16 = ir.VectorType(ir.FloatType(), 16)
+    b32 = ir.VectorType(_BFloat16(), 32)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f16, [f16, b32, b32]),
+                                        "llvm.x86.avx512bf16.dpbf16ps.512")
+    return lambda a, b, acc: builder.call(fn, [acc, builder.bitcast(a, b32),
+                                              builder.bitcast(b, b32)])
 
 
 def _fma(builder, vty, w, esize):

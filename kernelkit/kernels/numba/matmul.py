@@ -35,7 +35,7 @@ from numba import prange, types
 
 from kernelkit import devices
 from kernelkit.kernels.config import KernelConfig
-from kernelkit.kernels.numba import _gemm, _half
+from kernelkit.kernels.numba import _bf16dot, _gemm, _half
 from kernelkit.kernels.numba._gemm import (
     _JIT,
     _U,
@@ -307,6 +307,53 @@ def _gemm_parallel(a3, b3, bias, has_bias, act, out3, mc, kc, nc, nthr):
         _gemm_part(np.int64(t), nthr, a3, b3, bias, has_bias, act, out3, mc, kc, nc)
 
 
+@numba.njit(**_JIT)
+def _bf16_part(t, nthr, a3, b3, bias, has_bias, act, out3, mc, kc, nc):
+    """``_gemm_part`` for bfloat16 A and B (uint16 bits) into float32 ``out3`` through VDPBF16PS:
+    the same blocking and thread shares, with slivers of K pairs (``_bf16dot``); ``kc`` counts
+    K values (an even number in every block but the last)."""
+    nbat, m, k = a3.shape
+    n = b3.shape[2]
+    mr, nr = tile(out3)
+    af, alo, sa0, sam, sak = _operand(a3)
+    bf, blo, sb0, sbk, sbn = _operand(b3)
+    c = out3.reshape(-1)
+    b_first, b_step, r0, r1, c0, c1 = _share(t, nthr, nbat, m, n, mr, nr)
+    if r1 <= r0 or c1 <= c0 or b_first >= nbat:
+        return
+    mb_all, nb_all = r1 - r0, c1 - c0
+    mc, kc, nc = _blocks(mb_all, nb_all, k, mc, kc, nc, mr, nr)
+    kc += kc & 1
+    kp = (kc + 1) // 2
+    apack = np.empty(mc * kp, np.uint32)
+    bpack = np.empty(nc * kp, np.uint32)
+    ct = np.empty(mr * nr, np.float32)
+    for bi in range(b_first, nbat, b_step):
+        aoff = -alo + bi * sa0 + r0 * sam
+        boff = -blo + bi * sb0 + c0 * sbn
+        coff = bi * m * n + r0 * n + c0
+        for jc in range(0, nb_all, nc):
+            nb = min(nc, nb_all - jc)
+            for pc in range(0, k, kc):
+                kb = min(kc, k - pc)
+                _bf16dot.pack_b_pairs(bf, boff + pc * sbk + jc * sbn, sbk, sbn, kb, nb, bpack,
+                                      0, 0, _cdiv(nb, nr))
+                for ic in range(0, mb_all, mc):
+                    mb = min(mc, mb_all - ic)
+                    _bf16dot.pack_a_pairs(af, aoff + ic * sam + pc * sak, sam, sak, mb, kb,
+                                          apack, 0)
+                    macro_kernel(mb, nb, (kb + 1) // 2, apack, 0, bpack, 0, c,
+                                 coff + ic * n + jc, n, pc == 0, pc + kb >= k, ct, 0, bias,
+                                 has_bias, c0 + jc, act)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _bf16_parallel(a3, b3, bias, has_bias, act, out3, mc, kc, nc, nthr):
+    """The bfloat16 GEMM on nthr threads, one parallel region per call."""
+    for t in prange(nthr):
+        _bf16_part(np.int64(t), nthr, a3, b3, bias, has_bias, act, out3, mc, kc, nc)
+
+
 # -------------------------------------------------------------------- unpacked small/skinny kernels
 # Each ``_<kernel>_part(t, nthr, a3, b3, bias, has_bias, act, out3, chunk)`` computes thread t's
 # share of the whole batched product (t = 0, nthr = 1 on the calling thread), reading A and B in
@@ -505,12 +552,14 @@ _UNPACKED = {"rows": (_rows_part, _rows_parallel), "dots": (_dots_part, _dots_pa
 
 # ----------------------------------------------------------------------------------------- launch
 
-def _sig(fn_args: str, dtype):
-    """Numba signature with 'A'-layout (any strides), read-only inputs: one compile per dtype."""
+def _sig(fn_args: str, dtype, out_dtype=None):
+    """Numba signature with 'A'-layout (any strides), read-only inputs: one compile per dtype
+    (``out_dtype``: of the output and bias, where it differs from the inputs')."""
     nb = numba.from_dtype(np.dtype(dtype))
-    ro = lambda nd: types.Array(nb, nd, "A", readonly=True)
-    out = types.Array(nb, 3, "C")
-    common = (ro(3), ro(3), ro(1), types.boolean, types.intp, out)
+    nbo = numba.from_dtype(np.dtype(out_dtype or dtype))
+    ro = lambda nd, t=nb: types.Array(t, nd, "A", readonly=True)
+    out = types.Array(nbo, 3, "C")
+    common = (ro(3), ro(3), ro(1, nbo), types.boolean, types.intp, out)
     if fn_args == "small":
         return types.void(*common)
     blocks = (types.intp, types.intp, types.intp)
@@ -544,6 +593,42 @@ class _Compiled:
 
 
 _COMPILED: dict = {}
+_BF16: list = []  # (serial, parallel) entry points of the VDPBF16PS GEMM, once compiled
+
+
+def _bf16_compiled():
+    if not _BF16:
+        _BF16.extend(entry_point(disp, _sig(kind, np.uint16, np.float32))
+                     for disp, kind in ((_bf16_part, "serial"), (_bf16_parallel, "parallel")))
+    return _BF16
+
+
+def bf16_dot(dtype_char: str, m: int, n: int, k: int, config: MatmulConfig | None) -> bool:
+    """Whether a product runs as the bfloat16 GEMM through AVX-512 BF16 (the CPU has it, the
+    operands are bfloat16 bits, the packed kernel is asked for and the product is not tiny)."""
+    return (dtype_char == "H" and _gemm.HAS_BF16_DOT and k > 0 and m * n * k >= SMALL_WORK
+            and (config is None or config.kernel == "packed"))
+
+
+def _matmul_bf16(a, b, bias, act, config):
+    """act(a @ b + bias) for bfloat16 bits (uint16) through VDPBF16PS: float32 (B, M, N)."""
+    nbat, m, k = a.shape
+    n = b.shape[2]
+    out = np.empty((nbat, m, n), np.float32)
+    has_bias = bias is not None
+    bias = _half.widen(bias) if has_bias else np.zeros(0, np.float32)
+    if not (a.flags.aligned and b.flags.aligned):
+        a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    cfg = config or _default(np.float32)
+    # the float32 blocking's footprints hold twice the K of bfloat16
+    blocks = (cfg.mc, 2 * cfg.kc, cfg.nc)
+    serial, parallel = _bf16_compiled()
+    nthr = numba.get_num_threads()
+    if m * n * k * nbat < SERIAL_WORK or nthr == 1:
+        serial(0, 1, a, b, bias, has_bias, act, out, *blocks)
+    else:
+        parallel(a, b, bias, has_bias, act, out, *blocks, nthr)
+    return out
 
 
 def _compiled(dtype) -> _Compiled:
@@ -560,6 +645,10 @@ def warm(dtype: str) -> str:
     _compiled(_half.compute_dtype(dtype))
     if dtype == "float16":
         _half.warm_f16()
+    if dtype == "bfloat16":
+        _half.warm_bf16()
+        if _gemm.HAS_BF16_DOT:
+            _bf16_compiled()
     return _gemm.warm_result(before)
 
 
@@ -577,6 +666,8 @@ def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
     # (inline, not the _half.in_float32 wrapper the conv entry points use: this is the hot path
     # of every float32 call, where one more Python call level costs a measurable share)
     if dtype.char in _half.HALF_CHARS:
+        if a.ndim == 3 and bf16_dot(dtype.char, a.shape[1], b.shape[2], a.shape[2], config):
+            return _half.narrow(_matmul_bf16(a, b, bias, ACT_CODES[activation], config), "H")
         out = matmul_forward(_half.widen(a), _half.widen(b), _half.widen(bias), activation,
                              config, allow_tf32)
         return _half.narrow(out, dtype.char)
