@@ -9,11 +9,7 @@ ones, the 7x7 stem included, where "shift" falls back to the implicit GEMM), fp3
 one GEMM per kernel tap on the input read in place or from one padded copy), what the default
 config runs ("auto"), and torch's F.conv2d, each with the default blocking. Each round calls
 every row in its steady state: untimed calls for at least ``--warm`` seconds, then ``--reps``
-timed calls back to back; each round starts at the next row. Why not one call after the other:
-torch's OpenMP workers spin for milliseconds after each op (libgomp's default spin count; PAUSE
-is slow on Zen), so a kernelkit call right after torch runs on one core (at batch 1 up to 2x
-slower); and after a pause this VM's idle vCPUs wake slowly, which slows every row's first
-calls. The table gives medians over all timed calls and torch / ours (> 1: ours faster), and
+timed calls back to back; each round starts at the next row (``_steady.py`` says why). The table gives medians over all timed calls and torch / ours (> 1: ours faster), and
 the geometric means.
 """
 
@@ -23,7 +19,6 @@ import argparse
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numba
@@ -34,6 +29,9 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from reference import CONV_RESNET50  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _steady import steady_medians  # noqa: E402
 
 from kernelkit.kernels.numba import conv2d as nconv  # noqa: E402
 
@@ -74,20 +72,7 @@ def main() -> None:
 
         fns = [lambda kern=kern: ours(kern) for kern in KERNELS]
         fns.append(lambda xt=xt, wt=wt, st=st, pad=pad: F.conv2d(xt, wt, stride=st, padding=pad))
-        times: list[list[float]] = [[] for _ in fns]
-        for rnd in range(args.rounds):
-            for j in range(len(fns)):
-                i = (rnd + j) % len(fns)
-                fn = fns[i]
-                t_end = time.perf_counter() + args.warm
-                fn()
-                while time.perf_counter() < t_end:
-                    fn()
-                for _ in range(args.reps):
-                    t0 = time.perf_counter()
-                    fn()
-                    times[i].append(time.perf_counter() - t0)
-        med = [statistics.median(t) * 1e3 for t in times]
+        med = [t * 1e3 for t in steady_medians(fns, args.rounds, args.warm, args.reps)]
         for kern, m in zip(KERNELS, med):
             ratios[kern].append(med[-1] / m)
         print(f"{c:5d} {k:5d} {hw:4d} {r} {st} " + " ".join(f"{m:9.3f}" for m in med) + " "

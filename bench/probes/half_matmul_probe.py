@@ -7,34 +7,35 @@ float32 one (issue 13's fp16 bar: at least 0.8x) and of torch's (its bf16 bar: a
 
 The first two rows are ``kernelkit.matmul`` on torch CPU tensors with the Numba backend forced
 (the tuner picks each dtype's config), the third ``torch.matmul`` on the half-precision tensors;
-one call of each per round, medians over the rounds. The rows in
-``bench/test_bench_half.py`` run one after the other, and at 256^3 (about 0.5 ms a call) this VM's
-drift between them was larger than the difference being measured (the float32 row alone read 33
-to 63 GFLOP/s across runs); here both rows see the same moments.
+each row timed in its steady state, rows interleaved (``_steady.py``: torch's
+spinning OpenMP workers would otherwise slow the call after torch's), medians over the rounds.
+The rows in ``bench/test_bench_half.py`` run one after the other, and at 256^3 (about 0.5 ms a
+call) this VM's drift between them was larger than the difference being measured (the float32
+row alone read 33 to 63 GFLOP/s across runs); here all rows see the same moments.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _steady import steady_medians  # noqa: E402
 
 import kernelkit  # noqa: E402
 from kernelkit import devices  # noqa: E402
-
-ROUNDS = {256: 300, 1024: 40, 2048: 10}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 2048])
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
+    ap.add_argument("--rounds", type=int, default=8)
     args = ap.parse_args()
     torch.set_num_threads(2)
     print(f"cpu: {devices.cpu_info()['model']}; {args.dtype} vs float32, Numba forced; torch "
@@ -56,13 +57,7 @@ def main() -> int:
         for fn in rows.values():  # tune each size (the first call) and warm up
             fn()
             fn()
-        times: dict[str, list[float]] = {k: [] for k in rows}
-        for _ in range(ROUNDS.get(n, 10)):
-            for name, fn in rows.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = dict(zip(rows, steady_medians(list(rows.values()), args.rounds)))
         flops = 2.0 * n**3
         gf = {k: flops / v / 1e9 for k, v in med.items()}
         print(f"| {n} | {gf['fp32']:.1f} | {gf['half']:.1f} | {gf['torch']:.1f} | "

@@ -1,0 +1,33 @@
+"""Timing rows in their steady state, interleaved: the method the CPU probes share.
+
+torch's OpenMP workers spin for milliseconds after each op (libgomp's default spin count; PAUSE
+is slow on Zen), so a kernelkit call right after a torch call runs on one core (up to 2x slower
+at small sizes); and after a pause this VM's idle vCPUs wake slowly, which slows every row's
+first calls. So each round calls every row in its steady state: untimed calls for at least
+``warm`` seconds, then ``reps`` timed calls back to back; each round starts at the next row.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+
+def steady_medians(fns: Sequence[Callable[[], object]], rounds: int = 6, warm: float = 0.03,
+                   reps: int = 3) -> list[float]:
+    """Median seconds per call of each of ``fns``, over ``rounds * reps`` timed calls each."""
+    times: list[list[float]] = [[] for _ in fns]
+    for rnd in range(rounds):
+        for j in range(len(fns)):
+            i = (rnd + j) % len(fns)
+            fn = fns[i]
+            t_end = time.perf_counter() + warm
+            fn()
+            while time.perf_counter() < t_end:
+                fn()
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                fn()
+                times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
