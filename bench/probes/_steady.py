@@ -17,6 +17,12 @@ from collections.abc import Callable, Sequence
 def steady_medians(fns: Sequence[Callable[[], object]], rounds: int = 6, warm: float = 0.03,
                    reps: int = 3) -> list[float]:
     """Median seconds per call of each of ``fns``, over ``rounds * reps`` timed calls each."""
+    return [statistics.median(t) for t in steady_times(fns, rounds, warm, reps)]
+
+
+def steady_times(fns: Sequence[Callable[[], object]], rounds: int = 6, warm: float = 0.03,
+                 reps: int = 3) -> list[list[float]]:
+    """Every timed call's seconds, per function (``rounds * reps`` each)."""
     times: list[list[float]] = [[] for _ in fns]
     for rnd in range(rounds):
         for j in range(len(fns)):
@@ -30,4 +36,4 @@ def steady_medians(fns: Sequence[Callable[[], object]], rounds: int = 6, warm: f
                 t0 = time.perf_counter()
                 fn()
                 times[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
+    return times

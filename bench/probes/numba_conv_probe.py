@@ -11,8 +11,9 @@ Sets (the issue's bars):
   dw      MobileNetV2's depthwise 3x3 convs (CONV_MOBILENET_DW), pad 1, ours vs F.conv2d.
 
 Both sides use the same thread count (numba.set_num_threads, torch.set_num_threads,
-threadpoolctl). Each case is timed in alternating blocks of back-to-back calls with a short pause
-between blocks; the table gives each side's median time and the ratio torch / ours (> 1: ours
+threadpoolctl). Each case is timed in its steady state, the two sides interleaved (``--blocks``
+rounds of ``--warm`` seconds of untimed calls, then ``--reps`` timed ones: ``_steady.py``); the
+table gives each side's median time and the ratio torch / ours (> 1: ours
 is faster) of the medians and of the best times (less sensitive to other load on a shared
 machine), and the geometric means of the ratios per set and layout.
 """
@@ -23,7 +24,6 @@ import argparse
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numba
@@ -35,28 +35,24 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from reference import CONV_MOBILENET_DW, CONV_RESNET50  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _steady import steady_times  # noqa: E402
+
 from kernelkit.kernels.numba.conv2d import conv2d_forward  # noqa: E402
 
 
-def _time(fns, reps, blocks, pause):
-    times = [[] for _ in fns]
-    for _ in range(blocks):
-        for i, fn in enumerate(fns):
-            time.sleep(pause)
-            for _ in range(reps):
-                t = time.perf_counter()
-                fn()
-                times[i].append(time.perf_counter() - t)
-    return [(statistics.median(t), min(t)) for t in times]
+def _time(fns, reps, blocks, warm):
+    """(median, best) seconds per call of each of ``fns``, in their steady state (``_steady``)."""
+    return [(statistics.median(t), min(t)) for t in steady_times(fns, blocks, warm, reps)]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--blocks", type=int, default=2)
-    p.add_argument("--pause", type=float, default=0.05)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--blocks", type=int, default=6)
+    p.add_argument("--warm", type=float, default=0.03)
     p.add_argument("--sets", nargs="+", default=["resnet", "fused", "dw"])
     p.add_argument("--layouts", nargs="+", default=["NCHW", "NHWC"])
     p.add_argument("--dtype", default="float32")
@@ -114,7 +110,7 @@ def main() -> None:
                     want = want.permute(0, 2, 3, 1) if layout == "NHWC" else want
                     err = np.max(np.abs(got - want.numpy())) / (np.max(np.abs(want.numpy())) + 1e-30)
                     assert err < 1e-3, f"mismatch {err}"
-                    (to, bo), (tt, bt) = _time([ours, ref], args.reps, args.blocks, args.pause)
+                    (to, bo), (tt, bt) = _time([ours, ref], args.reps, args.blocks, args.warm)
                     ho = (hw + 2 * pd - kk) // st + 1
                     flop = 2.0 * n * co * ho * ho * (ci // g) * kk * kk
                     ratios.append(tt / to)
