@@ -28,13 +28,12 @@ def torch_activations() -> dict:
     import torch.nn.functional as F
 
     # torch's vectorised float32 GELU on an AVX-512 CPU (torch 2.13) returns NaN for +inf, where
-    # every other kernel (and the float64 reference) gives +inf: put +inf back there.
-    cap = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else ""
-    if cap.startswith("AVX512"):
-        def gelu(x):
-            y = F.gelu(x)
-            return torch.where(x == math.inf, x, y) if x.device.type == "cpu" else y
-    else:
-        gelu = F.gelu
+    # every other kernel (and the float64 reference) gives +inf: put +inf back there. On every CPU
+    # tensor (probing the CPU here would break torch.compile's full graphs; Inductor fuses the
+    # select into the GELU, eager pays one more elementwise pass).
+    def gelu(x):
+        y = F.gelu(x)
+        return torch.where(x == math.inf, x, y) if x.device.type == "cpu" else y
+
     return {"relu": torch.relu, "gelu": gelu,
             "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu}
