@@ -648,34 +648,46 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, bias, c, geo):
 
 
 @numba.njit(inline="always", **_JIT)
-def _dw3_row(c, o, xf, ro, lo, hi, sh, a0, a1, a2, first):
-    """c[o + ow] (=, or += when not first) a0*x[ro + sh*ow] + a1*x[.. + 1] + a2*x[.. + 2], ow in [lo, hi)."""
-    if sh == 1:
-        if first:
-            for ow in range(lo, hi):
-                q = ro + ow
-                c[_U(o + ow)] = a0 * xf[_U(q)] + a1 * xf[_U(q + 1)] + a2 * xf[_U(q + 2)]
-        else:
-            for ow in range(lo, hi):
-                q = ro + ow
-                c[_U(o + ow)] += a0 * xf[_U(q)] + a1 * xf[_U(q + 1)] + a2 * xf[_U(q + 2)]
+def _dw3_line(c, o, xf, rt, rm, rb, top, bot, ws, b, lo, hi, sh):
+    """c[o + ow] = b + the 3x3 stencil ``ws`` for output columns ow in [lo, hi), whose input
+    columns sh*ow - 1 .. sh*ow + 1 all exist: ``rt``, ``rm``, ``rb`` index input column -1 of
+    the rows above, at and below the centre; the row above (below) counts only when ``top``
+    (``bot``): one pass, no tap of the padding multiplied (0 * Inf would be NaN)."""
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = ws
+    if top and bot:
+        for ow in range(lo, hi):
+            q = sh * ow
+            c[_U(o + ow)] = (w0 * xf[_U(rt + q)] + w1 * xf[_U(rt + q + 1)]
+                             + w2 * xf[_U(rt + q + 2)] + w3 * xf[_U(rm + q)]
+                             + w4 * xf[_U(rm + q + 1)] + w5 * xf[_U(rm + q + 2)]
+                             + w6 * xf[_U(rb + q)] + w7 * xf[_U(rb + q + 1)]
+                             + w8 * xf[_U(rb + q + 2)] + b)
+    elif top:
+        for ow in range(lo, hi):
+            q = sh * ow
+            c[_U(o + ow)] = (w0 * xf[_U(rt + q)] + w1 * xf[_U(rt + q + 1)]
+                             + w2 * xf[_U(rt + q + 2)] + w3 * xf[_U(rm + q)]
+                             + w4 * xf[_U(rm + q + 1)] + w5 * xf[_U(rm + q + 2)] + b)
+    elif bot:
+        for ow in range(lo, hi):
+            q = sh * ow
+            c[_U(o + ow)] = (w3 * xf[_U(rm + q)] + w4 * xf[_U(rm + q + 1)]
+                             + w5 * xf[_U(rm + q + 2)] + w6 * xf[_U(rb + q)]
+                             + w7 * xf[_U(rb + q + 1)] + w8 * xf[_U(rb + q + 2)] + b)
     else:
-        if first:
-            for ow in range(lo, hi):
-                q = ro + 2 * ow
-                c[_U(o + ow)] = a0 * xf[_U(q)] + a1 * xf[_U(q + 1)] + a2 * xf[_U(q + 2)]
-        else:
-            for ow in range(lo, hi):
-                q = ro + 2 * ow
-                c[_U(o + ow)] += a0 * xf[_U(q)] + a1 * xf[_U(q + 1)] + a2 * xf[_U(q + 2)]
+        for ow in range(lo, hi):
+            q = sh * ow
+            c[_U(o + ow)] = (w3 * xf[_U(rm + q)] + w4 * xf[_U(rm + q + 1)]
+                             + w5 * xf[_U(rm + q + 2)] + b)
 
 
 @numba.njit(inline="always", **_JIT)
 def _dw3_direct(u0, u1, xf, xlo, sx, wf, bias, c, geo):
-    """Depthwise 3x3, pad 1, stride 1 or 2, unit column stride: straight from the input, one
-    output row at a time (no padded copy). The interior columns take the middle input row's
-    three taps, then those of the rows above and below when they exist (taps that fall in the
-    padding are skipped, never multiplied by zero); the border columns add their valid taps."""
+    """Depthwise 3x3, pad 1 (top, left), stride 1 or 2, unit column stride: straight from the
+    input, one output row per pass over all its valid input rows (no padded copy). Column 0
+    (no input column -1) sums its valid taps directly; the interior columns go through
+    ``_dw3_line``; the columns past them (whose last input column is past the plane) take the
+    general loop. The bias is added as each output is computed."""
     K, H, W, Ho, Wo = geo[G_K], geo[G_H], geo[G_W], geo[G_HO], geo[G_WO]
     sh = geo[G_SH]
     has_bias, act = geo[G_HAS_BIAS] != 0, geo[G_ACT]
@@ -688,22 +700,26 @@ def _dw3_direct(u0, u1, xf, xlo, sx, wf, bias, c, geo):
         k = u - n * K
         xo = -xlo + n * sxn + k * sxc
         wo = k * 9
+        ws = (wf[_U(wo)], wf[_U(wo + 1)], wf[_U(wo + 2)], wf[_U(wo + 3)], wf[_U(wo + 4)],
+              wf[_U(wo + 5)], wf[_U(wo + 6)], wf[_U(wo + 7)], wf[_U(wo + 8)])
         b = bias[k] if has_bias else zero
         for oh in range(Ho):
             o = (u * Ho + oh) * Wo
             ih0 = oh * sh - 1
-            ro = xo + (ih0 + 1) * sxh - 1
-            _dw3_row(c, o, xf, ro, _I(1), hi, sh, wf[_U(wo + 3)], wf[_U(wo + 4)],
-                     wf[_U(wo + 5)], True)
-            if ih0 >= 0:
-                _dw3_row(c, o, xf, ro - sxh, _I(1), hi, sh, wf[_U(wo)], wf[_U(wo + 1)],
-                         wf[_U(wo + 2)], False)
-            if ih0 + 2 < H:
-                _dw3_row(c, o, xf, ro + sxh, _I(1), hi, sh, wf[_U(wo + 6)], wf[_U(wo + 7)],
-                         wf[_U(wo + 8)], False)
-            # border columns: 0 and [hi, Wo)
-            ow = 0
-            while ow < Wo:
+            top, bot = ih0 >= 0, ih0 + 2 < H
+            rm = xo + (ih0 + 1) * sxh - 1  # input column -1 of the centre row
+            _dw3_line(c, o, xf, rm - sxh, rm, rm + sxh, top, bot, ws, b, _I(1), hi, sh)
+            if W >= 2:  # column 0: input columns 0 and 1
+                v = ws[4] * xf[_U(rm + 1)] + ws[5] * xf[_U(rm + 2)]
+                if top:
+                    v = ws[1] * xf[_U(rm - sxh + 1)] + ws[2] * xf[_U(rm - sxh + 2)] + v
+                if bot:
+                    v += ws[7] * xf[_U(rm + sxh + 1)] + ws[8] * xf[_U(rm + sxh + 2)]
+                c[_U(o)] = v + b
+                ow = hi
+            else:
+                ow = 0
+            while ow < Wo:  # the columns left: the general loop over the valid taps
                 acc = zero
                 for kr in range(3):
                     ih = ih0 + kr
@@ -713,12 +729,9 @@ def _dw3_direct(u0, u1, xf, xlo, sx, wf, bias, c, geo):
                         iw = ow * sh - 1 + ks
                         if iw < 0 or iw >= W:
                             continue
-                        acc += wf[_U(wo + kr * 3 + ks)] * xf[_U(xo + ih * sxh + iw)]
-                c[_U(o + ow)] = acc
-                ow = hi if ow == 0 else ow + 1
-            if has_bias:
-                for e in range(Wo):
-                    c[_U(o + e)] += b
+                        acc += ws[kr * 3 + ks] * xf[_U(xo + ih * sxh + iw)]
+                c[_U(o + ow)] = acc + b
+                ow += 1
             if act != ACT_NONE:
                 act_span(c, o, Wo, act)
 
