@@ -92,6 +92,7 @@ def path(request, monkeypatch):
 def kernel(request, monkeypatch):
     """Which algorithm config kernel "auto" (every config in these tests) runs for stride-1 NCHW
     forwards: the implicit GEMM or the shifted GEMM, whatever the plane size."""
+    monkeypatch.setattr(nc, "SHIFT_WIDE", False)
     monkeypatch.setattr(nc, "SHIFT_MIN_PIXELS", 1 << 62 if request.param == "gemm" else 0)
     monkeypatch.setattr(nc, "SHIFT_MIN_PLANE", 0)
     return request.param
@@ -360,18 +361,24 @@ def _conv_problem(op, n, c, hw, k, r, stride, layout, groups=1):
                    dtype="float32", layout=layout, lib="numpy", device="cpu", options=opts)
 
 
-@pytest.mark.parametrize("n, hw, other", [(1, 56, "gemm"), (2, 14, "shift"), (8, 14, "gemm"),
-                                          (8, 7, "shift")])
-def test_the_space_offers_the_algorithm_auto_does_not_pick(n, hw, other):
-    """A stride-1 NCHW forward is tuned over both algorithms: the default config (kernel
-    "auto": the shifted GEMM from 28x28 output pixels per channel over the batch, on planes of
-    at least 14x14) and, second, the default blocking with the other one; nothing else offers
-    them."""
-    space = nc.space(_conv_problem("conv2d", n, 64, hw, 64, 3, 1, "NCHW"))
-    assert space[0].kernel == "auto" and space[1].kernel == other
+@pytest.mark.parametrize("wide", [False, True], ids=["avx2-tile", "avx512-tile"])
+@pytest.mark.parametrize("n, hw, taps, other", [
+    (1, 56, 9, ("gemm", "gemm")), (2, 14, 9, ("shift", "gemm")), (8, 14, 9, ("gemm", "gemm")),
+    (8, 7, 9, ("shift", "gemm")), (1, 7, 9, ("shift", "shift")), (1, 7, 1, ("shift", "gemm"))])
+def test_the_space_offers_the_algorithm_auto_does_not_pick(n, hw, taps, other, wide,
+                                                            monkeypatch):
+    """An NCHW forward (stride 1 or not) is tuned over both algorithms: the default config
+    (kernel "auto": the measured rule of the tile width, ``_shift_by_default``) and, second, the
+    default blocking with the other one; nothing else offers them."""
+    monkeypatch.setattr(nc, "SHIFT_WIDE", wide)
+    r = 3 if taps == 9 else 1
+    space = nc.space(_conv_problem("conv2d", n, 64, hw, 64, r, 1, "NCHW"))
+    assert space[0].kernel == "auto" and space[1].kernel == other[wide]
     assert (space[1].mc, space[1].kc, space[1].nc) == (space[0].mc, space[0].kc, space[0].nc)
-    for problem in (_conv_problem("conv2d", 2, 64, hw, 64, 3, 2, "NCHW"),
-                    _conv_problem("conv2d", 2, 64, hw, 64, 3, 1, "NHWC"),
+    ho = (hw + 2 * (r // 2) - r) // 2 + 1
+    strided = nc.space(_conv_problem("conv2d", n, 64, hw, 64, r, 2, "NCHW"))
+    assert strided[1].kernel == ("gemm" if nc._shift_by_default(n, ho, ho, taps) else "shift")
+    for problem in (_conv_problem("conv2d", 2, 64, hw, 64, 3, 1, "NHWC"),
                     _conv_problem("conv2d", 2, 64, hw, 64, 3, 1, "NCHW", groups=64),
                     _conv_problem("conv2d_backward_input", 2, 64, hw, 64, 3, 1, "NCHW")):
         assert {cfg.kernel for cfg in nc.space(problem)} == {"auto"}
@@ -404,3 +411,29 @@ def test_every_output_element_is_written_on_small_planes(hw, kernel, source, dty
     check(fwd(x, w, b, case, "NCHW", "relu", cfg), x, w, b, case, "NCHW", "relu")
     strided = view(x, "strided")  # not unit-stride rows: always the padded copy
     check(fwd(strided, w, b, case, "NCHW", None, cfg), x, w, b, case, "NCHW")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [
+    (2, 5, 15, 16, 7, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1),
+    (1, 3, 23, 22, 8, 7, 7, (2, 2), (3, 3, 3, 3), (1, 1), 1),
+    (2, 6, 13, 17, 9, 3, 3, (2, 3), (1, 0, 2, 1), (2, 1), 1),
+    (2, 8, 12, 12, 10, 3, 3, (3, 3), (1, 1, 1, 1), (1, 1), 2),
+    (3, 4, 9, 9, 12, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),
+], ids=["1x1-s2", "stem-7x7-s2", "s2x3-dilated-asym", "s3-groups", "3x3-s2-odd"])
+def test_shifted_gemm_over_stride_phases(case, dtype, monkeypatch):
+    """Strided convolutions through the shifted GEMM (each tap a shift within one stride phase
+    of the padded copy) into a poisoned output: a 1x1 stride 2 (one phase read, the others
+    never written), ResNet's 7x7 stem, mixed strides with dilation and asymmetric padding,
+    stride 3 with groups, odd planes; strided and channel-reversed inputs too."""
+    monkeypatch.setattr(nc, "SERIAL_WORK", 0)
+    monkeypatch.setattr(nc, "SERIAL_PACK", 0)
+    real_empty = np.empty
+    monkeypatch.setattr(nc.np, "empty", lambda *a, **k: np.full_like(real_empty(*a, **k), np.nan))
+    rng = np.random.default_rng(sum(case[:5]))
+    x, w, b = make(case, dtype, "NCHW", rng)
+    for cfg in (dataclasses.replace(TINY[dtype], kernel="shift"),
+                dataclasses.replace(Conv2dConfig.default(dtype), kernel="shift")):
+        check(fwd(x, w, b, case, "NCHW", "relu", cfg), x, w, b, case, "NCHW", "relu")
+        for xx in (view(x, "strided"), np.ascontiguousarray(x[:, ::-1])[:, ::-1]):
+            check(fwd(xx, w, b, case, "NCHW", None, cfg), x, w, b, case, "NCHW")

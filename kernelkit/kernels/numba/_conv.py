@@ -22,9 +22,11 @@ block straight into the micro-kernel's panel layout):
   (r, s, c) so that channel runs are contiguous in NHWC; the im2col rows are the packed A, the
   weight the packed B (packed once per call); bias per column. 1x1 is the same code, whose A
   packing degenerates to _gemm.pack_a's row copy.
-* op SHIFT (stride 1, NCHW output): the output is computed on the input's grid (rows of the
-  input's pitch, the columns past Wo of each row computed into a scratch and dropped), where
-  kernel tap (r, s) is a constant shift of the flattened plane. So ``Y_n = sum_taps W_rs (Kg x
+* op SHIFT (NCHW output): the output is computed on the input's grid (rows of the input's
+  pitch, the columns past Wo of each row computed into a scratch and dropped), where kernel tap
+  (r, s) is a constant shift of the flattened plane; with a stride, on the grid of one stride
+  phase of the padded copy (its rows a, a + sh, ... and columns b, b + sw, ...), where each tap
+  is a constant shift of one phase. So ``Y_n = sum_taps W_rs (Kg x
   Cg) @ X_n shifted``: one GEMM per tap whose B rows (the input channels) the micro-kernel reads
   where they lie (``ukernel_strided``), from x itself (unpadded, unit-stride rows) or from one
   zero-padded copy made in the packing phase. Nothing but the weight is packed, where the
@@ -64,10 +66,10 @@ _I = np.int64  # _I(0): an int64 argument, not Literal[int](0), so callees compi
 # indices into geo
 (G_N, G_C, G_H, G_W, G_K, G_R, G_S, G_HO, G_WO, G_SH, G_SW, G_PT, G_PL, G_DH, G_DW, G_G,
  G_MC, G_KC, G_NC, G_PM, G_PN, G_HAS_BIAS, G_ACT, G_PLAIN, G_OSN, G_OSC, G_OSH, G_OSW,
- G_MODE, G_TAPW, G_XPOFF, G_XPITCH, G_GH, G_GW, G_DIRECT, G_BCOLS) = range(36)
-GEO_LEN = 36
+ G_MODE, G_TAPW, G_XPOFF, G_XPITCH, G_GH, G_GW, G_DIRECT, G_BCOLS, G_PHASE) = range(37)
+GEO_LEN = 37
 # geo[G_MODE] of the forward: the implicit GEMM with NCHW output, with NHWC output, and the
-# shifted GEMM (stride 1, NCHW output: one GEMM per kernel tap on a shifted view of the input)
+# shifted GEMM (NCHW output: one GEMM per kernel tap on a shifted view of the input)
 MODE_KP, MODE_PK, MODE_SHIFT = 0, 1, 2
 
 
@@ -464,37 +466,58 @@ def _pack_w(t, nthr, wf, wp, geo, as_a):
 # ------------------------------------------------------------------------- the shifted GEMM
 
 @numba.njit(inline="always", **_JIT)
+def _phase_used(a, r, d, st):
+    """Whether some kernel tap kr < r (dilation d) falls in stride phase a (stride st)."""
+    for kr in range(r):  # noqa: SIM110 - a loop, not any() of a generator: jitted code
+        if (kr * d) % st == a:
+            return True
+    return False
+
+
+@numba.njit(inline="always", **_JIT)
 def _pad_planes(t, nthr, xf, xlo, sx, xp, geo):
-    """Copy every (image, channel) plane of x, zero-padded, into ``xp`` from ``geo[G_XPOFF]``:
-    planes of geo[G_GH] rows of pitch geo[G_GW], geo[G_XPITCH] apart (the gap is left as is)."""
+    """Copy every (image, channel) plane of x, zero-padded and split into stride phases, into
+    ``xp`` from ``geo[G_XPOFF]``: phase (a, b), a < sh, b < sw, holds the padded plane's rows
+    a, a + sh, ... and columns b, b + sw, ... as geo[G_GH] rows of pitch geo[G_GW], the phases
+    geo[G_PHASE] apart (stride 1: one phase, the padded plane), the planes geo[G_XPITCH] apart
+    (the gaps are left as they are). Phases no kernel tap reads are not written."""
     N, C, H, W = geo[G_N], geo[G_C], geo[G_H], geo[G_W]
     hp, wp_, pt, pl = geo[G_GH], geo[G_GW], geo[G_PT], geo[G_PL]
+    sh, sw = geo[G_SH], geo[G_SW]
     sxn, sxc, sxh, sxw = sx
+    st = sw * sxw
     zero = xp.dtype.type(0)
     u0, u1 = _share(t, nthr, N * C)
     for u in range(u0, u1):
         n = u // C
         ch = u - n * C
         xo = -xlo + n * sxn + ch * sxc
-        d0 = geo[G_XPOFF] + u * geo[G_XPITCH]
-        for ih in range(hp):
-            d = d0 + ih * wp_
-            sh_ = ih - pt
-            if sh_ < 0 or sh_ >= H:
-                for e in range(wp_):
-                    xp[_U(d + e)] = zero
+        for a in range(sh):
+            if not _phase_used(a, geo[G_R], geo[G_DH], sh):
                 continue
-            for e in range(pl):
-                xp[_U(d + e)] = zero
-            o = xo + sh_ * sxh
-            if sxw == 1:
-                for e in range(W):
-                    xp[_U(d + pl + e)] = xf[_U(o + e)]
-            else:
-                for e in range(W):
-                    xp[_U(d + pl + e)] = xf[_U(o + e * sxw)]
-            for e in range(pl + W, wp_):
-                xp[_U(d + e)] = zero
+            for b in range(sw):
+                if not _phase_used(b, geo[G_S], geo[G_DW], sw):
+                    continue
+                d0 = geo[G_XPOFF] + u * geo[G_XPITCH] + (a * sw + b) * geo[G_PHASE]
+                lo, hi = _valid_range(b - pl, sw, wp_, W)  # the columns inside the plane
+                for prow in range(hp):
+                    d = d0 + prow * wp_
+                    ih = prow * sh + a - pt
+                    if ih < 0 or ih >= H:
+                        for e in range(wp_):
+                            xp[_U(d + e)] = zero
+                        continue
+                    for e in range(lo):
+                        xp[_U(d + e)] = zero
+                    o = xo + ih * sxh + (lo * sw + b - pl) * sxw - lo * st
+                    if st == 1:
+                        for e in range(lo, hi):
+                            xp[_U(d + e)] = xf[_U(o + e)]
+                    else:
+                        for e in range(lo, hi):
+                            xp[_U(d + e)] = xf[_U(o + e * st)]
+                    for e in range(hi, wp_):
+                        xp[_U(d + e)] = zero
 
 
 @numba.njit(inline="always", **_JIT)
@@ -552,7 +575,9 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, bias, c, geo, ct
     junk = gw != Wo
     ncpad = _cdiv(nc, nr) * nr
     zero = c.dtype.type(0)
-    maxoff = toffs[ntap - 1]
+    maxoff = toffs[0]
+    for tp in range(1, ntap):
+        maxoff = max(maxoff, toffs[tp])
     for jc in range(j0, j1, nc):
         nb = min(nc, j1 - jc)
         for ic in range(r0, r1, mc):
@@ -624,9 +649,11 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, bias, c, geo):
     tmpb = np.empty(ntap * geo[G_KC] * nr, c.dtype)
     toffs = np.empty(ntap, np.int64)
     ttmp = np.empty(ntap, np.int64)
-    for tp in range(ntap):
+    sh, sw = geo[G_SH], geo[G_SW]
+    for tp in range(ntap):  # tap (kr, ks): a shift within stride phase (ry % sh, rx % sw)
         kr = tp // geo[G_S]
-        toffs[tp] = kr * geo[G_DH] * gw + (tp - kr * geo[G_S]) * geo[G_DW]
+        ry, rx = kr * geo[G_DH], (tp - kr * geo[G_S]) * geo[G_DW]
+        toffs[tp] = (((ry % sh) * sw + rx % sw) * geo[G_PHASE] + (ry // sh) * gw + rx // sw)
     junk = gw != Wo
     scr = np.empty((_cdiv(mc, mr) * mr) * (_cdiv(nc, nr) * nr) if junk else 0, c.dtype)
     for u in range(u0, u1):

@@ -7,9 +7,9 @@ Paths (the jitted code is in ``_conv.py``; the GEMM machinery is ``_gemm.py``'s)
   (K x C*R*S) @ col_n`` per image (bias per row; the weight's rows are read in place; on small
   planes the columns run over all images). NHWC output: ``Y (N*HoWo x K) = col (N*HoWo x R*S*C)
   @ W^T`` (bias per column; the weight packed once per call and shared by the threads).
-* **shifted GEMM** for stride-1 NCHW forwards on large planes (``Conv2dConfig.kernel``): one GEMM
-  per kernel tap on the input read in place (or from one zero-padded copy), so no im2col panel
-  is packed at all; see ``_conv``'s docstring.
+* **shifted GEMM** for NCHW forwards on large planes (``Conv2dConfig.kernel``): one GEMM per
+  kernel tap on the input read in place (or from one zero-padded copy, split into stride phases
+  where there is a stride), so no im2col panel is packed at all; see ``_conv``'s docstring.
 * **1x1**: an unpadded stride-1 1x1 conv is a plain GEMM. NCHW packs each image's (C, HW) matrix
   directly (W (K, C) @ X (C, HW)); NHWC's im2col rows are already the (NHW, C) matrix's rows.
 * **depthwise** (groups == C, one input channel per group): direct loops, vectorised along the
@@ -57,9 +57,12 @@ SHIFT_SCRATCH = 1 << 15
 # to whole NR slivers, would be this much more work (7x7 planes: 64 columns for 49, 1.31).
 BCOLS_WASTE = 1.1
 # Config kernel "auto" runs the shifted GEMM where a batch has at least SHIFT_MIN_PIXELS output
-# pixels per channel, on planes of at least SHIFT_MIN_PLANE.
+# pixels per channel, on planes of at least SHIFT_MIN_PLANE (16-column tile: AVX2). With
+# AVX-512's 32-column tile (SHIFT_WIDE) it runs it on every 1x1 conv and wherever a batch has at
+# least SHIFT_MIN_PLANE output pixels per channel (see _shift_by_default).
 SHIFT_MIN_PIXELS = 28 * 28
 SHIFT_MIN_PLANE = 14 * 14
+SHIFT_WIDE = tile_shape(np.float32)[1] >= 32
 # Deepest reduction block of the shifted GEMM (its B slivers are read in place, not packed).
 SHIFT_KC = 256
 
@@ -71,9 +74,9 @@ class Conv2dConfig(GemmBlocking):
     mc: rows of the packed A per block (a multiple of MR; L2-resident).
     kc: depth of a block (C*R*S for the forward; evened out over the reduction).
     nc: columns of the packed B per panel (a multiple of NR).
-    kernel: the forward's algorithm for stride-1 NCHW convolutions: "gemm" (the implicit GEMM,
-        im2col panels packed block by block), "shift" (the shifted GEMM: one GEMM per kernel
-        tap on the input read in place, or on one zero-padded copy of it), or "auto" (shift
+    kernel: the forward's algorithm for NCHW convolutions: "gemm" (the implicit GEMM, im2col
+        panels packed block by block), "shift" (the shifted GEMM: one GEMM per kernel tap on
+        the input read in place, or on one zero-padded copy of it), or "auto" (shift
         where a batch has at least ``SHIFT_MIN_PIXELS`` output pixels per channel, on planes of
         at least ``SHIFT_MIN_PLANE``: where it measured faster). Other convolutions, and the
         backward ops, ignore it.
@@ -127,27 +130,31 @@ CONFIG = Conv2dConfig
 
 
 def space(problem) -> list[Conv2dConfig]:
-    """The configs worth timing for any conv2d op's ``Problem``: the blocking variants, and for a
-    stride-1 NCHW forward the default blocking with the algorithm "auto" does not pick."""
+    """The configs worth timing for any conv2d op's ``Problem``: the blocking variants, and for an
+    NCHW forward (not depthwise) the default blocking with the algorithm "auto" does not pick."""
     n, c, h, w, k, r, s = problem_sizes(problem)
     opts = problem.options
     out = Conv2dConfig.space(_half.compute_dtype(problem.dtype), n, c, h, w, k, r, s,
                              opts.stride, opts.groups)
-    if (problem.op == "conv2d" and problem.layout == "NCHW" and tuple(opts.stride) == (1, 1)
+    if (problem.op == "conv2d" and problem.layout == "NCHW"
             and not (opts.groups == c and opts.groups > 1)):
         _, _, ho, wo = problem.shapes[2]
         d = out[0]
-        other = "gemm" if _shift_by_default(n, ho, wo) else "shift"
+        other = "gemm" if _shift_by_default(n, ho, wo, r * s) else "shift"
         out.insert(1, Conv2dConfig(d.mc, d.kc, d.nc, other))
     return out
 
 
-def _shift_by_default(n: int, ho: int, wo: int) -> bool:
+def _shift_by_default(n: int, ho: int, wo: int, taps: int) -> bool:
     """Config kernel "auto": the shifted GEMM on large planes and large batches. Measured on
-    ResNet-50's stride-1 layers (Zen 3, docs/performance.md): faster than the implicit GEMM at
-    56 and 28 px at batch 1 and 8, and at 14 px at batch 8 but not at batch 1; slower at 7 px,
-    where a plane is a few slivers and the im2col panel, packed once for 512-2048 weight rows,
-    pays for itself."""
+    ResNet-50's layers (docs/performance.md). Zen 3 (AVX2, stride-1 layers): faster than the
+    implicit GEMM at 56 and 28 px at batch 1 and 8, and at 14 px at batch 8 but not at batch 1;
+    slower at 7 px, where a plane is a few slivers and the im2col panel, packed once for
+    512-2048 weight rows, pays for itself. Zen 5 (AVX-512, every layer, strided ones through
+    the stride phases): faster on every layer at batch 8 and on every 1x1 layer, slower only on
+    the 3x3 layers with 7x7 outputs at batch 1."""
+    if SHIFT_WIDE:
+        return taps == 1 or n * ho * wo >= SHIFT_MIN_PLANE
     return ho * wo >= SHIFT_MIN_PLANE and n * ho * wo >= SHIFT_MIN_PIXELS
 
 
@@ -273,11 +280,11 @@ def _threads(work: int) -> int:
     return nthr if work >= SERIAL_WORK else 1
 
 
-def _shifted(cfg: Conv2dConfig, stride, n: int, ho: int, wo: int) -> bool:
+def _shifted(cfg: Conv2dConfig, n: int, ho: int, wo: int, taps: int) -> bool:
     """Whether an NCHW forward runs as the shifted GEMM (``_conv._fwd_shift``)."""
-    if stride[0] != 1 or stride[1] != 1 or cfg.kernel == "gemm":
+    if cfg.kernel == "gemm":
         return False
-    return cfg.kernel == "shift" or _shift_by_default(n, ho, wo)
+    return cfg.kernel == "shift" or _shift_by_default(n, ho, wo, taps)
 
 
 def _shift_geo(geo, xv, cfg: Conv2dConfig, tn: int, padding, mr: int, nr: int) -> int:
@@ -286,10 +293,14 @@ def _shift_geo(geo, xv, cfg: Conv2dConfig, tn: int, padding, mr: int, nr: int) -
     n, c, h, w = xv.shape
     k, g = geo[_conv.G_K], geo[_conv.G_G]
     r, s, ho, wo = geo[_conv.G_R], geo[_conv.G_S], geo[_conv.G_HO], geo[_conv.G_WO]
+    sh, sw = geo[_conv.G_SH], geo[_conv.G_SW]
     cg, kg = c // g, k // g
     sx = [st // xv.itemsize for st in xv.strides]
-    direct = (not any(padding) and sx[3] == 1 and (h == 1 or sx[2] == w))
-    gh, gw = (h, w) if direct else (h + padding[0] + padding[1], w + padding[2] + padding[3])
+    direct = (sh == 1 and sw == 1 and not any(padding) and sx[3] == 1
+              and (h == 1 or sx[2] == w))
+    # the grid: the plane (direct), the padded plane, or (strided) one stride phase of it
+    gh, gw = (h, w) if direct else (cdiv(h + padding[0] + padding[1], sh),
+                                    cdiv(w + padding[2] + padding[3], sw))
     ncols = (ho - 1) * gw + wo
     msl, nsl = cdiv(kg, mr), cdiv(ncols, nr)
     pn = _parts(n * g, tn, nsl)
@@ -303,7 +314,7 @@ def _shift_geo(geo, xv, cfg: Conv2dConfig, tn: int, padding, mr: int, nr: int) -
     # aliasing into a few (a 16x16 plane is 1 KiB: 4 of L1's 64 sets); NR of slack after the
     # last plane lets the grid's last sliver be read in place.
     line = max(1, 64 // xv.itemsize)
-    pitch = cdiv(gh * gw, line) * line
+    pitch = cdiv(sh * sw * gh * gw, line) * line
     if (pitch // line) % 2 == 0:
         pitch += line
     geo[_conv.G_XPITCH] = pitch
@@ -317,6 +328,7 @@ def _shift_geo(geo, xv, cfg: Conv2dConfig, tn: int, padding, mr: int, nr: int) -
     geo[_conv.G_PN] = pn
     geo[_conv.G_GH] = gh
     geo[_conv.G_GW] = gw
+    geo[_conv.G_PHASE] = gh * gw
     geo[_conv.G_DIRECT] = int(direct)
     geo[_conv.G_XPOFF] = g * cdiv(kg, mr) * mr * cg * r * s
     return 0 if direct else n * c * pitch + nr
@@ -395,7 +407,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
         # weight as (K, R, S, Cg): reduction order (r, s, c)
         wsrc = _writable(weight.transpose(0, 2, 3, 1)).reshape(-1)
         wpack = np.empty(g * nsl * nr * kred, dtype)
-    elif _shifted(cfg, stride, n, ho, wo):  # MODE_SHIFT
+    elif _shifted(cfg, n, ho, wo, r * s):  # MODE_SHIFT
         xp_size = _shift_geo(geo, xv, cfg, tn, padding, mr, nr)
         # weight as (K, R, S, Cg): tap-major reduction, each tap's channels contiguous
         wsrc = _writable(weight.transpose(0, 2, 3, 1)).reshape(-1)
