@@ -82,6 +82,14 @@ def _split(i, parts, nsl, unit, total):
 
 
 @numba.njit(inline="always", **_JIT)
+def _unit(u, pn, pm, groups):
+    """(column part, row part, group, image) of work unit u: the column parts run fastest, then
+    the row parts, the groups and the images."""
+    rest = u // pn
+    return u % pn, rest % pm, (rest // pm) % groups, rest // pm // groups
+
+
+@numba.njit(inline="always", **_JIT)
 def _share(t, nthr, units):
     """[u0, u1): thread t's share of ``units`` work units over nthr threads."""
     return t * units // nthr, (t + 1) * units // nthr
@@ -358,12 +366,7 @@ def _fwd_kp(t, nthr, xf, xlo, sx, wf, bias, c, geo):
     ct = np.empty(mr * nr, c.dtype)
     atail = np.empty(mr * kc, c.dtype)
     for u in range(u0, u1):
-        pi = u % pn
-        rest = u // pn
-        mi = rest % pm
-        rest //= pm
-        g = rest % G
-        n = rest // G
+        pi, mi, g, n = _unit(u, pn, pm, G)
         r0, r1 = _split(mi, pm, msl, mr, kg)
         j0, j1 = _split(pi, pn, nsl, nr, ncol)
         xo = -xlo + g * cg * sxc
@@ -657,12 +660,7 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, bias, c, geo):
     junk = gw != Wo
     scr = np.empty((_cdiv(mc, mr) * mr) * (_cdiv(nc, nr) * nr) if junk else 0, c.dtype)
     for u in range(u0, u1):
-        pi = u % pn
-        rest = u // pn
-        mi = rest % pm
-        rest //= pm
-        g = rest % G
-        n = rest // G
+        pi, mi, g, n = _unit(u, pn, pm, G)
         r0, r1 = _split(mi, pm, msl, mr, kg)
         j0, j1 = _split(pi, pn, nsl, nr, ncols)
         if geo[G_DIRECT] != 0:

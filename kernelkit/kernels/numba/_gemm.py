@@ -201,7 +201,6 @@ def _ukernel_body(context, builder, sig, tile_mn, kc_v, packed, ap_v, aoff_v, a_
     cast to intp (kc, aoff, [a_rs, a_cs,] boff, [b_rs,] coff, ldc, accumulate).
     """
     mr, nr = tile_mn
-    intp = context.get_value_type(types.intp)
     ints = [kc_v, aoff_v] + ([] if packed else [a_rs_v, a_cs_v]) + [boff_v] \
         + ([] if packed else [b_rs_v]) + [coff_v, ldc_v, acc_v]
     ints = [context.cast(builder, v, sig.args[i], types.intp) for v, i in zip(ints, int_idx)]
@@ -212,30 +211,39 @@ def _ukernel_body(context, builder, sig, tile_mn, kc_v, packed, ap_v, aoff_v, a_
     a_ty = sig.args[1]
     b_ty = sig.args[3] if packed else sig.args[5]
     c_ty = sig.args[5] if packed else sig.args[8]
-    elt = context.get_value_type(c_ty.dtype)  # the accumulators' (and C's) element type
-    esize = context.get_abi_sizeof(elt)
-    w = _VEC_BITS // (8 * esize)
-    nvec = nr // w
-    vty = ir.VectorType(elt, w)
-    vptr = vty.as_pointer()
-    cst = lambda v: ir.Constant(intp, v)
-    A = builder.gep(context.make_array(a_ty)(context, builder, ap_v).data, [aoff_v])
-    B = builder.gep(context.make_array(b_ty)(context, builder, bp_v).data, [boff_v])
-    C = builder.gep(context.make_array(c_ty)(context, builder, cp_v).data, [coff_v])
+    vty, nvec, esize, cst, lty, fma, A, B, C = _frame(
+        context, builder, nr, (a_ty, ap_v, aoff_v), (b_ty, bp_v, boff_v), (c_ty, cp_v, coff_v))
     if not packed:  # row offsets of A: loop invariants, hoisted out of the K loop
         a_rows = [builder.mul(a_rs_v, cst(i)) for i in range(mr)]
     else:
         a_rows = [cst(i) for i in range(mr)]
     a_step = cst(mr) if packed else a_cs_v
     b_step = cst(nr) if packed else b_rs_v
-    if a_ty.dtype == types.uint32:  # bfloat16 pairs: loaded as i32 lanes, multiplied in pairs
-        lty, fma = ir.VectorType(ir.IntType(32), w), _dpbf16(builder)
-    else:
-        lty, fma = vty, _fma(builder, vty, w, esize)
     finals = _k_loop(builder, kc_v, mr * nvec, vty, cst, lambda p, accs: _k_step(
         builder, builder.gep(A, [builder.mul(p, a_step)]), a_rows,
         builder.gep(B, [builder.mul(p, b_step)]), accs, fma, lty, esize, cst))
-    _store_tile(builder, C, ldc_v, acc_v, finals, mr, nvec, w, vptr, esize, cst)
+    _store_tile(builder, C, ldc_v, acc_v, finals, mr, nvec, vty.count, vty.as_pointer(), esize,
+                cst)
+
+
+def _frame(context, builder, nr, a, b, c):
+    """What every micro-kernel body starts from, given (array type, array, element offset) of A,
+    B and C: the accumulators' vector type (C's element, the target's width), vectors per row
+    of the tile, C's element size, an intp constant maker, the type A and B are loaded as and the
+    multiply-add (float FMA; VDPBF16PS on i32 lanes for bfloat16 pairs), and the three base
+    pointers."""
+    intp = context.get_value_type(types.intp)
+    elt = context.get_value_type(c[0].dtype)
+    esize = context.get_abi_sizeof(elt)
+    w = _VEC_BITS // (8 * esize)
+    vty = ir.VectorType(elt, w)
+    if a[0].dtype == types.uint32:  # bfloat16 pairs: loaded as i32 lanes, multiplied in pairs
+        lty, fma = ir.VectorType(ir.IntType(32), w), _dpbf16(builder)
+    else:
+        lty, fma = vty, _fma(builder, vty, w, esize)
+    base = [builder.gep(context.make_array(ty)(context, builder, v).data, [off])
+            for ty, v, off in (a, b, c)]
+    return (vty, nr // w, esize, lambda v: ir.Constant(intp, v), lty, fma, *base)
 
 
 def _k_loop(builder, kc_v, nacc, vty, cst, step):
@@ -300,20 +308,13 @@ def ukernel_taps(typingctx, kc, ntap, toffs, ap, aoff, a_tap, bp, boff, b_rs, cp
         kc_v, nt_v, aoff_v, atap_v, boff_v, brs_v, coff_v, ldc_v, acc_v = ints
         mr, nr = tile_mn
         intp = context.get_value_type(types.intp)
-        a_ty, b_ty, c_ty = sig.args[3], sig.args[6], sig.args[9]
-        elt = context.get_value_type(a_ty.dtype)
-        esize = context.get_abi_sizeof(elt)
-        w = _VEC_BITS // (8 * esize)
-        nvec = nr // w
-        vty = ir.VectorType(elt, w)
+        vty, nvec, esize, cst, lty, fma, A, B, C = _frame(
+            context, builder, nr, (sig.args[3], ap_v, aoff_v), (sig.args[6], bp_v, boff_v),
+            (sig.args[9], cp_v, coff_v))
+        w = vty.count
         vptr = vty.as_pointer()
-        cst = lambda v: ir.Constant(intp, v)
-        A = builder.gep(context.make_array(a_ty)(context, builder, ap_v).data, [aoff_v])
-        B = builder.gep(context.make_array(b_ty)(context, builder, bp_v).data, [boff_v])
-        C = builder.gep(context.make_array(c_ty)(context, builder, cp_v).data, [coff_v])
         T = context.make_array(sig.args[2])(context, builder, toffs_v).data
         zero = ir.Constant(vty, [0.0] * w)
-        fma = _fma(builder, vty, w, esize)
 
         pre = builder.block
         outer = builder.append_basic_block("ukt.outer")
@@ -346,7 +347,7 @@ def ukernel_taps(typingctx, kc, ntap, toffs, ap, aoff, a_tap, bp, boff, b_rs, cp
             acc_i.append(ph)
         new = _k_step(builder, builder.gep(a_t, [builder.mul(p, cst(mr))]),
                       [cst(i) for i in range(mr)], builder.gep(b_t, [builder.mul(p, brs_v)]),
-                      acc_i, fma, vty, esize, cst)
+                      acc_i, fma, lty, esize, cst)
         pn = builder.add(p, cst(1))
         p.add_incoming(pn, inner)
         for ph, nv in zip(acc_i, new):
