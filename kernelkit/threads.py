@@ -15,8 +15,8 @@ launches of Numba kernels take a process-wide lock, which a fork hook replaces i
 lock held by another parent thread at fork time cannot deadlock it). A layer the user chose with
 ``NUMBA_THREADING_LAYER`` is kept; if it is OpenMP and the parent already launched it, a launch
 in a forked child raises a RuntimeError that says what to do, instead of hanging or dying.
-The same fork hook drops the Python thread pool of the Numba conv2d kernel in the child (its
-threads do not exist there; work submitted to it would wait forever).
+The same fork hook drops the Python thread pool the Numba kernels run their shares on in the child
+(its threads do not exist there; work submitted to it would wait forever).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def configure_at_import() -> None:
 
 # kernel modules that keep a Python thread pool in ``_POOL[0]`` (guarded by ``_POOL_LOCK``): a
 # forked child inherits the executor but not its threads, so work submitted to it never runs
-POOLED_MODULES = ("kernelkit.kernels.numba.conv2d",)
+POOLED_MODULES = ("kernelkit.kernels.numba._pool",)
 
 
 def _after_fork_in_child() -> None:

@@ -48,13 +48,9 @@ def test_numba_matmul_launch_gets_the_blocking(monkeypatch):
     class Spy:
         small, empty, unpacked = real.small, real.empty, real.unpacked
 
-        def serial(self, *args):
-            seen.append(("serial", args[-3:]))
+        def serial(self, *args):  # thread t's share of nthr: (t, nthr, ..., mc, kc, nc)
+            seen.append((args[1], args[-3:]))
             return real.serial(*args)
-
-        def parallel(self, *args):
-            seen.append(("parallel", args[-4:-1]))
-            return real.parallel(*args)
 
     monkeypatch.setitem(nm._COMPILED, dtype, Spy())
     mr, nr = nm.tile_shape(dtype)
@@ -68,13 +64,14 @@ def test_numba_matmul_launch_gets_the_blocking(monkeypatch):
         monkeypatch.setattr(nm.numba, "get_num_threads", lambda: 2)
         seen.clear()
         out = nm.matmul_forward(a, b, None, None, config=cfg)
-        assert seen == [(path, (cfg.mc, cfg.kc, cfg.nc))]
+        nthr = 1 if path == "serial" else 2
+        assert seen == [(nthr, (cfg.mc, cfg.kc, cfg.nc))] * nthr
         np.testing.assert_allclose(out, a @ b, rtol=1e-4, atol=1e-4)
 
 
 def test_numba_matmul_config_kernel_picks_the_unpacked_kernel(monkeypatch):
     """``MatmulConfig.kernel`` reaches the launch: each unpacked kernel runs its own entry point
-    (serial and parallel), and "packed" none of them."""
+    (one share, or two on the thread pool), and "packed" none of them."""
     pytest.importorskip("numba")
     from kernelkit.kernels.numba import matmul as nm
 
@@ -82,13 +79,13 @@ def test_numba_matmul_config_kernel_picks_the_unpacked_kernel(monkeypatch):
     real = nm._compiled(dtype)
     seen = []
 
-    def spy(name, how, fn):
-        return lambda *args: seen.append((name, how)) or fn(*args)
+    def spy(name, fn):
+        return lambda *args: seen.append((name, "serial" if args[1] == 1 else "parallel")) or fn(
+            *args)
 
     class Spy:
-        small, serial, parallel, empty = real.small, real.serial, real.parallel, real.empty
-        unpacked = {name: (spy(name, "serial", s), spy(name, "parallel", p))
-                    for name, (s, p) in real.unpacked.items()}
+        small, serial, empty = real.small, real.serial, real.empty
+        unpacked = {name: spy(name, part) for name, part in real.unpacked.items()}
 
     monkeypatch.setitem(nm._COMPILED, dtype, Spy())
     monkeypatch.setattr(nm.numba, "get_num_threads", lambda: 2)
@@ -100,7 +97,8 @@ def test_numba_matmul_config_kernel_picks_the_unpacked_kernel(monkeypatch):
             monkeypatch.setattr(nm, "SERIAL_WORK", serial_work)
             seen.clear()
             out = nm.matmul_forward(a, b, None, None, config=nm.MatmulConfig(24, 16, 64, kernel))
-            assert seen == ([] if kernel == "packed" else [(kernel, how)])
+            assert seen == ([] if kernel == "packed" else
+                            [(kernel, how)] * (1 if how == "serial" else 2))
             np.testing.assert_allclose(out, a @ b, rtol=1e-4, atol=1e-4)
 
 

@@ -426,7 +426,7 @@ def test_unpacked_thread_partition(kernel, nthr, bmn):
     k = 21
     a, b, bias = _strided_readonly(np.random.default_rng(13), bn, m, k, n)
     out = np.full((bn, m, n), np.nan, np.float32)
-    part = nm._compiled(np.dtype(np.float32)).unpacked[kernel][0]
+    part = nm._compiled(np.dtype(np.float32)).unpacked[kernel]
     for t in range(nthr):
         part(t, nthr, a, b, bias, True, 1, out, 64)
     assert_matmul_close(out, a, b, bias, "relu")

@@ -27,8 +27,6 @@ The launcher does no dispatch, conversion or tuning: the ops layer has validated
 from __future__ import annotations
 
 import math
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
@@ -39,6 +37,7 @@ from kernelkit.kernels.config import cdiv
 from kernelkit.kernels.convgeom import out_size, problem_sizes
 from kernelkit.kernels.numba import _conv, _gemm, _half
 from kernelkit.kernels.numba._gemm import ACT_CODES, entry_point, tile_shape
+from kernelkit.kernels.numba._pool import run as _run
 from kernelkit.kernels.numba.matmul import GemmBlocking, MatmulConfig, _round_down
 from kernelkit.kernels.numba.matmul import matmul_forward as _matmul_forward
 from kernelkit.kernels.numba.matmul import warm as _matmul_warm
@@ -215,31 +214,6 @@ def _default(dtype) -> Conv2dConfig:
     if cfg is None:
         cfg = _DEFAULTS[dtype] = Conv2dConfig.default(dtype)
     return cfg
-
-
-_POOL: list = [None]
-_POOL_LOCK = threading.Lock()
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    pool = _POOL[0]
-    if pool is None or pool._max_workers < workers:
-        with _POOL_LOCK:
-            pool = _POOL[0]
-            if pool is None or pool._max_workers < workers:
-                pool = _POOL[0] = ThreadPoolExecutor(workers, thread_name_prefix="kk-conv")
-    return pool
-
-
-def _run(fn, nthr: int, *args) -> None:
-    """fn(t, nthr, *args) for t < nthr: t = 0 on the calling thread, the rest on the pool."""
-    if nthr <= 1:
-        fn(0, 1, *args)
-        return
-    futs = [_pool(nthr - 1).submit(fn, t, nthr, *args) for t in range(1, nthr)]
-    fn(0, nthr, *args)
-    for f in futs:
-        f.result()
 
 
 # ----------------------------------------------------------------------------------------- helpers

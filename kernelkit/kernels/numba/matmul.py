@@ -7,8 +7,9 @@ register-tile micro-kernel (``_gemm.ukernel``, LLVM vector FMAs on zmm registers
 block, while it is still in cache.
 
 Paths: tiny problems (M*N*K < SMALL_WORK, or K == 0) use an unpacked loop; medium ones
-(total < SERIAL_WORK) the packed GEMM on the calling thread; larger ones one parallel region of
-``numba.get_num_threads()`` threads that need no barrier: each thread takes whole batches (when
+(total < SERIAL_WORK) the packed GEMM on the calling thread; larger ones run as
+``numba.get_num_threads()`` shares, one on the calling thread and the others on the Python
+thread pool (``_pool``), that need no barrier: each thread takes whole batches (when
 the batch count is a multiple of the thread count) or a contiguous share of M (or N) of every
 product, and packs its own panels.
 
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-from numba import prange, types
+from numba import types
 
 from kernelkit import devices
 from kernelkit.kernels.config import KernelConfig
@@ -55,13 +56,17 @@ from kernelkit.kernels.numba._gemm import (
 from kernelkit.kernels.numba._gemm import (
     cdiv as _cdiv,
 )
+from kernelkit.kernels.numba._pool import run as _run
 
 __all__ = ["CONFIG", "MatmulConfig", "space", "matmul_forward", "TILE", "SMALL_WORK", "SERIAL_WORK"]
 
 # Below this many multiply-adds (M*N*K per batch) the unpacked loop beats packing.
 SMALL_WORK = 16 * 1024
-# Below this many multiply-adds in total, one thread does everything (no parallel region).
-SERIAL_WORK = 1 << 21
+# Below this many multiply-adds in total, one thread does everything (bfloat16 counts half: it
+# runs twice as fast). Measured on a 2-core Zen 5 (docs/performance.md), one thread against two
+# (the pool's launch is about 50 us): float32 192^3 193 / 147 GFLOP/s, 256^3 203 / 227; bfloat16
+# 256^3 345 / 305, 384^3 400 / 537.
+SERIAL_WORK = 1 << 24
 
 def _cache_sizes() -> dict[int, int]:
     """Data/unified cache bytes per level (per core for L1/L2), from devices.cpu_info(), with
@@ -299,14 +304,6 @@ def _gemm_part(t, nthr, a3, b3, bias, has_bias, act, out3, mc, kc, nc):
                   c, bi * m * n + r0 * n + c0, n, mc, kc, nc, apack, bpack, ct)
 
 
-@numba.njit(parallel=True, **_JIT)
-def _gemm_parallel(a3, b3, bias, has_bias, act, out3, mc, kc, nc, nthr):
-    """The packed GEMM on nthr threads (numba.get_num_threads()), one parallel region per call."""
-    for t in prange(nthr):
-        # int64 t: the same specialisation of _gemm_part as the serial entry point (one compile)
-        _gemm_part(np.int64(t), nthr, a3, b3, bias, has_bias, act, out3, mc, kc, nc)
-
-
 @numba.njit(**_JIT)
 def _bf16_part(t, nthr, a3, b3, bias, has_bias, act, out3, mc, kc, nc):
     """``_gemm_part`` for bfloat16 A and B (uint16 bits) into float32 ``out3`` through VDPBF16PS:
@@ -345,13 +342,6 @@ def _bf16_part(t, nthr, a3, b3, bias, has_bias, act, out3, mc, kc, nc):
                     macro_kernel(mb, nb, (kb + 1) // 2, apack, 0, bpack, 0, c,
                                  coff + ic * n + jc, n, pc == 0, pc + kb >= k, ct, 0, bias,
                                  has_bias, c0 + jc, act)
-
-
-@numba.njit(parallel=True, **_JIT)
-def _bf16_parallel(a3, b3, bias, has_bias, act, out3, mc, kc, nc, nthr):
-    """The bfloat16 GEMM on nthr threads, one parallel region per call."""
-    for t in prange(nthr):
-        _bf16_part(np.int64(t), nthr, a3, b3, bias, has_bias, act, out3, mc, kc, nc)
 
 
 # -------------------------------------------------------------------- unpacked small/skinny kernels
@@ -528,26 +518,7 @@ def _tile_part(t, nthr, a3, b3, bias, has_bias, act, out3, chunk):
                 epilogue(c, co, n, rows, cols, bias, has_bias, jr, act)
 
 
-@numba.njit(parallel=True, **_JIT)
-def _rows_parallel(a3, b3, bias, has_bias, act, out3, chunk, nthr):
-    for t in prange(nthr):
-        _rows_part(np.int64(t), nthr, a3, b3, bias, has_bias, act, out3, chunk)
-
-
-@numba.njit(parallel=True, **_JIT)
-def _dots_parallel(a3, b3, bias, has_bias, act, out3, chunk, nthr):
-    for t in prange(nthr):
-        _dots_part(np.int64(t), nthr, a3, b3, bias, has_bias, act, out3, chunk)
-
-
-@numba.njit(parallel=True, **_JIT)
-def _tile_parallel(a3, b3, bias, has_bias, act, out3, chunk, nthr):
-    for t in prange(nthr):
-        _tile_part(np.int64(t), nthr, a3, b3, bias, has_bias, act, out3, chunk)
-
-
-_UNPACKED = {"rows": (_rows_part, _rows_parallel), "dots": (_dots_part, _dots_parallel),
-             "tile": (_tile_part, _tile_parallel)}
+_UNPACKED = {"rows": _rows_part, "dots": _dots_part, "tile": _tile_part}
 
 
 # ----------------------------------------------------------------------------------------- launch
@@ -565,26 +536,21 @@ def _sig(fn_args: str, dtype, out_dtype=None):
     blocks = (types.intp, types.intp, types.intp)
     if fn_args == "serial":
         return types.void(types.intp, types.intp, *common, *blocks)
-    if fn_args == "part":  # an unpacked kernel's share: (t, nthr, ..., chunk)
-        return types.void(types.intp, types.intp, *common, types.intp)
-    if fn_args == "part_parallel":
-        return types.void(*common, types.intp, types.intp)
-    return types.void(*common, *blocks, types.intp)
+    assert fn_args == "part"  # an unpacked kernel's share: (t, nthr, ..., chunk)
+    return types.void(types.intp, types.intp, *common, types.intp)
 
 
 class _Compiled:
     """The compiled entry points of one dtype (compiled or loaded from cache on first use)."""
 
-    __slots__ = ("small", "serial", "parallel", "unpacked", "empty")
+    __slots__ = ("small", "serial", "unpacked", "empty")
 
     def __init__(self, dtype):
         self.small = self._get(_matmul_small, "small", dtype)
-        self.serial = self._get(_gemm_part, "serial", dtype)  # called with t=0, nthr=1
-        self.parallel = self._get(_gemm_parallel, "parallel", dtype)
-        # kernel name -> (its share on the calling thread, its parallel region)
-        self.unpacked = {name: (self._get(part, "part", dtype),
-                                self._get(par, "part_parallel", dtype))
-                         for name, (part, par) in _UNPACKED.items()}
+        self.serial = self._get(_gemm_part, "serial", dtype)  # thread t's share of nthr
+        # kernel name -> its share (t, nthr, ...)
+        self.unpacked = {name: self._get(part, "part", dtype)
+                         for name, part in _UNPACKED.items()}
         self.empty = np.zeros(0, dtype)
 
     @staticmethod
@@ -593,14 +559,13 @@ class _Compiled:
 
 
 _COMPILED: dict = {}
-_BF16: list = []  # (serial, parallel) entry points of the VDPBF16PS GEMM, once compiled
+_BF16: list = []  # the VDPBF16PS GEMM's share entry point, once compiled
 
 
 def _bf16_compiled():
     if not _BF16:
-        _BF16.extend(entry_point(disp, _sig(kind, np.uint16, np.float32))
-                     for disp, kind in ((_bf16_part, "serial"), (_bf16_parallel, "parallel")))
-    return _BF16
+        _BF16.append(entry_point(_bf16_part, _sig("serial", np.uint16, np.float32)))
+    return _BF16[0]
 
 
 def bf16_dot(dtype_char: str, m: int, n: int, k: int, config: MatmulConfig | None) -> bool:
@@ -622,12 +587,8 @@ def _matmul_bf16(a, b, bias, act, config):
     cfg = config or _default(np.float32)
     # the float32 blocking's footprints hold twice the K of bfloat16
     blocks = (cfg.mc, 2 * cfg.kc, cfg.nc)
-    serial, parallel = _bf16_compiled()
-    nthr = numba.get_num_threads()
-    if m * n * k * nbat < SERIAL_WORK or nthr == 1:
-        serial(0, 1, a, b, bias, has_bias, act, out, *blocks)
-    else:
-        parallel(a, b, bias, has_bias, act, out, *blocks, nthr)
+    _run(_bf16_compiled(), _threads(m * n * k * nbat // 2), a, b, bias, has_bias, act, out,
+         *blocks)
     return out
 
 
@@ -691,24 +652,22 @@ def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
     work = m * n * k
     kernel = config.kernel if config is not None else "packed"
     if kernel != "packed" and k > 0:
-        part, par = fns.unpacked[kernel]
-        chunk = config.nc  # the rows kernel's column chunk (the others ignore it)
-        nthr = numba.get_num_threads()
-        if work * nbat < SERIAL_WORK or nthr == 1:
-            part(0, 1, a, b, bias, has_bias, act, out, chunk)
-        else:
-            par(a, b, bias, has_bias, act, out, chunk, nthr)
+        # (config.nc: the rows kernel's column chunk; the others ignore it)
+        _run(fns.unpacked[kernel], _threads(work * nbat), a, b, bias, has_bias, act, out,
+             config.nc)
         return out
     if work < SMALL_WORK or k == 0:
         fns.small(a, b, bias, has_bias, act, out)
         return out
     cfg = config or _default(dtype)
-    nthr = numba.get_num_threads()
-    if work * nbat < SERIAL_WORK or nthr == 1:
-        fns.serial(0, 1, a, b, bias, has_bias, act, out, cfg.mc, cfg.kc, cfg.nc)
-    else:
-        fns.parallel(a, b, bias, has_bias, act, out, cfg.mc, cfg.kc, cfg.nc, nthr)
+    _run(fns.serial, _threads(work * nbat), a, b, bias, has_bias, act, out, cfg.mc, cfg.kc,
+         cfg.nc)
     return out
+
+
+def _threads(work: int) -> int:
+    """Threads for a product of ``work`` multiply-adds: one below SERIAL_WORK."""
+    return 1 if work < SERIAL_WORK else numba.get_num_threads()
 
 
 _DEFAULTS: dict = {}
