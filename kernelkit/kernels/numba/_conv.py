@@ -41,7 +41,10 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 
+from kernelkit.kernels.numba._bf16dot import pack_a_pairs
 from kernelkit.kernels.numba._gemm import (
     _JIT,
     _U,
@@ -66,8 +69,8 @@ _I = np.int64  # _I(0): an int64 argument, not Literal[int](0), so callees compi
 # indices into geo
 (G_N, G_C, G_H, G_W, G_K, G_R, G_S, G_HO, G_WO, G_SH, G_SW, G_PT, G_PL, G_DH, G_DW, G_G,
  G_MC, G_KC, G_NC, G_PM, G_PN, G_HAS_BIAS, G_ACT, G_PLAIN, G_OSN, G_OSC, G_OSH, G_OSW,
- G_MODE, G_TAPW, G_XPOFF, G_XPITCH, G_GH, G_GW, G_DIRECT, G_BCOLS, G_PHASE) = range(37)
-GEO_LEN = 37
+ G_MODE, G_TAPW, G_XPOFF, G_XPITCH, G_GH, G_GW, G_DIRECT, G_BCOLS, G_PHASE, G_PAIRS) = range(38)
+GEO_LEN = 38
 # geo[G_MODE] of the forward: the implicit GEMM with NCHW output, with NHWC output, and the
 # shifted GEMM (NCHW output: one GEMM per kernel tap on a shifted view of the input)
 MODE_KP, MODE_PK, MODE_SHIFT = 0, 1, 2
@@ -426,15 +429,32 @@ def _fwd_pk(t, nthr, xf, xlo, sx, wp, bias, c, geo):
                                  bias, has_bias, g * kg + jc, act)
 
 
+def _pack_rows(src, off, s_m, s_k, mb, kb, dst, doff):
+    """``pack_a`` (``_bf16dot.pack_a_pairs`` from bfloat16 bits into uint32 pairs)."""
+
+
+@overload(_pack_rows, inline="always")
+def _pack_rows_ov(src, off, s_m, s_k, mb, kb, dst, doff):
+    if src.dtype == types.uint16 and dst.dtype == types.uint32:
+        return lambda src, off, s_m, s_k, mb, kb, dst, doff: pack_a_pairs(
+            src, off, s_m, s_k, mb, kb, dst, doff)
+    return lambda src, off, s_m, s_k, mb, kb, dst, doff: pack_a(
+        src, off, s_m, s_k, mb, kb, dst, doff)
+
+
 @numba.njit(inline="always", **_JIT)
 def _pack_w(t, nthr, wf, wp, geo, as_a):
-    """Pack every (group, depth block) of the weight (rows of ``wf``: (K, kred) contiguous) as
-    the packed A (as_a: Kg rows in MR slivers) or packed B (Kg columns in NR slivers).
+    """Pack every (group, depth block) of the weight ``wf`` as the packed A (as_a: Kg rows in MR
+    slivers) or packed B (Kg columns in NR slivers).
 
-    Depth blocks are ``kc`` deep and never cross a multiple of ``geo[G_TAPW]`` (0: kred): the
-    shifted GEMM's blocks each belong to one kernel tap."""
+    ``geo[G_TAPW]`` == 0 (the NHWC implicit GEMM): ``wf`` is (K, R, S, Cg) contiguous, reduction
+    order (r, s, c), blocks ``kc`` deep. Else (the shifted GEMM): ``wf`` is the weight as given,
+    (K, Cg, R, S) contiguous, packed tap-major (each block ``kc`` channels of one tap, tap t's
+    blocks at t*Cg*Kgpad), read with the taps' stride: no transposed copy of the weight; with
+    geo[G_PAIRS] > 0, bfloat16 bits packed as channel pairs (geo[G_C] and kc count pairs)."""
     K, G, kc = geo[G_K], geo[G_G], geo[G_KC]
-    kred = geo[G_C] // G * geo[G_R] * geo[G_S]
+    ntap = geo[G_R] * geo[G_S]
+    kred = geo[G_C] // G * ntap
     tapw = geo[G_TAPW] if geo[G_TAPW] > 0 else kred
     mr, nr = tile(wp)
     w = mr if as_a else nr
@@ -457,12 +477,20 @@ def _pack_w(t, nthr, wf, wp, geo, as_a):
         kb = min(kc, (tp + 1) * tapw - pc)
         s0 = ch * chunk
         s1 = min(nsl, s0 + chunk)
-        src = g * kg * kred + pc
         dst = g * kgpad * kred + pc * kgpad
         if as_a:
             rows = min(kg, s1 * mr) - s0 * mr
-            pack_a(wf, src + s0 * mr * kred, kred, _I(1), rows, kb, wp, dst + s0 * mr * kb)
+            # channel c0 of tap tp, of kb (pairs: 2 * kb, but for the odd last one) channels
+            c0 = pc - tp * tapw
+            cs, kbs = tapw, kb
+            if geo[G_PAIRS] > 0:
+                cs = geo[G_PAIRS]
+                c0, kbs = 2 * c0, min(2 * kb, cs - 2 * c0)
+            s_m = cs * ntap
+            _pack_rows(wf, (g * kg + s0 * mr) * s_m + c0 * ntap + tp, s_m, ntap, rows, kbs, wp,
+                       dst + s0 * mr * kb)
         else:
+            src = g * kg * kred + pc
             pack_b(wf, src, _I(1), kred, kb, kg, wp, dst, s0, s1)
 
 
@@ -477,14 +505,38 @@ def _phase_used(a, r, d, st):
     return False
 
 
+def _element(xf, o, hi, two):
+    """x's element at ``o`` as the padded copy stores it: itself, or for bfloat16 bits (uint16)
+    the uint32 pair of it and the element ``hi`` further (the next channel; a zero upper half
+    where ``two`` is false: the odd last channel of a group)."""
+
+
+@overload(_element, inline="always")
+def _element_ov(xf, o, hi, two):
+    if xf.dtype == types.uint16:
+        def pair(xf, o, hi, two):
+            lo16 = numba.uint32(xf[_U(o)])
+            if not two:
+                return lo16
+            return lo16 | (numba.uint32(xf[_U(o + hi)]) << numba.uint32(16))
+        return pair
+    return lambda xf, o, hi, two: xf[_U(o)]
+
+
 @numba.njit(inline="always", **_JIT)
 def _pad_planes(t, nthr, xf, xlo, sx, xp, geo):
     """Copy every (image, channel) plane of x, zero-padded and split into stride phases, into
     ``xp`` from ``geo[G_XPOFF]``: phase (a, b), a < sh, b < sw, holds the padded plane's rows
     a, a + sh, ... and columns b, b + sw, ... as geo[G_GH] rows of pitch geo[G_GW], the phases
     geo[G_PHASE] apart (stride 1: one phase, the padded plane), the planes geo[G_XPITCH] apart
-    (the gaps are left as they are). Phases no kernel tap reads are not written."""
+    (the gaps are left as they are). Phases no kernel tap reads are not written.
+
+    geo[G_PAIRS] > 0: x is bfloat16 bits with that many channels per group, and copy plane c of
+    group g holds the uint32 pairs of its channels 2c and 2c + 1 (``_element``), so that the
+    shifted GEMM's B rows are K pairs (``_gemm.ukernel_taps`` on uint32)."""
     N, C, H, W = geo[G_N], geo[G_C], geo[G_H], geo[G_W]
+    cgs = geo[G_PAIRS]
+    cq = C // geo[G_G]
     hp, wp_, pt, pl = geo[G_GH], geo[G_GW], geo[G_PT], geo[G_PL]
     sh, sw = geo[G_SH], geo[G_SW]
     sxn, sxc, sxh, sxw = sx
@@ -494,6 +546,12 @@ def _pad_planes(t, nthr, xf, xlo, sx, xp, geo):
     for u in range(u0, u1):
         n = u // C
         ch = u - n * C
+        two = False
+        if cgs > 0:  # bfloat16 pairs: copy channel ch is source channels 2q, 2q + 1 of group g
+            g = ch // cq
+            q = ch - g * cq
+            two = 2 * q + 1 < cgs
+            ch = g * cgs + 2 * q
         xo = -xlo + n * sxn + ch * sxc
         for a in range(sh):
             if not _phase_used(a, geo[G_R], geo[G_DH], sh):
@@ -515,10 +573,10 @@ def _pad_planes(t, nthr, xf, xlo, sx, xp, geo):
                     o = xo + ih * sxh + (lo * sw + b - pl) * sxw - lo * st
                     if st == 1:
                         for e in range(lo, hi):
-                            xp[_U(d + e)] = xf[_U(o + e)]
+                            xp[_U(d + e)] = _element(xf, o + e, sxc, two)
                     else:
                         for e in range(lo, hi):
-                            xp[_U(d + e)] = xf[_U(o + e * st)]
+                            xp[_U(d + e)] = _element(xf, o + e * st, sxc, two)
                     for e in range(hi, wp_):
                         xp[_U(d + e)] = zero
 
@@ -578,6 +636,7 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, bias, c, geo, ct
     junk = gw != Wo
     ncpad = _cdiv(nc, nr) * nr
     zero = c.dtype.type(0)
+    bzero = src.dtype.type(0)
     maxoff = toffs[0]
     for tp in range(1, ntap):
         maxoff = max(maxoff, toffs[tp])
@@ -609,7 +668,7 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, bias, c, geo, ct
                             for e in range(cols):
                                 tmpb[_U(d + e)] = src[_U(o + e)]
                             for e in range(cols, nr):
-                                tmpb[_U(d + e)] = zero
+                                tmpb[_U(d + e)] = bzero
                     _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, tmpb, _I(0), nr, ttmp, c,
                                  obase + jc + jr, hw, junk, scr, jr, ncpad, cols, cb == 0, ct)
             if not junk:
@@ -649,7 +708,7 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, bias, c, geo):
         return
     ct = np.empty(mr * nr, c.dtype)
     ntap = geo[G_R] * geo[G_S]
-    tmpb = np.empty(ntap * geo[G_KC] * nr, c.dtype)
+    tmpb = np.empty(ntap * geo[G_KC] * nr, wp.dtype)
     toffs = np.empty(ntap, np.int64)
     ttmp = np.empty(ntap, np.int64)
     sh, sw = geo[G_SH], geo[G_SW]
@@ -1166,6 +1225,22 @@ def fwd(t, nthr, phase, x4, wsrc, wp, bias, out1, geo):
         _fwd_shift(t, nthr, xf, xlo, sx, wp, bias, out1, geo)
     else:
         _fwd_kp(t, nthr, xf, xlo, sx, wsrc, bias, out1, geo)
+
+
+@numba.njit(**_JIT)
+def fwd_pairs(t, nthr, phase, x4, wsrc, wp, bias, out1, geo):
+    """The shifted GEMM's forward (MODE_SHIFT) on bfloat16 bits (uint16 x4) through VDPBF16PS:
+    phase 0 packs the weight (``wsrc``: bfloat16 bits, as pairs of channels) and the
+    padded copy of x as channel pairs (``_pad_planes``) into ``wp``; phase 1 convolves into the
+    float32 ``out1``. geo[G_C] counts channel pairs, geo[G_PAIRS] the channels per group."""
+    xf, xlo, sx = _flat4(x4)
+    if phase == 0:
+        _pack_w(t, nthr, wsrc, wp, geo, True)
+        _pad_planes(t, nthr, xf, xlo, sx, wp, geo)
+        return
+    # B is always the padded copy in wp (never x in place: x holds single channels, not pairs),
+    # so wp stands in for x: the in-place branch then compiles for uint32 too
+    _fwd_shift(t, nthr, wp, 0, sx, wp, bias, out1, geo)
 
 
 @numba.njit(**_JIT)

@@ -290,10 +290,11 @@ def ukernel_taps(typingctx, kc, ntap, toffs, ap, aoff, a_tap, bp, boff, b_rs, cp
     The micro-kernel over ``ntap`` GEMMs at once, the accumulators staying in registers from one
     to the next: A is a packed sliver per tap (``a_tap`` apart), B is read in place (rows
     ``b_rs`` apart holding NR consecutive elements) at a shift ``toffs[t]`` per tap. The shifted
-    GEMM's convolution taps: one C tile load and store per call instead of one per tap.
+    GEMM's convolution taps: one C tile load and store per call instead of one per tap. As in
+    ``ukernel``, uint32 A and B are bfloat16 pairs (VDPBF16PS) into float32 C, ``kc`` pairs deep.
     """
     tile_mn = _ukernel_typing((ap, bp, cp))
-    if tile_mn is None or ap.dtype == types.uint32 or not (
+    if tile_mn is None or not (
             isinstance(toffs, types.Array) and toffs.ndim == 1 and toffs.dtype == types.int64):
         return None
     sig = types.void(kc, ntap, toffs, ap, aoff, a_tap, bp, boff, b_rs, cp, coff, ldc,

@@ -190,6 +190,19 @@ class _Compiled:
 
 _COMPILED: dict = {}
 _DEFAULTS: dict = {}
+_PAIRS: list = []  # the bfloat16 shifted GEMM's entry point (``_conv.fwd_pairs``), once compiled
+
+
+def _pairs_compiled():
+    if not _PAIRS:
+        i = types.int64
+        sig = types.void(i, i, i, types.Array(types.uint16, 4, "A", readonly=True),
+                         types.Array(types.uint16, 1, "C"), types.Array(types.uint32, 1, "C"),
+                         types.Array(types.float32, 1, "A", readonly=True),
+                         types.Array(types.float32, 1, "C"),
+                         types.Array(types.int64, 1, "C", readonly=True))
+        _PAIRS.append(entry_point(_conv.fwd_pairs, sig))
+    return _PAIRS[0]
 
 
 def _compiled(dtype) -> _Compiled:
@@ -205,6 +218,8 @@ def warm(dtype: str) -> str:
     before = _gemm.COMPILED[0]
     fns = _compiled(_half.compute_dtype(dtype))
     fns.fwd, fns.dw, fns.bwd  # noqa: B018 - each attribute compiles on first access
+    if dtype == "bfloat16" and _gemm.HAS_BF16_DOT:
+        _pairs_compiled()
     _matmul_warm(dtype)
     return _gemm.warm_result(before)
 
@@ -261,17 +276,25 @@ def _shifted(cfg: Conv2dConfig, n: int, ho: int, wo: int, taps: int) -> bool:
     return cfg.kernel == "shift" or _shift_by_default(n, ho, wo, taps)
 
 
-def _shift_geo(geo, xv, cfg: Conv2dConfig, tn: int, padding, mr: int, nr: int) -> int:
-    """Fill the shifted GEMM's blocking into ``geo``; the size of the padded input copy (0 when
-    the input is read where it lies: no padding and contiguous rows)."""
-    n, c, h, w = xv.shape
+def _in_place(xv, stride, padding) -> bool:
+    """Whether the shifted GEMM reads x where it lies (no padding, stride 1, unit-stride rows
+    that follow each other) rather than from a zero-padded copy."""
+    h, w = xv.shape[2:]
+    sx = [st // xv.itemsize for st in xv.strides]
+    return (stride[0] == 1 and stride[1] == 1 and not any(padding) and sx[3] == 1
+            and (h == 1 or sx[2] == w))
+
+
+def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, padding, mr: int,
+               nr: int) -> int:
+    """Fill the shifted GEMM's blocking into ``geo`` (sizes already there: geo[G_C] counts the
+    channel pairs of a bfloat16 conv); the size of the padded input copy (0 when the input is
+    read where it lies, ``direct``)."""
+    n, c, h, w = geo[_conv.G_N], geo[_conv.G_C], geo[_conv.G_H], geo[_conv.G_W]
     k, g = geo[_conv.G_K], geo[_conv.G_G]
     r, s, ho, wo = geo[_conv.G_R], geo[_conv.G_S], geo[_conv.G_HO], geo[_conv.G_WO]
     sh, sw = geo[_conv.G_SH], geo[_conv.G_SW]
     cg, kg = c // g, k // g
-    sx = [st // xv.itemsize for st in xv.strides]
-    direct = (sh == 1 and sw == 1 and not any(padding) and sx[3] == 1
-              and (h == 1 or sx[2] == w))
     # the grid: the plane (direct), the padded plane, or (strided) one stride phase of it
     gh, gw = (h, w) if direct else (cdiv(h + padding[0] + padding[1], sh),
                                     cdiv(w + padding[2] + padding[3], sw))
@@ -287,7 +310,7 @@ def _shift_geo(geo, xv, cfg: Conv2dConfig, tn: int, padding, mr: int, nr: int) -
     # that a B sliver (the same columns of kc planes) spreads over every set of L1 instead of
     # aliasing into a few (a 16x16 plane is 1 KiB: 4 of L1's 64 sets); NR of slack after the
     # last plane lets the grid's last sliver be read in place.
-    line = max(1, 64 // xv.itemsize)
+    line = max(1, 64 // itemsize)
     pitch = cdiv(sh * sw * gh * gw, line) * line
     if (pitch // line) % 2 == 0:
         pitch += line
@@ -310,16 +333,72 @@ def _shift_geo(geo, xv, cfg: Conv2dConfig, tn: int, padding, mr: int, nr: int) -
 
 # ----------------------------------------------------------------------------------------- forward
 
-@_half.in_float32
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activation, layout,
                    config: Conv2dConfig | None = None, allow_tf32: bool = False) -> np.ndarray:
     """act(conv2d(x, weight) + bias) with torch's semantics; a new array in x's layout.
 
-    x: (N, C, H, W) ("NCHW") or (N, H, W, C) ("NHWC"), float32/float64 (float16 and bfloat16
-    computed in float32: ``_half``), any strides. weight:
+    x: (N, C, H, W) ("NCHW") or (N, H, W, C) ("NHWC"), float32/float64, any strides; float16
+    and bfloat16 computed in float32 (``_half``), except NCHW bfloat16 on a CPU with AVX-512
+    BF16, which runs the shifted GEMM on bfloat16 pairs (``bf16_shift``). weight:
     (K, C // groups, R, S); bias: (K,) or None. stride, dilation: pairs; padding: (top, bottom,
     left, right).
     """
+    if x.dtype.char == "H" and bf16_shift(x, weight, groups, layout, config):
+        out = _conv_pairs(x, weight, bias, stride, padding, dilation, groups, activation, config)
+        return _half.narrow(out, "H")
+    return _conv_float(x, weight, bias, stride, padding, dilation, groups, activation, layout,
+                       config)
+
+
+def bf16_shift(x, weight, groups, layout: str, config: Conv2dConfig | None) -> bool:
+    """Whether a bfloat16 forward runs as the shifted GEMM on channel pairs through VDPBF16PS
+    (the CPU has AVX-512 BF16, NCHW, not depthwise, the implicit GEMM not asked for)."""
+    k, cg, r, s = weight.shape
+    return (_gemm.HAS_BF16_DOT and layout == "NCHW" and cg * r * s > 0
+            and not (int(groups) == x.shape[1] and cg == 1 and groups > 1)
+            and (config is None or config.kernel != "gemm"))
+
+
+def _conv_pairs(x, weight, bias, stride, padding, dilation, groups, activation,
+                config: Conv2dConfig | None) -> np.ndarray:
+    """act(conv2d(x, weight) + bias) for NCHW bfloat16 bits (uint16), float32 (N, K, Ho, Wo).
+
+    The shifted GEMM with K pairs: the padded copy holds each pair of input channels as one
+    uint32 plane, the weight is packed as pairs of channels per tap (an odd channel count gets
+    a zero partner), and ``_gemm.ukernel_taps`` multiplies them with VDPBF16PS (float32 sums).
+    """
+    n, c, h, w = x.shape
+    k, cg, r, s = weight.shape
+    g = int(groups)
+    ho, wo = out_size(h, w, r, s, stride, padding, dilation)
+    out = np.empty((n, k, ho, wo), np.float32)
+    if out.size == 0:
+        return out
+    cq = (cg + 1) // 2  # channel pairs per group
+    has_bias = bias is not None
+    bias = _half.widen(bias) if has_bias else np.zeros(0, np.float32)
+    (x,) = _aligned(x)
+    geo = _geo(n, g * cq, h, w, k, r, s, ho, wo, stride, padding, dilation, g)
+    geo[_conv.G_HAS_BIAS] = int(has_bias)
+    geo[_conv.G_ACT] = ACT_CODES[activation]
+    geo[_conv.G_PAIRS] = cg
+    mr, nr = tile_shape(np.float32)
+    tn = _threads(n * ho * wo * k * cg * r * s // 2)
+    cfg = config or _default(np.float32)
+    xp_size = _shift_geo(geo, False, 4, cfg, tn, padding, mr, nr)
+    wpack = np.empty(g * cdiv(k // g, mr) * mr * cq * r * s + xp_size, np.uint32)
+    fn = _pairs_compiled()
+    out1 = out.reshape(-1)
+    wsrc = _writable(weight).reshape(-1)
+    _run(fn, tn if wpack.size >= SERIAL_PACK else 1, 0, x, wsrc, wpack, bias, out1, geo)
+    _run(fn, tn, 1, x, wsrc, wpack, bias, out1, geo)
+    return out
+
+
+@_half.in_float32
+def _conv_float(x, weight, bias, stride, padding, dilation, groups, activation, layout,
+                config: Conv2dConfig | None = None) -> np.ndarray:
+    """conv2d_forward in float32 or float64 (half precision widened by the decorator)."""
     dtype = x.dtype
     assert dtype.char in "fd" and weight.dtype == dtype and x.ndim == 4 and weight.ndim == 4
     nhwc = layout == "NHWC"
@@ -382,9 +461,9 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
         wsrc = _writable(weight.transpose(0, 2, 3, 1)).reshape(-1)
         wpack = np.empty(g * nsl * nr * kred, dtype)
     elif _shifted(cfg, n, ho, wo, r * s):  # MODE_SHIFT
-        xp_size = _shift_geo(geo, xv, cfg, tn, padding, mr, nr)
-        # weight as (K, R, S, Cg): tap-major reduction, each tap's channels contiguous
-        wsrc = _writable(weight.transpose(0, 2, 3, 1)).reshape(-1)
+        xp_size = _shift_geo(geo, _in_place(xv, stride, padding), dtype.itemsize, cfg, tn,
+                             padding, mr, nr)
+        wsrc = _writable(weight).reshape(-1)  # packed tap-major from (K, Cg, R, S)
         wpack = np.empty(g * cdiv(kg, mr) * mr * kred + xp_size, dtype)
     else:  # MODE_KP: Y_n (Kg x HoWo) = W (read in place) @ im2col panels (packed B)
         # Small planes whose last sliver per image is mostly empty: the columns run over all

@@ -1,0 +1,80 @@
+"""bfloat16 / float16 conv2d on ResNet-50's 3x3 layers against torch's own half-precision conv
+(oneDNN) and against the Numba float32 conv, calls interleaved (issue 13's bar: bfloat16 conv on
+the ResNet-50 3x3 layers at least 0.8x torch).
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE flock /tmp/kk-bench.lock \\
+        python bench/probes/half_conv_probe.py [--batch 1 8] [--dtype bfloat16]
+
+Rows per layer: ``kernelkit.conv2d`` on torch CPU tensors with the Numba backend forced, in the
+half dtype and in float32, and ``torch.nn.functional.conv2d`` in the half dtype; each row timed
+in its steady state, rows interleaved (``_steady.py``), medians over the rounds. Layers are
+(C, H=W, stride) with K = C (the bottleneck's 3x3 conv, padding 1). Prints the geomean of
+half / torch over the layers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _steady import steady_medians  # noqa: E402
+
+import kernelkit  # noqa: E402
+from kernelkit import devices  # noqa: E402
+
+# ResNet-50's 3x3 convs: (C, input H=W, stride); K = C
+LAYERS = [(64, 56, 1), (128, 56, 2), (128, 28, 1), (256, 28, 2), (256, 14, 1), (512, 14, 2),
+          (512, 7, 1)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    ap.add_argument("--rounds", type=int, default=6)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    dt = getattr(torch, args.dtype)
+    print(f"cpu: {devices.cpu_info()['model']}; {args.dtype} conv2d, Numba forced vs torch "
+          f"{torch.__version__} ({torch.backends.cpu.get_cpu_capability()})")
+    print(f"| batch | layer | Numba float32 GFLOP/s | Numba {args.dtype} GFLOP/s | torch "
+          f"{args.dtype} GFLOP/s | half / float32 | half / torch |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for n in args.batch:
+        ratios = []
+        for c, hw, st in LAYERS:
+            g = torch.Generator().manual_seed(c * hw)
+            x32 = torch.randn(n, c, hw, hw, generator=g)
+            w32 = torch.randn(c, c, 3, 3, generator=g).mul(0.05)
+            xh, wh = x32.to(dt), w32.to(dt)
+            ho = (hw + 2 - 3) // st + 1
+            flops = 2.0 * n * c * c * 9 * ho * ho
+
+            def ours(x, w):
+                def fn():
+                    with kernelkit.use(backend="numba"):
+                        return kernelkit.conv2d(x, w, stride=st, padding=1)
+                return fn
+
+            fns = [ours(x32, w32), ours(xh, wh), lambda: F.conv2d(xh, wh, stride=st, padding=1)]
+            for fn in fns:
+                fn()  # tunes (Numba's configs) and compiles before timing
+            t32, th, tt = steady_medians(fns, rounds=args.rounds, warm=0.05)
+            ratios.append(tt / th)
+            print(f"| {n} | {c}ch {hw}px s{st} | {flops / t32 / 1e9:.0f} | {flops / th / 1e9:.0f} "
+                  f"| {flops / tt / 1e9:.0f} | {t32 / th:.2f} | {tt / th:.2f} |", flush=True)
+        geo = math.exp(sum(map(math.log, ratios)) / len(ratios))
+        print(f"batch {n}: {args.dtype} / torch geomean {geo:.3f}, lowest {min(ratios):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

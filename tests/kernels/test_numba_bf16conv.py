@@ -1,0 +1,177 @@
+"""The bfloat16 conv2d forward through AVX-512 BF16: the shifted GEMM on channel pairs.
+
+NCHW bfloat16 forwards on a CPU with VDPBF16PS (``_gemm.HAS_BF16_DOT``) pack the weight and the
+zero-padded input as pairs of input channels (uint32 words) and multiply them with
+``_gemm.ukernel_taps``; everything else in bfloat16 widens to float32, which
+``test_numba_conv2d.py`` and the ops tests cover on every machine. The routing test runs
+everywhere; the products need the instruction and skip elsewhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from reference import assert_conv2d_close
+
+from kernelkit.kernels.numba import _gemm
+from kernelkit.kernels.numba import conv2d as nc
+from kernelkit.kernels.numba.conv2d import Conv2dConfig, conv2d_forward
+
+needs_bf16_dot = pytest.mark.skipif(not _gemm.HAS_BF16_DOT,
+                                    reason="the CPU (or LLVM < 17) has no AVX-512 BF16")
+# Blocks far smaller than the defaults (kc counts channel pairs), so modest shapes cross them.
+TINY = Conv2dConfig(mc=24, kc=5, nc=64, kernel="shift")
+# A uint32 poison that reads as two bfloat16 NaNs: a packed word the kernel reads without
+# having written it turns the output into NaN.
+POISON_PAIR = 0x7FC07FC0
+
+# (N, C, H, W, K, R, S, stride, padding (t, b, l, r), dilation, groups)
+CASES = [
+    (1, 1, 1, 1, 1, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),  # one channel: a pair's lower half
+    (2, 3, 7, 5, 4, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),  # odd C
+    (1, 5, 13, 11, 7, 3, 2, (2, 2), (1, 1, 0, 1), (1, 1), 1),  # stride 2, even kernel
+    (2, 4, 9, 10, 6, 3, 3, (1, 2), (2, 2, 2, 2), (2, 2), 1),  # dilation 2
+    (2, 6, 8, 8, 9, 3, 3, (2, 1), (1, 0, 2, 1), (1, 1), 3),  # groups of 2 channels
+    (2, 10, 7, 7, 4, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 2),  # groups of 5: odd per group
+    (2, 17, 7, 9, 19, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 1x1: the copy is the pairing
+    (2, 16, 9, 9, 20, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1),  # 1x1 stride 2
+    (3, 37, 13, 11, 41, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),  # primes, several tiles
+    (1, 3, 23, 22, 8, 7, 7, (2, 2), (3, 3, 3, 3), (1, 1), 1),  # ResNet's stem
+    (1, 24, 3, 3, 41, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),  # more rows than pixels
+]
+
+
+def _ids(case):
+    n, c, h, w, k, r, s, st_, pad, dil, g = case
+    return f"n{n}c{c}h{h}w{w}k{k}r{r}s{s}st{st_[0]}{st_[1]}p{''.join(map(str, pad))}g{g}"
+
+
+def bits(t: torch.Tensor) -> np.ndarray:
+    """A bfloat16 tensor's bit patterns as the numpy uint16 array the CPU kernels take."""
+    return t.contiguous().view(torch.int16).numpy().view(np.uint16)
+
+
+def as_bf16(u16: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(u16).view(np.int16)).view(torch.bfloat16)
+
+
+def make(case, seed):
+    n, c, h, w, k, r, s, _, _, _, g = case
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=gen).bfloat16()
+    wt = torch.randn(k, c // g, r, s, generator=gen).bfloat16()
+    b = torch.randn(k, generator=gen).bfloat16()
+    return x, wt, b
+
+
+def run_and_check(x_bits, w, b, case, act=None, config=None, x_ref=None):
+    _, _, _, _, _, _, _, st_, pad, dil, g = case
+    assert nc.bf16_shift(x_bits, bits(w), g, "NCHW", config)
+    out = conv2d_forward(x_bits, bits(w), None if b is None else bits(b), st_, pad, dil, g, act,
+                         "NCHW", config)
+    assert out.dtype == np.uint16 and out.flags.c_contiguous
+    assert_conv2d_close(as_bf16(out), as_bf16(x_bits) if x_ref is None else x_ref, w, b,
+                        stride=st_, padding=pad, dilation=dil, groups=g, activation=act,
+                        acc="float32")
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every array the launcher allocates starts as NaN (float) or NaN pairs (uint32), and the
+    threaded path runs whatever the size."""
+    if _gemm.HAS_BF16_DOT:
+        nc._pairs_compiled()  # compiled before np.empty is patched: Numba types np.empty
+    monkeypatch.setattr(nc, "SERIAL_WORK", 0)
+    monkeypatch.setattr(nc, "SERIAL_PACK", 0)
+    real_empty = np.empty
+
+    def empty(*args, **kwargs):
+        a = real_empty(*args, **kwargs)
+        if a.dtype == np.uint32:
+            a[...] = POISON_PAIR
+        elif a.dtype.kind == "f":
+            a[...] = np.nan
+        return a
+
+    monkeypatch.setattr(nc.np, "empty", empty)
+
+
+def test_the_pair_path_is_taken_exactly_where_it_applies(monkeypatch):
+    """NCHW bfloat16 forwards on a CPU with AVX-512 BF16, never NHWC, depthwise, or the implicit
+    GEMM asked for by the config; on a CPU without it, never."""
+    x, w = np.zeros((1, 8, 5, 5), np.uint16), np.zeros((8, 8, 3, 3), np.uint16)
+    dw = np.zeros((8, 1, 3, 3), np.uint16)
+    monkeypatch.setattr(_gemm, "HAS_BF16_DOT", True)
+    assert nc.bf16_shift(x, w, 1, "NCHW", None)
+    assert nc.bf16_shift(x, w, 1, "NCHW", Conv2dConfig(24, 16, 64, "auto"))
+    assert nc.bf16_shift(x, w[:, :4], 2, "NCHW", None)  # grouped, not depthwise
+    assert not nc.bf16_shift(x, w, 1, "NHWC", None)
+    assert not nc.bf16_shift(x, dw, 8, "NCHW", None)
+    assert not nc.bf16_shift(x, w, 1, "NCHW", Conv2dConfig(24, 16, 64, "gemm"))
+    assert not nc.bf16_shift(x, np.zeros((8, 0, 3, 3), np.uint16), 1, "NCHW", None)
+    monkeypatch.setattr(_gemm, "HAS_BF16_DOT", False)
+    assert not nc.bf16_shift(x, w, 1, "NCHW", None)
+
+
+@needs_bf16_dot
+@pytest.mark.parametrize("config", [None, TINY], ids=["default", "tiny"])
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_bf16_conv_matches_float64(case, config, poisoned):
+    x, w, b = make(case, sum(case[:7]))
+    run_and_check(bits(x), w, b, case, "relu", config)
+    run_and_check(bits(x), w, None, case, None, config)
+
+
+@needs_bf16_dot
+@pytest.mark.parametrize("case", [CASES[1], CASES[5], CASES[8]], ids=_ids)
+def test_bf16_conv_reads_any_strides(case, poisoned):
+    """Channels sliced and reversed, rows transposed: read where they lie."""
+    x, w, b = make(case, 7)
+    xb = bits(x)
+    run_and_check(np.ascontiguousarray(xb[:, ::-1])[:, ::-1], w, b, case)
+    wide = np.zeros(xb.shape[:1] + (2 * xb.shape[1],) + xb.shape[2:], np.uint16)
+    wide[:, ::2] = xb
+    run_and_check(wide[:, ::2], w, b, case)
+    tr = np.ascontiguousarray(xb.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    run_and_check(tr, w, b, case)
+
+
+@needs_bf16_dot
+def test_bf16_conv_nan_inf(poisoned):
+    """NaN and Inf propagate as in the float64 reference (Inf against a zero of the padding is
+    NaN there too: the reference pads explicitly)."""
+    case = (2, 7, 9, 8, 5, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    x, w, b = make(case, 5)
+    x[0, 2, 4, 4] = float("nan")
+    x[1, 3, 0, 0] = float("inf")
+    x[1, 6, 8, 7] = -float("inf")
+    run_and_check(bits(x), w, b, case)
+    w2 = w.clone()
+    w2[1, 4, 0, 0] = float("inf")
+    x2, _, _ = make(case, 6)
+    run_and_check(bits(x2), w2, b, case)
+
+
+@needs_bf16_dot
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 3), c=st.integers(1, 40), hw=st.tuples(st.integers(1, 19),
+       st.integers(1, 19)), k=st.integers(1, 30), rs=st.sampled_from([1, 2, 3, 5]),
+       stride=st.integers(1, 3), pad=st.integers(0, 2), kc=st.integers(1, 24),
+       seed=st.integers(0, 2**16))
+def test_bf16_conv_hypothesis(n, c, hw, k, rs, stride, pad, kc, seed):
+    h, w_ = hw
+    assume(h + 2 * pad >= rs and w_ + 2 * pad >= rs)  # an output pixel at least
+    case = (n, c, h, w_, k, rs, rs, (stride, stride), (pad,) * 4, (1, 1), 1)
+    x, w, b = make(case, seed)
+    run_and_check(bits(x), w, b, case, None, Conv2dConfig(24, kc, 64, "auto"))
+
+
+@needs_bf16_dot
+def test_bf16_conv_empty_output():
+    x = torch.randn(0, 4, 5, 5).bfloat16()
+    w = torch.randn(3, 4, 3, 3).bfloat16()
+    out = conv2d_forward(bits(x), bits(w), None, (1, 1), (1, 1, 1, 1), (1, 1), 1, None, "NCHW")
+    assert out.shape == (0, 3, 5, 5) and out.dtype == np.uint16
