@@ -44,7 +44,6 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from kernelkit.kernels.numba._bf16dot import pack_a_pairs
 from kernelkit.kernels.numba._gemm import (
     _JIT,
     _U,
@@ -429,86 +428,10 @@ def _fwd_pk(t, nthr, xf, xlo, sx, wp, bias, c, geo):
                                  bias, has_bias, g * kg + jc, act)
 
 
-def _pack_rows(src, off, s_m, s_k, mb, kb, dst, doff):
-    """``pack_a`` (``_bf16dot.pack_a_pairs`` from bfloat16 bits into uint32 pairs)."""
-
-
-@overload(_pack_rows, inline="always")
-def _pack_rows_ov(src, off, s_m, s_k, mb, kb, dst, doff):
-    if src.dtype == types.uint16 and dst.dtype == types.uint32:
-        return lambda src, off, s_m, s_k, mb, kb, dst, doff: pack_a_pairs(
-            src, off, s_m, s_k, mb, kb, dst, doff)
-    return lambda src, off, s_m, s_k, mb, kb, dst, doff: pack_a(
-        src, off, s_m, s_k, mb, kb, dst, doff)
-
-
-@numba.njit(inline="always", **_JIT)
-def _pack_w(t, nthr, wf, wp, geo, as_a):
-    """Pack every (group, depth block) of the weight ``wf`` as the packed A (as_a: Kg rows in MR
-    slivers) or packed B (Kg columns in NR slivers).
-
-    ``geo[G_TAPW]`` == 0 (the NHWC implicit GEMM): ``wf`` is (K, R, S, Cg) contiguous, reduction
-    order (r, s, c), blocks ``kc`` deep. Else (the shifted GEMM): ``wf`` is the weight as given,
-    (K, Cg, R, S) contiguous, packed tap-major (each block ``kc`` channels of one tap, tap t's
-    blocks at t*Cg*Kgpad), read with the taps' stride: no transposed copy of the weight; with
-    geo[G_PAIRS] > 0, bfloat16 bits packed as channel pairs (geo[G_C] and kc count pairs)."""
-    K, G, kc = geo[G_K], geo[G_G], geo[G_KC]
-    ntap = geo[G_R] * geo[G_S]
-    kred = geo[G_C] // G * ntap
-    tapw = geo[G_TAPW] if geo[G_TAPW] > 0 else kred
-    mr, nr = tile(wp)
-    w = mr if as_a else nr
-    kg = K // G
-    kgpad = _cdiv(kg, w) * w
-    nsl = kgpad // w
-    npt = _cdiv(tapw, kc)
-    npc = (kred // tapw) * npt
-    chunk = 8
-    nch = _cdiv(nsl, chunk)
-    jobs = G * npc * nch
-    j0, j1 = _share(t, nthr, jobs)
-    for job in range(j0, j1):
-        ch = job % nch
-        rest = job // nch
-        pi = rest % npc
-        g = rest // npc
-        tp = pi // npt
-        pc = tp * tapw + (pi - tp * npt) * kc
-        kb = min(kc, (tp + 1) * tapw - pc)
-        s0 = ch * chunk
-        s1 = min(nsl, s0 + chunk)
-        dst = g * kgpad * kred + pc * kgpad
-        if as_a:
-            rows = min(kg, s1 * mr) - s0 * mr
-            # channel c0 of tap tp, of kb (pairs: 2 * kb, but for the odd last one) channels
-            c0 = pc - tp * tapw
-            cs, kbs = tapw, kb
-            if geo[G_PAIRS] > 0:
-                cs = geo[G_PAIRS]
-                c0, kbs = 2 * c0, min(2 * kb, cs - 2 * c0)
-            s_m = cs * ntap
-            _pack_rows(wf, (g * kg + s0 * mr) * s_m + c0 * ntap + tp, s_m, ntap, rows, kbs, wp,
-                       dst + s0 * mr * kb)
-        else:
-            src = g * kg * kred + pc
-            pack_b(wf, src, _I(1), kred, kb, kg, wp, dst, s0, s1)
-
-
-# ------------------------------------------------------------------------- the shifted GEMM
-
-@numba.njit(inline="always", **_JIT)
-def _phase_used(a, r, d, st):
-    """Whether some kernel tap kr < r (dilation d) falls in stride phase a (stride st)."""
-    for kr in range(r):  # noqa: SIM110 - a loop, not any() of a generator: jitted code
-        if (kr * d) % st == a:
-            return True
-    return False
-
-
 def _element(xf, o, hi, two):
-    """x's element at ``o`` as the padded copy stores it: itself, or for bfloat16 bits (uint16)
-    the uint32 pair of it and the element ``hi`` further (the next channel; a zero upper half
-    where ``two`` is false: the odd last channel of a group)."""
+    """The word the packed weight or the padded copy stores for ``xf[o]``: the element itself,
+    or for bfloat16 bits (uint16) the uint32 pair of it and the element ``hi`` further (the next
+    channel; a zero upper half where ``two`` is false: the odd last channel of a group)."""
 
 
 @overload(_element, inline="always")
@@ -521,6 +444,104 @@ def _element_ov(xf, o, hi, two):
             return lo16 | (numba.uint32(xf[_U(o + hi)]) << numba.uint32(16))
         return pair
     return lambda xf, o, hi, two: xf[_U(o)]
+
+
+@numba.njit(inline="always", **_JIT)
+def _pack_w(t, nthr, wf, wp, geo):
+    """Pack every (group, depth block) of the weight ``wf`` ((K, R, S, Cg) contiguous: reduction
+    order (r, s, c)) as the NHWC implicit GEMM's packed B: Kg columns in NR slivers, blocks
+    ``kc`` deep."""
+    K, G, kc = geo[G_K], geo[G_G], geo[G_KC]
+    kred = geo[G_C] // G * geo[G_R] * geo[G_S]
+    _, nr = tile(wp)
+    kg = K // G
+    kgpad = _cdiv(kg, nr) * nr
+    nsl = kgpad // nr
+    npc = _cdiv(kred, kc)
+    chunk = 8
+    nch = _cdiv(nsl, chunk)
+    j0, j1 = _share(t, nthr, G * npc * nch)
+    for job in range(j0, j1):
+        ch = job % nch
+        rest = job // nch
+        pc = (rest % npc) * kc
+        g = rest // npc
+        kb = min(kc, kred - pc)
+        s0 = ch * chunk
+        pack_b(wf, g * kg * kred + pc, _I(1), kred, kb, kg, wp, g * kgpad * kred + pc * kgpad,
+               s0, min(nsl, s0 + chunk))
+
+
+@numba.njit(inline="always", **_JIT)
+def _scatter_taps(wp, d, stride, wf, o, ntap, two):
+    """The words of one (row, channel) run of ``ntap`` taps at ``wf[o:]``, tap t's to
+    ``wp[d + t*stride]``."""
+    for tp in range(ntap):
+        wp[_U(d + tp * stride)] = _element(wf, o + tp, ntap, two)
+
+
+@numba.njit(inline="always", **_JIT)
+def _pack_taps(t, nthr, wf, wp, geo):
+    """The shifted GEMM's packed A from the weight as given (``wf``: (K, Cs, R, S) contiguous):
+    per group, tap-major blocks (tap t's at t*Cg*Kgpad), each ``kc`` channels of one tap in MR-row
+    slivers (word (p, i) of a sliver at p*MR + i).
+
+    Each (row, channel) run of R*S taps is read once and scattered into the taps' blocks. With
+    geo[G_PAIRS] > 0 (Cs = geo[G_PAIRS] bfloat16 channels), a word is a pair of channels
+    (``_element``) and geo[G_C], kc count pairs."""
+    K, G, kc = geo[G_K], geo[G_G], geo[G_KC]
+    ntap = geo[G_R] * geo[G_S]
+    cq = geo[G_C] // G  # channels (pairs) per group in the packed weight
+    pairs = geo[G_PAIRS] > 0
+    cs = geo[G_PAIRS] if pairs else cq  # channels per group in wf
+    mr, _ = tile(wp)
+    kg = K // G
+    kgpad = _cdiv(kg, mr) * mr
+    kred = cq * ntap
+    tap_stride = cq * kgpad
+    nsl = kgpad // mr
+    npt = _cdiv(cq, kc)
+    chunk = 8
+    nch = _cdiv(nsl, chunk)
+    zero = wp.dtype.type(0)
+    j0, j1 = _share(t, nthr, G * npt * nch)
+    for job in range(j0, j1):
+        ch = job % nch
+        rest = job // nch
+        cb = (rest % npt) * kc
+        g = rest // npt
+        kb = min(kc, cq - cb)
+        for sl in range(ch * chunk, min(nsl, (ch + 1) * chunk)):
+            blk = g * kgpad * kred + cb * kgpad + sl * mr * kb
+            rows = min(mr, kg - sl * mr)
+            for q in range(kb):
+                c0 = 2 * (cb + q) if pairs else cb + q
+                two = c0 + 1 < cs
+                for r in range(rows):
+                    o = ((g * kg + sl * mr + r) * cs + c0) * ntap
+                    d = blk + q * mr + r
+                    # a constant tap count for 3x3 and 1x1: LLVM unrolls the scatter; with a
+                    # runtime count it vectorises it into scatter instructions (5x slower here)
+                    if ntap == 9:
+                        _scatter_taps(wp, d, tap_stride, wf, o, 9, two)
+                    elif ntap == 1:
+                        _scatter_taps(wp, d, tap_stride, wf, o, 1, two)
+                    else:
+                        _scatter_taps(wp, d, tap_stride, wf, o, ntap, two)
+                for r in range(rows, mr):
+                    for tp in range(ntap):
+                        wp[_U(blk + q * mr + r + tp * tap_stride)] = zero
+
+
+# ------------------------------------------------------------------------- the shifted GEMM
+
+@numba.njit(inline="always", **_JIT)
+def _phase_used(a, r, d, st):
+    """Whether some kernel tap kr < r (dilation d) falls in stride phase a (stride st)."""
+    for kr in range(r):  # noqa: SIM110 - a loop, not any() of a generator: jitted code
+        if (kr * d) % st == a:
+            return True
+    return False
 
 
 @numba.njit(inline="always", **_JIT)
@@ -1209,13 +1230,15 @@ def _flat4(a4):
 def fwd(t, nthr, phase, x4, wsrc, wp, bias, out1, geo):
     """Forward. phase 0: pack the weight ``wsrc`` into ``wp`` (and, for the shifted GEMM, the
     zero-padded input after it); phase 1: the convolution. geo[G_MODE]: MODE_KP (NCHW output,
-    the weight read in place as A, nothing to pack), MODE_PK (NHWC output, weight as packed B), MODE_SHIFT (NCHW output,
-    stride 1, weight as packed A in tap-major order)."""
+    the weight read in place as A, nothing to pack), MODE_PK (NHWC output, the weight as packed
+    B), MODE_SHIFT (NCHW output, the weight as packed A in tap-major order)."""
     mode = geo[G_MODE]
     xf, xlo, sx = _flat4(x4)
     if phase == 0:
-        if mode != MODE_KP:  # MODE_KP reads the weight where it lies
-            _pack_w(t, nthr, wsrc, wp, geo, mode != MODE_PK)
+        if mode == MODE_PK:  # (MODE_KP reads the weight where it lies)
+            _pack_w(t, nthr, wsrc, wp, geo)
+        elif mode == MODE_SHIFT:
+            _pack_taps(t, nthr, wsrc, wp, geo)
         if mode == MODE_SHIFT and geo[G_DIRECT] == 0:
             _pad_planes(t, nthr, xf, xlo, sx, wp, geo)
         return
@@ -1235,7 +1258,7 @@ def fwd_pairs(t, nthr, phase, x4, wsrc, wp, bias, out1, geo):
     float32 ``out1``. geo[G_C] counts channel pairs, geo[G_PAIRS] the channels per group."""
     xf, xlo, sx = _flat4(x4)
     if phase == 0:
-        _pack_w(t, nthr, wsrc, wp, geo, True)
+        _pack_taps(t, nthr, wsrc, wp, geo)
         _pad_planes(t, nthr, xf, xlo, sx, wp, geo)
         return
     # B is always the padded copy in wp (never x in place: x holds single channels, not pairs),
