@@ -95,9 +95,15 @@ def warm_result(before: int) -> str:
     return "compiled" if COMPILED[0] > before else "loaded"
 
 
+_TILE_OF: dict = {}  # tile_shape's answers by the argument: np.dtype(...).name costs microseconds
+
+
 def tile_shape(dtype) -> tuple[int, int]:
     """(MR, NR) of the micro-kernel for ``dtype`` (float32 or float64)."""
-    return TILE[np.dtype(dtype).name]
+    t = _TILE_OF.get(dtype)
+    if t is None:
+        t = _TILE_OF[dtype] = TILE[np.dtype(dtype).name]
+    return t
 
 
 COMPILED = [0]  # entry points compiled in this process, not loaded from the on-disk cache

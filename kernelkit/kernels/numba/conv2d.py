@@ -290,10 +290,9 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     """Fill the shifted GEMM's blocking into ``geo`` (sizes already there: geo[G_C] counts the
     channel pairs of a bfloat16 conv); the size of the padded input copy (0 when the input is
     read where it lies, ``direct``)."""
-    n, c, h, w = geo[_conv.G_N], geo[_conv.G_C], geo[_conv.G_H], geo[_conv.G_W]
-    k, g = geo[_conv.G_K], geo[_conv.G_G]
-    r, s, ho, wo = geo[_conv.G_R], geo[_conv.G_S], geo[_conv.G_HO], geo[_conv.G_WO]
-    sh, sw = geo[_conv.G_SH], geo[_conv.G_SW]
+    # as Python ints: arithmetic on numpy scalars costs several times more per operation
+    n, c, h, w, k, r, s, ho, wo, sh, sw = geo[_conv.G_N:_conv.G_SW + 1].tolist()
+    g = int(geo[_conv.G_G])
     cg, kg = c // g, k // g
     # the grid: the plane (direct), the padded plane, or (strided) one stride phase of it
     gh, gw = (h, w) if direct else (cdiv(h + padding[0] + padding[1], sh),
