@@ -504,6 +504,7 @@ def _pack_taps(t, nthr, wf, wp, geo):
     chunk = 8
     nch = _cdiv(nsl, chunk)
     zero = wp.dtype.type(0)
+    w32 = wf[: wf.size // 2 * 2].view(np.uint32)  # (read for bfloat16 pairs of 1x1 weights)
     j0, j1 = _share(t, nthr, G * npt * nch)
     for job in range(j0, j1):
         ch = job % nch
@@ -514,11 +515,30 @@ def _pack_taps(t, nthr, wf, wp, geo):
         for sl in range(ch * chunk, min(nsl, (ch + 1) * chunk)):
             blk = g * kgpad * kred + cb * kgpad + sl * mr * kb
             rows = min(mr, kg - sl * mr)
-            for q in range(kb):
-                c0 = 2 * (cb + q) if pairs else cb + q
-                two = c0 + 1 < cs
-                for r in range(rows):
-                    o = ((g * kg + sl * mr + r) * cs + c0) * ntap
+            for r in range(rows, mr):  # the last sliver's missing rows
+                for q in range(kb):
+                    for tp in range(ntap):
+                        wp[_U(blk + q * mr + r + tp * tap_stride)] = zero
+            if pairs and ntap == 9:  # 3x3 bfloat16: a pair at a time over the rows measured
+                for q in range(kb):  # faster than the order below (0.36 vs 0.55 ns a word)
+                    c0 = 2 * (cb + q)
+                    two = c0 + 1 < cs
+                    for r in range(rows):
+                        _scatter_taps(wp, blk + q * mr + r, tap_stride, wf,
+                                      ((g * kg + sl * mr + r) * cs + c0) * 9, 9, two)
+                continue
+            for r in range(rows):  # a row at a time: its channels are read in order
+                orow = (g * kg + sl * mr + r) * cs
+                if pairs and ntap == 1 and cs % 2 == 0:
+                    # 1x1: a row's channel pairs are the row's uint32 words, in order
+                    o32 = (orow + 2 * cb) // 2
+                    for q in range(kb):
+                        wp[_U(blk + q * mr + r)] = w32[_U(o32 + q)]
+                    continue
+                for q in range(kb):
+                    c0 = 2 * (cb + q) if pairs else cb + q
+                    two = c0 + 1 < cs
+                    o = (orow + c0) * ntap
                     d = blk + q * mr + r
                     # a constant tap count for 3x3 and 1x1: LLVM unrolls the scatter; with a
                     # runtime count it vectorises it into scatter instructions (5x slower here)
@@ -528,9 +548,6 @@ def _pack_taps(t, nthr, wf, wp, geo):
                         _scatter_taps(wp, d, tap_stride, wf, o, 1, two)
                     else:
                         _scatter_taps(wp, d, tap_stride, wf, o, ntap, two)
-                for r in range(rows, mr):
-                    for tp in range(ntap):
-                        wp[_U(blk + q * mr + r + tp * tap_stride)] = zero
 
 
 # ------------------------------------------------------------------------- the shifted GEMM

@@ -62,6 +62,7 @@ BCOLS_WASTE = 1.1
 SHIFT_MIN_PIXELS = 28 * 28
 SHIFT_MIN_PLANE = 14 * 14
 SHIFT_WIDE = tile_shape(np.float32)[1] >= 32
+SHIFT_ROWS_FIRST = True
 # Deepest reduction block of the shifted GEMM (its B slivers are read in place, not packed).
 SHIFT_KC = 256
 
@@ -299,8 +300,15 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
                                     cdiv(w + padding[2] + padding[3], sw))
     ncols = (ho - 1) * gw + wo
     msl, nsl = cdiv(kg, mr), cdiv(ncols, nr)
-    pn = _parts(n * g, tn, nsl)
-    pm = _parts(n * g * pn, tn, msl)
+    if SHIFT_ROWS_FIRST and kg > ncols:
+        # More weight rows than grid columns (deep layers on small planes): threads split the
+        # weight's rows, so each streams half of it and reuses it over every column sliver,
+        # instead of each streaming all of it for its half of a few slivers
+        pm = _parts(n * g, tn, msl)
+        pn = _parts(n * g * pm, tn, nsl)
+    else:
+        pn = _parts(n * g, tn, nsl)
+        pm = _parts(n * g * pn, tn, msl)
     mc = _even(cdiv(msl, pm) * mr, cfg.mc, mr)
     nc = cfg.nc
     if gw != wo:  # the tiles go to a scratch of mc x nc per thread: keep it in L2
