@@ -57,8 +57,7 @@ SHIFT_SCRATCH = 1 << 15
 BCOLS_WASTE = 1.1
 # Config kernel "auto" runs the shifted GEMM where a batch has at least SHIFT_MIN_PIXELS output
 # pixels per channel, on planes of at least SHIFT_MIN_PLANE (16-column tile: AVX2). With
-# AVX-512's 32-column tile (SHIFT_WIDE) it runs it on every 1x1 conv and wherever a batch has at
-# least SHIFT_MIN_PLANE output pixels per channel (see _shift_by_default).
+# AVX-512's 32-column tile (SHIFT_WIDE) it runs it everywhere (see _shift_by_default).
 SHIFT_MIN_PIXELS = 28 * 28
 SHIFT_MIN_PLANE = 14 * 14
 SHIFT_WIDE = tile_shape(np.float32)[1] >= 32
@@ -76,10 +75,10 @@ class Conv2dConfig(GemmBlocking):
     nc: columns of the packed B per panel (a multiple of NR).
     kernel: the forward's algorithm for NCHW convolutions: "gemm" (the implicit GEMM, im2col
         panels packed block by block), "shift" (the shifted GEMM: one GEMM per kernel tap on
-        the input read in place, or on one zero-padded copy of it), or "auto" (shift
-        where a batch has at least ``SHIFT_MIN_PIXELS`` output pixels per channel, on planes of
-        at least ``SHIFT_MIN_PLANE``: where it measured faster). Other convolutions, and the
-        backward ops, ignore it.
+        the input read in place, or on one zero-padded copy of it), or "auto" (where it
+        measured faster: with AVX-512, shift everywhere; else shift where a batch has at least
+        ``SHIFT_MIN_PIXELS`` output pixels per channel, on planes of at least
+        ``SHIFT_MIN_PLANE``). Other convolutions, and the backward ops, ignore it.
     """
 
     kernel: str = "auto"
@@ -151,10 +150,11 @@ def _shift_by_default(n: int, ho: int, wo: int, taps: int) -> bool:
     implicit GEMM at 56 and 28 px at batch 1 and 8, and at 14 px at batch 8 but not at batch 1;
     slower at 7 px, where a plane is a few slivers and the im2col panel, packed once for
     512-2048 weight rows, pays for itself. Zen 5 (AVX-512, every layer, strided ones through
-    the stride phases): faster on every layer at batch 8 and on every 1x1 layer, slower only on
-    the 3x3 layers with 7x7 outputs at batch 1."""
+    the stride phases): faster on every layer at batch 1 and 8 since the weight is packed a
+    row at a time and threads split the weight's rows on small planes (the 3x3 layers with 7x7
+    outputs at batch 1 were slower before that)."""
     if SHIFT_WIDE:
-        return taps == 1 or n * ho * wo >= SHIFT_MIN_PLANE
+        return True
     return ho * wo >= SHIFT_MIN_PLANE and n * ho * wo >= SHIFT_MIN_PIXELS
 
 
