@@ -1,7 +1,7 @@
 """The Numba conv2d's two forward algorithms against torch (oneDNN), interleaved in one run.
 
     python bench/probes/conv_shift_probe.py [--batch 8] [--threads 2] [--rounds 6] [--warm 0.03] [--reps 3]
-        [--all]
+        [--all] [--fused]
 
 For every stride-1 ResNet-50 layer (tests/reference.CONV_RESNET50; ``--all`` adds the strided
 ones, the 7x7 stem included, where "shift" falls back to the implicit GEMM), fp32, NCHW, no bias: the implicit GEMM
@@ -46,13 +46,16 @@ def main() -> None:
     p.add_argument("--warm", type=float, default=0.03, help="untimed calls per row first (s)")
     p.add_argument("--reps", type=int, default=3, help="timed calls per row and round")
     p.add_argument("--all", action="store_true", help="the strided layers too")
+    p.add_argument("--fused", action="store_true",
+                   help="with a bias and relu: ours fused, torch's the chain a user writes "
+                        "(relu(conv(x, w) + b)), issue 13's fused bar")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     numba.set_num_threads(args.threads)
     threadpool_limits(args.threads)
     blas = [(i["internal_api"], i.get("architecture")) for i in threadpool_info()]
     print(f"threads {args.threads}, batch {args.batch}, torch {torch.__version__}, "
-          f"pools {blas}")
+          f"pools {blas}{', bias + relu' if args.fused else ''}")
     rng = np.random.default_rng(0)
     d = nconv.Conv2dConfig.default(np.float32)
     ratios: dict[str, list[float]] = {k: [] for k in KERNELS}
@@ -63,15 +66,23 @@ def main() -> None:
             continue
         x = rng.standard_normal((args.batch, c, hw, hw), dtype=np.float32)
         w = rng.standard_normal((k, c, r, r), dtype=np.float32)
+        b = rng.standard_normal(k, dtype=np.float32) if args.fused else None
+        act = "relu" if args.fused else None
         xt, wt = torch.from_numpy(x), torch.from_numpy(w)
 
-        def ours(kernel, x=x, w=w, st=st, pad=pad):
+        def ours(kernel, x=x, w=w, b=b, st=st, pad=pad):
             cfg = nconv.Conv2dConfig(d.mc, d.kc, d.nc, kernel)
-            return nconv.conv2d_forward(x, w, None, (st, st), (pad,) * 4, (1, 1), 1, None,
+            return nconv.conv2d_forward(x, w, b, (st, st), (pad,) * 4, (1, 1), 1, act,
                                         "NCHW", config=cfg)
 
         fns = [lambda kern=kern: ours(kern) for kern in KERNELS]
-        fns.append(lambda xt=xt, wt=wt, st=st, pad=pad: F.conv2d(xt, wt, stride=st, padding=pad))
+        if args.fused:
+            bt = torch.from_numpy(b)[:, None, None]
+            fns.append(lambda xt=xt, wt=wt, bt=bt, st=st, pad=pad:
+                       torch.relu(F.conv2d(xt, wt, stride=st, padding=pad) + bt))
+        else:
+            fns.append(lambda xt=xt, wt=wt, st=st, pad=pad: F.conv2d(xt, wt, stride=st,
+                                                                     padding=pad))
         med = [t * 1e3 for t in steady_medians(fns, args.rounds, args.warm, args.reps)]
         for kern, m in zip(KERNELS, med):
             ratios[kern].append(med[-1] / m)
