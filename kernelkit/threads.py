@@ -105,6 +105,7 @@ def _after_fork_in_child() -> None:
         if mod is not None and hasattr(mod, "_POOL"):
             mod._POOL[0] = None  # the next call builds a pool with live threads
             mod._POOL_LOCK = threading.Lock()
+            mod._SYNC_LOCK = threading.Lock()  # may have been held by a parent thread
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -62,6 +62,7 @@ from kernelkit.kernels.numba._gemm import (
 from kernelkit.kernels.numba._gemm import (
     cdiv as _cdiv,
 )
+from kernelkit.kernels.numba._pool import barrier
 
 _I = np.int64  # _I(0): an int64 argument, not Literal[int](0), so callees compile once
 
@@ -1244,21 +1245,23 @@ def _flat4(a4):
 
 
 @numba.njit(**_JIT)
-def fwd(t, nthr, phase, x4, wsrc, wp, bias, out1, geo):
+def fwd(t, nthr, phase, x4, wsrc, wp, bias, out1, geo, sync):
     """Forward. phase 0: pack the weight ``wsrc`` into ``wp`` (and, for the shifted GEMM, the
-    zero-padded input after it); phase 1: the convolution. geo[G_MODE]: MODE_KP (NCHW output,
-    the weight read in place as A, nothing to pack), MODE_PK (NHWC output, the weight as packed
-    B), MODE_SHIFT (NCHW output, the weight as packed A in tap-major order)."""
+    zero-padded input after it); phase 1: the convolution; phase 2: both, the shares meeting at
+    ``_pool.barrier(sync)`` in between (one launch: ``_pool.run_synced``). geo[G_MODE]: MODE_KP
+    (NCHW output, the weight read in place as A, nothing to pack), MODE_PK (NHWC output, the
+    weight as packed B), MODE_SHIFT (NCHW output, the weight as packed A in tap-major order)."""
     mode = geo[G_MODE]
     xf, xlo, sx = _flat4(x4)
-    if phase == 0:
+    if phase != 1:
         if mode == MODE_PK:  # (MODE_KP reads the weight where it lies)
             _pack_w(t, nthr, wsrc, wp, geo)
         elif mode == MODE_SHIFT:
             _pack_taps(t, nthr, wsrc, wp, geo)
         if mode == MODE_SHIFT and geo[G_DIRECT] == 0:
             _pad_planes(t, nthr, xf, xlo, sx, wp, geo)
-        return
+        if phase == 0 or not barrier(sync, nthr):
+            return
     if mode == MODE_PK:
         _fwd_pk(t, nthr, xf, xlo, sx, wp, bias, out1, geo)
     elif mode == MODE_SHIFT:
@@ -1268,16 +1271,18 @@ def fwd(t, nthr, phase, x4, wsrc, wp, bias, out1, geo):
 
 
 @numba.njit(**_JIT)
-def fwd_pairs(t, nthr, phase, x4, wsrc, wp, bias, out1, geo):
+def fwd_pairs(t, nthr, phase, x4, wsrc, wp, bias, out1, geo, sync):
     """The shifted GEMM's forward (MODE_SHIFT) on bfloat16 bits (uint16 x4) through VDPBF16PS:
     phase 0 packs the weight (``wsrc``: bfloat16 bits, as pairs of channels) and the
     padded copy of x as channel pairs (``_pad_planes``) into ``wp``; phase 1 convolves into the
-    float32 ``out1``. geo[G_C] counts channel pairs, geo[G_PAIRS] the channels per group."""
+    float32 ``out1``; phase 2 both, as in ``fwd``. geo[G_C] counts channel pairs, geo[G_PAIRS]
+    the channels per group."""
     xf, xlo, sx = _flat4(x4)
-    if phase == 0:
+    if phase != 1:
         _pack_taps(t, nthr, wsrc, wp, geo)
         _pad_planes(t, nthr, xf, xlo, sx, wp, geo)
-        return
+        if phase == 0 or not barrier(sync, nthr):
+            return
     # B is always the padded copy in wp (never x in place: x holds single channels, not pairs),
     # so wp stands in for x: the in-place branch then compiles for uint32 too
     _fwd_shift(t, nthr, wp, 0, sx, wp, bias, out1, geo)

@@ -38,6 +38,7 @@ from kernelkit.kernels.convgeom import out_size, problem_sizes
 from kernelkit.kernels.numba import _conv, _gemm, _half
 from kernelkit.kernels.numba._gemm import ACT_CODES, entry_point, tile_shape
 from kernelkit.kernels.numba._pool import run as _run
+from kernelkit.kernels.numba._pool import run_synced as _run_synced
 from kernelkit.kernels.numba.matmul import GemmBlocking, MatmulConfig, _round_down
 from kernelkit.kernels.numba.matmul import matmul_forward as _matmul_forward
 from kernelkit.kernels.numba.matmul import warm as _matmul_warm
@@ -169,7 +170,7 @@ def _sig(name: str, dtype):
     geo = types.Array(types.int64, 1, "C", readonly=True)
     i = types.int64
     args = {
-        "fwd": (i, ro4, c1, c1, bias, c1, geo),
+        "fwd": (i, ro4, c1, c1, bias, c1, geo, types.Array(types.int64, 1, "C")),
         "dw": (ro4, c1, bias, c1, geo),
         "bwd": (ro4, ro4, c1, bias, c1, geo),
     }[name]
@@ -201,7 +202,8 @@ def _pairs_compiled():
                          types.Array(types.uint16, 1, "C"), types.Array(types.uint32, 1, "C"),
                          types.Array(types.float32, 1, "A", readonly=True),
                          types.Array(types.float32, 1, "C"),
-                         types.Array(types.int64, 1, "C", readonly=True))
+                         types.Array(types.int64, 1, "C", readonly=True),
+                         types.Array(types.int64, 1, "C"))
         _PAIRS.append(entry_point(_conv.fwd_pairs, sig))
     return _PAIRS[0]
 
@@ -268,6 +270,22 @@ def _aligned(*arrays):
 def _threads(work: int) -> int:
     nthr = numba.get_num_threads()
     return nthr if work >= SERIAL_WORK else 1
+
+
+_NO_SYNC = np.zeros(2, np.int64)  # the barrier's counters where the phases launch apart (unused)
+
+
+def _launch(fn, tn: int, pack_tn: int, *args) -> None:
+    """A forward's packing phase, then its convolution: in one launch of ``tn`` shares that meet
+    at a barrier in between (``_pool.run_synced``: one thread-pool handoff, about 25-50 us here,
+    instead of two), or as two launches: where the packing is small enough for the calling
+    thread alone (``pack_tn`` == 1: that call is no launch, and a barrier would only make the
+    caller wait for the pool's thread to start), with one thread, or where another synced run
+    holds the pool."""
+    if pack_tn > 1 and tn > 1 and _run_synced(fn, tn, 2, *args):
+        return
+    _run(fn, pack_tn, 0, *args, _NO_SYNC)
+    _run(fn, tn, 1, *args, _NO_SYNC)
 
 
 def _shifted(cfg: Conv2dConfig, n: int, ho: int, wo: int, taps: int) -> bool:
@@ -394,11 +412,8 @@ def _conv_pairs(x, weight, bias, stride, padding, dilation, groups, activation,
     cfg = config or _default(np.float32)
     xp_size = _shift_geo(geo, False, 4, cfg, tn, padding, mr, nr)
     wpack = np.empty(g * cdiv(k // g, mr) * mr * cq * r * s + xp_size, np.uint32)
-    fn = _pairs_compiled()
-    out1 = out.reshape(-1)
-    wsrc = _writable(weight).reshape(-1)
-    _run(fn, tn if wpack.size >= SERIAL_PACK else 1, 0, x, wsrc, wpack, bias, out1, geo)
-    _run(fn, tn, 1, x, wsrc, wpack, bias, out1, geo)
+    _launch(_pairs_compiled(), tn, tn if wpack.size >= SERIAL_PACK else 1, x,
+            _writable(weight).reshape(-1), wpack, bias, out.reshape(-1), geo)
     return out
 
 
@@ -496,10 +511,11 @@ def _conv_float(x, weight, bias, stride, padding, dilation, groups, activation, 
                                  and padding[0] == 0 and padding[2] == 0
                                  and (ho == 1 or sx[2] == wo * sx[3]))
         # the weight's rows are the GEMM's A rows, read where they lie: nothing to pack
-        _run(fns.fwd, tn, 1, xv, _writable(weight).reshape(-1), fns.empty, bias, out1, geo)
+        _run(fns.fwd, tn, 1, xv, _writable(weight).reshape(-1), fns.empty, bias, out1, geo,
+             _NO_SYNC)
         return out
-    _run(fns.fwd, tn if wpack.size >= SERIAL_PACK else 1, 0, xv, wsrc, wpack, bias, out1, geo)
-    _run(fns.fwd, tn, 1, xv, wsrc, wpack, bias, out1, geo)
+    _launch(fns.fwd, tn, tn if wpack.size >= SERIAL_PACK else 1, xv, wsrc, wpack, bias, out1,
+            geo)
     return out
 
 
