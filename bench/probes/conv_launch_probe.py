@@ -1,9 +1,9 @@
 """One launch or two per conv2d forward: the packing and the convolution as shares that meet at
-a barrier (``_pool.run_synced``) against two thread-pool launches, batch 1, float32 and
-bfloat16 (channel pairs), interleaved.
+a barrier (``_pool.run_synced``) against two thread-pool launches, float32 and bfloat16
+(channel pairs), interleaved.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE flock /tmp/kk-bench.lock \\
-        python bench/probes/conv_launch_probe.py
+        python bench/probes/conv_launch_probe.py [--batch 1]
 
 "two" holds ``_pool._SYNC_LOCK`` around the call, which makes the launcher take its two-launch
 way. Steady-state medians (``_steady.py``), ms.
@@ -11,6 +11,7 @@ way. Steady-state medians (``_steady.py``), ms.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -35,12 +36,15 @@ def _bits(a: np.ndarray) -> np.ndarray:
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, default=1)
+    n = ap.parse_args().batch
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
     print("| layer (C, K, px, k) | float32 one / two ms | two / one | bfloat16 one / two ms "
           "| two / one |\n| --- | --- | --- | --- | --- |")
     for c, k, hw, r in LAYERS:
-        xf = rng.standard_normal((1, c, hw, hw)).astype(np.float32)
+        xf = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
         wf = (0.05 * rng.standard_normal((k, c, r, r))).astype(np.float32)
         pad = (r // 2,) * 4
 
