@@ -437,3 +437,24 @@ def test_shifted_gemm_over_stride_phases(case, dtype, monkeypatch):
         check(fwd(x, w, b, case, "NCHW", "relu", cfg), x, w, b, case, "NCHW", "relu")
         for xx in (view(x, "strided"), np.ascontiguousarray(x[:, ::-1])[:, ::-1]):
             check(fwd(xx, w, b, case, "NCHW", None, cfg), x, w, b, case, "NCHW")
+
+
+@pytest.mark.parametrize("w_in", [1, 2, 3, 4, 5, 6, 9])
+@pytest.mark.parametrize("left, right", [(0, 0), (1, 1), (2, 0), (0, 3), (3, 3)])
+def test_stride2_column_pairs_at_every_border(w_in, left, right, monkeypatch):
+    """The padded copy of a stride-2 conv with unit-stride rows fills both column phases from
+    one read of each pair (``_conv._pad_rows2``): every width and left/right padding, where one
+    phase has columns the other lacks at either end; poisoned output, float32, 3 and 4 wide."""
+    monkeypatch.setattr(nc, "SERIAL_WORK", 0)
+    monkeypatch.setattr(nc, "SERIAL_PACK", 0)
+    real_empty = np.empty
+    monkeypatch.setattr(nc.np, "empty", lambda *a, **k: np.full_like(real_empty(*a, **k), np.nan))
+    rng = np.random.default_rng(w_in * 100 + left * 10 + right)
+    for s_ in (3, 4):
+        if w_in + left + right < s_:
+            continue
+        case = (2, 3, 5, w_in, 4, 3, s_, (2, 2), (1, 1, left, right), (1, 1), 1)
+        x, w, b = make(case, np.float32, "NCHW", rng)
+        check(fwd(x, w, b, case, "NCHW", None, dataclasses.replace(TINY[np.float32],
+                                                                 kernel="shift")),
+              x, w, b, case, "NCHW")

@@ -563,6 +563,47 @@ def _phase_used(a, r, d, st):
 
 
 @numba.njit(inline="always", **_JIT)
+def _pad_rows2(xf, xo, sxh, sxc, two, xp, d0, phase, a, hp, gw, pt, pl, sh, H, W, zero):
+    """``_pad_planes`` for both column phases of row phase ``a`` at once, where the stride along
+    the rows is 2 and the input's columns are contiguous: phase b's element e is input column
+    2e + b - pl, and the two are read as a pair. One pass with a stride-2 read per phase ran
+    scalar (4-5x slower per element than stride 1); read in pairs it vectorises."""
+    lo0, hi0 = _valid_range(-pl, 2, gw, W)
+    lo1, hi1 = _valid_range(1 - pl, 2, gw, W)
+    m0 = max(lo0, lo1)  # [m0, m1): both phases inside the plane
+    m1 = max(m0, min(hi0, hi1))
+    for prow in range(hp):
+        r0 = d0 + prow * gw
+        r1 = r0 + phase
+        ih = prow * sh + a - pt
+        if ih < 0 or ih >= H:
+            for e in range(gw):
+                xp[_U(r0 + e)] = zero
+                xp[_U(r1 + e)] = zero
+            continue
+        o = xo + ih * sxh - pl  # phase b's element e (column 2e + b - pl) at o + 2e + b
+        for e in range(lo0):
+            xp[_U(r0 + e)] = zero
+        for e in range(lo1):
+            xp[_U(r1 + e)] = zero
+        for e in range(lo0, min(m0, hi0)):
+            xp[_U(r0 + e)] = _element(xf, o + 2 * e, sxc, two)
+        for e in range(lo1, min(m0, hi1)):
+            xp[_U(r1 + e)] = _element(xf, o + 2 * e + 1, sxc, two)
+        for e in range(m0, m1):
+            xp[_U(r0 + e)] = _element(xf, o + 2 * e, sxc, two)
+            xp[_U(r1 + e)] = _element(xf, o + 2 * e + 1, sxc, two)
+        for e in range(max(m1, min(m0, hi0)), hi0):
+            xp[_U(r0 + e)] = _element(xf, o + 2 * e, sxc, two)
+        for e in range(max(m1, min(m0, hi1)), hi1):
+            xp[_U(r1 + e)] = _element(xf, o + 2 * e + 1, sxc, two)
+        for e in range(hi0, gw):
+            xp[_U(r0 + e)] = zero
+        for e in range(hi1, gw):
+            xp[_U(r1 + e)] = zero
+
+
+@numba.njit(inline="always", **_JIT)
 def _pad_planes(t, nthr, xf, xlo, sx, xp, geo):
     """Copy every (image, channel) plane of x, zero-padded and split into stride phases, into
     ``xp`` from ``geo[G_XPOFF]``: phase (a, b), a < sh, b < sw, holds the padded plane's rows
@@ -581,6 +622,8 @@ def _pad_planes(t, nthr, xf, xlo, sx, xp, geo):
     sxn, sxc, sxh, sxw = sx
     st = sw * sxw
     zero = xp.dtype.type(0)
+    pairs_of_columns = (sw == 2 and sxw == 1 and _phase_used(0, geo[G_S], geo[G_DW], 2)
+                        and _phase_used(1, geo[G_S], geo[G_DW], 2))
     u0, u1 = _share(t, nthr, N * C)
     for u in range(u0, u1):
         n = u // C
@@ -594,6 +637,11 @@ def _pad_planes(t, nthr, xf, xlo, sx, xp, geo):
         xo = -xlo + n * sxn + ch * sxc
         for a in range(sh):
             if not _phase_used(a, geo[G_R], geo[G_DH], sh):
+                continue
+            if pairs_of_columns:
+                _pad_rows2(xf, xo, sxh, sxc, two, xp,
+                           geo[G_XPOFF] + u * geo[G_XPITCH] + a * 2 * geo[G_PHASE],
+                           geo[G_PHASE], a, hp, wp_, pt, pl, sh, H, W, zero)
                 continue
             for b in range(sw):
                 if not _phase_used(b, geo[G_S], geo[G_DW], sw):
