@@ -81,7 +81,24 @@ def token() -> tuple:
             get(_ENV_KEYS[4]), _override.get())
 
 
+# current()'s answers by token(): a `use()` block costs a lookup, not building and validating
+# Settings (about 16 us); bounded, since cache_dir overrides can be many.
+_CURRENT: dict = {}
+_CURRENT_MAX = 64
+
+
 def current() -> Settings:
+    tok = token()
+    s = _CURRENT.get(tok)
+    if s is None:
+        s = _current()
+        if len(_CURRENT) >= _CURRENT_MAX:
+            _CURRENT.clear()
+        _CURRENT[tok] = s
+    return s
+
+
+def _current() -> Settings:
     env = os.environ
     s = Settings(
         tune=(env.get("KERNELKIT_TUNE") or "auto").lower(),
@@ -107,6 +124,9 @@ def _validate(s: Settings) -> None:
                          f"got {s.compile!r}")
 
 
+_VALID_OVERRIDES: set = set()  # use() overrides already validated
+
+
 @contextlib.contextmanager
 def use(
     *,
@@ -124,8 +144,13 @@ def use(
             new[name] = value.lower()
     if cache_dir is not None:
         new["cache_dir"] = str(cache_dir)
-    _validate(replace(Settings(), **new))
-    tok = _override.set(tuple(sorted(new.items())))
+    knobs = tuple(sorted(new.items()))
+    if knobs not in _VALID_OVERRIDES:
+        _validate(replace(Settings(), **new))
+        if len(_VALID_OVERRIDES) >= _CURRENT_MAX:
+            _VALID_OVERRIDES.clear()
+        _VALID_OVERRIDES.add(knobs)
+    tok = _override.set(knobs)
     try:
         yield current()
     finally:
