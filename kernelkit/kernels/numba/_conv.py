@@ -447,6 +447,17 @@ def _element_ov(xf, o, hi, two):
     return lambda xf, o, hi, two: xf[_U(o)]
 
 
+PACK_CHUNK = 8  # slivers per weight-packing job
+
+
+@numba.njit(inline="always", **_JIT)
+def _pack_job(job, nch, nblk):
+    """(sliver chunk, depth block, group) of weight-packing job ``job``: the chunks of
+    PACK_CHUNK slivers run fastest, then the depth blocks, then the groups."""
+    rest = job // nch
+    return job % nch, rest % nblk, rest // nblk
+
+
 @numba.njit(inline="always", **_JIT)
 def _pack_w(t, nthr, wf, wp, geo):
     """Pack every (group, depth block) of the weight ``wf`` ((K, R, S, Cg) contiguous: reduction
@@ -459,18 +470,15 @@ def _pack_w(t, nthr, wf, wp, geo):
     kgpad = _cdiv(kg, nr) * nr
     nsl = kgpad // nr
     npc = _cdiv(kred, kc)
-    chunk = 8
-    nch = _cdiv(nsl, chunk)
+    nch = _cdiv(nsl, PACK_CHUNK)
     j0, j1 = _share(t, nthr, G * npc * nch)
     for job in range(j0, j1):
-        ch = job % nch
-        rest = job // nch
-        pc = (rest % npc) * kc
-        g = rest // npc
+        ch, bi, g = _pack_job(job, nch, npc)
+        pc = bi * kc
         kb = min(kc, kred - pc)
-        s0 = ch * chunk
+        s0 = ch * PACK_CHUNK
         pack_b(wf, g * kg * kred + pc, _I(1), kred, kb, kg, wp, g * kgpad * kred + pc * kgpad,
-               s0, min(nsl, s0 + chunk))
+               s0, min(nsl, s0 + PACK_CHUNK))
 
 
 @numba.njit(inline="always", **_JIT)
@@ -502,18 +510,15 @@ def _pack_taps(t, nthr, wf, wp, geo):
     tap_stride = cq * kgpad
     nsl = kgpad // mr
     npt = _cdiv(cq, kc)
-    chunk = 8
-    nch = _cdiv(nsl, chunk)
+    nch = _cdiv(nsl, PACK_CHUNK)
     zero = wp.dtype.type(0)
     w32 = wf[: wf.size // 2 * 2].view(np.uint32)  # (read for bfloat16 pairs of 1x1 weights)
     j0, j1 = _share(t, nthr, G * npt * nch)
     for job in range(j0, j1):
-        ch = job % nch
-        rest = job // nch
-        cb = (rest % npt) * kc
-        g = rest // npt
+        ch, bi, g = _pack_job(job, nch, npt)
+        cb = bi * kc
         kb = min(kc, cq - cb)
-        for sl in range(ch * chunk, min(nsl, (ch + 1) * chunk)):
+        for sl in range(ch * PACK_CHUNK, min(nsl, (ch + 1) * PACK_CHUNK)):
             blk = g * kgpad * kred + cb * kgpad + sl * mr * kb
             rows = min(mr, kg - sl * mr)
             for r in range(rows, mr):  # the last sliver's missing rows
