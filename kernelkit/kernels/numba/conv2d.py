@@ -62,6 +62,8 @@ BCOLS_WASTE = 1.1
 SHIFT_MIN_PIXELS = 28 * 28
 SHIFT_MIN_PLANE = 14 * 14
 SHIFT_WIDE = tile_shape(np.float32)[1] >= 32
+# The shifted GEMM's threads split the weight's rows before the columns where the weight has
+# more rows than the grid has columns (deep layers on small planes; see _shift_geo).
 SHIFT_ROWS_FIRST = True
 # Deepest reduction block of the shifted GEMM (its B slivers are read in place, not packed).
 SHIFT_KC = 256
