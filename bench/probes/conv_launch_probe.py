@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _steady import steady_times  # noqa: E402
 
+from kernelkit.arrays import torch_to_numpy  # noqa: E402
 from kernelkit.kernels.numba import _pool  # noqa: E402
 from kernelkit.kernels.numba import conv2d as nconv  # noqa: E402
 
@@ -32,7 +33,7 @@ LAYERS = [(64, 64, 56, 3), (128, 128, 28, 3), (256, 256, 14, 3), (512, 512, 7, 3
 
 
 def _bits(a: np.ndarray) -> np.ndarray:
-    return torch.from_numpy(a).bfloat16().view(torch.int16).numpy().view(np.uint16)
+    return torch_to_numpy(torch.from_numpy(a).bfloat16())  # bfloat16 bits, as the op passes them
 
 
 def main() -> int:

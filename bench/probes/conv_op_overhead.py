@@ -14,7 +14,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -23,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _steady import steady_medians  # noqa: E402
 
 import kernelkit  # noqa: E402
+from kernelkit.arrays import torch_to_numpy  # noqa: E402
 from kernelkit.kernels.numba import conv2d as nconv  # noqa: E402
 
 
@@ -31,9 +31,7 @@ def main() -> int:
     print("| dtype | op, use() per call | op | launcher | torch |\n| --- | --- | --- | --- | --- |")
     for dt in (torch.float32, torch.bfloat16):
         xt, wt = torch.randn(1, 8, 8, 8).to(dt), torch.randn(8, 8, 3, 3).to(dt)
-        bits = (lambda t: t.numpy()) if dt == torch.float32 else \
-            (lambda t: t.view(torch.int16).numpy().view(np.uint16))
-        x, w = bits(xt), bits(wt)
+        x, w = torch_to_numpy(xt), torch_to_numpy(wt)  # what the op hands the launcher
 
         def op_use():
             with kernelkit.use(backend="numba"):

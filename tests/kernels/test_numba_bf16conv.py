@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from reference import assert_conv2d_close
 
+from kernelkit.arrays import torch_to_numpy, with_dtype
 from kernelkit.kernels.numba import _gemm
 from kernelkit.kernels.numba import conv2d as nc
 from kernelkit.kernels.numba.conv2d import Conv2dConfig, conv2d_forward
@@ -52,12 +53,13 @@ def _ids(case):
 
 
 def bits(t: torch.Tensor) -> np.ndarray:
-    """A bfloat16 tensor's bit patterns as the numpy uint16 array the CPU kernels take."""
-    return t.contiguous().view(torch.int16).numpy().view(np.uint16)
+    """A bfloat16 tensor's bit patterns as the numpy uint16 array the CPU kernels take (the
+    ops layer's own conversion)."""
+    return torch_to_numpy(t.contiguous())
 
 
 def as_bf16(u16: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(u16).view(np.int16)).view(torch.bfloat16)
+    return with_dtype(np.ascontiguousarray(u16), "bfloat16")
 
 
 def make(case, seed):

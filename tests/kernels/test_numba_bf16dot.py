@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import MATMUL_ALIGNED, MATMUL_ODD, assert_matmul_close
 
+from kernelkit.arrays import torch_to_numpy, with_dtype
 from kernelkit.kernels.numba import _bf16dot, _gemm, _half
 from kernelkit.kernels.numba import matmul as nm
 from kernelkit.kernels.numba.matmul import MatmulConfig, matmul_forward
@@ -25,12 +26,13 @@ needs_bf16_dot = pytest.mark.skipif(not _gemm.HAS_BF16_DOT,
 
 
 def bits(t: torch.Tensor) -> np.ndarray:
-    """A bfloat16 tensor's bit patterns as the numpy uint16 array the CPU kernels take."""
-    return t.contiguous().view(torch.int16).numpy().view(np.uint16)
+    """A bfloat16 tensor's bit patterns as the numpy uint16 array the CPU kernels take (the
+    ops layer's own conversion)."""
+    return torch_to_numpy(t.contiguous())
 
 
 def as_bf16(u16: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(u16).view(np.int16)).view(torch.bfloat16)
+    return with_dtype(np.ascontiguousarray(u16), "bfloat16")
 
 
 def pairs_ref(mat: np.ndarray, lanes: int) -> np.ndarray:
