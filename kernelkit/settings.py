@@ -15,6 +15,8 @@ KERNELKIT_DEVICE     force a device: cpu | cuda
 KERNELKIT_COMPILE    "background" (default): a kernel not compiled yet in this process is compiled
                      off the critical path while calls run on a ready candidate (kernelkit.compiling);
                      "foreground": the first call that needs it waits for the compile
+KERNELKIT_OPENMP_TEAM "0" runs the Numba kernels' threads on kernelkit's own Python pool even where
+                     torch is loaded (default: on torch's OpenMP team; kernels/numba/_pool.py says why)
 
 A forced backend or device that cannot run a call raises; an automatic choice falls back quietly.
 """

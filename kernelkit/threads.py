@@ -106,6 +106,8 @@ def _after_fork_in_child() -> None:
             mod._POOL[0] = None  # the next call builds a pool with live threads
             mod._POOL_LOCK = threading.Lock()
             mod._SYNC_LOCK = threading.Lock()  # may have been held by a parent thread
+        if mod is not None and hasattr(mod, "_TEAM"):
+            mod._TEAM[0] = False  # the parent's OpenMP team has no threads here either
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,9 +1,12 @@
-"""The Numba kernels' thread pool: shares that meet at a barrier in one launch (``run_synced``),
-the fallback when another synced run holds the pool, and a failing share that must not leave
-the others spinning."""
+"""The Numba kernels' threads: shares that meet at a barrier in one launch (``run_synced``),
+the fallback when another synced run holds the pool, a failing share that must not leave the
+others spinning; each on the Python pool and on torch's OpenMP team (``way``), and the team's
+own cases (fewer threads than shares, a forked child, turned off)."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import threading
 
 import numba
@@ -12,6 +15,20 @@ import pytest
 
 from kernelkit.kernels.numba import _pool
 from kernelkit.kernels.numba import conv2d as nc
+
+
+@pytest.fixture(params=["pool", "team"], autouse=True)
+def way(request, monkeypatch):
+    """Every test here runs on the Python pool and again on torch's OpenMP team."""
+    if request.param == "team":
+        pytest.importorskip("torch")
+        team = _pool._find_team()
+        if not team:
+            pytest.skip("no OpenMP runtime loaded by torch in this process")
+    else:
+        team = False
+    monkeypatch.setattr(_pool, "_TEAM", [team])
+    return request.param
 
 
 @numba.njit(nogil=True)
@@ -106,3 +123,80 @@ def test_convs_from_many_threads_at_once():
     for i in range(4):
         for y in got[i]:
             np.testing.assert_array_equal(y, alone[i])
+
+
+@numba.njit(nogil=True)
+def _mark(t, nthr, out):
+    out[t] += t + 1
+
+
+def test_run_covers_every_share_once():
+    for nthr in (1, 2, 3, 5):
+        out = np.zeros(nthr, np.int64)
+        _pool.run(_mark, nthr, out)
+        np.testing.assert_array_equal(out, np.arange(1, nthr + 1))
+
+
+def test_an_error_in_a_share_reaches_the_caller():
+    def share(t, nthr):
+        if t == nthr - 1:
+            raise KeyError(f"share {t}")
+
+    with pytest.raises(KeyError, match="share 1"):
+        _pool.run(share, 2)
+
+
+def _one_thread_team():
+    """A stand-in runtime that gives a region one thread, whatever was asked."""
+    return (lambda body, key, nthr, flags: body(key), lambda: 0, lambda: 1)
+
+
+def test_a_smaller_team_still_runs_every_share(monkeypatch, way):
+    """Unsynced shares loop over the threads the runtime gave; synced ones, which must all run
+    at once, fall back to the Python pool instead of waiting at a barrier forever."""
+    monkeypatch.setattr(_pool, "_TEAM", [_one_thread_team()])
+    out = np.zeros(3, np.int64)
+    _pool.run(_mark, 3, out)
+    np.testing.assert_array_equal(out, [1, 2, 3])
+    out = np.zeros(4, np.int64)
+    assert _pool.run_synced(_arrive_then_sum, 2, out)
+    np.testing.assert_array_equal(out, [1, 1, 2, 2])
+
+
+def test_team_is_off_without_torch_or_when_turned_off(monkeypatch, way):
+    monkeypatch.setenv("KERNELKIT_OPENMP_TEAM", "0")
+    assert _pool._find_team() is False
+    monkeypatch.delenv("KERNELKIT_OPENMP_TEAM")
+    monkeypatch.delitem(__import__("sys").modules, "torch", raising=False)
+    assert _pool._find_team() is None  # looked for again once torch is imported
+
+
+def _conv_in_child(queue):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 16, 20, 20), dtype=np.float32)
+    w = rng.standard_normal((24, 16, 3, 3), dtype=np.float32)
+    y = nc.conv2d_forward(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, None, "NCHW",
+                          nc.Conv2dConfig(24, 16, 64, "shift"))
+    out = np.zeros(2, np.int64)
+    _pool.run(_mark, 2, out)
+    queue.put((bool(_pool._TEAM[0]), y.sum(dtype=np.float64), out.tolist()))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_runs_on_its_own_threads(way):
+    """The parent ran shares on its threads (the team or the pool); a forked child (a DataLoader
+    worker) has neither, and must run on new ones instead of waiting for them forever."""
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.SimpleQueue()
+    _conv_in_child(queue)  # in this process first: its threads exist when it forks
+    _, expected, _ = queue.get()
+    child = ctx.Process(target=_conv_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=120)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung")
+    assert child.exitcode == 0
+    team, got, marks = queue.get()
+    assert team is False  # never the parent's OpenMP team
+    assert got == pytest.approx(expected, rel=1e-6) and marks == [1, 2]

@@ -1,17 +1,33 @@
-"""The Python thread pool the Numba kernels' shares run on.
+"""The threads the Numba kernels' shares run on: torch's OpenMP team where torch is loaded,
+else a Python thread pool.
 
 Each kernel is written as ``fn(t, nthr, ...)``: thread t's share of the work, disjoint outputs,
 no synchronisation, the GIL released (``nogil``). ``run`` calls share 0 on the calling thread
-and the others on this pool. Not a Numba ``prange`` region: on the fork-safe ``workqueue``
+and the others on other threads. Not a Numba ``prange`` region: on the fork-safe ``workqueue``
 threading layer (kernelkit's choice: `kernelkit.threads`) a region's launch took 50-100 us on a
 2-core Zen 5 VM, and the 256^3 matmul ran slower on two threads (118 GFLOP/s) than on one
-(200); through this pool 230 (`docs/performance.md`). ``threads`` rebuilds the pool in a forked
-child (its threads do not exist there).
+(200); through the Python pool 230 (`docs/performance.md`).
+
+Why torch's OpenMP team: after each of its ops torch's OpenMP workers spin, waiting for the next
+parallel region (GNU OpenMP: about 300,000 PAUSEs, several ms). A kernel whose shares run on
+other threads right after a torch op (inside a model: after a batch norm) shares the cores with
+those spinning workers: a stride-2 3x3 conv ran 2.2-3x slower than alone on a 2-core Zen 5
+(`docs/performance.md`). Run as an OpenMP parallel region of torch's own runtime, the shares land
+on those very workers, which were waiting for work. The region is started through
+``GOMP_parallel`` (exported by GNU OpenMP and by LLVM's and Intel's runtimes for gcc-built code),
+with a ctypes callback that calls the share; a launch costs about 23 us here against the
+Python pool's 52 us. ``KERNELKIT_OPENMP_TEAM=0`` turns it off. In a forked child the team is
+never used (its threads do not exist there) and ``threads`` rebuilds the Python pool.
 """
 
 from __future__ import annotations
 
+import ctypes
+import itertools
+import os
 import platform
+import re
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -41,11 +57,112 @@ def pool(workers: int) -> ThreadPoolExecutor:
     return p
 
 
+# ------------------------------------------------------------------ torch's OpenMP team
+
+# (GOMP_parallel, omp_get_thread_num, omp_get_num_threads) of the OpenMP runtime torch loaded;
+# None: not looked for yet (torch not imported); False: none, turned off, or a forked child.
+_TEAM: list = [None]
+_TEAM_ENV = "KERNELKIT_OPENMP_TEAM"
+_OMP_LIB = re.compile(r"lib(gomp|iomp5|omp)\b[^/]*\.so[^/]*$")
+_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_JOBS: dict = {}
+_JOB_KEYS = itertools.count(1)
+
+
+def _loaded_openmp() -> str | None:
+    """The path of the OpenMP runtime mapped into this process by torch, or None."""
+    try:
+        with open("/proc/self/maps") as f:
+            fields = [line.split(None, 5) for line in f]
+        paths = {f[5].strip() for f in fields if len(f) == 6}
+    except OSError:  # not Linux
+        return None
+    libs = sorted(p for p in paths if _OMP_LIB.search(os.path.basename(p)))
+    in_torch = [p for p in libs if "/torch" in p]
+    if in_torch:
+        return in_torch[0]
+    return libs[0] if len(libs) == 1 else None
+
+
+def _find_team():
+    """Look for torch's OpenMP runtime once torch is imported: its entry points, or False."""
+    if os.environ.get(_TEAM_ENV, "1").strip() == "0":
+        return False
+    if "torch" not in sys.modules:
+        return None  # no spinning workers to reuse (yet): look again on a later call
+    path = _loaded_openmp()
+    try:
+        lib = ctypes.CDLL(path) if path else None  # already mapped: the same library
+        parallel = lib.GOMP_parallel
+        thread_num, num_threads = lib.omp_get_thread_num, lib.omp_get_num_threads
+    except (OSError, AttributeError, TypeError):
+        return False
+    parallel.argtypes = [_CALLBACK, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    parallel.restype = None
+    thread_num.restype = num_threads.restype = ctypes.c_int
+    return parallel, thread_num, num_threads
+
+
+def _team():
+    team = _TEAM[0]
+    if team is None:
+        team = _TEAM[0] = _find_team()
+    return team
+
+
+def _team_body(key) -> None:
+    """One OpenMP thread's part of a ``_run_on_team`` job: the shares t, t + n, ... (n the team's
+    size; it equals nthr unless the runtime gave fewer threads). A synced job needs every share
+    at once: with a smaller team it runs nothing and says so."""
+    fn, nthr, args, errors, synced, (_, thread_num, num_threads) = _JOBS[key]
+    t, n = thread_num(), num_threads()
+    if n < nthr and synced:
+        errors.append(None)
+        return
+    for share in range(t, nthr, n):
+        try:
+            fn(share, nthr, *args)
+        except BaseException as e:  # noqa: BLE001 - raised again on the calling thread
+            errors.append(e)
+
+
+_TEAM_BODY = _CALLBACK(_team_body)
+
+
+def _run_on_team(team, fn, nthr: int, args: tuple, synced: bool = False) -> bool:
+    """fn's shares as one parallel region of torch's OpenMP runtime; False if a synced job did
+    not get nthr threads (nothing ran)."""
+    errors: list = []
+    key = next(_JOB_KEYS)
+    _JOBS[key] = (fn, nthr, args, errors, synced, team)
+    try:
+        team[0](_TEAM_BODY, key, nthr, 0)  # GOMP_parallel(fn, data, num_threads, flags)
+    finally:
+        del _JOBS[key]
+    if None in errors:
+        return False
+    if errors:
+        raise errors[0]
+    return True
+
+
 def run(fn, nthr: int, *args) -> None:
-    """fn(t, nthr, *args) for t < nthr: t = 0 on the calling thread, the rest on the pool."""
+    """fn(t, nthr, *args) for t < nthr: t = 0 on the calling thread, the rest on torch's OpenMP
+    team where torch is loaded, else on the Python pool."""
     if nthr <= 1:
         fn(0, 1, *args)
         return
+    team = _TEAM[0]
+    if team is None:
+        team = _team()
+    if team:
+        _run_on_team(team, fn, nthr, args)
+    else:
+        run_pool(fn, nthr, *args)
+
+
+def run_pool(fn, nthr: int, *args) -> None:
+    """``run`` on the Python pool: share 0 on the calling thread, the rest on the pool's."""
     futs = [pool(nthr - 1).submit(fn, t, nthr, *args) for t in range(1, nthr)]
     fn(0, nthr, *args)
     for f in futs:
@@ -68,7 +185,9 @@ def run_synced(fn, nthr: int, *args) -> bool:
                 sync[1] = 1
                 raise
 
-        run(share, nthr, *args)
+        team = _team()
+        if not (team and _run_on_team(team, share, nthr, args, synced=True)):
+            run_pool(share, nthr, *args)
     finally:
         _SYNC_LOCK.release()
     return True
