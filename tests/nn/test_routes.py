@@ -197,12 +197,15 @@ def _timed_by(monkeypatch, cost):
     monkeypatch.setattr(_route, "_clock", clock)
 
 
-@pytest.mark.parametrize("kernel_s, route", [(2e-3, "torch (aten)"), (0.5e-3, "numba-cpu")],
-                         ids=["kernel_slower_in_the_model", "kernel_faster_in_the_model"])
+@pytest.mark.parametrize("kernel_s, route", [(2e-3, "torch (aten)"), (0.5e-3, "numba-cpu"),
+                                             (0.98e-3, "torch (aten)")],
+                         ids=["kernel_slower_in_the_model", "kernel_faster_in_the_model",
+                              "a_tie_stays_with_torch"])
 def test_a_kernel_keeps_the_layer_only_if_it_wins_inside_the_model(kernel_s, route, monkeypatch):
     """The tuner measured numba 2x faster alone; the layer's first calls alternate the kernel
-    and torch's op, timed where they run, and the lower median keeps the layer (a win measured
-    alone turned into a loss inside ResNet-50 on this VM). Outputs are right on every call."""
+    and torch's op, timed where they run, and the kernel keeps the layer only if its median is
+    lower by TRIAL_MARGIN (a win measured alone turned into a loss inside ResNet-50 on this VM;
+    a 2% win is a tie). Outputs are right on every call."""
     from kernelkit.nn import _route
 
     _numba_chosen(monkeypatch, 0.5e-3)
