@@ -174,7 +174,10 @@ class InContext:
     Inside a model the kernel runs right after torch ops, whose OpenMP workers go on spinning on
     the same cores: on a 2-core VM a numba conv ran 1.54x slower after a torch batch norm + ReLU
     than after itself (bench/probes/torch_then_numba_probe.py), and convs the tuner had measured
-    faster made patched ResNets slower (docs/performance.md). Only the forward call is timed (a
+    faster made patched ResNets slower (docs/performance.md). The Numba kernels now run their
+    threads on torch's own OpenMP team (kernels/numba/_pool.py), which removed that slowdown,
+    but a layer's context (its input fresh from the op before, a cold weight) still differs from
+    the tuner's loop, and the trial costs a few calls. Only the forward call is timed (a
     backward product is tuned on its own when it runs); grad and no-grad calls are counted apart,
     so a loop that alternates inference and training steps cannot hand one route all the cheap
     calls. Costs while deciding: 2 * (TRIAL_CALLS + 1) calls, half of them on the slower route;
