@@ -39,6 +39,7 @@ from kernelkit.kernels.numba import _conv, _gemm, _half
 from kernelkit.kernels.numba._gemm import ACT_CODES, entry_point, tile_shape
 from kernelkit.kernels.numba._pool import run as _run
 from kernelkit.kernels.numba._pool import run_synced as _run_synced
+from kernelkit.kernels.numba._workspace import scratch as _scratch
 from kernelkit.kernels.numba.matmul import GemmBlocking, MatmulConfig, _round_down
 from kernelkit.kernels.numba.matmul import matmul_forward as _matmul_forward
 from kernelkit.kernels.numba.matmul import warm as _matmul_warm
@@ -413,7 +414,7 @@ def _conv_pairs(x, weight, bias, stride, padding, dilation, groups, activation,
     tn = _threads(n * ho * wo * k * cg * r * s // 2)
     cfg = config or _default(np.float32)
     xp_size = _shift_geo(geo, False, 4, cfg, tn, padding, mr, nr)
-    wpack = np.empty(g * cdiv(k // g, mr) * mr * cq * r * s + xp_size, np.uint32)
+    wpack = _scratch(g * cdiv(k // g, mr) * mr * cq * r * s + xp_size, np.uint32)
     _launch(_pairs_compiled(), tn, tn if wpack.size >= SERIAL_PACK else 1, x,
             _writable(weight).reshape(-1), wpack, bias, out.reshape(-1), geo)
     return out
@@ -483,12 +484,12 @@ def _conv_float(x, weight, bias, stride, padding, dilation, groups, activation, 
         geo[_conv.G_MODE] = _conv.MODE_PK
         # weight as (K, R, S, Cg): reduction order (r, s, c)
         wsrc = _writable(weight.transpose(0, 2, 3, 1)).reshape(-1)
-        wpack = np.empty(g * nsl * nr * kred, dtype)
+        wpack = _scratch(g * nsl * nr * kred, dtype)
     elif _shifted(cfg, n, ho, wo, r * s):  # MODE_SHIFT
         xp_size = _shift_geo(geo, _in_place(xv, stride, padding), dtype.itemsize, cfg, tn,
                              padding, mr, nr)
         wsrc = _writable(weight).reshape(-1)  # packed tap-major from (K, Cg, R, S)
-        wpack = np.empty(g * cdiv(kg, mr) * mr * kred + xp_size, dtype)
+        wpack = _scratch(g * cdiv(kg, mr) * mr * kred + xp_size, dtype)
     else:  # MODE_KP: Y_n (Kg x HoWo) = W (read in place) @ im2col panels (packed B)
         # Small planes whose last sliver per image is mostly empty: the columns run over all
         # images instead (units are then groups, not (image, group) pairs)
