@@ -106,7 +106,9 @@ def test_concurrent_launches_from_threads_do_not_abort():
 
 CONV_FORK_SCRIPT = textwrap.dedent("""
     import multiprocessing as mp
+    import os
     import numpy as np
+    import torch  # noqa: F401 - loads torch's OpenMP runtime: the team the shares run on
     import kernelkit
     from kernelkit.kernels.numba import _pool as numba_pool
 
@@ -117,7 +119,10 @@ CONV_FORK_SCRIPT = textwrap.dedent("""
         return float(kernelkit.conv2d(x, w, padding=1).sum())
 
     parent = run()
-    assert numba_pool._POOL[0] is not None  # the parent's conv used the thread pool
+    # the parent's conv ran its shares on torch's OpenMP team, or with the team turned off on
+    # the Python pool
+    team = os.environ.get("KERNELKIT_OPENMP_TEAM") != "0"
+    assert bool(numba_pool._TEAM[0]) == team and (numba_pool._POOL[0] is None) == team
     with mp.get_context("fork").Pool(1) as pool:
         child = pool.apply_async(run).get(timeout=120)
     assert abs(child - parent) <= 1e-3 * abs(parent), (child, parent)
@@ -126,8 +131,10 @@ CONV_FORK_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_numba_conv_thread_pool_survives_fork():
-    """The Numba conv2d's Python thread pool: a forked child waited forever for its threads."""
-    r = _run(["-c", CONV_FORK_SCRIPT], timeout=400)
+@pytest.mark.parametrize("team", ["1", "0"], ids=["openmp-team", "python-pool"])
+def test_numba_conv_thread_pool_survives_fork(team):
+    """The Numba conv2d's threads (torch's OpenMP team, or the Python pool): a forked child
+    waited forever for the pool's threads; the team's do not exist there either."""
+    r = _run(["-c", CONV_FORK_SCRIPT], timeout=400, KERNELKIT_OPENMP_TEAM=team)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split()[-1] == "ok"
