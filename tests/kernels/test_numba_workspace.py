@@ -39,17 +39,35 @@ def test_a_conv_after_a_poisoned_scratch_is_unchanged():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 12, 11, 13), dtype=np.float32)
     w = rng.standard_normal((20, 12, 3, 3), dtype=np.float32)
-    for kernel in ("shift", "gemm", "auto"):
-        for layout in ("NCHW", "NHWC"):
-            xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if layout == "NHWC" else x
-            cfg = nc.Conv2dConfig(24, 16, 64, kernel)
+    # stride 1 with both side pads: the shared-pad grid (its lead zeros come from the scratch)
+    for stride, pad in (((1, 2), (1, 1, 0, 2)), ((1, 1), (1, 2, 2, 1)), ((1, 1), (0, 0, 1, 1))):
+        ref = _conv_f64(x, w, stride, pad)
+        for kernel in ("shift", "gemm", "auto"):
+            for layout in ("NCHW", "NHWC"):
+                xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if layout == "NHWC" else x
+                cfg = nc.Conv2dConfig(24, 16, 64, kernel)
 
-            def conv(xl=xl, layout=layout, cfg=cfg):
-                return nc.conv2d_forward(xl, w, None, (1, 2), (1, 1, 0, 2), (1, 1), 1, "relu",
-                                         layout, cfg)
+                def conv(xl=xl, layout=layout, cfg=cfg, stride=stride, pad=pad):
+                    y = nc.conv2d_forward(xl, w, None, stride, pad, (1, 1), 1, None, layout, cfg)
+                    return y.transpose(0, 3, 1, 2) if layout == "NHWC" else y
 
-            _workspace.release()
-            fresh = conv()
-            _workspace.scratch(1 << 20, np.float32)[:] = np.nan
-            np.testing.assert_array_equal(conv(), fresh)
-            assert np.isfinite(fresh).all()
+                _workspace.release()
+                fresh = conv()
+                _workspace.scratch(1 << 20, np.float32)[:] = np.nan
+                np.testing.assert_array_equal(conv(), fresh)
+                np.testing.assert_allclose(fresh, ref, rtol=1e-4, atol=1e-4 * np.sqrt(12 * 9))
+
+
+def _conv_f64(x, w, stride, pad):
+    """The float64 reference: a direct sum over the zero-padded input."""
+    x = np.pad(x.astype(np.float64), ((0, 0), (0, 0), pad[:2], pad[2:]))
+    n, c, h, wd = x.shape
+    k, _, r, s = w.shape
+    ho, wo = (h - r) // stride[0] + 1, (wd - s) // stride[1] + 1
+    out = np.zeros((n, k, ho, wo))
+    for i in range(r):
+        for j in range(s):
+            patch = x[:, :, i:i + stride[0] * (ho - 1) + 1:stride[0],
+                      j:j + stride[1] * (wo - 1) + 1:stride[1]]
+            out += np.einsum("nchw,kc->nkhw", patch, w[:, :, i, j].astype(np.float64))
+    return out

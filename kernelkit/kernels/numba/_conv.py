@@ -69,8 +69,9 @@ _I = np.int64  # _I(0): an int64 argument, not Literal[int](0), so callees compi
 # indices into geo
 (G_N, G_C, G_H, G_W, G_K, G_R, G_S, G_HO, G_WO, G_SH, G_SW, G_PT, G_PL, G_DH, G_DW, G_G,
  G_MC, G_KC, G_NC, G_PM, G_PN, G_HAS_BIAS, G_ACT, G_PLAIN, G_OSN, G_OSC, G_OSH, G_OSW,
- G_MODE, G_TAPW, G_XPOFF, G_XPITCH, G_GH, G_GW, G_DIRECT, G_BCOLS, G_PHASE, G_PAIRS) = range(38)
-GEO_LEN = 38
+ G_MODE, G_TAPW, G_XPOFF, G_XPITCH, G_GH, G_GW, G_DIRECT, G_BCOLS, G_PHASE, G_PAIRS,
+ G_LEAD) = range(39)
+GEO_LEN = 39
 # geo[G_MODE] of the forward: the implicit GEMM with NCHW output, with NHWC output, and the
 # shifted GEMM (NCHW output: one GEMM per kernel tap on a shifted view of the input)
 MODE_KP, MODE_PK, MODE_SHIFT = 0, 1, 2
@@ -623,6 +624,10 @@ def _pad_planes(t, nthr, xf, xlo, sx, xp, geo):
     cgs = geo[G_PAIRS]
     cq = C // geo[G_G]
     hp, wp_, pt, pl = geo[G_GH], geo[G_GW], geo[G_PT], geo[G_PL]
+    # a shared pad (stride 1): a row's zero tail is the next row's left pad, the plane's data
+    # starts after ``lead`` zeros, and each row holds input columns 0 .. W - 1 from its start
+    lead = geo[G_LEAD]
+    pl -= lead
     sh, sw = geo[G_SH], geo[G_SW]
     sxn, sxc, sxh, sxw = sx
     st = sw * sxw
@@ -640,18 +645,21 @@ def _pad_planes(t, nthr, xf, xlo, sx, xp, geo):
             two = 2 * q + 1 < cgs
             ch = g * cgs + 2 * q
         xo = -xlo + n * sxn + ch * sxc
+        p0 = geo[G_XPOFF] + u * geo[G_XPITCH]
+        for e in range(lead):
+            xp[_U(p0 + e)] = zero
         for a in range(sh):
             if not _phase_used(a, geo[G_R], geo[G_DH], sh):
                 continue
             if pairs_of_columns:
                 _pad_rows2(xf, xo, sxh, sxc, two, xp,
-                           geo[G_XPOFF] + u * geo[G_XPITCH] + a * 2 * geo[G_PHASE],
+                           p0 + lead + a * 2 * geo[G_PHASE],
                            geo[G_PHASE], a, hp, wp_, pt, pl, sh, H, W, zero)
                 continue
             for b in range(sw):
                 if not _phase_used(b, geo[G_S], geo[G_DW], sw):
                     continue
-                d0 = geo[G_XPOFF] + u * geo[G_XPITCH] + (a * sw + b) * geo[G_PHASE]
+                d0 = p0 + lead + (a * sw + b) * geo[G_PHASE]
                 lo, hi = _valid_range(b - pl, sw, wp_, W)  # the columns inside the plane
                 for prow in range(hp):
                     d = d0 + prow * wp_
@@ -807,7 +815,8 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, bias, c, geo):
     for tp in range(ntap):  # tap (kr, ks): a shift within stride phase (ry % sh, rx % sw)
         kr = tp // geo[G_S]
         ry, rx = kr * geo[G_DH], (tp - kr * geo[G_S]) * geo[G_DW]
-        toffs[tp] = (((ry % sh) * sw + rx % sw) * geo[G_PHASE] + (ry // sh) * gw + rx // sw)
+        toffs[tp] = (((ry % sh) * sw + rx % sw) * geo[G_PHASE] + (ry // sh) * gw + rx // sw
+                     - geo[G_LEAD])
     junk = gw != Wo
     scr = np.empty((_cdiv(mc, mr) * mr) * (_cdiv(nc, nr) * nr) if junk else 0, c.dtype)
     for u in range(u0, u1):
@@ -819,8 +828,8 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, bias, c, geo):
                         c, geo, ct, tmpb, scr, toffs, ttmp)
         else:
             ps = geo[G_XPITCH]
-            _shift_unit(wp, geo[G_XPOFF] + (n * C + g * cg) * ps, ps, n, g, r0, r1, j0, j1, wp,
-                        bias, c, geo, ct, tmpb, scr, toffs, ttmp)
+            _shift_unit(wp, geo[G_XPOFF] + geo[G_LEAD] + (n * C + g * cg) * ps, ps, n, g, r0,
+                        r1, j0, j1, wp, bias, c, geo, ct, tmpb, scr, toffs, ttmp)
 
 
 @numba.njit(inline="always", **_JIT)

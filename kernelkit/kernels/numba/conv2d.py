@@ -275,6 +275,10 @@ def _threads(work: int) -> int:
     return nthr if work >= SERIAL_WORK else 1
 
 
+# The shifted GEMM's stride-1 grid shares one zero pad between a row's right edge and the next
+# row's left edge (`_shift_geo`); a switch so that probes can compare it with the full pads.
+SHARED_PAD = True
+
 _NO_SYNC = np.zeros(2, np.int64)  # the barrier's counters where the phases launch apart (unused)
 
 
@@ -319,6 +323,14 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     # the grid: the plane (direct), the padded plane, or (strided) one stride phase of it
     gh, gw = (h, w) if direct else (cdiv(h + padding[0] + padding[1], sh),
                                     cdiv(w + padding[2] + padding[3], sw))
+    # Stride 1: one zero pad shared by a row's right edge and the next row's left edge (the
+    # plane starts after ``lead`` zeros), so a row of the grid is W + max(left, right) wide, not
+    # W + left + right: the columns computed and dropped fall from 2 to 1 per row of a 3x3
+    # conv (at 7 px, 22% of the grid to 12.5%)
+    lead = 0
+    if SHARED_PAD and not direct and sh == 1 and sw == 1 and padding[2] > 0 and padding[3] > 0:
+        lead = padding[2]
+        gw = max(w + max(padding[2], padding[3]), wo)  # a row holds the output's row
     ncols = (ho - 1) * gw + wo
     msl, nsl = cdiv(kg, mr), cdiv(ncols, nr)
     if SHIFT_ROWS_FIRST and kg > ncols:
@@ -339,7 +351,7 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     # aliasing into a few (a 16x16 plane is 1 KiB: 4 of L1's 64 sets); NR of slack after the
     # last plane lets the grid's last sliver be read in place.
     line = max(1, 64 // itemsize)
-    pitch = cdiv(sh * sw * gh * gw, line) * line
+    pitch = cdiv(lead + sh * sw * gh * gw, line) * line
     if (pitch // line) % 2 == 0:
         pitch += line
     geo[_conv.G_XPITCH] = pitch
@@ -355,6 +367,7 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     geo[_conv.G_GW] = gw
     geo[_conv.G_PHASE] = gh * gw
     geo[_conv.G_DIRECT] = int(direct)
+    geo[_conv.G_LEAD] = lead
     geo[_conv.G_XPOFF] = g * cdiv(kg, mr) * mr * cg * r * s
     return 0 if direct else n * c * pitch + nr
 
