@@ -164,6 +164,7 @@ def test_a_smaller_team_still_runs_every_share(monkeypatch, way):
 
 
 def test_team_is_off_without_torch_or_when_turned_off(monkeypatch, way):
+    pytest.importorskip("torch")
     monkeypatch.setenv("KERNELKIT_OPENMP_TEAM", "0")
     assert _pool._find_team() is False
     monkeypatch.delenv("KERNELKIT_OPENMP_TEAM")

@@ -86,10 +86,10 @@ def _loaded_openmp() -> str | None:
 
 def _find_team():
     """Look for torch's OpenMP runtime once torch is imported: its entry points, or False."""
-    if os.environ.get(_TEAM_ENV, "1").strip() == "0":
-        return False
     if "torch" not in sys.modules:
         return None  # no spinning workers to reuse (yet): look again on a later call
+    if os.environ.get(_TEAM_ENV, "1").strip() == "0":
+        return False
     path = _loaded_openmp()
     try:
         lib = ctypes.CDLL(path) if path else None  # already mapped: the same library
@@ -152,9 +152,7 @@ def run(fn, nthr: int, *args) -> None:
     if nthr <= 1:
         fn(0, 1, *args)
         return
-    team = _TEAM[0]
-    if team is None:
-        team = _team()
+    team = _team()
     if team:
         _run_on_team(team, fn, nthr, args)
     else:
