@@ -16,7 +16,8 @@ those spinning workers: a stride-2 3x3 conv ran 2.2-3x slower than alone on a 2-
 on those very workers, which were waiting for work. The region is started through
 ``GOMP_parallel`` (exported by GNU OpenMP and by LLVM's and Intel's runtimes for gcc-built code),
 with a ctypes callback that calls the share; a launch costs about 23 us here against the
-Python pool's 52 us. ``KERNELKIT_OPENMP_TEAM=0`` turns it off. In a forked child the team is
+Python pool's 52 us. Python threads that launch at once each lead a team of their own, as
+torch's own ops from several threads do. ``KERNELKIT_OPENMP_TEAM=0`` turns it off. In a forked child the team is
 never used (its threads do not exist there) and ``threads`` rebuilds the Python pool.
 """
 
