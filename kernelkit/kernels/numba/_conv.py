@@ -632,8 +632,10 @@ def _pad_planes(t, nthr, xf, xlo, sx, xp, geo):
     sxn, sxc, sxh, sxw = sx
     st = sw * sxw
     zero = xp.dtype.type(0)
-    pairs_of_columns = (sw == 2 and sxw == 1 and _phase_used(0, geo[G_S], geo[G_DW], 2)
-                        and _phase_used(1, geo[G_S], geo[G_DW], 2))
+    # stride 2 along contiguous columns: both column phases from one pass that reads pairs,
+    # even where only one is used (1x1 stride 2): a stride-2 read of one phase runs scalar,
+    # writing the unused phase too is cheaper (the copy has room for every phase)
+    pairs_of_columns = sw == 2 and sxw == 1
     u0, u1 = _share(t, nthr, N * C)
     for u in range(u0, u1):
         n = u // C
