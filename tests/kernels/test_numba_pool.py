@@ -163,6 +163,18 @@ def test_a_smaller_team_still_runs_every_share(monkeypatch, way):
     np.testing.assert_array_equal(out, [1, 1, 2, 2])
 
 
+def test_a_share_that_never_ran_is_an_error_not_a_partial_result(monkeypatch, way):
+    """A runtime that says it has two threads but calls the body on one (as when an interrupt
+    ends a thread's callback before its share): the launch raises instead of returning an
+    output with one share's part unwritten."""
+    team = (lambda body, key, nthr, flags: body(key), lambda: 0, lambda: 2)
+    monkeypatch.setattr(_pool, "_TEAM", [team])
+    out = np.zeros(2, np.int64)
+    with pytest.raises(RuntimeError, match="1 of a Numba kernel's 2 shares did not run"):
+        _pool.run(_mark, 2, out)
+    assert out.tolist() == [1, 0]
+
+
 def test_team_is_off_without_torch_or_when_turned_off(monkeypatch, way):
     pytest.importorskip("torch")
     monkeypatch.setenv("KERNELKIT_OPENMP_TEAM", "0")

@@ -113,18 +113,24 @@ def _team():
 
 def _team_body(key) -> None:
     """One OpenMP thread's part of a ``_run_on_team`` job: the shares t, t + n, ... (n the team's
-    size; it equals nthr unless the runtime gave fewer threads). A synced job needs every share
-    at once: with a smaller team it runs nothing and says so."""
-    fn, nthr, args, errors, synced, (_, thread_num, num_threads) = _JOBS[key]
-    t, n = thread_num(), num_threads()
-    if n < nthr and synced:
-        errors.append(None)
-        return
-    for share in range(t, nthr, n):
-        try:
-            fn(share, nthr, *args)
-        except BaseException as e:  # noqa: BLE001 - raised again on the calling thread
-            errors.append(e)
+    size; it equals nthr unless the runtime gave fewer threads), each counted in ``done`` once
+    it returned. A synced job needs every share at once: with a smaller team it runs nothing and
+    says so. Whatever a share raises goes to ``errors`` (an exception leaving a ctypes callback
+    would only be printed)."""
+    try:
+        fn, nthr, args, errors, done, synced, (_, thread_num, num_threads) = _JOBS[key]
+        t, n = thread_num(), num_threads()
+        if n < nthr and synced:
+            errors.append(None)
+            return
+        for share in range(t, nthr, n):
+            try:
+                fn(share, nthr, *args)
+                done.append(share)
+            except BaseException as e:  # noqa: BLE001 - raised again on the calling thread
+                errors.append(e)
+    except BaseException as e:  # noqa: BLE001 - e.g. a KeyboardInterrupt between the shares
+        _JOBS[key][3].append(e)
 
 
 _TEAM_BODY = _CALLBACK(_team_body)
@@ -132,10 +138,12 @@ _TEAM_BODY = _CALLBACK(_team_body)
 
 def _run_on_team(team, fn, nthr: int, args: tuple, synced: bool = False) -> bool:
     """fn's shares as one parallel region of torch's OpenMP runtime; False if a synced job did
-    not get nthr threads (nothing ran)."""
+    not get nthr threads (nothing ran). Raises what a share raised, and RuntimeError if a share
+    did not run at all (its part of the output would be left unwritten)."""
     errors: list = []
+    done: list = []
     key = next(_JOB_KEYS)
-    _JOBS[key] = (fn, nthr, args, errors, synced, team)
+    _JOBS[key] = (fn, nthr, args, errors, done, synced, team)
     try:
         team[0](_TEAM_BODY, key, nthr, 0)  # GOMP_parallel(fn, data, num_threads, flags)
     finally:
@@ -144,6 +152,10 @@ def _run_on_team(team, fn, nthr: int, args: tuple, synced: bool = False) -> bool
         return False
     if errors:
         raise errors[0]
+    if len(done) != nthr:
+        raise RuntimeError(
+            f"kernelkit: {nthr - len(done)} of a Numba kernel's {nthr} shares did not run on "
+            f"torch's OpenMP team (interrupted?); its output would be incomplete")
     return True
 
 
