@@ -122,13 +122,22 @@ def _check_child() -> None:
             "workqueue), or start the workers with the 'spawn' method")
 
 
-def guard(package: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+# Per thread: the launch in progress is for numpy data, so the Numba kernels' shares run on
+# kernelkit's own thread pool, not torch's OpenMP team (kernels/numba/_pool.py). The team's
+# master spins at the region's end; right after a numpy BLAS call, whose OpenBLAS workers spin
+# too, three spinning threads on two cores made a 256^3 Numba matmul take 7.9 ms instead of 0.2.
+LOCAL = threading.local()
+
+
+def guard(package: str, fn: Callable[..., Any], own_threads: bool = False) -> Callable[..., Any]:
     """`fn` (a kernel launcher from `package`), run under the rules above if `package` runs Numba
     parallel regions; `fn` itself otherwise.
 
     Args:
         package: the backend's kernel package, e.g. "kernelkit.kernels.numba".
         fn: the bound launcher.
+        own_threads: the call's data are numpy arrays: the kernel's shares run on kernelkit's
+            own threads (`LOCAL`), never on torch's OpenMP team.
 
     Returns:
         A callable with `fn`'s signature.
@@ -136,6 +145,8 @@ def guard(package: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     if package not in GUARDED_PACKAGES:
         return fn
     configure()
+    if own_threads:
+        return _on_own_threads(guard(package, fn))
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
@@ -154,5 +165,18 @@ def guard(package: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         if not _layer_known:
             _learn_layer()
         return out
+
+    return run
+
+
+def _on_own_threads(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        prev = getattr(LOCAL, "own_threads", False)
+        LOCAL.own_threads = True
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            LOCAL.own_threads = prev
 
     return run

@@ -213,3 +213,29 @@ def test_a_forked_child_runs_on_its_own_threads(way):
     team, got, marks = queue.get()
     assert team is False  # never the parent's OpenMP team
     assert got == pytest.approx(expected, rel=1e-6) and marks == [1, 2]
+
+
+def test_numpy_data_runs_on_the_pool_torch_data_on_the_team(monkeypatch, way):
+    """Through the ops layer: numpy arrays launch on kernelkit's own threads (OpenBLAS's workers
+    may be spinning), torch tensors on torch's OpenMP team; results the same either way."""
+    torch = pytest.importorskip("torch")
+    import kernelkit
+    from kernelkit import threads
+
+    team = _pool._find_team()
+    if not team:
+        pytest.skip("no OpenMP runtime loaded by torch in this process")
+    monkeypatch.setattr(_pool, "_TEAM", [team])
+    used = []
+    real = _pool._run_on_team
+    monkeypatch.setattr(_pool, "_run_on_team", lambda *a, **k: used.append(1) or real(*a, **k))
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((320, 256), dtype=np.float32)  # past the one-thread size
+    b = rng.standard_normal((256, 300), dtype=np.float32)
+    with kernelkit.use(backend="numba"):
+        got_np = kernelkit.matmul(a, b)
+        assert not used and not getattr(threads.LOCAL, "own_threads", False)
+        got_t = kernelkit.matmul(torch.from_numpy(a), torch.from_numpy(b))
+        assert used
+    np.testing.assert_allclose(got_np, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(got_t.numpy(), got_np)

@@ -17,7 +17,10 @@ on those very workers, which were waiting for work. The region is started throug
 ``GOMP_parallel`` (exported by GNU OpenMP and by LLVM's and Intel's runtimes for gcc-built code),
 with a ctypes callback that calls the share; a launch costs about 23 us here against the
 Python pool's 52 us. Python threads that launch at once each lead a team of their own, as
-torch's own ops from several threads do. ``KERNELKIT_OPENMP_TEAM=0`` turns it off. In a forked child the team is
+torch's own ops from several threads do. Launches for numpy data (the ops layer says so through
+``kernelkit.threads.LOCAL``) stay on the Python pool: the team's master spins at the region's
+end, and right after a numpy BLAS call OpenBLAS's workers spin too (a 256^3 matmul took 7.9 ms
+instead of 0.2 ms). ``KERNELKIT_OPENMP_TEAM=0`` turns the team off. In a forked child the team is
 never used (its threads do not exist there) and ``threads`` rebuilds the Python pool.
 """
 
@@ -38,6 +41,8 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from kernelkit import threads as _threads
 
 _POOL: list = [None]
 _POOL_LOCK = threading.Lock()
@@ -105,6 +110,10 @@ def _find_team():
 
 
 def _team():
+    """The team's entry points, or a falsy value: none here, or this launch is for numpy data
+    (``kernelkit.threads.LOCAL``: the caller's BLAS workers may be spinning on the cores)."""
+    if getattr(_threads.LOCAL, "own_threads", False):
+        return False
     team = _TEAM[0]
     if team is None:
         team = _TEAM[0] = _find_team()
