@@ -108,22 +108,26 @@ CONV_FORK_SCRIPT = textwrap.dedent("""
     import multiprocessing as mp
     import os
     import numpy as np
-    import torch  # noqa: F401 - loads torch's OpenMP runtime: the team the shares run on
+    import torch
     import kernelkit
     from kernelkit.kernels.numba import _pool as numba_pool
 
-    x = np.random.default_rng(0).standard_normal((4, 16, 40, 40), dtype=np.float32)
-    w = np.random.default_rng(1).standard_normal((32, 16, 3, 3), dtype=np.float32)
+    # torch tensors: their launches run on torch's OpenMP team (numpy data would not)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((4, 16, 40, 40),
+                                                                  dtype=np.float32))
+    w = torch.from_numpy(np.random.default_rng(1).standard_normal((32, 16, 3, 3),
+                                                                  dtype=np.float32))
 
     def run(_=None):
-        return float(kernelkit.conv2d(x, w, padding=1).sum())
+        return float(kernelkit.conv2d(x, w, padding=1).numpy().sum(dtype=np.float64))
 
     parent = run()
     # the parent's conv ran its shares on torch's OpenMP team, or with the team turned off on
     # the Python pool
     team = os.environ.get("KERNELKIT_OPENMP_TEAM") != "0"
     assert bool(numba_pool._TEAM[0]) == team and (numba_pool._POOL[0] is None) == team
-    with mp.get_context("fork").Pool(1) as pool:
+    # as a DataLoader worker does: torch's own OpenMP cannot run in a forked child either
+    with mp.get_context("fork").Pool(1, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         child = pool.apply_async(run).get(timeout=120)
     assert abs(child - parent) <= 1e-3 * abs(parent), (child, parent)
     print("ok")
