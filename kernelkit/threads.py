@@ -145,8 +145,6 @@ def guard(package: str, fn: Callable[..., Any], own_threads: bool = False) -> Ca
     if package not in GUARDED_PACKAGES:
         return fn
     configure()
-    if own_threads:
-        return _on_own_threads(guard(package, fn))
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
@@ -166,7 +164,7 @@ def guard(package: str, fn: Callable[..., Any], own_threads: bool = False) -> Ca
             _learn_layer()
         return out
 
-    return run
+    return _on_own_threads(run) if own_threads else run
 
 
 def _on_own_threads(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -33,7 +33,9 @@ import platform
 import re
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -71,8 +73,18 @@ _TEAM: list = [None]
 _TEAM_ENV = "KERNELKIT_OPENMP_TEAM"
 _OMP_LIB = re.compile(r"lib(gomp|iomp5|omp)\b[^/]*\.so[^/]*$")
 _CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-_JOBS: dict = {}
+_JOBS: dict = {}  # key (the region's data pointer) -> _Job
 _JOB_KEYS = itertools.count(1)
+
+
+class _Job(NamedTuple):
+    fn: Callable
+    nthr: int
+    args: tuple
+    errors: list  # what shares raised; None: a synced job that did not get nthr threads
+    done: list  # the shares that returned
+    synced: bool
+    team: tuple  # (GOMP_parallel, omp_get_thread_num, omp_get_num_threads)
 
 
 def _loaded_openmp() -> str | None:
@@ -126,20 +138,20 @@ def _team_body(key) -> None:
     it returned. A synced job needs every share at once: with a smaller team it runs nothing and
     says so. Whatever a share raises goes to ``errors`` (an exception leaving a ctypes callback
     would only be printed)."""
+    job = _JOBS[key]
     try:
-        fn, nthr, args, errors, done, synced, (_, thread_num, num_threads) = _JOBS[key]
-        t, n = thread_num(), num_threads()
-        if n < nthr and synced:
-            errors.append(None)
+        t, n = job.team[1](), job.team[2]()
+        if n < job.nthr and job.synced:
+            job.errors.append(None)
             return
-        for share in range(t, nthr, n):
+        for share in range(t, job.nthr, n):
             try:
-                fn(share, nthr, *args)
-                done.append(share)
+                job.fn(share, job.nthr, *job.args)
+                job.done.append(share)
             except BaseException as e:  # noqa: BLE001 - raised again on the calling thread
-                errors.append(e)
+                job.errors.append(e)
     except BaseException as e:  # noqa: BLE001 - e.g. a KeyboardInterrupt between the shares
-        _JOBS[key][3].append(e)
+        job.errors.append(e)
 
 
 _TEAM_BODY = _CALLBACK(_team_body)
@@ -152,7 +164,7 @@ def _run_on_team(team, fn, nthr: int, args: tuple, synced: bool = False) -> bool
     errors: list = []
     done: list = []
     key = next(_JOB_KEYS)
-    _JOBS[key] = (fn, nthr, args, errors, done, synced, team)
+    _JOBS[key] = _Job(fn, nthr, args, errors, done, synced, team)
     try:
         team[0](_TEAM_BODY, key, nthr, 0)  # GOMP_parallel(fn, data, num_threads, flags)
     finally:
