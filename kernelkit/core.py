@@ -389,9 +389,8 @@ def _make_candidate(spec: OpSpec, backend: Backend) -> Candidate:
         if entry is None:
             return None
         # threads.guard: a fork-safe Numba threading layer, launches serialised where it is not
-        # threadsafe, numpy data on kernelkit's own threads (a no-op for other backends)
-        return threads.guard(backend.package, spec.launch(entry, p, m.CONFIG.from_dict(config)),
-                             own_threads=p.lib == "numpy")
+        # threadsafe, numpy's BLAS calls noted (a no-op for other backends)
+        return threads.guard(backend.package, spec.launch(entry, p, m.CONFIG.from_dict(config)))
 
     def launcher(p: Problem, config: Config):
         fn = bound(spec.entry, p, config)

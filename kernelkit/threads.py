@@ -13,10 +13,12 @@ it is installed (threadsafe and fork-safe), else ``workqueue`` (fork-safe: it re
 in the child; not threadsafe: two threads launching at once abort the process, so kernelkit's own
 launches of Numba kernels take a process-wide lock, which a fork hook replaces in the child so a
 lock held by another parent thread at fork time cannot deadlock it). A layer the user chose with
-``NUMBA_THREADING_LAYER`` is kept; if it is OpenMP and the parent already launched it, a launch
-in a forked child raises a RuntimeError that says what to do, instead of hanging or dying.
-The same fork hook drops the Python thread pool the Numba kernels run their shares on in the child
-(its threads do not exist there; work submitted to it would wait forever).
+``NUMBA_THREADING_LAYER`` is kept. kernelkit's own Numba kernels no longer enter that layer at
+all: they run their shares on torch's OpenMP team or kernelkit's Python pool
+(``kernels/numba/_pool.py``), so a layer the parent launched (a user's own ``prange``, even on
+OpenMP) does not stop them in a forked child. The same fork hook drops that Python pool in the
+child (its threads do not exist there; work submitted to it would wait forever) and turns the
+team off there.
 """
 
 from __future__ import annotations
@@ -25,15 +27,16 @@ import functools
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 # kernel packages whose entry points run Numba parallel regions
 GUARDED_PACKAGES = {"kernelkit.kernels.numba"}
+BLAS_PACKAGE = "kernelkit.kernels.numpy"  # its launches are noted (`blas_called`)
 LAYER_REQUEST = "forksafe"
 
 _lock = threading.Lock()
-_parent_layer: str | None = None  # the layer launched in the parent at fork time
 _forked = False
 _threadsafe = False  # the launched layer is threadsafe: no lock needed
 _layer_known = False  # the layer has been launched and read (it never changes after that)
@@ -96,9 +99,8 @@ POOLED_MODULES = ("kernelkit.kernels.numba._pool",)
 
 
 def _after_fork_in_child() -> None:
-    global _lock, _parent_layer, _forked
+    global _lock, _forked
     _lock = threading.Lock()  # the parent's may be held by a thread that does not exist here
-    _parent_layer = _numba_launched()
     _forked = True
     for name in POOLED_MODULES:
         mod = sys.modules.get(name)
@@ -113,45 +115,52 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _check_child() -> None:
-    if _forked and _parent_layer == "omp":
-        raise RuntimeError(
-            "kernelkit: this process was forked from one that had launched Numba's OpenMP "
-            "threading layer (NUMBA_THREADING_LAYER=omp), which cannot run in a forked child. "
-            "Unset NUMBA_THREADING_LAYER (kernelkit then picks a fork-safe layer: tbb or "
-            "workqueue), or start the workers with the 'spawn' method")
+def forked() -> bool:
+    """This process was forked from one that had imported kernelkit."""
+    return _forked
 
 
-# Per thread: the launch in progress is for numpy data, so the Numba kernels' shares run on
-# kernelkit's own thread pool, not torch's OpenMP team (kernels/numba/_pool.py). The team's
-# master spins at the region's end; right after a numpy BLAS call, whose OpenBLAS workers spin
-# too, three spinning threads on two cores made a 256^3 Numba matmul take 7.9 ms instead of 0.2.
-LOCAL = threading.local()
+# kernelkit's own numpy BLAS calls (the numpy backend) leave OpenBLAS's workers spinning for about
+# 0.1 s (its default thread timeout, 2^28 cycles). A Numba kernel launched meanwhile runs its shares
+# on kernelkit's own thread pool, not torch's OpenMP team: the team's region waits for all its
+# threads, and on two cores one of them shares a core with a spinning OpenBLAS worker (a 256^3
+# Numba matmul took 7.9 ms instead of 0.2). Otherwise the team, whatever the data: right after a
+# torch op its workers are the ones spinning (kernels/numba/_pool.py).
+BLAS_SPIN_S = 0.1
+_blas_until = [0.0]
 
 
-def guard(package: str, fn: Callable[..., Any], own_threads: bool = False) -> Callable[..., Any]:
+def blas_called() -> None:
+    """Note that OpenBLAS's workers may spin for the next BLAS_SPIN_S seconds."""
+    _blas_until[0] = time.monotonic() + BLAS_SPIN_S
+
+
+def blas_spinning() -> bool:
+    """Whether kernelkit called numpy's BLAS within the last BLAS_SPIN_S seconds."""
+    return time.monotonic() < _blas_until[0]
+
+
+def guard(package: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     """`fn` (a kernel launcher from `package`), run under the rules above if `package` runs Numba
-    parallel regions; `fn` itself otherwise.
+    parallel regions or numpy's BLAS; `fn` itself otherwise.
 
     Args:
         package: the backend's kernel package, e.g. "kernelkit.kernels.numba".
         fn: the bound launcher.
-        own_threads: the call's data are numpy arrays: the kernel's shares run on kernelkit's
-            own threads (`LOCAL`), never on torch's OpenMP team.
 
     Returns:
         A callable with `fn`'s signature.
     """
+    if package == BLAS_PACKAGE:
+        return _noting_blas(fn)
     if package not in GUARDED_PACKAGES:
         return fn
     configure()
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        # the hot path: two global reads and an uncontended lock (acquire/release, cheaper than
+        # the hot path: a global read and an uncontended lock (acquire/release, cheaper than
         # `with`): about 0.45 us per launch over the bare launcher on the 2-core CI machine
-        if _forked:
-            _check_child()
         if _threadsafe:
             return fn(*args, **kwargs)
         lock = _lock  # workqueue, or not launched yet (this call launches it)
@@ -164,17 +173,15 @@ def guard(package: str, fn: Callable[..., Any], own_threads: bool = False) -> Ca
             _learn_layer()
         return out
 
-    return _on_own_threads(run) if own_threads else run
+    return run
 
 
-def _on_own_threads(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _noting_blas(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        prev = getattr(LOCAL, "own_threads", False)
-        LOCAL.own_threads = True
         try:
             return fn(*args, **kwargs)
         finally:
-            LOCAL.own_threads = prev
+            blas_called()
 
     return run

@@ -215,9 +215,10 @@ def test_a_forked_child_runs_on_its_own_threads(way):
     assert got == pytest.approx(expected, rel=1e-6) and marks == [1, 2]
 
 
-def test_numpy_data_runs_on_the_pool_torch_data_on_the_team(monkeypatch, way):
-    """Through the ops layer: numpy arrays launch on kernelkit's own threads (OpenBLAS's workers
-    may be spinning), torch tensors on torch's OpenMP team; results the same either way."""
+def test_numpy_blas_moments_ago_means_the_pool_else_the_team(monkeypatch, way):
+    """Through the ops layer: a Numba launch takes torch's OpenMP team whatever the data, except
+    within BLAS_SPIN_S of kernelkit's own numpy BLAS call (OpenBLAS's workers may be spinning),
+    when it takes kernelkit's own pool; results the same either way."""
     torch = pytest.importorskip("torch")
     import kernelkit
     from kernelkit import threads
@@ -232,10 +233,64 @@ def test_numpy_data_runs_on_the_pool_torch_data_on_the_team(monkeypatch, way):
     rng = np.random.default_rng(5)
     a = rng.standard_normal((320, 256), dtype=np.float32)  # past the one-thread size
     b = rng.standard_normal((256, 300), dtype=np.float32)
+    monkeypatch.setattr(threads, "_blas_until", [0.0])
     with kernelkit.use(backend="numba"):
         got_np = kernelkit.matmul(a, b)
-        assert not used and not getattr(threads.LOCAL, "own_threads", False)
+        assert used and not threads.blas_spinning()
         got_t = kernelkit.matmul(torch.from_numpy(a), torch.from_numpy(b))
-        assert used
+    with kernelkit.use(backend="numpy"):
+        kernelkit.matmul(a, b)
+    assert threads.blas_spinning()
+    used.clear()
+    with kernelkit.use(backend="numba"):
+        got_after_blas = kernelkit.matmul(a, b)
+    assert not used
+    monkeypatch.setattr(threads, "_blas_until", [0.0])  # BLAS_SPIN_S later
+    with kernelkit.use(backend="numba"):
+        kernelkit.matmul(torch.from_numpy(a), torch.from_numpy(b))
+    assert used
     np.testing.assert_allclose(got_np, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
     np.testing.assert_array_equal(got_t.numpy(), got_np)
+    np.testing.assert_array_equal(got_after_blas, got_np)
+
+
+def test_the_caller_claims_a_share_a_late_pool_thread_has_not_started(monkeypatch):
+    """Claiming shares (the pool's default): while the pool's thread is held up, the calling
+    thread runs every share itself and returns; the late thread then finds nothing to do. With
+    fixed shares the call waits for that thread."""
+    gate = threading.Event()
+    p = _pool.pool(2)
+    for _ in range(p._max_workers):
+        p.submit(gate.wait)  # every pool thread is busy until the gate opens
+    try:
+        for nthr in (2, 3):
+            ran = []
+            _pool.run_pool(lambda t, n: ran.append((t, threading.get_ident())), nthr)
+            assert sorted(t for t, _ in ran) == list(range(nthr))
+            assert {tid for _, tid in ran} == {threading.get_ident()}
+        fixed = threading.Thread(target=_pool.run_pool, args=(lambda t, n: None, 2),
+                                 kwargs={"claim": False})
+        fixed.start()
+        fixed.join(0.2)
+        assert fixed.is_alive()  # waiting for the held-up thread's share
+    finally:
+        gate.set()
+    fixed.join(5)
+    assert not fixed.is_alive()
+
+
+def test_claimed_shares_are_each_run_once_and_errors_surface():
+    """Many launches with the pool's threads free: every share exactly once, and a share's error
+    reaches the caller whichever thread ran it."""
+    for _ in range(200):
+        out = np.zeros(3, np.int64)
+        _pool.run_pool(_mark, 3, out)
+        np.testing.assert_array_equal(out, [1, 2, 3])
+
+    def share(t, nthr):
+        if t == 1:
+            raise KeyError("share 1")
+
+    for _ in range(20):
+        with pytest.raises(KeyError, match="share 1"):
+            _pool.run_pool(share, 2)

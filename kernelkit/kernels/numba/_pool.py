@@ -17,9 +17,10 @@ on those very workers, which were waiting for work. The region is started throug
 ``GOMP_parallel`` (exported by GNU OpenMP and by LLVM's and Intel's runtimes for gcc-built code),
 with a ctypes callback that calls the share; a launch costs about 23 us here against the
 Python pool's 52 us. Python threads that launch at once each lead a team of their own, as
-torch's own ops from several threads do. Launches for numpy data (the ops layer says so through
-``kernelkit.threads.LOCAL``) stay on the Python pool: the team's master spins at the region's
-end, and right after a numpy BLAS call OpenBLAS's workers spin too (a 256^3 matmul took 7.9 ms
+torch's own ops from several threads do, whatever the data (numpy arrays in a process that
+runs torch ops meet the same spinning workers). For 0.1 s after kernelkit called numpy's BLAS
+(``kernelkit.threads.blas_spinning``) launches take the Python pool instead: the team's region
+waits for all its threads, and OpenBLAS's workers spin then too (a 256^3 matmul took 7.9 ms
 instead of 0.2 ms). ``KERNELKIT_OPENMP_TEAM=0`` turns the team off. In a forked child the team is
 never used (its threads do not exist there) and ``threads`` rebuilds the Python pool.
 """
@@ -106,8 +107,8 @@ def _find_team():
     """Look for torch's OpenMP runtime once torch is imported: its entry points, or False."""
     if "torch" not in sys.modules:
         return None  # no spinning workers to reuse (yet): look again on a later call
-    if os.environ.get(_TEAM_ENV, "1").strip() == "0":
-        return False
+    if os.environ.get(_TEAM_ENV, "1").strip() == "0" or _threads.forked():
+        return False  # (a forked child: the parent's OpenMP threads do not exist here)
     path = _loaded_openmp()
     try:
         lib = ctypes.CDLL(path) if path else None  # already mapped: the same library
@@ -122,9 +123,9 @@ def _find_team():
 
 
 def _team():
-    """The team's entry points, or a falsy value: none here, or this launch is for numpy data
-    (``kernelkit.threads.LOCAL``: the caller's BLAS workers may be spinning on the cores)."""
-    if getattr(_threads.LOCAL, "own_threads", False):
+    """The team's entry points, or a falsy value: none here, or kernelkit called numpy's BLAS
+    moments ago (``kernelkit.threads.blas_spinning``: OpenBLAS's workers may be spinning)."""
+    if _threads.blas_spinning():
         return False
     team = _TEAM[0]
     if team is None:
@@ -193,12 +194,45 @@ def run(fn, nthr: int, *args) -> None:
         run_pool(fn, nthr, *args)
 
 
-def run_pool(fn, nthr: int, *args) -> None:
-    """``run`` on the Python pool: share 0 on the calling thread, the rest on the pool's."""
-    futs = [pool(nthr - 1).submit(fn, t, nthr, *args) for t in range(1, nthr)]
-    fn(0, nthr, *args)
-    for f in futs:
-        f.result()
+def run_pool(fn, nthr: int, *args, claim: bool = True) -> None:
+    """``run`` on the Python pool. With ``claim`` (the default) every thread, the calling one
+    included, claims the next unclaimed share until none is left, and the call returns once
+    every share has returned: a pool thread that starts late (its core busy with another
+    library's spinning workers, or its vCPU slow to wake) leaves its share to the caller instead
+    of holding the call up, so the call never takes much longer than one thread doing it all.
+    Measured on a 2-core Zen 5 VM (`bench/probes/pool_claim_probe.py`): right after a torch op
+    a 2-share memory-bound kernel ran 4.7-4.9 ms with fixed shares, 3.4-3.8 claiming, 3.5-3.9
+    on one thread. Without ``claim`` share t runs on thread t (``run_synced``: its shares must
+    all run at once)."""
+    if not claim:
+        futs = [pool(nthr - 1).submit(fn, t, nthr, *args) for t in range(1, nthr)]
+        fn(0, nthr, *args)
+        for f in futs:
+            f.result()
+        return
+    shares = itertools.count()
+    done: list = []
+    errors: list = []
+    finished = threading.Event()
+
+    def claim_shares():
+        while (t := next(shares)) < nthr:
+            try:
+                fn(t, nthr, *args)
+            except BaseException as e:  # noqa: BLE001 - raised again on the calling thread
+                errors.append(e)
+            done.append(t)
+            if len(done) == nthr:
+                finished.set()
+
+    p = pool(nthr - 1)
+    for _ in range(nthr - 1):
+        p.submit(claim_shares)
+    claim_shares()
+    if len(done) < nthr:
+        finished.wait()
+    if errors:
+        raise errors[0]
 
 
 def run_synced(fn, nthr: int, *args) -> bool:
@@ -219,7 +253,7 @@ def run_synced(fn, nthr: int, *args) -> bool:
 
         team = _team()
         if not (team and _run_on_team(team, share, nthr, args, synced=True)):
-            run_pool(share, nthr, *args)
+            run_pool(share, nthr, *args, claim=False)
     finally:
         _SYNC_LOCK.release()
     return True
