@@ -22,6 +22,7 @@ from numba.extending import intrinsic
 
 from kernelkit import devices
 from kernelkit.kernels.numba._gemm import _JIT, _U
+from kernelkit.kernels.numba._pool import run as _run
 
 HALF_CHARS = "eH"  # numpy dtype chars: float16, and uint16 (bfloat16 bit patterns)
 
@@ -55,11 +56,10 @@ def _float_to_half_bits(typingctx, x):
     return types.uint16(types.float32), codegen
 
 
-# Below PARALLEL_MIN elements one core converts faster than both do with the pool's launch (45 us
-# here): measured on the 2-core Zen 3, 2^16 elements take 6 us on one core and 56 us on two, 2^20
-# 140 / 190 us, 2^22 1.5 / 1.0 ms. The serial and parallel loops are separate functions: Numba's
-# on-disk cache keys a function by its name, so one source jitted twice loads one compiled
-# version for both (measured: the "serial" one ran the parallel code, 45 us for 16 elements).
+# Below PARALLEL_MIN elements one core converts faster than both do with a parallel launch
+# (measured on the 2-core Zen 3 when these were prange loops, 45 us a launch: 2^16 elements take
+# 6 us on one core and 56 us on two, 2^20 140 / 190 us, 2^22 1.5 / 1.0 ms). The serial loops and
+# the shares are separate functions: Numba's on-disk cache keys a function by its name.
 # (unsigned indices: without Numba's negative-index wraparound the loops vectorise)
 PARALLEL_MIN = 1 << 21
 
@@ -70,9 +70,9 @@ def _widen_f16_serial(src, dst):  # 1-D uint16 -> 1-D float32, both contiguous
         dst[_U(i)] = _half_bits_to_float(src[_U(i)])
 
 
-@numba.njit(parallel=True, **_JIT)
-def _widen_f16(src, dst):
-    for i in numba.prange(src.size):
+@numba.njit(**_JIT)
+def _widen_f16(t, nthr, src, dst):  # thread t's share (`_convert`)
+    for i in range(t * src.size // nthr, (t + 1) * src.size // nthr):
         dst[_U(i)] = _half_bits_to_float(src[_U(i)])
 
 
@@ -82,9 +82,9 @@ def _narrow_f16_serial(src, dst):  # 1-D float32 -> 1-D uint16, both contiguous
         dst[_U(i)] = _float_to_half_bits(src[_U(i)])
 
 
-@numba.njit(parallel=True, **_JIT)
-def _narrow_f16(src, dst):
-    for i in numba.prange(src.size):
+@numba.njit(**_JIT)
+def _narrow_f16(t, nthr, src, dst):  # thread t's share (`_convert`)
+    for i in range(t * src.size // nthr, (t + 1) * src.size // nthr):
         dst[_U(i)] = _float_to_half_bits(src[_U(i)])
 
 
@@ -109,9 +109,9 @@ def _widen_bf16_serial(src, dst):  # 1-D uint16 -> 1-D uint32 (float32 bits), bo
         dst[_U(i)] = np.uint32(src[_U(i)]) << np.uint32(16)
 
 
-@numba.njit(parallel=True, **_JIT)
-def _widen_bf16(src, dst):
-    for i in numba.prange(src.size):
+@numba.njit(**_JIT)
+def _widen_bf16(t, nthr, src, dst):  # thread t's share (`_convert`)
+    for i in range(t * src.size // nthr, (t + 1) * src.size // nthr):
         dst[_U(i)] = np.uint32(src[_U(i)]) << np.uint32(16)
 
 
@@ -121,9 +121,9 @@ def _narrow_bf16_serial(src, dst):  # 1-D uint32 (float32 bits) -> 1-D uint16, b
         dst[_U(i)] = _bf16_round(src[_U(i)])
 
 
-@numba.njit(parallel=True, **_JIT)
-def _narrow_bf16(src, dst):
-    for i in numba.prange(src.size):
+@numba.njit(**_JIT)
+def _narrow_bf16(t, nthr, src, dst):  # thread t's share (`_convert`)
+    for i in range(t * src.size // nthr, (t + 1) * src.size // nthr):
         dst[_U(i)] = _bf16_round(src[_U(i)])
 
 
@@ -135,18 +135,28 @@ def f16c() -> bool:
 def warm_f16() -> None:
     """Compile (or load) the float16 conversion loops."""
     if f16c():
-        for widen_fn, narrow_fn in ((_widen_f16, _narrow_f16),
-                                    (_widen_f16_serial, _narrow_f16_serial)):
-            widen_fn(np.zeros(1, np.uint16), np.empty(1, np.float32))
-            narrow_fn(np.zeros(1, np.float32), np.empty(1, np.uint16))
+        _widen_f16_serial(np.zeros(1, np.uint16), np.empty(1, np.float32))
+        _narrow_f16_serial(np.zeros(1, np.float32), np.empty(1, np.uint16))
+        _widen_f16(0, 1, np.zeros(1, np.uint16), np.empty(1, np.float32))
+        _narrow_f16(0, 1, np.zeros(1, np.float32), np.empty(1, np.uint16))
 
 
 def warm_bf16() -> None:
     """Compile (or load) the bfloat16 conversion loops."""
-    for widen_fn, narrow_fn in ((_widen_bf16, _narrow_bf16),
-                                (_widen_bf16_serial, _narrow_bf16_serial)):
-        widen_fn(np.zeros(1, np.uint16), np.empty(1, np.uint32))
-        narrow_fn(np.zeros(1, np.uint32), np.empty(1, np.uint16))
+    _widen_bf16_serial(np.zeros(1, np.uint16), np.empty(1, np.uint32))
+    _narrow_bf16_serial(np.zeros(1, np.uint32), np.empty(1, np.uint16))
+    _widen_bf16(0, 1, np.zeros(1, np.uint16), np.empty(1, np.uint32))
+    _narrow_bf16(0, 1, np.zeros(1, np.uint32), np.empty(1, np.uint16))
+
+
+def _convert(serial, shares, src: np.ndarray, dst: np.ndarray) -> None:
+    """dst = convert(src), 1-D: on one thread below PARALLEL_MIN elements, else in shares on the
+    Numba kernels' threads (`_pool.run`)."""
+    nthr = numba.get_num_threads()
+    if src.size < PARALLEL_MIN or nthr <= 1:
+        serial(src, dst)
+    else:
+        _run(shares, nthr, src, dst)
 
 
 def _f16_to_f32(x: np.ndarray) -> np.ndarray:
@@ -154,7 +164,7 @@ def _f16_to_f32(x: np.ndarray) -> np.ndarray:
         return x.astype(np.float32)
     src = np.ascontiguousarray(x).view(np.uint16)
     out = np.empty(x.shape, np.float32)
-    (_widen_f16 if x.size >= PARALLEL_MIN else _widen_f16_serial)(src.reshape(-1), out.reshape(-1))
+    _convert(_widen_f16_serial, _widen_f16, src.reshape(-1), out.reshape(-1))
     return out
 
 
@@ -164,8 +174,7 @@ def _f32_to_f16(x: np.ndarray) -> np.ndarray:
             return x.astype(np.float16)
     src = np.ascontiguousarray(x, np.float32)
     out = np.empty(x.shape, np.uint16)
-    (_narrow_f16 if x.size >= PARALLEL_MIN else _narrow_f16_serial)(src.reshape(-1),
-                                                                    out.reshape(-1))
+    _convert(_narrow_f16_serial, _narrow_f16, src.reshape(-1), out.reshape(-1))
     return out.view(np.float16)
 
 
@@ -184,8 +193,7 @@ def widen(x: np.ndarray | None) -> np.ndarray | None:
         # bfloat16 is the top half of a float32: shift the bits into place
         src = np.ascontiguousarray(x)
         out = np.empty(x.shape, np.uint32)
-        (_widen_bf16 if x.size >= PARALLEL_MIN else _widen_bf16_serial)(src.reshape(-1),
-                                                                        out.reshape(-1))
+        _convert(_widen_bf16_serial, _widen_bf16, src.reshape(-1), out.reshape(-1))
         return out.view(np.float32)
     return x
 
@@ -197,8 +205,7 @@ def narrow(x: np.ndarray, char: str) -> np.ndarray:
         return _f32_to_f16(x)
     bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
     out = np.empty(x.shape, np.uint16)
-    (_narrow_bf16 if x.size >= PARALLEL_MIN else _narrow_bf16_serial)(bits.reshape(-1),
-                                                                      out.reshape(-1))
+    _convert(_narrow_bf16_serial, _narrow_bf16, bits.reshape(-1), out.reshape(-1))
     return out
 
 

@@ -25,7 +25,9 @@ Numerics (the tap tables are built by the backend-neutral ``kernelkit.kernels.ta
 * uint8 output rounds half to even and saturates; float16 and bfloat16 round to nearest even
   (bfloat16 is returned as uint16 bits, NaN -> 0x7FC0 as torch).
 
-Work split: tasks of ``config.rows`` output rows of one image, in one ``prange``. A task runs,
+Work split: tasks of ``config.rows`` output rows of one image, a contiguous run of them per
+thread (``_pool.run``: torch's OpenMP team where torch is loaded, so that a call right after a
+torch op runs on its waiting workers, else kernelkit's pool; not a ``prange``). A task runs,
 for each output row, the vertical pass (the row's source lines, weighted and summed into a
 float32 line buffer, over the source span that ``config.tile_w`` output columns need; the next
 row's source lines are prefetched meanwhile) and the horizontal pass (x taps) into a row buffer,
@@ -43,12 +45,13 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-from numba import prange, types
+from numba import types
 
 from kernelkit.kernels import taps as _taps
 from kernelkit.kernels.config import KernelConfig
 from kernelkit.kernels.numba import _gemm
 from kernelkit.kernels.numba._gemm import entry_point
+from kernelkit.kernels.numba._pool import run as _run
 from kernelkit.kernels.numba._resample import (
     _JIT,
     OUT_CODES,
@@ -195,18 +198,21 @@ def _image_rows(src, isz, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff, fill, 
     sfence()
 
 
-@numba.njit(parallel=True, **_JIT)
-def _kernel(meta, in_f32, yst, yw, yk, xst, xw, xk, aff, fill, nearest, perm, inv, mean, scale,
-            out_h, out_w, cch, rows, tile_w, tmp_len, out_addr, code, on, oc, oy, ox, stream):
+@numba.njit(**_JIT)
+def _kernel(share, nshares, meta, in_f32, yst, yw, yk, xst, xw, xk, aff, fill, nearest, perm, inv,
+            mean, scale, out_h, out_w, cch, rows, tile_w, tmp_len, out_addr, code, on, oc, oy, ox,
+            stream):
     nimg = meta.shape[0]
     nblk = (out_h + rows - 1) // rows
-    for t in prange(nimg * nblk):
+    ntask = nimg * nblk
+    tmp = np.empty(tmp_len + 4, np.float32)      # + padding for 4-lane loads / stores
+    res = np.empty(max(cch, 4) * out_w + 4 + 4 * out_w, np.float32)   # + row buffers
+    we = np.empty(4 * out_w * xw.shape[2] if cch == 3 else 0, np.float32)
+    for t in range(share * ntask // nshares, (share + 1) * ntask // nshares):
         n = t // nblk
         y0 = (t - n * nblk) * rows
         y1 = min(out_h, y0 + rows)
-        tmp = np.zeros(tmp_len + 4, np.float32)      # + padding for 4-lane loads / stores
-        res = np.empty(max(cch, 4) * out_w + 4 + 4 * out_w, np.float32)   # + row buffers
-        we = np.empty(4 * out_w * xw.shape[2] if cch == 3 else 0, np.float32)
+        tmp[:] = 0.0
         if in_f32:
             _image_rows(f32_ptr(meta[n, _ADDR]), 4, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff,
                         fill, nearest, perm, inv, mean, scale, out_w, cch, tile_w, tmp, res, we,
@@ -223,7 +229,7 @@ def _sig():
     i64, f32 = types.int64, types.float32
     arr = lambda ty, nd: types.Array(ty, nd, "C", readonly=False)
     return types.void(
-        arr(i64, 2), types.boolean, arr(i64, 2), arr(f32, 3), arr(i64, 1), arr(i64, 2),
+        i64, i64, arr(i64, 2), types.boolean, arr(i64, 2), arr(f32, 3), arr(i64, 1), arr(i64, 2),
         arr(f32, 3), arr(i64, 1), arr(types.float64, 3), arr(f32, 1), types.boolean,
         arr(i64, 1), arr(i64, 1), arr(f32, 1), arr(f32, 1),
         i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, types.boolean)
@@ -336,9 +342,11 @@ def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, sc
         inv[perm] = np.arange(3)
     mean = np.ascontiguousarray(mean, np.float32).reshape(cch)
     scale = np.ascontiguousarray(scale, np.float32).reshape(cch)
-    _entry()(meta, dtype == np.float32, yt.start, yt.weight, yt.ntaps, xst, xt.weight,
-             xt.ntaps, aff, fill, interpolation == "nearest", perm, inv, mean, scale,
-             out_h, out_w, cch, max(1, cfg.rows), cfg.tile_w, tmp_len, out.ctypes.data, code,
-             on, oc, oy, ox, bool(cfg.stream))
+    rows = max(1, cfg.rows)
+    tasks = n * -(-out_h // rows)
+    _run(_entry(), min(numba.get_num_threads(), tasks), meta, dtype == np.float32, yt.start,
+         yt.weight, yt.ntaps, xst, xt.weight, xt.ntaps, aff, fill, interpolation == "nearest", perm,
+         inv, mean, scale, out_h, out_w, cch, rows, cfg.tile_w, tmp_len, out.ctypes.data, code,
+         on, oc, oy, ox, bool(cfg.stream))
     del keep  # the sources stay alive until here: the kernel read them through raw addresses
     return out
