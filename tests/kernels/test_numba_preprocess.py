@@ -388,6 +388,29 @@ def test_configs_identical():
         PreprocessConfig(0, 0)
 
 
+
+@pytest.mark.parametrize("shares", [2, 3, 7, 200])
+def test_shares_split_rows_not_tasks(monkeypatch, shares):
+    """The launch splits the batch's output rows, not its tasks, between threads: with any number
+    of shares (more than the rows of an image, fewer than the tasks) and any `rows`, every output
+    row is written once and the result is bit-identical to one share's. Runs the shares in turn
+    on this thread; the output starts NaN-poisoned (float32) so an unwritten row shows."""
+    from kernelkit.kernels.numba import preprocess as npp
+
+    def poisoned(shape, dtype):
+        out = np.empty(shape, dtype)
+        out.fill(np.nan if np.dtype(dtype).kind == "f" else 0)
+        return out
+
+    monkeypatch.setattr(npp, "_empty_aligned", poisoned)
+    imgs = rand_img(3 * 50, 61).reshape(3, 50, 61, 3)  # 3 images: odd against 2 threads
+    one = run(imgs, size=(29, 37), config=PreprocessConfig(29, 0))
+    assert np.isfinite(one).all()
+    monkeypatch.setattr(npp, "_run", lambda fn, nthr, *a: [fn(t, shares, *a) for t in range(shares)])
+    for rows in (1, 5, 29, 224):
+        got = run(imgs, size=(29, 37), config=PreprocessConfig(rows, 0))
+        assert np.array_equal(got, one), rows
+
 @pytest.mark.parametrize("perm", [(0, 1, 2), (2, 1, 0), (1, 2, 0), (0, 0, 2)], ids=str)
 @pytest.mark.parametrize("aa", [True, False], ids=["antialias", "2tap"])
 def test_store_paths_identical(perm, aa):

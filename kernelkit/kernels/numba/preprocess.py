@@ -25,9 +25,10 @@ Numerics (the tap tables are built by the backend-neutral ``kernelkit.kernels.ta
 * uint8 output rounds half to even and saturates; float16 and bfloat16 round to nearest even
   (bfloat16 is returned as uint16 bits, NaN -> 0x7FC0 as torch).
 
-Work split: tasks of ``config.rows`` output rows of one image, a contiguous run of them per
-thread (``_pool.run``: torch's OpenMP team where torch is loaded, so that a call right after a
-torch op runs on its waiting workers, else kernelkit's pool; not a ``prange``). A task runs,
+Work split: an equal run of the batch's output rows per thread (``_pool.run``: torch's OpenMP
+team where torch is loaded, so that a call right after a torch op runs on its waiting workers,
+else kernelkit's pool; not a ``prange``), in tasks of up to ``config.rows`` rows of one image.
+A task runs,
 for each output row, the vertical pass (the row's source lines, weighted and summed into a
 float32 line buffer, over the source span that ``config.tile_w`` output columns need; the next
 row's source lines are prefetched meanwhile) and the horizontal pass (x taps) into a row buffer,
@@ -79,7 +80,8 @@ _NMETA = 12
 class PreprocessConfig(KernelConfig):
     """Work split of the preprocess kernel.
 
-    rows: output rows per parallel task (one task = rows of one image).
+    rows: output rows per task (a task: up to this many rows of one image, within one thread's
+        share of the batch's rows).
     tile_w: output columns per vertical-pass tile (0 = the whole row). A tile bounds the line
         buffer to the source span its columns read, which keeps it in L1 for very wide images.
     stream: write float32 rows through a row buffer with non-temporal (cache-bypassing) stores
@@ -202,16 +204,19 @@ def _image_rows(src, isz, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff, fill, 
 def _kernel(share, nshares, meta, in_f32, yst, yw, yk, xst, xw, xk, aff, fill, nearest, perm, inv,
             mean, scale, out_h, out_w, cch, rows, tile_w, tmp_len, out_addr, code, on, oc, oy, ox,
             stream):
-    nimg = meta.shape[0]
-    nblk = (out_h + rows - 1) // rows
-    ntask = nimg * nblk
+    # the share: an equal run of the batch's output rows (image after image), in tasks of up to
+    # `rows` rows of one image; equal runs of rows, not of tasks, so that 3 images of 224-row
+    # tasks do not put two on one thread and one on the other
+    total = meta.shape[0] * out_h
     tmp = np.empty(tmp_len + 4, np.float32)      # + padding for 4-lane loads / stores
     res = np.empty(max(cch, 4) * out_w + 4 + 4 * out_w, np.float32)   # + row buffers
     we = np.empty(4 * out_w * xw.shape[2] if cch == 3 else 0, np.float32)
-    for t in range(share * ntask // nshares, (share + 1) * ntask // nshares):
-        n = t // nblk
-        y0 = (t - n * nblk) * rows
-        y1 = min(out_h, y0 + rows)
+    r, end = share * total // nshares, (share + 1) * total // nshares
+    while r < end:
+        n = r // out_h
+        y0 = r - n * out_h
+        y1 = min(out_h, y0 + rows, y0 + end - r)
+        r += y1 - y0
         tmp[:] = 0.0
         if in_f32:
             _image_rows(f32_ptr(meta[n, _ADDR]), 4, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff,
@@ -343,8 +348,7 @@ def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, sc
     mean = np.ascontiguousarray(mean, np.float32).reshape(cch)
     scale = np.ascontiguousarray(scale, np.float32).reshape(cch)
     rows = max(1, cfg.rows)
-    tasks = n * -(-out_h // rows)
-    _run(_entry(), min(numba.get_num_threads(), tasks), meta, dtype == np.float32, yt.start,
+    _run(_entry(), min(numba.get_num_threads(), n * out_h), meta, dtype == np.float32, yt.start,
          yt.weight, yt.ntaps, xst, xt.weight, xt.ntaps, aff, fill, interpolation == "nearest", perm,
          inv, mean, scale, out_h, out_w, cch, rows, cfg.tile_w, tmp_len, out.ctypes.data, code,
          on, oc, oy, ox, bool(cfg.stream))
