@@ -36,6 +36,15 @@ ROOFLINE_LOG_ERROR = math.log(8.0)  # round constants: right within ~8x
 SINGLE_POINT_LOG_ERROR = math.log(2.0)  # one measured size, scaled by the roofline's shape
 MIN_LOG_ERROR = 0.05  # ~5%: timing noise on a good day
 DISTANCE_PENALTY = 0.15  # extra log-error per e-fold of (flops, bytes) to the nearest measured size
+# Vendor kernels take other paths where a size does not fill their vector blocks (oneDNN blocks
+# channels by 16 on AVX-512 and 8 on AVX2; tensor cores want multiples of 8), so times measured at
+# aligned sizes say little about an unaligned one, and the other way round: at 24 channels torch's
+# 40 px 3x3 conv took 0.170 ms where its 16- and 32-channel neighbours (0.104, 0.106 ms at about
+# the same work) had the model predict it 1.5x faster than Numba; Numba ran it in 0.127 ms
+# (bench/oracle.py, 2-core Zen 5). A size whose alignment class (`lane_alignment`) the candidate
+# was never measured at gets this much more error.
+ALIGN_CAP = 4  # alignment classes: trailing zero bits of the lane dims, up to 16 elements
+UNALIGNED_LOG_ERROR = math.log(1.5)
 
 
 def roofline_seconds(cand: Candidate, problem: Problem, flops: float | None = None) -> float:
@@ -72,6 +81,24 @@ class _Points:
     lf: list[float]  # log flops
     lb: list[float]  # log bytes
     res: list[float]  # log(measured time / roofline time): what the roofline gets wrong
+    al: list[int]  # alignment class (`lane_alignment`)
+
+
+def lane_alignment(op: str, shapes) -> int:
+    """A problem's alignment class: the fewest trailing zero bits (at most ALIGN_CAP) among the
+    dims vendor kernels vectorise or block: output and input channels (the weight's first two
+    dims) for the convolutions, K and N for matmul; ALIGN_CAP for other ops (one class)."""
+    try:
+        if op.startswith("conv2d"):
+            lanes = shapes[1][:2]
+        elif op == "matmul":
+            lanes = (shapes[0][-1], shapes[1][-1])
+        else:
+            return ALIGN_CAP
+        return min(min((d & -d).bit_length() - 1, ALIGN_CAP) if d > 0 else ALIGN_CAP
+                   for d in (int(x) for x in lanes))
+    except (IndexError, TypeError, ValueError):  # an entry without usable shapes
+        return ALIGN_CAP
 
 
 def _roofline_at(cand: Candidate, problem: Problem, flops: float, nbytes: float) -> float:
@@ -85,7 +112,7 @@ def family_points(key: Key, entries: dict[str, dict], usable: list[Candidate] | 
     residual against its roofline when `usable` and `problem` are given), and the candidates that
     failed verification there."""
     by_name = {c.name: c for c in usable or ()}
-    raw: dict[str, list[tuple[float, float, float]]] = {}
+    raw: dict[str, list[tuple[float, float, float, int]]] = {}
     seen: set[str] = set()
     for entry in entries.values():
         prob = entry.get("problem", {})
@@ -94,6 +121,7 @@ def family_points(key: Key, entries: dict[str, dict], usable: list[Candidate] | 
             continue
         flops = max(float(prob.get("flops", 0.0)), 1.0)
         nbytes = max(float(prob.get("nbytes", 0.0)), 1.0)
+        align = lane_alignment(prob.get("op", ""), prob.get("shapes") or ())
         best: dict[str, float] = {}
         for t in entry.get("trials", []):
             name = t["candidate"]
@@ -104,9 +132,8 @@ def family_points(key: Key, entries: dict[str, dict], usable: list[Candidate] | 
             roof = _roofline_at(by_name[name], problem, flops, nbytes) \
                 if name in by_name and problem is not None else 1.0
             raw.setdefault(name, []).append((math.log(flops), math.log(nbytes),
-                                             math.log(secs / roof)))
-    pts = {name: _Points([i[0] for i in items], [i[1] for i in items], [i[2] for i in items])
-           for name, items in raw.items()}
+                                             math.log(secs / roof), align))
+    pts = {name: _Points(*(list(col) for col in zip(*items))) for name, items in raw.items()}
     return pts, seen - set(pts)  # tried here, never verified and timed: failed
 
 
@@ -130,14 +157,16 @@ def _residual(p: _Points, lf: float, lb: float, skip: int = -1) -> tuple[float, 
 def _fit(cand: Candidate, problem: Problem, p: _Points, lf: float, lb: float) -> tuple[float, float]:
     """(log seconds, log error) of `cand` at (log flops, log bytes): the roofline times the
     neighbours' residual; the error from leave-one-out at the two nearest measured sizes, plus a
-    penalty for the distance to the nearest one."""
+    penalty for the distance to the nearest one and one for an alignment class never measured."""
     res, dist = _residual(p, lf, lb)
     y = math.log(_roofline_at(cand, problem, math.exp(lf), math.exp(lb))) + res
+    unaligned = UNALIGNED_LOG_ERROR \
+        if lane_alignment(problem.op, problem.shapes) not in p.al else 0.0
     if len(p.lf) < 3:
-        return y, SINGLE_POINT_LOG_ERROR + DISTANCE_PENALTY * dist
+        return y, SINGLE_POINT_LOG_ERROR + DISTANCE_PENALTY * dist + unaligned
     loo = [abs(_residual(p, p.lf[i], p.lb[i], skip=i)[0] - p.res[i])
            for _, i in _nearest(p, lf, lb)[:2]]
-    return y, max(max(loo), MIN_LOG_ERROR) + DISTANCE_PENALTY * dist
+    return y, max(max(loo), MIN_LOG_ERROR) + DISTANCE_PENALTY * dist + unaligned
 
 
 def predict_times(key: Key, problem: Problem, usable: list[Candidate],

@@ -233,3 +233,40 @@ def test_the_prior_counts_the_switch_to_another_array_library():
     key = tuner.make_key(torch_problem, "")
     preds = model.predict_times(key, torch_problem, cands, {})
     assert preds[0].candidate == "torch-cpu"
+
+
+def _conv_entry(c: int, hw: int, times: dict[str, float]) -> tuple[Problem, dict]:
+    spec = core.op_spec("conv2d")
+    args, kwargs = spec.make_inputs((1, c, hw, c, 3, 1, 1, 1), "float32", "numpy")
+    p = spec.prepare(*args, **kwargs).problem
+    key = tuner.make_key(p)
+    entry = {"choice": {"candidate": min(times, key=times.get), "config": {}, "source": "measured"},
+             "trials": [{"candidate": n, "config": {}, "median": t} for n, t in times.items()],
+             "problem": {"op": p.op, "shapes": [list(s) for s in p.shapes], "flops": p.flops,
+                         "nbytes": p.nbytes, "family": key.family}}
+    return p, {str(key): entry}
+
+
+def test_an_unaligned_size_is_not_predicted_from_aligned_ones_with_confidence():
+    """The oracle's finding: torch's conv at 24 channels ran 1.6x what its 16- and 32-channel
+    neighbours predicted (oneDNN blocks channels by 16), so the model, sure that torch would win,
+    skipped measuring a size Numba won. Measured only at aligned channel counts, the model is
+    still sure at an aligned size between them, but not at an unaligned one."""
+    cands = [Candidate("conv2d", name, "cpu", "numpy", lambda p: None, lambda p: [{}],
+                       lambda p, c: None) for name in ("vendor", "kernel")]
+    entries = {}
+    for c, hw in ((16, 56), (32, 28), (64, 14), (128, 7)):
+        # (the same work at each: C^2 * HW^2 is constant)
+        p, e = _conv_entry(c, hw, {"vendor-cpu": 1e-4, "kernel-cpu": 1.6e-4})
+        entries.update(e)
+    assert model.lane_alignment("conv2d", p.shapes) == model.ALIGN_CAP
+    for c, hw, sure in ((48, 20, True), (24, 40, False), (40, 24, False)):
+        q, _ = _conv_entry(c, hw, {"vendor-cpu": 1.0})
+        assert model.lane_alignment("conv2d", q.shapes) == (model.ALIGN_CAP if sure else 3)
+        preds = model.predict_times(tuner.make_key(q), q, cands, entries)
+        assert preds[0].candidate == "vendor-cpu"
+        assert model.confident(preds) is sure, (c, preds)
+    # matmul: K and N are its lanes; a K of 3 is its own class
+    assert model.lane_alignment("matmul", ((1, 1000, 3), (1, 3, 1000))) == 0
+    assert model.lane_alignment("matmul", ((1, 7, 64), (1, 64, 32))) == model.ALIGN_CAP
+    assert model.lane_alignment("preprocess", ((3, 480, 640, 3), (224, 224))) == model.ALIGN_CAP
