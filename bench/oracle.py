@@ -5,8 +5,11 @@
 1. Training: a spread of sizes per problem family (matmul, conv2d, preprocess; fp32/uint8, data
    in numpy) is measured into a fresh cache, as `kernelkit tune` would.
 2. Held out: other sizes of the same families, odd ones included, never in that cache.
-3. The oracle: every candidate and every config of each held-out size measured, twice (in scratch
-   caches), giving each (candidate, config)'s time: its better median of the two.
+3. The oracle: every candidate and every config of each held-out size verified, then timed in
+   its steady state, as a user who calls the op again and again sees it: in each round every
+   (candidate, config) first runs untimed for ORACLE_WARM_S (the other libraries' spinning
+   workers go quiet, its own wake up), then ORACLE_REPS timed calls; the median over
+   ORACLE_ROUNDS rounds (`bench/probes/_steady.py`).
 4. Each policy (auto, model, measure, off) starts from a copy of the training cache and decides
    every held-out size; the time its decisions took is its tuning cost. Its choice is scored by
    the oracle's time for that (candidate, config): within 10% of the oracle's best, or not.
@@ -18,9 +21,7 @@ time, with the ratio to measuring everything. Run it with nothing else on the ma
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -29,6 +30,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "probes"))
+from _steady import steady_medians  # noqa: E402
 
 TRAIN = {
     "matmul": [(n, n, n) for n in (16, 32, 64, 128, 256, 512, 1024)]
@@ -47,13 +50,15 @@ HELD_OUT = {
 }
 QUICK = {"matmul": ([(16, 16, 16), (64, 64, 64), (256, 256, 256)], [(97, 61, 89), (130, 130, 130)])}
 POLICIES = ("auto", "model", "measure", "off")
-ORACLE_BUDGET = 3.0
 ORACLE_TRIES = 3
-# The oracle measures each held-out size this many times (fresh each time) and keeps each
-# (candidate, config)'s best median: on this VM one config's time can sit in one of two modes for
-# seconds at a time (a 24-image preprocess config at 4.3 ms, then at 8.0 ms, measured alone), and
-# a policy must not be scored against the slow mode of the config it chose.
-ORACLE_REPEATS = 2
+# The oracle's timing (step 3). Before, it took each config's best median of two tuner-style
+# measurements (round-robin, one untimed call before each timed one): on this VM that put
+# numpy's 1000x3x1000 at 0.07 ms in some runs and 0.23 ms in others (OpenBLAS's second thread
+# sharing its core with torch's OpenMP workers, which spin for milliseconds after the torch
+# candidate's call), and a 24-image preprocess config at 4.9 ms that runs in 1.6 ms on its own.
+ORACLE_WARM_S = 0.03
+ORACLE_REPS = 3
+ORACLE_ROUNDS = 5
 
 
 def _measure_quietly(op: str, dims, cache_dir: Path, busy: list):
@@ -69,20 +74,6 @@ def _measure_quietly(op: str, dims, cache_dir: Path, busy: list):
             return d
     busy.append((op, dims))
     return d
-
-
-@contextlib.contextmanager
-def _longer_budget(factor: float):
-    """The tuner's timing budgets times `factor` inside the block."""
-    from kernelkit.autotune import tuner
-
-    old = tuner.TIMING_BUDGET_S, tuner.RETIME_BUDGET_S
-    tuner.TIMING_BUDGET_S = tuple(b * factor for b in old[0])
-    tuner.RETIME_BUDGET_S = tuple(b * factor for b in old[1])
-    try:
-        yield
-    finally:
-        tuner.TIMING_BUDGET_S, tuner.RETIME_BUDGET_S = old
 
 
 def _decide(op: str, dims, settings, mode):
@@ -149,18 +140,14 @@ def main(argv=None) -> int:
             oracle = {}
             for op, (_, held) in sets.items():
                 for dims in held:
-                    # the truth: every candidate and config, timed ORACLE_BUDGET x longer than
-                    # a tuning run does (its cost is not any policy's), ORACLE_REPEATS times;
-                    # each (candidate, config) keeps its best median
-                    times = {}
-                    for rep in range(ORACLE_REPEATS):
-                        with _longer_budget(ORACLE_BUDGET):
-                            d = _measure_quietly(op, dims, work / f"oracle-{rep}", busy)
-                        for t in d.trials:
-                            if t.timing is not None:
-                                k = (t.candidate, json.dumps(t.config, sort_keys=True))
-                                times[k] = min(times.get(k, math.inf), t.timing.median)
-                    oracle[(op, dims)] = times
+                    # the truth: every candidate and config that verifies, in its steady state
+                    # (its cost is not any policy's)
+                    d = _measure_quietly(op, dims, work / "oracle", busy)
+                    runs = [t for t in d.trials if t.run is not None and t.timing is not None]
+                    medians = steady_medians([t.run for t in runs], rounds=ORACLE_ROUNDS,
+                                             warm=ORACLE_WARM_S, reps=ORACLE_REPS)
+                    oracle[(op, dims)] = {(t.candidate, json.dumps(t.config, sort_keys=True)): m
+                                          for t, m in zip(runs, medians)}
             if busy:
                 print(f"{len(busy)} training or oracle sizes were measured on a busy machine: "
                       f"{busy}")
