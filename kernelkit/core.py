@@ -389,8 +389,9 @@ def _make_candidate(spec: OpSpec, backend: Backend) -> Candidate:
         if entry is None:
             return None
         # threads.guard: a fork-safe Numba threading layer, launches serialised where it is not
-        # threadsafe, numpy's BLAS calls noted (a no-op for other backends)
-        return threads.guard(backend.package, spec.launch(entry, p, m.CONFIG.from_dict(config)))
+        # threadsafe, numpy's BLAS calls noted, torch data said so (a no-op for other backends)
+        return threads.guard(backend.package, spec.launch(entry, p, m.CONFIG.from_dict(config)),
+                             torch_data=p.lib == "torch")
 
     def launcher(p: Problem, config: Config):
         fn = bound(spec.entry, p, config)

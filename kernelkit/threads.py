@@ -140,13 +140,21 @@ def blas_spinning() -> bool:
     return time.monotonic() < _blas_until[0]
 
 
-def guard(package: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+# Per thread: the launch in progress got torch tensors from the ops layer, so what a kernel
+# derives from an argument may be kept while the tensor's version counter says it is unchanged
+# (the Numba conv's packed weights: kernels/numba/_packs.py). Never for numpy data: a numpy
+# array has no such counter.
+LOCAL = threading.local()
+
+
+def guard(package: str, fn: Callable[..., Any], torch_data: bool = False) -> Callable[..., Any]:
     """`fn` (a kernel launcher from `package`), run under the rules above if `package` runs Numba
     parallel regions or numpy's BLAS; `fn` itself otherwise.
 
     Args:
         package: the backend's kernel package, e.g. "kernelkit.kernels.numba".
         fn: the bound launcher.
+        torch_data: the call's arguments are torch tensors (`LOCAL.torch_data` while it runs).
 
     Returns:
         A callable with `fn`'s signature.
@@ -156,6 +164,8 @@ def guard(package: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     if package not in GUARDED_PACKAGES:
         return fn
     configure()
+    if torch_data:
+        fn = _on_torch_data(fn)
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
@@ -172,6 +182,19 @@ def guard(package: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         if not _layer_known:
             _learn_layer()
         return out
+
+    return run
+
+
+def _on_torch_data(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        prev = getattr(LOCAL, "torch_data", False)
+        LOCAL.torch_data = True
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            LOCAL.torch_data = prev
 
     return run
 

@@ -70,8 +70,8 @@ _I = np.int64  # _I(0): an int64 argument, not Literal[int](0), so callees compi
 (G_N, G_C, G_H, G_W, G_K, G_R, G_S, G_HO, G_WO, G_SH, G_SW, G_PT, G_PL, G_DH, G_DW, G_G,
  G_MC, G_KC, G_NC, G_PM, G_PN, G_HAS_BIAS, G_ACT, G_PLAIN, G_OSN, G_OSC, G_OSH, G_OSW,
  G_MODE, G_TAPW, G_XPOFF, G_XPITCH, G_GH, G_GW, G_DIRECT, G_BCOLS, G_PHASE, G_PAIRS,
- G_LEAD) = range(39)
-GEO_LEN = 39
+ G_LEAD, G_WPACKED) = range(40)
+GEO_LEN = 40
 # geo[G_MODE] of the forward: the implicit GEMM with NCHW output, with NHWC output, and the
 # shifted GEMM (NCHW output: one GEMM per kernel tap on a shifted view of the input)
 MODE_KP, MODE_PK, MODE_SHIFT = 0, 1, 2
@@ -795,7 +795,7 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, bias, c, geo, ct
 
 
 @numba.njit(inline="always", **_JIT)
-def _fwd_shift(t, nthr, xf, xlo, sx, wp, bias, c, geo):
+def _fwd_shift(t, nthr, xf, xlo, sx, wp, xpb, bias, c, geo):
     N, C, K, G, Ho, Wo = geo[G_N], geo[G_C], geo[G_K], geo[G_G], geo[G_HO], geo[G_WO]
     mc, nc, pm, pn = geo[G_MC], geo[G_NC], geo[G_PM], geo[G_PN]
     gw = geo[G_GW]
@@ -830,7 +830,7 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, bias, c, geo):
                         c, geo, ct, tmpb, scr, toffs, ttmp)
         else:
             ps = geo[G_XPITCH]
-            _shift_unit(wp, geo[G_XPOFF] + geo[G_LEAD] + (n * C + g * cg) * ps, ps, n, g, r0,
+            _shift_unit(xpb, geo[G_XPOFF] + geo[G_LEAD] + (n * C + g * cg) * ps, ps, n, g, r0,
                         r1, j0, j1, wp, bias, c, geo, ct, tmpb, scr, toffs, ttmp)
 
 
@@ -1309,47 +1309,51 @@ def _flat4(a4):
 
 
 @numba.njit(**_JIT)
-def fwd(t, nthr, phase, x4, wsrc, wp, bias, out1, geo, sync):
-    """Forward. phase 0: pack the weight ``wsrc`` into ``wp`` (and, for the shifted GEMM, the
-    zero-padded input after it); phase 1: the convolution; phase 2: both, the shares meeting at
-    ``_pool.barrier(sync)`` in between (one launch: ``_pool.run_synced``). geo[G_MODE]: MODE_KP
-    (NCHW output, the weight read in place as A, nothing to pack), MODE_PK (NHWC output, the
-    weight as packed B), MODE_SHIFT (NCHW output, the weight as packed A in tap-major order)."""
+def fwd(t, nthr, phase, x4, wsrc, wp, xpb, bias, out1, geo, sync):
+    """Forward. phase 0: pack the weight ``wsrc`` into ``wp`` (unless geo[G_WPACKED]: ``wp``
+    holds it packed already) and, for the shifted GEMM, the zero-padded input into ``xpb`` (from
+    geo[G_XPOFF]; ``xpb`` may be ``wp`` itself); phase 1: the convolution; phase 2: both, the
+    shares meeting at ``_pool.barrier(sync)`` in between (one launch: ``_pool.run_synced``).
+    geo[G_MODE]: MODE_KP (NCHW output, the weight read in place as A, nothing to pack), MODE_PK
+    (NHWC output, the weight as packed B), MODE_SHIFT (NCHW output, the weight as packed A in
+    tap-major order)."""
     mode = geo[G_MODE]
     xf, xlo, sx = _flat4(x4)
     if phase != 1:
         if mode == MODE_PK:  # (MODE_KP reads the weight where it lies)
             _pack_w(t, nthr, wsrc, wp, geo)
-        elif mode == MODE_SHIFT:
+        elif mode == MODE_SHIFT and geo[G_WPACKED] == 0:
             _pack_taps(t, nthr, wsrc, wp, geo)
         if mode == MODE_SHIFT and geo[G_DIRECT] == 0:
-            _pad_planes(t, nthr, xf, xlo, sx, wp, geo)
+            _pad_planes(t, nthr, xf, xlo, sx, xpb, geo)
         if phase == 0 or not barrier(sync, nthr):
             return
     if mode == MODE_PK:
         _fwd_pk(t, nthr, xf, xlo, sx, wp, bias, out1, geo)
     elif mode == MODE_SHIFT:
-        _fwd_shift(t, nthr, xf, xlo, sx, wp, bias, out1, geo)
+        _fwd_shift(t, nthr, xf, xlo, sx, wp, xpb, bias, out1, geo)
     else:
         _fwd_kp(t, nthr, xf, xlo, sx, wsrc, bias, out1, geo)
 
 
 @numba.njit(**_JIT)
-def fwd_pairs(t, nthr, phase, x4, wsrc, wp, bias, out1, geo, sync):
+def fwd_pairs(t, nthr, phase, x4, wsrc, wp, xpb, bias, out1, geo, sync):
     """The shifted GEMM's forward (MODE_SHIFT) on bfloat16 bits (uint16 x4) through VDPBF16PS:
-    phase 0 packs the weight (``wsrc``: bfloat16 bits, as pairs of channels) and the
-    padded copy of x as channel pairs (``_pad_planes``) into ``wp``; phase 1 convolves into the
+    phase 0 packs the weight (``wsrc``: bfloat16 bits, as pairs of channels) into ``wp`` (unless
+    geo[G_WPACKED]) and the padded copy of x as channel pairs (``_pad_planes``) into ``xpb``;
+    phase 1 convolves into the
     float32 ``out1``; phase 2 both, as in ``fwd``. geo[G_C] counts channel pairs, geo[G_PAIRS]
     the channels per group."""
     xf, xlo, sx = _flat4(x4)
     if phase != 1:
-        _pack_taps(t, nthr, wsrc, wp, geo)
-        _pad_planes(t, nthr, xf, xlo, sx, wp, geo)
+        if geo[G_WPACKED] == 0:
+            _pack_taps(t, nthr, wsrc, wp, geo)
+        _pad_planes(t, nthr, xf, xlo, sx, xpb, geo)
         if phase == 0 or not barrier(sync, nthr):
             return
-    # B is always the padded copy in wp (never x in place: x holds single channels, not pairs),
-    # so wp stands in for x: the in-place branch then compiles for uint32 too
-    _fwd_shift(t, nthr, wp, 0, sx, wp, bias, out1, geo)
+    # B is always the padded copy in xpb (never x in place: x holds single channels, not pairs),
+    # so xpb stands in for x: the in-place branch then compiles for uint32 too
+    _fwd_shift(t, nthr, xpb, 0, sx, wp, xpb, bias, out1, geo)
 
 
 @numba.njit(**_JIT)

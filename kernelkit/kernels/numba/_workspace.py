@@ -36,6 +36,16 @@ def scratch(size: int, dtype) -> np.ndarray:
     return buf[start:start + nbytes].view(dtype)
 
 
+def aligned_empty(size: int, dtype) -> np.ndarray:
+    """A new uninitialised 1-D array of ``size`` elements of ``dtype``, 64-byte aligned (kept
+    beyond the call, unlike ``scratch``)."""
+    dtype = np.dtype(dtype)
+    nbytes = max(int(size), 0) * dtype.itemsize
+    buf = np.empty(nbytes + _ALIGN, np.uint8)
+    start = -buf.ctypes.data % _ALIGN
+    return buf[start:start + nbytes].view(dtype)
+
+
 def release() -> None:
     """Free this thread's scratch (the next call allocates anew)."""
     _LOCAL.buf = None

@@ -35,10 +35,11 @@ from numba import types
 
 from kernelkit.kernels.config import cdiv
 from kernelkit.kernels.convgeom import out_size, problem_sizes
-from kernelkit.kernels.numba import _conv, _gemm, _half
+from kernelkit.kernels.numba import _conv, _gemm, _half, _packs
 from kernelkit.kernels.numba._gemm import ACT_CODES, entry_point, tile_shape
 from kernelkit.kernels.numba._pool import run as _run
 from kernelkit.kernels.numba._pool import run_synced as _run_synced
+from kernelkit.kernels.numba._workspace import aligned_empty
 from kernelkit.kernels.numba._workspace import scratch as _scratch
 from kernelkit.kernels.numba.matmul import GemmBlocking, MatmulConfig, _round_down
 from kernelkit.kernels.numba.matmul import matmul_forward as _matmul_forward
@@ -173,7 +174,7 @@ def _sig(name: str, dtype):
     geo = types.Array(types.int64, 1, "C", readonly=True)
     i = types.int64
     args = {
-        "fwd": (i, ro4, c1, c1, bias, c1, geo, types.Array(types.int64, 1, "C")),
+        "fwd": (i, ro4, c1, c1, c1, bias, c1, geo, types.Array(types.int64, 1, "C")),
         "dw": (ro4, c1, bias, c1, geo),
         "bwd": (ro4, ro4, c1, bias, c1, geo),
     }[name]
@@ -203,6 +204,7 @@ def _pairs_compiled():
         i = types.int64
         sig = types.void(i, i, i, types.Array(types.uint16, 4, "A", readonly=True),
                          types.Array(types.uint16, 1, "C"), types.Array(types.uint32, 1, "C"),
+                         types.Array(types.uint32, 1, "C"),
                          types.Array(types.float32, 1, "A", readonly=True),
                          types.Array(types.float32, 1, "C"),
                          types.Array(types.int64, 1, "C", readonly=True),
@@ -288,11 +290,49 @@ def _launch(fn, tn: int, pack_tn: int, *args) -> None:
     instead of two), or as two launches: where the packing is small enough for the calling
     thread alone (``pack_tn`` == 1: that call is no launch, and a barrier would only make the
     caller wait for the pool's thread to start), with one thread, or where another synced run
-    holds the pool."""
+    holds the pool; ``pack_tn`` == 0: nothing to pack (a kept packed weight, x read in place)."""
     if pack_tn > 1 and tn > 1 and _run_synced(fn, tn, 2, *args):
         return
-    _run(fn, pack_tn, 0, *args, _NO_SYNC)
+    if pack_tn > 0:
+        _run(fn, pack_tn, 0, *args, _NO_SYNC)
     _run(fn, tn, 1, *args, _NO_SYNC)
+
+
+# Packed weights of torch tensors kept across calls (`_packs`); a switch for probes and tests.
+KEEP_PACKS = True
+
+
+def _shift_buffers(weight: np.ndarray, wsize: int, xp_size: int, dtype, geo: np.ndarray):
+    """(wp, xpb, kept, keep): the shifted GEMM's packed-weight buffer and padded-copy buffer.
+
+    A weight that views a torch tensor keeps its packed copy across calls (``_packs``): kept
+    (True) means ``wp`` holds it already (geo[G_WPACKED] set), else the launch packs into a new
+    ``wp`` and ``keep()`` stores it afterwards; the padded copy then has a scratch of its own
+    (geo[G_XPOFF] 0). Any other weight: one per-thread scratch holds both, the copy from
+    geo[G_XPOFF], and ``keep`` is None."""
+    tensor = _packs.owner(weight) if KEEP_PACKS else None
+    if tensor is None:
+        buf = _scratch(wsize + xp_size, dtype)
+        return buf, buf, False, None
+    key = (weight.__array_interface__["data"][0], weight.shape, weight.strides, weight.dtype.str,
+           np.dtype(dtype).str, int(geo[_conv.G_C]), int(geo[_conv.G_G]), int(geo[_conv.G_KC]))
+    version = tensor._version
+    geo[_conv.G_XPOFF] = 0
+    xpb = _scratch(xp_size, dtype)
+    wp = _packs.lookup(key, tensor)
+    if wp is not None:
+        geo[_conv.G_WPACKED] = 1
+        return wp, xpb, True, None
+    wp = aligned_empty(wsize, dtype)
+    return wp, xpb, False, lambda: _packs.keep(key, tensor, version, wp)
+
+
+def _pack_threads(tn: int, kept: bool, wsize: int, xp_size: int) -> int:
+    """Threads for the packing phase: none where nothing is packed, one where it is small."""
+    work = (0 if kept else wsize) + xp_size
+    if work == 0:
+        return 0
+    return tn if work >= SERIAL_PACK else 1
 
 
 def _shifted(cfg: Conv2dConfig, n: int, ho: int, wo: int, taps: int) -> bool:
@@ -427,9 +467,13 @@ def _conv_pairs(x, weight, bias, stride, padding, dilation, groups, activation,
     tn = _threads(n * ho * wo * k * cg * r * s // 2)
     cfg = config or _default(np.float32)
     xp_size = _shift_geo(geo, False, 4, cfg, tn, padding, mr, nr)
-    wpack = _scratch(g * cdiv(k // g, mr) * mr * cq * r * s + xp_size, np.uint32)
-    _launch(_pairs_compiled(), tn, tn if wpack.size >= SERIAL_PACK else 1, x,
-            _writable(weight).reshape(-1), wpack, bias, out.reshape(-1), geo)
+    wsize = g * cdiv(k // g, mr) * mr * cq * r * s
+    wpack, xpb, kept, keep = _shift_buffers(weight, wsize, xp_size, np.uint32, geo)
+    wsrc = np.zeros(0, np.uint16) if kept else _writable(weight).reshape(-1)
+    _launch(_pairs_compiled(), tn, _pack_threads(tn, kept, wsize, xp_size), x, wsrc, wpack, xpb,
+            bias, out.reshape(-1), geo)
+    if keep is not None:
+        keep()
     return out
 
 
@@ -497,12 +541,16 @@ def _conv_float(x, weight, bias, stride, padding, dilation, groups, activation, 
         geo[_conv.G_MODE] = _conv.MODE_PK
         # weight as (K, R, S, Cg): reduction order (r, s, c)
         wsrc = _writable(weight.transpose(0, 2, 3, 1)).reshape(-1)
-        wpack = _scratch(g * nsl * nr * kred, dtype)
+        wpack = xpb = _scratch(g * nsl * nr * kred, dtype)
+        pack_tn, keep = tn if wpack.size >= SERIAL_PACK else 1, None
     elif _shifted(cfg, n, ho, wo, r * s):  # MODE_SHIFT
         xp_size = _shift_geo(geo, _in_place(xv, stride, padding), dtype.itemsize, cfg, tn,
                              padding, mr, nr)
-        wsrc = _writable(weight).reshape(-1)  # packed tap-major from (K, Cg, R, S)
-        wpack = _scratch(g * cdiv(kg, mr) * mr * kred + xp_size, dtype)
+        wsize = g * cdiv(kg, mr) * mr * kred
+        wpack, xpb, kept, keep = _shift_buffers(weight, wsize, xp_size, dtype, geo)
+        # packed tap-major from (K, Cg, R, S), unless kept packed
+        wsrc = fns.empty if kept else _writable(weight).reshape(-1)
+        pack_tn = _pack_threads(tn, kept, wsize, xp_size)
     else:  # MODE_KP: Y_n (Kg x HoWo) = W (read in place) @ im2col panels (packed B)
         # Small planes whose last sliver per image is mostly empty: the columns run over all
         # images instead (units are then groups, not (image, group) pairs)
@@ -527,11 +575,12 @@ def _conv_float(x, weight, bias, stride, padding, dilation, groups, activation, 
                                  and padding[0] == 0 and padding[2] == 0
                                  and (ho == 1 or sx[2] == wo * sx[3]))
         # the weight's rows are the GEMM's A rows, read where they lie: nothing to pack
-        _run(fns.fwd, tn, 1, xv, _writable(weight).reshape(-1), fns.empty, bias, out1, geo,
-             _NO_SYNC)
+        _run(fns.fwd, tn, 1, xv, _writable(weight).reshape(-1), fns.empty, fns.empty, bias,
+             out1, geo, _NO_SYNC)
         return out
-    _launch(fns.fwd, tn, tn if wpack.size >= SERIAL_PACK else 1, xv, wsrc, wpack, bias, out1,
-            geo)
+    _launch(fns.fwd, tn, pack_tn, xv, wsrc, wpack, xpb, bias, out1, geo)
+    if keep is not None:
+        keep()
     return out
 
 

@@ -1,0 +1,90 @@
+"""Packed conv weights kept across calls, for weights that live in torch tensors, inside
+`kernelkit.frozen_weights()` (opt-in: see why at the end).
+
+A conv layer in inference runs on the same weight every call, and packing it costs a deep layer
+at batch 1 a third to a half of its time (512x512x3x3: 0.87 ms on one Zen 5 core against a
+convolution of about 1 ms; `docs/performance.md`). torch gives what makes keeping the packed copy
+safe: every in-place change of a tensor (an optimizer step, ``copy_``, ``fill_``, ``zero_``)
+bumps its version counter, which the views of its memory share. So a weight that is a numpy view
+of a torch tensor, in a launch the ops layer made for torch tensors (`kernelkit.threads.LOCAL`;
+never for numpy data), is keyed by its memory and layout and the packing's geometry, and its
+packed copy is used while the tensor's version is the one it was packed at. The entry holds a reference to that tensor, so its memory
+cannot be freed and reused by another tensor of the same key while the entry lives. Numpy
+weights are never kept: nothing tells when their contents change. Changes made through a numpy
+view of the tensor, which torch does not count either, are not seen.
+
+At most PACK_CACHE_BYTES of packed weights are kept, least recently used first out.
+
+Why opt-in: changes made through ``param.data`` do not bump the parameter's version either
+(``.data`` is an alias with a counter of its own), and older training loops, EMA updates and
+``torch.autograd.gradcheck`` change weights that way; kept packs would then be stale. As with
+IPEX's ``ipex.optimize`` or ``torch.jit.freeze``, the user says when weights are frozen.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from kernelkit import settings as _settings
+from kernelkit import threads as _threads
+
+PACK_CACHE_BYTES = 256 << 20
+
+_LOCK = threading.Lock()
+_ENTRIES: OrderedDict = OrderedDict()  # key -> (owner tensor, version, packed array)
+_BYTES = [0]
+
+
+def owner(weight: np.ndarray):
+    """The torch tensor whose memory ``weight`` views (through its ``base`` chain), or None; None
+    unless the ops layer passed this launch torch tensors (``kernelkit.threads.LOCAL``): a numpy
+    array a user made from a tensor can change without the tensor's version counting it."""
+    torch = sys.modules.get("torch")
+    if torch is None or not getattr(_threads.LOCAL, "torch_data", False) \
+            or not _settings.weights_frozen():
+        return None
+    b = weight.base
+    while b is not None and not isinstance(b, torch.Tensor):
+        b = getattr(b, "base", None)
+    return b
+
+
+def lookup(key: tuple, tensor) -> np.ndarray | None:
+    """The packed weight kept for ``key`` if ``tensor`` has not changed since, else None."""
+    with _LOCK:
+        entry = _ENTRIES.get(key)
+        if entry is None:
+            return None
+        if entry[1] != tensor._version:
+            _drop(key)
+            return None
+        _ENTRIES.move_to_end(key)
+        return entry[2]
+
+
+def keep(key: tuple, tensor, version: int, packed: np.ndarray) -> None:
+    """Keep ``packed`` for ``key``: ``tensor`` at ``version`` (read before packing)."""
+    if packed.nbytes > PACK_CACHE_BYTES:
+        return
+    with _LOCK:
+        if key in _ENTRIES:
+            _drop(key)
+        _ENTRIES[key] = (tensor, version, packed)
+        _BYTES[0] += packed.nbytes
+        while _BYTES[0] > PACK_CACHE_BYTES:
+            _drop(next(iter(_ENTRIES)))
+
+
+def clear() -> None:
+    """Forget every packed weight."""
+    with _LOCK:
+        _ENTRIES.clear()
+        _BYTES[0] = 0
+
+
+def _drop(key: tuple) -> None:
+    _BYTES[0] -= _ENTRIES.pop(key)[2].nbytes

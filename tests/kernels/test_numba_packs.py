@@ -1,0 +1,187 @@
+"""The Numba conv's packed weights kept across calls inside `kernelkit.frozen_weights()`
+(kernels/numba/_packs.py): kept only there and only for torch tensors the ops layer passed, used
+only while the tensor is unchanged, bounded in bytes; every result checked against a float64
+reference of the weights as they are at that call."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+import kernelkit  # noqa: E402
+from kernelkit.kernels.numba import _packs  # noqa: E402
+from kernelkit.kernels.numba import conv2d as nconv  # noqa: E402
+
+RNG = np.random.default_rng(7)
+
+
+@pytest.fixture(autouse=True)
+def fresh():
+    _packs.clear()
+    with kernelkit.frozen_weights():
+        yield
+    _packs.clear()
+
+
+def _tensors(n=1, c=24, hw=9, k=40, r=3):
+    x = torch.from_numpy(RNG.standard_normal((n, c, hw, hw), dtype=np.float32))
+    w = torch.from_numpy(RNG.standard_normal((k, c, r, r), dtype=np.float32))
+    return x, w
+
+
+def _conv(x, w, **kw):
+    with kernelkit.use(backend="numba"):
+        return kernelkit.conv2d(x, w, padding=1, **kw)
+
+
+def _check(y, x, w):
+    ref = F.conv2d(x.double(), w.double(), padding=1)
+    scale = F.conv2d(x.double().abs(), w.double().abs(), padding=1)
+    assert torch.all((y.double() - ref).abs() <= 1e-5 * scale + 1e-6), "wrong result"
+
+
+def test_kept_across_calls_and_used_while_unchanged(monkeypatch):
+    x, w = _tensors()
+    looked = []
+    real = _packs.lookup
+    monkeypatch.setattr(_packs, "lookup", lambda *a: looked.append(r := real(*a)) or r)
+    for _ in range(3):
+        _check(_conv(x, w), x, w)
+    assert len(_packs._ENTRIES) == 1
+    assert looked[0] is None and all(p is not None for p in looked[1:])  # packed once
+
+
+def test_nothing_is_kept_outside_frozen_weights(monkeypatch):
+    """Not opted in: a change through .data (which torch's version counter does not count, as
+    gradcheck and older optimizers make) is seen, because nothing was kept."""
+    x, w = _tensors()
+    p = torch.nn.Parameter(w.clone())
+    with kernelkit.frozen_weights(False):
+        _check(_conv(x, p.detach()), x, p.detach())
+        assert not _packs._ENTRIES
+        p.data.mul_(-1.0)
+        _check(_conv(x, p.detach()), x, p.detach())
+    monkeypatch.setenv("KERNELKIT_FROZEN_WEIGHTS", "1")  # the process-wide switch
+    with kernelkit.frozen_weights(False):
+        pass
+    from kernelkit import settings
+
+    assert settings.weights_frozen()
+
+
+def test_a_change_behind_the_version_counter_needs_forgetting():
+    """Inside the block a .data change is not seen (the documented caveat) until the packs are
+    forgotten."""
+    x, w = _tensors()
+    p = torch.nn.Parameter(w.clone())
+    before = _conv(x, p.detach())
+    p.data.mul_(-1.0)
+    assert torch.equal(_conv(x, p.detach()), before)  # stale, as documented
+    kernelkit.forget_packed_weights()
+    _check(_conv(x, p.detach()), x, p.detach())
+
+
+@pytest.mark.parametrize("change", ["mul_", "copy_", "zero_", "optimizer", "data"])
+def test_an_in_place_change_is_seen(change):
+    x, w = _tensors()
+    p = torch.nn.Parameter(w.clone())
+    _check(_conv(x, p.detach()), x, p.detach())
+    with torch.no_grad():
+        if change == "mul_":
+            p.mul_(-0.5)
+        elif change == "copy_":
+            p.copy_(torch.from_numpy(RNG.standard_normal(tuple(p.shape), dtype=np.float32)))
+        elif change == "zero_":
+            p[3].zero_()
+        elif change == "data":  # a new tensor behind the parameter: another address
+            p.data = torch.from_numpy(RNG.standard_normal(tuple(p.shape), dtype=np.float32))
+    if change == "optimizer":
+        p.grad = torch.ones_like(p)
+        torch.optim.SGD([p], lr=0.1).step()
+    _check(_conv(x, p.detach()), x, p.detach())
+
+
+def test_numpy_data_and_numpy_views_of_tensors_are_never_kept():
+    x, w = _tensors()
+    wn = w.numpy()  # a user's numpy view of a tensor: it can change behind the tensor's back
+    y = _conv(x.numpy(), wn)
+    wn[0] += 1.0  # torch's version counter does not see this
+    y2 = _conv(x.numpy(), wn)
+    assert not _packs._ENTRIES
+    ref = F.conv2d(x.double(), torch.from_numpy(wn).double(), padding=1)
+    assert torch.allclose(torch.from_numpy(y2).double(), ref, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(torch.from_numpy(y).double(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_a_freed_weight_never_lends_its_pack_to_a_new_one():
+    """The entry holds the tensor, so a new weight of the same shape cannot take its address."""
+    x, w = _tensors()
+    _check(_conv(x, w), x, w)
+    del w
+    for _ in range(5):
+        _, w2 = _tensors()
+        _check(_conv(x, w2), x, w2)
+
+
+def test_bounded_in_bytes_least_recently_used_out(monkeypatch):
+    x, _ = _tensors()
+    ws = [_tensors()[1] for _ in range(4)]
+    _conv(x, ws[0])
+    one = _packs._BYTES[0]
+    assert one > 0
+    monkeypatch.setattr(_packs, "PACK_CACHE_BYTES", 2 * one)
+    for w in ws[1:]:
+        _check(_conv(x, w), x, w)
+        assert _packs._BYTES[0] <= 2 * one
+    assert len(_packs._ENTRIES) == 2
+    kept = {e[0].data_ptr() for e in _packs._ENTRIES.values()}
+    assert kept == {ws[2].data_ptr(), ws[3].data_ptr()}
+
+
+def test_off_switch_and_one_call_of_each_way_agree(monkeypatch):
+    x, w = _tensors(n=2, c=32, hw=14, k=48)
+    kept = [_conv(x, w) for _ in range(2)]
+    monkeypatch.setattr(nconv, "KEEP_PACKS", False)
+    fresh = _conv(x, w)
+    assert torch.equal(kept[0], kept[1]) and torch.equal(kept[1], fresh)
+
+
+def test_threads_sharing_one_kept_weight():
+    x, w = _tensors(n=1, c=32, hw=12, k=64)
+    _conv(x, w)
+    errors = []
+
+    def work():
+        try:
+            for _ in range(10):
+                _check(_conv(x, w), x, w)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    ts = [threading.Thread(target=work) for _ in range(3)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert not errors
+
+
+def test_bfloat16_pairs_kept_and_changes_seen():
+    from kernelkit.kernels.numba import _gemm
+
+    if not _gemm.HAS_BF16_DOT:
+        pytest.skip("the bfloat16 pairs kernel needs AVX-512 BF16")
+    x, w = _tensors(c=32, k=32)
+    xb, wb = x.bfloat16(), w.bfloat16()
+    a = _conv(xb, wb)
+    b = _conv(xb, wb)
+    assert len(_packs._ENTRIES) == 1 and torch.equal(a, b)
+    ref = F.conv2d(xb.double(), wb.double(), padding=1)
+    assert torch.allclose(a.double(), ref, rtol=2e-2, atol=2e-1)
+    with torch.no_grad():
+        wb.neg_()
+    c = _conv(xb, wb)
+    assert torch.equal(c, -a)
