@@ -17,7 +17,7 @@ KERNELKIT_COMPILE    "background" (default): a kernel not compiled yet in this p
                      "foreground": the first call that needs it waits for the compile
 KERNELKIT_OPENMP_TEAM "0" runs the Numba kernels' threads on kernelkit's own Python pool even where
                      torch is loaded (default: on torch's OpenMP team; kernels/numba/_pool.py says why)
-KERNELKIT_FROZEN_WEIGHTS "1": as `frozen_weights()` for the whole process
+KERNELKIT_FROZEN_WEIGHTS "1": as `kernelkit.frozen_weights()` for the whole process (kernelkit/frozen.py)
 
 A forced backend or device that cannot run a call raises; an automatic choice falls back quietly.
 """
@@ -159,47 +159,3 @@ def use(
     finally:
         _override.reset(tok)
 
-
-_frozen: contextvars.ContextVar[bool] = contextvars.ContextVar("kernelkit_frozen", default=False)
-
-
-@contextlib.contextmanager
-def frozen_weights(on: bool = True) -> Iterator[None]:
-    """Inference with weights that change only through torch's own in-place ops: the Numba conv
-    keeps each torch weight's packed copy across calls (`kernels/numba/_packs.py`).
-
-    Inside the block (or with ``KERNELKIT_FROZEN_WEIGHTS=1``), a conv whose weight is a torch
-    tensor packs it once and reuses the packed copy while the tensor's version counter is
-    unchanged: an optimizer step, ``copy_``, ``mul_`` or loading a state dict makes it pack again.
-    Changes torch does not count are not seen: through ``param.data``, or through a numpy view of
-    the tensor. Make those with the packs forgotten (`forget_packed_weights()`). Numpy weights are
-    never kept.
-
-    Example:
-        >>> model = kernelkit.nn.patch(model).eval()
-        >>> with torch.inference_mode(), kernelkit.frozen_weights():
-        ...     y = model(x)
-    """
-    tok = _frozen.set(bool(on))
-    try:
-        yield
-    finally:
-        _frozen.reset(tok)
-
-
-def weights_frozen() -> bool:
-    """Inside `frozen_weights()`, or KERNELKIT_FROZEN_WEIGHTS=1."""
-    return _frozen.get() or _ENV_DICT.get(_FROZEN_KEY) in _ONE
-
-
-_FROZEN_KEY = os.environ.encodekey("KERNELKIT_FROZEN_WEIGHTS") \
-    if _ENV_DICT is not os.environ else "KERNELKIT_FROZEN_WEIGHTS"
-_ONE = (b"1", "1")
-
-
-def forget_packed_weights() -> None:
-    """Drop every packed weight `frozen_weights()` kept (after changing weights behind torch's
-    version counter)."""
-    from .kernels.numba import _packs
-
-    _packs.clear()

@@ -69,9 +69,9 @@ def test_nothing_is_kept_outside_frozen_weights(monkeypatch):
     monkeypatch.setenv("KERNELKIT_FROZEN_WEIGHTS", "1")  # the process-wide switch
     with kernelkit.frozen_weights(False):
         pass
-    from kernelkit import settings
+    from kernelkit import frozen
 
-    assert settings.weights_frozen()
+    assert frozen.weights_frozen()
 
 
 def test_a_change_behind_the_version_counter_needs_forgetting():

@@ -29,7 +29,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from kernelkit import settings as _settings
+from kernelkit import frozen as _frozen
 from kernelkit import threads as _threads
 
 PACK_CACHE_BYTES = 256 << 20
@@ -37,6 +37,7 @@ PACK_CACHE_BYTES = 256 << 20
 _LOCK = threading.Lock()
 _ENTRIES: OrderedDict = OrderedDict()  # key -> (owner tensor, version, packed array)
 _BYTES = [0]
+_SEEN = [0]  # the `frozen.generation()` the entries belong to
 
 
 def owner(weight: np.ndarray):
@@ -45,7 +46,7 @@ def owner(weight: np.ndarray):
     array a user made from a tensor can change without the tensor's version counting it."""
     torch = sys.modules.get("torch")
     if torch is None or not getattr(_threads.LOCAL, "torch_data", False) \
-            or not _settings.weights_frozen():
+            or not _frozen.weights_frozen():
         return None
     b = weight.base
     while b is not None and not isinstance(b, torch.Tensor):
@@ -56,6 +57,10 @@ def owner(weight: np.ndarray):
 def lookup(key: tuple, tensor) -> np.ndarray | None:
     """The packed weight kept for ``key`` if ``tensor`` has not changed since, else None."""
     with _LOCK:
+        if _SEEN[0] != _frozen.generation():  # forget_packed_weights() since
+            _ENTRIES.clear()
+            _BYTES[0] = 0
+            _SEEN[0] = _frozen.generation()
         entry = _ENTRIES.get(key)
         if entry is None:
             return None

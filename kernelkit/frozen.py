@@ -1,0 +1,67 @@
+"""Frozen weights: the user's word that weights change only through torch's own in-place ops.
+
+Inside `frozen_weights()` (or with ``KERNELKIT_FROZEN_WEIGHTS=1``), the Numba conv keeps each
+torch weight's packed copy across calls and reuses it while the tensor's version counter is
+unchanged (`kernels/numba/_packs.py`). Opt-in, as IPEX's ``ipex.optimize`` and
+``torch.jit.freeze`` are: changes made through ``param.data`` or through a numpy view of a weight
+do not bump its version (gradcheck, EMA updates and older optimizers make them), and
+`forget_packed_weights()` is then needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Iterator
+
+_frozen: contextvars.ContextVar[bool] = contextvars.ContextVar("kernelkit_frozen", default=False)
+_GENERATION = [0]  # bumped by forget_packed_weights: packs kept before are dropped
+# os.environ.get costs ~1 us per missing key; the dict behind os.environ answers in ~50 ns
+_ENV = getattr(os.environ, "_data", None)
+_KEY, _ONE = (os.environ.encodekey("KERNELKIT_FROZEN_WEIGHTS"), b"1") if isinstance(_ENV, dict) \
+    else ("KERNELKIT_FROZEN_WEIGHTS", "1")
+if not isinstance(_ENV, dict):
+    _ENV = os.environ
+
+
+@contextlib.contextmanager
+def frozen_weights(on: bool = True) -> Iterator[None]:
+    """Inference with weights that change only through torch's own in-place ops.
+
+    Inside the block, a conv whose weight is a torch tensor packs it once and reuses the packed
+    copy while the tensor's version counter is unchanged: an optimizer step, ``copy_``, ``mul_``
+    or loading a state dict makes it pack again. Changes torch does not count are not seen:
+    through ``param.data``, or through a numpy view of the tensor; call `forget_packed_weights()`
+    after those. Numpy weights are never kept.
+
+    Args:
+        on: False turns it off inside the block, unless KERNELKIT_FROZEN_WEIGHTS=1 says so for
+            the whole process.
+
+    Example:
+        >>> model = kernelkit.nn.patch(model).eval()
+        >>> with torch.inference_mode(), kernelkit.frozen_weights():
+        ...     y = model(x)
+    """
+    tok = _frozen.set(bool(on))
+    try:
+        yield
+    finally:
+        _frozen.reset(tok)
+
+
+def weights_frozen() -> bool:
+    """Inside `frozen_weights()`, or KERNELKIT_FROZEN_WEIGHTS=1."""
+    return _frozen.get() or _ENV.get(_KEY) == _ONE
+
+
+def forget_packed_weights() -> None:
+    """Drop every packed weight kept so far (after changing weights behind torch's version
+    counter)."""
+    _GENERATION[0] += 1
+
+
+def generation() -> int:
+    """How many times `forget_packed_weights` was called."""
+    return _GENERATION[0]
