@@ -1,7 +1,7 @@
 """The Numba conv2d's two forward algorithms against torch (oneDNN), interleaved in one run.
 
     python bench/probes/conv_shift_probe.py [--batch 8] [--threads 2] [--rounds 6] [--warm 0.03] [--reps 3]
-        [--all] [--fused]
+        [--all] [--fused] [--frozen]
 
 For every stride-1 ResNet-50 layer (tests/reference.CONV_RESNET50; ``--all`` adds the strided
 ones, the 7x7 stem included, where "shift" falls back to the implicit GEMM), fp32, NCHW, no bias: the implicit GEMM
@@ -10,7 +10,8 @@ one GEMM per kernel tap on the input read in place or from one padded copy), wha
 config runs ("auto"), and torch's F.conv2d, each with the default blocking. Each round calls
 every row in its steady state: untimed calls for at least ``--warm`` seconds, then ``--reps``
 timed calls back to back; each round starts at the next row (``_steady.py`` says why). The table gives medians over all timed calls and torch / ours (> 1: ours faster), and
-the geometric means.
+the geometric means. ``--frozen``: the weights are views of torch tensors, launched as the ops
+layer launches torch data, inside `kernelkit.frozen_weights()` (packed weights kept).
 """
 
 from __future__ import annotations
@@ -49,7 +50,16 @@ def main() -> None:
     p.add_argument("--fused", action="store_true",
                    help="with a bias and relu: ours fused, torch's the chain a user writes "
                         "(relu(conv(x, w) + b)), issue 13's fused bar")
+    p.add_argument("--frozen", action="store_true",
+                   help="weights in torch tensors, packed once (kernelkit.frozen_weights)")
     args = p.parse_args()
+    if args.frozen:
+        import kernelkit
+        from kernelkit import threads
+
+        threads.LOCAL.torch_data = True  # as the ops layer says for torch tensors
+        frozen_block = kernelkit.frozen_weights()
+        frozen_block.__enter__()
     torch.set_num_threads(args.threads)
     numba.set_num_threads(args.threads)
     threadpool_limits(args.threads)
@@ -70,8 +80,10 @@ def main() -> None:
         act = "relu" if args.fused else None
         xt, wt = torch.from_numpy(x), torch.from_numpy(w)
 
-        def ours(kernel, x=x, w=w, b=b, st=st, pad=pad):
+        def ours(kernel, x=x, w=w, b=b, st=st, pad=pad, wt=wt):
             cfg = nconv.Conv2dConfig(d.mc, d.kc, d.nc, kernel)
+            if args.frozen:
+                w = wt.detach().numpy()  # a view of the tensor, as the ops layer makes it
             return nconv.conv2d_forward(x, w, b, (st, st), (pad,) * 4, (1, 1), 1, act,
                                         "NCHW", config=cfg)
 
