@@ -31,7 +31,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-# kernel packages whose entry points run Numba parallel regions
+# kernel packages whose launches are guarded: Numba kernels (which now run their shares on
+# `kernels/numba/_pool.py`, not Numba parallel regions; the lock still serialises launches from
+# several threads, so that each does not lead a team of its own on the same cores)
 GUARDED_PACKAGES = {"kernelkit.kernels.numba"}
 BLAS_PACKAGE = "kernelkit.kernels.numpy"  # its launches are noted (`blas_called`)
 LAYER_REQUEST = "forksafe"
