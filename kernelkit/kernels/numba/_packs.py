@@ -8,10 +8,11 @@ safe: every in-place change of a tensor (an optimizer step, ``copy_``, ``fill_``
 bumps its version counter, which the views of its memory share. So a weight that is a numpy view
 of a torch tensor, in a launch the ops layer made for torch tensors (`kernelkit.threads.LOCAL`;
 never for numpy data), is keyed by its memory and layout and the packing's geometry, and its
-packed copy is used while the tensor's version is the one it was packed at. The entry holds a reference to that tensor, so its memory
-cannot be freed and reused by another tensor of the same key while the entry lives. Numpy
-weights are never kept: nothing tells when their contents change. Changes made through a numpy
-view of the tensor, which torch does not count either, are not seen.
+packed copy is used while the tensor's version is the one it was packed at. The entry holds a
+reference to that tensor, so its memory cannot be freed and reused by another tensor of the same
+key while the entry lives. Numpy weights are never kept: nothing tells when their contents
+change. Changes made through a numpy view of the tensor, which torch does not count either, are
+not seen.
 
 At most PACK_CACHE_BYTES of packed weights are kept, least recently used first out.
 
@@ -58,8 +59,7 @@ def lookup(key: tuple, tensor) -> np.ndarray | None:
     """The packed weight kept for ``key`` if ``tensor`` has not changed since, else None."""
     with _LOCK:
         if _SEEN[0] != _frozen.generation():  # forget_packed_weights() since
-            _ENTRIES.clear()
-            _BYTES[0] = 0
+            _clear()
             _SEEN[0] = _frozen.generation()
         entry = _ENTRIES.get(key)
         if entry is None:
@@ -87,8 +87,12 @@ def keep(key: tuple, tensor, version: int, packed: np.ndarray) -> None:
 def clear() -> None:
     """Forget every packed weight."""
     with _LOCK:
-        _ENTRIES.clear()
-        _BYTES[0] = 0
+        _clear()
+
+
+def _clear() -> None:
+    _ENTRIES.clear()
+    _BYTES[0] = 0
 
 
 def _drop(key: tuple) -> None:

@@ -32,8 +32,7 @@ def scratch(size: int, dtype) -> np.ndarray:
         # grow by at least half again, so a model whose sizes creep up reallocates a few times
         grown = 0 if buf is None else buf.nbytes + buf.nbytes // 2
         buf = _LOCAL.buf = np.empty(max(nbytes + _ALIGN, grown), np.uint8)
-    start = -buf.ctypes.data % _ALIGN
-    return buf[start:start + nbytes].view(dtype)
+    return _aligned_part(buf, nbytes, dtype)
 
 
 def aligned_empty(size: int, dtype) -> np.ndarray:
@@ -41,7 +40,11 @@ def aligned_empty(size: int, dtype) -> np.ndarray:
     beyond the call, unlike ``scratch``)."""
     dtype = np.dtype(dtype)
     nbytes = max(int(size), 0) * dtype.itemsize
-    buf = np.empty(nbytes + _ALIGN, np.uint8)
+    return _aligned_part(np.empty(nbytes + _ALIGN, np.uint8), nbytes, dtype)
+
+
+def _aligned_part(buf: np.ndarray, nbytes: int, dtype: np.dtype) -> np.ndarray:
+    """The first ``nbytes`` of byte buffer ``buf`` from a 64-byte boundary, as ``dtype``."""
     start = -buf.ctypes.data % _ALIGN
     return buf[start:start + nbytes].view(dtype)
 

@@ -542,7 +542,7 @@ def _conv_float(x, weight, bias, stride, padding, dilation, groups, activation, 
         # weight as (K, R, S, Cg): reduction order (r, s, c)
         wsrc = _writable(weight.transpose(0, 2, 3, 1)).reshape(-1)
         wpack = xpb = _scratch(g * nsl * nr * kred, dtype)
-        pack_tn, keep = tn if wpack.size >= SERIAL_PACK else 1, None
+        pack_tn, keep = _pack_threads(tn, False, wpack.size, 0), None
     elif _shifted(cfg, n, ho, wo, r * s):  # MODE_SHIFT
         xp_size = _shift_geo(geo, _in_place(xv, stride, padding), dtype.itemsize, cfg, tn,
                              padding, mr, nr)

@@ -68,6 +68,7 @@ from kernelkit.kernels.numba._resample import (
     u8_ptr,
     vpass,
 )
+from kernelkit.kernels.numba._workspace import aligned_empty
 
 __all__ = ["CONFIG", "PreprocessConfig", "space", "preprocess_forward"]
 
@@ -294,11 +295,7 @@ def _image_table(images):
 def _empty_aligned(shape, dtype):
     """np.empty with the data 64-byte aligned (rows then start on cache lines where the row pitch
     allows, so store_row writes whole lines non-temporally)."""
-    dtype = np.dtype(dtype)
-    size = int(np.prod(shape))
-    buf = np.empty(size * dtype.itemsize + 64, np.uint8)
-    skip = -buf.ctypes.data % 64
-    return buf[skip:skip + size * dtype.itemsize].view(dtype).reshape(shape)
+    return aligned_empty(int(np.prod(shape)), dtype).reshape(shape)
 
 
 def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, scale, channel_perm,
