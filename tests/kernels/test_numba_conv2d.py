@@ -247,8 +247,8 @@ def test_mobilenet_depthwise(layout):
         check(fwd(x, w, b, case, layout, "relu"), x, w, b, case, layout, "relu")
 
 
-@pytest.mark.parametrize("hw", [(3, 3), (3, 17), (17, 3), (4, 5), (7, 7), (14, 14), (28, 29)],
-                         ids=str)
+@pytest.mark.parametrize("hw", [(3, 3), (3, 17), (17, 3), (4, 5), (3, 6), (7, 7), (14, 14),
+                                (28, 29), (5, 64)], ids=str)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_depthwise_flat_planes(hw, dtype):
     """Depthwise 3x3, pad 1, stride 1 on narrow NCHW planes (the flattened-plane path): every
@@ -271,8 +271,8 @@ def test_depthwise_flat_planes(hw, dtype):
     check(fwd(xs, w, b, case, "NCHW", "relu"), x, w, b, case, "NCHW", "relu")
 
 
-@pytest.mark.parametrize("hw", [(4, 4), (4, 18), (18, 4), (14, 14), (28, 30), (13, 14), (7, 7)],
-                         ids=str)
+@pytest.mark.parametrize("hw", [(4, 4), (4, 18), (18, 4), (14, 14), (28, 30), (13, 14), (7, 7),
+                                (9, 40), (5, 33)], ids=str)
 @pytest.mark.parametrize("pad", [(1, 1, 1, 1), (1, 0, 1, 0)], ids=["pad1", "pad-tl"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_depthwise_stride2_planes(hw, pad, dtype):
@@ -292,6 +292,27 @@ def test_depthwise_stride2_planes(hw, pad, dtype):
     want = np.zeros(y.shape, bool)
     want[1, 3] = (oh <= ih) & (ih <= oh + 2) & (ow <= iw) & (iw <= ow + 2)
     assert np.array_equal(np.isnan(y), want)
+
+
+@pytest.mark.parametrize("hw", [(5, 5), (7, 7), (6, 11), (14, 14), (9, 40)], ids=str)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("poison", [np.nan, np.inf], ids=["nan", "inf"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_depthwise_vector_blocks_read_only_their_plane(hw, stride, poison, dtype):
+    """The vectorised depthwise blocks load every tap of 16 lanes, inside the plane or not, and
+    drop the ones outside by lane masks: with every other plane (the neighbours in memory) full
+    of NaN or Inf, the planes between them still come out exact, borders and corners included."""
+    rng = np.random.default_rng(hw[0] * 100 + hw[1] + stride)
+    c = 6
+    case = (2, c, hw[0], hw[1], c, 3, 3, (stride, stride), (1, 1, 1, 1), (1, 1), c)
+    x, w, b = make(case, dtype, "NCHW", rng)
+    xp = x.copy()
+    xp[:, ::2] = poison
+    y = fwd(xp, w, b, case, "NCHW", "relu")
+    ref = fwd(x, w, b, case, "NCHW", "relu")
+    check(ref, x, w, b, case, "NCHW", "relu")
+    assert np.isfinite(y[:, 1::2]).all()
+    np.testing.assert_array_equal(y[:, 1::2], ref[:, 1::2])
 
 
 # --------------------------------------------------------------------------------------- hypothesis

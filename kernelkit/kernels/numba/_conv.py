@@ -63,6 +63,7 @@ from kernelkit.kernels.numba._gemm import (
     cdiv as _cdiv,
 )
 from kernelkit.kernels.numba._pool import barrier
+from kernelkit.kernels.numba._stencil import LANES, dw3_block, dw3s2_block
 
 _I = np.int64  # _I(0): an int64 argument, not Literal[int](0), so callees compile once
 
@@ -923,10 +924,11 @@ def _dw3_direct(u0, u1, xf, xlo, sx, wf, bias, c, geo):
                 act_span(c, o, Wo, act)
 
 
-# Outputs the small-plane depthwise loops compute per step: one zmm of float32 (two ymm). A
-# fixed trip count compiles to straight vector code; a loop over a 7-14 px plane's interior (33
-# to 170 outputs) ran largely in the scalar remainder of LLVM's 64-wide vectorised loop.
-_DW_LANES = 16
+# Outputs the depthwise loops compute per step (``_stencil.LANES``): one zmm of float32 (two
+# ymm). A fixed trip count compiles to straight vector code; a loop over a 7-14 px plane's
+# interior (33 to 170 outputs) ran largely in the scalar remainder of LLVM's 64-wide vectorised
+# loop.
+_DW_LANES = LANES
 
 
 @numba.njit(inline="always", **_JIT)
@@ -1011,6 +1013,91 @@ def _dw3_flat(u0, u1, xf, xlo, sx, wf, bias, c, geo):
 
 
 @numba.njit(inline="always", **_JIT)
+def _dw3_masked(u0, u1, xf, xlo, sx, wf, bias, c, geo):
+    """Depthwise 3x3, pad 1, stride 1 over planes with contiguous rows (pitch W), output the
+    same size: the whole plane, borders included, in blocks of _DW_LANES flat outputs (the last
+    overlapping the one before) through ``dw3_block``, each tap read at its constant shift and
+    dropped by a lane mask where it falls outside the plane. (``_dw3_flat`` sums the border
+    outputs one by one, which on a 7-14 px plane was most of its time, and its vectorised loop
+    checked for overlap between input and output on every entry.) A plane whose first or last
+    block would read past the input buffer's ends is left to ``_dw3_flat``."""
+    K, H, W = geo[G_K], geo[G_H], geo[G_W]
+    has_bias, act = geo[G_HAS_BIAS] != 0, geo[G_ACT]
+    sxn, sxc = sx[0], sx[1]
+    hw = H * W
+    zero = c.dtype.type(0)
+    row = np.empty(hw, np.int32)
+    col = np.empty(hw, np.int32)
+    for p in range(hw):
+        row[p] = p // W
+        col[p] = p - (p // W) * W
+    last_row, last_col = H - 1, W - 1
+    for u in range(u0, u1):
+        n = u // K
+        k = u - n * K
+        xo = -xlo + n * sxn + k * sxc
+        if xo - W - 1 < 0 or xo + hw + W + 1 > xf.size:
+            _dw3_flat(u, u + 1, xf, xlo, sx, wf, bias, c, geo)
+            continue
+        o = u * hw
+        wo = k * 9
+        ws = (wf[_U(wo)], wf[_U(wo + 1)], wf[_U(wo + 2)], wf[_U(wo + 3)], wf[_U(wo + 4)],
+              wf[_U(wo + 5)], wf[_U(wo + 6)], wf[_U(wo + 7)], wf[_U(wo + 8)])
+        b = bias[k] if has_bias else zero
+        j = 0
+        while j < hw:
+            j = min(j, hw - _DW_LANES)
+            dw3_block(xf, xo + j, W, c, o + j, col, row, j, last_col, last_row, ws, b)
+            j += _DW_LANES
+        if act != ACT_NONE:
+            act_span(c, o, hw, act)
+
+
+@numba.njit(inline="always", **_JIT)
+def _dw3_s2(u0, u1, xf, xlo, sx, wf, bias, c, geo):
+    """Depthwise 3x3, pad 1, stride 2, unit column stride: each output row in blocks of
+    _DW_LANES outputs through ``dw3s2_block`` (the last block of a row overlapping the one
+    before; a row shorter than a block writes on into the rows after it, which are computed
+    later, or through ``tmp`` at the plane's end). A plane whose vector reads would leave the
+    input buffer takes ``_dw3_direct``."""
+    K, H, W, Ho, Wo = geo[G_K], geo[G_H], geo[G_W], geo[G_HO], geo[G_WO]
+    has_bias, act = geo[G_HAS_BIAS] != 0, geo[G_ACT]
+    sxn, sxc, sxh = sx[0], sx[1], sx[2]
+    zero = c.dtype.type(0)
+    tmp = np.empty(_DW_LANES, c.dtype)
+    last_ow0 = max(0, Wo - _DW_LANES)  # the last block's first column
+    span = 2 * (Ho - 1) * sxh + 2 * last_ow0  # from the first block's centre tap to the last's
+    for u in range(u0, u1):
+        n = u // K
+        k = u - n * K
+        xo = -xlo + n * sxn + k * sxc
+        if xo - sxh - 1 < 0 or xo + span + sxh + 2 * _DW_LANES > xf.size:
+            _dw3_direct(u, u + 1, xf, xlo, sx, wf, bias, c, geo)
+            continue
+        wo = k * 9
+        ws = (wf[_U(wo)], wf[_U(wo + 1)], wf[_U(wo + 2)], wf[_U(wo + 3)], wf[_U(wo + 4)],
+              wf[_U(wo + 5)], wf[_U(wo + 6)], wf[_U(wo + 7)], wf[_U(wo + 8)])
+        b = bias[k] if has_bias else zero
+        plane_end = (u + 1) * Ho * Wo
+        for oh in range(Ho):
+            top, bot = _I(oh > 0), _I(2 * oh + 1 < H)
+            q = xo + 2 * oh * sxh
+            o = (u * Ho + oh) * Wo
+            ow0 = 0
+            while ow0 < Wo:
+                ow0 = min(ow0, last_ow0)
+                if o + ow0 + _DW_LANES <= plane_end:
+                    dw3s2_block(xf, q + 2 * ow0, sxh, c, o + ow0, ow0, W - 1, top, bot, ws, b)
+                else:  # the plane's last row, shorter than a block
+                    dw3s2_block(xf, q + 2 * ow0, sxh, tmp, _I(0), ow0, W - 1, top, bot, ws, b)
+                    for e in range(Wo - ow0):
+                        c[_U(o + ow0 + e)] = tmp[e]
+                ow0 += _DW_LANES
+        if act != ACT_NONE:
+            act_span(c, u * Ho * Wo, Ho * Wo, act)
+
+
+@numba.njit(inline="always", **_JIT)
 def _dw_nchw(t, nthr, xf, xlo, sx, wf, bias, c, geo):
     """Depthwise (groups == C), NCHW output, one (image, channel) plane at a time.
 
@@ -1034,11 +1121,18 @@ def _dw_nchw(t, nthr, xf, xlo, sx, wf, bias, c, geo):
     if (R == 3 and S == 3 and dh == 1 and dw == 1 and pt == 1 and pl == 1 and sh == 1
             and sw == 1 and sxw == 1 and sxh == W and mult == 1 and Ho == H and Wo == W
             and H >= 3 and W >= 3):
-        _dw3_flat(u0, u1, xf, xlo, sx, wf, bias, c, geo)
+        if H * W >= _DW_LANES:
+            _dw3_masked(u0, u1, xf, xlo, sx, wf, bias, c, geo)
+        else:
+            _dw3_flat(u0, u1, xf, xlo, sx, wf, bias, c, geo)
+        return
+    if (R == 3 and S == 3 and dh == 1 and dw == 1 and pt == 1 and pl == 1 and sh == 2
+            and sw == 2 and sxw == 1 and mult == 1):
+        _dw3_s2(u0, u1, xf, xlo, sx, wf, bias, c, geo)
         return
     if (R == 3 and S == 3 and dh == 1 and dw == 1 and pt == 1 and pl == 1 and sh == sw
-            and sxw == 1 and mult == 1 and (sh == 2 or (sh == 1 and W >= 96))):
-        # stride 2, or wide stride-1 planes
+            and sxw == 1 and mult == 1 and sh == 1 and W >= 96):
+        # wide stride-1 planes whose rows are not contiguous
         _dw3_direct(u0, u1, xf, xlo, sx, wf, bias, c, geo)
         return
     wq = Wo + ((S - 1) * dw) // sw

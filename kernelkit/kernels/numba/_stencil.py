@@ -1,0 +1,165 @@
+"""A 3x3 stencil over LANES flat outputs of a plane, as explicit vector IR (a Numba intrinsic).
+
+The small-plane depthwise conv (7-28 px planes) computes each plane, borders included, in blocks
+of LANES flat outputs. Written as a Numba loop, LLVM vectorises such a block but guards every entry
+to it with runtime checks that the output does not overlap the input (about 70 instructions
+against the block's 40), and runs the border outputs through selects it builds itself. Here the
+block is nine unaligned vector loads, four lane masks from the plane's row and column of each
+output, and one vector store: no aliasing question arises, since every load precedes the store.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+# Outputs per block: one zmm of float32 (two ymm without AVX-512, two zmm of float64; LLVM splits
+# the vector type into what the target has).
+LANES = 16
+
+
+@intrinsic
+def dw3_block(typingctx, xf, q, pitch, c, o, col, row, p, last_col, last_row, ws, b):
+    """c[o + e] = b + sum over the 3x3 taps (dr, dc) of ws[3(dr+1) + dc+1] * xf[q + e + dr*pitch
+    + dc], for e < LANES, where a tap counts only if it lies in the plane: left taps where
+    col[p + e] > 0, right ones where col[p + e] < last_col, the row above where row[p + e] > 0,
+    the row below where row[p + e] < last_row (a select, not a multiply by 0: an Inf beside the
+    plane must not make a NaN).
+
+    Every tap's load is made, counted or not: the caller keeps ``q - pitch - 1`` and
+    ``q + LANES + pitch`` inside ``xf``. ``xf`` and ``c`` are 1-D contiguous arrays of one float
+    dtype, ``col`` and ``row`` int32, ``ws`` a 9-tuple of that dtype.
+    """
+    if not (isinstance(xf, types.Array) and isinstance(c, types.Array)
+            and xf.dtype == c.dtype and isinstance(xf.dtype, types.Float)
+            and isinstance(col, types.Array) and col.dtype == types.int32
+            and isinstance(row, types.Array) and row.dtype == types.int32
+            and isinstance(ws, types.UniTuple) and ws.count == 9):
+        return None
+    sig = types.void(xf, q, pitch, c, o, col, row, p, last_col, last_row, ws, b)
+
+    def codegen(context, builder, sig, args):
+        xf_v, q_v, pitch_v, c_v, o_v, col_v, row_v, p_v, lc_v, lr_v, ws_v, b_v = args
+        intp = context.get_value_type(types.intp)
+        cast = lambda v, i: context.cast(builder, v, sig.args[i], types.intp)
+        q_v, pitch_v, o_v, p_v = cast(q_v, 1), cast(pitch_v, 2), cast(o_v, 4), cast(p_v, 7)
+        elt = context.get_value_type(xf.dtype)
+        esize = context.get_abi_sizeof(elt)
+        vty = ir.VectorType(elt, LANES)
+        ity = ir.VectorType(ir.IntType(32), LANES)
+        data = lambda ty, v: context.make_array(ty)(context, builder, v).data
+        X, C = data(xf, xf_v), data(c, c_v)
+        COL, ROW = data(col, col_v), data(row, row_v)
+
+        splat = _splatter(builder)
+
+        def vload(base, off, ty, align):
+            return builder.load(builder.bitcast(builder.gep(base, [off]), ty.as_pointer()),
+                                align=align)
+
+        def i32(v, i):
+            return builder.trunc(context.cast(builder, v, sig.args[i], types.intp),
+                                 ir.IntType(32))
+
+        cols, rows = vload(COL, p_v, ity, 4), vload(ROW, p_v, ity, 4)
+        zero_i = ir.Constant(ity, [0] * LANES)
+        left = builder.icmp_signed(">", cols, zero_i)
+        right = builder.icmp_signed("<", cols, splat(i32(lc_v, 8), ity))
+        above = builder.icmp_signed(">", rows, zero_i)
+        below = builder.icmp_signed("<", rows, splat(i32(lr_v, 9), ity))
+        zero = ir.Constant(vty, [0.0] * LANES)
+        w = [splat(builder.extract_value(ws_v, i), vty) for i in range(9)]
+        sums = []
+        for r in range(3):
+            centre = builder.add(q_v, builder.mul(pitch_v, ir.Constant(intp, r - 1)))
+            x = [vload(X, builder.add(centre, ir.Constant(intp, d)), vty, esize)
+                 for d in (-1, 0, 1)]
+            lft = builder.select(left, builder.fmul(w[3 * r], x[0]), zero)
+            rgt = builder.select(right, builder.fmul(w[3 * r + 2], x[2]), zero)
+            sums.append(builder.fadd(builder.fadd(lft, builder.fmul(w[3 * r + 1], x[1])), rgt))
+        top = builder.select(above, sums[0], zero)
+        bot = builder.select(below, sums[2], zero)
+        out = builder.fadd(builder.fadd(builder.fadd(top, sums[1]), bot), splat(b_v, vty))
+        builder.store(out, builder.bitcast(builder.gep(C, [o_v]), vty.as_pointer()), align=esize)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def dw3s2_block(typingctx, xf, q, pitch, c, o, ow0, last_col, top, bot, ws, b):
+    """c[o + e] = b + sum over the 3x3 taps (dr, dc) of ws[3(dr+1) + dc+1] * xf[q + 2e + dr*pitch
+    + dc], for e < LANES: LANES outputs of one output row at stride 2, lane e at output column
+    ow0 + e, whose centre tap is input column 2(ow0 + e). A left tap counts where that column is
+    > 0, a right one where it is < last_col, the row above where ``top`` != 0, the row below where
+    ``bot`` != 0 (selects, as in ``dw3_block``). Each input row is read as two pairs of vectors
+    (32 columns from the centre tap of lane 0, and from one column left of it) split into even and
+    odd columns by shuffles: no gather.
+
+    Every load is made: the caller keeps ``q - pitch - 1`` and ``q + pitch + 2*LANES`` inside
+    ``xf``, and ``c[o : o + LANES]`` inside the part of ``c`` it owns.
+    """
+    if not (isinstance(xf, types.Array) and isinstance(c, types.Array)
+            and xf.dtype == c.dtype and isinstance(xf.dtype, types.Float)
+            and isinstance(ws, types.UniTuple) and ws.count == 9):
+        return None
+    sig = types.void(xf, q, pitch, c, o, ow0, last_col, top, bot, ws, b)
+
+    def codegen(context, builder, sig, args):
+        xf_v, q_v, pitch_v, c_v, o_v, ow0_v, lc_v, top_v, bot_v, ws_v, b_v = args
+        intp = context.get_value_type(types.intp)
+        cast = lambda i: context.cast(builder, args[i], sig.args[i], types.intp)
+        q_v, pitch_v, o_v, ow0_v, lc_v, top_v, bot_v = (cast(i) for i in (1, 2, 4, 5, 6, 7, 8))
+        elt = context.get_value_type(xf.dtype)
+        esize = context.get_abi_sizeof(elt)
+        vty = ir.VectorType(elt, LANES)
+        lty = ir.VectorType(intp, LANES)
+        X = context.make_array(xf)(context, builder, xf_v).data
+        C = context.make_array(c)(context, builder, c_v).data
+        splat = _splatter(builder)
+
+        def vload(off):
+            return builder.load(builder.bitcast(builder.gep(X, [off]), vty.as_pointer()),
+                                align=esize)
+
+        # lane e's centre column 2(ow0 + e): its left tap exists if > 0, its right if < last_col
+        centre = builder.add(ir.Constant(lty, [2 * e for e in range(LANES)]),
+                             splat(builder.mul(ow0_v, ir.Constant(intp, 2)), lty))
+        left = builder.icmp_signed(">", centre, ir.Constant(lty, [0] * LANES))
+        right = builder.icmp_signed("<", centre, splat(lc_v, lty))
+        zero = ir.Constant(vty, [0.0] * LANES)
+        mty = ir.VectorType(ir.IntType(32), LANES)
+        even = ir.Constant(mty, [2 * e for e in range(LANES)])
+        odd = ir.Constant(mty, [2 * e + 1 for e in range(LANES)])
+        w = [splat(builder.extract_value(ws_v, i), vty) for i in range(9)]
+        sums = []
+        for r in range(3):
+            base = builder.add(q_v, builder.mul(pitch_v, ir.Constant(intp, r - 1)))
+            lo, hi = vload(base), vload(builder.add(base, ir.Constant(intp, LANES)))
+            lo1 = vload(builder.add(base, ir.Constant(intp, -1)))
+            hi1 = vload(builder.add(base, ir.Constant(intp, LANES - 1)))
+            xc = builder.shuffle_vector(lo, hi, even)
+            xr = builder.shuffle_vector(lo, hi, odd)
+            xl = builder.shuffle_vector(lo1, hi1, even)
+            lft = builder.select(left, builder.fmul(w[3 * r], xl), zero)
+            rgt = builder.select(right, builder.fmul(w[3 * r + 2], xr), zero)
+            sums.append(builder.fadd(builder.fadd(lft, builder.fmul(w[3 * r + 1], xc)), rgt))
+        nz = lambda v: builder.icmp_signed("!=", v, ir.Constant(intp, 0))
+        out = builder.fadd(builder.select(nz(top_v), sums[0], zero), sums[1])
+        out = builder.fadd(out, builder.select(nz(bot_v), sums[2], zero))
+        out = builder.fadd(out, splat(b_v, vty))
+        builder.store(out, builder.bitcast(builder.gep(C, [o_v]), vty.as_pointer()), align=esize)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _splatter(builder):
+    """splat(s, vector type): s in every lane."""
+    def splat(s, ty):
+        undef = ir.Constant(ty, ir.Undefined)
+        zeros = ir.Constant(ir.VectorType(ir.IntType(32), ty.count), [0] * ty.count)
+        one = builder.insert_element(undef, s, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(one, undef, zeros)
+    return splat
