@@ -315,6 +315,31 @@ def test_depthwise_vector_blocks_read_only_their_plane(hw, stride, poison, dtype
     np.testing.assert_array_equal(y[:, 1::2], ref[:, 1::2])
 
 
+@pytest.mark.parametrize("hw", [(4, 4), (5, 9), (7, 7), (14, 13), (3, 17)], ids=str)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_depthwise_nhwc_channel_blocks(hw, stride, dtype):
+    """Depthwise 3x3 channels-last through blocks of 16 channels by 4 pixels (20 channels: the
+    last block overlaps the first; the last pixel group overlaps the one before), with bias and
+    relu, and NaNs at two corners that must reach exactly the outputs whose windows hold them."""
+    rng = np.random.default_rng(hw[0] * 100 + hw[1] + stride)
+    c = 20
+    case = (2, c, hw[0], hw[1], c, 3, 3, (stride, stride), (1, 1, 1, 1), (1, 1), c)
+    x, w, b = make(case, dtype, "NHWC", rng)
+    check(fwd(x, w, b, case, "NHWC", "relu"), x, w, b, case, "NHWC", "relu")
+    xn = x.copy()
+    spots = [(1, 0, 0, 17), (0, hw[0] - 1, hw[1] - 1, 3)]
+    for n, ih, iw, ch in spots:
+        xn[n, ih, iw, ch] = np.nan
+    y = fwd(xn, w, b, case, "NHWC")
+    oh = np.arange(y.shape[1])[:, None] * stride - 1
+    ow = np.arange(y.shape[2])[None, :] * stride - 1
+    want = np.zeros(y.shape, bool)
+    for n, ih, iw, ch in spots:
+        want[n, :, :, ch] |= (oh <= ih) & (ih <= oh + 2) & (ow <= iw) & (iw <= ow + 2)
+    assert np.array_equal(np.isnan(y), want)
+
+
 # --------------------------------------------------------------------------------------- hypothesis
 
 @st.composite

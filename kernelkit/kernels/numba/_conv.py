@@ -63,7 +63,18 @@ from kernelkit.kernels.numba._gemm import (
     cdiv as _cdiv,
 )
 from kernelkit.kernels.numba._pool import barrier
-from kernelkit.kernels.numba._stencil import LANES, dw3_block, dw3s2_block
+from kernelkit.kernels.numba._stencil import (
+    F_BIAS,
+    F_BOT,
+    F_LEFT,
+    F_TOP,
+    LANES,
+    PIX,
+    dw3_block,
+    dw3s2_block,
+    dwc_block,
+    dwc_block_inner,
+)
 
 _I = np.int64  # _I(0): an int64 argument, not Literal[int](0), so callees compile once
 
@@ -1205,6 +1216,56 @@ def _dw_nchw(t, nthr, xf, xlo, sx, wf, bias, c, geo):
 
 
 @numba.njit(inline="always", **_JIT)
+def _dw3_nhwc_rows(u0, u1, xf, xlo, sx, wf, bias, c, geo):
+    """Depthwise 3x3, pad 1 at the top and left, channels contiguous, at least _DW_LANES
+    channels and PIX output columns: output rows ``u0 .. u1`` (as units n*Ho + oh) through
+    ``dwc_block``, _DW_LANES channels by PIX pixels at a time with the nine weight vectors
+    loaded once per call (the last channel block and the last pixel group overlap the ones
+    before). Border pixels drop their missing taps by flags, not by a second pass."""
+    K, H, W, Ho, Wo = geo[G_K], geo[G_H], geo[G_W], geo[G_HO], geo[G_WO]
+    sh, sw = geo[G_SH], geo[G_SW]
+    has_bias, act = geo[G_HAS_BIAS] != 0, geo[G_ACT]
+    sxn, sxh, sxw = sx[0], sx[2], sx[3]
+    all_taps = F_BIAS | F_TOP | F_BOT | (((1 << (2 * PIX)) - 1) << F_LEFT)
+    groups = (Wo + PIX - 1) // PIX
+    gcols = np.empty(groups, np.int64)  # each pixel group's columns' flag bits
+    for g in range(groups):
+        ow0 = min(g * PIX, Wo - PIX)
+        f = 0
+        for j in range(PIX):
+            iw = (ow0 + j) * sw  # the centre column
+            if iw >= 1:
+                f |= 1 << (F_LEFT + j)
+            if iw + 1 < W:
+                f |= 1 << (F_LEFT + PIX + j)
+        gcols[g] = f
+    for u in range(u0, u1):
+        n = u // Ho
+        oh = u - n * Ho
+        orow = u * Wo * K
+        ih = oh * sh  # the centre row
+        rows = (F_BIAS if has_bias else 0) | (F_TOP if ih >= 1 else 0) | (
+            F_BOT if ih + 1 < H else 0)
+        xrow = -xlo + n * sxn + ih * sxh
+        for g in range(groups):
+            ow0 = min(g * PIX, Wo - PIX)
+            flags = rows | gcols[g]
+            inner = flags | F_BIAS == all_taps
+            k0 = 0
+            while k0 < K:
+                k0 = min(k0, K - _DW_LANES)
+                if inner:
+                    dwc_block_inner(xf, xrow + ow0 * sw * sxw + k0, sw * sxw, sxh, sxw, c,
+                                    orow + ow0 * K + k0, K, wf, k0, K, bias, k0, flags)
+                else:
+                    dwc_block(xf, xrow + ow0 * sw * sxw + k0, sw * sxw, sxh, sxw, c,
+                              orow + ow0 * K + k0, K, wf, k0, K, bias, k0, flags)
+                k0 += _DW_LANES
+        if act != ACT_NONE:
+            act_span(c, orow, Wo * K, act)
+
+
+@numba.njit(inline="always", **_JIT)
 def _dw_nhwc(t, nthr, xf, xlo, sx, wf, bias, c, geo):
     """Depthwise, NHWC output: one output row (Wo x K) at a time, vectorised along channels.
     ``wf`` is the weight as (R, S, K) contiguous. 3x3 with contiguous channels (one output
@@ -1218,6 +1279,12 @@ def _dw_nhwc(t, nthr, xf, xlo, sx, wf, bias, c, geo):
     mult = K // C
     zero = c.dtype.type(0)
     units = N * Ho
+    if (R == 3 and S == 3 and mult == 1 and sxc == 1 and pt == 1 and pl == 1 and dh == 1
+            and dw == 1 and K >= _DW_LANES and Wo >= PIX and (Ho - 1) * sh < H
+            and (Wo - 1) * sw < W):
+        u0, u1 = _share(t, nthr, units)
+        _dw3_nhwc_rows(u0, u1, xf, xlo, sx, wf, bias, c, geo)
+        return
     fast3 = R == 3 and S == 3 and mult == 1 and sxc == 1
     # output columns whose three taps are all inside the image
     lo0, hi0 = _valid_range(-pl, sw, Wo, W)
