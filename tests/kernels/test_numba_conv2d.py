@@ -85,6 +85,8 @@ def path(request, monkeypatch):
     """Force one thread, or the threaded path whatever the size."""
     monkeypatch.setattr(nc, "SERIAL_WORK", 1 << 62 if request.param == "serial" else 0)
     monkeypatch.setattr(nc, "SERIAL_PACK", 1 << 62 if request.param == "serial" else 0)
+    for name in ("DW_PARALLEL_MACS", "DW_PARALLEL_INPUT"):
+        monkeypatch.setattr(nc, name, 1 << 62 if request.param == "serial" else 0)
     return request.param
 
 
@@ -250,7 +252,7 @@ def test_mobilenet_depthwise(layout):
 @pytest.mark.parametrize("hw", [(3, 3), (3, 17), (17, 3), (4, 5), (3, 6), (7, 7), (14, 14),
                                 (28, 29), (5, 64)], ids=str)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_depthwise_flat_planes(hw, dtype):
+def test_depthwise_flat_planes(hw, dtype, path):
     """Depthwise 3x3, pad 1, stride 1 on narrow NCHW planes (the flattened-plane path): every
     border row and column, with bias and relu, a NaN that must reach exactly its 3x3
     neighbourhood, and a strided input that takes the general path."""
@@ -275,7 +277,7 @@ def test_depthwise_flat_planes(hw, dtype):
                                 (9, 40), (5, 33)], ids=str)
 @pytest.mark.parametrize("pad", [(1, 1, 1, 1), (1, 0, 1, 0)], ids=["pad1", "pad-tl"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_depthwise_stride2_planes(hw, pad, dtype):
+def test_depthwise_stride2_planes(hw, pad, dtype, path):
     """Depthwise 3x3 stride 2 on NCHW planes (the direct row path), even and odd sizes, with
     bias, relu and a NaN that must reach exactly the outputs that read it."""
     rng = np.random.default_rng(hw[0] * 100 + hw[1])
@@ -298,7 +300,7 @@ def test_depthwise_stride2_planes(hw, pad, dtype):
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("poison", [np.nan, np.inf], ids=["nan", "inf"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_depthwise_vector_blocks_read_only_their_plane(hw, stride, poison, dtype):
+def test_depthwise_vector_blocks_read_only_their_plane(hw, stride, poison, dtype, path):
     """The vectorised depthwise blocks load every tap of 16 lanes, inside the plane or not, and
     drop the ones outside by lane masks: with every other plane (the neighbours in memory) full
     of NaN or Inf, the planes between them still come out exact, borders and corners included."""
@@ -318,7 +320,7 @@ def test_depthwise_vector_blocks_read_only_their_plane(hw, stride, poison, dtype
 @pytest.mark.parametrize("hw", [(4, 4), (5, 9), (7, 7), (14, 13), (3, 17)], ids=str)
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_depthwise_nhwc_channel_blocks(hw, stride, dtype):
+def test_depthwise_nhwc_channel_blocks(hw, stride, dtype, path):
     """Depthwise 3x3 channels-last through blocks of 16 channels by 4 pixels (20 channels: the
     last block overlaps the first; the last pixel group overlaps the one before), with bias and
     relu, and NaNs at two corners that must reach exactly the outputs whose windows hold them."""

@@ -51,6 +51,12 @@ __all__ = ["Conv2dConfig", "conv2d_forward", "conv2d_backward_input", "conv2d_ba
 
 # Below this many multiply-adds in total, one thread does everything.
 SERIAL_WORK = 1 << 20
+# Depthwise convs run on one thread below this many multiply-adds and input elements: measured
+# on 2 Zen 5 vCPUs (MobileNetV2's layers at batch 1, 2 and 8, bench/probes/dw_threads_probe.py),
+# one thread did 1.35M multiply-adds (192 ch, 28 px) in 47 us where two took 57, and two won from
+# 2.7M multiply-adds, or from 0.9M input elements at stride 2.
+DW_PARALLEL_MACS = 2_500_000
+DW_PARALLEL_INPUT = 800_000
 # Weights with fewer elements than this are packed on the calling thread.
 SERIAL_PACK = 1 << 16
 # Elements of the shifted GEMM's per-thread output scratch (a quarter of a 512 KiB L2 in float32).
@@ -519,7 +525,8 @@ def _conv_float(x, weight, bias, stride, padding, dilation, groups, activation, 
             geo[_conv.G_MODE] = 1
         else:
             w1 = _writable(weight).reshape(-1)
-        _run(fns.dw, _threads(work * 8), xv, w1, bias, out1, geo)
+        big = work >= DW_PARALLEL_MACS or n * c * h * w >= DW_PARALLEL_INPUT
+        _run(fns.dw, numba.get_num_threads() if big else 1, xv, w1, bias, out1, geo)
         return out
 
     cfg = config or _default(dtype)
