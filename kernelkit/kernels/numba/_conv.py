@@ -71,6 +71,7 @@ from kernelkit.kernels.numba._stencil import (
     LANES,
     PIX,
     dw3_block,
+    dw3_wgrad_block,
     dw3s2_block,
     dwc_block,
     dwc_block_inner,
@@ -1266,6 +1267,65 @@ def _dw3_nhwc_rows(u0, u1, xf, xlo, sx, wf, bias, c, geo):
 
 
 @numba.njit(inline="always", **_JIT)
+def _dw3_wgrad_plane(xf, xo, df, yo, H, W, sums):
+    """sums[t] += the depthwise 3x3 (pad 1, stride 1) weight gradient of one plane, tap t: the
+    plain loops, for planes whose vector blocks would read outside the input buffer."""
+    for oh in range(H):
+        for ow in range(W):
+            g = df[_U(yo + oh * W + ow)]
+            for kr in range(3):
+                ih = oh + kr - 1
+                if ih < 0 or ih >= H:
+                    continue
+                for ks in range(3):
+                    iw = ow + ks - 1
+                    if 0 <= iw < W:
+                        sums[kr * 3 + ks] += g * xf[_U(xo + ih * W + iw)]
+
+
+@numba.njit(inline="always", **_JIT)
+def _dw3_wgrad(t, nthr, xf, xlo, sx, df, dlo, sd, dwf, geo):
+    """dW of a depthwise 3x3, pad 1, stride 1 conv over planes with contiguous rows (x and dy of
+    the same H x W): channels split between threads, each channel's nine sums over all images
+    kept per lane (``dw3_wgrad_block``, blocks of _DW_LANES flat outputs with their taps masked
+    as in ``_dw3_masked``) and added up once at the end."""
+    N, K, H, W = geo[G_N], geo[G_K], geo[G_H], geo[G_W]
+    sxn, sxc = sx[0], sx[1]
+    sdn, sdc = sd[0], sd[1]
+    hw = H * W
+    u0, u1 = _share(t, nthr, K)
+    if u1 <= u0:
+        return
+    row = np.empty(hw, np.int32)
+    col = np.empty(hw, np.int32)
+    for p in range(hw):
+        row[p] = p // W
+        col[p] = p - (p // W) * W
+    acc = np.empty(9 * _DW_LANES, dwf.dtype)
+    sums = np.empty(9, dwf.dtype)
+    for k in range(u0, u1):
+        acc[:] = 0
+        sums[:] = 0
+        for n in range(N):
+            xo = -xlo + n * sxn + k * sxc
+            yo = -dlo + n * sdn + k * sdc
+            if hw < _DW_LANES or xo - W - 1 < 0 or xo + hw + W + 1 > xf.size:
+                _dw3_wgrad_plane(xf, xo, df, yo, H, W, sums)
+                continue
+            done = 0  # outputs of this plane counted so far
+            while done < hw:
+                j = min(done, hw - _DW_LANES)
+                dw3_wgrad_block(xf, xo + j, W, df, yo + j, col, row, j, W - 1, H - 1,
+                                done - j, acc)
+                done = j + _DW_LANES
+        for tap in range(9):
+            v = sums[tap]
+            for e in range(_DW_LANES):
+                v += acc[tap * _DW_LANES + e]
+            dwf[k * 9 + tap] = v
+
+
+@numba.njit(inline="always", **_JIT)
 def _dw_nhwc(t, nthr, xf, xlo, sx, wf, bias, c, geo):
     """Depthwise, NHWC output: one output row (Wo x K) at a time, vectorised along channels.
     ``wf`` is the weight as (R, S, K) contiguous. 3x3 with contiguous channels (one output
@@ -1525,6 +1585,14 @@ def dw(t, nthr, x4, w1, bias, out1, geo):
         _dw_nhwc(t, nthr, xf, xlo, sx, w1, bias, out1, geo)
     else:
         _dw_nchw(t, nthr, xf, xlo, sx, w1, bias, out1, geo)
+
+
+@numba.njit(**_JIT)
+def dw_wgrad(t, nthr, x4, dy4, out1, geo):
+    """Depthwise 3x3 weight gradient (``_dw3_wgrad``), (K, 9) into out1."""
+    xf, xlo, sx = _flat4(x4)
+    df, dlo, sd = _flat4(dy4)
+    _dw3_wgrad(t, nthr, xf, xlo, sx, df, dlo, sd, out1, geo)
 
 
 @numba.njit(**_JIT)

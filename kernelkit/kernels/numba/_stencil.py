@@ -263,3 +263,66 @@ def _dwc_codegen(checked, context, builder, sig, args):
         builder.store(acc, vptr(C, builder.add(oc_v, builder.mul(ostep_v, cst(j)))),
                       align=esize)
     return context.get_dummy_value()
+
+
+@intrinsic
+def dw3_wgrad_block(typingctx, xf, q, pitch, df, qd, col, row, p, last_col, last_row, e0, acc):
+    """acc[t*LANES + e] += df[qd + e] * xf[q + e + dr*pitch + dc] for tap t = 3(dr+1) + dc+1 and
+    lane e >= e0, where the tap lies in the plane (the masks of ``dw3_block``, from col[p + e]
+    and row[p + e]): one block of the depthwise 3x3 weight gradient, the nine per-lane partial
+    sums kept in ``acc`` (9 * LANES elements of the data's dtype). Lanes below ``e0`` were
+    counted by the block before (the last block of a plane overlaps it). The loads are as in
+    ``dw3_block``: the caller keeps them inside ``xf``.
+    """
+    arrays = (xf, df, acc)
+    if not (all(isinstance(a, types.Array) for a in arrays)
+            and all(a.dtype == xf.dtype for a in arrays) and isinstance(xf.dtype, types.Float)
+            and isinstance(col, types.Array) and col.dtype == types.int32
+            and isinstance(row, types.Array) and row.dtype == types.int32):
+        return None
+    sig = types.void(xf, q, pitch, df, qd, col, row, p, last_col, last_row, e0, acc)
+
+    def codegen(context, builder, sig, args):
+        intp = context.get_value_type(types.intp)
+        q_v, pitch_v, qd_v, p_v, lc_v, lr_v, e0_v = (
+            context.cast(builder, args[i], sig.args[i], types.intp) for i in (1, 2, 4, 7, 8, 9, 10))
+        elt = context.get_value_type(sig.args[0].dtype)
+        esize = context.get_abi_sizeof(elt)
+        vty = ir.VectorType(elt, LANES)
+        ity = ir.VectorType(ir.IntType(32), LANES)
+        data = lambda i: context.make_array(sig.args[i])(context, builder, args[i]).data
+        X, D, COL, ROW, A = data(0), data(3), data(5), data(6), data(11)
+        cst = lambda v: ir.Constant(intp, v)
+        splat = _splatter(builder)
+        i32 = lambda v: builder.trunc(v, ir.IntType(32))
+
+        def vload(base, off, ty, align):
+            return builder.load(builder.bitcast(builder.gep(base, [off]), ty.as_pointer()),
+                                align=align)
+
+        cols, rows = vload(COL, p_v, ity, 4), vload(ROW, p_v, ity, 4)
+        zero_i = ir.Constant(ity, [0] * LANES)
+        lane_ok = builder.icmp_signed(">=", ir.Constant(ity, list(range(LANES))),
+                                      splat(i32(e0_v), ity))
+        col_ok = (builder.icmp_signed(">", cols, zero_i), None,
+                  builder.icmp_signed("<", cols, splat(i32(lc_v), ity)))
+        row_ok = (builder.icmp_signed(">", rows, zero_i), None,
+                  builder.icmp_signed("<", rows, splat(i32(lr_v), ity)))
+        dy = vload(D, qd_v, vty, esize)
+        zero = ir.Constant(vty, [0.0] * LANES)
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                t = 3 * (dr + 1) + dc + 1
+                ok = lane_ok
+                for cond in (row_ok[dr + 1], col_ok[dc + 1]):
+                    if cond is not None:
+                        ok = builder.and_(ok, cond)
+                off = builder.add(q_v, builder.add(builder.mul(pitch_v, cst(dr)), cst(dc)))
+                x = vload(X, off, vty, esize)
+                aptr = builder.bitcast(builder.gep(A, [cst(t * LANES)]), vty.as_pointer())
+                total = builder.fadd(builder.load(aptr, align=esize),
+                                     builder.select(ok, builder.fmul(dy, x), zero))
+                builder.store(total, aptr, align=esize)
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -183,6 +183,7 @@ def _sig(name: str, dtype):
         "fwd": (i, ro4, c1, c1, c1, bias, c1, geo, types.Array(types.int64, 1, "C")),
         "dw": (ro4, c1, bias, c1, geo),
         "bwd": (ro4, ro4, c1, bias, c1, geo),
+        "dw_wgrad": (ro4, ro4, c1, geo),
     }[name]
     return types.void(i, i, *args)
 
@@ -231,7 +232,7 @@ def warm(dtype: str) -> str:
     `dtype`: the three conv kernels and the GEMM the 1x1 path calls; "compiled" or "loaded"."""
     before = _gemm.COMPILED[0]
     fns = _compiled(_half.compute_dtype(dtype))
-    fns.fwd, fns.dw, fns.bwd  # noqa: B018 - each attribute compiles on first access
+    fns.fwd, fns.dw, fns.bwd, fns.dw_wgrad  # noqa: B018 - each compiles on first access
     if dtype == "bfloat16" and _gemm.HAS_BF16_DOT:
         _pairs_compiled()
     _matmul_warm(dtype)
@@ -593,6 +594,14 @@ def _conv_float(x, weight, bias, stride, padding, dilation, groups, activation, 
 
 # ---------------------------------------------------------------------------------------- backward
 
+def _dw3_same(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, groups) -> bool:
+    """A depthwise 3x3 conv, stride 1, pad 1 on every side, dilation 1: output the input's size
+    (the backward ops' vector-block paths)."""
+    return (groups == c == k and c > 1 and r == s == 3 and tuple(stride) == (1, 1)
+            and tuple(padding) == (1, 1, 1, 1) and tuple(dilation) == (1, 1)
+            and (ho, wo) == (h, w) and n > 0 and h * w > 0)
+
+
 @_half.in_float32
 def conv2d_backward_input(grad_out, weight, input_hw, stride, padding, dilation, groups, layout,
                           config: Conv2dConfig | None = None, allow_tf32: bool = False) -> np.ndarray:
@@ -608,6 +617,12 @@ def conv2d_backward_input(grad_out, weight, input_hw, stride, padding, dilation,
     g = int(groups)
     c = cg * g
     h, w = int(input_hw[0]), int(input_hw[1])
+    if _dw3_same(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, g) and \
+            np.isfinite(weight).all():
+        # depthwise 3x3, stride 1, pad 1: dx is the same conv of dy with the kernel turned by
+        # 180 degrees (the forward's vector blocks)
+        return _conv_float(grad_out, np.ascontiguousarray(weight[:, :, ::-1, ::-1]), None,
+                           (1, 1), (1, 1, 1, 1), (1, 1), g, None, layout, None)
     dx = np.zeros((n, h, w, c) if nhwc else (n, c, h, w), dtype)
     if dx.size == 0 or k == 0 or ho * wo == 0:
         return dx
@@ -649,6 +664,14 @@ def conv2d_backward_weight(x, grad_out, kernel_hw, stride, padding, dilation, gr
     if dw.size == 0 or n == 0 or ho * wo == 0:
         return dw
     fns = _COMPILED.get(dtype) or _compiled(dtype)
+    if (not nhwc and _dw3_same(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, g)
+            and xv.strides[3] == x.itemsize and xv.strides[2] == w * x.itemsize):
+        geo = _geo(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, g)
+        macs = n * k * ho * wo * 9
+        big = macs >= DW_PARALLEL_MACS or n * c * h * w >= DW_PARALLEL_INPUT
+        (xv,) = _aligned(xv)
+        _run(fns.dw_wgrad, numba.get_num_threads() if big else 1, xv, dyv, dw.reshape(-1), geo)
+        return dw
     cfg = config or _default(dtype)
     mr, nr = tile_shape(dtype)
     kg = k // g
