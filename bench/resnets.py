@@ -1,5 +1,6 @@
-"""ResNet-18 and ResNet-50 written out (torchvision's layout: BasicBlock / Bottleneck, stride on
-the 3x3, zero-initialised nothing), so the nn benchmarks need neither torchvision nor weights.
+"""ResNet-18, ResNet-50 and MobileNetV2 written out (torchvision's layouts: BasicBlock /
+Bottleneck with the stride on the 3x3, inverted residuals; zero-initialised nothing), so the nn
+benchmarks need neither torchvision nor weights.
 Random init (Kaiming for convs, as torchvision), which is all a timing needs."""
 
 from __future__ import annotations
@@ -89,7 +90,60 @@ def resnet50(classes: int = 1000) -> ResNet:
     return ResNet(Bottleneck, [3, 4, 6, 3], classes)
 
 
-MODELS = {"resnet18": resnet18, "resnet50": resnet50}
+def _conv_bn(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1,
+             relu: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False),
+              nn.BatchNorm2d(c_out)]
+    return nn.Sequential(*layers, nn.ReLU6(inplace=True)) if relu else nn.Sequential(*layers)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expansion, 3x3 depthwise (the stride), 1x1 linear projection."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int):
+        super().__init__()
+        hidden = c_in * expand
+        layers = [] if expand == 1 else [_conv_bn(c_in, hidden, 1)]
+        layers += [_conv_bn(hidden, hidden, 3, stride, groups=hidden),
+                   _conv_bn(hidden, c_out, 1, relu=False)]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """torchvision's MobileNetV2 (width 1.0) written out: its 17 inverted residual blocks hold
+    the 10 depthwise shapes of tests/reference.CONV_MOBILENET_DW."""
+
+    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                (6, 160, 3, 2), (6, 320, 1, 1))  # (expansion, channels, blocks, first stride)
+
+    def __init__(self, classes: int = 1000):
+        super().__init__()
+        layers, c_in = [_conv_bn(3, 32, 3, 2)], 32
+        for t, c, n, s in self.SETTINGS:
+            for i in range(n):
+                layers.append(InvertedResidual(c_in, c, s if i == 0 else 1, t))
+                c_in = c
+        layers.append(_conv_bn(c_in, 1280, 1))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(1280, classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+def mobilenet_v2(classes: int = 1000) -> MobileNetV2:
+    return MobileNetV2(classes)
+
+
+MODELS = {"resnet18": resnet18, "resnet50": resnet50, "mobilenet_v2": mobilenet_v2}
 
 
 # -- side-by-side timing (bench/probes/nn_resnets.py, bench/test_bench_nn.py) --------------------

@@ -497,7 +497,10 @@ def _conv_float(x, weight, bias, stride, padding, dilation, groups, activation, 
     g = int(groups)
     assert c == cg * g and k % g == 0
     ho, wo = out_size(h, w, r, s, stride, padding, dilation)
-    out = np.empty((n, ho, wo, k) if nhwc else (n, k, ho, wo), dtype)
+    shape = (n, ho, wo, k) if nhwc else (n, k, ho, wo)
+    # 64-byte aligned, as torch's own allocations: torch's batch norm after a Numba conv in
+    # MobileNetV2 took 13% longer on numpy's 16-byte aligned outputs (one profile, batch 1)
+    out = aligned_empty(math.prod(shape), dtype).reshape(shape)
     if out.size == 0:
         return out
     act = ACT_CODES[activation]
