@@ -44,46 +44,30 @@ def dw3_block(typingctx, xf, q, pitch, c, o, col, row, p, last_col, last_row, ws
     def codegen(context, builder, sig, args):
         xf_v, q_v, pitch_v, c_v, o_v, col_v, row_v, p_v, lc_v, lr_v, ws_v, b_v = args
         intp = context.get_value_type(types.intp)
-        cast = lambda v, i: context.cast(builder, v, sig.args[i], types.intp)
-        q_v, pitch_v, o_v, p_v = cast(q_v, 1), cast(pitch_v, 2), cast(o_v, 4), cast(p_v, 7)
+        q_v, pitch_v, o_v, p_v, lc_v, lr_v = (
+            context.cast(builder, args[i], sig.args[i], types.intp) for i in (1, 2, 4, 7, 8, 9))
         elt = context.get_value_type(xf.dtype)
         esize = context.get_abi_sizeof(elt)
         vty = ir.VectorType(elt, LANES)
-        ity = ir.VectorType(ir.IntType(32), LANES)
         data = lambda ty, v: context.make_array(ty)(context, builder, v).data
         X, C = data(xf, xf_v), data(c, c_v)
-        COL, ROW = data(col, col_v), data(row, row_v)
-
         splat = _splatter(builder)
-
-        def vload(base, off, ty, align):
-            return builder.load(builder.bitcast(builder.gep(base, [off]), ty.as_pointer()),
-                                align=align)
-
-        def i32(v, i):
-            return builder.trunc(context.cast(builder, v, sig.args[i], types.intp),
-                                 ir.IntType(32))
-
-        cols, rows = vload(COL, p_v, ity, 4), vload(ROW, p_v, ity, 4)
-        zero_i = ir.Constant(ity, [0] * LANES)
-        left = builder.icmp_signed(">", cols, zero_i)
-        right = builder.icmp_signed("<", cols, splat(i32(lc_v, 8), ity))
-        above = builder.icmp_signed(">", rows, zero_i)
-        below = builder.icmp_signed("<", rows, splat(i32(lr_v, 9), ity))
+        left, right, above, below = _plane_masks(builder, data(col, col_v), data(row, row_v),
+                                                 p_v, lc_v, lr_v)
         zero = ir.Constant(vty, [0.0] * LANES)
         w = [splat(builder.extract_value(ws_v, i), vty) for i in range(9)]
         sums = []
         for r in range(3):
             centre = builder.add(q_v, builder.mul(pitch_v, ir.Constant(intp, r - 1)))
-            x = [vload(X, builder.add(centre, ir.Constant(intp, d)), vty, esize)
-                 for d in (-1, 0, 1)]
+            x = [builder.load(_vptr(builder, X, builder.add(centre, ir.Constant(intp, d)), vty),
+                              align=esize) for d in (-1, 0, 1)]
             lft = builder.select(left, builder.fmul(w[3 * r], x[0]), zero)
             rgt = builder.select(right, builder.fmul(w[3 * r + 2], x[2]), zero)
             sums.append(builder.fadd(builder.fadd(lft, builder.fmul(w[3 * r + 1], x[1])), rgt))
         top = builder.select(above, sums[0], zero)
         bot = builder.select(below, sums[2], zero)
         out = builder.fadd(builder.fadd(builder.fadd(top, sums[1]), bot), splat(b_v, vty))
-        builder.store(out, builder.bitcast(builder.gep(C, [o_v]), vty.as_pointer()), align=esize)
+        builder.store(out, _vptr(builder, C, o_v, vty), align=esize)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -122,8 +106,7 @@ def dw3s2_block(typingctx, xf, q, pitch, c, o, ow0, last_col, top, bot, ws, b):
         splat = _splatter(builder)
 
         def vload(off):
-            return builder.load(builder.bitcast(builder.gep(X, [off]), vty.as_pointer()),
-                                align=esize)
+            return builder.load(_vptr(builder, X, off, vty), align=esize)
 
         # lane e's centre column 2(ow0 + e): its left tap exists if > 0, its right if < last_col
         centre = builder.add(ir.Constant(lty, [2 * e for e in range(LANES)]),
@@ -155,6 +138,27 @@ def dw3s2_block(typingctx, xf, q, pitch, c, o, ow0, last_col, top, bot, ws, b):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _vptr(builder, base, off, ty):
+    """``base`` + ``off`` elements, as a pointer to vector type ``ty`` (loads and stores through
+    it are unaligned unless told otherwise)."""
+    return builder.bitcast(builder.gep(base, [off]), ty.as_pointer())
+
+
+def _plane_masks(builder, col_ptr, row_ptr, p, last_col, last_row):
+    """(left, right, above, below): for the LANES outputs whose plane column and row are
+    col[p + e] and row[p + e] (int32 arrays at ``col_ptr``, ``row_ptr``), whether the column
+    left of them, the column right, the row above and the row below lie in the plane (the last
+    column and row given as intp values)."""
+    ity = ir.VectorType(ir.IntType(32), LANES)
+    splat = _splatter(builder)
+    cols = builder.load(_vptr(builder, col_ptr, p, ity), align=4)
+    rows = builder.load(_vptr(builder, row_ptr, p, ity), align=4)
+    zero = ir.Constant(ity, [0] * LANES)
+    last = lambda v: splat(builder.trunc(v, ir.IntType(32)), ity)
+    return (builder.icmp_signed(">", cols, zero), builder.icmp_signed("<", cols, last(last_col)),
+            builder.icmp_signed(">", rows, zero), builder.icmp_signed("<", rows, last(last_row)))
 
 
 def _splatter(builder):
@@ -228,7 +232,7 @@ def _dwc_codegen(checked, context, builder, sig, args):
     fma = _fma(builder, vty, LANES, esize)
 
     def vptr(base, off):
-        return builder.bitcast(builder.gep(base, [off]), vty.as_pointer())
+        return _vptr(builder, base, off, vty)
 
     def bit(b):
         return builder.icmp_signed("!=", builder.and_(flags_v, cst(1 << b)), cst(0))
@@ -291,24 +295,14 @@ def dw3_wgrad_block(typingctx, xf, q, pitch, df, qd, col, row, p, last_col, last
         vty = ir.VectorType(elt, LANES)
         ity = ir.VectorType(ir.IntType(32), LANES)
         data = lambda i: context.make_array(sig.args[i])(context, builder, args[i]).data
-        X, D, COL, ROW, A = data(0), data(3), data(5), data(6), data(11)
+        X, D, A = data(0), data(3), data(11)
         cst = lambda v: ir.Constant(intp, v)
         splat = _splatter(builder)
-        i32 = lambda v: builder.trunc(v, ir.IntType(32))
-
-        def vload(base, off, ty, align):
-            return builder.load(builder.bitcast(builder.gep(base, [off]), ty.as_pointer()),
-                                align=align)
-
-        cols, rows = vload(COL, p_v, ity, 4), vload(ROW, p_v, ity, 4)
-        zero_i = ir.Constant(ity, [0] * LANES)
+        left, right, above, below = _plane_masks(builder, data(5), data(6), p_v, lc_v, lr_v)
         lane_ok = builder.icmp_signed(">=", ir.Constant(ity, list(range(LANES))),
-                                      splat(i32(e0_v), ity))
-        col_ok = (builder.icmp_signed(">", cols, zero_i), None,
-                  builder.icmp_signed("<", cols, splat(i32(lc_v), ity)))
-        row_ok = (builder.icmp_signed(">", rows, zero_i), None,
-                  builder.icmp_signed("<", rows, splat(i32(lr_v), ity)))
-        dy = vload(D, qd_v, vty, esize)
+                                      splat(builder.trunc(e0_v, ir.IntType(32)), ity))
+        col_ok, row_ok = (left, None, right), (above, None, below)
+        dy = builder.load(_vptr(builder, D, qd_v, vty), align=esize)
         zero = ir.Constant(vty, [0.0] * LANES)
         for dr in (-1, 0, 1):
             for dc in (-1, 0, 1):
@@ -318,8 +312,8 @@ def dw3_wgrad_block(typingctx, xf, q, pitch, df, qd, col, row, p, last_col, last
                     if cond is not None:
                         ok = builder.and_(ok, cond)
                 off = builder.add(q_v, builder.add(builder.mul(pitch_v, cst(dr)), cst(dc)))
-                x = vload(X, off, vty, esize)
-                aptr = builder.bitcast(builder.gep(A, [cst(t * LANES)]), vty.as_pointer())
+                x = builder.load(_vptr(builder, X, off, vty), align=esize)
+                aptr = _vptr(builder, A, cst(t * LANES), vty)
                 total = builder.fadd(builder.load(aptr, align=esize),
                                      builder.select(ok, builder.fmul(dy, x), zero))
                 builder.store(total, aptr, align=esize)

@@ -284,6 +284,12 @@ def _threads(work: int) -> int:
     return nthr if work >= SERIAL_WORK else 1
 
 
+def _dw_threads(macs: int, inputs: int) -> int:
+    """Threads for a depthwise kernel of ``macs`` multiply-adds over ``inputs`` input elements."""
+    big = macs >= DW_PARALLEL_MACS or inputs >= DW_PARALLEL_INPUT
+    return numba.get_num_threads() if big else 1
+
+
 # The shifted GEMM's stride-1 grid shares one zero pad between a row's right edge and the next
 # row's left edge (`_shift_geo`); a switch so that probes can compare it with the full pads.
 SHARED_PAD = True
@@ -529,8 +535,7 @@ def _conv_float(x, weight, bias, stride, padding, dilation, groups, activation, 
             geo[_conv.G_MODE] = 1
         else:
             w1 = _writable(weight).reshape(-1)
-        big = work >= DW_PARALLEL_MACS or n * c * h * w >= DW_PARALLEL_INPUT
-        _run(fns.dw, numba.get_num_threads() if big else 1, xv, w1, bias, out1, geo)
+        _run(fns.dw, _dw_threads(work, n * c * h * w), xv, w1, bias, out1, geo)
         return out
 
     cfg = config or _default(dtype)
@@ -670,10 +675,9 @@ def conv2d_backward_weight(x, grad_out, kernel_hw, stride, padding, dilation, gr
     if (not nhwc and _dw3_same(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, g)
             and xv.strides[3] == x.itemsize and xv.strides[2] == w * x.itemsize):
         geo = _geo(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, g)
-        macs = n * k * ho * wo * 9
-        big = macs >= DW_PARALLEL_MACS or n * c * h * w >= DW_PARALLEL_INPUT
         (xv,) = _aligned(xv)
-        _run(fns.dw_wgrad, numba.get_num_threads() if big else 1, xv, dyv, dw.reshape(-1), geo)
+        _run(fns.dw_wgrad, _dw_threads(n * k * ho * wo * 9, n * c * h * w), xv, dyv,
+             dw.reshape(-1), geo)
         return dw
     cfg = config or _default(dtype)
     mr, nr = tile_shape(dtype)
