@@ -343,19 +343,24 @@ def test_depthwise_nhwc_channel_blocks(hw, stride, dtype, path):
 
 
 @pytest.mark.parametrize("hw", [(3, 3), (4, 5), (7, 7), (14, 14), (9, 40)], ids=str)
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("poison", [np.nan, np.inf], ids=["nan", "inf"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_depthwise_backward_blocks(hw, poison, dtype, path):
-    """The depthwise 3x3 stride-1 backward (dx as the forward with the kernel turned, dW in
-    vector blocks with per-lane sums) against float64 autograd, and with every other channel of
-    x and dy poisoned, the channels between them unchanged, exactly."""
-    rng = np.random.default_rng(hw[0] * 100 + hw[1])
+def test_depthwise_backward_blocks(hw, stride, poison, dtype, path):
+    """The depthwise 3x3 backward (dx as the stride-1 forward with the kernel turned, dW in
+    vector blocks with per-lane sums; stride 2 through dy spread out to the input's size)
+    against float64 autograd, and with every other channel of x and dy poisoned, the channels
+    between them unchanged, exactly."""
+    rng = np.random.default_rng(hw[0] * 100 + hw[1] + stride)
     c = 6
-    case = (3, c, hw[0], hw[1], c, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), c)
+    case = (3, c, hw[0], hw[1], c, 3, 3, (stride, stride), (1, 1, 1, 1), (1, 1), c)
     x, w, _ = make(case, dtype, "NCHW", rng, bias=False)
-    gy = rng.standard_normal(x.shape).astype(dtype)
+    ho, wo = (hw[0] - 1) // stride + 1, (hw[1] - 1) // stride + 1
+    gy = rng.standard_normal((3, c, ho, wo)).astype(dtype)
     check_grads(x, w, gy, case, "NCHW")
-    geo = ((1, 1), (1, 1, 1, 1), (1, 1), c)
+    check_grads(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), w,
+                np.ascontiguousarray(gy.transpose(0, 2, 3, 1)), case, "NHWC")
+    geo = ((stride, stride), (1, 1, 1, 1), (1, 1), c)
     dx = conv2d_backward_input(gy, w, hw, *geo, "NCHW")
     dw = conv2d_backward_weight(x, gy, (3, 3), *geo, "NCHW")
     xp, gp = x.copy(), gy.copy()
