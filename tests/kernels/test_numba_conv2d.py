@@ -536,3 +536,34 @@ def test_stride2_column_pairs_at_every_border(w_in, left, right, monkeypatch):
         check(fwd(x, w, b, case, "NCHW", None, dataclasses.replace(TINY[np.float32],
                                                                  kernel="shift")),
               x, w, b, case, "NCHW")
+
+
+def test_config_free_depthwise_problems_are_timed_once():
+    """Every config runs the same kernel on a depthwise forward and on the 3x3 pad-1 stride-1/2
+    depthwise backward ops (dW in NCHW): the tuner's space for them is one config, where a plain
+    conv and a depthwise 5x5 backward keep their blocking variants."""
+    from kernelkit.ops.conv2d import (
+        prepare_backward_input,
+        prepare_backward_weight,
+        prepare_forward,
+    )
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 16, 14, 14)).astype(np.float32)
+    w3 = rng.standard_normal((16, 1, 3, 3)).astype(np.float32)
+    w5 = rng.standard_normal((16, 1, 5, 5)).astype(np.float32)
+    wfull = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    for st_ in (1, 2):
+        ho = (14 - 1) // st_ + 1
+        gy = rng.standard_normal((2, 16, ho, ho)).astype(np.float32)
+        one = [prepare_forward(x, w3, stride=st_, padding=1, groups=16),
+               prepare_backward_input(gy, w3, x.shape, stride=st_, padding=1, groups=16),
+               prepare_backward_weight(x, gy, w3.shape, stride=st_, padding=1, groups=16)]
+        for call in one:
+            assert len(nc.space(call.problem)) == 1, call.problem.op
+    gy5 = rng.standard_normal((2, 16, 14, 14)).astype(np.float32)
+    many = [prepare_forward(x, wfull, stride=1, padding=1),
+            prepare_backward_input(gy5, w5, x.shape, stride=1, padding=2, groups=16),
+            prepare_backward_weight(x, gy5, w5.shape, stride=1, padding=2, groups=16)]
+    for call in many:
+        assert len(nc.space(call.problem)) > 1, call.problem.op

@@ -146,6 +146,8 @@ def space(problem) -> list[Conv2dConfig]:
     opts = problem.options
     out = Conv2dConfig.space(_half.compute_dtype(problem.dtype), n, c, h, w, k, r, s,
                              opts.stride, opts.groups)
+    if _config_free(problem, n, c, h, w, k, r, s):
+        return out[:1]  # every config runs the same kernel: time it once
     if (problem.op == "conv2d" and problem.layout == "NCHW"
             and not (opts.groups == c and opts.groups > 1)):
         _, _, ho, wo = problem.shapes[2]
@@ -153,6 +155,22 @@ def space(problem) -> list[Conv2dConfig]:
         other = "gemm" if _shift_by_default(n, ho, wo, r * s) else "shift"
         out.insert(1, Conv2dConfig(d.mc, d.kc, d.nc, other))
     return out
+
+
+def _config_free(problem, n, c, h, w, k, r, s) -> bool:
+    """Whether this problem runs a depthwise kernel that takes no config: every depthwise
+    forward, and the 3x3 pad-1 stride-1/2 backward ops (dW in NCHW) of ``_dw3_stride``."""
+    opts = problem.options
+    if not (opts.groups == c == k and c > 1):
+        return False
+    if problem.op == "conv2d":
+        return True
+    _, _, ho, wo = problem.shapes[2]
+    dw3 = _dw3_stride(n, c, h, w, k, r, s, ho, wo, opts.stride, opts.padding, opts.dilation,
+                      opts.groups)
+    if problem.op == "conv2d_backward_input":
+        return bool(dw3)
+    return bool(dw3) and problem.layout == "NCHW"
 
 
 def _shift_by_default(n: int, ho: int, wo: int, taps: int) -> bool:
