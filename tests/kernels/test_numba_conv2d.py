@@ -80,6 +80,22 @@ def check(out, x, w, b, case, layout, act=None):
                         activation=act, layout=layout)
 
 
+def poison_allocations(monkeypatch):
+    """Every float array the launchers allocate starts as NaN, so that an output element no
+    kernel writes shows: numpy's ``empty`` (float dtypes; the uint8 scratch buffers are left
+    alone) and the 64-byte aligned outputs (``aligned_empty``)."""
+    real_empty = np.empty
+
+    def empty(*args, **kwargs):
+        out = real_empty(*args, **kwargs)
+        if out.dtype.kind == "f":
+            out.fill(np.nan)
+        return out
+
+    monkeypatch.setattr(nc.np, "empty", empty)
+    monkeypatch.setattr(nc, "aligned_empty", lambda size, dtype: np.full(int(size), np.nan, dtype))
+
+
 @pytest.fixture(params=["serial", "parallel"])
 def path(request, monkeypatch):
     """Force one thread, or the threaded path whatever the size."""
@@ -478,8 +494,7 @@ def test_every_output_element_is_written_on_small_planes(hw, kernel, source, dty
     empty (1x1, 5x3, 7x7, 17x23), slivers that cross from one image to the next included."""
     monkeypatch.setattr(nc, "SERIAL_WORK", 0)
     monkeypatch.setattr(nc, "SERIAL_PACK", 0)
-    real_empty = np.empty
-    monkeypatch.setattr(nc.np, "empty", lambda *a, **k: np.full_like(real_empty(*a, **k), np.nan))
+    poison_allocations(monkeypatch)
     pad = (0, 0, 0, 0) if source == "in_place" else (1, 1, 1, 1)
     r = 1 if hw == (1, 1) else 3
     case = (3, 19, hw[0], hw[1], 13, r, r, (1, 1), pad if r == 3 else (0,) * 4, (1, 1), 1)
@@ -506,8 +521,7 @@ def test_shifted_gemm_over_stride_phases(case, dtype, monkeypatch):
     stride 3 with groups, odd planes; strided and channel-reversed inputs too."""
     monkeypatch.setattr(nc, "SERIAL_WORK", 0)
     monkeypatch.setattr(nc, "SERIAL_PACK", 0)
-    real_empty = np.empty
-    monkeypatch.setattr(nc.np, "empty", lambda *a, **k: np.full_like(real_empty(*a, **k), np.nan))
+    poison_allocations(monkeypatch)
     rng = np.random.default_rng(sum(case[:5]))
     x, w, b = make(case, dtype, "NCHW", rng)
     for cfg in (dataclasses.replace(TINY[dtype], kernel="shift"),
@@ -525,8 +539,7 @@ def test_stride2_column_pairs_at_every_border(w_in, left, right, monkeypatch):
     phase has columns the other lacks at either end; poisoned output, float32, 3 and 4 wide."""
     monkeypatch.setattr(nc, "SERIAL_WORK", 0)
     monkeypatch.setattr(nc, "SERIAL_PACK", 0)
-    real_empty = np.empty
-    monkeypatch.setattr(nc.np, "empty", lambda *a, **k: np.full_like(real_empty(*a, **k), np.nan))
+    poison_allocations(monkeypatch)
     rng = np.random.default_rng(w_in * 100 + left * 10 + right)
     for s_ in (3, 4):
         if w_in + left + right < s_:

@@ -848,6 +848,25 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, xpb, bias, c, geo):
 
 
 @numba.njit(inline="always", **_JIT)
+def _taps9(wf, wo):
+    """The nine weights of a 3x3 depthwise channel, wf[wo .. wo + 8], as a tuple (registers)."""
+    return (wf[_U(wo)], wf[_U(wo + 1)], wf[_U(wo + 2)], wf[_U(wo + 3)], wf[_U(wo + 4)],
+            wf[_U(wo + 5)], wf[_U(wo + 6)], wf[_U(wo + 7)], wf[_U(wo + 8)])
+
+
+@numba.njit(inline="always", **_JIT)
+def _plane_coords(H, W):
+    """(row, col): int32 arrays of the row and column of each flat index of an H x W plane (the
+    lane masks of the ``_stencil`` blocks)."""
+    row = np.empty(H * W, np.int32)
+    col = np.empty(H * W, np.int32)
+    for p in range(H * W):
+        row[p] = p // W
+        col[p] = p - (p // W) * W
+    return row, col
+
+
+@numba.njit(inline="always", **_JIT)
 def _dw3_line(c, o, xf, rt, rm, rb, top, bot, ws, b, lo, hi, sh):
     """c[o + ow] = b + the 3x3 stencil ``ws`` for output columns ow in [lo, hi), whose input
     columns sh*ow - 1 .. sh*ow + 1 all exist: ``rt``, ``rm``, ``rb`` index input column -1 of
@@ -900,8 +919,7 @@ def _dw3_direct(u0, u1, xf, xlo, sx, wf, bias, c, geo):
         k = u - n * K
         xo = -xlo + n * sxn + k * sxc
         wo = k * 9
-        ws = (wf[_U(wo)], wf[_U(wo + 1)], wf[_U(wo + 2)], wf[_U(wo + 3)], wf[_U(wo + 4)],
-              wf[_U(wo + 5)], wf[_U(wo + 6)], wf[_U(wo + 7)], wf[_U(wo + 8)])
+        ws = _taps9(wf, wo)
         b = bias[k] if has_bias else zero
         for oh in range(Ho):
             o = (u * Ho + oh) * Wo
@@ -973,8 +991,7 @@ def _dw3_flat(u0, u1, xf, xlo, sx, wf, bias, c, geo):
         xo = -xlo + n * sxn + k * sxc
         o = u * hw
         wo = k * 9
-        ws = (wf[_U(wo)], wf[_U(wo + 1)], wf[_U(wo + 2)], wf[_U(wo + 3)], wf[_U(wo + 4)],
-              wf[_U(wo + 5)], wf[_U(wo + 6)], wf[_U(wo + 7)], wf[_U(wo + 8)])
+        ws = _taps9(wf, wo)
         w0, w1, w2, w3, w4, w5, w6, w7, w8 = ws
         b = bias[k] if has_bias else zero
         a = xo - W - 1  # the input index of output j's tap (0, 0) is a + j
@@ -1038,11 +1055,7 @@ def _dw3_masked(u0, u1, xf, xlo, sx, wf, bias, c, geo):
     sxn, sxc = sx[0], sx[1]
     hw = H * W
     zero = c.dtype.type(0)
-    row = np.empty(hw, np.int32)
-    col = np.empty(hw, np.int32)
-    for p in range(hw):
-        row[p] = p // W
-        col[p] = p - (p // W) * W
+    row, col = _plane_coords(H, W)
     last_row, last_col = H - 1, W - 1
     for u in range(u0, u1):
         n = u // K
@@ -1053,8 +1066,7 @@ def _dw3_masked(u0, u1, xf, xlo, sx, wf, bias, c, geo):
             continue
         o = u * hw
         wo = k * 9
-        ws = (wf[_U(wo)], wf[_U(wo + 1)], wf[_U(wo + 2)], wf[_U(wo + 3)], wf[_U(wo + 4)],
-              wf[_U(wo + 5)], wf[_U(wo + 6)], wf[_U(wo + 7)], wf[_U(wo + 8)])
+        ws = _taps9(wf, wo)
         b = bias[k] if has_bias else zero
         j = 0
         while j < hw:
@@ -1087,8 +1099,7 @@ def _dw3_s2(u0, u1, xf, xlo, sx, wf, bias, c, geo):
             _dw3_direct(u, u + 1, xf, xlo, sx, wf, bias, c, geo)
             continue
         wo = k * 9
-        ws = (wf[_U(wo)], wf[_U(wo + 1)], wf[_U(wo + 2)], wf[_U(wo + 3)], wf[_U(wo + 4)],
-              wf[_U(wo + 5)], wf[_U(wo + 6)], wf[_U(wo + 7)], wf[_U(wo + 8)])
+        ws = _taps9(wf, wo)
         b = bias[k] if has_bias else zero
         plane_end = (u + 1) * Ho * Wo
         for oh in range(Ho):
@@ -1296,11 +1307,7 @@ def _dw3_wgrad(t, nthr, xf, xlo, sx, df, dlo, sd, dwf, geo):
     u0, u1 = _share(t, nthr, K)
     if u1 <= u0:
         return
-    row = np.empty(hw, np.int32)
-    col = np.empty(hw, np.int32)
-    for p in range(hw):
-        row[p] = p // W
-        col[p] = p - (p // W) * W
+    row, col = _plane_coords(H, W)
     acc = np.empty(9 * _DW_LANES, dwf.dtype)
     sums = np.empty(9, dwf.dtype)
     for k in range(u0, u1):

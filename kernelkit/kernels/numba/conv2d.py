@@ -633,8 +633,9 @@ def _dw3_stride(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, groups) 
 
 def _spread(dy: np.ndarray, h: int, w: int, nhwc: bool) -> np.ndarray:
     """A stride-2 conv's output gradient placed at the even rows and columns of an h x w plane,
-    zeros between (valid until this thread's next scratch call): a stride-2 depthwise 3x3's dx and dW are the stride-1 ones of this (dx[i] =
-    sum over r of w[r] * dy_spread[i + 1 - r]; dW[r] = sum over i of dy_spread[i] * x[i + r - 1])."""
+    zeros between (valid until this thread's next scratch call): a stride-2 depthwise 3x3's dx
+    and dW are the stride-1 ones of this (dx[i] = sum over r of w[r] * dy_spread[i + 1 - r];
+    dW[r] = sum over i of dy_spread[i] * x[i + r - 1])."""
     n, c = dy.shape[0], dy.shape[3 if nhwc else 1]
     shape = (n, h, w, c) if nhwc else (n, c, h, w)
     # in this thread's scratch (its caller's kernels take none): a new array of the input's
