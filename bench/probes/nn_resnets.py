@@ -58,7 +58,7 @@ def main() -> int:
     from resnets import Pair, interleaved
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    import kernelkit.nn as knn
+    from kernelkit import settings
     from kernelkit.autotune import tuner
     from kernelkit.nn import _route
 
@@ -112,17 +112,24 @@ def main() -> int:
                              f"({row['compile_ratio']:.3f}x)")
                 print(line, flush=True)
 
-            seen = sorted({(n, s, r) for n, s, r in knn.where(pair.pat)})
+            token = settings.token()  # the routes of the timed calls, not the tuning pass's
+            seen = sorted({(n, tuple(sig[0]), _route.describe(r))
+                           for n, m in pair.pat.named_modules()
+                           for sig, r in m.__dict__.get("_kk_routes", {}).items()
+                           if sig[-1] == token})
             routes = collections.Counter(r for _, _, r in seen)
             kernel_layers = [(n, s, r) for n, s, r in seen if r != "torch (aten)"]
             choices = collections.Counter((str(k[1]).split("|")[0], c.candidate)
                                           for k, c in tuner._memo.items())
             print(f"  forward routes: {dict(routes)}; kernelkit layers: {kernel_layers}")
-            trials = [(n, tuple(sig[0]), [round(t * 1e3, 2) for t in r.verdict])
+            trials = [(n, tuple(sig[0]), {("train" if grad else "infer"):
+                                          [round(t * 1e3, 2) for t in v]
+                                          for grad, v in r.verdicts.items()})
                       for n, m in pair.pat.named_modules()
                       for sig, r in m.__dict__.get("_kk_routes", {}).items()
-                      if getattr(r, "verdict", None)]
-            print(f"  in-model trials (layer, input, [kernel ms, torch ms]): {trials}")
+                      if getattr(r, "verdicts", None)]
+            print(f"  in-model trials (layer, input, per grad mode [kernel ms, torch ms]; "
+                  f"train: forward + backward): {trials}")
             print(f"  tuner choices (op, candidate): {dict(choices)}", flush=True)
             results[-1]["routes"] = dict(routes)
             results[-1]["kernel_layers"] = kernel_layers

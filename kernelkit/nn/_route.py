@@ -160,15 +160,19 @@ TRIAL_CALLS = 3
 # either way on a 2-core Zen 5) ties went to the kernel about half the time and the patched
 # model ran 2.5-3.5% slower than torch; a tie stays with torch, the route torch.compile fuses.
 TRIAL_MARGIN = 1.05
+# Grad-mode calls whose backward never ran (a forward with grad enabled and no backward, e.g. a
+# validation loop without no_grad): after this many per route the verdict is taken on the
+# forward times alone rather than never.
+TRIAL_FORWARD_ONLY_AFTER = 3 * (TRIAL_CALLS + 1)
 _clock = time.perf_counter  # the trial's clock (tests inject one)
 
 
 class InContext:
     """A kernelkit kernel the tuner chose for a layer, checked where it runs: the layer's first
-    calls in the model alternate between the kernel and torch's op, and once each has had one
-    untimed and TRIAL_CALLS timed calls in one grad mode, the kernel keeps the layer for good if
-    its median beats torch's by TRIAL_MARGIN, else torch's op does (`verdict`: the two medians,
-    kernel first).
+    calls in the model alternate between the kernel and torch's op, timed, and once each has had
+    one untimed and TRIAL_CALLS timed calls in a grad mode, the kernel keeps the layer in that
+    grad mode for good if its median beats torch's by TRIAL_MARGIN, else torch's op does
+    (`verdicts[grad]`: the two medians, kernel first).
 
     Why: the tuner times the op alone, each timed call after an untimed one of the same kind.
     Inside a model the kernel runs right after torch ops, whose OpenMP workers go on spinning on
@@ -177,44 +181,116 @@ class InContext:
     faster made patched ResNets slower (docs/performance.md). The Numba kernels now run their
     threads on torch's own OpenMP team (kernels/numba/_pool.py), which removed that slowdown,
     but a layer's context (its input fresh from the op before, a cold weight) still differs from
-    the tuner's loop, and the trial costs a few calls. Only the forward call is timed (a
-    backward product is tuned on its own when it runs); grad and no-grad calls are counted apart,
-    so a loop that alternates inference and training steps cannot hand one route all the cheap
-    calls. Costs while deciding: 2 * (TRIAL_CALLS + 1) calls, half of them on the slower route;
-    after it, one attribute read per call.
+    the tuner's loop, and the trial costs a few calls.
+
+    The two grad modes are tried and decided apart, because they are different work: without
+    grad a call is the forward alone; with grad the time counted is the forward plus the layer's
+    share of the backward (from the moment the gradient reaches the layer's output until the
+    weight's gradient is out, clocked by hooks on the call's own autograd nodes, so nothing stays
+    registered on the layer), because the two routes differ there most: torch's op runs its joint
+    convolution backward, the kernel route one tuned product per input. (MobileNetV2 at batch 1
+    ran its training step 0.86-0.89x torch while every trial was decided on inference calls.)
+    A grad-mode call whose backward never comes counts only after TRIAL_FORWARD_ONLY_AFTER calls.
+    Costs while deciding: 2 * (TRIAL_CALLS + 1) calls per grad mode, half of them on the slower
+    route; after it, one grad-mode check per call (none once both modes chose the same route).
     """
 
-    __slots__ = ("kernel", "aten", "winner", "verdict", "times")
+    __slots__ = ("kernel", "aten", "winners", "verdicts", "samples", "final")
 
     def __init__(self, kernel: Route, aten: Route):
-        self.kernel, self.aten, self.winner, self.verdict = kernel, aten, None, None
-        self.times = {False: ([], []), True: ([], [])}  # grad mode -> (kernel's, torch's) s
+        self.kernel, self.aten = kernel, aten
+        self.winners: dict[bool, Route | None] = {False: None, True: None}
+        self.verdicts: dict[bool, tuple[float, float]] = {}
+        # grad mode -> (kernel's, torch's) samples in call order, each [forward s, backward s]
+        # (backward None until it ran; 0.0 where nothing was clocked)
+        self.samples: dict[bool, tuple[list, list]] = {False: ([], []), True: ([], [])}
+        self.final: Route | None = None  # the winner of both grad modes, once it is one route
 
     @property
     def candidate(self) -> str:
-        """The kernel's name while it keeps the layer; AttributeError once torch's op won (so a
-        route without `candidate` means torch, as everywhere in this module)."""
-        if self.winner is self.aten:
+        """The kernel's name while it may run the layer; AttributeError once torch's op won in
+        every grad mode decided so far (a route without `candidate` means torch, as everywhere
+        in this module, and torch.compile then traces torch's op)."""
+        decided = [w for w in self.winners.values() if w is not None]
+        if decided and all(w is self.aten for w in decided):
             raise AttributeError("candidate")
         return self.kernel.candidate
 
+    @property
+    def verdict(self) -> tuple[float, float] | None:
+        """The first verdict taken (kernel's median, torch's), inference's if both were."""
+        return self.verdicts.get(False, self.verdicts.get(True))
+
     def __call__(self, m, x, w, b):
-        winner = self.winner
+        if self.final is not None:
+            return self.final(m, x, w, b)
+        grad = grad_on(x, w, b)
+        winner = self.winners[grad] or self._decide(m, grad)
         if winner is not None:
             return winner(m, x, w, b)
-        kernel_s, aten_s = self.times[grad_on(x, w, b)]
-        route, times = ((self.kernel, kernel_s) if len(kernel_s) <= len(aten_s)
-                        else (self.aten, aten_s))
+        kernel_s, aten_s = self.samples[grad]
+        route, samples = ((self.kernel, kernel_s) if len(kernel_s) <= len(aten_s)
+                          else (self.aten, aten_s))
+        sample = [0.0, None if grad else 0.0]
         t0 = _clock()
         y = route(m, x, w, b)
-        times.append(_clock() - t0)
-        if len(aten_s) > TRIAL_CALLS:
-            k, a = statistics.median(kernel_s[1:]), statistics.median(aten_s[1:])
-            self.verdict = (k, a)
-            self.winner = self.kernel if k * TRIAL_MARGIN < a else self.aten
-            if self.winner is self.aten:  # what torch.compile traces may now be torch's op
-                _note_aten_only(m.__dict__)
+        sample[0] = _clock() - t0
+        samples.append(sample)
+        if grad:
+            _clock_backward(y, w, b, sample)
+        else:
+            self._decide(m, grad)  # (with grad: at the next call, once the backward has run)
         return y
+
+    def _decide(self, m, grad: bool) -> Route | None:
+        """The grad mode's winner once both routes have their timed samples; None before."""
+        kernel_s, aten_s = self.samples[grad]
+        done_k, done_a = ([sum(s) for s in ss[1:] if s[1] is not None]
+                          for ss in (kernel_s, aten_s))
+        if min(len(done_k), len(done_a)) < TRIAL_CALLS:
+            if len(aten_s) < TRIAL_FORWARD_ONLY_AFTER:
+                return None
+            done_k, done_a = ([s[0] for s in ss[1:]] for ss in (kernel_s, aten_s))
+        k, a = statistics.median(done_k), statistics.median(done_a)
+        self.verdicts[grad] = (k, a)
+        winner = self.winners[grad] = self.kernel if k * TRIAL_MARGIN < a else self.aten
+        self.samples[grad] = ([], [])
+        if self.winners[not grad] is winner:
+            self.final = winner
+        _note_aten_only(m.__dict__)  # what torch.compile traces may now be torch's op
+        return winner
+
+
+def _clock_backward(y: torch.Tensor, w: torch.Tensor, b, sample: list) -> None:
+    """Clock a layer's share of the backward into `sample[1]`: from the gradient reaching the
+    output's node until the node that gives the weight's (or bias's) gradient has run. Hooks sit
+    on this call's own graph nodes and go with them. Where no such node is near (the weight
+    takes no gradient), only the forward counts (`sample[1] = 0.0`)."""
+    from torch.autograd.graph import get_gradient_edge
+
+    param = next((t for t in (w, b) if t is not None and t.requires_grad), None)
+    node = y.grad_fn
+    last = None
+    if param is not None and node is not None:
+        target = get_gradient_edge(param).node
+        frontier = [node]
+        for _ in range(4):  # the layer's own nodes: activation, bias add, the product
+            last = next((n for n in frontier
+                         if any(f is target for f, _ in n.next_functions)), None)
+            if last is not None:
+                break
+            frontier = [f for n in frontier for f, _ in n.next_functions if f is not None]
+    if last is None:
+        sample[1] = 0.0
+        return
+    start: list[float] = []
+    node.register_prehook(lambda grad_outputs: start.append(_clock()))
+
+    def end(grad_inputs, grad_outputs):
+        if start and sample[1] is None:
+            sample[1] = _clock() - start[0]
+
+    last.register_hook(end)
 
 
 def checks_in_context(x: torch.Tensor) -> bool:

@@ -171,30 +171,40 @@ def test_a_route_chosen_while_kernels_compile_is_kept_until_a_compile_finishes(m
     assert len(asked) == 2
 
 
-def _timed_by(monkeypatch, cost):
-    """The InContext trial's clock, advanced by cost(torch's op ran, grad enabled) per timed call
-    (it tells the two routes apart by a wrapper around kernelkit.nn.linear's torch route)."""
-    import itertools
-
+def _timed_by(monkeypatch, cost, backward_cost=None):
+    """The InContext trial's clock made fake: each call of a route advances it by
+    cost(torch's op ran, grad enabled), and the route's backward (where it runs) by
+    backward_cost(torch's op ran). Both routes of kernelkit.nn.linear are wrapped: torch's op
+    (`linear._aten`) and the kernel route's two paths (`_route.kernel_route`'s arguments)."""
     from kernelkit.nn import _route, linear
 
-    state = {"t": 0.0, "aten": False}
-    real = linear._aten
+    now = {"t": 0.0}
 
-    def aten(m, x, w, b):
-        state["aten"] = True
-        return real(m, x, w, b)
+    class Backward(torch.autograd.Function):  # an identity whose backward takes `cost_s`
+        @staticmethod
+        def forward(ctx, y, cost_s):
+            ctx.cost_s = cost_s
+            return y.clone()
 
-    calls = itertools.count()
+        @staticmethod
+        def backward(ctx, grad):
+            now["t"] += ctx.cost_s
+            return grad, None
 
-    def clock():
-        if next(calls) % 2:  # the end of a timed call
-            state["t"] += cost(state["aten"], torch.is_grad_enabled())
-            state["aten"] = False
-        return state["t"]
+    def timed(route, aten):
+        def run(m, x, w, b):
+            now["t"] += cost(aten, torch.is_grad_enabled())
+            y = route(m, x, w, b)
+            if backward_cost is not None and y.requires_grad:
+                y = Backward.apply(y, backward_cost(aten))
+            return y
+        return run
 
-    monkeypatch.setattr(linear, "_aten", aten)
-    monkeypatch.setattr(_route, "_clock", clock)
+    kernel_route = _route.kernel_route
+    monkeypatch.setattr(linear, "_aten", timed(linear._aten, True))
+    monkeypatch.setattr(_route, "kernel_route", lambda plan, grad, aten, name: kernel_route(
+        timed(plan, False), timed(grad, False), aten, name))
+    monkeypatch.setattr(_route, "_clock", lambda: now["t"])
 
 
 @pytest.mark.parametrize("kernel_s, route", [(2e-3, "torch (aten)"), (0.5e-3, "numba-cpu"),
@@ -239,6 +249,99 @@ def test_the_in_model_trial_counts_grad_and_no_grad_calls_apart(monkeypatch):
         with torch.set_grad_enabled(i % 2 == 1):
             layer(x)
     assert [r for _, _, r in knn.where(layer)] == ["torch (aten)"]
+
+
+def _train_step(layer, x):
+    layer.zero_grad()
+    layer(x).square().sum().backward()
+
+
+def test_training_is_decided_on_forward_plus_backward_apart_from_inference(monkeypatch):
+    """The kernel's forward is 2x faster but its backward 3x slower (torch's joint backward
+    against one product per input): inference keeps the kernel, training steps go to torch's
+    op. Decided on inference calls alone, the training step would run the slower route (the
+    patched MobileNetV2's batch-1 training step ran 0.86-0.89x torch that way)."""
+    from kernelkit.nn import _route
+
+    _numba_chosen(monkeypatch, 0.5e-3)
+    _timed_by(monkeypatch, lambda aten, grad: 1e-3 if aten else 0.5e-3,
+              backward_cost=lambda aten: 1e-3 if aten else 3e-3)
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 4)
+    knn.patch(layer)
+    x = torch.randn(3, 8)
+    for _ in range(2 * (_route.TRIAL_CALLS + 1)):
+        with torch.no_grad():
+            layer(x)
+        _train_step(layer, x)
+    (trial,) = layer._kk_routes.values()
+    assert trial.verdicts[False] == pytest.approx((0.5e-3, 1e-3))
+    assert True not in trial.verdicts  # decided at the next training call, after its backward
+    _train_step(layer, x)
+    assert trial.verdicts[True] == pytest.approx((3.5e-3, 2e-3))
+    assert trial.winners == {False: trial.kernel, True: trial.aten}
+    assert [r for _, _, r in knn.where(layer)] == ["numba-cpu"]  # inference still runs it
+    ref = nn.functional.linear(x, layer.weight, layer.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), ref)
+    y = layer(x)
+    torch.testing.assert_close(y, ref)
+    assert "Addmm" in type(y.grad_fn.next_functions[0][0]).__name__  # torch's own op
+
+
+def test_a_grad_mode_without_backward_is_decided_on_its_forwards(monkeypatch):
+    """Forward calls with grad enabled and no backward (a validation loop without no_grad):
+    the trial must still end, on the forward times, after TRIAL_FORWARD_ONLY_AFTER calls."""
+    from kernelkit.nn import _route
+
+    _numba_chosen(monkeypatch, 0.5e-3)
+    _timed_by(monkeypatch, lambda aten, grad: 1e-3 if aten else 2e-3,
+              backward_cost=lambda aten: 1e-3)
+    layer = nn.Linear(8, 4)
+    knn.patch(layer)
+    x = torch.randn(3, 8)
+    for _ in range(2 * _route.TRIAL_FORWARD_ONLY_AFTER - 1):
+        layer(x)
+    (trial,) = layer._kk_routes.values()
+    assert trial.winners[True] is None
+    layer(x)
+    layer(x)
+    assert trial.verdicts[True] == pytest.approx((2e-3, 1e-3))
+    assert [r for _, _, r in knn.where(layer)] == ["torch (aten)"]
+
+
+@pytest.mark.parametrize("make", ["conv_bias_relu", "conv_no_bias", "linear", "kernelkit_conv",
+                                  "frozen_weight"])
+def test_the_trial_clocks_a_layers_backward_on_its_own_nodes(make, monkeypatch):
+    """`_clock_backward` finds the node that gives the weight's gradient behind each route's
+    output (torch's ops, with a bias and an activation after the product; kernelkit's autograd
+    Function) and clocks from the gradient's arrival to that node's end; a frozen weight clocks
+    nothing; no hook is left on the parameters."""
+    from kernelkit.nn import _route
+    from kernelkit.ops.torch_ops import eager_conv2d
+
+    ticks = iter(range(1, 100))
+    monkeypatch.setattr(_route, "_clock", lambda: float(next(ticks)))
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, requires_grad=make != "frozen_weight")
+    b = None if make == "conv_no_bias" else torch.randn(4, requires_grad=make != "frozen_weight")
+    if make == "linear":
+        x, w = torch.randn(5, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
+        y = nn.functional.linear(x, w, b)
+    elif make == "kernelkit_conv":
+        y = eager_conv2d()(x, w, b, [1, 1], [1, 1, 1, 1], [1, 1], 1, "relu", None, False)
+    else:
+        y = torch.relu(nn.functional.conv2d(x, w, b, padding=1))
+    sample = [0.5, None]
+    _route._clock_backward(y, w, b, sample)
+    if make == "frozen_weight":
+        assert sample == [0.5, 0.0]
+        return
+    assert sample[1] is None
+    y.sum().backward()
+    assert sample[1] == 1.0  # two clock reads: the gradient's arrival, then the product's end
+    assert not w._backward_hooks
 
 
 def test_no_in_model_trial_where_a_choice_is_asked_for_or_ranks_must_agree():
