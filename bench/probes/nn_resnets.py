@@ -87,10 +87,18 @@ def main() -> int:
                   f"patched, tuning pass {tune_s:.1f} s", flush=True)
             for mode in args.modes:
                 fns = pair.fns(mode, compiled=not args.no_compile)
-                # each kernel-routed layer's first calls alternate its kernel with torch's op
-                # (kernelkit.nn._route.InContext): settled before anything is timed or traced
-                for _ in range(2 * (_route.TRIAL_CALLS + 1)):
+                # each kernel-routed layer's first calls alternate its kernel with torch's op,
+                # one layer at a time (kernelkit.nn._route.InContext): settled before anything
+                # is timed or traced
+                settle, t0 = 0, time.perf_counter()
+                while True:
                     fns["patched"]()
+                    settle += 1
+                    if (not _route.pending(pair.pat, grad=mode == "train")
+                            or settle > 2 * (_route.TRIAL_CALLS + 1) * len(pair.report.swapped)):
+                        break
+                print(f"  {mode}: in-model trials settled after {settle} calls "
+                      f"({time.perf_counter() - t0:.1f} s)", flush=True)
                 for label, fn in fns.items():  # routes for this mode (cache hits); compiles
                     t0 = time.perf_counter()
                     fn()

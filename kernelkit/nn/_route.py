@@ -164,7 +164,11 @@ TRIAL_MARGIN = 1.05
 # validation loop without no_grad): after this many per route the verdict is taken on the
 # forward times alone rather than never.
 TRIAL_FORWARD_ONLY_AFTER = 3 * (TRIAL_CALLS + 1)
+# A layer in trial holds its grad mode's slot (`_SLOTS`) until it decides; if it is not called
+# again for this long (a one-off input size), another layer takes the slot over.
+TRIAL_SLOT_IDLE_S = 1.0
 _clock = time.perf_counter  # the trial's clock (tests inject one)
+_SLOTS: dict[bool, list] = {False: [None, 0.0], True: [None, 0.0]}  # grad mode -> [trial, last call]
 
 
 class InContext:
@@ -191,8 +195,18 @@ class InContext:
     convolution backward, the kernel route one tuned product per input. (MobileNetV2 at batch 1
     ran its training step 0.86-0.89x torch while every trial was decided on inference calls.)
     A grad-mode call whose backward never comes counts only after TRIAL_FORWARD_ONLY_AFTER calls.
-    Costs while deciding: 2 * (TRIAL_CALLS + 1) calls per grad mode, half of them on the slower
-    route; after it, one grad-mode check per call (none once both modes chose the same route).
+
+    One layer is in trial at a time (per grad mode, in the process); a layer waiting for its
+    turn runs torch's op. Why: trials that ran side by side flipped all their layers together,
+    so each kernel was timed next to the other layers' kernels, and that is not where it runs
+    once some of them went back to torch. In a patched MobileNetV2 at batch 1 (2-core Zen 5)
+    the depthwise kernels timed side by side at 0.045-0.06 ms against torch's 0.06-0.09 and
+    kept their layers; each alone between torch's layers it took 0.12-0.25 ms, everything on
+    the calling thread slower, its Python included (not understood; `bench/probes/
+    nn_trial_context.py`). A trial now times the layer where the settled model runs it.
+    Costs while deciding: 2 * (TRIAL_CALLS + 1) calls per grad mode and layer, half of them on
+    the slower route, so a model settles after about that many calls per kernel-routed layer;
+    after it, one grad-mode check per call (none once both modes chose the same route).
     """
 
     __slots__ = ("kernel", "aten", "winners", "verdicts", "samples", "final")
@@ -228,6 +242,8 @@ class InContext:
         winner = self.winners[grad] or self._decide(m, grad)
         if winner is not None:
             return winner(m, x, w, b)
+        if not self._has_slot(grad):
+            return self.aten(m, x, w, b)  # another layer is in trial: torch's op meanwhile
         kernel_s, aten_s = self.samples[grad]
         route, samples = ((self.kernel, kernel_s) if len(kernel_s) <= len(aten_s)
                           else (self.aten, aten_s))
@@ -255,10 +271,43 @@ class InContext:
         self.verdicts[grad] = (k, a)
         winner = self.winners[grad] = self.kernel if k * TRIAL_MARGIN < a else self.aten
         self.samples[grad] = ([], [])
+        slot = _SLOTS[grad]
+        if slot[0] is self:
+            slot[0] = None
         if self.winners[not grad] is winner:
             self.final = winner
         _note_aten_only(m.__dict__)  # what torch.compile traces may now be torch's op
         return winner
+
+
+    def _has_slot(self, grad: bool) -> bool:
+        """Whether this layer is (now) the one in trial for `grad` (see the class doc)."""
+        slot = _SLOTS[grad]
+        now = _clock()
+        if slot[0] is not self and slot[0] is not None and now - slot[1] < TRIAL_SLOT_IDLE_S:
+            return False
+        slot[0], slot[1] = self, now
+        return True
+
+
+def pending(model: torch.nn.Module, grad: bool | None = None) -> int:
+    """How many of `model`'s layers still have an in-model trial to run in grad mode `grad`
+    (default: the current one) under the current knobs (routes made under other settings are
+    not counted); a benchmark calls the model until none has."""
+    grad = torch.is_grad_enabled() if grad is None else grad
+    token = _settings.token()
+    trials = (_trial_of(r) for m in model.modules()
+              for sig, r in m.__dict__.get("_kk_routes", {}).items() if sig[-1] == token)
+    return sum(1 for t in trials if t is not None and t.winners[grad] is None)
+
+
+def _trial_of(route) -> InContext | None:
+    """The InContext inside a memoised route (bare, or wrapped by _Counted or Warming)."""
+    for _ in range(3):
+        if isinstance(route, InContext):
+            return route
+        route = getattr(route, "route", None) or getattr(route, "plan", None)
+    return None
 
 
 def _clock_backward(y: torch.Tensor, w: torch.Tensor, b, sample: list) -> None:

@@ -344,6 +344,59 @@ def test_the_trial_clocks_a_layers_backward_on_its_own_nodes(make, monkeypatch):
     assert not w._backward_hooks
 
 
+def test_one_layer_is_in_trial_at_a_time_the_others_run_torch_meanwhile(monkeypatch):
+    """Two kernel-routed layers: the first one called holds the trial until it decides, the
+    second runs torch's op meanwhile (its kernel would otherwise be timed next to the first's
+    kernel, not next to where the settled model runs); then the second is tried. `pending`
+    counts the layers still to decide."""
+    from kernelkit.nn import _route
+
+    _numba_chosen(monkeypatch, 0.5e-3)
+    _timed_by(monkeypatch, lambda aten, grad: 1e-3 if aten else 0.5e-3)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))
+    knn.patch(model)
+    x = torch.randn(3, 8)
+    ref = model[1](model[0](x)).detach()  # (grad mode: no trial runs)
+    calls = 2 * (_route.TRIAL_CALLS + 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref)
+        first, second = (next(iter(layer._kk_routes.values())) for layer in model)
+        assert _route.pending(model) == 2
+        for _ in range(calls - 1):
+            assert second.samples[False] == ([], [])  # waiting: torch's op, untimed
+            torch.testing.assert_close(model(x), ref)
+        assert first.winners[False] is first.kernel and second.winners[False] is None
+        assert _route.pending(model) == 1
+        for _ in range(calls):
+            torch.testing.assert_close(model(x), ref)
+        assert second.winners[False] is second.kernel and _route.pending(model) == 0
+    assert [r for _, _, r in knn.where(model)] == ["numba-cpu", "numba-cpu"]
+
+
+def test_a_trial_left_idle_hands_its_slot_on(monkeypatch):
+    """A layer that started its trial on a one-off input size and is never called again must not
+    keep every other layer on torch: after TRIAL_SLOT_IDLE_S without a call its slot is taken."""
+    from kernelkit.nn import _route
+
+    _numba_chosen(monkeypatch, 0.5e-3)
+    _timed_by(monkeypatch, lambda aten, grad: 1e-3 if aten else 0.5e-3)
+    monkeypatch.setattr(_route, "TRIAL_SLOT_IDLE_S", 0.01)
+    one_off, layer = nn.Linear(8, 4), nn.Linear(8, 4)
+    knn.patch(one_off)
+    knn.patch(layer)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        one_off(torch.randn(7, 8))
+        for _ in range(12):  # 10 ms of (fake) torch calls, then its trial
+            layer(x)
+        assert _route.pending(layer) == 1
+        for _ in range(2 * (_route.TRIAL_CALLS + 1)):
+            layer(x)
+        assert _route.pending(layer) == 0
+        assert _route.pending(one_off) == 1
+
+
 def test_no_in_model_trial_where_a_choice_is_asked_for_or_ranks_must_agree():
     from kernelkit.nn import _route
 
