@@ -8,7 +8,8 @@
 - `Preprocess`: `kernelkit.preprocess` (crop, flip, resize, normalise, layout in one pass) as a
   module, traced as `torch.ops.kernelkit.preprocess` under torch.compile and torch.export.
 - `patch(model)`, `unpatch(model)`: swap the layers of a model in place and report what was
-  swapped and what was left, with the reason; `where(model)`: where each layer ran.
+  swapped and what was left, with the reason; `where(model)`: where each layer ran;
+  `pending(model)`: how many layers still have their in-model trial to run.
 
 Example:
     >>> import kernelkit.nn  # doctest: +SKIP
@@ -17,9 +18,11 @@ Example:
 
 from __future__ import annotations
 
+from ._route import pending
 from .conv import Conv2d
 from .linear import Linear
 from .patching import PatchReport, patch, unpatch, where
 from .preprocess import Preprocess
 
-__all__ = ["Linear", "Conv2d", "Preprocess", "patch", "unpatch", "where", "PatchReport"]
+__all__ = ["Linear", "Conv2d", "Preprocess", "patch", "unpatch", "where", "pending",
+           "PatchReport"]

@@ -362,7 +362,7 @@ def test_one_layer_is_in_trial_at_a_time_the_others_run_torch_meanwhile(monkeypa
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref)
         first, second = (next(iter(layer._kk_routes.values())) for layer in model)
-        assert _route.pending(model) == 2
+        assert knn.pending(model) == 2
         for _ in range(calls - 1):
             assert second.samples[False] == ([], [])  # waiting: torch's op, untimed
             torch.testing.assert_close(model(x), ref)
