@@ -333,6 +333,39 @@ def test_depthwise_vector_blocks_read_only_their_plane(hw, stride, poison, dtype
     np.testing.assert_array_equal(y[:, 1::2], ref[:, 1::2])
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_non_finite_weights_reach_the_outputs_torch_gives(bad, layout, stride):
+    """A NaN or Inf weight tap: the vector blocks mask padded taps out (they cannot propagate
+    w * 0 = NaN as torch's zero padding does), so such weights take the plain loops, in the
+    forward and in the input gradient; the NaN pattern must be torch's exactly."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    c = 18
+    case = (2, c, 7, 9, c, 3, 3, (stride, stride), (1, 1, 1, 1), (1, 1), c)
+    x, w, b = make(case, np.float32, layout, rng)
+    w[5, 0, 0, 2] = bad
+    w[17, 0, 1, 1] = bad
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2) if layout == "NHWC" else x).double()
+    wt, bt = torch.from_numpy(w).double(), torch.from_numpy(b).double()
+    ref = torch.nn.functional.conv2d(xt, wt, bt, stride, 1, 1, c).numpy()
+    y = fwd(x, w, b, case, layout)
+    y = y.transpose(0, 3, 1, 2) if layout == "NHWC" else y
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(ref))
+    fin = np.isfinite(ref)
+    np.testing.assert_allclose(y[fin], ref[fin], rtol=1e-4, atol=1e-4)
+    gy = rng.standard_normal(ref.shape).astype(np.float32)
+    gyl = np.ascontiguousarray(gy.transpose(0, 2, 3, 1)) if layout == "NHWC" else gy
+    dx = conv2d_backward_input(gyl, w, (7, 9), (stride, stride), (1, 1, 1, 1), (1, 1), c, layout)
+    dx = dx.transpose(0, 3, 1, 2) if layout == "NHWC" else dx
+    dx_ref = torch.nn.grad.conv2d_input(xt.shape, wt, torch.from_numpy(gy).double(), stride, 1,
+                                        1, c).numpy()
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(dx_ref))
+
+
 @pytest.mark.parametrize("hw", [(4, 4), (5, 9), (7, 7), (14, 13), (3, 17)], ids=str)
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("dtype", DTYPES)

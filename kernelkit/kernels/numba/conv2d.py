@@ -197,6 +197,8 @@ def _sig(name: str, dtype):
     bias = types.Array(nb, 1, "A", readonly=True)
     geo = types.Array(types.int64, 1, "C", readonly=True)
     i = types.int64
+    if name == "all_finite":
+        return types.boolean(types.Array(nb, 4, "C", readonly=True))
     args = {
         "fwd": (i, ro4, c1, c1, c1, bias, c1, geo, types.Array(types.int64, 1, "C")),
         "dw": (ro4, c1, bias, c1, geo),
@@ -250,7 +252,7 @@ def warm(dtype: str) -> str:
     `dtype`: the three conv kernels and the GEMM the 1x1 path calls; "compiled" or "loaded"."""
     before = _gemm.COMPILED[0]
     fns = _compiled(_half.compute_dtype(dtype))
-    fns.fwd, fns.dw, fns.bwd, fns.dw_wgrad  # noqa: B018 - each compiles on first access
+    fns.fwd, fns.dw, fns.bwd, fns.dw_wgrad, fns.all_finite  # noqa: B018 - compile on access
     if dtype == "bfloat16" and _gemm.HAS_BF16_DOT:
         _pairs_compiled()
     _matmul_warm(dtype)
@@ -286,6 +288,32 @@ def _geo(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, groups) -> np.n
     g[: _conv.G_G + 1] = (n, c, h, w, k, r, s, ho, wo, stride[0], stride[1], padding[0],
                           padding[2], dilation[0], dilation[1], groups)
     return g
+
+
+def _dw_geo(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, groups, has_bias: int,
+            act: int, mode: int) -> np.ndarray:
+    """The depthwise forward's geometry, memoised (the kernels only read it): building it took
+    about 12 us per call inside a torch model (numpy calls run cold there), a lookup 1."""
+    key = (n, c, h, w, k, r, s, ho, wo, tuple(stride), tuple(padding), tuple(dilation), groups,
+           has_bias, act, mode)
+    geo = _DW_GEOS.get(key)
+    if geo is None:
+        if len(_DW_GEOS) >= 1024:
+            _DW_GEOS.clear()
+        geo = _geo(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, groups)
+        geo[_conv.G_HAS_BIAS], geo[_conv.G_ACT], geo[_conv.G_MODE] = has_bias, act, mode
+        geo = _DW_GEOS[key] = geo
+    return geo
+
+
+_DW_GEOS: dict = {}
+
+
+def _finite(fns, weight: np.ndarray) -> bool:
+    """No NaN or Inf in the (4-D) weight."""
+    if not weight.flags.c_contiguous:
+        return bool(np.isfinite(weight).all())
+    return bool(fns.all_finite(weight))
 
 
 def _writable(a: np.ndarray) -> np.ndarray:
@@ -540,21 +568,23 @@ def _conv_float(x, weight, bias, stride, padding, dilation, groups, activation, 
         assert bias.shape == (k,) and bias.dtype == dtype
         has_bias = 1
     xv, bias = _aligned(xv, bias)
-    geo = _geo(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, g)
-    geo[_conv.G_HAS_BIAS] = has_bias
-    geo[_conv.G_ACT] = act
     out1 = out.reshape(-1)
 
-    if g == c and g > 1 and cg == 1 and np.isfinite(weight).all():
+    if g == c and g > 1 and cg == 1 and _finite(fns, weight):
         # depthwise: direct loops
         work = n * k * ho * wo * r * s
         if nhwc:
             w1 = np.ascontiguousarray(weight.reshape(k, r * s).T).reshape(-1)
-            geo[_conv.G_MODE] = 1
         else:
             w1 = _writable(weight).reshape(-1)
+        geo = _dw_geo(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, g, has_bias, act,
+                      int(nhwc))
         _run(fns.dw, _dw_threads(work, n * c * h * w), xv, w1, bias, out1, geo)
         return out
+
+    geo = _geo(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, g)
+    geo[_conv.G_HAS_BIAS] = has_bias
+    geo[_conv.G_ACT] = act
 
     cfg = config or _default(dtype)
     mr, nr = tile_shape(dtype)
@@ -665,7 +695,7 @@ def conv2d_backward_input(grad_out, weight, input_hw, stride, padding, dilation,
     c = cg * g
     h, w = int(input_hw[0]), int(input_hw[1])
     dw_stride = _dw3_stride(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, g)
-    if dw_stride and np.isfinite(weight).all():
+    if dw_stride and _finite(_COMPILED.get(dtype) or _compiled(dtype), weight):
         # depthwise 3x3, pad 1: dx is the stride-1 conv of dy (stride 2: spread out) with the
         # kernel turned by 180 degrees (the forward's vector blocks)
         src = dy if dw_stride == 1 else _spread(dy, h, w, nhwc)
