@@ -11,6 +11,11 @@ The three sets alternate per round (one model call each, `--rounds` rounds after
 round), with forward hooks timing `--layer` and the whole call; medians per set. In the
 trials that ran side by side (all layers flipped together) every kernel was timed as in "all";
 once some layers went back to torch, the rest ran as in "alone".
+
+``--parts``: before each call of the layer, a hook times the steps of a Numba depthwise call
+one by one on the layer's own input (torch to numpy, the output's allocation, numpy's
+isfinite and the jitted check, the geometry array, the kernel twice), so each step's cost
+right after torch's ops ("alone", "none") can be set against the same step in the "all" set.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ def main() -> int:
                     help="the layer timed; the deepest depthwise layer with a kernel route if "
                          "this one got none (the tuner's choices vary between runs)")
     ap.add_argument("--rounds", type=int, default=60)
+    ap.add_argument("--parts", action="store_true", help="time a depthwise call's steps")
     args = ap.parse_args()
 
     os.environ.setdefault("KERNELKIT_CACHE_DIR", tempfile.mkdtemp(prefix="kk-context-"))
@@ -76,6 +82,9 @@ def main() -> int:
         layer_s[-1] += time.perf_counter()
 
     target.register_forward_hook(done)
+    parts: list[list[float]] = []
+    if args.parts:
+        target.register_forward_pre_hook(_parts_hook(parts), prepend=True)
     times = {k: ([], []) for k in sets}  # set -> (layer s, call s)
     with torch.no_grad():
         for rnd in range(args.rounds + 1):
@@ -95,7 +104,48 @@ def main() -> int:
     for label, (lay, call) in times.items():
         print(f"| {label} | {statistics.median(lay) * 1e3:.3f} | "
               f"{statistics.median(call) * 1e3:.2f} |")
+    if parts:
+        print("\nsteps of a depthwise call just before the layer's, us (medians):")
+        print("| route set | " + " | ".join(_PART_NAMES) + " |")
+        print("|" + " --- |" * (len(_PART_NAMES) + 1))
+        for i, label in enumerate(sets):
+            rows = parts[len(sets) + i::len(sets)]  # the first round is untimed
+            print(f"| {label} | " + " | ".join(f"{statistics.median(c) * 1e6:.1f}"
+                                               for c in zip(*rows)) + " |")
     return 0
+
+
+_PART_NAMES = ("to numpy", "aligned_empty", "np.isfinite", "jitted check", "geometry",
+               "kernel", "kernel again")
+
+
+def _parts_hook(parts: list):
+    """A forward pre-hook timing a Numba depthwise call's steps on the layer's input."""
+    import numpy as np
+
+    from kernelkit.kernels.numba import conv2d as nc
+
+    def hook(mod, inp):
+        clock = time.perf_counter
+        t = [clock()]
+        x, w = inp[0].detach().numpy(), mod.weight.detach().numpy()
+        t.append(clock())
+        n, c, h, wd = x.shape
+        out = nc.aligned_empty(x.size, x.dtype)
+        t.append(clock())
+        np.isfinite(w).all()
+        t.append(clock())
+        fns = nc._compiled(x.dtype)
+        fns.all_finite(w)
+        t.append(clock())
+        geo = nc._geo(n, c, h, wd, c, 3, 3, h, wd, (1, 1), (1, 1, 1, 1), (1, 1), c)
+        t.append(clock())
+        for _ in range(2):
+            fns.dw(0, 1, x, w.reshape(-1), fns.empty, out, geo)
+            t.append(clock())
+        parts.append([b - a for a, b in zip(t, t[1:])])
+
+    return hook
 
 
 if __name__ == "__main__":
