@@ -14,9 +14,12 @@ time independent of that history. Cost: the largest scratch a thread has used st
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import numpy as np
+
+from kernelkit import threads
 
 _LOCAL = threading.local()
 _ALIGN = 64  # bytes: a cache line, and the widest vector the micro-kernels load
@@ -37,10 +40,34 @@ def scratch(size: int, dtype) -> np.ndarray:
 
 def aligned_empty(size: int, dtype) -> np.ndarray:
     """A new uninitialised 1-D array of ``size`` elements of ``dtype``, 64-byte aligned (kept
-    beyond the call, unlike ``scratch``)."""
+    beyond the call, unlike ``scratch``).
+
+    While the call's data are torch tensors (``threads.LOCAL.torch_data``) it is torch's
+    allocation seen as numpy: inside a torch model numpy's calls run cold (each 10-50 us right
+    after torch's ops; ``np.empty`` + ``.ctypes`` + a view took about 50 us there, ``torch.empty``
+    3 and ``Tensor.numpy()`` 12-17; docs/performance.md), and torch's allocator aligns to 64
+    bytes."""
+    if getattr(threads.LOCAL, "torch_data", False):
+        out = _torch_empty(size, dtype)
+        if out is not None:
+            return out
     dtype = np.dtype(dtype)
     nbytes = max(int(size), 0) * dtype.itemsize
     return _aligned_part(np.empty(nbytes + _ALIGN, np.uint8), nbytes, dtype)
+
+
+def _torch_empty(size: int, dtype) -> np.ndarray | None:
+    """``aligned_empty`` through torch's allocator; None where torch has no such dtype or the
+    block is not 64-byte aligned."""
+    torch = sys.modules.get("torch")
+    tdtype = None if torch is None else _TORCH_DTYPES.get(np.dtype(dtype).char)
+    if tdtype is None:
+        return None
+    t = torch.empty(max(int(size), 0), dtype=getattr(torch, tdtype))
+    return t.numpy() if t.data_ptr() % _ALIGN == 0 else None
+
+
+_TORCH_DTYPES = {"f": "float32", "d": "float64", "e": "float16", "B": "uint8"}
 
 
 def _aligned_part(buf: np.ndarray, nbytes: int, dtype: np.dtype) -> np.ndarray:
