@@ -58,3 +58,25 @@ def test_a_conv_after_a_poisoned_scratch_is_unchanged():
                 np.testing.assert_array_equal(conv(), fresh)
                 np.testing.assert_allclose(fresh, ref, rtol=1e-4, atol=1e-4 * np.sqrt(12 * 9))
 
+
+
+def test_outputs_on_torch_data_come_from_torchs_allocator(monkeypatch):
+    """While a call's data are torch tensors, a new output is torch's allocation seen as numpy
+    (numpy's own allocation path runs cold inside a torch model); 64-byte aligned either way,
+    of the asked dtype and size, and a dtype torch lacks falls back to numpy."""
+    import torch
+
+    from kernelkit import threads
+
+    for dtype in (np.float32, np.float64, np.float16, np.uint8, np.uint16):
+        for size in (0, 1, 37, 4099):
+            monkeypatch.setattr(threads.LOCAL, "torch_data", True, raising=False)
+            a = _workspace.aligned_empty(size, dtype)
+            monkeypatch.setattr(threads.LOCAL, "torch_data", False)
+            b = _workspace.aligned_empty(size, dtype)
+            for arr in (a, b):
+                assert arr.dtype == dtype and arr.shape == (size,) and arr.flags.writeable
+                assert size == 0 or arr.ctypes.data % 64 == 0
+            from_torch = isinstance(a.base, torch.Tensor)
+            assert from_torch == (np.dtype(dtype) != np.uint16), dtype
+            assert not isinstance(b.base, torch.Tensor)
