@@ -201,9 +201,9 @@ class InContext:
     so each kernel was timed next to the other layers' kernels, and that is not where it runs
     once some of them went back to torch. In a patched MobileNetV2 at batch 1 (2-core Zen 5)
     the depthwise kernels timed side by side at 0.045-0.06 ms against torch's 0.06-0.09 and
-    kept their layers; each alone between torch's layers it took 0.12-0.25 ms, everything on
-    the calling thread slower, its Python included (not understood; `bench/probes/
-    nn_trial_context.py`). A trial now times the layer where the settled model runs it.
+    kept their layers; each alone between torch's layers it took 0.12-0.25 ms: the numpy calls
+    around the kernel run cold right after torch's ops, 10-50 us each (`bench/probes/
+    nn_trial_context.py --parts`). A trial now times the layer where the settled model runs it.
     Costs while deciding: 2 * (TRIAL_CALLS + 1) calls per grad mode and layer, half of them on
     the slower route, so a model settles after about that many calls per kernel-routed layer;
     after it, one grad-mode check per call (none once both modes chose the same route).
@@ -278,7 +278,6 @@ class InContext:
             self.final = winner
         _note_aten_only(m.__dict__)  # what torch.compile traces may now be torch's op
         return winner
-
 
     def _has_slot(self, grad: bool) -> bool:
         """Whether this layer is (now) the one in trial for `grad` (see the class doc)."""

@@ -302,7 +302,7 @@ def _dw_geo(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, groups, has_
             _DW_GEOS.clear()
         geo = _geo(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, groups)
         geo[_conv.G_HAS_BIAS], geo[_conv.G_ACT], geo[_conv.G_MODE] = has_bias, act, mode
-        geo = _DW_GEOS[key] = geo
+        _DW_GEOS[key] = geo
     return geo
 
 
@@ -695,7 +695,7 @@ def conv2d_backward_input(grad_out, weight, input_hw, stride, padding, dilation,
     c = cg * g
     h, w = int(input_hw[0]), int(input_hw[1])
     dw_stride = _dw3_stride(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, g)
-    if dw_stride and _finite(_COMPILED.get(dtype) or _compiled(dtype), weight):
+    if dw_stride and _finite(_compiled(dtype), weight):
         # depthwise 3x3, pad 1: dx is the stride-1 conv of dy (stride 2: spread out) with the
         # kernel turned by 180 degrees (the forward's vector blocks)
         src = dy if dw_stride == 1 else _spread(dy, h, w, nhwc)
