@@ -397,6 +397,30 @@ def test_a_trial_left_idle_hands_its_slot_on(monkeypatch):
         assert _route.pending(one_off) == 1
 
 
+def test_pending_counts_only_the_current_settings_routes(monkeypatch):
+    """Routes made under other knobs (e.g. a tuning pass under KERNELKIT_TUNE=measure) stay in
+    the layer's memo but are never called again: `pending` must not wait for them."""
+    import kernelkit
+    from kernelkit.nn import _route
+
+    _numba_chosen(monkeypatch, 0.5e-3)
+    _timed_by(monkeypatch, lambda aten, grad: 1e-3 if aten else 0.5e-3)
+    layer = nn.Linear(8, 4)
+    knn.patch(layer)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        with kernelkit.use(tune="measure"):
+            layer(x)  # a route (and a trial) under other settings
+            assert knn.pending(layer) == 1
+        _route._SLOTS[False][0] = None  # (that trial is left behind, as a tuning pass leaves it)
+        assert knn.pending(layer) == 0  # nothing made under the current settings yet
+        layer(x)
+        assert knn.pending(layer) == 1
+        for _ in range(2 * (_route.TRIAL_CALLS + 1)):
+            layer(x)
+        assert knn.pending(layer) == 0 and len(layer._kk_routes) == 2
+
+
 def test_no_in_model_trial_where_a_choice_is_asked_for_or_ranks_must_agree():
     from kernelkit.nn import _route
 
