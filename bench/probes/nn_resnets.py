@@ -58,7 +58,6 @@ def main() -> int:
     from resnets import Pair, interleaved
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from kernelkit import settings
     from kernelkit.autotune import tuner
     from kernelkit.nn import _route
 
@@ -120,11 +119,9 @@ def main() -> int:
                              f"({row['compile_ratio']:.3f}x)")
                 print(line, flush=True)
 
-            token = settings.token()  # the routes of the timed calls, not the tuning pass's
+            # the routes of the timed calls, not the tuning pass's
             seen = sorted({(n, tuple(sig[0]), _route.describe(r))
-                           for n, m in pair.pat.named_modules()
-                           for sig, r in m.__dict__.get("_kk_routes", {}).items()
-                           if sig[-1] == token})
+                           for n, _, sig, r in _route.current_routes(pair.pat)})
             routes = collections.Counter(r for _, _, r in seen)
             kernel_layers = [(n, s, r) for n, s, r in seen if r != "torch (aten)"]
             choices = collections.Counter((str(k[1]).split("|")[0], c.candidate)

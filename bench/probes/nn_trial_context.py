@@ -58,13 +58,11 @@ def main() -> int:
         pair.infer(pair.pat)
     tuner.clear_memo()
     pair.infer(pair.pat)  # the routes under the default policy
-    token = kernelkit.settings.token()
     kernel_layers = []  # (name, module, signature, InContext) of depthwise layers given a kernel
-    for name, m in pair.pat.named_modules():
-        for sig, r in m.__dict__.get("_kk_routes", {}).items():
-            trial = _route._trial_of(r)
-            if sig[-1] == token and trial is not None and getattr(m, "groups", 1) > 1:
-                kernel_layers.append((name, m, sig, trial))
+    for name, m, sig, r in _route.current_routes(pair.pat):
+        trial = _route._trial_of(r)
+        if trial is not None and getattr(m, "groups", 1) > 1:
+            kernel_layers.append((name, m, sig, trial))
     if not kernel_layers:
         print("no depthwise layer got a kernel route in this run")
         return 1

@@ -294,10 +294,18 @@ def pending(model: torch.nn.Module, grad: bool | None = None) -> int:
     (default: the current one) under the current knobs (routes made under other settings are
     not counted); a benchmark calls the model until none has."""
     grad = torch.is_grad_enabled() if grad is None else grad
-    token = _settings.token()
-    trials = (_trial_of(r) for m in model.modules()
-              for sig, r in m.__dict__.get("_kk_routes", {}).items() if sig[-1] == token)
+    trials = (_trial_of(r) for _, _, _, r in current_routes(model))
     return sum(1 for t in trials if t is not None and t.winners[grad] is None)
+
+
+def current_routes(model: torch.nn.Module):
+    """(qualified name, layer, signature, route) of every memoised route of `model` made under
+    the current knobs (a tuning pass under other settings leaves its own routes behind)."""
+    token = _settings.token()
+    for name, m in model.named_modules():
+        for sig, r in m.__dict__.get("_kk_routes", {}).items():
+            if sig[-1] == token:
+                yield name, m, sig, r
 
 
 def _trial_of(route) -> InContext | None:
