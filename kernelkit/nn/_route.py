@@ -76,7 +76,7 @@ def run(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, ma
         route = make(module, x)
         choice = _last.choice
         if hasattr(route, "candidate") and checks_in_context(x):
-            route = InContext(route, aten_route)
+            route = InContext(route, aten_route, sig[-1])
         if choice is not None and choice.source == "warming":
             # better kernels still compile: asked again once a compile job finishes
             route = dispatch.Warming(route, finished)
@@ -165,7 +165,8 @@ TRIAL_MARGIN = 1.05
 # forward times alone rather than never.
 TRIAL_FORWARD_ONLY_AFTER = 3 * (TRIAL_CALLS + 1)
 # A layer in trial holds its grad mode's slot (`_SLOTS`) until it decides; if it is not called
-# again for this long (a one-off input size), another layer takes the slot over.
+# again for this long (a one-off input size), another layer takes the slot over (at once, if
+# the holder was made under other settings).
 TRIAL_SLOT_IDLE_S = 1.0
 _clock = time.perf_counter  # the trial's clock (tests inject one)
 _SLOTS: dict[bool, list] = {False: [None, 0.0], True: [None, 0.0]}  # grad mode -> [trial, last call]
@@ -209,10 +210,11 @@ class InContext:
     after it, one grad-mode check per call (none once both modes chose the same route).
     """
 
-    __slots__ = ("kernel", "aten", "winners", "verdicts", "samples", "final")
+    __slots__ = ("kernel", "aten", "token", "winners", "verdicts", "samples", "final")
 
-    def __init__(self, kernel: Route, aten: Route):
+    def __init__(self, kernel: Route, aten: Route, token: tuple | None = None):
         self.kernel, self.aten = kernel, aten
+        self.token = token  # the knobs it was made under (`settings.token()`)
         self.winners: dict[bool, Route | None] = {False: None, True: None}
         self.verdicts: dict[bool, tuple[float, float]] = {}
         # grad mode -> (kernel's, torch's) samples in call order, each [forward s, backward s]
@@ -282,8 +284,11 @@ class InContext:
     def _has_slot(self, grad: bool) -> bool:
         """Whether this layer is (now) the one in trial for `grad` (see the class doc)."""
         slot = _SLOTS[grad]
-        now = _clock()
-        if slot[0] is not self and slot[0] is not None and now - slot[1] < TRIAL_SLOT_IDLE_S:
+        holder, now = slot[0], _clock()
+        # a holder made under other knobs (e.g. a tuning pass under KERNELKIT_TUNE=measure) is
+        # not called again while these hold: it does not keep the slot for its idle time
+        if (holder is not self and holder is not None and now - slot[1] < TRIAL_SLOT_IDLE_S
+                and holder.token == self.token):
             return False
         slot[0], slot[1] = self, now
         return True

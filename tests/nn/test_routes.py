@@ -421,6 +421,28 @@ def test_pending_counts_only_the_current_settings_routes(monkeypatch):
         assert knn.pending(layer) == 0 and len(layer._kk_routes) == 2
 
 
+def test_a_trial_made_under_other_settings_hands_its_slot_on_at_once(monkeypatch):
+    """A tuning pass (KERNELKIT_TUNE=measure) starts a trial that is never called again once the
+    default settings are back: the layers' trials under those must not wait its idle time."""
+    import kernelkit
+    from kernelkit.nn import _route
+
+    _numba_chosen(monkeypatch, 0.5e-3)
+    _timed_by(monkeypatch, lambda aten, grad: 1e-3 if aten else 0.5e-3)
+    layer = nn.Linear(8, 4)
+    knn.patch(layer)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        with kernelkit.use(tune="measure"):
+            layer(x)
+        left_behind = _route._SLOTS[False][0]
+        assert left_behind is not None
+        for _ in range(2 * (_route.TRIAL_CALLS + 1)):  # 8 ms of (fake) time, not 1 s
+            layer(x)
+        assert knn.pending(layer) == 0
+        assert left_behind.winners[False] is None
+
+
 def test_no_in_model_trial_where_a_choice_is_asked_for_or_ranks_must_agree():
     from kernelkit.nn import _route
 
