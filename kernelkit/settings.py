@@ -77,11 +77,22 @@ if not isinstance(_ENV_DICT, dict):
     _ENV_DICT = os.environ
 
 
+# Bumped when `explain` or `tune` measures a choice that calls may already have memoised under
+# another one (see tuner.decide): part of token(), so every per-call memo misses once and asks
+# the tuner again, instead of launching what `explain` says was not chosen.
+_epoch = [0]
+
+
+def new_epoch() -> None:
+    _epoch[0] += 1
+
+
 def token() -> tuple:
-    """A cheap fingerprint of the knobs, so per-call memos notice when they change."""
+    """A cheap fingerprint of the knobs (and of the choices' epoch), so per-call memos notice
+    when they change."""
     get = _ENV_DICT.get
     return (get(_ENV_KEYS[0]), get(_ENV_KEYS[1]), get(_ENV_KEYS[2]), get(_ENV_KEYS[3]),
-            get(_ENV_KEYS[4]), _override.get())
+            get(_ENV_KEYS[4]), _override.get(), _epoch[0])
 
 
 # current()'s answers by token(): a `use()` block costs a lookup, not building and validating

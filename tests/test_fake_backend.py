@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import sys
+import time
 import types
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from kernelkit.kernels.config import KernelConfig
 
 PACKAGE = "kk_fake_numpy_backend"
 LAUNCHES: list[tuple[str, str | None, bool]] = []  # (config.order, activation, allow_tf32)
+SLOW_ORDERS: set[str] = set()  # configs a test makes lose every measurement
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ def _supports(problem):
 
 def _matmul_forward(a, b, bias=None, activation=None, *, config=None, allow_tf32=False):
     LAUNCHES.append((config.order, activation, allow_tf32))
+    if config.order in SLOW_ORDERS:
+        time.sleep(0.002)
     c = np.matmul(a, b)
     if bias is not None:
         c = c + bias
@@ -63,9 +67,11 @@ def fake_backend():
         name="npfake", device="cpu", native="numpy", package=PACKAGE,
         dtypes={"matmul": ("float32", "float64")}, missing=lambda: None))
     LAUNCHES.clear()
+    SLOW_ORDERS.clear()
     try:
         yield backend
     finally:
+        SLOW_ORDERS.clear()
         core.unregister_backend(backend)
         for name in (f"{PACKAGE}.matmul", PACKAGE):
             sys.modules.pop(name, None)
@@ -93,6 +99,23 @@ def test_a_backend_registered_from_a_test_joins_every_layer(fake_backend, tmp_pa
         kernelkit.matmul(a + 1.0, b, bias=bias, activation="relu")
     launched = LAUNCHES
     assert launched == [(ex.choice.config["order"], "relu", False)]
+
+
+def test_explain_measuring_another_choice_replaces_what_calls_had_memoised(fake_backend, tmp_path):
+    # The first call runs the cost model's guess (no measurement under tune=model); `explain`
+    # then measures, and the order the guess picked loses. The next call must launch what
+    # explain reports, not the memoised guess (this raced on timing noise before: a CI flake).
+    rng = np.random.default_rng(11)
+    a, b = rng.standard_normal((29, 13)), rng.standard_normal((13, 31))
+    with kernelkit.use(backend="npfake", tune="model", cache_dir=tmp_path):
+        kernelkit.matmul(a, b)
+        (guess, _, _), = LAUNCHES
+        SLOW_ORDERS.add(guess)
+        ex = kernelkit.explain("matmul", a, b)
+        assert ex.choice.config["order"] != guess
+        LAUNCHES.clear()
+        kernelkit.matmul(a, b)
+        assert [(ex.choice.config["order"], None, False)] == LAUNCHES
 
 
 def test_the_fake_backend_competes_and_says_why_it_cannot(fake_backend, tmp_path):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import compiling, devices
+from .. import settings as _settings
 from ..core import Candidate, Choice, Config, Problem
 from ..settings import Settings
 from . import model, timing
@@ -298,7 +299,21 @@ def decide(
         "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **({"provisional": True} if busy else {}),
     })
+    if explicit or remeasure:
+        _supersede((str(settings.cache_path), key), choice)
     return Decision(key, choice, skipped, trials)
+
+
+def _supersede(memo_key: tuple[str, str], choice: Choice) -> None:
+    """`explain` or `tune` measured `choice` for a key that op calls may have decided otherwise
+    (the model's guess, a default while measuring did not pay yet): forget their decision, and
+    start a new settings epoch so the plans memoised per call signature miss once too."""
+    old = _memo.pop(memo_key, None)
+    counted = _calls.pop(memo_key, None)
+    if old is not None and (old.candidate, old.config) == (choice.candidate, choice.config):
+        _memo[memo_key] = old
+    elif old is not None or counted:
+        _settings.new_epoch()
 
 
 def tuning_cost(problem: Problem, preds: list[model.Prediction], configs: int) -> float:
