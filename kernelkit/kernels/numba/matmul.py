@@ -36,7 +36,7 @@ from numba import types
 
 from kernelkit import devices
 from kernelkit.kernels.config import KernelConfig
-from kernelkit.kernels.numba import _bf16dot, _gemm, _half
+from kernelkit.kernels.numba import _amx, _bf16dot, _gemm, _half, _workspace
 from kernelkit.kernels.numba._gemm import (
     _JIT,
     _U,
@@ -97,8 +97,9 @@ class GemmBlocking(KernelConfig):
             object.__setattr__(self, name, int(v))  # plain ints: hashable and JSON-ready
 
 
-# The kernels a config can name: the packed GEMM and the unpacked small/skinny kernels.
-KERNELS = ("packed", "rows", "dots", "tile")
+# The kernels a config can name: the packed GEMM, the unpacked small/skinny kernels, and the
+# bfloat16 GEMM on AMX tiles (offered where the CPU has them: ``_amx``).
+KERNELS = ("packed", "rows", "dots", "tile", "amx")
 # Largest M (rows) / M*N (dots) / M*N*K (tile) the unpacked kernels are offered for.
 ROWS_MAX_M = 16
 DOTS_MAX_MN = 64 * 64
@@ -124,6 +125,9 @@ class MatmulConfig(GemmBlocking):
         if self.kernel not in KERNELS:
             raise ValueError(f"{type(self).__name__}.kernel must be one of {KERNELS}, got "
                              f"{self.kernel!r}")
+        if self.kernel == "amx" and any(v % _amx.MB for v in (self.mc, self.kc, self.nc)):
+            raise ValueError(f"{type(self).__name__}: the amx kernel's mc, kc and nc must be "
+                             f"multiples of {_amx.MB}, got {self.mc}, {self.kc}, {self.nc}")
 
     @classmethod
     def default(cls, dtype) -> MatmulConfig:
@@ -199,10 +203,17 @@ def _unpacked_kernels(m: int, n: int, k: int, layout: str) -> list[str]:
 CONFIG = MatmulConfig
 
 
+AMX_CONFIGS = ((1024, 256, 256), (1024, 512, 128))  # (mc, kc, nc) of the amx kernel
+
+
 def space(problem) -> list[MatmulConfig]:
-    """The configs worth timing for a matmul ``Problem`` (shapes (B, M, K), (B, K, N))."""
+    """The configs worth timing for a matmul ``Problem`` (shapes (B, M, K), (B, K, N)): for
+    bfloat16 on a CPU with AMX, the amx kernel's first."""
     (_, m, k), (_, _, n) = problem.shapes
-    return MatmulConfig.space(_half.compute_dtype(problem.dtype), m, n, k, problem.layout)
+    out = MatmulConfig.space(_half.compute_dtype(problem.dtype), m, n, k, problem.layout)
+    if problem.dtype == "bfloat16" and m * n * k >= SMALL_WORK and _amx.available():
+        out = [MatmulConfig(*blocks, "amx") for blocks in AMX_CONFIGS] + out
+    return out
 
 
 # ------------------------------------------------------------------------------------ jitted code
@@ -342,6 +353,61 @@ def _bf16_part(t, nthr, a3, b3, bias, has_bias, act, out3, mc, kc, nc):
                     macro_kernel(mb, nb, (kb + 1) // 2, apack, 0, bpack, 0, c,
                                  coff + ic * n + jc, n, pc == 0, pc + kb >= k, ct, 0, bias,
                                  has_bias, c0 + jc, act)
+
+
+AMX_PANEL = 2048  # columns of B packed at once by an AMX share (K x 2048 bfloat16)
+
+
+def _amx_share_bytes(m: int, n: int, k: int, mc: int, nc: int) -> int:
+    """Scratch bytes of one AMX share (``_amx_part``): packed A chunk, B panel and C strip, each
+    from a 64-byte boundary."""
+    up = lambda x, unit: -(-x // unit) * unit
+    kpad = up(k, _amx.KSTEP)
+    rows = min(mc, up(m, _amx.MB))
+    cols = min(AMX_PANEL, up(n, _amx.NB))
+    return up(rows * kpad * 2, 64) + up(cols * kpad * 2, 64) + up(_amx.MB * nc * 4, 64)
+
+
+@numba.njit(**_JIT)
+def _amx_part(t, nthr, a3, b3, bias, has_bias, act, out3, mc, kc, nc, ws, ws_share, panel):
+    """``_gemm_part`` for bfloat16 A and B (uint16 bits) into float32 ``out3`` on AMX tiles
+    (``_amx``): thread t packs its share's B in panels of ``panel`` columns (AMX_PANEL) and its
+    rows of A in chunks of ``mc``; ``kc`` K values per accumulation block, ``nc`` columns per C strip (all
+    multiples of 32). Its scratch is ``ws[t*ws_share:]`` (64-byte aligned, reused across calls:
+    fresh pages fault on first touch)."""
+    nbat, m, k = a3.shape
+    n = b3.shape[2]
+    af, alo, sa0, sam, sak = _operand(a3)
+    bf, blo, sb0, sbk, sbn = _operand(b3)
+    c = out3.reshape(-1)
+    b_first, b_step, r0, r1, c0, c1 = _share(t, nthr, nbat, m, n, _amx.MB, _amx.NB)
+    if r1 <= r0 or c1 <= c0 or b_first >= nbat:
+        return
+    mb_all, nb_all = r1 - r0, c1 - c0
+    kpad = _cdiv(k, _amx.KSTEP) * _amx.KSTEP
+    rows_max = min(mc, _cdiv(mb_all, _amx.MB) * _amx.MB)
+    cols_max = min(panel, _cdiv(nb_all, _amx.NB) * _amx.NB)
+    o = t * ws_share
+    ap = ws[o:o + rows_max * kpad * 2].view(np.uint16)
+    o += _amx.round64(rows_max * kpad * 2)
+    bp = ws[o:o + cols_max * kpad * 2].view(np.uint32)
+    o += _amx.round64(cols_max * kpad * 2)
+    cbuf = ws[o:o + _amx.MB * nc * 4].view(np.float32)
+    cfg = _amx.tile_config()
+    for bi in range(b_first, nbat, b_step):
+        aoff = -alo + bi * sa0 + r0 * sam
+        boff = -blo + bi * sb0 + c0 * sbn
+        coff = bi * m * n + r0 * n + c0
+        for jc in range(0, nb_all, panel):
+            nbp = min(panel, nb_all - jc)
+            ncols = _cdiv(nbp, _amx.NB) * _amx.NB
+            _amx.pack_b(bf, boff + jc * sbn, sbk, sbn, k, nbp, bp, ncols // 16)
+            for ic in range(0, mb_all, mc):
+                mb = min(mc, mb_all - ic)
+                rows = _cdiv(mb, _amx.MB) * _amx.MB
+                _amx.pack_a(af, aoff + ic * sam, sam, sak, mb, k, ap, rows)
+                _amx.block_product(cfg, ap, rows, bp, kpad // 2, ncols, kc, nc, cbuf, c,
+                                   coff + ic * n + jc, n, mb, nbp, bias, has_bias, c0 + jc, act)
 
 
 # -------------------------------------------------------------------- unpacked small/skinny kernels
@@ -559,24 +625,33 @@ class _Compiled:
 
 
 _COMPILED: dict = {}
-_BF16: list = []  # the VDPBF16PS GEMM's share entry point, once compiled
+_BF16: dict = {}  # the bfloat16 GEMMs' share entry points by kernel, once compiled
 
 
-def _bf16_compiled():
-    if not _BF16:
-        _BF16.append(entry_point(_bf16_part, _sig("serial", np.uint16, np.float32)))
-    return _BF16[0]
+def _bf16_compiled(kernel: str = "packed"):
+    fn = _BF16.get(kernel)
+    if fn is None:
+        sig = _sig("serial", np.uint16, np.float32)
+        if kernel == "amx":  # and its scratch: (all shares' bytes, one share's)
+            sig = types.void(*sig.args, types.Array(types.uint8, 1, "C"), types.intp, types.intp)
+        fn = _BF16[kernel] = entry_point(_amx_part if kernel == "amx" else _bf16_part, sig)
+    return fn
 
 
 def bf16_dot(dtype_char: str, m: int, n: int, k: int, config: MatmulConfig | None) -> bool:
-    """Whether a product runs as the bfloat16 GEMM through AVX-512 BF16 (the CPU has it, the
-    operands are bfloat16 bits, the packed kernel is asked for and the product is not tiny)."""
-    return (dtype_char == "H" and _gemm.HAS_BF16_DOT and k > 0 and m * n * k >= SMALL_WORK
-            and (config is None or config.kernel == "packed"))
+    """Whether a product runs as a bfloat16 GEMM (AMX tiles or AVX-512 BF16: the CPU has it,
+    the operands are bfloat16 bits, that kernel or the packed one is asked for and the product
+    is not tiny)."""
+    if dtype_char != "H" or k == 0 or m * n * k < SMALL_WORK:
+        return False
+    if config is not None and config.kernel == "amx":
+        return _amx.available() or _gemm.HAS_BF16_DOT
+    return _gemm.HAS_BF16_DOT and (config is None or config.kernel == "packed")
 
 
 def _matmul_bf16(a, b, bias, act, config):
-    """act(a @ b + bias) for bfloat16 bits (uint16) through VDPBF16PS: float32 (B, M, N)."""
+    """act(a @ b + bias) for bfloat16 bits (uint16) on AMX tiles (an amx config) or through
+    VDPBF16PS: float32 (B, M, N)."""
     nbat, m, k = a.shape
     n = b.shape[2]
     out = np.empty((nbat, m, n), np.float32)
@@ -584,6 +659,15 @@ def _matmul_bf16(a, b, bias, act, config):
     bias = _half.widen(bias) if has_bias else np.zeros(0, np.float32)
     if not (a.flags.aligned and b.flags.aligned):
         a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    if config is not None and config.kernel == "amx":
+        if _amx.available():
+            nthr = _threads(m * n * k * nbat // 8)
+            share = _amx_share_bytes(m, n, k, config.mc, config.nc)
+            ws = _workspace.scratch(nthr * share, np.uint8)
+            _run(_bf16_compiled("amx"), nthr, a, b, bias, has_bias, act, out, config.mc,
+                 config.kc, config.nc, ws, share, AMX_PANEL)
+            return out
+        config = None  # (a cache written on a machine with AMX, read on one without)
     cfg = config or _default(np.float32)
     # the float32 blocking's footprints hold twice the K of bfloat16
     blocks = (cfg.mc, 2 * cfg.kc, cfg.nc)
@@ -610,6 +694,8 @@ def warm(dtype: str) -> str:
         _half.warm_bf16()
         if _gemm.HAS_BF16_DOT:
             _bf16_compiled()
+        if _amx.available():
+            _bf16_compiled("amx")
     return _gemm.warm_result(before)
 
 
@@ -629,6 +715,8 @@ def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
     if dtype.char in _half.HALF_CHARS:
         if a.ndim == 3 and bf16_dot(dtype.char, a.shape[1], b.shape[2], a.shape[2], config):
             return _half.narrow(_matmul_bf16(a, b, bias, ACT_CODES[activation], config), "H")
+        if config is not None and config.kernel == "amx":  # no AMX here: float32's default
+            config = None
         out = matmul_forward(_half.widen(a), _half.widen(b), _half.widen(bias), activation,
                              config, allow_tf32)
         return _half.narrow(out, dtype.char)
@@ -651,6 +739,8 @@ def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
         a, b, bias = np.ascontiguousarray(a), np.ascontiguousarray(b), np.ascontiguousarray(bias)
     work = m * n * k
     kernel = config.kernel if config is not None else "packed"
+    if kernel == "amx":  # bfloat16's kernel: float32 and float64 take their default
+        config, kernel = None, "packed"
     if kernel != "packed" and k > 0:
         # (config.nc: the rows kernel's column chunk; the others ignore it)
         _run(fns.unpacked[kernel], _threads(work * nbat), a, b, bias, has_bias, act, out,

@@ -1,0 +1,155 @@
+"""The bfloat16 GEMM on Intel AMX tiles (``_amx``): packing, where it is offered, the product.
+
+The packing tests and the fallback run everywhere (plain Numba); the product needs AMX-BF16 and
+Linux's permission for the tile data, and runs only where ``_amx.available()`` (an Intel Xeon of
+the Sapphire Rapids generation or later). Elsewhere nothing AMX is compiled: an amx config (from a
+cache written on such a machine) falls back to the other bfloat16 paths, tested here too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference import MATMUL_ALIGNED, MATMUL_ODD, assert_matmul_close
+from test_numba_bf16dot import _strided, as_bf16, bits
+
+from kernelkit.core import Problem
+from kernelkit.kernels.numba import _amx
+from kernelkit.kernels.numba import matmul as nm
+from kernelkit.kernels.numba.matmul import MatmulConfig, matmul_forward
+
+POISON16, POISON32 = np.uint16(0xBEEF), np.uint32(0xDEADBEEF)
+needs_amx = pytest.mark.skipif(not _amx.available(),
+                               reason="no AMX-BF16 here (or Linux refused the tile data)")
+
+
+@pytest.mark.parametrize("mb,kb,rows", [(1, 1, 32), (5, 33, 32), (32, 32, 32), (40, 70, 64)])
+@pytest.mark.parametrize("layout", ["row", "col", "reversed"])
+def test_pack_a_writes_16_row_strips_of_1kib_tiles(mb, kb, rows, layout):
+    rng = np.random.default_rng(mb * 100 + kb)
+    buf = rng.integers(0, 2**16, mb * kb, dtype=np.uint16)
+    off, s_m, s_k, a = _strided(buf, mb, kb, layout)
+    kpad = -(-kb // 32) * 32
+    dst = np.full(rows * kpad + 1, POISON16, np.uint16)
+    _amx.pack_a(buf, off, s_m, s_k, mb, kb, dst, rows)
+    pad = np.zeros((rows, kpad), np.uint16)
+    pad[:mb, :kb] = a
+    # (strip, K step, row in strip, value in step): tile (s, t) is 16 x 32 values in a row
+    want = pad.reshape(rows // 16, 16, kpad // 32, 32).transpose(0, 2, 1, 3).reshape(-1)
+    assert np.array_equal(dst[:-1], want)
+    assert dst[-1] == POISON16  # nothing past the padded rows
+
+
+@pytest.mark.parametrize("kb,nb", [(1, 1), (2, 16), (7, 19), (32, 32), (33, 5), (64, 48)])
+@pytest.mark.parametrize("layout", ["row", "col", "reversed"])
+def test_pack_b_writes_16_column_slivers_of_k_pairs(kb, nb, layout):
+    rng = np.random.default_rng(kb * 100 + nb)
+    buf = rng.integers(0, 2**16, kb * nb, dtype=np.uint16)
+    off, s_k, s_n, b = _strided(buf, kb, nb, layout)
+    kpad = -(-kb // 32) * 32
+    slivers = -(-nb // 32) * 2
+    dst = np.full(slivers * 16 * kpad // 2 + 1, POISON32, np.uint32)
+    _amx.pack_b(buf, off, s_k, s_n, kb, nb, dst, slivers)
+    pad = np.zeros((kpad, slivers * 16), np.uint32)
+    pad[:kb, :nb] = b
+    want = (pad[0::2] | (pad[1::2] << 16))  # (kpad/2, cols): pair q of column c
+    want = want.reshape(kpad // 2, slivers, 16).transpose(1, 0, 2).reshape(-1)
+    assert np.array_equal(dst[:-1], want)
+    assert dst[-1] == POISON32
+
+
+def test_the_amx_kernel_is_offered_exactly_where_the_cpu_has_it():
+    def kernels(dtype, m, k, n):
+        p = Problem("matmul", ((1, m, k), (1, k, n)), dtype, "NN", "numpy", "cpu")
+        return {c.kernel for c in nm.space(p)}
+
+    assert ("amx" in kernels("bfloat16", 256, 256, 256)) is _amx.available()
+    assert "amx" not in kernels("float32", 256, 256, 256)
+    assert "amx" not in kernels("float16", 256, 256, 256)
+    assert "amx" not in kernels("bfloat16", 4, 4, 4)  # tiny: the unpacked loop
+
+
+def test_amx_blocks_must_be_multiples_of_32():
+    with pytest.raises(ValueError, match="multiples of 32"):
+        MatmulConfig(1024, 100, 256, "amx")
+    MatmulConfig(100, 100, 100, "packed")  # the other kernels keep their own rules
+
+
+TINY = MatmulConfig(32, 32, 32, "amx")  # every dim crosses the A chunks, K blocks and C buffers
+
+
+def _product_cases(a, b, bias, config):
+    out = as_bf16(matmul_forward(bits(a), bits(b), config=config))
+    assert out.shape == (a.shape[0], a.shape[1], b.shape[2])
+    assert_matmul_close(out, a, b, acc="float32")
+    out = as_bf16(matmul_forward(bits(a), bits(b), bits(bias), "gelu", config))
+    assert_matmul_close(out, a, b, bias, "gelu", acc="float32")
+
+
+@pytest.mark.parametrize("available", [True, False], ids=["amx", "no-amx"])
+def test_an_amx_config_without_amx_falls_back(available, monkeypatch):
+    """A cache written on a machine with AMX names the amx kernel; read on a machine without
+    it (or with the permission refused) the product still comes out, through another path."""
+    if available and not _amx.available():
+        pytest.skip("no AMX-BF16 here: the fallback case covers this machine")
+    monkeypatch.setattr(_amx, "available", lambda: available)
+    monkeypatch.setattr(nm, "SMALL_WORK", 0)
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(2, 45, 70, generator=g).bfloat16()
+    b = torch.randn(2, 70, 37, generator=g).bfloat16()
+    _product_cases(a, b, torch.randn(37, generator=g).bfloat16(), TINY)
+
+
+@needs_amx
+@pytest.mark.parametrize("mkn", MATMUL_ODD + MATMUL_ALIGNED, ids=str)
+@pytest.mark.parametrize("config", [MatmulConfig(*nm.AMX_CONFIGS[0], "amx"), TINY],
+                         ids=["default", "tiny"])
+@pytest.mark.parametrize("threads", ["serial", "parallel"])
+def test_amx_gemm_matches_float64(mkn, config, threads, monkeypatch):
+    monkeypatch.setattr(nm, "SMALL_WORK", 0)  # the AMX path, whatever the size
+    monkeypatch.setattr(nm, "SERIAL_WORK", 1 << 62 if threads == "serial" else 0)
+    m, k, n = mkn
+    g = torch.Generator().manual_seed(m * 1000 + k * 10 + n)
+    a = torch.randn(2, m, k, generator=g).bfloat16()
+    b = torch.randn(2, k, n, generator=g).bfloat16()
+    _product_cases(a, b, torch.randn(n, generator=g).bfloat16(), config)
+
+
+@needs_amx
+def test_amx_gemm_strides_panels_nan_inf(monkeypatch):
+    """Transposed, sliced and reversed views; more columns than one packed B panel; NaN / Inf
+    propagate as torch's do."""
+    monkeypatch.setattr(nm, "SMALL_WORK", 0)
+    monkeypatch.setattr(nm, "AMX_PANEL", 64)  # three panels of B's 153 columns
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(3, 41, 67, generator=g).bfloat16()
+    b = torch.randn(3, 82, 153, generator=g).bfloat16()
+    au = bits(a).transpose(0, 2, 1)[:, ::-1]  # (3, 67, 41): transposed, rows reversed
+    bu = bits(b)[:, ::-2]                       # (3, 41, 153): every other row, reversed
+    out = as_bf16(matmul_forward(au, bu, config=TINY))
+    assert_matmul_close(out, as_bf16(au), as_bf16(bu), acc="float32")
+    x = torch.randn(1, 30, 20, generator=g).bfloat16()
+    x[0, 3, 5], x[0, 7, 0] = float("nan"), float("inf")
+    y = torch.randn(1, 20, 40, generator=g).bfloat16()
+    out = as_bf16(matmul_forward(bits(x), bits(y), config=TINY))
+    assert_matmul_close(out, x, y, acc="float32")
+    assert torch.equal(out.isnan(), torch.matmul(x, y).isnan())
+
+
+@needs_amx
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(m=st.integers(1, 80), k=st.integers(1, 80), n=st.integers(1, 90),
+       blocks=st.tuples(*[st.sampled_from([32, 64, 96])] * 3), seed=st.integers(0, 2**16))
+def test_amx_gemm_hypothesis(m, k, n, blocks, seed):
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(1, m, k, generator=g).bfloat16(), torch.randn(1, k, n, generator=g).bfloat16()
+    old = nm.SMALL_WORK
+    nm.SMALL_WORK = 0
+    try:
+        out = as_bf16(matmul_forward(bits(a), bits(b), config=MatmulConfig(*blocks, "amx")))
+    finally:
+        nm.SMALL_WORK = old
+    assert_matmul_close(out, a, b, acc="float32")
