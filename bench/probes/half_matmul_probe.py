@@ -44,7 +44,7 @@ def main() -> int:
     print(f"cpu: {devices.cpu_info()['model']}; {args.dtype} vs float32, Numba forced; torch "
           f"{torch.__version__} ({torch.backends.cpu.get_cpu_capability()})")
     print("| n | Numba float32 GFLOP/s | Numba half GFLOP/s | torch half GFLOP/s | half / float32 "
-          "| half / torch |\n| --- | --- | --- | --- | --- | --- |")
+          "| half / torch | half's config |\n| --- | --- | --- | --- | --- | --- | --- |")
     for n in args.sizes:
         g = torch.Generator().manual_seed(n)
         a32, b32 = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
@@ -66,8 +66,10 @@ def main() -> int:
         gf = {k: flops / v / 1e9 for k, v in med.items()}
         tq = (f"{gf['torch']:.1f}", f"{med['torch'] / med['half']:.2f}x") if "torch" in med \
             else ("-", "-")
+        with kernelkit.use(backend="numba"):  # the tuner's choice (cached by the first call)
+            cfg = kernelkit.explain("matmul", a16, b16).choice.config
         print(f"| {n} | {gf['fp32']:.1f} | {gf['half']:.1f} | {tq[0]} | "
-              f"{med['fp32'] / med['half']:.2f}x | {tq[1]} |")
+              f"{med['fp32'] / med['half']:.2f}x | {tq[1]} | {cfg} |")
     return 0
 
 

@@ -105,7 +105,7 @@ def test_an_amx_config_without_amx_falls_back(available, monkeypatch):
 
 @needs_amx
 @pytest.mark.parametrize("mkn", MATMUL_ODD + MATMUL_ALIGNED, ids=str)
-@pytest.mark.parametrize("config", [MatmulConfig(*nm.AMX_CONFIGS[0], "amx"), TINY],
+@pytest.mark.parametrize("config", [nm.amx_configs(64)[0], TINY],
                          ids=["default", "tiny"])
 @pytest.mark.parametrize("threads", ["serial", "parallel"])
 def test_amx_gemm_matches_float64(mkn, config, threads, monkeypatch):

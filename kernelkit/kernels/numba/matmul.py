@@ -203,7 +203,14 @@ def _unpacked_kernels(m: int, n: int, k: int, layout: str) -> list[str]:
 CONFIG = MatmulConfig
 
 
-AMX_CONFIGS = ((1024, 256, 256), (1024, 512, 128))  # (mc, kc, nc) of the amx kernel
+def amx_configs(k: int) -> list[MatmulConfig]:
+    """The amx kernel's configs for K = ``k``: 1024 rows of A packed at once, K blocks of 256
+    and 512, and C strips as wide as keeps the B columns they pass (all of K by nc) in a
+    quarter of L2 (the 32-row strips of A pass them all: a wider block fell out of L2, and on a
+    VM whose two vCPUs share a core the other thread's half goes too)."""
+    kpad = -(-max(k, 1) // _amx.KSTEP) * _amx.KSTEP
+    nc = _round_down(min(512, _cache_sizes()[2] // 4 // (2 * kpad)), _amx.NB)
+    return [MatmulConfig(1024, 256, nc, "amx"), MatmulConfig(1024, 512, max(32, nc // 2), "amx")]
 
 
 def space(problem) -> list[MatmulConfig]:
@@ -212,7 +219,7 @@ def space(problem) -> list[MatmulConfig]:
     (_, m, k), (_, _, n) = problem.shapes
     out = MatmulConfig.space(_half.compute_dtype(problem.dtype), m, n, k, problem.layout)
     if problem.dtype == "bfloat16" and m * n * k >= SMALL_WORK and _amx.available():
-        out = [MatmulConfig(*blocks, "amx") for blocks in AMX_CONFIGS] + out
+        out = amx_configs(k) + out
     return out
 
 
