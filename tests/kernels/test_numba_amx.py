@@ -1,4 +1,5 @@
-"""The bfloat16 GEMM on Intel AMX tiles (``_amx``): packing, where it is offered, the product.
+"""The bfloat16 GEMM and conv2d on Intel AMX tiles (``_amx``): packing, where they are offered,
+the products.
 
 The packing tests and the fallback run everywhere (plain Numba); the product needs AMX-BF16 and
 Linux's permission for the tile data, and runs only where ``_amx.available()`` (an Intel Xeon of
@@ -11,14 +12,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from reference import MATMUL_ALIGNED, MATMUL_ODD, assert_matmul_close
+from reference import MATMUL_ALIGNED, MATMUL_ODD, assert_conv2d_close, assert_matmul_close
+from test_numba_bf16conv import CASES, _ids, make
 from test_numba_bf16dot import _strided, as_bf16, bits
 
+import kernelkit
+from kernelkit.arrays import torch_to_numpy
 from kernelkit.core import Problem
+from kernelkit.kernels.convgeom import ConvOptions
 from kernelkit.kernels.numba import _amx
+from kernelkit.kernels.numba import conv2d as nc
 from kernelkit.kernels.numba import matmul as nm
+from kernelkit.kernels.numba.conv2d import Conv2dConfig, conv2d_forward
 from kernelkit.kernels.numba.matmul import MatmulConfig, matmul_forward
 
 POISON16, POISON32 = np.uint16(0xBEEF), np.uint32(0xDEADBEEF)
@@ -153,3 +160,130 @@ def test_amx_gemm_hypothesis(m, k, n, blocks, seed):
     finally:
         nm.SMALL_WORK = old
     assert_matmul_close(out, a, b, acc="float32")
+
+
+# ------------------------------------------------------------------------------------- conv2d
+
+AMX_CONV = Conv2dConfig(96, 256, 4096, "amx")
+# stride 1, one group: what the amx conv runs (from the VDPBF16PS tests' cases, and more)
+CONV_CASES = [case for case in CASES if case[7] == (1, 1) and case[10] == 1] + [
+    (2, 33, 6, 7, 40, 3, 3, (1, 1), (0, 1, 2, 0), (1, 1), 1),  # asymmetric padding, > 32 ch
+    (1, 64, 12, 12, 70, 2, 3, (1, 1), (1, 1, 1, 1), (2, 1), 1),  # dilation, K past 2 blocks
+    (1, 5, 40, 3, 3, 3, 1, (1, 1), (1, 1, 0, 0), (1, 1), 1),  # tall and narrow
+]
+
+
+@pytest.fixture
+def poisoned_scratch(monkeypatch):
+    """The amx conv's scratch and packed weight start as all-ones bytes (NaN as float32, NaN
+    pairs as bfloat16), and its threaded path runs whatever the size."""
+    monkeypatch.setattr(nc, "SERIAL_WORK", 0)
+    monkeypatch.setattr(nc, "SERIAL_PACK", 0)
+    for name in ("_scratch", "aligned_empty"):
+        real = getattr(nc, name)
+
+        def poisoned(size, dtype, real=real):
+            a = real(size, dtype)
+            a.view(np.uint8)[...] = 0xFF
+            return a
+        monkeypatch.setattr(nc, name, poisoned)
+
+
+def _conv_amx_check(x_bits, w, b, case, act=None, x_ref=None):
+    _, _, _, _, _, _, _, st_, pad, dil, g = case
+    assert nc.amx_conv(x_bits, bits(w), st_, g, "NCHW", AMX_CONV)
+    out = conv2d_forward(x_bits, bits(w), None if b is None else bits(b), st_, pad, dil, g, act,
+                         "NCHW", AMX_CONV)
+    assert out.dtype == np.uint16 and out.flags.c_contiguous
+    assert_conv2d_close(as_bf16(out), as_bf16(x_bits) if x_ref is None else x_ref, w, b,
+                        stride=st_, padding=pad, dilation=dil, groups=g, activation=act,
+                        acc="float32")
+
+
+def test_the_amx_conv_is_taken_exactly_where_it_applies(monkeypatch):
+    """An amx config on a bfloat16 NCHW stride-1 single-group forward, on a CPU with AMX; the
+    tuner offers it there only; elsewhere an amx config runs as "auto"."""
+    x, w = np.zeros((1, 8, 5, 5), np.uint16), np.zeros((8, 8, 3, 3), np.uint16)
+    monkeypatch.setattr(_amx, "available", lambda: True)
+    assert nc.amx_conv(x, w, (1, 1), 1, "NCHW", AMX_CONV)
+    assert not nc.amx_conv(x, w, (1, 1), 1, "NCHW", None)
+    assert not nc.amx_conv(x, w, (1, 1), 1, "NCHW", Conv2dConfig(96, 256, 4096, "auto"))
+    assert not nc.amx_conv(x, w, (2, 2), 1, "NCHW", AMX_CONV)
+    assert not nc.amx_conv(x, w[:, :4], (1, 1), 2, "NCHW", AMX_CONV)
+    assert not nc.amx_conv(x, w, (1, 1), 1, "NHWC", AMX_CONV)
+
+    def kernels(dtype, stride, groups):
+        opts = ConvOptions(stride=(stride, stride), padding=(1, 1, 1, 1), dilation=(1, 1),
+                           groups=groups, bias=False, activation=None)
+        p = Problem("conv2d", ((2, 8, 9, 9), (8, 8 // groups, 3, 3), (2, 8, 9 // stride, 9 // stride)),
+                    dtype, "NCHW", "torch", "cpu", opts)
+        return {c.kernel for c in nc.space(p)}
+
+    assert "amx" in kernels("bfloat16", 1, 1)
+    assert "amx" not in kernels("float32", 1, 1)
+    assert "amx" not in kernels("bfloat16", 2, 1)
+    assert "amx" not in kernels("bfloat16", 1, 2)
+    monkeypatch.setattr(_amx, "available", lambda: False)
+    assert "amx" not in kernels("bfloat16", 1, 1)
+    assert not nc.amx_conv(x, w, (1, 1), 1, "NCHW", AMX_CONV)
+    x_t, w_t, b_t = make(CONV_CASES[1], 3)  # and the config still runs, on another path
+    out = conv2d_forward(bits(x_t), bits(w_t), bits(b_t), (1, 1), (1, 1, 1, 1), (1, 1), 1,
+                         "relu", "NCHW", AMX_CONV)
+    assert_conv2d_close(as_bf16(out), x_t, w_t, b_t, stride=(1, 1), padding=(1, 1, 1, 1),
+                        dilation=(1, 1), groups=1, activation="relu", acc="float32")
+
+
+@needs_amx
+@pytest.mark.parametrize("case", CONV_CASES, ids=_ids)
+def test_amx_conv_matches_float64(case, poisoned_scratch):
+    x, w, b = make(case, sum(case[:7]))
+    _conv_amx_check(bits(x), w, b, case, "relu")
+    _conv_amx_check(bits(x), w, None, case)
+
+
+@needs_amx
+def test_amx_conv_reads_any_strides_and_propagates_nan_inf(poisoned_scratch):
+    case = (2, 7, 9, 8, 5, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    x, w, b = make(case, 5)
+    xb = bits(x)
+    _conv_amx_check(np.ascontiguousarray(xb[:, ::-1])[:, ::-1], w, b, case)
+    tr = np.ascontiguousarray(xb.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    _conv_amx_check(tr, w, b, case)
+    x[0, 2, 4, 4] = float("nan")
+    x[1, 3, 0, 0] = float("inf")
+    _conv_amx_check(bits(x), w, b, case)
+    w2 = w.clone()
+    w2[1, 4, 0, 0] = float("inf")
+    _conv_amx_check(bits(make(case, 6)[0]), w2, b, case)
+
+
+@needs_amx
+def test_amx_conv_keeps_a_frozen_weight_until_it_changes():
+    """Under frozen_weights() a torch weight is packed once; an in-place change repacks it."""
+    case = (1, 20, 6, 6, 9, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    x, w, b = make(case, 9)
+    wt = w.clone()
+    with kernelkit.frozen_weights():
+        for _ in range(2):
+            out = conv2d_forward(bits(x), torch_to_numpy(wt), None, (1, 1), (1, 1, 1, 1), (1, 1),
+                                 1, None, "NCHW", AMX_CONV)
+            assert_conv2d_close(as_bf16(out), x, wt, None, stride=(1, 1), padding=(1, 1, 1, 1),
+                                dilation=(1, 1), groups=1, acc="float32")
+        wt.mul_(-2)
+        out = conv2d_forward(bits(x), torch_to_numpy(wt), None, (1, 1), (1, 1, 1, 1), (1, 1), 1,
+                             None, "NCHW", AMX_CONV)
+        assert_conv2d_close(as_bf16(out), x, wt, None, stride=(1, 1), padding=(1, 1, 1, 1),
+                            dilation=(1, 1), groups=1, acc="float32")
+
+
+@needs_amx
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 3), c=st.integers(1, 70), hw=st.tuples(st.integers(1, 19),
+       st.integers(1, 19)), k=st.integers(1, 70), rs=st.sampled_from([1, 2, 3, 5]),
+       pad=st.integers(0, 2), seed=st.integers(0, 2**16))
+def test_amx_conv_hypothesis(n, c, hw, k, rs, pad, seed):
+    h, w_ = hw
+    assume(h + 2 * pad >= rs and w_ + 2 * pad >= rs)  # an output pixel at least
+    case = (n, c, h, w_, k, rs, rs, (1, 1), (pad,) * 4, (1, 1), 1)
+    x, w, b = make(case, seed)
+    _conv_amx_check(bits(x), w, b, case)

@@ -37,7 +37,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from kernelkit.kernels.numba._gemm import _JIT, _U, cdiv, epilogue
+from kernelkit.kernels.numba._gemm import _JIT, _U, cdiv, epilogue, flat_view, span
 
 MB = NB = 32  # the C block of the 2 x 2 tiles
 KSTEP = 32  # K values per TDPBF16PS
@@ -313,3 +313,162 @@ def block_product(cfg, ap, rows, bp, kp, ncols, kc, nc, cbuf, c, coff, ldc, mb, 
                         c[_U(o + q)] = cbuf[_U(r * nc + q)]
                 epilogue(c, coff + i * ldc + jc, ldc, r_n, c_n, bias, has_bias, b0 + jc, act)
     _tilerelease()
+
+
+# ------------------------------------------------------------------ conv2d: the shifted GEMM on AMX
+# A stride-1 NCHW convolution of one image is, per kernel tap, a GEMM of the tap's weights
+# (K x C) by the zero-padded input shifted by the tap: on the padded grid (width wp), output pixel
+# j = oy*wp + ox reads input pixel j + shift(tap) (columns ox >= wo are computed and dropped).
+# The input is packed once per image as planes of channel pairs (uint32 words (x[2q], x[2q+1])),
+# so a B tile is 16 pair planes x 16 consecutive pixels, loaded in place at any shift (row
+# stride: the plane); the weights as one A block per tap (``pack_a``).
+
+@numba.njit(**_JIT)
+def pad_pairs(xf, xoff, c, h, w, s_c, s_h, s_w, ph, pw, dst, doff, cqp, wp, plane):
+    """Image ``x[c, y, x] = xf[xoff + c*s_c + y*s_h + x*s_w]`` (uint16 bits) as ``cqp`` planes
+    of channel pairs at ``dst[doff:]``: word ``q*plane + (y+ph)*wp + x+pw`` is (x[2q, y, x],
+    x[2q+1, y, x]); zero in the padding, past the channels and up to each plane's end."""
+    z = np.uint32(0)
+    w32 = np.uint32
+    for q in range(cqp):
+        base = doff + q * plane
+        for i in range(plane):
+            dst[_U(base + i)] = z
+        c0 = 2 * q
+        if c0 >= c:
+            continue
+        pair = c0 + 1 < c
+        for y in range(h):
+            o = xoff + c0 * s_c + y * s_h
+            d = base + (y + ph) * wp + pw
+            if pair and s_w == 1:
+                for xx in range(w):
+                    dst[_U(d + xx)] = w32(xf[_U(o + xx)]) | (w32(xf[_U(o + s_c + xx)]) << w32(16))
+            else:
+                for xx in range(w):
+                    lo = w32(xf[_U(o + xx * s_w)])
+                    hi = w32(xf[_U(o + s_c + xx * s_w)]) if pair else z
+                    dst[_U(d + xx)] = lo | (hi << w32(16))
+
+
+@numba.njit(**_JIT)
+def pack_conv_weight(t, nthr, wf, k, c, taps, dst, rows):
+    """Thread t's share (rows split evenly) of weight ``wf`` ((K, C, R, S) contiguous uint16
+    bits, ``taps`` = R*S) as one A block per tap, laid out as ``pack_a`` lays out the (K, C)
+    matrix of that tap: tap t's block starts at ``t * rows * cpad`` (``rows``: K rounded up to
+    32, ``cpad``: C rounded up to 32), zero past K and C. Reads the weight in order, writes
+    each tap's block."""
+    cpad = cdiv(c, KSTEP) * KSTEP
+    ksteps = cpad // KSTEP
+    blk = rows * cpad
+    z = np.uint16(0)
+    i0, i1 = rows * t // nthr, rows * (t + 1) // nthr
+    for i in range(i0, i1):
+        row = (i // 16) * ksteps * 512 + (i % 16) * 32
+        for tap in range(taps):
+            d0 = tap * blk + row
+            o = i * c * taps + tap  # a row of the weight (C x taps) stays in L1 over the taps
+            for pb in range(ksteps):
+                d = d0 + pb * 512
+                width = min(KSTEP, c - pb * KSTEP) if i < k else 0
+                for v in range(max(width, 0)):
+                    dst[_U(d + v)] = wf[_U(o + (pb * KSTEP + v) * taps)]
+                for v in range(max(width, 0), KSTEP):
+                    dst[_U(d + v)] = z
+
+
+@numba.njit(**_JIT)
+def conv_product(cfg, ap, rows, cqp, shifts, xq, xoff, plane, j0, j1, outp, ooff, ldo):
+    """``outp[ooff + kk*ldo + j] = sum_t sum_c A_t[kk, c] X[c, j + shifts[t]]`` for kk < rows
+    (a multiple of 32) and j in [j0, j1) (multiples of 32): A_t packed by ``pack_conv_weight``,
+    X the pair planes at ``xq[xoff:]`` (``cqp`` planes, a multiple of 16). The calling thread's
+    tiles are configured and released here."""
+    _ldtilecfg(cfg.ctypes.data)
+    strip = cqp * 64  # bytes of a 16-row strip of A_t (cqp pairs = 2*cqp values per row)
+    tap_bytes = rows * cqp * 4
+    a_base = ap.ctypes.data
+    x_base = xq.ctypes.data + xoff * 4
+    o_base = outp.ctypes.data + ooff * 4
+    sx = plane * 4
+    so = ldo * 4
+    # out-channel blocks outside: one block's weights (taps x 32 rows x C, L2) pass every pixel
+    # block (the pair planes: L2); the other way round, a deep layer's weights (4.7 MB at 512
+    # channels) were read from memory once per 32 pixels
+    for kk in range(0, rows, MB):
+        for j in range(j0, j1, NB):
+            _tilezero(0)
+            _tilezero(1)
+            _tilezero(2)
+            _tilezero(3)
+            for t in range(shifts.size):
+                a0 = a_base + t * tap_bytes + (kk // 16) * strip
+                b0 = x_base + (j + shifts[t]) * 4
+                for cb in range(0, cqp, 16):
+                    at = a0 + cb * 64  # K step cb/16: its 1 KiB tile
+                    bt = b0 + cb * sx
+                    _tileload(4, at, 64)
+                    _tileload(6, bt, sx)
+                    _tdpbf16ps(0, 4, 6)
+                    _tileload(7, bt + 64, sx)
+                    _tdpbf16ps(1, 4, 7)
+                    _tileload(5, at + strip, 64)
+                    _tdpbf16ps(2, 5, 6)
+                    _tdpbf16ps(3, 5, 7)
+            cp = o_base + (kk * ldo + j) * 4
+            _tilestore(0, cp, so)
+            _tilestore(1, cp + 64, so)
+            _tilestore(2, cp + 16 * so, so)
+            _tilestore(3, cp + 16 * so + 64, so)
+    _tilerelease()
+
+
+@numba.njit(**_JIT)
+def conv_pack_part(t, nthr, x4, xq, cqp, plane, wp, ph, pw):
+    """Thread t's share of the pair planes of every image of ``x4`` ((N, C, H, W) uint16 bits,
+    any strides): planes split evenly over the threads."""
+    n, c, h, w = x4.shape
+    isz = x4.itemsize
+    s_n, s_c, s_h, s_w = (x4.strides[0] // isz, x4.strides[1] // isz, x4.strides[2] // isz,
+                          x4.strides[3] // isz)
+    lo, length = span(x4.shape, x4.strides, isz)
+    xf = flat_view(x4, lo, length)
+    total = n * cqp
+    u0, u1 = total * t // nthr, total * (t + 1) // nthr
+    for u in range(u0, u1):
+        img, q = u // cqp, u % cqp
+        pad_pairs(xf, img * s_n + 2 * q * s_c - lo, c - 2 * q, h, w, s_c, s_h, s_w, ph, pw, xq,
+                  (img * cqp + q) * plane, 1, wp, plane)
+
+
+@numba.njit(**_JIT)
+def conv_part(t, nthr, ap, rows, cqp, shifts, xq, plane, outp, ncols, out4, bias, has_bias, act,
+              wp):
+    """Thread t's share of the convolution: (image, 32-pixel column block) units split evenly;
+    each block's products go to ``outp`` (rows x ncols per image, the padded grid), then its
+    valid pixels to ``out4`` ((N, K, Ho, Wo) float32) through the epilogue (bias per row)."""
+    n, k, ho, wo = out4.shape
+    out = out4.reshape(-1)
+    cfg = tile_config()
+    blocks = ncols // NB
+    total = n * blocks
+    u0, u1 = total * t // nthr, total * (t + 1) // nthr
+    u = u0
+    while u < u1:
+        img = u // blocks
+        b1 = min(u1 - img * blocks, blocks)
+        j0, j1 = (u % blocks) * NB, b1 * NB
+        ooff = img * rows * ncols
+        conv_product(cfg, ap, rows, cqp, shifts, xq, img * cqp * plane, plane, j0, j1, outp,
+                     ooff, ncols)
+        for y in range(j0 // wp, min(ho, (j1 - 1) // wp + 1)):
+            xs = max(0, j0 - y * wp)
+            xe = min(wo, j1 - y * wp)
+            if xe <= xs:
+                continue
+            for kk in range(k):
+                src = ooff + kk * ncols + y * wp
+                dst = ((img * k + kk) * ho + y) * wo
+                for xx in range(xs, xe):
+                    out[_U(dst + xx)] = outp[_U(src + xx)]
+                epilogue(out, dst + xs, wo, 1, xe - xs, bias, has_bias, kk, act, True)
+        u = img * blocks + b1

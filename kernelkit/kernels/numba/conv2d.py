@@ -35,7 +35,7 @@ from numba import types
 
 from kernelkit.kernels.config import cdiv
 from kernelkit.kernels.convgeom import out_size, problem_sizes
-from kernelkit.kernels.numba import _conv, _gemm, _half, _packs
+from kernelkit.kernels.numba import _amx, _conv, _gemm, _half, _packs
 from kernelkit.kernels.numba._gemm import ACT_CODES, entry_point, tile_shape
 from kernelkit.kernels.numba._pool import run as _run
 from kernelkit.kernels.numba._pool import run_synced as _run_synced
@@ -45,7 +45,7 @@ from kernelkit.kernels.numba.matmul import GemmBlocking, MatmulConfig, _round_do
 from kernelkit.kernels.numba.matmul import matmul_forward as _matmul_forward
 from kernelkit.kernels.numba.matmul import warm as _matmul_warm
 
-CONV_KERNELS = ("auto", "gemm", "shift")
+CONV_KERNELS = ("auto", "gemm", "shift", "amx")
 
 __all__ = ["Conv2dConfig", "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"]
 
@@ -89,7 +89,9 @@ class Conv2dConfig(GemmBlocking):
         the input read in place, or on one zero-padded copy of it), or "auto" (where it
         measured faster: with AVX-512, shift everywhere; else shift where a batch has at least
         ``SHIFT_MIN_PIXELS`` output pixels per channel, on planes of at least
-        ``SHIFT_MIN_PLANE``). Other convolutions, and the backward ops, ignore it.
+        ``SHIFT_MIN_PLANE``), or "amx" (bfloat16, stride 1, one group, on a CPU with AMX: the
+        shifted GEMM on AMX tiles, ``_amx``; "auto" elsewhere). Other convolutions, and the
+        backward ops, ignore it.
     """
 
     kernel: str = "auto"
@@ -154,6 +156,10 @@ def space(problem) -> list[Conv2dConfig]:
         d = out[0]
         other = "gemm" if _shift_by_default(n, ho, wo, r * s) else "shift"
         out.insert(1, Conv2dConfig(d.mc, d.kc, d.nc, other))
+        stride = tuple(opts.stride) if isinstance(opts.stride, (tuple, list)) else (opts.stride,) * 2
+        if (problem.dtype == "bfloat16" and stride == (1, 1) and opts.groups == 1
+                and _amx.available()):
+            out.insert(0, Conv2dConfig(d.mc, d.kc, d.nc, "amx"))
     return out
 
 
@@ -483,6 +489,9 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
     (K, C // groups, R, S); bias: (K,) or None. stride, dilation: pairs; padding: (top, bottom,
     left, right).
     """
+    if x.dtype.char == "H" and amx_conv(x, weight, stride, groups, layout, config):
+        out = _conv_amx(x, weight, bias, padding, dilation, activation)
+        return _half.narrow(out, "H")
     if x.dtype.char == "H" and bf16_shift(x, weight, groups, layout, config):
         out = _conv_pairs(x, weight, bias, stride, padding, dilation, groups, activation, config)
         return _half.narrow(out, "H")
@@ -497,6 +506,63 @@ def bf16_shift(x, weight, groups, layout: str, config: Conv2dConfig | None) -> b
     return (_gemm.HAS_BF16_DOT and layout == "NCHW" and cg * r * s > 0
             and not (int(groups) == x.shape[1] and cg == 1 and groups > 1)
             and (config is None or config.kernel != "gemm"))
+
+
+def amx_conv(x, weight, stride, groups, layout: str, config: Conv2dConfig | None) -> bool:
+    """Whether a bfloat16 forward runs as the shifted GEMM on AMX tiles (an amx config, the CPU
+    has AMX-BF16, NCHW, stride 1, one group); an amx config elsewhere runs as "auto"."""
+    st = tuple(stride) if isinstance(stride, (tuple, list)) else (stride, stride)
+    return (config is not None and config.kernel == "amx" and layout == "NCHW"
+            and st == (1, 1) and int(groups) == 1 and weight.size > 0 and _amx.available())
+
+
+def _conv_amx(x, weight, bias, padding, dilation, activation) -> np.ndarray:
+    """act(conv2d(x, weight) + bias), stride 1, one group, for NCHW bfloat16 bits (uint16):
+    float32 (N, K, Ho, Wo), through ``_amx.conv_product`` (the shifted GEMM on AMX tiles).
+
+    Two launches: the images' channel pairs packed as zero-padded planes, then the products
+    and the epilogue, split by (image, 32-pixel block) of the padded output grid."""
+    n, c, h, w = x.shape
+    k, _, r, s = weight.shape
+    top, bottom, left, right = padding
+    dh, dw = dilation
+    ho, wo = out_size(h, w, r, s, (1, 1), padding, dilation)
+    out = np.empty((n, k, ho, wo), np.float32)
+    if out.size == 0:
+        return out
+    wp = w + left + right
+    hp = h + top + bottom
+    cqp = cdiv(c, 32) * 16  # channel pairs, a multiple of a tile's 16 rows
+    rows = cdiv(k, 32) * 32
+    shifts = np.array([i * dh * wp + j * dw for i in range(r) for j in range(s)], np.int64)
+    ncols = cdiv(ho * wp, 32) * 32
+    plane = cdiv(max(hp * wp, ncols + int(shifts[-1])), 16) * 16
+    has_bias = bias is not None
+    bias = _half.widen(bias) if has_bias else np.zeros(0, np.float32)
+    asize = r * s * rows * 2 * cqp
+    xsize = n * cqp * plane
+    osize = n * rows * ncols
+    tn = _threads(n * ho * wo * k * c * r * s // 8)
+    ws = _scratch(4 * xsize + 4 * osize + 2 * 64, np.uint8)
+    xq = ws[:4 * xsize].view(np.uint32)
+    o = -(-4 * xsize // 64) * 64
+    outp = ws[o:o + 4 * osize].view(np.float32)
+    # the packed weight: kept across calls for a torch weight under frozen_weights() (_packs)
+    tensor = _packs.owner(weight) if KEEP_PACKS else None
+    key = None if tensor is None else (
+        "amx", weight.__array_interface__["data"][0], weight.shape, weight.strides)
+    ap = None if key is None else _packs.lookup(key, tensor)
+    if ap is None:
+        version = None if tensor is None else tensor._version
+        ap = aligned_empty(asize, np.uint16)
+        _run(_amx.pack_conv_weight, tn if asize >= SERIAL_PACK else 1,
+             np.ascontiguousarray(weight).reshape(-1), k, c, r * s, ap, rows)
+        if key is not None:
+            _packs.keep(key, tensor, version, ap)
+    _run(_amx.conv_pack_part, tn, x, xq, cqp, plane, wp, top, left)
+    _run(_amx.conv_part, tn, ap, rows, cqp, shifts, xq, plane, outp, ncols, out, bias, has_bias,
+         ACT_CODES[activation], wp)
+    return out
 
 
 def _conv_pairs(x, weight, bias, stride, padding, dilation, groups, activation,
