@@ -165,11 +165,13 @@ def test_amx_gemm_hypothesis(m, k, n, blocks, seed):
 # ------------------------------------------------------------------------------------- conv2d
 
 AMX_CONV = Conv2dConfig(96, 256, 4096, "amx")
-# stride 1, one group: what the amx conv runs (from the VDPBF16PS tests' cases, and more)
-CONV_CASES = [case for case in CASES if case[7] == (1, 1) and case[10] == 1] + [
+# one group, a square stride: what the amx conv runs (the VDPBF16PS tests' cases, and more)
+CONV_CASES = [case for case in CASES if case[7][0] == case[7][1] and case[10] == 1] + [
     (2, 33, 6, 7, 40, 3, 3, (1, 1), (0, 1, 2, 0), (1, 1), 1),  # asymmetric padding, > 32 ch
     (1, 64, 12, 12, 70, 2, 3, (1, 1), (1, 1, 1, 1), (2, 1), 1),  # dilation, K past 2 blocks
     (1, 5, 40, 3, 3, 3, 1, (1, 1), (1, 1, 0, 0), (1, 1), 1),  # tall and narrow
+    (2, 40, 15, 12, 33, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),  # stride 2: four phases
+    (1, 9, 14, 13, 7, 3, 3, (3, 3), (0, 2, 1, 0), (2, 1), 1),  # stride 3, dilation
 ]
 
 
@@ -201,14 +203,15 @@ def _conv_amx_check(x_bits, w, b, case, act=None, x_ref=None):
 
 
 def test_the_amx_conv_is_taken_exactly_where_it_applies(monkeypatch):
-    """An amx config on a bfloat16 NCHW stride-1 single-group forward, on a CPU with AMX; the
-    tuner offers it there only; elsewhere an amx config runs as "auto"."""
+    """An amx config on a bfloat16 NCHW single-group forward with a square stride, on a CPU
+    with AMX; the tuner offers it there only; elsewhere an amx config runs as "auto"."""
     x, w = np.zeros((1, 8, 5, 5), np.uint16), np.zeros((8, 8, 3, 3), np.uint16)
     monkeypatch.setattr(_amx, "available", lambda: True)
     assert nc.amx_conv(x, w, (1, 1), 1, "NCHW", AMX_CONV)
     assert not nc.amx_conv(x, w, (1, 1), 1, "NCHW", None)
     assert not nc.amx_conv(x, w, (1, 1), 1, "NCHW", Conv2dConfig(96, 256, 4096, "auto"))
-    assert not nc.amx_conv(x, w, (2, 2), 1, "NCHW", AMX_CONV)
+    assert nc.amx_conv(x, w, (2, 2), 1, "NCHW", AMX_CONV)
+    assert not nc.amx_conv(x, w, (1, 2), 1, "NCHW", AMX_CONV)
     assert not nc.amx_conv(x, w[:, :4], (1, 1), 2, "NCHW", AMX_CONV)
     assert not nc.amx_conv(x, w, (1, 1), 1, "NHWC", AMX_CONV)
 
@@ -221,7 +224,7 @@ def test_the_amx_conv_is_taken_exactly_where_it_applies(monkeypatch):
 
     assert "amx" in kernels("bfloat16", 1, 1)
     assert "amx" not in kernels("float32", 1, 1)
-    assert "amx" not in kernels("bfloat16", 2, 1)
+    assert "amx" in kernels("bfloat16", 2, 1)
     assert "amx" not in kernels("bfloat16", 1, 2)
     monkeypatch.setattr(_amx, "available", lambda: False)
     assert "amx" not in kernels("bfloat16", 1, 1)
@@ -280,10 +283,10 @@ def test_amx_conv_keeps_a_frozen_weight_until_it_changes():
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(1, 3), c=st.integers(1, 70), hw=st.tuples(st.integers(1, 19),
        st.integers(1, 19)), k=st.integers(1, 70), rs=st.sampled_from([1, 2, 3, 5]),
-       pad=st.integers(0, 2), seed=st.integers(0, 2**16))
-def test_amx_conv_hypothesis(n, c, hw, k, rs, pad, seed):
+       stride=st.integers(1, 3), pad=st.integers(0, 2), seed=st.integers(0, 2**16))
+def test_amx_conv_hypothesis(n, c, hw, k, rs, stride, pad, seed):
     h, w_ = hw
     assume(h + 2 * pad >= rs and w_ + 2 * pad >= rs)  # an output pixel at least
-    case = (n, c, h, w_, k, rs, rs, (1, 1), (pad,) * 4, (1, 1), 1)
+    case = (n, c, h, w_, k, rs, rs, (stride, stride), (pad,) * 4, (1, 1), 1)
     x, w, b = make(case, seed)
     _conv_amx_check(bits(x), w, b, case)

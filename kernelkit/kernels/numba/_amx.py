@@ -316,39 +316,55 @@ def block_product(cfg, ap, rows, bp, kp, ncols, kc, nc, cbuf, c, coff, ldc, mb, 
 
 
 # ------------------------------------------------------------------ conv2d: the shifted GEMM on AMX
-# A stride-1 NCHW convolution of one image is, per kernel tap, a GEMM of the tap's weights
-# (K x C) by the zero-padded input shifted by the tap: on the padded grid (width wp), output pixel
-# j = oy*wp + ox reads input pixel j + shift(tap) (columns ox >= wo are computed and dropped).
+# An NCHW convolution of one image is, per kernel tap, a GEMM of the tap's weights (K x C) by the
+# zero-padded input shifted by the tap: on the padded grid (width wp), output pixel j = oy*wp +
+# ox reads input pixel j + shift(tap) (columns ox >= wo are computed and dropped). With stride st
+# the padded input is split into its st x st stride phases (every st-th row and column from
+# each offset): tap (r, s) reads the phase (r*dh % st, s*dw % st) shifted by (r*dh // st) rows
+# and (s*dw // st) columns, and the grid is a phase's.
 # The input is packed once per image as planes of channel pairs (uint32 words (x[2q], x[2q+1])),
 # so a B tile is 16 pair planes x 16 consecutive pixels, loaded in place at any shift (row
 # stride: the plane); the weights as one A block per tap (``pack_a``).
 
 @numba.njit(**_JIT)
-def pad_pairs(xf, xoff, c, h, w, s_c, s_h, s_w, ph, pw, dst, doff, cqp, wp, plane):
-    """Image ``x[c, y, x] = xf[xoff + c*s_c + y*s_h + x*s_w]`` (uint16 bits) as ``cqp`` planes
-    of channel pairs at ``dst[doff:]``: word ``q*plane + (y+ph)*wp + x+pw`` is (x[2q, y, x],
-    x[2q+1, y, x]); zero in the padding, past the channels and up to each plane's end."""
+def pad_pairs(xf, xoff, c, h, w, s_c, s_h, s_w, ph, pw, dst, doff, cqp, q, st, wp, plane):
+    """Channel pair q (channels 2q, 2q+1 of ``x[c, y, x] = xf[xoff + c*s_c + y*s_h + x*s_w]``,
+    uint16 bits) of one image, zero-padded (``ph`` rows above, ``pw`` columns left) and split
+    into the ``st`` x ``st`` stride phases of the padded grid: padded pixel (Y, X) is word
+    ``((Y%st * st + X%st) * cqp + q) * plane + (Y//st) * wp + X//st`` of ``dst[doff:]`` (``wp``:
+    a phase's width), the pair (x[2q], x[2q+1]); zero in the padding, past the channels and up to
+    each plane's end."""
     z = np.uint32(0)
     w32 = np.uint32
-    for q in range(cqp):
-        base = doff + q * plane
+    for phase in range(st * st):
+        base = doff + (phase * cqp + q) * plane
         for i in range(plane):
             dst[_U(base + i)] = z
-        c0 = 2 * q
-        if c0 >= c:
-            continue
-        pair = c0 + 1 < c
-        for y in range(h):
-            o = xoff + c0 * s_c + y * s_h
-            d = base + (y + ph) * wp + pw
+    c0 = 2 * q
+    if c0 >= c:
+        return
+    pair = c0 + 1 < c
+    for y in range(h):
+        yy = y + ph
+        o = xoff + c0 * s_c + y * s_h
+        if st == 1:
+            d = doff + q * plane + yy * wp + pw
             if pair and s_w == 1:
                 for xx in range(w):
                     dst[_U(d + xx)] = w32(xf[_U(o + xx)]) | (w32(xf[_U(o + s_c + xx)]) << w32(16))
-            else:
-                for xx in range(w):
-                    lo = w32(xf[_U(o + xx * s_w)])
-                    hi = w32(xf[_U(o + s_c + xx * s_w)]) if pair else z
-                    dst[_U(d + xx)] = lo | (hi << w32(16))
+                continue
+            for xx in range(w):
+                lo = w32(xf[_U(o + xx * s_w)])
+                hi = w32(xf[_U(o + s_c + xx * s_w)]) if pair else z
+                dst[_U(d + xx)] = lo | (hi << w32(16))
+            continue
+        row = (yy % st) * st
+        for xx in range(w):
+            xp = xx + pw
+            d = doff + ((row + xp % st) * cqp + q) * plane + (yy // st) * wp + xp // st
+            lo = w32(xf[_U(o + xx * s_w)])
+            hi = w32(xf[_U(o + s_c + xx * s_w)]) if pair else z
+            dst[_U(d)] = lo | (hi << w32(16))
 
 
 @numba.njit(**_JIT)
@@ -423,9 +439,10 @@ def conv_product(cfg, ap, rows, cqp, shifts, xq, xoff, plane, j0, j1, outp, ooff
 
 
 @numba.njit(**_JIT)
-def conv_pack_part(t, nthr, x4, xq, cqp, plane, wp, ph, pw):
-    """Thread t's share of the pair planes of every image of ``x4`` ((N, C, H, W) uint16 bits,
-    any strides): planes split evenly over the threads."""
+def conv_pack_part(t, nthr, x4, xq, cqp, st, plane, wp, ph, pw):
+    """Thread t's share of the pair planes (``pad_pairs``) of every image of ``x4`` ((N, C, H, W)
+    uint16 bits, any strides): (image, pair) units split evenly over the threads; image i's
+    planes start at ``i * st*st * cqp * plane``."""
     n, c, h, w = x4.shape
     isz = x4.itemsize
     s_n, s_c, s_h, s_w = (x4.strides[0] // isz, x4.strides[1] // isz, x4.strides[2] // isz,
@@ -436,16 +453,17 @@ def conv_pack_part(t, nthr, x4, xq, cqp, plane, wp, ph, pw):
     u0, u1 = total * t // nthr, total * (t + 1) // nthr
     for u in range(u0, u1):
         img, q = u // cqp, u % cqp
-        pad_pairs(xf, img * s_n + 2 * q * s_c - lo, c - 2 * q, h, w, s_c, s_h, s_w, ph, pw, xq,
-                  (img * cqp + q) * plane, 1, wp, plane)
+        pad_pairs(xf, img * s_n - lo, c, h, w, s_c, s_h, s_w, ph, pw, xq,
+                  img * st * st * cqp * plane, cqp, q, st, wp, plane)
 
 
 @numba.njit(**_JIT)
-def conv_part(t, nthr, ap, rows, cqp, shifts, xq, plane, outp, ncols, out4, bias, has_bias, act,
-              wp):
+def conv_part(t, nthr, ap, rows, cqp, shifts, xq, image, plane, outp, ncols, out4, bias,
+              has_bias, act, wp):
     """Thread t's share of the convolution: (image, 32-pixel column block) units split evenly;
-    each block's products go to ``outp`` (rows x ncols per image, the padded grid), then its
-    valid pixels to ``out4`` ((N, K, Ho, Wo) float32) through the epilogue (bias per row)."""
+    each block's products go to ``outp`` (rows x ncols per image, on a phase's grid of width
+    ``wp``), then its valid pixels to ``out4`` ((N, K, Ho, Wo) float32) through the epilogue
+    (bias per row). An image's pair planes are ``image`` words apart in ``xq``."""
     n, k, ho, wo = out4.shape
     out = out4.reshape(-1)
     cfg = tile_config()
@@ -458,8 +476,8 @@ def conv_part(t, nthr, ap, rows, cqp, shifts, xq, plane, outp, ncols, out4, bias
         b1 = min(u1 - img * blocks, blocks)
         j0, j1 = (u % blocks) * NB, b1 * NB
         ooff = img * rows * ncols
-        conv_product(cfg, ap, rows, cqp, shifts, xq, img * cqp * plane, plane, j0, j1, outp,
-                     ooff, ncols)
+        conv_product(cfg, ap, rows, cqp, shifts, xq, img * image, plane, j0, j1, outp, ooff,
+                     ncols)
         for y in range(j0 // wp, min(ho, (j1 - 1) // wp + 1)):
             xs = max(0, j0 - y * wp)
             xe = min(wo, j1 - y * wp)

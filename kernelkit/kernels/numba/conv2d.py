@@ -89,8 +89,8 @@ class Conv2dConfig(GemmBlocking):
         the input read in place, or on one zero-padded copy of it), or "auto" (where it
         measured faster: with AVX-512, shift everywhere; else shift where a batch has at least
         ``SHIFT_MIN_PIXELS`` output pixels per channel, on planes of at least
-        ``SHIFT_MIN_PLANE``), or "amx" (bfloat16, stride 1, one group, on a CPU with AMX: the
-        shifted GEMM on AMX tiles, ``_amx``; "auto" elsewhere). Other convolutions, and the
+        ``SHIFT_MIN_PLANE``), or "amx" (bfloat16, one group, a square stride, on a CPU with
+        AMX: the shifted GEMM on AMX tiles, ``_amx``; "auto" elsewhere). Other convolutions, and the
         backward ops, ignore it.
     """
 
@@ -157,7 +157,7 @@ def space(problem) -> list[Conv2dConfig]:
         other = "gemm" if _shift_by_default(n, ho, wo, r * s) else "shift"
         out.insert(1, Conv2dConfig(d.mc, d.kc, d.nc, other))
         stride = tuple(opts.stride) if isinstance(opts.stride, (tuple, list)) else (opts.stride,) * 2
-        if (problem.dtype == "bfloat16" and stride == (1, 1) and opts.groups == 1
+        if (problem.dtype == "bfloat16" and stride[0] == stride[1] and opts.groups == 1
                 and _amx.available()):
             out.insert(0, Conv2dConfig(d.mc, d.kc, d.nc, "amx"))
     return out
@@ -490,7 +490,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
     left, right).
     """
     if x.dtype.char == "H" and amx_conv(x, weight, stride, groups, layout, config):
-        out = _conv_amx(x, weight, bias, padding, dilation, activation)
+        out = _conv_amx(x, weight, bias, stride, padding, dilation, activation)
         return _half.narrow(out, "H")
     if x.dtype.char == "H" and bf16_shift(x, weight, groups, layout, config):
         out = _conv_pairs(x, weight, bias, stride, padding, dilation, groups, activation, config)
@@ -510,37 +510,43 @@ def bf16_shift(x, weight, groups, layout: str, config: Conv2dConfig | None) -> b
 
 def amx_conv(x, weight, stride, groups, layout: str, config: Conv2dConfig | None) -> bool:
     """Whether a bfloat16 forward runs as the shifted GEMM on AMX tiles (an amx config, the CPU
-    has AMX-BF16, NCHW, stride 1, one group); an amx config elsewhere runs as "auto"."""
+    has AMX-BF16, NCHW, one group, the same stride both ways); an amx config elsewhere runs as
+    "auto"."""
     st = tuple(stride) if isinstance(stride, (tuple, list)) else (stride, stride)
     return (config is not None and config.kernel == "amx" and layout == "NCHW"
-            and st == (1, 1) and int(groups) == 1 and weight.size > 0 and _amx.available())
+            and st[0] == st[1] >= 1 and int(groups) == 1 and weight.size > 0
+            and _amx.available())
 
 
-def _conv_amx(x, weight, bias, padding, dilation, activation) -> np.ndarray:
-    """act(conv2d(x, weight) + bias), stride 1, one group, for NCHW bfloat16 bits (uint16):
-    float32 (N, K, Ho, Wo), through ``_amx.conv_product`` (the shifted GEMM on AMX tiles).
+def _conv_amx(x, weight, bias, stride, padding, dilation, activation) -> np.ndarray:
+    """act(conv2d(x, weight) + bias), one group, a square stride, for NCHW bfloat16 bits
+    (uint16): float32 (N, K, Ho, Wo), through ``_amx.conv_product`` (the shifted GEMM on AMX
+    tiles, on the stride phases of the padded input).
 
     Two launches: the images' channel pairs packed as zero-padded planes, then the products
-    and the epilogue, split by (image, 32-pixel block) of the padded output grid."""
+    and the epilogue, split by (image, 32-pixel block) of the output grid."""
     n, c, h, w = x.shape
     k, _, r, s = weight.shape
+    st = int(stride[0]) if isinstance(stride, (tuple, list)) else int(stride)
     top, bottom, left, right = padding
     dh, dw = dilation
-    ho, wo = out_size(h, w, r, s, (1, 1), padding, dilation)
+    ho, wo = out_size(h, w, r, s, (st, st), padding, dilation)
     out = np.empty((n, k, ho, wo), np.float32)
     if out.size == 0:
         return out
-    wp = w + left + right
-    hp = h + top + bottom
+    hp, wp = cdiv(h + top + bottom, st), cdiv(w + left + right, st)  # a phase's grid
     cqp = cdiv(c, 32) * 16  # channel pairs, a multiple of a tile's 16 rows
     rows = cdiv(k, 32) * 32
-    shifts = np.array([i * dh * wp + j * dw for i in range(r) for j in range(s)], np.int64)
     ncols = cdiv(ho * wp, 32) * 32
-    plane = cdiv(max(hp * wp, ncols + int(shifts[-1])), 16) * 16
+    inner = [(i * dh // st) * wp + j * dw // st for i in range(r) for j in range(s)]
+    plane = cdiv(max(hp * wp, ncols + max(inner)), 16) * 16
+    shifts = np.array([((i * dh % st) * st + j * dw % st) * cqp * plane + inner[i * s + j]
+                       for i in range(r) for j in range(s)], np.int64)
+    image = st * st * cqp * plane
     has_bias = bias is not None
     bias = _half.widen(bias) if has_bias else np.zeros(0, np.float32)
     asize = r * s * rows * 2 * cqp
-    xsize = n * cqp * plane
+    xsize = n * image
     osize = n * rows * ncols
     tn = _threads(n * ho * wo * k * c * r * s // 8)
     ws = _scratch(4 * xsize + 4 * osize + 2 * 64, np.uint8)
@@ -559,9 +565,9 @@ def _conv_amx(x, weight, bias, padding, dilation, activation) -> np.ndarray:
              np.ascontiguousarray(weight).reshape(-1), k, c, r * s, ap, rows)
         if key is not None:
             _packs.keep(key, tensor, version, ap)
-    _run(_amx.conv_pack_part, tn, x, xq, cqp, plane, wp, top, left)
-    _run(_amx.conv_part, tn, ap, rows, cqp, shifts, xq, plane, outp, ncols, out, bias, has_bias,
-         ACT_CODES[activation], wp)
+    _run(_amx.conv_pack_part, tn, x, xq, cqp, st, plane, wp, top, left)
+    _run(_amx.conv_part, tn, ap, rows, cqp, shifts, xq, image, plane, outp, ncols, out, bias,
+         has_bias, ACT_CODES[activation], wp)
     return out
 
 
