@@ -359,12 +359,16 @@ def pad_pairs(xf, xoff, c, h, w, s_c, s_h, s_w, ph, pw, dst, doff, cqp, q, st, w
                 dst[_U(d + xx)] = lo | (hi << w32(16))
             continue
         row = (yy % st) * st
-        for xx in range(w):
-            xp = xx + pw
-            d = doff + ((row + xp % st) * cqp + q) * plane + (yy // st) * wp + xp // st
-            lo = w32(xf[_U(o + xx * s_w)])
-            hi = w32(xf[_U(o + s_c + xx * s_w)]) if pair else z
-            dst[_U(d)] = lo | (hi << w32(16))
+        for b in range(st):  # the phase of padded columns b, b + st, ...: in order, no division
+            d = doff + ((row + b) * cqp + q) * plane + (yy // st) * wp
+            m0 = (pw - b + st - 1) // st if pw > b else 0  # its first column inside the image
+            for m in range(m0, wp):
+                xx = b + st * m - pw
+                if xx >= w:
+                    break
+                lo = w32(xf[_U(o + xx * s_w)])
+                hi = w32(xf[_U(o + s_c + xx * s_w)]) if pair else z
+                dst[_U(d + m)] = lo | (hi << w32(16))
 
 
 @numba.njit(**_JIT)
