@@ -379,9 +379,9 @@ def _amx_share_bytes(m: int, n: int, k: int, mc: int, nc: int) -> int:
 def _amx_part(t, nthr, a3, b3, bias, has_bias, act, out3, mc, kc, nc, ws, ws_share, panel):
     """``_gemm_part`` for bfloat16 A and B (uint16 bits) into float32 ``out3`` on AMX tiles
     (``_amx``): thread t packs its share's B in panels of ``panel`` columns (AMX_PANEL) and its
-    rows of A in chunks of ``mc``; ``kc`` K values per accumulation block, ``nc`` columns per C strip (all
-    multiples of 32). Its scratch is ``ws[t*ws_share:]`` (64-byte aligned, reused across calls:
-    fresh pages fault on first touch)."""
+    rows of A in chunks of ``mc``; ``kc`` K values per accumulation block, ``nc`` columns per
+    C strip (all multiples of 32). Its scratch is ``ws[t*ws_share:]`` (64-byte aligned, reused
+    across calls: fresh pages fault on first touch)."""
     nbat, m, k = a3.shape
     n = b3.shape[2]
     af, alo, sa0, sam, sak = _operand(a3)
@@ -639,7 +639,7 @@ def _bf16_compiled(kernel: str = "packed"):
     fn = _BF16.get(kernel)
     if fn is None:
         sig = _sig("serial", np.uint16, np.float32)
-        if kernel == "amx":  # and its scratch: (all shares' bytes, one share's)
+        if kernel == "amx":  # and (scratch of all shares, bytes per share, panel columns)
             sig = types.void(*sig.args, types.Array(types.uint8, 1, "C"), types.intp, types.intp)
         fn = _BF16[kernel] = entry_point(_amx_part if kernel == "amx" else _bf16_part, sig)
     return fn
