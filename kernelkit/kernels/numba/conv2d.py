@@ -90,8 +90,8 @@ class Conv2dConfig(GemmBlocking):
         measured faster: with AVX-512, shift everywhere; else shift where a batch has at least
         ``SHIFT_MIN_PIXELS`` output pixels per channel, on planes of at least
         ``SHIFT_MIN_PLANE``), or "amx" (bfloat16, one group, a square stride, on a CPU with
-        AMX: the shifted GEMM on AMX tiles, ``_amx``; "auto" elsewhere). Other convolutions, and the
-        backward ops, ignore it.
+        AMX: the shifted GEMM on AMX tiles, ``_amx``; "auto" elsewhere). Other convolutions,
+        and the backward ops, ignore it.
     """
 
     kernel: str = "auto"
@@ -246,6 +246,27 @@ def _pairs_compiled():
     return _PAIRS[0]
 
 
+_AMX_CONV: list = []  # the AMX conv's entry points: (weight packing, pair planes, products)
+
+
+def _amx_conv_compiled() -> tuple:
+    """The AMX conv's three share entry points, compiled (or loaded) for 'A'-layout inputs."""
+    if not _AMX_CONV:
+        i = types.int64
+        arr = lambda t, nd, layout="C", ro=False: types.Array(t, nd, layout, readonly=ro)
+        u16, u32, f32 = types.uint16, types.uint32, types.float32
+        _AMX_CONV.extend([
+            entry_point(_amx.pack_conv_weight, types.void(
+                i, i, arr(u16, 1, "A", True), i, i, i, arr(u16, 1), i)),
+            entry_point(_amx.conv_pack_part, types.void(
+                i, i, arr(u16, 4, "A", True), arr(u32, 1), i, i, i, i, i, i)),
+            entry_point(_amx.conv_part, types.void(
+                i, i, arr(u16, 1), i, i, arr(types.int64, 1, "C", True), arr(u32, 1), i, i,
+                arr(f32, 1), i, arr(f32, 4), arr(f32, 1, "A", True), types.boolean, i, i)),
+        ])
+    return tuple(_AMX_CONV)
+
+
 def _compiled(dtype) -> _Compiled:
     fns = _COMPILED.get(dtype)
     if fns is None:
@@ -261,6 +282,8 @@ def warm(dtype: str) -> str:
     fns.fwd, fns.dw, fns.bwd, fns.dw_wgrad, fns.all_finite  # noqa: B018 - compile on access
     if dtype == "bfloat16" and _gemm.HAS_BF16_DOT:
         _pairs_compiled()
+    if dtype == "bfloat16" and _amx.available():
+        _amx_conv_compiled()
     _matmul_warm(dtype)
     return _gemm.warm_result(before)
 
@@ -557,16 +580,17 @@ def _conv_amx(x, weight, bias, stride, padding, dilation, activation) -> np.ndar
     tensor = _packs.owner(weight) if KEEP_PACKS else None
     key = None if tensor is None else (
         "amx", weight.__array_interface__["data"][0], weight.shape, weight.strides)
+    pack_weight, pack_planes, product = _amx_conv_compiled()
     ap = None if key is None else _packs.lookup(key, tensor)
     if ap is None:
         version = None if tensor is None else tensor._version
         ap = aligned_empty(asize, np.uint16)
-        _run(_amx.pack_conv_weight, tn if asize >= SERIAL_PACK else 1,
+        _run(pack_weight, tn if asize >= SERIAL_PACK else 1,
              np.ascontiguousarray(weight).reshape(-1), k, c, r * s, ap, rows)
         if key is not None:
             _packs.keep(key, tensor, version, ap)
-    _run(_amx.conv_pack_part, tn, x, xq, cqp, st, plane, wp, top, left)
-    _run(_amx.conv_part, tn, ap, rows, cqp, shifts, xq, image, plane, outp, ncols, out, bias,
+    _run(pack_planes, tn, x, xq, cqp, st, plane, wp, top, left)
+    _run(product, tn, ap, rows, cqp, shifts, xq, image, plane, outp, ncols, out, bias,
          has_bias, ACT_CODES[activation], wp)
     return out
 
