@@ -9,7 +9,8 @@ Rows per layer: ``kernelkit.conv2d`` on torch CPU tensors with the Numba backend
 half dtype and in float32, and ``torch.nn.functional.conv2d`` in the half dtype; each row timed
 in its steady state, rows interleaved (``_steady.py``), medians over the rounds. Layers are
 (C, H=W, stride) with K = C (the bottleneck's 3x3 conv, padding 1). Prints the geomean of
-half / torch over the layers.
+half / torch over the layers. ``--frozen`` runs kernelkit's calls inside
+``kernelkit.frozen_weights()`` (weights packed once).
 """
 
 from __future__ import annotations
@@ -40,11 +41,15 @@ def main() -> int:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--frozen", action="store_true",
+                    help="kernelkit's calls inside kernelkit.frozen_weights(): packed weights "
+                         "kept across calls (inference with weights that do not change)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     dt = getattr(torch, args.dtype)
     print(f"cpu: {devices.cpu_info()['model']}; {args.dtype} conv2d, Numba forced vs torch "
-          f"{torch.__version__} ({torch.backends.cpu.get_cpu_capability()})")
+          f"{torch.__version__} ({torch.backends.cpu.get_cpu_capability()})"
+          f"{'; frozen weights' if args.frozen else ''}")
     print(f"| batch | layer | Numba float32 GFLOP/s | Numba {args.dtype} GFLOP/s | torch "
           f"{args.dtype} GFLOP/s | half / float32 | half / torch |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -60,7 +65,7 @@ def main() -> int:
 
             def ours(x, w):
                 def fn():
-                    with kernelkit.use(backend="numba"):
+                    with kernelkit.use(backend="numba"), kernelkit.frozen_weights(args.frozen):
                         return kernelkit.conv2d(x, w, stride=st, padding=1)
                 return fn
 
