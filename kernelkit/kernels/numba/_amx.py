@@ -37,26 +37,10 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from kernelkit.kernels.numba._gemm import _JIT, _U, cdiv, epilogue, flat_view, span
+from kernelkit.kernels.numba._gemm import _JIT, _U, cdiv, compiler_has, epilogue, flat_view, span
 
 MB = NB = 32  # the C block of the 2 x 2 tiles
 KSTEP = 32  # K values per TDPBF16PS
-
-
-def _compiler_has_amx() -> bool:
-    """Whether Numba compiles for a CPU with AMX-TILE and AMX-BF16 (NUMBA_CPU_FEATURES, else the
-    host's), with an LLVM that knows them."""
-    feats = ("amx-tile", "amx-bf16")
-    if numba.config.CPU_FEATURES is not None:
-        have = set(numba.config.CPU_FEATURES.replace(" ", "").split(","))
-        return all(f"+{f}" in have for f in feats)
-    try:
-        from llvmlite import binding as ll
-
-        fmap = ll.get_host_cpu_features()
-        return all(fmap.get(f, False) for f in feats)
-    except Exception:  # noqa: BLE001 - no feature probe: no AMX
-        return False
 
 
 _ARCH_REQ_XCOMP_PERM = 0x1023
@@ -69,7 +53,8 @@ def available() -> bool:
     """The CPU and the compiler have AMX-BF16, and Linux let this process use the tile registers
     (asked once, on the first call)."""
     if not _AVAILABLE:
-        _AVAILABLE.append(_compiler_has_amx() and _request_tile_data())
+        _AVAILABLE.append(compiler_has("amx-tile") and compiler_has("amx-bf16")
+                          and _request_tile_data())
     return _AVAILABLE[0]
 
 

@@ -24,6 +24,7 @@ one compilation per dtype covers every stride pattern.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numba
@@ -38,20 +39,28 @@ from kernelkit.kernels import ACT_CODES
 from kernelkit.kernels.numba import _cache
 
 
-def _target_features() -> tuple[int, bool, bool]:
-    """(vector bits, has FMA, has AVX-512 BF16) of what Numba compiles for: NUMBA_CPU_FEATURES,
-    else the host's."""
-    if numba.config.CPU_FEATURES is not None:
-        feats = set(numba.config.CPU_FEATURES.replace(" ", "").split(","))
-        has = lambda f: f"+{f}" in feats
-    else:
-        try:
-            from llvmlite import binding as ll
+def compiler_has(feature: str) -> bool:
+    """Whether Numba compiles for a CPU with LLVM feature ``feature`` ("avx512f", "amx-tile"):
+    NUMBA_CPU_FEATURES, else the host's (False where nothing can be probed: a baseline x86-64)."""
+    return feature in _compiler_features()
 
-            fmap = ll.get_host_cpu_features()
-            has = lambda f: bool(fmap.get(f, False))
-        except Exception:  # noqa: BLE001 - no feature probe: assume a baseline x86-64
-            has = lambda f: False
+
+@functools.cache
+def _compiler_features() -> frozenset:
+    if numba.config.CPU_FEATURES is not None:
+        return frozenset(f[1:] for f in numba.config.CPU_FEATURES.replace(" ", "").split(",")
+                         if f.startswith("+"))
+    try:
+        from llvmlite import binding as ll
+
+        return frozenset(f for f, on in ll.get_host_cpu_features().items() if on)
+    except Exception:  # noqa: BLE001 - no feature probe
+        return frozenset()
+
+
+def _target_features() -> tuple[int, bool, bool]:
+    """(vector bits, has FMA, has AVX-512 BF16) of what Numba compiles for (``compiler_has``)."""
+    has = compiler_has
     bits = 512 if has("avx512f") else 256 if has("avx") else 128
     # (the BF16 intrinsics take <32 x bfloat> from LLVM 17 on, <16 x i32> before: only the former
     # is emitted; an older LLVM takes the float32 fallback)

@@ -398,21 +398,32 @@ def _shift_buffers(weight: np.ndarray, wsize: int, xp_size: int, dtype, geo: np.
     ``wp`` and ``keep()`` stores it afterwards; the padded copy then has a scratch of its own
     (geo[G_XPOFF] 0). Any other weight: one per-thread scratch holds both, the copy from
     geo[G_XPOFF], and ``keep`` is None."""
-    tensor = _packs.owner(weight) if KEEP_PACKS else None
-    if tensor is None:
+    kept = _kept_pack(weight, wsize, dtype, (weight.dtype.str, np.dtype(dtype).str,
+                      int(geo[_conv.G_C]), int(geo[_conv.G_G]), int(geo[_conv.G_KC])))
+    if kept is None:
         buf = _scratch(wsize + xp_size, dtype)
         return buf, buf, False, None
-    key = (weight.__array_interface__["data"][0], weight.shape, weight.strides, weight.dtype.str,
-           np.dtype(dtype).str, int(geo[_conv.G_C]), int(geo[_conv.G_G]), int(geo[_conv.G_KC]))
-    version = tensor._version
+    wp, packed, keep = kept
     geo[_conv.G_XPOFF] = 0
-    xpb = _scratch(xp_size, dtype)
-    wp = _packs.lookup(key, tensor)
-    if wp is not None:
-        geo[_conv.G_WPACKED] = 1
-        return wp, xpb, True, None
-    wp = aligned_empty(wsize, dtype)
-    return wp, xpb, False, lambda: _packs.keep(key, tensor, version, wp)
+    geo[_conv.G_WPACKED] = int(packed)
+    return wp, _scratch(xp_size, dtype), packed, keep
+
+
+def _kept_pack(weight: np.ndarray, size: int, dtype, tail: tuple):
+    """For a weight that views a torch tensor whose packed copy may be kept (``_packs``):
+    (buffer, packed, keep) - the kept copy and True, or a new 64-byte aligned buffer of ``size``
+    ``dtype`` to pack into, False, and ``keep()`` to store it once packed. None for any other
+    weight. ``tail``: what else the packed layout depends on (part of the key)."""
+    tensor = _packs.owner(weight) if KEEP_PACKS else None
+    if tensor is None:
+        return None
+    key = (weight.__array_interface__["data"][0], weight.shape, weight.strides, *tail)
+    version = tensor._version
+    buf = _packs.lookup(key, tensor)
+    if buf is not None:
+        return buf, True, None
+    buf = aligned_empty(size, dtype)
+    return buf, False, lambda: _packs.keep(key, tensor, version, buf)
 
 
 def _pack_threads(tn: int, kept: bool, wsize: int, xp_size: int) -> int:
@@ -576,19 +587,15 @@ def _conv_amx(x, weight, bias, stride, padding, dilation, activation) -> np.ndar
     xq = ws[:4 * xsize].view(np.uint32)
     o = -(-4 * xsize // 64) * 64
     outp = ws[o:o + 4 * osize].view(np.float32)
-    # the packed weight: kept across calls for a torch weight under frozen_weights() (_packs)
-    tensor = _packs.owner(weight) if KEEP_PACKS else None
-    key = None if tensor is None else (
-        "amx", weight.__array_interface__["data"][0], weight.shape, weight.strides)
     pack_weight, pack_planes, product = _amx_conv_compiled()
-    ap = None if key is None else _packs.lookup(key, tensor)
-    if ap is None:
-        version = None if tensor is None else tensor._version
-        ap = aligned_empty(asize, np.uint16)
+    # the packed weight: kept across calls for a torch weight under frozen_weights() (_packs)
+    ap, packed, keep = _kept_pack(weight, asize, np.uint16, ("amx",)) or (
+        aligned_empty(asize, np.uint16), False, None)
+    if not packed:
         _run(pack_weight, tn if asize >= SERIAL_PACK else 1,
              np.ascontiguousarray(weight).reshape(-1), k, c, r * s, ap, rows)
-        if key is not None:
-            _packs.keep(key, tensor, version, ap)
+        if keep is not None:
+            keep()
     _run(pack_planes, tn, x, xq, cqp, st, plane, wp, top, left)
     _run(product, tn, ap, rows, cqp, shifts, xq, image, plane, outp, ncols, out, bias,
          has_bias, ACT_CODES[activation], wp)
