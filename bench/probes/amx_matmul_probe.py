@@ -114,7 +114,10 @@ def configs(sizes: list[int], rounds: int) -> None:
         ref = ta.double() @ tb.double()
         for name, fn in rows.items():  # compiled, warm, and right
             out = fn()
-            out = torch.as_tensor(out[0] if isinstance(out, np.ndarray) else out).double()
+            if isinstance(out, np.ndarray):  # float32, or bfloat16 bits (the amx configs)
+                out = torch.from_numpy(out[0].copy())
+                out = out.view(torch.bfloat16) if out.dtype == torch.uint16 else out
+            out = out.double()
             assert (out - ref).abs().max() < 0.05 * n ** 0.5, name
         reps = max(2, int(2e9 / n**3))
         times: dict[str, list[float]] = {k: [] for k in rows}

@@ -9,7 +9,10 @@ Rows per layer: ``kernelkit.conv2d`` on torch CPU tensors with the Numba backend
 half dtype and in float32, and ``torch.nn.functional.conv2d`` in the half dtype; each row timed
 in its steady state, rows interleaved (``_steady.py``), medians over the rounds. Layers are
 (C, H=W, stride) with K = C (the bottleneck's 3x3 conv, padding 1). Prints the geomean of
-half / torch over the layers. ``--frozen`` runs kernelkit's calls inside
+half / torch over the layers. Each size is tuned once beforehand (``kernelkit.explain``
+measures every config and stores the winner): under the default ``auto`` policy the first calls
+of a size run the cost model's guess until measuring pays, which a steady-state timing would
+mix in. ``--frozen`` runs kernelkit's calls inside
 ``kernelkit.frozen_weights()`` (weights packed once).
 """
 
@@ -44,6 +47,9 @@ def main() -> int:
     ap.add_argument("--frozen", action="store_true",
                     help="kernelkit's calls inside kernelkit.frozen_weights(): packed weights "
                          "kept across calls (inference with weights that do not change)")
+    ap.add_argument("--no-float32", action="store_true",
+                    help="leave out the Numba float32 row (its deep layers take 5-9 ms a call "
+                         "at batch 1; the torch bar needs only the half and torch rows)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     dt = getattr(torch, args.dtype)
@@ -51,8 +57,8 @@ def main() -> int:
           f"{torch.__version__} ({torch.backends.cpu.get_cpu_capability()})"
           f"{'; frozen weights' if args.frozen else ''}")
     print(f"| batch | layer | Numba float32 GFLOP/s | Numba {args.dtype} GFLOP/s | torch "
-          f"{args.dtype} GFLOP/s | half / float32 | half / torch |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          f"{args.dtype} GFLOP/s | half / float32 | half / torch | half's kernel |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for n in args.batch:
         ratios = []
         for c, hw, st in LAYERS:
@@ -69,13 +75,21 @@ def main() -> int:
                         return kernelkit.conv2d(x, w, stride=st, padding=1)
                 return fn
 
-            fns = [ours(x32, w32), ours(xh, wh), lambda: F.conv2d(xh, wh, stride=st, padding=1)]
+            fns = [ours(xh, wh), lambda: F.conv2d(xh, wh, stride=st, padding=1)]
+            if not args.no_float32:
+                fns.append(ours(x32, w32))
+            with kernelkit.use(backend="numba"):  # tuned once beforehand: measured, stored
+                for x, w in ((x32, w32),) if not args.no_float32 else ():
+                    kernelkit.explain("conv2d", x, w, stride=st, padding=1)
+                chosen = kernelkit.explain("conv2d", xh, wh, stride=st, padding=1).choice.config
             for fn in fns:
-                fn()  # tunes (Numba's configs) and compiles before timing
-            t32, th, tt = steady_medians(fns, rounds=args.rounds, warm=0.05)
+                fn()  # compiled and warm before timing
+            th, tt, *t32 = steady_medians(fns, rounds=args.rounds, warm=0.05)
             ratios.append(tt / th)
-            print(f"| {n} | {c}ch {hw}px s{st} | {flops / t32 / 1e9:.0f} | {flops / th / 1e9:.0f} "
-                  f"| {flops / tt / 1e9:.0f} | {t32 / th:.2f} | {tt / th:.2f} |", flush=True)
+            f32 = (f"{flops / t32[0] / 1e9:.0f}", f"{t32[0] / th:.2f}") if t32 else ("-", "-")
+            print(f"| {n} | {c}ch {hw}px s{st} | {f32[0]} | {flops / th / 1e9:.0f} "
+                  f"| {flops / tt / 1e9:.0f} | {f32[1]} | {tt / th:.2f} | {chosen['kernel']} |",
+                  flush=True)
         geo = math.exp(sum(map(math.log, ratios)) / len(ratios))
         print(f"batch {n}: {args.dtype} / torch geomean {geo:.3f}, lowest {min(ratios):.2f}")
     return 0

@@ -165,6 +165,7 @@ def test_amx_gemm_hypothesis(m, k, n, blocks, seed):
 # ------------------------------------------------------------------------------------- conv2d
 
 AMX_CONV = Conv2dConfig(96, 256, 4096, "amx")
+AMX_COLS = Conv2dConfig(96, 256, 4096, "amx_cols")
 # one group, a square stride: what the amx conv runs (the VDPBF16PS tests' cases, and more)
 CONV_CASES = [case for case in CASES if case[7][0] == case[7][1] and case[10] == 1] + [
     (2, 33, 6, 7, 40, 3, 3, (1, 1), (0, 1, 2, 0), (1, 1), 1),  # asymmetric padding, > 32 ch
@@ -172,6 +173,12 @@ CONV_CASES = [case for case in CASES if case[7][0] == case[7][1] and case[10] ==
     (1, 5, 40, 3, 3, 3, 1, (1, 1), (1, 1, 0, 0), (1, 1), 1),  # tall and narrow
     (2, 40, 15, 12, 33, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),  # stride 2: four phases
     (1, 9, 14, 13, 7, 3, 3, (3, 3), (0, 2, 1, 0), (2, 1), 1),  # stride 3, dilation
+]
+# the column conv takes any stride; these read the weight in place (C*R*S and K multiples of 32)
+COLS_CASES = [case for case in CASES if case[10] == 1] + CONV_CASES[len(CASES) - 2:] + [
+    (2, 32, 7, 6, 64, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),  # in place, two images
+    (1, 64, 9, 9, 96, 1, 1, (2, 1), (0, 0, 0, 0), (1, 1), 1),  # in place, 1x1, non-square stride
+    (3, 96, 5, 5, 32, 3, 3, (1, 1), (2, 0, 1, 1), (1, 2), 1),  # in place, padded, dilated
 ]
 
 
@@ -191,11 +198,15 @@ def poisoned_scratch(monkeypatch):
         monkeypatch.setattr(nc, name, poisoned)
 
 
-def _conv_amx_check(x_bits, w, b, case, act=None, x_ref=None):
+def _conv_amx_check(x_bits, w, b, case, act=None, x_ref=None, config=AMX_CONV, w_bits=None):
     _, _, _, _, _, _, _, st_, pad, dil, g = case
-    assert nc.amx_conv(x_bits, bits(w), st_, g, "NCHW", AMX_CONV)
-    out = conv2d_forward(x_bits, bits(w), None if b is None else bits(b), st_, pad, dil, g, act,
-                         "NCHW", AMX_CONV)
+    w_bits = bits(w) if w_bits is None else w_bits
+    if config.kernel == "amx":
+        assert nc.amx_conv(x_bits, w_bits, st_, g, "NCHW", config)
+    else:
+        assert nc.amx_cols(w_bits, g, "NCHW", config)
+    out = conv2d_forward(x_bits, w_bits, None if b is None else bits(b), st_, pad, dil, g, act,
+                         "NCHW", config)
     assert out.dtype == np.uint16 and out.flags.c_contiguous
     assert_conv2d_close(as_bf16(out), as_bf16(x_bits) if x_ref is None else x_ref, w, b,
                         stride=st_, padding=pad, dilation=dil, groups=g, activation=act,
@@ -203,8 +214,9 @@ def _conv_amx_check(x_bits, w, b, case, act=None, x_ref=None):
 
 
 def test_the_amx_conv_is_taken_exactly_where_it_applies(monkeypatch):
-    """An amx config on a bfloat16 NCHW single-group forward with a square stride, on a CPU
-    with AMX; the tuner offers it there only; elsewhere an amx config runs as "auto"."""
+    """An amx config on a bfloat16 NCHW single-group forward with a square stride, an amx_cols
+    config with any stride, on a CPU with AMX; the tuner offers them there only; elsewhere
+    either config runs as "auto"."""
     x, w = np.zeros((1, 8, 5, 5), np.uint16), np.zeros((8, 8, 3, 3), np.uint16)
     monkeypatch.setattr(_amx, "available", lambda: True)
     assert nc.amx_conv(x, w, (1, 1), 1, "NCHW", AMX_CONV)
@@ -222,18 +234,25 @@ def test_the_amx_conv_is_taken_exactly_where_it_applies(monkeypatch):
                     dtype, "NCHW", "torch", "cpu", opts)
         return {c.kernel for c in nc.space(p)}
 
-    assert "amx" in kernels("bfloat16", 1, 1)
-    assert "amx" not in kernels("float32", 1, 1)
-    assert "amx" in kernels("bfloat16", 2, 1)
-    assert "amx" not in kernels("bfloat16", 1, 2)
+    assert {"amx", "amx_cols"} <= kernels("bfloat16", 1, 1)
+    assert not {"amx", "amx_cols"} & kernels("float32", 1, 1)
+    assert {"amx", "amx_cols"} <= kernels("bfloat16", 2, 1)
+    assert not {"amx", "amx_cols"} & kernels("bfloat16", 1, 2)
+    # the column conv also takes a stride that differs between the axes, the shifted one not
+    assert nc.amx_cols(w, 1, "NCHW", AMX_COLS)
+    assert not nc.amx_cols(w, 1, "NCHW", AMX_CONV)
+    assert not nc.amx_cols(w[:, :4], 2, "NCHW", AMX_COLS)
+    assert not nc.amx_cols(w, 1, "NHWC", AMX_COLS)
     monkeypatch.setattr(_amx, "available", lambda: False)
-    assert "amx" not in kernels("bfloat16", 1, 1)
+    assert not {"amx", "amx_cols"} & kernels("bfloat16", 1, 1)
     assert not nc.amx_conv(x, w, (1, 1), 1, "NCHW", AMX_CONV)
+    assert not nc.amx_cols(w, 1, "NCHW", AMX_COLS)
     x_t, w_t, b_t = make(CONV_CASES[1], 3)  # and the config still runs, on another path
-    out = conv2d_forward(bits(x_t), bits(w_t), bits(b_t), (1, 1), (1, 1, 1, 1), (1, 1), 1,
-                         "relu", "NCHW", AMX_CONV)
-    assert_conv2d_close(as_bf16(out), x_t, w_t, b_t, stride=(1, 1), padding=(1, 1, 1, 1),
-                        dilation=(1, 1), groups=1, activation="relu", acc="float32")
+    for config in (AMX_CONV, AMX_COLS):
+        out = conv2d_forward(bits(x_t), bits(w_t), bits(b_t), (1, 1), (1, 1, 1, 1), (1, 1), 1,
+                             "relu", "NCHW", config)
+        assert_conv2d_close(as_bf16(out), x_t, w_t, b_t, stride=(1, 1), padding=(1, 1, 1, 1),
+                            dilation=(1, 1), groups=1, activation="relu", acc="float32")
 
 
 @needs_amx
@@ -245,19 +264,34 @@ def test_amx_conv_matches_float64(case, poisoned_scratch):
 
 
 @needs_amx
-def test_amx_conv_reads_any_strides_and_propagates_nan_inf(poisoned_scratch):
-    case = (2, 7, 9, 8, 5, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+@pytest.mark.parametrize("case", COLS_CASES, ids=_ids)
+def test_amx_column_conv_matches_float64(case, poisoned_scratch):
+    x, w, b = make(case, sum(case[:7]))
+    _conv_amx_check(bits(x), w, b, case, "relu", config=AMX_COLS)
+    _conv_amx_check(bits(x), w, None, case, config=AMX_COLS)
+
+
+@needs_amx
+@pytest.mark.parametrize("config", [AMX_CONV, AMX_COLS], ids=["amx", "amx_cols"])
+@pytest.mark.parametrize("case", [(2, 7, 9, 8, 5, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+                                  (2, 32, 9, 8, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1)],
+                         ids=["packed", "in-place"])
+def test_amx_conv_reads_any_strides_and_propagates_nan_inf(case, config, poisoned_scratch):
     x, w, b = make(case, 5)
     xb = bits(x)
-    _conv_amx_check(np.ascontiguousarray(xb[:, ::-1])[:, ::-1], w, b, case)
-    tr = np.ascontiguousarray(xb.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
-    _conv_amx_check(tr, w, b, case)
+    check = lambda xb, w: _conv_amx_check(xb, w, b, case, config=config)  # noqa: E731
+    check(np.ascontiguousarray(xb[:, ::-1])[:, ::-1], w)
+    check(np.ascontiguousarray(xb.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2), w)
     x[0, 2, 4, 4] = float("nan")
     x[1, 3, 0, 0] = float("inf")
-    _conv_amx_check(bits(x), w, b, case)
+    check(bits(x), w)
     w2 = w.clone()
     w2[1, 4, 0, 0] = float("inf")
-    _conv_amx_check(bits(make(case, 6)[0]), w2, b, case)
+    check(bits(make(case, 6)[0]), w2)
+    # a strided weight (read in place only where contiguous: copied first)
+    w_strided = np.empty(w.shape[:3] + (2 * w.shape[3],), np.uint16)[..., ::2]
+    w_strided[...] = bits(w)
+    _conv_amx_check(bits(x), w, b, case, config=config, w_bits=w_strided)
 
 
 @needs_amx
@@ -290,3 +324,56 @@ def test_amx_conv_hypothesis(n, c, hw, k, rs, stride, pad, seed):
     case = (n, c, h, w_, k, rs, rs, (stride, stride), (pad,) * 4, (1, 1), 1)
     x, w, b = make(case, seed)
     _conv_amx_check(bits(x), w, b, case)
+
+
+@needs_amx
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 3), c=st.sampled_from([1, 5, 32, 64]), hw=st.tuples(st.integers(1, 17),
+       st.integers(1, 17)), k=st.sampled_from([1, 17, 32, 64]), rs=st.sampled_from([1, 2, 3]),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       pad=st.tuples(st.integers(0, 2), st.integers(0, 2)), seed=st.integers(0, 2**16))
+def test_amx_column_conv_hypothesis(n, c, hw, k, rs, stride, pad, seed):
+    h, w_ = hw
+    assume(h + 2 * pad[0] >= rs and w_ + 2 * pad[1] >= rs)
+    case = (n, c, h, w_, k, rs, rs, stride, (pad[0], pad[0], pad[1], pad[1]), (1, 1), 1)
+    x, w, b = make(case, seed)
+    _conv_amx_check(bits(x), w, b, case, "relu", config=AMX_COLS)
+
+
+def _columns_reference(x, r, s, stride, padding, dilation):
+    """im2col in float64: (C*R*S, N*Ho*Wo), rows in the weight's (c, i, j) order."""
+    cols = torch.nn.functional.unfold(x.double(), (r, s), dilation=dilation, padding=0,
+                                      stride=stride)  # (N, C*R*S, L)
+    return cols.permute(1, 0, 2).reshape(cols.shape[1], -1)
+
+
+@pytest.mark.parametrize("case", [
+    (1, 1, 1, 1, 1, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    (2, 5, 7, 6, 3, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),  # odd C*R*S: a zero partner
+    (2, 3, 9, 11, 3, 3, 2, (2, 1), (2, 0, 1, 3), (1, 2), 1),  # every geometry at once
+    (1, 20, 5, 5, 3, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 1x1: 16 pairs span 32 channels
+], ids=_ids)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_column_packing_writes_rows_of_k_pairs(case, threads):
+    """``cols_pack_part`` (no AMX instruction: runs everywhere) against unfold in float64:
+    every word of the poisoned buffer written, zero past C*R*S and past N*Ho*Wo columns."""
+    n, c, h, w, _, r, s, st_, pad, dil, _ = case
+    x = make(case, 11)[0]
+    xp = torch.nn.functional.pad(x.float(), (pad[2], pad[3], pad[0], pad[1]))
+    ref = _columns_reference(xp, r, s, st_, pad, dil)
+    ho, wo = (xp.shape[2] - dil[0] * (r - 1) - 1) // st_[0] + 1, \
+        (xp.shape[3] - dil[1] * (s - 1) - 1) // st_[1] + 1
+    kall = c * r * s
+    kp = -(-kall // 32) * 16
+    ncols = -(-n * ho * wo // 32) * 32
+    dst = np.full(kp * ncols, POISON32, np.uint32)
+    xb = np.ascontiguousarray(bits(x).transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)  # strided
+    nc._run(_amx.cols_pack_part, threads, xb, dst, kp, ncols, r, s, *st_, *pad, *dil, ho, wo,
+            np.zeros(1, np.int64))
+    words = dst.reshape(kp, ncols)
+    lo = as_bf16((words & 0xFFFF).astype(np.uint16)).double()
+    hi = as_bf16((words >> 16).astype(np.uint16)).double()
+    got = torch.stack([lo, hi], 1).reshape(2 * kp, ncols)
+    expect = torch.zeros(2 * kp, ncols, dtype=torch.float64)
+    expect[:kall, :n * ho * wo] = ref
+    torch.testing.assert_close(got, expect, rtol=0, atol=0)

@@ -38,6 +38,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernelkit.kernels.numba._gemm import _JIT, _U, cdiv, compiler_has, epilogue, flat_view, span
+from kernelkit.kernels.numba._half import _bf16_round
+from kernelkit.kernels.numba._pool import _atomic_add
 
 MB = NB = 32  # the C block of the 2 x 2 tiles
 KSTEP = 32  # K values per TDPBF16PS
@@ -239,7 +241,8 @@ def round64(nbytes):
 @numba.njit(**_JIT)
 def block_product(cfg, ap, rows, bp, kp, ncols, kc, nc, cbuf, c, coff, ldc, mb, nb, bias,
                   has_bias, b0, act):
-    """``c[coff + i*ldc + j] = act(sum_p A[i, p] B[p, j] + bias[b0 + j])`` for i < mb, j < nb,
+    """``c[coff + i*ldc + j] = act(sum_p A[i, p] B[p, j] + bias[b0 + j])`` for i < mb, j < nb
+    (``c``: bfloat16 bits, rounded once from the float32 sums),
     from packed A (``rows`` rows, a multiple of 32: ``pack_a``) and packed B (``ncols`` columns,
     a multiple of 32, ``kp`` pairs per sliver: ``pack_b``); ``cbuf`` (>= 32 * nc float32,
     64-byte aligned) holds a 32-row strip of C while K blocks accumulate.
@@ -248,6 +251,7 @@ def block_product(cfg, ap, rows, bp, kp, ncols, kc, nc, cbuf, c, coff, ldc, mb, 
     32-row strip of A, each block of ``kc`` K values (32 x kc of A in L1) passes all those
     columns. The calling thread's tiles are configured and released here."""
     kpad = 2 * kp
+    cbits = cbuf.view(np.uint32)
     _ldtilecfg(cfg.ctypes.data)
     a0 = ap.ctypes.data
     b_base = bp.ctypes.data
@@ -289,14 +293,14 @@ def block_product(cfg, ap, rows, bp, kp, ncols, kc, nc, cbuf, c, coff, ldc, mb, 
                     _tilestore(1, cp + 64, sc)
                     _tilestore(2, cp + 16 * sc, sc)
                     _tilestore(3, cp + 16 * sc + 64, sc)
-            # this strip of C is final: out, through the epilogue
+            # this strip of C is final: through the epilogue, out rounded to bfloat16
             r_n = min(MB, mb - i)
             if r_n > 0 and c_n > 0:
+                epilogue(cbuf, 0, nc, r_n, c_n, bias, has_bias, b0 + jc, act)
                 for r in range(r_n):
                     o = coff + (i + r) * ldc + jc
                     for q in range(c_n):
-                        c[_U(o + q)] = cbuf[_U(r * nc + q)]
-                epilogue(c, coff + i * ldc + jc, ldc, r_n, c_n, bias, has_bias, b0 + jc, act)
+                        c[_U(o + q)] = _bf16_round(cbits[_U(r * nc + q)])
     _tilerelease()
 
 
@@ -451,10 +455,12 @@ def conv_part(t, nthr, ap, rows, cqp, shifts, xq, image, plane, outp, ncols, out
               has_bias, act, wp):
     """Thread t's share of the convolution: (image, 32-pixel column block) units split evenly;
     each block's products go to ``outp`` (rows x ncols per image, on a phase's grid of width
-    ``wp``), then its valid pixels to ``out4`` ((N, K, Ho, Wo) float32) through the epilogue
-    (bias per row). An image's pair planes are ``image`` words apart in ``xq``."""
+    ``wp``), then its valid pixels through the epilogue (bias per row) to ``out4`` ((N, K, Ho,
+    Wo) bfloat16 bits, rounded once). An image's pair planes are ``image`` words apart in
+    ``xq``."""
     n, k, ho, wo = out4.shape
     out = out4.reshape(-1)
+    obits = outp.view(np.uint32)
     cfg = tile_config()
     blocks = ncols // NB
     total = n * blocks
@@ -475,7 +481,161 @@ def conv_part(t, nthr, ap, rows, cqp, shifts, xq, image, plane, outp, ncols, out
             for kk in range(k):
                 src = ooff + kk * ncols + y * wp
                 dst = ((img * k + kk) * ho + y) * wo
+                epilogue(outp, src + xs, ncols, 1, xe - xs, bias, has_bias, kk, act, True)
                 for xx in range(xs, xe):
-                    out[_U(dst + xx)] = outp[_U(src + xx)]
-                epilogue(out, dst + xs, wo, 1, xe - xs, bias, has_bias, kk, act, True)
+                    out[_U(dst + xx)] = _bf16_round(obits[_U(src + xx)])
         u = img * blocks + b1
+
+
+# ------------------------------------------- conv2d: image columns by the weight read in place
+# A deep layer at a small batch holds more weight than image: at 512 channels and 7 px, 4.7 MB
+# of weights against 0.45 MB of image columns, and packing the weights per tap
+# (``pack_conv_weight``, a gather at the tap stride) took longer than the products. Here the
+# GEMM's K runs over (channel, tap) in the weight's own order, so an A tile is 16 out-channel
+# rows of 32 consecutive values of the (K, C*R*S) weight, loaded in place at its row stride,
+# and B is the image's columns (im2col), packed as ``pack_b``'s K-pair slivers.
+
+@numba.njit(**_JIT)
+def cols_pack_part(t, nthr, x4, dst, kp, ncols, r, s, st_h, st_w, top, bottom, left, right, dh,
+                   dw, ho, wo, claim):
+    """A share of the image columns of ``x4`` ((N, C, H, W) uint16 bits, any strides): the
+    (C*R*S, N*Ho*Wo) matrix ``B[(c, i, j), (img, oy, ox)] = x[img, c, oy*st_h + i*dh - top,
+    ox*st_w + j*dw - left]`` (zero outside the image, past C*R*S values and past N*Ho*Wo
+    columns) as rows of K pairs: word ``q * ncols + col`` of ``dst`` is (B[2q, col],
+    B[2q+1, col]), for q < ``kp``. Blocks of 8 pair rows are claimed from ``claim[0]`` until
+    none is left (a thread that starts late takes fewer). Per image, a block's channels are
+    first copied into zero-padded planes, so that every row of B is read without a bounds
+    test (with one, at 7-28 px, the short edge loops cost 3x the copy)."""
+    n, c, h, w = x4.shape
+    isz = x4.itemsize
+    s_n, s_c, s_h, s_w = (x4.strides[0] // isz, x4.strides[1] // isz, x4.strides[2] // isz,
+                          x4.strides[3] // isz)
+    lo, length = span(x4.shape, x4.strides, isz)
+    xf = flat_view(x4, lo, length)
+    plane = ho * wo
+    ptot = n * plane
+    taps = r * s
+    kall = c * taps
+    hp, wp = h + top + bottom, w + left + right
+    pad_plane = hp * wp
+    # a block's 16 K values span at most this many channels
+    pads = np.zeros(((16 + taps - 1) // taps + 1, pad_plane), np.uint16)
+    w32 = np.uint32
+    z = w32(0)
+    blocks = cdiv(kp, 8)
+    while True:
+        blk = _atomic_add(claim, 0, 1)
+        if blk >= blocks:
+            break
+        q0, q1 = blk * 8, min(kp, blk * 8 + 8)
+        for q in range(q0, q1):
+            for col in range(ptot if 2 * q < kall else 0, ncols):
+                dst[_U(q * ncols + col)] = z
+        if 2 * q0 >= kall:
+            continue
+        c0 = 2 * q0 // taps
+        c1 = min(c, (2 * q1 - 1) // taps + 1)
+        for img in range(n):
+            for ci in range(c0, c1):  # zero-padded planes (the border stays zero)
+                pl = pads.reshape(-1)[(ci - c0) * pad_plane:(ci - c0 + 1) * pad_plane]
+                o = img * s_n + ci * s_c - lo
+                for y in range(h):
+                    d = (y + top) * wp + left
+                    for xx in range(w):
+                        pl[_U(d + xx)] = xf[_U(o + y * s_h + xx * s_w)]
+            for q in range(q0, q1):
+                k0, k1 = 2 * q, 2 * q + 1
+                if k0 >= kall:
+                    break
+                ci0, tap0 = k0 // taps, k0 % taps
+                p0 = ((ci0 - c0) * hp + (tap0 // s) * dh) * wp + (tap0 % s) * dw
+                if k1 < kall:
+                    ci1, tap1 = k1 // taps, k1 % taps
+                    p1 = ((ci1 - c0) * hp + (tap1 // s) * dh) * wp + (tap1 % s) * dw
+                    keep = w32(0xFFFF)
+                else:  # the odd last K: its partner is zero
+                    p1, keep = p0, z
+                pf = pads.reshape(-1)
+                for oy in range(ho):
+                    d = q * ncols + img * plane + oy * wo
+                    a = p0 + oy * st_h * wp
+                    b = p1 + oy * st_h * wp
+                    for ox in range(wo):
+                        dst[_U(d + ox)] = (w32(pf[_U(a + ox * st_w)])
+                                           | ((w32(pf[_U(b + ox * st_w)]) & keep) << w32(16)))
+
+
+@numba.njit(**_JIT)
+def cols_conv_part(t, nthr, ap, lda, a_strip, a_kstep, ksteps, bq, ncols, chunk, ws, share,
+                   out4, bias, has_bias, act, claim):
+    """A share of ``out4 = act(A @ B + bias)`` ((N, K, Ho, Wo) bfloat16 bits, rounded once from
+    the float32 sums; column (img, oy, ox) of B is pixel (oy, ox) of image img): units of
+    (32-row strip of A, ``chunk`` columns of B),
+    strip by strip (a strip of A, read in place from memory once, passes the chunks from L2),
+    claimed from ``claim[0]`` until none is left (a thread whose core wakes late takes fewer).
+    A tile (strip i, K step p) is 16 rows at ``lda`` bytes from ``ap``'s data + ``(i // 16) *
+    a_strip + p * a_kstep`` bytes (the weight in place, or ``pack_a``'s layout); B is
+    ``cols_pack_part``'s rows of K pairs; a unit's 32 x chunk float32 sums sit in thread t's
+    ``share`` bytes of ``ws`` until the epilogue writes them out."""
+    n, k, ho, wo = out4.shape
+    plane = ho * wo
+    ptot = n * plane
+    out = out4.reshape(-1)
+    cbuf = ws[t * share:(t + 1) * share].view(np.float32)
+    cbits = cbuf.view(np.uint32)
+    cfg = tile_config()
+    _ldtilecfg(cfg.ctypes.data)
+    a0 = ap.ctypes.data
+    b0 = bq.ctypes.data
+    cb = cbuf.ctypes.data
+    ldb = ncols * 4
+    kstep_b = 16 * ldb
+    sc = chunk * 4
+    nch = cdiv(ncols, chunk)
+    units = cdiv(k, MB) * nch
+    while True:
+        u = _atomic_add(claim, 0, 1)
+        if u >= units:
+            break
+        i = (u // nch) * MB
+        j0 = (u % nch) * chunk
+        j1 = min(ncols, j0 + chunk)
+        arow0 = a0 + (i // 16) * a_strip
+        arow1 = arow0 + a_strip
+        for j in range(j0, j1, NB):
+            bcol0 = b0 + j * 4
+            bcol1 = bcol0 + 64
+            _tilezero(0)
+            _tilezero(1)
+            _tilezero(2)
+            _tilezero(3)
+            for p in range(ksteps):
+                _tileload(4, arow0 + p * a_kstep, lda)
+                _tileload(6, bcol0 + p * kstep_b, ldb)
+                _tdpbf16ps(0, 4, 6)
+                _tileload(7, bcol1 + p * kstep_b, ldb)
+                _tdpbf16ps(1, 4, 7)
+                _tileload(5, arow1 + p * a_kstep, lda)
+                _tdpbf16ps(2, 5, 6)
+                _tdpbf16ps(3, 5, 7)
+            cp = cb + (j - j0) * 4
+            _tilestore(0, cp, sc)
+            _tilestore(1, cp + 64, sc)
+            _tilestore(2, cp + 16 * sc, sc)
+            _tilestore(3, cp + 16 * sc + 64, sc)
+        # the strip's sums for these columns through the epilogue, then out image by image,
+        # rounded to bfloat16 (no float32 output and no narrowing pass over it)
+        r_n = min(MB, k - i)
+        jend = min(j1, ptot)
+        epilogue(cbuf, 0, chunk, r_n, jend - j0, bias, has_bias, i, act, True)
+        jj = j0
+        while jj < jend:
+            img, pix = jj // plane, jj % plane
+            run = min(jend - jj, plane - pix)
+            dst = (img * k + i) * plane + pix
+            for rr in range(r_n):
+                src = rr * chunk + jj - j0
+                for q in range(run):
+                    out[_U(dst + rr * plane + q)] = _bf16_round(cbits[_U(src + q)])
+            jj += run
+    _tilerelease()

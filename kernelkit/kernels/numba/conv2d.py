@@ -45,7 +45,7 @@ from kernelkit.kernels.numba.matmul import GemmBlocking, MatmulConfig, _round_do
 from kernelkit.kernels.numba.matmul import matmul_forward as _matmul_forward
 from kernelkit.kernels.numba.matmul import warm as _matmul_warm
 
-CONV_KERNELS = ("auto", "gemm", "shift", "amx")
+CONV_KERNELS = ("auto", "gemm", "shift", "amx", "amx_cols")
 
 __all__ = ["Conv2dConfig", "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"]
 
@@ -90,8 +90,10 @@ class Conv2dConfig(GemmBlocking):
         measured faster: with AVX-512, shift everywhere; else shift where a batch has at least
         ``SHIFT_MIN_PIXELS`` output pixels per channel, on planes of at least
         ``SHIFT_MIN_PLANE``), or "amx" (bfloat16, one group, a square stride, on a CPU with
-        AMX: the shifted GEMM on AMX tiles, ``_amx``; "auto" elsewhere). Other convolutions,
-        and the backward ops, ignore it.
+        AMX: the shifted GEMM on AMX tiles, ``_amx``; "auto" elsewhere), or "amx_cols"
+        (bfloat16, one group, on a CPU with AMX: the image's columns by the weight read in place
+        on AMX tiles, for layers with more weight than image; "auto" elsewhere). Other
+        convolutions, and the backward ops, ignore it.
     """
 
     kernel: str = "auto"
@@ -157,9 +159,13 @@ def space(problem) -> list[Conv2dConfig]:
         other = "gemm" if _shift_by_default(n, ho, wo, r * s) else "shift"
         out.insert(1, Conv2dConfig(d.mc, d.kc, d.nc, other))
         stride = tuple(opts.stride) if isinstance(opts.stride, (tuple, list)) else (opts.stride,) * 2
-        if (problem.dtype == "bfloat16" and stride[0] == stride[1] and opts.groups == 1
-                and _amx.available()):
-            out.insert(0, Conv2dConfig(d.mc, d.kc, d.nc, "amx"))
+        if problem.dtype == "bfloat16" and opts.groups == 1 and _amx.available():
+            amx = [Conv2dConfig(d.mc, d.kc, d.nc, "amx_cols")]
+            if stride[0] == stride[1]:
+                amx.insert(0, Conv2dConfig(d.mc, d.kc, d.nc, "amx"))
+                if n * ho * wo < k:  # more weight than image columns: read it in place first
+                    amx.reverse()
+            out[:0] = amx
     return out
 
 
@@ -262,9 +268,31 @@ def _amx_conv_compiled() -> tuple:
                 i, i, arr(u16, 4, "A", True), arr(u32, 1), i, i, i, i, i, i)),
             entry_point(_amx.conv_part, types.void(
                 i, i, arr(u16, 1), i, i, arr(types.int64, 1, "C", True), arr(u32, 1), i, i,
-                arr(f32, 1), i, arr(f32, 4), arr(f32, 1, "A", True), types.boolean, i, i)),
+                arr(f32, 1), i, arr(u16, 4), arr(f32, 1, "A", True), types.boolean, i, i)),
         ])
     return tuple(_AMX_CONV)
+
+
+_AMX_COLS: list = []  # the AMX column conv's entry points: (odd weights, columns, products)
+
+
+def _amx_cols_compiled() -> tuple:
+    """The AMX column conv's entry points, compiled (or loaded) for 'A'-layout inputs."""
+    if not _AMX_COLS:
+        i = types.int64
+        arr = lambda t, nd, layout="C", ro=False: types.Array(t, nd, layout, readonly=ro)
+        u8, u16, u32, f32 = types.uint8, types.uint16, types.uint32, types.float32
+        _AMX_COLS.extend([
+            entry_point(_amx.pack_a, types.void(
+                arr(u16, 1, "A", True), i, i, i, i, i, arr(u16, 1), i)),
+            entry_point(_amx.cols_pack_part, types.void(
+                i, i, arr(u16, 4, "A", True), arr(u32, 1), i, i, i, i, i, i, i, i, i, i, i, i,
+                i, i, arr(i, 1))),
+            entry_point(_amx.cols_conv_part, types.void(
+                i, i, arr(u16, 1, "A", True), i, i, i, i, arr(u32, 1), i, i, arr(u8, 1), i,
+                arr(u16, 4), arr(f32, 1, "A", True), types.boolean, i, arr(i, 1))),
+        ])
+    return tuple(_AMX_COLS)
 
 
 def _compiled(dtype) -> _Compiled:
@@ -284,6 +312,7 @@ def warm(dtype: str) -> str:
         _pairs_compiled()
     if dtype == "bfloat16" and _amx.available():
         _amx_conv_compiled()
+        _amx_cols_compiled()
     _matmul_warm(dtype)
     return _gemm.warm_result(before)
 
@@ -523,9 +552,10 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
     (K, C // groups, R, S); bias: (K,) or None. stride, dilation: pairs; padding: (top, bottom,
     left, right).
     """
+    if x.dtype.char == "H" and amx_cols(weight, groups, layout, config):
+        return _conv_amx_cols(x, weight, bias, stride, padding, dilation, activation)
     if x.dtype.char == "H" and amx_conv(x, weight, stride, groups, layout, config):
-        out = _conv_amx(x, weight, bias, stride, padding, dilation, activation)
-        return _half.narrow(out, "H")
+        return _conv_amx(x, weight, bias, stride, padding, dilation, activation)
     if x.dtype.char == "H" and bf16_shift(x, weight, groups, layout, config):
         out = _conv_pairs(x, weight, bias, stride, padding, dilation, groups, activation, config)
         return _half.narrow(out, "H")
@@ -554,8 +584,9 @@ def amx_conv(x, weight, stride, groups, layout: str, config: Conv2dConfig | None
 
 def _conv_amx(x, weight, bias, stride, padding, dilation, activation) -> np.ndarray:
     """act(conv2d(x, weight) + bias), one group, a square stride, for NCHW bfloat16 bits
-    (uint16): float32 (N, K, Ho, Wo), through ``_amx.conv_product`` (the shifted GEMM on AMX
-    tiles, on the stride phases of the padded input).
+    (uint16): bfloat16 bits (N, K, Ho, Wo), rounded once from float32 sums, through
+    ``_amx.conv_product`` (the shifted GEMM on AMX tiles, on the stride phases of the padded
+    input).
 
     Two launches: the images' channel pairs packed as zero-padded planes, then the products
     and the epilogue, split by (image, 32-pixel block) of the output grid."""
@@ -565,7 +596,7 @@ def _conv_amx(x, weight, bias, stride, padding, dilation, activation) -> np.ndar
     top, bottom, left, right = padding
     dh, dw = dilation
     ho, wo = out_size(h, w, r, s, (st, st), padding, dilation)
-    out = np.empty((n, k, ho, wo), np.float32)
+    out = aligned_empty(n * k * ho * wo, np.float16).view(np.uint16).reshape(n, k, ho, wo)
     if out.size == 0:
         return out
     hp, wp = cdiv(h + top + bottom, st), cdiv(w + left + right, st)  # a phase's grid
@@ -599,6 +630,62 @@ def _conv_amx(x, weight, bias, stride, padding, dilation, activation) -> np.ndar
     _run(pack_planes, tn, x, xq, cqp, st, plane, wp, top, left)
     _run(product, tn, ap, rows, cqp, shifts, xq, image, plane, outp, ncols, out, bias,
          has_bias, ACT_CODES[activation], wp)
+    return out
+
+
+def amx_cols(weight, groups, layout: str, config: Conv2dConfig | None) -> bool:
+    """Whether a bfloat16 forward runs as the image's columns by the weight read in place on AMX
+    tiles (an amx_cols config, the CPU has AMX-BF16, NCHW, one group); an amx_cols config
+    elsewhere runs as "auto"."""
+    return (config is not None and config.kernel == "amx_cols" and layout == "NCHW"
+            and int(groups) == 1 and weight.size > 0 and _amx.available())
+
+
+def _conv_amx_cols(x, weight, bias, stride, padding, dilation, activation) -> np.ndarray:
+    """act(conv2d(x, weight) + bias), one group, for NCHW bfloat16 bits (uint16): bfloat16 bits
+    (N, K, Ho, Wo), as the GEMM of the (K, C*R*S) weight by the images' columns on AMX tiles
+    (``_amx.cols_conv_part``; float32 sums, rounded once in its epilogue).
+
+    The weight is read in place where its rows are whole tiles (C*R*S and K multiples of 32),
+    else packed (``pack_a``). Two launches: the columns packed as K-pair slivers, then the
+    products and the epilogue, split by (32 output channels, column chunk)."""
+    n, c, h, w = x.shape
+    k, _, r, s = weight.shape
+    sh, sw = (int(v) for v in stride)
+    top, bottom, left, right = padding
+    dh, dw = dilation
+    ho, wo = out_size(h, w, r, s, (sh, sw), padding, dilation)
+    # (torch's allocation inside a torch model: _workspace.aligned_empty; float16 has uint16's
+    # size, and torch has no uint16 allocation)
+    out = aligned_empty(n * k * ho * wo, np.float16).view(np.uint16).reshape(n, k, ho, wo)
+    if out.size == 0:
+        return out
+    kall = c * r * s
+    kp = cdiv(kall, 32) * 16  # K pairs, whole tiles
+    ncols = cdiv(n * ho * wo, 32) * 32
+    # columns per unit: a chunk of B (kp pairs x chunk words) within about 1 MiB of L2
+    chunk = max(32, min(ncols, (1 << 20) // (4 * kp) // 32 * 32))
+    has_bias = bias is not None
+    bias = _half.widen(bias) if has_bias else np.zeros(0, np.float32)
+    pack_weight, pack_cols, product = _amx_cols_compiled()
+    wflat = np.ascontiguousarray(weight).reshape(-1)
+    if kall % 32 == 0 and k % 32 == 0:
+        ap, lda, a_strip, a_kstep = wflat, 2 * kall, 32 * kall, 64
+    else:
+        rows = cdiv(k, 32) * 32
+        ap = aligned_empty(rows * 2 * kp, np.uint16)
+        pack_weight(wflat, 0, kall, 1, k, kall, ap, rows)
+        lda, a_strip, a_kstep = 64, kp * 64, 1024
+    tn = _threads(n * ho * wo * k * kall // 8)
+    share = -(-32 * chunk * 4 // 64) * 64
+    bsize = -(-4 * kp * ncols // 64) * 64
+    ws = _scratch(bsize + tn * share, np.uint8)
+    bq = ws[:4 * kp * ncols].view(np.uint32)
+    claims = np.zeros(2, np.int64)  # the next unit of each launch (claimed, not fixed shares)
+    _run(pack_cols, tn, x, bq, kp, ncols, r, s, sh, sw, top, bottom, left, right, dh, dw, ho, wo,
+         claims[:1])
+    _run(product, tn, ap, lda, a_strip, a_kstep, kp // 16, bq, ncols, chunk, ws[bsize:], share,
+         out, bias, has_bias, ACT_CODES[activation], claims[1:])
     return out
 
 

@@ -377,7 +377,7 @@ def _amx_share_bytes(m: int, n: int, k: int, mc: int, nc: int) -> int:
 
 @numba.njit(**_JIT)
 def _amx_part(t, nthr, a3, b3, bias, has_bias, act, out3, mc, kc, nc, ws, ws_share, panel):
-    """``_gemm_part`` for bfloat16 A and B (uint16 bits) into float32 ``out3`` on AMX tiles
+    """``_gemm_part`` for bfloat16 A and B (uint16 bits) into bfloat16 ``out3`` on AMX tiles
     (``_amx``): thread t packs its share's B in panels of ``panel`` columns (AMX_PANEL) and its
     rows of A in chunks of ``mc``; ``kc`` K values per accumulation block, ``nc`` columns per
     C strip (all multiples of 32). Its scratch is ``ws[t*ws_share:]`` (64-byte aligned, reused
@@ -639,8 +639,11 @@ def _bf16_compiled(kernel: str = "packed"):
     fn = _BF16.get(kernel)
     if fn is None:
         sig = _sig("serial", np.uint16, np.float32)
-        if kernel == "amx":  # and (scratch of all shares, bytes per share, panel columns)
-            sig = types.void(*sig.args, types.Array(types.uint8, 1, "C"), types.intp, types.intp)
+        if kernel == "amx":  # a bfloat16 output (rounded in its epilogue), and (scratch of
+            # all shares, bytes per share, panel columns)
+            args = list(sig.args)
+            args[7] = types.Array(types.uint16, 3, "C")
+            sig = types.void(*args, types.Array(types.uint8, 1, "C"), types.intp, types.intp)
         fn = _BF16[kernel] = entry_point(_amx_part if kernel == "amx" else _bf16_part, sig)
     return fn
 
@@ -657,17 +660,18 @@ def bf16_dot(dtype_char: str, m: int, n: int, k: int, config: MatmulConfig | Non
 
 
 def _matmul_bf16(a, b, bias, act, config):
-    """act(a @ b + bias) for bfloat16 bits (uint16) on AMX tiles (an amx config) or through
-    VDPBF16PS: float32 (B, M, N)."""
+    """act(a @ b + bias) for bfloat16 bits (uint16) on AMX tiles (an amx config: bfloat16 bits
+    (B, M, N), rounded in the kernel's epilogue) or through VDPBF16PS (float32 (B, M, N))."""
     nbat, m, k = a.shape
     n = b.shape[2]
-    out = np.empty((nbat, m, n), np.float32)
     has_bias = bias is not None
     bias = _half.widen(bias) if has_bias else np.zeros(0, np.float32)
     if not (a.flags.aligned and b.flags.aligned):
         a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
     if config is not None and config.kernel == "amx":
         if _amx.available():
+            out = _workspace.aligned_empty(nbat * m * n, np.float16).view(np.uint16).reshape(
+                nbat, m, n)
             nthr = _threads(m * n * k * nbat // 8)
             share = _amx_share_bytes(m, n, k, config.mc, config.nc)
             ws = _workspace.scratch(nthr * share, np.uint8)
@@ -675,6 +679,7 @@ def _matmul_bf16(a, b, bias, act, config):
                  config.kc, config.nc, ws, share, AMX_PANEL)
             return out
         config = None  # (a cache written on a machine with AMX, read on one without)
+    out = np.empty((nbat, m, n), np.float32)
     cfg = config or _default(np.float32)
     # the float32 blocking's footprints hold twice the K of bfloat16
     blocks = (cfg.mc, 2 * cfg.kc, cfg.nc)
@@ -721,7 +726,8 @@ def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
     # of every float32 call, where one more Python call level costs a measurable share)
     if dtype.char in _half.HALF_CHARS:
         if a.ndim == 3 and bf16_dot(dtype.char, a.shape[1], b.shape[2], a.shape[2], config):
-            return _half.narrow(_matmul_bf16(a, b, bias, ACT_CODES[activation], config), "H")
+            out = _matmul_bf16(a, b, bias, ACT_CODES[activation], config)
+            return out if out.dtype.char == "H" else _half.narrow(out, "H")
         if config is not None and config.kernel == "amx":  # no AMX here: float32's default
             config = None
         out = matmul_forward(_half.widen(a), _half.widen(b), _half.widen(bias), activation,
