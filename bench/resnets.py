@@ -154,7 +154,8 @@ class Pair:
     """A model and its patched deep copy, one input batch, and one SGD optimiser each; tuned once
     (`tune`) before anything is timed."""
 
-    def __init__(self, name: str, batch: int, size: int, seed: int = 0):
+    def __init__(self, name: str, batch: int, size: int, seed: int = 0,
+                 dtype: torch.dtype = torch.float32):
         import copy
 
         import kernelkit.nn as knn
@@ -163,10 +164,10 @@ class Pair:
         # dynamo's recompile limit (8 per code object) would otherwise leave later pairs eager
         torch._dynamo.reset()
         torch.manual_seed(seed)
-        self.ref = MODELS[name]()
+        self.ref = MODELS[name]().to(dtype)
         self.pat = copy.deepcopy(self.ref)
         self.report = knn.patch(self.pat)
-        self.x = torch.randn(batch, 3, size, size)
+        self.x = torch.randn(batch, 3, size, size, dtype=dtype)
         self.target = torch.randint(0, 1000, (batch,))
         self.opt = {id(m): torch.optim.SGD(m.parameters(), lr=1e-4) for m in (self.ref, self.pat)}
         self.compiled: dict[str, nn.Module] = {}
@@ -186,9 +187,10 @@ class Pair:
         opt.step()
         return loss
 
-    def tune(self) -> float:
-        """Measure every forward and backward size the patched model runs (one inference call and
-        one training step under KERNELKIT_TUNE=measure), restore the weights; seconds taken."""
+    def tune(self, modes: tuple[str, ...] = ("infer", "train")) -> float:
+        """Measure every forward and backward size the patched model runs in `modes` (an
+        inference call, a training step, under KERNELKIT_TUNE=measure), restore the weights;
+        seconds taken."""
         import time
 
         import kernelkit
@@ -197,8 +199,9 @@ class Pair:
         with kernelkit.use(tune="measure"):
             self.pat.eval()
             self.infer(self.pat)
-            self.pat.train()
-            self.step(self.pat, self.pat)
+            if "train" in modes:
+                self.pat.train()
+                self.step(self.pat, self.pat)
         self.pat.load_state_dict(self.ref.state_dict())
         return time.perf_counter() - t0
 

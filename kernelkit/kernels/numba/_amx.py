@@ -560,9 +560,15 @@ def cols_pack_part(t, nthr, x4, dst, kp, ncols, r, s, st_h, st_w, top, bottom, l
                     d = q * ncols + img * plane + oy * wo
                     a = p0 + oy * st_h * wp
                     b = p1 + oy * st_h * wp
-                    for ox in range(wo):
-                        dst[_U(d + ox)] = (w32(pf[_U(a + ox * st_w)])
-                                           | ((w32(pf[_U(b + ox * st_w)]) & keep) << w32(16)))
+                    if st_w == 1:  # contiguous reads: a vector loop
+                        for ox in range(wo):
+                            dst[_U(d + ox)] = (w32(pf[_U(a + ox)])
+                                               | ((w32(pf[_U(b + ox)]) & keep) << w32(16)))
+                    else:
+                        for ox in range(wo):
+                            dst[_U(d + ox)] = (w32(pf[_U(a + ox * st_w)])
+                                               | ((w32(pf[_U(b + ox * st_w)]) & keep)
+                                                  << w32(16)))
 
 
 @numba.njit(**_JIT)
