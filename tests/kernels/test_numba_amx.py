@@ -184,15 +184,15 @@ COLS_CASES = [case for case in CASES if case[10] == 1] + CONV_CASES[len(CASES) -
 
 @pytest.fixture
 def poisoned_scratch(monkeypatch):
-    """The amx conv's scratch and packed weight start as all-ones bytes (NaN as float32, NaN
-    pairs as bfloat16), and its threaded path runs whatever the size."""
+    """The amx convs' scratch, packed weight and output start as all-ones bytes (NaN as
+    float32, NaN pairs as bfloat16), and their threaded paths run whatever the size."""
     monkeypatch.setattr(nc, "SERIAL_WORK", 0)
     monkeypatch.setattr(nc, "SERIAL_PACK", 0)
-    for name in ("_scratch", "aligned_empty"):
+    for name in ("_scratch", "aligned_empty", "empty_bits16"):
         real = getattr(nc, name)
 
-        def poisoned(size, dtype, real=real):
-            a = real(size, dtype)
+        def poisoned(*args, real=real):
+            a = real(*args)
             a.view(np.uint8)[...] = 0xFF
             return a
         monkeypatch.setattr(nc, name, poisoned)

@@ -315,6 +315,16 @@ def block_product(cfg, ap, rows, bp, kp, ncols, kc, nc, cbuf, c, coff, ldc, mb, 
 # so a B tile is 16 pair planes x 16 consecutive pixels, loaded in place at any shift (row
 # stride: the plane); the weights as one A block per tap (``pack_a``).
 
+@numba.njit(inline="always", **_JIT)
+def _image(x4):
+    """(flat view, its offset, element strides of image, channel, row, column) of a 4-D
+    input."""
+    isz = x4.itemsize
+    lo, length = span(x4.shape, x4.strides, isz)
+    return (flat_view(x4, lo, length), lo, x4.strides[0] // isz, x4.strides[1] // isz,
+            x4.strides[2] // isz, x4.strides[3] // isz)
+
+
 @numba.njit(**_JIT)
 def pad_pairs(xf, xoff, c, h, w, s_c, s_h, s_w, ph, pw, dst, doff, cqp, q, st, wp, plane):
     """Channel pair q (channels 2q, 2q+1 of ``x[c, y, x] = xf[xoff + c*s_c + y*s_h + x*s_w]``,
@@ -437,11 +447,7 @@ def conv_pack_part(t, nthr, x4, xq, cqp, st, plane, wp, ph, pw):
     uint16 bits, any strides): (image, pair) units split evenly over the threads; image i's
     planes start at ``i * st*st * cqp * plane``."""
     n, c, h, w = x4.shape
-    isz = x4.itemsize
-    s_n, s_c, s_h, s_w = (x4.strides[0] // isz, x4.strides[1] // isz, x4.strides[2] // isz,
-                          x4.strides[3] // isz)
-    lo, length = span(x4.shape, x4.strides, isz)
-    xf = flat_view(x4, lo, length)
+    xf, lo, s_n, s_c, s_h, s_w = _image(x4)
     total = n * cqp
     u0, u1 = total * t // nthr, total * (t + 1) // nthr
     for u in range(u0, u1):
@@ -507,11 +513,7 @@ def cols_pack_part(t, nthr, x4, dst, kp, ncols, r, s, st_h, st_w, top, bottom, l
     first copied into zero-padded planes, so that every row of B is read without a bounds
     test (with one, at 7-28 px, the short edge loops cost 3x the copy)."""
     n, c, h, w = x4.shape
-    isz = x4.itemsize
-    s_n, s_c, s_h, s_w = (x4.strides[0] // isz, x4.strides[1] // isz, x4.strides[2] // isz,
-                          x4.strides[3] // isz)
-    lo, length = span(x4.shape, x4.strides, isz)
-    xf = flat_view(x4, lo, length)
+    xf, lo, s_n, s_c, s_h, s_w = _image(x4)
     plane = ho * wo
     ptot = n * plane
     taps = r * s

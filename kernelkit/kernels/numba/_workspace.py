@@ -56,6 +56,13 @@ def aligned_empty(size: int, dtype) -> np.ndarray:
     return _aligned_part(np.empty(nbytes + _ALIGN, np.uint8), nbytes, dtype)
 
 
+def empty_bits16(shape: tuple) -> np.ndarray:
+    """``aligned_empty`` as a C-contiguous uint16 array of ``shape``: bfloat16 results as their
+    bits (torch's allocation while the call's data are torch tensors: float16 has uint16's size,
+    and torch allocates no uint16 of its own here)."""
+    return aligned_empty(int(np.prod(shape)), np.float16).view(np.uint16).reshape(shape)
+
+
 def _torch_empty(size: int, dtype) -> np.ndarray | None:
     """``aligned_empty`` through torch's allocator; None where torch has no such dtype or the
     block is not 64-byte aligned."""

@@ -39,7 +39,7 @@ from kernelkit.kernels.numba import _amx, _conv, _gemm, _half, _packs
 from kernelkit.kernels.numba._gemm import ACT_CODES, entry_point, tile_shape
 from kernelkit.kernels.numba._pool import run as _run
 from kernelkit.kernels.numba._pool import run_synced as _run_synced
-from kernelkit.kernels.numba._workspace import aligned_empty
+from kernelkit.kernels.numba._workspace import aligned_empty, empty_bits16
 from kernelkit.kernels.numba._workspace import scratch as _scratch
 from kernelkit.kernels.numba.matmul import GemmBlocking, MatmulConfig, _round_down
 from kernelkit.kernels.numba.matmul import matmul_forward as _matmul_forward
@@ -596,7 +596,7 @@ def _conv_amx(x, weight, bias, stride, padding, dilation, activation) -> np.ndar
     top, bottom, left, right = padding
     dh, dw = dilation
     ho, wo = out_size(h, w, r, s, (st, st), padding, dilation)
-    out = aligned_empty(n * k * ho * wo, np.float16).view(np.uint16).reshape(n, k, ho, wo)
+    out = empty_bits16((n, k, ho, wo))
     if out.size == 0:
         return out
     hp, wp = cdiv(h + top + bottom, st), cdiv(w + left + right, st)  # a phase's grid
@@ -655,9 +655,7 @@ def _conv_amx_cols(x, weight, bias, stride, padding, dilation, activation) -> np
     top, bottom, left, right = padding
     dh, dw = dilation
     ho, wo = out_size(h, w, r, s, (sh, sw), padding, dilation)
-    # (torch's allocation inside a torch model: _workspace.aligned_empty; float16 has uint16's
-    # size, and torch has no uint16 allocation)
-    out = aligned_empty(n * k * ho * wo, np.float16).view(np.uint16).reshape(n, k, ho, wo)
+    out = empty_bits16((n, k, ho, wo))
     if out.size == 0:
         return out
     kall = c * r * s

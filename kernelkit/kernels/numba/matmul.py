@@ -670,8 +670,7 @@ def _matmul_bf16(a, b, bias, act, config):
         a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
     if config is not None and config.kernel == "amx":
         if _amx.available():
-            out = _workspace.aligned_empty(nbat * m * n, np.float16).view(np.uint16).reshape(
-                nbat, m, n)
+            out = _workspace.empty_bits16((nbat, m, n))
             nthr = _threads(m * n * k * nbat // 8)
             share = _amx_share_bytes(m, n, k, config.mc, config.nc)
             ws = _workspace.scratch(nthr * share, np.uint8)
