@@ -167,18 +167,22 @@ def test_amx_gemm_hypothesis(m, k, n, blocks, seed):
 AMX_CONV = Conv2dConfig(96, 256, 4096, "amx")
 AMX_COLS = Conv2dConfig(96, 256, 4096, "amx_cols")
 # one group, a square stride: what the amx conv runs (the VDPBF16PS tests' cases, and more)
-CONV_CASES = [case for case in CASES if case[7][0] == case[7][1] and case[10] == 1] + [
+AMX_EXTRA = [
     (2, 33, 6, 7, 40, 3, 3, (1, 1), (0, 1, 2, 0), (1, 1), 1),  # asymmetric padding, > 32 ch
     (1, 64, 12, 12, 70, 2, 3, (1, 1), (1, 1, 1, 1), (2, 1), 1),  # dilation, K past 2 blocks
     (1, 5, 40, 3, 3, 3, 1, (1, 1), (1, 1, 0, 0), (1, 1), 1),  # tall and narrow
     (2, 40, 15, 12, 33, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),  # stride 2: four phases
     (1, 9, 14, 13, 7, 3, 3, (3, 3), (0, 2, 1, 0), (2, 1), 1),  # stride 3, dilation
 ]
-# the column conv takes any stride; these read the weight in place (C*R*S and K multiples of 32)
-COLS_CASES = [case for case in CASES if case[10] == 1] + CONV_CASES[len(CASES) - 2:] + [
+CONV_CASES = [case for case in CASES if case[7][0] == case[7][1] and case[10] == 1] + AMX_EXTRA
+# the column conv takes any stride; the last four read the weight in place (C*R*S and K
+# multiples of 32), the last one in two column chunks (96 + 32 of its 128 columns) by two
+# strips of 32 rows, chunk by chunk (more columns than rows), and strip by strip below
+COLS_CASES = [case for case in CASES if case[10] == 1] + AMX_EXTRA + [
     (2, 32, 7, 6, 64, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),  # in place, two images
     (1, 64, 9, 9, 96, 1, 1, (2, 1), (0, 0, 0, 0), (1, 1), 1),  # in place, 1x1, non-square stride
     (3, 96, 5, 5, 32, 3, 3, (1, 1), (2, 0, 1, 1), (1, 2), 1),  # in place, padded, dilated
+    (1, 512, 10, 10, 64, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),  # 2 chunks x 2 strips
 ]
 
 
@@ -269,6 +273,15 @@ def test_amx_column_conv_matches_float64(case, poisoned_scratch):
     x, w, b = make(case, sum(case[:7]))
     _conv_amx_check(bits(x), w, b, case, "relu", config=AMX_COLS)
     _conv_amx_check(bits(x), w, None, case, config=AMX_COLS)
+
+
+@needs_amx
+def test_amx_column_conv_in_either_unit_order(poisoned_scratch, monkeypatch):
+    case = COLS_CASES[-1]
+    x, w, b = make(case, 3)
+    for by_chunk in (True, False):
+        monkeypatch.setattr(nc, "AMX_COLS_BY_CHUNK", by_chunk)
+        _conv_amx_check(bits(x), w, b, case, "relu", config=AMX_COLS)
 
 
 @needs_amx

@@ -574,8 +574,8 @@ def cols_pack_part(t, nthr, x4, dst, kp, ncols, r, s, st_h, st_w, top, bottom, l
 
 
 @numba.njit(**_JIT)
-def cols_conv_part(t, nthr, ap, lda, a_strip, a_kstep, ksteps, bq, ncols, chunk, ws, share,
-                   out4, bias, has_bias, act, claim):
+def cols_conv_part(t, nthr, ap, lda, a_strip, a_kstep, ksteps, bq, ncols, chunk, by_chunk, ws,
+                   share, out4, bias, has_bias, act, claim):
     """A share of ``out4 = act(A @ B + bias)`` ((N, K, Ho, Wo) bfloat16 bits, rounded once from
     the float32 sums; column (img, oy, ox) of B is pixel (oy, ox) of image img): units of
     (32-row strip of A, ``chunk`` columns of B),
@@ -600,13 +600,16 @@ def cols_conv_part(t, nthr, ap, lda, a_strip, a_kstep, ksteps, bq, ncols, chunk,
     kstep_b = 16 * ldb
     sc = chunk * 4
     nch = cdiv(ncols, chunk)
-    units = cdiv(k, MB) * nch
+    strips = cdiv(k, MB)
+    units = strips * nch
     while True:
         u = _atomic_add(claim, 0, 1)
         if u >= units:
             break
-        i = (u // nch) * MB
-        j0 = (u % nch) * chunk
+        if by_chunk:  # a chunk of B passes every strip of A (B the larger)
+            i, j0 = (u % strips) * MB, (u // strips) * chunk
+        else:  # a strip of A passes every chunk of B
+            i, j0 = (u // nch) * MB, (u % nch) * chunk
         j1 = min(ncols, j0 + chunk)
         arow0 = a0 + (i // 16) * a_strip
         arow1 = arow0 + a_strip

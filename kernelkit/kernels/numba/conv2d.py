@@ -75,6 +75,9 @@ SHIFT_WIDE = tile_shape(np.float32)[1] >= 32
 SHIFT_ROWS_FIRST = True
 # Deepest reduction block of the shifted GEMM (its B slivers are read in place, not packed).
 SHIFT_KC = 256
+# The AMX column conv passes each chunk of image columns over all the weight's rows where the
+# columns outnumber the rows (else each strip of weight rows over all the columns).
+AMX_COLS_BY_CHUNK = True
 
 
 @dataclass(frozen=True)
@@ -289,8 +292,9 @@ def _amx_cols_compiled() -> tuple:
                 i, i, arr(u16, 4, "A", True), arr(u32, 1), i, i, i, i, i, i, i, i, i, i, i, i,
                 i, i, arr(i, 1))),
             entry_point(_amx.cols_conv_part, types.void(
-                i, i, arr(u16, 1, "A", True), i, i, i, i, arr(u32, 1), i, i, arr(u8, 1), i,
-                arr(u16, 4), arr(f32, 1, "A", True), types.boolean, i, arr(i, 1))),
+                i, i, arr(u16, 1, "A", True), i, i, i, i, arr(u32, 1), i, i, types.boolean,
+                arr(u8, 1), i, arr(u16, 4), arr(f32, 1, "A", True), types.boolean, i,
+                arr(i, 1))),
         ])
     return tuple(_AMX_COLS)
 
@@ -682,8 +686,9 @@ def _conv_amx_cols(x, weight, bias, stride, padding, dilation, activation) -> np
     claims = np.zeros(2, np.int64)  # the next unit of each launch (claimed, not fixed shares)
     _run(pack_cols, tn, x, bq, kp, ncols, r, s, sh, sw, top, bottom, left, right, dh, dw, ho, wo,
          claims[:1])
-    _run(product, tn, ap, lda, a_strip, a_kstep, kp // 16, bq, ncols, chunk, ws[bsize:], share,
-         out, bias, has_bias, ACT_CODES[activation], claims[1:])
+    _run(product, tn, ap, lda, a_strip, a_kstep, kp // 16, bq, ncols, chunk,
+         AMX_COLS_BY_CHUNK and ncols > k, ws[bsize:], share, out, bias, has_bias,
+         ACT_CODES[activation], claims[1:])
     return out
 
 
