@@ -578,9 +578,10 @@ def cols_conv_part(t, nthr, ap, lda, a_strip, a_kstep, ksteps, bq, ncols, chunk,
                    share, out4, bias, has_bias, act, claim):
     """A share of ``out4 = act(A @ B + bias)`` ((N, K, Ho, Wo) bfloat16 bits, rounded once from
     the float32 sums; column (img, oy, ox) of B is pixel (oy, ox) of image img): units of
-    (32-row strip of A, ``chunk`` columns of B),
-    strip by strip (a strip of A, read in place from memory once, passes the chunks from L2),
-    claimed from ``claim[0]`` until none is left (a thread whose core wakes late takes fewer).
+    (32-row strip of A, ``chunk`` columns of B), strip by strip (a strip of A, read in place
+    from memory once, passes the chunks from L2) or, with ``by_chunk`` (more columns than rows),
+    chunk by chunk (a chunk of B passes every strip while it is in L2), claimed from
+    ``claim[0]`` until none is left (a thread whose core wakes late takes fewer).
     A tile (strip i, K step p) is 16 rows at ``lda`` bytes from ``ap``'s data + ``(i // 16) *
     a_strip + p * a_kstep`` bytes (the weight in place, or ``pack_a``'s layout); B is
     ``cols_pack_part``'s rows of K pairs; a unit's 32 x chunk float32 sums sit in thread t's

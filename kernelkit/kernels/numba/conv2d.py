@@ -94,9 +94,9 @@ class Conv2dConfig(GemmBlocking):
         ``SHIFT_MIN_PIXELS`` output pixels per channel, on planes of at least
         ``SHIFT_MIN_PLANE``), or "amx" (bfloat16, one group, a square stride, on a CPU with
         AMX: the shifted GEMM on AMX tiles, ``_amx``; "auto" elsewhere), or "amx_cols"
-        (bfloat16, one group, on a CPU with AMX: the image's columns by the weight read in place
-        on AMX tiles, for layers with more weight than image; "auto" elsewhere). Other
-        convolutions, and the backward ops, ignore it.
+        (bfloat16, one group, any stride, on a CPU with AMX: the image's columns by the weight
+        read in place on AMX tiles, offered first where a layer has more weight than image;
+        "auto" elsewhere). Other convolutions, and the backward ops, ignore it.
     """
 
     kernel: str = "auto"
