@@ -238,6 +238,15 @@ def round64(nbytes):
     return (nbytes + 63) // 64 * 64
 
 
+@numba.njit(inline="always", **_JIT)
+def round_out(out, dst, ldd, bits, src, lds, rows, cols):
+    """``out[dst + r*ldd + q]`` = float32 bits ``bits[src + r*lds + q]`` rounded to bfloat16, for
+    a rows x cols block: the AMX kernels' last step after their epilogue."""
+    for r in range(rows):
+        for q in range(cols):
+            out[_U(dst + r * ldd + q)] = _bf16_round(bits[_U(src + r * lds + q)])
+
+
 @numba.njit(**_JIT)
 def block_product(cfg, ap, rows, bp, kp, ncols, kc, nc, cbuf, c, coff, ldc, mb, nb, bias,
                   has_bias, b0, act):
@@ -297,10 +306,7 @@ def block_product(cfg, ap, rows, bp, kp, ncols, kc, nc, cbuf, c, coff, ldc, mb, 
             r_n = min(MB, mb - i)
             if r_n > 0 and c_n > 0:
                 epilogue(cbuf, 0, nc, r_n, c_n, bias, has_bias, b0 + jc, act)
-                for r in range(r_n):
-                    o = coff + (i + r) * ldc + jc
-                    for q in range(c_n):
-                        c[_U(o + q)] = _bf16_round(cbits[_U(r * nc + q)])
+                round_out(c, coff + i * ldc + jc, ldc, cbits, 0, nc, r_n, c_n)
     _tilerelease()
 
 
@@ -488,8 +494,7 @@ def conv_part(t, nthr, ap, rows, cqp, shifts, xq, image, plane, outp, ncols, out
                 src = ooff + kk * ncols + y * wp
                 dst = ((img * k + kk) * ho + y) * wo
                 epilogue(outp, src + xs, ncols, 1, xe - xs, bias, has_bias, kk, act, True)
-                for xx in range(xs, xe):
-                    out[_U(dst + xx)] = _bf16_round(obits[_U(src + xx)])
+                round_out(out, dst + xs, wo, obits, src + xs, ncols, 1, xe - xs)
         u = img * blocks + b1
 
 
@@ -644,10 +649,6 @@ def cols_conv_part(t, nthr, ap, lda, a_strip, a_kstep, ksteps, bq, ncols, chunk,
         while jj < jend:
             img, pix = jj // plane, jj % plane
             run = min(jend - jj, plane - pix)
-            dst = (img * k + i) * plane + pix
-            for rr in range(r_n):
-                src = rr * chunk + jj - j0
-                for q in range(run):
-                    out[_U(dst + rr * plane + q)] = _bf16_round(cbits[_U(src + q)])
+            round_out(out, (img * k + i) * plane + pix, plane, cbits, jj - j0, chunk, r_n, run)
             jj += run
     _tilerelease()
