@@ -23,6 +23,7 @@ from kernelkit.arrays import torch_to_numpy
 from kernelkit.core import Problem
 from kernelkit.kernels.convgeom import ConvOptions
 from kernelkit.kernels.numba import _amx
+from kernelkit.kernels.numba import _workspace as nm_workspace
 from kernelkit.kernels.numba import conv2d as nc
 from kernelkit.kernels.numba import matmul as nm
 from kernelkit.kernels.numba.conv2d import Conv2dConfig, conv2d_forward
@@ -74,9 +75,19 @@ def test_the_amx_kernel_is_offered_exactly_where_the_cpu_has_it():
         return {c.kernel for c in nm.space(p)}
 
     assert ("amx" in kernels("bfloat16", 256, 256, 256)) is _amx.available()
+    assert ("amx" in kernels("float16", 256, 256, 256)) is _amx.available()  # bfloat16 halves
     assert "amx" not in kernels("float32", 256, 256, 256)
-    assert "amx" not in kernels("float16", 256, 256, 256)
     assert "amx" not in kernels("bfloat16", 4, 4, 4)  # tiny: the unpacked loop
+    assert "amx" not in kernels("float16", 4, 4, 4)
+
+
+@pytest.mark.parametrize("k", [1, 31, 64, 700, 2048, 2100, 3 * 2100, 40000])
+def test_amx_configs_are_valid_at_any_depth(k):
+    """Both configs' blocks are multiples of 32 whatever K (K = 2100 gave the second an nc of
+    48, which MatmulConfig rejects: the whole space() call raised)."""
+    for config in nm.amx_configs(k):
+        assert config.kernel == "amx"
+        assert all(v % 32 == 0 and v > 0 for v in (config.mc, config.kc, config.nc))
 
 
 def test_amx_blocks_must_be_multiples_of_32():
@@ -105,9 +116,11 @@ def test_an_amx_config_without_amx_falls_back(available, monkeypatch):
     monkeypatch.setattr(_amx, "available", lambda: available)
     monkeypatch.setattr(nm, "SMALL_WORK", 0)
     g = torch.Generator().manual_seed(5)
-    a = torch.randn(2, 45, 70, generator=g).bfloat16()
-    b = torch.randn(2, 70, 37, generator=g).bfloat16()
-    _product_cases(a, b, torch.randn(37, generator=g).bfloat16(), TINY)
+    a = torch.randn(2, 45, 70, generator=g)
+    b = torch.randn(2, 70, 37, generator=g)
+    bias = torch.randn(37, generator=g)
+    _product_cases(a.bfloat16(), b.bfloat16(), bias.bfloat16(), TINY)
+    _f16_cases(a, b, bias, TINY)
 
 
 @needs_amx
@@ -157,6 +170,170 @@ def test_amx_gemm_hypothesis(m, k, n, blocks, seed):
     nm.SMALL_WORK = 0
     try:
         out = as_bf16(matmul_forward(bits(a), bits(b), config=MatmulConfig(*blocks, "amx")))
+    finally:
+        nm.SMALL_WORK = old
+    assert_matmul_close(out, a, b, acc="float32")
+
+
+# ------------------------------------------------------------------ float16 as bfloat16 halves
+
+F16_FINITE = np.arange(2**16, dtype=np.uint32)[(np.arange(2**16) & 0x7C00) != 0x7C00].astype(
+    np.uint16)
+
+
+def _halves_ref(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(hi, lo) bfloat16 bits of float16 bits ``h`` through torch: hi = bfloat16(x) rounded to
+    nearest even, lo = bfloat16(x - hi) (exact), lo 0 for Inf / NaN."""
+    x = torch.from_numpy(h.view(np.float16).astype(np.float32))
+    hi = x.bfloat16()
+    lo = (x - hi.float()).bfloat16()
+    lo[~torch.isfinite(x)] = 0
+    return bits(hi), bits(lo)
+
+
+def test_split_f16_is_exact_on_every_float16():
+    """hi + lo is the float16 value exactly, for all 63488 finite patterns (subnormals, the
+    largest, both zeros); Inf and NaN are flagged, with hi Inf / NaN of the same sign."""
+    got = np.array([_amx.split_f16(np.uint16(h)) for h in range(2**16)], np.int64)
+    hi, lo, bad = got[:, 0].astype(np.uint16), got[:, 1].astype(np.uint16), got[:, 2]
+    finite = (np.arange(2**16) & 0x7C00) != 0x7C00
+    assert np.array_equal(bad, (~finite).astype(np.int64))
+    value = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float64)
+    widen = lambda u: (u.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    assert np.array_equal(widen(hi[finite]) + widen(lo[finite]), value[finite])
+    want_hi, want_lo = _halves_ref(np.arange(2**16, dtype=np.uint32).astype(np.uint16))
+    assert np.array_equal(hi[finite], want_hi[finite])  # hi: round to nearest even
+    assert np.array_equal(lo, want_lo)
+    assert np.array_equal(np.isnan(widen(hi[~finite])), np.isnan(value[~finite]))
+    assert np.array_equal(widen(hi[~finite])[~np.isnan(value[~finite])],
+                          value[~finite][~np.isnan(value[~finite])])
+
+
+def _segments_ref(m: np.ndarray, axis: int, order: tuple[int, int, int]) -> np.ndarray:
+    """The three segments of ``m`` (float16 bits) along ``axis``, each its hi (0) or lo (1)
+    halves padded with zeros to an even length (``_amx.f16_segment``)."""
+    halves = _halves_ref(np.ascontiguousarray(m))
+    k = m.shape[axis]
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (0, k % 2)
+    return np.concatenate([np.pad(halves[g], pad) for g in order], axis=axis)
+
+
+@pytest.mark.parametrize("mb,kb,rows", [(1, 1, 32), (5, 11, 32), (32, 32, 32), (40, 70, 64)])
+@pytest.mark.parametrize("layout", ["row", "col", "reversed"])
+def test_pack_a_f16_writes_hi_hi_lo_segments_as_tiles(mb, kb, rows, layout):
+    rng = np.random.default_rng(mb * 100 + kb)
+    buf = rng.choice(F16_FINITE, mb * kb)
+    off, s_m, s_k, a = _strided(buf, mb, kb, layout)
+    wide = _segments_ref(a, 1, (0, 0, 1))  # mb x 3L: [hi | hi | lo]
+    kpad = -(-wide.shape[1] // 32) * 32
+    dst = np.full(rows * kpad + 1, POISON16, np.uint16)
+    assert _amx.pack_a_f16(buf, off, s_m, s_k, mb, kb, dst, rows) == 0
+    pad = np.zeros((rows, kpad), np.uint16)
+    pad[:mb, :wide.shape[1]] = wide
+    want = pad.reshape(rows // 16, 16, kpad // 32, 32).transpose(0, 2, 1, 3).reshape(-1)
+    assert np.array_equal(dst[:-1], want)
+    assert dst[-1] == POISON16
+
+
+@pytest.mark.parametrize("kb,nb", [(1, 1), (2, 16), (7, 19), (11, 32), (33, 5), (64, 48)])
+@pytest.mark.parametrize("layout", ["row", "col", "reversed"])
+def test_pack_b_f16_writes_hi_lo_hi_segments_as_pairs(kb, nb, layout):
+    rng = np.random.default_rng(kb * 100 + nb)
+    buf = rng.choice(F16_FINITE, kb * nb)
+    off, s_k, s_n, b = _strided(buf, kb, nb, layout)
+    tall = _segments_ref(b, 0, (0, 1, 0))  # 3L x nb: [hi; lo; hi]
+    kpad = -(-tall.shape[0] // 32) * 32
+    slivers = -(-nb // 32) * 2
+    dst = np.full(slivers * 16 * kpad // 2 + 1, POISON32, np.uint32)
+    assert _amx.pack_b_f16(buf, off, s_k, s_n, kb, nb, dst, slivers) == 0
+    pad = np.zeros((kpad, slivers * 16), np.uint32)
+    pad[:tall.shape[0], :nb] = tall
+    want = (pad[0::2] | (pad[1::2] << 16)).reshape(kpad // 2, slivers, 16)
+    assert np.array_equal(dst[:-1], want.transpose(1, 0, 2).reshape(-1))
+    assert dst[-1] == POISON32
+
+
+def test_the_f16_packers_count_inf_and_nan():
+    a = np.full((3, 5), 0x3C00, np.uint16)  # 1.0
+    a[0, 1], a[2, 4], a[1, 0] = 0x7C00, 0xFC00, 0x7E00  # Inf, -Inf, NaN
+    flat = a.reshape(-1)
+    assert _amx.pack_a_f16(flat, 0, 5, 1, 3, 5, np.empty(32 * 32, np.uint16), 32) == 3
+    assert _amx.pack_b_f16(flat, 0, 5, 1, 3, 5, np.empty(2 * 16 * 16, np.uint32), 2) == 3
+
+
+def _f16_cases(a, b, bias, config):
+    a16, b16 = a.half().numpy(), b.half().numpy()
+    out = matmul_forward(a16, b16, config=config)
+    assert out.dtype == np.float16 and out.shape == (a.shape[0], a.shape[1], b.shape[2])
+    assert_matmul_close(out, a16, b16, acc="float32")
+    out = matmul_forward(a16, b16, bias.half().numpy(), "gelu", config)
+    assert_matmul_close(out, a16, b16, bias.half().numpy(), "gelu", acc="float32")
+
+
+@needs_amx
+@pytest.mark.parametrize("mkn", MATMUL_ODD + MATMUL_ALIGNED, ids=str)
+@pytest.mark.parametrize("config", [nm.amx_configs(3 * 64)[0], TINY], ids=["default", "tiny"])
+@pytest.mark.parametrize("threads", ["serial", "parallel"])
+def test_amx_f16_gemm_matches_float64(mkn, config, threads, monkeypatch):
+    monkeypatch.setattr(nm, "SMALL_WORK", 0)
+    monkeypatch.setattr(nm, "SERIAL_WORK", 1 << 62 if threads == "serial" else 0)
+    monkeypatch.setattr(nm, "_workspace", _PoisonedOut())
+    m, k, n = mkn
+    g = torch.Generator().manual_seed(m * 1000 + k * 10 + n + 7)
+    _f16_cases(torch.randn(2, m, k, generator=g), torch.randn(2, k, n, generator=g),
+               torch.randn(n, generator=g), config)
+
+
+class _PoisonedOut:
+    """``_workspace`` whose output arrays start as float16 NaN bits (0xFFFF), so an element the
+    kernel never wrote fails the comparison."""
+
+    def __getattr__(self, name):
+        return getattr(nm_workspace, name)
+
+    @staticmethod
+    def empty_bits16(shape):
+        out = nm_workspace.empty_bits16(shape)
+        out[...] = 0xFFFF
+        return out
+
+
+@needs_amx
+def test_amx_f16_gemm_strides_panels_and_inf_nan_fall_back(monkeypatch):
+    """Transposed, sliced and reversed views, three B panels; an operand with Inf or NaN goes
+    the float32 way (the split cannot carry them) and gives torch's NaN / Inf pattern."""
+    monkeypatch.setattr(nm, "SMALL_WORK", 0)
+    monkeypatch.setattr(nm, "AMX_PANEL", 64)
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(3, 41, 67, generator=g).half().numpy()
+    b = torch.randn(3, 82, 153, generator=g).half().numpy()
+    au, bu = a.transpose(0, 2, 1)[:, ::-1], b[:, ::-2]  # (3, 67, 41), (3, 41, 153)
+    assert_matmul_close(matmul_forward(au, bu, config=TINY), au, bu, acc="float32")
+    x = torch.randn(1, 30, 20, generator=g).half()
+    x[0, 3, 5], x[0, 7, 0], x[0, 9, 2] = float("nan"), float("inf"), -float("inf")
+    y = torch.randn(1, 20, 40, generator=g).half()
+    assert nm._matmul_amx(x.numpy().view(np.uint16), y.numpy().view(np.uint16), None, 0, TINY,
+                          True) is None
+    out = matmul_forward(x.numpy(), y.numpy(), config=TINY)
+    assert_matmul_close(out, x.numpy(), y.numpy(), acc="float32")
+    want = torch.matmul(x.float(), y.float())
+    assert np.array_equal(np.isnan(out), want.isnan().numpy())
+    assert np.array_equal(np.isposinf(out), want.isposinf().numpy())
+
+
+@needs_amx
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(m=st.integers(1, 80), k=st.integers(1, 80), n=st.integers(1, 90),
+       blocks=st.tuples(*[st.sampled_from([32, 64, 96])] * 3), seed=st.integers(0, 2**16))
+def test_amx_f16_gemm_hypothesis(m, k, n, blocks, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(1, m, k, generator=g).half().numpy()
+    b = torch.randn(1, k, n, generator=g).half().numpy()
+    old = nm.SMALL_WORK
+    nm.SMALL_WORK = 0
+    try:
+        out = matmul_forward(a, b, config=MatmulConfig(*blocks, "amx"))
     finally:
         nm.SMALL_WORK = old
     assert_matmul_close(out, a, b, acc="float32")

@@ -38,7 +38,13 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernelkit.kernels.numba._gemm import _JIT, _U, cdiv, compiler_has, epilogue, flat_view, span
-from kernelkit.kernels.numba._half import _bf16_round
+from kernelkit.kernels.numba._half import (
+    _bf16_round,
+    _float_to_half_bits,
+    _half_bits_to_float,
+    bits_f32,
+    f32_bits,
+)
 from kernelkit.kernels.numba._pool import _atomic_add
 
 MB = NB = 32  # the C block of the 2 x 2 tiles
@@ -228,6 +234,109 @@ def pack_b(src, off, s_k, s_n, kb, nb, dst, slivers):
                     dst[_U(d + c)] = w(src[_U(o + c * s_n)])
 
 
+# ------------------------------------------------------------- float16 as two bfloat16 halves
+# This generation has no float16 tile product (AMX-FP16 came with Granite Rapids), but a float16
+# value x is exactly hi + lo with hi = bfloat16(x) (x has 11 significant bits, hi its top 8,
+# rounded) and lo = x - hi (at most 4 significant bits, so a bfloat16 holds it exactly; every
+# float16, subnormals included, is a normal bfloat16). Then A B = Ah Bh + Ah Bl + Al Bh + Al Bl,
+# every product of two bfloat16s exact in float32; the last term is at most 2^-18 |A||B| per
+# product (|lo| <= 2^-9 |x|), below float32's own rounding of a sum of a few dozen terms, and is
+# dropped. What is left is one bfloat16 GEMM over K' = 3L (L: K rounded up to even, so that no
+# K pair straddles two segments): A' = [Ah Ah Al] and B' = [Bh; Bl; Bh] by segments of L,
+# packed straight from the float16 operands. Inf and NaN cannot be split (Inf * 0 from a zero lo
+# half would make NaN): the packers count them and the caller falls back.
+
+@numba.njit(inline="always", **_JIT)
+def f16_segment(k):
+    """L, the length of each of the three K segments of a float16 product of depth ``k``."""
+    return k + (k & 1)
+
+
+@numba.njit(inline="always", **_JIT)
+def split_f16(h):
+    """float16 bits -> (hi, lo, bad): bfloat16 bits with hi + lo == the value exactly, and 1
+    for Inf and NaN (whose lo is 0); no branches, so that loops of it vectorise."""
+    x = _half_bits_to_float(h)
+    hi = _bf16_round(f32_bits(x))
+    lo = np.uint16(f32_bits(x - bits_f32(np.uint32(np.uint32(hi) << np.uint32(16))))
+                   >> np.uint32(16))
+    bad = (h & np.uint16(0x7C00)) == np.uint16(0x7C00)
+    return hi, np.uint16(0) if bad else lo, np.int64(bad)
+
+
+@numba.njit(**_JIT)
+def pack_a_f16(src, off, s_m, s_k, mb, kb, dst, rows):
+    """``pack_a`` of the mb x 3L region A' = [hi | hi | lo] (``f16_segment``) of the float16
+    region ``src[off + i*s_m + p*s_k]`` (uint16 bits, zero past kb in each segment), split by
+    ``split_f16``; returns how many Inf/NaN it read."""
+    seg = f16_segment(kb)
+    ksteps = cdiv(3 * seg, KSTEP)
+    halves = np.zeros((2, seg), np.uint16)  # one row's hi and lo (zero past kb)
+    bad = 0
+    for i in range(rows):
+        d0 = (i // 16) * ksteps * 512 + (i % 16) * 32
+        if i < mb:
+            o = off + i * s_m
+            for p in range(kb):
+                hi, lo, b = split_f16(src[_U(o + p * s_k)])
+                halves[0, _U(p)] = hi
+                halves[1, _U(p)] = lo
+                bad += b
+        else:
+            halves[:, :] = 0
+        # the three segments, in runs that stay inside one 32-value K step
+        for g in range(3):
+            h = halves[1 if g == 2 else 0]
+            p = 0
+            while p < seg:
+                q = g * seg + p
+                run = min(KSTEP - (q & 31), seg - p)
+                d = d0 + (q >> 5) * 512 + (q & 31)
+                for v in range(run):
+                    dst[_U(d + v)] = h[_U(p + v)]
+                p += run
+        for q in range(3 * seg, ksteps * KSTEP):  # zero K padding
+            dst[_U(d0 + (q >> 5) * 512 + (q & 31))] = np.uint16(0)
+    return bad
+
+
+@numba.njit(**_JIT)
+def pack_b_f16(src, off, s_k, s_n, kb, nb, dst, slivers):
+    """``pack_b`` of the 3L x nb region B' = [hi; lo; hi] (``f16_segment``) of the float16
+    region ``src[off + p*s_k + j*s_n]`` (uint16 bits, zero past kb in each segment), split by
+    ``split_f16``; returns how many Inf/NaN it read."""
+    seg = f16_segment(kb)
+    half = seg // 2  # pairs per segment
+    kp = cdiv(3 * seg, KSTEP) * (KSTEP // 2)
+    w = np.uint32
+    bad = 0
+    for s in range(slivers):
+        base = s * kp * 16
+        cols = max(0, min(16, nb - s * 16))
+        o0 = off + s * 16 * s_n
+        for q in range(half):
+            o = o0 + 2 * q * s_k
+            has1 = 2 * q + 1 < kb
+            d = base + q * 16
+            for c in range(cols):
+                hi0, lo0, b0 = split_f16(src[_U(o + c * s_n)])
+                x1 = src[_U(o + s_k + c * s_n)] if has1 else np.uint16(0)
+                hi1, lo1, b1 = split_f16(x1)
+                hw = w(hi0) | (w(hi1) << w(16))
+                dst[_U(d + c)] = hw
+                dst[_U(d + half * 16 + c)] = w(lo0) | (w(lo1) << w(16))
+                dst[_U(d + 2 * half * 16 + c)] = hw
+                bad += b0 + b1
+            for c in range(cols, 16):
+                dst[_U(d + c)] = w(0)
+                dst[_U(d + half * 16 + c)] = w(0)
+                dst[_U(d + 2 * half * 16 + c)] = w(0)
+        for q in range(3 * half, kp):  # zero K padding
+            for c in range(16):
+                dst[_U(base + q * 16 + c)] = w(0)
+    return bad
+
+
 # ---------------------------------------------------------------------------------- the product
 
 @numba.njit(inline="always", **_JIT)
@@ -247,11 +356,19 @@ def round_out(out, dst, ldd, bits, src, lds, rows, cols):
             out[_U(dst + r * ldd + q)] = _bf16_round(bits[_U(src + r * lds + q)])
 
 
+@numba.njit(inline="always", **_JIT)
+def round_out_f16(out, dst, ldd, vals, src, lds, rows, cols):
+    """``round_out`` to float16 from float32 ``vals``."""
+    for r in range(rows):
+        for q in range(cols):
+            out[_U(dst + r * ldd + q)] = _float_to_half_bits(vals[_U(src + r * lds + q)])
+
+
 @numba.njit(**_JIT)
 def block_product(cfg, ap, rows, bp, kp, ncols, kc, nc, cbuf, c, coff, ldc, mb, nb, bias,
-                  has_bias, b0, act):
+                  has_bias, b0, act, f16):
     """``c[coff + i*ldc + j] = act(sum_p A[i, p] B[p, j] + bias[b0 + j])`` for i < mb, j < nb
-    (``c``: bfloat16 bits, rounded once from the float32 sums),
+    (``c``: bfloat16 bits, or float16 bits where ``f16``, rounded once from the float32 sums),
     from packed A (``rows`` rows, a multiple of 32: ``pack_a``) and packed B (``ncols`` columns,
     a multiple of 32, ``kp`` pairs per sliver: ``pack_b``); ``cbuf`` (>= 32 * nc float32,
     64-byte aligned) holds a 32-row strip of C while K blocks accumulate.
@@ -306,7 +423,10 @@ def block_product(cfg, ap, rows, bp, kp, ncols, kc, nc, cbuf, c, coff, ldc, mb, 
             r_n = min(MB, mb - i)
             if r_n > 0 and c_n > 0:
                 epilogue(cbuf, 0, nc, r_n, c_n, bias, has_bias, b0 + jc, act)
-                round_out(c, coff + i * ldc + jc, ldc, cbits, 0, nc, r_n, c_n)
+                if f16:
+                    round_out_f16(c, coff + i * ldc + jc, ldc, cbuf, 0, nc, r_n, c_n)
+                else:
+                    round_out(c, coff + i * ldc + jc, ldc, cbits, 0, nc, r_n, c_n)
     _tilerelease()
 
 

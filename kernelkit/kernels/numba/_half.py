@@ -56,6 +56,30 @@ def _float_to_half_bits(typingctx, x):
     return types.uint16(types.float32), codegen
 
 
+@intrinsic
+def f32_bits(typingctx, x):
+    """float32 -> its bit pattern (uint32)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def bits_f32(typingctx, u):
+    """uint32 bit pattern -> float32."""
+    if u != types.uint32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.uint32), codegen
+
+
 # Below PARALLEL_MIN elements one core converts faster than both do with a parallel launch
 # (measured on the 2-core Zen 3 when these were prange loops, 45 us a launch: 2^16 elements take
 # 6 us on one core and 56 us on two, 2^20 140 / 190 us, 2^22 1.5 / 1.0 ms). The serial loops and

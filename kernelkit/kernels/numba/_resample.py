@@ -26,6 +26,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernelkit.kernels.numba import _cache
+from kernelkit.kernels.numba._half import f32_bits
 
 _cache.install()  # cache=True below: in the keyed dir (see _cache.py), never stale
 _JIT = dict(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
@@ -112,16 +113,6 @@ def f16_bits(typingctx, x):
 
     def codegen(context, builder, signature, args):
         return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
-
-    return sig, codegen
-
-
-@intrinsic
-def f32_bits(typingctx, x):
-    sig = types.uint32(types.float32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
 
     return sig, codegen
 

@@ -210,16 +210,18 @@ def amx_configs(k: int) -> list[MatmulConfig]:
     VM whose two vCPUs share a core the other thread's half goes too)."""
     kpad = -(-max(k, 1) // _amx.KSTEP) * _amx.KSTEP
     nc = _round_down(min(512, _cache_sizes()[2] // 4 // (2 * kpad)), _amx.NB)
-    return [MatmulConfig(1024, 256, nc, "amx"), MatmulConfig(1024, 512, max(32, nc // 2), "amx")]
+    return [MatmulConfig(1024, 256, nc, "amx"),
+            MatmulConfig(1024, 512, _round_down(nc // 2, _amx.NB), "amx")]  # (nc 96: 32, not 48)
 
 
 def space(problem) -> list[MatmulConfig]:
     """The configs worth timing for a matmul ``Problem`` (shapes (B, M, K), (B, K, N)): for
-    bfloat16 on a CPU with AMX, the amx kernel's first."""
+    bfloat16 and float16 (as two bfloat16 halves, K three times over) on a CPU with AMX, the
+    amx kernel's first."""
     (_, m, k), (_, _, n) = problem.shapes
     out = MatmulConfig.space(_half.compute_dtype(problem.dtype), m, n, k, problem.layout)
-    if problem.dtype == "bfloat16" and m * n * k >= SMALL_WORK and _amx.available():
-        out = amx_configs(k) + out
+    if problem.dtype in ("bfloat16", "float16") and m * n * k >= SMALL_WORK and _amx.available():
+        out = amx_configs(3 * k if problem.dtype == "float16" else k) + out
     return out
 
 
@@ -376,12 +378,15 @@ def _amx_share_bytes(m: int, n: int, k: int, mc: int, nc: int) -> int:
 
 
 @numba.njit(**_JIT)
-def _amx_part(t, nthr, a3, b3, bias, has_bias, act, out3, mc, kc, nc, ws, ws_share, panel):
+def _amx_part(t, nthr, a3, b3, bias, has_bias, act, out3, mc, kc, nc, ws, ws_share, panel, f16,
+              bad):
     """``_gemm_part`` for bfloat16 A and B (uint16 bits) into bfloat16 ``out3`` on AMX tiles
     (``_amx``): thread t packs its share's B in panels of ``panel`` columns (AMX_PANEL) and its
     rows of A in chunks of ``mc``; ``kc`` K values per accumulation block, ``nc`` columns per
     C strip (all multiples of 32). Its scratch is ``ws[t*ws_share:]`` (64-byte aligned, reused
-    across calls: fresh pages fault on first touch)."""
+    across calls: fresh pages fault on first touch). Where ``f16``, A, B and ``out3`` are
+    float16 bits, each operand packed as its two bfloat16 halves (``_amx.split_f16``: K' = 3K);
+    ``bad[t]`` counts the Inf/NaN read, after which the share stops (the caller falls back)."""
     nbat, m, k = a3.shape
     n = b3.shape[2]
     af, alo, sa0, sam, sak = _operand(a3)
@@ -391,7 +396,7 @@ def _amx_part(t, nthr, a3, b3, bias, has_bias, act, out3, mc, kc, nc, ws, ws_sha
     if r1 <= r0 or c1 <= c0 or b_first >= nbat:
         return
     mb_all, nb_all = r1 - r0, c1 - c0
-    kpad = _cdiv(k, _amx.KSTEP) * _amx.KSTEP
+    kpad = _cdiv(3 * _amx.f16_segment(k) if f16 else k, _amx.KSTEP) * _amx.KSTEP
     rows_max = min(mc, _cdiv(mb_all, _amx.MB) * _amx.MB)
     cols_max = min(panel, _cdiv(nb_all, _amx.NB) * _amx.NB)
     o = t * ws_share
@@ -408,13 +413,22 @@ def _amx_part(t, nthr, a3, b3, bias, has_bias, act, out3, mc, kc, nc, ws, ws_sha
         for jc in range(0, nb_all, panel):
             nbp = min(panel, nb_all - jc)
             ncols = _cdiv(nbp, _amx.NB) * _amx.NB
-            _amx.pack_b(bf, boff + jc * sbn, sbk, sbn, k, nbp, bp, ncols // 16)
+            if f16:
+                bad[t] += _amx.pack_b_f16(bf, boff + jc * sbn, sbk, sbn, k, nbp, bp, ncols // 16)
+            else:
+                _amx.pack_b(bf, boff + jc * sbn, sbk, sbn, k, nbp, bp, ncols // 16)
             for ic in range(0, mb_all, mc):
                 mb = min(mc, mb_all - ic)
                 rows = _cdiv(mb, _amx.MB) * _amx.MB
-                _amx.pack_a(af, aoff + ic * sam, sam, sak, mb, k, ap, rows)
+                if f16:
+                    bad[t] += _amx.pack_a_f16(af, aoff + ic * sam, sam, sak, mb, k, ap, rows)
+                else:
+                    _amx.pack_a(af, aoff + ic * sam, sam, sak, mb, k, ap, rows)
+                if bad[t]:
+                    return
                 _amx.block_product(cfg, ap, rows, bp, kpad // 2, ncols, kc, nc, cbuf, c,
-                                   coff + ic * n + jc, n, mb, nbp, bias, has_bias, c0 + jc, act)
+                                   coff + ic * n + jc, n, mb, nbp, bias, has_bias, c0 + jc, act,
+                                   f16)
 
 
 # -------------------------------------------------------------------- unpacked small/skinny kernels
@@ -639,11 +653,12 @@ def _bf16_compiled(kernel: str = "packed"):
     fn = _BF16.get(kernel)
     if fn is None:
         sig = _sig("serial", np.uint16, np.float32)
-        if kernel == "amx":  # a bfloat16 output (rounded in its epilogue), and (scratch of
-            # all shares, bytes per share, panel columns)
+        if kernel == "amx":  # a bfloat16 (or float16) output, rounded in its epilogue, and
+            # (scratch of all shares, bytes per share, panel columns, float16?, Inf/NaN counts)
             args = list(sig.args)
             args[7] = types.Array(types.uint16, 3, "C")
-            sig = types.void(*args, types.Array(types.uint8, 1, "C"), types.intp, types.intp)
+            sig = types.void(*args, types.Array(types.uint8, 1, "C"), types.intp, types.intp,
+                             types.boolean, types.Array(types.int64, 1, "C"))
         fn = _BF16[kernel] = entry_point(_amx_part if kernel == "amx" else _bf16_part, sig)
     return fn
 
@@ -659,25 +674,47 @@ def bf16_dot(dtype_char: str, m: int, n: int, k: int, config: MatmulConfig | Non
     return _gemm.HAS_BF16_DOT and (config is None or config.kernel == "packed")
 
 
-def _matmul_bf16(a, b, bias, act, config):
-    """act(a @ b + bias) for bfloat16 bits (uint16) on AMX tiles (an amx config: bfloat16 bits
-    (B, M, N), rounded in the kernel's epilogue) or through VDPBF16PS (float32 (B, M, N))."""
+def f16_amx(dtype_char: str, m: int, n: int, k: int, config: MatmulConfig | None) -> bool:
+    """Whether a float16 product runs on AMX tiles as bfloat16 halves (``_amx.split_f16``): an
+    amx config asked for, the CPU has AMX, and the product is not tiny."""
+    return (dtype_char == "e" and config is not None and config.kernel == "amx" and k > 0
+            and m * n * k >= SMALL_WORK and _amx.available())
+
+
+def _matmul_amx(a, b, bias, act, config, f16):
+    """act(a @ b + bias) on AMX tiles for bfloat16 (or, where ``f16``, float16) bits as uint16:
+    (B, M, N) bits of the same type, rounded in the kernel's epilogue; None where a float16
+    operand holds Inf or NaN, which the split into bfloat16 halves cannot carry."""
     nbat, m, k = a.shape
     n = b.shape[2]
     has_bias = bias is not None
     bias = _half.widen(bias) if has_bias else np.zeros(0, np.float32)
     if not (a.flags.aligned and b.flags.aligned):
         a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    kk = 3 * (k + k % 2) if f16 else k  # (K' of the bfloat16 halves: _amx.f16_segment)
+    out = _workspace.empty_bits16((nbat, m, n))
+    nthr = _threads(m * n * kk * nbat // 8)
+    share = _amx_share_bytes(m, n, kk, config.mc, config.nc)
+    ws = _workspace.scratch(nthr * share, np.uint8)
+    bad = np.zeros(nthr, np.int64)
+    _run(_bf16_compiled("amx"), nthr, a, b, bias, has_bias, act, out, config.mc, config.kc,
+         config.nc, ws, share, AMX_PANEL, f16, bad)
+    return None if bad.any() else out
+
+
+def _matmul_bf16(a, b, bias, act, config):
+    """act(a @ b + bias) for bfloat16 bits (uint16) on AMX tiles (an amx config: bfloat16 bits
+    (B, M, N), rounded in the kernel's epilogue) or through VDPBF16PS (float32 (B, M, N))."""
+    nbat, m, k = a.shape
+    n = b.shape[2]
     if config is not None and config.kernel == "amx":
         if _amx.available():
-            out = _workspace.empty_bits16((nbat, m, n))
-            nthr = _threads(m * n * k * nbat // 8)
-            share = _amx_share_bytes(m, n, k, config.mc, config.nc)
-            ws = _workspace.scratch(nthr * share, np.uint8)
-            _run(_bf16_compiled("amx"), nthr, a, b, bias, has_bias, act, out, config.mc,
-                 config.kc, config.nc, ws, share, AMX_PANEL)
-            return out
+            return _matmul_amx(a, b, bias, act, config, False)
         config = None  # (a cache written on a machine with AMX, read on one without)
+    has_bias = bias is not None
+    bias = _half.widen(bias) if has_bias else np.zeros(0, np.float32)
+    if not (a.flags.aligned and b.flags.aligned):
+        a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
     out = np.empty((nbat, m, n), np.float32)
     cfg = config or _default(np.float32)
     # the float32 blocking's footprints hold twice the K of bfloat16
@@ -705,8 +742,8 @@ def warm(dtype: str) -> str:
         _half.warm_bf16()
         if _gemm.HAS_BF16_DOT:
             _bf16_compiled()
-        if _amx.available():
-            _bf16_compiled("amx")
+    if dtype in ("bfloat16", "float16") and _amx.available():
+        _bf16_compiled("amx")  # (float16 runs it on bfloat16 halves)
     return _gemm.warm_result(before)
 
 
@@ -724,6 +761,11 @@ def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
     # (inline, not the _half.in_float32 wrapper the conv entry points use: this is the hot path
     # of every float32 call, where one more Python call level costs a measurable share)
     if dtype.char in _half.HALF_CHARS:
+        if a.ndim == 3 and f16_amx(dtype.char, a.shape[1], b.shape[2], a.shape[2], config):
+            out = _matmul_amx(a.view(np.uint16), b.view(np.uint16), bias, ACT_CODES[activation],
+                              config, True)
+            if out is not None:
+                return out.view(np.float16)
         if a.ndim == 3 and bf16_dot(dtype.char, a.shape[1], b.shape[2], a.shape[2], config):
             out = _matmul_bf16(a, b, bias, ACT_CODES[activation], config)
             return out if out.dtype.char == "H" else _half.narrow(out, "H")
