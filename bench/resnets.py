@@ -227,10 +227,9 @@ class Pair:
         return {k: out[k] for k in VARIANTS if k in out}
 
 
-def interleaved(fns: dict, reps: int) -> dict[str, float]:
-    """Median seconds of each call over `reps` rounds, one call of each per round, after one
+def interleaved_times(fns: dict, reps: int) -> dict[str, list[float]]:
+    """Seconds of each call in each of `reps` rounds, one call of each per round, after one
     warm-up round, so drift of the machine falls on every variant alike."""
-    import statistics
     import time
 
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -240,4 +239,28 @@ def interleaved(fns: dict, reps: int) -> dict[str, float]:
             fn()
             if rep:
                 times[label].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def interleaved(fns: dict, reps: int) -> dict[str, float]:
+    """Median seconds of each call over `reps` interleaved rounds (`interleaved_times`)."""
+    import statistics
+
+    return {k: statistics.median(v) for k, v in interleaved_times(fns, reps).items()}
+
+
+def paired_ratio(base: list[float], other: list[float], resamples: int = 4000,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """(median, 2.5th and 97.5th percentile of a bootstrap of that median) of the per-round
+    ratios base / other: each round's two calls ran next to each other, so the ratio of a pair
+    sees the same state of the machine, and the interval says how far the median ratio could
+    move with other rounds of the same run (not between runs: this VM also drifts by process)."""
+    import random
+    import statistics
+
+    ratios = [b / o for b, o in zip(base, other, strict=True)]
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(ratios, k=len(ratios)))
+                  for _ in range(resamples))
+    return (statistics.median(ratios), meds[int(0.025 * resamples)],
+            meds[int(0.975 * resamples) - 1])

@@ -22,6 +22,7 @@ import argparse
 import collections
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -58,7 +59,7 @@ def main() -> int:
     os.environ["KERNELKIT_COMPILE"] = "foreground"
     import numba
     import torch
-    from resnets import Pair, interleaved
+    from resnets import Pair, interleaved_times, paired_ratio
     from threadpoolctl import threadpool_info, threadpool_limits
 
     from kernelkit.autotune import tuner
@@ -111,19 +112,25 @@ def main() -> int:
                     if "compile" in label:
                         print(f"  {mode} {label}: first call (compiles) "
                               f"{time.perf_counter() - t0:.1f} s", flush=True)
-                med = interleaved(fns, args.reps)
+                times = interleaved_times(fns, args.reps)
+                med = {k: statistics.median(v) for k, v in times.items()}
                 row = {"model": name, "batch": batch, "size": args.size, "mode": mode,
                        "median_ms": {k: v * 1e3 for k, v in med.items()},
-                       "eager_ratio": med["torch"] / med["patched"]}
+                       "eager_ratio": med["torch"] / med["patched"],
+                       "eager_paired": paired_ratio(times["torch"], times["patched"])}
                 if not args.no_compile:
                     row["compile_ratio"] = med["torch.compile"] / med["patched+compile"]
+                    row["compile_paired"] = paired_ratio(times["torch.compile"],
+                                                         times["patched+compile"])
                 results.append(row)
                 line = (f"  {mode}: torch {med['torch'] * 1e3:.1f} ms, patched "
-                        f"{med['patched'] * 1e3:.1f} ms ({row['eager_ratio']:.3f}x)")
+                        f"{med['patched'] * 1e3:.1f} ms ({row['eager_ratio']:.3f}x; paired "
+                        f"{_interval(row['eager_paired'])})")
                 if not args.no_compile:
                     line += (f"; torch.compile {med['torch.compile'] * 1e3:.1f} ms, "
                              f"patched+compile {med['patched+compile'] * 1e3:.1f} ms "
-                             f"({row['compile_ratio']:.3f}x)")
+                             f"({row['compile_ratio']:.3f}x; paired "
+                             f"{_interval(row['compile_paired'])})")
                 print(line, flush=True)
 
             # the routes of the timed calls, not the tuning pass's
@@ -151,23 +158,28 @@ def main() -> int:
     print(f"\nspeed ratio = torch median / patched median (>1: patched faster); {args.reps} "
           f"interleaved rounds; {cpu_name()}, {args.threads} threads, {args.size} px, "
           f"{args.dtype}")
-    head = "| model | batch | mode | torch ms | patched ms | eager ratio |"
+    print("paired: the median of the per-round ratios [95% bootstrap interval of it]")
+    head = "| model | batch | mode | torch ms | patched ms | eager ratio | paired |"
     if not args.no_compile:
-        head += " torch.compile ms | patched+compile ms | compile ratio |"
+        head += " torch.compile ms | patched+compile ms | compile ratio | paired |"
     print(head)
     print("|" + " --- |" * (head.count("|") - 1))
     for r in results:
         m = r["median_ms"]
         line = (f"| {r['model']} | {r['batch']} | {r['mode']} | {m['torch']:.1f} | "
-                f"{m['patched']:.1f} | {r['eager_ratio']:.3f} |")
+                f"{m['patched']:.1f} | {r['eager_ratio']:.3f} | {_interval(r['eager_paired'])} |")
         if not args.no_compile:
             line += (f" {m['torch.compile']:.1f} | {m['patched+compile']:.1f} | "
-                     f"{r['compile_ratio']:.3f} |")
+                     f"{r['compile_ratio']:.3f} | {_interval(r['compile_paired'])} |")
         print(line)
     if args.json:
         args.json.write_text(json.dumps({"cpu": cpu_name(), "threads": args.threads,
                                          "results": results}, indent=1, default=str))
     return 0
+
+
+def _interval(paired: tuple[float, float, float]) -> str:
+    return f"{paired[0]:.3f} [{paired[1]:.3f}, {paired[2]:.3f}]"
 
 
 if __name__ == "__main__":
