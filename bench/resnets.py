@@ -147,15 +147,17 @@ MODELS = {"resnet18": resnet18, "resnet50": resnet50, "mobilenet_v2": mobilenet_
 
 
 # -- side-by-side timing (bench/probes/nn_resnets.py, bench/test_bench_nn.py) --------------------
-VARIANTS = ("torch", "patched", "torch.compile", "patched+compile")
+VARIANTS = ("torch", "patched", "torch.compile", "patched+compile", "torch twin")
 
 
 class Pair:
     """A model and its patched deep copy, one input batch, and one SGD optimiser each; tuned once
-    (`tune`) before anything is timed."""
+    (`tune`) before anything is timed. With `control`, also an unpatched deep copy ("torch
+    twin", eager only): torch against itself, the band within which two identical models
+    differ in the same run."""
 
     def __init__(self, name: str, batch: int, size: int, seed: int = 0,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, control: bool = False):
         import copy
 
         import kernelkit.nn as knn
@@ -166,10 +168,12 @@ class Pair:
         torch.manual_seed(seed)
         self.ref = MODELS[name]().to(dtype)
         self.pat = copy.deepcopy(self.ref)
+        self.twin = copy.deepcopy(self.ref) if control else None
         self.report = knn.patch(self.pat)
         self.x = torch.randn(batch, 3, size, size, dtype=dtype)
         self.target = torch.randint(0, 1000, (batch,))
-        self.opt = {id(m): torch.optim.SGD(m.parameters(), lr=1e-4) for m in (self.ref, self.pat)}
+        self.opt = {id(m): torch.optim.SGD(m.parameters(), lr=1e-4)
+                    for m in (self.ref, self.pat, self.twin) if m is not None}
         self.compiled: dict[str, nn.Module] = {}
 
     def infer(self, m: nn.Module) -> torch.Tensor:
@@ -207,21 +211,23 @@ class Pair:
 
     def fns(self, mode: str, compiled: bool) -> dict:
         """The variants' calls for `mode` ("infer": eval + no_grad; "train": one step)."""
-        for m in (self.ref, self.pat):
+        models = {"torch": self.ref, "patched": self.pat}
+        if self.twin is not None:
+            models["torch twin"] = self.twin
+        for m in models.values():
             m.train(mode == "train")
         if compiled and not self.compiled:
             self.compiled = {"torch": torch.compile(self.ref), "patched": torch.compile(self.pat)}
-        models = {"torch": self.ref, "patched": self.pat}
         out = {}
         for label, m in models.items():
             if mode == "infer":
                 out[label] = lambda m=m: self.infer(m)
-                if compiled:
+                if compiled and label in self.compiled:
                     c = self.compiled[label]
                     out[VARIANTS[VARIANTS.index(label) + 2]] = lambda c=c: self.infer(c)
             else:
                 out[label] = lambda m=m: self.step(m, m)
-                if compiled:
+                if compiled and label in self.compiled:
                     c = self.compiled[label]
                     out[VARIANTS[VARIANTS.index(label) + 2]] = lambda c=c, m=m: self.step(c, m)
         return {k: out[k] for k in VARIANTS if k in out}
@@ -229,14 +235,19 @@ class Pair:
 
 def interleaved_times(fns: dict, reps: int) -> dict[str, list[float]]:
     """Seconds of each call in each of `reps` rounds, one call of each per round, after one
-    warm-up round, so drift of the machine falls on every variant alike."""
+    warm-up round, so drift of the machine falls on every variant alike; each round starts at
+    the next variant, so that none always runs right after the same other one (torch's OpenMP
+    workers spin on after its calls, and the second of two calls finds the caches the first
+    left)."""
     import time
 
+    labels = list(fns)
     times: dict[str, list[float]] = {k: [] for k in fns}
     for rep in range(reps + 1):
-        for label, fn in fns.items():
+        for j in range(len(labels)):
+            label = labels[(rep + j) % len(labels)]
             t0 = time.perf_counter()
-            fn()
+            fns[label]()
             if rep:
                 times[label].append(time.perf_counter() - t0)
     return times

@@ -49,6 +49,9 @@ def main() -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="the models' parameters and input (bfloat16: both models run it "
                          "natively, torch through oneDNN)")
+    ap.add_argument("--control", action="store_true",
+                    help="also time an unpatched copy of the model ('torch twin'): torch "
+                         "against itself, the band two identical models differ by in this run")
     ap.add_argument("--json", type=Path, help="write every median and route here")
     ap.add_argument("--margin", type=float, default=None,
                     help="kernelkit.nn._route.KERNEL_MARGIN for this run (1.0: every measured "
@@ -78,7 +81,8 @@ def main() -> int:
     results = []
     for name in args.models:
         for batch in args.batches:
-            pair = Pair(name, batch, args.size, dtype=getattr(torch, args.dtype))
+            pair = Pair(name, batch, args.size, dtype=getattr(torch, args.dtype),
+                        control=args.control)
             tuner.clear_memo()
             tune_s = pair.tune(tuple(args.modes))
             tuner.clear_memo()  # what the timed calls choose, from the cache the pass filled
@@ -122,10 +126,15 @@ def main() -> int:
                     row["compile_ratio"] = med["torch.compile"] / med["patched+compile"]
                     row["compile_paired"] = paired_ratio(times["torch.compile"],
                                                          times["patched+compile"])
+                if args.control:
+                    row["control_paired"] = paired_ratio(times["torch"], times["torch twin"])
                 results.append(row)
                 line = (f"  {mode}: torch {med['torch'] * 1e3:.1f} ms, patched "
                         f"{med['patched'] * 1e3:.1f} ms ({row['eager_ratio']:.3f}x; paired "
                         f"{_interval(row['eager_paired'])})")
+                if args.control:
+                    line += (f"; torch / its unpatched twin: paired "
+                             f"{_interval(row['control_paired'])}")
                 if not args.no_compile:
                     line += (f"; torch.compile {med['torch.compile'] * 1e3:.1f} ms, "
                              f"patched+compile {med['patched+compile'] * 1e3:.1f} ms "
@@ -160,6 +169,8 @@ def main() -> int:
           f"{args.dtype}")
     print("paired: the median of the per-round ratios [95% bootstrap interval of it]")
     head = "| model | batch | mode | torch ms | patched ms | eager ratio | paired |"
+    if args.control:
+        head += " torch / twin, paired |"
     if not args.no_compile:
         head += " torch.compile ms | patched+compile ms | compile ratio | paired |"
     print(head)
@@ -168,6 +179,8 @@ def main() -> int:
         m = r["median_ms"]
         line = (f"| {r['model']} | {r['batch']} | {r['mode']} | {m['torch']:.1f} | "
                 f"{m['patched']:.1f} | {r['eager_ratio']:.3f} | {_interval(r['eager_paired'])} |")
+        if args.control:
+            line += f" {_interval(r['control_paired'])} |"
         if not args.no_compile:
             line += (f" {m['torch.compile']:.1f} | {m['patched+compile']:.1f} | "
                      f"{r['compile_ratio']:.3f} | {_interval(r['compile_paired'])} |")

@@ -97,8 +97,8 @@ def test_numba_matmul_config_kernel_picks_the_unpacked_kernel(monkeypatch):
             monkeypatch.setattr(nm, "SERIAL_WORK", serial_work)
             seen.clear()
             out = nm.matmul_forward(a, b, None, None, config=nm.MatmulConfig(32, 32, 64, kernel))
-            # (amx is bfloat16's: float32 takes its packed default)
-            assert seen == ([] if kernel in ("packed", "amx") else
+            # (amx and amx_w are bfloat16's: float32 takes its packed default)
+            assert seen == ([] if kernel in ("packed", "amx", "amx_w") else
                             [(kernel, how)] * (1 if how == "serial" else 2))
             np.testing.assert_allclose(out, a @ b, rtol=1e-4, atol=1e-4)
 

@@ -121,6 +121,7 @@ def test_an_amx_config_without_amx_falls_back(available, monkeypatch):
     bias = torch.randn(37, generator=g)
     _product_cases(a.bfloat16(), b.bfloat16(), bias.bfloat16(), TINY)
     _f16_cases(a, b, bias, TINY)
+    _product_cases(a.bfloat16(), b.bfloat16(), bias.bfloat16(), nm.AMX_W)
 
 
 @needs_amx
@@ -173,6 +174,83 @@ def test_amx_gemm_hypothesis(m, k, n, blocks, seed):
     finally:
         nm.SMALL_WORK = old
     assert_matmul_close(out, a, b, acc="float32")
+
+
+# ------------------------------------------------- amx_w: the weight's rows read in place as tiles
+
+def test_amx_w_is_offered_for_a_weight_stored_along_k():
+    def kernels(dtype, m, k, n, layout):
+        p = Problem("matmul", ((1, m, k), (1, k, n)), dtype, layout, "numpy", "cpu")
+        return [c.kernel for c in nm.space(p)]
+
+    assert ("amx_w" in kernels("bfloat16", 8, 256, 256, "NT")) is _amx.available()
+    assert "amx_w" not in kernels("bfloat16", 8, 256, 256, "NN")  # B rows contiguous: "amx"
+    assert "amx_w" not in kernels("float16", 8, 256, 256, "NT")
+    assert "amx_w" not in kernels("float32", 8, 256, 256, "NT")
+    if _amx.available():  # first where A has fewer rows than B has columns (a skinny input)
+        assert kernels("bfloat16", 8, 256, 256, "NT")[0] == "amx_w"
+        assert kernels("bfloat16", 512, 256, 256, "NT")[0] == "amx"
+
+
+def _linear_case(m, k, n, seed, batch=1, shared=True, act=None, bias=True):
+    """(a, b, bias) bfloat16 tensors with b = W^T of a (N, K) weight, as F.linear hands it."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(batch, m, k, generator=g).bfloat16()
+    w = torch.randn(1 if shared else batch, n, k, generator=g).bfloat16()
+    b = w.transpose(1, 2)
+    if shared:
+        b = b.expand(batch, k, n)
+    bb = torch.randn(n, generator=g).bfloat16() if bias else None
+    return a, b, bb
+
+
+def _amx_w_check(a, b, bias, act=None):
+    au, bu = torch_to_numpy(a), torch_to_numpy(b)  # (strides kept: b^T rows, stride-0 batch)
+    out = as_bf16(matmul_forward(au, bu, None if bias is None else bits(bias), act, nm.AMX_W))
+    assert out.shape == (a.shape[0], a.shape[1], b.shape[2])
+    assert_matmul_close(out, a, b, bias, act, acc="float32")
+    return out
+
+
+AMX_W_CASES = [  # (M, K, N): whole tiles read in place, or the packed fallback, K odd or tiny
+    (1, 64, 64), (5, 128, 96), (33, 64, 32), (100, 96, 160),
+    (7, 70, 40), (3, 33, 5), (40, 31, 64), (1, 1, 1), (65, 2, 33), (2, 257, 31)]
+
+
+@needs_amx
+@pytest.mark.parametrize("mkn", AMX_W_CASES + MATMUL_ALIGNED + MATMUL_ODD[:9], ids=str)
+@pytest.mark.parametrize("threads", ["serial", "parallel"])
+def test_amx_w_gemm_matches_float64(mkn, threads, monkeypatch):
+    monkeypatch.setattr(nm, "SERIAL_WORK", 1 << 62 if threads == "serial" else 0)
+    monkeypatch.setattr(nm, "_workspace", _PoisonedOut())
+    m, k, n = mkn
+    a, b, bias = _linear_case(m, k, n, seed=m * 1000 + k * 10 + n)
+    _amx_w_check(a, b, None)
+    _amx_w_check(a, b, bias, "gelu")
+
+
+@needs_amx
+@pytest.mark.parametrize("shared", [True, False], ids=["one weight", "a weight per batch"])
+def test_amx_w_gemm_batches_strides_nan_inf(shared, monkeypatch):
+    """Batches over one broadcast weight (their rows in one product) or a weight each; a
+    weight stored along N (plain B, copied first), a strided A; NaN / Inf as torch's."""
+    monkeypatch.setattr(nm, "SERIAL_WORK", 0)
+    monkeypatch.setattr(nm, "_workspace", _PoisonedOut())
+    a, b, bias = _linear_case(9, 64, 96, seed=11, batch=3, shared=shared)
+    _amx_w_check(a, b, bias, "relu")
+    _amx_w_check(a.transpose(1, 2).contiguous().transpose(1, 2), b.contiguous(), None)
+    a[0, 2, 5], a[1, 0, 0], b[0, 3, 7] = float("nan"), float("inf"), -float("inf")
+    out = _amx_w_check(a, b, None)
+    assert torch.equal(out.isnan(), torch.matmul(a.float(), b.float()).isnan())
+
+
+@needs_amx
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(m=st.integers(1, 70), k=st.integers(1, 100), n=st.integers(1, 100),
+       seed=st.integers(0, 2**16))
+def test_amx_w_gemm_hypothesis(m, k, n, seed):
+    a, b, bias = _linear_case(m, k, n, seed)
+    _amx_w_check(a, b, bias)
 
 
 # ------------------------------------------------------------------ float16 as bfloat16 halves

@@ -42,6 +42,7 @@ from kernelkit.kernels.numba._pool import run_synced as _run_synced
 from kernelkit.kernels.numba._workspace import aligned_empty, empty_bits16
 from kernelkit.kernels.numba._workspace import scratch as _scratch
 from kernelkit.kernels.numba.matmul import GemmBlocking, MatmulConfig, _round_down
+from kernelkit.kernels.numba.matmul import amx_cols_compiled as _amx_cols_compiled
 from kernelkit.kernels.numba.matmul import matmul_forward as _matmul_forward
 from kernelkit.kernels.numba.matmul import warm as _matmul_warm
 
@@ -274,29 +275,6 @@ def _amx_conv_compiled() -> tuple:
                 arr(f32, 1), i, arr(u16, 4), arr(f32, 1, "A", True), types.boolean, i, i)),
         ])
     return tuple(_AMX_CONV)
-
-
-_AMX_COLS: list = []  # the AMX column conv's entry points: (odd weights, columns, products)
-
-
-def _amx_cols_compiled() -> tuple:
-    """The AMX column conv's entry points, compiled (or loaded) for 'A'-layout inputs."""
-    if not _AMX_COLS:
-        i = types.int64
-        arr = lambda t, nd, layout="C", ro=False: types.Array(t, nd, layout, readonly=ro)
-        u8, u16, u32, f32 = types.uint8, types.uint16, types.uint32, types.float32
-        _AMX_COLS.extend([
-            entry_point(_amx.pack_a, types.void(
-                arr(u16, 1, "A", True), i, i, i, i, i, arr(u16, 1), i)),
-            entry_point(_amx.cols_pack_part, types.void(
-                i, i, arr(u16, 4, "A", True), arr(u32, 1), i, i, i, i, i, i, i, i, i, i, i, i,
-                i, i, arr(i, 1))),
-            entry_point(_amx.cols_conv_part, types.void(
-                i, i, arr(u16, 1, "A", True), i, i, i, i, arr(u32, 1), i, i, types.boolean,
-                arr(u8, 1), i, arr(u16, 4), arr(f32, 1, "A", True), types.boolean, i,
-                arr(i, 1))),
-        ])
-    return tuple(_AMX_COLS)
 
 
 def _compiled(dtype) -> _Compiled:

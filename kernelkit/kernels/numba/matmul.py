@@ -98,8 +98,10 @@ class GemmBlocking(KernelConfig):
 
 
 # The kernels a config can name: the packed GEMM, the unpacked small/skinny kernels, and the
-# bfloat16 GEMM on AMX tiles (offered where the CPU has them: ``_amx``).
-KERNELS = ("packed", "rows", "dots", "tile", "amx")
+# bfloat16 GEMMs on AMX tiles (offered where the CPU has them: ``_amx``): "amx" packs both
+# operands, "amx_w" reads B's columns in place as tiles (B a weight stored along K: a Linear's
+# W^T) and packs only A.
+KERNELS = ("packed", "rows", "dots", "tile", "amx", "amx_w")
 # Largest M (rows) / M*N (dots) / M*N*K (tile) the unpacked kernels are offered for.
 ROWS_MAX_M = 16
 DOTS_MAX_MN = 64 * 64
@@ -214,14 +216,20 @@ def amx_configs(k: int) -> list[MatmulConfig]:
             MatmulConfig(1024, 512, _round_down(nc // 2, _amx.NB), "amx")]  # (nc 96: 32, not 48)
 
 
+AMX_W = MatmulConfig(32, 32, 32, "amx_w")  # (its blocking is fixed: ``_matmul_amx_w``)
+
+
 def space(problem) -> list[MatmulConfig]:
     """The configs worth timing for a matmul ``Problem`` (shapes (B, M, K), (B, K, N)): for
     bfloat16 and float16 (as two bfloat16 halves, K three times over) on a CPU with AMX, the
-    amx kernel's first."""
+    amx kernel's first; for bfloat16 with B stored along K (layout "?T": a Linear's W^T), the
+    amx_w kernel's too, first where A has fewer rows than B has columns."""
     (_, m, k), (_, _, n) = problem.shapes
     out = MatmulConfig.space(_half.compute_dtype(problem.dtype), m, n, k, problem.layout)
     if problem.dtype in ("bfloat16", "float16") and m * n * k >= SMALL_WORK and _amx.available():
         out = amx_configs(3 * k if problem.dtype == "float16" else k) + out
+        if problem.dtype == "bfloat16" and problem.layout[1:2] == "T":
+            out.insert(0 if m < n else 2, AMX_W)
     return out
 
 
@@ -702,6 +710,98 @@ def _matmul_amx(a, b, bias, act, config, f16):
     return None if bad.any() else out
 
 
+_AMX_COLS: list = []  # the AMX column GEMM's entry points: (pack_a, columns, products)
+
+
+def amx_cols_compiled() -> tuple:
+    """The entry points of the AMX GEMM that reads its A tiles in place (``_amx.cols_conv_part``:
+    the column conv's product, and ``_matmul_amx_w``'s), compiled (or loaded) for 'A'-layout
+    inputs: (``pack_a``, ``cols_pack_part``, ``cols_conv_part``)."""
+    if not _AMX_COLS:
+        i = types.int64
+        arr = lambda t, nd, layout="C", ro=False: types.Array(t, nd, layout, readonly=ro)
+        u8, u16, u32, f32 = types.uint8, types.uint16, types.uint32, types.float32
+        _AMX_COLS.extend([
+            entry_point(_amx.pack_a, types.void(
+                arr(u16, 1, "A", True), i, i, i, i, i, arr(u16, 1), i)),
+            entry_point(_amx.cols_pack_part, types.void(
+                i, i, arr(u16, 4, "A", True), arr(u32, 1), i, i, i, i, i, i, i, i, i, i, i, i,
+                i, i, arr(i, 1))),
+            entry_point(_amx.cols_conv_part, types.void(
+                i, i, arr(u16, 1, "A", True), i, i, i, i, arr(u32, 1), i, i, types.boolean,
+                arr(u8, 1), i, arr(u16, 4), arr(f32, 1, "A", True), types.boolean, i,
+                arr(i, 1))),
+        ])
+    return tuple(_AMX_COLS)
+
+
+def amx_w(dtype_char: str, m: int, n: int, k: int, config: MatmulConfig | None) -> bool:
+    """Whether a product runs as ``_matmul_amx_w``: bfloat16, an amx_w config asked for, the CPU
+    has AMX, nothing empty."""
+    return (dtype_char == "H" and config is not None and config.kernel == "amx_w"
+            and m * n * k > 0 and _amx.available())
+
+
+def _matmul_amx_w(a, b, bias, act):
+    """act(a @ b + bias) for bfloat16 bits (uint16), (B, M, N) bfloat16 bits, computed as C^T =
+    B^T A^T on AMX tiles: B's columns (a Linear's weight rows) are the tile product's A side,
+    read in place where they are whole tiles (K and N multiples of 32; else packed), and A's
+    rows become its B side, packed as rows of K pairs (one uint32 per pair of A's row, so a
+    transposing copy). The product is the column conv's (``_amx.cols_conv_part``): 32 weight
+    rows at a time pass every column of A from L2, each weight element read once per call,
+    where the "amx" kernel packs all of B first (a 4096 x 4096 weight: 32 MiB read and written
+    per call). Its output layout, (image, channel, pixel), with one pixel per image is C's rows:
+    written (M, N) directly, rounded to bfloat16 in the epilogue."""
+    nbat, m, k = a.shape
+    n = b.shape[2]
+    out = _workspace.empty_bits16((nbat, m, n))
+    has_bias = bias is not None
+    bias = _half.widen(bias) if has_bias else np.zeros(0, np.float32)
+    if b.shape[0] == 1 or b.strides[0] == 0:  # one weight: every batch's rows in one product
+        _amx_w_product(a.reshape(nbat * m, k), b[0], bias, has_bias, act,
+                       out.reshape(nbat * m, n))
+    else:
+        for i in range(nbat):
+            _amx_w_product(a[i], b[i], bias, has_bias, act, out[i])
+    return out
+
+
+def _amx_w_product(x, b, bias, has_bias, act, out) -> None:
+    """``out`` (M, N) = act(x @ b + bias) for one (M, K) x (K, N) pair (``_matmul_amx_w``)."""
+    m, k = x.shape
+    n = b.shape[1]
+    pack_weight, _, product = amx_cols_compiled()
+    kp = _cdiv(k, _amx.KSTEP) * (_amx.KSTEP // 2)  # K pairs, whole tiles
+    ncols = _cdiv(m, _amx.NB) * _amx.NB
+    # columns per unit: a chunk of x (kp pairs x chunk words) within about 1 MiB of L2
+    chunk = max(32, min(ncols, (1 << 20) // (4 * kp) // 32 * 32))
+    w = np.ascontiguousarray(b.T).reshape(-1)  # (N, K): the weight's rows (a Linear's: no copy)
+    if k % 32 == 0 and n % 32 == 0:
+        ap, lda, a_strip, a_kstep = w, 2 * k, 32 * k, 64
+    else:
+        rows = _cdiv(n, 32) * 32
+        ap = _workspace.aligned_empty(rows * 2 * kp, np.uint16)
+        pack_weight(w, 0, k, 1, n, k, ap, rows)
+        lda, a_strip, a_kstep = 64, kp * 64, 1024
+    # (the padded columns count: a single row still streams the whole weight, which two
+    # threads read twice as fast as one; 1 x 4096 x 4096 took 3.6 ms on one, 1.8 on two)
+    tn = _threads(ncols * n * k // 8)
+    share = -(-32 * chunk * 4 // 64) * 64
+    bsize = -(-4 * kp * ncols // 64) * 64
+    ws = _workspace.scratch(bsize + tn * share, np.uint8)
+    bq = ws[:4 * kp * ncols].view(np.uint32).reshape(kp, ncols)
+    # word (q, col) = (x[col, 2q], x[col, 2q + 1]): a row of x read as uint32 pairs
+    xe = np.ascontiguousarray(x)
+    if k % 2:
+        xe = np.concatenate([xe, np.zeros((m, 1), np.uint16)], axis=1)
+    bq[:xe.shape[1] // 2, :m] = xe.view(np.uint32).T
+    bq[xe.shape[1] // 2:] = 0
+    bq[:, m:] = 0
+    claim = np.zeros(1, np.int64)
+    _run(product, tn, ap, lda, a_strip, a_kstep, kp // 16, bq.reshape(-1), ncols, chunk, False,
+         ws[bsize:], share, out.reshape(m, n, 1, 1), bias, has_bias, act, claim)
+
+
 def _matmul_bf16(a, b, bias, act, config):
     """act(a @ b + bias) for bfloat16 bits (uint16) on AMX tiles (an amx config: bfloat16 bits
     (B, M, N), rounded in the kernel's epilogue) or through VDPBF16PS (float32 (B, M, N))."""
@@ -761,6 +861,8 @@ def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
     # (inline, not the _half.in_float32 wrapper the conv entry points use: this is the hot path
     # of every float32 call, where one more Python call level costs a measurable share)
     if dtype.char in _half.HALF_CHARS:
+        if a.ndim == 3 and amx_w(dtype.char, a.shape[1], b.shape[2], a.shape[2], config):
+            return _matmul_amx_w(a, b, bias, ACT_CODES[activation])
         if a.ndim == 3 and f16_amx(dtype.char, a.shape[1], b.shape[2], a.shape[2], config):
             out = _matmul_amx(a.view(np.uint16), b.view(np.uint16), bias, ACT_CODES[activation],
                               config, True)
@@ -769,7 +871,7 @@ def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
         if a.ndim == 3 and bf16_dot(dtype.char, a.shape[1], b.shape[2], a.shape[2], config):
             out = _matmul_bf16(a, b, bias, ACT_CODES[activation], config)
             return out if out.dtype.char == "H" else _half.narrow(out, "H")
-        if config is not None and config.kernel == "amx":  # no AMX here: float32's default
+        if config is not None and config.kernel in ("amx", "amx_w"):  # float32's default
             config = None
         out = matmul_forward(_half.widen(a), _half.widen(b), _half.widen(bias), activation,
                              config, allow_tf32)
@@ -793,7 +895,7 @@ def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
         a, b, bias = np.ascontiguousarray(a), np.ascontiguousarray(b), np.ascontiguousarray(bias)
     work = m * n * k
     kernel = config.kernel if config is not None else "packed"
-    if kernel == "amx":  # bfloat16's kernel: float32 and float64 take their default
+    if kernel in ("amx", "amx_w"):  # bfloat16's kernels: float32 and float64 take the default
         config, kernel = None, "packed"
     if kernel != "packed" and k > 0:
         # (config.nc: the rows kernel's column chunk; the others ignore it)
