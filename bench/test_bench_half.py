@@ -82,3 +82,29 @@ def test_half_conv2d_resnet50_3x3(benchmark, layer, dtype, row):
                 return kernelkit.conv2d(x, w, padding=1)
     _time(benchmark, fn, f"conv2d {dtype} resnet50 3x3 c{c} {hw}px batch 1", row,
           2.0 * c * c * 9 * hw * hw, dtype=dtype)
+
+
+# A Linear layer's products (x (M, K) by a weight (N, K) stored along K, as F.linear takes it):
+# a few rows to a few dozen, as a transformer's MLP sees at decode and small-batch time
+LINEAR = [(1, 4096, 4096), (32, 4096, 4096), (32, 4096, 11008)]
+
+
+@pytest.mark.parametrize("row", ["torch-cpu", "numba-cpu", "kernelkit"])
+@pytest.mark.parametrize("mkn", LINEAR, ids=lambda s: "x".join(map(str, s)))
+def test_bf16_linear(benchmark, mkn, row):
+    m, k, n = mkn
+    g = torch.Generator().manual_seed(m + n)
+    x = torch.randn(m, k, generator=g).bfloat16()
+    w = torch.randn(n, k, generator=g).bfloat16()
+    if row == "torch-cpu":
+        fn = lambda: F.linear(x, w)
+    elif row == "kernelkit":
+        kernelkit.explain("matmul", x, w.t())  # measures every candidate, stores the winner
+        fn = lambda: kernelkit.matmul(x, w.t())
+    else:
+        def fn():
+            with kernelkit.use(backend="numba"):
+                return kernelkit.matmul(x, w.t())
+    _time(benchmark, fn, f"linear bfloat16 {m}x{k}x{n}", row, 2.0 * m * k * n, dtype="bfloat16")
+    if row == "kernelkit":
+        benchmark.extra_info["choice"] = kernelkit.explain("matmul", x, w.t()).choice.to_dict()

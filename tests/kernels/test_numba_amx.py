@@ -19,7 +19,7 @@ from test_numba_bf16conv import CASES, _ids, make
 from test_numba_bf16dot import _strided, as_bf16, bits
 
 import kernelkit
-from kernelkit.arrays import torch_to_numpy
+from kernelkit.arrays import torch_to_numpy, with_dtype
 from kernelkit.core import Problem
 from kernelkit.kernels.convgeom import ConvOptions
 from kernelkit.kernels.numba import _amx
@@ -161,19 +161,23 @@ def test_amx_gemm_strides_panels_nan_inf(monkeypatch):
 
 
 @needs_amx
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(m=st.integers(1, 80), k=st.integers(1, 80), n=st.integers(1, 90),
-       blocks=st.tuples(*[st.sampled_from([32, 64, 96])] * 3), seed=st.integers(0, 2**16))
-def test_amx_gemm_hypothesis(m, k, n, blocks, seed):
+       blocks=st.tuples(*[st.sampled_from([32, 64, 96])] * 3), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from(["bfloat16", "float16"]))
+def test_amx_gemm_hypothesis(m, k, n, blocks, seed, dtype):
+    """bfloat16, and float16 as its bfloat16 halves, through any blocking."""
     g = torch.Generator().manual_seed(seed)
-    a, b = torch.randn(1, m, k, generator=g).bfloat16(), torch.randn(1, k, n, generator=g).bfloat16()
+    a = torch.randn(1, m, k, generator=g).to(getattr(torch, dtype))
+    b = torch.randn(1, k, n, generator=g).to(getattr(torch, dtype))
     old = nm.SMALL_WORK
     nm.SMALL_WORK = 0
     try:
-        out = as_bf16(matmul_forward(bits(a), bits(b), config=MatmulConfig(*blocks, "amx")))
+        out = matmul_forward(torch_to_numpy(a), torch_to_numpy(b),
+                             config=MatmulConfig(*blocks, "amx"))
     finally:
         nm.SMALL_WORK = old
-    assert_matmul_close(out, a, b, acc="float32")
+    assert_matmul_close(with_dtype(out, dtype), a, b, acc="float32")
 
 
 # ------------------------------------------------- amx_w: the weight's rows read in place as tiles
@@ -398,23 +402,6 @@ def test_amx_f16_gemm_strides_panels_and_inf_nan_fall_back(monkeypatch):
     want = torch.matmul(x.float(), y.float())
     assert np.array_equal(np.isnan(out), want.isnan().numpy())
     assert np.array_equal(np.isposinf(out), want.isposinf().numpy())
-
-
-@needs_amx
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(m=st.integers(1, 80), k=st.integers(1, 80), n=st.integers(1, 90),
-       blocks=st.tuples(*[st.sampled_from([32, 64, 96])] * 3), seed=st.integers(0, 2**16))
-def test_amx_f16_gemm_hypothesis(m, k, n, blocks, seed):
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randn(1, m, k, generator=g).half().numpy()
-    b = torch.randn(1, k, n, generator=g).half().numpy()
-    old = nm.SMALL_WORK
-    nm.SMALL_WORK = 0
-    try:
-        out = matmul_forward(a, b, config=MatmulConfig(*blocks, "amx"))
-    finally:
-        nm.SMALL_WORK = old
-    assert_matmul_close(out, a, b, acc="float32")
 
 
 # ------------------------------------------------------------------------------------- conv2d

@@ -844,6 +844,8 @@ def warm(dtype: str) -> str:
             _bf16_compiled()
     if dtype in ("bfloat16", "float16") and _amx.available():
         _bf16_compiled("amx")  # (float16 runs it on bfloat16 halves)
+    if dtype == "bfloat16" and _amx.available():
+        amx_cols_compiled()  # (amx_w's product)
     return _gemm.warm_result(before)
 
 
