@@ -43,6 +43,7 @@ from kernelkit.kernels.numba._workspace import aligned_empty, empty_bits16
 from kernelkit.kernels.numba._workspace import scratch as _scratch
 from kernelkit.kernels.numba.matmul import GemmBlocking, MatmulConfig, _round_down
 from kernelkit.kernels.numba.matmul import amx_cols_compiled as _amx_cols_compiled
+from kernelkit.kernels.numba.matmul import amx_cols_operand as _amx_cols_operand
 from kernelkit.kernels.numba.matmul import matmul_forward as _matmul_forward
 from kernelkit.kernels.numba.matmul import warm as _matmul_warm
 
@@ -643,22 +644,12 @@ def _conv_amx_cols(x, weight, bias, stride, padding, dilation, activation) -> np
     kall = c * r * s
     kp = cdiv(kall, 32) * 16  # K pairs, whole tiles
     ncols = cdiv(n * ho * wo, 32) * 32
-    # columns per unit: a chunk of B (kp pairs x chunk words) within about 1 MiB of L2
-    chunk = max(32, min(ncols, (1 << 20) // (4 * kp) // 32 * 32))
     has_bias = bias is not None
     bias = _half.widen(bias) if has_bias else np.zeros(0, np.float32)
-    pack_weight, pack_cols, product = _amx_cols_compiled()
-    wflat = np.ascontiguousarray(weight).reshape(-1)
-    if kall % 32 == 0 and k % 32 == 0:
-        ap, lda, a_strip, a_kstep = wflat, 2 * kall, 32 * kall, 64
-    else:
-        rows = cdiv(k, 32) * 32
-        ap = aligned_empty(rows * 2 * kp, np.uint16)
-        pack_weight(wflat, 0, kall, 1, k, kall, ap, rows)
-        lda, a_strip, a_kstep = 64, kp * 64, 1024
+    _, pack_cols, product = _amx_cols_compiled()
+    ap, lda, a_strip, a_kstep, chunk, share, bsize = _amx_cols_operand(
+        np.ascontiguousarray(weight).reshape(-1), k, kall, kp, ncols, aligned_empty)
     tn = _threads(n * ho * wo * k * kall // 8)
-    share = -(-32 * chunk * 4 // 64) * 64
-    bsize = -(-4 * kp * ncols // 64) * 64
     ws = _scratch(bsize + tn * share, np.uint8)
     bq = ws[:4 * kp * ncols].view(np.uint32)
     claims = np.zeros(2, np.int64)  # the next unit of each launch (claimed, not fixed shares)

@@ -699,7 +699,7 @@ def _matmul_amx(a, b, bias, act, config, f16):
     bias = _half.widen(bias) if has_bias else np.zeros(0, np.float32)
     if not (a.flags.aligned and b.flags.aligned):
         a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
-    kk = 3 * (k + k % 2) if f16 else k  # (K' of the bfloat16 halves: _amx.f16_segment)
+    kk = 3 * _amx.f16_segment.py_func(k) if f16 else k  # K' of the bfloat16 halves
     out = _workspace.empty_bits16((nbat, m, n))
     nthr = _threads(m * n * kk * nbat // 8)
     share = _amx_share_bytes(m, n, kk, config.mc, config.nc)
@@ -733,6 +733,26 @@ def amx_cols_compiled() -> tuple:
                 arr(i, 1))),
         ])
     return tuple(_AMX_COLS)
+
+
+def amx_cols_operand(w, rows: int, kall: int, kp: int, ncols: int, alloc) -> tuple:
+    """The A side and blocking of the GEMM that reads its A tiles in place (``cols_conv_part``)
+    for a C-contiguous (rows, kall) bfloat16 weight ``w`` (flat) by ``ncols`` columns of ``kp``
+    K pairs: (ap, lda, a_strip, a_kstep, chunk, share, bsize). The weight is read in place where
+    its rows are whole tiles (kall and rows multiples of 32), else packed (``pack_a``) into
+    ``alloc(size, np.uint16)``; ``chunk`` columns per unit (kp pairs x chunk words of B within
+    about 1 MiB of L2), ``share`` scratch bytes per thread, ``bsize`` bytes of B."""
+    if kall % 32 == 0 and rows % 32 == 0:
+        ap, lda, a_strip, a_kstep = w, 2 * kall, 32 * kall, 64
+    else:
+        padded = _cdiv(rows, 32) * 32
+        ap = alloc(padded * 2 * kp, np.uint16)
+        amx_cols_compiled()[0](w, 0, kall, 1, rows, kall, ap, padded)
+        lda, a_strip, a_kstep = 64, kp * 64, 1024
+    chunk = max(32, min(ncols, (1 << 20) // (4 * kp) // 32 * 32))
+    share = -(-32 * chunk * 4 // 64) * 64
+    bsize = -(-4 * kp * ncols // 64) * 64
+    return ap, lda, a_strip, a_kstep, chunk, share, bsize
 
 
 def amx_w(dtype_char: str, m: int, n: int, k: int, config: MatmulConfig | None) -> bool:
@@ -770,24 +790,15 @@ def _amx_w_product(x, b, bias, has_bias, act, out) -> None:
     """``out`` (M, N) = act(x @ b + bias) for one (M, K) x (K, N) pair (``_matmul_amx_w``)."""
     m, k = x.shape
     n = b.shape[1]
-    pack_weight, _, product = amx_cols_compiled()
+    product = amx_cols_compiled()[2]
     kp = _cdiv(k, _amx.KSTEP) * (_amx.KSTEP // 2)  # K pairs, whole tiles
     ncols = _cdiv(m, _amx.NB) * _amx.NB
-    # columns per unit: a chunk of x (kp pairs x chunk words) within about 1 MiB of L2
-    chunk = max(32, min(ncols, (1 << 20) // (4 * kp) // 32 * 32))
     w = np.ascontiguousarray(b.T).reshape(-1)  # (N, K): the weight's rows (a Linear's: no copy)
-    if k % 32 == 0 and n % 32 == 0:
-        ap, lda, a_strip, a_kstep = w, 2 * k, 32 * k, 64
-    else:
-        rows = _cdiv(n, 32) * 32
-        ap = _workspace.aligned_empty(rows * 2 * kp, np.uint16)
-        pack_weight(w, 0, k, 1, n, k, ap, rows)
-        lda, a_strip, a_kstep = 64, kp * 64, 1024
+    ap, lda, a_strip, a_kstep, chunk, share, bsize = amx_cols_operand(
+        w, n, k, kp, ncols, _workspace.aligned_empty)
     # (the padded columns count: a single row still streams the whole weight, which two
     # threads read twice as fast as one; 1 x 4096 x 4096 took 3.6 ms on one, 1.8 on two)
     tn = _threads(ncols * n * k // 8)
-    share = -(-32 * chunk * 4 // 64) * 64
-    bsize = -(-4 * kp * ncols // 64) * 64
     ws = _workspace.scratch(bsize + tn * share, np.uint8)
     bq = ws[:4 * kp * ncols].view(np.uint32).reshape(kp, ncols)
     # word (q, col) = (x[col, 2q], x[col, 2q + 1]): a row of x read as uint32 pairs
