@@ -75,8 +75,9 @@ def _make_route(m: Conv2d, x: torch.Tensor) -> _route.Route:
         return _aten
     plan = call.bind(cand, config)
     autograd = eager_conv2d()
-    with_grad = lambda m, x, w, b: autograd(x, w, b, stride, pad, dilation, m.groups,
-                                            m.activation, None, False)
+    plans = _conv2d.ConvPlans(stride, pad, dilation, m.groups, m.activation, None, False,
+                              forward=plan)
+    with_grad = lambda m, x, w, b: autograd(x, w, b, plans)
     return _route.kernel_route(lambda m, x, w, b: plan(x, w, b), with_grad, _aten, cand.name)
 
 

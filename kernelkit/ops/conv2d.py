@@ -207,8 +207,8 @@ def prepare_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gr
         from .torch_ops import eager_conv2d  # autograd without the custom op's dispatch cost
 
         fn = eager_conv2d()
-        direct = lambda x, w, b: fn(x, w, b, list(stride), list(pad), list(dilation), geo.groups,
-                                    activation, layout, allow_tf32)
+        plans = ConvPlans(stride, pad, dilation, geo.groups, activation, layout, allow_tf32)
+        direct = lambda x, w, b: fn(x, w, b, plans)
     ref = functools.partial(_reference_forward, x, weight, bias, stride, pad, dilation, geo.groups,
                             activation, kl, channels_last)
     return Call(problem, bind, (x, weight, bias), _verifier(ref, math.prod(ws[1:]), allow_tf32),
@@ -264,6 +264,69 @@ def prepare_backward_weight(x, grad_out, weight_shape, *, stride=1, padding=0, d
     ref = functools.partial(_reference_backward, "weight", grad_out, None, x, ws, *geo.geometry_args,
                             kl, channels_last)
     return Call(problem, bind, (x, grad_out), _verifier(ref, xs[0] * ho * wo, allow_tf32))
+
+
+class ConvPlans:
+    """The plans of one conv2d signature's training step, each chosen on its first use and kept:
+    the forward, the pre-activation (recomputed by the backward when an activation is fused) and
+    the two backward products. The eager autograd Function (`torch_ops.eager_conv2d`) runs
+    these, so a training step calls bound plans, not the public functions, whose per-call
+    signature and memo lookup cost 10-40 us each on a small CPU layer (bench/probes/
+    nn_grad_overhead.py). Every plan is made from the tensors at hand (their shapes are fixed
+    by the forward signature; the gradient arrives dense in the input's memory format). A plan
+    chosen while better kernels compile, or due for a recheck, drops out of `memo` as from the
+    public functions' memos and is chosen again.
+
+    Args:
+        stride, padding, dilation: resolved pairs (padding as (top, bottom, left, right)).
+        groups, activation, layout, allow_tf32: as given to `conv2d`.
+        forward: the forward's plan when the caller already bound it (kernelkit.nn's route).
+    """
+
+    __slots__ = ("geo", "rest", "memo")
+
+    def __init__(self, stride, padding, dilation, groups: int, activation: str | None,
+                 layout: str | None, allow_tf32: bool, forward: Plan | None = None):
+        # the custom ops' geometry arguments (lists), for a backward that builds a graph
+        self.geo = (list(stride), list(padding), list(dilation), groups)
+        self.rest = (activation, layout, allow_tf32)
+        self.memo = PlanMemo()
+        if forward is not None:
+            self.memo["forward"] = forward
+
+    def _kwargs(self) -> dict:
+        stride, padding, dilation, groups = self.geo
+        return dict(stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
+                    groups=groups, layout=self.rest[1], allow_tf32=self.rest[2])
+
+    def forward(self, x, w, b):
+        plan = self.memo.get("forward")
+        if plan is None:
+            plan = self.memo.store("forward", plan_for(prepare_forward(
+                x, w, b, activation=self.rest[0], **self._kwargs())))
+        return plan(x, w, b)
+
+    # the three below take (and ignore) the custom ops' trailing arguments: `_conv2d_grads`
+    # calls them as it calls the ops
+    def pre_activation(self, x, w, b, *_):
+        plan = self.memo.get("pre")
+        if plan is None:
+            plan = self.memo.store("pre", plan_for(prepare_forward(x, w, b, **self._kwargs())))
+        return plan(x, w, b)
+
+    def input_grad(self, grad_out, w, input_shape, *_):
+        plan = self.memo.get("input")
+        if plan is None:
+            plan = self.memo.store("input", plan_for(prepare_backward_input(
+                grad_out, w, input_shape, **self._kwargs())))
+        return plan(grad_out, w)
+
+    def weight_grad(self, x, grad_out, weight_shape, *_):
+        plan = self.memo.get("weight")
+        if plan is None:
+            plan = self.memo.store("weight", plan_for(prepare_backward_weight(
+                x, grad_out, weight_shape, **self._kwargs())))
+        return plan(x, grad_out)
 
 
 def _grad_out_shape(op, grad_out, kl, channels_last, expected) -> tuple[int, ...]:

@@ -450,38 +450,26 @@ def eager_matmul():
 
 @functools.cache
 def eager_conv2d():
-    """`fn(x, weight, bias, stride, padding4, dilation, groups, activation, layout, allow_tf32)`:
-    kernelkit.conv2d with autograd, for eager mode."""
+    """`fn(x, weight, bias, plans)`: kernelkit.conv2d with autograd, for eager mode, running the
+    bound plans of one call signature (`ops.conv2d.ConvPlans`: its geometry and knobs too)."""
     import torch
 
     ops = (conv2d_op(), *conv2d_backward_ops())
-    conv, bwd_input, bwd_weight = (core.op_spec(name).function for name in (
-        "conv2d", "conv2d_backward_input", "conv2d_backward_weight"))
-
-    def geo_kwargs(stride, padding, dilation, groups, layout, tf32):
-        return dict(stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
-                    groups=groups, layout=layout, allow_tf32=tf32)
-
-    plain = (  # the public functions, with the custom ops' signatures
-        lambda x, w, b, s, p, d, gr, act, layout, tf32: conv(
-            x, w, b, activation=act, **geo_kwargs(s, p, d, gr, layout, tf32)),
-        lambda g, w, shape, *geo: bwd_input(g, w, tuple(shape), **geo_kwargs(*geo)),
-        lambda x, g, shape, *geo: bwd_weight(x, g, tuple(shape), **geo_kwargs(*geo)),
-    )
 
     class EagerConv2d(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, x, w, b, stride, padding, dilation, groups, act, layout, tf32):
+        def forward(ctx, x, w, b, plans):
             ctx.save_for_backward(x, w, b)
-            ctx.geo, ctx.rest = (stride, padding, dilation, groups), (act, layout, tf32)
-            return plain[0](x, w, b, stride, padding, dilation, groups, act, layout, tf32)
+            ctx.plans = plans
+            return plans.forward(x, w, b)
 
         @staticmethod
         def backward(ctx, grad):
-            use = ops if torch.is_grad_enabled() else plain  # create_graph: differentiable ops
-            return (*_conv2d_grads(use, *ctx.saved_tensors, ctx.geo, *ctx.rest,
-                                   ctx.needs_input_grad, grad),
-                    None, None, None, None, None, None, None)
+            plans = ctx.plans
+            use = (ops if torch.is_grad_enabled()  # create_graph: differentiable ops
+                   else (plans.pre_activation, plans.input_grad, plans.weight_grad))
+            return (*_conv2d_grads(use, *ctx.saved_tensors, plans.geo, *plans.rest,
+                                   ctx.needs_input_grad, grad), None)
 
     return EagerConv2d.apply
 

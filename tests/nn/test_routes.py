@@ -318,6 +318,7 @@ def test_the_trial_clocks_a_layers_backward_on_its_own_nodes(make, monkeypatch):
     Function) and clocks from the gradient's arrival to that node's end; a frozen weight clocks
     nothing; no hook is left on the parameters."""
     from kernelkit.nn import _route
+    from kernelkit.ops.conv2d import ConvPlans
     from kernelkit.ops.torch_ops import eager_conv2d
 
     ticks = iter(range(1, 100))
@@ -330,7 +331,8 @@ def test_the_trial_clocks_a_layers_backward_on_its_own_nodes(make, monkeypatch):
         x, w = torch.randn(5, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
         y = nn.functional.linear(x, w, b)
     elif make == "kernelkit_conv":
-        y = eager_conv2d()(x, w, b, [1, 1], [1, 1, 1, 1], [1, 1], 1, "relu", None, False)
+        plans = ConvPlans((1, 1), (1, 1, 1, 1), (1, 1), 1, "relu", None, False)
+        y = eager_conv2d()(x, w, b, plans)
     else:
         y = torch.relu(nn.functional.conv2d(x, w, b, padding=1))
     sample = [0.5, None]

@@ -218,6 +218,52 @@ def test_autograd_through_kernelkit(backend):
         torch.testing.assert_close(a, t.grad, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_kernel_routed_training_step_runs_bound_plans_only(channels_last, monkeypatch):
+    """A kernelkit.nn.Conv2d on a kernelkit kernel chooses its forward, pre-activation and both
+    backward products once (`ConvPlans`); later training steps call those plans without the
+    public functions' signature and dispatch (10-40 us each on a small CPU layer), and still
+    give torch's float64 gradients."""
+    import kernelkit.nn as knn
+    from kernelkit.ops import conv2d as ops_conv2d
+
+    g = torch.Generator().manual_seed(11)
+    layer = knn.Conv2d(4, 6, 3, stride=2, padding=1, activation="relu").double()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 4, 9, 9, dtype=torch.float64, generator=g).to(memory_format=fmt)
+    x.requires_grad_(True)
+    gy = torch.randn(2, 6, 5, 5, dtype=torch.float64, generator=g)
+
+    def step():
+        for t in (x, layer.weight, layer.bias):
+            t.grad = None
+        layer(x).backward(gy)
+        return [t.grad.clone() for t in (x, layer.weight, layer.bias)]
+
+    with kernelkit.use(backend="numba"):  # forced: a kernel route, no in-model trial
+        step()
+
+        def no_dispatch(*args, **kwargs):
+            raise AssertionError("a bound training step went through public dispatch")
+
+        monkeypatch.setattr(ops_conv2d, "signature", no_dispatch)
+        monkeypatch.setattr(ops_conv2d, "plan_for", no_dispatch)
+        got = step()
+    (route,) = layer._kk_routes.values()
+    assert _route_name(route) == "numba-cpu"
+    xr, wr, br = (t.detach().clone().requires_grad_(True) for t in (x, layer.weight, layer.bias))
+    F.relu(F.conv2d(xr, wr, br, 2, 1)).backward(gy)
+    for a, t in zip(got, (xr, wr, br)):
+        torch.testing.assert_close(a, t.grad, rtol=1e-9, atol=1e-9)
+    assert got[0].is_contiguous(memory_format=fmt)
+
+
+def _route_name(route) -> str:
+    from kernelkit.nn import _route
+
+    return _route.describe(route)
+
+
 BAD = [
     (lambda r: (rand(r, (1, 4, 8, 8)), rand(r, (2, 3, 3, 3))), {}, ValueError, "needs C=3"),
     (lambda r: (rand(r, (1, 6, 8, 8)), rand(r, (5, 2, 3, 3))), {"groups": 3}, ValueError,
