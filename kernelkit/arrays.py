@@ -134,7 +134,8 @@ def torch_to_numpy(x: Any) -> np.ndarray:
     """A numpy view of a CPU tensor (no copy); bfloat16, which numpy lacks, as its uint16 bit
     patterns (``with_dtype`` turns a kernel's result back)."""
     torch = sys.modules["torch"]  # x is a tensor: torch is imported
-    x = x.detach()
+    if x.requires_grad:  # (detach costs about 1 us; most calls get plain tensors)
+        x = x.detach()
     # tested up front, not by catching .numpy()'s TypeError: raising it cost about 7 us a call
     if x.dtype is torch.bfloat16:
         return x.view(torch.int16).numpy().view(np.uint16)
