@@ -32,9 +32,10 @@ from kernelkit.kernels.numba import matmul as nm  # noqa: E402
 
 
 @numba.njit(parallel=True)
-def _prange(a3, b3, bias, has_bias, act, out3, mc, kc, nc, nthr):
+def _prange(a3, b3, bias, has_bias, act, out3, mc, kc, nc, ws, share, nthr):
     for t in prange(nthr):
-        nm._gemm_part(np.int64(t), nthr, a3, b3, bias, has_bias, act, out3, mc, kc, nc)
+        nm._gemm_part(np.int64(t), nthr, a3, b3, bias, has_bias, act, out3, mc, kc, nc, ws,
+                      share)
 
 
 def main() -> int:
@@ -48,8 +49,9 @@ def main() -> int:
     cfg = nm._default(np.dtype(np.float32))
     blocks = (cfg.mc, cfg.kc, cfg.nc)
     bf16 = nm._bf16_compiled() if nm._gemm.HAS_BF16_DOT else None
+    mr, nr = nm.tile_shape(np.float32)
     _prange(*[np.zeros((1, 1, 1), np.float32)] * 2, np.zeros(0, np.float32), False, 0,
-            np.zeros((1, 1, 1), np.float32), *blocks, 1)
+            np.zeros((1, 1, 1), np.float32), *blocks, np.zeros(64, np.float32), 64, 1)
     print(f"cpu: {devices.cpu_info()['model']}; {nthr} threads; layer after launch: "
           f"{numba.threading_layer()}")
     cols = ["float32 one thread", "float32 prange", "float32 pool"]
@@ -62,13 +64,17 @@ def main() -> int:
         b = rng.standard_normal((1, n, n), dtype=np.float32)
         out = np.empty((1, n, n), np.float32)
         common = (bias, False, 0, out)
-        fns = [lambda: f32.serial(0, 1, a, b, *common, *blocks),
-               lambda: _prange(a, b, *common, *blocks, nthr),
-               lambda: _pool.run(f32.serial, nthr, a, b, *common, *blocks)]
+        share = nm.pack_share(n, n, n, *blocks, mr, nr)  # packed-panel scratch of each share
+        ws = np.empty(nthr * share, np.float32)
+        blocks_ws = (*blocks, ws, share)
+        fns = [lambda: f32.serial(0, 1, a, b, *common, *blocks_ws),
+               lambda: _prange(a, b, *common, *blocks_ws, nthr),
+               lambda: _pool.run(f32.serial, nthr, a, b, *common, *blocks_ws)]
         if bf16 is not None:
             au = (a.view(np.uint32) >> 16).astype(np.uint16)
             bu = (b.view(np.uint32) >> 16).astype(np.uint16)
-            bb = (cfg.mc, 2 * cfg.kc, cfg.nc)
+            bshare = nm.pack_share(n, n, (n + 1) // 2, cfg.mc, cfg.kc + 1, cfg.nc, mr, nr)
+            bb = (cfg.mc, 2 * cfg.kc, cfg.nc, np.empty(nthr * bshare, np.uint32), bshare)
             fns += [lambda: bf16(0, 1, au, bu, *common, *bb),
                     lambda: _pool.run(bf16, nthr, au, bu, *common, *bb)]
         med = steady_medians(fns, args.rounds)

@@ -48,8 +48,8 @@ def test_numba_matmul_launch_gets_the_blocking(monkeypatch):
     class Spy:
         small, empty, unpacked = real.small, real.empty, real.unpacked
 
-        def serial(self, *args):  # thread t's share of nthr: (t, nthr, ..., mc, kc, nc)
-            seen.append((args[1], args[-3:]))
+        def serial(self, *args):  # share t of nthr: (t, nthr, ..., mc, kc, nc, ws, share)
+            seen.append((args[1], args[8:11]))
             return real.serial(*args)
 
     monkeypatch.setitem(nm._COMPILED, dtype, Spy())

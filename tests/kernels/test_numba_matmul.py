@@ -206,9 +206,37 @@ def test_thread_partition(nthr, bmn):
     a, b, bias = _strided_readonly(np.random.default_rng(8), bn, m, k, n)
     out = np.full((bn, m, n), np.nan, np.float32)
     c = TINY_CFG[np.float32]
+    share = nm.pack_share(m, n, k, c.mc, c.kc, c.nc, *nm.tile_shape(np.float32))
+    ws = np.full(nthr * share, np.nan, np.float32)
     for t in range(nthr):
-        nm._gemm_part(t, nthr, a, b, bias, True, 1, out, c.mc, c.kc, c.nc)
+        nm._gemm_part(t, nthr, a, b, bias, True, 1, out, c.mc, c.kc, c.nc, ws, share)
     assert_matmul_close(out, a, b, bias, "relu")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 300), st.integers(1, 300), st.integers(1, 700),
+       st.integers(1, 5), st.integers(1, 600), st.integers(1, 900), st.integers(1, 3000),
+       st.booleans())
+def test_pack_share_holds_every_share_of_every_block(nbat, m, n, k, nthr, mc, kc, nc, pairs):
+    """`pack_share` bounds the packed A block (from a 16-element boundary) plus B panel that
+    `_blocks` gives any thread's share, so no call falls back to a fresh allocation; for the
+    bfloat16 kernel in K pairs (its kc is twice the config's, made even)."""
+    mr, nr = nm.tile_shape(np.float32)
+    if pairs:
+        share = nm.pack_share(m, n, (k + 1) // 2, mc, kc + 1, nc, mr, nr)
+    else:
+        share = nm.pack_share(m, n, k, mc, kc, nc, mr, nr)
+    for t in range(nthr):
+        _, _, r0, r1, c0, c1 = nm._share.py_func(t, nthr, nbat, m, n, mr, nr)
+        if r1 <= r0 or c1 <= c0:
+            continue
+        if pairs:
+            bmc, bkc, bnc = nm._blocks.py_func(r1 - r0, c1 - c0, k, mc, 2 * kc, nc, mr, nr)
+            bkc = (bkc + (bkc & 1) + 1) // 2
+        else:
+            bmc, bkc, bnc = nm._blocks.py_func(r1 - r0, c1 - c0, k, mc, kc, nc, mr, nr)
+        assert -(-bmc * bkc // 16) * 16 + bnc * bkc <= share
+    assert share % 16 == 0
 
 
 def test_num_threads_one(monkeypatch):
