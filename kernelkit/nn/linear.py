@@ -71,6 +71,8 @@ def _make_route(m: Linear, x: torch.Tensor) -> _route.Route:
     autograd = eager_matmul()
 
     def with_grad(m: Linear, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
+        if x.ndim == 2:
+            return autograd(x, w.t(), b, m.activation, False)
         y = autograd(x.reshape(-1, x.shape[-1]), w.t(), b, m.activation, False)
         return y.reshape(*x.shape[:-1], m.out_features)
 
