@@ -80,6 +80,44 @@ def test_linear_4x64_per_call(benchmark, backend, grad):
           f"overhead {over * 1e6:+.2f} us ({t_kk / t_ref:.2f}x) on {_cpu()}")
 
 
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_training_call_per_call(benchmark, kind):
+    """One training call (forward + backward) of a small layer on the kernel route (Numba
+    forced, its in-model trial taken out) against torch's own layer: what the route costs on top
+    of its kernels with grad (kernelkit.nn.Linear 64->64 on 4x64; Conv2d 8->8 3x3 on 1x8x8x8).
+    The overhead here includes the Numba kernels' own time, which at these sizes exceeds
+    torch's; bench/probes/nn_grad_overhead.py compares the route with its bare launchers."""
+    from kernelkit.nn import _route
+
+    torch.manual_seed(0)
+    if kind == "linear":
+        ref, x = nn.Linear(64, 64), torch.randn(4, 64, requires_grad=True)
+    else:
+        ref, x = nn.Conv2d(8, 8, 3, padding=1, bias=False), torch.randn(1, 8, 8, 8,
+                                                                       requires_grad=True)
+    layer = copy.deepcopy(ref)
+    knn.patch(layer)
+    gy = torch.randn_like(ref(x))
+    with kernelkit.use(backend="numba"):
+        for _ in range(3):  # tunes the forward and the backward products
+            layer(x).backward(gy)
+        routes = layer.__dict__["_kk_routes"]
+        for sig, r in routes.items():
+            if isinstance(r, _route.InContext):
+                routes[sig] = r.kernel
+        name = ",".join(_route.describe(r) for r in routes.values())
+        t_ref, t_kk, over = _interleaved(lambda: ref(x).backward(gy),
+                                         lambda: layer(x).backward(gy), blocks=21, n=100)
+        benchmark.group = f"training call (forward + backward), {kind}"
+        benchmark.extra_info.update(cpu=_cpu(), route=name, torch_us=t_ref * 1e6,
+                                    patched_us=t_kk * 1e6, overhead_us=over * 1e6,
+                                    ratio=t_kk / t_ref)
+        benchmark.pedantic(lambda: layer(x).backward(gy), rounds=100, iterations=10,
+                           warmup_rounds=1)
+    print(f"\n{kind} training call, route={name}: torch {t_ref * 1e6:.1f} us, patched "
+          f"{t_kk * 1e6:.1f} us ({t_kk / t_ref:.2f}x) on {_cpu()}")
+
+
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
 def test_custom_op_dispatch_cost(benchmark, grad):
     """The same product through torch.ops.kernelkit.matmul (what the layers call under
