@@ -531,7 +531,18 @@ def pack_a(src, off, s_m, s_k, mb, kb, dst, doff):
         base = doff + s * mr * kb
         rows = min(mr, mb - s * mr)
         o0 = off + s * mr * s_m
-        if rows_outer:
+        if rows == mr and s_m != 1:
+            # A full sliver K-outer unless its rows are contiguous (the copy below): MR reads
+            # (MR constant: unrolled, one stream per row, which the prefetchers follow) and one
+            # contiguous MR-value store per K step. For row-major A this ran 0.72 ns per element
+            # against 1.55 reading along each row (a scatter of 4-byte stores MR*4 bytes
+            # apart), 2-vCPU Xeon (probe in docs/performance.md, fourth AMX session).
+            for p in range(kb):
+                o = o0 + p * s_k
+                d = base + p * mr
+                for r in range(mr):
+                    dst[_U(d + r)] = src[_U(o + r * s_m)]
+        elif rows_outer:
             for r in range(rows):
                 o = o0 + r * s_m
                 if s_k == 1:
