@@ -299,34 +299,29 @@ class ConvPlans:
         return dict(stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
                     groups=groups, layout=self.rest[1], allow_tf32=self.rest[2])
 
-    def forward(self, x, w, b):
-        plan = self.memo.get("forward")
+    def _plan(self, key: str, make) -> Plan:
+        """The kept plan `key`, chosen from the call `make()` prepares on first use."""
+        plan = self.memo.get(key)
         if plan is None:
-            plan = self.memo.store("forward", plan_for(prepare_forward(
-                x, w, b, activation=self.rest[0], **self._kwargs())))
-        return plan(x, w, b)
+            plan = self.memo.store(key, plan_for(make()))
+        return plan
+
+    def forward(self, x, w, b):
+        return self._plan("forward", lambda: prepare_forward(
+            x, w, b, activation=self.rest[0], **self._kwargs()))(x, w, b)
 
     # the three below take (and ignore) the custom ops' trailing arguments: `_conv2d_grads`
     # calls them as it calls the ops
     def pre_activation(self, x, w, b, *_):
-        plan = self.memo.get("pre")
-        if plan is None:
-            plan = self.memo.store("pre", plan_for(prepare_forward(x, w, b, **self._kwargs())))
-        return plan(x, w, b)
+        return self._plan("pre", lambda: prepare_forward(x, w, b, **self._kwargs()))(x, w, b)
 
     def input_grad(self, grad_out, w, input_shape, *_):
-        plan = self.memo.get("input")
-        if plan is None:
-            plan = self.memo.store("input", plan_for(prepare_backward_input(
-                grad_out, w, input_shape, **self._kwargs())))
-        return plan(grad_out, w)
+        return self._plan("input", lambda: prepare_backward_input(
+            grad_out, w, input_shape, **self._kwargs()))(grad_out, w)
 
     def weight_grad(self, x, grad_out, weight_shape, *_):
-        plan = self.memo.get("weight")
-        if plan is None:
-            plan = self.memo.store("weight", plan_for(prepare_backward_weight(
-                x, grad_out, weight_shape, **self._kwargs())))
-        return plan(x, grad_out)
+        return self._plan("weight", lambda: prepare_backward_weight(
+            x, grad_out, weight_shape, **self._kwargs()))(x, grad_out)
 
 
 def _grad_out_shape(op, grad_out, kl, channels_last, expected) -> tuple[int, ...]:
