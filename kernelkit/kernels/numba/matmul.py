@@ -952,8 +952,7 @@ def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
     nthr = _threads(work * nbat)
     mr, nr = tile_shape(dtype)
     # (a fresh np.empty of the packed panels per call page-faults or not depending on glibc's
-    # history: 0 or ~80 faults per call and 0.78 or 1.55 ms for 240 x 384 x 392 on one thread
-    # of the 2-vCPU Xeon; the scratch makes it the former)
+    # history; the scratch does not: bench/probes/gemm_gap_probe.py, docs/performance.md)
     share = pack_share(m, n, k, cfg.mc, cfg.kc, cfg.nc, mr, nr)
     ws = _workspace.scratch(nthr * share, dtype)
     _run(fns.serial, nthr, a, b, bias, has_bias, act, out, cfg.mc, cfg.kc, cfg.nc, ws, share)
