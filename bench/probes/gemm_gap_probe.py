@@ -82,8 +82,7 @@ def main() -> int:
         a = rng.standard_normal((1, m, k), dtype=np.float32)
         b = rng.standard_normal((1, k, n), dtype=np.float32)
         ta, tb = torch.from_numpy(a[0]), torch.from_numpy(b[0])
-        mb, kb, nb = nm._blocks.py_func(m, n, k, cfg.mc, cfg.kc, cfg.nc, mr, nr)
-        mb, nb = min(mb, -(-m // mr) * mr), min(nb, -(-n // nr) * nr)
+        mb, kb, nb = nm._blocks.py_func(m, n, k, cfg.mc, cfg.kc, cfg.nc, mr, nr)  # clamped
         apack = rng.standard_normal(mb * kb, dtype=np.float32)
         bpack = rng.standard_normal(nb * kb, dtype=np.float32)
         c = np.empty(mb * nb, np.float32)

@@ -49,7 +49,6 @@ def main() -> int:
     cfg = nm._default(np.dtype(np.float32))
     blocks = (cfg.mc, cfg.kc, cfg.nc)
     bf16 = nm._bf16_compiled() if nm._gemm.HAS_BF16_DOT else None
-    mr, nr = nm.tile_shape(np.float32)
     _prange(*[np.zeros((1, 1, 1), np.float32)] * 2, np.zeros(0, np.float32), False, 0,
             np.zeros((1, 1, 1), np.float32), *blocks, np.zeros(64, np.float32), 64, 1)
     print(f"cpu: {devices.cpu_info()['model']}; {nthr} threads; layer after launch: "
@@ -64,7 +63,7 @@ def main() -> int:
         b = rng.standard_normal((1, n, n), dtype=np.float32)
         out = np.empty((1, n, n), np.float32)
         common = (bias, False, 0, out)
-        share = nm.pack_share(n, n, n, *blocks, mr, nr)  # packed-panel scratch of each share
+        share = nm.pack_share(n, n, n, *blocks, np.float32)  # packed-panel scratch per share
         ws = np.empty(nthr * share, np.float32)
         blocks_ws = (*blocks, ws, share)
         fns = [lambda: f32.serial(0, 1, a, b, *common, *blocks_ws),
@@ -73,8 +72,9 @@ def main() -> int:
         if bf16 is not None:
             au = (a.view(np.uint32) >> 16).astype(np.uint16)
             bu = (b.view(np.uint32) >> 16).astype(np.uint16)
-            bshare = nm.pack_share(n, n, (n + 1) // 2, cfg.mc, cfg.kc + 1, cfg.nc, mr, nr)
-            bb = (cfg.mc, 2 * cfg.kc, cfg.nc, np.empty(nthr * bshare, np.uint32), bshare)
+            bblocks = (cfg.mc, 2 * cfg.kc, cfg.nc)
+            bshare = nm.pack_share(n, n, n, *bblocks, np.uint32)
+            bb = (*bblocks, np.empty(nthr * bshare, np.uint32), bshare)
             fns += [lambda: bf16(0, 1, au, bu, *common, *bb),
                     lambda: _pool.run(bf16, nthr, au, bu, *common, *bb)]
         med = steady_medians(fns, args.rounds)

@@ -206,7 +206,7 @@ def test_thread_partition(nthr, bmn):
     a, b, bias = _strided_readonly(np.random.default_rng(8), bn, m, k, n)
     out = np.full((bn, m, n), np.nan, np.float32)
     c = TINY_CFG[np.float32]
-    share = nm.pack_share(m, n, k, c.mc, c.kc, c.nc, *nm.tile_shape(np.float32))
+    share = nm.pack_share(m, n, k, c.mc, c.kc, c.nc, np.float32)
     ws = np.full(nthr * share, np.nan, np.float32)
     for t in range(nthr):
         nm._gemm_part(t, nthr, a, b, bias, True, 1, out, c.mc, c.kc, c.nc, ws, share)
@@ -222,10 +222,10 @@ def test_pack_share_holds_every_share_of_every_block(nbat, m, n, k, nthr, mc, kc
     `_blocks` gives any thread's share, so no call falls back to a fresh allocation; for the
     bfloat16 kernel in K pairs (its kc is twice the config's, made even)."""
     mr, nr = nm.tile_shape(np.float32)
-    if pairs:
-        share = nm.pack_share(m, n, (k + 1) // 2, mc, kc + 1, nc, mr, nr)
+    if pairs:  # (the share function gets twice the config's kc, in K values)
+        share = nm.pack_share(m, n, k, mc, 2 * kc, nc, np.uint32)
     else:
-        share = nm.pack_share(m, n, k, mc, kc, nc, mr, nr)
+        share = nm.pack_share(m, n, k, mc, kc, nc, np.float32)
     for t in range(nthr):
         _, _, r0, r1, c0, c1 = nm._share.py_func(t, nthr, nbat, m, n, mr, nr)
         if r1 <= r0 or c1 <= c0:

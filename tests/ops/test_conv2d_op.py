@@ -225,6 +225,7 @@ def test_a_kernel_routed_training_step_runs_bound_plans_only(channels_last, monk
     public functions' signature and dispatch (10-40 us each on a small CPU layer), and still
     give torch's float64 gradients."""
     import kernelkit.nn as knn
+    from kernelkit.nn import _route
     from kernelkit.ops import conv2d as ops_conv2d
 
     g = torch.Generator().manual_seed(11)
@@ -250,18 +251,12 @@ def test_a_kernel_routed_training_step_runs_bound_plans_only(channels_last, monk
         monkeypatch.setattr(ops_conv2d, "plan_for", no_dispatch)
         got = step()
     (route,) = layer._kk_routes.values()
-    assert _route_name(route) == "numba-cpu"
+    assert _route.describe(route) == "numba-cpu"
     xr, wr, br = (t.detach().clone().requires_grad_(True) for t in (x, layer.weight, layer.bias))
     F.relu(F.conv2d(xr, wr, br, 2, 1)).backward(gy)
     for a, t in zip(got, (xr, wr, br)):
         torch.testing.assert_close(a, t.grad, rtol=1e-9, atol=1e-9)
     assert got[0].is_contiguous(memory_format=fmt)
-
-
-def _route_name(route) -> str:
-    from kernelkit.nn import _route
-
-    return _route.describe(route)
 
 
 BAD = [

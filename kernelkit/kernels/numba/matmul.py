@@ -371,16 +371,29 @@ def _bf16_part(t, nthr, a3, b3, bias, has_bias, act, out3, mc, kc, nc, ws, ws_sh
                                  has_bias, c0 + jc, act)
 
 
-def pack_share(m: int, n: int, k: int, mc: int, kc: int, nc: int, mr: int, nr: int) -> int:
+def pack_share(m: int, n: int, k: int, mc: int, kc: int, nc: int, dtype) -> int:
     """Scratch elements of one packed-GEMM share (``_gemm_part``, ``_bf16_part``): the largest A
-    block and B panel `_blocks` can give a share of an (m, k) @ (k, n) product, the panel and
-    the share each from a 16-element boundary (a cache line or more: the scratch starts on
-    one). ``k`` and ``kc`` count packed K steps (K pairs for bfloat16)."""
+    block and B panel `_blocks` can give a share of an (m, k) @ (k, n) product with the blocking
+    (mc, kc, nc) the share function gets, the panel and the share each from a 16-element
+    boundary (a cache line or more: the scratch starts on one). ``dtype`` is the slivers':
+    uint32 for the bfloat16 kernel, whose packed K steps are pairs (its block made even)."""
+    mr, nr = tile_shape(dtype)
     up = lambda x, unit: -(-x // unit) * unit
     kb = max(1, min(kc, k))
+    if np.dtype(dtype) == np.uint32:
+        kb = (kb + 2) // 2
     mb = min(max(mr, mc // mr * mr), up(max(m, 1), mr))
     nb = min(max(nr, nc // nr * nr), up(max(n, 1), nr))
     return up(up(mb * kb, 16) + nb * kb, 16)
+
+
+def _pack_scratch(nthr: int, m: int, n: int, k: int, mc: int, kc: int, nc: int,
+                  dtype) -> tuple[np.ndarray, int]:
+    """The scratch of `nthr` packed-GEMM shares (this thread's workspace: fresh pages per call
+    page-fault or not depending on glibc's history; bench/probes/gemm_gap_probe.py) and the
+    elements per share."""
+    share = pack_share(m, n, k, mc, kc, nc, dtype)
+    return _workspace.scratch(nthr * share, dtype), share
 
 
 @numba.njit(**_JIT)
@@ -857,10 +870,8 @@ def _matmul_bf16(a, b, bias, act, config):
     cfg = config or _default(np.float32)
     # the float32 blocking's footprints hold twice the K of bfloat16
     blocks = (cfg.mc, 2 * cfg.kc, cfg.nc)
-    mr, nr = tile_shape(np.float32)
     nthr = _threads(m * n * k * nbat // 2)
-    share = pack_share(m, n, (k + 1) // 2, cfg.mc, cfg.kc + 1, cfg.nc, mr, nr)
-    ws = _workspace.scratch(nthr * share, np.uint32)
+    ws, share = _pack_scratch(nthr, m, n, k, *blocks, np.uint32)
     _run(_bf16_compiled(), nthr, a, b, bias, has_bias, act, out, *blocks, ws, share)
     return out
 
@@ -950,11 +961,7 @@ def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
         return out
     cfg = config or _default(dtype)
     nthr = _threads(work * nbat)
-    mr, nr = tile_shape(dtype)
-    # (a fresh np.empty of the packed panels per call page-faults or not depending on glibc's
-    # history; the scratch does not: bench/probes/gemm_gap_probe.py, docs/performance.md)
-    share = pack_share(m, n, k, cfg.mc, cfg.kc, cfg.nc, mr, nr)
-    ws = _workspace.scratch(nthr * share, dtype)
+    ws, share = _pack_scratch(nthr, m, n, k, cfg.mc, cfg.kc, cfg.nc, dtype)
     _run(fns.serial, nthr, a, b, bias, has_bias, act, out, cfg.mc, cfg.kc, cfg.nc, ws, share)
     return out
 
