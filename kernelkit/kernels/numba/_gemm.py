@@ -534,9 +534,9 @@ def pack_a(src, off, s_m, s_k, mb, kb, dst, doff):
         if rows == mr and s_m != 1:
             # A full sliver K-outer unless its rows are contiguous (the copy below): MR reads
             # (MR constant: unrolled, one stream per row, which the prefetchers follow) and one
-            # contiguous MR-value store per K step. For row-major A this ran 0.72 ns per element
-            # against 1.55 reading along each row (a scatter of 4-byte stores MR*4 bytes
-            # apart), 2-vCPU Xeon (probe in docs/performance.md, fourth AMX session).
+            # contiguous MR-value store per K step. For row-major A this ran 0.5-0.7 ns per element
+            # against 1.3-1.5 reading along each row (a scatter of 4-byte stores MR*4 bytes
+            # apart), 2-vCPU Xeon (bench/probes/gemm_gap_probe.py; docs/performance.md).
             for p in range(kb):
                 o = o0 + p * s_k
                 d = base + p * mr
