@@ -14,6 +14,7 @@ time independent of that history. Cost: the largest scratch a thread has used st
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 
@@ -60,7 +61,7 @@ def empty_bits16(shape: tuple) -> np.ndarray:
     """``aligned_empty`` as a C-contiguous uint16 array of ``shape``: bfloat16 results as their
     bits (torch's allocation while the call's data are torch tensors: float16 has uint16's size,
     and torch allocates no uint16 of its own here)."""
-    return aligned_empty(int(np.prod(shape)), np.float16).view(np.uint16).reshape(shape)
+    return aligned_empty(math.prod(shape), np.float16).view(np.uint16).reshape(shape)
 
 
 def _torch_empty(size: int, dtype) -> np.ndarray | None:

@@ -26,6 +26,7 @@ The launcher does no dispatch, conversion or tuning: the ops layer has validated
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -573,47 +574,82 @@ def _conv_amx(x, weight, bias, stride, padding, dilation, activation) -> np.ndar
 
     Two launches: the images' channel pairs packed as zero-padded planes, then the products
     and the epilogue, split by (image, 32-pixel block) of the output grid."""
-    n, c, h, w = x.shape
-    k, _, r, s = weight.shape
     st = int(stride[0]) if isinstance(stride, (tuple, list)) else int(stride)
+    geo = _amx_conv_geometry(x.shape, weight.shape, st, tuple(padding), tuple(dilation))
+    n, k = x.shape[0], weight.shape[0]
+    out = empty_bits16((n, k, geo.ho, geo.wo))
+    if out.size == 0:
+        return out
+    has_bias = bias is not None
+    bias = _half.widen(bias) if has_bias else _NO_BIAS
+    tn = _threads(geo.work)
+    ws = _scratch(4 * geo.xsize + 4 * geo.osize + 2 * 64, np.uint8)
+    xq = ws[:4 * geo.xsize].view(np.uint32)
+    o = -(-4 * geo.xsize // 64) * 64
+    outp = ws[o:o + 4 * geo.osize].view(np.float32)
+    pack_weight, pack_planes, product = _amx_conv_compiled()
+    # the packed weight: kept across calls for a torch weight under frozen_weights() (_packs)
+    ap, packed, keep = _kept_pack(weight, geo.asize, np.uint16, ("amx",)) or (
+        aligned_empty(geo.asize, np.uint16), False, None)
+    if not packed:
+        _run(pack_weight, tn if geo.asize >= SERIAL_PACK else 1,
+             np.ascontiguousarray(weight).reshape(-1), k, x.shape[1], geo.taps, ap, geo.rows)
+        if keep is not None:
+            keep()
+    top, _, left, _ = padding
+    _run(pack_planes, tn, x, xq, geo.cqp, st, geo.plane, geo.wp, top, left)
+    _run(product, tn, ap, geo.rows, geo.cqp, geo.shifts, xq, geo.image, geo.plane, outp,
+         geo.ncols, out, bias, has_bias, ACT_CODES[activation], geo.wp)
+    return out
+
+
+_NO_BIAS = np.zeros(0, np.float32)
+_NO_BIAS.flags.writeable = False
+
+
+@dataclass(frozen=True)
+class _AmxConvGeometry:
+    """What ``_conv_amx`` derives from the shapes and the geometry alone (``_amx_conv_geometry``
+    keeps it per signature: building it took 9.7 us a call on the Xeon of docs/performance.md,
+    the lookup 0.13 us)."""
+
+    ho: int
+    wo: int
+    wp: int  # a stride phase's grid width
+    cqp: int  # channel pairs, a multiple of a tile's 16 rows
+    rows: int  # output channels rounded up to two tiles
+    ncols: int  # a plane's output columns, whole 32-column blocks
+    plane: int  # a padded plane's pitch, in channel pairs
+    taps: int
+    shifts: np.ndarray  # per tap: its phase's plane offset plus its shift inside the plane
+    image: int  # one image's packed planes, in uint32 pairs
+    asize: int  # the packed weight, in uint16
+    xsize: int  # all images' packed planes, in uint32
+    osize: int  # the float32 sums
+    work: int  # multiply-adds / 8, for the thread count
+
+
+@functools.lru_cache(maxsize=512)
+def _amx_conv_geometry(xshape: tuple, wshape: tuple, st: int, padding: tuple,
+                       dilation: tuple) -> _AmxConvGeometry:
+    n, c, h, w = xshape
+    k, _, r, s = wshape
     top, bottom, left, right = padding
     dh, dw = dilation
     ho, wo = out_size(h, w, r, s, (st, st), padding, dilation)
-    out = empty_bits16((n, k, ho, wo))
-    if out.size == 0:
-        return out
-    hp, wp = cdiv(h + top + bottom, st), cdiv(w + left + right, st)  # a phase's grid
-    cqp = cdiv(c, 32) * 16  # channel pairs, a multiple of a tile's 16 rows
+    hp, wp = cdiv(h + top + bottom, st), cdiv(w + left + right, st)
+    cqp = cdiv(c, 32) * 16
     rows = cdiv(k, 32) * 32
     ncols = cdiv(ho * wp, 32) * 32
     inner = [(i * dh // st) * wp + j * dw // st for i in range(r) for j in range(s)]
     plane = cdiv(max(hp * wp, ncols + max(inner)), 16) * 16
     shifts = np.array([((i * dh % st) * st + j * dw % st) * cqp * plane + inner[i * s + j]
                        for i in range(r) for j in range(s)], np.int64)
+    shifts.flags.writeable = False  # shared by every call of this signature
     image = st * st * cqp * plane
-    has_bias = bias is not None
-    bias = _half.widen(bias) if has_bias else np.zeros(0, np.float32)
-    asize = r * s * rows * 2 * cqp
-    xsize = n * image
-    osize = n * rows * ncols
-    tn = _threads(n * ho * wo * k * c * r * s // 8)
-    ws = _scratch(4 * xsize + 4 * osize + 2 * 64, np.uint8)
-    xq = ws[:4 * xsize].view(np.uint32)
-    o = -(-4 * xsize // 64) * 64
-    outp = ws[o:o + 4 * osize].view(np.float32)
-    pack_weight, pack_planes, product = _amx_conv_compiled()
-    # the packed weight: kept across calls for a torch weight under frozen_weights() (_packs)
-    ap, packed, keep = _kept_pack(weight, asize, np.uint16, ("amx",)) or (
-        aligned_empty(asize, np.uint16), False, None)
-    if not packed:
-        _run(pack_weight, tn if asize >= SERIAL_PACK else 1,
-             np.ascontiguousarray(weight).reshape(-1), k, c, r * s, ap, rows)
-        if keep is not None:
-            keep()
-    _run(pack_planes, tn, x, xq, cqp, st, plane, wp, top, left)
-    _run(product, tn, ap, rows, cqp, shifts, xq, image, plane, outp, ncols, out, bias,
-         has_bias, ACT_CODES[activation], wp)
-    return out
+    return _AmxConvGeometry(ho, wo, wp, cqp, rows, ncols, plane, r * s, shifts, image,
+                            r * s * rows * 2 * cqp, n * image, n * rows * ncols,
+                            n * ho * wo * k * c * r * s // 8)
 
 
 def amx_cols(weight, groups, layout: str, config: Conv2dConfig | None) -> bool:
