@@ -311,6 +311,36 @@ def test_pack_assembly_has_no_gathers():
         assert re.search(r"vmovups\s+[^\n]*%[yz]mm", asm), f"{fn.__name__}: no vector copies"
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(DTYPES), st.integers(1, 40), st.integers(1, 100),
+       st.sampled_from(["rows", "cols", "step", "neg"]), st.data())
+def test_pack_b_writes_nr_column_slivers(dtype, kb, nb, layout, data):
+    """Slivers s0..s1 of a kb x nb region of B hold B[p, s*NR + c] at s*NR*kb + p*NR + c, the
+    columns past nb zero; nothing else of the (poisoned) destination is written. Row runs
+    (row-major, stepped) are dealt out row by row, column runs sliver by sliver."""
+    _, nr = _gemm.tile_shape(dtype)
+    slivers = -(-nb // nr)
+    s0 = data.draw(st.integers(0, slivers - 1))
+    s1 = data.draw(st.integers(s0 + 1, slivers))
+    rng = np.random.default_rng(kb * 1000 + nb)
+    full = rand(rng, (2 * kb + 1, 3 * nb + 2), dtype)
+    b = {"rows": full[:kb, :nb], "cols": np.asfortranarray(full[:kb, :nb]),
+         "step": full[1::2, 2::3][:kb, :nb], "neg": full[::-1, ::-1][:kb, :nb]}[layout]
+    # the packer takes a flat view and element strides, as _operand gives them
+    flat = b.T.reshape(-1) if layout == "cols" else full.reshape(-1)
+    item = b.itemsize
+    s_k, s_n = b.strides[0] // item, b.strides[1] // item
+    off = (b.__array_interface__["data"][0] - flat.__array_interface__["data"][0]) // item
+    dst = np.full(slivers * nr * kb + 7, np.nan, dtype)
+    _gemm.pack_b(flat, off, s_k, s_n, kb, nb, dst, 3, s0, s1)
+    padded = np.zeros((kb, slivers * nr), dtype)
+    padded[:, :nb] = b
+    want = padded.reshape(kb, slivers, nr).transpose(1, 0, 2)[s0:s1].reshape(-1)
+    lo, hi = 3 + s0 * nr * kb, 3 + s1 * nr * kb
+    np.testing.assert_array_equal(dst[lo:hi], want)
+    assert np.isnan(dst[:lo]).all() and np.isnan(dst[hi:]).all()
+
+
 # ----------------------------------------------------------------------------------- hypothesis
 
 @st.composite

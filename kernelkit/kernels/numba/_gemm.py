@@ -575,36 +575,38 @@ def pack_b(src, off, s_k, s_n, kb, nb, dst, doff, s0, s1):
     """
     _, nr = tile(dst)
     zero = dst.dtype.type(0)
-    cols_outer = abs(s_k) < abs(s_n)
-    for s in range(s0, s1):
+    if abs(s_k) >= abs(s_n):
+        # B's rows are its runs: each row read once, left to right, its NR-wide pieces dealt to
+        # the slivers. Walking sliver by sliver instead read NR elements per row at a row's
+        # stride, which the prefetchers follow poorly: row-major float32 B 1.03-1.27 -> 0.66 ns
+        # per element on the Xeon of docs/performance.md (bench/probes/gemm_gap_probe.py)
+        for p in range(kb):
+            o = off + p * s_k
+            for s in range(s0, s1):
+                d = doff + s * nr * kb + p * nr
+                cols = min(nr, nb - s * nr)
+                o_s = o + s * nr * s_n
+                if cols == nr and s_n == 1:
+                    for c in range(nr):
+                        dst[_U(d + c)] = src[_U(o_s + c)]
+                else:
+                    for c in range(cols):
+                        dst[_U(d + c)] = src[_U(o_s + c * s_n)]
+                    for c in range(cols, nr):
+                        dst[_U(d + c)] = zero
+        return
+    for s in range(s0, s1):  # B's columns are its runs: one sliver at a time, column by column
         base = doff + s * nr * kb
         cols = min(nr, nb - s * nr)
         o0 = off + s * nr * s_n
-        if cols_outer:
-            for c in range(cols):
-                o = o0 + c * s_n
-                if s_k == 1:
-                    for p in range(kb):
-                        dst[_U(base + p * nr + c)] = src[_U(o + p)]
-                else:
-                    for p in range(kb):
-                        dst[_U(base + p * nr + c)] = src[_U(o + p * s_k)]
-        elif cols == nr:
-            for p in range(kb):
-                o = o0 + p * s_k
-                d = base + p * nr
-                if s_n == 1:
-                    for c in range(nr):
-                        dst[_U(d + c)] = src[_U(o + c)]
-                else:
-                    for c in range(nr):
-                        dst[_U(d + c)] = src[_U(o + c * s_n)]
-        else:
-            for p in range(kb):
-                o = o0 + p * s_k
-                d = base + p * nr
-                for c in range(cols):
-                    dst[_U(d + c)] = src[_U(o + c * s_n)]
+        for c in range(cols):
+            o = o0 + c * s_n
+            if s_k == 1:
+                for p in range(kb):
+                    dst[_U(base + p * nr + c)] = src[_U(o + p)]
+            else:
+                for p in range(kb):
+                    dst[_U(base + p * nr + c)] = src[_U(o + p * s_k)]
         if cols < nr:
             for p in range(kb):
                 for c in range(cols, nr):
