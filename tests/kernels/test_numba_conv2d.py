@@ -613,3 +613,23 @@ def test_config_free_depthwise_problems_are_timed_once():
             prepare_backward_weight(x, gy5, w5.shape, stride=1, padding=2, groups=16)]
     for call in many:
         assert len(nc.space(call.problem)) > 1, call.problem.op
+
+
+@pytest.mark.parametrize("l1", [32 << 10, 48 << 10])
+@pytest.mark.parametrize("itemsize, nr", [(4, 32), (4, 16), (8, 16)])
+def test_shifted_gemm_channel_block_fits_its_taps_in_l1(l1, itemsize, nr, monkeypatch):
+    """A 1x1 kernel keeps SHIFT_KC channels per block; a wider kernel takes fewer, so that the
+    block's B sliver under every tap (R row segments of NR + S - 1 elements per channel) fits
+    L1; never more than the channels or the config's kc, never below 8 (or the channels)."""
+    monkeypatch.setattr(nc, "_l1_bytes", lambda: l1)
+    for r in (1, 3, 5, 7):
+        for cg in (1, 3, 64, 512, 2048):
+            kc = nc._shift_kc(cg, 1024, r, r, 1, itemsize, nr)
+            footprint = kc * r * -(-(nr + r - 1) * itemsize // 64) * 64
+            assert 1 <= kc <= min(cg, nc.SHIFT_KC)
+            assert footprint <= l1 or kc <= 8 or kc == cg < 8
+            if r == 1 and cg >= nc.SHIFT_KC and nr * itemsize <= 2 * 64:
+                assert kc == nc.SHIFT_KC
+            assert nc._shift_kc(cg, 16, r, r, 1, itemsize, nr) <= 16
+    monkeypatch.setattr(nc, "_l1_bytes", lambda: 48 << 10)
+    assert 48 <= nc._shift_kc(512, 1024, 3, 3, 1, 4, 32) <= 96  # the 3x3 layers measured

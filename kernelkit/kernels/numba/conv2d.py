@@ -42,7 +42,7 @@ from kernelkit.kernels.numba._pool import run as _run
 from kernelkit.kernels.numba._pool import run_synced as _run_synced
 from kernelkit.kernels.numba._workspace import aligned_empty, empty_bits16
 from kernelkit.kernels.numba._workspace import scratch as _scratch
-from kernelkit.kernels.numba.matmul import GemmBlocking, MatmulConfig, _round_down
+from kernelkit.kernels.numba.matmul import GemmBlocking, MatmulConfig, _cache_sizes, _round_down
 from kernelkit.kernels.numba.matmul import amx_cols_compiled as _amx_cols_compiled
 from kernelkit.kernels.numba.matmul import amx_cols_operand as _amx_cols_operand
 from kernelkit.kernels.numba.matmul import matmul_forward as _matmul_forward
@@ -463,6 +463,23 @@ def _in_place(xv, stride, padding) -> bool:
             and (h == 1 or sx[2] == w))
 
 
+def _shift_kc(cg: int, kc: int, r: int, s: int, dw: int, itemsize: int, nr: int) -> int:
+    """Channels per block of the shifted GEMM. B is read in place, not packed, so the block's B
+    sliver under every tap (per channel, R row segments of NR + (S - 1) * dw elements) should
+    fit L1: SHIFT_KC channels for a 1x1 kernel, about a third of that for a 3x3 one, whose
+    256-channel blocks spilled to L2. Xeon of docs/performance.md, torch / ours, min of 10
+    interleaved rounds, kc 256 -> 64: 512 ch at 7 px 0.50 -> 0.82 (batch 1), 256 ch at 14 px
+    0.62 -> 0.76 (batch 8); 48-96 alike; 1x1 layers lose below 171."""
+    lines = r * cdiv((nr + (s - 1) * dw) * itemsize, 64)
+    fit = max(8, _l1_bytes() // (64 * lines))
+    return _even(cg, max(1, min(kc, SHIFT_KC, fit, cg)), 1)
+
+
+@functools.cache
+def _l1_bytes() -> int:
+    return _cache_sizes()[1]
+
+
 def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, padding, mr: int,
                nr: int) -> int:
     """Fill the shifted GEMM's blocking into ``geo`` (sizes already there: geo[G_C] counts the
@@ -508,8 +525,7 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
         pitch += line
     geo[_conv.G_XPITCH] = pitch
     geo[_conv.G_MODE] = _conv.MODE_SHIFT
-    # B is read in place, not packed: a kc of SHIFT_KC keeps a B sliver (kc rows of NR) in L1
-    geo[_conv.G_KC] = _even(cg, min(cfg.kc, SHIFT_KC, cg), 1)
+    geo[_conv.G_KC] = _shift_kc(cg, cfg.kc, r, s, int(geo[_conv.G_DW]), itemsize, nr)
     geo[_conv.G_TAPW] = cg
     geo[_conv.G_MC] = mc
     geo[_conv.G_NC] = _even(cdiv(nsl, pn) * nr, nc, nr)
