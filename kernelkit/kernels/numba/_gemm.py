@@ -578,8 +578,9 @@ def pack_b(src, off, s_k, s_n, kb, nb, dst, doff, s0, s1):
     if abs(s_k) >= abs(s_n):
         # B's rows are its runs: each row read once, left to right, its NR-wide pieces dealt to
         # the slivers. Walking sliver by sliver instead read NR elements per row at a row's
-        # stride, which the prefetchers follow poorly: row-major float32 B 1.03-1.27 -> 0.66 ns
-        # per element on the Xeon of docs/performance.md (bench/probes/gemm_gap_probe.py)
+        # stride, which the prefetchers follow poorly: row-major float32 B 0.45-1.21 -> 0.33-0.52
+        # ns per element, the product 1.01-1.07x, on the Xeon of docs/performance.md
+        # (bench/probes/pack_b_probe.py)
         for p in range(kb):
             o = off + p * s_k
             for s in range(s0, s1):
