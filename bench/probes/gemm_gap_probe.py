@@ -93,7 +93,7 @@ def main() -> int:
         ta, tb = torch.from_numpy(a[0]), torch.from_numpy(b[0])
         mb, kb, nb = nm._blocks.py_func(m, n, k, cfg.mc, cfg.kc, cfg.nc, mr, nr)  # clamped
         # 64-byte aligned, as the product's scratch: numpy's large arrays start 16 bytes into
-        # a page, and vector loads split across cache lines ran the macro-kernel 15% slower
+        # a page, where vector loads split across cache lines and slow the macro-kernel
         apack = _aligned(rng.standard_normal(mb * kb, dtype=np.float32))
         bpack = _aligned(rng.standard_normal(nb * kb, dtype=np.float32))
         c = _aligned(np.empty(mb * nb, np.float32))
