@@ -2,13 +2,14 @@
 SHIFT_KC it replaced, on the ResNet-50 3x3 layers, next to torch (oneDNN), in one process.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE flock /tmp/kk-bench.lock \\
-        python bench/probes/conv_kc_probe.py [--batch 1 8] [--rounds 12] [--kernel auto]
+        python bench/probes/conv_kc_probe.py [--batch 1 8] [--rounds 6] [--kernel auto]
 
 Rows per layer, fp32 NCHW, no bias, the default blocking with config kernel ``--kernel``: the
 channel block SHIFT_KC (256, the old rule: ``_l1_bytes`` made huge so the L1 fit never binds),
-the L1-fit rule (what runs now), torch's F.conv2d. Each round calls every row once, in turn;
-the table gives torch / ours from the minimum over rounds (this VM's neighbours only ever add
-time) and, in brackets, from the median.
+the L1-fit rule (what runs now), torch's F.conv2d. Rows are timed in their steady state and
+interleaved, each round starting at the next row (``_steady.py``); the table gives torch / ours
+from the fastest timed call of each row (this VM's neighbours only ever add time) and, in
+brackets, from the medians.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numba
@@ -27,6 +27,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from reference import CONV_RESNET50  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _steady import steady_times  # noqa: E402
+
 from kernelkit import devices  # noqa: E402
 from kernelkit.kernels.numba import conv2d as nconv  # noqa: E402
 from kernelkit.kernels.numba.conv2d import Conv2dConfig  # noqa: E402
@@ -35,7 +38,7 @@ from kernelkit.kernels.numba.conv2d import Conv2dConfig  # noqa: E402
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--kernel", default="auto", choices=["auto", "shift"])
     args = p.parse_args()
@@ -66,14 +69,7 @@ def main() -> int:
 
             rows = [lambda: ours(True), lambda: ours(False),
                     lambda: F.conv2d(xt, wt, stride=st, padding=pad)]
-            times: list[list[float]] = [[] for _ in rows]
-            for fn in rows:
-                fn()
-            for _ in range(args.rounds):
-                for fn, ts in zip(rows, times):
-                    t0 = time.perf_counter()
-                    fn()
-                    ts.append(time.perf_counter() - t0)
+            times = steady_times(rows, args.rounds, warm=0.02, reps=2)
             mins = [min(ts) for ts in times]
             meds = [statistics.median(ts) for ts in times]
             kc = nconv._shift_kc(c, cfg.kc, r, r, 1, 4, nconv.tile_shape(np.float32)[1])

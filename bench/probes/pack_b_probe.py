@@ -3,20 +3,20 @@ sliver (before, kept here as ``_pack_b_by_slivers``), alone and inside the packe
 to torch.mm, one thread, in one process.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE flock /tmp/kk-bench.lock \\
-        python bench/probes/pack_b_probe.py [--rounds 20]
+        python bench/probes/pack_b_probe.py [--rounds 8]
 
 Per shape (M x K x N, whole slivers: N a multiple of NR), GFLOP/s of ``_gemm_one``'s loop
 (pack B, pack A, macro-kernels; 64-byte aligned panels) with either packer and of torch.mm,
 then nanoseconds per element of packing all of B (K blocks of the default kc) with either
-packer. Each round calls every row once, in turn; figures are the minimum over rounds (this
-VM's neighbours only ever add time; medians of the same rows moved by up to 2x between runs).
+packer. Rows are timed in their steady state and interleaved (``_steady.py``); figures are each
+row's fastest timed call (this VM's neighbours only ever add time; medians of the same rows moved
+by up to 2x between runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numba
@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _steady import steady_times  # noqa: E402
 
 from kernelkit import devices  # noqa: E402
 from kernelkit.kernels.numba import matmul as nm  # noqa: E402
@@ -82,20 +84,12 @@ def _aligned(size: int) -> np.ndarray:
 
 
 def _mins(fns, rounds: int) -> list[float]:
-    best = [float("inf")] * len(fns)
-    for fn in fns:
-        fn()
-    for _ in range(rounds):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best
+    return [min(ts) for ts in steady_times(fns, rounds, warm=0.02, reps=2)]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=8)
     args = ap.parse_args()
     numba.set_num_threads(1)
     torch.set_num_threads(1)

@@ -578,9 +578,9 @@ def pack_b(src, off, s_k, s_n, kb, nb, dst, doff, s0, s1):
     if abs(s_k) >= abs(s_n):
         # B's rows are its runs: each row read once, left to right, its NR-wide pieces dealt to
         # the slivers. Walking sliver by sliver instead read NR elements per row at a row's
-        # stride, which the prefetchers follow poorly: row-major float32 B 0.45-1.21 -> 0.33-0.52
-        # ns per element, the product 1.01-1.07x, on the Xeon of docs/performance.md
-        # (bench/probes/pack_b_probe.py)
+        # stride, which the prefetchers follow poorly: row-major float32 B 0.35-1.21 -> 0.33-0.52
+        # ns per element over four runs, the product 1.00-1.08x in three (0.78-1.38x in a noisy
+        # fourth), on the Xeon of docs/performance.md (bench/probes/pack_b_probe.py)
         for p in range(kb):
             o = off + p * s_k
             for s in range(s0, s1):

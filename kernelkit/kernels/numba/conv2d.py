@@ -467,9 +467,9 @@ def _shift_kc(cg: int, kc: int, r: int, s: int, dw: int, itemsize: int, nr: int)
     """Channels per block of the shifted GEMM. B is read in place, not packed, so the block's B
     sliver under every tap (per channel, R row segments of NR + (S - 1) * dw elements) should
     fit L1: SHIFT_KC channels for a 1x1 kernel, about a third of that for a 3x3 one, whose
-    256-channel blocks spilled to L2. Xeon of docs/performance.md, torch / ours, min of 10
-    interleaved rounds, kc 256 -> 64: 512 ch at 7 px 0.50 -> 0.82 (batch 1), 256 ch at 14 px
-    0.62 -> 0.76 (batch 8); 48-96 alike; 1x1 layers lose below 171."""
+    256-channel blocks spilled to L2. Xeon of docs/performance.md, torch / ours from minima,
+    bench/probes/conv_kc_probe.py, two runs: 256-512 channels at 7-14 px, batch 1, 0.36-0.55
+    -> 0.53-0.74; at batch 8 within the noise. 1x1 layers lost below 171 channels."""
     lines = r * cdiv((nr + (s - 1) * dw) * itemsize, 64)
     fit = max(8, _l1_bytes() // (64 * lines))
     return _even(cg, max(1, min(kc, SHIFT_KC, fit, cg)), 1)
