@@ -35,6 +35,7 @@ from _steady import steady_medians  # noqa: E402
 from kernelkit import devices  # noqa: E402
 from kernelkit.kernels.numba import matmul as nm  # noqa: E402
 from kernelkit.kernels.numba._gemm import macro_kernel, pack_a  # noqa: E402
+from kernelkit.kernels.numba._workspace import aligned_empty  # noqa: E402
 from kernelkit.kernels.numba.matmul import _gemm_one  # noqa: E402
 
 SHAPES = [(240, 384, 392), (512, 4608, 392), (392, 4608, 512), (256, 2304, 196),
@@ -60,9 +61,7 @@ def _pack_a(src, s_m, s_k, mb, kb, dst, reps):
 
 def _aligned(values: np.ndarray) -> np.ndarray:
     """A 64-byte aligned copy of 1-D float32 ``values``."""
-    buf = np.empty(values.size + 16, np.float32)
-    start = (-buf.ctypes.data % 64) // 4
-    out = buf[start:start + values.size]
+    out = aligned_empty(values.size, np.float32)
     out[:] = values
     return out
 
@@ -96,7 +95,7 @@ def main() -> int:
         # a page, where vector loads split across cache lines and slow the macro-kernel
         apack = _aligned(rng.standard_normal(mb * kb, dtype=np.float32))
         bpack = _aligned(rng.standard_normal(nb * kb, dtype=np.float32))
-        c = _aligned(np.empty(mb * nb, np.float32))
+        c = aligned_empty(mb * nb, np.float32)
         ct, bias = np.empty(mr * nr, np.float32), np.zeros(0, np.float32)
         af, bf, cf = a.reshape(-1), b.reshape(-1), np.empty(m * n, np.float32)
         rows = [lambda: nm.matmul_forward(a, b),

@@ -30,6 +30,7 @@ from _steady import steady_times  # noqa: E402
 from kernelkit import devices  # noqa: E402
 from kernelkit.kernels.numba import matmul as nm  # noqa: E402
 from kernelkit.kernels.numba._gemm import _JIT, _U, macro_kernel, pack_a, pack_b, tile  # noqa: E402
+from kernelkit.kernels.numba._workspace import aligned_empty  # noqa: E402
 from kernelkit.kernels.numba.matmul import _cdiv  # noqa: E402
 
 SHAPES = [(512, 4608, 384), (384, 4608, 512), (256, 2304, 192), (1024, 1024, 1024)]
@@ -69,18 +70,13 @@ def _product(old, af, bf, m, n, k, c, mc, kc, nc, apack, bpack, ct, bias):
 
 @numba.njit(nogil=True)
 def _pack_all_b(old, bf, n, k, kc, bpack):
+    _, nr = tile(bpack)
     for pc in range(0, k, kc):
         kb = min(kc, k - pc)
         if old:
-            _pack_b_by_slivers(bf, pc * n, n, 1, kb, n, bpack, 0, 0, _cdiv(n, 32))
+            _pack_b_by_slivers(bf, pc * n, n, 1, kb, n, bpack, 0, 0, _cdiv(n, nr))
         else:
-            pack_b(bf, pc * n, n, 1, kb, n, bpack, 0, 0, _cdiv(n, 32))
-
-
-def _aligned(size: int) -> np.ndarray:
-    buf = np.zeros(size + 16, np.float32)
-    start = (-buf.ctypes.data % 64) // 4
-    return buf[start:start + size]
+            pack_b(bf, pc * n, n, 1, kb, n, bpack, 0, 0, _cdiv(n, nr))
 
 
 def _mins(fns, rounds: int) -> list[float]:
@@ -105,7 +101,7 @@ def main() -> int:
         a = rng.standard_normal((m, k), dtype=np.float32)
         b = rng.standard_normal((k, n), dtype=np.float32)
         mb, kb, nb = nm._blocks.py_func(m, n, k, cfg.mc, cfg.kc, cfg.nc, mr, nr)
-        apack, bpack = _aligned(mb * kb), _aligned(nb * kb)
+        apack, bpack = aligned_empty(mb * kb, np.float32), aligned_empty(nb * kb, np.float32)
         c0, c1 = np.empty(m * n, np.float32), np.empty(m * n, np.float32)
         ct, bias = np.empty(mr * nr, np.float32), np.zeros(0, np.float32)
         af, bf = a.reshape(-1), b.reshape(-1)
@@ -116,7 +112,7 @@ def main() -> int:
                 lambda: torch.mm(ta, tb)]
         rows[0](), rows[1]()
         assert np.array_equal(c0, c1)
-        whole = _aligned(_cdiv(n, nr) * nr * kb)
+        whole = aligned_empty(_cdiv(n, nr) * nr * kb, np.float32)
         packs = [lambda: _pack_all_b(True, bf, n, k, kb, whole),
                  lambda: _pack_all_b(False, bf, n, k, kb, whole)]
         t = _mins(rows + packs, args.rounds)
