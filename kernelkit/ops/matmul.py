@@ -14,12 +14,14 @@ from typing import Any
 import numpy as np
 
 from .. import arrays, core
+from .. import settings as _settings
 from ..core import Call, Candidate, Config, OpSpec, Plan, Problem
 from ..kernels import check_activation, torch_activations
 from .dispatch import PlanMemo, explain_call, needs_grad, plan_for, signature
 from .verify import f64, normwise_error
 
 OP = "matmul"
+_NDARRAY = np.ndarray
 FLOAT_DTYPES = arrays.FLOAT_DTYPES
 
 
@@ -56,7 +58,13 @@ def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
         >>> kernelkit.matmul(np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)).shape
         (2, 4)
     """
-    sig = signature((a, b, bias), (activation, allow_tf32))
+    if type(a) is _NDARRAY and type(b) is _NDARRAY and bias is None:
+        # two numpy arrays: the generic signature's per-type lookups cost about 0.6 us of a
+        # 2.5 us call on a small product. (No collision with it: its keys hold (type, sig) pairs.)
+        sig = (a.dtype, a.shape, a.strides, b.dtype, b.shape, b.strides, activation,
+               allow_tf32, _settings.token())
+    else:
+        sig = signature((a, b, bias), (activation, allow_tf32))
     plan = _PLANS.get(sig) if sig is not None else None
     if plan is None:
         plan = _PLANS.store(sig, plan_for(prepare(a, b, bias=bias, activation=activation,

@@ -383,3 +383,23 @@ def test_cpu_matmul_stays_with_the_blas_of_the_datas_library():
     assert usable("matmul", (16, 16, 16), "float32", "torch", "numpy")[0] == {"numpy-cpu"}
     assert usable("matmul", (16, 16, 16), "float32", "numpy", "torch")[0] == {"torch-cpu"}
     assert "torch-cpu" in usable("conv2d", (1, 4, 8, 4, 3, 1, 1, 1), "float32", "numpy")[0]
+
+
+def test_numpy_calls_get_a_plan_per_dtype_shape_and_strides(rng):
+    """Two numpy arrays take a cheaper signature than other arrays (ops/matmul.py): it must
+    still tell every dtype, shape and layout apart, and stay apart from other libraries' keys."""
+    from kernelkit.ops import matmul as op
+
+    a, b = rand(rng, (5, 7)), rand(rng, (7, 5))
+    calls = [(a, b), (np.asfortranarray(a), b), (a, b[:, ::-1]), (a.astype(np.float64),
+             b.astype(np.float64)), (a[:, :5], b[:5]), (torch.from_numpy(a), torch.from_numpy(b))]
+    with kernelkit.use(backend="numba"):  # one forced candidate: a plain plan per signature
+        op._PLANS.clear()
+        for x, y in calls:
+            out = kernelkit.matmul(x, y)
+            assert out.dtype == x.dtype and type(out) is type(x)
+            assert_matmul_close(np.asarray(out), np.asarray(x), np.asarray(y))
+        assert len(op._PLANS) == len(calls)
+        for x, y in calls:  # and every call finds its own plan again
+            assert_matmul_close(np.asarray(kernelkit.matmul(x, y)), np.asarray(x), np.asarray(y))
+        assert len(op._PLANS) == len(calls)
