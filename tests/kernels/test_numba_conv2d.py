@@ -633,3 +633,46 @@ def test_shifted_gemm_channel_block_fits_its_taps_in_l1(l1, itemsize, nr, monkey
             assert nc._shift_kc(cg, 16, r, r, 1, itemsize, nr) <= 16
     monkeypatch.setattr(nc, "_l1_bytes", lambda: 48 << 10)
     assert 48 <= nc._shift_kc(512, 1024, 3, 3, 1, 4, 32) <= 96  # the 3x3 layers measured
+
+
+def test_float_geometry_is_kept_per_signature_thread_count_and_knob(monkeypatch):
+    """The forward keeps its geometry per signature (`_float_geometry`): a change of the thread
+    count or of a module knob between two calls of one signature must give the new geometry,
+    never the kept one (the `path` and `kernel` fixtures above rely on it)."""
+    import numba
+
+    from kernelkit.kernels.numba import _conv
+
+    rng = np.random.default_rng(11)
+    case = (2, 16, 12, 12, 16, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    x, w, b = make(case, np.float32, "NCHW", rng)
+    seen = []
+    real_run, real_launch = nc._run, nc._launch
+    monkeypatch.setattr(nc, "_run", lambda fn, tn, *a: seen.append((tn, a[-2][_conv.G_MODE]))
+                        or real_run(fn, tn, *a))
+    monkeypatch.setattr(nc, "_launch", lambda fn, tn, p, *a: seen.append((tn, a[-1][_conv.G_MODE]))
+                        or real_launch(fn, tn, p, *a))
+
+    def run():
+        seen.clear()
+        check(fwd(x, w, b, case, "NCHW"), x, w, b, case, "NCHW")
+        return seen[-1]
+
+    monkeypatch.setattr(nc, "SHIFT_WIDE", True)  # "auto": the shifted GEMM
+    monkeypatch.setattr(nc, "SERIAL_WORK", 1 << 62)
+    assert run() == (1, _conv.MODE_SHIFT)
+    monkeypatch.setattr(nc, "SHIFT_WIDE", False)  # the implicit GEMM on this small plane
+    monkeypatch.setattr(nc, "SHIFT_MIN_PIXELS", 1 << 62)
+    assert run() == (1, _conv.MODE_KP)
+    monkeypatch.setattr(nc, "SERIAL_WORK", 0)
+    threads = numba.get_num_threads()
+    assert run() == (threads, _conv.MODE_KP)
+    if threads > 1:  # (the CI machine has 2 cores)
+        numba.set_num_threads(1)
+        try:
+            assert run() == (1, _conv.MODE_KP)
+        finally:
+            numba.set_num_threads(threads)
+    hits = nc._float_geometry.cache_info().hits
+    run()
+    assert nc._float_geometry.cache_info().hits == hits + 1

@@ -454,11 +454,12 @@ def _shifted(cfg: Conv2dConfig, n: int, ho: int, wo: int, taps: int) -> bool:
     return cfg.kernel == "shift" or _shift_by_default(n, ho, wo, taps)
 
 
-def _in_place(xv, stride, padding) -> bool:
-    """Whether the shifted GEMM reads x where it lies (no padding, stride 1, unit-stride rows
-    that follow each other) rather than from a zero-padded copy."""
-    h, w = xv.shape[2:]
-    sx = [st // xv.itemsize for st in xv.strides]
+def _in_place(xshape: tuple, xstrides: tuple, itemsize: int, stride, padding) -> bool:
+    """Whether the shifted GEMM reads x (NCHW shape, strides in bytes) where it lies (no
+    padding, stride 1, unit-stride rows that follow each other) rather than from a zero-padded
+    copy."""
+    h, w = xshape[2:]
+    sx = [st // itemsize for st in xstrides]
     return (stride[0] == 1 and stride[1] == 1 and not any(padding) and sx[3] == 1
             and (h == 1 or sx[2] == w))
 
@@ -538,6 +539,87 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     geo[_conv.G_LEAD] = lead
     geo[_conv.G_XPOFF] = g * cdiv(kg, mr) * mr * cg * r * s
     return 0 if direct else n * c * pitch + nr
+
+
+@dataclass(frozen=True)
+class _FloatGeometry:
+    """What a float32/float64 forward (not depthwise) derives from the shapes, the input's
+    strides, the options and the config alone; ``_float_geometry`` keeps it per signature.
+    Built per call it took 3.7 us (implicit GEMM) and 7.3 us (shifted GEMM) of a 1 x 8 x 8 x 8
+    3x3 conv's 20-26 us launch (Zen 4, docs/performance.md)."""
+
+    mode: int  # _conv.MODE_PK (NHWC), MODE_SHIFT or MODE_KP (NCHW)
+    geo: np.ndarray  # the kernel's geometry; shared by the signature's calls: copy to write
+    tn: int  # threads
+    wsize: int  # MODE_PK: the packed weight (B); MODE_SHIFT: the packed weight (A)
+    xp_size: int  # MODE_SHIFT: the padded input copy (0: read in place)
+
+
+def _knobs() -> tuple:
+    """The module's knobs that ``_float_geometry`` reads: part of its key, so that a test or a
+    probe that sets one never meets a geometry made under another value."""
+    return (SERIAL_WORK, SHIFT_WIDE, SHIFT_MIN_PIXELS, SHIFT_MIN_PLANE, SHIFT_ROWS_FIRST,
+            SHIFT_KC, SHIFT_SCRATCH, BCOLS_WASTE, SHARED_PAD, _l1_bytes)
+
+
+@functools.lru_cache(maxsize=1024)
+def _float_geometry(xshape: tuple, xstrides: tuple, dtype, wshape: tuple, stride: tuple,
+                    padding: tuple, dilation: tuple, g: int, has_bias: int, act: int,
+                    nhwc: bool, cfg: Conv2dConfig, nthr: int, knobs: tuple) -> _FloatGeometry:
+    """``xshape``/``xstrides``: the input seen as NCHW (bytes); ``nthr``: the threads a call may
+    use (numba.get_num_threads(), which a caller may change between calls); ``knobs``:
+    ``_knobs()``, read here through the module as before."""
+    n, c, h, w = xshape
+    k, cg, r, s = wshape
+    ho, wo = out_size(h, w, r, s, stride, padding, dilation)
+    geo = _geo(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, g)
+    geo[_conv.G_HAS_BIAS] = has_bias
+    geo[_conv.G_ACT] = act
+    mr, nr = tile_shape(dtype)
+    kg = k // g
+    kred = cg * r * s
+    hw = ho * wo
+    tn = nthr if n * hw * k * kred >= SERIAL_WORK else 1
+    geo[_conv.G_KC] = _even(kred, min(cfg.kc, kred), 1)
+    if nhwc:  # MODE_PK: Y (N*HoWo x Kg) = im2col rows (packed A) @ W^T (packed B)
+        m = n * hw
+        msl, nsl = cdiv(m, mr), cdiv(kg, nr)
+        pm = 1 if (g % tn == 0) else min(msl, tn)
+        pn = 1 if g * pm >= tn else min(nsl, cdiv(tn, g * pm))
+        geo[_conv.G_MC] = _even(cdiv(msl, pm) * mr, cfg.mc, mr)
+        geo[_conv.G_NC] = _even(cdiv(nsl, pn) * nr, cfg.nc, nr)
+        geo[_conv.G_PM] = pm
+        geo[_conv.G_PN] = pn
+        geo[_conv.G_MODE] = _conv.MODE_PK
+        return _FloatGeometry(_conv.MODE_PK, geo, tn, g * nsl * nr * kred, 0)
+    if _shifted(cfg, n, ho, wo, r * s):  # MODE_SHIFT
+        xp_size = _shift_geo(geo, _in_place(xshape, xstrides, dtype.itemsize, stride, padding),
+                             dtype.itemsize, cfg, tn, padding, mr, nr)
+        return _FloatGeometry(_conv.MODE_SHIFT, geo, tn, g * cdiv(kg, mr) * mr * kred, xp_size)
+    # MODE_KP: Y_n (Kg x HoWo) = W (read in place) @ im2col panels (packed B)
+    # Small planes whose last sliver per image is mostly empty: the columns run over all
+    # images instead (units are then groups, not (image, group) pairs)
+    bcols = n > 1 and cdiv(hw, nr) * nr > BCOLS_WASTE * hw
+    base = g if bcols else n * g
+    msl, nsl = cdiv(kg, mr), cdiv(n * hw if bcols else hw, nr)
+    if kg > hw:
+        # More weight rows than output pixels (deep layers on small planes): threads split
+        # the weight's rows, so that each reads half of it, not all of it
+        pm = _parts(base, tn, msl)
+        pn = _parts(base * pm, tn, nsl)
+    else:
+        pn = _parts(base, tn, nsl)
+        pm = _parts(base * pn, tn, msl)
+    geo[_conv.G_BCOLS] = int(bcols)
+    geo[_conv.G_MC] = _even(cdiv(msl, pm) * mr, cfg.mc, mr)
+    geo[_conv.G_NC] = _even(cdiv(nsl, pn) * nr, cfg.nc, nr)
+    geo[_conv.G_PM] = pm
+    geo[_conv.G_PN] = pn
+    sx = [st // dtype.itemsize for st in xstrides]
+    geo[_conv.G_PLAIN] = int(r == 1 and s == 1 and stride[0] == 1 and stride[1] == 1
+                             and padding[0] == 0 and padding[2] == 0
+                             and (ho == 1 or sx[2] == wo * sx[3]))
+    return _FloatGeometry(_conv.MODE_KP, geo, tn, 0, 0)
 
 
 # ----------------------------------------------------------------------------------------- forward
@@ -796,65 +878,25 @@ def _conv_float(x, weight, bias, stride, padding, dilation, groups, activation, 
         _run(fns.dw, _dw_threads(work, n * c * h * w), xv, w1, bias, out1, geo)
         return out
 
-    geo = _geo(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, g)
-    geo[_conv.G_HAS_BIAS] = has_bias
-    geo[_conv.G_ACT] = act
-
-    cfg = config or _default(dtype)
-    mr, nr = tile_shape(dtype)
-    kg = k // g
-    kred = cg * r * s
-    hw = ho * wo
-    tn = _threads(n * hw * k * kred)
-    geo[_conv.G_KC] = _even(kred, min(cfg.kc, kred), 1)
-    if nhwc:  # MODE_PK: Y (N*HoWo x Kg) = im2col rows (packed A) @ W^T (packed B)
-        m = n * hw
-        msl, nsl = cdiv(m, mr), cdiv(kg, nr)
-        pm = 1 if (g % tn == 0) else min(msl, tn)
-        pn = 1 if g * pm >= tn else min(nsl, cdiv(tn, g * pm))
-        geo[_conv.G_MC] = _even(cdiv(msl, pm) * mr, cfg.mc, mr)
-        geo[_conv.G_NC] = _even(cdiv(nsl, pn) * nr, cfg.nc, nr)
-        geo[_conv.G_PM] = pm
-        geo[_conv.G_PN] = pn
-        geo[_conv.G_MODE] = _conv.MODE_PK
+    fg = _float_geometry(xv.shape, xv.strides, dtype, weight.shape, tuple(stride),
+                         tuple(padding), tuple(dilation), g, has_bias, act, nhwc,
+                         config or _default(dtype), numba.get_num_threads(), _knobs())
+    tn = fg.tn
+    if fg.mode == _conv.MODE_PK:
         # weight as (K, R, S, Cg): reduction order (r, s, c)
         wsrc = _writable(weight.transpose(0, 2, 3, 1)).reshape(-1)
-        wpack = xpb = _scratch(g * nsl * nr * kred, dtype)
-        pack_tn, keep = _pack_threads(tn, False, wpack.size, 0), None
-    elif _shifted(cfg, n, ho, wo, r * s):  # MODE_SHIFT
-        xp_size = _shift_geo(geo, _in_place(xv, stride, padding), dtype.itemsize, cfg, tn,
-                             padding, mr, nr)
-        wsize = g * cdiv(kg, mr) * mr * kred
-        wpack, xpb, kept, keep = _shift_buffers(weight, wsize, xp_size, dtype, geo)
+        wpack = xpb = _scratch(fg.wsize, dtype)
+        geo, pack_tn, keep = fg.geo, _pack_threads(tn, False, fg.wsize, 0), None
+    elif fg.mode == _conv.MODE_SHIFT:
+        geo = fg.geo.copy()  # _shift_buffers notes the kept pack in it
+        wpack, xpb, kept, keep = _shift_buffers(weight, fg.wsize, fg.xp_size, dtype, geo)
         # packed tap-major from (K, Cg, R, S), unless kept packed
         wsrc = fns.empty if kept else _writable(weight).reshape(-1)
-        pack_tn = _pack_threads(tn, kept, wsize, xp_size)
-    else:  # MODE_KP: Y_n (Kg x HoWo) = W (read in place) @ im2col panels (packed B)
-        # Small planes whose last sliver per image is mostly empty: the columns run over all
-        # images instead (units are then groups, not (image, group) pairs)
-        bcols = n > 1 and cdiv(hw, nr) * nr > BCOLS_WASTE * hw
-        base = g if bcols else n * g
-        msl, nsl = cdiv(kg, mr), cdiv(n * hw if bcols else hw, nr)
-        if kg > hw:
-            # More weight rows than output pixels (deep layers on small planes): threads split
-            # the weight's rows, so that each reads half of it, not all of it
-            pm = _parts(base, tn, msl)
-            pn = _parts(base * pm, tn, nsl)
-        else:
-            pn = _parts(base, tn, nsl)
-            pm = _parts(base * pn, tn, msl)
-        geo[_conv.G_BCOLS] = int(bcols)
-        geo[_conv.G_MC] = _even(cdiv(msl, pm) * mr, cfg.mc, mr)
-        geo[_conv.G_NC] = _even(cdiv(nsl, pn) * nr, cfg.nc, nr)
-        geo[_conv.G_PM] = pm
-        geo[_conv.G_PN] = pn
-        sx = [st // xv.itemsize for st in xv.strides]
-        geo[_conv.G_PLAIN] = int(r == 1 and s == 1 and stride[0] == 1 and stride[1] == 1
-                                 and padding[0] == 0 and padding[2] == 0
-                                 and (ho == 1 or sx[2] == wo * sx[3]))
-        # the weight's rows are the GEMM's A rows, read where they lie: nothing to pack
+        pack_tn = _pack_threads(tn, kept, fg.wsize, fg.xp_size)
+    else:
+        # MODE_KP: the weight's rows are the GEMM's A rows, read where they lie: nothing to pack
         _run(fns.fwd, tn, 1, xv, _writable(weight).reshape(-1), fns.empty, fns.empty, bias,
-             out1, geo, _NO_SYNC)
+             out1, fg.geo, _NO_SYNC)
         return out
     _launch(fns.fwd, tn, pack_tn, xv, wsrc, wpack, xpb, bias, out1, geo)
     if keep is not None:
