@@ -462,6 +462,18 @@ def _element_ov(xf, o, hi, two):
 
 
 PACK_CHUNK = 8  # slivers per weight-packing job
+# Words between the end of one tap's block of the shifted GEMM's packed weight and the start of
+# the next (a cache line). Unpadded, a block (Cg x Kgpad words) is a multiple of 4 KiB for most
+# layers (any Cg a multiple of 256), so the nine taps' slivers that the packing writes, and
+# the micro-kernel reads, side by side fell in the same L1 sets: nine lines for eight ways.
+TAP_PAD = 16
+
+
+@numba.njit(inline="always", **_JIT)
+def tap_stride(cg, kgpad):
+    """Words from one tap's block of the shifted GEMM's packed weight to the next (a group's
+    blocks are R*S such strides long)."""
+    return cg * kgpad + TAP_PAD
 
 
 @numba.njit(inline="always", **_JIT)
@@ -506,7 +518,7 @@ def _scatter_taps(wp, d, stride, wf, o, ntap, two):
 @numba.njit(inline="always", **_JIT)
 def _pack_taps(t, nthr, wf, wp, geo):
     """The shifted GEMM's packed A from the weight as given (``wf``: (K, Cs, R, S) contiguous):
-    per group, tap-major blocks (tap t's at t*Cg*Kgpad), each ``kc`` channels of one tap in MR-row
+    per group, tap-major blocks (tap t's at t * tap_stride), each ``kc`` channels of one tap in MR-row
     slivers (word (p, i) of a sliver at p*MR + i).
 
     Each (row, channel) run of R*S taps is read once and scattered into the taps' blocks. With
@@ -520,8 +532,7 @@ def _pack_taps(t, nthr, wf, wp, geo):
     mr, _ = tile(wp)
     kg = K // G
     kgpad = _cdiv(kg, mr) * mr
-    kred = cq * ntap
-    tap_stride = cq * kgpad
+    tstride = tap_stride(cq, kgpad)
     nsl = kgpad // mr
     npt = _cdiv(cq, kc)
     nch = _cdiv(nsl, PACK_CHUNK)
@@ -533,18 +544,18 @@ def _pack_taps(t, nthr, wf, wp, geo):
         cb = bi * kc
         kb = min(kc, cq - cb)
         for sl in range(ch * PACK_CHUNK, min(nsl, (ch + 1) * PACK_CHUNK)):
-            blk = g * kgpad * kred + cb * kgpad + sl * mr * kb
+            blk = g * ntap * tstride + cb * kgpad + sl * mr * kb
             rows = min(mr, kg - sl * mr)
             for r in range(rows, mr):  # the last sliver's missing rows
                 for q in range(kb):
                     for tp in range(ntap):
-                        wp[_U(blk + q * mr + r + tp * tap_stride)] = zero
+                        wp[_U(blk + q * mr + r + tp * tstride)] = zero
             if pairs and ntap == 9:  # 3x3 bfloat16: a pair at a time over the rows measured
                 for q in range(kb):  # faster than the order below (0.36 vs 0.55 ns a word)
                     c0 = 2 * (cb + q)
                     two = c0 + 1 < cs
                     for r in range(rows):
-                        _scatter_taps(wp, blk + q * mr + r, tap_stride, wf,
+                        _scatter_taps(wp, blk + q * mr + r, tstride, wf,
                                       ((g * kg + sl * mr + r) * cs + c0) * 9, 9, two)
                 continue
             for r in range(rows):  # a row at a time: its channels are read in order
@@ -563,11 +574,11 @@ def _pack_taps(t, nthr, wf, wp, geo):
                     # a constant tap count for 3x3 and 1x1: LLVM unrolls the scatter; with a
                     # runtime count it vectorises it into scatter instructions (5x slower here)
                     if ntap == 9:
-                        _scatter_taps(wp, d, tap_stride, wf, o, 9, two)
+                        _scatter_taps(wp, d, tstride, wf, o, 9, two)
                     elif ntap == 1:
-                        _scatter_taps(wp, d, tap_stride, wf, o, 1, two)
+                        _scatter_taps(wp, d, tstride, wf, o, 1, two)
                     else:
-                        _scatter_taps(wp, d, tap_stride, wf, o, ntap, two)
+                        _scatter_taps(wp, d, tstride, wf, o, ntap, two)
 
 
 # ------------------------------------------------------------------------- the shifted GEMM
@@ -744,9 +755,8 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, bias, c, geo, ct
     cg = geo[G_C] // geo[G_G]
     kg = K // geo[G_G]
     ntap = R * S
-    kred = cg * ntap
     kgpad = _cdiv(kg, mr) * mr
-    a_tap = cg * kgpad  # the packed weight's blocks are tap-major: tap t's at t*cg*kgpad
+    a_tap = tap_stride(cg, kgpad)  # the packed weight's blocks are tap-major
     hw = Ho * Wo
     junk = gw != Wo
     ncpad = _cdiv(nc, nr) * nr
@@ -762,7 +772,7 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, bias, c, geo, ct
             obase = (n * K + g * kg + ic) * hw
             for cb in range(0, cg, kc):
                 kb = min(kc, cg - cb)
-                aoff = g * kgpad * kred + cb * kgpad + ic * kb
+                aoff = g * ntap * a_tap + cb * kgpad + ic * kb
                 boff = plane0 + cb * pstride + jc
                 for jr in range(0, nb, nr):
                     cols = min(nr, nb - jr)

@@ -481,6 +481,12 @@ def _l1_bytes() -> int:
     return _cache_sizes()[1]
 
 
+def _shift_wsize(g: int, kg: int, cg: int, taps: int, mr: int) -> int:
+    """Words of the shifted GEMM's packed weight: per group, ``taps`` tap blocks of Cg x Kg
+    (rows rounded up to MR), ``_conv.tap_stride`` apart."""
+    return g * taps * (cg * cdiv(kg, mr) * mr + _conv.TAP_PAD)
+
+
 def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, padding, mr: int,
                nr: int) -> int:
     """Fill the shifted GEMM's blocking into ``geo`` (sizes already there: geo[G_C] counts the
@@ -537,7 +543,7 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     geo[_conv.G_PHASE] = gh * gw
     geo[_conv.G_DIRECT] = int(direct)
     geo[_conv.G_LEAD] = lead
-    geo[_conv.G_XPOFF] = g * cdiv(kg, mr) * mr * cg * r * s
+    geo[_conv.G_XPOFF] = _shift_wsize(g, kg, cg, r * s, mr)
     return 0 if direct else n * c * pitch + nr
 
 
@@ -595,7 +601,8 @@ def _float_geometry(xshape: tuple, xstrides: tuple, dtype, wshape: tuple, stride
     if _shifted(cfg, n, ho, wo, r * s):  # MODE_SHIFT
         xp_size = _shift_geo(geo, _in_place(xshape, xstrides, dtype.itemsize, stride, padding),
                              dtype.itemsize, cfg, tn, padding, mr, nr)
-        return _FloatGeometry(_conv.MODE_SHIFT, geo, tn, g * cdiv(kg, mr) * mr * kred, xp_size)
+        return _FloatGeometry(_conv.MODE_SHIFT, geo, tn, _shift_wsize(g, kg, cg, r * s, mr),
+                              xp_size)
     # MODE_KP: Y_n (Kg x HoWo) = W (read in place) @ im2col panels (packed B)
     # Small planes whose last sliver per image is mostly empty: the columns run over all
     # images instead (units are then groups, not (image, group) pairs)
@@ -822,7 +829,7 @@ def _conv_pairs(x, weight, bias, stride, padding, dilation, groups, activation,
     tn = _threads(n * ho * wo * k * cg * r * s // 2)
     cfg = config or _default(np.float32)
     xp_size = _shift_geo(geo, False, 4, cfg, tn, padding, mr, nr)
-    wsize = g * cdiv(k // g, mr) * mr * cq * r * s
+    wsize = _shift_wsize(g, k // g, cq, r * s, mr)
     wpack, xpb, kept, keep = _shift_buffers(weight, wsize, xp_size, np.uint32, geo)
     wsrc = np.zeros(0, np.uint16) if kept else _writable(weight).reshape(-1)
     _launch(_pairs_compiled(), tn, _pack_threads(tn, kept, wsize, xp_size), x, wsrc, wpack, xpb,
