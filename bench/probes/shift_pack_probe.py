@@ -16,7 +16,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from kernelkit.kernels.numba import _conv  # noqa: E402
-from kernelkit.kernels.numba.conv2d import _geo, cdiv, tile_shape  # noqa: E402
+from kernelkit.kernels.numba.conv2d import _geo, _shift_wsize, tile_shape  # noqa: E402
 
 
 @numba.njit
@@ -37,7 +37,7 @@ def main() -> int:
             geo[_conv.G_TAPW] = cq
             ws = (rng.integers(0, 1 << 15, k * c * r * r).astype(np.uint16) if pairs
                   else rng.standard_normal(k * c * r * r).astype(np.float32))
-            wp = np.empty(cdiv(k, mr) * mr * cq * r * r, np.uint32 if pairs else np.float32)
+            wp = np.empty(_shift_wsize(1, k, cq, r * r, mr), np.uint32 if pairs else np.float32)
             _pack(ws, wp, geo)
             ts = []
             for _ in range(9):
