@@ -367,8 +367,11 @@ def _aligned(*arrays):
     return [a if a.flags.aligned else np.ascontiguousarray(a) for a in arrays]
 
 
-def _threads(work: int) -> int:
-    nthr = numba.get_num_threads()
+def _threads(work: int, nthr: int | None = None) -> int:
+    """Threads for ``work`` multiply-adds: ``nthr`` (numba.get_num_threads() if None), or one
+    below SERIAL_WORK."""
+    if nthr is None:
+        nthr = numba.get_num_threads()
     return nthr if work >= SERIAL_WORK else 1
 
 
@@ -585,7 +588,7 @@ def _float_geometry(xshape: tuple, xstrides: tuple, dtype, wshape: tuple, stride
     kg = k // g
     kred = cg * r * s
     hw = ho * wo
-    tn = nthr if n * hw * k * kred >= SERIAL_WORK else 1
+    tn = _threads(n * hw * k * kred, nthr)
     geo[_conv.G_KC] = _even(kred, min(cfg.kc, kred), 1)
     if nhwc:  # MODE_PK: Y (N*HoWo x Kg) = im2col rows (packed A) @ W^T (packed B)
         m = n * hw
