@@ -38,8 +38,7 @@ def scratch(size: int, dtype) -> np.ndarray:
         buf = _LOCAL.buf = np.empty(max(nbytes + _ALIGN, grown), np.uint8)
         # its first 64-byte boundary, found once: `.ctypes.data` costs about 1 us a call
         _LOCAL.start = -buf.ctypes.data % _ALIGN
-    start = _LOCAL.start
-    return buf[start:start + nbytes].view(dtype)
+    return _aligned_part(buf, nbytes, dtype, _LOCAL.start)
 
 
 def aligned_empty(size: int, dtype) -> np.ndarray:
@@ -81,9 +80,12 @@ def _torch_empty(size: int, dtype) -> np.ndarray | None:
 _TORCH_DTYPES = {"f": "float32", "d": "float64", "e": "float16", "B": "uint8"}
 
 
-def _aligned_part(buf: np.ndarray, nbytes: int, dtype: np.dtype) -> np.ndarray:
-    """The first ``nbytes`` of byte buffer ``buf`` from a 64-byte boundary, as ``dtype``."""
-    start = -buf.ctypes.data % _ALIGN
+def _aligned_part(buf: np.ndarray, nbytes: int, dtype: np.dtype,
+                  start: int | None = None) -> np.ndarray:
+    """The first ``nbytes`` of byte buffer ``buf`` from a 64-byte boundary (``start`` bytes in,
+    found here when not given), as ``dtype``."""
+    if start is None:
+        start = -buf.ctypes.data % _ALIGN
     return buf[start:start + nbytes].view(dtype)
 
 
