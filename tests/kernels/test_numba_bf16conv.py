@@ -130,6 +130,28 @@ def test_bf16_conv_matches_float64(case, config, poisoned):
 
 
 @needs_bf16_dot
+@pytest.mark.parametrize("config", [None, TINY], ids=["default", "tiny"])
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] > 1 and c[5] * c[6] > 1], ids=_ids)
+def test_bf16_conv_exact_columns_across_images(case, config, poisoned, monkeypatch):
+    """The pairs' shifted GEMM with B packed over exact output columns across the images
+    (``_conv._shift_exact_unit`` on uint32 words), forced on every batch; the geometry says it
+    ran."""
+    from kernelkit.kernels.numba import _conv
+
+    monkeypatch.setattr(nc, "SHIFT_EXACT_WASTE", 0.0)
+    geos = []
+    real_launch = nc._launch
+    monkeypatch.setattr(nc, "_launch", lambda fn, tn, p, *a: geos.append(a[-1].copy())
+                        or real_launch(fn, tn, p, *a))
+    x, w, b = make(case, sum(case[:7]) + 1)
+    run_and_check(bits(x), w, b, case, "relu", config)
+    x[0, 0, 0, 0] = float("nan")
+    x[-1, -1, -1, -1] = float("inf")
+    run_and_check(bits(x), w, None, case, None, config)
+    assert geos and all(g[_conv.G_PACKB] == 1 for g in geos)
+
+
+@needs_bf16_dot
 @pytest.mark.parametrize("case", [CASES[1], CASES[5], CASES[8]], ids=_ids)
 def test_bf16_conv_reads_any_strides(case, poisoned):
     """Channels sliced and reversed, rows transposed: read where they lie."""

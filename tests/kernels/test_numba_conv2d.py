@@ -539,6 +539,79 @@ def test_every_output_element_is_written_on_small_planes(hw, kernel, source, dty
     check(fwd(strided, w, b, case, "NCHW", None, cfg), x, w, b, case, "NCHW")
 
 
+EXACT_CASES = [
+    (3, 19, 7, 7, 13, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),  # slivers cross images, K tail
+    (5, 37, 5, 6, 41, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),  # primes: several blocks
+    (4, 12, 14, 14, 10, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),  # stride phases
+    (3, 8, 9, 7, 12, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2), 2),  # dilation, groups
+    (2, 6, 6, 6, 7, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1),  # x read in place
+    (2, 5, 3, 4, 9, 5, 3, (1, 2), (2, 1, 1, 2), (1, 1), 1),  # 5x3, asymmetric padding
+]
+
+
+def _geo_modes(monkeypatch):
+    """The geometry of every forward launch from here on (a list that fills)."""
+    seen = []
+    real_launch = nc._launch
+    monkeypatch.setattr(nc, "_launch", lambda fn, tn, p, *a: seen.append(a[-1].copy())
+                        or real_launch(fn, tn, p, *a))
+    return seen
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", ["serial", "parallel"])
+@pytest.mark.parametrize("case", EXACT_CASES, ids=_ids)
+def test_shifted_gemm_exact_columns_across_images(case, threads, dtype, monkeypatch):
+    """The shifted GEMM with B packed over exact output columns across the images
+    (``_conv._shift_exact_unit``), forced on every batch: slivers that cross from one image to
+    the next, a last sliver of a few columns, channel and column blocks (TINY and default
+    blocking), weight rows not a multiple of MR, stride phases, dilation, groups, x read in
+    place, bias + relu; contiguous, strided and channel-reversed inputs, into poisoned outputs
+    (an unwritten or doubly accumulated element shows), NaN/Inf in x as torch gives them."""
+    from kernelkit.kernels.numba import _conv
+
+    monkeypatch.setattr(nc, "SHIFT_EXACT_WASTE", 0.0)
+    monkeypatch.setattr(nc, "SERIAL_WORK", 1 << 62 if threads == "serial" else 0)
+    monkeypatch.setattr(nc, "SERIAL_PACK", 1 << 62 if threads == "serial" else 0)
+    rng = np.random.default_rng(sum(case[:5]) + 7)
+    x, w, b = make(case, dtype, "NCHW", rng)
+    fwd(x, w, b, case, "NCHW")  # compiled before numpy's empty is poisoned
+    poison_allocations(monkeypatch)
+    geos = _geo_modes(monkeypatch)
+    for cfg in (dataclasses.replace(TINY[dtype], kernel="shift"),
+                dataclasses.replace(Conv2dConfig.default(dtype), kernel="shift")):
+        check(fwd(x, w, b, case, "NCHW", "relu", cfg), x, w, b, case, "NCHW", "relu")
+        for xx in (view(x, "strided"), np.ascontiguousarray(x[:, ::-1])[:, ::-1]):
+            check(fwd(xx, w, b, case, "NCHW", None, cfg), x, w, b, case, "NCHW")
+    bad = x.copy()
+    flat = bad.reshape(-1)
+    flat[::17] = np.nan
+    flat[3::23] = np.inf
+    check(fwd(bad, w, b, case, "NCHW", None, TINY[dtype]), bad, w, b, case, "NCHW")
+    assert geos and all(g[_conv.G_MODE] == _conv.MODE_SHIFT and g[_conv.G_PACKB] == 1
+                        for g in geos)
+
+
+@pytest.mark.parametrize("n, c, hw, r, stride, exact", [
+    (8, 512, 7, 3, 1, True), (8, 512, 14, 3, 2, True), (8, 256, 14, 3, 1, True),
+    (1, 512, 7, 3, 1, False), (8, 2048, 7, 1, 1, False), (8, 128, 28, 3, 1, False),
+    (8, 64, 56, 3, 1, False)])
+def test_exact_columns_where_the_grid_wastes_slivers(n, c, hw, r, stride, exact):
+    """"auto" packs B over exact columns where the images' grids would take 10% more slivers
+    or more (a batch of 7x7 or 14x14 3x3 outputs: 8x8 and 14x15 grids), not at batch 1 (one
+    image's columns either way), not on 1x1 layers (measured slower), not on large planes."""
+    from kernelkit.kernels.numba import _conv
+
+    x = np.zeros((n, c, hw, hw), np.float32)
+    fg = nc._float_geometry(x.shape, x.strides, x.dtype, (c, c, r, r), (stride, stride),
+                            (r // 2,) * 4, (1, 1), 1, 0, 0, False,
+                            Conv2dConfig.default(np.float32), 2, nc._knobs())
+    assert fg.mode == _conv.MODE_SHIFT
+    assert fg.geo[_conv.G_PACKB] == int(exact)
+    if exact:  # the threads split the columns: each packs only its own B panels
+        assert fg.geo[_conv.G_PN] == 2 and fg.geo[_conv.G_PM] == 1
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", [
     (2, 5, 15, 16, 7, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1),

@@ -83,8 +83,8 @@ _I = np.int64  # _I(0): an int64 argument, not Literal[int](0), so callees compi
 (G_N, G_C, G_H, G_W, G_K, G_R, G_S, G_HO, G_WO, G_SH, G_SW, G_PT, G_PL, G_DH, G_DW, G_G,
  G_MC, G_KC, G_NC, G_PM, G_PN, G_HAS_BIAS, G_ACT, G_PLAIN, G_OSN, G_OSC, G_OSH, G_OSW,
  G_MODE, G_TAPW, G_XPOFF, G_XPITCH, G_GH, G_GW, G_DIRECT, G_BCOLS, G_PHASE, G_PAIRS,
- G_LEAD, G_WPACKED) = range(40)
-GEO_LEN = 40
+ G_LEAD, G_WPACKED, G_PACKB) = range(41)
+GEO_LEN = 41
 # geo[G_MODE] of the forward: the implicit GEMM with NCHW output, with NHWC output, and the
 # shifted GEMM (NCHW output: one GEMM per kernel tap on a shifted view of the input)
 MODE_KP, MODE_PK, MODE_SHIFT = 0, 1, 2
@@ -818,6 +818,100 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, bias, c, geo, ct
 
 
 @numba.njit(inline="always", **_JIT)
+def _pack_b_taps(src, boffs, bo, pstride, cb, kb, toffs, ntap, dst, d0):
+    """One sliver of the exact-column shifted GEMM's packed B: for each channel p of the block
+    and tap t, the NR columns whose grid positions are ``boffs[bo:bo + NR]`` (each an image's
+    plane plus its grid column), shifted by the tap, into ``dst[d0 + (t*kb + p)*NR:]``."""
+    _, nr = tile(dst)
+    for p in range(kb):
+        for tp in range(ntap):
+            o = (cb + p) * pstride + toffs[tp]
+            d = d0 + (tp * kb + p) * nr
+            for e in range(nr):
+                dst[_U(d + e)] = src[_U(boffs[bo + e] + o)]
+
+
+@numba.njit(inline="always", **_JIT)
+def _shift_exact_unit(src, p0, nstride, pstride, g, r0, r1, j0, j1, wp, bias, c, geo, ct, bpan,
+                      boffs, toffs, ttmp):
+    """Output channels [r0, r1) and output columns [j0, j1) of group g, the columns counted
+    over all images one after the other (column j: position j % HoWo of image j // HoWo).
+
+    The shifted GEMM of ``_shift_unit`` computes every column of the input's grid, so on small
+    planes a 7x7 output costs an 8x8 grid (the shared pad column, the pad row folded into the
+    last sliver): 64 columns for 49. Here B is packed instead, from the same source (image n's
+    plane at ``p0 + n*nstride``, channels ``pstride`` apart, tap t at ``toffs[t]``), sliver by
+    sliver of exact output columns across images: 392 columns of a batch of 8 are 13 slivers,
+    not 16. A (channel block, column block) panel is packed once and serves every weight row."""
+    K, Ho, Wo = geo[G_K], geo[G_HO], geo[G_WO]
+    mc, kc, nc = geo[G_MC], geo[G_KC], geo[G_NC]
+    has_bias, act = geo[G_HAS_BIAS] != 0, geo[G_ACT]
+    gw = geo[G_GW]
+    mr, nr = tile(c)
+    cg = geo[G_C] // geo[G_G]
+    kg = K // geo[G_G]
+    ntap = geo[G_R] * geo[G_S]
+    kgpad = _cdiv(kg, mr) * mr
+    a_tap = tap_stride(cg, kgpad)
+    hw = Ho * Wo
+    for jc in range(j0, j1, nc):
+        nb = min(nc, j1 - jc)
+        nsl = _cdiv(nb, nr)
+        for e in range(nsl * nr):  # a last sliver's missing columns read the block's last one
+            j = jc + min(e, nb - 1)
+            n = j // hw
+            pos = j - n * hw
+            oh = pos // Wo
+            boffs[e] = p0 + n * nstride + oh * gw + pos - oh * Wo
+        for cb in range(0, cg, kc):
+            kb = min(kc, cg - cb)
+            sl_words = ntap * kb * nr
+            for tp in range(ntap):
+                ttmp[tp] = tp * kb * nr
+            for sl in range(nsl):
+                _pack_b_taps(src, boffs, sl * nr, pstride, cb, kb, toffs, ntap, bpan,
+                             sl * sl_words)
+            first, last = cb == 0, cb + kb >= cg
+            acc = 0 if first else 1
+            for ic in range(r0, r1, mc):
+                mb = min(mc, r1 - ic)
+                aoff = g * ntap * a_tap + cb * kgpad + ic * kb
+                for sl in range(nsl):
+                    j = jc + sl * nr
+                    cols = min(nr, jc + nb - j)
+                    n0 = j // hw
+                    pos0 = j - n0 * hw
+                    inside = pos0 + cols <= hw
+                    for i0 in range(0, mb, mr):
+                        rows = min(mr, mb - i0)
+                        crow = g * kg + ic + i0
+                        ao = aoff + i0 * kb
+                        if inside and rows == mr and cols == nr:
+                            ukernel_taps(kb, ntap, ttmp, wp, ao, a_tap, bpan, sl * sl_words, nr,
+                                         c, (n0 * K + crow) * hw + pos0, hw, acc)
+                        else:
+                            ukernel_taps(kb, ntap, ttmp, wp, ao, a_tap, bpan, sl * sl_words, nr,
+                                         ct, _I(0), nr, _I(0))
+                            for e in range(cols):
+                                n = (j + e) // hw
+                                o = (n * K + crow) * hw + j + e - n * hw
+                                for i in range(rows):
+                                    if first:
+                                        c[_U(o + i * hw)] = ct[_U(i * nr + e)]
+                                    else:
+                                        c[_U(o + i * hw)] += ct[_U(i * nr + e)]
+                        if last:  # per image the sliver crosses
+                            e = 0
+                            while e < cols:
+                                n = (j + e) // hw
+                                pos = j + e - n * hw
+                                seg = min(hw - pos, cols - e)
+                                epilogue(c, (n * K + crow) * hw + pos, hw, rows, seg, bias,
+                                         has_bias, crow, act, True)
+                                e += seg
+
+
+@numba.njit(inline="always", **_JIT)
 def _fwd_shift(t, nthr, xf, xlo, sx, wp, xpb, bias, c, geo):
     N, C, K, G, Ho, Wo = geo[G_N], geo[G_C], geo[G_K], geo[G_G], geo[G_HO], geo[G_WO]
     mc, nc, pm, pn = geo[G_MC], geo[G_NC], geo[G_PM], geo[G_PN]
@@ -827,7 +921,7 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, xpb, bias, c, geo):
     cg, kg = C // G, K // G
     ncols = (Ho - 1) * gw + Wo  # grid columns that hold an output
     msl, nsl = _cdiv(kg, mr), _cdiv(ncols, nr)
-    units = N * G * pm * pn
+    units = (1 if geo[G_PACKB] != 0 else N) * G * pm * pn
     u0, u1 = _share(t, nthr, units)
     if u1 <= u0:
         return
@@ -842,6 +936,23 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, xpb, bias, c, geo):
         ry, rx = kr * geo[G_DH], (tp - kr * geo[G_S]) * geo[G_DW]
         toffs[tp] = (((ry % sh) * sw + rx % sw) * geo[G_PHASE] + (ry // sh) * gw + rx // sw
                      - geo[G_LEAD])
+    if geo[G_PACKB] != 0:  # exact columns over all images (units: groups and shares)
+        ncols = N * Ho * Wo
+        nsl = _cdiv(ncols, nr)
+        bpan = np.empty(_cdiv(nc, nr) * ntap * geo[G_KC] * nr, wp.dtype)
+        boffs = np.empty(_cdiv(nc, nr) * nr, np.int64)
+        for u in range(u0, u1):
+            pi, mi, g, _ = _unit(u, pn, pm, G)
+            r0, r1 = _split(mi, pm, msl, mr, kg)
+            j0, j1 = _split(pi, pn, nsl, nr, ncols)
+            if geo[G_DIRECT] != 0:
+                _shift_exact_unit(xf, -xlo + g * cg * sxc, sxn, sxc, g, r0, r1, j0, j1, wp, bias,
+                                  c, geo, ct, bpan, boffs, toffs, ttmp)
+            else:
+                ps = geo[G_XPITCH]
+                _shift_exact_unit(xpb, geo[G_XPOFF] + geo[G_LEAD] + g * cg * ps, C * ps, ps, g,
+                                  r0, r1, j0, j1, wp, bias, c, geo, ct, bpan, boffs, toffs, ttmp)
+        return
     junk = gw != Wo
     scr = np.empty((_cdiv(mc, mr) * mr) * (_cdiv(nc, nr) * nr) if junk else 0, c.dtype)
     for u in range(u0, u1):

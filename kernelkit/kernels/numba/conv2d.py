@@ -78,6 +78,10 @@ SHIFT_WIDE = tile_shape(np.float32)[1] >= 32
 SHIFT_ROWS_FIRST = True
 # Deepest reduction block of the shifted GEMM (its B slivers are read in place, not packed).
 SHIFT_KC = 256
+# The shifted GEMM packs B over exact output columns across a batch's images
+# (``_conv._shift_exact_unit``) where computing every image's grid would take this many times
+# the slivers or more (a batch of 7x7 outputs: 64 grid columns per image against 49)
+SHIFT_EXACT_WASTE = 1.1
 # The AMX column conv passes each chunk of image columns over all the weight's rows where the
 # columns outnumber the rows (else each strip of weight rows over all the columns).
 AMX_COLS_BY_CHUNK = True
@@ -479,6 +483,24 @@ def _shift_kc(cg: int, kc: int, r: int, s: int, dw: int, itemsize: int, nr: int)
     return _even(cg, max(1, min(kc, SHIFT_KC, fit, cg)), 1)
 
 
+def _exact_columns(n: int, hw: int, ncols: int, nr: int) -> bool:
+    """Whether the shifted GEMM packs B over exact output columns (``_conv._shift_exact_unit``):
+    a batch whose images' grids (``ncols`` columns each) take SHIFT_EXACT_WASTE times the
+    slivers of its ``n * hw`` outputs or more."""
+    return n > 1 and n * cdiv(ncols, nr) > SHIFT_EXACT_WASTE * cdiv(n * hw, nr)
+
+
+def _exact_kc(cg: int, kc: int, taps: int, itemsize: int, nr: int) -> int:
+    """Channels per block of the exact-column shifted GEMM: a packed B sliver (per channel,
+    ``taps`` rows of NR elements) of up to a quarter of L2. Deep blocks beat slivers that fit
+    L1 here: the micro-kernel's 24 FMA vectors per step leave L2 time to feed B, and each block
+    costs a pass over the C tile. Zen 4, batch 8, 512 channels 3x3 at 7 px, torch / ours from
+    minima, two ad hoc runs: 27 channels (L1) 0.61, 64 0.65; 64 0.65, 128 0.67, 192 0.68, 256
+    0.69 (this rule: 171 with a 1 MiB L2)."""
+    fit = max(8, _cache_sizes()[2] // 4 // (taps * nr * itemsize))
+    return _even(cg, max(1, min(kc, fit, cg)), 1)
+
+
 @functools.cache
 def _l1_bytes() -> int:
     return _cache_sizes()[1]
@@ -512,7 +534,16 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
         gw = max(w + max(padding[2], padding[3]), wo)  # a row holds the output's row
     ncols = (ho - 1) * gw + wo
     msl, nsl = cdiv(kg, mr), cdiv(ncols, nr)
-    if SHIFT_ROWS_FIRST and kg > ncols:
+    # (not 1x1: read in place, their grid wastes no junk column, and packed B measured slower
+    # there: Zen 4, batch 8, 2048->512 and 512->2048 at 7 px, 0.79-0.84 -> 0.70-0.82 of torch)
+    exact = r * s > 1 and _exact_columns(n, ho * wo, ncols, nr)
+    if exact:
+        # Columns over all images: threads split them first (each packs only its own B
+        # panels, and streams the weight once per column block)
+        nsl = cdiv(n * ho * wo, nr)
+        pn = _parts(g, tn, nsl)
+        pm = _parts(g * pn, tn, msl)
+    elif SHIFT_ROWS_FIRST and kg > ncols:
         # More weight rows than grid columns (deep layers on small planes): threads split the
         # weight's rows, so each streams half of it and reuses it over every column sliver,
         # instead of each streaming all of it for its half of a few slivers
@@ -523,7 +554,7 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
         pm = _parts(n * g * pn, tn, msl)
     mc = _even(cdiv(msl, pm) * mr, cfg.mc, mr)
     nc = cfg.nc
-    if gw != wo:  # the tiles go to a scratch of mc x nc per thread: keep it in L2
+    if gw != wo and not exact:  # the tiles go to a scratch of mc x nc per thread: keep it in L2
         nc = min(nc, max(nr, SHIFT_SCRATCH // (cdiv(mc, mr) * mr) // nr * nr))
     # Planes of the padded copy start a cache line apart and an odd number of lines apart, so
     # that a B sliver (the same columns of kc planes) spreads over every set of L1 instead of
@@ -535,7 +566,9 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
         pitch += line
     geo[_conv.G_XPITCH] = pitch
     geo[_conv.G_MODE] = _conv.MODE_SHIFT
-    geo[_conv.G_KC] = _shift_kc(cg, cfg.kc, r, s, int(geo[_conv.G_DW]), itemsize, nr)
+    geo[_conv.G_KC] = (_exact_kc(cg, cfg.kc, r * s, itemsize, nr) if exact else
+                       _shift_kc(cg, cfg.kc, r, s, int(geo[_conv.G_DW]), itemsize, nr))
+    geo[_conv.G_PACKB] = int(exact)
     geo[_conv.G_TAPW] = cg
     geo[_conv.G_MC] = mc
     geo[_conv.G_NC] = _even(cdiv(nsl, pn) * nr, nc, nr)
@@ -568,7 +601,7 @@ def _knobs() -> tuple:
     """The module's knobs that ``_float_geometry`` reads: part of its key, so that a test or a
     probe that sets one never meets a geometry made under another value."""
     return (SERIAL_WORK, SHIFT_WIDE, SHIFT_MIN_PIXELS, SHIFT_MIN_PLANE, SHIFT_ROWS_FIRST,
-            SHIFT_KC, SHIFT_SCRATCH, BCOLS_WASTE, SHARED_PAD, _l1_bytes)
+            SHIFT_KC, SHIFT_SCRATCH, BCOLS_WASTE, SHARED_PAD, SHIFT_EXACT_WASTE, _l1_bytes)
 
 
 @functools.lru_cache(maxsize=1024)
