@@ -593,23 +593,29 @@ def test_shifted_gemm_exact_columns_across_images(case, threads, dtype, monkeypa
 
 
 @pytest.mark.parametrize("n, c, hw, r, stride, exact", [
-    (8, 512, 7, 3, 1, True), (8, 512, 14, 3, 2, True), (8, 256, 14, 3, 1, True),
+    (8, 512, 7, 3, 1, True), (8, 512, 14, 3, 2, True), (8, 256, 14, 3, 1, False),
     (1, 512, 7, 3, 1, False), (8, 2048, 7, 1, 1, False), (8, 128, 28, 3, 1, False),
     (8, 64, 56, 3, 1, False)])
 def test_exact_columns_where_the_grid_wastes_slivers(n, c, hw, r, stride, exact):
-    """"auto" packs B over exact columns where the images' grids would take 10% more slivers
-    or more (a batch of 7x7 or 14x14 3x3 outputs: 8x8 and 14x15 grids), not at batch 1 (one
-    image's columns either way), not on 1x1 layers (measured slower), not on large planes."""
+    """The shifted GEMM packs B over exact columns where the images' grids would take 20% more
+    slivers or more (a batch of 7x7 3x3 outputs: 8x8 grids), not on 14x14 ones (14x15 grids),
+    not at batch 1 (one image's columns either way), not on 1x1 layers (measured slower), not
+    on large planes."""
     from kernelkit.kernels.numba import _conv
 
     x = np.zeros((n, c, hw, hw), np.float32)
     fg = nc._float_geometry(x.shape, x.strides, x.dtype, (c, c, r, r), (stride, stride),
                             (r // 2,) * 4, (1, 1), 1, 0, 0, False,
-                            Conv2dConfig.default(np.float32), 2, nc._knobs())
+                            dataclasses.replace(Conv2dConfig.default(np.float32), kernel="shift"),
+                            2, nc._knobs())
     assert fg.mode == _conv.MODE_SHIFT
     assert fg.geo[_conv.G_PACKB] == int(exact)
-    if exact:  # the threads split the columns: each packs only its own B panels
-        assert fg.geo[_conv.G_PN] == 2 and fg.geo[_conv.G_PM] == 1
+    if exact:  # B is packed whole and shared: two threads split the rows where they
+        # outnumber the columns (even shares of 12-row slivers), else the columns
+        rows_first = c > n * (hw // stride) ** 2
+        assert (fg.geo[_conv.G_PM], fg.geo[_conv.G_PN]) == ((2, 1) if rows_first else (1, 2))
+        nr = nc.tile_shape(np.float32)[1]
+        assert fg.xp_size == c * r * r * -(-n * (hw // stride) ** 2 // nr) * nr
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -818,35 +818,94 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, bias, c, geo, ct
 
 
 @numba.njit(inline="always", **_JIT)
-def _pack_b_taps(src, boffs, bo, pstride, cb, kb, toffs, ntap, dst, d0):
-    """One sliver of the exact-column shifted GEMM's packed B: for each channel p of the block
-    and tap t, the NR columns whose grid positions are ``boffs[bo:bo + NR]`` (each an image's
-    plane plus its grid column), shifted by the tap, into ``dst[d0 + (t*kb + p)*NR:]``."""
-    _, nr = tile(dst)
-    for p in range(kb):
+def _pack_b_exact(t, nthr, xf, xlo, sx, bp, geo):
+    """The exact-column shifted GEMM's B, whole, from x as given (``_conv._shift_exact_unit``
+    reads it): for group g, channel block cb (kb channels), sliver sl of output columns over
+    all images (column j: position j % HoWo of image j // HoWo), tap t and channel p, the NR
+    inputs under tap t at ``bp[geo[G_XPOFF] + (g*C_g*nsl + cb*nsl + sl*kb) * taps * NR
+    + (t*kb + p) * NR]``; zero where the tap falls in the padding or the column is past the
+    last. Jobs are (group, block, sliver) triples, so both threads pack and neither packs twice.
+    Per tap, each column's offset in x and whether it lies inside are found once for all the
+    block's channels; a channel's NR words are then a gather (copying a sliver's runs of one
+    row each instead, with the padding's zeros around them, took 1.7x as long on Zen 4).
+
+    geo[G_PAIRS] > 0: x is bfloat16 bits and a word is the uint32 pair of channels 2p, 2p + 1
+    (``_element``), as in ``_pad_planes``."""
+    N, H, W, R, S, Ho, Wo, G = (geo[G_N], geo[G_H], geo[G_W], geo[G_R], geo[G_S], geo[G_HO],
+                                geo[G_WO], geo[G_G])
+    sh, sw, pt, pl, dh, dw = _window(geo)
+    sxn, sxc, sxh, sxw = sx
+    kc = geo[G_KC]
+    cq = geo[G_C] // G  # channel words per group
+    cgs = geo[G_PAIRS]
+    pairs = cgs > 0
+    _, nr = tile(bp)
+    ntap = R * S
+    hw = Ho * Wo
+    ncols = N * hw
+    nsl = _cdiv(ncols, nr)
+    nblk = _cdiv(cq, kc)
+    zero = bp.dtype.type(0)
+    offs = np.empty(nr, np.int64)
+    valid = np.empty(nr, np.bool_)
+    ih0 = np.empty(nr, np.int64)
+    iw0 = np.empty(nr, np.int64)
+    nof = np.empty(nr, np.int64)
+    j0, j1 = _share(t, nthr, G * nblk * nsl)
+    for job in range(j0, j1):
+        sl = job % nsl
+        rest = job // nsl
+        bi = rest % nblk
+        g = rest // nblk
+        cb = bi * kc
+        kb = min(kc, cq - cb)
+        cols = min(nr, ncols - sl * nr)
+        for e in range(nr):
+            j = sl * nr + min(e, cols - 1)
+            n = j // hw
+            pos = j - n * hw
+            oh = pos // Wo
+            ih0[e] = oh * sh - pt
+            iw0[e] = (pos - oh * Wo) * sw - pl
+            nof[e] = n * sxn
+        d0 = geo[G_XPOFF] + ((g * cq + cb) * nsl + sl * kb) * ntap * nr
         for tp in range(ntap):
-            o = (cb + p) * pstride + toffs[tp]
-            d = d0 + (tp * kb + p) * nr
+            kr = tp // S
+            ks = tp - kr * S
             for e in range(nr):
-                dst[_U(d + e)] = src[_U(boffs[bo + e] + o)]
+                ih = ih0[e] + kr * dh
+                iw = iw0[e] + ks * dw
+                ok = e < cols and 0 <= ih < H and 0 <= iw < W
+                valid[e] = ok
+                offs[e] = nof[e] + ih * sxh + iw * sxw if ok else 0
+            for p in range(kb):
+                if pairs:
+                    c0 = 2 * (cb + p)
+                    two = c0 + 1 < cgs
+                    base = -xlo + (g * cgs + c0) * sxc
+                else:
+                    two = False
+                    base = -xlo + (g * cq + cb + p) * sxc
+                d = d0 + (tp * kb + p) * nr
+                for e in range(nr):
+                    v = _element(xf, base + offs[e], sxc, two)
+                    bp[_U(d + e)] = v if valid[e] else zero
 
 
 @numba.njit(inline="always", **_JIT)
-def _shift_exact_unit(src, p0, nstride, pstride, g, r0, r1, j0, j1, wp, bias, c, geo, ct, bpan,
-                      boffs, toffs, ttmp):
+def _shift_exact_unit(bp, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp):
     """Output channels [r0, r1) and output columns [j0, j1) of group g, the columns counted
     over all images one after the other (column j: position j % HoWo of image j // HoWo).
 
     The shifted GEMM of ``_shift_unit`` computes every column of the input's grid, so on small
     planes a 7x7 output costs an 8x8 grid (the shared pad column, the pad row folded into the
-    last sliver): 64 columns for 49. Here B is packed instead, from the same source (image n's
-    plane at ``p0 + n*nstride``, channels ``pstride`` apart, tap t at ``toffs[t]``), sliver by
-    sliver of exact output columns across images: 392 columns of a batch of 8 are 13 slivers,
-    not 16. A (channel block, column block) panel is packed once and serves every weight row."""
+    last sliver): 64 columns for 49. Here B was packed whole in the packing phase
+    (``_pack_b_exact``), sliver by sliver of exact output columns across the images: 392
+    columns of a batch of 8 are 13 slivers, not 16, and threads may split the weight's rows
+    evenly without packing B twice."""
     K, Ho, Wo = geo[G_K], geo[G_HO], geo[G_WO]
     mc, kc, nc = geo[G_MC], geo[G_KC], geo[G_NC]
     has_bias, act = geo[G_HAS_BIAS] != 0, geo[G_ACT]
-    gw = geo[G_GW]
     mr, nr = tile(c)
     cg = geo[G_C] // geo[G_G]
     kg = K // geo[G_G]
@@ -854,31 +913,23 @@ def _shift_exact_unit(src, p0, nstride, pstride, g, r0, r1, j0, j1, wp, bias, c,
     kgpad = _cdiv(kg, mr) * mr
     a_tap = tap_stride(cg, kgpad)
     hw = Ho * Wo
+    nsl = _cdiv(geo[G_N] * hw, nr)
     for jc in range(j0, j1, nc):
         nb = min(nc, j1 - jc)
-        nsl = _cdiv(nb, nr)
-        for e in range(nsl * nr):  # a last sliver's missing columns read the block's last one
-            j = jc + min(e, nb - 1)
-            n = j // hw
-            pos = j - n * hw
-            oh = pos // Wo
-            boffs[e] = p0 + n * nstride + oh * gw + pos - oh * Wo
         for cb in range(0, cg, kc):
             kb = min(kc, cg - cb)
             sl_words = ntap * kb * nr
+            bblk = geo[G_XPOFF] + (g * cg + cb) * nsl * ntap * nr
             for tp in range(ntap):
                 ttmp[tp] = tp * kb * nr
-            for sl in range(nsl):
-                _pack_b_taps(src, boffs, sl * nr, pstride, cb, kb, toffs, ntap, bpan,
-                             sl * sl_words)
             first, last = cb == 0, cb + kb >= cg
             acc = 0 if first else 1
             for ic in range(r0, r1, mc):
                 mb = min(mc, r1 - ic)
                 aoff = g * ntap * a_tap + cb * kgpad + ic * kb
-                for sl in range(nsl):
-                    j = jc + sl * nr
+                for j in range(jc, jc + nb, nr):
                     cols = min(nr, jc + nb - j)
+                    bo = bblk + (j // nr) * sl_words
                     n0 = j // hw
                     pos0 = j - n0 * hw
                     inside = pos0 + cols <= hw
@@ -887,11 +938,11 @@ def _shift_exact_unit(src, p0, nstride, pstride, g, r0, r1, j0, j1, wp, bias, c,
                         crow = g * kg + ic + i0
                         ao = aoff + i0 * kb
                         if inside and rows == mr and cols == nr:
-                            ukernel_taps(kb, ntap, ttmp, wp, ao, a_tap, bpan, sl * sl_words, nr,
-                                         c, (n0 * K + crow) * hw + pos0, hw, acc)
+                            ukernel_taps(kb, ntap, ttmp, wp, ao, a_tap, bp, bo, nr, c,
+                                         (n0 * K + crow) * hw + pos0, hw, acc)
                         else:
-                            ukernel_taps(kb, ntap, ttmp, wp, ao, a_tap, bpan, sl * sl_words, nr,
-                                         ct, _I(0), nr, _I(0))
+                            ukernel_taps(kb, ntap, ttmp, wp, ao, a_tap, bp, bo, nr, ct, _I(0),
+                                         nr, _I(0))
                             for e in range(cols):
                                 n = (j + e) // hw
                                 o = (n * K + crow) * hw + j + e - n * hw
@@ -927,32 +978,24 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, xpb, bias, c, geo):
         return
     ct = np.empty(mr * nr, c.dtype)
     ntap = geo[G_R] * geo[G_S]
+    ttmp = np.empty(ntap, np.int64)
+    if geo[G_PACKB] != 0:  # exact columns over all images (units: groups and shares)
+        ncols = N * Ho * Wo
+        nsl = _cdiv(ncols, nr)
+        for u in range(u0, u1):
+            pi, mi, g, _ = _unit(u, pn, pm, G)
+            r0, r1 = _split(mi, pm, msl, mr, kg)
+            j0, j1 = _split(pi, pn, nsl, nr, ncols)
+            _shift_exact_unit(xpb, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp)
+        return
     tmpb = np.empty(ntap * geo[G_KC] * nr, wp.dtype)
     toffs = np.empty(ntap, np.int64)
-    ttmp = np.empty(ntap, np.int64)
     sh, sw = geo[G_SH], geo[G_SW]
     for tp in range(ntap):  # tap (kr, ks): a shift within stride phase (ry % sh, rx % sw)
         kr = tp // geo[G_S]
         ry, rx = kr * geo[G_DH], (tp - kr * geo[G_S]) * geo[G_DW]
         toffs[tp] = (((ry % sh) * sw + rx % sw) * geo[G_PHASE] + (ry // sh) * gw + rx // sw
                      - geo[G_LEAD])
-    if geo[G_PACKB] != 0:  # exact columns over all images (units: groups and shares)
-        ncols = N * Ho * Wo
-        nsl = _cdiv(ncols, nr)
-        bpan = np.empty(_cdiv(nc, nr) * ntap * geo[G_KC] * nr, wp.dtype)
-        boffs = np.empty(_cdiv(nc, nr) * nr, np.int64)
-        for u in range(u0, u1):
-            pi, mi, g, _ = _unit(u, pn, pm, G)
-            r0, r1 = _split(mi, pm, msl, mr, kg)
-            j0, j1 = _split(pi, pn, nsl, nr, ncols)
-            if geo[G_DIRECT] != 0:
-                _shift_exact_unit(xf, -xlo + g * cg * sxc, sxn, sxc, g, r0, r1, j0, j1, wp, bias,
-                                  c, geo, ct, bpan, boffs, toffs, ttmp)
-            else:
-                ps = geo[G_XPITCH]
-                _shift_exact_unit(xpb, geo[G_XPOFF] + geo[G_LEAD] + g * cg * ps, C * ps, ps, g,
-                                  r0, r1, j0, j1, wp, bias, c, geo, ct, bpan, boffs, toffs, ttmp)
-        return
     junk = gw != Wo
     scr = np.empty((_cdiv(mc, mr) * mr) * (_cdiv(nc, nr) * nr) if junk else 0, c.dtype)
     for u in range(u0, u1):
@@ -1673,7 +1716,9 @@ def fwd(t, nthr, phase, x4, wsrc, wp, xpb, bias, out1, geo, sync):
             _pack_w(t, nthr, wsrc, wp, geo)
         elif mode == MODE_SHIFT and geo[G_WPACKED] == 0:
             _pack_taps(t, nthr, wsrc, wp, geo)
-        if mode == MODE_SHIFT and geo[G_DIRECT] == 0:
+        if mode == MODE_SHIFT and geo[G_PACKB] != 0:
+            _pack_b_exact(t, nthr, xf, xlo, sx, xpb, geo)
+        elif mode == MODE_SHIFT and geo[G_DIRECT] == 0:
             _pad_planes(t, nthr, xf, xlo, sx, xpb, geo)
         if phase == 0 or not barrier(sync, nthr):
             return
@@ -1697,7 +1742,10 @@ def fwd_pairs(t, nthr, phase, x4, wsrc, wp, xpb, bias, out1, geo, sync):
     if phase != 1:
         if geo[G_WPACKED] == 0:
             _pack_taps(t, nthr, wsrc, wp, geo)
-        _pad_planes(t, nthr, xf, xlo, sx, xpb, geo)
+        if geo[G_PACKB] != 0:
+            _pack_b_exact(t, nthr, xf, xlo, sx, xpb, geo)
+        else:
+            _pad_planes(t, nthr, xf, xlo, sx, xpb, geo)
         if phase == 0 or not barrier(sync, nthr):
             return
     # B is always the padded copy in xpb (never x in place: x holds single channels, not pairs),

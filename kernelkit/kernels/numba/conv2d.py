@@ -80,8 +80,10 @@ SHIFT_ROWS_FIRST = True
 SHIFT_KC = 256
 # The shifted GEMM packs B over exact output columns across a batch's images
 # (``_conv._shift_exact_unit``) where computing every image's grid would take this many times
-# the slivers or more (a batch of 7x7 outputs: 64 grid columns per image against 49)
-SHIFT_EXACT_WASTE = 1.1
+# the slivers or more: a batch of 7x7 outputs (8x8 grids: 1.23), not of 14x14 (14x15 grids:
+# 1.14, where packing B, nine words per input, cost more than the slivers saved: Zen 4, batch
+# 8, 256 channels, 11.5 -> 13.1 ms)
+SHIFT_EXACT_WASTE = 1.2
 # The AMX column conv passes each chunk of image columns over all the weight's rows where the
 # columns outnumber the rows (else each strip of weight rows over all the columns).
 AMX_COLS_BY_CHUNK = True
@@ -536,14 +538,9 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     msl, nsl = cdiv(kg, mr), cdiv(ncols, nr)
     # (not 1x1: read in place, their grid wastes no junk column, and packed B measured slower
     # there: Zen 4, batch 8, 2048->512 and 512->2048 at 7 px, 0.79-0.84 -> 0.70-0.82 of torch)
-    exact = r * s > 1 and _exact_columns(n, ho * wo, ncols, nr)
-    if exact:
-        # Columns over all images: threads split them first (each packs only its own B
-        # panels, and streams the weight once per column block)
-        nsl = cdiv(n * ho * wo, nr)
-        pn = _parts(g, tn, nsl)
-        pm = _parts(g * pn, tn, msl)
-    elif SHIFT_ROWS_FIRST and kg > ncols:
+    if r * s > 1 and _exact_columns(n, ho * wo, ncols, nr):
+        return _exact_geo(geo, itemsize, cfg, tn, mr, nr)
+    if SHIFT_ROWS_FIRST and kg > ncols:
         # More weight rows than grid columns (deep layers on small planes): threads split the
         # weight's rows, so each streams half of it and reuses it over every column sliver,
         # instead of each streaming all of it for its half of a few slivers
@@ -554,7 +551,7 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
         pm = _parts(n * g * pn, tn, msl)
     mc = _even(cdiv(msl, pm) * mr, cfg.mc, mr)
     nc = cfg.nc
-    if gw != wo and not exact:  # the tiles go to a scratch of mc x nc per thread: keep it in L2
+    if gw != wo:  # the tiles go to a scratch of mc x nc per thread: keep it in L2
         nc = min(nc, max(nr, SHIFT_SCRATCH // (cdiv(mc, mr) * mr) // nr * nr))
     # Planes of the padded copy start a cache line apart and an odd number of lines apart, so
     # that a B sliver (the same columns of kc planes) spreads over every set of L1 instead of
@@ -566,9 +563,7 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
         pitch += line
     geo[_conv.G_XPITCH] = pitch
     geo[_conv.G_MODE] = _conv.MODE_SHIFT
-    geo[_conv.G_KC] = (_exact_kc(cg, cfg.kc, r * s, itemsize, nr) if exact else
-                       _shift_kc(cg, cfg.kc, r, s, int(geo[_conv.G_DW]), itemsize, nr))
-    geo[_conv.G_PACKB] = int(exact)
+    geo[_conv.G_KC] = _shift_kc(cg, cfg.kc, r, s, int(geo[_conv.G_DW]), itemsize, nr)
     geo[_conv.G_TAPW] = cg
     geo[_conv.G_MC] = mc
     geo[_conv.G_NC] = _even(cdiv(nsl, pn) * nr, nc, nr)
@@ -581,6 +576,36 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     geo[_conv.G_LEAD] = lead
     geo[_conv.G_XPOFF] = _shift_wsize(g, kg, cg, r * s, mr)
     return 0 if direct else n * c * pitch + nr
+
+
+def _exact_geo(geo, itemsize: int, cfg: Conv2dConfig, tn: int, mr: int, nr: int) -> int:
+    """``_shift_geo`` for the exact-column shifted GEMM (``_conv._shift_exact_unit``): B packed
+    whole in the packing phase (``_conv._pack_b_exact``) instead of the padded copy; its size."""
+    n, c, k, r, s, ho, wo = (int(v) for v in geo[[_conv.G_N, _conv.G_C, _conv.G_K, _conv.G_R,
+                                                  _conv.G_S, _conv.G_HO, _conv.G_WO]])
+    g = int(geo[_conv.G_G])
+    cg, kg = c // g, k // g
+    ncols = n * ho * wo
+    msl, nsl = cdiv(kg, mr), cdiv(ncols, nr)
+    if SHIFT_ROWS_FIRST and kg > ncols:
+        # threads split the weight's rows: B is shared, so neither packs it twice, and the
+        # rows split evenly where 13 slivers of columns would split 7 / 6
+        pm = _parts(g, tn, msl)
+        pn = _parts(g * pm, tn, nsl)
+    else:
+        pn = _parts(g, tn, nsl)
+        pm = _parts(g * pn, tn, msl)
+    geo[_conv.G_MODE] = _conv.MODE_SHIFT
+    geo[_conv.G_PACKB] = 1
+    geo[_conv.G_DIRECT] = 0
+    geo[_conv.G_KC] = _exact_kc(cg, cfg.kc, r * s, itemsize, nr)
+    geo[_conv.G_TAPW] = cg
+    geo[_conv.G_MC] = _even(cdiv(msl, pm) * mr, cfg.mc, mr)
+    geo[_conv.G_NC] = _even(cdiv(nsl, pn) * nr, cfg.nc, nr)
+    geo[_conv.G_PM] = pm
+    geo[_conv.G_PN] = pn
+    geo[_conv.G_XPOFF] = _shift_wsize(g, kg, cg, r * s, mr)
+    return c * r * s * nsl * nr
 
 
 @dataclass(frozen=True)
