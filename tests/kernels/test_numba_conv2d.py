@@ -546,6 +546,9 @@ EXACT_CASES = [
     (3, 8, 9, 7, 12, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2), 2),  # dilation, groups
     (2, 6, 6, 6, 7, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1),  # x read in place
     (2, 5, 3, 4, 9, 5, 3, (1, 2), (2, 1, 1, 2), (1, 1), 1),  # 5x3, asymmetric padding
+    (3, 17, 7, 9, 19, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 1x1
+    (2, 16, 9, 9, 20, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1),  # 1x1 stride 2
+    (2, 8, 6, 6, 8, 1, 1, (1, 1), (1, 0, 1, 0), (1, 1), 2),  # 1x1 padded, groups
 ]
 
 
@@ -594,13 +597,13 @@ def test_shifted_gemm_exact_columns_across_images(case, threads, dtype, monkeypa
 
 @pytest.mark.parametrize("n, c, hw, r, stride, exact", [
     (8, 512, 7, 3, 1, True), (8, 512, 14, 3, 2, True), (8, 256, 14, 3, 1, False),
-    (1, 512, 7, 3, 1, False), (8, 2048, 7, 1, 1, False), (8, 128, 28, 3, 1, False),
+    (1, 512, 7, 3, 1, False), (8, 2048, 7, 1, 1, True), (8, 1024, 14, 1, 2, True),
+    (8, 1024, 14, 1, 1, False), (8, 128, 28, 3, 1, False),
     (8, 64, 56, 3, 1, False)])
 def test_exact_columns_where_the_grid_wastes_slivers(n, c, hw, r, stride, exact):
     """The shifted GEMM packs B over exact columns where the images' grids would take 20% more
     slivers or more (a batch of 7x7 3x3 outputs: 8x8 grids), not on 14x14 ones (14x15 grids),
-    not at batch 1 (one image's columns either way), not on 1x1 layers (measured slower), not
-    on large planes."""
+    not at batch 1 (one image's columns either way), not on large planes; 1x1 layers alike."""
     from kernelkit.kernels.numba import _conv
 
     x = np.zeros((n, c, hw, hw), np.float32)

@@ -82,7 +82,8 @@ SHIFT_KC = 256
 # (``_conv._shift_exact_unit``) where computing every image's grid would take this many times
 # the slivers or more: a batch of 7x7 outputs (8x8 grids: 1.23), not of 14x14 (14x15 grids:
 # 1.14, where packing B, nine words per input, cost more than the slivers saved: Zen 4, batch
-# 8, 256 channels, 11.5 -> 13.1 ms)
+# 8, 256 channels, 11.5 -> 13.1 ms). 1x1 layers too: a batch of 8 at 7 px (2048 -> 512,
+# 512 -> 2048, 1024 -> 2048 stride 2) 0.77-0.81 -> 0.84-0.96 of torch (ad hoc, one run, minima).
 SHIFT_EXACT_WASTE = 1.2
 # The AMX column conv passes each chunk of image columns over all the weight's rows where the
 # columns outnumber the rows (else each strip of weight rows over all the columns).
@@ -536,9 +537,7 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
         gw = max(w + max(padding[2], padding[3]), wo)  # a row holds the output's row
     ncols = (ho - 1) * gw + wo
     msl, nsl = cdiv(kg, mr), cdiv(ncols, nr)
-    # (not 1x1: read in place, their grid wastes no junk column, and packed B measured slower
-    # there: Zen 4, batch 8, 2048->512 and 512->2048 at 7 px, 0.79-0.84 -> 0.70-0.82 of torch)
-    if r * s > 1 and _exact_columns(n, ho * wo, ncols, nr):
+    if _exact_columns(n, ho * wo, ncols, nr):
         return _exact_geo(geo, itemsize, cfg, tn, mr, nr)
     if SHIFT_ROWS_FIRST and kg > ncols:
         # More weight rows than grid columns (deep layers on small planes): threads split the
