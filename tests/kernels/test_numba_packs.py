@@ -185,3 +185,23 @@ def test_bfloat16_pairs_kept_and_changes_seen():
         wb.neg_()
     c = _conv(xb, wb)
     assert torch.equal(c, -a)
+
+
+def test_kept_weight_beside_the_exact_columns_packed_b(monkeypatch):
+    """A batch of small planes runs the shifted GEMM over exact columns, whose whole packed B
+    then has a scratch of its own beside the kept weight: right on the packing call and on the
+    kept ones, a fresh input each time."""
+    from kernelkit.kernels.numba import _conv as kconv
+
+    monkeypatch.setattr(nconv, "SHIFT_WIDE", True)  # "auto": the shifted GEMM on any CPU
+    monkeypatch.setattr(nconv, "SHIFT_EXACT_WASTE", 0.0)
+    geos = []
+    real = nconv._launch
+    monkeypatch.setattr(nconv, "_launch", lambda fn, tn, p, *a: geos.append(a[-1].copy())
+                        or real(fn, tn, p, *a))
+    _, w = _tensors(n=5, hw=7)
+    for _ in range(3):
+        x = torch.from_numpy(RNG.standard_normal((5, 24, 7, 7), dtype=np.float32))
+        _check(_conv(x, w), x, w)
+    assert len(_packs._ENTRIES) == 1
+    assert [(g[kconv.G_PACKB], g[kconv.G_WPACKED]) for g in geos] == [(1, 0), (1, 1), (1, 1)]
