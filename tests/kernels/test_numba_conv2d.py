@@ -603,7 +603,8 @@ def test_shifted_gemm_exact_columns_across_images(case, threads, dtype, monkeypa
 def test_exact_columns_where_the_grid_wastes_slivers(n, c, hw, r, stride, exact):
     """The shifted GEMM packs B over exact columns where the images' grids would take 20% more
     slivers or more (a batch of 7x7 3x3 outputs: 8x8 grids), not on 14x14 ones (14x15 grids),
-    not at batch 1 (one image's columns either way), not on large planes; 1x1 layers alike."""
+    not at batch 1 (one image's columns either way), not on large planes, not where the packed
+    B would pass SHIFT_EXACT_MAX_BYTES; 1x1 layers alike."""
     from kernelkit.kernels.numba import _conv
 
     x = np.zeros((n, c, hw, hw), np.float32)
@@ -613,6 +614,14 @@ def test_exact_columns_where_the_grid_wastes_slivers(n, c, hw, r, stride, exact)
                             2, nc._knobs())
     assert fg.mode == _conv.MODE_SHIFT
     assert fg.geo[_conv.G_PACKB] == int(exact)
+    if exact:  # past the bytes its packed B may take, the grid again
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(nc, "SHIFT_EXACT_MAX_BYTES", fg.xp_size * 4 - 1)
+            over = nc._float_geometry(x.shape, x.strides, x.dtype, (c, c, r, r),
+                                      (stride, stride), (r // 2,) * 4, (1, 1), 1, 0, 0, False,
+                                      dataclasses.replace(Conv2dConfig.default(np.float32),
+                                                          kernel="shift"), 2, nc._knobs())
+            assert over.mode == _conv.MODE_SHIFT and over.geo[_conv.G_PACKB] == 0
     if exact:  # B is packed whole and shared: two threads split the rows where they
         # outnumber the columns (even shares of 12-row slivers), else the columns
         rows_first = c > n * (hw // stride) ** 2

@@ -9,7 +9,8 @@ with a reused buffer and 1.4-3.7 ms with every call faulting (616 faults per cal
 ``MALLOC_MMAP_THRESHOLD_=131072``); in between, the same process drifted into 0.65-0.69 ms for
 the deep layers after other work (docs/performance.md). A workspace held per thread makes the
 time independent of that history. Cost: the largest scratch a thread has used stays allocated
-(at most ~10 MB for ResNet-50's layers); ``release()`` frees it.
+(at most ~10 MB for ResNet-50's layers at batch 1; up to 32 MiB more where the shifted GEMM
+packs B over exact columns, ``conv2d.SHIFT_EXACT_MAX_BYTES``); ``release()`` frees it.
 """
 
 from __future__ import annotations

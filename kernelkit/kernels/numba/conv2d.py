@@ -85,6 +85,10 @@ SHIFT_KC = 256
 # 8, 256 channels, 11.5 -> 13.1 ms). 1x1 layers too: a batch of 8 at 7 px (2048 -> 512,
 # 512 -> 2048, 1024 -> 2048 stride 2) 0.77-0.81 -> 0.84-0.96 of torch (ad hoc, one run, minima).
 SHIFT_EXACT_WASTE = 1.2
+# ... and where that packed B (nine words per input word of a 3x3 conv) takes at most this many
+# bytes: it lives in the calling thread's kept scratch (``_workspace``); a batch of 8 at 7 px
+# with 512 channels takes 7.7 MB, of 32 29 MB. Larger batches compute the grids.
+SHIFT_EXACT_MAX_BYTES = 32 << 20
 # The AMX column conv passes each chunk of image columns over all the weight's rows where the
 # columns outnumber the rows (else each strip of weight rows over all the columns).
 AMX_COLS_BY_CHUNK = True
@@ -537,7 +541,8 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
         gw = max(w + max(padding[2], padding[3]), wo)  # a row holds the output's row
     ncols = (ho - 1) * gw + wo
     msl, nsl = cdiv(kg, mr), cdiv(ncols, nr)
-    if _exact_columns(n, ho * wo, ncols, nr):
+    if (_exact_columns(n, ho * wo, ncols, nr)
+            and c * r * s * cdiv(n * ho * wo, nr) * nr * itemsize <= SHIFT_EXACT_MAX_BYTES):
         return _exact_geo(geo, itemsize, cfg, tn, mr, nr)
     if SHIFT_ROWS_FIRST and kg > ncols:
         # More weight rows than grid columns (deep layers on small planes): threads split the
@@ -625,7 +630,7 @@ def _knobs() -> tuple:
     """The module's knobs that ``_float_geometry`` reads: part of its key, so that a test or a
     probe that sets one never meets a geometry made under another value."""
     return (SERIAL_WORK, SHIFT_WIDE, SHIFT_MIN_PIXELS, SHIFT_MIN_PLANE, SHIFT_ROWS_FIRST,
-            SHIFT_KC, SHIFT_SCRATCH, BCOLS_WASTE, SHARED_PAD, SHIFT_EXACT_WASTE, _l1_bytes)
+            SHIFT_KC, SHIFT_SCRATCH, BCOLS_WASTE, SHARED_PAD, SHIFT_EXACT_WASTE, SHIFT_EXACT_MAX_BYTES, _l1_bytes)
 
 
 @functools.lru_cache(maxsize=1024)
