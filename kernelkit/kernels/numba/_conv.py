@@ -301,6 +301,34 @@ def act_span(c, o, cols, act):
 
 # ------------------------------------------------------------------------------------ the ops
 
+@numba.njit(inline="always", **_JIT)
+def _tile_to_images(c, ct, j, cols, rows, hw, K, row, first):
+    """A rows x cols tile (``ct``, rows NR apart) of output columns j.. counted over the images
+    one after the other (column j: position j % hw of image j // hw) into the NCHW output from
+    channel ``row``: stored where ``first``, else added."""
+    _, nr = tile(c)
+    for e in range(cols):
+        n = (j + e) // hw
+        o = (n * K + row) * hw + j + e - n * hw
+        for i in range(rows):
+            if first:
+                c[_U(o + i * hw)] = ct[_U(i * nr + e)]
+            else:
+                c[_U(o + i * hw)] += ct[_U(i * nr + e)]
+
+
+@numba.njit(inline="always", **_JIT)
+def _epilogue_images(c, j, cols, rows, hw, K, row, bias, has_bias, act):
+    """``epilogue`` (bias per channel, activation) on such a tile, per image its columns cross."""
+    e = 0
+    while e < cols:
+        n = (j + e) // hw
+        pos = j + e - n * hw
+        seg = min(hw - pos, cols - e)
+        epilogue(c, (n * K + row) * hw + pos, hw, rows, seg, bias, has_bias, row, act, True)
+        e += seg
+
+
 @numba.njit(**_JIT)
 def _macro_a_inplace(mb, nb, kb, wf, aoff, a_rs, bp, c, jc, hw, K, crow, first, last, ct, atail,
                      bias, has_bias, act):
@@ -335,23 +363,9 @@ def _macro_a_inplace(mb, nb, kb, wf, aoff, a_rs, bp, c, jc, hw, K, crow, first, 
                 else:
                     ukernel_strided(kb, atail, _I(0), _I(1), mr, bp, bo, nr, ct, _I(0), nr,
                                     _I(0))
-                for e in range(cols):
-                    n = (j + e) // hw
-                    o = (n * K + crow + i0) * hw + j + e - n * hw
-                    for i in range(rows):
-                        if first:
-                            c[_U(o + i * hw)] = ct[_U(i * nr + e)]
-                        else:
-                            c[_U(o + i * hw)] += ct[_U(i * nr + e)]
+                _tile_to_images(c, ct, j, cols, rows, hw, K, crow + i0, first)
             if last:  # per image the sliver crosses
-                e = 0
-                while e < cols:
-                    n = (j + e) // hw
-                    pos = j + e - n * hw
-                    seg = min(hw - pos, cols - e)
-                    epilogue(c, (n * K + crow + i0) * hw + pos, hw, rows, seg, bias, has_bias,
-                             crow + i0, act, True)
-                    e += seg
+                _epilogue_images(c, j, cols, rows, hw, K, crow + i0, bias, has_bias, act)
 
 
 @numba.njit(inline="always", **_JIT)
@@ -953,23 +967,10 @@ def _shift_exact_unit(bp, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp):
                         else:
                             ukernel_taps(kb, ntap, ttmp, wp, ao, a_tap, bp, bo, nr, ct, _I(0),
                                          nr, _I(0))
-                            for e in range(cols):
-                                n = (j + e) // hw
-                                o = (n * K + crow) * hw + j + e - n * hw
-                                for i in range(rows):
-                                    if first:
-                                        c[_U(o + i * hw)] = ct[_U(i * nr + e)]
-                                    else:
-                                        c[_U(o + i * hw)] += ct[_U(i * nr + e)]
+                            _tile_to_images(c, ct, j, cols, rows, hw, K, crow, first)
                         if last:  # per image the sliver crosses
-                            e = 0
-                            while e < cols:
-                                n = (j + e) // hw
-                                pos = j + e - n * hw
-                                seg = min(hw - pos, cols - e)
-                                epilogue(c, (n * K + crow) * hw + pos, hw, rows, seg, bias,
-                                         has_bias, crow, act, True)
-                                e += seg
+                            _epilogue_images(c, j, cols, rows, hw, K, crow, bias, has_bias,
+                                             act)
 
 
 @numba.njit(inline="always", **_JIT)
