@@ -497,6 +497,12 @@ def _exact_columns(n: int, hw: int, ncols: int, nr: int) -> bool:
     return n > 1 and n * cdiv(ncols, nr) > SHIFT_EXACT_WASTE * cdiv(n * hw, nr)
 
 
+def _exact_b_words(n: int, c: int, r: int, s: int, hw: int, nr: int) -> int:
+    """Words of the exact-column shifted GEMM's packed B: every tap's input under each of the
+    ``n * hw`` output columns, rounded up to whole slivers, for all ``c`` channels."""
+    return c * r * s * cdiv(n * hw, nr) * nr
+
+
 def _exact_kc(cg: int, kc: int, taps: int, itemsize: int, nr: int) -> int:
     """Channels per block of the exact-column shifted GEMM: a packed B sliver (per channel,
     ``taps`` rows of NR elements) of up to a quarter of L2. Deep blocks beat slivers that fit
@@ -542,7 +548,7 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     ncols = (ho - 1) * gw + wo
     msl, nsl = cdiv(kg, mr), cdiv(ncols, nr)
     if (_exact_columns(n, ho * wo, ncols, nr)
-            and c * r * s * cdiv(n * ho * wo, nr) * nr * itemsize <= SHIFT_EXACT_MAX_BYTES):
+            and _exact_b_words(n, c, r, s, ho * wo, nr) * itemsize <= SHIFT_EXACT_MAX_BYTES):
         return _exact_geo(geo, itemsize, cfg, tn, mr, nr)
     if SHIFT_ROWS_FIRST and kg > ncols:
         # More weight rows than grid columns (deep layers on small planes): threads split the
@@ -609,7 +615,7 @@ def _exact_geo(geo, itemsize: int, cfg: Conv2dConfig, tn: int, mr: int, nr: int)
     geo[_conv.G_PM] = pm
     geo[_conv.G_PN] = pn
     geo[_conv.G_XPOFF] = _shift_wsize(g, kg, cg, r * s, mr)
-    return c * r * s * nsl * nr
+    return _exact_b_words(n, c, r, s, ho * wo, nr)
 
 
 @dataclass(frozen=True)
@@ -630,7 +636,8 @@ def _knobs() -> tuple:
     """The module's knobs that ``_float_geometry`` reads: part of its key, so that a test or a
     probe that sets one never meets a geometry made under another value."""
     return (SERIAL_WORK, SHIFT_WIDE, SHIFT_MIN_PIXELS, SHIFT_MIN_PLANE, SHIFT_ROWS_FIRST,
-            SHIFT_KC, SHIFT_SCRATCH, BCOLS_WASTE, SHARED_PAD, SHIFT_EXACT_WASTE, SHIFT_EXACT_MAX_BYTES, _l1_bytes)
+            SHIFT_KC, SHIFT_SCRATCH, BCOLS_WASTE, SHARED_PAD, SHIFT_EXACT_WASTE,
+            SHIFT_EXACT_MAX_BYTES, _l1_bytes)
 
 
 @functools.lru_cache(maxsize=1024)
