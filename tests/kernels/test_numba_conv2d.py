@@ -608,19 +608,19 @@ def test_exact_columns_where_the_grid_wastes_slivers(n, c, hw, r, stride, exact)
     from kernelkit.kernels.numba import _conv
 
     x = np.zeros((n, c, hw, hw), np.float32)
-    fg = nc._float_geometry(x.shape, x.strides, x.dtype, (c, c, r, r), (stride, stride),
-                            (r // 2,) * 4, (1, 1), 1, 0, 0, False,
-                            dataclasses.replace(Conv2dConfig.default(np.float32), kernel="shift"),
-                            2, nc._knobs())
+    cfg = dataclasses.replace(Conv2dConfig.default(np.float32), kernel="shift")
+
+    def geometry():
+        return nc._float_geometry(x.shape, x.strides, x.dtype, (c, c, r, r), (stride, stride),
+                                  (r // 2,) * 4, (1, 1), 1, 0, 0, False, cfg, 2, nc._knobs())
+
+    fg = geometry()
     assert fg.mode == _conv.MODE_SHIFT
     assert fg.geo[_conv.G_PACKB] == int(exact)
     if exact:  # past the bytes its packed B may take, the grid again
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(nc, "SHIFT_EXACT_MAX_BYTES", fg.xp_size * 4 - 1)
-            over = nc._float_geometry(x.shape, x.strides, x.dtype, (c, c, r, r),
-                                      (stride, stride), (r // 2,) * 4, (1, 1), 1, 0, 0, False,
-                                      dataclasses.replace(Conv2dConfig.default(np.float32),
-                                                          kernel="shift"), 2, nc._knobs())
+            over = geometry()
             assert over.mode == _conv.MODE_SHIFT and over.geo[_conv.G_PACKB] == 0
     if exact:  # B is packed whole and shared: two threads split the rows where they
         # outnumber the columns (even shares of 12-row slivers), else the columns

@@ -851,7 +851,7 @@ def _pack_b_exact(t, nthr, xf, xlo, sx, bp, geo):
     last. Jobs are (group, block, sliver) triples, so both threads pack and neither packs twice.
     Per tap, each column's offset in x and whether it lies inside are found once for all the
     block's channels; a channel's NR words are then a gather (copying a sliver's runs of one
-    row each instead, with the padding's zeros around them, took 1.7x as long on Zen 4).
+    row each instead, with the padding's zeros around them, took twice as long on Zen 4).
 
     geo[G_PAIRS] > 0: x is bfloat16 bits and a word is the uint32 pair of channels 2p, 2p + 1
     (``_element``), as in ``_pad_planes``."""

@@ -336,6 +336,18 @@ def _parts(base: int, nthr: int, cap: int) -> int:
     return max(1, min(cap, need))
 
 
+def _shares(base: int, nthr: int, msl: int, nsl: int, rows_first: bool) -> tuple[int, int]:
+    """(pm, pn): the extra splits of each of ``base`` units over its ``msl`` row slivers and
+    ``nsl`` column slivers for even shares of ``nthr`` threads, the rows split first where
+    ``rows_first`` (deep layers on small planes: each thread then streams its part of the
+    weight, not all of it), else the columns."""
+    if rows_first:
+        pm = _parts(base, nthr, msl)
+        return pm, _parts(base * pm, nthr, nsl)
+    pn = _parts(base, nthr, nsl)
+    return _parts(base * pn, nthr, msl), pn
+
+
 def _geo(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, groups) -> np.ndarray:
     g = np.zeros(_conv.GEO_LEN, np.int64)
     g[: _conv.G_G + 1] = (n, c, h, w, k, r, s, ho, wo, stride[0], stride[1], padding[0],
@@ -550,15 +562,10 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     if (_exact_columns(n, ho * wo, ncols, nr)
             and _exact_b_words(n, c, r, s, ho * wo, nr) * itemsize <= SHIFT_EXACT_MAX_BYTES):
         return _exact_geo(geo, itemsize, cfg, tn, mr, nr)
-    if SHIFT_ROWS_FIRST and kg > ncols:
-        # More weight rows than grid columns (deep layers on small planes): threads split the
-        # weight's rows, so each streams half of it and reuses it over every column sliver,
-        # instead of each streaming all of it for its half of a few slivers
-        pm = _parts(n * g, tn, msl)
-        pn = _parts(n * g * pm, tn, nsl)
-    else:
-        pn = _parts(n * g, tn, nsl)
-        pm = _parts(n * g * pn, tn, msl)
+    # More weight rows than grid columns (deep layers on small planes): threads split the
+    # weight's rows, so each streams half of it and reuses it over every column sliver,
+    # instead of each streaming all of it for its half of a few slivers
+    pm, pn = _shares(n * g, tn, msl, nsl, SHIFT_ROWS_FIRST and kg > ncols)
     mc = _even(cdiv(msl, pm) * mr, cfg.mc, mr)
     nc = cfg.nc
     if gw != wo:  # the tiles go to a scratch of mc x nc per thread: keep it in L2
@@ -597,14 +604,9 @@ def _exact_geo(geo, itemsize: int, cfg: Conv2dConfig, tn: int, mr: int, nr: int)
     cg, kg = c // g, k // g
     ncols = n * ho * wo
     msl, nsl = cdiv(kg, mr), cdiv(ncols, nr)
-    if SHIFT_ROWS_FIRST and kg > ncols:
-        # threads split the weight's rows: B is shared, so neither packs it twice, and the
-        # rows split evenly where 13 slivers of columns would split 7 / 6
-        pm = _parts(g, tn, msl)
-        pn = _parts(g * pm, tn, nsl)
-    else:
-        pn = _parts(g, tn, nsl)
-        pm = _parts(g * pn, tn, msl)
+    # rows first: B is shared, so neither thread packs it twice, and the rows split evenly
+    # where 13 slivers of columns would split 7 / 6
+    pm, pn = _shares(g, tn, msl, nsl, SHIFT_ROWS_FIRST and kg > ncols)
     geo[_conv.G_MODE] = _conv.MODE_SHIFT
     geo[_conv.G_PACKB] = 1
     geo[_conv.G_DIRECT] = 0
@@ -681,14 +683,8 @@ def _float_geometry(xshape: tuple, xstrides: tuple, dtype, wshape: tuple, stride
     bcols = n > 1 and cdiv(hw, nr) * nr > BCOLS_WASTE * hw
     base = g if bcols else n * g
     msl, nsl = cdiv(kg, mr), cdiv(n * hw if bcols else hw, nr)
-    if kg > hw:
-        # More weight rows than output pixels (deep layers on small planes): threads split
-        # the weight's rows, so that each reads half of it, not all of it
-        pm = _parts(base, tn, msl)
-        pn = _parts(base * pm, tn, nsl)
-    else:
-        pn = _parts(base, tn, nsl)
-        pm = _parts(base * pn, tn, msl)
+    # more weight rows than output pixels: threads split the weight's rows
+    pm, pn = _shares(base, tn, msl, nsl, kg > hw)
     geo[_conv.G_BCOLS] = int(bcols)
     geo[_conv.G_MC] = _even(cdiv(msl, pm) * mr, cfg.mc, mr)
     geo[_conv.G_NC] = _even(cdiv(nsl, pn) * nr, cfg.nc, nr)
