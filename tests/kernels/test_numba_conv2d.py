@@ -630,6 +630,77 @@ def test_exact_columns_where_the_grid_wastes_slivers(n, c, hw, r, stride, exact)
         assert fg.xp_size == c * r * r * -(-n * (hw // stride) ** 2 // nr) * nr
 
 
+INPLACE_CASES = EXACT_CASES + [
+    (1, 29, 8, 8, 31, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),  # batch 1, K tail of 7 rows
+    (1, 40, 7, 7, 25, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),  # stride 2 at 7 px
+    (1, 64, 7, 7, 130, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 1x1, x in place
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", ["serial", "parallel"])
+@pytest.mark.parametrize("case", INPLACE_CASES, ids=_ids)
+def test_shifted_gemm_reads_the_weight_in_place(case, threads, dtype, monkeypatch):
+    """The shifted GEMM reading the weight where it lies (``_conv._taps``, geo[G_AINPL]),
+    forced on: rows a sliver at a time, a last sliver of fewer than MR rows (``_tail_rows``),
+    channel blocks (TINY and default blocking), the grid's dropped columns, stride phases,
+    dilation, groups, x read in place, 1x1, bias + relu; a weight that is a reversed view, and
+    strided and channel-reversed inputs, into poisoned outputs; NaN/Inf in x. Then forced off
+    for the same case: the packed weight again."""
+    from kernelkit.kernels.numba import _conv
+
+    monkeypatch.setattr(nc, "SHIFT_INPLACE_SLIVERS", 1 << 30)
+    monkeypatch.setattr(nc, "SHIFT_EXACT_WASTE", float("inf"))
+    monkeypatch.setattr(nc, "SERIAL_WORK", 1 << 62 if threads == "serial" else 0)
+    monkeypatch.setattr(nc, "SERIAL_PACK", 1 << 62 if threads == "serial" else 0)
+    rng = np.random.default_rng(sum(case[:5]) + 11)
+    x, w, b = make(case, dtype, "NCHW", rng)
+    fwd(x, w, b, case, "NCHW")  # compiled before numpy's empty is poisoned
+    poison_allocations(monkeypatch)
+    geos = _geo_modes(monkeypatch)
+    w_rev = np.ascontiguousarray(w[::-1])[::-1]  # the same weight, negative row strides
+    for cfg in (dataclasses.replace(TINY[dtype], kernel="shift"),
+                dataclasses.replace(Conv2dConfig.default(dtype), kernel="shift")):
+        check(fwd(x, w, b, case, "NCHW", "relu", cfg), x, w, b, case, "NCHW", "relu")
+        check(fwd(x, w_rev, b, case, "NCHW", None, cfg), x, w, b, case, "NCHW")
+        for xx in (view(x, "strided"), np.ascontiguousarray(x[:, ::-1])[:, ::-1]):
+            check(fwd(xx, w, b, case, "NCHW", None, cfg), x, w, b, case, "NCHW")
+    bad = x.copy()
+    flat = bad.reshape(-1)
+    flat[::17] = np.nan
+    flat[3::23] = np.inf
+    check(fwd(bad, w, b, case, "NCHW", None, TINY[dtype]), bad, w, b, case, "NCHW")
+    assert geos and all(g[_conv.G_MODE] == _conv.MODE_SHIFT and g[_conv.G_AINPL] == 1
+                        and g[_conv.G_MC] == nc.tile_shape(dtype)[0] for g in geos)
+    monkeypatch.setattr(nc, "SHIFT_INPLACE_SLIVERS", 0)
+    check(fwd(x, w, b, case, "NCHW", "relu", TINY[dtype]), x, w, b, case, "NCHW", "relu")
+    assert geos[-1][_conv.G_AINPL] == 0
+
+
+@pytest.mark.parametrize("n, c, hw, r, stride, inplace", [
+    (1, 512, 7, 3, 1, True), (1, 512, 14, 3, 2, True), (1, 256, 14, 3, 1, True),
+    (1, 2048, 7, 1, 1, True), (1, 1024, 14, 1, 2, True), (2, 512, 7, 3, 1, True),
+    (1, 128, 28, 3, 1, False), (1, 64, 56, 3, 1, False), (8, 256, 14, 3, 1, False),
+    (8, 512, 7, 3, 1, False)])
+def test_weight_read_in_place_where_it_meets_few_slivers(n, c, hw, r, stride, inplace):
+    """The shifted GEMM reads the weight where it lies where a sliver of its rows meets at most
+    SHIFT_INPLACE_SLIVERS column slivers over the batch (batch 1 up to 14 px, batch 2 at 7
+    px), and packs it where the packing is shared by more (28 px and up, batch 8; the batch of
+    8 at 7 px takes the exact columns and packs); nothing of the weight to pack then."""
+    from kernelkit.kernels.numba import _conv
+
+    x = np.zeros((n, c, hw, hw), np.float32)
+    cfg = dataclasses.replace(Conv2dConfig.default(np.float32), kernel="shift")
+    fg = nc._float_geometry(x.shape, x.strides, x.dtype, (c, c, r, r), (stride, stride),
+                            (r // 2,) * 4, (1, 1), 1, 0, 0, False, cfg, 2, nc._knobs())
+    assert fg.mode == _conv.MODE_SHIFT
+    assert fg.geo[_conv.G_AINPL] == int(inplace)
+    assert (fg.wsize == 0) == inplace
+    if inplace:
+        assert fg.geo[_conv.G_MC] == nc.tile_shape(np.float32)[0]
+        assert fg.geo[_conv.G_XPOFF] == 0
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", [
     (2, 5, 15, 16, 7, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1),

@@ -58,6 +58,7 @@ from kernelkit.kernels.numba._gemm import (
     tile,
     ukernel_strided,
     ukernel_taps,
+    ukernel_taps_strided,
 )
 from kernelkit.kernels.numba._gemm import (
     cdiv as _cdiv,
@@ -83,8 +84,8 @@ _I = np.int64  # _I(0): an int64 argument, not Literal[int](0), so callees compi
 (G_N, G_C, G_H, G_W, G_K, G_R, G_S, G_HO, G_WO, G_SH, G_SW, G_PT, G_PL, G_DH, G_DW, G_G,
  G_MC, G_KC, G_NC, G_PM, G_PN, G_HAS_BIAS, G_ACT, G_PLAIN, G_OSN, G_OSC, G_OSH, G_OSW,
  G_MODE, G_TAPW, G_XPOFF, G_XPITCH, G_GH, G_GW, G_DIRECT, G_BCOLS, G_PHASE, G_PAIRS,
- G_LEAD, G_WPACKED, G_PACKB) = range(41)
-GEO_LEN = 41
+ G_LEAD, G_WPACKED, G_PACKB, G_AINPL) = range(42)
+GEO_LEN = 42
 # geo[G_MODE] of the forward: the implicit GEMM with NCHW output, with NHWC output, and the
 # shifted GEMM (NCHW output: one GEMM per kernel tap on a shifted view of the input)
 MODE_KP, MODE_PK, MODE_SHIFT = 0, 1, 2
@@ -732,23 +733,40 @@ def _pad_planes(t, nthr, xf, xlo, sx, xp, geo):
 
 
 @numba.njit(inline="always", **_JIT)
-def _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, bsrc, bo, brs, toffs, c, co, ldc, junk, scr,
-                 so, ncpad, cols, first, ct):
+def _taps(kb, ntap, toffs, wa, ao, a_tap, ars, bsrc, bo, brs, c, co, ldc, acc):
+    """``ukernel_taps`` on the packed weight sliver at ``wa[ao]`` (``ars`` 0), or on the
+    weight's rows where they lie (``ars``: the row stride; a channel's taps adjacent)."""
+    if ars == 0:
+        ukernel_taps(kb, ntap, toffs, wa, ao, a_tap, bsrc, bo, brs, c, co, ldc, acc)
+    else:
+        ukernel_taps_strided(kb, ntap, toffs, wa, ao, ars, ntap, _I(1), bsrc, bo, brs, c, co,
+                             ldc, acc)
+
+
+@numba.njit(inline="always", **_JIT)
+def _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, ars, atail, bsrc, bo, brs, toffs, c, co, ldc,
+                 junk, scr, so, ncpad, cols, first, ct):
     """One B sliver (NR grid columns) against mb rows of the weight, all taps in each call:
-    into the scratch (whole padded tiles) or into the output at ``co`` (edge tiles via ct)."""
+    into the scratch (whole padded tiles) or into the output at ``co`` (edge tiles via ct).
+    ``ars`` 0: ``wp`` is the packed weight, its rows from ``aoff``; else the weight as given
+    (rows ``ars`` apart from ``aoff``), a last sliver of fewer than MR rows in ``atail``."""
     mr, nr = tile(c)
     acc = 0 if first else 1
     for i0 in range(0, mb, mr):
         rows = min(mr, mb - i0)
-        ao = aoff + i0 * kb
-        if junk:
-            ukernel_taps(kb, ntap, toffs, wp, ao, a_tap, bsrc, bo, brs, scr, so + i0 * ncpad,
-                         ncpad, acc)
-        elif rows == mr and cols == nr:
-            ukernel_taps(kb, ntap, toffs, wp, ao, a_tap, bsrc, bo, brs, c, co + i0 * ldc, ldc,
-                         acc)
+        if ars == 0:
+            wa, ao, rs = wp, aoff + i0 * kb, ars
+        elif rows == mr:
+            wa, ao, rs = wp, aoff + i0 * ars, ars
         else:
-            ukernel_taps(kb, ntap, toffs, wp, ao, a_tap, bsrc, bo, brs, ct, _I(0), nr, _I(0))
+            wa, ao, rs = atail, _I(0), kb * ntap
+        if junk:
+            _taps(kb, ntap, toffs, wa, ao, a_tap, rs, bsrc, bo, brs, scr, so + i0 * ncpad,
+                  ncpad, acc)
+        elif rows == mr and cols == nr:
+            _taps(kb, ntap, toffs, wa, ao, a_tap, rs, bsrc, bo, brs, c, co + i0 * ldc, ldc, acc)
+        else:
+            _taps(kb, ntap, toffs, wa, ao, a_tap, rs, bsrc, bo, brs, ct, _I(0), nr, _I(0))
             for i in range(rows):
                 o = co + (i0 + i) * ldc
                 if first:
@@ -760,8 +778,21 @@ def _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, bsrc, bo, brs, toffs, c, co, ldc
 
 
 @numba.njit(inline="always", **_JIT)
-def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, bias, c, geo, ct, tmpb, scr,
-                toffs, ttmp):
+def _tail_rows(wf, o, ars, rows, kb, ntap, atail):
+    """The weight's last ``rows`` (< MR) rows from ``wf[o]`` (``ars`` apart, kb channels of
+    ntap taps each) into ``atail`` as MR rows of kb * ntap words, zeros past them: read where
+    they lie, the missing rows would run past the weight."""
+    mr, _ = tile(atail)
+    run = kb * ntap
+    zero = atail.dtype.type(0)
+    for i in range(mr):
+        for q in range(run):
+            atail[_U(i * run + q)] = wf[_U(o + i * ars + q)] if i < rows else zero
+
+
+@numba.njit(inline="always", **_JIT)
+def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, ars, atail, bias, c, geo, ct,
+                tmpb, scr, toffs, ttmp):
     """Output channels [r0, r1) and grid columns [j0, j1) of image n, group g.
 
     The output is computed on the input's grid (rows of pitch Wp = geo[G_GW]): grid column j
@@ -770,7 +801,10 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, bias, c, geo, ct
     ``pstride`` apart) are read where they lie: nothing is packed but the weight, and one
     micro-kernel call sums all taps (``ukernel_taps``). Grid columns past Wo in a row (when
     S > 1) are computed into the scratch ``scr`` and dropped when it is copied out; without
-    them the tiles go straight to the output."""
+    them the tiles go straight to the output.
+
+    ``ars`` 0: ``wp`` is the packed weight (``_pack_taps``); else the weight as given, its rows
+    ``ars`` apart (``_taps``)."""
     K, R, S, Ho, Wo = geo[G_K], geo[G_R], geo[G_S], geo[G_HO], geo[G_WO]
     mc, kc, nc = geo[G_MC], geo[G_KC], geo[G_NC]
     has_bias, act = geo[G_HAS_BIAS] != 0, geo[G_ACT]
@@ -796,7 +830,12 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, bias, c, geo, ct
             obase = (n * K + g * kg + ic) * hw
             for cb in range(0, cg, kc):
                 kb = min(kc, cg - cb)
-                aoff = g * ntap * a_tap + cb * kgpad + ic * kb
+                if ars == 0:
+                    aoff = g * ntap * a_tap + cb * kgpad + ic * kb
+                else:
+                    aoff = (g * kg + ic) * ars + cb * ntap
+                    if mb % mr != 0:
+                        _tail_rows(wp, aoff + mb // mr * mr * ars, ars, mb % mr, kb, ntap, atail)
                 boff = plane0 + cb * pstride + jc
                 for jr in range(0, nb, nr):
                     cols = min(nr, nb - jr)
@@ -805,9 +844,9 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, bias, c, geo, ct
                     # highest row is the last one, or the first where channels run backwards
                     top = boff + max(0, (kb - 1) * pstride)
                     if cols == nr or top + jr + maxoff + nr <= src.size:
-                        _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, src, boff + jr, pstride,
-                                     toffs, c, obase + jc + jr, hw, junk, scr, jr, ncpad, cols,
-                                     cb == 0, ct)
+                        _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, ars, atail, src, boff + jr,
+                                     pstride, toffs, c, obase + jc + jr, hw, junk, scr, jr,
+                                     ncpad, cols, cb == 0, ct)
                         continue
                     for tp in range(ntap):  # else copied out, zero-filled past the last column
                         ttmp[tp] = tp * kb * nr
@@ -818,8 +857,9 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, bias, c, geo, ct
                                 tmpb[_U(d + e)] = src[_U(o + e)]
                             for e in range(cols, nr):
                                 tmpb[_U(d + e)] = bzero
-                    _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, tmpb, _I(0), nr, ttmp, c,
-                                 obase + jc + jr, hw, junk, scr, jr, ncpad, cols, cb == 0, ct)
+                    _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, ars, atail, tmpb, _I(0), nr,
+                                 ttmp, c, obase + jc + jr, hw, junk, scr, jr, ncpad, cols,
+                                 cb == 0, ct)
             if not junk:
                 epilogue(c, obase + jc, hw, mb, nb, bias, has_bias, g * kg + ic, act, True)
                 continue
@@ -1000,6 +1040,9 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, xpb, bias, c, geo):
             _shift_exact_unit(xpb, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp)
         return
     tmpb = np.empty(ntap * geo[G_KC] * nr, wp.dtype)
+    # geo[G_AINPL]: wp is the weight as given, read in place (rows cg * ntap apart)
+    ars = cg * ntap if geo[G_AINPL] != 0 else 0
+    atail = np.empty(mr * geo[G_KC] * ntap if ars != 0 else 0, wp.dtype)
     toffs = np.empty(ntap, np.int64)
     sh, sw = geo[G_SH], geo[G_SW]
     for tp in range(ntap):  # tap (kr, ks): a shift within stride phase (ry % sh, rx % sw)
@@ -1014,12 +1057,12 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, xpb, bias, c, geo):
         r0, r1 = _split(mi, pm, msl, mr, kg)
         j0, j1 = _split(pi, pn, nsl, nr, ncols)
         if geo[G_DIRECT] != 0:
-            _shift_unit(xf, -xlo + n * sxn + g * cg * sxc, sxc, n, g, r0, r1, j0, j1, wp, bias,
-                        c, geo, ct, tmpb, scr, toffs, ttmp)
+            _shift_unit(xf, -xlo + n * sxn + g * cg * sxc, sxc, n, g, r0, r1, j0, j1, wp, ars,
+                        atail, bias, c, geo, ct, tmpb, scr, toffs, ttmp)
         else:
             ps = geo[G_XPITCH]
             _shift_unit(xpb, geo[G_XPOFF] + geo[G_LEAD] + (n * C + g * cg) * ps, ps, n, g, r0,
-                        r1, j0, j1, wp, bias, c, geo, ct, tmpb, scr, toffs, ttmp)
+                        r1, j0, j1, wp, ars, atail, bias, c, geo, ct, tmpb, scr, toffs, ttmp)
 
 
 @numba.njit(inline="always", **_JIT)
@@ -1725,7 +1768,7 @@ def fwd(t, nthr, phase, x4, wsrc, wp, xpb, bias, out1, geo, sync):
     if phase != 1:
         if mode == MODE_PK:  # (MODE_KP reads the weight where it lies)
             _pack_w(t, nthr, wsrc, wp, geo)
-        elif mode == MODE_SHIFT and geo[G_WPACKED] == 0:
+        elif mode == MODE_SHIFT and geo[G_WPACKED] == 0 and geo[G_AINPL] == 0:
             _pack_taps(t, nthr, wsrc, wp, geo)
         if mode == MODE_SHIFT and geo[G_PACKB] != 0:
             _pack_b_exact(t, nthr, xf, xlo, sx, xpb, geo)
@@ -1735,8 +1778,9 @@ def fwd(t, nthr, phase, x4, wsrc, wp, xpb, bias, out1, geo, sync):
             return
     if mode == MODE_PK:
         _fwd_pk(t, nthr, xf, xlo, sx, wp, bias, out1, geo)
-    elif mode == MODE_SHIFT:
-        _fwd_shift(t, nthr, xf, xlo, sx, wp, xpb, bias, out1, geo)
+    elif mode == MODE_SHIFT:  # (geo[G_AINPL]: the weight read where it lies)
+        _fwd_shift(t, nthr, xf, xlo, sx, wsrc if geo[G_AINPL] != 0 else wp, xpb, bias, out1,
+                   geo)
     else:
         _fwd_kp(t, nthr, xf, xlo, sx, wsrc, bias, out1, geo)
 

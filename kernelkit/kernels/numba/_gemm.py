@@ -316,78 +316,123 @@ def ukernel_taps(typingctx, kc, ntap, toffs, ap, aoff, a_tap, bp, boff, b_rs, cp
                      accumulate)
 
     def codegen(context, builder, sig, args):
-        (kc_v, nt_v, toffs_v, ap_v, aoff_v, atap_v, bp_v, boff_v, brs_v, cp_v, coff_v, ldc_v,
-         acc_v) = args
-        ints = [context.cast(builder, v, sig.args[i], types.intp) for v, i in
-                zip((kc_v, nt_v, aoff_v, atap_v, boff_v, brs_v, coff_v, ldc_v, acc_v),
-                    (0, 1, 4, 5, 7, 8, 10, 11, 12))]
-        kc_v, nt_v, aoff_v, atap_v, boff_v, brs_v, coff_v, ldc_v, acc_v = ints
-        mr, nr = tile_mn
-        intp = context.get_value_type(types.intp)
-        vty, nvec, esize, cst, lty, fma, A, B, C = _frame(
-            context, builder, nr, (sig.args[3], ap_v, aoff_v), (sig.args[6], bp_v, boff_v),
-            (sig.args[9], cp_v, coff_v))
-        w = vty.count
-        vptr = vty.as_pointer()
-        T = context.make_array(sig.args[2])(context, builder, toffs_v).data
-        zero = ir.Constant(vty, [0.0] * w)
-
-        pre = builder.block
-        outer = builder.append_basic_block("ukt.outer")
-        inner = builder.append_basic_block("ukt.inner")
-        latch = builder.append_basic_block("ukt.latch")
-        done = builder.append_basic_block("ukt.done")
-        go = builder.and_(builder.icmp_signed(">", kc_v, cst(0)),
-                          builder.icmp_signed(">", nt_v, cst(0)))
-        builder.cbranch(go, outer, done)
-
-        builder.position_at_end(outer)
-        t = builder.phi(intp)
-        t.add_incoming(cst(0), pre)
-        acc_o = []
-        for _ in range(mr * nvec):
-            ph = builder.phi(vty)
-            ph.add_incoming(zero, pre)
-            acc_o.append(ph)
-        a_t = builder.gep(A, [builder.mul(t, atap_v)])
-        b_t = builder.gep(B, [builder.load(builder.gep(T, [t]))])
-        builder.branch(inner)
-
-        builder.position_at_end(inner)
-        p = builder.phi(intp)
-        p.add_incoming(cst(0), outer)
-        acc_i = []
-        for i in range(mr * nvec):
-            ph = builder.phi(vty)
-            ph.add_incoming(acc_o[i], outer)
-            acc_i.append(ph)
-        new = _k_step(builder, builder.gep(a_t, [builder.mul(p, cst(mr))]),
-                      [cst(i) for i in range(mr)], builder.gep(b_t, [builder.mul(p, brs_v)]),
-                      acc_i, fma, lty, esize, cst)
-        pn = builder.add(p, cst(1))
-        p.add_incoming(pn, inner)
-        for ph, nv in zip(acc_i, new):
-            ph.add_incoming(nv, inner)
-        builder.cbranch(builder.icmp_signed("<", pn, kc_v), inner, latch)
-
-        builder.position_at_end(latch)
-        tn = builder.add(t, cst(1))
-        t.add_incoming(tn, latch)
-        for ph, nv in zip(acc_o, new):
-            ph.add_incoming(nv, latch)
-        builder.cbranch(builder.icmp_signed("<", tn, nt_v), outer, done)
-
-        builder.position_at_end(done)
-        finals = []
-        for i in range(mr * nvec):
-            ph = builder.phi(vty)
-            ph.add_incoming(zero, pre)
-            ph.add_incoming(new[i], latch)
-            finals.append(ph)
-        _store_tile(builder, C, ldc_v, acc_v, finals, mr, nvec, w, vptr, esize, cst)
+        kc_v, nt_v, toffs_v, ap_v, aoff_v, atap_v = args[:6]
+        _taps_body(context, builder, sig, tile_mn, (kc_v, nt_v, toffs_v), (3, ap_v, aoff_v),
+                   None, atap_v, args[6:], 6)
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def ukernel_taps_strided(typingctx, kc, ntap, toffs, ap, aoff, a_rs, a_cs, a_tap, bp, boff,
+                         b_rs, cp, coff, ldc, accumulate):
+    """``ukernel_taps`` with A read where it lies: element (i, p) of tap t at
+    ``ap[aoff + i*a_rs + p*a_cs + t*a_tap]`` (a conv weight (K, C, R, S) as given: a_rs = C*R*S,
+    a_cs = R*S, a_tap = 1), so that nothing is packed where each weight sliver meets only a
+    few column slivers (batch 1 on small planes)."""
+    tile_mn = _ukernel_typing((ap, bp, cp))
+    if tile_mn is None or not (
+            isinstance(toffs, types.Array) and toffs.ndim == 1 and toffs.dtype == types.int64):
+        return None
+    sig = types.void(kc, ntap, toffs, ap, aoff, a_rs, a_cs, a_tap, bp, boff, b_rs, cp, coff,
+                     ldc, accumulate)
+
+    def codegen(context, builder, sig, args):
+        kc_v, nt_v, toffs_v, ap_v, aoff_v, ars_v, acs_v, atap_v = args[:8]
+        _taps_body(context, builder, sig, tile_mn, (kc_v, nt_v, toffs_v), (3, ap_v, aoff_v),
+                   (ars_v, acs_v, sig.args[5], sig.args[6]), atap_v, args[8:], 8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _taps_body(context, builder, sig, tile_mn, loop, a, a_strides, atap_v, rest, ri):
+    """The LLVM IR of ``ukernel_taps`` (``a_strides`` None: A packed) and of
+    ``ukernel_taps_strided`` (``a_strides``: the values and types of a_rs and a_cs).
+    ``loop``: kc, ntap, toffs; ``a``: (position of A in sig.args, A, aoff); ``rest``: bp, boff,
+    b_rs, cp, coff, ldc, accumulate, from position ``ri`` of sig.args; a_tap is at ri - 1."""
+    kc_v, nt_v, toffs_v = loop
+    ai, ap_v, aoff_v = a
+    bp_v, boff_v, brs_v, cp_v, coff_v, ldc_v, acc_v = rest
+
+    def cast(v, i):
+        return context.cast(builder, v, sig.args[i], types.intp)
+
+    kc_v, nt_v, aoff_v = cast(kc_v, 0), cast(nt_v, 1), cast(aoff_v, ai + 1)
+    atap_v = cast(atap_v, ri - 1)
+    boff_v, brs_v, coff_v, ldc_v, acc_v = (cast(v, ri + i) for v, i in
+                                           zip((boff_v, brs_v, coff_v, ldc_v, acc_v),
+                                               (1, 2, 4, 5, 6)))
+    mr, nr = tile_mn
+    intp = context.get_value_type(types.intp)
+    vty, nvec, esize, cst, lty, fma, A, B, C = _frame(
+        context, builder, nr, (sig.args[ai], ap_v, aoff_v), (sig.args[ri], bp_v, boff_v),
+        (sig.args[ri + 3], cp_v, coff_v))
+    if a_strides is None:
+        a_rows, a_step = [cst(i) for i in range(mr)], cst(mr)
+    else:  # row offsets: loop invariants, hoisted out of both loops
+        ars_v, acs_v, ars_t, acs_t = a_strides
+        ars_v = context.cast(builder, ars_v, ars_t, types.intp)
+        a_step = context.cast(builder, acs_v, acs_t, types.intp)
+        a_rows = [builder.mul(ars_v, cst(i)) for i in range(mr)]
+    w = vty.count
+    vptr = vty.as_pointer()
+    T = context.make_array(sig.args[2])(context, builder, toffs_v).data
+    zero = ir.Constant(vty, [0.0] * w)
+
+    pre = builder.block
+    outer = builder.append_basic_block("ukt.outer")
+    inner = builder.append_basic_block("ukt.inner")
+    latch = builder.append_basic_block("ukt.latch")
+    done = builder.append_basic_block("ukt.done")
+    go = builder.and_(builder.icmp_signed(">", kc_v, cst(0)),
+                      builder.icmp_signed(">", nt_v, cst(0)))
+    builder.cbranch(go, outer, done)
+
+    builder.position_at_end(outer)
+    t = builder.phi(intp)
+    t.add_incoming(cst(0), pre)
+    acc_o = []
+    for _ in range(mr * nvec):
+        ph = builder.phi(vty)
+        ph.add_incoming(zero, pre)
+        acc_o.append(ph)
+    a_t = builder.gep(A, [builder.mul(t, atap_v)])
+    b_t = builder.gep(B, [builder.load(builder.gep(T, [t]))])
+    builder.branch(inner)
+
+    builder.position_at_end(inner)
+    p = builder.phi(intp)
+    p.add_incoming(cst(0), outer)
+    acc_i = []
+    for i in range(mr * nvec):
+        ph = builder.phi(vty)
+        ph.add_incoming(acc_o[i], outer)
+        acc_i.append(ph)
+    new = _k_step(builder, builder.gep(a_t, [builder.mul(p, a_step)]), a_rows,
+                  builder.gep(b_t, [builder.mul(p, brs_v)]), acc_i, fma, lty, esize, cst)
+    pn = builder.add(p, cst(1))
+    p.add_incoming(pn, inner)
+    for ph, nv in zip(acc_i, new):
+        ph.add_incoming(nv, inner)
+    builder.cbranch(builder.icmp_signed("<", pn, kc_v), inner, latch)
+
+    builder.position_at_end(latch)
+    tn = builder.add(t, cst(1))
+    t.add_incoming(tn, latch)
+    for ph, nv in zip(acc_o, new):
+        ph.add_incoming(nv, latch)
+    builder.cbranch(builder.icmp_signed("<", tn, nt_v), outer, done)
+
+    builder.position_at_end(done)
+    finals = []
+    for i in range(mr * nvec):
+        ph = builder.phi(vty)
+        ph.add_incoming(zero, pre)
+        ph.add_incoming(new[i], latch)
+        finals.append(ph)
+    _store_tile(builder, C, ldc_v, acc_v, finals, mr, nvec, w, vptr, esize, cst)
 
 
 def _k_step(builder, arow, a_rows, brow, accs, fma, vty, esize, cst):

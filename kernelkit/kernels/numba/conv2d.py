@@ -89,6 +89,14 @@ SHIFT_EXACT_WASTE = 1.2
 # bytes: it lives in the calling thread's kept scratch (``_workspace``); a batch of 8 at 7 px
 # with 512 channels takes 7.7 MB, of 32 29 MB. Larger batches compute the grids.
 SHIFT_EXACT_MAX_BYTES = 32 << 20
+# The shifted GEMM reads the weight where it lies (``_conv._taps``: no packing phase for it)
+# where a sliver of its rows meets at most this many column slivers over the batch's images:
+# batch 1 on planes of up to 14 px, where packing the weight took as long as the convolution
+# it fed. Zen 4, batch 1, torch / ours from minima (ad hoc, one process): 512 ch 7 px 3x3
+# 0.47 -> 0.79, 512 ch 14 px stride 2 0.54 -> 0.88, 256 ch 14 px 0.67 -> 0.76, 1x1 at 7 px
+# 0.62 -> 0.74; 16 slivers (28 px) lost on 1x1 layers (128 -> 512: 0.94 -> 0.73), and at
+# batch 8 (packed once, read by each image) the 14 px layers were no faster.
+SHIFT_INPLACE_SLIVERS = 8
 # The AMX column conv passes each chunk of image columns over all the weight's rows where the
 # columns outnumber the rows (else each strip of weight rows over all the columns).
 AMX_COLS_BY_CHUNK = True
@@ -567,6 +575,9 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     # instead of each streaming all of it for its half of a few slivers
     pm, pn = _shares(n * g, tn, msl, nsl, SHIFT_ROWS_FIRST and kg > ncols)
     mc = _even(cdiv(msl, pm) * mr, cfg.mc, mr)
+    inplace = geo[_conv.G_PAIRS] == 0 and n * cdiv(nsl, pn) <= SHIFT_INPLACE_SLIVERS
+    if inplace:  # a sliver of weight rows at a time, over all the unit's columns
+        mc = mr
     nc = cfg.nc
     if gw != wo:  # the tiles go to a scratch of mc x nc per thread: keep it in L2
         nc = min(nc, max(nr, SHIFT_SCRATCH // (cdiv(mc, mr) * mr) // nr * nr))
@@ -581,6 +592,7 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     geo[_conv.G_XPITCH] = pitch
     geo[_conv.G_MODE] = _conv.MODE_SHIFT
     geo[_conv.G_KC] = _shift_kc(cg, cfg.kc, r, s, int(geo[_conv.G_DW]), itemsize, nr)
+    geo[_conv.G_AINPL] = int(inplace)
     geo[_conv.G_TAPW] = cg
     geo[_conv.G_MC] = mc
     geo[_conv.G_NC] = _even(cdiv(nsl, pn) * nr, nc, nr)
@@ -591,7 +603,7 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     geo[_conv.G_PHASE] = gh * gw
     geo[_conv.G_DIRECT] = int(direct)
     geo[_conv.G_LEAD] = lead
-    geo[_conv.G_XPOFF] = _shift_wsize(g, kg, cg, r * s, mr)
+    geo[_conv.G_XPOFF] = 0 if inplace else _shift_wsize(g, kg, cg, r * s, mr)
     return 0 if direct else n * c * pitch + nr
 
 
@@ -639,7 +651,7 @@ def _knobs() -> tuple:
     probe that sets one never meets a geometry made under another value."""
     return (SERIAL_WORK, SHIFT_WIDE, SHIFT_MIN_PIXELS, SHIFT_MIN_PLANE, SHIFT_ROWS_FIRST,
             SHIFT_KC, SHIFT_SCRATCH, BCOLS_WASTE, SHARED_PAD, SHIFT_EXACT_WASTE,
-            SHIFT_EXACT_MAX_BYTES, _l1_bytes)
+            SHIFT_EXACT_MAX_BYTES, SHIFT_INPLACE_SLIVERS, _l1_bytes)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -675,8 +687,8 @@ def _float_geometry(xshape: tuple, xstrides: tuple, dtype, wshape: tuple, stride
     if _shifted(cfg, n, ho, wo, r * s):  # MODE_SHIFT
         xp_size = _shift_geo(geo, _in_place(xshape, xstrides, dtype.itemsize, stride, padding),
                              dtype.itemsize, cfg, tn, padding, mr, nr)
-        return _FloatGeometry(_conv.MODE_SHIFT, geo, tn, _shift_wsize(g, kg, cg, r * s, mr),
-                              xp_size)
+        wsize = 0 if geo[_conv.G_AINPL] else _shift_wsize(g, kg, cg, r * s, mr)
+        return _FloatGeometry(_conv.MODE_SHIFT, geo, tn, wsize, xp_size)
     # MODE_KP: Y_n (Kg x HoWo) = W (read in place) @ im2col panels (packed B)
     # Small planes whose last sliver per image is mostly empty: the columns run over all
     # images instead (units are then groups, not (image, group) pairs)
@@ -962,6 +974,10 @@ def _conv_float(x, weight, bias, stride, padding, dilation, groups, activation, 
         wsrc = _writable(weight.transpose(0, 2, 3, 1)).reshape(-1)
         wpack = xpb = _scratch(fg.wsize, dtype)
         geo, pack_tn, keep = fg.geo, _pack_threads(tn, False, fg.wsize, 0), None
+    elif fg.mode == _conv.MODE_SHIFT and fg.wsize == 0:  # the weight read where it lies
+        geo, wsrc = fg.geo, _writable(weight).reshape(-1)
+        wpack = xpb = _scratch(fg.xp_size, dtype)
+        pack_tn, keep = _pack_threads(tn, True, 0, fg.xp_size), None
     elif fg.mode == _conv.MODE_SHIFT:
         geo = fg.geo.copy()  # _shift_buffers notes the kept pack in it
         wpack, xpb, kept, keep = _shift_buffers(weight, fg.wsize, fg.xp_size, dtype, geo)
