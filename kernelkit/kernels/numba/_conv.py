@@ -957,7 +957,7 @@ def _pack_b_exact(t, nthr, xf, xlo, sx, bp, geo):
 
 
 @numba.njit(inline="always", **_JIT)
-def _shift_exact_unit(bp, g, r0, r1, j0, j1, wp, ars, atail, bias, c, geo, ct, ttmp):
+def _shift_exact_unit(bp, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp):
     """Output channels [r0, r1) and output columns [j0, j1) of group g, the columns counted
     over all images one after the other (column j: position j % HoWo of image j // HoWo).
 
@@ -966,7 +966,7 @@ def _shift_exact_unit(bp, g, r0, r1, j0, j1, wp, ars, atail, bias, c, geo, ct, t
     last sliver): 64 columns for 49. Here B was packed whole in the packing phase
     (``_pack_b_exact``), sliver by sliver of exact output columns across the images: 392
     columns of a batch of 8 are 13 slivers, not 16, and threads may split the weight's rows
-    evenly without packing B twice. ``ars``: as in ``_shift_unit``."""
+    evenly without packing B twice."""
     K, Ho, Wo = geo[G_K], geo[G_HO], geo[G_WO]
     mc, kc, nc = geo[G_MC], geo[G_KC], geo[G_NC]
     has_bias, act = geo[G_HAS_BIAS] != 0, geo[G_ACT]
@@ -990,12 +990,7 @@ def _shift_exact_unit(bp, g, r0, r1, j0, j1, wp, ars, atail, bias, c, geo, ct, t
             acc = 0 if first else 1
             for ic in range(r0, r1, mc):
                 mb = min(mc, r1 - ic)
-                if ars == 0:
-                    aoff = g * ntap * a_tap + cb * kgpad + ic * kb
-                else:
-                    aoff = (g * kg + ic) * ars + cb * ntap
-                    if mb % mr != 0:
-                        _tail_rows(wp, aoff + mb // mr * mr * ars, ars, mb % mr, kb, ntap, atail)
+                aoff = g * ntap * a_tap + cb * kgpad + ic * kb
                 for j in range(jc, jc + nb, nr):
                     cols = min(nr, jc + nb - j)
                     bo = bblk + (j // nr) * sl_words
@@ -1005,18 +1000,13 @@ def _shift_exact_unit(bp, g, r0, r1, j0, j1, wp, ars, atail, bias, c, geo, ct, t
                     for i0 in range(0, mb, mr):
                         rows = min(mr, mb - i0)
                         crow = g * kg + ic + i0
-                        if ars == 0:
-                            wa, ao, rs = wp, aoff + i0 * kb, ars
-                        elif rows == mr:
-                            wa, ao, rs = wp, aoff + i0 * ars, ars
-                        else:
-                            wa, ao, rs = atail, _I(0), kb * ntap
+                        ao = aoff + i0 * kb
                         if inside and rows == mr and cols == nr:
-                            _taps(kb, ntap, ttmp, wa, ao, a_tap, rs, bp, bo, nr, c,
-                                  (n0 * K + crow) * hw + pos0, hw, acc)
+                            ukernel_taps(kb, ntap, ttmp, wp, ao, a_tap, bp, bo, nr, c,
+                                         (n0 * K + crow) * hw + pos0, hw, acc)
                         else:
-                            _taps(kb, ntap, ttmp, wa, ao, a_tap, rs, bp, bo, nr, ct, _I(0), nr,
-                                  _I(0))
+                            ukernel_taps(kb, ntap, ttmp, wp, ao, a_tap, bp, bo, nr, ct, _I(0),
+                                         nr, _I(0))
                             _tile_to_images(c, ct, j, cols, rows, hw, K, crow, first)
                         if last:  # per image the sliver crosses
                             _epilogue_images(c, j, cols, rows, hw, K, crow, bias, has_bias,
@@ -1040,9 +1030,6 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, xpb, bias, c, geo):
     ct = np.empty(mr * nr, c.dtype)
     ntap = geo[G_R] * geo[G_S]
     ttmp = np.empty(ntap, np.int64)
-    # geo[G_AINPL]: wp is the weight as given, read in place (rows cg * ntap apart)
-    ars = cg * ntap if geo[G_AINPL] != 0 else 0
-    atail = np.empty(mr * geo[G_KC] * ntap if ars != 0 else 0, wp.dtype)
     if geo[G_PACKB] != 0:  # exact columns over all images (units: groups and shares)
         ncols = N * Ho * Wo
         nsl = _cdiv(ncols, nr)
@@ -1050,9 +1037,12 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, xpb, bias, c, geo):
             pi, mi, g, _ = _unit(u, pn, pm, G)
             r0, r1 = _split(mi, pm, msl, mr, kg)
             j0, j1 = _split(pi, pn, nsl, nr, ncols)
-            _shift_exact_unit(xpb, g, r0, r1, j0, j1, wp, ars, atail, bias, c, geo, ct, ttmp)
+            _shift_exact_unit(xpb, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp)
         return
     tmpb = np.empty(ntap * geo[G_KC] * nr, wp.dtype)
+    # geo[G_AINPL]: wp is the weight as given, read in place (rows cg * ntap apart)
+    ars = cg * ntap if geo[G_AINPL] != 0 else 0
+    atail = np.empty(mr * geo[G_KC] * ntap if ars != 0 else 0, wp.dtype)
     toffs = np.empty(ntap, np.int64)
     sh, sw = geo[G_SH], geo[G_SW]
     for tp in range(ntap):  # tap (kr, ks): a shift within stride phase (ry % sh, rx % sw)

@@ -625,17 +625,10 @@ def _exact_geo(geo, itemsize: int, cfg: Conv2dConfig, tn: int, mr: int, nr: int)
     geo[_conv.G_KC] = _exact_kc(cg, cfg.kc, r * s, itemsize, nr)
     geo[_conv.G_TAPW] = cg
     geo[_conv.G_MC] = _even(cdiv(msl, pm) * mr, cfg.mc, mr)
-    if geo[_conv.G_PAIRS] == 0:  # float: the weight read where it lies, a sliver of rows at
-        # a time over the unit's columns (Zen 4, batch 8, torch / ours from minima, two ad hoc
-        # runs: 512 ch 3x3 at 7 px 0.69, 0.60 -> 0.73, 0.64; at 14 px stride 2 0.78, 0.74 ->
-        # 0.82, 0.79; the 1x1 layers 0.84-0.92 -> 0.80-0.96). bfloat16 pairs: packed (a
-        # word is two channels of one tap, 9 words apart in the weight as given)
-        geo[_conv.G_AINPL] = 1
-        geo[_conv.G_MC] = mr
     geo[_conv.G_NC] = _even(cdiv(nsl, pn) * nr, cfg.nc, nr)
     geo[_conv.G_PM] = pm
     geo[_conv.G_PN] = pn
-    geo[_conv.G_XPOFF] = 0 if geo[_conv.G_AINPL] else _shift_wsize(g, kg, cg, r * s, mr)
+    geo[_conv.G_XPOFF] = _shift_wsize(g, kg, cg, r * s, mr)
     return _exact_b_words(n, c, r, s, ho * wo, nr)
 
 
