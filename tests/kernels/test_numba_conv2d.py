@@ -688,12 +688,14 @@ def test_shifted_gemm_reads_the_weight_in_place(case, threads, dtype, monkeypatc
     (1, 512, 7, 3, 1, True), (1, 512, 14, 3, 2, True), (1, 256, 14, 3, 1, True),
     (1, 2048, 7, 1, 1, True), (1, 1024, 14, 1, 2, True), (2, 512, 7, 3, 1, True),
     (1, 128, 28, 3, 1, False), (1, 64, 56, 3, 1, False), (8, 256, 14, 3, 1, False),
+    (1, 1024, 14, 1, 1, False), (1, 256, 14, 1, 1, True),
     (8, 512, 7, 3, 1, False)])
 def test_weight_read_in_place_where_it_meets_few_slivers(n, c, hw, r, stride, inplace):
     """The shifted GEMM reads the weight where it lies where a sliver of its rows meets at most
     SHIFT_INPLACE_SLIVERS column slivers over the batch (batch 1 up to 14 px, batch 2 at 7
     px), and packs it where the packing is shared by more (28 px and up, batch 8; the batch of
-    8 at 7 px takes the exact columns and packs); nothing of the weight to pack then."""
+    8 at 7 px takes the exact columns and packs), or where rows 4 KiB apart (1024 channels
+    1x1) would meet more than two slivers; nothing of the weight to pack then."""
     from kernelkit.kernels.numba import _conv
 
     x = np.zeros((n, c, hw, hw), np.float32)

@@ -95,7 +95,10 @@ SHIFT_EXACT_MAX_BYTES = 32 << 20
 # it fed. Zen 4, batch 1, torch / ours from minima (ad hoc, one process): 512 ch 7 px 3x3
 # 0.47 -> 0.79, 512 ch 14 px stride 2 0.54 -> 0.88, 256 ch 14 px 0.67 -> 0.76, 1x1 at 7 px
 # 0.62 -> 0.74; 16 slivers (28 px) lost on 1x1 layers (128 -> 512: 0.94 -> 0.73), and at
-# batch 8 (packed once, read by each image) the 14 px layers were no faster.
+# batch 8 (packed once, read by each image) the 14 px layers were no faster. Rows a multiple of
+# 4 KiB apart (1x1 with 1024 channels) fall in the same L1 sets, 12 rows for 8 ways: those
+# read in place only over two slivers (at 14 px, 7 slivers, 1024 -> 256 lost 0.91, 0.83 ->
+# 0.76, 0.76 in the all-layer probe; at 7 px 2048 -> 512 won 0.60, 0.53 -> 0.75, 0.76).
 SHIFT_INPLACE_SLIVERS = 8
 # The AMX column conv passes each chunk of image columns over all the weight's rows where the
 # columns outnumber the rows (else each strip of weight rows over all the columns).
@@ -575,7 +578,9 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     # instead of each streaming all of it for its half of a few slivers
     pm, pn = _shares(n * g, tn, msl, nsl, SHIFT_ROWS_FIRST and kg > ncols)
     mc = _even(cdiv(msl, pm) * mr, cfg.mc, mr)
-    inplace = geo[_conv.G_PAIRS] == 0 and n * cdiv(nsl, pn) <= SHIFT_INPLACE_SLIVERS
+    slivers = n * cdiv(nsl, pn)
+    inplace = geo[_conv.G_PAIRS] == 0 and slivers <= SHIFT_INPLACE_SLIVERS and (
+        slivers <= 2 or cg * r * s * itemsize % 4096 != 0)
     if inplace:  # a sliver of weight rows at a time, over all the unit's columns
         mc = mr
     nc = cfg.nc
