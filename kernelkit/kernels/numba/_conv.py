@@ -31,7 +31,9 @@ block straight into the micro-kernel's panel layout):
   where they lie (``ukernel_strided``), from x itself (unpadded, unit-stride rows) or from one
   zero-padded copy made in the packing phase. Nothing but the weight is packed, where the
   implicit GEMM gathers every im2col element into a panel; on planes of a few slivers (7-14 px)
-  the panel, packed once and reused over all Kg rows, still wins.
+  the panel, packed once and reused over all Kg rows, still wins. Where a sliver of the
+  weight's rows meets only a few column slivers (batch 1 on small planes: geo[G_AINPL]) the
+  weight is read where it lies too (``_taps``), an MR-row sliver at a time.
 * op BWD_IN: ``dcol (Cg*R*S x HoWo) = Wg^T @ dY`` block by block, scattered (col2im) into dx;
   threads own disjoint (image, channel range) pairs, so the scatter needs no atomics.
 * op BWD_W: ``dW (Kg x Cg*R*S) = sum_n dY_n @ col_n^T``, threads own disjoint column ranges.
