@@ -568,6 +568,23 @@ def _geo_modes(monkeypatch):
     return seen
 
 
+def _check_shift_inputs(x, w, b, case, dtype, weights):
+    """The shifted GEMM (TINY and default blocking) on ``case``: bias + relu, each of
+    ``weights`` (views of ``w``), strided and channel-reversed inputs; NaN/Inf in x."""
+    for cfg in (dataclasses.replace(TINY[dtype], kernel="shift"),
+                dataclasses.replace(Conv2dConfig.default(dtype), kernel="shift")):
+        check(fwd(x, w, b, case, "NCHW", "relu", cfg), x, w, b, case, "NCHW", "relu")
+        for wv in weights:
+            check(fwd(x, wv, b, case, "NCHW", None, cfg), x, w, b, case, "NCHW")
+        for xx in (view(x, "strided"), np.ascontiguousarray(x[:, ::-1])[:, ::-1]):
+            check(fwd(xx, w, b, case, "NCHW", None, cfg), x, w, b, case, "NCHW")
+    bad = x.copy()
+    flat = bad.reshape(-1)
+    flat[::17] = np.nan
+    flat[3::23] = np.inf
+    check(fwd(bad, w, b, case, "NCHW", None, TINY[dtype]), bad, w, b, case, "NCHW")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("threads", ["serial", "parallel"])
 @pytest.mark.parametrize("case", EXACT_CASES, ids=_ids)
@@ -588,16 +605,7 @@ def test_shifted_gemm_exact_columns_across_images(case, threads, dtype, monkeypa
     fwd(x, w, b, case, "NCHW")  # compiled before numpy's empty is poisoned
     poison_allocations(monkeypatch)
     geos = _geo_modes(monkeypatch)
-    for cfg in (dataclasses.replace(TINY[dtype], kernel="shift"),
-                dataclasses.replace(Conv2dConfig.default(dtype), kernel="shift")):
-        check(fwd(x, w, b, case, "NCHW", "relu", cfg), x, w, b, case, "NCHW", "relu")
-        for xx in (view(x, "strided"), np.ascontiguousarray(x[:, ::-1])[:, ::-1]):
-            check(fwd(xx, w, b, case, "NCHW", None, cfg), x, w, b, case, "NCHW")
-    bad = x.copy()
-    flat = bad.reshape(-1)
-    flat[::17] = np.nan
-    flat[3::23] = np.inf
-    check(fwd(bad, w, b, case, "NCHW", None, TINY[dtype]), bad, w, b, case, "NCHW")
+    _check_shift_inputs(x, w, b, case, dtype, (w,))
     assert geos and all(g[_conv.G_MODE] == _conv.MODE_SHIFT and g[_conv.G_PACKB] == 1
                         for g in geos)
 
@@ -666,17 +674,7 @@ def test_shifted_gemm_reads_the_weight_in_place(case, threads, dtype, monkeypatc
     poison_allocations(monkeypatch)
     geos = _geo_modes(monkeypatch)
     w_rev = np.ascontiguousarray(w[::-1])[::-1]  # the same weight, negative row strides
-    for cfg in (dataclasses.replace(TINY[dtype], kernel="shift"),
-                dataclasses.replace(Conv2dConfig.default(dtype), kernel="shift")):
-        check(fwd(x, w, b, case, "NCHW", "relu", cfg), x, w, b, case, "NCHW", "relu")
-        check(fwd(x, w_rev, b, case, "NCHW", None, cfg), x, w, b, case, "NCHW")
-        for xx in (view(x, "strided"), np.ascontiguousarray(x[:, ::-1])[:, ::-1]):
-            check(fwd(xx, w, b, case, "NCHW", None, cfg), x, w, b, case, "NCHW")
-    bad = x.copy()
-    flat = bad.reshape(-1)
-    flat[::17] = np.nan
-    flat[3::23] = np.inf
-    check(fwd(bad, w, b, case, "NCHW", None, TINY[dtype]), bad, w, b, case, "NCHW")
+    _check_shift_inputs(x, w, b, case, dtype, (w, w_rev))
     assert geos and all(g[_conv.G_MODE] == _conv.MODE_SHIFT and g[_conv.G_AINPL] == 1
                         and g[_conv.G_MC] == nc.tile_shape(dtype)[0] for g in geos)
     monkeypatch.setattr(nc, "SHIFT_INPLACE_SLIVERS", 0)
