@@ -568,6 +568,19 @@ def _geo_modes(monkeypatch):
     return seen
 
 
+def _shift_case(case, dtype, threads, seed, monkeypatch):
+    """(x, w, b, geos) for a shifted-GEMM test of ``case``: inputs from a seed of the case's
+    sizes, one thread or every share threaded, the entry point compiled before the allocations
+    are poisoned, and the list that fills with each launch's geometry."""
+    monkeypatch.setattr(nc, "SERIAL_WORK", 1 << 62 if threads == "serial" else 0)
+    monkeypatch.setattr(nc, "SERIAL_PACK", 1 << 62 if threads == "serial" else 0)
+    rng = np.random.default_rng(sum(case[:5]) + seed)
+    x, w, b = make(case, dtype, "NCHW", rng)
+    fwd(x, w, b, case, "NCHW")  # compiled before numpy's empty is poisoned
+    poison_allocations(monkeypatch)
+    return x, w, b, _geo_modes(monkeypatch)
+
+
 def _check_shift_inputs(x, w, b, case, dtype, weights):
     """The shifted GEMM (TINY and default blocking) on ``case``: bias + relu, each of
     ``weights`` (views of ``w``), strided and channel-reversed inputs; NaN/Inf in x."""
@@ -598,13 +611,7 @@ def test_shifted_gemm_exact_columns_across_images(case, threads, dtype, monkeypa
     from kernelkit.kernels.numba import _conv
 
     monkeypatch.setattr(nc, "SHIFT_EXACT_WASTE", 0.0)
-    monkeypatch.setattr(nc, "SERIAL_WORK", 1 << 62 if threads == "serial" else 0)
-    monkeypatch.setattr(nc, "SERIAL_PACK", 1 << 62 if threads == "serial" else 0)
-    rng = np.random.default_rng(sum(case[:5]) + 7)
-    x, w, b = make(case, dtype, "NCHW", rng)
-    fwd(x, w, b, case, "NCHW")  # compiled before numpy's empty is poisoned
-    poison_allocations(monkeypatch)
-    geos = _geo_modes(monkeypatch)
+    x, w, b, geos = _shift_case(case, dtype, threads, 7, monkeypatch)
     _check_shift_inputs(x, w, b, case, dtype, (w,))
     assert geos and all(g[_conv.G_MODE] == _conv.MODE_SHIFT and g[_conv.G_PACKB] == 1
                         for g in geos)
@@ -666,13 +673,7 @@ def test_shifted_gemm_reads_the_weight_in_place(case, threads, dtype, monkeypatc
 
     monkeypatch.setattr(nc, "SHIFT_INPLACE_SLIVERS", 1 << 30)
     monkeypatch.setattr(nc, "SHIFT_EXACT_WASTE", float("inf"))
-    monkeypatch.setattr(nc, "SERIAL_WORK", 1 << 62 if threads == "serial" else 0)
-    monkeypatch.setattr(nc, "SERIAL_PACK", 1 << 62 if threads == "serial" else 0)
-    rng = np.random.default_rng(sum(case[:5]) + 11)
-    x, w, b = make(case, dtype, "NCHW", rng)
-    fwd(x, w, b, case, "NCHW")  # compiled before numpy's empty is poisoned
-    poison_allocations(monkeypatch)
-    geos = _geo_modes(monkeypatch)
+    x, w, b, geos = _shift_case(case, dtype, threads, 11, monkeypatch)
     w_rev = np.ascontiguousarray(w[::-1])[::-1]  # the same weight, negative row strides
     _check_shift_inputs(x, w, b, case, dtype, (w, w_rev))
     assert geos and all(g[_conv.G_MODE] == _conv.MODE_SHIFT and g[_conv.G_AINPL] == 1
