@@ -44,8 +44,11 @@ def explain(op: Any, *args: Any, **kwargs: Any) -> Explanation:
     Example:
         >>> print(kernelkit.explain("matmul", a, b))  # doctest: +SKIP
     """
-    name = op if isinstance(op, str) else getattr(op, "__name__", repr(op))
     specs = {s.name: s for s in _core.op_specs()}
+    name = op if isinstance(op, str) else getattr(op, "__name__", None)
+    if not isinstance(name, str):  # e.g. explain(a, b): the op's arrays without its name
+        raise TypeError(f"explain: 'op' must be an op's name or function, one of "
+                        f"{sorted(specs)}, got {type(op).__name__}")
     if name not in specs:
         raise ValueError(f"explain: unknown op {name!r}; expected one of {sorted(specs)}")
     return explain_call(specs[name].prepare(*args, **kwargs))

@@ -319,6 +319,18 @@ def test_forced_choice_that_cannot_run_raises():
         kernelkit.use(backend="cublas").__enter__()
 
 
+def test_explain_without_the_op_name_says_what_it_takes():
+    """explain(a, b), as one would call matmul, used to put the whole of `a` into a ValueError
+    ("unknown op 'array([[...'"); the op's name or function is its first argument."""
+    a, b = np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)
+    with pytest.raises(TypeError, match=r"explain: 'op' must be an op's name or function, one of "
+                                        r"\[.*'matmul'.*\], got ndarray$"):
+        kernelkit.explain(a, b)
+    with pytest.raises(ValueError, match="explain: unknown op 'matmull'"):
+        kernelkit.explain("matmull", a, b)
+    assert kernelkit.explain(kernelkit.matmul, a, b).problem.op == "matmul"
+
+
 def test_env_knobs(monkeypatch, rng):
     a, b = rand(rng, (9, 9)), rand(rng, (9, 9))
     monkeypatch.setenv("KERNELKIT_BACKEND", "torch")
