@@ -15,8 +15,10 @@ dtype, device, the knobs) it asks the tuner once and keeps one of two routes:
   timed, and the faster keeps the layer (`InContext`).
 
 Under autocast the module calls the custom op, whose autocast rule gives torch's dtypes. Under
-torch.compile and torch.export it traces torch's own op where every size the layer saw in eager
-mode chose torch (so Inductor keeps its fusions), else the custom op (`compiled()`).
+torch.compile, torch.export and torch.jit.trace it traces torch's own op where every size the
+layer saw in eager mode chose torch (so Inductor keeps its fusions, and a trace needs nothing but
+torch), else the custom op (`compiled()`; a kernel run while torch.jit.trace records would be
+baked into the trace as a constant).
 """
 
 from __future__ import annotations
@@ -45,9 +47,10 @@ def grad_on(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
 
 def forward(module: torch.nn.Module, x: torch.Tensor, aten_route: Route, op_route: Route,
             make) -> torch.Tensor:
-    """A kernelkit.nn layer's call: traced (compile/export: `compiled`), under autocast (the
-    registered op, whose autocast rule gives torch's dtypes), or eager (the memoised route)."""
-    if torch.compiler.is_compiling():
+    """A kernelkit.nn layer's call: traced (torch.compile, export and torch.jit.trace:
+    `compiled`), under autocast (the registered op, whose autocast rule gives torch's dtypes),
+    or eager (the memoised route)."""
+    if torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None:
         return compiled(module, aten_route, op_route)(module, x, module.weight, module.bias)
     if torch._C._is_any_autocast_enabled():
         return op_route(module, x, module.weight, module.bias)
@@ -95,7 +98,7 @@ def _note_aten_only(state: dict) -> None:
 
 
 def compiled(module: torch.nn.Module, aten_route: Route, op_route: Route) -> Route:
-    """The route torch.compile / torch.export trace: torch's own op when the layer ran in eager
+    """The route torch.compile, torch.export and torch.jit.trace trace: torch's own op when the layer ran in eager
     mode and torch won every input size it saw (Inductor then keeps its own fusions around it),
     else the custom op, which dispatches (and tunes) per call inside the compiled graph. Read at
     trace time from a plain attribute, so dynamo guards on it: a later eager call that changes

@@ -81,7 +81,9 @@ class Preprocess(nn.Module):
         if images.ndim == 3:  # one (H, W, C) image
             return self.forward(images.unsqueeze(0)).squeeze(0)
         args = self.op_args(images)
-        if torch.compiler.is_compiling():  # torch.ops.* rather than preprocess_op(): dynamo traces it
+        # traced (torch.compile, export, torch.jit.trace): the registered op; torch.ops.*
+        # rather than preprocess_op(): dynamo traces it
+        if torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None:
             return torch.ops.kernelkit.preprocess(images, *args)
         size, mean, std, crop, flip, interp, aa, order, dtype, layout, unit = args
         return _preprocess.preprocess(

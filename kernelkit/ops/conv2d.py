@@ -19,7 +19,7 @@ from .. import arrays, core
 from ..core import Call, Candidate, Config, OpSpec, Plan, Problem
 from ..kernels import check_activation, torch_activations
 from ..kernels.convgeom import ConvOptions, check_geometry, nchw_shape
-from .dispatch import PlanMemo, explain_call, needs_grad, plan_for, signature
+from .dispatch import PlanMemo, explain_call, jit_tracing, needs_grad, plan_for, signature
 from .verify import f64, normwise_error
 
 FLOAT_DTYPES = arrays.FLOAT_DTYPES
@@ -58,6 +58,9 @@ def conv2d(x: Any, weight: Any, bias: Any = None, *, stride=1, padding=0, dilati
         >>> kernelkit.conv2d(x, w, padding="same", activation="relu").shape
         (1, 8, 32, 32)
     """
+    if jit_tracing():
+        return _traced("conv2d", x, x, weight, (bias,), stride, padding, dilation, groups, layout,
+                       (activation, layout, allow_tf32))
     extras = (_hashable(stride), _hashable(padding), _hashable(dilation), groups, activation,
               layout, allow_tf32)
     sig = signature((x, weight, bias), extras)
@@ -83,6 +86,10 @@ def conv2d_backward_input(grad_out: Any, weight: Any, input_shape, *, stride=1, 
     Returns:
         dx, shaped like the forward input.
     """
+    if jit_tracing():
+        shape = [int(v) for v in input_shape]
+        return _traced("conv2d_backward_input", shape, grad_out, weight, (shape,), stride,
+                       padding, dilation, groups, layout, (layout, allow_tf32))
     extras = (tuple(input_shape), _hashable(stride), _hashable(padding), _hashable(dilation),
               groups, layout, allow_tf32)
     sig = signature((grad_out, weight), extras)
@@ -107,6 +114,10 @@ def conv2d_backward_weight(x: Any, grad_out: Any, weight_shape, *, stride=1, pad
     Returns:
         dw of shape `weight_shape`. The bias gradient is ``grad_out.sum((0, 2, 3))``.
     """
+    if jit_tracing():
+        shape = [int(v) for v in weight_shape]
+        return _traced("conv2d_backward_weight", x, x, grad_out, (shape,), stride, padding,
+                       dilation, groups, layout, (layout, allow_tf32), weight_shape=shape)
     extras = (tuple(weight_shape), _hashable(stride), _hashable(padding), _hashable(dilation),
               groups, layout, allow_tf32)
     sig = signature((x, grad_out), extras)
@@ -123,6 +134,27 @@ def explain(x, weight, bias=None, **kwargs):
 
 
 _FORWARD, _BWD_INPUT, _BWD_WEIGHT = PlanMemo(), PlanMemo(), PlanMemo()
+
+
+def _traced(op: str, input_or_shape, a, b, middle: tuple, stride, padding, dilation, groups,
+            layout, tail: tuple, weight_shape=None):
+    """The call as its registered torch op (``torch.ops.kernelkit.<op>(a, b, *middle, stride,
+    padding, dilation, groups, *tail)``), which torch.jit.trace records and replays on new
+    inputs; a kernel run now would be baked into the trace as a constant. The geometry is
+    checked and put in the op's form ((top, bottom, left, right) padding) first.
+    ``input_or_shape``: the forward input, or its shape (the input gradient's)."""
+    from . import torch_ops
+
+    kl, channels_last = _layout(op, a, layout)
+    shape = input_or_shape if isinstance(input_or_shape, list) else list(input_or_shape.shape)
+    xs = tuple(int(v) for v in shape)
+    xs = xs if channels_last else nchw_shape(xs, kl)
+    ws = tuple(int(v) for v in (weight_shape if weight_shape is not None else b.shape))
+    geo, _ = check_geometry(op, xs, ws, stride, padding, dilation, groups)
+    registered = (torch_ops.conv2d_op() if op == "conv2d"
+                  else torch_ops.conv2d_backward_ops()[op == "conv2d_backward_weight"])
+    return registered(a, b, *middle, list(geo.stride), list(geo.padding), list(geo.dilation),
+                      geo.groups, *tail)
 
 
 def _hashable(v):

@@ -8,7 +8,10 @@ repeated call costs one dict lookup on top of the kernel launch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sys
+import threading
 from dataclasses import dataclass
 
 from .. import compiling, core
@@ -16,6 +19,35 @@ from .. import settings as _settings
 from ..arrays import _SIG_OF_TYPE, signature_fn
 from ..autotune import tuner
 from ..core import Call, Choice, Plan, Problem
+
+
+# -- torch.jit.trace -----------------------------------------------------------------------------
+class _OpBody(threading.local):
+    depth = 0
+
+
+_OP_BODY = _OpBody()
+
+
+def jit_tracing() -> bool:
+    """Whether torch.jit.trace is recording this thread's torch calls, outside the body of a
+    registered kernelkit op. A kernel run now (Numba, or anything outside torch) would be baked
+    into the trace as a constant, right only for the example inputs; the ops then call their
+    registered torch op instead, which the trace records and replays on new inputs."""
+    torch = sys.modules.get("torch")
+    return (torch is not None and torch._C._get_tracing_state() is not None
+            and not _OP_BODY.depth)
+
+
+@contextlib.contextmanager
+def op_body():
+    """The body of a registered op is running (the trace has recorded the op itself): the
+    kernelkit ops it calls run their kernels, not the registered op again."""
+    _OP_BODY.depth += 1
+    try:
+        yield
+    finally:
+        _OP_BODY.depth -= 1
 
 
 # -- per-call-signature plan memos ---------------------------------------------------------------

@@ -17,7 +17,7 @@ from .. import arrays, core
 from .. import settings as _settings
 from ..core import Call, Candidate, Config, OpSpec, Plan, Problem
 from ..kernels import check_activation, torch_activations
-from .dispatch import PlanMemo, explain_call, needs_grad, plan_for, signature
+from .dispatch import PlanMemo, explain_call, jit_tracing, needs_grad, plan_for, signature
 from .verify import f64, normwise_error
 
 OP = "matmul"
@@ -64,6 +64,10 @@ def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
         sig = (a.dtype, a.shape, a.strides, b.dtype, b.shape, b.strides, activation,
                allow_tf32, _settings.token())
     else:
+        if jit_tracing():  # torch.jit.trace records the registered op (see jit_tracing)
+            from .torch_ops import matmul_op
+
+            return matmul_op()(a, b, bias, activation, allow_tf32)
         sig = signature((a, b, bias), (activation, allow_tf32))
     plan = _PLANS.get(sig) if sig is not None else None
     if plan is None:

@@ -20,7 +20,7 @@ import numpy as np
 from .. import arrays, core
 from ..core import Call, Candidate, Config, OpSpec, Plan, Problem
 from ..kernels.taps import INTERPOLATIONS, PreprocessSpec
-from .dispatch import PlanMemo, plan_for, signature
+from .dispatch import PlanMemo, jit_tracing, plan_for, signature
 
 OP = "preprocess"
 IN_DTYPES = ("uint8", "float32")
@@ -90,6 +90,11 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
         ...                              std=(58.4, 57.1, 57.4))  # doctest: +SKIP
     """
     ragged = isinstance(images, (list, tuple))
+    if jit_tracing() and arrays.array_lib(images[0] if ragged and images else images) == "torch":
+        raise RuntimeError(
+            "preprocess: torch.jit.trace cannot record kernelkit.preprocess (its result would be "
+            "baked into the trace as a constant); trace kernelkit.nn.Preprocess instead, which "
+            "records torch.ops.kernelkit.preprocess")
     extras = _frozen((size, mean, std, crop, flip, rotate, fill, interpolation, antialias,
                       channel_order, out_dtype, layout, stats_unit))
     sig = signature(tuple(images) if ragged else (images,), (ragged, extras)) \

@@ -32,6 +32,7 @@ import functools
 
 from .. import core
 from ..kernels.convgeom import nchw_shape, out_size
+from .dispatch import op_body
 
 
 # -- shared pieces -------------------------------------------------------------------------------
@@ -51,6 +52,18 @@ def _activation_backward(name: str, grad, z):
         s = torch.sigmoid(z)
         return grad * s * (1 + z * (1 - s))
     raise ValueError(f"kernelkit: no backward for activation {name!r}")
+
+
+def _body(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` (a kernelkit op) as the body of a registered op. Under
+    torch.jit.trace the trace has recorded the registered op itself, so the kernelkit op must
+    run its kernel here, not redirect to the registered op again (``dispatch.jit_tracing``)."""
+    import torch
+
+    if torch._C._get_tracing_state() is None:
+        return fn(*args, **kwargs)
+    with op_body():
+        return fn(*args, **kwargs)
 
 
 def _sum_to(x, shape):
@@ -130,8 +143,8 @@ def matmul_op():
         schema="(Tensor a, Tensor b, Tensor? bias, str? activation, bool allow_tf32) -> Tensor")
     def kk_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None,
                   activation: str | None, allow_tf32: bool) -> torch.Tensor:
-        return matmul(a.detach(), b.detach(), bias=_detach(bias), activation=activation,
-                      allow_tf32=allow_tf32)
+        return _body(matmul, a.detach(), b.detach(), bias=_detach(bias), activation=activation,
+                     allow_tf32=allow_tf32)
 
     @kk_matmul.register_fake
     def _(a, b, bias, activation, allow_tf32):
@@ -169,8 +182,8 @@ def linear_op():
                   activation: str | None, allow_tf32: bool) -> torch.Tensor:
         # (*, K) -> (M, K): batch dims only scale the work, so every batch shape is one problem
         x2 = x.detach().reshape(-1, x.shape[-1])
-        y = matmul(x2, weight.detach().t(), bias=_detach(bias), activation=activation,
-                   allow_tf32=allow_tf32)
+        y = _body(matmul, x2, weight.detach().t(), bias=_detach(bias), activation=activation,
+                  allow_tf32=allow_tf32)
         return y.reshape(*x.shape[:-1], weight.shape[0])
 
     @kk_linear.register_fake
@@ -238,9 +251,9 @@ def conv2d_backward_ops():
                "bool allow_tf32) -> Tensor")
     def kk_bwd_input(grad_out, weight, input_shape, stride, padding, dilation, groups, layout,
                      allow_tf32):
-        return bwd_input(grad_out.detach(), weight.detach(), tuple(input_shape),
-                         stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
-                         groups=groups, layout=layout, allow_tf32=allow_tf32)
+        return _body(bwd_input, grad_out.detach(), weight.detach(), tuple(input_shape),
+                     stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
+                     groups=groups, layout=layout, allow_tf32=allow_tf32)
 
     @kk_bwd_input.register_fake
     def _(grad_out, weight, input_shape, stride, padding, dilation, groups, layout, allow_tf32):
@@ -252,9 +265,9 @@ def conv2d_backward_ops():
                "bool allow_tf32) -> Tensor")
     def kk_bwd_weight(x, grad_out, weight_shape, stride, padding, dilation, groups, layout,
                       allow_tf32):
-        return bwd_weight(x.detach(), grad_out.detach(), tuple(weight_shape),
-                          stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
-                          groups=groups, layout=layout, allow_tf32=allow_tf32)
+        return _body(bwd_weight, x.detach(), grad_out.detach(), tuple(weight_shape),
+                     stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
+                     groups=groups, layout=layout, allow_tf32=allow_tf32)
 
     @kk_bwd_weight.register_fake
     def _(x, grad_out, weight_shape, stride, padding, dilation, groups, layout, allow_tf32):
@@ -348,9 +361,9 @@ def conv2d_op():
                "str? layout, bool allow_tf32) -> Tensor")
     def kk_conv2d(x, weight, bias, stride, padding, dilation, groups, activation, layout,
                   allow_tf32):
-        return conv2d(x.detach(), weight.detach(), _detach(bias), stride=tuple(stride),
-                      padding=tuple(padding), dilation=tuple(dilation), groups=groups,
-                      activation=activation, layout=layout, allow_tf32=allow_tf32)
+        return _body(conv2d, x.detach(), weight.detach(), _detach(bias), stride=tuple(stride),
+                     padding=tuple(padding), dilation=tuple(dilation), groups=groups,
+                     activation=activation, layout=layout, allow_tf32=allow_tf32)
 
     @kk_conv2d.register_fake
     def _(x, weight, bias, stride, padding, dilation, groups, activation, layout, allow_tf32):
@@ -397,11 +410,11 @@ def preprocess_op():
                "str layout, str stats_unit) -> Tensor")
     def kk_preprocess(images, size, mean, std, crop, flip, interpolation, antialias,
                       channel_order, out_dtype, layout, stats_unit):
-        return preprocess(images.detach(), size=tuple(size), mean=tuple(mean), std=tuple(std),
-                          crop=None if crop is None else tuple(crop), flip=flip,
-                          interpolation=interpolation, antialias=antialias,
-                          channel_order=None if channel_order is None else tuple(channel_order),
-                          out_dtype=out_dtype, layout=layout, stats_unit=stats_unit)
+        return _body(preprocess, images.detach(), size=tuple(size), mean=tuple(mean),
+                     std=tuple(std), crop=None if crop is None else tuple(crop), flip=flip,
+                     interpolation=interpolation, antialias=antialias,
+                     channel_order=None if channel_order is None else tuple(channel_order),
+                     out_dtype=out_dtype, layout=layout, stats_unit=stats_unit)
 
     @kk_preprocess.register_fake
     def _(images, size, mean, std, crop, flip, interpolation, antialias, channel_order,
