@@ -98,11 +98,11 @@ def _note_aten_only(state: dict) -> None:
 
 
 def compiled(module: torch.nn.Module, aten_route: Route, op_route: Route) -> Route:
-    """The route torch.compile, torch.export and torch.jit.trace trace: torch's own op when the layer ran in eager
-    mode and torch won every input size it saw (Inductor then keeps its own fusions around it),
-    else the custom op, which dispatches (and tunes) per call inside the compiled graph. Read at
-    trace time from a plain attribute, so dynamo guards on it: a later eager call that changes
-    it recompiles."""
+    """The route torch.compile, torch.export and torch.jit.trace record: torch's own op when the
+    layer ran in eager mode and torch won every input size it saw (Inductor then keeps its own
+    fusions around it), else the custom op, which dispatches (and tunes) per call inside the
+    compiled graph. Read at trace time from a plain attribute, so dynamo guards on it: a later
+    eager call that changes it recompiles."""
     return aten_route if module._kk_aten_only else op_route
 
 

@@ -58,9 +58,12 @@ def conv2d(x: Any, weight: Any, bias: Any = None, *, stride=1, padding=0, dilati
         >>> kernelkit.conv2d(x, w, padding="same", activation="relu").shape
         (1, 8, 32, 32)
     """
-    if jit_tracing():
-        return _traced("conv2d", x, x, weight, (bias,), stride, padding, dilation, groups, layout,
-                       (activation, layout, allow_tf32))
+    if jit_tracing():  # torch.jit.trace records the registered op (see jit_tracing)
+        from .torch_ops import conv2d_op
+
+        geo = _op_geometry("conv2d", x, x.shape, weight.shape, stride, padding, dilation, groups,
+                           layout)
+        return conv2d_op()(x, weight, bias, *geo, activation, layout, allow_tf32)
     extras = (_hashable(stride), _hashable(padding), _hashable(dilation), groups, activation,
               layout, allow_tf32)
     sig = signature((x, weight, bias), extras)
@@ -87,9 +90,12 @@ def conv2d_backward_input(grad_out: Any, weight: Any, input_shape, *, stride=1, 
         dx, shaped like the forward input.
     """
     if jit_tracing():
+        from .torch_ops import conv2d_backward_ops
+
         shape = [int(v) for v in input_shape]
-        return _traced("conv2d_backward_input", shape, grad_out, weight, (shape,), stride,
-                       padding, dilation, groups, layout, (layout, allow_tf32))
+        geo = _op_geometry("conv2d_backward_input", grad_out, shape, weight.shape, stride,
+                           padding, dilation, groups, layout)
+        return conv2d_backward_ops()[0](grad_out, weight, shape, *geo, layout, allow_tf32)
     extras = (tuple(input_shape), _hashable(stride), _hashable(padding), _hashable(dilation),
               groups, layout, allow_tf32)
     sig = signature((grad_out, weight), extras)
@@ -115,9 +121,12 @@ def conv2d_backward_weight(x: Any, grad_out: Any, weight_shape, *, stride=1, pad
         dw of shape `weight_shape`. The bias gradient is ``grad_out.sum((0, 2, 3))``.
     """
     if jit_tracing():
+        from .torch_ops import conv2d_backward_ops
+
         shape = [int(v) for v in weight_shape]
-        return _traced("conv2d_backward_weight", x, x, grad_out, (shape,), stride, padding,
-                       dilation, groups, layout, (layout, allow_tf32), weight_shape=shape)
+        geo = _op_geometry("conv2d_backward_weight", x, x.shape, shape, stride, padding, dilation,
+                           groups, layout)
+        return conv2d_backward_ops()[1](x, grad_out, shape, *geo, layout, allow_tf32)
     extras = (tuple(weight_shape), _hashable(stride), _hashable(padding), _hashable(dilation),
               groups, layout, allow_tf32)
     sig = signature((x, grad_out), extras)
@@ -136,25 +145,17 @@ def explain(x, weight, bias=None, **kwargs):
 _FORWARD, _BWD_INPUT, _BWD_WEIGHT = PlanMemo(), PlanMemo(), PlanMemo()
 
 
-def _traced(op: str, input_or_shape, a, b, middle: tuple, stride, padding, dilation, groups,
-            layout, tail: tuple, weight_shape=None):
-    """The call as its registered torch op (``torch.ops.kernelkit.<op>(a, b, *middle, stride,
-    padding, dilation, groups, *tail)``), which torch.jit.trace records and replays on new
-    inputs; a kernel run now would be baked into the trace as a constant. The geometry is
-    checked and put in the op's form ((top, bottom, left, right) padding) first.
-    ``input_or_shape``: the forward input, or its shape (the input gradient's)."""
-    from . import torch_ops
-
-    kl, channels_last = _layout(op, a, layout)
-    shape = input_or_shape if isinstance(input_or_shape, list) else list(input_or_shape.shape)
-    xs = tuple(int(v) for v in shape)
-    xs = xs if channels_last else nchw_shape(xs, kl)
-    ws = tuple(int(v) for v in (weight_shape if weight_shape is not None else b.shape))
-    geo, _ = check_geometry(op, xs, ws, stride, padding, dilation, groups)
-    registered = (torch_ops.conv2d_op() if op == "conv2d"
-                  else torch_ops.conv2d_backward_ops()[op == "conv2d_backward_weight"])
-    return registered(a, b, *middle, list(geo.stride), list(geo.padding), list(geo.dilation),
-                      geo.groups, *tail)
+def _op_geometry(op: str, like, x_shape, w_shape, stride, padding, dilation, groups,
+                 layout) -> list:
+    """[stride, padding, dilation, groups] checked and in the registered ops' form (padding as
+    (top, bottom, left, right)), for a call that goes to ``torch.ops.kernelkit.<op>`` under
+    torch.jit.trace. ``like``: the tensor whose memory format says channels_last; ``x_shape``:
+    the forward input's shape in the call's dims order."""
+    kl, channels_last = _layout(op, like, layout)
+    xs = tuple(int(v) for v in x_shape)
+    geo, _ = check_geometry(op, xs if channels_last else nchw_shape(xs, kl),
+                            tuple(int(v) for v in w_shape), stride, padding, dilation, groups)
+    return [list(geo.stride), list(geo.padding), list(geo.dilation), geo.groups]
 
 
 def _hashable(v):
