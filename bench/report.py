@@ -29,7 +29,8 @@ def main() -> None:
             groups[bm["group"]][row] = bm
         elif "overhead_us" in bm["extra_info"]:
             info = bm["extra_info"]
-            print(f"dispatch overhead (cache hit, 64x64 fp32): {info['overhead_us']:.2f} us over "
+            what = f"{info.get('op', 'matmul')} on {info.get('lib', 'numpy')}"
+            print(f"dispatch overhead ({what}, cache hit): {info['overhead_us']:.2f} us over "
                   f"{info['candidate']}'s launcher ({info['direct_us']:.2f} us)\n")
     machine = data.get("machine_info", {})
     print(f"machine: {machine.get('cpu', {}).get('brand_raw', machine.get('processor'))}, "

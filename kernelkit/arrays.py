@@ -35,6 +35,9 @@ def to_host(x: Any) -> Any:
 
 
 _SIG_OF_TYPE: dict[type, Any] = {}
+# torch's tensor types seen by `signature_fn` (filled there, so that nothing imports torch early):
+# the ops' per-call signatures take a fast path for them (ops/dispatch.signature3)
+TENSOR_TYPES: set[type] = set()
 
 
 def signature_fn(t: type):
@@ -47,6 +50,7 @@ def signature_fn(t: type):
             fn = lambda x: (x.dtype, x.shape, x.strides)
         elif lib == "torch" and t.__name__ in ("Tensor", "Parameter"):
             fn = lambda x: (x.dtype, x.shape, x.stride(), x.device, x.requires_grad)
+            TENSOR_TYPES.add(t)
         elif lib == "cupy" and t.__name__ == "ndarray":
             fn = lambda x: (x.dtype, x.shape, x.strides, x.device.id)
         else:

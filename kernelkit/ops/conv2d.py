@@ -19,10 +19,11 @@ from .. import arrays, core
 from ..core import Call, Candidate, Config, OpSpec, Plan, Problem
 from ..kernels import check_activation, torch_activations
 from ..kernels.convgeom import ConvOptions, check_geometry, nchw_shape
-from .dispatch import PlanMemo, explain_call, jit_tracing, needs_grad, plan_for, signature
+from .dispatch import PlanMemo, explain_call, jit_tracing, needs_grad, plan_for, signature3
 from .verify import f64, normwise_error
 
 FLOAT_DTYPES = arrays.FLOAT_DTYPES
+_NDARRAY = np.ndarray
 
 OPS = ("conv2d", "conv2d_backward_input", "conv2d_backward_weight")
 
@@ -58,7 +59,7 @@ def conv2d(x: Any, weight: Any, bias: Any = None, *, stride=1, padding=0, dilati
         >>> kernelkit.conv2d(x, w, padding="same", activation="relu").shape
         (1, 8, 32, 32)
     """
-    if jit_tracing():  # torch.jit.trace records the registered op (see jit_tracing)
+    if type(x) is not _NDARRAY and jit_tracing():  # the trace records the registered op
         from .torch_ops import conv2d_op
 
         geo = _op_geometry("conv2d", x, x.shape, weight.shape, stride, padding, dilation, groups,
@@ -66,7 +67,7 @@ def conv2d(x: Any, weight: Any, bias: Any = None, *, stride=1, padding=0, dilati
         return conv2d_op()(x, weight, bias, *geo, activation, layout, allow_tf32)
     extras = (_hashable(stride), _hashable(padding), _hashable(dilation), groups, activation,
               layout, allow_tf32)
-    sig = signature((x, weight, bias), extras)
+    sig = signature3(x, weight, bias, extras)
     plan = _FORWARD.get(sig) if sig is not None else None
     if plan is None:
         plan = _FORWARD.store(sig, plan_for(prepare_forward(
@@ -89,7 +90,7 @@ def conv2d_backward_input(grad_out: Any, weight: Any, input_shape, *, stride=1, 
     Returns:
         dx, shaped like the forward input.
     """
-    if jit_tracing():
+    if type(grad_out) is not _NDARRAY and jit_tracing():
         from .torch_ops import conv2d_backward_ops
 
         shape = [int(v) for v in input_shape]
@@ -98,7 +99,7 @@ def conv2d_backward_input(grad_out: Any, weight: Any, input_shape, *, stride=1, 
         return conv2d_backward_ops()[0](grad_out, weight, shape, *geo, layout, allow_tf32)
     extras = (tuple(input_shape), _hashable(stride), _hashable(padding), _hashable(dilation),
               groups, layout, allow_tf32)
-    sig = signature((grad_out, weight), extras)
+    sig = signature3(grad_out, weight, None, extras)
     plan = _BWD_INPUT.get(sig) if sig is not None else None
     if plan is None:
         plan = _BWD_INPUT.store(sig, plan_for(prepare_backward_input(
@@ -120,7 +121,7 @@ def conv2d_backward_weight(x: Any, grad_out: Any, weight_shape, *, stride=1, pad
     Returns:
         dw of shape `weight_shape`. The bias gradient is ``grad_out.sum((0, 2, 3))``.
     """
-    if jit_tracing():
+    if type(x) is not _NDARRAY and jit_tracing():
         from .torch_ops import conv2d_backward_ops
 
         shape = [int(v) for v in weight_shape]
@@ -129,7 +130,7 @@ def conv2d_backward_weight(x: Any, grad_out: Any, weight_shape, *, stride=1, pad
         return conv2d_backward_ops()[1](x, grad_out, shape, *geo, layout, allow_tf32)
     extras = (tuple(weight_shape), _hashable(stride), _hashable(padding), _hashable(dilation),
               groups, layout, allow_tf32)
-    sig = signature((x, grad_out), extras)
+    sig = signature3(x, grad_out, None, extras)
     plan = _BWD_WEIGHT.get(sig) if sig is not None else None
     if plan is None:
         plan = _BWD_WEIGHT.store(sig, plan_for(prepare_backward_weight(
