@@ -96,7 +96,7 @@ def signature3(a, b, c, extras: tuple) -> tuple | None:
         return ("pt", a.dtype, a.shape, a.stride(), a.device, b.dtype, b.shape, b.stride(),
                 b.device, None if c is None else (c.dtype, c.shape, c.stride(), c.device),
                 grad and _grad_enabled(), extras, _settings.token())
-    return signature((a, b, c) if c is not None else (a, b, None), extras)
+    return signature((a, b, c), extras)
 
 
 def _grad_enabled() -> bool:
