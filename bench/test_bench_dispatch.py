@@ -3,8 +3,9 @@
 Cases: matmul 64x64 fp32 and conv2d 1x8x8x8 3x3 (padding 1) fp32, each on numpy arrays and on
 torch tensors. The launcher is the chosen candidate's (``cand.launcher``, thread guard included)
 called on the arrays the op hands it (numpy for a Numba or numpy candidate, tensors for torch's),
-so a torch row on a Numba kernel includes the zero-copy views into numpy and back. The two are timed interleaved, in blocks, in the same process, and the
-overhead is the median of the per-block differences. The issue's bar (numpy, matmul) is at most
+so a torch row on a Numba kernel includes the zero-copy views into numpy and back. The two are
+timed interleaved, in blocks, in the same process, and the overhead is the median of the
+per-block differences. The issue's bar (numpy, matmul) is at most
 10 us; the conv op's target is the matmul op's.
 """
 
