@@ -80,3 +80,60 @@ def test_outputs_on_torch_data_come_from_torchs_allocator(monkeypatch):
             from_torch = isinstance(a.base, torch.Tensor)
             assert from_torch == (np.dtype(dtype) != np.uint16), dtype
             assert not isinstance(b.base, torch.Tensor)
+
+
+def test_operand_slots_are_apart_from_scratch_and_each_other_and_reused():
+    _workspace.release()
+    s = _workspace.scratch(1000, np.float32)
+    a = _workspace.operand(1000, np.float32, 0)
+    b = _workspace.operand(1000, np.float32, 1)
+    for x in (a, b):
+        assert x.shape == (1000,) and x.dtype == np.float32 and x.ctypes.data % 64 == 0
+    assert not np.shares_memory(a, b) and not np.shares_memory(a, s)
+    assert not np.shares_memory(b, s)
+    assert np.shares_memory(_workspace.operand(10, np.uint32, 0), a)  # the slot's buffer again
+    grown = _workspace.operand(100_000, np.float32, 1)
+    assert grown.shape == (100_000,) and grown.ctypes.data % 64 == 0
+    assert _workspace.operand(0, np.float32, 2).shape == (0,)
+    big = _workspace.OPERAND_MAX_BYTES // 4 + 1  # above the cap: a new array every call
+    assert not np.shares_memory(_workspace.operand(big, np.float32, 3),
+                                _workspace.operand(big, np.float32, 3))
+    _workspace.release()
+    assert not np.shares_memory(_workspace.operand(1000, np.float32, 0), a)
+
+
+def test_half_precision_calls_in_a_row_are_each_right_and_keep_earlier_results():
+    """float16 and bfloat16 operands are widened into the thread's operand slots: each of several
+    calls in a row (new inputs of the same shape, so the same slots) is right, and a result
+    already returned does not change under the next call (it never views a slot)."""
+    import torch
+
+    from kernelkit import arrays
+    from kernelkit.kernels.numba import matmul as nm  # (bfloat16 as its uint16 bits)
+
+    rng = np.random.default_rng(7)
+    for tdtype in (torch.float16, torch.bfloat16):
+        results, refs = [], []
+        for _ in range(3):
+            a = torch.from_numpy(rng.standard_normal((1, 37, 53), dtype=np.float32)).to(tdtype)
+            b = torch.from_numpy(rng.standard_normal((1, 53, 29), dtype=np.float32)).to(tdtype)
+            got = nm.matmul_forward(arrays.torch_to_numpy(a), arrays.torch_to_numpy(b))
+            results.append((got, got.copy()))
+            refs.append(a.double() @ b.double())
+        for (got, kept), ref in zip(results, refs):
+            np.testing.assert_array_equal(got, kept)
+            wide = (torch.from_numpy(got.view(np.int16)).view(torch.bfloat16) if got.dtype == np.uint16
+                    else torch.from_numpy(got)).double()
+            torch.testing.assert_close(wide, ref, rtol=1e-2, atol=1e-2 * np.sqrt(53))
+    x1, x2 = (rng.standard_normal((2, 6, 9, 8), dtype=np.float32) for _ in range(2))
+    w1, w2 = (rng.standard_normal((5, 6, 3, 3), dtype=np.float32) for _ in range(2))
+    y1 = nc.conv2d_forward(x1.astype(np.float16), w1.astype(np.float16), None, (1, 1),
+                           (1, 1, 1, 1), (1, 1), 1, None, "NCHW")
+    kept = y1.copy()
+    y2 = nc.conv2d_forward(x2.astype(np.float16), w2.astype(np.float16), None, (1, 1),
+                           (1, 1, 1, 1), (1, 1), 1, None, "NCHW")
+    np.testing.assert_array_equal(y1, kept)
+    for y, x, w in ((y1, x1, w1), (y2, x2, w2)):
+        ref = conv2d_ref(x.astype(np.float16).astype(np.float64),
+                         w.astype(np.float16).astype(np.float64), padding=(1, 1, 1, 1))
+        np.testing.assert_allclose(y.astype(np.float64), ref, rtol=1e-2, atol=1e-2 * np.sqrt(54))

@@ -25,6 +25,9 @@ from kernelkit import threads
 
 _LOCAL = threading.local()
 _ALIGN = 64  # bytes: a cache line, and the widest vector the micro-kernels load
+# Operands widened for one call (`operand`) above this size get a new array each call: a
+# float16 model's largest products would otherwise pin hundreds of MB per thread.
+OPERAND_MAX_BYTES = 64 << 20
 
 
 def scratch(size: int, dtype) -> np.ndarray:
@@ -40,6 +43,26 @@ def scratch(size: int, dtype) -> np.ndarray:
         # its first 64-byte boundary, found once: `.ctypes.data` costs about 1 us a call
         _LOCAL.start = -buf.ctypes.data % _ALIGN
     return _aligned_part(buf, nbytes, dtype, _LOCAL.start)
+
+
+def operand(size: int, dtype, slot: int) -> np.ndarray:
+    """Like ``scratch``, from operand buffer ``slot`` (0, 1, 2, ...) of this thread, kept apart from
+    ``scratch``'s: for the float32 copies of a call's half-precision operands (``_half.widen``),
+    which live while the kernel they feed takes its own scratch. Valid until this thread's next
+    ``operand`` call with the same slot; above OPERAND_MAX_BYTES a new array."""
+    dtype = np.dtype(dtype)
+    nbytes = max(int(size), 0) * dtype.itemsize
+    if nbytes > OPERAND_MAX_BYTES:
+        return aligned_empty(size, dtype)
+    bufs = getattr(_LOCAL, "operands", None)
+    if bufs is None:
+        bufs = _LOCAL.operands = {}
+    held = bufs.get(slot)
+    if held is None or held[0].nbytes < nbytes + _ALIGN:
+        grown = 0 if held is None else held[0].nbytes + held[0].nbytes // 2
+        buf = np.empty(min(max(nbytes + _ALIGN, grown), OPERAND_MAX_BYTES + _ALIGN), np.uint8)
+        held = bufs[slot] = (buf, -buf.ctypes.data % _ALIGN)
+    return _aligned_part(held[0], nbytes, dtype, held[1])
 
 
 def aligned_empty(size: int, dtype) -> np.ndarray:
@@ -91,5 +114,6 @@ def _aligned_part(buf: np.ndarray, nbytes: int, dtype: np.dtype,
 
 
 def release() -> None:
-    """Free this thread's scratch (the next call allocates anew)."""
+    """Free this thread's scratch and operand buffers (the next call allocates anew)."""
     _LOCAL.buf = None
+    _LOCAL.operands = None

@@ -927,8 +927,8 @@ def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
             return out if out.dtype.char == "H" else _half.narrow(out, "H")
         if config is not None and config.kernel in ("amx", "amx_w"):  # float32's default
             config = None
-        out = matmul_forward(_half.widen(a), _half.widen(b), _half.widen(bias), activation,
-                             config, allow_tf32)
+        out = matmul_forward(_half.widen(a, 0), _half.widen(b, 1), _half.widen(bias, 2),
+                             activation, config, allow_tf32)
         return _half.narrow(out, dtype.char)
     # (dtype.name costs microseconds; .char does not)
     assert a.ndim == 3 and b.ndim == 3 and b.dtype == dtype and dtype.char in "fd"
