@@ -19,6 +19,7 @@ row alone read 33 to 63 GFLOP/s across runs); here all rows see the same moments
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 from pathlib import Path
 
@@ -31,6 +32,16 @@ from _steady import steady_medians  # noqa: E402
 
 import kernelkit  # noqa: E402
 from kernelkit import devices  # noqa: E402
+
+
+def faults_per_call(fn, calls: int = 5) -> float:
+    """Minor page faults per call of ``fn`` (a new mapping faults on every 4 KiB page written:
+    about 2 us each on these VMs, so a row that faults is measuring the allocator)."""
+    fn()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
 
 
 def main() -> int:
@@ -46,7 +57,8 @@ def main() -> int:
     print(f"cpu: {devices.cpu_info()['model']}; {args.dtype} vs float32, Numba forced; torch "
           f"{torch.__version__} ({torch.backends.cpu.get_cpu_capability()})")
     print("| n | Numba float32 GFLOP/s | Numba half GFLOP/s | torch half GFLOP/s | half / float32 "
-          "| half / torch | half's config |\n| --- | --- | --- | --- | --- | --- | --- |")
+          "| half / torch | half's config | page faults per call (float32, half) |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- |")
     for n in args.sizes:
         g = torch.Generator().manual_seed(n)
         a32, b32 = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
@@ -73,8 +85,9 @@ def main() -> int:
             else ("-", "-")
         with kernelkit.use(backend="numba"):  # the tuner's choice (cached by explain)
             cfg = kernelkit.explain("matmul", a16, b16).choice.config
+        flt = f"{faults_per_call(rows['fp32']):.0f}, {faults_per_call(rows['half']):.0f}"
         print(f"| {n} | {gf['fp32']:.1f} | {gf['half']:.1f} | {tq[0]} | "
-              f"{med['fp32'] / med['half']:.2f}x | {tq[1]} | {cfg} |")
+              f"{med['fp32'] / med['half']:.2f}x | {tq[1]} | {cfg} | {flt} |")
     return 0
 
 

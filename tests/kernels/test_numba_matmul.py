@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference import MATMUL_ALIGNED, MATMUL_ODD, assert_matmul_close
+from reference import MATMUL_ALIGNED, MATMUL_ODD, assert_matmul_close, matmul_ref
 
 from kernelkit.kernels.numba import _gemm
 from kernelkit.kernels.numba import matmul as nm
@@ -488,6 +488,83 @@ def test_unpacked_thread_partition(kernel, nthr, bmn):
     for t in range(nthr):
         part(t, nthr, a, b, bias, True, 1, out, 64)
     assert_matmul_close(out, a, b, bias, "relu")
+
+
+# ------------------------------------------------ the tile kernel on float16 / bfloat16 operands
+
+HALF_NAMES = ["float16", "bfloat16"]
+# one rounding of the output (half an ulp) and float32 sums: float16 2^-11, bfloat16 2^-8
+HALF_RTOL = {"float16": 2.0**-10, "bfloat16": 2.0**-7}
+
+
+def half_rand(rng, shape, name):
+    """Random float16, or bfloat16 as the uint16 bits the CPU kernels take."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    return x.astype(np.float16) if name == "float16" else (x.view(np.uint32) >> 16).astype(np.uint16)
+
+
+def half_f64(x):
+    if x is None or x.dtype != np.uint16:
+        return None if x is None else x.astype(np.float64)
+    return (x.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+def assert_half_close(out, a, b, bias, act, name):
+    ref = matmul_ref(half_f64(a), half_f64(b), half_f64(bias), act)
+    got = half_f64(out)
+    assert out.dtype == (np.float16 if name == "float16" else np.uint16) and out.shape == ref.shape
+    assert out.flags.c_contiguous
+    np.testing.assert_allclose(got, ref, rtol=HALF_RTOL[name],
+                               atol=1e-5 * np.sqrt(max(a.shape[2], 1)), equal_nan=True)
+
+
+@pytest.mark.parametrize("name", HALF_NAMES)
+@pytest.mark.parametrize("mkn", SKINNY, ids=str)
+def test_tile_kernel_on_half_operands(name, mkn, threads_path, monkeypatch):
+    """float16 / bfloat16 on the tile kernel, each thread widening what its share reads: every
+    shape of the skinny set, batches of 1 and 3, bias and activation; the output starts as NaN
+    (every element must be written) and the operand buffers hold NaN from an earlier call."""
+    from kernelkit.kernels.numba import _workspace
+
+    poisoned = _workspace.empty_bits16
+
+    def nan_output(shape):
+        out = poisoned(shape)
+        out[...] = 0x7E00 if name == "float16" else 0x7FC0
+        return out
+
+    monkeypatch.setattr(_workspace, "empty_bits16", nan_output)
+    m, k, n = mkn
+    rng = np.random.default_rng(m * 7919 + k * 31 + n)
+    cfg = MatmulConfig(24, 16, 64, "tile")
+    for bn in (1, 3):
+        for slot in range(4):
+            _workspace.operand(1 << 16, np.float32, slot)[:] = np.nan
+        a, b = half_rand(rng, (bn, m, k), name), half_rand(rng, (bn, k, n), name)
+        bias = half_rand(rng, n, name)
+        assert_half_close(matmul_forward(a, b, bias, "relu", config=cfg), a, b, bias, "relu", name)
+        assert_half_close(matmul_forward(a, b, None, None, config=cfg), a, b, None, None, name)
+
+
+@pytest.mark.parametrize("name", HALF_NAMES)
+def test_tile_kernel_on_half_operands_layouts_and_nan(name, threads_path):
+    """Transposed, strided and negative-stride half-precision operands on the tile kernel, and
+    NaN / Inf in them."""
+    rng = np.random.default_rng(15)
+    cfg = MatmulConfig(24, 16, 64, "tile")
+    m, k, n = 29, 37, 41
+    a, b = half_rand(rng, (2, m, k), name), half_rand(rng, (2, k, n), name)
+    at = np.ascontiguousarray(a.transpose(0, 2, 1)).transpose(0, 2, 1)
+    big_b = half_rand(rng, (2, 3 * k, 2 * n), name)
+    for a_, b_ in ((at, b), (a[:, ::-1, ::-1], big_b[:, ::3, ::2]), (at[:, ::-1], b[::-1, :, ::-1])):
+        bias = half_rand(rng, 2 * n, name)[::-2]
+        assert_half_close(matmul_forward(a_, b_, bias, "silu", config=cfg), a_, b_, bias, "silu",
+                          name)
+    a, b = a.copy(), b.copy()
+    nan, inf = (0x7E00, 0x7C00) if name == "float16" else (0x7FC0, 0x7F80)
+    a.view(np.uint16)[0, 3, 7] = nan
+    b.view(np.uint16)[1, 5, 11] = inf
+    assert_half_close(matmul_forward(a, b, None, None, config=cfg), a, b, None, None, name)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

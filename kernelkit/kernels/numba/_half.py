@@ -152,6 +152,22 @@ def _narrow_bf16(t, nthr, src, dst):  # thread t's share (`_convert`)
         dst[_U(i)] = _bf16_round(src[_U(i)])
 
 
+@numba.njit(inline="always", **_JIT)
+def widen1(u, bf16):
+    """One float16 (``bf16`` False) or bfloat16 bit pattern -> float32, inside jitted loops."""
+    if bf16:
+        return bits_f32(np.uint32(np.uint32(u) << np.uint32(16)))
+    return _half_bits_to_float(u)
+
+
+@numba.njit(inline="always", **_JIT)
+def narrow1(x, bf16):
+    """float32 -> one float16 (``bf16`` False) or bfloat16 bit pattern, rounded as ``narrow``."""
+    if bf16:
+        return _bf16_round(f32_bits(x))
+    return _float_to_half_bits(x)
+
+
 def f16c() -> bool:
     """The CPU converts float16 in hardware (F16C: every x86-64 since Ivy Bridge / Piledriver)."""
     return "f16c" in devices.cpu_flags()
