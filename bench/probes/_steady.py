@@ -9,6 +9,7 @@ first calls. So each round calls every row in its steady state: untimed calls fo
 
 from __future__ import annotations
 
+import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -37,3 +38,15 @@ def steady_times(fns: Sequence[Callable[[], object]], rounds: int = 6, warm: flo
                 fn()
                 times[i].append(time.perf_counter() - t0)
     return times
+
+
+def faults_per_call(fn: Callable[[], object], calls: int = 5) -> float:
+    """Minor page faults per call of ``fn``, after one untimed call. A new mapping faults on
+    every 4 KiB page written (about 2 us each on these VMs), so a row that faults is partly
+    timing the allocator: where glibc serves a large array from depends on the process's
+    history (its dynamic mmap threshold, where the heap was last trimmed)."""
+    fn()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _steady import steady_medians  # noqa: E402
+from _steady import faults_per_call, steady_medians  # noqa: E402
 
 import kernelkit  # noqa: E402
 from kernelkit import devices  # noqa: E402
@@ -57,8 +57,9 @@ def main() -> int:
           f"{torch.__version__} ({torch.backends.cpu.get_cpu_capability()})"
           f"{'; frozen weights' if args.frozen else ''}")
     print(f"| batch | layer | Numba float32 GFLOP/s | Numba {args.dtype} GFLOP/s | torch "
-          f"{args.dtype} GFLOP/s | half / float32 | half / torch | half's kernel |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          f"{args.dtype} GFLOP/s | half / float32 | half / torch | half's kernel | "
+          f"page faults per call (half, torch) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for n in args.batch:
         ratios = []
         for c, hw, st in LAYERS:
@@ -87,9 +88,10 @@ def main() -> int:
             th, tt, *t32 = steady_medians(fns, rounds=args.rounds, warm=0.05)
             ratios.append(tt / th)
             f32 = (f"{flops / t32[0] / 1e9:.0f}", f"{t32[0] / th:.2f}") if t32 else ("-", "-")
+            flt = f"{faults_per_call(fns[0], 3):.0f}, {faults_per_call(fns[1], 3):.0f}"
             print(f"| {n} | {c}ch {hw}px s{st} | {f32[0]} | {flops / th / 1e9:.0f} "
-                  f"| {flops / tt / 1e9:.0f} | {f32[1]} | {tt / th:.2f} | {chosen['kernel']} |",
-                  flush=True)
+                  f"| {flops / tt / 1e9:.0f} | {f32[1]} | {tt / th:.2f} | {chosen['kernel']} "
+                  f"| {flt} |", flush=True)
         geo = math.exp(sum(map(math.log, ratios)) / len(ratios))
         print(f"batch {n}: {args.dtype} / torch geomean {geo:.3f}, lowest {min(ratios):.2f}")
     return 0

@@ -19,7 +19,6 @@ row alone read 33 to 63 GFLOP/s across runs); here all rows see the same moments
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 from pathlib import Path
 
@@ -28,20 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _steady import steady_medians  # noqa: E402
+from _steady import faults_per_call, steady_medians  # noqa: E402
 
 import kernelkit  # noqa: E402
 from kernelkit import devices  # noqa: E402
-
-
-def faults_per_call(fn, calls: int = 5) -> float:
-    """Minor page faults per call of ``fn`` (a new mapping faults on every 4 KiB page written:
-    about 2 us each on these VMs, so a row that faults is measuring the allocator)."""
-    fn()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(calls):
-        fn()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
 
 
 def main() -> int:
