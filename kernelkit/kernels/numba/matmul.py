@@ -943,10 +943,10 @@ def warm(dtype: str) -> str:
         _half.warm_f16()
     if dtype == "bfloat16":
         _half.warm_bf16()
-    if dtype in ("bfloat16", "float16"):
-        _tile_half_compiled()
         if _gemm.HAS_BF16_DOT:
             _bf16_compiled()
+    if dtype in ("bfloat16", "float16"):
+        _tile_half_compiled()
     if dtype in ("bfloat16", "float16") and _amx.available():
         _bf16_compiled("amx")  # (float16 runs it on bfloat16 halves)
     if dtype == "bfloat16" and _amx.available():
