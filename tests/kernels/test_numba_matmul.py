@@ -548,8 +548,8 @@ def test_tile_kernel_on_half_operands(name, mkn, threads_path, monkeypatch):
 
 @pytest.mark.parametrize("name", HALF_NAMES)
 def test_tile_kernel_on_half_operands_layouts_and_nan(name, threads_path):
-    """Transposed, strided and negative-stride half-precision operands on the tile kernel, and
-    NaN / Inf in them."""
+    """Transposed, strided, negative-stride and unaligned half-precision operands on the tile
+    kernel, and NaN / Inf in them."""
     rng = np.random.default_rng(15)
     cfg = MatmulConfig(24, 16, 64, "tile")
     m, k, n = 29, 37, 41
@@ -560,6 +560,12 @@ def test_tile_kernel_on_half_operands_layouts_and_nan(name, threads_path):
         bias = half_rand(rng, 2 * n, name)[::-2]
         assert_half_close(matmul_forward(a_, b_, bias, "silu", config=cfg), a_, b_, bias, "silu",
                           name)
+    raw_a, raw_b = np.zeros(a.nbytes + 1, np.uint8), np.zeros(b.nbytes + 1, np.uint8)
+    ua = np.frombuffer(raw_a.data, a.dtype, a.size, offset=1).reshape(a.shape)  # odd addresses
+    ub = np.frombuffer(raw_b.data, b.dtype, b.size, offset=1).reshape(b.shape)
+    ua[...], ub[...] = a, b
+    assert not ua.flags.aligned and not ub.flags.aligned
+    assert_half_close(matmul_forward(ua, ub, None, None, config=cfg), ua, ub, None, None, name)
     a, b = a.copy(), b.copy()
     nan, inf = (0x7E00, 0x7C00) if name == "float16" else (0x7FC0, 0x7F80)
     a.view(np.uint16)[0, 3, 7] = nan

@@ -230,9 +230,9 @@ def widen(x: np.ndarray | None, slot: int | None = None) -> np.ndarray | None:
     With ``slot``, the float32 copy is this thread's operand buffer ``slot`` (``_workspace.operand``),
     valid until the next widening into that slot: for copies that live only through one kernel
     call. A new array per call page-faults on every 4 KiB page it writes wherever glibc serves it
-    from a fresh mapping: on a 2-core Zen 4 VM the float16 512^3 product took 1.7-1.9x the float32
-    one with two new operand copies (608 faults a call, about 2 us each) and 1.1x with kept
-    ones (docs/performance.md)."""
+    from a fresh mapping: on a 2-core Zen 4 VM the float16 512^3 product took 2.0x the float32
+    time with two new operand copies (736 faults a call, about 2 us each) and 1.15x with kept
+    ones (``bench/probes/half_widen_probe.py``, docs/performance.md)."""
     if x is None or x.dtype.char not in HALF_CHARS:
         return x
     char = x.dtype.char

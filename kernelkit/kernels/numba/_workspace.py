@@ -46,7 +46,7 @@ def scratch(size: int, dtype) -> np.ndarray:
 
 
 def operand(size: int, dtype, slot: int) -> np.ndarray:
-    """Like ``scratch``, from operand buffer ``slot`` (0, 1, 2, ...) of this thread, kept apart from
+    """Like ``scratch``, from this thread's operand buffer ``slot`` (0, 1, 2, ...), apart from
     ``scratch``'s: for the float32 copies of a call's half-precision operands (``_half.widen``),
     which live while the kernel they feed takes its own scratch. Valid until this thread's next
     ``operand`` call with the same slot; above OPERAND_MAX_BYTES a new array."""

@@ -654,9 +654,9 @@ def _tile_half_part(t, nthr, a3, b3, bias, has_bias, act, out3, chunk, aw4, bw4,
     thread t widens the rows of A and the columns of B its share reads into float32 copies of
     its own (aw4[t], bw4[t]), runs the tile kernel on them into out3 (float32) and rounds its
     share of out3 into o3. Widening both operands on the caller's thread first, as the other
-    kernels' half-precision path does, left the second core idle through it and the widened
-    data in the first core's cache: a 256^3 float16 product took 1.3x the float32 one on a
-    2-core Zen 4 (docs/performance.md)."""
+    kernels' half-precision path does, leaves the second core idle through it and the widened
+    data in the first core's cache: on a 2-core Zen 4 a 256^3 float16 product ran at 0.74-0.78x
+    the float32 rate that way and 0.82-0.97x this way (docs/performance.md)."""
     nbat, m, k = a3.shape
     n = b3.shape[2]
     mr, nr = tile(out3)
@@ -1033,6 +1033,8 @@ def _matmul_tile_half(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, act
     if out.size == 0:
         return out if char == "H" else out.view(np.float16)
     fns = _COMPILED.get(np.dtype(np.float32)) or _compiled(np.float32)
+    # (an aligned copy of an unaligned operand: ascontiguousarray keeps a contiguous one as is)
+    a, b = (x if x.flags.aligned else x.copy() for x in (a, b))
     nthr = _threads(m * n * k * nbat)
     # (float32 copies and the float32 product: operand slots, as `_half.widen`'s)
     aw = _workspace.operand(nthr * a.size, np.float32, 0).reshape((nthr, *a.shape))
