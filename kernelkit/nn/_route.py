@@ -16,9 +16,9 @@ dtype, device, the knobs) it asks the tuner once and keeps one of two routes:
 
 Under autocast the module calls the custom op, whose autocast rule gives torch's dtypes. Under
 torch.compile, torch.export and torch.jit.trace it traces torch's own op where every size the
-layer saw in eager mode chose torch (so Inductor keeps its fusions, and a trace needs nothing but
-torch), else the custom op (`compiled()`; a kernel run while torch.jit.trace records would be
-baked into the trace as a constant).
+layer saw in eager mode chose torch in the traced grad mode (so Inductor keeps its fusions, and a
+trace needs nothing but torch), else the custom op (`compiled()`; a kernel run while
+torch.jit.trace records would be baked into the trace as a constant).
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def forward(module: torch.nn.Module, x: torch.Tensor, aten_route: Route, op_rout
     `compiled`), under autocast (the registered op, whose autocast rule gives torch's dtypes),
     or eager (the memoised route)."""
     if torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None:
-        return compiled(module, aten_route, op_route)(module, x, module.weight, module.bias)
+        grad = grad_on(x, module.weight, module.bias)
+        return compiled(module, aten_route, op_route, grad)(module, x, module.weight, module.bias)
     if torch._C._is_any_autocast_enabled():
         return op_route(module, x, module.weight, module.bias)
     return run(module, x, module.weight, module.bias, make, aten_route)
@@ -92,18 +93,36 @@ def run(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, ma
 
 
 def _note_aten_only(state: dict) -> None:
-    """What torch.compile traces (see compiled()): torch's op once every size seen chose it."""
-    state["_kk_aten_only"] = all(not hasattr(r, "candidate")
-                                 for r in state.get("_kk_routes", {}).values())
+    """What torch.compile traces (see compiled()), per grad mode: torch's op once every size
+    seen chose it in that mode (an in-model trial decides the two modes apart)."""
+    routes = state.get("_kk_routes", {}).values()
+    state["_kk_aten_only"] = all(_runs_torch(r, False) for r in routes)
+    state["_kk_aten_only_grad"] = all(_runs_torch(r, True) for r in routes)
 
 
-def compiled(module: torch.nn.Module, aten_route: Route, op_route: Route) -> Route:
+def _runs_torch(route, grad: bool) -> bool:
+    """Whether a memoised route runs torch's op in grad mode `grad`: a route without a
+    candidate always does; an in-model trial once it decided that mode for torch."""
+    trial = _trial_of(route)
+    winner = trial.winners[grad] if trial is not None else None
+    if winner is not None:
+        return winner is trial.aten
+    return not hasattr(route, "candidate")
+
+
+def compiled(module: torch.nn.Module, aten_route: Route, op_route: Route,
+             grad: bool = False) -> Route:
     """The route torch.compile, torch.export and torch.jit.trace record: torch's own op when the
-    layer ran in eager mode and torch won every input size it saw (Inductor then keeps its own
-    fusions around it), else the custom op, which dispatches (and tunes) per call inside the
-    compiled graph. Read at trace time from a plain attribute, so dynamo guards on it: a later
-    eager call that changes it recompiles."""
-    return aten_route if module._kk_aten_only else op_route
+    layer ran in eager mode and torch won every input size it saw in this grad mode (Inductor
+    then keeps its own fusions around it), else the custom op, which dispatches (and tunes) per
+    call inside the compiled graph. Per grad mode because the in-model trial decides the modes
+    apart: a ResNet-50 1x1 conv whose Numba kernel won inference but lost the training step
+    (forward plus backward) put the custom op into the compiled training graph too, where the
+    patched model ran 0.89-0.92x compiled torch (2-core Zen 4, docs/performance.md). Read at
+    trace time from plain attributes, so dynamo guards on them: a later eager call that changes
+    one recompiles."""
+    return aten_route if (module._kk_aten_only_grad if grad else module._kk_aten_only) \
+        else op_route
 
 
 def kernel_route(plan_route: Route, grad_route: Route, aten_route: Route, name: str) -> Route:
@@ -424,4 +443,5 @@ def getstate(module: torch.nn.Module) -> dict:
     state = module.__dict__.copy()
     state.pop("_kk_routes", None)
     state.pop("_kk_aten_only", None)
+    state.pop("_kk_aten_only_grad", None)
     return state

@@ -47,6 +47,7 @@ class Conv2d(nn.Conv2d):
                                     tuple(self.stride)))
 
     _kk_aten_only = False  # set per layer by its eager calls (see _route.compiled)
+    _kk_aten_only_grad = False  # (the same, in grad mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 3:  # unbatched (C, H, W), as torch accepts

@@ -40,6 +40,7 @@ class Linear(nn.Linear):
         self.activation = activation
 
     _kk_aten_only = False  # set per layer by its eager calls (see _route.compiled)
+    _kk_aten_only_grad = False  # (the same, in grad mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _route.forward(self, x, _aten, _through_op, _make_route)

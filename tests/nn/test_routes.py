@@ -289,6 +289,34 @@ def test_training_is_decided_on_forward_plus_backward_apart_from_inference(monke
     assert "Addmm" in type(y.grad_fn.next_functions[0][0]).__name__  # torch's own op
 
 
+def test_torch_compile_traces_each_grad_mode_as_its_trial_decided(monkeypatch):
+    """The kernel won the layer's inference trial and lost its training one (forward plus
+    backward): a compiled inference graph keeps the custom op, a compiled training graph traces
+    torch's op. (Traced as one, ResNet-50's 1x1 convs put the custom op into the compiled
+    training step, which ran 0.89-0.92x compiled torch on a 2-core Zen 4.)"""
+    from kernelkit.nn import _route
+
+    _numba_chosen(monkeypatch, 0.5e-3)
+    _timed_by(monkeypatch, lambda aten, grad: 1e-3 if aten else 0.5e-3,
+              backward_cost=lambda aten: 1e-3 if aten else 3e-3)
+    layer = nn.Linear(8, 4)
+    knn.patch(layer)
+    x = torch.randn(3, 8)
+    for _ in range(2 * (_route.TRIAL_CALLS + 1)):
+        with torch.no_grad():
+            layer(x)
+        _train_step(layer, x)
+    _train_step(layer, x)
+    (trial,) = layer._kk_routes.values()
+    assert trial.winners == {False: trial.kernel, True: trial.aten}
+    assert (layer._kk_aten_only, layer._kk_aten_only_grad) == (False, True)
+    monkeypatch.undo()  # (the fake clock's wrappers out of the way of dynamo)
+    with torch.no_grad():
+        assert "kernelkit.linear" in _graph_of(layer, x)
+    graph = _graph_of(layer, x)
+    assert "linear" in graph and "kernelkit" not in graph
+
+
 def test_a_grad_mode_without_backward_is_decided_on_its_forwards(monkeypatch):
     """Forward calls with grad enabled and no backward (a validation loop without no_grad):
     the trial must still end, on the forward times, after TRIAL_FORWARD_ONLY_AFTER calls."""
