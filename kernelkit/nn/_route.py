@@ -16,9 +16,10 @@ dtype, device, the knobs) it asks the tuner once and keeps one of two routes:
 
 Under autocast the module calls the custom op, whose autocast rule gives torch's dtypes. Under
 torch.compile, torch.export and torch.jit.trace it traces torch's own op where every size the
-layer saw in eager mode chose torch in the traced grad mode (so Inductor keeps its fusions, and a
-trace needs nothing but torch), else the custom op (`compiled()`; a kernel run while
-torch.jit.trace records would be baked into the trace as a constant).
+layer saw in eager mode chose torch in the traced grad mode, or a kernel by less than
+COMPILE_MARGIN in the model (so Inductor keeps its fusions, and a trace needs nothing but
+torch), else the custom op (`compiled()`; a kernel run while torch.jit.trace records would be
+baked into the trace as a constant).
 """
 
 from __future__ import annotations
@@ -100,13 +101,25 @@ def _note_aten_only(state: dict) -> None:
     state["_kk_aten_only_grad"] = all(_runs_torch(r, True) for r in routes)
 
 
+# A kernel that won its layer's in-model trial (CPU data) enters a torch.compile graph only if
+# it beat torch's eager op by at least this much. Why: Inductor's own CPU graph is faster than
+# eager torch (channels_last convs, batch norm and ReLU fused around them), and a custom op in
+# it runs in NCHW between layout conversions and without those fusions. On a 2-core Zen 4 one
+# custom 128 -> 512 1x1 conv (its kernel ~5 ms) made a compiled conv-BN-ReLU block 13 ms slower
+# (31.8 -> 44.7 ms, eval) and a compiled ResNet-50 training step at batch 8 0.89-0.92x compiled
+# torch, with kernels that had won their trials by 1.05-1.2x (docs/performance.md).
+COMPILE_MARGIN = 2.0
+
+
 def _runs_torch(route, grad: bool) -> bool:
-    """Whether a memoised route runs torch's op in grad mode `grad`: a route without a
-    candidate always does; an in-model trial once it decided that mode for torch."""
+    """Whether torch.compile traces torch's op for a memoised route in grad mode `grad`: for a
+    route without a candidate; for an in-model trial once it decided that mode for torch, or
+    for a kernel that won it by less than COMPILE_MARGIN."""
     trial = _trial_of(route)
     winner = trial.winners[grad] if trial is not None else None
     if winner is not None:
-        return winner is trial.aten
+        kernel_s, aten_s = trial.verdicts[grad]
+        return winner is trial.aten or kernel_s * COMPILE_MARGIN > aten_s
     return not hasattr(route, "candidate")
 
 
@@ -115,10 +128,10 @@ def compiled(module: torch.nn.Module, aten_route: Route, op_route: Route,
     """The route torch.compile, torch.export and torch.jit.trace record: torch's own op when the
     layer ran in eager mode and torch won every input size it saw in this grad mode (Inductor
     then keeps its own fusions around it), else the custom op, which dispatches (and tunes) per
-    call inside the compiled graph. Per grad mode because the in-model trial decides the modes
-    apart: a ResNet-50 1x1 conv whose Numba kernel won inference but lost the training step
-    (forward plus backward) put the custom op into the compiled training graph too, where the
-    patched model ran 0.89-0.92x compiled torch (2-core Zen 4, docs/performance.md). Read at
+    call inside the compiled graph; a kernel that won its in-model trial by less than
+    COMPILE_MARGIN counts as torch here. Per grad mode because the in-model trial decides the
+    modes apart: a ResNet-50 1x1 conv whose Numba kernel won inference but lost the training
+    step (forward plus backward) put the custom op into the compiled training graph too. Read at
     trace time from plain attributes, so dynamo guards on them: a later eager call that changes
     one recompiles."""
     return aten_route if (module._kk_aten_only_grad if grad else module._kk_aten_only) \

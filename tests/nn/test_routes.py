@@ -289,15 +289,22 @@ def test_training_is_decided_on_forward_plus_backward_apart_from_inference(monke
     assert "Addmm" in type(y.grad_fn.next_functions[0][0]).__name__  # torch's own op
 
 
-def test_torch_compile_traces_each_grad_mode_as_its_trial_decided(monkeypatch):
+@pytest.mark.parametrize("kernel_s, infer_traced", [(0.4e-3, "kernelkit.linear"),
+                                                    (0.8e-3, "linear")],
+                         ids=["won_inference_by_2.5x", "won_inference_by_1.25x"])
+def test_torch_compile_traces_each_grad_mode_as_its_trial_decided(kernel_s, infer_traced,
+                                                                  monkeypatch):
     """The kernel won the layer's inference trial and lost its training one (forward plus
-    backward): a compiled inference graph keeps the custom op, a compiled training graph traces
-    torch's op. (Traced as one, ResNet-50's 1x1 convs put the custom op into the compiled
-    training step, which ran 0.89-0.92x compiled torch on a 2-core Zen 4.)"""
+    backward): a compiled training graph traces torch's op, and a compiled inference graph the
+    custom op only if the kernel won by COMPILE_MARGIN (Inductor's graph around torch's op is
+    faster than the eager op the trial timed). On a 2-core Zen 4 a compiled ResNet-50 training
+    step ran 0.89-0.92x compiled torch with one or two custom-op convs that had won their
+    trials by 1.05-1.2x."""
     from kernelkit.nn import _route
 
-    _numba_chosen(monkeypatch, 0.5e-3)
-    _timed_by(monkeypatch, lambda aten, grad: 1e-3 if aten else 0.5e-3,
+    assert 2.5 > _route.COMPILE_MARGIN > 1.25
+    _numba_chosen(monkeypatch, 0.4e-3)
+    _timed_by(monkeypatch, lambda aten, grad: 1e-3 if aten else kernel_s,
               backward_cost=lambda aten: 1e-3 if aten else 3e-3)
     layer = nn.Linear(8, 4)
     knn.patch(layer)
@@ -309,10 +316,11 @@ def test_torch_compile_traces_each_grad_mode_as_its_trial_decided(monkeypatch):
     _train_step(layer, x)
     (trial,) = layer._kk_routes.values()
     assert trial.winners == {False: trial.kernel, True: trial.aten}
-    assert (layer._kk_aten_only, layer._kk_aten_only_grad) == (False, True)
+    assert (layer._kk_aten_only, layer._kk_aten_only_grad) == (infer_traced == "linear", True)
     monkeypatch.undo()  # (the fake clock's wrappers out of the way of dynamo)
     with torch.no_grad():
-        assert "kernelkit.linear" in _graph_of(layer, x)
+        graph = _graph_of(layer, x)
+    assert infer_traced in graph and (infer_traced != "linear" or "kernelkit" not in graph)
     graph = _graph_of(layer, x)
     assert "linear" in graph and "kernelkit" not in graph
 
