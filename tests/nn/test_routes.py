@@ -256,15 +256,14 @@ def _train_step(layer, x):
     layer(x).square().sum().backward()
 
 
-def test_training_is_decided_on_forward_plus_backward_apart_from_inference(monkeypatch):
-    """The kernel's forward is 2x faster but its backward 3x slower (torch's joint backward
-    against one product per input): inference keeps the kernel, training steps go to torch's
-    op. Decided on inference calls alone, the training step would run the slower route (the
-    patched MobileNetV2's batch-1 training step ran 0.86-0.89x torch that way)."""
+def _trialled_both_ways(monkeypatch, kernel_s: float):
+    """A patched Linear whose tuner chose numba, after its in-model trial ran in both grad
+    modes: torch's op 1 ms forward and 1 ms backward, the kernel `kernel_s` forward and 3 ms
+    backward (the training verdict is taken at the next training call). (layer, x)."""
     from kernelkit.nn import _route
 
     _numba_chosen(monkeypatch, 0.5e-3)
-    _timed_by(monkeypatch, lambda aten, grad: 1e-3 if aten else 0.5e-3,
+    _timed_by(monkeypatch, lambda aten, grad: 1e-3 if aten else kernel_s,
               backward_cost=lambda aten: 1e-3 if aten else 3e-3)
     torch.manual_seed(0)
     layer = nn.Linear(8, 4)
@@ -274,6 +273,15 @@ def test_training_is_decided_on_forward_plus_backward_apart_from_inference(monke
         with torch.no_grad():
             layer(x)
         _train_step(layer, x)
+    return layer, x
+
+
+def test_training_is_decided_on_forward_plus_backward_apart_from_inference(monkeypatch):
+    """The kernel's forward is 2x faster but its backward 3x slower (torch's joint backward
+    against one product per input): inference keeps the kernel, training steps go to torch's
+    op. Decided on inference calls alone, the training step would run the slower route (the
+    patched MobileNetV2's batch-1 training step ran 0.86-0.89x torch that way)."""
+    layer, x = _trialled_both_ways(monkeypatch, 0.5e-3)
     (trial,) = layer._kk_routes.values()
     assert trial.verdicts[False] == pytest.approx((0.5e-3, 1e-3))
     assert True not in trial.verdicts  # decided at the next training call, after its backward
@@ -303,16 +311,7 @@ def test_torch_compile_traces_each_grad_mode_as_its_trial_decided(kernel_s, infe
     from kernelkit.nn import _route
 
     assert 2.5 > _route.COMPILE_MARGIN > 1.25
-    _numba_chosen(monkeypatch, 0.4e-3)
-    _timed_by(monkeypatch, lambda aten, grad: 1e-3 if aten else kernel_s,
-              backward_cost=lambda aten: 1e-3 if aten else 3e-3)
-    layer = nn.Linear(8, 4)
-    knn.patch(layer)
-    x = torch.randn(3, 8)
-    for _ in range(2 * (_route.TRIAL_CALLS + 1)):
-        with torch.no_grad():
-            layer(x)
-        _train_step(layer, x)
+    layer, x = _trialled_both_ways(monkeypatch, kernel_s)
     _train_step(layer, x)
     (trial,) = layer._kk_routes.values()
     assert trial.winners == {False: trial.kernel, True: trial.aten}
