@@ -1,7 +1,8 @@
 """What one custom-op conv costs inside a torch.compile graph on the CPU: a conv-BN-ReLU block
 (128 -> 128 3x3, 128 -> 512 1x1, 512 -> 128 1x1, each with batch norm and ReLU; batch 8, 28 px),
 eager torch, torch.compile of it, and torch.compile of a patched copy whose 128 -> 512 1x1 conv
-traces the kernelkit custom op (the others torch's op), calls interleaved, medians.
+traces the kernelkit custom op (the others torch's op), calls interleaved (`bench/resnets.py`:
+each round starts at the next row), medians.
 
     flock /tmp/kk-bench.lock env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
         python bench/probes/nn_compile_block_probe.py infer   # or train
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/resnets.py
+
+from resnets import interleaved  # noqa: E402
 
 
 def main() -> int:
@@ -65,17 +67,11 @@ def main() -> int:
             "patched+compile (one custom-op conv)": step(torch.compile(patched))}
     for fn in rows.values():  # compiled and warm
         fn()
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in rows}
-    for _ in range(args.rounds):
-        for k, fn in rows.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
+    med = interleaved(rows, args.rounds)
     print(f"cpu: {devices.cpu_info()['model']}; torch {torch.__version__}; {args.mode}, "
           f"medians of {args.rounds} interleaved rounds")
-    for k, v in times.items():
-        print(f"{k}: {statistics.median(v) * 1e3:.2f} ms")
+    for k, v in med.items():
+        print(f"{k}: {v * 1e3:.2f} ms")
     return 0
 
 

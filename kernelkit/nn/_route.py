@@ -105,7 +105,7 @@ def _note_aten_only(state: dict) -> None:
 # it beat torch's eager op by at least this much. Why: Inductor's own CPU graph is faster than
 # eager torch (channels_last convs, batch norm and ReLU fused around them), and a custom op in
 # it runs in NCHW between layout conversions and without those fusions. On a 2-core Zen 4 one
-# custom 128 -> 512 1x1 conv (0.82 GFLOP) made a compiled conv-BN-ReLU block 7-13 ms
+# custom 128 -> 512 1x1 conv (0.82 GFLOP) made a compiled conv-BN-ReLU block 7-15 ms
 # slower in eval and 22-31 ms in training (bench/probes/nn_compile_block_probe.py), and a
 # compiled ResNet-50 training step at batch 8 ran 0.89-0.92x compiled torch with kernels that
 # had won their trials by 1.05-1.2x (docs/performance.md).

@@ -236,11 +236,9 @@ def widen(x: np.ndarray | None, slot: int | None = None) -> np.ndarray | None:
     if x is None or x.dtype.char not in HALF_CHARS:
         return x
     char = x.dtype.char
-    if slot is None:
-        out = np.empty(x.shape, np.float32 if char == "e" else np.uint32)
-    else:
-        out = _workspace.operand(x.size, np.float32 if char == "e" else np.uint32,
-                                 slot).reshape(x.shape)
+    dtype = np.float32 if char == "e" else np.uint32  # (bfloat16: float32 bits)
+    out = (np.empty(x.shape, dtype) if slot is None
+           else _workspace.operand(x.size, dtype, slot).reshape(x.shape))
     if char == "e":
         return _f16_to_f32(x, out)
     # bfloat16 is the top half of a float32: shift the bits into place
