@@ -88,6 +88,7 @@ def cmd_tune(args: argparse.Namespace, con: Console) -> int:
         rows = generate.generate(problems, where=where, shards=args.shards, gpus=args.gpus,
                                  remeasure=args.remeasure, threads=args.threads,
                                  progress=lambda r: bar.advance(task), starting=starting)
+    generate.release_group()  # under torchrun: the ranks end the group together
     if args.json:
         Path(args.json).write_text(json.dumps([generate.row_dict(r) for r in rows], indent=1))
     if args.out:

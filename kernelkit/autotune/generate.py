@@ -191,7 +191,8 @@ def generate(
 
     `threads` (default: every core) is split evenly between the `shards` worker processes.
     `starting(problem)` is called before each problem is measured in this process (a progress
-    bar's label); `progress(row)` after each."""
+    bar's label); `progress(row)` after each. Under torchrun, without a process group, it makes a
+    gloo group (``distributed_group``); ``release_group()`` ends it once the ranks are done."""
     if isinstance(preset, str):
         known = presets()
         if preset not in known:
@@ -225,9 +226,15 @@ def generate(
     return rows
 
 
+# Whether distributed_group() made the process group (then release_group() may end it); a
+# group the caller made is theirs to end.
+_MADE_GROUP = [False]
+
+
 def distributed_group():
     """torch.distributed, when this process is one rank of several (torchrun), else None. A
-    process started by torchrun without a group gets one (gloo: works on every machine)."""
+    process started by torchrun without a group gets one (gloo: works on every machine); end it
+    with ``release_group()``."""
     if "WORLD_SIZE" not in os.environ and "RANK" not in os.environ:
         import sys
 
@@ -241,7 +248,23 @@ def distributed_group():
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return None
         dist.init_process_group("gloo")
+        _MADE_GROUP[0] = True
     return dist if dist.get_world_size() > 1 else None
+
+
+def release_group(dist=None) -> None:
+    """End the process group ``distributed_group()`` made, once every rank got here (a barrier
+    first): a rank that exits with the group alive while another still talks to it can abort
+    ("terminate called without an active exception": `kernelkit tune` under torchrun did, one run
+    in a loaded CI). A group the caller made is left alone."""
+    if not _MADE_GROUP[0]:
+        return
+    if dist is None:
+        import torch.distributed as dist
+    _MADE_GROUP[0] = False
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _generate_distributed(dist, jobs, remeasure, threads, progress) -> list[Row]:

@@ -58,3 +58,62 @@ def test_two_ranks_agree(tmp_path):
     assert len(ranks[0]["entries"]) == 5 and ranks[0]["entries"] == ranks[1]["entries"]
     assert ranks[0]["pinned"] == ranks[1]["pinned"]
     assert ranks[0]["runtime"] == ranks[1]["runtime"] and len(ranks[0]["runtime"]) == 1
+
+
+CLI_RANK_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    base = sys.argv[1]
+    rank = int(os.environ["RANK"])
+    os.environ["KERNELKIT_CACHE_DIR"] = os.path.join(base, f"cache-{rank}")
+    from kernelkit import cli
+    code = cli.main(["tune", "--shapes", os.path.join(base, "shapes.json"), "--quiet"])
+    import torch.distributed as dist
+    with open(os.path.join(base, f"cli{rank}.json"), "w") as f:
+        json.dump({"code": code, "group_alive": dist.is_initialized()}, f)
+""")
+
+
+def test_kernelkit_tune_under_torchrun_ends_the_group_it_made(tmp_path):
+    """`kernelkit tune` under torchrun made a gloo group and left it alive at exit; one rank then
+    aborted in a loaded CI run ("terminate called without an active exception")."""
+    (tmp_path / "shapes.json").write_text(json.dumps(
+        [{"op": "matmul", "dims": [9, 7, 5], "dtype": "float32"}]))
+    script = tmp_path / "cli_rank.py"
+    script.write_text(CLI_RANK_SCRIPT)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc-per-node=2", str(script), str(tmp_path)],
+                       capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for i in range(2):
+        assert json.loads((tmp_path / f"cli{i}.json").read_text()) == {"code": 0,
+                                                                        "group_alive": False}
+
+
+class _Group:
+    """Stands in for torch.distributed: records what release_group asks of it."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def barrier(self) -> None:
+        self.calls.append("barrier")
+
+    def destroy_process_group(self) -> None:
+        self.calls.append("destroy")
+
+
+def test_release_group_ends_only_a_group_kernelkit_made(monkeypatch):
+    from kernelkit.autotune import generate
+
+    theirs = _Group()
+    monkeypatch.setattr(generate, "_MADE_GROUP", [False])
+    generate.release_group(theirs)
+    assert theirs.calls == []  # the caller's group: theirs to end
+    ours = _Group()
+    monkeypatch.setattr(generate, "_MADE_GROUP", [True])
+    generate.release_group(ours)
+    generate.release_group(ours)  # once
+    assert ours.calls == ["barrier", "destroy"]
