@@ -5,12 +5,9 @@ always make the same choices. Each rank has its own cache folder, as on two mach
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from torchrun import run_two_ranks
 
 RANK_SCRIPT = textwrap.dedent("""
     import json, os, sys
@@ -46,12 +43,7 @@ RANK_SCRIPT = textwrap.dedent("""
 
 
 def test_two_ranks_agree(tmp_path):
-    script = tmp_path / "rank.py"
-    script.write_text(RANK_SCRIPT)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc-per-node=2", str(script), str(tmp_path)],
-                       capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run_two_ranks(RANK_SCRIPT, tmp_path)
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     assert ranks[0]["rows"] == ranks[1]["rows"] == 4  # every rank sees every row
     # the 4 tuned sizes and the run-time miss, on both ranks
@@ -78,12 +70,7 @@ def test_kernelkit_tune_under_torchrun_ends_the_group_it_made(tmp_path):
     aborted in a loaded CI run ("terminate called without an active exception")."""
     (tmp_path / "shapes.json").write_text(json.dumps(
         [{"op": "matmul", "dims": [9, 7, 5], "dtype": "float32"}]))
-    script = tmp_path / "cli_rank.py"
-    script.write_text(CLI_RANK_SCRIPT)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc-per-node=2", str(script), str(tmp_path)],
-                       capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run_two_ranks(CLI_RANK_SCRIPT, tmp_path, "cli_rank.py")
     for i in range(2):
         assert json.loads((tmp_path / f"cli{i}.json").read_text()) == {"code": 0,
                                                                         "group_alive": False}

@@ -8,15 +8,12 @@ and backward products inside DDP really are kernelkit's."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
+
+from torchrun import run_two_ranks
 
 import kernelkit
 import kernelkit.nn as knn
-
-REPO = Path(__file__).resolve().parents[2]
 
 RANK_SCRIPT = textwrap.dedent("""
     import json, os, sys
@@ -103,12 +100,7 @@ def _share_compiled_kernels(tmp_path) -> None:
 
 def test_ddp_two_ranks_match_one_process_and_make_the_same_choices(tmp_path):
     _share_compiled_kernels(tmp_path)
-    script = tmp_path / "rank.py"
-    script.write_text(RANK_SCRIPT)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc-per-node=2", str(script), str(tmp_path)],
-                       capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run_two_ranks(RANK_SCRIPT, tmp_path)
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     for rank in ranks:
         assert rank["swapped"] == 3
