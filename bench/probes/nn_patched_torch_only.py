@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +30,7 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("KERNELKIT_CACHE_DIR", tempfile.mkdtemp(prefix="kk-torch-only-"))
     import torch
-    from resnets import MODELS, interleaved_times
+    from resnets import MODELS, interleaved
 
     import kernelkit
     import kernelkit.nn as knn
@@ -49,9 +48,7 @@ def main() -> int:
         # each round starts at the next model: in a fixed order the patched copy always ran
         # last, and read 0.969 against the copy's 0.986 (ResNet-50, batch 1, Zen 4); rotated,
         # 0.982-0.989 against two copies' 0.973-0.992 (docs/performance.md)
-        times = interleaved_times({k: (lambda m=m: m(x)) for k, m in models.items()},
-                                  args.rounds)
-    med = {k: statistics.median(v) for k, v in times.items()}
+        med = interleaved({k: (lambda m=m: m(x)) for k, m in models.items()}, args.rounds)
     print(f"{devices.cpu_info()['model']}, torch {torch.__version__}, {args.model} batch "
           f"{args.batch}, {len(report.swapped)} layers patched, {args.rounds} rounds")
     for label, t in med.items():
