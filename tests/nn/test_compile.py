@@ -11,6 +11,7 @@ import copy
 import torch
 from models import SmallResNet
 from torch import nn
+from traced import dynamo_graphs
 
 import kernelkit
 import kernelkit.nn as knn
@@ -56,22 +57,18 @@ def test_inductor_fullgraph_trains_patched_conv_model_like_eager():
 
 def _traced_ops(model: nn.Module, x: torch.Tensor, y: torch.Tensor, train: bool) -> list:
     """The (op, target) sequence dynamo hands the backend for one forward (train: a training
-    step's forward and loss; its backward is traced from it)."""
-    graphs: list = []
+    step's forward and loss; its backward is traced from it), per graph."""
 
-    def backend(gm, inputs):
-        graphs.append([(n.op, str(n.target)) for n in gm.graph.nodes
-                       if n.op in ("call_function", "call_method", "call_module")])
-        return gm.forward
+    def run(compiled):
+        with torch.set_grad_enabled(train):
+            out = compiled(x)
+            if train:
+                nn.functional.cross_entropy(out, y).backward()
 
-    torch._dynamo.reset()
-    compiled = torch.compile(model, backend=backend, fullgraph=True)
     model.train(train)
-    with torch.set_grad_enabled(train):
-        out = compiled(x)
-        if train:
-            nn.functional.cross_entropy(out, y).backward()
-    return graphs
+    return [[(n.op, str(n.target)) for n in g.nodes
+             if n.op in ("call_function", "call_method", "call_module")]
+            for g in dynamo_graphs(model, run)]
 
 
 def test_patched_model_whose_layers_chose_torch_compiles_to_torchs_own_graph():

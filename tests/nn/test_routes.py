@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from traced import dynamo_graphs
 
 import kernelkit
 import kernelkit.nn as knn
@@ -62,14 +63,7 @@ def test_where_a_kernel_won_eager_calls_skip_the_custom_op(grad):
 
 
 def _graph_of(layer, x) -> str:
-    graphs = []
-
-    def backend(gm, inputs):
-        graphs.append(str(gm.graph))
-        return gm.forward
-
-    torch.compile(layer, backend=backend, fullgraph=True)(x)
-    return graphs[0]
+    return str(dynamo_graphs(layer, lambda compiled: compiled(x))[0])
 
 
 @pytest.mark.parametrize("eager_backend, traced", [
