@@ -227,9 +227,17 @@ def test_numpy_blas_moments_ago_means_the_pool_else_the_team(monkeypatch, way):
     if not team:
         pytest.skip("no OpenMP runtime loaded by torch in this process")
     monkeypatch.setattr(_pool, "_TEAM", [team])
-    used = []
-    real = _pool._run_on_team
-    monkeypatch.setattr(_pool, "_run_on_team", lambda *a, **k: used.append(1) or real(*a, **k))
+    used = []  # launches on the team, natively (a trampoline) or through Python callbacks
+    on_team, native = _pool._run_on_team, _pool._run_native
+    monkeypatch.setattr(_pool, "_run_on_team", lambda *a, **k: used.append(1) or on_team(*a, **k))
+
+    def spy_native(*a, **k):
+        ran = native(*a, **k)
+        if ran is not None:
+            used.append(1)
+        return ran
+
+    monkeypatch.setattr(_pool, "_run_native", spy_native)
     rng = np.random.default_rng(5)
     a = rng.standard_normal((320, 256), dtype=np.float32)  # past the one-thread size
     b = rng.standard_normal((256, 300), dtype=np.float32)

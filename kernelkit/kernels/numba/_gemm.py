@@ -36,7 +36,7 @@ from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic, overload
 
 from kernelkit.kernels import ACT_CODES
-from kernelkit.kernels.numba import _cache
+from kernelkit.kernels.numba import _cache, _native
 
 
 def compiler_has(feature: str) -> bool:
@@ -121,7 +121,16 @@ COMPILED = [0]  # entry points compiled in this process, not loaded from the on-
 def entry_point(disp, sig):
     """``disp`` compiled (or loaded from numba's cache) for exactly ``sig``: its entry point, which
     a launcher calls without the dispatcher's type matching (arrays of every layout unbox into an
-    'A' signature; the launcher has checked ndim and dtype)."""
+    'A' signature; the launcher has checked ndim and dtype). A share entry point
+    ``fn(t, nthr, ...)`` also gets its native trampoline (``_native.prepare``: ``_pool`` then
+    runs its shares without Python)."""
+    ep = compiled_entry(disp, sig)
+    _native.prepare(ep, disp, sig)
+    return ep
+
+
+def compiled_entry(disp, sig):
+    """``entry_point`` without the trampoline."""
     misses = getattr(disp, "_cache_misses", None)
     before = sum(misses.values()) if misses is not None else 0
     disp.compile(sig)

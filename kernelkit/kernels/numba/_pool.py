@@ -46,6 +46,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernelkit import threads as _threads
+from kernelkit.kernels.numba import _native
 
 _POOL: list = [None]
 _POOL_LOCK = threading.Lock()
@@ -68,8 +69,9 @@ def pool(workers: int) -> ThreadPoolExecutor:
 
 # ------------------------------------------------------------------ torch's OpenMP team
 
-# (GOMP_parallel, omp_get_thread_num, omp_get_num_threads) of the OpenMP runtime torch loaded;
-# None: not looked for yet (torch not imported); False: none, turned off, or a forked child.
+# (GOMP_parallel, omp_get_thread_num, omp_get_num_threads, (their addresses)) of the OpenMP
+# runtime torch loaded; None: not looked for yet (torch not imported); False: none, turned off,
+# or a forked child.
 _TEAM: list = [None]
 _TEAM_ENV = "KERNELKIT_OPENMP_TEAM"
 _OMP_LIB = re.compile(r"lib(gomp|iomp5|omp)\b[^/]*\.so[^/]*$")
@@ -85,7 +87,7 @@ class _Job(NamedTuple):
     errors: list  # what shares raised; None: a synced job that did not get nthr threads
     done: list  # the shares that returned
     synced: bool
-    team: tuple  # (GOMP_parallel, omp_get_thread_num, omp_get_num_threads)
+    team: tuple  # (GOMP_parallel, omp_get_thread_num, omp_get_num_threads, their addresses)
 
 
 def _loaded_openmp() -> str | None:
@@ -116,10 +118,12 @@ def _find_team():
         thread_num, num_threads = lib.omp_get_thread_num, lib.omp_get_num_threads
     except (OSError, AttributeError, TypeError):
         return False
+    addrs = tuple(ctypes.cast(f, ctypes.c_void_p).value for f in (parallel, thread_num,
+                                                                   num_threads))
     parallel.argtypes = [_CALLBACK, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
     parallel.restype = None
     thread_num.restype = num_threads.restype = ctypes.c_int
-    return parallel, thread_num, num_threads
+    return parallel, thread_num, num_threads, addrs
 
 
 def _team():
@@ -181,17 +185,47 @@ def _run_on_team(team, fn, nthr: int, args: tuple, synced: bool = False) -> bool
     return True
 
 
+_RUNNERS: dict = {}  # id(fn) -> (fn, its native runner or None): see _run_native
+# Shares through their native trampoline where the entry point has one; a switch for probes
+# (KERNELKIT_NATIVE_SHARES=0 keeps trampolines from being compiled at all)
+NATIVE_SHARES = True
+
+
+def _run_native(team, fn, nthr: int, args: tuple, synced: bool) -> bool | None:
+    """fn's shares as one parallel region of torch's OpenMP team started by fn's native
+    trampoline (``_native``: no thread touches Python); None where fn has none (the caller then
+    takes the Python callbacks), False where a synced job did not get nthr threads (nothing
+    ran). Raises RuntimeError where a share raised or did not run."""
+    got = _RUNNERS.get(id(fn))
+    if got is None or got[0] is not fn:
+        got = _RUNNERS[id(fn)] = (fn, _native.runner(fn, team))
+    runner = got[1]
+    if runner is None:
+        return None
+    launcher, head = runner
+    outcome = launcher(head, nthr, synced, args)
+    if outcome == _native.OK:
+        return True
+    if outcome == _native.REFUSED:
+        return False
+    raise RuntimeError(
+        f"kernelkit: {'a share' if outcome == _native.FAILED else 'some shares'} of a Numba "
+        f"kernel's {nthr} did not complete on torch's OpenMP team; its output would be "
+        f"incomplete ({_native.ENV}=0 runs the shares through Python, which shows a share's "
+        f"own error)")
+
+
 def run(fn, nthr: int, *args) -> None:
     """fn(t, nthr, *args) for t < nthr: t = 0 on the calling thread, the rest on torch's OpenMP
-    team where torch is loaded, else on the Python pool."""
+    team where torch is loaded (natively where fn has a trampoline), else on the Python pool."""
     if nthr <= 1:
         fn(0, 1, *args)
         return
     team = _team()
-    if team:
-        _run_on_team(team, fn, nthr, args)
-    else:
+    if not team:
         run_pool(fn, nthr, *args)
+    elif _run_native(team, fn, nthr, args, False) is None:
+        _run_on_team(team, fn, nthr, args)
 
 
 def run_pool(fn, nthr: int, *args, claim: bool = True) -> None:
@@ -252,7 +286,10 @@ def run_synced(fn, nthr: int, *args) -> bool:
                 raise
 
         team = _team()
-        if not (team and _run_on_team(team, share, nthr, args, synced=True)):
+        ran = _run_native(team, fn, nthr, (*args, sync), True) if team else False
+        if ran is None:
+            ran = _run_on_team(team, share, nthr, args, synced=True)
+        if not ran:
             run_pool(share, nthr, *args, claim=False)
     finally:
         _SYNC_LOCK.release()
