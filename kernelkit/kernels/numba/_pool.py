@@ -196,6 +196,8 @@ def _run_native(team, fn, nthr: int, args: tuple, synced: bool) -> bool | None:
     trampoline (``_native``: no thread touches Python); None where fn has none (the caller then
     takes the Python callbacks), False where a synced job did not get nthr threads (nothing
     ran). Raises RuntimeError where a share raised or did not run."""
+    if not NATIVE_SHARES:
+        return None
     got = _RUNNERS.get(id(fn))
     if got is None or got[0] is not fn:
         got = _RUNNERS[id(fn)] = (fn, _native.runner(fn, team))
