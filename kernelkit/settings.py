@@ -17,6 +17,8 @@ KERNELKIT_COMPILE    "background" (default): a kernel not compiled yet in this p
                      "foreground": the first call that needs it waits for the compile
 KERNELKIT_OPENMP_TEAM "0" runs the Numba kernels' threads on kernelkit's own Python pool even where
                      torch is loaded (default: on torch's OpenMP team; kernels/numba/_pool.py says why)
+KERNELKIT_NATIVE_SHARES "0": each share on torch's OpenMP team is a Python callback (default: the
+                     kernel's native trampoline, where no thread takes the GIL; kernels/numba/_native.py)
 KERNELKIT_FROZEN_WEIGHTS "1": as `kernelkit.frozen_weights()` for the whole process (kernelkit/frozen.py)
 
 A forced backend or device that cannot run a call raises; an automatic choice falls back quietly.

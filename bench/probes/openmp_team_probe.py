@@ -6,7 +6,9 @@
 Three measurements, each way (``_pool._TEAM`` switched between torch's OpenMP entry points and
 False) interleaved with the other in the same process:
 
-1. a launch: ``_pool.run`` of a two-share no-op (median of 2000 calls per block, 9 blocks);
+1. a launch: ``_pool.run`` of a two-share no-op entry point (median of 2000 calls per block, 9
+   blocks), alone and right after a small torch conv (300 calls), on the team through its native
+   trampoline (``_native``), on the team through Python callbacks, and on the Python pool;
 2. a conv after a torch op (ResNet-18's layer3.0.conv1, 8x128x28x28 3x3 stride 2): the numba
    conv timed right after a torch batch norm + ReLU and right after itself, torch's conv after
    itself; medians of 15 rounds (what a layer inside a model sees);
@@ -28,6 +30,7 @@ import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numba import types
 from threadpoolctl import threadpool_info, threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
@@ -38,6 +41,7 @@ from _steady import steady_medians  # noqa: E402
 
 from kernelkit.kernels.numba import _pool  # noqa: E402
 from kernelkit.kernels.numba import conv2d as nconv  # noqa: E402
+from kernelkit.kernels.numba._gemm import entry_point  # noqa: E402
 
 WAYS = ("team", "pool")
 
@@ -70,20 +74,30 @@ def main() -> int:
     print(f"threads {args.threads}, torch {torch.__version__}, pools {pools}")
 
     out = np.zeros(args.threads, np.int64)
-    launch = {w: [] for w in WAYS}
-    for _ in range(9):
-        for w in WAYS:
-            way(w)
-            for _ in range(200):
-                _pool.run(_noop, args.threads, out)
-            ts = []
-            for _ in range(2000):
-                t0 = time.perf_counter()
-                _pool.run(_noop, args.threads, out)
-                ts.append(time.perf_counter() - t0)
-            launch[w].append(statistics.median(ts))
-    print("launch of a 2-share no-op, us: " + ", ".join(
-        f"{w} {statistics.median(v) * 1e6:.1f}" for w, v in launch.items()))
+    noop = entry_point(_noop, types.void(types.int64, types.int64,
+                                         types.Array(types.int64, 1, "C")))
+    launch_ways = {"team, native": (team, True), "team, callbacks": (team, False),
+                   "pool": (False, True)}
+    xa, wa = torch.randn(1, 64, 28, 28), torch.randn(64, 64, 3, 3)
+    for after, label in ((None, "alone"), (lambda: F.conv2d(xa, wa, padding=1),
+                                           "right after a torch conv")):
+        launch = {w: [] for w in launch_ways}
+        for _ in range(9):
+            for w, (t, native) in launch_ways.items():
+                _pool._TEAM[0], _pool.NATIVE_SHARES = t, native
+                for _ in range(100):
+                    _pool.run(noop, args.threads, out)
+                ts = []
+                for _ in range(300 if after else 2000):
+                    if after:
+                        after()
+                    t0 = time.perf_counter()
+                    _pool.run(noop, args.threads, out)
+                    ts.append(time.perf_counter() - t0)
+                launch[w].append(statistics.median(ts))
+        _pool.NATIVE_SHARES = True
+        print(f"launch of a {args.threads}-share no-op, {label}, us: " + ", ".join(
+            f"{w} {statistics.median(v) * 1e6:.1f}" for w, v in launch.items()))
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, 128, 28, 28, generator=g)

@@ -124,20 +124,15 @@ def entry_point(disp, sig):
     'A' signature; the launcher has checked ndim and dtype). A share entry point
     ``fn(t, nthr, ...)`` also gets its native trampoline (``_native.prepare``: ``_pool`` then
     runs its shares without Python)."""
-    ep = compiled_entry(disp, sig)
-    _native.prepare(ep, disp, sig)
-    return ep
-
-
-def compiled_entry(disp, sig):
-    """``entry_point`` without the trampoline."""
     misses = getattr(disp, "_cache_misses", None)
     before = sum(misses.values()) if misses is not None else 0
     disp.compile(sig)
     if misses is not None and sum(misses.values()) > before:
         COMPILED[0] += 1
     cres = disp.overloads.get(sig.args)
-    return getattr(cres, "entry_point", None) or disp
+    ep = getattr(cres, "entry_point", None) or disp
+    _native.prepare(ep, disp, sig)
+    return ep
 
 
 def _dtype_name(nbtype) -> str:

@@ -337,11 +337,10 @@ def _trampoline(sig) -> int:
 
 def _launcher(argtys):
     """``_launch_region``'s entry point for argument tuples of ``argtys``."""
-    from kernelkit.kernels.numba._gemm import compiled_entry
-
     head = types.Array(types.int64, 1, "C", readonly=True)
     sig = types.int64(head, types.int64, types.boolean, types.Tuple(argtys))
-    return compiled_entry(_launch_region, sig)
+    _launch_region.compile(sig)
+    return _launch_region.overloads[sig.args].entry_point
 
 
 def prepare(entry, disp, sig) -> None:

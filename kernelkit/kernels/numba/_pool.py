@@ -16,7 +16,10 @@ those spinning workers: a stride-2 3x3 conv ran 2.2-3x slower than alone on a 2-
 on those very workers, which were waiting for work. The region is started through
 ``GOMP_parallel`` (exported by GNU OpenMP and by LLVM's and Intel's runtimes for gcc-built code),
 with a ctypes callback that calls the share; a launch costs about 23 us here against the
-Python pool's 52 us. Python threads that launch at once each lead a team of their own, as
+Python pool's 52 us. A compiled entry point (``_gemm.entry_point``) starts the region through its
+native trampoline instead (``_native``): no thread of the region takes the GIL, and an empty
+two-share launch took 2.3 us against the callbacks' 34 (3.0 against 56 right after a torch op;
+Zen 4, `docs/performance.md`). Python threads that launch at once each lead a team of their own, as
 torch's own ops from several threads do, whatever the data (numpy arrays in a process that
 runs torch ops meet the same spinning workers). For 0.1 s after kernelkit called numpy's BLAS
 (``kernelkit.threads.blas_spinning``) launches take the Python pool instead: the team's region
