@@ -12,6 +12,7 @@ import numba
 import numpy as np
 import pytest
 from numba import types
+from numba_shares import arrive_then_sum as _arrive_then_sum
 
 from kernelkit.kernels.numba import _native, _pool
 from kernelkit.kernels.numba._gemm import entry_point
@@ -56,16 +57,6 @@ def _fail_one(t, nthr, out):
     if t == nthr - 1:
         raise ValueError("the last share fails")
     out[t] = 1
-
-
-@numba.njit(nogil=True)
-def _arrive_then_sum(t, nthr, out, sync):
-    out[t] = 1
-    if _pool.barrier(sync, nthr):
-        s = 0
-        for i in range(nthr):
-            s += out[i]
-        out[nthr + t] = s
 
 
 @numba.njit(nogil=True)

@@ -12,6 +12,7 @@ import threading
 import numba
 import numpy as np
 import pytest
+from numba_shares import arrive_then_sum as _arrive_then_sum
 
 from kernelkit.kernels.numba import _pool
 from kernelkit.kernels.numba import conv2d as nc
@@ -29,18 +30,6 @@ def way(request, monkeypatch):
         team = False
     monkeypatch.setattr(_pool, "_TEAM", [team])
     return request.param
-
-
-@numba.njit(nogil=True)
-def _arrive_then_sum(t, nthr, out, sync):
-    """Share t writes its mark, waits at the barrier, then sums every share's mark: only a
-    barrier that waits for all makes every sum nthr."""
-    out[t] = 1
-    if _pool.barrier(sync, nthr):
-        s = 0
-        for i in range(nthr):
-            s += out[i]
-        out[nthr + t] = s
 
 
 @pytest.mark.parametrize("nthr", [2, 3, 4])
