@@ -89,14 +89,18 @@ def run(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, ma
         elif choice is not None and choice.recheck_after:
             route = _Counted(route, choice.recheck_after, routes, sig)
         routes[sig] = route
-        _note_aten_only(module.__dict__)
+        _note_aten_only(module.__dict__, sig[-1])
     return route(module, x, weight, bias)
 
 
-def _note_aten_only(state: dict) -> None:
+def _note_aten_only(state: dict, token: tuple) -> None:
     """What torch.compile traces (see compiled()), per grad mode: torch's op once every size
-    seen chose it in that mode (an in-model trial decides the two modes apart)."""
-    routes = state.get("_kk_routes", {}).values()
+    seen under the knobs ``token`` (those of the eager call that made or decided a route) chose
+    it in that mode (an in-model trial decides the two modes apart). Routes made under other
+    knobs do not count: a tuning pass under KERNELKIT_TUNE=measure leaves kernel routes whose
+    trials never run, and with them a ResNet-50 whose every layer ran torch in eager mode traced
+    11 custom ops into its compiled graph (0.87x torch.compile, Zen 4, docs/performance.md)."""
+    routes = [r for sig, r in state.get("_kk_routes", {}).items() if sig[-1] == token]
     state["_kk_aten_only"] = all(_runs_torch(r, False) for r in routes)
     state["_kk_aten_only_grad"] = all(_runs_torch(r, True) for r in routes)
 
@@ -314,7 +318,7 @@ class InContext:
             slot[0] = None
         if self.winners[not grad] is winner:
             self.final = winner
-        _note_aten_only(m.__dict__)  # what torch.compile traces may now be torch's op
+        _note_aten_only(m.__dict__, self.token)  # what torch.compile traces may now be torch's
         return winner
 
     def _has_slot(self, grad: bool) -> bool:

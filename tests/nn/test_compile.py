@@ -91,3 +91,24 @@ def test_patched_model_whose_layers_chose_torch_compiles_to_torchs_own_graph():
             want = _traced_ops(ref, x, y, train)
             got = _traced_ops(pat, x, y, train)
             assert len(want) == 1 and got == want
+
+
+def test_routes_made_under_other_knobs_do_not_put_custom_ops_into_the_graph():
+    """A model tuned under other knobs (here every layer's route made with the Numba backend
+    forced, as a tuning pass under KERNELKIT_TUNE=measure makes kernel routes whose in-model
+    trials never run) and then run with torch winning every layer traces torch's own graph
+    under those later knobs, not the custom ops of the routes it no longer runs."""
+    torch.manual_seed(0)
+    ref = SmallResNet()
+    pat = copy.deepcopy(ref)
+    knn.patch(pat)
+    x, y = torch.randn(2, 3, 16, 16), torch.randint(0, 10, (2,))
+    pat.eval()
+    with kernelkit.use(backend="numba"), torch.no_grad():
+        pat(x)
+    with kernelkit.use(backend="torch"):
+        with torch.no_grad():
+            pat(x)
+        routes = [r for m in pat.modules() for r in m.__dict__.get("_kk_routes", {}).values()]
+        assert any(hasattr(r, "candidate") for r in routes), "no kernel route was made"
+        assert _traced_ops(pat, x, y, False) == _traced_ops(ref, x, y, False)
