@@ -100,7 +100,7 @@ def _note_aten_only(state: dict, token: tuple) -> None:
     knobs do not count: a tuning pass under KERNELKIT_TUNE=measure leaves kernel routes whose
     trials never run, and with them a ResNet-50 whose every layer ran torch in eager mode traced
     11 custom ops into its compiled graph (0.87x torch.compile, Zen 4, docs/performance.md)."""
-    routes = [r for sig, r in state.get("_kk_routes", {}).items() if sig[-1] == token]
+    routes = [r for _, r in _routes_under(state, token)]
     state["_kk_aten_only"] = all(_runs_torch(r, False) for r in routes)
     state["_kk_aten_only_grad"] = all(_runs_torch(r, True) for r in routes)
 
@@ -348,9 +348,13 @@ def current_routes(model: torch.nn.Module):
     the current knobs (a tuning pass under other settings leaves its own routes behind)."""
     token = _settings.token()
     for name, m in model.named_modules():
-        for sig, r in m.__dict__.get("_kk_routes", {}).items():
-            if sig[-1] == token:
-                yield name, m, sig, r
+        for sig, r in _routes_under(m.__dict__, token):
+            yield name, m, sig, r
+
+
+def _routes_under(state: dict, token: tuple):
+    """(signature, route) of a layer's memoised routes made under the knobs ``token``."""
+    return [(sig, r) for sig, r in state.get("_kk_routes", {}).items() if sig[-1] == token]
 
 
 def _trial_of(route) -> InContext | None:

@@ -18,8 +18,8 @@ on those very workers, which were waiting for work. The region is started throug
 with a ctypes callback that calls the share; a launch costs about 23 us here against the
 Python pool's 52 us. A compiled entry point (``_gemm.entry_point``) starts the region through its
 native trampoline instead (``_native``): no thread of the region takes the GIL, and an empty
-two-share launch took 2.3 us against the callbacks' 34 (3.0 against 56 right after a torch op;
-Zen 4, `docs/performance.md`). Python threads that launch at once each lead a team of their own, as
+two-share launch took 1.4 us against the callbacks' 29.6 (4.2 against 77.8 right after a torch
+conv; Zen 4, `bench/probes/openmp_team_probe.py --layers none`, `docs/performance.md`). Python threads that launch at once each lead a team of their own, as
 torch's own ops from several threads do, whatever the data (numpy arrays in a process that
 runs torch ops meet the same spinning workers). For 0.1 s after kernelkit called numpy's BLAS
 (``kernelkit.threads.blas_spinning``) launches take the Python pool instead: the team's region
