@@ -24,11 +24,12 @@ baked into the trace as a constant).
 
 from __future__ import annotations
 
+import math
 import statistics
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -49,14 +50,36 @@ def grad_on(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
 def forward(module: torch.nn.Module, x: torch.Tensor, aten_route: Route, op_route: Route,
             make) -> torch.Tensor:
     """A kernelkit.nn layer's call: traced (torch.compile, export and torch.jit.trace:
-    `compiled`), under autocast (the registered op, whose autocast rule gives torch's dtypes),
-    or eager (the memoised route)."""
+    `compiled`); torch's own op where kernelkit's kernels leave the tensors to torch (a torch.fx
+    symbolic trace's Proxy, a tensor subclass, meta tensors, a torch.func transform, forward-mode
+    AD, a TorchDispatchMode: `dispatch.torch_only`); under autocast the registered op, whose
+    autocast rule gives torch's dtypes; else eager (the memoised route)."""
     if torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None:
         grad = grad_on(x, module.weight, module.bias)
         return compiled(module, aten_route, op_route, grad)(module, x, module.weight, module.bias)
+    if not isinstance(x, torch.Tensor) or dispatch.torch_only(x, module.weight, module.bias):
+        return aten_route(module, x, module.weight, module.bias)
     if torch._C._is_any_autocast_enabled():
         return op_route(module, x, module.weight, module.bias)
     return run(module, x, module.weight, module.bias, make, aten_route)
+
+
+# Optional, not `str | None`: TorchScript parses this signature, and not every torch this runs on
+# (the GPU image has 2.11) was checked with PEP 604 unions there
+def scripted_activation(y: torch.Tensor, activation: Optional[str]) -> torch.Tensor:  # noqa: UP045
+    """A layer's fused activation as torch computes it, in a form TorchScript compiles (a scripted
+    model runs torch's ops: kernelkit's routes are Python). GELU keeps +inf where torch 2.13's
+    vectorised CPU GELU gives NaN, as `kernels.torch_activations` does."""
+    if activation is None:
+        return y
+    if activation == "relu":
+        return torch.relu(y)
+    if activation == "gelu":
+        g = torch.nn.functional.gelu(y)
+        return torch.where(y == math.inf, y, g) if y.device.type == "cpu" else g
+    if activation == "gelu_tanh":
+        return torch.nn.functional.gelu(y, approximate="tanh")
+    return torch.nn.functional.silu(y)
 
 
 def run(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, make,

@@ -19,7 +19,15 @@ from .. import arrays, core
 from ..core import Call, Candidate, Config, OpSpec, Plan, Problem
 from ..kernels import check_activation, torch_activations
 from ..kernels.convgeom import ConvOptions, check_geometry, nchw_shape
-from .dispatch import PlanMemo, explain_call, jit_tracing, needs_grad, plan_for, signature3
+from .dispatch import (
+    PlanMemo,
+    explain_call,
+    jit_tracing,
+    needs_grad,
+    plan_for,
+    signature3,
+    torch_only,
+)
 from .verify import f64, normwise_error
 
 FLOAT_DTYPES = arrays.FLOAT_DTYPES
@@ -59,6 +67,12 @@ def conv2d(x: Any, weight: Any, bias: Any = None, *, stride=1, padding=0, dilati
         >>> kernelkit.conv2d(x, w, padding="same", activation="relu").shape
         (1, 8, 32, 32)
     """
+    if type(x) is not _NDARRAY and torch_only(x, weight, bias):  # vmap, meta, ...: torch's ops
+        check_activation("conv2d", activation)
+        geo = _op_geometry("conv2d", x, x.shape, weight.shape, stride, padding, dilation, groups,
+                           layout)
+        return _vendor().conv2d_forward(x, weight, bias, *geo, activation, layout or "NCHW",
+                                        allow_tf32)
     if type(x) is not _NDARRAY and jit_tracing():  # the trace records the registered op
         from .torch_ops import conv2d_op
 
@@ -90,6 +104,13 @@ def conv2d_backward_input(grad_out: Any, weight: Any, input_shape, *, stride=1, 
     Returns:
         dx, shaped like the forward input.
     """
+    if type(grad_out) is not _NDARRAY and torch_only(grad_out, weight):
+        shape = [int(v) for v in input_shape]
+        geo = _op_geometry("conv2d_backward_input", grad_out, shape, weight.shape, stride,
+                           padding, dilation, groups, layout)
+        return _vendor().conv2d_backward_input(grad_out, weight,
+                                                nchw_shape(shape, layout or "NCHW")[2:], *geo,
+                                                layout or "NCHW", allow_tf32)
     if type(grad_out) is not _NDARRAY and jit_tracing():
         from .torch_ops import conv2d_backward_ops
 
@@ -121,6 +142,12 @@ def conv2d_backward_weight(x: Any, grad_out: Any, weight_shape, *, stride=1, pad
     Returns:
         dw of shape `weight_shape`. The bias gradient is ``grad_out.sum((0, 2, 3))``.
     """
+    if type(x) is not _NDARRAY and torch_only(x, grad_out):
+        shape = [int(v) for v in weight_shape]
+        geo = _op_geometry("conv2d_backward_weight", x, x.shape, shape, stride, padding, dilation,
+                           groups, layout)
+        return _vendor().conv2d_backward_weight(x, grad_out, shape[2:], *geo, layout or "NCHW",
+                                                 allow_tf32)
     if type(x) is not _NDARRAY and jit_tracing():
         from .torch_ops import conv2d_backward_ops
 
@@ -159,6 +186,14 @@ def _op_geometry(op: str, like, x_shape, w_shape, stride, padding, dilation, gro
     return [list(geo.stride), list(geo.padding), list(geo.dilation), geo.groups]
 
 
+def _vendor():
+    """torch's conv2d ops in the kernels' contract: what the conv2d ops compute the torch tensors
+    that kernelkit's kernels leave to torch with (`dispatch.torch_only`)."""
+    from ..kernels.torch import conv2d
+
+    return conv2d
+
+
 def _hashable(v):
     return tuple(v) if isinstance(v, list) else v
 
@@ -168,7 +203,10 @@ def _layout(op: str, x, layout) -> tuple[str, bool]:
     """(kernel layout, x is a channels_last torch tensor seen with NCHW dims)."""
     if layout not in (None, "NCHW", "NHWC"):
         raise ValueError(f"{op}: 'layout' must be None, 'NCHW' or 'NHWC', got {layout!r}")
-    if arrays.array_lib(x) == "torch" and layout is None and x.ndim == 4:
+    # (under vmap, torch cannot say whether a tensor is channels_last: its dims are NCHW, and the
+    # transform's path runs torch's ops, which follow the memory format themselves)
+    if arrays.array_lib(x) == "torch" and layout is None and x.ndim == 4 \
+            and not torch_only(x):
         import torch
 
         cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()

@@ -17,7 +17,15 @@ from .. import arrays, core
 from .. import settings as _settings
 from ..core import Call, Candidate, Config, OpSpec, Plan, Problem
 from ..kernels import check_activation, torch_activations
-from .dispatch import PlanMemo, explain_call, jit_tracing, needs_grad, plan_for, signature3
+from .dispatch import (
+    PlanMemo,
+    explain_call,
+    jit_tracing,
+    needs_grad,
+    plan_for,
+    signature3,
+    torch_only,
+)
 from .verify import f64, normwise_error
 
 OP = "matmul"
@@ -64,6 +72,8 @@ def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
         sig = (a.dtype, a.shape, a.strides, b.dtype, b.shape, b.strides, activation,
                allow_tf32, _settings.token())
     else:
+        if torch_only(a, b, bias):  # vmap, grad, jvp, meta, FakeTensor...: torch's own ops
+            return _with_torch(a, b, bias, activation)
         if jit_tracing():  # torch.jit.trace records the registered op (see jit_tracing)
             from .torch_ops import matmul_op
 
@@ -152,6 +162,18 @@ def _to_3d(x, batch: tuple[int, ...]):
     if not batch:
         return x[None]
     return x.reshape((math.prod(batch),) + full[-2:])  # a view unless batch strides do not merge
+
+
+def _with_torch(a, b, bias, activation):
+    """`matmul` on torch tensors that kernelkit's kernels leave to torch (`dispatch.torch_only`):
+    torch's own ops, which carry the transforms' rules and dispatch to subclasses and modes."""
+    import torch
+
+    check_activation(OP, activation)
+    y = torch.matmul(a, b)
+    if bias is not None:
+        y = y + bias
+    return y if activation is None else torch_activations()[activation](y)
 
 
 def prepare(a, b, *, bias=None, activation=None, allow_tf32=False) -> Call:

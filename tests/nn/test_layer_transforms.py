@@ -1,0 +1,161 @@
+"""Patched layers under torch.func transforms, forward-mode AD and TorchScript: where torch's own
+layer works, the patched one gives torch's result (it runs torch's op there; a kernelkit kernel
+computes on plain tensors only). Each test runs with the Numba kernels forced, where a kernel
+route would otherwise run; before, vmap, grad, jacrev and per-sample gradients raised
+RuntimeError (the route's autograd Function has no setup_context), forward-mode AD raised
+NotImplementedError (no jvp), and torch.jit.script raised RuntimeError (a recursive forward)."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import nn
+from torch.func import functional_call, grad, jacrev, jvp, vmap
+
+import kernelkit
+from kernelkit.nn import _route, patch
+
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+def _pair(kind: str, activation: str | None = None) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """(torch's layer, its patched twin with the same parameters, an input)."""
+    torch.manual_seed(0)
+    if kind == "linear":
+        ref, x = nn.Linear(7, 5), torch.randn(3, 7)
+    else:
+        ref, x = nn.Conv2d(3, 4, 3, padding=1, groups=1), torch.randn(2, 3, 6, 5)
+    m = copy.deepcopy(ref)
+    m = patch(m).model if isinstance(m, (nn.Linear, nn.Conv2d)) else m
+    if activation is not None:  # the fused activation, as torch's chain computes it
+        m.activation = activation
+        act = {"relu": torch.relu, "silu": nn.functional.silu}[activation]
+        ref = nn.Sequential(ref, nn.Module())
+        ref[1].forward = act
+    return ref, m, x
+
+
+@pytest.fixture(autouse=True)
+def _numba():
+    with kernelkit.use(backend="numba"):
+        yield
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("eager_first", [False, True])
+def test_vmap_grad_and_jacrev_of_a_patched_layer_give_torchs(kind, eager_first):
+    ref, m, x = _pair(kind, "silu")
+    if eager_first:  # a kernel route memoised for this size before the transform
+        torch.testing.assert_close(m(x), ref(x), **TOL)
+        assert [_route.describe(r) for r in m.__dict__["_kk_routes"].values()] == ["numba-cpu"]
+    xs = torch.stack([x, 2 * x])
+    torch.testing.assert_close(vmap(m)(xs), vmap(ref)(xs), **TOL)
+    torch.testing.assert_close(grad(lambda t: m(t).square().sum())(x),
+                               grad(lambda t: ref(t).square().sum())(x), **TOL)
+    torch.testing.assert_close(jacrev(m)(x[:1]), jacrev(ref)(x[:1]), **TOL)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_per_sample_gradients_of_a_patched_layer_give_torchs(kind):
+    """torch.func's per-sample gradients: vmap over grad of functional_call."""
+    ref, m, x = _pair(kind)
+
+    def per_sample(model):
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        loss = lambda p, t: functional_call(model, p, (t[None],)).square().sum()
+        return vmap(grad(loss), in_dims=(None, 0))(params, x)
+
+    got, want = per_sample(m), per_sample(ref)
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], **TOL)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_forward_mode_ad_through_a_patched_layer_gives_torchs_tangent(kind):
+    ref, m, x = _pair(kind, "relu")
+    tangent = torch.randn_like(x)
+    with fwAD.dual_level():
+        got = fwAD.unpack_dual(m(fwAD.make_dual(x, tangent)))
+        want = fwAD.unpack_dual(ref(fwAD.make_dual(x, tangent)))
+    torch.testing.assert_close(got.primal, want.primal, **TOL)
+    assert got.tangent is not None
+    torch.testing.assert_close(got.tangent, want.tangent, **TOL)
+    torch.testing.assert_close(jvp(m, (x,), (tangent,))[1], jvp(ref, (x,), (tangent,))[1], **TOL)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding="same", groups=2, bias=False),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("activation", [None, "relu", "gelu", "gelu_tanh", "silu"])
+def test_torchscript_of_a_patched_model_runs_torchs_ops_and_saves(activation):
+    """torch.jit.script compiles a patched model (its layers run torch's ops in TorchScript),
+    with each fused activation; the scripted model saves and loads, and takes unbatched input."""
+    ref, m = _model(), _model()
+    patch(m)
+    for layer in (m[0], m[6]):
+        layer.activation = activation
+    act = {None: lambda y: y, "relu": torch.relu, "gelu": nn.functional.gelu,
+           "gelu_tanh": lambda y: nn.functional.gelu(y, approximate="tanh"),
+           "silu": nn.functional.silu}[activation]
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        want = act(ref[6](ref[4:6](ref[3](ref[1:3](act(ref[0](x)))))))
+        eager = m(x)
+        scripted = torch.jit.script(m)
+        buf = io.BytesIO()
+        torch.jit.save(scripted, buf)
+        buf.seek(0)
+        loaded = torch.jit.load(buf)
+        torch.testing.assert_close(eager, want, **TOL)
+        torch.testing.assert_close(scripted(x), want, **TOL)
+        torch.testing.assert_close(loaded(x), want, **TOL)
+        conv = torch.jit.script(m[0])
+        torch.testing.assert_close(conv(x[0]), act(ref[0](x[0])), **TOL)  # unbatched (C, H, W)
+
+
+class _Tagged(torch.Tensor):
+    """A tensor subclass that dispatches as torch.Tensor (as a user's or a library's would)."""
+
+
+def _flops(model: nn.Module, x: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops()
+
+
+def test_torch_tools_that_trace_or_fake_see_a_patched_model_as_torchs():
+    """torch.fx's symbolic trace (what FX quantization and torchvision's feature extractor use),
+    meta tensors, FakeTensorMode, FlopCounterMode and tensor subclasses, on a model whose layers
+    chose the Numba kernels. Before: the trace raised TraceError, meta and FakeTensorMode raised,
+    FlopCounterMode counted no FLOPs for the patched layers."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    ref, m = _model(), _model()
+    patch(m)
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        want = ref(x)
+        torch.testing.assert_close(m(x), want, **TOL)  # the kernel routes exist for this size
+        assert {w for _, _, w in kernelkit.nn.where(m)} == {"numba-cpu"}, kernelkit.nn.where(m)
+        traced = torch.fx.symbolic_trace(m)
+        torch.testing.assert_close(traced(x), want, **TOL)
+        ops = {n.target for n in traced.graph.nodes if n.op == "call_function"}
+        assert torch.conv2d in ops and torch._C._nn.linear in ops, ops
+        assert copy.deepcopy(m).to("meta")(x.to("meta")).shape == want.shape
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            assert m(mode.from_tensor(x)).shape == want.shape
+        assert _flops(m, x) == _flops(ref, x) > 0
+        torch.testing.assert_close(m(x.as_subclass(_Tagged)).as_subclass(torch.Tensor), want,
+                                   **TOL)
