@@ -42,6 +42,13 @@ Route = Callable[[Any, torch.Tensor, torch.Tensor, Any], torch.Tensor]
 MAX_ROUTES = 64  # per module; cleared rather than grown by many one-off shapes
 
 
+# what `forward` checks of dispatch.torch_only, bound once
+_TENSOR, _PARAMETER = torch.Tensor, torch.nn.Parameter
+_transforms_active = torch._C._are_functorch_transforms_active
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_forward_ad = torch.autograd.forward_ad
+
+
 def grad_on(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                         or (bias is not None and bias.requires_grad))
@@ -54,14 +61,16 @@ def forward(module: torch.nn.Module, x: torch.Tensor, aten_route: Route, op_rout
     symbolic trace's Proxy, a tensor subclass, meta tensors, a torch.func transform, forward-mode
     AD, a TorchDispatchMode: `dispatch.torch_only`); under autocast the registered op, whose
     autocast rule gives torch's dtypes; else eager (the memoised route)."""
+    w, b = module.weight, module.bias  # (each a module __getattr__: 0.3-0.6 us)
     if torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None:
-        grad = grad_on(x, module.weight, module.bias)
-        return compiled(module, aten_route, op_route, grad)(module, x, module.weight, module.bias)
-    if not isinstance(x, torch.Tensor) or dispatch.torch_only(x, module.weight, module.bias):
-        return aten_route(module, x, module.weight, module.bias)
+        return compiled(module, aten_route, op_route, grad_on(x, w, b))(module, x, w, b)
+    t = type(x)  # dispatch.torch_only(x), inline (0.15 us, the call 0.45): a torch.fx Proxy too
+    if (t is not _TENSOR and t is not _PARAMETER) or not (x.is_cpu or x.is_cuda) \
+            or _transforms_active() or _forward_ad._current_level >= 0 or _dispatch_modes():
+        return aten_route(module, x, w, b)
     if torch._C._is_any_autocast_enabled():
-        return op_route(module, x, module.weight, module.bias)
-    return run(module, x, module.weight, module.bias, make, aten_route)
+        return op_route(module, x, w, b)
+    return run(module, x, w, b, make, aten_route)
 
 
 # Optional, not `str | None`: TorchScript parses this signature, and not every torch this runs on
@@ -101,7 +110,8 @@ def run(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, ma
             routes.clear()
         _last.choice = None
         finished = compiling.finished
-        route = make(module, x)
+        # a weight kernelkit's kernels leave to torch (a subclass: a quantized weight, meta)
+        route = aten_route if dispatch.foreign_tensors(weight, bias) else make(module, x)
         choice = _last.choice
         if hasattr(route, "candidate") and checks_in_context(x):
             route = InContext(route, aten_route, sig[-1])
@@ -170,10 +180,12 @@ def kernel_route(plan_route: Route, grad_route: Route, aten_route: Route, name: 
     """A kernelkit kernel won: its bound plan when autograd does not record; when it does, the
     eager autograd Function (ops/torch_ops.py), whose backward dispatches (and tunes) each
     backward product on its own; torch's own op when the weight's dtype differs from the
-    input's (torch raises its own error)."""
+    input's (torch raises its own error) or the weight is one kernelkit's kernels leave to torch
+    (`dispatch.foreign_tensors`)."""
 
     def kernel(m, x, w, b):
-        if w.dtype != x.dtype or (b is not None and b.dtype != x.dtype):
+        if w.dtype != x.dtype or (b is not None and b.dtype != x.dtype) \
+                or dispatch.foreign_tensors(w, b):  # (a weight swapped since)
             return aten_route(m, x, w, b)
         if grad_on(x, w, b):
             return grad_route(m, x, w, b)

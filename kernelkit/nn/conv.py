@@ -53,13 +53,10 @@ class Conv2d(nn.Conv2d):
         if torch.jit.is_scripting():  # TorchScript: torch's own op (kernelkit's dispatch is Python)
             return _route.scripted_activation(self._conv_forward(x, self.weight, self.bias),
                                               self.activation)
-        return self._routed(x)
-
-    @torch.jit.unused
-    def _routed(self, x: torch.Tensor) -> torch.Tensor:
+        # (TorchScript compiles the branch above only)
         if isinstance(x, torch.Tensor) and x.ndim != 4:  # (a torch.fx Proxy: _route.forward)
             if x.ndim == 3:  # unbatched (C, H, W), as torch accepts
-                return self._routed(x.unsqueeze(0)).squeeze(0)
+                return self.forward(x.unsqueeze(0)).squeeze(0)
             return _aten(self, x, self.weight, self.bias)  # torch raises its own error
         return _route.forward(self, x, _aten, _through_op, _make_route)
 

@@ -46,10 +46,7 @@ class Linear(nn.Linear):
         if torch.jit.is_scripting():  # TorchScript: torch's own op (kernelkit's dispatch is Python)
             return _route.scripted_activation(F.linear(x, self.weight, self.bias),
                                               self.activation)
-        return self._routed(x)
-
-    @torch.jit.unused
-    def _routed(self, x: torch.Tensor) -> torch.Tensor:
+        # (TorchScript compiles the branch above only)
         return _route.forward(self, x, _aten, _through_op, _make_route)
 
     def __getstate__(self) -> dict:

@@ -159,3 +159,20 @@ def test_torch_tools_that_trace_or_fake_see_a_patched_model_as_torchs():
         assert _flops(m, x) == _flops(ref, x) > 0
         torch.testing.assert_close(m(x.as_subclass(_Tagged)).as_subclass(torch.Tensor), want,
                                    **TOL)
+
+
+def test_a_weight_swapped_for_a_subclass_runs_torchs_op():
+    """A patched layer whose weight becomes a tensor subclass (as a quantization library's
+    weight does) runs F.linear / F.conv2d on it, for a size whose kernel route exists and for a
+    new one. Before: TypeError from the kernel's checks."""
+    for kind in ("linear", "conv"):
+        ref, m, x = _pair(kind)
+        with torch.no_grad():
+            torch.testing.assert_close(m(x), ref(x), **TOL)  # a Numba route for this size
+            for layer in (ref, m):
+                layer.weight = nn.Parameter(layer.weight.detach().as_subclass(_Tagged))
+            for t in (x, torch.cat([x, x])):
+                got = m(t)
+                assert type(got) is _Tagged
+                torch.testing.assert_close(got.as_subclass(torch.Tensor),
+                                           ref(t).as_subclass(torch.Tensor), **TOL)
