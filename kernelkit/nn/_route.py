@@ -43,7 +43,8 @@ MAX_ROUTES = 64  # per module; cleared rather than grown by many one-off shapes
 
 
 # what `forward` checks of dispatch.torch_only, bound once
-_TENSOR, _PARAMETER = torch.Tensor, torch.nn.Parameter
+_TENSOR, _PARAMETER, _STRIDED = torch.Tensor, torch.nn.Parameter, torch.strided
+_KERNEL_DTYPES = frozenset((torch.float16, torch.bfloat16, torch.float32, torch.float64))
 _transforms_active = torch._C._are_functorch_transforms_active
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _forward_ad = torch.autograd.forward_ad
@@ -64,9 +65,9 @@ def forward(module: torch.nn.Module, x: torch.Tensor, aten_route: Route, op_rout
     w, b = module.weight, module.bias  # (each a module __getattr__: 0.3-0.6 us)
     if torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None:
         return compiled(module, aten_route, op_route, grad_on(x, w, b))(module, x, w, b)
-    t = type(x)  # dispatch.torch_only(x), inline (0.15 us, the call 0.45): a torch.fx Proxy too
+    t = type(x)  # dispatch.torch_only(x), inline (0.2 us, the call 0.5): a torch.fx Proxy too
     if (t is not _TENSOR and t is not _PARAMETER) or not (x.is_cpu or x.is_cuda) \
-            or _transforms_active() or _forward_ad._current_level >= 0 or _dispatch_modes():
+            or x.layout is not _STRIDED or _transforms_active() or _forward_ad._current_level >= 0 or _dispatch_modes():
         return aten_route(module, x, w, b)
     if torch._C._is_any_autocast_enabled():
         return op_route(module, x, w, b)
@@ -110,8 +111,13 @@ def run(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, ma
             routes.clear()
         _last.choice = None
         finished = compiling.finished
-        # a weight kernelkit's kernels leave to torch (a subclass: a quantized weight, meta)
-        route = aten_route if dispatch.foreign_tensors(weight, bias) else make(module, x)
+        # torch's op for dtypes no kernelkit kernel computes (complex: torch computes it;
+        # integers: torch raises its own error) and for a weight kernelkit's kernels leave to
+        # torch (a subclass: a quantized weight; meta)
+        if x.dtype not in _KERNEL_DTYPES or dispatch.foreign_tensors(weight, bias):
+            route = aten_route
+        else:
+            route = make(module, x)
         choice = _last.choice
         if hasattr(route, "candidate") and checks_in_context(x):
             route = InContext(route, aten_route, sig[-1])

@@ -47,7 +47,7 @@ def torch_only(*xs) -> bool:
     """Whether an op's torch tensors among `xs` are to be computed with torch's own ops rather than
     a kernelkit kernel, which computes on plain tensors' memory outside torch's dispatcher: a
     tensor subclass (FakeTensor, DTensor, a quantized weight), a device other than the CPU and
-    CUDA (meta), or, in this thread, a torch.func transform (vmap, grad, jvp, jacrev), a
+    CUDA (meta), a sparse layout, or, in this thread, a torch.func transform (vmap, grad, jvp, jacrev), a
     forward-mode AD level or a TorchDispatchMode (FakeTensorMode, FlopCounterMode). Before, the
     ops and layers raised under each of them (or, under forward-mode AD, returned a kernel's
     result without its tangent, and FlopCounterMode counted no FLOPs for it). False where no
@@ -59,7 +59,7 @@ def torch_only(*xs) -> bool:
     for x in xs:
         t = type(x)
         if t is torch.Tensor or t is torch.nn.Parameter:
-            if not (x.is_cpu or x.is_cuda):
+            if not (x.is_cpu or x.is_cuda) or x.layout is not torch.strided:
                 return True
             seen = True
         elif isinstance(x, torch.Tensor):
@@ -71,13 +71,13 @@ def torch_only(*xs) -> bool:
 
 def foreign_tensors(*xs) -> bool:
     """`torch_only`'s checks of the tensors themselves (a subclass, a device other than the CPU
-    and CUDA), without the thread's transforms and modes: for a layer's weight and bias, whose
+    and CUDA, a sparse layout), without the thread's transforms and modes: for a layer's weight and bias, whose
     input was checked in full."""
     torch = sys.modules["torch"]
     for x in xs:
         t = type(x)
         if t is torch.Tensor or t is torch.nn.Parameter:
-            if not (x.is_cpu or x.is_cuda):
+            if not (x.is_cpu or x.is_cuda) or x.layout is not torch.strided:
                 return True
         elif isinstance(x, torch.Tensor):
             return True

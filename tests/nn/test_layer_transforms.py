@@ -1,9 +1,9 @@
-"""Patched layers under torch.func transforms, forward-mode AD and TorchScript: where torch's own
-layer works, the patched one gives torch's result (it runs torch's op there; a kernelkit kernel
-computes on plain tensors only). Each test runs with the Numba kernels forced, where a kernel
-route would otherwise run; before, vmap, grad, jacrev and per-sample gradients raised
-RuntimeError (the route's autograd Function has no setup_context), forward-mode AD raised
-NotImplementedError (no jvp), and torch.jit.script raised RuntimeError (a recursive forward)."""
+"""Patched layers where kernelkit's kernels leave the tensors to torch: torch.func transforms,
+forward-mode AD, TorchScript, torch.fx symbolic traces, dispatch modes, meta tensors, tensor
+subclasses, complex dtypes and sparse inputs. Where torch's own layer works, the patched one gives
+torch's result (it runs torch's op there; a kernelkit kernel computes on plain tensors' memory).
+Each test runs with the Numba kernels forced, where a kernel route would otherwise run; each
+names what it raised before."""
 
 from __future__ import annotations
 
@@ -176,3 +176,23 @@ def test_a_weight_swapped_for_a_subclass_runs_torchs_op():
                 assert type(got) is _Tagged
                 torch.testing.assert_close(got.as_subclass(torch.Tensor),
                                            ref(t).as_subclass(torch.Tensor), **TOL)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_complex_weights_and_sparse_inputs_run_torchs_op(kind):
+    """A complex-valued layer (no kernelkit kernel computes complex) and a sparse input to a
+    Linear give torch's results. Before: TypeError (dtype) and RuntimeError (a reshape of the
+    sparse input) from the route's kernel."""
+    torch.manual_seed(0)
+    ref = (nn.Linear(7, 5, dtype=torch.complex64) if kind == "linear"
+           else nn.Conv2d(3, 4, 3, padding=1, dtype=torch.complex64))
+    m = patch(copy.deepcopy(ref)).model
+    x = torch.randn(2, 7, dtype=torch.complex64) if kind == "linear" \
+        else torch.randn(2, 3, 6, 5, dtype=torch.complex64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref(x), **TOL)
+        if kind == "linear":
+            real, twin = _pair("linear")[:2]
+            dense = torch.randn(3, 7)
+            torch.testing.assert_close(twin(dense), real(dense), **TOL)  # a Numba route first
+            torch.testing.assert_close(twin(dense.to_sparse()), real(dense.to_sparse()), **TOL)

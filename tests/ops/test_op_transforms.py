@@ -90,7 +90,8 @@ class _Tagged(torch.Tensor):
 @pytest.mark.parametrize("op", [MATMUL, CONV], ids=["matmul", "conv2d"])
 def test_an_op_on_meta_fake_and_subclassed_tensors_and_under_a_flop_counter(op):
     """What torch's tools hand an op: meta tensors (shapes only), FakeTensorMode, a tensor
-    subclass, FlopCounterMode. Before: each raised (or, counting FLOPs, counted none)."""
+    subclass, a sparse operand, FlopCounterMode. Before: each raised (or, counting FLOPs,
+    counted none)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -101,6 +102,8 @@ def test_an_op_on_meta_fake_and_subclassed_tensors_and_under_a_flop_counter(op):
     assert ours(*(a.to("meta") for a in args)).shape == want.shape
     with FakeTensorMode() as mode:
         assert ours(*(mode.from_tensor(a) for a in args)).shape == want.shape
+    if op is MATMUL:  # a sparse operand: torch.matmul takes it
+        torch.testing.assert_close(ours(args[0].to_sparse(), *args[1:]), want, **TOL)
     got = ours(args[0].as_subclass(_Tagged), *args[1:])
     torch.testing.assert_close(got.as_subclass(torch.Tensor), want, **TOL)
     counts = []
