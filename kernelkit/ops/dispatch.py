@@ -55,15 +55,20 @@ def torch_only(*xs) -> bool:
     torch = sys.modules.get("torch")
     if torch is None:
         return False
-    seen = False
+    seen = elsewhere = False
     for x in xs:
         t = type(x)
         if t is torch.Tensor or t is torch.nn.Parameter:
-            if not (x.is_cpu or x.is_cuda) or x.layout is not torch.strided:
+            if x.layout is not torch.strided:
                 return True
-            seen = True
+            if x.is_cpu or x.is_cuda:
+                seen = True
+            else:
+                elsewhere = True
         elif isinstance(x, torch.Tensor):
             return True
+    if elsewhere:  # all on meta: torch's ops; meta beside CPU tensors: the op's own device error
+        return not seen
     return seen and (torch._C._are_functorch_transforms_active()
                      or torch.autograd.forward_ad._current_level >= 0
                      or torch._C._len_torch_dispatch_stack() > 0)
