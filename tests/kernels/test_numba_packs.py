@@ -21,9 +21,12 @@ RNG = np.random.default_rng(7)
 
 
 @pytest.fixture(autouse=True)
-def fresh():
+def fresh(tmp_path):
+    """Kept packs start empty; the convs run the default config (a cache of their own, not
+    tuned): what an earlier test measured into the session's cache could pick the implicit GEMM,
+    which keeps nothing (the clean-clone CI failed three of these tests once that way)."""
     _packs.clear()
-    with kernelkit.frozen_weights():
+    with kernelkit.frozen_weights(), kernelkit.use(cache_dir=tmp_path, tune="off"):
         yield
     _packs.clear()
 
