@@ -67,7 +67,8 @@ def forward(module: torch.nn.Module, x: torch.Tensor, aten_route: Route, op_rout
         return compiled(module, aten_route, op_route, grad_on(x, w, b))(module, x, w, b)
     t = type(x)  # dispatch.torch_only(x), inline (0.2 us, the call 0.5): a torch.fx Proxy too
     if (t is not _TENSOR and t is not _PARAMETER) or not (x.is_cpu or x.is_cuda) \
-            or x.layout is not _STRIDED or _transforms_active() or _forward_ad._current_level >= 0 or _dispatch_modes():
+            or x.layout is not _STRIDED or _transforms_active() \
+            or _forward_ad._current_level >= 0 or _dispatch_modes():
         return aten_route(module, x, w, b)
     if torch._C._is_any_autocast_enabled():
         return op_route(module, x, w, b)

@@ -46,12 +46,12 @@ def jit_tracing() -> bool:
 def torch_only(*xs) -> bool:
     """Whether an op's torch tensors among `xs` are to be computed with torch's own ops rather than
     a kernelkit kernel, which computes on plain tensors' memory outside torch's dispatcher: a
-    tensor subclass (FakeTensor, DTensor, a quantized weight), a device other than the CPU and
-    CUDA (meta), a sparse layout, or, in this thread, a torch.func transform (vmap, grad, jvp, jacrev), a
-    forward-mode AD level or a TorchDispatchMode (FakeTensorMode, FlopCounterMode). Before, the
-    ops and layers raised under each of them (or, under forward-mode AD, returned a kernel's
-    result without its tangent, and FlopCounterMode counted no FLOPs for it). False where no
-    argument is a torch tensor. About 0.5 us for one tensor."""
+    tensor subclass (FakeTensor, DTensor, a quantized weight), a sparse layout, operands all on a
+    device other than the CPU and CUDA (meta), or, in this thread, a torch.func transform (vmap,
+    grad, jvp, jacrev), a forward-mode AD level or a TorchDispatchMode (FakeTensorMode,
+    FlopCounterMode). Before, the ops and layers raised under each of them (or, under
+    forward-mode AD, returned a kernel's result without its tangent, and FlopCounterMode counted
+    no FLOPs for it). False where no argument is a torch tensor. About 0.5 us for one tensor."""
     torch = sys.modules.get("torch")
     if torch is None:
         return False
@@ -75,9 +75,10 @@ def torch_only(*xs) -> bool:
 
 
 def foreign_tensors(*xs) -> bool:
-    """`torch_only`'s checks of the tensors themselves (a subclass, a device other than the CPU
-    and CUDA, a sparse layout), without the thread's transforms and modes: for a layer's weight and bias, whose
-    input was checked in full."""
+    """`torch_only`'s checks of the tensors themselves (a subclass, a sparse layout, a device
+    other than the CPU and CUDA), without the thread's transforms and modes: for a layer's weight
+    and bias, whose input was checked in full (a meta weight beside a CPU input goes to torch's
+    op, which raises its own device error)."""
     torch = sys.modules["torch"]
     for x in xs:
         t = type(x)
