@@ -55,23 +55,14 @@ def torch_only(*xs) -> bool:
     torch = sys.modules.get("torch")
     if torch is None:
         return False
-    seen = elsewhere = False
-    for x in xs:
-        t = type(x)
-        if t is torch.Tensor or t is torch.nn.Parameter:
-            if x.layout is not torch.strided:
-                return True
-            if x.is_cpu or x.is_cuda:
-                seen = True
-            else:
-                elsewhere = True
-        elif isinstance(x, torch.Tensor):
-            return True
+    foreign, plain, elsewhere = _kinds(torch, xs)
+    if foreign:
+        return True
     if elsewhere:  # all on meta: torch's ops; meta beside CPU tensors: the op's own device error
-        return not seen
-    return seen and (torch._C._are_functorch_transforms_active()
-                     or torch.autograd.forward_ad._current_level >= 0
-                     or torch._C._len_torch_dispatch_stack() > 0)
+        return not plain
+    return plain and (torch._C._are_functorch_transforms_active()
+                      or torch.autograd.forward_ad._current_level >= 0
+                      or torch._C._len_torch_dispatch_stack() > 0)
 
 
 def foreign_tensors(*xs) -> bool:
@@ -79,15 +70,26 @@ def foreign_tensors(*xs) -> bool:
     other than the CPU and CUDA), without the thread's transforms and modes: for a layer's weight
     and bias, whose input was checked in full (a meta weight beside a CPU input goes to torch's
     op, which raises its own device error)."""
-    torch = sys.modules["torch"]
+    foreign, _, elsewhere = _kinds(sys.modules["torch"], xs)
+    return foreign or elsewhere
+
+
+def _kinds(torch, xs) -> tuple[bool, bool, bool]:
+    """Among `xs`: (a tensor subclass or a sparse tensor, a plain tensor on the CPU or CUDA, a
+    plain tensor on another device); the first stops the scan."""
+    plain = elsewhere = False
     for x in xs:
         t = type(x)
         if t is torch.Tensor or t is torch.nn.Parameter:
-            if not (x.is_cpu or x.is_cuda) or x.layout is not torch.strided:
-                return True
+            if x.layout is not torch.strided:
+                return True, plain, elsewhere
+            if x.is_cpu or x.is_cuda:
+                plain = True
+            else:
+                elsewhere = True
         elif isinstance(x, torch.Tensor):
-            return True
-    return False
+            return True, plain, elsewhere
+    return False, plain, elsewhere
 
 
 @contextlib.contextmanager
