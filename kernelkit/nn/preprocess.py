@@ -1,12 +1,14 @@
 """`kernelkit.nn.Preprocess`: kernelkit.preprocess as a module, for models that take raw images."""
 
-from __future__ import annotations
+# no `from __future__ import annotations`: TorchScript reads the class annotations below as types
 
 from collections.abc import Sequence
+from typing import List, Optional  # noqa: UP035 - TorchScript reads the attributes' annotations
 
 import torch
 from torch import nn
 
+from ..ops import dispatch
 from ..ops import preprocess as _preprocess
 from ..ops.torch_ops import preprocess_op
 
@@ -20,7 +22,10 @@ class Preprocess(nn.Module):
     In eager mode the module calls `kernelkit.preprocess` (tuned per input size, on the device the
     tuner picks); under `torch.compile` and `torch.export` it traces the registered op
     `torch.ops.kernelkit.preprocess`, so a model that starts from raw images compiles with
-    `fullgraph=True` and exports. Not differentiable: its inputs are images.
+    `fullgraph=True` and exports. `torch.jit.script` compiles that op too; a `torch.fx`
+    symbolic trace records the module's call as one node; meta tensors, FakeTensorMode, `vmap` and
+    dispatch modes run the op through torch's dispatcher (its fake gives the shape). Not
+    differentiable: its inputs are images.
 
     Args:
         size: output (height, width), or one int for both.
@@ -54,6 +59,11 @@ class Preprocess(nn.Module):
         torch.Size([8, 3, 224, 224])
     """
 
+    # TorchScript infers attribute types from their values; these may hold None
+    crop: Optional[List[float]]  # noqa: UP006, UP045
+    flip: Optional[str]  # noqa: UP045
+    _order: Optional[List[int]]  # noqa: UP006, UP045 - channel_order as a list, or None
+
     def __init__(self, size: int | Sequence[int], mean: float | Sequence[float],
                  std: float | Sequence[float], *, crop: Sequence[float] | None = None,
                  flip: str | None = None, interpolation: str = "bilinear",
@@ -76,30 +86,31 @@ class Preprocess(nn.Module):
         self.flip, self.interpolation, self.antialias = flip, interpolation, bool(antialias)
         self.channel_order, self.out_dtype = channel_order, out_dtype
         self.layout, self.stats_unit = layout, stats_unit
+        self._reverse = isinstance(channel_order, str)
+        self._order = (None if channel_order is None or self._reverse
+                       else [int(v) for v in channel_order])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.ndim == 3:  # one (H, W, C) image
-            return self.forward(images.unsqueeze(0)).squeeze(0)
-        args = self.op_args(images)
-        # traced (torch.compile, export, torch.jit.trace): the registered op; torch.ops.*
-        # rather than preprocess_op(): dynamo traces it
-        if torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None:
-            return torch.ops.kernelkit.preprocess(images, *args)
-        size, mean, std, crop, flip, interp, aa, order, dtype, layout, unit = args
-        return _preprocess.preprocess(
-            images, size=tuple(size), mean=mean, std=std, crop=crop, flip=flip,
-            interpolation=interp, antialias=aa, channel_order=order, out_dtype=dtype,
-            layout=layout, stats_unit=unit)
+        if torch.jit.is_scripting():  # TorchScript: the registered op (kernelkit's dispatch is Python)
+            batched = images.dim() != 3
+            x = images if batched else images.unsqueeze(0)
+            order = self._order
+            if self._reverse:
+                order = [x.size(-1) - 1 - c for c in range(x.size(-1))]
+            out = torch.ops.kernelkit.preprocess(
+                x, self.size, self.mean, self.std, self.crop, self.flip, self.interpolation,
+                self.antialias, order, self.out_dtype, self.layout, self.stats_unit)
+            return out if batched else out.squeeze(0)
+        # (TorchScript compiles the branch above only)
+        return _preprocess_batch(images, self._reverse, *self._fields())
 
     def op_args(self, images: torch.Tensor) -> tuple:
         """The arguments of `torch.ops.kernelkit.preprocess` after `images`, for this batch."""
-        order = self.channel_order
-        if isinstance(order, str):  # reverse, for whatever channel count the images have
-            order = list(range(images.shape[-1]))[::-1]
-        elif order is not None:
-            order = [int(v) for v in order]
+        return _op_args(images, self._reverse, *self._fields())
+
+    def _fields(self) -> tuple:
         return (self.size, self.mean, self.std, self.crop, self.flip, self.interpolation,
-                self.antialias, order, self.out_dtype, self.layout, self.stats_unit)
+                self.antialias, self._order, self.out_dtype, self.layout, self.stats_unit)
 
     def extra_repr(self) -> str:
         return (f"size={tuple(self.size)}, mean={self.mean}, std={self.std}, crop={self.crop}, "
@@ -107,4 +118,34 @@ class Preprocess(nn.Module):
                 f"antialias={self.antialias}, out_dtype={self.out_dtype}, layout={self.layout!r}")
 
 
+def _op_args(images: torch.Tensor, reverse: bool, *fields) -> tuple:
+    """`Preprocess._fields()` as the op's arguments after `images`: a reversed channel order for
+    the images' channel count."""
+    if not reverse:
+        return fields
+    order = list(range(images.shape[-1]))[::-1]
+    return (*fields[:7], order, *fields[8:])
+
+
+def _preprocess_batch(images: torch.Tensor, reverse: bool, *fields) -> torch.Tensor:
+    """`Preprocess.forward` outside TorchScript. A leaf of torch.fx symbolic traces (`fx.wrap`
+    below), with the module's fields as constants: the images' rank and channel count, which it
+    reads, are not known there."""
+    if images.ndim == 3:  # one (H, W, C) image
+        return _preprocess_batch(images.unsqueeze(0), reverse, *fields).squeeze(0)
+    args = _op_args(images, reverse, *fields)
+    # traced (torch.compile, export, torch.jit.trace), or tensors a kernel cannot read (meta,
+    # FakeTensor, a torch.func transform, a dispatch mode): the registered op; torch.ops.*
+    # rather than preprocess_op(): dynamo traces it
+    if (torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None
+            or dispatch.torch_only(images)):
+        return torch.ops.kernelkit.preprocess(images, *args)
+    size, mean, std, crop, flip, interp, aa, order, dtype, layout, unit = args
+    return _preprocess.preprocess(
+        images, size=tuple(size), mean=mean, std=std, crop=crop, flip=flip,
+        interpolation=interp, antialias=aa, channel_order=order, out_dtype=dtype,
+        layout=layout, stats_unit=unit)
+
+
+torch.fx.wrap("_preprocess_batch")
 preprocess_op()  # register torch.ops.kernelkit.preprocess before any forward is traced

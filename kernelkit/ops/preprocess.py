@@ -20,7 +20,7 @@ import numpy as np
 from .. import arrays, core
 from ..core import Call, Candidate, Config, OpSpec, Plan, Problem
 from ..kernels.taps import INTERPOLATIONS, PreprocessSpec
-from .dispatch import PlanMemo, jit_tracing, plan_for, signature
+from .dispatch import PlanMemo, jit_tracing, plan_for, signature, torch_only
 
 OP = "preprocess"
 IN_DTYPES = ("uint8", "float32")
@@ -40,6 +40,14 @@ class PreprocessOptions:
 _FLIPS = {None: (False, False), False: (False, False), "none": (False, False),
           "horizontal": (True, False), "h": (True, False), "vertical": (False, True),
           "v": (False, True), "both": (True, True), "hv": (True, True)}
+FLIP_NAMES = tuple(k for k in _FLIPS if isinstance(k, str))
+
+
+def check_flip_name(flip) -> None:
+    """A flip given by name (or None) must be one of FLIP_NAMES."""
+    if flip is not None and flip not in FLIP_NAMES:
+        raise ValueError(f"preprocess: 'flip' must be one of {FLIP_NAMES}, a (horizontal, "
+                         f"vertical) pair, None, or one of these per image, got {flip!r}")
 
 
 def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=None, fill=0.0,
@@ -95,6 +103,10 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
             "preprocess: torch.jit.trace cannot record kernelkit.preprocess (its result would be "
             "baked into the trace as a constant); trace kernelkit.nn.Preprocess instead, which "
             "records torch.ops.kernelkit.preprocess")
+    if not ragged and torch_only(images):  # meta, FakeTensor, vmap...: the registered op
+        return _through_registered_op(images, size, mean, std, crop, flip, rotate,
+                                      interpolation, antialias, channel_order, out_dtype, layout,
+                                      stats_unit)
     extras = _frozen((size, mean, std, crop, flip, rotate, fill, interpolation, antialias,
                       channel_order, out_dtype, layout, stats_unit))
     sig = signature(tuple(images) if ragged else (images,), (ragged, extras)) \
@@ -110,6 +122,47 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
 
 
 _PLANS = PlanMemo()
+
+
+def _through_registered_op(images, size, mean, std, crop, flip, rotate, interpolation, antialias,
+                           channel_order, out_dtype, layout, stats_unit):
+    """`preprocess` on torch tensors that kernelkit's kernels leave to torch's dispatcher
+    (`dispatch.torch_only`: meta, FakeTensor, a torch.func transform, a dispatch mode):
+    `torch.ops.kernelkit.preprocess`, whose fake gives the shape and whose body runs the kernel on
+    the plain tensors underneath. It takes one crop box and one flip for the batch."""
+    import torch
+
+    from .torch_ops import preprocess_op
+
+    given = (f"{type(images).__name__} images on {images.device} (or a torch.func transform or "
+             "dispatch mode)")
+    if rotate is not None and np.any(np.asarray(rotate, dtype=np.float64) != 0):
+        raise TypeError(f"preprocess: 'rotate' needs plain tensors, got {given}")
+    if crop is not None and not _is_box(crop):
+        raise TypeError("preprocess: 'crop' must be one (top, left, height, width) box for "
+                        f"the batch here (one per image needs plain tensors), got {crop!r} with "
+                        f"{given}")
+    if flip is False:
+        flip = None
+    if isinstance(flip, (tuple, list)):  # a (horizontal, vertical) pair of flags
+        pair = tuple(bool(v) if isinstance(v, (bool, np.bool_)) else None for v in flip)
+        names = {v: k for k, v in _FLIPS.items() if isinstance(k, str) and len(k) > 2}
+        if len(pair) != 2 or None in pair:
+            raise TypeError(f"preprocess: one 'flip' per image needs plain tensors, got {given}")
+        flip = names.get(pair)
+    if isinstance(channel_order, str) and channel_order.lower() in ("rgb2bgr", "bgr2rgb"):
+        channel_order = list(range(images.shape[-1] if images.ndim else 0))[::-1]
+    elif isinstance(channel_order, str):
+        raise ValueError("preprocess: 'channel_order' must be None, 'rgb2bgr', 'bgr2rgb' or a "
+                         f"permutation, got {channel_order!r}")
+    h, w = (size, size) if isinstance(size, (int, np.integer)) else size
+    dtype = getattr(torch, _dtype_name(OP, "out_dtype", out_dtype))
+    return preprocess_op()(
+        images, [int(h), int(w)], np.asarray(mean, np.float64).reshape(-1).tolist(),
+        np.asarray(std, np.float64).reshape(-1).tolist(),  # (checked by the op, or its fake)
+        None if crop is None else [float(v) for v in crop], flip, interpolation, bool(antialias),
+        None if channel_order is None else [int(v) for v in channel_order], dtype, layout,
+        stats_unit)
 
 
 def _frozen(v):
@@ -261,11 +314,11 @@ def stats_in_input_units(mean: np.ndarray, std: np.ndarray, in_dtype: str,
     return mean * factor, std * factor
 
 
-def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=0.0,
-            interpolation="bilinear", antialias=True, channel_order=None, out_dtype="float32",
-            layout="NCHW", stats_unit="input") -> Call:
-    imgs, loc, in_dtype, hw, c, ragged = _images(images)
-    n = len(hw)
+def check_settings(c: int, in_dtype: str, *, size, mean, std, interpolation, layout, out_dtype,
+                   stats_unit) -> tuple[tuple[int, int], np.ndarray, np.ndarray, str]:
+    """The checks of `preprocess`'s settings for `c`-channel images of `in_dtype` (also the
+    registered op's fake, so meta and FakeTensor calls raise what real ones do):
+    ((height, width), mean and std in input units, the output dtype's name)."""
     if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
         size = (int(size), int(size))
     if (not isinstance(size, (tuple, list)) or len(size) != 2
@@ -285,6 +338,17 @@ def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=
     if layout not in ("NCHW", "NHWC"):
         raise ValueError(f"preprocess: 'layout' must be 'NCHW' or 'NHWC', got {layout!r}")
     out_dt = _dtype_name("preprocess", "out_dtype", out_dtype)
+    return size, mean_a, std_a, out_dt
+
+
+def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=0.0,
+            interpolation="bilinear", antialias=True, channel_order=None, out_dtype="float32",
+            layout="NCHW", stats_unit="input") -> Call:
+    imgs, loc, in_dtype, hw, c, ragged = _images(images)
+    n = len(hw)
+    size, mean_a, std_a, out_dt = check_settings(c, in_dtype, size=size, mean=mean, std=std,
+                                                 interpolation=interpolation, layout=layout,
+                                                 out_dtype=out_dtype, stats_unit=stats_unit)
     if (why := arrays.missing_dtype(loc.lib, out_dt)) is not None:
         raise TypeError(f"preprocess: out_dtype {out_dt} needs torch images ({why})")
 
@@ -303,6 +367,8 @@ def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=
                              f"width={bw:g}) of image {i} lies outside its {h}x{w} image")
         boxes[i] = (top, left, bh, bw)
     flips = np.zeros((n, 2), np.bool_)
+    if isinstance(flip, str):
+        check_flip_name(flip)
     is_flip = lambda v: v in _FLIPS if isinstance(v, (str, bool)) or v is None else \
         (isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(b, (bool, np.bool_)) for b in v))
     for i, f in enumerate(_per_image("flip", flip, n, is_flip)):

@@ -402,6 +402,7 @@ def preprocess_op():
     import torch
 
     preprocess = core.op_spec("preprocess").function
+    from . import preprocess as check  # the fake runs the real call's checks
 
     @torch.library.custom_op(
         "kernelkit::preprocess", mutates_args=(),
@@ -419,8 +420,19 @@ def preprocess_op():
     @kk_preprocess.register_fake
     def _(images, size, mean, std, crop, flip, interpolation, antialias, channel_order,
           out_dtype, layout, stats_unit):
+        # the real call's checks, so meta and FakeTensor calls raise what it raises
+        in_dtype = str(images.dtype).removeprefix("torch.")
+        if images.ndim != 4 or images.shape[-1] not in (1, 3):
+            raise ValueError("preprocess: 'images' must be an (N, H, W, C) batch with 1 or 3 "
+                             f"channels, got shape {tuple(images.shape)}")
+        if in_dtype not in check.IN_DTYPES:
+            raise TypeError(f"preprocess: images must be one of {check.IN_DTYPES}, got {in_dtype}")
+        check.check_flip_name(flip)
+        (h, w), *_ = check.check_settings(
+            images.shape[-1], in_dtype, size=size, mean=mean, std=std,
+            interpolation=interpolation, layout=layout, out_dtype=out_dtype,
+            stats_unit=stats_unit)
         n, c = images.shape[0], images.shape[-1]
-        h, w = size
         shape = (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
         return images.new_empty(shape, dtype=out_dtype)
 

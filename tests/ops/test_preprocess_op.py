@@ -207,6 +207,8 @@ def test_bad_input(rng):
         (lambda: kernelkit.preprocess(imgs, out_dtype="bfloat16", **ok), TypeError, "numpy has no bfloat16"),
         (lambda: kernelkit.preprocess(imgs, interpolation="lanczos", **ok), ValueError, "interpolation"),
         (lambda: kernelkit.preprocess(imgs, flip=["h", "v"], **ok), ValueError, "one per image"),
+        (lambda: kernelkit.preprocess(imgs, flip="sideways", **ok), ValueError,
+         "'flip' must be one of .*'horizontal'.*got 'sideways'"),  # (was: "got 8" values)
         (lambda: kernelkit.preprocess(imgs, channel_order=(0, 0, 1), **ok), ValueError, "permutation"),
         (lambda: kernelkit.preprocess("img.png", **ok), TypeError, "'images' must be"),
     ]
