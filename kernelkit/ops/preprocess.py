@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,12 +18,18 @@ import numpy as np
 
 from .. import arrays, core
 from ..core import Call, Candidate, Config, OpSpec, Plan, Problem
-from ..kernels.taps import INTERPOLATIONS, PreprocessSpec
+from ..kernels.taps import PreprocessSpec
 from .dispatch import PlanMemo, jit_tracing, plan_for, signature, torch_only
+from .preprocess_args import (
+    FLIPS,
+    IN_DTYPES,
+    check_flip_name,
+    check_settings,
+    dtype_name,
+    is_box,
+)
 
 OP = "preprocess"
-IN_DTYPES = ("uint8", "float32")
-OUT_DTYPES = ("float32", "float16", "bfloat16", "uint8")
 
 
 @dataclass(frozen=True)
@@ -36,19 +41,6 @@ class PreprocessOptions:
     antialias: bool
     out_dtype: str
     rotate: bool  # some image has an arbitrary (not quarter-turn) rotation
-
-_FLIPS = {None: (False, False), False: (False, False), "none": (False, False),
-          "horizontal": (True, False), "h": (True, False), "vertical": (False, True),
-          "v": (False, True), "both": (True, True), "hv": (True, True)}
-FLIP_NAMES = tuple(k for k in _FLIPS if isinstance(k, str))
-
-
-def check_flip_name(flip) -> None:
-    """A flip given by name (or None) must be one of FLIP_NAMES."""
-    if flip is not None and flip not in FLIP_NAMES:
-        raise ValueError(f"preprocess: 'flip' must be one of {FLIP_NAMES}, a (horizontal, "
-                         f"vertical) pair, None, or one of these per image, got {flip!r}")
-
 
 def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=None, fill=0.0,
                interpolation: str = "bilinear", antialias: bool = True, channel_order=None,
@@ -138,7 +130,7 @@ def _through_registered_op(images, size, mean, std, crop, flip, rotate, interpol
              "dispatch mode)")
     if rotate is not None and np.any(np.asarray(rotate, dtype=np.float64) != 0):
         raise TypeError(f"preprocess: 'rotate' needs plain tensors, got {given}")
-    if crop is not None and not _is_box(crop):
+    if crop is not None and not is_box(crop):
         raise TypeError("preprocess: 'crop' must be one (top, left, height, width) box for "
                         f"the batch here (one per image needs plain tensors), got {crop!r} with "
                         f"{given}")
@@ -146,7 +138,7 @@ def _through_registered_op(images, size, mean, std, crop, flip, rotate, interpol
         flip = None
     if isinstance(flip, (tuple, list)):  # a (horizontal, vertical) pair of flags
         pair = tuple(bool(v) if isinstance(v, (bool, np.bool_)) else None for v in flip)
-        names = {v: k for k, v in _FLIPS.items() if isinstance(k, str) and len(k) > 2}
+        names = {v: k for k, v in FLIPS.items() if isinstance(k, str) and len(k) > 2}
         if len(pair) != 2 or None in pair:
             raise TypeError(f"preprocess: one 'flip' per image needs plain tensors, got {given}")
         flip = names.get(pair)
@@ -156,7 +148,7 @@ def _through_registered_op(images, size, mean, std, crop, flip, rotate, interpol
         raise ValueError("preprocess: 'channel_order' must be None, 'rgb2bgr', 'bgr2rgb' or a "
                          f"permutation, got {channel_order!r}")
     h, w = (size, size) if isinstance(size, (int, np.integer)) else size
-    dtype = getattr(torch, _dtype_name(OP, "out_dtype", out_dtype))
+    dtype = getattr(torch, dtype_name(OP, "out_dtype", out_dtype))
     return preprocess_op()(
         images, [int(h), int(w)], np.asarray(mean, np.float64).reshape(-1).tolist(),
         np.asarray(std, np.float64).reshape(-1).tolist(),  # (checked by the op, or its fake)
@@ -243,104 +235,6 @@ def _per_image(name: str, value, n: int, is_one) -> list:
     raise TypeError(f"preprocess: '{name}' has an unsupported type {type(value).__name__}")
 
 
-def _is_box(v) -> bool:
-    return (isinstance(v, (tuple, list)) or isinstance(v, np.ndarray) and v.ndim == 1) and \
-        len(v) == 4 and all(isinstance(x, (int, float, np.integer, np.floating)) for x in v)
-
-
-def _channel_stats(name: str, v, c: int) -> np.ndarray:
-    a = np.asarray(v, dtype=np.float64).reshape(-1)
-    if a.size == 1:
-        a = np.repeat(a, c)
-    if a.size != c:
-        raise ValueError(f"preprocess: '{name}' must have one value per channel ({c}), got "
-                         f"{a.size}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"preprocess: '{name}' must be finite, got {a.tolist()}")
-    return a
-
-
-def _dtype_name(op: str, name: str, v) -> str:
-    """'float32', 'bfloat16', ... from a string, a numpy dtype/type or a torch dtype."""
-    if isinstance(v, str):
-        s = v
-    elif type(v).__module__.startswith("torch"):
-        s = str(v).removeprefix("torch.")
-    else:
-        try:
-            s = np.dtype(v).name
-        except TypeError:
-            s = repr(v)
-    if s not in OUT_DTYPES:
-        raise TypeError(f"{op}: '{name}' must be one of {OUT_DTYPES}, got {v!r}")
-    return s
-
-
-STATS_UNITS = ("input", "unit")
-_WARNED_UNITS: set[tuple[str, str]] = set()  # (input dtype, stats unit): warned once per process
-
-
-def stats_in_input_units(mean: np.ndarray, std: np.ndarray, in_dtype: str,
-                         stats_unit: str) -> tuple[np.ndarray, np.ndarray]:
-    """`mean` and `std` converted to the images' units, with one warning per process and
-    (dtype, unit) when they look like the other unit.
-
-    Args:
-        mean, std: per-channel float64 statistics as given.
-        in_dtype: "uint8" or "float32".
-        stats_unit: "input" or "unit" (see `preprocess`).
-
-    Returns:
-        (mean, std) in input units.
-    """
-    if stats_unit not in STATS_UNITS:
-        raise ValueError(f"preprocess: 'stats_unit' must be one of {STATS_UNITS}, got "
-                         f"{stats_unit!r}")
-    top = max(float(np.max(np.abs(mean))), float(np.max(np.abs(std))))
-    if stats_unit == "input":
-        # mean 0 / std 1 (no normalisation) is legitimate in either unit: no warning for it
-        suspicious = in_dtype == "uint8" and top <= 1.0 and bool(np.any(std != 1) or np.any(mean != 0))
-        hint = ("look like [0, 1] units (torchvision's) but are read in input units (0..255 for "
-                "uint8): pass stats_unit='unit', or give them times 255")
-    else:
-        suspicious = top > 1.0
-        hint = ("look like input units (0..255) but are read in [0, 1] units: pass "
-                "stats_unit='input', or give them divided by 255")
-    if suspicious and (in_dtype, stats_unit) not in _WARNED_UNITS:
-        _WARNED_UNITS.add((in_dtype, stats_unit))
-        warnings.warn(f"preprocess: mean={mean.tolist()} std={std.tolist()} for {in_dtype} images "
-                      f"{hint}", UserWarning, stacklevel=4)
-    factor = 255.0 if stats_unit == "unit" and in_dtype == "uint8" else 1.0
-    return mean * factor, std * factor
-
-
-def check_settings(c: int, in_dtype: str, *, size, mean, std, interpolation, layout, out_dtype,
-                   stats_unit) -> tuple[tuple[int, int], np.ndarray, np.ndarray, str]:
-    """The checks of `preprocess`'s settings for `c`-channel images of `in_dtype` (also the
-    registered op's fake, so meta and FakeTensor calls raise what real ones do):
-    ((height, width), mean and std in input units, the output dtype's name)."""
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-        size = (int(size), int(size))
-    if (not isinstance(size, (tuple, list)) or len(size) != 2
-            or not all(isinstance(v, (int, np.integer)) for v in size)):
-        raise TypeError(f"preprocess: 'size' must be an int or an (height, width) pair, got {size!r}")
-    if min(size) <= 0:
-        raise ValueError(f"preprocess: 'size' must be positive, got {tuple(size)}")
-    size = (int(size[0]), int(size[1]))
-    mean_a = _channel_stats("mean", mean, c)
-    std_a = _channel_stats("std", std, c)
-    if np.any(std_a == 0):
-        raise ValueError(f"preprocess: 'std' must be non-zero, got {std_a.tolist()}")
-    mean_a, std_a = stats_in_input_units(mean_a, std_a, in_dtype, stats_unit)
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"preprocess: 'interpolation' must be one of {INTERPOLATIONS}, got "
-                         f"{interpolation!r}")
-    if layout not in ("NCHW", "NHWC"):
-        raise ValueError(f"preprocess: 'layout' must be 'NCHW' or 'NHWC', got {layout!r}")
-    out_dt = _dtype_name("preprocess", "out_dtype", out_dtype)
-    return size, mean_a, std_a, out_dt
-
-
 def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=0.0,
             interpolation="bilinear", antialias=True, channel_order=None, out_dtype="float32",
             layout="NCHW", stats_unit="input") -> Call:
@@ -354,11 +248,11 @@ def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=
 
     # geometry, resolved per image
     boxes = np.empty((n, 4), np.float64)
-    for i, box in enumerate(_per_image("crop", crop, n, lambda v: v is None or _is_box(v))):
+    for i, box in enumerate(_per_image("crop", crop, n, lambda v: v is None or is_box(v))):
         h, w = hw[i]
         if box is None:
             box = (0, 0, h, w)
-        if not _is_box(box):
+        if not is_box(box):
             raise TypeError(f"preprocess: crop of image {i} must be (top, left, height, width), "
                             f"got {box!r}")
         top, left, bh, bw = (float(v) for v in box)
@@ -369,16 +263,16 @@ def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=
     flips = np.zeros((n, 2), np.bool_)
     if isinstance(flip, str):
         check_flip_name(flip)
-    is_flip = lambda v: v in _FLIPS if isinstance(v, (str, bool)) or v is None else \
+    is_flip = lambda v: v in FLIPS if isinstance(v, (str, bool)) or v is None else \
         (isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(b, (bool, np.bool_)) for b in v))
     for i, f in enumerate(_per_image("flip", flip, n, is_flip)):
         if isinstance(f, (tuple, list)) and len(f) == 2:
             flips[i] = (bool(f[0]), bool(f[1]))
-        elif (isinstance(f, (str, bool)) or f is None) and f in _FLIPS:
-            flips[i] = _FLIPS[f]
+        elif (isinstance(f, (str, bool)) or f is None) and f in FLIPS:
+            flips[i] = FLIPS[f]
         else:
             raise ValueError(f"preprocess: flip of image {i} must be one of "
-                             f"{sorted(k for k in _FLIPS if isinstance(k, str))}, a "
+                             f"{sorted(k for k in FLIPS if isinstance(k, str))}, a "
                              f"(horizontal, vertical) pair or None, got {f!r}")
     rot90 = np.zeros(n, np.int64)
     angles = np.zeros(n, np.float64)

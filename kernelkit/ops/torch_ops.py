@@ -402,7 +402,7 @@ def preprocess_op():
     import torch
 
     preprocess = core.op_spec("preprocess").function
-    from . import preprocess as check  # the fake runs the real call's checks
+    from . import preprocess_args as check  # the fake runs the real call's checks
 
     @torch.library.custom_op(
         "kernelkit::preprocess", mutates_args=(),

@@ -249,7 +249,7 @@ IMAGENET_01 = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 def fresh_unit_warnings(monkeypatch):
     import importlib
 
-    mod = importlib.import_module("kernelkit.ops.preprocess")
+    mod = importlib.import_module("kernelkit.ops.preprocess_args")
     monkeypatch.setattr(mod, "_WARNED_UNITS", set())
 
 

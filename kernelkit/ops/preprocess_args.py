@@ -1,0 +1,124 @@
+"""The checks of `kernelkit.preprocess`'s arguments that need no pixels: what `prepare` checks
+before it looks at the images, and what the registered op's fake checks on meta and fake
+tensors (`ops/torch_ops.py`), so both raise the same errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from ..kernels.taps import INTERPOLATIONS
+
+IN_DTYPES = ("uint8", "float32")
+OUT_DTYPES = ("float32", "float16", "bfloat16", "uint8")
+
+FLIPS = {None: (False, False), False: (False, False), "none": (False, False),
+          "horizontal": (True, False), "h": (True, False), "vertical": (False, True),
+          "v": (False, True), "both": (True, True), "hv": (True, True)}
+FLIP_NAMES = tuple(k for k in FLIPS if isinstance(k, str))
+
+
+def check_flip_name(flip) -> None:
+    """A flip given by name (or None) must be one of FLIP_NAMES."""
+    if flip is not None and flip not in FLIP_NAMES:
+        raise ValueError(f"preprocess: 'flip' must be one of {FLIP_NAMES}, a (horizontal, "
+                         f"vertical) pair, None, or one of these per image, got {flip!r}")
+
+
+def is_box(v) -> bool:
+    return (isinstance(v, (tuple, list)) or isinstance(v, np.ndarray) and v.ndim == 1) and \
+        len(v) == 4 and all(isinstance(x, (int, float, np.integer, np.floating)) for x in v)
+
+
+def channel_stats(name: str, v, c: int) -> np.ndarray:
+    a = np.asarray(v, dtype=np.float64).reshape(-1)
+    if a.size == 1:
+        a = np.repeat(a, c)
+    if a.size != c:
+        raise ValueError(f"preprocess: '{name}' must have one value per channel ({c}), got "
+                         f"{a.size}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"preprocess: '{name}' must be finite, got {a.tolist()}")
+    return a
+
+
+def dtype_name(op: str, name: str, v) -> str:
+    """'float32', 'bfloat16', ... from a string, a numpy dtype/type or a torch dtype."""
+    if isinstance(v, str):
+        s = v
+    elif type(v).__module__.startswith("torch"):
+        s = str(v).removeprefix("torch.")
+    else:
+        try:
+            s = np.dtype(v).name
+        except TypeError:
+            s = repr(v)
+    if s not in OUT_DTYPES:
+        raise TypeError(f"{op}: '{name}' must be one of {OUT_DTYPES}, got {v!r}")
+    return s
+
+
+STATS_UNITS = ("input", "unit")
+_WARNED_UNITS: set[tuple[str, str]] = set()  # (input dtype, stats unit): warned once per process
+
+
+def stats_in_input_units(mean: np.ndarray, std: np.ndarray, in_dtype: str,
+                         stats_unit: str) -> tuple[np.ndarray, np.ndarray]:
+    """`mean` and `std` converted to the images' units, with one warning per process and
+    (dtype, unit) when they look like the other unit.
+
+    Args:
+        mean, std: per-channel float64 statistics as given.
+        in_dtype: "uint8" or "float32".
+        stats_unit: "input" or "unit" (see `preprocess`).
+
+    Returns:
+        (mean, std) in input units.
+    """
+    if stats_unit not in STATS_UNITS:
+        raise ValueError(f"preprocess: 'stats_unit' must be one of {STATS_UNITS}, got "
+                         f"{stats_unit!r}")
+    top = max(float(np.max(np.abs(mean))), float(np.max(np.abs(std))))
+    if stats_unit == "input":
+        # mean 0 / std 1 (no normalisation) is legitimate in either unit: no warning for it
+        suspicious = in_dtype == "uint8" and top <= 1.0 and bool(np.any(std != 1) or np.any(mean != 0))
+        hint = ("look like [0, 1] units (torchvision's) but are read in input units (0..255 for "
+                "uint8): pass stats_unit='unit', or give them times 255")
+    else:
+        suspicious = top > 1.0
+        hint = ("look like input units (0..255) but are read in [0, 1] units: pass "
+                "stats_unit='input', or give them divided by 255")
+    if suspicious and (in_dtype, stats_unit) not in _WARNED_UNITS:
+        _WARNED_UNITS.add((in_dtype, stats_unit))
+        warnings.warn(f"preprocess: mean={mean.tolist()} std={std.tolist()} for {in_dtype} images "
+                      f"{hint}", UserWarning, stacklevel=4)
+    factor = 255.0 if stats_unit == "unit" and in_dtype == "uint8" else 1.0
+    return mean * factor, std * factor
+
+
+def check_settings(c: int, in_dtype: str, *, size, mean, std, interpolation, layout, out_dtype,
+                   stats_unit) -> tuple[tuple[int, int], np.ndarray, np.ndarray, str]:
+    """The checks of `preprocess`'s settings for `c`-channel images of `in_dtype` (also the
+    registered op's fake, so meta and FakeTensor calls raise what real ones do):
+    ((height, width), mean and std in input units, the output dtype's name)."""
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        size = (int(size), int(size))
+    if (not isinstance(size, (tuple, list)) or len(size) != 2
+            or not all(isinstance(v, (int, np.integer)) for v in size)):
+        raise TypeError(f"preprocess: 'size' must be an int or an (height, width) pair, got {size!r}")
+    if min(size) <= 0:
+        raise ValueError(f"preprocess: 'size' must be positive, got {tuple(size)}")
+    size = (int(size[0]), int(size[1]))
+    mean_a = channel_stats("mean", mean, c)
+    std_a = channel_stats("std", std, c)
+    if np.any(std_a == 0):
+        raise ValueError(f"preprocess: 'std' must be non-zero, got {std_a.tolist()}")
+    mean_a, std_a = stats_in_input_units(mean_a, std_a, in_dtype, stats_unit)
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"preprocess: 'interpolation' must be one of {INTERPOLATIONS}, got "
+                         f"{interpolation!r}")
+    if layout not in ("NCHW", "NHWC"):
+        raise ValueError(f"preprocess: 'layout' must be 'NCHW' or 'NHWC', got {layout!r}")
+    out_dt = dtype_name("preprocess", "out_dtype", out_dtype)
+    return size, mean_a, std_a, out_dt
