@@ -142,6 +142,16 @@ def blas_spinning() -> bool:
     return time.monotonic() < _blas_until[0]
 
 
+def blas_mark() -> float:
+    """Changes with every `blas_called` (the autotuner's timer tells BLAS callers by it)."""
+    return _blas_until[0]
+
+
+def blas_spin_left() -> float:
+    """Seconds left of the window `blas_spinning` reports (0 outside it)."""
+    return max(0.0, _blas_until[0] - time.monotonic())
+
+
 # Per thread: the launch in progress got torch tensors from the ops layer, so what a kernel
 # derives from an argument may be kept while the tensor's version counter says it is unchanged
 # (the Numba conv's packed weights: kernels/numba/_packs.py). Never for numpy data: a numpy
