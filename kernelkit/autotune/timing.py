@@ -223,15 +223,19 @@ def _first_calls(fns: list[Callable[[], object]], sync) -> list[bool]:
 TEAM_SPIN_S = 0.01
 
 
-def _settle(before_blas: bool, after_team: bool) -> None:
-    """Wait until the other group's threads stopped spinning: before the others' block,
-    OpenBLAS's workers (up to threads.BLAS_SPIN_S after kernelkit's last BLAS call); before the
-    BLAS block, torch's OpenMP team (TEAM_SPIN_S). Real time, whatever the clock: the spinning
-    threads are real."""
-    if not before_blas:
-        time.sleep(threads.blas_spin_left())
-    elif after_team:
-        time.sleep(TEAM_SPIN_S)
+def _settle(fn: Callable[[], object], sync, before_blas: bool, after_team: bool) -> None:
+    """Call `fn` (the next block's first function; untimed) until the other group's threads
+    stopped spinning: before the others' block, OpenBLAS's workers (up to threads.BLAS_SPIN_S
+    after kernelkit's last BLAS call); before the BLAS block, torch's OpenMP team (TEAM_SPIN_S).
+    Calls rather than a sleep: an idle pause let the vCPUs cool down, and a 256^3 Numba matmul
+    timed right after one ran at 0.31 ms against 0.19 in its steady state (2-core Zen 4). Real
+    time, whatever the clock: the spinning threads are real."""
+    wait = threads.blas_spin_left() if not before_blas else TEAM_SPIN_S if after_team else 0.0
+    end = time.monotonic() + wait
+    while time.monotonic() < end:
+        fn()
+        if sync:
+            sync()
 
 
 def _measure_in_blocks(fns: list[Callable[[], object]], blas: list[bool], *, sync, min_reps: int,
@@ -257,7 +261,7 @@ def _measure_in_blocks(fns: list[Callable[[], object]], blas: list[bool], *, syn
     for order in ((0, 1), (1, 0)):
         for g in order:
             if g != last:
-                _settle(before_blas=bool(g), after_team=last != 1)
+                _settle(fns[groups[g][0]], sync, before_blas=bool(g), after_team=last != 1)
             last = g
             share = budget_s * len(groups[g]) / len(fns) / 2
             _rounds(fns, groups[g], samples, sync, rounds_min, rounds_max, share, settled)
