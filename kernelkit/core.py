@@ -27,7 +27,7 @@ import importlib.util
 import itertools
 import pkgutil
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,14 +139,20 @@ class Call:
     direct: Plan | None = None
 
     def runner(self, cand: Candidate, config: Config) -> Callable[[], Any]:
-        """A function that runs `cand` with `config` on these arguments; each call after the
-        first takes the next copy of them where `rotation` made copies."""
+        """A function that runs `cand` with `config` on these arguments; where `rotation` made
+        copies, each call, by this runner or another of this call's, takes the next set. One
+        turn for all runners: with a turn each, the contenders of a round-robin round read the
+        set the one before had just read (from L3, which the copies are there to prevent), while
+        one timed alone cycled through cold sets."""
         plan = self.bind(cand, config)
-        sets = self.rotation
-        if len(sets) == 1:
+        if len(self.rotation) == 1:
             return lambda: plan(*self.args)
-        turn = itertools.cycle(sets)
+        turn = self._turn
         return lambda: plan(*next(turn))
+
+    @functools.cached_property
+    def _turn(self) -> Iterator[tuple]:
+        return itertools.cycle(self.rotation)
 
     @functools.cached_property
     def rotation(self) -> list[tuple]:

@@ -368,6 +368,12 @@ def test_measurement_rotates_inputs_that_would_sit_in_l3(monkeypatch):
     for _ in range(2 * len(sets)):
         run()
     assert seen == [id(s[0]) for s in sets] * 2  # each call the next set, in turn
+    seen.clear()
+    other = call.runner(cand, {})
+    for _ in range(len(sets)):  # two contenders, round-robin: never the set just read
+        run()
+        other()
+    assert seen == [id(s[0]) for s in sets] * 2
 
     ta = torch.randn(2, 16, 32, 32).contiguous(memory_format=torch.channels_last)  # 128 KB
     tw = torch.randn(16, 16, 3, 3)
