@@ -176,32 +176,13 @@ def measure_interleaved(
         return _measure_in_blocks(fns, blas, sync=sync, min_reps=min_reps, max_reps=max_reps,
                                   budget_s=budget_s, settled=settled, decided=decided)
     samples: list[list[float]] = [[] for _ in fns]
-    start = _clock()
-    n = len(fns)
-    for rep in range(max_reps):
-        # Each round starts one further along, so drift hits every function alike.
-        for i in range(rep, rep + n):
-            if n > 1:
-                # One untimed call first: the previous function's library may still have its
-                # thread pool spinning (OpenBLAS spins ~0.1 s after each call), and the first
-                # call of another pool then waits a scheduler tick (~4 ms measured on 2 cores,
-                # numpy against torch: 60x a 160^3 matmul). A user who repeats this op does
-                # not pay that; the function's own steady state is what is compared.
-                fns[i % n]()
-                if sync:
-                    sync()
-            t0 = _clock()
-            fns[i % n]()
-            if sync:
-                sync()
-            samples[i % n].append(_clock() - t0)
-        if rep + 1 >= min_reps:
-            stats = [_summary(s) for s in samples]
-            spent = _clock() - start
-            if spent >= budget_s or all(t.spread <= settled * t.median for t in stats) \
-                    or (decided is not None and spent >= DECIDED_MIN_SHARE * budget_s
-                        and _clear(stats, decided)):
-                break
+
+    def done(stats: list[Timing], spent: float) -> bool:
+        return all(t.spread <= settled * t.median for t in stats) or (
+            decided is not None and spent >= DECIDED_MIN_SHARE * budget_s
+            and _clear(stats, decided))
+
+    _rounds(fns, list(range(len(fns))), samples, sync, min_reps, max_reps, budget_s, done)
     return [_summary(s) for s in samples]
 
 
@@ -258,46 +239,57 @@ def _measure_in_blocks(fns: list[Callable[[], object]], blas: list[bool], *, syn
     last = None  # the group of the last block timed (the first calls: both)
     rounds_min, rounds_max = -(-min_reps // 2), -(-max_reps // 2)
     stats: list[Timing] = []
+
+    def settled_now(timings: list[Timing], spent: float = 0.0) -> bool:
+        return all(t.spread <= settled * t.median for t in timings)
+
     for order in ((0, 1), (1, 0)):
         for g in order:
             if g != last:
                 _settle(fns[groups[g][0]], sync, before_blas=bool(g), after_team=last != 1)
             last = g
+            fns[groups[g][0]]()  # the block's first call: after the wait, its pool wakes up
+            if sync:
+                sync()
             share = budget_s * len(groups[g]) / len(fns) / 2
-            _rounds(fns, groups[g], samples, sync, rounds_min, rounds_max, share, settled)
+            _rounds(fns, groups[g], samples, sync, rounds_min, rounds_max, share, settled_now)
         stats = [_summary(s) for s in samples]
         if all(t.count >= min_reps for t in stats) and (
-                all(t.spread <= settled * t.median for t in stats)
-                or (decided is not None and _clear(stats, decided))):
+                settled_now(stats) or (decided is not None and _clear(stats, decided))):
             break
     return stats
 
 
-def _rounds(fns, group: list[int], samples: list[list[float]], sync, rounds_min: int,
-            rounds_max: int, budget_s: float, settled: float) -> None:
-    """Round-robin timing of `group`'s functions (an untimed call first where there are several,
-    as in measure_interleaved), appending to `samples`, until `budget_s` is spent or every
-    spread settled (after `rounds_min` rounds), or `rounds_max` rounds."""
-    fns[group[0]]()  # the block's first call: after the wait, its pool wakes up
-    if sync:
-        sync()
+def _rounds(fns: list[Callable[[], object]], group: list[int], samples: list[list[float]], sync,
+            rounds_min: int, rounds_max: int, budget_s: float,
+            done: Callable[[list[Timing], float], bool]) -> None:
+    """Round-robin timing of `group`'s functions, appending to `samples`: after `rounds_min`
+    rounds, until `budget_s` is spent or `done(their timings, seconds spent)`; at most
+    `rounds_max` rounds."""
     n = len(group)
     start = _clock()
     for rep in range(rounds_max):
+        # Each round starts one further along, so drift hits every function alike.
         for j in range(rep, rep + n):
-            fn = fns[group[j % n]]
+            i = group[j % n]
             if n > 1:
-                fn()
+                # One untimed call first: the previous function's library may still have its
+                # thread pool spinning, and the first call of another pool then waits a
+                # scheduler tick (~4 ms measured on 2 cores, numpy against torch: 60x a 160^3
+                # matmul). A user who repeats this op does not pay that; the function's own
+                # steady state is what is compared. (OpenBLAS's spin outlasts one call: BLAS
+                # callers are timed in blocks, `_measure_in_blocks`.)
+                fns[i]()
                 if sync:
                     sync()
             t0 = _clock()
-            fn()
+            fns[i]()
             if sync:
                 sync()
-            samples[group[j % n]].append(_clock() - t0)
+            samples[i].append(_clock() - t0)
         if rep + 1 >= rounds_min:
-            mine = [_summary(samples[i]) for i in group]
-            if _clock() - start >= budget_s or all(t.spread <= settled * t.median for t in mine):
+            spent = _clock() - start
+            if spent >= budget_s or done([_summary(samples[i]) for i in group], spent):
                 break
 
 
