@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import core, devices
@@ -239,7 +240,7 @@ def cmd_explain(args: argparse.Namespace, con: Console) -> int:
     try:
         dims = spec.cli_inputs(tuple(args.dims))
     except ValueError as exc:
-        con.print(f"[red]{exc}")
+        con.print(f"[red]{escape(str(exc))}")
         return 2
     dtype = args.dtype or ("uint8" if args.op == "preprocess" else "float32")
     if args.sweep:
@@ -452,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args, con)
     except (ValueError, TypeError) as exc:
-        con.print(f"[red]kernelkit {args.command}: {exc}")
+        # escaped: a message's own brackets ("[op, dims, dtype]") are not rich markup
+        con.print(f"[red]kernelkit {args.command}: {escape(str(exc))}")
         return 2
 
 

@@ -126,6 +126,24 @@ def test_tune_shapes_file_out_and_coverage(tmp_path):
     assert r.returncode == 2 and "unknown op" in r.stdout
 
 
+def test_tune_shapes_inline_and_bad_shapes_get_a_message(tmp_path):
+    """--shapes takes the JSON list itself too; a missing file, a row without dims and broken
+    JSON get one line naming the problem (before: tracebacks, FileNotFoundError and KeyError),
+    with the message's brackets printed as they are (rich had taken "[op, dims, dtype]" for
+    markup and dropped it)."""
+    r = kk("tune", "--quiet", "--shapes", '[["matmul", [5, 6, 7]]]', cache_dir=tmp_path)
+    assert "5x6x7" in r.stdout
+    (tmp_path / "nodims.json").write_text(json.dumps([{"op": "matmul"}]))
+    for arg, words in [(str(tmp_path / "none.json"), "cannot read"),
+                       (str(tmp_path / "nodims.json"), "row 0 must be"),
+                       ('[["matmul", [5, 6', "not JSON")]:
+        r = kk("tune", "--shapes", arg, cache_dir=tmp_path, check=False)
+        assert r.returncode == 2 and words in r.stdout and "Traceback" not in r.stderr, r
+    assert "[op, dims, dtype]" in " ".join(
+        kk("tune", "--shapes", str(tmp_path / "nodims.json"), cache_dir=tmp_path,
+           check=False).stdout.split())
+
+
 @pytest.mark.parametrize("terminal, quiet, shown", [(True, False, True), (True, True, False),
                                                    (False, False, False)])
 def test_tune_progress_bar_on_stderr_only_on_a_terminal(tmp_path, monkeypatch, capfd, terminal,

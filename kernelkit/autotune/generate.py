@@ -66,20 +66,35 @@ class Row:
 
 
 def load_shapes(path: str | os.PathLike) -> list[tuple[str, tuple[int, ...], str]]:
-    """A shapes file: a JSON list of {"op", "dims", "dtype"} objects or [op, dims, dtype] rows.
+    """A shapes file: a JSON list of {"op", "dims", "dtype"} objects or [op, dims, dtype] rows;
+    or that JSON itself, given in place of a path (``--shapes '[["matmul", [64, 64, 64]]]'``).
 
     `dims` as `kernelkit explain` takes them (e.g. conv2d: N C H K R STRIDE), or in the op's
     full preset form (conv2d: N C H K R STRIDE PADDING DILATION)."""
     import json
     from pathlib import Path
 
-    rows = json.loads(Path(path).read_text())
+    text = str(path)
+    if not text.lstrip().startswith("[") or Path(text).is_file():
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ValueError(f"shapes: cannot read {str(path)!r} ({exc.strerror or exc}); "
+                             "give a JSON file, or the JSON list itself") from None
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc})") from None
     out = []
     for i, r in enumerate(rows if isinstance(rows, list) else []):
-        op, dims, dtype = (r["op"], r["dims"], r.get("dtype", "float32")) if isinstance(r, dict) \
-            else (r[0], r[1], r[2] if len(r) > 2 else "float32")
+        try:
+            op, dims, dtype = (r["op"], r["dims"], r.get("dtype", "float32")) \
+                if isinstance(r, dict) else (r[0], r[1], r[2] if len(r) > 2 else "float32")
+            dims = tuple(int(d) for d in dims)
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise ValueError(f"{path}: row {i} must be {{\"op\", \"dims\", \"dtype\"}} or "
+                             f"[op, dims, dtype] with integer dims, got {r!r}") from None
         spec = core.op_spec(op)  # a clear error for an unknown op
-        dims = tuple(int(d) for d in dims)
         if not dims:
             raise ValueError(f"{path}: row {i} has no dims")
         if spec.cli_inputs is not None and len(dims) == len(spec.cli_dims.split()):
