@@ -377,8 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gpus", type=int, default=0, help="spread shards over this many GPUs")
     s.add_argument("--threads", type=int, default=0, help="pin every CPU thread pool to N (split evenly between --shards workers)")
     s.add_argument("--remeasure", action="store_true", help="measure even where cached")
-    s.add_argument("--shapes", help="tune these sizes instead of a preset: a JSON list of "
-                                    "{op, dims, dtype} rows (dims as `kernelkit explain` takes)")
+    s.add_argument("--shapes", help="tune these sizes instead of a preset: a JSON file of "
+                                    "{op, dims, dtype} rows (dims as `kernelkit explain` takes), "
+                                    "or that JSON list itself")
     s.add_argument("--out", help="also export the resulting cache to this file")
     s.add_argument("--json", help="also write the rows to this file")
     s.set_defaults(fn=cmd_tune)
