@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     con = Console(width=None if sys.stdout.isatty() else 160)
     try:
         return args.fn(args, con)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OSError) as exc:  # (OSError: a file to read or write)
         # escaped: a message's own brackets ("[op, dims, dtype]") are not rich markup
         con.print(f"[red]kernelkit {args.command}: {escape(str(exc))}")
         return 2

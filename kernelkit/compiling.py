@@ -159,7 +159,7 @@ def targets(ops: Iterable[str] | None = None,
                 if wanted_dtypes is None or dtype in wanted_dtypes or own is None:
                     found[(module, dtype)] = None
     if wanted_ops is not None and (unknown := wanted_ops - {sp.name for sp in core.op_specs()}):
-        raise ValueError(f"kernelkit warmup: unknown op(s) {sorted(unknown)}; expected some of "
+        raise ValueError(f"unknown op(s) {sorted(unknown)}; expected some of "
                          f"{sorted(sp.name for sp in core.op_specs())}")
     return list(found)
 

@@ -144,6 +144,23 @@ def test_tune_shapes_inline_and_bad_shapes_get_a_message(tmp_path):
            check=False).stdout.split())
 
 
+def test_cache_files_that_cannot_be_read_or_written_get_a_message(tmp_path):
+    """`cache import` / `merge` of a missing file or of JSON that is no export, and `cache export`
+    into a missing folder: one line naming the file (before: FileNotFoundError tracebacks, and
+    "list indices must be integers or slices, not str")."""
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "text.json").write_text("not json")
+    for args, words in [(("cache", "import", str(tmp_path / "none.json")), "cannot read"),
+                        (("cache", "import", str(tmp_path / "list.json")), "not a kernelkit cache"),
+                        (("cache", "merge", str(tmp_path / "text.json"), str(tmp_path / "list.json"),
+                          "--out", str(tmp_path / "m.json")), "not JSON"),
+                        (("cache", "export", str(tmp_path / "no" / "dir.json")),
+                         "No such file or directory")]:
+        r = kk(*args, cache_dir=tmp_path, check=False)
+        assert r.returncode == 2 and words in " ".join(r.stdout.split()), r
+        assert "Traceback" not in r.stderr
+
+
 @pytest.mark.parametrize("terminal, quiet, shown", [(True, False, True), (True, True, False),
                                                    (False, False, False)])
 def test_tune_progress_bar_on_stderr_only_on_a_terminal(tmp_path, monkeypatch, capfd, terminal,

@@ -327,17 +327,27 @@ class Cache:
 
 
 def read_export(path: str | os.PathLike) -> tuple[dict[tuple[str, str], dict], dict[str, dict]]:
-    """The records and fingerprints of an exported file (or of a schema-1 cache file)."""
-    data = json.loads(Path(path).read_text())
-    head = data["header"]
-    if head.get("schema") == 1:  # an old cache file: one fingerprint for all its entries
-        fp = dict(head["fingerprint"])
-        fid = fingerprint_id(fp)
-        return {(fid, str(k)): e for k, e in data["entries"].items()}, {fid: fp}
-    if head.get("schema") != SCHEMA:
-        raise ValueError(f"{path}: unknown cache export schema {head.get('schema')!r}")
-    fps = {str(k): dict(v) for k, v in head["fingerprints"].items() if v is not None}
-    return {(str(r["fp"]), str(r["key"])): r["entry"] for r in data["entries"]}, fps
+    """The records and fingerprints of an exported file (or of a schema-1 cache file). A file
+    that cannot be read, or is not an export, raises ValueError naming it."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read {str(path)!r} ({exc.strerror or exc})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc})") from None
+    try:
+        head = data["header"]
+        if head.get("schema") == 1:  # an old cache file: one fingerprint for all its entries
+            fp = dict(head["fingerprint"])
+            fid = fingerprint_id(fp)
+            return {(fid, str(k)): e for k, e in data["entries"].items()}, {fid: fp}
+        if head.get("schema") != SCHEMA:
+            raise ValueError(f"{path}: unknown cache export schema {head.get('schema')!r}")
+        fps = {str(k): dict(v) for k, v in head["fingerprints"].items() if v is not None}
+        return {(str(r["fp"]), str(r["key"])): r["entry"] for r in data["entries"]}, fps
+    except (KeyError, TypeError, AttributeError, IndexError):
+        raise ValueError(f"{path}: not a kernelkit cache export (`kernelkit cache export` "
+                         "writes one: a header and its entries)") from None
 
 
 def merge_exports(paths: list[str | os.PathLike]) -> dict:
