@@ -14,9 +14,9 @@ Rows per shape:
   cache), which may pick numpy's BLAS, torch or Numba.
 
 Each row is timed in blocks of back-to-back calls (about --block-s seconds each), rows alternating
-block by block with a short pause, and reports the median per call over its blocks: OpenBLAS's
-and OpenMP's idle workers spin after a call, and single interleaved calls would charge that to the
-next row. ``vs best`` is best-of(numpy, torch, numba) median / kernelkit median (1.0 = as fast
+block by block, each block after --pause seconds of the row's own untimed calls, and reports the
+median per call over its blocks: OpenBLAS's and OpenMP's idle workers spin after a call, and
+single interleaved calls would charge that to the next row. ``vs best`` is best-of(numpy, torch, numba) median / kernelkit median (1.0 = as fast
 as the best; the issue's bar is >= 0.95); ``numba/numpy`` is numpy median / numba median.
 """
 
@@ -50,12 +50,17 @@ def _time_rows(fns: dict, blocks: int, block_s: float, pause: float) -> dict[str
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(blocks):
         for name, fn in fns.items():
+            # untimed calls of this row first, until the previous row's pool went quiet: calls
+            # rather than a sleep, after which the vCPUs are slow to wake (the tuner's timer
+            # learnt the same, kernelkit/autotune/timing.py)
+            end = time.perf_counter() + pause
+            while time.perf_counter() < end:
+                fn()
             n = per_block[name]
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
             samples[name].append((time.perf_counter() - t0) / n)
-            time.sleep(pause)
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
@@ -67,7 +72,7 @@ def main() -> None:
     p.add_argument("--blocks", type=int, default=5)
     p.add_argument("--block-s", type=float, default=0.1)
     # OpenBLAS's idle threads spin for about 2^28 cycles (~0.1 s) after a call: on 2 cores they
-    # would take the cores from the next row's pool
+    # would take the cores from the next row's pool (the row's own untimed calls meanwhile)
     p.add_argument("--pause", type=float, default=0.3)
     args = p.parse_args()
 
