@@ -109,6 +109,7 @@ class Preprocess(nn.Module):
         return _op_args(images, self._reverse, *self._fields())
 
     def _fields(self) -> tuple:
+        """The op's arguments after `images`, with the channel order as given (`_op_args`)."""
         return (self.size, self.mean, self.std, self.crop, self.flip, self.interpolation,
                 self.antialias, self._order, self.out_dtype, self.layout, self.stats_unit)
 
@@ -118,13 +119,16 @@ class Preprocess(nn.Module):
                 f"antialias={self.antialias}, out_dtype={self.out_dtype}, layout={self.layout!r}")
 
 
+_ORDER = 7  # channel_order's place in Preprocess._fields() (and in the op's arguments)
+
+
 def _op_args(images: torch.Tensor, reverse: bool, *fields) -> tuple:
     """`Preprocess._fields()` as the op's arguments after `images`: a reversed channel order for
     the images' channel count."""
     if not reverse:
         return fields
     order = list(range(images.shape[-1]))[::-1]
-    return (*fields[:7], order, *fields[8:])
+    return (*fields[:_ORDER], order, *fields[_ORDER + 1:])
 
 
 def _preprocess_batch(images: torch.Tensor, reverse: bool, *fields) -> torch.Tensor:

@@ -42,6 +42,7 @@ class PreprocessOptions:
     out_dtype: str
     rotate: bool  # some image has an arbitrary (not quarter-turn) rotation
 
+
 def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=None, fill=0.0,
                interpolation: str = "bilinear", antialias: bool = True, channel_order=None,
                out_dtype: Any = "float32", layout: str = "NCHW",
