@@ -401,8 +401,9 @@ def preprocess_op():
     error at backward."""
     import torch
 
-    preprocess = core.op_spec("preprocess").function
     from . import preprocess_args as check  # the fake runs the real call's checks
+
+    preprocess = core.op_spec("preprocess").function
 
     @torch.library.custom_op(
         "kernelkit::preprocess", mutates_args=(),
