@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import compiling, devices
+from .. import compiling, devices, threads
 from .. import settings as _settings
 from ..core import Candidate, Choice, Config, Problem
 from ..settings import Settings
@@ -266,7 +266,8 @@ def decide(
             tie = AUTO_TIE
         configs_for = lambda c: model.ranked_configs(c, problem, key, entries, limit)
         if calls is not None and preds:
-            cost = tuning_cost(problem, preds, sum(len(configs_for(c)) for c in measured))
+            cost = tuning_cost(problem, preds, sum(len(configs_for(c)) for c in measured)) \
+                + block_waits(measured)
             gain = saving_per_call(preds)
             if calls * gain < cost:  # not yet worth it: the model's choice, asked again later
                 due = math.ceil(cost / gain) if gain > 0 else 1 << 30
@@ -314,6 +315,13 @@ def _supersede(memo_key: tuple[str, str], choice: Choice) -> None:
         _memo[memo_key] = old
     elif old is not None or counted:
         _settings.new_epoch()
+
+
+def block_waits(measured: list[Candidate]) -> float:
+    """The timer's waits, in seconds, where numpy's BLAS races another library's kernels
+    (`timing._measure_in_blocks`): at most two of OpenBLAS's spin and two of torch's team."""
+    blas = [c.module.startswith(threads.BLAS_PACKAGE) for c in measured]
+    return 2 * (threads.BLAS_SPIN_S + timing.TEAM_SPIN_S) if any(blas) and not all(blas) else 0.0
 
 
 def tuning_cost(problem: Problem, preds: list[model.Prediction], configs: int) -> float:

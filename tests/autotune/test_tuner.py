@@ -410,3 +410,15 @@ def test_blas_callers_are_timed_apart_from_the_others():
     assert other.median == pytest.approx(1e-3) and blas.median == pytest.approx(1e-3)
     assert other.count >= 5 and blas.count >= 5
     assert [t.median for t in both] == pytest.approx([1e-3, 1e-3])
+
+
+def test_measuring_numpy_against_another_library_counts_the_timers_waits():
+    """Where numpy's BLAS races another library, the timer waits between blocks (about 0.2 s in
+    all): the cost that decides whether measuring pays counts them; one library alone, no wait."""
+    from kernelkit import core, threads
+
+    by_name = {c.name: c for c in core.candidates("matmul")}
+    mixed = tuner.block_waits([by_name["numpy-cpu"], by_name["numba-cpu"]])
+    assert mixed == pytest.approx(2 * (threads.BLAS_SPIN_S + timing.TEAM_SPIN_S))
+    assert tuner.block_waits([by_name["numba-cpu"], by_name["torch-cpu"]]) == 0.0
+    assert tuner.block_waits([by_name["numpy-cpu"]]) == 0.0
