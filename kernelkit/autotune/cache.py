@@ -326,15 +326,24 @@ class Cache:
                             for (fid, key), e in sorted(self.records().items())]}
 
 
+def read_json(path: str | os.PathLike, text: str | None = None) -> Any:
+    """The JSON in file `path` (or in `text`, read from nowhere): a file that cannot be read or
+    text that is no JSON raises ValueError naming it."""
+    if text is None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ValueError(f"cannot read {str(path)!r} ({exc.strerror or exc})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc})") from None
+
+
 def read_export(path: str | os.PathLike) -> tuple[dict[tuple[str, str], dict], dict[str, dict]]:
     """The records and fingerprints of an exported file (or of a schema-1 cache file). A file
     that cannot be read, or is not an export, raises ValueError naming it."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ValueError(f"cannot read {str(path)!r} ({exc.strerror or exc})") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not JSON ({exc})") from None
+    data = read_json(path)
     try:
         head = data["header"]
         if head.get("schema") == 1:  # an old cache file: one fingerprint for all its entries

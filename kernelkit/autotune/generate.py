@@ -71,20 +71,12 @@ def load_shapes(path: str | os.PathLike) -> list[tuple[str, tuple[int, ...], str
 
     `dims` as `kernelkit explain` takes them (e.g. conv2d: N C H K R STRIDE), or in the op's
     full preset form (conv2d: N C H K R STRIDE PADDING DILATION)."""
-    import json
     from pathlib import Path
 
-    text = str(path)
-    if not text.lstrip().startswith("[") or Path(text).is_file():
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ValueError(f"shapes: cannot read {str(path)!r} ({exc.strerror or exc}); "
-                             "give a JSON file, or the JSON list itself") from None
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not JSON ({exc})") from None
+    from .cache import read_json
+
+    inline = str(path).lstrip().startswith("[") and not Path(path).is_file()
+    rows = read_json(path, str(path) if inline else None)
     out = []
     for i, r in enumerate(rows if isinstance(rows, list) else []):
         try:

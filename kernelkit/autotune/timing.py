@@ -205,18 +205,20 @@ TEAM_SPIN_S = 0.01
 
 
 def _settle(fn: Callable[[], object], sync, before_blas: bool, after_team: bool) -> None:
-    """Call `fn` (the next block's first function; untimed) until the other group's threads
-    stopped spinning: before the others' block, OpenBLAS's workers (up to threads.BLAS_SPIN_S
+    """Call `fn` (the next block's first function; untimed) once, and again until the other
+    group's threads stopped spinning: before the others' block, OpenBLAS's workers (up to threads.BLAS_SPIN_S
     after kernelkit's last BLAS call); before the BLAS block, torch's OpenMP team (TEAM_SPIN_S).
     Calls rather than a sleep: an idle pause let the vCPUs cool down, and a 256^3 Numba matmul
     timed right after one ran at 0.31 ms against 0.19 in its steady state (2-core Zen 4). Real
     time, whatever the clock: the spinning threads are real."""
     wait = threads.blas_spin_left() if not before_blas else TEAM_SPIN_S if after_team else 0.0
     end = time.monotonic() + wait
-    while time.monotonic() < end:
+    while True:
         fn()
         if sync:
             sync()
+        if time.monotonic() >= end:
+            return
 
 
 def _measure_in_blocks(fns: list[Callable[[], object]], blas: list[bool], *, sync, min_reps: int,
@@ -236,7 +238,7 @@ def _measure_in_blocks(fns: list[Callable[[], object]], blas: list[bool], *, syn
     and settled or decided. The waits are not counted in the budget."""
     groups = [[i for i, b in enumerate(blas) if not b], [i for i, b in enumerate(blas) if b]]
     samples: list[list[float]] = [[] for _ in fns]
-    last = None  # the group of the last block timed (the first calls: both)
+    last = None  # the group of the last block timed (None: the first calls)
     rounds_min, rounds_max = -(-min_reps // 2), -(-max_reps // 2)
     stats: list[Timing] = []
 
@@ -245,12 +247,9 @@ def _measure_in_blocks(fns: list[Callable[[], object]], blas: list[bool], *, syn
 
     for order in ((0, 1), (1, 0)):
         for g in order:
-            if g != last:
-                _settle(fns[groups[g][0]], sync, before_blas=bool(g), after_team=last != 1)
+            # (with the wait, the block's first call: its pool wakes up untimed)
+            _settle(fns[groups[g][0]], sync, before_blas=bool(g), after_team=last == 0)
             last = g
-            fns[groups[g][0]]()  # the block's first call: after the wait, its pool wakes up
-            if sync:
-                sync()
             share = budget_s * len(groups[g]) / len(fns) / 2
             _rounds(fns, groups[g], samples, sync, rounds_min, rounds_max, share, settled_now)
         stats = [_summary(s) for s in samples]

@@ -21,6 +21,7 @@ from ..core import Call, Candidate, Config, OpSpec, Plan, Problem
 from ..kernels.taps import PreprocessSpec
 from .dispatch import PlanMemo, jit_tracing, plan_for, signature, torch_only
 from .preprocess_args import (
+    FLIP_BY_PAIR,
     FLIPS,
     IN_DTYPES,
     check_flip_name,
@@ -139,10 +140,9 @@ def _through_registered_op(images, size, mean, std, crop, flip, rotate, interpol
         flip = None
     if isinstance(flip, (tuple, list)):  # a (horizontal, vertical) pair of flags
         pair = tuple(bool(v) if isinstance(v, (bool, np.bool_)) else None for v in flip)
-        names = {v: k for k, v in FLIPS.items() if isinstance(k, str) and len(k) > 2}
         if len(pair) != 2 or None in pair:
             raise TypeError(f"preprocess: one 'flip' per image needs plain tensors, got {given}")
-        flip = names.get(pair)
+        flip = FLIP_BY_PAIR[pair]
     if isinstance(channel_order, str) and channel_order.lower() in ("rgb2bgr", "bgr2rgb"):
         channel_order = list(range(images.shape[-1] if images.ndim else 0))[::-1]
     elif isinstance(channel_order, str):

@@ -17,6 +17,7 @@ FLIPS = {None: (False, False), False: (False, False), "none": (False, False),
           "horizontal": (True, False), "h": (True, False), "vertical": (False, True),
           "v": (False, True), "both": (True, True), "hv": (True, True)}
 FLIP_NAMES = tuple(k for k in FLIPS if isinstance(k, str))
+FLIP_BY_PAIR = {v: k for k, v in FLIPS.items() if isinstance(k, str) and len(k) > 2}  # "none" ...
 
 
 def check_flip_name(flip) -> None:
