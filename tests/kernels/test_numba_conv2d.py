@@ -661,22 +661,27 @@ INPLACE_CASES = EXACT_CASES + [
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("threads", ["serial", "parallel"])
+@pytest.mark.parametrize("rows", ["where_they_lie", "through_a_copy"])
 @pytest.mark.parametrize("case", INPLACE_CASES, ids=_ids)
-def test_shifted_gemm_reads_the_weight_in_place(case, threads, dtype, monkeypatch):
+def test_shifted_gemm_reads_the_weight_in_place(case, rows, threads, dtype, monkeypatch):
     """The shifted GEMM reading the weight where it lies (``_conv._taps``, geo[G_AINPL]),
-    forced on: rows a sliver at a time, a last sliver of fewer than MR rows (``_tail_rows``),
-    channel blocks (TINY and default blocking), the grid's dropped columns, stride phases,
-    dilation, groups, x read in place, 1x1, bias + relu; a weight that is a reversed view, and
-    strided and channel-reversed inputs, into poisoned outputs; NaN/Inf in x. Then forced off
-    for the same case: the packed weight again."""
+    forced on, its rows read where they lie or through a copy of each sliver of rows
+    (``_conv._sliver_rows``: every row stride counted as aliasing): rows a sliver at a time, a
+    last sliver of fewer than MR rows, channel blocks (TINY and default blocking), the grid's
+    dropped columns, stride phases, dilation, groups, x read in place, 1x1, bias + relu; a
+    weight that is a reversed view, and strided and channel-reversed inputs, into poisoned
+    outputs; NaN/Inf in x. Then forced off for the same case: the packed weight again."""
     from kernelkit.kernels.numba import _conv
 
+    copy = rows == "through_a_copy"
     monkeypatch.setattr(nc, "SHIFT_INPLACE_SLIVERS", 1 << 30)
     monkeypatch.setattr(nc, "SHIFT_EXACT_WASTE", float("inf"))
+    monkeypatch.setattr(nc, "SHIFT_ALIAS_BYTES", np.dtype(dtype).itemsize if copy else 1 << 62)
     x, w, b, geos = _shift_case(case, dtype, threads, 11, monkeypatch)
     w_rev = np.ascontiguousarray(w[::-1])[::-1]  # the same weight, negative row strides
     _check_shift_inputs(x, w, b, case, dtype, (w, w_rev))
-    assert geos and all(g[_conv.G_MODE] == _conv.MODE_SHIFT and g[_conv.G_AINPL] == 1
+    mode = _conv.AINPL_COPY if copy else _conv.AINPL_ROWS
+    assert geos and all(g[_conv.G_MODE] == _conv.MODE_SHIFT and g[_conv.G_AINPL] == mode
                         and g[_conv.G_MC] == nc.tile_shape(dtype)[0] for g in geos)
     monkeypatch.setattr(nc, "SHIFT_INPLACE_SLIVERS", 0)
     check(fwd(x, w, b, case, "NCHW", "relu", TINY[dtype]), x, w, b, case, "NCHW", "relu")
@@ -684,26 +689,38 @@ def test_shifted_gemm_reads_the_weight_in_place(case, threads, dtype, monkeypatc
 
 
 @pytest.mark.parametrize("n, c, hw, r, stride, inplace", [
-    (1, 512, 7, 3, 1, True), (1, 512, 14, 3, 2, True), (1, 256, 14, 3, 1, True),
-    (1, 2048, 7, 1, 1, True), (1, 1024, 14, 1, 2, True), (2, 512, 7, 3, 1, True),
-    (1, 128, 28, 3, 1, False), (1, 64, 56, 3, 1, False), (8, 256, 14, 3, 1, False),
-    (1, 1024, 14, 1, 1, False), (1, 256, 14, 1, 1, True),
-    (8, 512, 7, 3, 1, False)])
+    (1, 512, 7, 3, 1, "rows"), (1, 512, 14, 3, 2, "rows"), (1, 256, 14, 3, 1, "rows"),
+    (1, 2048, 7, 1, 1, "copy"), (1, 1024, 14, 1, 2, "copy"), (2, 512, 7, 3, 1, "rows"),
+    (1, 128, 28, 3, 1, None), (1, 64, 56, 3, 1, None), (8, 256, 14, 3, 1, None),
+    (1, 1024, 14, 1, 1, "copy"), (1, 256, 14, 1, 1, "rows"), (1, 512, 7, 1, 1, "rows"),
+    (8, 512, 7, 3, 1, None)])
 def test_weight_read_in_place_where_it_meets_few_slivers(n, c, hw, r, stride, inplace):
     """The shifted GEMM reads the weight where it lies where a sliver of its rows meets at most
     SHIFT_INPLACE_SLIVERS column slivers over the batch (batch 1 up to 14 px, batch 2 at 7
     px), and packs it where the packing is shared by more (28 px and up, batch 8; the batch of
-    8 at 7 px takes the exact columns and packs), or where rows 4 KiB apart (1024 channels
-    1x1) would meet more than two slivers; nothing of the weight to pack then."""
+    8 at 7 px takes the exact columns and packs); nothing of the weight to pack then. Rows a
+    multiple of 4 KiB apart (1x1 layers of 1024 and 2048 channels) are read through a copy of
+    each sliver of rows; with that copy turned off, such rows are read in place only over two
+    slivers (at 14 px, seven: packed)."""
     from kernelkit.kernels.numba import _conv
 
     x = np.zeros((n, c, hw, hw), np.float32)
     cfg = dataclasses.replace(Conv2dConfig.default(np.float32), kernel="shift")
-    fg = nc._float_geometry(x.shape, x.strides, x.dtype, (c, c, r, r), (stride, stride),
-                            (r // 2,) * 4, (1, 1), 1, 0, 0, False, cfg, 2, nc._knobs())
+
+    def geometry():
+        return nc._float_geometry(x.shape, x.strides, x.dtype, (c, c, r, r), (stride, stride),
+                                  (r // 2,) * 4, (1, 1), 1, 0, 0, False, cfg, 2, nc._knobs())
+
+    fg = geometry()
     assert fg.mode == _conv.MODE_SHIFT
-    assert fg.geo[_conv.G_AINPL] == int(inplace)
-    assert (fg.wsize == 0) == inplace
+    modes = {None: 0, "rows": _conv.AINPL_ROWS, "copy": _conv.AINPL_COPY}
+    assert fg.geo[_conv.G_AINPL] == modes[inplace]
+    assert (fg.wsize == 0) == (inplace is not None)
+    if inplace == "copy":
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(nc, "SHIFT_INPLACE_COPY", False)
+            fg_off = geometry()
+        assert fg_off.geo[_conv.G_AINPL] == (_conv.AINPL_ROWS if hw // stride <= 7 else 0)
     if inplace:
         assert fg.geo[_conv.G_MC] == nc.tile_shape(np.float32)[0]
         assert fg.geo[_conv.G_XPOFF] == 0

@@ -91,6 +91,9 @@ GEO_LEN = 42
 # geo[G_MODE] of the forward: the implicit GEMM with NCHW output, with NHWC output, and the
 # shifted GEMM (NCHW output: one GEMM per kernel tap on a shifted view of the input)
 MODE_KP, MODE_PK, MODE_SHIFT = 0, 1, 2
+# geo[G_AINPL]: the shifted GEMM's weight packed (0), read where it lies (AINPL_ROWS), or read
+# where it lies a sliver of rows at a time through a contiguous copy (AINPL_COPY, _sliver_rows)
+AINPL_ROWS, AINPL_COPY = 1, 2
 
 
 @numba.njit(inline="always", **_JIT)
@@ -746,18 +749,21 @@ def _taps(kb, ntap, toffs, wa, ao, a_tap, ars, bsrc, bo, brs, c, co, ldc, acc):
 
 
 @numba.njit(inline="always", **_JIT)
-def _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, ars, atail, bsrc, bo, brs, toffs, c, co, ldc,
-                 junk, scr, so, ncpad, cols, first, ct):
+def _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, ars, atail, acopy, bsrc, bo, brs, toffs, c, co,
+                 ldc, junk, scr, so, ncpad, cols, first, ct):
     """One B sliver (NR grid columns) against mb rows of the weight, all taps in each call:
     into the scratch (whole padded tiles) or into the output at ``co`` (edge tiles via ct).
     ``ars`` 0: ``wp`` is the packed weight, its rows from ``aoff``; else the weight as given
-    (rows ``ars`` apart from ``aoff``), a last sliver of fewer than MR rows in ``atail``."""
+    (rows ``ars`` apart from ``aoff``), whose ``mb`` rows ``_shift_unit`` has copied into
+    ``atail`` (``acopy``), or only a last sliver of fewer than MR rows (``_sliver_rows``)."""
     mr, nr = tile(c)
     acc = 0 if first else 1
     for i0 in range(0, mb, mr):
         rows = min(mr, mb - i0)
         if ars == 0:
             wa, ao, rs = wp, aoff + i0 * kb, ars
+        elif acopy:
+            wa, ao, rs = atail, i0 * kb * ntap, kb * ntap
         elif rows == mr:
             wa, ao, rs = wp, aoff + i0 * ars, ars
         else:
@@ -780,16 +786,26 @@ def _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, ars, atail, bsrc, bo, brs, toffs
 
 
 @numba.njit(inline="always", **_JIT)
-def _tail_rows(wf, o, ars, rows, kb, ntap, atail):
-    """The weight's last ``rows`` (< MR) rows from ``wf[o]`` (``ars`` apart, kb channels of
-    ntap taps each) into ``atail`` as MR rows of kb * ntap words, zeros past them: read where
-    they lie, the missing rows would run past the weight."""
+def _sliver_rows(wf, o, ars, rows, kb, ntap, atail):
+    """The weight's ``rows`` rows of ``kb`` channels x ``ntap`` taps from ``wf[o]`` (``ars``
+    apart) into ``atail`` as rows of kb * ntap words, zeros up to a whole number of MR rows.
+
+    Why a copy where the weight is "read in place": the micro-kernel reads MR rows side by side,
+    and rows ``ars`` words apart fall into few L1 sets (2048 channels of a 1x1 layer: 8 KiB
+    apart, all MR in one set of eight ways; 512 channels of a 3x3: two sets), so the rows
+    evicted each other at every K step. The copy (a contiguous run per row, once per channel
+    block) is read from L1 by each of the unit's column slivers, and a last sliver of fewer than
+    MR rows needs it anyway: read where they lie, the missing rows would run past the weight."""
     mr, _ = tile(atail)
     run = kb * ntap
-    zero = atail.dtype.type(0)
-    for i in range(mr):
+    for i in range(rows):
+        s = o + i * ars
+        d = i * run
         for q in range(run):
-            atail[_U(i * run + q)] = wf[_U(o + i * ars + q)] if i < rows else zero
+            atail[_U(d + q)] = wf[_U(s + q)]
+    zero = atail.dtype.type(0)
+    for q in range(rows * run, _cdiv(rows, mr) * mr * run):
+        atail[_U(q)] = zero
 
 
 @numba.njit(inline="always", **_JIT)
@@ -819,6 +835,7 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, ars, atail, bias
     a_tap = tap_stride(cg, kgpad)  # the packed weight's blocks are tap-major
     hw = Ho * Wo
     junk = gw != Wo
+    acopy = geo[G_AINPL] == AINPL_COPY
     ncpad = _cdiv(nc, nr) * nr
     zero = c.dtype.type(0)
     bzero = src.dtype.type(0)
@@ -834,10 +851,13 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, ars, atail, bias
                 kb = min(kc, cg - cb)
                 if ars == 0:
                     aoff = g * ntap * a_tap + cb * kgpad + ic * kb
-                else:
+                else:  # (mc is MR here: one sliver of rows over all the unit's columns)
                     aoff = (g * kg + ic) * ars + cb * ntap
-                    if mb % mr != 0:
-                        _tail_rows(wp, aoff + mb // mr * mr * ars, ars, mb % mr, kb, ntap, atail)
+                    if acopy:
+                        _sliver_rows(wp, aoff, ars, mb, kb, ntap, atail)
+                    elif mb % mr != 0:
+                        _sliver_rows(wp, aoff + mb // mr * mr * ars, ars, mb % mr, kb, ntap,
+                                     atail)
                 boff = plane0 + cb * pstride + jc
                 for jr in range(0, nb, nr):
                     cols = min(nr, nb - jr)
@@ -846,9 +866,9 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, ars, atail, bias
                     # highest row is the last one, or the first where channels run backwards
                     top = boff + max(0, (kb - 1) * pstride)
                     if cols == nr or top + jr + maxoff + nr <= src.size:
-                        _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, ars, atail, src, boff + jr,
-                                     pstride, toffs, c, obase + jc + jr, hw, junk, scr, jr,
-                                     ncpad, cols, cb == 0, ct)
+                        _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, ars, atail, acopy, src,
+                                     boff + jr, pstride, toffs, c, obase + jc + jr, hw, junk,
+                                     scr, jr, ncpad, cols, cb == 0, ct)
                         continue
                     for tp in range(ntap):  # else copied out, zero-filled past the last column
                         ttmp[tp] = tp * kb * nr
@@ -859,8 +879,8 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, ars, atail, bias
                                 tmpb[_U(d + e)] = src[_U(o + e)]
                             for e in range(cols, nr):
                                 tmpb[_U(d + e)] = bzero
-                    _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, ars, atail, tmpb, _I(0), nr,
-                                 ttmp, c, obase + jc + jr, hw, junk, scr, jr, ncpad, cols,
+                    _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, ars, atail, acopy, tmpb, _I(0),
+                                 nr, ttmp, c, obase + jc + jr, hw, junk, scr, jr, ncpad, cols,
                                  cb == 0, ct)
             if not junk:
                 epilogue(c, obase + jc, hw, mb, nb, bias, has_bias, g * kg + ic, act, True)
@@ -1044,7 +1064,7 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, xpb, bias, c, geo):
     tmpb = np.empty(ntap * geo[G_KC] * nr, wp.dtype)
     # geo[G_AINPL]: wp is the weight as given, read in place (rows cg * ntap apart)
     ars = cg * ntap if geo[G_AINPL] != 0 else 0
-    atail = np.empty(mr * geo[G_KC] * ntap if ars != 0 else 0, wp.dtype)
+    atail = np.empty(_cdiv(mc, mr) * mr * geo[G_KC] * ntap if ars != 0 else 0, wp.dtype)
     toffs = np.empty(ntap, np.int64)
     sh, sw = geo[G_SH], geo[G_SW]
     for tp in range(ntap):  # tap (kr, ks): a shift within stride phase (ry % sh, rx % sw)

@@ -95,11 +95,19 @@ SHIFT_EXACT_MAX_BYTES = 32 << 20
 # it fed. Zen 4, batch 1, torch / ours from minima (ad hoc, one process): 512 ch 7 px 3x3
 # 0.47 -> 0.79, 512 ch 14 px stride 2 0.54 -> 0.88, 256 ch 14 px 0.67 -> 0.76, 1x1 at 7 px
 # 0.62 -> 0.74; 16 slivers (28 px) lost on 1x1 layers (128 -> 512: 0.94 -> 0.73), and at
-# batch 8 (packed once, read by each image) the 14 px layers were no faster. Rows a multiple of
-# 4 KiB apart (1x1 with 1024 channels) fall in the same L1 sets, 12 rows for 8 ways: those
-# read in place only over two slivers (at 14 px, 7 slivers, 1024 -> 256 lost 0.91, 0.83 ->
-# 0.76, 0.76 in the all-layer probe; at 7 px 2048 -> 512 won 0.60, 0.53 -> 0.75, 0.76).
+# batch 8 (packed once, read by each image) the 14 px layers were no faster.
 SHIFT_INPLACE_SLIVERS = 8
+# ... and where its rows lie a multiple of SHIFT_ALIAS_BYTES apart (1x1 layers of 1024 and 2048
+# channels: all MR rows of a sliver in one set of L1's eight ways, evicting each other at every K
+# step), it reads them through a copy of each sliver of rows (``_conv._sliver_rows``), once per
+# channel block, which every column sliver then reads from L1; those layers then read in place
+# over SHIFT_INPLACE_SLIVERS slivers too. Zen 4, batch 1, old / new in one process, rounds
+# interleaved with torch, medians (ad hoc, docs/performance.md): 2048 -> 512 at 7 px 1.28x,
+# 1024 -> 2048 stride 2 1.11x, 1024 -> 256 and 1024 -> 512 at 14 px (packed before) 1.22x and
+# 1.15x; not where rows lie apart otherwise (3x3 layers: 0.89-0.91x, the copy evicts B's
+# sliver for two column slivers' reuse; 512 -> 2048 at 7 px, 2 KiB apart: 1.00x).
+SHIFT_INPLACE_COPY = True
+SHIFT_ALIAS_BYTES = 4096
 # The AMX column conv passes each chunk of image columns over all the weight's rows where the
 # columns outnumber the rows (else each strip of weight rows over all the columns).
 AMX_COLS_BY_CHUNK = True
@@ -579,8 +587,9 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     pm, pn = _shares(n * g, tn, msl, nsl, SHIFT_ROWS_FIRST and kg > ncols)
     mc = _even(cdiv(msl, pm) * mr, cfg.mc, mr)
     slivers = n * cdiv(nsl, pn)
+    aliased = cg * r * s * itemsize % SHIFT_ALIAS_BYTES == 0
     inplace = geo[_conv.G_PAIRS] == 0 and slivers <= SHIFT_INPLACE_SLIVERS and (
-        slivers <= 2 or cg * r * s * itemsize % 4096 != 0)
+        SHIFT_INPLACE_COPY or slivers <= 2 or not aliased)
     if inplace:  # a sliver of weight rows at a time, over all the unit's columns
         mc = mr
     nc = cfg.nc
@@ -597,7 +606,8 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     geo[_conv.G_XPITCH] = pitch
     geo[_conv.G_MODE] = _conv.MODE_SHIFT
     geo[_conv.G_KC] = _shift_kc(cg, cfg.kc, r, s, int(geo[_conv.G_DW]), itemsize, nr)
-    geo[_conv.G_AINPL] = int(inplace)
+    geo[_conv.G_AINPL] = 0 if not inplace else (
+        _conv.AINPL_COPY if SHIFT_INPLACE_COPY and aliased else _conv.AINPL_ROWS)
     geo[_conv.G_TAPW] = cg
     geo[_conv.G_MC] = mc
     geo[_conv.G_NC] = _even(cdiv(nsl, pn) * nr, nc, nr)
@@ -656,7 +666,8 @@ def _knobs() -> tuple:
     probe that sets one never meets a geometry made under another value."""
     return (SERIAL_WORK, SHIFT_WIDE, SHIFT_MIN_PIXELS, SHIFT_MIN_PLANE, SHIFT_ROWS_FIRST,
             SHIFT_KC, SHIFT_SCRATCH, BCOLS_WASTE, SHARED_PAD, SHIFT_EXACT_WASTE,
-            SHIFT_EXACT_MAX_BYTES, SHIFT_INPLACE_SLIVERS, _l1_bytes)
+            SHIFT_EXACT_MAX_BYTES, SHIFT_INPLACE_SLIVERS, SHIFT_INPLACE_COPY, SHIFT_ALIAS_BYTES,
+            _l1_bytes)
 
 
 @functools.lru_cache(maxsize=1024)
