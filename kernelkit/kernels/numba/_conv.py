@@ -33,7 +33,8 @@ block straight into the micro-kernel's panel layout):
   implicit GEMM gathers every im2col element into a panel; on planes of a few slivers (7-14 px)
   the panel, packed once and reused over all Kg rows, still wins. Where a sliver of the
   weight's rows meets only a few column slivers (batch 1 on small planes: geo[G_AINPL]) the
-  weight is read where it lies too (``_taps``), an MR-row sliver at a time.
+  weight is read where it lies too (``_taps``), an MR-row sliver at a time (rows a multiple of
+  4 KiB apart through a copy of the sliver, ``_sliver_rows``: they share L1 sets).
 * op BWD_IN: ``dcol (Cg*R*S x HoWo) = Wg^T @ dY`` block by block, scattered (col2im) into dx;
   threads own disjoint (image, channel range) pairs, so the scatter needs no atomics.
 * op BWD_W: ``dW (Kg x Cg*R*S) = sum_n dY_n @ col_n^T``, threads own disjoint column ranges.
@@ -1062,7 +1063,8 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, xpb, bias, c, geo):
             _shift_exact_unit(xpb, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp)
         return
     tmpb = np.empty(ntap * geo[G_KC] * nr, wp.dtype)
-    # geo[G_AINPL]: wp is the weight as given, read in place (rows cg * ntap apart)
+    # geo[G_AINPL]: wp is the weight as given, read in place (rows cg * ntap apart; with
+    # AINPL_COPY each sliver of rows through a copy in atail)
     ars = cg * ntap if geo[G_AINPL] != 0 else 0
     atail = np.empty(_cdiv(mc, mr) * mr * geo[G_KC] * ntap if ars != 0 else 0, wp.dtype)
     toffs = np.empty(ntap, np.int64)
