@@ -3,13 +3,16 @@ against the rule before it, in one process, beside torch's F.conv2d.
 
     flock /tmp/kk-bench.lock env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
         python bench/probes/conv_alias_probe.py [--batch 1] [--rounds 21] [--layers 2048,512,7,1,1 ...]
+        [--copy-all]
 
 A layer is C_in,C_out,H=W,kernel,stride (padding kernel // 2), fp32 NCHW, no bias, 2 threads.
 "old" is ``conv2d_forward`` with ``SHIFT_INPLACE_COPY`` off (rows 4 KiB apart read where they
 lie over up to two column slivers, else the packed weight), "new" with it on; the module's
-geometry memo is keyed by the knob, so both run their own geometry. Both are checked against a
-float64 torch reference first. Each round calls the three rows in a rotated order, each once
-untimed and then twice timed; medians over rounds.
+geometry memo is keyed by the knob, so both run their own geometry. ``--copy-all``: "new" copies
+the rows of every layer read in place (``SHIFT_ALIAS_BYTES`` set to the item size), not only
+rows a multiple of 4 KiB apart. Both are checked against a float64 torch reference first. Each
+round calls the three rows in a rotated order, each once untimed and then twice timed; medians
+over rounds.
 """
 
 from __future__ import annotations
@@ -36,12 +39,14 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=21)
     ap.add_argument("--layers", nargs="+", default=LAYERS)
+    ap.add_argument("--copy-all", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(2)
     print(f"cpu: {devices.cpu_info()['model']}; batch {args.batch}, torch {torch.__version__}; "
           f"ms, medians of {args.rounds} rounds")
     print("| layer | old | new | torch | old / new | torch / old | torch / new |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
+    alias = nconv.SHIFT_ALIAS_BYTES
     try:
         for spec in args.layers:
             c, k, hw, r, st = (int(v) for v in spec.split(","))
@@ -53,6 +58,7 @@ def main() -> int:
             def ours(copy: bool):
                 def call():
                     nconv.SHIFT_INPLACE_COPY = copy
+                    nconv.SHIFT_ALIAS_BYTES = xn.itemsize if copy and args.copy_all else alias
                     return nconv.conv2d_forward(xn, wn, None, (st, st), (p,) * 4, (1, 1), 1,
                                                 None, "NCHW")
                 return call
@@ -77,6 +83,7 @@ def main() -> int:
                   f"| {m['torch'] / m['new']:.2f} |", flush=True)
     finally:
         nconv.SHIFT_INPLACE_COPY = True
+        nconv.SHIFT_ALIAS_BYTES = alias
     return 0
 
 

@@ -104,8 +104,9 @@ SHIFT_INPLACE_SLIVERS = 8
 # over SHIFT_INPLACE_SLIVERS slivers too. Zen 4, batch 1, old / new in one process, rounds
 # interleaved with torch, medians (ad hoc, docs/performance.md): 2048 -> 512 at 7 px 1.28x,
 # 1024 -> 2048 stride 2 1.11x, 1024 -> 256 and 1024 -> 512 at 14 px (packed before) 1.22x and
-# 1.15x; not where rows lie apart otherwise (3x3 layers: 0.89-0.91x, the copy evicts B's
-# sliver for two column slivers' reuse; 512 -> 2048 at 7 px, 2 KiB apart: 1.00x).
+# 1.15x (within the noise in two later runs); not where rows lie apart otherwise (copying
+# every in-place layer's rows, conv_alias_probe.py --copy-all: 512 ch 3x3 layers 0.87-0.93x,
+# 256 ch 0.98-1.00x, 512 -> 2048 at 7 px, 2 KiB apart, 0.96x).
 SHIFT_INPLACE_COPY = True
 SHIFT_ALIAS_BYTES = 4096
 # The AMX column conv passes each chunk of image columns over all the weight's rows where the
