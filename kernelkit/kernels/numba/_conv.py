@@ -792,9 +792,9 @@ def _sliver_rows(wf, o, ars, rows, kb, ntap, atail):
     apart) into ``atail`` as rows of kb * ntap words, zeros up to a whole number of MR rows.
 
     Why a copy where the weight is "read in place": the micro-kernel reads MR rows side by side,
-    and rows ``ars`` words apart fall into few L1 sets (2048 channels of a 1x1 layer: 8 KiB
-    apart, all MR in one set of eight ways; 512 channels of a 3x3: two sets), so the rows
-    evicted each other at every K step. The copy (a contiguous run per row, once per channel
+    and rows a multiple of 4 KiB apart (1x1 layers of 1024 and 2048 channels) all fall into one
+    L1 set of eight ways, so they evicted each other at every K step (rows spread over two or
+    more sets, as a 3x3 layer's, read faster in place: conv2d.SHIFT_ALIAS_BYTES). The copy (a contiguous run per row, once per channel
     block) is read from L1 by each of the unit's column slivers, and a last sliver of fewer than
     MR rows needs it anyway: read where they lie, the missing rows would run past the weight."""
     mr, _ = tile(atail)
