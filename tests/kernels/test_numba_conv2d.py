@@ -688,6 +688,63 @@ def test_shifted_gemm_reads_the_weight_in_place(case, rows, threads, dtype, monk
     assert geos[-1][_conv.G_AINPL] == 0
 
 
+# A last sliver's columns, per class of ``_conv._piece`` for a tile of NR columns: a quarter
+# tile, a half, a half and a quarter (NR / 2 + 1 ... 3 NR / 4), a whole one; the bounds of each.
+NARROW_TAILS = {"1": lambda nr: 1, "quarter": lambda nr: nr // 4,
+                "quarter+1": lambda nr: nr // 4 + 1, "half": lambda nr: nr // 2,
+                "half+1": lambda nr: nr // 2 + 1, "3quarters": lambda nr: 3 * nr // 4,
+                "3quarters+1": lambda nr: 3 * nr // 4 + 1, "nr-1": lambda nr: nr - 1}
+
+
+def _narrow_case(shape, cols):
+    """A case whose shifted GEMM ends on a sliver of ``cols`` columns (past whole slivers):
+    "direct" a 1x1 conv on x in place (one row of output), "grid" a 3x3 conv whose grid's
+    dropped columns go through the scratch, "phases" the same at stride 2 (a stride phase of
+    the padded copy), "exact" B packed over exact columns across images of one pixel each."""
+    k = 13  # a sliver of MR (12, 6 or 4) rows and a last one of fewer
+    return {"direct": (1, 5, 1, cols, k, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+            "grid": (1, 5, 1, cols, k, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+            "phases": (1, 5, 2, 2 * cols, k, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),
+            "exact": (cols, 5, 1, 1, k, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1)}[shape]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight", ["packed", "in_place"])
+@pytest.mark.parametrize("shape", ["direct", "grid", "phases", "exact"])
+@pytest.mark.parametrize("tail", list(NARROW_TAILS))
+def test_shifted_gemm_last_columns_on_narrow_tiles(tail, shape, weight, dtype, monkeypatch):
+    """A last sliver of fewer than NR columns on tiles of NR / 2 and NR / 4 columns
+    (``_conv._piece``, geo[G_NARROW]), for every class of column count and its bounds, after
+    one and two whole slivers: in place or through the scratch of a grid's dropped columns, on
+    a stride phase, over exact columns; the weight packed or read where it lies (in rows, and
+    a last sliver of fewer than MR rows); into poisoned outputs, one thread and two, bias +
+    relu and NaN/Inf in x, against float64; the same with the narrow tiles turned off."""
+    from kernelkit.kernels.numba import _conv
+
+    nr = nc.tile_shape(dtype)[1]
+    monkeypatch.setattr(nc, "SHIFT_INPLACE_SLIVERS", 1 << 30 if weight == "in_place" else 0)
+    monkeypatch.setattr(nc, "SHIFT_EXACT_WASTE", 0.0 if shape == "exact" else float("inf"))
+    cfg = dataclasses.replace(Conv2dConfig.default(dtype), kernel="shift")
+    for whole in (1, 2):
+        case = _narrow_case(shape, whole * nr + NARROW_TAILS[tail](nr))
+        for threads in ("serial", "parallel"):
+            with monkeypatch.context() as mp:
+                x, w, b, geos = _shift_case(case, dtype, threads, whole, mp)
+                check(fwd(x, w, b, case, "NCHW", "relu", cfg), x, w, b, case, "NCHW", "relu")
+                bad = x.copy()
+                bad.reshape(-1)[::7] = np.nan
+                bad.reshape(-1)[3::11] = np.inf
+                check(fwd(bad, w, b, case, "NCHW", None, cfg), bad, w, b, case, "NCHW")
+                mp.setattr(nc, "SHIFT_NARROW_TAIL", False)
+                check(fwd(x, w, b, case, "NCHW", None, cfg), x, w, b, case, "NCHW")
+        assert len(geos) == 3 and all(g[_conv.G_MODE] == _conv.MODE_SHIFT for g in geos)
+        assert [g[_conv.G_NARROW] for g in geos] == [1, 1, 0]
+        assert all(g[_conv.G_PACKB] == (shape == "exact") for g in geos)
+        if shape != "exact":
+            assert all((g[_conv.G_AINPL] != 0) == (weight == "in_place") for g in geos)
+            assert all((g[_conv.G_GW] != g[_conv.G_WO]) == (shape != "direct") for g in geos)
+
+
 @pytest.mark.parametrize("n, c, hw, r, stride, inplace", [
     (1, 512, 7, 3, 1, "rows"), (1, 512, 14, 3, 2, "rows"), (1, 256, 14, 3, 1, "rows"),
     (1, 2048, 7, 1, 1, "copy"), (1, 1024, 14, 1, 2, "copy"), (2, 512, 7, 3, 1, "rows"),

@@ -61,7 +61,11 @@ from kernelkit.kernels.numba._gemm import (
     tile,
     ukernel_strided,
     ukernel_taps,
+    ukernel_taps_half,
+    ukernel_taps_quarter,
     ukernel_taps_strided,
+    ukernel_taps_strided_half,
+    ukernel_taps_strided_quarter,
 )
 from kernelkit.kernels.numba._gemm import (
     cdiv as _cdiv,
@@ -87,8 +91,8 @@ _I = np.int64  # _I(0): an int64 argument, not Literal[int](0), so callees compi
 (G_N, G_C, G_H, G_W, G_K, G_R, G_S, G_HO, G_WO, G_SH, G_SW, G_PT, G_PL, G_DH, G_DW, G_G,
  G_MC, G_KC, G_NC, G_PM, G_PN, G_HAS_BIAS, G_ACT, G_PLAIN, G_OSN, G_OSC, G_OSH, G_OSW,
  G_MODE, G_TAPW, G_XPOFF, G_XPITCH, G_GH, G_GW, G_DIRECT, G_BCOLS, G_PHASE, G_PAIRS,
- G_LEAD, G_WPACKED, G_PACKB, G_AINPL) = range(42)
-GEO_LEN = 42
+ G_LEAD, G_WPACKED, G_PACKB, G_AINPL, G_NARROW) = range(43)
+GEO_LEN = 43
 # geo[G_MODE] of the forward: the implicit GEMM with NCHW output, with NHWC output, and the
 # shifted GEMM (NCHW output: one GEMM per kernel tap on a shifted view of the input)
 MODE_KP, MODE_PK, MODE_SHIFT = 0, 1, 2
@@ -739,24 +743,56 @@ def _pad_planes(t, nthr, xf, xlo, sx, xp, geo):
 
 
 @numba.njit(inline="always", **_JIT)
-def _taps(kb, ntap, toffs, wa, ao, a_tap, ars, bsrc, bo, brs, c, co, ldc, acc):
+def _taps(kb, ntap, toffs, wa, ao, a_tap, ars, bsrc, bo, brs, c, co, ldc, acc, parts):
     """``ukernel_taps`` on the packed weight sliver at ``wa[ao]`` (``ars`` 0), or on the
-    weight's rows where they lie (``ars``: the row stride; a channel's taps adjacent)."""
+    weight's rows where they lie (``ars``: the row stride; a channel's taps adjacent); on NR /
+    ``parts`` columns (1, 2 or 4: ``_piece``)."""
     if ars == 0:
-        ukernel_taps(kb, ntap, toffs, wa, ao, a_tap, bsrc, bo, brs, c, co, ldc, acc)
-    else:
+        if parts == 1:
+            ukernel_taps(kb, ntap, toffs, wa, ao, a_tap, bsrc, bo, brs, c, co, ldc, acc)
+        elif parts == 2:
+            ukernel_taps_half(kb, ntap, toffs, wa, ao, a_tap, bsrc, bo, brs, c, co, ldc, acc)
+        else:
+            ukernel_taps_quarter(kb, ntap, toffs, wa, ao, a_tap, bsrc, bo, brs, c, co, ldc, acc)
+    elif parts == 1:
         ukernel_taps_strided(kb, ntap, toffs, wa, ao, ars, ntap, _I(1), bsrc, bo, brs, c, co,
                              ldc, acc)
+    elif parts == 2:
+        ukernel_taps_strided_half(kb, ntap, toffs, wa, ao, ars, ntap, _I(1), bsrc, bo, brs, c,
+                                  co, ldc, acc)
+    else:
+        ukernel_taps_strided_quarter(kb, ntap, toffs, wa, ao, ars, ntap, _I(1), bsrc, bo, brs,
+                                     c, co, ldc, acc)
+
+
+@numba.njit(inline="always", **_JIT)
+def _piece(rem, nr, narrow):
+    """The parts (1, 2 or 4: a tile of NR / parts columns) of the next micro-kernel call where
+    ``rem`` columns of a sliver are left: a full tile unless ``narrow`` (geo[G_NARROW]) and a
+    half or a quarter tile covers them with less work (17-24 columns: a half, then a quarter)."""
+    if narrow == 0 or rem > nr - nr // 4:
+        return 1
+    return 2 if rem > nr // 4 else 4
+
+
+@numba.njit(inline="always", **_JIT)
+def _cover(cols, nr, narrow):
+    """Columns the micro-kernel calls for a sliver's ``cols`` columns compute (``_piece``)."""
+    e = 0
+    while e < cols:
+        e += nr // _piece(cols - e, nr, narrow)
+    return e
 
 
 @numba.njit(inline="always", **_JIT)
 def _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, ars, atail, acopy, bsrc, bo, brs, toffs, c, co,
-                 ldc, junk, scr, so, ncpad, cols, first, ct):
+                 ldc, junk, scr, so, ncpad, cols, first, ct, narrow):
     """One B sliver (NR grid columns) against mb rows of the weight, all taps in each call:
     into the scratch (whole padded tiles) or into the output at ``co`` (edge tiles via ct).
     ``ars`` 0: ``wp`` is the packed weight, its rows from ``aoff``; else the weight as given
     (rows ``ars`` apart from ``aoff``), whose ``mb`` rows ``_shift_unit`` has copied into
-    ``atail`` (``acopy``), or only a last sliver of fewer than MR rows (``_sliver_rows``)."""
+    ``atail`` (``acopy``), or only a last sliver of fewer than MR rows (``_sliver_rows``).
+    A sliver of fewer than NR columns runs on narrow tiles where ``narrow`` (``_piece``)."""
     mr, nr = tile(c)
     acc = 0 if first else 1
     for i0 in range(0, mb, mr):
@@ -769,21 +805,30 @@ def _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, ars, atail, acopy, bsrc, bo, brs
             wa, ao, rs = wp, aoff + i0 * ars, ars
         else:
             wa, ao, rs = atail, _I(0), kb * ntap
+        if rows == mr and cols == nr and not junk:
+            _taps(kb, ntap, toffs, wa, ao, a_tap, rs, bsrc, bo, brs, c, co + i0 * ldc, ldc, acc,
+                  1)
+            continue
+        e0 = 0
+        while e0 < cols:  # whole tiles, or a last sliver's narrow pieces
+            parts = _piece(cols - e0, nr, narrow)
+            if junk:
+                _taps(kb, ntap, toffs, wa, ao, a_tap, rs, bsrc, bo + e0, brs, scr,
+                      so + i0 * ncpad + e0, ncpad, acc, parts)
+            else:
+                _taps(kb, ntap, toffs, wa, ao, a_tap, rs, bsrc, bo + e0, brs, ct, _I(e0), nr,
+                      _I(0), parts)
+            e0 += nr // parts
         if junk:
-            _taps(kb, ntap, toffs, wa, ao, a_tap, rs, bsrc, bo, brs, scr, so + i0 * ncpad,
-                  ncpad, acc)
-        elif rows == mr and cols == nr:
-            _taps(kb, ntap, toffs, wa, ao, a_tap, rs, bsrc, bo, brs, c, co + i0 * ldc, ldc, acc)
-        else:
-            _taps(kb, ntap, toffs, wa, ao, a_tap, rs, bsrc, bo, brs, ct, _I(0), nr, _I(0))
-            for i in range(rows):
-                o = co + (i0 + i) * ldc
-                if first:
-                    for e in range(cols):
-                        c[_U(o + e)] = ct[_U(i * nr + e)]
-                else:
-                    for e in range(cols):
-                        c[_U(o + e)] += ct[_U(i * nr + e)]
+            continue
+        for i in range(rows):
+            o = co + (i0 + i) * ldc
+            if first:
+                for e in range(cols):
+                    c[_U(o + e)] = ct[_U(i * nr + e)]
+            else:
+                for e in range(cols):
+                    c[_U(o + e)] += ct[_U(i * nr + e)]
 
 
 @numba.njit(inline="always", **_JIT)
@@ -837,6 +882,7 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, ars, atail, bias
     hw = Ho * Wo
     junk = gw != Wo
     acopy = geo[G_AINPL] == AINPL_COPY
+    narrow = geo[G_NARROW]
     ncpad = _cdiv(nc, nr) * nr
     zero = c.dtype.type(0)
     bzero = src.dtype.type(0)
@@ -866,10 +912,10 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, ars, atail, bias
                     # inside the source (the padded copy has room after its last plane); the
                     # highest row is the last one, or the first where channels run backwards
                     top = boff + max(0, (kb - 1) * pstride)
-                    if cols == nr or top + jr + maxoff + nr <= src.size:
+                    if cols == nr or top + jr + maxoff + _cover(cols, nr, narrow) <= src.size:
                         _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, ars, atail, acopy, src,
                                      boff + jr, pstride, toffs, c, obase + jc + jr, hw, junk,
-                                     scr, jr, ncpad, cols, cb == 0, ct)
+                                     scr, jr, ncpad, cols, cb == 0, ct, narrow)
                         continue
                     for tp in range(ntap):  # else copied out, zero-filled past the last column
                         ttmp[tp] = tp * kb * nr
@@ -882,7 +928,7 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, ars, atail, bias
                                 tmpb[_U(d + e)] = bzero
                     _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, ars, atail, acopy, tmpb, _I(0),
                                  nr, ttmp, c, obase + jc + jr, hw, junk, scr, jr, ncpad, cols,
-                                 cb == 0, ct)
+                                 cb == 0, ct, narrow)
             if not junk:
                 epilogue(c, obase + jc, hw, mb, nb, bias, has_bias, g * kg + ic, act, True)
                 continue
@@ -1001,6 +1047,7 @@ def _shift_exact_unit(bp, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp):
     a_tap = tap_stride(cg, kgpad)
     hw = Ho * Wo
     nsl = _cdiv(geo[G_N] * hw, nr)
+    narrow = geo[G_NARROW]
     for jc in range(j0, j1, nc):
         nb = min(nc, j1 - jc)
         for cb in range(0, cg, kc):
@@ -1027,9 +1074,13 @@ def _shift_exact_unit(bp, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp):
                         if inside and rows == mr and cols == nr:
                             ukernel_taps(kb, ntap, ttmp, wp, ao, a_tap, bp, bo, nr, c,
                                          (n0 * K + crow) * hw + pos0, hw, acc)
-                        else:
-                            ukernel_taps(kb, ntap, ttmp, wp, ao, a_tap, bp, bo, nr, ct, _I(0),
-                                         nr, _I(0))
+                        else:  # (a last sliver's columns on narrow tiles: _piece)
+                            e0 = 0
+                            while e0 < cols:
+                                parts = _piece(cols - e0, nr, narrow)
+                                _taps(kb, ntap, ttmp, wp, ao, a_tap, _I(0), bp, bo + e0, nr, ct,
+                                      _I(e0), nr, _I(0), parts)
+                                e0 += nr // parts
                             _tile_to_images(c, ct, j, cols, rows, hw, K, crow, first)
                         if last:  # per image the sliver crosses
                             _epilogue_images(c, j, cols, rows, hw, K, crow, bias, has_bias,

@@ -254,10 +254,10 @@ def _frame(context, builder, nr, a, b, c):
     intp = context.get_value_type(types.intp)
     elt = context.get_value_type(c[0].dtype)
     esize = context.get_abi_sizeof(elt)
-    w = _VEC_BITS // (8 * esize)
+    w = min(_VEC_BITS // (8 * esize), nr)  # narrower than a register: a narrow tile's vectors
     vty = ir.VectorType(elt, w)
     if a[0].dtype == types.uint32:  # bfloat16 pairs: loaded as i32 lanes, multiplied in pairs
-        lty, fma = ir.VectorType(ir.IntType(32), w), _dpbf16(builder)
+        lty, fma = ir.VectorType(ir.IntType(32), w), _dpbf16(builder, w)
     else:
         lty, fma = vty, _fma(builder, vty, w, esize)
     base = [builder.gep(context.make_array(ty)(context, builder, v).data, [off])
@@ -300,10 +300,70 @@ def _k_loop(builder, kc_v, nacc, vty, cst, step):
     return finals
 
 
-@intrinsic
-def ukernel_taps(typingctx, kc, ntap, toffs, ap, aoff, a_tap, bp, boff, b_rs, cp, coff, ldc,
-                 accumulate):
-    """C[coff + i*ldc + j] (+)= sum_t sum_p ap[aoff + t*a_tap + p*MR + i]
+def _narrow(tile_mn, parts: int):
+    """The tile ``tile_mn`` with 1 / ``parts`` of its columns (a narrow tile for a grid's last
+    columns), or None where that is under 4 lanes."""
+    if tile_mn is None or tile_mn[1] % parts or tile_mn[1] // parts < 4:
+        return None
+    return tile_mn[0], tile_mn[1] // parts
+
+
+def _taps_intrinsic(parts: int, name: str, doc: str):
+    """``ukernel_taps`` on a tile of NR / ``parts`` columns."""
+
+    def taps(typingctx, kc, ntap, toffs, ap, aoff, a_tap, bp, boff, b_rs, cp, coff, ldc,
+             accumulate):
+        tile_mn = _narrow(_ukernel_typing((ap, bp, cp)), parts)
+        if tile_mn is None or not (
+                isinstance(toffs, types.Array) and toffs.ndim == 1
+                and toffs.dtype == types.int64):
+            return None
+        sig = types.void(kc, ntap, toffs, ap, aoff, a_tap, bp, boff, b_rs, cp, coff, ldc,
+                         accumulate)
+
+        def codegen(context, builder, sig, args):
+            kc_v, nt_v, toffs_v, ap_v, aoff_v, atap_v = args[:6]
+            _taps_body(context, builder, sig, tile_mn, (kc_v, nt_v, toffs_v),
+                       (3, ap_v, aoff_v), None, atap_v, args[6:], 6)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return _named_intrinsic(taps, name, doc)
+
+
+def _taps_strided_intrinsic(parts: int, name: str, doc: str):
+    """``ukernel_taps_strided`` on a tile of NR / ``parts`` columns."""
+
+    def taps_strided(typingctx, kc, ntap, toffs, ap, aoff, a_rs, a_cs, a_tap, bp, boff, b_rs,
+                     cp, coff, ldc, accumulate):
+        tile_mn = _narrow(_ukernel_typing((ap, bp, cp)), parts)
+        if tile_mn is None or not (
+                isinstance(toffs, types.Array) and toffs.ndim == 1
+                and toffs.dtype == types.int64):
+            return None
+        sig = types.void(kc, ntap, toffs, ap, aoff, a_rs, a_cs, a_tap, bp, boff, b_rs, cp,
+                         coff, ldc, accumulate)
+
+        def codegen(context, builder, sig, args):
+            kc_v, nt_v, toffs_v, ap_v, aoff_v, ars_v, acs_v, atap_v = args[:8]
+            _taps_body(context, builder, sig, tile_mn, (kc_v, nt_v, toffs_v),
+                       (3, ap_v, aoff_v), (ars_v, acs_v, sig.args[5], sig.args[6]), atap_v,
+                       args[8:], 8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return _named_intrinsic(taps_strided, name, doc)
+
+
+def _named_intrinsic(fn, name: str, doc: str):
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = doc
+    return intrinsic(fn)
+
+
+_TAPS_DOC = """C[coff + i*ldc + j] (+)= sum_t sum_p ap[aoff + t*a_tap + p*MR + i]
     * bp[boff + toffs[t] + p*b_rs + j], i < MR, j < NR, t < ntap.
 
     The micro-kernel over ``ntap`` GEMMs at once, the accumulators staying in registers from one
@@ -312,43 +372,24 @@ def ukernel_taps(typingctx, kc, ntap, toffs, ap, aoff, a_tap, bp, boff, b_rs, cp
     GEMM's convolution taps: one C tile load and store per call instead of one per tap. As in
     ``ukernel``, uint32 A and B are bfloat16 pairs (VDPBF16PS) into float32 C, ``kc`` pairs deep.
     """
-    tile_mn = _ukernel_typing((ap, bp, cp))
-    if tile_mn is None or not (
-            isinstance(toffs, types.Array) and toffs.ndim == 1 and toffs.dtype == types.int64):
-        return None
-    sig = types.void(kc, ntap, toffs, ap, aoff, a_tap, bp, boff, b_rs, cp, coff, ldc,
-                     accumulate)
-
-    def codegen(context, builder, sig, args):
-        kc_v, nt_v, toffs_v, ap_v, aoff_v, atap_v = args[:6]
-        _taps_body(context, builder, sig, tile_mn, (kc_v, nt_v, toffs_v), (3, ap_v, aoff_v),
-                   None, atap_v, args[6:], 6)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def ukernel_taps_strided(typingctx, kc, ntap, toffs, ap, aoff, a_rs, a_cs, a_tap, bp, boff,
-                         b_rs, cp, coff, ldc, accumulate):
-    """``ukernel_taps`` with A read where it lies: element (i, p) of tap t at
+_TAPS_STRIDED_DOC = """``ukernel_taps`` with A read where it lies: element (i, p) of tap t at
     ``ap[aoff + i*a_rs + p*a_cs + t*a_tap]`` (a conv weight (K, C, R, S) as given: a_rs = C*R*S,
-    a_cs = R*S, a_tap = 1), so that nothing is packed where each weight sliver meets only a
-    few column slivers (batch 1 on small planes)."""
-    tile_mn = _ukernel_typing((ap, bp, cp))
-    if tile_mn is None or not (
-            isinstance(toffs, types.Array) and toffs.ndim == 1 and toffs.dtype == types.int64):
-        return None
-    sig = types.void(kc, ntap, toffs, ap, aoff, a_rs, a_cs, a_tap, bp, boff, b_rs, cp, coff,
-                     ldc, accumulate)
-
-    def codegen(context, builder, sig, args):
-        kc_v, nt_v, toffs_v, ap_v, aoff_v, ars_v, acs_v, atap_v = args[:8]
-        _taps_body(context, builder, sig, tile_mn, (kc_v, nt_v, toffs_v), (3, ap_v, aoff_v),
-                   (ars_v, acs_v, sig.args[5], sig.args[6]), atap_v, args[8:], 8)
-        return context.get_dummy_value()
-
-    return sig, codegen
+    a_cs = R*S, a_tap = 1), so that nothing is packed where each weight sliver meets only a few
+    column slivers (batch 1 on small planes)."""
+_NARROW_DOC = " On NR / {} columns (j < NR / {}): a grid's last columns."
+ukernel_taps = _taps_intrinsic(1, "ukernel_taps", _TAPS_DOC)
+ukernel_taps_strided = _taps_strided_intrinsic(1, "ukernel_taps_strided", _TAPS_STRIDED_DOC)
+# Narrow tiles (NR / 2 and NR / 4 columns, the same MR rows) for a grid's last columns: a 14 px
+# plane's 196 columns are six 32-column slivers and 4 columns more, which a full tile computes
+# as 32 (conv2d.SHIFT_NARROW_TAIL).
+ukernel_taps_half = _taps_intrinsic(2, "ukernel_taps_half", "``ukernel_taps``"
+                                    + _NARROW_DOC.format(2, 2))
+ukernel_taps_quarter = _taps_intrinsic(4, "ukernel_taps_quarter", "``ukernel_taps``"
+                                       + _NARROW_DOC.format(4, 4))
+ukernel_taps_strided_half = _taps_strided_intrinsic(
+    2, "ukernel_taps_strided_half", "``ukernel_taps_strided``" + _NARROW_DOC.format(2, 2))
+ukernel_taps_strided_quarter = _taps_strided_intrinsic(
+    4, "ukernel_taps_strided_quarter", "``ukernel_taps_strided``" + _NARROW_DOC.format(4, 4))
 
 
 def _taps_body(context, builder, sig, tile_mn, loop, a, a_strides, atap_v, rest, ri):
@@ -476,14 +517,14 @@ class _BFloat16(ir.Type):
         return hash("bfloat")
 
 
-def _dpbf16(builder):
-    """acc + a[0::2] * b[0::2] + a[1::2] * b[1::2] on 16 float32 lanes from 32 bfloat16 pairs
-    given as <16 x i32> (VDPBF16PS: products exact, sums in float32, round to nearest even,
-    denormal inputs and outputs flushed to zero)."""
-    f16 = ir.VectorType(ir.FloatType(), 16)
-    b32 = ir.VectorType(_BFloat16(), 32)
+def _dpbf16(builder, w: int = 16):
+    """acc + a[0::2] * b[0::2] + a[1::2] * b[1::2] on ``w`` float32 lanes (16, 8 or 4) from
+    2 * w bfloat16 pairs given as <w x i32> (VDPBF16PS: products exact, sums in float32, round
+    to nearest even, denormal inputs and outputs flushed to zero)."""
+    f16 = ir.VectorType(ir.FloatType(), w)
+    b32 = ir.VectorType(_BFloat16(), 2 * w)
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f16, [f16, b32, b32]),
-                                        "llvm.x86.avx512bf16.dpbf16ps.512")
+                                        f"llvm.x86.avx512bf16.dpbf16ps.{32 * w}")
     return lambda a, b, acc: builder.call(fn, [acc, builder.bitcast(a, b32),
                                               builder.bitcast(b, b32)])
 

@@ -109,6 +109,11 @@ SHIFT_INPLACE_SLIVERS = 8
 # 256 ch 0.98-1.00x, 512 -> 2048 at 7 px, 2 KiB apart, 0.96x).
 SHIFT_INPLACE_COPY = True
 SHIFT_ALIAS_BYTES = 4096
+# The shifted GEMM computes a sliver of fewer than NR grid columns on a tile of NR / 2 or NR / 4
+# columns (``_gemm.ukernel_taps_half`` / ``_quarter``; 17-24 columns: a half and a quarter)
+# instead of a whole one: a 14 px plane's 196 columns (1x1) are six slivers and 4 columns, a
+# 7 px plane's 49 one and 17, which whole tiles computed as 224 and 64.
+SHIFT_NARROW_TAIL = True
 # The AMX column conv passes each chunk of image columns over all the weight's rows where the
 # columns outnumber the rows (else each strip of weight rows over all the columns).
 AMX_COLS_BY_CHUNK = True
@@ -610,6 +615,7 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     geo[_conv.G_AINPL] = 0 if not inplace else (
         _conv.AINPL_COPY if SHIFT_INPLACE_COPY and aliased else _conv.AINPL_ROWS)
     geo[_conv.G_TAPW] = cg
+    geo[_conv.G_NARROW] = int(SHIFT_NARROW_TAIL)
     geo[_conv.G_MC] = mc
     geo[_conv.G_NC] = _even(cdiv(nsl, pn) * nr, nc, nr)
     geo[_conv.G_PM] = pm
@@ -640,6 +646,7 @@ def _exact_geo(geo, itemsize: int, cfg: Conv2dConfig, tn: int, mr: int, nr: int)
     geo[_conv.G_DIRECT] = 0
     geo[_conv.G_KC] = _exact_kc(cg, cfg.kc, r * s, itemsize, nr)
     geo[_conv.G_TAPW] = cg
+    geo[_conv.G_NARROW] = int(SHIFT_NARROW_TAIL)
     geo[_conv.G_MC] = _even(cdiv(msl, pm) * mr, cfg.mc, mr)
     geo[_conv.G_NC] = _even(cdiv(nsl, pn) * nr, cfg.nc, nr)
     geo[_conv.G_PM] = pm
@@ -668,7 +675,7 @@ def _knobs() -> tuple:
     return (SERIAL_WORK, SHIFT_WIDE, SHIFT_MIN_PIXELS, SHIFT_MIN_PLANE, SHIFT_ROWS_FIRST,
             SHIFT_KC, SHIFT_SCRATCH, BCOLS_WASTE, SHARED_PAD, SHIFT_EXACT_WASTE,
             SHIFT_EXACT_MAX_BYTES, SHIFT_INPLACE_SLIVERS, SHIFT_INPLACE_COPY, SHIFT_ALIAS_BYTES,
-            _l1_bytes)
+            SHIFT_NARROW_TAIL, _l1_bytes)
 
 
 @functools.lru_cache(maxsize=1024)
