@@ -688,6 +688,56 @@ def test_shifted_gemm_reads_the_weight_in_place(case, rows, threads, dtype, monk
     assert geos[-1][_conv.G_AINPL] == 0
 
 
+def _poison_scratch(monkeypatch):
+    """The launchers' per-thread scratch (packed weights, padded copies) full of NaN (float) or
+    0xFF (uint8) on every call, so that a word of a padded copy no one wrote shows."""
+
+    def scratch(size, dtype):
+        dtype = np.dtype(dtype)
+        return np.full(int(size), np.nan if dtype.kind == "f" else 0xFF, dtype)
+
+    monkeypatch.setattr(nc, "_scratch", scratch)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sw", [1, 2])
+@pytest.mark.parametrize("sh", [1, 2])
+@pytest.mark.parametrize("width", [1, 2, 5, 15, 16, 17, 31, 32, 33, 34, 64, 67])
+def test_padded_copy_rows_through_masked_vectors(width, sh, sw, dtype, monkeypatch):
+    """The shifted GEMM's padded copy, a row at a time through masked vector loads and stores:
+    at column stride 1 16 words at a time (``_conv._pad_row``, ``_gemm.pad_row``), at column
+    stride 2 both column phases from one read of 32 (``_conv._pair_row``,
+    ``_gemm.deinterleave2``). Rows narrower than one load, exactly one, one and a word,
+    several; left and right padding of 0-3 (a row or a phase starting or ending in the
+    padding), row stride 1 and 2, a 1x1 kernel (one phase read), dilation 2, an even kernel;
+    the scratch the copy lives in full of NaN first, outputs poisoned, against float64; NaN and
+    Inf in x where torch gives them."""
+    from kernelkit.kernels.numba import _conv
+
+    cfg = dataclasses.replace(Conv2dConfig.default(dtype), kernel="shift")
+    rng = np.random.default_rng(width * 10 + sh * 3 + sw)
+    warm = (1, 3, 4, 67, 5, 3, 3, (1, 1), (0,) * 4, (1, 1), 1)
+    x0, w0, b0 = make(warm, dtype, "NCHW", rng)
+    fwd(x0, w0, b0, warm, "NCHW")  # compiled before the allocations are poisoned
+    poison_allocations(monkeypatch)
+    _poison_scratch(monkeypatch)
+    geos = _geo_modes(monkeypatch)
+    for r, s_, pad, dil in [(3, 3, (1, 1, 1, 1), (1, 1)), (3, 3, (0, 2, 0, 3), (1, 1)),
+                            (3, 3, (2, 0, 3, 2), (1, 1)), (1, 1, (0, 1, 1, 0), (1, 1)),
+                            (3, 3, (2, 2, 2, 2), (2, 2)), (2, 4, (1, 0, 3, 1), (1, 1))]:
+        case = (2, 3, 5, width, 7, r, s_, (sh, sw), pad, dil, 1)
+        if width + pad[2] + pad[3] - dil[1] * (s_ - 1) - 1 < 0:
+            continue  # no output column
+        x, w, b = make(case, dtype, "NCHW", rng)
+        check(fwd(x, w, b, case, "NCHW", "relu", cfg), x, w, b, case, "NCHW", "relu")
+        bad = x.copy()
+        bad.reshape(-1)[::13] = np.nan
+        bad.reshape(-1)[5::17] = -np.inf
+        check(fwd(bad, w, b, case, "NCHW", None, cfg), bad, w, b, case, "NCHW")
+    assert geos and all(g[_conv.G_MODE] == _conv.MODE_SHIFT and g[_conv.G_SW] == sw
+                        and g[_conv.G_DIRECT] == 0 for g in geos)  # (every case pads)
+
+
 # A last sliver's columns, per class of ``_conv._piece`` for a tile of NR columns: a quarter
 # tile, a half, a half and a quarter (NR / 2 + 1 ... 3 NR / 4), a whole one; the bounds of each.
 NARROW_TAILS = {"1": lambda nr: 1, "quarter": lambda nr: nr // 4,

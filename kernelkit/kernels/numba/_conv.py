@@ -51,12 +51,16 @@ from kernelkit.kernels.numba._gemm import (
     _JIT,
     _U,
     ACT_NONE,
+    DEINTERLEAVE_LANES,
+    PAD_ROW_LANES,
     act_row,
+    deinterleave2,
     epilogue,
     flat_view,
     macro_kernel,
     pack_a,
     pack_b,
+    pad_row,
     span,
     tile,
     ukernel_strided,
@@ -627,26 +631,50 @@ def _phase_used(a, r, d, st):
     return False
 
 
-@numba.njit(inline="always", **_JIT)
-def _pad_rows2(xf, xo, sxh, sxc, two, xp, d0, phase, a, hp, gw, pt, pl, sh, H, W, zero):
-    """``_pad_planes`` for both column phases of row phase ``a`` at once, where the stride along
-    the rows is 2 and the input's columns are contiguous: phase b's element e is input column
-    2e + b - pl, and the two are read as a pair. One pass with a stride-2 read per phase ran
-    scalar (4-5x slower per element than stride 1); read in pairs it vectorises."""
-    lo0, hi0 = _valid_range(-pl, 2, gw, W)
-    lo1, hi1 = _valid_range(1 - pl, 2, gw, W)
-    m0 = max(lo0, lo1)  # [m0, m1): both phases inside the plane
-    m1 = max(m0, min(hi0, hi1))
-    for prow in range(hp):
-        r0 = d0 + prow * gw
-        r1 = r0 + phase
-        ih = prow * sh + a - pt
-        if ih < 0 or ih >= H:
-            for e in range(gw):
-                xp[_U(r0 + e)] = zero
-                xp[_U(r1 + e)] = zero
-            continue
-        o = xo + ih * sxh - pl  # phase b's element e (column 2e + b - pl) at o + 2e + b
+def _pad_row(xf, o, sxc, two, xp, d, lo, hi, n):
+    """One row of a stride-1 padded copy: ``xp[d + e] = xf[o + e]`` for lo <= e < hi, zero for
+    the other e < n."""
+
+
+@overload(_pad_row, inline="always")
+def _pad_row_ov(xf, o, sxc, two, xp, d, lo, hi, n):
+    if xf.dtype == xp.dtype:  # float words: 16 at a time through masked vector loads and stores
+        def vector(xf, o, sxc, two, xp, d, lo, hi, n):
+            for e0 in range(0, n, PAD_ROW_LANES):
+                pad_row(xf, o + e0, lo - e0, hi - e0, xp, d + e0, d, n - e0)
+        return vector
+
+    def pairs(xf, o, sxc, two, xp, d, lo, hi, n):  # bfloat16 channel pairs (_element)
+        zero = xp.dtype.type(0)
+        for e in range(lo):
+            xp[_U(d + e)] = zero
+        for e in range(lo, hi):
+            xp[_U(d + e)] = _element(xf, o + e, sxc, two)
+        for e in range(hi, n):
+            xp[_U(d + e)] = zero
+    return pairs
+
+
+def _pair_row(xf, o, sxc, two, xp, r0, r1, gw, pl, W):
+    """Both column phases of one input row (phase b's element e: column 2e + b - pl, at
+    ``xf[o + 2e + b]``; zero outside [0, W)) into ``xp[r0:r0 + gw]`` and ``xp[r1:r1 + gw]``."""
+
+
+@overload(_pair_row, inline="always")
+def _pair_row_ov(xf, o, sxc, two, xp, r0, r1, gw, pl, W):
+    if xf.dtype == xp.dtype:  # float words: 32 at a time through masked vector loads and stores
+        def vector(xf, o, sxc, two, xp, r0, r1, gw, pl, W):
+            for e0 in range(0, gw, DEINTERLEAVE_LANES // 2):
+                deinterleave2(xf, o + 2 * e0, pl - 2 * e0, W + pl - 2 * e0, xp, r0 + e0,
+                              r1 + e0, gw - e0)
+        return vector
+
+    def pairs(xf, o, sxc, two, xp, r0, r1, gw, pl, W):  # bfloat16 channel pairs (_element)
+        zero = xp.dtype.type(0)
+        lo0, hi0 = _valid_range(-pl, 2, gw, W)
+        lo1, hi1 = _valid_range(1 - pl, 2, gw, W)
+        m0 = max(lo0, lo1)  # [m0, m1): both phases inside the plane
+        m1 = max(m0, min(hi0, hi1))
         for e in range(lo0):
             xp[_U(r0 + e)] = zero
         for e in range(lo1):
@@ -666,6 +694,27 @@ def _pad_rows2(xf, xo, sxh, sxc, two, xp, d0, phase, a, hp, gw, pt, pl, sh, H, W
             xp[_U(r0 + e)] = zero
         for e in range(hi1, gw):
             xp[_U(r1 + e)] = zero
+    return pairs
+
+
+@numba.njit(inline="always", **_JIT)
+def _pad_rows2(xf, xo, sxh, sxc, two, xp, d0, phase, a, hp, gw, pt, pl, sh, H, W, zero):
+    """``_pad_planes`` for both column phases of row phase ``a`` at once, where the stride along
+    the rows is 2 and the input's columns are contiguous: phase b's element e is input column
+    2e + b - pl, and the two are read as a pair (``_pair_row``). One pass with a stride-2 read
+    per phase ran scalar (4-5x slower per element than stride 1); read in pairs it vectorised,
+    but on rows of a few words (14 per phase at 28 px) only through the vector loads and
+    stores of ``_gemm.deinterleave2``."""
+    for prow in range(hp):
+        r0 = d0 + prow * gw
+        r1 = r0 + phase
+        ih = prow * sh + a - pt
+        if ih < 0 or ih >= H:
+            for e in range(gw):
+                xp[_U(r0 + e)] = zero
+                xp[_U(r1 + e)] = zero
+            continue
+        _pair_row(xf, xo + ih * sxh - pl, sxc, two, xp, r0, r1, gw, pl, W)
 
 
 @numba.njit(inline="always", **_JIT)
@@ -729,15 +778,14 @@ def _pad_planes(t, nthr, xf, xlo, sx, xp, geo):
                         for e in range(wp_):
                             xp[_U(d + e)] = zero
                         continue
-                    for e in range(lo):
-                        xp[_U(d + e)] = zero
                     o = xo + ih * sxh + (lo * sw + b - pl) * sxw - lo * st
                     if st == 1:
-                        for e in range(lo, hi):
-                            xp[_U(d + e)] = _element(xf, o + e, sxc, two)
-                    else:
-                        for e in range(lo, hi):
-                            xp[_U(d + e)] = _element(xf, o + e * st, sxc, two)
+                        _pad_row(xf, o, sxc, two, xp, d, lo, hi, wp_)
+                        continue
+                    for e in range(lo):
+                        xp[_U(d + e)] = zero
+                    for e in range(lo, hi):
+                        xp[_U(d + e)] = _element(xf, o + e * st, sxc, two)
                     for e in range(hi, wp_):
                         xp[_U(d + e)] = zero
 

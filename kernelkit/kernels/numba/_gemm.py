@@ -555,6 +555,111 @@ def _store_tile(builder, C, ldc_v, acc_v, finals, mr, nvec, w, vptr, esize, cst)
                         builder.store(v, ptr, align=esize)
 
 
+# ------------------------------------------------------------------------------------ row copies
+
+DEINTERLEAVE_LANES = 32  # input words per ``deinterleave2`` call: 16 of each phase
+PAD_ROW_LANES = 16  # words per ``pad_row`` call
+
+
+def _row_copy_intrinsic(phases: int, name: str, doc: str):
+    """An intrinsic ``fn(src, so, lo, hi, dst, d0, d1, n)`` that loads 16 * ``phases`` words
+    from ``src[so:]`` (lanes outside [lo, hi) as zeros, never touched) and stores lane
+    ``phases * i + b`` to ``dst[db + i]`` (b < phases: d0, d1) for i < min(n, 16)."""
+
+    def row_copy(typingctx, src, so, lo, hi, dst, d0, d1, n):
+        if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
+                and src.ndim == dst.ndim == 1 and src.dtype == dst.dtype
+                and src.dtype in (types.float32, types.float64, types.uint32)):
+            return None
+        sig = types.void(src, so, lo, hi, dst, d0, d1, n)
+
+        def codegen(context, builder, sig, args):
+            half = 16
+            lanes = half * phases
+            src_v, so_v, lo_v, hi_v, dst_v, d0_v, d1_v, n_v = args
+            so_v, lo_v, hi_v, d0_v, d1_v, n_v = (
+                context.cast(builder, v, sig.args[i], types.intp)
+                for v, i in zip((so_v, lo_v, hi_v, d0_v, d1_v, n_v), (1, 2, 3, 5, 6, 7)))
+            elt = context.get_value_type(sig.args[0].dtype)
+            esize = context.get_abi_sizeof(elt)
+            intp = context.get_value_type(types.intp)
+            i1, i32 = ir.IntType(1), ir.IntType(32)
+            wide, narrow = ir.VectorType(elt, lanes), ir.VectorType(elt, half)
+            sptr = builder.gep(context.make_array(sig.args[0])(context, builder, src_v).data,
+                               [so_v])
+            dbase = context.make_array(sig.args[4])(context, builder, dst_v).data
+
+            def lane_mask(count, lo, hi):
+                vty = ir.VectorType(intp, count)
+                idx = ir.Constant(vty, list(range(count)))
+                zeros = ir.Constant(ir.VectorType(i32, count), [0] * count)
+                lo_s, hi_s = (builder.shuffle_vector(
+                    builder.insert_element(ir.Constant(vty, None), v, ir.Constant(i32, 0)),
+                    ir.Constant(vty, None), zeros) for v in (lo, hi))
+                return builder.and_(builder.icmp_signed(">=", idx, lo_s),
+                                    builder.icmp_signed("<", idx, hi_s))
+
+            load = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(wide, [wide.as_pointer(), i32,
+                                                       ir.VectorType(i1, lanes), wide]),
+                f"llvm.masked.load.v{lanes}{_vec_suffix(elt)}.{_ptr_suffix(lanes, elt)}")
+            zero = ir.Constant(wide, [0] * lanes if isinstance(elt, ir.IntType)
+                               else [0.0] * lanes)
+            row = builder.call(load, [builder.bitcast(sptr, wide.as_pointer()),
+                                      ir.Constant(i32, esize), lane_mask(lanes, lo_v, hi_v),
+                                      zero])
+            store = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [narrow, narrow.as_pointer(), i32,
+                                                                ir.VectorType(i1, half)]),
+                f"llvm.masked.store.v{half}{_vec_suffix(elt)}.{_ptr_suffix(half, elt)}")
+            keep = lane_mask(half, ir.Constant(intp, 0), n_v)
+            for b, d_v in list(zip(range(phases), (d0_v, d1_v))):
+                part = row if phases == 1 else builder.shuffle_vector(row, row, ir.Constant(
+                    ir.VectorType(i32, half), list(range(b, lanes, phases))))
+                builder.call(store, [part, builder.bitcast(builder.gep(dbase, [d_v]),
+                                                           narrow.as_pointer()),
+                                     ir.Constant(i32, esize), keep])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return _named_intrinsic(row_copy, name, doc)
+
+
+deinterleave2 = _row_copy_intrinsic(2, "deinterleave2", """dst[d0 + i] = src[so + 2i],
+    dst[d1 + i] = src[so + 2i + 1] for i < min(n, 16), reading only the lanes l = 2i, 2i + 1 in
+    [lo, hi) and taking 0 for the others.
+
+    A stride-2 conv's padded copy split into its two column phases (``_conv._pair_row``): one
+    masked load of 32 words (the padding and the row's ends come from the mask, nothing past
+    them is touched), two shuffles and two masked stores per 16 words of each phase, where the
+    element loops ran scalar on rows this short (a 28 px row is 14 words per phase).""")
+pad_row = _row_copy_intrinsic(1, "pad_row", """dst[d0 + i] = src[so + i] for lo <= i < hi,
+    0 for the other i < min(n, 16) (``d1`` unused): a row of a stride-1 padded copy
+    (``_conv._pad_row``), 16 words per masked load and store, where the element loops ran
+    scalar on rows of 7-16 words.""")
+
+
+def _vec_suffix(elt) -> str:
+    """LLVM's overload suffix of a vector element type ("f32", "f64", "i32")."""
+    if isinstance(elt, ir.IntType):
+        return f"i{elt.width}"
+    return "f32" if isinstance(elt, ir.FloatType) else "f64"
+
+
+def _ptr_suffix(lanes: int, elt) -> str:
+    """LLVM's overload suffix of a pointer to <lanes x elt>: "p0" (opaque pointers, LLVM 15
+    on), "p0v16f32" before."""
+    try:
+        from llvmlite import binding as ll
+
+        if ll.llvm_version_info >= (15,):
+            return "p0"
+    except Exception:  # noqa: BLE001
+        pass
+    return f"p0v{lanes}{_vec_suffix(elt)}"
+
+
 # ----------------------------------------------------------------------------------- strided views
 
 @intrinsic
