@@ -46,30 +46,25 @@ def _setting(items: list[str]) -> dict:
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--set", nargs="+", action="append", required=True, metavar="NAME=VALUE")
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=21)
-    ap.add_argument("--layers", nargs="+", default=LAYERS)
-    args = ap.parse_args()
+def run(settings: list[dict], batch: int = 1, rounds: int = 21,
+        layers: list[str] | None = None) -> None:
+    """Print the table for ``settings`` (rows of knob values) on ``layers``."""
     torch.set_num_threads(2)
-    settings = [_setting(s) for s in args.set]
     names = [" ".join(f"{k}={v}" for k, v in s.items()) for s in settings]
     saved = {k: getattr(nconv, k) for s in settings for k in s}
-    print(f"cpu: {devices.cpu_info()['model']}; batch {args.batch}, torch {torch.__version__}; "
-          f"ms, medians of {args.rounds} rounds")
+    print(f"cpu: {devices.cpu_info()['model']}; batch {batch}, torch {torch.__version__}; "
+          f"ms, medians of {rounds} rounds")
     for i, name in enumerate(names):
         print(f"row {i}: {name}")
     heads = [f"row {i}" for i in range(len(names))]
     print("| layer | " + " | ".join(heads) + " | torch | "
           + " | ".join(f"row 0 / {h}" for h in heads[1:]) + " | "
           + " | ".join(f"torch / {h}" for h in heads) + " |")
-    print("| --- " * (2 * len(heads) + len(heads) - 1 + 2) + "|")
+    print("| --- " * (3 * len(heads) + 1) + "|")
     try:
-        for spec in args.layers:
+        for spec in layers or LAYERS:
             c, k, hw, r, st = (int(v) for v in spec.split(","))
-            x = torch.randn(args.batch, c, hw, hw)
+            x = torch.randn(batch, c, hw, hw)
             w = torch.randn(k, c, r, r) * 0.05
             xn, wn, p = x.numpy(), w.numpy(), r // 2
             ref = F.conv2d(x.double(), w.double(), padding=p, stride=st).numpy()
@@ -88,7 +83,7 @@ def main() -> int:
                 assert err < 1e-3 * (1 + np.abs(ref).max()), (spec, names[i], err)
             rows.append(lambda: F.conv2d(x, w, padding=p, stride=st))
             times: list[list[float]] = [[] for _ in rows]
-            for rnd in range(args.rounds):
+            for rnd in range(rounds):
                 for j in range(len(rows)):
                     i = (rnd + j) % len(rows)
                     rows[i]()
@@ -103,6 +98,16 @@ def main() -> int:
     finally:
         for name, value in saved.items():
             setattr(nconv, name, value)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--set", nargs="+", action="append", required=True, metavar="NAME=VALUE")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=21)
+    ap.add_argument("--layers", nargs="+", default=LAYERS)
+    args = ap.parse_args()
+    run([_setting(s) for s in args.set], args.batch, args.rounds, args.layers)
     return 0
 
 

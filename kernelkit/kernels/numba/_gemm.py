@@ -300,10 +300,15 @@ def _k_loop(builder, kc_v, nacc, vty, cst, step):
     return finals
 
 
-def _narrow(tile_mn, parts: int):
-    """The tile ``tile_mn`` with 1 / ``parts`` of its columns (a narrow tile for a grid's last
-    columns), or None where that is under 4 lanes."""
-    if tile_mn is None or tile_mn[1] % parts or tile_mn[1] // parts < 4:
+def _taps_tile(parts: int, toffs, arrays):
+    """(MR, NR / ``parts``) for a taps micro-kernel on ``arrays`` (A, B, C) with tap offsets
+    ``toffs``, or None (no match: not int64 offsets, not a micro-kernel's operands, or a narrow
+    tile of under 4 lanes)."""
+    tile_mn = _ukernel_typing(arrays)
+    if tile_mn is None or not (isinstance(toffs, types.Array) and toffs.ndim == 1
+                               and toffs.dtype == types.int64):
+        return None
+    if tile_mn[1] % parts or tile_mn[1] // parts < 4:
         return None
     return tile_mn[0], tile_mn[1] // parts
 
@@ -313,10 +318,8 @@ def _taps_intrinsic(parts: int, name: str, doc: str):
 
     def taps(typingctx, kc, ntap, toffs, ap, aoff, a_tap, bp, boff, b_rs, cp, coff, ldc,
              accumulate):
-        tile_mn = _narrow(_ukernel_typing((ap, bp, cp)), parts)
-        if tile_mn is None or not (
-                isinstance(toffs, types.Array) and toffs.ndim == 1
-                and toffs.dtype == types.int64):
+        tile_mn = _taps_tile(parts, toffs, (ap, bp, cp))
+        if tile_mn is None:
             return None
         sig = types.void(kc, ntap, toffs, ap, aoff, a_tap, bp, boff, b_rs, cp, coff, ldc,
                          accumulate)
@@ -337,10 +340,8 @@ def _taps_strided_intrinsic(parts: int, name: str, doc: str):
 
     def taps_strided(typingctx, kc, ntap, toffs, ap, aoff, a_rs, a_cs, a_tap, bp, boff, b_rs,
                      cp, coff, ldc, accumulate):
-        tile_mn = _narrow(_ukernel_typing((ap, bp, cp)), parts)
-        if tile_mn is None or not (
-                isinstance(toffs, types.Array) and toffs.ndim == 1
-                and toffs.dtype == types.int64):
+        tile_mn = _taps_tile(parts, toffs, (ap, bp, cp))
+        if tile_mn is None:
             return None
         sig = types.void(kc, ntap, toffs, ap, aoff, a_rs, a_cs, a_tap, bp, boff, b_rs, cp,
                          coff, ldc, accumulate)
