@@ -758,6 +758,30 @@ def _narrow_case(shape, cols):
             "exact": (cols, 5, 1, 1, k, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1)}[shape]
 
 
+@pytest.mark.parametrize("bits", [512, 256, 128])
+def test_narrow_taps_tiles_type_on_every_target(bits, monkeypatch):
+    """``_conv._taps`` branches at run time between the whole, half and quarter taps
+    micro-kernels, so all three compile into every float entry point and each must type on
+    every target's register tile (AVX-512, AVX2, SSE), not only on this machine's: float64's
+    quarter tile is 4 lanes with AVX-512, 2 with AVX2 (an xmm), 1 with SSE."""
+    from numba import types
+
+    from kernelkit.kernels.numba import _gemm
+
+    mr = {512: 12, 256: 6, 128: 4}[bits]
+    tiles = {"float32": (mr, 2 * bits // 32), "float64": (mr, 2 * bits // 64),
+             "uint32": (mr, 2 * bits // 32)}
+    monkeypatch.setattr(_gemm, "TILE", tiles)
+    toffs = types.Array(types.int64, 1, "C")
+    for name, nbtype in (("float32", types.float32), ("float64", types.float64)):
+        arr = types.Array(nbtype, 1, "C")
+        for parts in (1, 2, 4):
+            assert _gemm._taps_tile(parts, toffs, (arr, arr, arr)) == (
+                mr, tiles[name][1] // parts), (name, parts)
+    f32 = types.Array(types.float32, 1, "C")
+    assert _gemm._taps_tile(1, types.Array(types.int32, 1, "C"), (f32, f32, f32)) is None
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("weight", ["packed", "in_place"])
 @pytest.mark.parametrize("shape", ["direct", "grid", "phases", "exact"])

@@ -302,13 +302,12 @@ def _k_loop(builder, kc_v, nacc, vty, cst, step):
 
 def _taps_tile(parts: int, toffs, arrays):
     """(MR, NR / ``parts``) for a taps micro-kernel on ``arrays`` (A, B, C) with tap offsets
-    ``toffs``, or None (no match: not int64 offsets, not a micro-kernel's operands, or a narrow
-    tile of under 4 lanes)."""
+    ``toffs``, or None (no match: not int64 offsets, not a micro-kernel's operands). Every
+    target's NR divides by 4 (a quarter tile of float64 is 4 lanes with AVX-512, 2 with AVX2:
+    an xmm, 1 with SSE), so every narrow tile exists wherever its caller compiles."""
     tile_mn = _ukernel_typing(arrays)
     if tile_mn is None or not (isinstance(toffs, types.Array) and toffs.ndim == 1
                                and toffs.dtype == types.int64):
-        return None
-    if tile_mn[1] % parts or tile_mn[1] // parts < 4:
         return None
     return tile_mn[0], tile_mn[1] // parts
 
