@@ -833,6 +833,19 @@ def _cover(cols, nr, narrow):
 
 
 @numba.njit(inline="always", **_JIT)
+def _taps_pieces(kb, ntap, toffs, wa, ao, a_tap, ars, bsrc, bo, brs, dst, do, ldd, acc, cols,
+                 nr, narrow):
+    """``_taps`` over a sliver's ``cols`` columns into ``dst[do:]`` (rows ``ldd`` apart), piece
+    by piece (``_piece``: whole tiles, or a last sliver's half and quarter tiles)."""
+    e0 = 0
+    while e0 < cols:
+        parts = _piece(cols - e0, nr, narrow)
+        _taps(kb, ntap, toffs, wa, ao, a_tap, ars, bsrc, bo + e0, brs, dst, do + e0, ldd, acc,
+              parts)
+        e0 += nr // parts
+
+
+@numba.njit(inline="always", **_JIT)
 def _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, ars, atail, acopy, bsrc, bo, brs, toffs, c, co,
                  ldc, junk, scr, so, ncpad, cols, first, ct, narrow):
     """One B sliver (NR grid columns) against mb rows of the weight, all taps in each call:
@@ -857,18 +870,12 @@ def _shift_tiles(mb, kb, ntap, wp, aoff, a_tap, ars, atail, acopy, bsrc, bo, brs
             _taps(kb, ntap, toffs, wa, ao, a_tap, rs, bsrc, bo, brs, c, co + i0 * ldc, ldc, acc,
                   1)
             continue
-        e0 = 0
-        while e0 < cols:  # whole tiles, or a last sliver's narrow pieces
-            parts = _piece(cols - e0, nr, narrow)
-            if junk:
-                _taps(kb, ntap, toffs, wa, ao, a_tap, rs, bsrc, bo + e0, brs, scr,
-                      so + i0 * ncpad + e0, ncpad, acc, parts)
-            else:
-                _taps(kb, ntap, toffs, wa, ao, a_tap, rs, bsrc, bo + e0, brs, ct, _I(e0), nr,
-                      _I(0), parts)
-            e0 += nr // parts
         if junk:
+            _taps_pieces(kb, ntap, toffs, wa, ao, a_tap, rs, bsrc, bo, brs, scr,
+                         so + i0 * ncpad, ncpad, acc, cols, nr, narrow)
             continue
+        _taps_pieces(kb, ntap, toffs, wa, ao, a_tap, rs, bsrc, bo, brs, ct, _I(0), nr, _I(0),
+                     cols, nr, narrow)
         for i in range(rows):
             o = co + (i0 + i) * ldc
             if first:
@@ -887,9 +894,10 @@ def _sliver_rows(wf, o, ars, rows, kb, ntap, atail):
     Why a copy where the weight is "read in place": the micro-kernel reads MR rows side by side,
     and rows a multiple of 4 KiB apart (1x1 layers of 1024 and 2048 channels) all fall into one
     L1 set of eight ways, so they evicted each other at every K step (rows spread over two or
-    more sets, as a 3x3 layer's, read faster in place: conv2d.SHIFT_ALIAS_BYTES). The copy (a contiguous run per row, once per channel
-    block) is read from L1 by each of the unit's column slivers, and a last sliver of fewer than
-    MR rows needs it anyway: read where they lie, the missing rows would run past the weight."""
+    more sets, as a 3x3 layer's, read faster in place: conv2d.SHIFT_ALIAS_BYTES). The copy (a
+    contiguous run per row, once per channel block) is read from L1 by each of the unit's
+    column slivers, and a last sliver of fewer than MR rows needs it anyway: read where they
+    lie, the missing rows would run past the weight."""
     mr, _ = tile(atail)
     run = kb * ntap
     for i in range(rows):
@@ -1122,13 +1130,9 @@ def _shift_exact_unit(bp, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp):
                         if inside and rows == mr and cols == nr:
                             ukernel_taps(kb, ntap, ttmp, wp, ao, a_tap, bp, bo, nr, c,
                                          (n0 * K + crow) * hw + pos0, hw, acc)
-                        else:  # (a last sliver's columns on narrow tiles: _piece)
-                            e0 = 0
-                            while e0 < cols:
-                                parts = _piece(cols - e0, nr, narrow)
-                                _taps(kb, ntap, ttmp, wp, ao, a_tap, _I(0), bp, bo + e0, nr, ct,
-                                      _I(e0), nr, _I(0), parts)
-                                e0 += nr // parts
+                        else:  # (a last sliver's columns on narrow tiles)
+                            _taps_pieces(kb, ntap, ttmp, wp, ao, a_tap, _I(0), bp, bo, nr, ct,
+                                         _I(0), nr, _I(0), cols, nr, narrow)
                             _tile_to_images(c, ct, j, cols, rows, hw, K, crow, first)
                         if last:  # per image the sliver crosses
                             _epilogue_images(c, j, cols, rows, hw, K, crow, bias, has_bias,

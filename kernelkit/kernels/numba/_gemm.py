@@ -64,13 +64,18 @@ def _target_features() -> tuple[int, bool, bool]:
     bits = 512 if has("avx512f") else 256 if has("avx") else 128
     # (the BF16 intrinsics take <32 x bfloat> from LLVM 17 on, <16 x i32> before: only the former
     # is emitted; an older LLVM takes the float32 fallback)
+    return bits, has("fma"), bits == 512 and has("avx512bf16") and _llvm_version() >= (17,)
+
+
+@functools.cache
+def _llvm_version() -> tuple:
+    """The LLVM llvmlite links ((0,) where it cannot say)."""
     try:
         from llvmlite import binding as ll
 
-        new_llvm = ll.llvm_version_info >= (17,)
+        return tuple(ll.llvm_version_info)
     except Exception:  # noqa: BLE001
-        new_llvm = False
-    return bits, has("fma"), bits == 512 and has("avx512bf16") and new_llvm
+        return (0,)
 
 
 _VEC_BITS, _HAS_FMA, HAS_BF16_DOT = _target_features()
@@ -557,14 +562,14 @@ def _store_tile(builder, C, ldc_v, acc_v, finals, mr, nvec, w, vptr, esize, cst)
 
 # ------------------------------------------------------------------------------------ row copies
 
-DEINTERLEAVE_LANES = 32  # input words per ``deinterleave2`` call: 16 of each phase
-PAD_ROW_LANES = 16  # words per ``pad_row`` call
+PAD_ROW_LANES = 16  # words per ``pad_row`` call, and of each phase per ``deinterleave2`` call
+DEINTERLEAVE_LANES = 2 * PAD_ROW_LANES  # input words per ``deinterleave2`` call
 
 
 def _row_copy_intrinsic(phases: int, name: str, doc: str):
-    """An intrinsic ``fn(src, so, lo, hi, dst, d0, d1, n)`` that loads 16 * ``phases`` words
-    from ``src[so:]`` (lanes outside [lo, hi) as zeros, never touched) and stores lane
-    ``phases * i + b`` to ``dst[db + i]`` (b < phases: d0, d1) for i < min(n, 16)."""
+    """An intrinsic ``fn(src, so, lo, hi, dst, d0, d1, n)`` that loads PAD_ROW_LANES * ``phases``
+    words from ``src[so:]`` (lanes outside [lo, hi) as zeros, never touched) and stores lane
+    ``phases * i + b`` to ``dst[db + i]`` (b < phases: d0, d1) for i < min(n, PAD_ROW_LANES)."""
 
     def row_copy(typingctx, src, so, lo, hi, dst, d0, d1, n):
         if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
@@ -574,7 +579,7 @@ def _row_copy_intrinsic(phases: int, name: str, doc: str):
         sig = types.void(src, so, lo, hi, dst, d0, d1, n)
 
         def codegen(context, builder, sig, args):
-            half = 16
+            half = PAD_ROW_LANES
             lanes = half * phases
             src_v, so_v, lo_v, hi_v, dst_v, d0_v, d1_v, n_v = args
             so_v, lo_v, hi_v, d0_v, d1_v, n_v = (
@@ -613,7 +618,7 @@ def _row_copy_intrinsic(phases: int, name: str, doc: str):
                                                                 ir.VectorType(i1, half)]),
                 f"llvm.masked.store.v{half}{_vec_suffix(elt)}.{_ptr_suffix(half, elt)}")
             keep = lane_mask(half, ir.Constant(intp, 0), n_v)
-            for b, d_v in list(zip(range(phases), (d0_v, d1_v))):
+            for b, d_v in zip(range(phases), (d0_v, d1_v)):
                 part = row if phases == 1 else builder.shuffle_vector(row, row, ir.Constant(
                     ir.VectorType(i32, half), list(range(b, lanes, phases))))
                 builder.call(store, [part, builder.bitcast(builder.gep(dbase, [d_v]),
@@ -650,14 +655,7 @@ def _vec_suffix(elt) -> str:
 def _ptr_suffix(lanes: int, elt) -> str:
     """LLVM's overload suffix of a pointer to <lanes x elt>: "p0" (opaque pointers, LLVM 15
     on), "p0v16f32" before."""
-    try:
-        from llvmlite import binding as ll
-
-        if ll.llvm_version_info >= (15,):
-            return "p0"
-    except Exception:  # noqa: BLE001
-        pass
-    return f"p0v{lanes}{_vec_suffix(elt)}"
+    return "p0" if _llvm_version() >= (15,) else f"p0v{lanes}{_vec_suffix(elt)}"
 
 
 # ----------------------------------------------------------------------------------- strided views
