@@ -201,3 +201,34 @@ def test_bf16_conv_empty_output():
     w = torch.randn(3, 4, 3, 3).bfloat16()
     out = conv2d_forward(bits(x), bits(w), None, (1, 1), (1, 1, 1, 1), (1, 1), 1, None, "NCHW")
     assert out.shape == (0, 3, 5, 5) and out.dtype == np.uint16
+
+
+@needs_bf16_dot
+@pytest.mark.parametrize("stride", [(1, 1), (1, 2), (2, 1), (2, 2)], ids=lambda s: f"st{s[0]}{s[1]}")
+@pytest.mark.parametrize("width", [1, 2, 5, 15, 16, 17, 31, 32, 33, 34, 64, 67])
+def test_bf16_padded_copy_rows_through_masked_vectors(width, stride, poisoned, monkeypatch):
+    """The padded copy's rows (``_gemm.pad_row_pairs`` at column stride 1,
+    ``deinterleave2_pairs`` at 2) across every count of 16-word blocks and their remainders,
+    with the padding on either side or both, a 1x1 padded, dilation 2 and an even kernel; an
+    odd channel count leaves the last pair's upper half unread (``two`` false). NaN and Inf
+    land where they lie."""
+    from kernelkit.kernels.numba import _conv
+
+    geos = []
+    real_launch = nc._launch
+    monkeypatch.setattr(nc, "_launch", lambda fn, tn, p, *a: geos.append(a[-1].copy())
+                        or real_launch(fn, tn, p, *a))
+    shapes = [((3, 3), (0, 2, 0, 3), (1, 1)), ((3, 3), (2, 0, 3, 2), (1, 1)),
+              ((3, 3), (1, 1, 1, 1), (2, 2)), ((1, 1), (1, 1, 1, 1), (1, 1)),
+              ((2, 4), (1, 0, 2, 1), (1, 1))]
+    for i, ((r, s), pad, dil) in enumerate(shapes):
+        h = 4 if r > 1 else 2
+        if width + pad[2] + pad[3] < dil[1] * (s - 1) + 1:
+            continue  # no output column
+        case = (2, 5, h, width, 6, r, s, stride, pad, dil, 1)
+        x, w, b = make(case, 100 * width + 10 * i + stride[0] + 2 * stride[1])
+        x[0, 4, h - 1, width - 1] = float("nan")  # the odd last channel, the row's last lane
+        x[1, 0, 0, 0] = float("inf")
+        run_and_check(bits(x), w, b, case)
+    assert geos and all(g[_conv.G_PAIRS] > 0 for g in geos)
+    assert {(g[_conv.G_SH], g[_conv.G_SW]) for g in geos} == {stride}

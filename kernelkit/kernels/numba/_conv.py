@@ -55,12 +55,14 @@ from kernelkit.kernels.numba._gemm import (
     PAD_ROW_LANES,
     act_row,
     deinterleave2,
+    deinterleave2_pairs,
     epilogue,
     flat_view,
     macro_kernel,
     pack_a,
     pack_b,
     pad_row,
+    pad_row_pairs,
     span,
     tile,
     ukernel_strided,
@@ -645,13 +647,8 @@ def _pad_row_ov(xf, o, sxc, two, xp, d, lo, hi, n):
         return vector
 
     def pairs(xf, o, sxc, two, xp, d, lo, hi, n):  # bfloat16 channel pairs (_element)
-        zero = xp.dtype.type(0)
-        for e in range(lo):
-            xp[_U(d + e)] = zero
-        for e in range(lo, hi):
-            xp[_U(d + e)] = _element(xf, o + e, sxc, two)
-        for e in range(hi, n):
-            xp[_U(d + e)] = zero
+        for e0 in range(0, n, PAD_ROW_LANES):
+            pad_row_pairs(xf, o + e0, sxc, two, lo - e0, hi - e0, xp, d + e0, d, n - e0)
     return pairs
 
 
@@ -670,30 +667,9 @@ def _pair_row_ov(xf, o, sxc, two, xp, r0, r1, gw, pl, W):
         return vector
 
     def pairs(xf, o, sxc, two, xp, r0, r1, gw, pl, W):  # bfloat16 channel pairs (_element)
-        zero = xp.dtype.type(0)
-        lo0, hi0 = _valid_range(-pl, 2, gw, W)
-        lo1, hi1 = _valid_range(1 - pl, 2, gw, W)
-        m0 = max(lo0, lo1)  # [m0, m1): both phases inside the plane
-        m1 = max(m0, min(hi0, hi1))
-        for e in range(lo0):
-            xp[_U(r0 + e)] = zero
-        for e in range(lo1):
-            xp[_U(r1 + e)] = zero
-        for e in range(lo0, min(m0, hi0)):
-            xp[_U(r0 + e)] = _element(xf, o + 2 * e, sxc, two)
-        for e in range(lo1, min(m0, hi1)):
-            xp[_U(r1 + e)] = _element(xf, o + 2 * e + 1, sxc, two)
-        for e in range(m0, m1):
-            xp[_U(r0 + e)] = _element(xf, o + 2 * e, sxc, two)
-            xp[_U(r1 + e)] = _element(xf, o + 2 * e + 1, sxc, two)
-        for e in range(max(m1, min(m0, hi0)), hi0):
-            xp[_U(r0 + e)] = _element(xf, o + 2 * e, sxc, two)
-        for e in range(max(m1, min(m0, hi1)), hi1):
-            xp[_U(r1 + e)] = _element(xf, o + 2 * e + 1, sxc, two)
-        for e in range(hi0, gw):
-            xp[_U(r0 + e)] = zero
-        for e in range(hi1, gw):
-            xp[_U(r1 + e)] = zero
+        for e0 in range(0, gw, DEINTERLEAVE_LANES // 2):
+            deinterleave2_pairs(xf, o + 2 * e0, sxc, two, pl - 2 * e0, W + pl - 2 * e0, xp,
+                                r0 + e0, r1 + e0, gw - e0)
     return pairs
 
 

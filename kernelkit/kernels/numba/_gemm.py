@@ -566,10 +566,15 @@ PAD_ROW_LANES = 16  # words per ``pad_row`` call, and of each phase per ``deinte
 DEINTERLEAVE_LANES = 2 * PAD_ROW_LANES  # input words per ``deinterleave2`` call
 
 
-def _row_copy_intrinsic(phases: int, name: str, doc: str):
+def _row_copy_intrinsic(phases: int, name: str, doc: str, pairs: bool = False):
     """An intrinsic ``fn(src, so, lo, hi, dst, d0, d1, n)`` that loads PAD_ROW_LANES * ``phases``
     words from ``src[so:]`` (lanes outside [lo, hi) as zeros, never touched) and stores lane
-    ``phases * i + b`` to ``dst[db + i]`` (b < phases: d0, d1) for i < min(n, PAD_ROW_LANES)."""
+    ``phases * i + b`` to ``dst[db + i]`` (b < phases: d0, d1) for i < min(n, PAD_ROW_LANES).
+
+    ``pairs``: ``fn(src, so, hc, two, lo, hi, dst, d0, d1, n)`` on bfloat16 bits (uint16
+    ``src``, uint32 ``dst``), whose word is the pair of ``src[so + l]`` (lower half) and
+    ``src[so + hc + l]`` (upper half: the next channel; zero, unread, where ``two`` is false:
+    the odd last channel of a group), both loads masked alike."""
 
     def row_copy(typingctx, src, so, lo, hi, dst, d0, d1, n):
         if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
@@ -579,56 +584,103 @@ def _row_copy_intrinsic(phases: int, name: str, doc: str):
         sig = types.void(src, so, lo, hi, dst, d0, d1, n)
 
         def codegen(context, builder, sig, args):
-            half = PAD_ROW_LANES
-            lanes = half * phases
             src_v, so_v, lo_v, hi_v, dst_v, d0_v, d1_v, n_v = args
-            so_v, lo_v, hi_v, d0_v, d1_v, n_v = (
-                context.cast(builder, v, sig.args[i], types.intp)
-                for v, i in zip((so_v, lo_v, hi_v, d0_v, d1_v, n_v), (1, 2, 3, 5, 6, 7)))
-            elt = context.get_value_type(sig.args[0].dtype)
-            esize = context.get_abi_sizeof(elt)
-            intp = context.get_value_type(types.intp)
-            i1, i32 = ir.IntType(1), ir.IntType(32)
-            wide, narrow = ir.VectorType(elt, lanes), ir.VectorType(elt, half)
             sptr = builder.gep(context.make_array(sig.args[0])(context, builder, src_v).data,
-                               [so_v])
-            dbase = context.make_array(sig.args[4])(context, builder, dst_v).data
-
-            def lane_mask(count, lo, hi):
-                vty = ir.VectorType(intp, count)
-                idx = ir.Constant(vty, list(range(count)))
-                zeros = ir.Constant(ir.VectorType(i32, count), [0] * count)
-                lo_s, hi_s = (builder.shuffle_vector(
-                    builder.insert_element(ir.Constant(vty, None), v, ir.Constant(i32, 0)),
-                    ir.Constant(vty, None), zeros) for v in (lo, hi))
-                return builder.and_(builder.icmp_signed(">=", idx, lo_s),
-                                    builder.icmp_signed("<", idx, hi_s))
-
-            load = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(wide, [wide.as_pointer(), i32,
-                                                       ir.VectorType(i1, lanes), wide]),
-                f"llvm.masked.load.v{lanes}{_vec_suffix(elt)}.{_ptr_suffix(lanes, elt)}")
-            zero = ir.Constant(wide, [0] * lanes if isinstance(elt, ir.IntType)
-                               else [0.0] * lanes)
-            row = builder.call(load, [builder.bitcast(sptr, wide.as_pointer()),
-                                      ir.Constant(i32, esize), lane_mask(lanes, lo_v, hi_v),
-                                      zero])
-            store = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [narrow, narrow.as_pointer(), i32,
-                                                                ir.VectorType(i1, half)]),
-                f"llvm.masked.store.v{half}{_vec_suffix(elt)}.{_ptr_suffix(half, elt)}")
-            keep = lane_mask(half, ir.Constant(intp, 0), n_v)
-            for b, d_v in zip(range(phases), (d0_v, d1_v)):
-                part = row if phases == 1 else builder.shuffle_vector(row, row, ir.Constant(
-                    ir.VectorType(i32, half), list(range(b, lanes, phases))))
-                builder.call(store, [part, builder.bitcast(builder.gep(dbase, [d_v]),
-                                                           narrow.as_pointer()),
-                                     ir.Constant(i32, esize), keep])
+                               [context.cast(builder, so_v, sig.args[1], types.intp)])
+            _row_copy_body(context, builder, sig, phases, args[2:], (2, 3, 4, 5, 6, 7),
+                           lambda lanes, mask: _masked_load(context, builder, sptr, lanes,
+                                                            mask))
             return context.get_dummy_value()
 
         return sig, codegen
 
-    return _named_intrinsic(row_copy, name, doc)
+    def pair_copy(typingctx, src, so, hc, two, lo, hi, dst, d0, d1, n):
+        if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
+                and src.ndim == dst.ndim == 1 and src.dtype == types.uint16
+                and dst.dtype == types.uint32 and isinstance(two, types.Boolean)):
+            return None
+        sig = types.void(src, so, hc, two, lo, hi, dst, d0, d1, n)
+
+        def codegen(context, builder, sig, args):
+            src_v, so_v, hc_v, two_v = args[:4]
+            base = context.make_array(sig.args[0])(context, builder, src_v).data
+            so_v = context.cast(builder, so_v, sig.args[1], types.intp)
+            hc_v = context.cast(builder, hc_v, sig.args[2], types.intp)
+            lo_ptr = builder.gep(base, [so_v])
+            hi_ptr = builder.gep(base, [builder.add(so_v, hc_v)])
+            partner = context.cast(builder, two_v, sig.args[3], types.boolean)
+
+            def load(lanes, mask):
+                i32 = ir.VectorType(ir.IntType(32), lanes)
+                low = builder.zext(_masked_load(context, builder, lo_ptr, lanes, mask), i32)
+                both = builder.and_(mask, builder.shuffle_vector(  # (no partner: no load)
+                    builder.insert_element(ir.Constant(mask.type, None), partner,
+                                           ir.Constant(ir.IntType(32), 0)),
+                    ir.Constant(mask.type, None),
+                    ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)))
+                high = builder.zext(_masked_load(context, builder, hi_ptr, lanes, both), i32)
+                return builder.or_(low, builder.shl(high, ir.Constant(i32, [16] * lanes)))
+
+            _row_copy_body(context, builder, sig, phases, args[4:], (4, 5, 6, 7, 8, 9), load)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return _named_intrinsic(pair_copy if pairs else row_copy, name, doc)
+
+
+def _masked_load(context, builder, ptr, lanes: int, mask):
+    """<lanes x elt> from ``ptr`` (a pointer to elt), lanes off in ``mask`` zero and unread."""
+    elt = ptr.type.pointee
+    esize = context.get_abi_sizeof(elt)
+    vty = ir.VectorType(elt, lanes)
+    i32 = ir.IntType(32)
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vty, [vty.as_pointer(), i32, mask.type, vty]),
+        f"llvm.masked.load.v{lanes}{_vec_suffix(elt)}.{_ptr_suffix(lanes, elt)}")
+    zero = ir.Constant(vty, [0] * lanes if isinstance(elt, ir.IntType) else [0.0] * lanes)
+    return builder.call(fn, [builder.bitcast(ptr, vty.as_pointer()), ir.Constant(i32, esize),
+                             mask, zero])
+
+
+def _row_copy_body(context, builder, sig, phases: int, args, argi, load):
+    """The stores of ``_row_copy_intrinsic``: ``args`` are (lo, hi, dst, d0, d1, n) (their
+    types ``sig.args[i]`` for i in ``argi``), ``load(lanes, mask)`` the row's words."""
+    half = PAD_ROW_LANES
+    lanes = half * phases
+    lo_v, hi_v, dst_v, d0_v, d1_v, n_v = args
+    lo_v, hi_v, d0_v, d1_v, n_v = (context.cast(builder, v, sig.args[i], types.intp) for v, i
+                                   in zip((lo_v, hi_v, d0_v, d1_v, n_v),
+                                          (argi[0], argi[1], argi[3], argi[4], argi[5])))
+    dbase = context.make_array(sig.args[argi[2]])(context, builder, dst_v).data
+    elt = dbase.type.pointee
+    esize = context.get_abi_sizeof(elt)
+    intp = context.get_value_type(types.intp)
+    i1, i32 = ir.IntType(1), ir.IntType(32)
+    narrow = ir.VectorType(elt, half)
+
+    def lane_mask(count, lo, hi):
+        vty = ir.VectorType(intp, count)
+        idx = ir.Constant(vty, list(range(count)))
+        zeros = ir.Constant(ir.VectorType(i32, count), [0] * count)
+        lo_s, hi_s = (builder.shuffle_vector(
+            builder.insert_element(ir.Constant(vty, None), v, ir.Constant(i32, 0)),
+            ir.Constant(vty, None), zeros) for v in (lo, hi))
+        return builder.and_(builder.icmp_signed(">=", idx, lo_s),
+                            builder.icmp_signed("<", idx, hi_s))
+
+    row = load(lanes, lane_mask(lanes, lo_v, hi_v))
+    store = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [narrow, narrow.as_pointer(), i32,
+                                                        ir.VectorType(i1, half)]),
+        f"llvm.masked.store.v{half}{_vec_suffix(elt)}.{_ptr_suffix(half, elt)}")
+    keep = lane_mask(half, ir.Constant(intp, 0), n_v)
+    for b, d_v in zip(range(phases), (d0_v, d1_v)):
+        part = row if phases == 1 else builder.shuffle_vector(row, row, ir.Constant(
+            ir.VectorType(i32, half), list(range(b, lanes, phases))))
+        builder.call(store, [part, builder.bitcast(builder.gep(dbase, [d_v]),
+                                                   narrow.as_pointer()),
+                             ir.Constant(i32, esize), keep])
 
 
 deinterleave2 = _row_copy_intrinsic(2, "deinterleave2", """dst[d0 + i] = src[so + 2i],
@@ -643,6 +695,19 @@ pad_row = _row_copy_intrinsic(1, "pad_row", """dst[d0 + i] = src[so + i] for lo 
     0 for the other i < min(n, 16) (``d1`` unused): a row of a stride-1 padded copy
     (``_conv._pad_row``), 16 words per masked load and store, where the element loops ran
     scalar on rows of 7-16 words.""")
+
+
+deinterleave2_pairs = _row_copy_intrinsic(2, "deinterleave2_pairs", """``deinterleave2`` on
+    bfloat16 channel pairs: dst[d0 + i] = pair(src[so + 2i], src[so + hc + 2i]), dst[d1 + i] =
+    pair(src[so + 2i + 1], src[so + hc + 2i + 1]) for i < min(n, 16), the lower channel in the
+    lower half, reading only lanes in [lo, hi) of either channel (``two`` false: a zero upper
+    half).""",
+    pairs=True)
+pad_row_pairs = _row_copy_intrinsic(1, "pad_row_pairs", """``pad_row`` on bfloat16 channel
+    pairs: dst[d0 + i] = pair(src[so + i], src[so + hc + i]) for lo <= i < hi, 0 for the other
+    i < min(n, 16) (``two`` false: a zero upper half): the stride-1 padded copy of the bfloat16 shifted
+    GEMM (``_conv._pad_row``), where the element loop ran scalar, 3 ns a word on rows of 7-9
+    (512 channels at 7 px, Zen 4).""", pairs=True)
 
 
 def _vec_suffix(elt) -> str:
