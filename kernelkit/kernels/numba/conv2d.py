@@ -906,6 +906,29 @@ def _conv_amx_cols(x, weight, bias, stride, padding, dilation, activation) -> np
     return out
 
 
+@functools.lru_cache(maxsize=1024)
+def _pairs_geometry(xshape: tuple, wshape: tuple, stride: tuple, padding: tuple,
+                    dilation: tuple, g: int, has_bias: int, act: int, cfg: Conv2dConfig,
+                    nthr: int, knobs: tuple) -> _FloatGeometry:
+    """``_conv_pairs``'s geometry (MODE_SHIFT on channel pairs), memoised as ``_float_geometry``
+    is (its geo read only; ``knobs``: ``_knobs()``): built per call it took 10.5 of the 18 us
+    ``_conv_pairs`` spent around its launch (512 channels at 7 px, Zen 4)."""
+    n, c, h, w = xshape
+    k, cg, r, s = wshape
+    ho, wo = out_size(h, w, r, s, stride, padding, dilation)
+    cq = (cg + 1) // 2  # channel pairs per group
+    geo = _geo(n, g * cq, h, w, k, r, s, ho, wo, stride, padding, dilation, g)
+    geo[_conv.G_HAS_BIAS] = has_bias
+    geo[_conv.G_ACT] = act
+    geo[_conv.G_PAIRS] = cg
+    mr, nr = tile_shape(np.float32)
+    tn = _threads(n * ho * wo * k * cg * r * s // 2, nthr)
+    xp_size = _shift_geo(geo, False, 4, cfg, tn, padding, mr, nr)
+    geo.flags.writeable = False
+    return _FloatGeometry(_conv.MODE_SHIFT, geo, tn, _shift_wsize(g, k // g, cq, r * s, mr),
+                          xp_size)
+
+
 def _conv_pairs(x, weight, bias, stride, padding, dilation, groups, activation,
                 config: Conv2dConfig | None) -> np.ndarray:
     """act(conv2d(x, weight) + bias) for NCHW bfloat16 bits (uint16), float32 (N, K, Ho, Wo).
@@ -921,19 +944,14 @@ def _conv_pairs(x, weight, bias, stride, padding, dilation, groups, activation,
     out = np.empty((n, k, ho, wo), np.float32)
     if out.size == 0:
         return out
-    cq = (cg + 1) // 2  # channel pairs per group
     has_bias = bias is not None
     bias = _half.widen(bias) if has_bias else np.zeros(0, np.float32)
     (x,) = _aligned(x)
-    geo = _geo(n, g * cq, h, w, k, r, s, ho, wo, stride, padding, dilation, g)
-    geo[_conv.G_HAS_BIAS] = int(has_bias)
-    geo[_conv.G_ACT] = ACT_CODES[activation]
-    geo[_conv.G_PAIRS] = cg
-    mr, nr = tile_shape(np.float32)
-    tn = _threads(n * ho * wo * k * cg * r * s // 2)
-    cfg = config or _default(np.float32)
-    xp_size = _shift_geo(geo, False, 4, cfg, tn, padding, mr, nr)
-    wsize = _shift_wsize(g, k // g, cq, r * s, mr)
+    pg = _pairs_geometry(x.shape, weight.shape, tuple(stride), tuple(padding), tuple(dilation),
+                         g, int(has_bias), ACT_CODES[activation], config or _default(np.float32),
+                         numba.get_num_threads(), _knobs())
+    tn, xp_size, wsize = pg.tn, pg.xp_size, pg.wsize
+    geo = pg.geo.copy()  # _shift_buffers notes the kept pack in it
     wpack, xpb, kept, keep = _shift_buffers(weight, wsize, xp_size, np.uint32, geo)
     wsrc = np.zeros(0, np.uint16) if kept else _writable(weight).reshape(-1)
     _launch(_pairs_compiled(), tn, _pack_threads(tn, kept, wsize, xp_size), x, wsrc, wpack, xpb,
