@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import compiling, core
+from .. import compiling, core, threads
 from .. import settings as _settings
 from ..arrays import _SIG_OF_TYPE, TENSOR_TYPES, signature_fn
 from ..autotune import tuner
@@ -216,12 +216,46 @@ class _Recheck:
         return self.plan(*args)
 
 
+# -- torch's CPU BLAS on numpy data ---------------------------------------------------------------
+# After a numpy BLAS call OpenBLAS's workers spin for about 0.1 s (threads.BLAS_SPIN_S), and torch's
+# next OpenMP region waits for a core behind them: on a 2-vCPU Xeon a 160^3 torch product on numpy
+# data took 7.0 ms right after a numpy one against 0.03 ms alone, 512^3 7.0 against 0.76 ms
+# (bench/probes/blas_handoff_probe.py). Numba's kernels take their Python pool then (_pool._team).
+OWN_BLAS = "numpy-cpu"
+
+
+def _bound(call: Call, cand: core.Candidate, config: core.Config, forced: bool) -> Plan:
+    """`cand`'s plan. Where it runs numpy data on torch's CPU BLAS (and the backend is not
+    `forced`), numpy's own BLAS (`OWN_BLAS`) instead for the calls made while kernelkit's last
+    numpy BLAS call may have left OpenBLAS's workers spinning, and for every call where this
+    process has not imported torch (kernelkit does not import it for numpy data: a choice
+    cached by another process)."""
+    p = call.problem
+    own = None
+    if p.lib == "numpy" and cand.device == "cpu" and cand.native != "numpy" and not forced:
+        own = next((c for c in core.candidates(p.op) if c.name == OWN_BLAS), None)
+    if own is None or own.supports(p) is not None:
+        return call.bind(cand, config)
+    own_plan = call.bind(own, {})
+    if cand.native not in sys.modules:
+        return own_plan
+    plan = call.bind(cand, config)
+    spinning = threads.blas_spinning
+
+    def run(*args):
+        return own_plan(*args) if spinning() else plan(*args)
+
+    return run
+
+
 def plan_for(call: Call, settings: _settings.Settings | None = None) -> Plan:
     if call.direct is not None:
         return call.direct
     finished = compiling.finished
+    settings = settings or _settings.current()
     choice = choice_for(call, settings)
-    plan = call.bind(core.get(call.problem.op, choice.candidate), choice.config)
+    plan = _bound(call, core.get(call.problem.op, choice.candidate), choice.config,
+                  bool(settings.backend))
     if choice.source == "warming":
         return Warming(plan, finished)
     return _Recheck(plan, choice.recheck_after) if choice.recheck_after else plan

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -373,10 +377,11 @@ def test_negative_stride_on_a_size_one_dim(backend, rng):
         np.testing.assert_allclose(kernelkit.matmul(rev, b), rev @ b, rtol=1e-12, atol=1e-12)
 
 
-def test_cpu_matmul_stays_with_the_blas_of_the_datas_library():
-    """numpy's BLAS is a candidate for numpy arrays, torch's CPU matmul for torch tensors; the
-    other only when forced (their thread pools stall each other when calls alternate:
-    Backend.own_data_only). Numba takes both; torch still runs numpy data's conv2d."""
+def test_cpu_matmul_candidates_per_data_library():
+    """numpy's BLAS is a candidate for numpy arrays only (after it, torch's next OpenMP region
+    waits for a core behind OpenBLAS's spinning workers: Backend.own_data_only), unless forced;
+    torch's CPU matmul for both (MKL beats OpenBLAS on Xeons; on numpy data its plan steps aside
+    while OpenBLAS spins: the test below). Numba takes both; torch runs numpy data's conv2d."""
     from kernelkit import core
     from kernelkit.autotune import tuner
     from kernelkit.settings import Settings
@@ -388,13 +393,76 @@ def test_cpu_matmul_stays_with_the_blas_of_the_datas_library():
         ok, skipped = tuner.split_candidates(problem, core.candidates(op), Settings(backend=forced))
         return {c.name for c in ok}, skipped
 
-    names, skipped = usable("matmul", (16, 16, 16), "float32", "numpy")
-    assert names == {"numpy-cpu", "numba-cpu"} and "stall" in skipped["torch-cpu"]
+    names, _ = usable("matmul", (16, 16, 16), "float32", "numpy")
+    assert names == {"numpy-cpu", "numba-cpu", "torch-cpu"}
     names, skipped = usable("matmul", (16, 16, 16), "float32", "torch")
     assert names == {"torch-cpu", "numba-cpu"} and "stall" in skipped["numpy-cpu"]
     assert usable("matmul", (16, 16, 16), "float32", "torch", "numpy")[0] == {"numpy-cpu"}
     assert usable("matmul", (16, 16, 16), "float32", "numpy", "torch")[0] == {"torch-cpu"}
     assert "torch-cpu" in usable("conv2d", (1, 4, 8, 4, 3, 1, 1, 1), "float32", "numpy")[0]
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 3), (1, 64, 33)], ids=str)
+def test_torch_plan_on_numpy_data_runs_numpy_blas_while_openblas_spins(shape, rng, monkeypatch):
+    """torch chosen for numpy data: its plan runs torch's BLAS, except within threads.BLAS_SPIN_S
+    of kernelkit's last numpy BLAS call, where it runs numpy's (torch's OpenMP region would wait
+    behind OpenBLAS's spinning workers: 7 ms for a 0.03 ms product); a forced backend never
+    steps aside. Each call's result is the product."""
+    from kernelkit import core, threads
+    from kernelkit.ops import dispatch
+    from kernelkit.ops import matmul as op
+
+    m, k, n = shape
+    a, b = rand(rng, (m, k)), rand(rng, (k, n))[:, ::-1]
+    call = op.prepare(a, b)
+    torch_cand = core.get("matmul", "torch-cpu")
+    ran_torch = []
+    real_bind = call.bind
+
+    def bind(cand, config):
+        plan = real_bind(cand, config)
+        if cand.name != "torch-cpu":
+            return plan
+        return lambda *args: ran_torch.append(1) or plan(*args)
+
+    monkeypatch.setattr(call, "bind", bind)
+    plan, forced = dispatch._bound(call, torch_cand, {}, False), dispatch._bound(call, torch_cand,
+                                                                              {}, True)
+    monkeypatch.setattr(threads, "_blas_until", [0.0])  # nothing spinning
+    for p, by_torch in ((plan, True), (forced, True)):
+        ran_torch.clear()
+        mark = threads.blas_mark()
+        assert_matmul_close(p(a, b, None), a, b)
+        assert bool(ran_torch) is by_torch and threads.blas_mark() == mark
+    threads.blas_called()  # kernelkit's numpy BLAS just ran
+    ran_torch.clear()
+    assert_matmul_close(plan(a, b, None), a, b)
+    assert not ran_torch and threads.blas_spinning()  # numpy's BLAS ran, and noted it
+    assert_matmul_close(forced(a, b, None), a, b)
+    assert ran_torch
+
+
+def test_torch_choice_for_numpy_data_never_imports_torch(tmp_path):
+    """A choice of torch for numpy data (cached by a process that had torch) runs numpy's BLAS
+    in a process that has not imported torch, and does not import it."""
+    code = """if True:
+        import sys
+        import numpy as np
+        from kernelkit import core
+        from kernelkit.ops import dispatch
+        from kernelkit.ops import matmul as op
+        a = np.arange(12, dtype=np.float32).reshape(3, 4)
+        b = np.ones((4, 5), np.float32)
+        call = op.prepare(a, b)
+        plan = dispatch._bound(call, core.get("matmul", "torch-cpu"), {}, False)
+        np.testing.assert_allclose(plan(a, b, None), a @ b)
+        assert "torch" not in sys.modules, "torch was imported"
+        print("ok")
+    """
+    env = {**os.environ, "KERNELKIT_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 def test_numpy_calls_get_a_plan_per_dtype_shape_and_strides(rng):

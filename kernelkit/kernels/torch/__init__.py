@@ -39,9 +39,10 @@ _CPU_ROOFLINES = {"preprocess": (5e-6, 1.5e11, 2e10 / 3)}
 BACKENDS = (
     Backend(name="torch", device="cpu", native="torch", package=__name__, dtypes=_DTYPES,
             missing=_missing, vendor=True, roofline=_CPU_ROOFLINE, rooflines=_CPU_ROOFLINES,
-            # numpy data's matmul stays with numpy's BLAS (and Numba): torch's OpenMP pool and
-            # OpenBLAS's stall each other when their calls alternate (Backend.own_data_only)
-            rate_scale=_cpu_rate_scale, own_data_only=("matmul",)),
+            # numpy data's matmul too, where torch is imported (MKL beat OpenBLAS by up to 1.6x
+            # on a Xeon); its plan runs numpy's BLAS instead while OpenBLAS's workers may spin
+            # after kernelkit's last numpy BLAS call (ops/dispatch.py, _blas_aware)
+            rate_scale=_cpu_rate_scale),
     Backend(name="torch", device="cuda", native="torch", package=__name__, dtypes=_DTYPES,
             missing=_missing, vendor=True, roofline=(1e-5, 5e14, 2e12)),
 )
