@@ -14,7 +14,9 @@ Rows per size (M = K = N), each timed for --seconds of back-to-back calls, media
   call (as for its Numba kernels on torch's OpenMP team);
 - "kernelkit: numpy plan, then torch plan": kernelkit's plans for the two candidates,
   alternating, the torch plan's call timed: it runs numpy's BLAS while kernelkit's own BLAS
-  call may have left the workers spinning.
+  call may have left the workers spinning;
+- Numba alone, and "user's numpy, then Numba": kernelkit's plan for the Numba candidate (its
+  first config), whose shares run on torch's OpenMP team once torch is loaded.
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"cpu: {devices.cpu_info()['model']}, torch {torch.__version__}, numpy {np.__version__}")
     print("| n | numpy | torch | numpy, then torch | user's numpy, then kernelkit's torch plan "
-          "| kernelkit: numpy plan, then torch plan |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          "| kernelkit: numpy plan, then torch plan | Numba | user's numpy, then Numba |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     rng = np.random.default_rng(0)
     for n in args.sizes:
         a = rng.standard_normal((n, n), dtype=np.float32)
@@ -65,6 +67,8 @@ def main() -> None:
         call = mm.prepare(a, b)
         plans = {name: dispatch._bound(call, core.get("matmul", name), {}, False)
                  for name in ("numpy-cpu", "torch-cpu")}
+        numba = core.get("matmul", "numba-cpu")
+        plans["numba-cpu"] = dispatch._bound(call, numba, numba.space(call.problem)[0], False)
         for plan in plans.values():
             np.testing.assert_allclose(plan(a, b, None), a @ b, rtol=1e-4, atol=1e-3 * n ** 0.5)
 
@@ -80,12 +84,17 @@ def main() -> None:
         def kk_torch():
             return plans["torch-cpu"](a, b, None)
 
+        def kk_numba():
+            return plans["numba-cpu"](a, b, None)
+
         # (in this order: run after the kernelkit row, the last one stalled less or not at all
         # on a 2-vCPU Xeon, 43.6 against 7250 us at 160)
         row = [_median_us([user_np], 0, args.seconds), _median_us([user_torch], 0, args.seconds),
                _median_us([user_np, user_torch], 1, args.seconds),
                _median_us([user_np, kk_torch], 1, args.seconds),
-               _median_us([kk_np, kk_torch], 1, args.seconds)]
+               _median_us([kk_np, kk_torch], 1, args.seconds),
+               _median_us([kk_numba], 0, args.seconds),
+               _median_us([user_np, kk_numba], 1, args.seconds)]
         print(f"| {n} | " + " | ".join(f"{t:.1f}" for t in row) + " |", flush=True)
 
 
