@@ -122,6 +122,17 @@ def forked() -> bool:
     return _forked
 
 
+def torch_team_forked() -> bool:
+    """This process was forked from one that had imported kernelkit, and torch here would run
+    its CPU ops as OpenMP regions of more than one thread: GNU OpenMP's team does not survive a
+    fork (torch's own product hung in a multiprocessing worker forked after the parent ran one;
+    torch's DataLoader workers run one thread, which needs no team)."""
+    if not _forked:
+        return False
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.get_num_threads() > 1
+
+
 # kernelkit's own numpy BLAS calls (the numpy backend) leave OpenBLAS's workers spinning for about
 # 0.1 s (its default thread timeout, 2^28 cycles). A Numba kernel launched meanwhile runs its shares
 # on kernelkit's own thread pool, not torch's OpenMP team: the team's region waits for all its

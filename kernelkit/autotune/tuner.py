@@ -104,6 +104,10 @@ def split_candidates(
         elif c.own_data_only and c.native != problem.lib and not settings.backend:
             skipped[c.name] = (f"{problem.lib} data: its thread pool would stall {problem.lib}'s "
                                f"(chosen for {c.native} data, or forced)")
+        elif (c.native == "torch" and c.device == "cpu" and problem.lib != "torch"
+              and not settings.backend and threads.torch_team_forked()):
+            skipped[c.name] = (f"{problem.lib} data in a forked process, where torch's "
+                               f"multi-threaded OpenMP regions hang")
         elif (reason := c.precheck(problem)) is not None:
             skipped[c.name] = reason
         elif pending is not None and c.compiles and not compiling.ready(c.module, problem.dtype):

@@ -227,9 +227,10 @@ OWN_BLAS = "numpy-cpu"
 def _bound(call: Call, cand: core.Candidate, config: core.Config, forced: bool) -> Plan:
     """`cand`'s plan. Where it runs numpy data on torch's CPU BLAS (and the backend is not
     `forced`), numpy's own BLAS (`OWN_BLAS`) instead for the calls made while kernelkit's last
-    numpy BLAS call may have left OpenBLAS's workers spinning, and for every call where this
-    process has not imported torch (kernelkit does not import it for numpy data: a choice
-    cached by another process)."""
+    numpy BLAS call may have left OpenBLAS's workers spinning, for every call in a forked
+    process where torch's team would hang (`threads.torch_team_forked`), and for every
+    call where this process has not imported torch (kernelkit does not import it for numpy
+    data: a choice cached by another process)."""
     p = call.problem
     own = None
     if p.lib == "numpy" and cand.device == "cpu" and cand.native != "numpy" and not forced:
@@ -240,10 +241,10 @@ def _bound(call: Call, cand: core.Candidate, config: core.Config, forced: bool) 
     if cand.native not in sys.modules:
         return own_plan
     plan = call.bind(cand, config)
-    spinning = threads.blas_spinning
+    spinning, forked = threads.blas_spinning, threads.torch_team_forked
 
-    def run(*args):
-        return own_plan(*args) if spinning() else plan(*args)
+    def run(*args):  # (a plan made before a fork runs in the child too)
+        return own_plan(*args) if spinning() or forked() else plan(*args)
 
     return run
 

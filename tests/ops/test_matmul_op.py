@@ -465,6 +465,44 @@ def test_torch_choice_for_numpy_data_never_imports_torch(tmp_path):
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
+def test_torch_choice_for_numpy_data_steps_aside_in_a_forked_worker():
+    """GNU OpenMP's team does not survive a fork: torch's own product hangs in a worker forked
+    after the parent ran one. A torch plan for numpy data made in the parent runs numpy's BLAS in
+    such a worker, and the tuner there leaves torch out (a multi-threaded torch only: torch's
+    DataLoader workers run one thread)."""
+    code = """if True:
+        import multiprocessing as mp
+        import numpy as np
+        import torch
+        from kernelkit import core, settings
+        from kernelkit.autotune import tuner
+        from kernelkit.ops import dispatch
+        from kernelkit.ops import matmul as op
+        torch.set_num_threads(2)
+        a = np.random.default_rng(0).standard_normal((256, 256), dtype=np.float32)
+        torch.mm(torch.from_numpy(a), torch.from_numpy(a))  # the parent's team has run
+        call = op.prepare(a, a)
+        plan = dispatch._bound(call, core.get("matmul", "torch-cpu"), {}, False)
+        np.testing.assert_allclose(plan(a, a, None), a @ a, rtol=1e-4, atol=1e-3)
+
+        def work(threads):
+            torch.set_num_threads(threads)
+            ok, skipped = tuner.split_candidates(call.problem, core.candidates("matmul"),
+                                                 settings.Settings())
+            return float(np.abs(plan(a, a, None) - a @ a).max()), sorted(c.name for c in ok)
+
+        with mp.get_context("fork").Pool(1) as pool:
+            err, names = pool.apply_async(work, (2,)).get(timeout=60)
+            assert err < 1e-2 and "torch-cpu" not in names, (err, names)
+            err, names = pool.apply_async(work, (1,)).get(timeout=60)
+            assert err < 1e-2 and "torch-cpu" in names, (err, names)
+        print("ok")
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 def test_numpy_calls_get_a_plan_per_dtype_shape_and_strides(rng):
     """Two numpy arrays take a cheaper signature than other arrays (ops/matmul.py): it must
     still tell every dtype, shape and layout apart, and stay apart from other libraries' keys."""
