@@ -219,7 +219,7 @@ class _Recheck:
 # -- torch's CPU BLAS on numpy data ---------------------------------------------------------------
 # After a numpy BLAS call OpenBLAS's workers spin for about 0.1 s (threads.BLAS_SPIN_S), and torch's
 # next OpenMP region waits for a core behind them: on a 2-vCPU Xeon a 160^3 torch product on numpy
-# data took 7.0 ms right after a numpy one against 0.03 ms alone, 512^3 7.0 against 0.76 ms
+# data took 5.7-7.6 ms right after a numpy one against 0.03 ms alone, 512^3 3.9 against 0.78 ms
 # (bench/probes/blas_handoff_probe.py). Numba's kernels take their Python pool then (_pool._team).
 OWN_BLAS = "numpy-cpu"
 

@@ -41,7 +41,8 @@ BACKENDS = (
             missing=_missing, vendor=True, roofline=_CPU_ROOFLINE, rooflines=_CPU_ROOFLINES,
             # numpy data's matmul too, where torch is imported (MKL beat OpenBLAS by up to 1.6x
             # on a Xeon); its plan runs numpy's BLAS instead while OpenBLAS's workers may spin
-            # after kernelkit's last numpy BLAS call (ops/dispatch.py, _blas_aware)
+            # after kernelkit's last numpy BLAS call, or in a forked worker (ops/dispatch.py,
+            # _bound)
             rate_scale=_cpu_rate_scale),
     Backend(name="torch", device="cuda", native="torch", package=__name__, dtypes=_DTYPES,
             missing=_missing, vendor=True, roofline=(1e-5, 5e14, 2e12)),
