@@ -101,7 +101,8 @@ def split_candidates(
             skipped[c.name] = f"KERNELKIT_DEVICE={settings.device}"
         elif c.device == "cuda" and not devices.cuda_available():
             skipped[c.name] = "no CUDA device"
-        elif c.own_data_only and c.native != problem.lib and not settings.backend:
+        elif (c.own_data_only and c.native != problem.lib and not settings.backend
+              and stand_in(c, problem) is None):
             skipped[c.name] = (f"{problem.lib} data: its thread pool would stall {problem.lib}'s "
                                f"(chosen for {c.native} data, or forced)")
         elif (c.native == "torch" and c.device == "cpu" and problem.lib != "torch"
@@ -179,6 +180,25 @@ def choose(
     elif choice.source != "warming":  # decided again once the compiling candidates are ready
         _memo[memo_key] = choice
     return choice
+
+
+# What a torch CPU plan on numpy data runs instead where torch's OpenMP team would stall or hang
+# (ops/dispatch.py, _bound): numpy's own BLAS.
+STAND_IN = "numpy-cpu"
+
+
+def stand_in(c: Candidate, problem: Problem) -> Candidate | None:
+    """numpy's BLAS where `c` is torch's CPU candidate on numpy data and numpy's BLAS runs the
+    problem (so `c`, though `own_data_only`, may run it: its plan steps aside to this one while
+    OpenBLAS's workers may spin); None otherwise."""
+    if problem.lib != "numpy" or c.device != "cpu" or c.native != "torch":
+        return None
+    from .. import core
+
+    own = next((o for o in core.candidates(problem.op) if o.name == STAND_IN), None)
+    if own is None or own.precheck(problem) is not None or own.supports(problem) is not None:
+        return None
+    return own
 
 
 def distributed_peers():

@@ -221,21 +221,15 @@ class _Recheck:
 # next OpenMP region waits for a core behind them: on a 2-vCPU Xeon a 160^3 torch product on numpy
 # data took 5.7-7.6 ms right after a numpy one against 0.03 ms alone, 512^3 3.9 against 0.78 ms
 # (bench/probes/blas_handoff_probe.py). Numba's kernels take their Python pool then (_pool._team).
-OWN_BLAS = "numpy-cpu"
-
-
 def _bound(call: Call, cand: core.Candidate, config: core.Config, forced: bool) -> Plan:
     """`cand`'s plan. Where it runs numpy data on torch's CPU BLAS (and the backend is not
-    `forced`), numpy's own BLAS (`OWN_BLAS`) instead for the calls made while kernelkit's last
+    `forced`), numpy's own BLAS (`tuner.stand_in`) instead for the calls made while kernelkit's last
     numpy BLAS call may have left OpenBLAS's workers spinning, for every call in a forked
     process where torch's team would hang (`threads.torch_team_forked`), and for every
     call where this process has not imported torch (kernelkit does not import it for numpy
     data: a choice cached by another process)."""
-    p = call.problem
-    own = None
-    if p.lib == "numpy" and cand.device == "cpu" and cand.native != "numpy" and not forced:
-        own = next((c for c in core.candidates(p.op) if c.name == OWN_BLAS), None)
-    if own is None or own.supports(p) is not None:
+    own = None if forced else tuner.stand_in(cand, call.problem)
+    if own is None:
         return call.bind(cand, config)
     own_plan = call.bind(own, {})
     if cand.native not in sys.modules:

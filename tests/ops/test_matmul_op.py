@@ -380,8 +380,9 @@ def test_negative_stride_on_a_size_one_dim(backend, rng):
 def test_cpu_matmul_candidates_per_data_library():
     """numpy's BLAS is a candidate for numpy arrays only (after it, torch's next OpenMP region
     waits for a core behind OpenBLAS's spinning workers: Backend.own_data_only), unless forced;
-    torch's CPU matmul for both (MKL beats OpenBLAS on Xeons; on numpy data its plan steps aside
-    while OpenBLAS spins: the test below). Numba takes both; torch runs numpy data's conv2d."""
+    torch's CPU matmul for both where numpy's BLAS runs the dtype (MKL beats OpenBLAS on Xeons;
+    on numpy data its plan steps aside to numpy's BLAS while OpenBLAS spins: the test below).
+    Numba takes both; torch runs numpy data's conv2d."""
     from kernelkit import core
     from kernelkit.autotune import tuner
     from kernelkit.settings import Settings
@@ -395,6 +396,8 @@ def test_cpu_matmul_candidates_per_data_library():
 
     names, _ = usable("matmul", (16, 16, 16), "float32", "numpy")
     assert names == {"numpy-cpu", "numba-cpu", "torch-cpu"}
+    names, skipped = usable("matmul", (16, 16, 16), "float16", "numpy")  # no numpy BLAS to step
+    assert names == {"numba-cpu"} and "stall" in skipped["torch-cpu"]  # aside to
     names, skipped = usable("matmul", (16, 16, 16), "float32", "torch")
     assert names == {"torch-cpu", "numba-cpu"} and "stall" in skipped["numpy-cpu"]
     assert usable("matmul", (16, 16, 16), "float32", "torch", "numpy")[0] == {"numpy-cpu"}

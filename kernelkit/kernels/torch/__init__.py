@@ -39,11 +39,11 @@ _CPU_ROOFLINES = {"preprocess": (5e-6, 1.5e11, 2e10 / 3)}
 BACKENDS = (
     Backend(name="torch", device="cpu", native="torch", package=__name__, dtypes=_DTYPES,
             missing=_missing, vendor=True, roofline=_CPU_ROOFLINE, rooflines=_CPU_ROOFLINES,
-            # numpy data's matmul too, where torch is imported (MKL beat OpenBLAS by up to 1.6x
-            # on a Xeon); its plan runs numpy's BLAS instead while OpenBLAS's workers may spin
-            # after kernelkit's last numpy BLAS call, or in a forked worker (ops/dispatch.py,
-            # _bound)
-            rate_scale=_cpu_rate_scale),
+            # matmul on numpy data only where numpy's BLAS can stand in for it: torch's OpenMP
+            # pool waits behind OpenBLAS's spinning workers, so its plan steps aside to numpy's
+            # BLAS after kernelkit's numpy BLAS calls (Backend.own_data_only, tuner.stand_in,
+            # ops/dispatch.py _bound); MKL beat OpenBLAS by up to 1.6x on a Xeon
+            rate_scale=_cpu_rate_scale, own_data_only=("matmul",)),
     Backend(name="torch", device="cuda", native="torch", package=__name__, dtypes=_DTYPES,
             missing=_missing, vendor=True, roofline=(1e-5, 5e14, 2e12)),
 )
