@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import compiling, devices, threads
+from .. import compiling, core, devices, threads
 from .. import settings as _settings
 from ..core import Candidate, Choice, Config, Problem
 from ..settings import Settings
@@ -193,12 +193,11 @@ def stand_in(c: Candidate, problem: Problem) -> Candidate | None:
     OpenBLAS's workers may spin); None otherwise."""
     if problem.lib != "numpy" or c.device != "cpu" or c.native != "torch":
         return None
-    from .. import core
-
-    own = next((o for o in core.candidates(problem.op) if o.name == STAND_IN), None)
-    if own is None or own.precheck(problem) is not None or own.supports(problem) is not None:
+    try:
+        own = core.get(problem.op, STAND_IN)
+    except KeyError:  # (an op numpy has no kernel for)
         return None
-    return own
+    return own if own.precheck(problem) is None and own.supports(problem) is None else None
 
 
 def distributed_peers():
