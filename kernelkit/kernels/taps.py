@@ -50,14 +50,17 @@ No antialias filter is applied there.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
+import threading
 
 import numpy as np
 
 __all__ = ["INTERPOLATIONS", "NMETA", "PreprocessSpec", "problem_sizes", "AxisTaps", "axis_taps", "axis_plan", "affine_maps",
-           "gpu_tables", "out_layout", "pixel_range", "rotation_plan"]
+           "gpu_tables", "out_layout", "pixel_range", "rotation_plan", "PackedTables", "pack_tables",
+           "table_key", "TableMemo"]
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
@@ -406,3 +409,87 @@ def gpu_tables(meta, shapes, cch, boxes, flips, rot90, angles, fill, size, mean,
         scale=c(np.asarray(scale, np.float32).reshape(cch), np.float32),
         ky_len=int(yt.weight.shape[2]), kx_len=int(xt.weight.shape[2]),
         nearest=int(interpolation == "nearest"), has_affine=rot is not None)
+
+
+# --------------------------------------------------------------------------- one upload per call
+
+@dataclasses.dataclass(frozen=True)
+class PackedTables:
+    """``gpu_tables``' arrays in one byte buffer (``data``), each at ``offsets[name]`` (8-byte
+    aligned) with its dtype and shape; ``scalars`` holds the rest (``ky_len``, ``has_affine``...).
+
+    Why: the launchers copied the ten tables to the device one by one, ten pageable host-to-device
+    copies of 15-25 us each; on an H200 the preprocess call of 32 images cost 0.40 ms around a
+    0.03 ms kernel (docs/performance.md, "GPU, first run"). One buffer is one copy."""
+
+    data: np.ndarray  # uint8, 1-D
+    offsets: dict
+    scalars: dict
+
+    def views(self, device_buffer, view) -> dict:
+        """``{name: view(device_buffer, offset, dtype, shape)}`` for every packed table."""
+        return {k: view(device_buffer, off, dt, shape) for k, (off, dt, shape) in self.offsets.items()}
+
+
+def pack_tables(tables: dict) -> PackedTables:
+    """One aligned byte buffer of ``gpu_tables(...)``'s arrays (see :class:`PackedTables`)."""
+    arrays = {k: v for k, v in tables.items() if isinstance(v, np.ndarray)}
+    offsets, end = {}, 0
+    for k, v in arrays.items():
+        offsets[k] = (end, v.dtype, v.shape)
+        end += -(-max(v.nbytes, 1) // 8) * 8
+    data = np.zeros(end, np.uint8)
+    for k, v in arrays.items():
+        off = offsets[k][0]
+        data[off:off + v.nbytes] = np.ascontiguousarray(v).reshape(-1).view(np.uint8)
+    return PackedTables(data, offsets, {k: v for k, v in tables.items() if k not in arrays})
+
+
+def table_key(meta, shapes, cch, boxes, flips, rot90, angles, fill, size, mean, scale,
+              channel_perm, interpolation, antialias, where) -> tuple:
+    """A hashable key of everything ``gpu_tables`` reads, plus ``where`` (device and stream):
+    equal keys give equal tables. Arrays enter by dtype, shape and bytes (a few us for a batch of
+    32), so a caller's later in-place change of an argument array cannot return stale tables."""
+    def a(x):
+        x = np.asarray(x)
+        return (x.dtype.str, x.shape, x.tobytes())
+    return (a(meta), a(shapes), int(cch), a(boxes), a(flips), a(rot90), a(angles), a(fill),
+            (int(size[0]), int(size[1])), a(mean), a(scale), a(channel_perm), str(interpolation),
+            bool(antialias), where)
+
+
+class TableMemo:
+    """The device tables of the last few distinct calls (least recently used first out).
+
+    Serving and evaluation call preprocess with the same geometry batch after batch; their tables
+    are then built and uploaded once. Entries are read-only device buffers, so sharing one
+    between calls is safe; the key names the stream (the upload is ordered on it). Tables over
+    ``max_bytes`` are not kept (a large ragged batch with random crops would only evict)."""
+
+    def __init__(self, size: int = 16, max_bytes: int = 4 << 20) -> None:
+        self.size, self.max_bytes = size, max_bytes
+        self._items: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+            return hit
+
+    def put(self, key, value, nbytes: int) -> None:
+        if nbytes > self.max_bytes:
+            return
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -120,8 +120,11 @@ def _emu_forward(lib, images, boxes, flips, rot90, angles, fill, size, mean, sca
     out_h, out_w = int(size[0]), int(size[1])
     shape, (on, oc, oy, ox) = taps.out_layout(layout, cch, out_h, out_w)
     out = np.full((n, *shape), 77, cp_pp.OUT_DTYPES[out_dtype])  # poison: all must be written
-    t = taps.gpu_tables(meta, shapes, cch, boxes, flips, rot90, angles, fill, size, mean, scale,
-                        perm, interpolation, antialias)
+    # the launcher's one packed buffer and its views (numpy here, cupy there: the same _view)
+    packed = taps.pack_tables(taps.gpu_tables(meta, shapes, cch, boxes, flips, rot90, angles,
+                                              fill, size, mean, scale, perm, interpolation,
+                                              antialias))
+    t = {**packed.views(packed.data.copy(), cp_pp._view), **packed.scalars}
     cfg = config or cp_pp.PreprocessConfig.default()
     blocks, threads, tiles_y, tiles_x = cp_pp.launch_geometry(n, out_h, out_w, cfg)
     fn = ctypes.cast(getattr(lib, cp_pp.kernel_name(first.dtype.name, out_dtype)), ctypes.c_void_p)

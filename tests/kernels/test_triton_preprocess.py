@@ -213,6 +213,84 @@ def test_empty():
     assert out.shape[0] == 0
 
 
+# ------------------------------------------------------------- tables: one upload, memoised
+
+def _geometry(n=3):
+    imgs = np.stack([rand_img(20, 24) for _ in range(n)])
+    boxes = [(0, 0, 20, 24), (1, 2, 15, 19), (2.5, 0, 17, 23.5)][:n]
+    a = preprocess_args(n, 3, boxes, (9, 11), flips=[(True, False)] * n, rot90=[1] * n,
+                        angles=[0.0, 30.0, 0.0][:n], mean=[1.0, 2.0, 3.0], scale=[0.5, 0.25, 2.0])
+    return imgs, list(a)
+
+
+def test_packed_tables_round_trip():
+    """Every table comes back out of the one packed buffer with its dtype, shape and values, at
+    an 8-byte aligned offset; the scalars stay beside it."""
+    imgs, a = _geometry()
+    _, _, _, cch, meta, shapes = tp._image_table(to_torch(imgs))
+    t = taps.gpu_tables(meta, shapes, cch, *a, "bicubic", True)
+    packed = taps.pack_tables(t)
+    views = packed.views(torch.from_numpy(packed.data), tp._view)
+    arrays = {k: v for k, v in t.items() if isinstance(v, np.ndarray)}
+    assert set(views) == set(arrays) and len(arrays) == 10
+    for k, v in arrays.items():
+        assert packed.offsets[k][0] % 8 == 0
+        assert views[k].numpy().dtype == v.dtype and views[k].shape == v.shape, k
+        assert np.array_equal(views[k].numpy(), v), k
+    assert packed.scalars == {k: v for k, v in t.items() if k not in arrays}
+
+
+def test_tables_built_once_per_geometry_and_again_on_any_change(monkeypatch):
+    """A repeated call reuses its uploaded tables; any change of what the tables depend on (the
+    caller's crop array changed in place, size, filter, flips, strides) builds new ones, and
+    every call stays right."""
+    tp._TABLES.clear()
+    built = []
+    real = taps.gpu_tables
+    monkeypatch.setattr(taps, "gpu_tables", lambda *a, **k: built.append(1) or real(*a, **k))
+    imgs, a = _geometry()
+    timgs = to_torch(imgs)
+
+    def check(args, interp="bilinear", aa=True, images=imgs, timages=timgs):
+        got, ref = both(images, args, interp, aa, layout="NCHW", timages=timages)
+        assert maxdiff(got, ref) <= 2e-3
+
+    for _ in range(3):
+        check(a)
+    assert len(built) == 1
+    a[0][1] = (3.0, 1.0, 12.0, 20.0)  # in place: the key holds bytes, not the array
+    check(a)
+    assert len(built) == 2
+    check(a, "bicubic")
+    check(a, "bicubic", False)
+    assert len(built) == 4
+    b = list(a)
+    b[5] = (7, 13)
+    check(b)
+    b = list(a)
+    b[1] = np.ascontiguousarray(~a[1])
+    check(b)
+    assert len(built) == 6
+    tall = np.stack([rand_img(40, 24) for _ in range(3)])
+    check(a, images=tall[:, ::2], timages=to_torch(tall)[:, ::2])  # other strides, same shape
+    assert len(built) == 7
+    check(a)  # the first geometry is still kept
+    assert len(built) == 7
+
+
+def test_table_memo_evicts_least_recent_and_skips_large():
+    memo = taps.TableMemo(size=2, max_bytes=100)
+    memo.put("a", 1, 10)
+    memo.put("b", 2, 10)
+    assert memo.get("a") == 1  # "b" is now the least recent
+    memo.put("c", 3, 10)
+    assert (memo.get("a"), memo.get("b"), memo.get("c")) == (1, None, 3)
+    memo.put("d", 4, 101)
+    assert memo.get("d") is None and len(memo) == 2
+    memo.clear()
+    assert len(memo) == 0
+
+
 def test_config_round_trip_and_space():
     d = tp.PreprocessConfig.default()
     assert d == tp.SHIPPED_CONFIGS[0]

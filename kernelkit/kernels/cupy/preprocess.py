@@ -163,6 +163,32 @@ def _image_table(images):
     return first, first.dtype.name, first.shape[2], meta, shapes, first.device.id
 
 
+_TABLES = _taps.TableMemo()
+
+
+def _device_tables(dev: int, meta, shapes, cch, *geometry):
+    """The kernel's tables on the current device (a dict of cupy arrays) and ``gpu_tables``'
+    scalars: one host-to-device copy of one packed buffer, or none when this geometry was
+    uploaded lately (see ``taps.TableMemo``)."""
+    import cupy
+
+    key = _taps.table_key(meta, shapes, cch, *geometry,
+                          where=(dev, cupy.cuda.get_current_stream().ptr))
+    hit = _TABLES.get(key)
+    if hit is not None:
+        return hit
+    packed = _taps.pack_tables(_taps.gpu_tables(meta, shapes, cch, *geometry))
+    buf = cupy.asarray(packed.data)
+    hit = (packed.views(buf, _view), packed.scalars)
+    _TABLES.put(key, hit, packed.data.nbytes)
+    return hit
+
+
+def _view(buf, offset: int, dtype: np.dtype, shape: tuple):
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    return buf[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
 def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, scale, channel_perm,
                        interpolation, antialias, out_dtype, layout, config=None):
     """The fused preprocess of a batch (contract of the Numba kernel); a new cupy array.
@@ -184,11 +210,10 @@ def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, sc
         out = cupy.empty((n, *shape), OUT_DTYPES[out_dtype])
         if out.size == 0:
             return out
-        t = _taps.gpu_tables(meta, shapes, cch, boxes, flips, rot90, angles, fill, size, mean,
-                             scale, channel_perm, interpolation, antialias)
+        d, t = _device_tables(dev, meta, shapes, cch, boxes, flips, rot90, angles, fill, size,
+                              mean, scale, channel_perm, interpolation, antialias)
         cfg = config or PreprocessConfig.default()
         blocks, threads, tiles_y, tiles_x = launch_geometry(n, out_h, out_w, cfg)
-        d = {k: cupy.asarray(v) for k, v in t.items() if isinstance(v, np.ndarray)}
         kern = get_kernel(dtype, out_dtype, dev)
         i32, i64 = np.int32, np.int64
         kern((blocks, 1, 1), threads,

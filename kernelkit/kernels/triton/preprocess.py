@@ -258,6 +258,36 @@ def _image_table(images):
     return first, first.dtype, first.device, first.shape[2], meta, shapes
 
 
+_TABLES = _taps.TableMemo()
+
+
+def _device_tables(device, meta, shapes, cch, *geometry):
+    """The kernel's tables on ``device`` (a dict of tensors) and ``gpu_tables``' scalars: one
+    host-to-device copy of one packed buffer, or none when this geometry was uploaded lately."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
+    key = _taps.table_key(meta, shapes, cch, *geometry, where=(str(device), stream))
+    hit = _TABLES.get(key)
+    if hit is not None:
+        return hit
+    packed = _taps.pack_tables(_taps.gpu_tables(meta, shapes, cch, *geometry))
+    host = torch.from_numpy(packed.data)
+    if device.type == "cuda":
+        host = host.pin_memory()  # torch's caching host allocator: the copy below is async
+    buf = host.to(device, non_blocking=True)
+    hit = (packed.views(buf, _view), packed.scalars)
+    _TABLES.put(key, hit, packed.data.nbytes)
+    return hit
+
+
+def _view(buf: torch.Tensor, offset: int, dtype: np.dtype, shape: tuple) -> torch.Tensor:
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    return buf[offset:offset + nbytes].view(_TORCH_OF_NUMPY[dtype.str]).view(shape)
+
+
+_TORCH_OF_NUMPY = {np.dtype(np.int64).str: torch.int64, np.dtype(np.int32).str: torch.int32,
+                   np.dtype(np.float32).str: torch.float32, np.dtype(np.float64).str: torch.float64}
+
+
 def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, scale, channel_perm,
                        interpolation, antialias, out_dtype, layout, config=None) -> torch.Tensor:
     """The fused preprocess of a batch (contract of the Numba kernel); a new torch tensor.
@@ -283,10 +313,8 @@ def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, sc
         np.concatenate([shapes, np.full((n, 1), cch)], axis=1), 1)).sum(axis=1)
     assert int(ext.max()) < INT32_MAX, "a single image must span fewer than 2**31 elements"
     assert n * on < 2**62
-    t = _taps.gpu_tables(meta, shapes, cch, boxes, flips, rot90, angles, fill, size, mean, scale,
-                         channel_perm, interpolation, antialias)
-    d = {k: torch.from_numpy(v).to(device, non_blocking=True)
-         for k, v in t.items() if isinstance(v, np.ndarray)}
+    d, t = _device_tables(device, meta, shapes, cch, boxes, flips, rot90, angles, fill, size,
+                          mean, scale, channel_perm, interpolation, antialias)
     cfg = config or (PreprocessConfig.interpreter(out_h, out_w) if triton_interpret()
                      else PreprocessConfig.default())
     tiles_y = triton.cdiv(out_h, cfg.block_y)
