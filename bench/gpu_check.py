@@ -69,6 +69,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--deadline-s", type=float, default=DEADLINE_S,
                    help=f"end of the whole run, seconds from start (default {DEADLINE_S:.0f})")
     p.add_argument("--phases", default="", help="comma-separated subset of the phases to run")
+    p.add_argument("--match", default="",
+                   help="comma-separated substrings: run only the checks whose names hold one")
     return p.parse_args(argv)
 
 
@@ -584,6 +586,101 @@ def crossover_bench(env: Env) -> list[Check]:
     return checks
 
 
+def dispatched_bench(env: Env) -> list[Check]:
+    """What a user's call gets on CUDA data: each op through its public function, after
+    `kernelkit.explain` has measured every candidate (torch's cuBLAS / cuDNN among them) and
+    cached the choice. Rows: the choice, the tuning's seconds, the call's time against the
+    vendor's own call and against the chosen kernel's measured time (the op's overhead)."""
+    import torch
+    import torch.nn.functional as F
+
+    import kernelkit
+
+    dev = "cpu" if env.dry else "cuda"
+    half = torch.float32 if env.dry else torch.float16
+    # (batch, c, k, hw, kernel, stride): ResNet-50 layers (the conv bench's indices 3, 6, 16)
+    convs = [(32, 64, 256, 56, 1, 1, 25.0), (32, 128, 128, 56, 3, 2, 5.0),
+             (32, 256, 256, 14, 3, 1, 6.0)]
+
+    def row_of(op, args, kwargs, vendor, what):
+        out = {"op": op, "what": what}
+        knobs = {"cache_dir": env.cache_dir, "device": dev}
+        fn = getattr(kernelkit, op)
+        t0 = time.perf_counter()
+        with kernelkit.use(**knobs):
+            ex = kernelkit.explain(op, *args, **kwargs)
+        out["tune_s"] = round(time.perf_counter() - t0, 2)
+        ch = ex.choice.to_dict()
+        out["choice"] = f"{ch.get('candidate')} {ch.get('config') or ''}".strip()
+        out["vendor_s"] = env.timer(vendor)
+        with kernelkit.use(**knobs):
+            got = fn(*args, **kwargs)
+            out["op_s"] = env.timer(lambda: fn(*args, **kwargs))
+        want = vendor()
+        env.sync()
+        g, w = torch.as_tensor(got).double().cpu(), torch.as_tensor(want).double().cpu()
+        rel = float((g - w).norm() / max(float(w.norm()), 1e-30))
+        out["rel_err_vs_vendor"] = rel
+        times = [t["median"] for t in ex.trials if t.get("median")]
+        chosen = [t["median"] for t in ex.trials if t.get("median")
+                  and (t["candidate"], t["config"]) == (ch.get("candidate"), ch.get("config"))]
+        if chosen:
+            out["chosen_kernel_s"] = chosen[0]
+        if times:
+            out["best_trial_s"] = min(times)
+        out["op_vs_vendor"] = out["vendor_s"] / out["op_s"]
+        tol = 3e-2 if half != torch.float32 or op == "preprocess" else 1e-4
+        if not rel <= tol:  # NaN fails too
+            raise AssertionError(f"{op} {what}: result off the vendor's by {rel:.3g} (tol {tol})")
+        return out
+
+    # run_s: each check's seconds on the H200 machine, its tuning's compiles included (14-20 per
+    # explain), so no compile keys are counted on top
+    def matmul_check(m, k, n, run_s):
+        def run():
+            a, b = env.randn(m, k, dtype=half), env.randn(k, n, dtype=half)
+            return row_of("matmul", (a, b), {}, lambda: torch.matmul(a, b), f"{m}x{k}x{n}")
+        return Check(f"bench dispatched matmul {m}x{k}x{n}", run, run_s=run_s,
+                     bench="bench_dispatched")
+
+    def conv_check(nb, c, k, hw, ks, st, run_s):
+        def run():
+            x = env.randn(nb, c, hw, hw, dtype=half).contiguous(memory_format=torch.channels_last)
+            w = env.randn(k, c, ks, ks, dtype=half).contiguous(memory_format=torch.channels_last)
+            bias = env.randn(k, dtype=half)
+            kw = dict(stride=st, padding=ks // 2, activation="relu")
+            return row_of("conv2d", (x, w, bias), kw,
+                          lambda: F.relu(F.conv2d(x, w, bias, st, ks // 2)),
+                          f"{nb}x{c}x{hw}x{hw} k{k} {ks}x{ks} s{st} +bias+relu")
+        return Check(f"bench dispatched conv2d {nb}x{c}->{k} {hw}px {ks}x{ks} s{st}", run,
+                     run_s=run_s, bench="bench_dispatched")
+
+    def preprocess_check(n, h, w, size, run_s):
+        def run():
+            imgs = torch.randint(0, 256, (n, h, w, 3), dtype=torch.uint8).to(dev)
+            mean = torch.tensor([123.675, 116.28, 103.53], device=dev)[:, None, None]
+            std = torch.tensor([58.395, 57.12, 57.375], device=dev)[:, None, None]
+
+            def vendor():
+                x = F.interpolate(imgs.permute(0, 3, 1, 2).float(), size=(size, size),
+                                  mode="bilinear", align_corners=False, antialias=True)
+                return (x - mean) / std
+            kw = dict(size=size, mean=mean.flatten().tolist(), std=std.flatten().tolist())
+            return row_of("preprocess", (imgs,), kw, vendor,
+                          f"{n}x{h}x{w} uint8 -> {size} float32 NCHW, antialias")
+        return Check(f"bench dispatched preprocess {n}x{h}x{w} -> {size}", run, run_s=run_s,
+                     bench="bench_dispatched")
+
+    if env.dry:  # the code path once, cheaply (CPU candidates; Numba's compile is the cost)
+        return [preprocess_check(2, 24, 32, 11, 1.0)]
+    # in order of value: a deadline cuts the tail
+    return ([preprocess_check(32, 480, 640, 224, 3.0)]
+            + [matmul_check(*mkn) for mkn in ((8192, 8192, 8192, 64.0), (1, 4096, 11008, 3.0),
+                                              (4095, 4097, 3001, 21.0))]
+            + [conv_check(*c) for c in convs]
+            + [matmul_check(*mkn) for mkn in ((4096, 4096, 4096, 16.0), (16, 11008, 4096, 3.0))])
+
+
 # ----------------------------------------------------------------------------------- sanitizer
 
 SANITIZE_CASES = ("cupy_gemm_multi_k", "cupy_conv_bwd_weight", "triton_preprocess_ragged",
@@ -620,8 +717,9 @@ def sanitizer_checks(env: Env) -> list[Check]:
             if p.returncode != 0:
                 return f"{tool} rc={p.returncode}: {' | '.join(summary) or text[-600:]}"
             return None
+        # 9.3 s (racecheck) and 7.1 s (memcheck) on the H200 machine; the budget caps the rest
         checks.append(Check(f"compute-sanitizer {tool}: {', '.join(SANITIZE_CASES)}", run,
-                            run_s=budget / 2 - 5))
+                            run_s=20.0))
     return checks
 
 
@@ -640,7 +738,7 @@ def build_phases(env: Env) -> list[Phase]:
     def bench():
         return (matmul_bench(env) + conv.bench(env) + pre.bench(env) + crossover_bench(env)
                 + [Check("bench pipeline overlap", pipeline_overlap, bench="bench_pipeline",
-                         run_s=20.0)])
+                         run_s=20.0)] + dispatched_bench(env))
 
     return [
         Phase("preflight", BUDGETS["preflight"], lambda: preflight_checks(env),
@@ -842,12 +940,15 @@ def main(argv=None) -> int:
     env.cache_dir = str(out / "kernelkit-cache")
     phases = build_phases(env)
     only = {p for p in args.phases.split(",") if p}
+    match = [m for m in args.match.split(",") if m]
     built = {}
     for ph in phases:  # the plan of this run, from the very checks it will run
         if only and ph.name not in only:
             continue
         try:
             ph.checks = ph.build()
+            if match:
+                ph.checks = [c for c in ph.checks if any(m in c.name for m in match)]
             built[ph.name] = ph.checks
         except Exception as exc:  # noqa: BLE001 - reported when the phase runs
             rec.log(f"phase {ph.name}: cannot build its checks: {exc}")

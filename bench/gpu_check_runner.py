@@ -17,15 +17,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Estimated seconds per compile (Triton 3.6 / NVRTC on the GPU machine's host CPU; the issue
-# measured 0.3-3 s per Triton compile). A run records the real counts and seconds per phase
-# (results.json "phases"), which is what the next run should be sized by.
+# Estimated seconds per compile (Triton 3.6 / NVRTC on the GPU machine's host CPU). The first
+# run on an H200 machine (2026-12-04, docs/gpu-runs/2026-12-04-h200) measured 0.60 s per compile
+# in the correctness phase (75 compiles, mostly Triton matmul and conv) and 0.93 s in the sweep
+# (68, conv-heavy), 2.1-2.3 s for one CuPy/NVRTC build: these rates (the whole run took 377 s of
+# the 471 s its plan estimated). A run records the real counts and seconds per phase
+# (results.json "phases").
 COMPILE_S = {
-    "triton.matmul": 1.2,
-    "triton.conv": 2.0,
-    "triton.conv_direct": 1.5,
-    "triton.preprocess": 2.5,
-    "cupy.matmul": 2.0,
+    "triton.matmul": 0.6,
+    "triton.conv": 0.9,
+    "triton.conv_direct": 0.9,
+    "triton.preprocess": 1.2,
+    "cupy.matmul": 2.5,
     "cupy.conv": 3.0,
     "cupy.preprocess": 5.0,
     "numba": 8.0,
