@@ -157,7 +157,8 @@ class Pair:
     differ in the same run."""
 
     def __init__(self, name: str, batch: int, size: int, seed: int = 0,
-                 dtype: torch.dtype = torch.float32, control: bool = False):
+                 dtype: torch.dtype = torch.float32, control: bool = False,
+                 device: str = "cpu", channels_last: bool = False):
         import copy
 
         import kernelkit.nn as knn
@@ -166,19 +167,27 @@ class Pair:
         # dynamo's recompile limit (8 per code object) would otherwise leave later pairs eager
         torch._dynamo.reset()
         torch.manual_seed(seed)
-        self.ref = MODELS[name]().to(dtype)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.device = torch.device(device)
+        self.ref = MODELS[name]().to(dtype).to(self.device, memory_format=fmt)
         self.pat = copy.deepcopy(self.ref)
         self.twin = copy.deepcopy(self.ref) if control else None
         self.report = knn.patch(self.pat)
-        self.x = torch.randn(batch, 3, size, size, dtype=dtype)
-        self.target = torch.randint(0, 1000, (batch,))
+        self.x = torch.randn(batch, 3, size, size, dtype=dtype).to(self.device, memory_format=fmt)
+        self.target = torch.randint(0, 1000, (batch,)).to(self.device)
         self.opt = {id(m): torch.optim.SGD(m.parameters(), lr=1e-4)
                     for m in (self.ref, self.pat, self.twin) if m is not None}
         self.compiled: dict[str, nn.Module] = {}
 
+    def _done(self, out: torch.Tensor) -> torch.Tensor:
+        """`out` once the device has finished it: a timed call on CUDA ends with its work."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return out
+
     def infer(self, m: nn.Module) -> torch.Tensor:
         with torch.no_grad():
-            return m(self.x)
+            return self._done(m(self.x))
 
     def step(self, m: nn.Module, owner: nn.Module) -> torch.Tensor:
         """One training step: zero_grad, forward, cross-entropy, backward, SGD step."""
@@ -189,7 +198,7 @@ class Pair:
         loss = F.cross_entropy(m(self.x), self.target)
         loss.backward()
         opt.step()
-        return loss
+        return self._done(loss)
 
     def tune(self, modes: tuple[str, ...] = ("infer", "train")) -> float:
         """Measure every forward and backward size the patched model runs in `modes` (an

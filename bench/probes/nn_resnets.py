@@ -46,7 +46,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--modes", nargs="+", default=["infer", "train"], choices=["infer", "train"])
     ap.add_argument("--no-compile", action="store_true", help="eager rows only")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cuda: models, inputs and timings on the GPU (each call synchronises)")
+    ap.add_argument("--channels-last", action="store_true", help="models and input channels_last")
+    ap.add_argument("--no-tune-pass", action="store_true",
+                    help="skip the measuring pass: the default policy from a cold cache, as a "
+                         "new user's first run (the in-model trials still settle each layer)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                     help="the models' parameters and input (bfloat16: both models run it "
                          "natively, torch through oneDNN)")
     ap.add_argument("--control", action="store_true",
@@ -77,14 +83,17 @@ def main() -> int:
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, {args.threads} threads; torch "
           f"{torch.__version__}; pools {blas}; cache {os.environ['KERNELKIT_CACHE_DIR']}",
           flush=True)
+    if args.device == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name(0)}", flush=True)
 
     results = []
     for name in args.models:
         for batch in args.batches:
             pair = Pair(name, batch, args.size, dtype=getattr(torch, args.dtype),
-                        control=args.control)
+                        control=args.control, device=args.device,
+                        channels_last=args.channels_last)
             tuner.clear_memo()
-            tune_s = pair.tune(tuple(args.modes))
+            tune_s = 0.0 if args.no_tune_pass else pair.tune(tuple(args.modes))
             tuner.clear_memo()  # what the timed calls choose, from the cache the pass filled
             for m in (pair.ref, pair.pat):
                 m.eval()
