@@ -422,3 +422,27 @@ def test_measuring_numpy_against_another_library_counts_the_timers_waits():
     assert mixed == pytest.approx(2 * (threads.BLAS_SPIN_S + timing.TEAM_SPIN_S))
     assert tuner.block_waits([by_name["numba-cpu"], by_name["torch-cpu"]]) == 0.0
     assert tuner.block_waits([by_name["numpy-cpu"]]) == 0.0
+
+
+@pytest.mark.parametrize("kernel, spread, vendor, chosen", [
+    (1.652, 0.100, 1.703, "vendor"),  # the H200's 8192^3 GEMM: a 3% lead inside a 6% spread
+    (1.00, 0.05, 1.05, "vendor"),  # a lead equal to the spread is not shown
+    (1.00, 0.04, 1.05, "good"),  # beyond it: the kernel
+    (0.80, 0.10, 1.00, "good"),
+    (1.10, 0.01, 1.00, "vendor"),  # the vendor leads: no question
+])
+def test_a_kernel_replaces_the_vendor_only_beyond_its_own_spread(kernel, spread, vendor, chosen):
+    usable = [fake("vendor", CORRECT, vendor=True), fake("good", CORRECT)]
+    ok = [tuner.Trial("good-cpu", {"t": 1}, timing.Timing(kernel, spread, 5)),
+          tuner.Trial("good-cpu", {"t": 2}, timing.Timing(kernel * 1.5, 0.0, 5)),
+          tuner.Trial("vendor-cpu", {}, timing.Timing(vendor, 0.01, 30))]
+    best = tuner._winner(problem(), usable, ok)  # (no run kept: nothing is re-timed)
+    assert best.candidate == f"{chosen}-cpu"
+    assert best.config == ({"t": 1} if chosen == "good" else {})
+
+
+def test_without_a_vendor_the_fastest_kernel_wins():
+    usable = [fake("good", CORRECT), fake("other", CORRECT)]
+    ok = [tuner.Trial("good-cpu", {}, timing.Timing(1.0, 0.5, 5)),
+          tuner.Trial("other-cpu", {}, timing.Timing(1.1, 0.0, 5))]
+    assert tuner._winner(problem(), usable, ok).candidate == "good-cpu"
