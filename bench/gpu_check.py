@@ -672,13 +672,59 @@ def dispatched_bench(env: Env) -> list[Check]:
                      bench="bench_dispatched")
 
     if env.dry:  # the code path once, cheaply (CPU candidates; Numba's compile is the cost)
-        return [preprocess_check(2, 24, 32, 11, 1.0)]
+        return [preprocess_check(2, 24, 32, 11, 1.0), vendor_path_check(env, 32, 1.0)]
     # in order of value: a deadline cuts the tail
     return ([preprocess_check(32, 480, 640, 224, 3.0)]
             + [matmul_check(*mkn) for mkn in ((8192, 8192, 8192, 64.0), (1, 4096, 11008, 3.0),
                                               (4095, 4097, 3001, 21.0))]
+            + [vendor_path_check(env, n, 8.0) for n in (4096, 8192)]
             + [conv_check(*c) for c in convs]
             + [matmul_check(*mkn) for mkn in ((4096, 4096, 4096, 16.0), (16, 11008, 4096, 3.0))])
+
+
+def vendor_path_check(env: Env, n: int, run_s: float) -> Check:
+    """The same cuBLAS product three ways, in bursts and sustained: `torch.matmul`, the torch
+    candidate's 2-D launcher (which sets and restores the TF32 flag around it) and
+    `kernelkit.matmul` forced onto the torch candidate. On the first H200 run the op through the
+    torch candidate took 0.201 ms at 4096^3 fp16 against 0.182 for `torch.matmul`, and the tuner,
+    timing back to back, saw cuBLAS at 8192^3 14-20% slower than do_bench did."""
+    import torch
+
+    import kernelkit
+    from kernelkit.kernels.torch import matmul as vendor
+
+    def run():
+        dt = torch.float32 if env.dry else torch.float16
+        a, b = env.randn(n, n, dtype=dt), env.randn(n, n, dtype=dt)
+        knobs = {"cache_dir": env.cache_dir, "backend": "torch",
+                 "device": "cpu" if env.dry else "cuda"}
+
+        fns = {"torch.matmul": lambda: torch.matmul(a, b),
+               "launcher_2d": lambda: vendor.matmul_forward_2d(a, b),
+               "kernelkit.matmul": lambda: kernelkit.matmul(a, b)}
+        row = {"n": n, "dtype": str(dt).removeprefix("torch.")}
+        with kernelkit.use(**knobs):  # once: a use() block per call would be timed too
+            for label in (*fns, *reversed(fns)):  # each twice, mirrored order against drift
+                row.setdefault(f"{label} burst_s", []).append(env.timer(fns[label]))
+            for label, fn in fns.items():  # back to back for about a second, as the tuner times
+                row[f"{label} sustained_s"] = _sustained(env, fn)
+        return {k: (min(v) if isinstance(v, list) else v) for k, v in row.items()}
+    return Check(f"bench dispatched vendor path {n}^3", run, run_s=run_s,
+                 bench="bench_dispatched_vendor")
+
+
+def _sustained(env: Env, fn, seconds: float = 1.0) -> float:
+    """Seconds per call of `fn` run back to back for `seconds` (one synchronisation at the end):
+    the clocks a long training loop runs at, not a burst's."""
+    fn()
+    env.sync()
+    t0, calls = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(10):
+            fn()
+        calls += 10
+        env.sync()
+    return (time.perf_counter() - t0) / calls
 
 
 # ----------------------------------------------------------------------------------- sanitizer
