@@ -54,6 +54,7 @@ import collections
 import dataclasses
 import functools
 import math
+import os
 import threading
 
 import numpy as np
@@ -469,6 +470,13 @@ class TableMemo:
     def __init__(self, size: int = 16, max_bytes: int = 4 << 20) -> None:
         self.size, self.max_bytes = size, max_bytes
         self._items: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+        # a forked child (a DataLoader worker) starts empty, with a lock no parent thread holds
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._items = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key):

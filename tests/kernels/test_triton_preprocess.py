@@ -11,6 +11,9 @@ contract), under the interpreter on small images when there is no GPU (on a GPU,
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -289,6 +292,32 @@ def test_table_memo_evicts_least_recent_and_skips_large():
     assert memo.get("d") is None and len(memo) == 2
     memo.clear()
     assert len(memo) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_table_memo_in_a_forked_child_starts_empty_and_unlocked():
+    """A child forked while another thread holds the memo's lock neither hangs nor sees the
+    parent's (device) tables."""
+    memo = taps.TableMemo()
+    memo.put("parent", 1, 10)
+    memo._lock.acquire()  # as if another thread were inside get() at the fork
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: exit status 0 only if the memo works and is empty
+            ok = memo.get("parent") is None
+            memo.put("child", 2, 10)
+            os._exit(0 if ok and memo.get("child") == 2 else 1)
+        deadline = time.monotonic() + 20
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if done[0] == 0:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung on the memo's lock")
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        memo._lock.release()
+    assert memo.get("parent") == 1
 
 
 def test_config_round_trip_and_space():
