@@ -479,6 +479,19 @@ class TableMemo:
         self._items = collections.OrderedDict()
         self._lock = threading.Lock()
 
+    def tables(self, where, upload, view, meta, shapes, cch, *geometry) -> tuple[dict, dict]:
+        """The device tables of one call (``{name: view(buffer, offset, dtype, shape)}``) and
+        ``gpu_tables``' scalars: kept from a recent call with the same key, or built, packed and
+        sent by one ``upload(host_bytes) -> device buffer``. ``where`` names the device and the
+        stream; ``meta`` is read before ``gpu_tables`` fills it in."""
+        key = table_key(meta, shapes, cch, *geometry, where=where)
+        hit = self.get(key)
+        if hit is None:
+            packed = pack_tables(gpu_tables(meta, shapes, cch, *geometry))
+            hit = (packed.views(upload(packed.data), view), packed.scalars)
+            self.put(key, hit, packed.data.nbytes)
+        return hit
+
     def get(self, key):
         with self._lock:
             hit = self._items.get(key)

@@ -167,21 +167,12 @@ _TABLES = _taps.TableMemo()
 
 
 def _device_tables(dev: int, meta, shapes, cch, *geometry):
-    """The kernel's tables on the current device (a dict of cupy arrays) and ``gpu_tables``'
-    scalars: one host-to-device copy of one packed buffer, or none when this geometry was
-    uploaded lately (see ``taps.TableMemo``)."""
+    """The kernel's tables on the current device (cupy arrays) and ``gpu_tables``' scalars: one
+    host-to-device copy of one packed buffer, or none when this geometry was uploaded lately."""
     import cupy
 
-    key = _taps.table_key(meta, shapes, cch, *geometry,
-                          where=(dev, cupy.cuda.get_current_stream().ptr))
-    hit = _TABLES.get(key)
-    if hit is not None:
-        return hit
-    packed = _taps.pack_tables(_taps.gpu_tables(meta, shapes, cch, *geometry))
-    buf = cupy.asarray(packed.data)
-    hit = (packed.views(buf, _view), packed.scalars)
-    _TABLES.put(key, hit, packed.data.nbytes)
-    return hit
+    return _TABLES.tables((dev, cupy.cuda.get_current_stream().ptr), cupy.asarray, _view,
+                          meta, shapes, cch, *geometry)
 
 
 def _view(buf, offset: int, dtype: np.dtype, shape: tuple):

@@ -262,21 +262,18 @@ _TABLES = _taps.TableMemo()
 
 
 def _device_tables(device, meta, shapes, cch, *geometry):
-    """The kernel's tables on ``device`` (a dict of tensors) and ``gpu_tables``' scalars: one
+    """The kernel's tables on ``device`` (tensors) and ``gpu_tables``' scalars: one
     host-to-device copy of one packed buffer, or none when this geometry was uploaded lately."""
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
-    key = _taps.table_key(meta, shapes, cch, *geometry, where=(str(device), stream))
-    hit = _TABLES.get(key)
-    if hit is not None:
-        return hit
-    packed = _taps.pack_tables(_taps.gpu_tables(meta, shapes, cch, *geometry))
-    host = torch.from_numpy(packed.data)
+    return _TABLES.tables((str(device), stream), lambda data: _upload(data, device), _view,
+                          meta, shapes, cch, *geometry)
+
+
+def _upload(data: np.ndarray, device: torch.device) -> torch.Tensor:
+    host = torch.from_numpy(data)
     if device.type == "cuda":
         host = host.pin_memory()  # torch's caching host allocator: the copy below is async
-    buf = host.to(device, non_blocking=True)
-    hit = (packed.views(buf, _view), packed.scalars)
-    _TABLES.put(key, hit, packed.data.nbytes)
-    return hit
+    return host.to(device, non_blocking=True)
 
 
 def _view(buf: torch.Tensor, offset: int, dtype: np.dtype, shape: tuple) -> torch.Tensor:
