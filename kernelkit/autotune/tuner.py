@@ -94,6 +94,7 @@ def split_candidates(
     there instead, before it is asked `supports`, which would import (and so compile) its kernel
     module on the caller's time."""
     usable, skipped = [], {}
+    home: list[float | None] = []  # the data's device's vendor roofline, once it is needed
     for c in cands:
         if settings.backend and c.backend != settings.backend:
             skipped[c.name] = f"KERNELKIT_BACKEND={settings.backend}"
@@ -109,7 +110,8 @@ def split_candidates(
               and not settings.backend and threads.torch_team_forked()):
             skipped[c.name] = (f"{problem.lib} data in a forked process, where torch's "
                                f"multi-threaded OpenMP regions hang")
-        elif (reason := c.precheck(problem)) is not None:
+        elif (reason := c.precheck(problem)
+              or _far_from_data(c, problem, settings, cands, home)) is not None:
             skipped[c.name] = reason
         elif pending is not None and c.compiles and not compiling.ready(c.module, problem.dtype):
             pending.append(c)
@@ -125,6 +127,42 @@ def split_candidates(
             raise ValueError(f"{problem.op}: the forced {' '.join(forced)} cannot run this call ({why})")
         raise ValueError(f"{problem.op}: no candidate can run this call ({why})")
     return usable, skipped
+
+
+# A kernel that must still be compiled, on another device than the data, is not compiled for a
+# call whose cost model (roofline plus both copies over the link) puts it this many times behind
+# the vendor on the data's device. Why: on an H200 a patched ResNet-50 (float16, CUDA tensors)
+# did not finish its first call in 120 s with compiles in the foreground (docs/performance.md,
+# "GPU, first run"); by the code, the Numba CPU kernels were candidates for that data and compiled
+# on the caller's time (the likely part of those 120 s, not timed there), while the cost model
+# puts them thousands of times behind cuDNN. The margin is wide (the roofline alone can be off
+# by a few times); what comes within it is compiled as before.
+FAR_FROM_DATA = 20.0
+
+
+def _home_roofline(problem: Problem, cands: list[Candidate]) -> float | None:
+    """The roofline seconds of the fastest vendor on the data's own device that can run it."""
+    times = [model.roofline_seconds(c, problem) for c in cands
+             if c.vendor and c.device == problem.device and c.precheck(problem) is None]
+    return min(times) if times else None
+
+
+def _far_from_data(c: Candidate, problem: Problem, settings: Settings, cands: list[Candidate],
+                   home: list[float | None]) -> str | None:
+    """Why `c` is not compiled for `problem` (FAR_FROM_DATA), or None; `home` memoises the
+    vendor's roofline across one call's candidates. A forced device or backend is obeyed."""
+    if (not c.compiles or c.device == problem.device or settings.device or settings.backend
+            or compiling.ready(c.module, problem.dtype)):
+        return None
+    if not home:
+        home.append(_home_roofline(problem, cands))
+    if home[0] is None:
+        return None
+    t = model.roofline_seconds(c, problem)
+    if t <= FAR_FROM_DATA * home[0]:
+        return None
+    return (f"{problem.device} data: by the cost model {t / home[0]:.0f}x the {problem.device} "
+            f"vendor's time with both copies; not compiled for it")
 
 
 def default_choice(problem: Problem, usable: list[Candidate]) -> Choice:

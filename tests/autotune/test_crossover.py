@@ -270,3 +270,30 @@ def test_an_unaligned_size_is_not_predicted_from_aligned_ones_with_confidence():
     assert model.lane_alignment("matmul", ((1, 1000, 3), (1, 3, 1000))) == 0
     assert model.lane_alignment("matmul", ((1, 7, 64), (1, 64, 32))) == model.ALIGN_CAP
     assert model.lane_alignment("preprocess", ((3, 480, 640, 3), (224, 224))) == model.ALIGN_CAP
+
+
+def test_a_kernel_far_from_the_data_is_not_compiled_for_it(fake_gpu):
+    """CUDA data: a CPU kernel that still has to compile is skipped, with the cost model's
+    reason, where its roofline with both copies is FAR_FROM_DATA times the GPU vendor's; it is
+    compiled as before where it comes within that, and whenever the device or backend is forced."""
+    def cand(device, roofline, vendor=False, compiles=False):
+        return Candidate("matmul", "vend" if vendor else "jit", device, "torch", lambda p: None,
+                         lambda p: [{}], lambda p, c: (lambda: "ok"), vendor=vendor,
+                         roofline=roofline, module="kernelkit.kernels.numba.matmul",
+                         compiles=compiles)
+    cands = [cand("cuda", (1e-5, 5e14, 2e12), vendor=True),
+             cand("cpu", (6e-6, 1.2e11, 2e10), compiles=True)]
+
+    def split(n, **knobs):
+        p = Problem("matmul", ((1, n, n), (1, n, n)), "float16", "NN", "torch", "cuda",
+                    flops=2.0 * n**3, nbytes=3 * n * n * 2)
+        pending = []
+        usable, skipped = tuner.split_candidates(p, cands, Settings(**knobs), pending)
+        return [c.name for c in usable], [c.name for c in pending], skipped
+
+    usable, pending, skipped = split(4096)  # ~2 s on the CPU against ~0.3 ms: far
+    assert usable == ["vend-cuda"] and pending == []
+    assert "not compiled" in skipped["jit-cpu"] and "cost model" in skipped["jit-cpu"]
+    assert split(8) [1] == ["jit-cpu"]  # tiny: launch costs dominate, it stays a candidate
+    assert split(4096, device="cpu")[1] == ["jit-cpu"]  # forced: compiled as asked
+    assert split(4096, backend="jit")[1] == ["jit-cpu"]
