@@ -741,7 +741,7 @@ def patched_model_check(env: Env, name: str, batch: int, size: int, run_s: float
             else:
                 os.environ["KERNELKIT_COMPILE"] = before
         return row
-    return Check(f"bench dispatched patched {name} batch {batch}", run, run_s=run_s,
+    return Check(f"bench patched model {name} batch {batch}", run, run_s=run_s,
                  bench="bench_patched_model")
 
 
