@@ -747,7 +747,8 @@ def patched_model_check(env: Env, name: str, batch: int, size: int, run_s: float
 
 def vendor_path_check(env: Env, n: int, run_s: float) -> Check:
     """The same cuBLAS product three ways, in bursts and sustained: `torch.matmul`, the torch
-    candidate's 2-D launcher (which sets and restores the TF32 flag around it) and
+    candidate's 2-D launcher (which set and restored the TF32 flag around every CUDA call at the
+    first run, and now only around float32 ones whose flag differs: `kernels/torch/_tf32.py`) and
     `kernelkit.matmul` forced onto the torch candidate. On the first H200 run the op through the
     torch candidate took 0.201 ms at 4096^3 fp16 against 0.182 for `torch.matmul`, and the tuner,
     timing back to back, saw cuBLAS at 8192^3 14-20% slower than do_bench did."""

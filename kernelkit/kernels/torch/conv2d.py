@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from kernelkit.kernels.config import VendorConfig
 from kernelkit.kernels.config import vendor_space as space  # noqa: F401 - the module surface
 
+from ._tf32 import with_tf32
 from .matmul import ACTIVATION_FNS
 
 CONFIG = VendorConfig
@@ -36,14 +37,7 @@ def _pad(x: torch.Tensor, padding) -> tuple[torch.Tensor, tuple[int, int]]:
 
 
 def _with_tf32(x: torch.Tensor, allow_tf32: bool, fn):
-    if not x.is_cuda:
-        return fn()
-    prev = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = allow_tf32
-    try:
-        return fn()
-    finally:
-        torch.backends.cudnn.allow_tf32 = prev
+    return with_tf32(torch.backends.cudnn, x, allow_tf32, fn)
 
 
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activation, layout,

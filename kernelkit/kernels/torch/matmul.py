@@ -11,6 +11,8 @@ from kernelkit.kernels import torch_activations
 from kernelkit.kernels.config import VendorConfig
 from kernelkit.kernels.config import vendor_space as space  # noqa: F401 - the module surface
 
+from ._tf32 import with_tf32
+
 CONFIG = VendorConfig
 
 ACTIVATION_FNS = torch_activations()
@@ -26,15 +28,11 @@ def matmul_forward(
 ) -> torch.Tensor:
     """act(a @ b + bias) for (B, M, K) @ (B, K, N) tensors on one device (or 2-D ones).
 
-    TF32 is switched per call (and restored), so it is never on by surprise.
+    TF32 is switched per float32 CUDA call where it differs (and restored), so it is never on by
+    surprise.
     """
     if a.is_cuda:
-        prev = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-        try:
-            c = _matmul(a, b, bias)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = prev
+        c = with_tf32(torch.backends.cuda.matmul, a, allow_tf32, lambda: _matmul(a, b, bias))
     else:
         c = _matmul(a, b, bias)
     if activation is not None:
