@@ -20,8 +20,8 @@ from pathlib import Path
 # Estimated seconds per compile (Triton 3.6 / NVRTC on the GPU machine's host CPU). The first
 # run on an H200 machine (2026-12-04, docs/gpu-runs/2026-12-04-h200) measured 0.60 s per compile
 # in the correctness phase (75 compiles, mostly Triton matmul and conv) and 0.93 s in the sweep
-# (68, conv-heavy), 2.1-2.3 s for one CuPy/NVRTC build: these rates (the whole run took 377 s of
-# the 471 s its plan estimated). A run records the real counts and seconds per phase
+# (68, conv-heavy), 2.1-2.3 s for one CuPy/NVRTC build: these rates (its phases took 234 s where
+# the plan then estimated 456). A run records the real counts and seconds per phase
 # (results.json "phases").
 COMPILE_S = {
     "triton.matmul": 0.6,
