@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,20 @@ _calls: dict[tuple[str, str], int] = {}  # op calls per (cache, key) that were n
 def clear_memo() -> None:
     _memo.clear()
     _calls.clear()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (a DataLoader or multiprocessing worker) asks again what the parent
+    decided: a parent's choice of torch's CPU op for numpy data hung in a child forked after
+    torch's OpenMP team ran (a conv2d under tune="off", 2 threads), and `split_candidates` leaves
+    torch out there (threads.torch_team_forked). A new epoch makes every per-call plan memo miss
+    once; each decision is then a memo or cache lookup again."""
+    clear_memo()
+    _settings.new_epoch()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def split_candidates(

@@ -295,3 +295,40 @@ def test_bad_bias_and_mixed_devices(rng):
         kernelkit.conv2d(x, w, rand(rng, (3,)))
     with pytest.raises(ValueError, match="is on meta"):
         kernelkit.conv2d(torch.ones(1, 3, 8, 8), torch.ones(2, 3, 3, 3, device="meta"))
+
+
+def test_a_parents_torch_choice_for_numpy_data_is_asked_again_in_a_forked_worker():
+    """The parent's plan for numpy data runs torch's conv (tune="off": the vendor by default);
+    a multiprocessing worker forked after torch's OpenMP team ran hung on it (GNU OpenMP's team
+    does not survive a fork). The worker now decides again at its first call, without torch."""
+    import subprocess
+    import sys
+
+    code = """if True:
+        import multiprocessing as mp
+        import numpy as np
+        import torch
+        import kernelkit
+        from kernelkit.autotune import tuner
+        torch.set_num_threads(2)
+        x = np.random.default_rng(0).standard_normal((2, 16, 32, 32), dtype=np.float32)
+        w = np.random.default_rng(1).standard_normal((16, 16, 3, 3), dtype=np.float32)
+        torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w))  # the team ran
+        with kernelkit.use(tune="off"):
+            y = kernelkit.conv2d(x, w, padding=1)  # the plan: torch's conv
+        ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1)
+
+        def work(_):
+            with kernelkit.use(tune="off"):
+                out = kernelkit.conv2d(x, w, padding=1)
+            return float(np.abs(out - ref.numpy()).max()), [c.candidate for c in tuner._memo.values()]
+
+        with mp.get_context("fork").Pool(1) as pool:
+            err, chosen = pool.apply_async(work, (0,)).get(timeout=90)
+        assert err < 1e-3 and "torch-cpu" not in chosen, (err, chosen)
+        assert float(np.abs(y - ref.numpy()).max()) < 1e-3
+        print("ok")
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
