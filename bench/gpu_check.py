@@ -719,14 +719,7 @@ def patched_model_check(env: Env, name: str, batch: int, size: int, run_s: float
                 row["first_call_s"] = round(time.perf_counter() - t0, 2)
                 for mode in ("infer", "train"):
                     fns = pair.fns(mode, compiled=False)
-                    t0, calls = time.perf_counter(), 0
-                    limit = 2 * (_route.TRIAL_CALLS + 1) * len(pair.report.swapped)
-                    while calls <= limit:
-                        fns["patched"]()
-                        calls += 1
-                        if not _route.pending(pair.pat, grad=mode == "train"):
-                            break
-                    row[f"{mode}_settle_s"] = round(time.perf_counter() - t0, 2)
+                    row[f"{mode}_settle_s"] = round(pair.settle(mode, fns)[1], 2)
                     times = interleaved_times(fns, 3 if env.dry else 10)
                     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
                     row[f"{mode}_torch_ms"] = med["torch"] * 1e3

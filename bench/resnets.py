@@ -218,6 +218,22 @@ class Pair:
         self.pat.load_state_dict(self.ref.state_dict())
         return time.perf_counter() - t0
 
+    def settle(self, mode: str, fns: dict) -> tuple[int, float]:
+        """Call ``fns["patched"]`` (the patched model in `mode`) until every kernel-routed
+        layer's in-model trial decided it (kernelkit.nn._route.InContext, one layer at a time),
+        or for a bound of calls; (calls, seconds)."""
+        import time
+
+        from kernelkit.nn import _route
+
+        limit = 2 * (_route.TRIAL_CALLS + 1) * len(self.report.swapped)
+        calls, t0 = 0, time.perf_counter()
+        while True:
+            fns["patched"]()
+            calls += 1
+            if not _route.pending(self.pat, grad=mode == "train") or calls > limit:
+                return calls, time.perf_counter() - t0
+
     def fns(self, mode: str, compiled: bool) -> dict:
         """The variants' calls for `mode` ("infer": eval + no_grad; "train": one step)."""
         models = {"torch": self.ref, "patched": self.pat}

@@ -110,15 +110,9 @@ def main() -> int:
                 # each kernel-routed layer's first calls alternate its kernel with torch's op,
                 # one layer at a time (kernelkit.nn._route.InContext): settled before anything
                 # is timed or traced
-                settle, t0 = 0, time.perf_counter()
-                while True:
-                    fns["patched"]()
-                    settle += 1
-                    if (not _route.pending(pair.pat, grad=mode == "train")
-                            or settle > 2 * (_route.TRIAL_CALLS + 1) * len(pair.report.swapped)):
-                        break
+                settle, settle_s = pair.settle(mode, fns)
                 print(f"  {mode}: in-model trials settled after {settle} calls "
-                      f"({time.perf_counter() - t0:.1f} s)", flush=True)
+                      f"({settle_s:.1f} s)", flush=True)
                 for label, fn in fns.items():  # routes for this mode (cache hits); compiles
                     t0 = time.perf_counter()
                     fn()
