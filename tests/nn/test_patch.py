@@ -43,6 +43,48 @@ def test_patch_keeps_spectral_norm_forward_pre_hook(backend):
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
+class _Symmetric(nn.Module):
+    def forward(self, w):
+        return w.triu() + w.triu(1).transpose(0, 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_patched_layer_reads_parametrized_normed_and_reassigned_weights(kind, backend):
+    # the layer reads its weight and bias from its parameter dict (nn.Module.__getattr__ costs
+    # 0.5 us a read); a parametrization, weight_norm's hook and a weight or bias assigned after
+    # the first call must still be what the layer computes with
+    torch.manual_seed(0)
+    make = ((lambda: nn.Linear(6, 6)) if kind == "linear"
+            else (lambda: nn.Conv2d(6, 6, 1)))
+    x = torch.randn(3, 6, dtype=torch.float64) if kind == "linear" \
+        else torch.randn(2, 6, 5, 5, dtype=torch.float64)
+    plain = [make().double() for _ in range(3)]
+    plain[1] = torch.nn.utils.weight_norm(plain[1])
+    with torch.no_grad():
+        wants = [m(x) for m in plain]
+    patched = [knn.patch(m).model for m in plain]  # (a weight-normed layer does not deepcopy)
+    assert all(isinstance(m, (knn.Linear, knn.Conv2d)) for m in patched)
+    # patch leaves a parametrized torch layer alone (its class is a subclass); a kernelkit layer
+    # parametrized after patching keeps kernelkit's forward
+    parametrize = torch.nn.utils.parametrize.register_parametrization
+    parametrize(plain[0], "weight", _Symmetric())
+    parametrize(patched[0], "weight", _Symmetric())
+    assert isinstance(patched[0], (knn.Linear, knn.Conv2d))
+    with torch.no_grad():
+        wants[0] = plain[0](x)
+    with torch.no_grad(), kernelkit.use(backend=backend):
+        for want, got in zip(wants, patched, strict=True):
+            torch.testing.assert_close(got(x), want, rtol=1e-10, atol=1e-10)
+        layer = patched[2]
+        layer(x)  # the route is memoised; the parameters are read per call
+        layer.weight = nn.Parameter(torch.randn_like(layer.weight))
+        layer.bias = None
+        want = (torch.nn.functional.linear(x, layer.weight) if kind == "linear"
+                else torch.nn.functional.conv2d(x, layer.weight))
+        torch.testing.assert_close(layer(x), want, rtol=1e-10, atol=1e-10)
+
+
 def test_patch_keeps_forward_and_backward_hooks_and_their_handles():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 3))
