@@ -24,6 +24,7 @@ from .dispatch import (
     explain_call,
     jit_tracing,
     needs_grad,
+    plain_signature3,
     plan_for,
     signature3,
     torch_only,
@@ -67,6 +68,11 @@ def conv2d(x: Any, weight: Any, bias: Any = None, *, stride=1, padding=0, dilati
         >>> kernelkit.conv2d(x, w, padding="same", activation="relu").shape
         (1, 8, 32, 32)
     """
+    extras = (_hashable(stride), _hashable(padding), _hashable(dilation), groups, activation,
+              layout, allow_tf32)
+    plan = _FORWARD.get(plain_signature3(x, weight, bias, extras))  # a repeated call
+    if plan is not None:
+        return plan(x, weight, bias)
     if type(x) is not _NDARRAY and torch_only(x, weight, bias):  # vmap, meta, ...: torch's ops
         check_activation("conv2d", activation)
         geo = _op_geometry("conv2d", x, x.shape, weight.shape, stride, padding, dilation, groups,
@@ -79,8 +85,6 @@ def conv2d(x: Any, weight: Any, bias: Any = None, *, stride=1, padding=0, dilati
         geo = _op_geometry("conv2d", x, x.shape, weight.shape, stride, padding, dilation, groups,
                            layout)
         return conv2d_op()(x, weight, bias, *geo, activation, layout, allow_tf32)
-    extras = (_hashable(stride), _hashable(padding), _hashable(dilation), groups, activation,
-              layout, allow_tf32)
     sig = signature3(x, weight, bias, extras)
     plan = _FORWARD.get(sig) if sig is not None else None
     if plan is None:
@@ -104,6 +108,11 @@ def conv2d_backward_input(grad_out: Any, weight: Any, input_shape, *, stride=1, 
     Returns:
         dx, shaped like the forward input.
     """
+    extras = (tuple(input_shape), _hashable(stride), _hashable(padding), _hashable(dilation),
+              groups, layout, allow_tf32)
+    plan = _BWD_INPUT.get(plain_signature3(grad_out, weight, None, extras))
+    if plan is not None:
+        return plan(grad_out, weight)
     if type(grad_out) is not _NDARRAY and torch_only(grad_out, weight):
         shape = [int(v) for v in input_shape]
         geo = _op_geometry("conv2d_backward_input", grad_out, shape, weight.shape, stride,
@@ -118,8 +127,6 @@ def conv2d_backward_input(grad_out: Any, weight: Any, input_shape, *, stride=1, 
         geo = _op_geometry("conv2d_backward_input", grad_out, shape, weight.shape, stride,
                            padding, dilation, groups, layout)
         return conv2d_backward_ops()[0](grad_out, weight, shape, *geo, layout, allow_tf32)
-    extras = (tuple(input_shape), _hashable(stride), _hashable(padding), _hashable(dilation),
-              groups, layout, allow_tf32)
     sig = signature3(grad_out, weight, None, extras)
     plan = _BWD_INPUT.get(sig) if sig is not None else None
     if plan is None:
@@ -142,6 +149,11 @@ def conv2d_backward_weight(x: Any, grad_out: Any, weight_shape, *, stride=1, pad
     Returns:
         dw of shape `weight_shape`. The bias gradient is ``grad_out.sum((0, 2, 3))``.
     """
+    extras = (tuple(weight_shape), _hashable(stride), _hashable(padding), _hashable(dilation),
+              groups, layout, allow_tf32)
+    plan = _BWD_WEIGHT.get(plain_signature3(x, grad_out, None, extras))
+    if plan is not None:
+        return plan(x, grad_out)
     if type(x) is not _NDARRAY and torch_only(x, grad_out):
         shape = [int(v) for v in weight_shape]
         geo = _op_geometry("conv2d_backward_weight", x, x.shape, shape, stride, padding, dilation,
@@ -155,8 +167,6 @@ def conv2d_backward_weight(x: Any, grad_out: Any, weight_shape, *, stride=1, pad
         geo = _op_geometry("conv2d_backward_weight", x, x.shape, shape, stride, padding, dilation,
                            groups, layout)
         return conv2d_backward_ops()[1](x, grad_out, shape, *geo, layout, allow_tf32)
-    extras = (tuple(weight_shape), _hashable(stride), _hashable(padding), _hashable(dilation),
-              groups, layout, allow_tf32)
     sig = signature3(x, grad_out, None, extras)
     plan = _BWD_WEIGHT.get(sig) if sig is not None else None
     if plan is None:

@@ -22,6 +22,7 @@ from .dispatch import (
     explain_call,
     jit_tracing,
     needs_grad,
+    plain_signature3,
     plan_for,
     signature3,
     torch_only,
@@ -72,6 +73,9 @@ def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
         sig = (a.dtype, a.shape, a.strides, b.dtype, b.shape, b.strides, activation,
                allow_tf32, _settings.token())
     else:
+        plan = _PLANS.get(plain_signature3(a, b, bias, (activation, allow_tf32)))  # a repeat
+        if plan is not None:
+            return plan(a, b, bias)
         if torch_only(a, b, bias):  # vmap, grad, jvp, meta, FakeTensor...: torch's own ops
             return _with_torch(a, b, bias, activation)
         if jit_tracing():  # torch.jit.trace records the registered op (see jit_tracing)

@@ -248,6 +248,7 @@ def test_a_kernel_routed_training_step_runs_bound_plans_only(channels_last, monk
             raise AssertionError("a bound training step went through public dispatch")
 
         monkeypatch.setattr(ops_conv2d, "signature3", no_dispatch)
+        monkeypatch.setattr(ops_conv2d, "plain_signature3", no_dispatch)
         monkeypatch.setattr(ops_conv2d, "plan_for", no_dispatch)
         got = step()
     (route,) = layer._kk_routes.values()

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch.func import grad, jvp, vmap
 
 import kernelkit
+from kernelkit.ops import conv2d as C
+from kernelkit.ops import matmul as M
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 
@@ -40,11 +42,20 @@ def _args(op):
     return _t(2, 3, 7, 8, seed=1), _t(4, 3, 3, 2, seed=2), _t(4, seed=3)
 
 
+def _memoise(op, args) -> None:
+    """Call the op until its plan for these plain tensors is memoised, so that the calls under a
+    transform or mode that follow meet the op's repeated-call path (`plain_signature3`)."""
+    memo = M._PLANS if op is MATMUL else C._FORWARD
+    for _ in range(3):
+        op[0](*args)
+    assert any(k[0] == "pt" and k[2] == args[0].shape for k in memo), "no plan memoised"
+
+
 @pytest.mark.parametrize("op", [MATMUL, CONV], ids=["matmul", "conv2d"])
 def test_vmap_and_grad_of_an_op_give_torchs(op):
     ours, theirs = op
     args = _args(op)
-    ours(*args)  # a Numba plan memoised for these sizes first
+    _memoise(op, args)  # a Numba plan memoised for these sizes first
     xs = torch.stack([args[0], -args[0], 0.5 * args[0]])
     torch.testing.assert_close(vmap(ours, in_dims=(0, None, None))(xs, *args[1:]),
                                vmap(theirs, in_dims=(0, None, None))(xs, *args[1:]), **TOL)
@@ -60,7 +71,7 @@ def test_forward_mode_ad_through_an_op_keeps_the_tangent(op):
     ours, theirs = op
     args = _args(op)
     tangents = tuple(torch.randn_like(a) for a in args)
-    ours(*args)
+    _memoise(op, args)
     with fwAD.dual_level():
         duals = [fwAD.make_dual(a, t) for a, t in zip(args, tangents)]
         got = fwAD.unpack_dual(ours(*duals))
@@ -75,6 +86,11 @@ def test_conv2d_backward_ops_under_vmap_give_torchs():
     x, w = _t(2, 3, 7, 8, seed=1), _t(4, 3, 3, 2, seed=2)
     dy = _t(3, 2, 4, 4, 7, seed=3)  # a vmapped batch of 3 output gradients
     geo = dict(stride=(2, 1), padding=(1, 0), dilation=1, groups=1)
+    for _ in range(3):  # Numba plans memoised first
+        kernelkit.conv2d_backward_input(dy[0], w, x.shape, **geo)
+        kernelkit.conv2d_backward_weight(x, dy[0], w.shape, **geo)
+    assert any(k[2] == dy[0].shape for k in C._BWD_INPUT) and any(k[2] == x.shape
+                                                                  for k in C._BWD_WEIGHT)
     dx = vmap(lambda g: kernelkit.conv2d_backward_input(g, w, x.shape, **geo))(dy)
     dw = vmap(lambda g: kernelkit.conv2d_backward_weight(x, g, w.shape, **geo))(dy)
     want_dx = vmap(lambda g: torch.nn.grad.conv2d_input(x.shape, w, g, (2, 1), (1, 0)))(dy)
@@ -98,7 +114,7 @@ def test_an_op_on_meta_fake_and_subclassed_tensors_and_under_a_flop_counter(op):
     ours, theirs = op
     args = _args(op)
     want = theirs(*args)
-    ours(*args)
+    _memoise(op, args)
     assert ours(*(a.to("meta") for a in args)).shape == want.shape
     with FakeTensorMode() as mode:
         assert ours(*(mode.from_tensor(a) for a in args)).shape == want.shape
@@ -112,3 +128,15 @@ def test_an_op_on_meta_fake_and_subclassed_tensors_and_under_a_flop_counter(op):
             fn(*args)
         counts.append(counter.get_total_flops())
     assert counts[0] == counts[1] > 0
+
+
+def test_a_sparse_operand_after_a_dense_one_with_its_strides_takes_torchs_path():
+    # a sparse COO tensor reports strides (0, 0), as a broadcast scalar does: the repeated-call
+    # path must not find the dense operand's Numba plan for it
+    a = torch.tensor(1.5).expand(4, 6)
+    b = _t(6, 3, seed=2)
+    for _ in range(3):
+        torch.testing.assert_close(kernelkit.matmul(a, b), a @ b, **TOL)
+    sparse = (_t(4, 6, seed=1) * (_t(4, 6, seed=3) > 0.5)).to_sparse()
+    assert sparse.stride() == a.stride()
+    torch.testing.assert_close(kernelkit.matmul(sparse, b), sparse.to_dense() @ b, **TOL)
