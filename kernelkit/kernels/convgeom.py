@@ -86,7 +86,8 @@ def problem_sizes(problem: Any) -> tuple[int, int, int, int, int, int, int]:
 
 # -- user-facing checks (the ops layer): TypeError for a wrong type, ValueError for a bad value --
 def _is_int_like(v) -> bool:
-    return hasattr(v, "__index__") and not isinstance(v, bool)
+    # (a numpy array has __index__ at every size; only a 0-d one is an int)
+    return hasattr(v, "__index__") and not isinstance(v, bool) and getattr(v, "ndim", 0) == 0
 
 
 def check_pair(op: str, name: str, v, *, minimum: int) -> tuple[int, int]:

@@ -70,7 +70,10 @@ def conv2d(x: Any, weight: Any, bias: Any = None, *, stride=1, padding=0, dilati
     """
     extras = (_hashable(stride), _hashable(padding), _hashable(dilation), groups, activation,
               layout, allow_tf32)
-    plan = _FORWARD.get(plain_signature3(x, weight, bias, extras))  # a repeated call
+    try:  # a repeated call (an unhashable argument: the checked path below says what is wrong)
+        plan = _FORWARD.get(plain_signature3(x, weight, bias, extras))
+    except TypeError:
+        plan = None
     if plan is not None:
         return plan(x, weight, bias)
     if type(x) is not _NDARRAY and torch_only(x, weight, bias):  # vmap, meta, ...: torch's ops
@@ -86,7 +89,7 @@ def conv2d(x: Any, weight: Any, bias: Any = None, *, stride=1, padding=0, dilati
                            layout)
         return conv2d_op()(x, weight, bias, *geo, activation, layout, allow_tf32)
     sig = signature3(x, weight, bias, extras)
-    plan = _FORWARD.get(sig) if sig is not None else None
+    plan = _FORWARD.find(sig)
     if plan is None:
         plan = _FORWARD.store(sig, plan_for(prepare_forward(
             x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups,
@@ -110,7 +113,10 @@ def conv2d_backward_input(grad_out: Any, weight: Any, input_shape, *, stride=1, 
     """
     extras = (tuple(input_shape), _hashable(stride), _hashable(padding), _hashable(dilation),
               groups, layout, allow_tf32)
-    plan = _BWD_INPUT.get(plain_signature3(grad_out, weight, None, extras))
+    try:
+        plan = _BWD_INPUT.get(plain_signature3(grad_out, weight, None, extras))
+    except TypeError:
+        plan = None
     if plan is not None:
         return plan(grad_out, weight)
     if type(grad_out) is not _NDARRAY and torch_only(grad_out, weight):
@@ -128,7 +134,7 @@ def conv2d_backward_input(grad_out: Any, weight: Any, input_shape, *, stride=1, 
                            padding, dilation, groups, layout)
         return conv2d_backward_ops()[0](grad_out, weight, shape, *geo, layout, allow_tf32)
     sig = signature3(grad_out, weight, None, extras)
-    plan = _BWD_INPUT.get(sig) if sig is not None else None
+    plan = _BWD_INPUT.find(sig)
     if plan is None:
         plan = _BWD_INPUT.store(sig, plan_for(prepare_backward_input(
             grad_out, weight, input_shape, stride=stride, padding=padding, dilation=dilation,
@@ -151,7 +157,10 @@ def conv2d_backward_weight(x: Any, grad_out: Any, weight_shape, *, stride=1, pad
     """
     extras = (tuple(weight_shape), _hashable(stride), _hashable(padding), _hashable(dilation),
               groups, layout, allow_tf32)
-    plan = _BWD_WEIGHT.get(plain_signature3(x, grad_out, None, extras))
+    try:
+        plan = _BWD_WEIGHT.get(plain_signature3(x, grad_out, None, extras))
+    except TypeError:
+        plan = None
     if plan is not None:
         return plan(x, grad_out)
     if type(x) is not _NDARRAY and torch_only(x, grad_out):
@@ -168,7 +177,7 @@ def conv2d_backward_weight(x: Any, grad_out: Any, weight_shape, *, stride=1, pad
                            groups, layout)
         return conv2d_backward_ops()[1](x, grad_out, shape, *geo, layout, allow_tf32)
     sig = signature3(x, grad_out, None, extras)
-    plan = _BWD_WEIGHT.get(sig) if sig is not None else None
+    plan = _BWD_WEIGHT.find(sig)
     if plan is None:
         plan = _BWD_WEIGHT.store(sig, plan_for(prepare_backward_weight(
             x, grad_out, weight_shape, stride=stride, padding=padding, dilation=dilation,

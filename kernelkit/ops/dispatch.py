@@ -201,7 +201,23 @@ class PlanMemo(dict):
 
     MAX = 4096
 
+    def find(self, sig: tuple | None) -> Plan | None:
+        """The plan memoised for `sig`; None for none, for a None signature, and for one
+        holding an unhashable argument (a padding given as a numpy array: the op's checks then
+        say what is wrong with it, where the lookup raised "unhashable type")."""
+        if sig is None:
+            return None
+        try:
+            return self.get(sig)
+        except TypeError:
+            return None
+
     def store(self, sig: tuple | None, plan: Plan) -> Plan:
+        if sig is not None:
+            try:
+                hash(sig)
+            except TypeError:  # an argument the op accepted but cannot key: not memoised
+                sig = None
         if isinstance(plan, (_Recheck, Warming)):
             plan.memo, plan.sig = self, sig
         if sig is not None:

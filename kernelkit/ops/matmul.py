@@ -73,7 +73,10 @@ def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
         sig = (a.dtype, a.shape, a.strides, b.dtype, b.shape, b.strides, activation,
                allow_tf32, _settings.token())
     else:
-        plan = _PLANS.get(plain_signature3(a, b, bias, (activation, allow_tf32)))  # a repeat
+        try:  # a repeated call
+            plan = _PLANS.get(plain_signature3(a, b, bias, (activation, allow_tf32)))
+        except TypeError:
+            plan = None
         if plan is not None:
             return plan(a, b, bias)
         if torch_only(a, b, bias):  # vmap, grad, jvp, meta, FakeTensor...: torch's own ops
@@ -83,7 +86,10 @@ def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
 
             return matmul_op()(a, b, bias, activation, allow_tf32)
         sig = signature3(a, b, bias, (activation, allow_tf32))
-    plan = _PLANS.get(sig) if sig is not None else None
+    try:  # (inline, not PlanMemo.find: a numpy call's whole lookup; zero-cost unless raised)
+        plan = _PLANS.get(sig) if sig is not None else None
+    except TypeError:  # an unhashable argument: prepare's checks say what is wrong with it
+        plan = None
     if plan is None:
         plan = _PLANS.store(sig, plan_for(prepare(a, b, bias=bias, activation=activation,
                                                    allow_tf32=allow_tf32)))

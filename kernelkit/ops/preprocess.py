@@ -105,7 +105,7 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
                       channel_order, out_dtype, layout, stats_unit))
     sig = signature(tuple(images) if ragged else (images,), (ragged, extras)) \
         if extras is not None else None
-    plan = _PLANS.get(sig) if sig is not None else None
+    plan = _PLANS.find(sig)
     if plan is None:
         plan = _PLANS.store(sig, plan_for(prepare(
             images, size=size, mean=mean, std=std, crop=crop, flip=flip, rotate=rotate,

@@ -279,6 +279,16 @@ BAD = [
     (lambda r: ([[1.0]], rand(r, (2, 3, 3, 3))), {}, TypeError, "'x' must be"),
     (lambda r: (rand(r, (1, 3, 8, 8)), rand(r, (2, 3, 3, 3))), {"activation": "tanh"}, ValueError,
      "'activation'"),
+    # unhashable arguments: before, the plan memo's lookup raised "unhashable type" (or numpy's
+    # "only 0-dimensional arrays can be converted"), naming neither the op nor the argument
+    (lambda r: (rand(r, (1, 3, 8, 8)), rand(r, (2, 3, 3, 3))), {"padding": np.array([1, 1])},
+     TypeError, "'padding' must be an int or a pair of ints"),
+    (lambda r: (torch.ones(1, 3, 8, 8), torch.ones(2, 3, 3, 3)), {"stride": np.array([1, 1])},
+     TypeError, "'stride' must be an int or a pair of ints"),
+    (lambda r: (torch.ones(1, 3, 8, 8), torch.ones(2, 3, 3, 3)), {"padding": {"h": 1}},
+     TypeError, "'padding' must be an int or a pair of ints"),
+    (lambda r: (rand(r, (1, 3, 8, 8)), rand(r, (2, 3, 3, 3))), {"activation": ["relu"]},
+     ValueError, "'activation'"),
 ]
 
 

@@ -310,6 +310,10 @@ def test_bad_bias_and_activation():
         kernelkit.matmul(a, b, bias=np.ones(4, np.float64))
     with pytest.raises(ValueError, match="'activation' must be None or one of"):
         kernelkit.matmul(a, b, activation="tanh")
+    for x, y in ((a, b), (torch.from_numpy(a), torch.from_numpy(b))):
+        # an unhashable one: before, the plan memo's lookup raised "unhashable type: 'list'"
+        with pytest.raises(ValueError, match="'activation' must be None or one of"):
+            kernelkit.matmul(x, y, activation=["relu"])
 
 
 def test_forced_choice_that_cannot_run_raises():
