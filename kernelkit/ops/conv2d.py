@@ -70,10 +70,7 @@ def conv2d(x: Any, weight: Any, bias: Any = None, *, stride=1, padding=0, dilati
     """
     extras = (_hashable(stride), _hashable(padding), _hashable(dilation), groups, activation,
               layout, allow_tf32)
-    try:  # a repeated call (an unhashable argument: the checked path below says what is wrong)
-        plan = _FORWARD.get(plain_signature3(x, weight, bias, extras))
-    except TypeError:
-        plan = None
+    plan = _FORWARD.find(plain_signature3(x, weight, bias, extras))  # a repeated call
     if plan is not None:
         return plan(x, weight, bias)
     if type(x) is not _NDARRAY and torch_only(x, weight, bias):  # vmap, meta, ...: torch's ops
@@ -113,10 +110,7 @@ def conv2d_backward_input(grad_out: Any, weight: Any, input_shape, *, stride=1, 
     """
     extras = (tuple(input_shape), _hashable(stride), _hashable(padding), _hashable(dilation),
               groups, layout, allow_tf32)
-    try:
-        plan = _BWD_INPUT.get(plain_signature3(grad_out, weight, None, extras))
-    except TypeError:
-        plan = None
+    plan = _BWD_INPUT.find(plain_signature3(grad_out, weight, None, extras))
     if plan is not None:
         return plan(grad_out, weight)
     if type(grad_out) is not _NDARRAY and torch_only(grad_out, weight):
@@ -157,10 +151,7 @@ def conv2d_backward_weight(x: Any, grad_out: Any, weight_shape, *, stride=1, pad
     """
     extras = (tuple(weight_shape), _hashable(stride), _hashable(padding), _hashable(dilation),
               groups, layout, allow_tf32)
-    try:
-        plan = _BWD_WEIGHT.get(plain_signature3(x, grad_out, None, extras))
-    except TypeError:
-        plan = None
+    plan = _BWD_WEIGHT.find(plain_signature3(x, grad_out, None, extras))
     if plan is not None:
         return plan(x, grad_out)
     if type(x) is not _NDARRAY and torch_only(x, grad_out):

@@ -60,9 +60,15 @@ def torch_only(*xs) -> bool:
         return True
     if elsewhere:  # all on meta: torch's ops; meta beside CPU tensors: the op's own device error
         return not plain
-    return plain and (torch._C._are_functorch_transforms_active()
-                      or torch.autograd.forward_ad._current_level >= 0
-                      or torch._C._len_torch_dispatch_stack() > 0)
+    return plain and _thread_leaves_to_torch()
+
+
+def _thread_leaves_to_torch() -> bool:
+    """A torch.func transform, a forward-mode AD level or a TorchDispatchMode is active in this
+    thread (`torch_only`'s rule for plain tensors; `plain_signature3` asks it too)."""
+    _, tc, forward_ad = _TORCH_BITS or _bind_torch_bits()
+    return (tc._are_functorch_transforms_active() or forward_ad._current_level >= 0
+            or tc._len_torch_dispatch_stack() > 0)
 
 
 def foreign_tensors(*xs) -> bool:
@@ -162,14 +168,13 @@ def plain_signature3(a, b, c, extras: tuple) -> tuple | None:
     if ta not in TENSOR_TYPES or type(b) not in TENSOR_TYPES \
             or (c is not None and type(c) not in TENSOR_TYPES):
         return None
-    strided, tc, forward_ad = _TORCH_BITS or _bind_torch_bits()
+    strided, tc, _ = _TORCH_BITS or _bind_torch_bits()
     if a.layout is not strided or b.layout is not strided \
             or (c is not None and c.layout is not strided):
         return None
     # (under torch.jit.trace a key would miss anyway, its sizes being traced tensors; checked
     # rather than relied on)
-    if tc._are_functorch_transforms_active() or forward_ad._current_level >= 0 \
-            or tc._len_torch_dispatch_stack() or tc._get_tracing_state() is not None:
+    if _thread_leaves_to_torch() or tc._get_tracing_state() is not None:
         return None
     return signature3(a, b, c, extras)
 

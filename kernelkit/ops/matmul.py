@@ -73,10 +73,7 @@ def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
         sig = (a.dtype, a.shape, a.strides, b.dtype, b.shape, b.strides, activation,
                allow_tf32, _settings.token())
     else:
-        try:  # a repeated call
-            plan = _PLANS.get(plain_signature3(a, b, bias, (activation, allow_tf32)))
-        except TypeError:
-            plan = None
+        plan = _PLANS.find(plain_signature3(a, b, bias, (activation, allow_tf32)))  # a repeat
         if plan is not None:
             return plan(a, b, bias)
         if torch_only(a, b, bias):  # vmap, grad, jvp, meta, FakeTensor...: torch's own ops
