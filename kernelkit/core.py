@@ -100,6 +100,9 @@ class Candidate:
     # views and the batched library call (torch: 2.8 instead of 9.6 us for a 4x4 product).
     launcher_2d: Callable[[Problem, Config], Callable[..., Any] | None] = \
         lambda problem, config: None
+    # None, or why this kernel cannot take `config` (a cache entry's, written by another build
+    # of the kernel or edited by hand): the tuner then measures again instead of raising per call
+    config_error: Callable[[Config], str | None] = lambda config: None
 
     @property
     def name(self) -> str:
@@ -408,9 +411,16 @@ def _make_candidate(spec: OpSpec, backend: Backend) -> Candidate:
     def launcher_2d(p: Problem, config: Config):
         return bound(f"{spec.entry}_2d", p, config)
 
+    def config_error(config: Config) -> str | None:
+        try:
+            module().CONFIG.from_dict(config)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
     return Candidate(spec.name, backend.name, backend.device, backend.native, supports, space,
                      launcher, vendor=backend.vendor, roofline=backend.roofline_for(spec),
                      rate_scale=backend.rate_scale, precheck=precheck,
                      module=module_name, compiles=backend.compiles,
                      own_data_only=bool({spec.name, "*"} & set(backend.own_data_only)),
-                     launcher_2d=launcher_2d)
+                     launcher_2d=launcher_2d, config_error=config_error)

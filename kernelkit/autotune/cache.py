@@ -102,6 +102,12 @@ class Cache:
             self._warned.add(kind)
             warnings.warn(f"kernelkit: {message}", CacheWarning, stacklevel=4)
 
+    def unusable(self, key: str, why: str) -> None:
+        """Say (once per cache) that the entry for `key` cannot be used here, and why; the tuner
+        then treats it as a miss, and a measurement replaces it."""
+        self._warn("unusable", f"the autotune cache {self.path} has an entry this build cannot "
+                   f"run ({key}: {why}); measuring that size again")
+
     # -- reading -------------------------------------------------------------------------------
     def _read_lines(self, path: Path) -> tuple[dict[tuple[str, str], dict], dict[str, dict], int]:
         """Every record of a JSON-lines file; damaged lines are skipped with one warning."""

@@ -305,6 +305,9 @@ def decide(
     # first call that is meant to cost what the vendor's does. The decision after the compile
     # reads it (a cached vendor choice is lost for those calls only).
     entry = cache.get(key) if cache.loaded or not pending else None
+    if entry is not None and (why := _config_error(entry, usable)) is not None:
+        cache.unusable(key, why)  # (warned once) measured again below, as a miss
+        entry = None
     if not remeasure and entry is not None:
         # a provisional entry (measured while the machine was busy) is a hint, not the truth:
         # measuring modes measure it again
@@ -416,12 +419,24 @@ def saving_per_call(preds: list[model.Prediction]) -> float:
     return max(0.0, chosen - optimistic)
 
 
+def _config_error(entry: dict, usable: list[Candidate]) -> str | None:
+    """Why the cached choice's config cannot run on its candidate (if that one is usable here),
+    e.g. an entry written by another build of the kernel under the same version; else None."""
+    choice = entry["choice"]
+    cand = next((c for c in usable if c.name == choice["candidate"]), None)
+    if cand is None:
+        return None
+    why = cand.config_error(choice["config"])
+    return None if why is None else f"{cand.name} config {choice['config']}: {why}"
+
+
 def _warming_choice(problem: Problem, ready: list[Candidate], entry: dict | None) -> Choice:
     """While some candidates compile: the fastest ready one the cache has timed for this key,
     else the safe default."""
-    names = {c.name for c in ready}
+    by_name = {c.name: c for c in ready}
     timed = [Trial.from_dict(t) for t in (entry or {}).get("trials", ())]
-    timed = [t for t in timed if t.timing is not None and t.candidate in names]
+    timed = [t for t in timed if t.timing is not None and t.candidate in by_name
+             and by_name[t.candidate].config_error(t.config) is None]
     if timed:
         best = min(timed, key=_rank)
         return Choice(best.candidate, best.config, "warming")

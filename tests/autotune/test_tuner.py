@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import time
 
 import pytest
 
 from kernelkit.autotune import timing, tuner
-from kernelkit.autotune.cache import cache_for
+from kernelkit.autotune.cache import CacheWarning, cache_for
 from kernelkit.core import Candidate, Problem
 from kernelkit.settings import Settings
 
@@ -94,6 +96,41 @@ def test_choose_hits_memo_then_cache_without_measuring(tmp_path, monkeypatch):
     again = tuner.choose(p, CANDS, runner, verify, s)  # persistent cache
     assert again.candidate == first.candidate and again.source == "cache"
     assert calls == []
+
+
+def test_a_cached_config_the_kernel_cannot_take_is_measured_again(tmp_path):
+    """A cache line that parses but holds a config the kernel rejects (written by another build
+    of it under the same version, or edited) used to raise on every call of its size."""
+    takes = lambda config: None if config in ({"t": 1}, {"t": 2}) else f"no such config {config}"
+    good = dataclasses.replace(CANDS[3], config_error=takes)
+    cands = [CANDS[0], good]
+    s = Settings(cache_dir=str(tmp_path), tune="measure")
+    first = run(cands, problem(48), s)
+    assert first.choice.candidate == "good-cpu"
+    cache = cache_for(tmp_path)
+    bad = copy.deepcopy(cache.get(first.key))
+    bad["choice"]["config"] = {"t": 1, "stale": True}
+    bad["trials"] = [{**t, "config": {"t": 7}} for t in bad["trials"]]
+    cache.put(first.key, bad)
+    with pytest.warns(CacheWarning, match="cannot run") as record:
+        again = run(cands, problem(48), s)
+    assert "good-cpu config {'t': 1, 'stale': True}: no such config" in str(record[0].message)
+    assert again.choice.candidate == "good-cpu" and again.choice.source == "measured"
+    assert takes(again.choice.config) is None
+    assert takes(cache_for(tmp_path).get(first.key)["choice"]["config"]) is None  # replaced
+    # while candidates compile, a stale trial's config is not the warming choice either
+    assert tuner._warming_choice(problem(48), [good], bad).config == {"t": 1}
+
+
+def test_a_real_kernel_says_which_configs_it_cannot_take():
+    from kernelkit import core
+
+    numba = core.get("matmul", "numba-cpu")
+    p = Problem("matmul", ((1, 64, 64), (1, 64, 64)), "float32", "NN", "numpy", "cpu")
+    assert numba.config_error(numba.space(p)[0]) is None
+    assert "expected keys" in numba.config_error({"kc": 1024})
+    assert numba.config_error({**numba.space(p)[0], "mc": -5}) is not None
+    assert core.get("matmul", "torch-cpu").config_error({"x": 1}) is not None
 
 
 def test_forced_backend_that_cannot_run_raises(tmp_path):
