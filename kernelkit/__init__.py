@@ -10,6 +10,8 @@ import importlib as _importlib
 import sys as _sys
 from typing import Any
 
+import wrapt as _wrapt
+
 from . import core as _core
 from . import threads as _threads
 from ._version import __version__
@@ -54,11 +56,26 @@ def explain(op: Any, *args: Any, **kwargs: Any) -> Explanation:
     return explain_call(specs[name].prepare(*args, **kwargs))
 
 
-if "torch" in _sys.modules:  # torch is already loaded (never imported here): register the ops,
-    # so programs saved by torch.export that call them load in a fresh process
-    from .ops.torch_ops import register_all as _register_all
 
-    _register_all()
+
+def _register_torch_ops(torch_module: Any = None) -> None:
+    """Register the ops with torch, so that programs saved by torch.export that call them load in
+    a fresh process. Run by `import kernelkit` when torch is loaded already, else right after
+    torch's own import finishes (a post-import hook: kernelkit never imports torch itself, and
+    `import kernelkit` before `import torch`, the order isort writes, used to leave the ops
+    unregistered and `torch.export.load` failing)."""
+    from .ops.torch_ops import register_all
+
+    try:
+        register_all()
+    except Exception as exc:  # noqa: BLE001 - never break the user's `import torch`
+        import warnings
+
+        warnings.warn(f"kernelkit: could not register its ops with torch ({exc}); "
+                      "torch.export programs that call them will not load", stacklevel=2)
+
+
+_wrapt.register_post_import_hook(_register_torch_ops, "torch")  # now, if torch is loaded
 _core.preload_vendors()  # numpy's and (if loaded) torch's CPU kernel modules: no first call pays
 
 

@@ -502,8 +502,8 @@ def eager_conv2d():
 
 def register_all() -> None:
     """Register every kernelkit custom op (and its fake, autograd and autocast rules) with torch.
-    `import kernelkit` calls it when torch is already imported, so `torch.export.load` of a saved
-    program that uses kernelkit ops works in a fresh process."""
+    `import kernelkit` calls it once torch is imported (at once, or from a post-import hook), so
+    `torch.export.load` of a saved program that uses kernelkit ops works in a fresh process."""
     matmul_op()
     linear_op()
     conv2d_op()  # and the two backward ops

@@ -8,13 +8,18 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 from torch import nn
 
 import kernelkit.nn as knn
 
 
-def test_export_save_and_load_in_a_fresh_process(tmp_path):
+# `import kernelkit` before `import torch` (isort's order) left the ops unregistered: the load
+# failed with "We failed to resolve torch.ops.kernelkit.linear.default"
+@pytest.mark.parametrize("imports", ["import sys, torch, kernelkit",
+                                     "import sys\nimport kernelkit\nimport torch"])
+def test_export_save_and_load_in_a_fresh_process(tmp_path, imports):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
                           nn.Linear(4 * 6 * 6, 5)).eval()
@@ -26,7 +31,7 @@ def test_export_save_and_load_in_a_fresh_process(tmp_path):
     torch.export.save(ep, tmp_path / "model.pt2")
     with torch.no_grad():
         torch.save((x, model(x)), tmp_path / "io.pt")
-    load = ("import sys, torch, kernelkit\n"
+    load = (f"{imports}\n"
             "ep = torch.export.load(sys.argv[1])\n"
             "x, want = torch.load(sys.argv[2])\n"
             "torch.testing.assert_close(ep.module()(x), want, rtol=1e-5, atol=1e-5)\n")
