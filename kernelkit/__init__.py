@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import importlib as _importlib
-import sys as _sys
 from typing import Any
 
 import wrapt as _wrapt
