@@ -60,7 +60,10 @@ def conv2d(x: Any, weight: Any, bias: Any = None, *, stride=1, padding=0, dilati
         (N, C, H, W) -> (N, K, Ho, Wo), Ho = (H + pad_h - dilation_h * (R - 1) - 1) // stride_h + 1
 
     Returns:
-        A new array like `x` (library, device, dtype, layout).
+        A new array like `x` (library, device, dtype, layout). With C = 0 every sum is empty and
+        the result is act(bias) (zeros without a bias) of shape (N, K, Ho, Wo); K = 0 gives an
+        empty (N, 0, Ho, Wo). (torch's F.conv2d returns an input-shaped empty tensor for the
+        first and raises for the second.)
 
     Example:
         >>> x = np.random.rand(1, 3, 32, 32).astype(np.float32)      # doctest: +SKIP

@@ -143,6 +143,37 @@ def test_nan_inf_and_empty_batch(backend, rng):
     assert empty.shape == (0, 7, 13, 11)
 
 
+# No input channels (every sum empty: act(bias) everywhere) and no output channels: torch's own
+# conv returned an input-shaped (2, 0, 5, 5) for the first and raised for the second, so the
+# answer depended on the candidate the tuner picked (the Numba kernels gave these).
+@pytest.mark.parametrize("backend", [None, *CPU_BACKENDS])
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("xs, ws", [((2, 0, 5, 6), (3, 0, 3, 3)), ((2, 4, 5, 6), (0, 4, 3, 3))],
+                         ids=["C=0", "K=0"])
+def test_empty_channels_give_one_answer_on_every_backend(backend, lib, layout, xs, ws, rng):
+    n, c, h, w = xs
+    k = ws[0]
+    x = rand(rng, (n, h, w, c) if layout == "NHWC" else xs)
+    wt, b = rand(rng, ws), rand(rng, (k,)) + 0.5  # a bias the ReLU keeps in part
+    b[:1] = -1.0
+    conv = dict(padding=1, stride=(1, 2), layout=layout)
+    if lib == "torch":
+        x, wt, b = map(torch.from_numpy, (x, wt, b))
+    with kernelkit.use(backend=backend):
+        y = np.asarray(kernelkit.conv2d(x, wt, b, activation="relu", **conv))
+        dy = np.ones_like(y) if lib == "numpy" else torch.ones(y.shape)
+        dx = np.asarray(kernelkit.conv2d_backward_input(dy, wt, x.shape, **conv))
+        dw = np.asarray(kernelkit.conv2d_backward_weight(x, dy, ws, **conv))
+    out = (n, 5, 3, k) if layout == "NHWC" else (n, k, 5, 3)
+    assert y.shape == out
+    chan = (1, 1, 1, k) if layout == "NHWC" else (1, k, 1, 1)
+    np.testing.assert_array_equal(y, np.broadcast_to(np.maximum(np.asarray(b), 0).reshape(chan),
+                                                     out))
+    assert dx.shape == tuple(x.shape) and not dx.any()
+    assert dw.shape == ws
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("name", ["primes", "stride2", "dilation2", "groups", "depthwise",
                                   "1x1-stride2", "asym-pad", "rect-kernel"])

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from kernelkit.kernels.config import VendorConfig
+from kernelkit.kernels.convgeom import out_size
 from kernelkit.kernels.config import vendor_space as space  # noqa: F401 - the module surface
 
 from ._tf32 import with_tf32
@@ -40,8 +41,24 @@ def _with_tf32(x: torch.Tensor, allow_tf32: bool, fn):
     return with_tf32(torch.backends.cudnn, x, allow_tf32, fn)
 
 
+def _empty_reduction(weight: torch.Tensor) -> bool:
+    """No output channels, or none of the input's in each sum: torch's own conv raises for the
+    first and returns an input-shaped empty tensor for the second (not (N, K, Ho, Wo)), where
+    the hand-written kernels give the empty output and act(bias); these answers are the
+    kernels', so the result never depends on which candidate ran."""
+    return weight.shape[0] == 0 or weight.shape[1] == 0
+
+
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activation, layout,
                    allow_tf32: bool = False, config: VendorConfig | None = None) -> torch.Tensor:
+    if _empty_reduction(weight):  # zero sums: act(bias) at every output position
+        n, _, h, w = _nchw(x, layout).shape
+        k, _, r, s = weight.shape
+        ho, wo = out_size(h, w, r, s, stride, padding, dilation)
+        y = torch.zeros((n, k, ho, wo), dtype=x.dtype, device=x.device)
+        if bias is not None:
+            y += bias.view(1, k, 1, 1)
+        return _back(y if activation is None else ACTIVATION_FNS[activation](y), layout)
     xn, pad = _pad(_nchw(x, layout), padding)
     y = _with_tf32(x, allow_tf32,
                    lambda: F.conv2d(xn, weight, bias, tuple(stride), pad, tuple(dilation), groups))
@@ -56,6 +73,8 @@ def conv2d_backward_input(grad_out, weight, input_hw, stride, padding, dilation,
     top, bottom, left, right = padding
     g = _nchw(grad_out, layout)
     n, c = g.shape[0], weight.shape[1] * groups
+    if _empty_reduction(weight):
+        return _back(torch.zeros((n, c, *input_hw), dtype=g.dtype, device=g.device), layout)
     padded = (n, c, input_hw[0] + top + bottom, input_hw[1] + left + right)
     dx = _with_tf32(g, allow_tf32, lambda: torch.nn.grad.conv2d_input(
         padded, weight, g, tuple(stride), 0, tuple(dilation), groups))
@@ -70,5 +89,7 @@ def conv2d_backward_weight(x, grad_out, kernel_hw, stride, padding, dilation, gr
     g = _nchw(grad_out, layout)
     k = g.shape[1]
     shape = (k, xn.shape[1] // groups, *kernel_hw)
+    if 0 in shape:
+        return torch.zeros(shape, dtype=g.dtype, device=g.device)
     return _with_tf32(x, allow_tf32, lambda: torch.nn.grad.conv2d_weight(
         xn, shape, g, tuple(stride), pad, tuple(dilation), groups)).contiguous()
