@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from kernelkit.kernels.config import VendorConfig
-from kernelkit.kernels.convgeom import out_size
 from kernelkit.kernels.config import vendor_space as space  # noqa: F401 - the module surface
+from kernelkit.kernels.convgeom import out_size
 
 from ._tf32 import with_tf32
 from .matmul import ACTIVATION_FNS
