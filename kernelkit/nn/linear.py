@@ -8,7 +8,7 @@ from torch import nn
 
 from ..kernels import check_activation, torch_activations
 from ..ops import matmul as _matmul
-from ..ops.torch_ops import eager_matmul, linear_op
+from ..ops.torch_ops import eager_matmul, linear_op, rows
 from . import _route
 
 
@@ -60,7 +60,7 @@ def _make_route(m: Linear, x: torch.Tensor) -> _route.Route:
     if x.ndim == 0 or x.shape[-1] != m.in_features or x.dtype != m.weight.dtype:
         return _aten  # torch raises its own error
     w, b = m.weight.detach(), None if m.bias is None else m.bias.detach()
-    call = _matmul.prepare(x.detach().reshape(-1, x.shape[-1]), w.t(), bias=b,
+    call = _matmul.prepare(rows(x.detach(), x.shape[-1]), w.t(), bias=b,
                            activation=m.activation)
     cand, config = _route.chosen(call)
     if _route.runs_aten(cand, call):
@@ -70,7 +70,7 @@ def _make_route(m: Linear, x: torch.Tensor) -> _route.Route:
     def kernel(m: Linear, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
         if x.ndim == 2:  # (a torch reshape costs 1-3 us even when it is a no-op)
             return plan(x, w.t(), b)
-        y = plan(x.reshape(-1, x.shape[-1]), w.t(), b)
+        y = plan(rows(x, x.shape[-1]), w.t(), b)
         return y.reshape(*x.shape[:-1], m.out_features)
 
     autograd = eager_matmul()
@@ -78,7 +78,7 @@ def _make_route(m: Linear, x: torch.Tensor) -> _route.Route:
     def with_grad(m: Linear, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
         if x.ndim == 2:
             return autograd(x, w.t(), b, m.activation, False)
-        y = autograd(x.reshape(-1, x.shape[-1]), w.t(), b, m.activation, False)
+        y = autograd(rows(x, x.shape[-1]), w.t(), b, m.activation, False)
         return y.reshape(*x.shape[:-1], m.out_features)
 
     return _route.kernel_route(kernel, with_grad, _aten, cand.name)

@@ -29,6 +29,7 @@ kernelkit never imports torch.
 from __future__ import annotations
 
 import functools
+import math
 
 from .. import core
 from ..kernels.convgeom import nchw_shape, out_size
@@ -127,8 +128,14 @@ def _matmul_grads(mm, a, b, bias, act, tf32, needs, grad):
     if needs[1]:
         gb = _sum_to(mm(a.mT, grad, None, None, tf32), b.shape)
     if bias is not None and needs[2]:
-        gbias = grad.reshape(-1, grad.shape[-1]).sum(0)
+        gbias = rows(grad, grad.shape[-1]).sum(0)
     return ga, gb, gbias
+
+
+def rows(x, k: int):
+    """`x` (*, k) as (M, k): ``x.reshape(-1, k)``, which torch refuses for k = 0 (the -1 is then
+    ambiguous; a patched nn.Linear(0, n) raised there)."""
+    return x.reshape(-1, k) if k else x.reshape(math.prod(x.shape[:-1]), 0)
 
 
 @functools.cache
@@ -181,7 +188,7 @@ def linear_op():
     def kk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   activation: str | None, allow_tf32: bool) -> torch.Tensor:
         # (*, K) -> (M, K): batch dims only scale the work, so every batch shape is one problem
-        x2 = x.detach().reshape(-1, x.shape[-1])
+        x2 = rows(x.detach(), x.shape[-1])
         y = _body(matmul, x2, weight.detach().t(), bias=_detach(bias), activation=activation,
                   allow_tf32=allow_tf32)
         return y.reshape(*x.shape[:-1], weight.shape[0])
@@ -200,12 +207,12 @@ def linear_op():
         act, tf32, needs = ctx.activation, ctx.allow_tf32, ctx.needs_input_grad
         if act is not None:  # recompute the pre-activation instead of storing it
             grad = _activation_backward(act, grad, kk_linear(x, weight, bias, None, tf32))
-        g2 = grad.reshape(-1, weight.shape[0])
+        g2 = rows(grad, weight.shape[0])
         gx = gw = gb = None
         if needs[0]:
             gx = mm(g2, weight, None, None, tf32).reshape(x.shape)
         if needs[1]:
-            gw = mm(g2.t(), x.reshape(-1, x.shape[-1]), None, None, tf32)
+            gw = mm(g2.t(), rows(x, x.shape[-1]), None, None, tf32)
         if bias is not None and needs[2]:
             gb = g2.sum(0)
         return gx, gw, gb, None, None

@@ -253,6 +253,33 @@ def test_patched_linear_matches_torch_float64_any_batch_dims(backend, shape):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("features", [(0, 3), (4, 0), (0, 0)], ids=str)
+def test_patched_linear_with_no_input_or_output_features_matches_torch(backend, grad, features):
+    # a patched nn.Linear(0, 3) raised "cannot reshape tensor of 0 elements into shape [-1, 0]"
+    # (as did the op's backward for nn.Linear(4, 0)); torch gives the bias
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="zero-element"):  # (torch's own, on the init)
+        model = nn.Linear(*features).double()
+    nn.init.normal_(model.bias)
+    ref = copy.deepcopy(model)
+    knn.patch(model)
+    x = torch.randn(2, 5, features[0], dtype=torch.float64, requires_grad=grad)
+    xr = x.detach().clone().requires_grad_(grad)
+    with kernelkit.use(backend=backend), torch.set_grad_enabled(grad):
+        got, want = model(x), ref(xr)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        if grad:
+            got.sum().backward()
+            want.sum().backward()
+            torch.testing.assert_close(x.grad, xr.grad)
+            torch.testing.assert_close(model.bias.grad, ref.bias.grad)
+    with torch.no_grad():  # the registered op too (what torch.compile and export trace)
+        torch.testing.assert_close(torch.ops.kernelkit.linear(x, model.weight, model.bias, None,
+                                                              False), want)
+
+
 def test_patched_layers_raise_torchs_errors_for_bad_input():
     layer, conv = knn.Linear(4, 2), knn.Conv2d(3, 2, 3)
     with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
