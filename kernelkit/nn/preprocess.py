@@ -3,8 +3,9 @@
 # no `from __future__ import annotations`: TorchScript reads the class annotations below as types
 
 from collections.abc import Sequence
-from typing import List, Optional  # noqa: UP035 - TorchScript reads the attributes' annotations
+from typing import Any, List, Optional  # noqa: UP035 - TorchScript reads the attributes' annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -72,8 +73,7 @@ class Preprocess(nn.Module):
                  stats_unit: str = "input"):
         super().__init__()
         self.size = [int(size)] * 2 if isinstance(size, int) else [int(v) for v in size]
-        self.mean = [float(v) for v in (mean if isinstance(mean, Sequence) else [mean])]
-        self.std = [float(v) for v in (std if isinstance(std, Sequence) else [std])]
+        self.mean, self.std = _stats("mean", mean), _stats("std", std)
         self.crop = None if crop is None else [float(v) for v in crop]
         if flip not in (None, "horizontal", "vertical", "both"):
             raise ValueError("Preprocess: 'flip' must be None, 'horizontal', 'vertical' or "
@@ -102,7 +102,29 @@ class Preprocess(nn.Module):
                 self.antialias, order, self.out_dtype, self.layout, self.stats_unit)
             return out if batched else out.squeeze(0)
         # (TorchScript compiles the branch above only)
+        if isinstance(images, (list, tuple)):  # (H, W, C) images of different sizes: eager only
+            return self._ragged(images)
+        if not isinstance(images, (torch.Tensor, np.ndarray)):
+            raise TypeError("Preprocess: 'images' must be a torch tensor (or numpy array), (N, H, "
+                            f"W, C) or (H, W, C), or a list of (H, W, C) ones, got "
+                            f"{type(images).__name__}")
         return _preprocess_batch(images, self._reverse, *self._fields())
+
+    @torch.jit.unused
+    def _ragged(self, images: List[torch.Tensor]) -> torch.Tensor:  # noqa: UP006
+        """A list of (H, W, C) images (tensors or numpy arrays) of any sizes, through `kernelkit.preprocess` (one batch
+        out); not traceable: the images' sizes are the op's own shapes."""
+        if not images or not all(isinstance(x, (torch.Tensor, np.ndarray)) and x.ndim == 3
+                                 for x in images):
+            got = [f"{type(x).__name__}{tuple(getattr(x, 'shape', ()))}" for x in images]
+            raise TypeError(f"Preprocess: a list of images must hold (H, W, C) torch tensors (or "
+                            f"numpy arrays), at least one, got [{', '.join(got)}]")
+        order = (list(range(images[0].shape[-1]))[::-1] if self._reverse else self._order)
+        return _preprocess.preprocess(
+            list(images), size=tuple(self.size), mean=self.mean, std=self.std, crop=self.crop,
+            flip=self.flip, interpolation=self.interpolation, antialias=self.antialias,
+            channel_order=order, out_dtype=self.out_dtype, layout=self.layout,
+            stats_unit=self.stats_unit)
 
     def op_args(self, images: torch.Tensor) -> tuple:
         """The arguments of `torch.ops.kernelkit.preprocess` after `images`, for this batch."""
@@ -117,6 +139,26 @@ class Preprocess(nn.Module):
         return (f"size={tuple(self.size)}, mean={self.mean}, std={self.std}, crop={self.crop}, "
                 f"flip={self.flip}, interpolation={self.interpolation!r}, "
                 f"antialias={self.antialias}, out_dtype={self.out_dtype}, layout={self.layout!r}")
+
+
+def _stats(name: str, v: Any) -> list[float]:
+    """A per-channel statistic as the list of floats TorchScript and the op take: a number, a
+    sequence of numbers, or a 0-/1-d numpy array or tensor (as `kernelkit.preprocess` takes)."""
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu().numpy()
+    if isinstance(v, np.ndarray) and v.ndim <= 1:
+        v = v.tolist()
+    items = v if isinstance(v, Sequence) and not isinstance(v, str) else [v]
+    try:
+        return [float(x) for x in items]
+    except (TypeError, ValueError):
+        raise TypeError(f"Preprocess: '{name}' must be a number, a sequence of numbers or a 1-d "
+                        f"array or tensor of them, got {_describe(v)}") from None
+
+
+def _describe(v: Any) -> str:
+    shape = getattr(v, "shape", None)
+    return f"{type(v).__name__} of shape {tuple(shape)}" if shape is not None else repr(v)
 
 
 _ORDER = 7  # channel_order's place in Preprocess._fields() (and in the op's arguments)

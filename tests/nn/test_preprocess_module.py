@@ -71,6 +71,33 @@ def test_bad_arguments_name_the_argument():
         Preprocess(8, 0.0, 1.0, out_dtype="float32")
     with pytest.raises(ValueError, match="preprocess: 'images'"):
         Preprocess(8, 0.0, 1.0)(torch.zeros(2, 2, 3, 4, 5, dtype=torch.uint8))
+    # these raised "only 0-dimensional arrays can be converted to Python scalars" and "'list'
+    # object has no attribute 'ndim'", naming neither the module nor the argument
+    with pytest.raises(TypeError, match="Preprocess: 'mean' must be .* got ndarray of shape"):
+        Preprocess(8, np.ones((3, 1)), 1.0)
+    with pytest.raises(TypeError, match="Preprocess: 'std' must be .* got 'wide'"):
+        Preprocess(8, 0.0, "wide")
+    with pytest.raises(TypeError, match="Preprocess: 'images' must be a torch tensor .* got str"):
+        Preprocess(8, 0.0, 1.0)("cat.jpg")
+    with pytest.raises(TypeError, match=r"a list of images must hold \(H, W, C\) .* got \[\]"):
+        Preprocess(8, 0.0, 1.0)([])
+
+
+def test_statistics_as_arrays_or_tensors_and_a_list_of_images_of_different_sizes():
+    # kernelkit.preprocess takes numpy or tensor mean/std and a ragged list of images; the
+    # module rejected all three
+    imgs = _images(n=2)
+    want = kernelkit.preprocess(imgs, size=8, mean=MEAN, std=STD)
+    for mean, std in ((np.array(MEAN), np.array(STD)), (torch.tensor(MEAN), torch.tensor(STD))):
+        torch.testing.assert_close(Preprocess(8, mean, std)(imgs), want, rtol=0, atol=0)
+    module = Preprocess(8, MEAN, STD, channel_order="rgb2bgr")
+    small = imgs[1, 3:, 5:]
+    got = module([imgs[0], small])
+    ref = kernelkit.preprocess([imgs[0], small], size=8, mean=MEAN, std=STD,
+                               channel_order=[2, 1, 0])
+    assert got.shape == (2, 3, 8, 8)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    torch.testing.assert_close(got[0], module(imgs)[0], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
