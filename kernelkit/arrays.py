@@ -286,13 +286,20 @@ def random_arrays(shapes, dtype: str, where: str, seed: int = 0, *, low_high=Non
     in [low, high) for uint8) of `dtype`, as numpy ("numpy"), CPU torch ("torch") or CUDA torch
     ("cuda") arrays."""
     rng = np.random.default_rng(seed)
+    # numpy has no bfloat16: drawn as float32 and rounded by torch
+    tensor_only = dtype == "bfloat16"
+    if tensor_only and where == "numpy":
+        raise ValueError("bfloat16 arrays need torch (numpy has no bfloat16): use torch tensors "
+                         "(--where torch or cuda)")
+    drawn = "float32" if tensor_only else dtype
     if low_high is not None:
-        arrs = [rng.integers(*low_high, size=s).astype(dtype) for s in shapes]
+        arrs = [rng.integers(*low_high, size=s).astype(drawn) for s in shapes]
     else:
-        arrs = [rng.standard_normal(s, dtype=np.float32).astype(dtype) for s in shapes]
+        arrs = [rng.standard_normal(s, dtype=np.float32).astype(drawn) for s in shapes]
     if where != "numpy":
         import torch
 
         dev = "cuda" if where == "cuda" else "cpu"
-        arrs = [torch.from_numpy(x).to(dev) for x in arrs]
+        arrs = [torch.from_numpy(x).to(dev, getattr(torch, dtype) if tensor_only else None)
+                for x in arrs]
     return arrs

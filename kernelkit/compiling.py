@@ -138,10 +138,13 @@ def targets(ops: Iterable[str] | None = None,
     """Every (kernel module, dtype) this machine can compile: the compiled backends that load
     here, on a device present, for `ops` (default all) and `dtypes` (default each backend's own;
     "float32" where a backend takes any dtype, its kernels having one signature for all)."""
-    from . import core, devices
+    from . import arrays, core, devices
 
     wanted_ops = set(ops) if ops is not None else None
     wanted_dtypes = list(dtypes) if dtypes is not None else None
+    known = (*arrays.FLOAT_DTYPES, "uint8")
+    if wanted_dtypes is not None and (odd := [d for d in wanted_dtypes if d not in known]):
+        raise ValueError(f"unknown dtype(s) {odd}; expected some of {list(known)}")
     found: dict[tuple[str, str], None] = {}
     for spec in core.op_specs():
         if wanted_ops is not None and spec.name not in wanted_ops:

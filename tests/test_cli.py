@@ -144,6 +144,30 @@ def test_tune_shapes_inline_and_bad_shapes_get_a_message(tmp_path):
            check=False).stdout.split())
 
 
+def test_bad_dims_and_dtypes_get_a_message_and_bfloat16_runs_on_torch(tmp_path):
+    """A shapes row with too few dims got "not enough values to unpack (expected 3, got 2)"; a
+    misspelt --dtypes was taken silently (warmup exited 0 with "nothing to compile", or compiled
+    float32 for "int8"); bfloat16 got "data type 'bfloat16' not understood" from numpy even
+    with --where torch."""
+    for args, words in [
+            (("tune", "--shapes", '[{"op": "matmul", "dims": [24, 16]}]'),
+             "row 0: matmul takes M K N (3 numbers), got [24, 16]"),
+            (("tune", "--shapes", '[["matmul", [4, 4, 4], "flaot32"]]'),
+             "row 0: unknown dtype 'flaot32'"),
+            (("warmup", "--dtypes", "floot32", "--ops", "matmul"), "unknown dtype(s) ['floot32']"),
+            (("warmup", "--dtypes", "int8", "--json"), "unknown dtype(s) ['int8']"),
+            (("explain", "matmul", "8", "8", "8", "--dtype", "bfloat16"),
+             "numpy has no bfloat16")]:
+        r = kk(*args, cache_dir=tmp_path, check=False)
+        assert r.returncode == 2 and words in " ".join(r.stdout.split()), r
+    out = kk("explain", "matmul", "8", "8", "8", "--dtype", "bfloat16", "--where", "torch",
+             cache_dir=tmp_path).stdout
+    assert "dtype bfloat16" in out and "data on torch:cpu" in out and "choice:" in out
+    out = kk("tune", "--quiet", "--where", "torch", "--shapes",
+             '[["matmul", [24, 16, 8], "bfloat16"]]', cache_dir=tmp_path).stdout
+    assert "24x16x8" in out and "bfloat16" in out
+
+
 def test_cache_files_that_cannot_be_read_or_written_get_a_message(tmp_path):
     """`cache import` / `merge` of a missing file or of JSON that is no export, and `cache export`
     into a missing folder: one line naming the file (before: FileNotFoundError tracebacks, and

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .. import core
+from .. import arrays, core
 from .. import settings as _settings
 
 
@@ -65,6 +65,10 @@ class Row:
         return None
 
 
+# every dtype some kernelkit op takes (the ops say which of them each one runs)
+KNOWN_DTYPES = (*arrays.FLOAT_DTYPES, "uint8")
+
+
 def load_shapes(path: str | os.PathLike) -> list[tuple[str, tuple[int, ...], str]]:
     """A shapes file: a JSON list of {"op", "dims", "dtype"} objects or [op, dims, dtype] rows;
     or that JSON itself, given in place of a path (``--shapes '[["matmul", [64, 64, 64]]]'``).
@@ -89,6 +93,14 @@ def load_shapes(path: str | os.PathLike) -> list[tuple[str, tuple[int, ...], str
         spec = core.op_spec(op)  # a clear error for an unknown op
         if not dims:
             raise ValueError(f"{path}: row {i} has no dims")
+        sizes = {len(spec.cli_dims.split())} if spec.cli_dims else set()
+        sizes |= {len(d) for rows_ in spec.presets.values() for d, _ in rows_}
+        if sizes and len(dims) not in sizes:
+            raise ValueError(f"{path}: row {i}: {op} takes {spec.cli_dims or 'its preset dims'} "
+                             f"({' or '.join(map(str, sorted(sizes)))} numbers), got {list(dims)}")
+        if str(dtype) not in KNOWN_DTYPES:
+            raise ValueError(f"{path}: row {i}: unknown dtype {dtype!r}; expected one of "
+                             f"{list(KNOWN_DTYPES)}")
         if spec.cli_inputs is not None and len(dims) == len(spec.cli_dims.split()):
             dims = spec.cli_inputs(dims)
         out.append((str(op), dims, str(dtype)))
