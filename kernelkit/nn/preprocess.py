@@ -104,7 +104,7 @@ class Preprocess(nn.Module):
         # (TorchScript compiles the branch above only)
         if isinstance(images, (list, tuple)):  # (H, W, C) images of different sizes: eager only
             return self._ragged(images)
-        if not isinstance(images, (torch.Tensor, np.ndarray)):
+        if not hasattr(images, "ndim"):  # (not isinstance: a torch.fx Proxy passes here)
             raise TypeError("Preprocess: 'images' must be a torch tensor (or numpy array), (N, H, "
                             f"W, C) or (H, W, C), or a list of (H, W, C) ones, got "
                             f"{type(images).__name__}")
