@@ -166,6 +166,11 @@ def _frozen(v):
         return None if any(x is None and y is not None for x, y in zip(items, v)) else items
     if isinstance(v, np.ndarray):
         return ("ndarray", v.dtype.str, v.shape, v.tobytes())
+    if arrays.array_lib(v) == "torch":  # a tensor hashes by identity: a mean changed in place
+        # kept the old plan's statistics; keyed by value instead (a GPU one: prepared afresh,
+        # its values not read back on every call)
+        return ("tensor", str(v.dtype), tuple(v.shape),
+                v.detach().double().numpy().tobytes()) if v.device.type == "cpu" else None
     try:
         hash(v)
     except TypeError:

@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 
+from .. import arrays
 from ..kernels.taps import INTERPOLATIONS
 
 IN_DTYPES = ("uint8", "float32")
@@ -33,7 +34,13 @@ def is_box(v) -> bool:
 
 
 def channel_stats(name: str, v, c: int) -> np.ndarray:
-    a = np.asarray(v, dtype=np.float64).reshape(-1)
+    if arrays.array_lib(v) == "torch":  # (a bfloat16 one has no numpy view)
+        v = v.detach().cpu().double().numpy()
+    try:
+        a = np.asarray(v, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise TypeError(f"preprocess: '{name}' must be a number or one per channel, got "
+                        f"{v!r}") from None
     if a.size == 1:
         a = np.repeat(a, c)
     if a.size != c:

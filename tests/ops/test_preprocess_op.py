@@ -241,6 +241,24 @@ def test_repeated_calls_reuse_the_plan(rng, monkeypatch):
     assert calls == [1, 1]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_statistics_changed_in_place_are_used(rng, dtype):
+    """A torch tensor hashes by identity: a mean or std changed in place kept the plan memoised
+    with the old values (a silently wrong normalisation). numpy ones were keyed by value."""
+    batch = images(rng, n=1, h=30, w=40)
+    mean, std = torch.full((3,), 100.0, dtype=dtype), torch.full((3,), 50.0, dtype=dtype)
+    first = kernelkit.preprocess(batch, size=8, mean=mean, std=std)
+    mean += 50.0
+    std /= 2
+    again = kernelkit.preprocess(batch, size=8, mean=mean, std=std)
+    np.testing.assert_allclose(again, (first - 1.0) * 2, rtol=1e-5, atol=1e-4)
+    kept = np.array([1.0, 2.0, 3.0])
+    first = kernelkit.preprocess(batch, size=8, mean=kept, std=1.0)
+    kept += 1.0
+    np.testing.assert_allclose(kernelkit.preprocess(batch, size=8, mean=kept, std=1.0),
+                               first - 1.0, rtol=1e-5, atol=1e-4)
+
+
 # -- normalisation units --------------------------------------------------------------------------
 IMAGENET_01 = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
