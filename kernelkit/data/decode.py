@@ -104,6 +104,11 @@ def decode(enc: Encoded, scale: int = 1) -> np.ndarray:
     if enc.jpeg and scale > 1:
         # PIL picks the reduction as min(W // w, H // h): ask for the floor to get exactly 1/scale
         im.draft("RGB", (enc.width // scale, enc.height // scale))
+    if im.mode.startswith("I;16") or im.mode == "I":
+        # 16-bit grayscale (PNG, PGM, TIFF; older Pillow opens it as 32-bit "I"): the top 8 bits.
+        # convert("RGB") clips it instead, leaving only 0 and 255.
+        a = (np.clip(np.asarray(im), 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
+        return a[:, :, None]
     if im.mode not in ("RGB", "L"):
         im = im.convert("RGB")
     a = np.asarray(im)

@@ -4,6 +4,7 @@ adapter (`Samples` + `Collate`) share."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -81,7 +82,12 @@ def load_sample(item: Any, index: int, *, size: tuple[int, int], augment: dict |
     start = time.perf_counter()
     t0 = time.thread_time()
     source, label = split_item(item)
-    src = read_source(source)
+    try:
+        src = read_source(source)
+    except (FileNotFoundError, PermissionError, IsADirectoryError, TypeError):
+        raise  # (these name the path, or the item's type, themselves)
+    except Exception as exc:  # noqa: BLE001 - any decoder's error, said with the sample's name
+        raise _undecodable(exc, index, source) from exc
     h, w = (src.height, src.width) if isinstance(src, Encoded) else src.shape[:2]
     if augment is None:
         box, flip, rot = (0, 0, h, w), (False, False), 0.0
@@ -94,7 +100,10 @@ def load_sample(item: Any, index: int, *, size: tuple[int, int], augment: dict |
         odd_turn = rot % 90 == 0 and int(rot // 90) % 2 == 1
         need = (size[1], size[0]) if odd_turn else size
         s = dct_scale(box, need) if src.jpeg else 1
-        image = decode(src, s)
+        try:
+            image = decode(src, s)
+        except Exception as exc:  # noqa: BLE001 - a truncated or damaged file
+            raise _undecodable(exc, index, source) from exc
         s_eff = max(1, round(w / image.shape[1]))  # what the decoder did (1/s, ceil'd size)
     else:
         image, s_eff = src, 1
@@ -103,6 +112,16 @@ def load_sample(item: Any, index: int, *, size: tuple[int, int], augment: dict |
         box = _snap(box, s_eff, image.shape[:2])
     end = time.perf_counter()
     return Decoded(image, box, flip, rot, label, index, s_eff, time.thread_time() - t0, start, end)
+
+
+def _undecodable(exc: Exception, index: int, source: Any) -> ValueError:
+    """A decoder's error (PIL's "cannot identify image file <_io.BytesIO ...>", libjpeg-turbo's
+    "Premature end of JPEG file") with the dataset index and the file that caused it."""
+    if isinstance(source, (str, os.PathLike)):
+        what = os.fspath(source)
+    else:
+        what = f"{type(source).__name__} of {len(source)} bytes"
+    return ValueError(f"data: cannot decode sample {index} ({what}): {type(exc).__name__}: {exc}")
 
 
 def _snap(box, s: int, hw: tuple[int, int]) -> tuple[int, int, int, int]:

@@ -135,6 +135,32 @@ def test_jpeg_decoder_agrees_with_pil(items, monkeypatch):
     assert fallback.shape == half.shape and np.abs(fallback.astype(int) - half).mean() < 1.0
 
 
+def test_16_bit_grayscale_png_keeps_its_levels():
+    # PIL's convert("RGB") of a 16-bit image clips: the ramp decoded to only 0 and 255
+    ramp = (np.arange(256, dtype=np.uint16) * 257).reshape(16, 16)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, "PNG")
+    got = data.decode(data.read_source(buf.getvalue()))
+    assert got.shape == (16, 16, 1) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got[:, :, 0], (ramp >> 8).astype(np.uint8))
+
+
+def test_a_file_that_does_not_decode_is_named(items, tmp_path):
+    # PIL said "cannot identify image file <_io.BytesIO object at 0x...>" and libjpeg-turbo
+    # "Premature end of JPEG file": neither the file nor the sample
+    (tmp_path / "notes.jpg").write_bytes(b"not an image\n" * 10)
+    good = items[8][0]  # a JPEG path
+    (tmp_path / "half.jpg").write_bytes(Path(good).read_bytes()[:2000])
+    for name, index in (("notes.jpg", 0), ("half.jpg", 1)):
+        dataset = [(str(tmp_path / "notes.jpg"), 0)] if index == 0 else [items[0], (
+            str(tmp_path / "half.jpg"), 1)]
+        loader = data.Loader(dataset, batch_size=2, size=SIZE, mean=0, std=1, decode_threads=1)
+        with pytest.raises(ValueError, match=f"cannot decode sample {index} .*{name}"):
+            list(loader)
+    with pytest.raises(ValueError, match="sample 3 \\(bytes of 120 bytes\\)"):
+        data.load_sample(b"\x89PNG" + bytes(116), 3, size=SIZE, augment=None, seed=0, epoch=0)
+
+
 def test_batches_do_not_depend_on_batch_size_threads_or_order(items):
     def run(**kw):
         loader = data.Loader(items, size=SIZE, mean=0, std=1, augment=True, seed=5,
