@@ -111,6 +111,18 @@ def test_an_in_place_change_is_seen(change):
     _check(_conv(x, p.detach()), x, p.detach())
 
 
+def test_inference_tensors_are_packed_every_call_and_changes_seen():
+    # a weight made under torch.inference_mode has no version counter: reading it raised
+    # "Inference tensors do not track version counter" on every packed conv in the block
+    x, w = _tensors()
+    with torch.inference_mode():
+        wi = w.clone()
+        _check(_conv(x, wi), x, wi)
+        wi.mul_(-0.5)  # allowed on an inference tensor in inference mode, and not counted
+        _check(_conv(x, wi), x, wi)
+    assert not _packs._ENTRIES
+
+
 def test_numpy_data_and_numpy_views_of_tensors_are_never_kept():
     x, w = _tensors()
     wn = w.numpy()  # a user's numpy view of a tensor: it can change behind the tensor's back

@@ -11,8 +11,10 @@ never for numpy data), is keyed by its memory and layout and the packing's geome
 packed copy is used while the tensor's version is the one it was packed at. The entry holds a
 reference to that tensor, so its memory cannot be freed and reused by another tensor of the same
 key while the entry lives. Numpy weights are never kept: nothing tells when their contents
-change. Changes made through a numpy view of the tensor, which torch does not count either, are
-not seen.
+change, and neither are inference tensors (made under ``torch.inference_mode``: they have no
+version counter). Changes made through another tensor or array that shares the weight's memory
+but not its version counter are not seen: a numpy view (``torch.from_numpy(w.numpy())``), a
+tensor ``set_`` onto its storage, and ``.data`` (below).
 
 At most PACK_CACHE_BYTES of packed weights are kept, least recently used first out.
 
@@ -52,7 +54,9 @@ def owner(weight: np.ndarray):
     b = weight.base
     while b is not None and not isinstance(b, torch.Tensor):
         b = getattr(b, "base", None)
-    return b
+    # an inference tensor (made under torch.inference_mode) has no version counter: nothing
+    # would tell when it changes, so it is packed on every call (reading its _version raised)
+    return None if b is None or b.is_inference() else b
 
 
 def lookup(key: tuple, tensor) -> np.ndarray | None:
