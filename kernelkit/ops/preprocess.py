@@ -58,7 +58,8 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
         mean, std: per-channel statistics, or scalars, in the unit `stats_unit` names. The
             output is ``(x - mean) * (1 / std)`` in float32 (x in input units) before the final
             conversion.
-        crop: (top, left, height, width) in source pixels, for every image or one per image.
+        crop: (top, left, height, width) in whole source pixels, for every image or one per
+            image.
         flip: "horizontal", "vertical", "both", a (horizontal, vertical) pair, or one per image.
         rotate: degrees counter-clockwise, for every image or one per image. Multiples of 90 are
             exact quarter turns; other angles rotate about the crop's centre (same size, bilinear,
@@ -233,12 +234,14 @@ def _per_image(name: str, value, n: int, is_one) -> list:
     """A scalar-like value for every image, or a sequence of exactly one per image."""
     if is_one(value):
         return [value] * n
-    if isinstance(value, np.ndarray) and value.ndim >= 1 or isinstance(value, Sequence):
+    if (isinstance(value, np.ndarray) and value.ndim >= 1 or isinstance(value, Sequence)) \
+            and not isinstance(value, str):  # (a string is no sequence of per-image values)
         if len(value) != n:
             raise ValueError(f"preprocess: '{name}' must be one value for all images or one per "
                              f"image ({n}), got {len(value)}")
         return list(value)
-    raise TypeError(f"preprocess: '{name}' has an unsupported type {type(value).__name__}")
+    raise TypeError(f"preprocess: '{name}' must be one value for all images or one per image, "
+                    f"got {type(value).__name__} {value!r}")
 
 
 def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=0.0,
@@ -262,6 +265,12 @@ def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=
             raise TypeError(f"preprocess: crop of image {i} must be (top, left, height, width), "
                             f"got {box!r}")
         top, left, bh, bw = (float(v) for v in box)
+        if not all(math.isfinite(v) and v == int(v) for v in (top, left, bh, bw)):
+            # the vendor chain (and so the reference every kernel is checked against) crops
+            # whole pixels: a sub-pixel box ran exactly on the Numba kernel, truncated on torch's,
+            # so the result depended on the candidate (and a forced Numba failed verification)
+            raise ValueError(f"preprocess: crop box of image {i} must be whole pixels, got "
+                             f"(top={top:g}, left={left:g}, height={bh:g}, width={bw:g})")
         if bh <= 0 or bw <= 0 or top < 0 or left < 0 or top + bh > h or left + bw > w:
             raise ValueError(f"preprocess: crop box (top={top:g}, left={left:g}, height={bh:g}, "
                              f"width={bw:g}) of image {i} lies outside its {h}x{w} image")
@@ -294,6 +303,10 @@ def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=
             angles[i] = r
     fills = np.asarray(_per_image("fill", fill, n, lambda v: is_num(v) and v is not None),
                        dtype=np.float32)
+    if not np.all(np.isfinite(fills)):
+        raise ValueError(f"preprocess: 'fill' must be finite, got {fill!r}")
+    if not isinstance(antialias, (bool, np.bool_)):  # ("no" would be truthy: antialiased)
+        raise TypeError(f"preprocess: 'antialias' must be True or False, got {antialias!r}")
     if channel_order is None:
         perm = np.arange(c)
     elif isinstance(channel_order, str):

@@ -196,6 +196,20 @@ def test_bad_input(rng):
     cases = [
         (lambda: kernelkit.preprocess(images(rng, c=4), **ok), ValueError, "1 or 3 channels"),
         (lambda: kernelkit.preprocess(imgs, crop=(30, 0, 10, 10), **ok), ValueError, "lies outside"),
+        # a sub-pixel box ran exactly on Numba and truncated on torch (the reference); NaN got
+        # "cannot convert float NaN to integer"
+        (lambda: kernelkit.preprocess(imgs, crop=(0, 0, 9.5, 10), **ok), ValueError,
+         r"crop box of image 0 must be whole pixels, got \(top=0, left=0, height=9.5"),
+        (lambda: kernelkit.preprocess(imgs, crop=(float("nan"), 0, 5, 5), **ok), ValueError,
+         "whole pixels"),
+        (lambda: kernelkit.preprocess(imgs, antialias="no", **ok), TypeError,
+         "'antialias' must be True or False, got 'no'"),  # (was taken as True)
+        (lambda: kernelkit.preprocess(imgs, rotate=10, fill=float("nan"), **ok), ValueError,
+         "'fill' must be finite"),
+        (lambda: kernelkit.preprocess(imgs, rotate="90", **ok), TypeError,
+         "'rotate' must be one value .* got str '90'"),  # (was: "got '9'")
+        (lambda: kernelkit.preprocess(imgs, flip=True, **ok), TypeError,
+         "'flip' must be one value .* got bool True"),
         (lambda: kernelkit.preprocess(imgs, size=0, mean=0, std=1), ValueError, "'size' must be positive"),
         (lambda: kernelkit.preprocess(imgs, size=8, mean=(1, 2), std=1), ValueError, "one value per channel"),
         (lambda: kernelkit.preprocess(imgs, size=8, mean=0, std=(1, 0, 1)), ValueError, "non-zero"),
