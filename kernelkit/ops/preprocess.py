@@ -62,8 +62,10 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
             image.
         flip: "horizontal", "vertical", "both", a (horizontal, vertical) pair, or one per image.
         rotate: degrees counter-clockwise, for every image or one per image. Multiples of 90 are
-            exact quarter turns; other angles rotate about the crop's centre (same size, bilinear,
-            `fill` outside, no antialias).
+            exact quarter turns; other angles rotate about the crop's centre (the crop's size,
+            `fill` outside), composed with the resize into one bilinear sampling of the source:
+            no antialias and no other interpolation for that image, whatever `interpolation`
+            and `antialias` say.
         fill: value (input units) for pixels an arbitrary rotation brings in; scalar or per image.
         interpolation: "bilinear", "bicubic" or "nearest" (half-pixel centres; nearest is
             torch's "nearest-exact").
