@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib as _importlib
+import inspect as _inspect
 from typing import Any
 
 import wrapt as _wrapt
@@ -52,7 +53,13 @@ def explain(op: Any, *args: Any, **kwargs: Any) -> Explanation:
                         f"{sorted(specs)}, got {type(op).__name__}")
     if name not in specs:
         raise ValueError(f"explain: unknown op {name!r}; expected one of {sorted(specs)}")
-    return explain_call(specs[name].prepare(*args, **kwargs))
+    prepare = specs[name].prepare
+    try:  # (prepare's own TypeError named neither explain nor the op)
+        _inspect.signature(prepare).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"explain: {name} takes the op's own arguments "
+                        f"{_inspect.signature(prepare)}: {exc}") from None
+    return explain_call(prepare(*args, **kwargs))
 
 
 

@@ -128,16 +128,18 @@ def _current() -> Settings:
     return s
 
 
-def _validate(s: Settings) -> None:
-    if s.tune not in TUNE_MODES:
-        raise ValueError(f"kernelkit: KERNELKIT_TUNE must be one of {TUNE_MODES}, got {s.tune!r}")
-    if s.backend is not None and s.backend not in (names := backend_names()):
-        raise ValueError(f"kernelkit: KERNELKIT_BACKEND must be one of {names}, got {s.backend!r}")
-    if s.device is not None and s.device not in DEVICES:
-        raise ValueError(f"kernelkit: KERNELKIT_DEVICE must be one of {DEVICES}, got {s.device!r}")
-    if s.compile not in COMPILE_MODES:
-        raise ValueError(f"kernelkit: KERNELKIT_COMPILE must be one of {COMPILE_MODES}, "
-                         f"got {s.compile!r}")
+def _validate(s: Settings, in_use: bool = False) -> None:
+    """Raise for a knob's bad value, naming it as the user gave it: the environment variable, or
+    (`in_use`) kernelkit.use()'s argument."""
+    for knob, allowed, got in (("tune", TUNE_MODES, s.tune),
+                               ("backend", backend_names(), s.backend),
+                               ("device", DEVICES, s.device),
+                               ("compile", COMPILE_MODES, s.compile)):
+        if got is None and knob in ("backend", "device"):  # (None: choose)
+            continue
+        if got not in allowed:
+            name = f"kernelkit.use({knob}=...)" if in_use else f"KERNELKIT_{knob.upper()}"
+            raise ValueError(f"kernelkit: {name} must be one of {allowed}, got {got!r}")
 
 
 _VALID_OVERRIDES: set = set()  # use() overrides already validated
@@ -157,12 +159,18 @@ def use(
     for name, value in (("tune", tune), ("backend", backend), ("device", device),
                         ("compile", compile)):
         if value is not None:
+            if not isinstance(value, str):
+                raise TypeError(f"kernelkit: kernelkit.use({name}=...) must be a string, got "
+                                f"{type(value).__name__} {value!r}")
             new[name] = value.lower()
     if cache_dir is not None:
+        if not isinstance(cache_dir, (str, os.PathLike)) or not str(cache_dir):
+            raise TypeError(f"kernelkit: kernelkit.use(cache_dir=...) must be a non-empty path, "
+                            f"got {cache_dir!r}")
         new["cache_dir"] = str(cache_dir)
     knobs = tuple(sorted(new.items()))
     if knobs not in _VALID_OVERRIDES:
-        _validate(replace(Settings(), **new))
+        _validate(replace(Settings(), **new), in_use=True)
         if len(_VALID_OVERRIDES) >= _CURRENT_MAX:
             _VALID_OVERRIDES.clear()
         _VALID_OVERRIDES.add(knobs)

@@ -131,6 +131,6 @@ def test_the_fake_backend_competes_and_says_why_it_cannot(fake_backend, tmp_path
 
 
 def test_an_unregistered_backend_is_unknown_to_the_knob():
-    with pytest.raises(ValueError, match="KERNELKIT_BACKEND must be one of"), \
+    with pytest.raises(ValueError, match=r"use\(backend=...\) must be one of"), \
             kernelkit.use(backend="npfake"):
         pass

@@ -323,8 +323,13 @@ def test_forced_choice_that_cannot_run_raises():
     with pytest.raises(ValueError, match="forced backend=numpy"), kernelkit.use(backend="numpy"):
         # numpy has no BLAS for half precision: the backend does not take it
         kernelkit.matmul(torch.ones(2, 3, dtype=torch.float16), torch.ones(3, 4, dtype=torch.float16))
-    with pytest.raises(ValueError, match="KERNELKIT_BACKEND must be one of"):
+    # use()'s own argument is named (it said KERNELKIT_BACKEND), and a non-string one raised
+    # AttributeError: 'int' object has no attribute 'lower'
+    with pytest.raises(ValueError, match=r"kernelkit.use\(backend=...\) must be one of"):
         kernelkit.use(backend="cublas").__enter__()
+    for bad in (dict(tune=1), dict(backend=3), dict(cache_dir=123), dict(cache_dir="")):
+        with pytest.raises(TypeError, match=rf"kernelkit.use\({next(iter(bad))}=...\) must be"):
+            kernelkit.use(**bad).__enter__()
 
 
 def test_explain_without_the_op_name_says_what_it_takes():
@@ -337,6 +342,9 @@ def test_explain_without_the_op_name_says_what_it_takes():
     with pytest.raises(ValueError, match="explain: unknown op 'matmull'"):
         kernelkit.explain("matmull", a, b)
     assert kernelkit.explain(kernelkit.matmul, a, b).problem.op == "matmul"
+    with pytest.raises(TypeError, match=r"explain: matmul takes .*\(a, b, \*, bias=None.*"
+                                        r"missing a required argument: 'b'"):
+        kernelkit.explain("matmul", a)  # (was: "prepare() missing 1 required positional ...")
 
 
 def test_env_knobs(monkeypatch, rng):
