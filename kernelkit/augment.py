@@ -108,6 +108,16 @@ def _random_resized_crop(rng, h: int, w: int, scale, ratio) -> tuple[int, int, i
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
+def _pair(name: str, v) -> tuple[float, float]:
+    """A (low, high) range argument as two floats, or a ValueError naming it."""
+    try:
+        lo, hi = (float(x) for x in v)
+    except (TypeError, ValueError):
+        raise ValueError(f"augment: '{name}' must be a (low, high) pair of numbers, got "
+                         f"{v!r}") from None
+    return lo, hi
+
+
 def augment(
     indices: Sequence[int],
     image_sizes: Sequence[tuple[int, int]],
@@ -144,11 +154,22 @@ def augment(
     """
     if len(indices) != len(image_sizes):
         raise ValueError(f"augment: {len(indices)} indices but {len(image_sizes)} image sizes")
+    scale, ratio = _pair("scale", scale), _pair("ratio", ratio)
     if not (0 < scale[0] <= scale[1] <= 1):
         raise ValueError(f"augment: 'scale' must satisfy 0 < low <= high <= 1, got {scale}")
     if not (0 < ratio[0] <= ratio[1]):
         raise ValueError(f"augment: 'ratio' must satisfy 0 < low <= high, got {ratio}")
-    lo, hi = (-degrees, degrees) if isinstance(degrees, (int, float)) else degrees
+    for name, p in (("hflip", hflip), ("vflip", vflip)):
+        if not isinstance(p, (int, float, np.integer, np.floating)) or not 0 <= p <= 1:
+            raise ValueError(f"augment: '{name}' is a probability in [0, 1], got {p!r}")
+    lo, hi = (-float(degrees), float(degrees)) if isinstance(
+        degrees, (int, float, np.integer, np.floating)) else _pair("degrees", degrees)
+    if quarter_turns and hi > lo:
+        raise ValueError(f"augment: 'degrees' ({degrees!r}) and quarter_turns=True both draw the "
+                         "rotation; give one of them")
+    for h, w in image_sizes:
+        if int(h) < 1 or int(w) < 1:
+            raise ValueError(f"augment: every image size must be at least 1x1, got {h}x{w}")
     crops, flips, rots = [], [], []
     for index, (h, w) in zip(indices, image_sizes):
         rng = sample_generator(seed, epoch, index)

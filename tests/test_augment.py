@@ -117,3 +117,21 @@ def test_flip_probability_and_bad_keys():
             kernelkit.augment([0], [(10, 10)], **kw)
     with pytest.raises(ValueError, match="'index'"):
         kernelkit.augment([-1], [(10, 10)], seed=0)
+
+
+def test_bad_ranges_probabilities_and_sizes_name_the_argument():
+    # these raised IndexError, ZeroDivisionError and "cannot unpack non-iterable numpy.int64",
+    # or were taken silently (hflip=2; degrees dropped under quarter_turns)
+    for kw, msg in ((dict(scale=(0.5,)), "'scale' must be a \\(low, high\\) pair"),
+                    (dict(ratio="wide"), "'ratio' must be a \\(low, high\\) pair"),
+                    (dict(hflip=2), "'hflip' is a probability in \\[0, 1\\], got 2"),
+                    (dict(vflip=-0.1), "'vflip' is a probability"),
+                    (dict(degrees=10, quarter_turns=True), "give one of them")):
+        with pytest.raises(ValueError, match=msg):
+            kernelkit.augment([0], [(10, 10)], seed=0, **kw)
+    with pytest.raises(ValueError, match="at least 1x1, got 0x5"):
+        kernelkit.augment([0], [(0, 5)], seed=0)
+    # a numpy integer is a number of degrees like any other
+    a = kernelkit.augment([0, 1], [(10, 10)] * 2, seed=3, degrees=np.int64(10))
+    b = kernelkit.augment([0, 1], [(10, 10)] * 2, seed=3, degrees=10)
+    assert a.rotate == b.rotate and all(-10 <= r <= 10 for r in a.rotate)
