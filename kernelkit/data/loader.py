@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 
 from .handoff import Handoff
-from .sample import augment_options, collate_labels, load_sample, preprocess_batch
+from .sample import (
+    augment_options,
+    collate_labels,
+    load_sample,
+    output_size,
+    preprocess_batch,
+)
 from .timing import StageTimes
 
 _END = object()
@@ -87,11 +93,7 @@ class Loader:
                             f"{type(dataset).__name__}")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"Loader: 'batch_size' must be a positive int, got {batch_size!r}")
-        if isinstance(size, int) and not isinstance(size, bool):
-            size = (size, size)
-        if not (isinstance(size, (tuple, list)) and len(size) == 2
-                and all(isinstance(v, int) and v > 0 for v in size)):
-            raise ValueError(f"Loader: 'size' must be a positive int or (height, width), got {size!r}")
+        size = output_size("Loader", size)
         if not isinstance(prefetch, int) or prefetch < 1:
             raise ValueError(f"Loader: 'prefetch' must be an int >= 1, got {prefetch!r}")
         self.dataset = dataset

@@ -36,7 +36,20 @@ class Decoded:
     end: float = 0.0
 
 
-def augment_options(augment: Any) -> dict | None:
+def output_size(owner: str, size: Any) -> tuple[int, int]:
+    """`size` (an int, or (height, width)) as a pair of positive ints, or a ValueError naming
+    `owner` ("Loader", "Samples", "Collate") and what was given."""
+    pair = (size, size) if isinstance(size, (int, np.integer)) and not isinstance(size, bool) \
+        else size
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+                    for v in pair)):
+        raise ValueError(f"{owner}: 'size' must be a positive int or (height, width), got "
+                         f"{size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def augment_options(augment: Any, owner: str = "Loader") -> dict | None:
     """The `kernelkit.augment` keyword arguments a Loader's `augment` argument means.
 
     None or False: no augmentation (the whole image resized to the output size). True:
@@ -50,10 +63,10 @@ def augment_options(augment: Any) -> dict | None:
     if isinstance(augment, dict):
         unknown = set(augment) - _AUGMENT_KEYS
         if unknown:
-            raise ValueError(f"Loader: 'augment' has unknown keys {sorted(unknown)}; expected "
+            raise ValueError(f"{owner}: 'augment' has unknown keys {sorted(unknown)}; expected "
                              f"some of {sorted(_AUGMENT_KEYS)}")
         return {**AUGMENT_DEFAULTS, **augment}
-    raise TypeError(f"Loader: 'augment' must be None, True or a dict of kernelkit.augment "
+    raise TypeError(f"{owner}: 'augment' must be None, True or a dict of kernelkit.augment "
                     f"options, got {type(augment).__name__}")
 
 

@@ -13,7 +13,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .sample import augment_options, collate_labels, load_sample, preprocess_batch
+from .sample import (
+    augment_options,
+    collate_labels,
+    load_sample,
+    output_size,
+    preprocess_batch,
+)
 
 
 class Samples:
@@ -36,8 +42,8 @@ class Samples:
     def __init__(self, dataset: Any, *, size: Any, augment: Any = None, seed: int = 0,
                  epoch: int = 0):
         self.dataset = dataset
-        self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        self.augment = augment_options(augment)
+        self.size = output_size("Samples", size)
+        self.augment = augment_options(augment, "Samples")
         self.seed = seed
         self.epoch = epoch
 
@@ -76,7 +82,7 @@ class Collate:
     def __init__(self, *, size: Any, mean: Any, std: Any, stats_unit: str = "input",
                  out_dtype: str = "float32", layout: str = "NCHW",
                  interpolation: str = "bilinear", antialias: bool = True, tensors: bool = True):
-        size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        size = output_size("Collate", size)
         self.prep = dict(size=size, mean=mean, std=std, stats_unit=stats_unit,
                          out_dtype=out_dtype, layout=layout, interpolation=interpolation,
                          antialias=antialias)

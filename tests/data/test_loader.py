@@ -250,6 +250,19 @@ def test_bad_arguments(items, kwargs, exc, msg):
         data.Loader(items, **kw)
 
 
+@pytest.mark.parametrize("make, msg", [
+    (lambda: data.Samples([], size=0), r"Samples: 'size' must be a positive int .* got 0$"),
+    (lambda: data.Samples([], size=(16,)), r"Samples: 'size' .* got \(16,\)"),
+    (lambda: data.Samples([], size=8, augment=5), "Samples: 'augment' must be None"),
+    (lambda: data.Collate(size="a", mean=0, std=1), "Collate: 'size' .* got 'a'"),
+])
+def test_samples_and_collate_check_their_arguments(make, msg):
+    # Samples(size=0) was accepted, size=(16,) raised IndexError, Collate(size="a") "invalid
+    # literal for int()", and Samples' errors said "Loader:"
+    with pytest.raises((ValueError, TypeError), match=msg):
+        make()
+
+
 def test_bad_dataset_and_image_types():
     with pytest.raises(TypeError, match="Loader: 'dataset' must be a sequence"):
         data.Loader(iter([]), batch_size=1, size=8, mean=0, std=1)
