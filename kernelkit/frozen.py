@@ -52,8 +52,15 @@ def frozen_weights(on: bool = True) -> Iterator[None]:
 
 
 def weights_frozen() -> bool:
-    """Inside `frozen_weights()`, or KERNELKIT_FROZEN_WEIGHTS=1."""
-    return _frozen.get() or _ENV.get(_KEY) == _ONE
+    """Inside `frozen_weights()`, or KERNELKIT_FROZEN_WEIGHTS=1 (or true, yes, on)."""
+    if _frozen.get():
+        return True
+    v = _ENV.get(_KEY)
+    if v is None or v == _ONE:  # (the common cases without a call)
+        return v is not None
+    from .settings import env_flag
+
+    return env_flag("KERNELKIT_FROZEN_WEIGHTS", False)
 
 
 def forget_packed_weights() -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 from .. import threads
+from ..settings import env_number
 
 _clock: Callable[[], float] = time.perf_counter
 
@@ -100,10 +101,7 @@ def machine_busy(before: CpuSnapshot, after: CpuSnapshot) -> bool:
 
 def busy_share() -> float:
     """The threshold above: KERNELKIT_BUSY_SHARE if set to a number, else BUSY_SHARE."""
-    try:
-        return float(os.environ.get("KERNELKIT_BUSY_SHARE") or BUSY_SHARE)
-    except ValueError:
-        return BUSY_SHARE
+    return env_number("KERNELKIT_BUSY_SHARE", BUSY_SHARE, 0.0, 1.0)
 
 
 def cuda_sync() -> None:

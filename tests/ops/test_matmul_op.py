@@ -347,6 +347,30 @@ def test_explain_without_the_op_name_says_what_it_takes():
         kernelkit.explain("matmul", a)  # (was: "prepare() missing 1 required positional ...")
 
 
+def test_yes_no_and_number_variables_say_when_a_value_is_not_understood(monkeypatch):
+    # KERNELKIT_FROZEN_WEIGHTS=true was silently off (only "1" counted), and a non-numeric or
+    # negative KERNELKIT_BUSY_SHARE, KERNELKIT_OPENMP_TEAM=abc were taken without a word
+    from kernelkit import frozen
+    from kernelkit.autotune import timing
+    from kernelkit.kernels.numba import _native
+
+    for value, on in (("true", True), ("ON", True), ("1", True), ("no", False), ("0", False)):
+        monkeypatch.setenv("KERNELKIT_FROZEN_WEIGHTS", value)
+        assert frozen.weights_frozen() is on
+    monkeypatch.setenv("KERNELKIT_FROZEN_WEIGHTS", "perhaps")
+    with pytest.warns(UserWarning, match="KERNELKIT_FROZEN_WEIGHTS='perhaps' is not 1 or 0"):
+        assert frozen.weights_frozen() is False
+    monkeypatch.setenv("KERNELKIT_NATIVE_SHARES", "abc")
+    with pytest.warns(UserWarning, match="KERNELKIT_NATIVE_SHARES='abc'.*using True"):
+        assert _native.enabled() is True
+    for value in ("abc", "-1"):
+        monkeypatch.setenv("KERNELKIT_BUSY_SHARE", value)
+        with pytest.warns(UserWarning, match=f"KERNELKIT_BUSY_SHARE='{value}' is not a number"):
+            assert timing.busy_share() == timing.BUSY_SHARE
+    monkeypatch.setenv("KERNELKIT_BUSY_SHARE", "0.5")
+    assert timing.busy_share() == 0.5
+
+
 def test_env_knobs(monkeypatch, rng):
     a, b = rand(rng, (9, 9)), rand(rng, (9, 9))
     monkeypatch.setenv("KERNELKIT_BACKEND", "torch")

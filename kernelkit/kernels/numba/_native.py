@@ -28,7 +28,6 @@ trampolines off (each share a Python callback again).
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 
 import numba
@@ -39,6 +38,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernelkit.kernels.numba import _cache
+from kernelkit.settings import env_flag
 
 _cache.install()  # the keyed locator, before the first cache=True function below
 
@@ -68,7 +68,7 @@ _BY_ENTRY: dict[int, tuple] = {}  # id(entry point) -> (entry point, launcher, t
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV, "1").strip() != "0"
+    return env_flag(ENV, True)
 
 
 # ------------------------------------------------------------------------ codegen: the trampoline

@@ -50,6 +50,7 @@ from numba.extending import intrinsic
 
 from kernelkit import threads as _threads
 from kernelkit.kernels.numba import _native
+from kernelkit.settings import env_flag
 
 _POOL: list = [None]
 _POOL_LOCK = threading.Lock()
@@ -112,7 +113,7 @@ def _find_team():
     """Look for torch's OpenMP runtime once torch is imported: its entry points, or False."""
     if "torch" not in sys.modules:
         return None  # no spinning workers to reuse (yet): look again on a later call
-    if os.environ.get(_TEAM_ENV, "1").strip() == "0" or _threads.forked():
+    if not env_flag(_TEAM_ENV, True) or _threads.forked():
         return False  # (a forked child: the parent's OpenMP threads do not exist here)
     path = _loaded_openmp()
     try:
