@@ -272,6 +272,9 @@ def prepare_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gr
     kl, channels_last = _layout(op, x, layout)
     _ndim(op, "x", x, "(N, H, W, C)" if kl == "NHWC" and not channels_last else "(N, C, H, W)")
     _ndim(op, "weight", weight, "(K, C // groups, R, S)")
+    converted = not channels_last and layout is None and _weight_makes_channels_last(x, weight)
+    if converted:
+        kl, channels_last = "NHWC", True
     xs = tuple(x.shape) if channels_last else nchw_shape(x.shape, kl)
     ws = tuple(weight.shape)
     geo, (ho, wo) = check_geometry(op, xs, ws, stride, padding, dilation, groups)
@@ -282,7 +285,7 @@ def prepare_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gr
                           activation, allow_tf32)
     stride, pad, dilation = geo.stride, geo.padding, geo.dilation
     problem = _problem(op, xs, ws, (ho, wo), dtype, kl, loc, options)
-    to_kernel, from_kernel = _channels_last_views(channels_last)
+    to_kernel, from_kernel = _channels_last_views(channels_last, converted)
 
     def bind(cand: Candidate, config: Config) -> Plan:
         return _bind(cand.launcher(problem, config), cand, loc, problem.dtype, (to_kernel, None, None), from_kernel)
@@ -422,12 +425,35 @@ def _ndim(op, name, x, dims) -> None:
         raise ValueError(f"{op}: '{name}' must be 4-D {dims}, got shape {tuple(x.shape)}")
 
 
-def _channels_last_views(channels_last: bool):
+def _channels_last_views(channels_last: bool, convert: bool = False):
     """A channels_last torch tensor has NCHW dims over NHWC memory: the kernels get the NHWC view
-    (a permutation, no copy), and their NHWC result is handed back as channels_last NCHW."""
+    (a permutation, no copy), and their NHWC result is handed back as channels_last NCHW.
+    `convert`: the input is not channels_last but the weight is (`_weight_makes_channels_last`):
+    it is copied into channels_last first, as torch's own conv does."""
     if not channels_last:
         return None, None
-    return (lambda t: t.permute(0, 2, 3, 1)), (lambda t: t.permute(0, 3, 1, 2))
+    if convert:
+        import torch
+
+        def to_kernel(t):
+            return t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+    else:
+        def to_kernel(t):
+            return t.permute(0, 2, 3, 1)
+    return to_kernel, (lambda t: t.permute(0, 3, 1, 2))
+
+
+def _weight_makes_channels_last(x, weight) -> bool:
+    """torch's rule for a 2-D conv (oneDNN and cuDNN alike): a weight in channels_last memory
+    makes the conv channels_last, its result included, whatever the input's format. Before, a
+    channels_last weight beside an NCHW input gave torch a channels_last output and kernelkit a
+    contiguous one."""
+    if arrays.array_lib(x) != "torch" or arrays.array_lib(weight) != "torch" \
+            or torch_only(x, weight):
+        return False
+    import torch
+
+    return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
 
 
 def _bind(fn, cand: Candidate, loc: arrays.Location, dtype: str, views: tuple, out_view) -> Plan:

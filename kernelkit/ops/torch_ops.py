@@ -226,20 +226,25 @@ def linear_op():
 _GEOMETRY = "int[] stride, int[] padding, int[] dilation, int groups"
 
 
-def _channels_last(t, layout) -> bool:
-    """The ops layer's rule (ops/conv2d.py `_layout`): a torch tensor in channels_last memory
-    that is not also plain contiguous runs in NHWC and gives a channels_last result."""
+def _channels_last(t, layout, weight=None) -> bool:
+    """The ops layer's rule (ops/conv2d.py `_layout`, `_weight_makes_channels_last`): a torch
+    tensor in channels_last memory that is not also plain contiguous runs in NHWC and gives a
+    channels_last result; so does a forward whose `weight` is such a tensor (torch's rule)."""
     import torch
 
-    return layout is None and t.ndim == 4 and t.is_contiguous(
-        memory_format=torch.channels_last) and not t.is_contiguous()
+    def cl(u) -> bool:
+        return u.ndim == 4 and u.is_contiguous(memory_format=torch.channels_last) \
+            and not u.is_contiguous()
+
+    return layout is None and t.ndim == 4 and (cl(t) or (weight is not None and cl(weight)))
 
 
-def _empty_like_layout(ref, shape, layout):
+def _empty_like_layout(ref, shape, layout, weight=None):
     import torch
 
     out = ref.new_empty(shape)
-    return out.contiguous(memory_format=torch.channels_last) if _channels_last(ref, layout) else out
+    return out.contiguous(memory_format=torch.channels_last) \
+        if _channels_last(ref, layout, weight) else out
 
 
 @functools.cache
@@ -378,7 +383,7 @@ def conv2d_op():
         n, c, h, w = nchw_shape(x.shape, "NHWC" if nhwc else "NCHW")
         k, _, r, s = weight.shape
         ho, wo = out_size(h, w, r, s, stride, padding, dilation)
-        return _empty_like_layout(x, (n, ho, wo, k) if nhwc else (n, k, ho, wo), layout)
+        return _empty_like_layout(x, (n, ho, wo, k) if nhwc else (n, k, ho, wo), layout, weight)
 
     bwd_input, bwd_weight = conv2d_backward_ops()
 

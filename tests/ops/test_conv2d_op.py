@@ -143,6 +143,29 @@ def test_nan_inf_and_empty_batch(backend, rng):
     assert empty.shape == (0, 7, 13, 11)
 
 
+@pytest.mark.parametrize("backend", [None, *CPU_BACKENDS])
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_a_channels_last_weight_makes_the_result_channels_last_as_in_torch(backend, grad, rng):
+    # torch's rule (oneDNN and cuDNN): a channels_last weight makes the conv channels_last; the
+    # op returned a contiguous result beside an NCHW input
+    x = torch.from_numpy(rand(rng, (2, 8, 10, 9))).requires_grad_(grad)
+    w = torch.from_numpy(rand(rng, (6, 8, 3, 3))).contiguous(memory_format=torch.channels_last)
+    w.requires_grad_(grad)
+    b = torch.from_numpy(rand(rng, (6,))).requires_grad_(grad)
+    with kernelkit.use(backend=backend):
+        y = kernelkit.conv2d(x, w, b, padding=1, activation="relu")
+    want = F.relu(F.conv2d(x, w, b, padding=1))
+    assert want.is_contiguous(memory_format=torch.channels_last) and not want.is_contiguous()
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-4)
+    if grad:
+        gy = torch.from_numpy(rand(rng, tuple(y.shape)))
+        got = torch.autograd.grad(y, (x, w, b), gy)
+        ref = torch.autograd.grad(want, (x, w, b), gy)
+        for g1, g2 in zip(got, ref):
+            torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-3)
+
+
 # No input channels (every sum empty: act(bias) everywhere) and no output channels: torch's own
 # conv returned an input-shaped (2, 0, 5, 5) for the first and raised for the second, so the
 # answer depended on the candidate the tuner picked (the Numba kernels gave these).

@@ -21,12 +21,15 @@ GEOMETRIES = [  # stride, padding (top, bottom, left, right), dilation, groups, 
 ]
 
 
-def _conv_inputs(grad: bool, groups: int, dtype=torch.float32, channels_last=False):
+def _conv_inputs(grad: bool, groups: int, dtype=torch.float32, channels_last=False,
+                 weight_channels_last=False):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 4, 6, 5, generator=g, dtype=dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     w = torch.randn(6, 4 // groups, 3, 2, generator=g, dtype=dtype)
+    if weight_channels_last:
+        w = w.contiguous(memory_format=torch.channels_last)
     b = torch.randn(6, generator=g, dtype=dtype)
     return [t.requires_grad_(grad) for t in (x, w, b)]
 
@@ -41,10 +44,14 @@ def _out_shape(x, w, stride, pad, dil):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
 @pytest.mark.parametrize("geo", GEOMETRIES, ids=["plain", "strided_grouped_silu"])
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+# "weight": an NCHW input beside a channels_last weight, which makes torch's conv (and the op,
+# its fake included) channels_last
+@pytest.mark.parametrize("channels_last", [False, True, "weight"],
+                         ids=["nchw", "channels_last", "weight_channels_last"])
 def test_opcheck_conv2d_and_its_backward_ops(backend, grad, geo, channels_last):
     stride, pad, dil, groups, act = geo
-    x, w, b = _conv_inputs(grad, groups, channels_last=channels_last)
+    x, w, b = _conv_inputs(grad, groups, channels_last=channels_last is True,
+                           weight_channels_last=channels_last == "weight")
     g = torch.randn(_out_shape(x, w, stride, pad, dil))
     if channels_last:
         g = g.contiguous(memory_format=torch.channels_last)
