@@ -45,7 +45,8 @@ def conv2d(x: Any, weight: Any, bias: Any = None, *, stride=1, padding=0, dilati
 
     Args:
         x: input batch, (N, C, H, W), or (N, H, W, C) with ``layout="NHWC"``; a channels_last
-            torch tensor runs in NHWC and gives a channels_last result. numpy, torch or cupy.
+            torch tensor runs in NHWC and gives a channels_last result, and so does any torch
+            input beside a channels_last weight (torch's rule). numpy, torch or cupy.
         weight: (K, C // groups, R, S), same library, device and dtype as `x`.
         bias: optional (K,).
         stride, dilation: int or (h, w) pair, positive.
