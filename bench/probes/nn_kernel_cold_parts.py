@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/resnets.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _inmodel.py
 
 ROWS = ("cold", "second in a row", "after the kernel on a clone", "after x.sum",
         "after torch's conv", "after a no-op region", "one thread cold", "one thread second")
@@ -46,31 +46,17 @@ def main() -> int:
     os.environ["KERNELKIT_COMPILE"] = "foreground"
     import numba
     import numpy as np
-    import torch
     import torch.nn.functional as F
-    from resnets import Pair
+    from _inmodel import settled_trial
 
-    from kernelkit import devices, settings
+    from kernelkit import devices
     from kernelkit.kernels.numba import _pool
     from kernelkit.kernels.numba import conv2d as numba_conv
-    from kernelkit.nn import _route
 
-    torch.set_num_threads(2)
-    pair = Pair("resnet50", 1, 224)
-    pair.tune()
-    pair.pat.eval()
-    for _ in range(200):
-        pair.infer(pair.pat)
-        if not _route.pending(pair.pat, grad=False):
-            break
-    layer = dict(pair.pat.named_modules())[args.layer]
-    trials = [_route._trial_of(r) for _, r in _route._routes_under(layer.__dict__,
-                                                                   settings.token())]
-    trials = [t for t in trials if t is not None]
-    if not trials:
+    pair, layer, trial = settled_trial(args.layer)
+    if trial is None:
         print(f"{args.layer}: the tuner gave it no kernel in this run")
         return 1
-    trial = trials[0]
 
     marks: dict[str, float] = {"depth": 0}
     for name in ("_launch", "_run"):  # the kernel's launch, whichever way the forward takes

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/resnets.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _inmodel.py
 
 
 def main() -> int:
@@ -32,29 +32,15 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("KERNELKIT_CACHE_DIR", tempfile.mkdtemp(prefix="kk-inmodel-"))
     os.environ["KERNELKIT_COMPILE"] = "foreground"
-    import torch
     import torch.nn.functional as F
-    from resnets import Pair
+    from _inmodel import settled_trial
 
-    from kernelkit import devices, settings
-    from kernelkit.nn import _route
+    from kernelkit import devices
 
-    torch.set_num_threads(2)
-    pair = Pair("resnet50", 1, 224)
-    pair.tune()
-    pair.pat.eval()
-    for _ in range(200):
-        pair.infer(pair.pat)
-        if not _route.pending(pair.pat, grad=False):
-            break
-    layer = dict(pair.pat.named_modules())[args.layer]
-    trials = [_route._trial_of(r) for _, r in _route._routes_under(layer.__dict__,
-                                                                   settings.token())]
-    trials = [t for t in trials if t is not None]
-    if not trials:
+    pair, layer, trial = settled_trial(args.layer)
+    if trial is None:
         print(f"{args.layer}: the tuner gave it no kernel in this run")
         return 1
-    trial = trials[0]
     rows = ("kernel first", "torch first", "kernel second", "torch second",
             "kernel again, detached weight", "kernel again")
     times: dict[str, list[float]] = {r: [] for r in rows}
