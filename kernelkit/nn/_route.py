@@ -48,6 +48,7 @@ _KERNEL_DTYPES = frozenset((torch.float16, torch.bfloat16, torch.float32, torch.
 _transforms_active = torch._C._are_functorch_transforms_active
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _forward_ad = torch.autograd.forward_ad
+_saved_tensors_hooks = torch._C._autograd._top_saved_tensors_default_hooks  # (0.05 us)
 
 
 def grad_on(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -77,8 +78,9 @@ def forward(module: torch.nn.Module, x: torch.Tensor, aten_route: Route, op_rout
     """A kernelkit.nn layer's call: traced (torch.compile, export and torch.jit.trace:
     `compiled`); torch's own op where kernelkit's kernels leave the tensors to torch (a torch.fx
     symbolic trace's Proxy, a tensor subclass, meta tensors, a torch.func transform, forward-mode
-    AD, a TorchDispatchMode: `dispatch.torch_only`); under autocast the registered op, whose
-    autocast rule gives torch's dtypes; else eager (the memoised route)."""
+    AD, a TorchDispatchMode: `dispatch.torch_only`), and with grad inside saved-tensor hooks
+    (checkpointing, save_on_cpu); under autocast the registered op, whose autocast rule gives
+    torch's dtypes; else eager (the memoised route)."""
     w, b = weight_and_bias(module)
     if torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None:
         return compiled(module, aten_route, op_route, grad_on(x, w, b))(module, x, w, b)
@@ -86,6 +88,12 @@ def forward(module: torch.nn.Module, x: torch.Tensor, aten_route: Route, op_rout
     if (t is not _TENSOR and t is not _PARAMETER) or not (x.is_cpu or x.is_cuda) \
             or x.layout is not _STRIDED or _transforms_active() \
             or _forward_ad._current_level >= 0 or _dispatch_modes():
+        return aten_route(module, x, w, b)
+    if _saved_tensors_hooks(False) is not None and grad_on(x, w, b):
+        # inside torch.utils.checkpoint (use_reentrant=False: the recomputation must save what
+        # the forward saved, so the route may not change between them, as an in-model trial or
+        # a re-decision once a compile finished did: CheckpointError) or save_on_cpu: torch's
+        # own op, whose saved tensors do not depend on kernelkit's choices
         return aten_route(module, x, w, b)
     if torch._C._is_any_autocast_enabled():
         return op_route(module, x, w, b)

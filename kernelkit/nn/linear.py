@@ -71,7 +71,7 @@ def _make_route(m: Linear, x: torch.Tensor) -> _route.Route:
         if x.ndim == 2:  # (a torch reshape costs 1-3 us even when it is a no-op)
             return plan(x, w.t(), b)
         y = plan(rows(x, x.shape[-1]), w.t(), b)
-        return y.reshape(*x.shape[:-1], m.out_features)
+        return y.reshape(*x.shape[:-1], w.shape[0])  # (not out_features: a weight swapped since)
 
     autograd = eager_matmul()
 
@@ -79,7 +79,7 @@ def _make_route(m: Linear, x: torch.Tensor) -> _route.Route:
         if x.ndim == 2:
             return autograd(x, w.t(), b, m.activation, False)
         y = autograd(rows(x, x.shape[-1]), w.t(), b, m.activation, False)
-        return y.reshape(*x.shape[:-1], m.out_features)
+        return y.reshape(*x.shape[:-1], w.shape[0])
 
     return _route.kernel_route(kernel, with_grad, _aten, cand.name)
 

@@ -280,6 +280,24 @@ def test_patched_linear_with_no_input_or_output_features_matches_torch(backend, 
                                                               False), want)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_weight_swapped_for_another_size_gives_its_output_size(backend):
+    # growing a head after its first call: the route reshaped to the old out_features
+    # ("shape '[2, 3, 5]' is invalid for input of size 54") for 3-D inputs
+    torch.manual_seed(0)
+    head = nn.Linear(8, 5)
+    knn.patch(head)
+    x = torch.randn(2, 3, 8)
+    with kernelkit.use(backend=backend):
+        head(x)
+        head.weight = nn.Parameter(torch.randn(9, 8))
+        head.bias = nn.Parameter(torch.randn(9))
+        for grad in (False, True):
+            with torch.set_grad_enabled(grad):
+                torch.testing.assert_close(head(x), nn.functional.linear(x, head.weight,
+                                                                         head.bias))
+
+
 def test_patched_layers_raise_torchs_errors_for_bad_input():
     layer, conv = knn.Linear(4, 2), knn.Conv2d(3, 2, 3)
     with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):

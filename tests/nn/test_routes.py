@@ -4,6 +4,8 @@ What these routes cost is measured in bench/test_bench_nn.py, never here."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -226,6 +228,41 @@ def test_a_kernel_keeps_the_layer_only_if_it_wins_inside_the_model(kernel_s, rou
     assert trial.verdict == pytest.approx((kernel_s, 1e-3))
     assert [r for _, _, r in knn.where(layer)] == [route]
     assert layer._kk_aten_only == (route == "torch (aten)")  # what torch.compile traces
+
+
+@pytest.mark.parametrize("hooks", ["checkpoint", "save_on_cpu"])
+def test_checkpointed_and_offloaded_layers_run_torchs_op_while_a_trial_decides(hooks,
+                                                                                monkeypatch):
+    """torch.utils.checkpoint(use_reentrant=False) recomputes the forward in the backward and
+    checks that it saved the same tensors: a layer in its in-model trial ran the kernel route in
+    one and torch's op in the other (CheckpointError: "A different number of tensors was saved
+    during the original forward and recomputation"). Inside saved-tensor hooks a layer with grad
+    runs torch's op, and its trial waits."""
+    from torch.utils.checkpoint import checkpoint
+
+    from kernelkit.nn import _route
+
+    _numba_chosen(monkeypatch, 0.5e-3)
+    _timed_by(monkeypatch, lambda aten, grad: 1e-3 if aten else 0.5e-3)
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 4)
+    ref = copy.deepcopy(layer)
+    knn.patch(layer)
+    x = torch.randn(3, 8, requires_grad=True)
+    for _ in range(3 * (_route.TRIAL_CALLS + 1)):
+        layer.zero_grad()
+        x.grad = None
+        if hooks == "checkpoint":
+            y = checkpoint(layer, x, use_reentrant=False)
+        else:
+            with torch.autograd.graph.save_on_cpu():
+                y = layer(x)
+        y.square().sum().backward()
+        want = ref(x.detach())
+        torch.testing.assert_close(y, want)
+    assert [r for _, _, r in knn.where(layer)] in ([], ["numba-cpu"])  # the trial still waits
+    layer.zero_grad()
+    _train_step(layer, x.detach())  # outside the hooks: the trial goes on
 
 
 def test_the_in_model_trial_counts_grad_and_no_grad_calls_apart(monkeypatch):
