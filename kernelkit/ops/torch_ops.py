@@ -117,17 +117,19 @@ def _library(ns: str):
 
 
 # -- matmul --------------------------------------------------------------------------------------
-def _matmul_grads(mm, a, b, bias, act, tf32, needs, grad):
+def _matmul_grads(mm, a, b, bias, act, tf32, needs, grad, shapes=None):
     """The gradients of act(a @ b + bias), every product through `mm` (an op with the signature
-    of kernelkit::matmul): the custom op's formula and the eager Function's."""
+    of kernelkit::matmul): the custom op's formula and the eager Function's. `shapes`: those of
+    a and b, where one of them was not saved (None: a gradient that does not need it)."""
     if act is not None:  # recompute the pre-activation instead of storing it
         grad = _activation_backward(act, grad, mm(a, b, bias, None, tf32))
+    a_shape, b_shape = shapes or (a.shape, b.shape)
     ga = gb = gbias = None
     if needs[0]:
-        ga = _sum_to(mm(grad, b.mT, None, None, tf32), a.shape)
+        ga = _sum_to(mm(grad, b.mT, None, None, tf32), a_shape)
     if needs[1]:
-        gb = _sum_to(mm(a.mT, grad, None, None, tf32), b.shape)
-    if bias is not None and needs[2]:
+        gb = _sum_to(mm(a.mT, grad, None, None, tf32), b_shape)
+    if needs[2]:  # (False for a None bias)
         gbias = rows(grad, grad.shape[-1]).sum(0)
     return ga, gb, gbias
 
@@ -474,14 +476,21 @@ def eager_matmul():
     class EagerMatmul(torch.autograd.Function):
         @staticmethod
         def forward(ctx, a, b, bias, act, tf32):
-            ctx.save_for_backward(a, b, bias)
-            ctx.act, ctx.tf32 = act, tf32
+            if act is None:
+                # only what the gradients read, as torch's own product: a patched Linear whose
+                # input needs no gradient saved its weight too, and an optimizer step between
+                # two backwards then raised "modified by an inplace operation"
+                need_a, need_b = ctx.needs_input_grad[:2]
+                ctx.save_for_backward(a if need_b else None, b if need_a else None, None)
+            else:  # the backward recomputes the pre-activation from all three
+                ctx.save_for_backward(a, b, bias)
+            ctx.act, ctx.tf32, ctx.shapes = act, tf32, (a.shape, b.shape)
             return matmul(a, b, bias=bias, activation=act, allow_tf32=tf32)
 
         @staticmethod
         def backward(ctx, grad):
             return (*_matmul_grads(mm, *ctx.saved_tensors, ctx.act, ctx.tf32,
-                                   ctx.needs_input_grad, grad), None, None)
+                                   ctx.needs_input_grad, grad, ctx.shapes), None, None)
 
     return EagerMatmul.apply
 

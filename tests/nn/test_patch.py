@@ -298,6 +298,29 @@ def test_a_weight_swapped_for_another_size_gives_its_output_size(backend):
                                                                          head.bias))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_optimizer_step_between_two_backwards_works_as_in_torch(backend):
+    # the kernel route saved the weight although the input needs no gradient, so the second
+    # backward raised "modified by an inplace operation" where torch's layer works
+    grads = []
+    for patched in (False, True):
+        torch.manual_seed(0)
+        layer = nn.Linear(8, 5)
+        if patched:
+            knn.patch(layer)
+        opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+        x = torch.randn(4, 8)
+        with kernelkit.use(backend=backend):
+            y = layer(x)
+        y.pow(2).mean().backward(retain_graph=True)
+        opt.step()
+        opt.zero_grad()
+        y.abs().mean().backward()
+        grads.append((layer.weight.grad.clone(), layer.bias.grad.clone()))
+    for g, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(g, want)
+
+
 def test_patched_layers_raise_torchs_errors_for_bad_input():
     layer, conv = knn.Linear(4, 2), knn.Conv2d(3, 2, 3)
     with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
