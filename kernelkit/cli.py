@@ -163,10 +163,12 @@ def cmd_cache(args: argparse.Namespace, con: Console) -> int:
             raise ValueError("cache import takes FILE [FILE ...]")
         for f in args.files:
             records, fps = cache_mod.read_export(f)
-            cache.add_records(records, fps)
+            older = cache.import_records(records, fps)
             mine = sum(1 for fid, _ in records if fid == cache.fp)
-            con.print(f"imported {len(records)} entries from {f} ({mine} made on this machine "
-                      f"and usable here, {len(records) - mine} kept for other machines)")
+            kept = f"; {older} older than this cache's own entries left out" if older else ""
+            con.print(f"imported {len(records) - older} entries from {f} ({mine} made on this "
+                      f"machine and usable here, {len(records) - mine} kept for other "
+                      f"machines{kept})")
         return 0
     if args.action == "merge":
         if len(args.files) < 2 or not args.out:

@@ -232,6 +232,17 @@ class Cache:
         """Record `new` (this machine's entries) in memory and append them to the file."""
         self.add_records({(self.fp, k): e for k, e in new.items()}, {self.fp: fingerprint()})
 
+    def import_records(self, records: dict[tuple[str, str], dict],
+                       fingerprints: dict[str, dict]) -> int:
+        """`add_records` of those of `records` measured no earlier than the entry this cache
+        holds for their key (`merge_exports`' rule: an import never replaces a newer
+        measurement with an older one); returns how many were left out as older."""
+        with self._mutex:
+            have = self.records()
+            newer = {k: e for k, e in records.items() if newer_than(e, have.get(k))}
+            self.add_records(newer, fingerprints)
+        return len(records) - len(newer)
+
     def add_records(self, records: dict[tuple[str, str], dict],
                     fingerprints: dict[str, dict]) -> None:
         """Record entries under any fingerprint (import, merge)."""
@@ -365,6 +376,12 @@ def read_export(path: str | os.PathLike) -> tuple[dict[tuple[str, str], dict], d
                          "writes one: a header and its entries)") from None
 
 
+def newer_than(entry: dict, other: dict | None) -> bool:
+    """Whether `entry` replaces `other` for the same key: measured at the same time or later
+    (ISO timestamps compare as strings), or there is no other."""
+    return other is None or str(entry.get("measured_at", "")) >= str(other.get("measured_at", ""))
+
+
 def merge_exports(paths: list[str | os.PathLike]) -> dict:
     """Several exported files as one export: for a (fingerprint, key) in more than one, the entry
     measured last wins."""
@@ -374,7 +391,7 @@ def merge_exports(paths: list[str | os.PathLike]) -> dict:
         recs, f = read_export(p)
         fps.update(f)
         for k, e in recs.items():
-            if k not in records or str(e.get("measured_at", "")) >= str(records[k].get("measured_at", "")):
+            if newer_than(e, records.get(k)):
                 records[k] = e
     return {"header": {"schema": SCHEMA, "fingerprints": {k: fps.get(k) for k in sorted(fps)}},
             "entries": [{"key": key, "fp": fid, "entry": e} for (fid, key), e in sorted(records.items())]}

@@ -314,3 +314,18 @@ def test_clear_forgets_this_machine_only(tmp_path):
         c.clear()
         assert c.entries() == {} and fresh(tmp_path).entries() == {}
         assert (fid, "theirs") in fresh(tmp_path).records()
+
+
+def test_import_never_replaces_a_newer_measurement_with_an_older_one(tmp_path):
+    # `cache import` overwrote this cache's newer entry with the file's older one, where `cache
+    # merge` kept the newer: one rule now (cache.newer_than)
+    c = Cache(tmp_path)
+    c.put("k", entry(median=2e-3, when="2026-12-04T12:00:00+00:00"))
+    older = {(c.fp, "k"): entry(median=9e-3, when="2026-12-01T00:00:00+00:00")}
+    newer = {(c.fp, "k"): entry(median=1e-3, when="2026-12-05T00:00:00+00:00"),
+             (c.fp, "new"): entry(median=5e-3)}
+    assert c.import_records(older, {c.fp: fingerprint()}) == 1
+    assert fresh(tmp_path).get("k")["trials"][0]["median"] == 2e-3
+    assert c.import_records(newer, {c.fp: fingerprint()}) == 0
+    got = fresh(tmp_path)
+    assert got.get("k")["trials"][0]["median"] == 1e-3 and got.get("new") is not None
