@@ -22,6 +22,7 @@ from ..kernels.convgeom import ConvOptions, check_geometry, nchw_shape
 from .dispatch import (
     PlanMemo,
     explain_call,
+    fx_proxy,
     jit_tracing,
     needs_grad,
     plain_signature3,
@@ -77,6 +78,10 @@ def conv2d(x: Any, weight: Any, bias: Any = None, *, stride=1, padding=0, dilati
     plan = _FORWARD.find(plain_signature3(x, weight, bias, extras))  # a repeated call
     if plan is not None:
         return plan(x, weight, bias)
+    if type(x) is not _NDARRAY and (proxy := fx_proxy(x, weight, bias)) is not None:
+        return proxy.tracer.create_proxy("call_function", conv2d, (x, weight, bias), dict(
+            stride=stride, padding=padding, dilation=dilation, groups=groups,
+            activation=activation, layout=layout, allow_tf32=allow_tf32))  # (an fx trace)
     if type(x) is not _NDARRAY and torch_only(x, weight, bias):  # vmap, meta, ...: torch's ops
         check_activation("conv2d", activation)
         geo = _op_geometry("conv2d", x, x.shape, weight.shape, stride, padding, dilation, groups,

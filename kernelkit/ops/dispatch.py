@@ -71,6 +71,17 @@ def _thread_leaves_to_torch() -> bool:
             or tc._len_torch_dispatch_stack() > 0)
 
 
+def fx_proxy(*xs):
+    """The first torch.fx Proxy among `xs` (a symbolic trace is running through an op), or None.
+    The ops then record themselves as one call node, as ``torch.fx.wrap`` would: the node runs
+    the op on the real tensors later. Before, they raised "'x' must be a numpy array, torch
+    tensor or cupy array, got Proxy"."""
+    fx = sys.modules.get("torch.fx")
+    if fx is None:
+        return None
+    return next((x for x in xs if isinstance(x, fx.Proxy)), None)
+
+
 def foreign_tensors(*xs) -> bool:
     """`torch_only`'s checks of the tensors themselves (a subclass, a sparse layout, a device
     other than the CPU and CUDA), without the thread's transforms and modes: for a layer's weight

@@ -20,6 +20,7 @@ from ..kernels import check_activation, torch_activations
 from .dispatch import (
     PlanMemo,
     explain_call,
+    fx_proxy,
     jit_tracing,
     needs_grad,
     plain_signature3,
@@ -76,6 +77,9 @@ def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
         plan = _PLANS.find(plain_signature3(a, b, bias, (activation, allow_tf32)))  # a repeat
         if plan is not None:
             return plan(a, b, bias)
+        if (proxy := fx_proxy(a, b, bias)) is not None:  # a torch.fx symbolic trace: one node
+            return proxy.tracer.create_proxy("call_function", matmul, (a, b), dict(
+                bias=bias, activation=activation, allow_tf32=allow_tf32))
         if torch_only(a, b, bias):  # vmap, grad, jvp, meta, FakeTensor...: torch's own ops
             return _with_torch(a, b, bias, activation)
         if jit_tracing():  # torch.jit.trace records the registered op (see jit_tracing)

@@ -19,7 +19,7 @@ import numpy as np
 from .. import arrays, core
 from ..core import Call, Candidate, Config, OpSpec, Plan, Problem
 from ..kernels.taps import PreprocessSpec
-from .dispatch import PlanMemo, jit_tracing, plan_for, signature, torch_only
+from .dispatch import PlanMemo, fx_proxy, jit_tracing, plan_for, signature, torch_only
 from .preprocess_args import (
     FLIP_BY_PAIR,
     FLIPS,
@@ -95,6 +95,11 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
         ...                              std=(58.4, 57.1, 57.4))  # doctest: +SKIP
     """
     ragged = isinstance(images, (list, tuple))
+    if not ragged and (proxy := fx_proxy(images)) is not None:  # a torch.fx trace: one node
+        return proxy.tracer.create_proxy("call_function", preprocess, (images,), dict(
+            size=size, mean=mean, std=std, crop=crop, flip=flip, rotate=rotate, fill=fill,
+            interpolation=interpolation, antialias=antialias, channel_order=channel_order,
+            out_dtype=out_dtype, layout=layout, stats_unit=stats_unit))
     if jit_tracing() and arrays.array_lib(images[0] if ragged and images else images) == "torch":
         raise RuntimeError(
             "preprocess: torch.jit.trace cannot record kernelkit.preprocess (its result would be "

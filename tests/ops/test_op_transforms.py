@@ -140,3 +140,30 @@ def test_a_sparse_operand_after_a_dense_one_with_its_strides_takes_torchs_path()
     sparse = (_t(4, 6, seed=1) * (_t(4, 6, seed=3) > 0.5)).to_sparse()
     assert sparse.stride() == a.stride()
     torch.testing.assert_close(kernelkit.matmul(sparse, b), sparse.to_dense() @ b, **TOL)
+
+
+def test_fx_symbolic_trace_records_each_op_as_one_call():
+    # the ops raised "'x' must be a numpy array, torch tensor or cupy array, got Proxy" where
+    # the README says an fx trace works; each is now one call node, run on the real tensors
+    import torch.fx
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(4, 3, 3, 3))
+            self.m = torch.nn.Parameter(torch.randn(8, 5))
+
+        def forward(self, x, images):
+            y = kernelkit.conv2d(x, self.w, padding=1, activation="relu")
+            z = kernelkit.matmul(y.flatten(1)[:, :8], self.m, activation="gelu")
+            return z, kernelkit.preprocess(images, size=6, mean=1.0, std=2.0)
+
+    block = Block()
+    gm = torch.fx.symbolic_trace(block)
+    called = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert kernelkit.conv2d in called and kernelkit.matmul in called
+    assert kernelkit.preprocess in called
+    x = torch.randn(2, 3, 6, 6)
+    images = torch.randint(0, 256, (2, 10, 12, 3), dtype=torch.uint8)
+    for got, want in zip(gm(x, images), block(x, images)):
+        torch.testing.assert_close(got, want)
