@@ -112,6 +112,10 @@ def unpatch(model: nn.Module) -> PatchReport:
     for name, layer in model.named_modules(remove_duplicate=True):
         plain = _UNPATCHES.get(type(layer))
         if plain is None:
+            if isinstance(layer, tuple(_UNPATCHES)):  # a subclass: parametrize's own class
+                report.left.append((name, type(layer).__name__, "parametrized after patching "
+                                    "(its class is torch.nn.utils.parametrize's): remove the "
+                                    "parametrization first"))
             continue
         if layer.activation is not None:
             report.left.append((name, type(layer).__name__,

@@ -176,6 +176,14 @@ def test_unpatch_restores_plain_torch_layers():
     torch.testing.assert_close(model(x), want)
     fused = knn.Linear(3, 3, activation="relu")
     assert "fused activation='relu'" in knn.unpatch(fused).left[0][2]
+    # a layer parametrized after patching was skipped without a word in the report
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    knn.patch(model)
+    nn.utils.parametrizations.weight_norm(model[0])
+    report = knn.unpatch(model)
+    assert [r[0] for r in report.left] == ["0"] and "parametrized after patching" in \
+        report.left[0][2]
+    assert type(model[1]) is nn.Linear
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
