@@ -70,9 +70,8 @@ def cmd_tune(args: argparse.Namespace, con: Console) -> int:
     else:
         known = generate.presets()
         problems, name = known.get(args.preset), f"preset {args.preset!r}"
-        if problems is None:
-            con.print(f"[red]unknown preset {args.preset!r}; one of {sorted(known)}")
-            return 2
+        if problems is None:  # (said as the other errors are: "kernelkit tune: ...")
+            raise ValueError(f"unknown preset {args.preset!r}; one of {sorted(known)}")
     where = args.where or ("cuda" if devices.cuda_available() else "numpy")
     # One step per measured size, on stderr (stdout keeps the table), off when stderr is not a
     # terminal or with --quiet. The ETA is rich's: the remaining steps at the recent pace.
@@ -207,6 +206,9 @@ def _verify(cache, args: argparse.Namespace, con: Console) -> int:
 
     from .autotune import verify
 
+    if not 0 <= args.tolerance:  # (a negative one reported every entry as drifted)
+        raise ValueError(f"verify: --tolerance must be a fraction >= 0, got "
+                         f"{args.tolerance}")
     keys = [k for k in cache.entries() if all(f in k for f in args.files)] if args.files else None
     err = Console(stderr=True)
     with Progress(console=err, transient=True, disable=args.quiet or not err.is_terminal) as bar:

@@ -157,7 +157,9 @@ def test_bad_dims_and_dtypes_get_a_message_and_bfloat16_runs_on_torch(tmp_path):
             (("warmup", "--dtypes", "floot32", "--ops", "matmul"), "unknown dtype(s) ['floot32']"),
             (("warmup", "--dtypes", "int8", "--json"), "unknown dtype(s) ['int8']"),
             (("explain", "matmul", "8", "8", "8", "--dtype", "bfloat16"),
-             "numpy has no bfloat16")]:
+             "numpy has no bfloat16"),
+            (("tune", "--preset", "nope"), "kernelkit tune: unknown preset 'nope'"),
+            (("cache", "verify", "--tolerance", "-1"), "--tolerance must be a fraction >= 0")]:
         r = kk(*args, cache_dir=tmp_path, check=False)
         assert r.returncode == 2 and words in " ".join(r.stdout.split()), r
     out = kk("explain", "matmul", "8", "8", "8", "--dtype", "bfloat16", "--where", "torch",
