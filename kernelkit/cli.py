@@ -206,7 +206,7 @@ def _verify(cache, args: argparse.Namespace, con: Console) -> int:
 
     from .autotune import verify
 
-    if not 0 <= args.tolerance:  # (a negative one reported every entry as drifted)
+    if not args.tolerance >= 0:  # (a negative one reported every entry as drifted)
         raise ValueError(f"verify: --tolerance must be a fraction >= 0, got "
                          f"{args.tolerance}")
     keys = [k for k in cache.entries() if all(f in k for f in args.files)] if args.files else None
