@@ -112,8 +112,9 @@ class Preprocess(nn.Module):
 
     @torch.jit.unused
     def _ragged(self, images: List[torch.Tensor]) -> torch.Tensor:  # noqa: UP006
-        """A list of (H, W, C) images (tensors or numpy arrays) of any sizes, through `kernelkit.preprocess` (one batch
-        out); not traceable: the images' sizes are the op's own shapes."""
+        """A list of (H, W, C) images (tensors or numpy arrays) of any sizes, through
+        `kernelkit.preprocess` (one batch out); not traceable: the images' sizes are the op's
+        own shapes."""
         if not images or not all(isinstance(x, (torch.Tensor, np.ndarray)) and x.ndim == 3
                                  for x in images):
             got = [f"{type(x).__name__}{tuple(getattr(x, 'shape', ()))}" for x in images]
