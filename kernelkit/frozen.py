@@ -19,8 +19,8 @@ _frozen: contextvars.ContextVar[bool] = contextvars.ContextVar("kernelkit_frozen
 _GENERATION = [0]  # bumped by forget_packed_weights: packs kept before are dropped
 # os.environ.get costs ~1 us per missing key; the dict behind os.environ answers in ~50 ns
 _ENV = getattr(os.environ, "_data", None)
-_KEY, _ONE = (os.environ.encodekey("KERNELKIT_FROZEN_WEIGHTS"), b"1") if isinstance(_ENV, dict) \
-    else ("KERNELKIT_FROZEN_WEIGHTS", "1")
+_KEY, _ONE, _ZERO = (os.environ.encodekey("KERNELKIT_FROZEN_WEIGHTS"), b"1", b"0") \
+    if isinstance(_ENV, dict) else ("KERNELKIT_FROZEN_WEIGHTS", "1", "0")
 if not isinstance(_ENV, dict):
     _ENV = os.environ
 
@@ -56,8 +56,8 @@ def weights_frozen() -> bool:
     if _frozen.get():
         return True
     v = _ENV.get(_KEY)
-    if v is None or v == _ONE:  # (the common cases without a call)
-        return v is not None
+    if v is None or v in (_ONE, _ZERO):  # (the common cases without a call)
+        return v == _ONE
     from .settings import env_flag
 
     return env_flag("KERNELKIT_FROZEN_WEIGHTS", False)
