@@ -58,7 +58,7 @@ def weights_frozen() -> bool:
     v = _ENV.get(_KEY)
     if v is None or v in (_ONE, _ZERO):  # (the common cases without a call)
         return v == _ONE
-    from .settings import env_flag
+    from .envvars import env_flag
 
     return env_flag("KERNELKIT_FROZEN_WEIGHTS", False)
 

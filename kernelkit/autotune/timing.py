@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 from .. import threads
-from ..settings import env_number
+from ..envvars import env_number
 
 _clock: Callable[[], float] = time.perf_counter
 

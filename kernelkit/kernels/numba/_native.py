@@ -37,8 +37,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from kernelkit.envvars import env_flag
 from kernelkit.kernels.numba import _cache
-from kernelkit.settings import env_flag
 
 _cache.install()  # the keyed locator, before the first cache=True function below
 

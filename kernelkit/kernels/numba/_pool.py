@@ -49,8 +49,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernelkit import threads as _threads
+from kernelkit.envvars import env_flag
 from kernelkit.kernels.numba import _native
-from kernelkit.settings import env_flag
 
 _POOL: list = [None]
 _POOL_LOCK = threading.Lock()
