@@ -170,6 +170,13 @@ def test_bad_dims_and_dtypes_get_a_message_and_bfloat16_runs_on_torch(tmp_path):
     assert "24x16x8" in out and "bfloat16" in out
 
 
+def test_explaining_an_empty_problem_measures_and_stores_nothing(tmp_path):
+    # `explain matmul 0 4 4` timed the candidates on nothing and stored the entry
+    out = kk("explain", "matmul", "0", "4", "4", cache_dir=tmp_path).stdout
+    assert "choice: numpy-cpu {} (default)" in out and " us " not in out
+    assert json.loads(kk("cache", "show", "--json", cache_dir=tmp_path).stdout) == {}
+
+
 def test_cache_files_that_cannot_be_read_or_written_get_a_message(tmp_path):
     """`cache import` / `merge` of a missing file or of JSON that is no export, and `cache export`
     into a missing folder: one line naming the file (before: FileNotFoundError tracebacks, and

@@ -376,6 +376,8 @@ def explain_call(call: Call, settings: _settings.Settings | None = None) -> Expl
     Uses the cached measurement when there is one; otherwise measures now (and caches it).
     """
     settings = settings or _settings.current()
+    # an empty problem: nothing to measure (and nothing to store), as choice_for decides it
+    empty = any(d == 0 for shape in call.problem.shapes for d in shape)
     d = tuner.decide(call.problem, core.candidates(call.problem.op), call.runner, call.verify,
-                     settings, mode="measure")
+                     settings, mode="off" if empty else "measure")
     return Explanation(call.problem, d.key, d.choice, d.skipped, [t.to_dict() for t in d.trials])
