@@ -329,12 +329,17 @@ def plan_for(call: Call, settings: _settings.Settings | None = None) -> Plan:
     return _Recheck(plan, choice.recheck_after) if choice.recheck_after else plan
 
 
+def _empty(problem: Problem) -> bool:
+    """Some dim of the problem is 0: nothing to measure."""
+    return any(d == 0 for shape in problem.shapes for d in shape)
+
+
 def choice_for(call: Call, settings: _settings.Settings | None = None) -> Choice:
     """The tuner's choice for a prepared call (ignoring `call.direct`): what kernelkit.nn reads
     to run torch's own aten op where the vendor candidate won."""
     settings = settings or _settings.current()
     cands = core.candidates(call.problem.op)
-    if any(d == 0 for shape in call.problem.shapes for d in shape):
+    if _empty(call.problem):
         settings = dataclasses.replace(settings, tune="off")  # nothing to measure on empty inputs
     return tuner.choose(call.problem, cands, call.runner, call.verify, settings)
 
@@ -377,7 +382,6 @@ def explain_call(call: Call, settings: _settings.Settings | None = None) -> Expl
     """
     settings = settings or _settings.current()
     # an empty problem: nothing to measure (and nothing to store), as choice_for decides it
-    empty = any(d == 0 for shape in call.problem.shapes for d in shape)
     d = tuner.decide(call.problem, core.candidates(call.problem.op), call.runner, call.verify,
-                     settings, mode="off" if empty else "measure")
+                     settings, mode="off" if _empty(call.problem) else "measure")
     return Explanation(call.problem, d.key, d.choice, d.skipped, [t.to_dict() for t in d.trials])
