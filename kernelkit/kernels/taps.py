@@ -43,6 +43,13 @@ Filters:
   without antialias: the 4-tap cubic convolution with a = -0.75 and replicated edges (OpenCV
   ``INTER_CUBIC``, torch ``bicubic``).
 
+Non-finite input: a tap of weight 0 never reads its pixel, in every backend's kernel (0 * NaN is
+NaN), so an inf or NaN reaches exactly the outputs that weigh it. Three kinds of zero weight occur:
+the padding of an image's windows to one length, a window edge that falls on a pixel centre (its
+weight is 0 in exact arithmetic; the rounding noise is cut to 0), and a bicubic window's zeros at
+1 support unit. torch's antialiased resize reads the last two kinds, so its NaNs can reach one
+output row or column further.
+
 Arbitrary angle: one affine map, output pixel -> source pixel, is composed (``affine_maps``), and
 the kernel samples it once (bilinear, or nearest), reading ``fill`` for pixels outside the crop.
 No antialias filter is applied there.
@@ -148,6 +155,10 @@ def _cubic(a):
     return f
 
 
+# Filter values (before normalisation, at most 1) below this are rounding noise of a zero.
+_ZERO_WEIGHT = 1e-12
+
+
 def _filter_taps(lo, length, first, end, n_out, fn, support0, antialias):
     """PIL-style windows: (N, n_out) xmin/xmax and a function computing weights at pixels."""
     scale = length / n_out                                     # (N, 1)
@@ -164,7 +175,10 @@ def _filter_taps(lo, length, first, end, n_out, fn, support0, antialias):
         # pix: (N, n_out, K) absolute pixel indices; the pixel centre is pix + 0.5
         inside = (pix >= xmin[..., None]) & (pix < xmax[..., None])
         w = np.where(inside, fn((pix + 0.5 - centre[..., None]) * inv[..., None]), 0.0)
-        return w
+        # A window edge that falls on a pixel centre gives that pixel a weight of exactly 0 in
+        # exact arithmetic and +-1e-16 in floats: make it 0, so the pixel is not read (_trim)
+        # and an inf or NaN there stays out of the output.
+        return np.where(np.abs(w) < _ZERO_WEIGHT, 0.0, w)
 
     return xmin, xmax, weights
 

@@ -211,6 +211,23 @@ def test_emulated_uint8_rounding_and_nan(emu):
     np.testing.assert_array_equal(got[0, 0, :, 0], vals)
 
 
+def test_emulated_nan_and_inf_reach_the_outputs_they_reach_in_numba(emu):
+    """A tap of weight 0 does not read its pixel: a NaN or inf spreads exactly as in the Numba
+    kernel (whose masks test_numba_preprocess.py checks against float64 matrices)."""
+    for (h, w), size, interp, aa in (((30, 45), (18, 14), "bilinear", True),
+                                     ((60, 45), (20, 15), "bicubic", True),
+                                     ((17, 19), (31, 40), "bilinear", False)):
+        img = RNG.uniform(0, 255, (h, w, 3)).astype(np.float32)
+        for v in (np.nan, np.inf, -np.inf, np.nan, np.nan):
+            img[RNG.integers(h), RNG.integers(w), RNG.integers(3)] = v
+        got, ref = _both(emu, [img], preprocess_args(1, 3, [(0, 0, h, w)], size), interp, aa,
+                         "float32", "NHWC")
+        bad = ~np.isfinite(ref)
+        assert bad.any() and np.array_equal(~np.isfinite(got), bad), (size, interp)
+        assert np.array_equal(got[bad], ref[bad], equal_nan=True)
+        assert np.abs(got[~bad] - ref[~bad]).max() <= 1e-3
+
+
 # ------------------------------------------------------------------- on a GPU (skipped elsewhere)
 
 

@@ -433,6 +433,71 @@ def test_store_paths_identical(perm, aa):
         PreprocessConfig(4, 0, 1)
 
 
+NONFINITE_CASES = [  # (H, W), (out_h, out_w), C, antialias, flips, tile_w: every hpass path
+    ((30, 45), (18, 14), 3, True, (False, False), 0),    # window edges on pixel centres
+    ((57, 83), (19, 23), 3, True, (True, True), 0),      # wide C == 3 path, reversed axes
+    ((41, 67), (13, 29), 1, True, (False, False), 8),    # one channel, tiled vertical pass
+    ((23, 37), (11, 17), 4, True, (True, False), 0),     # generic C
+    ((29, 31), (29, 31), 3, False, (False, False), 0),   # identity: one tap per output
+    ((17, 19), (31, 40), 3, False, (False, True), 0),    # 2-tap upscale
+    ((60, 50), (20, 25), 3, True, (False, False), 0),    # integer ratios
+]
+
+
+@pytest.mark.parametrize("shape,size,c,aa,flips,tile_w", NONFINITE_CASES, ids=str)
+def test_a_nan_or_inf_reaches_only_the_outputs_whose_windows_weigh_it(shape, size, c, aa, flips,
+                                                                      tile_w):
+    """A NaN or inf pixel shows in exactly the outputs that give it a nonzero weight (the float64
+    reference's dense matrices): the tap tables pad an image's windows with zero weights to one
+    length, and those padding taps must not multiply it in (0 * NaN is NaN). Every other output
+    equals the resize of the image without it. Antialiased: torch reads its window's own taps
+    too, but also the ones of weight exactly 0 where a window edge falls on a pixel centre."""
+    from resample_ref import axis_matrix
+
+    (h, w), (oh, ow) = shape, size
+    img = RNG.uniform(0, 255, (h, w, c)).astype(np.float32)
+    bad = np.zeros((h, w, c), bool)
+    for v in (np.nan, np.inf, -np.inf, np.nan):
+        y, x, ch = RNG.integers(h), RNG.integers(w), RNG.integers(c)
+        img[y, x, ch], bad[y, x, ch] = v, True
+    got = run(img, flips=[flips], size=size, aa=aa, config=PreprocessConfig(4, tile_w))
+    wy = axis_matrix(0.0, h, h, oh, "bilinear", aa)
+    wx = axis_matrix(0.0, w, w, ow, "bilinear", aa)
+    if flips[0]:
+        wx = wx[:, ::-1]
+    if flips[1]:
+        wy = wy[:, ::-1]
+    reach = np.einsum("oh,hwc,pw->opc", np.abs(wy) > 1e-9, bad, np.abs(wx) > 1e-9) > 0
+    assert np.array_equal(~np.isfinite(got), reach)
+    clean = np.where(bad, 0.0, img)
+    want = np.einsum("oh,hwc,pw->opc", wy, clean, wx)
+    assert np.allclose(got[~reach], want[~reach], rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_a_bicubic_weight_of_zero_inside_a_window_does_not_read_its_nan(c):
+    """A 3x antialiased bicubic downscale weighs the pixels 3 away from an output's centre 0
+    inside its window (the filter is 0 at 1 and 2 support units): NaNs there stay out. Pixel i
+    and output o: offset d = i - 3o - 1, weight nonzero iff |d| < 6 and |d| != 3. The finite
+    outputs equal torch's bicubic antialiased resize of the image without the NaNs."""
+    h, w = 60, 45
+    img = RNG.uniform(0, 255, (h, w, c)).astype(np.float32)
+    bad = np.zeros((h, w, c), bool)
+    bad[RNG.integers(h, size=6), RNG.integers(w, size=6), RNG.integers(c, size=6)] = True
+    img[bad] = np.nan
+    got = run(img, size=(20, 15), interp="bicubic")
+
+    def reads(n_in, n_out):
+        d = np.abs(np.arange(n_in)[None, :] - 3 * np.arange(n_out)[:, None] - 1)
+        return (d < 6) & (d != 3)
+
+    reach = np.einsum("oh,hwc,pw->opc", reads(h, 20), bad, reads(w, 15)) > 0
+    assert np.array_equal(np.isnan(got), reach) and reach.any() and not reach.all()
+    clean = t_nchw(np.where(bad, 0.0, img).astype(np.float32))
+    want = from_t(F.interpolate(clean, size=(20, 15), mode="bicubic", antialias=True))
+    assert np.allclose(got[~reach], want[~reach], rtol=1e-5, atol=1e-3)
+
+
 def test_empty():
     assert run(np.zeros((0, 5, 5, 3), np.uint8), np.zeros((0, 4)), (3, 3)).shape == (0, 3, 3, 3)
     assert run(rand_img(5, 5), size=(0, 3)).shape == (0, 3, 3)

@@ -173,6 +173,23 @@ def test_float_input_one_and_four_channels():
             assert maxdiff(got, ref) <= 2e-3
 
 
+def test_nan_and_inf_reach_the_outputs_they_reach_in_numba():
+    """A tap of weight 0 (the tables pad windows to one length; window edges on pixel centres; a
+    bicubic window's zeros) does not read its pixel, so a NaN or inf spreads exactly as in the
+    Numba kernel (whose masks tests/kernels/test_numba_preprocess.py checks against float64)."""
+    for (h, w), size, interp, aa in (((30, 45), (18, 14), "bilinear", True),
+                                     ((60, 45), (20, 15), "bicubic", True),
+                                     ((17, 19), (31, 40), "bilinear", False)):
+        imgs = RNG.uniform(0, 255, (1, h, w, 3)).astype(np.float32)
+        for v in (np.nan, np.inf, -np.inf, np.nan, np.nan):
+            imgs[0, RNG.integers(h), RNG.integers(w), RNG.integers(3)] = v
+        got, ref = both(imgs, preprocess_args(1, 3, [(0, 0, h, w)], size), interp, aa)
+        bad = ~np.isfinite(ref)
+        assert bad.any() and np.array_equal(~np.isfinite(got), bad), (size, interp)
+        assert np.array_equal(got[bad], ref[bad], equal_nan=True)
+        assert maxdiff(got[~bad], ref[~bad]) <= 2e-3
+
+
 def test_ragged_strided_list():
     """A list of images of different sizes, some of them strided views (no copy is made)."""
     big = rand_img(50, 70)

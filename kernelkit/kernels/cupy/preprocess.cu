@@ -118,11 +118,14 @@ __device__ __forceinline__ void preprocess(
             const long long xs = xst[col];
             const float* wyr = yw + row * ky_len;
             const float* wxr = xw + col * kx_len;
+            // a tap of weight 0 (the padding of the tables' windows) is not read: 0 * NaN is NaN
             for (int kx = 0; kx < nkx; ++kx) {
+                if (wxr[kx] == 0.0f) continue;
                 const TI* p = py + (xs + kx) * xb;
                 float v[4] = {-0.0f, -0.0f, -0.0f, -0.0f};
                 for (int ky = 0; ky < nky; ++ky) {
                     const float w = wyr[ky];
+                    if (w == 0.0f) continue;
                     const TI* pk = p + (long long)ky * ya;
                     for (int j = 0; j < 4; ++j)
                         if (j < nc) v[j] += w * to_f32(pk[coff[j]]);

@@ -412,6 +412,85 @@ def hpass(tmp, cch, xs, xoff, nk, wx, wo, kst, x0, x1, res):
 
 
 @numba.njit(**_JIT)
+def nonzero_span(w, wo, nk):
+    """(k0, k1): taps k0 <= k < k1 of the window whose weights are w[wo : wo + nk], from its first
+    to its last nonzero weight. An image's windows are padded with zero weights to one length (the
+    tap tables); a tap outside this span is not the window's own, and reading it would multiply
+    an inf or NaN there by 0 into the output (torch reads each window's own taps only)."""
+    k0 = 0
+    while k0 < nk - 1 and w[_U(wo + k0)] == 0:
+        k0 += 1
+    k1 = nk
+    while k1 > k0 + 1 and w[_U(wo + k1 - 1)] == 0:
+        k1 -= 1
+    return k0, k1
+
+
+@numba.njit(**{**_JIT, "fastmath": {"reassoc"}})
+def all_finite(res, lo, hi):
+    """Whether res[lo:hi] holds no inf or NaN: x * 0 is 0 for finite x. Reassociation lets the sum
+    vectorise (in order, it is one long chain of dependent adds); it does not fold x * 0, which
+    would need the no-NaN / no-inf flags."""
+    s = np.float32(0.0)
+    for j in range(lo, hi):
+        s += res[_U(j)] * np.float32(0.0)
+    return s == 0
+
+
+@numba.njit(**_JIT)
+def has_zero(w, k0, k1):
+    """Whether a weight of w[k0:k1] is 0 (a bicubic window can weigh a pixel inside it 0)."""
+    for k in range(k0, k1):  # noqa: SIM110 (a loop: Numba compiles no generator into any())
+        if w[_U(k)] == 0:
+            return True
+    return False
+
+
+@numba.njit(**_JIT)
+def vpass_nonzero(src, base, a, b, sc, cch, ys, nk, w, tmp, span):
+    """vpass without reading the source lines of weight 0 (an inf or NaN there would make the sum
+    NaN); the same sums otherwise (w0 * p0, then fma(w_k, p_k, .) in tap order)."""
+    first = True
+    for k in range(nk):
+        wk = w[_U(k)]
+        if wk == 0:
+            continue
+        ok = base + (ys + k) * a
+        for j in range(span):
+            o = ok + j * b
+            for c in range(cch):
+                if first:
+                    tmp[_U(j * cch + c)] = wk * np.float32(src[o + c * sc])
+                else:
+                    tmp[_U(j * cch + c)] = fma(wk, np.float32(src[o + c * sc]),
+                                               tmp[_U(j * cch + c)])
+        first = False
+
+
+@numba.njit(**_JIT)
+def hpass_nonzero(tmp, cch, ps, xs, xoff, nk, wx, wo, kst, x0, x1, res):
+    """hpass (pixel stride ``ps`` in ``res``) without reading the taps of weight 0: the pass an
+    output row is redone with when a zero-weight tap (the padding of the tables' windows) may
+    have multiplied an inf or NaN into it. The same sums otherwise (C == 3 with other than 2
+    taps: two accumulators, even and odd taps), so a finite output keeps its value."""
+    for x in range(x0, x1):
+        o = cch * (xs[_U(x)] - xoff)
+        wi = wo + x * kst
+        for c in range(cch):
+            a0 = _NEG0
+            a1 = _NEG0
+            for k in range(nk):
+                wk = wx[_U(wi + k)]
+                if wk != 0:
+                    t = wk * tmp[_U(o + k * cch + c)]
+                    if cch == 3 and nk != 2 and k % 2 == 1:
+                        a1 += t
+                    else:
+                        a0 += t
+            res[_U(x * ps + c)] = a0 + a1
+
+
+@numba.njit(**_JIT)
 def expand_wx(wx, wo, kst, nk, out_w, we):
     """we[(k*out_w + x)*4 + l] = w[x, k] for l < 4: each column's weight of tap k over 4 lanes, the
     taps k of 4 neighbouring columns in 16 consecutive floats (the weights of taps3x4)."""

@@ -58,15 +58,20 @@ from kernelkit.kernels.numba._resample import (
     OUT_CODES,
     OUT_DTYPES,
     affine_row,
+    all_finite,
     expand_wx,
     f32_ptr,
+    has_zero,
     hpass,
     hpass3,
+    hpass_nonzero,
+    nonzero_span,
     prefetch_lines,
     sfence,
     store_row,
     u8_ptr,
     vpass,
+    vpass_nonzero,
 )
 from kernelkit.kernels.numba._workspace import aligned_empty
 
@@ -171,6 +176,11 @@ def _image_rows(src, isz, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff, fill, 
     for y in range(y0, y1):
         ys = yst[n, y]
         wy = yw[n, y]
+        # a weight of 0 never reads its pixel (0 * NaN is NaN): the tables pad each image's
+        # windows with zero weights to one length, which the span leaves out, and a bicubic
+        # window may weigh a pixel inside it 0 (rare: those rows skip it tap by tap)
+        k0, k1 = nonzero_span(wy, 0, nky)
+        gaps = isz == 4 and has_zero(wy, k0, k1)
         for x0 in range(0, out_w, tw):
             x1 = min(out_w, x0 + tw)
             if tw == out_w:
@@ -180,7 +190,10 @@ def _image_rows(src, isz, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff, fill, 
                 # x taps are monotone (increasing, or decreasing on a reversed axis)
                 lo = min(xs[x0], xs[x1 - 1])
                 span = max(xs[x0], xs[x1 - 1]) + nkx - lo
-            vpass(src, lo * b, a, b, sc, cch, ys, nky, wy, tmp, span)
+            if gaps:
+                vpass_nonzero(src, lo * b, a, b, sc, cch, ys + k0, k1 - k0, wy[k0:], tmp, span)
+            else:
+                vpass(src, lo * b, a, b, sc, cch, ys + k0, k1 - k0, wy[k0:], tmp, span)
             if x0 == 0 and y + 1 < y1:
                 # the next row's source lines that this row did not read, fetched while this
                 # row's horizontal pass runs (windows are intervals, monotone in y)
@@ -196,6 +209,9 @@ def _image_rows(src, isz, meta, n, y0, y1, yst, yw, yk, xst, xw, xk, aff, fill, 
                 hpass3(tmp, xs, lo, nkx, wx, wo, kst, we, out_w, x0, x1, res)
             else:
                 hpass(tmp, cch, xs, lo, nkx, wx, wo, kst, x0, x1, res)
+            if isz == 4 and not all_finite(res, x0 * ps, x1 * ps):
+                # an inf or NaN in the source, which a tap of weight 0 may have spread
+                hpass_nonzero(tmp, cch, ps, xs, lo, nkx, wx, wo, kst, x0, x1, res)
         store_row(res, cch, ps, out_w, perm, inv, mean, scale, code, out_addr, n * on + y * oy,
                   oc, ox, rowb, stream)
     sfence()

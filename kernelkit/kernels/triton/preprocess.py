@@ -203,15 +203,18 @@ def preprocess_kernel(
         # sums start from -0.0, the exact additive identity (so -0.0 * w keeps its sign and the
         # result equals the Numba kernel's w0 * p0 + w1 * p1 + ...)
         acc = tl.full((BLOCK_Y, BLOCK_X, CP), -0.0, tl.float32)
+        # a tap of weight 0 (the padding of the tables' windows) is not read: 0 * NaN is NaN
         for kx in range(0, nkx):
             wx = tl.load(xw_ptr + coli * KX + kx, mask=mx, other=0.0)
+            xnz = (wx != 0.0)[None, :, None]
             p = base + yoff + ((xs + kx) * xb)[None, :, None] + coff
             v = tl.full((BLOCK_Y, BLOCK_X, CP), -0.0, tl.float32)
             for ky in range(0, nky):
                 wy = tl.load(yw_ptr + rowi * KY + ky, mask=my, other=0.0)
-                px = tl.load(p + ky * ya, mask=mask, other=0).to(tl.float32)
-                v += wy[:, None, None] * px
-            acc += wx[None, :, None] * v
+                ynz = (wy != 0.0)[:, None, None]
+                px = tl.load(p + ky * ya, mask=mask & ynz & xnz, other=0).to(tl.float32)
+                v += tl.where(ynz, wy[:, None, None] * px, -0.0)
+            acc += tl.where(xnz, wx[None, :, None] * v, -0.0)
 
     mean = tl.load(mean_ptr + cs, mask=mc, other=0.0)
     scale = tl.load(scale_ptr + cs, mask=mc, other=1.0)
