@@ -141,9 +141,16 @@ def torch_to_numpy(x: Any) -> np.ndarray:
     if x.requires_grad:  # (detach costs about 1 us; most calls get plain tensors)
         x = x.detach()
     # tested up front, not by catching .numpy()'s TypeError: raising it cost about 7 us a call
-    if x.dtype is torch.bfloat16:
-        return x.view(torch.int16).numpy().view(np.uint16)
-    return x.numpy()
+    try:
+        if x.dtype is torch.bfloat16:
+            return x.view(torch.int16).numpy().view(np.uint16)
+        return x.numpy()
+    except RuntimeError:
+        # a view torch negates lazily (``x.conj().imag``): no numpy view of it shows its values;
+        # a copy that does (rare, so caught rather than tested on every call)
+        if not x.is_neg():
+            raise
+        return torch_to_numpy(x.resolve_neg())
 
 
 def as_torch(x: Any, device: str = "cpu") -> Any:
@@ -171,7 +178,8 @@ def as_cupy(x: Any) -> Any:
     if lib == "cupy":
         return x
     if lib == "torch":
-        x = x.detach()
+        # (DLPack exports a lazily negated view's memory without its negation)
+        x = x.detach().resolve_neg()
         if x.device.type == "cuda":
             return cupy.from_dlpack(x)
         x = x.numpy()

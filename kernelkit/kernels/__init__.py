@@ -6,6 +6,8 @@ A kernel file only knows how to launch its own kernel: no dispatch, no tuning, n
 import functools
 import math
 
+import numpy as np
+
 # Epilogue activations every matmul/conv kernel implements. The names are the public API's.
 # "gelu" is the exact erf form; "gelu_tanh" is torch's approximate="tanh".
 ACTIVATIONS: tuple[str, ...] = ("relu", "gelu", "gelu_tanh", "silu")
@@ -16,6 +18,13 @@ def check_activation(op: str, activation) -> None:
     if activation is not None and activation not in ACTIVATIONS:
         raise ValueError(f"{op}: 'activation' must be None or one of {ACTIVATIONS}, got "
                          f"{activation!r}")
+
+def check_flag(op: str, name: str, value) -> None:
+    """A yes/no argument must be a bool (else a TypeError naming op): "no" and 0.5 are not
+    flags, and a string is always true."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: {name!r} must be a bool, got {value!r}")
+
 
 # The codes the compiled kernels take for them (numba's _gemm, cupy's kk_epilogue.cuh).
 ACT_CODES: dict[str | None, int] = {None: 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}

@@ -17,13 +17,14 @@ import numpy as np
 
 from .. import arrays, core
 from ..core import Call, Candidate, Config, OpSpec, Plan, Problem
-from ..kernels import check_activation, torch_activations
+from ..kernels import check_activation, check_flag, torch_activations
 from ..kernels.convgeom import ConvOptions, check_geometry, nchw_shape
 from .dispatch import (
     PlanMemo,
     explain_call,
     fx_proxy,
     jit_tracing,
+    key_part,
     needs_grad,
     plain_signature3,
     plan_for,
@@ -73,8 +74,8 @@ def conv2d(x: Any, weight: Any, bias: Any = None, *, stride=1, padding=0, dilati
         >>> kernelkit.conv2d(x, w, padding="same", activation="relu").shape
         (1, 8, 32, 32)
     """
-    extras = (_hashable(stride), _hashable(padding), _hashable(dilation), groups, activation,
-              layout, allow_tf32)
+    extras = (key_part(stride), key_part(padding), key_part(dilation), key_part(groups),
+              key_part(activation), key_part(layout), key_part(allow_tf32))
     plan = _FORWARD.find(plain_signature3(x, weight, bias, extras))  # a repeated call
     if plan is not None:
         return plan(x, weight, bias)
@@ -117,8 +118,8 @@ def conv2d_backward_input(grad_out: Any, weight: Any, input_shape, *, stride=1, 
     Returns:
         dx, shaped like the forward input.
     """
-    extras = (tuple(input_shape), _hashable(stride), _hashable(padding), _hashable(dilation),
-              groups, layout, allow_tf32)
+    extras = (key_part(tuple(input_shape)), key_part(stride), key_part(padding),
+              key_part(dilation), key_part(groups), key_part(layout), key_part(allow_tf32))
     plan = _BWD_INPUT.find(plain_signature3(grad_out, weight, None, extras))
     if plan is not None:
         return plan(grad_out, weight)
@@ -158,8 +159,8 @@ def conv2d_backward_weight(x: Any, grad_out: Any, weight_shape, *, stride=1, pad
     Returns:
         dw of shape `weight_shape`. The bias gradient is ``grad_out.sum((0, 2, 3))``.
     """
-    extras = (tuple(weight_shape), _hashable(stride), _hashable(padding), _hashable(dilation),
-              groups, layout, allow_tf32)
+    extras = (key_part(tuple(weight_shape)), key_part(stride), key_part(padding),
+              key_part(dilation), key_part(groups), key_part(layout), key_part(allow_tf32))
     plan = _BWD_WEIGHT.find(plain_signature3(x, grad_out, None, extras))
     if plan is not None:
         return plan(x, grad_out)
@@ -211,10 +212,6 @@ def _vendor():
     from ..kernels.torch import conv2d
 
     return conv2d
-
-
-def _hashable(v):
-    return tuple(v) if isinstance(v, list) else v
 
 
 # -- checking ------------------------------------------------------------------------------------
@@ -284,6 +281,7 @@ def prepare_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gr
     xs = tuple(x.shape) if channels_last else nchw_shape(x.shape, kl)
     ws = tuple(weight.shape)
     geo, (ho, wo) = check_geometry(op, xs, ws, stride, padding, dilation, groups)
+    check_flag(op, "allow_tf32", allow_tf32)
     if bias is not None and tuple(bias.shape) != (ws[0],):
         raise ValueError(f"{op}: 'bias' must have shape (K,) = ({ws[0]},), got {tuple(bias.shape)}")
     check_activation(op, activation)
@@ -320,6 +318,7 @@ def prepare_backward_input(grad_out, weight, input_shape, *, stride=1, padding=0
     xs = input_shape if channels_last else nchw_shape(input_shape, kl)
     ws = tuple(weight.shape)
     geo, (ho, wo) = check_geometry(op, xs, ws, stride, padding, dilation, groups)
+    check_flag(op, "allow_tf32", allow_tf32)
     _grad_out_shape(op, grad_out, kl, channels_last, (xs[0], ws[0], ho, wo))
     k, _, r, s = ws
     problem = _problem(op, xs, ws, (ho, wo), dtype, kl, loc,
@@ -347,6 +346,7 @@ def prepare_backward_weight(x, grad_out, weight_shape, *, stride=1, padding=0, d
     if len(ws) != 4:
         raise ValueError(f"{op}: 'weight_shape' must be (K, C // groups, R, S), got {ws}")
     geo, (ho, wo) = check_geometry(op, xs, ws, stride, padding, dilation, groups)
+    check_flag(op, "allow_tf32", allow_tf32)
     _grad_out_shape(op, grad_out, kl, channels_last, (xs[0], ws[0], ho, wo))
     problem = _problem(op, xs, ws, (ho, wo), dtype, kl, loc,
                        dataclasses.replace(geo, tf32=allow_tf32))

@@ -121,6 +121,31 @@ def op_body():
 
 
 # -- per-call-signature plan memos ---------------------------------------------------------------
+# Stand-ins for True and False in plan keys (Python's True == 1, False == 0) and the tag of an
+# argument keyed by type and value
+_TRUE, _FALSE, _TYPED = object(), object(), object()
+
+
+def key_part(v):
+    """An op's argument `v` as part of a plan memo's key: a part equals another only where the two
+    arguments pass the op's checks alike. In Python 2.0 == 2 and True == 1, so a call with
+    ``stride=2.0`` or ``groups=True`` (which the checks reject) found the plan of ``stride=2``
+    or ``groups=1`` and ran it. ints, strs and None stand for themselves (no allocation: the
+    common arguments), lists become tuples, bools become stand-ins, anything else is tagged with
+    its type (a numpy integer keys apart from an int: another plan, the same result)."""
+    t = type(v)
+    if t is int or t is str or v is None:
+        return v
+    if t is bool:
+        return _TRUE if v else _FALSE
+    if t is tuple or t is list:
+        for e in v:
+            if type(e) is not int:
+                return tuple(key_part(e) for e in v)
+        return v if t is tuple else tuple(v)
+    return (_TYPED, t, v)
+
+
 def signature(arrays: tuple, extras: tuple) -> tuple | None:
     """Everything a plan depends on, cheaply: the arrays' signatures (None entries allowed), the
     op's other arguments, grad mode where a tensor needs gradients, and the knobs."""

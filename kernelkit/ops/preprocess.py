@@ -19,7 +19,15 @@ import numpy as np
 from .. import arrays, core
 from ..core import Call, Candidate, Config, OpSpec, Plan, Problem
 from ..kernels.taps import PreprocessSpec
-from .dispatch import PlanMemo, fx_proxy, jit_tracing, plan_for, signature, torch_only
+from .dispatch import (
+    PlanMemo,
+    fx_proxy,
+    jit_tracing,
+    key_part,
+    plan_for,
+    signature,
+    torch_only,
+)
 from .preprocess_args import (
     FLIP_BY_PAIR,
     FLIPS,
@@ -88,7 +96,8 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
         (N, H, W, C) or [(H_i, W_i, C)] -> (N, C, h, w) or (N, h, w, C)
 
     Returns:
-        One batch array in the input's library and on its device.
+        One batch array in the input's library and on its device. It never requires grad:
+        preprocess has no gradient (images that require grad are read as plain data).
 
     Example:
         >>> batch = kernelkit.preprocess(imgs, size=224, mean=(123.7, 116.3, 103.5),
@@ -162,7 +171,7 @@ def _through_registered_op(images, size, mean, std, crop, flip, rotate, interpol
         images, [int(h), int(w)], np.asarray(mean, np.float64).reshape(-1).tolist(),
         np.asarray(std, np.float64).reshape(-1).tolist(),  # (checked by the op, or its fake)
         None if crop is None else [float(v) for v in crop], flip, interpolation, bool(antialias),
-        None if channel_order is None else [int(v) for v in channel_order], dtype, layout,
+        None if channel_order is None else _channel_indices(channel_order), dtype, layout,
         stats_unit)
 
 
@@ -183,7 +192,7 @@ def _frozen(v):
         hash(v)
     except TypeError:
         return None
-    return v
+    return key_part(v)  # by type too: size=8.0 must not find size=8's plan (nor 0 False's)
 
 
 # -- checking ------------------------------------------------------------------------------------
@@ -235,6 +244,25 @@ def _images(images) -> tuple[list | Any, arrays.Location, str, list[tuple[int, i
         if h == 0 or w == 0:
             raise ValueError(f"preprocess: image {i} is empty ({h}x{w})")
     return items if ragged else images, loc, dtype, [s[:2] for s in shapes], shapes[0][2], ragged
+
+
+def _is_number(v) -> bool:
+    """A number of degrees or levels: an int or a float, numpy's too (a 0-d array included), not
+    a bool (``rotate=True`` is no angle)."""
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        v = v[()]
+    return isinstance(v, (int, float, np.integer, np.floating)) \
+        and not isinstance(v, (bool, np.bool_))
+
+
+def _channel_indices(channel_order) -> list[int]:
+    """A permutation's entries as ints: they must be integers (2.9 is no channel index)."""
+    items = list(channel_order) if isinstance(channel_order, (Sequence, np.ndarray)) else None
+    if items is None or not all(isinstance(v, (int, np.integer)) and not isinstance(
+            v, (bool, np.bool_)) for v in items):
+        raise TypeError("preprocess: 'channel_order' must be None, 'rgb2bgr', 'bgr2rgb' or a "
+                        f"permutation of channel indices (ints), got {channel_order!r}")
+    return [int(v) for v in items]
 
 
 def _per_image(name: str, value, n: int, is_one) -> list:
@@ -298,7 +326,7 @@ def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=
                              f"(horizontal, vertical) pair or None, got {f!r}")
     rot90 = np.zeros(n, np.int64)
     angles = np.zeros(n, np.float64)
-    is_num = lambda v: v is None or isinstance(v, (int, float, np.integer, np.floating))
+    is_num = lambda v: v is None or _is_number(v)
     for i, r in enumerate(_per_image("rotate", rotate, n, is_num)):
         if not is_num(r) or (r is not None and not math.isfinite(r)):
             raise TypeError(f"preprocess: rotate of image {i} must be a finite number of degrees, "
@@ -322,7 +350,7 @@ def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=
                              f"a permutation, got {channel_order!r}")
         perm = np.arange(c)[::-1].copy()
     else:
-        perm = np.asarray(channel_order, dtype=np.int64)
+        perm = np.asarray(_channel_indices(channel_order), dtype=np.int64)
         if sorted(perm.tolist()) != list(range(c)):
             raise ValueError(f"preprocess: 'channel_order' must be a permutation of "
                              f"{list(range(c))}, got {perm.tolist()}")

@@ -512,3 +512,21 @@ def test_hopper_uses_wgmma_and_variants_compile(compiled):
         assert compiled[label].metadata["stack"] == 0, (label, compiled[label].metadata)
     assert compiled["index_i64"].ok, compiled["index_i64"].error  # a rare fallback: may spill
 
+
+
+@needs_runtime
+def test_lazily_negated_operands_are_read_with_their_values():
+    """A view torch negates lazily (``torch._neg_view``, ``x.conj().imag``) holds the un-negated
+    values in memory, which the kernels read: forward and both backward ops must see the values
+    (before, each came out with the wrong sign)."""
+    x, wt, go = _rand(2, 16, 9, 10, seed=1), _rand(32, 16, 3, 3, seed=2), _rand(2, 32, 9, 10, seed=3)
+    bias = _rand(32, seed=4)
+    neg = lambda t: torch._neg_view(-t)
+    conv = dict(padding=(1, 1, 1, 1))
+    want = tc.conv2d_forward(x, wt, bias, config=BIG, **conv)
+    got = tc.conv2d_forward(neg(x), neg(wt), neg(bias), config=BIG, **conv)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(tc.conv2d_backward_input(neg(go), neg(wt), (9, 10), config=BIG, **conv),
+                               tc.conv2d_backward_input(go, wt, (9, 10), config=BIG, **conv))
+    torch.testing.assert_close(tc.conv2d_backward_weight(neg(x), neg(go), (3, 3), config=BIG, **conv),
+                               tc.conv2d_backward_weight(x, go, (3, 3), config=BIG, **conv))

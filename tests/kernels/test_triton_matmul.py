@@ -403,3 +403,16 @@ def test_epilogue_variants_compile(compiled):
         assert res.metadata["stack"] == 0, f"{label} spills: {res.metadata}"
     # 64-bit offsets (a matrix over 2**31 elements) are a rare fallback: a small spill is fine.
     assert compiled["index_i64"].ok, compiled["index_i64"].error
+
+
+@needs_runtime
+def test_lazily_negated_operands_are_read_with_their_values():
+    """torch negates ``x.conj().imag`` and ``torch._neg_view`` lazily (a flag; the memory holds
+    the un-negated values) and the kernel reads the memory: before, the product of such a view
+    came out with the wrong sign (max error 17 on a 9 x 11 @ 11 x 13)."""
+    a, b = _ab(1, 9, 11, 13, torch.float32)
+    bias = _rand(13, seed=5)
+    na, nb, nbias = torch._neg_view(-a), torch._neg_view(-b), torch._neg_view(-bias)
+    assert na.is_neg() and nb.is_neg() and nbias.is_neg()
+    c = matmul_forward(na, nb, nbias, config=SMALL)
+    assert_matmul_close(c, a, b, bias, acc="float32")

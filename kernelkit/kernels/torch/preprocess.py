@@ -38,11 +38,14 @@ def _rotate(img: torch.Tensor, angle: float, fill: float, out_hw: tuple[int, int
     return out[:, :-1] + (1.0 - mask) * fill
 
 
+@torch.no_grad()
 def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, scale,
                        channel_perm, interpolation, antialias, out_dtype, layout,
                        config: VendorConfig | None = None) -> torch.Tensor:
     """images: (N, H, W, C) tensor or list of (H, W, C) tensors, uint8 or float32; the rest is a
-    ``kernels.taps.PreprocessSpec``'s fields. Returns (N, C, h, w) or (N, h, w, C)."""
+    ``kernels.taps.PreprocessSpec``'s fields. Returns (N, C, h, w) or (N, h, w, C), which never
+    requires grad: preprocess has no gradient on any backend (an input that requires grad
+    otherwise gave a result with a grad_fn here and none from the other kernels)."""
     n = len(images)
     dev = images[0].device if n else torch.device("cpu")
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=dev)[:, None, None]

@@ -132,6 +132,13 @@ class TileConfig(KernelConfig):
 
 # ------------------------------------------------------------------------------- launcher checks
 
+def in_memory(t: torch.Tensor | None) -> torch.Tensor | None:
+    """`t` with the values its memory holds: torch negates some views lazily (``x.conj().imag``,
+    ``torch._neg_view``: a flag on the tensor, the memory un-negated), and a kernel reads the
+    memory. A copy only for such a view (rare); otherwise `t` itself."""
+    return t.resolve_neg() if t is not None and t.is_neg() else t
+
+
 def check_dtype(op: str, dtype: torch.dtype) -> None:
     if dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"{op} (triton): dtype must be float16, bfloat16 or float32, got {dtype}")

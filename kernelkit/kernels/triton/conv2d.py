@@ -66,6 +66,7 @@ from kernelkit.kernels.triton._common import (
     dot_acc,
     dot_args,
     grouped_tile,
+    in_memory,
     max_offset,
 )
 
@@ -699,6 +700,7 @@ def conv2d_forward(
     check_activation(f"{op} (triton)", activation)
     kind = kernel_kind(c, k, r, s, groups)
     config = _check_config(op, config, x.dtype, kind)
+    x, weight, bias = in_memory(x), in_memory(weight), in_memory(bias)
 
     y = torch.empty(act_shape(n, k, geo.ho, geo.wo, layout), dtype=x.dtype, device=x.device)
     if y.numel() == 0:
@@ -772,6 +774,7 @@ def conv2d_backward_input(
     geo.check_grad_out(ho, wo)
     kind = kernel_kind(k, c, r, s, groups)  # grad_in's GEMM: N = C/groups, reduction K/groups*R*S
     config = _check_config(op, config, grad_out.dtype, kind)
+    grad_out, weight = in_memory(grad_out), in_memory(weight)
 
     dx = torch.empty(act_shape(n, c, h, w, layout), dtype=grad_out.dtype, device=grad_out.device)
     if dx.numel() == 0:
@@ -846,6 +849,7 @@ def conv2d_backward_weight(
         raise ValueError(f"{op} (triton): split_k must be None or an int in [1, {MAX_GRID_YZ}]")
     kind = kernel_kind(c, k, r, s, groups)
     config = _check_config(op, config, x.dtype, kind)
+    x, grad_out = in_memory(x), in_memory(grad_out)
 
     shape = (k, geo.cg, r, s)
     if 0 in shape:

@@ -29,6 +29,7 @@ from kernelkit.kernels.triton._common import (
     dot_acc,
     dot_args,
     grouped_tile,
+    in_memory,
     max_offset,
 )
 
@@ -242,6 +243,7 @@ def matmul_forward(
             raise TypeError(f"matmul (triton): bias must be {a.dtype} on {a.device}, "
                             f"got {bias.dtype} on {bias.device}")
     check_activation("matmul (triton)", activation)
+    a, b, bias = in_memory(a), in_memory(b), in_memory(bias)
     if config is None:
         config = MatmulConfig.default(a.dtype)
     elif not isinstance(config, MatmulConfig):

@@ -34,7 +34,7 @@ import triton.language as tl
 from kernelkit.devices import triton_interpret
 from kernelkit.kernels import taps as _taps
 from kernelkit.kernels.config import KernelConfig
-from kernelkit.kernels.triton._common import INT32_MAX
+from kernelkit.kernels.triton._common import INT32_MAX, in_memory
 
 __all__ = ["PreprocessConfig", "preprocess_forward", "OUT_TORCH_DTYPES", "SHIPPED_CONFIGS"]
 
@@ -298,6 +298,7 @@ def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, sc
     dtypes); ``layout`` "NCHW" | "NHWC"; ``config`` a :class:`PreprocessConfig` (default: the
     default, or big interpreter tiles when ``TRITON_INTERPRET`` is set).
     """
+    images = in_memory(images) if isinstance(images, torch.Tensor) else [in_memory(a) for a in images]
     keep = images
     base, dtype, device, cch, meta, shapes = _image_table(images)
     assert dtype in (torch.uint8, torch.float32), dtype

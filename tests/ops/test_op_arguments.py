@@ -1,0 +1,143 @@
+"""The ops' arguments as a user may pass them: views torch negates lazily, arguments that the
+checks reject after a valid call memoised its plan, and what preprocess's arguments take.
+
+Found by using the ops as a user would (a session's hunt, 2026-12-05); each test failed before."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernelkit
+
+
+def _t(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _neg(t: torch.Tensor) -> torch.Tensor:
+    """`t`'s values as a lazily negated view (what ``x.conj().imag`` gives): its memory holds -t."""
+    v = torch._neg_view(-t)
+    assert v.is_neg() and torch.equal(v, t)
+    return v
+
+
+OPS = {
+    "matmul": (lambda a, b: kernelkit.matmul(a, b), lambda a, b: a @ b,
+               lambda: (_t(9, 11, seed=1), _t(11, 13, seed=2))),
+    "conv2d": (lambda x, w: kernelkit.conv2d(x, w, padding=1), lambda x, w: F.conv2d(x, w, padding=1),
+               lambda: (_t(2, 3, 8, 9, seed=1), _t(4, 3, 3, 3, seed=2))),
+}
+
+
+@pytest.mark.parametrize("name,backend", [
+    (name, backend) for name in OPS for backend in ("numba", "numpy", "torch", None)
+    if (name, backend) != ("conv2d", "numpy")])  # (numpy has no conv2d)
+def test_a_lazily_negated_view_is_computed_with_its_values(name, backend):
+    """Before, the Numba and numpy backends raised torch's "Can't call numpy() on Tensor that has
+    negative bit set", also unforced, when a plain tensor of the same geometry had memoised a
+    Numba plan (the memo's key does not carry the flag)."""
+    op, ref, make = OPS[name]
+    a, b = make()
+    with kernelkit.use(backend=backend, tune="off"):
+        op(a, b)  # a plain call of the same geometry first: the negated one meets its plan
+        got = op(_neg(a), _neg(b))
+    torch.testing.assert_close(got, ref(a, b), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_a_lazily_negated_image_batch_is_preprocessed_with_its_values(backend):
+    imgs = torch.rand(2, 10, 12, 3, generator=torch.Generator().manual_seed(3)) * 255
+    kw = dict(size=5, mean=(1.0, 2.0, 3.0), std=(2.0, 3.0, 4.0))
+    with kernelkit.use(backend=backend):
+        want = kernelkit.preprocess(imgs, **kw)
+        got = kernelkit.preprocess(_neg(imgs), **kw)
+    torch.testing.assert_close(got, want)
+
+
+X, W = np.random.default_rng(0).random((1, 3, 9, 9), np.float32), \
+    np.random.default_rng(1).random((4, 3, 3, 3), np.float32)
+A = np.random.default_rng(2).random((5, 5), np.float32)
+IMG = np.random.default_rng(3).integers(0, 256, (1, 10, 10, 3), dtype=np.uint8)
+PP = dict(size=8, mean=0.0, std=1.0, antialias=False)
+
+# (what a valid call passes, the same with an argument the checks reject: Python finds the two
+# equal (2.0 == 2, True == 1, 0 == False), so the plan memo's key took them for one)
+REJECTED_AFTER_VALID = {
+    "conv2d stride 2.0": (lambda: kernelkit.conv2d(X, W, stride=2),
+                          lambda: kernelkit.conv2d(X, W, stride=2.0)),
+    "conv2d stride (2.0, 2)": (lambda: kernelkit.conv2d(X, W, stride=(2, 2)),
+                               lambda: kernelkit.conv2d(X, W, stride=(2.0, 2))),
+    "conv2d groups True": (lambda: kernelkit.conv2d(X, W, groups=1),
+                           lambda: kernelkit.conv2d(X, W, groups=True)),
+    "conv2d allow_tf32 1": (lambda: kernelkit.conv2d(X, W, allow_tf32=True),
+                            lambda: kernelkit.conv2d(X, W, allow_tf32=1)),
+    "matmul numpy allow_tf32 1": (lambda: kernelkit.matmul(A, A, allow_tf32=True),
+                                  lambda: kernelkit.matmul(A, A, allow_tf32=1)),
+    "matmul torch allow_tf32 0": (
+        lambda: kernelkit.matmul(torch.from_numpy(A), torch.from_numpy(A), allow_tf32=False),
+        lambda: kernelkit.matmul(torch.from_numpy(A), torch.from_numpy(A), allow_tf32=0)),
+    "preprocess size 8.0": (lambda: kernelkit.preprocess(IMG, **PP),
+                            lambda: kernelkit.preprocess(IMG, **{**PP, "size": 8.0})),
+    "preprocess antialias 0": (lambda: kernelkit.preprocess(IMG, **PP),
+                               lambda: kernelkit.preprocess(IMG, **{**PP, "antialias": 0})),
+}
+
+
+@pytest.mark.parametrize("case", list(REJECTED_AFTER_VALID))
+def test_an_argument_the_checks_reject_is_rejected_after_a_valid_call_too(case):
+    valid, invalid = REJECTED_AFTER_VALID[case]
+    with pytest.raises((TypeError, ValueError)) as first:
+        invalid()
+    valid()
+    valid()
+    with pytest.raises((TypeError, ValueError)) as again:  # before: the valid call's plan ran
+        invalid()
+    assert str(again.value) == str(first.value)
+
+
+def test_allow_tf32_must_be_a_bool():
+    with pytest.raises(TypeError, match=r"matmul: 'allow_tf32' must be a bool, got 'no'"):
+        kernelkit.matmul(A, A, allow_tf32="no")  # ("no" is a true string: TF32 on, before)
+    with pytest.raises(TypeError, match=r"conv2d: 'allow_tf32' must be a bool, got 'no'"):
+        kernelkit.conv2d(X, W, allow_tf32="no")
+    assert kernelkit.matmul(A, A, allow_tf32=np.bool_(False)).shape == (5, 5)
+
+
+def test_numpy_integers_key_their_own_plan_and_give_the_same_result():
+    want = kernelkit.conv2d(X, W, stride=2, groups=1)
+    got = kernelkit.conv2d(X, W, stride=np.int64(2), groups=np.int32(1))
+    np.testing.assert_allclose(got, want, rtol=1e-5)  # (each plan tuned on its own)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(channel_order=(2.9, 1.2, 0.7)), "permutation of channel indices"),  # was (2, 1, 0)
+    (dict(channel_order=[2.0, 1.0, 0.0]), "permutation of channel indices"),
+    (dict(rotate=True), "rotate"),  # was a 1-degree rotation
+    (dict(rotate=[0, False]), "rotate of image 1"),
+    (dict(rotate=10, fill=True), "fill"),
+], ids=str)
+def test_preprocess_rejects_what_is_no_channel_index_or_number(kw, match):
+    imgs = np.concatenate([IMG, IMG])
+    with pytest.raises(TypeError, match=match):
+        kernelkit.preprocess(imgs, **{**PP, **kw})
+
+
+def test_preprocess_takes_a_zero_dim_array_of_degrees():
+    """A 0-d array is one number (was "must be one value for all images or one per image")."""
+    got = kernelkit.preprocess(IMG, **PP, rotate=np.array(90.0))
+    np.testing.assert_array_equal(got, kernelkit.preprocess(IMG, **PP, rotate=90))
+    np.testing.assert_array_equal(kernelkit.preprocess(IMG, **PP, channel_order=np.array([2, 1, 0])),
+                                  kernelkit.preprocess(IMG, **PP, channel_order="rgb2bgr"))
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_preprocess_of_images_that_require_grad_never_requires_grad(backend):
+    """Whether autograd saw the result depended on the backend the tuner chose: torch's gave a
+    result with a grad_fn, Numba's none. preprocess has no gradient on any backend."""
+    imgs = torch.rand(2, 30, 40, 3).requires_grad_()
+    with kernelkit.use(backend=backend):
+        out = kernelkit.preprocess(imgs, size=8, mean=0.5, std=0.2)
+    assert not out.requires_grad and out.grad_fn is None
