@@ -63,6 +63,10 @@ def cmd_tune(args: argparse.Namespace, con: Console) -> int:
 
     from .autotune import generate
 
+    if args.threads < 0 or args.shards < 1 or args.gpus < 0:
+        raise ValueError(f"--threads must be >= 0 (0: leave the pools as they are), --shards >= 1 "
+                         f"and --gpus >= 0, got {args.threads}, {args.shards} and {args.gpus}")
+    _check_where(args.where)
     if args.threads and args.shards <= 1:
         generate.pin_threads(args.threads)
     if args.shapes:
@@ -115,6 +119,19 @@ def _us(s: float | None) -> str:
     return "-" if s is None else f"{s * 1e6:,.1f} us"
 
 
+def _check_where(where: str | None) -> None:
+    """--where cuda needs a CUDA device (else torch's "not compiled with CUDA" AssertionError)."""
+    if where == "cuda" and not devices.cuda_available():
+        raise ValueError("--where cuda: no CUDA device here (torch sees none); use numpy or torch")
+
+
+def _written(cache) -> None:
+    """Raise where the cache could not write what a command changed (a read-only directory: the
+    change stayed in this process's memory, which ends with the command)."""
+    if not cache.writable:
+        raise OSError(f"cannot write the autotune cache {cache.path}: nothing was changed")
+
+
 def cmd_cache(args: argparse.Namespace, con: Console) -> int:
     from .autotune import cache as cache_mod
 
@@ -122,6 +139,7 @@ def cmd_cache(args: argparse.Namespace, con: Console) -> int:
     if args.action == "clear":
         n = len(cache.entries())
         cache.clear()
+        _written(cache)
         con.print(f"removed {n} entries from {cache.path}")
         return 0
     if args.action == "path":
@@ -163,11 +181,12 @@ def cmd_cache(args: argparse.Namespace, con: Console) -> int:
         for f in args.files:
             records, fps = cache_mod.read_export(f)
             older = cache.import_records(records, fps)
+            _written(cache)
             mine = sum(1 for fid, _ in records if fid == cache.fp)
             kept = f"; {older} older than this cache's own entries left out" if older else ""
-            con.print(f"imported {len(records) - older} entries from {f} ({mine} made on this "
-                      f"machine and usable here, {len(records) - mine} kept for other "
-                      f"machines{kept})")
+            con.print(f"imported {len(records) - older} entries from {f} (of its {len(records)}: "
+                      f"{mine} made on this machine and usable here, {len(records) - mine} kept "
+                      f"for other machines{kept})")
         return 0
     if args.action == "merge":
         if len(args.files) < 2 or not args.out:
@@ -247,6 +266,9 @@ def cmd_explain(args: argparse.Namespace, con: Console) -> int:
         con.print(f"[red]{escape(str(exc))}")
         return 2
     dtype = args.dtype or ("uint8" if args.op == "preprocess" else "float32")
+    _check_where(args.where)
+    if args.sweep < 0:
+        raise ValueError(f"--sweep takes a number of sizes >= 1, got {args.sweep}")
     if args.sweep:
         return _sweep(spec, dims, dtype, args, con)
     arrs, kwargs = spec.make_inputs(dims, dtype, args.where)
@@ -312,7 +334,10 @@ def cmd_warmup(args: argparse.Namespace, con: Console) -> int:
 
     todo = compiling.targets(args.ops or None, args.dtypes or None)
     if not todo:
-        con.print("nothing to compile: no backend here compiles its kernels on first use")
+        asked = " for " + " and ".join(
+            f"{what} {' '.join(v)}" for what, v in (("ops", args.ops), ("dtypes", args.dtypes))
+            if v) if args.ops or args.dtypes else ""
+        con.print(f"nothing to compile{asked}: no backend here compiles such kernels on first use")
         return 0
     done = []
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
@@ -342,6 +367,11 @@ def cmd_data_bench(args: argparse.Namespace, con: Console) -> int:
 
     from .data import report
 
+    if args.folder is None and args.images < 1 or args.batch_size < 1 or args.epochs < 1 \
+            or args.size < 1 or (args.threads is not None and args.threads < 1):
+        raise ValueError(f"--images (without --folder), --batch-size, --epochs, --size and "
+                         f"--threads must be >= 1, got {args.images}, {args.batch_size}, "
+                         f"{args.epochs}, {args.size} and {args.threads}")
     with Progress(console=con, transient=True) as progress:
         rows = report.run(images=args.images, folder=args.folder, batch_size=args.batch_size,
                           size=args.size, epochs=args.epochs, model_ms=args.model_ms,
@@ -389,8 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_tune)
 
     s = sub.add_parser("cache", help="show, clear, export, import or merge autotune caches")
-    s.add_argument("action", choices=("show", "clear", "path", "export", "import", "merge",
-                                      "coverage", "verify"))
+    s.add_argument("action", nargs="?", default="show",
+                   choices=("show", "clear", "path", "export", "import", "merge", "coverage",
+                            "verify"), help="what to do (default: show)")
     s.add_argument("files", nargs="*", help="export FILE | import FILE... | merge A B... | "
                                             "verify [TEXT...]: only keys containing every TEXT")
     s.add_argument("--out", help="merge: the merged file")
@@ -450,6 +481,10 @@ def main(argv: list[str] | None = None) -> int:
     # `kernelkit bench -k NAME`: what follows `bench` goes to pytest as it is, options included
     # (argparse's REMAINDER alone would reject a leading "-k")
     args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "cache" and not any(e.startswith("-") for e in extra):
+        # `cache merge --out C A B`: argparse matched the files (nargs="*") to nothing before
+        # the option and leaves those after it over; they are the files all the same
+        args.files, extra = [*args.files, *extra], []
     if extra:
         if args.command != "bench":
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -460,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError) as exc:  # (OSError: a file to read or write)
         # escaped: a message's own brackets ("[op, dims, dtype]") are not rich markup
         con.print(f"[red]kernelkit {args.command}: {escape(str(exc))}")
+        return 2
+    except MemoryError as exc:  # (numpy's own names the bytes: an `explain` of a huge size)
+        con.print(f"[red]kernelkit {args.command}: out of memory: "
+                  f"{escape(str(exc) or 'the inputs do not fit')}")
         return 2
 
 

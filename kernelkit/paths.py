@@ -13,7 +13,7 @@ from pathlib import Path
 def cache_root() -> Path:
     """KERNELKIT_CACHE_DIR, else the platform's user cache dir for kernelkit."""
     configured = os.environ.get("KERNELKIT_CACHE_DIR")
-    return Path(configured) if configured else default_cache_dir()
+    return Path(configured).expanduser() if configured else default_cache_dir()
 
 
 def default_cache_dir() -> Path:

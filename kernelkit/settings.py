@@ -57,8 +57,8 @@ class Settings:
 
     @property
     def cache_path(self) -> Path:
-        if self.cache_dir:
-            return Path(self.cache_dir)
+        if self.cache_dir:  # ("~/x" from an environment that did not expand it: Docker's ENV)
+            return Path(self.cache_dir).expanduser()
         return default_cache_dir()
 
 

@@ -224,3 +224,73 @@ def test_tune_progress_bar_on_stderr_only_on_a_terminal(tmp_path, monkeypatch, c
     assert "1000x3x1000" in out  # the summary table, on stdout either way
     assert ("ETA" in err and "6/6" in err) == shown, err
     assert "ETA" not in out
+
+
+def test_clean_errors_where_tracebacks_were(tmp_path, monkeypatch, capsys):
+    """Each of these printed a traceback (AssertionError "Torch not compiled with CUDA enabled",
+    torch's set_num_threads RuntimeError, numpy's _ArrayMemoryError) or ran on nothing and
+    exited 0 (an empty sweep, a data bench of no images)."""
+    from kernelkit import cli
+
+    monkeypatch.setenv("KERNELKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cli.devices, "cuda_available", lambda: False)
+    for args, words in [
+            (("tune", "--where", "cuda", "--shapes", '[["matmul", [4, 4, 4]]]'), "no CUDA device"),
+            (("explain", "matmul", "8", "8", "8", "--where", "cuda"), "no CUDA device"),
+            (("tune", "--threads", "-2", "--shapes", '[["matmul", [4, 4, 4]]]'),
+             "--threads must be >= 0"),
+            (("tune", "--shards", "0", "--shapes", '[["matmul", [4, 4, 4]]]'), "--shards >= 1"),
+            (("explain", "matmul", "8", "8", "8", "--sweep", "-1"), "--sweep takes a number"),
+            (("explain", "matmul", "1000000", "1000000", "1000000"), "out of memory"),
+            (("data-bench", "--images", "0"), "must be >= 1")]:
+        assert cli.main(list(args)) == 2, args
+        assert words in " ".join(capsys.readouterr().out.split()), args
+
+
+def test_cache_options_may_come_before_the_files(tmp_path, monkeypatch, capsys):
+    """`cache merge --out C A B` and `cache export --json E` failed with "unrecognized arguments";
+    `kernelkit cache` alone said "the following arguments are required: action, files"."""
+    from kernelkit import cli
+    from kernelkit.autotune.cache import Cache
+
+    monkeypatch.setenv("KERNELKIT_CACHE_DIR", str(tmp_path))
+    c = Cache(tmp_path)
+    c.put("k", {"choice": {"candidate": "numpy-cpu", "config": {}, "source": "measured"},
+                "measured_at": "2026-12-05T00:00:00+00:00"})
+    a, b, m = (str(tmp_path / n) for n in ("a.json", "b.json", "m.json"))
+    assert cli.main(["cache", "export", "--json", a]) == 0 and cli.main(["cache", "export", b]) == 0
+    assert cli.main(["cache", "merge", "--out", m, a, b]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["entries"][0]["key"] == "k"
+    assert cli.main(["cache", "verify", "--quiet", "no-such-key"]) == 0
+    capsys.readouterr()
+    assert cli.main(["cache"]) == 0 and "1 entries" in capsys.readouterr().out
+    assert cli.main(["cache", "import", "--json", a]) == 0
+    assert "of its 1" in capsys.readouterr().out
+
+
+def test_warmup_of_nothing_says_what_was_asked(tmp_path, capsys):
+    from kernelkit import cli
+
+    assert cli.main(["warmup", "--ops", "matmul", "--dtypes", "uint8"]) == 0
+    assert "nothing to compile for ops matmul and dtypes uint8" in capsys.readouterr().out
+
+
+def test_a_cache_dir_given_with_a_tilde_is_under_home(tmp_path, monkeypatch):
+    """KERNELKIT_CACHE_DIR='~/kkcache' (Docker's ENV does not expand it) made a folder named "~"
+    in the working directory; KERNELKIT_NUMBA_CACHE_DIR already expanded it."""
+    from kernelkit import paths, settings
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KERNELKIT_CACHE_DIR", "~/kkcache")
+    settings.new_epoch()
+    assert settings.current().cache_path == tmp_path / "kkcache"
+    assert paths.cache_root() == tmp_path / "kkcache"
+    with settings.use(cache_dir="~/other"):
+        assert settings.current().cache_path == tmp_path / "other"
+
+
+def test_a_negative_dim_in_a_shapes_file_names_its_row(tmp_path, capsys):
+    from kernelkit import cli
+
+    assert cli.main(["tune", "--shapes", '[["matmul", [4, 4, 4]], ["matmul", [-8, 8, 8]]]']) == 2
+    assert "row 1: dims must be >= 0, got [-8, 8, 8]" in capsys.readouterr().out

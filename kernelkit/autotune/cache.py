@@ -200,6 +200,11 @@ class Cache:
         return self._fp
 
     @property
+    def writable(self) -> bool:
+        """No write to the file has failed (what this process measures is kept on disk)."""
+        return not self._in_memory
+
+    @property
     def loaded(self) -> bool:
         """The file was read in this process (reading it again costs nothing)."""
         return self._records is not None
@@ -288,9 +293,12 @@ class Cache:
 
     def _compact(self) -> None:
         """Rewrite the file with the last record per (fingerprint, key), atomically, under the
-        lock the caller holds, merging what other processes appended meanwhile."""
+        lock the caller holds; this process then holds what the file holds. The file alone is
+        the truth: every record this process added was appended to it, and what it still holds
+        in memory may be older than what other processes appended since (an entry measured
+        again) or gone from the file (`cache clear`). Before, the memory won, which put older
+        measurements back and undid a clear."""
         on_disk, fps, _ = self._read_lines(self.path)
-        on_disk.update(self._records)
         fps.update(self._fingerprints)
         self._rewrite(on_disk, fps)
 
@@ -329,6 +337,7 @@ class Cache:
                         self._rewrite({k: e for k, e in on_disk.items() if k[0] != self.fp},
                                       self._fingerprints)
             except (OSError, Timeout) as exc:
+                self._in_memory = True
                 self._warn("unwritable", f"cannot write the autotune cache in {self.dir} ({exc})")
 
     # -- moving caches between machines ----------------------------------------------------------

@@ -93,6 +93,8 @@ def load_shapes(path: str | os.PathLike) -> list[tuple[str, tuple[int, ...], str
         spec = core.op_spec(op)  # a clear error for an unknown op
         if not dims:
             raise ValueError(f"{path}: row {i} has no dims")
+        if min(dims) < 0:  # (numpy's "negative dimensions are not allowed" named no row)
+            raise ValueError(f"{path}: row {i}: dims must be >= 0, got {list(dims)}")
         sizes = {len(spec.cli_dims.split())} if spec.cli_dims else set()
         sizes |= {len(d) for rows_ in spec.presets.values() for d, _ in rows_}
         if sizes and len(dims) not in sizes:

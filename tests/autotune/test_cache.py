@@ -329,3 +329,58 @@ def test_import_never_replaces_a_newer_measurement_with_an_older_one(tmp_path):
     assert c.import_records(newer, {c.fp: fingerprint()}) == 0
     got = fresh(tmp_path)
     assert got.get("k")["trials"][0]["median"] == 1e-3 and got.get("new") is not None
+
+
+def _compact_by_writing(c: Cache, n: int = 40) -> None:
+    """Enough appends of one key for `c` to compact the file (COMPACT_WHEN x its records)."""
+    for i in range(n):
+        c.put("filler", entry(median=i * 1e-6))
+
+
+def test_compaction_keeps_another_processs_newer_measurement(tmp_path):
+    """Process A holds k from its first read; B measures k again; A's compaction wrote A's memory
+    over the file, so a new reader saw A's older entry (and so would B after a restart)."""
+    Cache(tmp_path).put("k", entry(median=9e-3, when="2026-12-01T00:00:00+00:00"))
+    a = Cache(tmp_path)
+    assert a.get("k")["trials"][0]["median"] == 9e-3
+    Cache(tmp_path).put("k", entry(median=1e-3, when="2026-12-05T00:00:00+00:00"))
+    _compact_by_writing(a)
+    assert len((tmp_path / FILENAME).read_text().splitlines()) < 20  # compacted
+    assert fresh(tmp_path).get("k")["trials"][0]["median"] == 1e-3
+    assert a.get("k")["trials"][0]["median"] == 1e-3  # A now holds what the file holds
+
+
+def test_compaction_does_not_undo_a_clear_by_another_process(tmp_path):
+    """`kernelkit cache clear` while a process holds entries: that process's next compaction wrote
+    them all back."""
+    seed = Cache(tmp_path)
+    for i in range(10):
+        seed.put(f"k{i}", entry())
+    a = Cache(tmp_path)
+    assert len(a.entries()) == 10
+    Cache(tmp_path).clear()  # (the CLI's clear: another process)
+    _compact_by_writing(a)
+    assert set(fresh(tmp_path).entries()) == {"filler"}
+
+
+def test_clear_and_import_say_when_the_cache_cannot_be_written(tmp_path, monkeypatch):
+    """`kernelkit cache clear` / `import` printed success and exited 0 on a read-only cache."""
+    from kernelkit import cli
+
+    Cache(tmp_path).put("k", entry())
+    export = tmp_path / "e.json"
+    export.write_text(json.dumps(Cache(tmp_path).export()))
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setenv("KERNELKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(Cache, "_rewrite", refuse)  # clear's write
+    with pytest.warns(CacheWarning, match="cannot write"):
+        assert cli.main(["cache", "clear"]) == 2
+    monkeypatch.setattr("kernelkit.autotune.cache.FileLock", refuse)  # import's append
+    from kernelkit.autotune import cache as cache_mod
+
+    cache_mod._caches.clear()
+    with pytest.warns(CacheWarning, match="cannot write"):
+        assert cli.main(["cache", "import", str(export)]) == 2
