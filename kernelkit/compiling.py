@@ -38,6 +38,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 CHILD_TIMEOUT_S = 1800  # a compile that takes longer than this is abandoned (then done here)
 # The background thread sleeps this long before its first job, so that the call which
@@ -241,18 +242,50 @@ class _NoLock:
         return False
 
 
-def _file_lock(job: Job):
-    """One process at a time compiles a (module, dtype); the others then load what it wrote."""
-    try:
-        from filelock import FileLock
+class _LockWherePossible:
+    """A FileLock in the cache dir, else one in the temporary dir, else none: a read-only cache
+    dir (an image's) let the lock be made but not taken, and every background compile failed
+    for good with "Read-only file system"."""
+
+    def __init__(self, job: Job):
+        self._name = f"{job.module}-{job.dtype}.lock"
+        self._held = None
+
+    def __enter__(self):
+        import tempfile
+
+        from filelock import FileLock, Timeout
 
         from .paths import cache_root
 
-        folder = cache_root() / "compile-locks"
-        folder.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(folder / f"{job.module}-{job.dtype}.lock"), timeout=CHILD_TIMEOUT_S)
-    except Exception:  # noqa: BLE001 - no writable cache dir: compile without the lock
+        uid = getattr(os, "getuid", lambda: "user")()
+        for folder in (cache_root() / "compile-locks",
+                       Path(tempfile.gettempdir()) / f"kernelkit-compile-locks-{uid}"):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                lock = FileLock(str(folder / self._name), timeout=CHILD_TIMEOUT_S)
+                lock.acquire()
+            except Timeout:
+                raise
+            except OSError:
+                continue
+            self._held = lock
+            break
+        return self
+
+    def __exit__(self, *exc):
+        if self._held is not None:
+            self._held.release()
+        return False
+
+
+def _file_lock(job: Job):
+    """One process at a time compiles a (module, dtype); the others then load what it wrote."""
+    try:
+        import filelock  # noqa: F401
+    except ImportError:  # (a dependency; without it, compile without the lock)
         return _NoLock()
+    return _LockWherePossible(job)
 
 
 def _after_fork_in_child() -> None:

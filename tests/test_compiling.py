@@ -353,3 +353,23 @@ def test_import_preloads_the_vendor_kernels_of_loaded_libraries_only():
         assert ("kernelkit.kernels.torch.conv2d" in mods) is expected_torch
         assert has_torch.strip() == str(expected_torch)
         assert "kernelkit.kernels.numba." not in mods  # compiled on first use, off the call
+
+
+def test_a_compile_lock_the_cache_dir_cannot_hold_is_taken_in_the_temporary_dir(tmp_path,
+                                                                                monkeypatch):
+    """A cache dir that lets the lock be made but not taken (read-only: an image's) failed every
+    background compile for good ("OSError: Read-only file system: .../compile-locks/..."), so
+    the calls never got the compiled candidate. Here the lock's path is a folder, which no
+    process can lock either."""
+    import tempfile
+
+    monkeypatch.setenv("KERNELKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    job = compiling.Job("kernelkit.kernels.numba.preprocess", "uint8")
+    name = f"{job.module}-{job.dtype}.lock"
+    (tmp_path / "cache" / "compile-locks" / name).mkdir(parents=True)
+    compiling._run(job, child=False)
+    assert job.error is None and job.how in ("loaded", "compiled"), job
+    uid = getattr(os, "getuid", lambda: "user")()
+    assert (tmp_path / "tmp" / f"kernelkit-compile-locks-{uid}" / name).exists()

@@ -94,3 +94,47 @@ def test_edited_helper_in_another_file_is_recompiled(tmp_path):
     edited = _run(root, cache)  # matmul.py is unchanged; its cached machine code must not be used
     assert edited["key"] != first["key"]
     assert edited["out"] == [-2.0, 2.0]
+
+
+_READ_ONLY_PROBE = _PROBE.replace('"key": _cache.cache_key(),',
+                                  '"key": _cache.cache_key(), "compiled": m._gemm.COMPILED[0],')
+
+
+def test_a_read_only_folder_of_compiled_kernels_is_loaded_not_compiled_again(tmp_path):
+    """Kernels compiled into a folder the job cannot write (an image's, built ahead): before, the
+    folder was passed over and every kernel compiled again in a temporary dir (12.7 s for a
+    first matmul). Now they are copied there once and loaded. As root (CI), the child runs
+    without the capabilities that let root ignore file modes (setpriv)."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "KERNELKIT_CACHE_DIR": str(cache), "TMPDIR": str(tmp_path / "tmp")}
+    env.pop("NUMBA_CACHE_DIR", None)
+    env.pop("KERNELKIT_NUMBA_CACHE_DIR", None)
+    (tmp_path / "tmp").mkdir()
+
+    def probe(read_only: bool) -> dict:
+        cmd = [sys.executable, "-c", _READ_ONLY_PROBE]
+        if read_only and os.geteuid() == 0:
+            if shutil.which("setpriv") is None:
+                pytest.fail("running as root without setpriv: cannot make a read-only folder")
+            cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", *cmd]
+        res = subprocess.run(cmd, env=env, cwd=PACKAGE.parent, capture_output=True, text=True,
+                             timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    built = probe(False)
+    assert built["compiled"] == 1 and Path(built["dir"]).is_relative_to(cache)
+    dirs = [cache, *(p for p in cache.rglob("*") if p.is_dir())]
+    for p in cache.rglob("*"):
+        if p.is_file():
+            p.chmod(0o444)
+    for d in dirs:
+        d.chmod(0o555)
+    try:
+        ran = probe(True)
+    finally:
+        for d in dirs:
+            d.chmod(0o755)
+    assert ran["out"] == built["out"] and ran["key"] == built["key"]
+    assert Path(ran["dir"]).is_relative_to(tmp_path / "tmp")  # the writable copy
+    assert ran["compiled"] == 0  # loaded from the copy, not compiled again

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -82,20 +83,59 @@ def numba_root() -> Path:
 @functools.cache
 def cache_dir() -> Path | None:
     """``<kernelkit cache dir>/numba/<key>``, created; a per-user temporary dir if that cannot be
-    written; None if neither can (then numba's own locators apply). Decided once per process (at the first kernel's decoration)."""
+    written; None if neither can (then numba's own locators apply). Decided once per process (at
+    the first kernel's decoration).
+
+    A read-only ``<key>`` dir that holds kernels (an image's, compiled at build time into a
+    directory the job cannot write) seeds the temporary one: its files are copied there once,
+    and loaded from there. Numba loads and saves through one writable dir per function; before,
+    such a dir was passed over and every kernel compiled again (12.7 s for a first matmul)."""
     key = cache_key()
     uid = getattr(os, "getuid", lambda: "user")()
-    for root in (numba_root(), Path(tempfile.gettempdir()) / f"kernelkit-numba-{uid}"):
-        path = root / key
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            probe = path / f".probe-{os.getpid()}"
-            probe.touch()
-            probe.unlink()
-        except OSError:
-            continue
-        return path
-    return None
+    configured = numba_root() / key
+    if _writable(configured):
+        return configured
+    scratch = Path(tempfile.gettempdir()) / f"kernelkit-numba-{uid}" / key
+    if configured.is_dir():
+        _seed(scratch, configured)
+    return scratch if _writable(scratch) else None
+
+
+def _writable(path: Path) -> bool:
+    """`path` exists as a directory (made if need be) that this process can write files in."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError:
+        return False
+    return True
+
+
+def _seed(scratch: Path, source: Path) -> None:
+    """Copy the compiled kernels of `source` into `scratch` where `scratch` has none: contents
+    only (no read-only modes), into a staging dir renamed into place, so a process never sees a
+    half-copied dir and one of several copying at once wins. Any failure leaves `scratch` as it
+    was (the kernels then compile there)."""
+    if scratch.is_dir() and any(scratch.iterdir()):
+        return
+    staging = scratch.with_name(f".{scratch.name}.{os.getpid()}.staging")
+    try:
+        for src in source.rglob("*"):
+            dst = staging / src.relative_to(source)
+            if src.is_dir():
+                dst.mkdir(parents=True, exist_ok=True)
+            elif src.is_file() and not src.name.startswith(".probe-"):
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+        if scratch.is_dir():
+            scratch.rmdir()  # (empty: made by an earlier probe)
+        os.rename(staging, scratch)
+    except OSError:
+        pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _is_kernel_source(py_file: str) -> bool:
