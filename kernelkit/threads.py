@@ -100,10 +100,28 @@ def configure_at_import() -> None:
 POOLED_MODULES = ("kernelkit.kernels.numba._pool",)
 
 
+# Whether kernelkit ran work on torch's OpenMP team in this process: its Numba kernels' shares
+# (kernels/numba/_pool.py) or a torch CPU candidate it timed or planned. GNU OpenMP's team does
+# not survive a fork: a forked child's first parallel torch op waits for the parent's threads
+# forever. A process that had only imported torch and called kernelkit on numpy data hung its
+# forked workers' own torch ops that way (multiprocessing's fork pools, gunicorn-style preloading).
+_team_used = [False]
+
+
+def team_used() -> None:
+    """Note that kernelkit has run work on torch's OpenMP team (see `_after_fork_in_child`)."""
+    _team_used[0] = True
+
+
 def _after_fork_in_child() -> None:
     global _lock, _forked
     _lock = threading.Lock()  # the parent's may be held by a thread that does not exist here
     _forked = True
+    torch = sys.modules.get("torch")
+    if _team_used[0] and torch is not None and torch.get_num_threads() > 1:
+        # what torch's DataLoader does in its workers: one thread enters no OpenMP region, so
+        # the parent's team, whose threads do not exist here, is never waited for
+        torch.set_num_threads(1)
     for name in POOLED_MODULES:
         mod = sys.modules.get(name)
         if mod is not None and hasattr(mod, "_POOL"):

@@ -145,3 +145,39 @@ def test_numba_conv_thread_pool_survives_fork(team):
     r = _run(["-c", CONV_FORK_SCRIPT], timeout=400, KERNELKIT_OPENMP_TEAM=team)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split()[-1] == "ok"
+
+
+USER_TORCH_AFTER_FORK_SCRIPT = r"""
+import os, sys, time
+import numpy as np, torch, kernelkit
+torch.set_num_threads(2)
+a = np.random.default_rng(0).random((256, 256), np.float32)
+with kernelkit.use(backend=sys.argv[1], tune="off"):
+    kernelkit.matmul(a, a)  # numpy data: the user has run no torch op of their own
+pid = os.fork()
+if pid == 0:  # the child's own torch: a multiprocessing fork pool's worker, a preloaded server's
+    x = torch.randn(300, 300)
+    for _ in range(3):
+        x = (x @ x).clamp(-1, 1)
+    os._exit(0 if torch.get_num_threads() == 1 else 3)
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.waitstatus_to_exitcode(status))
+    time.sleep(0.05)
+os.kill(pid, 9)
+print("the child's torch op hung")
+sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_a_forked_childs_own_torch_ops_do_not_hang_after_kernelkit_used_torchs_team(backend):
+    """kernelkit on numpy data ran work on torch's OpenMP team (the Numba kernels' shares, or
+    torch's CPU matmul), in a process whose user had run no torch op: a forked child's first
+    parallel torch op then waited forever for the parent's OpenMP threads. The child now runs
+    torch on one thread, as torch's DataLoader workers do."""
+    r = _run(["-c", USER_TORCH_AFTER_FORK_SCRIPT, backend], timeout=240,
+             KERNELKIT_COMPILE="foreground")
+    assert r.returncode == 0, (r.stdout, r.stderr[-2000:])

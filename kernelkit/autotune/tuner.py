@@ -506,6 +506,8 @@ def measure_all(
     sync = _sync_for(problem, usable)
     trials, fns = [], []
     for cand in usable:
+        if cand.native == "torch" and cand.device == "cpu":
+            threads.team_used()  # (timing it runs torch's CPU ops: its OpenMP team)
         for config in (configs_for(cand) if configs_for else cand.space(problem)):
             trial = Trial(cand.name, config)
             trials.append(trial)

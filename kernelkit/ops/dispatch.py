@@ -326,6 +326,8 @@ def _bound(call: Call, cand: core.Candidate, config: core.Config, forced: bool) 
     process where torch's team would hang (`threads.torch_team_forked`), and for every
     call where this process has not imported torch (kernelkit does not import it for numpy
     data: a choice cached by another process)."""
+    if cand.native == "torch" and cand.device == "cpu":
+        threads.team_used()  # (the plan runs torch's CPU ops: its OpenMP team)
     own = None if forced else tuner.stand_in(cand, call.problem)
     if own is None:
         return call.bind(cand, config)

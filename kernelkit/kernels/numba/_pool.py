@@ -138,6 +138,8 @@ def _team():
     team = _TEAM[0]
     if team is None:
         team = _TEAM[0] = _find_team()
+        if team:
+            _threads.team_used()  # (a forked child then runs torch on one thread)
     return team
 
 
