@@ -46,3 +46,20 @@ def torch_activations() -> dict:
 
     return {"relu": torch.relu, "gelu": gelu,
             "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu}
+
+
+def numpy_activation(c: np.ndarray, activation: str) -> np.ndarray:
+    """`activation` of `c` in numpy, from the definitions: where torch (a dependency) is not
+    installed, for the numpy backend's epilogue and the float64 reference. erf goes through
+    math.erf element by element (slow; the torch path is the one that runs normally)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if activation == "relu":
+            return np.maximum(c, 0)
+        if activation == "silu":
+            return c / (1 + np.exp(-c))
+        if activation == "gelu_tanh":
+            return 0.5 * c * (1 + np.tanh(math.sqrt(2 / math.pi) * (c + 0.044715 * c * c * c)))
+        if activation == "gelu":
+            erf = np.frompyfunc(math.erf, 1, 1)(c * (1 / math.sqrt(2))).astype(c.dtype)
+            return 0.5 * c * (1 + erf)
+    raise ValueError(f"unknown activation {activation!r}")

@@ -16,7 +16,7 @@ import numpy as np
 from .. import arrays, core
 from .. import settings as _settings
 from ..core import Call, Candidate, Config, OpSpec, Plan, Problem
-from ..kernels import check_activation, check_flag, torch_activations
+from ..kernels import check_activation, check_flag, numpy_activation, torch_activations
 from .dispatch import (
     _FALSE,
     _TRUE,
@@ -281,8 +281,11 @@ def _verifier(a, b, bias, activation, allow_tf32):
 
     @functools.cache
     def reference():
-        import torch
-
+        try:
+            import torch
+        except ImportError:  # (a dependency; without it, numpy's float64: the tuner still verifies)
+            return _numpy_reference(f64(a), f64(b), None if bias is None else f64(bias),
+                                    activation)
         a64 = arrays.numpy_to_torch(f64(a))
         b64 = arrays.numpy_to_torch(f64(b))
         c = torch.matmul(a64, b64)
@@ -295,6 +298,14 @@ def _verifier(a, b, bias, activation, allow_tf32):
         return c.numpy(), scale.numpy()
 
     return lambda out: normwise_error(out, *reference(), a.shape[-1], allow_tf32)
+
+
+def _numpy_reference(a64, b64, bias64, activation):
+    """`_verifier`'s reference where torch is not installed: float64 numpy."""
+    c, scale = np.matmul(a64, b64), np.matmul(np.abs(a64), np.abs(b64))
+    if bias64 is not None:
+        c, scale = c + bias64, scale + np.abs(bias64)
+    return (numpy_activation(c, activation) if activation else c), scale
 
 
 # -- the spec ------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernelkit.kernels import torch_activations
+from kernelkit.kernels import numpy_activation, torch_activations
 from kernelkit.kernels.config import VendorConfig
 from kernelkit.kernels.config import vendor_space as space  # noqa: F401 - the module surface
 
@@ -69,7 +69,9 @@ def _epilogue(c: np.ndarray, bias: np.ndarray | None, activation: str | None) ->
     if activation is not None:
         # torch's own activations on the same memory (torch.from_numpy: no copy), so the
         # epilogue matches the torch vendor's numerics; the result is viewed back as numpy
-        import torch
-
+        try:
+            import torch
+        except ImportError:  # (a dependency; without it, the definitions in numpy)
+            return numpy_activation(c, activation)
         c = torch_activations()[activation](torch.from_numpy(c)).numpy()
     return c
