@@ -38,7 +38,6 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 CHILD_TIMEOUT_S = 1800  # a compile that takes longer than this is abandoned (then done here)
 # The background thread sleeps this long before its first job, so that the call which
@@ -252,15 +251,11 @@ class _LockWherePossible:
         self._held = None
 
     def __enter__(self):
-        import tempfile
-
         from filelock import FileLock, Timeout
 
-        from .paths import cache_root
+        from .paths import cache_root, user_temp_dir
 
-        uid = getattr(os, "getuid", lambda: "user")()
-        for folder in (cache_root() / "compile-locks",
-                       Path(tempfile.gettempdir()) / f"kernelkit-compile-locks-{uid}"):
+        for folder in (cache_root() / "compile-locks", user_temp_dir("compile-locks")):
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 lock = FileLock(str(folder / self._name), timeout=CHILD_TIMEOUT_S)

@@ -16,6 +16,15 @@ def cache_root() -> Path:
     return Path(configured).expanduser() if configured else default_cache_dir()
 
 
+def user_temp_dir(name: str) -> Path:
+    """``<temporary dir>/kernelkit-<name>-<uid>``: a per-user fallback where the cache folder
+    cannot be written (a read-only image's)."""
+    import tempfile
+
+    uid = getattr(os, "getuid", lambda: "user")()
+    return Path(tempfile.gettempdir()) / f"kernelkit-{name}-{uid}"
+
+
 def default_cache_dir() -> Path:
     """The user cache dir for kernelkit: platformdirs' answer where it is installed, else the
     same path by the platforms' conventions (XDG on Linux), so that nothing optional can stop a

@@ -23,8 +23,10 @@ team off there.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import re
 import sys
 import threading
 import time
@@ -109,19 +111,46 @@ _team_used = [False]
 
 
 def team_used() -> None:
-    """Note that kernelkit has run work on torch's OpenMP team (see `_after_fork_in_child`)."""
+    """Note that kernelkit has run work on torch's OpenMP team (see `_single_threaded_torch`)."""
     _team_used[0] = True
+
+
+_OMP_LIB = re.compile(r"lib(gomp|iomp5|omp)\b[^/]*\.so[^/]*$")
+
+
+def loaded_openmp() -> str | None:
+    """The path of the OpenMP runtime mapped into this process by torch, or None."""
+    try:
+        with open("/proc/self/maps") as f:
+            fields = [line.split(None, 5) for line in f]
+        paths = {f[5].strip() for f in fields if len(f) == 6}
+    except OSError:  # not Linux
+        return None
+    libs = sorted(p for p in paths if _OMP_LIB.search(os.path.basename(p)))
+    in_torch = [p for p in libs if "/torch" in p]
+    if in_torch:
+        return in_torch[0]
+    return libs[0] if len(libs) == 1 else None
+
+
+def _single_threaded_torch() -> None:
+    """In a forked child of a process where kernelkit used torch's OpenMP team (`team_used`):
+    torch on one thread, as torch's DataLoader does in its workers, where that team is GNU
+    OpenMP's, which does not survive a fork (LLVM's and Intel's runtimes start a new one). One
+    thread enters no OpenMP region, so the parent's team, whose threads do not exist here, is
+    never waited for."""
+    torch = sys.modules.get("torch")
+    if not _team_used[0] or torch is None or torch.get_num_threads() <= 1:
+        return
+    runtime = loaded_openmp()
+    if runtime is not None and "libgomp" in os.path.basename(runtime):
+        torch.set_num_threads(1)
 
 
 def _after_fork_in_child() -> None:
     global _lock, _forked
     _lock = threading.Lock()  # the parent's may be held by a thread that does not exist here
     _forked = True
-    torch = sys.modules.get("torch")
-    if _team_used[0] and torch is not None and torch.get_num_threads() > 1:
-        # what torch's DataLoader does in its workers: one thread enters no OpenMP region, so
-        # the parent's team, whose threads do not exist here, is never waited for
-        torch.set_num_threads(1)
     for name in POOLED_MODULES:
         mod = sys.modules.get(name)
         if mod is not None and hasattr(mod, "_POOL"):
@@ -130,6 +159,10 @@ def _after_fork_in_child() -> None:
             mod._SYNC_LOCK = threading.Lock()  # may have been held by a parent thread
         if mod is not None and hasattr(mod, "_TEAM"):
             mod._TEAM[0] = False  # the parent's OpenMP team has no threads here either
+    # last: the resets above must happen whatever torch does (e.g. a fork while it was half
+    # imported)
+    with contextlib.suppress(Exception):
+        _single_threaded_torch()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -181,3 +181,24 @@ def test_a_forked_childs_own_torch_ops_do_not_hang_after_kernelkit_used_torchs_t
     r = _run(["-c", USER_TORCH_AFTER_FORK_SCRIPT, backend], timeout=240,
              KERNELKIT_COMPILE="foreground")
     assert r.returncode == 0, (r.stdout, r.stderr[-2000:])
+
+
+def test_a_forked_child_keeps_its_torch_threads_where_the_openmp_runtime_survives_fork(
+        monkeypatch):
+    """Only GNU OpenMP's team is lost in a fork; LLVM's (libomp) and Intel's (libiomp5) start a
+    new one, so their children keep torch's threads."""
+    import torch
+
+    from kernelkit import threads
+
+    monkeypatch.setattr(threads, "_team_used", [True])
+    before = torch.get_num_threads()
+    try:
+        for runtime, want in (("/env/lib/libiomp5.so", 2), ("/env/lib/libomp.so.5", 2),
+                              ("/env/torch/lib/libgomp-a34b3233.so.1", 1)):
+            torch.set_num_threads(2)
+            monkeypatch.setattr(threads, "loaded_openmp", lambda r=runtime: r)
+            threads._single_threaded_torch()
+            assert torch.get_num_threads() == want, runtime
+    finally:
+        torch.set_num_threads(before)

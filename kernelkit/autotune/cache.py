@@ -109,8 +109,11 @@ class Cache:
                    f"run ({key}: {why}); measuring that size again")
 
     # -- reading -------------------------------------------------------------------------------
-    def _read_lines(self, path: Path) -> tuple[dict[tuple[str, str], dict], dict[str, dict], int]:
-        """Every record of a JSON-lines file; damaged lines are skipped with one warning."""
+    def _read_lines(self, path: Path, strict: bool = False
+                    ) -> tuple[dict[tuple[str, str], dict], dict[str, dict], int]:
+        """Every record of a JSON-lines file; damaged lines are skipped with one warning. A file
+        that exists but cannot be read gives nothing (one warning), or raises with `strict` (a
+        rewrite must not replace what it could not read)."""
         records: dict[tuple[str, str], dict] = {}
         fps: dict[str, dict] = {}
         bad = lines = 0
@@ -135,6 +138,8 @@ class Cache:
         except (FileNotFoundError, NotADirectoryError):  # nothing cached there (yet)
             return {}, {}, 0
         except OSError as exc:
+            if strict:
+                raise
             self._warn("unreadable", f"cannot read the autotune cache {path}: {exc}; tuning "
                        "without it")
             return {}, {}, 0
@@ -147,7 +152,7 @@ class Cache:
         records, fps, lines = self._read_lines(self.path)
         self._lines, self._fps_on_disk = lines, set(fps)
         if self.legacy_path.exists():
-            legacy = self._migrate_legacy()
+            legacy = self._migrate_legacy(records)
             for (fp, key), entry in legacy[0].items():
                 records.setdefault((fp, key), entry)
             fps.update(legacy[1])
@@ -159,9 +164,12 @@ class Cache:
                        f"with another machine fingerprint (other CPU, GPU {sorted(map(str, names))}"
                        ", driver or library versions): kept, not used here")
 
-    def _migrate_legacy(self) -> tuple[dict[tuple[str, str], dict], dict[str, dict]]:
-        """Read the schema-1 file, append its entries to the lines file under the fingerprint its
-        header named, and set it aside as a named backup. Never deletes anything."""
+    def _migrate_legacy(self, have: dict[tuple[str, str], dict]
+                        ) -> tuple[dict[tuple[str, str], dict], dict[str, dict]]:
+        """Read the schema-1 file, append those of its entries the lines file does not hold
+        (`have`: appended after them, an old entry would win over the file's own) under the
+        fingerprint its header named, and set it aside as a named backup. Never deletes
+        anything."""
         try:
             data = json.loads(self.legacy_path.read_text())
             head, entries = data["header"], data["entries"]
@@ -178,7 +186,8 @@ class Cache:
                        f"{why}); set aside as {backup}, starting without it")
             return {}, {}
         fid = fingerprint_id(fp)
-        records = {(fid, str(k)): e for k, e in entries.items() if isinstance(e, dict)}
+        records = {(fid, str(k)): e for k, e in entries.items()
+                   if isinstance(e, dict) and (fid, str(k)) not in have}
         if self._append(records, {fid: fp}):
             self._set_aside("schema1")
         return records, {fid: fp}
@@ -298,7 +307,10 @@ class Cache:
         in memory may be older than what other processes appended since (an entry measured
         again) or gone from the file (`cache clear`). Before, the memory won, which put older
         measurements back and undid a clear."""
-        on_disk, fps, _ = self._read_lines(self.path)
+        try:
+            on_disk, fps, _ = self._read_lines(self.path, strict=True)
+        except OSError:  # (EIO, a stale NFS handle: compacting then would empty the file)
+            return
         fps.update(self._fingerprints)
         self._rewrite(on_disk, fps)
 
@@ -332,7 +344,7 @@ class Cache:
             try:
                 with FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S):
                     if self.path.exists():
-                        on_disk, fps, _ = self._read_lines(self.path)
+                        on_disk, fps, _ = self._read_lines(self.path, strict=True)
                         self._fingerprints.update(fps)
                         self._rewrite({k: e for k, e in on_disk.items() if k[0] != self.fp},
                                       self._fingerprints)

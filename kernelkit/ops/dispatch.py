@@ -136,6 +136,8 @@ def key_part(v):
     t = type(v)
     if t is int or t is str or v is None:
         return v
+    if t is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int:
+        return v  # (a layer's stride, padding, dilation: the common pair, without the loop)
     if t is bool:
         return _TRUE if v else _FALSE
     if t is tuple or t is list:

@@ -256,8 +256,10 @@ def _is_number(v) -> bool:
 
 
 def _channel_indices(channel_order) -> list[int]:
-    """A permutation's entries as ints: they must be integers (2.9 is no channel index)."""
-    items = list(channel_order) if isinstance(channel_order, (Sequence, np.ndarray)) else None
+    """A permutation's entries as ints: a sequence, numpy array or tensor of integers (2.9 is no
+    channel index)."""
+    items = channel_order.tolist() if hasattr(channel_order, "tolist") else channel_order
+    items = list(items) if isinstance(items, Sequence) and not isinstance(items, str) else None
     if items is None or not all(isinstance(v, (int, np.integer)) and not isinstance(
             v, (bool, np.bool_)) for v in items):
         raise TypeError("preprocess: 'channel_order' must be None, 'rgb2bgr', 'bgr2rgb' or a "
@@ -336,8 +338,10 @@ def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=
             rot90[i] = int(r // 90.0)
         else:
             angles[i] = r
-    fills = np.asarray(_per_image("fill", fill, n, lambda v: is_num(v) and v is not None),
-                       dtype=np.float32)
+    fills = _per_image("fill", fill, n, lambda v: is_num(v) and v is not None)
+    if not all(_is_number(v) for v in fills):
+        raise TypeError(f"preprocess: 'fill' must be a number, or one per image, got {fill!r}")
+    fills = np.asarray(fills, dtype=np.float32)
     if not np.all(np.isfinite(fills)):
         raise ValueError(f"preprocess: 'fill' must be finite, got {fill!r}")
     if not isinstance(antialias, (bool, np.bool_)):  # ("no" would be truthy: antialiased)

@@ -384,3 +384,40 @@ def test_clear_and_import_say_when_the_cache_cannot_be_written(tmp_path, monkeyp
     cache_mod._caches.clear()
     with pytest.warns(CacheWarning, match="cannot write"):
         assert cli.main(["cache", "import", str(export)]) == 2
+
+
+def test_a_compaction_whose_read_fails_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    """A file that exists but cannot be read at compaction (EIO, a stale NFS handle) was read as
+    empty and rewritten as such: every entry, other machines' too, was lost."""
+    seed = Cache(tmp_path)
+    for i in range(10):
+        seed.put(f"k{i}", entry())
+    a = Cache(tmp_path)
+    a.entries()
+    real_open = open
+
+    def failing_open(path, *args, **kwargs):
+        if str(path) == str(tmp_path / FILENAME) and "r" in (args[0] if args else kwargs.get(
+                "mode", "r")) and "+" not in (args[0] if args else ""):
+            raise OSError(5, "Input/output error")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", failing_open)
+    _compact_by_writing(a)
+    monkeypatch.undo()
+    assert set(fresh(tmp_path).entries()) == {f"k{i}" for i in range(10)} | {"filler"}
+
+
+def test_a_migrated_old_file_never_wins_over_the_lines_files_own_entry(tmp_path):
+    """The schema-1 file's entries were appended after the lines file's own, so a reader saw the
+    old file's entry for a key both held (the migrating process, the lines file's)."""
+    c = Cache(tmp_path)
+    c.put("both", entry(median=1e-3, when="2026-12-05T00:00:00+00:00"))
+    (tmp_path / LEGACY_FILENAME).write_text(json.dumps({
+        "header": {"schema": 1, "fingerprint": fingerprint()},
+        "entries": {"both": entry(median=9e-3, when="2026-01-01T00:00:00+00:00"),
+                    "old-only": entry(median=5e-3)}}))
+    migrating = Cache(tmp_path)
+    assert migrating.get("both")["trials"][0]["median"] == 1e-3
+    got = fresh(tmp_path)
+    assert got.get("both")["trials"][0]["median"] == 1e-3 and got.get("old-only") is not None

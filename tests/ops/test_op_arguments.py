@@ -107,8 +107,12 @@ def test_allow_tf32_must_be_a_bool():
 
 
 def test_numpy_integers_key_their_own_plan_and_give_the_same_result():
+    from kernelkit.ops import conv2d as C
+
     want = kernelkit.conv2d(X, W, stride=2, groups=1)
+    plans = len(C._FORWARD)
     got = kernelkit.conv2d(X, W, stride=np.int64(2), groups=np.int32(1))
+    assert len(C._FORWARD) == plans + 1  # not the int's plan
     np.testing.assert_allclose(got, want, rtol=1e-5)  # (each plan tuned on its own)
 
 
@@ -118,6 +122,9 @@ def test_numpy_integers_key_their_own_plan_and_give_the_same_result():
     (dict(rotate=True), "rotate"),  # was a 1-degree rotation
     (dict(rotate=[0, False]), "rotate of image 1"),
     (dict(rotate=10, fill=True), "fill"),
+    (dict(rotate=10, fill=[True, 0.0]), "fill"),
+    (dict(channel_order=np.array(2)), "permutation of channel indices"),
+    (dict(channel_order=torch.tensor([2.0, 1.0, 0.0])), "permutation of channel indices"),
 ], ids=str)
 def test_preprocess_rejects_what_is_no_channel_index_or_number(kw, match):
     imgs = np.concatenate([IMG, IMG])
@@ -129,8 +136,9 @@ def test_preprocess_takes_a_zero_dim_array_of_degrees():
     """A 0-d array is one number (was "must be one value for all images or one per image")."""
     got = kernelkit.preprocess(IMG, **PP, rotate=np.array(90.0))
     np.testing.assert_array_equal(got, kernelkit.preprocess(IMG, **PP, rotate=90))
-    np.testing.assert_array_equal(kernelkit.preprocess(IMG, **PP, channel_order=np.array([2, 1, 0])),
-                                  kernelkit.preprocess(IMG, **PP, channel_order="rgb2bgr"))
+    for order in (np.array([2, 1, 0]), torch.tensor([2, 1, 0])):
+        np.testing.assert_array_equal(kernelkit.preprocess(IMG, **PP, channel_order=order),
+                                      kernelkit.preprocess(IMG, **PP, channel_order="rgb2bgr"))
 
 
 @pytest.mark.parametrize("backend", ["numba", "torch"])

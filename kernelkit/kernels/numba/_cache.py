@@ -28,7 +28,6 @@ import functools
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from numba.core import caching
@@ -90,12 +89,13 @@ def cache_dir() -> Path | None:
     directory the job cannot write) seeds the temporary one: its files are copied there once,
     and loaded from there. Numba loads and saves through one writable dir per function; before,
     such a dir was passed over and every kernel compiled again (12.7 s for a first matmul)."""
+    from kernelkit.paths import user_temp_dir
+
     key = cache_key()
-    uid = getattr(os, "getuid", lambda: "user")()
     configured = numba_root() / key
     if _writable(configured):
         return configured
-    scratch = Path(tempfile.gettempdir()) / f"kernelkit-numba-{uid}" / key
+    scratch = user_temp_dir("numba") / key
     if configured.is_dir():
         _seed(scratch, configured)
     return scratch if _writable(scratch) else None
@@ -114,28 +114,27 @@ def _writable(path: Path) -> bool:
 
 
 def _seed(scratch: Path, source: Path) -> None:
-    """Copy the compiled kernels of `source` into `scratch` where `scratch` has none: contents
-    only (no read-only modes), into a staging dir renamed into place, so a process never sees a
-    half-copied dir and one of several copying at once wins. Any failure leaves `scratch` as it
-    was (the kernels then compile there)."""
-    if scratch.is_dir() and any(scratch.iterdir()):
-        return
-    staging = scratch.with_name(f".{scratch.name}.{os.getpid()}.staging")
+    """Copy into `scratch` the compiled-kernel files of `source` it lacks (contents only, not the
+    read-only modes), each through a temporary name, under a file lock beside it: of processes
+    starting at once (DDP ranks, spawned workers) one copies and the others then find the files.
+    Any failure leaves what is there (missing kernels then compile into `scratch`)."""
+    from filelock import FileLock, Timeout
+
     try:
-        for src in source.rglob("*"):
-            dst = staging / src.relative_to(source)
-            if src.is_dir():
-                dst.mkdir(parents=True, exist_ok=True)
-            elif src.is_file() and not src.name.startswith(".probe-"):
+        scratch.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # (per user: pickles)
+        with FileLock(f"{scratch}.seed.lock", timeout=600):
+            for src in source.rglob("*"):
+                if not src.is_file() or src.name.startswith(".probe-"):
+                    continue
+                dst = scratch / src.relative_to(source)
+                if dst.exists():
+                    continue
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dst)
-        if scratch.is_dir():
-            scratch.rmdir()  # (empty: made by an earlier probe)
-        os.rename(staging, scratch)
-    except OSError:
+                tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dst)
+    except (OSError, Timeout):
         pass
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _is_kernel_source(py_file: str) -> bool:

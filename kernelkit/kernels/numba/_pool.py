@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
-import os
 import platform
-import re
 import sys
 import threading
 from collections.abc import Callable
@@ -78,7 +76,6 @@ def pool(workers: int) -> ThreadPoolExecutor:
 # or a forked child.
 _TEAM: list = [None]
 _TEAM_ENV = "KERNELKIT_OPENMP_TEAM"
-_OMP_LIB = re.compile(r"lib(gomp|iomp5|omp)\b[^/]*\.so[^/]*$")
 _CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 _JOBS: dict = {}  # key (the region's data pointer) -> _Job
 _JOB_KEYS = itertools.count(1)
@@ -94,28 +91,13 @@ class _Job(NamedTuple):
     team: tuple  # (GOMP_parallel, omp_get_thread_num, omp_get_num_threads, their addresses)
 
 
-def _loaded_openmp() -> str | None:
-    """The path of the OpenMP runtime mapped into this process by torch, or None."""
-    try:
-        with open("/proc/self/maps") as f:
-            fields = [line.split(None, 5) for line in f]
-        paths = {f[5].strip() for f in fields if len(f) == 6}
-    except OSError:  # not Linux
-        return None
-    libs = sorted(p for p in paths if _OMP_LIB.search(os.path.basename(p)))
-    in_torch = [p for p in libs if "/torch" in p]
-    if in_torch:
-        return in_torch[0]
-    return libs[0] if len(libs) == 1 else None
-
-
 def _find_team():
     """Look for torch's OpenMP runtime once torch is imported: its entry points, or False."""
     if "torch" not in sys.modules:
         return None  # no spinning workers to reuse (yet): look again on a later call
     if not env_flag(_TEAM_ENV, True) or _threads.forked():
         return False  # (a forked child: the parent's OpenMP threads do not exist here)
-    path = _loaded_openmp()
+    path = _threads.loaded_openmp()
     try:
         lib = ctypes.CDLL(path) if path else None  # already mapped: the same library
         parallel = lib.GOMP_parallel
