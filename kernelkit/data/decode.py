@@ -97,7 +97,14 @@ def decode(enc: Encoded, scale: int = 1) -> np.ndarray:
         # which is 1/scale itself (never a slower non-power-of-two factor)
         mh = math.ceil(enc.height / scale) if scale > 1 else 0
         mw = math.ceil(enc.width / scale) if scale > 1 else 0
-        return _simplejpeg.decode_jpeg(enc.data, colorspace="RGB", min_height=mh, min_width=mw)
+        try:
+            return _simplejpeg.decode_jpeg(enc.data, colorspace="RGB", min_height=mh,
+                                           min_width=mw)
+        except ValueError:
+            # libjpeg's warnings too ("Corrupt JPEG data: 3 extraneous bytes before marker",
+            # which real datasets have): PIL decodes what can be read, and raises where the data
+            # is missing (a truncated file), as a user's own PIL decode would
+            pass
     from PIL import Image
 
     im = Image.open(io.BytesIO(enc.data))

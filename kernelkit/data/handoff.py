@@ -57,11 +57,11 @@ class Handoff:
         elif self.device.type != "cpu":
             raise ValueError(f"Loader: 'device' must be None, 'cpu' or a CUDA device, got {device!r}")
 
-    def send(self, batch: np.ndarray) -> tuple[Any, Any]:
-        """Start moving `batch`; returns (the tensor or array, an event to wait on or None)."""
+    def send(self, batch: Any) -> tuple[Any, Any]:
+        """Start moving `batch` (a numpy array, or a tensor: bfloat16); returns (the tensor or array, an event to wait on or None)."""
         if self.torch is None:
             return batch, None
-        t = self.torch.from_numpy(batch)
+        t = self.torch.from_numpy(batch) if isinstance(batch, np.ndarray) else batch
         if not self.cuda:
             return t, None
         torch = self.torch

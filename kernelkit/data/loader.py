@@ -103,6 +103,9 @@ class Loader:
         self.seed = seed
         self.shuffle = shuffle
         self.drop_last = drop_last
+        if out_dtype == "bfloat16" and device is None:
+            raise TypeError("Loader: out_dtype 'bfloat16' needs torch batches (device='cpu' or a "
+                            "CUDA device): numpy has no bfloat16")
         self.handoff = Handoff(device, depth=prefetch + 1)
         self.prep = dict(size=self.size, mean=mean, std=std, stats_unit=stats_unit,
                          out_dtype=out_dtype, layout=layout, interpolation=interpolation,
@@ -138,9 +141,12 @@ class Loader:
         return _Epoch(self, epoch)
 
 
-class _Epoch:
-    """One pass: a producer thread (decode jobs on the pool, preprocess, handoff) feeding a
-    bounded queue that the consumer reads."""
+class _Production:
+    """An epoch's producer side: a thread (decode jobs on the pool, preprocess, handoff) feeding
+    a bounded queue. Apart from `_Epoch`, which the consumer holds: the thread holds only this,
+    so an epoch the consumer drops (a `break`, an exception in the training loop) is collected,
+    and its `close` stops the thread. Before, the thread held the epoch itself, which was
+    never collected: its threads and prefetched batches stayed for the life of the process."""
 
     def __init__(self, loader: Loader, epoch: int):
         self.loader = loader
@@ -153,10 +159,6 @@ class _Epoch:
         self.queue: queue.Queue = queue.Queue(maxsize=loader.prefetch)
         self.stopping = threading.Event()
         self.pool = ThreadPoolExecutor(loader.decode_threads, thread_name_prefix="kk-decode")
-        self.last = None
-        self.done = False
-        self.thread = threading.Thread(target=self._produce, name="kk-loader", daemon=True)
-        self.thread.start()
 
     def _load(self, i: int):
         lo = self.loader
@@ -172,7 +174,7 @@ class _Epoch:
                 continue
         return False
 
-    def _produce(self) -> None:
+    def produce(self) -> None:
         lo = self.loader
         if lo.preprocess_threads:
             import numba  # the count is per calling thread: only this producer's launches
@@ -203,6 +205,28 @@ class _Epoch:
             self._put(_END)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
             self._put(_Failure(e))
+        finally:
+            if self.stopping.is_set():
+                self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Epoch:
+    """One pass, as the consumer sees it: the batches of its `_Production`'s queue."""
+
+    def __init__(self, loader: Loader, epoch: int):
+        self.loader = loader
+        self.times = loader.timings
+        self.production = _Production(loader, epoch)
+        self.queue = self.production.queue
+        self.last = None
+        self.done = False
+        self.thread = threading.Thread(target=self.production.produce, name="kk-loader",
+                                       daemon=True)
+        self.thread.start()
 
     def __iter__(self):
         return self
@@ -227,10 +251,9 @@ class _Epoch:
         return out, labels
 
     def close(self) -> None:
-        """Stop the producer and the decode pool (also on garbage collection or `break`)."""
+        """Stop the producer and the decode pool (also on garbage collection: a `break`)."""
         self.done = True
-        self.stopping.set()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.production.stop()
 
     def __del__(self):
         self.close()

@@ -10,6 +10,8 @@ from typing import Any
 from .loader import Loader
 from .synthetic import make_jpegs
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
 
 def run(*, images: int = 192, folder: str | None = None, batch_size: int = 32, size: int = 224,
         epochs: int = 3, model_ms: float = 0.0, decode_threads: int | None = None,
@@ -28,10 +30,13 @@ def run(*, images: int = 192, folder: str | None = None, batch_size: int = 32, s
         One dict per epoch: epoch, images_per_s, and `StageTimes.summary()`.
     """
     if folder is not None:
+        # (not hidden files: macOS's "._x.jpg" AppleDouble files are no images; files only)
         files: list[Any] = sorted(p for p in Path(folder).iterdir()
-                                  if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+                                  if p.suffix.lower() in IMAGE_SUFFIXES
+                                  and not p.name.startswith(".") and p.is_file())
         if not files:
-            raise ValueError(f"data-bench: no .jpg/.jpeg/.png files in {folder}")
+            raise ValueError(f"data-bench: no image files ({' '.join(IMAGE_SUFFIXES)}) in "
+                             f"{folder}")
     else:
         files = make_jpegs(images, seed=0)
     loader = Loader(files, batch_size=batch_size, size=size, mean=(0.485, 0.456, 0.406),

@@ -4,6 +4,7 @@ adapter (`Samples` + `Collate`) share."""
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..augment import augment as _augment
-from .decode import Encoded, dct_scale, decode, read_source, to_rgb
+from .decode import SCALES, Encoded, dct_scale, decode, read_source, to_rgb
 
 AUGMENT_DEFAULTS = {"scale": (0.08, 1.0), "ratio": (3 / 4, 4 / 3), "hflip": 0.5}
 _AUGMENT_KEYS = {"scale", "ratio", "hflip", "vflip", "degrees", "quarter_turns"}
@@ -117,7 +118,7 @@ def load_sample(item: Any, index: int, *, size: tuple[int, int], augment: dict |
             image = decode(src, s)
         except Exception as exc:  # noqa: BLE001 - a truncated or damaged file
             raise _undecodable(exc, index, source) from exc
-        s_eff = max(1, round(w / image.shape[1]))  # what the decoder did (1/s, ceil'd size)
+        s_eff = _decoded_scale((h, w), image.shape[:2], s)
     else:
         image, s_eff = src, 1
     image = to_rgb(image)
@@ -125,6 +126,17 @@ def load_sample(item: Any, index: int, *, size: tuple[int, int], augment: dict |
         box = _snap(box, s_eff, image.shape[:2])
     end = time.perf_counter()
     return Decoded(image, box, flip, rot, label, index, s_eff, time.thread_time() - t0, start, end)
+
+
+def _decoded_scale(full: tuple[int, int], got: tuple[int, int], asked: int) -> int:
+    """The reduction the decoder applied: the factor whose ceil'd size (libjpeg's) is the decoded
+    one, `asked` first. Before, round(W / W') was taken, which for a small decoded width is
+    another factor (97 px at 1/8 is 13 px: 97 / 13 = 7.5 -> 7), and the crop box was mapped 7-9
+    px off (more than the half decoded pixel `_snap` allows)."""
+    for c in (asked, *SCALES):
+        if tuple(got) == (math.ceil(full[0] / c), math.ceil(full[1] / c)):
+            return c
+    return max(1, round(full[1] / got[1]))  # (a decoder that rounds otherwise)
 
 
 def _undecodable(exc: Exception, index: int, source: Any) -> ValueError:
@@ -162,12 +174,17 @@ def collate_labels(labels: Sequence[Any], torch_out: bool) -> Any:
 
 
 def preprocess_batch(samples: Sequence[Decoded], *, size, mean, std, stats_unit: str,
-                     out_dtype: str, layout: str, interpolation: str, antialias: bool) -> np.ndarray:
+                     out_dtype: str, layout: str, interpolation: str, antialias: bool) -> Any:
     """One fused `kernelkit.preprocess` call over the ragged batch, with every sample's crop box,
-    flip and rotation."""
+    flip and rotation: a numpy array, or a torch tensor for bfloat16 (which numpy lacks: the
+    images are then given as zero-copy tensors)."""
+    from .. import arrays
     from ..ops.preprocess import preprocess
 
-    return preprocess([s.image for s in samples], size=size, mean=mean, std=std,
+    images = [s.image for s in samples]
+    if out_dtype == "bfloat16":
+        images = [arrays.as_torch(im) for im in images]
+    return preprocess(images, size=size, mean=mean, std=std,
                       stats_unit=stats_unit, crop=[s.box for s in samples],
                       flip=[s.flip for s in samples], rotate=[s.rotate for s in samples],
                       out_dtype=out_dtype, layout=layout, interpolation=interpolation,

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
+
 from .sample import (
     augment_options,
     collate_labels,
@@ -83,6 +85,9 @@ class Collate:
                  out_dtype: str = "float32", layout: str = "NCHW",
                  interpolation: str = "bilinear", antialias: bool = True, tensors: bool = True):
         size = output_size("Collate", size)
+        if out_dtype == "bfloat16" and not tensors:
+            raise TypeError("Collate: out_dtype 'bfloat16' needs tensors=True: numpy has no "
+                            "bfloat16")
         self.prep = dict(size=size, mean=mean, std=std, stats_unit=stats_unit,
                          out_dtype=out_dtype, layout=layout, interpolation=interpolation,
                          antialias=antialias)
@@ -96,7 +101,7 @@ class Collate:
             self._entered = os.getpid()
         batch = preprocess_batch(samples, **self.prep)
         labels = collate_labels([s.label for s in samples], self.tensors)
-        if self.tensors:
+        if self.tensors and isinstance(batch, np.ndarray):  # (bfloat16 comes as a tensor)
             import torch
 
             batch = torch.from_numpy(batch)

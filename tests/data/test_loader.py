@@ -306,3 +306,74 @@ def test_dataloader_workers_match_the_loader_and_never_tune(items, context, tmp_
     # the control: the same collate in this process does tune, and writes
     collate([ds[i] for i in range(5)])
     assert Cache(tmp_path / "cache").entries() != {}
+
+
+def test_an_epoch_left_by_a_break_stops_its_threads(items):
+    """`for batch in loader: break` left the epoch's producer and decode threads (and the batches
+    they had made) for the life of the process: the producer thread held the epoch, which was
+    never collected, so its close never ran."""
+    import gc
+
+    loader = data.Loader(items * 4, batch_size=2, size=SIZE, mean=0, std=1, decode_threads=2,
+                         prefetch=1)
+    for _ in range(3):
+        for _batch in loader:
+            break
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(
+            t.name.startswith(("kk-loader", "kk-decode")) for t in threading.enumerate()):
+        time.sleep(0.05)
+    assert not [t.name for t in threading.enumerate()
+                if t.name.startswith(("kk-loader", "kk-decode"))]
+
+
+def test_a_jpeg_with_extraneous_bytes_decodes_as_pil_decodes_it(items):
+    """libjpeg's "Corrupt JPEG data: 3 extraneous bytes before marker 0xd9" is a warning (PIL
+    decodes such files, which real datasets have); simplejpeg's strict mode raised it, and one
+    such file stopped the epoch."""
+    good = data.make_jpegs(1, sizes=[(48, 64)], seed=3)[0]
+    bad = good[:-2] + b"\0" * 5 + b"\xff\xd9"
+    want = np.asarray(Image.open(io.BytesIO(bad)).convert("RGB"))
+    np.testing.assert_array_equal(data.decode(data.read_source(bad)), want)
+    batch, _ = next(iter(data.Loader([(bad, 0)], batch_size=1, size=SIZE, mean=0, std=1)))
+    assert np.isfinite(batch).all()
+
+
+def test_bfloat16_batches_from_the_loader_and_collate():
+    """out_dtype="bfloat16" raised "needs torch images (numpy has no bfloat16)" at the first
+    batch, though the Loader's and Collate's batches were torch tensors."""
+    jpegs = [(j, i) for i, j in enumerate(data.make_jpegs(4, sizes=[(60, 80)], seed=4))]
+    kw = dict(size=SIZE, mean=MEAN01, std=STD01, stats_unit="unit")
+    want, _ = next(iter(data.Loader(jpegs, batch_size=4, device="cpu", **kw)))
+    got, labels = next(iter(data.Loader(jpegs, batch_size=4, device="cpu", out_dtype="bfloat16",
+                                        **kw)))
+    assert got.dtype == torch.bfloat16 and labels.tolist() == [0, 1, 2, 3]
+    torch.testing.assert_close(got.float(), want, atol=0.02, rtol=0.01)
+    samples = [data.load_sample(j, i, size=SIZE, augment=None, seed=0, epoch=0) for j, i in jpegs]
+    batch, _ = data.Collate(out_dtype="bfloat16", **kw)(samples)
+    assert batch.dtype == torch.bfloat16
+    with pytest.raises(TypeError, match="Loader: out_dtype 'bfloat16' needs torch batches"):
+        data.Loader(jpegs, batch_size=4, out_dtype="bfloat16", **kw)
+    with pytest.raises(TypeError, match="Collate: out_dtype 'bfloat16' needs tensors=True"):
+        data.Collate(out_dtype="bfloat16", tensors=False, **kw)
+
+
+def test_a_small_output_records_the_scale_the_jpeg_was_decoded_at():
+    """97 px decoded at 1/8 is 13 px; round(97 / 13) = 7 was recorded as the scale, and the crop
+    box was mapped 7-9 full-size pixels off."""
+    j = data.make_jpegs(1, sizes=[(97, 97)], seed=1)[0]
+    s = data.load_sample(j, 0, size=(5, 5), augment=dict(scale=(0.08, 1), ratio=(0.75, 4 / 3),
+                                                          hflip=0.5), seed=5, epoch=0)
+    assert s.image.shape[:2] == (13, 13) and s.scale == 8
+
+
+def test_data_bench_skips_hidden_files_and_folders(tmp_path):
+    from kernelkit.data import report
+
+    for i, j in enumerate(data.make_jpegs(2, sizes=[(40, 48)], seed=5)):
+        (tmp_path / f"{i}.jpg").write_bytes(j)
+    (tmp_path / "._0.jpg").write_bytes(b"\0\5\x16\7AppleDouble")  # macOS's metadata file
+    (tmp_path / "dir.jpg").mkdir()
+    rows = report.run(folder=str(tmp_path), batch_size=2, size=16, epochs=1)
+    assert rows[0]["images"] == 2

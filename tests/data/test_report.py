@@ -31,4 +31,4 @@ def test_data_bench_reads_a_folder_and_rejects_an_empty_one(tmp_path, capsys):
                      "--size", "16", "--epochs", "1"]) == 0
     (tmp_path / "empty").mkdir()
     assert cli.main(["data-bench", "--folder", str(tmp_path / "empty")]) == 2
-    assert "no .jpg/.jpeg/.png files" in capsys.readouterr().out
+    assert "no image files (.jpg .jpeg .png" in capsys.readouterr().out
