@@ -59,6 +59,15 @@ def grad_on(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
 _MISSING = object()
 
 
+def forget_routes(module: torch.nn.Module, name: str, made_from: frozenset) -> None:
+    """A layer's `__setattr__` hook: setting an attribute its memoised routes were made from
+    (a conv's stride, padding, dilation; an activation) drops them, so the next call makes new
+    ones. Before, a kernel route kept the geometry of its first call: a backbone "dilated" after
+    a first forward kept its old output size on the Numba route."""
+    if name in made_from:
+        module.__dict__.pop("_kk_routes", None)
+
+
 def weight_and_bias(module: torch.nn.Module) -> tuple[Any, Any]:
     """The layer's weight and bias as `module.weight` and `module.bias` give them, read from its
     parameter dict where they are plain parameters: each `module.weight` goes through
@@ -120,7 +129,8 @@ def scripted_activation(y: torch.Tensor, activation: Optional[str]) -> torch.Ten
 
 def run(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, make,
         aten_route: Route) -> torch.Tensor:
-    """One eager call: the route for this signature, `make(module, x)` on a miss; a kernelkit
+    """One eager call: the route for this signature, `make(module, x, weight, bias)` on a miss (the
+    weight and bias the call read: a parametrization runs once a call, not again per read); a kernelkit
     kernel's route is first checked against `aten_route` in the model (`InContext`).
 
     The signature is only what the choice depends on (the input's shape, strides, dtype and
@@ -143,7 +153,7 @@ def run(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, ma
         if x.dtype not in _KERNEL_DTYPES or dispatch.foreign_tensors(weight, bias):
             route = aten_route
         else:
-            route = make(module, x)
+            route = make(module, x, weight, bias)
         choice = _last.choice
         if hasattr(route, "candidate") and checks_in_context(x):
             route = InContext(route, aten_route, sig[-1])

@@ -63,12 +63,20 @@ class Conv2d(nn.Conv2d):
     def __getstate__(self) -> dict:
         return _route.getstate(self)
 
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        _route.forget_routes(self, name, _ROUTES_MADE_FROM)
+
     def extra_repr(self) -> str:
         return super().extra_repr() + f", activation={self.activation}"
 
 
-def _make_route(m: Conv2d, x: torch.Tensor) -> _route.Route:
-    w, b = m.weight.detach(), None if m.bias is None else m.bias.detach()
+_ROUTES_MADE_FROM = frozenset({"stride", "padding", "dilation", "groups", "padding_mode",
+                               "activation"})
+
+
+def _make_route(m: Conv2d, x: torch.Tensor, weight: torch.Tensor, bias) -> _route.Route:
+    w, b = weight.detach(), None if bias is None else bias.detach()
     if x.shape[1] != w.shape[1] * m.groups or x.dtype != w.dtype:
         return _aten  # torch raises its own error
     stride, pad, dilation = list(m.stride), m.padding4(), list(m.dilation)

@@ -52,14 +52,21 @@ class Linear(nn.Linear):
     def __getstate__(self) -> dict:
         return _route.getstate(self)
 
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        _route.forget_routes(self, name, _ROUTES_MADE_FROM)
+
     def extra_repr(self) -> str:
         return super().extra_repr() + f", activation={self.activation}"
 
 
-def _make_route(m: Linear, x: torch.Tensor) -> _route.Route:
-    if x.ndim == 0 or x.shape[-1] != m.in_features or x.dtype != m.weight.dtype:
+_ROUTES_MADE_FROM = frozenset({"activation", "in_features"})
+
+
+def _make_route(m: Linear, x: torch.Tensor, weight: torch.Tensor, bias) -> _route.Route:
+    if x.ndim == 0 or x.shape[-1] != m.in_features or x.dtype != weight.dtype:
         return _aten  # torch raises its own error
-    w, b = m.weight.detach(), None if m.bias is None else m.bias.detach()
+    w, b = weight.detach(), None if bias is None else bias.detach()
     call = _matmul.prepare(rows(x.detach(), x.shape[-1]), w.t(), bias=b,
                            activation=m.activation)
     cand, config = _route.chosen(call)

@@ -54,6 +54,9 @@ def _why_not(layer: nn.Module) -> str | None:
         return None
     if isinstance(layer, (Linear, Conv2d)):
         return "already a kernelkit layer"
+    if isinstance(layer, nn.modules.lazy.LazyModuleMixin) and layer.has_uninitialized_params():
+        return (f"{cls.__name__} is not initialised yet: call the model once, then patch (it "
+                "becomes a plain torch layer at its first call)")
     if isinstance(layer, (nn.Linear, nn.Conv2d)):
         # a subclass may change forward, or its parent may read its weights directly
         # (MultiheadAttention's out_proj), or it is parametrized (a generated subclass)

@@ -354,3 +354,52 @@ def test_patched_model_pickles_and_deepcopies_after_running():
         for m in (loaded, twin):
             assert isinstance(m.stem, knn.Conv2d) and "_kk_routes" not in m.stem.__dict__
             torch.testing.assert_close(m(x), want)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_a_parametrization_added_after_patching_runs_once_a_call(backend):
+    """Making a route for a new input shape read `m.weight` again (two more runs on a Linear, one
+    on a Conv2d): a spectral norm then did extra power iterations, and its layer drifted from
+    torch's (0.43 apart after two SGD steps with sequences of varying length)."""
+    lin = nn.Linear(6, 4)
+    knn.patch(lin)
+    torch.nn.utils.parametrizations.spectral_norm(lin)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    knn.patch(conv)
+    torch.nn.utils.parametrizations.spectral_norm(conv)
+    runs = []
+    for layer in (lin, conv):
+        layer.parametrizations.weight[0].register_forward_hook(lambda *_: runs.append(1))
+    with kernelkit.use(backend=backend):
+        for t in range(1, 6):  # a new shape each call: a new route each call
+            lin(torch.randn(2, t, 6))
+            conv(torch.randn(1, 3, 4 + t, 5))
+    assert len(runs) == 10
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_geometry_or_activation_set_after_a_call_is_used(backend):
+    """A Numba route kept the stride, padding and dilation (and a Linear its activation) of the
+    call that made it: a backbone "dilated" after a first forward kept its old output size."""
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    lin = nn.Linear(5, 3)
+    ref_conv, ref_lin = copy.deepcopy(conv), copy.deepcopy(lin)
+    knn.patch(conv)
+    knn.patch(lin)
+    x, v = torch.randn(2, 3, 9, 9), torch.randn(4, 5)
+    with kernelkit.use(backend=backend):
+        conv(x)
+        lin(v)
+        for m in (conv, ref_conv):
+            m.stride, m.padding, m.dilation = (2, 2), (2, 2), (2, 2)
+        lin.activation = "relu"
+        torch.testing.assert_close(conv(x), ref_conv(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(lin(v), torch.relu(ref_lin(v)), rtol=1e-4, atol=1e-4)
+
+
+def test_a_lazy_layer_not_yet_called_is_left_with_why():
+    """Its reason read "a subclass of _LazyConvXdMixin (LazyConv2d) may change forward"."""
+    model = nn.Sequential(nn.LazyLinear(4), nn.LazyConv2d(3, 3))
+    report = knn.patch(model)
+    assert len(report.left) == 2
+    assert all("not initialised yet" in why for _, _, why in report.left), report.left
