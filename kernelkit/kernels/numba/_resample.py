@@ -416,7 +416,7 @@ def nonzero_span(w, wo, nk):
     """(k0, k1): taps k0 <= k < k1 of the window whose weights are w[wo : wo + nk], from its first
     to its last nonzero weight. An image's windows are padded with zero weights to one length (the
     tap tables); a tap outside this span is not the window's own, and reading it would multiply
-    an inf or NaN there by 0 into the output (torch reads each window's own taps only)."""
+    an inf or NaN there by 0 into the output (kernels/taps.py: "Non-finite input")."""
     k0 = 0
     while k0 < nk - 1 and w[_U(wo + k0)] == 0:
         k0 += 1
