@@ -20,10 +20,9 @@ from ..core import Call, Candidate, Config, OpSpec, Plan, Problem
 from ..kernels import check_activation, check_flag, torch_activations
 from ..kernels.convgeom import ConvOptions, check_geometry, nchw_shape
 from .dispatch import (
-    _FALSE,
-    _TRUE,
     PlanMemo,
     explain_call,
+    flag_key,
     fx_proxy,
     jit_tracing,
     key_part,
@@ -76,8 +75,9 @@ def conv2d(x: Any, weight: Any, bias: Any = None, *, stride=1, padding=0, dilati
         >>> kernelkit.conv2d(x, w, padding="same", activation="relu").shape
         (1, 8, 32, 32)
     """
-    extras = (key_part(stride), key_part(padding), key_part(dilation), _flag_or_int(groups),
-              activation, layout, _flag_or_int(allow_tf32))
+    # (activation and layout keyed as given: only a str can equal a valid one)
+    extras = (key_part(stride), key_part(padding), key_part(dilation), flag_key(groups),
+              activation, layout, flag_key(allow_tf32))
     plan = _FORWARD.find(plain_signature3(x, weight, bias, extras))  # a repeated call
     if plan is not None:
         return plan(x, weight, bias)
@@ -121,7 +121,7 @@ def conv2d_backward_input(grad_out: Any, weight: Any, input_shape, *, stride=1, 
         dx, shaped like the forward input.
     """
     extras = (key_part(tuple(input_shape)), key_part(stride), key_part(padding),
-              key_part(dilation), _flag_or_int(groups), layout, _flag_or_int(allow_tf32))
+              key_part(dilation), flag_key(groups), layout, flag_key(allow_tf32))
     plan = _BWD_INPUT.find(plain_signature3(grad_out, weight, None, extras))
     if plan is not None:
         return plan(grad_out, weight)
@@ -162,7 +162,7 @@ def conv2d_backward_weight(x: Any, grad_out: Any, weight_shape, *, stride=1, pad
         dw of shape `weight_shape`. The bias gradient is ``grad_out.sum((0, 2, 3))``.
     """
     extras = (key_part(tuple(weight_shape)), key_part(stride), key_part(padding),
-              key_part(dilation), _flag_or_int(groups), layout, _flag_or_int(allow_tf32))
+              key_part(dilation), flag_key(groups), layout, flag_key(allow_tf32))
     plan = _BWD_WEIGHT.find(plain_signature3(x, grad_out, None, extras))
     if plan is not None:
         return plan(x, grad_out)
@@ -214,13 +214,6 @@ def _vendor():
     from ..kernels.torch import conv2d
 
     return conv2d
-
-
-def _flag_or_int(v):
-    """`dispatch.key_part` of an argument that is an int or a bool when valid, inline for those:
-    a function call per argument is a measurable part of a small conv's call. (`activation` and
-    `layout` are keyed as given: only a str can equal a valid one.)"""
-    return v if type(v) is int else _TRUE if v is True else _FALSE if v is False else key_part(v)
 
 
 # -- checking ------------------------------------------------------------------------------------

@@ -148,6 +148,12 @@ def key_part(v):
     return (_TYPED, t, v)
 
 
+def flag_key(v):
+    """`key_part` of an argument that is an int or a bool when valid (groups, allow_tf32), those
+    two without a call: a function call per argument is a measurable part of a small op's call."""
+    return v if type(v) is int else _TRUE if v is True else _FALSE if v is False else key_part(v)
+
+
 def signature(arrays: tuple, extras: tuple) -> tuple | None:
     """Everything a plan depends on, cheaply: the arrays' signatures (None entries allowed), the
     op's other arguments, grad mode where a tensor needs gradients, and the knobs."""

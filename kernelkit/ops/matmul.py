@@ -18,13 +18,11 @@ from .. import settings as _settings
 from ..core import Call, Candidate, Config, OpSpec, Plan, Problem
 from ..kernels import check_activation, check_flag, numpy_activation, torch_activations
 from .dispatch import (
-    _FALSE,
-    _TRUE,
     PlanMemo,
     explain_call,
+    flag_key,
     fx_proxy,
     jit_tracing,
-    key_part,
     needs_grad,
     plain_signature3,
     plan_for,
@@ -74,12 +72,11 @@ def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
     if type(a) is _NDARRAY and type(b) is _NDARRAY and bias is None:
         # two numpy arrays: the numpy BLAS candidate's whole call is about 7 us on a small
         # product, so even signature3's call is saved (no collision: its keys lead with a tag)
-        # (True and False as key_part's stand-ins: allow_tf32=1 must not find True's plan)
+        # (allow_tf32 by type too: allow_tf32=1 must not find True's plan)
         sig = (a.dtype, a.shape, a.strides, b.dtype, b.shape, b.strides, activation,
-               _TRUE if allow_tf32 is True else _FALSE if allow_tf32 is False
-               else key_part(allow_tf32), _settings.token())
+               flag_key(allow_tf32), _settings.token())
     else:
-        plan = _PLANS.find(plain_signature3(a, b, bias, (activation, key_part(allow_tf32))))  # a repeat
+        plan = _PLANS.find(plain_signature3(a, b, bias, (activation, flag_key(allow_tf32))))  # a repeat
         if plan is not None:
             return plan(a, b, bias)
         if (proxy := fx_proxy(a, b, bias)) is not None:  # a torch.fx symbolic trace: one node
@@ -91,7 +88,7 @@ def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
             from .torch_ops import matmul_op
 
             return matmul_op()(a, b, bias, activation, allow_tf32)
-        sig = signature3(a, b, bias, (activation, key_part(allow_tf32)))
+        sig = signature3(a, b, bias, (activation, flag_key(allow_tf32)))
     try:  # (inline, not PlanMemo.find: a numpy call's whole lookup; zero-cost unless raised)
         plan = _PLANS.get(sig) if sig is not None else None
     except TypeError:  # an unhashable argument: prepare's checks say what is wrong with it
