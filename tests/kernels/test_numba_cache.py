@@ -138,3 +138,40 @@ def test_a_read_only_folder_of_compiled_kernels_is_loaded_not_compiled_again(tmp
     assert ran["out"] == built["out"] and ran["key"] == built["key"]
     assert Path(ran["dir"]).is_relative_to(tmp_path / "tmp")  # the writable copy
     assert ran["compiled"] == 0  # loaded from the copy, not compiled again
+
+
+def test_a_new_keys_folder_prunes_the_key_folders_unused_for_a_month(tmp_path):
+    now = 1_000_000_000.0
+    month = _cache.STALE_AFTER_S
+    old_marked = tmp_path / ("a" * 20)      # marked long ago: another version, gone
+    recent_marked = tmp_path / ("b" * 20)   # an old folder a process still starts with
+    old_unmarked = tmp_path / ("c" * 20)    # from before the marks: its own time
+    not_a_key = tmp_path / "notes"          # anything else in the folder is left alone
+    for folder in (old_marked, recent_marked, old_unmarked, not_a_key):
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "f.nbi").write_bytes(b"x")
+    for folder, used in ((old_marked, now - month - 60), (recent_marked, now - month + 60)):
+        (folder / _cache._USED).touch()
+        os.utime(folder / _cache._USED, (used, used))
+        os.utime(folder, (now - 10 * month,) * 2)
+    os.utime(old_unmarked, (now - month - 60,) * 2)
+    os.utime(not_a_key, (now - 10 * month,) * 2)
+
+    removed = _cache.prune_stale(tmp_path, keep="d" * 20, now=now)
+
+    assert sorted(removed) == ["a" * 20, "c" * 20]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b" * 20, "notes"]
+
+
+def test_only_making_a_keys_folder_prunes_and_every_start_marks_its_use(tmp_path, monkeypatch):
+    pruned = []
+    monkeypatch.setattr(_cache, "prune_stale", lambda root, keep: pruned.append((root, keep)))
+    folder = tmp_path / ("e" * 20)
+
+    assert _cache._usable(folder)          # made here: its siblings are looked at
+    assert pruned == [(tmp_path, "e" * 20)]
+    mark = folder / _cache._USED
+    os.utime(mark, (0, 0))
+    assert _cache._usable(folder)          # there already: marked, nothing pruned
+    assert pruned == [(tmp_path, "e" * 20)]
+    assert mark.stat().st_mtime > 0

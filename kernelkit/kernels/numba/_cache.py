@@ -18,12 +18,17 @@ so an index written under another key is never trusted. The package directory is
 (it may be read-only); if the cache dir cannot be created, a per-user temporary dir is used (and
 only if that fails too do numba's own locators apply).
 
+Each key's folder is marked at every process start; when a process makes a new key's folder (the
+first run after an upgrade), the key folders beside it that no process has used for 30 days are
+removed, so that old versions' kernels do not pile up in the user's cache.
+
 Functions outside ``kernelkit/kernels/`` are untouched: the locator declines them and numba's own
 locators (``NUMBA_CACHE_DIR``, ``__pycache__``, ...) apply as usual.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -93,12 +98,63 @@ def cache_dir() -> Path | None:
 
     key = cache_key()
     configured = numba_root() / key
-    if _writable(configured):
+    if _usable(configured):
         return configured
     scratch = user_temp_dir("numba") / key
+    made = not scratch.is_dir()
     if configured.is_dir():
         _seed(scratch, configured)
-    return scratch if _writable(scratch) else None
+    return scratch if _usable(scratch, made) else None
+
+
+# A key's folder unused this long is another kernelkit, Numba or source version's: pruned when a
+# new key's folder is made (an upgrade's first run), so upgrades do not pile up compiled kernels
+# (tens of MB each) in the user's cache. Long enough for a second installation of another
+# version that is still in use, whose processes mark its folder at every start.
+STALE_AFTER_S = 30 * 24 * 3600
+_USED = ".last-used"
+
+
+def _usable(path: Path, new: bool | None = None) -> bool:
+    """`path` is writable (made if need be); its use is marked, and where this process made it
+    (`new`; by default: it was not there), the stale key folders beside it are pruned."""
+    new = not path.is_dir() if new is None else new
+    if not _writable(path):
+        return False
+    with contextlib.suppress(OSError):
+        (path / _USED).touch()
+    if new:
+        prune_stale(path.parent, keep=path.name)
+    return True
+
+
+def prune_stale(root: Path, keep: str, now: float | None = None) -> list[str]:
+    """Remove the key folders under `root` (20 hex digits, as :func:`cache_key`) other than
+    `keep` that no process has used for :data:`STALE_AFTER_S` (their ``.last-used`` mark, else
+    the folder's own time). Returns the names removed; any failure leaves the folder."""
+    import time
+
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        folders = [p for p in root.iterdir() if p.name != keep and _is_key(p.name) and p.is_dir()]
+    except OSError:
+        return removed
+    for folder in folders:
+        try:
+            mark = folder / _USED
+            used = (mark if mark.exists() else folder).stat().st_mtime
+        except OSError:
+            continue
+        if now - used > STALE_AFTER_S:
+            shutil.rmtree(folder, ignore_errors=True)
+            if not folder.exists():
+                removed.append(folder.name)
+    return removed
+
+
+def _is_key(name: str) -> bool:
+    return len(name) == 20 and all(c in "0123456789abcdef" for c in name)
 
 
 def _writable(path: Path) -> bool:
@@ -124,7 +180,7 @@ def _seed(scratch: Path, source: Path) -> None:
         scratch.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # (per user: pickles)
         with FileLock(f"{scratch}.seed.lock", timeout=600):
             for src in source.rglob("*"):
-                if not src.is_file() or src.name.startswith(".probe-"):
+                if not src.is_file() or src.name.startswith(".probe-") or src.name == _USED:
                     continue
                 dst = scratch / src.relative_to(source)
                 if dst.exists():
