@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import arrays, core
 from ..core import Call, Candidate, Config, OpSpec, Plan, Problem
+from ..kernels import check_flag
 from ..kernels.taps import PreprocessSpec
 from .dispatch import (
     PlanMemo,
@@ -344,8 +345,7 @@ def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=
     fills = np.asarray(fills, dtype=np.float32)
     if not np.all(np.isfinite(fills)):
         raise ValueError(f"preprocess: 'fill' must be finite, got {fill!r}")
-    if not isinstance(antialias, (bool, np.bool_)):  # ("no" would be truthy: antialiased)
-        raise TypeError(f"preprocess: 'antialias' must be True or False, got {antialias!r}")
+    check_flag("preprocess", "antialias", antialias)  # ("no" would be truthy: antialiased)
     if channel_order is None:
         perm = np.arange(c)
     elif isinstance(channel_order, str):
