@@ -235,6 +235,8 @@ def geometry(op: str, n, c, h, w, k, r, s, stride, padding, dilation, groups) ->
         raise ValueError(f"{op}: groups={groups} exceeds the grid limit {MAX_GRID_YZ}")
     if r < 1 or s < 1:
         raise ValueError(f"{op}: kernel size must be >= 1, got {(r, s)}")
+    if h < 0 or w < 0:  # (a backward's input_hw: padding can still make the output size right)
+        raise ValueError(f"{op}: the input's height and width must be >= 0, got {(h, w)}")
     ho, wo = out_size(h, w, r, s, (sh, sw), (top, bottom, left, right), (dh, dw))
     if ho < 1 or wo < 1:
         raise ValueError(f"{op}: the output would be empty ({ho} x {wo}) for input {h} x {w}, "

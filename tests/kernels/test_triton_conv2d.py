@@ -320,6 +320,12 @@ def test_zero_input_channels_give_activation_of_bias():
         (lambda x, w: conv2d_backward_input(x, w, (9, 9)), ValueError),  # grad_out has C, not K
         (lambda x, w: conv2d_backward_weight(x, x, (3, 3)), ValueError),
         (lambda x, w: conv2d_backward_weight(x, x[:, :8, :3, :3], (3, 3), split_k=0), ValueError),
+        # (were taken: True as one split, "no" as TF32 on; a negative size failed in torch.empty)
+        (lambda x, w: conv2d_backward_weight(x, x[:, :8, :3, :3], (3, 3), split_k=True),
+         ValueError),
+        (lambda x, w: conv2d_forward(x, w, allow_tf32="no"), TypeError),
+        (lambda x, w: conv2d_backward_input(_rand(2, 8, 3, 5), w, (-1, 5), padding=(3, 3, 1, 1)),
+         ValueError),
     ],
 )
 def test_bad_arguments(call, exc):

@@ -239,6 +239,7 @@ def test_default_config_is_used():
         (lambda a, b: matmul_forward(a, b, bias=torch.zeros(3, device=a.device).half()), TypeError),
         (lambda a, b: matmul_forward(a, b, activation="tanh"), ValueError),
         (lambda a, b: matmul_forward(a, b, config={"BLOCK_M": 32}), TypeError),
+        (lambda a, b: matmul_forward(a, b, allow_tf32="no"), TypeError),  # (was TF32 on)
     ],
 )
 def test_bad_arguments(call, exc):

@@ -45,7 +45,7 @@ import triton
 import triton.language as tl
 
 from kernelkit.devices import triton_interpret
-from kernelkit.kernels import check_activation
+from kernelkit.kernels import check_activation, check_flag
 from kernelkit.kernels.config import next_pow2
 from kernelkit.kernels.convgeom import (
     LAYOUTS,  # noqa: F401  (part of this module's interface)
@@ -687,6 +687,7 @@ def conv2d_forward(
     _check_tensor(op, "x", x, 4)
     _check_tensor(op, "weight", weight, 4, like=x)
     check_layout(f"{op} (triton)", layout)
+    check_flag(f"{op} (triton)", "allow_tf32", allow_tf32)  # ("no" is true: TF32 on)
     n, c, h, w = nchw_shape(x.shape, layout)
     k, cg, r, s = weight.shape
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1 or cg * groups != c:
@@ -764,6 +765,7 @@ def conv2d_backward_input(
     _check_tensor(op, "grad_out", grad_out, 4)
     _check_tensor(op, "weight", weight, 4, like=grad_out)
     check_layout(f"{op} (triton)", layout)
+    check_flag(f"{op} (triton)", "allow_tf32", allow_tf32)  # ("no" is true: TF32 on)
     h, w = pair(f"{op} (triton)", "input_hw", input_hw)
     n, k, ho, wo = nchw_shape(grad_out.shape, layout)
     kw, cg, r, s = weight.shape
@@ -838,6 +840,7 @@ def conv2d_backward_weight(
     _check_tensor(op, "x", x, 4)
     _check_tensor(op, "grad_out", grad_out, 4, like=x)
     check_layout(f"{op} (triton)", layout)
+    check_flag(f"{op} (triton)", "allow_tf32", allow_tf32)  # ("no" is true: TF32 on)
     r, s = pair(f"{op} (triton)", "kernel_hw", kernel_hw)
     n, c, h, w = nchw_shape(x.shape, layout)
     n2, k, ho, wo = nchw_shape(grad_out.shape, layout)
@@ -845,7 +848,8 @@ def conv2d_backward_weight(
         raise ValueError(f"{op} (triton): x has batch {n} but grad_out has {n2}")
     geo = geometry(f"{op} (triton)", n, c, h, w, k, r, s, stride, padding, dilation, groups)
     geo.check_grad_out(ho, wo)
-    if split_k is not None and (not isinstance(split_k, int) or not 1 <= split_k <= MAX_GRID_YZ):
+    if split_k is not None and (not isinstance(split_k, int) or isinstance(split_k, bool)
+                                or not 1 <= split_k <= MAX_GRID_YZ):
         raise ValueError(f"{op} (triton): split_k must be None or an int in [1, {MAX_GRID_YZ}]")
     kind = kernel_kind(c, k, r, s, groups)
     config = _check_config(op, config, x.dtype, kind)

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from kernelkit.devices import triton_interpret
-from kernelkit.kernels import check_activation
+from kernelkit.kernels import check_activation, check_flag
 from kernelkit.kernels.config import next_pow2
 from kernelkit.kernels.triton._common import (
     INT32_MAX,
@@ -243,6 +243,7 @@ def matmul_forward(
             raise TypeError(f"matmul (triton): bias must be {a.dtype} on {a.device}, "
                             f"got {bias.dtype} on {bias.device}")
     check_activation("matmul (triton)", activation)
+    check_flag("matmul (triton)", "allow_tf32", allow_tf32)  # ("no" is true: TF32 on)
     a, b, bias = in_memory(a), in_memory(b), in_memory(bias)
     if config is None:
         config = MatmulConfig.default(a.dtype)
