@@ -6,7 +6,9 @@ uses numpy and builds them for a whole batch at once (no Python loop over images
 Geometry of one image (see ``kernelkit.kernels.numba.preprocess``): crop box ``(top, left, height,
 width)`` -> flip (horizontal reverses W, vertical reverses H) -> ``np.rot90(., k)`` on (H, W) ->
 rotation by ``angle`` degrees counter-clockwise about the centre, same size (torchvision
-``rotate(expand=False)``) -> resize to ``(out_h, out_w)``.
+``rotate(expand=False)``'s geometry; at the crop's border the sampling is OpenCV ``warpAffine``'s
+with ``BORDER_CONSTANT``: ``fill`` stands in for each neighbour outside, where torchvision and PIL
+decide per output pixel) -> resize to ``(out_h, out_w)``.
 
 Coordinates are pixel *indices*: pixel ``i`` covers ``[i, i + 1)`` and its centre is ``i + 0.5``
 in continuous terms. Resizing uses half-pixel centres: output index ``o`` of an axis of ``n_in``
@@ -36,10 +38,14 @@ Filters:
   normalised. Upscaling reduces to plain bilinear with edge clamping.
 * ``bilinear`` without antialias: 2 taps at the half-pixel source position clamped to
   ``[0, n_in - 1]`` (OpenCV ``INTER_LINEAR``, torch ``interpolate(antialias=False)``).
-* ``nearest``: torch's ``nearest-exact`` = PIL ``NEAREST`` = OpenCV ``INTER_NEAREST_EXACT``:
-  ``floor((o + 0.5) * n_in / n_out)``, clamped. (OpenCV ``INTER_NEAREST`` and torch ``nearest``
-  use ``floor(o * n_in / n_out)`` instead and are not matched.)
-* ``bicubic`` + antialias: PIL's bicubic (a = -0.5, support 2 scaled by the downscale factor);
+* ``nearest``: torch's ``nearest-exact``: ``floor((o + 0.5) * n_in / n_out)`` in exact
+  arithmetic, clamped. PIL ``NEAREST`` and OpenCV ``INTER_NEAREST_EXACT`` mean the same but
+  compute it in floating point, which takes the pixel before at some exact ties (400 -> 150: 23
+  of 150 columns). (OpenCV ``INTER_NEAREST`` and torch ``nearest`` use ``floor(o * n_in /
+  n_out)`` instead and are not matched.)
+* ``bicubic`` + antialias: PIL's bicubic (a = -0.5, support 2 scaled by the downscale factor;
+  as PIL's on float ("F") images: on uint8 ones PIL and torchvision round and clamp between
+  the two passes, up to 16 levels off where the filter overshoots);
   without antialias: the 4-tap cubic convolution with a = -0.75 and replicated edges (OpenCV
   ``INTER_CUBIC``, torch ``bicubic``).
 
@@ -52,7 +58,10 @@ output row or column further.
 
 Arbitrary angle: one affine map, output pixel -> source pixel, is composed (``affine_maps``), and
 the kernel samples it once (bilinear, or nearest), reading ``fill`` for pixels outside the crop.
-No antialias filter is applied there.
+No antialias filter is applied there. Nearest takes ``floor(position + NEAREST_ROUND)``: a tie
+goes right and down, and so does a position within 1e-9 px below one. Ties are common (an odd
+output's centre pixel on an even crop's centre), and each backend's rounding of the map (an FMA
+here, two roundings there) put such a pixel on either side.
 """
 
 from __future__ import annotations
@@ -71,6 +80,7 @@ __all__ = ["INTERPOLATIONS", "NMETA", "PreprocessSpec", "problem_sizes", "AxisTa
            "table_key", "TableMemo"]
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+NEAREST_ROUND = 0.5 + 2.0 ** -30  # (a literal in the Triton and CuPy kernels: 0.5000000009313226)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

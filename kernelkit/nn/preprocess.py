@@ -30,7 +30,8 @@ class Preprocess(nn.Module):
 
     Args:
         size: output (height, width), or one int for both.
-        mean: per-channel mean (or a scalar), in the unit `stats_unit` names.
+        mean: per-channel mean (or a scalar), in the unit `stats_unit` names, in the
+            output's channel order (after `channel_order`).
         std: per-channel standard deviation (or a scalar), same unit.
         crop: one (top, left, height, width) box in source pixels for every image, or None.
         flip: None, "horizontal", "vertical" or "both", for every image.

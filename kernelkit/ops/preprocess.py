@@ -64,17 +64,18 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
             ragged batch, as decoders produce); numpy arrays, torch tensors (CPU or CUDA) or cupy
             arrays. 1 or 3 channels.
         size: output (height, width), or one int for both.
-        mean, std: per-channel statistics, or scalars, in the unit `stats_unit` names. The
-            output is ``(x - mean) * (1 / std)`` in float32 (x in input units) before the final
-            conversion.
+        mean, std: per-channel statistics, or scalars, in the unit `stats_unit` names, in
+            the output's channel order (after `channel_order`: ImageNet's RGB statistics with
+            "bgr2rgb"). The output is ``(x - mean) * (1 / std)`` in float32 (x in input units)
+            before the final conversion.
         crop: (top, left, height, width) in whole source pixels, for every image or one per
             image.
         flip: "horizontal", "vertical", "both", a (horizontal, vertical) pair, or one per image.
         rotate: degrees counter-clockwise, for every image or one per image. Multiples of 90 are
             exact quarter turns; other angles rotate about the crop's centre (the crop's size,
-            `fill` outside), composed with the resize into one bilinear sampling of the source:
-            no antialias and no other interpolation for that image, whatever `interpolation`
-            and `antialias` say.
+            `fill` outside), composed with the resize into one sampling of the source: nearest
+            where `interpolation` is "nearest", else bilinear (bicubic too), and no antialias
+            for that image, whatever `antialias` says.
         fill: value (input units) for pixels an arbitrary rotation brings in; scalar or per image.
         interpolation: "bilinear", "bicubic" or "nearest" (half-pixel centres; nearest is
             torch's "nearest-exact").
@@ -358,8 +359,10 @@ def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=
         if sorted(perm.tolist()) != list(range(c)):
             raise ValueError(f"preprocess: 'channel_order' must be a permutation of "
                              f"{list(range(c))}, got {perm.tolist()}")
-    mean_out = mean_a[perm].astype(np.float32)
-    scale_out = (1.0 / std_a[perm]).astype(np.float32)
+    # per output channel, after the reordering (as cv2.dnn.blobFromImage with swapRB, or
+    # torchvision's Normalize after a channel flip): ImageNet's RGB statistics with "bgr2rgb"
+    mean_out = mean_a.astype(np.float32)
+    scale_out = (1.0 / std_a).astype(np.float32)
     spec = PreprocessSpec(boxes=boxes, flips=flips, rot90=rot90, angles=angles, fill=fills,
                           size=size, mean=mean_out, scale=scale_out, channel_perm=perm,
                           interpolation=interpolation, antialias=bool(antialias),

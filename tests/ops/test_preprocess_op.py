@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from resample_ref import crop_resize
 
 import kernelkit
 
@@ -93,7 +94,9 @@ def test_normalise_channel_order_and_dtypes(backend, out_dtype, rng):
     if out_dtype == "uint8":
         torch.testing.assert_close(out, x.to(torch.uint8), rtol=0, atol=0)
         return
-    ref = (x - torch.tensor(mean).flip(0)[:, None, None]) * (1 / torch.tensor(std).flip(0))[:, None, None]
+    # the statistics are the output channels' (they were read in input order: a BGR image
+    # with "bgr2rgb" and ImageNet's RGB mean put B's mean on R, 190 levels apart)
+    ref = (x - torch.tensor(mean)[:, None, None]) * (1 / torch.tensor(std))[:, None, None]
     torch.testing.assert_close(out.float(), ref.to(getattr(torch, out_dtype)).float(), rtol=0,
                                atol=1e-5)
 
@@ -113,6 +116,20 @@ def test_ragged_float_and_single_channel(backend, rng):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("hw, size", [((64, 48), (100, 1)), ((2, 1), (4, 1)), ((9, 5), (3, 1)),
+                                      ((9, 5), (1, 1)), ((5, 9), (1, 4))])
+def test_antialiased_resize_to_one_column_weighs_each_rows_window(backend, hw, size, rng):
+    """torch's antialiased interpolate to one column weighs every output row with the first
+    row's window ((2, 1) -> (4, 1) gave the first row four times); the torch backend then
+    failed the Numba kernel's check and returned its own wrong result."""
+    img = rng.random((*hw, 3), dtype=np.float32)
+    with kernelkit.use(backend=backend):
+        out = kernelkit.preprocess([img], size=size, layout="NHWC", **identity())[0]
+    ref = crop_resize(img, (0, 0, *hw), size)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_arbitrary_rotation_matches_opencv(backend, rng):
     img = images(rng, n=1, h=41, w=41)
     with kernelkit.use(backend=backend):
@@ -128,12 +145,18 @@ def test_arbitrary_rotation_matches_opencv(backend, rng):
 @pytest.mark.parametrize("kw", [dict(size=(60, 80), rotate=20.0),
                                 dict(size=(64, 64), rotate=-71.0, crop=(10, 30, 200, 150),
                                      flip="horizontal", fill=7.0),
-                                dict(size=(300, 400), rotate=33.0, interpolation="bicubic")],
-                         ids=["down", "crop-flip-fill", "up-bicubic"])
-def test_arbitrary_rotation_is_one_bilinear_sampling_on_every_backend(kw, rng):
-    """Rotation and resize are one bilinear map from the output grid (the kernels' way, as
-    documented); torch's chain rotated at the crop's size and then antialiased, 130 levels off
-    the Numba kernel on a noisy image downscaled, so the result depended on the tuner's pick."""
+                                dict(size=(300, 400), rotate=33.0, interpolation="bicubic"),
+                                # nearest: the torch backend sampled bilinearly; an odd
+                                # output's centre on an even crop's is a tie
+                                dict(size=(51, 71), rotate=60.0, interpolation="nearest"),
+                                dict(size=(29, 43), rotate=-28.87, interpolation="nearest",
+                                     crop=(1, 2, 58, 56))],
+                         ids=["down", "crop-flip-fill", "up-bicubic", "nearest", "nearest-tie"])
+def test_arbitrary_rotation_is_one_sampling_the_same_on_every_backend(kw, rng):
+    """Rotation and resize are one map from the output grid, sampled bilinearly or nearest (the
+    kernels' way, as documented); torch's chain rotated at the crop's size and then antialiased,
+    130 levels off the Numba kernel on a noisy image downscaled, so the result depended on the
+    tuner's pick."""
     img = images(rng, n=1, h=240, w=320)[0]
     out = {}
     for backend in CPU_BACKENDS:
@@ -338,3 +361,16 @@ def test_stats_that_look_like_the_other_unit_warn_once(rng, fresh_unit_warnings)
                              stats_unit="unit")
     with pytest.raises(ValueError, match="preprocess: 'stats_unit' must be one of"):
         kernelkit.preprocess(imgs, size=8, mean=0, std=1, stats_unit="percent")
+
+
+def test_the_gpu_kernels_round_nearest_as_the_cpu_kernels():
+    """The Triton and CuPy kernels spell taps.NEAREST_ROUND as a literal."""
+    from pathlib import Path
+
+    from kernelkit.kernels import taps
+
+    root = Path(kernelkit.__file__).parent / "kernels"
+    for source in (root / "triton" / "preprocess.py", root / "cupy" / "preprocess.cu"):
+        text = source.read_text()
+        assert text.count(repr(taps.NEAREST_ROUND)) == 2, source
+        assert "+ 0.5)" not in text, source

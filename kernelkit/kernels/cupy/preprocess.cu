@@ -86,8 +86,9 @@ __device__ __forceinline__ void preprocess(
             const double fx = a[0] * xf + (a[1] * yf + a[2]);
             const double fy = a[3] * xf + (a[4] * yf + a[5]);
             if (nearest) {
-                const long long ix = (long long)floor(fx + 0.5);
-                const long long iy = (long long)floor(fy + 0.5);
+                // 0.5 + 2^-30: taps.NEAREST_ROUND (a tie, or within 1e-9 px below one, rounds up)
+                const long long ix = (long long)floor(fx + 0.5000000009313226);
+                const long long iy = (long long)floor(fy + 0.5000000009313226);
                 const bool inside = ix >= c0 && ix < c1 && iy >= r0 && iy < r1;
                 const TI* p = base + (inside ? iy * sh + ix * sw : 0);
                 for (int j = 0; j < nc; ++j) acc[j] = px_or(p + coff[j], inside, fillv);

@@ -27,6 +27,7 @@ from numba.extending import intrinsic
 
 from kernelkit.kernels.numba import _cache
 from kernelkit.kernels.numba._half import f32_bits
+from kernelkit.kernels.taps import NEAREST_ROUND
 
 _cache.install()  # cache=True below: in the keyed dir (see _cache.py), never stale
 _JIT = dict(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
@@ -526,7 +527,7 @@ def _px(src, off, inside, fillv):
 @numba.njit(**_JIT)
 def affine_row(src, base, sh, sw, sc, cch, r0, r1, c0, c1, m, fillv, nearest, y, out_w, res):
     """One output row of a rotated image: source (col, row) = m @ (x, y, 1); ``fillv`` outside
-    rows [r0, r1) x columns [c0, c1); bilinear (4 taps) or nearest (round half up). Writes
+    rows [r0, r1) x columns [c0, c1); bilinear (4 taps) or nearest (taps.NEAREST_ROUND). Writes
     res[x*C + c] (input channel order, not normalised)."""
     yf = np.float64(y)
     bx = m[0, 1] * yf + m[0, 2]
@@ -536,8 +537,8 @@ def affine_row(src, base, sh, sw, sc, cch, r0, r1, c0, c1, m, fillv, nearest, y,
         fx = m[0, 0] * xf + bx
         fy = m[1, 0] * xf + by
         if nearest:
-            ix = np.int64(math.floor(fx + 0.5))
-            iy = np.int64(math.floor(fy + 0.5))
+            ix = np.int64(math.floor(fx + NEAREST_ROUND))
+            iy = np.int64(math.floor(fy + NEAREST_ROUND))
             inside = (ix >= c0) & (ix < c1) & (iy >= r0) & (iy < r1)
             off = base + iy * sh + ix * sw
             for c in range(cch):

@@ -4,7 +4,7 @@ cast and layout in one pass over the image memory.
 Per image (``images[n]``, H x W x C, uint8 or float32, any strides): crop ``boxes[n]`` = (top,
 left, height, width) -> flip (``flips[n]`` = horizontal, vertical) -> ``np.rot90(., rot90[n])`` ->
 rotation by ``angles[n]`` degrees counter-clockwise about the centre, same size, ``fill[n]``
-outside (torchvision ``rotate(expand=False)``) -> resize to ``size`` -> output channel c =
+outside (torchvision ``rotate(expand=False)``'s geometry) -> resize to ``size`` -> output channel c =
 input channel ``channel_perm[c]`` -> ``(v - mean[c]) * scale[c]`` in float32 -> ``out_dtype`` ->
 ``layout``.
 
@@ -13,15 +13,16 @@ Numerics (the tap tables are built by the backend-neutral ``kernelkit.kernels.ta
 * angle == 0: crop, flips and rot90 are folded into the index maps of a separable resize with
   half-pixel centres. ``antialias=True`` + bilinear is PIL's / torchvision's antialiased triangle
   filter; ``antialias=False`` is the 2-tap form of OpenCV ``INTER_LINEAR`` / torch
-  ``interpolate``; ``nearest`` is torch ``nearest-exact`` (= PIL ``NEAREST``, OpenCV
-  ``INTER_NEAREST_EXACT``; not OpenCV ``INTER_NEAREST``, which floors ``dst * scale``);
+  ``interpolate``; ``nearest`` is torch ``nearest-exact`` (PIL ``NEAREST`` and OpenCV
+  ``INTER_NEAREST_EXACT`` but for ties they round down: ``kernels.taps``; not OpenCV
+  ``INTER_NEAREST``, which floors ``dst * scale``);
   ``bicubic`` is PIL's (a = -0.5, antialiased) or OpenCV's / torch's (a = -0.75, 4 taps).
   Pixels are summed in float32 with float32 weights.
 * angle != 0: the whole map (output pixel -> source pixel) is one affine transform, sampled once
   bilinearly (or nearest) with ``fill`` for neighbours outside the crop box (OpenCV
-  ``warpAffine`` with ``BORDER_CONSTANT``). There is no antialias filter on this path, so a
-  rotated image that is also downscaled a lot aliases; ``antialias`` is ignored for it, and
-  ``bicubic`` falls back to bilinear.
+  ``warpAffine`` with ``BORDER_CONSTANT``; nearest rounds by ``taps.NEAREST_ROUND``). There is
+  no antialias filter on this path, so a rotated image that is also downscaled a lot aliases;
+  ``antialias`` is ignored for it, and ``bicubic`` falls back to bilinear.
 * uint8 output rounds half to even and saturates; float16 and bfloat16 round to nearest even
   (bfloat16 is returned as uint16 bits, NaN -> 0x7FC0 as torch).
 

@@ -156,8 +156,8 @@ def preprocess_kernel(
         fy = m10 * xf + (m11 * yf + m12)                # source row
         m2 = my[:, None] & mx[None, :]
         if NEAREST:
-            ix = tl.floor(fx + 0.5).to(tl.int32)
-            iy = tl.floor(fy + 0.5).to(tl.int32)
+            ix = tl.floor(fx + 0.5000000009313226).to(tl.int32)  # (taps.NEAREST_ROUND)
+            iy = tl.floor(fy + 0.5000000009313226).to(tl.int32)
             inside = m2 & (ix >= c0) & (ix < c1) & (iy >= r0) & (iy < r1)
             off = (iy * sh + ix * sw)[:, :, None] + coff
             v = tl.load(base + off, mask=mask & inside[:, :, None], other=0).to(tl.float32)
