@@ -291,3 +291,44 @@ def test_claimed_shares_are_each_run_once_and_errors_surface():
     for _ in range(20):
         with pytest.raises(KeyError, match="share 1"):
             _pool.run_pool(share, 2)
+
+
+class _Deadline(Exception):
+    pass
+
+
+@pytest.mark.parametrize("claim", [True, False])
+def test_an_interrupted_call_returns_only_after_the_shares_it_started(claim):
+    """A signal handler's exception (a request's deadline, KeyboardInterrupt) while the caller
+    waits for a pool thread's share: the call raises it once that share has returned. It used to
+    return at once, the share still computing into the caller's per-thread scratch, which the
+    next call packs into (a next 1024^3 matmul was 152 off)."""
+    import signal
+    import time
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers run on the main thread")
+    main = threading.get_ident()
+    started, returned = threading.Event(), []
+
+    def share(t, nthr):
+        if threading.get_ident() == main:
+            started.wait(2.0)  # (the pool thread has its share: the caller then waits for it)
+            return
+        started.set()
+        time.sleep(0.4)
+        returned.append(time.monotonic())
+
+    def deadline(signum, frame):
+        raise _Deadline
+
+    previous = signal.signal(signal.SIGALRM, deadline)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.15)
+        with pytest.raises(_Deadline):
+            _pool.run_pool(share, 2, claim=claim)
+        raised = time.monotonic()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert returned and returned[0] <= raised

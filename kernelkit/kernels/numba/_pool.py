@@ -30,11 +30,13 @@ never used (its threads do not exist there) and ``threads`` rebuilds the Python 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
 import platform
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -218,7 +220,7 @@ def run(fn, nthr: int, *args) -> None:
         _run_on_team(team, fn, nthr, args)
 
 
-def run_pool(fn, nthr: int, *args, claim: bool = True) -> None:
+def run_pool(fn, nthr: int, *args, claim: bool = True, abandon=None) -> None:
     """``run`` on the Python pool. With ``claim`` (the default) every thread, the calling one
     included, claims the next unclaimed share until none is left, and the call returns once
     every share has returned: a pool thread that starts late (its core busy with another
@@ -227,36 +229,86 @@ def run_pool(fn, nthr: int, *args, claim: bool = True) -> None:
     Measured on a 2-core Zen 5 VM (`bench/probes/pool_claim_probe.py`): right after a torch op
     a 2-share memory-bound kernel ran 4.7-4.9 ms with fixed shares, 3.4-3.8 claiming, 3.5-3.9
     on one thread. Without ``claim`` share t runs on thread t (``run_synced``: its shares must
-    all run at once)."""
-    if not claim:
-        futs = [pool(nthr - 1).submit(fn, t, nthr, *args) for t in range(1, nthr)]
-        fn(0, nthr, *args)
-        for f in futs:
-            f.result()
-        return
-    shares = itertools.count()
-    done: list = []
+    all run at once). ``abandon``: called first where the caller is interrupted."""
+    # `state`: [abandoned, shares running on the pool's threads], under `gate`: a pool thread
+    # starts a share only while the call stands, so an abandoned call (below) knows which to
+    # wait for, wherever the caller's exception struck (even inside `submit`)
+    gate = threading.Lock()
+    state = [False, 0]
     errors: list = []
+    done: list = []
     finished = threading.Event()
 
-    def claim_shares():
-        while (t := next(shares)) < nthr:
-            try:
-                fn(t, nthr, *args)
-            except BaseException as e:  # noqa: BLE001 - raised again on the calling thread
-                errors.append(e)
-            done.append(t)
-            if len(done) == nthr:
-                finished.set()
+    def started() -> bool:
+        with gate:
+            if state[0]:
+                return False
+            state[1] += 1
+            return True
 
-    p = pool(nthr - 1)
-    for _ in range(nthr - 1):
-        p.submit(claim_shares)
-    claim_shares()
-    if len(done) < nthr:
-        finished.wait()
+    def run_share(t):
+        try:
+            fn(t, nthr, *args)
+        except BaseException as e:  # noqa: BLE001 - raised again on the calling thread
+            errors.append(e)
+        done.append(t)
+        if len(done) == nthr:
+            finished.set()
+
+    def on_pool(t):
+        if started():
+            try:
+                run_share(t)
+            finally:
+                with gate:
+                    state[1] -= 1
+
+    shares = itertools.count()
+
+    def claim_shares():
+        while (t := next(shares)) < nthr and started():
+            try:
+                run_share(t)
+            finally:
+                with gate:
+                    state[1] -= 1
+
+    try:
+        p = pool(nthr - 1)
+        if not claim:
+            for t in range(1, nthr):
+                p.submit(on_pool, t)
+            run_share(0)
+        else:
+            for _ in range(nthr - 1):
+                p.submit(claim_shares)
+            while (t := next(shares)) < nthr:
+                run_share(t)
+        if len(done) < nthr:
+            finished.wait()
+    except BaseException:
+        # the caller was interrupted (a signal handler's exception: KeyboardInterrupt, a
+        # request's deadline): the shares not started are skipped and the call returns once
+        # the running ones have. Returning at once left a share computing into this call's
+        # per-thread scratch, which the next call packs into: a next 1024^3 matmul was 152 off.
+        if abandon is not None:
+            abandon()  # (run_synced: shares waiting at the barrier for the caller's leave it)
+        _outlast(gate, state)
+        raise
     if errors:
         raise errors[0]
+
+
+def _outlast(gate, state) -> None:
+    """Mark the call abandoned and wait until no pool thread runs one of its shares, through
+    any exception raised meanwhile (a second interrupt waits for one share, not the call)."""
+    while True:
+        with contextlib.suppress(BaseException):
+            with gate:
+                state[0] = True
+                if state[1] == 0:
+                    return
+            time.sleep(0.0002)
 
 
 def run_synced(fn, nthr: int, *args) -> bool:
@@ -280,7 +332,7 @@ def run_synced(fn, nthr: int, *args) -> bool:
         if ran is None:
             ran = _run_on_team(team, share, nthr, args, synced=True)
         if not ran:
-            run_pool(share, nthr, *args, claim=False)
+            run_pool(share, nthr, *args, claim=False, abandon=lambda: sync.__setitem__(1, 1))
     finally:
         _SYNC_LOCK.release()
     return True
