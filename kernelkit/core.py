@@ -220,6 +220,11 @@ class Backend:
     # next OpenMP region waits a scheduler tick: 4 ms after a 0.07 ms matmul on 2 cores), so one
     # process's CPU matmuls stay with the BLAS of the library its data lives in.
     own_data_only: tuple[str, ...] = ()
+    # Whether its kernel modules may define ``supports``, and its config space where every
+    # module's is known beforehand: asking a candidate then does not import its module (torch's:
+    # a numpy program's first call imported torch, 0.9 s, for the tuner's questions)
+    own_supports: bool = True
+    space: Callable[[Problem], list] | None = None
 
     @property
     def id(self) -> str:
@@ -386,11 +391,14 @@ def _make_candidate(spec: OpSpec, backend: Backend) -> Candidate:
     def supports(p: Problem) -> str | None:
         if (reason := precheck(p)) is not None:
             return reason
+        if not backend.own_supports:
+            return None
         own = getattr(module(), "supports", None)
         return own(p) if own is not None else None
 
     def space(p: Problem) -> list[Config]:
-        return [c.to_dict() for c in module().space(p)]
+        known = backend.space
+        return [c.to_dict() for c in (known(p) if known is not None else module().space(p))]
 
     def bound(entry_name: str, p: Problem, config: Config):
         m = module()

@@ -6,11 +6,13 @@ kernelkit imports nothing heavy; a probe that fails means "not available", never
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import importlib.metadata
 import importlib.util
 import os
 import platform
+import sys
 from pathlib import Path
 
 PACKAGES = ("kernelkit", "numpy", "torch", "triton", "numba", "cupy")
@@ -21,10 +23,50 @@ def has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+def imported(name: str):
+    """The module `name` if it is imported in full (by anyone), else None; never imports it. A
+    module another thread is still importing sits in ``sys.modules`` half made, its attributes
+    still to come: 2-3 of 4 threads whose numpy calls met another's first tuning (which imports
+    torch) raised "partially initialized module 'torch' has no attribute 'Tensor'"."""
+    module = sys.modules.get(name)
+    if module is None or getattr(getattr(module, "__spec__", None), "_initializing", False):
+        return None
+    return module
+
+
+_TORCH: list = [None]
+
+
+def imported_torch():
+    """``imported("torch")``, kept once torch is whole (the ops ask on every call)."""
+    torch = _TORCH[0]
+    if torch is None:
+        torch = _TORCH[0] = imported("torch")
+    return torch
+
+
+def gpu_driver_present() -> bool:
+    """Whether a GPU driver is here for torch to find, asked without importing torch (a numpy
+    program's first call paid 0.9 s of ``import torch`` to learn there is no GPU). On Linux: an
+    NVIDIA device node or ``libcuda.so.1``, or ROCm's ``/dev/kfd``; elsewhere assumed."""
+    if platform.system() != "Linux":
+        return True
+    if os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/kfd"):
+        return True
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
 @functools.cache
 def cuda_available() -> bool:
-    """A CUDA device usable from torch (the GPU array library every GPU candidate can use)."""
+    """A CUDA device usable from torch (the GPU array library every GPU candidate can use).
+    Without a GPU driver, False without importing torch."""
     if not has_module("torch"):
+        return False
+    if "torch" not in sys.modules and not gpu_driver_present():
         return False
     import torch
 

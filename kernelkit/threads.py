@@ -33,6 +33,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from kernelkit.devices import imported
+
 # kernel packages whose launches are guarded: Numba kernels (which now run their shares on
 # `kernels/numba/_pool.py`, not Numba parallel regions; the lock still serialises launches from
 # several threads, so that each does not lead a team of its own on the same cores)
@@ -139,7 +141,7 @@ def _single_threaded_torch() -> None:
     OpenMP's, which does not survive a fork (LLVM's and Intel's runtimes start a new one). One
     thread enters no OpenMP region, so the parent's team, whose threads do not exist here, is
     never waited for."""
-    torch = sys.modules.get("torch")
+    torch = imported("torch")
     if not _team_used[0] or torch is None or torch.get_num_threads() <= 1:
         return
     runtime = loaded_openmp()
@@ -180,7 +182,7 @@ def torch_team_forked() -> bool:
     torch's DataLoader workers run one thread, which needs no team)."""
     if not _forked:
         return False
-    torch = sys.modules.get("torch")
+    torch = imported("torch")
     return torch is not None and torch.get_num_threads() > 1
 
 

@@ -21,6 +21,7 @@ from .. import settings as _settings
 from ..arrays import _SIG_OF_TYPE, TENSOR_TYPES, signature_fn
 from ..autotune import tuner
 from ..core import Call, Choice, Plan, Problem
+from ..devices import imported, imported_torch
 
 _NDARRAY = np.ndarray
 
@@ -38,7 +39,7 @@ def jit_tracing() -> bool:
     registered kernelkit op. A kernel run now (Numba, or anything outside torch) would be baked
     into the trace as a constant, right only for the example inputs; the ops then call their
     registered torch op instead, which the trace records and replays on new inputs."""
-    torch = sys.modules.get("torch")
+    torch = imported_torch()
     return (torch is not None and torch._C._get_tracing_state() is not None
             and not _OP_BODY.depth)
 
@@ -52,7 +53,7 @@ def torch_only(*xs) -> bool:
     FlopCounterMode). Before, the ops and layers raised under each of them (or, under
     forward-mode AD, returned a kernel's result without its tangent, and FlopCounterMode counted
     no FLOPs for it). False where no argument is a torch tensor. About 0.5 us for one tensor."""
-    torch = sys.modules.get("torch")
+    torch = imported_torch()
     if torch is None:
         return False
     foreign, plain, elsewhere = _kinds(torch, xs)
@@ -76,7 +77,7 @@ def fx_proxy(*xs):
     The ops then record themselves as one call node, as ``torch.fx.wrap`` would: the node runs
     the op on the real tensors later. Before, they raised "'x' must be a numpy array, torch
     tensor or cupy array, got Proxy"."""
-    fx = sys.modules.get("torch.fx")
+    fx = imported("torch.fx") if imported_torch() is not None else None
     if fx is None:
         return None
     return next((x for x in xs if isinstance(x, fx.Proxy)), None)

@@ -593,3 +593,65 @@ def test_the_numpy_activations_equal_torchs(activation):
     x[:3] = (0.0, -0.0, 50.0)
     want = torch_activations()[activation](torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(numpy_activation(x, activation), want, rtol=1e-12, atol=1e-15)
+
+
+NUMPY_ONLY_SCRIPT = r"""
+import sys, numpy as np, kernelkit
+a = np.ones((64, 64), np.float32)
+x, w = np.ones((2, 3, 16, 16), np.float32), np.ones((4, 3, 3, 3), np.float32)
+img = np.ones((2, 40, 50, 3), np.uint8)
+for _ in range(2):
+    kernelkit.matmul(a, a)
+    kernelkit.conv2d(x, w, padding=1)
+    kernelkit.preprocess(img, size=20, mean=0.0, std=1.0)
+from kernelkit import devices
+print("torch" in sys.modules, devices.gpu_driver_present())
+"""
+
+
+def test_a_numpy_programs_calls_import_torch_only_where_a_gpu_driver_is(tmp_path):
+    """Asking torch's candidates whether they support a call imported their kernel modules, and
+    so torch (0.9 s of a numpy program's first call), as did the CUDA probe, on a machine with
+    no GPU driver; a thread that called meanwhile met a half-imported torch."""
+    env = {**os.environ, "KERNELKIT_CACHE_DIR": str(tmp_path)}
+    for _ in range(2):  # a cold cache, then a warm one
+        r = subprocess.run([sys.executable, "-c", NUMPY_ONLY_SCRIPT], capture_output=True,
+                           text=True, timeout=600, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        imported, driver = r.stdout.split()
+        assert imported == driver, r.stdout
+
+
+def test_a_module_another_thread_is_importing_is_not_taken_for_imported(monkeypatch):
+    import importlib.machinery
+    import types
+
+    from kernelkit import devices
+
+    half = types.ModuleType("kk_half_made")
+    half.__spec__ = importlib.machinery.ModuleSpec("kk_half_made", None)
+    half.__spec__._initializing = True  # (importlib's mark while the module body runs)
+    monkeypatch.setitem(sys.modules, "kk_half_made", half)
+    assert devices.imported("kk_half_made") is None
+    half.__spec__._initializing = False
+    assert devices.imported("kk_half_made") is half
+    assert devices.imported("kk_not_imported") is None
+    assert devices.imported_torch() is torch
+
+
+def test_torchs_kernel_modules_need_not_be_imported_to_be_asked():
+    """torch's backends say what their modules would answer (no ``supports``; the vendor's one
+    config), so asking imports nothing."""
+    import importlib
+
+    from kernelkit import core
+    from kernelkit.kernels.config import vendor_space
+
+    asked = [(b, f"{b.package}.{spec.kernel}") for b in core.backends() if not b.own_supports
+             for spec in core.op_specs()]
+    assert "kernelkit.kernels.torch.matmul" in {name for _, name in asked}
+    for backend, name in asked:
+        if importlib.util.find_spec(name) is not None:
+            module = importlib.import_module(name)
+            assert not hasattr(module, "supports"), name
+            assert backend.space is module.space is vendor_space, name

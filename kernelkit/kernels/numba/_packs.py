@@ -26,7 +26,6 @@ IPEX's ``ipex.optimize`` or ``torch.jit.freeze``, the user says when weights are
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections import OrderedDict
 
@@ -34,6 +33,7 @@ import numpy as np
 
 from kernelkit import frozen as _frozen
 from kernelkit import threads as _threads
+from kernelkit.devices import imported_torch
 
 PACK_CACHE_BYTES = 256 << 20
 
@@ -47,7 +47,7 @@ def owner(weight: np.ndarray):
     """The torch tensor whose memory ``weight`` views (through its ``base`` chain), or None; None
     unless the ops layer passed this launch torch tensors (``kernelkit.threads.LOCAL``): a numpy
     array a user made from a tensor can change without the tensor's version counting it."""
-    torch = sys.modules.get("torch")
+    torch = imported_torch()
     if torch is None or not getattr(_threads.LOCAL, "torch_data", False) \
             or not _frozen.weights_frozen():
         return None

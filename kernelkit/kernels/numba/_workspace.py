@@ -16,12 +16,12 @@ packs B over exact columns, ``conv2d.SHIFT_EXACT_MAX_BYTES``); ``release()`` fre
 from __future__ import annotations
 
 import math
-import sys
 import threading
 
 import numpy as np
 
 from kernelkit import threads
+from kernelkit.devices import imported_torch
 
 _LOCAL = threading.local()
 _ALIGN = 64  # bytes: a cache line, and the widest vector the micro-kernels load
@@ -93,7 +93,7 @@ def empty_bits16(shape: tuple) -> np.ndarray:
 def _torch_empty(size: int, dtype) -> np.ndarray | None:
     """``aligned_empty`` through torch's allocator; None where torch has no such dtype or the
     block is not 64-byte aligned."""
-    torch = sys.modules.get("torch")
+    torch = imported_torch()
     tdtype = None if torch is None else _TORCH_DTYPES.get(np.dtype(dtype).char)
     if tdtype is None:
         return None

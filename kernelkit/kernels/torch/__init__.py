@@ -5,6 +5,7 @@ Every op has a torch candidate, so the tuner can never do worse than the vendor 
 
 from kernelkit import devices
 from kernelkit.core import Backend
+from kernelkit.kernels.config import vendor_space
 
 _FLOATS = ("float16", "bfloat16", "float32", "float64")
 _DTYPES = {"matmul": _FLOATS, "conv2d": _FLOATS}
@@ -43,7 +44,9 @@ BACKENDS = (
             # pool waits behind OpenBLAS's spinning workers, so its plan steps aside to numpy's
             # BLAS after kernelkit's numpy BLAS calls (Backend.own_data_only, tuner.stand_in,
             # ops/dispatch.py _bound); MKL beat OpenBLAS by up to 1.6x on a Xeon
-            rate_scale=_cpu_rate_scale, own_data_only=("matmul",)),
+            rate_scale=_cpu_rate_scale, own_data_only=("matmul",), own_supports=False,
+            space=vendor_space),
     Backend(name="torch", device="cuda", native="torch", package=__name__, dtypes=_DTYPES,
-            missing=_missing, vendor=True, roofline=(1e-5, 5e14, 2e12)),
+            missing=_missing, vendor=True, roofline=(1e-5, 5e14, 2e12), own_supports=False,
+            space=vendor_space),
 )
