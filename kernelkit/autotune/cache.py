@@ -231,8 +231,14 @@ class Cache:
         return {**self._fingerprints, self.fp: fingerprint()}
 
     def entries(self) -> dict[str, dict]:
-        """This machine's entries, key -> entry."""
-        return {key: e for (fp, key), e in self.records().items() if fp == self.fp}
+        """This machine's entries, key -> entry (a copy: another thread's measurement may be
+        stored meanwhile; iterating the records under it raised "dictionary changed size")."""
+        return {key: e for (fp, key), e in self._snapshot() if fp == self.fp}
+
+    def _snapshot(self) -> list:
+        records = self.records()
+        with self._mutex:
+            return list(records.items())
 
     def get(self, key: str) -> dict | None:
         records = self.records()
@@ -357,11 +363,11 @@ class Cache:
         """One readable JSON document: the validators of every fingerprint in the header, then
         every entry with its key and fingerprint."""
         fps = self.fingerprints()
-        used = {fid for fid, _ in self.records()}
+        records = sorted(self._snapshot())
+        used = {fid for (fid, _), _ in records}
         return {"header": {"schema": SCHEMA, "this_machine": self.fp,
                            "fingerprints": {fid: fps.get(fid) for fid in sorted(used | {self.fp})}},
-                "entries": [{"key": key, "fp": fid, "entry": e}
-                            for (fid, key), e in sorted(self.records().items())]}
+                "entries": [{"key": key, "fp": fid, "entry": e} for (fid, key), e in records]}
 
 
 def read_json(path: str | os.PathLike, text: str | None = None) -> Any:

@@ -421,3 +421,36 @@ def test_a_migrated_old_file_never_wins_over_the_lines_files_own_entry(tmp_path)
     assert migrating.get("both")["trials"][0]["median"] == 1e-3
     got = fresh(tmp_path)
     assert got.get("both")["trials"][0]["median"] == 1e-3 and got.get("old-only") is not None
+
+
+def test_entries_and_export_read_while_another_thread_stores(tmp_path):
+    """The cost model reads entries() on a tuning miss while another serving thread's
+    measurement is stored: iterating the live records raised "dictionary changed size"."""
+    import threading
+
+    c = Cache(tmp_path)
+    entry = {"choice": {"candidate": "numpy-cpu", "config": {}}, "trials": []}
+    c.update({f"seed{i}": entry for i in range(2000)})
+    errors, stop = [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                c.entries()
+                c.export()
+            except Exception as exc:  # noqa: BLE001 - the test's finding
+                errors.append(repr(exc))
+                stop.set()
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for i in range(300):
+            if stop.is_set():
+                break
+            c.put(f"k{i}", entry)
+    finally:
+        stop.set()
+        t.join()
+    assert not errors
+    assert len(c.entries()) == 2300
