@@ -118,6 +118,8 @@ def verify_entry(
                 sync()
             error = check(out)
         except Exception as exc:  # noqa: BLE001 - reported, never fatal
+            if timing.raised_outside(exc):
+                raise
             error = f"{type(exc).__name__}: {exc}"[:300]
         if error is not None:
             if t is pair[0]:

@@ -483,3 +483,4 @@ def test_without_a_vendor_the_fastest_kernel_wins():
     ok = [tuner.Trial("good-cpu", {}, timing.Timing(1.0, 0.5, 5)),
           tuner.Trial("other-cpu", {}, timing.Timing(1.1, 0.0, 5))]
     assert tuner._winner(problem(), usable, ok).candidate == "good-cpu"
+

@@ -655,3 +655,55 @@ def test_torchs_kernel_modules_need_not_be_imported_to_be_asked():
             module = importlib.import_module(name)
             assert not hasattr(module, "supports"), name
             assert backend.space is module.space is vendor_space, name
+
+
+class _Deadline(Exception):
+    """A request's deadline, raised by the caller's own SIGALRM handler."""
+
+
+def test_an_exception_from_the_callers_signal_handler_during_tuning_is_the_callers(tmp_path):
+    """It was caught as the running config's failure: the call ran on past its deadline (8 of 8
+    calls returned) and the cache stored "TimeoutError: deadline" as that config's result."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers run on the main thread")
+    rng = np.random.default_rng(3)
+    a, b = rng.random((200, 300), np.float32), rng.random((300, 250), np.float32)
+
+    def deadline(signum, frame):
+        raise _Deadline
+
+    with kernelkit.use(tune="measure", cache_dir=tmp_path / "warm"):
+        kernelkit.matmul(a, b)  # every candidate's modules imported (see the next test)
+    previous = signal.signal(signal.SIGALRM, deadline)
+    try:
+        with kernelkit.use(tune="measure", cache_dir=tmp_path), pytest.raises(_Deadline):
+            signal.setitimer(signal.ITIMER_REAL, 0.03)
+            kernelkit.matmul(a, b)  # measuring every candidate and config: well past 30 ms
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    stored = "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())
+    assert "_Deadline" not in stored
+    with kernelkit.use(tune="measure", cache_dir=tmp_path):  # and the next call tunes in full
+        np.testing.assert_allclose(kernelkit.matmul(a, b), a @ b, rtol=1e-4, atol=1e-4)
+
+
+def test_what_counts_as_raised_outside():
+    from kernelkit.autotune.timing import raised_outside
+
+    def raise_here():
+        raise ValueError("from a test file")
+
+    with pytest.raises(ValueError) as info:
+        raise_here()
+    assert raised_outside(info.value)  # (this file is neither kernelkit nor a library)
+    with pytest.raises(np.linalg.LinAlgError) as info:
+        np.linalg.inv(np.zeros((2, 3)))
+    assert not raised_outside(info.value)  # numpy's (raised in its Python)
+    with pytest.raises(ValueError) as info:
+        kernelkit.matmul(np.zeros((2, 3), np.float32), np.zeros((4, 2), np.float32))
+    assert not raised_outside(info.value)  # kernelkit's
+    assert not raised_outside(ValueError("never raised"))
