@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -307,42 +307,24 @@ def _summary(samples: list[float]) -> Timing:
     return Timing(statistics.median(samples), spread, len(samples))
 
 
-# Where the code a candidate runs lives: an exception whose innermost frame is elsewhere was not
-# raised by the candidate (see raised_outside)
-_LIBRARIES = ("numpy", "numba", "llvmlite", "torch", "triton", "cupy", "cupyx", "filelock",
-              "threadpoolctl")
-
-
-def raised_outside(exc: BaseException) -> bool:
-    """Whether `exc` was raised by code outside kernelkit, the standard library and the
-    libraries its kernels run on: the caller's exception, not a failing config's. A signal
-    handler's exception (a request deadline's TimeoutError from SIGALRM) surfaces in whatever
-    the tuner is running, but its innermost frame is the handler's. Such an exception was
-    swallowed (the call ran on past its deadline) and stored in the cache as the config's
-    failure; it now propagates, and nothing of that measurement is stored."""
+def raised_by_signal_handler(exc: BaseException) -> bool:
+    """Whether `exc` came through a Python signal handler installed now (a request deadline's
+    TimeoutError from SIGALRM): the caller's exception, not a failing config's, though it
+    surfaces in whatever the tuner was running. Such an exception was swallowed (the call ran on
+    past its deadline) and stored in the cache as that config's failure; the tuner now lets it
+    propagate, and stores nothing of that measurement."""
+    handlers = set()
+    for signum in signal.valid_signals():
+        try:
+            handler = signal.getsignal(signum)
+        except (OSError, ValueError):
+            continue
+        code = getattr(getattr(handler, "__func__", handler), "__code__", None)
+        if code is not None:
+            handlers.add(code)
     tb = exc.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
+    while tb is not None:
+        if tb.tb_frame.f_code in handlers:
+            return True
         tb = tb.tb_next
-    filename = tb.tb_frame.f_code.co_filename
-    if filename.startswith("<"):  # generated code (exec'd launchers, frozen modules)
-        return False
-    if any(part in filename for part in ("site-packages", "dist-packages")):
-        return not filename.startswith(_library_roots())
-    return not filename.startswith((*_library_roots(), _stdlib()))
-
-
-def _library_roots() -> tuple[str, ...]:
-    roots = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]  # kernelkit
-    for name in _LIBRARIES:
-        path = getattr(sys.modules.get(name), "__file__", None)
-        if path:
-            roots.append(os.path.dirname(path))
-    return tuple(roots)
-
-
-def _stdlib() -> str:
-    import sysconfig
-
-    return sysconfig.get_paths()["stdlib"]
+    return False

@@ -27,7 +27,7 @@ from ..settings import Settings
 from . import model, timing
 from .cache import cache_for
 from .key import Key, make_key
-from .timing import Timing, cuda_sync, measure, measure_interleaved, raised_outside
+from .timing import Timing, cuda_sync, measure, measure_interleaved, raised_by_signal_handler
 
 MAX_CONFIGS = 6  # per candidate, when `auto` measures a family's first size
 AUTO_TIE = 0.08  # auto: leaders this close are not re-timed (within 10% of each other either way)
@@ -485,7 +485,7 @@ def _fastest(problem: Problem, usable: list[Candidate], ok: list[Trial], tie: fl
                                              budget_s=RETIME_BUDGET_S[problem.flops >= SMALL_FLOPS])
                 a.timing, b.timing = ta, tb
             except Exception as exc:  # noqa: BLE001 - keep the first timings
-                if raised_outside(exc):
+                if raised_by_signal_handler(exc):
                     raise
             ranked = sorted(ok, key=_rank)
     return ranked[0]
@@ -519,7 +519,7 @@ def measure_all(
                     sync()
                 trial.error = verify(out)
             except Exception as exc:  # noqa: BLE001 - a failing config is recorded, never fatal
-                if raised_outside(exc):
+                if raised_by_signal_handler(exc):
                     raise
                 trial.error = f"{type(exc).__name__}: {exc}"[:500]
             if trial.error is None:
@@ -532,7 +532,7 @@ def measure_all(
             timings = measure_interleaved([fn for _, fn in fns], sync=sync, budget_s=budget,
                                           decided=decided)
         except Exception as exc:  # noqa: BLE001 - a kernel that ran once but fails when repeated
-            if raised_outside(exc):
+            if raised_by_signal_handler(exc):
                 raise
             timings = [_time_alone(trial, fn, sync) for trial, fn in fns]
         for (trial, _), timing in zip(fns, timings):
@@ -545,7 +545,7 @@ def _time_alone(trial: Trial, fn, sync) -> Timing | None:
     try:
         return measure(fn, sync=sync, budget_s=0.05)
     except Exception as exc:  # noqa: BLE001
-        if raised_outside(exc):
+        if raised_by_signal_handler(exc):
             raise
         trial.error = f"{type(exc).__name__}: {exc}"[:500]
         return None

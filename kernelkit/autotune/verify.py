@@ -118,7 +118,7 @@ def verify_entry(
                 sync()
             error = check(out)
         except Exception as exc:  # noqa: BLE001 - reported, never fatal
-            if timing.raised_outside(exc):
+            if timing.raised_by_signal_handler(exc):
                 raise
             error = f"{type(exc).__name__}: {exc}"[:300]
         if error is not None:
