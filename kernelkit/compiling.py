@@ -39,6 +39,8 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from kernelkit.signals import import_whole, raised_by_signal_handler
+
 CHILD_TIMEOUT_S = 1800  # a compile that takes longer than this is abandoned (then done here)
 # The background thread sleeps this long before its first job, so that the call which
 # queued it (which runs meanwhile on a ready candidate) does not share the cores with the child
@@ -189,10 +191,15 @@ def _run(job: Job, *, child: bool) -> None:
     try:
         by_child = _compile_in_child(job) if child else None
         with _file_lock(job):
-            how = importlib.import_module(job.module).warm(job.dtype)
+            how = import_whole(job.module).warm(job.dtype)
         job.how = "compiled in a child process" if by_child == "compiled" else how
     except Exception as exc:  # noqa: BLE001 - a failed compile must not break calls: the
         # candidate joins the decision and fails there, recorded like any failing config
+        if raised_by_signal_handler(exc):  # the caller's (a deadline): a later call compiles
+            job.how = "interrupted"
+            with _lock:
+                _jobs.pop((job.module, job.dtype), None)
+            raise
         job.how, job.error = "failed", f"{type(exc).__name__}: {exc}"[:500]
     finally:
         job.seconds = time.perf_counter() - start

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import threads
+from . import signals, threads
 
 Config = dict[str, Any]  # small, JSON-serialisable: tile sizes, warps, stages, threads
 
@@ -379,7 +379,7 @@ def _has_module(name: str) -> bool:
 def _make_candidate(spec: OpSpec, backend: Backend) -> Candidate:
     module_name = f"{backend.package}.{spec.kernel}"
     dtypes = backend.dtypes_for(spec)
-    module = functools.cache(lambda: importlib.import_module(module_name))
+    module = functools.cache(lambda: signals.import_whole(module_name))
 
     def precheck(p: Problem) -> str | None:  # without importing the kernel module
         if (missing := backend.missing()) is not None:

@@ -68,9 +68,9 @@ def cuda_available() -> bool:
         return False
     if "torch" not in sys.modules and not gpu_driver_present():
         return False
-    import torch
+    from kernelkit.signals import import_whole
 
-    return bool(torch.cuda.is_available())
+    return bool(import_whole("torch").cuda.is_available())
 
 
 def triton_interpret() -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -305,26 +304,3 @@ def _summary(samples: list[float]) -> Timing:
     else:
         spread = max(samples) - min(samples)
     return Timing(statistics.median(samples), spread, len(samples))
-
-
-def raised_by_signal_handler(exc: BaseException) -> bool:
-    """Whether `exc` came through a Python signal handler installed now (a request deadline's
-    TimeoutError from SIGALRM): the caller's exception, not a failing config's, though it
-    surfaces in whatever the tuner was running. Such an exception was swallowed (the call ran on
-    past its deadline) and stored in the cache as that config's failure; the tuner now lets it
-    propagate, and stores nothing of that measurement."""
-    handlers = set()
-    for signum in signal.valid_signals():
-        try:
-            handler = signal.getsignal(signum)
-        except (OSError, ValueError):
-            continue
-        code = getattr(getattr(handler, "__func__", handler), "__code__", None)
-        if code is not None:
-            handlers.add(code)
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code in handlers:
-            return True
-        tb = tb.tb_next
-    return False

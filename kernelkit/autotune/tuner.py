@@ -24,10 +24,11 @@ from .. import compiling, core, devices, threads
 from .. import settings as _settings
 from ..core import Candidate, Choice, Config, Problem
 from ..settings import Settings
+from ..signals import import_whole, raised_by_signal_handler
 from . import model, timing
 from .cache import cache_for
 from .key import Key, make_key
-from .timing import Timing, cuda_sync, measure, measure_interleaved, raised_by_signal_handler
+from .timing import Timing, cuda_sync, measure, measure_interleaved
 
 MAX_CONFIGS = 6  # per candidate, when `auto` measures a family's first size
 AUTO_TIE = 0.08  # auto: leaders this close are not re-timed (within 10% of each other either way)
@@ -505,6 +506,10 @@ def measure_all(
     `configs_for(candidate)`, by default the candidate's whole (size-pruned) space. With
     `decided`, timing stops as soon as the fastest is told apart (see measure_interleaved)."""
     sync = _sync_for(problem, usable)
+    if devices.has_module("torch"):
+        # the verifiers' float64 references run on torch: imported here, whole, not by the
+        # first reference, where a caller's deadline could strike it half made
+        import_whole("torch")
     trials, fns = [], []
     for cand in usable:
         if cand.native == "torch" and cand.device == "cpu":

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from .. import core
 from .. import settings as _settings
 from ..core import Candidate, Config
+from ..signals import raised_by_signal_handler
 from . import timing
 from .cache import Cache
 from .key import make_key
@@ -118,7 +119,7 @@ def verify_entry(
                 sync()
             error = check(out)
         except Exception as exc:  # noqa: BLE001 - reported, never fatal
-            if timing.raised_by_signal_handler(exc):
+            if raised_by_signal_handler(exc):
                 raise
             error = f"{type(exc).__name__}: {exc}"[:300]
         if error is not None:

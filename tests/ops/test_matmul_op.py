@@ -694,7 +694,7 @@ def test_an_exception_from_the_callers_signal_handler_during_tuning_is_the_calle
 def test_what_counts_as_raised_by_a_signal_handler():
     import signal
 
-    from kernelkit.autotune.timing import raised_by_signal_handler
+    from kernelkit.signals import raised_by_signal_handler
 
     def raise_here():
         raise ValueError("not from a handler")

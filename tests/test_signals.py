@@ -1,0 +1,87 @@
+"""The caller's signal handlers around kernelkit's work (kernelkit.signals): an exception a handler
+raises is the caller's, and it never strikes in the middle of an import."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+import pytest
+
+from kernelkit import signals
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGALRM"), reason="needs SIGALRM")
+
+
+class _Deadline(Exception):
+    pass
+
+
+@pytest.fixture
+def deadline():
+    """A SIGALRM handler that raises _Deadline; yields a function that arms it."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers run on the main thread")
+
+    def handler(signum, frame):
+        raise _Deadline
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        yield lambda seconds: signal.setitimer(signal.ITIMER_REAL, seconds)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_deadline_during_an_import_strikes_after_it_and_the_module_is_whole(
+        tmp_path, monkeypatch, deadline):
+    """A deadline that struck while a first call imported numba left numba half made: every
+    later call raised "partially initialized module 'numba' has no attribute 'core'"."""
+    (tmp_path / "kk_slow_import.py").write_text(
+        "import time\nfor _ in range(40):\n    time.sleep(0.005)\nWHOLE = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "kk_slow_import", raising=False)
+    deadline(0.05)
+    with pytest.raises(_Deadline) as info:
+        signals.import_whole("kk_slow_import")
+    assert sys.modules["kk_slow_import"].WHOLE
+    assert signals.raised_by_signal_handler(info.value)
+    assert signal.getsignal(signal.SIGALRM).__name__ == "handler"  # the caller's, back
+
+
+def test_a_plain_import_is_what_import_whole_guards_against(tmp_path, monkeypatch, deadline):
+    """(The test above would pass with a plain import if the alarm missed the import.)"""
+    import importlib
+
+    (tmp_path / "kk_slow_import2.py").write_text(
+        "import time\nfor _ in range(40):\n    time.sleep(0.005)\nWHOLE = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    deadline(0.05)
+    with pytest.raises(_Deadline):
+        importlib.import_module("kk_slow_import2")
+    assert "kk_slow_import2" not in sys.modules
+
+
+def test_nothing_arrives_nothing_is_raised(deadline):
+    with signals.deferred():
+        pass
+    assert signal.getsignal(signal.SIGALRM).__name__ == "handler"
+
+
+def test_a_deadline_during_a_foreground_compile_is_raised_and_the_compile_retried(
+        tmp_path, monkeypatch, deadline):
+    """It was recorded as the compile's failure: the candidate then failed every later call."""
+    from kernelkit import compiling
+
+    (tmp_path / "kk_slow_warm.py").write_text(
+        "import time\ndef warm(dtype):\n    for _ in range(40):\n        time.sleep(0.005)\n"
+        "    return 'compiled'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    deadline(0.05)
+    with pytest.raises(_Deadline):
+        compiling.warm_here("kk_slow_warm", "float32")
+    assert ("kk_slow_warm", "float32") not in compiling._jobs
+    job = compiling.warm_here("kk_slow_warm", "float32")
+    assert job.how == "compiled" and job.error is None
