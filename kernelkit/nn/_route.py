@@ -218,14 +218,28 @@ def compiled(module: torch.nn.Module, aten_route: Route, op_route: Route,
         else op_route
 
 
-def kernel_route(plan_route: Route, grad_route: Route, aten_route: Route, name: str) -> Route:
+def kernel_route(plan_route: Route, grad_route: Route, aten_route: Route, name: str,
+                 weight: torch.Tensor, bias) -> Route:
     """A kernelkit kernel won: its bound plan when autograd does not record; when it does, the
     eager autograd Function (ops/torch_ops.py), whose backward dispatches (and tunes) each
     backward product on its own; torch's own op when the weight's dtype differs from the
     input's (torch raises its own error) or the weight is one kernelkit's kernels leave to torch
-    (`dispatch.foreign_tensors`)."""
+    (`dispatch.foreign_tensors`).
+
+    The plan was bound for `weight`'s and `bias`'s shapes and strides: a weight or bias swapped
+    since for one of another shape or layout (``layer.weight = ...``, ``weight.data = ...``,
+    ``load_state_dict(assign=True)``) takes torch's op for that call and drops the layer's routes
+    (the next call makes one for it). Before, a weight of other input features failed an assert
+    in the kernel's launcher (under ``python -O``: read out of bounds, NaN or 1e35 returned), and
+    a weight made channels_last kept the NCHW output of the first call."""
+    shape, strides = weight.shape, weight.stride()
+    bshape = None if bias is None else bias.shape
 
     def kernel(m, x, w, b):
+        if w.shape != shape or w.stride() != strides or (
+                bshape is not None if b is None else b.shape != bshape):
+            m.__dict__.pop("_kk_routes", None)
+            return aten_route(m, x, w, b)
         if w.dtype != x.dtype or (b is not None and b.dtype != x.dtype) \
                 or dispatch.foreign_tensors(w, b):  # (a weight swapped since)
             return aten_route(m, x, w, b)

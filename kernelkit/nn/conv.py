@@ -91,7 +91,8 @@ def _make_route(m: Conv2d, x: torch.Tensor, weight: torch.Tensor, bias) -> _rout
     plans = _conv2d.ConvPlans(stride, pad, dilation, m.groups, m.activation, None, False,
                               forward=plan)
     with_grad = lambda m, x, w, b: autograd(x, w, b, plans)
-    return _route.kernel_route(lambda m, x, w, b: plan(x, w, b), with_grad, _aten, cand.name)
+    return _route.kernel_route(lambda m, x, w, b: plan(x, w, b), with_grad, _aten, cand.name,
+                               w, b)
 
 
 def _aten(m: Conv2d, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:

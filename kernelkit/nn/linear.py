@@ -88,7 +88,7 @@ def _make_route(m: Linear, x: torch.Tensor, weight: torch.Tensor, bias) -> _rout
         y = autograd(rows(x, x.shape[-1]), w.t(), b, m.activation, False)
         return y.reshape(*x.shape[:-1], w.shape[0])
 
-    return _route.kernel_route(kernel, with_grad, _aten, cand.name)
+    return _route.kernel_route(kernel, with_grad, _aten, cand.name, w, b)
 
 
 def _aten(m: Linear, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:

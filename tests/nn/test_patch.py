@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from models import SmallResNet, mlp
 from torch import nn
 
@@ -395,6 +396,42 @@ def test_geometry_or_activation_set_after_a_call_is_used(backend):
         lin.activation = "relu"
         torch.testing.assert_close(conv(x), ref_conv(x), rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(lin(v), torch.relu(ref_lin(v)), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_a_weight_of_another_shape_or_layout_set_after_a_call_is_used_as_torch_would(backend):
+    """A route's plan was bound for the weight of its first call: a Linear's weight of other input
+    features, or a conv's of other channels, failed an assert in the Numba launcher (under
+    ``python -O``: an out-of-bounds read, NaN or 1e35 returned), and a conv weight made
+    channels_last kept the first call's NCHW output."""
+    lin, conv = nn.Linear(32, 32), nn.Conv2d(8, 16, 3, padding=1, bias=False)
+    knn.patch(lin)
+    knn.patch(conv)
+    x, v = torch.randn(2, 8, 12, 12), torch.randn(4, 32)
+    with kernelkit.use(backend=backend), torch.no_grad():
+        lin(v)
+        conv(x)
+        routes = dict(conv.__dict__.get("_kk_routes", {}))
+        conv(x)  # the same weight: the same route (a conv without a bias kept none)
+        assert conv.__dict__.get("_kk_routes", {}) == routes
+        lin.weight = nn.Parameter(torch.randn(32, 16))
+        with pytest.raises(RuntimeError, match="cannot be multiplied"):
+            lin(v)
+        conv.weight.data = torch.randn(16, 4, 3, 3)
+        with pytest.raises(RuntimeError, match="channels"):
+            conv(x)
+        for weight in (torch.randn(24, 32), torch.randn(32, 24).t()):  # other rows, strides
+            lin.weight.data = weight
+            lin.bias.data = torch.randn(weight.shape[0])
+            for _ in range(2):  # torch's op, then a route made for this weight
+                torch.testing.assert_close(lin(v), F.linear(v, weight, lin.bias), rtol=1e-4,
+                                           atol=1e-4)
+        conv.weight.data = torch.randn(16, 8, 3, 3).to(memory_format=torch.channels_last)
+        for _ in range(2):
+            y = conv(x)
+            want = F.conv2d(x, conv.weight, conv.bias, padding=1)
+            torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-4)
+            assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
 
 
 def test_a_lazy_layer_not_yet_called_is_left_with_why():

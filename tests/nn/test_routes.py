@@ -198,8 +198,8 @@ def _timed_by(monkeypatch, cost, backward_cost=None):
 
     kernel_route = _route.kernel_route
     monkeypatch.setattr(linear, "_aten", timed(linear._aten, True))
-    monkeypatch.setattr(_route, "kernel_route", lambda plan, grad, aten, name: kernel_route(
-        timed(plan, False), timed(grad, False), aten, name))
+    monkeypatch.setattr(_route, "kernel_route", lambda plan, grad, aten, name, w, b: kernel_route(
+        timed(plan, False), timed(grad, False), aten, name, w, b))
     monkeypatch.setattr(_route, "_clock", lambda: now["t"])
 
 
