@@ -656,3 +656,35 @@ def test_float16_conversion_matches_ieee_on_every_bit_pattern(hardware, monkeypa
     assert got.dtype == np.float16 and got.shape == x.shape
     assert np.array_equal(np.isnan(got), nan)
     assert np.array_equal(got.view(np.uint16)[~nan], ref.view(np.uint16)[~nan])
+
+
+OPTIMISED_SCRIPT = r"""
+import numpy as np
+from kernelkit.kernels.numba import conv2d as nc, matmul as nm
+f = np.float32
+geo = ((1, 1), (0, 0, 0, 0), (1, 1), 1, None, "NCHW")  # stride ... layout
+bad = [lambda: nm.matmul_forward(np.ones((1, 4, 32), f), np.ones((1, 16, 32), f)),
+       lambda: nm.matmul_forward(np.ones((1, 4, 8), f), np.ones((1, 8, 5), f), np.ones(3, f)),
+       lambda: nc.conv2d_forward(np.ones((2, 8, 6, 6), f), np.ones((4, 4, 3, 3), f), None,
+                                 *geo),
+       lambda: nc.conv2d_forward(np.ones((2, 4, 6, 6), f), np.ones((4, 4, 3, 3), f),
+                                 np.ones(5, f), *geo)]
+for call in bad:
+    try:
+        call()
+        print("returned")
+    except ValueError:
+        print("ValueError")
+"""
+
+
+def test_the_launchers_shape_checks_hold_under_python_O():
+    """They were asserts: `python -O` dropped them and the kernels read out of bounds (a patched
+    Linear whose weight was swapped for one of other input features returned NaN)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-O", "-c", OPTIMISED_SCRIPT], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["ValueError"] * 4, r.stdout

@@ -966,13 +966,18 @@ def _conv_float(x, weight, bias, stride, padding, dilation, groups, activation, 
                 config: Conv2dConfig | None = None) -> np.ndarray:
     """conv2d_forward in float32 or float64 (half precision widened by the decorator)."""
     dtype = x.dtype
-    assert dtype.char in "fd" and weight.dtype == dtype and x.ndim == 4 and weight.ndim == 4
+    # (checks, not asserts: `python -O` drops asserts, and the kernel would read out of bounds)
+    if not (dtype.char in "fd" and weight.dtype == dtype and x.ndim == 4 and weight.ndim == 4):
+        raise ValueError(f"conv2d (numba): x and weight must be 4-D float32/float64 arrays of "
+                         f"one dtype, got {x.shape} {x.dtype} and {weight.shape} {weight.dtype}")
     nhwc = layout == "NHWC"
     xv = x.transpose(0, 3, 1, 2) if nhwc else x
     n, c, h, w = xv.shape
     k, cg, r, s = weight.shape
     g = int(groups)
-    assert c == cg * g and k % g == 0
+    if c != cg * g or k % g:
+        raise ValueError(f"conv2d (numba): weight {weight.shape} with groups={g} does not fit "
+                         f"{c} input channels")
     ho, wo = out_size(h, w, r, s, stride, padding, dilation)
     shape = (n, ho, wo, k) if nhwc else (n, k, ho, wo)
     # 64-byte aligned, as torch's own allocations: torch's batch norm after a Numba conv in
@@ -990,7 +995,9 @@ def _conv_float(x, weight, bias, stride, padding, dilation, groups, activation, 
     if bias is None:
         has_bias, bias = 0, fns.empty
     else:
-        assert bias.shape == (k,) and bias.dtype == dtype
+        if bias.shape != (k,) or bias.dtype != dtype:
+            raise ValueError(f"conv2d (numba): bias must be ({k},) {dtype}, got {bias.shape} "
+                             f"{bias.dtype}")
         has_bias = 1
     xv, bias = _aligned(xv, bias)
     out1 = out.reshape(-1)

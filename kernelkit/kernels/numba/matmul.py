@@ -987,10 +987,14 @@ def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
                              activation, config, allow_tf32)
         return _half.narrow(out, dtype.char)
     # (dtype.name costs microseconds; .char does not)
-    assert a.ndim == 3 and b.ndim == 3 and b.dtype == dtype and dtype.char in "fd"
+    # (checks, not asserts: `python -O` drops asserts, and the kernel would read out of bounds)
+    if not (a.ndim == 3 and b.ndim == 3 and b.dtype == dtype and dtype.char in "fd"):
+        raise ValueError(f"matmul (numba): a and b must be 3-D float32/float64 arrays of one "
+                         f"dtype, got {a.shape} {a.dtype} and {b.shape} {b.dtype}")
     nbat, m, k = a.shape
     n = b.shape[2]
-    assert b.shape[0] == nbat and b.shape[1] == k
+    if b.shape[0] != nbat or b.shape[1] != k:
+        raise ValueError(f"matmul (numba): a {a.shape} and b {b.shape} do not multiply")
     act = ACT_CODES[activation]
     out = np.empty((nbat, m, n), dtype)
     if out.size == 0:
@@ -999,7 +1003,9 @@ def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
     if bias is None:
         has_bias, bias = False, fns.empty
     else:
-        assert bias.shape == (n,) and bias.dtype == dtype
+        if bias.shape != (n,) or bias.dtype != dtype:
+            raise ValueError(f"matmul (numba): bias must be ({n},) {dtype}, got {bias.shape} "
+                             f"{bias.dtype}")
         has_bias = True
     if not (a.flags.aligned and b.flags.aligned and bias.flags.aligned):
         a, b, bias = np.ascontiguousarray(a), np.ascontiguousarray(b), np.ascontiguousarray(bias)
