@@ -30,8 +30,9 @@ def frozen_weights(on: bool = True) -> Iterator[None]:
     """Inference with weights that change only through torch's own in-place ops.
 
     Inside the block, a conv whose weight is a torch tensor packs it once and reuses the packed
-    copy while the tensor's version counter is unchanged: an optimizer step, ``copy_``, ``mul_``
-    or loading a state dict makes it pack again. Changes torch does not count are not seen:
+    copy while the tensor's version counter is unchanged: ``copy_``, ``mul_`` or loading a
+    state dict makes it pack again, and so does any torch optimizer's step (fused ones too,
+    which leave the version as it was: every kept pack is dropped after a step). Changes torch does not count are not seen:
     through ``param.data``, or through a numpy view of the tensor; call `forget_packed_weights()`
     after those. Numpy weights are never kept.
 

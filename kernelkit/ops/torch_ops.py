@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import math
 
-from .. import core
+from .. import core, threads
 from ..kernels.convgeom import nchw_shape, out_size
 from .dispatch import op_body
 
@@ -99,8 +99,15 @@ def _register_autocast(qualname: str) -> None:
             cast = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point()
                     and a.dtype != torch.float64 and a.device.type == _device else a
                     for a in args]
-            with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(_key)):
-                return overload(*cast)
+            copies = any(c is not a for c, a in zip(cast, args))
+            local = threads.LOCAL
+            before = getattr(local, "cast_copies", False)
+            local.cast_copies = before or copies  # (this call's weights: not kept packed)
+            try:
+                with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(_key)):
+                    return overload(*cast)
+            finally:
+                local.cast_copies = before
 
         # the Python dispatcher (used while tracing) and the C++ dispatcher (eager)
         if overload.has_kernel_for_dispatch_key(key):
