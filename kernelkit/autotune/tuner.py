@@ -16,6 +16,7 @@ import datetime
 import json
 import math
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +80,12 @@ Verifier = Callable[[Any], "str | None"]
 
 _memo: dict[tuple[str, str], Choice] = {}
 _calls: dict[tuple[str, str], int] = {}  # op calls per (cache, key) that were not memo hits
+# Threads that miss the same (cache, key) at once wait for the first one's decision instead of
+# each measuring it (four serving threads meeting a new size each tuned it, about 1 s apiece,
+# and stored four entries); and one thread measures at a time, as its timings assume
+_DECIDING: dict[tuple[str, str], threading.RLock] = {}
+_DECIDING_LOCK = threading.Lock()
+_MEASURING = threading.RLock()
 
 
 def clear_memo() -> None:
@@ -211,8 +218,20 @@ def choose(
     hit = _memo.get(memo_key)
     if hit is not None:
         return hit
-    calls = _calls[memo_key] = _calls.get(memo_key, 0) + 1
     dist = distributed_peers() if settings.tune != "pinned" else None
+    if dist is not None:  # (one thread per rank takes part in the collective)
+        return _choose(problem, cands, runner, verify, settings, key, memo_key, dist)
+    with _DECIDING_LOCK:
+        deciding = _DECIDING.setdefault(memo_key, threading.RLock())
+    with deciding:
+        hit = _memo.get(memo_key)  # (decided by the thread this one waited for)
+        if hit is not None:
+            return hit
+        return _choose(problem, cands, runner, verify, settings, key, memo_key, None)
+
+
+def _choose(problem, cands, runner, verify, settings, key, memo_key, dist) -> Choice:
+    calls = _calls[memo_key] = _calls.get(memo_key, 0) + 1
     background = settings.compile == "background"
     if dist is None:
         choice = decide(problem, cands, runner, verify, settings, key=key,
@@ -505,6 +524,11 @@ def measure_all(
     """Verify every (candidate, config), then time the verified ones interleaved. The configs are
     `configs_for(candidate)`, by default the candidate's whole (size-pruned) space. With
     `decided`, timing stops as soon as the fastest is told apart (see measure_interleaved)."""
+    with _MEASURING:
+        return _measure_all(problem, usable, runner, verify, configs_for, decided)
+
+
+def _measure_all(problem, usable, runner, verify, configs_for, decided) -> list[Trial]:
     sync = _sync_for(problem, usable)
     if devices.has_module("torch"):
         # the verifiers' float64 references run on torch: imported here, whole, not by the

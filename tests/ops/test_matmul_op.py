@@ -712,3 +712,44 @@ def test_what_counts_as_raised_by_a_signal_handler():
             signal.signal(signal.SIGUSR1, previous)
         assert not raised_by_signal_handler(info.value)  # (no longer a handler)
     assert not raised_by_signal_handler(ValueError("never raised"))
+
+
+def test_threads_meeting_a_new_size_at_once_tune_it_once(tmp_path, monkeypatch):
+    """Four serving threads that met a new size each measured it (about 1 s apiece, the
+    timings taken while the others loaded the cores) and each stored an entry."""
+    import threading
+
+    from kernelkit.autotune import tuner
+
+    measured, running, most = [], [0], [0]
+    real = tuner._measure_all
+
+    def counted(*args, **kwargs):
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        try:
+            measured.append(args[0].shapes)
+            return real(*args, **kwargs)
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(tuner, "_measure_all", counted)
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((96, 80), dtype=np.float32)
+    b = rng.standard_normal((80, 72), dtype=np.float32)
+    barrier, outs = threading.Barrier(4), []
+
+    def serve():
+        barrier.wait()
+        with kernelkit.use(tune="measure", cache_dir=tmp_path):
+            outs.append(kernelkit.matmul(a, b))
+
+    threads = [threading.Thread(target=serve) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(outs) == 4
+    for out in outs:
+        assert_matmul_close(out, a, b)
+    assert len(measured) == 1 and most[0] == 1
