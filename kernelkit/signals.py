@@ -5,6 +5,7 @@ must not strike in the middle of an import."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import signal
 import sys
@@ -19,51 +20,98 @@ _DEFERRED = tuple(getattr(signal, name) for name in (
 
 
 def raised_by_signal_handler(exc: BaseException) -> bool:
-    """Whether `exc` came through a Python signal handler installed now (a request deadline's
-    TimeoutError from SIGALRM): the caller's exception, not a failing config's, though it
-    surfaces in whatever the tuner was running. Such an exception was swallowed (the call ran on
-    past its deadline) and stored in the cache as that config's failure; the tuner now lets it
-    propagate, and stores nothing of that measurement."""
+    """Whether `exc` (or an exception it was raised from or during) came through a Python signal
+    handler installed now (a request deadline's TimeoutError from SIGALRM): the caller's
+    exception, not a failing config's, though it surfaces in whatever the tuner was running.
+    Such an exception was swallowed (the call ran on past its deadline) and stored in the cache
+    as that config's failure; the tuner now lets it propagate, and stores nothing of it."""
     handlers = set()
     for signum in signal.valid_signals():
         try:
-            handler = signal.getsignal(signum)
+            code = _code(signal.getsignal(signum))
         except (OSError, ValueError):
             continue
-        code = getattr(getattr(handler, "__func__", handler), "__code__", None)
         if code is not None:
             handlers.add(code)
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code in handlers:
-            return True
-        tb = tb.tb_next
+    if not handlers:
+        return False
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        tb = e.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code in handlers:
+                return True
+            tb = tb.tb_next
+        todo += [e.__cause__, e.__context__]
     return False
+
+
+def _code(handler):
+    """The code object a signal handler runs first, through partials, bound methods and callable
+    objects; None for a builtin (SIG_DFL, SIG_IGN, Python's KeyboardInterrupt handler)."""
+    for _ in range(8):
+        if isinstance(handler, functools.partial):
+            handler = handler.func
+            continue
+        code = getattr(handler, "__code__", None)
+        if code is not None:
+            return code
+        func = getattr(handler, "__func__", None)
+        if func is None and callable(handler) and not isinstance(handler, type):
+            func = type(handler).__call__  # (a callable object: its class's method)
+        if func is None or func is handler:
+            return None
+        handler = func
+    return None
 
 
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
     """Python's handlers of the asynchronous signals held back on the main thread (elsewhere a
     no-op: handlers run there only): each signal that arrives meanwhile is handled once the
-    block is done, in order, so its exception is raised there. Blocking the signal itself would
-    not do: the OS hands it to another thread, and Python runs the handler on the main one."""
+    block is done, in order, and the first exception a handler raises is raised there. Blocking
+    the signal itself would not do: the OS hands it to another thread, and Python runs the
+    handler on the main one. A handler installed inside the block stays."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     arrived: list[int] = []
-    saved = {}
-    for signum in _DEFERRED:
-        handler = signal.getsignal(signum)
-        if callable(handler):
-            saved[signum] = handler
-            signal.signal(signum, lambda s, frame: arrived.append(s))
+    saved: dict = {}
+
+    def note(signum, frame):
+        arrived.append(signum)
+
     try:
+        for signum in _DEFERRED:
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                saved[signum] = handler
+                signal.signal(signum, note)
         yield
     finally:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
+        first = None
+        restore = list(saved.items())
+        while restore:  # (a real signal's handler may raise anywhere in here: go on after it)
+            try:
+                while restore:
+                    signum, handler = restore[-1]
+                    if signal.getsignal(signum) is note:
+                        signal.signal(signum, handler)
+                    restore.pop()
+            except BaseException as exc:  # noqa: BLE001 - raised below, after the rest
+                first = first or exc
         for signum in arrived:
-            saved[signum](signum, sys._getframe())
+            try:
+                saved[signum](signum, sys._getframe())
+            except BaseException as exc:  # noqa: BLE001 - the first is raised below
+                first = first or exc
+        if first is not None:
+            raise first
 
 
 def import_whole(name: str):

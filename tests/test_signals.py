@@ -85,3 +85,57 @@ def test_a_deadline_during_a_foreground_compile_is_raised_and_the_compile_retrie
     assert ("kk_slow_warm", "float32") not in compiling._jobs
     job = compiling.warm_here("kk_slow_warm", "float32")
     assert job.how == "compiled" and job.error is None
+
+
+class _Handler:
+    def __call__(self, signum, frame):
+        raise _Deadline
+
+
+def _partial_handler(signum, frame, budget=None):
+    raise _Deadline(budget)
+
+
+@pytest.mark.parametrize("kind", ["partial", "object"])
+def test_handlers_that_are_partials_or_callable_objects_are_recognised(kind):
+    """Only a plain function's code was recognised: a deadline from a functools.partial handler
+    was swallowed again and stored as a config's failure."""
+    import functools
+
+    handler = functools.partial(_partial_handler, budget=0.05) if kind == "partial" else _Handler()
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        with pytest.raises(_Deadline) as info:
+            handler(signal.SIGUSR1, None)
+        assert signals.raised_by_signal_handler(info.value)
+        with pytest.raises(RuntimeError) as wrapped:  # (a library wrapping it)
+            try:
+                handler(signal.SIGUSR1, None)
+            except _Deadline as exc:
+                raise RuntimeError("wrapped") from exc
+        assert signals.raised_by_signal_handler(wrapped.value)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_a_handler_installed_inside_the_block_stays_and_every_arrival_is_handled(deadline):
+    """Leaving the block put back the handlers from before it over one installed inside; a
+    replayed handler that raised kept the later arrivals from being handled."""
+    import os
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers run on the main thread")
+    seen = []
+    previous = signal.signal(signal.SIGUSR2, lambda s, f: seen.append("usr2"))
+    try:
+        with pytest.raises(_Deadline), signals.deferred():
+            signal.signal(signal.SIGUSR1, lambda s, f: seen.append("usr1"))
+            os.kill(os.getpid(), signal.SIGALRM)  # raises _Deadline, after the block
+            os.kill(os.getpid(), signal.SIGUSR2)
+            assert seen == []
+        assert seen == ["usr2"]
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert seen == ["usr2", "usr1"]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)

@@ -86,11 +86,13 @@ _calls: dict[tuple[str, str], int] = {}  # op calls per (cache, key) that were n
 _DECIDING: dict[tuple[str, str], threading.RLock] = {}
 _DECIDING_LOCK = threading.Lock()
 _MEASURING = threading.RLock()
+_IN_MEASURE = threading.local()  # depth: this thread is measuring
 
 
 def clear_memo() -> None:
     _memo.clear()
     _calls.clear()
+    _DECIDING.clear()
 
 
 def _after_fork_in_child() -> None:
@@ -99,6 +101,9 @@ def _after_fork_in_child() -> None:
     torch's OpenMP team ran (a conv2d under tune="off", 2 threads), and `split_candidates` leaves
     torch out there (threads.torch_team_forked). A new epoch makes every per-call plan memo miss
     once; each decision is then a memo or cache lookup again."""
+    global _DECIDING_LOCK, _MEASURING
+    # (a parent's thread may have held them at the fork: it does not exist here)
+    _DECIDING_LOCK, _MEASURING = threading.Lock(), threading.RLock()
     clear_memo()
     _settings.new_epoch()
 
@@ -218,20 +223,24 @@ def choose(
     hit = _memo.get(memo_key)
     if hit is not None:
         return hit
+    # (counted before waiting: a thread that waited for another's model choice, whose recheck
+    # budget that one then set, would otherwise measure at once)
+    calls = _calls[memo_key] = _calls.get(memo_key, 0) + 1
     dist = distributed_peers() if settings.tune != "pinned" else None
-    if dist is not None:  # (one thread per rank takes part in the collective)
-        return _choose(problem, cands, runner, verify, settings, key, memo_key, dist)
+    if dist is not None or getattr(_IN_MEASURE, "depth", 0):
+        # one thread per rank takes part in the collective; an op a measured candidate calls
+        # decides without waiting (a thread deciding that key may be waiting to measure)
+        return _choose(problem, cands, runner, verify, settings, key, memo_key, dist, calls)
     with _DECIDING_LOCK:
         deciding = _DECIDING.setdefault(memo_key, threading.RLock())
     with deciding:
         hit = _memo.get(memo_key)  # (decided by the thread this one waited for)
         if hit is not None:
             return hit
-        return _choose(problem, cands, runner, verify, settings, key, memo_key, None)
+        return _choose(problem, cands, runner, verify, settings, key, memo_key, None, calls)
 
 
-def _choose(problem, cands, runner, verify, settings, key, memo_key, dist) -> Choice:
-    calls = _calls[memo_key] = _calls.get(memo_key, 0) + 1
+def _choose(problem, cands, runner, verify, settings, key, memo_key, dist, calls) -> Choice:
     background = settings.compile == "background"
     if dist is None:
         choice = decide(problem, cands, runner, verify, settings, key=key,
@@ -525,7 +534,11 @@ def measure_all(
     `configs_for(candidate)`, by default the candidate's whole (size-pruned) space. With
     `decided`, timing stops as soon as the fastest is told apart (see measure_interleaved)."""
     with _MEASURING:
-        return _measure_all(problem, usable, runner, verify, configs_for, decided)
+        _IN_MEASURE.depth = getattr(_IN_MEASURE, "depth", 0) + 1
+        try:
+            return _measure_all(problem, usable, runner, verify, configs_for, decided)
+        finally:
+            _IN_MEASURE.depth -= 1
 
 
 def _measure_all(problem, usable, runner, verify, configs_for, decided) -> list[Trial]:

@@ -753,3 +753,67 @@ def test_threads_meeting_a_new_size_at_once_tune_it_once(tmp_path, monkeypatch):
     for out in outs:
         assert_matmul_close(out, a, b)
     assert len(measured) == 1 and most[0] == 1
+
+
+def test_a_thread_that_waited_for_anothers_model_choice_does_not_measure_at_once(
+        tmp_path, monkeypatch):
+    """Under `auto` a new size runs the model's choice until measuring pays for itself. A thread
+    that waited for another's decision counted its call after that one had set the recheck
+    budget, so it measured at once (about 1 s on a request thread)."""
+    import threading
+    import time
+
+    from kernelkit.autotune import tuner
+
+    measured = []
+    real_measure, real_decide = tuner._measure_all, tuner.decide
+    monkeypatch.setattr(tuner, "_measure_all",
+                        lambda *a, **k: measured.append(1) or real_measure(*a, **k))
+    monkeypatch.setattr(tuner, "decide",
+                        lambda *a, **k: time.sleep(0.3) or real_decide(*a, **k))
+    a = np.random.default_rng(6).standard_normal((88, 72), dtype=np.float32)
+    barrier, sources = threading.Barrier(2), []
+
+    def serve():
+        barrier.wait()
+        with kernelkit.use(tune="auto", cache_dir=tmp_path):
+            sources.append(kernelkit.matmul(a, a.T))
+
+    threads = [threading.Thread(target=serve) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(sources) == 2 and not measured
+
+
+FORK_SCRIPT = r"""
+import multiprocessing as mp, threading, time
+from kernelkit.autotune import tuner
+
+def child(q):
+    got = [tuner._MEASURING.acquire(timeout=5), tuner._DECIDING_LOCK.acquire(timeout=5)]
+    q.put(got)
+
+held = threading.Event()
+def hold():
+    with tuner._MEASURING, tuner._DECIDING_LOCK:
+        held.set()
+        time.sleep(3)
+threading.Thread(target=hold, daemon=True).start()
+held.wait()
+ctx = mp.get_context("fork")
+q = ctx.Queue()
+p = ctx.Process(target=child, args=(q,))
+p.start()
+print(q.get(timeout=30))
+p.join(30)
+"""
+
+
+def test_a_forked_child_does_not_inherit_the_tuners_locks_held():
+    """A thread tuning when the main thread forked DataLoader workers left the tuner's locks
+    held in the children, whose first decision then waited forever."""
+    r = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[True, True]", (r.stdout, r.stderr[-2000:])

@@ -34,7 +34,6 @@ import contextlib
 import ctypes
 import itertools
 import platform
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +48,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernelkit import threads as _threads
+from kernelkit.devices import imported
 from kernelkit.envvars import env_flag
 from kernelkit.kernels.numba import _native
 
@@ -95,7 +95,7 @@ class _Job(NamedTuple):
 
 def _find_team():
     """Look for torch's OpenMP runtime once torch is imported: its entry points, or False."""
-    if "torch" not in sys.modules:
+    if imported("torch") is None:  # (or another thread is still importing it)
         return None  # no spinning workers to reuse (yet): look again on a later call
     if not env_flag(_TEAM_ENV, True) or _threads.forked():
         return False  # (a forked child: the parent's OpenMP threads do not exist here)
