@@ -99,10 +99,12 @@ def _register_autocast(qualname: str) -> None:
             cast = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point()
                     and a.dtype != torch.float64 and a.device.type == _device else a
                     for a in args]
-            copies = any(c is not a for c, a in zip(cast, args))
+            # the memory of this call's cast copies: a weight there is not kept packed (the
+            # input's copy does not stop a bfloat16 model's own weights from being kept)
+            copies = frozenset(c.data_ptr() for c, a in zip(cast, args) if c is not a)
             local = threads.LOCAL
-            before = getattr(local, "cast_copies", False)
-            local.cast_copies = before or copies  # (this call's weights: not kept packed)
+            before = getattr(local, "cast_copies", frozenset())
+            local.cast_copies = before | copies
             try:
                 with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(_key)):
                     return overload(*cast)

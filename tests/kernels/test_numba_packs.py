@@ -239,3 +239,14 @@ def test_the_copies_an_autocast_region_casts_are_not_kept():
             y = conv(x)
     assert y.dtype == torch.bfloat16
     assert not _packs._ENTRIES
+
+
+def test_a_bfloat16_models_own_weights_are_kept_under_autocast():
+    """Only the copies autocast casts are left out: a bfloat16 model's input cast from float32
+    kept its own weights from being kept too."""
+    conv = kernelkit.nn.patch(torch.nn.Conv2d(24, 40, 3, padding=1)).model.to(torch.bfloat16)
+    x = torch.randn(1, 24, 28, 28)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16), kernelkit.use(backend="numba"):
+        for _ in range(3):
+            conv(x)
+    assert len(_packs._ENTRIES) == 1

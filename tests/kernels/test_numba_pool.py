@@ -332,3 +332,25 @@ def test_an_interrupted_call_returns_only_after_the_shares_it_started(claim):
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert returned and returned[0] <= raised
+
+
+def test_the_callers_deadline_outranks_a_shares_failure():
+    """A deadline struck inside the caller's own share was recorded beside the shares' errors,
+    and a pool share's failure listed before it was raised instead."""
+    import signal
+
+    def deadline(signum, frame):
+        raise _Deadline
+
+    def share(t, nthr):
+        if t == 0:
+            threading.Event().wait(0.1)  # (the pool thread's failure comes first)
+            deadline(signal.SIGUSR1, None)  # as a handler striking in this share would
+        raise KeyError("share failed")
+
+    previous = signal.signal(signal.SIGUSR1, deadline)
+    try:
+        with pytest.raises(_Deadline):
+            _pool.run_pool(share, 2, claim=False)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)

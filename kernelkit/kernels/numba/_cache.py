@@ -124,7 +124,13 @@ def _usable(path: Path, new: bool | None = None) -> bool:
     with contextlib.suppress(OSError):
         (path / _USED).touch()
     if new:
-        prune_stale(path.parent, keep=path.name)
+        from filelock import FileLock, Timeout
+
+        try:  # (one process prunes at a time; a folder marked meanwhile is kept: see prune_stale)
+            with FileLock(str(path.parent / ".prune.lock"), timeout=0):
+                prune_stale(path.parent, keep=path.name)
+        except (OSError, Timeout):
+            pass
     return True
 
 
@@ -147,8 +153,19 @@ def prune_stale(root: Path, keep: str, now: float | None = None) -> list[str]:
         except OSError:
             continue
         if now - used > STALE_AFTER_S:
-            shutil.rmtree(folder, ignore_errors=True)
-            if not folder.exists():
+            # renamed first, then removed: a process that marks it (starts with it) between the
+            # look and the rename finds its folder gone and makes a new one, never a half-removed
+            # one; the mark is looked at once more right before
+            with contextlib.suppress(OSError):
+                if now - (folder / _USED).stat().st_mtime <= STALE_AFTER_S:
+                    continue
+            doomed = folder.with_name(f".{folder.name}.pruned-{os.getpid()}")
+            try:
+                folder.rename(doomed)
+            except OSError:
+                continue
+            shutil.rmtree(doomed, ignore_errors=True)
+            if not doomed.exists():
                 removed.append(folder.name)
     return removed
 

@@ -51,14 +51,17 @@ def owner(weight: np.ndarray):
     call's copy was packed anew and held until the cache was full."""
     torch = imported_torch()
     if torch is None or not getattr(_threads.LOCAL, "torch_data", False) \
-            or not _frozen.weights_frozen() or getattr(_threads.LOCAL, "cast_copies", False):
+            or not _frozen.weights_frozen():
         return None
     b = weight.base
     while b is not None and not isinstance(b, torch.Tensor):
         b = getattr(b, "base", None)
     # an inference tensor (made under torch.inference_mode) has no version counter: nothing
     # would tell when it changes, so it is packed on every call (reading its _version raised)
-    return None if b is None or b.is_inference() else b
+    if b is None or b.is_inference():
+        return None
+    copies = getattr(_threads.LOCAL, "cast_copies", None)
+    return None if copies and b.data_ptr() in copies else b
 
 
 def lookup(key: tuple, tensor) -> np.ndarray | None:

@@ -51,6 +51,7 @@ from kernelkit import threads as _threads
 from kernelkit.devices import imported
 from kernelkit.envvars import env_flag
 from kernelkit.kernels.numba import _native
+from kernelkit.signals import raised_by_signal_handler
 
 _POOL: list = [None]
 _POOL_LOCK = threading.Lock()
@@ -296,7 +297,10 @@ def run_pool(fn, nthr: int, *args, claim: bool = True, abandon=None) -> None:
         _outlast(gate, state)
         raise
     if errors:
-        raise errors[0]
+        # the caller's own exception first (a signal handler's, struck inside its share: a
+        # deadline), before a share's failure
+        raise next((e for e in errors if not isinstance(e, Exception)
+                    or raised_by_signal_handler(e)), errors[0])
 
 
 def _outlast(gate, state) -> None:
