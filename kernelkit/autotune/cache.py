@@ -129,8 +129,7 @@ class Cache:
                             fps[str(rec["fp"])] = dict(rec["fingerprint"])
                         else:
                             entry = rec["entry"]
-                            if rec.get("schema", SCHEMA) != SCHEMA or not isinstance(entry, dict) \
-                                    or not isinstance(entry.get("choice"), dict):
+                            if rec.get("schema", SCHEMA) != SCHEMA or entry_error(entry):
                                 raise ValueError("not an entry of this schema")
                             records[(str(rec["fp"]), str(rec["key"]))] = entry
                     except (ValueError, KeyError, TypeError):
@@ -384,23 +383,65 @@ def read_json(path: str | os.PathLike, text: str | None = None) -> Any:
         raise ValueError(f"{path}: not JSON ({exc})") from None
 
 
+def entry_error(entry) -> str | None:
+    """What makes `entry` not a cache entry of this schema, or None: what every reader of an
+    entry relies on, checked where entries come in (the file, an import, a merge), so that a
+    damaged or hand-edited one costs only itself. One with no config in its choice used to make
+    every call of its size raise KeyError, and trials that were not a list every call of its
+    family (through the cost model), as did `cache show` and `cache verify`."""
+    if not isinstance(entry, dict):
+        return "not a JSON object"
+    choice = entry.get("choice")
+    if not (isinstance(choice, dict) and isinstance(choice.get("candidate"), str)
+            and isinstance(choice.get("config"), dict)
+            and isinstance(choice.get("source", ""), str)):
+        return "its choice is not {candidate, config, source}"
+    trials = entry.get("trials", [])
+    if not isinstance(trials, list):
+        return "its trials are not a list"
+    for t in trials:
+        if not (isinstance(t, dict) and isinstance(t.get("candidate"), str)
+                and isinstance(t.get("config"), dict)):
+            return "a trial is not {candidate, config, ...}"
+        if "median" in t and not all(_is_number(t.get(f)) for f in ("median", "spread", "count")):
+            return "a trial's timing is not numbers"
+    problem = entry.get("problem", {})
+    if not isinstance(problem, dict) or not all(
+            _is_number(problem[f]) for f in ("flops", "nbytes") if f in problem):
+        return "its problem is not an object of numbers"
+    return None
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def read_export(path: str | os.PathLike) -> tuple[dict[tuple[str, str], dict], dict[str, dict]]:
     """The records and fingerprints of an exported file (or of a schema-1 cache file). A file
-    that cannot be read, or is not an export, raises ValueError naming it."""
+    that cannot be read, or is not an export, raises ValueError naming it; entries that are not
+    entries of this schema (`entry_error`) are left out, with one warning."""
     data = read_json(path)
     try:
         head = data["header"]
         if head.get("schema") == 1:  # an old cache file: one fingerprint for all its entries
             fp = dict(head["fingerprint"])
             fid = fingerprint_id(fp)
-            return {(fid, str(k)): e for k, e in data["entries"].items()}, {fid: fp}
-        if head.get("schema") != SCHEMA:
-            raise ValueError(f"{path}: unknown cache export schema {head.get('schema')!r}")
-        fps = {str(k): dict(v) for k, v in head["fingerprints"].items() if v is not None}
-        return {(str(r["fp"]), str(r["key"])): r["entry"] for r in data["entries"]}, fps
+            records, fps = {(fid, str(k)): e for k, e in data["entries"].items()}, {fid: fp}
+        else:
+            if head.get("schema") != SCHEMA:
+                raise ValueError(f"{path}: unknown cache export schema {head.get('schema')!r}")
+            fps = {str(k): dict(v) for k, v in head["fingerprints"].items() if v is not None}
+            records = {(str(r["fp"]), str(r["key"])): r["entry"] for r in data["entries"]}
     except (KeyError, TypeError, AttributeError, IndexError):
         raise ValueError(f"{path}: not a kernelkit cache export (`kernelkit cache export` "
                          "writes one: a header and its entries)") from None
+    bad = {k: why for k, e in records.items() if (why := entry_error(e)) is not None}
+    if bad:
+        (_, key), why = next(iter(bad.items()))
+        warnings.warn(f"kernelkit: {path}: left out {len(bad)} damaged entr"
+                      f"{'y' if len(bad) == 1 else 'ies'} (the first, {key}: {why})",
+                      CacheWarning, stacklevel=2)
+    return {k: e for k, e in records.items() if k not in bad}, fps
 
 
 def newer_than(entry: dict, other: dict | None) -> bool:

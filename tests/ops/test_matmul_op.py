@@ -817,3 +817,50 @@ def test_a_forked_child_does_not_inherit_the_tuners_locks_held():
     r = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[True, True]", (r.stdout, r.stderr[-2000:])
+
+
+def test_damaged_entries_in_an_import_or_the_file_cost_only_themselves(tmp_path):
+    """An imported entry without a config in its choice made calls of its size raise KeyError,
+    and one whose trials were not a list every call of its family (through the cost model);
+    `cache import` took them all."""
+    import copy
+    import json
+    import warnings
+
+    from kernelkit.autotune.cache import FILENAME, CacheWarning, cache_for, read_export
+
+    rng = np.random.default_rng(8)
+    a, b = rng.random((96, 80), np.float32), rng.random((80, 72), np.float32)
+    with kernelkit.use(tune="measure", cache_dir=tmp_path / "a"):
+        kernelkit.matmul(a, b)
+    doc = cache_for(tmp_path / "a").export()
+    (good,) = doc["entries"]
+    damaged = {"no config": lambda e: e["choice"].pop("config"),
+               "trials a string": lambda e: e.update(trials="oops"),
+               "a trial without config": lambda e: e["trials"][0].pop("config"),
+               "a timing not a number": lambda e: e["trials"][0].update(median="fast")}
+    for i, damage in enumerate(damaged.values()):
+        row = copy.deepcopy(good)
+        row["key"] = good["key"] + f"|damaged{i}"
+        damage(row["entry"])
+        doc["entries"].append(row)
+    (tmp_path / "export.json").write_text(json.dumps(doc))
+    with pytest.warns(CacheWarning, match="left out 4 damaged entries"):
+        records, fps = read_export(tmp_path / "export.json")
+    assert list(records) == [(good["fp"], good["key"])]
+    # the same damage written straight into a cache file: each line is left out on reading
+    target = tmp_path / "b"
+    target.mkdir()
+    no_config = copy.deepcopy(good)  # and a damaged later line for the size called
+    no_config["entry"]["choice"].pop("config")
+    lines = [json.dumps({"fp": r["fp"], "key": r["key"], "entry": r["entry"]})
+             for r in [*doc["entries"], no_config]]
+    fp_line = json.dumps({"fp": good["fp"], "fingerprint": doc["header"]["fingerprints"][good["fp"]]})
+    (target / FILENAME).write_text("\n".join([fp_line, *lines]) + "\n")
+    c = rng.random((200, 200), np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheWarning)
+        for tune in ("pinned", "auto", "model"):
+            with kernelkit.use(tune=tune, cache_dir=target):
+                assert_matmul_close(kernelkit.matmul(a, b), a, b)
+                assert_matmul_close(kernelkit.matmul(c, c), c, c)  # the family's cost model
