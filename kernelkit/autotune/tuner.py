@@ -219,7 +219,9 @@ def choose(
     job (torch.distributed initialised, several ranks) a miss is decided once, on rank 0, and
     broadcast, so ranks never disagree; `KERNELKIT_TUNE=pinned` avoids the collective."""
     key = make_key(problem, forced_suffix(settings))
-    memo_key = (str(settings.cache_path), key)
+    # (the mode too: a choice the model made is no answer for `use(tune="measure")`, nor a
+    # measured one for "off")
+    memo_key = (str(settings.cache_path), key, settings.tune)
     hit = _memo.get(memo_key)
     if hit is not None:
         return hit

@@ -244,7 +244,7 @@ def test_auto_defers_measuring_a_size_until_its_calls_pay_for_it(tmp_path, monke
     assert gain > 0 and 1 * gain < cost
     assert (1 + first.recheck_after) * gain >= cost
     # the plan counted those calls down; the next ask measures
-    tuner._calls[(str(s.cache_path), tuner.make_key(p, ""))] += 1  # (that ask itself)
+    tuner._calls[(str(s.cache_path), tuner.make_key(p, ""), s.tune)] += 1  # (that ask itself)
     again = tuner.choose(p, CANDS, runner, verify, s)
     assert again.source == "measured" and again.candidate == "good-cpu"
     assert again.recheck_after == 0 and (tmp_path / "autotune.jsonl").exists()

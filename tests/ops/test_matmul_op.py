@@ -864,3 +864,40 @@ def test_damaged_entries_in_an_import_or_the_file_cost_only_themselves(tmp_path)
             with kernelkit.use(tune=tune, cache_dir=target):
                 assert_matmul_close(kernelkit.matmul(a, b), a, b)
                 assert_matmul_close(kernelkit.matmul(c, c), c, c)  # the family's cost model
+
+
+def test_the_tune_mode_of_a_call_is_obeyed_for_a_size_decided_under_another(tmp_path,
+                                                                            monkeypatch):
+    """The decision memo left the mode out: after a choice under "model", `use(tune="measure")`
+    measured nothing and wrote no cache."""
+    from kernelkit.autotune import tuner
+    from kernelkit.autotune.cache import FILENAME
+
+    measured = []
+    real = tuner._measure_all
+    monkeypatch.setattr(tuner, "_measure_all", lambda *a, **k: measured.append(1) or real(*a, **k))
+    a = np.random.default_rng(9).random((76, 68), np.float32)
+    for tune in ("model", "off", "pinned"):
+        with kernelkit.use(tune=tune, cache_dir=tmp_path):
+            kernelkit.matmul(a, a.T)
+    assert not measured and not (tmp_path / FILENAME).exists()
+    with kernelkit.use(tune="measure", cache_dir=tmp_path):
+        kernelkit.matmul(a, a.T)
+    assert measured == [1] and (tmp_path / FILENAME).exists()
+
+
+def test_explain_under_pinned_or_off_neither_measures_nor_writes(tmp_path, monkeypatch):
+    """explain always measured and stored: a pinned cache ("never measure, never write") grew,
+    and what it showed as measured was not what the call ran."""
+    from kernelkit.autotune import tuner
+    from kernelkit.autotune.cache import FILENAME
+
+    measured = []
+    real = tuner._measure_all
+    monkeypatch.setattr(tuner, "_measure_all", lambda *a, **k: measured.append(1) or real(*a, **k))
+    a = np.random.default_rng(10).random((52, 44), np.float32)
+    for tune, source in (("pinned", "model"), ("off", "default")):
+        with kernelkit.use(tune=tune, cache_dir=tmp_path):
+            ex = kernelkit.explain("matmul", a, a.T)
+        assert ex.choice.source == source, (tune, ex.choice)
+    assert not measured and not (tmp_path / FILENAME).exists()
