@@ -80,7 +80,7 @@ class Cache:
     """Entries keyed by `autotune.key.make_key`; each entry is a JSON object (see tuner.py).
 
     `entries()` and `get()` see this machine's entries; `records()` every record of the file,
-    foreign ones included (for export and `cache show --all`).
+    foreign ones included (for export).
     """
 
     def __init__(self, directory: str | os.PathLike):
@@ -104,9 +104,9 @@ class Cache:
 
     def unusable(self, key: str, why: str) -> None:
         """Say (once per cache) that the entry for `key` cannot be used here, and why; the tuner
-        then treats it as a miss, and a measurement replaces it."""
+        then treats it as a miss (a measuring mode measures it again)."""
         self._warn("unusable", f"the autotune cache {self.path} has an entry this build cannot "
-                   f"run ({key}: {why}); measuring that size again")
+                   f"run ({key}: {why}); treated as a miss")
 
     # -- reading -------------------------------------------------------------------------------
     def _read_lines(self, path: Path, strict: bool = False

@@ -74,7 +74,7 @@ def load_shapes(path: str | os.PathLike) -> list[tuple[str, tuple[int, ...], str
     or that JSON itself, given in place of a path (``--shapes '[["matmul", [64, 64, 64]]]'``).
 
     `dims` as `kernelkit explain` takes them (e.g. conv2d: N C H K R STRIDE), or in the op's
-    full preset form (conv2d: N C H K R STRIDE PADDING DILATION)."""
+    full preset form (conv2d: N C H K R STRIDE PADDING GROUPS)."""
     from pathlib import Path
 
     from .cache import read_json

@@ -112,8 +112,8 @@ def verify_entry(
             if t is pair[0]:
                 return _skip(v, f"{t['candidate']} is not available here"), None
             continue  # the runner-up cannot run here: check the winner alone
-        fn = runner(cand, t["config"])
-        try:
+        try:  # (a config this build rejects fails here: a verdict, not the whole run's end)
+            fn = runner(cand, t["config"])
             out = fn()
             if sync:
                 sync()
@@ -164,7 +164,10 @@ def _updated(entry: dict, fns: list[tuple[dict, object]], now: dict[int, Timing]
     winner = best[0]
     choice = {"candidate": winner["candidate"], "config": winner["config"], "source": "measured"}
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    return {**entry, "choice": choice, "trials": trials, "verified_at": stamp}
+    # measured now: an import of the older export (a deploy script's, on every start) no longer
+    # puts the drifted entry back (`cache.newer_than` compares measured_at)
+    return {**entry, "choice": choice, "trials": trials, "verified_at": stamp,
+            "measured_at": stamp}
 
 
 def _skip(v: Verdict, reason: str) -> Verdict:

@@ -14,7 +14,7 @@ import pytest
 
 from kernelkit import cli, core
 from kernelkit.autotune import timing, tuner, verify
-from kernelkit.autotune.cache import Cache
+from kernelkit.autotune.cache import Cache, newer_than
 from kernelkit.core import Candidate
 from kernelkit.settings import Settings
 
@@ -81,6 +81,8 @@ def test_a_runner_up_that_wins_now_is_drift_and_fix_rewrites_the_choice(tmp_path
     cache, d = measured_cache(tmp_path, clock, fakes(clock, speeds))
     key = d.key
     speeds.table[("vend", 0)] = 0.8e-4  # the vendor got faster (a new library build, say)
+    old = {**cache.get(key), "measured_at": "2020-01-01T00:00:00+00:00"}
+    cache.put(key, old)  # (measured long ago)
     with timing.use_clock(clock):
         [v] = verify.verify_cache(cache, candidates=lambda op: fakes(clock, speeds))
         assert v.status == "drift" and "runner-up wins" in v.reason and not v.fixed
@@ -94,6 +96,10 @@ def test_a_runner_up_that_wins_now_is_drift_and_fix_rewrites_the_choice(tmp_path
     with timing.use_clock(clock):  # fixed: verifying again finds nothing
         [v] = verify.verify_cache(Cache(tmp_path), candidates=lambda op: fakes(clock, speeds))
     assert v.status == "ok"
+    # the fix is a measurement: importing an older export of the drifted entry (a deploy
+    # script's, on every start) no longer puts it back
+    assert entry["measured_at"] == entry["verified_at"] and newer_than(entry, old)
+    assert not newer_than(old, entry)
 
 
 @pytest.mark.parametrize("factor, status", [(1.2, "ok"), (1.5, "drift"), (0.6, "drift")])
@@ -178,3 +184,19 @@ def test_dims_of_inverts_make_inputs(op, dims):
     call = verify.rebuild(tuner.make_key(problem), entry)
     assert not isinstance(call, str), call
     assert tuner.make_key(call.problem) == tuner.make_key(problem)
+
+
+def test_a_winner_whose_config_this_build_rejects_is_a_verdict_not_the_runs_end(tmp_path,
+                                                                               quiet_machine):
+    """Building the winner's launcher sat outside the check: `cache verify` ended with exit 2
+    and no verdicts (under --json too)."""
+    clock, speeds = timing.SimulatedClock(), Speeds(dict(SPEEDS))
+    cache, _ = measured_cache(tmp_path, clock, fakes(clock, speeds))
+    rejecting = fakes(clock, speeds)
+
+    def launcher(p, cfg):
+        raise ValueError(f"config {cfg} is not one of this build's")
+
+    bad = dataclasses.replace(rejecting[0], launcher=launcher)
+    [v] = verify.verify_cache(cache, candidates=lambda op: [bad, rejecting[1]])
+    assert v.status == "drift" and "not one of this build's" in v.reason
