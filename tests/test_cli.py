@@ -294,3 +294,20 @@ def test_a_negative_dim_in_a_shapes_file_names_its_row(tmp_path, capsys):
 
     assert cli.main(["tune", "--shapes", '[["matmul", [4, 4, 4]], ["matmul", [-8, 8, 8]]]']) == 2
     assert "row 1: dims must be >= 0, got [-8, 8, 8]" in capsys.readouterr().out
+
+
+def test_a_preprocess_rows_dtype_is_the_dtype_of_the_images_it_tunes():
+    """make_inputs gave uint8 images whatever the row said (a float32 row tuned the uint8 size,
+    which float32 images then missed), and a row without dtype meant float32 for every op."""
+    from kernelkit import core
+    from kernelkit.autotune.generate import load_shapes
+
+    rows = load_shapes('[["preprocess", [2, 40, 50, 16]], ["preprocess", [2, 40, 50, 16], '
+                       '"float32"], ["matmul", [4, 4, 4]]]')
+    assert [dtype for _, _, dtype in rows] == ["uint8", "float32", "float32"]
+    spec = core.op_spec("preprocess")
+    for _, dims, dtype in rows[:2]:
+        (images,), _ = spec.make_inputs(dims, dtype, "numpy")
+        assert str(images.dtype) == dtype and images.max() > 1
+    with pytest.raises(ValueError, match="uint8 or float32"):
+        spec.make_inputs((2, 40, 50, 16), "float16", "numpy")

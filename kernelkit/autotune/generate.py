@@ -70,7 +70,8 @@ KNOWN_DTYPES = (*arrays.FLOAT_DTYPES, "uint8")
 
 
 def load_shapes(path: str | os.PathLike) -> list[tuple[str, tuple[int, ...], str]]:
-    """A shapes file: a JSON list of {"op", "dims", "dtype"} objects or [op, dims, dtype] rows;
+    """A shapes file: a JSON list of {"op", "dims", "dtype"} objects or [op, dims, dtype] rows
+    (no dtype: the op's presets', float32 for matmul and conv2d, uint8 for preprocess);
     or that JSON itself, given in place of a path (``--shapes '[["matmul", [64, 64, 64]]]'``).
 
     `dims` as `kernelkit explain` takes them (e.g. conv2d: N C H K R STRIDE), or in the op's
@@ -84,13 +85,15 @@ def load_shapes(path: str | os.PathLike) -> list[tuple[str, tuple[int, ...], str
     out = []
     for i, r in enumerate(rows if isinstance(rows, list) else []):
         try:
-            op, dims, dtype = (r["op"], r["dims"], r.get("dtype", "float32")) \
-                if isinstance(r, dict) else (r[0], r[1], r[2] if len(r) > 2 else "float32")
+            op, dims, dtype = (r["op"], r["dims"], r.get("dtype")) \
+                if isinstance(r, dict) else (r[0], r[1], r[2] if len(r) > 2 else None)
             dims = tuple(int(d) for d in dims)
         except (KeyError, IndexError, TypeError, ValueError):
             raise ValueError(f"{path}: row {i} must be {{\"op\", \"dims\", \"dtype\"}} or "
                              f"[op, dims, dtype] with integer dims, got {r!r}") from None
         spec = core.op_spec(op)  # a clear error for an unknown op
+        if dtype is None:  # the op's own (its presets'): uint8 images for preprocess
+            dtype = next((dt for rows_ in spec.presets.values() for _, dt in rows_), "float32")
         if not dims:
             raise ValueError(f"{path}: row {i} has no dims")
         if min(dims) < 0:  # (numpy's "negative dimensions are not allowed" named no row)

@@ -444,9 +444,13 @@ def _launch(entry, p: Problem, config) -> Plan:
 
 
 def make_inputs(dims: tuple[int, ...], dtype: str, where: str, seed: int = 0):
-    """(args, kwargs) for a batch of N uint8 (H, W, 3) images resized to S x S: dims (N, H, W, S)."""
+    """(args, kwargs) for a batch of N (H, W, 3) images resized to S x S: dims (N, H, W, S);
+    uint8 or float32 images (pixel values 0..255 either way: the input's units). Before, every
+    dtype gave uint8 images: a float32 row of a shapes file tuned the uint8 size."""
+    if dtype not in ("uint8", "float32"):
+        raise ValueError(f"preprocess: images are uint8 or float32, got dtype {dtype!r}")
     n, h, w, size = dims
-    (images,) = arrays.random_arrays(((n, h, w, 3),), "uint8", where, seed, low_high=(0, 256))
+    (images,) = arrays.random_arrays(((n, h, w, 3),), dtype, where, seed, low_high=(0, 256))
     return [images], {"size": size, "mean": (123.7, 116.3, 103.5), "std": (58.4, 57.1, 57.4)}
 
 
