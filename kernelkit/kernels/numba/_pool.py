@@ -256,23 +256,22 @@ def run_pool(fn, nthr: int, *args, claim: bool = True, abandon=None) -> None:
         if len(done) == nthr:
             finished.set()
 
-    def on_pool(t):
-        if started():
-            try:
-                run_share(t)
-            finally:
-                with gate:
-                    state[1] -= 1
+    def on_pool(t) -> bool:
+        """Share t on a pool thread, while the call stands (False once it is abandoned)."""
+        if not started():
+            return False
+        try:
+            run_share(t)
+        finally:
+            with gate:
+                state[1] -= 1
+        return True
 
     shares = itertools.count()
 
     def claim_shares():
-        while (t := next(shares)) < nthr and started():
-            try:
-                run_share(t)
-            finally:
-                with gate:
-                    state[1] -= 1
+        while (t := next(shares)) < nthr and on_pool(t):
+            pass
 
     try:
         p = pool(nthr - 1)
