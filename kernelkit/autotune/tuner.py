@@ -415,15 +415,20 @@ def decide(
     return Decision(key, choice, skipped, trials)
 
 
-def _supersede(memo_key: tuple[str, str], choice: Choice) -> None:
-    """`explain` or `tune` measured `choice` for a key that op calls may have decided otherwise
-    (the model's guess, a default while measuring did not pay yet): forget their decision, and
-    start a new settings epoch so the plans memoised per call signature miss once too."""
-    old = _memo.pop(memo_key, None)
-    counted = _calls.pop(memo_key, None)
-    if old is not None and (old.candidate, old.config) == (choice.candidate, choice.config):
-        _memo[memo_key] = old
-    elif old is not None or counted:
+def _supersede(cache_key: tuple[str, str], choice: Choice) -> None:
+    """`explain` or `tune` measured `choice` for a (cache, key) that op calls may have decided
+    otherwise, under any tune mode (the model's guess, a default while measuring did not pay
+    yet): forget their decisions, and start a new settings epoch so the plans memoised per call
+    signature miss once too."""
+    stale = False
+    for memo_key in {k for k in (*_memo, *_calls) if k[:2] == cache_key}:
+        old = _memo.pop(memo_key, None)
+        counted = _calls.pop(memo_key, None)
+        if old is not None and (old.candidate, old.config) == (choice.candidate, choice.config):
+            _memo[memo_key] = old
+        elif old is not None or counted:
+            stale = True
+    if stale:
         _settings.new_epoch()
 
 
