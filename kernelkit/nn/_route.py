@@ -35,11 +35,12 @@ import torch
 
 from .. import compiling, core
 from .. import settings as _settings
+from ..autotune.key import bucket
 from ..ops import dispatch
 
 # (module, x, weight, bias) -> y; never closes over the module (a deepcopy's routes act on the copy)
 Route = Callable[[Any, torch.Tensor, torch.Tensor, Any], torch.Tensor]
-MAX_ROUTES = 64  # per module; cleared rather than grown by many one-off shapes
+MAX_ROUTES = 64  # per module; the oldest dropped rather than grown by many one-off shapes
 
 
 # what `forward` checks of dispatch.torch_only, bound once
@@ -65,7 +66,16 @@ def forget_routes(module: torch.nn.Module, name: str, made_from: frozenset) -> N
     ones. Before, a kernel route kept the geometry of its first call: a backbone "dilated" after
     a first forward kept its old output size on the Numba route."""
     if name in made_from:
-        module.__dict__.pop("_kk_routes", None)
+        drop_routes(module.__dict__)
+
+
+def drop_routes(state: dict) -> None:
+    """Forget a layer's memoised routes and in-model trials (its `__dict__` is `state`): the next
+    call makes new ones."""
+    state.pop("_kk_routes", None)
+    state.pop("_kk_trials", None)
+    state.pop("_kk_torch_buckets", None)
+    state.pop("_kk_aten_token", None)  # (the flags are read again from the next routes)
 
 
 def weight_and_bias(module: torch.nn.Module) -> tuple[Any, Any]:
@@ -141,31 +151,109 @@ def run(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, ma
     routes = module.__dict__.get("_kk_routes")
     route = routes.get(sig) if routes is not None else None
     if route is None:
-        # a plain attribute: not in state_dict, and dropped by pickle/deepcopy (getstate below)
-        routes = module.__dict__.setdefault("_kk_routes", {})
-        if len(routes) >= MAX_ROUTES:
-            routes.clear()
-        _last.choice = None
-        finished = compiling.finished
-        # torch's op for dtypes no kernelkit kernel computes (complex: torch computes it;
-        # integers: torch raises its own error) and for a weight kernelkit's kernels leave to
-        # torch (a subclass: a quantized weight; meta)
-        if x.dtype not in _KERNEL_DTYPES or dispatch.foreign_tensors(weight, bias):
-            route = aten_route
-        else:
-            route = make(module, x, weight, bias)
-        choice = _last.choice
-        if hasattr(route, "candidate") and checks_in_context(x):
-            route = InContext(route, aten_route, sig[-1])
-        if choice is not None and choice.source == "warming":
-            # better kernels still compile: asked again once a compile job finishes
-            route = dispatch.Warming(route, finished)
-            route.memo, route.sig = routes, sig
-        elif choice is not None and choice.recheck_after:
-            route = _Counted(route, choice.recheck_after, routes, sig)
-        routes[sig] = route
-        _note_aten_only(module.__dict__, sig[-1])
+        route = _new_route(module, x, weight, bias, make, aten_route, sig)
     return route(module, x, weight, bias)
+
+
+def _new_route(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, make,
+               aten_route: Route, sig: tuple) -> Route:
+    """The route of a signature the layer has not memoised (see `run`), memoised.
+
+    A size whose size bucket (`_bucket_key`) the tuner settled for torch takes torch's op at
+    once: the tuner's choice is per bucket, and asking it again (preparing the call, the cache
+    lookup) cost 0.5-1 ms a new size. Why it matters: with varying input sizes (an NLP model's
+    sequence lengths) most calls are a new signature; a patched Linear(64, 64) fed lengths
+    1-512 ran 634 us a call against torch's 62 (2-vCPU Zen 4)."""
+    state = module.__dict__
+    # plain attributes: not in state_dict, and dropped by pickle/deepcopy (getstate below)
+    routes = state.setdefault("_kk_routes", {})
+    if len(routes) >= MAX_ROUTES:
+        del routes[next(iter(routes))]  # the oldest: a one-off size, or one long unused
+    bkey = _bucket_key(make, x, sig[-1])
+    torch_buckets = state.setdefault("_kk_torch_buckets", {})
+    finished = compiling.finished
+    if bkey in torch_buckets:
+        until = torch_buckets[bkey]  # None: for good; else while no compile job finished since
+        if until is None:
+            routes[sig] = aten_route  # (what torch.compile traces stays as it was)
+            return aten_route
+        if until == finished:
+            route = routes[sig] = dispatch.Warming(aten_route, finished)
+            route.memo, route.sig = routes, sig
+            return route
+        del torch_buckets[bkey]
+    _last.choice = None
+    # torch's op for dtypes no kernelkit kernel computes (complex: torch computes it;
+    # integers: torch raises its own error) and for a weight kernelkit's kernels leave to
+    # torch (a subclass: a quantized weight; meta)
+    if x.dtype not in _KERNEL_DTYPES or dispatch.foreign_tensors(weight, bias):
+        route = aten_route
+    else:
+        route = make(module, x, weight, bias)
+    choice = _last.choice
+    if route is aten_route and choice is not None and not choice.recheck_after:
+        # the tuner's choice for the bucket (not one it revisits after counting calls, nor a
+        # size `make` left to torch for its own reasons: the tuner was asked); a stand-in while
+        # better kernels compile holds until a compile job finishes
+        if len(torch_buckets) >= MAX_ROUTES:
+            torch_buckets.clear()
+        torch_buckets[bkey] = finished if choice.source == "warming" else None
+    if hasattr(route, "candidate") and checks_in_context(x):
+        route = _trial_for(state, route, aten_route, bkey, max(x.numel(), 1))
+    if choice is not None and choice.source == "warming":
+        # better kernels still compile: asked again once a compile job finishes
+        route = dispatch.Warming(route, finished)
+        route.memo, route.sig = routes, sig
+    elif choice is not None and choice.recheck_after:
+        route = _Counted(route, choice.recheck_after, routes, sig)
+    routes[sig] = route
+    _note_route(state, route, sig[-1])
+    return route
+
+
+def _bucket_key(make, x: torch.Tensor, token: tuple) -> tuple:
+    """The size bucket of a call: its input's dims as the tuner buckets them for the layer's
+    problem (`make.bucket_dims(x)`, the layer's; else each dim bucketed), its layout (the order
+    of its strides, and whether it is contiguous), dtype, device and the knobs `token`."""
+    dims = getattr(make, "bucket_dims", None)
+    if x.is_contiguous():
+        layout = None
+    else:
+        strides = x.stride()
+        layout = tuple(sorted(range(x.dim()), key=lambda i: -strides[i]))
+    return (dims(x) if dims is not None else tuple(bucket(d) for d in x.shape), layout,
+            x.dtype, x.device, token)
+
+
+def _trial_for(state: dict, kernel: Route, aten: Route, bkey: tuple, work: int) -> InContext:
+    """The in-model trial of a new route: one of its own, led by the first trial made for the
+    same size bucket (`_bucket_key`) and kernel, whose slot, samples and verdicts it shares.
+    Why: with inputs of varying size (an NLP model's sequence lengths) each size is a new route,
+    and a trial per route never gathered its calls: the layer stayed in trial for good, half its
+    calls on the slower route and every other layer held on torch's op by the
+    one-trial-at-a-time slot."""
+    key = (bkey, kernel.candidate)
+    trials = state.setdefault("_kk_trials", {})
+    lead = trials.get(key)
+    if lead is None and len(trials) >= MAX_ROUTES:
+        trials.clear()
+    trial = InContext(kernel, aten, bkey[-1], lead, work)
+    if lead is None:
+        trials[key] = trial
+    return trial
+
+
+def _note_route(state: dict, route: Route, token: tuple) -> None:
+    """`_note_aten_only` after a new route. While every route ran torch, the flags stay torch's
+    only if this one does too, known without reading every memoised route again (1 ms a new
+    size at 64 routes); otherwise they are read again (a route dropped since, e.g. a stand-in
+    while kernels compiled, may have been the one that ran a kernel)."""
+    if state.get("_kk_aten_token") != token or not (state["_kk_aten_only"]
+                                                   and state["_kk_aten_only_grad"]):
+        _note_aten_only(state, token)
+        return
+    state["_kk_aten_only"] = _runs_torch(route, False)
+    state["_kk_aten_only_grad"] = _runs_torch(route, True)
 
 
 def _note_aten_only(state: dict, token: tuple) -> None:
@@ -178,6 +266,7 @@ def _note_aten_only(state: dict, token: tuple) -> None:
     routes = [r for _, r in _routes_under(state, token)]
     state["_kk_aten_only"] = all(_runs_torch(r, False) for r in routes)
     state["_kk_aten_only_grad"] = all(_runs_torch(r, True) for r in routes)
+    state["_kk_aten_token"] = token  # (the knobs the flags were read under: `_note_route`)
 
 
 # A kernel that won its layer's in-model trial (CPU data) enters a torch.compile graph only if
@@ -238,7 +327,7 @@ def kernel_route(plan_route: Route, grad_route: Route, aten_route: Route, name: 
     def kernel(m, x, w, b):
         if w.shape != shape or w.stride() != strides or (
                 bshape is not None if b is None else b.shape != bshape):
-            m.__dict__.pop("_kk_routes", None)
+            drop_routes(m.__dict__)
             return aten_route(m, x, w, b)
         if w.dtype != x.dtype or (b is not None and b.dtype != x.dtype) \
                 or dispatch.foreign_tensors(w, b):  # (a weight swapped since)
@@ -339,19 +428,30 @@ class InContext:
     Costs while deciding: 2 * (TRIAL_CALLS + 1) calls per grad mode and layer, half of them on
     the slower route, so a model settles after about that many calls per kernel-routed layer;
     after it, one grad-mode check per call (none once both modes chose the same route).
+
+    A trial is per route, so per input signature, but the routes of one size bucket share the
+    first one's (`lead`): its slot, its samples (each scaled to the lead's input size) and its
+    verdicts, which a new size of the bucket takes at its first call (`_trial_for`).
     """
 
-    __slots__ = ("kernel", "aten", "token", "winners", "verdicts", "samples", "final")
+    __slots__ = ("kernel", "aten", "token", "winners", "verdicts", "samples", "final", "lead",
+                 "work")
 
-    def __init__(self, kernel: Route, aten: Route, token: tuple | None = None):
+    def __init__(self, kernel: Route, aten: Route, token: tuple | None = None,
+                 lead: InContext | None = None, work: int = 1):
         self.kernel, self.aten = kernel, aten
         self.token = token  # the knobs it was made under (`settings.token()`)
         self.winners: dict[bool, Route | None] = {False: None, True: None}
         self.verdicts: dict[bool, tuple[float, float]] = {}
-        # grad mode -> (kernel's, torch's) samples in call order, each [forward s, backward s]
-        # (backward None until it ran; 0.0 where nothing was clocked)
+        # grad mode -> (kernel's, torch's) samples in call order, each [forward s, backward s,
+        # scale] (backward None until it ran; 0.0 where nothing was clocked; scale: the lead's
+        # work over the call's, so that samples of other sizes count per the lead's work)
         self.samples: dict[bool, tuple[list, list]] = {False: ([], []), True: ([], [])}
         self.final: Route | None = None  # the winner of both grad modes, once it is one route
+        # the trial of the size bucket whose samples, slot and verdicts this one shares (see
+        # `_trial_for`); itself where it leads
+        self.lead: InContext = lead if lead is not None else self
+        self.work = work  # the call's input elements: what its time is scaled by
 
     @property
     def candidate(self) -> str:
@@ -375,12 +475,13 @@ class InContext:
         winner = self.winners[grad] or self._decide(m, grad)
         if winner is not None:
             return winner(m, x, w, b)
-        if not self._has_slot(grad):
+        lead = self.lead
+        if not lead._has_slot(grad):
             return self.aten(m, x, w, b)  # another layer is in trial: torch's op meanwhile
-        kernel_s, aten_s = self.samples[grad]
+        kernel_s, aten_s = lead.samples[grad]
         route, samples = ((self.kernel, kernel_s) if len(kernel_s) <= len(aten_s)
                           else (self.aten, aten_s))
-        sample = [0.0, None if grad else 0.0]
+        sample = [0.0, None if grad else 0.0, lead.work / self.work]
         t0 = _clock()
         y = route(m, x, w, b)
         sample[0] = _clock() - t0
@@ -392,21 +493,32 @@ class InContext:
         return y
 
     def _decide(self, m, grad: bool) -> Route | None:
-        """The grad mode's winner once both routes have their timed samples; None before."""
+        """The grad mode's winner once both routes have their timed samples (the lead's, which
+        a trial it leads takes over); None before."""
+        lead = self.lead
+        if lead is not self:
+            won = lead.winners[grad] or lead._decide(m, grad)
+            if won is None:
+                return None
+            return self._take(m, grad, won is lead.kernel, lead.verdicts[grad])
         kernel_s, aten_s = self.samples[grad]
-        done_k, done_a = ([sum(s) for s in ss[1:] if s[1] is not None]
+        done_k, done_a = ([(s[0] + s[1]) * s[2] for s in ss[1:] if s[1] is not None]
                           for ss in (kernel_s, aten_s))
         if min(len(done_k), len(done_a)) < TRIAL_CALLS:
             if len(aten_s) < TRIAL_FORWARD_ONLY_AFTER:
                 return None
-            done_k, done_a = ([s[0] for s in ss[1:]] for ss in (kernel_s, aten_s))
+            done_k, done_a = ([s[0] * s[2] for s in ss[1:]] for ss in (kernel_s, aten_s))
         k, a = statistics.median(done_k), statistics.median(done_a)
-        self.verdicts[grad] = (k, a)
-        winner = self.winners[grad] = self.kernel if k * TRIAL_MARGIN < a else self.aten
         self.samples[grad] = ([], [])
         slot = _SLOTS[grad]
         if slot[0] is self:
             slot[0] = None
+        return self._take(m, grad, k * TRIAL_MARGIN < a, (k, a))
+
+    def _take(self, m, grad: bool, kernel_won: bool, verdict: tuple[float, float]) -> Route:
+        """Settle grad mode `grad` on this trial's kernel or torch's op."""
+        self.verdicts[grad] = verdict
+        winner = self.winners[grad] = self.kernel if kernel_won else self.aten
         if self.winners[not grad] is winner:
             self.final = winner
         _note_aten_only(m.__dict__, self.token)  # what torch.compile traces may now be torch's
@@ -431,7 +543,8 @@ def pending(model: torch.nn.Module, grad: bool | None = None) -> int:
     not counted); a benchmark calls the model until none has."""
     grad = torch.is_grad_enabled() if grad is None else grad
     trials = (_trial_of(r) for _, _, _, r in current_routes(model))
-    return sum(1 for t in trials if t is not None and t.winners[grad] is None)
+    return sum(1 for t in trials if t is not None and t.winners[grad] is None
+               and t.lead.winners[grad] is None)
 
 
 def current_routes(model: torch.nn.Module):
@@ -554,7 +667,7 @@ def getstate(module: torch.nn.Module) -> dict:
     kernels, which do not pickle; a copy decides its own on its first call, from the tuner's
     memo)."""
     state = module.__dict__.copy()
-    state.pop("_kk_routes", None)
+    drop_routes(state)
     state.pop("_kk_aten_only", None)
     state.pop("_kk_aten_only_grad", None)
     return state

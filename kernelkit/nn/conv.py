@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..autotune.key import bucket
 from ..kernels import check_activation, torch_activations
 from ..kernels.convgeom import resolve_padding
 from ..ops import conv2d as _conv2d
@@ -93,6 +94,15 @@ def _make_route(m: Conv2d, x: torch.Tensor, weight: torch.Tensor, bias) -> _rout
     with_grad = lambda m, x, w, b: autograd(x, w, b, plans)
     return _route.kernel_route(lambda m, x, w, b: plan(x, w, b), with_grad, _aten, cand.name,
                                w, b)
+
+
+def _bucket_dims(x: torch.Tensor) -> tuple[int, ...]:
+    # each dim bucketed as the tuner keys them, but the channels exact (an input of other
+    # channels is torch's error, not this bucket's choice)
+    return tuple(d if i == x.ndim - 3 else bucket(d) for i, d in enumerate(x.shape))
+
+
+_make_route.bucket_dims = _bucket_dims  # (see _route._bucket_key)
 
 
 def _aten(m: Conv2d, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:

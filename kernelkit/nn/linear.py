@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..autotune.key import bucket
 from ..kernels import check_activation, torch_activations
 from ..ops import matmul as _matmul
 from ..ops.torch_ops import eager_matmul, linear_op, rows
@@ -89,6 +92,15 @@ def _make_route(m: Linear, x: torch.Tensor, weight: torch.Tensor, bias) -> _rout
         return y.reshape(*x.shape[:-1], w.shape[0])
 
     return _route.kernel_route(kernel, with_grad, _aten, cand.name, w, b)
+
+
+def _bucket_dims(x: torch.Tensor) -> tuple[int, ...]:
+    # the op's problem is (M, K) with M the batch dims' product: bucketed as the tuner keys it,
+    # K exact (an input of other features is torch's error, not this bucket's choice)
+    return (bucket(math.prod(x.shape[:-1])), x.shape[-1]) if x.ndim else ()
+
+
+_make_route.bucket_dims = _bucket_dims  # (see _route._bucket_key)
 
 
 def _aten(m: Linear, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:

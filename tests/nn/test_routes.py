@@ -522,3 +522,164 @@ def test_no_in_model_trial_where_a_choice_is_asked_for_or_ranks_must_agree():
     with kernelkit.use(tune="pinned"):
         assert not _route.checks_in_context(x)
     assert not _route.checks_in_context(torch.randn(2, 3, device="meta"))
+
+
+def _rows_timed(monkeypatch, aten_per_row: float, kernel_per_row: float) -> dict:
+    """`_timed_by` with each call's cost proportional to its input's rows (the work of a
+    Linear): per row `aten_per_row` for torch's op, `kernel_per_row` for the kernel. Returns the
+    dict whose "rows" the test sets before each call."""
+    rows = {"rows": 1}
+    _timed_by(monkeypatch, lambda aten, grad: rows["rows"] * (aten_per_row if aten
+                                                                else kernel_per_row))
+    return rows
+
+
+def test_varying_input_sizes_of_one_size_bucket_share_one_in_model_trial(monkeypatch):
+    """NLP-style inputs: every call a new sequence length. Each length is a new route, and each
+    route started its own trial: none ever had its TRIAL_CALLS + 1 calls of each kind, so the
+    layer stayed in trial (half its calls on the slower route, every other layer of the model
+    held on torch's op by the one-layer-at-a-time slot) for good. Lengths of one size bucket
+    (the tuner's, `autotune.key.bucket`) now share one trial, whose samples are per unit of
+    work; a decided bucket decides each new length of it at its first call."""
+    from kernelkit.autotune.key import bucket
+    from kernelkit.nn import _route
+
+    _numba_chosen(monkeypatch, 0.5e-3)
+    rows = _rows_timed(monkeypatch, 1e-5, 0.5e-5)
+    layer = nn.Linear(8, 4)
+    knn.patch(layer)
+    lengths = list(range(33, 33 + 2 * (_route.TRIAL_CALLS + 1)))
+    assert len({bucket(n) for n in lengths}) == 1
+    with torch.no_grad():
+        for n in lengths:
+            rows["rows"] = n
+            x = torch.randn(n, 8)
+            torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+        assert knn.pending(layer) == 0
+        rows["rows"] = 45  # a new length of the bucket: decided at its first call
+        assert bucket(rows["rows"]) == bucket(lengths[0])
+        layer(torch.randn(rows["rows"], 8))
+        assert knn.pending(layer) == 0
+    trials = {id(_route._trial_of(r).lead) for r in layer._kk_routes.values()}
+    assert len(trials) == 1
+    assert {r for _, _, r in knn.where(layer)} == {"numba-cpu"}
+    lead = _route._trial_of(next(iter(layer._kk_routes.values())))
+    assert lead.verdict == pytest.approx((33 * 0.5e-5, 33 * 1e-5))  # per the lead's work
+
+
+def test_another_size_bucket_has_its_own_in_model_trial(monkeypatch):
+    """A verdict holds for the sizes it was taken on: 17 rows and 100 rows (other buckets) are
+    tried apart, and each keeps its own winner."""
+    from kernelkit.nn import _route
+
+    _numba_chosen(monkeypatch, 0.5e-3)
+    rows = _rows_timed(monkeypatch, 1e-5, 0.5e-5)
+    layer = nn.Linear(8, 4)
+    knn.patch(layer)
+    with torch.no_grad():
+        for n in (17, 100):
+            rows["rows"] = n
+            x = torch.randn(n, 8)
+            for _ in range(2 * (_route.TRIAL_CALLS + 1)):
+                layer(x)
+            assert knn.pending(layer) == 0
+    leads = {id(_route._trial_of(r).lead) for r in layer._kk_routes.values()}
+    assert len(leads) == 2
+
+
+def _torch_chosen(monkeypatch, source: str = "cache", recheck_after: int = 0) -> list:
+    """The tuner's choice for any matmul: torch-cpu (`source`, `recheck_after` as given).
+    Returns the list of the problems' first shapes the tuner was asked for."""
+    from kernelkit import core
+    from kernelkit.ops import dispatch
+
+    asked = []
+
+    def choice_for(call, settings=None):
+        asked.append(call.problem.shapes[0])
+        return core.Choice("torch-cpu", {}, source, recheck_after)
+
+    monkeypatch.setattr(dispatch, "choice_for", choice_for)
+    return asked
+
+
+def test_new_sizes_of_a_size_bucket_torch_won_take_torchs_op_without_asking_again(
+        monkeypatch):
+    """NLP-style inputs, every call a new length: each new length prepared its call and asked
+    the tuner (0.5-1 ms), and once 64 sizes were memoised the memo was cleared, so nearly every
+    call paid it: a patched Linear(64, 64) fed lengths 1-512 ran 634 us a call against torch's
+    62. The tuner's choice is per size bucket: a bucket that chose torch is asked once."""
+    from kernelkit.autotune.key import bucket
+
+    asked = _torch_chosen(monkeypatch)
+    layer = nn.Linear(8, 4)
+    knn.patch(layer)
+    lengths = [n for n in range(1, 200)] * 2
+    with torch.no_grad():
+        for n in lengths:
+            x = torch.randn(2, n, 8)
+            torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+    assert len(asked) == len({bucket(2 * n) for n in lengths})
+    assert {r for _, _, r in knn.where(layer)} == {"torch (aten)"}
+    assert layer._kk_aten_only and layer._kk_aten_only_grad
+
+
+def test_the_route_memo_drops_its_oldest_sizes_not_all_of_them(monkeypatch):
+    from kernelkit.nn import _route
+
+    _torch_chosen(monkeypatch)
+    layer = nn.Linear(8, 4)
+    knn.patch(layer)
+    with torch.no_grad():
+        for n in range(1, _route.MAX_ROUTES + 11):
+            layer(torch.randn(n, 8))
+    kept = [sig[0][0] for sig in layer._kk_routes]
+    assert kept == list(range(11, _route.MAX_ROUTES + 11))
+
+
+@pytest.mark.parametrize("how", ["recheck_after", "warming"])
+def test_a_size_bucket_whose_choice_the_tuner_revisits_is_asked_again(how, monkeypatch):
+    """A choice made without measuring (the tuner counts the bucket's calls until measuring
+    pays) is asked again for each new size; a stand-in while kernels compile holds for the bucket
+    until a compile job finishes."""
+    from kernelkit import compiling
+
+    asked = _torch_chosen(monkeypatch, source="warming" if how == "warming" else "model",
+                          recheck_after=5 if how == "recheck_after" else 0)
+    layer = nn.Linear(8, 4)
+    knn.patch(layer)
+    with torch.no_grad():
+        for n in (17, 18, 19):
+            layer(torch.randn(n, 8))
+        assert len(asked) == (3 if how == "recheck_after" else 1)
+        if how == "warming":
+            monkeypatch.setattr(compiling, "finished", compiling.finished + 1)
+            layer(torch.randn(20, 8))
+            layer(torch.randn(17, 8))  # (memoised before the job finished: asked again too)
+            assert len(asked) == 2
+
+
+def test_a_conv_asks_once_per_size_bucket_of_its_images(monkeypatch):
+    """The conv's buckets: each dim as the tuner buckets it, the channels exact; an unbatched
+    image is a bucket of its own."""
+    from kernelkit import core
+    from kernelkit.autotune.key import bucket
+    from kernelkit.ops import dispatch
+
+    asked = []
+
+    def choice_for(call, settings=None):
+        asked.append(call.problem.shapes[0])
+        return core.Choice("torch-cpu", {}, "cache")
+
+    monkeypatch.setattr(dispatch, "choice_for", choice_for)
+    layer = nn.Conv2d(3, 4, 3, padding=1)
+    knn.patch(layer)
+    sizes = [(h, w) for h in range(17, 30) for w in (20, 23)]
+    with torch.no_grad():
+        for h, w in sizes:
+            x = torch.randn(2, 3, h, w)
+            torch.testing.assert_close(layer(x), nn.functional.conv2d(x, layer.weight,
+                                                                      layer.bias, padding=1))
+        layer(torch.randn(3, 17, 20))
+    assert len(asked) == len({(bucket(h), bucket(w)) for h, w in sizes}) + 1
