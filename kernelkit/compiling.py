@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from kernelkit.signals import import_whole, raised_by_signal_handler
+from kernelkit.signals import fork_waits, import_whole, raised_by_signal_handler
 
 CHILD_TIMEOUT_S = 1800  # a compile that takes longer than this is abandoned (then done here)
 # The background thread sleeps this long before its first job, so that the call which
@@ -190,7 +190,7 @@ def _run(job: Job, *, child: bool) -> None:
     start = time.perf_counter()
     try:
         by_child = _compile_in_child(job) if child else None
-        with _file_lock(job):
+        with _file_lock(job), fork_waits():  # (numba's lock is held while it loads)
             how = import_whole(job.module).warm(job.dtype)
         job.how = "compiled in a child process" if by_child == "compiled" else how
     except Exception as exc:  # noqa: BLE001 - a failed compile must not break calls: the

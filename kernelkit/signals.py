@@ -1,12 +1,14 @@
-"""The caller's signal handlers around kernelkit's own work (main thread): an exception a handler
-raises is the caller's (a request's deadline, KeyboardInterrupt), never a kernel's failure, and it
-must not strike in the middle of an import."""
+"""The caller's signal handlers and forks around kernelkit's own work: an exception a handler
+raises (main thread) is the caller's (a request's deadline, KeyboardInterrupt), never a kernel's
+failure, and it must not strike in the middle of an import; nor may a fork happen while another
+thread of kernelkit's imports or loads kernels (`fork_waits`)."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -122,5 +124,56 @@ def import_whole(name: str):
     module = sys.modules.get(name)
     if module is not None:
         return importlib.import_module(name)
-    with deferred():
+    with deferred(), fork_waits():
         return importlib.import_module(name)
+
+
+# -- forks wait for kernelkit's imports and kernel loads on other threads -------------------------
+# Why: a process forked while another thread imports a module (numba, torch, a kernel module, on
+# kernelkit's background compile thread or in a first call's tuning) or loads compiled kernels
+# (numba's compiler lock) inherits that module's import lock, or numba's lock, held by a thread
+# that does not exist in the child: the child blocks for good at its first `import numba` or
+# kernel call. DataLoader workers forked about a second after the parent's first kernelkit call
+# hung 3 of 3 times that way; a child's first call met a half-imported torch.distributed.
+FORK_WAIT_S = 120.0  # at most, then the fork goes on (e.g. an import that waits on the forker)
+_busy: dict[int, int] = {}  # thread ident -> depth of its fork_waits blocks
+_idle = threading.Condition(threading.Lock())
+
+
+@contextlib.contextmanager
+def fork_waits() -> Iterator[None]:
+    """A block (an import, a kernel load) that a fork from another thread waits for; a thread
+    that enters one while a fork is under way waits for the fork."""
+    me = threading.get_ident()
+    with _idle:
+        _busy[me] = _busy.get(me, 0) + 1
+    try:
+        yield
+    finally:
+        with _idle:
+            if _busy.get(me, 0) <= 1:
+                _busy.pop(me, None)
+                _idle.notify_all()
+            else:
+                _busy[me] -= 1
+
+
+def _before_fork() -> None:
+    me = threading.get_ident()
+    _idle.acquire()  # held across the fork: no block starts meanwhile (released after it)
+    _idle.wait_for(lambda: not any(t != me for t in _busy), FORK_WAIT_S)
+
+
+def _after_fork_in_parent() -> None:
+    _idle.release()
+
+
+def _after_fork_in_child() -> None:
+    global _idle
+    _busy.clear()  # (their threads do not exist here)
+    _idle = threading.Condition(threading.Lock())
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)

@@ -468,6 +468,17 @@ def merge_exports(paths: list[str | os.PathLike]) -> dict:
 _caches: dict[str, Cache] = {}
 
 
+def _after_fork_in_child() -> None:
+    """A child forked while a parent thread held a cache's mutex (appending an entry, reading a
+    snapshot) would block for good at its first call: that thread does not exist here."""
+    for c in _caches.values():
+        c._mutex = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def cache_for(directory: str | os.PathLike) -> Cache:
     """One Cache object per directory in this process."""
     key = str(directory)

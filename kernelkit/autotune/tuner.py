@@ -286,10 +286,10 @@ def stand_in(c: Candidate, problem: Problem) -> Candidate | None:
 
 def distributed_peers():
     """torch.distributed when this process is one of several initialised ranks, else None
-    (never imports torch itself: a job that uses it has imported it)."""
-    import sys
-
-    dist = sys.modules.get("torch.distributed")
+    (never imports torch itself: a job that uses it has imported it; nor reads it half imported
+    by another thread: "partially initialized module 'torch.distributed'" from every call of
+    other threads while one's first tuning imported torch)."""
+    dist = devices.imported("torch.distributed")
     if dist is None or not dist.is_available() or not dist.is_initialized():
         return None
     return dist if dist.get_world_size() > 1 else None

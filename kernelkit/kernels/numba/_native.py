@@ -28,6 +28,7 @@ trampolines off (each share a Python callback again).
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 
 import numba
@@ -62,6 +63,16 @@ K_PARALLEL, K_TRAMPOLINE, K_FN, K_THREAD_NUM, K_NUM_THREADS = range(5)
 OK, REFUSED, FAILED, INCOMPLETE = range(4)
 
 _LOCK = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    global _LOCK
+    _LOCK = threading.Lock()  # a parent thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
+
 _SPECS: dict[str, tuple] = {}  # spec name -> ((t, nthr) types, argument types) it rebuilds
 _TRAMPOLINES: dict[tuple, object] = {}  # a signature's argument types -> its trampoline
 _BY_ENTRY: dict[int, tuple] = {}  # id(entry point) -> (entry point, launcher, trampoline, fn)

@@ -26,6 +26,7 @@ IPEX's ``ipex.optimize`` or ``torch.jit.freeze``, the user says when weights are
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 
@@ -38,6 +39,16 @@ from kernelkit.devices import imported_torch
 PACK_CACHE_BYTES = 256 << 20
 
 _LOCK = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    global _LOCK
+    _LOCK = threading.Lock()  # a parent thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
+
 _ENTRIES: OrderedDict = OrderedDict()  # key -> (owner tensor, version, packed array)
 _BYTES = [0]
 _SEEN = [0]  # the `frozen.generation()` the entries belong to
