@@ -101,7 +101,10 @@ def _register_autocast(qualname: str) -> None:
                     for a in args]
             # the memory of this call's cast copies: a weight there is not kept packed (the
             # input's copy does not stop a bfloat16 model's own weights from being kept)
-            copies = frozenset(c.data_ptr() for c, a in zip(cast, args) if c is not a)
+            # (plain tensors only: under torch.compile and export the args are FakeTensors,
+            # whose data_ptr raises, and nothing runs a kernel on them)
+            copies = frozenset(c.data_ptr() for c, a in zip(cast, args)
+                               if c is not a and type(c) is torch.Tensor and not c.is_meta)
             local = threads.LOCAL
             before = getattr(local, "cast_copies", frozenset())
             local.cast_copies = before | copies

@@ -82,3 +82,29 @@ def test_autocast_leaves_float64_and_follows_the_region_dtype():
     with torch.autocast("cpu", torch.bfloat16):
         assert model(x.double()).dtype == torch.float64
     assert model(x.double()).dtype == torch.float64
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("make, shape", [(lambda: nn.Conv2d(3, 8, 3, padding=1), (2, 3, 8, 8)),
+                                         (lambda: nn.Linear(16, 8), (4, 16))],
+                         ids=["conv", "linear"])
+def test_torch_compile_and_export_of_a_patched_layer_under_autocast(make, shape, grad):
+    """Under autocast a patched layer calls the custom op, whose autocast rule noted its cast
+    copies' data pointers: under torch.compile and torch.export those are FakeTensors, whose
+    data_ptr raises ("Cannot access data pointer of Tensor (e.g. FakeTensor)"), so every
+    compile and export of a patched model under autocast failed."""
+    torch.manual_seed(0)
+    layer = make()
+    ref = copy.deepcopy(layer)
+    knn.patch(layer)
+    x = torch.randn(*shape)
+    torch._dynamo.reset()
+    with torch.set_grad_enabled(grad), torch.autocast("cpu", torch.bfloat16):
+        want = ref(x)
+        got = torch.compile(layer, backend="aot_eager", fullgraph=True)(x)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), atol=0.05, rtol=0.02)
+    if not grad:
+        with torch.autocast("cpu", torch.bfloat16):
+            program = torch.export.export(layer, (x,))
+            assert program.module()(x).dtype == torch.bfloat16
