@@ -162,8 +162,16 @@ def augment(
     for name, p in (("hflip", hflip), ("vflip", vflip)):
         if not isinstance(p, (int, float, np.integer, np.floating)) or not 0 <= p <= 1:
             raise ValueError(f"augment: '{name}' is a probability in [0, 1], got {p!r}")
-    lo, hi = (-float(degrees), float(degrees)) if isinstance(
-        degrees, (int, float, np.integer, np.floating)) else _pair("degrees", degrees)
+    if isinstance(degrees, (int, float, np.integer, np.floating)):
+        if not 0 <= degrees < math.inf:  # (torchvision's RandomRotation refuses it too)
+            raise ValueError(f"augment: 'degrees' as one number d means (-d, d) and must be "
+                             f">= 0 and finite, got {degrees!r}")
+        lo, hi = -float(degrees), float(degrees)
+    else:
+        lo, hi = _pair("degrees", degrees)
+        if not -math.inf < lo <= hi < math.inf:  # (a reversed range drew no rotation at all)
+            raise ValueError(f"augment: 'degrees' must be a finite (low, high) range with "
+                             f"low <= high, got {degrees!r}")
     if quarter_turns and hi > lo:
         raise ValueError(f"augment: 'degrees' ({degrees!r}) and quarter_turns=True both draw the "
                          "rotation; give one of them")

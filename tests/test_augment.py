@@ -126,7 +126,12 @@ def test_bad_ranges_probabilities_and_sizes_name_the_argument():
                     (dict(ratio="wide"), "'ratio' must be a \\(low, high\\) pair"),
                     (dict(hflip=2), "'hflip' is a probability in \\[0, 1\\], got 2"),
                     (dict(vflip=-0.1), "'vflip' is a probability"),
-                    (dict(degrees=10, quarter_turns=True), "give one of them")):
+                    (dict(degrees=10, quarter_turns=True), "give one of them"),
+                    # these two drew no rotation at all, silently
+                    (dict(degrees=-10), "'degrees' as one number d means \\(-d, d\\) and must "
+                                        "be >= 0"),
+                    (dict(degrees=(10, -10)), "low <= high, got \\(10, -10\\)"),
+                    (dict(degrees=float("nan")), "must be >= 0 and finite")):
         with pytest.raises(ValueError, match=msg):
             kernelkit.augment([0], [(10, 10)], seed=0, **kw)
     with pytest.raises(ValueError, match="at least 1x1, got 0x5"):

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..ops import dispatch
 from ..ops import preprocess as _preprocess
+from ..ops import preprocess_args as _check
 from ..ops.torch_ops import preprocess_op
 
 _REVERSE = ("rgb2bgr", "bgr2rgb")
@@ -73,7 +74,8 @@ class Preprocess(nn.Module):
                  out_dtype: torch.dtype = torch.float32, layout: str = "NCHW",
                  stats_unit: str = "input"):
         super().__init__()
-        self.size = [int(size)] * 2 if isinstance(size, int) else [int(v) for v in size]
+        # the op's own check, here (a size of 0 or True was taken, and failed or ran 1x1 later)
+        self.size = list(_check.check_size(size))
         self.mean, self.std = _stats("mean", mean), _stats("std", std)
         self.crop = None if crop is None else [float(v) for v in crop]
         if flip not in (None, "horizontal", "vertical", "both"):

@@ -105,19 +105,25 @@ def stats_in_input_units(mean: np.ndarray, std: np.ndarray, in_dtype: str,
     return mean * factor, std * factor
 
 
+def check_size(size) -> tuple[int, int]:
+    """`preprocess`'s output size (an int, or a (height, width) pair of ints), as two ints."""
+    if isinstance(size, (int, np.integer)) and not isinstance(size, (bool, np.bool_)):
+        size = (int(size), int(size))
+    if (not isinstance(size, (tuple, list)) or len(size) != 2
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+                       for v in size)):
+        raise TypeError(f"preprocess: 'size' must be an int or an (height, width) pair, got {size!r}")
+    if min(size) <= 0:
+        raise ValueError(f"preprocess: 'size' must be positive, got {tuple(size)}")
+    return int(size[0]), int(size[1])
+
+
 def check_settings(c: int, in_dtype: str, *, size, mean, std, interpolation, layout, out_dtype,
                    stats_unit) -> tuple[tuple[int, int], np.ndarray, np.ndarray, str]:
     """The checks of `preprocess`'s settings for `c`-channel images of `in_dtype` (also the
     registered op's fake, so meta and FakeTensor calls raise what real ones do):
     ((height, width), mean and std in input units, the output dtype's name)."""
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-        size = (int(size), int(size))
-    if (not isinstance(size, (tuple, list)) or len(size) != 2
-            or not all(isinstance(v, (int, np.integer)) for v in size)):
-        raise TypeError(f"preprocess: 'size' must be an int or an (height, width) pair, got {size!r}")
-    if min(size) <= 0:
-        raise ValueError(f"preprocess: 'size' must be positive, got {tuple(size)}")
-    size = (int(size[0]), int(size[1]))
+    size = check_size(size)
     mean_a = channel_stats("mean", mean, c)
     std_a = channel_stats("std", std, c)
     if np.any(std_a == 0):

@@ -454,6 +454,8 @@ def preprocess_op():
                              f"channels, got shape {tuple(images.shape)}")
         if in_dtype not in check.IN_DTYPES:
             raise TypeError(f"preprocess: images must be one of {check.IN_DTYPES}, got {in_dtype}")
+        if images.shape[0] == 0:
+            raise ValueError("preprocess: 'images' is an empty batch (N = 0)")
         check.check_flip_name(flip)
         (h, w), *_ = check.check_settings(
             images.shape[-1], in_dtype, size=size, mean=mean, std=std,

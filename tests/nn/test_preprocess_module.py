@@ -81,6 +81,34 @@ def test_bad_arguments_name_the_argument():
         Preprocess(8, 0.0, 1.0)("cat.jpg")
     with pytest.raises(TypeError, match=r"a list of images must hold \(H, W, C\) .* got \[\]"):
         Preprocess(8, 0.0, 1.0)([])
+    # taken at construction before: size 0 failed at the first call, True ran 1x1 images,
+    # 16.0 raised "'float' object is not iterable"
+    for size, err, msg in ((0, ValueError, "'size' must be positive"),
+                           (True, TypeError, "'size' must be an int or an \\(height, width\\) pair"),
+                           (16.0, TypeError, "'size' must be an int .* got 16.0"),
+                           ((8, 0), ValueError, "'size' must be positive")):
+        with pytest.raises(err, match=msg):
+            Preprocess(size, 0.0, 1.0)
+    assert Preprocess((8, 9), 0.0, 1.0).size == [8, 9]
+
+
+@pytest.mark.parametrize("where", ["meta", "fake"])
+def test_an_empty_batch_raises_on_meta_and_fake_tensors_as_on_real_ones(where):
+    """The op's fake gave an empty (0, C, H, W) output where the real call raises."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    module = Preprocess(16, 0.0, 1.0)
+    with pytest.raises(ValueError, match="'images' is an empty batch"):
+        module(torch.zeros(0, 20, 20, 3, dtype=torch.uint8))
+    if where == "meta":
+        images = torch.zeros(0, 20, 20, 3, dtype=torch.uint8, device="meta")
+        with pytest.raises(ValueError, match="'images' is an empty batch"):
+            module(images)
+    else:
+        with FakeTensorMode() as mode:
+            images = mode.from_tensor(torch.zeros(0, 20, 20, 3, dtype=torch.uint8))
+            with pytest.raises(ValueError, match="'images' is an empty batch"):
+                module(images)
 
 
 def test_statistics_as_arrays_or_tensors_and_a_list_of_images_of_different_sizes():
