@@ -33,6 +33,7 @@ import kernelkit.nn as knn
 
 TOL_REL = {"float64": 1e-9, "float32": 1e-3}  # |loss_patched - loss_torch| / loss_torch
 EARLY_STEPS = {"float64": None, "float32": 25}  # steps held to TOL_REL (None: all of them)
+SAMPLES = 1024  # the synthetic data set's size
 TAIL, TAIL_TOL = 20, 0.10  # float32: mean loss of the last TAIL steps within TAIL_TOL
 
 class Block(nn.Module):
@@ -93,7 +94,7 @@ def compare(name: str, make, shape, args) -> bool:
     ref = make().to(dtype)
     patched = copy.deepcopy(ref)
     report = knn.patch(patched)
-    x, y = synthetic(shape, 1024, 10, seed=1)
+    x, y = synthetic(shape, SAMPLES, 10, seed=1)
     x = x.to(dtype)
     t0 = time.perf_counter()
     want = train(ref, x, y, args.steps, args.batch)
@@ -130,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default=None, help="force a kernelkit backend (numba, torch)")
     p.add_argument("--dtype", default="float32", choices=sorted(TOL_REL))
     args = p.parse_args(argv)
+    if args.steps < 1 or not 1 <= args.batch <= SAMPLES:  # (steps 0 raised from max(); a batch
+        # above the data trained on odd slices)
+        p.error(f"--steps must be >= 1 and --batch in 1..{SAMPLES}, got {args.steps} and "
+                f"{args.batch}")
     ok = compare("small ResNet", SmallResNet, (3, 16, 16), args)
     ok = compare("MLP", mlp, (64,), args) and ok
     return 0 if ok else 1

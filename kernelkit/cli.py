@@ -100,18 +100,28 @@ def cmd_tune(args: argparse.Namespace, con: Console) -> int:
         Path(args.out).write_text(json.dumps(doc, indent=1, sort_keys=True))
     t = Table(title=f"kernelkit tune: {name}, data on {where}, cache {_cache().path}")
     for col in ("op", "size", "dtype", "chosen", "runs on", "config", "time", "GFLOP/s",
-                "vendor", "vendor time", "speed-up"):
+                "vendor", "vendor time", "speed-up", "timed"):
         t.add_column(col, justify="right" if col in ("time", "GFLOP/s", "vendor time",
                                                      "speed-up") else "left")
     for r in rows:
         backend, _, dev = r.candidate.partition("-")
         gflops = f"{r.flops / r.best_s / 1e9:.1f}" if r.best_s else "-"
+        timed = ("now" if r.source == "measured" else "before (cache)") + (
+            ", busy machine" if r.provisional else "")
         t.add_row(r.op, "x".join(map(str, r.dims)), r.dtype, backend, dev,
                   json.dumps(r.config, separators=(",", ":")), _us(r.best_s), gflops,
-                  r.vendor or "-", _us(r.vendor_s), f"{r.ratio:.2f}x" if r.ratio else "-")
+                  r.vendor or "-", _us(r.vendor_s), f"{r.ratio:.2f}x" if r.ratio else "-", timed)
     con.print(t)
-    con.print("speed-up = vendor time / chosen time, measured side by side in this run "
-              "(medians; a value below 1 cannot happen unless the vendor failed verification).")
+    con.print("speed-up = vendor time / chosen time, medians timed side by side: in this run where "
+              "'timed' says now, when the cache entry was made where it says before "
+              "(--remeasure times them again); 'busy machine': the load was high while it was "
+              "timed, so the times are a hint only and the next tuning times it again. A value "
+              "below 1 cannot happen unless the vendor failed verification.")
+    if not _cache().writable and not args.out:
+        # (the table is this run's only record: the process, and its in-memory cache, ends)
+        con.print(f"[red]kernelkit tune: cannot write the autotune cache {_cache().path}: "
+                  "nothing was stored (give --out FILE to keep the entries in an export)")
+        return 2
     return 0
 
 
@@ -199,6 +209,9 @@ def cmd_cache(args: argparse.Namespace, con: Console) -> int:
     if args.json:
         print(json.dumps(entries, indent=1))
         return 0
+    from .autotune import generate
+
+    ops = {spec.name for spec in core.op_specs()}
     t = Table(title=f"{cache.path} ({len(entries)} entries for this machine)")
     for col in ("key", "choice", "device", "config", "source", "candidates (best time each)",
                 "vs vendor"):
@@ -209,8 +222,13 @@ def cmd_cache(args: argparse.Namespace, con: Console) -> int:
             if "median" in x:
                 best[x["candidate"]] = min(best.get(x["candidate"], float("inf")), x["median"])
         choice = e["choice"]["candidate"]
-        vendor = min((v for c, v in best.items() if c.startswith("torch-")), default=None)
-        ratio = f"{vendor / best[choice]:.2f}x" if vendor and best.get(choice) else "-"
+        # the vendor of the data's own library (the key's third field, "lib:device"), as
+        # `tune` takes it: numpy's for numpy data (it was always torch's)
+        op, _, rest = key.partition("|")
+        lib, _, dev = (rest.split("|")[1:2] or [":"])[0].partition(":")
+        vendor = generate.pick_vendor(core.candidates(op) if op in ops else [], lib, dev, best)
+        vendor_s = best.get(vendor) if vendor else None
+        ratio = f"{vendor_s / best[choice]:.2f}x" if vendor_s and best.get(choice) else "-"
         times = ", ".join(f"{c} {_us(v)}" for c, v in sorted(best.items(), key=lambda kv: kv[1]))
         t.add_row(key, choice, choice.rpartition("-")[2], json.dumps(e["choice"]["config"]),
                   e["choice"]["source"] + (" (provisional)" if e.get("provisional") else ""),

@@ -311,3 +311,40 @@ def test_a_preprocess_rows_dtype_is_the_dtype_of_the_images_it_tunes():
         assert str(images.dtype) == dtype and images.max() > 1
     with pytest.raises(ValueError, match="uint8 or float32"):
         spec.make_inputs((2, 40, 50, 16), "float16", "numpy")
+
+
+def test_cache_show_compares_with_the_vendor_of_the_datas_own_library(tmp_path, monkeypatch):
+    """`cache show` took torch's time as the vendor's for every entry: a numpy matmul that
+    numpy's BLAS won showed "8726.14x" vs vendor, where `tune` said 1.00x against numpy-cpu."""
+    import os
+
+    monkeypatch.setenv("COLUMNS", "400")
+    kk("tune", "--quiet", "--shapes", '[["matmul", [32, 32, 32]]]', "--json",
+       str(tmp_path / "rows.json"), cache_dir=tmp_path)
+    (row,) = json.loads((tmp_path / "rows.json").read_text())
+    assert row["vendor"] == "numpy-cpu"
+    env = {**os.environ, "KERNELKIT_CACHE_DIR": str(tmp_path)}
+    shown = subprocess.run([sys.executable, "-m", "kernelkit.cli", "cache", "show"],
+                           capture_output=True, text=True, env=env, check=True, timeout=600).stdout
+    line = next(ln for ln in shown.splitlines() if "matmul|" in ln)
+    assert line.rstrip(" │|").split()[-1] == f"{row['ratio']:.2f}x"
+
+
+def test_tune_says_which_rows_it_timed_now_and_fails_where_nothing_is_stored(tmp_path,
+                                                                              monkeypatch):
+    """A second `tune` printed the cache's old times under "measured side by side in this run";
+    a `tune` whose cache could not be written exited 0 with nothing stored."""
+    shapes = '[["matmul", [24, 40, 16]]]'
+    monkeypatch.setenv("COLUMNS", "400")
+    first = kk("tune", "--quiet", "--shapes", shapes, cache_dir=tmp_path).stdout
+    again = kk("tune", "--quiet", "--shapes", shapes, cache_dir=tmp_path).stdout
+    assert "24x40x16" in first and "now" in first.split("24x40x16")[1].splitlines()[0]
+    assert "before (cache)" in again.split("24x40x16")[1].splitlines()[0]
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    r = kk("tune", "--quiet", "--shapes", shapes, cache_dir=blocker / "cache", check=False)
+    assert r.returncode == 2 and "nothing was stored" in r.stdout, r.stdout + r.stderr
+    out = tmp_path / "tuned.json"
+    r = kk("tune", "--quiet", "--shapes", shapes, "--out", str(out), cache_dir=blocker / "cache",
+           check=False)
+    assert r.returncode == 0 and json.loads(out.read_text())["entries"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import math
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable
@@ -56,6 +57,9 @@ class Row:
     vendor_s: float | None
     flops: float
     threads: int = 0  # the CPU threads the measuring process had
+    # the entry was measured while the machine was busy: a hint, measured again by the next
+    # tuning (its times may be far off, e.g. a 489x "speed-up" under a load average of 5)
+    provisional: bool = False
 
     @property
     def ratio(self) -> float | None:
@@ -163,6 +167,7 @@ def _tune(op: str, dims: tuple[int, ...], dtype: str, where: str, remeasure: boo
           ) -> tuple[Row, str]:
     """tune_one, and the cache key it decided."""
     from . import tuner
+    from .cache import cache_for
 
     call = _call(op, dims, dtype, where)
     cands = core.candidates(op)
@@ -171,18 +176,25 @@ def _tune(op: str, dims: tuple[int, ...], dtype: str, where: str, remeasure: boo
     choice = decision.choice
     timed = [t for t in decision.trials if t.timing is not None]
     best = min((t.timing.median for t in timed if t.candidate == choice.candidate), default=None)
-    vendors = {c.name for c in cands if c.vendor}
-    vendor_trials = [t for t in timed if t.candidate in vendors]
-    # Prefer the vendor on the device the data lives on, of the data's own array library: that
-    # is what the user would call instead (numpy's BLAS for numpy arrays, torch for tensors).
-    native = {c.name: c.native for c in cands}
-    vendor_trials.sort(key=lambda t: (not t.candidate.endswith(call.problem.device),
-                                      native.get(t.candidate) != call.problem.lib,
-                                      t.timing.median))
-    vt = vendor_trials[0] if vendor_trials else None
+    medians: dict[str, float] = {}
+    for t in timed:
+        medians[t.candidate] = min(medians.get(t.candidate, math.inf), t.timing.median)
+    vendor = pick_vendor(cands, call.problem.lib, call.problem.device, medians)
+    entry = cache_for(_settings.current().cache_path).get(decision.key) or {}
     return Row(op, tuple(dims), dtype, where, choice.candidate, choice.config, choice.source, best,
-               vt.candidate if vt else None, vt.timing.median if vt else None,
-               call.problem.flops, _torch_threads()), decision.key
+               vendor, medians.get(vendor) if vendor else None,
+               call.problem.flops, _torch_threads(), bool(entry.get("provisional"))), decision.key
+
+
+def pick_vendor(cands, lib: str, device: str, medians: dict[str, float]) -> str | None:
+    """The vendor candidate a "vs vendor" ratio is taken against, among those timed (`medians`:
+    name -> best median): the one on the device the data lives on, of the data's own array
+    library, as that is what the user would call instead (numpy's BLAS for numpy arrays, torch
+    for tensors); else the fastest timed vendor."""
+    native = {c.name: c.native for c in cands if c.vendor}
+    timed = [name for name in medians if name in native]
+    timed.sort(key=lambda n: (not n.endswith(device), native[n] != lib, medians[n]))
+    return timed[0] if timed else None
 
 
 def _torch_threads() -> int:

@@ -415,13 +415,13 @@ def explain_call(call: Call, settings: _settings.Settings | None = None) -> Expl
     """The candidates, why any were skipped, their measured times, and the choice.
 
     Uses the cached measurement when there is one; otherwise measures now (and caches it),
-    except under ``tune="pinned"`` or ``"off"``, which never measure or write: it then shows
-    what the call runs (the cache's entry, the cost model's or the vendor's choice).
+    except under ``tune="pinned"``, ``"model"`` or ``"off"``, which never measure or write: it
+    then shows what the call runs (the cache's entry, the cost model's or the vendor's choice).
     """
     settings = settings or _settings.current()
     # an empty problem: nothing to measure (and nothing to store), as choice_for decides it
     mode = ("off" if _empty(call.problem)
-            else settings.tune if settings.tune in ("pinned", "off") else "measure")
+            else settings.tune if settings.tune in ("pinned", "model", "off") else "measure")
     d = tuner.decide(call.problem, core.candidates(call.problem.op), call.runner, call.verify,
                      settings, mode=mode)
     return Explanation(call.problem, d.key, d.choice, d.skipped, [t.to_dict() for t in d.trials])

@@ -16,3 +16,13 @@ def test_train_cnn_example_matches_torch():
                          capture_output=True, text=True, check=True).stdout
     assert out.count(" OK") == 2, out
     assert "numba-cpu" in out and "blocks.1.down.0" in out
+
+
+def test_train_cnn_example_refuses_steps_and_batches_it_cannot_run():
+    """--steps 0 raised "max() arg is an empty sequence"; a batch above the 1024 samples trained
+    on odd slices."""
+    for args in (["--steps", "0"], ["--steps", "-3"], ["--batch", "2000"], ["--batch", "0"]):
+        r = subprocess.run([sys.executable, str(EXAMPLE), *args], capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 2 and "--steps must be >= 1 and --batch in 1..1024" in r.stderr, \
+            (args, r.stderr[-2000:])

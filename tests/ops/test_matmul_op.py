@@ -886,9 +886,10 @@ def test_the_tune_mode_of_a_call_is_obeyed_for_a_size_decided_under_another(tmp_
     assert measured == [1] and (tmp_path / FILENAME).exists()
 
 
-def test_explain_under_pinned_or_off_neither_measures_nor_writes(tmp_path, monkeypatch):
+def test_explain_under_pinned_model_or_off_neither_measures_nor_writes(tmp_path, monkeypatch):
     """explain always measured and stored: a pinned cache ("never measure, never write") grew,
-    and what it showed as measured was not what the call ran."""
+    and what it showed as measured was not what the call ran (under `model` too: "the cost
+    model only")."""
     from kernelkit.autotune import tuner
     from kernelkit.autotune.cache import FILENAME
 
@@ -896,7 +897,7 @@ def test_explain_under_pinned_or_off_neither_measures_nor_writes(tmp_path, monke
     real = tuner._measure_all
     monkeypatch.setattr(tuner, "_measure_all", lambda *a, **k: measured.append(1) or real(*a, **k))
     a = np.random.default_rng(10).random((52, 44), np.float32)
-    for tune, source in (("pinned", "model"), ("off", "default")):
+    for tune, source in (("pinned", "model"), ("model", "model"), ("off", "default")):
         with kernelkit.use(tune=tune, cache_dir=tmp_path):
             ex = kernelkit.explain("matmul", a, a.T)
         assert ex.choice.source == source, (tune, ex.choice)
