@@ -278,11 +278,7 @@ def cmd_explain(args: argparse.Namespace, con: Console) -> int:
     import kernelkit
 
     spec = core.op_spec(args.op)
-    try:
-        dims = spec.cli_inputs(tuple(args.dims))
-    except ValueError as exc:
-        con.print(f"[red]{escape(str(exc))}")
-        return 2
+    dims = spec.cli_inputs(tuple(args.dims))  # (its ValueError: "kernelkit explain: ...")
     dtype = args.dtype or ("uint8" if args.op == "preprocess" else "float32")
     _check_where(args.where)
     if args.sweep < 0:
@@ -512,7 +508,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args, con)
     except (ValueError, TypeError, OSError) as exc:  # (OSError: a file to read or write)
         # escaped: a message's own brackets ("[op, dims, dtype]") are not rich markup
-        con.print(f"[red]kernelkit {args.command}: {escape(str(exc))}")
+        # (a message that names kernelkit already is not prefixed twice)
+        con.print(f"[red]kernelkit {args.command}: "
+                  f"{escape(str(exc).removeprefix('kernelkit: '))}")
         return 2
     except MemoryError as exc:  # (numpy's own names the bytes: an `explain` of a huge size)
         con.print(f"[red]kernelkit {args.command}: out of memory: "

@@ -348,3 +348,12 @@ def test_tune_says_which_rows_it_timed_now_and_fails_where_nothing_is_stored(tmp
     r = kk("tune", "--quiet", "--shapes", shapes, "--out", str(out), cache_dir=blocker / "cache",
            check=False)
     assert r.returncode == 0 and json.loads(out.read_text())["entries"]
+
+
+def test_error_messages_name_the_command_once(tmp_path):
+    """"kernelkit tune: kernelkit: unknown op ..." named kernelkit twice; `explain matmul 1 2`
+    printed "matmul takes M K N" without naming the command."""
+    r = kk("tune", "--shapes", '[["matmulx", [3, 3, 3]]]', cache_dir=tmp_path, check=False)
+    assert r.returncode == 2 and r.stdout.startswith("kernelkit tune: unknown op 'matmulx'")
+    r = kk("explain", "matmul", "1", "2", cache_dir=tmp_path, check=False)
+    assert r.returncode == 2 and r.stdout.startswith("kernelkit explain: matmul takes M K N")
