@@ -222,10 +222,10 @@ def cmd_cache(args: argparse.Namespace, con: Console) -> int:
             if "median" in x:
                 best[x["candidate"]] = min(best.get(x["candidate"], float("inf")), x["median"])
         choice = e["choice"]["candidate"]
-        # the vendor of the data's own library (the key's third field, "lib:device"), as
-        # `tune` takes it: numpy's for numpy data (it was always torch's)
-        op, _, rest = key.partition("|")
-        lib, _, dev = (rest.split("|")[1:2] or [":"])[0].partition(":")
+        # the vendor of the data's own library, as `tune` takes it: numpy's for numpy data (it
+        # was always torch's)
+        prob = e.get("problem") or {}
+        op, lib, dev = prob.get("op"), prob.get("lib", ""), prob.get("device", "")
         vendor = generate.pick_vendor(core.candidates(op) if op in ops else [], lib, dev, best)
         vendor_s = best.get(vendor) if vendor else None
         ratio = f"{vendor_s / best[choice]:.2f}x" if vendor_s and best.get(choice) else "-"

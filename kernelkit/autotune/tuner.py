@@ -341,8 +341,12 @@ def decide(
         entry = None
     if not remeasure and entry is not None:
         # a provisional entry (measured while the machine was busy) is a hint, not the truth:
-        # measuring modes measure it again
-        trusted = not entry.get("provisional") or mode not in ("measure", "auto")
+        # measuring modes measure it again, unless it was measured busy BUSY_RETRIES times
+        # running (a machine always this busy when this size runs: DataLoader workers that load
+        # each other measured each size again in every epoch's new workers, without end)
+        busy_times = entry.get("provisional")
+        trusted = (not busy_times or _busy_count(busy_times) >= BUSY_RETRIES
+                   or mode not in ("measure", "auto"))
         if trusted and any(c.name == entry["choice"]["candidate"] for c in usable):
             choice = Choice(entry["choice"]["candidate"], entry["choice"]["config"], "cache")
             return Decision(key, choice, skipped,
@@ -408,11 +412,24 @@ def decide(
                     "shapes": [list(s) for s in problem.shapes], "flops": problem.flops,
                     "nbytes": problem.nbytes, "family": key.family, "dims": list(key.dims)},
         "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **({"provisional": True} if busy else {}),
+        **({"provisional": _busy_count((entry or {}).get("provisional")) + 1} if busy else {}),
     })
     if explicit or remeasure:
         _supersede((str(settings.cache_path), key), choice)
     return Decision(key, choice, skipped, trials)
+
+
+# A size measured on a busy machine this many times running keeps its last measurement (see
+# `decide`); before, each new process measured it again.
+BUSY_RETRIES = 3
+
+
+def _busy_count(provisional) -> int:
+    """How many times running an entry was measured busy: its "provisional" field (True, from
+    caches written before the count, is once)."""
+    if provisional is True:
+        return 1
+    return provisional if isinstance(provisional, int) and provisional > 0 else 0
 
 
 def _supersede(cache_key: tuple[str, str], choice: Choice) -> None:

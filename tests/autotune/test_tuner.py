@@ -166,7 +166,7 @@ def test_a_busy_machine_measurement_is_not_stored_as_truth(tmp_path, monkeypatch
     monkeypatch.setattr(timing, "machine_busy", lambda before, after: True)
     d = run(CANDS, problem(48), s)
     assert len(calls) == 2  # measured again once the machine was found busy
-    assert cache_for(tmp_path).get(d.key)["provisional"] is True
+    assert cache_for(tmp_path).get(d.key)["provisional"] == 1
     tuner.clear_memo()
     pinned = run(CANDS, problem(48), Settings(cache_dir=str(tmp_path), tune="pinned"))
     assert pinned.choice.source == "cache" and len(calls) == 2  # a hint is still usable
@@ -174,6 +174,24 @@ def test_a_busy_machine_measurement_is_not_stored_as_truth(tmp_path, monkeypatch
     again = run(CANDS, problem(48), s)  # a measuring process does not trust it: measures again
     assert again.choice.source == "measured" and len(calls) == 3
     assert "provisional" not in cache_for(tmp_path).get(d.key)
+
+
+def test_a_size_measured_busy_again_and_again_keeps_its_measurement(tmp_path, monkeypatch):
+    """DataLoader workers that load each other measured busy each time: every epoch's new
+    workers measured each size again (2, 4, 6, 8 entries after 4 epochs), without end. After
+    BUSY_RETRIES busy measurements running, the entry is kept."""
+    s = Settings(cache_dir=str(tmp_path))
+    calls = []
+    real = tuner.measure_all
+    monkeypatch.setattr(tuner, "measure_all", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setattr(timing, "machine_busy", lambda before, after: True)
+    for process in range(tuner.BUSY_RETRIES + 2):
+        tuner.clear_memo()  # (a new worker process)
+        d = run(CANDS, problem(40), s)
+        n = min(process + 1, tuner.BUSY_RETRIES)
+        assert cache_for(tmp_path).get(d.key)["provisional"] == n
+        assert d.choice.source == ("measured" if process < tuner.BUSY_RETRIES else "cache")
+    assert len(calls) == 2 * tuner.BUSY_RETRIES  # (each busy measurement is retried once)
 
 
 def test_other_processes_cpu_time_makes_the_machine_busy():
