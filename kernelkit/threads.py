@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kernelkit.devices import imported
+from kernelkit.devices import imported, imported_torch
 
 # kernel packages whose launches are guarded: Numba kernels (which now run their shares on
 # `kernels/numba/_pool.py`, not Numba parallel regions; the lock still serialises launches from
@@ -184,6 +184,38 @@ def torch_team_forked() -> bool:
         return False
     torch = imported("torch")
     return torch is not None and torch.get_num_threads() > 1
+
+
+def _omp_num_threads_env() -> int:
+    """The first number of OMP_NUM_THREADS (the OpenMP convention for "use this many threads"),
+    0 where it is unset or not a number."""
+    try:
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0]))
+    except ValueError:
+        return 0
+
+
+_OMP_ENV = _omp_num_threads_env()
+
+
+def kernel_threads() -> int:
+    """Threads a kernelkit Numba kernel runs on: Numba's number (``numba.set_num_threads``,
+    NUMBA_NUM_THREADS), at most torch's where torch is imported (``torch.set_num_threads``,
+    OMP_NUM_THREADS, threadpoolctl's ``threadpool_limits`` on torch's OpenMP, and the one thread
+    torch's DataLoader gives each worker all set it), else at most OMP_NUM_THREADS.
+
+    Why: the kernels took Numba's number alone, so a DataLoader's workers each ran 2 compute
+    threads where torch had set 1 (2 workers, 4 threads on 2 cores), and a user's thread
+    limits were ignored."""
+    import numba
+
+    n = numba.get_num_threads()
+    torch = imported_torch()
+    if torch is not None:
+        n = min(n, torch.get_num_threads())
+    elif _OMP_ENV:
+        n = min(n, _OMP_ENV)
+    return max(1, n)
 
 
 # kernelkit's own numpy BLAS calls (the numpy backend) leave OpenBLAS's workers spinning for about

@@ -202,3 +202,57 @@ def test_a_forked_child_keeps_its_torch_threads_where_the_openmp_runtime_survive
             assert torch.get_num_threads() == want, runtime
     finally:
         torch.set_num_threads(before)
+
+
+def test_kernels_take_no_more_threads_than_torch_is_given(monkeypatch):
+    """torch.set_num_threads (and OMP_NUM_THREADS, threadpoolctl's limits on torch's OpenMP, and
+    the one thread torch's DataLoader gives each worker) bound kernelkit's Numba kernels too:
+    they took numba.get_num_threads() alone, so 2 DataLoader workers ran 4 compute threads on 2
+    cores and a user's limits were ignored."""
+    import numba
+    import numpy as np
+    import torch
+
+    import kernelkit
+    from kernelkit import threads
+    from kernelkit.kernels.numba import conv2d as nconv
+    from kernelkit.kernels.numba import matmul as nmm
+    from kernelkit.kernels.numba import preprocess as npre
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 Numba threads")
+    before = torch.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        torch.set_num_threads(2)
+        assert threads.kernel_threads() == 2
+        torch.set_num_threads(1)
+        assert threads.kernel_threads() == 1
+        assert nmm._threads(10**12) == 1 and nconv._threads(10**12) == 1
+        shares = []
+        real = npre._run
+        monkeypatch.setattr(npre, "_run", lambda entry, nthr, *a: (shares.append(nthr),
+                                                                   real(entry, nthr, *a))[1])
+        img = np.random.default_rng(0).integers(0, 256, (4, 64, 80, 3), dtype=np.uint8)
+        with kernelkit.use(backend="numba", tune="off"):
+            kernelkit.preprocess(img, size=32, mean=0.0, std=1.0)
+        assert shares == [1]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_omp_num_threads_bounds_the_kernels_of_a_program_without_torch(monkeypatch):
+    import numba
+
+    from kernelkit import devices, threads
+
+    monkeypatch.setattr(devices, "_TORCH", [None])
+    monkeypatch.setattr(threads, "imported_torch", lambda: None)
+    monkeypatch.setattr(threads, "_OMP_ENV", 1)
+    assert threads.kernel_threads() == 1
+    monkeypatch.setattr(threads, "_OMP_ENV", 0)
+    assert threads.kernel_threads() == numba.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "3,1")
+    assert threads._omp_num_threads_env() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")
+    assert threads._omp_num_threads_env() == 0

@@ -21,6 +21,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from kernelkit import devices
+from kernelkit import threads as _threads
 from kernelkit.kernels.numba import _workspace
 from kernelkit.kernels.numba._gemm import _JIT, _U
 from kernelkit.kernels.numba._pool import run as _run
@@ -193,7 +194,7 @@ def warm_bf16() -> None:
 def _convert(serial, shares, src: np.ndarray, dst: np.ndarray) -> None:
     """dst = convert(src), 1-D: on one thread below PARALLEL_MIN elements, else in shares on the
     Numba kernels' threads (`_pool.run`)."""
-    nthr = numba.get_num_threads()
+    nthr = _threads.kernel_threads()
     if src.size < PARALLEL_MIN or nthr <= 1:
         serial(src, dst)
     else:

@@ -19,7 +19,7 @@ Paths (the jitted code is in ``_conv.py``; the GEMM machinery is ``_gemm.py``'s)
 * **backward input**: ``dcol = W^T @ dY`` one block at a time, scattered into dx (col2im).
   **backward weight**: ``dW = sum_n dY_n @ col_n^T`` with im2col blocks as the packed B.
 
-Threads (``numba.get_num_threads()`` of them: the caller plus a pool of Python threads, the jitted
+Threads (``threads.kernel_threads()`` of them: the caller plus a pool of Python threads, the jitted
 code releases the GIL) take disjoint units of work and need no barrier.
 The launcher does no dispatch, conversion or tuning: the ops layer has validated the arguments.
 """
@@ -47,6 +47,7 @@ from kernelkit.kernels.numba.matmul import amx_cols_compiled as _amx_cols_compil
 from kernelkit.kernels.numba.matmul import amx_cols_operand as _amx_cols_operand
 from kernelkit.kernels.numba.matmul import matmul_forward as _matmul_forward
 from kernelkit.kernels.numba.matmul import warm as _matmul_warm
+from kernelkit.threads import kernel_threads
 
 CONV_KERNELS = ("auto", "gemm", "shift", "amx", "amx_cols")
 
@@ -416,17 +417,17 @@ def _aligned(*arrays):
 
 
 def _threads(work: int, nthr: int | None = None) -> int:
-    """Threads for ``work`` multiply-adds: ``nthr`` (numba.get_num_threads() if None), or one
+    """Threads for ``work`` multiply-adds: ``nthr`` (kernel_threads() if None), or one
     below SERIAL_WORK."""
     if nthr is None:
-        nthr = numba.get_num_threads()
+        nthr = kernel_threads()
     return nthr if work >= SERIAL_WORK else 1
 
 
 def _dw_threads(macs: int, inputs: int) -> int:
     """Threads for a depthwise kernel of ``macs`` multiply-adds over ``inputs`` input elements."""
     big = macs >= DW_PARALLEL_MACS or inputs >= DW_PARALLEL_INPUT
-    return numba.get_num_threads() if big else 1
+    return kernel_threads() if big else 1
 
 
 # The shifted GEMM's stride-1 grid shares one zero pad between a row's right edge and the next
@@ -683,7 +684,7 @@ def _float_geometry(xshape: tuple, xstrides: tuple, dtype, wshape: tuple, stride
                     padding: tuple, dilation: tuple, g: int, has_bias: int, act: int,
                     nhwc: bool, cfg: Conv2dConfig, nthr: int, knobs: tuple) -> _FloatGeometry:
     """``xshape``/``xstrides``: the input seen as NCHW (bytes); ``nthr``: the threads a call may
-    use (numba.get_num_threads(), which a caller may change between calls); ``knobs``:
+    use (kernel_threads(), which a caller may change between calls); ``knobs``:
     ``_knobs()``, read here through the module as before."""
     n, c, h, w = xshape
     k, cg, r, s = wshape
@@ -949,7 +950,7 @@ def _conv_pairs(x, weight, bias, stride, padding, dilation, groups, activation,
     (x,) = _aligned(x)
     pg = _pairs_geometry(x.shape, weight.shape, tuple(stride), tuple(padding), tuple(dilation),
                          g, int(has_bias), ACT_CODES[activation], config or _default(np.float32),
-                         numba.get_num_threads(), _knobs())
+                         kernel_threads(), _knobs())
     tn, xp_size, wsize = pg.tn, pg.xp_size, pg.wsize
     geo = pg.geo.copy()  # _shift_buffers notes the kept pack in it
     wpack, xpb, kept, keep = _shift_buffers(weight, wsize, xp_size, np.uint32, geo)
@@ -1016,7 +1017,7 @@ def _conv_float(x, weight, bias, stride, padding, dilation, groups, activation, 
 
     fg = _float_geometry(xv.shape, xv.strides, dtype, weight.shape, tuple(stride),
                          tuple(padding), tuple(dilation), g, has_bias, act, nhwc,
-                         config or _default(dtype), numba.get_num_threads(), _knobs())
+                         config or _default(dtype), kernel_threads(), _knobs())
     tn = fg.tn
     if fg.mode == _conv.MODE_PK:
         # weight as (K, R, S, Cg): reduction order (r, s, c)

@@ -8,7 +8,7 @@ block, while it is still in cache.
 
 Paths: tiny problems (M*N*K < SMALL_WORK, or K == 0) use an unpacked loop; medium ones
 (total < SERIAL_WORK) the packed GEMM on the calling thread; larger ones run as
-``numba.get_num_threads()`` shares, one on the calling thread and the others on the Python
+``threads.kernel_threads()`` shares, one on the calling thread and the others on the Python
 thread pool (``_pool``), that need no barrier: each thread takes whole batches (when
 the batch count is a multiple of the thread count) or a contiguous share of M (or N) of every
 product, and packs its own panels.
@@ -57,6 +57,7 @@ from kernelkit.kernels.numba._gemm import (
     cdiv as _cdiv,
 )
 from kernelkit.kernels.numba._pool import run as _run
+from kernelkit.threads import kernel_threads
 
 __all__ = ["CONFIG", "MatmulConfig", "space", "matmul_forward", "TILE", "SMALL_WORK", "SERIAL_WORK"]
 
@@ -1068,7 +1069,7 @@ def _tile_half_compiled():
 
 def _threads(work: int) -> int:
     """Threads for a product of ``work`` multiply-adds: one below SERIAL_WORK."""
-    return 1 if work < SERIAL_WORK else numba.get_num_threads()
+    return 1 if work < SERIAL_WORK else kernel_threads()
 
 
 _DEFAULTS: dict = {}

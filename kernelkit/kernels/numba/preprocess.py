@@ -49,6 +49,7 @@ import numba
 import numpy as np
 from numba import types
 
+from kernelkit import threads as _threads
 from kernelkit.kernels import taps as _taps
 from kernelkit.kernels.config import KernelConfig
 from kernelkit.kernels.numba import _gemm
@@ -362,7 +363,7 @@ def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, sc
     mean = np.ascontiguousarray(mean, np.float32).reshape(cch)
     scale = np.ascontiguousarray(scale, np.float32).reshape(cch)
     rows = max(1, cfg.rows)
-    _run(_entry(), min(numba.get_num_threads(), n * out_h), meta, dtype == np.float32, yt.start,
+    _run(_entry(), min(_threads.kernel_threads(), n * out_h), meta, dtype == np.float32, yt.start,
          yt.weight, yt.ntaps, xst, xt.weight, xt.ntaps, aff, fill, interpolation == "nearest", perm,
          inv, mean, scale, out_h, out_w, cch, rows, cfg.tile_w, tmp_len, out.ctypes.data, code,
          on, oc, oy, ox, bool(cfg.stream))
