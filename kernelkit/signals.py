@@ -135,9 +135,16 @@ def import_whole(name: str):
 # that does not exist in the child: the child blocks for good at its first `import numba` or
 # kernel call. DataLoader workers forked about a second after the parent's first kernelkit call
 # hung 3 of 3 times that way; a child's first call met a half-imported torch.distributed.
-FORK_WAIT_S = 120.0  # at most, then the fork goes on (e.g. an import that waits on the forker)
+#
+# The wait runs in a before-fork hook. Python runs those in the reverse order of registration,
+# and other modules' hooks take locks (logging's module lock, concurrent.futures' shutdown
+# lock) that the waited-for import may need: a hook of theirs that ran before this one stalled
+# the fork for the whole wait. So this hook is registered at the first block, after importing
+# those modules, and runs before theirs.
+FORK_WAIT_S = 30.0  # at most, then the fork goes on (e.g. an import that waits on the forker)
 _busy: dict[int, int] = {}  # thread ident -> depth of its fork_waits blocks
 _idle = threading.Condition(threading.Lock())
+_hooked = [False]
 
 
 @contextlib.contextmanager
@@ -145,6 +152,8 @@ def fork_waits() -> Iterator[None]:
     """A block (an import, a kernel load) that a fork from another thread waits for; a thread
     that enters one while a fork is under way waits for the fork."""
     me = threading.get_ident()
+    if not _hooked[0]:
+        _hook_forks()
     with _idle:
         _busy[me] = _busy.get(me, 0) + 1
     try:
@@ -174,6 +183,14 @@ def _after_fork_in_child() -> None:
     _idle = threading.Condition(threading.Lock())
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                        after_in_child=_after_fork_in_child)
+def _hook_forks() -> None:
+    import concurrent.futures.thread  # noqa: F401 - their fork hooks first, so they run after ours
+    import logging  # noqa: F401
+
+    with _idle:
+        if _hooked[0] or not hasattr(os, "register_at_fork"):
+            _hooked[0] = True
+            return
+        os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                            after_in_child=_after_fork_in_child)
+        _hooked[0] = True

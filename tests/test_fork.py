@@ -140,3 +140,38 @@ def test_distributed_half_imported_by_another_thread_is_not_read(monkeypatch):
     half.__spec__._initializing = True
     monkeypatch.setitem(sys.modules, "torch.distributed", half)
     assert tuner.distributed_peers() is None
+
+
+FORK_AFTER_LOGGING_SCRIPT = r"""
+import os, sys, threading, time
+import kernelkit
+from kernelkit import signals
+import logging
+signals.FORK_WAIT_S = 5.0
+
+def busy():
+    with signals.fork_waits():  # e.g. the compile thread importing a module...
+        time.sleep(0.3)
+        logging.getLogger("some.module")  # ...whose top level asks logging for its logger
+
+threading.Thread(target=busy).start()
+time.sleep(0.1)
+t0 = time.time()
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+print(f"{time.time() - t0:.2f}")
+"""
+
+
+def test_a_fork_waits_for_a_block_that_needs_loggings_lock_without_stalling():
+    """Python runs fork hooks in the reverse order of registration: logging's hook (registered
+    after kernelkit's) took logging's lock first, and the block it waited for needed it, so the
+    fork stalled for all of FORK_WAIT_S (5.01 s here)."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", FORK_AFTER_LOGGING_SCRIPT], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert float(r.stdout.split()[-1]) < 2.5
