@@ -40,7 +40,7 @@ from ..ops import dispatch
 
 # (module, x, weight, bias) -> y; never closes over the module (a deepcopy's routes act on the copy)
 Route = Callable[[Any, torch.Tensor, torch.Tensor, Any], torch.Tensor]
-MAX_ROUTES = 64  # per module; the oldest dropped rather than grown by many one-off shapes
+MAX_ROUTES = 64  # per module; the first made dropped rather than grown by many one-off shapes
 
 
 # what `forward` checks of dispatch.torch_only, bound once
@@ -168,20 +168,24 @@ def _new_route(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, b
     # plain attributes: not in state_dict, and dropped by pickle/deepcopy (getstate below)
     routes = state.setdefault("_kk_routes", {})
     if len(routes) >= MAX_ROUTES:
-        del routes[next(iter(routes))]  # the oldest: a one-off size, or one long unused
-    bkey = _bucket_key(make, x, sig[-1])
+        # the first made (a hit does not reorder: that would cost every call a write); pop, not
+        # del: threads calling one layer with new sizes may both get here for one key
+        routes.pop(next(iter(routes), None), None)
+    bkey = _bucket_key(make, x, weight, sig[-1])
     torch_buckets = state.setdefault("_kk_torch_buckets", {})
     finished = compiling.finished
-    if bkey in torch_buckets:
-        until = torch_buckets[bkey]  # None: for good; else while no compile job finished since
+    until = torch_buckets.get(bkey, _MISSING)  # None: for good; else while no compile job
+    if until is not _MISSING:  # finished since
+        if state.get("_kk_aten_token") != sig[-1]:  # (flags read under other knobs)
+            _note_aten_only(state, sig[-1])
         if until is None:
-            routes[sig] = aten_route  # (what torch.compile traces stays as it was)
+            routes[sig] = aten_route  # (an aten route leaves what torch.compile traces as is)
             return aten_route
         if until == finished:
             route = routes[sig] = dispatch.Warming(aten_route, finished)
             route.memo, route.sig = routes, sig
             return route
-        del torch_buckets[bkey]
+        torch_buckets.pop(bkey, None)
     _last.choice = None
     # torch's op for dtypes no kernelkit kernel computes (complex: torch computes it;
     # integers: torch raises its own error) and for a weight kernelkit's kernels leave to
@@ -199,7 +203,8 @@ def _new_route(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, b
             torch_buckets.clear()
         torch_buckets[bkey] = finished if choice.source == "warming" else None
     if hasattr(route, "candidate") and checks_in_context(x):
-        route = _trial_for(state, route, aten_route, bkey, max(x.numel(), 1))
+        route = _trial_for(state, route, aten_route, (bkey, _config_key(choice)),
+                           max(x.numel(), 1))
     if choice is not None and choice.source == "warming":
         # better kernels still compile: asked again once a compile job finishes
         route = dispatch.Warming(route, finished)
@@ -211,10 +216,20 @@ def _new_route(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, b
     return route
 
 
-def _bucket_key(make, x: torch.Tensor, token: tuple) -> tuple:
+def _config_key(choice) -> str:
+    """What a kernel route's trial is shared by besides the bucket: the kind of choice it came
+    from, a stand-in while kernels compile, the cost model's guess or a measured (cached) choice,
+    so that a stand-in's config that lost its trial does not decide the tuned config's. (Not the
+    config itself: the model's may differ from size to size within a bucket.)"""
+    source = "" if choice is None else choice.source
+    return source if source in ("warming", "model", "default") else "settled"
+
+
+def _bucket_key(make, x: torch.Tensor, weight: torch.Tensor, token: tuple) -> tuple:
     """The size bucket of a call: its input's dims as the tuner buckets them for the layer's
     problem (`make.bucket_dims(x)`, the layer's; else each dim bucketed), its layout (the order
-    of its strides, and whether it is contiguous), dtype, device and the knobs `token`."""
+    of its strides, and whether it is contiguous), dtype, device, the weight's shape and strides
+    (a weight swapped for another is another problem) and the knobs `token`."""
     dims = getattr(make, "bucket_dims", None)
     if x.is_contiguous():
         layout = None
@@ -222,22 +237,22 @@ def _bucket_key(make, x: torch.Tensor, token: tuple) -> tuple:
         strides = x.stride()
         layout = tuple(sorted(range(x.dim()), key=lambda i: -strides[i]))
     return (dims(x) if dims is not None else tuple(bucket(d) for d in x.shape), layout,
-            x.dtype, x.device, token)
+            x.dtype, x.device, weight.shape, weight.stride(), token)
 
 
-def _trial_for(state: dict, kernel: Route, aten: Route, bkey: tuple, work: int) -> InContext:
+def _trial_for(state: dict, kernel: Route, aten: Route, share: tuple, work: int) -> InContext:
     """The in-model trial of a new route: one of its own, led by the first trial made for the
     same size bucket (`_bucket_key`) and kernel, whose slot, samples and verdicts it shares.
     Why: with inputs of varying size (an NLP model's sequence lengths) each size is a new route,
     and a trial per route never gathered its calls: the layer stayed in trial for good, half its
     calls on the slower route and every other layer held on torch's op by the
     one-trial-at-a-time slot."""
-    key = (bkey, kernel.candidate)
+    key = (share, kernel.candidate)  # (share: the bucket key and the choice's `_config_key`)
     trials = state.setdefault("_kk_trials", {})
     lead = trials.get(key)
     if lead is None and len(trials) >= MAX_ROUTES:
         trials.clear()
-    trial = InContext(kernel, aten, bkey[-1], lead, work)
+    trial = InContext(kernel, aten, share[0][-1], lead, work)
     if lead is None:
         trials[key] = trial
     return trial
@@ -285,9 +300,9 @@ def _runs_torch(route, grad: bool) -> bool:
     route without a candidate; for an in-model trial once it decided that mode for torch, or
     for a kernel that won it by less than COMPILE_MARGIN."""
     trial = _trial_of(route)
-    winner = trial.winners[grad] if trial is not None else None
+    winner = trial.decided(grad) if trial is not None else None
     if winner is not None:
-        kernel_s, aten_s = trial.verdicts[grad]
+        kernel_s, aten_s = trial.verdicts.get(grad) or trial.lead.verdicts[grad]
         return winner is trial.aten or kernel_s * COMPILE_MARGIN > aten_s
     return not hasattr(route, "candidate")
 
@@ -458,10 +473,20 @@ class InContext:
         """The kernel's name while it may run the layer; AttributeError once torch's op won in
         every grad mode decided so far (a route without `candidate` means torch, as everywhere
         in this module, and torch.compile then traces torch's op)."""
-        decided = [w for w in self.winners.values() if w is not None]
+        decided = [w for w in map(self.decided, (False, True)) if w is not None]
         if decided and all(w is self.aten for w in decided):
             raise AttributeError("candidate")
         return self.kernel.candidate
+
+    def decided(self, grad: bool) -> Route | None:
+        """The grad mode's winner: this trial's, or, where it has not been called since its
+        lead decided, the lead's verdict as this trial's route (for `where`, `candidate` and
+        what torch.compile traces, which read it before its next call)."""
+        won = self.winners[grad]
+        lead = self.lead
+        if won is None and lead is not self and lead.winners[grad] is not None:
+            won = self.kernel if lead.winners[grad] is lead.kernel else self.aten
+        return won
 
     @property
     def verdict(self) -> tuple[float, float] | None:
@@ -521,7 +546,8 @@ class InContext:
         winner = self.winners[grad] = self.kernel if kernel_won else self.aten
         if self.winners[not grad] is winner:
             self.final = winner
-        _note_aten_only(m.__dict__, self.token)  # what torch.compile traces may now be torch's
+        if self.lead is self:  # (the trials it leads count as decided with it: `decided`)
+            _note_aten_only(m.__dict__, self.token)  # what torch.compile traces may now be torch's
         return winner
 
     def _has_slot(self, grad: bool) -> bool:

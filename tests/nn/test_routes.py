@@ -683,3 +683,115 @@ def test_a_conv_asks_once_per_size_bucket_of_its_images(monkeypatch):
                                                                       layer.bias, padding=1))
         layer(torch.randn(3, 17, 20))
     assert len(asked) == len({(bucket(h), bucket(w)) for h, w in sizes}) + 1
+
+
+def test_threads_calling_one_layer_with_new_sizes_share_its_memo(monkeypatch):
+    """Two threads that both found the memo full dropped the same oldest size: the second
+    `del` raised KeyError out of the layer's forward."""
+    import random
+    import threading
+
+    _torch_chosen(monkeypatch)
+    layer = nn.Linear(8, 4)
+    knn.patch(layer)
+    errors = []
+
+    def serve(seed):
+        rng = random.Random(seed)
+        try:
+            with torch.no_grad():
+                for _ in range(400):
+                    layer(torch.randn(rng.randint(1, 600), 8))
+        except Exception as exc:  # noqa: BLE001 - what the test looks for
+            errors.append(exc)
+
+    threads = [threading.Thread(target=serve, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_sizes_of_a_decided_bucket_show_its_verdict_before_their_next_call(monkeypatch):
+    """Lengths of one bucket, one call each, torch faster in the model: the trial decided for
+    torch, but the sizes called before the verdict still showed the kernel in `where` and kept
+    torch.compile tracing the custom op (`_kk_aten_only` False) until each was called again."""
+    from kernelkit.nn import _route
+
+    _numba_chosen(monkeypatch, 0.5e-3)
+    rows = _rows_timed(monkeypatch, 0.5e-5, 1e-5)  # torch twice as fast
+    layer = nn.Linear(8, 4)
+    knn.patch(layer)
+    with torch.no_grad():
+        for n in range(33, 33 + 2 * (_route.TRIAL_CALLS + 1)):
+            rows["rows"] = n
+            layer(torch.randn(n, 8))
+    assert knn.pending(layer, False) == 0
+    assert {r for _, _, r in knn.where(layer)} == {"torch (aten)"}
+    assert layer._kk_aten_only
+
+
+def test_a_tuned_config_is_tried_apart_from_the_stand_in_that_lost(monkeypatch):
+    """A stand-in (run while better kernels compiled) lost its bucket's trial; the tuned config
+    the tuner then chose for the bucket would have taken that verdict without a trial."""
+    from kernelkit import compiling, core
+    from kernelkit.nn import _route
+    from kernelkit.ops import dispatch
+
+    _numba_chosen(monkeypatch, 0.5e-3)
+    numba = core.get("matmul", "numba-cpu")
+    source = {"source": "warming"}
+    monkeypatch.setattr(dispatch, "choice_for", lambda call, settings=None: core.Choice(
+        "numba-cpu", numba.space(call.problem)[0 if source["source"] == "warming" else -1],
+        source["source"]))
+    cost = {"kernel": 2e-3}
+    _timed_by(monkeypatch, lambda aten, grad: 1e-3 if aten else cost["kernel"])
+    layer = nn.Linear(8, 4)
+    knn.patch(layer)
+    x = torch.randn(40, 8)
+    with torch.no_grad():
+        for _ in range(2 * (_route.TRIAL_CALLS + 1)):
+            layer(x)
+        assert [r for _, _, r in knn.where(layer)] == ["torch (aten)"]  # the stand-in lost
+        source["source"], cost["kernel"] = "cache", 0.5e-3  # compiled, and tuned
+        monkeypatch.setattr(compiling, "finished", compiling.finished + 1)
+        for _ in range(2 * (_route.TRIAL_CALLS + 1) + 1):
+            layer(torch.randn(41, 8))  # a new size of the bucket: its own trial
+    assert knn.pending(layer, False) == 0
+    assert "numba-cpu" in {r for _, shape, r in knn.where(layer) if shape == (41, 8)}
+
+
+def test_a_weight_swapped_for_another_layout_asks_the_tuner_again(monkeypatch):
+    """A bucket torch won is kept per weight: a conv weight made channels_last is another
+    problem for the tuner, asked at the next new size rather than taking the old verdict."""
+    from kernelkit import core
+    from kernelkit.ops import dispatch
+
+    asked = []
+    monkeypatch.setattr(dispatch, "choice_for", lambda call, settings=None: asked.append(1)
+                        or core.Choice("torch-cpu", {}, "cache"))
+    layer = nn.Conv2d(3, 4, 3, padding=1)
+    knn.patch(layer)
+    with torch.no_grad():
+        layer(torch.randn(2, 3, 17, 20))
+        layer(torch.randn(2, 3, 18, 20))
+        assert len(asked) == 1
+        layer.weight.data = layer.weight.data.to(memory_format=torch.channels_last)
+        layer(torch.randn(2, 3, 19, 20))
+    assert len(asked) == 2
+
+
+def test_flags_read_under_other_knobs_are_read_again_at_a_new_size_of_a_torch_bucket(
+        monkeypatch):
+    _torch_chosen(monkeypatch)
+    layer = nn.Linear(8, 4)
+    knn.patch(layer)
+    with torch.no_grad():
+        layer(torch.randn(17, 8))
+        assert layer._kk_aten_only
+        # as a tuning pass under other knobs leaves them (kernel routes: custom ops traced)
+        layer.__dict__.update(_kk_aten_only=False, _kk_aten_only_grad=False,
+                              _kk_aten_token=("other knobs",))
+        layer(torch.randn(18, 8))  # a new size of the bucket, under the default knobs
+    assert layer._kk_aten_only and layer._kk_aten_only_grad
