@@ -115,7 +115,8 @@ def cmd_tune(args: argparse.Namespace, con: Console) -> int:
     con.print("speed-up = vendor time / chosen time, medians timed side by side: in this run where "
               "'timed' says now, when the cache entry was made where it says before "
               "(--remeasure times them again); 'busy machine': the load was high while it was "
-              "timed, so the times are a hint only and the next tuning times it again. A value "
+              "timed, so the times are a hint only (the next tuning times it again, up to 3 "
+              "busy timings running). A value "
               "below 1 cannot happen unless the vendor failed verification.")
     if not _cache().writable and not args.out:
         # (the table is this run's only record: the process, and its in-memory cache, ends)
@@ -225,6 +226,11 @@ def cmd_cache(args: argparse.Namespace, con: Console) -> int:
         # the vendor of the data's own library, as `tune` takes it: numpy's for numpy data (it
         # was always torch's)
         prob = e.get("problem") or {}
+        if "lib" not in prob:  # (an entry written before entries held their problem: the key's
+            # third field is "lib:device")
+            fields = key.split("|")
+            lib_dev = fields[2].partition(":") if len(fields) > 2 else ("", "", "")
+            prob = {"op": fields[0], "lib": lib_dev[0], "device": lib_dev[2]}
         op, lib, dev = prob.get("op"), prob.get("lib", ""), prob.get("device", "")
         vendor = generate.pick_vendor(core.candidates(op) if op in ops else [], lib, dev, best)
         vendor_s = best.get(vendor) if vendor else None
