@@ -1,0 +1,54 @@
+"""A patched nn.Linear(64, 64) and its unpatched twin fed NLP-style inputs: 2000 inputs (L, 64)
+with L random in 1..512 (a new length on most calls), no grad, one thread. One untimed pass after
+the compile jobs finished, then 7 alternated passes each; prints the medians per call.
+
+Before/after a change, alternate two checkouts (the numbers in docs/performance.md, "Zen 4,
+fifteenth session"):
+
+    git worktree add /tmp/before ea07ff5
+    for i in 1 2 3; do for v in /tmp/before .; do
+        (cd $v && KERNELKIT_CACHE_DIR=$(mktemp -d) PYTHONPATH=$v \\
+         python $OLDPWD/bench/probes/nn_varying_lengths_probe.py); done; done
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import statistics
+import time
+
+import torch
+
+import kernelkit
+import kernelkit.nn as knn
+from kernelkit import compiling
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    random.seed(0)
+    torch.set_num_threads(1)
+    layer = torch.nn.Linear(64, 64)
+    ref = copy.deepcopy(layer)
+    knn.patch(layer)
+    xs = [torch.randn(random.randint(1, 512), 64) for _ in range(2000)]
+    with torch.no_grad():
+        layer(xs[0])
+        compiling.wait()
+        for x in xs:
+            layer(x)
+        res: dict[str, list[float]] = {"patched": [], "torch": []}
+        for _ in range(7):
+            for name, m in (("patched", layer), ("torch", ref)):
+                t = time.perf_counter()
+                for x in xs:
+                    m(x)
+                res[name].append((time.perf_counter() - t) / len(xs) * 1e6)
+    k, t = statistics.median(res["patched"]), statistics.median(res["torch"])
+    print(f"patched {k:.1f} us, torch {t:.1f} us per call, {k / t:.2f}x; "
+          f"{kernelkit.__file__.split('/kernelkit/')[0]}")
+
+
+if __name__ == "__main__":
+    main()
