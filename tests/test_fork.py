@@ -5,6 +5,7 @@ release: each case forks at that moment and gives the child a deadline."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -35,6 +36,26 @@ def _child_exits_in_time(child, seconds: float = 10.0) -> int:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+@contextlib.contextmanager
+def _held_by_another_thread(lock):
+    """`lock` held by another thread for the block (as a tuning thread holds it at a fork)."""
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with lock:
+            held.set()
+            release.wait(20)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait(5)
+    try:
+        yield
+    finally:
+        release.set()
+        t.join()
 
 
 def test_a_fork_waits_for_an_import_another_thread_makes_through_kernelkit(tmp_path,
@@ -81,21 +102,8 @@ def test_a_child_forked_while_a_parent_thread_held_the_cache_is_not_blocked(tmp_
 
     c = cache_mod.cache_for(tmp_path)
     c.entries()
-    held, release = threading.Event(), threading.Event()
-
-    def holder():
-        with c._mutex:
-            held.set()
-            release.wait(20)
-
-    t = threading.Thread(target=holder)
-    t.start()
-    held.wait(5)
-    try:
+    with _held_by_another_thread(c._mutex):
         assert _child_exits_in_time(lambda: cache_mod.cache_for(tmp_path).entries()) == 0
-    finally:
-        release.set()
-        t.join()
 
 
 @pytest.mark.parametrize("module", ["kernelkit.kernels.numba._native",
@@ -104,26 +112,13 @@ def test_a_child_forked_while_a_parent_thread_held_a_kernel_lock_is_not_blocked(
     import importlib
 
     mod = importlib.import_module(module)
-    held, release = threading.Event(), threading.Event()
-
-    def holder():
-        with mod._LOCK:
-            held.set()
-            release.wait(20)
-
-    t = threading.Thread(target=holder)
-    t.start()
-    held.wait(5)
 
     def child():
         with importlib.import_module(module)._LOCK:
             pass
 
-    try:
+    with _held_by_another_thread(mod._LOCK):
         assert _child_exits_in_time(child, 5) == 0
-    finally:
-        release.set()
-        t.join()
 
 
 def test_distributed_half_imported_by_another_thread_is_not_read(monkeypatch):
