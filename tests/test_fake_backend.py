@@ -103,15 +103,17 @@ def test_a_backend_registered_from_a_test_joins_every_layer(fake_backend, tmp_pa
 
 def test_explain_measuring_another_choice_replaces_what_calls_had_memoised(fake_backend, tmp_path):
     # The first call runs the cost model's guess (no measurement under tune=model); `explain`
-    # then measures, and the order the guess picked loses. The next call must launch what
-    # explain reports, not the memoised guess (this raced on timing noise before: a CI flake).
+    # (under a measuring mode: under tune=model it shows the guess) then measures, and the order
+    # the guess picked loses. The next call must launch what explain reports, not the memoised
+    # guess (this raced on timing noise before: a CI flake).
     rng = np.random.default_rng(11)
     a, b = rng.standard_normal((29, 13)), rng.standard_normal((13, 31))
     with kernelkit.use(backend="npfake", tune="model", cache_dir=tmp_path):
         kernelkit.matmul(a, b)
         (guess, _, _), = LAUNCHES
         SLOW_ORDERS.add(guess)
-        ex = kernelkit.explain("matmul", a, b)
+        with kernelkit.use(tune="auto"):
+            ex = kernelkit.explain("matmul", a, b)
         assert ex.choice.config["order"] != guess
         LAUNCHES.clear()
         kernelkit.matmul(a, b)
