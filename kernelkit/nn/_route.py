@@ -591,13 +591,15 @@ class InContext:
 
 
 def pending(model: torch.nn.Module, grad: bool | None = None) -> int:
-    """How many of `model`'s layers still have an in-model trial to run in grad mode `grad`
-    (default: the current one) under the current knobs (routes made under other settings are
-    not counted); a benchmark calls the model until none has."""
+    """How many in-model trials of `model` (one per layer and size bucket: the sizes of a
+    bucket share one) are still to run in grad mode `grad` (default: the current one) under the
+    current knobs (routes made under other settings are not counted); a benchmark calls the
+    model until none is. (It counted each input size: a model fed varying lengths showed
+    hundreds where a few trials were open.)"""
     grad = torch.is_grad_enabled() if grad is None else grad
     trials = (_trial_of(r) for _, _, _, r in current_routes(model))
-    return sum(1 for t in trials if t is not None and t.winners[grad] is None
-               and t.lead.winners[grad] is None)
+    return len({id(t.lead) for t in trials if t is not None and t.winners[grad] is None
+                and t.lead.winners[grad] is None})
 
 
 def current_routes(model: torch.nn.Module):

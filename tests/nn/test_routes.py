@@ -795,3 +795,18 @@ def test_flags_read_under_other_knobs_are_read_again_at_a_new_size_of_a_torch_bu
                               _kk_aten_token=("other knobs",))
         layer(torch.randn(18, 8))  # a new size of the bucket, under the default knobs
     assert layer._kk_aten_only and layer._kk_aten_only_grad
+
+
+def test_pending_counts_open_trials_not_input_sizes(monkeypatch):
+    """Lengths of one bucket share one trial: `pending` said 8 (one per length) where one trial
+    was open, and a benchmark waiting for it to reach 0 on varying lengths could wait for good."""
+    from kernelkit.nn import _route
+
+    _numba_chosen(monkeypatch, 0.5e-3)
+    _rows_timed(monkeypatch, 1e-5, 0.5e-5)
+    layer = nn.Linear(8, 4)
+    knn.patch(layer)
+    with torch.no_grad():
+        for n in range(33, 33 + _route.TRIAL_CALLS):
+            layer(torch.randn(n, 8))
+        assert len(layer._kk_routes) == _route.TRIAL_CALLS and knn.pending(layer) == 1
