@@ -377,3 +377,4 @@ def test_data_bench_skips_hidden_files_and_folders(tmp_path):
     (tmp_path / "dir.jpg").mkdir()
     rows = report.run(folder=str(tmp_path), batch_size=2, size=16, epochs=1)
     assert rows[0]["images"] == 2
+
