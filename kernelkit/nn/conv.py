@@ -47,8 +47,9 @@ class Conv2d(nn.Conv2d):
         return list(resolve_padding("Conv2d", self.padding, self.kernel_size, self.dilation,
                                     tuple(self.stride)))
 
-    _kk_aten_only = False  # set per layer by its eager calls (see _route.compiled)
-    _kk_aten_only_grad = False  # (the same, in grad mode)
+    # what torch.compile traces, set per layer by its eager calls; None: no eager call decided
+    _kk_aten_only = None  # (see _route.compiled)
+    _kk_aten_only_grad = None  # (the same, in grad mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():  # TorchScript: torch's own op (kernelkit's dispatch is Python)

@@ -42,8 +42,9 @@ class Linear(nn.Linear):
         check_activation("Linear", activation)
         self.activation = activation
 
-    _kk_aten_only = False  # set per layer by its eager calls (see _route.compiled)
-    _kk_aten_only_grad = False  # (the same, in grad mode)
+    # what torch.compile traces, set per layer by its eager calls; None: no eager call decided
+    _kk_aten_only = None  # (see _route.compiled)
+    _kk_aten_only_grad = None  # (the same, in grad mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():  # TorchScript: torch's own op (kernelkit's dispatch is Python)
