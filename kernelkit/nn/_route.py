@@ -18,7 +18,7 @@ Under autocast the module calls the custom op, whose autocast rule gives torch's
 torch.compile, torch.export and torch.jit.trace it traces torch's own op where every size the
 layer saw in eager mode chose torch in the traced grad mode, or a kernel by less than
 COMPILE_MARGIN in the model (so Inductor keeps its fusions, and a trace needs nothing but
-torch), else the custom op (`compiled()`; a kernel run while torch.jit.trace records would be
+torch), and where no eager call decided the layer yet, else the custom op (`compiled()`; a kernel run while torch.jit.trace records would be
 baked into the trace as a constant).
 """
 
