@@ -444,6 +444,12 @@ TRIAL_CALLS = 3
 # either way on a 2-core Zen 5) ties went to the kernel about half the time and the patched
 # model ran 2.5-3.5% slower than torch; a tie stays with torch, the route torch.compile fuses.
 TRIAL_MARGIN = 1.05
+# ...and in grad mode (forward plus the layer's share of the backward), where three samples of a
+# training step's layer spread more: ResNet-50's layer1.1.conv1 and layer1.2.conv1 (the same
+# 256 -> 64 1x1 conv at batch 8, 56 px) gave 21.42 against torch's 18.21 ms and 20.45 against
+# 21.71 in one run (2-core Zen 4); the second kept its kernel by 1.06x, and the patched training
+# step ran 0.965x torch (paired 0.972 [0.960, 0.981]); with both on torch, 1.017-1.027x.
+TRIAL_MARGIN_GRAD = 1.1
 # Grad-mode calls whose backward never ran (a forward with grad enabled and no backward, e.g. a
 # validation loop without no_grad): after this many per route the verdict is taken on the
 # forward times alone rather than never.
@@ -460,7 +466,8 @@ class InContext:
     """A kernelkit kernel the tuner chose for a layer, checked where it runs: the layer's first
     calls in the model alternate between the kernel and torch's op, timed, and once each has had
     one untimed and TRIAL_CALLS timed calls in a grad mode, the kernel keeps the layer in that
-    grad mode for good if its median beats torch's by TRIAL_MARGIN, else torch's op does
+    grad mode for good if its median beats torch's by TRIAL_MARGIN (TRIAL_MARGIN_GRAD with grad),
+    else torch's op does
     (`verdicts[grad]`: the two medians, kernel first).
 
     Why: the tuner times the op alone, each timed call after an untimed one of the same kind.
@@ -587,7 +594,7 @@ class InContext:
         slot = _SLOTS[grad]
         if slot[0] is self:
             slot[0] = None
-        return self._take(m, grad, k * TRIAL_MARGIN < a, (k, a))
+        return self._take(m, grad, k * (TRIAL_MARGIN_GRAD if grad else TRIAL_MARGIN) < a, (k, a))
 
     def _take(self, m, grad: bool, kernel_won: bool, verdict: tuple[float, float]) -> Route:
         """Settle grad mode `grad` on this trial's kernel or torch's op."""
