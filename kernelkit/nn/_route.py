@@ -346,29 +346,16 @@ def compiled(module: torch.nn.Module, aten_route: Route, op_route: Route,
     trace time from plain attributes, so dynamo guards on them: a later eager call that changes
     one recompiles.
 
-    A layer no eager call has decided (the class's None) traces torch's op too, unless a backend
-    or device is forced (an explicit request runs what it asked for: the custom op). Why: a
-    kernel enters a compiled graph only on in-model evidence that it beats torch by
-    COMPILE_MARGIN, and a layer traced before any eager call has none; it traced the custom op,
-    and a transformer encoder compiled that way ran 2.28x slower than compiled torch (every
-    layer's op dispatching inside the graph, Inductor's fusions lost around it; 2-vCPU Zen 4)."""
+    A layer no eager call has decided (the class's None) traces torch's op too. Why: a kernel
+    enters a compiled graph only on in-model evidence that it beats torch by COMPILE_MARGIN, and
+    a layer traced before any eager call has none; it traced the custom op, and a transformer
+    encoder compiled that way ran 1.5x, an MLP 2x, slower than compiled torch (2-vCPU Zen 4). A
+    forced backend changes nothing here: the knobs are not something dynamo can guard (a
+    constant read at trace time let a second model of the same architecture reuse the first's
+    graph, traced under other knobs); one eager call under the forced backend makes the layer's
+    kernel routes, and the next trace takes the custom op."""
     only = module._kk_aten_only_grad if grad else module._kk_aten_only
-    if only is None:
-        only = not _kernels_forced()
-    return aten_route if only else op_route
-
-
-def _kernels_forced() -> bool:
-    """Whether the knobs force a backend other than torch's, or a device (see `compiled`)."""
-    settings = _settings.current()
-    return bool(settings.device) or settings.backend not in (None, "torch")
-
-
-# dynamo calls it while tracing and takes its result as a constant rather than tracing the
-# settings' reads (the mark torch.compiler.assume_constant_result sets; calling that imports
-# torch._dynamo, 1.1 s, at kernelkit.nn's import). Not guarded: a graph traced under a forced
-# backend keeps its custom ops, which dispatch per call under the knobs of the call.
-_kernels_forced._dynamo_marked_constant = True
+    return aten_route if only is None or only else op_route
 
 
 def kernel_route(plan_route: Route, grad_route: Route, aten_route: Route, name: str,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from models import SmallResNet
 from torch import nn
@@ -43,7 +44,11 @@ def test_inductor_fullgraph_trains_patched_conv_model_like_eager():
     twin = copy.deepcopy(model)
     x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
     # numba runs every kernelkit op here, so the compiled graph really calls kernelkit's kernels
+    # (an eager call first: an undecided layer traces torch's op)
     with kernelkit.use(backend="numba"):
+        with torch.no_grad():
+            model(x)
+            twin(x)
         conv_ops._BWD_INPUT.clear()
         conv_ops._BWD_WEIGHT.clear()
         compiled = _train(model, torch.compile(model, fullgraph=True), x, y, steps=3)
@@ -145,13 +150,54 @@ def test_a_model_compiled_before_any_eager_call_traces_torchs_own_graph():
     assert len(graphs) == 2 and "kernelkit.conv2d" in graphs[1]
 
 
-def test_a_forced_backend_traces_the_custom_op_before_any_eager_call():
-    """An explicit request runs what it asked for: under a forced backend an undecided layer
-    traces the registered op."""
+def test_a_forced_backend_traces_the_custom_op_after_one_eager_call():
+    """Under a forced backend an eager call makes kernel routes (no in-model trial: an explicit
+    request runs what it asked for), and the trace takes the registered ops."""
     torch.manual_seed(0)
     pat = _model()
     knn.patch(pat)
     x, y = torch.randn(2, 3, 8, 8), torch.randint(0, 10, (2,))
     with kernelkit.use(backend="numba"):
+        with torch.no_grad():
+            pat(x)
         ops = {op for g in _traced_ops(pat, x, y, False) for _, op in g}
     assert {"kernelkit.conv2d", "kernelkit.linear"} <= ops, ops
+
+
+@pytest.mark.parametrize("forced_first", [True, False], ids=["forced_model_first",
+                                                              "undecided_model_first"])
+def test_two_models_of_one_architecture_each_trace_their_own_choice(forced_first):
+    """Dynamo shares compiled code between models of one architecture where its guards match:
+    one model decided for kernels (eager calls under a forced backend) and one undecided each
+    trace their own choice, in either order. (A trace-time constant for the forced knob, which
+    dynamo cannot guard, gave the second model the first one's graph.)"""
+    torch.manual_seed(0)
+    decided, undecided = _model().eval(), _model().eval()
+    knn.patch(decided)
+    knn.patch(undecided)
+    x = torch.randn(2, 3, 8, 8)
+    graphs: dict = {}
+
+    def recorder(name):
+        def backend(gm, inputs):
+            graphs.setdefault(name, []).append(
+                {str(n.target) for n in gm.graph.nodes if n.op == "call_function"})
+            return gm.forward
+        return backend
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        with kernelkit.use(backend="numba"):
+            # an undecided model of the same architecture traced under the forced knob first:
+            # its graph must not be what the undecided model gets below
+            other = _model().eval()
+            knn.patch(other)
+            torch.compile(other, backend=recorder("other"), fullgraph=True)(x)
+            decided(x)  # eager: kernel routes
+        for name in (["decided", "undecided"] if forced_first else ["undecided", "decided"]):
+            model = decided if name == "decided" else undecided
+            with kernelkit.use(backend="numba" if name == "decided" else None):
+                torch.compile(model, backend=recorder(name), fullgraph=True)(x)
+    assert "kernelkit.conv2d" in graphs["decided"][-1]
+    assert not any("kernelkit" in op for op in graphs["undecided"][-1])
+    assert not any("kernelkit" in op for op in graphs["other"][-1])

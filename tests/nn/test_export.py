@@ -26,7 +26,9 @@ def test_export_save_and_load_in_a_fresh_process(tmp_path, imports):
                           nn.Linear(4 * 6 * 6, 5)).eval()
     knn.patch(model)
     x = torch.randn(2, 3, 6, 6)
-    with kernelkit.use(backend="numba"):  # (forced: the layers trace the custom ops)
+    with kernelkit.use(backend="numba"):  # (forced, and an eager call: the custom ops traced)
+        with torch.no_grad():
+            model(x)
         ep = torch.export.export(model, (x,))
     code = ep.graph_module.code
     assert "kernelkit.conv2d" in code and "kernelkit.linear" in code
