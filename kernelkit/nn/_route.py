@@ -324,14 +324,18 @@ COMPILE_MARGIN = 2.0
 
 def _runs_torch(route, grad: bool) -> bool:
     """Whether torch.compile traces torch's op for a memoised route in grad mode `grad`: for a
-    route without a candidate; for an in-model trial once it decided that mode for torch, or
-    for a kernel that won it by less than COMPILE_MARGIN."""
+    route without a candidate; for an in-model trial that has not decided that mode yet (no
+    in-model evidence, as for a layer no eager call decided: `compiled`), that decided it for
+    torch, or whose kernel won it by less than COMPILE_MARGIN. (A kernel route without a trial,
+    under a forced backend, a pinned or multi-rank run, or on the GPU, traces the custom op.)"""
     trial = _trial_of(route)
-    winner = trial.decided(grad) if trial is not None else None
-    if winner is not None:
-        kernel_s, aten_s = trial.verdicts.get(grad) or trial.lead.verdicts[grad]
-        return winner is trial.aten or kernel_s * COMPILE_MARGIN > aten_s
-    return not hasattr(route, "candidate")
+    if trial is None:
+        return not hasattr(route, "candidate")
+    winner = trial.decided(grad)
+    if winner is None:
+        return True  # (once it decides, `_take` reads the flags again: dynamo recompiles)
+    kernel_s, aten_s = trial.verdicts.get(grad) or trial.lead.verdicts[grad]
+    return winner is trial.aten or kernel_s * COMPILE_MARGIN > aten_s
 
 
 def compiled(module: torch.nn.Module, aten_route: Route, op_route: Route,

@@ -352,6 +352,32 @@ def test_a_training_step_keeps_a_kernel_only_on_a_wider_win(monkeypatch):
     assert trial.verdicts[True] == pytest.approx((2e-3 / 1.07, 2e-3))
 
 
+def test_a_layer_whose_trial_has_not_decided_traces_torchs_op_until_it_does(monkeypatch):
+    """A trial still open (one eager call made) is no in-model evidence that the kernel beats
+    compiled torch, as for a layer no eager call decided: both grad modes trace torch's op. Once
+    the inference trial decides for the kernel by COMPILE_MARGIN, the next trace takes the custom
+    op. Before, the open trial traced the custom op in both grad modes."""
+    from kernelkit.nn import _route
+
+    _numba_chosen(monkeypatch, 0.5e-3)
+    _timed_by(monkeypatch, lambda aten, grad: 1e-3 if aten else 0.4e-3)
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 4)
+    knn.patch(layer)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        layer(x)
+        assert knn.pending(layer) == 1
+        assert "kernelkit" not in _graph_of(layer, x)
+    assert "kernelkit" not in _graph_of(layer, x.requires_grad_())
+    with torch.no_grad():
+        x = x.detach()
+        for _ in range(2 * (_route.TRIAL_CALLS + 1)):
+            layer(x)
+        assert knn.pending(layer) == 0
+        assert "kernelkit.linear" in _graph_of(layer, x)
+
+
 @pytest.mark.parametrize("kernel_s, infer_traced", [(0.4e-3, "kernelkit.linear"),
                                                     (0.8e-3, "linear")],
                          ids=["won_inference_by_2.5x", "won_inference_by_1.25x"])
