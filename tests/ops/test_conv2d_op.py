@@ -57,6 +57,41 @@ def rng():
     return np.random.default_rng(99)
 
 
+@pytest.mark.parametrize("activation", [None, "gelu"])
+@pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("name", list(ODD))
+def test_torchs_candidate_gives_torchs_own_conv_exactly(name, weight_layout, activation, rng):
+    """The torch candidate's plan (one closure over torch's conv where the problem allows it:
+    NCHW, symmetric padding, a non-empty reduction) computes exactly what torch's own conv does,
+    in the memory format torch gives, on every odd geometry (asymmetric padding and "same" with
+    an even kernel take the general path)."""
+    x, w, conv = make(ODD[name], rng)
+    xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+    if weight_layout == "channels_last":
+        wt = wt.to(memory_format=torch.channels_last)
+    bt = torch.randn(wt.shape[0])
+    with kernelkit.use(backend="torch"):
+        got = kernelkit.conv2d(xt, wt, bt, activation=activation, **conv)
+        again = kernelkit.conv2d(xt, wt, bt, activation=activation, **conv)  # the memoised plan
+    pad = ref_padding(conv["padding"], *w.shape[2:], conv["dilation"])
+    if not isinstance(pad, str) and len(np.atleast_1d(pad)) == 4:
+        top, bottom, left, right = pad
+        want = F.conv2d(F.pad(xt, (left, right, top, bottom)), wt, bt, conv["stride"], 0,
+                        conv["dilation"], conv["groups"])
+    else:
+        want = F.conv2d(xt, wt, bt, conv["stride"], pad, conv["dilation"], conv["groups"])
+    if activation == "gelu":
+        want = F.gelu(want)
+    for y in (got, again):
+        assert torch.equal(y, want)
+        # (a 1x1 or one-channel weight made channels_last is contiguous too: torch's format
+        # for it is its own guess, checked by the channels_last test below where it is not)
+        if not wt.is_contiguous():
+            assert y.is_contiguous(memory_format=torch.channels_last)
+        else:
+            assert y.is_contiguous()
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", list(ODD))

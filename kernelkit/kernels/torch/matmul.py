@@ -46,6 +46,23 @@ def matmul_forward(
 matmul_forward_2d = matmul_forward
 
 
+def _bind_forward(p, activation: str | None, allow_tf32: bool):
+    """`matmul_forward` for one problem as one closure over `torch.matmul`, where nothing of
+    its general path applies: no bias, and no TF32 switch (not a float32 CUDA problem); None
+    elsewhere. Why: three Python calls and the device check around torch's product were about
+    0.4 us of the op's ~2.8 us over `torch.matmul` on a cache hit (1x64 @ 64x64, 2-vCPU Zen 4)."""
+    if p.options.bias or (p.device == "cuda" and p.dtype == "float32"):
+        return None
+    mm = torch.matmul
+    if activation is None:
+        return lambda a, b, bias: mm(a, b)
+    act = ACTIVATION_FNS[activation]
+    return lambda a, b, bias: act(mm(a, b))
+
+
+matmul_forward.bind = _bind_forward  # (see kernelkit/ops/matmul.py `_launch`)
+
+
 def _matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     if bias is None:
         return torch.matmul(a, b)
