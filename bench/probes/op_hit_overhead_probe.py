@@ -1,0 +1,61 @@
+"""What `kernelkit.conv2d` and `kernelkit.matmul` on torch tensors add over torch's own call on a
+cache hit where the tuner chose torch's candidate: a 1x8x8x8 3x3 conv (padding 1) against
+`F.conv2d`, a 1x64 @ 64x64 product against `torch.matmul`. One thread; after the compile jobs
+finished; 9 rounds of 3000 calls each way, kernelkit's loop then torch's; the median of the
+per-round differences, in microseconds.
+
+    KERNELKIT_CACHE_DIR=$(mktemp -d) flock /tmp/kk-bench.lock \\
+        python bench/probes/op_hit_overhead_probe.py
+
+Before/after a change: run it in a worktree of the older commit (PYTHONPATH set to it),
+alternated with this checkout.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import kernelkit
+from kernelkit import compiling
+
+
+def _over(ours, theirs, calls: int = 3000, rounds: int = 9) -> float:
+    diffs = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            ours()
+        t1 = time.perf_counter()
+        for _ in range(calls):
+            theirs()
+        t2 = time.perf_counter()
+        diffs.append(((t1 - t0) - (t2 - t1)) / calls * 1e6)
+    return statistics.median(diffs)
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    x, w = torch.randn(1, 8, 8, 8), torch.randn(8, 8, 3, 3)
+    a, b = torch.randn(1, 64), torch.randn(64, 64)
+    for _ in range(500):
+        kernelkit.conv2d(x, w, padding=1)
+        kernelkit.matmul(a, b)
+    compiling.wait()
+    for _ in range(500):
+        kernelkit.conv2d(x, w, padding=1)
+        kernelkit.matmul(a, b)
+    chosen = [str(kernelkit.explain(*args, **kw)).splitlines()[-1]
+              for args, kw in ((("conv2d", x, w), {"padding": 1}), (("matmul", a, b), {}))]
+    conv = _over(lambda: kernelkit.conv2d(x, w, padding=1), lambda: F.conv2d(x, w, None, 1, 1))
+    mm = _over(lambda: kernelkit.matmul(a, b), lambda: torch.matmul(a, b))
+    print(f"over torch's own call: conv2d {conv:.2f} us ({chosen[0]}), matmul {mm:.2f} us "
+          f"({chosen[1]})")
+
+
+if __name__ == "__main__":
+    main()
