@@ -55,3 +55,29 @@ def test_tf32_restored_when_the_call_raises():
     with pytest.raises(RuntimeError):
         with_tf32(flags, tensor(torch.float32), False, boom)
     assert flags.allow_tf32 is True and flags.writes == [False, True]
+
+
+def test_the_bound_plans_take_the_tf32_path_for_cuda_tensors(monkeypatch):
+    """Torch's candidates bind one closure per CPU problem (`_bind_forward`); CPU data run on
+    the GPU reaches that closure with CUDA tensors, and a float32 product there must go through
+    the general path's TF32 switch, not straight to torch's call (stand-in tensors, no GPU)."""
+    from kernelkit.kernels.torch import conv2d as tconv
+    from kernelkit.kernels.torch import matmul as tmm
+
+    seen = []
+    monkeypatch.setattr(tconv, "conv2d_forward", lambda *args: seen.append("conv") or "general")
+    monkeypatch.setattr(tmm, "matmul_forward", lambda *args: seen.append("matmul") or "general")
+    opts = types.SimpleNamespace(bias=False)
+    conv_problem = types.SimpleNamespace(shapes=((1, 2, 5, 5), (3, 2, 3, 3)), device="cpu",
+                                         dtype="float32")
+    mm_problem = types.SimpleNamespace(options=opts, device="cpu", dtype="float32")
+    conv = tconv._bind_forward(conv_problem, (1, 1), (1, 1, 1, 1), (1, 1), 1, None, "NCHW",
+                               False)
+    mm = tmm._bind_forward(mm_problem, None, False)
+    cuda = tensor(torch.float32)
+    assert conv(cuda, None, None) == "general" and mm(cuda, None, None) == "general"
+    assert seen == ["conv", "matmul"]
+    x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+    torch.testing.assert_close(conv(x, w, None), torch.nn.functional.conv2d(x, w, padding=1),
+                               rtol=0, atol=0)
+    assert seen == ["conv", "matmul"]  # (CPU tensors: torch's call, straight)

@@ -79,14 +79,19 @@ def _bind_forward(p, stride, padding, dilation, groups, activation, layout, allo
     top, bottom, left, right = padding
     k, c_per_group = p.shapes[1][:2]
     if layout != "NCHW" or top != bottom or left != right or k == 0 or c_per_group == 0 \
-            or (p.device == "cuda" and p.dtype == "float32"):
+            or p.device == "cuda" and p.dtype == "float32":
         return None
-    conv, pad = torch.conv2d, (top, left)
+    conv, pad, geo = torch.conv2d, (top, left), (stride, padding, dilation, groups)
     stride, dilation = tuple(stride), tuple(dilation)
-    if activation is None:
-        return lambda x, w, b: conv(x, w, b, stride, pad, dilation, groups).contiguous()
-    act = ACTIVATION_FNS[activation]
-    return lambda x, w, b: act(conv(x, w, b, stride, pad, dilation, groups)).contiguous()
+    act = None if activation is None else ACTIVATION_FNS[activation]
+
+    def plan(x, w, b):
+        if x.is_cuda:  # (CPU data run on the GPU: float32 needs the TF32 switch)
+            return conv2d_forward(x, w, b, *geo, activation, layout, allow_tf32)
+        y = conv(x, w, b, stride, pad, dilation, groups)
+        return (y if act is None else act(y)).contiguous()
+
+    return plan
 
 
 conv2d_forward.bind = _bind_forward  # (see kernelkit/ops/conv2d.py `_launch_forward`)

@@ -51,13 +51,17 @@ def _bind_forward(p, activation: str | None, allow_tf32: bool):
     its general path applies: no bias, and no TF32 switch (not a float32 CUDA problem); None
     elsewhere. Why: three Python calls and the device check around torch's product were about
     0.4 us of the op's ~2.8 us over `torch.matmul` on a cache hit (1x64 @ 64x64, 2-vCPU Zen 4)."""
-    if p.options.bias or (p.device == "cuda" and p.dtype == "float32"):
+    if p.options.bias or p.device == "cuda" and p.dtype == "float32":
         return None
-    mm = torch.matmul
-    if activation is None:
-        return lambda a, b, bias: mm(a, b)
-    act = ACTIVATION_FNS[activation]
-    return lambda a, b, bias: act(mm(a, b))
+    mm, act = torch.matmul, None if activation is None else ACTIVATION_FNS[activation]
+
+    def plan(a, b, bias):
+        if a.is_cuda:  # (CPU data run on the GPU: float32 needs the TF32 switch)
+            return matmul_forward(a, b, bias, activation, allow_tf32)
+        c = mm(a, b)
+        return c if act is None else act(c)
+
+    return plan
 
 
 matmul_forward.bind = _bind_forward  # (see kernelkit/ops/matmul.py `_launch`)
