@@ -18,8 +18,8 @@ Under autocast the module calls the custom op, whose autocast rule gives torch's
 torch.compile, torch.export and torch.jit.trace it traces torch's own op where every size the
 layer saw in eager mode chose torch in the traced grad mode, or a kernel by less than
 COMPILE_MARGIN in the model (so Inductor keeps its fusions, and a trace needs nothing but
-torch), and where no eager call decided the layer yet, else the custom op (`compiled()`; a kernel run while torch.jit.trace records would be
-baked into the trace as a constant).
+torch), and where no eager call decided the layer yet; else the custom op (`compiled()`; a
+kernel run while torch.jit.trace records would be baked into the trace as a constant).
 """
 
 from __future__ import annotations
@@ -457,9 +457,8 @@ class InContext:
     """A kernelkit kernel the tuner chose for a layer, checked where it runs: the layer's first
     calls in the model alternate between the kernel and torch's op, timed, and once each has had
     one untimed and TRIAL_CALLS timed calls in a grad mode, the kernel keeps the layer in that
-    grad mode for good if its median beats torch's by TRIAL_MARGIN (TRIAL_MARGIN_GRAD with grad),
-    else torch's op does
-    (`verdicts[grad]`: the two medians, kernel first).
+    grad mode for good if its median beats torch's by TRIAL_MARGIN (TRIAL_MARGIN_GRAD with
+    grad), else torch's op does (`verdicts[grad]`: the two medians, kernel first).
 
     Why: the tuner times the op alone, each timed call after an untimed one of the same kind.
     Inside a model the kernel runs right after torch ops, whose OpenMP workers go on spinning on
