@@ -726,11 +726,6 @@ def runs_aten(cand: core.Candidate, call: core.Call) -> bool:
     return cand.vendor and cand.device == call.problem.device
 
 
-def routes_through_op() -> bool:
-    """Tracing (torch.compile, export) and autocast always go through the registered op."""
-    return torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled()
-
-
 def describe(route: Route) -> str:
     """Where a route runs the layer: "torch (aten)" or the kernelkit candidate's name."""
     return getattr(route, "candidate", "torch (aten)")
