@@ -405,10 +405,14 @@ def _make_candidate(spec: OpSpec, backend: Backend) -> Candidate:
         entry = getattr(m, entry_name, None)
         if entry is None:
             return None
+        config = m.CONFIG.from_dict(config)
+        # an entry's own plan for the problem where it has one (`entry.bind(p)`: torch's, one
+        # closure over torch's call where its general path would do nothing), else the op's
+        bind = getattr(entry, "bind", None)
+        plan = (bind(p) if bind is not None else None) or spec.launch(entry, p, config)
         # threads.guard: a fork-safe Numba threading layer, launches serialised where it is not
         # threadsafe, numpy's BLAS calls noted, torch data said so (a no-op for other backends)
-        return threads.guard(backend.package, spec.launch(entry, p, m.CONFIG.from_dict(config)),
-                             torch_data=p.lib == "torch")
+        return threads.guard(backend.package, plan, torch_data=p.lib == "torch")
 
     def launcher(p: Problem, config: Config):
         fn = bound(spec.entry, p, config)

@@ -558,10 +558,6 @@ def _verifier(reference, k: int, allow_tf32: bool):
 def _launch_forward(entry, p: Problem, config) -> Plan:
     o = p.options
     geo, act, layout, tf32 = o.geometry_args, o.activation, p.layout, o.tf32
-    bound = getattr(entry, "bind", None)  # an entry's plan made for the problem (the vendor's)
-    plan = bound(p, *geo, act, layout, tf32) if bound is not None else None
-    if plan is not None:
-        return plan
     return lambda x, w, b: entry(x, w, b, *geo, act, layout, config=config, allow_tf32=tf32)
 
 

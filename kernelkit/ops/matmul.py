@@ -309,10 +309,6 @@ def _numpy_reference(a64, b64, bias64, activation):
 def _launch(entry, p: Problem, config) -> Plan:
     """Every backend's matmul entry: (a, b, bias, activation, *, config, allow_tf32)."""
     act, tf32 = p.options.activation, p.options.tf32
-    bound = getattr(entry, "bind", None)  # an entry's plan made for the problem (the vendor's)
-    plan = bound(p, act, tf32) if bound is not None else None
-    if plan is not None:
-        return plan
     return lambda a, b, bias: entry(a, b, bias, act, config=config, allow_tf32=tf32)
 
 

@@ -67,13 +67,14 @@ def test_the_bound_plans_take_the_tf32_path_for_cuda_tensors(monkeypatch):
     seen = []
     monkeypatch.setattr(tconv, "conv2d_forward", lambda *args: seen.append("conv") or "general")
     monkeypatch.setattr(tmm, "matmul_forward", lambda *args: seen.append("matmul") or "general")
-    opts = types.SimpleNamespace(bias=False)
+    conv_opts = types.SimpleNamespace(geometry_args=((1, 1), (1, 1, 1, 1), (1, 1), 1),
+                                      activation=None, tf32=False)
     conv_problem = types.SimpleNamespace(shapes=((1, 2, 5, 5), (3, 2, 3, 3)), device="cpu",
-                                         dtype="float32")
-    mm_problem = types.SimpleNamespace(options=opts, device="cpu", dtype="float32")
-    conv = tconv._bind_forward(conv_problem, (1, 1), (1, 1, 1, 1), (1, 1), 1, None, "NCHW",
-                               False)
-    mm = tmm._bind_forward(mm_problem, None, False)
+                                         dtype="float32", options=conv_opts, layout="NCHW")
+    mm_opts = types.SimpleNamespace(bias=False, activation=None, tf32=False)
+    mm_problem = types.SimpleNamespace(options=mm_opts, device="cpu", dtype="float32")
+    conv = tconv._bind_forward(conv_problem)
+    mm = tmm._bind_forward(mm_problem)
     cuda = tensor(torch.float32)
     assert conv(cuda, None, None) == "general" and mm(cuda, None, None) == "general"
     assert seen == ["conv", "matmul"]

@@ -67,7 +67,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
     return _back(y, layout)
 
 
-def _bind_forward(p, stride, padding, dilation, groups, activation, layout, allow_tf32):
+def _bind_forward(p):
     """`conv2d_forward` for one problem as a single closure over torch's conv, where nothing
     of the general path applies to it: NCHW, symmetric padding, a non-empty reduction and no
     TF32 switch (not a float32 CUDA problem); None elsewhere (the general path).
@@ -76,6 +76,9 @@ def _bind_forward(p, stride, padding, dilation, groups, activation, layout, allo
     (the layout, padding, empty-reduction and TF32 checks), about 2 us of the op's ~6 us over
     `F.conv2d` on a cache hit (1x8x8x8, 3x3, a 2-vCPU Zen 4); issue 13 asks for the matmul op's
     2.4 us."""
+    o, layout = p.options, p.layout
+    (stride, padding, dilation, groups), activation, allow_tf32 = (o.geometry_args,
+                                                                    o.activation, o.tf32)
     top, bottom, left, right = padding
     k, c_per_group = p.shapes[1][:2]
     if layout != "NCHW" or top != bottom or left != right or k == 0 or c_per_group == 0 \
@@ -94,7 +97,7 @@ def _bind_forward(p, stride, padding, dilation, groups, activation, layout, allo
     return plan
 
 
-conv2d_forward.bind = _bind_forward  # (see kernelkit/ops/conv2d.py `_launch_forward`)
+conv2d_forward.bind = _bind_forward  # (see kernelkit/core.py `bound`)
 
 
 def conv2d_backward_input(grad_out, weight, input_hw, stride, padding, dilation, groups, layout,

@@ -46,11 +46,12 @@ def matmul_forward(
 matmul_forward_2d = matmul_forward
 
 
-def _bind_forward(p, activation: str | None, allow_tf32: bool):
+def _bind_forward(p):
     """`matmul_forward` for one problem as one closure over `torch.matmul`, where nothing of
     its general path applies: no bias, and no TF32 switch (not a float32 CUDA problem); None
     elsewhere. Why: three Python calls and the device check around torch's product were about
     0.4 us of the op's ~2.8 us over `torch.matmul` on a cache hit (1x64 @ 64x64, 2-vCPU Zen 4)."""
+    activation, allow_tf32 = p.options.activation, p.options.tf32
     if p.options.bias or p.device == "cuda" and p.dtype == "float32":
         return None
     mm, act = torch.matmul, None if activation is None else ACTIVATION_FNS[activation]
@@ -64,7 +65,7 @@ def _bind_forward(p, activation: str | None, allow_tf32: bool):
     return plan
 
 
-matmul_forward.bind = _bind_forward  # (see kernelkit/ops/matmul.py `_launch`)
+matmul_forward.bind = _bind_forward  # (see kernelkit/core.py `bound`)
 
 
 def _matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
