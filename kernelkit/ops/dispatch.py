@@ -188,11 +188,16 @@ def signature3(a, b, c, extras: tuple) -> tuple | None:
         return ("np", a.dtype, a.shape, a.strides, b.dtype, b.shape, b.strides,
                 None if c is None else (c.dtype, c.shape, c.strides), extras, _settings.token())
     elif ta in TENSOR_TYPES and type(b) in TENSOR_TYPES and (c is None or type(c) in TENSOR_TYPES):
-        grad = a.requires_grad or b.requires_grad or (c is not None and c.requires_grad)
-        return ("pt", a.dtype, a.shape, a.stride(), a.device, b.dtype, b.shape, b.stride(),
-                b.device, None if c is None else (c.dtype, c.shape, c.stride(), c.device),
-                grad and _grad_enabled(), extras, _settings.token())
+        return _torch_key(a, b, c, extras)
     return signature((a, b, c), extras)
+
+
+def _torch_key(a, b, c, extras: tuple) -> tuple:
+    """`signature3`'s key of three torch tensors (`c` may be None)."""
+    grad = a.requires_grad or b.requires_grad or (c is not None and c.requires_grad)
+    return ("pt", a.dtype, a.shape, a.stride(), a.device, b.dtype, b.shape, b.stride(),
+            b.device, None if c is None else (c.dtype, c.shape, c.stride(), c.device),
+            grad and _grad_enabled(), extras, _settings.token())
 
 
 def plain_signature3(a, b, c, extras: tuple) -> tuple | None:
@@ -221,7 +226,7 @@ def plain_signature3(a, b, c, extras: tuple) -> tuple | None:
     # rather than relied on)
     if _thread_leaves_to_torch() or tc._get_tracing_state() is not None:
         return None
-    return signature3(a, b, c, extras)
+    return _torch_key(a, b, c, extras)  # (not signature3: its type checks again)
 
 
 # (torch.strided, torch._C, torch.autograd.forward_ad), bound at the first plain_signature3 of a
