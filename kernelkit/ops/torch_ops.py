@@ -242,15 +242,12 @@ _GEOMETRY = "int[] stride, int[] padding, int[] dilation, int groups"
 
 def _channels_last(t, layout, weight=None) -> bool:
     """The ops layer's rule (ops/conv2d.py `_layout`, `_weight_makes_channels_last`): a torch
-    tensor in channels_last memory that is not also plain contiguous runs in NHWC and gives a
+    tensor torch reads as channels_last (`channels_last_memory`) runs in NHWC and gives a
     channels_last result; so does a forward whose `weight` is such a tensor (torch's rule)."""
-    import torch
+    from .conv2d import channels_last_memory
 
-    def cl(u) -> bool:
-        return u.ndim == 4 and u.is_contiguous(memory_format=torch.channels_last) \
-            and not u.is_contiguous()
-
-    return layout is None and t.ndim == 4 and (cl(t) or (weight is not None and cl(weight)))
+    return layout is None and t.ndim == 4 and (channels_last_memory(t) or (
+        weight is not None and channels_last_memory(weight)))
 
 
 def _empty_like_layout(ref, shape, layout, weight=None):

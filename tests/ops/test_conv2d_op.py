@@ -84,12 +84,7 @@ def test_torchs_candidate_gives_torchs_own_conv_exactly(name, weight_layout, act
         want = F.gelu(want)
     for y in (got, again):
         assert torch.equal(y, want)
-        # (a 1x1 or one-channel weight made channels_last is contiguous too: torch's format
-        # for it is its own guess, checked by the channels_last test below where it is not)
-        if not wt.is_contiguous():
-            assert y.is_contiguous(memory_format=torch.channels_last)
-        else:
-            assert y.is_contiguous()
+        assert _memory_format(y) == _memory_format(want)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -176,6 +171,50 @@ def test_nan_inf_and_empty_batch(backend, rng):
     assert np.isfinite(ref).sum() > ref.size // 2  # the values around the NaN/Inf reach, too:
     assert_conv2d_close(y, x, w, **conv)
     assert empty.shape == (0, 7, 13, 11)
+
+
+def _memory_format(t: torch.Tensor) -> tuple[bool, bool]:
+    return t.is_contiguous(), t.is_contiguous(memory_format=torch.channels_last)
+
+
+# tensors with a size-1 dim in channels_last memory: contiguous in both formats, read by torch
+# as channels_last all the same (its conv then returns a channels_last result)
+_SIZE_ONE_CHANNELS_LAST = {
+    "one_channel_input": ((2, 1, 9, 7), (4, 1, 3, 3), "x"),
+    "1x1_weight": ((2, 6, 9, 7), (4, 6, 1, 1), "w"),
+    "one_channel_weight": ((2, 1, 9, 7), (4, 1, 3, 3), "w"),
+    "both_one_channel": ((2, 1, 9, 7), (4, 1, 1, 1), "xw"),
+}
+
+
+@pytest.mark.parametrize("backend", [None, *CPU_BACKENDS])
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("name", list(_SIZE_ONE_CHANNELS_LAST))
+def test_a_size_one_dim_in_channels_last_memory_gives_torchs_memory_format(name, grad, backend,
+                                                                        rng):
+    # the op read a tensor contiguous in both formats as NCHW and returned an NCHW result where
+    # torch returns a channels_last one (values equal; the next layer's format not)
+    xs, ws, which = _SIZE_ONE_CHANNELS_LAST[name]
+    x, w = (torch.from_numpy(rand(rng, s)) for s in (xs, ws))
+    # (.to, not .contiguous, which keeps a tensor already contiguous in that format as it is)
+    if "x" in which:
+        x = x.to(memory_format=torch.channels_last)
+    if "w" in which:
+        w = w.to(memory_format=torch.channels_last)
+    x.requires_grad_(grad)
+    w.requires_grad_(grad)
+    pad = ws[2] // 2
+    with kernelkit.use(backend=backend):
+        y = kernelkit.conv2d(x, w, padding=pad)
+    want = F.conv2d(x, w, padding=pad)
+    assert _memory_format(want) == (False, True)
+    assert _memory_format(y) == _memory_format(want)
+    ref = F.conv2d(x.detach().double(), w.detach().double(), padding=pad)
+    torch.testing.assert_close(y.detach().double(), ref, rtol=1e-4, atol=1e-4)
+    if grad:
+        gy = torch.from_numpy(rand(rng, tuple(y.shape)))
+        for g1, g2 in zip(torch.autograd.grad(y, (x, w), gy), torch.autograd.grad(want, (x, w), gy)):
+            torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("backend", [None, *CPU_BACKENDS])
