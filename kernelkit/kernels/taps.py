@@ -27,8 +27,9 @@ Axis-aligned case (angle == 0): the output y axis reads source rows (rot90 even)
   remaining columns of ``weight`` are zero). Every window ``[start, start + ntaps)`` lies inside
   the pixels of the crop, so a kernel never needs bounds checks.
 
-A reversed axis (flip / rot90) is the un-reversed table read backwards: all filters here are
-symmetric, so resizing a mirrored image equals mirroring the resized one.
+A reversed axis (flip / rot90) is the un-reversed table read backwards: the filters here are
+symmetric, so resizing a mirrored image equals mirroring the resized one, but for nearest's ties,
+which the reversed axis's table breaks the other way (``_nearest``).
 
 Filters:
 
@@ -193,11 +194,16 @@ def _filter_taps(lo, length, first, end, n_out, fn, support0, antialias):
     return xmin, xmax, weights
 
 
-def axis_taps(lo, length, limit, n_out: int, interpolation: str, antialias: bool) -> AxisTaps:
+def axis_taps(lo, length, limit, n_out: int, interpolation: str, antialias: bool,
+              reverse=None) -> AxisTaps:
     """Tap tables of one output axis for a batch.
 
     ``lo``, ``length``: float64 (N,) box edge and extent along the source axis; ``limit``: int (N,)
-    the image's extent along that axis (the box is clipped to it); ``n_out``: output length.
+    the image's extent along that axis (the box is clipped to it); ``n_out``: output length;
+    ``reverse``: bool (N,), the images whose axis a flip or quarter turn reverses (the table is
+    still built unreversed: `_reverse` reads it backwards). Only nearest depends on it: a tie
+    between two pixels goes to the one after it in the *reversed* axis, the one before in the
+    source's. (The other filters are symmetric.)
     """
     lo = np.asarray(lo, np.float64).reshape(-1, 1)
     length = np.asarray(length, np.float64).reshape(-1, 1)
@@ -209,7 +215,8 @@ def axis_taps(lo, length, limit, n_out: int, interpolation: str, antialias: bool
     o = np.arange(n_out, dtype=np.float64)
     scale = length / n_out
     if interpolation == "nearest":
-        idx = np.floor(lo + (o + 0.5) * scale).astype(np.int64)
+        idx = _nearest(lo, length, n_out, np.zeros(nb, bool) if reverse is None
+                       else np.asarray(reverse, bool).reshape(-1))
         idx = np.clip(idx, first, end - 1)
         return AxisTaps(idx, np.ones((nb, n_out, 1), np.float32), np.ones(nb, np.int64))
     if interpolation == "bilinear" and not antialias:
@@ -247,6 +254,26 @@ def axis_taps(lo, length, limit, n_out: int, interpolation: str, antialias: bool
     w = weights(pix)
     w /= w.sum(axis=-1, keepdims=True)
     return _trim(start, w, end)
+
+
+def _nearest(lo, length, n_out: int, reverse) -> np.ndarray:
+    """The source pixel of each output index of a nearest (torch's nearest-exact) resize of the
+    box [lo, lo + length) to ``n_out``: the pixel holding the sample at ``(o + 0.5) * length /
+    n_out`` from the box's start, in exact integer arithmetic where the box has integer edges (a
+    tie is exact there: floating point put some just below). Where the axis is ``reverse``d the
+    sample is counted from the box's end, and a tie falls the other way: flipping first and then
+    resizing, as torch does, takes the pixel before a tie in source order; mirroring the resized
+    table (`_reverse`) read the one after (issue: 7,164 of 21,600 values off after a horizontal
+    flip, 60x80 -> 30x30)."""
+    o = np.arange(n_out, dtype=np.int64)
+    rev = reverse.reshape(-1, 1)
+    if np.all(lo == np.round(lo)) and np.all(length == np.round(length)):
+        li, ni = lo.astype(np.int64), length.astype(np.int64)
+        num, den = (2 * o + 1) * ni, 2 * n_out
+        # floor(num / den) from the start; ceil(num / den) - 1 where reversed
+        return li + np.where(rev, (num + den - 1) // den - 1, num // den)
+    pos = lo + (o + 0.5) * (length / n_out)
+    return np.where(rev, np.ceil(pos) - 1, np.floor(pos)).astype(np.int64)
 
 
 def _trim(start, w, end) -> AxisTaps:
@@ -314,8 +341,8 @@ def axis_plan(boxes, flips, rot90, shapes, size, interpolation: str, antialias: 
         yt = AxisTaps(*(np.repeat(a, n, axis=0) for a in (yt.start, yt.weight, yt.ntaps)))
         xt = AxisTaps(*(np.repeat(a, n, axis=0) for a in (xt.start, xt.weight, xt.ntaps)))
     else:
-        yt = axis_taps(ylo, ylen, ylim, out_h, interpolation, antialias)
-        xt = axis_taps(xlo, xlen, xlim, out_w, interpolation, antialias)
+        yt = axis_taps(ylo, ylen, ylim, out_h, interpolation, antialias, yrev)
+        xt = axis_taps(xlo, xlen, xlim, out_w, interpolation, antialias, xrev)
     return _reverse(yt, yrev), _reverse(xt, xrev), tr
 
 

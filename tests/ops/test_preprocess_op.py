@@ -50,6 +50,30 @@ def test_crop_flip_rot90_layout_are_exact(backend, flip, rotate, rng):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("flip", [None, "horizontal", "vertical", "both"])
+@pytest.mark.parametrize("rotate", [0, 90, 180, 270])
+@pytest.mark.parametrize("hw,size", [((60, 80), (30, 30)), ((6, 6), (1, 1)), ((12, 18), (8, 12)),
+                                     ((7, 9), (3, 5))], ids=["halves", "one", "two_thirds", "odd"])
+def test_nearest_after_a_flip_or_quarter_turn_breaks_ties_as_torch(backend, flip, rotate, hw,
+                                                                     size, rng):
+    # crop, flip, turn, then torch's nearest-exact resize: at an exact tie (an even number of
+    # source pixels per output pixel) the Numba kernel took the pixel after the tie in source
+    # order where the axis was reversed (it mirrored the resized table), torch's the one before
+    imgs = images(rng, h=hw[0], w=hw[1])
+    with kernelkit.use(backend=backend):
+        out = kernelkit.preprocess(imgs, size=size, flip=flip, rotate=rotate,
+                                   interpolation="nearest", **identity())
+    ref = torch.from_numpy(imgs).permute(0, 3, 1, 2).double()
+    if flip in ("horizontal", "both"):
+        ref = ref.flip(-1)
+    if flip in ("vertical", "both"):
+        ref = ref.flip(-2)
+    ref = torch.rot90(ref, rotate // 90, dims=(-2, -1))
+    ref = torch.nn.functional.interpolate(ref, size=size, mode="nearest-exact")
+    np.testing.assert_array_equal(out, ref.numpy().astype(np.float32))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("hw,size", [((48, 64), (24, 20)), ((37, 53), (13, 29)), ((20, 30), (41, 67)),
                                       ((1, 1), (5, 4)), ((1, 17), (3, 5)), ((480, 640), (224, 224))])
 def test_antialias_matches_pil(backend, hw, size, rng):
