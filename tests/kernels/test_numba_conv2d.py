@@ -373,6 +373,40 @@ def test_depthwise_non_finite_weights_reach_the_outputs_torch_gives(bad, layout,
     np.testing.assert_array_equal(np.isnan(dx), np.isnan(dx_ref))
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_non_finite_inputs_reach_the_weight_gradients_torch_gives(bad, layout, stride):
+    """A NaN or Inf input element: the stride-2 weight gradient ran as the stride-1 one of the
+    output gradient spread out with zeros, which met every input element (0 * NaN = NaN), so
+    the bad element's channel got NaN in all nine taps where torch's has it in the taps that
+    read the element."""
+    import torch
+
+    rng = np.random.default_rng(5)
+    c = 6
+    case = (2, c, 9, 9, c, 3, 3, (stride, stride), (1, 1, 1, 1), (1, 1), c)
+    x, w, b = make(case, np.float64, layout, rng)
+    xn = x.transpose(0, 3, 1, 2) if layout == "NHWC" else x  # (a view: writes reach x)
+    xn[0, 0, 4, 4] = bad
+    xn[1, 3, 3, 6] = bad
+    xt = torch.from_numpy(np.ascontiguousarray(xn))
+    out_hw = (9 - 1) // stride + 1
+    gy = rng.standard_normal((2, c, out_hw, out_hw))
+    gyl = np.ascontiguousarray(gy.transpose(0, 2, 3, 1)) if layout == "NHWC" else gy
+    dw = conv2d_backward_weight(x, gyl, (3, 3), (stride, stride), (1, 1, 1, 1), (1, 1), c,
+                                layout)
+    ref = torch.nn.grad.conv2d_weight(xt, (c, 1, 3, 3), torch.from_numpy(gy), stride, 1, 1,
+                                      c).numpy()
+    assert not np.isfinite(ref).all()
+    if stride == 2:  # (at stride 1 every tap reads the bad element; at 2 only the centre's)
+        assert np.isfinite(ref[0]).sum() == 8
+    np.testing.assert_array_equal(np.isnan(dw), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(dw), np.isinf(ref))
+    fin = np.isfinite(ref)
+    np.testing.assert_allclose(dw[fin], ref[fin], rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("hw", [(4, 4), (5, 9), (7, 7), (14, 13), (3, 17)], ids=str)
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("dtype", DTYPES)

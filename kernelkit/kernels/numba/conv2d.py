@@ -400,11 +400,11 @@ def _dw_geo(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, groups, has_
 _DW_GEOS: dict = {}
 
 
-def _finite(fns, weight: np.ndarray) -> bool:
-    """No NaN or Inf in the (4-D) weight."""
-    if not weight.flags.c_contiguous:
-        return bool(np.isfinite(weight).all())
-    return bool(fns.all_finite(weight))
+def _finite(fns, a: np.ndarray) -> bool:
+    """No NaN or Inf in the 4-D array `a` (a weight, or an input)."""
+    if not a.flags.c_contiguous:
+        return bool(np.isfinite(a).all())
+    return bool(fns.all_finite(a))
 
 
 def _writable(a: np.ndarray) -> np.ndarray:
@@ -1141,8 +1141,10 @@ def conv2d_backward_weight(x, grad_out, kernel_hw, stride, padding, dilation, gr
     fns = _COMPILED.get(dtype) or _compiled(dtype)
     dw_stride = _dw3_stride(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, g)
     if (not nhwc and dw_stride and xv.strides[3] == x.itemsize
-            and xv.strides[2] == w * x.itemsize):
-        # (stride 2: the stride-1 dW of the spread-out dy)
+            and xv.strides[2] == w * x.itemsize and (dw_stride == 1 or _finite(fns, xv))):
+        # (stride 2: the stride-1 dW of the spread-out dy, whose zeros meet every input
+        # element: a NaN or Inf in x would reach all nine taps, where torch's reach the taps
+        # that read it; such an x takes the general path)
         src = dyv if dw_stride == 1 else _spread(dyv, h, w, False)
         geo = _geo(n, c, h, w, k, r, s, h, w, (1, 1), padding, dilation, g)
         (xv,) = _aligned(xv)
