@@ -14,7 +14,11 @@ ACTIVATIONS: tuple[str, ...] = ("relu", "gelu", "gelu_tanh", "silu")
 
 
 def check_activation(op: str, activation) -> None:
-    """The epilogue activation must be None or one of ACTIVATIONS (else a ValueError naming op)."""
+    """The epilogue activation must be None or one of ACTIVATIONS (else a TypeError naming op
+    for a value that is not a str, a ValueError for another str)."""
+    if activation is not None and not isinstance(activation, str):
+        raise TypeError(f"{op}: 'activation' must be None or one of {ACTIVATIONS}, got "
+                        f"{activation!r}")
     if activation is not None and activation not in ACTIVATIONS:
         raise ValueError(f"{op}: 'activation' must be None or one of {ACTIVATIONS}, got "
                          f"{activation!r}")

@@ -117,14 +117,18 @@ def resolve_padding(op: str, padding, kernel_hw, dilation, stride) -> tuple[int,
                 total = d * (k - 1)
                 out += [total // 2, total - total // 2]
             return tuple(out)
-        raise ValueError(f"{op}: 'padding' must be an int, a pair, 'same' or 'valid', got "
-                         f"{padding!r}")
+        raise ValueError(f"{op}: 'padding' must be an int, a pair, a 4-tuple (top, bottom, "
+                         f"left, right), 'same' or 'valid', got {padding!r}")
     if isinstance(padding, (tuple, list)) and len(padding) == 4:
         if not all(_is_int_like(v) for v in padding):
             raise TypeError(f"{op}: 'padding' (top, bottom, left, right) must be ints, got {padding!r}")
         if min(padding) < 0:
             raise ValueError(f"{op}: 'padding' must be non-negative, got {tuple(padding)}")
         return tuple(int(v) for v in padding)
+    if not _is_int_like(padding) and not (isinstance(padding, (tuple, list))
+                                          and len(padding) == 2):
+        raise TypeError(f"{op}: 'padding' must be an int, a pair, a 4-tuple (top, bottom, left, "
+                        f"right), 'same' or 'valid', got {padding!r}")
     ph, pw = check_pair(op, "padding", padding, minimum=0)
     return (ph, ph, pw, pw)
 
@@ -133,10 +137,15 @@ def check_geometry(op: str, x_nchw, w_shape, stride, padding, dilation, groups
                    ) -> tuple[ConvOptions, tuple[int, int]]:
     """The user-facing checks shared by the three conv2d ops: the options (without epilogue) and
     the output size (Ho, Wo)."""
-    if not _is_int_like(groups) or groups < 1:
+    if not _is_int_like(groups):
+        raise TypeError(f"{op}: 'groups' must be a positive int, got {groups!r}")
+    if groups < 1:
         raise ValueError(f"{op}: 'groups' must be a positive int, got {groups!r}")
     n, c, h, w = x_nchw
     k, cg, r, s = w_shape
+    if r < 1 or s < 1:  # (torch's own error is a RuntimeError; Numba returned a result)
+        raise ValueError(f"{op}: the weight's kernel (R, S) must be at least 1x1, got weight "
+                         f"shape {tuple(w_shape)} (K, C // groups, R, S)")
     if c % groups or k % groups:
         raise ValueError(f"{op}: groups={groups} must divide the input channels C={c} and the "
                          f"output channels K={k}")

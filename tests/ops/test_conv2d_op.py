@@ -410,13 +410,22 @@ BAD = [
     # unhashable arguments: before, the plan memo's lookup raised "unhashable type" (or numpy's
     # "only 0-dimensional arrays can be converted"), naming neither the op nor the argument
     (lambda r: (rand(r, (1, 3, 8, 8)), rand(r, (2, 3, 3, 3))), {"padding": np.array([1, 1])},
-     TypeError, "'padding' must be an int or a pair of ints"),
+     TypeError, "'padding' must be an int, a pair, a 4-tuple"),
     (lambda r: (torch.ones(1, 3, 8, 8), torch.ones(2, 3, 3, 3)), {"stride": np.array([1, 1])},
      TypeError, "'stride' must be an int or a pair of ints"),
     (lambda r: (torch.ones(1, 3, 8, 8), torch.ones(2, 3, 3, 3)), {"padding": {"h": 1}},
-     TypeError, "'padding' must be an int or a pair of ints"),
+     TypeError, "'padding' must be an int, a pair, a 4-tuple"),
     (lambda r: (rand(r, (1, 3, 8, 8)), rand(r, (2, 3, 3, 3))), {"activation": ["relu"]},
-     ValueError, "'activation'"),
+     TypeError, "'activation'"),
+    # wrong types are TypeErrors (were ValueErrors); a kernel of zero rows or columns is
+    # rejected (torch raised its own RuntimeError, Numba returned a (1, 2, 6, 3) result)
+    (lambda r: (rand(r, (1, 3, 8, 8)), rand(r, (2, 3, 3, 3))), {"activation": 1},
+     TypeError, "'activation'"),
+    (lambda r: (rand(r, (1, 3, 8, 8)), rand(r, (2, 3, 3, 3))), {"groups": 1.0},
+     TypeError, "'groups' must be a positive int"),
+    (lambda r: (rand(r, (1, 3, 5, 5)), rand(r, (2, 3, 0, 3))), {}, ValueError, "at least 1x1"),
+    (lambda r: (torch.ones(1, 3, 5, 5), torch.ones(2, 3, 3, 0)), {}, ValueError,
+     "at least 1x1"),
 ]
 
 
