@@ -19,7 +19,8 @@ FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 # How errors name the arrays the ops accept.
-ACCEPTED = "a numpy array, torch tensor or cupy array"
+ACCEPTED = "a numpy array (not a masked array or np.matrix), torch tensor or cupy array"
+_NUMPY_REJECTED = (np.ma.MaskedArray, np.matrix)
 # Array libraries without a bfloat16 dtype.
 _NO_BFLOAT16 = {"numpy": "numpy has no bfloat16", "cupy": "cupy arrays have no bfloat16"}
 
@@ -68,7 +69,9 @@ class Location(NamedTuple):
 def array_lib(x: Any) -> str | None:
     """The array library of `x`, or None when `x` is not an array this package accepts."""
     if isinstance(x, np.ndarray):
-        return "numpy"
+        # (not a masked array, whose mask a kernel would ignore, nor np.matrix, which one
+        # backend's `@` kept and another's result did not: both were backend-dependent results)
+        return None if isinstance(x, _NUMPY_REJECTED) else "numpy"
     mod = type(x).__module__
     if mod.startswith("torch") and type(x).__name__ in ("Tensor", "Parameter"):
         return "torch"

@@ -269,17 +269,19 @@ def _channel_indices(channel_order) -> list[int]:
     return [int(v) for v in items]
 
 
-def _per_image(name: str, value, n: int, is_one) -> list:
-    """A scalar-like value for every image, or a sequence of exactly one per image."""
+def _per_image(name: str, value, n: int, is_one, one: str = "one value") -> list:
+    """A scalar-like value for every image, or a sequence of exactly one per image. `one`: what
+    a value for all images is, for the errors (a crop of three numbers read as "3 values for
+    1 image", naming no box)."""
     if is_one(value):
         return [value] * n
     if (isinstance(value, np.ndarray) and value.ndim >= 1 or isinstance(value, Sequence)) \
             and not isinstance(value, str):  # (a string is no sequence of per-image values)
         if len(value) != n:
-            raise ValueError(f"preprocess: '{name}' must be one value for all images or one per "
-                             f"image ({n}), got {len(value)}")
+            raise ValueError(f"preprocess: '{name}' must be {one} for all images or one per "
+                             f"image ({n}), got {len(value)} values: {value!r}")
         return list(value)
-    raise TypeError(f"preprocess: '{name}' must be one value for all images or one per image, "
+    raise TypeError(f"preprocess: '{name}' must be {one} for all images or one per image, "
                     f"got {type(value).__name__} {value!r}")
 
 
@@ -296,7 +298,8 @@ def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=
 
     # geometry, resolved per image
     boxes = np.empty((n, 4), np.float64)
-    for i, box in enumerate(_per_image("crop", crop, n, lambda v: v is None or is_box(v))):
+    for i, box in enumerate(_per_image("crop", crop, n, lambda v: v is None or is_box(v),
+                                      "None or a (top, left, height, width) box")):
         h, w = hw[i]
         if box is None:
             box = (0, 0, h, w)

@@ -105,6 +105,9 @@ def stats_in_input_units(mean: np.ndarray, std: np.ndarray, in_dtype: str,
     return mean * factor, std * factor
 
 
+MAX_PIXELS = 2**31 - 1  # an output image's pixels: beyond, one float32 channel is over 8 GiB
+
+
 def check_size(size) -> tuple[int, int]:
     """`preprocess`'s output size (an int, or a (height, width) pair of ints), as two ints."""
     if isinstance(size, (int, np.integer)) and not isinstance(size, (bool, np.bool_)):
@@ -115,7 +118,12 @@ def check_size(size) -> tuple[int, int]:
         raise TypeError(f"preprocess: 'size' must be an int or an (height, width) pair, got {size!r}")
     if min(size) <= 0:
         raise ValueError(f"preprocess: 'size' must be positive, got {tuple(size)}")
+    if int(size[0]) * int(size[1]) > MAX_PIXELS:  # (before: torch's "Storage size calculation
+        # overflowed" RuntimeError, or numpy's MemoryError, naming neither op nor argument)
+        raise ValueError(f"preprocess: 'size' {tuple(size)} gives {int(size[0]) * int(size[1])} "
+                         f"pixels an image, more than {MAX_PIXELS} (2**31 - 1)")
     return int(size[0]), int(size[1])
+
 
 
 def check_settings(c: int, in_dtype: str, *, size, mean, std, interpolation, layout, out_dtype,

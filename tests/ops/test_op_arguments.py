@@ -149,3 +149,34 @@ def test_preprocess_of_images_that_require_grad_never_requires_grad(backend):
     with kernelkit.use(backend=backend):
         out = kernelkit.preprocess(imgs, size=8, mean=0.5, std=0.2)
     assert not out.requires_grad and out.grad_fn is None
+
+
+@pytest.mark.parametrize("backend", [None, "numba", "torch"])
+@pytest.mark.parametrize("kind", ["masked", "matrix"])
+def test_numpy_subclasses_whose_meaning_a_kernel_drops_are_rejected(kind, backend):
+    """A masked array's mask (Numba ignored it; torch's candidate raised numpy's broadcast
+    error) and np.matrix (kept by one backend's `@`, not by another's result): a TypeError
+    naming the op and the argument, on every backend. A memmap, another subclass, still runs."""
+    a = np.ma.array(A, mask=A > 0.5) if kind == "masked" else np.matrix(A)
+    img = np.ma.array(IMG) if kind == "masked" else None
+    with kernelkit.use(backend=backend):
+        with pytest.raises(TypeError, match=r"matmul: argument 'a' must be a numpy array \(not"):
+            kernelkit.matmul(a, A)
+        with pytest.raises(TypeError, match=r"matmul: argument 'b' must be a numpy array \(not"):
+            kernelkit.matmul(A, a)
+        if img is not None:
+            with pytest.raises(TypeError, match=r"conv2d: 'x' must be a numpy array \(not"):
+                kernelkit.conv2d(np.ma.array(X), W)
+            with pytest.raises(TypeError, match=r"preprocess: 'images' must be"):
+                kernelkit.preprocess(img, **PP)
+
+
+def test_a_memmap_is_a_numpy_array(tmp_path):
+    m = np.memmap(tmp_path / "a.bin", dtype=np.float32, mode="w+", shape=A.shape)
+    m[:] = A
+    np.testing.assert_allclose(kernelkit.matmul(m, A), A.astype(np.float64) @ A, rtol=1e-5)
+
+
+def test_an_integer_matmul_names_both_arguments():
+    with pytest.raises(TypeError, match=r"matmul: the dtype of 'a' and 'b' must be one of"):
+        kernelkit.matmul(A.astype(np.int32), A.astype(np.int32))
