@@ -49,7 +49,9 @@ def conv2d(x: Any, weight: Any, bias: Any = None, *, stride=1, padding=0, dilati
     Args:
         x: input batch, (N, C, H, W), or (N, H, W, C) with ``layout="NHWC"``; a channels_last
             torch tensor runs in NHWC and gives a channels_last result, and so does any torch
-            input beside a channels_last weight (torch's rule). numpy, torch or cupy.
+            input beside a channels_last weight (torch's rule, read from the strides as torch
+            reads them: a one-channel or 1x1 tensor in channels_last memory counts).
+            numpy (not a masked array or np.matrix), torch or cupy.
         weight: (K, C // groups, R, S), same library, device and dtype as `x`.
         bias: optional (K,).
         stride, dilation: int or (h, w) pair, positive.
