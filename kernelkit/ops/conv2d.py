@@ -227,7 +227,7 @@ def _layout(op: str, x, layout) -> tuple[str, bool]:
     # transform's path runs torch's ops, which follow the memory format themselves)
     if arrays.array_lib(x) == "torch" and layout is None and x.ndim == 4 \
             and not torch_only(x):
-        return ("NHWC", True) if channels_last_memory(x) else ("NCHW", False)
+        return ("NHWC", True) if arrays.channels_last_memory(x) else ("NCHW", False)
     return layout or "NCHW", False
 
 
@@ -458,34 +458,7 @@ def _weight_makes_channels_last(x, weight) -> bool:
     if arrays.array_lib(x) != "torch" or arrays.array_lib(weight) != "torch" \
             or torch_only(x, weight):
         return False
-    return channels_last_memory(weight)
-
-
-def channels_last_memory(t) -> bool:
-    """Whether torch reads the 4-D tensor `t` as channels_last, which makes its conv run, and
-    return its result, in channels_last memory: dense in channels_last order, with the strides
-    torch's `suggest_memory_format` takes for channels_last (c10's
-    `is_channels_last_strides_2d`: the strides of C, W, H, N increasing, where a size-1 dim's
-    stride counts as well).
-
-    Why not ``is_contiguous(memory_format=channels_last) and not is_contiguous()``, as before: a
-    tensor with a size-1 dim in channels_last memory (one input channel, a 1x1 or one-channel
-    weight) is both, and torch still returns a channels_last result for it (torch 2.13, CPU);
-    kernelkit returned an NCHW one."""
-    import torch
-
-    if t.ndim != 4 or not t.is_contiguous(memory_format=torch.channels_last):
-        return False
-    shape, strides = t.shape, t.stride()
-    if strides[1] == 0:
-        return False
-    low = 0
-    for d in (1, 3, 2, 0):
-        # (a zero-size dim, or N's stride equal to C's: an ambiguous tensor torch reads as NCHW)
-        if shape[d] == 0 or strides[d] < low or (d == 0 and low == strides[1]):
-            return False
-        low = strides[d] * shape[d] if shape[d] > 1 else strides[d]
-    return True
+    return arrays.channels_last_memory(weight)
 
 
 def _bind(fn, cand: Candidate, loc: arrays.Location, dtype: str, views: tuple, out_view) -> Plan:

@@ -32,6 +32,7 @@ import functools
 import math
 
 from .. import core, threads
+from ..arrays import channels_last_memory
 from ..kernels.convgeom import nchw_shape, out_size
 from .dispatch import op_body
 
@@ -244,8 +245,6 @@ def _channels_last(t, layout, weight=None) -> bool:
     """The ops layer's rule (ops/conv2d.py `_layout`, `_weight_makes_channels_last`): a torch
     tensor torch reads as channels_last (`channels_last_memory`) runs in NHWC and gives a
     channels_last result; so does a forward whose `weight` is such a tensor (torch's rule)."""
-    from .conv2d import channels_last_memory
-
     return layout is None and t.ndim == 4 and (channels_last_memory(t) or (
         weight is not None and channels_last_memory(weight)))
 
@@ -253,9 +252,11 @@ def _channels_last(t, layout, weight=None) -> bool:
 def _empty_like_layout(ref, shape, layout, weight=None):
     import torch
 
-    out = ref.new_empty(shape)
-    return out.contiguous(memory_format=torch.channels_last) \
-        if _channels_last(ref, layout, weight) else out
+    # (empty(memory_format=...), not new_empty(...).contiguous(memory_format=...): a shape with a
+    # size-1 dim is contiguous in both formats, and contiguous() kept the NCHW strides, which
+    # the next conv's fake then read as NCHW where the real result's strides are channels_last)
+    fmt = torch.channels_last if _channels_last(ref, layout, weight) else torch.contiguous_format
+    return torch.empty(shape, dtype=ref.dtype, device=ref.device, memory_format=fmt)
 
 
 @functools.cache
@@ -347,8 +348,11 @@ def _like_layout(t, ref, layout):
     ones), so the op runs the layout the forward ran."""
     import torch
 
-    fmt = torch.channels_last if _channels_last(ref, layout) else torch.contiguous_format
-    return t.contiguous(memory_format=fmt)
+    if not _channels_last(ref, layout):
+        return t.contiguous()
+    # (clone where it is not channels_last as torch reads it: contiguous() keeps the NCHW
+    # strides of a gradient with a size-1 dim, which the op would then run as NCHW)
+    return t if channels_last_memory(t) else t.clone(memory_format=torch.channels_last)
 
 
 def _conv2d_grads(ops, x, weight, bias, geo, activation, layout, tf32, needs, grad):

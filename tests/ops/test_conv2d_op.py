@@ -213,8 +213,12 @@ def test_a_size_one_dim_in_channels_last_memory_gives_torchs_memory_format(name,
     torch.testing.assert_close(y.detach().double(), ref, rtol=1e-4, atol=1e-4)
     if grad:
         gy = torch.from_numpy(rand(rng, tuple(y.shape)))
-        for g1, g2 in zip(torch.autograd.grad(y, (x, w), gy), torch.autograd.grad(want, (x, w), gy)):
+        got = torch.autograd.grad(y, (x, w), gy)
+        for g1, g2 in zip(got, torch.autograd.grad(want, (x, w), gy)):
             torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-4)
+        # (the output gradient made dense in the forward's format as torch reads it: the input
+        # gradient came back NCHW where torch's is channels_last)
+        assert _memory_format(got[0]) == _memory_format(x.detach())
 
 
 @pytest.mark.parametrize("backend", [None, *CPU_BACKENDS])

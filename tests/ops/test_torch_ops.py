@@ -161,3 +161,40 @@ def test_gradcheck_linear_float64(backend, activation):
     with kernelkit.use(backend=backend):
         assert torch.autograd.gradcheck(f, (x, w, bias))
         assert torch.autograd.gradgradcheck(f, (x, w, bias))
+
+
+# a channels_last input, then a conv whose result has a size-1 dim (K = 1, or a 1x1 plane), then
+# a conv of that result: (x shape, first weight, second weight, padding)
+_SIZE_ONE_CHAINS = {
+    "one_output_channel": ((2, 3, 8, 8), (1, 3, 3, 3), (4, 1, 3, 3), 1),
+    "one_pixel_plane": ((2, 3, 3, 3), (4, 3, 3, 3), (5, 4, 1, 1), 0),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(_SIZE_ONE_CHAINS))
+def test_the_fake_conv_gives_the_real_strides_through_a_size_one_result(name, backend):
+    """The fake kernel made its channels_last result with ``contiguous(memory_format=...)``,
+    which keeps NCHW strides for a shape with a size-1 dim; the next conv's fake then read it as
+    NCHW where the real result is channels_last: Inductor stopped with "incorrect fake" (stride
+    1 == 64) on a chain of two convs."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    xs, w1s, w2s, pad = _SIZE_ONE_CHAINS[name]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(xs, generator=g).to(memory_format=torch.channels_last)
+    w1, w2 = torch.randn(w1s, generator=g), torch.randn(w2s, generator=g)
+    op = conv2d_op()
+
+    def chain(x, w1, w2):
+        y1 = op(x, w1, None, [1, 1], [pad] * 4, [1, 1], 1, None, None, False)
+        return y1, op(y1, w2, None, [1, 1], [0] * 4, [1, 1], 1, None, None, False)
+
+    with kernelkit.use(backend=backend):
+        real = chain(x, w1, w2)
+    with FakeTensorMode() as mode:
+        fake = chain(*(mode.from_tensor(t) for t in (x, w1, w2)))
+    t1 = torch.nn.functional.conv2d(x, w1, padding=pad)
+    t2 = torch.nn.functional.conv2d(t1, w2)
+    assert [t.stride() for t in real] == [t1.stride(), t2.stride()]  # (torch's own)
+    assert [t.stride() for t in fake] == [t.stride() for t in real]
