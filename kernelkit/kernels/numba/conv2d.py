@@ -400,11 +400,11 @@ def _dw_geo(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, groups, has_
 _DW_GEOS: dict = {}
 
 
-def _finite(fns, a: np.ndarray) -> bool:
-    """No NaN or Inf in the 4-D array `a` (a weight, or an input)."""
-    if not a.flags.c_contiguous:
-        return bool(np.isfinite(a).all())
-    return bool(fns.all_finite(a))
+def _finite(fns, weight: np.ndarray) -> bool:
+    """No NaN or Inf in the (4-D) weight."""
+    if not weight.flags.c_contiguous:
+        return bool(np.isfinite(weight).all())
+    return bool(fns.all_finite(weight))
 
 
 def _writable(a: np.ndarray) -> np.ndarray:
@@ -1140,19 +1140,40 @@ def conv2d_backward_weight(x, grad_out, kernel_hw, stride, padding, dilation, gr
         return dw
     fns = _COMPILED.get(dtype) or _compiled(dtype)
     dw_stride = _dw3_stride(n, c, h, w, k, r, s, ho, wo, stride, padding, dilation, g)
-    if (not nhwc and dw_stride and xv.strides[3] == x.itemsize
-            and xv.strides[2] == w * x.itemsize and (dw_stride == 1 or _finite(fns, xv))):
-        # (stride 2: the stride-1 dW of the spread-out dy, whose zeros meet every input
-        # element: a NaN or Inf in x would reach all nine taps, where torch's reach the taps
-        # that read it; such an x takes the general path)
+    if not nhwc and dw_stride and xv.strides[3] == x.itemsize and xv.strides[2] == w * x.itemsize:
+        # (stride 2: the stride-1 dW of the spread-out dy)
         src = dyv if dw_stride == 1 else _spread(dyv, h, w, False)
         geo = _geo(n, c, h, w, k, r, s, h, w, (1, 1), padding, dilation, g)
         (xv,) = _aligned(xv)
         _run(fns.dw_wgrad, _dw_threads(n * k * h * w * 9, n * c * h * w), xv, src,
              dw.reshape(-1), geo)
+        if dw_stride == 2:
+            _redo_non_finite_channels(fns, dw, xv, dyv, stride, padding, dilation, config)
         return dw
-    cfg = config or _default(dtype)
-    mr, nr = tile_shape(dtype)
+    _wgrad_gemm(fns, xv, dyv, dw, stride, padding, dilation, g, config)
+    return dw
+
+
+def _redo_non_finite_channels(fns, dw, xv, dyv, stride, padding, dilation, config) -> None:
+    """A stride-2 depthwise dW through the spread-out dy multiplies its zeros with every input
+    element, so a NaN or Inf in x reached all nine taps of its channel, where torch's reaches
+    the taps that read it. Those channels (non-finite in `dw`, K x 9 values to check, not the
+    whole input) are computed again by the general kernel; the others keep their values."""
+    bad = np.flatnonzero(~np.isfinite(dw.reshape(dw.shape[0], -1)).all(axis=1))
+    if bad.size:
+        part = np.zeros((bad.size, *dw.shape[1:]), dw.dtype)
+        _wgrad_gemm(fns, np.ascontiguousarray(xv[:, bad]), np.ascontiguousarray(dyv[:, bad]),
+                    part, stride, padding, dilation, int(bad.size), config)
+        dw[bad] = part
+
+
+def _wgrad_gemm(fns, xv, dyv, dw, stride, padding, dilation, g, config) -> None:
+    """The general weight gradient into the zeroed `dw`: x and dy as NCHW views."""
+    n, c, h, w = xv.shape
+    _, k, ho, wo = dyv.shape
+    _, cg, r, s = dw.shape
+    cfg = config or _default(dw.dtype)
+    mr, nr = tile_shape(dw.dtype)
     kg = k // g
     kred = cg * r * s
     tn = _threads(n * ho * wo * k * kred)
@@ -1166,4 +1187,3 @@ def conv2d_backward_weight(x, grad_out, kernel_hw, stride, padding, dilation, gr
     xv, dyv = _aligned(xv, dyv)
     geo[_conv.G_MODE] = 1
     _run(fns.bwd, tn, xv, dyv, fns.empty, fns.empty, dw.reshape(-1), geo)
-    return dw
