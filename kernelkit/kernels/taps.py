@@ -39,10 +39,10 @@ Filters:
   normalised. Upscaling reduces to plain bilinear with edge clamping.
 * ``bilinear`` without antialias: 2 taps at the half-pixel source position clamped to
   ``[0, n_in - 1]`` (OpenCV ``INTER_LINEAR``, torch ``interpolate(antialias=False)``).
-* ``nearest``: torch's ``nearest-exact``: ``floor((o + 0.5) * n_in / n_out)`` in exact
-  arithmetic, clamped. PIL ``NEAREST`` and OpenCV ``INTER_NEAREST_EXACT`` mean the same but
-  compute it in floating point, which takes the pixel before at some exact ties (400 -> 150: 23
-  of 150 columns). (OpenCV ``INTER_NEAREST`` and torch ``nearest`` use ``floor(o * n_in /
+* ``nearest``: torch's ``nearest-exact``: ``floor((o + 0.5) * n_in / n_out)``, clamped,
+  computed as torch computes it (a float32 scale: at an exact tie it may round either way;
+  ``_nearest``), on the flipped / turned crop. PIL ``NEAREST`` and OpenCV
+  ``INTER_NEAREST_EXACT`` mean the same but compute it in their own floating point. (OpenCV ``INTER_NEAREST`` and torch ``nearest`` use ``floor(o * n_in /
   n_out)`` instead and are not matched.)
 * ``bicubic`` + antialias: PIL's bicubic (a = -0.5, support 2 scaled by the downscale factor;
   as PIL's on float ("F") images: on uint8 ones PIL and torchvision round and clamp between
@@ -257,21 +257,29 @@ def axis_taps(lo, length, limit, n_out: int, interpolation: str, antialias: bool
 
 
 def _nearest(lo, length, n_out: int, reverse) -> np.ndarray:
-    """The source pixel of each output index of a nearest (torch's nearest-exact) resize of the
-    box [lo, lo + length) to ``n_out``: the pixel holding the sample at ``(o + 0.5) * length /
-    n_out`` from the box's start, in exact integer arithmetic where the box has integer edges (a
-    tie is exact there: floating point put some just below). Where the axis is ``reverse``d the
-    sample is counted from the box's end, and a tie falls the other way: flipping first and then
-    resizing, as torch does, takes the pixel before a tie in source order; mirroring the resized
-    table (`_reverse`) read the one after (issue: 7,164 of 21,600 values off after a horizontal
-    flip, 60x80 -> 30x30)."""
-    o = np.arange(n_out, dtype=np.int64)
+    """The source pixel of each output index of a nearest resize of the box [lo, lo + length) to
+    ``n_out``, where the axis is ``reverse``d (a flip or quarter turn) counted as the flipped
+    box, as torch's chain flips first and then resizes.
+
+    Whole-pixel boxes (every box the op passes): torch's nearest-exact as torch computes it
+    (ATen's `nearest_neighbor_exact_compute_source_index`): ``floor(float32((o + 0.5) * s))``
+    with ``s = float32(length) / n_out``, which at an exact tie may round either way (30 -> 23
+    puts 11.5 * s at 14.99999: pixel 14). Checked against `F.interpolate` for every length and
+    output size 1..89. Before: float64 arithmetic (off from torch at some ties, e.g. 26 ->
+    23), and a reversed axis as the resized table mirrored, which took the other pixel at every
+    tie (7,164 of 21,600 values after a horizontal flip, 60 x 80 -> 30 x 30).
+    Fractional boxes: the pixel holding the sample, a tie going to the pixel after it in the
+    flipped order."""
     rev = reverse.reshape(-1, 1)
     if np.all(lo == np.round(lo)) and np.all(length == np.round(length)):
         li, ni = lo.astype(np.int64), length.astype(np.int64)
-        num, den = (2 * o + 1) * ni, 2 * n_out
-        # floor(num / den) from the start; ceil(num / den) - 1 where reversed
-        return li + np.where(rev, (num + den - 1) // den - 1, num // den)
+        scale = (ni.astype(np.float32) / np.float32(n_out)).astype(np.float64)
+        o = np.arange(n_out, dtype=np.float64)
+        t = np.floor(((o + 0.5) * scale).astype(np.float32)).astype(np.int64)
+        t = np.minimum(t, ni - 1)  # (the index into the flipped box, where reversed)
+        # the table is read backwards for a reversed axis (`_reverse`): entry p is output n_out-1-p
+        return np.where(rev, (li + ni - 1 - t)[:, ::-1], li + t)
+    o = np.arange(n_out, dtype=np.float64)
     pos = lo + (o + 0.5) * (length / n_out)
     return np.where(rev, np.ceil(pos) - 1, np.floor(pos)).astype(np.int64)
 

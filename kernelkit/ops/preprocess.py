@@ -278,8 +278,10 @@ def _per_image(name: str, value, n: int, is_one, one: str = "one value") -> list
     if (isinstance(value, np.ndarray) and value.ndim >= 1 or isinstance(value, Sequence)) \
             and not isinstance(value, str):  # (a string is no sequence of per-image values)
         if len(value) != n:
+            shown = repr(value)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
             raise ValueError(f"preprocess: '{name}' must be {one} for all images or one per "
-                             f"image ({n}), got {len(value)} values: {value!r}")
+                             f"image ({n}), got {len(value)} values: {shown}")
         return list(value)
     raise TypeError(f"preprocess: '{name}' must be {one} for all images or one per image, "
                     f"got {type(value).__name__} {value!r}")

@@ -105,7 +105,9 @@ def stats_in_input_units(mean: np.ndarray, std: np.ndarray, in_dtype: str,
     return mean * factor, std * factor
 
 
-MAX_PIXELS = 2**31 - 1  # an output image's pixels: beyond, one float32 channel is over 8 GiB
+# An output image's pixels at most: a limit of ours (46341 x 46341), far beyond any image a
+# model takes, that turns a size given by mistake into an error naming it
+MAX_PIXELS = 2**31 - 1
 
 
 def check_size(size) -> tuple[int, int]:
@@ -118,11 +120,12 @@ def check_size(size) -> tuple[int, int]:
         raise TypeError(f"preprocess: 'size' must be an int or an (height, width) pair, got {size!r}")
     if min(size) <= 0:
         raise ValueError(f"preprocess: 'size' must be positive, got {tuple(size)}")
-    if int(size[0]) * int(size[1]) > MAX_PIXELS:  # (before: torch's "Storage size calculation
-        # overflowed" RuntimeError, or numpy's MemoryError, naming neither op nor argument)
-        raise ValueError(f"preprocess: 'size' {tuple(size)} gives {int(size[0]) * int(size[1])} "
-                         f"pixels an image, more than {MAX_PIXELS} (2**31 - 1)")
-    return int(size[0]), int(size[1])
+    h, w = int(size[0]), int(size[1])
+    if h * w > MAX_PIXELS:  # (before: torch's "Storage size calculation overflowed"
+        # RuntimeError, or numpy's MemoryError, naming neither op nor argument)
+        raise ValueError(f"preprocess: 'size' {(h, w)} gives {h * w} pixels an image, more than "
+                         f"{MAX_PIXELS} (2**31 - 1)")
+    return h, w
 
 
 
