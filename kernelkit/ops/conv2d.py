@@ -47,7 +47,8 @@ def conv2d(x: Any, weight: Any, bias: Any = None, *, stride=1, padding=0, dilati
     """2-D convolution with a fused epilogue: ``activation(conv2d(x, weight) + bias)``.
 
     Args:
-        x: input batch, (N, C, H, W), or (N, H, W, C) with ``layout="NHWC"``; a channels_last
+        x: input batch, (N, C, H, W), or (N, H, W, C) with ``layout="NHWC"`` (one image
+            without the batch dim, (C, H, W) or (H, W, C), as F.conv2d takes it); a channels_last
             torch tensor runs in NHWC and gives a channels_last result, and so does any torch
             input beside a channels_last weight (torch's rule, read from the strides as torch
             reads them: a one-channel or 1x1 tensor in channels_last memory counts).
@@ -63,7 +64,8 @@ def conv2d(x: Any, weight: Any, bias: Any = None, *, stride=1, padding=0, dilati
         allow_tf32: let fp32 GPU kernels use TF32 (off unless asked for).
 
     Shape:
-        (N, C, H, W) -> (N, K, Ho, Wo), Ho = (H + pad_h - dilation_h * (R - 1) - 1) // stride_h + 1
+        (N, C, H, W) -> (N, K, Ho, Wo), Ho = (H + pad_h - dilation_h * (R - 1) - 1) // stride_h + 1;
+        (C, H, W) -> (K, Ho, Wo)
 
     Returns:
         A new array like `x` (library, device, dtype, layout). With C = 0 every sum is empty and
@@ -87,6 +89,10 @@ def conv2d(x: Any, weight: Any, bias: Any = None, *, stride=1, padding=0, dilati
         return proxy.tracer.create_proxy("call_function", conv2d, (x, weight, bias), dict(
             stride=stride, padding=padding, dilation=dilation, groups=groups,
             activation=activation, layout=layout, allow_tf32=allow_tf32))  # (an fx trace)
+    if arrays.array_lib(x) is not None and x.ndim == 3:  # unbatched (C, H, W), as F.conv2d
+        return conv2d(x[None], weight, bias, stride=stride, padding=padding, dilation=dilation,
+                      groups=groups, activation=activation, layout=layout,
+                      allow_tf32=allow_tf32)[0]
     if type(x) is not _NDARRAY and torch_only(x, weight, bias):  # vmap, meta, ...: torch's ops
         check_activation("conv2d", activation)
         geo = _op_geometry("conv2d", x, x.shape, weight.shape, stride, padding, dilation, groups,

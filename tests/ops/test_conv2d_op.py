@@ -173,6 +173,31 @@ def test_nan_inf_and_empty_batch(backend, rng):
     assert empty.shape == (0, 7, 13, 11)
 
 
+@pytest.mark.parametrize("backend", [None, *CPU_BACKENDS])
+@pytest.mark.parametrize("kind", ["numpy", "torch", "nhwc"])
+def test_one_image_without_a_batch_dim_as_f_conv2d(kind, backend, rng):
+    # F.conv2d (and the patched nn.Conv2d) take (C, H, W); the op raised "'x' must be 4-D"
+    x, w, b = rand(rng, (3, 9, 7)), rand(rng, (4, 3, 3, 3)), rand(rng, (4,))
+    want = F.conv2d(*(torch.from_numpy(t).double() for t in (x, w, b)), stride=2, padding=1)
+    args = {"numpy": (x, w, b), "torch": tuple(map(torch.from_numpy, (x, w, b))),
+            "nhwc": (np.ascontiguousarray(x.transpose(1, 2, 0)), w, b)}[kind]
+    with kernelkit.use(backend=backend):
+        y = kernelkit.conv2d(*args, stride=2, padding=1, activation="relu",
+                             layout="NHWC" if kind == "nhwc" else None)
+    y = np.asarray(y)
+    if kind == "nhwc":
+        y = y.transpose(2, 0, 1)
+    assert y.shape == (4, 5, 4)
+    np.testing.assert_allclose(y, F.relu(want).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_vmap_over_images_as_over_f_conv2d(rng):
+    # vmap hands the op one (C, H, W) image at a time: "'x' must be 4-D" before
+    xs, w = torch.from_numpy(rand(rng, (5, 3, 8, 8))), torch.from_numpy(rand(rng, (4, 3, 3, 3)))
+    y = torch.func.vmap(lambda x: kernelkit.conv2d(x, w, padding=1))(xs)
+    torch.testing.assert_close(y, F.conv2d(xs, w, padding=1), rtol=1e-4, atol=1e-4)
+
+
 def _memory_format(t: torch.Tensor) -> tuple[bool, bool]:
     return t.is_contiguous(), t.is_contiguous(memory_format=torch.channels_last)
 
@@ -401,7 +426,7 @@ BAD = [
     (lambda r: (rand(r, (1, 3, 2, 2)), rand(r, (2, 3, 5, 5))), {}, ValueError, "larger than the padded"),
     (lambda r: (rand(r, (1, 3, 8, 8)), rand(r, (2, 3, 3, 3))), {"padding": -1}, ValueError,
      "non-negative"),
-    (lambda r: (rand(r, (3, 8, 8)), rand(r, (2, 3, 3, 3))), {}, ValueError, "must be 4-D"),
+    (lambda r: (rand(r, (8, 8)), rand(r, (2, 3, 3, 3))), {}, ValueError, "must be 4-D"),
     (lambda r: (rand(r, (1, 3, 8, 8)), rand(r, (2, 3, 3))), {}, ValueError, "must be 4-D"),
     (lambda r: (rand(r, (1, 3, 8, 8)), rand(r, (2, 3, 3, 3))), {"stride": 0}, ValueError, "positive"),
     (lambda r: (rand(r, (1, 3, 8, 8)), rand(r, (2, 3, 3, 3))), {"stride": 2, "padding": "same"},
