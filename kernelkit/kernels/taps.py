@@ -42,8 +42,9 @@ Filters:
 * ``nearest``: torch's ``nearest-exact``: ``floor((o + 0.5) * n_in / n_out)``, clamped,
   computed as torch computes it (a float32 scale: at an exact tie it may round either way;
   ``_nearest``), on the flipped / turned crop. PIL ``NEAREST`` and OpenCV
-  ``INTER_NEAREST_EXACT`` mean the same but compute it in their own floating point. (OpenCV ``INTER_NEAREST`` and torch ``nearest`` use ``floor(o * n_in /
-  n_out)`` instead and are not matched.)
+  ``INTER_NEAREST_EXACT`` mean the same but compute it in their own floating point. (OpenCV
+  ``INTER_NEAREST`` and torch ``nearest`` use ``floor(o * n_in / n_out)`` instead and are not
+  matched.)
 * ``bicubic`` + antialias: PIL's bicubic (a = -0.5, support 2 scaled by the downscale factor;
   as PIL's on float ("F") images: on uint8 ones PIL and torchvision round and clamp between
   the two passes, up to 16 levels off where the filter overshoots);

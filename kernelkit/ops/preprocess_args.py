@@ -128,7 +128,6 @@ def check_size(size) -> tuple[int, int]:
     return h, w
 
 
-
 def check_settings(c: int, in_dtype: str, *, size, mean, std, interpolation, layout, out_dtype,
                    stats_unit) -> tuple[tuple[int, int], np.ndarray, np.ndarray, str]:
     """The checks of `preprocess`'s settings for `c`-channel images of `in_dtype` (also the
