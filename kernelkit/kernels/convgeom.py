@@ -90,17 +90,22 @@ def _is_int_like(v) -> bool:
     return hasattr(v, "__index__") and not isinstance(v, bool) and getattr(v, "ndim", 0) == 0
 
 
-def check_pair(op: str, name: str, v, *, minimum: int) -> tuple[int, int]:
-    """An int or a pair of ints, each >= minimum."""
+def check_pair(op: str, name: str, v, *, minimum: int,
+               forms: str = "an int or a pair of ints") -> tuple[int, int]:
+    """An int or a pair of ints, each >= minimum (`forms`: what the argument may be, for the
+    error)."""
     if _is_int_like(v):
         v = (int(v), int(v))
     if (not isinstance(v, (tuple, list)) or len(v) != 2
             or not all(_is_int_like(i) for i in v)):
-        raise TypeError(f"{op}: '{name}' must be an int or a pair of ints, got {v!r}")
+        raise TypeError(f"{op}: '{name}' must be {forms}, got {v!r}")
     if min(v) < minimum:
         what = "positive" if minimum > 0 else "non-negative"
         raise ValueError(f"{op}: '{name}' must be {what}, got {tuple(v)}")
     return int(v[0]), int(v[1])
+
+
+PADDING_FORMS = "an int, a pair, a 4-tuple (top, bottom, left, right), 'same' or 'valid'"
 
 
 def resolve_padding(op: str, padding, kernel_hw, dilation, stride) -> tuple[int, int, int, int]:
@@ -117,19 +122,14 @@ def resolve_padding(op: str, padding, kernel_hw, dilation, stride) -> tuple[int,
                 total = d * (k - 1)
                 out += [total // 2, total - total // 2]
             return tuple(out)
-        raise ValueError(f"{op}: 'padding' must be an int, a pair, a 4-tuple (top, bottom, "
-                         f"left, right), 'same' or 'valid', got {padding!r}")
+        raise ValueError(f"{op}: 'padding' must be {PADDING_FORMS}, got {padding!r}")
     if isinstance(padding, (tuple, list)) and len(padding) == 4:
         if not all(_is_int_like(v) for v in padding):
             raise TypeError(f"{op}: 'padding' (top, bottom, left, right) must be ints, got {padding!r}")
         if min(padding) < 0:
             raise ValueError(f"{op}: 'padding' must be non-negative, got {tuple(padding)}")
         return tuple(int(v) for v in padding)
-    if not _is_int_like(padding) and not (isinstance(padding, (tuple, list))
-                                          and len(padding) == 2):
-        raise TypeError(f"{op}: 'padding' must be an int, a pair, a 4-tuple (top, bottom, left, "
-                        f"right), 'same' or 'valid', got {padding!r}")
-    ph, pw = check_pair(op, "padding", padding, minimum=0)
+    ph, pw = check_pair(op, "padding", padding, minimum=0, forms=PADDING_FORMS)
     return (ph, ph, pw, pw)
 
 

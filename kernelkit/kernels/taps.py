@@ -272,15 +272,14 @@ def _nearest(lo, length, n_out: int, reverse) -> np.ndarray:
     Fractional boxes: the pixel holding the sample, a tie going to the pixel after it in the
     flipped order."""
     rev = reverse.reshape(-1, 1)
+    o = np.arange(n_out, dtype=np.float64)
     if np.all(lo == np.round(lo)) and np.all(length == np.round(length)):
         li, ni = lo.astype(np.int64), length.astype(np.int64)
         scale = (ni.astype(np.float32) / np.float32(n_out)).astype(np.float64)
-        o = np.arange(n_out, dtype=np.float64)
         t = np.floor(((o + 0.5) * scale).astype(np.float32)).astype(np.int64)
         t = np.minimum(t, ni - 1)  # (the index into the flipped box, where reversed)
         # the table is read backwards for a reversed axis (`_reverse`): entry p is output n_out-1-p
         return np.where(rev, (li + ni - 1 - t)[:, ::-1], li + t)
-    o = np.arange(n_out, dtype=np.float64)
     pos = lo + (o + 0.5) * (length / n_out)
     return np.where(rev, np.ceil(pos) - 1, np.floor(pos)).astype(np.int64)
 
