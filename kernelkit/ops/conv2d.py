@@ -21,7 +21,6 @@ from ..kernels import check_activation, check_flag, torch_activations
 from ..kernels.convgeom import ConvOptions, check_geometry, nchw_shape
 from .dispatch import (
     PlanMemo,
-    explain_call,
     flag_key,
     fx_proxy,
     jit_tracing,
@@ -196,10 +195,6 @@ def conv2d_backward_weight(x: Any, grad_out: Any, weight_shape, *, stride=1, pad
     return plan(x, grad_out)
 
 
-def explain(x, weight, bias=None, **kwargs):
-    return explain_call(prepare_forward(x, weight, bias, **kwargs))
-
-
 _FORWARD, _BWD_INPUT, _BWD_WEIGHT = PlanMemo(), PlanMemo(), PlanMemo()
 
 
@@ -278,6 +273,8 @@ def _problem(op, xs, ws, out_hw, dtype, layout, loc, options: ConvOptions) -> Pr
 def prepare_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
                     activation=None, layout=None, allow_tf32=False) -> Call:
     op = "conv2d"
+    if arrays.array_lib(x) is not None and x.ndim == 3:  # one image, as the op takes it
+        x = x[None]
     loc, dtype = _check_arrays(op, {"x": x, "weight": weight, "bias": bias})
     kl, channels_last = _layout(op, x, layout)
     _ndim(op, "x", x, "(N, H, W, C)" if kl == "NHWC" and not channels_last else "(N, C, H, W)")

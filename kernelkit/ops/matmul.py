@@ -19,7 +19,6 @@ from ..core import Call, Candidate, Config, OpSpec, Plan, Problem
 from ..kernels import check_activation, check_flag, numpy_activation, torch_activations
 from .dispatch import (
     PlanMemo,
-    explain_call,
     flag_key,
     fx_proxy,
     jit_tracing,
@@ -97,11 +96,6 @@ def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
         plan = _PLANS.store(sig, plan_for(prepare(a, b, bias=bias, activation=activation,
                                                    allow_tf32=allow_tf32)))
     return plan(a, b, bias)
-
-
-def explain(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
-            allow_tf32: bool = False):
-    return explain_call(prepare(a, b, bias=bias, activation=activation, allow_tf32=allow_tf32))
 
 
 _PLANS = PlanMemo()

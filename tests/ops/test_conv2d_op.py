@@ -191,6 +191,16 @@ def test_one_image_without_a_batch_dim_as_f_conv2d(kind, backend, rng):
     np.testing.assert_allclose(y, F.relu(want).numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_explain_takes_one_image_as_the_op_does(rng):
+    # the op took (C, H, W) but kernelkit.explain of the same call raised "'x' must be 4-D"
+    x, w = rand(rng, (3, 9, 7)), rand(rng, (4, 3, 3, 3))
+    with kernelkit.use(tune="model"):
+        one = kernelkit.explain("conv2d", x, w, stride=2, padding=1)
+        batched = kernelkit.explain("conv2d", x[None], w, stride=2, padding=1)
+    assert one.problem.shapes == batched.problem.shapes == ((1, 3, 9, 7), (4, 3, 3, 3), (1, 4, 5, 4))
+    assert one.key == batched.key
+
+
 def test_vmap_over_images_as_over_f_conv2d(rng):
     # vmap hands the op one (C, H, W) image at a time: "'x' must be 4-D" before
     xs, w = torch.from_numpy(rand(rng, (5, 3, 8, 8))), torch.from_numpy(rand(rng, (4, 3, 3, 3)))
