@@ -89,12 +89,17 @@ def _bind_forward(p):
     # tuple for the three of them (1x8x8x8 3x3 conv, a 2-vCPU Zen 4)
     stride, pad, dilation = (_square(v) for v in (stride, (top, left), dilation))
     act = None if activation is None else ACTIVATION_FNS[activation]
+    # torch's defaults left out where they hold: two arguments fewer to parse, 0.2 us
+    short = dilation == 1 and groups == 1
 
     def plan(x, w, b):
         if x.is_cuda:  # (CPU data run on the GPU: float32 needs the TF32 switch)
             return conv2d_forward(x, w, b, *geo, activation, layout, allow_tf32)
-        y = conv(x, w, b, stride, pad, dilation, groups)
-        return (y if act is None else act(y)).contiguous()
+        y = conv(x, w, b, stride, pad) if short else conv(x, w, b, stride, pad, dilation, groups)
+        if act is not None:
+            y = act(y)
+        # (asked first: contiguous() on a contiguous result costs 0.15 us more than the question)
+        return y if y.is_contiguous() else y.contiguous()
 
     return plan
 
