@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ._route import describe
+from ._route import describe, drop_routes
 from .conv import Conv2d
 from .linear import Linear
 
@@ -125,8 +125,8 @@ def unpatch(model: nn.Module) -> PatchReport:
                                 f"fused activation={layer.activation!r}"))
             continue
         layer.__class__ = plain
-        for attr in ("activation", "_kk_routes", "_kk_trials", "_kk_torch_buckets",
-                     "_kk_aten_token", "_kk_aten_only", "_kk_aten_only_grad"):
+        drop_routes(layer.__dict__)
+        for attr in ("activation", "_kk_aten_only", "_kk_aten_only_grad"):
             layer.__dict__.pop(attr, None)
         report.swapped.append((name, f"kernelkit.nn.{type(layer).__name__}"
                                      f" -> torch.nn.{plain.__name__}"))

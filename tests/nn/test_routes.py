@@ -686,6 +686,35 @@ def test_the_route_memo_drops_its_oldest_sizes_not_all_of_them(monkeypatch):
     assert kept == list(range(11, _route.MAX_ROUTES + 11))
 
 
+def test_more_sizes_than_the_route_memo_holds_find_torchs_op_without_a_new_route(
+        monkeypatch):
+    """Past MAX_ROUTES sizes every call of a new length made a route again (its size bucket,
+    the memo's bookkeeping: 4.7 us over torch's call where a memoised one costs 1). Sizes whose
+    bucket torch settled are remembered apart, many more of them, and found without a route;
+    dropping the routes (a changed layer, unpatch) drops them too."""
+    from kernelkit.nn import _route
+
+    _torch_chosen(monkeypatch)
+    made = []
+    new_route = _route._new_route
+    monkeypatch.setattr(_route, "_new_route", lambda *a: made.append(a[-1]) or new_route(*a))
+    layer = nn.Linear(8, 4)
+    knn.patch(layer)
+    lengths = range(1, 3 * _route.MAX_ROUTES)
+    with torch.no_grad():
+        for n in lengths:
+            layer(torch.randn(n, 8))
+        assert len(made) == len(lengths)
+        for n in reversed(lengths):
+            x = torch.randn(n, 8)
+            torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+    assert len(made) == len(lengths)  # (the second pass made none)
+    assert len(layer._kk_routes) == _route.MAX_ROUTES
+    assert "_kk_aten_sigs" not in copy.deepcopy(layer).__dict__
+    knn.unpatch(layer)
+    assert not any(k.startswith("_kk_") for k in layer.__dict__)
+
+
 @pytest.mark.parametrize("how", ["recheck_after", "warming"])
 def test_a_size_bucket_whose_choice_the_tuner_revisits_is_asked_again(how, monkeypatch):
     """A choice made without measuring (the tuner counts the bucket's calls until measuring
