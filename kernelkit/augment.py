@@ -140,7 +140,8 @@ def augment(
         scale, ratio: RandomResizedCrop's area fraction and aspect-ratio ranges (torchvision's
             semantics, including its 10 tries and central-crop fallback).
         hflip, vflip: probability of each flip.
-        degrees: a rotation angle range (a number d means (-d, d)); 0 for none.
+        degrees: a rotation angle range (a number d means (-d, d); (d, d) is always d); 0 for
+            none.
         quarter_turns: draw the rotation as k * 90 degrees, k uniform in 0..3 (exact).
 
     Returns:
@@ -172,7 +173,7 @@ def augment(
         if not -math.inf < lo <= hi < math.inf:  # (a reversed range drew no rotation at all)
             raise ValueError(f"augment: 'degrees' must be a finite (low, high) range with "
                              f"low <= high, got {degrees!r}")
-    if quarter_turns and hi > lo:
+    if quarter_turns and (lo, hi) != (0.0, 0.0):
         raise ValueError(f"augment: 'degrees' ({degrees!r}) and quarter_turns=True both draw the "
                          "rotation; give one of them")
     for h, w in image_sizes:
@@ -189,5 +190,5 @@ def augment(
         if quarter_turns:
             rots.append(90.0 * int(u[2] * 4))
         else:
-            rots.append(float(lo + (hi - lo) * u[3]) if hi > lo else 0.0)
+            rots.append(float(lo + (hi - lo) * u[3]))  # ((d, d): d, as torchvision's)
     return Augmentation(crops, flips, rots, [int(i) for i in indices], int(seed), int(epoch))

@@ -119,6 +119,13 @@ def test_flip_probability_and_bad_keys():
         kernelkit.augment([-1], [(10, 10)], seed=0)
 
 
+def test_a_range_of_one_angle_rotates_by_it_as_torchvision():
+    # degrees=(30, 30) drew no rotation at all (torchvision's RandomRotation((30, 30)): 30)
+    for degrees in ((30, 30), (-90.0, -90.0), (0, 0)):
+        aug = kernelkit.augment([0, 1, 2], [(32, 32)] * 3, seed=0, degrees=degrees)
+        assert aug.rotate == [float(degrees[0])] * 3
+
+
 def test_bad_ranges_probabilities_and_sizes_name_the_argument():
     # these raised IndexError, ZeroDivisionError and "cannot unpack non-iterable numpy.int64",
     # or were taken silently (hflip=2; degrees dropped under quarter_turns)
@@ -127,6 +134,7 @@ def test_bad_ranges_probabilities_and_sizes_name_the_argument():
                     (dict(hflip=2), "'hflip' is a probability in \\[0, 1\\], got 2"),
                     (dict(vflip=-0.1), "'vflip' is a probability"),
                     (dict(degrees=10, quarter_turns=True), "give one of them"),
+                    (dict(degrees=(30, 30), quarter_turns=True), "give one of them"),
                     # these two drew no rotation at all, silently
                     (dict(degrees=-10), "'degrees' as one number d means \\(-d, d\\) and must "
                                         "be >= 0"),

@@ -142,10 +142,12 @@ def _decoded_scale(full: tuple[int, int], got: tuple[int, int], asked: int) -> i
 def _undecodable(exc: Exception, index: int, source: Any) -> ValueError:
     """A decoder's error (PIL's "cannot identify image file <_io.BytesIO ...>", libjpeg-turbo's
     "Premature end of JPEG file") with the dataset index and the file that caused it."""
+    if isinstance(source, np.ndarray):  # an image given decoded: checked, not decoded
+        return ValueError(f"data: sample {index}: {str(exc).removeprefix('data: ')}")
     if isinstance(source, (str, os.PathLike)):
         what = os.fspath(source)
-    else:
-        what = f"{type(source).__name__} of {len(source)} bytes"
+    else:  # (a memoryview's len counts its items)
+        what = f"{type(source).__name__} of {getattr(source, 'nbytes', None) or len(source)} bytes"
     return ValueError(f"data: cannot decode sample {index} ({what}): {type(exc).__name__}: {exc}")
 
 

@@ -181,8 +181,8 @@ def _preprocess_batch(images: torch.Tensor, reverse: bool, *fields) -> torch.Ten
     """`Preprocess.forward` outside TorchScript. A leaf of torch.fx symbolic traces (`fx.wrap`
     below), with the module's fields as constants: the images' rank and channel count, which it
     reads, are not known there."""
-    if images.ndim == 3:  # one (H, W, C) image
-        return _preprocess_batch(images.unsqueeze(0), reverse, *fields).squeeze(0)
+    if images.ndim == 3:  # one (H, W, C) image (indexing, not unsqueeze: numpy's too)
+        return _preprocess_batch(images[None], reverse, *fields)[0]
     args = _op_args(images, reverse, *fields)
     # traced (torch.compile, export, torch.jit.trace), or tensors a kernel cannot read (meta,
     # FakeTensor, a torch.func transform, a dispatch mode): the registered op; torch.ops.*

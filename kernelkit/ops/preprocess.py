@@ -31,6 +31,7 @@ from .dispatch import (
 )
 from .preprocess_args import (
     FLIP_BY_PAIR,
+    FLIP_NAMES,
     FLIPS,
     IN_DTYPES,
     check_flip_name,
@@ -322,6 +323,9 @@ def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=
     flips = np.zeros((n, 2), np.bool_)
     if isinstance(flip, str):
         check_flip_name(flip)
+    elif flip is True or isinstance(flip, np.bool_) and flip:  # (False is "none": no axis)
+        raise ValueError(f"preprocess: flip=True does not say which axis to flip: give one of "
+                         f"{FLIP_NAMES}, a (horizontal, vertical) pair, or one per image")
     is_flip = lambda v: v in FLIPS if isinstance(v, (str, bool)) or v is None else \
         (isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(b, (bool, np.bool_)) for b in v))
     for i, f in enumerate(_per_image("flip", flip, n, is_flip)):

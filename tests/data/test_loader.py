@@ -270,6 +270,12 @@ def test_bad_dataset_and_image_types():
         data.read_source(3.5)
     with pytest.raises(ValueError, match="data: a decoded image must be a uint8"):
         data.read_source(np.zeros((4, 4, 3), np.float32))
+    # through a loader the array was "ndarray of 20 bytes" (its first dim) it "cannot decode"
+    loader = data.Loader([np.zeros((20, 30, 3), np.uint8), np.zeros((20, 30, 3), np.float32)],
+                         batch_size=2, size=8, mean=0.0, std=1.0)
+    with pytest.raises(ValueError, match=r"^data: sample 1: a decoded image must be a uint8 .*"
+                                         r"got float32 \(20, 30, 3\)$"):
+        next(iter(loader))
 
 
 # -- inside a torch DataLoader -------------------------------------------------------------------

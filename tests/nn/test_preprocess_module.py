@@ -62,6 +62,17 @@ def test_unbatched_image_and_out_dtype():
     torch.testing.assert_close(one, module(imgs)[0], rtol=0, atol=0)
 
 
+def test_one_numpy_image_as_a_batch_of_one():
+    # a numpy (H, W, C) image raised "'numpy.ndarray' object has no attribute 'unsqueeze'"; the
+    # module's own message says it takes one
+    imgs = _images(n=1).numpy()
+    module = Preprocess(8, mean=MEAN, std=STD)
+    one = module(imgs[0])
+    assert type(one) is np.ndarray and one.shape == (3, 8, 8)
+    # (the two calls may run on two backends: one may be torch's while Numba compiles)
+    np.testing.assert_allclose(one, module(imgs)[0], rtol=1e-5, atol=1e-5)
+
+
 def test_bad_arguments_name_the_argument():
     with pytest.raises(ValueError, match="'flip'"):
         Preprocess(8, 0.0, 1.0, flip="sideways")

@@ -275,8 +275,11 @@ def test_bad_input(rng):
          "'fill' must be finite"),
         (lambda: kernelkit.preprocess(imgs, rotate="90", **ok), TypeError,
          "'rotate' must be one value .* got str '90'"),  # (was: "got '9'")
-        (lambda: kernelkit.preprocess(imgs, flip=True, **ok), TypeError,
-         "'flip' must be one value .* got bool True"),
+        # (was a TypeError, "'flip' must be one value for all images", which True is)
+        (lambda: kernelkit.preprocess(imgs, flip=True, **ok), ValueError,
+         r"flip=True does not say which axis to flip: give one of \('none', 'horizontal'"),
+        (lambda: kernelkit.preprocess(imgs, flip=np.True_, **ok), ValueError,
+         "flip=True does not say which axis"),
         (lambda: kernelkit.preprocess(imgs, size=0, mean=0, std=1), ValueError, "'size' must be positive"),
         (lambda: kernelkit.preprocess(imgs[:1], size=8, mean=0, std=1, crop=(0, 0, 5)),
          ValueError, r"'crop' must be None or a \(top, left, height, width\) box for all"),
