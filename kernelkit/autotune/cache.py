@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import threading
 import warnings
@@ -92,6 +93,7 @@ class Cache:
         self._fingerprints: dict[str, dict] = {}
         self._lines = 0  # lines in the file when last read (to decide on compaction)
         self._fps_on_disk: set[str] = set()  # fingerprints whose definition the file holds
+        self._other_schema: list[str] = []  # the file's lines of another schema, kept verbatim
         self._in_memory = False  # the directory cannot be written: tune in memory
         self._mutex = threading.RLock()
         self._warned: set[str] = set()
@@ -113,9 +115,13 @@ class Cache:
                     ) -> tuple[dict[tuple[str, str], dict], dict[str, dict], int]:
         """Every record of a JSON-lines file; damaged lines are skipped with one warning. A file
         that exists but cannot be read gives nothing (one warning), or raises with `strict` (a
-        rewrite must not replace what it could not read)."""
+        rewrite must not replace what it could not read). The records of another schema (another
+        kernelkit version sharing the directory) are not read but kept as they are, in
+        `self._other_schema`, for `_rewrite` to write back: a compaction or `cache clear`
+        dropped them as damaged."""
         records: dict[tuple[str, str], dict] = {}
         fps: dict[str, dict] = {}
+        others: list[str] = []
         bad = lines = 0
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
@@ -127,14 +133,18 @@ class Cache:
                         rec = json.loads(line)
                         if "fingerprint" in rec:
                             fps[str(rec["fp"])] = dict(rec["fingerprint"])
+                        elif rec.get("schema", SCHEMA) != SCHEMA:
+                            others.append(line.strip())
                         else:
                             entry = rec["entry"]
-                            if rec.get("schema", SCHEMA) != SCHEMA or entry_error(entry):
+                            if entry_error(entry):
                                 raise ValueError("not an entry of this schema")
                             records[(str(rec["fp"]), str(rec["key"]))] = entry
-                    except (ValueError, KeyError, TypeError):
+                    # (RecursionError: a line of deeply nested brackets)
+                    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
                         bad += 1
         except (FileNotFoundError, NotADirectoryError):  # nothing cached there (yet)
+            self._other_schema = []
             return {}, {}, 0
         except OSError as exc:
             if strict:
@@ -142,9 +152,13 @@ class Cache:
             self._warn("unreadable", f"cannot read the autotune cache {path}: {exc}; tuning "
                        "without it")
             return {}, {}, 0
+        self._other_schema = others
         if bad:
             self._warn("damaged", f"the autotune cache {path} has {bad} damaged line(s) of "
                        f"{lines}; kept the {len(records)} entries that could be read")
+        if others:
+            self._warn("other-schema", f"the autotune cache {path} holds {len(others)} entries "
+                       f"of another cache schema (another kernelkit version): kept, not used")
         return records, fps, lines
 
     def _load(self) -> None:
@@ -177,7 +191,7 @@ class Cache:
             if head.get("schema") != 1:
                 raise ValueError(f"unknown schema {head.get('schema')!r}")
             fp = dict(head["fingerprint"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
             why = "schema" if isinstance(exc, ValueError) and "schema" in str(exc) else "damaged"
             backup = self._set_aside("unreadable")
             self._warn(f"legacy-{why}",
@@ -185,8 +199,10 @@ class Cache:
                        f"{why}); set aside as {backup}, starting without it")
             return {}, {}
         fid = fingerprint_id(fp)
+        # (each entry checked as any reader's: one without a config made its size raise
+        # KeyError in the migrating process)
         records = {(fid, str(k)): e for k, e in entries.items()
-                   if isinstance(e, dict) and (fid, str(k)) not in have}
+                   if entry_error(e) is None and (fid, str(k)) not in have}
         if self._append(records, {fid: fp}):
             self._set_aside("schema1")
         return records, {fid: fp}
@@ -295,8 +311,8 @@ class Cache:
                     os.fsync(f.fileno())
                 self._fps_on_disk.update(fps)
                 self._lines += len(lines)
-                if self._records is not None and \
-                        self._lines > COMPACT_WHEN * max(len(self._records), 16):
+                live = len(self._records or ()) + len(self._other_schema)
+                if self._records is not None and self._lines > COMPACT_WHEN * max(live, 16):
                     self._compact()
         except (OSError, Timeout) as exc:
             self._in_memory = True
@@ -320,12 +336,19 @@ class Cache:
         self._rewrite(on_disk, fps)
 
     def _rewrite(self, records: dict[tuple[str, str], dict], fps: dict[str, dict]) -> None:
-        """Replace the file by exactly these records (the caller holds the lock)."""
+        """Replace the file by exactly these records, and the lines of another schema it held
+        when last read (the caller holds the lock, and read it under the lock)."""
+        # a writer killed while rewriting left its temporary file; under the lock no other
+        # writer is rewriting, so every one there is stale
+        for stale in self.path.parent.glob(f".{FILENAME}.*.tmp"):
+            stale.unlink(missing_ok=True)
         tmp = self.path.with_name(f".{FILENAME}.{os.getpid()}.tmp")
         try:
             with open(tmp, "w", encoding="utf-8") as f:
                 for fid, fp in fps.items():
                     f.write(json.dumps({"fp": fid, "fingerprint": fp}, sort_keys=True) + "\n")
+                for line in self._other_schema:
+                    f.write(line + "\n")
                 for (fid, key), e in records.items():
                     f.write(json.dumps({"schema": SCHEMA, "fp": fid, "key": key, "entry": e},
                                        sort_keys=True) + "\n")
@@ -337,7 +360,7 @@ class Cache:
             tmp.unlink(missing_ok=True)
         self._records, self._fingerprints = records, fps
         self._fps_on_disk = set(fps)
-        self._lines = len(records) + len(fps)
+        self._lines = len(records) + len(fps) + len(self._other_schema)
 
     def clear(self) -> None:
         """Forget this machine's entries (other machines' entries stay in the file)."""
@@ -381,6 +404,8 @@ def read_json(path: str | os.PathLike, text: str | None = None) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not JSON ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not JSON this reader takes (nested too deeply)") from None
 
 
 def entry_error(entry) -> str | None:
@@ -404,16 +429,18 @@ def entry_error(entry) -> str | None:
                 and isinstance(t.get("config"), dict)):
             return "a trial is not {candidate, config, ...}"
         if "median" in t and not all(_is_number(t.get(f)) for f in ("median", "spread", "count")):
-            return "a trial's timing is not numbers"
+            return "a trial's timing is not finite non-negative numbers"
     problem = entry.get("problem", {})
     if not isinstance(problem, dict) or not all(
             _is_number(problem[f]) for f in ("flops", "nbytes") if f in problem):
-        return "its problem is not an object of numbers"
+        return "its problem is not an object of finite non-negative numbers"
     return None
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite, non-negative number: an infinite roofline or median raised "math domain error"
+    or OverflowError in every call of the entry's family, through the cost model."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf
 
 
 def read_export(path: str | os.PathLike) -> tuple[dict[tuple[str, str], dict], dict[str, dict]]:
@@ -424,13 +451,13 @@ def read_export(path: str | os.PathLike) -> tuple[dict[tuple[str, str], dict], d
     try:
         head = data["header"]
         if head.get("schema") == 1:  # an old cache file: one fingerprint for all its entries
-            fp = dict(head["fingerprint"])
+            fp = _object(head["fingerprint"])
             fid = fingerprint_id(fp)
             records, fps = {(fid, str(k)): e for k, e in data["entries"].items()}, {fid: fp}
         else:
             if head.get("schema") != SCHEMA:
                 raise ValueError(f"{path}: unknown cache export schema {head.get('schema')!r}")
-            fps = {str(k): dict(v) for k, v in head["fingerprints"].items() if v is not None}
+            fps = {str(k): _object(v) for k, v in head["fingerprints"].items() if v is not None}
             records = {(str(r["fp"]), str(r["key"])): r["entry"] for r in data["entries"]}
     except (KeyError, TypeError, AttributeError, IndexError):
         raise ValueError(f"{path}: not a kernelkit cache export (`kernelkit cache export` "
@@ -442,6 +469,14 @@ def read_export(path: str | os.PathLike) -> tuple[dict[tuple[str, str], dict], d
                       f"{'y' if len(bad) == 1 else 'ies'} (the first, {key}: {why})",
                       CacheWarning, stacklevel=2)
     return {k: e for k, e in records.items() if k not in bad}, fps
+
+
+def _object(v) -> dict:
+    """A fingerprint read from an export: a JSON object ("dictionary update sequence element #0"
+    was the error a string gave)."""
+    if not isinstance(v, dict):
+        raise TypeError("a fingerprint is not an object")
+    return dict(v)
 
 
 def newer_than(entry: dict, other: dict | None) -> bool:

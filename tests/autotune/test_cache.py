@@ -454,3 +454,65 @@ def test_entries_and_export_read_while_another_thread_stores(tmp_path):
         t.join()
     assert not errors
     assert len(c.entries()) == 2300
+
+
+def test_another_schemas_lines_survive_compaction_and_clear(tmp_path):
+    """Lines of another schema (another kernelkit version sharing the directory) were read as
+    damaged and dropped by the next compaction or `cache clear`, with no backup; they are kept as
+    they are, and not used."""
+    path = tmp_path / FILENAME
+    theirs = [json.dumps({"schema": SCHEMA + 1, "fp": "future", "key": f"k{i}",
+                          "entry": {"choice": {"candidate": "x"}, "new_field": i}}, sort_keys=True)
+              for i in range(40)]
+    path.write_text("\n".join(theirs) + "\n")
+    c = Cache(tmp_path)
+    with pytest.warns(CacheWarning, match="40 entries of another cache schema"):
+        assert c.get("k0") is None
+    _compact_by_writing(c, 200)
+    lines = path.read_text().splitlines()
+    assert len(lines) < 100  # compacted (240 lines written)
+    assert [ln for ln in lines if f'"schema": {SCHEMA + 1}' in ln] == theirs
+    with pytest.warns(CacheWarning, match="another cache schema"):
+        fresh(tmp_path).clear()
+    assert [ln for ln in path.read_text().splitlines() if f'"schema": {SCHEMA + 1}' in ln] == theirs
+    with pytest.warns(CacheWarning, match="another cache schema"):
+        assert fresh(tmp_path).entries() == {}
+
+
+def test_an_old_files_damaged_entries_are_left_out_of_its_migration(tmp_path):
+    # an entry without a config made the migrating process's call of its size raise KeyError
+    old = {"header": {"schema": 1, "fingerprint": fingerprint()},
+           "entries": {"good": entry(), "no-config": {"choice": {"candidate": "numpy-cpu"}}}}
+    (tmp_path / LEGACY_FILENAME).write_text(json.dumps(old))
+    assert fresh(tmp_path).entries() == {"good": entry()}
+
+
+def test_a_deeply_nested_line_costs_only_itself(tmp_path):
+    # json.loads raises RecursionError there, which broke every op and the CLI
+    c = Cache(tmp_path)
+    c.put("k", entry())
+    with open(tmp_path / FILENAME, "a") as f:
+        f.write("[" * 100_000 + "\n")
+    with pytest.warns(CacheWarning, match="1 damaged line"):
+        assert fresh(tmp_path).get("k") == entry()
+    (tmp_path / "x.json").write_text("[" * 100_000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        read_export(tmp_path / "x.json")
+
+
+def test_an_export_whose_fingerprint_is_not_an_object_is_not_an_export(tmp_path):
+    # "dictionary update sequence element #0 has length 1; 2 is required", naming no file
+    bad = tmp_path / "fpstr.json"
+    bad.write_text(json.dumps({"header": {"schema": SCHEMA, "fingerprints": {"abc": "x"}},
+                               "entries": []}))
+    with pytest.raises(ValueError, match="fpstr.json: not a kernelkit cache export"):
+        read_export(bad)
+
+
+def test_a_rewrite_removes_a_killed_writers_temporary_file(tmp_path):
+    # a writer killed while compacting left its .tmp (megabytes) for good
+    stale = tmp_path / f".{FILENAME}.99999999.tmp"
+    stale.write_text("half a compaction")
+    _compact_by_writing(Cache(tmp_path))
+    assert not stale.exists()
+    assert fresh(tmp_path).get("filler") is not None

@@ -839,14 +839,18 @@ def test_damaged_entries_in_an_import_or_the_file_cost_only_themselves(tmp_path)
     damaged = {"no config": lambda e: e["choice"].pop("config"),
                "trials a string": lambda e: e.update(trials="oops"),
                "a trial without config": lambda e: e["trials"][0].pop("config"),
-               "a timing not a number": lambda e: e["trials"][0].update(median="fast")}
+               "a timing not a number": lambda e: e["trials"][0].update(median="fast"),
+               # (these two raised "math domain error" / OverflowError in every call of the
+               # family, through the cost model, under pinned, model and auto)
+               "an infinite median": lambda e: e["trials"][0].update(median=float("inf")),
+               "an infinite flops": lambda e: e["problem"].update(flops=float("inf"))}
     for i, damage in enumerate(damaged.values()):
         row = copy.deepcopy(good)
         row["key"] = good["key"] + f"|damaged{i}"
         damage(row["entry"])
         doc["entries"].append(row)
     (tmp_path / "export.json").write_text(json.dumps(doc))
-    with pytest.warns(CacheWarning, match="left out 4 damaged entries"):
+    with pytest.warns(CacheWarning, match="left out 6 damaged entries"):
         records, fps = read_export(tmp_path / "export.json")
     assert list(records) == [(good["fp"], good["key"])]
     # the same damage written straight into a cache file: each line is left out on reading
