@@ -1,6 +1,7 @@
 """A patched nn.Linear(64, 64) and its unpatched twin fed NLP-style inputs: 2000 inputs (L, 64)
-with L random in 1..512 (a new length on most calls), no grad, one thread. One untimed pass after
-the compile jobs finished, then 7 alternated passes each; prints the medians per call.
+with L random in 1..512 (`--max-length`; a new length on most calls), no grad, one thread. One
+untimed pass after the compile jobs finished, then 7 alternated passes each; prints the medians
+per call, and the median of the passes' differences.
 
 Before/after a change, alternate two checkouts (the numbers in docs/performance.md, "Zen 4,
 fifteenth session"):
@@ -13,6 +14,7 @@ fifteenth session"):
 
 from __future__ import annotations
 
+import argparse
 import copy
 import random
 import statistics
@@ -26,28 +28,34 @@ from kernelkit import compiling
 
 
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--max-length", type=int, default=512, help="lengths L random in 1..this")
+    p.add_argument("--inputs", type=int, default=2000)
+    p.add_argument("--rounds", type=int, default=7)
+    args = p.parse_args()
     torch.manual_seed(0)
     random.seed(0)
     torch.set_num_threads(1)
     layer = torch.nn.Linear(64, 64)
     ref = copy.deepcopy(layer)
     knn.patch(layer)
-    xs = [torch.randn(random.randint(1, 512), 64) for _ in range(2000)]
+    xs = [torch.randn(random.randint(1, args.max_length), 64) for _ in range(args.inputs)]
     with torch.no_grad():
         layer(xs[0])
         compiling.wait()
         for x in xs:
             layer(x)
         res: dict[str, list[float]] = {"patched": [], "torch": []}
-        for _ in range(7):
+        for _ in range(args.rounds):
             for name, m in (("patched", layer), ("torch", ref)):
                 t = time.perf_counter()
                 for x in xs:
                     m(x)
                 res[name].append((time.perf_counter() - t) / len(xs) * 1e6)
     k, t = statistics.median(res["patched"]), statistics.median(res["torch"])
-    print(f"patched {k:.1f} us, torch {t:.1f} us per call, {k / t:.2f}x; "
-          f"{kernelkit.__file__.split('/kernelkit/')[0]}")
+    over = statistics.median(a - b for a, b in zip(res["patched"], res["torch"]))
+    print(f"patched {k:.1f} us, torch {t:.1f} us per call, {k / t:.2f}x; over torch {over:.2f} us "
+          f"(median of the rounds' differences); {kernelkit.__file__.split('/kernelkit/')[0]}")
 
 
 if __name__ == "__main__":

@@ -257,9 +257,9 @@ def _new_route(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, b
 
 def _remember_aten(state: dict, sig: tuple, aten_route: Route) -> None:
     """Keep `sig` among the layer's signatures that run torch's op for good (`run` reads them
-    after its routes): past MAX_ROUTES sizes each new call made a route again, 4.7 us over
-    torch's call where a memoised one costs 1 (a patched Linear(64, 64) fed lengths 1..300,
-    2-vCPU Zen 4)."""
+    after its routes): past MAX_ROUTES sizes each new call made a route again. A patched
+    Linear(64, 64) fed lengths 1..200 cost 3.1-3.3 us over torch's call that way, 1.5-1.6 us
+    now (`bench/probes/nn_varying_lengths_probe.py --max-length 200`, 2-vCPU Zen 4)."""
     sigs = state.setdefault("_kk_aten_sigs", {})
     if len(sigs) >= MAX_ATEN_SIGS:
         sigs.clear()
