@@ -50,14 +50,17 @@ def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
     """Matrix product with a fused epilogue: ``activation(a @ b + bias)``.
 
     Args:
-        a: (..., M, K) numpy array, torch tensor (CPU or CUDA) or cupy array. Any strides.
-        b: (..., K, N), same library, device and dtype as `a`. Batch dims broadcast.
+        a: (..., M, K) numpy array, torch tensor (CPU or CUDA) or cupy array. Any strides. A
+            vector (K,) is the row (1, K), as np.matmul and torch.matmul take it.
+        b: (..., K, N), same library, device and dtype as `a`. Batch dims broadcast. A vector
+            (K,) is the column (K, 1).
         bias: optional (N,) array added to every row before the activation.
         activation: None, "relu", "gelu" (exact), "gelu_tanh" or "silu".
         allow_tf32: let fp32 GPU kernels use TF32 tensor cores (off unless asked for).
 
     Shape:
-        (..., M, K) @ (..., K, N) -> (broadcast(...), M, N)
+        (..., M, K) @ (..., K, N) -> (broadcast(...), M, N); a vector's added dim is dropped
+        from the result ((K,) @ (K, N) -> (N,), (M, K) @ (K,) -> (M,), (K,) @ (K,) -> ()).
 
     Returns:
         A new array in the same library and on the same device as the inputs. float32 and float64
@@ -81,6 +84,8 @@ def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
         if (proxy := fx_proxy(a, b, bias)) is not None:  # a torch.fx symbolic trace: one node
             return proxy.tracer.create_proxy("call_function", matmul, (a, b), dict(
                 bias=bias, activation=activation, allow_tf32=allow_tf32))
+        if _vector(a) or _vector(b):
+            return _with_vectors(a, b, bias, activation, allow_tf32)
         if torch_only(a, b, bias):  # vmap, grad, jvp, meta, FakeTensor...: torch's own ops
             return _with_torch(a, b, bias, activation)
         if jit_tracing():  # torch.jit.trace records the registered op (see jit_tracing)
@@ -93,9 +98,26 @@ def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
     except TypeError:  # an unhashable argument: prepare's checks say what is wrong with it
         plan = None
     if plan is None:
+        if _vector(a) or _vector(b):  # (numpy's; the others' went there above)
+            return _with_vectors(a, b, bias, activation, allow_tf32)
         plan = _PLANS.store(sig, plan_for(prepare(a, b, bias=bias, activation=activation,
                                                    allow_tf32=allow_tf32)))
     return plan(a, b, bias)
+
+
+def _vector(x) -> bool:
+    return getattr(x, "ndim", None) == 1 and arrays.array_lib(x) is not None
+
+
+def _with_vectors(a, b, bias, activation, allow_tf32):
+    """np.matmul's and torch.matmul's rule for a 1-D operand: `a` (K,) is the row (1, K), `b` (K,)
+    the column (K, 1), and the dim added is dropped from the result (two vectors give a 0-d
+    result: a numpy scalar, a 0-d tensor). Before, a vector raised "must have at least 2 dims"."""
+    y = matmul(a[None] if _vector(a) else a, b[:, None] if _vector(b) else b, bias=bias,
+               activation=activation, allow_tf32=allow_tf32)
+    if _vector(a) and _vector(b):
+        return y[0, 0]
+    return y[..., 0] if _vector(b) else y[..., 0, :] if _vector(a) else y
 
 
 _PLANS = PlanMemo()
@@ -115,10 +137,10 @@ def _check(a, b, bias, activation) -> tuple[arrays.Location, str, tuple[int, ...
         raise ValueError(f"matmul: 'a' and 'b' must be on the same device, got 'a' on "
                          f"{la.device}:{la.index} and 'b' on {lb.device}:{lb.index}")
     for name, x in (("a", a), ("b", b)):
-        if x.ndim < 2:
+        if x.ndim < 2:  # (a vector is promoted before this)
             dims = "(..., M, K)" if name == "a" else "(..., K, N)"
-            raise ValueError(f"matmul: argument '{name}' must have at least 2 dims {dims}, got "
-                             f"shape {tuple(x.shape)}")
+            raise ValueError(f"matmul: argument '{name}' must be a vector (K,) or have at least 2 "
+                             f"dims {dims}, got shape {tuple(x.shape)}")
     da, db = arrays.dtype_name(a), arrays.dtype_name(b)
     if da != db:
         raise TypeError(f"matmul: 'a' and 'b' must have the same dtype, got {da} and {db}")
@@ -184,6 +206,7 @@ def _with_torch(a, b, bias, activation):
 
 
 def prepare(a, b, *, bias=None, activation=None, allow_tf32=False) -> Call:
+    a, b = (a[None] if _vector(a) else a), (b[:, None] if _vector(b) else b)  # (as the op runs them)
     loc, dtype, batch = _check(a, b, bias, activation)
     check_flag(OP, "allow_tf32", allow_tf32)
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]

@@ -186,6 +186,45 @@ def test_hypothesis_shapes_strides_batches(case, backend):
     assert_matmul_close(c, a, b, bias, activation)
 
 
+VECTOR_SHAPES = [((5,), (5, 3)), ((4, 5), (5,)), ((5,), (5,)), ((2, 4, 5), (5,)),
+                 ((5,), (2, 5, 3)), ((1,), (1, 1)), ((7,), (3, 7, 2))]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("shapes", VECTOR_SHAPES, ids=str)
+def test_a_vector_operand_as_np_and_torch_matmul(backend, shapes, rng):
+    # a (K,) operand raised "must have at least 2 dims"; np.matmul and torch.matmul take it
+    a, b = rand(rng, shapes[0]), rand(rng, shapes[1])[..., ::-1]  # (b: negative strides too)
+    want = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    with kernelkit.use(backend=backend):
+        got = kernelkit.matmul(a, b)
+        got_t = kernelkit.matmul(torch.from_numpy(a), torch.from_numpy(b.copy()))
+    assert type(got) is type(np.matmul(a, b)) and np.shape(got) == want.shape
+    assert isinstance(got_t, torch.Tensor) and tuple(got_t.shape) == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_t.numpy(), want, rtol=1e-5, atol=1e-5)
+    if shapes == ((5,), (5, 3)):  # bias (N,) and the activation, as for the row (1, K)
+        bias = rand(rng, (3,))
+        with kernelkit.use(backend=backend):
+            y = kernelkit.matmul(a, b, bias=bias, activation="relu")
+        np.testing.assert_allclose(y, np.maximum(want + bias, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_a_vector_operand_takes_gradients_and_explain_as_torch():
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, 6, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    kernelkit.matmul(a, b).sum().backward()
+    grads = [x.grad.clone() for x in (a, b)]
+    a.grad = b.grad = None
+    torch.matmul(a, b).sum().backward()
+    for got, x in zip(grads, (a, b)):
+        torch.testing.assert_close(got, x.grad)
+    with kernelkit.use(tune="model"):
+        ex = kernelkit.explain("matmul", a.detach(), b.detach())
+    assert ex.problem.shapes == ((3, 1, 6), (3, 6, 2))
+
+
 def test_autograd_matches_torch():
     g = torch.Generator().manual_seed(3)
     a = torch.randn(5, 7, generator=g, dtype=torch.float64, requires_grad=True)
@@ -281,7 +320,9 @@ def test_default_policy_tunes_and_reuses(rng, tmp_path):
 
 # -- bad input -----------------------------------------------------------------------------------
 BAD = [
-    (lambda: (np.ones(3, np.float32), np.ones((3, 2), np.float32)), ValueError, "at least 2 dims"),
+    (lambda: (np.ones((), np.float32), np.ones((3, 2), np.float32)), ValueError,
+     r"'a' must be a vector \(K,\) or have at least 2 dims \(\.\.\., M, K\), got shape \(\)"),
+    (lambda: (np.ones(3, np.float32), np.ones((4, 2), np.float32)), ValueError, "K=3"),
     (lambda: (np.ones((2, 3), np.float32), np.ones((4, 2), np.float32)), ValueError, "K=3"),
     (lambda: (np.ones((2, 3), np.float32), torch.ones(3, 2)), TypeError, "same array library"),
     (lambda: (torch.ones(2, 3), torch.ones(3, 2, device="meta")), ValueError, "same device"),
