@@ -141,6 +141,8 @@ def autocast_route(module: torch.nn.Module, x: torch.Tensor, w: torch.Tensor, b,
             and torch.is_autocast_enabled(device)):
         return op_route  # (what the op's autocast rule does there: nothing to cast)
     dtype = torch.get_autocast_dtype(device)
+    if x.is_nested:  # (no sizes: torch's op, as in `run`)
+        return aten_route
     sig = (x.shape, x.stride(), dtype, x.device, _settings.token())
     routes = module.__dict__.get("_kk_routes")
     route = routes.get(sig) if routes is not None else None
@@ -181,7 +183,10 @@ def run(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, ma
     device, and the knobs), about 1 us to build and look up; grad mode and the weight's dtype are
     checked inside the kernel routes, so the aten route pays for neither.
     """
-    sig = (x.shape, x.stride(), x.dtype, x.device, _settings.token())
+    try:
+        sig = (x.shape, x.stride(), x.dtype, x.device, _settings.token())
+    except RuntimeError:  # a nested tensor of strided layout has no sizes: torch's op takes it
+        return aten_route(module, x, weight, bias)
     state = module.__dict__
     routes = state.get("_kk_routes")
     route = routes.get(sig) if routes is not None else None
@@ -745,8 +750,10 @@ def _vendor_if_close(call: core.Call, choice: core.Choice) -> core.Candidate | N
 
 
 def runs_aten(cand: core.Candidate, call: core.Call) -> bool:
-    """The vendor won on the data's own device: torch's functional op is the same kernel."""
-    return cand.vendor and cand.device == call.problem.device
+    """torch's candidate won on the data's own device: torch's functional op is the same kernel.
+    (Not another vendor's: numpy's BLAS, chosen or forced with `backend="numpy"`, ran torch's
+    op instead.)"""
+    return cand.vendor and cand.native == "torch" and cand.device == call.problem.device
 
 
 def describe(route: Route) -> str:

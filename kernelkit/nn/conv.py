@@ -82,9 +82,12 @@ def _make_route(m: Conv2d, x: torch.Tensor, weight: torch.Tensor, bias) -> _rout
     if x.shape[1] != w.shape[1] * m.groups or x.dtype != w.dtype:
         return _aten  # torch raises its own error
     stride, pad, dilation = list(m.stride), m.padding4(), list(m.dilation)
-    call = _conv2d.prepare_forward(x.detach(), w, b, stride=tuple(stride), padding=tuple(pad),
-                                   dilation=tuple(dilation), groups=m.groups,
-                                   activation=m.activation)
+    try:
+        call = _conv2d.prepare_forward(x.detach(), w, b, stride=tuple(stride),
+                                       padding=tuple(pad), dilation=tuple(dilation),
+                                       groups=m.groups, activation=m.activation)
+    except ValueError:  # an input the layer's geometry does not fit (smaller than the kernel):
+        return _aten  # torch raises its own error (a RuntimeError, which callers may catch)
     cand, config = _route.chosen(call)
     if _route.runs_aten(cand, call):
         return _aten

@@ -74,24 +74,22 @@ class Preprocess(nn.Module):
                  out_dtype: torch.dtype = torch.float32, layout: str = "NCHW",
                  stats_unit: str = "input"):
         super().__init__()
-        # the op's own check, here (a size of 0 or True was taken, and failed or ran 1x1 later)
-        self.size = list(_check.check_size(size))
-        self.mean, self.std = _stats("mean", mean), _stats("std", std)
-        self.crop = None if crop is None else [float(v) for v in crop]
-        if flip not in (None, "horizontal", "vertical", "both"):
-            raise ValueError("Preprocess: 'flip' must be None, 'horizontal', 'vertical' or "
-                             f"'both', got {flip!r}")
-        if isinstance(channel_order, str) and channel_order not in _REVERSE:
-            raise ValueError(f"Preprocess: 'channel_order' must be None, one of {_REVERSE} or a "
-                             f"permutation, got {channel_order!r}")
-        if not isinstance(out_dtype, torch.dtype):
-            raise TypeError(f"Preprocess: 'out_dtype' must be a torch.dtype, got {out_dtype!r}")
-        self.flip, self.interpolation, self.antialias = flip, interpolation, bool(antialias)
+        # (each checked and put in the op's form by __setattr__, as when set later)
+        self.size, self.mean, self.std, self.crop, self.flip = size, mean, std, crop, flip
+        self.interpolation, self.antialias = interpolation, antialias
         self.channel_order, self.out_dtype = channel_order, out_dtype
         self.layout, self.stats_unit = layout, stats_unit
-        self._reverse = isinstance(channel_order, str)
-        self._order = (None if channel_order is None or self._reverse
-                       else [int(v) for v in channel_order])
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """An argument set after construction is checked and put in the op's form as the
+        constructor does: `channel_order` set later was ignored (the order derived from it was
+        not), and `size = 10` failed at the next call ("'int' object is not iterable")."""
+        norm = _NORMALISE.get(name)
+        super().__setattr__(name, value if norm is None else norm(value))
+        if name == "channel_order":
+            super().__setattr__("_reverse", isinstance(value, str))
+            super().__setattr__("_order", None if value is None or isinstance(value, str)
+                                else [int(v) for v in value])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():  # TorchScript: the registered op (kernelkit's dispatch is Python)
@@ -158,6 +156,40 @@ def _stats(name: str, v: Any) -> list[float]:
     except (TypeError, ValueError):
         raise TypeError(f"Preprocess: '{name}' must be a number, a sequence of numbers or a 1-d "
                         f"array or tensor of them, got {_describe(v)}") from None
+
+
+def _flip(flip: Any) -> str | None:
+    if flip not in (None, "horizontal", "vertical", "both"):
+        raise ValueError("Preprocess: 'flip' must be None, 'horizontal', 'vertical' or "
+                         f"'both', got {flip!r}")
+    return flip
+
+
+def _channel_order(order: Any) -> Any:
+    if isinstance(order, str) and order not in _REVERSE:
+        raise ValueError(f"Preprocess: 'channel_order' must be None, one of {_REVERSE} or a "
+                         f"permutation, got {order!r}")
+    return order
+
+
+def _out_dtype(dtype: Any) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"Preprocess: 'out_dtype' must be a torch.dtype, got {dtype!r}")
+    return dtype
+
+
+# Preprocess's arguments as its attributes hold them (`Preprocess.__setattr__`); the size through
+# the op's own check (a size of 0 or True was taken, and failed or ran 1x1 later)
+_NORMALISE = {
+    "size": lambda v: list(_check.check_size(v)),
+    "mean": lambda v: _stats("mean", v),
+    "std": lambda v: _stats("std", v),
+    "crop": lambda v: None if v is None else [float(c) for c in v],
+    "flip": _flip,
+    "antialias": bool,
+    "channel_order": _channel_order,
+    "out_dtype": _out_dtype,
+}
 
 
 def _describe(v: Any) -> str:

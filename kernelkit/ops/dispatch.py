@@ -99,7 +99,7 @@ def _kinds(torch, xs) -> tuple[bool, bool, bool]:
     for x in xs:
         t = type(x)
         if t is torch.Tensor or t is torch.nn.Parameter:
-            if x.layout is not torch.strided:
+            if x.layout is not torch.strided or x.is_nested:  # (a strided nested tensor too)
                 return True, plain, elsewhere
             if x.is_cpu or x.is_cuda:
                 plain = True
@@ -233,9 +233,12 @@ def plain_signature3(a, b, c, extras: tuple) -> tuple | None:
             or tc._len_torch_dispatch_stack() > 0 or tc._get_tracing_state() is not None:
         return None
     grad = a.requires_grad or b.requires_grad or (c is not None and c.requires_grad)
-    return ("pt", a.dtype, a.shape, a.stride(), a.device, b.dtype, b.shape, b.stride(),
-            b.device, None if c is None else (c.dtype, c.shape, c.stride(), c.device),
-            grad and _grad_enabled(), extras, _settings.token())
+    try:
+        return ("pt", a.dtype, a.shape, a.stride(), a.device, b.dtype, b.shape, b.stride(),
+                b.device, None if c is None else (c.dtype, c.shape, c.stride(), c.device),
+                grad and _grad_enabled(), extras, _settings.token())
+    except RuntimeError:  # a nested tensor of strided layout has no sizes: the checked path
+        return None
 
 
 # (torch.strided, torch._C, torch.autograd.forward_ad), bound at the first plain_signature3 of a

@@ -355,10 +355,13 @@ def _like_layout(t, ref, layout):
     return t if channels_last_memory(t) else t.clone(memory_format=torch.channels_last)
 
 
+_UNSAVED_BIAS = object()  # `_conv2d_grads`' bias where only its presence matters (no activation)
+
+
 def _conv2d_grads(ops, x, weight, bias, geo, activation, layout, tf32, needs, grad):
     """The gradients of act(conv2d(x, weight) + bias) through `ops` = (conv2d, backward_input,
     backward_weight) with the custom ops' signatures: the custom op's formula and the eager
-    Function's."""
+    Function's. Without an activation `bias` is read for whether there is one only."""
     conv, bwd_input, bwd_weight = ops
     if activation is not None:  # recompute the pre-activation instead of storing it
         grad = _activation_backward(activation, grad, conv(x, weight, bias, *geo, None, layout,
@@ -504,10 +507,24 @@ def eager_matmul():
 
         @staticmethod
         def backward(ctx, grad):
-            return (*_matmul_grads(mm, *ctx.saved_tensors, ctx.act, ctx.tf32,
+            # (batched gradients, `is_grads_batched` / `jacobian(vectorize=True)`: the registered
+            # op, which torch's vmap fallback runs one plain slice at a time)
+            use = op if _legacy_batched(grad) else mm
+            return (*_matmul_grads(use, *ctx.saved_tensors, ctx.act, ctx.tf32,
                                    ctx.needs_input_grad, grad, ctx.shapes), None, None)
 
     return EagerMatmul.apply
+
+
+def _legacy_batched(t) -> bool:
+    """`t` is a batched tensor of torch's legacy vmap, which autograd uses for batched gradients
+    (`autograd.grad(..., is_grads_batched=True)`, `jacobian` and `hessian` with vectorize=True):
+    a plain torch.Tensor to every check kernelkit makes, whose memory a kernel cannot read
+    ("Batching rule not implemented for aten::detach" where a kernel's launcher took it)."""
+    import torch
+
+    check = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
+    return check is not None and check(t)
 
 
 @functools.cache
@@ -521,16 +538,23 @@ def eager_conv2d():
     class EagerConv2d(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, w, b, plans):
-            ctx.save_for_backward(x, w, b)
-            ctx.plans = plans
+            # the bias only where the backward recomputes the pre-activation: torch's conv does
+            # not save it, and a bias stepped in place between two backwards (bias-only
+            # fine-tuning) raised "modified by an inplace operation"
+            ctx.save_for_backward(x, w, b if plans.rest[0] is not None else None)
+            ctx.plans, ctx.bias_given = plans, b is not None
             return plans.forward(x, w, b)
 
         @staticmethod
         def backward(ctx, grad):
             plans = ctx.plans
+            x, w, b = ctx.saved_tensors
+            if b is None and ctx.bias_given:  # (not saved: only its gradient's presence counts)
+                b = _UNSAVED_BIAS
             use = (ops if torch.is_grad_enabled()  # create_graph: differentiable ops
+                   or _legacy_batched(grad)  # (batched gradients: see eager_matmul)
                    else (plans.pre_activation, plans.input_grad, plans.weight_grad))
-            return (*_conv2d_grads(use, *ctx.saved_tensors, plans.geo, *plans.rest,
+            return (*_conv2d_grads(use, x, w, b, plans.geo, *plans.rest,
                                    ctx.needs_input_grad, grad), None)
 
     return EagerConv2d.apply

@@ -196,3 +196,44 @@ def test_complex_weights_and_sparse_inputs_run_torchs_op(kind):
             dense = torch.randn(3, 7)
             torch.testing.assert_close(twin(dense), real(dense), **TOL)  # a Numba route first
             torch.testing.assert_close(twin(dense.to_sparse()), real(dense.to_sparse()), **TOL)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_batched_gradients_through_a_patched_layer_give_torchs(kind):
+    """`autograd.grad(..., is_grads_batched=True)` and `jacobian(vectorize=True)`: the kernel
+    route's backward took torch's legacy batched tensors, and its kernel's launcher raised
+    "Batching rule not implemented for aten::detach"."""
+    ref, m, x = _pair(kind)
+    x = x.double().requires_grad_()
+    ref, m = ref.double(), m.double()
+    y, want_y = m(x), ref(x)
+    v = torch.randn(3, *y.shape, dtype=torch.float64)
+    (got,) = torch.autograd.grad(y, x, v, is_grads_batched=True)
+    (want,) = torch.autograd.grad(want_y, x, v, is_grads_batched=True)
+    torch.testing.assert_close(got, want)
+    jac = torch.autograd.functional.jacobian(m, x[:1].detach(), vectorize=True)
+    torch.testing.assert_close(jac, torch.autograd.functional.jacobian(ref, x[:1].detach()))
+
+
+def test_kernelkit_matmul_takes_batched_gradients_as_torch_matmul():
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(5, 4, 3, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad(kernelkit.matmul(a, b), (a, b), v, is_grads_batched=True)
+    want = torch.autograd.grad(a @ b, (a, b), v, is_grads_batched=True)
+    for g_, w_ in zip(got, want):
+        torch.testing.assert_close(g_, w_)
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
+def test_a_nested_tensor_into_a_patched_linear_runs_torchs_op():
+    # a nested tensor of strided layout is a plain torch.Tensor with no sizes: "NestedTensorImpl
+    # doesn't support sizes" from the route's signature
+    ref, m, _ = _pair("linear")
+    nt = torch.nested.nested_tensor([torch.randn(2, 7), torch.randn(3, 7)])
+    with torch.no_grad():
+        for got, want in zip(m(nt).unbind(), ref(nt).unbind()):
+            torch.testing.assert_close(got, want, **TOL)
+        with torch.autocast("cpu", torch.bfloat16):
+            assert [t.shape for t in m(nt).unbind()] == [t.shape for t in ref(nt).unbind()]

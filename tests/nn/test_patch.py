@@ -330,12 +330,39 @@ def test_an_optimizer_step_between_two_backwards_works_as_in_torch(backend):
         torch.testing.assert_close(g, want)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_conv_bias_stepped_between_two_backwards_works_as_in_torch(backend):
+    # bias-only fine-tuning: the conv's kernel route saved its bias for the backward (torch's
+    # does not), so the second backward raised "modified by an inplace operation"
+    grads = []
+    for patched in (False, True):
+        torch.manual_seed(0)
+        conv = nn.Conv2d(2, 3, 3)
+        conv.weight.requires_grad_(False)
+        if patched:
+            knn.patch(conv)
+        opt = torch.optim.SGD([conv.bias], lr=0.1)
+        x = torch.randn(1, 2, 5, 5)
+        with kernelkit.use(backend=backend):
+            y = conv(x)
+        y.pow(2).sum().backward(retain_graph=True)
+        opt.step()
+        y.mean().backward()
+        grads.append(conv.bias.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0])
+
+
 def test_patched_layers_raise_torchs_errors_for_bad_input():
     layer, conv = knn.Linear(4, 2), knn.Conv2d(3, 2, 3)
     with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
         layer(torch.randn(3, 5))
     with pytest.raises(RuntimeError, match="expected input"):
         conv(torch.randn(1, 4, 8, 8))
+    # an input smaller than the kernel raised kernelkit's ValueError, not torch's RuntimeError
+    for backend in BACKENDS:
+        with kernelkit.use(backend=backend), \
+                pytest.raises(RuntimeError, match="Kernel size can't be greater"):
+            knn.Conv2d(3, 8, 5)(torch.randn(1, 3, 3, 3))
     with pytest.raises(ValueError, match="Conv2d: 'padding_mode' must be 'zeros'"):
         knn.Conv2d(3, 2, 3, padding_mode="reflect")
 

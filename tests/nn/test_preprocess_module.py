@@ -170,3 +170,24 @@ def test_export_traces_the_op():
     ep = torch.export.export(model, (imgs,))
     assert "kernelkit.preprocess" in ep.graph_module.code
     torch.testing.assert_close(ep.module()(imgs), model(imgs), rtol=0, atol=0)
+
+
+def test_arguments_set_after_construction_take_effect_as_given_to_it():
+    # channel_order set later was ignored (the order derived at construction was read), and
+    # size = 10 failed at the next call ("'int' object is not iterable")
+    imgs = _images(n=2)
+    kw = dict(mean=MEAN, std=STD)
+    later = Preprocess(8, **kw)
+    later(imgs)
+    later.channel_order, later.size = "rgb2bgr", 10
+    want = Preprocess(10, channel_order="rgb2bgr", **kw)(imgs)
+    torch.testing.assert_close(later(imgs), want, rtol=0, atol=0)
+    later.channel_order = [2, 0, 1]
+    torch.testing.assert_close(later(imgs), Preprocess(10, channel_order=[2, 0, 1], **kw)(imgs),
+                               rtol=0, atol=0)
+    with pytest.raises(ValueError, match="'channel_order' must be None"):
+        later.channel_order = "bgr"
+    with pytest.raises(ValueError, match="'size'"):
+        later.size = 0
+    with pytest.raises(ValueError, match="'flip' must be None"):
+        later.flip = "sideways"

@@ -888,3 +888,14 @@ def test_pending_counts_open_trials_not_input_sizes(monkeypatch):
         for n in range(33, 33 + _route.TRIAL_CALLS):
             layer(torch.randn(n, 8))
         assert len(layer._kk_routes) == _route.TRIAL_CALLS and knn.pending(layer) == 1
+
+
+def test_a_forced_numpy_backend_runs_numpy_in_a_patched_linear():
+    # numpy's candidate counted as torch's op ("the vendor"), so the layer ran F.linear
+    layer = nn.Linear(4, 3)
+    knn.patch(layer)
+    x = torch.randn(2, 4)
+    with kernelkit.use(backend="numpy"):
+        y = layer(x)
+        assert knn.where(layer) == [("", (2, 4), "numpy-cpu")]
+    torch.testing.assert_close(y, nn.functional.linear(x, layer.weight, layer.bias))
