@@ -27,6 +27,7 @@ import json
 import math
 import os
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ FILENAME = "autotune.jsonl"
 LEGACY_FILENAME = "autotune.json"  # schema 1: {"header": {...}, "entries": {key: entry}}
 LOCK_TIMEOUT_S = 60
 COMPACT_WHEN = 2.0  # rewrite the file when it holds this many times more lines than live records
+STALE_TMP_S = 600.0  # a rewrite's temporary file this old is a killed writer's (a rewrite takes ~1 s)
 
 
 class CacheWarning(UserWarning):
@@ -339,9 +341,14 @@ class Cache:
         """Replace the file by exactly these records, and the lines of another schema it held
         when last read (the caller holds the lock, and read it under the lock)."""
         # a writer killed while rewriting left its temporary file; under the lock no other
-        # writer is rewriting, so every one there is stale
+        # writer is rewriting, but a lock that another host does not see (some network file
+        # systems) would not stop one there: only files untouched for a while go
         for stale in self.path.parent.glob(f".{FILENAME}.*.tmp"):
-            stale.unlink(missing_ok=True)
+            try:
+                if time.time() - stale.stat().st_mtime > STALE_TMP_S:
+                    stale.unlink(missing_ok=True)
+            except OSError:
+                pass
         tmp = self.path.with_name(f".{FILENAME}.{os.getpid()}.tmp")
         try:
             with open(tmp, "w", encoding="utf-8") as f:

@@ -85,11 +85,12 @@ class Preprocess(nn.Module):
         constructor does: `channel_order` set later was ignored (the order derived from it was
         not), and `size = 10` failed at the next call ("'int' object is not iterable")."""
         norm = _NORMALISE.get(name)
-        super().__setattr__(name, value if norm is None else norm(value))
+        value = value if norm is None else norm(value)  # (checked before anything is set)
         if name == "channel_order":
             super().__setattr__("_reverse", isinstance(value, str))
             super().__setattr__("_order", None if value is None or isinstance(value, str)
-                                else [int(v) for v in value])
+                                else value)
+        super().__setattr__(name, value)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():  # TorchScript: the registered op (kernelkit's dispatch is Python)
@@ -165,11 +166,17 @@ def _flip(flip: Any) -> str | None:
     return flip
 
 
-def _channel_order(order: Any) -> Any:
-    if isinstance(order, str) and order not in _REVERSE:
+def _channel_order(order: Any) -> str | list[int] | None:
+    """None, a name, or the permutation as a list of ints."""
+    if order is None or isinstance(order, str) and order in _REVERSE:
+        return order
+    try:
+        if isinstance(order, str):
+            raise TypeError
+        return [int(v) for v in order]
+    except (TypeError, ValueError):
         raise ValueError(f"Preprocess: 'channel_order' must be None, one of {_REVERSE} or a "
-                         f"permutation, got {order!r}")
-    return order
+                         f"permutation, got {order!r}") from None
 
 
 def _out_dtype(dtype: Any) -> torch.dtype:

@@ -54,7 +54,8 @@ def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
             vector (K,) is the row (1, K), as np.matmul and torch.matmul take it.
         b: (..., K, N), same library, device and dtype as `a`. Batch dims broadcast. A vector
             (K,) is the column (K, 1).
-        bias: optional (N,) array added to every row before the activation.
+        bias: optional (N,) array added to every row before the activation (with a vector
+            `b`, an (M,) array added to the result, as ``a @ b + bias`` broadcasts).
         activation: None, "relu", "gelu" (exact), "gelu_tanh" or "silu".
         allow_tf32: let fp32 GPU kernels use TF32 tensor cores (off unless asked for).
 
@@ -84,14 +85,14 @@ def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
         if (proxy := fx_proxy(a, b, bias)) is not None:  # a torch.fx symbolic trace: one node
             return proxy.tracer.create_proxy("call_function", matmul, (a, b), dict(
                 bias=bias, activation=activation, allow_tf32=allow_tf32))
-        if _vector(a) or _vector(b):
-            return _with_vectors(a, b, bias, activation, allow_tf32)
         if torch_only(a, b, bias):  # vmap, grad, jvp, meta, FakeTensor...: torch's own ops
-            return _with_torch(a, b, bias, activation)
+            return _with_torch(a, b, bias, activation)  # (torch.matmul takes vectors itself)
         if jit_tracing():  # torch.jit.trace records the registered op (see jit_tracing)
             from .torch_ops import matmul_op
 
             return matmul_op()(a, b, bias, activation, allow_tf32)
+        if _vector(a) or _vector(b):
+            return _with_vectors(a, b, bias, activation, allow_tf32)
         sig = signature3(a, b, bias, (activation, flag_key(allow_tf32)))
     try:  # (inline, not PlanMemo.find: a numpy call's whole lookup; zero-cost unless raised)
         plan = _PLANS.get(sig) if sig is not None else None
@@ -112,12 +113,26 @@ def _vector(x) -> bool:
 def _with_vectors(a, b, bias, activation, allow_tf32):
     """np.matmul's and torch.matmul's rule for a 1-D operand: `a` (K,) is the row (1, K), `b` (K,)
     the column (K, 1), and the dim added is dropped from the result (two vectors give a 0-d
-    result: a numpy scalar, a 0-d tensor). Before, a vector raised "must have at least 2 dims"."""
-    y = matmul(a[None] if _vector(a) else a, b[:, None] if _vector(b) else b, bias=bias,
-               activation=activation, allow_tf32=allow_tf32)
-    if _vector(a) and _vector(b):
-        return y[0, 0]
-    return y[..., 0] if _vector(b) else y[..., 0, :] if _vector(a) else y
+    result: a numpy scalar, a 0-d tensor). The bias is added to the result's last dim, as
+    ``a @ b + bias`` broadcasts it: with a vector `b` that is (M,), so the product is computed
+    as the row b (1, K) times a's transpose, keeping the epilogue fused; two vectors take a (1,)
+    bias and give (1,). Before, a vector raised "must have at least 2 dims"."""
+    va, vb = _vector(a), _vector(b)
+    try:
+        if vb and not va and bias is not None:
+            return matmul(b[None], a.swapaxes(-1, -2), bias=bias, activation=activation,
+                          allow_tf32=allow_tf32)[..., 0, :]
+        y = matmul(a[None] if va else a, b[:, None] if vb else b, bias=bias,
+                   activation=activation, allow_tf32=allow_tf32)
+    except (ValueError, TypeError) as exc:  # (its shapes are the promoted ones: say so)
+        if type(exc) not in (ValueError, TypeError):
+            raise
+        given = ", ".join(f"'{n}' {tuple(x.shape)}" for n, x in (("a", a), ("b", b)))
+        raise type(exc)(f"{exc} (given {given}; a vector 'a' is the row (1, K), a vector 'b' "
+                        "the column (K, 1))") from None
+    if va and vb:
+        return y[0, 0] if bias is None else y[0]
+    return y[..., 0] if vb else y[..., 0, :] if va else y
 
 
 _PLANS = PlanMemo()

@@ -513,6 +513,10 @@ def test_a_rewrite_removes_a_killed_writers_temporary_file(tmp_path):
     # a writer killed while compacting left its .tmp (megabytes) for good
     stale = tmp_path / f".{FILENAME}.99999999.tmp"
     stale.write_text("half a compaction")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    live = tmp_path / f".{FILENAME}.99999998.tmp"  # (another host's rewrite, under a lock this
+    live.write_text("being written")               # host does not see: left alone)
     _compact_by_writing(Cache(tmp_path))
-    assert not stale.exists()
+    assert not stale.exists() and live.exists()
     assert fresh(tmp_path).get("filler") is not None

@@ -185,8 +185,12 @@ def test_arguments_set_after_construction_take_effect_as_given_to_it():
     later.channel_order = [2, 0, 1]
     torch.testing.assert_close(later(imgs), Preprocess(10, channel_order=[2, 0, 1], **kw)(imgs),
                                rtol=0, atol=0)
-    with pytest.raises(ValueError, match="'channel_order' must be None"):
-        later.channel_order = "bgr"
+    for bad in ("bgr", 5, [0, "x", 2]):  # (5 was stored, then "'int' object is not iterable")
+        with pytest.raises(ValueError, match="'channel_order' must be None"):
+            later.channel_order = bad
+    assert later.channel_order == [2, 0, 1]
+    torch.testing.assert_close(later(imgs), Preprocess(10, channel_order=[2, 0, 1], **kw)(imgs),
+                               rtol=0, atol=0)
     with pytest.raises(ValueError, match="'size'"):
         later.size = 0
     with pytest.raises(ValueError, match="'flip' must be None"):

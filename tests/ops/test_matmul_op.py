@@ -203,11 +203,30 @@ def test_a_vector_operand_as_np_and_torch_matmul(backend, shapes, rng):
     assert isinstance(got_t, torch.Tensor) and tuple(got_t.shape) == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got_t.numpy(), want, rtol=1e-5, atol=1e-5)
-    if shapes == ((5,), (5, 3)):  # bias (N,) and the activation, as for the row (1, K)
-        bias = rand(rng, (3,))
-        with kernelkit.use(backend=backend):
-            y = kernelkit.matmul(a, b, bias=bias, activation="relu")
-        np.testing.assert_allclose(y, np.maximum(want + bias, 0), rtol=1e-5, atol=1e-5)
+    # the bias is added to the result's last dim, as a @ b + bias broadcasts it: (N,) for a
+    # vector a, (M,) for a vector b (the product then b @ a^T), (1,) for two vectors
+    bias = rand(rng, want.shape[-1:] or (1,))
+    with kernelkit.use(backend=backend):
+        y = kernelkit.matmul(a, b, bias=bias, activation="relu")
+        a_t, b_t, bias_t = map(torch.from_numpy, (a, b.copy(), bias))
+        y_t = kernelkit.matmul(a_t, b_t, bias=bias_t, activation="relu")
+    np.testing.assert_allclose(y, np.maximum(want + bias, 0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y_t.numpy(), np.maximum(want + bias, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_a_vector_operand_with_a_bias_under_torchs_transforms_as_in_eager():
+    # a review caught the first form: under vmap (and dispatch modes, meta, FakeTensor) a vector
+    # b's (M,) bias broadcast against the (M, 1) column product, and every row got bias[0]
+    g = torch.Generator().manual_seed(6)
+    w, bias, xs = (torch.randn(4, 5, generator=g), torch.randn(4, generator=g),
+                   torch.randn(3, 5, generator=g))
+    want = xs @ w.t() + bias
+    got = torch.func.vmap(lambda x: kernelkit.matmul(w, x, bias=bias))(xs)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.stack([kernelkit.matmul(w, x, bias=bias) for x in xs]), want)
+    with pytest.raises(ValueError, match=r"\(given 'a' \(4,\), 'b' \(3, 5\); a vector 'a' is "
+                                         r"the row \(1, K\)"):
+        kernelkit.matmul(np.ones(4, np.float32), np.ones((3, 5), np.float32))
 
 
 def test_a_vector_operand_takes_gradients_and_explain_as_torch():
