@@ -119,11 +119,10 @@ def _with_vectors(a, b, bias, activation, allow_tf32):
     bias and give (1,). Before, a vector raised "must have at least 2 dims"."""
     va, vb = _vector(a), _vector(b)
     try:
-        if vb and not va and bias is not None:
-            return matmul(b[None], a.swapaxes(-1, -2), bias=bias, activation=activation,
-                          allow_tf32=allow_tf32)[..., 0, :]
-        y = matmul(a[None] if va else a, b[:, None] if vb else b, bias=bias,
-                   activation=activation, allow_tf32=allow_tf32)
+        y = matmul(*_promoted(a, b, bias), bias=bias, activation=activation,
+                   allow_tf32=allow_tf32)
+        if vb and not va and bias is not None:  # (b a^T: the row of the product is the result)
+            return y[..., 0, :]
     except (ValueError, TypeError) as exc:  # (its shapes are the promoted ones: say so)
         if type(exc) not in (ValueError, TypeError):
             raise
@@ -133,6 +132,17 @@ def _with_vectors(a, b, bias, activation, allow_tf32):
     if va and vb:
         return y[0, 0] if bias is None else y[0]
     return y[..., 0] if vb else y[..., 0, :] if va else y
+
+
+def _promoted(a, b, bias) -> tuple:
+    """The 2-D operands `_with_vectors` (and `prepare`, for explain) compute a vector's product
+    with: the row (1, K) for a vector `a`, the column (K, 1) for a vector `b`; with a bias and
+    only `b` a vector, the row b (1, K) times a's transpose, so the (M,) bias stays in the
+    epilogue."""
+    va, vb = _vector(a), _vector(b)
+    if vb and not va and bias is not None:
+        return b[None], a.swapaxes(-1, -2)
+    return (a[None] if va else a), (b[:, None] if vb else b)
 
 
 _PLANS = PlanMemo()
@@ -221,7 +231,7 @@ def _with_torch(a, b, bias, activation):
 
 
 def prepare(a, b, *, bias=None, activation=None, allow_tf32=False) -> Call:
-    a, b = (a[None] if _vector(a) else a), (b[:, None] if _vector(b) else b)  # (as the op runs them)
+    a, b = _promoted(a, b, bias)  # (a vector: as the op runs it)
     loc, dtype, batch = _check(a, b, bias, activation)
     check_flag(OP, "allow_tf32", allow_tf32)
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]

@@ -242,6 +242,10 @@ def test_a_vector_operand_takes_gradients_and_explain_as_torch():
     with kernelkit.use(tune="model"):
         ex = kernelkit.explain("matmul", a.detach(), b.detach())
     assert ex.problem.shapes == ((3, 1, 6), (3, 6, 2))
+    with kernelkit.use(tune="model"):  # (a vector b with a bias: explained as the op runs it)
+        ex = kernelkit.explain("matmul", np.ones((4, 5), np.float32), np.ones(5, np.float32),
+                               bias=np.ones(4, np.float32))
+    assert ex.problem.shapes == ((1, 1, 5), (1, 5, 4))
 
 
 def test_autograd_matches_torch():
