@@ -75,14 +75,20 @@ def forget_routes(module: torch.nn.Module, name: str, made_from: frozenset) -> N
         drop_routes(module.__dict__)
 
 
+# What a layer's eager calls keep in its `__dict__` (plain attributes: not in state_dict). The
+# layers name them in `__jit_ignored_attributes__`: torch.jit.script types every attribute of a
+# module, and a memo keyed by tuples made it raise "Cannot create dict for key type" on a layer
+# that had run once (the usual order: evaluate, then script for deployment).
+ROUTE_STATE = ("_kk_routes", "_kk_trials", "_kk_torch_buckets", "_kk_aten_sigs", "_kk_aten_token")
+STATE = [*ROUTE_STATE, "_kk_aten_only", "_kk_aten_only_grad"]
+
+
 def drop_routes(state: dict) -> None:
     """Forget a layer's memoised routes and in-model trials (its `__dict__` is `state`): the next
-    call makes new ones."""
-    state.pop("_kk_routes", None)
-    state.pop("_kk_trials", None)
-    state.pop("_kk_torch_buckets", None)
-    state.pop("_kk_aten_sigs", None)
-    state.pop("_kk_aten_token", None)  # (the flags are read again from the next routes)
+    call makes new ones. (With the token go the flags' knobs: they are read again from the next
+    routes.)"""
+    for name in ROUTE_STATE:
+        state.pop(name, None)
 
 
 def weight_and_bias(module: torch.nn.Module) -> tuple[Any, Any]:

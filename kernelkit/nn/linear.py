@@ -45,6 +45,7 @@ class Linear(nn.Linear):
     # what torch.compile traces, set per layer by its eager calls; None: no eager call decided
     _kk_aten_only = None  # (see _route.compiled)
     _kk_aten_only_grad = None  # (the same, in grad mode)
+    __jit_ignored_attributes__ = _route.STATE  # (the calls' memos: TorchScript cannot type them)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():  # TorchScript: torch's own op (kernelkit's dispatch is Python)

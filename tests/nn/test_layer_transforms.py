@@ -123,6 +123,23 @@ def test_torchscript_of_a_patched_model_runs_torchs_ops_and_saves(activation):
         torch.testing.assert_close(conv(x[0]), act(ref[0](x[0])), **TOL)  # unbatched (C, H, W)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_torchscript_of_a_layer_after_its_eager_calls(backend):
+    """A layer scripts after it has run (evaluate, then script for deployment: the usual order).
+    Before, torch.jit.script typed the memos its calls keep and raised "Cannot create dict for
+    key type" once one was keyed by tuples (the size buckets torch's op won)."""
+    for kind in ("linear", "conv"):
+        ref, m, x = _pair(kind)
+        with torch.no_grad(), kernelkit.use(backend=backend):
+            want = ref(x)
+            torch.testing.assert_close(m(x), want, **TOL)
+        kept = [name for name in _route.ROUTE_STATE if m.__dict__.get(name)]
+        assert kept, "the call kept no memo: nothing for TorchScript to skip"
+        with torch.no_grad():
+            torch.testing.assert_close(torch.jit.script(m)(x), want, **TOL)
+
+
 class _Tagged(torch.Tensor):
     """A tensor subclass that dispatches as torch.Tensor (as a user's or a library's would)."""
 
