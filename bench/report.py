@@ -16,11 +16,11 @@ from collections import defaultdict
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("json")
+    p.add_argument("json", type=argparse.FileType(), help="a --benchmark-json file")
     p.add_argument("--baseline", default="numpy", help="the row every ratio is against")
     p.add_argument("--only", default="", help="keep groups whose name contains this")
     args = p.parse_args()
-    with open(args.json) as f:
+    with args.json as f:
         data = json.load(f)
     groups: dict[str, dict[str, dict]] = defaultdict(dict)
     for bm in data["benchmarks"]:
