@@ -379,7 +379,25 @@ def cmd_warmup(args: argparse.Namespace, con: Console) -> int:
         for r in rows:
             t.add_row(r["module"], r["dtype"], r.get("error") or r["how"], f"{r['seconds']:.2f}")
         con.print(t)
+    if any(".numba." in module for module, _ in todo) and (elsewhere := _numba_cache_elsewhere()):
+        # (an image build that ran warmup into a folder it cannot write shipped no kernels:
+        # Numba's cache fell back to a temporary folder of this process's, silently)
+        con.print(f"[bold red]error:[/] the Numba kernels could not be written to {elsewhere[0]} "
+                  f"(KERNELKIT_NUMBA_CACHE_DIR, else <cache dir>/numba): they went to "
+                  f"{elsewhere[1]}, which other processes and machines do not read", soft_wrap=True)
+        return 1
     return 1 if any(j.error for j in done) else 0
+
+
+def _numba_cache_elsewhere() -> tuple[str, str] | None:
+    """(the folder the Numba kernels should be compiled into, where they went) when those differ;
+    else None."""
+    from .kernels.numba import _cache
+
+    wanted, used = _cache.numba_root() / _cache.cache_key(), _cache.cache_dir()
+    if used == wanted:
+        return None
+    return str(wanted), str(used) if used is not None else "Numba's own cache locations"
 
 
 def cmd_data_bench(args: argparse.Namespace, con: Console) -> int:

@@ -357,3 +357,31 @@ def test_error_messages_name_the_command_once(tmp_path):
     assert r.returncode == 2 and r.stdout.startswith("kernelkit tune: unknown op 'matmulx'")
     r = kk("explain", "matmul", "1", "2", cache_dir=tmp_path, check=False)
     assert r.returncode == 2 and r.stdout.startswith("kernelkit explain: matmul takes M K N")
+
+
+def test_warmup_that_cannot_write_the_numba_cache_fails_and_says_where_kernels_went(
+        tmp_path, monkeypatch, capsys):
+    """`kernelkit warmup` into a folder it cannot write (an image build's read-only or misspelt
+    path) printed its table and exited 0, the kernels compiled into a temporary folder of its
+    own: the image shipped without them. (The folder here is a file, which no user can write
+    into, root included; the compile itself is stubbed: what is checked is where it went.)"""
+    from kernelkit import cli, compiling
+    from kernelkit.kernels.numba import _cache
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    module = "kernelkit.kernels.numba.matmul"
+    monkeypatch.setattr(compiling, "targets", lambda ops, dtypes: [(module, "float32")])
+    monkeypatch.setattr(compiling, "warm_here",
+                        lambda m, d: compiling.Job(m, d, how="compiled", seconds=0.1))
+    monkeypatch.setenv("KERNELKIT_NUMBA_CACHE_DIR", str(blocked))
+    _cache.cache_dir.cache_clear()
+    try:
+        assert cli.main(["warmup", "--ops", "matmul", "--quiet"]) == 1
+        out = capsys.readouterr().out
+        assert f"could not be written to {blocked / _cache.cache_key()}" in " ".join(out.split())
+        monkeypatch.setenv("KERNELKIT_NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+        _cache.cache_dir.cache_clear()
+        assert cli.main(["warmup", "--ops", "matmul", "--quiet"]) == 0
+    finally:
+        _cache.cache_dir.cache_clear()  # (monkeypatch restores the variable; the folder follows)
