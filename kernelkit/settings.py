@@ -14,7 +14,8 @@ KERNELKIT_BACKEND    force a backend: numba | triton | cupy | torch (any registe
 KERNELKIT_DEVICE     force a device: cpu | cuda
 KERNELKIT_COMPILE    "background" (default): a kernel not compiled yet in this process is compiled
                      off the critical path while calls run on a ready candidate (kernelkit.compiling);
-                     "foreground": the first call that needs it waits for the compile
+                     "foreground": the first call that needs it waits for the compile (the
+                     default under KERNELKIT_TUNE=measure, whose calls measure the compiled kernels)
 KERNELKIT_OPENMP_TEAM "0" runs the Numba kernels' threads on kernelkit's own Python pool even where
                      torch is loaded (default: on torch's OpenMP team; kernels/numba/_pool.py says why)
 KERNELKIT_NATIVE_SHARES "0": each share on torch's OpenMP team is a Python callback (default: the
@@ -116,14 +117,21 @@ def current() -> Settings:
 
 def _current() -> Settings:
     env = os.environ
+    # (values stripped, as the switches' are: `KERNELKIT_TUNE="measure "` from a shell script)
+    overrides = dict(_override.get())
     s = Settings(
-        tune=(env.get("KERNELKIT_TUNE") or "auto").lower(),
-        backend=(env.get("KERNELKIT_BACKEND") or "").lower() or None,
-        device=(env.get("KERNELKIT_DEVICE") or "").lower() or None,
+        tune=(env.get("KERNELKIT_TUNE") or "auto").strip().lower(),
+        backend=(env.get("KERNELKIT_BACKEND") or "").strip().lower() or None,
+        device=(env.get("KERNELKIT_DEVICE") or "").strip().lower() or None,
         cache_dir=env.get("KERNELKIT_CACHE_DIR") or None,
-        compile=(env.get("KERNELKIT_COMPILE") or "background").lower(),
+        compile=(env.get("KERNELKIT_COMPILE") or "").strip().lower() or None,
     )
-    s = replace(s, **dict(_override.get()))
+    s = replace(s, **overrides)
+    if s.compile is None:
+        # measure: the kernels compile before the call that measures them. In the background,
+        # a call measured only once they were ready, and a short script under
+        # KERNELKIT_TUNE=measure stored nothing at all (its calls ran a stand-in meanwhile).
+        s = replace(s, compile="foreground" if s.tune == "measure" else "background")
     _validate(s)
     return s
 

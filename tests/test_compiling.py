@@ -373,3 +373,30 @@ def test_a_compile_lock_the_cache_dir_cannot_hold_is_taken_in_the_temporary_dir(
     assert job.error is None and job.how in ("loaded", "compiled"), job
     uid = getattr(os, "getuid", lambda: "user")()
     assert (tmp_path / "tmp" / f"kernelkit-compile-locks-{uid}" / name).exists()
+
+
+def test_measure_without_a_compile_knob_measures_the_first_call(tmp_path):
+    """KERNELKIT_TUNE=measure, KERNELKIT_COMPILE unset: the first call compiles the kernels and
+    measures every candidate, and its choice is stored. Before, the compile ran in the background
+    meanwhile (the default), a stand-in ran, and a short script measured and stored nothing."""
+    env = {**os.environ, "KERNELKIT_CACHE_DIR": str(tmp_path), "KERNELKIT_TUNE": "measure"}
+    env.pop("KERNELKIT_COMPILE")  # (the tests' autouse fixture sets it)
+    code = ("import numpy as np, kernelkit\n"
+            "from kernelkit import settings\n"
+            "a = np.random.default_rng(0).standard_normal((48, 40), dtype=np.float32)\n"
+            "kernelkit.matmul(a, a.T)\n"
+            "print(settings.current().compile)\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["foreground"]
+    entries = [json.loads(line)["entry"] for line in (tmp_path / "autotune.jsonl").open()
+               if '"entry"' in line]
+    assert [e["choice"]["source"] for e in entries] == ["measured"]
+    assert "numba-cpu" in {t["candidate"] for t in entries[0]["trials"]}  # (compiled, timed)
+    # an explicit KERNELKIT_COMPILE holds under measure too
+    out = subprocess.run([sys.executable, "-c", "from kernelkit import settings\n"
+                          "print(settings.current().compile)"],
+                         env={**env, "KERNELKIT_COMPILE": "background"}, capture_output=True,
+                         text=True, timeout=300)
+    assert out.stdout.split() == ["background"], out.stderr[-2000:]
