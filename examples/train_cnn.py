@@ -107,6 +107,7 @@ def compare(name: str, make, shape, args) -> bool:
     worst = max(abs(a - b) / abs(b) for a, b in zip(got[:early], want[:early]))
     tol = TOL_REL[args.dtype]
     ok = worst <= tol
+    tail_n = min(TAIL, len(want))
     tail = abs(sum(got[-TAIL:]) - sum(want[-TAIL:])) / abs(sum(want[-TAIL:]))
     if args.dtype == "float32":
         ok = ok and tail <= TAIL_TOL
@@ -115,7 +116,7 @@ def compare(name: str, make, shape, args) -> bool:
     print(f"loss torch    {want[0]:.4f} -> {want[-1]:.4f}  ({t_torch:.1f} s)")
     print(f"loss patched  {got[0]:.4f} -> {got[-1]:.4f}  ({t_kk:.1f} s, first steps tune)")
     print(f"largest relative loss difference over the first {min(early, len(want))} steps: "
-          f"{worst:.2e} (tolerance {tol:.0e}); last-{TAIL}-step mean: {tail:.2e}"
+          f"{worst:.2e} (tolerance {tol:.0e}); last-{tail_n}-step mean: {tail:.2e}"
           f"{f' (tolerance {TAIL_TOL:.0e})' if args.dtype == 'float32' else ''}  "
           f"{'OK' if ok else 'FAILED'}")
     print("where each patched layer ran (forward):")
@@ -125,9 +126,11 @@ def compare(name: str, make, shape, args) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch", type=int, default=32)
+    # (the docstring's first paragraph: its first line stopped mid-sentence in --help)
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    p.add_argument("--steps", type=int, default=200, help="training steps per model (default 200)")
+    p.add_argument("--batch", type=int, default=32,
+                   help=f"samples per step, 1..{SAMPLES} (default 32)")
     p.add_argument("--backend", default=None, help="force a kernelkit backend (numba, torch)")
     p.add_argument("--dtype", default="float32", choices=sorted(TOL_REL))
     args = p.parse_args(argv)
@@ -135,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         # above the data trained on odd slices)
         p.error(f"--steps must be >= 1 and --batch in 1..{SAMPLES}, got {args.steps} and "
                 f"{args.batch}")
+    if args.backend is not None:  # (checked before the torch half trains, not after it)
+        try:
+            with kernelkit.use(backend=args.backend):
+                pass
+        except ValueError as e:
+            p.error(str(e))
     ok = compare("small ResNet", SmallResNet, (3, 16, 16), args)
     ok = compare("MLP", mlp, (64,), args) and ok
     return 0 if ok else 1
