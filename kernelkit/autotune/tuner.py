@@ -73,6 +73,7 @@ class Decision:
     choice: Choice
     skipped: dict[str, str] = field(default_factory=dict)  # candidate -> why it cannot run this
     trials: list[Trial] = field(default_factory=list)
+    busy: bool = False  # the trials ran while other processes loaded the machine (provisional)
 
 
 Runner = Callable[[Candidate, Config], Callable[[], Any]]
@@ -350,7 +351,8 @@ def decide(
         if trusted and any(c.name == entry["choice"]["candidate"] for c in usable):
             choice = Choice(entry["choice"]["candidate"], entry["choice"]["config"], "cache")
             return Decision(key, choice, skipped,
-                            [Trial.from_dict(t) for t in entry.get("trials", [])])
+                            [Trial.from_dict(t) for t in entry.get("trials", [])],
+                            busy=bool(busy_times))
     if pending:
         for c in pending:
             skipped[c.name] = "compiling in the background"
@@ -416,7 +418,7 @@ def decide(
     })
     if explicit or remeasure:
         _supersede((str(settings.cache_path), key), choice)
-    return Decision(key, choice, skipped, trials)
+    return Decision(key, choice, skipped, trials, busy=busy)
 
 
 # A size measured on a busy machine this many times running keeps its last measurement (see

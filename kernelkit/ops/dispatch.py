@@ -406,6 +406,7 @@ class Explanation:
     choice: Choice
     skipped: dict[str, str]
     trials: list[dict]
+    busy: bool = False  # timed while other processes loaded the machine: a provisional entry
 
     def __str__(self) -> str:
         p = self.problem
@@ -424,7 +425,9 @@ class Explanation:
                              f"± {t['spread'] * 1e6:7.1f}  {gflops:8.1f} GFLOP/s  {t['config']}")
             else:
                 lines.append(f"  {t['candidate']:<12} failed: {t.get('error')}  {t['config']}")
-        lines.append(f"choice: {self.choice.candidate} {self.choice.config} ({self.choice.source})")
+        source = self.choice.source + (", provisional: timed while other processes loaded the "
+                                       "machine" if self.busy else "")
+        lines.append(f"choice: {self.choice.candidate} {self.choice.config} ({source})")
         return "\n".join(lines)
 
 
@@ -441,4 +444,5 @@ def explain_call(call: Call, settings: _settings.Settings | None = None) -> Expl
             else settings.tune if settings.tune in ("pinned", "model", "off") else "measure")
     d = tuner.decide(call.problem, core.candidates(call.problem.op), call.runner, call.verify,
                      settings, mode=mode)
-    return Explanation(call.problem, d.key, d.choice, d.skipped, [t.to_dict() for t in d.trials])
+    return Explanation(call.problem, d.key, d.choice, d.skipped, [t.to_dict() for t in d.trials],
+                       d.busy)

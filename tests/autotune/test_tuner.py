@@ -12,6 +12,7 @@ import pytest
 from kernelkit.autotune import timing, tuner
 from kernelkit.autotune.cache import CacheWarning, cache_for
 from kernelkit.core import Candidate, Problem
+from kernelkit.ops import dispatch
 from kernelkit.settings import Settings
 
 CORRECT = 42
@@ -167,12 +168,16 @@ def test_a_busy_machine_measurement_is_not_stored_as_truth(tmp_path, monkeypatch
     d = run(CANDS, problem(48), s)
     assert len(calls) == 2  # measured again once the machine was found busy
     assert cache_for(tmp_path).get(d.key)["provisional"] == 1
+    # explain says so (it said "(measured)", as of a quiet machine's measurement)
+    assert d.busy and "(measured, provisional" in str(dispatch.Explanation(
+        problem(48), d.key, d.choice, d.skipped, [], d.busy))
     tuner.clear_memo()
     pinned = run(CANDS, problem(48), Settings(cache_dir=str(tmp_path), tune="pinned"))
     assert pinned.choice.source == "cache" and len(calls) == 2  # a hint is still usable
+    assert pinned.busy
     monkeypatch.setattr(timing, "machine_busy", lambda before, after: False)
     again = run(CANDS, problem(48), s)  # a measuring process does not trust it: measures again
-    assert again.choice.source == "measured" and len(calls) == 3
+    assert again.choice.source == "measured" and len(calls) == 3 and not again.busy
     assert "provisional" not in cache_for(tmp_path).get(d.key)
 
 
