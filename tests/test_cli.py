@@ -363,25 +363,38 @@ def test_warmup_that_cannot_write_the_numba_cache_fails_and_says_where_kernels_w
         tmp_path, monkeypatch, capsys):
     """`kernelkit warmup` into a folder it cannot write (an image build's read-only or misspelt
     path) printed its table and exited 0, the kernels compiled into a temporary folder of its
-    own: the image shipped without them. (The folder here is a file, which no user can write
-    into, root included; the compile itself is stubbed: what is checked is where it went.)"""
+    own: the image shipped without them. Kernels only loaded through that folder (a job's warmup
+    from an image's read-only folder, copied out) are fine: exit 0, with a note. (The folder here
+    is a file, which no user can write into, root included; the compile is stubbed: what is
+    checked is where it went.)"""
+    import tempfile
+
     from kernelkit import cli, compiling
     from kernelkit.kernels.numba import _cache
 
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("")
     module = "kernelkit.kernels.numba.matmul"
+    how = ["compiled in a child process"]
     monkeypatch.setattr(compiling, "targets", lambda ops, dtypes: [(module, "float32")])
     monkeypatch.setattr(compiling, "warm_here",
-                        lambda m, d: compiling.Job(m, d, how="compiled", seconds=0.1))
+                        lambda m, d: compiling.Job(m, d, how=how[0], seconds=0.1))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # (the fallback's parent)
     monkeypatch.setenv("KERNELKIT_NUMBA_CACHE_DIR", str(blocked))
     _cache.cache_dir.cache_clear()
     try:
-        assert cli.main(["warmup", "--ops", "matmul", "--quiet"]) == 1
-        out = capsys.readouterr().out
-        assert f"could not be written to {blocked / _cache.cache_key()}" in " ".join(out.split())
+        assert cli.main(["warmup", "--ops", "matmul", "--json"]) == 1
+        out, err = capsys.readouterr()
+        json.loads(out)  # (--json's rows stay JSON: the error goes to stderr)
+        assert f"cannot write the Numba kernels' folder {blocked / _cache.cache_key()}" in err
+        assert str(tmp_path / "tmp") in err
+        how[0] = "loaded"
+        assert cli.main(["warmup", "--ops", "matmul", "--quiet"]) == 0
+        assert "note: " in capsys.readouterr().err
         monkeypatch.setenv("KERNELKIT_NUMBA_CACHE_DIR", str(tmp_path / "numba"))
         _cache.cache_dir.cache_clear()
+        how[0] = "compiled"
         assert cli.main(["warmup", "--ops", "matmul", "--quiet"]) == 0
+        assert capsys.readouterr().err == ""
     finally:
         _cache.cache_dir.cache_clear()  # (monkeypatch restores the variable; the folder follows)
