@@ -54,7 +54,16 @@ class Settings:
     backend: str | None = None
     device: str | None = None
     cache_dir: str | None = None
-    compile: str = "background"
+    # None: "foreground" under tune="measure", else "background" (resolved below). Why: measure
+    # means the call measures the compiled kernels; in the background a call measured only once
+    # they were ready, and a short script under KERNELKIT_TUNE=measure stored nothing at all (its
+    # calls ran a stand-in meanwhile)
+    compile: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.compile is None:
+            object.__setattr__(self, "compile",
+                               "foreground" if self.tune == "measure" else "background")
 
     @property
     def cache_path(self) -> Path:
@@ -117,21 +126,15 @@ def current() -> Settings:
 
 def _current() -> Settings:
     env = os.environ
-    # (values stripped, as the switches' are: `KERNELKIT_TUNE="measure "` from a shell script)
-    overrides = dict(_override.get())
-    s = Settings(
-        tune=(env.get("KERNELKIT_TUNE") or "auto").strip().lower(),
-        backend=(env.get("KERNELKIT_BACKEND") or "").strip().lower() or None,
-        device=(env.get("KERNELKIT_DEVICE") or "").strip().lower() or None,
-        cache_dir=env.get("KERNELKIT_CACHE_DIR") or None,
-        compile=(env.get("KERNELKIT_COMPILE") or "").strip().lower() or None,
-    )
-    s = replace(s, **overrides)
-    if s.compile is None:
-        # measure: the kernels compile before the call that measures them. In the background,
-        # a call measured only once they were ready, and a short script under
-        # KERNELKIT_TUNE=measure stored nothing at all (its calls ran a stand-in meanwhile).
-        s = replace(s, compile="foreground" if s.tune == "measure" else "background")
+    # (values stripped, as the switches' are: `KERNELKIT_TUNE="measure "` from a shell script;
+    # a blank one is unset. Built once, with the overrides: the compile default follows the tune)
+    s = Settings(**{
+        "tune": (env.get("KERNELKIT_TUNE") or "").strip().lower() or "auto",
+        "backend": (env.get("KERNELKIT_BACKEND") or "").strip().lower() or None,
+        "device": (env.get("KERNELKIT_DEVICE") or "").strip().lower() or None,
+        "cache_dir": env.get("KERNELKIT_CACHE_DIR") or None,
+        "compile": (env.get("KERNELKIT_COMPILE") or "").strip().lower() or None,
+        **dict(_override.get())})
     _validate(s)
     return s
 
@@ -170,7 +173,7 @@ def use(
             if not isinstance(value, str):
                 raise TypeError(f"kernelkit: kernelkit.use({name}=...) must be a string, got "
                                 f"{type(value).__name__} {value!r}")
-            new[name] = value.lower()
+            new[name] = value.strip().lower()
     if cache_dir is not None:
         if not isinstance(cache_dir, (str, os.PathLike)) or not str(cache_dir):
             raise TypeError(f"kernelkit: kernelkit.use(cache_dir=...) must be a non-empty path, "

@@ -91,7 +91,7 @@ def decide(cands, p, settings, background=True):
 
 
 def test_a_call_runs_on_a_ready_candidate_while_the_better_one_compiles(gate, tmp_path):
-    s = Settings(cache_dir=str(tmp_path), tune="measure")
+    s = Settings(cache_dir=str(tmp_path), tune="measure", compile="background")
     d = decide([VENDOR, COMPILED], problem(), s)
     assert d.choice.candidate == "vendor-cpu" and d.choice.source == "warming"
     assert d.skipped == {"jit-cpu": "compiling in the background"}
@@ -113,7 +113,7 @@ def test_a_call_runs_on_a_ready_candidate_while_the_better_one_compiles(gate, tm
 
 
 def test_warming_choices_are_not_memoised_by_choose(gate, tmp_path):
-    s = Settings(cache_dir=str(tmp_path), tune="measure")
+    s = Settings(cache_dir=str(tmp_path), tune="measure", compile="background")
     p = problem(32)
     runner = lambda c, cfg: c.launcher(p, cfg)
     verify = lambda out: None if out == CORRECT else f"got {out}"
@@ -131,7 +131,7 @@ def test_a_cached_choice_that_is_still_compiling_gives_way_to_the_fastest_ready_
                                                                                     tmp_path):
     slow_vendor = cand("vendor", delay=0.01, vendor=True)
     other = cand("other", delay=0.0)
-    s = Settings(cache_dir=str(tmp_path), tune="measure")
+    s = Settings(cache_dir=str(tmp_path), tune="measure", compile="background")
     p = problem(48)
     gate.open.set()
     d = decide([slow_vendor, other, COMPILED], p, s, background=False)  # measured in full
@@ -174,7 +174,7 @@ def test_a_cache_file_not_read_yet_waits_until_the_compile_is_done(gate, tmp_pat
     from kernelkit.autotune import cache as cache_mod
 
     other = cand("other", delay=0.0)
-    s = Settings(cache_dir=str(tmp_path), tune="measure")
+    s = Settings(cache_dir=str(tmp_path), tune="measure", compile="background")
     p = problem(40)
     key = tuner.make_key(p, "")
     cache_for(tmp_path).put(key, {"choice": {"candidate": "other-cpu", "config": {}},
@@ -210,7 +210,7 @@ def test_foreground_mode_compiles_before_the_first_call(gate, tmp_path):
 def test_a_failed_compile_is_recorded_and_never_breaks_a_call(gate, tmp_path):
     gate.fails = True
     gate.open.set()
-    s = Settings(cache_dir=str(tmp_path), tune="measure")
+    s = Settings(cache_dir=str(tmp_path), tune="measure", compile="background")
     assert decide([VENDOR, COMPILED], problem(), s).choice.source == "warming"
     assert compiling.wait(MODULE, "float32", timeout=10)
     job = next(j for j in compiling.jobs() if j.module == MODULE)
@@ -220,7 +220,7 @@ def test_a_failed_compile_is_recorded_and_never_breaks_a_call(gate, tmp_path):
 
 
 def test_a_forked_child_forgets_jobs_it_has_no_thread_for(gate, tmp_path):
-    s = Settings(cache_dir=str(tmp_path), tune="measure")
+    s = Settings(cache_dir=str(tmp_path), tune="measure", compile="background")
     decide([VENDOR, COMPILED], problem(), s)  # queues the job; the gate holds it
     finished = compiling.finished
     r, w = os.pipe()
@@ -380,7 +380,7 @@ def test_measure_without_a_compile_knob_measures_the_first_call(tmp_path):
     measures every candidate, and its choice is stored. Before, the compile ran in the background
     meanwhile (the default), a stand-in ran, and a short script measured and stored nothing."""
     env = {**os.environ, "KERNELKIT_CACHE_DIR": str(tmp_path), "KERNELKIT_TUNE": "measure"}
-    env.pop("KERNELKIT_COMPILE")  # (the tests' autouse fixture sets it)
+    env.pop("KERNELKIT_COMPILE", None)  # (the tests' autouse fixture sets it)
     code = ("import numpy as np, kernelkit\n"
             "from kernelkit import settings\n"
             "a = np.random.default_rng(0).standard_normal((48, 40), dtype=np.float32)\n"
@@ -400,3 +400,25 @@ def test_measure_without_a_compile_knob_measures_the_first_call(tmp_path):
                          env={**env, "KERNELKIT_COMPILE": "background"}, capture_output=True,
                          text=True, timeout=300)
     assert out.stdout.split() == ["background"], out.stderr[-2000:]
+
+
+def test_the_compile_default_follows_the_tune_wherever_settings_are_made(monkeypatch):
+    """measure compiles in the foreground unless told otherwise: in the environment, in use(),
+    and in Settings built by hand (which described a setup no user could get: measure with
+    background compiles). Knob values are stripped, a blank one is unset."""
+    from kernelkit import settings
+
+    assert Settings(tune="measure").compile == "foreground"
+    assert Settings(tune="measure", compile="background").compile == "background"
+    assert Settings().compile == "background"
+    monkeypatch.delenv("KERNELKIT_COMPILE")
+    monkeypatch.setenv("KERNELKIT_TUNE", " ")
+    settings.new_epoch()
+    assert (settings.current().tune, settings.current().compile) == ("auto", "background")
+    with settings.use(tune=" Measure "):
+        assert (settings.current().tune, settings.current().compile) == ("measure", "foreground")
+        with settings.use(tune="auto"):
+            assert settings.current().compile == "background"
+    monkeypatch.setenv("KERNELKIT_COMPILE", "background ")
+    with settings.use(tune="measure"):
+        assert settings.current().compile == "background"
