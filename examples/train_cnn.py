@@ -138,12 +138,16 @@ def main(argv: list[str] | None = None) -> int:
         # above the data trained on odd slices)
         p.error(f"--steps must be >= 1 and --batch in 1..{SAMPLES}, got {args.steps} and "
                 f"{args.batch}")
-    if args.backend is not None:  # (checked before the torch half trains, not after it)
+    if args.backend is not None:  # (checked before the torch half trains, not after it: a
+        # backend that cannot run here, or lacks an op, raises on a first small call)
+        dtype = getattr(torch, args.dtype)
         try:
             with kernelkit.use(backend=args.backend):
-                pass
-        except ValueError as e:
-            p.error(str(e))
+                kernelkit.conv2d(torch.ones(1, 2, 4, 4, dtype=dtype),
+                                 torch.ones(2, 2, 3, 3, dtype=dtype))
+                kernelkit.matmul(torch.ones(2, 3, dtype=dtype), torch.ones(3, 2, dtype=dtype))
+        except (ValueError, RuntimeError) as e:
+            p.error(f"--backend {args.backend} cannot run this example here: {e}")
     ok = compare("small ResNet", SmallResNet, (3, 16, 16), args)
     ok = compare("MLP", mlp, (64,), args) and ok
     return 0 if ok else 1

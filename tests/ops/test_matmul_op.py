@@ -971,3 +971,23 @@ def test_explain_under_pinned_model_or_off_neither_measures_nor_writes(tmp_path,
             ex = kernelkit.explain("matmul", a, a.T)
         assert ex.choice.source == source, (tune, ex.choice)
     assert not measured and not (tmp_path / FILENAME).exists()
+
+
+def test_explain_says_when_its_measurement_ran_on_a_busy_machine(tmp_path, monkeypatch):
+    """A measurement taken while other processes loaded the machine is stored as provisional;
+    explain printed it as "(measured)", as a quiet machine's, and a cache hit of it as
+    "(cache)"."""
+    from kernelkit.autotune import timing
+
+    monkeypatch.setattr(timing, "machine_busy", lambda before, after: True)
+    a = np.random.default_rng(11).random((36, 28), np.float32)
+    with kernelkit.use(cache_dir=tmp_path):
+        fresh = str(kernelkit.explain("matmul", a, a.T)).splitlines()[-1]
+        with kernelkit.use(tune="pinned"):
+            hit = str(kernelkit.explain("matmul", a, a.T)).splitlines()[-1]
+    assert fresh.endswith("(measured, provisional: timed while other processes loaded the "
+                          "machine)"), fresh
+    assert hit.endswith("(cache, provisional: timed while other processes loaded the machine)")
+    monkeypatch.setattr(timing, "machine_busy", lambda before, after: False)
+    with kernelkit.use(cache_dir=tmp_path):  # measured again on a quiet machine: said so
+        assert str(kernelkit.explain("matmul", a, a.T)).splitlines()[-1].endswith("(measured)")
