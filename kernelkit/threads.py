@@ -158,7 +158,8 @@ def _after_fork_in_child() -> None:
         if mod is not None and hasattr(mod, "_POOL"):
             mod._POOL[0] = None  # the next call builds a pool with live threads
             mod._POOL_LOCK = threading.Lock()
-            mod._SYNC_LOCK = threading.Lock()  # may have been held by a parent thread
+            mod._SYNC_GATE = threading.Lock()  # may have been held by a parent thread
+            mod._sync_busy[0] = False  # (set by a parent thread's synced run, if one ran)
         if mod is not None and hasattr(mod, "_TEAM"):
             mod._TEAM[0] = False  # the parent's OpenMP team has no threads here either
     # last: the resets above must happen whatever torch does (e.g. a fork while it was half
@@ -277,16 +278,15 @@ def guard(package: str, fn: Callable[..., Any], torch_data: bool = False) -> Cal
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        # the hot path: a global read and an uncontended lock (acquire/release, cheaper than
-        # `with`): about 0.45 us per launch over the bare launcher on the 2-core CI machine
+        # the hot path: a global read and an uncontended lock, about 0.45 us per launch over
+        # the bare launcher on the 2-core CI machine. `with`, not acquire() then try: a signal
+        # handler runs when acquire() returns, before the try, and one that raised (a request
+        # deadline, SIGALRM) left the lock held: every later Numba launch of the process then
+        # waited for good. `with` enters its cleanup's scope as the lock is taken.
         if _threadsafe:
             return fn(*args, **kwargs)
-        lock = _lock  # workqueue, or not launched yet (this call launches it)
-        lock.acquire()
-        try:
+        with _lock:  # workqueue, or not launched yet (this call launches it)
             out = fn(*args, **kwargs)
-        finally:
-            lock.release()
         if not _layer_known:
             _learn_layer()
         return out

@@ -55,9 +55,11 @@ from kernelkit.signals import raised_by_signal_handler
 
 _POOL: list = [None]
 _POOL_LOCK = threading.Lock()
-# Held by a run whose shares meet at a barrier (``run_synced``): all its shares must run at once,
-# so only one such run at a time; another caller meanwhile takes the unsynced way.
-_SYNC_LOCK = threading.Lock()
+# Set by a run whose shares meet at a barrier (``run_synced``): all its shares must run at once,
+# so only one such run at a time; another caller meanwhile takes the unsynced way. Read and set
+# under the gate.
+_SYNC_GATE = threading.Lock()
+_sync_busy = [False]
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 
@@ -318,9 +320,18 @@ def run_synced(fn, nthr: int, *args) -> bool:
     """fn(t, nthr, *args, sync) for t < nthr, all at once, with a fresh ``sync`` (int64[2]) for
     ``barrier``: False (nothing run) when another synced run holds the pool; the caller then runs
     its phases apart. A share that raises marks ``sync`` so the others leave the barrier."""
-    if nthr <= 1 or not _SYNC_LOCK.acquire(blocking=False):
+    if nthr <= 1:
         return False
+    # claimed under a lock taken by `with`, never by acquire(blocking=False): a signal handler
+    # that raised when that returned (a request deadline) left the pool claimed for good, and
+    # every later synced run ran its phases apart. The flag and `claimed` are set in one step a
+    # handler cannot come between; the finally clears the flag whenever it was set.
+    claimed = False
     try:
+        with _SYNC_GATE:
+            if _sync_busy[0]:
+                return False
+            _sync_busy[0] = claimed = True
         sync = np.zeros(2, np.int64)
 
         def share(t, n, *a):
@@ -337,7 +348,8 @@ def run_synced(fn, nthr: int, *args) -> bool:
         if not ran:
             run_pool(share, nthr, *args, claim=False, abandon=lambda: sync.__setitem__(1, 1))
     finally:
-        _SYNC_LOCK.release()
+        if claimed:
+            _sync_busy[0] = False
     return True
 
 
