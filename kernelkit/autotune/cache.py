@@ -97,6 +97,7 @@ class Cache:
         self._fps_on_disk: set[str] = set()  # fingerprints whose definition the file holds
         self._other_schema: list[str] = []  # the file's lines of another schema, kept verbatim
         self._in_memory = False  # the directory cannot be written: tune in memory
+        self._seen: tuple | None = None  # the file as last read or written here (`_stat`)
         self._mutex = threading.RLock()
         self._warned: set[str] = set()
 
@@ -164,8 +165,9 @@ class Cache:
         return records, fps, lines
 
     def _load(self) -> None:
+        seen = self._stat()  # (before the read: a line appended meanwhile is read again later)
         records, fps, lines = self._read_lines(self.path)
-        self._lines, self._fps_on_disk = lines, set(fps)
+        self._lines, self._fps_on_disk, self._seen = lines, set(fps), seen
         if self.legacy_path.exists():
             legacy = self._migrate_legacy(records)
             for (fp, key), entry in legacy[0].items():
@@ -216,6 +218,31 @@ class Cache:
             return backup
         except OSError:
             return None
+
+    def _stat(self) -> tuple | None:
+        """The file's identity, size and modification time; None where there is none."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def refresh(self) -> bool:
+        """Read the file again where another process wrote it since this one last read or wrote
+        it; True if it did. One stat otherwise. The tuner asks before it measures a size: each
+        process read the file once, so processes started together on a clean cache each measured
+        every size (three processes, 32 sizes: 96 measurements, 64 of them superseded)."""
+        if self._records is None or self._in_memory:
+            return False
+        seen = self._stat()
+        if seen is None or seen == self._seen:
+            return False
+        with self._mutex:
+            records, fps, lines = self._read_lines(self.path)
+            self._records.update(records)  # (the file holds every record this process added)
+            self._fingerprints.update(fps)
+            self._lines, self._fps_on_disk, self._seen = lines, set(fps), seen
+        return True
 
     @property
     def fp(self) -> str:
@@ -301,6 +328,7 @@ class Cache:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             with FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S):
+                before = self._stat()
                 with open(self.path, "a+b") as f:  # appends always go to the end
                     f.seek(0, os.SEEK_END)
                     text = "\n".join(lines) + "\n"
@@ -313,6 +341,8 @@ class Cache:
                     os.fsync(f.fileno())
                 self._fps_on_disk.update(fps)
                 self._lines += len(lines)
+                if before == self._seen:  # (nobody else wrote since: this append is no news)
+                    self._seen = self._stat()
                 live = len(self._records or ()) + len(self._other_schema)
                 if self._records is not None and self._lines > COMPACT_WHEN * max(live, 16):
                     self._compact()
@@ -368,6 +398,7 @@ class Cache:
         self._records, self._fingerprints = records, fps
         self._fps_on_disk = set(fps)
         self._lines = len(records) + len(fps) + len(self._other_schema)
+        self._seen = self._stat()  # (under the caller's lock: what it holds is the file)
 
     def clear(self) -> None:
         """Forget this machine's entries (other machines' entries stay in the file)."""

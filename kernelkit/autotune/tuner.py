@@ -337,6 +337,8 @@ def decide(
     # first call that is meant to cost what the vendor's does. The decision after the compile
     # reads it (a cached vendor choice is lost for those calls only).
     entry = cache.get(key) if cache.loaded or not pending else None
+    if (entry is None or entry.get("provisional")) and cache.loaded and cache.refresh():
+        entry = cache.get(key)  # (another process may have measured it since this one read)
     if entry is not None and (why := _config_error(entry, usable)) is not None:
         cache.unusable(key, why)  # (warned once) measured again below, as a miss
         entry = None

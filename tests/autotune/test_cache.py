@@ -520,3 +520,54 @@ def test_a_rewrite_removes_a_killed_writers_temporary_file(tmp_path):
     _compact_by_writing(Cache(tmp_path))
     assert not stale.exists() and live.exists()
     assert fresh(tmp_path).get("filler") is not None
+
+
+def test_refresh_reads_what_another_process_wrote_and_only_that(tmp_path, monkeypatch):
+    """Each process read the file once, so processes started together on a clean cache each
+    measured every size. `refresh` reads the file again where another process wrote it since;
+    this process's own appends and compactions are no news (no read)."""
+    a = Cache(tmp_path)
+    a.put("mine", entry())
+    b = fresh(tmp_path)  # (another process)
+    b.put("theirs", entry("numba-cpu"))
+    assert a.get("theirs") is None
+    reads = []
+    real = Cache._read_lines
+    monkeypatch.setattr(Cache, "_read_lines", lambda self, *x, **k: reads.append(1)
+                        or real(self, *x, **k))
+    assert a.refresh() and a.get("theirs") == entry("numba-cpu") and a.get("mine") == entry()
+    assert not a.refresh() and len(reads) == 1
+    for _ in range(60):  # (one size again and again: through a compaction of its own)
+        a.put("again", entry())
+    compactions = len(reads) - 1
+    assert compactions >= 1 and not a.refresh() and len(reads) == 1 + compactions
+    b.put("later", entry())
+    assert a.refresh() and a.get("later") == entry()
+
+
+def test_a_size_another_process_measured_meanwhile_is_not_measured_again(tmp_path,
+                                                                         monkeypatch):
+    from kernelkit.autotune import tuner
+    from kernelkit.core import Candidate, Problem
+    from kernelkit.settings import Settings
+
+    cands = [Candidate("fake", name, "cpu", "numpy", lambda p: None, lambda p: [{}],
+                       lambda p, c: (lambda: 1), vendor=name == "slow") for name in ("slow", "fast")]
+    measured = []
+    real = tuner.measure_all
+    monkeypatch.setattr(tuner, "measure_all", lambda *a, **k: measured.append(1) or real(*a, **k))
+    s = Settings(cache_dir=str(tmp_path), tune="measure")
+
+    def problem(n):
+        return Problem("fake", ((n, n),), "float32", "N", "numpy", "cpu", flops=1.0)
+
+    def decide(n):
+        p = problem(n)
+        return tuner.decide(p, cands, lambda c, cfg: c.launcher(p, cfg), lambda out: None, s)
+
+    first = decide(32)  # this process reads the file (and measures its first size)
+    assert first.choice.source == "measured" and measured == [1]
+    fresh(tmp_path).put(tuner.make_key(problem(64), ""), entry("fast-cpu"))  # another process
+    d = decide(64)
+    assert d.choice == tuner.Choice("fast-cpu", {}, "cache") and measured == [1]
+    assert decide(80).choice.source == "measured" and measured == [1, 1]  # (a real miss)
