@@ -772,7 +772,6 @@ def getstate(module: torch.nn.Module) -> dict:
     kernels, which do not pickle; a copy decides its own on its first call, from the tuner's
     memo)."""
     state = module.__dict__.copy()
-    drop_routes(state)
-    state.pop("_kk_aten_only", None)
-    state.pop("_kk_aten_only_grad", None)
+    for name in STATE:  # (the routes, and the flags read from them)
+        state.pop(name, None)
     return state
