@@ -19,6 +19,11 @@ second). The child is allowed to finish if this process exits first, so the next
 warm; a file lock per (module, dtype) keeps concurrent processes (DataLoader workers, DDP ranks)
 from compiling the same kernels twice. If the child cannot run or fails, the thread compiles here.
 
+One call does not take the vendor while the job runs: numpy data whose only ready candidate is
+torch's, in a process that has not imported torch, loads kernels that some process already
+compiled into the on-disk cache (:func:`on_disk`: the backend's mark, set after each warm) in the
+calling thread, since importing torch for that one call costs more than the load.
+
 ``KERNELKIT_COMPILE=foreground`` (or ``kernelkit.use(compile="foreground")``) makes the first call
 compile before it runs, as plain Numba does. A forced backend (``KERNELKIT_BACKEND``), `explain`
 and ``kernelkit tune`` always wait for the kernels they time. ``kernelkit warmup`` compiles every
@@ -135,6 +140,24 @@ def warm_here(module: str, dtype: str) -> Job:
     return job
 
 
+def on_disk(module: str, dtype: str) -> bool:
+    """Whether some process compiled `module`'s kernels for `dtype` into its backend's on-disk
+    cache (the backend's mark: ``warmed_on_disk``), so that loading them here takes a fraction of
+    a second rather than a compile's seconds; False where the backend keeps no mark."""
+    return bool(_backend_hook(module, "warmed_on_disk", module, dtype))
+
+
+def _backend_hook(module: str, name: str, *args):
+    """The kernel module's backend package's function `name` called with `args`, where it has
+    one; None otherwise (a backend without on-disk marks, or a failing one: only a shortcut is
+    lost)."""
+    try:
+        hook = getattr(import_whole(module.rpartition(".")[0]), name, None)
+        return hook(*args) if hook is not None else None
+    except (ImportError, OSError):
+        return None
+
+
 def targets(ops: Iterable[str] | None = None,
             dtypes: Iterable[str] | None = None) -> list[tuple[str, str]]:
     """Every (kernel module, dtype) this machine can compile: the compiled backends that load
@@ -193,6 +216,7 @@ def _run(job: Job, *, child: bool) -> None:
         with _file_lock(job), fork_waits():  # (numba's lock is held while it loads)
             how = import_whole(job.module).warm(job.dtype)
         job.how = "compiled in a child process" if by_child == "compiled" else how
+        _backend_hook(job.module, "mark_warmed", job.module, job.dtype)
     except Exception as exc:  # noqa: BLE001 - a failed compile must not break calls: the
         # candidate joins the decision and fails there, recorded like any failing config
         if raised_by_signal_handler(exc):  # the caller's (a deadline): a later call compiles
@@ -237,7 +261,9 @@ def _child(module: str, dtype: str) -> None:
     with contextlib.suppress(AttributeError, OSError):
         os.nice(5)
     with _file_lock(Job(module, dtype)):
-        print(importlib.import_module(module).warm(dtype), flush=True)
+        how = importlib.import_module(module).warm(dtype)
+        _backend_hook(module, "mark_warmed", module, dtype)  # (the parent may exit first)
+        print(how, flush=True)
 
 
 class _NoLock:

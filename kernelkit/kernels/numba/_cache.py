@@ -210,6 +210,30 @@ def _seed(scratch: Path, source: Path) -> None:
         pass
 
 
+# Per (kernel module, dtype): a mark in the key's folder that some process compiled that module's
+# kernels for that dtype into it (`kernelkit.compiling` sets it after each warm). A first call on
+# numpy data whose only ready candidate is torch's loads such kernels instead of importing torch.
+_WARMED = "warmed"
+
+
+def mark_warmed(module: str, dtype: str) -> None:
+    """Note that `module`'s kernels for `dtype` are in this process's cache dir (any failure: no
+    mark, so the next process only loses the shortcut)."""
+    root = cache_dir()
+    if root is None:
+        return
+    with contextlib.suppress(OSError):
+        (root / _WARMED).mkdir(exist_ok=True)
+        (root / _WARMED / f"{module}-{dtype}").touch()
+
+
+def warmed(module: str, dtype: str) -> bool:
+    """Whether :func:`mark_warmed` marked (`module`, `dtype`) under this process's cache dir (a
+    read-only image's marks come along with its kernels: `_seed` copies them)."""
+    root = cache_dir()
+    return root is not None and (root / _WARMED / f"{module}-{dtype}").is_file()
+
+
 def _is_kernel_source(py_file: str) -> bool:
     try:
         return Path(py_file).resolve().is_relative_to(_KERNELS)
