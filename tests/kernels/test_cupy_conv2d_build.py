@@ -380,3 +380,20 @@ def test_gpu_conv2d_matches_reference(case, layout, dtype):
     (dx_ref, dw_ref), (dx_sc, dw_sc) = _grads_f64(x, w, dy, conv, layout)
     _assert_close(dx.get(), dx_ref, dx_sc, dims[4] // conv["groups"] * dims[5] * dims[6], "dx")
     _assert_close(dw.get(), dw_ref, dw_sc, y.size // dims[4], "dw")
+
+
+def test_size_limits_count_the_weight_per_group_and_groups_only_where_a_grid_axis_holds_them():
+    """A 7x7 depthwise conv of 6621 channels (a weight of 324k elements) was refused as "over
+    2**31 elements" (the check counted K * C * R * S, not K * C/groups * R * S); and every GPU
+    conv refused groups > 65535, though only the GEMM kernels put groups on a grid axis: a
+    65536-channel depthwise conv runs on the direct kernels."""
+    conv = dict(stride=(1, 1), padding=(3, 3, 3, 3), dilation=(1, 1))
+    geo = kc.geometry("conv2d", "NCHW", 1, 6621, 8, 8, 6621, 7, 7, groups=6621, **conv)
+    assert (geo.cg, geo.ho) == (1, 8)
+    with pytest.raises(ValueError, match="over 2\\*\\*31 elements"):  # (a real one still is)
+        kc.geometry("conv2d", "NCHW", 1, 47000, 8, 8, 47000, 7, 7, groups=1, **conv)
+    assert kc.geometry("conv2d", "NCHW", 1, 65536, 8, 8, 65536, 3, 3, groups=65536,
+                       **conv).groups == 65536
+    with pytest.raises(ValueError, match="groups=65536 exceeds the grid limit 65535"):
+        kc.geometry("conv2d", "NCHW", 1, 16 * 65536, 1, 1, 16 * 65536, 1, 1, groups=65536,
+                    stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1))

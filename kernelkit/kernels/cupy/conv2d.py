@@ -172,7 +172,7 @@ def geometry(op: str, layout, n, c, h, w, k, r, s, stride, padding, dilation,
     """convgeom.geometry, plus the 32-bit sizes the kernels index with."""
     check_layout(f"cupy {op}", layout)
     geo = convgeom.geometry(f"cupy {op}", n, c, h, w, k, r, s, stride, padding, dilation, groups)
-    if max(n * c * h * w, n * k * geo.ho * geo.wo, k * c * r * s) > INT32_MAX:
+    if max(n * c * h * w, n * k * geo.ho * geo.wo, k * geo.cg * r * s) > INT32_MAX:
         raise ValueError(f"cupy {op}: tensors over 2**31 elements are not supported")
     return geo
 
