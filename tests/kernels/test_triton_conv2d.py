@@ -404,7 +404,7 @@ _UNIT_STRIDES = ("stride_xc", "stride_wc", "stride_bk", "stride_yk", "stride_dyk
 _NOT_ALIGNED = ("PAD_T", "PAD_L", "H", "W", "Ho", "Wo", "P_PER_SPLIT")
 
 
-def _job(fn_name, dtype, cc, cfg, *, r=3, s=3, extra=None, label="", sass=False):
+def _job(fn_name, dtype, cc, cfg, *, r=3, s=3, extra=None, label="", sass=False, asm=()):
     from triton_compile import CompileJob
 
     fn = getattr(tc, fn_name)
@@ -432,7 +432,7 @@ def _job(fn_name, dtype, cc, cfg, *, r=3, s=3, extra=None, label="", sass=False)
                 aligned.append(name)
     return CompileJob("kernelkit.kernels.triton.conv2d", fn_name, signature, constexprs, cc=cc,
                       num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                      divisible_by_16=tuple(aligned), sass=sass, label=label)
+                      divisible_by_16=tuple(aligned), sass=sass, asm=asm, label=label)
 
 
 def _label(fn_name, kind, cc, cfg):
@@ -536,3 +536,39 @@ def test_lazily_negated_operands_are_read_with_their_values():
                                tc.conv2d_backward_input(go, wt, (9, 10), config=BIG, **conv))
     torch.testing.assert_close(tc.conv2d_backward_weight(neg(x), neg(go), (3, 3), config=BIG, **conv),
                                tc.conv2d_backward_weight(x, go, (3, 3), config=BIG, **conv))
+
+
+@needs_runtime
+@pytest.mark.parametrize("case", ["3x3", "depthwise", "depthwise_s2", "groups2"])
+def test_64_bit_indexing_gives_the_same_results(case, monkeypatch):
+    """Every kernel's INDEX_I64 path (taken for tensors past 2**30 elements), forced on small
+    tensors: the same conv, forward and both backwards, as the float64 reference."""
+    monkeypatch.setattr(tc, "INT32_MAX", 64)
+    _, dims, conv = next(c for c in CASES if c[0] == case)
+    _check_all(*dims, dtype=torch.float32, config=SMALL, **conv)
+
+
+@pytest.mark.slow
+def test_64_bit_indexing_forms_the_pixel_index_in_64_bits():
+    """With INDEX_I64 the direct kernels formed offs_m = pid_m * BLOCK_M + arange in int32 and
+    widened it only after: past 2**31 output pixels (x (2049, 1, 1024, 1024) fp16, 3x3,
+    padding 1) it wrapped negative, and the store went before y (an H100 would fault or corrupt
+    another tensor). Read from the kernels' TTIR for sm_90 (no GPU needed)."""
+    import re
+
+    from triton_compile import compile_many
+
+    direct = Conv2dConfig.default(torch.float16, "direct")
+    gemm = Conv2dConfig.default(torch.float16)
+    jobs = [_job(fn, torch.float16, 90, cfg, extra={"INDEX_I64": i64}, asm=("ttir",),
+                 label=f"{fn} {i64}")
+            for fn, cfg in (("conv2d_fwd_direct_kernel", direct),
+                            ("conv2d_bwd_input_direct_kernel", direct),
+                            ("conv2d_fwd_kernel", gemm), ("conv2d_bwd_input_kernel", gemm))
+            for i64 in (True, False)]
+    for job, res in zip(jobs, compile_many(jobs), strict=True):
+        assert res.ok, f"{job.label}:\n{res.error}"
+        types = re.findall(r"%offs_m\w* = arith\.(?:muli|addi) [^:]*: (\S+)", res.asm["ttir"])
+        assert types, job.label  # (the check reads the value it means to)
+        wide = [t.endswith(("i64", "i64>")) for t in types]
+        assert all(wide) if job.constexprs["INDEX_I64"] else not any(wide), (job.label, types)

@@ -417,3 +417,40 @@ def test_lazily_negated_operands_are_read_with_their_values():
     assert na.is_neg() and nb.is_neg() and nbias.is_neg()
     c = matmul_forward(na, nb, nbias, config=SMALL)
     assert_matmul_close(c, a, b, bias, acc="float32")
+
+
+def test_launchers_make_their_datas_gpu_current(monkeypatch):
+    """Triton launches on the current device, not the tensor's: data on cuda:1 while device 0
+    was current ran its kernel on device 0. Each launcher now runs with its first tensor's GPU
+    current, and leaves the device alone where it already is (checked with a tensor that says
+    it lives on cuda:1, as no GPU is here)."""
+    import contextlib
+
+    from kernelkit.kernels.triton import _common, conv2d, preprocess
+
+    class OnGpu1(torch.Tensor):
+        @property
+        def device(self):
+            return torch.device("cuda", 1)
+
+    entered, current = [], [0]
+
+    @contextlib.contextmanager
+    def device(d):
+        entered.append(d)
+        yield
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    monkeypatch.setattr(torch.cuda, "device", device)
+    seen = _common.on_its_device(lambda first, *rest: (first, rest))
+    x = torch.Tensor._make_subclass(OnGpu1, torch.zeros(2))
+    assert seen(x, 5) == (x, (5,)) and entered == [torch.device("cuda", 1)]
+    assert seen([x]) == ([x], ()) and len(entered) == 2  # (preprocess: a list of images)
+    current[0] = 1
+    seen(x)
+    seen(torch.zeros(2))  # (a CPU tensor: the interpreter)
+    seen([])
+    assert len(entered) == 2
+    launchers = (tm.matmul_forward, conv2d.conv2d_forward, conv2d.conv2d_backward_input,
+                 conv2d.conv2d_backward_weight, preprocess.preprocess_forward)
+    assert all(f.__code__ is seen.__code__ for f in launchers)  # (each one is wrapped)

@@ -356,7 +356,8 @@ def test_config_round_trip_and_space():
 
 # ------------------------------------------------------------ compiled for sm_80 / sm_90 (no GPU)
 
-def _job(cfg, cc, in_t="*u8", out_t="*fp32", affine=True, nearest=False, c=3):
+def _job(cfg, cc, in_t="*u8", out_t="*fp32", affine=True, nearest=False, c=3, index_i64=False,
+         asm=()):
     from triton_compile import CompileJob
 
     sig = {"src_ptr": in_t, "meta_ptr": "*i64", "yst_ptr": "*i32", "yw_ptr": "*fp32",
@@ -366,10 +367,11 @@ def _job(cfg, cc, in_t="*u8", out_t="*fp32", affine=True, nearest=False, c=3):
         sig[name] = "i32"
     const = {"C": c, "CP": 4 if c == 3 else c, "NMETA": taps.NMETA, "BLOCK_Y": cfg.block_y,
              "BLOCK_X": cfg.block_x, "HAS_AFFINE": affine, "NEAREST": nearest,
-             "OUT_U8": out_t == "*u8"}
+             "OUT_U8": out_t == "*u8", "INDEX_I64": index_i64}
     return CompileJob("kernelkit.kernels.triton.preprocess", "preprocess_kernel", sig, const,
-                      cc=cc, num_warps=cfg.num_warps, num_stages=1,
-                      label=f"{cfg} {in_t}->{out_t} aff={affine} nearest={nearest} sm_{cc}")
+                      cc=cc, num_warps=cfg.num_warps, num_stages=1, asm=asm,
+                      label=f"{cfg} {in_t}->{out_t} aff={affine} nearest={nearest} "
+                            f"i64={index_i64} sm_{cc}")
 
 
 @pytest.mark.slow
@@ -385,3 +387,47 @@ def test_compiles_for_sm80_and_sm90():
         assert res.metadata["shared"] <= SHARED_MEMORY_LIMIT[job.cc], job.label
         assert res.metadata.get("stack", 0) == 0 and res.metadata.get("local", 0) == 0, \
             (job.label, res.metadata)
+
+
+def test_64_bit_indexing_gives_the_same_results(monkeypatch):
+    """The kernel's INDEX_I64 path (an image or an output image of 2**30 elements or more),
+    forced on small images: the same results as the Numba kernel, on the table path (resize,
+    every filter) and the affine path (rotation), strided and NCHW."""
+    monkeypatch.setattr(tp, "INT32_MAX", 64)
+    imgs = np.stack([rand_img(33, 45) for _ in range(3)])
+    a = preprocess_args(3, 3, [(0, 0, 33, 45), (2, 4, 28, 37), (0, 0, 33, 45)], (24, 31),
+                        angles=[30.0, 0.0, 0.0], rot90=[0, 1, 0],
+                        flips=[(True, False), (False, False), (False, True)])
+    big = np.stack([rand_img(66, 90) for _ in range(3)])
+    strided = big[:, ::2, ::2]  # (3, 33, 45, 3), every stride doubled
+    for interp in ("bilinear", "nearest", "bicubic"):
+        got, ref = both(imgs, a, interp, True, od="uint8")
+        assert maxdiff(got, ref) <= 1, interp
+        got, ref = both(strided, a, interp, False, od="float32", layout="NCHW",
+                        timages=torch.from_numpy(big).to(DEV)[:, ::2, ::2])
+        assert maxdiff(got, ref) <= 2e-3, interp
+
+
+@pytest.mark.slow
+def test_64_bit_indexing_offsets_every_image_pixel_in_64_bits():
+    """An image of 2**31 elements (uint8 (1, 27000, 27000, 3)) failed a bare assert (and
+    wrapped past it under python -O), and an output image of 2**31 elements (3 x 26756 x 26756,
+    which check_size passed) was stored through wrapped int32 offsets. With INDEX_I64, every
+    pointer into an image (input taps, output) takes a 64-bit offset; only the per-channel
+    tables and the taps' small steps stay int32. Read from the TTIR for sm_90."""
+    import re
+
+    from triton_compile import compile_many
+
+    d = tp.PreprocessConfig.default()
+    jobs = [_job(d, 90, affine=aff, index_i64=i64, asm=("ttir",))
+            for aff in (False, True) for i64 in (True, False)]
+    small = ("perm", "mean", "scale", "wx", "wy")  # channel tables; a tap's step of one row
+    for job, res in zip(jobs, compile_many(jobs), strict=True):
+        assert res.ok, f"{job.label}:\n{res.error}"
+        narrow = set(re.findall(r"%([a-z]+)\w* = tt\.addptr [^:]*: [^,]*, tensor<[0-9x]+xi32>",
+                                res.asm["ttir"]))
+        if job.constexprs["INDEX_I64"]:
+            assert narrow <= set(small), (job.label, narrow - set(small))
+        else:
+            assert "optr" in narrow, (job.label, narrow)  # (the check sees int32 offsets)

@@ -3,6 +3,7 @@ its float32 accumulator, the fused activation epilogue, and the launchers' small
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -131,6 +132,25 @@ class TileConfig(KernelConfig):
 
 
 # ------------------------------------------------------------------------------- launcher checks
+
+def on_its_device(launcher):
+    """Run `launcher` (whose first argument is a tensor, or a list of them) with its tensor's GPU
+    as the current device. Triton launches on the current device and its current stream, not on
+    the tensor's: `cuda:1` data while device 0 was current ran the kernel on device 0 (an illegal
+    address, or with peer access a race against the data's own stream). The usual case (the
+    data's device is current) costs one comparison."""
+
+    @functools.wraps(launcher)
+    def run(first, *args, **kwargs):
+        t = first if isinstance(first, torch.Tensor) else next(iter(first), None)
+        if (isinstance(t, torch.Tensor) and t.device.type == "cuda"
+                and t.device.index != torch.cuda.current_device()):
+            with torch.cuda.device(t.device):
+                return launcher(first, *args, **kwargs)
+        return launcher(first, *args, **kwargs)
+
+    return run
+
 
 def in_memory(t: torch.Tensor | None) -> torch.Tensor | None:
     """`t` with the values its memory holds: torch negates some views lazily (``x.conj().imag``,

@@ -68,6 +68,7 @@ from kernelkit.kernels.triton._common import (
     grouped_tile,
     in_memory,
     max_offset,
+    on_its_device,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -117,6 +118,8 @@ def conv2d_fwd_kernel(
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(Kg, BLOCK_N)
     pid_m, pid_n = grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M)
+    if INDEX_I64:  # (M may come within a tile of 2**31: pid_m * BLOCK_M must not wrap)
+        pid_m = pid_m.to(tl.int64)
 
     # -----------------------------------------------------------
     # Output pixels of the tile's rows, and the input corner each one reads from.
@@ -213,6 +216,8 @@ def conv2d_bwd_input_kernel(
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(Cg, BLOCK_N)
     pid_m, pid_n = grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M)
+    if INDEX_I64:  # (M may come within a tile of 2**31: pid_m * BLOCK_M must not wrap)
+        pid_m = pid_m.to(tl.int64)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -355,6 +360,8 @@ def conv2d_fwd_direct_kernel(
     # y[n, k, oh, ow] = sum_{c < Cg, r, s} x[n, (k // Kg) * Cg + c, ih, iw] * w[k, c, r, s]
     pid_m = tl.program_id(axis=0)
     pid_n = tl.program_id(axis=1)
+    if INDEX_I64:  # (before the product: pid_m * BLOCK_M wraps in int32 once M passes 2**31)
+        pid_m = pid_m.to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
@@ -411,6 +418,8 @@ def conv2d_bwd_input_direct_kernel(
     # dx[n, ci, ih, iw] = sum_{kk < Kg, r, s} dy[n, g*Kg + kk, oh, ow] * w[g*Kg + kk, ci % Cg, r, s]
     pid_m = tl.program_id(axis=0)
     pid_n = tl.program_id(axis=1)
+    if INDEX_I64:  # (as in the forward kernel)
+        pid_m = pid_m.to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
@@ -665,6 +674,7 @@ def _auto_split(base_programs: int, p: int, block: int, device: torch.device) ->
 # Launchers
 
 
+@on_its_device
 def conv2d_forward(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -708,10 +718,11 @@ def conv2d_forward(
         return y
     xs, ys, ws = nchw_shape(x.stride(), layout), nchw_shape(y.stride(), layout), weight.stride()
     m = n * geo.ho * geo.wo
-    index_i64 = max(max_offset((n, c, h, w), xs), max_offset(tuple(weight.shape), ws),
-                    max_offset((n, k, geo.ho, geo.wo), ys), m) > INT32_MAX // 2
     bias_arg = bias if bias is not None else y
     bias_stride = bias.stride(0) if bias is not None else 0
+    index_i64 = max(max_offset((n, c, h, w), xs), max_offset(tuple(weight.shape), ws),
+                    max_offset((n, k, geo.ho, geo.wo), ys), m,
+                    max_offset((k,), (bias_stride,))) > INT32_MAX // 2
     if kind == "direct":
         grid = (triton.cdiv(m, config.BLOCK_M), triton.cdiv(k, config.BLOCK_N))
         _check_grid(op, grid)
@@ -745,6 +756,7 @@ def conv2d_forward(
     return y
 
 
+@on_its_device
 def conv2d_backward_input(
     grad_out: torch.Tensor,
     weight: torch.Tensor,
@@ -817,6 +829,7 @@ def conv2d_backward_input(
     return dx
 
 
+@on_its_device
 def conv2d_backward_weight(
     x: torch.Tensor,
     grad_out: torch.Tensor,

@@ -31,6 +31,7 @@ from kernelkit.kernels.triton._common import (
     grouped_tile,
     in_memory,
     max_offset,
+    on_its_device,
 )
 
 
@@ -204,6 +205,7 @@ def shipped_configs(dtype: torch.dtype) -> tuple[MatmulConfig, ...]:
 # Launcher
 
 
+@on_its_device
 def matmul_forward(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -257,7 +259,8 @@ def matmul_forward(
 
     # Launch: one program per (batch, tile of C), batch-major.
     index_i64 = max(max_offset((M, K), a.stride()[1:]), max_offset((K, N), b.stride()[1:]),
-                    max_offset((M, N), c.stride()[1:])) > INT32_MAX
+                    max_offset((M, N), c.stride()[1:]),
+                    max_offset((N,), bias.stride()) if bias is not None else 0) > INT32_MAX
     grid = (batch * triton.cdiv(M, config.BLOCK_M) * triton.cdiv(N, config.BLOCK_N),)
     if grid[0] > INT32_MAX:
         raise ValueError(f"matmul (triton): {grid[0]} tiles exceed the grid limit; use larger blocks")

@@ -34,7 +34,7 @@ import triton.language as tl
 from kernelkit.devices import triton_interpret
 from kernelkit.kernels import taps as _taps
 from kernelkit.kernels.config import KernelConfig
-from kernelkit.kernels.triton._common import INT32_MAX, in_memory
+from kernelkit.kernels.triton._common import INT32_MAX, in_memory, on_its_device
 
 __all__ = ["PreprocessConfig", "preprocess_forward", "OUT_TORCH_DTYPES", "SHIPPED_CONFIGS"]
 
@@ -110,6 +110,7 @@ def preprocess_kernel(
     C: tl.constexpr, CP: tl.constexpr, NMETA: tl.constexpr,
     BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
     HAS_AFFINE: tl.constexpr, NEAREST: tl.constexpr, OUT_U8: tl.constexpr,
+    INDEX_I64: tl.constexpr,  # an image (in or out) spans 2**30 elements or more
 ):
     pid = tl.program_id(0)
     per_img = tiles_y * tiles_x
@@ -127,17 +128,24 @@ def preprocess_kernel(
 
     mrow = meta_ptr + n.to(tl.int64) * NMETA
     base = src_ptr + tl.load(mrow + 0)                  # this image's first pixel (int64 offset)
-    ya = tl.load(mrow + 1).to(tl.int32)                 # element stride along the y-tap axis
-    xb = tl.load(mrow + 2).to(tl.int32)                 # along the x-tap axis
-    sc = tl.load(mrow + 3).to(tl.int32)                 # between channels
+    ya = tl.load(mrow + 1)                              # element stride along the y-tap axis
+    xb = tl.load(mrow + 2)                              # along the x-tap axis
+    sc = tl.load(mrow + 3)                              # between channels
+    if not INDEX_I64:  # (int32 offsets where every one fits: the common case, cheaper)
+        ya = ya.to(tl.int32)
+        xb = xb.to(tl.int32)
+        sc = sc.to(tl.int32)
     perm = tl.load(perm_ptr + cs, mask=mc, other=0)
     coff = (perm * sc)[None, None, :]
 
     acc = tl.zeros((BLOCK_Y, BLOCK_X, CP), dtype=tl.float32)
     is_aff = tl.load(mrow + 4) != 0 if HAS_AFFINE else False
     if is_aff:
-        sh = tl.load(mrow + 5).to(tl.int32)
-        sw = tl.load(mrow + 6).to(tl.int32)
+        sh = tl.load(mrow + 5)
+        sw = tl.load(mrow + 6)
+        if not INDEX_I64:
+            sh = sh.to(tl.int32)
+            sw = sw.to(tl.int32)
         r0 = tl.load(mrow + 7).to(tl.int32)
         r1 = tl.load(mrow + 8).to(tl.int32)
         c0 = tl.load(mrow + 9).to(tl.int32)
@@ -197,6 +205,9 @@ def preprocess_kernel(
         nkx = tl.load(mrow + 12).to(tl.int32)
         rowi = n * out_h + oys                          # rows of the y tables
         coli = n * out_w + oxs
+        if INDEX_I64:
+            rowi = rowi.to(tl.int64)
+            coli = coli.to(tl.int64)
         ys = tl.load(yst_ptr + rowi, mask=my, other=0)
         xs = tl.load(xst_ptr + coli, mask=mx, other=0)
         yoff = (ys * ya)[:, None, None]
@@ -219,8 +230,13 @@ def preprocess_kernel(
     mean = tl.load(mean_ptr + cs, mask=mc, other=0.0)
     scale = tl.load(scale_ptr + cs, mask=mc, other=1.0)
     res = (acc - mean[None, None, :]) * scale[None, None, :]
-    optr = (out_ptr + n.to(tl.int64) * on + (oys * oy)[:, None, None] + (oxs * ox)[None, :, None]
-            + (cs * oc)[None, None, :])
+    oyo, oxo, oco = oys * oy, oxs * ox, cs * oc
+    if INDEX_I64:
+        oyo = oys.to(tl.int64) * oy
+        oxo = oxs.to(tl.int64) * ox
+        oco = cs.to(tl.int64) * oc
+    optr = (out_ptr + n.to(tl.int64) * on + oyo[:, None, None] + oxo[None, :, None]
+            + oco[None, None, :])
     if OUT_U8:
         # saturate (NaN -> 0), then round half to even: x + 2**23 - 2**23 is exact RNE on [0, 255]
         res = tl.where(res > 255.0, 255.0, res)
@@ -288,6 +304,7 @@ _TORCH_OF_NUMPY = {np.dtype(np.int64).str: torch.int64, np.dtype(np.int32).str: 
                    np.dtype(np.float32).str: torch.float32, np.dtype(np.float64).str: torch.float64}
 
 
+@on_its_device
 def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, scale, channel_perm,
                        interpolation, antialias, out_dtype, layout, config=None) -> torch.Tensor:
     """The fused preprocess of a batch (contract of the Numba kernel); a new torch tensor.
@@ -309,13 +326,16 @@ def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, sc
     out = torch.empty((n, *shape), dtype=OUT_TORCH_DTYPES[out_dtype], device=device)
     if out.numel() == 0:
         return out
-    # every in-image offset (and pixel index) must fit in int32; the image offset is int64
+    # In-image offsets (input and output) and table rows are int32 unless one could reach 2**30
+    # (half of int32's range: a tap's offset adds one stride past the edge); the image's own
+    # offset is always int64. Before, an image of 2**31 elements failed an assert (and ran
+    # past it, wrapping, under python -O), and an output of 2**31 elements per image wrapped.
     ext = (np.abs(meta[:, [_taps.M_SH, _taps.M_SW, _taps.M_SC]]) * np.maximum(
         np.concatenate([shapes, np.full((n, 1), cch)], axis=1), 1)).sum(axis=1)
-    assert int(ext.max()) < INT32_MAX, "a single image must span fewer than 2**31 elements"
-    assert n * on < 2**62
     d, t = _device_tables(device, meta, shapes, cch, boxes, flips, rot90, angles, fill, size,
                           mean, scale, channel_perm, interpolation, antialias)
+    index_i64 = max(int(ext.max()), on, n * max(out_h * t["ky_len"], out_w * t["kx_len"])) \
+        > INT32_MAX // 2
     cfg = config or (PreprocessConfig.interpreter(out_h, out_w) if triton_interpret()
                      else PreprocessConfig.default())
     tiles_y = triton.cdiv(out_h, cfg.block_y)
@@ -329,7 +349,7 @@ def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, sc
         C=cch, CP=triton.next_power_of_2(cch), NMETA=_taps.NMETA,
         BLOCK_Y=cfg.block_y, BLOCK_X=cfg.block_x,
         HAS_AFFINE=t["has_affine"], NEAREST=bool(t["nearest"]), OUT_U8=out_dtype == "uint8",
-        num_warps=cfg.num_warps,
+        INDEX_I64=index_i64, num_warps=cfg.num_warps,
     )
     del keep  # the sources stay alive until the launch is queued (the stream orders later frees)
     return out
