@@ -249,7 +249,7 @@ def _prebuilt_triton_launch(tp, _taps, imgs, a, size, aa):
             out_h, out_w, tiles_y, tiles_x, t["ky_len"], t["kx_len"], on, oc, oy, ox,
             C=cch, CP=triton.next_power_of_2(cch), NMETA=_taps.NMETA,
             BLOCK_Y=cfg.block_y, BLOCK_X=cfg.block_x, HAS_AFFINE=t["has_affine"],
-            NEAREST=bool(t["nearest"]), OUT_U8=False, num_warps=cfg.num_warps)
+            NEAREST=bool(t["nearest"]), OUT_U8=False, INDEX_I64=False, num_warps=cfg.num_warps)
         return out
     return launch
 

@@ -99,7 +99,7 @@ def _preprocess_job(cfg, label):
     sig.update({n: "i32" for n in ("out_h", "out_w", "tiles_y", "tiles_x", "KY", "KX", "on", "oc",
                                    "oy", "ox")})
     const = {"C": 3, "CP": 4, "NMETA": taps.NMETA, "BLOCK_Y": cfg.block_y, "BLOCK_X": cfg.block_x,
-             "HAS_AFFINE": True, "NEAREST": False, "OUT_U8": False}
+             "HAS_AFFINE": True, "NEAREST": False, "OUT_U8": False, "INDEX_I64": False}
     return CompileJob("kernelkit.kernels.triton.preprocess", "preprocess_kernel", sig, const,
                       cc=CC, num_warps=cfg.num_warps, num_stages=1, label=label)
 
