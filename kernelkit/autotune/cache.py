@@ -517,6 +517,14 @@ def _object(v) -> dict:
     return dict(v)
 
 
+def same_entry(entry: dict | None, other: dict | None) -> bool:
+    """The same record as written to the file (one side may have come through JSON, the other
+    through pickling, as a rank's broadcast does: tuples and lists are alike)."""
+    if entry is None or other is None:
+        return entry is other
+    return json.dumps(entry, sort_keys=True) == json.dumps(other, sort_keys=True)
+
+
 def newer_than(entry: dict, other: dict | None) -> bool:
     """Whether `entry` replaces `other` for the same key: measured at the same time or later
     (ISO timestamps compare as strings), or there is no other."""

@@ -306,7 +306,7 @@ def release_group(dist=None) -> None:
 def _generate_distributed(dist, jobs, remeasure, threads, progress) -> list[Row]:
     """Each rank measures its share; every rank then holds every rank's entries (gathered and
     added to its cache), so all ranks make the same choices."""
-    from .cache import cache_for
+    from .cache import cache_for, same_entry
 
     rank, world = dist.get_rank(), dist.get_world_size()
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -318,9 +318,14 @@ def _generate_distributed(dist, jobs, remeasure, threads, progress) -> list[Row]
     dist.all_gather_object(gathered, ([dataclasses.asdict(r) for r in mine],
                                       {(cache.fp, k): cache.get(k) for k in keys if cache.get(k)},
                                       cache.fingerprints()))
+    # Ranks of one machine may share the cache file: what the others appended (before the
+    # gather) is read, not appended again (each rank added every entry: N copies of each)
+    cache.refresh()
     rows = []
     for row_dicts, records, fps in gathered:
-        cache.add_records({k: e for k, e in records.items() if cache.records().get(k) != e}, fps)
+        have = cache.records()
+        cache.add_records({k: e for k, e in records.items() if not same_entry(have.get(k), e)},
+                          fps)
         rows += [Row(**{**r, "dims": tuple(r["dims"])}) for r in row_dicts]
     if progress:
         for row in rows:

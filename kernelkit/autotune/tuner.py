@@ -27,7 +27,7 @@ from ..core import Candidate, Choice, Config, Problem
 from ..settings import Settings
 from ..signals import import_whole, raised_by_signal_handler
 from . import model, timing
-from .cache import cache_for
+from .cache import cache_for, same_entry
 from .key import Key, make_key
 from .timing import Timing, cuda_sync, measure, measure_interleaved
 
@@ -259,7 +259,11 @@ def _choose(problem, cands, runner, verify, settings, key, memo_key, dist, calls
         picked, recheck, fp, entry = box[0]
         choice = Choice(picked["candidate"], picked["config"], picked["source"], recheck)
         if dist.get_rank() != 0 and entry is not None and fp == cache.fp:
-            cache.put(key, entry)  # the same measurement, kept by every rank of this kind
+            # the same measurement, kept by every rank of this kind; ranks of one machine may
+            # share the file rank 0 just appended it to (before the broadcast): not again
+            cache.refresh()
+            if not same_entry(cache.get(key), entry):
+                cache.put(key, entry)
     if choice.recheck_after:  # the caller's plan counts them down, then asks again
         _calls[memo_key] = calls + choice.recheck_after - 1
     elif choice.source != "warming":  # decided again once the compiling candidates are ready

@@ -104,3 +104,37 @@ def test_release_group_ends_only_a_group_kernelkit_made(monkeypatch):
     generate.release_group(ours)
     generate.release_group(ours)  # once
     assert ours.calls == ["barrier", "destroy"]
+
+
+SHARED_RANK_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    base = sys.argv[1]
+    rank = int(os.environ["RANK"])
+    os.environ["KERNELKIT_CACHE_DIR"] = os.path.join(base, "cache-shared")  # one folder, both
+    import numpy as np
+    import kernelkit
+    from kernelkit.autotune import generate
+    from kernelkit.autotune.cache import cache_for
+    from kernelkit.settings import current
+
+    generate.generate([("matmul", d, "float32") for d in ((7, 13, 5), (33, 40, 20), (3, 100, 3))],
+                      threads=2)
+    import torch.distributed as dist
+    with kernelkit.use(tune="measure"):  # a miss at run time, decided on rank 0
+        kernelkit.matmul(np.ones((45, 31), np.float32), np.ones((31, 29), np.float32))
+    dist.barrier()
+    if rank == 0:
+        with open(os.path.join(base, "shared.json"), "w") as f:
+            json.dump({"path": str(cache_for(current().cache_path).path)}, f)
+    dist.destroy_process_group()
+""")
+
+
+def test_ranks_sharing_one_cache_file_write_each_entry_once(tmp_path):
+    """torchrun ranks of one machine share its cache folder (the default: the user's cache
+    dir). Each rank appended every gathered entry and every broadcast run-time choice to the
+    one file: 2 ranks wrote each line twice (8 ranks, 8 times)."""
+    run_two_ranks(SHARED_RANK_SCRIPT, tmp_path, "shared_rank.py")
+    path = json.loads((tmp_path / "shared.json").read_text())["path"]
+    keys = [json.loads(line)["key"] for line in open(path) if '"key"' in line]
+    assert len(keys) == 4 and len(set(keys)) == 4, keys  # 3 tuned, 1 run-time miss: once each
