@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 from torchrun import run_two_ranks
 
@@ -136,5 +137,6 @@ def test_ranks_sharing_one_cache_file_write_each_entry_once(tmp_path):
     one file: 2 ranks wrote each line twice (8 ranks, 8 times)."""
     run_two_ranks(SHARED_RANK_SCRIPT, tmp_path, "shared_rank.py")
     path = json.loads((tmp_path / "shared.json").read_text())["path"]
-    keys = [json.loads(line)["key"] for line in open(path) if '"key"' in line]
+    lines = Path(path).read_text().splitlines()
+    keys = [json.loads(line)["key"] for line in lines if "\"key\"" in line]
     assert len(keys) == 4 and len(set(keys)) == 4, keys  # 3 tuned, 1 run-time miss: once each
