@@ -1028,3 +1028,25 @@ def test_float_geometry_is_kept_per_signature_thread_count_and_knob(monkeypatch)
     hits = nc._float_geometry.cache_info().hits
     run()
     assert nc._float_geometry.cache_info().hits == hits + 1
+
+
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("h", [1, 3])
+@pytest.mark.parametrize("pad", [(t, b, l, r) for t in (0, 2) for b in (0, 2) for l in (0, 1)
+                                 for r in (0, 3)], ids=lambda p: "p" + "".join(map(str, p)))
+def test_one_by_one_padded_on_any_side_reads_only_its_input(pad, h, n, kernel):
+    """A 1x1 stride-1 conv read its plane as a plain (C, H*W) matrix when its top and left
+    padding were 0, whatever the bottom and right: padding below (or right of a 1-row input)
+    read Ho x Wo pixels from an H x W plane, past its end (garbage; a large pad segfaulted,
+    through `explain` and under tune=measure). The rows past the input here are NaN."""
+    c, w, k = 3, 4, 5
+    rng = np.random.default_rng(sum(pad) + h)
+    buf = np.full((n, c, h + 6, w), np.nan, np.float32)
+    buf[:, :, :h] = rng.standard_normal((n, c, h, w))
+    x = buf[:, :, :h]  # its rows are contiguous: what made the plain plane look right
+    wt = rng.standard_normal((k, c, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(k).astype(np.float32)
+    case = (n, c, h, w, k, 1, 1, (1, 1), pad, (1, 1), 1)
+    default = Conv2dConfig.default(np.float32)
+    for config in (None, dataclasses.replace(default, kernel="gemm")):
+        check(fwd(x, wt, b, case, "NCHW", config=config), x, wt, b, case, "NCHW")

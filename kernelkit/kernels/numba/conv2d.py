@@ -728,8 +728,10 @@ def _float_geometry(xshape: tuple, xstrides: tuple, dtype, wshape: tuple, stride
     geo[_conv.G_PM] = pm
     geo[_conv.G_PN] = pn
     sx = [st // dtype.itemsize for st in xstrides]
+    # (no padding on any side: a 1x1 conv padded only below or right reads its plain plane of
+    # Ho x Wo pixels past the H x W it has, garbage or a segfault)
     geo[_conv.G_PLAIN] = int(r == 1 and s == 1 and stride[0] == 1 and stride[1] == 1
-                             and padding[0] == 0 and padding[2] == 0
+                             and not any(padding)
                              and (ho == 1 or sx[2] == wo * sx[3]))
     return _FloatGeometry(_conv.MODE_KP, geo, tn, 0, 0)
 
