@@ -130,6 +130,27 @@ def dtype_name(x: Any) -> str:
     return str(x.dtype).removeprefix("torch.")
 
 
+def item_strided(x: Any) -> Any:
+    """`x`, or a contiguous copy (in x's library) where a byte stride is no multiple of its item
+    size: a field of a numpy record array (float32 pixels 13 bytes apart beside a mask byte).
+    Kernels index by elements; such a view failed an assert in the Numba preprocess, and ran
+    on garbage under ``python -O``. torch strides count elements: never copied."""
+    strides = getattr(x, "strides", None)  # (None for torch tensors and non-arrays)
+    if strides is None:
+        return x
+    item = x.itemsize
+    for s in strides:
+        if s % item:
+            break
+    else:
+        return x
+    if array_lib(x) == "cupy":
+        import cupy
+
+        return cupy.ascontiguousarray(x)
+    return np.ascontiguousarray(x)
+
+
 def element_strides(x: Any) -> tuple[int, ...]:
     if array_lib(x) == "torch":
         return tuple(x.stride())

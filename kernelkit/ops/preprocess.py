@@ -121,6 +121,8 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
         return _through_registered_op(images, size, mean, std, crop, flip, rotate,
                                       interpolation, antialias, channel_order, out_dtype, layout,
                                       stats_unit)
+    # (a record array's field: its byte strides are no multiple of its item size; copied)
+    images = [arrays.item_strided(x) for x in images] if ragged else arrays.item_strided(images)
     extras = _frozen((size, mean, std, crop, flip, rotate, fill, interpolation, antialias,
                       channel_order, out_dtype, layout, stats_unit))
     sig = signature(tuple(images) if ragged else (images,), (ragged, extras)) \
@@ -204,7 +206,7 @@ def _images(images) -> tuple[list | Any, arrays.Location, str, list[tuple[int, i
     if ragged:
         if not images:
             raise ValueError("preprocess: 'images' is an empty batch (a list of no images)")
-        items = list(images)
+        items = [arrays.item_strided(x) for x in images]
     else:
         if arrays.array_lib(images) is None:
             raise TypeError(f"preprocess: 'images' must be an NHWC array ({arrays.ACCEPTED}) or "
@@ -214,6 +216,7 @@ def _images(images) -> tuple[list | Any, arrays.Location, str, list[tuple[int, i
                              f"(H, W, C) images, got shape {tuple(images.shape)}")
         if images.shape[0] == 0:
             raise ValueError("preprocess: 'images' is an empty batch (N = 0)")
+        images = arrays.item_strided(images)
         items = None
     seq = items if ragged else [images]
     loc = dtype = None

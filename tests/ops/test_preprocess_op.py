@@ -407,3 +407,22 @@ def test_the_gpu_kernels_round_nearest_as_the_cpu_kernels():
         text = source.read_text()
         assert text.count(repr(taps.NEAREST_ROUND)) == 2, source
         assert "+ 0.5)" not in text, source
+
+
+@pytest.mark.parametrize("backend", [*CPU_BACKENDS, None])
+@pytest.mark.parametrize("ragged", [False, True])
+def test_a_record_arrays_field_is_read_as_its_values(backend, ragged, rng):
+    """float32 pixels stored beside a mask byte (a field of a numpy record array: pixels 13
+    bytes apart) failed an assert in the Numba kernel ("every candidate failed" undispatched),
+    and gave garbage under python -O. Such a view is copied; the result is the contiguous
+    copy's."""
+    rec = np.zeros((2, 29, 31), dtype=[("rgb", "<f4", 3), ("mask", "u1")])
+    rec["rgb"] = rng.random((2, 29, 31, 3), dtype=np.float32) * 255
+    img = rec["rgb"]
+    assert img.strides[2] == 13
+    with kernelkit.use(backend=backend):
+        want = kernelkit.preprocess(np.ascontiguousarray(img), size=(11, 17), **identity())
+        got = kernelkit.preprocess([img[0], img[1]] if ragged else img, size=(11, 17),
+                                   **identity())
+    # (dispatched, the batch and the ragged list may run on different backends: float rounding)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-4)
