@@ -71,6 +71,22 @@ def test_every_candidate_failing_is_an_error(tmp_path):
         run([CANDS[1], CANDS[2]], problem(), Settings(cache_dir=str(tmp_path)))
 
 
+def test_a_reference_that_does_not_fit_in_memory_leaves_the_vendor_unverified(tmp_path):
+    """A float64 reference that ran out of memory (a broadcast operand of gigabytes copied at
+    full size) failed every candidate's verification: the call raised "every candidate failed".
+    The vendor now runs unverified and wins; a kernel, unverifiable, is left out."""
+    def verify(out):
+        raise MemoryError("Unable to allocate 8.00 GiB")
+
+    p = problem()
+    d = tuner.decide(p, [CANDS[0], CANDS[3]], lambda c, cfg: c.launcher(p, cfg), verify,
+                     Settings(cache_dir=str(tmp_path)))
+    assert d.choice.candidate == "vendor-cpu"
+    errors = {t.candidate: t.error for t in d.trials}
+    assert errors["vendor-cpu"] is None
+    assert errors["good-cpu"].startswith("unverified: the float64 reference ran out of memory")
+
+
 def test_off_gives_the_vendor(tmp_path):
     d = run(CANDS, problem(), Settings(cache_dir=str(tmp_path), tune="off"))
     assert d.choice.candidate == "vendor-cpu" and d.choice.source == "default"
