@@ -408,7 +408,6 @@ def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=
 
 def _reference(imgs, ragged, spec: PreprocessSpec):
     """The vendor chain, in float32 on the CPU: what every candidate must match within 1 level."""
-    import torch
 
     from ..kernels.torch.preprocess import preprocess_forward
 
