@@ -455,28 +455,40 @@ def test_numpy_data_loads_kernels_on_disk_rather_than_import_torch_for_a_stand_i
         assert all(tid != threading.get_ident() for _, tid in gate.calls)
 
 
-def test_a_compile_marks_its_kernels_on_disk_even_in_a_child_whose_parent_left():
+def test_a_compile_marks_its_kernels_on_disk_even_in_a_child_whose_parent_left(tmp_path,
+                                                                              monkeypatch):
     """`_child` marks what it compiled itself: the parent that queued it may exit first (a short
-    script), and the next process is the one that reads the mark."""
+    script), and the next process is the one that reads the mark. The mark is per CPU (numba's
+    index is: another CPU's kernels compile again) and, for preprocess (one signature for every
+    dtype: its warmup runs float32, its calls are uint8), for any dtype."""
     from kernelkit.kernels.numba import _cache
 
+    monkeypatch.setattr(_cache, "cache_dir", lambda: tmp_path)  # (the marks only)
+    monkeypatch.setattr(compiling.os, "nice", lambda inc: 0)  # (not this test process's)
     module = "kernelkit.kernels.numba.preprocess"
-    mark = _cache.cache_dir() / _cache._WARMED / f"{module}-uint8"
-    mark.unlink(missing_ok=True)
     assert not compiling.on_disk(module, "uint8")
-    compiling._child(module, "uint8")
-    assert compiling.on_disk(module, "uint8")
-    assert not compiling.on_disk(module, "complex64")  # (per dtype)
+    compiling._child(module, "float32")
+    assert compiling.on_disk(module, "uint8") and compiling.on_disk(module, "float32")
+    monkeypatch.setattr(_cache, "_cpu_tag", lambda: "another-cpu")
+    assert not compiling.on_disk(module, "uint8")
+    matmul = "kernelkit.kernels.numba.matmul"  # (per dtype elsewhere)
+    _cache.mark_warmed(matmul, "float32")
+    assert compiling.on_disk(matmul, "float32") and not compiling.on_disk(matmul, "float64")
 
 
 def test_a_numpy_programs_first_preprocess_loads_the_warmed_kernels_without_torch(tmp_path):
-    """End to end, in fresh processes with compiles in the background: after a warmup, a numpy
-    program's first preprocess runs Numba's kernel and never imports torch."""
-    env = {**os.environ, "KERNELKIT_CACHE_DIR": str(tmp_path), "KERNELKIT_COMPILE": "background"}
-    warm = subprocess.run([sys.executable, "-m", "kernelkit", "warmup", "--ops", "preprocess",
-                           "--dtypes", "uint8"], env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert warm.returncode == 0, warm.stderr[-2000:]
+    """End to end, in fresh processes with compiles in the background: after `kernelkit warmup
+    --ops preprocess` (float32, the default), a numpy program's first preprocess of uint8 images
+    runs Numba's kernel and never imports torch. The Numba folder is this test's own (the
+    session's compiled kernels copied in, no marks), so no other test's mark counts."""
+    import shutil
+
+    from kernelkit.kernels.numba import _cache
+
+    shutil.copytree(_cache.cache_dir(), tmp_path / "numba" / _cache.cache_key(),
+                    ignore=shutil.ignore_patterns(_cache._WARMED))
+    env = {**os.environ, "KERNELKIT_CACHE_DIR": str(tmp_path / "tuning"),
+           "KERNELKIT_NUMBA_CACHE_DIR": str(tmp_path / "numba"), "KERNELKIT_COMPILE": "background"}
     code = textwrap.dedent("""
         import sys
         import numpy as np
@@ -485,7 +497,10 @@ def test_a_numpy_programs_first_preprocess_loads_the_warmed_kernels_without_torc
         out = kernelkit.preprocess(img, size=5, mean=0.0, std=1.0)
         print(type(out).__name__, "torch" in sys.modules)
     """)
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=600)
+    run = lambda *args: subprocess.run([sys.executable, *args], env=env, capture_output=True,
+                                       text=True, timeout=900)
+    warm = run("-m", "kernelkit", "warmup", "--ops", "preprocess")
+    assert warm.returncode == 0, warm.stderr[-2000:]
+    r = run("-c", code)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["ndarray", "False"]

@@ -411,6 +411,10 @@ def decide(
         if not busy:
             break
     ok = [t for t in trials if t.timing is not None]
+    if not ok and trials and all((t.error or "").startswith(UNVERIFIED) for t in trials):
+        # nothing could be verified, and no vendor was among the measured (`auto` measures only
+        # the model's contenders; a forced backend): the default runs, nothing is stored
+        return Decision(key, default_choice(problem, usable), skipped, trials)
     if not ok:
         errors = "; ".join(f"{t.candidate} {json.dumps(t.config)}: {t.error}" for t in trials)
         raise RuntimeError(f"{problem.op}: every candidate failed ({errors})")
@@ -594,6 +598,7 @@ def _measure_all(problem, usable, runner, verify, configs_for, decided) -> list[
         # first reference, where a caller's deadline could strike it half made
         import_whole("torch")
     trials, fns = [], []
+    reference: list = []  # why the float64 reference could not be built, once it could not
     for cand in usable:
         if cand.native == "torch" and cand.device == "cpu":
             threads.team_used()  # (timing it runs torch's CPU ops: its OpenMP team)
@@ -605,7 +610,7 @@ def _measure_all(problem, usable, runner, verify, configs_for, decided) -> list[
                 out = fn()
                 if sync:
                     sync()
-                trial.error = _verified(verify, out, cand)
+                trial.error = _verified(verify, out, cand, reference)
             except Exception as exc:  # noqa: BLE001 - a failing config is recorded, never fatal
                 if raised_by_signal_handler(exc):
                     raise
@@ -629,16 +634,27 @@ def _measure_all(problem, usable, runner, verify, configs_for, decided) -> list[
     return trials
 
 
-def _verified(verify: Verifier, out, cand: Candidate) -> str | None:
+UNVERIFIED = "unverified: the float64 reference ran out of memory"
+
+
+def _verified(verify: Verifier, out, cand: Candidate, reference: list) -> str | None:
     """`verify(out)`; where the float64 reference does not fit in memory (a broadcast operand
     of gigabytes, copied at full size; a batch of large images), the vendor runs unverified and
-    a kernel is left out. Before, the MemoryError failed every candidate, and the call raised
-    "every candidate failed" where the vendor alone would have computed it."""
-    try:
-        return verify(out)
-    except MemoryError as exc:
-        return None if cand.vendor else \
-            f"unverified: the float64 reference ran out of memory ({exc})"[:500]
+    a kernel is left out (`decide` runs the default where no vendor was measured). Before, the
+    out-of-memory error failed every candidate, and the call raised "every candidate failed"
+    where the vendor alone would have computed it. `reference` keeps the first such error: the
+    reference is not built again for each config."""
+    if not reference:
+        try:
+            return verify(out)
+        except (MemoryError, RuntimeError) as exc:
+            # (torch's CPU allocator raises RuntimeError: "DefaultCPUAllocator: can't allocate
+            # memory"; CUDA's "out of memory")
+            if not isinstance(exc, MemoryError) and "allocate" not in str(exc) \
+                    and "out of memory" not in str(exc):
+                raise
+            reference.append(f"{type(exc).__name__}: {exc}"[:300])
+    return None if cand.vendor else f"{UNVERIFIED} ({reference[0]})"[:500]
 
 
 def _time_alone(trial: Trial, fn, sync) -> Timing | None:

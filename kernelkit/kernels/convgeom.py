@@ -240,9 +240,10 @@ def geometry(op: str, n, c, h, w, k, r, s, stride, padding, dilation, groups) ->
         raise ValueError(f"{op}: groups must be an int >= 1, got {groups!r}")
     if c % groups or k % groups:
         raise ValueError(f"{op}: groups={groups} must divide C={c} and K={k}")
-    if groups > MAX_GRID_YZ and kernel_kind(c, k, r, s, groups) == "gemm":
+    if groups > MAX_GRID_YZ and "gemm" in (kernel_kind(c, k, r, s, groups),
+                                           kernel_kind(k, c, r, s, groups)):
         # (only the GEMM kernels put groups on a grid axis; a depthwise conv of 65536 channels
-        # runs on the direct kernels)
+        # runs on the direct kernels. The backward input's kind swaps C and K.)
         raise ValueError(f"{op}: groups={groups} exceeds the grid limit {MAX_GRID_YZ}")
     if r < 1 or s < 1:
         raise ValueError(f"{op}: kernel size must be >= 1, got {(r, s)}")

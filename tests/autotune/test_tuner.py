@@ -75,16 +75,29 @@ def test_a_reference_that_does_not_fit_in_memory_leaves_the_vendor_unverified(tm
     """A float64 reference that ran out of memory (a broadcast operand of gigabytes copied at
     full size) failed every candidate's verification: the call raised "every candidate failed".
     The vendor now runs unverified and wins; a kernel, unverifiable, is left out."""
+    built = []
+
     def verify(out):
-        raise MemoryError("Unable to allocate 8.00 GiB")
+        built.append(1)
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 8589934592 bytes")  # (torch's)
 
     p = problem()
-    d = tuner.decide(p, [CANDS[0], CANDS[3]], lambda c, cfg: c.launcher(p, cfg), verify,
-                     Settings(cache_dir=str(tmp_path)))
+    runner = lambda c, cfg: c.launcher(p, cfg)
+    d = tuner.decide(p, [CANDS[0], CANDS[3]], runner, verify, Settings(cache_dir=str(tmp_path)))
     assert d.choice.candidate == "vendor-cpu"
     errors = {t.candidate: t.error for t in d.trials}
     assert errors["vendor-cpu"] is None
     assert errors["good-cpu"].startswith("unverified: the float64 reference ran out of memory")
+    assert len(built) == 1  # (not built again for each config)
+    # no vendor among the measured (a forced backend; auto's contenders): the default runs
+    d = tuner.decide(p, [CANDS[3]], runner, lambda out: (_ for _ in ()).throw(MemoryError()),
+                     Settings(cache_dir=str(tmp_path / "other")))
+    assert (d.choice.candidate, d.choice.source) == ("good-cpu", "default")
+    assert cache_for(tmp_path / "other").get(d.key) is None
+    with pytest.raises(RuntimeError, match="every candidate failed"):  # (other errors: as before)
+        tuner.decide(p, [CANDS[3]], runner, lambda out: (_ for _ in ()).throw(
+            RuntimeError("a bug")), Settings(cache_dir=str(tmp_path / "third")))
 
 
 def test_off_gives_the_vendor(tmp_path):

@@ -397,3 +397,7 @@ def test_size_limits_count_the_weight_per_group_and_groups_only_where_a_grid_axi
     with pytest.raises(ValueError, match="groups=65536 exceeds the grid limit 65535"):
         kc.geometry("conv2d", "NCHW", 1, 16 * 65536, 1, 1, 16 * 65536, 1, 1, groups=65536,
                     stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1))
+    # a direct forward whose backward input is a GEMM (K and C swap in its kind): refused too
+    with pytest.raises(ValueError, match="groups=65536 exceeds the grid limit 65535"):
+        kc.geometry("conv2d", "NCHW", 1, 16 * 65536, 4, 4, 2 * 65536, 3, 3, groups=65536,
+                    **conv)

@@ -442,15 +442,21 @@ def test_launchers_make_their_datas_gpu_current(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
     monkeypatch.setattr(torch.cuda, "device", device)
-    seen = _common.on_its_device(lambda first, *rest: (first, rest))
+    seen = _common.on_its_device(lambda first, *rest, **kw: (first, rest, kw))
     x = torch.Tensor._make_subclass(OnGpu1, torch.zeros(2))
-    assert seen(x, 5) == (x, (5,)) and entered == [torch.device("cuda", 1)]
-    assert seen([x]) == ([x], ()) and len(entered) == 2  # (preprocess: a list of images)
+    assert seen(x, 5) == (x, (5,), {}) and entered == [torch.device("cuda", 1)]
+    assert seen([x]) == ([x], (), {}) and len(entered) == 2  # (preprocess: a list of images)
+    assert seen(first=x, y=2) == (x, (), {"y": 2}) and len(entered) == 3  # (by keyword)
     current[0] = 1
     seen(x)
     seen(torch.zeros(2))  # (a CPU tensor: the interpreter)
     seen([])
-    assert len(entered) == 2
+    images = (i for i in [x])  # (anything else goes through untouched: a generator keeps
+    assert next(seen(images)[0]) is x  # its first item, None reaches the launcher's check)
+    assert seen(None) == (None, (), {})
+    assert len(entered) == 3
+    with pytest.raises(TypeError, match="x must be"):
+        conv2d.conv2d_forward(None, torch.zeros(1, 1, 1, 1))
     launchers = (tm.matmul_forward, conv2d.conv2d_forward, conv2d.conv2d_backward_input,
                  conv2d.conv2d_backward_weight, preprocess.preprocess_forward)
     assert all(f.__code__ is seen.__code__ for f in launchers)  # (each one is wrapped)

@@ -196,7 +196,9 @@ def _seed(scratch: Path, source: Path) -> None:
     try:
         scratch.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # (per user: pickles)
         with FileLock(f"{scratch}.seed.lock", timeout=600):
-            for src in source.rglob("*"):
+            # the marks of warmed kernels last: a copy cut short (a full disk) leaves no mark
+            # without its kernels
+            for src in sorted(source.rglob("*"), key=lambda p: p.parent.name == _WARMED):
                 if not src.is_file() or src.name.startswith(".probe-") or src.name == _USED:
                     continue
                 dst = scratch / src.relative_to(source)
@@ -210,10 +212,33 @@ def _seed(scratch: Path, source: Path) -> None:
         pass
 
 
-# Per (kernel module, dtype): a mark in the key's folder that some process compiled that module's
-# kernels for that dtype into it (`kernelkit.compiling` sets it after each warm). A first call on
-# numpy data whose only ready candidate is torch's loads such kernels instead of importing torch.
+# Per (kernel module, dtype, CPU): a mark in the key's folder that some process compiled that
+# module's kernels for that dtype into it (`kernelkit.compiling` sets it after each warm). A first
+# call on numpy data whose only ready candidate is torch's loads such kernels instead of importing
+# torch. The CPU is in the mark as numba keys its index by it: an image built on another CPU, or
+# a cache folder shared by different nodes, holds kernels this CPU would compile again (15 s in
+# the caller's thread, where the vendor would have run the call).
 _WARMED = "warmed"
+# Kernel modules whose `warm` compiles one signature for every input dtype (preprocess: its
+# warmup runs for float32, its calls are mostly uint8)
+ANY_DTYPE = frozenset({"kernelkit.kernels.numba.preprocess"})
+
+
+@functools.cache
+def _cpu_tag() -> str:
+    """What numba's index keys a compiled kernel by besides its signature (``magic_tuple``: the
+    target, the CPU's name and features, with numba's CPU overrides), hashed."""
+    from llvmlite import binding as ll
+    from numba.core import config
+
+    name = config.CPU_NAME or ll.get_host_cpu_name()
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else \
+        ll.get_host_cpu_features().flatten()
+    return hashlib.sha1(f"{ll.get_process_triple()}|{name}|{features}".encode()).hexdigest()[:12]
+
+
+def _mark(module: str, dtype: str) -> str:
+    return f"{module}-{'any' if module in ANY_DTYPE else dtype}-{_cpu_tag()}"
 
 
 def mark_warmed(module: str, dtype: str) -> None:
@@ -224,14 +249,14 @@ def mark_warmed(module: str, dtype: str) -> None:
         return
     with contextlib.suppress(OSError):
         (root / _WARMED).mkdir(exist_ok=True)
-        (root / _WARMED / f"{module}-{dtype}").touch()
+        (root / _WARMED / _mark(module, dtype)).touch()
 
 
 def warmed(module: str, dtype: str) -> bool:
-    """Whether :func:`mark_warmed` marked (`module`, `dtype`) under this process's cache dir (a
-    read-only image's marks come along with its kernels: `_seed` copies them)."""
+    """Whether :func:`mark_warmed` marked (`module`, `dtype`) on this CPU under this process's
+    cache dir (a read-only image's marks come along with its kernels: `_seed` copies them, last)."""
     root = cache_dir()
-    return root is not None and (root / _WARMED / f"{module}-{dtype}").is_file()
+    return root is not None and (root / _WARMED / _mark(module, dtype)).is_file()
 
 
 def _is_kernel_source(py_file: str) -> bool:

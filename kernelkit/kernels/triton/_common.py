@@ -4,6 +4,7 @@ its float32 accumulator, the fused activation epilogue, and the launchers' small
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -138,16 +139,20 @@ def on_its_device(launcher):
     as the current device. Triton launches on the current device and its current stream, not on
     the tensor's: `cuda:1` data while device 0 was current ran the kernel on device 0 (an illegal
     address, or with peer access a race against the data's own stream). The usual case (the
-    data's device is current) costs one comparison."""
+    data's device is current) costs a comparison and ``torch.cuda.current_device()``. Anything
+    else as the first argument (None, a generator, ...) goes through untouched, for the
+    launcher's own checks to name."""
+    first_name = next(iter(inspect.signature(launcher).parameters))
 
     @functools.wraps(launcher)
-    def run(first, *args, **kwargs):
-        t = first if isinstance(first, torch.Tensor) else next(iter(first), None)
+    def run(*args, **kwargs):
+        first = args[0] if args else kwargs.get(first_name)
+        t = first[0] if isinstance(first, (list, tuple)) and first else first
         if (isinstance(t, torch.Tensor) and t.device.type == "cuda"
                 and t.device.index != torch.cuda.current_device()):
             with torch.cuda.device(t.device):
-                return launcher(first, *args, **kwargs)
-        return launcher(first, *args, **kwargs)
+                return launcher(*args, **kwargs)
+        return launcher(*args, **kwargs)
 
     return run
 

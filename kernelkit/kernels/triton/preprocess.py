@@ -203,11 +203,9 @@ def preprocess_kernel(
     else:
         nky = tl.load(mrow + 11).to(tl.int32)
         nkx = tl.load(mrow + 12).to(tl.int32)
-        rowi = n * out_h + oys                          # rows of the y tables
-        coli = n * out_w + oxs
-        if INDEX_I64:
-            rowi = rowi.to(tl.int64)
-            coli = coli.to(tl.int64)
+        nt = n.to(tl.int64) if INDEX_I64 else n         # (before the product, not after)
+        rowi = nt * out_h + oys                         # rows of the y tables
+        coli = nt * out_w + oxs
         ys = tl.load(yst_ptr + rowi, mask=my, other=0)
         xs = tl.load(xst_ptr + coli, mask=mx, other=0)
         yoff = (ys * ya)[:, None, None]
