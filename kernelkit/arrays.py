@@ -151,6 +151,22 @@ def item_strided(x: Any) -> Any:
     return np.ascontiguousarray(x)
 
 
+def concat_rows(parts: list, order: np.ndarray) -> Any:
+    """The arrays `parts` (one library and device) joined along their first dim, its rows then
+    taken in `order` (a permutation): one new array."""
+    lib = array_lib(parts[0])
+    if lib == "torch":
+        import torch
+
+        joined = torch.cat(parts)
+        return joined[torch.as_tensor(order, device=joined.device)]
+    if lib == "cupy":
+        import cupy
+
+        return cupy.concatenate(parts)[cupy.asarray(order)]
+    return np.concatenate(parts)[order]
+
+
 def element_strides(x: Any) -> tuple[int, ...]:
     if array_lib(x) == "torch":
         return tuple(x.stride())
