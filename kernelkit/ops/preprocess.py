@@ -416,8 +416,8 @@ def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=
 # A ragged batch is run in groups of like scale where padding every image's tap tables to the
 # longest (`taps.axis_plan`: one table row length for the batch) would cost this many times the
 # groups' tables, and at least SPLIT_MIN_TAPS table entries. Why: one 16 x 200000 strip among 256
-# photos of 32 px, antialiased to 224 px, made every photo's tables as long as the strip's: 4.5 s
-# and 5.9 GB, against 0.1 s and 0.3 GB for the parts (2-vCPU Zen 4).
+# photos of 32 px, antialiased to 224 px, made every photo's tables as long as the strip's: 4.18 s
+# and 6.2 GB a call, 0.14 s and 0.8 GB in groups (Numba, 2-vCPU Zen 4, docs/performance.md).
 SPLIT_WASTE = 4.0
 SPLIT_MIN_TAPS = 1 << 22
 
@@ -455,7 +455,6 @@ def _subset(spec: PreprocessSpec, idx: np.ndarray) -> PreprocessSpec:
 
 def _reference(imgs, ragged, spec: PreprocessSpec):
     """The vendor chain, in float32 on the CPU: what every candidate must match within 1 level."""
-
     from ..kernels.torch.preprocess import preprocess_forward
 
     seq = imgs if ragged else [imgs[i] for i in range(imgs.shape[0])]
