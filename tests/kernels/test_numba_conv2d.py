@@ -1050,3 +1050,23 @@ def test_one_by_one_padded_on_any_side_reads_only_its_input(pad, h, n, kernel):
     default = Conv2dConfig.default(np.float32)
     for config in (None, dataclasses.replace(default, kernel="gemm")):
         check(fwd(x, wt, b, case, "NCHW", config=config), x, wt, b, case, "NCHW")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("stride", [(1 << 16, 1 << 16), (9, 2), (1 << 20, 1)],
+                         ids=["2^16", "9x2", "2^20x1"])
+@pytest.mark.parametrize("n, pad", [(1, (0, 0, 0, 0)), (2, (1, 1, 1, 1))])
+def test_a_stride_past_the_input_costs_no_more_than_one_window(stride, layout, n, pad):
+    """A stride beyond the padded input leaves one output row (column); it still sized the
+    shifted GEMM's stride-phase scratch by stride squared: 2**16 on a 7 x 7 image asked for
+    48 GiB (a MemoryError; torch computes it). Forward (the default config and the shifted
+    GEMM's) and both gradients against float64."""
+    case = (n, 3, 7, 7, 4, 3, 3, stride, pad, (1, 1), 1)
+    rng = np.random.default_rng(sum(stride) % 97)
+    x, w, b = make(case, np.float32, layout, rng)
+    shift = dataclasses.replace(Conv2dConfig.default(np.float32), kernel="shift")
+    for config in (None, shift):
+        y = fwd(x, w, b, case, layout, config=config)
+        check(y, x, w, b, case, layout)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    check_grads(x, w, gy, case, layout)

@@ -738,6 +738,18 @@ def _float_geometry(xshape: tuple, xstrides: tuple, dtype, wshape: tuple, stride
 
 # ----------------------------------------------------------------------------------------- forward
 
+def useful_stride(stride, hw, rs, padding, dilation) -> tuple[int, int]:
+    """`stride`, each side at most the padded input's span of window starts: beyond it the
+    output has one row (column) whatever the stride, which then only sized the stride-phase
+    scratch, by stride squared (2**16 on a 7 x 7 image: a 48 GiB MemoryError; torch computes
+    it). The result is the same; so are both gradients (one window either way)."""
+    (sh, sw), (h, w), (r, s) = stride, hw, rs
+    top, bottom, left, right = padding
+    span_h = h + top + bottom - dilation[0] * (r - 1)
+    span_w = w + left + right - dilation[1] * (s - 1)
+    return min(int(sh), max(span_h, 1)), min(int(sw), max(span_w, 1))
+
+
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activation, layout,
                    config: Conv2dConfig | None = None, allow_tf32: bool = False) -> np.ndarray:
     """act(conv2d(x, weight) + bias) with torch's semantics; a new array in x's layout.
@@ -748,6 +760,8 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
     (K, C // groups, R, S); bias: (K,) or None. stride, dilation: pairs; padding: (top, bottom,
     left, right).
     """
+    hw = x.shape[1:3] if layout == "NHWC" else x.shape[2:4]
+    stride = useful_stride(stride, hw, weight.shape[2:], padding, dilation)
     if x.dtype.char == "H" and amx_cols(weight, groups, layout, config):
         return _conv_amx_cols(x, weight, bias, stride, padding, dilation, activation)
     if x.dtype.char == "H" and amx_conv(x, weight, stride, groups, layout, config):
@@ -1083,6 +1097,7 @@ def conv2d_backward_input(grad_out, weight, input_hw, stride, padding, dilation,
                           config: Conv2dConfig | None = None, allow_tf32: bool = False) -> np.ndarray:
     """dL/dx of the plain conv (no bias/activation): a new array in grad_out's layout with spatial
     size ``input_hw``."""
+    stride = useful_stride(stride, input_hw, weight.shape[2:], padding, dilation)
     dtype = grad_out.dtype
     assert dtype.char in "fd" and weight.dtype == dtype
     nhwc = layout == "NHWC"
@@ -1126,6 +1141,8 @@ def conv2d_backward_input(grad_out, weight, input_hw, stride, padding, dilation,
 def conv2d_backward_weight(x, grad_out, kernel_hw, stride, padding, dilation, groups, layout,
                            config: Conv2dConfig | None = None, allow_tf32: bool = False) -> np.ndarray:
     """dL/dweight of the plain conv: a new (K, C // groups, R, S) array."""
+    hw = x.shape[1:3] if layout == "NHWC" else x.shape[2:4]
+    stride = useful_stride(stride, hw, kernel_hw, padding, dilation)
     dtype = x.dtype
     assert dtype.char in "fd" and grad_out.dtype == dtype
     nhwc = layout == "NHWC"
