@@ -763,13 +763,16 @@ def test_padded_copy_rows_through_masked_vectors(width, sh, sw, dtype, monkeypat
         if width + pad[2] + pad[3] - dil[1] * (s_ - 1) - 1 < 0:
             continue  # no output column
         x, w, b = make(case, dtype, "NCHW", rng)
+        geos.clear()
         check(fwd(x, w, b, case, "NCHW", "relu", cfg), x, w, b, case, "NCHW", "relu")
         bad = x.copy()
         bad.reshape(-1)[::13] = np.nan
         bad.reshape(-1)[5::17] = -np.inf
         check(fwd(bad, w, b, case, "NCHW", None, cfg), bad, w, b, case, "NCHW")
-    assert geos and all(g[_conv.G_MODE] == _conv.MODE_SHIFT and g[_conv.G_SW] == sw
-                        and g[_conv.G_DIRECT] == 0 for g in geos)  # (every case pads)
+        # (a stride past the input's span is the span: one output column either way)
+        used_sw = nc.useful_stride((sh, sw), (5, width), (r, s_), pad, dil)[1]
+        assert geos and all(g[_conv.G_MODE] == _conv.MODE_SHIFT and g[_conv.G_SW] == used_sw
+                            and g[_conv.G_DIRECT] == 0 for g in geos)  # (every case pads)
 
 
 # A last sliver's columns, per class of ``_conv._piece`` for a tile of NR columns: a quarter
