@@ -35,7 +35,7 @@ import numpy as np
 from numba import types
 
 from kernelkit.kernels.config import cdiv
-from kernelkit.kernels.convgeom import out_size, problem_sizes
+from kernelkit.kernels.convgeom import nchw_shape, out_size, problem_sizes
 from kernelkit.kernels.numba import _amx, _conv, _gemm, _half, _packs
 from kernelkit.kernels.numba._gemm import ACT_CODES, entry_point, tile_shape
 from kernelkit.kernels.numba._pool import run as _run
@@ -760,8 +760,8 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
     (K, C // groups, R, S); bias: (K,) or None. stride, dilation: pairs; padding: (top, bottom,
     left, right).
     """
-    hw = x.shape[1:3] if layout == "NHWC" else x.shape[2:4]
-    stride = useful_stride(stride, hw, weight.shape[2:], padding, dilation)
+    stride = useful_stride(stride, nchw_shape(x.shape, layout)[2:], weight.shape[2:], padding,
+                           dilation)
     if x.dtype.char == "H" and amx_cols(weight, groups, layout, config):
         return _conv_amx_cols(x, weight, bias, stride, padding, dilation, activation)
     if x.dtype.char == "H" and amx_conv(x, weight, stride, groups, layout, config):
@@ -1141,8 +1141,7 @@ def conv2d_backward_input(grad_out, weight, input_hw, stride, padding, dilation,
 def conv2d_backward_weight(x, grad_out, kernel_hw, stride, padding, dilation, groups, layout,
                            config: Conv2dConfig | None = None, allow_tf32: bool = False) -> np.ndarray:
     """dL/dweight of the plain conv: a new (K, C // groups, R, S) array."""
-    hw = x.shape[1:3] if layout == "NHWC" else x.shape[2:4]
-    stride = useful_stride(stride, hw, kernel_hw, padding, dilation)
+    stride = useful_stride(stride, nchw_shape(x.shape, layout)[2:], kernel_hw, padding, dilation)
     dtype = x.dtype
     assert dtype.char in "fd" and grad_out.dtype == dtype
     nhwc = layout == "NHWC"
