@@ -119,19 +119,20 @@ def test_routes_made_under_other_knobs_do_not_put_custom_ops_into_the_graph():
         assert _traced_ops(pat, x, y, False) == _traced_ops(ref, x, y, False)
 
 
-def test_a_route_hit_under_earlier_knobs_traces_what_those_knobs_chose():
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16_autocast"])
+def test_a_route_hit_under_earlier_knobs_traces_what_those_knobs_chose(autocast):
     """Back under the knobs of earlier calls after calls under others (a user tries the Numba
     backend on the model, then goes on with the defaults), the layers' calls are all route hits;
     they read the flags again under those knobs, so the compiled graph is torch's own, as the
     routes they run are. Before, only a new route read them: the forced backend's custom ops
-    stayed in the graph."""
+    stayed in the graph. Under autocast too (its routes are memoised apart)."""
     torch.manual_seed(0)
     ref = SmallResNet()
     pat = copy.deepcopy(ref)
     knn.patch(pat)
     x, y = torch.randn(2, 3, 16, 16), torch.randint(0, 10, (2,))
     pat.eval()
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
         with kernelkit.use(backend="torch"):
             pat(x)
         with kernelkit.use(backend="numba"):
@@ -140,7 +141,7 @@ def test_a_route_hit_under_earlier_knobs_traces_what_those_knobs_chose():
             pat(x)  # (every call a hit on the routes of the first block)
     routes = [r for m in pat.modules() for r in m.__dict__.get("_kk_routes", {}).values()]
     assert any(hasattr(r, "candidate") for r in routes), "no kernel route was made"
-    with kernelkit.use(backend="torch"):
+    with kernelkit.use(backend="torch"), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
         assert _traced_ops(pat, x, y, False) == _traced_ops(ref, x, y, False)
 
 
