@@ -776,8 +776,9 @@ def describe(route: Route) -> str:
 def getstate(module: torch.nn.Module) -> dict:
     """The layer's state for pickle and deepcopy, without its routes (closures over bound
     kernels, which do not pickle; a copy decides its own on its first call, from the tuner's
-    memo)."""
-    state = module.__dict__.copy()
+    memo). From torch's own state (which leaves out `compile()`'s bound `_compiled_call_impl`:
+    kept, a deepcopy ran the original layer's forward and pickle failed)."""
+    state = torch.nn.Module.__getstate__(module)
     for name in STATE:  # (the routes, and the flags read from them)
         state.pop(name, None)
     return state

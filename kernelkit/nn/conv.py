@@ -52,16 +52,17 @@ class Conv2d(nn.Conv2d):
     _kk_aten_only_grad = None  # (the same, in grad mode)
     __jit_ignored_attributes__ = _route.STATE  # (the calls' memos: TorchScript cannot type them)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        # (`input`, as torch's layer names it: callers pass it by keyword)
         if torch.jit.is_scripting():  # TorchScript: torch's own op (kernelkit's dispatch is Python)
-            return _route.scripted_activation(self._conv_forward(x, self.weight, self.bias),
+            return _route.scripted_activation(self._conv_forward(input, self.weight, self.bias),
                                               self.activation)
         # (TorchScript compiles the branch above only)
-        if isinstance(x, torch.Tensor) and x.ndim != 4:  # (a torch.fx Proxy: _route.forward)
-            if x.ndim == 3:  # unbatched (C, H, W), as torch accepts
-                return self.forward(x.unsqueeze(0)).squeeze(0)
-            return _aten(self, x, self.weight, self.bias)  # torch raises its own error
-        return _route.forward(self, x, _aten, _through_op, _make_route)
+        if isinstance(input, torch.Tensor) and input.ndim != 4:  # (a torch.fx Proxy: see forward)
+            if input.ndim == 3:  # unbatched (C, H, W), as torch accepts
+                return self.forward(input.unsqueeze(0)).squeeze(0)
+            return _aten(self, input, self.weight, self.bias)  # torch raises its own error
+        return _route.forward(self, input, _aten, _through_op, _make_route)
 
     def __getstate__(self) -> dict:
         return _route.getstate(self)
@@ -80,6 +81,8 @@ _ROUTES_MADE_FROM = frozenset({"stride", "padding", "dilation", "groups", "paddi
 
 def _make_route(m: Conv2d, x: torch.Tensor, weight: torch.Tensor, bias) -> _route.Route:
     w, b = weight.detach(), None if bias is None else bias.detach()
+    if m.padding_mode != "zeros":  # set after construction or patch (a pass over a model's
+        return _aten               # convs): kernelkit's kernels pad with zeros only
     if x.shape[1] != w.shape[1] * m.groups or x.dtype != w.dtype:
         return _aten  # torch raises its own error
     stride, pad, dilation = list(m.stride), m.padding4(), list(m.dilation)
@@ -116,6 +119,8 @@ def _aten(m: Conv2d, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
 
 
 def _through_op(m: Conv2d, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
+    if m.padding_mode != "zeros":  # (as in _make_route: the op pads with zeros)
+        return _aten(m, x, w, b)
     # torch.ops.* rather than conv2d_op(): dynamo traces it
     return torch.ops.kernelkit.conv2d(x, w, b, list(m.stride), m.padding4(), list(m.dilation),
                                       m.groups, m.activation, None, False)

@@ -47,12 +47,14 @@ class Linear(nn.Linear):
     _kk_aten_only_grad = None  # (the same, in grad mode)
     __jit_ignored_attributes__ = _route.STATE  # (the calls' memos: TorchScript cannot type them)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        # (`input`, as torch's layer names it: callers pass it by keyword, and export's
+        # dynamic_shapes and jit.trace's example_kwarg_inputs key on it)
         if torch.jit.is_scripting():  # TorchScript: torch's own op (kernelkit's dispatch is Python)
-            return _route.scripted_activation(F.linear(x, self.weight, self.bias),
+            return _route.scripted_activation(F.linear(input, self.weight, self.bias),
                                               self.activation)
         # (TorchScript compiles the branch above only)
-        return _route.forward(self, x, _aten, _through_op, _make_route)
+        return _route.forward(self, input, _aten, _through_op, _make_route)
 
     def __getstate__(self) -> dict:
         return _route.getstate(self)

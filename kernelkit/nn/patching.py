@@ -46,6 +46,10 @@ class PatchReport:
 def _why_not(layer: nn.Module) -> str | None:
     """None when `layer` can be patched, else why not; only asked of Linear/conv-like layers."""
     cls = type(layer)
+    if cls in (nn.Linear, nn.Conv2d) and _has_own(layer, "activation"):
+        # the kernelkit layer's fused activation would overwrite it (and unpatch delete it: a
+        # child module so named left the state_dict)
+        return "it has an attribute 'activation' of its own (kernelkit's layers use the name)"
     if cls is nn.Linear:
         return None
     if cls is nn.Conv2d:
@@ -62,6 +66,12 @@ def _why_not(layer: nn.Module) -> str | None:
         # (MultiheadAttention's out_proj), or it is parametrized (a generated subclass)
         return f"a subclass of {cls.__mro__[1].__name__} ({cls.__name__}) may change forward"
     return f"no kernelkit op for {cls.__name__}"
+
+
+def _has_own(layer: nn.Module, name: str) -> bool:
+    """Whether `layer` holds `name` itself: a plain attribute, parameter, buffer or child."""
+    return any(name in d for d in (layer.__dict__, layer._parameters, layer._buffers,
+                                   layer._modules))
 
 
 def _linear_like(layer: nn.Module) -> bool:

@@ -467,3 +467,74 @@ def test_a_lazy_layer_not_yet_called_is_left_with_why():
     report = knn.patch(model)
     assert len(report.left) == 2
     assert all("not initialised yet" in why for _, _, why in report.left), report.left
+
+
+@pytest.mark.parametrize("mode", ["reflect", "circular", "replicate"])
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_a_padding_mode_set_after_patching_is_torchs(backend, mode):
+    """`patch` leaves a reflect-padded conv to torch, but a pass that sets `padding_mode` over a
+    model's convs after patching (or between calls) reached kernelkit's kernels, which pad with
+    zeros: the output was a zero-padded conv's, silently (0.84 off torch's). Eager, autocast
+    (the registered op's route) and a traced call all take torch's op for such a layer."""
+    torch.manual_seed(0)
+    ref = nn.Conv2d(4, 4, 3, padding=1)
+    conv = copy.deepcopy(ref)
+    knn.patch(conv)
+    x = torch.randn(2, 4, 7, 6)
+    with kernelkit.use(backend=backend):
+        conv(x)  # (a route made under zero padding first)
+        for m in (ref, conv):
+            m.padding_mode = mode
+        torch.testing.assert_close(conv(x), ref(x), rtol=1e-4, atol=1e-4)
+        with torch.autocast("cpu", torch.bfloat16):
+            torch.testing.assert_close(conv(x), ref(x), rtol=0, atol=0)
+        traced = torch.jit.trace(conv, x, check_trace=False)
+        torch.testing.assert_close(traced(x), ref(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_compiled_patched_layer_deepcopies_and_pickles_as_torchs():
+    """`layer.compile()` binds `_compiled_call_impl` to the layer; torch's state for pickle and
+    deepcopy leaves it out, the patched layers' kept it: a deepcopy (an EMA twin) ran the
+    original's forward, and torch.save raised PicklingError."""
+    torch.manual_seed(0)
+    for layer in (nn.Linear(4, 4), nn.Conv2d(2, 3, 3)):
+        knn.patch(layer)
+        layer.compile()  # (lazy: nothing is compiled until a call)
+        twin = copy.deepcopy(layer)
+        assert "_compiled_call_impl" not in twin.__dict__
+        with torch.no_grad():
+            twin.weight.zero_()
+            twin.bias.zero_()
+        x = torch.randn(2, 4) if isinstance(layer, nn.Linear) else torch.randn(1, 2, 5, 5)
+        assert twin(x).abs().max().item() == 0
+        buf = io.BytesIO()
+        torch.save(layer, buf)
+        buf.seek(0)
+        assert isinstance(torch.load(buf, weights_only=False), type(layer))
+
+
+def test_patched_layers_take_their_input_by_torchs_keyword():
+    """torch's layers name forward's argument `input`; the patched ones named it `x`, and
+    `self.fc(input=h)` raised TypeError."""
+    torch.manual_seed(0)
+    for ref, x in ((nn.Linear(4, 3), torch.randn(2, 4)),
+                   (nn.Conv2d(2, 3, 3), torch.randn(1, 2, 5, 5))):
+        layer = copy.deepcopy(ref)
+        knn.patch(layer)
+        torch.testing.assert_close(layer(input=x), ref(input=x))
+
+
+@pytest.mark.parametrize("own", ["attribute", "module"])
+def test_a_layer_with_an_activation_of_its_own_is_left_with_why(own):
+    """kernelkit's layers keep their fused activation in `activation`; patching set it to None
+    over a layer's own attribute (a child module so named left the state_dict) and unpatch
+    deleted it."""
+    layer = nn.Linear(4, 4)
+    layer.activation = "tanh" if own == "attribute" else nn.PReLU()
+    keys = set(layer.state_dict())
+    report = knn.patch(layer)
+    assert type(layer) is nn.Linear and not report.swapped
+    assert "attribute 'activation' of its own" in report.left[0][2]
+    assert set(layer.state_dict()) == keys
+    assert layer.activation == "tanh" if own == "attribute" else isinstance(layer.activation,
+                                                                          nn.PReLU)
