@@ -33,6 +33,7 @@ import math
 
 from .. import core, threads
 from ..arrays import channels_last_memory
+from ..kernels import torch_activations
 from ..kernels.convgeom import nchw_shape, out_size
 from .dispatch import op_body
 
@@ -63,9 +64,9 @@ def _body(fn, *args, **kwargs):
     import torch
 
     if torch._C._get_tracing_state() is None:
-        return fn(*args, **kwargs)
+        return _not_a_view(fn(*args, **kwargs))
     with op_body():
-        return fn(*args, **kwargs)
+        return _not_a_view(fn(*args, **kwargs))
 
 
 def _sum_to(x, shape):
@@ -206,7 +207,7 @@ def linear_op():
         x2 = rows(x.detach(), x.shape[-1])
         y = _body(matmul, x2, weight.detach().t(), bias=_detach(bias), activation=activation,
                   allow_tf32=allow_tf32)
-        return y.reshape(*x.shape[:-1], weight.shape[0])
+        return _not_a_view(y.reshape(*x.shape[:-1], weight.shape[0]))
 
     @kk_linear.register_fake
     def _(x, weight, bias, activation, allow_tf32):
@@ -343,12 +344,26 @@ def conv2d_backward_ops():
     return kk_bwd_input, kk_bwd_weight
 
 
+def _not_a_view(y):
+    """An eager autograd Function's output as a tensor of its own, not a view (a batched product
+    reshaped, a channels_last conv's permuted NHWC result): autograd refuses in-place ops on a
+    view made inside a custom Function, so `y.relu_()`, `y += 1` and `nn.ReLU(inplace=True)`
+    after such a result raised at backward where torch's own op works. (detach: the same memory
+    and version counter, no copy.)"""
+    return y.detach() if y._is_view() else y
+
+
 def _like_layout(t, ref, layout):
     """`t` made dense in `ref`'s memory format (gradients arrive with any strides, even expanded
     ones), so the op runs the layout the forward ran."""
+    return _dense(t, _channels_last(ref, layout))
+
+
+def _dense(t, channels_last: bool):
+    """`t` dense, channels_last or contiguous (see `_like_layout`)."""
     import torch
 
-    if not _channels_last(ref, layout):
+    if not channels_last:
         return t.contiguous()
     # (clone where it is not channels_last as torch reads it: contiguous() keeps the NCHW
     # strides of a gradient with a size-1 dim, which the op would then run as NCHW)
@@ -358,20 +373,24 @@ def _like_layout(t, ref, layout):
 _UNSAVED_BIAS = object()  # `_conv2d_grads`' bias where only its presence matters (no activation)
 
 
-def _conv2d_grads(ops, x, weight, bias, geo, activation, layout, tf32, needs, grad):
+def _conv2d_grads(ops, x, weight, bias, geo, activation, layout, tf32, needs, grad,
+                  unsaved=None):
     """The gradients of act(conv2d(x, weight) + bias) through `ops` = (conv2d, backward_input,
     backward_weight) with the custom ops' signatures: the custom op's formula and the eager
-    Function's. Without an activation `bias` is read for whether there is one only."""
+    Function's. Without an activation `bias` is read for whether there is one only. `unsaved`:
+    (x's shape, weight's shape, whether x ran channels_last) where x or weight was not saved
+    (None: a gradient that does not need it)."""
     conv, bwd_input, bwd_weight = ops
+    x_shape, w_shape, x_cl = unsaved or (x.shape, weight.shape, _channels_last(x, layout))
     if activation is not None:  # recompute the pre-activation instead of storing it
         grad = _activation_backward(activation, grad, conv(x, weight, bias, *geo, None, layout,
                                                            tf32))
-    grad = _like_layout(grad, x, layout)
+    grad = _dense(grad, x_cl)
     gx = gw = gb = None
     if needs[0]:
-        gx = bwd_input(grad, weight, list(x.shape), *geo, layout, tf32)
+        gx = bwd_input(grad, weight, list(x_shape), *geo, layout, tf32)
     if needs[1]:
-        gw = bwd_weight(x, grad, list(weight.shape), *geo, layout, tf32)
+        gw = bwd_weight(x, grad, list(w_shape), *geo, layout, tf32)
     if bias is not None and needs[2]:
         gb = grad.sum(dim=(0, 1, 2) if layout == "NHWC" else (0, 2, 3))
     return gx, gw, gb
@@ -494,26 +513,40 @@ def eager_matmul():
     class EagerMatmul(torch.autograd.Function):
         @staticmethod
         def forward(ctx, a, b, bias, act, tf32):
-            if act is None:
-                # only what the gradients read, as torch's own product: a patched Linear whose
-                # input needs no gradient saved its weight too, and an optimizer step between
-                # two backwards then raised "modified by an inplace operation"
-                need_a, need_b = ctx.needs_input_grad[:2]
-                ctx.save_for_backward(a if need_b else None, b if need_a else None, None)
-            else:  # the backward recomputes the pre-activation from all three
-                ctx.save_for_backward(a, b, bias)
+            # only what the gradients read, as torch's own product: a patched Linear whose
+            # input needs no gradient saved its weight too, and an optimizer step between two
+            # backwards then raised "modified by an inplace operation"
+            need_a, need_b = ctx.needs_input_grad[:2]
+            y = _not_a_view(matmul(a, b, bias=bias, activation=act, allow_tf32=tf32))
+            # a fused ReLU's gradient from its output, which torch's relu saves too
+            ctx.save_for_backward(a if need_b else None, b if need_a else None,
+                                  y if act == "relu" else None)
             ctx.act, ctx.tf32, ctx.shapes = act, tf32, (a.shape, b.shape)
-            return matmul(a, b, bias=bias, activation=act, allow_tf32=tf32)
+            return y
 
         @staticmethod
         def backward(ctx, grad):
             # (batched gradients, `is_grads_batched` / `jacobian(vectorize=True)`: the registered
             # op, which torch's vmap fallback runs one plain slice at a time)
             use = op if _legacy_batched(grad) else mm
-            return (*_matmul_grads(use, *ctx.saved_tensors, ctx.act, ctx.tf32,
-                                   ctx.needs_input_grad, grad, ctx.shapes), None, None)
+            a, b, y = ctx.saved_tensors
+            if ctx.act == "relu":
+                grad = torch.ops.aten.threshold_backward(grad, y, 0)
+            return (*_matmul_grads(use, a, b, None, None, ctx.tf32, ctx.needs_input_grad, grad,
+                                   ctx.shapes), None, None)
 
-    return EagerMatmul.apply
+    activations = torch_activations()
+
+    def apply(a, b, bias, act, tf32):
+        if act is None or act == "relu":
+            return EagerMatmul.apply(a, b, bias, act, tf32)
+        # GELU and SiLU: the product, then torch's activation, as torch's own chain (which saves
+        # the pre-activation). Fused, the backward recomputed the product from a, b and bias,
+        # all saved: a third GEMM per step, and a bias stepped in place between two backwards
+        # raised "modified by an inplace operation"
+        return activations[act](EagerMatmul.apply(a, b, bias, None, tf32))
+
+    return apply
 
 
 def _legacy_batched(t) -> bool:
@@ -537,27 +570,42 @@ def eager_conv2d():
 
     class EagerConv2d(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, x, w, b, plans):
-            # the bias only where the backward recomputes the pre-activation: torch's conv does
-            # not save it, and a bias stepped in place between two backwards (bias-only
-            # fine-tuning) raised "modified by an inplace operation"
-            ctx.save_for_backward(x, w, b if plans.rest[0] is not None else None)
-            ctx.plans, ctx.bias_given = plans, b is not None
-            return plans.forward(x, w, b)
+        def forward(ctx, x, w, b, plans, fused):
+            # what the gradients read, as torch's conv: not the bias (a bias stepped in place
+            # between two backwards, bias-only fine-tuning, raised "modified by an inplace
+            # operation"); a fused ReLU's output, as torch's relu saves it
+            y = _not_a_view(plans.forward(x, w, b) if fused else plans.pre_activation(x, w, b))
+            need_x, need_w = ctx.needs_input_grad[:2]
+            ctx.save_for_backward(x if need_w else None, w if need_x else None,
+                                  y if fused else None)
+            ctx.plans, ctx.fused, ctx.bias_given = plans, fused, b is not None
+            ctx.unsaved = (x.shape, w.shape, _channels_last(x, plans.rest[1]))
+            return y
 
         @staticmethod
         def backward(ctx, grad):
             plans = ctx.plans
-            x, w, b = ctx.saved_tensors
-            if b is None and ctx.bias_given:  # (not saved: only its gradient's presence counts)
-                b = _UNSAVED_BIAS
+            x, w, y = ctx.saved_tensors
+            if ctx.fused:
+                grad = torch.ops.aten.threshold_backward(grad, y, 0)
             use = (ops if torch.is_grad_enabled()  # create_graph: differentiable ops
                    or _legacy_batched(grad)  # (batched gradients: see eager_matmul)
                    else (plans.pre_activation, plans.input_grad, plans.weight_grad))
-            return (*_conv2d_grads(use, x, w, b, plans.geo, *plans.rest,
-                                   ctx.needs_input_grad, grad), None)
+            return (*_conv2d_grads(use, x, w, _UNSAVED_BIAS if ctx.bias_given else None,
+                                   plans.geo, None, *plans.rest[1:], ctx.needs_input_grad, grad,
+                                   ctx.unsaved), None, None)
 
-    return EagerConv2d.apply
+    activations = torch_activations()
+
+    def apply(x, w, b, plans):
+        act = plans.rest[0]
+        if act is None or act == "relu":
+            return EagerConv2d.apply(x, w, b, plans, act == "relu")
+        # GELU and SiLU: the convolution, then torch's activation, as torch's own chain (see
+        # eager_matmul: the backward no longer recomputes the convolution)
+        return activations[act](EagerConv2d.apply(x, w, b, plans, False))
+
+    return apply
 
 
 def register_all() -> None:

@@ -538,3 +538,58 @@ def test_a_layer_with_an_activation_of_its_own_is_left_with_why(own):
     assert set(layer.state_dict()) == keys
     assert layer.activation == "tanh" if own == "attribute" else isinstance(layer.activation,
                                                                           nn.PReLU)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh", "silu"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_fused_activations_layer_stepped_between_two_backwards_works_as_torchs_chain(
+        backend, activation):
+    """With a fused activation the kernel route saved input, weight and bias to recompute the
+    pre-activation in the backward, whatever the gradients read: an optimizer step between two
+    backwards (a Linear whose input needs no gradient; a conv's bias-only fine-tuning) raised
+    "modified by an inplace operation" where torch's layer and activation work."""
+    act = {"relu": torch.relu, "gelu": F.gelu, "silu": F.silu,
+           "gelu_tanh": lambda t: F.gelu(t, approximate="tanh")}[activation]
+    grads = []
+    for patched in (False, True):
+        torch.manual_seed(0)
+        lin, conv = nn.Linear(8, 5), nn.Conv2d(2, 3, 3)
+        conv.weight.requires_grad_(False)
+        if patched:
+            lin, conv = (knn.Linear(8, 5, activation=activation),
+                         knn.Conv2d(2, 3, 3, activation=activation))
+            torch.manual_seed(0)
+            lin.load_state_dict(nn.Linear(8, 5).state_dict())
+            conv.load_state_dict(nn.Conv2d(2, 3, 3).state_dict())
+            conv.weight.requires_grad_(False)
+        opt = torch.optim.SGD([*lin.parameters(), conv.bias], lr=0.1)
+        x, v = torch.randn(4, 8), torch.randn(1, 2, 5, 5)
+        with kernelkit.use(backend=backend):
+            y, z = lin(x), conv(v)
+            if not patched:
+                y, z = act(y), act(z)
+        (y.pow(2).mean() + z.pow(2).sum()).backward(retain_graph=True)
+        opt.step()
+        opt.zero_grad()
+        (y.abs().mean() + z.mean()).backward()
+        grads.append((lin.weight.grad, lin.bias.grad, conv.bias.grad))
+    for g, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_inplace_activation_after_a_channels_last_conv_trains_as_torchs(backend):
+    """A channels_last conv's result was the permuted view of the kernel's NHWC output, made
+    inside the eager autograd Function: `nn.ReLU(inplace=True)` after a patched conv (a common
+    CNN block) raised "a view ... created inside a custom Function" at backward."""
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True),
+                        nn.Conv2d(8, 4, 3)).to(memory_format=torch.channels_last)
+    pat = copy.deepcopy(ref)
+    knn.patch(pat)
+    x = torch.randn(2, 3, 9, 9).contiguous(memory_format=torch.channels_last)
+    with kernelkit.use(backend=backend):
+        pat(x).square().sum().backward()
+    ref(x).square().sum().backward()
+    for p, q in zip(pat.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-4)

@@ -12,6 +12,92 @@ from kernelkit.kernels import ACTIVATIONS
 from kernelkit.ops.torch_ops import matmul_op
 
 
+def _batched_matmul(lib, g):
+    a = torch.randn(3, 5, 7, generator=g, requires_grad=True)
+    b = torch.randn(7, 6, generator=g, requires_grad=True)
+    return (a, b), (lambda: kernelkit.matmul(a, b)) if lib else (lambda: torch.matmul(a, b))
+
+
+def _broadcast_matmul(lib, g):
+    a = torch.randn(2, 1, 4, 5, generator=g, requires_grad=True)
+    b = torch.randn(3, 5, 2, generator=g, requires_grad=True)
+    return (a, b), (lambda: kernelkit.matmul(a, b)) if lib else (lambda: torch.matmul(a, b))
+
+
+def _channels_last_conv(lib, g):
+    x = torch.randn(2, 3, 8, 7, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(4, 3, 3, 3, generator=g)
+    x.requires_grad_(), w.requires_grad_()
+    return (x, w), (lambda: kernelkit.conv2d(x, w, padding=1)) if lib \
+        else (lambda: torch.nn.functional.conv2d(x, w, padding=1))
+
+
+def _registered_ops(lib, g):
+    """The registered ops called directly (their autograd is torch.library's, not the eager
+    Function's)."""
+    a = torch.randn(3, 5, 7, generator=g, requires_grad=True)
+    w = torch.randn(6, 7, generator=g, requires_grad=True)
+    x = torch.randn(2, 3, 8, 7, generator=g).contiguous(memory_format=torch.channels_last)
+    k = torch.randn(4, 3, 3, 3, generator=g, requires_grad=True)
+    x.requires_grad_()
+    ops = torch.ops.kernelkit
+    if lib:
+        calls = (lambda: ops.matmul(a, w.mT, None, None, False),
+                 lambda: ops.linear(a, w, None, None, False),
+                 lambda: ops.conv2d(x, k, None, [1, 1], [1, 1, 1, 1], [1, 1], 1, None, None,
+                                    False))
+    else:
+        calls = (lambda: a @ w.mT, lambda: torch.nn.functional.linear(a, w),
+                 lambda: torch.nn.functional.conv2d(x, k, padding=1))
+
+    def fn():
+        ys = [call() for call in calls]
+        for y in ys:
+            y.add_(0.25)  # (on each op's own result)
+        return torch.cat([y.flatten() for y in ys])
+
+    return (a, w, x, k), fn
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("case", [_batched_matmul, _broadcast_matmul, _channels_last_conv,
+                                  _registered_ops],
+                         ids=["batched_matmul", "broadcast_matmul", "channels_last_conv",
+                              "registered_ops"])
+def test_an_inplace_op_on_a_result_with_grad_works_as_on_torchs(backend, case):
+    """A batched product's result (the kernel's (M, N) output reshaped) and a channels_last
+    conv's (the NHWC output permuted) were views made inside the eager autograd Function:
+    `y.relu_()` or `y += 1` on them raised at backward ("... is a view and is being modified
+    inplace"), where torch's own results take it."""
+    grads = []
+    for lib in (True, False):
+        inputs, fn = case(lib, torch.Generator().manual_seed(5))
+        with kernelkit.use(backend=backend):
+            y = fn()
+            y.mul_(2).sub_(0.5)
+            y.relu_()
+        y.square().sum().backward()
+        grads.append([t.grad for t in inputs])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_a_fused_relus_result_changed_in_place_raises_at_backward_as_torchs(backend):
+    """The ReLU's gradient is read from its result, as torch's relu saves it (the backward no
+    longer recomputes the product): changing that result in place before the backward raises as
+    torch's chain does, rather than giving the gradient of the unchanged graph."""
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(4, 5, generator=g, requires_grad=True)
+    b = torch.randn(5, 3, generator=g)
+    with kernelkit.use(backend=backend):
+        ours = kernelkit.matmul(a, b, activation="relu")
+    for y in (torch.relu(a @ b), ours):
+        y.mul_(2)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.sum().backward()
+
+
 @pytest.mark.parametrize("backend", ["numba", "torch"])
 @pytest.mark.parametrize("activation", [None, *ACTIVATIONS])
 def test_autograd_matches_torch(backend, activation):
