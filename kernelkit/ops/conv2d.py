@@ -371,7 +371,7 @@ def prepare_backward_weight(x, grad_out, weight_shape, *, stride=1, padding=0, d
 
 class ConvPlans:
     """The plans of one conv2d signature's training step, each chosen on its first use and kept:
-    the forward, the pre-activation (recomputed by the backward when an activation is fused) and
+    the forward, the pre-activation (the forward of a GELU or SiLU, which torch applies) and
     the two backward products. The eager autograd Function (`torch_ops.eager_conv2d`) runs
     these, so a training step calls bound plans, not the public functions, whose per-call
     signature and memo lookup cost 10-40 us each on a small CPU layer (bench/probes/

@@ -135,7 +135,7 @@ def _matmul_grads(mm, a, b, bias, act, tf32, needs, grad, shapes=None):
     """The gradients of act(a @ b + bias), every product through `mm` (an op with the signature
     of kernelkit::matmul): the custom op's formula and the eager Function's. `shapes`: those of
     a and b, where one of them was not saved (None: a gradient that does not need it)."""
-    if act is not None:  # recompute the pre-activation instead of storing it
+    if act is not None:  # (the registered ops) recompute the pre-activation, not stored
         grad = _activation_backward(act, grad, mm(a, b, bias, None, tf32))
     a_shape, b_shape = shapes or (a.shape, b.shape)
     ga = gb = gbias = None
@@ -221,7 +221,7 @@ def linear_op():
     def backward(ctx, grad):
         x, weight, bias = ctx.saved_tensors
         act, tf32, needs = ctx.activation, ctx.allow_tf32, ctx.needs_input_grad
-        if act is not None:  # recompute the pre-activation instead of storing it
+        if act is not None:  # (the registered ops) recompute the pre-activation, not stored
             grad = _activation_backward(act, grad, kk_linear(x, weight, bias, None, tf32))
         g2 = rows(grad, weight.shape[0])
         gx = gw = gb = None
@@ -382,7 +382,7 @@ def _conv2d_grads(ops, x, weight, bias, geo, activation, layout, tf32, needs, gr
     (None: a gradient that does not need it)."""
     conv, bwd_input, bwd_weight = ops
     x_shape, w_shape, x_cl = unsaved or (x.shape, weight.shape, _channels_last(x, layout))
-    if activation is not None:  # recompute the pre-activation instead of storing it
+    if activation is not None:  # (the registered op) recompute the pre-activation, not stored
         grad = _activation_backward(activation, grad, conv(x, weight, bias, *geo, None, layout,
                                                            tf32))
     grad = _dense(grad, x_cl)
