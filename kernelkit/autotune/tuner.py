@@ -289,6 +289,13 @@ def stand_in(c: Candidate, problem: Problem) -> Candidate | None:
     return own if own.precheck(problem) is None and own.supports(problem) is None else None
 
 
+def torch_deterministic() -> bool:
+    """Whether torch is imported and `torch.use_deterministic_algorithms(True)` is in force
+    (never imports torch)."""
+    torch = devices.imported("torch")
+    return torch is not None and torch.are_deterministic_algorithms_enabled()
+
+
 def distributed_peers():
     """torch.distributed when this process is one of several initialised ranks, else None
     (never imports torch itself: a job that uses it has imported it; nor reads it half imported
@@ -325,6 +332,12 @@ def decide(
     makes `auto` measure a miss only once that pays for itself (see TIMING_BUDGET_S); until then
     the model's choice runs, with `recheck_after` set and nothing stored."""
     key = key or make_key(problem, forced_suffix(settings))
+    if mode is None and settings.tune in ("auto", "measure") and torch_deterministic():
+        # torch.use_deterministic_algorithms(True): a size runs one choice for good, as under
+        # `pinned` (a first call's stand-in while kernels compiled, or the cost model's config
+        # until measuring paid, changed the result's last bits between calls with the same
+        # inputs: a conv's weight gradient 1.9e-7 apart). `tune` and `explain` still measure.
+        mode, background = "pinned", False
     pending: list[Candidate] = []
     usable, skipped = split_candidates(problem, cands, settings, pending if background else None)
     if pending and (not usable or _torch_stand_in_only(problem, usable)):

@@ -719,12 +719,14 @@ def _clock_backward(y: torch.Tensor, w: torch.Tensor, b, sample: list) -> None:
 def checks_in_context(x: torch.Tensor) -> bool:
     """Whether a kernel route gets an InContext trial: CPU data (a GPU kernel would need a
     synchronisation per timed call), no forced backend or device (an explicit request runs what
-    it asked for), and not a pinned or distributed run (every rank must run the same choices)."""
+    it asked for), and not a pinned or distributed run (every rank must run the same choices)
+    nor one under torch's deterministic flag (the trial alternates two kernels)."""
     from ..autotune import tuner
 
     settings = _settings.current()
     return (x.device.type == "cpu" and not settings.backend and not settings.device
-            and settings.tune != "pinned" and tuner.distributed_peers() is None)
+            and settings.tune != "pinned" and tuner.distributed_peers() is None
+            and not tuner.torch_deterministic())
 
 
 def chosen(call: core.Call) -> tuple[core.Candidate, core.Config]:

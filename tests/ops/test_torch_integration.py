@@ -193,3 +193,44 @@ def test_conv2d_module_and_patch_match_torch():
         assert fused(xcl).is_contiguous(memory_format=torch.channels_last)
         compiled = torch.compile(fused, backend="eager", fullgraph=True)
         torch.testing.assert_close(compiled(x), fused(x))
+
+
+@pytest.mark.parametrize("backend", [None, "numba"])
+def test_under_torchs_deterministic_flag_a_sizes_calls_give_the_same_bits(backend, tmp_path,
+                                                                           monkeypatch):
+    """`torch.use_deterministic_algorithms(True)`: the same inputs give the same bits call after
+    call. Before, on a fresh cache a conv's first call ran the cost model's config and the next
+    measured and switched to another, whose sums run in another order (the weight gradient
+    1.9e-7 apart); a first call's stand-in while kernels compiled, and a layer's in-model trial,
+    switch kernels the same way. Under the flag a size's choice is made once, as under
+    KERNELKIT_TUNE=pinned."""
+    g = torch.Generator().manual_seed(4)
+    # (a reduction long enough for the configs' blockings to sum in another order)
+    x, w = torch.randn(8, 32, 28, 28, generator=g), torch.randn(64, 32, 3, 3, generator=g)
+    a, b = torch.randn(96, 1500, generator=g), torch.randn(1500, 200, generator=g)
+    layer = torch.nn.Conv2d(32, 64, 3, padding=1)
+    kernelkit.nn.patch(layer)
+    from kernelkit.autotune import tuner
+
+    measured = []  # (whether a measurement picks another config than the model's is noise)
+    real = tuner.measure_all
+    monkeypatch.setattr(tuner, "measure_all", lambda *a, **k: measured.append(1) or real(*a, **k))
+    runs = []
+    torch.use_deterministic_algorithms(True)
+    try:
+        with kernelkit.use(backend=backend, cache_dir=tmp_path, compile="background"):
+            for _ in range(4):
+                xs, ws, a_s = (t.clone().requires_grad_() for t in (x, w, a))
+                y = kernelkit.conv2d(xs, ws, padding=1)
+                c = kernelkit.matmul(a_s, b, activation="gelu")
+                z = layer(xs)
+                (y.square().sum() + c.square().sum() + z.square().sum()).backward()
+                runs.append([t.detach() for t in (y, c, z, xs.grad, ws.grad, a_s.grad,
+                                                  layer.weight.grad)])
+                layer.zero_grad()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert not measured and not layer.__dict__.get("_kk_trials")
+    for run in runs[1:]:
+        for got, want in zip(run, runs[0]):
+            assert torch.equal(got, want)
