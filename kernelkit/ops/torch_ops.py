@@ -272,7 +272,7 @@ def conv2d_backward_ops():
 
     @torch.library.custom_op(
         "kernelkit::conv2d_backward_input", mutates_args=(),
-        schema=f"(Tensor grad_out, Tensor weight, int[] input_shape, {_GEOMETRY}, str? layout, "
+        schema=f"(Tensor grad_out, Tensor weight, SymInt[] input_shape, {_GEOMETRY}, str? layout, "
                "bool allow_tf32) -> Tensor")
     def kk_bwd_input(grad_out, weight, input_shape, stride, padding, dilation, groups, layout,
                      allow_tf32):
@@ -286,7 +286,7 @@ def conv2d_backward_ops():
 
     @torch.library.custom_op(
         "kernelkit::conv2d_backward_weight", mutates_args=(),
-        schema=f"(Tensor x, Tensor grad_out, int[] weight_shape, {_GEOMETRY}, str? layout, "
+        schema=f"(Tensor x, Tensor grad_out, SymInt[] weight_shape, {_GEOMETRY}, str? layout, "
                "bool allow_tf32) -> Tensor")
     def kk_bwd_weight(x, grad_out, weight_shape, stride, padding, dilation, groups, layout,
                       allow_tf32):

@@ -227,3 +227,24 @@ def test_two_models_of_one_architecture_each_trace_their_own_choice(forced_first
     assert "kernelkit.conv2d" in graphs["decided"][-1]
     assert not any("kernelkit" in op for op in graphs["undecided"][-1])
     assert not any("kernelkit" in op for op in graphs["other"][-1])
+
+
+def test_dynamic_shape_training_through_kernel_convs_compiles_once():
+    """torch.compile(dynamic=True) training of a patched conv model whose layers chose a kernel:
+    the backward ops' schemas took the input and weight shapes as int[], so each call pinned
+    the symbolic sizes and every new input shape recompiled (the recompile limit then raised
+    under fullgraph=True). Plain torch compiles one frame; so does the patched model now."""
+    import torch._dynamo.testing
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+    knn.patch(model)
+    with kernelkit.use(backend="numba"):
+        model(torch.randn(2, 3, 6, 6)).sum().backward()  # (kernel routes in grad mode)
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter, dynamic=True, fullgraph=True)
+    with kernelkit.use(backend="numba"):
+        for s in range(5, 10):
+            compiled(torch.randn(s, 3, s + 1, s + 2)).sum().backward()
+    assert counter.frame_count == 1
