@@ -81,7 +81,23 @@ def _register_torch_ops(torch_module: Any = None) -> None:
                       "torch.export programs that call them will not load", stacklevel=2)
 
 
+def _substitute_in_compiled_code(dynamo_module: Any = None) -> None:
+    """Have dynamo trace the registered op where compiled code calls kernelkit's ops (see
+    `ops.torch_ops.substitute_in_compiled_code`); run once torch._dynamo is imported."""
+    from .ops.torch_ops import substitute_in_compiled_code
+
+    try:
+        substitute_in_compiled_code()
+    except Exception as exc:  # noqa: BLE001 - never break the user's torch.compile
+        import warnings
+
+        warnings.warn(f"kernelkit: could not register its ops' stand-ins with torch.compile "
+                      f"({exc}); compiled code that calls kernelkit.matmul/conv2d/preprocess "
+                      "breaks its graph there", stacklevel=2)
+
+
 _wrapt.register_post_import_hook(_register_torch_ops, "torch")  # now, if torch is loaded
+_wrapt.register_post_import_hook(_substitute_in_compiled_code, "torch._dynamo")
 _core.preload_vendors()  # numpy's and (if loaded) torch's CPU kernel modules: no first call pays
 
 

@@ -204,12 +204,13 @@ _FORWARD, _BWD_INPUT, _BWD_WEIGHT = PlanMemo(), PlanMemo(), PlanMemo()
 
 
 def _op_geometry(op: str, like, x_shape, w_shape, stride, padding, dilation, groups,
-                 layout) -> list:
+                 layout, traced: bool = False) -> list:
     """[stride, padding, dilation, groups] checked and in the registered ops' form (padding as
     (top, bottom, left, right)), for a call that goes to ``torch.ops.kernelkit.<op>`` under
-    torch.jit.trace. ``like``: the tensor whose memory format says channels_last; ``x_shape``:
-    the forward input's shape in the call's dims order."""
-    kl, channels_last = _layout(op, like, layout)
+    torch.jit.trace, or in code dynamo traces (``traced``: ``like`` is a tensor dynamo stands
+    in for, whose memory format is its own). ``like``: the tensor whose memory format says
+    channels_last; ``x_shape``: the forward input's shape in the call's dims order."""
+    kl, channels_last = _layout(op, like, layout, traced)
     xs = tuple(int(v) for v in x_shape)
     geo, _ = check_geometry(op, xs if channels_last else nchw_shape(xs, kl),
                             tuple(int(v) for v in w_shape), stride, padding, dilation, groups)
@@ -225,14 +226,14 @@ def _vendor():
 
 
 # -- checking ------------------------------------------------------------------------------------
-def _layout(op: str, x, layout) -> tuple[str, bool]:
+def _layout(op: str, x, layout, traced: bool = False) -> tuple[str, bool]:
     """(kernel layout, x is a channels_last torch tensor seen with NCHW dims)."""
     if layout not in (None, "NCHW", "NHWC"):
         raise ValueError(f"{op}: 'layout' must be None, 'NCHW' or 'NHWC', got {layout!r}")
     # (under vmap, torch cannot say whether a tensor is channels_last: its dims are NCHW, and the
     # transform's path runs torch's ops, which follow the memory format themselves)
     if arrays.array_lib(x) == "torch" and layout is None and x.ndim == 4 \
-            and not torch_only(x):
+            and (traced or not torch_only(x)):
         return ("NHWC", True) if arrays.channels_last_memory(x) else ("NCHW", False)
     return layout or "NCHW", False
 

@@ -140,8 +140,19 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
 _PLANS = PlanMemo()
 
 
+def _float_list(v) -> list[float]:
+    """`v` (a number, or numbers in a sequence or an array) as a flat list of floats; Python
+    numbers without numpy, which dynamo turns into tensor ops in code it traces (and then
+    cannot take `tolist()` of)."""
+    if isinstance(v, (int, float)):
+        return [float(v)]
+    if isinstance(v, (tuple, list)) and all(isinstance(e, (int, float)) for e in v):
+        return [float(e) for e in v]
+    return np.asarray(v, np.float64).reshape(-1).tolist()
+
+
 def _through_registered_op(images, size, mean, std, crop, flip, rotate, interpolation, antialias,
-                           channel_order, out_dtype, layout, stats_unit):
+                           channel_order, out_dtype, layout, stats_unit, op=None):
     """`preprocess` on torch tensors that kernelkit's kernels leave to torch's dispatcher
     (`dispatch.torch_only`: meta, FakeTensor, a torch.func transform, a dispatch mode):
     `torch.ops.kernelkit.preprocess`, whose fake gives the shape and whose body runs the kernel on
@@ -152,7 +163,7 @@ def _through_registered_op(images, size, mean, std, crop, flip, rotate, interpol
 
     given = (f"{type(images).__name__} images on {images.device} (or a torch.func transform or "
              "dispatch mode)")
-    if rotate is not None and np.any(np.asarray(rotate, dtype=np.float64) != 0):
+    if rotate is not None and any(r != 0 for r in _float_list(rotate)):
         raise TypeError(f"preprocess: 'rotate' needs plain tensors, got {given}")
     if crop is not None and not is_box(crop):
         raise TypeError("preprocess: 'crop' must be one (top, left, height, width) box for "
@@ -172,9 +183,11 @@ def _through_registered_op(images, size, mean, std, crop, flip, rotate, interpol
                          f"permutation, got {channel_order!r}")
     h, w = (size, size) if isinstance(size, (int, np.integer)) else size
     dtype = getattr(torch, dtype_name(OP, "out_dtype", out_dtype))
-    return preprocess_op()(
-        images, [int(h), int(w)], np.asarray(mean, np.float64).reshape(-1).tolist(),
-        np.asarray(std, np.float64).reshape(-1).tolist(),  # (checked by the op, or its fake)
+    if op is None:  # (given: the overload itself, in code dynamo traces)
+        op = preprocess_op()
+    return op(
+        images, [int(h), int(w)], _float_list(mean),
+        _float_list(std),  # (checked by the op, or its fake)
         None if crop is None else [float(v) for v in crop], flip, interpolation, bool(antialias),
         None if channel_order is None else _channel_indices(channel_order), dtype, layout,
         stats_unit)
