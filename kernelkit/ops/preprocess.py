@@ -39,6 +39,7 @@ from .preprocess_args import (
     dtype_name,
     is_box,
 )
+from .verify import in_range
 
 OP = "preprocess"
 
@@ -477,10 +478,23 @@ def _reference(imgs, ragged, spec: PreprocessSpec):
         span = 255.0
     else:  # (per image, in place: a float32 copy of the whole batch, concatenated, peaked at
         # 8.5x a uint8 batch's size: 3.2 GB to verify a 3 x 6000 x 6000 batch cropped to 64 px)
-        lo = min(float(x.min()) for x in cpu)
-        hi = max(float(x.max()) for x in cpu)
-        span = hi - lo
+        lo = min(_finite_extreme(x, min) for x in cpu)
+        hi = max(_finite_extreme(x, max) for x in cpu)
+        span = max(hi - lo, 0.0)
     return out.numpy(), span
+
+
+def _finite_extreme(x, which) -> float:
+    """`which` (min or max) of the finite values of float image `x` (0 where there are none):
+    NaN or Inf pixels made the span NaN or Inf, hence the tolerance, and every candidate failed
+    its check. (The masked copy only for an image that has such pixels.)"""
+    import torch
+
+    v = float(x.min() if which is min else x.max())
+    if math.isfinite(v):
+        return v
+    fin = x[torch.isfinite(x)]
+    return float(fin.min() if which is min else fin.max()) if fin.numel() else 0.0
 
 
 def _verifier(reference, in_dtype: str, scale: np.ndarray, out_dt: str):
@@ -497,8 +511,17 @@ def _verifier(reference, in_dtype: str, scale: np.ndarray, out_dt: str):
         else:
             level = 1.0 if in_dtype == "uint8" else span / 255.0
             rel = {"float32": 2.0**-20, "float16": 2.0**-10, "bfloat16": 2.0**-7}[out_dt]
-            tol = 1.5 * level * float(np.max(np.abs(scale))) + rel * float(np.max(np.abs(ref), initial=0))
-        err = float(np.max(np.abs(got - ref), initial=0.0))
+            finite = np.abs(ref[np.isfinite(ref)])
+            tol = 1.5 * level * float(np.max(np.abs(scale))) + rel * float(np.max(finite,
+                                                                                  initial=0))
+        if out_dt != "uint8":  # (a float16 output past 65504 is inf, as torch's cast gives)
+            ref = in_range(ref, got, np.full(ref.shape, tol), out_dt)
+        if not np.array_equal(np.isnan(got), np.isnan(ref)):
+            return "NaN pattern differs from the reference"
+        fin = np.isfinite(ref)
+        if not np.array_equal(got[~fin], ref[~fin], equal_nan=True):
+            return "Inf differs from the reference"
+        err = float(np.max(np.abs(got[fin] - ref[fin]), initial=0.0))
         return None if err <= tol else f"max error {err:.3g} > {tol:.3g} (more than a level)"
 
     return verify

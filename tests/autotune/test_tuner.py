@@ -7,8 +7,10 @@ import dataclasses
 import os
 import time
 
+import numpy as np
 import pytest
 
+import kernelkit
 from kernelkit.autotune import timing, tuner
 from kernelkit.autotune.cache import CacheWarning, cache_for
 from kernelkit.core import Candidate, Problem
@@ -536,3 +538,50 @@ def test_without_a_vendor_the_fastest_kernel_wins():
           tuner.Trial("other-cpu", {}, timing.Timing(1.1, 0.0, 5))]
     assert tuner._winner(problem(), usable, ok).candidate == "good-cpu"
 
+
+
+def _overflowing_and_nan_calls():
+    import torch
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (1, 37, 53, 3), dtype=np.uint8)
+    nan_img = rng.random((1, 37, 53, 3), dtype=np.float32) * 255
+    nan_img[0, 5, 5, 0] = np.nan
+    full = lambda shape, v, dt: torch.full(shape, v, dtype=dt)
+    return {
+        "matmul_float16_past_65504": (("matmul", full((64, 64), 100.0, torch.float16),
+                                       full((64, 64), 20.0, torch.float16)), {}),
+        "matmul_bfloat16_past_float32": (("matmul", full((64, 64), 1e37, torch.bfloat16),
+                                          full((64, 64), 1.0, torch.bfloat16)), {}),
+        "conv2d_float16_past_65504": (("conv2d", full((1, 16, 12, 12), 100.0, torch.float16),
+                                       full((16, 16, 3, 3), 10.0, torch.float16)),
+                                      {"padding": 1}),
+        "preprocess_float16_past_65504": (("preprocess", img), dict(
+            size=40, mean=0.0, std=1e-3, out_dtype="float16")),
+        "preprocess_a_nan_pixel": (("preprocess", nan_img), dict(size=40, mean=0.0, std=1.0)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_overflowing_and_nan_calls()))
+def test_a_result_that_overflows_its_dtype_or_holds_nan_verifies(name, tmp_path):
+    """A float16 product whose true value is 128000 is inf in float16 (torch's too), and a NaN
+    pixel gives NaN where the filter weighs it: every candidate's check compared them with the
+    finite float64 reference (or a tolerance made NaN by the pixel) and failed, so a call that
+    measured raised "every candidate failed" (KERNELKIT_TUNE=measure, explain, a forced
+    backend's second call). The reference is now taken as the output dtype holds it."""
+    args, kwargs = _overflowing_and_nan_calls()[name]
+    with kernelkit.use(cache_dir=tmp_path):
+        text = str(kernelkit.explain(*args, **kwargs))
+    assert "every candidate failed" not in text and "choice:" in text
+
+
+def test_the_overflow_edge_takes_either_side_within_the_bound():
+    """Within the error bound of float16's overflow edge (65520) a result may round either way:
+    inf for a reference just below it, 65504 for one just above; inf far below it is wrong."""
+    from kernelkit.ops.verify import in_range
+
+    ref = np.array([65519.0, 65522.0, 60000.0, -1e6, 1.0])
+    got = np.array([np.inf, 65504.0, np.inf, -np.inf, 1.0])
+    held = in_range(ref, got, np.full(5, 8.0), "float16")
+    assert held[0] == np.inf and held[1] == 65504.0 and held[3] == -np.inf
+    assert held[2] == 60000.0 and held[4] == 1.0
