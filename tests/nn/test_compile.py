@@ -248,3 +248,26 @@ def test_dynamic_shape_training_through_kernel_convs_compiles_once():
         for s in range(5, 10):
             compiled(torch.randn(s, 3, s + 1, s + 2)).sum().backward()
     assert counter.frame_count == 1
+
+
+def test_a_compiled_func_grad_over_a_kernel_layer_runs_torchs_op():
+    """torch.compile(torch.func.grad(...)) over a patched Linear whose eager calls chose a
+    kernel: under a torch.func transform a layer runs torch's op (as in eager); the compiled
+    branch came first and traced the custom op, whose eager autograd Function has no
+    setup_context for functorch ("RuntimeError when making fake tensor call")."""
+    from torch.func import functional_call, grad
+
+    torch.manual_seed(0)
+    layer, ref = nn.Linear(8, 4), nn.Linear(8, 4)
+    ref.load_state_dict(layer.state_dict())
+    knn.patch(layer)
+    x = torch.randn(3, 8)
+    with kernelkit.use(backend="numba"):
+        layer(x).sum().backward()  # (the layer's grad route: the kernel)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    loss = lambda model: lambda p, v: functional_call(model, p, (v,)).pow(2).sum()
+    torch._dynamo.reset()
+    got = torch.compile(grad(loss(layer)), backend="aot_eager", fullgraph=True)(params, x)
+    want = grad(loss(ref))({k: v.detach() for k, v in ref.named_parameters()}, x)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k])
