@@ -87,12 +87,12 @@ def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
                 bias=bias, activation=activation, allow_tf32=allow_tf32))
         if torch_only(a, b, bias):  # vmap, grad, jvp, meta, FakeTensor...: torch's own ops
             return _with_torch(a, b, bias, activation)  # (torch.matmul takes vectors itself)
+        if _vector(a) or _vector(b):  # (before the registered op below: it takes matrices)
+            return _with_vectors(a, b, bias, activation, allow_tf32)
         if jit_tracing():  # torch.jit.trace records the registered op (see jit_tracing)
             from .torch_ops import matmul_op
 
             return matmul_op()(a, b, bias, activation, allow_tf32)
-        if _vector(a) or _vector(b):
-            return _with_vectors(a, b, bias, activation, allow_tf32)
         sig = signature3(a, b, bias, (activation, flag_key(allow_tf32)))
     try:  # (inline, not PlanMemo.find: a numpy call's whole lookup; zero-cost unless raised)
         plan = _PLANS.get(sig) if sig is not None else None

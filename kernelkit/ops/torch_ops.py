@@ -166,11 +166,14 @@ def matmul_op():
         schema="(Tensor a, Tensor b, Tensor? bias, str? activation, bool allow_tf32) -> Tensor")
     def kk_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None,
                   activation: str | None, allow_tf32: bool) -> torch.Tensor:
+        _check_matrices("kernelkit::matmul", a, b)
         return _body(matmul, a.detach(), b.detach(), bias=_detach(bias), activation=activation,
                      allow_tf32=allow_tf32)
 
     @kk_matmul.register_fake
     def _(a, b, bias, activation, allow_tf32):
+        _check_matrices("kernelkit::matmul", a, b)
+        _check_product("kernelkit::matmul", a, b, b.shape[-2], b.shape[-1], bias, activation)
         batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         return a.new_empty((*batch, a.shape[-2], b.shape[-1]))
 
@@ -188,6 +191,83 @@ def matmul_op():
     return kk_matmul
 
 
+# What the fakes check: what the op's body (kernelkit's own checks) would raise for the same
+# arguments, raised at trace time. Before, torch.export of a patched Linear fed other features, or
+# of a conv whose kernel is larger than its input, "succeeded" with a wrong output shape, and
+# compiled code failed only when it ran. Sizes compare through torch._check_value, which takes
+# symbolic sizes without specialising them.
+def _check_matrices(op: str, *xs) -> None:
+    for name, x in zip("ab", xs):
+        if x.ndim < 2:
+            raise ValueError(f"{op}: '{name}' must have at least 2 dims (kernelkit.matmul takes "
+                             f"vectors: it calls this op on the matrices it makes of them), got "
+                             f"shape {tuple(x.shape)}")
+
+
+def _check_linear_form(x, weight) -> None:
+    if weight.ndim != 2 or x.ndim < 1:
+        raise ValueError(f"kernelkit::linear: 'x' must be (*, K) and 'weight' (N, K), got shapes "
+                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
+
+
+def _check_product(op: str, a, b, k, n, bias, activation, vector_x: bool = False) -> None:
+    """act(a @ b + bias) with b's reduction length `k` and its `n` columns (`vector_x`: the
+    linear op's x and weight, where x may be a vector)."""
+    import torch
+
+    names = ("x", "weight") if vector_x else ("a", "b")
+    if not vector_x:
+        _check_matrices(op, a, b)
+    for name, t in ((names[0], a), (names[1], b), ("bias", bias)):
+        if t is not None and (t.dtype != a.dtype or not t.is_floating_point()):
+            raise TypeError(f"{op}: '{name}' must be floating point, of the first operand's "
+                            f"dtype ({a.dtype}), got {t.dtype}")
+    torch._check_value(a.shape[-1] == k, lambda: (
+        f"{op}: the operands' reduction lengths differ: {a.shape[-1]} and {k} (shapes "
+        f"{tuple(a.shape)}, {tuple(b.shape)})"))
+    if bias is not None:
+        torch._check_value(bias.ndim == 1 and bias.shape[0] == n, lambda: (
+            f"{op}: 'bias' must have shape ({n},), got {tuple(bias.shape)}"))
+    check_activation(op, activation)
+
+
+def _check_conv_form(op: str, x, weight, stride, padding, dilation, layout) -> None:
+    """The registered conv's arguments in its own form (the body checks it too: an unbatched x
+    or a padding pair, which kernelkit.conv2d takes, passed the body and failed the fake)."""
+    if layout not in (None, "NCHW", "NHWC"):
+        raise ValueError(f"{op}: 'layout' must be None, 'NCHW' or 'NHWC', got {layout!r}")
+    if x.ndim != 4 or weight.ndim != 4:
+        raise ValueError(f"{op}: 'x' and 'weight' must have 4 dims (kernelkit.conv2d takes an "
+                         f"unbatched x), got {tuple(x.shape)} and {tuple(weight.shape)}")
+    if len(stride) != 2 or len(dilation) != 2 or len(padding) != 4:
+        raise ValueError(f"{op}: stride and dilation must be pairs and padding (top, bottom, "
+                         f"left, right), got {stride}, {dilation}, {padding}")
+
+
+def _check_conv(op: str, x, weight, bias, stride, padding, dilation, groups, activation,
+                layout) -> None:
+    import torch
+
+    _check_conv_form(op, x, weight, stride, padding, dilation, layout)
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (t.dtype != x.dtype or not t.is_floating_point()):
+            raise TypeError(f"{op}: '{name}' must be floating point, of x's dtype ({x.dtype}), "
+                            f"got {t.dtype}")
+    n, c, h, w = nchw_shape(x.shape, layout or "NCHW")
+    k, cg, r, s = weight.shape
+    torch._check_value(groups >= 1 and k % groups == 0 and c == cg * groups, lambda: (
+        f"{op}: x's {c} channels must be weight.shape[1] * groups = {cg} * {groups}, and the "
+        f"weight's {k} filters a multiple of groups"))
+    ho, wo = out_size(h, w, r, s, stride, padding, dilation)
+    torch._check_value(ho >= 1 and wo >= 1, lambda: (
+        f"{op}: the kernel ({r}x{s}, dilation {dilation}) is larger than the padded input "
+        f"({h}x{w}, padding {padding})"))
+    if bias is not None:
+        torch._check_value(bias.ndim == 1 and bias.shape[0] == k, lambda: (
+            f"{op}: 'bias' must have shape ({k},), got {tuple(bias.shape)}"))
+    check_activation(op, activation)
+
+
 # -- linear --------------------------------------------------------------------------------------
 @functools.cache
 def linear_op():
@@ -203,6 +283,7 @@ def linear_op():
         schema="(Tensor x, Tensor weight, Tensor? bias, str? activation, bool allow_tf32) -> Tensor")
     def kk_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   activation: str | None, allow_tf32: bool) -> torch.Tensor:
+        _check_linear_form(x, weight)
         # (*, K) -> (M, K): batch dims only scale the work, so every batch shape is one problem
         x2 = rows(x.detach(), x.shape[-1])
         y = _body(matmul, x2, weight.detach().t(), bias=_detach(bias), activation=activation,
@@ -211,6 +292,9 @@ def linear_op():
 
     @kk_linear.register_fake
     def _(x, weight, bias, activation, allow_tf32):
+        _check_linear_form(x, weight)
+        _check_product("kernelkit::linear", x, weight, weight.shape[1], weight.shape[0], bias,
+                       activation, vector_x=True)
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
     def setup_context(ctx, inputs, output):
@@ -410,6 +494,7 @@ def conv2d_op():
                "str? layout, bool allow_tf32) -> Tensor")
     def kk_conv2d(x, weight, bias, stride, padding, dilation, groups, activation, layout,
                   allow_tf32):
+        _check_conv_form("kernelkit::conv2d", x, weight, stride, padding, dilation, layout)
         return _body(conv2d, x.detach(), weight.detach(), _detach(bias), stride=tuple(stride),
                      padding=tuple(padding), dilation=tuple(dilation), groups=groups,
                      activation=activation, layout=layout, allow_tf32=allow_tf32)
@@ -417,6 +502,8 @@ def conv2d_op():
     @kk_conv2d.register_fake
     def _(x, weight, bias, stride, padding, dilation, groups, activation, layout, allow_tf32):
         nhwc = layout == "NHWC"
+        _check_conv("kernelkit::conv2d", x, weight, bias, stride, padding, dilation, groups,
+                    activation, layout)
         n, c, h, w = nchw_shape(x.shape, "NHWC" if nhwc else "NCHW")
         k, _, r, s = weight.shape
         ho, wo = out_size(h, w, r, s, stride, padding, dilation)

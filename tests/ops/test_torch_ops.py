@@ -198,3 +198,48 @@ def test_the_fake_conv_gives_the_real_strides_through_a_size_one_result(name, ba
     t2 = torch.nn.functional.conv2d(t1, w2)
     assert [t.stride() for t in real] == [t1.stride(), t2.stride()]  # (torch's own)
     assert [t.stride() for t in fake] == [t.stride() for t in real]
+
+
+def _bad_calls():
+    f32, f64 = torch.float32, torch.float64
+    t = lambda *shape, dtype=f32: torch.randn(*shape, dtype=dtype)
+    ops = torch.ops.kernelkit
+    geo = ([1, 1], [0, 0, 0, 0], [1, 1], 1)
+    return {
+        "matmul_vector": (ValueError, lambda: ops.matmul(t(5, 7), t(7), None, None, False)),
+        "matmul_k": (ValueError, lambda: ops.matmul(t(3, 4), t(6, 5), None, None, False)),
+        "matmul_dtypes": (TypeError, lambda: ops.matmul(t(3, 4), t(4, 5, dtype=f64), None,
+                                                        None, False)),
+        "matmul_bias": (ValueError, lambda: ops.matmul(t(3, 4), t(4, 5), t(3, 5), None, False)),
+        "matmul_activation": (ValueError, lambda: ops.matmul(t(3, 4), t(4, 5), None, "tanh",
+                                                             False)),
+        "linear_features": (ValueError, lambda: ops.linear(t(2, 5), t(4, 8), None, None, False)),
+        "linear_weight_1d": (ValueError, lambda: ops.linear(t(2, 4), t(4), None, None, False)),
+        "conv_channels": (ValueError, lambda: ops.conv2d(t(1, 5, 8, 8), t(4, 3, 3, 3), None,
+                                                         *geo, None, None, False)),
+        "conv_kernel_past_input": (ValueError, lambda: ops.conv2d(
+            t(1, 3, 2, 2), t(4, 3, 3, 3), None, *geo, None, None, False)),
+        "conv_unbatched": (ValueError, lambda: ops.conv2d(t(3, 5, 5), t(4, 3, 3, 3), None, *geo,
+                                                          None, None, False)),
+        "conv_padding_pair": (ValueError, lambda: ops.conv2d(
+            t(1, 3, 5, 5), t(4, 3, 3, 3), None, [1, 1], [1, 1], [1, 1], 1, None, None, False)),
+        "conv_layout": (ValueError, lambda: ops.conv2d(t(1, 3, 5, 5), t(4, 3, 3, 3), None, *geo,
+                                                       None, "nchw", False)),
+        "conv_dtypes": (TypeError, lambda: ops.conv2d(t(1, 3, 5, 5), t(4, 3, 3, 3, dtype=f64),
+                                                      None, *geo, None, None, False)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_bad_calls()))
+def test_the_fakes_raise_what_the_ops_raise(name):
+    """The registered ops' fakes checked nothing: torch.export of a patched Linear fed other
+    features, or of a conv whose kernel is larger than its input, "succeeded" with a wrong
+    output shape; a vector operand gave a fake of the wrong rank (opcheck failed, Inductor
+    asserted). Each bad call now raises the same error type in eager mode and at trace time."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    error, call = _bad_calls()[name]
+    with pytest.raises(error, match="matmul|linear|conv2d"):  # (the op's name, in the body's
+        call()                                              # words or the registered op's)
+    with FakeTensorMode(), pytest.raises(error, match="kernelkit::"):
+        call()
