@@ -83,8 +83,8 @@ def _register_torch_ops(torch_module: Any = None) -> None:
 
 def _substitute_in_compiled_code(dynamo_module: Any = None) -> None:
     """Have dynamo trace the registered op where compiled code calls kernelkit's ops (see
-    `ops.torch_ops.substitute_in_compiled_code`); run once torch._dynamo is imported."""
-    from .ops.torch_ops import substitute_in_compiled_code
+    `ops.compiled.substitute_in_compiled_code`); run once torch._dynamo is imported."""
+    from .ops.compiled import substitute_in_compiled_code
 
     try:
         substitute_in_compiled_code()

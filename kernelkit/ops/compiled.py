@@ -1,0 +1,77 @@
+"""What dynamo traces where compiled code calls kernelkit's ops: their registered torch ops.
+
+A module of its own, above the ops it stands in for (they never import it): `import kernelkit`
+runs `substitute_in_compiled_code` once torch._dynamo is imported.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from ..kernels import check_activation
+
+
+@functools.cache
+def substitute_in_compiled_code() -> None:
+    """What dynamo (torch.compile, torch.export) traces in place of `kernelkit.matmul`,
+    `kernelkit.conv2d` and `kernelkit.preprocess` called in the code it compiles: the registered
+    op, one node of the graph. Why: dynamo traced into the ops' Python (the plan memo, the knobs,
+    the tuner): under fullgraph=True (and strict export) it raised at the first call it could
+    not trace, without it it broke the graph about ten times and then failed an internal assert
+    ("Guard failed on the same frame it was created"). Registered as polyfills
+    (`torch.compiler.substitute_in_graph`), which cost an eager call nothing; a torch without
+    that API keeps the old behaviour. `import kernelkit` runs this once torch._dynamo is
+    imported (the first torch.compile imports it): registering imports it, 1.1 s that a
+    program that never compiles would pay at `import kernelkit`."""
+    import torch
+
+    substitute = getattr(torch.compiler, "substitute_in_graph", None)
+    if substitute is None:
+        return
+    from . import conv2d as conv_module
+    from . import matmul as matmul_module
+    from . import preprocess as preprocess_module
+    from .torch_ops import register_all
+
+    register_all()  # (the ops themselves: registered when torch loaded, and once only)
+    # (the ops' overloads themselves: dynamo builds the polyfills' globals without a source, and
+    # `torch.ops` is not something it can wrap that way)
+    ops = torch.ops.kernelkit
+    matmul_op, conv2d_op, preprocess_op = (ops.matmul.default, ops.conv2d.default,
+                                           ops.preprocess.default)
+    tensor, from_numpy = torch.Tensor, torch.from_numpy
+
+    def tensors(*xs):  # numpy arrays in compiled code: as tensors, and the result back (below)
+        return [x if x is None or isinstance(x, tensor) else from_numpy(x) for x in xs]
+
+    @substitute(matmul_module.matmul)
+    def matmul(a, b, *, bias=None, activation=None, allow_tf32=False):
+        if a.ndim == 1 or b.ndim == 1:  # (the op takes matrices: the public rule for vectors)
+            return matmul_module._with_vectors(a, b, bias, activation, allow_tf32)
+        y = matmul_op(*tensors(a, b, bias), activation, allow_tf32)
+        return y if isinstance(a, tensor) else y.numpy()
+
+    @substitute(conv_module.conv2d)
+    def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+               activation=None, layout=None, allow_tf32=False):
+        if x.ndim == 3:  # unbatched (C, H, W), as F.conv2d
+            return conv_module.conv2d(x[None], weight, bias, stride=stride, padding=padding,
+                                      dilation=dilation, groups=groups, activation=activation,
+                                      layout=layout, allow_tf32=allow_tf32)[0]
+        check_activation("conv2d", activation)
+        geo = conv_module._op_geometry("conv2d", x, x.shape, weight.shape, stride, padding,
+                                       dilation, groups, layout, traced=True)
+        y = conv2d_op(*tensors(x, weight, bias), *geo, activation, layout, allow_tf32)
+        return y if isinstance(x, tensor) else y.numpy()
+
+    @substitute(preprocess_module.preprocess)
+    def preprocess(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=0.0,
+                   interpolation="bilinear", antialias=True, channel_order=None,
+                   out_dtype="float32", layout="NCHW", stats_unit="input"):
+        if not isinstance(images, tensor):
+            raise TypeError("preprocess: in code torch.compile or torch.export traces, 'images' "
+                            "must be one tensor batch (N, H, W, C), got "
+                            f"{type(images).__name__}")
+        return preprocess_module._through_registered_op(
+            images, size, mean, std, crop, flip, rotate, interpolation, antialias,
+            channel_order, out_dtype, layout, stats_unit, op=preprocess_op)
