@@ -41,11 +41,17 @@ def substitute_in_compiled_code() -> None:
                                            ops.preprocess.default)
     tensor, from_numpy = torch.Tensor, torch.from_numpy
 
+    with_torch = matmul_module._with_torch
+    vendor_conv = conv_module._vendor().conv2d_forward
+    transforms_active = torch._dynamo.assume_constant_result(_transforms_active)
+
     def tensors(*xs):  # numpy arrays in compiled code: as tensors, and the result back (below)
         return [x if x is None or isinstance(x, tensor) else from_numpy(x) for x in xs]
 
     @substitute(matmul_module.matmul)
     def matmul(a, b, *, bias=None, activation=None, allow_tf32=False):
+        if transforms_active():  # torch.compile(torch.func.grad(...)): torch's ops, as in eager
+            return with_torch(a, b, bias, activation)
         if a.ndim == 1 or b.ndim == 1:  # (the op takes matrices: the public rule for vectors)
             return matmul_module._with_vectors(a, b, bias, activation, allow_tf32)
         y = matmul_op(*tensors(a, b, bias), activation, allow_tf32)
@@ -61,6 +67,8 @@ def substitute_in_compiled_code() -> None:
         check_activation("conv2d", activation)
         geo = conv_module._op_geometry("conv2d", x, x.shape, weight.shape, stride, padding,
                                        dilation, groups, layout, traced=True)
+        if transforms_active():  # (as matmul's)
+            return vendor_conv(x, weight, bias, *geo, activation, layout or "NCHW", allow_tf32)
         y = conv2d_op(*tensors(x, weight, bias), *geo, activation, layout, allow_tf32)
         return y if isinstance(x, tensor) else y.numpy()
 
@@ -75,3 +83,13 @@ def substitute_in_compiled_code() -> None:
         return preprocess_module._through_registered_op(
             images, size, mean, std, crop, flip, rotate, interpolation, antialias,
             channel_order, out_dtype, layout, stats_unit, op=preprocess_op)
+
+
+def _transforms_active() -> bool:
+    """Whether a torch.func transform is active where dynamo traces: the registered ops there
+    failed ("RuntimeError when making fake tensor call"), where eager kernelkit runs torch's own
+    ops (`dispatch.torch_only`). A constant of the trace (`assume_constant_result`): queried
+    plainly, dynamo made it a node of every graph."""
+    import torch
+
+    return torch._C._are_functorch_transforms_active()

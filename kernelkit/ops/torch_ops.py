@@ -657,11 +657,14 @@ def eager_conv2d():
 
     class EagerConv2d(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, x, w, b, plans, fused):
+        def forward(ctx, x, w, b, plans, pre):
             # what the gradients read, as torch's conv: not the bias (a bias stepped in place
             # between two backwards, bias-only fine-tuning, raised "modified by an inplace
-            # operation"); a fused ReLU's output, as torch's relu saves it
-            y = _not_a_view(plans.forward(x, w, b) if fused else plans.pre_activation(x, w, b))
+            # operation"); a fused ReLU's output, as torch's relu saves it. `pre`: the
+            # pre-activation of a GELU/SiLU layer, else the forward plan the caller bound (a
+            # layer's route: the kernel that won its trial)
+            fused = plans.rest[0] == "relu"
+            y = _not_a_view(plans.pre_activation(x, w, b) if pre else plans.forward(x, w, b))
             need_x, need_w = ctx.needs_input_grad[:2]
             ctx.save_for_backward(x if need_w else None, w if need_x else None,
                                   y if fused else None)
@@ -687,10 +690,10 @@ def eager_conv2d():
     def apply(x, w, b, plans):
         act = plans.rest[0]
         if act is None or act == "relu":
-            return EagerConv2d.apply(x, w, b, plans, act == "relu")
+            return EagerConv2d.apply(x, w, b, plans, False)
         # GELU and SiLU: the convolution, then torch's activation, as torch's own chain (see
         # eager_matmul: the backward no longer recomputes the convolution)
-        return activations[act](EagerConv2d.apply(x, w, b, plans, False))
+        return activations[act](EagerConv2d.apply(x, w, b, plans, True))
 
     return apply
 

@@ -28,27 +28,32 @@ def f64(x) -> np.ndarray:
 
 # The magnitude from which a value rounds to infinity in each output dtype (its largest finite
 # value plus half an ulp there): a float64 reference past it is an infinity of that dtype.
-OVERFLOW = {"float16": 65504.0 + 2.0**4, "bfloat16": (2 - 2.0**-7) * 2.0**127 + 2.0**119,
-            "float32": (2 - 2.0**-23) * 2.0**127 + 2.0**103, "float64": math.inf}
+LARGEST = {"float16": 65504.0, "bfloat16": (2 - 2.0**-7) * 2.0**127,
+           "float32": (2 - 2.0**-23) * 2.0**127, "float64": math.inf}
+OVERFLOW = {"float16": LARGEST["float16"] + 2.0**4, "bfloat16": LARGEST["bfloat16"] + 2.0**119,
+            "float32": LARGEST["float32"] + 2.0**103, "float64": math.inf}
 
 
 def in_range(ref: np.ndarray, got: np.ndarray, slack: np.ndarray, out_dt: str) -> np.ndarray:
     """The float64 reference `ref` as the output dtype holds it: past OVERFLOW[out_dt], the
     signed infinity the output rounds to (a float16 product whose true value is 128000 is inf in
-    float16, torch's too). Within `slack` of that edge either is right: `got`'s own value
-    stands there. Before, a legitimate overflow failed every candidate, torch's included
-    ("every candidate failed ... normwise error inf")."""
+    float16, torch's too). Within `slack` of that edge either side is right: an infinity of the
+    reference's sign, or the largest finite value. Before, a legitimate overflow failed every
+    candidate, torch's included ("every candidate failed ... normwise error inf")."""
     edge = OVERFLOW[out_dt]
     if not math.isfinite(edge):
         return ref
     ref = np.asarray(ref, dtype=np.float64)  # (a float32 reference: the edge is past its range)
+    fin = np.isfinite(ref)
     mag = np.abs(ref)
-    over = np.isfinite(ref) & (mag >= edge)
-    near = np.isfinite(ref) & (np.abs(mag - edge) <= slack) & (np.isinf(got) | (mag >= edge))
+    near = fin & (np.abs(mag - edge) <= slack)
+    over = fin & (mag >= edge) & ~near
     if not (over.any() or near.any()):
         return ref
+    same_inf = np.isinf(got) & (np.sign(got) == np.sign(ref))
+    largest = LARGEST[out_dt]
     ref = np.where(over, np.copysign(np.inf, ref), ref)
-    return np.where(near, got, ref)
+    return np.where(near & same_inf, got, np.where(near, np.clip(ref, -largest, largest), ref))
 
 
 def normwise_error(out, ref: np.ndarray, scale: np.ndarray, k: int, allow_tf32: bool) -> str | None:

@@ -577,11 +577,21 @@ def test_a_result_that_overflows_its_dtype_or_holds_nan_verifies(name, tmp_path)
 
 def test_the_overflow_edge_takes_either_side_within_the_bound():
     """Within the error bound of float16's overflow edge (65520) a result may round either way:
-    inf for a reference just below it, 65504 for one just above; inf far below it is wrong."""
-    from kernelkit.ops.verify import in_range
+    an inf of the reference's sign, or the largest finite value; anything else there is wrong
+    (a first form took any output near the edge as right: NaN, 0, -65504 and -inf passed)."""
+    from kernelkit.ops.verify import in_range, normwise_error
 
     ref = np.array([65519.0, 65522.0, 60000.0, -1e6, 1.0])
     got = np.array([np.inf, 65504.0, np.inf, -np.inf, 1.0])
     held = in_range(ref, got, np.full(5, 8.0), "float16")
     assert held[0] == np.inf and held[1] == 65504.0 and held[3] == -np.inf
     assert held[2] == 60000.0 and held[4] == 1.0
+    # a K = 64 float16 product near the edge: its bound allows about 500 either way
+    scale, k = np.array([2.6e5]), 64
+    check = lambda out, r: normwise_error(np.array([out], np.float16), np.array([r]), scale, k,
+                                          False)
+    for r in (65300.0, 65530.0, 65700.0):
+        assert check(np.inf, r) is None and check(65504.0, r) is None
+        for wrong in (np.nan, 0.0, -65504.0, -np.inf):
+            assert check(wrong, r) is not None, (wrong, r)
+    assert check(np.inf, 1e6) is None and check(65504.0, 1e6) is not None

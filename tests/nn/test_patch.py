@@ -593,3 +593,24 @@ def test_an_inplace_activation_after_a_channels_last_conv_trains_as_torchs(backe
     ref(x).square().sum().backward()
     for p, q in zip(pat.parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_a_kernel_conv_layers_training_step_runs_the_forward_plan_its_route_bound(activation):
+    """The eager Function ran the pre-activation plan for an unfused conv (a second plan, chosen
+    under the knobs of the first training call) instead of the forward its route had bound (the
+    kernel that won the layer); a review found it. One plan is prepared, for the route."""
+    from kernelkit.ops import conv2d as conv_ops
+
+    conv = knn.Conv2d(3, 4, 3, padding=1, activation=activation)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    prepared = []
+    real = conv_ops.prepare_forward
+    try:
+        conv_ops.prepare_forward = lambda *a, **k: prepared.append(1) or real(*a, **k)
+        with kernelkit.use(backend="numba"):
+            for _ in range(2):
+                conv(x).sum().backward()
+    finally:
+        conv_ops.prepare_forward = real
+    assert len(prepared) == 1

@@ -286,3 +286,21 @@ def test_the_ops_called_in_compiled_code_trace_as_their_registered_op(name):
     torch._dynamo.reset()
     torch.testing.assert_close(torch.compile(ours, backend="eager")(), want(),
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("op", ["matmul", "conv2d"])
+def test_the_ops_in_compiled_code_under_func_grad_run_torchs_ops(op):
+    """torch.compile(torch.func.grad(f)) where f calls kernelkit.matmul / conv2d: the traced
+    stand-in called the registered op, which fails under the transform ("RuntimeError when
+    making fake tensor call"); as in eager, torch's own ops run there (a review found it)."""
+    g = torch.Generator().manual_seed(8)
+    if op == "matmul":
+        w, x = torch.randn(8, 5, generator=g), torch.randn(6, 8, generator=g)
+        f = lambda v: kernelkit.matmul(v, w, activation="relu").square().sum()
+    else:
+        w, x = torch.randn(4, 3, 3, 3, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+        f = lambda v: kernelkit.conv2d(v, w, padding=1).square().sum()
+    want = torch.func.grad(f)(x)
+    torch._dynamo.reset()
+    got = torch.compile(torch.func.grad(f), backend="eager", fullgraph=True)(x)
+    torch.testing.assert_close(got, want)
