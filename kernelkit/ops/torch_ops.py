@@ -210,6 +210,14 @@ def _check_linear_form(x, weight) -> None:
                          f"{tuple(x.shape)} and {tuple(weight.shape)}")
 
 
+def _check_float_dtypes(op: str, first: str, ref, named) -> None:
+    """Every tensor of `named` ((name, tensor or None)) floating point, of `ref`'s dtype."""
+    for name, t in named:
+        if t is not None and (t.dtype != ref.dtype or not t.is_floating_point()):
+            raise TypeError(f"{op}: '{name}' must be floating point, of {first}'s dtype "
+                            f"({ref.dtype}), got {t.dtype}")
+
+
 def _check_product(op: str, a, b, k, n, bias, activation, vector_x: bool = False) -> None:
     """act(a @ b + bias) with b's reduction length `k` and its `n` columns (`vector_x`: the
     linear op's x and weight, where x may be a vector)."""
@@ -218,10 +226,7 @@ def _check_product(op: str, a, b, k, n, bias, activation, vector_x: bool = False
     names = ("x", "weight") if vector_x else ("a", "b")
     if not vector_x:
         _check_matrices(op, a, b)
-    for name, t in ((names[0], a), (names[1], b), ("bias", bias)):
-        if t is not None and (t.dtype != a.dtype or not t.is_floating_point()):
-            raise TypeError(f"{op}: '{name}' must be floating point, of the first operand's "
-                            f"dtype ({a.dtype}), got {t.dtype}")
+    _check_float_dtypes(op, names[0], a, ((names[0], a), (names[1], b), ("bias", bias)))
     torch._check_value(a.shape[-1] == k, lambda: (
         f"{op}: the operands' reduction lengths differ: {a.shape[-1]} and {k} (shapes "
         f"{tuple(a.shape)}, {tuple(b.shape)})"))
@@ -249,10 +254,7 @@ def _check_conv(op: str, x, weight, bias, stride, padding, dilation, groups, act
     import torch
 
     _check_conv_form(op, x, weight, stride, padding, dilation, layout)
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and (t.dtype != x.dtype or not t.is_floating_point()):
-            raise TypeError(f"{op}: '{name}' must be floating point, of x's dtype ({x.dtype}), "
-                            f"got {t.dtype}")
+    _check_float_dtypes(op, "x", x, (("x", x), ("weight", weight), ("bias", bias)))
     n, c, h, w = nchw_shape(x.shape, layout or "NCHW")
     k, cg, r, s = weight.shape
     torch._check_value(groups >= 1 and k % groups == 0 and c == cg * groups, lambda: (
