@@ -32,12 +32,12 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 import torch
-import wrapt
 
 from .. import compiling, core
 from .. import settings as _settings
 from ..autotune.key import bucket
 from ..ops import dispatch
+from ..ops.compiled import transforms_active
 
 # (module, x, weight, bias) -> y; never closes over the module (a deepcopy's routes act on the copy)
 Route = Callable[[Any, torch.Tensor, torch.Tensor, Any], torch.Tensor]
@@ -57,18 +57,6 @@ _transforms_active = torch._C._are_functorch_transforms_active
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _forward_ad = torch.autograd.forward_ad
 _saved_tensors_hooks = torch._C._autograd._top_saved_tensors_default_hooks  # (0.05 us)
-
-
-def _transforms_active_when_traced() -> bool:
-    """Whether a torch.func transform is active where dynamo traces a layer's call (compile of
-    torch.func.grad(...)): the custom op traced there failed ("RuntimeError when making fake
-    tensor call"). A constant of the trace (`assume_constant_result`, set once torch._dynamo
-    loads): called as is, dynamo put the query into every graph as a node of its own."""
-    return _transforms_active()
-
-
-wrapt.register_post_import_hook(
-    lambda dynamo: dynamo.assume_constant_result(_transforms_active_when_traced), "torch._dynamo")
 
 
 def grad_on(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -128,7 +116,7 @@ def forward(module: torch.nn.Module, x: torch.Tensor, aten_route: Route, op_rout
     torch's dtypes; else eager (the memoised route)."""
     w, b = weight_and_bias(module)
     if torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None:
-        if _transforms_active_when_traced():  # torch.compile(torch.func.grad(...)): as in eager
+        if transforms_active():  # torch.compile(torch.func.grad(...)): torch's op, as in eager
             return aten_route(module, x, w, b)
         return compiled(module, aten_route, op_route, grad_on(x, w, b))(module, x, w, b)
     t = type(x)  # dispatch.torch_only(x), inline (0.2 us, the call 0.5): a torch.fx Proxy too

@@ -25,6 +25,7 @@ def substitute_in_compiled_code() -> None:
     program that never compiles would pay at `import kernelkit`."""
     import torch
 
+    torch._dynamo.assume_constant_result(transforms_active)  # (marks it: see there)
     substitute = getattr(torch.compiler, "substitute_in_graph", None)
     if substitute is None:
         return
@@ -43,7 +44,6 @@ def substitute_in_compiled_code() -> None:
 
     with_torch = matmul_module._with_torch
     vendor_conv = conv_module._vendor().conv2d_forward
-    transforms_active = torch._dynamo.assume_constant_result(_transforms_active)
 
     def tensors(*xs):  # numpy arrays in compiled code: as tensors, and the result back (below)
         return [x if x is None or isinstance(x, tensor) else from_numpy(x) for x in xs]
@@ -85,11 +85,13 @@ def substitute_in_compiled_code() -> None:
             channel_order, out_dtype, layout, stats_unit, op=preprocess_op)
 
 
-def _transforms_active() -> bool:
-    """Whether a torch.func transform is active where dynamo traces: the registered ops there
-    failed ("RuntimeError when making fake tensor call"), where eager kernelkit runs torch's own
-    ops (`dispatch.torch_only`). A constant of the trace (`assume_constant_result`): queried
-    plainly, dynamo made it a node of every graph."""
+def transforms_active() -> bool:
+    """Whether a torch.func transform is active where dynamo traces (torch.compile of
+    torch.func.grad(...)): the registered ops there failed ("RuntimeError when making fake
+    tensor call"), where eager kernelkit runs torch's own ops (`dispatch.torch_only`), and so
+    must the stand-ins above and kernelkit.nn's layers. A constant of the trace
+    (`assume_constant_result`, marked once torch._dynamo loads): queried plainly, dynamo made it
+    a node of every graph."""
     import torch
 
     return torch._C._are_functorch_transforms_active()
