@@ -219,13 +219,11 @@ def _check_float_dtypes(op: str, first: str, ref, named) -> None:
 
 
 def _check_product(op: str, a, b, k, n, bias, activation, vector_x: bool = False) -> None:
-    """act(a @ b + bias) with b's reduction length `k` and its `n` columns (`vector_x`: the
-    linear op's x and weight, where x may be a vector)."""
+    """act(a @ b + bias) with b's reduction length `k` and its `n` columns, the operands' forms
+    checked already (`vector_x`: the linear op's x and weight, where x may be a vector)."""
     import torch
 
     names = ("x", "weight") if vector_x else ("a", "b")
-    if not vector_x:
-        _check_matrices(op, a, b)
     _check_float_dtypes(op, names[0], a, ((names[0], a), (names[1], b), ("bias", bias)))
     torch._check_value(a.shape[-1] == k, lambda: (
         f"{op}: the operands' reduction lengths differ: {a.shape[-1]} and {k} (shapes "
