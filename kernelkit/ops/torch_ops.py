@@ -228,6 +228,13 @@ def _check_product(op: str, a, b, k, n, bias, activation, vector_x: bool = False
     torch._check_value(a.shape[-1] == k, lambda: (
         f"{op}: the operands' reduction lengths differ: {a.shape[-1]} and {k} (shapes "
         f"{tuple(a.shape)}, {tuple(b.shape)})"))
+    _check_epilogue(op, bias, n, activation)
+
+
+def _check_epilogue(op: str, bias, n, activation) -> None:
+    """A bias of the output's `n` channels (or None) and a known activation."""
+    import torch
+
     if bias is not None:
         torch._check_value(bias.ndim == 1 and bias.shape[0] == n, lambda: (
             f"{op}: 'bias' must have shape ({n},), got {tuple(bias.shape)}"))
@@ -262,10 +269,7 @@ def _check_conv(op: str, x, weight, bias, stride, padding, dilation, groups, act
     torch._check_value(ho >= 1 and wo >= 1, lambda: (
         f"{op}: the kernel ({r}x{s}, dilation {dilation}) is larger than the padded input "
         f"({h}x{w}, padding {padding})"))
-    if bias is not None:
-        torch._check_value(bias.ndim == 1 and bias.shape[0] == k, lambda: (
-            f"{op}: 'bias' must have shape ({k},), got {tuple(bias.shape)}"))
-    check_activation(op, activation)
+    _check_epilogue(op, bias, k, activation)
 
 
 # -- linear --------------------------------------------------------------------------------------
