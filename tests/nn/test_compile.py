@@ -76,6 +76,15 @@ def _traced_ops(model: nn.Module, x: torch.Tensor, y: torch.Tensor, train: bool)
             for g in dynamo_graphs(model, run)]
 
 
+def _patched_resnet():
+    """(the model, its patched twin, a batch and its labels), seeded."""
+    torch.manual_seed(0)
+    ref = SmallResNet()
+    pat = copy.deepcopy(ref)
+    knn.patch(pat)
+    return ref, pat, torch.randn(2, 3, 16, 16), torch.randint(0, 10, (2,))
+
+
 def test_patched_model_whose_layers_chose_torch_compiles_to_torchs_own_graph():
     """Issue 11's compiled bar (patched + torch.compile at least 1.0x torch.compile) holds by
     construction where torch won the layers: the patched model traces the very ops the unpatched
@@ -103,11 +112,7 @@ def test_routes_made_under_other_knobs_do_not_put_custom_ops_into_the_graph():
     forced, as a tuning pass under KERNELKIT_TUNE=measure makes kernel routes whose in-model
     trials never run) and then run with torch winning every layer traces torch's own graph
     under those later knobs, not the custom ops of the routes it no longer runs."""
-    torch.manual_seed(0)
-    ref = SmallResNet()
-    pat = copy.deepcopy(ref)
-    knn.patch(pat)
-    x, y = torch.randn(2, 3, 16, 16), torch.randint(0, 10, (2,))
+    ref, pat, x, y = _patched_resnet()
     pat.eval()
     with kernelkit.use(backend="numba"), torch.no_grad():
         pat(x)
@@ -126,11 +131,7 @@ def test_a_route_hit_under_earlier_knobs_traces_what_those_knobs_chose(autocast)
     they read the flags again under those knobs, so the compiled graph is torch's own, as the
     routes they run are. Before, only a new route read them: the forced backend's custom ops
     stayed in the graph. Under autocast too (its routes are memoised apart)."""
-    torch.manual_seed(0)
-    ref = SmallResNet()
-    pat = copy.deepcopy(ref)
-    knn.patch(pat)
-    x, y = torch.randn(2, 3, 16, 16), torch.randint(0, 10, (2,))
+    ref, pat, x, y = _patched_resnet()
     pat.eval()
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
         with kernelkit.use(backend="torch"):
@@ -150,11 +151,7 @@ def test_a_model_compiled_before_any_eager_call_traces_torchs_own_graph():
     compiled torch), in both grad modes; an eager call that decides a kernel afterwards
     recompiles with the custom op. Before, every layer traced the custom op: a transformer
     encoder compiled that way ran 2.28x slower than compiled torch (2-vCPU Zen 4)."""
-    torch.manual_seed(0)
-    ref = SmallResNet()
-    pat = copy.deepcopy(ref)
-    knn.patch(pat)
-    x, y = torch.randn(2, 3, 16, 16), torch.randint(0, 10, (2,))
+    ref, pat, x, y = _patched_resnet()
     for train in (False, True):
         want = _traced_ops(ref, x, y, train)
         assert _traced_ops(pat, x, y, train) == want
