@@ -455,7 +455,8 @@ def _dense(t, channels_last: bool):
         return t.contiguous()
     # (clone where it is not channels_last as torch reads it: contiguous() keeps the NCHW
     # strides of a gradient with a size-1 dim, which the op would then run as NCHW)
-    return t if channels_last_memory(t) else t.clone(memory_format=torch.channels_last)
+    dense = t.is_contiguous(memory_format=torch.channels_last) and channels_last_memory(t)
+    return t if dense else t.clone(memory_format=torch.channels_last)
 
 
 _UNSAVED_BIAS = object()  # `_conv2d_grads`' bias where only its presence matters (no activation)

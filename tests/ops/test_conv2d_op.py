@@ -256,6 +256,46 @@ def test_a_size_one_dim_in_channels_last_memory_gives_torchs_memory_format(name,
         assert _memory_format(got[0]) == _memory_format(x.detach())
 
 
+# views of channels_last tensors that are not dense: torch still reads them as channels_last
+# (its strides' order) or not, and its conv's result follows that reading
+_SLICED_CHANNELS_LAST = {
+    "batch_step": (lambda t: t[::2], "x"),
+    "batch_range": (lambda t: t[1:3], "x"),
+    "channel_range": (lambda t: t[:, :4], "x"),
+    "row_step": (lambda t: t[:, :, ::2], "x"),  # (torch reads this one as NCHW)
+    "weight_out_step": (lambda t: t[::2], "w"),
+    "weight_in_range": (lambda t: t[:, :4], "xw"),
+}
+
+
+@pytest.mark.parametrize("backend", [None, *CPU_BACKENDS])
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("name", list(_SLICED_CHANNELS_LAST))
+def test_a_sliced_channels_last_tensor_gives_torchs_memory_format(name, grad, backend, rng):
+    # a batch-sliced channels_last input (x_cl[::2]) gave an NCHW result where torch's is
+    # channels_last: the op asked for dense channels_last memory
+    view, which = _SLICED_CHANNELS_LAST[name]
+    x = torch.from_numpy(rand(rng, (4, 8, 9, 7)))
+    w = torch.from_numpy(rand(rng, (12, 8, 3, 3)))
+    x = view(x.to(memory_format=torch.channels_last)) if "x" in which else x
+    w = view(w.to(memory_format=torch.channels_last)) if "w" in which else w
+    if w.shape[1] != x.shape[1]:
+        w = w[:, :x.shape[1]]
+    x.requires_grad_(grad)
+    w.requires_grad_(grad)
+    with kernelkit.use(backend=backend):
+        y = kernelkit.conv2d(x, w, padding=1)
+    want = F.conv2d(x, w, padding=1)
+    assert _memory_format(y) == _memory_format(want)
+    ref = F.conv2d(x.detach().double(), w.detach().double(), padding=1)
+    torch.testing.assert_close(y.detach().double(), ref, rtol=1e-4, atol=1e-4)
+    if grad:
+        gy = torch.from_numpy(rand(rng, tuple(y.shape)))
+        got = torch.autograd.grad(y, (x, w), gy)
+        for g1, g2 in zip(got, torch.autograd.grad(want, (x, w), gy)):
+            torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("backend", [None, *CPU_BACKENDS])
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
 def test_a_channels_last_weight_makes_the_result_channels_last_as_in_torch(backend, grad, rng):
