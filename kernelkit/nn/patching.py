@@ -55,6 +55,11 @@ def _why_not(layer: nn.Module) -> str | None:
     if cls is nn.Conv2d:
         if layer.padding_mode != "zeros":
             return f"padding_mode={layer.padding_mode!r} (kernelkit pads with zeros only)"
+        if 0 in (layer.in_channels, layer.out_channels):
+            # torch raises for no output channels and returns an empty result for no input
+            # channels; kernelkit's kernels compute the empty sums (act(bias)) instead
+            return (f"no {'output' if layer.out_channels == 0 else 'input'} channels (torch's "
+                    "own answer for an empty conv is kept)")
         return None
     if isinstance(layer, (Linear, Conv2d)):
         return "already a kernelkit layer"

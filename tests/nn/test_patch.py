@@ -469,6 +469,28 @@ def test_a_lazy_layer_not_yet_called_is_left_with_why():
     assert all("not initialised yet" in why for _, _, why in report.left), report.left
 
 
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("channels", [(3, 0), (0, 4)], ids=["no_out", "no_in"])
+def test_a_conv_without_channels_is_left_to_torch(channels, backend):
+    # patched, Conv2d(3, 0) returned an empty result where torch raises, and Conv2d(0, 4) a
+    # (1, 4, 3, 3) of act(bias) where torch returns (1, 0, 3, 3)
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="zero-element"):
+        conv = nn.Conv2d(*channels, 3)
+    model = nn.Sequential(copy.deepcopy(conv))
+    report = knn.patch(model)
+    assert type(model[0]) is nn.Conv2d and not report.swapped
+    why = {name: why for name, _, why in report.left}["0"]
+    assert ("no output channels" if channels[1] == 0 else "no input channels") in why
+    x = torch.randn(1, channels[0], 5, 5)
+    with kernelkit.use(backend=backend):
+        if channels[1] == 0:
+            with pytest.raises(RuntimeError, match="expected weight to be at least 1"):
+                model(x)
+        else:
+            assert model(x).shape == conv(x).shape == (1, 0, 3, 3)
+
+
 @pytest.mark.parametrize("mode", ["reflect", "circular", "replicate"])
 @pytest.mark.parametrize("backend", ["numba", "torch"])
 def test_a_padding_mode_set_after_patching_is_torchs(backend, mode):
