@@ -95,7 +95,29 @@ def test_epilogue(activation, with_bias, dtype):
     assert_matmul_close(c, a, b, bias, activation, acc=ACC[dtype])
 
 
+@pytest.mark.parametrize("sizes, wide", [
+    ((2**31 - 1, 8, 8), True), ((8, 2**31 - 64, 8), True), ((8, 8, 2**31 - 1), True),
+    ((2**31 - 1024, 8, 8), False), ((4096, 4096, 4096), False)])
+def test_sizes_within_a_tile_of_2_31_index_in_64_bits(sizes, wide):
+    # M in (2**31 - BLOCK_M, 2**31): cdiv's M + BLOCK_M - 1 wrapped in int32, the tile counts went
+    # negative and the last program stored its tile before C (found by review; no GPU here)
+    assert tm._needs_index_i64(*sizes, WIDE, 0) is wide
+
+
+@needs_runtime
+@pytest.mark.parametrize("activation", [None, "gelu"])
+def test_64_bit_indexing_gives_the_same_results(activation, monkeypatch):
+    # the INDEX_I64 path (sizes widened before the tile counts), forced on a small odd problem
+    monkeypatch.setattr(tm, "INT32_MAX", 64)
+    a, b = _ab(2, 97, 61, 89, torch.float32)
+    bias = _rand(89, seed=7)
+    assert tm._needs_index_i64(97, 89, 61, SMALL, 0)
+    c = matmul_forward(a, b, bias, activation, config=SMALL)
+    assert_matmul_close(c, a, b, bias, activation)
+
+
 LAYOUTS = {
+    # name: function (batch, m, k, n, dtype) -> (a, b, bias)LAYOUTS = {
     # name: function (batch, m, k, n, dtype) -> (a, b, bias)
     "a_transposed": lambda B, m, k, n, dt: (
         _rand(B, k, m, dtype=dt).transpose(1, 2), _rand(B, k, n, dtype=dt, seed=1), None),
@@ -306,7 +328,7 @@ _RUNTIME_ARGS = ("M", "N", "K", "stride_ab", "stride_am", "stride_bb", "stride_b
 
 
 def _job(dtype, cc, cfg, *, activation="gelu", has_bias=True, precision="ieee", index_i64=False,
-         sass=False, label=""):
+         sass=False, label="", asm=()):
     from triton_compile import CompileJob
 
     ptr = "*" + TL_TYPES[dtype]
@@ -321,7 +343,7 @@ def _job(dtype, cc, cfg, *, activation="gelu", has_bias=True, precision="ieee", 
     return CompileJob("kernelkit.kernels.triton.matmul", "matmul_kernel", signature, constexprs,
                       cc=cc, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                       divisible_by_16=("a_ptr", "b_ptr", "bias_ptr", "c_ptr", *_RUNTIME_ARGS),
-                      sass=sass, label=label)
+                      sass=sass, label=label, asm=asm)
 
 
 def _label(kind, cc, cfg):
@@ -404,6 +426,28 @@ def test_epilogue_variants_compile(compiled):
         assert res.metadata["stack"] == 0, f"{label} spills: {res.metadata}"
     # 64-bit offsets (a matrix over 2**31 elements) are a rare fallback: a small spill is fine.
     assert compiled["index_i64"].ok, compiled["index_i64"].error
+
+
+@pytest.mark.slow
+def test_64_bit_indexing_forms_the_tile_counts_and_rows_in_64_bits():
+    """With INDEX_I64 the sizes are widened before cdiv and before pid_m * BLOCK_M (see
+    test_sizes_within_a_tile_of_2_31_index_in_64_bits); without it all stays int32. Read from
+    the kernel's TTIR for sm_90 (no GPU needed)."""
+    import re
+
+    from triton_compile import compile_many
+
+    default16 = MatmulConfig.default(torch.float16)
+    jobs = [_job(torch.float16, 90, default16, index_i64=i64, asm=("ttir",), label=str(i64))
+            for i64 in (True, False)]
+    for job, res in zip(jobs, compile_many(jobs), strict=True):
+        assert res.ok, f"{job.label}:\n{res.error}"
+        for name in ("num_pid_m", "num_pid_n", "offs_am", "offs_bn", "step_b"):
+            types = re.findall(rf"%{name}\w* = arith\.(?:muli|addi|divsi) [^:]*: (\S+)",
+                               res.asm["ttir"])
+            assert types, (job.label, name)  # (the check reads the value it means to)
+            wide = [t.endswith(("i64", "i64>")) for t in types]
+            assert all(wide) if job.label == "True" else not any(wide), (job.label, name, types)
 
 
 @needs_runtime

@@ -101,6 +101,18 @@ def space(problem) -> list[MatmulConfig]:
     return MatmulConfig.space(problem.dtype, m, n, k)
 
 
+# The kernel forms tile counts and row/column/K indices in int: a size within a tile of 2**31
+# wraps ((K + BK - 1) / BK went negative and the K loop never ran: act(bias) came back).
+SIZE_LIMIT = INT32_MAX - max(max(c.BM, c.BN, c.BK) for c in SHIPPED_CONFIGS)  # (2**31 - 129)
+
+
+def supports(problem) -> str | None:
+    (_, m, k), (_, _, n) = problem.shapes
+    if max(m, n, k) > SIZE_LIMIT:
+        return f"M, N, K must be at most {SIZE_LIMIT} (the kernel indexes in int32)"
+    return None
+
+
 def _check_dtype(dtype) -> str:
     return _common.check_dtype("matmul", dtype)
 
@@ -209,8 +221,9 @@ def matmul_forward(a, b, bias=None, activation: str | None = None,
         out = cupy.empty((batch, m, n), dtype=a.dtype)
         if out.size == 0:
             return out
-        if max(m, n, k) > INT32_MAX:
-            raise ValueError(f"cupy matmul: M, N, K must be < 2**31, got {m}, {n}, {k}")
+        if max(m, n, k) + max(config.BM, config.BN, config.BK) > INT32_MAX:
+            raise ValueError(f"cupy matmul: M, N, K must be at most {SIZE_LIMIT} (within a tile "
+                             f"of 2**31 the kernel's int32 indices wrap), got {m}, {n}, {k}")
         blocks, threads, tiles_m, tiles_n = launch_geometry(batch, m, n, config)
         isz = a.itemsize
         sab, sam, sak = elem_strides("matmul", a.strides, isz)

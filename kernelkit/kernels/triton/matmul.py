@@ -52,12 +52,18 @@ def matmul_kernel(
     ACTIVATION: tl.constexpr,  # "", "relu", "gelu", "gelu_tanh" or "silu"
     INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32" (only matters for float32 operands)
     DOT_IN_FP32: tl.constexpr,  # interpreter only: its tl.dot is wrong on bfloat16 operands
-    INDEX_I64: tl.constexpr,  # a single matrix spans more than 2**31 elements
+    INDEX_I64: tl.constexpr,  # a matrix spans 2**31 elements, or M, N or K nearly does
 ):
     # -----------------------------------------------------------
     # Map the program id to the batch and the tile of C it computes, in grouped order so that
     # GROUP_M consecutive tile rows share the same columns of B while they are hot in L2.
     pid = tl.program_id(axis=0)
+    if INDEX_I64:
+        # (a size within a tile of 2**31 wraps in int32: in cdiv's M + BLOCK_M - 1, the tile
+        # counts went negative and the last program stored before C; in pid_m * BLOCK_M too)
+        M = M.to(tl.int64)
+        N = N.to(tl.int64)
+        K = K.to(tl.int64)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     num_pid_per_batch = num_pid_m * num_pid_n
@@ -78,6 +84,12 @@ def matmul_kernel(
         offs_k = offs_k.to(tl.int64)
     a_ptrs = a_ptr + pid_b * stride_ab + (offs_am[:, None] * stride_am + offs_k[None, :] * stride_ak)
     b_ptrs = b_ptr + pid_b * stride_bb + (offs_k[:, None] * stride_bk + offs_bn[None, :] * stride_bn)
+    if INDEX_I64:  # (a K step over rows 2**25 apart passes 2**31 elements)
+        step_a = tl.cast(stride_ak, tl.int64) * BLOCK_K
+        step_b = tl.cast(stride_bk, tl.int64) * BLOCK_K
+    else:
+        step_a = stride_ak * BLOCK_K
+        step_b = stride_bk * BLOCK_K
 
     # -----------------------------------------------------------
     # Accumulate a [BLOCK_M, BLOCK_N] tile of C in float32. The K edge is masked with zeros on
@@ -88,8 +100,8 @@ def matmul_kernel(
         a = tl.load(a_ptrs, mask=offs_k[None, :] < k_remaining, other=0.0)
         b = tl.load(b_ptrs, mask=offs_k[:, None] < k_remaining, other=0.0)
         accumulator = dot_acc(a, b, accumulator, INPUT_PRECISION, DOT_IN_FP32)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
+        a_ptrs += step_a
+        b_ptrs += step_b
 
     # -----------------------------------------------------------
     # Fused epilogue, in float32: bias, then the activation, then one cast to C's type.
@@ -205,6 +217,14 @@ def shipped_configs(dtype: torch.dtype) -> tuple[MatmulConfig, ...]:
 # Launcher
 
 
+def _needs_index_i64(M: int, N: int, K: int, config: MatmulConfig, *offsets: int) -> bool:
+    """Whether the kernel must index in int64: an operand reaches past 2**31 elements, or a size
+    comes within a tile of it (the tile counts, `pid_m * BLOCK_M + arange` and the K loop's bound
+    are formed from the sizes, which triton passes as int32 below 2**31)."""
+    reach = max(M + config.BLOCK_M, N + config.BLOCK_N, K + config.BLOCK_K)
+    return reach > INT32_MAX or max(offsets) > INT32_MAX
+
+
 @on_its_device
 def matmul_forward(
     a: torch.Tensor,
@@ -258,9 +278,10 @@ def matmul_forward(
         return c  # nothing to compute; K == 0 still launches: C = act(bias or 0)
 
     # Launch: one program per (batch, tile of C), batch-major.
-    index_i64 = max(max_offset((M, K), a.stride()[1:]), max_offset((K, N), b.stride()[1:]),
-                    max_offset((M, N), c.stride()[1:]),
-                    max_offset((N,), bias.stride()) if bias is not None else 0) > INT32_MAX
+    index_i64 = _needs_index_i64(M, N, K, config, max_offset((M, K), a.stride()[1:]),
+                                 max_offset((K, N), b.stride()[1:]),
+                                 max_offset((M, N), c.stride()[1:]),
+                                 max_offset((N,), bias.stride()) if bias is not None else 0)
     grid = (batch * triton.cdiv(M, config.BLOCK_M) * triton.cdiv(N, config.BLOCK_N),)
     if grid[0] > INT32_MAX:
         raise ValueError(f"matmul (triton): {grid[0]} tiles exceed the grid limit; use larger blocks")
