@@ -352,6 +352,33 @@ def test_emulated_nan_propagation(emu):
         assert np.isnan(y[0, :, 1:4, 1:4]).any() and not np.isnan(y[0, :, 0, :]).any()
 
 
+@pytest.mark.parametrize("groups", [1, 16], ids=["gemm", "direct"])
+def test_emulated_inf_at_padded_taps_gives_torchs_nan(emu, groups):
+    # the direct forward and the backward weight skipped padded taps, where torch (and Numba,
+    # Triton and the GEMM forward) multiply a zero in: an Inf weight or dy gave a finite border
+    # where they give NaN (found by review)
+    import torch
+    import torch.nn.functional as F
+
+    conv = _conv(dict(padding=(1, 1, 1, 1), groups=groups))
+    rng = np.random.default_rng(5)
+    x, w = _operands(rng, (1, 16, 5, 5, 16, 3, 3), conv, "float32", "NCHW", strided=False)
+    w[:, :, 0, 0] = np.inf
+    y, _ = _emu_forward(emu, x, w, None, conv, None, "NCHW", kc.Conv2dConfig.default())
+    want = F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(), padding=1,
+                    groups=groups).numpy()
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+    w[:, :, 0, 0] = 1.0
+    dy = rng.standard_normal(y.shape).astype("float32")
+    dy[0, :, 0, 0] = np.inf
+    _, dw = _emu_backward(emu, x, w, dy, conv, "NCHW")
+    xt = torch.from_numpy(x).double().requires_grad_()
+    wt = torch.from_numpy(w).double().requires_grad_()
+    F.conv2d(xt, wt, padding=1, groups=groups).backward(torch.from_numpy(dy).double())
+    assert np.isnan(wt.grad.numpy()).any()  # (the check reads what it means to)
+    np.testing.assert_array_equal(np.isnan(dw), np.isnan(wt.grad.numpy()))
+
+
 # ------------------------------------------------------------------- on a GPU (skipped elsewhere)
 
 

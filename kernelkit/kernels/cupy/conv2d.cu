@@ -211,16 +211,18 @@ __device__ __forceinline__ void fwd_direct_body(
     const T* xn = x + (ll)n * sxn;
     const T* wk = w + (ll)k * swk;
     float acc = 0.0f;
+    // A padded tap multiplies a zero into the sum, as torch and the GEMM kernel do: an Inf or
+    // NaN weight there makes the pixel NaN (skipped, it gave a finite border where they give NaN).
     for (int c = 0; c < g.Cg; ++c) {
         const T* xc = xn + (ll)(c0 + c) * sxc;
         for (int r = 0; r < g.R; ++r) {
             const int ih = oh * g.sh - g.pt + r * g.dh;
-            if (ih < 0 || ih >= g.H) continue;
+            const bool row_in = ih >= 0 && ih < g.H;
             for (int s = 0; s < g.S; ++s) {
                 const int iw = ow * g.sw - g.pl + s * g.dw;
-                if (iw < 0 || iw >= g.W) continue;
-                acc = fmaf(to_f32(xc[(ll)ih * sxh + (ll)iw * sxw]),
-                           to_f32(wk[(ll)c * swc + (ll)r * swr + (ll)s * sws]), acc);
+                const float xv = row_in && iw >= 0 && iw < g.W
+                                     ? to_f32(xc[(ll)ih * sxh + (ll)iw * sxw]) : 0.0f;
+                acc = fmaf(xv, to_f32(wk[(ll)c * swc + (ll)r * swr + (ll)s * sws]), acc);
             }
         }
     }
@@ -290,9 +292,10 @@ __device__ __forceinline__ void bwd_weight_body(
         const int n = (int)(p / ((ll)g.Wo * g.Ho));
         const int ih = oh * g.sh - g.pt + r * g.dh;
         const int iw = ow * g.sw - g.pl + s * g.dw;
-        if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
-        acc = fmaf(to_f32(dyk[(ll)n * sdyn + (ll)oh * sdyh + (ll)ow * sdyw]),
-                   to_f32(xc[(ll)n * sxn + (ll)ih * sxh + (ll)iw * sxw]), acc);
+        // (a padded pixel is a zero times dy, as in torch: an Inf or NaN dy there gives NaN)
+        const float xv = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W
+                             ? to_f32(xc[(ll)n * sxn + (ll)ih * sxh + (ll)iw * sxw]) : 0.0f;
+        acc = fmaf(to_f32(dyk[(ll)n * sdyn + (ll)oh * sdyh + (ll)ow * sdyw]), xv, acc);
     }
     red[threadIdx.x] = acc;
     __syncthreads();
