@@ -241,6 +241,26 @@ def test_nan_and_inf_propagate():
 
 
 @needs_runtime
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, on purpose
+def test_a_non_finite_weight_leaves_the_direct_input_gradient_finite_where_torchs_is(stride):
+    # the direct backward multiplied its masked taps' zero dy by the weight: one NaN or Inf
+    # weight made every dx pixel NaN, where torch's are NaN or Inf only where its taps land
+    # (found by review). (The GEMM kernel still does: its dot cannot mask per row.)
+    dy = _rand(1, 8, 5 if stride == 1 else 3, 5 if stride == 1 else 3, seed=21)
+    w = _rand(8, 1, 3, 3, seed=22)
+    w[0, 0, 2, 2] = float("nan")
+    w[3, 0, 0, 1] = float("inf")
+    conv = dict(stride=(stride, stride), padding=(1, 1, 1, 1), groups=8)
+    assert kernel_kind(8, 8, 3, 3, 8) == "direct"
+    dx = conv2d_backward_input(dy, w, (5, 5), config=BIG, **conv)
+    want = torch.nn.grad.conv2d_input((1, 8, 5, 5), w.double(), dy.double(), stride=stride,
+                                      padding=1, groups=8)
+    assert torch.isfinite(want).any() and not torch.isfinite(want).all()
+    torch.testing.assert_close(dx.double(), want, rtol=1e-4, atol=1e-4, equal_nan=True)
+
+
+@needs_runtime
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_every_shipped_config(dtype):
     for kind, dims, groups in (("gemm", (1, 24, 7, 6, 40, 3, 3), 1),

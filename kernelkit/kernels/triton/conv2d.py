@@ -451,7 +451,10 @@ def conv2d_bwd_input_direct_kernel(
                               mask=row_ok[:, None] & n_ok[None, :], other=0.0)
                 wv = tl.load(w_col + (kk * stride_wk + r * stride_wr + s * stride_ws),
                              mask=n_ok, other=0.0)
-                acc += dyv.to(tl.float32) * wv.to(tl.float32)[None, :]
+                # (a tap no output pixel reads adds nothing: 0 * an Inf or NaN weight made every
+                # pixel NaN where torch's are NaN only where the weight's taps land)
+                acc += tl.where(row_ok[:, None], dyv.to(tl.float32) * wv.to(tl.float32)[None, :],
+                                0.0)
 
     dx_ptrs = (dx_ptr + (nb * stride_dxn + ih * stride_dxh + iw * stride_dxw)[:, None]
                + (c_in * stride_dxc)[None, :])
