@@ -252,8 +252,12 @@ def conv2d_forward(x, weight, bias=None, stride=(1, 1), padding=(0, 0, 0, 0), di
         if not isinstance(bias, cupy.ndarray) or bias.shape != (k,):
             raise ValueError(f"cupy {op}: bias must be a cupy array of shape ({k},), got "
                              f"{getattr(bias, 'shape', type(bias).__name__)}")
+        if bias.device.id != x.device.id:
+            raise ValueError(f"cupy {op}: bias must be on x's device {x.device.id}, got "
+                             f"{bias.device.id}")
         if bias.dtype != x.dtype:
-            bias = bias.astype(x.dtype)
+            with bias.device:  # (astype allocates on the current device)
+                bias = bias.astype(x.dtype)
     config = _check_config(op, config, dtype)
 
     with x.device:

@@ -205,14 +205,14 @@ def matmul_forward(a, b, bias=None, activation: str | None = None,
     if activation not in ACT_CODES:
         raise ValueError(f"cupy matmul: activation must be one of None, {', '.join(ACTIVATIONS)}; "
                          f"got {activation!r}")
-    if bias is not None:
-        if not isinstance(bias, cupy.ndarray) or bias.shape != (n,):
-            raise ValueError(f"cupy matmul: bias must be a cupy array of shape ({n},), got "
-                             f"{getattr(bias, 'shape', type(bias).__name__)}")
-        if bias.dtype != a.dtype:
-            bias = bias.astype(a.dtype)
+    if bias is not None and (not isinstance(bias, cupy.ndarray) or bias.shape != (n,)):
+        raise ValueError(f"cupy matmul: bias must be a cupy array of shape ({n},), got "
+                         f"{getattr(bias, 'shape', type(bias).__name__)}")
     if a.device.id != b.device.id or (bias is not None and bias.device.id != a.device.id):
         raise ValueError("cupy matmul: all arrays must be on the same device")
+    if bias is not None and bias.dtype != a.dtype:
+        with bias.device:  # (astype allocates on the current device)
+            bias = bias.astype(a.dtype)
     config = config or MatmulConfig.default(dtype)
     if not isinstance(config, MatmulConfig):
         raise TypeError(f"cupy matmul: config must be a MatmulConfig, got {type(config).__name__}")
