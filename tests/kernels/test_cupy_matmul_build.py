@@ -292,6 +292,26 @@ def test_emulated_epilogue_every_activation(emu, act):
         reference.assert_matmul_close(out, a, b, bias, act)
 
 
+def test_emulated_gelu_and_silu_hold_their_relative_accuracy_in_the_tails(emu):
+    # relative to the value itself (the matmul bound, floored at 1, cannot see the tails): SiLU
+    # was x / (1 + exp(-x)), -0.0 below -88.72 where it is a float32 normal down to -91.8
+    import torch
+
+    x = np.concatenate([np.linspace(-9, -0.01, 2011, dtype=np.float32),
+                        np.array([-91.5, -90.0, -89.0, -88.7, -88.1], np.float32)])
+    x64 = torch.from_numpy(x).double()
+    want = {"gelu": (0.5 * x64 * torch.special.erfc(-x64 / np.sqrt(2))).numpy(),
+            "silu": (x64 * torch.sigmoid(x64)).numpy()}
+    # (GELU: the rounding of x / sqrt 2 before erfcf squares it, 4.4e-6 near -9, as in Numba)
+    for act, bound in (("gelu", 1.5e-5), ("silu", 1e-6)):
+        ref = want[act]
+        got = _emu_matmul(emu, x.reshape(1, -1, 1), np.ones((1, 1, 1), np.float32), None, act,
+                          km.MatmulConfig(32, 32, 8, 4, 4))[0, :, 0].astype(np.float64)
+        keep = np.abs(ref) >= np.finfo(np.float32).tiny  # (float32 normals)
+        err = np.abs(got - ref)[keep] / np.abs(ref)[keep]
+        assert err.max() <= bound, (act, float(err.max()), float(x[keep][np.argmax(err)]))
+
+
 def test_emulated_k_zero_and_nan_propagation(emu):
     cfg = km.MatmulConfig(32, 32, 8, 4, 4)
     a = np.zeros((2, 5, 0), np.float32)

@@ -22,8 +22,11 @@ __device__ __forceinline__ float apply_act(float v, int act) {
             const float inner = 0.79788456080286535588f * (v + 0.044715f * v * v * v);
             return v / (1.0f + expf(-2.0f * inner));
         }
-        case ACT_SILU:  // torch's formula: x / (1 + exp(-x))
-            return v / (1.0f + expf(-v));
+        case ACT_SILU: {  // torch's x / (1 + exp(-x)), as x e / (1 + e), e = exp(x), for x < 0:
+            // exp(-x) overflowed below -88.72, where SiLU is a float32 normal down to -91.8
+            const float e = expf(-fabsf(v));
+            return (v < 0.0f ? v * e : v) / (1.0f + e);
+        }
         default:
             return v;
     }

@@ -983,10 +983,13 @@ def _act_row_ov(c, o, cols, act):
                     v = c[_U(o + j)]
                     c[_U(o + j)] = v / (_F1 + exp_f32(_M2SQRT2_PI * v * (_F1 + _GELU_C * v * v)))
             elif act == ACT_SILU:
-                # x * sigmoid(x) == x / (1 + exp(-x)), torch's formula (and its accuracy)
+                # x * sigmoid(x) == x / (1 + exp(-x)) for x >= 0 (torch's formula and its
+                # accuracy), x e / (1 + e) with e = exp(x) below: exp(-x) overflowed past
+                # -88.72, and SiLU was -0.0 where it is a float32 normal down to -91.8
                 for j in range(cols):
                     v = c[_U(o + j)]
-                    c[_U(o + j)] = v / (_F1 + exp_f32(-v))
+                    e = exp_f32(-abs(v))
+                    c[_U(o + j)] = (v if v >= _F0 else v * e) / (_F1 + e)
         return impl
 
     def impl(c, o, cols, act):

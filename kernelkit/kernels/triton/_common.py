@@ -54,7 +54,10 @@ def apply_activation(x, ACTIVATION: tl.constexpr):
         y = 0.7978845608028654 * (x + 0.044715 * x * x * x)
         x = x / (1.0 + tl.exp(-2.0 * y))
     elif ACTIVATION == "silu":
-        x = x / (1.0 + tl.exp(-x))
+        # x / (1 + exp(-x)), as x e / (1 + e) with e = exp(x) for x < 0: exp(-x) overflowed
+        # below -88.72 and SiLU was -0.0 where it is a float32 normal down to -91.8
+        e = tl.exp(-tl.abs(x))
+        x = tl.where(x < 0.0, x * e, x) / (1.0 + e)
     return x
 
 
