@@ -9,7 +9,6 @@ import os
 import queue
 import threading
 import time
-import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -161,6 +160,7 @@ class _Production:
         self.queue: queue.Queue = queue.Queue(maxsize=loader.prefetch)
         self.stopping = threading.Event()
         self.pool = ThreadPoolExecutor(loader.decode_threads, thread_name_prefix="kk-decode")
+        self.thread: threading.Thread | None = None  # (set by its `_Epoch`)
 
     def _load(self, i: int):
         lo = self.loader
@@ -210,6 +210,7 @@ class _Production:
         finally:
             if self.stopping.is_set():
                 self.pool.shutdown(wait=False, cancel_futures=True)
+            _RUNNING.discard(self)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -226,10 +227,10 @@ class _Epoch:
         self.queue = self.production.queue
         self.last = None
         self.done = False
-        self.thread = threading.Thread(target=self.production.produce, name="kk-loader",
-                                       daemon=True)
+        self.thread = self.production.thread = threading.Thread(
+            target=self.production.produce, name="kk-loader", daemon=True)
+        _RUNNING.add(self.production)
         self.thread.start()
-        _LIVE.add(self)
 
     def __iter__(self):
         return self
@@ -262,21 +263,24 @@ class _Epoch:
         self.close()
 
 
-# Epochs whose producer may still run, stopped at interpreter exit (`_stop_at_exit`)
-_LIVE: weakref.WeakSet = weakref.WeakSet()
+# Producers still running (each leaves when its thread ends), stopped at interpreter exit
+# (`_stop_at_exit`). Not the epochs: an epoch left by a `break` or an exception is collected
+# while its producer still finishes the batch it is on.
+_RUNNING: set[_Production] = set()
 EXIT_WAIT_S = 5.0
 
 
 @atexit.register
 def _stop_at_exit() -> None:
-    """Stop every live epoch's producer and wait for it to leave its kernel. Why: a script that
+    """Stop every running producer and wait for it to leave its kernel. Why: a script that
     ended while a thread still iterated a Loader (a training stream in a daemon thread) aborted
     about one run in two with "terminate called without an active exception" (exit 134): the
     producer was inside a preprocess kernel on torch's OpenMP threads while the runtime's
-    destructors ran."""
+    destructors ran. So did a script that left an epoch (`break`, an exception, `sys.exit`) just
+    before it ended, 3-4 runs in 4: the epoch was collected, and with it this list's entry."""
     deadline = time.monotonic() + EXIT_WAIT_S
-    epochs = list(_LIVE)
-    for e in epochs:
-        e.close()
-    for e in epochs:
-        e.thread.join(max(0.0, deadline - time.monotonic()))
+    running = list(_RUNNING)
+    for p in running:
+        p.stop()
+    for p in running:
+        p.thread.join(max(0.0, deadline - time.monotonic()))

@@ -334,6 +334,41 @@ def test_an_epoch_left_by_a_break_stops_its_threads(items):
                 if t.name.startswith(("kk-loader", "kk-decode"))]
 
 
+_LEAVE_AN_EPOCH = """
+import sys, kernelkit
+from kernelkit.data import make_jpegs
+data = [(j, 0) for j in make_jpegs(32, [(480, 640)], seed=0)]
+loader = kernelkit.data.Loader(data, batch_size=16, size=224, mean=(0.5,) * 3, std=(0.25,) * 3,
+                               stats_unit="unit", augment=True, device="cpu")
+for x, y in loader:
+    pass
+for x, y in loader:
+    if sys.argv[1] == "raise":
+        raise RuntimeError("the training step failed")
+    break
+"""
+
+
+def test_a_script_that_leaves_an_epoch_and_ends_exits_with_its_own_status(tmp_path):
+    """A script that left an epoch (`break`, an exception) and then ended aborted 7 runs in 8
+    with "terminate called without an active exception" (exit 134): the collected epoch had
+    left the list `_stop_at_exit` waits on while its producer was still in a kernel."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "leave.py"
+    script.write_text(_LEAVE_AN_EPOCH)
+    env = {**os.environ, "KERNELKIT_CACHE_DIR": str(tmp_path / "cache"),
+           "PYTHONPATH": str(Path(kernelkit.__file__).resolve().parent.parent)}
+    env.pop("KERNELKIT_COMPILE")  # (a user's default, background compiles: with the tests'
+    # foreground compiles the script did not abort)
+    for how, status in (("raise", 1), ("break", 0)) * 2:
+        run = subprocess.run([sys.executable, str(script), how], capture_output=True, text=True,
+                             timeout=300, env=env)
+        assert run.returncode == status, (how, run.returncode, run.stderr[-2000:])
+        assert "terminate called" not in run.stderr
+
+
 def test_a_jpeg_with_extraneous_bytes_decodes_as_pil_decodes_it(items):
     """libjpeg's "Corrupt JPEG data: 3 extraneous bytes before marker 0xd9" is a warning (PIL
     decodes such files, which real datasets have); simplejpeg's strict mode raised it, and one
