@@ -1,4 +1,4 @@
-"""The `kernelkit` command: info, tune, warmup, cache, explain, bench."""
+"""The `kernelkit` command: info, tune, warmup, cache, explain, bench, data-bench."""
 
 from __future__ import annotations
 
@@ -67,6 +67,8 @@ def cmd_tune(args: argparse.Namespace, con: Console) -> int:
         raise ValueError(f"--threads must be >= 0 (0: leave the pools as they are), --shards >= 1 "
                          f"and --gpus >= 0, got {args.threads}, {args.shards} and {args.gpus}")
     _check_where(args.where)
+    for flag, path in (("--json", args.json), ("--out", args.out)):
+        _check_writable(flag, path)  # (before the tuning, not after it)
     if args.threads and args.shards <= 1:
         generate.pin_threads(args.threads)
     if args.shapes:
@@ -93,11 +95,6 @@ def cmd_tune(args: argparse.Namespace, con: Console) -> int:
                                  remeasure=args.remeasure, threads=args.threads,
                                  progress=lambda r: bar.advance(task), starting=starting)
     generate.release_group()  # under torchrun: the ranks end the group together
-    if args.json:
-        Path(args.json).write_text(json.dumps([generate.row_dict(r) for r in rows], indent=1))
-    if args.out:
-        doc = _cache().export()
-        Path(args.out).write_text(json.dumps(doc, indent=1, sort_keys=True))
     t = Table(title=f"kernelkit tune: {name}, data on {where}, cache {_cache().path}")
     for col in ("op", "size", "dtype", "chosen", "runs on", "config", "time", "GFLOP/s",
                 "vendor", "vendor time", "speed-up", "timed"):
@@ -118,6 +115,12 @@ def cmd_tune(args: argparse.Namespace, con: Console) -> int:
               "timed, so the times are a hint only (the next tuning times it again, up to 3 "
               "busy timings running). A value "
               "below 1 cannot happen unless the vendor failed verification.")
+    # (written after the table is printed: a file that fails to write loses nothing shown)
+    if args.json:
+        Path(args.json).write_text(json.dumps([generate.row_dict(r) for r in rows], indent=1))
+    if args.out:
+        doc = _cache().export()
+        Path(args.out).write_text(json.dumps(doc, indent=1, sort_keys=True))
     if not _cache().writable and not args.out:
         # (the table is this run's only record: the process, and its in-memory cache, ends)
         con.print(f"[red]kernelkit tune: cannot write the autotune cache {_cache().path}: "
@@ -128,6 +131,23 @@ def cmd_tune(args: argparse.Namespace, con: Console) -> int:
 
 def _us(s: float | None) -> str:
     return "-" if s is None else f"{s * 1e6:,.1f} us"
+
+
+def _check_writable(flag: str, path: str | None) -> None:
+    """Raise where `path` cannot be written (its folder missing or read-only, or a read-only
+    file): said before a run whose result it would hold, not after."""
+    if path is None:
+        return
+    import os
+
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise ValueError(f"{flag} {path}: is a folder, not a file")
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {path}: the folder {folder} does not exist")
+    if not os.access(target if target.exists() else folder, os.W_OK):
+        raise ValueError(f"{flag} {path}: cannot write there (permission denied)")
 
 
 def _check_where(where: str | None) -> None:
@@ -160,7 +180,7 @@ def cmd_cache(args: argparse.Namespace, con: Console) -> int:
         from .autotune import generate
 
         if not args.shapes:
-            raise ValueError("cache coverage takes --shapes FILE")
+            raise ValueError("coverage takes --shapes FILE")
         rows = generate.coverage(generate.load_shapes(args.shapes))
         if args.json:
             print(json.dumps(rows, indent=1))
@@ -180,7 +200,7 @@ def cmd_cache(args: argparse.Namespace, con: Console) -> int:
         return _verify(cache, args, con)
     if args.action == "export":
         if len(args.files) != 1:
-            raise ValueError("cache export takes one FILE")
+            raise ValueError("export takes one FILE")
         doc = cache.export()
         Path(args.files[0]).write_text(json.dumps(doc, indent=1, sort_keys=True))
         con.print(f"wrote {len(doc['entries'])} entries ({len(doc['header']['fingerprints'])} "
@@ -188,7 +208,7 @@ def cmd_cache(args: argparse.Namespace, con: Console) -> int:
         return 0
     if args.action == "import":
         if not args.files:
-            raise ValueError("cache import takes FILE [FILE ...]")
+            raise ValueError("import takes FILE [FILE ...]")
         for f in args.files:
             records, fps = cache_mod.read_export(f)
             older = cache.import_records(records, fps)
@@ -201,7 +221,7 @@ def cmd_cache(args: argparse.Namespace, con: Console) -> int:
         return 0
     if args.action == "merge":
         if len(args.files) < 2 or not args.out:
-            raise ValueError("cache merge takes A B [...] --out C")
+            raise ValueError("merge takes A B [...] --out C")
         doc = cache_mod.merge_exports(args.files)
         Path(args.out).write_text(json.dumps(doc, indent=1, sort_keys=True))
         con.print(f"merged {len(args.files)} files into {args.out}: {len(doc['entries'])} entries")
@@ -464,7 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="also write the rows to this file")
     s.set_defaults(fn=cmd_tune)
 
-    s = sub.add_parser("cache", help="show, clear, export, import or merge autotune caches")
+    s = sub.add_parser("cache", help="show, clear, export, import, merge, verify autotune "
+                                     "caches; their path; a shapes file's coverage")
     s.add_argument("action", nargs="?", default="show",
                    choices=("show", "clear", "path", "export", "import", "merge", "coverage",
                             "verify"), help="what to do (default: show)")
@@ -478,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fix", action="store_true",
                    help="verify: rewrite drifted entries with the new timings and winner")
     s.add_argument("--quiet", action="store_true", help="verify: no progress bar")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true",
+                   help="show, coverage, verify: print JSON instead of a table")
     s.set_defaults(fn=cmd_cache)
 
     specs = [sp for sp in core.op_specs() if sp.cli_inputs is not None]
@@ -540,10 +562,15 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args, con)
     except (ValueError, TypeError, OSError) as exc:  # (OSError: a file to read or write)
         # escaped: a message's own brackets ("[op, dims, dtype]") are not rich markup
-        # (a message that names kernelkit already is not prefixed twice)
-        con.print(f"[red]kernelkit {args.command}: "
-                  f"{escape(str(exc).removeprefix('kernelkit: '))}")
+        # (a message that names kernelkit or the command already is not prefixed twice)
+        msg = str(exc).removeprefix("kernelkit: ").removeprefix(f"{args.command}: ")
+        con.print(f"[red]kernelkit {args.command}: {escape(msg)}")
         return 2
+    except KeyboardInterrupt:  # (Ctrl-C: a line, not a traceback through the tuner's threads)
+        con.print(f"[red]kernelkit {args.command}: interrupted"
+                  + (" (what was measured before is in the cache)"
+                     if args.command == "tune" else ""))
+        return 130
     except MemoryError as exc:  # (numpy's own names the bytes: an `explain` of a huge size)
         con.print(f"[red]kernelkit {args.command}: out of memory: "
                   f"{escape(str(exc) or 'the inputs do not fit')}")

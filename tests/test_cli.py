@@ -398,3 +398,81 @@ def test_warmup_that_cannot_write_the_numba_cache_fails_and_says_where_kernels_w
         assert capsys.readouterr().err == ""
     finally:
         _cache.cache_dir.cache_clear()  # (monkeypatch restores the variable; the folder follows)
+
+
+def test_an_output_file_that_cannot_be_written_is_said_before_the_tuning(tmp_path, monkeypatch,
+                                                                         capsys):
+    """`tune --json /nonexistent/x.json` tuned every size, then printed only the write error:
+    the table was lost (it was written before the table was printed)."""
+    from kernelkit import cli
+    from kernelkit.autotune import generate
+
+    monkeypatch.setenv("KERNELKIT_CACHE_DIR", str(tmp_path))
+    tuned = []
+    monkeypatch.setattr(generate, "generate", lambda *a, **k: tuned.append(a) or [])
+    shapes = '[["matmul", [4, 4, 4]]]'
+    for flag in ("--json", "--out"):
+        assert cli.main(["tune", "--shapes", shapes, flag, str(tmp_path / "no" / "x.json")]) == 2
+        assert f"kernelkit tune: {flag} " in capsys.readouterr().out and not tuned
+        assert cli.main(["tune", "--shapes", shapes, flag, str(tmp_path)]) == 2
+        assert "is a folder" in capsys.readouterr().out and not tuned
+    assert cli.main(["tune", "--shapes", shapes, "--json", str(tmp_path / "rows.json")]) == 0
+    assert tuned and json.loads((tmp_path / "rows.json").read_text()) == []
+
+
+def test_a_shapes_row_with_dims_that_are_not_integers_gets_a_message(tmp_path, monkeypatch,
+                                                                      capsys):
+    """[8.5, 8, 8] was tuned as 8x8x8 without a word (int(8.5)); True as 1."""
+    from kernelkit import cli
+
+    monkeypatch.setenv("KERNELKIT_CACHE_DIR", str(tmp_path))
+    for dims in ("[8.5, 8, 8]", "[8, true, 8]", '[8, "8", 8]'):
+        assert cli.main(["tune", "--shapes", f'[{{"op": "matmul", "dims": {dims}}}]']) == 2
+        assert "with integer dims" in capsys.readouterr().out, dims
+
+
+def test_cache_and_data_bench_errors_name_the_command_once(tmp_path, monkeypatch, capsys):
+    """"kernelkit cache: cache export takes one FILE", "kernelkit data-bench: data-bench: no
+    image files ..."."""
+    from kernelkit import cli
+
+    monkeypatch.setenv("KERNELKIT_CACHE_DIR", str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    for args, start in ((["cache", "export"], "kernelkit cache: export takes one FILE"),
+                        (["cache", "import"], "kernelkit cache: import takes FILE"),
+                        (["cache", "merge", "a"], "kernelkit cache: merge takes A B"),
+                        (["cache", "coverage"], "kernelkit cache: coverage takes --shapes"),
+                        (["data-bench", "--folder", str(tmp_path / "empty")],
+                         "kernelkit data-bench: no image files")):
+        assert cli.main(args) == 2, args
+        assert capsys.readouterr().out.strip().startswith(start), args
+
+
+def test_the_help_names_every_command_and_cache_action(capsys):
+    from kernelkit import cli
+
+    parser = cli.build_parser()
+    text = parser.format_help()
+    for command in ("info", "tune", "warmup", "cache", "explain", "bench", "data-bench"):
+        assert command in text.split("positional arguments")[0], command
+    import argparse
+
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    cache_help = next(a.help for a in commands._choices_actions if a.dest == "cache")
+    for action in ("show", "clear", "export", "import", "merge", "verify", "path", "coverage"):
+        assert action in cache_help, action
+
+
+def test_ctrl_c_gives_a_line_and_exit_130_not_a_traceback(tmp_path, monkeypatch, capsys):
+    from kernelkit import cli
+    from kernelkit.autotune import generate
+
+    monkeypatch.setenv("KERNELKIT_CACHE_DIR", str(tmp_path))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate, "generate", interrupted)
+    assert cli.main(["tune", "--shapes", '[["matmul", [4, 4, 4]]]']) == 130
+    out = capsys.readouterr().out
+    assert out.startswith("kernelkit tune: interrupted") and "Traceback" not in out

@@ -91,7 +91,9 @@ def load_shapes(path: str | os.PathLike) -> list[tuple[str, tuple[int, ...], str
         try:
             op, dims, dtype = (r["op"], r["dims"], r.get("dtype")) \
                 if isinstance(r, dict) else (r[0], r[1], r[2] if len(r) > 2 else None)
-            dims = tuple(int(d) for d in dims)
+            if not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+                raise TypeError  # (int(8.5) tuned 8 without a word)
+            dims = tuple(dims)
         except (KeyError, IndexError, TypeError, ValueError):
             raise ValueError(f"{path}: row {i} must be {{\"op\", \"dims\", \"dtype\"}} or "
                              f"[op, dims, dtype] with integer dims, got {r!r}") from None
