@@ -57,6 +57,23 @@ def _activation_backward(name: str, grad, z):
     raise ValueError(f"kernelkit: no backward for activation {name!r}")
 
 
+def _saved_output(activation, output):
+    """What a registered op's setup_context saves of its output: a fused ReLU's (its gradient
+    is read off the output, as torch's relu's is); None for the other activations, whose
+    backward recomputes the pre-activation (a product or a conv more). Before, the ReLU's
+    recomputed it too: a third GEMM or conv per training step under torch.compile."""
+    return output if activation == "relu" else None
+
+
+def _through_saved_relu(activation, grad, output):
+    """(grad, activation) for the gradient helpers: a ReLU applied from its saved `output`."""
+    if output is None:
+        return grad, activation
+    import torch
+
+    return torch.ops.aten.threshold_backward(grad, output, 0), None
+
+
 def _body(fn, *args, **kwargs):
     """``fn(*args, **kwargs)`` (a kernelkit op) as the body of a registered op. Under
     torch.jit.trace the trace has recorded the registered op itself, so the kernelkit op must
@@ -135,7 +152,7 @@ def _matmul_grads(mm, a, b, bias, act, tf32, needs, grad, shapes=None):
     """The gradients of act(a @ b + bias), every product through `mm` (an op with the signature
     of kernelkit::matmul): the custom op's formula and the eager Function's. `shapes`: those of
     a and b, where one of them was not saved (None: a gradient that does not need it)."""
-    if act is not None:  # (the registered ops) recompute the pre-activation, not stored
+    if act is not None:  # (the registered ops' GELU and SiLU) recompute the pre-activation
         grad = _activation_backward(act, grad, mm(a, b, bias, None, tf32))
     a_shape, b_shape = shapes or (a.shape, b.shape)
     ga = gb = gbias = None
@@ -179,11 +196,13 @@ def matmul_op():
 
     def setup_context(ctx, inputs, output):
         a, b, bias, activation, allow_tf32 = inputs
-        ctx.save_for_backward(a, b, bias)
+        ctx.save_for_backward(a, b, bias, _saved_output(activation, output))
         ctx.activation, ctx.allow_tf32 = activation, allow_tf32
 
     def backward(ctx, grad):
-        return (*_matmul_grads(kk_matmul, *ctx.saved_tensors, ctx.activation, ctx.allow_tf32,
+        a, b, bias, out = ctx.saved_tensors
+        grad, act = _through_saved_relu(ctx.activation, grad, out)
+        return (*_matmul_grads(kk_matmul, a, b, bias, act, ctx.allow_tf32,
                                ctx.needs_input_grad, grad), None, None)
 
     kk_matmul.register_autograd(backward, setup_context=setup_context)
@@ -303,13 +322,14 @@ def linear_op():
 
     def setup_context(ctx, inputs, output):
         x, weight, bias, activation, allow_tf32 = inputs
-        ctx.save_for_backward(x, weight, bias)
+        ctx.save_for_backward(x, weight, bias, _saved_output(activation, output))
         ctx.activation, ctx.allow_tf32 = activation, allow_tf32
 
     def backward(ctx, grad):
-        x, weight, bias = ctx.saved_tensors
-        act, tf32, needs = ctx.activation, ctx.allow_tf32, ctx.needs_input_grad
-        if act is not None:  # (the registered ops) recompute the pre-activation, not stored
+        x, weight, bias, out = ctx.saved_tensors
+        grad, act = _through_saved_relu(ctx.activation, grad, out)
+        tf32, needs = ctx.allow_tf32, ctx.needs_input_grad
+        if act is not None:  # (GELU and SiLU) recompute the pre-activation, not stored
             grad = _activation_backward(act, grad, kk_linear(x, weight, bias, None, tf32))
         g2 = rows(grad, weight.shape[0])
         gx = gw = gb = None
@@ -471,7 +491,7 @@ def _conv2d_grads(ops, x, weight, bias, geo, activation, layout, tf32, needs, gr
     (None: a gradient that does not need it)."""
     conv, bwd_input, bwd_weight = ops
     x_shape, w_shape, x_cl = unsaved or (x.shape, weight.shape, _channels_last(x, layout))
-    if activation is not None:  # (the registered op) recompute the pre-activation, not stored
+    if activation is not None:  # (the registered op's GELU, SiLU) recompute the pre-activation
         grad = _activation_backward(activation, grad, conv(x, weight, bias, *geo, None, layout,
                                                            tf32))
     grad = _dense(grad, x_cl)
@@ -518,13 +538,16 @@ def conv2d_op():
 
     def setup_context(ctx, inputs, output):
         x, weight, bias, stride, padding, dilation, groups, activation, layout, tf32 = inputs
-        ctx.save_for_backward(x, weight, bias)
+        ctx.save_for_backward(x, weight, bias, _saved_output(activation, output))
         ctx.geo = (stride, padding, dilation, groups)
         ctx.rest = (activation, layout, tf32)
 
     def backward(ctx, grad):
-        return (*_conv2d_grads((kk_conv2d, bwd_input, bwd_weight), *ctx.saved_tensors, ctx.geo,
-                               *ctx.rest, ctx.needs_input_grad, grad),
+        x, weight, bias, out = ctx.saved_tensors
+        activation, layout, tf32 = ctx.rest
+        grad, activation = _through_saved_relu(activation, grad, out)
+        return (*_conv2d_grads((kk_conv2d, bwd_input, bwd_weight), x, weight, bias, ctx.geo,
+                               activation, layout, tf32, ctx.needs_input_grad, grad),
                 None, None, None, None, None, None, None)
 
     kk_conv2d.register_autograd(backward, setup_context=setup_context)

@@ -243,3 +243,50 @@ def test_the_fakes_raise_what_the_ops_raise(name):
         call()                                              # words or the registered op's)
     with FakeTensorMode(), pytest.raises(error, match="kernelkit::"):
         call()
+
+
+class _KernelkitOpCount(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the kernelkit ops dispatched while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.namespace == "kernelkit"
+        return func(*args, **(kwargs or {}))
+
+
+_RELU_SAVED = {
+    "matmul": (lambda a, w, b, act: matmul_op()(a, w.t(), b, act, False),
+               lambda a, w, b: a @ w.t() + b, (6, 5)),
+    "linear": (lambda a, w, b, act: linear_op()(a, w, b, act, False),
+               lambda a, w, b: torch.nn.functional.linear(a, w, b), (6, 5)),
+    "conv2d": (lambda a, w, b, act: conv2d_op()(a, w, b, [1, 1], [1, 1, 1, 1], [1, 1], 1, act,
+                                                None, False),
+               lambda a, w, b: torch.nn.functional.conv2d(a, w, b, padding=1), (2, 5, 6, 7)),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", list(_RELU_SAVED))
+def test_a_registered_ops_fused_relu_backward_reads_its_output(op, backend):
+    # the registered ops' backward (torch.compile's training graphs, create_graph) recomputed
+    # the product for a fused ReLU: a third GEMM or conv per step; GELU and SiLU still do
+    kk, ref, x_shape = _RELU_SAVED[op]
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(x_shape, generator=g, requires_grad=True)
+    w = torch.randn((4, 5, 3, 3) if op == "conv2d" else (4, 5), generator=g, requires_grad=True)
+    b = torch.randn(4, generator=g, requires_grad=True)
+    for act, ops in (("relu", 2), ("gelu", 3)):
+        with kernelkit.use(backend=backend):
+            y = kk(x, w, b, act)
+        gy = torch.randn(y.shape, generator=g)
+        with _KernelkitOpCount() as counted, kernelkit.use(backend=backend):
+            got = torch.autograd.grad(y, (x, w, b), gy)
+        assert counted.count == ops, (act, counted.count)
+        z = ref(x, w, b)
+        want = torch.autograd.grad(torch.relu(z) if act == "relu"
+                                   else torch.nn.functional.gelu(z), (x, w, b), gy)
+        for g1, g2 in zip(got, want):
+            torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-4)
