@@ -7,8 +7,10 @@ Numba backend forced: the median over 15 blocks of 3 steps, in ms, after 5 warm-
     done
 
 Cases: ``linear_<act>`` is Linear(1024, 1024) on a (512, 1024) input that needs its gradient;
-``conv_<act>`` is Conv2d(128, 128, 3, padding=1) on (8, 128, 28, 28). Before/after a change:
-run it with PYTHONPATH set to a worktree of the older commit, alternated with this checkout.
+``conv_<act>`` is Conv2d(128, 128, 3, padding=1) on (8, 128, 28, 28). A second argument
+``compiled`` runs the layer under ``torch.compile(fullgraph=True)``: the registered op and its
+registered backward (the eager Function otherwise). Before/after a change: run it with
+PYTHONPATH set to a worktree of the older commit, alternated with this checkout.
 """
 
 from __future__ import annotations
@@ -35,8 +37,13 @@ def main() -> None:
         layer = knn.Conv2d(128, 128, 3, padding=1, activation=act)
         x = torch.randn(8, 128, 28, 28, requires_grad=True)
 
+    run = layer
+    if len(sys.argv) > 2 and sys.argv[2] == "compiled":
+        run = torch.compile(layer, fullgraph=True)
+        which += " compiled"
+
     def step() -> None:
-        layer(x).sum().backward()
+        run(x).sum().backward()
 
     with kernelkit.use(backend="numba"):
         for _ in range(5):

@@ -3,7 +3,6 @@
 A kernel file only knows how to launch its own kernel: no dispatch, no tuning, no array conversion.
 """
 
-import functools
 import math
 
 import numpy as np
@@ -34,9 +33,19 @@ def check_flag(op: str, name: str, value) -> None:
 ACT_CODES: dict[str | None, int] = {None: 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
 
 
-@functools.cache
 def torch_activations() -> dict:
-    """The activations as torch functions: the vendor's epilogue and the float64 references'."""
+    """The activations as torch functions: the vendor's epilogue and the float64 references'.
+    (Built once into a plain dict, not behind functools.cache: torch.compile warned "Dynamo
+    detected a call to a functools.lru_cache-wrapped function" on every patched model.)"""
+    if not _TORCH_ACTIVATIONS:
+        _TORCH_ACTIVATIONS.update(_torch_activations())
+    return _TORCH_ACTIVATIONS
+
+
+_TORCH_ACTIVATIONS: dict = {}
+
+
+def _torch_activations() -> dict:
     import torch
     import torch.nn.functional as F
 

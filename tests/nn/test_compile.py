@@ -268,3 +268,17 @@ def test_a_compiled_func_grad_over_a_kernel_layer_runs_torchs_op():
     want = grad(loss(ref))({k: v.detach() for k, v in ref.named_parameters()}, x)
     for k in want:
         torch.testing.assert_close(got[k], want[k])
+
+
+def test_compiling_a_layer_with_a_fused_activation_warns_of_nothing_of_kernelkits():
+    """torch.compile of a kernelkit layer with an activation warned "Dynamo detected a call to a
+    `functools.lru_cache`-wrapped function" (kernels.torch_activations, cached that way)."""
+    import warnings
+
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.compile(knn.Linear(16, 8, activation="gelu"), backend="eager")(torch.randn(4, 16))
+        torch.compile(knn.Conv2d(3, 4, 3, activation="relu"), backend="eager")(
+            torch.randn(1, 3, 8, 8))
+    assert not [str(w.message) for w in caught if "lru_cache" in str(w.message)]
