@@ -63,16 +63,19 @@ def _torch_activations() -> dict:
 
 def numpy_activation(c: np.ndarray, activation: str) -> np.ndarray:
     """`activation` of `c` in numpy, from the definitions: where torch (a dependency) is not
-    installed, for the numpy backend's epilogue and the float64 reference. erf goes through
-    math.erf element by element (slow; the torch path is the one that runs normally)."""
+    installed, for the numpy backend's epilogue and the float64 reference. erfc goes through
+    math.erfc element by element (slow; the torch path is the one that runs normally)."""
     with np.errstate(over="ignore", invalid="ignore"):
         if activation == "relu":
             return np.maximum(c, 0)
-        if activation == "silu":
-            return c / (1 + np.exp(-c))
+        if activation == "silu":  # (x e / (1 + e), e = exp(x), below 0: exp(-x) overflows)
+            e = np.exp(-np.abs(c))
+            return np.where(c < 0, c * e, c) / (1 + e)
         if activation == "gelu_tanh":
             return 0.5 * c * (1 + np.tanh(math.sqrt(2 / math.pi) * (c + 0.044715 * c * c * c)))
-        if activation == "gelu":
-            erf = np.frompyfunc(math.erf, 1, 1)(c * (1 / math.sqrt(2))).astype(c.dtype)
-            return 0.5 * c * (1 + erf)
+        if activation == "gelu":  # (0.5 x erfc(-x / sqrt 2): 0.5 x (1 + erf) cancels for x < 0)
+            # (the argument in float64: rounded to float32 first, erfc's tail was 4e-6 off)
+            z = np.asarray(c, dtype=np.float64) * (-1 / math.sqrt(2))
+            erfc = np.frompyfunc(math.erfc, 1, 1)(z).astype(c.dtype)
+            return 0.5 * c * erfc
     raise ValueError(f"unknown activation {activation!r}")

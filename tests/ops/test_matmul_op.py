@@ -650,6 +650,23 @@ def test_matmul_tunes_and_runs_where_torch_is_not_installed(tmp_path):
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
 
 
+def test_the_numpy_gelu_and_silu_hold_their_relative_accuracy_in_the_tails():
+    # the numpy backend's epilogue (no torch installed): 0.5 x (1 + erf) cancelled for x < 0
+    # (2.6x the value at -8 in float32) and SiLU was -0.0 below -88.72 (exp(-x) overflowed)
+    from kernelkit.kernels import numpy_activation
+
+    x = np.concatenate([np.linspace(-9, -0.01, 2011, dtype=np.float32),
+                        np.array([-91.5, -90.0, -89.0], np.float32)])
+    x64 = torch.from_numpy(x).double()
+    want = {"gelu": (0.5 * x64 * torch.special.erfc(-x64 / np.sqrt(2))).numpy(),
+            "silu": (x64 * torch.sigmoid(x64)).numpy()}
+    for act, ref in want.items():
+        got = numpy_activation(x, act).astype(np.float64)
+        keep = np.abs(ref) >= np.finfo(np.float32).tiny
+        err = np.abs(got - ref)[keep] / np.abs(ref)[keep]
+        assert err.max() <= 1e-6, (act, float(err.max()), float(x[keep][np.argmax(err)]))
+
+
 @pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh", "silu"])
 def test_the_numpy_activations_equal_torchs(activation):
     from kernelkit.kernels import numpy_activation, torch_activations
