@@ -117,7 +117,6 @@ def test_64_bit_indexing_gives_the_same_results(activation, monkeypatch):
 
 
 LAYOUTS = {
-    # name: function (batch, m, k, n, dtype) -> (a, b, bias)LAYOUTS = {
     # name: function (batch, m, k, n, dtype) -> (a, b, bias)
     "a_transposed": lambda B, m, k, n, dt: (
         _rand(B, k, m, dtype=dt).transpose(1, 2), _rand(B, k, n, dtype=dt, seed=1), None),
@@ -328,21 +327,23 @@ _RUNTIME_ARGS = ("M", "N", "K", "stride_ab", "stride_am", "stride_bb", "stride_b
 
 
 def _job(dtype, cc, cfg, *, activation="gelu", has_bias=True, precision="ieee", index_i64=False,
-         sass=False, label="", asm=()):
+         sass=False, label="", asm=(), ones=()):
+    """`ones`: runtime arguments equal to 1, which triton passes as constexprs."""
     from triton_compile import CompileJob
 
     ptr = "*" + TL_TYPES[dtype]
     signature = {"a_ptr": ptr, "b_ptr": ptr, "bias_ptr": ptr, "c_ptr": ptr}
-    signature.update({name: "i32" for name in _RUNTIME_ARGS})
+    signature.update({name: "i32" for name in _RUNTIME_ARGS if name not in ones})
     constexprs = {
         "stride_ak": 1, "stride_bn": 1, "stride_biasn": 1, "stride_cn": 1,  # ints equal to 1
         "BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N, "BLOCK_K": cfg.BLOCK_K, "GROUP_M": cfg.GROUP_M,
         "HAS_BIAS": has_bias, "ACTIVATION": activation, "INPUT_PRECISION": precision,
-        "DOT_IN_FP32": False, "INDEX_I64": index_i64,
+        "DOT_IN_FP32": False, "INDEX_I64": index_i64, **dict.fromkeys(ones, 1),
     }
     return CompileJob("kernelkit.kernels.triton.matmul", "matmul_kernel", signature, constexprs,
                       cc=cc, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                      divisible_by_16=("a_ptr", "b_ptr", "bias_ptr", "c_ptr", *_RUNTIME_ARGS),
+                      divisible_by_16=("a_ptr", "b_ptr", "bias_ptr", "c_ptr",
+                                       *(a for a in _RUNTIME_ARGS if a not in ones)),
                       sass=sass, label=label, asm=asm)
 
 
@@ -448,6 +449,20 @@ def test_64_bit_indexing_forms_the_tile_counts_and_rows_in_64_bits():
             assert types, (job.label, name)  # (the check reads the value it means to)
             wide = [t.endswith(("i64", "i64>")) for t in types]
             assert all(wide) if job.label == "True" else not any(wide), (job.label, name, types)
+
+
+@pytest.mark.slow
+def test_64_bit_indexing_compiles_with_a_size_of_one():
+    """triton passes an argument equal to 1 as a constexpr, which has no .to: the INDEX_I64
+    path's M.to(tl.int64) raised for a GEMV against a matrix past 2**31 elements (M = 1: a
+    decode step's LM head) or an outer product (K = 1) whose result is (found by review)."""
+    from triton_compile import compile_many
+
+    default16 = MatmulConfig.default(torch.float16)
+    jobs = [_job(torch.float16, 90, default16, index_i64=True, ones=(size,), label=size)
+            for size in ("M", "N", "K")]
+    for job, res in zip(jobs, compile_many(jobs), strict=True):
+        assert res.ok, f"{job.label} = 1:\n{res.error}"
 
 
 @needs_runtime

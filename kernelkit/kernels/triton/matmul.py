@@ -61,9 +61,10 @@ def matmul_kernel(
     if INDEX_I64:
         # (a size within a tile of 2**31 wraps in int32: in cdiv's M + BLOCK_M - 1, the tile
         # counts went negative and the last program stored before C; in pid_m * BLOCK_M too)
-        M = M.to(tl.int64)
-        N = N.to(tl.int64)
-        K = K.to(tl.int64)
+        # (tl.cast, not .to: triton passes a size of 1 as a constexpr, which has no .to)
+        M = tl.cast(M, tl.int64)
+        N = tl.cast(N, tl.int64)
+        K = tl.cast(K, tl.int64)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     num_pid_per_batch = num_pid_m * num_pid_n
