@@ -134,18 +134,21 @@ def _us(s: float | None) -> str:
 
 
 def _check_writable(flag: str, path: str | None) -> None:
-    """Raise where `path` cannot be written (its folder missing or read-only, or a read-only
-    file): said before a run whose result it would hold, not after."""
+    """Raise where `path` cannot be written (its folder missing, not a folder or read-only; a
+    read-only file; a symlink to any of those): said before a run whose result it would hold,
+    not after."""
     if path is None:
         return
     import os
 
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
+    target = Path(path).resolve()  # (a symlink, dangling or not: where the write would go)
     if target.is_dir():
         raise ValueError(f"{flag} {path}: is a folder, not a file")
-    if not folder.is_dir():
+    folder = target.parent
+    if not folder.exists():
         raise ValueError(f"{flag} {path}: the folder {folder} does not exist")
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {path}: {folder} is not a folder")
     if not os.access(target if target.exists() else folder, os.W_OK):
         raise ValueError(f"{flag} {path}: cannot write there (permission denied)")
 
@@ -567,9 +570,9 @@ def main(argv: list[str] | None = None) -> int:
         con.print(f"[red]kernelkit {args.command}: {escape(msg)}")
         return 2
     except KeyboardInterrupt:  # (Ctrl-C: a line, not a traceback through the tuner's threads)
+        kept = args.command == "tune" and _cache().writable  # (else it tuned in memory)
         con.print(f"[red]kernelkit {args.command}: interrupted"
-                  + (" (what was measured before is in the cache)"
-                     if args.command == "tune" else ""))
+                  + (" (what was measured before is in the cache)" if kept else ""))
         return 130
     except MemoryError as exc:  # (numpy's own names the bytes: an `explain` of a huge size)
         con.print(f"[red]kernelkit {args.command}: out of memory: "

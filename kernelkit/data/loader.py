@@ -229,8 +229,12 @@ class _Epoch:
         self.done = False
         self.thread = self.production.thread = threading.Thread(
             target=self.production.produce, name="kk-loader", daemon=True)
-        _RUNNING.add(self.production)
-        self.thread.start()
+        _RUNNING.add(self.production)  # (before start: a short epoch may end before the add)
+        try:
+            self.thread.start()
+        except BaseException:  # ("can't start new thread": a join at exit would raise)
+            _RUNNING.discard(self.production)
+            raise
 
     def __iter__(self):
         return self

@@ -111,3 +111,13 @@ def test_float32_gelu_and_silu_hold_their_relative_accuracy_in_the_tails(backend
         keep = np.abs(ref) >= np.finfo(np.float32).tiny  # (float32 normals)
         err = np.abs(got - ref)[keep] / np.abs(ref)[keep]
         assert err.max() <= bound, (act, float(err.max()), float(x[keep][np.argmax(err)]))
+
+
+def test_numba_float64_silu_below_the_exp_overflow():
+    """x / (1 + exp(-x)) gave -0.0 for x in (-715, -709.78), where float64 SiLU is a normal
+    number (exp(-x) overflows past -709.78)."""
+    x = np.array([-714.0, -712.0, -710.0, -709.0, -700.0])
+    got = _numba(x[:, None], np.ones((1, 1)), "silu")[:, 0]
+    want = x * np.exp(x) / (1 + np.exp(x))
+    assert (np.abs(want) >= np.finfo(np.float64).tiny).all()  # (normals: the check can fail)
+    np.testing.assert_allclose(got, want, rtol=1e-14)

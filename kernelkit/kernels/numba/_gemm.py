@@ -1009,8 +1009,9 @@ def activate(x, act):
     if act == ACT_GELU_TANH:
         # 0.5 x (1 + tanh(u)) == x / (1 + exp(-2u)), without the cancellation near tanh = -1
         return x / (1.0 + math.exp(-1.5957691216057308 * (x + 0.044715 * x * x * x)))
-    if act == ACT_SILU:
-        return x / (1.0 + math.exp(-x))
+    if act == ACT_SILU:  # (x e / (1 + e), e = exp(x), below 0: exp(-x) overflows past -709.78)
+        e = math.exp(-abs(x))
+        return (x * e if x < 0.0 else x) / (1.0 + e)
     return x * 1.0
 
 
