@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from reference import CONV_MOBILENET_DW, CONV_RESNET50, assert_conv2d_close, conv2d_ref
 
 import kernelkit
@@ -266,6 +268,25 @@ _SLICED_CHANNELS_LAST = {
     "weight_out_step": (lambda t: t[::2], "w"),
     "weight_in_range": (lambda t: t[:, :4], "xw"),
 }
+
+
+@settings(max_examples=300, deadline=None)
+@given(sizes=st.lists(st.sampled_from([1, 2, 3, 5]), min_size=4, max_size=4),
+       channels_last=st.booleans(), starts=st.lists(st.integers(0, 1), min_size=4, max_size=4),
+       steps=st.lists(st.integers(1, 2), min_size=4, max_size=4),
+       order=st.permutations(range(4)))
+def test_channels_last_memory_reads_any_view_as_torch_does(sizes, channels_last, starts, steps,
+                                                           order):
+    # (its shortcut for sliced NCHW tensors, torch's first stride test, must never disagree)
+    from torch._prims_common import suggest_memory_format
+
+    from kernelkit.arrays import channels_last_memory
+
+    base = torch.zeros([2 * s for s in sizes])
+    if channels_last:
+        base = base.to(memory_format=torch.channels_last)
+    t = base[tuple(slice(a, None, b) for a, b in zip(starts, steps))].permute(*order)
+    assert channels_last_memory(t) == (suggest_memory_format(t) == torch.channels_last)
 
 
 @pytest.mark.parametrize("backend", [None, *CPU_BACKENDS])
