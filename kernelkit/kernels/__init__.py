@@ -52,10 +52,16 @@ def _torch_activations() -> dict:
     # torch's vectorised float32 GELU on an AVX-512 CPU (torch 2.13) returns NaN for +inf, where
     # every other kernel (and the float64 reference) gives +inf: put +inf back there. On every CPU
     # tensor (probing the CPU here would break torch.compile's full graphs; Inductor fuses the
-    # select into the GELU, eager pays one more elementwise pass).
+    # select into the GELU, eager pays one more elementwise pass), and in an FX symbolic trace,
+    # whose device is a Proxy (an `if` on it raised "symbolically traced variables cannot be used
+    # as inputs to control flow"; the select is a no-op where the trace runs on CUDA).
+    proxy = torch.fx.Proxy
+
     def gelu(x):
         y = F.gelu(x)
-        return torch.where(x == math.inf, x, y) if x.device.type == "cpu" else y
+        if isinstance(x, proxy) or x.device.type == "cpu":
+            return torch.where(x == math.inf, x, y)
+        return y
 
     return {"relu": torch.relu, "gelu": gelu,
             "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu}

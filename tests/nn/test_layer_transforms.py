@@ -178,6 +178,19 @@ def test_torch_tools_that_trace_or_fake_see_a_patched_model_as_torchs():
                                    **TOL)
 
 
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu", "silu"])
+def test_an_fx_trace_of_layers_with_a_fused_activation_runs_as_torchs(activation):
+    """torch.fx.symbolic_trace raised "symbolically traced variables cannot be used as inputs to
+    control flow" on a layer with GELU (its CPU +inf fix branched on the input's device)."""
+    m = nn.Sequential(kernelkit.nn.Linear(6, 4, activation=activation),
+                      nn.Unflatten(1, (1, 2, 2)),
+                      kernelkit.nn.Conv2d(1, 2, 1, activation=activation))
+    x = torch.randn(3, 6)
+    x[0, 0] = float("inf")
+    traced = torch.fx.symbolic_trace(m)
+    torch.testing.assert_close(traced(x), m(x), equal_nan=True)
+
+
 def test_a_weight_swapped_for_a_subclass_runs_torchs_op():
     """A patched layer whose weight becomes a tensor subclass (as a quantization library's
     weight does) runs F.linear / F.conv2d on it, for a size whose kernel route exists and for a
