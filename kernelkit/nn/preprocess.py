@@ -2,6 +2,7 @@
 
 # no `from __future__ import annotations`: TorchScript reads the class annotations below as types
 
+import math
 from collections.abc import Sequence
 from typing import Any, List, Optional  # noqa: UP035 - TorchScript reads the attributes' annotations
 
@@ -159,6 +160,23 @@ def _stats(name: str, v: Any) -> list[float]:
                         f"array or tensor of them, got {_describe(v)}") from None
 
 
+def _crop(crop: Any) -> list[float] | None:
+    """None, or one (top, left, height, width) box of whole pixels inside some image: checked
+    here, as the op checks it, rather than at the first call (the image's own bounds are the
+    call's to check)."""
+    if crop is None:
+        return None
+    if not _check.is_box(crop):
+        raise TypeError(f"Preprocess: 'crop' must be None or one (top, left, height, width) box, "
+                        f"got {_describe(crop)}")
+    box = [float(c) for c in crop]
+    if not all(math.isfinite(c) and c == int(c) for c in box) or min(box[:2]) < 0 \
+            or min(box[2:]) <= 0:
+        raise ValueError("Preprocess: 'crop' must be whole pixels, top and left >= 0, height "
+                         f"and width > 0, got {crop!r}")
+    return box
+
+
 def _flip(flip: Any) -> str | None:
     if flip not in (None, "horizontal", "vertical", "both"):
         raise ValueError("Preprocess: 'flip' must be None, 'horizontal', 'vertical' or "
@@ -191,7 +209,7 @@ _NORMALISE = {
     "size": lambda v: list(_check.check_size(v)),
     "mean": lambda v: _stats("mean", v),
     "std": lambda v: _stats("std", v),
-    "crop": lambda v: None if v is None else [float(c) for c in v],
+    "crop": _crop,
     "flip": _flip,
     "antialias": bool,
     "channel_order": _channel_order,

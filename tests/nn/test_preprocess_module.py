@@ -103,6 +103,21 @@ def test_bad_arguments_name_the_argument():
     assert Preprocess((8, 9), 0.0, 1.0).size == [8, 9]
 
 
+def test_a_bad_crop_is_said_at_construction():
+    # (1, 2, 3), a fractional box and a negative top were taken, and raised at the first call
+    for crop, err, msg in (((1, 2, 3), TypeError, "Preprocess: 'crop' must be None or one"),
+                           ((0.5, 0, 4, 4), ValueError, "Preprocess: 'crop' must be whole"),
+                           ((-1, 0, 4, 4), ValueError, "top and left >= 0"),
+                           ((0, 0, 0, 4), ValueError, "height and width > 0"),
+                           ("center", TypeError, "'crop' must be None or one")):
+        with pytest.raises(err, match=msg):
+            Preprocess(8, 0.0, 1.0, crop=crop)
+        module = Preprocess(8, 0.0, 1.0)
+        with pytest.raises(err, match=msg):
+            module.crop = crop
+    assert Preprocess(8, 0.0, 1.0, crop=np.array([1, 2, 3, 4])).crop == [1.0, 2.0, 3.0, 4.0]
+
+
 @pytest.mark.parametrize("where", ["meta", "fake"])
 def test_an_empty_batch_raises_on_meta_and_fake_tensors_as_on_real_ones(where):
     """The op's fake gave an empty (0, C, H, W) output where the real call raises."""
