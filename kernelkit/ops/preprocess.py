@@ -114,6 +114,10 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
             interpolation=interpolation, antialias=antialias, channel_order=channel_order,
             out_dtype=out_dtype, layout=layout, stats_unit=stats_unit))
     if jit_tracing() and arrays.array_lib(images[0] if ragged and images else images) == "torch":
+        if ragged:  # (kernelkit.nn.Preprocess hands its list here too: its advice would loop)
+            raise RuntimeError(
+                "preprocess: torch.jit.trace cannot record a list of images (their sizes would "
+                "be baked into the trace); trace one (N, H, W, C) batch tensor instead")
         raise RuntimeError(
             "preprocess: torch.jit.trace cannot record kernelkit.preprocess (its result would be "
             "baked into the trace as a constant); trace kernelkit.nn.Preprocess instead, which "

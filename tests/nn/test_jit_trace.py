@@ -79,3 +79,6 @@ def test_trace_of_functional_preprocess_says_to_trace_the_module():
     traced = torch.jit.trace(pre, imgs)
     imgs2 = torch.randint(0, 255, (2, 12, 10, 3), dtype=torch.uint8)
     torch.testing.assert_close(traced(imgs2), pre(imgs2))
+    # a list of images of any sizes: the module's trace was told to trace the module
+    with pytest.raises(RuntimeError, match="cannot record a list of images .* one \\(N, H, W, C"):
+        torch.jit.trace(pre, ([imgs[0], imgs[1, :9]],))
