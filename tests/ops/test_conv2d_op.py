@@ -245,17 +245,26 @@ def test_a_size_one_dim_in_channels_last_memory_gives_torchs_memory_format(name,
         y = kernelkit.conv2d(x, w, padding=pad)
     want = F.conv2d(x, w, padding=pad)
     assert _memory_format(want) == (False, True)
-    assert _memory_format(y) == _memory_format(want)
-    ref = F.conv2d(x.detach().double(), w.detach().double(), padding=pad)
-    torch.testing.assert_close(y.detach().double(), ref, rtol=1e-4, atol=1e-4)
+    got = _as_torchs_conv(y, want, x, w, pad, grad, rng)
     if grad:
-        gy = torch.from_numpy(rand(rng, tuple(y.shape)))
-        got = torch.autograd.grad(y, (x, w), gy)
-        for g1, g2 in zip(got, torch.autograd.grad(want, (x, w), gy)):
-            torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-4)
         # (the output gradient made dense in the forward's format as torch reads it: the input
         # gradient came back NCHW where torch's is channels_last)
         assert _memory_format(got[0]) == _memory_format(x.detach())
+
+
+def _as_torchs_conv(y, want, x, w, pad, grad, rng):
+    """Check the op's `y` against torch's `want` (its memory format; its values against
+    float64) and, with `grad`, its gradients against torch's; return its gradients."""
+    assert _memory_format(y) == _memory_format(want)
+    ref = F.conv2d(x.detach().double(), w.detach().double(), padding=pad)
+    torch.testing.assert_close(y.detach().double(), ref, rtol=1e-4, atol=1e-4)
+    if not grad:
+        return None
+    gy = torch.from_numpy(rand(rng, tuple(y.shape)))
+    got = torch.autograd.grad(y, (x, w), gy)
+    for g1, g2 in zip(got, torch.autograd.grad(want, (x, w), gy)):
+        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-4)
+    return got
 
 
 # views of channels_last tensors that are not dense: torch still reads them as channels_last
@@ -306,15 +315,7 @@ def test_a_sliced_channels_last_tensor_gives_torchs_memory_format(name, grad, ba
     w.requires_grad_(grad)
     with kernelkit.use(backend=backend):
         y = kernelkit.conv2d(x, w, padding=1)
-    want = F.conv2d(x, w, padding=1)
-    assert _memory_format(y) == _memory_format(want)
-    ref = F.conv2d(x.detach().double(), w.detach().double(), padding=1)
-    torch.testing.assert_close(y.detach().double(), ref, rtol=1e-4, atol=1e-4)
-    if grad:
-        gy = torch.from_numpy(rand(rng, tuple(y.shape)))
-        got = torch.autograd.grad(y, (x, w), gy)
-        for g1, g2 in zip(got, torch.autograd.grad(want, (x, w), gy)):
-            torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-4)
+    _as_torchs_conv(y, F.conv2d(x, w, padding=1), x, w, 1, grad, rng)
 
 
 @pytest.mark.parametrize("backend", [None, *CPU_BACKENDS])
