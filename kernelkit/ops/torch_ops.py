@@ -58,10 +58,11 @@ def _activation_backward(name: str, grad, z):
 
 
 def _saved_output(activation, output):
-    """What a registered op's setup_context saves of its output: a fused ReLU's (its gradient
-    is read off the output, as torch's relu's is); None for the other activations, whose
-    backward recomputes the pre-activation (a product or a conv more). Before, the ReLU's
-    recomputed it too: a third GEMM or conv per training step under torch.compile."""
+    """What a registered op's setup_context (and the eager Functions' forward) saves of its
+    output: a fused ReLU's (its gradient is read off the output, as torch's relu's is); None for
+    the other activations, whose registered backward recomputes the pre-activation (a product
+    or a conv more). Before, the registered ops' ReLU recomputed it too: a third GEMM or conv
+    per training step under torch.compile."""
     return output if activation == "relu" else None
 
 
@@ -635,7 +636,7 @@ def eager_matmul():
             y = _not_a_view(matmul(a, b, bias=bias, activation=act, allow_tf32=tf32))
             # a fused ReLU's gradient from its output, which torch's relu saves too
             ctx.save_for_backward(a if need_b else None, b if need_a else None,
-                                  y if act == "relu" else None)
+                                  _saved_output(act, y))
             ctx.act, ctx.tf32, ctx.shapes = act, tf32, (a.shape, b.shape)
             return y
 
@@ -645,8 +646,7 @@ def eager_matmul():
             # op, which torch's vmap fallback runs one plain slice at a time)
             use = op if _legacy_batched(grad) else mm
             a, b, y = ctx.saved_tensors
-            if ctx.act == "relu":
-                grad = torch.ops.aten.threshold_backward(grad, y, 0)
+            grad, _ = _through_saved_relu(ctx.act, grad, y)
             return (*_matmul_grads(use, a, b, None, None, ctx.tf32, ctx.needs_input_grad, grad,
                                    ctx.shapes), None, None)
 
@@ -691,12 +691,11 @@ def eager_conv2d():
             # operation"); a fused ReLU's output, as torch's relu saves it. `pre`: the
             # pre-activation of a GELU/SiLU layer, else the forward plan the caller bound (a
             # layer's route: the kernel that won its trial)
-            fused = plans.rest[0] == "relu"
             y = _not_a_view(plans.pre_activation(x, w, b) if pre else plans.forward(x, w, b))
             need_x, need_w = ctx.needs_input_grad[:2]
             ctx.save_for_backward(x if need_w else None, w if need_x else None,
-                                  y if fused else None)
-            ctx.plans, ctx.fused, ctx.bias_given = plans, fused, b is not None
+                                  _saved_output(plans.rest[0], y))
+            ctx.plans, ctx.bias_given = plans, b is not None
             ctx.unsaved = (x.shape, w.shape, _channels_last(x, plans.rest[1]))
             return y
 
@@ -704,8 +703,7 @@ def eager_conv2d():
         def backward(ctx, grad):
             plans = ctx.plans
             x, w, y = ctx.saved_tensors
-            if ctx.fused:
-                grad = torch.ops.aten.threshold_backward(grad, y, 0)
+            grad, _ = _through_saved_relu(plans.rest[0], grad, y)
             use = (ops if torch.is_grad_enabled()  # create_graph: differentiable ops
                    or _legacy_batched(grad)  # (batched gradients: see eager_matmul)
                    else (plans.pre_activation, plans.input_grad, plans.weight_grad))

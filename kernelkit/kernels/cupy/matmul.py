@@ -221,9 +221,10 @@ def matmul_forward(a, b, bias=None, activation: str | None = None,
         out = cupy.empty((batch, m, n), dtype=a.dtype)
         if out.size == 0:
             return out
-        if max(m, n, k) + max(config.BM, config.BN, config.BK) > INT32_MAX:
-            raise ValueError(f"cupy matmul: M, N, K must be at most {SIZE_LIMIT} (within a tile "
-                             f"of 2**31 the kernel's int32 indices wrap), got {m}, {n}, {k}")
+        limit = INT32_MAX - max(config.BM, config.BN, config.BK)  # (SIZE_LIMIT's, per config)
+        if max(m, n, k) > limit:
+            raise ValueError(f"cupy matmul: M, N, K must be at most {limit} (within a tile of "
+                             f"2**31 the kernel's int32 indices wrap), got {m}, {n}, {k}")
         blocks, threads, tiles_m, tiles_n = launch_geometry(batch, m, n, config)
         isz = a.itemsize
         sab, sam, sak = elem_strides("matmul", a.strides, isz)

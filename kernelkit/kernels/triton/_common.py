@@ -68,7 +68,7 @@ def _gelu(x):
     arithmetic; in float32 the rounding of z before it is squared leaves up to 1.5e-5 near -13),
     and erfc(-z) = 2 - erfc(z) for x >= 0. Before, 0.5 x (1 + erf(x / sqrt 2)) cancelled for
     x < 0: 100% off below -5, -0 below -5.9 (found by review). Branch-free, one exp and one
-    division per element (libdevice's erfcf is branchy: on a whole tile of accumulators ptxas
+    rsqrt per element (libdevice's erfcf is branchy: on a whole tile of accumulators ptxas
     spilled with its erff)."""
     z = tl.abs(x) * 0.7071067811865476
     d = 1.0 + 0.5 * z
