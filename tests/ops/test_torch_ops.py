@@ -12,7 +12,13 @@ import pytest
 import torch
 
 import kernelkit
-from kernelkit.ops.torch_ops import conv2d_backward_ops, conv2d_op, linear_op, matmul_op
+from kernelkit.ops.torch_ops import (
+    conv2d_backward_ops,
+    conv2d_op,
+    linear_op,
+    matmul_op,
+    relu_backward_op,
+)
 
 BACKENDS = ["torch", "numba"]
 GEOMETRIES = [  # stride, padding (top, bottom, left, right), dilation, groups, activation
@@ -253,7 +259,8 @@ class _KernelkitOpCount(torch.utils._python_dispatch.TorchDispatchMode):
         self.count = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += func.namespace == "kernelkit"
+        # (the products and convs: kernelkit::relu_backward, a mask, is not counted)
+        self.count += func.namespace == "kernelkit" and "relu_backward" not in func.name()
         return func(*args, **(kwargs or {}))
 
 
@@ -290,3 +297,29 @@ def test_a_registered_ops_fused_relu_backward_reads_its_output(op, backend):
                                    else torch.nn.functional.gelu(z), (x, w, b), gy)
         for g1, g2 in zip(got, want):
             torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "expanded_grad", "mixed"])
+def test_opcheck_and_gradcheck_relu_backward(layout):
+    # kernelkit::relu_backward: the registered ops' fused-ReLU gradient, opaque to Inductor
+    g = torch.Generator().manual_seed(5)
+    out = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64)
+    out[0, 0, 0, :3] = 0.0  # (threshold_backward's tie: zero at 0, as torch's relu)
+    grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    if layout in ("channels_last", "mixed"):
+        out = out.contiguous(memory_format=torch.channels_last)
+    if layout == "channels_last":
+        grad = grad.contiguous(memory_format=torch.channels_last)
+    if layout == "expanded_grad":  # (what .sum().backward() hands the last op)
+        grad = torch.ones((), dtype=torch.float64).expand(out.shape)
+    op = relu_backward_op()
+    got = op(grad, out)
+    assert got.stride() == torch.empty_like(grad).stride()
+    torch.testing.assert_close(got, torch.ops.aten.threshold_backward(grad, out, 0),
+                               rtol=0, atol=0)
+    grad.requires_grad_(True)
+    torch.library.opcheck(op, (grad, out))
+    assert torch.autograd.gradcheck(lambda t: op(t, out), (grad.detach().clone()
+                                                           .requires_grad_(True),))
+    assert torch.autograd.gradgradcheck(lambda t: op(t, out), (grad.detach().clone()
+                                                               .requires_grad_(True),))
