@@ -61,7 +61,8 @@ output row or column further.
 Arbitrary angle: one affine map, output pixel -> source pixel, is composed (``affine_maps``), and
 the kernel samples it once (bilinear, or nearest), reading ``fill`` for pixels outside the crop.
 No antialias filter is applied there. Nearest takes ``floor(position + NEAREST_ROUND)``: a tie
-goes right and down, and so does a position within 1e-9 px below one. Ties are common (an odd
+goes right and down, and so does a position within 1e-9 px below one, in the flipped,
+quarter-turned crop that is rotated (the map's offset is lowered along reversed axes). Ties are common (an odd
 output's centre pixel on an even crop's centre), and each backend's rounding of the map (an FMA
 here, two roundings there) put such a pixel on either side.
 """
@@ -366,13 +367,19 @@ def _same_params(lo, length, lim) -> bool:
                                   and (lim == lim[0]).all())
 
 
-def affine_maps(boxes, flips, rot90, angles, size) -> np.ndarray:
+def affine_maps(boxes, flips, rot90, angles, size, nearest: bool = False) -> np.ndarray:
     """float64 (N, 2, 3): output pixel (x, y, 1) -> source pixel (column, row), index coordinates.
 
     Composes, inverted: resize (half-pixel centres) <- rotation by ``angle`` counter-clockwise about
     the centre ``((w' - 1) / 2, (h' - 1) / 2)`` of the rot90'd crop (w', h') (the same matrix as
     ``cv2.getRotationMatrix2D``) <- ``np.rot90(., k)`` <- flips (mirror about the box centre) <-
     crop offset.
+
+    `nearest`: a tie goes right and down in the image that is rotated (the flipped, rot90'd crop,
+    as rotating a pre-flipped image does), not in the source. The kernels round a source position
+    up at a tie (``floor(p + NEAREST_ROUND)``); along a source axis that the flips and quarter
+    turn reverse, the map's offset is lowered by ``2 * (NEAREST_ROUND - 0.5)`` (2**-29 px), so
+    they compute ``floor(p + 0.5 - 2**-30)`` there: a tie down in the source, up in that image.
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     flips = np.asarray(flips, bool).reshape(-1, 2)
@@ -405,11 +412,14 @@ def affine_maps(boxes, flips, rot90, angles, size) -> np.ndarray:
         fx = np.array([[-1.0, 0, w - 1], [0, 1.0, 0], [0, 0, 1.0]]) if flips[n, 0] else np.eye(3)
         fy = np.array([[1.0, 0, 0], [0, -1.0, h - 1], [0, 0, 1.0]]) if flips[n, 1] else np.eye(3)
         off = np.array([[1.0, 0, left], [0, 1.0, top], [0, 0, 1.0]])
-        maps[n] = (off @ fy @ fx @ q @ rinv @ m)[:2]
+        to_source = off @ fy @ fx @ q  # a signed permutation and an integer offset
+        maps[n] = (to_source @ rinv @ m)[:2]
+        if nearest:
+            maps[n, :, 2] -= np.where(to_source[:2, :2].sum(1) < 0, 2 * (NEAREST_ROUND - 0.5), 0)
     return maps
 
 
-def rotation_plan(boxes, flips, rot90, angles, shapes, size):
+def rotation_plan(boxes, flips, rot90, angles, shapes, size, interpolation):
     """The arbitrary-angle part of a batch: None when no image is rotated, else ``(rotated,
     maps, ranges)``: bool (N,) angle != 0, C-contiguous float64 (N, 2, 3) affine maps
     (:func:`affine_maps`), int64 (4, N) crop pixel rows r0, r1 and columns c0, c1."""
@@ -419,7 +429,8 @@ def rotation_plan(boxes, flips, rot90, angles, shapes, size):
         return None
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     shapes = np.asarray(shapes, np.int64).reshape(-1, 2)
-    maps = np.ascontiguousarray(affine_maps(boxes, flips, rot90, angles, size))
+    maps = np.ascontiguousarray(affine_maps(boxes, flips, rot90, angles, size,
+                                             interpolation == "nearest"))
     r0, r1 = pixel_range(boxes[:, 0], boxes[:, 2], shapes[:, 0])
     c0, c1 = pixel_range(boxes[:, 1], boxes[:, 3], shapes[:, 1])
     return rotated, maps, np.stack([r0, r1, c0, c1]).astype(np.int64)
@@ -451,7 +462,7 @@ def gpu_tables(meta, shapes, cch, boxes, flips, rot90, angles, fill, size, mean,
     meta[:, M_YA] = np.where(tr, meta[:, M_SW], meta[:, M_SH])
     meta[:, M_XB] = np.where(tr, meta[:, M_SH], meta[:, M_SW])
     meta[:, M_NKY], meta[:, M_NKX] = yt.ntaps, xt.ntaps
-    rot = rotation_plan(boxes, flips, rot90, angles, shapes, (out_h, out_w))
+    rot = rotation_plan(boxes, flips, rot90, angles, shapes, (out_h, out_w), interpolation)
     if rot is None:
         aff = np.zeros((n, 2, 3), np.float64)
     else:

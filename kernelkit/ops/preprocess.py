@@ -34,6 +34,7 @@ from .preprocess_args import (
     FLIP_NAMES,
     FLIPS,
     IN_DTYPES,
+    check_box,
     check_flip_name,
     check_settings,
     dtype_name,
@@ -327,20 +328,7 @@ def prepare(images, *, size, mean, std, crop=None, flip=None, rotate=None, fill=
         h, w = hw[i]
         if box is None:
             box = (0, 0, h, w)
-        if not is_box(box):
-            raise TypeError(f"preprocess: crop of image {i} must be (top, left, height, width), "
-                            f"got {box!r}")
-        top, left, bh, bw = (float(v) for v in box)
-        if not all(math.isfinite(v) and v == int(v) for v in (top, left, bh, bw)):
-            # the vendor chain (and so the reference every kernel is checked against) crops
-            # whole pixels: a sub-pixel box ran exactly on the Numba kernel, truncated on torch's,
-            # so the result depended on the candidate (and a forced Numba failed verification)
-            raise ValueError(f"preprocess: crop box of image {i} must be whole pixels, got "
-                             f"(top={top:g}, left={left:g}, height={bh:g}, width={bw:g})")
-        if bh <= 0 or bw <= 0 or top < 0 or left < 0 or top + bh > h or left + bw > w:
-            raise ValueError(f"preprocess: crop box (top={top:g}, left={left:g}, height={bh:g}, "
-                             f"width={bw:g}) of image {i} lies outside its {h}x{w} image")
-        boxes[i] = (top, left, bh, bw)
+        boxes[i] = check_box(i, box, h, w)
     flips = np.zeros((n, 2), np.bool_)
     if isinstance(flip, str):
         check_flip_name(flip)

@@ -4,11 +4,11 @@ tensors (`ops/torch_ops.py`), so both raise the same errors."""
 
 from __future__ import annotations
 
-import warnings
+import math
 
 import numpy as np
 
-from .. import arrays
+from .. import arrays, callsite
 from ..kernels.taps import INTERPOLATIONS
 
 IN_DTYPES = ("uint8", "float32")
@@ -31,6 +31,25 @@ def check_flip_name(flip) -> None:
 def is_box(v) -> bool:
     return (isinstance(v, (tuple, list)) or isinstance(v, np.ndarray) and v.ndim == 1) and \
         len(v) == 4 and all(isinstance(x, (int, float, np.integer, np.floating)) for x in v)
+
+
+def check_box(i: int, box, h: int, w: int) -> tuple[float, float, float, float]:
+    """Image `i`'s crop box (top, left, height, width) as floats, or the error naming it: whole
+    pixels, inside its `h` x `w` image."""
+    if not is_box(box):
+        raise TypeError(f"preprocess: crop of image {i} must be (top, left, height, width), "
+                        f"got {box!r}")
+    top, left, bh, bw = (float(v) for v in box)
+    if not all(math.isfinite(v) and v == int(v) for v in (top, left, bh, bw)):
+        # the vendor chain (and so the reference every kernel is checked against) crops
+        # whole pixels: a sub-pixel box ran exactly on the Numba kernel, truncated on torch's,
+        # so the result depended on the candidate (and a forced Numba failed verification)
+        raise ValueError(f"preprocess: crop box of image {i} must be whole pixels, got "
+                         f"(top={top:g}, left={left:g}, height={bh:g}, width={bw:g})")
+    if bh <= 0 or bw <= 0 or top < 0 or left < 0 or top + bh > h or left + bw > w:
+        raise ValueError(f"preprocess: crop box (top={top:g}, left={left:g}, height={bh:g}, "
+                         f"width={bw:g}) of image {i} lies outside its {h}x{w} image")
+    return top, left, bh, bw
 
 
 def channel_stats(name: str, v, c: int) -> np.ndarray:
@@ -99,8 +118,8 @@ def stats_in_input_units(mean: np.ndarray, std: np.ndarray, in_dtype: str,
                 "stats_unit='input', or give them divided by 255")
     if suspicious and (in_dtype, stats_unit) not in _WARNED_UNITS:
         _WARNED_UNITS.add((in_dtype, stats_unit))
-        warnings.warn(f"preprocess: mean={mean.tolist()} std={std.tolist()} for {in_dtype} images "
-                      f"{hint}", UserWarning, stacklevel=4)
+        callsite.warn(f"preprocess: mean={mean.tolist()} std={std.tolist()} for {in_dtype} "
+                      f"images {hint}")
     factor = 255.0 if stats_unit == "unit" and in_dtype == "uint8" else 1.0
     return mean * factor, std * factor
 

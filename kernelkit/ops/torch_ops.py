@@ -639,15 +639,19 @@ def preprocess_op():
                              f"channels, got shape {tuple(images.shape)}")
         if in_dtype not in check.IN_DTYPES:
             raise TypeError(f"preprocess: images must be one of {check.IN_DTYPES}, got {in_dtype}")
-        if images.shape[0] == 0:
+        n, h, w, c = images.shape
+        if n == 0:
             raise ValueError("preprocess: 'images' is an empty batch (N = 0)")
+        if h == 0 or w == 0:  # (the real call names the first image; all share one shape)
+            raise ValueError(f"preprocess: image 0 is empty ({h}x{w})")
+        if crop is not None:  # (one box for every image of the batch)
+            check.check_box(0, crop, h, w)
         check.check_flip_name(flip)
-        (h, w), *_ = check.check_settings(
-            images.shape[-1], in_dtype, size=size, mean=mean, std=std,
+        (oh, ow), *_ = check.check_settings(
+            c, in_dtype, size=size, mean=mean, std=std,
             interpolation=interpolation, layout=layout, out_dtype=out_dtype,
             stats_unit=stats_unit)
-        n, c = images.shape[0], images.shape[-1]
-        shape = (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
+        shape = (n, c, oh, ow) if layout == "NCHW" else (n, oh, ow, c)
         return images.new_empty(shape, dtype=out_dtype)
 
     return kk_preprocess

@@ -133,6 +133,23 @@ def test_rotation_mixed_batch_and_fill():
         assert maxdiff(got, ref) <= 2e-3, interp
 
 
+def test_nearest_rotation_breaks_ties_in_the_flipped_turned_crop_as_torch():
+    """Odd outputs over even crops put pixels on exact ties: they go right and down in the image
+    that is rotated (the flipped, quarter-turned crop), as torch's chain does, on every flip and
+    quarter turn; the shared map broke them in the source."""
+    from kernelkit.kernels.torch import preprocess as tch
+
+    img = rand_img(6, 8)
+    flips = [(False, False), (True, False), (False, True), (True, True)] * 2
+    a = preprocess_args(8, 3, [(0, 0, 6, 8)] * 8, (7, 9), flips=flips,
+                        rot90=[0, 0, 0, 0, 1, 2, 3, 1], angles=[30.0, -45.0, 135.0, 200.0] * 2)
+    got, ref = both([img] * 8, a, "nearest", False, od="uint8", layout="NCHW")
+    want = tch.preprocess_forward([torch.from_numpy(img)] * 8, *a, "nearest", False, "uint8",
+                                  "NCHW")
+    np.testing.assert_array_equal(ref, want.numpy())
+    np.testing.assert_array_equal(got, want.numpy())
+
+
 # ------------------------------------------------------------------- dtypes, layouts, channels
 
 @pytest.mark.parametrize("od", ["float32", "float16", "bfloat16", "uint8"])

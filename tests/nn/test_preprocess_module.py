@@ -137,6 +137,33 @@ def test_an_empty_batch_raises_on_meta_and_fake_tensors_as_on_real_ones(where):
                 module(images)
 
 
+@pytest.mark.parametrize("where", ["meta", "fake"])
+@pytest.mark.parametrize("shape,crop,msg", [
+    ((2, 20, 30, 3), (0, 0, 100, 100), "lies outside its 20x30 image"),
+    ((2, 20, 30, 3), (5, 25, 10, 10), "lies outside its 20x30 image"),
+    ((2, 0, 30, 3), None, "image 0 is empty \\(0x30\\)"),
+    ((2, 20, 0, 1), None, "image 0 is empty \\(20x0\\)")])
+def test_a_bad_crop_or_an_empty_image_raises_on_meta_and_fake_tensors_as_on_real_ones(
+        where, shape, crop, msg):
+    """The op's fake returned a (2, 3, 8, 8) shape where the real call raises."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    module = Preprocess(8, 0.0, 1.0)
+    if crop is not None:
+        module.crop = crop  # (its check at set takes these boxes: their image is unknown there)
+    real = torch.zeros(shape, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=msg):
+        module(real)
+    if where == "meta":
+        with pytest.raises(ValueError, match=msg):
+            module(real.to("meta"))
+    else:
+        with FakeTensorMode() as mode:
+            images = mode.from_tensor(real)
+            with pytest.raises(ValueError, match=msg):
+                module(images)
+
+
 def test_statistics_as_arrays_or_tensors_and_a_list_of_images_of_different_sizes():
     # kernelkit.preprocess takes numpy or tensor mean/std and a ragged list of images; the
     # module rejected all three

@@ -76,6 +76,26 @@ def test_nearest_after_a_flip_or_quarter_turn_breaks_ties_as_torch(backend, flip
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("flip", ["horizontal", "vertical", "both"])
+@pytest.mark.parametrize("angle", [30.0, -45.0, 135.0, 200.0])
+@pytest.mark.parametrize("hw,size", [((4, 4), (5, 5)), ((6, 8), (7, 9)), ((10, 10), (10, 10))])
+def test_nearest_rotation_of_a_flipped_image_is_that_of_the_pre_flipped_image(backend, flip,
+                                                                             angle, hw, size, rng):
+    # crop -> flip -> rotate: an odd output over an even crop puts pixels on exact ties. The
+    # Numba kernel broke them right and down in the source, so a flip sent them the other way
+    # from rotating a pre-flipped image (and from the torch backend): 4 x 4 -> 5 x 5 at 30
+    # degrees, centre pixel 100 instead of 90
+    imgs = images(rng, n=2, h=hw[0], w=hw[1])
+    pre = imgs[:, :, ::-1] if flip in ("horizontal", "both") else imgs
+    pre = np.ascontiguousarray(pre[:, ::-1] if flip in ("vertical", "both") else pre)
+    kw = dict(size=size, rotate=angle, interpolation="nearest", layout="NHWC", **identity())
+    with kernelkit.use(backend=backend):
+        out = kernelkit.preprocess(imgs, flip=flip, **kw)
+        ref = kernelkit.preprocess(pre, **kw)
+    np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("hw,size", [((48, 64), (24, 20)), ((37, 53), (13, 29)), ((20, 30), (41, 67)),
                                       ((1, 1), (5, 4)), ((1, 17), (3, 5)), ((480, 640), (224, 224))])
 def test_antialias_matches_pil(backend, hw, size, rng):
@@ -394,6 +414,23 @@ def test_stats_that_look_like_the_other_unit_warn_once(rng, fresh_unit_warnings)
                              stats_unit="unit")
     with pytest.raises(ValueError, match="preprocess: 'stats_unit' must be one of"):
         kernelkit.preprocess(imgs, size=8, mean=0, std=1, stats_unit="percent")
+
+
+def test_the_unit_warning_points_at_the_callers_line(rng, fresh_unit_warnings, monkeypatch):
+    # it pointed into kernelkit/ops/preprocess.py (a fixed stacklevel, one frame short), and
+    # through nn.Preprocess further in
+    import importlib
+
+    from kernelkit.nn import Preprocess
+
+    mod = importlib.import_module("kernelkit.ops.preprocess_args")
+    # (sizes of their own: a call whose plan is memoised does not check its statistics again)
+    for call in (lambda: kernelkit.preprocess(images(rng, n=1), size=(7, 9), **IMAGENET_01),
+                 lambda: Preprocess((7, 11), **IMAGENET_01)(torch.from_numpy(images(rng, n=1)))):
+        monkeypatch.setattr(mod, "_WARNED_UNITS", set())
+        with pytest.warns(UserWarning, match="look like") as seen:
+            call()
+        assert [w.filename for w in seen if "look like" in str(w.message)] == [__file__]
 
 
 def test_the_gpu_kernels_round_nearest_as_the_cpu_kernels():

@@ -342,7 +342,8 @@ def preprocess_forward(images, boxes, flips, rot90, angles, fill, size, mean, sc
     yt, xt, tr = _taps.axis_plan(boxes, flips, rot90, shapes, (out_h, out_w), interpolation,
                                  bool(antialias))
     meta[:, _TR] = tr
-    rot = _taps.rotation_plan(boxes, flips, rot90, angles, shapes, (out_h, out_w))
+    rot = _taps.rotation_plan(boxes, flips, rot90, angles, shapes, (out_h, out_w),
+                              interpolation)
     if rot is None:
         aff = np.zeros((n, 2, 3), np.float64)
     else:
