@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..ops.preprocess_args import dtype_name
 from .handoff import Handoff
 from .sample import (
     augment_options,
@@ -85,7 +86,7 @@ class Loader:
     def __init__(self, dataset: Any, *, batch_size: int, size: Any, mean: Any, std: Any,
                  stats_unit: str = "input", augment: Any = None, seed: int = 0,
                  shuffle: bool = False, drop_last: bool = False, device: Any = None,
-                 out_dtype: str = "float32", layout: str = "NCHW",
+                 out_dtype: Any = "float32", layout: str = "NCHW",
                  interpolation: str = "bilinear", antialias: bool = True,
                  decode_threads: int | None = None, prefetch: int = 2,
                  preprocess_threads: int | None = None):
@@ -104,6 +105,7 @@ class Loader:
         self.seed = seed
         self.shuffle = shuffle
         self.drop_last = drop_last
+        out_dtype = dtype_name("Loader", "out_dtype", out_dtype)  # (a torch or numpy dtype too)
         if out_dtype == "bfloat16" and device is None:
             raise TypeError("Loader: out_dtype 'bfloat16' needs torch batches (device='cpu' or a "
                             "CUDA device): numpy has no bfloat16")

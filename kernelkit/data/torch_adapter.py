@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..ops.preprocess_args import dtype_name
 from .sample import (
     augment_options,
     collate_labels,
@@ -82,9 +83,11 @@ class Collate:
     """
 
     def __init__(self, *, size: Any, mean: Any, std: Any, stats_unit: str = "input",
-                 out_dtype: str = "float32", layout: str = "NCHW",
+                 out_dtype: Any = "float32", layout: str = "NCHW",
                  interpolation: str = "bilinear", antialias: bool = True, tensors: bool = True):
         size = output_size("Collate", size)
+        # a torch or numpy dtype as kernelkit.preprocess takes it ("bfloat16" tested below)
+        out_dtype = dtype_name("Collate", "out_dtype", out_dtype)
         if out_dtype == "bfloat16" and not tensors:
             raise TypeError("Collate: out_dtype 'bfloat16' needs tensors=True: numpy has no "
                             "bfloat16")

@@ -21,6 +21,7 @@ from resample_ref import crop_resize
 import kernelkit
 from kernelkit import data
 from kernelkit.autotune.cache import Cache
+from kernelkit.ops.preprocess_args import dtype_name
 
 MEAN01, STD01 = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SIZE = (40, 48)
@@ -398,6 +399,23 @@ def test_bfloat16_batches_from_the_loader_and_collate():
         data.Loader(jpegs, batch_size=4, out_dtype="bfloat16", **kw)
     with pytest.raises(TypeError, match="Collate: out_dtype 'bfloat16' needs tensors=True"):
         data.Collate(out_dtype="bfloat16", tensors=False, **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, np.float16, np.uint8])
+def test_the_loader_and_collate_take_torch_and_numpy_dtypes_as_preprocess_does(dtype):
+    """out_dtype=torch.bfloat16 raised "preprocess: out_dtype bfloat16 needs torch images" (the
+    string "bfloat16" alone was recognised); preprocess takes torch and numpy dtypes."""
+    jpegs = [(j, i) for i, j in enumerate(data.make_jpegs(2, sizes=[(60, 80)], seed=4))]
+    kw = dict(size=SIZE, mean=MEAN01, std=STD01, stats_unit="unit")
+    name = dtype_name("test", "out_dtype", dtype)
+    want, _ = next(iter(data.Loader(jpegs, batch_size=2, device="cpu", out_dtype=name, **kw)))
+    got, _ = next(iter(data.Loader(jpegs, batch_size=2, device="cpu", out_dtype=dtype, **kw)))
+    assert got.dtype == want.dtype and torch.equal(got, want)
+    samples = [data.load_sample(j, i, size=SIZE, augment=None, seed=0, epoch=0) for j, i in jpegs]
+    batch, _ = data.Collate(out_dtype=dtype, **kw)(samples)
+    assert batch.dtype == want.dtype and torch.equal(batch, want)
+    with pytest.raises(TypeError, match="Loader: 'out_dtype' must be one of"):
+        data.Loader(jpegs, batch_size=2, out_dtype=torch.int32, **kw)
 
 
 def test_a_small_output_records_the_scale_the_jpeg_was_decoded_at():
