@@ -14,6 +14,7 @@ right after sample i's first block, so sample i's later draws *are* sample i + 1
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -63,10 +64,14 @@ class Augmentation:
 
 
 def _check_key(name: str, v, limit: int) -> int:
-    if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)) or not 0 <= v < limit:
+    try:  # (any integer: Python's, numpy's, a torch integer scalar such as a Sampler's)
+        k = None if isinstance(v, (bool, np.bool_)) else operator.index(v)
+    except TypeError:
+        k = None
+    if k is None or not 0 <= k < limit:
         raise ValueError(f"augment: '{name}' must be an int in [0, 2**{limit.bit_length() - 1}), "
                          f"got {v!r}")
-    return int(v)
+    return k
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -80,7 +85,10 @@ def sample_generator(seed: int, epoch: int, index: int) -> np.random.Generator:
     seed = _check_key("seed", seed, 2**128)
     epoch = _check_key("epoch", epoch, _U64)
     index = _check_key("index", index, _U64)
-    return np.random.Generator(np.random.Philox(key=seed, counter=[0, 0, index, epoch]))
+    # (as uint64: a list with a lane of 2**63 or more became float64, so indices past 2**63
+    # rounded onto each other's counters)
+    counter = np.array([0, 0, index, epoch], dtype=np.uint64)
+    return np.random.Generator(np.random.Philox(key=seed, counter=counter))
 
 
 def _random_resized_crop(rng, h: int, w: int, scale, ratio) -> tuple[int, int, int, int]:
@@ -116,6 +124,23 @@ def _pair(name: str, v) -> tuple[float, float]:
         raise ValueError(f"augment: '{name}' must be a (low, high) pair of numbers, got "
                          f"{v!r}") from None
     return lo, hi
+
+
+def _image_size(i: int, hw) -> tuple[int, int]:
+    """One ``image_sizes`` entry as (height, width) ints >= 1, or a ValueError naming it (an
+    image's whole ``.shape`` (h, w, c) gave numpy's "too many values to unpack"; a float height
+    was truncated)."""
+    try:
+        h, w = hw
+    except (TypeError, ValueError):
+        h = w = None
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+               for v in (h, w)):
+        raise ValueError(f"augment: image_sizes[{i}] must be a (height, width) pair of ints "
+                         f"(an image's shape[:2]), got {hw!r}")
+    if h < 1 or w < 1:
+        raise ValueError(f"augment: every image size must be at least 1x1, got {h}x{w}")
+    return int(h), int(w)
 
 
 def augment(
@@ -158,8 +183,8 @@ def augment(
     scale, ratio = _pair("scale", scale), _pair("ratio", ratio)
     if not (0 < scale[0] <= scale[1] <= 1):
         raise ValueError(f"augment: 'scale' must satisfy 0 < low <= high <= 1, got {scale}")
-    if not (0 < ratio[0] <= ratio[1]):
-        raise ValueError(f"augment: 'ratio' must satisfy 0 < low <= high, got {ratio}")
+    if not (0 < ratio[0] <= ratio[1] < math.inf):  # (inf overflowed numpy's uniform)
+        raise ValueError(f"augment: 'ratio' must satisfy 0 < low <= high < inf, got {ratio}")
     for name, p in (("hflip", hflip), ("vflip", vflip)):
         if not isinstance(p, (int, float, np.integer, np.floating)) or not 0 <= p <= 1:
             raise ValueError(f"augment: '{name}' is a probability in [0, 1], got {p!r}")
@@ -176,9 +201,7 @@ def augment(
     if quarter_turns and (lo, hi) != (0.0, 0.0):
         raise ValueError(f"augment: 'degrees' ({degrees!r}) and quarter_turns=True both draw the "
                          "rotation; give one of them")
-    for h, w in image_sizes:
-        if int(h) < 1 or int(w) < 1:
-            raise ValueError(f"augment: every image size must be at least 1x1, got {h}x{w}")
+    image_sizes = [_image_size(i, hw) for i, hw in enumerate(image_sizes)]
     crops, flips, rots = [], [], []
     for index, (h, w) in zip(indices, image_sizes):
         rng = sample_generator(seed, epoch, index)

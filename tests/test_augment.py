@@ -148,3 +148,41 @@ def test_bad_ranges_probabilities_and_sizes_name_the_argument():
     a = kernelkit.augment([0, 1], [(10, 10)] * 2, seed=3, degrees=np.int64(10))
     b = kernelkit.augment([0, 1], [(10, 10)] * 2, seed=3, degrees=10)
     assert a.rotate == b.rotate and all(-10 <= r <= 10 for r in a.rotate)
+
+
+def test_indices_and_epochs_past_2_63_draw_their_own_parameters():
+    # the counter [0, 0, index, epoch] went to numpy as a list: with a lane of 2**63 or more it
+    # became float64, so 2**63 and 2**63 + 1 (and 0 and 2**64 - 1) drew the same parameters
+    def draw(index, epoch=0):
+        return kernelkit.augment([index], [(480, 640)], seed=0, epoch=epoch).crop[0]
+
+    for i, j in ((0, 2**64 - 1), (2**63, 2**63 + 1), (2**63 - 1, 2**63)):
+        assert draw(i) != draw(j), (i, j)
+    assert draw(5) != draw(5, epoch=2**64 - 1)
+    assert draw(2**63 + 1) == draw(2**63 + 1)  # (still a key: same draw)
+    # an index below 2**63 keeps the draw it had (the same counter as a list of small ints)
+    rng = np.random.Generator(np.random.Philox(key=0, counter=[0, 0, 12345, 6]))
+    assert np.array_equal(augment_mod.sample_generator(0, 6, 12345).random(4), rng.random(4))
+
+
+def test_ratio_and_image_size_mistakes_name_the_argument():
+    # ratio=(1, inf) raised numpy's "high - low range exceeds valid bounds"; an image's whole
+    # shape (h, w, c) "too many values to unpack"; a float height was silently truncated
+    with pytest.raises(ValueError, match="'ratio' must satisfy 0 < low <= high < inf"):
+        kernelkit.augment([0], [(480, 640)], seed=0, ratio=(1, float("inf")))
+    for size in ((480, 640, 3), (10.7, 10), 480, (480,)):
+        with pytest.raises(ValueError, match=r"image_sizes\[1\] must be a \(height, width\) pair"):
+            kernelkit.augment([0, 1], [(480, 640), size], seed=0)
+    # numpy integers (an image's shape[:2]) are sizes like any other
+    a = kernelkit.augment([0], [np.zeros((48, 64, 3)).shape[:2]], seed=0)
+    assert a.crop == kernelkit.augment([0], [(48, 64)], seed=0).crop
+
+
+def test_an_integer_tensor_is_an_index_like_any_integer():
+    # a torch Sampler's index tensor raised "'index' must be an int"
+    torch = pytest.importorskip("torch")
+    a = kernelkit.augment(torch.tensor([3, 7]), [(48, 64)] * 2, seed=torch.tensor(1))
+    b = kernelkit.augment([3, 7], [(48, 64)] * 2, seed=1)
+    assert a.crop == b.crop and a.params(7) == b.params(7)
+    with pytest.raises(ValueError, match="'index'"):
+        kernelkit.augment(torch.tensor([0.5]), [(48, 64)], seed=0)
