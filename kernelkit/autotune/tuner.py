@@ -26,7 +26,7 @@ from .. import settings as _settings
 from ..core import Candidate, Choice, Config, Problem
 from ..settings import Settings
 from ..signals import import_whole, raised_by_signal_handler
-from . import model, timing
+from . import model, shared, timing
 from .cache import cache_for, same_entry
 from .key import Key, make_key
 from .timing import Timing, cuda_sync, measure, measure_interleaved
@@ -217,8 +217,10 @@ def choose(
     settings: Settings,
 ) -> Choice:
     """`decide`, memoised per (cache, key): a memo hit does no other work. Inside a distributed
-    job (torch.distributed initialised, several ranks) a miss is decided once, on rank 0, and
-    broadcast, so ranks never disagree; `KERNELKIT_TUNE=pinned` avoids the collective."""
+    job (torch.distributed initialised, several ranks) a miss is decided once, by the first rank
+    to miss it, and shared through the job's store (`autotune.shared`: no collective, so ranks
+    that miss other sizes, or miss at other times, never wait for each other); every rank runs
+    that choice. `KERNELKIT_TUNE=pinned` needs no store."""
     key = make_key(problem, forced_suffix(settings))
     # (the mode too: a choice the model made is no answer for `use(tune="measure")`, nor a
     # measured one for "off")
@@ -230,40 +232,49 @@ def choose(
     # budget that one then set, would otherwise measure at once)
     calls = _calls[memo_key] = _calls.get(memo_key, 0) + 1
     dist = distributed_peers() if settings.tune != "pinned" else None
-    if dist is not None or getattr(_IN_MEASURE, "depth", 0):
-        # one thread per rank takes part in the collective; an op a measured candidate calls
-        # decides without waiting (a thread deciding that key may be waiting to measure)
-        return _choose(problem, cands, runner, verify, settings, key, memo_key, dist, calls)
+    if getattr(_IN_MEASURE, "depth", 0):
+        # an op a measured candidate calls decides without waiting (a thread deciding that key
+        # may be waiting to measure; another rank's claim on it, to be published)
+        return _choose(problem, cands, runner, verify, settings, key, memo_key, dist, calls,
+                       wait=False)
     with _DECIDING_LOCK:
         deciding = _DECIDING.setdefault(memo_key, threading.RLock())
     with deciding:
         hit = _memo.get(memo_key)  # (decided by the thread this one waited for)
         if hit is not None:
             return hit
-        return _choose(problem, cands, runner, verify, settings, key, memo_key, None, calls)
+        return _choose(problem, cands, runner, verify, settings, key, memo_key, dist, calls)
 
 
-def _choose(problem, cands, runner, verify, settings, key, memo_key, dist, calls) -> Choice:
+def _choose(problem, cands, runner, verify, settings, key, memo_key, dist, calls, *,
+            wait: bool = True) -> Choice:
     background = settings.compile == "background"
-    if dist is None:
-        choice = decide(problem, cands, runner, verify, settings, key=key,
-                        background=background, calls=calls).choice
+
+    def mine() -> Choice:
+        return decide(problem, cands, runner, verify, settings, key=key, background=background,
+                      calls=calls).choice
+
+    store = shared.store_of(dist) if dist is not None else None
+    if store is None:
+        choice = mine()
     else:
         cache = cache_for(settings.cache_path)
-        box = [None]
-        if dist.get_rank() == 0:
-            choice = decide(problem, cands, runner, verify, settings, key=key,
-                            background=background, calls=calls).choice
-            box = [(choice.to_dict(), choice.recheck_after, cache.fp, cache.get(key))]
-        dist.broadcast_object_list(box, src=0)
-        picked, recheck, fp, entry = box[0]
-        choice = Choice(picked["candidate"], picked["config"], picked["source"], recheck)
-        if dist.get_rank() != 0 and entry is not None and fp == cache.fp:
-            # the same measurement, kept by every rank of this kind; ranks of one machine may
-            # share the file rank 0 just appended it to (before the broadcast): not again
-            cache.refresh()
-            if not same_entry(cache.get(key), entry):
-                cache.put(key, entry)
+
+        def publish(c: Choice):
+            return c.to_dict(), c.recheck_after, cache.fp, cache.get(key)
+
+        def adopt(payload) -> Choice:
+            picked, recheck, fp, entry = payload
+            if entry is not None and fp == cache.fp:
+                # the same measurement, kept by every rank of this kind; ranks of one machine
+                # may share the file the deciding rank appended it to: not again
+                cache.refresh()
+                if not same_entry(cache.get(key), entry):
+                    cache.put(key, entry)
+            return Choice(picked["candidate"], picked["config"], picked["source"], recheck)
+
+        choice = shared.decide_shared(store, f"{settings.tune}|{key}", mine, adopt, publish,
+                                      wait=wait)
     if choice.recheck_after:  # the caller's plan counts them down, then asks again
         _calls[memo_key] = calls + choice.recheck_after - 1
     elif choice.source != "warming":  # decided again once the compiling candidates are ready

@@ -1,5 +1,5 @@
 """torchrun with 2 ranks (gloo, CPU): ahead-of-time tuning sharded over the ranks ends with every
-rank holding every entry, and a miss at run time is decided once and broadcast, so the ranks
+rank holding every entry, and a miss at run time is decided once and shared, so the ranks
 always make the same choices. Each rank has its own cache folder, as on two machines."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ RANK_SCRIPT = textwrap.dedent("""
         pinned = [kernelkit.explain("matmul", *generate.make_inputs("matmul", d, "float32",
                                                                     "numpy")[0]).choice.candidate
                   for _, d, _ in problems]
-    # a miss at run time: decided on rank 0, broadcast
+    # a miss at run time: decided by one rank, shared
     rng = np.random.default_rng(rank)  # different data per rank, same shape
     with kernelkit.use(tune="measure"):  # (auto might take a confident model and store nothing)
         kernelkit.matmul(rng.standard_normal((45, 31), dtype=np.float32),
@@ -121,7 +121,7 @@ SHARED_RANK_SCRIPT = textwrap.dedent("""
     generate.generate([("matmul", d, "float32") for d in ((7, 13, 5), (33, 40, 20), (3, 100, 3))],
                       threads=2)
     import torch.distributed as dist
-    with kernelkit.use(tune="measure"):  # a miss at run time, decided on rank 0
+    with kernelkit.use(tune="measure"):  # a miss at run time, decided by one rank
         kernelkit.matmul(np.ones((45, 31), np.float32), np.ones((31, 29), np.float32))
     dist.barrier()
     if rank == 0:
@@ -140,3 +140,72 @@ def test_ranks_sharing_one_cache_file_write_each_entry_once(tmp_path):
     lines = Path(path).read_text().splitlines()
     keys = [json.loads(line)["key"] for line in lines if "\"key\"" in line]
     assert len(keys) == 4 and len(set(keys)) == 4, keys  # 3 tuned, 1 run-time miss: once each
+
+
+UNEVEN_RANK_SCRIPT = textwrap.dedent("""
+    import datetime, json, os, sys, time
+    base = sys.argv[1]
+    rank = int(os.environ["RANK"])
+    os.environ["KERNELKIT_CACHE_DIR"] = os.path.join(base, f"cache-{rank}")
+    os.environ["KERNELKIT_COMPILE"] = "background"  # (the user's default)
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    import kernelkit
+    from kernelkit import compiling
+    from kernelkit.autotune import tuner
+    from kernelkit.autotune.cache import cache_for
+    from kernelkit.settings import current
+
+    # a hang fails in a minute, not gloo's default 30
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    rng = np.random.default_rng(rank)
+
+    def mm(m, k=64, n=48):
+        return kernelkit.matmul(rng.standard_normal((m, k), dtype=np.float32),
+                                rng.standard_normal((k, n), dtype=np.float32))
+
+    # 1. a background compile finishing on one rank first: that rank's plan asks again
+    a, b = torch.randn(64, 64), torch.randn(64, 64)
+    for i in range(150):  # (the same count on both ranks: the loop's own collectives match)
+        kernelkit.matmul(a, b)
+        dist.all_reduce(torch.ones(1))
+        time.sleep(0.02)
+    compiled = compiling.finished
+    # 2. validation on rank 0 only
+    if rank == 0:
+        with kernelkit.use(tune="measure"):
+            mm(100, 32, 16)
+    dist.barrier()
+    # 3. per-rank sizes missed at once, then each rank the other's
+    mine, theirs = (8, 300) if rank == 0 else (300, 8)
+    with kernelkit.use(tune="measure"):
+        mm(mine)
+        dist.barrier()
+        mm(theirs)
+    dist.barrier()
+    cache = cache_for(current().cache_path)
+    entries = {k: e.get("problem", {}).get("shapes") for k, e in cache.entries().items()}
+    memo = {k[1]: v.to_dict() for k, v in tuner._memo.items() if "x48|" in k[1]}
+    with open(os.path.join(base, f"uneven{rank}.json"), "w") as f:
+        json.dump({"entries": entries, "memo": memo, "compiled": compiled}, f)
+    dist.destroy_process_group()
+""")
+
+
+def test_ranks_that_miss_other_sizes_or_at_other_times_never_wait_for_each_other(tmp_path):
+    """A miss was decided on rank 0 and broadcast, so every rank had to miss the same size at
+    the same moment. A background compile finishing on rank 0 first (its plan asked again), a
+    validation pass on rank 0 only, or per-rank sizes each hung both ranks until gloo's
+    timeout; two sizes missed at once gave rank 1 rank 0's choice and cache entry under its own
+    key. Misses are now shared through the job's store."""
+    run_two_ranks(UNEVEN_RANK_SCRIPT, tmp_path, "uneven_rank.py")
+    ranks = [json.loads((tmp_path / f"uneven{i}.json").read_text()) for i in range(2)]
+    assert ranks[0]["compiled"] or ranks[1]["compiled"]  # (a compile ended inside the loop)
+    for rank in ranks:
+        for key, shapes in rank["entries"].items():  # each entry measured its own key's size
+            if shapes and "x48|" in key:
+                m, m_key = shapes[0][-2], int(key.split("|")[4].split("x")[1])  # (bucketed)
+                assert m <= m_key < 2 * m, (key, shapes)
+    # both sizes decided once and run the same everywhere
+    assert len(ranks[0]["memo"]) == 2 and ranks[0]["memo"] == ranks[1]["memo"]

@@ -1,6 +1,6 @@
 """DDP on CPU (gloo, 2 processes via torchrun): a patched conv model trained a few steps on half a
 batch per rank ends with the same parameters as plain torch trained in one process on the whole
-batch, and both ranks ran the same choices (each miss is decided on rank 0 and broadcast: the
+batch, and both ranks ran the same choices (each miss is decided by one rank and shared: the
 sequence of the tuner's choices, configs and sources included, is identical; each rank has its
 own cache folder, as on two machines). The kernelkit kernels are forced (numba), so the forward
 and backward products inside DDP really are kernelkit's."""
