@@ -9,7 +9,7 @@ from ..autotune.key import bucket
 from ..kernels import check_activation, torch_activations
 from ..kernels.convgeom import resolve_padding
 from ..ops import conv2d as _conv2d
-from ..ops.torch_ops import conv2d_op, eager_conv2d
+from ..ops.torch_ops import conv2d_op, eager_conv2d, split_activation
 from . import _route
 
 
@@ -122,8 +122,10 @@ def _through_op(m: Conv2d, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
     if m.padding_mode != "zeros":  # (as in _make_route: the op pads with zeros)
         return _aten(m, x, w, b)
     # torch.ops.* rather than conv2d_op(): dynamo traces it
-    return torch.ops.kernelkit.conv2d(x, w, b, list(m.stride), m.padding4(), list(m.dilation),
-                                      m.groups, m.activation, None, False)
+    fused, after = split_activation(m.activation, _route.grad_on(x, w, b))
+    y = torch.ops.kernelkit.conv2d(x, w, b, list(m.stride), m.padding4(), list(m.dilation),
+                                   m.groups, fused, None, False)
+    return y if after is None else torch_activations()[after](y)
 
 
 conv2d_op()  # register torch.ops.kernelkit.conv2d (and its backward ops) before any trace

@@ -11,7 +11,7 @@ from torch import nn
 from ..autotune.key import bucket
 from ..kernels import check_activation, torch_activations
 from ..ops import matmul as _matmul
-from ..ops.torch_ops import eager_matmul, linear_op, rows
+from ..ops.torch_ops import eager_matmul, linear_op, rows, split_activation
 from . import _route
 
 
@@ -115,7 +115,9 @@ def _aten(m: Linear, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
 def _through_op(m: Linear, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
     # the op flattens (*, K) to (M, K): every batch shape shares one problem (and one tuning
     # run); torch.ops.* rather than linear_op(): dynamo traces it
-    return torch.ops.kernelkit.linear(x, w, b, m.activation, False)
+    fused, after = split_activation(m.activation, _route.grad_on(x, w, b))
+    y = torch.ops.kernelkit.linear(x, w, b, fused, False)
+    return y if after is None else torch_activations()[after](y)
 
 
 linear_op()  # register torch.ops.kernelkit.linear (and matmul) before any forward is traced

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 
-from ..kernels import check_activation
+from ..kernels import check_activation, torch_activations
 
 
 @functools.cache
@@ -32,7 +32,7 @@ def substitute_in_compiled_code() -> None:
     from . import conv2d as conv_module
     from . import matmul as matmul_module
     from . import preprocess as preprocess_module
-    from .torch_ops import register_all
+    from .torch_ops import register_all, split_activation
 
     register_all()  # (the ops themselves: registered when torch loaded, and once only)
     # (the ops' overloads themselves: dynamo builds the polyfills' globals without a source, and
@@ -45,6 +45,11 @@ def substitute_in_compiled_code() -> None:
     with_torch = matmul_module._with_torch
     vendor_conv = conv_module._vendor().conv2d_forward
 
+    activations = torch_activations()
+
+    def grad_on(*xs):  # (the graph records gradients through the op)
+        return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in xs)
+
     def tensors(*xs):  # numpy arrays in compiled code: as tensors, and the result back (below)
         return [x if x is None or isinstance(x, tensor) else from_numpy(x) for x in xs]
 
@@ -54,7 +59,10 @@ def substitute_in_compiled_code() -> None:
             return with_torch(a, b, bias, activation)
         if a.ndim == 1 or b.ndim == 1:  # (the op takes matrices: the public rule for vectors)
             return matmul_module._with_vectors(a, b, bias, activation, allow_tf32)
-        y = matmul_op(*tensors(a, b, bias), activation, allow_tf32)
+        at, bt, biast = tensors(a, b, bias)
+        fused, after = split_activation(activation, grad_on(at, bt, biast))
+        y = matmul_op(at, bt, biast, fused, allow_tf32)
+        y = y if after is None else activations[after](y)
         return y if isinstance(a, tensor) else y.numpy()
 
     @substitute(conv_module.conv2d)
@@ -69,7 +77,10 @@ def substitute_in_compiled_code() -> None:
                                        dilation, groups, layout, traced=True)
         if transforms_active():  # (as matmul's)
             return vendor_conv(x, weight, bias, *geo, activation, layout or "NCHW", allow_tf32)
-        y = conv2d_op(*tensors(x, weight, bias), *geo, activation, layout, allow_tf32)
+        xt, weight, bias = tensors(x, weight, bias)
+        fused, after = split_activation(activation, grad_on(xt, weight, bias))
+        y = conv2d_op(xt, weight, bias, *geo, fused, layout, allow_tf32)
+        y = y if after is None else activations[after](y)
         return y if isinstance(x, tensor) else y.numpy()
 
     @substitute(preprocess_module.preprocess)

@@ -59,6 +59,19 @@ def _activation_backward(name: str, grad, z):
     raise ValueError(f"kernelkit: no backward for activation {name!r}")
 
 
+def split_activation(activation, grad: bool):
+    """(the activation a registered op fuses, the one applied after it) in a traced graph.
+
+    Where the graph records gradients, a GELU or SiLU runs after the op, as torch's activation
+    (Inductor fuses it elementwise and saves the pre-activation its backward reads), as the
+    eager Functions do: fused, the op's backward recomputes the pre-activation, a third GEMM
+    or conv per training step. A ReLU stays fused (its gradient reads the saved output), as
+    does every activation in a graph without gradients."""
+    if grad and activation not in (None, "relu"):
+        return None, activation
+    return activation, None
+
+
 def _saved_output(activation, output):
     """What a registered op's setup_context (and the eager Functions' forward) saves of its
     output: a fused ReLU's (its gradient is read off the output, as torch's relu's is); None for

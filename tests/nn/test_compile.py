@@ -310,3 +310,52 @@ def test_a_compiled_fused_relu_step_keeps_no_bool_mask(layer, x):
     assert "kernelkit.relu_backward" in code and "torch.bool" not in code
     for p, q in zip(layer.parameters(), twin.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5)
+
+
+def _compiled_step_ops(fn, x) -> tuple[list[str], list]:
+    """(the kernelkit ops Inductor's code for one compiled training step of `fn` calls, in
+    order; the gradients of x and of fn's parameters), Numba forced."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    step = torch.compile(fn, fullgraph=True)
+    _, codes = run_and_get_code(lambda: step(x).square().sum().backward())
+    calls = re.findall(r"= torch\.ops\.kernelkit\.(\w+)\.default\(", "\n".join(codes))
+    return calls, [x.grad] + [p.grad for p in getattr(fn, "parameters", list)()]
+
+
+@pytest.mark.parametrize("activation", ["gelu", "silu", "gelu_tanh"])
+@pytest.mark.parametrize("kind", ["linear", "conv2d", "matmul"])
+def test_a_compiled_training_step_with_a_gelu_or_silu_runs_no_third_product(kind, activation):
+    """The registered ops' backward recomputes a fused GELU's or SiLU's pre-activation: a third
+    GEMM or conv per compiled training step (eager mode already ran the op and then torch's
+    activation). Traced with gradients, the activation now follows the op as torch's."""
+    torch.manual_seed(0)
+    if kind == "linear":
+        layer, x = knn.Linear(16, 8, activation=activation), torch.randn(32, 16)
+        want = ["linear", "matmul", "matmul"]
+    elif kind == "conv2d":
+        layer, x = knn.Conv2d(3, 4, 3, padding=1, activation=activation), torch.randn(2, 3, 9, 9)
+        want = ["conv2d", "conv2d_backward_input", "conv2d_backward_weight"]
+    else:
+        w = torch.randn(16, 8, requires_grad=True)
+
+        def layer(t):
+            return kernelkit.matmul(t, w, activation=activation)
+
+        layer.parameters = lambda: [w]
+        x = torch.randn(32, 16)
+        want = ["matmul", "matmul", "matmul"]
+    with kernelkit.use(backend="numba"):
+        if kind != "matmul":
+            layer(x)  # (an eager call first: the trace then takes the kernel's op)
+        calls, grads = _compiled_step_ops(layer, x.clone().requires_grad_(True))
+        for p in layer.parameters():
+            p.grad = None
+        x2 = x.clone().requires_grad_(True)
+        layer(x2).square().sum().backward()  # eager
+    assert sorted(calls) == sorted(want), calls
+    for g, h in zip(grads, [x2.grad] + [p.grad for p in layer.parameters()]):
+        torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-5)
