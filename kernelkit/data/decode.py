@@ -63,8 +63,13 @@ def read_source(source: Any) -> Encoded | np.ndarray:
         raise TypeError("data: an image must be encoded bytes, a path or a uint8 array, got "
                         f"{type(source).__name__}")
     if bytes(data[:2]) == JPEG_MAGIC and _simplejpeg is not None:
-        h, w, _, _ = _simplejpeg.decode_jpeg_header(data)
-        return Encoded(data, int(h), int(w), True)
+        try:
+            h, w, _, _ = _simplejpeg.decode_jpeg_header(data)
+            return Encoded(data, int(h), int(w), True)
+        except ValueError:
+            # libjpeg's warnings are errors there ("Corrupt JPEG data: 3 extraneous bytes
+            # before marker 0xc4"): PIL reads the header, and `decode` falls back to it too
+            pass
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:

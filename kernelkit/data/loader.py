@@ -20,9 +20,11 @@ from .handoff import Handoff
 from .sample import (
     augment_options,
     collate_labels,
+    key_int,
     load_sample,
     output_size,
     preprocess_batch,
+    thread_count,
 )
 from .timing import StageTimes
 
@@ -102,7 +104,7 @@ class Loader:
         self.batch_size = batch_size
         self.size = (int(size[0]), int(size[1]))
         self.augment = augment_options(augment)
-        self.seed = seed
+        self.seed = key_int("Loader", "seed", seed, 2**128)  # (augment's key range)
         self.shuffle = shuffle
         self.drop_last = drop_last
         out_dtype = dtype_name("Loader", "out_dtype", out_dtype)  # (a torch or numpy dtype too)
@@ -113,8 +115,10 @@ class Loader:
         self.prep = dict(size=self.size, mean=mean, std=std, stats_unit=stats_unit,
                          out_dtype=out_dtype, layout=layout, interpolation=interpolation,
                          antialias=antialias)
-        self.decode_threads = decode_threads or os.cpu_count() or 1
-        self.preprocess_threads = preprocess_threads
+        self.decode_threads = thread_count("Loader", "decode_threads", decode_threads) \
+            or os.cpu_count() or 1
+        self.preprocess_threads = thread_count("Loader", "preprocess_threads",
+                                               preprocess_threads)
         self.prefetch = prefetch
         self.epoch = 0
         self.timings = StageTimes()
@@ -125,7 +129,7 @@ class Loader:
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch the next iteration uses (augmentation and shuffle key)."""
-        self.epoch = int(epoch)
+        self.epoch = key_int("Loader", "epoch", epoch, 2**64)
 
     def order(self, epoch: int) -> np.ndarray:
         """The dataset indices of `epoch`, in the order they are batched."""
@@ -139,9 +143,10 @@ class Loader:
 
     def __iter__(self):
         epoch = self.epoch
-        self.epoch += 1
         self.timings = StageTimes()
-        return _Epoch(self, epoch)
+        it = _Epoch(self, epoch)
+        self.epoch += 1  # (once the epoch started: one that failed to start is not skipped)
+        return it
 
 
 class _Production:
@@ -263,7 +268,9 @@ class _Epoch:
     def close(self) -> None:
         """Stop the producer and the decode pool (also on garbage collection: a `break`)."""
         self.done = True
-        self.production.stop()
+        production = getattr(self, "production", None)  # (None: __init__ raised before it)
+        if production is not None:
+            production.stop()
 
     def __del__(self):
         self.close()

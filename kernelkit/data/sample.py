@@ -50,6 +50,24 @@ def output_size(owner: str, size: Any) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
+def key_int(owner: str, name: str, v: Any, limit: int) -> int:
+    """A seed or epoch as an int in [0, limit), or a ValueError naming `owner` and `name` (a
+    seed of -1 or "a" reached numpy's "expected non-negative integer" at the first batch, and
+    1.5 was truncated where nothing augments)."""
+    if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) \
+            and 0 <= v < limit:
+        return int(v)
+    raise ValueError(f"{owner}: '{name}' must be an int in [0, 2**{limit.bit_length() - 1}), "
+                     f"got {v!r}")
+
+
+def thread_count(owner: str, name: str, v: Any) -> int | None:
+    """None or a positive int, or a ValueError naming `owner` and `name`."""
+    if v is None or isinstance(v, int) and not isinstance(v, bool) and v >= 1:
+        return v
+    raise ValueError(f"{owner}: '{name}' must be None or an int >= 1, got {v!r}")
+
+
 def augment_options(augment: Any, owner: str = "Loader") -> dict | None:
     """The `kernelkit.augment` keyword arguments a Loader's `augment` argument means.
 
@@ -98,11 +116,15 @@ def load_sample(item: Any, index: int, *, size: tuple[int, int], augment: dict |
     source, label = split_item(item)
     try:
         src = read_source(source)
-    except (FileNotFoundError, PermissionError, IsADirectoryError, TypeError):
-        raise  # (these name the path, or the item's type, themselves)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise  # (these name the path themselves)
+    except TypeError as exc:  # (an item of another type: which sample it is)
+        raise TypeError(f"data: sample {index}: {str(exc).removeprefix('data: ')}") from exc
     except Exception as exc:  # noqa: BLE001 - any decoder's error, said with the sample's name
         raise _undecodable(exc, index, source) from exc
     h, w = (src.height, src.width) if isinstance(src, Encoded) else src.shape[:2]
+    if h == 0 or w == 0:  # (preprocess would name its place in the batch, augment nothing)
+        raise ValueError(f"data: sample {index} is an empty image ({h}x{w})")
     if augment is None:
         box, flip, rot = (0, 0, h, w), (False, False), 0.0
     else:

@@ -19,6 +19,7 @@ from ..ops.preprocess_args import dtype_name
 from .sample import (
     augment_options,
     collate_labels,
+    key_int,
     load_sample,
     output_size,
     preprocess_batch,
@@ -47,11 +48,11 @@ class Samples:
         self.dataset = dataset
         self.size = output_size("Samples", size)
         self.augment = augment_options(augment, "Samples")
-        self.seed = seed
-        self.epoch = epoch
+        self.seed = key_int("Samples", "seed", seed, 2**128)
+        self.epoch = key_int("Samples", "epoch", epoch, 2**64)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self.epoch = key_int("Samples", "epoch", epoch, 2**64)
 
     def __len__(self) -> int:
         return len(self.dataset)

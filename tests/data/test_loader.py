@@ -264,6 +264,61 @@ def test_samples_and_collate_check_their_arguments(make, msg):
         make()
 
 
+@pytest.mark.parametrize("kw,msg", [
+    (dict(seed=-1), r"Loader: 'seed' must be an int in \[0, 2\*\*128\), got -1"),
+    (dict(seed="a"), r"Loader: 'seed' must be an int"),
+    (dict(seed=1.5), r"Loader: 'seed' must be an int"),
+    (dict(decode_threads=-1), r"Loader: 'decode_threads' must be None or an int >= 1, got -1"),
+    (dict(decode_threads="2"), r"Loader: 'decode_threads' must be None or an int >= 1"),
+    (dict(preprocess_threads=0), r"Loader: 'preprocess_threads' must be None or an int >= 1")])
+def test_the_loader_checks_seed_and_thread_counts_when_made(kw, msg):
+    # these were taken and failed at the first batch with numpy's or the executor's words
+    # ("expected non-negative integer"), an "Exception ignored in _Epoch.__del__" traceback
+    # and the epoch counted; seed=1.5 was truncated where nothing augments
+    imgs = [np.zeros((8, 8, 3), np.uint8)] * 4
+    with pytest.raises(ValueError, match=msg):
+        data.Loader(imgs, batch_size=2, size=4, mean=0, std=1, shuffle=True, **kw)
+    loader = data.Loader(imgs, batch_size=2, size=4, mean=0, std=1)
+    with pytest.raises(ValueError, match="Loader: 'epoch' must be an int"):
+        loader.set_epoch(-1)
+    with pytest.raises(ValueError, match="Samples: 'seed' must be an int"):
+        data.Samples(imgs, size=4, seed=-1)
+
+
+def test_an_epoch_that_fails_to_start_is_not_counted_and_leaves_no_traceback(monkeypatch,
+                                                                              capfd):
+    from kernelkit.data import loader as loader_mod
+
+    loader = data.Loader([np.zeros((8, 8, 3), np.uint8)] * 4, batch_size=2, size=4, mean=0,
+                         std=1)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(loader_mod, "_Production", fail)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        iter(loader)
+    import gc
+
+    gc.collect()
+    assert loader.epoch == 0
+    assert "Exception ignored" not in capfd.readouterr().err
+
+
+def test_an_empty_or_foreign_image_names_its_dataset_index():
+    # "preprocess: image 1 is empty (0x5)" (its place in the batch), "augment: every image
+    # size must be at least 1x1" (no sample at all), "got JpegImageFile" (no sample at all)
+    ds = [(np.zeros((20, 20, 3), np.uint8), i) for i in range(6)]
+    ds[5] = (np.zeros((0, 5, 3), np.uint8), 5)
+    for augment in (None, True):
+        loader = data.Loader(ds, batch_size=2, size=16, mean=0, std=1, augment=augment)
+        with pytest.raises(ValueError, match=r"^data: sample 5 is an empty image \(0x5\)$"):
+            list(loader)
+    ds[5] = (Image.new("RGB", (4, 4)), 5)
+    with pytest.raises(TypeError, match=r"^data: sample 5: an image must be encoded bytes"):
+        list(data.Loader(ds, batch_size=2, size=16, mean=0, std=1))
+
+
 def test_bad_dataset_and_image_types():
     with pytest.raises(TypeError, match="Loader: 'dataset' must be a sequence"):
         data.Loader(iter([]), batch_size=1, size=8, mean=0, std=1)
@@ -378,6 +433,21 @@ def test_a_jpeg_with_extraneous_bytes_decodes_as_pil_decodes_it(items):
     bad = good[:-2] + b"\0" * 5 + b"\xff\xd9"
     want = np.asarray(Image.open(io.BytesIO(bad)).convert("RGB"))
     np.testing.assert_array_equal(data.decode(data.read_source(bad)), want)
+    batch, _ = next(iter(data.Loader([(bad, 0)], batch_size=1, size=SIZE, mean=0, std=1)))
+    assert np.isfinite(batch).all()
+
+
+@pytest.mark.parametrize("marker", [b"\xff\xdb", b"\xff\xc4", b"\xff\xc0", b"\xff\xda"])
+def test_a_jpeg_with_extraneous_bytes_before_a_header_marker_decodes_as_pil(marker):
+    """Extraneous bytes before the tables, frame or scan header (not only before the end): the
+    header read raised libjpeg's warning as an error, before decode's fallback to PIL."""
+    good = data.make_jpegs(1, sizes=[(48, 64)], seed=3)[0]
+    i = good.find(marker)
+    bad = good[:i] + b"\0\0\0" + good[i:]
+    want = np.asarray(Image.open(io.BytesIO(bad)).convert("RGB"))
+    enc = data.read_source(bad)
+    assert (enc.height, enc.width) == (48, 64)
+    np.testing.assert_array_equal(data.decode(enc), want)
     batch, _ = next(iter(data.Loader([(bad, 0)], batch_size=1, size=SIZE, mean=0, std=1)))
     assert np.isfinite(batch).all()
 
