@@ -94,6 +94,7 @@ def clear_memo() -> None:
     _memo.clear()
     _calls.clear()
     _DECIDING.clear()
+    shared.reset()
 
 
 def _after_fork_in_child() -> None:
@@ -106,6 +107,11 @@ def _after_fork_in_child() -> None:
     # (a parent's thread may have held them at the fork: it does not exist here)
     _DECIDING_LOCK, _MEASURING = threading.Lock(), threading.RLock()
     clear_memo()
+    # the parent's process group is not this process's: its store's socket is the parent's, and
+    # the child is no rank (a DataLoader worker of a DDP job)
+    dist = devices.imported("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        _INHERITED_JOBS.add(_job_id(dist))
     _settings.new_epoch()
 
 
@@ -255,7 +261,7 @@ def _choose(problem, cands, runner, verify, settings, key, memo_key, dist, calls
                       calls=calls).choice
 
     store = shared.store_of(dist) if dist is not None else None
-    if store is None:
+    if store is None:  # (not distributed, or a group whose store does not answer)
         choice = mine()
     else:
         cache = cache_for(settings.cache_path)
@@ -273,8 +279,8 @@ def _choose(problem, cands, runner, verify, settings, key, memo_key, dist, calls
                     cache.put(key, entry)
             return Choice(picked["candidate"], picked["config"], picked["source"], recheck)
 
-        choice = shared.decide_shared(store, f"{settings.tune}|{key}", mine, adopt, publish,
-                                      wait=wait)
+        choice = shared.decide_shared(store, _job_id(dist), f"{settings.tune}|{key}", mine,
+                                      adopt, publish, wait=wait)
     if choice.recheck_after:  # the caller's plan counts them down, then asks again
         _calls[memo_key] = calls + choice.recheck_after - 1
     elif choice.source != "warming":  # decided again once the compiling candidates are ready
@@ -315,7 +321,17 @@ def distributed_peers():
     dist = devices.imported("torch.distributed")
     if dist is None or not dist.is_available() or not dist.is_initialized():
         return None
+    if _INHERITED_JOBS and _job_id(dist) in _INHERITED_JOBS:  # (a forked child of a rank)
+        return None
     return dist if dist.get_world_size() > 1 else None
+
+
+_INHERITED_JOBS: set[int] = set()  # the process groups a forked child inherited
+
+
+def _job_id(dist) -> int:
+    """The identity of this process's default process group (a new one after a re-init)."""
+    return id(dist.distributed_c10d._get_default_group())
 
 
 def decide(

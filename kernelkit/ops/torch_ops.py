@@ -1,7 +1,8 @@
 """torch.library custom ops: kernelkit inside torch.compile graphs, autograd and autocast.
 
-Seven ops, each with a fake (meta) kernel; the first five with an autograd formula and an
-autocast rule, the last with an autograd formula:
+Seven ops, each with a fake (meta) kernel. The five differentiable ones (matmul, linear, conv2d
+and conv2d's two backward ops) have an autograd formula and an autocast rule, relu_backward an
+autograd formula, preprocess neither:
 
 - ``kernelkit::matmul(a, b, bias, activation, allow_tf32)``
 - ``kernelkit::linear(x, weight, bias, activation, allow_tf32)``: ``act(x @ weight.T + bias)``
@@ -795,3 +796,4 @@ def register_all() -> None:
     linear_op()
     conv2d_op()  # and the two backward ops
     preprocess_op()
+    relu_backward_op()  # (a saved or cached compiled backward calls it before any formula runs)
