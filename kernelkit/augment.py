@@ -63,9 +63,17 @@ class Augmentation:
                 "flip": self.flip[pos], "rotate": self.rotate[pos]}
 
 
+def _integer(v) -> int:
+    """Any integer (Python's, numpy's, a torch integer scalar such as a Sampler's or a tensor
+    shape's) as an int; a TypeError for the rest, booleans included."""
+    if isinstance(v, (bool, np.bool_)) or str(getattr(v, "dtype", "")) in ("bool", "torch.bool"):
+        raise TypeError(f"a boolean is not an integer: {v!r}")
+    return operator.index(v)
+
+
 def _check_key(name: str, v, limit: int) -> int:
-    try:  # (any integer: Python's, numpy's, a torch integer scalar such as a Sampler's)
-        k = None if isinstance(v, (bool, np.bool_)) else operator.index(v)
+    try:
+        k = _integer(v)
     except TypeError:
         k = None
     if k is None or not 0 <= k < limit:
@@ -131,13 +139,10 @@ def _image_size(i: int, hw) -> tuple[int, int]:
     image's whole ``.shape`` (h, w, c) gave numpy's "too many values to unpack"; a float height
     was truncated)."""
     try:
-        h, w = hw
+        h, w = (_integer(v) for v in hw)
     except (TypeError, ValueError):
-        h = w = None
-    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-               for v in (h, w)):
         raise ValueError(f"augment: image_sizes[{i}] must be a (height, width) pair of ints "
-                         f"(an image's shape[:2]), got {hw!r}")
+                         f"(an image's shape[:2]), got {hw!r}") from None
     if h < 1 or w < 1:
         raise ValueError(f"augment: every image size must be at least 1x1, got {h}x{w}")
     return int(h), int(w)

@@ -186,3 +186,9 @@ def test_an_integer_tensor_is_an_index_like_any_integer():
     assert a.crop == b.crop and a.params(7) == b.params(7)
     with pytest.raises(ValueError, match="'index'"):
         kernelkit.augment(torch.tensor([0.5]), [(48, 64)], seed=0)
+    with pytest.raises(ValueError, match="'index'"):  # (as Python's and numpy's booleans)
+        kernelkit.augment(torch.tensor([True]), [(48, 64)], seed=0)
+    # a tensor's shape, or sizes as tensors, as before
+    c = kernelkit.augment([3, 7], [torch.zeros(48, 64).shape, tuple(torch.tensor([48, 64]))],
+                          seed=1)
+    assert c.crop == b.crop
