@@ -9,9 +9,9 @@ until gloo's timeout (30 minutes), or handed a rank another size's choice.
 What: a size is asked for in rounds (the cost model's choice, then a measured one once
 measuring pays; a final choice ends them). The first rank to reach a round claims it in
 torch.distributed's store (``compare_set`` on ``<size>#<round>#claim``), decides it, publishes
-the choice under ``<size>#<round>`` and drops the claim. A rank that reaches that round later
-adopts the published choice; one that reaches it meanwhile waits for the claim holder, which is
-deciding and never waits for anyone. So no pattern of calls can hang, and every rank's n-th
+the choice under ``<size>#<round>`` (the first publication stands) and releases the claim. A
+rank that reaches that round later adopts the published choice; one that reaches it meanwhile
+waits for the claim holder, which is deciding and never waits for anyone. So no pattern of calls can hang, and every rank's n-th
 choice of a size is the same. While it decides, the holder beats a counter (`BEAT_S`); a claim
 whose counter stood still for `STALE_S` (its rank died) is taken over.
 
@@ -23,12 +23,14 @@ own choice once, unmemoised (`recheck_after` 1), and adopts the job's at the nex
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pickle
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -71,7 +73,7 @@ def decide_shared(store, job: int, name: str, decide: Callable[[], Choice],
         n = _rounds.get((job, name), 0)
     this = f"{name}#{n}"
     claim, beat = this + "#claim", this + "#beat"
-    token = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{n}".encode()
+    token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}".encode()  # (this ask)
     pause, holder, beats, since = _POLL_S[0], None, None, time.monotonic()
     while True:
         if store.check([this]):
@@ -99,29 +101,27 @@ def _as_holder(store, job, name, n, this, claim, beat, token, decide, adopt, pub
     beater = threading.Thread(target=_beat, args=(store, beat, stop), daemon=True,
                               name="kk-claim-beat")
     beater.start()
-    published = False
     try:
         if store.check([this]):  # (published and released since the first look)
             return _adopted(job, name, n, adopt(pickle.loads(store.get(this))))
         choice = decide()
         if choice.source == "warming":
             return choice
-        store.set(this, pickle.dumps(publish(choice)))
-        published = True
-        return _adopted(job, name, n, choice)
+        mine = pickle.dumps(publish(choice))
+        # first publisher wins: a holder whose claim was taken over (it stopped beating: a
+        # suspended process) may finish too, and must then run what the job runs
+        first = store.compare_set(this, "", mine)
+        return _adopted(job, name, n, choice if first == mine else adopt(pickle.loads(first)))
     finally:
         stop.set()
         beater.join()
-        if published:  # (readers look for the choice first: the claim is not needed again)
-            store.delete_key(claim)
-            store.delete_key(beat)
-        else:
-            store.compare_set(claim, token, "")
+        store.compare_set(claim, token, "")  # (only this holder's own claim)
 
 
 def _beat(store, beat: str, stop: threading.Event) -> None:
     while not stop.wait(BEAT_S):
-        store.add(beat, 1)
+        with contextlib.suppress(Exception):  # (a store hiccup: beat again next time)
+            store.add(beat, 1)
 
 
 def _adopted(job: int, name: str, n: int, choice: Choice) -> Choice:

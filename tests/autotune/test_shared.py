@@ -52,7 +52,7 @@ def test_a_published_round_is_adopted_and_rounds_follow_each_other():
     shared.reset()  # another rank: its rounds from 0
     assert _ask(store, _never) == model
     assert _ask(store, _never) == measured
-    assert not store.check(["size#0#claim"]) and not store.check(["size#1#claim"])
+    assert store.get("size#0#claim") == store.get("size#1#claim") == b""  # (released)
 
 
 def test_a_stand_in_is_neither_published_nor_a_round():
@@ -166,3 +166,32 @@ def test_relu_backward_is_registered_at_import():
             "assert hasattr(torch.ops.kernelkit, 'relu_backward'); print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_a_holder_whose_claim_was_taken_over_runs_what_the_job_runs(monkeypatch):
+    # a holder that stopped beating (a suspended process) lost its claim to another rank; when
+    # it finished it overwrote the published choice: two choices for one round
+    import threading
+    import time
+
+    monkeypatch.setattr(shared, "STALE_S", 0.3)
+    monkeypatch.setattr(shared, "BEAT_S", 100.0)  # (nobody beats)
+    store = _store()
+    slow_pick, fast_pick = Choice("numba-cpu", {}, "measured"), Choice("torch-cpu", {}, "measured")
+    got = {}
+    started = threading.Event()
+
+    def slow() -> Choice:
+        started.set()
+        time.sleep(1.5)
+        return slow_pick
+
+    a = threading.Thread(target=lambda: got.setdefault("a", _ask(store, slow)))
+    a.start()
+    started.wait(5)
+    shared.reset()
+    got["b"] = _ask(store, lambda: fast_pick)  # (takes the stale claim over)
+    a.join()
+    shared.reset()
+    got["c"] = _ask(store, _never)
+    assert got["a"] == got["b"] == got["c"] == fast_pick
