@@ -57,6 +57,7 @@ def substitute_in_compiled_code() -> None:
     def matmul(a, b, *, bias=None, activation=None, allow_tf32=False):
         if transforms_active():  # torch.compile(torch.func.grad(...)): torch's ops, as in eager
             return with_torch(a, b, bias, activation)
+        check_activation("matmul", activation)  # (before any use of its name)
         if a.ndim == 1 or b.ndim == 1:  # (the op takes matrices: the public rule for vectors)
             return matmul_module._with_vectors(a, b, bias, activation, allow_tf32)
         at, bt, biast = tensors(a, b, bias)

@@ -61,14 +61,20 @@ def _activation_backward(name: str, grad, z):
 
 
 def split_activation(activation, grad: bool):
-    """(the activation a registered op fuses, the one applied after it) in a traced graph.
+    """(the activation a registered op fuses, the one applied after it).
 
-    Where the graph records gradients, a GELU or SiLU runs after the op, as torch's activation
-    (Inductor fuses it elementwise and saves the pre-activation its backward reads), as the
-    eager Functions do: fused, the op's backward recomputes the pre-activation, a third GEMM
-    or conv per training step. A ReLU stays fused (its gradient reads the saved output), as
-    does every activation in a graph without gradients."""
-    if grad and activation not in (None, "relu"):
+    In a graph torch.compile traces that records gradients, a GELU or SiLU runs after the op,
+    as torch's activation (Inductor fuses it elementwise and saves the pre-activation its
+    backward reads), as the eager Functions do: fused, the op's backward recomputes the
+    pre-activation, a third GEMM or conv per training step. A ReLU stays fused (its gradient
+    reads the saved output), as does every activation in a graph without gradients, in an
+    exported program (an inference artifact keeps the fusion) and in eager mode (the op's
+    autocast route: the result must not depend on the grad mode)."""
+    import torch
+
+    compiler = torch.compiler
+    if grad and activation not in (None, "relu") and compiler.is_compiling() \
+            and not getattr(compiler, "is_exporting", lambda: False)():
         return None, activation
     return activation, None
 
