@@ -63,7 +63,7 @@ class Augmentation:
                 "flip": self.flip[pos], "rotate": self.rotate[pos]}
 
 
-def _integer(v) -> int:
+def as_integer(v) -> int:
     """Any integer (Python's, numpy's, a torch integer scalar such as a Sampler's or a tensor
     shape's) as an int; a TypeError for the rest, booleans included."""
     if isinstance(v, (bool, np.bool_)) or str(getattr(v, "dtype", "")) in ("bool", "torch.bool"):
@@ -73,7 +73,7 @@ def _integer(v) -> int:
 
 def _check_key(name: str, v, limit: int) -> int:
     try:
-        k = _integer(v)
+        k = as_integer(v)
     except TypeError:
         k = None
     if k is None or not 0 <= k < limit:
@@ -139,7 +139,7 @@ def _image_size(i: int, hw) -> tuple[int, int]:
     image's whole ``.shape`` (h, w, c) gave numpy's "too many values to unpack"; a float height
     was truncated)."""
     try:
-        h, w = (_integer(v) for v in hw)
+        h, w = (as_integer(v) for v in hw)
     except (TypeError, ValueError):
         raise ValueError(f"augment: image_sizes[{i}] must be a (height, width) pair of ints "
                          f"(an image's shape[:2]), got {hw!r}") from None

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..augment import as_integer
 from ..augment import augment as _augment
 from .decode import SCALES, Encoded, dct_scale, decode, read_source, to_rgb
 
@@ -54,18 +55,25 @@ def key_int(owner: str, name: str, v: Any, limit: int) -> int:
     """A seed or epoch as an int in [0, limit), or a ValueError naming `owner` and `name` (a
     seed of -1 or "a" reached numpy's "expected non-negative integer" at the first batch, and
     1.5 was truncated where nothing augments)."""
-    if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) \
-            and 0 <= v < limit:
-        return int(v)
+    try:
+        k = as_integer(v)
+    except TypeError:
+        k = -1
+    if 0 <= k < limit:
+        return k
     raise ValueError(f"{owner}: '{name}' must be an int in [0, 2**{limit.bit_length() - 1}), "
                      f"got {v!r}")
 
 
 def thread_count(owner: str, name: str, v: Any) -> int | None:
-    """None or a positive int, or a ValueError naming `owner` and `name`."""
-    if v is None or isinstance(v, int) and not isinstance(v, bool) and v >= 1:
-        return v
-    raise ValueError(f"{owner}: '{name}' must be None or an int >= 1, got {v!r}")
+    """None or 0 (the default) or a positive int, or a ValueError naming `owner` and `name`."""
+    try:
+        k = None if v is None else as_integer(v)
+    except TypeError:
+        k = -1
+    if k is None or k >= 0:
+        return k or None
+    raise ValueError(f"{owner}: '{name}' must be None or an int >= 0, got {v!r}")
 
 
 def augment_options(augment: Any, owner: str = "Loader") -> dict | None:

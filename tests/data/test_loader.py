@@ -268,9 +268,9 @@ def test_samples_and_collate_check_their_arguments(make, msg):
     (dict(seed=-1), r"Loader: 'seed' must be an int in \[0, 2\*\*128\), got -1"),
     (dict(seed="a"), r"Loader: 'seed' must be an int"),
     (dict(seed=1.5), r"Loader: 'seed' must be an int"),
-    (dict(decode_threads=-1), r"Loader: 'decode_threads' must be None or an int >= 1, got -1"),
-    (dict(decode_threads="2"), r"Loader: 'decode_threads' must be None or an int >= 1"),
-    (dict(preprocess_threads=0), r"Loader: 'preprocess_threads' must be None or an int >= 1")])
+    (dict(decode_threads=-1), r"Loader: 'decode_threads' must be None or an int >= 0, got -1"),
+    (dict(decode_threads="2"), r"Loader: 'decode_threads' must be None or an int >= 0"),
+    (dict(preprocess_threads=-2), r"Loader: 'preprocess_threads' must be None or an int >= 0")])
 def test_the_loader_checks_seed_and_thread_counts_when_made(kw, msg):
     # these were taken and failed at the first batch with numpy's or the executor's words
     # ("expected non-negative integer"), an "Exception ignored in _Epoch.__del__" traceback
@@ -283,6 +283,15 @@ def test_the_loader_checks_seed_and_thread_counts_when_made(kw, msg):
         loader.set_epoch(-1)
     with pytest.raises(ValueError, match="Samples: 'seed' must be an int"):
         data.Samples(imgs, size=4, seed=-1)
+    # what worked before still does: any integer (numpy's, a torch scalar), 0 threads for the
+    # default
+    loader = data.Loader(imgs, batch_size=2, size=4, mean=0, std=1, seed=np.uint64(2**64 - 1),
+                         decode_threads=np.int64(2), preprocess_threads=0)
+    loader.set_epoch(torch.tensor(3))
+    assert loader.epoch == 3 and loader.decode_threads == 2 and loader.preprocess_threads is None
+    assert data.Loader(imgs, batch_size=2, size=4, mean=0, std=1,
+                       decode_threads=0).decode_threads == (os.cpu_count() or 1)
+    assert data.Samples(imgs, size=4, epoch=torch.tensor(2)).epoch == 2
 
 
 def test_an_epoch_that_fails_to_start_is_not_counted_and_leaves_no_traceback(monkeypatch,
