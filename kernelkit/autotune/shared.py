@@ -11,9 +11,10 @@ measuring pays; a final choice ends them). The first rank to reach a round claim
 torch.distributed's store (``compare_set`` on ``<size>#<round>#claim``), decides it, publishes
 the choice under ``<size>#<round>`` (the first publication stands) and releases the claim. A
 rank that reaches that round later adopts the published choice; one that reaches it meanwhile
-waits for the claim holder, which is deciding and never waits for anyone. So no pattern of calls can hang, and every rank's n-th
-choice of a size is the same. While it decides, the holder beats a counter (`BEAT_S`); a claim
-whose counter stood still for `STALE_S` (its rank died) is taken over.
+waits for the claim holder, which is deciding and never waits for anyone. So no pattern of
+calls can hang, and every rank's n-th choice of a size is the same. While it decides, the holder
+beats a counter (`BEAT_S`); a claim whose counter stood still for `STALE_S` (its rank died) is
+taken over.
 
 A stand-in while this rank's kernels compile ("warming") is neither published nor a round: each
 rank stands in for itself until its own compile ends. A decision made while measuring (an op
@@ -44,9 +45,9 @@ _LOCK = threading.Lock()
 
 
 def store_of(dist) -> Any | None:
-    """The default group's store under kernelkit's prefix, with the job's identity; None where
-    torch gives none that answers (an MPI group's placeholder, the fake backend's store: their
-    ``check`` raises), and every rank then decides for itself."""
+    """The default group's store under kernelkit's prefix; None where torch gives none that
+    answers (an MPI group's placeholder, the fake backend's store: their ``check`` raises), and
+    every rank then decides for itself."""
     try:
         store = dist.PrefixStore("kernelkit/choices", dist.distributed_c10d._get_default_store())
         store.check(["probe"])

@@ -62,9 +62,9 @@ Arbitrary angle: one affine map, output pixel -> source pixel, is composed (``af
 the kernel samples it once (bilinear, or nearest), reading ``fill`` for pixels outside the crop.
 No antialias filter is applied there. Nearest takes ``floor(position + NEAREST_ROUND)``: a tie
 goes right and down, and so does a position within 1e-9 px below one, in the flipped,
-quarter-turned crop that is rotated (the map's offset is lowered along reversed axes). Ties are common (an odd
-output's centre pixel on an even crop's centre), and each backend's rounding of the map (an FMA
-here, two roundings there) put such a pixel on either side.
+quarter-turned crop that is rotated (the map's offset is lowered along reversed axes). Ties are
+common (an odd output's centre pixel on an even crop's centre), and each backend's rounding of
+the map (an FMA here, two roundings there) put such a pixel on either side.
 """
 
 from __future__ import annotations
