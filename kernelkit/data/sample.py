@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import devices
 from ..augment import as_integer
 from ..augment import augment as _augment
 from .decode import SCALES, Encoded, dct_scale, decode, read_source, to_rgb
@@ -193,16 +194,38 @@ def _snap(box, s: int, hw: tuple[int, int]) -> tuple[int, int, int, int]:
 
 
 def collate_labels(labels: Sequence[Any], torch_out: bool) -> Any:
-    """Labels as one numpy array (or torch tensor) when they are all numbers, else the list."""
-    if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-           for v in labels):
+    """Labels stacked as torch's default_collate stacks them, into one numpy array (or torch
+    tensor): numbers, or numeric arrays or tensors of one shape and dtype (a 0-d tensor per
+    sample, a one-hot or multi-label vector: they came back as a list); else the list (strings,
+    booleans, dicts, mixed kinds, integers past 64 bits)."""
+    labels = list(labels)
+    if labels and all(isinstance(v, (int, float, np.integer, np.floating))
+                      and not isinstance(v, bool) for v in labels):
         arr = np.asarray(labels)
-        if torch_out:
-            import torch
+        if arr.dtype == object:  # (an integer past 64 bits)
+            return labels
+        return _label_array(arr, torch_out)
+    first = labels[0] if labels else None
+    kind = type(first)
+    if not hasattr(first, "shape") or not all(type(v) is kind and v.shape == first.shape
+                                              and v.dtype == first.dtype for v in labels):
+        return labels
+    if isinstance(first, np.ndarray) and first.dtype.kind in "iuf":
+        return _label_array(np.stack(labels), torch_out)
+    torch = devices.imported("torch")
+    if torch is not None and isinstance(first, torch.Tensor) and first.dtype != torch.bool \
+            and not first.dtype.is_complex and (torch_out or first.dtype != torch.bfloat16):
+        stacked = torch.stack([v.detach() for v in labels])
+        return stacked if torch_out else stacked.cpu().numpy()
+    return labels
 
-            return torch.from_numpy(arr)
-        return arr
-    return list(labels)
+
+def _label_array(arr: np.ndarray, torch_out: bool) -> Any:
+    if torch_out:
+        import torch
+
+        return torch.from_numpy(arr)
+    return arr
 
 
 def preprocess_batch(samples: Sequence[Decoded], *, size, mean, std, stats_unit: str,

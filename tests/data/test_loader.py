@@ -328,6 +328,35 @@ def test_an_empty_or_foreign_image_names_its_dataset_index():
         list(data.Loader(ds, batch_size=2, size=16, mean=0, std=1))
 
 
+def test_labels_are_stacked_as_torchs_default_collate_stacks_them():
+    # 0-d label tensors (or arrays), one-hot vectors: they came back as a Python list, where
+    # torch's default_collate stacks them; a label past 64 bits made an object array that
+    # torch.from_numpy refused ("can't convert np.ndarray of type numpy.object_")
+    img = np.zeros((20, 20, 3), np.uint8)
+    kw = dict(batch_size=3, size=8, mean=0, std=1, device="cpu")
+    cases = [
+        ([torch.tensor(i) for i in (4, 5, 6)], torch.tensor([4, 5, 6])),
+        ([np.int64(i) for i in (4, 5, 6)], torch.tensor([4, 5, 6])),
+        ([np.array(i, np.int32) for i in (4, 5, 6)], torch.tensor([4, 5, 6], dtype=torch.int32)),
+        ([torch.eye(3)[i] for i in range(3)], torch.eye(3)),
+        ([np.eye(3, dtype=np.float32)[i] for i in range(3)], torch.eye(3)),
+    ]
+    for labels, want in cases:
+        _, got = next(iter(data.Loader([(img, lab) for lab in labels], **kw)))
+        assert isinstance(got, torch.Tensor) and torch.equal(got, want), (labels, got)
+        samples = [data.load_sample((img, lab), i, size=SIZE, augment=None, seed=0, epoch=0)
+                   for i, lab in enumerate(labels)]
+        _, got = data.Collate(size=8, mean=0, std=1)(samples)
+        assert torch.equal(got, want)
+        _, got = data.Collate(size=8, mean=0, std=1, tensors=False)(samples)
+        assert isinstance(got, np.ndarray) and np.array_equal(got, want.numpy())
+    # kept as lists: strings, booleans, shapes that differ, mixed kinds, past 64 bits
+    for labels in (["a", "b", "c"], [True, False, True], [torch.zeros(2), torch.zeros(3), 1],
+                   [torch.tensor(1), 2, 3], [2**64, 1, 2]):
+        _, got = next(iter(data.Loader([(img, lab) for lab in labels], **kw)))
+        assert isinstance(got, list) and len(got) == 3
+
+
 def test_bad_dataset_and_image_types():
     with pytest.raises(TypeError, match="Loader: 'dataset' must be a sequence"):
         data.Loader(iter([]), batch_size=1, size=8, mean=0, std=1)
