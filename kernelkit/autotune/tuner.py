@@ -80,6 +80,7 @@ Runner = Callable[[Candidate, Config], Callable[[], Any]]
 Verifier = Callable[[Any], "str | None"]
 
 _memo: dict[tuple[str, str], Choice] = {}
+_ADOPTED: dict[str, dict] = {}  # key -> the entry a distributed job's adopted choice came with
 _calls: dict[tuple[str, str], int] = {}  # op calls per (cache, key) that were not memo hits
 # Threads that miss the same (cache, key) at once wait for the first one's decision instead of
 # each measuring it (four serving threads meeting a new size each tuned it, about 1 s apiece,
@@ -94,7 +95,16 @@ def clear_memo() -> None:
     _memo.clear()
     _calls.clear()
     _DECIDING.clear()
+    _ADOPTED.clear()
     shared.reset()
+
+
+def entry_for(key: str, cache) -> dict | None:
+    """The measured entry behind this process's choice for `key`: the one a distributed job's
+    choice was adopted with (the deciding rank's: this rank's cache lacks it on a machine of
+    another kind), else `cache`'s. So a rule read off the entry (nn's KERNEL_MARGIN) gives every
+    rank the same answer."""
+    return _ADOPTED.get(key) or cache.get(key)
 
 
 def _after_fork_in_child() -> None:
@@ -271,6 +281,8 @@ def _choose(problem, cands, runner, verify, settings, key, memo_key, dist, calls
 
         def adopt(payload) -> Choice:
             picked, recheck, fp, entry = payload
+            if entry is not None:  # (what the job's choice was measured on, for every rank)
+                _ADOPTED[key] = entry
             if entry is not None and fp == cache.fp:
                 # the same measurement, kept by every rank of this kind; ranks of one machine
                 # may share the file the deciding rank appended it to: not again

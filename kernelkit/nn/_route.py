@@ -753,7 +753,8 @@ def _vendor_if_close(call: core.Call, choice: core.Choice) -> core.Candidate | N
     if settings.backend or settings.device:
         return None  # an explicit request runs what it asked for
     key = tuner.make_key(call.problem, tuner.forced_suffix(settings))
-    entry = _cache.cache_for(settings.cache_path).get(key) or {}
+    # (the entry the choice came with: in a distributed job, the deciding rank's)
+    entry = tuner.entry_for(key, _cache.cache_for(settings.cache_path)) or {}
     best: dict[str, float] = {}
     for t in entry.get("trials", []):
         if t.get("median") is not None:

@@ -899,3 +899,48 @@ def test_a_forced_numpy_backend_runs_numpy_in_a_patched_linear():
         y = layer(x)
         assert knn.where(layer) == [("", (2, 4), "numpy-cpu")]
     torch.testing.assert_close(y, nn.functional.linear(x, layer.weight, layer.bias))
+
+
+@pytest.mark.parametrize("vendor_ms,want", [(1.1, "torch (aten)"), (2.0, "numba-cpu")])
+def test_an_adopted_distributed_choice_routes_by_the_deciding_ranks_entry(monkeypatch, tmp_path,
+                                                                          vendor_ms, want):
+    """In a distributed job a rank adopts another rank's choice with that rank's measured entry.
+    On a machine of another kind the entry is not stored in its own cache, and the layer's
+    KERNEL_MARGIN rule (torch's op where torch is within 1.2x of the kernel) read its own empty
+    cache: that rank ran the kernel where the deciding rank ran torch's op."""
+    import types
+
+    import torch.distributed as dist
+
+    from kernelkit import core
+    from kernelkit.autotune import shared, tuner
+
+    store, group = dist.HashStore(), object()
+    fake = types.SimpleNamespace(
+        PrefixStore=dist.PrefixStore,
+        distributed_c10d=types.SimpleNamespace(_get_default_store=lambda: store,
+                                               _get_default_group=lambda: group))
+    monkeypatch.setattr(tuner, "distributed_peers", lambda: fake)
+    real_choose = tuner.choose
+
+    def choose(problem, cands, runner, verify, settings):  # another rank decided it, elsewhere
+        key = tuner.make_key(problem, tuner.forced_suffix(settings))
+        cand = core.get(problem.op, "numba-cpu")
+        entry = {"trials": [{"candidate": "numba-cpu", "median": 1.0},
+                            {"candidate": "torch-cpu", "median": vendor_ms}]}
+        payload = ({"candidate": cand.name, "config": cand.space(problem)[0],
+                    "source": "measured"}, 0, "another kind of machine", entry)
+        import pickle
+
+        dist.PrefixStore("kernelkit/choices", store).compare_set(
+            f"{settings.tune}|{key}#0", "", pickle.dumps(payload))
+        return real_choose(problem, cands, runner, verify, settings)
+
+    monkeypatch.setattr(tuner, "choose", choose)
+    tuner.clear_memo()
+    layer = knn.Linear(128, 10)
+    with kernelkit.use(cache_dir=str(tmp_path)), torch.no_grad():
+        layer(torch.randn(8, 128))
+    assert [r for _, _, r in knn.where(layer)] == [want]
+    tuner.clear_memo()
+    shared.reset()
