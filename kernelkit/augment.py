@@ -71,13 +71,15 @@ def as_integer(v) -> int:
     return operator.index(v)
 
 
-def _check_key(name: str, v, limit: int) -> int:
+def check_key(owner: str, name: str, v, limit: int) -> int:
+    """A seed, epoch or index as an int in [0, limit), or a ValueError naming `owner` and
+    `name` (augment's key, and the data loaders' seeds and epochs that become it)."""
     try:
         k = as_integer(v)
     except TypeError:
-        k = None
-    if k is None or not 0 <= k < limit:
-        raise ValueError(f"augment: '{name}' must be an int in [0, 2**{limit.bit_length() - 1}), "
+        k = -1
+    if not 0 <= k < limit:
+        raise ValueError(f"{owner}: '{name}' must be an int in [0, 2**{limit.bit_length() - 1}), "
                          f"got {v!r}")
     return k
 
@@ -90,9 +92,9 @@ def sample_generator(seed: int, epoch: int, index: int) -> np.random.Generator:
         seed: any int in [0, 2**128).
         epoch, index: ints in [0, 2**64).
     """
-    seed = _check_key("seed", seed, 2**128)
-    epoch = _check_key("epoch", epoch, _U64)
-    index = _check_key("index", index, _U64)
+    seed = check_key("augment", "seed", seed, 2**128)
+    epoch = check_key("augment", "epoch", epoch, _U64)
+    index = check_key("augment", "index", index, _U64)
     # (as uint64: a list with a lane of 2**63 or more became float64, so indices past 2**63
     # rounded onto each other's counters)
     counter = np.array([0, 0, index, epoch], dtype=np.uint64)

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from ..augment import check_key
 from ..ops.preprocess_args import dtype_name
 from .handoff import Handoff
 from .sample import (
     augment_options,
     collate_labels,
-    key_int,
     load_sample,
     output_size,
     preprocess_batch,
@@ -104,7 +104,7 @@ class Loader:
         self.batch_size = batch_size
         self.size = (int(size[0]), int(size[1]))
         self.augment = augment_options(augment)
-        self.seed = key_int("Loader", "seed", seed, 2**128)  # (augment's key range)
+        self.seed = check_key("Loader", "seed", seed, 2**128)  # (augment's key range)
         self.shuffle = shuffle
         self.drop_last = drop_last
         out_dtype = dtype_name("Loader", "out_dtype", out_dtype)  # (a torch or numpy dtype too)
@@ -129,7 +129,7 @@ class Loader:
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch the next iteration uses (augmentation and shuffle key)."""
-        self.epoch = key_int("Loader", "epoch", epoch, 2**64)
+        self.epoch = check_key("Loader", "epoch", epoch, 2**64)
 
     def order(self, epoch: int) -> np.ndarray:
         """The dataset indices of `epoch`, in the order they are batched."""

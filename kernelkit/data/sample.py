@@ -52,20 +52,6 @@ def output_size(owner: str, size: Any) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
-def key_int(owner: str, name: str, v: Any, limit: int) -> int:
-    """A seed or epoch as an int in [0, limit), or a ValueError naming `owner` and `name` (a
-    seed of -1 or "a" reached numpy's "expected non-negative integer" at the first batch, and
-    1.5 was truncated where nothing augments)."""
-    try:
-        k = as_integer(v)
-    except TypeError:
-        k = -1
-    if 0 <= k < limit:
-        return k
-    raise ValueError(f"{owner}: '{name}' must be an int in [0, 2**{limit.bit_length() - 1}), "
-                     f"got {v!r}")
-
-
 def thread_count(owner: str, name: str, v: Any) -> int | None:
     """None or 0 (the default) or a positive int, or a ValueError naming `owner` and `name`."""
     try:

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from ..augment import check_key
 from ..ops.preprocess_args import dtype_name
 from .sample import (
     augment_options,
     collate_labels,
-    key_int,
     load_sample,
     output_size,
     preprocess_batch,
@@ -48,11 +48,11 @@ class Samples:
         self.dataset = dataset
         self.size = output_size("Samples", size)
         self.augment = augment_options(augment, "Samples")
-        self.seed = key_int("Samples", "seed", seed, 2**128)
-        self.epoch = key_int("Samples", "epoch", epoch, 2**64)
+        self.seed = check_key("Samples", "seed", seed, 2**128)
+        self.epoch = check_key("Samples", "epoch", epoch, 2**64)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = key_int("Samples", "epoch", epoch, 2**64)
+        self.epoch = check_key("Samples", "epoch", epoch, 2**64)
 
     def __len__(self) -> int:
         return len(self.dataset)
