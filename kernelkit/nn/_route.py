@@ -152,7 +152,7 @@ def autocast_route(module: torch.nn.Module, x: torch.Tensor, w: torch.Tensor, b,
     dtype = torch.get_autocast_dtype(device)
     if x.is_nested:  # (no sizes: torch's op, as in `run`)
         return aten_route
-    sig = (x.shape, x.stride(), dtype, x.device, _settings.token())
+    sig = (x.shape, x.stride(), dtype, x.is_cpu or x.device, _settings.token())
     routes = module.__dict__.get("_kk_routes")
     route = routes.get(sig) if routes is not None else None
     if isinstance(route, dispatch.Warming) and route.finished != compiling.finished:
@@ -195,7 +195,8 @@ def run(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias, ma
     checked inside the kernel routes, so the aten route pays for neither.
     """
     try:
-        sig = (x.shape, x.stride(), x.dtype, x.device, _settings.token())
+        # (a CPU input's device keyed as True, as the ops key it: dispatch.plain_signature3)
+        sig = (x.shape, x.stride(), x.dtype, x.is_cpu or x.device, _settings.token())
     except RuntimeError:  # a nested tensor of strided layout has no sizes: torch's op takes it
         return aten_route(module, x, weight, bias)
     state = module.__dict__

@@ -86,7 +86,10 @@ def conv2d(x: Any, weight: Any, bias: Any = None, *, stride=1, padding=0, dilati
               dilation if type(dilation) is int else key_part(dilation),
               groups if type(groups) is int else flag_key(groups), activation, layout,
               FALSE_KEY if allow_tf32 is False else flag_key(allow_tf32))
-    plan = _FORWARD.find(plain_signature3(x, weight, bias, extras))  # a repeated call
+    try:  # a repeated call (inline, not PlanMemo.find: 0.07 us of a small conv's hit)
+        plan = _FORWARD.get(plain_signature3(x, weight, bias, extras))  # (None: no such key)
+    except TypeError:  # an unhashable argument: the checks below say what is wrong with it
+        plan = None
     if plan is not None:
         return plan(x, weight, bias)
     if type(x) is not _NDARRAY and (proxy := fx_proxy(x, weight, bias)) is not None:

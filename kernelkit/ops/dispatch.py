@@ -184,13 +184,20 @@ def signature(arrays: tuple, extras: tuple) -> tuple | None:
 def signature3(a, b, c, extras: tuple) -> tuple | None:
     """`signature((a, b, c), extras)` for the two- and three-array ops (`c` may be None), without
     its per-array type lookups where all are numpy arrays or all CPU/GPU torch tensors: about
-    about 1 us of a small conv's 3 us over its kernel. Its keys are flat tuples led by "np"/"pt", so they
+    1 us of a small conv's 3 us over its kernel. Its keys are flat tuples led by "np"/"pt", so they
     never equal `signature`'s (whose entries are (type, sig) pairs or None)."""
     ta = type(a)
     if ta is _NDARRAY and type(b) is _NDARRAY and (c is None or type(c) is _NDARRAY):
         return ("np", a.dtype, a.shape, a.strides, b.dtype, b.shape, b.strides,
                 None if c is None else (c.dtype, c.shape, c.strides), extras, _settings.token())
-    elif ta in TENSOR_TYPES and type(b) in TENSOR_TYPES and (c is None or type(c) in TENSOR_TYPES):
+    tb, tc = type(b), type(c)
+    if ta not in TENSOR_TYPES or tb not in TENSOR_TYPES or (c is not None and tc not in TENSOR_TYPES):
+        # (a process's first call with a torch type: `signature_fn` registers it, so the plan is
+        # stored under the key the next call's `plain_signature3` looks up; before, that first
+        # call stored it under `signature`'s key, and the second call prepared it again)
+        for t in (ta, tb, tc):
+            signature_fn(t)
+    if ta in TENSOR_TYPES and type(b) in TENSOR_TYPES and (c is None or type(c) in TENSOR_TYPES):
         return _torch_key(a, b, c, extras)
     return signature((a, b, c), extras)
 
@@ -199,8 +206,10 @@ def _torch_key(a, b, c, extras: tuple) -> tuple:
     """`signature3`'s key of three torch tensors (`c` may be None); `plain_signature3` builds
     the same inline."""
     grad = a.requires_grad or b.requires_grad or (c is not None and c.requires_grad)
-    return ("pt", a.dtype, a.shape, a.stride(), a.device, b.dtype, b.shape, b.stride(),
-            b.device, None if c is None else (c.dtype, c.shape, c.stride(), c.device),
+    # (a CPU tensor's device keyed as True: see plain_signature3)
+    return ("pt", a.dtype, a.shape, a.stride(), a.is_cpu or a.device, b.dtype, b.shape,
+            b.stride(), b.is_cpu or b.device,
+            None if c is None else (c.dtype, c.shape, c.stride(), c.is_cpu or c.device),
             grad and _grad_enabled(), extras, _settings.token())
 
 
@@ -219,12 +228,10 @@ def plain_signature3(a, b, c, extras: tuple) -> tuple | None:
         if type(b) is _NDARRAY and (c is None or type(c) is _NDARRAY):
             return signature3(a, b, c, extras)
         return None
-    if ta not in TENSOR_TYPES or type(b) not in TENSOR_TYPES \
-            or (c is not None and type(c) not in TENSOR_TYPES):
+    if ta not in TENSOR_TYPES or type(b) not in TENSOR_TYPES:
         return None
     strided, tc, forward_ad = _TORCH_BITS or _bind_torch_bits()
-    if a.layout is not strided or b.layout is not strided \
-            or (c is not None and c.layout is not strided):
+    if a.layout is not strided or b.layout is not strided:
         return None
     # `_thread_leaves_to_torch`, then torch.jit.trace (under which a key would miss anyway, its
     # sizes being traced tensors; checked rather than relied on). Inline, as is `_torch_key`
@@ -232,11 +239,20 @@ def plain_signature3(a, b, c, extras: tuple) -> tuple | None:
     if tc._are_functorch_transforms_active() or forward_ad._current_level >= 0 \
             or tc._len_torch_dispatch_stack() > 0 or tc._get_tracing_state() is not None:
         return None
-    grad = a.requires_grad or b.requires_grad or (c is not None and c.requires_grad)
+    # A CPU tensor's device is keyed as True (`is_cpu`), any other as its torch.device: reading,
+    # hashing and comparing a torch.device in the memo's lookup cost about 0.15 us a tensor
+    # (a 1x8x8x8 conv's hit, 2-vCPU Zen 4), and True never equals a device.
     try:
-        return ("pt", a.dtype, a.shape, a.stride(), a.device, b.dtype, b.shape, b.stride(),
-                b.device, None if c is None else (c.dtype, c.shape, c.stride(), c.device),
-                grad and _grad_enabled(), extras, _settings.token())
+        if c is None:  # (the ops' common case, apart: its three checks of c cost 0.05 us)
+            ck, grad = None, a.requires_grad or b.requires_grad
+        elif type(c) not in TENSOR_TYPES or c.layout is not strided:
+            return None
+        else:
+            ck = (c.dtype, c.shape, c.stride(), c.is_cpu or c.device)
+            grad = a.requires_grad or b.requires_grad or c.requires_grad
+        return ("pt", a.dtype, a.shape, a.stride(), a.is_cpu or a.device, b.dtype, b.shape,
+                b.stride(), b.is_cpu or b.device, ck, grad and _grad_enabled(), extras,
+                _settings.token())
     except RuntimeError:  # a nested tensor of strided layout has no sizes: the checked path
         return None
 

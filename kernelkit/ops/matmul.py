@@ -79,7 +79,10 @@ def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
         sig = (a.dtype, a.shape, a.strides, b.dtype, b.shape, b.strides, activation,
                flag_key(allow_tf32), _settings.token())
     else:
-        plan = _PLANS.find(plain_signature3(a, b, bias, (activation, flag_key(allow_tf32))))  # a repeat
+        try:  # a repeat (inline, as below)
+            plan = _PLANS.get(plain_signature3(a, b, bias, (activation, flag_key(allow_tf32))))
+        except TypeError:  # (unhashable: prepare's checks say what is wrong with it)
+            plan = None
         if plan is not None:
             return plan(a, b, bias)
         if (proxy := fx_proxy(a, b, bias)) is not None:  # a torch.fx symbolic trace: one node

@@ -167,3 +167,35 @@ def test_fx_symbolic_trace_records_each_op_as_one_call():
     images = torch.randint(0, 256, (2, 10, 12, 3), dtype=torch.uint8)
     for got, want in zip(gm(x, images), block(x, images)):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no_bias", "bias"])
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["plain", "grad"])
+@pytest.mark.parametrize("op", [MATMUL, CONV], ids=["matmul", "conv2d"])
+def test_a_repeated_call_on_plain_tensors_runs_its_memoised_plan(op, requires_grad, with_bias,
+                                                                  monkeypatch):
+    """The repeated-call key (`plain_signature3`) is the key the plan was stored under
+    (`signature3`), with a bias or without, with grad or without: a second call prepares
+    nothing. And a CPU tensor's key (its device keyed as True) is not another device's."""
+    from kernelkit.ops import dispatch
+
+    ours, theirs = op
+    a, b, c = (t.requires_grad_(requires_grad) for t in _args(op))
+    if not with_bias:
+        c = None
+        ours = (lambda f: lambda x, y, z: f(x, y, None))(ours)
+    first = ours(a, b, c)
+
+    def no_prepare(*args, **kwargs):
+        raise AssertionError("a repeated call prepared its plan again")
+
+    monkeypatch.setattr(M if op is MATMUL else C, "prepare" if op is MATMUL else
+                        "prepare_forward", no_prepare)
+    again = ours(a, b, c)
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    extras = ("k",)
+    key = dispatch.plain_signature3(a, b, c, extras)
+    assert key == dispatch.signature3(a, b, c, extras)
+    meta = [None if t is None else t.detach().to("meta") for t in (a, b, c)]
+    assert dispatch.signature3(*meta, extras) != dispatch.signature3(
+        *[None if t is None else t.detach() for t in (a, b, c)], extras)
