@@ -16,6 +16,7 @@ import numpy as np
 from .. import arrays, core
 from .. import settings as _settings
 from ..core import Call, Candidate, Config, OpSpec, Plan, Problem
+from ..devices import imported_torch
 from ..kernels import check_activation, check_flag, numpy_activation, torch_activations
 from .dispatch import (
     PlanMemo,
@@ -110,7 +111,14 @@ def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
 
 
 def _vector(x) -> bool:
-    return getattr(x, "ndim", None) == 1 and arrays.array_lib(x) is not None
+    """A 1-D operand the vector rule applies to. A torch tensor is asked first, by isinstance:
+    under dynamo (torch.compile, a strict torch.export) `arrays.array_lib` cannot read a
+    Parameter's ``type(x).__module__``, and a product with a vector Parameter raised
+    "Unsupported method call" (fullgraph) or broke the graph."""
+    if getattr(x, "ndim", None) != 1:
+        return False
+    torch = imported_torch()
+    return (torch is not None and isinstance(x, torch.Tensor)) or arrays.array_lib(x) is not None
 
 
 def _with_vectors(a, b, bias, activation, allow_tf32):

@@ -64,3 +64,71 @@ def test_export_before_any_eager_call_records_torchs_ops_and_loads_without_kerne
             "assert 'kernelkit' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", load, str(tmp_path / "model.pt2"),
                     str(tmp_path / "io.pt")], check=True)
+
+
+class _FunctionalOps(nn.Module):
+    """A user's module calling kernelkit's functional ops (not patched layers)."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.w = nn.Parameter(torch.randn(12, 7, generator=g))
+        self.b = nn.Parameter(torch.randn(7, generator=g))
+        self.cw = nn.Parameter(torch.randn(4, 3, 3, 3, generator=g))
+        self.v = nn.Parameter(torch.randn(7, generator=g))
+
+    def forward(self, x, img):
+        h = kernelkit.matmul(x, self.w, bias=self.b, activation="relu")
+        y = kernelkit.conv2d(img, self.cw, padding=1, activation="relu")
+        return kernelkit.matmul(h, self.v), y  # (a vector operand: the rule for vectors)
+
+
+def _export_and_load(tmp_path, model, args, strict: bool, imports: str) -> list[str]:
+    """Export `model`, save it, load it in a fresh process (after `imports`) and check its
+    result there against the eager one; the program's call targets."""
+    ep = torch.export.export(model, args, strict=strict)
+    torch.export.save(ep, tmp_path / "model.pt2")
+    with torch.no_grad():
+        want = model(*args)
+    torch.save((args, want), tmp_path / "io.pt")
+    load = (f"{imports}\n"
+            "ep = torch.export.load(sys.argv[1])\n"
+            "args, want = torch.load(sys.argv[2])\n"
+            "torch.testing.assert_close(ep.module()(*args), want, rtol=1e-5, atol=1e-5)\n")
+    subprocess.run([sys.executable, "-c", load, str(tmp_path / "model.pt2"),
+                    str(tmp_path / "io.pt")], check=True)
+    return [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+
+
+def test_a_strict_export_of_the_functional_ops_records_kernelkits_ops_and_loads(tmp_path):
+    """A module calling `kernelkit.matmul`/`conv2d` (a vector Parameter among the operands)
+    exports strictly as kernelkit's registered ops, as torch.compile traces them, and loads in
+    a fresh process after `import kernelkit`. Before, the vector Parameter raised dynamo's
+    "Unsupported method call" (`_vector` read its type's module name)."""
+    model = _FunctionalOps().eval()
+    targets = _export_and_load(tmp_path, model, (torch.randn(5, 12), torch.randn(2, 3, 6, 5)),
+                               True, "import sys, torch, kernelkit")
+    assert targets.count("kernelkit.matmul.default") == 2, targets
+    assert targets.count("kernelkit.conv2d.default") == 1, targets
+
+
+def test_a_non_strict_export_of_the_functional_ops_is_torchs_program(tmp_path):
+    """torch.export's default, non-strict trace runs the ops on FakeTensors, which kernelkit's
+    ops leave to torch's: the program holds torch's ops, so it loads where kernelkit is not
+    imported and the tools built on that trace take it (torch.onnx's exporter tries it first
+    and has no translation for a kernelkit op)."""
+    model = _FunctionalOps().eval()
+    load = "import sys, torch\nassert 'kernelkit' not in sys.modules"
+    targets = _export_and_load(tmp_path, model, (torch.randn(5, 12), torch.randn(2, 3, 6, 5)),
+                               False, load)
+    assert not any(t.startswith("kernelkit") for t in targets), targets
+
+
+def test_a_fullgraph_compile_of_a_product_with_a_vector_parameter_runs():
+    """torch.compile(fullgraph=True) of `kernelkit.matmul` with a vector Parameter operand
+    (before: dynamo's "Unsupported method call" on its type's module name)."""
+    v = nn.Parameter(torch.randn(7))
+    x = torch.randn(5, 7)
+    fn = torch.compile(lambda x: kernelkit.matmul(x, v, activation="relu"), fullgraph=True,
+                       backend="eager")
+    torch.testing.assert_close(fn(x), torch.relu(x @ v), rtol=1e-5, atol=1e-5)
