@@ -190,12 +190,13 @@ def signature3(a, b, c, extras: tuple) -> tuple | None:
     if ta is _NDARRAY and type(b) is _NDARRAY and (c is None or type(c) is _NDARRAY):
         return ("np", a.dtype, a.shape, a.strides, b.dtype, b.shape, b.strides,
                 None if c is None else (c.dtype, c.shape, c.strides), extras, _settings.token())
-    tb, tc = type(b), type(c)
-    if ta not in TENSOR_TYPES or tb not in TENSOR_TYPES or (c is not None and tc not in TENSOR_TYPES):
+    tb, tcls = type(b), type(c)
+    if ta not in _SIG_OF_TYPE or tb not in _SIG_OF_TYPE \
+            or (c is not None and tcls not in _SIG_OF_TYPE):
         # (a process's first call with a torch type: `signature_fn` registers it, so the plan is
         # stored under the key the next call's `plain_signature3` looks up; before, that first
         # call stored it under `signature`'s key, and the second call prepared it again)
-        for t in (ta, tb, tc):
+        for t in (ta, tb, tcls):
             signature_fn(t)
     if ta in TENSOR_TYPES and type(b) in TENSOR_TYPES and (c is None or type(c) in TENSOR_TYPES):
         return _torch_key(a, b, c, extras)
