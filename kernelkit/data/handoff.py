@@ -73,7 +73,8 @@ class Handoff:
         if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
             # (a replaced buffer stays alive until its copy ends: torch's pinned allocator
             # records the copy's event)
-            buf = self.pinned[k] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            buf = self.pinned[k] = torch.empty(t.shape, dtype=t.dtype, device="cpu",
+                                               pin_memory=True)
         buf.copy_(t)
         # a new event per batch: the consumer may wait on batch i's event after this producer
         # has moved on to the slot's next batch

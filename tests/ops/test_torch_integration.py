@@ -304,3 +304,55 @@ def test_the_ops_in_compiled_code_under_func_grad_run_torchs_ops(op):
     torch._dynamo.reset()
     got = torch.compile(torch.func.grad(f), backend="eager", fullgraph=True)(x)
     torch.testing.assert_close(got, want)
+
+
+def _default_device_cases():
+    g = torch.Generator().manual_seed(5)
+    x, w, b = (torch.randn(2, 6, 9, 8, generator=g), torch.randn(4, 6, 3, 3, generator=g),
+               torch.randn(4, generator=g))
+    a, m = torch.randn(33, 40, generator=g), torch.randn(40, 17, generator=g)
+    imgs = torch.randint(0, 256, (3, 30, 41, 3), generator=g, dtype=torch.uint8)
+    norm = dict(size=16, mean=(120.0, 110.0, 100.0), std=(60.0, 61.0, 62.0))
+    model = torch.nn.Sequential(torch.nn.Conv2d(6, 4, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 9 * 8, 5))
+    patched = copy.deepcopy(model)
+    kernelkit.nn.patch(patched)
+    return {
+        "conv2d": (lambda: kernelkit.conv2d(x, w, b, padding=1, activation="relu"),
+                   lambda: torch.relu(torch.nn.functional.conv2d(x, w, b, padding=1))),
+        "matmul_bf16": (lambda: kernelkit.matmul(a.bfloat16(), m.bfloat16()),
+                        lambda: (a.bfloat16().double() @ m.bfloat16().double()).bfloat16()),
+        "matmul_f16": (lambda: kernelkit.matmul(a.half(), m.half()),
+                       lambda: (a.half().double() @ m.half().double()).half()),
+        "preprocess": (lambda: kernelkit.preprocess(imgs, **norm), None),
+        "preprocess_rotated_nearest": (
+            lambda: kernelkit.preprocess(imgs, rotate=30.0, interpolation="nearest", **norm),
+            None),
+        "patched_model": (lambda: patched(x), lambda: model(x)),
+    }
+
+
+@pytest.mark.parametrize("mode", ["context", "set_default_device"])
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("case", list(_default_device_cases()))
+def test_a_programs_default_device_leaves_cpu_calls_on_the_cpu(case, backend, mode):
+    """A program's default device (`with torch.device("meta")`, `torch.set_default_device`)
+    changes where torch's factories put new tensors, not where a call on CPU tensors runs:
+    kernelkit's results stay CPU tensors with torch's values. Before, the Numba kernels'
+    workspace (`_workspace._torch_empty`) came out on meta ("can't convert meta device type
+    tensor to numpy"), and the torch backend's nearest rotation put its fill value there."""
+    ours, theirs = _default_device_cases()[case]
+    with kernelkit.use(backend=backend):
+        want = ours() if theirs is None else theirs()  # (preprocess: its own result outside)
+        if mode == "context":
+            with torch.device("meta"):
+                got = ours()
+        else:
+            torch.set_default_device("meta")
+            try:
+                got = ours()
+            finally:
+                torch.set_default_device(None)
+    assert got.device.type == "cpu"
+    tol = 2e-2 if case.startswith("matmul_") else 1e-4  # (half precision: one rounding apart)
+    torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)

@@ -97,7 +97,9 @@ def _torch_empty(size: int, dtype) -> np.ndarray | None:
     tdtype = None if torch is None else _TORCH_DTYPES.get(np.dtype(dtype).char)
     if tdtype is None:
         return None
-    t = torch.empty(max(int(size), 0), dtype=getattr(torch, tdtype))
+    # (device named: a program's default device, `torch.set_default_device` or a `with
+    # torch.device(...)` block, put it on meta or CUDA, and `numpy()` raised)
+    t = torch.empty(max(int(size), 0), dtype=getattr(torch, tdtype), device="cpu")
     return t.numpy() if t.data_ptr() % _ALIGN == 0 else None
 
 

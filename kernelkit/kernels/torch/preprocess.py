@@ -42,7 +42,8 @@ def _rotate(img: torch.Tensor, angle: float, fill: float, out_hw: tuple[int, int
         row = torch.floor((grid[0, ..., 1] + 1) * (h / 2) - 0.5 + NEAREST_ROUND).long()
         inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
         picked = img[0][:, row.clamp(0, h - 1), col.clamp(0, w - 1)]
-        return torch.where(inside, picked, torch.tensor(fill, dtype=img.dtype))[None]
+        fill_value = torch.tensor(fill, dtype=img.dtype, device=img.device)  # (not the default's)
+        return torch.where(inside, picked, fill_value)[None]
     ones = torch.ones_like(img[:, :1])
     out = F.grid_sample(torch.cat([img, ones], 1), grid, mode="bilinear", padding_mode="zeros",
                         align_corners=False)

@@ -261,7 +261,8 @@ def _image_table(images):
     meta = np.zeros((n, _taps.NMETA), np.int64)
     shapes = np.zeros((n, 2), np.int64)
     if n == 0:
-        return torch.empty(0, dtype=torch.uint8), torch.uint8, torch.device("cpu"), 1, meta, shapes
+        empty = torch.empty(0, dtype=torch.uint8, device="cpu")  # (not the default device)
+        return empty, torch.uint8, torch.device("cpu"), 1, meta, shapes
     first = arrs[0]
     isz = first.element_size()
     for i, a in enumerate(arrs):
