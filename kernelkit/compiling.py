@@ -279,21 +279,34 @@ class _NoLock:
         return False
 
 
+def _lock_folders(job: Job) -> list:
+    """Where `job`'s file lock may be, in order: beside the compiled kernels (the backend's
+    ``compile_lock_dir``), else in the autotune cache dir (a backend without one), then the
+    temporary dir. Why beside the kernels: the lock was in the autotune cache dir, so processes
+    that share a Numba cache but not an autotune cache, as the README's split of the two knobs
+    has them, each compiled the same kernels at once (four children at 1.4 GB each on a 2-core
+    machine, found by a user hunt)."""
+    from .paths import cache_root, user_temp_dir
+
+    own = _backend_hook(job.module, "compile_lock_dir")
+    return [own if own is not None else cache_root() / "compile-locks",
+            user_temp_dir("compile-locks")]
+
+
 class _LockWherePossible:
-    """A FileLock in the cache dir, else one in the temporary dir, else none: a read-only cache
+    """A FileLock in `_lock_folders`' first folder that takes it, else none: a read-only cache
     dir (an image's) let the lock be made but not taken, and every background compile failed
     for good with "Read-only file system"."""
 
     def __init__(self, job: Job):
+        self._folders = _lock_folders(job)
         self._name = f"{job.module}-{job.dtype}.lock"
         self._held = None
 
     def __enter__(self):
         from filelock import FileLock, Timeout
 
-        from .paths import cache_root, user_temp_dir
-
-        for folder in (cache_root() / "compile-locks", user_temp_dir("compile-locks")):
+        for folder in self._folders:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 lock = FileLock(str(folder / self._name), timeout=CHILD_TIMEOUT_S)

@@ -361,15 +361,18 @@ def test_a_compile_lock_the_cache_dir_cannot_hold_is_taken_in_the_temporary_dir(
     """A cache dir that lets the lock be made but not taken (read-only: an image's) failed every
     background compile for good ("OSError: Read-only file system: .../compile-locks/..."), so
     the calls never got the compiled candidate. Here the lock's path is a folder, which no
-    process can lock either."""
+    process can lock either. (The lock's first folder is beside the Numba kernels, the
+    backend's `compile_lock_dir`: pointed here at a folder of the test's own.)"""
     import tempfile
 
-    monkeypatch.setenv("KERNELKIT_CACHE_DIR", str(tmp_path / "cache"))
+    import kernelkit.kernels.numba as numba_backend
+
+    monkeypatch.setattr(numba_backend, "compile_lock_dir", lambda: tmp_path / "compile-locks")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     job = compiling.Job("kernelkit.kernels.numba.preprocess", "uint8")
     name = f"{job.module}-{job.dtype}.lock"
-    (tmp_path / "cache" / "compile-locks" / name).mkdir(parents=True)
+    (tmp_path / "compile-locks" / name).mkdir(parents=True)
     compiling._run(job, child=False)
     assert job.error is None and job.how in ("loaded", "compiled"), job
     uid = getattr(os, "getuid", lambda: "user")()
@@ -504,3 +507,47 @@ def test_a_numpy_programs_first_preprocess_loads_the_warmed_kernels_without_torc
     r = run("-c", code)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["ndarray", "False"]
+
+
+def test_processes_sharing_a_numba_cache_and_not_an_autotune_cache_share_the_compile_lock(
+        tmp_path):
+    """Two processes with their own autotune caches (KERNELKIT_CACHE_DIR) and one Numba cache
+    (KERNELKIT_NUMBA_CACHE_DIR), as the README splits the knobs: a child holding the compile
+    lock of a (module, dtype) keeps the other from taking it. Before, the lock lived in the
+    autotune cache dir, so each process compiled the same kernels at once."""
+    numba_dir = tmp_path / "numba"
+    script = textwrap.dedent("""
+        import sys, time
+        from filelock import FileLock, Timeout
+        from kernelkit import compiling
+        job = compiling.Job("kernelkit.kernels.numba.matmul", "float32")
+        folder = compiling._lock_folders(job)[0]
+        print(folder, flush=True)
+        if sys.argv[1] == "hold":
+            with compiling._file_lock(job):
+                print("held", flush=True)
+                time.sleep(30)
+        else:
+            try:
+                FileLock(str(folder / f"{job.module}-{job.dtype}.lock"), timeout=1).acquire()
+                print("took it")
+            except Timeout:
+                print("waited")
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KERNELKIT_CACHE")}
+    env["KERNELKIT_NUMBA_CACHE_DIR"] = str(numba_dir)
+    holder = subprocess.Popen([sys.executable, "-c", script, "hold"], text=True,
+                              stdout=subprocess.PIPE,
+                              env={**env, "KERNELKIT_CACHE_DIR": str(tmp_path / "a")})
+    try:
+        held_folder = holder.stdout.readline().strip()
+        assert holder.stdout.readline().strip() == "held"
+        other = subprocess.run([sys.executable, "-c", script, "try"], text=True,
+                               capture_output=True, check=True, timeout=120,
+                               env={**env, "KERNELKIT_CACHE_DIR": str(tmp_path / "b")})
+    finally:
+        holder.kill()
+        holder.wait()
+    folder, outcome = other.stdout.split()
+    assert folder == held_folder and folder.startswith(str(numba_dir)), (folder, held_folder)
+    assert outcome == "waited"

@@ -25,6 +25,17 @@ def warmed_on_disk(module: str, dtype: str) -> bool:
     return warmed(module, dtype)
 
 
+def compile_lock_dir():
+    """Where ``kernelkit.compiling`` keeps the file locks that let one process at a time compile
+    a (module, dtype): beside the compiled kernels they guard, so that processes sharing a Numba
+    cache and not an autotune cache (a test's fresh autotune cache per case, a job's own cache
+    beside an image's kernels) wait for each other; None where the kernels have no folder."""
+    from ._cache import cache_dir
+
+    root = cache_dir()
+    return None if root is None else root / "compile-locks"
+
+
 def mark_warmed(module: str, dtype: str) -> None:
     """Called by ``kernelkit.compiling`` once `module`'s kernels for `dtype` are compiled or loaded."""
     from ._cache import mark_warmed as mark

@@ -199,7 +199,8 @@ def _seed(scratch: Path, source: Path) -> None:
             # the marks of warmed kernels last: a copy cut short (a full disk) leaves no mark
             # without its kernels
             for src in sorted(source.rglob("*"), key=lambda p: p.parent.name == _WARMED):
-                if not src.is_file() or src.name.startswith(".probe-") or src.name == _USED:
+                if not src.is_file() or src.name.startswith(".probe-") or src.name == _USED \
+                        or src.suffix == ".lock":  # (compile locks: `compile_lock_dir`)
                     continue
                 dst = scratch / src.relative_to(source)
                 if dst.exists():
