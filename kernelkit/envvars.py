@@ -45,7 +45,6 @@ def env_number(name: str, default: float, low: float, high: float) -> float:
 def _warn_env(name: str, value: str, expected: str, default) -> None:
     if (name, value) not in _WARNED_ENV:
         _WARNED_ENV.add((name, value))
-        import warnings
+        from .callsite import warn  # (at the user's line: the knob is read deep in kernelkit)
 
-        warnings.warn(f"kernelkit: {name}={value!r} is not {expected}; using {default}",
-                      UserWarning, stacklevel=3)
+        warn(f"kernelkit: {name}={value!r} is not {expected}; using {default}")

@@ -28,13 +28,12 @@ import math
 import os
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 
-from .. import devices
+from .. import callsite, devices
 
 SCHEMA = 2
 FILENAME = "autotune.jsonl"
@@ -105,7 +104,9 @@ class Cache:
     def _warn(self, kind: str, message: str) -> None:
         if kind not in self._warned:
             self._warned.add(kind)
-            warnings.warn(f"kernelkit: {message}", CacheWarning, stacklevel=4)
+            # (at the user's line: a fixed stacklevel pointed into kernelkit, where a filter by
+            # module or a `-W error` traceback's last user frame is no help)
+            callsite.warn(f"kernelkit: {message}", CacheWarning)
 
     def unusable(self, key: str, why: str) -> None:
         """Say (once per cache) that the entry for `key` cannot be used here, and why; the tuner
@@ -503,9 +504,8 @@ def read_export(path: str | os.PathLike) -> tuple[dict[tuple[str, str], dict], d
     bad = {k: why for k, e in records.items() if (why := entry_error(e)) is not None}
     if bad:
         (_, key), why = next(iter(bad.items()))
-        warnings.warn(f"kernelkit: {path}: left out {len(bad)} damaged entr"
-                      f"{'y' if len(bad) == 1 else 'ies'} (the first, {key}: {why})",
-                      CacheWarning, stacklevel=2)
+        callsite.warn(f"kernelkit: {path}: left out {len(bad)} damaged entr"
+                      f"{'y' if len(bad) == 1 else 'ies'} (the first, {key}: {why})", CacheWarning)
     return {k: e for k, e in records.items() if k not in bad}, fps
 
 

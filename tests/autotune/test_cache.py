@@ -225,6 +225,34 @@ def test_uncreatable_directory_tunes_in_memory_with_one_warning(tmp_path):
     assert c.get("k1") == entry() and set(c.entries()) == {"k1", "k2"}
 
 
+def test_a_cache_warning_from_an_op_call_points_at_the_callers_line(tmp_path, monkeypatch):
+    """A cache that cannot be written warns once, at the line of the user's call: it pointed
+    into kernelkit (a fixed stacklevel), where a `-W error` traceback's last user frame and a
+    filter by module are no help. So do a bad knob's warning and a damaged import's."""
+    import numpy as np
+
+    import kernelkit
+    from kernelkit import envvars
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("KERNELKIT_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    a = np.random.default_rng(0).standard_normal((37, 29), dtype=np.float32)
+    with kernelkit.use(tune="measure"), pytest.warns(CacheWarning, match="in memory") as record:
+        kernelkit.matmul(a, a.T)  # (a size of its own: measured, then stored)
+    assert [w.filename for w in record] == [__file__], [(w.filename, w.lineno) for w in record]
+    monkeypatch.setattr(envvars, "_WARNED_ENV", set())
+    monkeypatch.setenv("KERNELKIT_TEST_KNOB", "many")
+    with pytest.warns(UserWarning, match="KERNELKIT_TEST_KNOB") as record:
+        envvars.env_number("KERNELKIT_TEST_KNOB", 3, 1, 8)
+    assert [w.filename for w in record] == [__file__]
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps({"header": {"schema": SCHEMA, "fingerprints": {"f": {}}},
+                                  "entries": [{"fp": "f", "key": "k", "entry": {"x": 1}}]}))
+    with pytest.warns(CacheWarning, match="damaged") as record:
+        read_export(export)
+    assert [w.filename for w in record] == [__file__]
+
+
 _READ_ONLY_CHILD = textwrap.dedent("""
     import json, sys, warnings
     from kernelkit.autotune import tuner
