@@ -25,4 +25,6 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
     frame, level = sys._getframe(1), 2  # (stacklevel 2: our caller)
     while frame is not None and frame.f_code.co_filename.startswith(skip):
         frame, level = frame.f_back, level + 1
+    if frame is None:  # no user frame (a kernelkit thread's: the background compile): our
+        level = 2  # caller, not "sys:1" past the stack's end
     warnings.warn(message, category, stacklevel=level)

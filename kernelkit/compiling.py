@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from kernelkit.signals import fork_waits, import_whole, raised_by_signal_handler
+from kernelkit.signals import deferred, fork_waits, import_whole, raised_by_signal_handler
 
 CHILD_TIMEOUT_S = 1800  # a compile that takes longer than this is abandoned (then done here)
 # The background thread sleeps this long before its first job, so that the call which
@@ -156,7 +156,14 @@ def _backend_hook(module: str, name: str, *args):
         return None
     try:
         hook = getattr(import_whole(package), name, None)
-        return hook(*args) if hook is not None else None
+        if hook is None:
+            return None
+        # (a hook may import its backend's compiler, numba: a fork from another thread waits
+        # for that import, and a deadline's handler runs after it, as `import_whole` has them;
+        # else a forked DataLoader worker hung on numba's import lock, and a deadline left numba
+        # half imported for the rest of the process, found by a review)
+        with deferred(), fork_waits():
+            return hook(*args)
     except Exception as exc:  # noqa: BLE001 - a mark is a shortcut: its failure fails no compile
         if raised_by_signal_handler(exc):
             raise

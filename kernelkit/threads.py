@@ -199,18 +199,51 @@ def _omp_num_threads_env() -> int:
 _OMP_ENV = _omp_num_threads_env()
 
 
+class _Limit(threading.local):
+    n = 0  # (0: none set in this thread)
+
+
+_LIMIT = _Limit()
+
+
+def limit_kernel_threads(n: int) -> None:
+    """Run the kernelkit Numba kernels that this thread launches on at most `n` threads (the
+    data loaders' producer and workers, `kernelkit tune`'s pin): kernelkit's own per-thread
+    limit, where these called ``numba.set_num_threads``, which launches Numba's threading layer
+    (see `numba_threads`)."""
+    _LIMIT.n = max(1, int(n))
+
+
+def numba_threads() -> int:
+    """Numba's thread count as a user set it (``numba.set_num_threads``, for this thread), else
+    NUMBA_NUM_THREADS, without launching Numba's threading layer: ``numba.get_num_threads()``
+    launches it, and kernelkit's kernels never run on it (they run on torch's OpenMP team or
+    kernelkit's pool), so every process that ran a multi-threaded kernel started
+    NUMBA_NUM_THREADS idle workqueue threads (one per core on a big host, in each DataLoader
+    worker) and a semaphore that a forkserver pool's resource tracker reported as leaked (found
+    by a user hunt). ``set_num_threads`` itself launches the layer, so a user's setting is read
+    where it can exist."""
+    import numba
+
+    par = sys.modules.get("numba.np.ufunc.parallel")
+    if par is not None and getattr(par, "_is_initialized", True):
+        return numba.get_num_threads()
+    return numba.config.NUMBA_NUM_THREADS
+
+
 def kernel_threads() -> int:
-    """Threads a kernelkit Numba kernel runs on: Numba's number (``numba.set_num_threads``,
-    NUMBA_NUM_THREADS), at most torch's where torch is imported (``torch.set_num_threads``,
-    OMP_NUM_THREADS, threadpoolctl's ``threadpool_limits`` on torch's OpenMP, and the one thread
-    torch's DataLoader gives each worker all set it), else at most OMP_NUM_THREADS.
+    """Threads a kernelkit Numba kernel runs on: Numba's number (`numba_threads`:
+    ``numba.set_num_threads``, NUMBA_NUM_THREADS), at most this thread's `limit_kernel_threads`,
+    at most torch's where torch is imported (``torch.set_num_threads``, OMP_NUM_THREADS,
+    threadpoolctl's ``threadpool_limits`` on torch's OpenMP, and the one thread torch's
+    DataLoader gives each worker all set it), else at most OMP_NUM_THREADS.
 
     Why: the kernels took Numba's number alone, so a DataLoader's workers each ran 2 compute
     threads where torch had set 1 (2 workers, 4 threads on 2 cores), and a user's thread
     limits were ignored."""
-    import numba
-
-    n = numba.get_num_threads()
+    n = numba_threads()
+    if _LIMIT.n:
+        n = min(n, _LIMIT.n)
     torch = imported_torch()
     if torch is not None:
         n = min(n, torch.get_num_threads())

@@ -539,6 +539,8 @@ def test_processes_sharing_a_numba_cache_and_not_an_autotune_cache_share_the_com
     holder = subprocess.Popen([sys.executable, "-c", script, "hold"], text=True,
                               stdout=subprocess.PIPE,
                               env={**env, "KERNELKIT_CACHE_DIR": str(tmp_path / "a")})
+    timer = threading.Timer(120, holder.kill)  # (a hung holder ends its readline: no hang)
+    timer.start()
     try:
         held_folder = holder.stdout.readline().strip()
         assert holder.stdout.readline().strip() == "held"
@@ -546,8 +548,41 @@ def test_processes_sharing_a_numba_cache_and_not_an_autotune_cache_share_the_com
                                capture_output=True, check=True, timeout=120,
                                env={**env, "KERNELKIT_CACHE_DIR": str(tmp_path / "b")})
     finally:
+        timer.cancel()
         holder.kill()
         holder.wait()
     folder, outcome = other.stdout.split()
     assert folder == held_folder and folder.startswith(str(numba_dir)), (folder, held_folder)
     assert outcome == "waited"
+
+
+def test_a_backend_hook_runs_where_forks_wait_and_signal_handlers_are_deferred(monkeypatch):
+    """A backend's hook (the compile lock's folder, the on-disk marks) may import its compiler
+    (numba, about a second): a fork from another thread must wait for that import, and a
+    deadline's handler must run after it, as for `import_whole`. Before, the hook ran outside
+    both: a DataLoader worker forked meanwhile hung on numba's import lock, and a deadline left
+    numba half imported for the rest of the process (found by a review)."""
+    import signal
+
+    from kernelkit import signals
+
+    seen = {}
+
+    def on_alarm(signum, frame):  # (the user's: must not be the one installed in the hook)
+        raise AssertionError("not called")
+
+    def hook():
+        seen["fork_waits"] = threading.get_ident() in signals._busy
+        seen["deferred"] = signal.getsignal(signal.SIGALRM) is not on_alarm
+        return "folder"
+
+    package = types.ModuleType("kk_fake_backend")
+    package.__spec__ = importlib.machinery.ModuleSpec("kk_fake_backend", None)
+    package.compile_lock_dir = hook
+    monkeypatch.setitem(sys.modules, "kk_fake_backend", package)
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        assert compiling._backend_hook("kk_fake_backend.kernels", "compile_lock_dir") == "folder"
+    finally:
+        signal.signal(signal.SIGALRM, old)
+    assert seen == {"fork_waits": True, "deferred": True}

@@ -256,3 +256,55 @@ def test_omp_num_threads_bounds_the_kernels_of_a_program_without_torch(monkeypat
     assert threads._omp_num_threads_env() == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "many")
     assert threads._omp_num_threads_env() == 0
+
+
+LAYER_SCRIPT = textwrap.dedent("""
+    import json, threading
+    import numpy as np
+    import torch
+    import kernelkit
+    from kernelkit import threads
+    from numba.np.ufunc import parallel
+
+    torch.set_num_threads(2)
+    a = torch.randn(256, 256)
+    with kernelkit.use(backend="numba", tune="off"):
+        kernelkit.matmul(a, a)  # (a multi-threaded kernel)
+        kernelkit.conv2d(torch.randn(2, 16, 20, 20), torch.randn(16, 16, 3, 3), padding=1)
+        imgs = np.random.default_rng(0).integers(0, 256, (4, 64, 80, 3), dtype=np.uint8)
+        kernelkit.preprocess(imgs, size=32, mean=0.0, std=1.0)
+    out = {"launched": parallel._is_initialized, "threads": threads.kernel_threads(),
+           "alive": threading.active_count()}
+    seen = []
+    def limited():
+        threads.limit_kernel_threads(1)
+        seen.append(threads.kernel_threads())
+    t = threading.Thread(target=limited)
+    t.start(); t.join()
+    out["limited_thread"], out["main_after"] = seen[0], threads.kernel_threads()
+    import numba
+    numba.set_num_threads(1)  # (a user's own setting: launches Numba's layer, and still binds)
+    out["user_set"] = threads.kernel_threads()
+    print(json.dumps(out))
+""")
+
+
+def test_the_kernels_never_launch_numbas_threading_layer():
+    """kernelkit's Numba kernels run on torch's OpenMP team or kernelkit's pool; reading Numba's
+    thread count (`numba.get_num_threads`) launched Numba's threading layer anyway: idle
+    workqueue threads, NUMBA_NUM_THREADS of them per process, and a semaphore that a forkserver
+    pool's resource tracker reported as leaked. A per-thread limit (`limit_kernel_threads`, the
+    loaders') binds only its thread; a user's ``numba.set_num_threads`` still binds."""
+    import json
+
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 Numba threads")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", LAYER_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=600, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["launched"] is False, got
+    assert got["threads"] == 2 and got["main_after"] == 2, got
+    assert got["limited_thread"] == 1 and got["user_set"] == 1, got

@@ -36,11 +36,12 @@ def pin_threads(n: int) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(n)
-    import numba
     import torch
 
+    from .. import threads
+
     torch.set_num_threads(n)
-    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    threads.limit_kernel_threads(n)  # (kernelkit's kernels: Numba's own layer is never used)
 
 
 @dataclass

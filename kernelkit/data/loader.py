@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import threads
 from ..augment import check_key
 from ..ops.preprocess_args import dtype_name
 from .handoff import Handoff
@@ -185,10 +186,8 @@ class _Production:
 
     def produce(self) -> None:
         lo = self.loader
-        if lo.preprocess_threads:
-            import numba  # the count is per calling thread: only this producer's launches
-
-            numba.set_num_threads(min(lo.preprocess_threads, numba.config.NUMBA_NUM_THREADS))
+        if lo.preprocess_threads:  # (per calling thread: only this producer's launches)
+            threads.limit_kernel_threads(lo.preprocess_threads)
         try:
             pending: deque = deque()
             ahead = 0

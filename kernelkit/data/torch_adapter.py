@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import threads
 from ..augment import check_key
 from ..ops.preprocess_args import dtype_name
 from .sample import (
@@ -66,12 +67,7 @@ def _enter_worker() -> None:
     """In a process other than the one that built the Collate (a DataLoader worker): never tune,
     and one Numba thread per worker (the workers are the parallelism)."""
     os.environ["KERNELKIT_TUNE"] = "pinned"
-    try:
-        import numba
-
-        numba.set_num_threads(1)
-    except ImportError:  # pragma: no cover - numba is a dependency
-        pass
+    threads.limit_kernel_threads(1)
 
 
 class Collate:

@@ -599,3 +599,30 @@ def test_a_size_another_process_measured_meanwhile_is_not_measured_again(tmp_pat
     d = decide(64)
     assert d.choice == tuner.Choice("fast-cpu", {}, "cache") and measured == [1]
     assert decide(80).choice.source == "measured" and measured == [1, 1]  # (a real miss)
+
+
+def test_a_warning_from_a_thread_with_no_user_frame_names_kernelkits_line(monkeypatch):
+    """A warning raised on a thread whose frames are all kernelkit's (the background compile's,
+    started with `_thread`) is attributed to kernelkit's line that raised it: `callsite.warn`
+    walked past the stack's end and Python named it "sys:1" (found by a review)."""
+    import _thread
+    import threading
+
+    from kernelkit import envvars
+
+    monkeypatch.setattr(envvars, "_WARNED_ENV", set())
+    done = threading.Event()
+
+    def target():  # (stands for a kernelkit thread: only kernelkit's frames above it)
+        try:
+            envvars._warn_env("KERNELKIT_TEST_KNOB", "many", "a number", 1)
+        finally:
+            done.set()
+
+    target.__code__ = target.__code__.replace(co_filename=envvars.__file__)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        _thread.start_new_thread(target, ())
+        assert done.wait(30)
+    assert [w.filename for w in record] == [envvars.__file__], [
+        (w.filename, w.lineno) for w in record]

@@ -169,18 +169,41 @@ def test_fx_symbolic_trace_records_each_op_as_one_call():
         torch.testing.assert_close(got, want)
 
 
+@pytest.fixture
+def first_sight():
+    """As at a process's first call: torch's tensor types not yet registered (`arrays`
+    registers a type on first sight), and the ops' plan memos empty."""
+    from kernelkit import arrays
+
+    saved_fns, saved_types = dict(arrays._SIG_OF_TYPE), set(arrays.TENSOR_TYPES)
+    for t in [t for t in arrays._SIG_OF_TYPE if t.__module__.startswith("torch")]:
+        del arrays._SIG_OF_TYPE[t]
+    arrays.TENSOR_TYPES.clear()
+    M._PLANS.clear()
+    C._FORWARD.clear()
+    yield
+    arrays._SIG_OF_TYPE.update(saved_fns)
+    arrays.TENSOR_TYPES.update(saved_types)
+
+
+@pytest.mark.parametrize("parameter", [False, True], ids=["tensor", "parameter"])
 @pytest.mark.parametrize("with_bias", [False, True], ids=["no_bias", "bias"])
 @pytest.mark.parametrize("requires_grad", [False, True], ids=["plain", "grad"])
 @pytest.mark.parametrize("op", [MATMUL, CONV], ids=["matmul", "conv2d"])
 def test_a_repeated_call_on_plain_tensors_runs_its_memoised_plan(op, requires_grad, with_bias,
+                                                                  parameter, first_sight,
                                                                   monkeypatch):
     """The repeated-call key (`plain_signature3`) is the key the plan was stored under
-    (`signature3`), with a bias or without, with grad or without: a second call prepares
-    nothing. And a CPU tensor's key (its device keyed as True) is not another device's."""
+    (`signature3`), with a bias or without, with grad or without, a weight that is a Parameter
+    or a tensor, from a process's first call on (`first_sight`): a second call prepares
+    nothing. Before, the first call of a process stored its plan under the general key (torch's
+    types were registered there), and the second prepared it again."""
     from kernelkit.ops import dispatch
 
     ours, theirs = op
     a, b, c = (t.requires_grad_(requires_grad) for t in _args(op))
+    if parameter:
+        b = torch.nn.Parameter(b.detach(), requires_grad=requires_grad)
     if not with_bias:
         c = None
         ours = (lambda f: lambda x, y, z: f(x, y, None))(ours)
@@ -194,8 +217,4 @@ def test_a_repeated_call_on_plain_tensors_runs_its_memoised_plan(op, requires_gr
     again = ours(a, b, c)
     torch.testing.assert_close(again, first, rtol=0, atol=0)
     extras = ("k",)
-    key = dispatch.plain_signature3(a, b, c, extras)
-    assert key == dispatch.signature3(a, b, c, extras)
-    meta = [None if t is None else t.detach().to("meta") for t in (a, b, c)]
-    assert dispatch.signature3(*meta, extras) != dispatch.signature3(
-        *[None if t is None else t.detach() for t in (a, b, c)], extras)
+    assert dispatch.plain_signature3(a, b, c, extras) == dispatch.signature3(a, b, c, extras)
