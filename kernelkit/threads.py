@@ -56,13 +56,19 @@ def _learn_layer() -> None:
         _layer_known = True
 
 
+def _numba_started(unknown: bool = False) -> bool:
+    """Numba has launched its threading layer in this process (`unknown`: the answer where this
+    Numba does not say, `_is_initialized` being its private flag)."""
+    par = sys.modules.get("numba.np.ufunc.parallel")
+    return par is not None and bool(getattr(par, "_is_initialized", unknown))
+
+
 def _numba_launched() -> str | None:
     """The name of the threading layer Numba has launched in this process, or None."""
-    par = sys.modules.get("numba.np.ufunc.parallel")
-    if par is None or not getattr(par, "_is_initialized", False):
+    if not _numba_started():
         return None
     try:
-        return par.threading_layer()
+        return sys.modules["numba.np.ufunc.parallel"].threading_layer()
     except ValueError:
         return None
 
@@ -225,8 +231,8 @@ def numba_threads() -> int:
     where it can exist."""
     import numba
 
-    par = sys.modules.get("numba.np.ufunc.parallel")
-    if par is not None and getattr(par, "_is_initialized", True):
+    # (a Numba that does not say: its own count, as before, whatever that launches)
+    if _numba_started(unknown=True):
         return numba.get_num_threads()
     return numba.config.NUMBA_NUM_THREADS
 

@@ -198,7 +198,7 @@ def signature3(a, b, c, extras: tuple) -> tuple | None:
         # call stored it under `signature`'s key, and the second call prepared it again)
         for t in (ta, tb, tcls):
             signature_fn(t)
-    if ta in TENSOR_TYPES and type(b) in TENSOR_TYPES and (c is None or type(c) in TENSOR_TYPES):
+    if ta in TENSOR_TYPES and tb in TENSOR_TYPES and (c is None or tcls in TENSOR_TYPES):
         return _torch_key(a, b, c, extras)
     return signature((a, b, c), extras)
 
