@@ -250,3 +250,24 @@ def test_a_bfloat16_models_own_weights_are_kept_under_autocast():
         for _ in range(3):
             conv(x)
     assert len(_packs._ENTRIES) == 1
+
+
+def test_a_kept_pack_whose_weight_moved_is_not_used_for_what_took_its_place():
+    """``share_memory_()`` (``model.share_memory()``, a spawned worker's argument) moves a
+    weight's storage in place and lets go of the old block; the kept pack stays under the old
+    address. A weight that then lives at that address, at the same version, convolved with the
+    first weight's pack (a user hunt: a second patched conv built after ``share_memory()``, under
+    the serving allocator setting). Here the old block is a numpy buffer both weights view, so
+    the second weight lands there for certain; its version is the first one's (0)."""
+    x, w = _tensors()
+    buf = w.numpy().copy()
+    first = torch.from_numpy(buf)
+    _check(_conv(x, first), x, first)
+    _check(_conv(x, first), x, first)  # (the kept pack used)
+    assert len(_packs._ENTRIES) == 1
+    first.share_memory_()  # its storage moves to shared memory; `buf` keeps the old block
+    assert first.data_ptr() != buf.ctypes.data
+    buf[...] = RNG.standard_normal(buf.shape, dtype=np.float32)  # another weight, in place
+    second = torch.from_numpy(buf)
+    assert second._version == first._version
+    _check(_conv(x, second), x, second)

@@ -10,7 +10,12 @@ of a torch tensor, in a launch the ops layer made for torch tensors (`kernelkit.
 never for numpy data), is keyed by its memory and layout and the packing's geometry, and its
 packed copy is used while the tensor's version is the one it was packed at. The entry holds a
 reference to that tensor, so its memory cannot be freed and reused by another tensor of the same
-key while the entry lives. Numpy weights are never kept: nothing tells when their contents
+key while the entry lives, unless the tensor's storage moves in place (``share_memory_()``, as
+``model.share_memory()`` and a spawned worker's argument do, frees the old block): an entry whose
+tensor no longer lives where it was packed is dropped. Before, a conv built after
+``share_memory()`` whose weight landed on the old block, at the same version, convolved with the
+first layer's weight (found by a user hunt, under the serving allocator setting
+``MALLOC_MMAP_THRESHOLD_``). Numpy weights are never kept: nothing tells when their contents
 change, and neither are inference tensors (made under ``torch.inference_mode``: they have no
 version counter). Changes made through another tensor or array that shares the weight's memory
 but not its version counter are not seen: a numpy view (``torch.from_numpy(w.numpy())``), a
@@ -49,7 +54,8 @@ def _new_lock_in_child() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_lock_in_child)
 
-_ENTRIES: OrderedDict = OrderedDict()  # key -> (owner tensor, version, packed array)
+# key -> (owner tensor, version, packed array, the owner's data_ptr() when packed)
+_ENTRIES: OrderedDict = OrderedDict()
 _BYTES = [0]
 _SEEN = [0]  # the `frozen.generation()` the entries belong to
 
@@ -84,8 +90,8 @@ def lookup(key: tuple, tensor) -> np.ndarray | None:
         entry = _ENTRIES.get(key)
         if entry is None:
             return None
-        if entry[1] != tensor._version:
-            _drop(key)
+        if entry[1] != tensor._version or entry[0].data_ptr() != entry[3]:
+            _drop(key)  # (changed in place, or its storage moved: see the module's docstring)
             return None
         _ENTRIES.move_to_end(key)
         return entry[2]
@@ -100,7 +106,7 @@ def keep(key: tuple, tensor, version: int, packed: np.ndarray) -> None:
     with _LOCK:
         if key in _ENTRIES:
             _drop(key)
-        _ENTRIES[key] = (tensor, version, packed)
+        _ENTRIES[key] = (tensor, version, packed, tensor.data_ptr())
         _BYTES[0] += packed.nbytes
         while _BYTES[0] > PACK_CACHE_BYTES:
             _drop(next(iter(_ENTRIES)))
