@@ -16,6 +16,21 @@ import kernelkit
 import kernelkit.nn as knn
 
 
+def _save_and_load(tmp_path, ep, model, args: tuple, imports: str, after: str = "") -> None:
+    """Save the exported program `ep` of `model`, load it in a fresh process (`imports` first,
+    `after` last) and check its result there against `model`'s eager one on `args`."""
+    torch.export.save(ep, tmp_path / "model.pt2")
+    with torch.no_grad():
+        torch.save((args, model(*args)), tmp_path / "io.pt")
+    load = (f"{imports}\n"
+            "ep = torch.export.load(sys.argv[1])\n"
+            "args, want = torch.load(sys.argv[2])\n"
+            "torch.testing.assert_close(ep.module()(*args), want, rtol=1e-5, atol=1e-5)\n"
+            f"{after}")
+    subprocess.run([sys.executable, "-c", load, str(tmp_path / "model.pt2"),
+                    str(tmp_path / "io.pt")], check=True)
+
+
 # `import kernelkit` before `import torch` (isort's order) left the ops unregistered: the load
 # failed with "We failed to resolve torch.ops.kernelkit.linear.default"
 @pytest.mark.parametrize("imports", ["import sys, torch, kernelkit",
@@ -32,15 +47,7 @@ def test_export_save_and_load_in_a_fresh_process(tmp_path, imports):
         ep = torch.export.export(model, (x,))
     code = ep.graph_module.code
     assert "kernelkit.conv2d" in code and "kernelkit.linear" in code
-    torch.export.save(ep, tmp_path / "model.pt2")
-    with torch.no_grad():
-        torch.save((x, model(x)), tmp_path / "io.pt")
-    load = (f"{imports}\n"
-            "ep = torch.export.load(sys.argv[1])\n"
-            "x, want = torch.load(sys.argv[2])\n"
-            "torch.testing.assert_close(ep.module()(x), want, rtol=1e-5, atol=1e-5)\n")
-    subprocess.run([sys.executable, "-c", load, str(tmp_path / "model.pt2"),
-                    str(tmp_path / "io.pt")], check=True)
+    _save_and_load(tmp_path, ep, model, (x,), imports)
 
 
 def test_export_before_any_eager_call_records_torchs_ops_and_loads_without_kernelkit(tmp_path):
@@ -54,16 +61,8 @@ def test_export_before_any_eager_call_records_torchs_ops_and_loads_without_kerne
     x = torch.randn(2, 3, 6, 6)
     ep = torch.export.export(model, (x,))
     assert "kernelkit" not in ep.graph_module.code
-    torch.export.save(ep, tmp_path / "model.pt2")
-    with torch.no_grad():
-        torch.save((x, model(x)), tmp_path / "io.pt")
-    load = ("import sys, torch\n"
-            "ep = torch.export.load(sys.argv[1])\n"
-            "x, want = torch.load(sys.argv[2])\n"
-            "torch.testing.assert_close(ep.module()(x), want, rtol=1e-5, atol=1e-5)\n"
-            "assert 'kernelkit' not in sys.modules\n")
-    subprocess.run([sys.executable, "-c", load, str(tmp_path / "model.pt2"),
-                    str(tmp_path / "io.pt")], check=True)
+    _save_and_load(tmp_path, ep, model, (x,), "import sys, torch",
+                   "assert 'kernelkit' not in sys.modules\n")
 
 
 class _FunctionalOps(nn.Module):
@@ -83,20 +82,12 @@ class _FunctionalOps(nn.Module):
         return kernelkit.matmul(h, self.v), y  # (a vector operand: the rule for vectors)
 
 
-def _export_and_load(tmp_path, model, args, strict: bool, imports: str) -> list[str]:
-    """Export `model`, save it, load it in a fresh process (after `imports`) and check its
-    result there against the eager one; the program's call targets."""
+def _export_and_load(tmp_path, model, args, strict: bool, imports: str,
+                     after: str = "") -> list[str]:
+    """Export `model`, save it and check it in a fresh process (`_save_and_load`); the
+    program's call targets."""
     ep = torch.export.export(model, args, strict=strict)
-    torch.export.save(ep, tmp_path / "model.pt2")
-    with torch.no_grad():
-        want = model(*args)
-    torch.save((args, want), tmp_path / "io.pt")
-    load = (f"{imports}\n"
-            "ep = torch.export.load(sys.argv[1])\n"
-            "args, want = torch.load(sys.argv[2])\n"
-            "torch.testing.assert_close(ep.module()(*args), want, rtol=1e-5, atol=1e-5)\n")
-    subprocess.run([sys.executable, "-c", load, str(tmp_path / "model.pt2"),
-                    str(tmp_path / "io.pt")], check=True)
+    _save_and_load(tmp_path, ep, model, args, imports, after)
     return [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
 
 
@@ -118,9 +109,9 @@ def test_a_non_strict_export_of_the_functional_ops_is_torchs_program(tmp_path):
     imported and the tools built on that trace take it (torch.onnx's exporter tries it first
     and has no translation for a kernelkit op)."""
     model = _FunctionalOps().eval()
-    load = "import sys, torch\nassert 'kernelkit' not in sys.modules"
     targets = _export_and_load(tmp_path, model, (torch.randn(5, 12), torch.randn(2, 3, 6, 5)),
-                               False, load)
+                               False, "import sys, torch",
+                               "assert 'kernelkit' not in sys.modules\n")
     assert not any(t.startswith("kernelkit") for t in targets), targets
 
 
