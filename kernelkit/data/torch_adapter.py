@@ -10,7 +10,9 @@ cost model's choice) and runs Numba on one thread, as torch does for its own ops
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+from multiprocessing.context import get_spawning_popen
 from typing import Any
 
 import numpy as np
@@ -34,8 +36,8 @@ class Samples:
         dataset: as `kernelkit.data.Loader`'s.
         size: the output size the crops will be resized to (sizes the DCT-scaled decode).
         augment, seed: as `kernelkit.data.Loader`'s.
-        epoch: the augmentation epoch; `set_epoch` before each epoch (workers started after it,
-            i.e. without ``persistent_workers``, see the new value).
+        epoch: the augmentation epoch; `set_epoch` before each epoch (the DataLoader's workers
+            see the new value, ``persistent_workers`` too).
 
     Example:
         >>> ds = Samples(files, size=224, augment=True)  # doctest: +SKIP
@@ -50,10 +52,36 @@ class Samples:
         self.size = output_size("Samples", size)
         self.augment = augment_options(augment, "Samples")
         self.seed = check_key("Samples", "seed", seed, 2**128)
-        self.epoch = check_key("Samples", "epoch", epoch, 2**64)
+        # In shared memory: a DataLoader's persistent workers hold the copy of this dataset they
+        # were started with, so a plain attribute set between epochs never reached them and every
+        # epoch repeated epoch 0's crops and flips (torchvision's random transforms draw anew in
+        # such a worker). A worker started by fork inherits the cell; by spawn or forkserver it is
+        # handed the cell (`__getstate__`).
+        self._epoch = _epoch_cell(check_key("Samples", "epoch", epoch, 2**64))
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.value
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self.set_epoch(epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = check_key("Samples", "epoch", epoch, 2**64)
+        """The epoch of the items read from now on, in this process and in the DataLoader's
+        workers (call it before the epoch's ``for batch in loader``)."""
+        self._epoch.value = check_key("Samples", "epoch", epoch, 2**64)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        if get_spawning_popen() is None:  # a pickle or a copy, not a worker's start: its own epoch
+            state["_epoch"] = self._epoch.value
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state["_epoch"], int):
+            state["_epoch"] = _epoch_cell(state["_epoch"])
+        self.__dict__.update(state)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -61,6 +89,12 @@ class Samples:
     def __getitem__(self, i: int):
         return load_sample(self.dataset[i], int(i), size=self.size, augment=self.augment,
                            seed=self.seed, epoch=self.epoch)
+
+
+def _epoch_cell(epoch: int):
+    """An unsigned 64-bit int in shared memory (no lock: one writer, and an aligned 8-byte store
+    is never seen torn)."""
+    return multiprocessing.RawValue("Q", epoch)
 
 
 def _enter_worker() -> None:

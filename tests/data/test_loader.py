@@ -408,6 +408,46 @@ def test_dataloader_workers_match_the_loader_and_never_tune(items, context, tmp_
     assert Cache(tmp_path / "cache").entries() != {}
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_persistent_dataloader_workers_see_each_set_epoch(items, context, tmp_path, monkeypatch):
+    """With ``persistent_workers=True`` the workers keep the dataset they were started with:
+    `Samples.set_epoch` changed only the main process's copy, and every epoch repeated epoch 0's
+    crops and flips. Each epoch's batches now equal the Loader's of that epoch."""
+    monkeypatch.setenv("KERNELKIT_CACHE_DIR", str(tmp_path / "cache"))
+    ds = data.Samples(items, size=SIZE, augment=True, seed=4)
+    dl = torch.utils.data.DataLoader(
+        ds, batch_size=5, num_workers=2, persistent_workers=True, timeout=300,
+        collate_fn=data.Collate(size=SIZE, mean=MEAN01, std=STD01, stats_unit="unit"),
+        multiprocessing_context=context)
+    loader = data.Loader(items, batch_size=5, size=SIZE, mean=MEAN01, std=STD01,
+                         stats_unit="unit", augment=True, seed=4)
+    for epoch in (0, 1, 3):
+        ds.set_epoch(epoch)
+        loader.set_epoch(epoch)
+        ours = torch.cat([b for b, _ in dl]).numpy()
+        ref = np.concatenate([b for b, _ in loader])
+        np.testing.assert_allclose(ours, ref, atol=1e-5, err_msg=f"epoch {epoch}")
+
+
+def test_a_copy_or_pickle_of_samples_keeps_an_epoch_of_its_own(items):
+    """The epoch lives in shared memory for the DataLoader's workers; a copy or a pickle (not a
+    worker's start) gets a cell of its own, so setting one epoch leaves the other."""
+    import copy
+    import pickle
+
+    ds = data.Samples(items, size=SIZE, augment=True, seed=4, epoch=2)
+    for twin in (copy.deepcopy(ds), pickle.loads(pickle.dumps(ds))):
+        assert twin.epoch == 2
+        twin.set_epoch(5)
+        assert (twin.epoch, ds.epoch) == (5, 2)
+        ds.epoch = 7  # (the attribute sets it as set_epoch does, checked)
+        assert (twin.epoch, ds.epoch) == (5, 7)
+        ds.set_epoch(2)
+    with pytest.raises(ValueError, match="Samples: 'epoch' must be an int"):
+        ds.epoch = -1
+
+
 def test_an_epoch_left_by_a_break_stops_its_threads(items):
     """`for batch in loader: break` left the epoch's producer and decode threads (and the batches
     they had made) for the life of the process: the producer thread held the epoch, which was
