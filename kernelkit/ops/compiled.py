@@ -11,6 +11,37 @@ import functools
 from ..kernels import check_activation, torch_activations
 
 
+def compile_cache_tag() -> str:
+    """kernelkit's part of torch's compile-cache key: its version and a digest of the module that
+    registers the ops' fake, autograd and autocast rules (a source checkout's edits change it)."""
+    import hashlib
+    from pathlib import Path
+
+    from .._version import __version__
+    from . import torch_ops
+
+    digest = hashlib.sha256(Path(torch_ops.__file__).read_bytes()).hexdigest()[:16]
+    return f"kernelkit-{__version__}-{digest}"
+
+
+def tag_compile_caches() -> None:
+    """Add `compile_cache_tag` to ``torch.compiler.config.cache_key_tag`` (after a tag of the
+    user's own, which stays). Why: torch's FX-graph and AOTAutograd caches key a graph on its
+    ops' names, not on their registered backward, so after an upgrade of kernelkit a training
+    step compiled before ran the old backward formula, loaded "from cache" (an op whose
+    `register_autograd` changed gave the old gradient in a second process: torch 2.13). A torch
+    without the setting keeps the old behaviour."""
+    import torch.compiler
+
+    config = getattr(torch.compiler, "config", None)
+    current = getattr(config, "cache_key_tag", None)
+    if not isinstance(current, str):
+        return
+    tag = compile_cache_tag()
+    if tag not in current.split(";"):
+        config.cache_key_tag = f"{current};{tag}" if current else tag
+
+
 @functools.cache
 def substitute_in_compiled_code() -> None:
     """What dynamo (torch.compile, torch.export) traces in place of `kernelkit.matmul`,
@@ -25,6 +56,7 @@ def substitute_in_compiled_code() -> None:
     program that never compiles would pay at `import kernelkit`."""
     import torch
 
+    tag_compile_caches()
     torch._dynamo.assume_constant_result(transforms_active)  # (marks it: see there)
     substitute = getattr(torch.compiler, "substitute_in_graph", None)
     if substitute is None:

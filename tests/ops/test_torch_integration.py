@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -286,6 +287,39 @@ def test_the_ops_called_in_compiled_code_trace_as_their_registered_op(name):
     torch._dynamo.reset()
     torch.testing.assert_close(torch.compile(ours, backend="eager")(), want(),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_torchs_compile_caches_are_keyed_on_kernelkits_registrations(tmp_path, monkeypatch):
+    """torch's FX-graph and AOTAutograd caches key a graph on its ops' names, not on their
+    registered backward: after an upgrade of kernelkit, a step compiled before ran the old
+    backward formula from the cache (shown with a custom op whose backward changed between two
+    processes: torch 2.13 gave the first process's gradient in the second). kernelkit's version
+    and its registrations' digest now go into ``torch.compiler.config.cache_key_tag`` when
+    dynamo loads, after a tag of the user's own."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from kernelkit.ops import compiled, torch_ops
+
+    code = ("import kernelkit, torch\n"
+            "torch.compile(lambda x: x + 1, backend='eager')(torch.ones(2))\n"
+            "from kernelkit.ops.compiled import compile_cache_tag\n"
+            "print(torch.compiler.config.cache_key_tag, compile_cache_tag(), sep='|')\n")
+    for user_tag in ("", "mine"):
+        env = {**os.environ, "TORCH_COMPILE_CACHE_KEY_TAG": user_tag,
+               "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=300, check=True).stdout.strip().splitlines()[-1]
+        tag, ours = out.split("|")
+        assert ours.startswith(f"kernelkit-{kernelkit.__version__}-")
+        assert tag == (f"{user_tag};{ours}" if user_tag else ours)
+    # an edit of the registrations changes the tag
+    edited = tmp_path / "torch_ops.py"
+    edited.write_bytes(Path(torch_ops.__file__).read_bytes() + b"\n# edited\n")
+    before = compiled.compile_cache_tag()
+    monkeypatch.setattr(torch_ops, "__file__", str(edited))
+    assert compiled.compile_cache_tag() != before
 
 
 @pytest.mark.parametrize("op", ["matmul", "conv2d"])
