@@ -215,21 +215,33 @@ def _library(ns: str):
 
 
 # -- matmul --------------------------------------------------------------------------------------
-def _matmul_grads(mm, a, b, bias, act, tf32, needs, grad, shapes=None):
+def _matmul_grads(mm, a, b, bias, act, tf32, needs, grad, shapes=None, b_cols=None):
     """The gradients of act(a @ b + bias), every product through `mm` (an op with the signature
     of kernelkit::matmul): the custom op's formula and the eager Function's. `shapes`: those of
-    a and b, where one of them was not saved (None: a gradient that does not need it)."""
+    a and b, where one of them was not saved (None: a gradient that does not need it). `b_cols`:
+    `transposed_matrix(b)`, for a b not saved (None: read from b)."""
     if act is not None:  # (the registered ops' GELU and SiLU) recompute the pre-activation
         grad = _activation_backward(act, grad, mm(a, b, bias, None, tf32))
     a_shape, b_shape = shapes or (a.shape, b.shape)
     ga = gb = gbias = None
     if needs[0]:
         ga = _sum_to(mm(grad, b.mT, None, None, tf32), a_shape)
-    if needs[1]:
+    if needs[1] and (transposed_matrix(b) if b_cols is None else b_cols):
+        # b a matrix's transpose (a Linear's `weight.t()`): its gradient as b^T's, contiguous,
+        # transposed, so that the weight's gradient is laid out as the weight, as torch's is.
+        # Before, autograd and tensor hooks got a transposed (non-contiguous) weight gradient,
+        # and the usual `g.view(-1)` raised
+        gb = mm(rows(grad, grad.shape[-1]).mT, rows(a, a.shape[-1]), None, None, tf32).mT
+    elif needs[1]:
         gb = _sum_to(mm(a.mT, grad, None, None, tf32), b_shape)
     if needs[2]:  # (False for a None bias)
         gbias = rows(grad, grad.shape[-1]).sum(0)
     return ga, gb, gbias
+
+
+def transposed_matrix(b) -> bool:
+    """`b` is a 2-D matrix laid out as the transpose of a contiguous one (strides (1, rows))."""
+    return b.ndim == 2 and not b.is_contiguous() and b.mT.is_contiguous()
 
 
 def rows(x, k: int):
@@ -708,6 +720,7 @@ def eager_matmul():
             ctx.save_for_backward(a if need_b else None, b if need_a else None,
                                   _saved_output(act, y))
             ctx.act, ctx.tf32, ctx.shapes = act, tf32, (a.shape, b.shape)
+            ctx.b_cols = transposed_matrix(b)
             return y
 
         @staticmethod
@@ -718,7 +731,7 @@ def eager_matmul():
             a, b, y = ctx.saved_tensors
             grad, _ = _through_saved_relu(ctx.act, grad, y)
             return (*_matmul_grads(use, a, b, None, None, ctx.tf32, ctx.needs_input_grad, grad,
-                                   ctx.shapes), None, None)
+                                   ctx.shapes, ctx.b_cols), None, None)
 
     activations = torch_activations()
 

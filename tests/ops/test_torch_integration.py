@@ -84,6 +84,42 @@ def test_an_inplace_op_on_a_result_with_grad_works_as_on_torchs(backend, case):
 
 
 @pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("route, a_shape", [
+    (route, shape) for route in ("patched_linear", "matmul", "registered_op")
+    for shape in ((5, 16), (3, 5, 16), (16,))
+    if not (route == "registered_op" and len(shape) == 1)])  # (the op takes matrices)
+def test_a_weight_used_transposed_gets_a_gradient_laid_out_as_the_weight(backend, route,
+                                                                          a_shape):
+    """`x @ W.t()` (a patched Linear, or the op on a weight's transpose): the weight's gradient,
+    as `torch.autograd.grad` and a tensor hook see it, came transposed (strides (1, out)) where
+    torch's is contiguous, and the usual flattening `g.view(-1)` raised."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(8, 16, generator=g, dtype=torch.float64)
+    a = torch.randn(*a_shape, generator=g, dtype=torch.float64, requires_grad=True)
+    layer = kernelkit.nn.Linear(16, 8, bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        layer.weight.copy_(w)
+    w = layer.weight if route == "patched_linear" else w.clone().requires_grad_()
+    hooked = []
+    w.register_hook(lambda gw: hooked.append(gw.view(-1)))  # (raises on a transposed layout)
+    with kernelkit.use(backend=backend):
+        if route == "patched_linear":
+            y = layer(a)
+        elif route == "matmul":
+            y = kernelkit.matmul(a, w.t())
+        else:
+            y = matmul_op()(a, w.t(), None, None, False)
+    grad_out = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    ga, gw = torch.autograd.grad(y, (a, w), grad_out)
+    assert len(hooked) == 1
+    w_ref = w.detach().clone().requires_grad_()
+    want_a, want_w = torch.autograd.grad(torch.matmul(a, w_ref.t()), (a, w_ref), grad_out)
+    assert gw.stride() == want_w.stride() == (16, 1)
+    torch.testing.assert_close(gw, want_w, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ga, want_a, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
 def test_a_fused_relus_result_changed_in_place_raises_at_backward_as_torchs(backend):
     """The ReLU's gradient is read from its result, as torch's relu saves it (the backward no
     longer recomputes the product): changing that result in place before the backward raises as
