@@ -130,25 +130,39 @@ def forward(module: torch.nn.Module, x: torch.Tensor, aten_route: Route, op_rout
         # a re-decision once a compile finished did: CheckpointError) or save_on_cpu: torch's
         # own op, whose saved tensors do not depend on kernelkit's choices
         return aten_route(module, x, w, b)
-    if torch._C._is_any_autocast_enabled():
-        return autocast_route(module, x, w, b, make, aten_route, op_route)(module, x, w, b)
+    if torch._C._is_any_autocast_enabled() and (route := autocast_route(
+            module, x, w, b, make, aten_route, op_route)) is not None:
+        return route(module, x, w, b)
     return run(module, x, w, b, make, aten_route)
 
 
+def _autocast_casts(t: torch.Tensor) -> bool:
+    """Autocast casts `t` (for a matmul or conv): a floating tensor other than float64."""
+    return t.is_floating_point() and t.dtype is not torch.float64
+
+
 def autocast_route(module: torch.nn.Module, x: torch.Tensor, w: torch.Tensor, b, make,
-                   aten_route: Route, op_route: Route) -> Route:
+                   aten_route: Route, op_route: Route) -> Route | None:
     """The route of a call under autocast: torch's own op (whose autocast casts the operands,
     and keeps a weight's cast for the region) where the tuner chose torch for the call in the
-    autocast dtype, else the registered op, whose autocast rule casts and runs the kernel.
+    autocast dtype, else the registered op, whose autocast rule casts and runs the kernel; None
+    where the call is as without autocast (nothing of it cast).
 
     Why: every autocast call went through the registered op, whose Python dispatch costs tens
     of microseconds: a patched transformer encoder under bfloat16 autocast ran 1.62x slower than
     torch where torch won every size (2-vCPU Zen 4). The choice is the route memoised for the
     cast signature (made once, from cast copies, as an eager call of that dtype makes it)."""
     device = x.device.type
-    if not (x.is_floating_point() and x.dtype != torch.float64
-            and torch.is_autocast_enabled(device)):
-        return op_route  # (what the op's autocast rule does there: nothing to cast)
+    if not torch.is_autocast_enabled(device):
+        return None  # (another device's autocast: the call is as without it)
+    cast = [_autocast_casts(t) for t in (x, w, b) if t is not None]
+    if not all(cast):
+        # A float64, complex or integer operand, which autocast leaves as it is: with nothing
+        # cast the call is as without autocast; with something cast, torch's op, whose autocast
+        # gives torch's result or its error. Before, the registered op ran: a complex layer
+        # raised TypeError where torch runs it, and mixed dtypes raised TypeError where torch
+        # raises RuntimeError.
+        return aten_route if any(cast) else None
     dtype = torch.get_autocast_dtype(device)
     if x.is_nested:  # (no sizes: torch's op, as in `run`)
         return aten_route

@@ -84,6 +84,46 @@ def test_autocast_leaves_float64_and_follows_the_region_dtype():
     assert model(x.double()).dtype == torch.float64
 
 
+def _outcome(fn):
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - the outcome compared is the exception's type
+        return type(exc)
+
+
+@pytest.mark.parametrize("winner", ["numba", "torch"])
+@pytest.mark.parametrize("layer", ["linear", "conv"])
+@pytest.mark.parametrize("layer_dtype, x_dtype", [
+    (torch.complex64, torch.complex64), (torch.float32, torch.float64),
+    (torch.float32, torch.int64), (torch.float64, torch.float32),
+    (torch.float64, torch.float64), (torch.float32, torch.complex64)])
+def test_autocast_of_operands_it_does_not_cast_gives_torchs_result_or_error(
+        monkeypatch, tmp_path, winner, layer, layer_dtype, x_dtype):
+    """Under CPU autocast, a call with an operand autocast leaves alone (float64, complex,
+    integer) went to the registered op: a complex layer raised TypeError where torch runs it,
+    and mixed dtypes raised TypeError where torch raises RuntimeError. It now runs as torch's
+    (as without autocast where nothing is cast, else torch's op)."""
+    monkeypatch.setattr(tuner, "choose", _prefer(winner))
+    monkeypatch.setenv("KERNELKIT_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    ref = (nn.Linear(8, 4) if layer == "linear" else nn.Conv2d(3, 5, 3, padding=1)) \
+        .to(layer_dtype)
+    model = knn.patch(nn.Sequential(copy.deepcopy(ref))).model
+    assert isinstance(model[0], (knn.Linear, knn.Conv2d))
+    shape = (3, 8) if layer == "linear" else (2, 3, 6, 6)
+    x = torch.randn(shape, dtype=torch.float64).mul(4)
+    x = x.to(x_dtype) if x_dtype.is_floating_point or x_dtype.is_complex else \
+        x.round().to(x_dtype)
+    for _ in range(2):  # (the first call decides the route, the second runs it)
+        with torch.autocast("cpu", torch.bfloat16):
+            got, want = _outcome(lambda: model(x)), _outcome(lambda: ref(x))
+        if isinstance(want, type):
+            assert got is want
+        else:
+            assert got.dtype == want.dtype
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
 @pytest.mark.parametrize("make, shape", [(lambda: nn.Conv2d(3, 8, 3, padding=1), (2, 3, 8, 8)),
                                          (lambda: nn.Linear(16, 8), (4, 16))],
