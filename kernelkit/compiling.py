@@ -15,7 +15,8 @@ A job runs on one daemon thread (jobs one after another: two compiles at once wo
 for the cores). It first has a child process (``python -c``) compile the kernels into the on-disk
 cache: compiling is mostly Python that holds the GIL, so a compile in a thread here would slow the
 caller's own work for its whole length. The thread then loads the cached kernels (a fraction of a
-second). The child is allowed to finish if this process exits first, so the next process starts
+second); kernels already compiled into the on-disk cache (:func:`on_disk`) just load there. The
+child is allowed to finish if this process exits first, so the next process starts
 warm; a file lock per (module, dtype) keeps concurrent processes (DataLoader workers, DDP ranks)
 from compiling the same kernels twice. If the child cannot run or fails, the thread compiles here.
 
@@ -224,7 +225,11 @@ def _run(job: Job, *, child: bool) -> None:
     global finished
     start = time.perf_counter()
     try:
-        by_child = _compile_in_child(job) if child else None
+        # (kernels some process compiled into the on-disk cache load here: a child would only
+        # load them too, and its Python and numba's import cost 1.4-2.1 s of CPU beside the
+        # program's first calls in every process, 2-vCPU Zen 4)
+        by_child = _compile_in_child(job) if child and not on_disk(job.module, job.dtype) \
+            else None
         with _file_lock(job), fork_waits():  # (numba's lock is held while it loads)
             how = import_whole(job.module).warm(job.dtype)
         job.how = "compiled in a child process" if by_child == "compiled" else how
