@@ -9,6 +9,7 @@ from ..autotune.key import bucket
 from ..kernels import check_activation, torch_activations
 from ..kernels.convgeom import resolve_padding
 from ..ops import conv2d as _conv2d
+from ..ops import dispatch
 from ..ops.torch_ops import conv2d_op, eager_conv2d, split_activation
 from . import _route
 
@@ -95,7 +96,7 @@ def _make_route(m: Conv2d, x: torch.Tensor, weight: torch.Tensor, bias) -> _rout
     cand, config = _route.chosen(call)
     if _route.runs_aten(cand, call):
         return _aten
-    plan = call.bind(cand, config)
+    plan = dispatch.profiled(call.bind(cand, config), "conv2d", cand)  # (torch.profiler sees it)
     autograd = eager_conv2d()
     plans = _conv2d.ConvPlans(stride, pad, dilation, m.groups, m.activation, None, False,
                               forward=plan)
