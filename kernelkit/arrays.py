@@ -222,6 +222,14 @@ def torch_to_numpy(x: Any) -> np.ndarray:
         return torch_to_numpy(x.resolve_neg())
 
 
+def tensor_values(t: Any) -> np.ndarray:
+    """A tensor's values as a new host numpy array, for arguments read by value (a mean, a std):
+    a floating one in float64 (bfloat16 included), a lazily negated or conjugated view
+    resolved (``.numpy()`` raised on either)."""
+    t = t.detach().cpu().resolve_conj().resolve_neg()
+    return (t.double() if t.is_floating_point() else t).numpy()
+
+
 def as_torch(x: Any, device: str = "cpu") -> Any:
     """A torch tensor on `device`: zero-copy where the data already lives there."""
     import torch
@@ -342,7 +350,15 @@ def numpy_to_torch(x: np.ndarray):
                 x, strides=[0 if st < 0 else st for st in x.strides], writeable=False)
         else:
             x = x.copy()
-    return torch.from_numpy(x)
+    try:
+        return torch.from_numpy(x)
+    except ValueError:
+        # byte strides no multiple of the item size (a field of a record array), which torch
+        # refuses ("strides not a multiple of the element byte size"): a copy. Before, conv2d
+        # and matmul raised torch's message wherever torch's candidate ran such an array
+        if x.strides == item_strided(x).strides:
+            raise
+        return torch.from_numpy(np.ascontiguousarray(x))
 
 
 @functools.cache

@@ -584,3 +584,29 @@ def test_a_parents_torch_choice_for_numpy_data_is_asked_again_in_a_forked_worker
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=240)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("backend", [None, *CPU_BACKENDS])
+def test_a_record_arrays_field_is_convolved_as_its_values(backend, rng):
+    """float32 values 5 bytes apart beside a mask byte (a field of a numpy record array): torch
+    refuses such strides, and conv2d, its backward and matmul raised torch's message ("strides
+    not a multiple of the element byte size", no op or argument named) wherever torch's
+    candidate ran, on every call once torch won the size's tuning."""
+    rec = np.zeros((2, 5, 9, 7), dtype=[("v", "<f4"), ("mask", "u1")])
+    rec["v"] = rng.standard_normal(rec.shape)
+    x = rec["v"]
+    w = rng.standard_normal((3, 5, 3, 3)).astype(np.float32)
+    g = rng.standard_normal((2, 3, 9, 7)).astype(np.float32)
+    pair = np.zeros((9, 5), dtype=[("v", "<f4"), ("mask", "u1")])
+    pair["v"] = rng.standard_normal(pair.shape)
+    b = rng.standard_normal((5, 4)).astype(np.float32)
+    with kernelkit.use(backend=backend):
+        for _ in range(2):  # (the second call runs the memoised plan)
+            assert_conv2d_close(kernelkit.conv2d(x, w, padding=1), np.ascontiguousarray(x), w,
+                                padding=1)
+            gw = kernelkit.conv2d_backward_weight(x, g, w.shape, padding=1)
+            want = torch.nn.grad.conv2d_weight(torch.from_numpy(x.astype(np.float64)), w.shape,
+                                               torch.from_numpy(g.astype(np.float64)), padding=1)
+            np.testing.assert_allclose(gw, want.numpy(), rtol=1e-4, atol=1e-3)
+            np.testing.assert_allclose(kernelkit.matmul(pair["v"], b),
+                                       pair["v"].astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
