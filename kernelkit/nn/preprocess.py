@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..arrays import tensor_values
 from ..ops import dispatch
 from ..ops import preprocess as _preprocess
 from ..ops import preprocess_args as _check
@@ -149,7 +150,7 @@ def _stats(name: str, v: Any) -> list[float]:
     """A per-channel statistic as the list of floats TorchScript and the op take: a number, a
     sequence of numbers, or a 0-/1-d numpy array or tensor (as `kernelkit.preprocess` takes)."""
     if isinstance(v, torch.Tensor):
-        v = v.detach().cpu().numpy()
+        v = tensor_values(v)
     if isinstance(v, np.ndarray) and v.ndim <= 1:
         v = v.tolist()
     items = v if isinstance(v, Sequence) and not isinstance(v, str) else [v]

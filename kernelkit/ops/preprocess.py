@@ -211,7 +211,7 @@ def _frozen(v):
         # kept the old plan's statistics; keyed by value instead (a GPU one: prepared afresh,
         # its values not read back on every call)
         return ("tensor", str(v.dtype), tuple(v.shape),
-                v.detach().double().numpy().tobytes()) if v.device.type == "cpu" else None
+                arrays.tensor_values(v).tobytes()) if v.device.type == "cpu" else None
     try:
         hash(v)
     except TypeError:

@@ -54,8 +54,10 @@ def check_box(i: int, box, h: int, w: int) -> tuple[float, float, float, float]:
 
 def channel_stats(name: str, v, c: int) -> np.ndarray:
     if arrays.array_lib(v) == "torch":  # (a bfloat16 one has no numpy view)
-        v = v.detach().cpu().double().numpy()
+        v = arrays.tensor_values(v)
     try:
+        if np.iscomplexobj(v):  # (float64 would drop the imaginary parts, with a warning)
+            raise TypeError
         a = np.asarray(v, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError):
         raise TypeError(f"preprocess: '{name}' must be a number or one per channel, got "

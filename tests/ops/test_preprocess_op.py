@@ -509,3 +509,27 @@ def test_scale_groups_split_only_where_padding_wastes():
     assert scale_groups(spec(photos + [(0, 0, 16, 200000)], antialias=False)) is None
     assert scale_groups(spec(photos[:2] + [(0, 0, 900, 1300)])) is None  # (under the floor)
     assert SPLIT_WASTE > 1
+
+
+@pytest.mark.parametrize("kind", ["bfloat16", "negated_float64", "int64", "conj_imag_float64"])
+@pytest.mark.parametrize("entry", ["op", "module"])
+def test_statistics_as_tensors_of_any_kind_normalise_by_their_values(kind, entry):
+    """A mean given as a float64 tensor torch negates lazily (``torch._neg_view``, a view from
+    ``x.conj().imag``) raised "Can't call numpy() on Tensor that has negative bit set" in the op
+    and in kernelkit.nn.Preprocess; a bfloat16 one raised "unsupported ScalarType BFloat16" in
+    the module. A complex one gave up its imaginary parts with a warning: a TypeError now."""
+    img = np.random.default_rng(2).integers(0, 256, (2, 6, 7, 3), dtype=np.uint8)
+    values = [100.0, 110.0, 120.0]
+    mean = {"bfloat16": lambda: torch.tensor(values, dtype=torch.bfloat16),
+            "negated_float64": lambda: torch._neg_view(-torch.tensor(values, dtype=torch.float64)),
+            "int64": lambda: torch.tensor(values).long(),
+            "conj_imag_float64": lambda: torch.complex(  # (values, negated lazily)
+                torch.zeros(3, dtype=torch.float64), -torch.tensor(values).double()).conj().imag,
+            }[kind]()
+    run = (lambda m: kernelkit.preprocess(torch.from_numpy(img), size=5, mean=m, std=50.0)) \
+        if entry == "op" else \
+        (lambda m: kernelkit.nn.Preprocess(size=5, mean=m, std=50.0)(torch.from_numpy(img)))
+    for _ in range(2):
+        torch.testing.assert_close(run(mean), run(values), rtol=0, atol=0)
+    with pytest.raises(TypeError, match="'mean' must be a number"):
+        run(torch.tensor(values, dtype=torch.complex64))
