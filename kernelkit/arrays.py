@@ -138,6 +138,18 @@ def dtype_name(x: Any) -> str:
     return str(x.dtype).removeprefix("torch.")
 
 
+def byte_order_note(dtype: str, allowed: tuple) -> str:
+    """For a dtype refused by name: where the name is a numpy dtype of the other byte order
+    ('>f4', which numpy computes with and is float32 to a reader) of one `allowed`, how to make
+    it native."""
+    if dtype[:1] not in "<>" or np.dtype(dtype).isnative:
+        return ""
+    native = np.dtype(dtype).newbyteorder("=").name
+    if native not in allowed:
+        return ""
+    return f" ({native} in non-native byte order: convert it first, .astype({native!r}))"
+
+
 def item_strided(x: Any) -> Any:
     """`x`, or a contiguous copy (in x's library) where a byte stride is no multiple of its item
     size: a field of a numpy record array (float32 pixels 13 bytes apart beside a mask byte).

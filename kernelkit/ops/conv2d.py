@@ -259,7 +259,8 @@ def _check_arrays(op: str, named: dict[str, Any]) -> tuple[arrays.Location, str]
                              f"{loc.device}:{loc.index}")
         dt = arrays.dtype_name(x)
         if dt not in FLOAT_DTYPES:
-            raise TypeError(f"{op}: '{name}' dtype must be one of {FLOAT_DTYPES}, got {dt}")
+            raise TypeError(f"{op}: '{name}' dtype must be one of {FLOAT_DTYPES}, got {dt}"
+                            f"{arrays.byte_order_note(dt, FLOAT_DTYPES)}")
         if dtype is None:
             dtype = dt
         elif dt != dtype:

@@ -181,7 +181,8 @@ def _check(a, b, bias, activation) -> tuple[arrays.Location, str, tuple[int, ...
     if da != db:
         raise TypeError(f"matmul: 'a' and 'b' must have the same dtype, got {da} and {db}")
     if da not in FLOAT_DTYPES:
-        raise TypeError(f"matmul: the dtype of 'a' and 'b' must be one of {FLOAT_DTYPES}, got {da}")
+        raise TypeError(f"matmul: the dtype of 'a' and 'b' must be one of {FLOAT_DTYPES}, got {da}"
+                        f"{arrays.byte_order_note(da, FLOAT_DTYPES)}")
     if a.shape[-1] != b.shape[-2]:
         raise ValueError(f"matmul: a.shape[-1] (K={a.shape[-1]}) must equal b.shape[-2] "
                          f"(K={b.shape[-2]}); got a {tuple(a.shape)} and b {tuple(b.shape)}")

@@ -258,7 +258,8 @@ def _images(images) -> tuple[list | Any, arrays.Location, str, list[tuple[int, i
             raise TypeError(f"preprocess: the ragged batch mixes dtypes: '{name}' is {dt}, "
                             f"images[0] is {dtype}")
     if dtype not in IN_DTYPES:
-        raise TypeError(f"preprocess: images must be one of {IN_DTYPES}, got {dtype}")
+        raise TypeError(f"preprocess: images must be one of {IN_DTYPES}, got {dtype}"
+                        f"{arrays.byte_order_note(dtype, IN_DTYPES)}")
     shapes = [tuple(x.shape) for x in seq] if ragged else \
         [tuple(images.shape[1:])] * images.shape[0]
     channels = {s[2] for s in shapes}

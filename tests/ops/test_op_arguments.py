@@ -180,3 +180,22 @@ def test_a_memmap_is_a_numpy_array(tmp_path):
 def test_an_integer_matmul_names_both_arguments():
     with pytest.raises(TypeError, match=r"matmul: the dtype of 'a' and 'b' must be one of"):
         kernelkit.matmul(A.astype(np.int32), A.astype(np.int32))
+
+
+@pytest.mark.parametrize("op", ["matmul", "conv2d", "preprocess"])
+def test_a_non_native_byte_order_is_named_in_the_error(op):
+    """'>f4' is float32 to a reader (and numpy computes with it): the error said only "must be
+    one of (..., 'float32', ...), got >f4". It now says the byte order is the problem and how
+    to convert; a dtype refused whatever its byte order ('>u2' images) gets no such advice."""
+    call = {"matmul": lambda dt: kernelkit.matmul(A.astype(dt), A.astype(dt)),
+            "conv2d": lambda dt: kernelkit.conv2d(np.ones((1, 2, 5, 5), dt), np.ones((3, 2, 3, 3),
+                                                                                     dt)),
+            "preprocess": lambda dt: kernelkit.preprocess(np.ones((1, 6, 6, 3), dt), size=4,
+                                                          mean=0.0, std=1.0)}[op]
+    wanted = "float32"
+    big = np.dtype(wanted).newbyteorder(">").str
+    with pytest.raises(TypeError, match=rf"got {big} \({wanted} in non-native byte order: "
+                                        rf"convert it first, .astype\('{wanted}'\)\)$"):
+        call(big)
+    with pytest.raises(TypeError, match=r"got [<>=]?[a-z0-9]+$"):
+        call(">u2" if op == "preprocess" else ">i4")
