@@ -100,6 +100,10 @@ def conv2d(x: Any, weight: Any, bias: Any = None, *, stride=1, padding=0, dilati
         return conv2d(x[None], weight, bias, stride=stride, padding=padding, dilation=dilation,
                       groups=groups, activation=activation, layout=layout,
                       allow_tf32=allow_tf32)[0]
+    if type(x) is not _NDARRAY and getattr(x, "is_nested", False):  # (sizes raised "Internal
+        # error: NestedTensorImpl doesn't support sizes. Please file an issue.")
+        raise TypeError("conv2d: 'x' is a nested tensor, which has no one (N, C, H, W) shape: "
+                        "convolve each image (x.unbind()) or pad them into one batch")
     if type(x) is not _NDARRAY and torch_only(x, weight, bias):  # vmap, meta, ...: torch's ops
         check_activation("conv2d", activation)
         geo = _op_geometry("conv2d", x, x.shape, weight.shape, stride, padding, dilation, groups,

@@ -65,7 +65,7 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
     Args:
         images: a uint8 (or float32) NHWC batch, or a list of HWC images of different sizes (a
             ragged batch, as decoders produce); numpy arrays, torch tensors (CPU or CUDA) or cupy
-            arrays. 1 or 3 channels.
+            arrays (a nested tensor of HWC images is such a list). 1 or 3 channels.
         size: output (height, width), or one int for both.
         mean, std: per-channel statistics, or scalars, in the unit `stats_unit` names, in
             the output's channel order (after `channel_order`: ImageNet's RGB statistics with
@@ -109,6 +109,10 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
         ...                              std=(58.4, 57.1, 57.4))  # doctest: +SKIP
     """
     ragged = isinstance(images, (list, tuple))
+    if not ragged and type(images) is not np.ndarray and getattr(images, "is_nested", False):
+        # torch's container of a ragged batch: its images (the registered op raised "Could not
+        # run 'kernelkit::preprocess' with arguments from the 'NestedTensorCPU' backend")
+        images, ragged = list(images.unbind()), True
     if not ragged and (proxy := fx_proxy(images)) is not None:  # a torch.fx trace: one node
         return proxy.tracer.create_proxy("call_function", preprocess, (images,), dict(
             size=size, mean=mean, std=std, crop=crop, flip=flip, rotate=rotate, fill=fill,
@@ -127,6 +131,11 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
         return _through_registered_op(images, size, mean, std, crop, flip, rotate,
                                       interpolation, antialias, channel_order, out_dtype, layout,
                                       stats_unit)
+    if ragged and any(_without_data(x) for x in images):
+        # (the registered op takes one batch tensor; such a list failed in a copy to the host,
+        # "Cannot copy out of meta tensor")
+        raise TypeError("preprocess: a list of images must hold their data; meta or fake "
+                        "tensors go in one (N, H, W, C) batch tensor")
     # (a record array's field: its byte strides are no multiple of its item size; copied)
     images = [arrays.item_strided(x) for x in images] if ragged else arrays.item_strided(images)
     extras = _frozen((size, mean, std, crop, flip, rotate, fill, interpolation, antialias,
@@ -144,6 +153,15 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
 
 
 _PLANS = PlanMemo()
+
+
+def _without_data(x) -> bool:
+    """`x` is a meta or fake tensor: shapes without values."""
+    if type(x) is np.ndarray or arrays.array_lib(x) != "torch":
+        return False
+    import torch
+
+    return x.is_meta or torch._subclasses.fake_tensor.is_fake(x)
 
 
 def _float_list(v) -> list[float]:

@@ -533,3 +533,19 @@ def test_statistics_as_tensors_of_any_kind_normalise_by_their_values(kind, entry
         torch.testing.assert_close(run(mean), run(values), rtol=0, atol=0)
     with pytest.raises(TypeError, match="'mean' must be a number"):
         run(torch.tensor(values, dtype=torch.complex64))
+
+
+def test_a_nested_tensor_is_a_ragged_batch_and_a_list_of_meta_images_a_clear_error():
+    """A nested tensor (torch's container of a ragged image batch) raised "Could not run
+    'kernelkit::preprocess' with arguments from the 'NestedTensorCPU' backend"; a list of meta
+    images raised "Cannot copy out of meta tensor" from inside the plan."""
+    g = torch.Generator().manual_seed(6)
+    imgs = [torch.rand(6, 7, 3, generator=g) * 255, torch.rand(9, 5, 3, generator=g) * 255]
+    kw = dict(size=4, mean=(1.0, 2.0, 3.0), std=(50.0, 60.0, 70.0), flip=["horizontal", None])
+    torch.testing.assert_close(kernelkit.preprocess(torch.nested.nested_tensor(imgs), **kw),
+                               kernelkit.preprocess(imgs, **kw), rtol=0, atol=0)
+    with pytest.raises(TypeError, match="preprocess: a list of images must hold their data"):
+        kernelkit.preprocess([x.to("meta") for x in imgs], **kw)
+    with pytest.raises(TypeError, match=r"conv2d: 'x' is a nested tensor"):
+        kernelkit.conv2d(torch.nested.nested_tensor([x.permute(2, 0, 1) for x in imgs]),
+                         torch.randn(4, 3, 3, 3, generator=g))
