@@ -393,10 +393,9 @@ def profiled(plan: Plan, op: str, cand: core.Candidate) -> Plan:
     layers, and the ops on plain tensors, left no time in `torch.profiler`'s tables (0.21 of
     6.6 ms recorded for a three-layer model on the Numba kernels), and the next op showed as
     the costly one. The check costs 0.04 us a call while no profiler runs."""
-    if cand.backend == "torch" or "torch" not in sys.modules:
+    torch = sys.modules.get("torch")  # (None too where an environment blocks its import)
+    if cand.backend == "torch" or torch is None:
         return plan
-    import torch
-
     enabled = torch._C._autograd._profiler_enabled
     record = torch.autograd.profiler.record_function
     name = f"kernelkit::{op} [{cand.name}]"

@@ -109,15 +109,15 @@ def preprocess(images: Any, *, size, mean, std, crop=None, flip=None, rotate=Non
         ...                              std=(58.4, 57.1, 57.4))  # doctest: +SKIP
     """
     ragged = isinstance(images, (list, tuple))
-    if not ragged and type(images) is not np.ndarray and getattr(images, "is_nested", False):
-        # torch's container of a ragged batch: its images (the registered op raised "Could not
-        # run 'kernelkit::preprocess' with arguments from the 'NestedTensorCPU' backend")
-        images, ragged = list(images.unbind()), True
     if not ragged and (proxy := fx_proxy(images)) is not None:  # a torch.fx trace: one node
         return proxy.tracer.create_proxy("call_function", preprocess, (images,), dict(
             size=size, mean=mean, std=std, crop=crop, flip=flip, rotate=rotate, fill=fill,
             interpolation=interpolation, antialias=antialias, channel_order=channel_order,
             out_dtype=out_dtype, layout=layout, stats_unit=stats_unit))
+    if not ragged and type(images) is not np.ndarray and getattr(images, "is_nested", False):
+        # torch's container of a ragged batch: its images (the registered op raised "Could not
+        # run 'kernelkit::preprocess' with arguments from the 'NestedTensorCPU' backend")
+        images, ragged = list(images.unbind()), True
     if jit_tracing() and arrays.array_lib(images[0] if ragged and images else images) == "torch":
         if ragged:  # (kernelkit.nn.Preprocess hands its list here too: its advice would loop)
             raise RuntimeError(
