@@ -447,6 +447,9 @@ class Explanation:
     skipped: dict[str, str]
     trials: list[dict]
     busy: bool = False  # timed while other processes loaded the machine: a provisional entry
+    # candidates that could run the call and were not timed, with why (`tune` that never measures)
+    unmeasured: dict[str, str] = dataclasses.field(default_factory=dict)
+    note: str | None = None  # why the choice is not the fastest trial, where a rule kept another
 
     def __str__(self) -> str:
         p = self.problem
@@ -465,9 +468,13 @@ class Explanation:
                              f"± {t['spread'] * 1e6:7.1f}  {gflops:8.1f} GFLOP/s  {t['config']}")
             else:
                 lines.append(f"  {t['candidate']:<12} failed: {t.get('error')}  {t['config']}")
+        for name, why in self.unmeasured.items():
+            lines.append(f"  {name:<12} not measured: {why}")
         source = self.choice.source + (", provisional: timed while other processes loaded the "
                                        "machine" if self.busy else "")
         lines.append(f"choice: {self.choice.candidate} {self.choice.config} ({source})")
+        if self.note:
+            lines.append(f"  ({self.note})")
         return "\n".join(lines)
 
 
@@ -482,7 +489,29 @@ def explain_call(call: Call, settings: _settings.Settings | None = None) -> Expl
     # an empty problem: nothing to measure (and nothing to store), as choice_for decides it
     mode = ("off" if _empty(call.problem)
             else settings.tune if settings.tune in ("pinned", "model", "off") else "measure")
-    d = tuner.decide(call.problem, core.candidates(call.problem.op), call.runner, call.verify,
-                     settings, mode=mode)
+    cands = core.candidates(call.problem.op)
+    d = tuner.decide(call.problem, cands, call.runner, call.verify, settings, mode=mode)
+    # (listed, not left out: under `pinned` with an empty cache only the skipped GPU candidates
+    # showed, and the CPU ones the choice was made among were nowhere)
+    timed = {t.candidate for t in d.trials}
+    why = f"tune={mode!r} never measures" if mode != "measure" else "not timed for this choice"
+    unmeasured = {c.name: why for c in cands if c.name not in d.skipped and c.name not in timed}
     return Explanation(call.problem, d.key, d.choice, d.skipped, [t.to_dict() for t in d.trials],
-                       d.busy)
+                       d.busy, unmeasured, _kept_vendor_note(d, cands))
+
+
+def _kept_vendor_note(d, cands: list[core.Candidate]) -> str | None:
+    """Why a measured choice is a vendor slower than a kernel's trial (the tuner's
+    `_vendor_unless_clear`: a lead inside the kernel's own spread is not shown), or None."""
+    ok = [t for t in d.trials if t.timing is not None]
+    vendors = {c.name for c in cands if c.vendor}
+    if not ok or d.choice.source != "measured" or d.choice.candidate not in vendors:
+        return None
+    fastest = min(ok, key=lambda t: t.timing.median)
+    chosen = [t.timing.median for t in ok if t.candidate == d.choice.candidate]
+    if fastest.candidate in vendors or not chosen:
+        return None
+    lead = (min(chosen) - fastest.timing.median) * 1e6
+    return (f"{fastest.candidate} led by {lead:.1f} us, within its own spread "
+            f"(± {fastest.timing.spread * 1e6:.1f} us): a kernel replaces the vendor only where "
+            f"its lead is clear")

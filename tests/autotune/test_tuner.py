@@ -595,3 +595,38 @@ def test_the_overflow_edge_takes_either_side_within_the_bound():
         for wrong in (np.nan, 0.0, -65504.0, -np.inf):
             assert check(wrong, r) is not None, (wrong, r)
     assert check(np.inf, 1e6) is None and check(65504.0, 1e6) is not None
+
+
+def test_explain_lists_the_candidates_a_tune_mode_that_never_measures_chose_among(tmp_path,
+                                                                                  monkeypatch):
+    """Under KERNELKIT_TUNE=pinned (or model, off) with nothing cached, explain listed only the
+    skipped GPU candidates, and none of the CPU ones the choice was made among."""
+    monkeypatch.setenv("KERNELKIT_CACHE_DIR", str(tmp_path))
+    a = np.random.default_rng(0).standard_normal((24, 24), dtype=np.float32)
+    for mode in ("pinned", "model", "off"):
+        with kernelkit.use(tune=mode):
+            text = str(kernelkit.explain("matmul", a, a))
+        for name in ("numba-cpu", "numpy-cpu", "torch-cpu"):
+            assert f"  {name:<12} not measured: tune={mode!r} never measures" in text, text
+    with kernelkit.use(tune="measure"):
+        assert "not measured" not in str(kernelkit.explain("matmul", a, a))
+
+
+def test_explain_says_why_a_measured_vendor_was_kept_over_a_faster_kernel_trial():
+    """A kernel whose lead over the vendor is inside its own spread is not chosen (the tuner's
+    `_vendor_unless_clear`); explain's table showed it faster and the vendor chosen, unexplained."""
+    from kernelkit import core
+    from kernelkit.core import Choice
+
+    cands = core.candidates("matmul")
+
+    def decision(choice, numba_us, spread_us):
+        trials = [tuner.Trial("numba-cpu", {}, timing.Timing(numba_us * 1e-6, spread_us * 1e-6, 9)),
+                  tuner.Trial("torch-cpu", {}, timing.Timing(191.2e-6, 29.5e-6, 9))]
+        return tuner.Decision("k", Choice(choice, {}, "measured"), {}, trials)
+
+    note = dispatch._kept_vendor_note(decision("torch-cpu", 189.6, 8.6), cands)
+    assert note == ("numba-cpu led by 1.6 us, within its own spread (± 8.6 us): a kernel replaces "
+                    "the vendor only where its lead is clear")
+    assert dispatch._kept_vendor_note(decision("numba-cpu", 120.0, 3.0), cands) is None
+    assert dispatch._kept_vendor_note(decision("torch-cpu", 195.0, 3.0), cands) is None
