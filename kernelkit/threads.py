@@ -84,6 +84,7 @@ def configure() -> str | None:
         return launched
     if os.environ.get("NUMBA_THREADING_LAYER"):
         return os.environ["NUMBA_THREADING_LAYER"]  # the user's explicit choice
+    import numba  # noqa: F401 - first, whole: see kernels/numba/_cache.py
     from numba.core import config
 
     if config.THREADING_LAYER == "default":

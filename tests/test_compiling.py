@@ -594,3 +594,24 @@ def test_a_backend_hook_runs_where_forks_wait_and_signal_handlers_are_deferred(m
     finally:
         signal.signal(signal.SIGALRM, old)
     assert seen == {"fork_waits": True, "deferred": True}
+
+
+def test_a_program_importing_numba_right_after_its_first_call_gets_the_whole_package():
+    """The background job's first numba import was a submodule's (`from numba.core import
+    caching`, by `on_disk`): with the program's own `import numba` running at the same moment,
+    the two threads' module locks deadlocked and Python handed the program a partial module
+    ("cannot import name 'NullCache' from partially initialized module 'numba.core.caching'",
+    3 of 3 runs, a helper's hunt: a library built on numba imported after a first call)."""
+    code = ("import numpy as np, kernelkit\n"
+            "a = np.random.default_rng(0).standard_normal((100, 100), dtype=np.float32)\n"
+            "kernelkit.matmul(a, a)\n"
+            "import numba\n"
+            "from numba.core.caching import NullCache\n"
+            "print('whole', numba.__version__ is not None)\n")
+    env = {**os.environ}
+    env.pop("KERNELKIT_COMPILE", None)  # (the background default: the tests' fixture sets it)
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert out.stdout.split() == ["whole", "True"]

@@ -35,6 +35,13 @@ import os
 import shutil
 from pathlib import Path
 
+# `import numba` first: this module is the first of numba's that the background compile thread
+# imports (`compiling.on_disk`), and a submodule import there, while the main thread ran
+# `import numba` (a program's own, right after its first kernelkit call), met numba's import half
+# way: the two threads' module locks deadlocked, and Python handed the main thread a partial
+# module ("cannot import name 'NullCache' from partially initialized module
+# 'numba.core.caching'"). The package's own import waits for the other thread's to finish.
+import numba
 from numba.core import caching
 
 _HERE = Path(__file__).resolve().parent          # kernelkit/kernels/numba
@@ -55,7 +62,6 @@ def source_files() -> list[Path]:
 def cache_key() -> str:
     """A hash of the kernel sources and of the kernelkit, Numba, llvmlite and LLVM versions."""
     import llvmlite
-    import numba
     from llvmlite import binding as ll
 
     from kernelkit.devices import package_version
