@@ -37,7 +37,8 @@ class Samples:
         size: the output size the crops will be resized to (sizes the DCT-scaled decode).
         augment, seed: as `kernelkit.data.Loader`'s.
         epoch: the augmentation epoch; `set_epoch` before each epoch (the DataLoader's workers
-            see the new value, ``persistent_workers`` too).
+            see the new value, ``persistent_workers`` too: it is shared with the processes
+            started with this dataset, ``mp.spawn``'s too; a pickle or copy has its own).
 
     Example:
         >>> ds = Samples(files, size=224, augment=True)  # doctest: +SKIP
@@ -70,15 +71,25 @@ class Samples:
     def set_epoch(self, epoch: int) -> None:
         """The epoch of the items read from now on, in this process and in the DataLoader's
         workers (call it before the epoch's ``for batch in loader``)."""
-        self._epoch.value = check_key("Samples", "epoch", epoch, 2**64)
+        epoch = check_key("Samples", "epoch", epoch, 2**64)
+        cell = self.__dict__.get("_epoch")
+        if cell is None:  # (a subclass that sets the epoch before Samples.__init__ runs)
+            self._epoch = _epoch_cell(epoch)
+        else:
+            cell.value = epoch
 
     def __getstate__(self) -> dict:
+        # A pickle or a copy: an epoch of its own. A process's start (a DataLoader worker, and
+        # any process handed this dataset as it starts: `mp.spawn`'s args, a pool's initargs):
+        # the cell, shared with this process.
         state = self.__dict__.copy()
-        if get_spawning_popen() is None:  # a pickle or a copy, not a worker's start: its own epoch
-            state["_epoch"] = self._epoch.value
+        if get_spawning_popen() is None and "_epoch" in state:
+            state["_epoch"] = state["_epoch"].value
         return state
 
     def __setstate__(self, state: dict) -> None:
+        if "_epoch" not in state:  # (pickled before the epoch was shared: a plain attribute)
+            state["_epoch"] = state.pop("epoch", 0)
         if isinstance(state["_epoch"], int):
             state["_epoch"] = _epoch_cell(state["_epoch"])
         self.__dict__.update(state)
@@ -91,10 +102,37 @@ class Samples:
                            seed=self.seed, epoch=self.epoch)
 
 
+class _LocalEpoch:
+    """`_epoch_cell` where shared memory cannot be had: this process's alone."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: int):
+        self.value = value
+
+    def __reduce__(self):
+        return (_LocalEpoch, (self.value,))
+
+
 def _epoch_cell(epoch: int):
     """An unsigned 64-bit int in shared memory (no lock: one writer, and an aligned 8-byte store
-    is never seen torn)."""
-    return multiprocessing.RawValue("Q", epoch)
+    is never seen torn). Where shared memory cannot be had (no /dev/shm nor a writable temporary
+    dir: some sandboxes and serverless hosts), a plain one, with a warning: persistent workers
+    then keep the epoch they started with."""
+    try:
+        return multiprocessing.RawValue("Q", epoch)
+    except OSError as exc:
+        if not _NO_SHARED_MEMORY:  # (once a process)
+            _NO_SHARED_MEMORY.append(exc)
+            from ..callsite import warn
+
+            warn(f"Samples: no shared memory for the epoch ({exc}); DataLoader workers started "
+                 f"with persistent_workers=True keep the epoch they started with",
+                 RuntimeWarning)
+        return _LocalEpoch(epoch)
+
+
+_NO_SHARED_MEMORY: list = []
 
 
 def _enter_worker() -> None:

@@ -585,3 +585,44 @@ def test_data_bench_skips_hidden_files_and_folders(tmp_path):
     rows = report.run(folder=str(tmp_path), batch_size=2, size=16, epochs=1)
     assert rows[0]["images"] == 2
 
+
+
+def test_samples_pickled_before_the_shared_epoch_and_subclasses_setting_it_early_still_work():
+    """A review of the shared epoch: a Samples pickled by the older code (a plain `epoch`
+    attribute) raised KeyError at load, and a subclass that sets `self.epoch` before calling
+    Samples.__init__ raised AttributeError."""
+    old = data.Samples.__new__(data.Samples)
+    old.__setstate__({"dataset": [], "size": (4, 4), "augment": None, "seed": 0, "epoch": 3})
+    assert old.epoch == 3
+    old.set_epoch(4)
+    assert old.epoch == 4
+
+    class Early(data.Samples):
+        def __init__(self, *args, **kw):
+            self.epoch = 9
+            assert self.epoch == 9
+            super().__init__(*args, **kw)
+
+    assert Early([], size=4, epoch=2).epoch == 2
+
+
+def test_samples_without_shared_memory_keep_a_local_epoch_and_warn_once():
+    """Shared memory needs /dev/shm or a writable temporary dir, which some sandboxes lack: the
+    epoch then lives in the process (persistent workers keep theirs), with one warning."""
+    import subprocess
+    import sys
+
+    code = ("import multiprocessing.heap as heap, pickle, warnings\n"
+            "heap.Arena._dir_candidates = ['/nonexistent-kk']\n"
+            "from kernelkit import data\n"
+            "with warnings.catch_warnings(record=True) as seen:\n"
+            "    warnings.simplefilter('always')\n"
+            "    a = data.Samples([], size=4, epoch=2)\n"
+            "    b = data.Samples([], size=4)\n"
+            "    a.set_epoch(5)\n"
+            "    c = pickle.loads(pickle.dumps(a))\n"
+            "print(a.epoch, b.epoch, c.epoch, len(seen), seen[0].category.__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["5", "0", "5", "1", "RuntimeWarning"]
