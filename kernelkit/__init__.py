@@ -84,7 +84,7 @@ def _register_torch_ops(torch_module: Any = None) -> None:
 def _substitute_in_compiled_code(dynamo_module: Any = None) -> None:
     """Have dynamo trace the registered op where compiled code calls kernelkit's ops (see
     `ops.compiled.substitute_in_compiled_code`); run once torch._dynamo is imported."""
-    from .ops.compiled import substitute_in_compiled_code
+    from .ops.compiled import substitute_in_compiled_code, tag_compile_caches
 
     try:
         substitute_in_compiled_code()
@@ -94,6 +94,14 @@ def _substitute_in_compiled_code(dynamo_module: Any = None) -> None:
         warnings.warn(f"kernelkit: could not register its ops' stand-ins with torch.compile "
                       f"({exc}); compiled code that calls kernelkit.matmul/conv2d/preprocess "
                       "breaks its graph there", stacklevel=2)
+    try:  # (apart: the stand-ins do not depend on it)
+        tag_compile_caches()
+    except Exception as exc:  # noqa: BLE001
+        import warnings
+
+        warnings.warn(f"kernelkit: could not add its version to torch's compile-cache key "
+                      f"({exc}); after an upgrade of kernelkit, clear torch's compile caches",
+                      stacklevel=2)
 
 
 _wrapt.register_post_import_hook(_register_torch_ops, "torch")  # now, if torch is loaded

@@ -12,25 +12,35 @@ from ..kernels import check_activation, torch_activations
 
 
 def compile_cache_tag() -> str:
-    """kernelkit's part of torch's compile-cache key: its version and a digest of the module that
-    registers the ops' fake, autograd and autocast rules (a source checkout's edits change it)."""
+    """kernelkit's part of torch's compile-cache key: its version and a digest of the modules
+    that define the ops' fake, autograd and autocast rules (a source checkout's edits change it;
+    where a module's source cannot be read, a zipped install, the version alone)."""
     import hashlib
     from pathlib import Path
 
     from .._version import __version__
-    from . import torch_ops
+    from ..kernels import convgeom
+    from . import preprocess_args, torch_ops
 
-    digest = hashlib.sha256(Path(torch_ops.__file__).read_bytes()).hexdigest()[:16]
-    return f"kernelkit-{__version__}-{digest}"
+    digest = hashlib.sha256()
+    for module in (torch_ops, convgeom, preprocess_args):
+        try:
+            digest.update(Path(module.__file__).read_bytes())
+        except (OSError, TypeError):  # (no file: __file__ None or inside an archive)
+            digest.update(module.__name__.encode())
+    return f"kernelkit-{__version__}-{digest.hexdigest()[:16]}"
 
 
 def tag_compile_caches() -> None:
-    """Add `compile_cache_tag` to ``torch.compiler.config.cache_key_tag`` (after a tag of the
-    user's own, which stays). Why: torch's FX-graph and AOTAutograd caches key a graph on its
-    ops' names, not on their registered backward, so after an upgrade of kernelkit a training
-    step compiled before ran the old backward formula, loaded "from cache" (an op whose
-    `register_autograd` changed gave the old gradient in a second process: torch 2.13). A torch
-    without the setting keeps the old behaviour."""
+    """Add `compile_cache_tag` to ``torch.compiler.config.cache_key_tag``, after a tag the user
+    set before torch._dynamo loaded (the environment's ``TORCH_COMPILE_CACHE_KEY_TAG``); a tag
+    set in code later replaces both. Why: torch's FX-graph and AOTAutograd caches key a graph on
+    its ops' names, not on their registered backward, so after an upgrade of kernelkit a
+    training step compiled before ran the old backward formula, loaded "from cache" (an op
+    whose `register_autograd` changed gave the old gradient in a second process: torch 2.13).
+    The tag keys every graph of the process, a graph without kernelkit's ops too (torch has no
+    key per op): a kernelkit upgrade compiles each graph once more, and max-autotune measures
+    again. A torch without the setting keeps the old behaviour."""
     import torch.compiler
 
     config = getattr(torch.compiler, "config", None)
@@ -56,7 +66,6 @@ def substitute_in_compiled_code() -> None:
     program that never compiles would pay at `import kernelkit`."""
     import torch
 
-    tag_compile_caches()
     torch._dynamo.assume_constant_result(transforms_active)  # (marks it: see there)
     substitute = getattr(torch.compiler, "substitute_in_graph", None)
     if substitute is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -156,11 +157,13 @@ _PLANS = PlanMemo()
 
 
 def _without_data(x) -> bool:
-    """`x` is a meta or fake tensor: shapes without values."""
-    if type(x) is np.ndarray or arrays.array_lib(x) != "torch":
+    """`x` is a meta or fake tensor: shapes without values. (A plain tensor is told apart by
+    its type first: `is_fake` costs 1.4 us, on each image of a ragged batch.)"""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(x, torch.Tensor):
         return False
-    import torch
-
+    if type(x) is torch.Tensor or type(x) is torch.nn.Parameter:
+        return x.is_meta
     return x.is_meta or torch._subclasses.fake_tensor.is_fake(x)
 
 

@@ -83,6 +83,17 @@ def test_an_inplace_op_on_a_result_with_grad_works_as_on_torchs(backend, case):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_the_compile_cache_tag_of_an_install_without_source_files_is_its_version(
+        monkeypatch):
+    """A zipped or frozen install has no source file to hash: the tag raised there, inside the
+    hook that registers the ops' stand-ins with torch.compile, and took them down with it."""
+    from kernelkit.ops import compiled, torch_ops
+
+    for missing in ("/no/such/bundle.pyz/kernelkit/ops/torch_ops.py", None):
+        monkeypatch.setattr(torch_ops, "__file__", missing)
+        assert compiled.compile_cache_tag().startswith(f"kernelkit-{kernelkit.__version__}-")
+
+
 @pytest.mark.parametrize("backend", ["numba", "torch"])
 @pytest.mark.parametrize("route, a_shape", [
     (route, shape) for route in ("patched_linear", "matmul", "registered_op")
