@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import operator
 from typing import Any
 
 import numpy as np
@@ -139,13 +140,13 @@ def conv2d_backward_input(grad_out: Any, weight: Any, input_shape, *, stride=1, 
     Returns:
         dx, shaped like the forward input.
     """
-    extras = (key_part(tuple(input_shape)), key_part(stride), key_part(padding),
+    extras = (key_part(_tuple_key(input_shape)), key_part(stride), key_part(padding),
               key_part(dilation), flag_key(groups), layout, flag_key(allow_tf32))
     plan = _BWD_INPUT.find(plain_signature3(grad_out, weight, None, extras))
     if plan is not None:
         return plan(grad_out, weight)
     if type(grad_out) is not _NDARRAY and torch_only(grad_out, weight):
-        shape = [int(v) for v in input_shape]
+        shape = list(_shape4("conv2d_backward_input", "input_shape", input_shape))
         geo = _op_geometry("conv2d_backward_input", grad_out, shape, weight.shape, stride,
                            padding, dilation, groups, layout)
         return _vendor().conv2d_backward_input(grad_out, weight,
@@ -154,7 +155,7 @@ def conv2d_backward_input(grad_out: Any, weight: Any, input_shape, *, stride=1, 
     if type(grad_out) is not _NDARRAY and jit_tracing():
         from .torch_ops import conv2d_backward_ops
 
-        shape = [int(v) for v in input_shape]
+        shape = list(_shape4("conv2d_backward_input", "input_shape", input_shape))
         geo = _op_geometry("conv2d_backward_input", grad_out, shape, weight.shape, stride,
                            padding, dilation, groups, layout)
         return conv2d_backward_ops()[0](grad_out, weight, shape, *geo, layout, allow_tf32)
@@ -180,13 +181,13 @@ def conv2d_backward_weight(x: Any, grad_out: Any, weight_shape, *, stride=1, pad
     Returns:
         dw of shape `weight_shape`. The bias gradient is ``grad_out.sum((0, 2, 3))``.
     """
-    extras = (key_part(tuple(weight_shape)), key_part(stride), key_part(padding),
+    extras = (key_part(_tuple_key(weight_shape)), key_part(stride), key_part(padding),
               key_part(dilation), flag_key(groups), layout, flag_key(allow_tf32))
     plan = _BWD_WEIGHT.find(plain_signature3(x, grad_out, None, extras))
     if plan is not None:
         return plan(x, grad_out)
     if type(x) is not _NDARRAY and torch_only(x, grad_out):
-        shape = [int(v) for v in weight_shape]
+        shape = list(_shape4("conv2d_backward_weight", "weight_shape", weight_shape))
         geo = _op_geometry("conv2d_backward_weight", x, x.shape, shape, stride, padding, dilation,
                            groups, layout)
         return _vendor().conv2d_backward_weight(x, grad_out, shape[2:], *geo, layout or "NCHW",
@@ -194,7 +195,7 @@ def conv2d_backward_weight(x: Any, grad_out: Any, weight_shape, *, stride=1, pad
     if type(x) is not _NDARRAY and jit_tracing():
         from .torch_ops import conv2d_backward_ops
 
-        shape = [int(v) for v in weight_shape]
+        shape = list(_shape4("conv2d_backward_weight", "weight_shape", weight_shape))
         geo = _op_geometry("conv2d_backward_weight", x, x.shape, shape, stride, padding, dilation,
                            groups, layout)
         return conv2d_backward_ops()[1](x, grad_out, shape, *geo, layout, allow_tf32)
@@ -325,6 +326,24 @@ def prepare_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gr
                 direct)
 
 
+def _tuple_key(v):
+    """A shape argument as its key: a list or torch.Size as the tuple it equals; anything else
+    as given (the checks then say what is wrong with it: `tuple(5)` raised before them)."""
+    return tuple(v) if isinstance(v, (list, tuple)) else v
+
+
+def _shape4(op: str, name: str, v, form: str = "the forward input's shape, (N, C, H, W) or "
+            "with layout='NHWC' (N, H, W, C)") -> tuple[int, ...]:
+    """A shape argument of a backward op as 4 non-negative ints, or a ValueError naming it."""
+    try:
+        shape = tuple(operator.index(d) for d in v)
+    except TypeError:
+        shape = None
+    if shape is None or len(shape) != 4 or min(shape) < 0:
+        raise ValueError(f"{op}: '{name}' must be {form}, 4 non-negative ints, got {v!r}")
+    return shape
+
+
 def prepare_backward_input(grad_out, weight, input_shape, *, stride=1, padding=0, dilation=1,
                            groups=1, layout=None, allow_tf32=False) -> Call:
     op = "conv2d_backward_input"
@@ -332,7 +351,7 @@ def prepare_backward_input(grad_out, weight, input_shape, *, stride=1, padding=0
     kl, channels_last = _layout(op, grad_out, layout)
     _ndim(op, "grad_out", grad_out, "(N, K, Ho, Wo)")
     _ndim(op, "weight", weight, "(K, C // groups, R, S)")
-    input_shape = tuple(int(v) for v in input_shape)
+    input_shape = _shape4(op, "input_shape", input_shape)
     xs = input_shape if channels_last else nchw_shape(input_shape, kl)
     ws = tuple(weight.shape)
     geo, (ho, wo) = check_geometry(op, xs, ws, stride, padding, dilation, groups)
@@ -360,9 +379,7 @@ def prepare_backward_weight(x, grad_out, weight_shape, *, stride=1, padding=0, d
     _ndim(op, "x", x, "(N, C, H, W)")
     _ndim(op, "grad_out", grad_out, "(N, K, Ho, Wo)")
     xs = tuple(x.shape) if channels_last else nchw_shape(x.shape, kl)
-    ws = tuple(int(v) for v in weight_shape)
-    if len(ws) != 4:
-        raise ValueError(f"{op}: 'weight_shape' must be (K, C // groups, R, S), got {ws}")
+    ws = _shape4(op, "weight_shape", weight_shape, "(K, C // groups, R, S)")
     geo, (ho, wo) = check_geometry(op, xs, ws, stride, padding, dilation, groups)
     check_flag(op, "allow_tf32", allow_tf32)
     _grad_out_shape(op, grad_out, kl, channels_last, (xs[0], ws[0], ho, wo))

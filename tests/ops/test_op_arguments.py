@@ -199,3 +199,25 @@ def test_a_non_native_byte_order_is_named_in_the_error(op):
         call(big)
     with pytest.raises(TypeError, match=r"got [<>=]?[a-z0-9]+$"):
         call(">u2" if op == "preprocess" else ">i4")
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (3, 16, 16), (4, 3, 16, 16, 1), 5, None,
+                                   (4, 3, 16.0, 16), (4, -3, 16, 16)])
+@pytest.mark.parametrize("backend", [None, "torch"])
+def test_a_backward_ops_shape_argument_is_checked_and_named(shape, backend):
+    """conv2d_backward_input's `input_shape` of 3 or 5 dims raised "not enough values to unpack
+    (expected 4, got 2)", an int "'int' object is not iterable": nothing named the op or the
+    argument (weight_shape's non-sequences the same)."""
+    import torch
+
+    g, w = torch.randn(4, 8, 16, 16), torch.randn(8, 3, 3, 3)
+    with kernelkit.use(backend=backend):
+        with pytest.raises(ValueError, match=r"conv2d_backward_input: 'input_shape' must be the "
+                                             r"forward input's shape, .* got "):
+            kernelkit.conv2d_backward_input(g, w, shape, padding=1)
+        if not (isinstance(shape, tuple) and len(shape) == 4):
+            with pytest.raises(ValueError, match=r"conv2d_backward_weight: 'weight_shape' must "
+                                                 r"be \(K, C // groups, R, S\), 4 non-negative"):
+                kernelkit.conv2d_backward_weight(torch.randn(4, 3, 16, 16), g, shape, padding=1)
+        assert kernelkit.conv2d_backward_input(g, w, torch.Size((4, 3, 16, 16)),
+                                               padding=1).shape == (4, 3, 16, 16)
