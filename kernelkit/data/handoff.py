@@ -48,7 +48,11 @@ class Handoff:
                              f"{device!r}") from None
         if self.device.type == "cuda":
             if not torch.cuda.is_available():
-                raise ValueError(f"Loader: 'device' is {device!r} but torch sees no CUDA device")
+                raise ValueError(f"Loader: 'device' is {device!r} but torch sees no CUDA device "
+                                 f"(device='cpu' gives CPU tensors, None numpy arrays)")
+            if self.device.index is not None and self.device.index >= torch.cuda.device_count():
+                raise ValueError(f"Loader: 'device' is {device!r} but torch sees "
+                                 f"{torch.cuda.device_count()} CUDA device(s)")
             self.cuda = True
             self.stream = torch.cuda.Stream(device=self.device)
             self.pinned: list[Any] = [None] * depth

@@ -111,3 +111,19 @@ def test_cpu_and_numpy_handoffs_pass_batches_through():
     assert same is b and ev is None
     t, ev = Handoff("cpu").send(b)
     assert isinstance(t, torch.Tensor) and ev is None and t.data_ptr() == b.ctypes.data
+
+
+def test_a_cuda_device_torch_cannot_see_is_refused_with_what_to_do(monkeypatch):
+    """`Loader(device="cuda")` without a GPU said only that torch sees none; `device="cuda:1"`
+    on a one-GPU machine went on to torch's "invalid device ordinal" inside a stream's
+    creation. Both now say what there is (torch.cuda patched to each situation)."""
+    import pytest
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"'device' is 'cuda' but torch sees no CUDA device "
+                                         r"\(device='cpu' gives CPU tensors, None numpy arrays\)"):
+        Handoff("cuda", depth=2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"'device' is 'cuda:1' but torch sees 1 CUDA device"):
+        Handoff("cuda:1", depth=2)
