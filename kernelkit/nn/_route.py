@@ -799,11 +799,8 @@ def runs_aten(cand: core.Candidate, call: core.Call) -> bool:
 
 
 def describe(route: Route) -> str:
-    """Where a route runs the layer: "torch (aten)" or the kernelkit candidate's name; with
-    ", while kernels compile" for a stand-in chosen while better candidates compiled (decided
-    again once they are ready: `where` read as final what was not)."""
-    where = getattr(route, "candidate", "torch (aten)")
-    return f"{where}, while kernels compile" if isinstance(route, dispatch.Warming) else where
+    """Where a route runs the layer: "torch (aten)" or the kernelkit candidate's name."""
+    return getattr(route, "candidate", "torch (aten)")
 
 
 def getstate(module: torch.nn.Module) -> dict:

@@ -167,29 +167,6 @@ def test_a_route_chosen_while_kernels_compile_is_kept_until_a_compile_finishes(m
     assert len(asked) == 2
 
 
-def test_where_says_a_route_chosen_while_kernels_compile_is_a_stand_in(monkeypatch):
-    """`where` reported a stand-in chosen while Numba compiled as "torch (aten)", which read as
-    the layer's final route (a user hunt checked "did kernelkit take this layer?" then)."""
-    from kernelkit import compiling, core
-    from kernelkit.ops import dispatch
-
-    source = {"now": "warming"}
-    monkeypatch.setattr(dispatch, "choice_for",
-                        lambda call, settings=None: core.Choice("torch-cpu", {}, source["now"]))
-    monkeypatch.setattr(compiling, "finished", compiling.finished)
-    model = nn.Sequential(nn.Linear(8, 4))
-    knn.patch(model)
-    x = torch.randn(3, 8)
-    with torch.no_grad():
-        model(x)
-        assert [r for _, _, r in knn.where(model)] == ["torch (aten), while kernels compile"]
-        source["now"] = "measured"
-        monkeypatch.setattr(compiling, "finished", compiling.finished + 1)  # a job finished
-        model(x)
-        model(x)
-    assert [r for _, _, r in knn.where(model)] == ["torch (aten)"]
-
-
 def _timed_by(monkeypatch, cost, backward_cost=None):
     """The InContext trial's clock made fake: each call of a route advances it by
     cost(torch's op ran, grad enabled), and the route's backward (where it runs) by
@@ -854,7 +831,7 @@ def test_a_tuned_config_is_tried_apart_from_the_stand_in_that_lost(monkeypatch):
     with torch.no_grad():
         for _ in range(2 * (_route.TRIAL_CALLS + 1)):
             layer(x)
-        assert [r for _, _, r in knn.where(layer)] == ["torch (aten), while kernels compile"]  # lost
+        assert [r for _, _, r in knn.where(layer)] == ["torch (aten)"]  # the stand-in lost
         source["source"], cost["kernel"] = "cache", 0.5e-3  # compiled, and tuned
         monkeypatch.setattr(compiling, "finished", compiling.finished + 1)
         for _ in range(2 * (_route.TRIAL_CALLS + 1) + 1):
