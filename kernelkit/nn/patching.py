@@ -155,6 +155,10 @@ def where(model: nn.Module) -> list[tuple[str, tuple[int, ...], str]]:
         (qualified layer name, input shape, "torch (aten)" or the kernelkit candidate, e.g.
         "numba-cpu"), one per layer and input signature seen. Backward products are dispatched
         (and tuned) per problem on their own; `kernelkit.explain` shows any one of them.
+        In a process's first seconds, while Numba compiles in the background, a layer runs a
+        stand-in (torch's op) that the first call after the compile decides again: call
+        `kernelkit.compiling.wait()` and the model once more before reading this as final
+        (`kernelkit warmup` compiles ahead of time).
     """
     out = []
     for name, layer in model.named_modules():
