@@ -116,9 +116,9 @@ class _LocalEpoch:
 
 def _epoch_cell(epoch: int):
     """An unsigned 64-bit int in shared memory (no lock: one writer, and an aligned 8-byte store
-    is never seen torn). Where shared memory cannot be had (no /dev/shm nor a writable temporary
-    dir: some sandboxes and serverless hosts), a plain one, with a warning: persistent workers
-    then keep the epoch they started with."""
+    is never seen torn). Where shared memory cannot be had (no /dev/shm, which CPython's
+    allocator requires on Linux: some sandboxes and serverless hosts), a plain one, with a
+    warning: persistent workers then keep the epoch they started with."""
     try:
         return multiprocessing.RawValue("Q", epoch)
     except OSError as exc:

@@ -18,12 +18,13 @@ def compile_cache_tag() -> str:
     import hashlib
     from pathlib import Path
 
+    from .. import arrays
     from .._version import __version__
     from ..kernels import convgeom
     from . import preprocess_args, torch_ops
 
     digest = hashlib.sha256()
-    for module in (torch_ops, convgeom, preprocess_args):
+    for module in (torch_ops, convgeom, preprocess_args, arrays):
         try:
             digest.update(Path(module.__file__).read_bytes())
         except (OSError, TypeError):  # (no file: __file__ None or inside an archive)

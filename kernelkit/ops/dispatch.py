@@ -495,7 +495,9 @@ def explain_call(call: Call, settings: _settings.Settings | None = None) -> Expl
     # (listed, not left out: under `pinned` with an empty cache only the skipped GPU candidates
     # showed, and the CPU ones the choice was made among were nowhere)
     timed = {t.candidate for t in d.trials}
-    why = f"tune={mode!r} never measures" if mode != "measure" else "not timed for this choice"
+    why = ("an empty problem: nothing to measure" if _empty(call.problem)
+           else f"tune={mode!r} never measures" if mode != "measure"
+           else "not timed for this choice")
     unmeasured = {c.name: why for c in cands if c.name not in d.skipped and c.name not in timed}
     return Explanation(call.problem, d.key, d.choice, d.skipped, [t.to_dict() for t in d.trials],
                        d.busy, unmeasured, _kept_vendor_note(d, cands))
@@ -506,7 +508,7 @@ def _kept_vendor_note(d, cands: list[core.Candidate]) -> str | None:
     `_vendor_unless_clear`: a lead inside the kernel's own spread is not shown), or None."""
     ok = [t for t in d.trials if t.timing is not None]
     vendors = {c.name for c in cands if c.vendor}
-    if not ok or d.choice.source != "measured" or d.choice.candidate not in vendors:
+    if not ok or d.choice.source not in ("measured", "cache") or d.choice.candidate not in vendors:
         return None
     fastest = min(ok, key=lambda t: t.timing.median)
     chosen = [t.timing.median for t in ok if t.candidate == d.choice.candidate]

@@ -630,3 +630,22 @@ def test_explain_says_why_a_measured_vendor_was_kept_over_a_faster_kernel_trial(
                     "the vendor only where its lead is clear")
     assert dispatch._kept_vendor_note(decision("numba-cpu", 120.0, 3.0), cands) is None
     assert dispatch._kept_vendor_note(decision("torch-cpu", 195.0, 3.0), cands) is None
+
+
+def test_explains_notes_hold_for_a_cached_choice_and_an_empty_problem(tmp_path, monkeypatch):
+    """The kept-vendor note showed on the measuring explain only, not on a later one answered
+    from the cache (the same trials); an empty problem's candidates were said to be unmeasured
+    for a tune mode the user never set ("tune='off'"). (A review of this session's change.)"""
+    from kernelkit import core
+    from kernelkit.core import Choice
+
+    trials = [tuner.Trial("numba-cpu", {}, timing.Timing(189.6e-6, 8.6e-6, 9)),
+              tuner.Trial("torch-cpu", {}, timing.Timing(191.2e-6, 29.5e-6, 9))]
+    cached = tuner.Decision("k", Choice("torch-cpu", {}, "cache"), {}, trials)
+    assert dispatch._kept_vendor_note(cached, core.candidates("matmul")).startswith(
+        "numba-cpu led by 1.6 us")
+    monkeypatch.setenv("KERNELKIT_CACHE_DIR", str(tmp_path))
+    text = str(kernelkit.explain("matmul", np.zeros((0, 24), np.float32),
+                                 np.ones((24, 24), np.float32)))
+    assert "  numba-cpu    not measured: an empty problem: nothing to measure" in text, text
+    assert "tune='off'" not in text
