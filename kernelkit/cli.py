@@ -67,6 +67,9 @@ def cmd_tune(args: argparse.Namespace, con: Console) -> int:
         raise ValueError(f"--threads must be >= 0 (0: leave the pools as they are), --shards >= 1 "
                          f"and --gpus >= 0, got {args.threads}, {args.shards} and {args.gpus}")
     _check_where(args.where)
+    if args.gpus > 1 and args.shards <= 1:  # (one shard runs on one device: said, not ignored)
+        raise ValueError(f"--gpus {args.gpus} spreads shards over GPUs: give --shards (at least "
+                         f"{args.gpus}), or leave --gpus out")
     for flag, path in (("--json", args.json), ("--out", args.out)):
         _check_writable(flag, path)  # (before the tuning, not after it)
     if args.threads and args.shards <= 1:
@@ -375,6 +378,7 @@ def cmd_warmup(args: argparse.Namespace, con: Console) -> int:
 
     from . import compiling
 
+    _settings.current()  # (the knobs checked, as the other commands do: a typo is an error here too)
     todo = compiling.targets(args.ops or None, args.dtypes or None)
     if not todo:
         asked = " for " + " and ".join(

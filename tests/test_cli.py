@@ -482,3 +482,16 @@ def test_ctrl_c_gives_a_line_and_exit_130_not_a_traceback(tmp_path, monkeypatch,
     assert cli.main(["tune", "--shapes", '[["matmul", [4, 4, 4]]]']) == 130
     out = capsys.readouterr().out
     assert out.startswith("kernelkit tune: interrupted") and "Traceback" not in out
+
+
+def test_warmup_checks_the_knobs_and_tune_refuses_gpus_it_would_ignore(capsys, monkeypatch):
+    """`KERNELKIT_DEVICE=gpu kernelkit warmup` exited 0 (info, tune, explain and cache reject
+    the typo); `tune --gpus 2` with one shard ignored --gpus without a word."""
+    from kernelkit import cli
+
+    monkeypatch.setenv("KERNELKIT_DEVICE", "gpu")
+    assert cli.main(["warmup", "--ops", "matmul", "--dtypes", "float32"]) == 2
+    assert "KERNELKIT_DEVICE must be one of" in capsys.readouterr().out
+    monkeypatch.delenv("KERNELKIT_DEVICE")
+    assert cli.main(["tune", "--gpus", "2", "--preset", "quick"]) == 2
+    assert "--gpus 2 spreads shards over GPUs: give --shards" in capsys.readouterr().out
