@@ -180,6 +180,46 @@ def cpu_model() -> str:
     return model
 
 
+# The feature flags a kernel's speed or its choice of code depends on: what the autotune cache's
+# fingerprint names beside the model (`cpu_kind`)
+_KERNEL_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
+                 "avx512dq", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+                 "amx_bf16", "amx_fp16", "amx_int8", "asimd", "asimdhp", "sve", "sve2", "bf16",
+                 "i8mm")
+
+
+@functools.cache
+def cpu_kind() -> str:
+    """The CPU's family and model numbers and its kernel-relevant feature flags, as one string:
+    what tells apart CPUs whose model name is the same (a VM's "AMD EPYC" is Zen 3, 4 or 5, with
+    or without AVX-512; an arm64 machine's name is its architecture), for the autotune cache's
+    fingerprint."""
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            text = f.read(65536)
+    except OSError:
+        text = b""
+    return cpu_kind_of(text)
+
+
+def cpu_kind_of(cpuinfo: bytes) -> str:
+    """`cpu_kind` of a /proc/cpuinfo's text (its first CPU's block)."""
+    ident, flags = {}, frozenset()
+    for raw in cpuinfo.split(b"\n"):
+        if not raw.strip():
+            if ident or flags:  # (the first CPU's block is enough)
+                break
+            continue
+        key, _, value = raw.partition(b":")
+        key = key.strip()
+        if key in (b"cpu family", b"model", b"CPU implementer", b"CPU part"):
+            ident.setdefault(key.decode(), value.strip().decode(errors="replace"))
+        elif key in (b"flags", b"Features"):
+            flags = frozenset(value.decode(errors="replace").split())
+    return ";".join([*(f"{k}={v}" for k, v in sorted(ident.items())),
+                     ",".join(f for f in _KERNEL_FLAGS if f in flags)])
+
+
 @functools.cache
 def cpu_flags() -> frozenset[str]:
     """The first CPU's feature flags (Linux: /proc/cpuinfo), e.g. "avx512_bf16"; empty where

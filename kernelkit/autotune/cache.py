@@ -53,6 +53,9 @@ def fingerprint() -> dict[str, Any]:
     gpu = devices.gpu_info()
     return {
         "cpu": devices.cpu_model(),
+        # (a VM's model name alone is "AMD EPYC" on Zen 3, 4 and 5: another machine's choices
+        # were used here as this one's)
+        "cpu_kind": devices.cpu_kind(),
         "cores": os.cpu_count() or 1,
         "gpu": gpu["name"] if gpu else None,
         "capability": gpu["capability"] if gpu else None,

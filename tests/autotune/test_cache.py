@@ -626,3 +626,23 @@ def test_a_warning_from_a_thread_with_no_user_frame_names_kernelkits_line(monkey
         assert done.wait(30)
     assert [w.filename for w in record] == [envvars.__file__], [
         (w.filename, w.lineno) for w in record]
+
+
+def test_cpus_of_one_model_name_and_other_kinds_have_other_fingerprints():
+    """The fingerprint named the CPU by its model name only, which a VM gives as "AMD EPYC" on
+    Zen 3, 4 and 5 alike (with and without AVX-512), and an arm64 machine as its architecture:
+    an entry tuned on one was used on the others as this machine's (a user hunt)."""
+    from kernelkit import devices
+
+    block = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {model}\n"
+             "model name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx avx2 fma f16c{extra}\n\n"
+             "processor\t: 1\nmodel\t\t: 99\n")
+    zen3 = devices.cpu_kind_of(block.format(model=1, extra="").encode())
+    zen4 = devices.cpu_kind_of(block.format(model=17, extra=" avx512f avx512_bf16").encode())
+    zen4_no512 = devices.cpu_kind_of(block.format(model=17, extra="").encode())
+    assert zen3 == "cpu family=25;model=1;sse4_2,avx,avx2,fma,f16c"
+    assert len({zen3, zen4, zen4_no512}) == 3
+    arm = devices.cpu_kind_of(b"processor\t: 0\nFeatures\t: fp asimd sve bf16\n"
+                              b"CPU implementer\t: 0x41\nCPU part\t: 0xd40\n\n")
+    assert arm == "CPU implementer=0x41;CPU part=0xd40;asimd,sve,bf16"
+    assert fingerprint()["cpu_kind"] == devices.cpu_kind()
