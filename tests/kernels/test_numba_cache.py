@@ -175,3 +175,29 @@ def test_only_making_a_keys_folder_prunes_and_every_start_marks_its_use(tmp_path
     assert _cache._usable(folder)          # there already: marked, nothing pruned
     assert pruned == [(tmp_path, "e" * 20)]
     assert mark.stat().st_mtime > 0
+
+
+def test_a_moved_install_loads_the_kernels_compiled_before_the_move(tmp_path):
+    """Numba files a kernel under a folder named after its source's absolute path: an install
+    moved after `kernelkit warmup` (an image build that copies the package elsewhere; a checkout
+    and a wheel sharing one cache) found nothing there, while the warmed mark said the kernels
+    were on disk, and a first call compiled for 13.6 s in the caller's thread (a user hunt).
+    The subfolder is named after the source's place in the package now."""
+    first_root, moved_root, cache = tmp_path / "a", tmp_path / "b", tmp_path / "cache"
+    shutil.copytree(PACKAGE, first_root / "kernelkit", ignore=shutil.ignore_patterns("__pycache__"))
+
+    def probe(root: Path) -> dict:
+        env = {**os.environ, "PYTHONPATH": str(root), "KERNELKIT_CACHE_DIR": str(cache)}
+        env.pop("NUMBA_CACHE_DIR", None)
+        env.pop("KERNELKIT_NUMBA_CACHE_DIR", None)
+        res = subprocess.run([sys.executable, "-c", _READ_ONLY_PROBE], env=env, cwd=root,
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    built = probe(first_root)
+    assert built["compiled"] == 1 and built["file"].startswith(str(first_root))
+    first_root.rename(moved_root)
+    ran = probe(moved_root)
+    assert ran["file"].startswith(str(moved_root)) and ran["key"] == built["key"]
+    assert ran["out"] == built["out"] and ran["compiled"] == 0

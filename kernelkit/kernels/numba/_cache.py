@@ -285,6 +285,20 @@ class KeyedCacheLocator(_Base):
         return cache_key()
 
     @classmethod
+    def get_suitable_cache_subpath(cls, py_file):
+        """The kernel source's folder relative to the package, not its absolute path (numba's):
+        an install moved after `kernelkit warmup` (an image build that copies the package, a
+        checkout and a wheel sharing one cache) looked for its kernels in a folder named after
+        the old path, and a first call compiled for 13.6 s. (The keyed folder above it already
+        names the sources' contents.)"""
+        folder = Path(py_file).resolve().parent
+        try:
+            rel = folder.relative_to(_PACKAGE).as_posix()
+        except ValueError:  # (not ours: numba's own naming)
+            return super().get_suitable_cache_subpath(py_file)
+        return f"{folder.name}_{hashlib.sha1(rel.encode()).hexdigest()[:16]}"
+
+    @classmethod
     def from_function(cls, py_func, py_file):
         if not _is_kernel_source(py_file):
             return None
