@@ -253,7 +253,12 @@ def _compile_in_child(job: Job) -> str | None:
     """Have a child process fill the on-disk cache: what its `warm` said ("compiled" or
     "loaded"), or None if it could not."""
     global _child_ok
-    code = "import sys; from kernelkit.compiling import _child; _child(sys.argv[1], sys.argv[2])"
+    # (this process's kernelkit first on the child's path: `python -c` puts the working
+    # directory first, and a program run from inside another checkout had the child compile
+    # that checkout's kernels, and this process then its own)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (f"import sys; sys.path.insert(0, {root!r}); from kernelkit.compiling import _child; "
+            f"_child(sys.argv[1], sys.argv[2])")
     env = {**os.environ, "KERNELKIT_COMPILE": "foreground"}
     try:
         proc = subprocess.Popen([sys.executable, "-c", code, job.module, job.dtype], env=env,

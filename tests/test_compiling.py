@@ -615,3 +615,17 @@ def test_a_program_importing_numba_right_after_its_first_call_gets_the_whole_pac
                              text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
         assert out.stdout.split() == ["whole", "True"]
+
+
+def test_the_compile_child_imports_this_processs_kernelkit_whatever_the_working_directory(
+        tmp_path, monkeypatch):
+    """`python -c` puts the working directory first on the child's path: a program run from
+    inside another checkout had the child compile that checkout's kernels (4 minutes of CPU, a
+    user hunt), or fail where the folder holds anything named kernelkit. Here the working
+    directory holds a kernelkit that cannot be imported; the child still runs this one's."""
+    (tmp_path / "kernelkit").mkdir()
+    (tmp_path / "kernelkit" / "__init__.py").write_text("raise ImportError('the wrong kernelkit')\n")
+    (tmp_path / "kk_fake_child_mod.py").write_text("def warm(dtype):\n    return 'compiled'\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    assert compiling._compile_in_child(compiling.Job("kk_fake_child_mod", "float32")) == "compiled"
