@@ -234,6 +234,12 @@ def _run(job: Job, *, child: bool) -> None:
             how = import_whole(job.module).warm(job.dtype)
         job.how = "compiled in a child process" if by_child == "compiled" else how
         _backend_hook(job.module, "mark_warmed", job.module, job.dtype)
+    except KeyboardInterrupt:  # (Ctrl-C through Python's own handler, a notebook's interrupt:
+        # the job was marked done, and a later call compiled on the caller's time)
+        job.how = "interrupted"
+        with _lock:
+            _jobs.pop((job.module, job.dtype), None)
+        raise
     except Exception as exc:  # noqa: BLE001 - a failed compile must not break calls: the
         # candidate joins the decision and fails there, recorded like any failing config
         if raised_by_signal_handler(exc):  # the caller's (a deadline): a later call compiles

@@ -629,3 +629,21 @@ def test_the_compile_child_imports_this_processs_kernelkit_whatever_the_working_
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     assert compiling._compile_in_child(compiling.Job("kk_fake_child_mod", "float32")) == "compiled"
+
+
+def test_a_compile_interrupted_by_ctrl_c_is_not_taken_for_done(monkeypatch):
+    """Ctrl-C (Python's own SIGINT handler: a notebook's "interrupt kernel") during a first
+    forced call's compile left its job marked done ("queued"): `ready` said yes for the rest of
+    the session, and a later background-mode call compiled on the caller's time (14 s)."""
+    module = types.ModuleType("kk_fake_interrupted_kernels")
+    module.__spec__ = importlib.machinery.ModuleSpec(module.__name__, None)
+
+    def warm(dtype):
+        raise KeyboardInterrupt
+
+    module.warm = warm
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    with pytest.raises(KeyboardInterrupt):
+        compiling.warm_here(module.__name__, "float32")
+    assert not compiling.ready(module.__name__, "float32")
+    assert (module.__name__, "float32") not in compiling._jobs  # (a later call queues it again)
