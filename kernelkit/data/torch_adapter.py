@@ -135,6 +135,14 @@ def _epoch_cell(epoch: int):
 _NO_SHARED_MEMORY: list = []
 
 
+def _in_dataloader_worker() -> bool:
+    """This process is a torch DataLoader's worker."""
+    import sys
+
+    data = sys.modules.get("torch.utils.data")
+    return data is not None and data.get_worker_info() is not None
+
+
 def _enter_worker() -> None:
     """In a process other than the one that built the Collate (a DataLoader worker): never tune,
     and one Numba thread per worker (the workers are the parallelism)."""
@@ -169,7 +177,8 @@ class Collate:
 
     def __call__(self, samples):
         if self._entered != os.getpid():
-            _enter_worker()
+            if _in_dataloader_worker():  # (not just another process: an unpickled Collate in a
+                _enter_worker()          # program's main process switched it to "pinned")
             self._entered = os.getpid()
         batch = preprocess_batch(samples, **self.prep)
         labels = collate_labels([s.label for s in samples], self.tensors)

@@ -626,3 +626,19 @@ def test_samples_without_shared_memory_keep_a_local_epoch_and_warn_once():
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["5", "0", "5", "1", "RuntimeWarning"]
+
+
+def test_a_collate_called_in_another_process_that_is_no_dataloader_worker_leaves_tuning_on(
+        items, monkeypatch):
+    """Collate took "another pid than the one that built me" for "a DataLoader worker": an
+    unpickled Collate (a saved pipeline loaded in a restarted notebook) set KERNELKIT_TUNE=pinned
+    and one Numba thread for the rest of that program's main process."""
+    from kernelkit import threads
+
+    monkeypatch.delenv("KERNELKIT_TUNE", raising=False)
+    ds = data.Samples(items[:2], size=SIZE)
+    collate = data.Collate(size=SIZE, mean=MEAN01, std=STD01, stats_unit="unit")
+    collate._entered = -1  # (built in another process)
+    collate([ds[0], ds[1]])
+    assert "KERNELKIT_TUNE" not in os.environ
+    assert threads._LIMIT.n == 0
