@@ -699,7 +699,8 @@ def current_routes(model: torch.nn.Module):
 
 def _routes_under(state: dict, token: tuple):
     """(signature, route) of a layer's memoised routes made under the knobs ``token``."""
-    return [(sig, r) for sig, r in state.get("_kk_routes", {}).items() if sig[-1] == token]
+    # (a snapshot first, in one C call: another thread's forward adds and evicts routes)
+    return [(sig, r) for sig, r in list(state.get("_kk_routes", {}).items()) if sig[-1] == token]
 
 
 def _trial_of(route) -> InContext | None:

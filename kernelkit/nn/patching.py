@@ -36,6 +36,9 @@ class PatchReport:
     swapped: list[tuple[str, str]] = field(default_factory=list)
     left: list[tuple[str, str, str]] = field(default_factory=list)
 
+    def _repr_pretty_(self, printer, cycle: bool) -> None:  # (IPython, Jupyter: the summary,
+        printer.text(str(self))                                # not the whole model's repr)
+
     def __str__(self) -> str:
         lines = [f"swapped {len(self.swapped)} layer(s), left {len(self.left)}"]
         lines += [f"  swapped {name or '(model)'}: {what}" for name, what in self.swapped]
@@ -162,6 +165,7 @@ def where(model: nn.Module) -> list[tuple[str, tuple[int, ...], str]]:
     """
     out = []
     for name, layer in model.named_modules():
-        for sig, route in layer.__dict__.get("_kk_routes", {}).items():
+        # (a snapshot: another thread's forward adds and evicts routes meanwhile)
+        for sig, route in list(layer.__dict__.get("_kk_routes", {}).items()):
             out.append((name, tuple(sig[0]), describe(route)))
     return out

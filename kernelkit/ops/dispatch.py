@@ -452,6 +452,9 @@ class Explanation:
     unmeasured: dict[str, str] = dataclasses.field(default_factory=dict)
     note: str | None = None  # why the choice is not the fastest trial, where a rule kept another
 
+    def _repr_pretty_(self, printer, cycle: bool) -> None:  # (IPython, Jupyter: the table)
+        printer.text(str(self))
+
     def __str__(self) -> str:
         p = self.problem
         lines = [

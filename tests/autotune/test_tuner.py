@@ -649,3 +649,30 @@ def test_explains_notes_hold_for_a_cached_choice_and_an_empty_problem(tmp_path, 
                                  np.ones((24, 24), np.float32)))
     assert "  numba-cpu    not measured: an empty problem: nothing to measure" in text, text
     assert "tune='off'" not in text
+
+
+def test_explain_and_a_patch_report_show_their_text_as_a_notebook_cells_result(tmp_path,
+                                                                            monkeypatch):
+    """As a notebook cell's last line, `kernelkit.explain(...)` showed its dataclass repr (one
+    unreadable line) and `patch(model)`'s report the whole model's repr; IPython prints
+    `_repr_pretty_`'s text: their tables."""
+    import torch
+
+    monkeypatch.setenv("KERNELKIT_CACHE_DIR", str(tmp_path))
+
+    class Printer:  # (IPython's RepresentationPrinter, as far as these use it)
+        def __init__(self):
+            self.out = []
+
+        def text(self, s):
+            self.out.append(s)
+
+    a = np.ones((8, 8), np.float32)
+    shown = [kernelkit.explain("matmul", a, a),
+             kernelkit.nn.patch(torch.nn.Sequential(torch.nn.Linear(4, 4)))]
+    for obj in shown:
+        printer = Printer()
+        obj._repr_pretty_(printer, False)
+        assert printer.out == [str(obj)]
+    assert str(shown[0]).splitlines()[2] == "candidates:"
+    assert str(shown[1]).startswith("swapped 1 layer(s), left 0")

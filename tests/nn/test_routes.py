@@ -944,3 +944,38 @@ def test_an_adopted_distributed_choice_routes_by_the_deciding_ranks_entry(monkey
     assert [r for _, _, r in knn.where(layer)] == [want]
     tuner.clear_memo()
     shared.reset()
+
+
+def test_where_and_pending_read_while_another_thread_runs_the_model():
+    """A notebook trains in a thread and checks on it from a cell: `where` and `pending`
+    iterated a layer's routes while the forward added and evicted them ("dictionary changed
+    size during iteration")."""
+    import threading
+    import time
+
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    knn.patch(model)
+    stop, errors = threading.Event(), []
+
+    def run():
+        i = 0
+        with torch.no_grad():
+            while not stop.is_set():
+                model(torch.randn(1 + i % 300, 16))
+                i += 1
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                knn.where(model)
+                knn.pending(model)
+            except RuntimeError as exc:
+                errors.append(exc)
+                break
+    finally:
+        stop.set()
+        worker.join(30)
+    assert errors == []
