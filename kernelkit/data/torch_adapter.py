@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from multiprocessing.context import get_spawning_popen
 from typing import Any
 
@@ -137,8 +138,6 @@ _NO_SHARED_MEMORY: list = []
 
 def _in_dataloader_worker() -> bool:
     """This process is a torch DataLoader's worker."""
-    import sys
-
     data = sys.modules.get("torch.utils.data")
     return data is not None and data.get_worker_info() is not None
 

@@ -327,14 +327,12 @@ def prepare_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gr
 
 
 def _tuple_key(v):
-    """A shape argument as its key: a list or torch.Size as the tuple it equals; anything else
-    as given (the checks then say what is wrong with it: `tuple(5)` raised before them)."""
-    if isinstance(v, (list, tuple)):
-        return tuple(v)
-    try:  # (a numpy array of dims: its tuple, hashable, as before)
-        return tuple(v) if isinstance(v, np.ndarray) else v
-    except TypeError:  # (a 0-d array)
-        return v
+    """A shape argument as its key: a list, a torch.Size or a 1-d array as the tuple it equals;
+    anything else as given (the checks then say what is wrong with it: `tuple(5)` raised before
+    them)."""
+    if isinstance(v, (list, tuple)) or (isinstance(v, np.ndarray) and v.ndim == 1):
+        return tuple(v)  # (a numpy array of dims too: hashable, as before)
+    return v
 
 
 def _shape4(op: str, name: str, v, form: str = "the forward input's shape, (N, C, H, W) or "
