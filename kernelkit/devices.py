@@ -162,19 +162,37 @@ def cpu_info() -> dict:
 
 
 @functools.cache
+def _first_cpu_block() -> bytes:
+    """/proc/cpuinfo's first CPU block, read once for `cpu_model`, `cpu_flags` and `cpu_kind`
+    (b"" where it cannot be read)."""
+    lines: list[bytes] = []
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            for raw in f:
+                if not raw.strip():
+                    if lines:
+                        break
+                    continue
+                lines.append(raw)
+    except OSError:
+        pass
+    return b"".join(lines)
+
+
+def _field(block: bytes, *names: bytes) -> str | None:
+    """The value of the first line of `block` whose key is one of `names`."""
+    for raw in block.splitlines():
+        key, _, value = raw.partition(b":")
+        if key.strip() in names:
+            return value.strip().decode(errors="replace")
+    return None
+
+
+@functools.cache
 def cpu_model() -> str:
     """The CPU's model name (what the autotune cache's fingerprint names: without the cache
     sizes, whose sysfs walk costs a first call about a millisecond)."""
-    model = None
-    try:
-        with open("/proc/cpuinfo", "rb") as f:  # the first CPU's block names the model
-            head = f.read(8192).decode(errors="replace")
-        for line in head.splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = _field(_first_cpu_block(), b"model name")
     if model is None:  # (platform.processor() runs `uname -p` on some systems: milliseconds)
         model = platform.processor() or platform.machine()
     return model
@@ -194,44 +212,29 @@ def cpu_kind() -> str:
     what tells apart CPUs whose model name is the same (a VM's "AMD EPYC" is Zen 3, 4 or 5, with
     or without AVX-512; an arm64 machine's name is its architecture), for the autotune cache's
     fingerprint."""
-    try:
-        with open("/proc/cpuinfo", "rb") as f:
-            text = f.read(65536)
-    except OSError:
-        text = b""
-    return cpu_kind_of(text)
+    return cpu_kind_of(_first_cpu_block())
 
 
 def cpu_kind_of(cpuinfo: bytes) -> str:
     """`cpu_kind` of a /proc/cpuinfo's text (its first CPU's block)."""
-    ident, flags = {}, frozenset()
-    for raw in cpuinfo.split(b"\n"):
-        if not raw.strip():
-            if ident or flags:  # (the first CPU's block is enough)
-                break
-            continue
-        key, _, value = raw.partition(b":")
-        key = key.strip()
-        if key in (b"cpu family", b"model", b"CPU implementer", b"CPU part"):
-            ident.setdefault(key.decode(), value.strip().decode(errors="replace"))
-        elif key in (b"flags", b"Features"):
-            flags = frozenset(value.decode(errors="replace").split())
+    block = cpuinfo.strip().split(b"\n\n", 1)[0]
+    ident = {name.decode(): value for name in (b"cpu family", b"model", b"CPU implementer",
+                                                b"CPU part")
+             if (value := _field(block, name)) is not None}
+    flags = _flags_of(block)
     return ";".join([*(f"{k}={v}" for k, v in sorted(ident.items())),
                      ",".join(f for f in _KERNEL_FLAGS if f in flags)])
+
+
+def _flags_of(block: bytes) -> frozenset[str]:
+    return frozenset((_field(block, b"flags", b"Features") or "").split())
 
 
 @functools.cache
 def cpu_flags() -> frozenset[str]:
     """The first CPU's feature flags (Linux: /proc/cpuinfo), e.g. "avx512_bf16"; empty where
     they cannot be read."""
-    try:
-        with open("/proc/cpuinfo", "rb") as f:
-            for raw in f:
-                if raw.startswith((b"flags", b"Features")):
-                    return frozenset(raw.split(b":", 1)[1].decode(errors="replace").split())
-    except OSError:
-        pass
-    return frozenset()
+    return _flags_of(_first_cpu_block())
 
 
 @functools.cache
