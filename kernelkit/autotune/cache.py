@@ -29,7 +29,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from filelock import FileLock, Timeout
 
@@ -41,6 +41,19 @@ LEGACY_FILENAME = "autotune.json"  # schema 1: {"header": {...}, "entries": {key
 LOCK_TIMEOUT_S = 60
 COMPACT_WHEN = 2.0  # rewrite the file when it holds this many times more lines than live records
 STALE_TMP_S = 600.0  # a rewrite's temporary file this old is a killed writer's (a rewrite takes ~1 s)
+
+
+_MARK_BYTES = 256
+
+
+class _Mark(NamedTuple):
+    """Where a read of the file stopped: the offset after the last whole line read, and that
+    line's last bytes. A later read starts there only if those bytes are still there: a file
+    compacted or cleared by another process is a new file (another inode, but a freed inode's
+    number is soon given to a new file), whose bytes at that offset differ."""
+
+    end: int = 0
+    tail: bytes = b""
 
 
 class CacheWarning(UserWarning):
@@ -100,6 +113,7 @@ class Cache:
         self._other_schema: list[str] = []  # the file's lines of another schema, kept verbatim
         self._in_memory = False  # the directory cannot be written: tune in memory
         self._seen: tuple | None = None  # the file as last read or written here (`_stat`)
+        self._mark = _Mark()  # where the last read or write here left the file (`_Mark`)
         self._mutex = threading.RLock()
         self._warned: set[str] = set()
 
@@ -118,22 +132,34 @@ class Cache:
                    f"run ({key}: {why}); treated as a miss")
 
     # -- reading -------------------------------------------------------------------------------
-    def _read_lines(self, path: Path, strict: bool = False
-                    ) -> tuple[dict[tuple[str, str], dict], dict[str, dict], int]:
-        """Every record of a JSON-lines file; damaged lines are skipped with one warning. A file
-        that exists but cannot be read gives nothing (one warning), or raises with `strict` (a
-        rewrite must not replace what it could not read). The records of another schema (another
-        kernelkit version sharing the directory) are not read but kept as they are, in
-        `self._other_schema`, for `_rewrite` to write back: a compaction or `cache clear`
-        dropped them as damaged."""
+    def _read_lines(self, path: Path, strict: bool = False, start: int = 0
+                    ) -> tuple[dict[tuple[str, str], dict], dict[str, dict], int, tuple]:
+        """Every record of a JSON-lines file from byte `start` on (`refresh` reads only what was
+        appended since its last read: a line another process appended re-read the whole file,
+        5 s at 10^5 records); damaged lines are skipped with one warning. Also the lines read and
+        where the next partial read starts (`_Mark`: after the last whole line). A last line
+        without its newline is kept if it parses, and read again by the next partial read (a
+        write may have been in progress), which does not count it as damaged. A file that exists but cannot be read gives nothing (one
+        warning), or raises with `strict` (a rewrite must not replace what it could not read).
+        The records of another schema (another kernelkit version sharing the directory) are not
+        read but kept as they are, in `self._other_schema`, for `_rewrite` to write back: a
+        compaction or `cache clear` dropped them as damaged."""
         records: dict[tuple[str, str], dict] = {}
         fps: dict[str, dict] = {}
         others: list[str] = []
         bad = lines = 0
+        end, last = start, b""
         try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                for line in f:
+            with open(path, "rb") as f:
+                if start:
+                    f.seek(start)
+                for raw in f:
+                    whole = raw.endswith(b"\n")
+                    if whole:
+                        end += len(raw)
+                        last = raw
                     lines += 1
+                    line = raw.decode("utf-8", errors="replace")
                     if not line.strip():
                         continue
                     try:
@@ -149,28 +175,32 @@ class Cache:
                             records[(str(rec["fp"]), str(rec["key"]))] = entry
                     # (RecursionError: a line of deeply nested brackets)
                     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
-                        bad += 1
+                        bad += whole or not start  # (a refresh: may be a write in progress)
         except (FileNotFoundError, NotADirectoryError):  # nothing cached there (yet)
-            self._other_schema = []
-            return {}, {}, 0
+            if not start:
+                self._other_schema = []
+            return {}, {}, 0, _Mark()
         except OSError as exc:
             if strict:
                 raise
             self._warn("unreadable", f"cannot read the autotune cache {path}: {exc}; tuning "
                        "without it")
-            return {}, {}, 0
-        self._other_schema = others
+            return {}, {}, 0, _Mark()
+        if start:
+            self._other_schema += others
+        else:
+            self._other_schema = others
         if bad:
             self._warn("damaged", f"the autotune cache {path} has {bad} damaged line(s) of "
                        f"{lines}; kept the {len(records)} entries that could be read")
         if others:
             self._warn("other-schema", f"the autotune cache {path} holds {len(others)} entries "
                        f"of another cache schema (another kernelkit version): kept, not used")
-        return records, fps, lines
+        return records, fps, lines, _Mark(end, last[-_MARK_BYTES:]) if last else _Mark()
 
     def _load(self) -> None:
         seen = self._stat()  # (before the read: a line appended meanwhile is read again later)
-        records, fps, lines = self._read_lines(self.path)
+        records, fps, lines, self._mark = self._read_lines(self.path)
         self._lines, self._fps_on_disk, self._seen = lines, set(fps), seen
         if self.legacy_path.exists():
             legacy = self._migrate_legacy(records)
@@ -232,21 +262,41 @@ class Cache:
         return st.st_ino, st.st_size, st.st_mtime_ns
 
     def refresh(self) -> bool:
-        """Read the file again where another process wrote it since this one last read or wrote
-        it; True if it did. One stat otherwise. The tuner asks before it measures a size: each
+        """Read what another process wrote to the file since this one last read or wrote it;
+        True if it did. One stat otherwise. The tuner asks before it measures a size: each
         process read the file once, so processes started together on a clean cache each measured
-        every size (three processes, 32 sizes: 96 measurements, 64 of them superseded)."""
+        every size (three processes, 32 sizes: 96 measurements, 64 of them superseded). Lines
+        appended since are read alone (`_Mark`); a file rewritten since is read whole."""
         if self._records is None or self._in_memory:
             return False
         seen = self._stat()
         if seen is None or seen == self._seen:
             return False
         with self._mutex:
-            records, fps, lines = self._read_lines(self.path)
+            start = self._mark.end if self._continues(seen) else 0
+            records, fps, lines, mark = self._read_lines(self.path, start=start)
             self._records.update(records)  # (the file holds every record this process added)
             self._fingerprints.update(fps)
-            self._lines, self._fps_on_disk, self._seen = lines, set(fps), seen
+            if start:
+                self._lines += lines
+                self._fps_on_disk.update(fps)
+            else:
+                self._lines, self._fps_on_disk = lines, set(fps)
+            self._mark = mark if mark.tail or not start else self._mark
+            self._seen = seen
         return True
+
+    def _continues(self, seen: tuple) -> bool:
+        """Whether the file `seen` (`_stat`) is the one last read here, with lines appended."""
+        end, tail = self._mark
+        if not tail or self._seen is None or seen[0] != self._seen[0] or seen[1] < end:
+            return False
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(end - len(tail))
+                return f.read(len(tail)) == tail
+        except OSError:
+            return False
 
     @property
     def fp(self) -> str:
@@ -347,6 +397,8 @@ class Cache:
                 self._lines += len(lines)
                 if before == self._seen:  # (nobody else wrote since: this append is no news)
                     self._seen = self._stat()
+                    if self._seen is not None:
+                        self._mark = _Mark(self._seen[1], text.encode("utf-8")[-_MARK_BYTES:])
                 live = len(self._records or ()) + len(self._other_schema)
                 if self._records is not None and self._lines > COMPACT_WHEN * max(live, 16):
                     self._compact()
@@ -365,7 +417,7 @@ class Cache:
         again) or gone from the file (`cache clear`). Before, the memory won, which put older
         measurements back and undid a clear."""
         try:
-            on_disk, fps, _ = self._read_lines(self.path, strict=True)
+            on_disk, fps, _, _ = self._read_lines(self.path, strict=True)
         except OSError:  # (EIO, a stale NFS handle: compacting then would empty the file)
             return
         fps.update(self._fingerprints)
@@ -403,6 +455,8 @@ class Cache:
         self._fps_on_disk = set(fps)
         self._lines = len(records) + len(fps) + len(self._other_schema)
         self._seen = self._stat()  # (under the caller's lock: what it holds is the file)
+        self._mark = _Mark(self._seen[1], _last_bytes(self.path, self._seen[1])) \
+            if self._seen is not None else _Mark()
 
     def clear(self) -> None:
         """Forget this machine's entries (other machines' entries stay in the file)."""
@@ -414,7 +468,7 @@ class Cache:
             try:
                 with FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S):
                     if self.path.exists():
-                        on_disk, fps, _ = self._read_lines(self.path, strict=True)
+                        on_disk, fps, _, _ = self._read_lines(self.path, strict=True)
                         self._fingerprints.update(fps)
                         self._rewrite({k: e for k, e in on_disk.items() if k[0] != self.fp},
                                       self._fingerprints)
@@ -432,6 +486,15 @@ class Cache:
         return {"header": {"schema": SCHEMA, "this_machine": self.fp,
                            "fingerprints": {fid: fps.get(fid) for fid in sorted(used | {self.fp})}},
                 "entries": [{"key": key, "fp": fid, "entry": e} for (fid, key), e in records]}
+
+
+def _last_bytes(path: Path, size: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, size - _MARK_BYTES))
+            return f.read(_MARK_BYTES)
+    except OSError:
+        return b""
 
 
 def read_json(path: str | os.PathLike, text: str | None = None) -> Any:

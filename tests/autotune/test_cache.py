@@ -573,6 +573,58 @@ def test_refresh_reads_what_another_process_wrote_and_only_that(tmp_path, monkey
     assert a.refresh() and a.get("later") == entry()
 
 
+def test_refresh_reads_only_the_lines_appended_since(tmp_path, monkeypatch):
+    """A line another process appended made every other process read the whole file again (5 s
+    at 10^5 records, and DataLoader workers or ranks that tune append often). Only what was
+    appended is read; a file another process rewrote (a compaction, `cache clear`) is read whole,
+    even where the new file is as long and has the old one's inode (a freed inode's number is
+    soon given to a new file: here, the file rewritten in place)."""
+    a = Cache(tmp_path)
+    for i in range(40):
+        a.put(f"k{i}", entry())
+    b = fresh(tmp_path)  # (another process)
+    b.put("theirs", entry("numba-cpu"))
+    starts = []
+    real = Cache._read_lines
+    monkeypatch.setattr(Cache, "_read_lines", lambda self, path, *x, **k:
+                        starts.append(k.get("start", 0)) or real(self, path, *x, **k))
+    size_before = (tmp_path / FILENAME).stat().st_size - len(
+        (tmp_path / FILENAME).read_bytes().splitlines(keepends=True)[-1])
+    assert a.refresh() and a.get("theirs") == entry("numba-cpu") and a.get("k7") == entry()
+    assert starts == [size_before]  # the appended line alone
+    b.put("more", entry("numba-cpu"))
+    assert a.refresh() and a.get("more") == entry("numba-cpu") and starts[-1] > size_before
+    # another process rewrites the file in place: same inode, at least as long, other lines
+    path = tmp_path / FILENAME
+    lines = path.read_text().splitlines()
+    head = [ln for ln in lines if '"fingerprint"' in ln]
+    rows = [json.loads(ln) for ln in lines if '"fingerprint"' not in ln]
+    for r in rows:
+        r["entry"] = entry("numba-cpu", median=2e-3)
+    with open(path, "r+") as f:  # (write_text would truncate first: the same inode either way)
+        f.write("\n".join(head + [json.dumps(r) for r in reversed(rows)]) + "\n")
+    starts.clear()
+    assert a.refresh() and starts == [0]
+    assert a.get("k7") == entry("numba-cpu", median=2e-3)
+
+
+def test_a_line_being_written_is_read_once_whole_and_not_called_damaged(tmp_path):
+    a = Cache(tmp_path)
+    a.put("mine", entry())
+    line = json.dumps({"schema": SCHEMA, "fp": a.fp, "key": "theirs", "entry": entry("x")})
+    path = tmp_path / FILENAME
+    with open(path, "a") as f:  # another process's append, caught half written
+        f.write(line[:30])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        assert a.refresh() and a.get("theirs") is None
+        with open(path, "a") as f:
+            f.write(line[30:] + "\n")
+        assert a.refresh() and a.get("theirs") == entry("x")
+        a.put("after", entry())
+    assert fresh(tmp_path).get("after") == entry() and fresh(tmp_path).get("theirs") == entry("x")
+
+
 def test_a_size_another_process_measured_meanwhile_is_not_measured_again(tmp_path,
                                                                          monkeypatch):
     from kernelkit.autotune import tuner
