@@ -425,17 +425,19 @@ def decide(
     if mode == "off":
         return Decision(key, default_choice(problem, usable), skipped)
     if mode == "pinned":  # never measure, never write: every reader of this cache agrees
-        return Decision(key, model.predict(key, problem, usable, cache.entries()), skipped)
+        family = cache.family_entries(key.family)
+        return Decision(key, model.predict(key, problem, usable, family), skipped)
     if not explicit and len(usable) == 1 and len(space := usable[0].space(problem)) == 1:
         # Nothing to choose between: skip timing (explain and `tune` still measure it).
         source = "forced" if settings.backend or settings.device else "default"
         return Decision(key, Choice(usable[0].name, space[0], source), skipped)
     if mode == "model":
-        return Decision(key, model.predict(key, problem, usable, cache.entries()), skipped)
+        family = cache.family_entries(key.family)
+        return Decision(key, model.predict(key, problem, usable, family), skipped)
     measured, configs_for = usable, None  # measure: every candidate, every config of its space
     tie = 0.0  # measure: time to the budget; overlapping leaders are always re-timed
     if mode == "auto":
-        entries = cache.entries()
+        entries = cache.family_entries(key.family)
         preds = model.predict_times(key, problem, usable, entries)
         if model.confident(preds):  # the fits tell the winner apart: no measurement
             return Decision(key, Choice(preds[0].candidate, preds[0].config, "model"), skipped)
