@@ -217,13 +217,15 @@ def cmd_cache(args: argparse.Namespace, con: Console) -> int:
             raise ValueError("import takes FILE [FILE ...]")
         for f in args.files:
             records, fps = cache_mod.read_export(f)
+            held = cache.holds(records)
             older = cache.import_records(records, fps)
             _written(cache)
             mine = sum(1 for fid, _ in records if fid == cache.fp)
             kept = f"; {older} older than this cache's own entries left out" if older else ""
-            con.print(f"imported {len(records) - older} entries from {f} (of its {len(records)}: "
-                      f"{mine} made on this machine and usable here, {len(records) - mine} kept "
-                      f"for other machines{kept})")
+            kept += f"; {held} already in this cache" if held else ""
+            con.print(f"imported {len(records) - older - held} entries from {f} (of its "
+                      f"{len(records)}: {mine} made on this machine and usable here, "
+                      f"{len(records) - mine} kept for other machines{kept})")
         return 0
     if args.action == "merge":
         if len(args.files) < 2 or not args.out:

@@ -75,6 +75,18 @@ def test_explain_every_op_through_its_spec(tmp_path):
     assert r.returncode == 2 and "preprocess takes N H W SIZE" in r.stdout
 
 
+def test_importing_a_caches_own_export_imports_nothing(tmp_path):
+    """A cache's own export imported back was appended to the file again and reported as
+    "imported 1 entries" (a user hunt)."""
+    a = tmp_path / "a"
+    kk("explain", "matmul", "48", "40", "24", cache_dir=a)
+    kk("cache", "export", str(tmp_path / "a.json"), cache_dir=a)
+    before = (a / "autotune.jsonl").read_bytes()
+    out = kk("cache", "import", str(tmp_path / "a.json"), cache_dir=a).stdout
+    assert "imported 0 entries" in out and "1 already in this cache" in out, out
+    assert (a / "autotune.jsonl").read_bytes() == before
+
+
 def test_cache_export_import_merge_and_show(tmp_path):
     """Caches move between machines as one JSON file with its validators in the header; show
     prints every candidate's time and the speed-up over the vendor."""

@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -384,12 +385,21 @@ class Cache:
                        fingerprints: dict[str, dict]) -> int:
         """`add_records` of those of `records` measured no earlier than the entry this cache
         holds for their key (`merge_exports`' rule: an import never replaces a newer
-        measurement with an older one); returns how many were left out as older."""
+        measurement with an older one), and not the very entry it holds (an export imported
+        back was appended again, and reported as imported); returns how many were left out as
+        older."""
         with self._mutex:
             have = self.records()
-            newer = {k: e for k, e in records.items() if newer_than(e, have.get(k))}
+            newer = {k: e for k, e in records.items()
+                     if newer_than(e, have.get(k)) and not same_entry(e, have.get(k))}
             self.add_records(newer, fingerprints)
-        return len(records) - len(newer)
+            return sum(1 for k, e in records.items() if not newer_than(e, have.get(k)))
+
+    def holds(self, records: dict[tuple[str, str], dict]) -> int:
+        """How many of `records` this cache holds as they are."""
+        have = self.records()
+        with self._mutex:
+            return sum(1 for k, e in records.items() if same_entry(e, have.get(k)))
 
     def add_records(self, records: dict[tuple[str, str], dict],
                     fingerprints: dict[str, dict]) -> None:
@@ -456,19 +466,30 @@ class Cache:
 
     def _rewrite(self, records: dict[tuple[str, str], dict], fps: dict[str, dict]) -> None:
         """Replace the file by exactly these records, and the lines of another schema it held
-        when last read (the caller holds the lock, and read it under the lock)."""
+        when last read (the caller holds the lock, and read it under the lock). A cache file that
+        is a symbolic link (to a shared or mounted file) is rewritten where it points, keeping
+        the link (os.replace on the link put a plain file in its place, and the shared file no
+        longer saw this machine's writes); the rewritten file keeps the old one's mode (a file
+        made group-writable for several users stays so, whatever this user's umask)."""
+        target = Path(os.path.realpath(self.path))
         # a writer killed while rewriting left its temporary file; under the lock no other
         # writer is rewriting, but a lock that another host does not see (some network file
         # systems) would not stop one there: only files untouched for a while go
-        for stale in self.path.parent.glob(f".{FILENAME}.*.tmp"):
+        for stale in target.parent.glob(f".{FILENAME}.*.tmp"):
             try:
                 if time.time() - stale.stat().st_mtime > STALE_TMP_S:
                     stale.unlink(missing_ok=True)
             except OSError:
                 pass
-        tmp = self.path.with_name(f".{FILENAME}.{os.getpid()}.tmp")
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
+            mode = os.stat(target).st_mode & 0o7777
+        except OSError:
+            mode = 0o666 & ~_umask()
+        # (a name of its own: a pid's is not, for containers sharing the directory, each pid 1)
+        fd, name = tempfile.mkstemp(prefix=f".{FILENAME}.", suffix=".tmp", dir=target.parent)
+        tmp = Path(name)
+        try:
+            with open(fd, "w", encoding="utf-8") as f:
                 for fid, fp in fps.items():
                     f.write(json.dumps({"fp": fid, "fingerprint": fp}, sort_keys=True) + "\n")
                 for line in self._other_schema:
@@ -478,8 +499,8 @@ class Cache:
                                        sort_keys=True) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, self.path)
+            os.chmod(tmp, mode)
+            os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
         self._records, self._fingerprints = records, fps

@@ -550,6 +550,49 @@ def test_a_rewrite_removes_a_killed_writers_temporary_file(tmp_path):
     assert fresh(tmp_path).get("filler") is not None
 
 
+def test_a_symlinked_cache_file_stays_a_link_and_keeps_its_mode_through_rewrites(tmp_path):
+    """`cache clear` and a compaction replaced a cache file that is a symbolic link (a shared or
+    mounted file) with a plain file, which the shared file then never saw again; and each
+    rewrite gave the file this user's umask, so a group-writable shared file stopped being
+    writable by the group (a user hunt)."""
+    shared = tmp_path / "shared" / "team.jsonl"
+    shared.parent.mkdir()
+    Cache(shared.parent).put("theirs", entry())
+    (shared.parent / FILENAME).rename(shared)
+    os.chmod(shared, 0o664)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / FILENAME).symlink_to(shared)
+    old = os.umask(0o077)
+    try:
+        c = Cache(mine)
+        for i in range(60):  # through a compaction
+            c.put(f"k{i}", entry())
+        assert (mine / FILENAME).is_symlink() and shared.stat().st_mode & 0o777 == 0o664
+        c.clear()
+        assert (mine / FILENAME).is_symlink() and shared.stat().st_mode & 0o777 == 0o664
+    finally:
+        os.umask(old)
+    assert fresh(mine).entries() == {} and "theirs" not in shared.read_text()
+    assert not list(shared.parent.glob(".*.tmp")) and not list(mine.glob(".*.tmp"))
+
+
+def test_rewrites_in_two_containers_with_one_pid_take_different_temporary_files(tmp_path,
+                                                                              monkeypatch):
+    """The rewrite's temporary file was named by the pid: two containers sharing the directory
+    (each process pid 1) where locks are not shared wrote into one file."""
+    names = []
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: names.append(Path(a).name) or real(a, b))
+    monkeypatch.setattr(os, "getpid", lambda: 1)
+    for _ in range(2):
+        c = fresh(tmp_path)
+        c.put("k", entry())
+        c.clear()
+    assert len(names) == 2 and names[0] != names[1]
+    assert all(n.startswith(f".{FILENAME}.") and n.endswith(".tmp") for n in names)
+
+
 def test_refresh_reads_what_another_process_wrote_and_only_that(tmp_path, monkeypatch):
     """Each process read the file once, so processes started together on a clean cache each
     measured every size. `refresh` reads the file again where another process wrote it since;
