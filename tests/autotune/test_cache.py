@@ -396,8 +396,10 @@ def test_clear_and_import_say_when_the_cache_cannot_be_written(tmp_path, monkeyp
     from kernelkit import cli
 
     Cache(tmp_path).put("k", entry())
+    other = tmp_path / "other"  # (entries the cache does not hold: its own need no write)
+    Cache(other).put("k2", entry())
     export = tmp_path / "e.json"
-    export.write_text(json.dumps(Cache(tmp_path).export()))
+    export.write_text(json.dumps(Cache(other).export()))
 
     def refuse(*a, **k):
         raise PermissionError(13, "Read-only file system")
