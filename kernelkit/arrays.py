@@ -19,8 +19,35 @@ FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 # How errors name the arrays the ops accept.
-ACCEPTED = "a numpy array (not a masked array or np.matrix), torch tensor or cupy array"
+ACCEPTED = ("a numpy array (not a masked array, np.matrix or a subclass with array rules of its "
+            "own), torch tensor or cupy array")
 _NUMPY_REJECTED = (np.ma.MaskedArray, np.matrix)
+# numpy subclasses, by type: accepted (True) or not
+_NUMPY_SUBCLASSES: dict[type, bool] = {}
+
+
+def _accepted_subclass(t: type) -> bool:
+    """A numpy subclass a kernel may compute on as plain memory: not a masked array (whose mask
+    a kernel would ignore) nor np.matrix (which one backend's `@` kept and another's result did
+    not), nor a subclass with ufunc or array-function rules of its own (an astropy Quantity's
+    units): numpy's `@` followed them and the Numba and torch candidates did not, so the
+    result's values (units doubled, dropped) depended on which backend won (a user hunt).
+    np.memmap and other subclasses without rules of their own are accepted; their results are
+    plain arrays whichever backend ran."""
+    ok = _NUMPY_SUBCLASSES.get(t)
+    if ok is None:
+        ok = _NUMPY_SUBCLASSES[t] = not issubclass(t, _NUMPY_REJECTED) and (
+            t.__array_ufunc__ is np.ndarray.__array_ufunc__
+            and t.__array_function__ is np.ndarray.__array_function__)
+    return ok
+
+
+def plain_numpy(x: Any) -> Any:
+    """`x` as a plain numpy array (a view) where it is an accepted numpy subclass (np.memmap),
+    else `x` itself (a rejected subclass then meets the op's TypeError)."""
+    if type(x) is not np.ndarray and isinstance(x, np.ndarray) and _accepted_subclass(type(x)):
+        return x.view(np.ndarray)
+    return x
 # Array libraries without a bfloat16 dtype.
 _NO_BFLOAT16 = {"numpy": "numpy has no bfloat16", "cupy": "cupy arrays have no bfloat16"}
 
@@ -69,9 +96,7 @@ class Location(NamedTuple):
 def array_lib(x: Any) -> str | None:
     """The array library of `x`, or None when `x` is not an array this package accepts."""
     if isinstance(x, np.ndarray):
-        # (not a masked array, whose mask a kernel would ignore, nor np.matrix, which one
-        # backend's `@` kept and another's result did not: both were backend-dependent results)
-        return None if isinstance(x, _NUMPY_REJECTED) else "numpy"
+        return "numpy" if type(x) is np.ndarray or _accepted_subclass(type(x)) else None
     mod = type(x).__module__
     if mod.startswith("torch") and type(x).__name__ in ("Tensor", "Parameter"):
         return "torch"

@@ -53,7 +53,8 @@ def conv2d(x: Any, weight: Any, bias: Any = None, *, stride=1, padding=0, dilati
             torch tensor runs in NHWC and gives a channels_last result, and so does any torch
             input beside a channels_last weight (torch's rule, read from the strides as torch
             reads them: a one-channel or 1x1 tensor in channels_last memory counts).
-            numpy (not a masked array or np.matrix), torch or cupy.
+            numpy (not a masked array, np.matrix or a subclass with array rules of its own),
+            torch or cupy.
         weight: (K, C // groups, R, S), same library, device and dtype as `x`.
         bias: optional (K,).
         stride, dilation: int or (h, w) pair, positive.

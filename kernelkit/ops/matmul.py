@@ -103,6 +103,9 @@ def matmul(a: Any, b: Any, *, bias: Any = None, activation: str | None = None,
     except TypeError:  # an unhashable argument: prepare's checks say what is wrong with it
         plan = None
     if plan is None:
+        if sig is None:  # (a type without a plan: a numpy subclass computes as a plain array,
+            # whose result is a plain array from every candidate; numpy's `@` kept the subclass)
+            a, b, bias = arrays.plain_numpy(a), arrays.plain_numpy(b), arrays.plain_numpy(bias)
         if _vector(a) or _vector(b):  # (numpy's; the others' went there above)
             return _with_vectors(a, b, bias, activation, allow_tf32)
         plan = _PLANS.store(sig, plan_for(prepare(a, b, bias=bias, activation=activation,

@@ -171,6 +171,37 @@ def test_numpy_subclasses_whose_meaning_a_kernel_drops_are_rejected(kind, backen
                 kernelkit.preprocess(img, **PP)
 
 
+class _Doubled(np.ndarray):
+    """A subclass with ufunc rules of its own (as an astropy Quantity has units): every result
+    doubled."""
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        plain = [np.asarray(v) for v in inputs]
+        return (np.asarray(getattr(ufunc, method)(*plain, **kwargs)) * 2).view(_Doubled)
+
+
+class _Tag(np.ndarray):
+    """A subclass without rules of its own (a user's array type)."""
+
+
+@pytest.mark.parametrize("backend", [None, "numpy", "numba", "torch"])
+def test_numpy_subclasses_give_one_result_whichever_backend_runs(backend):
+    """A subclass with array rules of its own: numpy's `@` followed them (results doubled), the
+    Numba and torch candidates did not, so the values depended on the backend that won: a
+    TypeError on every backend now, as for masked arrays. A subclass without rules of its own:
+    numpy's `@` returned the subclass, the others a plain array: a plain array from all."""
+    with kernelkit.use(backend=backend):
+        for op, call in (("matmul: argument 'a'", lambda v: kernelkit.matmul(v, A)),
+                         ("conv2d: 'x'", lambda v: kernelkit.conv2d(v, W))):
+            x = A if op.startswith("matmul") else X
+            with pytest.raises(TypeError, match=op + r" must be a numpy array \(not a masked "
+                               r"array, np.matrix or a subclass with array rules of its own\)"):
+                call(x.view(_Doubled))
+        got = kernelkit.matmul(A.view(_Tag), A.view(_Tag))
+        assert type(got) is np.ndarray
+        np.testing.assert_allclose(got, A.astype(np.float64) @ A, rtol=1e-5, atol=1e-5)
+
+
 def test_a_memmap_is_a_numpy_array(tmp_path):
     m = np.memmap(tmp_path / "a.bin", dtype=np.float32, mode="w+", shape=A.shape)
     m[:] = A
