@@ -380,8 +380,21 @@ def cmd_warmup(args: argparse.Namespace, con: Console) -> int:
 
     from . import compiling
 
-    _settings.current()  # (the knobs checked, as the other commands do: a typo is an error here too)
-    todo = compiling.targets(args.ops or None, args.dtypes or None)
+    # (the knobs checked, as the other commands do: a typo is an error here too)
+    s = _settings.current()
+    todo = [t for t in compiling.targets(args.ops or None, args.dtypes or None)
+            if compiling.forced_allows(t[0], s.backend, s.device)]
+    if not todo and (said := compiling.forced_nothing(s.backend, s.device)):
+        # KERNELKIT_BACKEND=triton on a machine without a GPU compiled the Numba kernels and
+        # said nothing of Triton (exit 0): the knob now picks what warmup compiles, and says so
+        forced = " ".join(f"KERNELKIT_{k.upper()}={v}" for k, v in (("backend", s.backend),
+                                                                   ("device", s.device)) if v)
+        error, why = said
+        if error:
+            Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {forced}: {why}")
+            return 1
+        con.print(f"{forced}: {why}")
+        return 0
     if not todo:
         asked = " for " + " and ".join(
             f"{what} {' '.join(v)}" for what, v in (("ops", args.ops), ("dtypes", args.dtypes))

@@ -187,15 +187,15 @@ def targets(ops: Iterable[str] | None = None,
     for spec in core.op_specs():
         if wanted_ops is not None and spec.name not in wanted_ops:
             continue
-        for backend in core.backends():
-            if not backend.compiles or backend.missing() is not None:
+        for be in core.backends():
+            if not be.compiles or be.missing() is not None:
                 continue
-            if backend.device == "cuda" and not devices.cuda_available():
+            if be.device == "cuda" and not devices.cuda_available():
                 continue
-            module = f"{backend.package}.{spec.kernel}"
+            module = f"{be.package}.{spec.kernel}"
             if not core._has_module(module):
                 continue
-            own = backend.dtypes_for(spec)
+            own = be.dtypes_for(spec)
             for dtype in own or ("float32",):
                 if wanted_dtypes is None or dtype in wanted_dtypes or own is None:
                     found[(module, dtype)] = None
@@ -206,6 +206,41 @@ def targets(ops: Iterable[str] | None = None,
 
 
 # -- the background thread -----------------------------------------------------------------------
+def forced_allows(module: str, backend: str | None, device: str | None) -> bool:
+    """Whether a kernel module's backend is one the knobs (KERNELKIT_BACKEND, KERNELKIT_DEVICE)
+    let run: what `kernelkit warmup` compiles."""
+    from . import core
+
+    if not backend and not device:
+        return True
+    return any(module.startswith(be.package + ".") and (not backend or be.name == backend)
+               and (not device or be.device == device) for be in core.backends())
+
+
+def forced_nothing(backend: str | None, device: str | None) -> tuple[bool, str] | None:
+    """Where `targets` finds nothing for a forced `backend` and `device` (the knobs): (whether
+    that is an error: a backend that compiles ahead cannot here, why; or none needs compiling
+    ahead, as Triton's kernels compile at their first call). None where nothing is forced."""
+    from . import core, devices
+
+    if not backend and not device:
+        return None
+    cannot, lazy = [], []
+    for be in core.backends():
+        if (backend and be.name != backend) or (device and be.device != device):
+            continue
+        here = be.missing() or (None if be.device != "cuda" or devices.cuda_available()
+                                else "no CUDA device here")
+        if be.compiles and here:
+            cannot.append(f"{be.name} ({be.device}): {here}")
+        elif not be.compiles:
+            lazy.append(f"{be.name} ({be.device})" + (f", which cannot run here: {here}"
+                                                      if here else ""))
+    if cannot:
+        return True, "cannot compile here: " + "; ".join(cannot)
+    return False, "nothing is compiled ahead of a call for " + "; ".join(lazy or ["no backend"])
+
+
 def _work(delay: float, started: _thread.LockType) -> None:
     global _working
     started.release()

@@ -287,6 +287,35 @@ def test_warmup_of_nothing_says_what_was_asked(tmp_path, capsys):
     assert "nothing to compile for ops matmul and dtypes uint8" in capsys.readouterr().out
 
 
+def test_warmup_compiles_only_the_forced_backend_and_says_when_it_cannot(capsys, monkeypatch):
+    """`KERNELKIT_BACKEND=triton kernelkit warmup` on a machine without a GPU compiled the Numba
+    kernels, which the knob keeps from ever running, and said nothing of Triton (exit 0). The
+    knobs now pick what warmup compiles; a forced backend that compiles nothing ahead says so,
+    one that compiles ahead but cannot here is an error (an image build would ship nothing)."""
+    import dataclasses
+
+    from kernelkit import cli, compiling, core
+
+    warmed = []
+    monkeypatch.setattr(compiling, "warm_here", lambda module, dtype: warmed.append(module)
+                        or compiling.Job(module, dtype, how="loaded"))
+    monkeypatch.setenv("KERNELKIT_BACKEND", "triton")
+    monkeypatch.setattr("kernelkit.devices.cuda_available", lambda: False)
+    assert cli.main(["warmup", "--ops", "matmul"]) == 0 and warmed == []
+    out = capsys.readouterr().out
+    assert "KERNELKIT_BACKEND=triton: nothing is compiled ahead of a call for triton (cuda), " \
+           "which cannot run here: no CUDA device here" in " ".join(out.split())
+    monkeypatch.setenv("KERNELKIT_BACKEND", "numba")
+    assert cli.main(["warmup", "--ops", "matmul", "--quiet"]) == 0
+    assert warmed and all(".numba." in m for m in warmed)
+    real = core.backends()
+    monkeypatch.setattr(core, "backends", lambda: [dataclasses.replace(
+        b, missing=lambda: "numba is not installed") if b.name == "numba" else b for b in real])
+    assert cli.main(["warmup", "--ops", "matmul"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "KERNELKIT_BACKEND=numba: cannot compile here: numba (cpu): numba is not installed" in err
+
+
 def test_a_cache_dir_given_with_a_tilde_is_under_home(tmp_path, monkeypatch):
     """KERNELKIT_CACHE_DIR='~/kkcache' (Docker's ENV does not expand it) made a folder named "~"
     in the working directory; KERNELKIT_NUMBA_CACHE_DIR already expanded it."""
