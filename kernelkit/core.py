@@ -274,10 +274,13 @@ class OpSpec:
     dims_of: Callable[[tuple[tuple[int, ...], ...]], tuple[int, ...] | None] | None = None
 
 
-_BACKENDS: dict[str, Backend] = {}
-_OPS: dict[str, OpSpec] = {}
+# The registries survive `importlib.reload(kernelkit.core)`: the op modules register into them
+# once, at import, and a notebook's reload emptied them (every op then raised "unknown op"
+# until a restart). The candidates are rebuilt from them.
+_BACKENDS: dict[str, Backend] = globals().get("_BACKENDS", {})
+_OPS: dict[str, OpSpec] = globals().get("_OPS", {})
 _CANDIDATES: dict[str, list[Candidate]] = {}
-_DISCOVERED = False
+_DISCOVERED = globals().get("_DISCOVERED", False)
 _KERNELS_PACKAGE = "kernelkit.kernels"
 
 

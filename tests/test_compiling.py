@@ -364,6 +364,22 @@ def test_import_preloads_the_vendor_kernels_of_loaded_libraries_only():
         assert "kernelkit.kernels.numba." not in mods  # compiled on first use, off the call
 
 
+def test_a_notebooks_reload_of_kernelkit_core_keeps_every_op(tmp_path):
+    """`importlib.reload(kernelkit.core)` in a notebook emptied the op registry: every op then
+    raised "unknown op 'matmul'; expected one of []" until a restart (a user hunt)."""
+    probe = ("import importlib, numpy as np, kernelkit, kernelkit.core; "
+             "a = np.ones((5, 4), np.float32); b = np.ones((4, 3), np.float32); "
+             "kernelkit.matmul(a, b); importlib.reload(kernelkit.core); "
+             "x = np.ones((1, 3, 6, 6), np.float32); w = np.ones((2, 3, 3, 3), np.float32); "
+             "print(float(kernelkit.matmul(a[:3], b).sum()), kernelkit.conv2d(x, w).shape, "
+             "{'conv2d', 'matmul', 'preprocess'} <= {s.name for s in kernelkit.core.op_specs()})")
+    env = {**os.environ, "KERNELKIT_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["36.0", "(1,", "2,", "4,", "4)", "True"]
+
+
 def test_a_compile_lock_the_cache_dir_cannot_hold_is_taken_in_the_temporary_dir(tmp_path,
                                                                                 monkeypatch):
     """A cache dir that lets the lock be made but not taken (read-only: an image's) failed every
