@@ -238,7 +238,9 @@ def forced_nothing(backend: str | None, device: str | None) -> tuple[bool, str] 
                                                       if here else ""))
     if cannot:
         return True, "cannot compile here: " + "; ".join(cannot)
-    return False, "nothing is compiled ahead of a call for " + "; ".join(lazy or ["no backend"])
+    if not lazy:
+        return True, f"no backend {backend or ''} runs on {device or 'any device'}".replace("  ", " ")
+    return False, "nothing is compiled ahead of a call for " + "; ".join(lazy)
 
 
 def _work(delay: float, started: _thread.LockType) -> None:

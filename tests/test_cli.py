@@ -308,6 +308,13 @@ def test_warmup_compiles_only_the_forced_backend_and_says_when_it_cannot(capsys,
     monkeypatch.setenv("KERNELKIT_BACKEND", "numba")
     assert cli.main(["warmup", "--ops", "matmul", "--quiet"]) == 0
     assert warmed and all(".numba." in m for m in warmed)
+    capsys.readouterr()
+    assert cli.main(["warmup", "--ops", "matmul", "--dtypes", "uint8"]) == 0  # (the ops and
+    assert "nothing to compile for ops matmul and dtypes uint8" in capsys.readouterr().out  # dtypes'
+    monkeypatch.setenv("KERNELKIT_DEVICE", "cuda")  # (numba on cuda: no such backend)
+    assert cli.main(["warmup", "--ops", "matmul"]) == 1
+    assert "no backend numba runs on cuda" in capsys.readouterr().err
+    monkeypatch.delenv("KERNELKIT_DEVICE")
     real = core.backends()
     monkeypatch.setattr(core, "backends", lambda: [dataclasses.replace(
         b, missing=lambda: "numba is not installed") if b.name == "numba" else b for b in real])

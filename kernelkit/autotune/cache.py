@@ -21,6 +21,7 @@ tuning in memory, with one warning.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -29,6 +30,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -55,6 +57,19 @@ class _Mark(NamedTuple):
 
     end: int = 0
     tail: bytes = b""
+
+
+class _Read(NamedTuple):
+    """What `Cache._read_lines` read: the records and fingerprint definitions, the lines, where
+    the read stopped (`_Mark`), the file as opened (`Cache._stat`'s tuple; None: no file) and
+    whether it read only the lines appended after the given start."""
+
+    records: dict
+    fps: dict
+    lines: int
+    mark: _Mark
+    seen: tuple | None
+    partial: bool
 
 
 class CacheWarning(UserWarning):
@@ -119,6 +134,9 @@ class Cache:
         # built since the records were last replaced
         self._families: dict[str, dict[str, dict]] | None = None
         self._families_of: dict | None = None  # the records it was built from
+        self._family_of: dict[str, str] = {}  # key -> the family the index holds it under
+        self._compactable = True  # False: a rewrite failed here, or no shared lock (`_lock`)
+        self._reread = 0  # lines appended here after the mark: the next partial read's again
         self._mutex = threading.RLock()
         self._warned: set[str] = set()
 
@@ -137,33 +155,36 @@ class Cache:
                    f"run ({key}: {why}); treated as a miss")
 
     # -- reading -------------------------------------------------------------------------------
-    def _read_lines(self, path: Path, strict: bool = False, start: int = 0
-                    ) -> tuple[dict[tuple[str, str], dict], dict[str, dict], int, tuple]:
-        """Every record of a JSON-lines file from byte `start` on (`refresh` reads only what was
-        appended since its last read: a line another process appended re-read the whole file,
-        5 s at 10^5 records); damaged lines are skipped with one warning. Also the lines read and
-        where the next partial read starts (`_Mark`: after the last whole line). A last line
-        without its newline is kept if it parses, and read again by the next partial read (a
-        write may have been in progress), which does not count it as damaged. A file that exists but cannot be read gives nothing (one
-        warning), or raises with `strict` (a rewrite must not replace what it could not read).
-        The records of another schema (another kernelkit version sharing the directory) are not
-        read but kept as they are, in `self._other_schema`, for `_rewrite` to write back: a
-        compaction or `cache clear` dropped them as damaged."""
+    def _read_lines(self, path: Path, strict: bool = False, start: int = 0,
+                    tail: bytes = b"") -> _Read:
+        """Every record of a JSON-lines file, or (`refresh`) only those after byte `start`
+        where the bytes before it are still `tail` (a `_Mark`'s; checked on the descriptor that
+        is read: a file another process replaced in between is read whole). A line another
+        process appended re-read the whole file, 5 s at 10^5 records. Damaged lines are skipped
+        with one warning. A last line without its newline is kept if it parses, and read again
+        by the next partial read (a write may have been in progress), which does not count it as
+        damaged. A file that exists but cannot be read gives nothing (one warning), or raises
+        with `strict` (a rewrite must not replace what it could not read). The records of
+        another schema (another kernelkit version sharing the directory) are not read but kept
+        as they are, in `self._other_schema`, for `_rewrite` to write back: a compaction or
+        `cache clear` dropped them as damaged."""
         records: dict[tuple[str, str], dict] = {}
         fps: dict[str, dict] = {}
         others: list[str] = []
         bad = lines = 0
-        end, last = start, b""
         try:
             with open(path, "rb") as f:
-                if start:
-                    f.seek(start)
+                st = os.fstat(f.fileno())
+                seen = (st.st_ino, st.st_size, st.st_mtime_ns)
+                if start and (not tail or start < len(tail) or st.st_size < start
+                              or _bytes_at(f, start - len(tail), len(tail)) != tail):
+                    start = 0
+                f.seek(start)
+                end = start
                 for raw in f:
                     whole = raw.endswith(b"\n")
-                    if whole:
-                        end += len(raw)
-                        last = raw
-                    lines += 1
+                    end += len(raw) if whole else 0
+                    lines += whole or not start  # (a partial read counts whole lines only)
                     line = raw.decode("utf-8", errors="replace")
                     if not line.strip():
                         continue
@@ -181,16 +202,20 @@ class Cache:
                     # (RecursionError: a line of deeply nested brackets)
                     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
                         bad += whole or not start  # (a refresh: may be a write in progress)
+                # the mark: the file's last bytes before `end` (not the last line's alone: a
+                # short or blank last line would make a weak check of the file's identity)
+                mark = _Mark(end, _bytes_at(f, max(0, end - _MARK_BYTES),
+                                            min(end, _MARK_BYTES))) if end else _Mark()
         except (FileNotFoundError, NotADirectoryError):  # nothing cached there (yet)
             if not start:
                 self._other_schema = []
-            return {}, {}, 0, _Mark()
+            return _Read({}, {}, 0, _Mark(), None, bool(start))
         except OSError as exc:
             if strict:
                 raise
             self._warn("unreadable", f"cannot read the autotune cache {path}: {exc}; tuning "
                        "without it")
-            return {}, {}, 0, _Mark()
+            return _Read({}, {}, 0, _Mark(), None, False)
         if start:
             self._other_schema += others
         else:
@@ -201,11 +226,11 @@ class Cache:
         if others:
             self._warn("other-schema", f"the autotune cache {path} holds {len(others)} entries "
                        f"of another cache schema (another kernelkit version): kept, not used")
-        return records, fps, lines, _Mark(end, last[-_MARK_BYTES:]) if last else _Mark()
+        return _Read(records, fps, lines, mark, seen, bool(start))
 
     def _load(self) -> None:
-        seen = self._stat()  # (before the read: a line appended meanwhile is read again later)
-        records, fps, lines, self._mark = self._read_lines(self.path)
+        # (the file as opened, before the read: a line appended meanwhile is read again later)
+        records, fps, lines, self._mark, seen, _ = self._read_lines(self.path)
         self._lines, self._fps_on_disk, self._seen = lines, set(fps), seen
         if self.legacy_path.exists():
             legacy = self._migrate_legacy(records)
@@ -278,18 +303,19 @@ class Cache:
         if seen is None or seen == self._seen:
             return False
         with self._mutex:
-            start = self._mark.end if self._continues(seen) else 0
-            records, fps, lines, mark = self._read_lines(self.path, start=start)
-            self._records.update(records)  # (the file holds every record this process added)
-            self._index(records)
-            self._fingerprints.update(fps)
-            if start:
-                self._lines += lines
-                self._fps_on_disk.update(fps)
+            start, tail = self._mark if self._continues(seen) else (0, b"")
+            got = self._read_lines(self.path, start=start, tail=tail)
+            self._records.update(got.records)  # (the file holds every record this process added)
+            self._index(got.records)
+            self._fingerprints.update(got.fps)
+            if got.partial:  # (this process's own lines, appended after the mark, counted once)
+                self._lines += max(0, got.lines - self._reread)
+                self._fps_on_disk.update(got.fps)
             else:
-                self._lines, self._fps_on_disk = lines, set(fps)
-            self._mark = mark if mark.tail or not start else self._mark
-            self._seen = seen
+                self._lines, self._fps_on_disk = got.lines, set(got.fps)
+            self._reread = 0
+            if got.seen is not None:
+                self._mark, self._seen = got.mark, got.seen
         return True
 
     def _continues(self, seen: tuple) -> bool:
@@ -346,7 +372,7 @@ class Cache:
         records = self.records()
         with self._mutex:
             if self._families is None or self._families_of is not records:
-                self._families, self._families_of = {}, records
+                self._families, self._families_of, self._family_of = {}, records, {}
                 self._index(records)
             return dict(self._families.get(family, ()))
 
@@ -360,9 +386,15 @@ class Cache:
                 continue
             prob = e.get("problem")
             fam = prob.get("family") if isinstance(prob, dict) else None
-            # (a key names its family: an entry that replaces a key's stays in its family)
-            if isinstance(fam, str):
+            fam = fam if isinstance(fam, str) else None
+            old = self._family_of.get(key)
+            if old is not None and old != fam:  # (an entry that names another family, or none)
+                self._families.get(old, {}).pop(key, None)
+            if fam is not None:
                 self._families.setdefault(fam, {})[key] = e
+                self._family_of[key] = fam
+            else:
+                self._family_of.pop(key, None)
 
     def _snapshot(self) -> list:
         records = self.records()
@@ -422,7 +454,7 @@ class Cache:
                   for (fid, key), e in records.items()]
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S):
+            with self._lock():
                 before = self._stat()
                 with open(self.path, "a+b") as f:  # appends always go to the end
                     f.seek(0, os.SEEK_END)
@@ -436,12 +468,15 @@ class Cache:
                     os.fsync(f.fileno())
                 self._fps_on_disk.update(fps)
                 self._lines += len(lines)
-                if before == self._seen:  # (nobody else wrote since: this append is no news)
+                if before != self._seen:  # (the next refresh reads these lines again)
+                    self._reread += len(lines)
+                else:  # (nobody else wrote since: this append is no news)
                     self._seen = self._stat()
                     if self._seen is not None:
-                        self._mark = _Mark(self._seen[1], text.encode("utf-8")[-_MARK_BYTES:])
+                        self._mark = _Mark(self._seen[1], _last_bytes(self.path, self._seen[1]))
                 live = len(self._records or ()) + len(self._other_schema)
-                if self._records is not None and self._lines > COMPACT_WHEN * max(live, 16):
+                if (self._records is not None and self._compactable
+                        and self._lines > COMPACT_WHEN * max(live, 16)):
                     self._compact()
         except (OSError, Timeout) as exc:
             self._in_memory = True
@@ -449,6 +484,33 @@ class Cache:
                        "tuning results stay in memory for this process")
             return False
         return True
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """The file lock every writer of the cache file holds: beside the file, which for a
+        symbolic link is beside its target, so that writers through other links (several
+        users' cache folders linking one shared file) take the same one; a lock beside each
+        link let one process's compaction drop what another appended meanwhile. Where the
+        target's folder cannot hold a lock (another user's), the one beside the link: appends
+        stay whole lines, but this process no longer compacts (a rewrite needs every writer
+        excluded)."""
+        target = os.path.realpath(self.path)
+        lock = None
+        if target != str(self.path):
+            lock = FileLock(target + ".lock", timeout=LOCK_TIMEOUT_S)
+            try:
+                lock.acquire()
+            except Timeout:
+                raise
+            except OSError:
+                lock, self._compactable = None, False
+        if lock is None:
+            lock = FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S)
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _compact(self) -> None:
         """Rewrite the file with the last record per (fingerprint, key), atomically, under the
@@ -458,11 +520,18 @@ class Cache:
         again) or gone from the file (`cache clear`). Before, the memory won, which put older
         measurements back and undid a clear."""
         try:
-            on_disk, fps, _, _ = self._read_lines(self.path, strict=True)
+            on_disk, fps = self._read_lines(self.path, strict=True)[:2]
         except OSError:  # (EIO, a stale NFS handle: compacting then would empty the file)
             return
         fps.update(self._fingerprints)
-        self._rewrite(on_disk, fps)
+        try:
+            self._rewrite(on_disk, fps)
+        except OSError as exc:
+            # (a symlinked file whose folder this user cannot write: the appends went through,
+            # and a failed compaction must not turn this process's tuning in-memory)
+            self._compactable = False
+            self._warn("compaction", f"cannot compact the autotune cache {self.path} ({exc}); "
+                       "appending to it as it is")
 
     def _rewrite(self, records: dict[tuple[str, str], dict], fps: dict[str, dict]) -> None:
         """Replace the file by exactly these records, and the lines of another schema it held
@@ -482,7 +551,7 @@ class Cache:
             except OSError:
                 pass
         try:
-            mode = os.stat(target).st_mode & 0o7777
+            mode = os.stat(target).st_mode & 0o777
         except OSError:
             mode = 0o666 & ~_umask()
         # (a name of its own: a pid's is not, for containers sharing the directory, each pid 1)
@@ -506,9 +575,10 @@ class Cache:
         self._records, self._fingerprints = records, fps
         self._fps_on_disk = set(fps)
         self._lines = len(records) + len(fps) + len(self._other_schema)
+        self._reread = 0
         self._seen = self._stat()  # (under the caller's lock: what it holds is the file)
         self._mark = _Mark(self._seen[1], _last_bytes(self.path, self._seen[1])) \
-            if self._seen is not None else _Mark()
+            if self._seen else _Mark()
 
     def clear(self) -> None:
         """Forget this machine's entries (other machines' entries stay in the file)."""
@@ -518,9 +588,9 @@ class Cache:
             if self._in_memory:
                 return
             try:
-                with FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S):
+                with self._lock():
                     if self.path.exists():
-                        on_disk, fps, _, _ = self._read_lines(self.path, strict=True)
+                        on_disk, fps = self._read_lines(self.path, strict=True)[:2]
                         self._fingerprints.update(fps)
                         self._rewrite({k: e for k, e in on_disk.items() if k[0] != self.fp},
                                       self._fingerprints)
@@ -540,11 +610,17 @@ class Cache:
                 "entries": [{"key": key, "fp": fid, "entry": e} for (fid, key), e in records]}
 
 
+def _bytes_at(f, offset: int, n: int) -> bytes:
+    """`n` bytes of the open file `f` from `offset` (the position is left there)."""
+    f.seek(offset)
+    return f.read(n)
+
+
 def _last_bytes(path: Path, size: int) -> bytes:
+    """The bytes of the file before offset `size`, at most _MARK_BYTES (a `_Mark`'s tail)."""
     try:
         with open(path, "rb") as f:
-            f.seek(max(0, size - _MARK_BYTES))
-            return f.read(_MARK_BYTES)
+            return _bytes_at(f, max(0, size - _MARK_BYTES), min(size, _MARK_BYTES))
     except OSError:
         return b""
 

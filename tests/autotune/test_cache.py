@@ -670,6 +670,142 @@ def test_a_line_being_written_is_read_once_whole_and_not_called_damaged(tmp_path
     assert fresh(tmp_path).get("after") == entry() and fresh(tmp_path).get("theirs") == entry("x")
 
 
+def _fam(name, family, median=1e-3):
+    return {**entry(name, median), "problem": {"family": family, "flops": 1.0, "nbytes": 1.0}}
+
+
+def test_a_file_replaced_between_the_check_and_the_read_is_read_whole(tmp_path, monkeypatch):
+    """`refresh` checked the mark on one open of the file and read from it on another: another
+    process's compaction in between made it read the new file from the old file's offset, mid-
+    line (a "damaged line" warning, which is given once and then hides real damage) and skip
+    the new file's lines before it (a review)."""
+    a = Cache(tmp_path)
+    for i in range(30):
+        a.put(f"k{i:02d}", entry())
+    for i in range(10):
+        a.put(f"k{i:02d}", entry())  # (superseded lines: a compaction drops them)
+    fresh(tmp_path).put("theirs", entry("numba-cpu"))
+    real = Cache._continues
+
+    def racing(self, seen):
+        ok = real(self, seen)
+        if self is a:  # another process compacts right here, and appends
+            monkeypatch.setattr(Cache, "_continues", real)
+            c = fresh(tmp_path)
+            c.records()
+            with c._lock():
+                c._compact()
+            c.put("later", entry("numba-cpu"))
+        return ok
+
+    monkeypatch.setattr(Cache, "_continues", racing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        assert a.refresh()
+    assert a.get("theirs") == entry("numba-cpu") and a.get("later") == entry("numba-cpu")
+    assert a.get("k00") == entry()
+
+
+def test_a_file_rewritten_in_place_after_a_blank_last_line_is_read_whole(tmp_path):
+    """The mark kept the last line's bytes only: after a blank last line that was one newline,
+    and a file rewritten in place (same inode) passed the check, its rewritten lines never read
+    (a review)."""
+    path = tmp_path / FILENAME
+    w = Cache(tmp_path)
+    for i in range(40):
+        w.put(f"k{i}", entry())
+    with open(path, "a") as f:
+        f.write("\n")
+    a = fresh(tmp_path)
+    a.records()
+    lines = path.read_text().splitlines()
+    head = [ln for ln in lines if '"fingerprint"' in ln]
+    rows = [json.loads(ln) for ln in lines if ln.strip() and '"fingerprint"' not in ln]
+    for r in rows:
+        r["entry"] = entry("numba-cpu", median=2e-3)
+    with open(path, "r+") as f:
+        f.write("\n".join(head + [json.dumps(r, sort_keys=True) for r in rows]) + "\n\n")
+    fresh(tmp_path).put("later", entry("numba-cpu"))
+    assert a.refresh() and a.get("later") == entry("numba-cpu")
+    assert a.get("k7") == entry("numba-cpu", median=2e-3)
+
+
+def test_the_line_count_for_compaction_stays_the_files_with_two_writers(tmp_path):
+    """A partial refresh read this process's own appends again and counted them twice, so the
+    file was compacted at 1.5x its records instead of 2x (a review)."""
+    a, b = Cache(tmp_path), fresh(tmp_path)
+    for i in range(20):
+        b.put(f"b{i}", entry())
+        a.put(f"a{i}", entry())
+        a.refresh()
+    assert a._lines == len((tmp_path / FILENAME).read_text().splitlines())
+
+
+def test_the_family_index_follows_refreshes_clears_and_moved_keys(tmp_path):
+    """What `refresh` reads joins the family index; a clear or a compaction rebuilds it; a key
+    whose entry now names another family (or none) leaves its old one (a review)."""
+    a = Cache(tmp_path)
+    a.put("k1", _fam("torch-cpu", "F"))
+    assert set(a.family_entries("F")) == {"k1"}  # (the index is built)
+    fresh(tmp_path).put("k2", _fam("numba-cpu", "F"))
+    assert a.refresh() and set(a.family_entries("F")) == {"k1", "k2"}
+    a.put("k1", _fam("torch-cpu", "G"))
+    assert set(a.family_entries("F")) == {"k2"} and set(a.family_entries("G")) == {"k1"}
+    a.put("k2", entry())  # (no family)
+    assert a.family_entries("F") == {}
+    a.clear()
+    assert a.family_entries("G") == {}
+
+
+def test_a_failed_compaction_leaves_the_appends_going(tmp_path, monkeypatch):
+    """A compaction that could not write (a symlinked file in a folder this user cannot write)
+    turned the whole process's tuning in-memory: later measurements never reached the file,
+    which then made every later process do the same at its first append (a review)."""
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Cache, "_rewrite", refuse)
+    c = Cache(tmp_path)
+    with pytest.warns(CacheWarning, match="cannot compact"):
+        _compact_by_writing(c)
+    c.put("after", entry())
+    assert c.writable and fresh(tmp_path).get("after") == entry()
+
+
+def test_writers_through_two_links_to_one_file_share_its_lock(tmp_path, monkeypatch):
+    """Each link's folder had its own lock, so one process's compaction dropped what another,
+    writing through another link, appended meanwhile (a review)."""
+    import threading
+
+    shared = tmp_path / "shared" / "team.jsonl"
+    shared.parent.mkdir()
+    shared.touch()
+    links = []
+    for who in ("a", "b"):
+        (tmp_path / who).mkdir()
+        (tmp_path / who / FILENAME).symlink_to(shared)
+        links.append(tmp_path / who)
+    a, b = Cache(links[0]), Cache(links[1])
+    a.records()
+    b.records()
+    real = Cache._read_lines
+    writer = []
+
+    def reading(self, path, *x, **k):
+        got = real(self, path, *x, **k)
+        if self is a and k.get("strict") and not writer:  # (a's compaction read the file)
+            writer.append(threading.Thread(target=b.put, args=("theirs", entry("numba-cpu"))))
+            writer[0].start()
+            writer[0].join(0.5)  # (a shared lock holds b here until a's rewrite is done)
+        return got
+
+    monkeypatch.setattr(Cache, "_read_lines", reading)
+    _compact_by_writing(a)
+    writer[0].join(30)
+    assert fresh(links[1]).get("theirs") == entry("numba-cpu")
+    assert (links[0] / FILENAME).is_symlink() and (links[1] / FILENAME).is_symlink()
+
+
 def test_a_size_another_process_measured_meanwhile_is_not_measured_again(tmp_path,
                                                                          monkeypatch):
     from kernelkit.autotune import tuner
