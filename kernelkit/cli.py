@@ -382,9 +382,9 @@ def cmd_warmup(args: argparse.Namespace, con: Console) -> int:
 
     # (the knobs checked, as the other commands do: a typo is an error here too)
     s = _settings.current()
-    asked = compiling.targets(args.ops or None, args.dtypes or None)
-    todo = [t for t in asked if compiling.forced_allows(t[0], s.backend, s.device)]
-    if asked and not todo and (said := compiling.forced_nothing(s.backend, s.device)):
+    todo = [t for t in compiling.targets(args.ops or None, args.dtypes or None)
+            if compiling.forced_allows(t[0], s.backend, s.device)]
+    if not todo and (said := compiling.forced_nothing(s.backend, s.device)):
         # KERNELKIT_BACKEND=triton on a machine without a GPU compiled the Numba kernels and
         # said nothing of Triton (exit 0): the knob now picks what warmup compiles, and says so
         forced = " ".join(f"KERNELKIT_{k.upper()}={v}" for k, v in (("backend", s.backend),

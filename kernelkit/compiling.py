@@ -218,28 +218,33 @@ def forced_allows(module: str, backend: str | None, device: str | None) -> bool:
 
 
 def forced_nothing(backend: str | None, device: str | None) -> tuple[bool, str] | None:
-    """Where `targets` finds nothing for a forced `backend` and `device` (the knobs): (whether
-    that is an error: a backend that compiles ahead cannot here, why; or none needs compiling
-    ahead, as Triton's kernels compile at their first call). None where nothing is forced."""
+    """Where `kernelkit warmup` finds nothing to compile under a forced `backend` and `device`
+    (the knobs): (whether that is an error, why): no backend matches them; one that compiles
+    ahead cannot here; or none of them compiles ahead (Triton's kernels compile at their first
+    call). None where nothing is forced, or a matching backend compiles here (then the ops and
+    dtypes asked for left nothing)."""
     from . import core, devices
 
     if not backend and not device:
         return None
-    cannot, lazy = [], []
+    cannot, lazy, matched = [], [], False
     for be in core.backends():
         if (backend and be.name != backend) or (device and be.device != device):
             continue
+        matched = True
         here = be.missing() or (None if be.device != "cuda" or devices.cuda_available()
                                 else "no CUDA device here")
-        if be.compiles and here:
+        if be.compiles and not here:
+            return None
+        if be.compiles:
             cannot.append(f"{be.name} ({be.device}): {here}")
-        elif not be.compiles:
+        else:
             lazy.append(f"{be.name} ({be.device})" + (f", which cannot run here: {here}"
                                                       if here else ""))
+    if not matched:
+        return True, f"no backend {backend or ''} runs on {device or 'any device'}".replace("  ", " ")
     if cannot:
         return True, "cannot compile here: " + "; ".join(cannot)
-    if not lazy:
-        return True, f"no backend {backend or ''} runs on {device or 'any device'}".replace("  ", " ")
     return False, "nothing is compiled ahead of a call for " + "; ".join(lazy)
 
 
