@@ -14,7 +14,8 @@ dtype, device, the knobs) it asks the tuner once and keeps one of two routes:
   kernel must then win again in the model itself: its first calls alternate with torch's op,
   timed, and the faster keeps the layer (`InContext`).
 
-Under autocast the module calls the custom op, whose autocast rule gives torch's dtypes. Under
+Under autocast the routes are those of the cast signature: torch's op (autocast casts for it), or
+a kernel route run on the operands cast as autocast casts them (`autocast_route`). Under
 torch.compile, torch.export and torch.jit.trace it traces torch's own op where every size the
 layer saw in eager mode chose torch in the traced grad mode, or a kernel by less than
 COMPILE_MARGIN in the model (so Inductor keeps its fusions, and a trace needs nothing but
@@ -112,8 +113,8 @@ def forward(module: torch.nn.Module, x: torch.Tensor, aten_route: Route, op_rout
     `compiled`); torch's own op where kernelkit's kernels leave the tensors to torch (a torch.fx
     symbolic trace's Proxy, a tensor subclass, meta tensors, a torch.func transform, forward-mode
     AD, a TorchDispatchMode: `dispatch.torch_only`), and with grad inside saved-tensor hooks
-    (checkpointing, save_on_cpu); under autocast the registered op, whose autocast rule gives
-    torch's dtypes; else eager (the memoised route)."""
+    (checkpointing, save_on_cpu); under autocast the cast signature's route (`autocast_route`);
+    else eager (the memoised route)."""
     w, b = weight_and_bias(module)
     if torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None:
         if transforms_active():  # torch.compile(torch.func.grad(...)): torch's op, as in eager
@@ -150,13 +151,21 @@ def autocast_route(module: torch.nn.Module, x: torch.Tensor, w: torch.Tensor, b,
                    aten_route: Route, op_route: Route) -> Route | None:
     """The route of a call under autocast: torch's own op (whose autocast casts the operands,
     and keeps a weight's cast for the region) where the tuner chose torch for the call in the
-    autocast dtype, else the registered op, whose autocast rule casts and runs the kernel; None
-    where the call is as without autocast (nothing of it cast).
+    autocast dtype, else the memoised kernel route run on the operands cast as autocast casts
+    them (`_on_cast`); None where the call is as without autocast (nothing of it cast).
 
     Why: every autocast call went through the registered op, whose Python dispatch costs tens
     of microseconds: a patched transformer encoder under bfloat16 autocast ran 1.62x slower than
     torch where torch won every size (2-vCPU Zen 4). The choice is the route memoised for the
-    cast signature (made once, from cast copies, as an eager call of that dtype makes it)."""
+    cast signature (made once, from cast copies, as an eager call of that dtype makes it), or
+    the signatures settled for torch (`_kk_aten_sigs`, `_settled`) as in `run`: past MAX_ROUTES
+    sizes (a transformer's sequence lengths) each call made a route again, from copies of the
+    whole weight, 2.5-3.6x torch's time for good (a user hunt). The kernel route itself runs,
+    not the registered op: its in-model trial and its recheck count go on (before, neither ever
+    advanced under autocast, and `kernelkit.nn.pending()` never reached 0). Except for a fused
+    GELU or SiLU with grad: the kernel route's autograd Function applies those after the
+    product (the bfloat16 product's rounding first), its plan without grad fused, and a
+    layer's autocast result must not depend on the grad mode; the registered op fuses both."""
     device = x.device.type
     if not torch.is_autocast_enabled(device):
         return None  # (another device's autocast: the call is as without it)
@@ -176,17 +185,58 @@ def autocast_route(module: torch.nn.Module, x: torch.Tensor, w: torch.Tensor, b,
     if x.is_nested:  # (no sizes: torch's op, as in `run`)
         return aten_route
     sig = (x.shape, x.stride(), dtype, x.is_cpu or x.device, _settings.token())
-    routes = module.__dict__.get("_kk_routes")
+    state = module.__dict__
+    routes = state.get("_kk_routes")
     route = routes.get(sig) if routes is not None else None
-    if isinstance(route, dispatch.Warming) and route.finished != compiling.finished:
+    if route is None:
+        route = state.get("_kk_aten_sigs", _NO_SIGS).get(sig)
+    elif isinstance(route, dispatch.Warming) and route.finished != compiling.finished:
         route = None  # (a stand-in while kernels compiled: decided again, as a call of it is)
+    if route is None:
+        route = _settled(state, make, x, w, sig, aten_route, dtype)
     if route is None:
         with torch.no_grad(), torch.autocast(device, enabled=False):
             cast = [None if t is None else t.detach().to(dtype) for t in (x, w, b)]
             route = _new_route(module, cast[0], cast[1], cast[2], make, aten_route, sig)
-    elif module.__dict__.get("_kk_aten_token") != sig[-1]:  # (a hit: as in `run`)
-        _note_aten_only(module.__dict__, sig[-1])
-    return op_route if hasattr(route, "candidate") else aten_route
+    if state.get("_kk_aten_token") != sig[-1]:  # (as in `run`)
+        _note_aten_only(state, sig[-1])
+    if route is aten_route:
+        return aten_route
+    if not hasattr(route, "candidate"):  # (torch's op, counted or while kernels compile)
+        if isinstance(route, _Counted):
+            route.count()
+        return aten_route
+    if getattr(module, "activation", None) not in (None, "relu") and grad_on(x, w, b):
+        return op_route
+    return _on_cast(route, dtype)
+
+
+def _on_cast(route: Route, dtype: torch.dtype) -> Route:
+    """`route` called on the operands cast to `dtype` as autocast casts them (differentiably:
+    the gradient reaches the float32 parameters), its result in `dtype` as torch's."""
+    def call(m, x, w, b):
+        with torch.autocast(x.device.type, enabled=False):  # (the route's torch ops as cast)
+            return route(m, x.to(dtype), w.to(dtype), None if b is None else b.to(dtype))
+    return call
+
+
+def _settled(state: dict, make, x: torch.Tensor, w: torch.Tensor, sig: tuple,
+             aten_route: Route, dtype: torch.dtype | None = None) -> Route | None:
+    """torch's op, memoised for `sig`, where the tuner settled the call's size bucket for torch
+    for good (`_kk_torch_buckets`); else None. `dtype`: the call's (autocast's), where `x` is
+    not cast yet: no copy of the operands is made to find it out."""
+    torch_buckets = state.get("_kk_torch_buckets")
+    if not torch_buckets:
+        return None
+    bkey = _bucket_key(make, x, w, sig[-1], dtype)
+    if bkey not in torch_buckets or torch_buckets[bkey] is not None:
+        return None
+    routes = state.setdefault("_kk_routes", {})
+    if len(routes) >= MAX_ROUTES:
+        routes.pop(next(iter(routes), None), None)
+    routes[sig] = aten_route
+    _remember_aten(state, sig, aten_route)
+    return aten_route
 
 
 # Optional, not `str | None`: TorchScript parses this signature, and not every torch this runs on
@@ -319,11 +369,13 @@ def _config_key(choice) -> str:
     return source if source in ("warming", "model", "default") else "settled"
 
 
-def _bucket_key(make, x: torch.Tensor, weight: torch.Tensor, token: tuple) -> tuple:
+def _bucket_key(make, x: torch.Tensor, weight: torch.Tensor, token: tuple,
+                dtype: torch.dtype | None = None) -> tuple:
     """The size bucket of a call: its input's dims as the tuner buckets them for the layer's
     problem (`make.bucket_dims(x)`, the layer's; else each dim bucketed), its layout (the order
     of its strides, and whether it is contiguous), dtype, device, the weight's shape and strides
-    (a weight swapped for another is another problem) and the knobs `token`."""
+    (a weight swapped for another is another problem) and the knobs `token`; `dtype` for x's
+    (an autocast call's, x not cast yet)."""
     dims = getattr(make, "bucket_dims", None)
     if x.is_contiguous():
         layout = None
@@ -331,7 +383,7 @@ def _bucket_key(make, x: torch.Tensor, weight: torch.Tensor, token: tuple) -> tu
         strides = x.stride()
         layout = tuple(sorted(range(x.dim()), key=lambda i: -strides[i]))
     return (dims(x) if dims is not None else tuple(bucket(d) for d in x.shape), layout,
-            x.dtype, x.device, weight.shape, weight.stride(), token)
+            dtype or x.dtype, x.device, weight.shape, weight.stride(), token)
 
 
 def _trial_for(state: dict, kernel: Route, aten: Route, share: tuple, work: int) -> InContext:
@@ -478,10 +530,14 @@ class _Counted:
         return getattr(self.route, name)
 
     def __call__(self, m, x, w, b):
+        self.count()
+        return self.route(m, x, w, b)
+
+    def count(self) -> None:
+        """One call of the route (an autocast call runs torch's op itself: `autocast_route`)."""
         self.left -= 1
         if self.left <= 0:
             self.routes.pop(self.sig, None)
-        return self.route(m, x, w, b)
 
 
 # A layer leaves torch's own op for a kernelkit kernel only when the tuner measured the kernel at

@@ -156,7 +156,8 @@ def test_under_autocast_a_size_torch_won_runs_torchs_own_op(winner, monkeypatch)
     dispatch): a patched encoder under bfloat16 autocast ran 1.62x torch where torch had won
     every size. Where the tuner chose torch for the call in the autocast dtype, the layer now
     calls torch's op (whose autocast casts as torch's layer's would); where a kernel won, the
-    registered op."""
+    kernel route on the operands cast (not the registered op: its trial and recheck count go
+    on, `test_under_autocast_a_kernel_route_is_tried_in_the_model_and_rechecked`)."""
     from kernelkit import core
     from kernelkit.nn import linear
     from kernelkit.ops import dispatch
@@ -188,4 +189,76 @@ def test_under_autocast_a_size_torch_won_runs_torchs_own_op(winner, monkeypatch)
     if winner == "torch-cpu":
         assert len(asked) == 1 and through_op == []  # once; torch's own op on every call
     else:
-        assert len(through_op) == 3  # (the op asks the tuner for its own plan too)
+        assert through_op == []  # (the route's autograd Function asks for its own plan)
+        assert "numba-cpu" in str(knn.where(layer))
+
+
+def test_under_autocast_a_kernel_route_is_tried_in_the_model_and_rechecked(monkeypatch):
+    """Under autocast a layer whose tuner chose a kernel ran the registered op, never its route:
+    the route's in-model trial against torch never advanced (`kernelkit.nn.pending()` never
+    reached 0, and the README's "call until pending() is 0" looped for good), and a choice the
+    tuner revisits after some calls was never asked again (a user hunt)."""
+    from kernelkit import core
+    from kernelkit.nn import _route
+    from kernelkit.ops import dispatch
+
+    asked = []
+    recheck = [0]
+
+    def choice_for(call, settings=None):
+        asked.append(call.problem.dtype)
+        cand = core.get("matmul", "numba-cpu")
+        return core.Choice("numba-cpu", cand.space(call.problem)[0], "measured",
+                           recheck_after=recheck[0])
+
+    monkeypatch.setattr(dispatch, "choice_for", choice_for)
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.Linear(16, 8))
+    knn.patch(layer)
+    x = torch.randn(5, 16)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        layer(x)
+        assert knn.pending(layer) == 1
+        for _ in range(4 * _route.TRIAL_CALLS):
+            y = layer(x)
+        assert knn.pending(layer) == 0 and y.dtype == torch.bfloat16
+        torch.testing.assert_close(y.float(), torch.nn.functional.linear(
+            x.bfloat16(), layer[0].weight.bfloat16(), layer[0].bias.bfloat16()).float())
+    _route.drop_routes(layer[0].__dict__)
+    recheck[0], asked[:] = 3, []
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        for _ in range(7):
+            layer(x)
+    assert len(asked) >= 2  # (asked again once the 3 calls were used)
+
+
+def test_under_autocast_a_layer_fed_more_sizes_than_its_routes_finds_torchs_op(monkeypatch):
+    """Under autocast a route was looked up among the layer's last MAX_ROUTES (64) routes only,
+    never among the sizes settled for torch: a layer fed more lengths than that (a transformer's
+    sequence lengths) made a route on every call again, each from a cast copy of the whole
+    weight, 2.5-3.6x torch's time for good (a user hunt: Linear(2048, 8192), 149 lengths)."""
+    from kernelkit import core
+    from kernelkit.nn import _route
+    from kernelkit.ops import dispatch
+
+    def choice_for(call, settings=None):
+        cand = core.get("matmul", "torch-cpu")
+        return core.Choice("torch-cpu", cand.space(call.problem)[0], "measured")
+
+    monkeypatch.setattr(dispatch, "choice_for", choice_for)
+    made = []
+    real = _route._new_route
+    monkeypatch.setattr(_route, "_new_route", lambda *a: made.append(1) or real(*a))
+    layer = nn.Sequential(nn.Linear(16, 8))
+    ref = copy.deepcopy(layer)
+    knn.patch(layer)
+    xs = [torch.randn(1, t, 16) for t in range(1, _route.MAX_ROUTES + 40)]
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        for x in xs:
+            layer(x)
+        first = len(made)
+        for x in xs:
+            y = layer(x)
+            assert y.dtype == torch.bfloat16
+            torch.testing.assert_close(y, ref(x), rtol=0, atol=0)
+    assert len(made) == first  # (no route made again, no weight cast for it)
