@@ -1,7 +1,8 @@
 """A patched nn.Linear(64, 64) and its unpatched twin fed NLP-style inputs: 2000 inputs (L, 64)
 with L random in 1..512 (`--max-length`; a new length on most calls), no grad, one thread. One
 untimed pass after the compile jobs finished, then 7 alternated passes each; prints the medians
-per call, and the median of the passes' differences.
+per call, and the median of the passes' differences. `--autocast`: every call under bfloat16
+autocast; `--features IN OUT`: the layer's size.
 
 Before/after a change, alternate two checkouts (the numbers in docs/performance.md, "Zen 4,
 fifteenth session"):
@@ -32,15 +33,18 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=512, help="lengths L random in 1..this")
     p.add_argument("--inputs", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--features", type=int, nargs=2, default=(64, 64), metavar=("IN", "OUT"))
+    p.add_argument("--autocast", action="store_true", help="under bfloat16 autocast")
     args = p.parse_args()
     torch.manual_seed(0)
     random.seed(0)
     torch.set_num_threads(1)
-    layer = torch.nn.Linear(64, 64)
+    k, n = args.features
+    layer = torch.nn.Linear(k, n)
     ref = copy.deepcopy(layer)
     knn.patch(layer)
-    xs = [torch.randn(random.randint(1, args.max_length), 64) for _ in range(args.inputs)]
-    with torch.no_grad():
+    xs = [torch.randn(random.randint(1, args.max_length), k) for _ in range(args.inputs)]
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=args.autocast):
         layer(xs[0])
         compiling.wait()
         for x in xs:
