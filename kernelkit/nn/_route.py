@@ -39,6 +39,7 @@ from .. import settings as _settings
 from ..autotune.key import bucket
 from ..ops import dispatch
 from ..ops.compiled import transforms_active
+from ..ops.torch_ops import cast_copies
 
 # (module, x, weight, bias) -> y; never closes over the module (a deepcopy's routes act on the copy)
 Route = Callable[[Any, torch.Tensor, torch.Tensor, Any], torch.Tensor]
@@ -49,6 +50,27 @@ MAX_ROUTES = 64  # per module; the first made dropped rather than grown by many 
 # per call; cleared, not grown, past this.
 MAX_ATEN_SIGS = 1024
 _NO_SIGS: dict = {}
+
+
+class _Memo(dict):
+    """A layer's memo of routes, trials or settled sizes: copied and pickled empty. `getstate`
+    leaves the memos out of a layer's copies, but torch's parametrize gives a parametrized layer
+    a `__deepcopy__` of its own, which deep-copies `__dict__` as it is: the copy shared the
+    original's route objects (closures over the original's bound kernels and trials), and a
+    counted route, copied without its `__init__`, recursed in `__getattr__` until RecursionError
+    (`copy.deepcopy`, `AveragedModel`, `prepare_fx` of a patched layer that had run and was then
+    given spectral_norm or orthogonal: a user hunt)."""
+
+    __slots__ = ()
+
+    def __deepcopy__(self, memo) -> _Memo:
+        return _Memo()
+
+    def __copy__(self) -> _Memo:
+        return _Memo()
+
+    def __reduce__(self):
+        return _Memo, ()
 
 
 # what `forward` checks of dispatch.torch_only, bound once
@@ -215,8 +237,11 @@ def _on_cast(route: Route, dtype: torch.dtype) -> Route:
     """`route` called on the operands cast to `dtype` as autocast casts them (differentiably:
     the gradient reaches the float32 parameters), its result in `dtype` as torch's."""
     def call(m, x, w, b):
-        with torch.autocast(x.device.type, enabled=False):  # (the route's torch ops as cast)
-            return route(m, x.to(dtype), w.to(dtype), None if b is None else b.to(dtype))
+        args = (x, w, b)
+        cast = [None if t is None else t.to(dtype) for t in args]
+        # (the route's torch ops as cast; the weight's copy not kept packed: a new one each call)
+        with torch.autocast(x.device.type, enabled=False), cast_copies(cast, args):
+            return route(m, *cast)
     return call
 
 
@@ -231,7 +256,7 @@ def _settled(state: dict, make, x: torch.Tensor, w: torch.Tensor, sig: tuple,
     bkey = _bucket_key(make, x, w, sig[-1], dtype)
     if bkey not in torch_buckets or torch_buckets[bkey] is not None:
         return None
-    routes = state.setdefault("_kk_routes", {})
+    routes = state.setdefault("_kk_routes", _Memo())
     if len(routes) >= MAX_ROUTES:
         routes.pop(next(iter(routes), None), None)
     routes[sig] = aten_route
@@ -296,13 +321,13 @@ def _new_route(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, b
     1-512 ran 634 us a call against torch's 62 (2-vCPU Zen 4)."""
     state = module.__dict__
     # plain attributes: not in state_dict, and dropped by pickle/deepcopy (getstate below)
-    routes = state.setdefault("_kk_routes", {})
+    routes = state.setdefault("_kk_routes", _Memo())
     if len(routes) >= MAX_ROUTES:
         # the first made (a hit does not reorder: that would cost every call a write); pop, not
         # del: threads calling one layer with new sizes may both get here for one key
         routes.pop(next(iter(routes), None), None)
     bkey = _bucket_key(make, x, weight, sig[-1])
-    torch_buckets = state.setdefault("_kk_torch_buckets", {})
+    torch_buckets = state.setdefault("_kk_torch_buckets", _Memo())
     finished = compiling.finished
     until = torch_buckets.get(bkey, _MISSING)  # None: for good; else while no compile job
     if until is not _MISSING:  # finished since
@@ -354,7 +379,7 @@ def _remember_aten(state: dict, sig: tuple, aten_route: Route) -> None:
     after its routes): past MAX_ROUTES sizes each new call made a route again. A patched
     Linear(64, 64) fed lengths 1..200 cost 3.1-3.3 us over torch's call that way, 1.5-1.6 us
     now (`bench/probes/nn_varying_lengths_probe.py --max-length 200`, 2-vCPU Zen 4)."""
-    sigs = state.setdefault("_kk_aten_sigs", {})
+    sigs = state.setdefault("_kk_aten_sigs", _Memo())
     if len(sigs) >= MAX_ATEN_SIGS:
         sigs.clear()
     sigs[sig] = aten_route
@@ -394,7 +419,7 @@ def _trial_for(state: dict, kernel: Route, aten: Route, share: tuple, work: int)
     calls on the slower route and every other layer held on torch's op by the
     one-trial-at-a-time slot."""
     key = (share, kernel.candidate)  # (share: the bucket key and the choice's `_config_key`)
-    trials = state.setdefault("_kk_trials", {})
+    trials = state.setdefault("_kk_trials", _Memo())
     lead = trials.get(key)
     if lead is None and len(trials) >= MAX_ROUTES:
         trials.clear()
@@ -527,6 +552,8 @@ class _Counted:
         self.route, self.left, self.routes, self.sig = route, left, routes, sig
 
     def __getattr__(self, name: str):  # `candidate`, for describe() and compiled()
+        if name in self.__slots__ or name.startswith("__"):  # (unset: a copy made without
+            raise AttributeError(name)  # __init__; a protocol method: no recursion)
         return getattr(self.route, name)
 
     def __call__(self, m, x, w, b):

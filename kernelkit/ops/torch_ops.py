@@ -31,6 +31,7 @@ kernelkit never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -185,20 +186,9 @@ def _register_autocast(qualname: str) -> None:
             cast = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point()
                     and a.dtype != torch.float64 and a.device.type == _device else a
                     for a in args]
-            # the memory of this call's cast copies: a weight there is not kept packed (the
-            # input's copy does not stop a bfloat16 model's own weights from being kept)
-            # (plain tensors only: under torch.compile and export the args are FakeTensors,
-            # whose data_ptr raises, and nothing runs a kernel on them)
-            copies = frozenset(c.data_ptr() for c, a in zip(cast, args)
-                               if c is not a and type(c) is torch.Tensor and not c.is_meta)
-            local = threads.LOCAL
-            before = getattr(local, "cast_copies", frozenset())
-            local.cast_copies = before | copies
-            try:
-                with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(_key)):
-                    return overload(*cast)
-            finally:
-                local.cast_copies = before
+            with cast_copies(cast, args), \
+                    torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(_key)):
+                return overload(*cast)
 
         # the Python dispatcher (used while tracing) and the C++ dispatcher (eager)
         if overload.has_kernel_for_dispatch_key(key):
@@ -764,6 +754,27 @@ def _legacy_batched(t) -> bool:
 
     check = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
     return check is not None and check(t)
+
+
+@contextlib.contextmanager
+def cast_copies(cast, args):
+    """While the block runs, the memory of the copies an autocast call cast (`cast[i]` of
+    `args[i]`) is marked in `threads.LOCAL.cast_copies`: a weight there is not kept packed
+    (`kernels.numba._packs.owner`: each call casts anew; kept, every copy was packed and held).
+    The input's copy does not stop a bfloat16 model's own weights from being kept. (Plain
+    tensors only: under torch.compile and export the args are FakeTensors, whose data_ptr
+    raises, and nothing runs a kernel on them.)"""
+    import torch
+
+    copies = frozenset(c.data_ptr() for c, a in zip(cast, args)
+                       if c is not a and type(c) is torch.Tensor and not c.is_meta)
+    local = threads.LOCAL
+    before = getattr(local, "cast_copies", frozenset())
+    local.cast_copies = before | copies
+    try:
+        yield
+    finally:
+        local.cast_copies = before
 
 
 @functools.cache

@@ -267,3 +267,36 @@ def test_a_nested_tensor_into_a_patched_linear_runs_torchs_op():
             torch.testing.assert_close(got, want, **TOL)
         with torch.autocast("cpu", torch.bfloat16):
             assert [t.shape for t in m(nt).unbind()] == [t.shape for t in ref(nt).unbind()]
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "averaged_model"])
+def test_a_layer_that_ran_and_was_then_parametrized_copies(how, monkeypatch):
+    """torch's parametrize gives a parametrized layer a `__deepcopy__` that copies `__dict__` as
+    it is, past the layer's own copy rule: the copy shared the original's routes, and a counted
+    route (a choice the tuner revisits) recursed in `__getattr__` until RecursionError, in
+    `copy.deepcopy`, `AveragedModel` (EMA, SWA) and `prepare_fx` (a user hunt). The memos copy
+    empty: the copy decides its own routes."""
+    from torch.nn.utils import parametrizations
+    from torch.optim.swa_utils import AveragedModel
+
+    from kernelkit import core
+    from kernelkit.ops import dispatch
+
+    def choice_for(call, settings=None):  # a choice asked again after 5 calls: a counted route
+        cand = core.get(call.problem.op, "torch-cpu")
+        return core.Choice("torch-cpu", cand.space(call.problem)[0], "model", recheck_after=5)
+
+    monkeypatch.setattr(dispatch, "choice_for", choice_for)
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    patch(m)
+    x = torch.randn(8, 16)
+    with torch.no_grad():
+        m(x)
+    assert any(type(r).__name__ == "_Counted" for r in m[2].__dict__["_kk_routes"].values())
+    parametrizations.orthogonal(m[2])
+    parametrizations.spectral_norm(m[0])
+    copied = copy.deepcopy(m) if how == "deepcopy" else AveragedModel(m).module
+    assert not copied[2].__dict__.get("_kk_routes")
+    with torch.no_grad():
+        torch.testing.assert_close(copied(x), m(x), rtol=0, atol=0)
