@@ -137,7 +137,22 @@ def forward(module: torch.nn.Module, x: torch.Tensor, aten_route: Route, op_rout
     AD, a TorchDispatchMode: `dispatch.torch_only`), and with grad inside saved-tensor hooks
     (checkpointing, save_on_cpu); under autocast the cast signature's route (`autocast_route`);
     else eager (the memoised route)."""
-    w, b = weight_and_bias(module)
+    params = module._parameters  # (weight_and_bias, inline: the plain parameters' case)
+    w, b = params.get("weight"), params.get("bias", _MISSING)
+    if w is None or b is _MISSING:
+        w, b = module.weight, module.bias
+        if w is not None and type(w) is _TENSOR:
+            # a weight a parametrization or a pruning hook makes anew for each call: under
+            # `kernelkit.frozen_weights()` each call's was packed and kept, never to be used
+            # again, with the tensor it came from (a pruned 2-conv model: 256 MB of packs and
+            # 1.07 GB peak against 485 MB; a user hunt): marked as a copy, it is not kept
+            with cast_copies((w,), (None,)):
+                return _forward(module, x, w, b, aten_route, op_route, make)
+    return _forward(module, x, w, b, aten_route, op_route, make)
+
+
+def _forward(module: torch.nn.Module, x: torch.Tensor, w: torch.Tensor, b, aten_route: Route,
+             op_route: Route, make) -> torch.Tensor:
     if torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None:
         if transforms_active():  # torch.compile(torch.func.grad(...)): torch's op, as in eager
             return aten_route(module, x, w, b)

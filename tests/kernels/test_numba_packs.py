@@ -241,6 +241,30 @@ def test_the_copies_an_autocast_region_casts_are_not_kept():
     assert not _packs._ENTRIES
 
 
+@pytest.mark.parametrize("how", ["prune", "weight_norm"])
+def test_a_weight_made_anew_each_call_is_not_kept(how):
+    """A pruned or parametrized layer's weight is a new tensor each call: each call's was packed
+    and kept with it, never used again (300 calls of a pruned 2-conv model: 111 packs, the 256
+    MB cap, 1.07 GB peak against 485 MB; a user hunt). The layer's own parameters are kept."""
+    from torch.nn.utils import parametrizations, prune
+
+    conv = kernelkit.nn.patch(torch.nn.Conv2d(24, 40, 3, padding=1)).model
+    plain = kernelkit.nn.patch(torch.nn.Conv2d(24, 40, 3, padding=1)).model
+    if how == "prune":
+        prune.l1_unstructured(conv, "weight", amount=0.3)
+    else:
+        parametrizations.weight_norm(conv)
+    x = torch.randn(1, 24, 28, 28)
+    with torch.no_grad(), kernelkit.use(backend="numba"):
+        for _ in range(4):
+            y = conv(x)
+        torch.testing.assert_close(y, F.conv2d(x, conv.weight, conv.bias, padding=1),
+                                   rtol=1e-4, atol=1e-4)
+        assert not _packs._ENTRIES
+        plain(x)
+        assert len(_packs._ENTRIES) == 1
+
+
 def test_a_bfloat16_models_own_weights_are_kept_under_autocast():
     """Only the copies autocast casts are left out: a bfloat16 model's input cast from float32
     kept its own weights from being kept too."""
