@@ -103,7 +103,8 @@ def forget_routes(module: torch.nn.Module, name: str, made_from: frozenset) -> N
 # layers name them in `__jit_ignored_attributes__`: torch.jit.script types every attribute of a
 # module, and a memo keyed by tuples made it raise "Cannot create dict for key type" on a layer
 # that had run once (the usual order: evaluate, then script for deployment).
-ROUTE_STATE = ("_kk_routes", "_kk_trials", "_kk_torch_buckets", "_kk_aten_sigs", "_kk_aten_token")
+ROUTE_STATE = ("_kk_routes", "_kk_trials", "_kk_torch_buckets", "_kk_aten_sigs", "_kk_aten_token",
+               "_kk_casts")
 STATE = [*ROUTE_STATE, "_kk_aten_only", "_kk_aten_only_grad"]
 
 
@@ -133,7 +134,8 @@ def forward(module: torch.nn.Module, x: torch.Tensor, aten_route: Route, op_rout
     w, b = params.get("weight"), params.get("bias", _MISSING)
     if w is None or b is _MISSING:
         w, b = module.weight, module.bias
-        if w is not None and type(w) is _TENSOR:
+        if w is not None and type(w) is _TENSOR and (
+                module._forward_pre_hooks or _parametrized(module, "weight")):
             # a weight a parametrization or a pruning hook makes anew for each call: under
             # `kernelkit.frozen_weights()` each call's was packed and kept, never to be used
             # again, with the tensor it came from (a pruned 2-conv model: 256 MB of packs and
@@ -141,6 +143,12 @@ def forward(module: torch.nn.Module, x: torch.Tensor, aten_route: Route, op_rout
             with cast_copies((w,), (None,)):
                 return _forward(module, x, w, b, aten_route, op_route, make)
     return _forward(module, x, w, b, aten_route, op_route, make)
+
+
+def _parametrized(module: torch.nn.Module, name: str) -> bool:
+    """`module.name` comes from a parametrization (torch.nn.utils.parametrize)."""
+    params = module._modules.get("parametrizations")
+    return params is not None and name in params
 
 
 def _forward(module: torch.nn.Module, x: torch.Tensor, w: torch.Tensor, b, aten_route: Route,
@@ -231,25 +239,57 @@ def autocast_route(module: torch.nn.Module, x: torch.Tensor, w: torch.Tensor, b,
         _note_aten_only(state, sig[-1])
     if route is aten_route:
         return aten_route
-    if not hasattr(route, "candidate"):  # (torch's op, counted or while kernels compile)
+    grad = grad_on(x, w, b)
+    trial = _trial_of(route)
+    # torch's op where it runs this call: a route without a kernel (counted, or while kernels
+    # compile), or a trial this grad mode decided for torch (`candidate` asks any mode: a
+    # layer whose inference went to torch first never ran its training trial, and one whose
+    # training went to the kernel cast its weight on every inference call for torch's op)
+    if (trial.decided(grad) is trial.aten) if trial is not None \
+            else not hasattr(route, "candidate"):
         if isinstance(route, _Counted):
             route.count()
         return aten_route
-    if getattr(module, "activation", None) not in (None, "relu") and grad_on(x, w, b):
+    if getattr(module, "activation", None) not in (None, "relu") and grad:
         return op_route
     return _on_cast(route, dtype)
 
 
 def _on_cast(route: Route, dtype: torch.dtype) -> Route:
     """`route` called on the operands cast to `dtype` as autocast casts them (differentiably:
-    the gradient reaches the float32 parameters), its result in `dtype` as torch's."""
+    the gradient reaches the float32 parameters), its result in `dtype` as torch's. Without
+    grad the weight's and bias's casts are kept on the layer while they are unchanged
+    (`_cast_params`), as torch's autocast keeps its own weight casts: cast on every call, a
+    Linear(2048, 2048)'s weight cost 0.4 ms, more than torch's whole call (a review)."""
     def call(m, x, w, b):
         args = (x, w, b)
-        cast = [None if t is None else t.to(dtype) for t in args]
-        # (the route's torch ops as cast; the weight's copy not kept packed: a new one each call)
+        xc = x.to(dtype)
+        wc, bc = _cast_params(m, w, b, dtype) if not torch.is_grad_enabled() \
+            else (w.to(dtype), None if b is None else b.to(dtype))
+        cast = (xc, wc, bc)
+        # (the route's torch ops as cast; the copies not kept packed: `cast_copies`)
         with torch.autocast(x.device.type, enabled=False), cast_copies(cast, args):
             return route(m, *cast)
     return call
+
+
+def _cast_params(m, w: torch.Tensor, b, dtype: torch.dtype) -> tuple:
+    """The layer's weight and bias cast to `dtype` for a call without grad: kept in the layer's
+    `_kk_casts` while the same tensors are at the same versions (an optimizer step, `copy_`
+    or a swap makes new ones), per dtype and inference mode (an inference tensor cannot enter
+    a later call outside inference mode)."""
+    if w.dtype == dtype and (b is None or b.dtype == dtype):  # (a model of that dtype: its
+        return w, b  # own weights, which frozen_weights() may keep packed)
+    inference = torch.is_inference_mode_enabled()
+    casts = m.__dict__.setdefault("_kk_casts", _Memo())
+    key = (dtype, inference)
+    held = casts.get(key)
+    if held is not None and held[0] is w and held[1] is b and held[2] == w._version \
+            and (b is None or held[3] == b._version):
+        return held[4], held[5]
+    wc, bc = w.detach().to(dtype), None if b is None else b.detach().to(dtype)
+    casts[key] = (w, b, w._version, None if b is None else b._version, wc, bc)
+    return wc, bc
 
 
 def _settled(state: dict, make, x: torch.Tensor, w: torch.Tensor, sig: tuple,
@@ -260,7 +300,15 @@ def _settled(state: dict, make, x: torch.Tensor, w: torch.Tensor, sig: tuple,
     torch_buckets = state.get("_kk_torch_buckets")
     if not torch_buckets:
         return None
-    bkey = _bucket_key(make, x, w, sig[-1], dtype)
+    if dtype is not None and not (x.is_contiguous() and w.is_contiguous()):
+        # the key `_new_route` made from the cast copies, which `.to` makes contiguous where
+        # the operand is not dense (a slice): no key of x itself matched (a review). Meta
+        # stand-ins take `.to`'s strides (empty_like's rule is its: dense strides are kept)
+        device = x.device
+        x, w = (torch.empty_like(t, dtype=dtype, device="meta") for t in (x, w))
+        bkey = _bucket_key(make, x, w, sig[-1], dtype, device)
+    else:
+        bkey = _bucket_key(make, x, w, sig[-1], dtype)
     if bkey not in torch_buckets or torch_buckets[bkey] is not None:
         return None
     routes = state.setdefault("_kk_routes", _Memo())
@@ -402,12 +450,12 @@ def _config_key(choice) -> str:
 
 
 def _bucket_key(make, x: torch.Tensor, weight: torch.Tensor, token: tuple,
-                dtype: torch.dtype | None = None) -> tuple:
+                dtype: torch.dtype | None = None, device: torch.device | None = None) -> tuple:
     """The size bucket of a call: its input's dims as the tuner buckets them for the layer's
     problem (`make.bucket_dims(x)`, the layer's; else each dim bucketed), its layout (the order
     of its strides, and whether it is contiguous), dtype, device, the weight's shape and strides
     (a weight swapped for another is another problem) and the knobs `token`; `dtype` for x's
-    (an autocast call's, x not cast yet)."""
+    (an autocast call's, x not cast yet), `device` for x's (meta stand-ins of the cast copies)."""
     dims = getattr(make, "bucket_dims", None)
     if x.is_contiguous():
         layout = None
@@ -415,7 +463,7 @@ def _bucket_key(make, x: torch.Tensor, weight: torch.Tensor, token: tuple,
         strides = x.stride()
         layout = tuple(sorted(range(x.dim()), key=lambda i: -strides[i]))
     return (dims(x) if dims is not None else tuple(bucket(d) for d in x.shape), layout,
-            dtype or x.dtype, x.device, weight.shape, weight.stride(), token)
+            dtype or x.dtype, device or x.device, weight.shape, weight.stride(), token)
 
 
 def _trial_for(state: dict, kernel: Route, aten: Route, share: tuple, work: int) -> InContext:

@@ -265,6 +265,21 @@ def test_a_weight_made_anew_each_call_is_not_kept(how):
         assert len(_packs._ENTRIES) == 1
 
 
+def test_a_weight_that_is_the_same_tensor_each_call_is_kept_outside_parameters():
+    """Only a weight a parametrization or a forward pre-hook makes is left out: one registered
+    as a buffer, or set as a plain attribute, is the same tensor every call (a review: the
+    first version of that rule left these out too)."""
+    conv = kernelkit.nn.patch(torch.nn.Conv2d(24, 40, 3, padding=1)).model
+    w = conv.weight.detach().clone()
+    del conv.weight
+    conv.register_buffer("weight", w)
+    x = torch.randn(1, 24, 28, 28)
+    with torch.no_grad(), kernelkit.use(backend="numba"):
+        for _ in range(3):
+            conv(x)
+    assert len(_packs._ENTRIES) == 1
+
+
 def test_a_bfloat16_models_own_weights_are_kept_under_autocast():
     """Only the copies autocast casts are left out: a bfloat16 model's input cast from float32
     kept its own weights from being kept too."""
