@@ -237,15 +237,9 @@ def test_under_autocast_a_layer_fed_more_sizes_than_its_routes_finds_torchs_op(m
     never among the sizes settled for torch: a layer fed more lengths than that (a transformer's
     sequence lengths) made a route on every call again, each from a cast copy of the whole
     weight, 2.5-3.6x torch's time for good (a user hunt: Linear(2048, 8192), 149 lengths)."""
-    from kernelkit import core
     from kernelkit.nn import _route
-    from kernelkit.ops import dispatch
 
-    def choice_for(call, settings=None):
-        cand = core.get("matmul", "torch-cpu")
-        return core.Choice("torch-cpu", cand.space(call.problem)[0], "measured")
-
-    monkeypatch.setattr(dispatch, "choice_for", choice_for)
+    _force_choice(monkeypatch, "torch-cpu", "measured")
     made = []
     real = _route._new_route
     monkeypatch.setattr(_route, "_new_route", lambda *a: made.append(1) or real(*a))
@@ -267,15 +261,9 @@ def test_under_autocast_a_layer_fed_more_sizes_than_its_routes_finds_torchs_op(m
 def test_under_autocast_each_grad_mode_runs_its_own_trial(monkeypatch):
     """A trial whose inference went to torch first made every later autocast call take torch's
     op, so the training trial never ran and `pending(grad=True)` stayed 1 (a review)."""
-    from kernelkit import core
     from kernelkit.nn import _route
-    from kernelkit.ops import dispatch
 
-    def choice_for(call, settings=None):
-        cand = core.get(call.problem.op, "numba-cpu")
-        return core.Choice("numba-cpu", cand.space(call.problem)[0], "measured")
-
-    monkeypatch.setattr(dispatch, "choice_for", choice_for)
+    _force_choice(monkeypatch, "numba-cpu", "measured")
     monkeypatch.setattr(_route, "TRIAL_MARGIN", 1e9)  # (inference: the kernel cannot win)
     layer = knn.patch(nn.Sequential(nn.Linear(64, 64))).model
     x = torch.randn(8, 64)
@@ -295,15 +283,9 @@ def test_under_autocast_a_new_size_of_a_settled_bucket_casts_nothing(kind, monke
     """A new size whose size bucket the tuner settled for torch takes torch's op without a
     route made from cast copies of the weight, a sliced input too (its cast copy is contiguous:
     the bucket was keyed on that, and no key of the slice matched; a review)."""
-    from kernelkit import core
     from kernelkit.nn import _route
-    from kernelkit.ops import dispatch
 
-    def choice_for(call, settings=None):
-        cand = core.get("matmul", "torch-cpu")
-        return core.Choice("torch-cpu", cand.space(call.problem)[0], "measured")
-
-    monkeypatch.setattr(dispatch, "choice_for", choice_for)
+    _force_choice(monkeypatch, "torch-cpu", "measured")
     made = []
     real = _route._new_route
     monkeypatch.setattr(_route, "_new_route", lambda *a: made.append(1) or real(*a))
@@ -323,14 +305,8 @@ def test_under_autocast_a_kernel_route_casts_the_weight_once_while_it_is_unchang
     its cast: a Linear(2048, 2048) paid 0.4 ms a call, more than torch's whole call, and its
     in-model trial (timed on cast operands) could not see it (a review). The cast is kept while
     the weight is unchanged; changed in place, it is cast again."""
-    from kernelkit import core
-    from kernelkit.ops import dispatch
 
-    def choice_for(call, settings=None):
-        cand = core.get(call.problem.op, "numba-cpu")
-        return core.Choice("numba-cpu", cand.space(call.problem)[0], "forced")
-
-    monkeypatch.setattr(dispatch, "choice_for", choice_for)
+    _force_choice(monkeypatch, "numba-cpu", "forced")
     layer = knn.patch(nn.Sequential(nn.Linear(32, 16))).model
     x = torch.randn(4, 32)
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
@@ -344,3 +320,15 @@ def test_under_autocast_a_kernel_route_casts_the_weight_once_while_it_is_unchang
     want = torch.nn.functional.linear(x.bfloat16(), layer[0].weight.bfloat16(),
                                       layer[0].bias.bfloat16())
     torch.testing.assert_close(y, want, rtol=0.02, atol=0.05)
+
+
+def _force_choice(monkeypatch, candidate: str, source: str) -> None:
+    """The tuner's choice for every call made `candidate` (its first config), from `source`."""
+    from kernelkit import core
+    from kernelkit.ops import dispatch
+
+    def choice_for(call, settings=None):
+        cand = core.get(call.problem.op, candidate)
+        return core.Choice(candidate, cand.space(call.problem)[0], source)
+
+    monkeypatch.setattr(dispatch, "choice_for", choice_for)
