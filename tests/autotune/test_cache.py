@@ -806,6 +806,33 @@ def test_writers_through_two_links_to_one_file_share_its_lock(tmp_path, monkeypa
     assert (links[0] / FILENAME).is_symlink() and (links[1] / FILENAME).is_symlink()
 
 
+def test_reading_the_file_leaves_pythons_collector_as_it_found_it(tmp_path, monkeypatch):
+    """The read pauses the cyclic collector (its passes were most of a large file's read): it is
+    on again afterwards, after a read that raised too, and stays off where the program had
+    turned it off."""
+    import gc
+
+    Cache(tmp_path).put("k", entry())
+    assert gc.isenabled()
+    seen = []
+    real = json.loads
+    monkeypatch.setattr(json, "loads", lambda *a, **k: seen.append(gc.isenabled())
+                        or real(*a, **k))
+    assert fresh(tmp_path).get("k") == entry() and seen and not any(seen)
+    assert gc.isenabled()
+    with pytest.raises(OSError):
+        monkeypatch.setattr(json, "loads", lambda *a, **k: (_ for _ in ()).throw(OSError(5)))
+        fresh(tmp_path)._read_lines(tmp_path / FILENAME, strict=True)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        monkeypatch.setattr(json, "loads", real)
+        fresh(tmp_path).records()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_a_size_another_process_measured_meanwhile_is_not_measured_again(tmp_path,
                                                                          monkeypatch):
     from kernelkit.autotune import tuner
