@@ -208,10 +208,7 @@ class Cache:
                     # (RecursionError: a line of deeply nested brackets)
                     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
                         bad += whole or not start  # (a refresh: may be a write in progress)
-                # the mark: the file's last bytes before `end` (not the last line's alone: a
-                # short or blank last line would make a weak check of the file's identity)
-                mark = _Mark(end, _bytes_at(f, max(0, end - _MARK_BYTES),
-                                            min(end, _MARK_BYTES))) if end else _Mark()
+                mark = _mark_at(f, end)
         except (FileNotFoundError, NotADirectoryError):  # nothing cached there (yet)
             if not start:
                 self._other_schema = []
@@ -334,8 +331,7 @@ class Cache:
             return False
         try:
             with open(self.path, "rb") as f:
-                f.seek(end - len(tail))
-                return f.read(len(tail)) == tail
+                return _bytes_at(f, end - len(tail), len(tail)) == tail
         except OSError:
             return False
 
@@ -482,7 +478,7 @@ class Cache:
                 else:  # (nobody else wrote since: this append is no news)
                     self._seen = self._stat()
                     if self._seen is not None:
-                        self._mark = _Mark(self._seen[1], _last_bytes(self.path, self._seen[1]))
+                        self._mark = _mark_of(self.path, self._seen[1])
                 live = len(self._records or ()) + len(self._other_schema)
                 if (self._records is not None and self._compactable
                         and self._lines > COMPACT_WHEN * max(live, 16)):
@@ -586,8 +582,7 @@ class Cache:
         self._lines = len(records) + len(fps) + len(self._other_schema)
         self._reread = 0
         self._seen = self._stat()  # (under the caller's lock: what it holds is the file)
-        self._mark = _Mark(self._seen[1], _last_bytes(self.path, self._seen[1])) \
-            if self._seen else _Mark()
+        self._mark = _mark_of(self.path, self._seen[1]) if self._seen else _Mark()
 
     def clear(self) -> None:
         """Forget this machine's entries (other machines' entries stay in the file)."""
@@ -625,13 +620,21 @@ def _bytes_at(f, offset: int, n: int) -> bytes:
     return f.read(n)
 
 
-def _last_bytes(path: Path, size: int) -> bytes:
-    """The bytes of the file before offset `size`, at most _MARK_BYTES (a `_Mark`'s tail)."""
+def _mark_at(f, end: int) -> _Mark:
+    """The mark of a read or write of the open file `f` that stopped at `end`: the file's last
+    bytes before it, at most _MARK_BYTES (not the last line's alone: a short or blank last line
+    would make a weak check of the file's identity)."""
+    return _Mark(end, _bytes_at(f, max(0, end - _MARK_BYTES), min(end, _MARK_BYTES))) \
+        if end else _Mark()
+
+
+def _mark_of(path: Path, end: int) -> _Mark:
+    """`_mark_at` of the file at `path` (an empty mark where it cannot be read)."""
     try:
         with open(path, "rb") as f:
-            return _bytes_at(f, max(0, size - _MARK_BYTES), min(size, _MARK_BYTES))
+            return _mark_at(f, end)
     except OSError:
-        return b""
+        return _Mark()
 
 
 def read_json(path: str | os.PathLike, text: str | None = None) -> Any:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 import torch
+from torch.nn.utils import parametrize
 
 from .. import compiling, core
 from .. import settings as _settings
@@ -135,7 +136,7 @@ def forward(module: torch.nn.Module, x: torch.Tensor, aten_route: Route, op_rout
     if w is None or b is _MISSING:
         w, b = module.weight, module.bias
         if w is not None and type(w) is _TENSOR and (
-                module._forward_pre_hooks or _parametrized(module, "weight")):
+                module._forward_pre_hooks or parametrize.is_parametrized(module, "weight")):
             # a weight a parametrization or a pruning hook makes anew for each call: under
             # `kernelkit.frozen_weights()` each call's was packed and kept, never to be used
             # again, with the tensor it came from (a pruned 2-conv model: 256 MB of packs and
@@ -143,12 +144,6 @@ def forward(module: torch.nn.Module, x: torch.Tensor, aten_route: Route, op_rout
             with cast_copies((w,), (None,)):
                 return _forward(module, x, w, b, aten_route, op_route, make)
     return _forward(module, x, w, b, aten_route, op_route, make)
-
-
-def _parametrized(module: torch.nn.Module, name: str) -> bool:
-    """`module.name` comes from a parametrization (torch.nn.utils.parametrize)."""
-    params = module._modules.get("parametrizations")
-    return params is not None and name in params
 
 
 def _forward(module: torch.nn.Module, x: torch.Tensor, w: torch.Tensor, b, aten_route: Route,
@@ -311,12 +306,7 @@ def _settled(state: dict, make, x: torch.Tensor, w: torch.Tensor, sig: tuple,
         bkey = _bucket_key(make, x, w, sig[-1], dtype)
     if bkey not in torch_buckets or torch_buckets[bkey] is not None:
         return None
-    routes = state.setdefault("_kk_routes", _Memo())
-    if len(routes) >= MAX_ROUTES:
-        routes.pop(next(iter(routes), None), None)
-    routes[sig] = aten_route
-    _remember_aten(state, sig, aten_route)
-    return aten_route
+    return _memo_aten(state, _routes_of(state), sig, aten_route)
 
 
 # Optional, not `str | None`: TorchScript parses this signature, and not every torch this runs on
@@ -375,12 +365,7 @@ def _new_route(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, b
     sequence lengths) most calls are a new signature; a patched Linear(64, 64) fed lengths
     1-512 ran 634 us a call against torch's 62 (2-vCPU Zen 4)."""
     state = module.__dict__
-    # plain attributes: not in state_dict, and dropped by pickle/deepcopy (getstate below)
-    routes = state.setdefault("_kk_routes", _Memo())
-    if len(routes) >= MAX_ROUTES:
-        # the first made (a hit does not reorder: that would cost every call a write); pop, not
-        # del: threads calling one layer with new sizes may both get here for one key
-        routes.pop(next(iter(routes), None), None)
+    routes = _routes_of(state)
     bkey = _bucket_key(make, x, weight, sig[-1])
     torch_buckets = state.setdefault("_kk_torch_buckets", _Memo())
     finished = compiling.finished
@@ -388,10 +373,8 @@ def _new_route(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, b
     if until is not _MISSING:  # finished since
         if state.get("_kk_aten_token") != sig[-1]:  # (flags read under other knobs)
             _note_aten_only(state, sig[-1])
-        if until is None:
-            routes[sig] = aten_route  # (an aten route leaves what torch.compile traces as is)
-            _remember_aten(state, sig, aten_route)
-            return aten_route
+        if until is None:  # (an aten route leaves what torch.compile traces as is)
+            return _memo_aten(state, routes, sig, aten_route)
         if until == finished:
             route = routes[sig] = dispatch.Warming(aten_route, finished)
             route.memo, route.sig = routes, sig
@@ -427,6 +410,24 @@ def _new_route(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, b
     routes[sig] = route
     _note_route(state, route, sig[-1])
     return route
+
+
+def _routes_of(state: dict) -> dict:
+    """The layer's memo of routes (plain attributes: not in state_dict, and dropped by pickle
+    and deepcopy, `getstate`), with room for one more: past MAX_ROUTES the first made goes (a
+    hit does not reorder: that would cost every call a write; pop, not del: threads calling one
+    layer with new sizes may both get here for one key)."""
+    routes = state.setdefault("_kk_routes", _Memo())
+    if len(routes) >= MAX_ROUTES:
+        routes.pop(next(iter(routes), None), None)
+    return routes
+
+
+def _memo_aten(state: dict, routes: dict, sig: tuple, aten_route: Route) -> Route:
+    """torch's op memoised for `sig` for good (a size bucket the tuner settled for torch)."""
+    routes[sig] = aten_route
+    _remember_aten(state, sig, aten_route)
+    return aten_route
 
 
 def _remember_aten(state: dict, sig: tuple, aten_route: Route) -> None:
