@@ -36,6 +36,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from .. import compiling, core
+from .. import frozen as _frozen
 from .. import settings as _settings
 from ..autotune.key import bucket
 from ..ops import dispatch
@@ -252,39 +253,62 @@ def autocast_route(module: torch.nn.Module, x: torch.Tensor, w: torch.Tensor, b,
 
 def _on_cast(route: Route, dtype: torch.dtype) -> Route:
     """`route` called on the operands cast to `dtype` as autocast casts them (differentiably:
-    the gradient reaches the float32 parameters), its result in `dtype` as torch's. Without
-    grad the weight's and bias's casts are kept on the layer while they are unchanged
-    (`_cast_params`), as torch's autocast keeps its own weight casts: cast on every call, a
-    Linear(2048, 2048)'s weight cost 0.4 ms, more than torch's whole call (a review)."""
+    the gradient reaches the float32 parameters), its result in `dtype` as torch's.
+
+    The weight's and bias's casts are kept on the layer only inside `frozen_weights()`
+    (`_cast_params`), the user's word that weights change only through torch's own in-place
+    ops; elsewhere they are cast on every call, since an update through ``param.data`` (EMA
+    and older optimizers make them) changes a weight without its version counter, and a kept
+    cast then gave the old weight's result. torch's autocast keeps its casts for one region;
+    a call's own casts are charged to the kernel's side of the layer's in-model trial
+    (`InContext.charge`), which times both routes on operands cast beforehand: uncharged, a
+    Linear(2048, 2048) whose kernel won its trial paid 0.4 ms of cast a call, more than
+    torch's whole call (a review)."""
     def call(m, x, w, b):
         args = (x, w, b)
         xc = x.to(dtype)
-        wc, bc = _cast_params(m, w, b, dtype) if not torch.is_grad_enabled() \
-            else (w.to(dtype), None if b is None else b.to(dtype))
+        t0 = _clock()
+        wc, bc, made = _cast_params(m, w, b, dtype)
+        trial = _trial_of(route) if made else None
         cast = (xc, wc, bc)
         # (the route's torch ops as cast; the copies not kept packed: `cast_copies`)
         with torch.autocast(x.device.type, enabled=False), cast_copies(cast, args):
-            return route(m, *cast)
+            if trial is None:
+                return route(m, *cast)
+            trial.charge = _clock() - t0
+            try:
+                return route(m, *cast)
+            finally:
+                trial.charge = 0.0
     return call
 
 
 def _cast_params(m, w: torch.Tensor, b, dtype: torch.dtype) -> tuple:
-    """The layer's weight and bias cast to `dtype` for a call without grad: kept in the layer's
-    `_kk_casts` while the same tensors are at the same versions (an optimizer step, `copy_`
-    or a swap makes new ones), per dtype and inference mode (an inference tensor cannot enter
-    a later call outside inference mode)."""
+    """(weight, bias, made): the layer's weight and bias cast to `dtype`, and whether this call
+    cast them. Kept in the layer's `_kk_casts` inside `frozen_weights()` and without grad,
+    while the same tensors are at the same versions (an optimizer step, `copy_` or a swap makes
+    new ones) and `forget_packed_weights()` has not been called since, per dtype and inference
+    mode (an inference tensor cannot enter a later call outside inference mode); cast anew on
+    every other call (with grad, differentiably)."""
     if w.dtype == dtype and (b is None or b.dtype == dtype):  # (a model of that dtype: its
-        return w, b  # own weights, which frozen_weights() may keep packed)
+        return w, b, False  # own weights, which frozen_weights() may keep packed)
+    if torch.is_grad_enabled() or not _frozen.weights_frozen():
+        casts = m.__dict__.get("_kk_casts")
+        if casts:  # (kept under frozen_weights(): not past it)
+            casts.clear()
+        return w.to(dtype), None if b is None else b.to(dtype), True
     inference = torch.is_inference_mode_enabled()
     casts = m.__dict__.setdefault("_kk_casts", _Memo())
     key = (dtype, inference)
     held = casts.get(key)
     if held is not None and held[0] is w and held[1] is b and held[2] == w._version \
-            and (b is None or held[3] == b._version):
-        return held[4], held[5]
+            and (b is None or held[3] == b._version) and held[6] == _frozen.generation():
+        return held[4], held[5], False
     wc, bc = w.detach().to(dtype), None if b is None else b.detach().to(dtype)
-    casts[key] = (w, b, w._version, None if b is None else b._version, wc, bc)
-    return wc, bc
+    _frozen.watch_optimizer_steps()  # (a fused step changes no version)
+    casts[key] = (w, b, w._version, None if b is None else b._version, wc, bc,
+                  _frozen.generation())
+    return wc, bc, True
 
 
 def _settled(state: dict, make, x: torch.Tensor, w: torch.Tensor, sig: tuple,
@@ -703,7 +727,7 @@ class InContext:
     """
 
     __slots__ = ("kernel", "aten", "token", "winners", "verdicts", "samples", "final", "lead",
-                 "work")
+                 "work", "charge")
 
     def __init__(self, kernel: Route, aten: Route, token: tuple | None = None,
                  lead: InContext | None = None, work: int = 1):
@@ -720,6 +744,9 @@ class InContext:
         # `_trial_for`); itself where it leads
         self.lead: InContext = lead if lead is not None else self
         self.work = work  # the call's input elements: what its time is scaled by
+        # seconds the caller spent for the kernel on this call, added to its sample: autocast's
+        # casts of the weight and bias, which torch's autocast keeps for a region (`_on_cast`)
+        self.charge = 0.0
 
     @property
     def candidate(self) -> str:
@@ -762,7 +789,7 @@ class InContext:
         sample = [0.0, None if grad else 0.0, lead.work / self.work]
         t0 = _clock()
         y = route(m, x, w, b)
-        sample[0] = _clock() - t0
+        sample[0] = _clock() - t0 + (self.charge if route is self.kernel else 0.0)
         samples.append(sample)
         if grad:
             _clock_backward(y, w, b, sample)

@@ -303,13 +303,16 @@ def test_under_autocast_a_new_size_of_a_settled_bucket_casts_nothing(kind, monke
 def test_under_autocast_a_kernel_route_casts_the_weight_once_while_it_is_unchanged(monkeypatch):
     """Without grad the kernel route cast the weight on every call, where torch's autocast keeps
     its cast: a Linear(2048, 2048) paid 0.4 ms a call, more than torch's whole call, and its
-    in-model trial (timed on cast operands) could not see it (a review). The cast is kept while
-    the weight is unchanged; changed in place, it is cast again."""
+    in-model trial (timed on cast operands) could not see it (a review). Inside
+    `frozen_weights()` the cast is kept while the weight is unchanged; changed in place, it is
+    cast again. (Outside it each call casts, and its trial is charged for it: see
+    `test_under_autocast_a_trial_charges_the_kernel_for_its_casts`.)"""
+    import kernelkit
 
     _force_choice(monkeypatch, "numba-cpu", "forced")
     layer = knn.patch(nn.Sequential(nn.Linear(32, 16))).model
     x = torch.randn(4, 32)
-    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16), kernelkit.frozen_weights():
         layer(x)
         held = dict(layer[0].__dict__["_kk_casts"])
         for _ in range(3):
@@ -332,3 +335,93 @@ def _force_choice(monkeypatch, candidate: str, source: str) -> None:
         return core.Choice(candidate, cand.space(call.problem)[0], source)
 
     monkeypatch.setattr(dispatch, "choice_for", choice_for)
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["per-call", "frozen-forgotten"])
+def test_under_autocast_a_weight_changed_through_data_gives_the_new_result(frozen, monkeypatch):
+    """The kernel route kept its weight cast while the weight's version was unchanged, but an
+    update through ``param.data`` (an EMA model's, older optimizers') changes no version: the
+    layer then returned the old weight's result, silently (a user hunt: max error 0.58 on
+    outputs of 0.23). Casts are kept only inside `frozen_weights()`, whose contract names
+    ``param.data`` and `forget_packed_weights()`, which drops them."""
+    import kernelkit
+
+    _force_choice(monkeypatch, "numba-cpu", "forced")
+    layer = knn.patch(nn.Sequential(nn.Linear(32, 16))).model
+    x = torch.randn(4, 32)
+    scope = kernelkit.frozen_weights(frozen)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16), scope:
+        for _ in range(3):
+            layer(x)
+        for p in layer.parameters():
+            p.data.mul_(-0.5)
+        if frozen:
+            kernelkit.forget_packed_weights()
+        y = layer(x)
+    want = torch.nn.functional.linear(x.bfloat16(), layer[0].weight.bfloat16(),
+                                      layer[0].bias.bfloat16())
+    torch.testing.assert_close(y, want, rtol=0.02, atol=0.05)
+
+
+def test_under_autocast_a_trial_charges_the_kernel_for_its_casts(monkeypatch):
+    """A layer's in-model trial times the kernel and torch's op on operands cast beforehand, so
+    a weight cast made for the kernel on every call (outside `frozen_weights()`; torch's
+    autocast keeps its own for a region) was not counted: a kernel route that won its trial by
+    less than the cast cost ran slower than torch's op for good (a review). The kernel's
+    samples now include the call's casts; with them, torch wins a close trial."""
+    from kernelkit.nn import _route
+
+    _force_choice(monkeypatch, "numba-cpu", "measured")
+    now = [0.0]
+    monkeypatch.setattr(_route, "_clock", lambda: now[0])
+    real_cast = _route._cast_params
+
+    def slow_cast(*a):  # (a cast made takes 1 s of the trial's clock)
+        out = real_cast(*a)
+        if len(out) < 3 or out[2]:
+            now[0] += 1.0
+        return out
+
+    monkeypatch.setattr(_route, "_cast_params", slow_cast)
+    layer = knn.patch(nn.Sequential(nn.Linear(16, 8))).model
+    x = torch.randn(4, 16)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        for _ in range(4 * _route.TRIAL_CALLS):
+            layer(x)
+    trial = _route._trial_of(next(iter(layer[0].__dict__["_kk_routes"].values())))
+    kernel_s, aten_s = trial.verdicts[False]
+    assert kernel_s >= 1.0 and aten_s < 1.0
+    assert trial.decided(False) is trial.aten
+
+
+def test_under_autocast_a_kept_cast_is_dropped_after_a_fused_optimizer_step(monkeypatch):
+    """A fused optimizer step changes the weights without bumping their versions; inside
+    `frozen_weights()` the kept autocast casts are dropped after any optimizer step, as the
+    kept conv packs are (the step hook is registered with the first cast kept, too)."""
+    import collections
+
+    from torch.optim import optimizer as torch_optimizer
+
+    import kernelkit
+    from kernelkit import frozen
+
+    # (a fresh process's state: no step hook registered yet by earlier tests)
+    monkeypatch.setattr(torch_optimizer, "_global_optimizer_post_hooks",
+                        collections.OrderedDict())
+    monkeypatch.setattr(frozen, "_WATCHING", [False])
+    _force_choice(monkeypatch, "numba-cpu", "forced")
+    layer = knn.patch(nn.Sequential(nn.Linear(32, 16))).model
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5, fused=True)
+    x = torch.randn(4, 32)
+    with kernelkit.frozen_weights():
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+            layer(x)
+        version = layer[0].weight._version
+        layer(x).square().sum().backward()
+        opt.step()
+        assert layer[0].weight._version == version  # (the premise: no version bump)
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+            y = layer(x)
+    want = torch.nn.functional.linear(x.bfloat16(), layer[0].weight.bfloat16(),
+                                      layer[0].bias.bfloat16())
+    torch.testing.assert_close(y, want, rtol=0.02, atol=0.05)

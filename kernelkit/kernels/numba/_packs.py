@@ -101,8 +101,7 @@ def keep(key: tuple, tensor, version: int, packed: np.ndarray) -> None:
     """Keep ``packed`` for ``key``: ``tensor`` at ``version`` (read before packing)."""
     if packed.nbytes > PACK_CACHE_BYTES:
         return
-    if not _HOOKED[0]:
-        _hook_optimizers()
+    _frozen.watch_optimizer_steps()
     with _LOCK:
         if key in _ENTRIES:
             _drop(key)
@@ -110,26 +109,6 @@ def keep(key: tuple, tensor, version: int, packed: np.ndarray) -> None:
         _BYTES[0] += packed.nbytes
         while _BYTES[0] > PACK_CACHE_BYTES:
             _drop(next(iter(_ENTRIES)))
-
-
-_HOOKED = [False]
-
-
-def _hook_optimizers() -> None:
-    """Every torch optimizer's step drops the kept packs (a global post-step hook, registered
-    with the first pack kept): torch's fused steps (``Adam(fused=True)``, ``SGD(fused=True)``)
-    change the weights without bumping their version, and a patched model trained inside
-    `frozen_weights()` kept convolving with its first weights (loss 0.045 -> 0.038 against
-    torch's 0.003 after 10 fused Adam steps)."""
-    torch = imported_torch()
-    with _LOCK:
-        if _HOOKED[0] or torch is None:
-            return
-        _HOOKED[0] = True
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-
-    register_optimizer_step_post_hook(
-        lambda optimizer, args, kwargs: _frozen.forget_packed_weights())
 
 
 def clear() -> None:
