@@ -4,8 +4,10 @@ beside torch's F.conv2d: an A/B of a kernel change that a knob turns on and off.
     flock /tmp/kk-bench.lock env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
         python bench/probes/conv_knob_probe.py --set SHIFT_NARROW_TAIL=False \\
         --set SHIFT_NARROW_TAIL=True [--batch 1] [--rounds 21] [--layers 256,256,14,3,1 ...]
+        [--dtype bfloat16]
 
-A layer is C_in,C_out,H=W,kernel,stride (padding kernel // 2), fp32 NCHW, no bias, 2 threads.
+A layer is C_in,C_out,H=W,kernel,stride (padding kernel // 2), fp32 (or bfloat16: the kernel
+on the bits, beside torch's own bfloat16 conv) NCHW, no bias, 2 threads.
 Each ``--set`` is one row: ``NAME=VALUE ...`` of ``kernelkit.kernels.numba.conv2d``'s knobs
 (values are Python literals), set before each call of ``conv2d_forward`` (the module's
 geometry memo is keyed by its knobs, so each row runs its own geometry). Every row is checked
@@ -47,12 +49,14 @@ def _setting(items: list[str]) -> dict:
 
 
 def run(settings: list[dict], batch: int = 1, rounds: int = 21,
-        layers: list[str] | None = None) -> None:
-    """Print the table for ``settings`` (rows of knob values) on ``layers``."""
+        layers: list[str] | None = None, dtype: str = "float32") -> None:
+    """Print the table for ``settings`` (rows of knob values) on ``layers``, in ``dtype``
+    (float32, or bfloat16: the kernel on the bits, torch's own bfloat16 conv beside it)."""
     torch.set_num_threads(2)
     names = [" ".join(f"{k}={v}" for k, v in s.items()) for s in settings]
     saved = {k: getattr(nconv, k) for s in settings for k in s}
-    print(f"cpu: {devices.cpu_info()['model']}; batch {batch}, torch {torch.__version__}; "
+    half = dtype == "bfloat16"
+    print(f"cpu: {devices.cpu_info()['model']}; {dtype}, batch {batch}, torch {torch.__version__}; "
           f"ms, medians of {rounds} rounds")
     for i, name in enumerate(names):
         print(f"row {i}: {name}")
@@ -66,8 +70,12 @@ def run(settings: list[dict], batch: int = 1, rounds: int = 21,
             c, k, hw, r, st = (int(v) for v in spec.split(","))
             x = torch.randn(batch, c, hw, hw)
             w = torch.randn(k, c, r, r) * 0.05
-            xn, wn, p = x.numpy(), w.numpy(), r // 2
+            if half:
+                x, w = x.bfloat16(), w.bfloat16()
+            xn, wn = (t.view(torch.uint16).numpy() if half else t.numpy() for t in (x, w))
+            p = r // 2
             ref = F.conv2d(x.double(), w.double(), padding=p, stride=st).numpy()
+            tol = (2e-2 if half else 1e-3) * (1 + np.abs(ref).max())
 
             def ours(setting: dict):
                 def call():
@@ -79,8 +87,10 @@ def run(settings: list[dict], batch: int = 1, rounds: int = 21,
 
             rows = [ours(s) for s in settings]
             for i, fn in enumerate(rows):
-                err = float(np.abs(fn() - ref).max())
-                assert err < 1e-3 * (1 + np.abs(ref).max()), (spec, names[i], err)
+                y = fn()
+                y = torch.from_numpy(y).view(torch.bfloat16).double().numpy() if half else y
+                err = float(np.abs(y - ref).max())
+                assert err < tol, (spec, names[i], err)
             rows.append(lambda: F.conv2d(x, w, padding=p, stride=st))
             times: list[list[float]] = [[] for _ in rows]
             for rnd in range(rounds):
@@ -106,8 +116,9 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=21)
     ap.add_argument("--layers", nargs="+", default=LAYERS)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = ap.parse_args()
-    run([_setting(s) for s in args.set], args.batch, args.rounds, args.layers)
+    run([_setting(s) for s in args.set], args.batch, args.rounds, args.layers, args.dtype)
     return 0
 
 

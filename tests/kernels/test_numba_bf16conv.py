@@ -131,7 +131,11 @@ def test_bf16_conv_matches_float64(case, config, poisoned):
 
 @needs_bf16_dot
 @pytest.mark.parametrize("config", [None, TINY], ids=["default", "tiny"])
-@pytest.mark.parametrize("case", [c for c in CASES if c[0] > 1], ids=_ids)
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] > 1] + [
+    (2, 5, 4, 41, 6, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),  # output rows past 32 lanes
+    (2, 3, 5, 70, 5, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),  # stride-2 rows past 16 lanes
+    (2, 6, 8, 11, 7, 3, 3, (1, 3), (1, 1, 1, 1), (1, 1), 1),  # column stride 3 (a gather)
+], ids=_ids)
 def test_bf16_conv_exact_columns_across_images(case, config, poisoned, monkeypatch):
     """The pairs' shifted GEMM with B packed over exact output columns across the images
     (``_conv._shift_exact_unit`` on uint32 words), forced on every batch; the geometry says it
