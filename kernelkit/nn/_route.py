@@ -29,6 +29,7 @@ import math
 import statistics
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -255,12 +256,14 @@ def _on_cast(route: Route, dtype: torch.dtype) -> Route:
     """`route` called on the operands cast to `dtype` as autocast casts them (differentiably:
     the gradient reaches the float32 parameters), its result in `dtype` as torch's.
 
-    The weight's and bias's casts are kept on the layer only inside `frozen_weights()`
-    (`_cast_params`), the user's word that weights change only through torch's own in-place
-    ops; elsewhere they are cast on every call, since an update through ``param.data`` (EMA
-    and older optimizers make them) changes a weight without its version counter, and a kept
-    cast then gave the old weight's result. torch's autocast keeps its casts for one region;
-    a call's own casts are charged to the kernel's side of the layer's in-model trial
+    Without grad the weight's and bias's casts are kept on the layer only inside
+    `frozen_weights()` (`_cast_params`), the user's word that weights change only through
+    torch's own in-place ops; elsewhere they are cast on every call, since an update through
+    ``param.data`` (EMA and older optimizers make them) changes a weight without its version
+    counter, and a kept cast then gave the old weight's result. With grad a cast is used again
+    while an autograd graph holds it (the calls of one forward). torch's autocast keeps its
+    casts for one region; a call's own casts are charged to the kernel's side of the layer's
+    in-model trial
     (`InContext.charge`), which times both routes on operands cast beforehand: uncharged, a
     Linear(2048, 2048) whose kernel won its trial paid 0.4 ms of cast a call, more than
     torch's whole call (a review)."""
@@ -285,29 +288,43 @@ def _on_cast(route: Route, dtype: torch.dtype) -> Route:
 
 def _cast_params(m, w: torch.Tensor, b, dtype: torch.dtype) -> tuple:
     """(weight, bias, made): the layer's weight and bias cast to `dtype`, and whether this call
-    cast them. Kept in the layer's `_kk_casts` inside `frozen_weights()` and without grad,
-    while the same tensors are at the same versions (an optimizer step, `copy_` or a swap makes
-    new ones) and `forget_packed_weights()` has not been called since, per dtype and inference
-    mode (an inference tensor cannot enter a later call outside inference mode); cast anew on
-    every other call (with grad, differentiably)."""
+    cast them.
+
+    A cast is used again while the same tensors are at the same versions and storage (an
+    optimizer step, ``copy_``, a swap or ``param.data = t`` makes new ones) and
+    `forget_packed_weights()` (which any optimizer's step calls) has not been called since,
+    per dtype, grad mode and inference mode: without grad, inside `frozen_weights()` only,
+    which keeps it (``param.data`` updates, which torch does not count, are the user's to
+    announce there); with grad, while the autograd graph of an earlier call still holds it (a
+    weak reference), so the calls of one forward (a tied or looped layer) share one cast, as
+    torch's autocast shares one per region: a cast per call kept one copy of the weight per
+    call for the backward (20 calls of a Linear(4096, 4096): 616 MB against torch's 40)."""
     if w.dtype == dtype and (b is None or b.dtype == dtype):  # (a model of that dtype: its
         return w, b, False  # own weights, which frozen_weights() may keep packed)
-    if torch.is_grad_enabled() or not _frozen.weights_frozen():
-        casts = m.__dict__.get("_kk_casts")
-        if casts:  # (kept under frozen_weights(): not past it)
-            casts.clear()
-        return w.to(dtype), None if b is None else b.to(dtype), True
-    inference = torch.is_inference_mode_enabled()
-    casts = m.__dict__.setdefault("_kk_casts", _Memo())
-    key = (dtype, inference)
-    held = casts.get(key)
+    grad = torch.is_grad_enabled()
+    keep = not grad and _frozen.weights_frozen()
+    casts = m.__dict__.get("_kk_casts")
+    key = (dtype, torch.is_inference_mode_enabled(), grad)
+    held = casts.get(key) if casts else None
     if held is not None and held[0] is w and held[1] is b and held[2] == w._version \
-            and (b is None or held[3] == b._version) and held[6] == _frozen.generation():
-        return held[4], held[5], False
-    wc, bc = w.detach().to(dtype), None if b is None else b.detach().to(dtype)
-    _frozen.watch_optimizer_steps()  # (a fused step changes no version)
-    casts[key] = (w, b, w._version, None if b is None else b._version, wc, bc,
-                  _frozen.generation())
+            and (b is None or held[3] == b._version) and held[4] == w.data_ptr() \
+            and held[7] == _frozen.generation():
+        wc, bc = (held[5], held[6]) if keep else (held[5](), held[6] and held[6]())
+        if wc is not None:
+            if b is not None and bc is None:  # (a graph saves no bias: cast anew, K words)
+                bc = b.to(dtype)
+                casts[key] = held[:6] + (weakref.ref(bc), held[7])
+            return wc, bc, False
+    ws, bs = (w, b) if grad else (w.detach(), None if b is None else b.detach())
+    wc, bc = ws.to(dtype), None if bs is None else bs.to(dtype)
+    if grad or keep:
+        _frozen.watch_optimizer_steps()  # (a fused step changes no version)
+        casts = m.__dict__.setdefault("_kk_casts", _Memo())
+        casts[key] = (w, b, w._version, None if b is None else b._version, w.data_ptr(),
+                      wc if keep else weakref.ref(wc),
+                      bc if keep or bc is None else weakref.ref(bc), _frozen.generation())
+    elif held is not None:  # (kept under frozen_weights(): not past it)
+        del casts[key]
     return wc, bc, True
 
 

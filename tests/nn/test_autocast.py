@@ -317,7 +317,7 @@ def test_under_autocast_a_kernel_route_casts_the_weight_once_while_it_is_unchang
         held = dict(layer[0].__dict__["_kk_casts"])
         for _ in range(3):
             layer(x)
-        assert all(v[4] is held[k][4] for k, v in layer[0].__dict__["_kk_casts"].items())
+        assert all(v[5] is held[k][5] for k, v in layer[0].__dict__["_kk_casts"].items())  # (the cast)
         layer[0].weight.mul_(2)
         y = layer(x)
     want = torch.nn.functional.linear(x.bfloat16(), layer[0].weight.bfloat16(),
@@ -425,3 +425,43 @@ def test_under_autocast_a_kept_cast_is_dropped_after_a_fused_optimizer_step(monk
     want = torch.nn.functional.linear(x.bfloat16(), layer[0].weight.bfloat16(),
                                       layer[0].bias.bfloat16())
     torch.testing.assert_close(y, want, rtol=0.02, atol=0.05)
+
+
+def test_under_autocast_with_grad_a_layer_called_in_a_loop_casts_its_weight_once(monkeypatch):
+    """With grad, the kernel route cast the weight on every call and each call's graph kept its
+    copy for the backward: a layer called K times in one forward (a tied or looped layer) held
+    K bfloat16 copies of its weight where torch's autocast, which casts once per region, holds
+    one (20 calls of a Linear(2048, 2048): 160 MB against 8 MB,
+    bench/probes/autocast_tied_memory_probe.py). A cast is used again while a graph still holds
+    it (and the weight is the same tensor, version and storage); the gradients are torch's."""
+    from kernelkit.nn import _route
+
+    _force_choice(monkeypatch, "numba-cpu", "forced")
+    made = []
+    real = _route._cast_params
+    monkeypatch.setattr(_route, "_cast_params", lambda *a: (lambda r: made.append(r[2]) or r)(
+        real(*a)))
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Linear(32, 32))
+    layer = knn.patch(copy.deepcopy(ref)).model
+    x = torch.randn(4, 32, requires_grad=True)
+    for model in (layer, ref):
+        with torch.autocast("cpu", torch.bfloat16):
+            h = x
+            for _ in range(5):
+                h = model(h)
+        h.float().square().sum().backward()
+        if model is layer:
+            assert made == [True, False, False, False, False]
+            got = [p.grad.clone() for p in layer.parameters()]
+    for g, p in zip(got, ref.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=0.05, atol=0.05)
+    made.clear()
+    with torch.autocast("cpu", torch.bfloat16):  # (the last graph was freed: a cast anew)
+        kept = layer(x)
+        layer[0].weight.data = layer[0].weight.data * -1.0  # (a swap: new storage)
+        y = layer(x)
+    assert made == [True, True] and kept.grad_fn is not None
+    torch.testing.assert_close(y, torch.nn.functional.linear(
+        x.bfloat16(), layer[0].weight.bfloat16(), layer[0].bias.bfloat16()),
+        rtol=0.02, atol=0.05)
