@@ -87,12 +87,12 @@ def watch_optimizer_steps() -> None:
 
     if imported_torch() is None:
         return
-    # (no lock: two threads that both register make a step forget twice, which is harmless,
-    # and a lock held by another thread at a fork would hang the child)
-    _WATCHING[0] = True
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     register_optimizer_step_post_hook(lambda optimizer, args, kwargs: forget_packed_weights())
+    # (set once registered; no lock: two threads that both register make a step forget twice,
+    # which is harmless, and a lock held by another thread at a fork would hang the child)
+    _WATCHING[0] = True
 
 
 def generation() -> int:

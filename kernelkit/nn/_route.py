@@ -31,7 +31,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch.nn.utils import parametrize
@@ -261,71 +261,117 @@ def _on_cast(route: Route, dtype: torch.dtype) -> Route:
     torch's own in-place ops; elsewhere they are cast on every call, since an update through
     ``param.data`` (EMA and older optimizers make them) changes a weight without its version
     counter, and a kept cast then gave the old weight's result. With grad a cast is used again
-    while an autograd graph holds it (the calls of one forward). torch's autocast keeps its
-    casts for one region; a call's own casts are charged to the kernel's side of the layer's
-    in-model trial
-    (`InContext.charge`), which times both routes on operands cast beforehand: uncharged, a
+    within the autocast region while an autograd graph holds it (the calls of one forward).
+    A call's own weight cast is charged to the kernel's side of the layer's in-model trial
+    (`_CHARGE`), which times both routes on operands cast beforehand: uncharged, a
     Linear(2048, 2048) whose kernel won its trial paid 0.4 ms of cast a call, more than
-    torch's whole call (a review)."""
+    torch's whole call (a review). (torch's side is not charged: its autocast casts the weight
+    once per region, which is once per call where a region wraps each forward: so a close trial
+    leans to torch.)"""
     def call(m, x, w, b):
         args = (x, w, b)
         xc = x.to(dtype)
         t0 = _clock()
         wc, bc, made = _cast_params(m, w, b, dtype)
-        trial = _trial_of(route) if made else None
         cast = (xc, wc, bc)
         # (the route's torch ops as cast; the copies not kept packed: `cast_copies`)
         with torch.autocast(x.device.type, enabled=False), cast_copies(cast, args):
-            if trial is None:
+            if not made:
                 return route(m, *cast)
-            trial.charge = _clock() - t0
+            _CHARGE.seconds = _clock() - t0
             try:
                 return route(m, *cast)
             finally:
-                trial.charge = 0.0
+                _CHARGE.seconds = 0.0
     return call
+
+
+class _Held(NamedTuple):
+    """A layer's cast of its weight and bias (`_cast_params`) and what it was cast from."""
+
+    w: torch.Tensor
+    b: torch.Tensor | None
+    versions: tuple  # (w._version, b._version or None)
+    storages: tuple  # (w.data_ptr(), b.data_ptr() or None): ``param.data = t`` changes them
+    generation: int  # `frozen.generation()`: `forget_packed_weights()` and optimizer steps
+    region: Any  # with grad: the autocast region it was cast in (`_autocast_region`)
+    wc: Any  # the casts: kept (without grad, inside frozen_weights()), else weak references
+    bc: Any
 
 
 def _cast_params(m, w: torch.Tensor, b, dtype: torch.dtype) -> tuple:
     """(weight, bias, made): the layer's weight and bias cast to `dtype`, and whether this call
-    cast them.
+    cast the weight.
 
-    A cast is used again while the same tensors are at the same versions and storage (an
+    A cast is used again while the same tensors are at the same versions and storages (an
     optimizer step, ``copy_``, a swap or ``param.data = t`` makes new ones) and
     `forget_packed_weights()` (which any optimizer's step calls) has not been called since,
-    per dtype, grad mode and inference mode: without grad, inside `frozen_weights()` only,
-    which keeps it (``param.data`` updates, which torch does not count, are the user's to
-    announce there); with grad, while the autograd graph of an earlier call still holds it (a
-    weak reference), so the calls of one forward (a tied or looped layer) share one cast, as
-    torch's autocast shares one per region: a cast per call kept one copy of the weight per
-    call for the backward (20 calls of a Linear(4096, 4096): 616 MB against torch's 40)."""
+    per dtype, grad mode and inference mode:
+
+    * without grad, inside `frozen_weights()` only, which keeps it: the user's word that the
+      weights change only through torch's own in-place ops (an update through ``param.data``,
+      as an EMA model's, changes no version: a cast kept past it gave the old weight's result);
+    * with grad, within one autocast region (torch's cast cache lasts as long: a 1x1 canary's
+      cached cast tells, `_autocast_region`) while an earlier call's autograd graph holds it (a
+      weak reference): the calls of one forward (a tied or looped layer) share one cast as
+      torch's share theirs. Cast per call, each call's graph kept its own copy for the backward
+      (20 calls of a Linear(2048, 2048): 160 MB against torch's 8).
+
+    Inference tensors (a model made under `torch.inference_mode`) have no version counter:
+    cast on every call."""
     if w.dtype == dtype and (b is None or b.dtype == dtype):  # (a model of that dtype: its
         return w, b, False  # own weights, which frozen_weights() may keep packed)
     grad = torch.is_grad_enabled()
+    if w.is_inference() or (b is not None and b.is_inference()):
+        if grad:
+            return w.to(dtype), None if b is None else b.to(dtype), True
+        return w.detach().to(dtype), None if b is None else b.detach().to(dtype), True
     keep = not grad and _frozen.weights_frozen()
     casts = m.__dict__.get("_kk_casts")
     key = (dtype, torch.is_inference_mode_enabled(), grad)
     held = casts.get(key) if casts else None
-    if held is not None and held[0] is w and held[1] is b and held[2] == w._version \
-            and (b is None or held[3] == b._version) and held[4] == w.data_ptr() \
-            and held[7] == _frozen.generation():
-        wc, bc = (held[5], held[6]) if keep else (held[5](), held[6] and held[6]())
-        if wc is not None:
+    if held is not None and held.w is w and held.b is b \
+            and held.versions == (w._version, None if b is None else b._version) \
+            and held.storages == (w.data_ptr(), None if b is None else b.data_ptr()) \
+            and held.generation == _frozen.generation():
+        wc, bc = (held.wc, held.bc) if keep else (held.wc(), held.bc and held.bc())
+        if wc is not None and (not grad or held.region is _autocast_region(w.device)):
             if b is not None and bc is None:  # (a graph saves no bias: cast anew, K words)
                 bc = b.to(dtype)
-                casts[key] = held[:6] + (weakref.ref(bc), held[7])
+                casts[key] = held._replace(bc=weakref.ref(bc))
             return wc, bc, False
+    if not (grad or keep):
+        if held is not None:  # (kept under frozen_weights(): not past it)
+            del casts[key]
+        return w.detach().to(dtype), None if b is None else b.detach().to(dtype), True
+    # (the step hook and the generation before the cast: a step in another thread meanwhile
+    # then leaves the cast under the old generation)
+    _frozen.watch_optimizer_steps()  # (a fused step changes no version)
+    generation = _frozen.generation()
+    region = _autocast_region(w.device) if grad else None
     ws, bs = (w, b) if grad else (w.detach(), None if b is None else b.detach())
     wc, bc = ws.to(dtype), None if bs is None else bs.to(dtype)
-    if grad or keep:
-        _frozen.watch_optimizer_steps()  # (a fused step changes no version)
-        casts = m.__dict__.setdefault("_kk_casts", _Memo())
-        casts[key] = (w, b, w._version, None if b is None else b._version, w.data_ptr(),
-                      wc if keep else weakref.ref(wc),
-                      bc if keep or bc is None else weakref.ref(bc), _frozen.generation())
-    elif held is not None:  # (kept under frozen_weights(): not past it)
-        del casts[key]
+    casts = m.__dict__.setdefault("_kk_casts", _Memo())
+    casts[key] = _Held(w, b, (w._version, None if b is None else b._version),
+                       (w.data_ptr(), None if b is None else b.data_ptr()), generation, region,
+                       wc if keep else weakref.ref(wc),
+                       bc if keep or bc is None else weakref.ref(bc))
     return wc, bc, True
+
+
+_CANARIES: dict = {}  # device -> a 1x1 float32 leaf that needs grad (`_autocast_region`)
+
+
+def _autocast_region(device: torch.device) -> Any:
+    """An object that stays the same while this thread's autocast region on `device` keeps its
+    cast cache, and differs after (a region's exit clears the cache; so does a region with
+    ``cache_enabled=False`` at every cast): the autograd node of a canary leaf's cast, which
+    autocast caches for the region, as it caches a parameter's. (torch offers no other view of
+    its cache; about 2.4 us, with grad only: a call that casts or may use a cast again.)"""
+    canary = _CANARIES.get(device)
+    if canary is None:
+        canary = _CANARIES[device] = torch.ones(1, 1, device=device, requires_grad=True)
+    return torch.mm(canary, canary).grad_fn.next_functions[0][0]
 
 
 def _settled(state: dict, make, x: torch.Tensor, w: torch.Tensor, sig: tuple,
@@ -698,6 +744,10 @@ TRIAL_FORWARD_ONLY_AFTER = 3 * (TRIAL_CALLS + 1)
 # the holder was made under other settings).
 TRIAL_SLOT_IDLE_S = 1.0
 _clock = time.perf_counter  # the trial's clock (tests inject one)
+# Seconds this thread's autocast call spent casting the weight for the kernel route it runs
+# (`_on_cast`), which an InContext trial adds to the kernel's sample: the trial times both
+# routes on operands cast beforehand, and torch's autocast keeps its weight casts for a region.
+_CHARGE = threading.local()
 _SLOTS: dict[bool, list] = {False: [None, 0.0], True: [None, 0.0]}  # grad mode -> [trial, last call]
 
 
@@ -744,7 +794,7 @@ class InContext:
     """
 
     __slots__ = ("kernel", "aten", "token", "winners", "verdicts", "samples", "final", "lead",
-                 "work", "charge")
+                 "work")
 
     def __init__(self, kernel: Route, aten: Route, token: tuple | None = None,
                  lead: InContext | None = None, work: int = 1):
@@ -761,9 +811,6 @@ class InContext:
         # `_trial_for`); itself where it leads
         self.lead: InContext = lead if lead is not None else self
         self.work = work  # the call's input elements: what its time is scaled by
-        # seconds the caller spent for the kernel on this call, added to its sample: autocast's
-        # casts of the weight and bias, which torch's autocast keeps for a region (`_on_cast`)
-        self.charge = 0.0
 
     @property
     def candidate(self) -> str:
@@ -806,7 +853,9 @@ class InContext:
         sample = [0.0, None if grad else 0.0, lead.work / self.work]
         t0 = _clock()
         y = route(m, x, w, b)
-        sample[0] = _clock() - t0 + (self.charge if route is self.kernel else 0.0)
+        sample[0] = _clock() - t0
+        if route is self.kernel:  # the caller's casts for it (not scaled with the input)
+            sample[0] += getattr(_CHARGE, "seconds", 0.0) / sample[2]
         samples.append(sample)
         if grad:
             _clock_backward(y, w, b, sample)

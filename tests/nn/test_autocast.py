@@ -465,3 +465,45 @@ def test_under_autocast_with_grad_a_layer_called_in_a_loop_casts_its_weight_once
     torch.testing.assert_close(y, torch.nn.functional.linear(
         x.bfloat16(), layer[0].weight.bfloat16(), layer[0].bias.bfloat16()),
         rtol=0.02, atol=0.05)
+
+
+def test_under_autocast_with_grad_a_cast_is_not_used_past_its_region(monkeypatch):
+    """A cast used again while an earlier call's graph held it outlived its autocast region: a
+    kept output kept the cast, an update through ``param.data`` (which changes no version)
+    followed, and the next region's call gave the old weight's result (a review: error 2.9 on
+    outputs of 2.0). torch's autocast casts again in each region; so does the layer now."""
+    _force_choice(monkeypatch, "numba-cpu", "forced")
+    layer = knn.patch(nn.Sequential(nn.Linear(32, 16))).model
+    x = torch.randn(4, 32, requires_grad=True)  # (an inner layer's input: its graph saves w)
+    with torch.autocast("cpu", torch.bfloat16):
+        kept = layer(x)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.data.mul_(-0.5)
+    with torch.autocast("cpu", torch.bfloat16):
+        y = layer(x)
+    assert kept.grad_fn is not None
+    torch.testing.assert_close(y, torch.nn.functional.linear(
+        x.detach().bfloat16(), layer[0].weight.bfloat16(), layer[0].bias.bfloat16()),
+        rtol=0.02, atol=0.05)
+
+
+def test_under_autocast_inference_tensor_weights_run_inside_frozen_weights(monkeypatch):
+    """A model made under `torch.inference_mode` has weights without a version counter: inside
+    `frozen_weights()` the kept cast's check read it and raised RuntimeError ("Inference tensors
+    do not track version counter"; a review). They are cast on every call, as the conv packs
+    them on every call."""
+    import kernelkit
+
+    _force_choice(monkeypatch, "numba-cpu", "forced")
+    with torch.inference_mode():
+        layer = knn.patch(nn.Sequential(nn.Linear(32, 16))).model
+    x = torch.randn(4, 32)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16), \
+            kernelkit.frozen_weights():
+        layer(x)
+        layer[0].weight.mul_(-0.5)
+        y = layer(x)
+    torch.testing.assert_close(y, torch.nn.functional.linear(
+        x.bfloat16(), layer[0].weight.bfloat16(), layer[0].bias.bfloat16()),
+        rtol=0.02, atol=0.05)
