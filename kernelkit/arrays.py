@@ -433,3 +433,15 @@ def random_arrays(shapes, dtype: str, where: str, seed: int = 0, *, low_high=Non
         arrs = [torch.from_numpy(x).to(dev, getattr(torch, dtype) if tensor_only else None)
                 for x in arrs]
     return arrs
+
+
+def strided_like_torch(out: np.ndarray) -> np.ndarray:
+    """``out`` (an empty array) with C-contiguous strides: numpy gives an array with a zero-size
+    dim zero strides throughout, which ``torch.from_numpy`` keeps, where torch's own empty
+    results have contiguous ones (a patched Linear on a (0, 32) batch gave strides (0, 0)
+    against torch's (16, 1); a user hunt). Nothing is read or written through them."""
+    strides, step = [], out.itemsize
+    for d in reversed(out.shape):
+        strides.append(step)
+        step *= max(d, 1)
+    return np.lib.stride_tricks.as_strided(out, out.shape, tuple(reversed(strides)))

@@ -137,6 +137,23 @@ def test_empty_dims(backend, shapes, rng):
     assert np.array_equal(cb, np.maximum(ref + bias, 0))
 
 
+@pytest.mark.parametrize("backend, dtype", [  # (numpy runs float32 and float64 only)
+    (backend, dtype) for backend in CPU_BACKENDS
+    for dtype in ([torch.float32] if backend == "numpy" else
+                  [torch.float32, torch.bfloat16, torch.float16])], ids=str)
+@pytest.mark.parametrize("shapes", [((0, 3), (3, 4)), ((2, 3), (3, 0)), ((3, 0, 2), (2, 4)),
+                                    ((0, 2, 3), (0, 3, 4))], ids=str)
+def test_empty_torch_results_have_torchs_strides(backend, dtype, shapes):
+    """An empty result of a torch call has the strides torch's own has: the Numba kernel's
+    numpy result (a zero-size dim gives numpy zero strides throughout) came back with strides
+    (0, 0), which torch never gives (a user hunt: a patched Linear on a (0, 32) batch)."""
+    a, b = torch.randn(*shapes[0]).to(dtype), torch.randn(*shapes[1]).to(dtype)
+    with kernelkit.use(backend=backend):
+        c = kernelkit.matmul(a, b)
+    ref = torch.matmul(a, b)
+    assert c.shape == ref.shape and c.stride() == ref.stride() and c.dtype == ref.dtype
+
+
 @st.composite
 def operand(draw, rows: int, cols: int, batch: tuple[int, ...], dtype: str, rng):
     """A (batch..., rows, cols) operand with the values of a fresh random array, laid out as

@@ -35,6 +35,7 @@ import numpy as np
 from numba import types
 
 from kernelkit import devices
+from kernelkit.arrays import strided_like_torch
 from kernelkit.kernels.config import KernelConfig
 from kernelkit.kernels.numba import _amx, _bf16dot, _gemm, _half, _workspace
 from kernelkit.kernels.numba._gemm import (
@@ -969,6 +970,9 @@ def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
     # (inline, not the _half.in_float32 wrapper the conv entry points use: this is the hot path
     # of every float32 call, where one more Python call level costs a measurable share)
     if dtype.char in _half.HALF_CHARS:
+        if a.ndim == 3 and b.ndim == 3 and 0 in (a.shape[0], a.shape[1], b.shape[2]):
+            return strided_like_torch(  # (nothing to compute: torch's strides)
+                np.empty((a.shape[0], a.shape[1], b.shape[2]), dtype))
         if a.ndim == 3 and amx_w(dtype.char, a.shape[1], b.shape[2], a.shape[2], config):
             return _matmul_amx_w(a, b, bias, ACT_CODES[activation])
         if a.ndim == 3 and f16_amx(dtype.char, a.shape[1], b.shape[2], a.shape[2], config):
@@ -999,7 +1003,7 @@ def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
     act = ACT_CODES[activation]
     out = np.empty((nbat, m, n), dtype)
     if out.size == 0:
-        return out
+        return strided_like_torch(out)
     fns = _COMPILED.get(dtype) or _compiled(dtype)
     if bias is None:
         has_bias, bias = False, fns.empty

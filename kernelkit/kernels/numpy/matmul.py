@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernelkit.arrays import strided_like_torch
 from kernelkit.kernels import numpy_activation, torch_activations
 from kernelkit.kernels.config import VendorConfig
 from kernelkit.kernels.config import vendor_space as space  # noqa: F401 - the module surface
@@ -59,11 +60,13 @@ def matmul_forward_2d(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = No
     # 2.1 us for a 32^3 product on Zen 4)
     c = _blas_ready(a) @ _blas_ready(b)
     if bias is None and activation is None:
-        return c
+        return c if c.size else strided_like_torch(c)
     return _epilogue(c, bias, activation)
 
 
 def _epilogue(c: np.ndarray, bias: np.ndarray | None, activation: str | None) -> np.ndarray:
+    if c.size == 0:
+        return strided_like_torch(c)
     if bias is not None:
         c += bias
     if activation is not None:
