@@ -274,6 +274,8 @@ def _on_cast(route: Route, dtype: torch.dtype) -> Route:
         t0 = _clock()
         wc, bc, made = _cast_params(m, w, b, dtype)
         cast = (xc, wc, bc)
+        if not made:  # (a cast used again, unchanged since: its packs may be kept)
+            args = (x, wc, bc)
         # (the route's torch ops as cast; the copies not kept packed: `cast_copies`)
         with torch.autocast(x.device.type, enabled=False), cast_copies(cast, args):
             if not made:
@@ -321,7 +323,10 @@ def _cast_params(m, w: torch.Tensor, b, dtype: torch.dtype) -> tuple:
     cast on every call."""
     if w.dtype == dtype and (b is None or b.dtype == dtype):  # (a model of that dtype: its
         return w, b, False  # own weights, which frozen_weights() may keep packed)
-    grad = torch.is_grad_enabled()
+    # (with grad: the cast is part of the graph, where a parameter needs its gradient; an
+    # inference-mode call records nothing even under enable_grad)
+    grad = torch.is_grad_enabled() and not torch.is_inference_mode_enabled() \
+        and (w.requires_grad or (b is not None and b.requires_grad))
     if w.is_inference() or (b is not None and b.is_inference()):
         if grad:
             return w.to(dtype), None if b is None else b.to(dtype), True
@@ -330,25 +335,31 @@ def _cast_params(m, w: torch.Tensor, b, dtype: torch.dtype) -> tuple:
     casts = m.__dict__.get("_kk_casts")
     key = (dtype, torch.is_inference_mode_enabled(), grad)
     held = casts.get(key) if casts else None
+    if held is not None and not (grad or keep):  # (kept under frozen_weights(): not past it)
+        del casts[key]
+        held = None
+    region = None
     if held is not None and held.w is w and held.b is b \
             and held.versions == (w._version, None if b is None else b._version) \
             and held.storages == (w.data_ptr(), None if b is None else b.data_ptr()) \
             and held.generation == _frozen.generation():
         wc, bc = (held.wc, held.bc) if keep else (held.wc(), held.bc and held.bc())
-        if wc is not None and (not grad or held.region is _autocast_region(w.device)):
+        # (with grad: made with a graph as the weight needs one now, in this region)
+        if wc is not None and (not grad or (
+                wc.requires_grad == w.requires_grad
+                and (region := _autocast_region(w.device)) is held.region)):
             if b is not None and bc is None:  # (a graph saves no bias: cast anew, K words)
                 bc = b.to(dtype)
                 casts[key] = held._replace(bc=weakref.ref(bc))
             return wc, bc, False
     if not (grad or keep):
-        if held is not None:  # (kept under frozen_weights(): not past it)
-            del casts[key]
         return w.detach().to(dtype), None if b is None else b.detach().to(dtype), True
     # (the step hook and the generation before the cast: a step in another thread meanwhile
     # then leaves the cast under the old generation)
     _frozen.watch_optimizer_steps()  # (a fused step changes no version)
     generation = _frozen.generation()
-    region = _autocast_region(w.device) if grad else None
+    if grad and region is None:
+        region = _autocast_region(w.device)
     ws, bs = (w, b) if grad else (w.detach(), None if b is None else b.detach())
     wc, bc = ws.to(dtype), None if bs is None else bs.to(dtype)
     casts = m.__dict__.setdefault("_kk_casts", _Memo())
@@ -369,8 +380,10 @@ def _autocast_region(device: torch.device) -> Any:
     autocast caches for the region, as it caches a parameter's. (torch offers no other view of
     its cache; about 2.4 us, with grad only: a call that casts or may use a cast again.)"""
     canary = _CANARIES.get(device)
-    if canary is None:
-        canary = _CANARIES[device] = torch.ones(1, 1, device=device, requires_grad=True)
+    if canary is None:  # (float32, which autocast casts, whatever the default dtype; not an
+        with torch.inference_mode(False):  # inference tensor, though made in such a call)
+            canary = torch.ones(1, 1, device=device, dtype=torch.float32, requires_grad=True)
+        _CANARIES[device] = canary
     return torch.mm(canary, canary).grad_fn.next_functions[0][0]
 
 

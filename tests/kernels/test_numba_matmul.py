@@ -688,3 +688,14 @@ def test_the_launchers_shape_checks_hold_under_python_O():
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["ValueError"] * 4, r.stdout
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.uint16, np.float32], ids=str)
+def test_empty_products_of_mismatched_operands_raise(dtype):
+    """An empty half-precision product returns before it computes (torch's strides for its
+    result); it still checks that the operands multiply, as float32's path does (a review: a
+    (0, 3, 8) by (2, 7, 5) product returned (0, 3, 5))."""
+    with pytest.raises(ValueError, match="do not multiply"):
+        matmul_forward(np.zeros((0, 3, 8), dtype), np.zeros((2, 7, 5), dtype))
+    assert matmul_forward(np.zeros((2, 0, 8), dtype), np.zeros((2, 8, 5), dtype)).shape \
+        == (2, 0, 5)

@@ -317,7 +317,8 @@ def test_under_autocast_a_kernel_route_casts_the_weight_once_while_it_is_unchang
         held = dict(layer[0].__dict__["_kk_casts"])
         for _ in range(3):
             layer(x)
-        assert all(v[5] is held[k][5] for k, v in layer[0].__dict__["_kk_casts"].items())  # (the cast)
+        assert held and all(v.wc is held[k].wc
+                            for k, v in layer[0].__dict__["_kk_casts"].items())
         layer[0].weight.mul_(2)
         y = layer(x)
     want = torch.nn.functional.linear(x.bfloat16(), layer[0].weight.bfloat16(),
@@ -506,4 +507,106 @@ def test_under_autocast_inference_tensor_weights_run_inside_frozen_weights(monke
         y = layer(x)
     torch.testing.assert_close(y, torch.nn.functional.linear(
         x.bfloat16(), layer[0].weight.bfloat16(), layer[0].bias.bfloat16()),
+        rtol=0.02, atol=0.05)
+
+
+def test_under_autocast_a_call_after_frozen_weights_casts_anew(monkeypatch):
+    """A cast kept inside `frozen_weights()` is the tensor itself, outside a weak reference: the
+    first call without grad after the block called the tensor and raised TypeError ("'Tensor'
+    object is not callable"; a review), the README's inference recipe followed by any plain
+    call. Outside the block the kept cast is dropped and the weight cast anew."""
+    import kernelkit
+
+    _force_choice(monkeypatch, "numba-cpu", "forced")
+    layer = knn.patch(nn.Sequential(nn.Linear(32, 16))).model
+    x = torch.randn(4, 32)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        with kernelkit.frozen_weights():
+            layer(x)
+        layer[0].weight.data.mul_(-0.5)
+        y = layer(x)
+    torch.testing.assert_close(y, torch.nn.functional.linear(
+        x.bfloat16(), layer[0].weight.bfloat16(), layer[0].bias.bfloat16()),
+        rtol=0.02, atol=0.05)
+
+
+def test_under_autocast_grad_enabled_inside_inference_mode_runs(monkeypatch):
+    """`torch.enable_grad()` inside `torch.inference_mode()` records no graph, so the region
+    probe's product had no grad_fn and the call raised AttributeError (a review); torch's own
+    layer runs there."""
+    _force_choice(monkeypatch, "numba-cpu", "forced")
+    layer = knn.patch(nn.Sequential(nn.Linear(32, 16))).model
+    x = torch.randn(4, 32)
+    with torch.inference_mode(), torch.enable_grad(), torch.autocast("cpu", torch.bfloat16):
+        y = layer(x)
+    torch.testing.assert_close(y, torch.nn.functional.linear(
+        x.bfloat16(), layer[0].weight.bfloat16(), layer[0].bias.bfloat16()),
+        rtol=0.02, atol=0.05)
+
+
+def test_under_autocast_the_region_check_holds_with_a_float64_default_dtype(monkeypatch):
+    """The region probe's canary took the default dtype: under float64 autocast left it alone,
+    its node never changed, and a cast outlived its region again (a kept output, a
+    ``param.data`` update, the next region: error 2.8; a review)."""
+    _force_choice(monkeypatch, "numba-cpu", "forced")
+    monkeypatch.setattr("kernelkit.nn._route._CANARIES", {})
+    layer = knn.patch(nn.Sequential(nn.Linear(32, 16))).model
+    x = torch.randn(4, 32, requires_grad=True)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.autocast("cpu", torch.bfloat16):
+            kept = layer(x)
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.data.mul_(-0.5)
+        with torch.autocast("cpu", torch.bfloat16):
+            y = layer(x)
+    finally:
+        torch.set_default_dtype(default)
+    assert kept.grad_fn is not None
+    torch.testing.assert_close(y, torch.nn.functional.linear(
+        x.detach().bfloat16(), layer[0].weight.bfloat16(), layer[0].bias.bfloat16()),
+        rtol=0.02, atol=0.05)
+
+
+def test_under_autocast_a_weight_that_starts_needing_grad_in_a_region_gets_it(monkeypatch):
+    """A cast made while the weight needed no gradient (no graph) was used again after
+    ``requires_grad_(True)`` in the same region: the weight got no gradient where torch's
+    layer gives one (a review)."""
+    _force_choice(monkeypatch, "numba-cpu", "forced")
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Linear(32, 16))
+    layer = knn.patch(copy.deepcopy(ref)).model
+    x = torch.randn(4, 32, requires_grad=True)
+    for model in (layer, ref):
+        model[0].weight.requires_grad_(False)
+        with torch.autocast("cpu", torch.bfloat16):
+            first = model(x)
+            model[0].weight.requires_grad_(True)
+            y = model(x)
+        (y.float().sum() + first.float().sum()).backward()
+    assert layer[0].weight.grad is not None
+    torch.testing.assert_close(layer[0].weight.grad, ref[0].weight.grad, rtol=0.02, atol=0.05)
+
+
+def test_under_autocast_inside_frozen_weights_a_kept_cast_keeps_its_conv_pack(monkeypatch):
+    """Inside `frozen_weights()` the conv kept its packed weight across calls, but under
+    autocast its kept cast was marked as a per-call copy, so it was packed on every call (a
+    review). A cast used again is not a copy: packed once."""
+    import kernelkit
+    from kernelkit.kernels.numba import _packs
+
+    _force_choice(monkeypatch, "numba-cpu", "forced")
+    kept = []
+    real = _packs.keep
+    monkeypatch.setattr(_packs, "keep", lambda *a: kept.append(1) or real(*a))
+    layer = knn.patch(nn.Sequential(nn.Conv2d(8, 16, 3, padding=1))).model
+    x = torch.randn(2, 8, 10, 10)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16), kernelkit.frozen_weights():
+        for _ in range(4):
+            y = layer(x)
+    assert len(kept) == 1
+    torch.testing.assert_close(y, torch.nn.functional.conv2d(
+        x.bfloat16(), layer[0].weight.bfloat16(), layer[0].bias.bfloat16(), padding=1),
         rtol=0.02, atol=0.05)

@@ -970,7 +970,8 @@ def matmul_forward(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None,
     # (inline, not the _half.in_float32 wrapper the conv entry points use: this is the hot path
     # of every float32 call, where one more Python call level costs a measurable share)
     if dtype.char in _half.HALF_CHARS:
-        if a.ndim == 3 and b.ndim == 3 and 0 in (a.shape[0], a.shape[1], b.shape[2]):
+        if a.ndim == 3 and b.ndim == 3 and 0 in (a.shape[0], a.shape[1], b.shape[2]) \
+                and a.shape[0] == b.shape[0] and a.shape[2] == b.shape[1]:
             return strided_like_torch(  # (nothing to compute: torch's strides)
                 np.empty((a.shape[0], a.shape[1], b.shape[2]), dtype))
         if a.ndim == 3 and amx_w(dtype.char, a.shape[1], b.shape[2], a.shape[2], config):
