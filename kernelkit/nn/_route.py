@@ -317,7 +317,9 @@ def _cast_params(m, w: torch.Tensor, b, dtype: torch.dtype) -> tuple:
       cached cast tells, `_autocast_region`) while an earlier call's autograd graph holds it (a
       weak reference): the calls of one forward (a tied or looped layer) share one cast as
       torch's share theirs. Cast per call, each call's graph kept its own copy for the backward
-      (20 calls of a Linear(2048, 2048): 160 MB against torch's 8).
+      (20 calls of a Linear(2048, 2048): 160 MB against torch's 8). The region is noted only
+      once the layer was called while its last cast was held (`_LOOPED`): the first such call
+      casts anew.
 
     Inference tensors (a model made under `torch.inference_mode`) have no version counter:
     cast on every call."""
@@ -344,8 +346,14 @@ def _cast_params(m, w: torch.Tensor, b, dtype: torch.dtype) -> tuple:
             and held.storages == (w.data_ptr(), None if b is None else b.data_ptr()) \
             and held.generation == _frozen.generation():
         wc, bc = (held.wc, held.bc) if keep else (held.wc(), held.bc and held.bc())
+        if wc is not None and grad and held.region is None:
+            # a call while an earlier one's graph holds the cast: a layer called again within
+            # a forward (or one whose graphs are kept), whose casts note their region from now
+            # on; the others never pay for the probe (about 10 us where each forward is a
+            # region of its own: the canary's cast is made anew)
+            casts[_LOOPED] = True
         # (with grad: made with a graph as the weight needs one now, in this region)
-        if wc is not None and (not grad or (
+        elif wc is not None and (not grad or (
                 wc.requires_grad == w.requires_grad
                 and (region := _autocast_region(w.device)) is held.region)):
             if b is not None and bc is None:  # (a graph saves no bias: cast anew, K words)
@@ -358,11 +366,11 @@ def _cast_params(m, w: torch.Tensor, b, dtype: torch.dtype) -> tuple:
     # then leaves the cast under the old generation)
     _frozen.watch_optimizer_steps()  # (a fused step changes no version)
     generation = _frozen.generation()
-    if grad and region is None:
+    casts = m.__dict__.setdefault("_kk_casts", _Memo())
+    if grad and region is None and _LOOPED in casts:
         region = _autocast_region(w.device)
     ws, bs = (w, b) if grad else (w.detach(), None if b is None else b.detach())
     wc, bc = ws.to(dtype), None if bs is None else bs.to(dtype)
-    casts = m.__dict__.setdefault("_kk_casts", _Memo())
     casts[key] = _Held(w, b, (w._version, None if b is None else b._version),
                        (w.data_ptr(), None if b is None else b.data_ptr()), generation, region,
                        wc if keep else weakref.ref(wc),
@@ -371,6 +379,7 @@ def _cast_params(m, w: torch.Tensor, b, dtype: torch.dtype) -> tuple:
 
 
 _CANARIES: dict = {}  # device -> a 1x1 float32 leaf that needs grad (`_autocast_region`)
+_LOOPED = "looped"  # `_kk_casts`: the layer was called while a graph held its last cast
 
 
 def _autocast_region(device: torch.device) -> Any:

@@ -434,7 +434,9 @@ def test_under_autocast_with_grad_a_layer_called_in_a_loop_casts_its_weight_once
     K bfloat16 copies of its weight where torch's autocast, which casts once per region, holds
     one (20 calls of a Linear(2048, 2048): 160 MB against 8 MB,
     bench/probes/autocast_tied_memory_probe.py). A cast is used again while a graph still holds
-    it (and the weight is the same tensor, version and storage); the gradients are torch's."""
+    it (and the weight is the same tensor, version and storage) within its region, from the
+    layer's first forward that calls it again (whose second call casts anew: only from then on
+    are the casts' regions noted); the gradients are torch's."""
     from kernelkit.nn import _route
 
     _force_choice(monkeypatch, "numba-cpu", "forced")
@@ -446,6 +448,10 @@ def test_under_autocast_with_grad_a_layer_called_in_a_loop_casts_its_weight_once
     ref = nn.Sequential(nn.Linear(32, 32))
     layer = knn.patch(copy.deepcopy(ref)).model
     x = torch.randn(4, 32, requires_grad=True)
+    with torch.autocast("cpu", torch.bfloat16):  # (a first forward: the layer is seen looped)
+        layer(layer(x))
+    assert made == [True, True]
+    made.clear()
     for model in (layer, ref):
         with torch.autocast("cpu", torch.bfloat16):
             h = x
@@ -474,8 +480,16 @@ def test_under_autocast_with_grad_a_cast_is_not_used_past_its_region(monkeypatch
     followed, and the next region's call gave the old weight's result (a review: error 2.9 on
     outputs of 2.0). torch's autocast casts again in each region; so does the layer now."""
     _force_choice(monkeypatch, "numba-cpu", "forced")
-    layer = knn.patch(nn.Sequential(nn.Linear(32, 16))).model
+    layer = knn.patch(nn.Sequential(nn.Linear(32, 32))).model
     x = torch.randn(4, 32, requires_grad=True)  # (an inner layer's input: its graph saves w)
+    for looped in (False, True):  # (a layer seen called again within a forward, and not)
+        if looped:
+            with torch.autocast("cpu", torch.bfloat16):
+                layer(layer(x))
+        _region_then_data_update(layer, x)
+
+
+def _region_then_data_update(layer, x) -> None:
     with torch.autocast("cpu", torch.bfloat16):
         kept = layer(x)
     with torch.no_grad():
@@ -550,11 +564,13 @@ def test_under_autocast_the_region_check_holds_with_a_float64_default_dtype(monk
     ``param.data`` update, the next region: error 2.8; a review)."""
     _force_choice(monkeypatch, "numba-cpu", "forced")
     monkeypatch.setattr("kernelkit.nn._route._CANARIES", {})
-    layer = knn.patch(nn.Sequential(nn.Linear(32, 16))).model
+    layer = knn.patch(nn.Sequential(nn.Linear(32, 32))).model
     x = torch.randn(4, 32, requires_grad=True)
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
+        with torch.autocast("cpu", torch.bfloat16):  # (called again within a forward: from
+            layer(layer(x))  # now on its casts note their regions)
         with torch.autocast("cpu", torch.bfloat16):
             kept = layer(x)
         with torch.no_grad():
