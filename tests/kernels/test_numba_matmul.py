@@ -406,6 +406,90 @@ def test_half_narrowing_rounds_like_torch_on_every_kind_of_float32():
     assert h.dtype == np.float16 and np.array_equal(_half.widen(h), h.astype(np.float32))
 
 
+def test_float16_conversions_in_integer_code_match_the_cpus():
+    """The float16 conversions for targets without F16C (integer code: LLVM's fpext/fptrunc on
+    half call a helper Numba does not link, and the process aborted) against F16C's and numpy's:
+    every float16 bit pattern widened exactly; float32 values of every exponent, the rounding
+    ties, 65504-65536, the subnormals and zeros, Inf and NaN narrowed alike (a NaN stays a NaN of
+    its sign)."""
+    import numba
+
+    from kernelkit.kernels.numba import _half
+
+    @numba.njit
+    def soft(h, x, wide, narrow):
+        for i in range(h.size):
+            wide[i] = _half._soft_half_bits_to_float(h[i])
+        for i in range(x.size):
+            narrow[i] = _half._soft_float_to_half_bits(x[i])
+
+    h = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+    rng = np.random.default_rng(3)
+    bits = rng.integers(0, 2**32, 300_000, dtype=np.uint64).astype(np.uint32)
+    halves = h.view(np.float16).astype(np.float32)
+    ties = (halves[:-1] + np.diff(halves) / 2)[np.isfinite(halves[:-1] + np.diff(halves) / 2)]
+    edges = np.array([65504, 65519.99, 65520, 65535, 65536, 1e-8, 2**-24, 2**-25, 3 * 2**-26,
+                      2**-14, 2**-14 - 2**-25, 0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan],
+                     np.float32)
+    x = np.concatenate([bits.view(np.float32), ties.astype(np.float32), edges,
+                        np.nextafter(ties, np.inf).astype(np.float32),
+                        np.nextafter(ties, -np.inf).astype(np.float32)])
+    wide, narrow = np.empty(h.size, np.float32), np.empty(x.size, np.uint16)
+    soft(h, x, wide, narrow)
+    want_wide = h.view(np.float16).astype(np.float32)
+    nan = np.isnan(want_wide)
+    assert np.array_equal(np.isnan(wide), nan)
+    assert np.array_equal(wide[~nan].view(np.uint32), want_wide[~nan].view(np.uint32))
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16)
+    nan = np.isnan(x)
+    assert np.array_equal(narrow[~nan], want[~nan].view(np.uint16))
+    assert np.isnan(narrow[nan].view(np.float16)).all()
+    assert np.array_equal(np.signbit(narrow[nan].view(np.float16)), np.signbit(x[nan]))
+    if _half.f16c():  # (and as the CPU's own instructions give them)
+        assert np.array_equal(narrow[~nan], _half.narrow(x, "e").view(np.uint16)[~nan])
+
+
+def test_a_target_without_f16c_converts_float16_and_runs_half_precision():
+    """On a compile target without F16C (``NUMBA_CPU_NAME=generic``: a baseline x86-64, QEMU's
+    qemu64) float16 widening and narrowing, a bfloat16 matmul and a float16 one, and every
+    preprocess call aborted the process ("LLVM ERROR: Symbol not found: __extendhfsf2"; a user
+    hunt). They run, and agree with numpy and float64."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    code = (
+        "import numpy as np\n"
+        "from kernelkit.kernels.numba import _half\n"
+        "from kernelkit.kernels.numba.matmul import matmul_forward\n"
+        "assert not _half.f16c()\n"
+        "x = np.random.default_rng(0).standard_normal((3, 5, 7)).astype(np.float32)\n"
+        "h = _half.narrow(x, 'e')\n"
+        "assert np.array_equal(h, x.astype(np.float16))\n"
+        "assert np.array_equal(_half.widen(h), h.astype(np.float32))\n"
+        "a, b = x[:1].astype(np.float16), x[:1].transpose(0, 2, 1).astype(np.float16)\n"
+        "ref = a.astype(np.float64) @ b.astype(np.float64)\n"
+        "for a_, b_ in ((a, b), (_half.narrow(a.astype(np.float32), 'H'),\n"
+        "                       _half.narrow(b.astype(np.float32), 'H'))):\n"
+        "    c = _half.widen(matmul_forward(a_, b_))\n"
+        "    assert np.allclose(c, ref, rtol=0.02, atol=0.05), (c, ref)\n"
+        "import kernelkit\n"
+        "img = (np.random.default_rng(1).random((2, 20, 30, 3)) * 255).astype(np.uint8)\n"
+        "with kernelkit.use(backend='numba'):\n"
+        "    y32, y16 = (kernelkit.preprocess(img, size=(8, 8), mean=0.5, std=0.25,\n"
+        "                                     out_dtype=dt) for dt in ('float32', 'float16'))\n"
+        "assert np.array_equal(y16, y32.astype(np.float16))\n"
+        "print('ok')\n")
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CPU_NAME="generic", KERNELKIT_NUMBA_CACHE_DIR=cache)
+        env.pop("NUMBA_CPU_FEATURES", None)
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=900)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
 # ------------------------------------------------------------------ unpacked small/skinny kernels
 
 UNPACKED = [k for k in nm.KERNELS if k not in ("packed", "amx", "amx_w")]  # (amx*: bfloat16 only)

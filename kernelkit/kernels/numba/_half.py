@@ -18,11 +18,10 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
-from kernelkit import devices
 from kernelkit import threads as _threads
-from kernelkit.kernels.numba import _workspace
+from kernelkit.kernels.numba import _gemm, _workspace
 from kernelkit.kernels.numba._gemm import _JIT, _U
 from kernelkit.kernels.numba._pool import run as _run
 
@@ -32,11 +31,13 @@ HALF_CHARS = "eH"  # numpy dtype chars: float16, and uint16 (bfloat16 bit patter
 # -- float16 <-> float32 with the CPU's conversion instructions ----------------------------------
 # numpy converts float16 element by element (about 3 ns each here: the fp16 matmul spent 40% of
 # its time widening and narrowing); LLVM's fpext / fptrunc on `half` compile to F16C's vcvtph2ps /
-# vcvtps2ph, 8 lanes at a time (10-20x numpy here), on both cores for large arrays. Without F16C,
-# LLVM would call a runtime helper Numba does not link: numpy's conversion is used there instead.
+# vcvtps2ph, 8 lanes at a time (10-20x numpy here), on both cores for large arrays. Without F16C
+# in the compile target LLVM calls a runtime helper (__extendhfsf2, __truncsfhf2) that Numba does
+# not link, and the process aborted ("LLVM ERROR: Symbol not found"; every preprocess call and
+# every bfloat16 matmul compiles a float16 branch): there the conversions are integer code.
 @intrinsic
-def _half_bits_to_float(typingctx, bits):
-    """float16 bit pattern (uint16) -> float32, exact."""
+def _hw_half_bits_to_float(typingctx, bits):
+    """float16 bit pattern (uint16) -> float32, exact (F16C's vcvtph2ps)."""
     if bits != types.uint16:
         return None
 
@@ -47,8 +48,8 @@ def _half_bits_to_float(typingctx, bits):
 
 
 @intrinsic
-def _float_to_half_bits(typingctx, x):
-    """float32 -> float16 bit pattern (uint16), rounded to nearest even (IEEE), overflow to Inf."""
+def _hw_float_to_half_bits(typingctx, x):
+    """float32 -> float16 bit pattern (uint16), round to nearest even (F16C's vcvtps2ph)."""
     if x != types.float32:
         return None
 
@@ -56,6 +57,34 @@ def _float_to_half_bits(typingctx, x):
         return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
 
     return types.uint16(types.float32), codegen
+
+
+def _half_bits_to_float(bits):
+    """float16 bit pattern (uint16) -> float32, exact: F16C where the compile target has it,
+    else integer code (`_soft_half_bits_to_float`)."""
+
+
+def _float_to_half_bits(x):
+    """float32 -> float16 bit pattern (uint16), rounded to nearest even (IEEE), overflow to Inf,
+    NaN to a quiet NaN: F16C where the compile target has it, else integer code."""
+
+
+@overload(_half_bits_to_float, inline="always")
+def _half_bits_to_float_ov(bits):
+    if bits != types.uint16:
+        return None
+    if f16c():
+        return lambda bits: _hw_half_bits_to_float(bits)
+    return lambda bits: _soft_half_bits_to_float(bits)
+
+
+@overload(_float_to_half_bits, inline="always")
+def _float_to_half_bits_ov(x):
+    if x != types.float32:
+        return None
+    if f16c():
+        return lambda x: _hw_float_to_half_bits(x)
+    return lambda x: _soft_float_to_half_bits(x)
 
 
 @intrinsic
@@ -80,6 +109,43 @@ def bits_f32(typingctx, u):
         return builder.bitcast(args[0], ir.FloatType())
 
     return types.float32(types.uint32), codegen
+
+
+@numba.njit(inline="always", **_JIT)
+def _soft_half_bits_to_float(bits):
+    """`_half_bits_to_float` in integer code (targets without F16C): the exponent rebased, a
+    subnormal through one float subtraction, Inf and NaN kept (F. Giesen's half_to_float)."""
+    h = np.uint32(bits)
+    o = (h & np.uint32(0x7FFF)) << np.uint32(13)
+    e = o & np.uint32(0x0F800000)  # the exponent, in place
+    o += np.uint32(112 << 23)  # (127 - 15) << 23
+    if e == np.uint32(0x0F800000):  # Inf, NaN: the top exponent
+        o += np.uint32(112 << 23)
+    elif e == np.uint32(0):  # zero, subnormal: renormalised by the float subtraction
+        o += np.uint32(1 << 23)
+        o = f32_bits(bits_f32(np.uint32(o)) - bits_f32(np.uint32(113 << 23)))
+    # (numba widens uint32 arithmetic to 64 bits: the word cast back)
+    return bits_f32(np.uint32(o | ((h & np.uint32(0x8000)) << np.uint32(16))))
+
+
+@numba.njit(inline="always", **_JIT)
+def _soft_float_to_half_bits(x):
+    """`_float_to_half_bits` in integer code (targets without F16C): round to nearest even, from
+    65520 up Inf, NaN a quiet NaN of the same sign, below 2^-14 a subnormal rounded by one float
+    addition (F. Giesen's float_to_half_fast3_rtne)."""
+    u = f32_bits(x)
+    sign = u & np.uint32(0x80000000)
+    u ^= sign
+    if u >= np.uint32(143 << 23):  # 65536 and up, Inf, NaN
+        o = np.uint32(0x7E00) if u > np.uint32(0x7F800000) else np.uint32(0x7C00)
+    elif u < np.uint32(113 << 23):  # below 2^-14: the float addition rounds the subnormal
+        o = f32_bits(bits_f32(np.uint32(u)) + bits_f32(np.uint32(126 << 23))) \
+            - np.uint32(126 << 23)
+    else:
+        odd = (u >> np.uint32(13)) & np.uint32(1)
+        u = u - np.uint32(112 << 23) + np.uint32(0xFFF) + odd  # rebased, rounded half to even
+        o = u >> np.uint32(13)
+    return np.uint16(o | (sign >> np.uint32(16)))
 
 
 # Below PARALLEL_MIN elements one core converts faster than both do with a parallel launch
@@ -170,8 +236,10 @@ def narrow1(x, bf16):
 
 
 def f16c() -> bool:
-    """The CPU converts float16 in hardware (F16C: every x86-64 since Ivy Bridge / Piledriver)."""
-    return "f16c" in devices.cpu_flags()
+    """The compile target converts float16 in hardware (F16C: every x86-64 since Ivy Bridge /
+    Piledriver; not a baseline or ``NUMBA_CPU_NAME=generic`` target, nor QEMU's qemu64). The
+    compile target's, not the host's: code for a target without it cannot use it."""
+    return _gemm.compiler_has("f16c")
 
 
 def warm_f16() -> None:

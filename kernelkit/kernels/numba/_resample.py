@@ -26,7 +26,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernelkit.kernels.numba import _cache
-from kernelkit.kernels.numba._half import f32_bits
+from kernelkit.kernels.numba._half import _float_to_half_bits, f32_bits
 from kernelkit.kernels.taps import NEAREST_ROUND
 
 _cache.install()  # cache=True below: in the keyed dir (see _cache.py), never stale
@@ -107,15 +107,11 @@ def fma(typingctx, a, b, c):
     return sig, codegen
 
 
-@intrinsic
-def f16_bits(typingctx, x):
-    """float32 -> IEEE half bits (round to nearest even; LLVM fptrunc, vcvtps2ph on x86)."""
-    sig = types.uint16(types.float32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
-
-    return sig, codegen
+@numba.njit(inline="always", **_JIT)
+def f16_bits(x):
+    """float32 -> IEEE half bits (round to nearest even; vcvtps2ph where the compile target has
+    F16C, integer code where not: `_half._float_to_half_bits`)."""
+    return _float_to_half_bits(np.float32(x))
 
 
 @numba.njit(inline="always", **_JIT)
