@@ -330,9 +330,7 @@ def _cast_params(m, w: torch.Tensor, b, dtype: torch.dtype) -> tuple:
     grad = torch.is_grad_enabled() and not torch.is_inference_mode_enabled() \
         and (w.requires_grad or (b is not None and b.requires_grad))
     if w.is_inference() or (b is not None and b.is_inference()):
-        if grad:
-            return w.to(dtype), None if b is None else b.to(dtype), True
-        return w.detach().to(dtype), None if b is None else b.detach().to(dtype), True
+        return (*_cast_now(w, b, dtype, grad), True)
     keep = not grad and _frozen.weights_frozen()
     casts = m.__dict__.get("_kk_casts")
     key = (dtype, torch.is_inference_mode_enabled(), grad)
@@ -361,7 +359,7 @@ def _cast_params(m, w: torch.Tensor, b, dtype: torch.dtype) -> tuple:
                 casts[key] = held._replace(bc=weakref.ref(bc))
             return wc, bc, False
     if not (grad or keep):
-        return w.detach().to(dtype), None if b is None else b.detach().to(dtype), True
+        return (*_cast_now(w, b, dtype, grad), True)
     # (the step hook and the generation before the cast: a step in another thread meanwhile
     # then leaves the cast under the old generation)
     _frozen.watch_optimizer_steps()  # (a fused step changes no version)
@@ -369,13 +367,19 @@ def _cast_params(m, w: torch.Tensor, b, dtype: torch.dtype) -> tuple:
     casts = m.__dict__.setdefault("_kk_casts", _Memo())
     if grad and region is None and _LOOPED in casts:
         region = _autocast_region(w.device)
-    ws, bs = (w, b) if grad else (w.detach(), None if b is None else b.detach())
-    wc, bc = ws.to(dtype), None if bs is None else bs.to(dtype)
+    wc, bc = _cast_now(w, b, dtype, grad)
     casts[key] = _Held(w, b, (w._version, None if b is None else b._version),
                        (w.data_ptr(), None if b is None else b.data_ptr()), generation, region,
                        wc if keep else weakref.ref(wc),
                        bc if keep or bc is None else weakref.ref(bc))
     return wc, bc, True
+
+
+def _cast_now(w: torch.Tensor, b, dtype: torch.dtype, grad: bool) -> tuple:
+    """(weight, bias) cast to `dtype`: in the graph with grad, detached without."""
+    if not grad:
+        w, b = w.detach(), None if b is None else b.detach()
+    return w.to(dtype), None if b is None else b.to(dtype)
 
 
 _CANARIES: dict = {}  # device -> a 1x1 float32 leaf that needs grad (`_autocast_region`)

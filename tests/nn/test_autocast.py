@@ -571,19 +571,9 @@ def test_under_autocast_the_region_check_holds_with_a_float64_default_dtype(monk
     try:
         with torch.autocast("cpu", torch.bfloat16):  # (called again within a forward: from
             layer(layer(x))  # now on its casts note their regions)
-        with torch.autocast("cpu", torch.bfloat16):
-            kept = layer(x)
-        with torch.no_grad():
-            for p in layer.parameters():
-                p.data.mul_(-0.5)
-        with torch.autocast("cpu", torch.bfloat16):
-            y = layer(x)
+        _region_then_data_update(layer, x)
     finally:
         torch.set_default_dtype(default)
-    assert kept.grad_fn is not None
-    torch.testing.assert_close(y, torch.nn.functional.linear(
-        x.detach().bfloat16(), layer[0].weight.bfloat16(), layer[0].bias.bfloat16()),
-        rtol=0.02, atol=0.05)
 
 
 def test_under_autocast_a_weight_that_starts_needing_grad_in_a_region_gets_it(monkeypatch):
