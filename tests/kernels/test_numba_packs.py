@@ -230,11 +230,13 @@ def test_kept_weight_beside_the_exact_columns_packed_b(monkeypatch):
 
 
 def test_the_copies_an_autocast_region_casts_are_not_kept():
-    """Each call casts the weight anew: every copy was packed, kept and held (80 entries after 40
-    calls of a 2-conv model, up to the cache's cap plus the copies themselves)."""
+    """With grad each call casts the weight anew: every copy was packed, kept and held (80
+    entries after 40 calls of a 2-conv model, up to the cache's cap plus the copies themselves).
+    (Without grad, inside `frozen_weights()`, the layer keeps one cast, whose pack is kept:
+    tests/nn/test_autocast.py.)"""
     conv = kernelkit.nn.patch(torch.nn.Conv2d(24, 40, 3, padding=1)).model
     x = torch.randn(1, 24, 28, 28)
-    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16), kernelkit.use(backend="numba"):
+    with torch.autocast("cpu", torch.bfloat16), kernelkit.use(backend="numba"):
         for _ in range(4):
             y = conv(x)
     assert y.dtype == torch.bfloat16
