@@ -269,15 +269,14 @@ def _on_cast(route: Route, dtype: torch.dtype) -> Route:
     once per region, which is once per call where a region wraps each forward: so a close trial
     leans to torch.)"""
     def call(m, x, w, b):
-        args = (x, w, b)
         xc = x.to(dtype)
         t0 = _clock()
         wc, bc, made = _cast_params(m, w, b, dtype)
         cast = (xc, wc, bc)
-        if not made:  # (a cast used again, unchanged since: its packs may be kept)
-            args = (x, wc, bc)
-        # (the route's torch ops as cast; the copies not kept packed: `cast_copies`)
-        with torch.autocast(x.device.type, enabled=False), cast_copies(cast, args):
+        # (the route's torch ops as cast; the copies this call made not kept packed:
+        # `cast_copies`; a cast used again, unchanged since, may keep its packs)
+        with torch.autocast(x.device.type, enabled=False), \
+                cast_copies(cast, (x, w, b) if made else (x, wc, bc)):
             if not made:
                 return route(m, *cast)
             _CHARGE.seconds = _clock() - t0
