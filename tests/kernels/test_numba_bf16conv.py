@@ -238,3 +238,83 @@ def test_bf16_padded_copy_rows_through_masked_vectors(width, stride, poisoned, m
         run_and_check(bits(x), w, b, case)
     assert geos and all(g[_conv.G_PAIRS] > 0 for g in geos)
     assert {(g[_conv.G_SH], g[_conv.G_SW]) for g in geos} == used and stride in used
+
+
+# Batch 1 on small planes with an even channel count per group: the weight is read where it
+# lies, its uint32 words pairs of K neighbours (two taps of a channel, or a channel's last tap
+# and the next one's first), against the planes of the input's tap pairs (``_conv._tap_pairs``).
+TAP_PAIR_CASES = [
+    (1, 24, 3, 3, 41, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),  # more rows than pixels
+    (1, 16, 7, 7, 13, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),  # a partial last row sliver
+    (1, 10, 9, 9, 7, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),  # stride 2: the phases' planes
+    (1, 8, 11, 9, 12, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2), 1),  # dilation 2
+    (1, 12, 8, 8, 9, 3, 3, (2, 1), (1, 0, 2, 1), (1, 1), 3),  # groups of 4 channels
+    (1, 6, 9, 10, 5, 3, 2, (1, 1), (1, 1, 0, 1), (1, 1), 1),  # six taps: pairs inside a channel
+    (1, 4, 13, 11, 7, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1),  # 25 taps: pairs across channels
+    (1, 2, 5, 6, 3, 1, 3, (1, 1), (0, 0, 1, 1), (1, 1), 1),  # one row of taps, two channels
+    (1, 40, 7, 7, 30, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),  # several channel blocks
+]
+
+
+def _geometry(case, config=None):
+    n, c, h, w, k, r, s, st_, pad, dil, g = case
+    return nc._pairs_geometry((n, c, h, w), (k, c // g, r, s), st_, pad, dil, g, 0, 0,
+                              config or nc._default(np.float32), nc.kernel_threads(),
+                              nc._knobs())
+
+
+def test_tap_pairs_route_exactly_where_the_weight_rows_are_whole_words(monkeypatch):
+    """The tap pairs run (the weight in place, nothing packed) on the in-place layers with an
+    even channel count per group and more than one tap; a 1x1 layer reads its rows in place
+    against the channel pairs' copy itself; an odd count, or the knob off, packs the weight."""
+    from kernelkit.kernels.numba import _conv
+
+    for case in TAP_PAIR_CASES:
+        for config in (None, TINY):
+            pg = _geometry(case, config)
+            assert pg.wsize == 0 and pg.geo[_conv.G_AINPL] != 0, case
+            assert pg.geo[_conv.G_QPITCH] > 0 and pg.geo[_conv.G_QPITCH] % 16 == 0, case
+    one = _geometry((1, 12, 5, 5, 7, 1, 1, (1, 1), (1, 1, 1, 1), (1, 1), 1))
+    assert one.wsize == 0 and one.geo[_conv.G_AINPL] != 0 and one.geo[_conv.G_QPITCH] == 0
+    odd = _geometry((1, 15, 7, 7, 13, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1))
+    assert odd.wsize > 0 and odd.geo[_conv.G_AINPL] == 0 and odd.geo[_conv.G_QPITCH] == 0
+    monkeypatch.setattr(nc, "TAP_PAIRS", False)
+    off = _geometry(TAP_PAIR_CASES[1])
+    assert off.wsize > 0 and off.geo[_conv.G_AINPL] == 0 and off.geo[_conv.G_QPITCH] == 0
+
+
+@needs_bf16_dot
+@pytest.mark.parametrize("config", [None, TINY], ids=["default", "tiny"])
+@pytest.mark.parametrize("case", TAP_PAIR_CASES, ids=_ids)
+def test_bf16_conv_tap_pairs_match_float64(case, config, poisoned, monkeypatch):
+    """Every tap pairing (inside a channel, across two, both halves of a channel pair's
+    plane), with NaN and Inf in the input and the weight, against the float64 reference; the
+    scratch that holds the copies starts as NaN pairs, so a word of a plane no one wrote
+    shows."""
+    monkeypatch.setattr(nc, "_scratch", lambda size, dtype: np.full(
+        int(size), POISON_PAIR if np.dtype(dtype) == np.uint32 else 0xFF, dtype))
+    x, w, b = make(case, 3 * sum(case[:7]))
+    run_and_check(bits(x), w, b, case, "relu", config)
+    x[0, -1, 0, 0] = float("nan")
+    x[0, 0, -1, -1] = float("inf")
+    w2 = w.clone()
+    w2[-1, 1, -1, 0] = -float("inf")
+    run_and_check(bits(x), w2, None, case, None, config)
+
+
+@needs_bf16_dot
+def test_bf16_conv_tap_pairs_read_a_weight_two_bytes_off_a_word(poisoned):
+    """A weight whose data starts 2 bytes past a 4-byte boundary (a view one element into a
+    buffer) is read as uint32 words through an aligned copy, and right."""
+    case = TAP_PAIR_CASES[1]
+    x, w, b = make(case, 11)
+    wb = bits(w)
+    buf = np.zeros(wb.size + 2, np.uint16)
+    off = 1 if buf.ctypes.data % 4 == 0 else 2
+    shifted = buf[off:off + wb.size].reshape(wb.shape)
+    shifted[...] = wb
+    assert shifted.ctypes.data % 4 == 2
+    out = conv2d_forward(bits(x), shifted, bits(b), (1, 1), (1, 1, 1, 1), (1, 1), 1, None,
+                         "NCHW")
+    assert_conv2d_close(as_bf16(out), x, w, b, stride=(1, 1), padding=(1, 1, 1, 1),
+                        dilation=(1, 1), groups=1, activation=None, acc="float32")

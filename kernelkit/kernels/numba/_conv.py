@@ -97,8 +97,8 @@ _I = np.int64  # _I(0): an int64 argument, not Literal[int](0), so callees compi
 (G_N, G_C, G_H, G_W, G_K, G_R, G_S, G_HO, G_WO, G_SH, G_SW, G_PT, G_PL, G_DH, G_DW, G_G,
  G_MC, G_KC, G_NC, G_PM, G_PN, G_HAS_BIAS, G_ACT, G_PLAIN, G_OSN, G_OSC, G_OSH, G_OSW,
  G_MODE, G_TAPW, G_XPOFF, G_XPITCH, G_GH, G_GW, G_DIRECT, G_BCOLS, G_PHASE, G_PAIRS,
- G_LEAD, G_WPACKED, G_PACKB, G_AINPL, G_NARROW) = range(43)
-GEO_LEN = 43
+ G_LEAD, G_WPACKED, G_PACKB, G_AINPL, G_NARROW, G_QOFF, G_QPITCH) = range(45)
+GEO_LEN = 45
 # geo[G_MODE] of the forward: the implicit GEMM with NCHW output, with NHWC output, and the
 # shifted GEMM (NCHW output: one GEMM per kernel tap on a shifted view of the input)
 MODE_KP, MODE_PK, MODE_SHIFT = 0, 1, 2
@@ -1116,6 +1116,57 @@ def _shift_exact_unit(bp, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp):
 
 
 @numba.njit(inline="always", **_JIT)
+def _tap_offsets(geo, toffs):
+    """Tap (kr, ks)'s shift in the padded copy: its stride phase's plane (ry % sh, rx % sw)
+    plus its shift within it, from a plane's first grid column (past geo[G_LEAD])."""
+    sh, sw, gw = geo[G_SH], geo[G_SW], geo[G_GW]
+    for tp in range(geo[G_R] * geo[G_S]):
+        kr = tp // geo[G_S]
+        ry, rx = kr * geo[G_DH], (tp - kr * geo[G_S]) * geo[G_DW]
+        toffs[tp] = (((ry % sh) * sw + rx % sw) * geo[G_PHASE] + (ry // sh) * gw + rx // sw
+                     - geo[G_LEAD])
+
+
+@numba.njit(inline="always", **_JIT)
+def _tap_pairs(t, nthr, xp, geo):
+    """The bfloat16 shifted GEMM's B where the weight is read where it lies (geo[G_QPITCH] > 0):
+    from each padded copy plane of channel pairs (``_pad_planes``, the same share of units, so
+    this thread wrote them), the planes of its tap pairs.
+
+    A weight row (K, Cg, R, S) as given pairs its bfloat16 neighbours along K = (c, r, s): for
+    channels 2p, 2p + 1, flat element e = c' * R*S + tap (c' = 0, 1), pair q of the row's
+    uint32 words is elements 2q and 2q + 1, so two taps of one channel, or the last tap of
+    channel 2p and the first of 2p + 1 (R*S odd). Pseudo-tap q's plane holds, under grid column
+    j, the bfloat16 pair the two elements multiply: the input under each of their taps, from
+    its half of the channel-pair plane. Then the weight needs no packing (``_taps`` on its
+    uint32 rows, ``ars``), where packing it took a quarter of a deep small-plane layer's call
+    (512 ch 7 px, batch 1, Zen 4). Columns past the grid's last output are zero."""
+    N, C = geo[G_N], geo[G_C]
+    ntap = geo[G_R] * geo[G_S]
+    gw, Ho, Wo = geo[G_GW], geo[G_HO], geo[G_WO]
+    qpitch, pitch = geo[G_QPITCH], geo[G_XPITCH]
+    ncols = (Ho - 1) * gw + Wo
+    toffs = np.empty(ntap, np.int64)
+    _tap_offsets(geo, toffs)
+    lo16 = numba.uint32(0xFFFF)
+    u0, u1 = _share(t, nthr, N * C)
+    for u in range(u0, u1):
+        src = geo[G_XPOFF] + geo[G_LEAD] + u * pitch
+        for q in range(ntap):
+            ea, ta = divmod(2 * q, ntap)
+            eb, tb = divmod(2 * q + 1, ntap)
+            oa, ob = src + toffs[ta], src + toffs[tb]
+            sa, sb = numba.uint32(16 * ea), numba.uint32(16 * eb)
+            d = geo[G_QOFF] + (u * ntap + q) * qpitch
+            for j in range(ncols):
+                a = (xp[_U(oa + j)] >> sa) & lo16
+                b = (xp[_U(ob + j)] >> sb) & lo16
+                xp[_U(d + j)] = a | (b << numba.uint32(16))
+            for j in range(ncols, qpitch):
+                xp[_U(d + j)] = numba.uint32(0)
+
+
+@numba.njit(inline="always", **_JIT)
 def _fwd_shift(t, nthr, xf, xlo, sx, wp, xpb, bias, c, geo):
     N, C, K, G, Ho, Wo = geo[G_N], geo[G_C], geo[G_K], geo[G_G], geo[G_HO], geo[G_WO]
     mc, nc, pm, pn = geo[G_MC], geo[G_NC], geo[G_PM], geo[G_PN]
@@ -1147,12 +1198,12 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, xpb, bias, c, geo):
     ars = cg * ntap if geo[G_AINPL] != 0 else 0
     atail = np.empty(_cdiv(mc, mr) * mr * geo[G_KC] * ntap if ars != 0 else 0, wp.dtype)
     toffs = np.empty(ntap, np.int64)
-    sh, sw = geo[G_SH], geo[G_SW]
-    for tp in range(ntap):  # tap (kr, ks): a shift within stride phase (ry % sh, rx % sw)
-        kr = tp // geo[G_S]
-        ry, rx = kr * geo[G_DH], (tp - kr * geo[G_S]) * geo[G_DW]
-        toffs[tp] = (((ry % sh) * sw + rx % sw) * geo[G_PHASE] + (ry // sh) * gw + rx // sw
-                     - geo[G_LEAD])
+    qpitch = geo[G_QPITCH]
+    if qpitch > 0:  # B: the tap pairs' planes (_tap_pairs), pseudo-tap q's at q * qpitch
+        for tp in range(ntap):
+            toffs[tp] = tp * qpitch
+    else:
+        _tap_offsets(geo, toffs)
     junk = gw != Wo
     scr = np.empty((_cdiv(mc, mr) * mr) * (_cdiv(nc, nr) * nr) if junk else 0, c.dtype)
     for u in range(u0, u1):
@@ -1162,6 +1213,10 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, xpb, bias, c, geo):
         if geo[G_DIRECT] != 0:
             _shift_unit(xf, -xlo + n * sxn + g * cg * sxc, sxc, n, g, r0, r1, j0, j1, wp, ars,
                         atail, bias, c, geo, ct, tmpb, scr, toffs, ttmp)
+        elif qpitch > 0:
+            ps = ntap * qpitch
+            _shift_unit(xpb, geo[G_QOFF] + (n * C + g * cg) * ps, ps, n, g, r0, r1, j0, j1, wp,
+                        ars, atail, bias, c, geo, ct, tmpb, scr, toffs, ttmp)
         else:
             ps = geo[G_XPITCH]
             _shift_unit(xpb, geo[G_XPOFF] + geo[G_LEAD] + (n * C + g * cg) * ps, ps, n, g, r0,
@@ -1892,23 +1947,28 @@ def fwd(t, nthr, phase, x4, wsrc, wp, xpb, bias, out1, geo, sync):
 def fwd_pairs(t, nthr, phase, x4, wsrc, wp, xpb, bias, out1, geo, sync):
     """The shifted GEMM's forward (MODE_SHIFT) on bfloat16 bits (uint16 x4) through VDPBF16PS:
     phase 0 packs the weight (``wsrc``: bfloat16 bits, as pairs of channels) into ``wp`` (unless
-    geo[G_WPACKED]) and the padded copy of x as channel pairs (``_pad_planes``) into ``xpb``;
-    phase 1 convolves into the
-    float32 ``out1``; phase 2 both, as in ``fwd``. geo[G_C] counts channel pairs, geo[G_PAIRS]
-    the channels per group."""
+    geo[G_WPACKED], or geo[G_AINPL]: read where it lies, against the planes of the input's tap
+    pairs, ``_tap_pairs``) and the padded copy of x as channel pairs (``_pad_planes``) into
+    ``xpb``; phase 1 convolves into the float32 ``out1``; phase 2 both, as in ``fwd``.
+    geo[G_C] counts channel pairs, geo[G_PAIRS] the channels per group."""
     xf, xlo, sx = _flat4(x4)
     if phase != 1:
-        if geo[G_WPACKED] == 0:
+        if geo[G_WPACKED] == 0 and geo[G_AINPL] == 0:
             _pack_taps(t, nthr, wsrc, wp, geo)
         if geo[G_PACKB] != 0:
             _pack_b_exact(t, nthr, xf, xlo, sx, xpb, geo)
         else:
             _pad_planes(t, nthr, xf, xlo, sx, xpb, geo)
+            if geo[G_QPITCH] > 0:
+                _tap_pairs(t, nthr, xpb, geo)
         if phase == 0 or not barrier(sync, nthr):
             return
     # B is always the padded copy in xpb (never x in place: x holds single channels, not pairs),
-    # so xpb stands in for x: the in-place branch then compiles for uint32 too
-    _fwd_shift(t, nthr, xpb, 0, sx, wp, xpb, bias, out1, geo)
+    # so xpb stands in for x: the in-place branch then compiles for uint32 too. geo[G_AINPL]:
+    # the weight's rows read where they lie, as uint32 pairs along K (its flat element count
+    # even: Cg even, checked by the geometry)
+    wa = wsrc[: wsrc.size // 2 * 2].view(np.uint32) if geo[G_AINPL] != 0 else wp
+    _fwd_shift(t, nthr, xpb, 0, sx, wa, xpb, bias, out1, geo)
 
 
 @numba.njit(**_JIT)

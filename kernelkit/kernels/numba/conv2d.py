@@ -109,6 +109,14 @@ SHIFT_INPLACE_SLIVERS = 8
 # every in-place layer's rows, conv_alias_probe.py --copy-all: 512 ch 3x3 layers 0.87-0.93x,
 # 256 ch 0.98-1.00x, 512 -> 2048 at 7 px, 2 KiB apart, 0.96x).
 SHIFT_INPLACE_COPY = True
+# bfloat16 reads the weight in place on the same layers (an even channel count per group), its
+# uint32 words being pairs of K neighbours (two taps of a channel) against planes of the
+# input's tap pairs (``_conv._tap_pairs``), instead of packing it as channel pairs per tap.
+# Zen 4, batch 1, off / on in one process, 11 rounds rotated with torch, medians
+# (conv_knob_probe.py --dtype bfloat16, docs/performance.md): 512 ch 7 px 3x3 1.028 -> 0.832
+# ms (torch 0.679), 512 ch 14 px stride 2 1.521 -> 1.064 (0.858), 2048 -> 512 1x1 at 7 px
+# 1.088 -> 0.712 (0.682); the 28-56 px layers (packed either way) and 256 ch 14 px even.
+TAP_PAIRS = True
 SHIFT_ALIAS_BYTES = 4096
 # The shifted GEMM computes a sliver of fewer than NR grid columns on a tile of NR / 2 or NR / 4
 # columns (``_gemm.ukernel_taps_half`` / ``_quarter``; 17-24 columns: a half and a quarter)
@@ -595,8 +603,12 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     mc = _even(cdiv(msl, pm) * mr, cfg.mc, mr)
     slivers = n * cdiv(nsl, pn)
     aliased = cg * r * s * itemsize % SHIFT_ALIAS_BYTES == 0
-    inplace = geo[_conv.G_PAIRS] == 0 and slivers <= SHIFT_INPLACE_SLIVERS and (
-        SHIFT_INPLACE_COPY or slivers <= 2 or not aliased)
+    # bfloat16 (channel pairs): in place only where a weight row is whole uint32 words from
+    # each group's start (Cg even; its pairs then run along K: ``_conv._tap_pairs``)
+    pairs = int(geo[_conv.G_PAIRS])
+    inplace = (pairs == 0 or (TAP_PAIRS and pairs % 2 == 0)) \
+        and slivers <= SHIFT_INPLACE_SLIVERS and (SHIFT_INPLACE_COPY or slivers <= 2
+                                                  or not aliased)
     if inplace:  # a sliver of weight rows at a time, over all the unit's columns
         mc = mr
     nc = cfg.nc
@@ -612,7 +624,19 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
         pitch += line
     geo[_conv.G_XPITCH] = pitch
     geo[_conv.G_MODE] = _conv.MODE_SHIFT
-    geo[_conv.G_KC] = _shift_kc(cg, cfg.kc, r, s, int(geo[_conv.G_DW]), itemsize, nr)
+    # bfloat16 read in place with more than one tap: B is the tap pairs' planes after the
+    # padded copy, each a whole number of slivers (and an odd number of lines, as above)
+    qpitch = 0
+    if pairs and inplace and r * s > 1:
+        qpitch = cdiv(cdiv(ncols, nr) * nr, line) * line
+        if (qpitch // line) % 2 == 0:
+            qpitch += line
+    geo[_conv.G_QPITCH] = qpitch
+    geo[_conv.G_QOFF] = cdiv(n * c * pitch + nr, line) * line if qpitch else 0
+    # a block's B sliver: R rows of NR + (S - 1) * dw words a channel, or with tap pairs one
+    # row of NR words per pseudo-tap
+    geo[_conv.G_KC] = (_shift_kc(cg, cfg.kc, r * s, 1, 1, itemsize, nr) if qpitch else
+                       _shift_kc(cg, cfg.kc, r, s, int(geo[_conv.G_DW]), itemsize, nr))
     geo[_conv.G_AINPL] = 0 if not inplace else (
         _conv.AINPL_COPY if SHIFT_INPLACE_COPY and aliased else _conv.AINPL_ROWS)
     geo[_conv.G_TAPW] = cg
@@ -627,6 +651,8 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     geo[_conv.G_DIRECT] = int(direct)
     geo[_conv.G_LEAD] = lead
     geo[_conv.G_XPOFF] = 0 if inplace else _shift_wsize(g, kg, cg, r * s, mr)
+    if qpitch:
+        return int(geo[_conv.G_QOFF]) + n * c * r * s * qpitch
     return 0 if direct else n * c * pitch + nr
 
 
@@ -676,7 +702,7 @@ def _knobs() -> tuple:
     return (SERIAL_WORK, SHIFT_WIDE, SHIFT_MIN_PIXELS, SHIFT_MIN_PLANE, SHIFT_ROWS_FIRST,
             SHIFT_KC, SHIFT_SCRATCH, BCOLS_WASTE, SHARED_PAD, SHIFT_EXACT_WASTE,
             SHIFT_EXACT_MAX_BYTES, SHIFT_INPLACE_SLIVERS, SHIFT_INPLACE_COPY, SHIFT_ALIAS_BYTES,
-            SHIFT_NARROW_TAIL, _l1_bytes)
+            SHIFT_NARROW_TAIL, TAP_PAIRS, _l1_bytes)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -942,8 +968,8 @@ def _pairs_geometry(xshape: tuple, wshape: tuple, stride: tuple, padding: tuple,
     tn = _threads(n * ho * wo * k * cg * r * s // 2, nthr)
     xp_size = _shift_geo(geo, False, 4, cfg, tn, padding, mr, nr)
     geo.flags.writeable = False
-    return _FloatGeometry(_conv.MODE_SHIFT, geo, tn, _shift_wsize(g, k // g, cq, r * s, mr),
-                          xp_size)
+    wsize = 0 if geo[_conv.G_AINPL] else _shift_wsize(g, k // g, cq, r * s, mr)
+    return _FloatGeometry(_conv.MODE_SHIFT, geo, tn, wsize, xp_size)
 
 
 def _conv_pairs(x, weight, bias, stride, padding, dilation, groups, activation,
@@ -953,6 +979,9 @@ def _conv_pairs(x, weight, bias, stride, padding, dilation, groups, activation,
     The shifted GEMM with K pairs: the padded copy holds each pair of input channels as one
     uint32 plane, the weight is packed as pairs of channels per tap (an odd channel count gets
     a zero partner), and ``_gemm.ukernel_taps`` multiplies them with VDPBF16PS (float32 sums).
+    Where the geometry reads the weight in place (TAP_PAIRS: batch 1 on small planes, Cg even)
+    its rows are uint32 words as given, pairs of K neighbours, and B is the planes of the
+    input's tap pairs (``_conv._tap_pairs``): nothing is packed but the input.
     """
     n, c, h, w = x.shape
     k, cg, r, s = weight.shape
@@ -968,11 +997,19 @@ def _conv_pairs(x, weight, bias, stride, padding, dilation, groups, activation,
                          g, int(has_bias), ACT_CODES[activation], config or _default(np.float32),
                          kernel_threads(), _knobs())
     tn, xp_size, wsize = pg.tn, pg.xp_size, pg.wsize
-    geo = pg.geo.copy()  # _shift_buffers notes the kept pack in it
-    wpack, xpb, kept, keep = _shift_buffers(weight, wsize, xp_size, np.uint32, geo)
-    wsrc = np.zeros(0, np.uint16) if kept else _writable(weight).reshape(-1)
-    _launch(_pairs_compiled(), tn, _pack_threads(tn, kept, wsize, xp_size), x, wsrc, wpack, xpb,
-            bias, out.reshape(-1), geo)
+    if wsize == 0:  # the weight's rows read where they lie, as uint32 words (4-byte aligned)
+        geo, wsrc, keep = pg.geo, _writable(weight).reshape(-1), None
+        if wsrc.ctypes.data % 4:
+            wsrc = aligned_empty(wsrc.size, np.uint16)
+            wsrc[:] = weight.reshape(-1)
+        wpack = xpb = _scratch(xp_size, np.uint32)
+        pack_tn = _pack_threads(tn, True, 0, xp_size)
+    else:
+        geo = pg.geo.copy()  # _shift_buffers notes the kept pack in it
+        wpack, xpb, kept, keep = _shift_buffers(weight, wsize, xp_size, np.uint32, geo)
+        wsrc = np.zeros(0, np.uint16) if kept else _writable(weight).reshape(-1)
+        pack_tn = _pack_threads(tn, kept, wsize, xp_size)
+    _launch(_pairs_compiled(), tn, pack_tn, x, wsrc, wpack, xpb, bias, out.reshape(-1), geo)
     if keep is not None:
         keep()
     return out
