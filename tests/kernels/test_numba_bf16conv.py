@@ -318,3 +318,22 @@ def test_bf16_conv_tap_pairs_read_a_weight_two_bytes_off_a_word(poisoned):
                          "NCHW")
     assert_conv2d_close(as_bf16(out), x, w, b, stride=(1, 1), padding=(1, 1, 1, 1),
                         dilation=(1, 1), groups=1, activation=None, acc="float32")
+
+
+def test_exact_columns_read_only_a_1x1_weight_in_place(monkeypatch):
+    """Over exact columns (a batch of small planes) a bfloat16 weight is read where it lies only
+    for 1x1 layers with an even channel count (rows of channel-pair words; B as when packed);
+    3x3 layers pack it (the tap pairs' B measured slower there than the packing it saves)."""
+    from kernelkit.kernels.numba import _conv
+
+    for case, inplace in [((8, 512, 7, 7, 2048, 1, 1, (1, 1), (0,) * 4, (1, 1), 1), True),
+                          ((8, 1024, 14, 14, 2048, 1, 1, (2, 2), (0,) * 4, (1, 1), 1), True),
+                          ((8, 2048, 7, 7, 512, 1, 1, (1, 1), (0,) * 4, (1, 1), 1), False),
+                          ((8, 512, 7, 7, 512, 3, 3, (1, 1), (1,) * 4, (1, 1), 1), False),
+                          ((8, 37, 7, 7, 64, 1, 1, (1, 1), (0,) * 4, (1, 1), 1), False)]:
+        pg = _geometry(case)
+        assert pg.geo[_conv.G_PACKB] == 1, case
+        assert (pg.geo[_conv.G_AINPL] != 0) == inplace and (pg.wsize == 0) == inplace, case
+        assert pg.geo[_conv.G_QPITCH] == 0
+    monkeypatch.setattr(nc, "EXACT_INPLACE", False)
+    assert _geometry((8, 512, 7, 7, 2048, 1, 1, (1, 1), (0,) * 4, (1, 1), 1)).wsize > 0

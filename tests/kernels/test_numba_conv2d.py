@@ -636,22 +636,27 @@ def _check_shift_inputs(x, w, b, case, dtype, weights):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight", ["packed", "in_place"])
 @pytest.mark.parametrize("threads", ["serial", "parallel"])
 @pytest.mark.parametrize("case", EXACT_CASES, ids=_ids)
-def test_shifted_gemm_exact_columns_across_images(case, threads, dtype, monkeypatch):
+def test_shifted_gemm_exact_columns_across_images(case, threads, weight, dtype, monkeypatch):
     """The shifted GEMM with B packed over exact output columns across the images
     (``_conv._shift_exact_unit``), forced on every batch: slivers that cross from one image to
     the next, a last sliver of a few columns, channel and column blocks (TINY and default
     blocking), weight rows not a multiple of MR, stride phases, dilation, groups, x read in
-    place, bias + relu; contiguous, strided and channel-reversed inputs, into poisoned outputs
-    (an unwritten or doubly accumulated element shows), NaN/Inf in x as torch gives them."""
+    place, bias + relu; the weight packed or read where it lies (EXACT_INPLACE, a last sliver
+    of fewer than MR rows through its copy); contiguous, strided and channel-reversed inputs,
+    into poisoned outputs (an unwritten or doubly accumulated element shows), NaN/Inf in x as
+    torch gives them."""
     from kernelkit.kernels.numba import _conv
 
     monkeypatch.setattr(nc, "SHIFT_EXACT_WASTE", 0.0)
+    monkeypatch.setattr(nc, "EXACT_INPLACE", weight == "in_place")
     x, w, b, geos = _shift_case(case, dtype, threads, 7, monkeypatch)
     _check_shift_inputs(x, w, b, case, dtype, (w,))
     assert geos and all(g[_conv.G_MODE] == _conv.MODE_SHIFT and g[_conv.G_PACKB] == 1
                         for g in geos)
+    assert all((g[_conv.G_AINPL] != 0) == (weight == "in_place") for g in geos)
 
 
 @pytest.mark.parametrize("n, c, hw, r, stride, exact", [
@@ -839,6 +844,7 @@ def test_shifted_gemm_last_columns_on_narrow_tiles(tail, shape, weight, dtype, m
 
     nr = nc.tile_shape(dtype)[1]
     monkeypatch.setattr(nc, "SHIFT_INPLACE_SLIVERS", 1 << 30 if weight == "in_place" else 0)
+    monkeypatch.setattr(nc, "EXACT_INPLACE", weight == "in_place")
     monkeypatch.setattr(nc, "SHIFT_EXACT_WASTE", 0.0 if shape == "exact" else float("inf"))
     cfg = dataclasses.replace(Conv2dConfig.default(dtype), kernel="shift")
     for whole in (1, 2):
@@ -856,8 +862,8 @@ def test_shifted_gemm_last_columns_on_narrow_tiles(tail, shape, weight, dtype, m
         assert len(geos) == 3 and all(g[_conv.G_MODE] == _conv.MODE_SHIFT for g in geos)
         assert [g[_conv.G_NARROW] for g in geos] == [1, 1, 0]
         assert all(g[_conv.G_PACKB] == (shape == "exact") for g in geos)
+        assert all((g[_conv.G_AINPL] != 0) == (weight == "in_place") for g in geos)
         if shape != "exact":
-            assert all((g[_conv.G_AINPL] != 0) == (weight == "in_place") for g in geos)
             assert all((g[_conv.G_GW] != g[_conv.G_WO]) == (shape != "direct") for g in geos)
 
 
@@ -866,15 +872,16 @@ def test_shifted_gemm_last_columns_on_narrow_tiles(tail, shape, weight, dtype, m
     (1, 2048, 7, 1, 1, "copy"), (1, 1024, 14, 1, 2, "copy"), (2, 512, 7, 3, 1, "rows"),
     (1, 128, 28, 3, 1, None), (1, 64, 56, 3, 1, None), (8, 256, 14, 3, 1, None),
     (1, 1024, 14, 1, 1, "copy"), (1, 256, 14, 1, 1, "rows"), (1, 512, 7, 1, 1, "rows"),
-    (8, 512, 7, 3, 1, None)])
+    (8, 512, 7, 3, 1, "exact"), (8, 2048, 7, 1, 1, None), (8, 512, 14, 3, 2, "exact")])
 def test_weight_read_in_place_where_it_meets_few_slivers(n, c, hw, r, stride, inplace):
     """The shifted GEMM reads the weight where it lies where a sliver of its rows meets at most
     SHIFT_INPLACE_SLIVERS column slivers over the batch (batch 1 up to 14 px, batch 2 at 7
-    px), and packs it where the packing is shared by more (28 px and up, batch 8; the batch of
-    8 at 7 px takes the exact columns and packs); nothing of the weight to pack then. Rows a
-    multiple of 4 KiB apart (1x1 layers of 1024 and 2048 channels) are read through a copy of
-    each sliver of rows; with that copy turned off, such rows are read in place only over two
-    slivers (at 14 px, seven: packed)."""
+    px), and packs it where the packing is shared by more (28 px and up, batch 8); nothing of
+    the weight to pack then. A batch of 8 at 7 px takes the exact columns, whose one packed B
+    every row sliver shares: read in place there too ("exact", EXACT_INPLACE), but for rows a
+    multiple of 4 KiB apart (2048 channels 1x1), packed. Elsewhere such rows (1x1 layers of
+    1024 and 2048 channels) are read through a copy of each sliver of rows; with that copy
+    turned off, such rows are read in place only over two slivers (at 14 px, seven: packed)."""
     from kernelkit.kernels.numba import _conv
 
     x = np.zeros((n, c, hw, hw), np.float32)
@@ -886,16 +893,23 @@ def test_weight_read_in_place_where_it_meets_few_slivers(n, c, hw, r, stride, in
 
     fg = geometry()
     assert fg.mode == _conv.MODE_SHIFT
-    modes = {None: 0, "rows": _conv.AINPL_ROWS, "copy": _conv.AINPL_COPY}
+    assert fg.geo[_conv.G_PACKB] == (inplace == "exact" or (n, c, hw, r) == (8, 2048, 7, 1))
+    modes = {None: 0, "rows": _conv.AINPL_ROWS, "copy": _conv.AINPL_COPY,
+             "exact": _conv.AINPL_ROWS}
     assert fg.geo[_conv.G_AINPL] == modes[inplace]
     assert (fg.wsize == 0) == (inplace is not None)
+    if inplace == "exact":
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(nc, "EXACT_INPLACE", False)
+            assert geometry().geo[_conv.G_AINPL] == 0 and geometry().wsize > 0
     if inplace == "copy":
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(nc, "SHIFT_INPLACE_COPY", False)
             fg_off = geometry()
         assert fg_off.geo[_conv.G_AINPL] == (_conv.AINPL_ROWS if hw // stride <= 7 else 0)
-    if inplace:
+    if inplace in ("rows", "copy"):  # a sliver of rows at a time (exact: blocked as packed)
         assert fg.geo[_conv.G_MC] == nc.tile_shape(np.float32)[0]
+    if inplace:
         assert fg.geo[_conv.G_XPOFF] == 0
 
 

@@ -217,6 +217,7 @@ def test_kept_weight_beside_the_exact_columns_packed_b(monkeypatch):
 
     monkeypatch.setattr(nconv, "SHIFT_WIDE", True)  # "auto": the shifted GEMM on any CPU
     monkeypatch.setattr(nconv, "SHIFT_EXACT_WASTE", 0.0)
+    monkeypatch.setattr(nconv, "EXACT_INPLACE", False)  # (else nothing of the weight is packed)
     geos = []
     real = nconv._launch
     monkeypatch.setattr(nconv, "_launch", lambda fn, tn, p, *a: geos.append(a[-1].copy())

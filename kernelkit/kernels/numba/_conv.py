@@ -1058,7 +1058,7 @@ def _pack_b_exact(t, nthr, xf, xlo, sx, bp, geo):
 
 
 @numba.njit(inline="always", **_JIT)
-def _shift_exact_unit(bp, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp):
+def _shift_exact_unit(bp, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp, atail):
     """Output channels [r0, r1) and output columns [j0, j1) of group g, the columns counted
     over all images one after the other (column j: position j % HoWo of image j // HoWo).
 
@@ -1067,7 +1067,9 @@ def _shift_exact_unit(bp, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp):
     last sliver): 64 columns for 49. Here B was packed whole in the packing phase
     (``_pack_b_exact``), sliver by sliver of exact output columns across the images: 392
     columns of a batch of 8 are 13 slivers, not 16, and threads may split the weight's rows
-    evenly without packing B twice."""
+    evenly without packing B twice. ``wp``: the packed weight, or with geo[G_AINPL] the weight
+    as given, its rows read where they lie (``ukernel_taps_strided``; a last sliver of fewer
+    than MR rows through its copy in ``atail``)."""
     K, Ho, Wo = geo[G_K], geo[G_HO], geo[G_WO]
     mc, kc, nc = geo[G_MC], geo[G_KC], geo[G_NC]
     has_bias, act = geo[G_HAS_BIAS] != 0, geo[G_ACT]
@@ -1080,6 +1082,9 @@ def _shift_exact_unit(bp, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp):
     hw = Ho * Wo
     nsl = _cdiv(geo[G_N] * hw, nr)
     narrow = geo[G_NARROW]
+    # geo[G_AINPL]: wp is the weight as given, its rows ars apart (a last sliver of fewer than
+    # MR rows through a copy in atail: read where it lies, it would run past the weight)
+    ars = cg * ntap if geo[G_AINPL] != 0 else 0
     for jc in range(j0, j1, nc):
         nb = min(nc, j1 - jc)
         for cb in range(0, cg, kc):
@@ -1093,6 +1098,9 @@ def _shift_exact_unit(bp, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp):
             for ic in range(r0, r1, mc):
                 mb = min(mc, r1 - ic)
                 aoff = g * ntap * a_tap + cb * kgpad + ic * kb
+                if ars != 0 and mb % mr != 0:
+                    _sliver_rows(wp, (g * kg + ic + mb // mr * mr) * ars + cb * ntap, ars,
+                                 mb % mr, kb, ntap, atail)
                 for j in range(jc, jc + nb, nr):
                     cols = min(nr, jc + nb - j)
                     bo = bblk + (j // nr) * sl_words
@@ -1102,12 +1110,22 @@ def _shift_exact_unit(bp, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp):
                     for i0 in range(0, mb, mr):
                         rows = min(mr, mb - i0)
                         crow = g * kg + ic + i0
-                        ao = aoff + i0 * kb
+                        if ars == 0:
+                            wa, ao, rs = wp, aoff + i0 * kb, ars
+                        elif rows == mr:
+                            wa, ao, rs = wp, crow * ars + cb * ntap, ars
+                        else:
+                            wa, ao, rs = atail, _I(0), kb * ntap
                         if inside and rows == mr and cols == nr:
-                            ukernel_taps(kb, ntap, ttmp, wp, ao, a_tap, bp, bo, nr, c,
-                                         (n0 * K + crow) * hw + pos0, hw, acc)
+                            co = (n0 * K + crow) * hw + pos0
+                            if rs == 0:
+                                ukernel_taps(kb, ntap, ttmp, wa, ao, a_tap, bp, bo, nr, c, co,
+                                             hw, acc)
+                            else:
+                                ukernel_taps_strided(kb, ntap, ttmp, wa, ao, rs, ntap, _I(1),
+                                                     bp, bo, nr, c, co, hw, acc)
                         else:  # (a last sliver's columns on narrow tiles)
-                            _taps_pieces(kb, ntap, ttmp, wp, ao, a_tap, _I(0), bp, bo, nr, ct,
+                            _taps_pieces(kb, ntap, ttmp, wa, ao, a_tap, rs, bp, bo, nr, ct,
                                          _I(0), nr, _I(0), cols, nr, narrow)
                             _tile_to_images(c, ct, j, cols, rows, hw, K, crow, first)
                         if last:  # per image the sliver crosses
@@ -1186,11 +1204,12 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, xpb, bias, c, geo):
     if geo[G_PACKB] != 0:  # exact columns over all images (units: groups and shares)
         ncols = N * Ho * Wo
         nsl = _cdiv(ncols, nr)
+        atail = np.empty(mr * geo[G_KC] * ntap if geo[G_AINPL] != 0 else 0, wp.dtype)
         for u in range(u0, u1):
             pi, mi, g, _ = _unit(u, pn, pm, G)
             r0, r1 = _split(mi, pm, msl, mr, kg)
             j0, j1 = _split(pi, pn, nsl, nr, ncols)
-            _shift_exact_unit(xpb, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp)
+            _shift_exact_unit(xpb, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp, atail)
         return
     tmpb = np.empty(ntap * geo[G_KC] * nr, wp.dtype)
     # geo[G_AINPL]: wp is the weight as given, read in place (rows cg * ntap apart; with

@@ -117,6 +117,12 @@ SHIFT_INPLACE_COPY = True
 # ms (torch 0.679), 512 ch 14 px stride 2 1.521 -> 1.064 (0.858), 2048 -> 512 1x1 at 7 px
 # 1.088 -> 0.712 (0.682); the 28-56 px layers (packed either way) and 256 ch 14 px even.
 TAP_PAIRS = True
+# The exact-column shifted GEMM (a batch of small planes) reads the weight in place as well
+# (float32; bfloat16 1x1), where its packed B is shared by every row sliver. Zen 4, batch 8,
+# off / on in one process (conv_knob_probe.py, 7-9 rounds rotated with torch, medians): float32
+# 512 ch 3x3 at 7 px 10.52 -> 10.08 ms, 14 px stride 2 10.46 -> 10.13, 512 -> 2048 1x1 at 7 px
+# 4.77 -> 4.37; bfloat16 512 -> 2048 1x1 2.74 -> 2.48, 1024 -> 2048 stride 2 5.00 -> 4.64.
+EXACT_INPLACE = True
 SHIFT_ALIAS_BYTES = 4096
 # The shifted GEMM computes a sliver of fewer than NR grid columns on a tile of NR / 2 or NR / 4
 # columns (``_gemm.ukernel_taps_half`` / ``_quarter``; 17-24 columns: a half and a quarter)
@@ -668,6 +674,14 @@ def _exact_geo(geo, itemsize: int, cfg: Conv2dConfig, tn: int, mr: int, nr: int)
     # rows first: B is shared, so neither thread packs it twice, and the rows split evenly
     # where 13 slivers of columns would split 7 / 6
     pm, pn = _shares(g, tn, msl, nsl, SHIFT_ROWS_FIRST and kg > ncols)
+    # the weight read where it lies too (EXACT_INPLACE), unless its rows fall into a few L1
+    # sets (a multiple of SHIFT_ALIAS_BYTES apart); bfloat16 only for 1x1 layers with Cg even
+    # (rows of whole channel-pair words, B as before): the tap pairs' B here read slower than
+    # the weight's packing cost (512 ch 3x3 at 7 px, batch 8: 0.94-1.00x, any kc)
+    pairs = int(geo[_conv.G_PAIRS])
+    inplace = (EXACT_INPLACE and (pairs == 0 or (r * s == 1 and pairs % 2 == 0))
+               and cg * r * s * itemsize % SHIFT_ALIAS_BYTES != 0)
+    geo[_conv.G_AINPL] = _conv.AINPL_ROWS if inplace else 0
     geo[_conv.G_MODE] = _conv.MODE_SHIFT
     geo[_conv.G_PACKB] = 1
     geo[_conv.G_DIRECT] = 0
@@ -678,7 +692,7 @@ def _exact_geo(geo, itemsize: int, cfg: Conv2dConfig, tn: int, mr: int, nr: int)
     geo[_conv.G_NC] = _even(cdiv(nsl, pn) * nr, cfg.nc, nr)
     geo[_conv.G_PM] = pm
     geo[_conv.G_PN] = pn
-    geo[_conv.G_XPOFF] = _shift_wsize(g, kg, cg, r * s, mr)
+    geo[_conv.G_XPOFF] = 0 if inplace else _shift_wsize(g, kg, cg, r * s, mr)
     return _exact_b_words(n, c, r, s, ho * wo, nr)
 
 
@@ -702,7 +716,7 @@ def _knobs() -> tuple:
     return (SERIAL_WORK, SHIFT_WIDE, SHIFT_MIN_PIXELS, SHIFT_MIN_PLANE, SHIFT_ROWS_FIRST,
             SHIFT_KC, SHIFT_SCRATCH, BCOLS_WASTE, SHARED_PAD, SHIFT_EXACT_WASTE,
             SHIFT_EXACT_MAX_BYTES, SHIFT_INPLACE_SLIVERS, SHIFT_INPLACE_COPY, SHIFT_ALIAS_BYTES,
-            SHIFT_NARROW_TAIL, TAP_PAIRS, _l1_bytes)
+            SHIFT_NARROW_TAIL, TAP_PAIRS, EXACT_INPLACE, _l1_bytes)
 
 
 @functools.lru_cache(maxsize=1024)
