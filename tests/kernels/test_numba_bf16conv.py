@@ -253,6 +253,7 @@ TAP_PAIR_CASES = [
     (1, 4, 13, 11, 7, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1),  # 25 taps: pairs across channels
     (1, 2, 5, 6, 3, 1, 3, (1, 1), (0, 0, 1, 1), (1, 1), 1),  # one row of taps, two channels
     (1, 40, 7, 7, 30, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),  # several channel blocks
+    (2, 14, 5, 5, 9, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),  # two images' planes
 ]
 
 
@@ -273,26 +274,42 @@ def test_tap_pairs_route_exactly_where_the_weight_rows_are_whole_words(monkeypat
         for config in (None, TINY):
             pg = _geometry(case, config)
             assert pg.wsize == 0 and pg.geo[_conv.G_AINPL] != 0, case
-            assert pg.geo[_conv.G_QPITCH] > 0 and pg.geo[_conv.G_QPITCH] % 16 == 0, case
+            assert pg.geo[_conv.G_QPITCH] > 0 and pg.geo[_conv.G_PACKB] == 0, case
     one = _geometry((1, 12, 5, 5, 7, 1, 1, (1, 1), (1, 1, 1, 1), (1, 1), 1))
     assert one.wsize == 0 and one.geo[_conv.G_AINPL] != 0 and one.geo[_conv.G_QPITCH] == 0
     odd = _geometry((1, 15, 7, 7, 13, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1))
     assert odd.wsize > 0 and odd.geo[_conv.G_AINPL] == 0 and odd.geo[_conv.G_QPITCH] == 0
+    # planes past TAP_PAIRS_MAX_BYTES: packed
+    pg = _geometry(TAP_PAIR_CASES[1])
+    qbytes = 4 * pg.xp_size - 4 * pg.geo[_conv.G_QOFF]
+    monkeypatch.setattr(nc, "TAP_PAIRS_MAX_BYTES", qbytes)
+    assert _geometry(TAP_PAIR_CASES[1]).wsize == 0
+    monkeypatch.setattr(nc, "TAP_PAIRS_MAX_BYTES", qbytes - 1)
+    assert _geometry(TAP_PAIR_CASES[1]).wsize > 0
     monkeypatch.setattr(nc, "TAP_PAIRS", False)
     off = _geometry(TAP_PAIR_CASES[1])
     assert off.wsize > 0 and off.geo[_conv.G_AINPL] == 0 and off.geo[_conv.G_QPITCH] == 0
 
 
 @needs_bf16_dot
+@pytest.mark.parametrize("rows", ["in_place", "copied"])
 @pytest.mark.parametrize("config", [None, TINY], ids=["default", "tiny"])
 @pytest.mark.parametrize("case", TAP_PAIR_CASES, ids=_ids)
-def test_bf16_conv_tap_pairs_match_float64(case, config, poisoned, monkeypatch):
+def test_bf16_conv_tap_pairs_match_float64(case, config, rows, poisoned, monkeypatch):
     """Every tap pairing (inside a channel, across two, both halves of a channel pair's
     plane), with NaN and Inf in the input and the weight, against the float64 reference; the
-    scratch that holds the copies starts as NaN pairs, so a word of a plane no one wrote
-    shows."""
+    weight's row slivers read where they lie or through their copy (AINPL_COPY: rows taken as
+    sharing L1 sets). The scratch that holds the copies starts as NaN pairs, so a word of a
+    plane under an output column that no one wrote shows (the zeros past the grid's last
+    output only meet columns that are dropped)."""
+    from kernelkit.kernels.numba import _conv
+
     monkeypatch.setattr(nc, "_scratch", lambda size, dtype: np.full(
         int(size), POISON_PAIR if np.dtype(dtype) == np.uint32 else 0xFF, dtype))
+    if rows == "copied":
+        monkeypatch.setattr(nc, "SHIFT_ALIAS_BYTES", 4)
+    assert _geometry(case, config).geo[_conv.G_AINPL] == (
+        _conv.AINPL_COPY if rows == "copied" else _conv.AINPL_ROWS)
     x, w, b = make(case, 3 * sum(case[:7]))
     run_and_check(bits(x), w, b, case, "relu", config)
     x[0, -1, 0, 0] = float("nan")
@@ -303,9 +320,14 @@ def test_bf16_conv_tap_pairs_match_float64(case, config, poisoned, monkeypatch):
 
 
 @needs_bf16_dot
-def test_bf16_conv_tap_pairs_read_a_weight_two_bytes_off_a_word(poisoned):
+def test_bf16_conv_tap_pairs_read_a_weight_two_bytes_off_a_word(poisoned, monkeypatch):
     """A weight whose data starts 2 bytes past a 4-byte boundary (a view one element into a
-    buffer) is read as uint32 words through an aligned copy, and right."""
+    buffer) reaches the kernel, which reads it as uint32 words (loads the IR declares 4-byte
+    aligned), through an aligned copy; and right."""
+    launched = []
+    real_launch = nc._launch
+    monkeypatch.setattr(nc, "_launch", lambda fn, tn, p, x, wsrc, *a: launched.append(
+        wsrc.ctypes.data) or real_launch(fn, tn, p, x, wsrc, *a))
     case = TAP_PAIR_CASES[1]
     x, w, b = make(case, 11)
     wb = bits(w)
@@ -318,6 +340,7 @@ def test_bf16_conv_tap_pairs_read_a_weight_two_bytes_off_a_word(poisoned):
                          "NCHW")
     assert_conv2d_close(as_bf16(out), x, w, b, stride=(1, 1), padding=(1, 1, 1, 1),
                         dilation=(1, 1), groups=1, activation=None, acc="float32")
+    assert launched and all(address % 4 == 0 for address in launched)
 
 
 def test_exact_columns_read_only_a_1x1_weight_in_place(monkeypatch):

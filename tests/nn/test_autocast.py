@@ -608,7 +608,9 @@ def test_under_autocast_inside_frozen_weights_a_kept_cast_keeps_its_conv_pack(mo
     real = _packs.keep
     monkeypatch.setattr(_packs, "keep", lambda *a: kept.append(1) or real(*a))
     layer = knn.patch(nn.Sequential(nn.Conv2d(8, 16, 3, padding=1))).model
-    x = torch.randn(2, 8, 10, 10)
+    # 28 px: planes whose weight the kernel packs (on small planes it reads it where it lies,
+    # in bfloat16 too since conv2d.TAP_PAIRS, and keeps nothing)
+    x = torch.randn(2, 8, 28, 28)
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16), kernelkit.frozen_weights():
         for _ in range(4):
             y = layer(x)

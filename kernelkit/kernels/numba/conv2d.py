@@ -117,6 +117,10 @@ SHIFT_INPLACE_COPY = True
 # ms (torch 0.679), 512 ch 14 px stride 2 1.521 -> 1.064 (0.858), 2048 -> 512 1x1 at 7 px
 # 1.088 -> 0.712 (0.682); the 28-56 px layers (packed either way) and 256 ch 14 px even.
 TAP_PAIRS = True
+# ... where the tap pairs' planes (R*S words per channel pair and grid column, in the calling
+# thread's scratch) take at most this many bytes (512 channels at 7 px, batch 1: 0.7 MB); with
+# many threads a split of the columns keeps larger planes within SHIFT_INPLACE_SLIVERS
+TAP_PAIRS_MAX_BYTES = 8 << 20
 # The exact-column shifted GEMM (a batch of small planes) reads the weight in place as well
 # (float32; bfloat16 1x1), where its packed B is shared by every row sliver. Zen 4, batch 8,
 # off / on in one process (conv_knob_probe.py, 7-9 rounds rotated with torch, medians): float32
@@ -610,9 +614,13 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     slivers = n * cdiv(nsl, pn)
     aliased = cg * r * s * itemsize % SHIFT_ALIAS_BYTES == 0
     # bfloat16 (channel pairs): in place only where a weight row is whole uint32 words from
-    # each group's start (Cg even; its pairs then run along K: ``_conv._tap_pairs``)
+    # each group's start (Cg even; its pairs then run along K: ``_conv._tap_pairs``) and the
+    # tap pairs' planes fit TAP_PAIRS_MAX_BYTES
     pairs = int(geo[_conv.G_PAIRS])
-    inplace = (pairs == 0 or (TAP_PAIRS and pairs % 2 == 0)) \
+    line = max(1, 64 // itemsize)
+    qpitch = _qpitch(ncols, nr, line) if pairs and r * s > 1 else 0
+    inplace = (pairs == 0 or (TAP_PAIRS and pairs % 2 == 0
+                              and n * c * r * s * qpitch * itemsize <= TAP_PAIRS_MAX_BYTES)) \
         and slivers <= SHIFT_INPLACE_SLIVERS and (SHIFT_INPLACE_COPY or slivers <= 2
                                                   or not aliased)
     if inplace:  # a sliver of weight rows at a time, over all the unit's columns
@@ -624,19 +632,14 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     # that a B sliver (the same columns of kc planes) spreads over every set of L1 instead of
     # aliasing into a few (a 16x16 plane is 1 KiB: 4 of L1's 64 sets); NR of slack after the
     # last plane lets the grid's last sliver be read in place.
-    line = max(1, 64 // itemsize)
     pitch = cdiv(lead + sh * sw * gh * gw, line) * line
     if (pitch // line) % 2 == 0:
         pitch += line
     geo[_conv.G_XPITCH] = pitch
     geo[_conv.G_MODE] = _conv.MODE_SHIFT
     # bfloat16 read in place with more than one tap: B is the tap pairs' planes after the
-    # padded copy, each a whole number of slivers (and an odd number of lines, as above)
-    qpitch = 0
-    if pairs and inplace and r * s > 1:
-        qpitch = cdiv(cdiv(ncols, nr) * nr, line) * line
-        if (qpitch // line) % 2 == 0:
-            qpitch += line
+    # padded copy
+    qpitch = qpitch if inplace else 0
     geo[_conv.G_QPITCH] = qpitch
     geo[_conv.G_QOFF] = cdiv(n * c * pitch + nr, line) * line if qpitch else 0
     # a block's B sliver: R rows of NR + (S - 1) * dw words a channel, or with tap pairs one
@@ -660,6 +663,13 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     if qpitch:
         return int(geo[_conv.G_QOFF]) + n * c * r * s * qpitch
     return 0 if direct else n * c * pitch + nr
+
+
+def _qpitch(ncols: int, nr: int, line: int) -> int:
+    """Words from one tap pairs' plane (``_conv._tap_pairs``) to the next: a grid's ``ncols``
+    columns in whole slivers, in an odd number of cache lines (as the padded copy's planes)."""
+    q = cdiv(cdiv(ncols, nr) * nr, line) * line
+    return q + line if (q // line) % 2 == 0 else q
 
 
 def _exact_geo(geo, itemsize: int, cfg: Conv2dConfig, tn: int, mr: int, nr: int) -> int:
@@ -716,7 +726,8 @@ def _knobs() -> tuple:
     return (SERIAL_WORK, SHIFT_WIDE, SHIFT_MIN_PIXELS, SHIFT_MIN_PLANE, SHIFT_ROWS_FIRST,
             SHIFT_KC, SHIFT_SCRATCH, BCOLS_WASTE, SHARED_PAD, SHIFT_EXACT_WASTE,
             SHIFT_EXACT_MAX_BYTES, SHIFT_INPLACE_SLIVERS, SHIFT_INPLACE_COPY, SHIFT_ALIAS_BYTES,
-            SHIFT_NARROW_TAIL, TAP_PAIRS, EXACT_INPLACE, _l1_bytes)
+            SHIFT_NARROW_TAIL, TAP_PAIRS, EXACT_INPLACE, TAP_PAIRS_MAX_BYTES,
+            _l1_bytes)
 
 
 @functools.lru_cache(maxsize=1024)
