@@ -632,9 +632,7 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     # that a B sliver (the same columns of kc planes) spreads over every set of L1 instead of
     # aliasing into a few (a 16x16 plane is 1 KiB: 4 of L1's 64 sets); NR of slack after the
     # last plane lets the grid's last sliver be read in place.
-    pitch = cdiv(lead + sh * sw * gh * gw, line) * line
-    if (pitch // line) % 2 == 0:
-        pitch += line
+    pitch = _odd_lines(lead + sh * sw * gh * gw, line)
     geo[_conv.G_XPITCH] = pitch
     geo[_conv.G_MODE] = _conv.MODE_SHIFT
     # bfloat16 read in place with more than one tap: B is the tap pairs' planes after the
@@ -665,11 +663,17 @@ def _shift_geo(geo, direct: bool, itemsize: int, cfg: Conv2dConfig, tn: int, pad
     return 0 if direct else n * c * pitch + nr
 
 
+def _odd_lines(words: int, line: int) -> int:
+    """``words`` rounded up to an odd number of cache lines (``line`` words each): the pitch of
+    planes that a sliver reads side by side, so that they spread over L1's sets."""
+    q = cdiv(words, line) * line
+    return q + line if (q // line) % 2 == 0 else q
+
+
 def _qpitch(ncols: int, nr: int, line: int) -> int:
     """Words from one tap pairs' plane (``_conv._tap_pairs``) to the next: a grid's ``ncols``
     columns in whole slivers, in an odd number of cache lines (as the padded copy's planes)."""
-    q = cdiv(cdiv(ncols, nr) * nr, line) * line
-    return q + line if (q // line) % 2 == 0 else q
+    return _odd_lines(cdiv(ncols, nr) * nr, line)
 
 
 def _exact_geo(geo, itemsize: int, cfg: Conv2dConfig, tn: int, mr: int, nr: int) -> int:
@@ -687,7 +691,7 @@ def _exact_geo(geo, itemsize: int, cfg: Conv2dConfig, tn: int, mr: int, nr: int)
     # the weight read where it lies too (EXACT_INPLACE), unless its rows fall into a few L1
     # sets (a multiple of SHIFT_ALIAS_BYTES apart); bfloat16 only for 1x1 layers with Cg even
     # (rows of whole channel-pair words, B as before): the tap pairs' B here read slower than
-    # the weight's packing cost (512 ch 3x3 at 7 px, batch 8: 0.94-1.00x, any kc)
+    # the weight's packing cost (512 ch 3x3 at 7 px, batch 8: 0.90-1.00x at every kc tried)
     pairs = int(geo[_conv.G_PAIRS])
     inplace = (EXACT_INPLACE and (pairs == 0 or (r * s == 1 and pairs % 2 == 0))
                and cg * r * s * itemsize % SHIFT_ALIAS_BYTES != 0)
