@@ -17,13 +17,14 @@ from . import threads as _threads
 from ._version import __version__
 from .augment import Augmentation, augment
 from .frozen import forget_packed_weights, frozen_weights
+from .heap import heap_kept, keep_heap
 from .ops.conv2d import conv2d, conv2d_backward_input, conv2d_backward_weight
 from .ops.dispatch import Explanation, explain_call
 from .ops.matmul import matmul
 from .ops.preprocess import preprocess
 from .settings import use
 
-__all__ = ["matmul", "conv2d", "preprocess", "augment", "Augmentation", "conv2d_backward_input", "conv2d_backward_weight", "explain", "use", "frozen_weights", "forget_packed_weights", "nn", "data", "Explanation", "__version__"]
+__all__ = ["matmul", "conv2d", "preprocess", "augment", "Augmentation", "conv2d_backward_input", "conv2d_backward_weight", "explain", "use", "frozen_weights", "forget_packed_weights", "keep_heap", "heap_kept", "nn", "data", "Explanation", "__version__"]
 
 # Registration: read every backend's record (kernels/<backend>/__init__.py, data only) now, so a
 # process's first call does not pay for finding and importing them.

@@ -1,8 +1,9 @@
 """RSS of a long-running process that serves an MLP on tensors of varying sizes (torch alone,
 or with modules imported first: ``--import numba,kernelkit``). Run it with and without
-``MALLOC_MMAP_THRESHOLD_=1048576`` to see glibc's share (README, "Serving").
+``MALLOC_MMAP_THRESHOLD_=1048576`` to see glibc's share (README, "Serving"), and with
+``--keep-heap`` (`kernelkit.keep_heap()` first) for what keeping freed memory costs here.
 
-    python bench/probes/serving_rss_probe.py [--calls 800] [--import numba]
+    python bench/probes/serving_rss_probe.py [--calls 800] [--import numba] [--keep-heap]
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=800)
     ap.add_argument("--import", dest="imports", default="")
+    ap.add_argument("--keep-heap", action="store_true", help="kernelkit.keep_heap() first")
     args = ap.parse_args()
+    if args.keep_heap:
+        import kernelkit
+
+        print(f"keep_heap: {kernelkit.keep_heap()}")
     import numpy as np
     import torch
 
