@@ -1,7 +1,7 @@
 """The Numba conv2d's two forward algorithms against torch (oneDNN), interleaved in one run.
 
     python bench/probes/conv_shift_probe.py [--batch 8] [--threads 2] [--rounds 6] [--warm 0.03] [--reps 3]
-        [--all] [--fused] [--frozen]
+        [--all] [--fused] [--frozen] [--keep-heap]
 
 For every stride-1 ResNet-50 layer (tests/reference.CONV_RESNET50; ``--all`` adds the strided
 ones, the 7x7 stem included, where "shift" falls back to the implicit GEMM), fp32, NCHW, no bias: the implicit GEMM
@@ -52,7 +52,13 @@ def main() -> None:
                         "(relu(conv(x, w) + b)), issue 13's fused bar")
     p.add_argument("--frozen", action="store_true",
                    help="weights in torch tensors, packed once (kernelkit.frozen_weights)")
+    p.add_argument("--keep-heap", action="store_true",
+                   help="kernelkit.keep_heap() first: no row's output faults its pages anew")
     args = p.parse_args()
+    if args.keep_heap:
+        import kernelkit
+
+        print(f"keep_heap: {kernelkit.keep_heap()}")
     if args.frozen:
         import kernelkit
         from kernelkit import threads
