@@ -39,11 +39,11 @@ _kept = [False]
 @functools.cache
 def _glibc() -> ctypes.CDLL | None:
     """The process's C library where it is glibc (it has mallopt and says its version)."""
-    try:
+    try:  # (Windows: CDLL(None) raises TypeError)
         libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version  # noqa: B018 - glibc only (musl has a mallopt that does nothing)
         return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):
         return None
 
 
