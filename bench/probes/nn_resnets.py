@@ -62,6 +62,9 @@ def main() -> int:
     ap.add_argument("--margin", type=float, default=None,
                     help="kernelkit.nn._route.KERNEL_MARGIN for this run (1.0: every measured "
                          "kernel win goes to the in-model trial)")
+    ap.add_argument("--keep-heap", action="store_true",
+                    help="kernelkit.keep_heap() first: neither model page-faults its "
+                         "activations anew on each call (bench/probes/heap_probe.py)")
     args = ap.parse_args()
 
     os.environ.setdefault("KERNELKIT_CACHE_DIR", tempfile.mkdtemp(prefix="kk-resnets-"))
@@ -76,6 +79,10 @@ def main() -> int:
 
     if args.margin is not None:
         _route.KERNEL_MARGIN = args.margin
+    if args.keep_heap:
+        import kernelkit
+
+        print(f"keep_heap: {kernelkit.keep_heap()}", flush=True)
     torch.set_num_threads(args.threads)
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     threadpool_limits(args.threads)
