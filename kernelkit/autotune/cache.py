@@ -187,8 +187,7 @@ class Cache:
                     start = 0
                 f.seek(start)
                 end = start
-                for raw in f:
-                    whole = raw.endswith(b"\n")
+                for raw, whole in _records(f):
                     end += len(raw) if whole else 0
                     lines += whole or not start  # (a partial read counts whole lines only)
                     line = raw.decode("utf-8", errors="replace")
@@ -612,6 +611,25 @@ class Cache:
         return {"header": {"schema": SCHEMA, "this_machine": self.fp,
                            "fingerprints": {fid: fps.get(fid) for fid in sorted(used | {self.fp})}},
                 "entries": [{"key": key, "fp": fid, "entry": e} for (fid, key), e in records]}
+
+
+def _records(f) -> Iterator[tuple[bytes, bool]]:
+    """Each line of binary file `f` from where it stands, and whether it ends in its newline;
+    a line that holds bare CRs (a file whose lines end in CR alone: an old Mac editor's, or a
+    copy through a tool that wrote them) as its CR-ended pieces, the last one carrying whatever
+    followed, so that their lengths still add up to the line's. Before, the whole file read as
+    one damaged line and every entry in it was lost."""
+    for raw in f:
+        whole = raw.endswith(b"\n")
+        if b"\r" not in raw or raw.count(b"\r") == 1 and raw.endswith(b"\r\n"):
+            yield raw, whole  # (LF or CRLF: the common case, without a copy)
+            continue
+        *pieces, last = raw.split(b"\r")
+        for piece in pieces:
+            yield piece + b"\r", True
+        if last:
+            yield last, whole
+        # (a line that ended in its CR: its last piece is empty, and counted already)
 
 
 def _bytes_at(f, offset: int, n: int) -> bytes:

@@ -906,3 +906,21 @@ def test_cpus_of_one_model_name_and_other_kinds_have_other_fingerprints():
                               b"CPU implementer\t: 0x41\nCPU part\t: 0xd40\n\n")
     assert arm == "CPU implementer=0x41;CPU part=0xd40;asimd,sve,bf16"
     assert fingerprint()["cpu_kind"] == devices.cpu_kind()
+
+
+@pytest.mark.parametrize("ending", ["\r", "\r\n"])
+def test_a_file_whose_lines_end_in_cr_keeps_every_entry(tmp_path, ending):
+    """A cache file copied through a tool that ended its lines in a bare CR (or in CRLF) is
+    read entry by entry; before, a bare-CR file read as one damaged line and lost them all."""
+    c = Cache(tmp_path)
+    for k in ("a", "b", "c"):
+        c.put(k, entry(median=0.5))
+    path = tmp_path / FILENAME
+    path.write_bytes(path.read_bytes().replace(b"\n", ending.encode()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)  # nothing damaged
+        d = fresh(tmp_path)
+        assert set(d.entries()) == {"a", "b", "c"}
+        d.put("d", entry(median=0.25))  # an append after them (LF) is read back too
+        assert fresh(tmp_path).entries()["d"] == entry(median=0.25)
+        assert set(fresh(tmp_path).entries()) == {"a", "b", "c", "d"}
