@@ -1,7 +1,7 @@
 """Quick side-by-side probe of the Numba conv2d against torch (oneDNN) on the CPU, in one run.
 
     python bench/probes/numba_conv_probe.py [--batch 8] [--threads 2] [--reps 5] [--blocks 2]
-        [--sets resnet fused dw] [--layouts NCHW NHWC] [--dtype float32]
+        [--sets resnet fused dw] [--layouts NCHW NHWC] [--dtype float32] [--keep-heap]
 
 Sets (the issue's bars):
   resnet  every ResNet-50 3x3 and 1x1 conv (tests/reference.CONV_RESNET50 less the 7x7 stem):
@@ -57,7 +57,13 @@ def main() -> None:
     p.add_argument("--layouts", nargs="+", default=["NCHW", "NHWC"])
     p.add_argument("--dtype", default="float32")
     p.add_argument("--layers", type=int, nargs="*", help="indices into the set (default all)")
+    p.add_argument("--keep-heap", action="store_true",
+                   help="kernelkit.keep_heap() first: neither side's output faults its pages anew")
     args = p.parse_args()
+    if args.keep_heap:
+        import kernelkit
+
+        print(f"keep_heap: {kernelkit.keep_heap()}")
     numba.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
     dtype = np.dtype(args.dtype)
