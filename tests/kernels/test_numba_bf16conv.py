@@ -84,13 +84,14 @@ def run_and_check(x_bits, w, b, case, act=None, config=None, x_ref=None):
 
 @pytest.fixture
 def poisoned(monkeypatch):
-    """Every array the launcher allocates starts as NaN (float) or NaN pairs (uint32), and the
-    threaded path runs whatever the size."""
+    """Every array the launcher allocates starts as NaN (float) or NaN pairs (uint32), its
+    kept float32 sums as NaN and its bfloat16 output as NaN bits, and the threaded path runs
+    whatever the size."""
     if _gemm.HAS_BF16_DOT:
         nc._pairs_compiled()  # compiled before np.empty is patched: Numba types np.empty
     monkeypatch.setattr(nc, "SERIAL_WORK", 0)
     monkeypatch.setattr(nc, "SERIAL_PACK", 0)
-    real_empty = np.empty
+    real_empty, real_operand, real_bits16 = np.empty, nc._workspace.operand, nc.empty_bits16
 
     def empty(*args, **kwargs):
         a = real_empty(*args, **kwargs)
@@ -100,7 +101,20 @@ def poisoned(monkeypatch):
             a[...] = np.nan
         return a
 
+    def operand(size, dtype, slot):
+        a = real_operand(size, dtype, slot)
+        if np.dtype(dtype).kind == "f":
+            a[...] = np.nan
+        return a
+
+    def bits16(shape):
+        a = real_bits16(shape)
+        a[...] = POISON_PAIR & 0xFFFF
+        return a
+
     monkeypatch.setattr(nc.np, "empty", empty)
+    monkeypatch.setattr(nc._workspace, "operand", operand)
+    monkeypatch.setattr(nc, "empty_bits16", bits16)
 
 
 def test_the_pair_path_is_taken_exactly_where_it_applies(monkeypatch):
@@ -360,3 +374,33 @@ def test_exact_columns_read_only_a_1x1_weight_in_place(monkeypatch):
         assert pg.geo[_conv.G_QPITCH] == 0
     monkeypatch.setattr(nc, "EXACT_INPLACE", False)
     assert _geometry((8, 512, 7, 7, 2048, 1, 1, (1, 1), (0,) * 4, (1, 1), 1)).wsize > 0
+
+
+@needs_bf16_dot
+@pytest.mark.parametrize("case", [
+    CASES[1], CASES[2], CASES[5], CASES[7], CASES[10],  # grids with and without junk columns
+    (8, 16, 7, 7, 20, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),  # exact columns across images
+    TAP_PAIR_CASES[1], TAP_PAIR_CASES[6],  # the weight read in place
+], ids=_ids)
+@pytest.mark.parametrize("exact", [False, True], ids=["grid", "exact"])
+def test_bf16_conv_rounds_its_sums_inside_the_launch(case, exact, poisoned, monkeypatch):
+    """The bfloat16 conv's output is rounded block by block inside its launch, bit for bit as
+    the float32 output rounded after it (``_half.narrow``, the switch's other side), which is
+    no longer called: no float32 output, no pass over it. ``exact``: B packed over exact
+    columns wherever a batch has more than one image."""
+    if exact:
+        monkeypatch.setattr(nc, "SHIFT_EXACT_WASTE", 0.0)
+    x, w, b = make(case, sum(case[:7]) + 2)
+    _, _, _, _, _, _, _, st_, pad, dil, g = case
+    args = (bits(x), bits(w), bits(b), st_, pad, dil, g, "relu", "NCHW", TINY)
+    monkeypatch.setattr(nc, "PAIRS_ROUND_IN_LAUNCH", False)
+    after = conv2d_forward(*args)
+    monkeypatch.setattr(nc, "PAIRS_ROUND_IN_LAUNCH", True)
+
+    def narrow(*a, **k):
+        raise AssertionError("the output was rounded after the launch")
+
+    monkeypatch.setattr(nc._half, "narrow", narrow)
+    inside = conv2d_forward(*args)
+    assert inside.dtype == np.uint16 and inside.shape == after.shape
+    np.testing.assert_array_equal(inside, after)

@@ -76,6 +76,7 @@ from kernelkit.kernels.numba._gemm import (
 from kernelkit.kernels.numba._gemm import (
     cdiv as _cdiv,
 )
+from kernelkit.kernels.numba._half import narrow1
 from kernelkit.kernels.numba._pool import barrier
 from kernelkit.kernels.numba._stencil import (
     F_BIAS,
@@ -343,6 +344,31 @@ def _epilogue_images(c, j, cols, rows, hw, K, row, bias, has_bias, act):
         pos = j + e - n * hw
         seg = min(hw - pos, cols - e)
         epilogue(c, (n * K + row) * hw + pos, hw, rows, seg, bias, has_bias, row, act, True)
+        e += seg
+
+
+@numba.njit(inline="always", **_JIT)
+def _narrow_rows(c, o16, o, rows, hw, lo, hi):
+    """Rows of the float32 output ``c`` from ``o`` (``hw`` apart), positions [lo, hi) of each,
+    rounded to bfloat16 bits into ``o16`` (``_half.narrow1``): a block whose sums are final,
+    while it is still in cache."""
+    for i in range(rows):
+        r = o + i * hw
+        for q in range(lo, hi):
+            # (the cast: the float64 forward compiles this too, with an empty o16)
+            o16[_U(r + q)] = narrow1(np.float32(c[_U(r + q)]), True)
+
+
+@numba.njit(inline="always", **_JIT)
+def _narrow_images(c, o16, j, cols, rows, hw, K, row):
+    """``_narrow_rows`` on a tile of output columns j.. counted over the images (as
+    ``_epilogue_images``)."""
+    e = 0
+    while e < cols:
+        n = (j + e) // hw
+        pos = j + e - n * hw
+        seg = min(hw - pos, cols - e)
+        _narrow_rows(c, o16, (n * K + row) * hw, rows, hw, pos, pos + seg)
         e += seg
 
 
@@ -888,7 +914,7 @@ def _sliver_rows(wf, o, ars, rows, kb, ntap, atail):
 
 @numba.njit(inline="always", **_JIT)
 def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, ars, atail, bias, c, geo, ct,
-                tmpb, scr, toffs, ttmp):
+                tmpb, scr, toffs, ttmp, o16):
     """Output channels [r0, r1) and grid columns [j0, j1) of image n, group g.
 
     The output is computed on the input's grid (rows of pitch Wp = geo[G_GW]): grid column j
@@ -900,7 +926,8 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, ars, atail, bias
     them the tiles go straight to the output.
 
     ``ars`` 0: ``wp`` is the packed weight (``_pack_taps``); else the weight as given, its rows
-    ``ars`` apart (``_taps``)."""
+    ``ars`` apart (``_taps``). ``o16`` not empty: each block, once final, is also rounded to
+    bfloat16 into it (``_narrow_rows``)."""
     K, R, S, Ho, Wo = geo[G_K], geo[G_R], geo[G_S], geo[G_HO], geo[G_WO]
     mc, kc, nc = geo[G_MC], geo[G_KC], geo[G_NC]
     has_bias, act = geo[G_HAS_BIAS] != 0, geo[G_ACT]
@@ -963,7 +990,12 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, ars, atail, bias
                                  cb == 0, ct, narrow)
             if not junk:
                 epilogue(c, obase + jc, hw, mb, nb, bias, has_bias, g * kg + ic, act, True)
+                if o16.size > 0:
+                    _narrow_rows(c, o16, obase, mb, hw, jc, jc + nb)
                 continue
+            # (the block's outputs, for o16: its grid columns map onto them in order)
+            lo = jc // gw * Wo + min(jc % gw, Wo)
+            hi = (jc + nb) // gw * Wo + min((jc + nb) % gw, Wo)
             for i in range(mb):  # copy the valid columns out, with the bias and activation
                 b = bias[g * kg + ic + i] if has_bias else zero
                 j = jc
@@ -980,6 +1012,8 @@ def _shift_unit(src, plane0, pstride, n, g, r0, r1, j0, j1, wp, ars, atail, bias
                         if act != ACT_NONE:
                             act_span(c, o, valid, act)
                     j += seg
+            if o16.size > 0:
+                _narrow_rows(c, o16, obase, mb, hw, lo, hi)
 
 
 @numba.njit(inline="always", **_JIT)
@@ -1058,7 +1092,7 @@ def _pack_b_exact(t, nthr, xf, xlo, sx, bp, geo):
 
 
 @numba.njit(inline="always", **_JIT)
-def _shift_exact_unit(bp, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp, atail):
+def _shift_exact_unit(bp, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp, atail, o16):
     """Output channels [r0, r1) and output columns [j0, j1) of group g, the columns counted
     over all images one after the other (column j: position j % HoWo of image j // HoWo).
 
@@ -1069,7 +1103,7 @@ def _shift_exact_unit(bp, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp, atail):
     columns of a batch of 8 are 13 slivers, not 16, and threads may split the weight's rows
     evenly without packing B twice. ``wp``: the packed weight, or with geo[G_AINPL] the weight
     as given, its rows read where they lie (``ukernel_taps_strided``; a last sliver of fewer
-    than MR rows through its copy in ``atail``)."""
+    than MR rows through its copy in ``atail``). ``o16``: as ``_shift_unit``'s, per tile."""
     K, Ho, Wo = geo[G_K], geo[G_HO], geo[G_WO]
     mc, kc, nc = geo[G_MC], geo[G_KC], geo[G_NC]
     has_bias, act = geo[G_HAS_BIAS] != 0, geo[G_ACT]
@@ -1131,6 +1165,8 @@ def _shift_exact_unit(bp, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp, atail):
                         if last:  # per image the sliver crosses
                             _epilogue_images(c, j, cols, rows, hw, K, crow, bias, has_bias,
                                              act)
+                            if o16.size > 0:
+                                _narrow_images(c, o16, j, cols, rows, hw, K, crow)
 
 
 @numba.njit(inline="always", **_JIT)
@@ -1185,7 +1221,7 @@ def _tap_pairs(t, nthr, xp, geo):
 
 
 @numba.njit(inline="always", **_JIT)
-def _fwd_shift(t, nthr, xf, xlo, sx, wp, xpb, bias, c, geo):
+def _fwd_shift(t, nthr, xf, xlo, sx, wp, xpb, bias, c, geo, o16):
     N, C, K, G, Ho, Wo = geo[G_N], geo[G_C], geo[G_K], geo[G_G], geo[G_HO], geo[G_WO]
     mc, nc, pm, pn = geo[G_MC], geo[G_NC], geo[G_PM], geo[G_PN]
     gw = geo[G_GW]
@@ -1209,7 +1245,7 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, xpb, bias, c, geo):
             pi, mi, g, _ = _unit(u, pn, pm, G)
             r0, r1 = _split(mi, pm, msl, mr, kg)
             j0, j1 = _split(pi, pn, nsl, nr, ncols)
-            _shift_exact_unit(xpb, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp, atail)
+            _shift_exact_unit(xpb, g, r0, r1, j0, j1, wp, bias, c, geo, ct, ttmp, atail, o16)
         return
     tmpb = np.empty(ntap * geo[G_KC] * nr, wp.dtype)
     # geo[G_AINPL]: wp is the weight as given, read in place (rows cg * ntap apart; with
@@ -1231,15 +1267,16 @@ def _fwd_shift(t, nthr, xf, xlo, sx, wp, xpb, bias, c, geo):
         j0, j1 = _split(pi, pn, nsl, nr, ncols)
         if geo[G_DIRECT] != 0:
             _shift_unit(xf, -xlo + n * sxn + g * cg * sxc, sxc, n, g, r0, r1, j0, j1, wp, ars,
-                        atail, bias, c, geo, ct, tmpb, scr, toffs, ttmp)
+                        atail, bias, c, geo, ct, tmpb, scr, toffs, ttmp, o16)
         elif qpitch > 0:
             ps = ntap * qpitch
             _shift_unit(xpb, geo[G_QOFF] + (n * C + g * cg) * ps, ps, n, g, r0, r1, j0, j1, wp,
-                        ars, atail, bias, c, geo, ct, tmpb, scr, toffs, ttmp)
+                        ars, atail, bias, c, geo, ct, tmpb, scr, toffs, ttmp, o16)
         else:
             ps = geo[G_XPITCH]
             _shift_unit(xpb, geo[G_XPOFF] + geo[G_LEAD] + (n * C + g * cg) * ps, ps, n, g, r0,
-                        r1, j0, j1, wp, ars, atail, bias, c, geo, ct, tmpb, scr, toffs, ttmp)
+                        r1, j0, j1, wp, ars, atail, bias, c, geo, ct, tmpb, scr, toffs, ttmp,
+                        o16)
 
 
 @numba.njit(inline="always", **_JIT)
@@ -1957,18 +1994,20 @@ def fwd(t, nthr, phase, x4, wsrc, wp, xpb, bias, out1, geo, sync):
         _fwd_pk(t, nthr, xf, xlo, sx, wp, bias, out1, geo)
     elif mode == MODE_SHIFT:  # (geo[G_AINPL]: the weight read where it lies)
         _fwd_shift(t, nthr, xf, xlo, sx, wsrc if geo[G_AINPL] != 0 else wp, xpb, bias, out1,
-                   geo)
+                   geo, np.empty(0, np.uint16))
     else:
         _fwd_kp(t, nthr, xf, xlo, sx, wsrc, bias, out1, geo)
 
 
 @numba.njit(**_JIT)
-def fwd_pairs(t, nthr, phase, x4, wsrc, wp, xpb, bias, out1, geo, sync):
+def fwd_pairs(t, nthr, phase, x4, wsrc, wp, xpb, bias, out1, out16, geo, sync):
     """The shifted GEMM's forward (MODE_SHIFT) on bfloat16 bits (uint16 x4) through VDPBF16PS:
     phase 0 packs the weight (``wsrc``: bfloat16 bits, as pairs of channels) into ``wp`` (unless
     geo[G_WPACKED], or geo[G_AINPL]: read where it lies, against the planes of the input's tap
     pairs, ``_tap_pairs``) and the padded copy of x as channel pairs (``_pad_planes``) into
-    ``xpb``; phase 1 convolves into the float32 ``out1``; phase 2 both, as in ``fwd``.
+    ``xpb``; phase 1 convolves into the float32 ``out1`` and rounds each block, once final, to
+    bfloat16 bits into ``out16`` (while it is in cache: no pass over the output after the
+    launch); phase 2 both, as in ``fwd``.
     geo[G_C] counts channel pairs, geo[G_PAIRS] the channels per group."""
     xf, xlo, sx = _flat4(x4)
     if phase != 1:
@@ -1987,7 +2026,7 @@ def fwd_pairs(t, nthr, phase, x4, wsrc, wp, xpb, bias, out1, geo, sync):
     # the weight's rows read where they lie, as uint32 pairs along K (its flat element count
     # even: Cg even, checked by the geometry)
     wa = wsrc[: wsrc.size // 2 * 2].view(np.uint32) if geo[G_AINPL] != 0 else wp
-    _fwd_shift(t, nthr, xpb, 0, sx, wa, xpb, bias, out1, geo)
+    _fwd_shift(t, nthr, xpb, 0, sx, wa, xpb, bias, out1, geo, out16)
 
 
 @numba.njit(**_JIT)

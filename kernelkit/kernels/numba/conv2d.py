@@ -36,7 +36,7 @@ from numba import types
 
 from kernelkit.kernels.config import cdiv
 from kernelkit.kernels.convgeom import nchw_shape, out_size, problem_sizes
-from kernelkit.kernels.numba import _amx, _conv, _gemm, _half, _packs
+from kernelkit.kernels.numba import _amx, _conv, _gemm, _half, _packs, _workspace
 from kernelkit.kernels.numba._gemm import ACT_CODES, entry_point, tile_shape
 from kernelkit.kernels.numba._pool import run as _run
 from kernelkit.kernels.numba._pool import run_synced as _run_synced
@@ -306,7 +306,7 @@ def _pairs_compiled():
                          types.Array(types.uint16, 1, "C"), types.Array(types.uint32, 1, "C"),
                          types.Array(types.uint32, 1, "C"),
                          types.Array(types.float32, 1, "A", readonly=True),
-                         types.Array(types.float32, 1, "C"),
+                         types.Array(types.float32, 1, "C"), types.Array(types.uint16, 1, "C"),
                          types.Array(types.int64, 1, "C", readonly=True),
                          types.Array(types.int64, 1, "C"))
         _PAIRS.append(entry_point(_conv.fwd_pairs, sig))
@@ -822,8 +822,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
     if x.dtype.char == "H" and amx_conv(x, weight, stride, groups, layout, config):
         return _conv_amx(x, weight, bias, stride, padding, dilation, activation)
     if x.dtype.char == "H" and bf16_shift(x, weight, groups, layout, config):
-        out = _conv_pairs(x, weight, bias, stride, padding, dilation, groups, activation, config)
-        return _half.narrow(out, "H")
+        return _conv_pairs(x, weight, bias, stride, padding, dilation, groups, activation, config)
     return _conv_float(x, weight, bias, stride, padding, dilation, groups, activation, layout,
                        config)
 
@@ -1001,9 +1000,22 @@ def _pairs_geometry(xshape: tuple, wshape: tuple, stride: tuple, padding: tuple,
     return _FloatGeometry(_conv.MODE_SHIFT, geo, tn, wsize, xp_size)
 
 
+# The operand slot (``_workspace.operand``) of ``_conv_pairs``' float32 sums: apart from the
+# slots ``_half.in_float32`` widens a call's arguments into (0, 1, 2, ...)
+_PAIRS_SUMS_SLOT = 64
+# The bfloat16 conv rounds its sums to bfloat16 inside the launch, block by block, into the
+# output (the sums in a kept buffer); a switch for probes: False makes a new float32 output and
+# rounds it with ``_half.narrow`` after the launch, as before
+PAIRS_ROUND_IN_LAUNCH = True
+_NO_BITS = np.empty(0, np.uint16)
+
+
 def _conv_pairs(x, weight, bias, stride, padding, dilation, groups, activation,
                 config: Conv2dConfig | None) -> np.ndarray:
-    """act(conv2d(x, weight) + bias) for NCHW bfloat16 bits (uint16), float32 (N, K, Ho, Wo).
+    """act(conv2d(x, weight) + bias) for NCHW bfloat16 bits (uint16): bfloat16 bits (N, K, Ho,
+    Wo), each rounded once from its float32 sum inside the launch (the float32 sums in a kept
+    per-thread buffer, ``_workspace.operand``: before, a new float32 output and a pass of
+    ``_half.narrow`` over it after the launch).
 
     The shifted GEMM with K pairs: the padded copy holds each pair of input channels as one
     uint32 plane, the weight is packed as pairs of channels per tap (an odd channel count gets
@@ -1012,13 +1024,28 @@ def _conv_pairs(x, weight, bias, stride, padding, dilation, groups, activation,
     its rows are uint32 words as given, pairs of K neighbours, and B is the planes of the
     input's tap pairs (``_conv._tap_pairs``): nothing is packed but the input.
     """
-    n, c, h, w = x.shape
-    k, cg, r, s = weight.shape
-    g = int(groups)
+    n, _, h, w = x.shape
+    k, _, r, s = weight.shape
     ho, wo = out_size(h, w, r, s, stride, padding, dilation)
-    out = np.empty((n, k, ho, wo), np.float32)
-    if out.size == 0:
-        return out
+    if not PAIRS_ROUND_IN_LAUNCH:  # (the switch's other side: a probe's A/B)
+        out = np.empty((n, k, ho, wo), np.float32)
+        if out.size:
+            _conv_pairs_into(x, weight, bias, stride, padding, dilation, groups, activation,
+                             config, out.reshape(-1), _NO_BITS)
+        return _half.narrow(out, "H")
+    out16 = empty_bits16((n, k, ho, wo))
+    if out16.size:
+        _conv_pairs_into(x, weight, bias, stride, padding, dilation, groups, activation, config,
+                         _workspace.operand(out16.size, np.float32, _PAIRS_SUMS_SLOT),
+                         out16.reshape(-1))
+    return out16
+
+
+def _conv_pairs_into(x, weight, bias, stride, padding, dilation, groups, activation, config,
+                     out: np.ndarray, out16: np.ndarray) -> None:
+    """``_conv_pairs``' launch: the float32 sums into ``out``, rounded into ``out16`` where it
+    is not empty (both flat, (N, K, Ho, Wo) in order)."""
+    g = int(groups)
     has_bias = bias is not None
     bias = _half.widen(bias) if has_bias else np.zeros(0, np.float32)
     (x,) = _aligned(x)
@@ -1038,10 +1065,9 @@ def _conv_pairs(x, weight, bias, stride, padding, dilation, groups, activation,
         wpack, xpb, kept, keep = _shift_buffers(weight, wsize, xp_size, np.uint32, geo)
         wsrc = np.zeros(0, np.uint16) if kept else _writable(weight).reshape(-1)
         pack_tn = _pack_threads(tn, kept, wsize, xp_size)
-    _launch(_pairs_compiled(), tn, pack_tn, x, wsrc, wpack, xpb, bias, out.reshape(-1), geo)
+    _launch(_pairs_compiled(), tn, pack_tn, x, wsrc, wpack, xpb, bias, out, out16, geo)
     if keep is not None:
         keep()
-    return out
 
 
 @_half.in_float32
