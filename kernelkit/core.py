@@ -409,10 +409,11 @@ def _make_candidate(spec: OpSpec, backend: Backend) -> Candidate:
         if entry is None:
             return None
         config = m.CONFIG.from_dict(config)
-        # an entry's own plan for the problem where it has one (`entry.bind(p)`: torch's, one
-        # closure over torch's call where its general path would do nothing), else the op's
+        # an entry's own plan for the problem where it has one (`entry.bind(p, device)`: torch's,
+        # one closure over torch's call where its general path would do nothing), else the op's
         bind = getattr(entry, "bind", None)
-        plan = (bind(p) if bind is not None else None) or spec.launch(entry, p, config)
+        plan = (bind(p, backend.device) if bind is not None else None) \
+            or spec.launch(entry, p, config)
         # threads.guard: a fork-safe Numba threading layer, launches serialised where it is not
         # threadsafe, numpy's BLAS calls noted, torch data said so (a no-op for other backends)
         return threads.guard(backend.package, plan, torch_data=p.lib == "torch")

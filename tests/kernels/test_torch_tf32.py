@@ -57,10 +57,11 @@ def test_tf32_restored_when_the_call_raises():
     assert flags.allow_tf32 is True and flags.writes == [False, True]
 
 
-def test_the_bound_plans_take_the_tf32_path_for_cuda_tensors(monkeypatch):
-    """Torch's candidates bind one closure per CPU problem (`_bind_forward`); CPU data run on
-    the GPU reaches that closure with CUDA tensors, and a float32 product there must go through
-    the general path's TF32 switch, not straight to torch's call (stand-in tensors, no GPU)."""
+def test_the_bound_plans_leave_the_gpu_candidates_to_the_tf32_path(monkeypatch):
+    """Torch's candidates bind one closure per problem (`_bind_forward`) only for the CPU
+    candidate, whose data is on the CPU by then; the GPU candidate's plan (CPU data run on the
+    GPU too) must be the general path, where a float32 product takes the TF32 switch. Before,
+    the closure asked each call's device (stand-in tensors, no GPU)."""
     from kernelkit.kernels.torch import conv2d as tconv
     from kernelkit.kernels.torch import matmul as tmm
 
@@ -69,16 +70,36 @@ def test_the_bound_plans_take_the_tf32_path_for_cuda_tensors(monkeypatch):
     monkeypatch.setattr(tmm, "matmul_forward", lambda *args: seen.append("matmul") or "general")
     conv_opts = types.SimpleNamespace(geometry_args=((1, 1), (1, 1, 1, 1), (1, 1), 1),
                                       activation=None, tf32=False)
-    conv_problem = types.SimpleNamespace(shapes=((1, 2, 5, 5), (3, 2, 3, 3)), device="cpu",
-                                         dtype="float32", options=conv_opts, layout="NCHW")
     mm_opts = types.SimpleNamespace(bias=False, activation=None, tf32=False)
-    mm_problem = types.SimpleNamespace(options=mm_opts, device="cpu", dtype="float32")
-    conv = tconv._bind_forward(conv_problem)
-    mm = tmm._bind_forward(mm_problem)
-    cuda = tensor(torch.float32)
-    assert conv(cuda, None, None) == "general" and mm(cuda, None, None) == "general"
-    assert seen == ["conv", "matmul"]
-    x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
-    torch.testing.assert_close(conv(x, w, None), torch.nn.functional.conv2d(x, w, padding=1),
-                               rtol=0, atol=0)
-    assert seen == ["conv", "matmul"]  # (CPU tensors: torch's call, straight)
+    for data in ("cpu", "cuda"):
+        conv_problem = types.SimpleNamespace(shapes=((1, 2, 5, 5), (3, 2, 3, 3)), device=data,
+                                             dtype="float32", options=conv_opts, layout="NCHW")
+        mm_problem = types.SimpleNamespace(options=mm_opts, device=data, dtype="float32")
+        assert tconv._bind_forward(conv_problem, "cuda") is None
+        assert tmm._bind_forward(mm_problem, "cuda") is None
+        conv = tconv._bind_forward(conv_problem, "cpu")
+        mm = tmm._bind_forward(mm_problem, "cpu")
+        x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+        torch.testing.assert_close(conv(x, w, None), torch.nn.functional.conv2d(x, w, padding=1),
+                                   rtol=0, atol=0)
+        a, b = torch.randn(3, 4), torch.randn(4, 5)
+        torch.testing.assert_close(mm(a, b, None), a @ b, rtol=0, atol=0)
+    assert seen == []  # (the CPU closures: torch's call, straight)
+
+
+@pytest.mark.parametrize("op", ["conv2d", "matmul"])
+def test_only_the_cpu_candidate_binds_torch_s_call_directly(op):
+    """`core.bound` tells an entry's `bind` the candidate's device: torch's CPU candidate gets the
+    one-closure plan, its GPU candidate the op's general launch (no GPU needed to bind)."""
+    from kernelkit import core
+    from kernelkit.ops import conv2d as conv_op
+    from kernelkit.ops import matmul as matmul_op
+
+    if op == "conv2d":
+        call = conv_op.prepare_forward(torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3), padding=1)
+    else:
+        call = matmul_op.prepare(torch.randn(3, 4), torch.randn(4, 5))
+    names = {name: getattr(core.get(op, name).launcher(call.problem, {}), "__qualname__", "")
+             for name in ("torch-cpu", "torch-cuda")}
+    assert names["torch-cpu"] == "_bind_forward.<locals>.plan"
+    assert names["torch-cuda"] != "_bind_forward.<locals>.plan"

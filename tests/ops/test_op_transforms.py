@@ -218,3 +218,31 @@ def test_a_repeated_call_on_plain_tensors_runs_its_memoised_plan(op, requires_gr
     torch.testing.assert_close(again, first, rtol=0, atol=0)
     extras = ("k",)
     assert dispatch.plain_signature3(a, b, c, extras) == dispatch.signature3(a, b, c, extras)
+
+
+def test_the_repeated_call_key_follows_every_knob_as_token_does(monkeypatch):
+    """`plain_signature3` reads `settings.token()`'s parts inline: its key must change with
+    each environment knob, a `use()` block and the choices' epoch, and equal `signature3`'s."""
+    from kernelkit import settings
+    from kernelkit.ops import dispatch
+
+    a, b = torch.randn(2, 3), torch.randn(3, 4)
+    seen = set()
+
+    def key():
+        checked = dispatch.signature3(a, b, None, ("k",))  # (first: registers torch's types)
+        k = dispatch.plain_signature3(a, b, None, ("k",))
+        assert k == checked and k[-1] == settings.token()
+        seen.add(k)
+
+    key()
+    for name, value in (("KERNELKIT_TUNE", "off"), ("KERNELKIT_BACKEND", "torch"),
+                        ("KERNELKIT_DEVICE", "cpu"), ("KERNELKIT_CACHE_DIR", "/nonexistent"),
+                        ("KERNELKIT_COMPILE", "background")):
+        monkeypatch.setenv(name, value)
+        key()
+    with kernelkit.use(tune="off"):
+        key()
+    settings.new_epoch()
+    key()
+    assert len(seen) == 8
