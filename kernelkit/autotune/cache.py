@@ -196,14 +196,14 @@ class Cache:
                     try:
                         rec = json.loads(line)
                         if "fingerprint" in rec:
-                            fps[str(rec["fp"])] = dict(rec["fingerprint"])
+                            fps[_text(rec["fp"])] = dict(rec["fingerprint"])
                         elif rec.get("schema", SCHEMA) != SCHEMA:
                             others.append(line.strip())
                         else:
                             entry = rec["entry"]
                             if entry_error(entry):
                                 raise ValueError("not an entry of this schema")
-                            records[(str(rec["fp"]), str(rec["key"]))] = entry
+                            records[(_text(rec["fp"]), _text(rec["key"]))] = entry
                     # (RecursionError: a line of deeply nested brackets)
                     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
                         bad += whole or not start  # (a refresh: may be a write in progress)
@@ -725,6 +725,7 @@ def read_export(path: str | os.PathLike) -> tuple[dict[tuple[str, str], dict], d
     that cannot be read, or is not an export, raises ValueError naming it; entries that are not
     entries of this schema (`entry_error`) are left out, with one warning."""
     data = read_json(path)
+    named: dict[tuple[str, str], str] = {}  # entries whose key or fp is not a string
     try:
         head = data["header"]
         if head.get("schema") == 1:  # an old cache file: one fingerprint for all its entries
@@ -735,16 +736,33 @@ def read_export(path: str | os.PathLike) -> tuple[dict[tuple[str, str], dict], d
             if head.get("schema") != SCHEMA:
                 raise ValueError(f"{path}: unknown cache export schema {head.get('schema')!r}")
             fps = {str(k): _object(v) for k, v in head["fingerprints"].items() if v is not None}
-            records = {(str(r["fp"]), str(r["key"])): r["entry"] for r in data["entries"]}
+            if not isinstance(data["entries"], list):
+                raise TypeError("the entries are not a list")
+            records = {}
+            for r in data["entries"]:
+                fid, key = r["fp"], r["key"]
+                if isinstance(fid, str) and isinstance(key, str):
+                    records[(fid, key)] = r["entry"]
+                else:  # (str() had filed a null key as "None", usable under that name)
+                    named[(str(fid), str(key))] = "its key and fp must be strings"
     except (KeyError, TypeError, AttributeError, IndexError):
         raise ValueError(f"{path}: not a kernelkit cache export (`kernelkit cache export` "
                          "writes one: a header and its entries)") from None
     bad = {k: why for k, e in records.items() if (why := entry_error(e)) is not None}
+    bad.update(named)
     if bad:
         (_, key), why = next(iter(bad.items()))
         callsite.warn(f"kernelkit: {path}: left out {len(bad)} damaged entr"
                       f"{'y' if len(bad) == 1 else 'ies'} (the first, {key}: {why})", CacheWarning)
     return {k: e for k, e in records.items() if k not in bad}, fps
+
+
+def _text(v) -> str:
+    """A key or fingerprint id read from a cache line: a JSON string (str() had filed a null
+    key as "None", read as a usable entry under that name)."""
+    if not isinstance(v, str):
+        raise TypeError("a key or fingerprint id is not a string")
+    return v
 
 
 def _object(v) -> dict:

@@ -924,3 +924,31 @@ def test_a_file_whose_lines_end_in_cr_keeps_every_entry(tmp_path, ending):
         d.put("d", entry(median=0.25))  # an append after them (LF) is read back too
         assert fresh(tmp_path).entries()["d"] == entry(median=0.25)
         assert set(fresh(tmp_path).entries()) == {"a", "b", "c", "d"}
+
+
+@pytest.mark.parametrize("field, value", [("key", None), ("key", 3), ("fp", 5), ("fp", None)])
+def test_an_entry_whose_key_or_fp_is_not_a_string_is_damaged(tmp_path, field, value):
+    """A null key was read as the usable entry "None" (and an fp of 5 as a machine "5"): in an
+    export it is left out with the damaged entries' warning, in a cache file it is a damaged
+    line (a user hunt)."""
+    c = Cache(tmp_path / "c")
+    c.put("good", entry())
+    data = json.loads(json.dumps(c.export()))
+    bad = dict(data["entries"][0], **{field: value})
+    data["entries"].append(bad)
+    (tmp_path / "e2.json").write_text(json.dumps(data))
+    with pytest.warns(CacheWarning, match="left out 1 damaged entry"):
+        records, _ = read_export(tmp_path / "e2.json")
+    assert [key for _, key in records] == ["good"]
+    line = {"schema": SCHEMA, "fp": bad["fp"], "key": bad["key"], "entry": entry()}
+    with open(tmp_path / "c" / FILENAME, "a") as f:
+        f.write(json.dumps(line) + "\n")
+    with pytest.warns(CacheWarning, match="1 damaged line"):
+        assert list(fresh(tmp_path / "c").entries()) == ["good"]
+
+
+def test_an_export_whose_entries_are_not_a_list_is_not_an_export(tmp_path):
+    bad = tmp_path / "dict.json"
+    bad.write_text(json.dumps({"header": {"schema": SCHEMA, "fingerprints": {}}, "entries": {}}))
+    with pytest.raises(ValueError, match="dict.json: not a kernelkit cache export"):
+        read_export(bad)
