@@ -1,7 +1,7 @@
 """The Numba conv2d's two forward algorithms against torch (oneDNN), interleaved in one run.
 
     python bench/probes/conv_shift_probe.py [--batch 8] [--threads 2] [--rounds 6] [--warm 0.03] [--reps 3]
-        [--all] [--fused] [--frozen] [--keep-heap]
+        [--all] [--fused] [--frozen] [--keep-heap] [--kernels gemm shift auto]
 
 For every stride-1 ResNet-50 layer (tests/reference.CONV_RESNET50; ``--all`` adds the strided
 ones, the 7x7 stem included, where "shift" falls back to the implicit GEMM), fp32, NCHW, no bias: the implicit GEMM
@@ -52,9 +52,12 @@ def main() -> None:
                         "(relu(conv(x, w) + b)), issue 13's fused bar")
     p.add_argument("--frozen", action="store_true",
                    help="weights in torch tensors, packed once (kernelkit.frozen_weights)")
+    p.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=nconv.CONV_KERNELS,
+                   help="the config kernels to time (\"rows\": the pixel-rows conv, _rows)")
     p.add_argument("--keep-heap", action="store_true",
                    help="kernelkit.keep_heap() first: no row's output faults its pages anew")
     args = p.parse_args()
+    kernels = tuple(args.kernels)
     if args.keep_heap:
         import kernelkit
 
@@ -74,9 +77,9 @@ def main() -> None:
           f"pools {blas}{', bias + relu' if args.fused else ''}")
     rng = np.random.default_rng(0)
     d = nconv.Conv2dConfig.default(np.float32)
-    ratios: dict[str, list[float]] = {k: [] for k in KERNELS}
-    print(f"{'C_in':>5} {'C_out':>5} {'HW':>4} k s " + " ".join(f"{k + ' ms':>9}" for k in KERNELS)
-          + f" {'torch ms':>9} " + " ".join(f"{'t/' + k:>7}" for k in KERNELS))
+    ratios: dict[str, list[float]] = {k: [] for k in kernels}
+    print(f"{'C_in':>5} {'C_out':>5} {'HW':>4} k s " + " ".join(f"{k + ' ms':>9}" for k in kernels)
+          + f" {'torch ms':>9} " + " ".join(f"{'t/' + k:>7}" for k in kernels))
     for c, k, hw, r, st, pad in CONV_RESNET50:
         if st != 1 and not args.all:
             continue
@@ -93,7 +96,7 @@ def main() -> None:
             return nconv.conv2d_forward(x, w, b, (st, st), (pad,) * 4, (1, 1), 1, act,
                                         "NCHW", config=cfg)
 
-        fns = [lambda kern=kern: ours(kern) for kern in KERNELS]
+        fns = [lambda kern=kern: ours(kern) for kern in kernels]
         if args.fused:
             bt = torch.from_numpy(b)[:, None, None]
             fns.append(lambda xt=xt, wt=wt, bt=bt, st=st, pad=pad:
@@ -102,13 +105,13 @@ def main() -> None:
             fns.append(lambda xt=xt, wt=wt, st=st, pad=pad: F.conv2d(xt, wt, stride=st,
                                                                      padding=pad))
         med = [t * 1e3 for t in steady_medians(fns, args.rounds, args.warm, args.reps)]
-        for kern, m in zip(KERNELS, med):
+        for kern, m in zip(kernels, med):
             ratios[kern].append(med[-1] / m)
         print(f"{c:5d} {k:5d} {hw:4d} {r} {st} " + " ".join(f"{m:9.3f}" for m in med) + " "
               + " ".join(f"{med[-1] / m:7.2f}" for m in med[:-1]), flush=True)
     print("geomean torch / ours: " + ", ".join(
         f"{kern} {math.exp(statistics.fmean(math.log(v) for v in ratios[kern])):.3f}"
-        for kern in KERNELS))
+        for kern in kernels))
 
 
 if __name__ == "__main__":

@@ -1092,3 +1092,83 @@ def test_a_stride_past_the_input_costs_no_more_than_one_window(stride, layout, n
         check(y, x, w, b, case, layout)
     gy = rng.standard_normal(y.shape).astype(np.float32)
     check_grads(x, w, gy, case, layout)
+
+
+# ------------------------------------------------------------------------------ pixel-rows conv
+# one group, float32 (the rows kernel's domain), and shapes that cross its tiles: 12 pixel rows
+# and 32 output channels a tile where AVX-512 sets them (primes, K past one sliver, batch
+# tiles that straddle images)
+ROWS_CASES = [c for c in CASES if c[10] == 1] + [
+    (3, 29, 7, 7, 37, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (2, 19, 14, 14, 70, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),
+    (5, 7, 5, 3, 33, 1, 3, (1, 2), (0, 2, 1, 0), (1, 1), 1),
+]
+ROWS = dataclasses.replace(Conv2dConfig.default(np.float32), kernel="rows")
+
+
+@pytest.fixture(params=["default", "tiny"])
+def rows_blocks(request, monkeypatch):
+    """The pixel-rows conv's own blocking, or one tile and a few channels a block (every tile
+    block and channel block boundary crossed)."""
+    if request.param == "tiny":
+        monkeypatch.setattr(nc, "ROWS_TILES", 1)
+        monkeypatch.setattr(nc, "ROWS_L2_SHARE", 1 << 40)  # (one channel a block)
+    return request.param
+
+
+def poison_rows_scratch(monkeypatch):
+    """The per-thread scratch the pixel-rows conv takes (padded copy, C tiles, weight slivers)
+    and its outputs start as NaN."""
+    nc._rows_compiled()
+    poison_allocations(monkeypatch)
+    monkeypatch.setattr(nc, "_scratch", lambda size, dtype: np.full(int(size), np.nan, dtype))
+
+
+@pytest.mark.parametrize("act", [None, "relu", "gelu_tanh"])
+@pytest.mark.parametrize("case", ROWS_CASES, ids=_ids)
+def test_pixel_rows_conv(case, act, path, rows_blocks, monkeypatch):
+    """Config kernel "rows" against float64, with and without a bias, every element written
+    (outputs and scratch poisoned), one thread or two, the default blocks and tiny ones."""
+    poison_rows_scratch(monkeypatch)
+    ran = []
+    real = nc._conv_rows
+    monkeypatch.setattr(nc, "_conv_rows", lambda *a: ran.append(1) or real(*a))
+    rng = np.random.default_rng(abs(hash((case, act))) % 2**32)
+    x, w, b = make(case, np.float32, "NCHW", rng)
+    check(fwd(x, w, b, case, "NCHW", act, ROWS), x, w, b, case, "NCHW", act)
+    check(fwd(x, w, None, case, "NCHW", act, ROWS), x, w, None, case, "NCHW", act)
+    assert len(ran) == 2  # (the rows kernel, not a fallback)
+
+
+def test_pixel_rows_conv_reads_any_strides():
+    """Transposed, negative-stride and sliced inputs and weights (read through 4-D views)."""
+    rng = np.random.default_rng(11)
+    case = (3, 10, 9, 8, 35, 3, 3, (1, 2), (1, 2, 0, 1), (2, 1), 1)
+    x = rng.standard_normal((3, 8, 9, 10)).astype(np.float32).transpose(0, 3, 2, 1)[:, :, ::-1]
+    w = rng.standard_normal((35, 3, 3, 20)).astype(np.float32).transpose(0, 3, 1, 2)[:, ::2]
+    b = rng.standard_normal(70).astype(np.float32)[::2]
+    check(fwd(x, w, b, case, "NCHW", "silu", ROWS), x, w, b, case, "NCHW", "silu")
+
+
+@pytest.mark.parametrize("case", [ROWS_CASES[-3], CASES[4]], ids=_ids)
+def test_pixel_rows_conv_nan_inf(case):
+    """NaN/Inf in x and in the weight propagate as in torch (0 * Inf in the padding is NaN)."""
+    rng = np.random.default_rng(5)
+    x, w, b = make(case, np.float32, "NCHW", rng)
+    flat = x.reshape(-1)
+    flat[::7] = np.nan
+    flat[3::11] = np.inf
+    flat[5::13] = -np.inf
+    check(fwd(x, w, b, case, "NCHW", None, ROWS), x, w, b, case, "NCHW")
+    x, w, b = make(case, np.float32, "NCHW", rng)
+    w.reshape(-1)[1] = np.inf
+    check(fwd(x, w, b, case, "NCHW", None, ROWS), x, w, b, case, "NCHW")
+
+
+@pytest.mark.parametrize("taps, hw, kept, want", [
+    (9, 7, True, True), (9, 14, True, True), (9, 15, True, False), (1, 7, True, False),
+    (9, 7, False, False), (4, 1, True, True)])
+def test_auto_runs_the_pixel_rows_conv_on_small_planes_with_a_kept_weight(taps, hw, kept, want):
+    """Config kernel "auto": the pixel-rows conv only where the packed weight is kept, for more
+    than one tap, on planes of at most ROWS_MAX_PLANE output pixels (docs/performance.md)."""
+    assert nc._rows_by_default(taps, hw, hw, kept) is want

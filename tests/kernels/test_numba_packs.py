@@ -166,11 +166,26 @@ def test_bounded_in_bytes_least_recently_used_out(monkeypatch):
 
 
 def test_off_switch_and_one_call_of_each_way_agree(monkeypatch):
+    monkeypatch.setattr(nconv, "ROWS_MAX_PLANE", 0)  # (the shifted GEMM both ways)
     x, w = _tensors(n=2, c=32, hw=14, k=48)
     kept = [_conv(x, w) for _ in range(2)]
     monkeypatch.setattr(nconv, "KEEP_PACKS", False)
     fresh = _conv(x, w)
     assert torch.equal(kept[0], kept[1]) and torch.equal(kept[1], fresh)
+
+
+def test_the_pixel_rows_conv_kept_and_packed_per_call_agree():
+    """Its kept weight (all slivers packed at once) and its shares' per-call slivers are the
+    same layout: the same sums, bit for bit."""
+    import dataclasses
+
+    x, w = _tensors(n=2, c=32, hw=14, k=48)
+    kept = [_conv(x, w) for _ in range(2)]
+    assert len(_packs._ENTRIES) == 1
+    rows = dataclasses.replace(nconv.Conv2dConfig.default(np.float32), kernel="rows")
+    fresh = nconv.conv2d_forward(x.numpy(), w.numpy(), None, (1, 1), (1, 1, 1, 1), (1, 1), 1,
+                                 None, "NCHW", rows)
+    assert torch.equal(kept[0], kept[1]) and torch.equal(kept[1], torch.from_numpy(fresh))
 
 
 def test_threads_sharing_one_kept_weight():
@@ -218,6 +233,7 @@ def test_kept_weight_beside_the_exact_columns_packed_b(monkeypatch):
     monkeypatch.setattr(nconv, "SHIFT_WIDE", True)  # "auto": the shifted GEMM on any CPU
     monkeypatch.setattr(nconv, "SHIFT_EXACT_WASTE", 0.0)
     monkeypatch.setattr(nconv, "EXACT_INPLACE", False)  # (else nothing of the weight is packed)
+    monkeypatch.setattr(nconv, "ROWS_MAX_PLANE", 0)  # (else "auto" runs the pixel-rows conv)
     geos = []
     real = nconv._launch
     monkeypatch.setattr(nconv, "_launch", lambda fn, tn, p, *a: geos.append(a[-1].copy())
@@ -317,3 +333,21 @@ def test_a_kept_pack_whose_weight_moved_is_not_used_for_what_took_its_place():
     second = torch.from_numpy(buf)
     assert second._version == first._version
     _check(_conv(x, second), x, second)
+
+
+def test_the_pixel_rows_conv_keeps_its_packed_weight_and_sees_changes(monkeypatch):
+    """On a batch of small planes "auto" runs the pixel-rows conv where the weight can be kept
+    (here): packed once as output-channel slivers, used while the tensor is unchanged, packed
+    again after an in-place change."""
+    ran = []
+    real = nconv._conv_rows
+    monkeypatch.setattr(nconv, "_conv_rows", lambda *a: ran.append(1) or real(*a))
+    x, w = _tensors(n=3, c=21, hw=7, k=37)
+    p = torch.nn.Parameter(w.clone())
+    for _ in range(2):
+        _check(_conv(x, p.detach()), x, p.detach())
+    assert len(ran) == 2 and len(_packs._ENTRIES) == 1
+    with torch.no_grad():
+        p.mul_(-0.5)
+    _check(_conv(x, p.detach()), x, p.detach())
+    assert len(ran) == 3

@@ -215,6 +215,43 @@ def ukernel_strided(typingctx, kc, ap, aoff, a_rs, a_cs, bp, boff, b_rs, cp, cof
     return sig, codegen
 
 
+@intrinsic
+def ukernel_rows(typingctx, kc, ap, aoff, roffs, a_cs, bp, boff, cp, coff, ldc, accumulate):
+    """C[coff + i*ldc + j] (+)= sum_p ap[aoff + roffs[i] + p*a_cs] * bp[boff + p*NR + j].
+
+    A's MR rows lie anywhere (``roffs``, int64: MR offsets, read once before the K loop), its
+    columns ``a_cs`` apart; B is a packed sliver. A conv's output pixels as A's rows, read in
+    place from a zero-padded copy of the input (row i: that pixel's first tap; columns: the
+    input's channels, a plane apart), against the weight packed as output-channel slivers
+    (``_rows``): nothing of the input is packed or copied per tap.
+    """
+    tile_mn = _ukernel_typing((ap, bp, cp))
+    if tile_mn is None or not (isinstance(roffs, types.Array) and roffs.ndim == 1
+                               and roffs.dtype == types.int64):
+        return None
+    sig = types.void(kc, ap, aoff, roffs, a_cs, bp, boff, cp, coff, ldc, accumulate)
+
+    def codegen(context, builder, sig, args):
+        kc_v, ap_v, aoff_v, roffs_v, acs_v, bp_v, boff_v, cp_v, coff_v, ldc_v, acc_v = args
+        kc_v, aoff_v, acs_v, boff_v, coff_v, ldc_v, acc_v = (
+            context.cast(builder, v, sig.args[i], types.intp) for v, i in
+            zip((kc_v, aoff_v, acs_v, boff_v, coff_v, ldc_v, acc_v), (0, 2, 4, 6, 8, 9, 10)))
+        mr, nr = tile_mn
+        vty, nvec, esize, cst, lty, fma, A, B, C = _frame(
+            context, builder, nr, (sig.args[1], ap_v, aoff_v), (sig.args[5], bp_v, boff_v),
+            (sig.args[7], cp_v, coff_v))
+        rows = context.make_array(sig.args[3])(context, builder, roffs_v).data
+        a_rows = [builder.load(builder.gep(rows, [cst(i)])) for i in range(mr)]
+        finals = _k_loop(builder, kc_v, mr * nvec, vty, cst, lambda p, accs: _k_step(
+            builder, builder.gep(A, [builder.mul(p, acs_v)]), a_rows,
+            builder.gep(B, [builder.mul(p, cst(nr))]), accs, fma, lty, esize, cst))
+        _store_tile(builder, C, ldc_v, acc_v, finals, mr, nvec, vty.count, vty.as_pointer(),
+                    esize, cst)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 def _ukernel_body(context, builder, sig, tile_mn, kc_v, packed, ap_v, aoff_v, a_rs_v, a_cs_v,
                   bp_v, boff_v, b_rs_v, cp_v, coff_v, ldc_v, acc_v, int_idx):
     """The micro-kernel's LLVM IR: MR x NR accumulators as SSA vectors over the K loop.

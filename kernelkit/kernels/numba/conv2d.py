@@ -36,7 +36,7 @@ from numba import types
 
 from kernelkit.kernels.config import cdiv
 from kernelkit.kernels.convgeom import nchw_shape, out_size, problem_sizes
-from kernelkit.kernels.numba import _amx, _conv, _gemm, _half, _packs, _workspace
+from kernelkit.kernels.numba import _amx, _conv, _gemm, _half, _packs, _rows, _workspace
 from kernelkit.kernels.numba._gemm import ACT_CODES, entry_point, tile_shape
 from kernelkit.kernels.numba._pool import run as _run
 from kernelkit.kernels.numba._pool import run_synced as _run_synced
@@ -49,7 +49,7 @@ from kernelkit.kernels.numba.matmul import matmul_forward as _matmul_forward
 from kernelkit.kernels.numba.matmul import warm as _matmul_warm
 from kernelkit.threads import kernel_threads
 
-CONV_KERNELS = ("auto", "gemm", "shift", "amx", "amx_cols")
+CONV_KERNELS = ("auto", "gemm", "shift", "amx", "amx_cols", "rows")
 
 __all__ = ["Conv2dConfig", "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"]
 
@@ -133,6 +133,23 @@ SHIFT_ALIAS_BYTES = 4096
 # instead of a whole one: a 14 px plane's 196 columns (1x1) are six slivers and 4 columns, a
 # 7 px plane's 49 one and 17, which whole tiles computed as 224 and 64.
 SHIFT_NARROW_TAIL = True
+# Config kernel "auto" runs the pixel-rows conv (``_rows``: output pixels as the micro-kernel's
+# rows against the weight packed as output-channel slivers) where that packed weight is kept
+# across calls (a torch weight under `kernelkit.frozen_weights()`), on a float32 one-group
+# convolution of more than one tap with at most ROWS_MAX_PLANE output pixels a plane. Zen 4,
+# frozen weights, torch / ours (conv_shift_probe.py --frozen --keep-heap --kernels shift rows,
+# docs/performance.md), batch 8: 512 ch 7 px 3x3 0.74 -> 0.82, 512 ch 14 px stride 2 0.83 ->
+# 0.93, 256 ch 14 px 0.82 both; batch 1: 0.88 -> 0.91, 0.93 -> 0.94, 0.80 -> 0.86. Not 1x1
+# layers (1024 -> 256 at 14 px, batch 8: 1.02 -> 0.66) nor larger planes (128 ch 28 px: 0.87 ->
+# 0.81). Without a kept weight each share packs its slivers every call (scalar transposes:
+# about 2 ns a weight, a third of the 512-channel layers' time), which lost everywhere, so the
+# tuner is not offered it (a cached choice would run outside frozen_weights() too).
+ROWS_MAX_PLANE = 14 * 14
+# Channels per block of the pixel-rows conv: its B sliver (taps x channels x NR words) within
+# about half of L2, so that every pixel tile of a block reads it from there.
+ROWS_L2_SHARE = 2
+# Pixel tiles whose C tiles a thread holds at once (its scratch: ROWS_TILES x MR x NR words)
+ROWS_TILES = 64
 # The AMX column conv passes each chunk of image columns over all the weight's rows where the
 # columns outnumber the rows (else each strip of weight rows over all the columns).
 AMX_COLS_BY_CHUNK = True
@@ -154,7 +171,10 @@ class Conv2dConfig(GemmBlocking):
         AMX: the shifted GEMM on AMX tiles, ``_amx``; "auto" elsewhere), or "amx_cols"
         (bfloat16, one group, any stride, on a CPU with AMX: the image's columns by the weight
         read in place on AMX tiles, offered first where a layer has more weight than image;
-        "auto" elsewhere). Other convolutions, and the backward ops, ignore it.
+        "auto" elsewhere), or "rows" (float32, one group: output pixels as the micro-kernel's
+        rows against the weight packed as output-channel slivers, ``_rows``; "auto" picks it
+        on small planes where that packed weight is kept, see ``ROWS_MAX_PLANE``). Other
+        convolutions, and the backward ops, ignore it.
     """
 
     kernel: str = "auto"
@@ -260,6 +280,13 @@ def _shift_by_default(n: int, ho: int, wo: int, taps: int) -> bool:
     return ho * wo >= SHIFT_MIN_PLANE and n * ho * wo >= SHIFT_MIN_PIXELS
 
 
+def _rows_by_default(taps: int, ho: int, wo: int, kept: bool) -> bool:
+    """Config kernel "auto": the pixel-rows conv for a float32 one-group forward (the caller's
+    checks) of more than one tap on planes of at most ROWS_MAX_PLANE output pixels, where the
+    packed weight is ``kept`` across calls. See ROWS_MAX_PLANE."""
+    return kept and taps > 1 and ho * wo <= ROWS_MAX_PLANE
+
+
 # ----------------------------------------------------------------------------------- compilation
 
 def _sig(name: str, dtype):
@@ -334,6 +361,26 @@ def _amx_conv_compiled() -> tuple:
     return tuple(_AMX_CONV)
 
 
+_ROWS: list = []  # the pixel-rows conv's entry points (weight packing, padded copy, product)
+
+
+def _rows_compiled() -> tuple:
+    """The pixel-rows conv's three share entry points, compiled (or loaded), float32."""
+    if not _ROWS:
+        i, f32 = types.int64, types.float32
+        arr = lambda t, nd, layout="C", ro=False: types.Array(t, nd, layout, readonly=ro)
+        _ROWS.extend([
+            entry_point(_rows.pack_weight, types.void(i, i, arr(f32, 4, "A", True), arr(f32, 1))),
+            entry_point(_rows.pad_input, types.void(i, i, arr(f32, 4, "A", True), arr(f32, 1),
+                                                    i, i, i, i)),
+            entry_point(_rows.conv_part, types.void(
+                i, i, arr(f32, 1), arr(f32, 4, "A", True), arr(f32, 1), i,
+                arr(types.int64, 1, "C", True), arr(types.int64, 1, "C", True), i, i, i, i,
+                arr(f32, 1), arr(f32, 1, "A", True), i, i, arr(f32, 1))),
+        ])
+    return tuple(_ROWS)
+
+
 def _compiled(dtype) -> _Compiled:
     fns = _COMPILED.get(dtype)
     if fns is None:
@@ -343,10 +390,13 @@ def _compiled(dtype) -> _Compiled:
 
 def warm(dtype: str) -> str:
     """Compile (or load from the on-disk cache) every kernel the conv2d entry points run for
-    `dtype`: the three conv kernels and the GEMM the 1x1 path calls; "compiled" or "loaded"."""
+    `dtype`: the conv kernels (float32: the pixel-rows conv too) and the GEMM the 1x1 path calls;
+    "compiled" or "loaded"."""
     before = _gemm.COMPILED[0]
     fns = _compiled(_half.compute_dtype(dtype))
     fns.fwd, fns.dw, fns.bwd, fns.dw_wgrad, fns.all_finite  # noqa: B018 - compile on access
+    if fns.dtype == np.float32:  # (the pixel-rows conv, under frozen_weights() on small planes)
+        _rows_compiled()
     if dtype == "bfloat16" and _gemm.HAS_BF16_DOT:
         _pairs_compiled()
     if dtype == "bfloat16" and _amx.available():
@@ -1123,6 +1173,10 @@ def _conv_float(x, weight, bias, stride, padding, dilation, groups, activation, 
         _run(fns.dw, _dw_threads(work, n * c * h * w), xv, w1, bias, out1, geo)
         return out
 
+    if not nhwc and g == 1 and dtype == np.float32 and _rows_chosen(config, weight, r, s, ho,
+                                                                    wo):
+        _conv_rows(xv, weight, bias, has_bias, act, stride, padding, dilation, out1)
+        return out
     fg = _float_geometry(xv.shape, xv.strides, dtype, weight.shape, tuple(stride),
                          tuple(padding), tuple(dilation), g, has_bias, act, nhwc,
                          config or _default(dtype), kernel_threads(), _knobs())
@@ -1151,6 +1205,65 @@ def _conv_float(x, weight, bias, stride, padding, dilation, groups, activation, 
     if keep is not None:
         keep()
     return out
+
+
+def _rows_chosen(config: Conv2dConfig | None, weight: np.ndarray, r: int, s: int, ho: int,
+                 wo: int) -> bool:
+    """Whether a float32 NCHW one-group forward runs as the pixel-rows conv: asked for
+    ("rows"), or config kernel "auto" and ``_rows_by_default``."""
+    kernel = "auto" if config is None else config.kernel
+    if kernel == "rows":
+        return True
+    if kernel != "auto":
+        return False
+    return (r * s > 1 and ho * wo <= ROWS_MAX_PLANE
+            and _rows_by_default(r * s, ho, wo, KEEP_PACKS and _packs.owner(weight) is not None))
+
+
+def _conv_rows(x, weight, bias, has_bias: int, act: int, stride, padding, dilation,
+               out1: np.ndarray) -> None:
+    """act(conv2d(x, weight) + bias) into ``out1`` (N, K, Ho, Wo flat), one group, float32
+    NCHW, by the pixel-rows conv (``_rows``): a zero-padded copy of x, then the product, whose
+    shares pack each output-channel sliver of the weight as they come to it (a torch weight
+    under ``frozen_weights()``: all of it packed once and kept)."""
+    pack_weight, pad_input, conv_part = _rows_compiled()
+    n, c, h, w = x.shape
+    k, _, r, s = weight.shape
+    top, bottom, left, right = (int(v) for v in padding)
+    sh, sw = int(stride[0]), int(stride[1])
+    dh, dw = int(dilation[0]), int(dilation[1])
+    hp, wp = h + top + bottom, w + left + right
+    ho, wo = out_size(h, w, r, s, stride, padding, dilation)
+    mr, nr = _rows.MR, _rows.NR
+    nkb = cdiv(k, nr)
+    tn = _threads(n * k * ho * wo * c * r * s)
+    # the weight packed as slivers: all of it, kept across calls for a torch weight under
+    # frozen_weights(); else each share packs a sliver at a time (in its part of the scratch)
+    sliver = r * s * c * nr
+    kept = _kept_pack(weight, nkb * sliver, np.float32, ("rows", nr))
+    if kept is not None and not kept[1]:
+        _run(pack_weight, tn if nkb * sliver >= SERIAL_PACK else 1, weight, kept[0])
+        kept[2]()
+    plane = hp * wp
+    npix = n * ho * wo
+    ntile = cdiv(npix, mr)
+    q = np.arange(ntile * mr, dtype=np.int64)
+    img, pix = np.divmod(q, ho * wo)
+    oh, ow = np.divmod(pix, wo)
+    roffs = np.where(q < npix, img * (c * plane) + oh * (sh * wp) + ow * sw, 0)
+    toffs = np.array([i * dh * wp + j * dw for i in range(r) for j in range(s)], np.int64)
+    kc = max(1, min(c, _cache_sizes()[2] // ROWS_L2_SHARE // (r * s * nr * 4)))
+    kc = cdiv(c, cdiv(c, kc))  # even blocks
+    tb = ROWS_TILES
+    xp_size, cs_size = n * c * plane, tn * tb * mr * nr
+    ws = _scratch(xp_size + cs_size + (0 if kept else tn * sliver), np.float32)
+    xp, cs = ws[:xp_size], ws[xp_size:xp_size + cs_size]
+    wp_buf = kept[0] if kept else ws[xp_size + cs_size:]
+    _run(pad_input, tn if xp_size >= SERIAL_PACK else 1, x, xp, hp, wp, top, left)
+    if bias is None or not has_bias:
+        bias = _NO_BIAS
+    _run(conv_part, tn, xp, weight, wp_buf, int(kept is not None), roffs, toffs, plane,
+         ho * wo, kc, tb, cs, bias, has_bias, act, out1)
 
 
 # ---------------------------------------------------------------------------------------- backward
