@@ -1166,7 +1166,7 @@ def test_pixel_rows_conv_nan_inf(case):
 
 
 @pytest.mark.parametrize("taps, hw, kept, want", [
-    (9, 7, True, True), (9, 14, True, True), (9, 15, True, False), (1, 7, True, False),
+    (9, 7, True, True), (9, 8, True, True), (9, 9, True, False), (1, 7, True, False),
     (9, 7, False, False), (4, 1, True, True)])
 def test_auto_runs_the_pixel_rows_conv_on_small_planes_with_a_kept_weight(taps, hw, kept, want):
     """Config kernel "auto": the pixel-rows conv only where the packed weight is kept, for more

@@ -179,12 +179,13 @@ def test_the_pixel_rows_conv_kept_and_packed_per_call_agree():
     same layout: the same sums, bit for bit."""
     import dataclasses
 
-    x, w = _tensors(n=2, c=32, hw=14, k=48)
+    x, w = _tensors(n=2, c=32, hw=7, k=48)
     kept = [_conv(x, w) for _ in range(2)]
     assert len(_packs._ENTRIES) == 1
     rows = dataclasses.replace(nconv.Conv2dConfig.default(np.float32), kernel="rows")
     fresh = nconv.conv2d_forward(x.numpy(), w.numpy(), None, (1, 1), (1, 1, 1, 1), (1, 1), 1,
                                  None, "NCHW", rows)
+    assert nconv._rows_by_default(9, 7, 7, True)  # (auto ran it, kept)
     assert torch.equal(kept[0], kept[1]) and torch.equal(kept[1], torch.from_numpy(fresh))
 
 

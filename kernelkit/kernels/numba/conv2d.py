@@ -137,14 +137,16 @@ SHIFT_NARROW_TAIL = True
 # rows against the weight packed as output-channel slivers) where that packed weight is kept
 # across calls (a torch weight under `kernelkit.frozen_weights()`), on a float32 one-group
 # convolution of more than one tap with at most ROWS_MAX_PLANE output pixels a plane. Zen 4,
-# frozen weights, torch / ours (conv_shift_probe.py --frozen --keep-heap --kernels shift rows,
-# docs/performance.md), batch 8: 512 ch 7 px 3x3 0.74 -> 0.82, 512 ch 14 px stride 2 0.83 ->
-# 0.93, 256 ch 14 px 0.82 both; batch 1: 0.88 -> 0.91, 0.93 -> 0.94, 0.80 -> 0.86. Not 1x1
-# layers (1024 -> 256 at 14 px, batch 8: 1.02 -> 0.66) nor larger planes (128 ch 28 px: 0.87 ->
-# 0.81). Without a kept weight each share packs its slivers every call (scalar transposes:
-# about 2 ns a weight, a third of the 512-channel layers' time), which lost everywhere, so the
-# tuner is not offered it (a cached choice would run outside frozen_weights() too).
-ROWS_MAX_PLANE = 14 * 14
+# frozen weights, batch 8, torch / ours, shifted GEMM -> pixel rows (docs/performance.md,
+# "Zen 4, thirtieth session"): 512 ch 7 px 3x3 0.80 -> 0.93 (paired, one process), 0.65 ->
+# 0.80 and 0.75 -> 0.82 (conv_shift_probe.py --frozen); 512 ch 14 px stride 2 (7 px out) 0.85 ->
+# 0.97, 0.74 -> 0.68, 0.81 -> 0.96; batch 1 even (0.94 -> 0.92, 1.04 -> 1.05). On 14 px outputs
+# (256 ch) it won paired (0.80 -> 0.88) and lost in the probe's runs (0.82 -> 0.77, 0.80 ->
+# 0.76): left to the shifted GEMM. Never 1x1 layers (1024 -> 256 at 14 px: 1.02 -> 0.66) nor
+# larger planes (128 ch 28 px: 0.90 -> 0.87). Without a kept weight each share packs its
+# slivers every call (scalar transposes, about 2 ns a weight), which lost on every layer, so the
+# tuner is not offered it: a cached choice would run outside frozen_weights() too.
+ROWS_MAX_PLANE = 8 * 8
 # Channels per block of the pixel-rows conv: its B sliver (taps x channels x NR words) within
 # about half of L2, so that every pixel tile of a block reads it from there.
 ROWS_L2_SHARE = 2
