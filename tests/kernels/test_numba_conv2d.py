@@ -1165,10 +1165,12 @@ def test_pixel_rows_conv_nan_inf(case):
     check(fwd(x, w, b, case, "NCHW", None, ROWS), x, w, b, case, "NCHW")
 
 
-@pytest.mark.parametrize("taps, hw, kept, want", [
-    (9, 7, True, True), (9, 8, True, True), (9, 9, True, False), (1, 7, True, False),
-    (9, 7, False, False), (4, 1, True, True)])
-def test_auto_runs_the_pixel_rows_conv_on_small_planes_with_a_kept_weight(taps, hw, kept, want):
+@pytest.mark.parametrize("taps, hw, stride, kept, want", [
+    (9, 7, 1, True, True), (9, 8, 1, True, True), (9, 9, 1, True, False), (1, 7, 1, True, False),
+    (9, 7, 1, False, False), (4, 1, 1, True, True), (9, 7, 2, True, False)])
+def test_auto_runs_the_pixel_rows_conv_on_small_planes_with_a_kept_weight(taps, hw, stride, kept,
+                                                                          want):
     """Config kernel "auto": the pixel-rows conv only where the packed weight is kept, for more
-    than one tap, on planes of at most ROWS_MAX_PLANE output pixels (docs/performance.md)."""
-    assert nc._rows_by_default(taps, hw, hw, kept) is want
+    than one tap, stride 1, on planes of at most ROWS_MAX_PLANE output pixels
+    (docs/performance.md)."""
+    assert nc._rows_by_default(taps, hw, hw, (stride, stride), kept) is want

@@ -185,7 +185,7 @@ def test_the_pixel_rows_conv_kept_and_packed_per_call_agree():
     rows = dataclasses.replace(nconv.Conv2dConfig.default(np.float32), kernel="rows")
     fresh = nconv.conv2d_forward(x.numpy(), w.numpy(), None, (1, 1), (1, 1, 1, 1), (1, 1), 1,
                                  None, "NCHW", rows)
-    assert nconv._rows_by_default(9, 7, 7, True)  # (auto ran it, kept)
+    assert nconv._rows_by_default(9, 7, 7, (1, 1), True)  # (auto ran it, kept)
     assert torch.equal(kept[0], kept[1]) and torch.equal(kept[1], torch.from_numpy(fresh))
 
 

@@ -136,16 +136,14 @@ SHIFT_NARROW_TAIL = True
 # Config kernel "auto" runs the pixel-rows conv (``_rows``: output pixels as the micro-kernel's
 # rows against the weight packed as output-channel slivers) where that packed weight is kept
 # across calls (a torch weight under `kernelkit.frozen_weights()`), on a float32 one-group
-# convolution of more than one tap with at most ROWS_MAX_PLANE output pixels a plane. Zen 4,
-# frozen weights, batch 8, torch / ours, shifted GEMM -> pixel rows (docs/performance.md,
-# "Zen 4, thirtieth session"): 512 ch 7 px 3x3 0.80 -> 0.93 (paired, one process), 0.65 ->
-# 0.80 and 0.75 -> 0.82 (conv_shift_probe.py --frozen); 512 ch 14 px stride 2 (7 px out) 0.85 ->
-# 0.97, 0.74 -> 0.68, 0.81 -> 0.96; batch 1 even (0.94 -> 0.92, 1.04 -> 1.05). On 14 px outputs
-# (256 ch) it won paired (0.80 -> 0.88) and lost in the probe's runs (0.82 -> 0.77, 0.80 ->
-# 0.76): left to the shifted GEMM. Never 1x1 layers (1024 -> 256 at 14 px: 1.02 -> 0.66) nor
-# larger planes (128 ch 28 px: 0.90 -> 0.87). Without a kept weight each share packs its
-# slivers every call (scalar transposes, about 2 ns a weight), which lost on every layer, so the
-# tuner is not offered it: a cached choice would run outside frozen_weights() too.
+# stride-1 convolution of more than one tap with at most ROWS_MAX_PLANE output pixels a plane.
+# Zen 4, frozen weights, batch 8, shifted GEMM / pixel rows in one process (docs/performance.md,
+# "Zen 4, thirtieth session"): 512 ch 7 px 3x3 1.09-1.22 in four runs; 512 ch 14 px stride 2
+# (7 px out, its padded copy 4 MB) 0.92-1.18; 256 ch 14 px 3x3 0.94-1.10; 1x1 and 28 px layers
+# slower (1024 -> 256 at 14 px 0.65, 128 ch 28 px 0.82-0.97): the consistent winner only. Batch
+# 1 about even (512 ch 7 px 0.97). Without a kept weight each share packs its slivers every
+# call (scalar transposes, about 2 ns a weight), which lost on every layer, so the tuner is not
+# offered it: a cached choice would run outside frozen_weights() too.
 ROWS_MAX_PLANE = 8 * 8
 # Channels per block of the pixel-rows conv: its B sliver (taps x channels x NR words) within
 # about half of L2, so that every pixel tile of a block reads it from there.
@@ -282,11 +280,12 @@ def _shift_by_default(n: int, ho: int, wo: int, taps: int) -> bool:
     return ho * wo >= SHIFT_MIN_PLANE and n * ho * wo >= SHIFT_MIN_PIXELS
 
 
-def _rows_by_default(taps: int, ho: int, wo: int, kept: bool) -> bool:
+def _rows_by_default(taps: int, ho: int, wo: int, stride, kept: bool) -> bool:
     """Config kernel "auto": the pixel-rows conv for a float32 one-group forward (the caller's
-    checks) of more than one tap on planes of at most ROWS_MAX_PLANE output pixels, where the
-    packed weight is ``kept`` across calls. See ROWS_MAX_PLANE."""
-    return kept and taps > 1 and ho * wo <= ROWS_MAX_PLANE
+    checks) of more than one tap, stride 1, on planes of at most ROWS_MAX_PLANE output pixels,
+    where the packed weight is ``kept`` across calls. See ROWS_MAX_PLANE."""
+    return (kept and taps > 1 and ho * wo <= ROWS_MAX_PLANE
+            and int(stride[0]) == int(stride[1]) == 1)
 
 
 # ----------------------------------------------------------------------------------- compilation
@@ -1176,7 +1175,7 @@ def _conv_float(x, weight, bias, stride, padding, dilation, groups, activation, 
         return out
 
     if not nhwc and g == 1 and dtype == np.float32 and _rows_chosen(config, weight, r, s, ho,
-                                                                    wo):
+                                                                    wo, stride):
         _conv_rows(xv, weight, bias, has_bias, act, stride, padding, dilation, out1)
         return out
     fg = _float_geometry(xv.shape, xv.strides, dtype, weight.shape, tuple(stride),
@@ -1210,7 +1209,7 @@ def _conv_float(x, weight, bias, stride, padding, dilation, groups, activation, 
 
 
 def _rows_chosen(config: Conv2dConfig | None, weight: np.ndarray, r: int, s: int, ho: int,
-                 wo: int) -> bool:
+                 wo: int, stride) -> bool:
     """Whether a float32 NCHW one-group forward runs as the pixel-rows conv: asked for
     ("rows"), or config kernel "auto" and ``_rows_by_default``."""
     kernel = "auto" if config is None else config.kernel
@@ -1219,7 +1218,8 @@ def _rows_chosen(config: Conv2dConfig | None, weight: np.ndarray, r: int, s: int
     if kernel != "auto":
         return False
     return (r * s > 1 and ho * wo <= ROWS_MAX_PLANE
-            and _rows_by_default(r * s, ho, wo, KEEP_PACKS and _packs.owner(weight) is not None))
+            and _rows_by_default(r * s, ho, wo, stride,
+                                 KEEP_PACKS and _packs.owner(weight) is not None))
 
 
 def _conv_rows(x, weight, bias, has_bias: int, act: int, stride, padding, dilation,
