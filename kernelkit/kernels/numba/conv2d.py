@@ -138,9 +138,9 @@ SHIFT_NARROW_TAIL = True
 # across calls (a torch weight under `kernelkit.frozen_weights()`), on a float32 one-group
 # stride-1 convolution of more than one tap with at most ROWS_MAX_PLANE output pixels a plane.
 # Zen 4, frozen weights, batch 8, shifted GEMM / pixel rows in one process (docs/performance.md,
-# "Zen 4, thirtieth session"): 512 ch 7 px 3x3 1.09-1.22 in four runs; 512 ch 14 px stride 2
-# (7 px out, its padded copy 4 MB) 0.92-1.18; 256 ch 14 px 3x3 0.94-1.10; 1x1 and 28 px layers
-# slower (1024 -> 256 at 14 px 0.65, 128 ch 28 px 0.82-0.97): the consistent winner only. Batch
+# "Zen 4, thirtieth session"): 512 ch 7 px 3x3 1.10-1.22 in six runs; 512 ch 14 px stride 2
+# (7 px out, its padded copy 4 MB) 0.93-1.19; 256 ch 14 px 3x3 0.94-1.10; 1x1 and 28 px layers
+# slower (1024 -> 256 at 14 px 0.65, 128 ch 28 px 0.82-1.00): the consistent winner only. Batch
 # 1 about even (512 ch 7 px 0.97). Without a kept weight each share packs its slivers every
 # call (scalar transposes, about 2 ns a weight), which lost on every layer, so the tuner is not
 # offered it: a cached choice would run outside frozen_weights() too.
