@@ -6,6 +6,7 @@ import argparse
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 from rich.console import Console
@@ -312,6 +313,9 @@ def cmd_explain(args: argparse.Namespace, con: Console) -> int:
     import kernelkit
 
     spec = core.op_spec(args.op)
+    if any(d < 0 for d in args.dims):  # (numpy's "negative dimensions are not allowed" named
+        # neither the op nor its sizes)
+        raise ValueError(f"{args.op}: dims must be >= 0, got {list(args.dims)}")
     dims = spec.cli_inputs(tuple(args.dims))  # (its ValueError: "kernelkit explain: ...")
     dtype = args.dtype or ("uint8" if args.op == "preprocess" else "float32")
     _check_where(args.where)
@@ -566,6 +570,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as the command's user reads it: its category and text. The location Python
+    prints was a frame of runpy (`<frozen runpy>:88:`) or of kernelkit, never the user's."""
+    return f"{category.__name__}: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # `kernelkit bench -k NAME`: what follows `bench` goes to pytest as it is, options included
@@ -581,7 +591,11 @@ def main(argv: list[str] | None = None) -> int:
         args.pytest_args = [*extra, *args.pytest_args]
     con = Console(width=None if sys.stdout.isatty() else 160)
     try:
-        return args.fn(args, con)
+        with warnings.catch_warnings():  # (restores the hook for a caller of main())
+            # the format, not the show hook: a caller recording warnings (pytest.warns,
+            # catch_warnings(record=True)) still gets them, unformatted
+            warnings.formatwarning = _format_warning
+            return args.fn(args, con)
     except (ValueError, TypeError, OSError) as exc:  # (OSError: a file to read or write)
         # escaped: a message's own brackets ("[op, dims, dtype]") are not rich markup
         # (a message that names kernelkit or the command already is not prefixed twice)

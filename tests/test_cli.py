@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -254,6 +255,7 @@ def test_clean_errors_where_tracebacks_were(tmp_path, monkeypatch, capsys):
             (("tune", "--shards", "0", "--shapes", '[["matmul", [4, 4, 4]]]'), "--shards >= 1"),
             (("explain", "matmul", "8", "8", "8", "--sweep", "-1"), "--sweep takes a number"),
             (("explain", "matmul", "1000000", "1000000", "1000000"), "out of memory"),
+            (("explain", "matmul", "-1", "4", "4"), "matmul: dims must be >= 0, got [-1, 4, 4]"),
             (("data-bench", "--images", "0"), "must be >= 1")]:
         assert cli.main(list(args)) == 2, args
         assert words in " ".join(capsys.readouterr().out.split()), args
@@ -543,3 +545,15 @@ def test_warmup_checks_the_knobs_and_tune_refuses_gpus_it_would_ignore(capsys, m
     monkeypatch.delenv("KERNELKIT_DEVICE")
     assert cli.main(["tune", "--gpus", "2", "--preset", "quick"]) == 2
     assert "--gpus 2 spreads shards over GPUs: give --shards" in capsys.readouterr().out
+
+
+def test_a_warning_shows_its_text_not_runpy_s_frame(tmp_path):
+    """`python -m kernelkit cache show` on a damaged cache printed "<frozen runpy>:88:
+    CacheWarning: ..." (a user tour): the command prints the category and the text."""
+    (tmp_path / "autotune.jsonl").write_text('{"schema": 2, "fp": null, "key": "x"}\n')
+    env = dict(os.environ, KERNELKIT_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-m", "kernelkit", "cache", "show"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "CacheWarning: kernelkit: the autotune cache" in out.stderr
+    assert "runpy" not in out.stderr and "cli.py" not in out.stderr

@@ -111,8 +111,11 @@ def load_sample(item: Any, index: int, *, size: tuple[int, int], augment: dict |
     source, label = split_item(item)
     try:
         src = read_source(source)
-    except (FileNotFoundError, PermissionError, IsADirectoryError):
-        raise  # (these name the path themselves)
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        # the same type, errno and path (what a caller catches), with the sample's index: the
+        # path alone did not say which item of the dataset named it
+        raise type(exc)(exc.errno, f"data: sample {index}: {exc.strerror}",
+                        exc.filename) from exc
     except TypeError as exc:  # (an item of another type: which sample it is)
         raise TypeError(f"data: sample {index}: {str(exc).removeprefix('data: ')}") from exc
     except Exception as exc:  # noqa: BLE001 - any decoder's error, said with the sample's name

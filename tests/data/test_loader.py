@@ -314,6 +314,17 @@ def test_an_epoch_that_fails_to_start_is_not_counted_and_leaves_no_traceback(mon
     assert "Exception ignored" not in capfd.readouterr().err
 
 
+def test_a_missing_or_unreadable_file_names_its_dataset_index(items, tmp_path):
+    # FileNotFoundError named the path alone, not which item of the dataset it was (a user tour)
+    ds = [items[0], (str(tmp_path / "gone.jpg"), 1), (str(tmp_path), 2)]
+    for index, kind in ((1, FileNotFoundError), (2, IsADirectoryError)):
+        loader = data.Loader([ds[0], ds[index]], batch_size=2, size=SIZE, mean=0, std=1,
+                             decode_threads=1)
+        with pytest.raises(kind, match=f"data: sample 1: .*{ds[index][0].split('/')[-1]}") as e:
+            list(loader)
+        assert e.value.filename == ds[index][0]
+
+
 def test_an_empty_or_foreign_image_names_its_dataset_index():
     # "preprocess: image 1 is empty (0x5)" (its place in the batch), "augment: every image
     # size must be at least 1x1" (no sample at all), "got JpegImageFile" (no sample at all)
