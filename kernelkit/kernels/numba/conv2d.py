@@ -280,12 +280,17 @@ def _shift_by_default(n: int, ho: int, wo: int, taps: int) -> bool:
     return ho * wo >= SHIFT_MIN_PLANE and n * ho * wo >= SHIFT_MIN_PIXELS
 
 
+def _rows_shape(taps: int, ho: int, wo: int, stride) -> bool:
+    """The shapes config kernel "auto" runs the pixel-rows conv on (a float32 one-group
+    forward, the caller's checks): more than one tap, stride 1, planes of at most
+    ROWS_MAX_PLANE output pixels. See ROWS_MAX_PLANE."""
+    return taps > 1 and ho * wo <= ROWS_MAX_PLANE and int(stride[0]) == int(stride[1]) == 1
+
+
 def _rows_by_default(taps: int, ho: int, wo: int, stride, kept: bool) -> bool:
-    """Config kernel "auto": the pixel-rows conv for a float32 one-group forward (the caller's
-    checks) of more than one tap, stride 1, on planes of at most ROWS_MAX_PLANE output pixels,
-    where the packed weight is ``kept`` across calls. See ROWS_MAX_PLANE."""
-    return (kept and taps > 1 and ho * wo <= ROWS_MAX_PLANE
-            and int(stride[0]) == int(stride[1]) == 1)
+    """Config kernel "auto": the pixel-rows conv on ``_rows_shape``'s shapes where the packed
+    weight is ``kept`` across calls."""
+    return kept and _rows_shape(taps, ho, wo, stride)
 
 
 # ----------------------------------------------------------------------------------- compilation
@@ -1217,9 +1222,26 @@ def _rows_chosen(config: Conv2dConfig | None, weight: np.ndarray, r: int, s: int
         return True
     if kernel != "auto":
         return False
-    return (r * s > 1 and ho * wo <= ROWS_MAX_PLANE
-            and _rows_by_default(r * s, ho, wo, stride,
-                                 KEEP_PACKS and _packs.owner(weight) is not None))
+    # (the shape first: the weight's owner is looked up only where it would matter)
+    return (_rows_shape(r * s, ho, wo, stride) and KEEP_PACKS
+            and _packs.owner(weight) is not None)
+
+
+@functools.lru_cache(maxsize=256)
+def _rows_offsets(n: int, c: int, plane: int, ho: int, wo: int, wp: int, sh: int, sw: int,
+                  r: int, s: int, dh: int, dw: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pixel-rows conv's row offsets (each output pixel's first tap in the padded copy,
+    planes ``plane`` apart; offset 0 past the last pixel, to whole tiles of MR) and tap
+    offsets, read-only: kept per geometry, since a layer calls with the same one every time
+    (building them took numpy calls on each)."""
+    npix = n * ho * wo
+    q = np.arange(cdiv(npix, _rows.MR) * _rows.MR, dtype=np.int64)
+    img, pix = np.divmod(q, ho * wo)
+    oh, ow = np.divmod(pix, wo)
+    roffs = np.where(q < npix, img * (c * plane) + oh * (sh * wp) + ow * sw, 0)
+    toffs = np.array([i * dh * wp + j * dw for i in range(r) for j in range(s)], np.int64)
+    roffs.flags.writeable = toffs.flags.writeable = False
+    return roffs, toffs
 
 
 def _conv_rows(x, weight, bias, has_bias: int, act: int, stride, padding, dilation,
@@ -1247,13 +1269,7 @@ def _conv_rows(x, weight, bias, has_bias: int, act: int, stride, padding, dilati
         _run(pack_weight, tn if nkb * sliver >= SERIAL_PACK else 1, weight, kept[0])
         kept[2]()
     plane = hp * wp
-    npix = n * ho * wo
-    ntile = cdiv(npix, mr)
-    q = np.arange(ntile * mr, dtype=np.int64)
-    img, pix = np.divmod(q, ho * wo)
-    oh, ow = np.divmod(pix, wo)
-    roffs = np.where(q < npix, img * (c * plane) + oh * (sh * wp) + ow * sw, 0)
-    toffs = np.array([i * dh * wp + j * dw for i in range(r) for j in range(s)], np.int64)
+    roffs, toffs = _rows_offsets(n, c, plane, ho, wo, wp, sh, sw, r, s, dh, dw)
     kc = max(1, min(c, _cache_sizes()[2] // ROWS_L2_SHARE // (r * s * nr * 4)))
     kc = cdiv(c, cdiv(c, kc))  # even blocks
     tb = ROWS_TILES
